@@ -1,0 +1,1 @@
+"""The regional gateway: server, app, proxy, router, health, state."""

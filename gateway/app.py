@@ -1,0 +1,250 @@
+"""The gateway's ASGI app: the proxy plus the gateway's own endpoints, and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.asgi import Receive, Scope, Send, send_error
+from gateway.config import ENV_CONFIG_FILE, Config, load_config
+from gateway.errors import ConfigError, GatewayError, ModelNotFound, RouteNotFound
+from gateway.prober import probe_all, probe_loop
+from gateway.proxy import Proxy
+from gateway.router import RequestFacts, route
+from gateway.runtime import Runtime, log, setup_logging
+from gateway.state import MemoryStateStore
+from geodb.errors import DatabaseError
+from geodb.location import Location, LocationSource
+from geodb.reader import DefaultSource, GeoIPSource, GeoSource
+
+# aiohttp pool: no overall cap (the gateway's own concurrency is the bound), idle connections
+# kept 60 s so a quiet backend still finds a warm one (probes every 2 s also keep one alive).
+POOL_KEEPALIVE_S = 60.0
+NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def default_location(config: Config) -> Location:
+    d = config.geoip.default
+    return Location(
+        d.latitude, d.longitude, d.country, d.continent, None, None, LocationSource.DEFAULT
+    )
+
+
+def open_geo(config: Config) -> GeoSource:
+    if config.geoip.database is None:
+        return DefaultSource(default_location(config))
+    try:
+        return GeoIPSource(config.geoip.database, default_location(config))
+    except DatabaseError as exc:
+        raise ConfigError(f"config error: geoip.database: {exc}") from None
+
+
+def build_runtime(config: Config) -> Runtime:
+    return Runtime.build(config, MemoryStateStore(config), open_geo(config))
+
+
+async def _geoip_reload_loop(rt: Runtime) -> None:
+    geo = rt.geo
+    if not isinstance(geo, GeoIPSource):
+        return
+    while True:
+        await asyncio.sleep(rt.config.geoip.reload_interval_s)
+        # Reading a 70 MB City file would stall the event loop: do it on a thread.
+        changed = await asyncio.to_thread(geo.maybe_reload)
+        if changed:
+            rt.metrics.geoip_reloads.labels("ok").inc()
+
+
+def _json_error(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def create_app(config: Config | None = None) -> Starlette:
+    """The app; with no config, read the file named by $GEOGATE_CONFIG (how worker processes
+    of the ASGI server get it)."""
+    if config is None:
+        setup_logging()
+        config = load_config(Path(os.environ[ENV_CONFIG_FILE]))
+    rt = build_runtime(config)
+    proxy = Proxy(rt)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        t = config.timeouts
+        rt.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_S),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s),
+            auto_decompress=False,  # bytes pass through as the upstream encoded them
+            skip_auto_headers=NO_AUTO_HEADERS,
+        )
+        # One probe round before serving: the first requests route on real health.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(config.health.timeout_s + 0.5):
+                await probe_all(rt)
+        rng = random.Random()
+        tasks = [asyncio.create_task(probe_loop(rt, u, rng)) for u in rt.store.upstreams()]
+        tasks.append(asyncio.create_task(_geoip_reload_loop(rt)))
+        log.info(
+            "gateway region=%s origin=%s upstreams=%d geoip=%s",
+            config.gateway.region,
+            config.gateway.origin,
+            len(config.upstreams),
+            config.geoip.database or "none (default location)",
+        )
+        try:
+            yield
+        finally:
+            rt.draining = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await rt.session.close()
+
+    def healthy_upstreams() -> list[Any]:
+        snap = rt.store.snapshot(time.monotonic())
+        return [u for u in snap.upstreams if u.healthy and not u.drained]
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        if rt.draining:
+            return PlainTextResponse("draining", status_code=503)
+        n = len(healthy_upstreams())
+        if n == 0:
+            return PlainTextResponse("not ready: no healthy upstream", status_code=503)
+        return PlainTextResponse(f"ready: {n} healthy upstream(s)")
+
+    def model_list() -> list[str]:
+        return sorted({m for u in healthy_upstreams() for m in u.models})
+
+    async def models(request: Request) -> Response:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "geogate"} for m in model_list()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def model_one(request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in model_list():
+            return _json_error(
+                ModelNotFound(
+                    f"model {name!r} is not served by any healthy upstream; "
+                    "GET /v1/models lists the models available"
+                )
+            )
+        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "geogate"})
+
+    async def metrics(request: Request) -> Response:
+        for uid, n in rt.store.in_flight().items():
+            region = next(u.region for u in config.upstreams if u.id == uid)
+            rt.metrics.in_flight.labels(uid, region).set(n)
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def routing_table(request: Request) -> Response:
+        now = time.monotonic()
+        snap = rt.store.snapshot(now)
+        regions = []
+        for r in config.regions:
+            ups = [u for u in snap.upstreams if u.region == r.id]
+            regions.append(
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "latitude": r.latitude,
+                    "longitude": r.longitude,
+                    "healthy": any(u.healthy and not u.drained for u in ups),
+                    "upstreams": [
+                        {
+                            "id": u.id,
+                            "healthy": u.healthy,
+                            "drained": u.drained,
+                            "weight": u.weight,
+                            "rtt_ms": None if u.rtt_ms is None else round(u.rtt_ms, 2),
+                            "models": sorted(u.models),
+                            "in_flight": snap.in_flight.get(u.id, 0),
+                            "last_error": rt.store.health(u.id).last_probe_error,
+                        }
+                        for u in ups
+                    ],
+                }
+            )
+        return JSONResponse(
+            {
+                "self_region": config.gateway.region,
+                "origin": config.gateway.origin,
+                "regions": regions,
+            }
+        )
+
+    async def explain(request: Request) -> Response:
+        model = request.query_params.get("model", "")
+        ip_text = request.query_params.get("ip") or (request.client.host if request.client else "")
+        try:
+            ip = ipaddress.ip_address(ip_text) if ip_text else None
+        except ValueError:
+            return _json_error(RouteNotFound(f"ip {ip_text!r} is not an IP address"))
+        loc = rt.geo.locate(ip)
+        decision = route(
+            RequestFacts(model, loc), rt.store.snapshot(time.monotonic()), rt.policy, rt.rng
+        )
+        return JSONResponse(
+            {
+                "model": model,
+                "ip": ip_text,
+                "location": _location_json(loc),
+                "decision": decision.explain(),
+                "header": decision.header(),
+            }
+        )
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_error(
+            send,
+            RouteNotFound(
+                f"{scope['path']} is not an endpoint of this gateway; the API is under /v1/"
+            ),
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/routing-table", routing_table),
+            Route("/explain", explain),
+            Route("/v1/models", models),
+            Route("/v1/models/{model:path}", model_one),
+            Route("/v1/{path:path}", proxy, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.router.default = not_found
+    app.state.runtime = rt
+    return app
+
+
+def _location_json(loc: Location) -> dict[str, Any]:
+    return {
+        "latitude": loc.latitude,
+        "longitude": loc.longitude,
+        "country": loc.country,
+        "continent": loc.continent,
+        "city": loc.city,
+        "accuracy_km": loc.accuracy_km,
+        "source": str(loc.source),
+    }

@@ -1,0 +1,265 @@
+"""The gateway's config: one TOML file, ``GEOGATE_*`` environment overrides, validated up front.
+
+Overrides name a key path with ``__`` between levels: ``GEOGATE_SERVER__PORT=9000``,
+``GEOGATE_TIMEOUTS__FIRST_BYTE_S=20``, ``GEOGATE_UPSTREAMS='[{...}]'`` (JSON for lists and
+tables). Every error is one line naming the file (or variable), the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway import defaults as d
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "GEOGATE_"
+ENV_CONFIG_FILE = "GEOGATE_CONFIG"  # the file path itself, not an override
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Ratio = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Region(_Model):
+    id: str = Field(min_length=1)
+    name: str = ""
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+class Upstream(_Model):
+    id: str = Field(min_length=1)
+    region: str
+    url: str = Field(pattern=r"^https?://[^/]+")
+    models: tuple[str, ...] = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=0)  # 0 = standby
+    bias_ms: float = 0.0
+    slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
+    health_path: str = d.HEALTH_PATH
+    drained: bool = False
+
+
+class ResidencyRule(_Model):
+    """Clients from these countries or continents may only be served in these regions."""
+
+    name: str = ""
+    countries: tuple[str, ...] = ()
+    continents: tuple[str, ...] = ()
+    regions: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ResidencyRule:
+        if not self.countries and not self.continents:
+            raise ValueError("a residency rule needs countries or continents to match")
+        return self
+
+
+class DefaultLocation(_Model):
+    latitude: float = Field(default=d.DEFAULT_LATITUDE, ge=-90, le=90)
+    longitude: float = Field(default=d.DEFAULT_LONGITUDE, ge=-180, le=180)
+    country: str | None = None
+    continent: str | None = None
+
+
+class GatewaySection(_Model):
+    region: str
+    origin: Literal["client", "self"] = "self"
+    trusted_proxies: tuple[str, ...] = ()
+
+
+class ServerSection(_Model):
+    host: str = d.HOST
+    port: int = Field(default=d.PORT, ge=0, le=65535)
+    workers: int = Field(default=d.WORKERS, ge=1)
+    engine: Literal["granian", "hypercorn"] = "granian"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
+    drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
+    access_log: bool = True
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+
+class Timeouts(_Model):
+    connect_s: PositiveFloat = d.CONNECT_TIMEOUT_S
+    first_byte_s: PositiveFloat = d.FIRST_BYTE_TIMEOUT_S
+    idle_s: PositiveFloat = d.IDLE_TIMEOUT_S
+    total_s: PositiveFloat = d.TOTAL_TIMEOUT_S
+
+
+class RetrySection(_Model):
+    max_attempts: int = Field(default=d.MAX_ATTEMPTS, ge=1)
+    budget_ratio: Ratio = d.RETRY_BUDGET_RATIO
+    budget_min_per_s: float = Field(default=d.RETRY_BUDGET_MIN_PER_S, ge=0)
+    budget_window_s: PositiveFloat = d.RETRY_BUDGET_WINDOW_S
+
+
+class RouterSection(_Model):
+    tolerance_ms: float = Field(default=d.TOLERANCE_MS, ge=0)
+    tolerance_ratio: float = Field(default=d.TOLERANCE_RATIO, ge=0)
+    panic_threshold: Ratio = d.PANIC_THRESHOLD
+
+
+class HealthSection(_Model):
+    interval_s: PositiveFloat = d.HEALTH_INTERVAL_S
+    timeout_s: PositiveFloat = d.HEALTH_TIMEOUT_S
+    healthy_threshold: int = Field(default=d.HEALTHY_THRESHOLD, ge=1)
+    unhealthy_threshold: int = Field(default=d.UNHEALTHY_THRESHOLD, ge=1)
+    jitter: Ratio = d.HEALTH_JITTER
+    rtt_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.RTT_EWMA_ALPHA
+
+
+class OutlierSection(_Model):
+    consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1)
+    base_ejection_s: PositiveFloat = d.BASE_EJECTION_S
+    max_ejection_s: PositiveFloat = d.MAX_EJECTION_S
+
+
+class GeoIPSection(_Model):
+    database: Path | None = None
+    reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
+    default: DefaultLocation = DefaultLocation()
+
+
+class Config(_Model):
+    gateway: GatewaySection
+    server: ServerSection = ServerSection()
+    timeouts: Timeouts = Timeouts()
+    retry: RetrySection = RetrySection()
+    router: RouterSection = RouterSection()
+    health: HealthSection = HealthSection()
+    outlier: OutlierSection = OutlierSection()
+    geoip: GeoIPSection = GeoIPSection()
+    regions: tuple[Region, ...] = Field(min_length=1)
+    upstreams: tuple[Upstream, ...] = ()
+    residency: tuple[ResidencyRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        region_ids = [r.id for r in self.regions]
+        _unique("regions", region_ids)
+        _unique("upstreams", [u.id for u in self.upstreams])
+        known = set(region_ids)
+        if self.gateway.region not in known:
+            raise ValueError(f"gateway.region {self.gateway.region!r} is not among regions")
+        for i, u in enumerate(self.upstreams):
+            if u.region not in known:
+                raise ValueError(f"upstreams[{i}] ({u.id}): region {u.region!r} is not defined")
+        for i, rule in enumerate(self.residency):
+            for r in rule.regions:
+                if r not in known:
+                    raise ValueError(f"residency[{i}]: region {r!r} is not defined")
+        return self
+
+    def region(self, region_id: str) -> Region:
+        return next(r for r in self.regions if r.id == region_id)
+
+
+def _unique(what: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise ValueError(f"{what}: id {i!r} appears twice")
+        seen.add(i)
+
+
+def _env_value(raw: str) -> Any:
+    if raw[:1] in "[{":
+        return json.loads(raw)
+    return raw  # pydantic's lax mode turns "9000" into 9000 and "true" into True
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply overrides in place; returns key path -> variable name, for error messages."""
+    origins: dict[str, str] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value = _env_value(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config error in {name}: not valid JSON: {exc.msg}") from exc
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config error in {name}: {'.'.join(path)} is not a table")
+            node = child
+        node[path[-1]] = value
+        origins[".".join(path)] = name
+    return origins
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def rel(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    updates: dict[str, Any] = {}
+    if (db := rel(cfg.geoip.database)) is not None:
+        updates["geoip"] = cfg.geoip.model_copy(update={"database": db})
+    server: dict[str, Any] = {}
+    for key in ("tls_cert", "tls_key"):
+        if (p := rel(getattr(cfg.server, key))) is not None:
+            server[key] = p
+    if server:
+        updates["server"] = cfg.server.model_copy(update=server)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def parse_config(
+    data: dict[str, Any], source: str, env: Mapping[str, str] | None = None, base: Path = Path()
+) -> Config:
+    origins = _apply_env(data, os.environ if env is None else env)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        key = _loc(first["loc"])
+        where = origins.get(key, source)
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif first["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in first and not isinstance(first["input"], dict | list):
+            msg += f" (got {first['input']!r})"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        prefix = f"{key}: " if key else ""
+        raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
+    return _resolve_paths(cfg, base)
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error in {path}: invalid TOML: {exc}") from None
+    return parse_config(data, str(path), env, base=path.resolve().parent)

@@ -1,0 +1,70 @@
+"""Health of one upstream: active-probe thresholds, RTT EWMA, passive failure ejection.
+
+Pure state machines; the clock is passed in. The prober and the proxy feed them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import HealthSection, OutlierSection
+
+
+@dataclass(slots=True)
+class UpstreamHealth:
+    # None until the first probe answers: treated as healthy so a fresh gateway can serve at
+    # once; the first probe result then decides without waiting for a threshold.
+    probed_healthy: bool | None = None
+    consecutive_ok: int = 0
+    consecutive_fail: int = 0
+    rtt_ms: float | None = None
+    last_probe_error: str | None = None
+    passive_failures: int = 0  # consecutive failed requests
+    times_ejected: int = 0
+    ejected_until: float = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return self.probed_healthy is not False and now >= self.ejected_until
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+
+def apply_probe(
+    h: UpstreamHealth, ok: bool, rtt_ms: float | None, error: str | None, cfg: HealthSection
+) -> bool:
+    """Apply one active probe result; True when the health state changed."""
+    before = h.probed_healthy
+    if ok:
+        h.consecutive_ok += 1
+        h.consecutive_fail = 0
+        h.last_probe_error = None
+        if rtt_ms is not None:
+            a = cfg.rtt_ewma_alpha
+            h.rtt_ms = rtt_ms if h.rtt_ms is None else a * rtt_ms + (1 - a) * h.rtt_ms
+        if h.probed_healthy is None or h.consecutive_ok >= cfg.healthy_threshold:
+            h.probed_healthy = True
+            # A good probe ends an ejection early: the backend answers again.
+            h.ejected_until = 0.0
+            h.passive_failures = 0
+    else:
+        h.consecutive_fail += 1
+        h.consecutive_ok = 0
+        h.last_probe_error = error
+        if h.probed_healthy is None or h.consecutive_fail >= cfg.unhealthy_threshold:
+            h.probed_healthy = False
+    return before != h.probed_healthy
+
+
+def apply_result(h: UpstreamHealth, ok: bool, now: float, cfg: OutlierSection) -> bool:
+    """Apply one proxied request's outcome; True when this ejected the upstream."""
+    if ok:
+        h.passive_failures = 0
+        return False
+    h.passive_failures += 1
+    if h.passive_failures < cfg.consecutive_failures or h.ejected(now):
+        return False
+    h.times_ejected += 1
+    h.passive_failures = 0
+    h.ejected_until = now + min(cfg.base_ejection_s * h.times_ejected, cfg.max_ejection_s)
+    return True

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one gateway process (its own registry, not the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets reach minutes: an LLM response can legitimately stream that long.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "geogate_requests", "Proxied requests by final status", ["code", "region"], registry=r
+        )
+        self.duration = Histogram(
+            "geogate_request_duration_seconds",
+            "Time from request to last byte",
+            ["region"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.first_byte = Histogram(
+            "geogate_time_to_first_byte_seconds",
+            "Time from request to the first body byte sent to the client",
+            ["region"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "geogate_upstream_attempts",
+            "Attempts per upstream by outcome (ok, refused, reset, status_503, timeout, ...)",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter("geogate_retries", "Failovers to another candidate", registry=r)
+        self.budget_exhausted = Counter(
+            "geogate_retry_budget_exhausted", "Failovers refused by the retry budget", registry=r
+        )
+        self.stream_aborted = Counter(
+            "geogate_stream_aborted",
+            "Responses cut short after bytes reached the client",
+            ["cause"],
+            registry=r,
+        )
+        self.by_country = Counter(
+            "geogate_client_requests",
+            "Requests by client country and location source",
+            ["country", "source"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "geogate_upstream_healthy", "1 when routable", ["upstream", "region"], registry=r
+        )
+        self.rtt = Gauge(
+            "geogate_upstream_rtt_ms", "EWMA of probe RTT", ["upstream", "region"], registry=r
+        )
+        self.in_flight = Gauge(
+            "geogate_upstream_in_flight", "Open requests", ["upstream", "region"], registry=r
+        )
+        self.geoip_reloads = Counter(
+            "geogate_geoip_reloads", "GeoIP reloads by result", ["result"], registry=r
+        )

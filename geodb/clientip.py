@@ -1,0 +1,70 @@
+"""Which address is the client: the socket peer, or X-Forwarded-For from trusted proxies only.
+
+The header is walked from the right: each hop was appended by the proxy in front of the one
+after it, so only entries added by proxies we trust are believable. The first address, from the
+right, that is not a trusted proxy is the client. A client can put anything on the left of the
+header; walking from the right means a forged prefix is never reached.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _parse(addr: str) -> IPAddress | None:
+    addr = addr.strip()
+    if addr.startswith("[") and "]" in addr:  # "[::1]:1234"
+        addr = addr[1 : addr.index("]")]
+    elif addr.count(":") == 1:  # "1.2.3.4:5678"
+        addr = addr.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _trusted(ip: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    return any(ip.version == net.version and ip in net for net in trusted)
+
+
+def is_trusted(addr: str, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether a peer address is one of the configured trusted proxies."""
+    ip = _parse(addr)
+    return ip is not None and _trusted(ip, trusted)
+
+
+def client_ip(
+    peer: str | None,
+    forwarded_for: Sequence[str],
+    trusted: Sequence[IPNetwork],
+) -> IPAddress | None:
+    """The client's address.
+
+    ``forwarded_for`` holds every X-Forwarded-For header value in order (a header may be sent
+    more than once). Returns None only when the peer itself is unparseable (a Unix socket).
+    """
+    peer_ip = _parse(peer) if peer else None
+    if peer_ip is None or not _trusted(peer_ip, trusted):
+        return peer_ip
+    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
+    current = peer_ip
+    for hop in reversed(hops):
+        ip = _parse(hop)
+        if ip is None:
+            # A garbled entry breaks the chain of trust: stop at the last believable hop.
+            return current
+        current = ip
+        if not _trusted(ip, trusted):
+            return ip
+    return current

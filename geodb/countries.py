@@ -1,0 +1,47 @@
+"""Reference points for country- and continent-level locations (see data/countries.csv)."""
+
+from __future__ import annotations
+
+import csv
+from functools import cache
+from importlib import resources
+
+# How far off a country-level guess typically is: half the span of a mid-sized country.
+COUNTRY_ACCURACY_KM = 500.0
+CONTINENT_ACCURACY_KM = 2500.0
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    text = resources.files("geodb").joinpath("data", name).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+@cache
+def _countries() -> dict[str, tuple[str, float, float]]:
+    return {
+        r["country"]: (r["continent"], float(r["latitude"]), float(r["longitude"]))
+        for r in _rows("countries.csv")
+    }
+
+
+@cache
+def _continents() -> dict[str, tuple[float, float]]:
+    return {
+        r["continent"]: (float(r["latitude"]), float(r["longitude"]))
+        for r in _rows("continents.csv")
+    }
+
+
+def country_point(country: str) -> tuple[float, float] | None:
+    found = _countries().get(country.upper())
+    return None if found is None else (found[1], found[2])
+
+
+def country_continent(country: str) -> str | None:
+    found = _countries().get(country.upper())
+    return None if found is None else found[0]
+
+
+def continent_point(continent: str) -> tuple[float, float] | None:
+    return _continents().get(continent.upper())

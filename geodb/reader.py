@@ -1,0 +1,185 @@
+"""GeoIP2 City/Country databases with hot reload.
+
+Files are read whole into memory (MODE_MEMORY) rather than mmap'ed: a database overwritten in
+place under a live mmap makes the process die of SIGBUS, and an in-memory copy makes a reload
+an atomic swap of one reference. A City file is ~70 MB; that is the price.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import geoip2.database
+import geoip2.errors
+import maxminddb
+import maxminddb.errors
+
+from geodb.countries import (
+    CONTINENT_ACCURACY_KM,
+    COUNTRY_ACCURACY_KM,
+    continent_point,
+    country_continent,
+    country_point,
+)
+from geodb.errors import DatabaseError
+from geodb.location import Location, LocationSource
+
+log = logging.getLogger("geodb")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Addresses looked up once when a file is opened: a corrupt search tree or data section
+# shows up here instead of on the request path.
+_PROBE_ADDRESSES = ("1.1.1.1", "8.8.8.8", "81.2.69.160", "2001:4860:4860::8888", "127.0.0.1")
+
+
+class GeoSource(Protocol):
+    def locate(self, ip: IPAddress | None) -> Location: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _FileStamp:
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def _stamp(path: Path) -> _FileStamp:
+    st = os.stat(path)
+    return _FileStamp(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    reader: geoip2.database.Reader
+    kind: str  # "city" or "country"
+    stamp: _FileStamp
+    database_type: str
+
+
+def open_database(path: Path) -> _Loaded:
+    """Open and check a database, or raise DatabaseError naming the file and the fault."""
+    try:
+        stamp = _stamp(path)
+        reader = geoip2.database.Reader(str(path), mode=maxminddb.MODE_MEMORY)
+    except FileNotFoundError as exc:
+        raise DatabaseError(f"GeoIP database {path} does not exist") from exc
+    except (OSError, ValueError, maxminddb.errors.InvalidDatabaseError) as exc:
+        raise DatabaseError(f"GeoIP database {path} is corrupt or truncated: {exc}") from exc
+    db_type = reader.metadata().database_type
+    if "City" in db_type:
+        kind = "city"
+    elif "Country" in db_type:
+        kind = "country"
+    else:
+        reader.close()
+        raise DatabaseError(
+            f"GeoIP database {path} is of type {db_type!r}; use a City or Country database"
+        )
+    try:
+        for addr in _PROBE_ADDRESSES:
+            with contextlib.suppress(geoip2.errors.AddressNotFoundError, ValueError):
+                reader.city(addr) if kind == "city" else reader.country(addr)
+    except (maxminddb.errors.InvalidDatabaseError, KeyError, TypeError) as exc:
+        reader.close()
+        raise DatabaseError(f"GeoIP database {path} is corrupt: {exc}") from exc
+    return _Loaded(reader, kind, stamp, db_type)
+
+
+class GeoIPSource:
+    """Locates addresses with a GeoIP2 database; ``maybe_reload`` swaps in a replaced file."""
+
+    def __init__(self, path: Path, default: Location) -> None:
+        self.path = path
+        self.default = default
+        self._db = open_database(path)
+        self._refused: _FileStamp | None = None
+
+    @property
+    def database_type(self) -> str:
+        return self._db.database_type
+
+    def maybe_reload(self) -> bool:
+        """Reload if the file changed; True when a new database is now serving.
+
+        A file that fails to open is refused with one log line and the previous database keeps
+        serving; the same broken file is not retried (or logged) again until it changes.
+        """
+        try:
+            stamp = _stamp(self.path)
+        except OSError:
+            return False  # mid-replacement or deleted: keep serving what we have
+        if stamp in (self._db.stamp, self._refused):
+            return False
+        try:
+            new = open_database(self.path)
+        except DatabaseError as exc:
+            self._refused = stamp
+            log.error("refused GeoIP reload, still serving the previous file: %s", exc)
+            return False
+        old, self._db = self._db, new
+        old.reader.close()
+        log.info("reloaded GeoIP database %s (%s)", self.path, new.database_type)
+        return True
+
+    def locate(self, ip: IPAddress | None) -> Location:
+        if ip is None:
+            return self.default
+        db = self._db
+        try:
+            if db.kind == "city":
+                return self._from_city(db.reader.city(ip))
+            return self._from_country(db.reader.country(ip))
+        except (geoip2.errors.AddressNotFoundError, ValueError):
+            return self.default
+        except maxminddb.errors.InvalidDatabaseError as exc:
+            log.error("GeoIP lookup of %s failed in %s: %s", ip, self.path, exc)
+            return self.default
+
+    def _from_city(self, rec: geoip2.models.City) -> Location:
+        lat, lon = rec.location.latitude, rec.location.longitude
+        if lat is None or lon is None:
+            return self._from_country(rec)
+        return Location(
+            latitude=lat,
+            longitude=lon,
+            country=rec.country.iso_code,
+            continent=rec.continent.code,
+            city=rec.city.name,
+            accuracy_km=float(rec.location.accuracy_radius or COUNTRY_ACCURACY_KM),
+            source=LocationSource.GEOIP,
+        )
+
+    def _from_country(self, rec: geoip2.models.Country) -> Location:
+        country = rec.country.iso_code or rec.registered_country.iso_code
+        continent = rec.continent.code or (country_continent(country) if country else None)
+        point = country_point(country) if country else None
+        accuracy = COUNTRY_ACCURACY_KM
+        if point is None and continent:
+            point, accuracy = continent_point(continent), CONTINENT_ACCURACY_KM
+        if point is None:
+            return self.default
+        return Location(
+            latitude=point[0],
+            longitude=point[1],
+            country=country,
+            continent=continent,
+            accuracy_km=accuracy,
+            source=LocationSource.GEOIP,
+        )
+
+
+class DefaultSource:
+    """No database configured: every client is at the default location."""
+
+    def __init__(self, default: Location) -> None:
+        self.default = default
+
+    def locate(self, ip: IPAddress | None) -> Location:
+        return self.default
