@@ -277,7 +277,7 @@ class Proxy:
             if status is not None:
                 entry.upstream = cand.upstream.id
                 return status
-        raise self._final_error(failures, len(decision.order))
+        raise self._final_error(failures, decision)
 
     async def _attempt(
         self,
@@ -416,10 +416,19 @@ class Proxy:
     def _region(self, uid: str) -> str:
         return next((u.region for u in self.rt.config.upstreams if u.id == uid), "-")
 
-    def _final_error(self, failures: list[_Failure], n_candidates: int) -> GatewayError:
+    def _final_error(self, failures: list[_Failure], decision: Decision) -> GatewayError:
         tried = ", ".join(f.describe() for f in failures)
-        more = n_candidates - len(failures)
+        more = len(decision.order) - len(failures)
         tail = f"; {more} more candidate(s) not tried (retry limit/budget)" if more > 0 else ""
+        if decision.reason == "panic":
+            # Every allowed upstream was already known to be down; we tried them anyway in
+            # case health checks lagged. That is "nothing healthy", not a surprise failure.
+            rule = f" (residency rule {decision.residency})" if decision.residency else ""
+            return NoHealthyUpstream(
+                f"no healthy upstream is allowed for this client{rule}; tried the unhealthy "
+                f"ones anyway: {tried}. Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
+                headers={"Retry-After": str(NO_CANDIDATE_RETRY_AFTER_S)},
+            )
         if failures and all(f.kind == "status_429" for f in failures):
             waits = [f.retry_after for f in failures]
             after = max((int(w) for w in waits if w is not None and w.isdigit()), default=1)
