@@ -37,11 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     s.add_argument("--tokens-per-s", type=float, default=0.0, help="0 = all at once")
     s.add_argument("--delay-ms", type=float, default=0.0, help="added network delay")
-    s.add_argument("--error-rate", type=float, default=0.0, help="share answered 500")
+    s.add_argument("--error-rate", type=float, default=0.0, help="share answered in error")
+    s.add_argument("--error-status", type=int, default=500, help="status of those errors")
     s.add_argument("--max-concurrency", type=int, default=0, help="429 beyond (0 = no cap)")
     s.add_argument("--tokens", type=int, default=16, help="tokens when max_tokens is absent")
     s.add_argument("--abort-after", type=int, default=0, help="die after N streamed tokens")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--stamp", action="store_true", help="SSE comment with emission time")
 
     d = sub.add_parser("demo", help="the quickstart: three regions, five cities, a failover")
     d.add_argument("--keep-running", action="store_true", help="leave the gateway up")
@@ -84,11 +86,13 @@ def cmd_sim(args: argparse.Namespace) -> None:
         tokens_per_s=args.tokens_per_s,
         delay_ms=args.delay_ms,
         error_rate=args.error_rate,
+        error_status=args.error_status,
         max_concurrency=args.max_concurrency,
         default_tokens=args.tokens,
         abort_after=args.abort_after,
         seed=args.seed,
         name=args.name,
+        stamp=args.stamp,
     )
     run(cfg, args.host, args.port)
 

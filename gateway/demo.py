@@ -176,9 +176,9 @@ async def _load(gw: str, cities: list[City], total: int) -> tuple[int, dict[str,
     return failed, served
 
 
-async def _until_unhealthy(gw: str, region: str, timeout: float = 10.0) -> None:
+async def _until_unhealthy(gw: str, region: str, within_s: float = 10.0) -> None:
     """Poll the gateway's routing table until its probes have seen the region go down."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
             async with s.get(f"{gw}/routing-table") as r:
@@ -186,7 +186,7 @@ async def _until_unhealthy(gw: str, region: str, timeout: float = 10.0) -> None:
             if not any(x["healthy"] for x in table["regions"] if x["id"] == region):
                 return
             await asyncio.sleep(0.05)
-    raise TimeoutError(f"the gateway still sees {region} as healthy after {timeout:g} s")
+    raise TimeoutError(f"the gateway still sees {region} as healthy after {within_s:g} s")
 
 
 async def _scenario(gw: str, sims: dict[str, subprocess.Popen[bytes]]) -> None:

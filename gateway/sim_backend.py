@@ -29,12 +29,16 @@ class SimConfig:
     ttft_ms: float = 0.0
     tokens_per_s: float = 0.0  # 0 = all tokens at once
     delay_ms: float = 0.0  # emulated network delay, paid once before the response starts
-    error_rate: float = 0.0  # share of requests answered 500
+    error_rate: float = 0.0  # share of requests answered with error_status
+    error_status: int = 500
     max_concurrency: int = 0  # 0 = unlimited; beyond it 429
     default_tokens: int = 16
     abort_after: int = 0  # >0: drop the connection after this many content chunks
     seed: int | None = None
     name: str = ""
+    # Put the emission time (time.time()) in an SSE comment line before each event: clients
+    # ignore comments, and a test on the same machine can compare emission with arrival.
+    stamp: bool = False
 
 
 @dataclass
@@ -166,7 +170,7 @@ class SimBackend:
                 **{"Retry-After": "1"},
             )
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
-            return _error(500, "simulated failure", "server_error", "simulated")
+            return _error(self.cfg.error_status, "simulated failure", "server_error", "simulated")
         n = int(
             req.get("max_tokens") or req.get("max_completion_tokens") or self.cfg.default_tokens
         )
@@ -281,7 +285,8 @@ class SimBackend:
                 "system_fingerprint": None,
                 "choices": [choice],
             }
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+            stamp = f": t={time.time():.6f}\n".encode() if self.cfg.stamp else b""
+            return stamp + b"data: " + json.dumps(doc).encode() + b"\n\n"
 
         start = time.perf_counter()
         try:

@@ -1,0 +1,140 @@
+"""Real processes for tests: simulated backends and gateways on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
+
+# Cloud regions used by the tests (coordinates of the data-centre cities).
+REGIONS = {
+    "eu-central": (50.11, 8.68),
+    "us-east": (37.37, -79.82),
+    "ap-southeast": (1.35, 103.82),
+    "sa-east": (-23.55, -46.63),
+}
+
+
+@dataclass
+class Sim:
+    proc: subprocess.Popen[bytes]
+    port: int
+    region: str
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.url}/stats", timeout=2) as r:
+            data: dict[str, object] = json.loads(r.read())
+            return data
+
+
+def start_sim(tmp: Path, name: str, region: str, models: Sequence[str], *knobs: str) -> Sim:
+    port = free_port()
+    args = ["sim-backend", "--port", str(port), "--region", region, "--name", name]
+    for m in models:
+        args += ["--model", m]
+    proc = spawn(geogate_cmd(*args, *knobs), tmp / f"sim-{name}.log")
+    wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    return Sim(proc, port, region, name)
+
+
+@dataclass
+class UpstreamSpec:
+    id: str
+    region: str
+    url: str
+    models: Sequence[str]
+    extra: str = ""
+
+
+def gateway_toml(
+    port: int,
+    upstreams: Sequence[UpstreamSpec],
+    *,
+    region: str = "eu-central",
+    origin: str = "client",
+    extra: str = "",
+) -> str:
+    lines = [
+        "[gateway]",
+        f'region = "{region}"',
+        f'origin = "{origin}"',
+        "",
+        "[server]",
+        f"port = {port}",
+        "",
+        "[health]",
+        "interval_s = 0.2",
+        "timeout_s = 0.5",
+        "unhealthy_threshold = 1",
+        "healthy_threshold = 1",
+        "",
+        extra,
+    ]
+    for rid, (lat, lon) in REGIONS.items():
+        lines += ["[[regions]]", f'id = "{rid}"', f"latitude = {lat}", f"longitude = {lon}", ""]
+    for u in upstreams:
+        lines += [
+            "[[upstreams]]",
+            f'id = "{u.id}"',
+            f'region = "{u.region}"',
+            f'url = "{u.url}"',
+            "models = [" + ", ".join(f'"{m}"' for m in u.models) + "]",
+            u.extra,
+            "",
+        ]
+    return "\n".join(lines)
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "gw") -> Gateway:
+    port = free_port()
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(toml_for_port(port))
+    log = tmp / f"{name}.log"
+    proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), log)
+    gw = Gateway(proc, port, log)
+    wait_http(f"{gw.url}/healthz", proc=proc)
+    return gw
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data: dict[str, object] = json.loads(r.read())
+        return data
