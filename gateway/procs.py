@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ def wait_http(
     timeout: float = READY_TIMEOUT_S,
     proc: subprocess.Popen[bytes] | None = None,
     ok: Sequence[int] = (200,),
+    context: ssl.SSLContext | None = None,
 ) -> None:
     """Poll ``url`` until it answers with one of ``ok``; fail early if ``proc`` died."""
     deadline = time.monotonic() + timeout
@@ -36,7 +38,7 @@ def wait_http(
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with status {proc.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status in ok:
                     return
                 last = f"HTTP {resp.status}"
