@@ -12,12 +12,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from geodb.distance import est_rtt_ms
 from geodb.location import Location
 
 Origin = Literal["client", "self"]
+NetSource = Literal["measured", "distance"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +89,14 @@ class Outcome(StrEnum):
     NO_CANDIDATE = "no_candidate"  # some serve it, none is usable (health, drain, residency)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """An immutable value like the dataclasses here, but a NamedTuple: one is built per
+    upstream per request, and tuple construction is ~3x cheaper than a frozen dataclass's."""
+
     upstream: UpstreamView
     score_ms: float
     net_ms: float
-    net_source: Literal["measured", "distance"]
+    net_source: NetSource
     load_ms: float
     healthy: bool
     standby: bool
@@ -161,33 +164,39 @@ class Decision:
         }
 
 
-def _net_ms(
-    u: UpstreamView, facts: RequestFacts, snap: Snapshot, policy: Policy
-) -> tuple[float, Literal["measured", "distance"]]:
-    dst = snap.regions[u.region]
-    if policy.origin == "self":
-        if u.rtt_ms is not None:
+class _NetModel:
+    """Network cost of each candidate, the distance estimate memoised per region: a request
+    sees at most a handful of regions but may score hundreds of upstreams."""
+
+    __slots__ = ("_cache", "_measured", "_regions", "_src")
+
+    def __init__(self, facts: RequestFacts, snap: Snapshot, policy: Policy) -> None:
+        self._regions = snap.regions
+        self._measured = policy.origin == "self"
+        if self._measured:
+            src = snap.regions[policy.self_region]
+            self._src = (src.latitude, src.longitude)
+        else:
+            self._src = (facts.location.latitude, facts.location.longitude)
+        self._cache: dict[str, float] = {}
+
+    def cost(self, u: UpstreamView) -> tuple[float, NetSource]:
+        if self._measured and u.rtt_ms is not None:
             return u.rtt_ms, "measured"
-        src = snap.regions[policy.self_region]
-        return est_rtt_ms(src.latitude, src.longitude, dst.latitude, dst.longitude), "distance"
-    loc = facts.location
-    return est_rtt_ms(loc.latitude, loc.longitude, dst.latitude, dst.longitude), "distance"
+        est = self._cache.get(u.region)
+        if est is None:
+            dst = self._regions[u.region]
+            est = est_rtt_ms(self._src[0], self._src[1], dst.latitude, dst.longitude)
+            self._cache[u.region] = est
+        return est, "distance"
 
 
-def _candidate(u: UpstreamView, facts: RequestFacts, snap: Snapshot, policy: Policy) -> Candidate:
-    net, source = _net_ms(u, facts, snap, policy)
+def _candidate(u: UpstreamView, net_model: _NetModel) -> Candidate:
+    net, source = net_model.cost(u)
     load = 0.0
     if u.ttft_ms is not None:
         load = u.ttft_ms * (1.0 + (u.queue_depth or 0.0) / u.slots)
-    return Candidate(
-        upstream=u,
-        score_ms=net + load + u.bias_ms,
-        net_ms=net,
-        net_source=source,
-        load_ms=load,
-        healthy=u.healthy,
-        standby=u.weight <= 0,
-    )
+    return Candidate(u, net + load + u.bias_ms, net, source, load, u.healthy, u.weight <= 0)
 
 
 def _by_score(cands: Sequence[Candidate]) -> list[Candidate]:
@@ -241,13 +250,12 @@ def route(facts: RequestFacts, snap: Snapshot, policy: Policy, rng: random.Rando
         return Decision(Outcome.NO_CANDIDATE, (), tuple(excluded), "nothing usable", rule_name)
 
     # Tiers, each tried only when the ones before are exhausted.
-    cands = [_candidate(u, facts, snap, policy) for u in allowed if u.healthy or panic]
-    tiers = [
-        [c for c in cands if c.healthy and not c.standby],
-        [c for c in cands if c.healthy and c.standby],
-        [c for c in cands if not c.healthy and not c.standby],
-        [c for c in cands if not c.healthy and c.standby],
-    ]
+    net_model = _NetModel(facts, snap, policy)
+    tiers: list[list[Candidate]] = [[], [], [], []]
+    for u in allowed:
+        if u.healthy or panic:
+            c = _candidate(u, net_model)
+            tiers[(0 if c.healthy else 2) + (1 if c.standby else 0)].append(c)
     ordered_tiers = [_by_score(t) for t in tiers if t]
     first = ordered_tiers[0]
     best = first[0].score_ms

@@ -54,6 +54,9 @@ def run_hypercorn(config: Config) -> None:
     hc.bind = [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"]
     hc.graceful_timeout = s.drain_timeout_s
     hc.accesslog = None
+    # hypercorn closes a connection after 1000 requests by default; granian does not, and a
+    # long-lived multiplexed h2 connection from an edge tier is exactly what we want to keep.
+    hc.keep_alive_max_requests = 2**31
     if s.tls_cert and s.tls_key:
         hc.certfile, hc.keyfile = str(s.tls_cert), str(s.tls_key)
         hc.alpn_protocols = ["h2", "http/1.1"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,19 @@ async def _run(url: str, on_progress: asyncio.Event) -> tuple[Counter[int], Coun
 def test_kill_one_of_three_under_load_loses_nothing(tmp_path: Path) -> None:
     # Three near-equal upstreams in one region, so all three carry traffic when one dies.
     # Each answer takes ~20 ms, so requests are in flight on the victim when it is killed.
-    sims = [start_sim(tmp_path, f"s{i}", "eu-central", ["m"], "--ttft-ms", "10",
-                      "--tokens-per-s", "400") for i in range(3)]
+    sims = [
+        start_sim(
+            tmp_path, f"s{i}", "eu-central", ["m"], "--ttft-ms", "10", "--tokens-per-s", "400"
+        )
+        for i in range(3)
+    ]
     ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
-    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups).replace(
-        "[server]", "[server]\naccess_log = false"))
+    gw = start_gateway(
+        tmp_path,
+        lambda port: gateway_toml(port, ups).replace("[server]", "[server]\naccess_log = false"),
+    )
     try:
+
         async def scenario() -> tuple[Counter[int], Counter[str]]:
             progress = asyncio.Event()
             load = asyncio.ensure_future(_run(gw.url, progress))
@@ -65,8 +72,11 @@ def test_kill_one_of_three_under_load_loses_nothing(tmp_path: Path) -> None:
         assert victim["healthy"] is False
         # The kill must have been felt: requests to the victim failed over, none was lost.
         metrics = urllib.request.urlopen(f"{gw.url}/metrics").read().decode()
-        retries = next(float(line.split()[-1]) for line in metrics.splitlines()
-                       if line.startswith("geogate_retries_total"))
+        retries = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("geogate_retries_total")
+        )
         assert retries > 0, "no request failed over: the kill happened with nothing in flight"
     finally:
         gw.stop()

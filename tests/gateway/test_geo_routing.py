@@ -30,8 +30,9 @@ ROWS = [
 def region_for(gw: Gateway, source: str, model: str = "m", **headers: str) -> str:
     transport = httpx.HTTPTransport(local_address=source)
     with httpx.Client(transport=transport) as c:
-        r = c.post(f"{gw.url}/v1/chat/completions", headers=headers,
-                   json={"model": model, "messages": []})
+        r = c.post(
+            f"{gw.url}/v1/chat/completions", headers=headers, json={"model": model, "messages": []}
+        )
     assert r.status_code == 200, r.text
     return r.headers["geogate-route"].split(";")[0].removeprefix("region=")
 
@@ -43,17 +44,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, P
     build_from_rows(ROWS, db)
     eu = start_sim(tmp, "eu", "eu-central", ["m", "pinned"])
     ap = start_sim(tmp, "ap", "ap-southeast", ["m", "pinned"])
-    ups = [UpstreamSpec("eu-1", "eu-central", eu.url, ["m"]),
-           UpstreamSpec("ap-1", "ap-southeast", ap.url, ["m"]),
-           # For "pinned", eu-central scores 5 s worse: only residency can put London there.
-           UpstreamSpec("eu-pinned", "eu-central", eu.url, ["pinned"], "bias_ms = 5000"),
-           UpstreamSpec("ap-pinned", "ap-southeast", ap.url, ["pinned"])]
-    extra = (f'[geoip]\ndatabase = "{db}"\nreload_interval_s = 0.1\n\n'
-             f'[[residency]]\nname = "eu-in-eu"\ncontinents = ["EU"]\nregions = ["eu-central"]\n')
+    ups = [
+        UpstreamSpec("eu-1", "eu-central", eu.url, ["m"]),
+        UpstreamSpec("ap-1", "ap-southeast", ap.url, ["m"]),
+        # For "pinned", eu-central scores 5 s worse: only residency can put London there.
+        UpstreamSpec("eu-pinned", "eu-central", eu.url, ["pinned"], "bias_ms = 5000"),
+        UpstreamSpec("ap-pinned", "ap-southeast", ap.url, ["pinned"]),
+    ]
+    extra = (
+        f'[geoip]\ndatabase = "{db}"\nreload_interval_s = 0.1\n\n'
+        f'[[residency]]\nname = "eu-in-eu"\ncontinents = ["EU"]\nregions = ["eu-central"]\n'
+    )
 
     def toml(port: int) -> str:
         return gateway_toml(port, ups, extra=extra).replace(
-            'origin = "client"', f'origin = "client"\ntrusted_proxies = ["{PROXY}/32"]')
+            'origin = "client"', f'origin = "client"\ntrusted_proxies = ["{PROXY}/32"]'
+        )
 
     gw = start_gateway(tmp, toml)
     try:
@@ -96,14 +102,22 @@ def test_hot_reload_and_corrupt_file_refused(setup: tuple[Gateway, Path]) -> Non
     moved = db.with_name("moved.mmdb")
     build_from_rows([("london", [f"{LONDON}/32", "SG", "AS", "1.35", "103.82", "Moved"])], moved)
     os.replace(moved, db)  # how operators (and geoipupdate) replace a file: atomically
-    eventually(lambda: region_for(gw, LONDON) == "ap-southeast", timeout=10,
-               what="the replaced database to serve")
+    eventually(
+        lambda: region_for(gw, LONDON) == "ap-southeast",
+        timeout=10,
+        what="the replaced database to serve",
+    )
 
     good = db.read_bytes()
     db.write_bytes(good[: len(good) // 2])  # truncated in place, as a failed copy leaves it
-    eventually(lambda: f"refused GeoIP reload, still serving the previous file: GeoIP "
-                       f"database {db}" in gw.log_text(), timeout=10,
-               what="the refusal log line")
+    eventually(
+        lambda: (
+            f"refused GeoIP reload, still serving the previous file: GeoIP "
+            f"database {db}" in gw.log_text()
+        ),
+        timeout=10,
+        what="the refusal log line",
+    )
     assert region_for(gw, LONDON) == "ap-southeast"  # the previous database still serves
     lines = [x for x in gw.log_text().splitlines() if "refused GeoIP reload" in x]
     assert len(lines) == 1  # one line, not one per poll

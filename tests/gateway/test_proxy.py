@@ -32,18 +32,30 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, d
         "fast": start_sim(tmp, "fast", "eu-central", ["m"]),
         "tick": start_sim(tmp, "tick", "eu-central", ["tick"], "--tokens-per-s", "5", "--stamp"),
         "slow": start_sim(tmp, "slow", "eu-central", ["slow"], "--ttft-ms", "3000"),
-        "flaky": start_sim(tmp, "flaky", "eu-central", ["flaky"], "--error-rate", "1",
-                           "--error-status", "503"),
-        "dies": start_sim(tmp, "dies", "eu-central", ["dies"], "--abort-after", "3",
-                          "--tokens-per-s", "50"),
+        "flaky": start_sim(
+            tmp, "flaky", "eu-central", ["flaky"], "--error-rate", "1", "--error-status", "503"
+        ),
+        "dies": start_sim(
+            tmp, "dies", "eu-central", ["dies"], "--abort-after", "3", "--tokens-per-s", "50"
+        ),
     }
-    ups = [UpstreamSpec(n, s.region, s.url, [m]) for n, s, m in [
-        ("fast", sims["fast"], "m"), ("tick", sims["tick"], "tick"),
-        ("slow", sims["slow"], "slow"), ("flaky", sims["flaky"], "flaky"),
-        ("dies", sims["dies"], "dies")]]
+    ups = [
+        UpstreamSpec(n, s.region, s.url, [m])
+        for n, s, m in [
+            ("fast", sims["fast"], "m"),
+            ("tick", sims["tick"], "tick"),
+            ("slow", sims["slow"], "slow"),
+            ("flaky", sims["flaky"], "flaky"),
+            ("dies", sims["dies"], "dies"),
+        ]
+    ]
     ups.append(UpstreamSpec("gone", "us-east", f"http://127.0.0.1:{free_port()}", ["gone"]))
-    gw = start_gateway(tmp, lambda port: gateway_toml(port, ups).replace(
-        "[health]", f"max_body_bytes = {MAX_BODY}\n\n[timeouts]\nfirst_byte_s = 1\n\n[health]"))
+    gw = start_gateway(
+        tmp,
+        lambda port: gateway_toml(port, ups).replace(
+            "[health]", f"max_body_bytes = {MAX_BODY}\n\n[timeouts]\nfirst_byte_s = 1\n\n[health]"
+        ),
+    )
     try:
         yield gw, sims
     finally:
@@ -60,7 +72,8 @@ def test_non_streaming_roundtrip_with_openai_client(fleet: tuple[Gateway, dict[s
     gw, _ = fleet
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
     raw = client.chat.completions.with_raw_response.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
     out = raw.parse()
     assert out.choices[0].message.content == "the quick geo gate routes"
     assert out.usage is not None and out.usage.completion_tokens == 5
@@ -72,8 +85,12 @@ def test_streaming_with_openai_client(fleet: tuple[Gateway, dict[str, Sim]]) -> 
     gw, _ = fleet
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
     stream = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
-        stream_options={"include_usage": True})
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -86,8 +103,12 @@ def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> 
     """The upstream emits an event every 200 ms; each must reach us within 50 ms."""
     gw, _ = fleet
     lags = []
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions",
-                      json=chat("tick", max_tokens=6, stream=True), timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json=chat("tick", max_tokens=6, stream=True),
+        timeout=10,
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith(": t="):
@@ -99,22 +120,38 @@ def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> 
 def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, sims = fleet
     before = sims["tick"].stats()["cancelled"]
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions",
-                      json=chat("tick", max_tokens=50, stream=True), timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json=chat("tick", max_tokens=50, stream=True),
+        timeout=10,
+    ) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(4)]
         assert any(x.startswith("data: ") for x in got)
     # Leaving the block closed our connection mid-stream; the upstream must see it.
-    eventually(lambda: sims["tick"].stats()["cancelled"] == before + 1,
-               timeout=5, what="the upstream to observe the cancellation")
+    eventually(
+        lambda: sims["tick"].stats()["cancelled"] == before + 1,
+        timeout=5,
+        what="the upstream to observe the cancellation",
+    )
     assert sims["tick"].stats()["active"] == 0
 
 
 def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
-    r = httpx.post(f"{gw.url}/v1/echo", json={"model": "m"}, headers={
-        "X-Request-Id": "req-42", "Connection": "keep-alive, X-Secret", "X-Secret": "hop",
-        "Keep-Alive": "timeout=5", "X-Forwarded-For": "6.6.6.6", "Authorization": "Bearer k"})
+    r = httpx.post(
+        f"{gw.url}/v1/echo",
+        json={"model": "m"},
+        headers={
+            "X-Request-Id": "req-42",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "6.6.6.6",
+            "Authorization": "Bearer k",
+        },
+    )
     assert r.status_code == 200
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     assert seen["x-request-id"] == "req-42"
@@ -133,8 +170,9 @@ def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) 
     rid = r.headers["x-request-id"]
     assert len(rid) == 32
     eventually(lambda: f"rid={rid}" in gw.log_text(), timeout=5, what="the access log line")
-    bad = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"),
-                     headers={"X-Request-Id": "x" * 500})
+    bad = httpx.post(
+        f"{gw.url}/v1/chat/completions", json=chat("m"), headers={"X-Request-Id": "x" * 500}
+    )
     assert bad.headers["x-request-id"] != "x" * 500  # too long for a log: replaced
 
 
@@ -180,8 +218,10 @@ def test_unknown_model_is_404(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
 
 def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
-    eventually(lambda: not get_json(f"{gw.url}/routing-table")["regions"][1]["healthy"],
-               what="probes to mark the dead upstream down")
+    eventually(
+        lambda: not get_json(f"{gw.url}/routing-table")["regions"][1]["healthy"],
+        what="probes to mark the dead upstream down",
+    )
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gone"))
     assert_openai_error(r, 503, "no_healthy_upstream", "gone")
     assert int(r.headers["retry-after"]) > 0
@@ -205,7 +245,8 @@ def test_backend_dying_mid_stream_gives_an_error_event(
     gw, _ = fleet
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
     stream = client.chat.completions.create(
-        model="dies", messages=[{"role": "user", "content": "hi"}], max_tokens=10, stream=True)
+        model="dies", messages=[{"role": "user", "content": "hi"}], max_tokens=10, stream=True
+    )
     got = []
     with pytest.raises(openai.APIError, match="incomplete"):
         for c in stream:
@@ -215,8 +256,10 @@ def test_backend_dying_mid_stream_gives_an_error_event(
 
 def test_models_lists_healthy_union(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
-    eventually(lambda: "gone" not in str(get_json(f"{gw.url}/v1/models")),
-               what="the dead upstream's model to leave /v1/models")
+    eventually(
+        lambda: "gone" not in str(get_json(f"{gw.url}/v1/models")),
+        what="the dead upstream's model to leave /v1/models",
+    )
     ids = {m["id"] for m in get_json(f"{gw.url}/v1/models")["data"]}  # type: ignore[index]
     assert {"m", "tick", "slow", "dies"} <= ids
     assert "gone" not in ids

@@ -21,8 +21,9 @@ BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": 
 def _fleet(tmp: Path, *knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:
     sim = start_sim(tmp, "s", "eu-central", ["m"], *knobs)
     ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    gw = start_gateway(tmp, lambda p: gateway_toml(p, ups).replace(
-        "[server]", "[server]\n" + server_extra))
+    gw = start_gateway(
+        tmp, lambda p: gateway_toml(p, ups).replace("[server]", "[server]\n" + server_extra)
+    )
     return gw, sim
 
 
@@ -43,10 +44,27 @@ def test_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
 def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     sim = start_sim(tmp_path, "s", "eu-central", ["m"])
     ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
     tls = f'tls_cert = "{cert}"\ntls_key = "{key}"'
@@ -72,8 +90,12 @@ def test_tls_with_alpn_h2(tmp_path: Path) -> None:
 def _stream_in_thread(url: str, out: list[str]) -> threading.Thread:
     def run() -> None:
         try:
-            with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30,
-                              json={**BODY, "max_tokens": 10, "stream": True}) as r:
+            with httpx.stream(
+                "POST",
+                f"{url}/v1/chat/completions",
+                timeout=30,
+                json={**BODY, "max_tokens": 10, "stream": True},
+            ) as r:
                 out.extend(r.iter_lines())
         except httpx.HTTPError as exc:
             out.append(f"ERROR {type(exc).__name__}")
@@ -128,13 +150,19 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
-@pytest.mark.parametrize("bad", ["[gateway]\nregion = 'mars'\n[[regions]]\nid='x'\n"
-                                 "latitude=0\nlongitude=0\n", "not toml at all ["])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "[gateway]\nregion = 'mars'\n[[regions]]\nid='x'\nlatitude=0\nlongitude=0\n",
+        "not toml at all [",
+    ],
+)
 def test_bad_config_is_one_line(tmp_path: Path, bad: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(bad)
-    p = subprocess.run(geogate_cmd("gateway", "--config", str(cfg)), capture_output=True,
-                       text=True, timeout=30)
+    p = subprocess.run(
+        geogate_cmd("gateway", "--config", str(cfg)), capture_output=True, text=True, timeout=30
+    )
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert str(cfg) in p.stderr

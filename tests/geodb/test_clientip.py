@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import ipaddress
+
+from geodb.clientip import client_ip, is_trusted, parse_networks
+
+TRUSTED = parse_networks(["10.0.0.0/8", "::1/128"])
+
+
+def ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(s)
+
+
+def test_untrusted_peer_ignores_the_header() -> None:
+    assert client_ip("203.0.113.7", ["1.2.3.4"], TRUSTED) == ip("203.0.113.7")
+
+
+def test_trusted_chain_walked_from_the_right() -> None:
+    # client 198.51.100.1 -> proxy 10.0.0.2 -> proxy 10.0.0.3 (peer)
+    assert client_ip("10.0.0.3", ["6.6.6.6, 198.51.100.1, 10.0.0.2"], TRUSTED) == ip("198.51.100.1")
+    assert client_ip("10.0.0.3", ["6.6.6.6", "198.51.100.1"], TRUSTED) == ip("198.51.100.1")
+
+
+def test_all_trusted_gives_the_leftmost_and_garbage_stops_the_walk() -> None:
+    assert client_ip("10.0.0.3", ["10.0.0.1"], TRUSTED) == ip("10.0.0.1")
+    assert client_ip("10.0.0.3", ["198.51.100.1, not-an-ip"], TRUSTED) == ip("10.0.0.3")
+
+
+def test_address_forms() -> None:
+    assert client_ip("::ffff:203.0.113.9", [], TRUSTED) == ip("203.0.113.9")
+    assert client_ip("::1", ["[2001:db8::1]:443"], TRUSTED) == ip("2001:db8::1")
+    assert client_ip("10.0.0.3", ["198.51.100.1:5000"], TRUSTED) == ip("198.51.100.1")
+    assert client_ip(None, ["1.2.3.4"], TRUSTED) is None
+    assert is_trusted("10.9.9.9", TRUSTED) and not is_trusted("11.0.0.1", TRUSTED)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from geodb.distance import FIBRE_FLOOR_MS_PER_KM, est_rtt_ms, great_circle_km
+
+# A few published P50 inter-region RTTs (ms) with the regions' coordinates: the model must
+# stay within 35 % of each — it is a prior for unmeasured paths, not a measurement.
+PUBLISHED = """from_lat,from_lon,to_lat,to_lon,rtt_ms
+37.37,-79.82,50.11,8.68,94
+50.11,8.68,1.35,103.82,166
+1.35,103.82,-33.87,151.21,95
+37.37,-79.82,47.23,-119.85,73
+1.35,103.82,35.68,139.77,72
+"""
+
+
+def test_great_circle_known_distance() -> None:
+    assert great_circle_km(51.51, -0.13, 40.71, -74.01) == pytest.approx(5570, rel=0.01)
+    assert great_circle_km(10, 10, 10, 10) == 0
+
+
+@pytest.mark.parametrize("row", list(csv.DictReader(io.StringIO(PUBLISHED))))
+def test_model_tracks_published_rtts(row: dict[str, str]) -> None:
+    est = est_rtt_ms(
+        float(row["from_lat"]), float(row["from_lon"]), float(row["to_lat"]), float(row["to_lon"])
+    )
+    assert est == pytest.approx(float(row["rtt_ms"]), rel=0.35)
+
+
+def test_never_below_the_speed_of_light() -> None:
+    km = great_circle_km(0, 0, 0, 179)
+    assert est_rtt_ms(0, 0, 0, 179) >= FIBRE_FLOOR_MS_PER_KM * km

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+from geodb.build import build_from_rows
+from geodb.errors import DatabaseError
+from geodb.location import Location, LocationSource
+from geodb.reader import DefaultSource, GeoIPSource
+
+DEFAULT = Location(50.11, 8.68, "DE", "EU")
+
+
+def ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(s)
+
+
+def city_db(path: Path, city: str = "Paris", lat: float = 48.86) -> Path:
+    build_from_rows([("r", ["192.0.2.0/24", "FR", "EU", str(lat), "2.35", city])], path)
+    return path
+
+
+def country_db(path: Path) -> Path:
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-Country")
+    w.insert_network(
+        IPSet(["198.51.100.0/24"]), {"country": {"iso_code": "JP"}, "continent": {"code": "AS"}}
+    )
+    w.insert_network(
+        IPSet(["203.0.113.0/24"]), {"country": {"iso_code": "ZZ"}, "continent": {"code": "AF"}}
+    )
+    w.to_db_file(str(path))
+    return path
+
+
+def test_city_database(tmp_path: Path) -> None:
+    src = GeoIPSource(city_db(tmp_path / "c.mmdb"), DEFAULT)
+    loc = src.locate(ip("192.0.2.10"))
+    assert (loc.city, loc.country, loc.continent, loc.latitude) == ("Paris", "FR", "EU", 48.86)
+    assert loc.source is LocationSource.GEOIP
+
+
+def test_unknown_private_and_missing_go_to_default(tmp_path: Path) -> None:
+    src = GeoIPSource(city_db(tmp_path / "c.mmdb"), DEFAULT)
+    for addr in ("8.8.8.8", "10.1.2.3", "::1"):
+        assert src.locate(ip(addr)) == DEFAULT
+    assert src.locate(None) == DEFAULT
+    assert DefaultSource(DEFAULT).locate(ip("192.0.2.1")) == DEFAULT
+
+
+def test_country_database_uses_the_shipped_reference_points(tmp_path: Path) -> None:
+    src = GeoIPSource(country_db(tmp_path / "k.mmdb"), DEFAULT)
+    tokyo = src.locate(ip("198.51.100.5"))
+    assert (tokyo.country, tokyo.latitude, tokyo.longitude) == ("JP", 35.68, 139.77)
+    assert tokyo.accuracy_km == 500
+    unknown_country = src.locate(ip("203.0.113.5"))  # not in the table: continent fallback
+    assert (unknown_country.latitude, unknown_country.accuracy_km) == (-1.29, 2500)
+
+
+def test_bad_files_are_refused_with_the_name(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="does not exist"):
+        GeoIPSource(tmp_path / "nope.mmdb", DEFAULT)
+    junk = tmp_path / "junk.mmdb"
+    junk.write_bytes(b"\x00" * 1000)
+    with pytest.raises(DatabaseError, match=f"{junk}.*corrupt or truncated"):
+        GeoIPSource(junk, DEFAULT)
+    asn = tmp_path / "asn.mmdb"
+    w = MMDBWriter(database_type="GeoLite2-ASN")
+    w.insert_network(IPSet(["1.0.0.0/8"]), {"autonomous_system_number": 1})
+    w.to_db_file(str(asn))
+    with pytest.raises(DatabaseError, match="City or Country"):
+        GeoIPSource(asn, DEFAULT)
+
+
+def test_hot_reload_swaps_and_refuses_corrupt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = city_db(tmp_path / "c.mmdb")
+    src = GeoIPSource(db, DEFAULT)
+    assert not src.maybe_reload()  # unchanged
+    os.replace(city_db(tmp_path / "new.mmdb", "Lyon", 45.76), db)
+    assert src.maybe_reload()
+    assert src.locate(ip("192.0.2.1")).city == "Lyon"
+    db.write_bytes(db.read_bytes()[:100])
+    with caplog.at_level(logging.ERROR, logger="geodb"):
+        assert not src.maybe_reload()
+        assert not src.maybe_reload()  # the same broken file: no second attempt, no log
+    assert [r.getMessage() for r in caplog.records if str(db) in r.getMessage()] and len(
+        caplog.records
+    ) == 1
+    assert src.locate(ip("192.0.2.1")).city == "Lyon"
+    db.unlink()
+    assert not src.maybe_reload()  # missing mid-replacement: keep serving
+    assert src.locate(ip("192.0.2.1")).city == "Lyon"
