@@ -18,6 +18,7 @@ Writes bench/results/overhead.{md,json}. Run: scripts/dev bench [--duration S] [
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -129,14 +130,29 @@ def _h2load_once(url: str, body: Path, shape: list[str], n: int, log: Path) -> s
     log.unlink(missing_ok=True)
     # Count-based runs: h2load 1.52's duration mode (-D) stalls at 0 requests on some h2c
     # servers (nginx, hypercorn), so a short calibration run sizes the measured one instead.
-    args = ["h2load", "-t", "1", *shape, "-n", str(n), "-d", str(body),
-            "-H", "content-type: application/json", "--log-file", str(log), url]
-    return subprocess.run(pinned(LOAD_CPU, args), capture_output=True, text=True,
-                          timeout=300).stdout
+    args = [
+        "h2load",
+        "-t",
+        "1",
+        *shape,
+        "-n",
+        str(n),
+        "-d",
+        str(body),
+        "-H",
+        "content-type: application/json",
+        "--log-file",
+        str(log),
+        url,
+    ]
+    return subprocess.run(
+        pinned(LOAD_CPU, args), capture_output=True, text=True, timeout=300
+    ).stdout
 
 
-def h2load(url: str, body: Path, proto: str, conc: int, duration: float,
-           log: Path) -> tuple[float, list[float], int, int]:
+def h2load(
+    url: str, body: Path, proto: str, conc: int, duration: float, log: Path
+) -> tuple[float, list[float], int, int]:
     if proto == "h1":
         shape = ["--h1", "-c", str(conc), "-m", "1"]
     else:
@@ -168,20 +184,30 @@ def pct(values: list[float], q: float) -> float:
 
 def router_times() -> dict[int, float]:
     """Median µs per decision, origin self, all upstreams serving the model."""
-    regions = {f"r{i}": RegionPoint(f"r{i}", random.uniform(-60, 60), random.uniform(-180, 180))
-               for i in range(10)}
+    regions = {
+        f"r{i}": RegionPoint(f"r{i}", random.uniform(-60, 60), random.uniform(-180, 180))
+        for i in range(10)
+    }
     out = {}
     for n in (3, 30, 300):
         rng = random.Random(n)
-        ups = tuple(UpstreamView(f"u{i}", f"r{i % 10}", frozenset({"m"}),
-                                 rtt_ms=rng.uniform(1, 300) if i % 3 else None,
-                                 ttft_ms=rng.uniform(20, 80), queue_depth=rng.uniform(0, 8))
-                    for i in range(n))
+        ups = tuple(
+            UpstreamView(
+                f"u{i}",
+                f"r{i % 10}",
+                frozenset({"m"}),
+                rtt_ms=rng.uniform(1, 300) if i % 3 else None,
+                ttft_ms=rng.uniform(20, 80),
+                queue_depth=rng.uniform(0, 8),
+            )
+            for i in range(n)
+        )
         snap = Snapshot(ups, regions, {u.id: rng.randint(0, 5) for u in ups})
         facts = RequestFacts("m", Location(48.0, 11.0, "DE", "EU"))
         policy = Policy("self", "r0")
         number = max(100, 30000 // n)
-        runs = timeit.repeat(lambda: route(facts, snap, policy, rng), number=number, repeat=7)
+        call = functools.partial(route, facts, snap, policy, rng)
+        runs = timeit.repeat(call, number=number, repeat=7)
         out[n] = statistics.median(runs) / number * 1e6
     return out
 
@@ -195,29 +221,45 @@ def main() -> None:
     concurrency = (16,) if args.quick else CONCURRENCY
     for tool in ("h2load", "nginx"):
         if not shutil.which(tool):
-            sys.exit(f"bench: {tool} not found; run it through scripts/dev bench, which installs it")
+            sys.exit(
+                f"bench: {tool} not found; run it through scripts/dev bench, which installs it"
+            )
 
     work = Path(tempfile.mkdtemp(prefix="geogate-bench-"))
     backend = free_port()
-    procs = [spawn(pinned(LOAD_CPU, geogate_cmd(
-        "sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(TOKENS))),
-        work / "sim.log")]
+    procs = [
+        spawn(
+            pinned(
+                LOAD_CPU,
+                geogate_cmd(
+                    "sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(TOKENS)
+                ),
+            ),
+            work / "sim.log",
+        )
+    ]
     targets: dict[str, dict[str, int]] = {"direct": {"h1": backend}}
     try:
         wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
         for engine, name in (("granian", "geogate"), ("hypercorn", "geogate-hc")):
             port = free_port()
             conf = gateway_conf(work, port, backend, engine)
-            p = spawn(pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))),
-                      work / f"{name}.log")
+            p = spawn(
+                pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))),
+                work / f"{name}.log",
+            )
             procs.append(p)
             wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
             # hypercorn-h11 sends "HTTP/1.1 200 " (ASGI has no reason phrase), which h2load
             # counts as a failure: hypercorn is measured on h2c only.
             targets[name] = {"h2c": port} if engine == "hypercorn" else {"h1": port, "h2c": port}
         h1, h2 = free_port(), free_port()
-        p = spawn(pinned(PROXY_CPU, ["nginx", "-c", str(nginx_conf(work, h1, h2, backend)),
-                                     "-p", str(work)]), work / "nginx.log")
+        p = spawn(
+            pinned(
+                PROXY_CPU, ["nginx", "-c", str(nginx_conf(work, h1, h2, backend)), "-p", str(work)]
+            ),
+            work / "nginx.log",
+        )
         procs.append(p)
         wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
         targets["nginx"] = {"h1": h1, "h2c": h2}
@@ -225,22 +267,43 @@ def main() -> None:
         rows: list[Row] = []
         for mode, stream in (("non-streaming", False), ("streaming", True)):
             body = work / f"{mode}.json"
-            body.write_text(json.dumps({"model": MODEL, "max_tokens": TOKENS, "stream": stream,
-                                        "messages": [{"role": "user", "content": "hi"}]}))
+            body.write_text(
+                json.dumps(
+                    {
+                        "model": MODEL,
+                        "max_tokens": TOKENS,
+                        "stream": stream,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                )
+            )
             for proto in ("h1", "h2c"):
                 for conc in concurrency:
                     for target, ports in targets.items():
                         if proto not in ports:
                             continue
                         url = f"http://127.0.0.1:{ports[proto]}/v1/chat/completions"
-                        rps, lat, ok, failed = h2load(url, body, proto, conc, duration,
-                                                      work / "h2load.log")
-                        row = Row(target, mode, proto, conc, rps, pct(lat, 0.5),
-                                  pct(lat, 0.99), ok, failed)
+                        rps, lat, ok, failed = h2load(
+                            url, body, proto, conc, duration, work / "h2load.log"
+                        )
+                        row = Row(
+                            target,
+                            mode,
+                            proto,
+                            conc,
+                            rps,
+                            pct(lat, 0.5),
+                            pct(lat, 0.99),
+                            ok,
+                            failed,
+                        )
                         rows.append(row)
-                        print(f"{mode:13} {proto:3} c={conc:<3} {target:10} {rps:8.0f} req/s "
-                              f"p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms"
-                              f"{'  FAILED ' + str(failed) if failed else ''}", flush=True)
+                        print(
+                            f"{mode:13} {proto:3} c={conc:<3} {target:10} {rps:8.0f} req/s "
+                            f"p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms"
+                            f"{'  FAILED ' + str(failed) if failed else ''}",
+                            flush=True,
+                        )
         router = router_times()
     finally:
         for p in reversed(procs):
@@ -250,43 +313,75 @@ def main() -> None:
 
 def write(rows: list[Row], router: dict[int, float], duration: float) -> None:
     def find(target: str, r: Row) -> Row | None:
-        return next((x for x in rows if x.target == target and (x.mode, x.proto, x.concurrency)
-                     == (r.mode, r.proto, r.concurrency)), None)
+        return next(
+            (
+                x
+                for x in rows
+                if x.target == target
+                and (x.mode, x.proto, x.concurrency) == (r.mode, r.proto, r.concurrency)
+            ),
+            None,
+        )
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-               f"{platform.release()}, Python {platform.python_version()}")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
     lines = [
-        "# geogate overhead benchmark", "",
+        "# geogate overhead benchmark",
+        "",
         f"Machine: {machine}. About {duration:g} s per cell after a calibration run that is "
         "also the warm-up; h2load, 1 thread.",
         "Proxies pinned to CPU 0; backend and h2load share CPU 1. Ratios compare targets "
-        "measured in this same run; absolute numbers vary between machines and runs.", "",
+        "measured in this same run; absolute numbers vary between machines and runs.",
+        "",
         "| mode | proto | conc | target | req/s | p50 ms | p99 ms | rps vs direct | "
         "rps vs nginx | p50 vs nginx | failed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for r in rows:
-        d, n = find("direct", r) or find("direct", Row("", r.mode, "h1", r.concurrency,
-                                                        0, 0, 0, 0, 0)), find("nginx", r)
+        d, n = (
+            find("direct", r)
+            or find("direct", Row("", r.mode, "h1", r.concurrency, 0, 0, 0, 0, 0)),
+            find("nginx", r),
+        )
         vs_d = f"{r.rps / d.rps:.2f}" if d and d.rps else "-"
         vs_n = f"{r.rps / n.rps:.2f}" if n and n.rps else "-"
         p50_n = f"{r.p50_ms / n.p50_ms:.2f}" if n and n.p50_ms else "-"
-        lines.append(f"| {r.mode} | {r.proto} | {r.concurrency} | {r.target} | {r.rps:.0f} | "
-                     f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {vs_d} | {vs_n} | {p50_n} | "
-                     f"{r.failed} |")
-        summary.append({**asdict(r), "rps_vs_direct": vs_d, "rps_vs_nginx": vs_n,
-                        "p50_vs_nginx": p50_n})
-    lines += ["", "(h1 `direct` is the reference for the h2c rows: the backend speaks only "
-              "HTTP/1.1.)", "", "## Router decision time (pure function, one core)", "",
-              "| upstreams | µs per decision |", "|---|---|"]
+        lines.append(
+            f"| {r.mode} | {r.proto} | {r.concurrency} | {r.target} | {r.rps:.0f} | "
+            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {vs_d} | {vs_n} | {p50_n} | "
+            f"{r.failed} |"
+        )
+        summary.append(
+            {**asdict(r), "rps_vs_direct": vs_d, "rps_vs_nginx": vs_n, "p50_vs_nginx": p50_n}
+        )
+    lines += [
+        "",
+        "(h1 `direct` is the reference for the h2c rows: the backend speaks only HTTP/1.1.)",
+        "",
+        "## Router decision time (pure function, one core)",
+        "",
+        "| upstreams | µs per decision |",
+        "|---|---|",
+    ]
     lines += [f"| {n} | {us:.1f} |" for n, us in router.items()]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "overhead.json").write_text(json.dumps({
-        "machine": machine, "duration_s": duration, "rows": summary,
-        "router_us_per_decision": {str(k): v for k, v in router.items()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+    (RESULTS / "overhead.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "duration_s": duration,
+                "rows": summary,
+                "router_us_per_decision": {str(k): v for k, v in router.items()},
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(lines))
     print(f"\nwrote {RESULTS / 'overhead.md'} and overhead.json")
 

@@ -39,8 +39,8 @@ RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
 
 # --- passive health (outlier ejection) ------------------------------------------------------
 CONSECUTIVE_FAILURES = 5  # Envoy's consecutive_5xx default
-BASE_EJECTION_S = 30.0  # Envoy: 30 s x times ejected...
-MAX_EJECTION_S = 300.0  # ...capped at 300 s
+BASE_EJECTION_S = 30.0  # first ejection 30 s (Envoy's base), doubling on each repeat...
+MAX_EJECTION_S = 300.0  # ...capped at 300 s (Envoy's cap)
 
 # --- geoip ----------------------------------------------------------------------------------
 GEOIP_RELOAD_INTERVAL_S = 5.0  # a replaced file serves within 5 s; a stat() per interval

@@ -66,5 +66,8 @@ def apply_result(h: UpstreamHealth, ok: bool, now: float, cfg: OutlierSection) -
         return False
     h.times_ejected += 1
     h.passive_failures = 0
-    h.ejected_until = now + min(cfg.base_ejection_s * h.times_ejected, cfg.max_ejection_s)
+    # Exponential backoff: a backend that keeps failing after each return stays out twice as
+    # long each time (30, 60, 120, 240, 300 s with the defaults).
+    backoff = cfg.base_ejection_s * 2 ** min(h.times_ejected - 1, 30)
+    h.ejected_until = now + min(backoff, cfg.max_ejection_s)
     return True

@@ -4,7 +4,7 @@ from gateway.config import HealthSection, OutlierSection
 from gateway.health import UpstreamHealth, apply_probe, apply_result
 
 HC = HealthSection(healthy_threshold=2, unhealthy_threshold=2, rtt_ewma_alpha=0.5)
-OUT = OutlierSection(consecutive_failures=3, base_ejection_s=10, max_ejection_s=25)
+OUT = OutlierSection(consecutive_failures=3, base_ejection_s=10, max_ejection_s=35)
 
 
 def test_first_probe_decides_then_thresholds_apply() -> None:
@@ -31,7 +31,7 @@ def test_passive_ejection_backs_off_and_a_probe_restores() -> None:
     assert h.ejected_until == 40  # second ejection: 2 x 10 s
     for _ in range(3):
         apply_result(h, False, 100, OUT)
-    assert h.ejected_until == 125  # third: 30 s capped at 25 s
+    assert h.ejected_until == 135  # third: 4 x 10 s, capped at 35 s
     apply_probe(h, True, 1.0, None, HC)
     apply_probe(h, True, 1.0, None, HC)
     assert h.healthy(101)  # answering probes again ends the ejection
