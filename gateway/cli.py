@@ -24,6 +24,8 @@ class CLIError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geogate", description="Geo-aware inference gateway.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backend", help="the model server: geogate backend --help",
+                   add_help=False)
 
     g = sub.add_parser("gateway", help="run the gateway")
     g.add_argument("--config", type=Path, required=True, help="TOML config file")
@@ -178,6 +180,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["backend"]:
+        # The model server has its own parser and heavy imports (torch): hand over whole.
+        from backend.cli import main as backend_main
+
+        backend_main(argv[1:])
+        return
     args = _parser().parse_args(argv)
     commands = {"gateway": cmd_gateway, "sim-backend": cmd_sim, "demo": cmd_demo}
     try:

@@ -1,0 +1,157 @@
+"""OpenAI request validation and response shapes for the model server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
+from backend.sampling import SamplingParams
+
+DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+
+@dataclass(frozen=True)
+class Parsed:
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float,
+            lo_open: bool = False) -> float:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InvalidParameter(f"{key} must be a number, got {v!r}", param=key)
+    if v < lo or v > hi or (lo_open and v == lo):
+        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+        raise InvalidParameter(f"{key} must be in {bound}, got {v}", param=key)
+    return float(v)
+
+
+def _int(body: dict[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidParameter(f"{key} must be an integer, got {v!r}", param=key)
+    return v
+
+
+def _chat_prompt(tok: Any, messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidParameter("messages must be a non-empty list", param="messages")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidParameter(f"messages[{i}] must be an object with a role",
+                                   param="messages")
+        content = m.get("content", "")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise InvalidParameter(f"messages[{i}].content must be a string",
+                                   param="messages")
+        clean.append({"role": m["role"], "content": content})
+    if getattr(tok, "chat_template", None):
+        return str(tok.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
+    return "\n".join(f"{m['role']}: {m['content']}" for m in clean) + "\nassistant:"
+
+
+def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Parsed:
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    model = body.get("model")
+    if model != served:
+        raise ModelNotFound(f"model {model!r} is not served here; this server serves "
+                            f"{served!r} (GET /v1/models)", param="model")
+    if chat:
+        text = _chat_prompt(tok, body.get("messages"))
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise InvalidParameter("prompt must be a string", param="prompt")
+        text = prompt
+    ids: list[int] = tok(text, add_special_tokens=not chat)["input_ids"]
+    n = _int(body, "n")
+    if n not in (None, 1):
+        raise InvalidParameter("only n=1 is supported", param="n")
+    max_tokens = _int(body, "max_completion_tokens") or _int(body, "max_tokens")
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidParameter(f"max_tokens must be at least 1, got {max_tokens}",
+                               param="max_tokens")
+    room = context_len - len(ids)
+    if room < 1 or (max_tokens is not None and max_tokens > room):
+        asked = max_tokens or 1
+        raise ContextTooLong(
+            f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
+            f"tokens and max_tokens {asked}, {len(ids) + asked} in all. Shorten the prompt "
+            "or lower max_tokens", param="messages" if chat else "prompt")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
+                             or not all(isinstance(s, str) and s for s in stop)):
+        raise InvalidParameter(f"stop must be a string or a list of up to "
+                               f"{MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidParameter("stream must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise InvalidParameter("stream_options must be an object", param="stream_options")
+    params = SamplingParams(
+        max_tokens=max_tokens or min(DEFAULT_MAX_TOKENS, room),
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        stop=tuple(stop or ()),
+        seed=_int(body, "seed"),
+    )
+    return Parsed(ids, params, stream, bool(opts.get("include_usage")))
+
+
+class Shape:
+    """Builds OpenAI response objects for one request."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model = model
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.object = "chat.completion.chunk" if chat else "text_completion"
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": None}
+
+    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
+            if text:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        return {**self._base(self.object), "choices": [choice]}
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self._base(self.object), "choices": [], "usage": usage}
+
+    def whole(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish,
+                                      "message": {"role": "assistant", "content": text}}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "logprobs": None, "finish_reason": finish, "text": text}
+            obj = "text_completion"
+        return {**self._base(obj), "choices": [choice], "usage": usage}

@@ -1,0 +1,82 @@
+"""``geogate backend ...``: serve a model, or make the tiny test model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backend.errors import BackendError
+
+EXIT_USAGE = 2
+
+
+def _serve(argv: Sequence[str]) -> None:
+    p = argparse.ArgumentParser(prog="geogate backend",
+                                description="Serve a local Hugging Face causal LM.")
+    p.add_argument("--model", type=Path, required=True, help="local model directory")
+    p.add_argument("--quantize", choices=["none", "int8", "nf4", "int8-dynamic"],
+                   default="none")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--served-model-name", help="model name in the API (default: dir name)")
+    p.add_argument("--max-batch", type=int, default=None, help="running sequences (16)")
+    p.add_argument("--max-waiting", type=int, default=None, help="queued requests (64)")
+    a = p.parse_args(argv)
+
+    from aiohttp import web
+
+    from backend.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAITING, Engine
+    from backend.loader import load_model
+    from backend.metrics import BackendMetrics
+    from backend.server import BackendServer
+
+    loaded = load_model(a.model, a.quantize, a.dtype, a.device, a.served_model_name)
+    metrics = BackendMetrics(loaded.name)
+    if loaded.device == "cuda":
+        metrics.enable_gpu()
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.device,
+                    max_batch=a.max_batch or DEFAULT_MAX_BATCH,
+                    max_waiting=a.max_waiting if a.max_waiting is not None
+                    else DEFAULT_MAX_WAITING, observer=metrics)
+    server = BackendServer(loaded, engine, metrics)
+    # handler_cancellation: a client that disconnects cancels its handler at once, which
+    # marks the sequence cancelled; the engine drops it at the next decode step.
+    web.run_app(server.app(), host=a.host, port=a.port, access_log=None, print=None,
+                handler_cancellation=True)
+
+
+def _make_tiny(argv: Sequence[str]) -> None:
+    p = argparse.ArgumentParser(prog="geogate backend make-tiny-model")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--preset", choices=["tiny", "small", "1b"], default="tiny",
+                   help="tiny (~160k parameters), small (~3M) or 1b (~1.1B, for GPUs)")
+    a = p.parse_args(argv)
+    from backend.tiny import PRESETS, make_tiny_model
+
+    n = make_tiny_model(a.dir, PRESETS[a.preset])
+    print(f"wrote a random Llama model ({n:,} parameters) and its tokenizer to {a.dir}")
+
+
+def main(argv: Sequence[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        if argv[:1] == ["make-tiny-model"]:
+            _make_tiny(argv[1:])
+        else:
+            _serve(argv)
+    except BackendError as exc:
+        print(f"geogate backend: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except ImportError as exc:
+        print(f"geogate backend: {exc.name} is not installed; install the backend extra: "
+              "pip install 'geogate[backend]'", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

@@ -1,0 +1,276 @@
+"""Iteration-level (continuous) batching on one model.
+
+One thread owns the model. Between two decode steps it admits waiting requests (each is
+prefilled alone, then its KV cache is merged into the running batch, left-padded to a common
+length) and drops finished or cancelled ones (their rows are cut out of the cache). Each decode
+step runs every running sequence in one forward pass.
+
+Why not transformers' own ContinuousBatchingManager: on transformers 5.24 it runs on the CPU
+and takes per-request temperature/top_p, but has one sampling seed and one do_sample flag per
+manager, so "same seed, same text" cannot hold while other requests share the batch, and
+greedy and sampled requests cannot be mixed.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from backend.errors import QueueFull
+from backend.sampling import SamplingParams, choose, new_generator
+
+log = logging.getLogger("geogate.backend")
+
+DEFAULT_MAX_BATCH = 16  # running sequences; more waits in the queue
+DEFAULT_MAX_WAITING = 64  # queued requests; beyond it 429
+QUEUE_FULL_RETRY_AFTER_S = 1
+
+
+@dataclass
+class Event:
+    kind: str  # "token", "finish" or "error"
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]  # must be thread-safe: called from the engine thread
+    id: int = 0
+    out_ids: list[int] = field(default_factory=list)
+    cancelled: bool = False  # set by the HTTP side when the client leaves
+    sent: str = ""  # text already emitted
+    generator: torch.Generator | None = None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_first: float | None = None
+    position: int = 0  # next position id
+
+
+class EngineObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def queue(self, waiting: int, running: int) -> None: ...
+    def first_token(self, seconds: float) -> None: ...
+    def finished(self, seq: Sequence, seconds: float) -> None: ...
+    def tokens(self, prompt: int, generated: int) -> None: ...
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, device: str, *,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_waiting: int = DEFAULT_MAX_WAITING,
+                 observer: EngineObserver | None = None) -> None:
+        self.model = model
+        self.tok = tokenizer
+        self.device = device
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.obs = observer or EngineObserver()
+        self.eos: set[int] = set()
+        for e in (getattr(model.generation_config, "eos_token_id", None),
+                  tokenizer.eos_token_id):
+            self.eos.update(e if isinstance(e, list) else [e] if e is not None else [])
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._cache: Any = None  # DynamicCache with one row per running sequence
+        self._mask: torch.Tensor | None = None  # [batch, cache length], 0 = left padding
+        self._cond = threading.Condition()
+        self._stop = False
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self.steps = 0  # decode steps run, for tests and benchmarks
+
+    # --- API for the HTTP side (any thread) -----------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(
+                    f"the server has {len(self._running)} requests running and "
+                    f"{len(self._waiting)} waiting, its limit; retry in "
+                    f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
+                    headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+            seq.id = next(self._ids)
+            seq.generator = new_generator(seq.params.seed)
+            self._waiting.append(seq)
+            self.obs.queue(len(self._waiting), len(self._running))
+            self._cond.notify()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        return len(self._waiting), len(self._running)
+
+    # --- the engine thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cond:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                admit = []
+                while self._waiting and len(self._running) + len(admit) < self.max_batch:
+                    admit.append(self._waiting.popleft())
+            try:
+                with torch.inference_mode():
+                    for seq in admit:
+                        self._join(seq)
+                    if self._running:
+                        self._decode()
+            except Exception as exc:  # a model failure fails its requests, not the server
+                log.exception("engine step failed")
+                for seq in [*admit, *self._running]:
+                    seq.emit(Event("error", text=f"generation failed: {exc}"))
+                self._running, self._cache, self._mask = [], None, None
+            self.obs.queue(len(self._waiting), len(self._running))
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Any) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         cache=cache, use_cache=True)
+        self._last_cache = cache
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def _join(self, seq: Sequence) -> None:
+        """Prefill alone, sample the first token, merge the cache into the running batch."""
+        if seq.cancelled:
+            self._finish(seq, "cancelled")
+            return
+        n = len(seq.prompt_ids)
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        mask = torch.ones((1, n), dtype=torch.long, device=self.device)
+        logits = self._forward(ids, mask, torch.arange(n, device=self.device)[None], None)
+        cache = self._last_cache
+        seq.position = n
+        self.obs.tokens(n, 0)
+        if not self._accept(seq, logits[0]):
+            return
+        self._merge(seq, cache, mask)
+
+    def _merge(self, seq: Sequence, cache: Any, mask: torch.Tensor) -> None:
+        from transformers import DynamicCache
+
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask, self._running = cache, mask, [seq]
+            return
+        cur, new = self._mask.shape[1], mask.shape[1]
+        length = max(cur, new)
+        layers = []
+        for a, b in zip(self._cache.layers, cache.layers, strict=True):
+            k = torch.cat([_left_pad(a.keys, length), _left_pad(b.keys, length)])
+            v = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
+            layers.append((k, v))
+        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        self._mask = torch.cat([_left_pad(self._mask, length, dim=1),
+                                _left_pad(mask, length, dim=1)])
+        self._running.append(seq)
+
+    def _decode(self) -> None:
+        assert self._mask is not None
+        seqs = self._running
+        ids = torch.tensor([[s.out_ids[-1]] for s in seqs], device=self.device)
+        ones = torch.ones((len(seqs), 1), dtype=self._mask.dtype, device=self.device)
+        mask = torch.cat([self._mask, ones], dim=1)
+        positions = torch.tensor([[s.position] for s in seqs], device=self.device)
+        logits = self._forward(ids, mask, positions, self._cache)
+        self._mask = mask
+        self.steps += 1
+        keep = []
+        for i, seq in enumerate(seqs):
+            seq.position += 1
+            if self._accept(seq, logits[i]):
+                keep.append(i)
+        if len(keep) < len(seqs):
+            self._shrink(keep)
+
+    def _shrink(self, keep: list[int]) -> None:
+        """Cut finished rows out of the batch, and the left padding nobody needs any more."""
+        if not keep:
+            self._running, self._cache, self._mask = [], None, None
+            return
+        assert self._mask is not None
+        idx = torch.tensor(keep, device=self.device)
+        self._running = [self._running[i] for i in keep]
+        mask = self._mask.index_select(0, idx)
+        drop = int((mask.sum(0) == 0).long().cumprod(0).sum().item())  # all-pad columns
+        self._mask = mask[:, drop:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, drop:]
+            layer.values = layer.values.index_select(0, idx)[:, :, drop:]
+
+    def _accept(self, seq: Sequence, logits: torch.Tensor) -> bool:
+        """Sample, emit, and say whether the sequence goes on."""
+        if seq.cancelled:
+            self._finish(seq, "cancelled")
+            return False
+        assert seq.generator is not None
+        token = choose(logits, seq.params, seq.generator)
+        if seq.t_first is None:
+            seq.t_first = time.perf_counter()
+            self.obs.first_token(seq.t_first - seq.t_submit)
+        self.obs.tokens(0, 1)
+        if token in self.eos:
+            self._finish(seq, "stop")
+            return False
+        seq.out_ids.append(token)
+        text = self.tok.decode(seq.out_ids, skip_special_tokens=True)
+        for stop in seq.params.stop:
+            at = text.find(stop)
+            if at >= 0:
+                self._emit_text(seq, text[:at], hold=0)
+                self._finish(seq, "stop")
+                return False
+        if len(seq.out_ids) >= seq.params.max_tokens:
+            self._emit_text(seq, text, hold=0)
+            self._finish(seq, "length")
+            return False
+        # Hold back what could still turn out to be the start of a stop string, and a
+        # partial UTF-8 character the decoder shows as U+FFFD.
+        hold = max((len(s) - 1 for s in seq.params.stop), default=0)
+        self._emit_text(seq, text.rstrip("\ufffd") if text.endswith("\ufffd") else text, hold)
+        return True
+
+    def _emit_text(self, seq: Sequence, text: str, hold: int) -> None:
+        upto = len(text) - hold
+        if upto > len(seq.sent) and text.startswith(seq.sent):
+            seq.emit(Event("token", text=text[len(seq.sent):upto]))
+            seq.sent = text[:upto]
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.obs.finished(seq, time.perf_counter() - seq.t_submit)
+        seq.emit(Event("finish", finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
+                       completion_tokens=len(seq.out_ids)))
+
+
+def _left_pad(t: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)

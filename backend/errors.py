@@ -1,0 +1,42 @@
+"""The backend's one error root, mapped to OpenAI-shaped JSON at the HTTP boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BackendError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class ModelLoadError(BackendError):
+    """The model directory or the requested quantization cannot be used (start-up)."""
+
+
+class InvalidParameter(BackendError):
+    status, type, code = 400, "invalid_request_error", "invalid_parameter"
+
+
+class ContextTooLong(BackendError):
+    status, type, code = 400, "invalid_request_error", "context_length_exceeded"
+
+
+class ModelNotFound(BackendError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class QueueFull(BackendError):
+    status, type, code = 429, "rate_limit_error", "queue_full"

@@ -1,0 +1,80 @@
+"""Prometheus metrics with vLLM's names where the meaning matches, plus NVML GPU figures.
+
+``vllm:kv_cache_usage_perc`` is left out on purpose: this engine grows its KV cache per
+request instead of carving a fixed pool, so there is no meaningful "share used".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from backend.engine import EngineObserver, Sequence
+
+log = logging.getLogger("geogate.backend")
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+
+
+class BackendMetrics(EngineObserver):
+    def __init__(self, model_name: str) -> None:
+        r = self.registry = CollectorRegistry()
+        labels = ["model_name"]
+        self.name = model_name
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", labels,
+                             registry=r).labels(model_name)
+        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch",
+                             labels, registry=r).labels(model_name)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", labels,
+                              buckets=TTFT_BUCKETS, registry=r).labels(model_name)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", labels,
+                             buckets=E2E_BUCKETS, registry=r).labels(model_name)
+        self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens processed", labels,
+                              registry=r).labels(model_name)
+        self.generated = Counter("vllm:generation_tokens", "Tokens generated", labels,
+                                 registry=r).labels(model_name)
+        self._nvml: Any = None
+        self._gpu_util: Any = None
+        self._gpu_mem: Any = None
+
+    def enable_gpu(self) -> None:
+        """GPU utilization and memory from NVML, when a GPU and pynvml are there."""
+        try:
+            import pynvml  # from nvidia-ml-py
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception as exc:  # no driver, no library: the metrics are simply absent
+            log.warning("GPU metrics disabled: NVML unavailable (%s)", exc)
+            return
+        self._gpu_util = Gauge("geogate_backend_gpu_utilization_perc",
+                               "GPU utilization (0-100) from NVML", registry=self.registry)
+        self._gpu_mem = Gauge("geogate_backend_gpu_memory_used_bytes",
+                              "GPU memory in use from NVML", registry=self.registry)
+
+    def render(self) -> bytes:
+        if self._nvml is not None:
+            import pynvml
+
+            self._gpu_util.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
+            self._gpu_mem.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+        return generate_latest(self.registry)
+
+    # EngineObserver (called from the engine thread; prometheus_client is thread-safe)
+    def queue(self, waiting: int, running: int) -> None:
+        self.waiting.set(waiting)
+        self.running.set(running)
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def finished(self, seq: Sequence, seconds: float) -> None:
+        self.e2e.observe(seconds)
+
+    def tokens(self, prompt: int, generated: int) -> None:
+        if prompt:
+            self.prompt.inc(prompt)
+        if generated:
+            self.generated.inc(generated)

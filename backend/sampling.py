@@ -1,0 +1,42 @@
+"""Per-sequence token choice: greedy at temperature 0, else temperature + nucleus sampling
+with the sequence's own seeded generator, so a seed reproduces its text whatever else shares
+the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+def new_generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
+def choose(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """``logits``: [vocab] on any device; the draw happens on the CPU generator."""
+    if p.temperature == 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float().cpu() / p.temperature, dim=-1)
+    if p.top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, descending=True)
+        cum = torch.cumsum(sorted_p, dim=-1)
+        keep = cum - sorted_p < p.top_p  # the smallest prefix whose mass reaches top_p
+        sorted_p = sorted_p * keep
+        choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
+        return int(idx[choice].item())
+    return int(torch.multinomial(probs, 1, generator=gen).item())

@@ -1,0 +1,149 @@
+"""The model server's HTTP API (aiohttp.web): OpenAI endpoints, /health, /ready, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from backend.api import Shape, parse
+from backend.engine import Engine, Event, Sequence
+from backend.errors import BackendError, InvalidParameter
+from backend.loader import Loaded
+from backend.metrics import BackendMetrics
+from backend.sampling import SamplingParams
+
+log = logging.getLogger("geogate.backend")
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def _error(err: BackendError) -> web.Response:
+    return web.json_response(err.body(), status=err.status, headers=err.headers)
+
+
+def _sse(doc: Any) -> bytes:
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+class BackendServer:
+    def __init__(self, loaded: Loaded, engine: Engine, metrics: BackendMetrics) -> None:
+        self.m = loaded
+        self.engine = engine
+        self.metrics = metrics
+        self.ready = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready_view)
+        app.router.add_get("/metrics", self.prom)
+        app.on_startup.append(self._warm_up)
+        app.on_cleanup.append(self._shutdown)
+        return app
+
+    async def _warm_up(self, app: web.Application) -> None:
+        """One real generation before /ready says yes: first-call costs are paid here."""
+        self.engine.start()
+
+        async def warm() -> None:
+            ids = self.m.tokenizer("hello", add_special_tokens=True)["input_ids"]
+            q: asyncio.Queue[Event] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            seq = Sequence(ids, SamplingParams(max_tokens=2, temperature=0),
+                           lambda e: loop.call_soon_threadsafe(q.put_nowait, e))
+            self.engine.submit(seq)
+            while (await q.get()).kind == "token":
+                pass
+            self.ready = True
+            log.info("warm-up generation done: ready")
+
+        app["warm"] = asyncio.ensure_future(warm())
+
+    async def _shutdown(self, app: web.Application) -> None:
+        await asyncio.to_thread(self.engine.stop)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def ready_view(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(status=503, text="warming up")
+        return web.Response(text="ready")
+
+    async def prom(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.m.name, "object": "model", "created": 0, "owned_by": "geogate",
+            "max_model_len": self.m.context_len}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            try:
+                body = json.loads(await request.read())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
+            p = parse(body, self.m.tokenizer, self.m.name, self.m.context_len, chat)
+            q: asyncio.Queue[Event] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            seq = Sequence(p.prompt_ids, p.params,
+                           lambda e: loop.call_soon_threadsafe(q.put_nowait, e))
+            self.engine.submit(seq)
+        except BackendError as err:
+            return _error(err)
+        shape = Shape(self.m.name, chat)
+        try:
+            if p.stream:
+                return await self._stream(request, q, shape, p.include_usage)
+            return await self._whole(q, shape)
+        finally:
+            # Normal end, client gone (the handler is cancelled) or write failure: in every
+            # case the engine drops the sequence at its next step.
+            seq.cancelled = True
+
+    async def _whole(self, q: asyncio.Queue[Event], shape: Shape) -> web.Response:
+        parts = []
+        while (e := await q.get()).kind == "token":
+            parts.append(e.text)
+        if e.kind == "error":
+            return _error(BackendError(e.text))
+        usage = _usage(e)
+        return web.json_response(shape.whole("".join(parts), e.finish_reason or "stop", usage))
+
+    async def _stream(self, request: web.Request, q: asyncio.Queue[Event], shape: Shape,
+                      include_usage: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        if shape.chat:
+            await resp.write(_sse(shape.chunk(None, None, role=True)))
+        while (e := await q.get()).kind == "token":
+            await resp.write(_sse(shape.chunk(e.text, None)))
+        if e.kind == "error":
+            err = BackendError(e.text)
+            await resp.write(_sse(err.body()))
+            return resp
+        await resp.write(_sse(shape.chunk(None, e.finish_reason)))
+        if include_usage:
+            await resp.write(_sse(shape.usage_chunk(_usage(e))))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def _usage(e: Event) -> dict[str, int]:
+    return {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
+            "total_tokens": e.prompt_tokens + e.completion_tokens}
