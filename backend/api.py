@@ -22,8 +22,9 @@ class Parsed:
     include_usage: bool
 
 
-def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float,
-            lo_open: bool = False) -> float:
+def _number(
+    body: dict[str, Any], key: str, default: float, lo: float, hi: float, lo_open: bool = False
+) -> float:
     v = body.get(key)
     if v is None:
         return default
@@ -50,14 +51,12 @@ def _chat_prompt(tok: Any, messages: Any) -> str:
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidParameter(f"messages[{i}] must be an object with a role",
-                                   param="messages")
+            raise InvalidParameter(f"messages[{i}] must be an object with a role", param="messages")
         content = m.get("content", "")
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
-            raise InvalidParameter(f"messages[{i}].content must be a string",
-                                   param="messages")
+            raise InvalidParameter(f"messages[{i}].content must be a string", param="messages")
         clean.append({"role": m["role"], "content": content})
     if getattr(tok, "chat_template", None):
         return str(tok.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
@@ -69,8 +68,10 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
         raise InvalidParameter("the request body must be a JSON object")
     model = body.get("model")
     if model != served:
-        raise ModelNotFound(f"model {model!r} is not served here; this server serves "
-                            f"{served!r} (GET /v1/models)", param="model")
+        raise ModelNotFound(
+            f"model {model!r} is not served here; this server serves {served!r} (GET /v1/models)",
+            param="model",
+        )
     if chat:
         text = _chat_prompt(tok, body.get("messages"))
     else:
@@ -86,22 +87,30 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
         raise InvalidParameter("only n=1 is supported", param="n")
     max_tokens = _int(body, "max_completion_tokens") or _int(body, "max_tokens")
     if max_tokens is not None and max_tokens < 1:
-        raise InvalidParameter(f"max_tokens must be at least 1, got {max_tokens}",
-                               param="max_tokens")
+        raise InvalidParameter(
+            f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens"
+        )
     room = context_len - len(ids)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         asked = max_tokens or 1
         raise ContextTooLong(
             f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
             f"tokens and max_tokens {asked}, {len(ids) + asked} in all. Shorten the prompt "
-            "or lower max_tokens", param="messages" if chat else "prompt")
+            "or lower max_tokens",
+            param="messages" if chat else "prompt",
+        )
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or len(stop) > MAX_STOP_SEQUENCES
-                             or not all(isinstance(s, str) and s for s in stop)):
-        raise InvalidParameter(f"stop must be a string or a list of up to "
-                               f"{MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+    if stop is not None and (
+        not isinstance(stop, list)
+        or len(stop) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise InvalidParameter(
+            f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings",
+            param="stop",
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidParameter("stream must be true or false", param="stream")
@@ -114,6 +123,7 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=tuple(stop or ()),
         seed=_int(body, "seed"),
+        ignore_eos=body.get("ignore_eos") is True,
     )
     return Parsed(ids, params, stream, bool(opts.get("include_usage")))
 
@@ -129,8 +139,13 @@ class Shape:
         self.object = "chat.completion.chunk" if chat else "text_completion"
 
     def _base(self, obj: str) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+        }
 
     def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
@@ -148,8 +163,12 @@ class Shape:
 
     def whole(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
         if self.chat:
-            choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish,
-                                      "message": {"role": "assistant", "content": text}}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": finish,
+                "message": {"role": "assistant", "content": text},
+            }
             obj = "chat.completion"
         else:
             choice = {"index": 0, "logprobs": None, "finish_reason": finish, "text": text}

@@ -14,13 +14,12 @@ EXIT_USAGE = 2
 
 
 def _serve(argv: Sequence[str]) -> None:
-    p = argparse.ArgumentParser(prog="geogate backend",
-                                description="Serve a local Hugging Face causal LM.")
+    p = argparse.ArgumentParser(
+        prog="geogate backend", description="Serve a local Hugging Face causal LM."
+    )
     p.add_argument("--model", type=Path, required=True, help="local model directory")
-    p.add_argument("--quantize", choices=["none", "int8", "nf4", "int8-dynamic"],
-                   default="none")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   default="auto")
+    p.add_argument("--quantize", choices=["none", "int8", "nf4", "int8-dynamic"], default="none")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
@@ -40,22 +39,36 @@ def _serve(argv: Sequence[str]) -> None:
     metrics = BackendMetrics(loaded.name)
     if loaded.device == "cuda":
         metrics.enable_gpu()
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.device,
-                    max_batch=a.max_batch or DEFAULT_MAX_BATCH,
-                    max_waiting=a.max_waiting if a.max_waiting is not None
-                    else DEFAULT_MAX_WAITING, observer=metrics)
+    engine = Engine(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.device,
+        max_batch=a.max_batch or DEFAULT_MAX_BATCH,
+        max_waiting=a.max_waiting if a.max_waiting is not None else DEFAULT_MAX_WAITING,
+        observer=metrics,
+    )
     server = BackendServer(loaded, engine, metrics)
     # handler_cancellation: a client that disconnects cancels its handler at once, which
     # marks the sequence cancelled; the engine drops it at the next decode step.
-    web.run_app(server.app(), host=a.host, port=a.port, access_log=None, print=None,
-                handler_cancellation=True)
+    web.run_app(
+        server.app(),
+        host=a.host,
+        port=a.port,
+        access_log=None,
+        print=None,
+        handler_cancellation=True,
+    )
 
 
 def _make_tiny(argv: Sequence[str]) -> None:
     p = argparse.ArgumentParser(prog="geogate backend make-tiny-model")
     p.add_argument("dir", type=Path)
-    p.add_argument("--preset", choices=["tiny", "small", "1b"], default="tiny",
-                   help="tiny (~160k parameters), small (~3M) or 1b (~1.1B, for GPUs)")
+    p.add_argument(
+        "--preset",
+        choices=["tiny", "small", "medium", "1b"],
+        default="tiny",
+        help="tiny (~160k parameters), small (~3M), medium (~90M) or 1b (~1.1B)",
+    )
     a = p.parse_args(argv)
     from backend.tiny import PRESETS, make_tiny_model
 
@@ -64,8 +77,9 @@ def _make_tiny(argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
@@ -77,6 +91,9 @@ def main(argv: Sequence[str]) -> None:
         print(f"geogate backend: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except ImportError as exc:
-        print(f"geogate backend: {exc.name} is not installed; install the backend extra: "
-              "pip install 'geogate[backend]'", file=sys.stderr)
+        print(
+            f"geogate backend: {exc.name} is not installed; install the backend extra: "
+            "pip install 'geogate[backend]'",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USAGE)

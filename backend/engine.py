@@ -47,7 +47,7 @@ class Event:
 class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    emit: Callable[[Event], None]  # must be thread-safe: called from the engine thread
+    emit: Callable[[Event], None]  # called by the dispatcher (default: the engine thread)
     id: int = 0
     out_ids: list[int] = field(default_factory=list)
     cancelled: bool = False  # set by the HTTP side when the client leaves
@@ -68,18 +68,29 @@ class EngineObserver:
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, device: str, *,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_waiting: int = DEFAULT_MAX_WAITING,
-                 observer: EngineObserver | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: str,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_waiting: int = DEFAULT_MAX_WAITING,
+        observer: EngineObserver | None = None,
+        dispatch: Callable[[list[tuple[Sequence, Event]]], None] | None = None,
+    ) -> None:
         self.model = model
         self.tok = tokenizer
         self.device = device
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.obs = observer or EngineObserver()
+        # Events of one step go out together: an asyncio server wakes once per step instead
+        # of once per token, which is what keeps 16 streams from fighting over the GIL.
+        self.dispatch = dispatch or _deliver_here
+        self._out: list[tuple[Sequence, Event]] = []
         self.eos: set[int] = set()
-        for e in (getattr(model.generation_config, "eos_token_id", None),
-                  tokenizer.eos_token_id):
+        for e in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
             self.eos.update(e if isinstance(e, list) else [e] if e is not None else [])
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
@@ -108,7 +119,8 @@ class Engine:
                     f"the server has {len(self._running)} requests running and "
                     f"{len(self._waiting)} waiting, its limit; retry in "
                     f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
-                    headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+                    headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+                )
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
             self._waiting.append(seq)
@@ -120,38 +132,47 @@ class Engine:
         return len(self._waiting), len(self._running)
 
     # --- the engine thread ----------------------------------------------------------------
+    def step(self) -> None:
+        """One iteration on the engine thread: admit what fits, one decode step, deliver."""
+        with self._cond:
+            admit: list[Sequence] = []
+            while self._waiting and len(self._running) + len(admit) < self.max_batch:
+                admit.append(self._waiting.popleft())
+        try:
+            with torch.inference_mode():
+                for seq in admit:
+                    self._join(seq)
+                if self._running:
+                    self._decode()
+        except Exception as exc:  # a model failure fails its requests, not the server
+            log.exception("engine step failed")
+            for seq in [*admit, *self._running]:
+                self._out.append((seq, Event("error", text=f"generation failed: {exc}")))
+            self._running, self._cache, self._mask = [], None, None
+        self.obs.queue(len(self._waiting), len(self._running))
+        if self._out:
+            out, self._out = self._out, []
+            self.dispatch(out)
+
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
         while True:
             with self._cond:
                 while not self._stop and not self._waiting and not self._running:
                     self._cond.wait()
                 if self._stop:
                     return
-                admit = []
-                while self._waiting and len(self._running) + len(admit) < self.max_batch:
-                    admit.append(self._waiting.popleft())
-            try:
-                with torch.inference_mode():
-                    for seq in admit:
-                        self._join(seq)
-                    if self._running:
-                        self._decode()
-            except Exception as exc:  # a model failure fails its requests, not the server
-                log.exception("engine step failed")
-                for seq in [*admit, *self._running]:
-                    seq.emit(Event("error", text=f"generation failed: {exc}"))
-                self._running, self._cache, self._mask = [], None, None
-            self.obs.queue(len(self._waiting), len(self._running))
+            self.step()
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: Any) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
         from transformers import DynamicCache
 
         if cache is None:
             cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
         self._last_cache = cache
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
@@ -186,8 +207,9 @@ class Engine:
             v = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
             layers.append((k, v))
         self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        self._mask = torch.cat([_left_pad(self._mask, length, dim=1),
-                                _left_pad(mask, length, dim=1)])
+        self._mask = torch.cat(
+            [_left_pad(self._mask, length, dim=1), _left_pad(mask, length, dim=1)]
+        )
         self._running.append(seq)
 
     def _decode(self) -> None:
@@ -234,7 +256,7 @@ class Engine:
             seq.t_first = time.perf_counter()
             self.obs.first_token(seq.t_first - seq.t_submit)
         self.obs.tokens(0, 1)
-        if token in self.eos:
+        if token in self.eos and not seq.params.ignore_eos:
             self._finish(seq, "stop")
             return False
         seq.out_ids.append(token)
@@ -258,13 +280,27 @@ class Engine:
     def _emit_text(self, seq: Sequence, text: str, hold: int) -> None:
         upto = len(text) - hold
         if upto > len(seq.sent) and text.startswith(seq.sent):
-            seq.emit(Event("token", text=text[len(seq.sent):upto]))
+            self._out.append((seq, Event("token", text=text[len(seq.sent) : upto])))
             seq.sent = text[:upto]
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.obs.finished(seq, time.perf_counter() - seq.t_submit)
-        seq.emit(Event("finish", finish_reason=reason, prompt_tokens=len(seq.prompt_ids),
-                       completion_tokens=len(seq.out_ids)))
+        self._out.append(
+            (
+                seq,
+                Event(
+                    "finish",
+                    finish_reason=reason,
+                    prompt_tokens=len(seq.prompt_ids),
+                    completion_tokens=len(seq.out_ids),
+                ),
+            )
+        )
+
+
+def _deliver_here(events: list[tuple[Sequence, Event]]) -> None:
+    for seq, event in events:
+        seq.emit(event)
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

@@ -70,8 +70,7 @@ def _dtype(dtype: DType, device: str) -> Any:
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32  # CPU half-precision matmuls are slow or missing
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def weight_bytes(model: Any) -> int:
@@ -80,11 +79,13 @@ def weight_bytes(model: Any) -> int:
 
     total = 0
     seen: set[int] = set()
+    alive: list[Any] = []  # keeps counted tensors alive: a freed tensor's id() can be reused
 
     def add(t: Any) -> None:
         nonlocal total
         if isinstance(t, torch.Tensor) and id(t) not in seen:
             seen.add(id(t))
+            alive.append(t)
             if t.is_quantized:
                 total += t.numel() * t.element_size()
             else:
@@ -113,19 +114,24 @@ def _int8_dynamic(model: Any) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
-                                                      dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def load_model(path: Path, quantize: Quantize = "none", dtype: DType = "auto",
-               device: Device = "auto", name: str | None = None) -> Loaded:
+def load_model(
+    path: Path,
+    quantize: Quantize = "none",
+    dtype: DType = "auto",
+    device: Device = "auto",
+    name: str | None = None,
+) -> Loaded:
     os.environ["HF_HUB_OFFLINE"] = "1"
     check_model_dir(path)
     dev = _device(device)
     if quantize in ("int8", "nf4") and dev != "cuda":
         raise ModelLoadError(
             f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU; this machine has "
-            "none. On the CPU use --quantize int8-dynamic")
+            "none. On the CPU use --quantize int8-dynamic"
+        )
     if quantize == "int8-dynamic" and dev != "cpu":
         raise ModelLoadError("--quantize int8-dynamic is the CPU path; on a GPU use int8 or nf4")
     import torch
@@ -139,14 +145,17 @@ def load_model(path: Path, quantize: Quantize = "none", dtype: DType = "auto",
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if quantize == "int8" else BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                bnb_4bit_compute_dtype=torch_dtype))
+            BitsAndBytesConfig(load_in_8bit=True)
+            if quantize == "int8"
+            else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
+            )
+        )
         kwargs["device_map"] = {"": 0}
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the model in {path}: {exc}".splitlines()[0]) from None
     if quantize not in ("int8", "nf4"):
@@ -158,12 +167,31 @@ def load_model(path: Path, quantize: Quantize = "none", dtype: DType = "auto",
         torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     if getattr(tokenizer, "chat_template", None) is None:
-        log.warning("the tokenizer in %s has no chat template: /v1/chat/completions will "
-                    "join messages as plain text", path)
+        log.warning(
+            "the tokenizer in %s has no chat template: /v1/chat/completions will "
+            "join messages as plain text",
+            path,
+        )
     ctx = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    loaded = Loaded(model, tokenizer, dev, str(torch_dtype).removeprefix("torch."), quantize,
-                    weight_bytes(model), load_s, ctx, name or path.name)
-    log.info("loaded %s: weights %d bytes, load %.2f s, device %s, dtype %s, quantize %s, "
-             "context %d", loaded.name, loaded.weight_bytes, load_s, dev, loaded.dtype,
-             quantize, ctx)
+    loaded = Loaded(
+        model,
+        tokenizer,
+        dev,
+        str(torch_dtype).removeprefix("torch."),
+        quantize,
+        weight_bytes(model),
+        load_s,
+        ctx,
+        name or path.name,
+    )
+    log.info(
+        "loaded %s: weights %d bytes, load %.2f s, device %s, dtype %s, quantize %s, context %d",
+        loaded.name,
+        loaded.weight_bytes,
+        load_s,
+        dev,
+        loaded.dtype,
+        quantize,
+        ctx,
+    )
     return loaded

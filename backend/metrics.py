@@ -23,18 +23,32 @@ class BackendMetrics(EngineObserver):
         r = self.registry = CollectorRegistry()
         labels = ["model_name"]
         self.name = model_name
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", labels,
-                             registry=r).labels(model_name)
-        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch",
-                             labels, registry=r).labels(model_name)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", labels,
-                              buckets=TTFT_BUCKETS, registry=r).labels(model_name)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", labels,
-                             buckets=E2E_BUCKETS, registry=r).labels(model_name)
-        self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens processed", labels,
-                              registry=r).labels(model_name)
-        self.generated = Counter("vllm:generation_tokens", "Tokens generated", labels,
-                                 registry=r).labels(model_name)
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests waiting", labels, registry=r
+        ).labels(model_name)
+        self.running = Gauge(
+            "vllm:num_requests_running", "Requests in the running batch", labels, registry=r
+        ).labels(model_name)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Time to first token",
+            labels,
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Request latency",
+            labels,
+            buckets=E2E_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        self.prompt = Counter(
+            "vllm:prompt_tokens", "Prompt tokens processed", labels, registry=r
+        ).labels(model_name)
+        self.generated = Counter(
+            "vllm:generation_tokens", "Tokens generated", labels, registry=r
+        ).labels(model_name)
         self._nvml: Any = None
         self._gpu_util: Any = None
         self._gpu_mem: Any = None
@@ -49,10 +63,16 @@ class BackendMetrics(EngineObserver):
         except Exception as exc:  # no driver, no library: the metrics are simply absent
             log.warning("GPU metrics disabled: NVML unavailable (%s)", exc)
             return
-        self._gpu_util = Gauge("geogate_backend_gpu_utilization_perc",
-                               "GPU utilization (0-100) from NVML", registry=self.registry)
-        self._gpu_mem = Gauge("geogate_backend_gpu_memory_used_bytes",
-                              "GPU memory in use from NVML", registry=self.registry)
+        self._gpu_util = Gauge(
+            "geogate_backend_gpu_utilization_perc",
+            "GPU utilization (0-100) from NVML",
+            registry=self.registry,
+        )
+        self._gpu_mem = Gauge(
+            "geogate_backend_gpu_memory_used_bytes",
+            "GPU memory in use from NVML",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         if self._nvml is not None:

@@ -16,6 +16,7 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever comes (benchmarks)
 
 
 def new_generator(seed: int | None) -> torch.Generator:

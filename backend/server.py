@@ -49,14 +49,18 @@ class BackendServer:
 
     async def _warm_up(self, app: web.Application) -> None:
         """One real generation before /ready says yes: first-call costs are paid here."""
+        loop = asyncio.get_running_loop()
+
+        def dispatch(events: list[tuple[Sequence, Event]]) -> None:
+            loop.call_soon_threadsafe(_deliver, events)  # one wake-up per engine step
+
+        self.engine.dispatch = dispatch
         self.engine.start()
 
         async def warm() -> None:
             ids = self.m.tokenizer("hello", add_special_tokens=True)["input_ids"]
             q: asyncio.Queue[Event] = asyncio.Queue()
-            loop = asyncio.get_running_loop()
-            seq = Sequence(ids, SamplingParams(max_tokens=2, temperature=0),
-                           lambda e: loop.call_soon_threadsafe(q.put_nowait, e))
+            seq = Sequence(ids, SamplingParams(max_tokens=2, temperature=0), q.put_nowait)
             self.engine.submit(seq)
             while (await q.get()).kind == "token":
                 pass
@@ -80,9 +84,20 @@ class BackendServer:
         return web.Response(body=self.metrics.render(), content_type="text/plain")
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": self.m.name, "object": "model", "created": 0, "owned_by": "geogate",
-            "max_model_len": self.m.context_len}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.m.name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "geogate",
+                        "max_model_len": self.m.context_len,
+                    }
+                ],
+            }
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
@@ -98,9 +113,7 @@ class BackendServer:
                 raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
             p = parse(body, self.m.tokenizer, self.m.name, self.m.context_len, chat)
             q: asyncio.Queue[Event] = asyncio.Queue()
-            loop = asyncio.get_running_loop()
-            seq = Sequence(p.prompt_ids, p.params,
-                           lambda e: loop.call_soon_threadsafe(q.put_nowait, e))
+            seq = Sequence(p.prompt_ids, p.params, q.put_nowait)
             self.engine.submit(seq)
         except BackendError as err:
             return _error(err)
@@ -123,10 +136,12 @@ class BackendServer:
         usage = _usage(e)
         return web.json_response(shape.whole("".join(parts), e.finish_reason or "stop", usage))
 
-    async def _stream(self, request: web.Request, q: asyncio.Queue[Event], shape: Shape,
-                      include_usage: bool) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    async def _stream(
+        self, request: web.Request, q: asyncio.Queue[Event], shape: Shape, include_usage: bool
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
         if shape.chat:
             await resp.write(_sse(shape.chunk(None, None, role=True)))
@@ -144,6 +159,15 @@ class BackendServer:
         return resp
 
 
+def _deliver(events: list[tuple[Sequence, Event]]) -> None:
+    """On the event loop: hand each event of one engine step to its request."""
+    for seq, event in events:
+        seq.emit(event)
+
+
 def _usage(e: Event) -> dict[str, int]:
-    return {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
-            "total_tokens": e.prompt_tokens + e.completion_tokens}
+    return {
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "total_tokens": e.prompt_tokens + e.completion_tokens,
+    }

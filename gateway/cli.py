@@ -24,8 +24,7 @@ class CLIError(Exception):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geogate", description="Geo-aware inference gateway.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("backend", help="the model server: geogate backend --help",
-                   add_help=False)
+    sub.add_parser("backend", help="the model server: geogate backend --help", add_help=False)
 
     g = sub.add_parser("gateway", help="run the gateway")
     g.add_argument("--config", type=Path, required=True, help="TOML config file")

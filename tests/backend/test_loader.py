@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.errors import ModelLoadError
+from backend.loader import check_model_dir, load_model
+
+
+def test_missing_pieces_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        check_model_dir(tmp_path / "nope")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError) as e:
+        check_model_dir(tmp_path)
+    assert "no config (config.json)" in str(e.value) and "no tokenizer" in str(e.value)
+    assert "weights" not in str(e.value)
+
+
+def test_weight_memory_and_int8_dynamic(model_dir: Path) -> None:
+    full = load_model(model_dir)
+    q = load_model(model_dir, quantize="int8-dynamic")
+    params = sum(p.numel() for p in full.model.parameters())
+    assert full.weight_bytes == params * 4  # float32
+    # Linear weights go to one byte each; embeddings and norms stay float32.
+    assert full.weight_bytes / 4.5 < q.weight_bytes < full.weight_bytes / 2
+    assert full.context_len == 512 and full.name == model_dir.name
+
+
+def test_int8_dynamic_refused_on_cuda_request(model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        load_model(model_dir, quantize="int8-dynamic", device="cuda")

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import torch
+
+from backend.sampling import SamplingParams, choose, new_generator
+
+
+def test_greedy_takes_the_argmax() -> None:
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert choose(logits, SamplingParams(4, temperature=0), new_generator(1)) == 1
+
+
+def test_seeded_sampling_repeats_and_top_p_cuts_the_tail() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    p = SamplingParams(4, temperature=1.0, top_p=0.8)
+    draws = [choose(logits, p, g) for g in [new_generator(7)] for _ in range(200)]
+    again = [choose(logits, p, g) for g in [new_generator(7)] for _ in range(200)]
+    assert draws == again
+    assert set(draws) == {0, 1}  # 0.5 + 0.3 reaches 0.8: tokens 2 and 3 are never drawn
+    wide = {
+        choose(logits, SamplingParams(4, temperature=1.0), new_generator(s)) for s in range(200)
+    }
+    assert wide == {0, 1, 2, 3}

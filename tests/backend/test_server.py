@@ -1,0 +1,263 @@
+"""The model server through the official openai client, against a real process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.procs import geogate_cmd, stop
+from tests.backend.conftest import MODEL, Backend, start_backend
+
+MESSAGES = [{"role": "user", "content": "hello, how are you?"}]
+
+
+def client(b: Backend) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{b.url}/v1", api_key="unused", max_retries=0)
+
+
+def chat_text(b: Backend, **kw: object) -> tuple[str, str | None]:
+    out = client(b).chat.completions.create(model=MODEL, messages=MESSAGES, **kw)  # type: ignore[call-overload]
+    return out.choices[0].message.content or "", out.choices[0].finish_reason
+
+
+def metric(b: Backend, name: str) -> float:
+    text = httpx.get(f"{b.url}/metrics").text
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def test_chat_non_streaming_with_usage(backend: Backend) -> None:
+    out = client(backend).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=7, temperature=0
+    )
+    assert out.object == "chat.completion" and out.model == MODEL
+    assert out.choices[0].message.role == "assistant"
+    assert out.usage is not None
+    assert out.usage.completion_tokens == 7 or out.choices[0].finish_reason == "stop"
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+
+
+def test_chat_streaming_exact_chunk_format(backend: Backend) -> None:
+    stream = client(backend).chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[0].choices[0].delta.content == ""
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1 and finish[0] is chunks[-2]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole, _ = chat_text(backend, max_tokens=6, temperature=0)
+    assert streamed == whole  # streaming and not give the same greedy text
+    raw = httpx.post(
+        f"{backend.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": True},
+    ).text
+    assert raw.endswith("data: [DONE]\n\n")
+
+
+def test_completions_streaming_and_not(backend: Backend) -> None:
+    c = client(backend)
+    out = c.completions.create(model=MODEL, prompt="the quick brown", max_tokens=5, temperature=0)
+    assert out.object == "text_completion"
+    chunks = list(
+        c.completions.create(
+            model=MODEL, prompt="the quick brown", max_tokens=5, temperature=0, stream=True
+        )
+    )
+    assert "".join(ch.choices[0].text for ch in chunks) == out.choices[0].text
+
+
+def test_seed_reproduces_and_greedy_is_deterministic(backend: Backend) -> None:
+    a = chat_text(backend, max_tokens=12, temperature=0.9, top_p=0.9, seed=42)
+    b = chat_text(backend, max_tokens=12, temperature=0.9, top_p=0.9, seed=42)
+    others = {
+        chat_text(backend, max_tokens=12, temperature=0.9, top_p=0.9, seed=s)[0] for s in (1, 2, 3)
+    }
+    assert a == b
+    assert len(others | {a[0]}) > 1  # different seeds do not all give the same text
+    assert chat_text(backend, max_tokens=12, temperature=0) == chat_text(
+        backend, max_tokens=12, temperature=0
+    )
+
+
+def test_stop_sequence(backend: Backend) -> None:
+    full, _ = chat_text(backend, max_tokens=30, temperature=0)
+    stop_at = full[10:13]
+    assert stop_at and stop_at in full
+    text, reason = chat_text(backend, max_tokens=30, temperature=0, stop=[stop_at])
+    assert reason == "stop"
+    assert text == full[: full.index(stop_at)]
+
+
+def test_batching_gives_the_same_greedy_text_as_alone(backend: Backend) -> None:
+    prompts = ["hello", "the quick brown fox jumps over the lazy dog", "a", "users in london"]
+
+    def run(p: str) -> str:
+        out = client(backend).completions.create(
+            model=MODEL, prompt=p, max_tokens=24, temperature=0
+        )
+        return out.choices[0].text
+
+    alone = [run(p) for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(len(prompts) * 2) as pool:
+        together = list(pool.map(run, prompts * 2))
+    assert together == alone * 2
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": 5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_tokens": "many"}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"content": "no role"}]}, "messages"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(
+    backend: Backend, body: dict[str, object], param: str
+) -> None:
+    r = httpx.post(
+        f"{backend.url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, **body}
+    )
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+    assert param in err["message"]
+
+
+def test_unknown_model_malformed_json_and_context_window(backend: Backend) -> None:
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client(backend).chat.completions.create(model="gpt-9", messages=MESSAGES)  # type: ignore[arg-type]
+    r = httpx.post(f"{backend.url}/v1/chat/completions", content=b"{nope")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    long = [{"role": "user", "content": "london singapore " * 400}]
+    r = httpx.post(
+        f"{backend.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": long, "max_tokens": 10},
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert re.search(r"context window is 512 tokens; the prompt is \d+ tokens", err["message"])
+
+
+def test_models_health_ready_metrics(backend: Backend) -> None:
+    models = client(backend).models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert httpx.get(f"{backend.url}/health").text == "ok"
+    assert httpx.get(f"{backend.url}/ready").status_code == 200
+    for name in (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+    ):
+        metric(backend, name)
+    assert metric(backend, "vllm:generation_tokens_total") > 0
+
+
+def test_disconnect_stops_generation_within_a_few_steps(backend: Backend) -> None:
+    before = metric(backend, "vllm:generation_tokens_total")
+    with httpx.stream(
+        "POST",
+        f"{backend.url}/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": MESSAGES,
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": True,
+        },
+    ) as r:
+        lines = r.iter_lines()
+        read = 0
+        while read < 4:
+            if next(lines).startswith("data: "):
+                read += 1
+    deadline = time.monotonic() + 10
+    while metric(backend, "vllm:num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    generated = metric(backend, "vllm:generation_tokens_total") - before
+    # 3 content chunks reached us (after the role chunk); the rest were made after we left.
+    assert generated - 3 <= 12, f"{generated} tokens generated for a client that read 3"
+
+
+def test_full_queue_gives_429_with_retry_after(model_dir: Path, tmp_path: Path) -> None:
+    b = start_backend(model_dir, tmp_path, "--max-batch", "1", "--max-waiting", "1")
+    try:
+        long = {"model": MODEL, "messages": MESSAGES, "max_tokens": 400, "temperature": 0}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            busy = [
+                pool.submit(httpx.post, f"{b.url}/v1/chat/completions", json=long, timeout=60)
+                for _ in range(2)
+            ]
+            deadline = time.monotonic() + 10
+            while metric(b, "vllm:num_requests_waiting") < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            r = httpx.post(f"{b.url}/v1/chat/completions", json=long)
+            assert r.status_code == 429
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "queue_full"
+            assert all(f.result().status_code == 200 for f in busy)  # admitted ones finish
+    finally:
+        stop(b.proc)
+
+
+def test_int8_dynamic_serves(model_dir: Path, tmp_path: Path) -> None:
+    b = start_backend(model_dir, tmp_path, "--quantize", "int8-dynamic")
+    try:
+        text, _ = chat_text(b, max_tokens=5, temperature=0)
+        assert text
+        log = b.log.read_text()
+        m = re.search(r"weights (\d+) bytes, load [\d.]+ s", log)
+        assert m and "quantize int8-dynamic" in log
+    finally:
+        stop(b.proc)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        geogate_cmd("backend", *args), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_bad_model_dir_is_one_line(tmp_path: Path) -> None:
+    p = _cli("--model", str(tmp_path / "nope"), "--port", "1")
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    (tmp_path / "config.json").write_text("{}")
+    p = _cli("--model", str(tmp_path), "--port", "1")
+    assert p.returncode == 2
+    line = p.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "no weights" in line and "no tokenizer" in line and "no config" not in line
+
+
+def test_cuda_quantization_on_a_cpu_machine_names_the_cpu_choice(model_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the GPU tests cover int8/nf4")  # pragma: no cover
+    p = _cli("--model", str(model_dir), "--port", "1", "--quantize", "nf4")
+    assert p.returncode == 2
+    assert "needs a CUDA GPU" in p.stderr and "int8-dynamic" in p.stderr
