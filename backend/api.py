@@ -114,7 +114,8 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidParameter("stream must be true or false", param="stream")
-    opts = body.get("stream_options") or {}
+    opts = body.get("stream_options")
+    opts = {} if opts is None else opts
     if not isinstance(opts, dict):
         raise InvalidParameter("stream_options must be an object", param="stream_options")
     params = SamplingParams(

@@ -70,7 +70,7 @@ def test_model_and_context(tok: Any) -> None:
     with pytest.raises(ModelNotFound):
         parse(body(), tok, "other", 512, chat=True)
     with pytest.raises(ContextTooLong, match="context window is 20 tokens"):
-        parse(body(max_tokens=10), tok, "m", 20, chat=True)
+        parse(body(max_tokens=20), tok, "m", 20, chat=True)
     assert parse(body(), tok, "m", 20, chat=True).params.max_tokens < 20  # capped to room
 
 
