@@ -19,14 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import admin_routes
 from gateway.asgi import Receive, Scope, Send, send_error
 from gateway.config import ENV_CONFIG_FILE, Config, load_config
 from gateway.errors import ConfigError, GatewayError, ModelNotFound, RouteNotFound
 from gateway.prober import probe_all, probe_loop
 from gateway.proxy import Proxy
+from gateway.redis_store import RedisStateStore
 from gateway.router import RequestFacts, route
 from gateway.runtime import Runtime, log, setup_logging
-from gateway.state import MemoryStateStore
+from gateway.state import MemoryStateStore, StateStore
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
 from geodb.reader import DefaultSource, GeoIPSource, GeoSource
@@ -54,7 +56,8 @@ def open_geo(config: Config) -> GeoSource:
 
 
 def build_runtime(config: Config) -> Runtime:
-    return Runtime.build(config, MemoryStateStore(config), open_geo(config))
+    store: StateStore = RedisStateStore(config) if config.redis.url else MemoryStateStore(config)
+    return Runtime.build(config, store, open_geo(config))
 
 
 async def _geoip_reload_loop(rt: Runtime) -> None:
@@ -95,9 +98,11 @@ def create_app(config: Config | None = None) -> Starlette:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(config.health.timeout_s + 0.5):
                 await probe_all(rt)
-        rng = random.Random()
-        tasks = [asyncio.create_task(probe_loop(rt, u, rng)) for u in rt.store.upstreams()]
-        tasks.append(asyncio.create_task(_geoip_reload_loop(rt)))
+        await rt.store.start()
+        tasks = [
+            asyncio.create_task(probe_loop(rt, random.Random())),
+            asyncio.create_task(_geoip_reload_loop(rt)),
+        ]
         log.info(
             "gateway region=%s origin=%s upstreams=%d geoip=%s",
             config.gateway.region,
@@ -112,6 +117,7 @@ def create_app(config: Config | None = None) -> Starlette:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await rt.store.stop()
             await rt.session.close()
 
     def healthy_upstreams() -> list[Any]:
@@ -127,6 +133,14 @@ def create_app(config: Config | None = None) -> Starlette:
         n = len(healthy_upstreams())
         if n == 0:
             return PlainTextResponse("not ready: no healthy upstream", status_code=503)
+        stale = rt.store.stale_since
+        if stale is not None:
+            # Still serving on the last snapshot: ready, but say so.
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stale))
+            return PlainTextResponse(
+                f"degraded: shared state stale since {since}; "
+                f"routing on the last snapshot ({n} healthy upstream(s))"
+            )
         return PlainTextResponse(f"ready: {n} healthy upstream(s)")
 
     def model_list() -> list[str]:
@@ -150,16 +164,19 @@ def create_app(config: Config | None = None) -> Starlette:
         return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "geogate"})
 
     async def metrics(request: Request) -> Response:
-        for uid, n in rt.store.in_flight().items():
-            region = next(u.region for u in config.upstreams if u.id == uid)
-            rt.metrics.in_flight.labels(uid, region).set(n)
+        stale = rt.store.stale_since
+        rt.metrics.state_stale.set(0 if stale is None else time.time() - stale)
+        rt.metrics.config_version.set(rt.store.version)
+        in_flight = rt.store.in_flight()
+        for u in rt.store.upstreams():
+            rt.metrics.in_flight.labels(u.id, u.region).set(in_flight.get(u.id, 0))
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def routing_table(request: Request) -> Response:
         now = time.monotonic()
         snap = rt.store.snapshot(now)
         regions = []
-        for r in config.regions:
+        for r in rt.config.regions:
             ups = [u for u in snap.upstreams if u.region == r.id]
             regions.append(
                 {
@@ -178,6 +195,9 @@ def create_app(config: Config | None = None) -> Starlette:
                             "models": sorted(u.models),
                             "in_flight": snap.in_flight.get(u.id, 0),
                             "last_error": rt.store.health(u.id).last_probe_error,
+                            # who saw what: each fresh gateway's verdict (fleet mode)
+                            "seen_by": rt.store.observations.get(u.id, {}),
+                            "fleet_down": u.id in rt.store.fleet_down,
                         }
                         for u in ups
                     ],
@@ -187,6 +207,10 @@ def create_app(config: Config | None = None) -> Starlette:
             {
                 "self_region": config.gateway.region,
                 "origin": config.gateway.origin,
+                "version": rt.store.version,
+                "shared_state": "local"
+                if not rt.config.redis.url
+                else ("stale" if rt.store.stale_since is not None else "fresh"),
                 "regions": regions,
             }
         )
@@ -227,6 +251,7 @@ def create_app(config: Config | None = None) -> Starlette:
             Route("/metrics", metrics),
             Route("/routing-table", routing_table),
             Route("/explain", explain),
+            *admin_routes(rt),
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model_one),
             Route("/v1/{path:path}", proxy, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),

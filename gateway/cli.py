@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import random
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gateway", help="run the gateway")
     g.add_argument("--config", type=Path, required=True, help="TOML config file")
+    g.add_argument("--redis", metavar="URL", help="shared state (same as redis.url)")
 
     s = sub.add_parser("sim-backend", help="run a simulated OpenAI-compatible model server")
     s.add_argument("--host", default="127.0.0.1")
@@ -50,6 +52,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep-running", action="store_true", help="leave the gateway up")
     d.add_argument("--port", type=int, default=0, help="gateway port (0 = any free port)")
 
+    ctl = sub.add_parser("ctl", help="operate a fleet through Redis: show, set, audit")
+    ctl.add_argument("--redis", metavar="URL", required=True)
+    ctl.add_argument("--deployment", default="default")
+    csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
+    csub.add_parser("show", help="the fleet's routing config and version")
+    st = csub.add_parser("set", help="change one upstream fleet-wide (audited)")
+    st.add_argument("upstream")
+    st.add_argument("--weight", type=float)
+    st.add_argument("--bias-ms", type=float)
+    st.add_argument("--drain", dest="drained", action="store_const", const=True)
+    st.add_argument("--undrain", dest="drained", action="store_const", const=False)
+    st.add_argument("--who", default=os.environ.get("USER", "ctl"), help="operator name")
+    au = csub.add_parser("audit", help="operator changes, newest first")
+    au.add_argument("--count", type=int, default=20)
+    au.add_argument("--json", action="store_true")
+
     geo = sub.add_parser("geodb", help="GeoIP tools")
     gsub = geo.add_subparsers(dest="geodb_command", required=True, metavar="SUBCOMMAND")
     lk = gsub.add_parser("lookup", help="locate an IP and show the region it would route to")
@@ -70,6 +88,9 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     from gateway.runtime import setup_logging
 
     setup_logging()
+    if args.redis:
+        # An override like any other: worker processes read it from the environment too.
+        os.environ["GEOGATE_REDIS__URL"] = args.redis
     config = load_config(args.config)
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
     server.run(config, args.config)
@@ -172,6 +193,12 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} with {n} network(s)")
 
 
+def cmd_ctl(args: argparse.Namespace) -> None:
+    from gateway.ctl import run_ctl
+
+    run_ctl(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from gateway.demo import run_demo
 
@@ -187,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         backend_main(argv[1:])
         return
     args = _parser().parse_args(argv)
-    commands = {"gateway": cmd_gateway, "sim-backend": cmd_sim, "demo": cmd_demo}
+    commands = {"gateway": cmd_gateway, "sim-backend": cmd_sim, "demo": cmd_demo, "ctl": cmd_ctl}
     try:
         if args.command == "geodb":
             (cmd_lookup if args.geodb_command == "lookup" else cmd_build)(args)

@@ -136,6 +136,20 @@ class GeoIPSection(_Model):
     default: DefaultLocation = DefaultLocation()
 
 
+class RedisSection(_Model):
+    url: str = ""  # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
+    deployment: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    gateway_id: str = ""  # empty: hostname-pid
+    refresh_interval_s: PositiveFloat = d.FLEET_REFRESH_INTERVAL_S
+    observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
+    connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
+    max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
+
+
+class AdminSection(_Model):
+    token: str = ""  # empty: the admin API is off
+
+
 class Config(_Model):
     gateway: GatewaySection
     server: ServerSection = ServerSection()
@@ -145,6 +159,8 @@ class Config(_Model):
     health: HealthSection = HealthSection()
     outlier: OutlierSection = OutlierSection()
     geoip: GeoIPSection = GeoIPSection()
+    redis: RedisSection = RedisSection()
+    admin: AdminSection = AdminSection()
     regions: tuple[Region, ...] = Field(min_length=1)
     upstreams: tuple[Upstream, ...] = ()
     residency: tuple[ResidencyRule, ...] = ()

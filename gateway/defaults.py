@@ -46,3 +46,12 @@ MAX_EJECTION_S = 300.0  # ...capped at 300 s (Envoy's cap)
 GEOIP_RELOAD_INTERVAL_S = 5.0  # a replaced file serves within 5 s; a stat() per interval
 DEFAULT_LATITUDE = 50.11  # Frankfurt: the location used for unknown and private addresses
 DEFAULT_LONGITUDE = 8.68
+
+# --- fleet (Redis) ----------------------------------------------------------------------------
+FLEET_REFRESH_INTERVAL_S = 0.5  # observations written and read twice a second: a backend
+# seen down by the fleet leaves every gateway within ~1 s, and 2 small round trips a second
+# per gateway is nothing to Redis
+OBSERVATION_TTL_S = 5.0  # a dead gateway's opinion stops counting after 5 s (10 refreshes)
+REDIS_TIMEOUT_S = 1.0  # a Redis call slower than this counts as Redis being away
+REDIS_MAX_BACKOFF_S = 5.0  # reconnect attempts back off 0.1 s doubling up to 5 s
+AUDIT_MAX_LEN = 10000  # operator changes kept in the audit stream (approximate trim)

@@ -45,6 +45,18 @@ class RouteNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "unknown_url"
 
 
+class Unauthorized(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_admin_token"
+
+
+class AdminDisabled(GatewayError):
+    status, type, code = 404, "invalid_request_error", "admin_disabled"
+
+
+class SharedStateUnavailable(GatewayError):
+    status, type, code = 503, "service_unavailable", "shared_state_unavailable"
+
+
 class NoHealthyUpstream(GatewayError):
     status, type, code = 503, "service_unavailable", "no_healthy_upstream"
 

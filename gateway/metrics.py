@@ -60,6 +60,14 @@ class Metrics:
         self.in_flight = Gauge(
             "geogate_upstream_in_flight", "Open requests", ["upstream", "region"], registry=r
         )
+        self.state_stale = Gauge(
+            "geogate_shared_state_stale_seconds",
+            "Seconds since shared state (Redis) was last in sync; 0 when fresh",
+            registry=r,
+        )
+        self.config_version = Gauge(
+            "geogate_config_version", "Routing config version in use", registry=r
+        )
         self.geoip_reloads = Counter(
             "geogate_geoip_reloads", "GeoIP reloads by result", ["result"], registry=r
         )

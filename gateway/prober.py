@@ -58,8 +58,20 @@ async def probe_all(rt: Runtime) -> None:
     await asyncio.gather(*(probe_once(rt, u) for u in rt.store.upstreams()))
 
 
-async def probe_loop(rt: Runtime, u: Upstream, rng: random.Random) -> None:
-    cfg = rt.config.health
+async def probe_loop(rt: Runtime, rng: random.Random) -> None:
+    """Probe every current upstream each interval: the set can change at run time (fleet
+    config, DNS discovery), so it is read afresh each round. Each probe starts at its own
+    jittered offset within the round so a fleet's probes do not arrive together."""
     while True:
-        await asyncio.sleep(cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1)))
-        await probe_once(rt, u)
+        cfg = rt.config.health
+        interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
+        ups = rt.store.upstreams()
+        await asyncio.gather(
+            *(_probe_after(rt, u, rng.random() * cfg.jitter * interval) for u in ups),
+            asyncio.sleep(interval),
+        )
+
+
+async def _probe_after(rt: Runtime, u: Upstream, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await probe_once(rt, u)

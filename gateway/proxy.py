@@ -98,7 +98,6 @@ class Proxy:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.bases = {u.id: u.url.rstrip("/") for u in rt.config.upstreams}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
@@ -306,7 +305,7 @@ class Proxy:
                 async with asyncio.timeout(t.first_byte_s):
                     resp = await rt.http().request(
                         method,
-                        URL(self.bases[uid] + target, encoded=True),
+                        URL(cand.upstream.url + target, encoded=True),
                         data=body,
                         headers=headers,
                         allow_redirects=False,
@@ -333,7 +332,7 @@ class Proxy:
                 (b"x-request-id", rid.encode()),
                 (ROUTE_HEADER.encode(), self._route_header(decision, cand, index).encode()),
             ]
-            await self._stream(resp, first, extra, send, uid, t0)
+            await self._stream(resp, first, extra, send, uid, cand.upstream.region, t0)
             done = True
             store.record_result(uid, resp.status < 500, time.monotonic())
             return resp.status
@@ -369,6 +368,7 @@ class Proxy:
         extra: list[tuple[bytes, bytes]],
         send: Send,
         uid: str,
+        region: str,
         t0: float,
     ) -> None:
         t = self.rt.config.timeouts
@@ -376,7 +376,7 @@ class Proxy:
         deadline = loop.time() + t.total_s - (time.perf_counter() - t0)
         headers = client_response_headers(resp.raw_headers, extra)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        self.rt.metrics.first_byte.labels(self._region(uid)).observe(time.perf_counter() - t0)
+        self.rt.metrics.first_byte.labels(region).observe(time.perf_counter() - t0)
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
@@ -412,9 +412,6 @@ class Proxy:
             await send({"type": "http.response.body", "body": event, "more_body": False})
             return
         raise StreamAborted(message)
-
-    def _region(self, uid: str) -> str:
-        return next((u.region for u in self.rt.config.upstreams if u.id == uid), "-")
 
     def _final_error(self, failures: list[_Failure], decision: Decision) -> GatewayError:
         tried = ", ".join(f.describe() for f in failures)

@@ -43,6 +43,7 @@ class UpstreamView:
     ttft_ms: float | None = None  # backend's time to first token (EWMA), when known
     queue_depth: float | None = None  # requests waiting at the backend, when known
     slots: int = 16
+    url: str = ""  # base URL, no trailing slash: the proxy's target, not a routing input
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,7 +70,7 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:
         r = config.retry
-        return cls(
+        rt = cls(
             config=config,
             store=store,
             geo=geo,
@@ -79,6 +79,14 @@ class Runtime:
             budget=RetryBudget(r.budget_ratio, r.budget_min_per_s, r.budget_window_s),
             trusted=parse_networks(config.gateway.trusted_proxies),
         )
+        store.on_config = rt.apply_config
+        return rt
+
+    def apply_config(self, config: Config) -> None:
+        """A routing config change (fleet config, DNS discovery): one place applies it."""
+        self.store.replace_config(config)
+        self.config = config
+        self.policy = policy_from(config)
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:

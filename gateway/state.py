@@ -7,17 +7,22 @@ task keeps fresh, so nothing here changes for the router or the proxy.
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.config import Config, Upstream
+from gateway.defaults import AUDIT_MAX_LEN
 from gateway.health import UpstreamHealth, apply_probe, apply_result
 from gateway.router import RegionPoint, Snapshot, UpstreamView
 
 
 class StateStore(Protocol):
+    @property
+    def config(self) -> Config: ...
+    def replace_config(self, config: Config) -> None: ...
     def snapshot(self, now: float) -> Snapshot: ...
     def upstreams(self) -> tuple[Upstream, ...]: ...
     def health(self, upstream_id: str) -> UpstreamHealth: ...
@@ -29,26 +34,86 @@ class StateStore(Protocol):
     def release(self, upstream_id: str) -> None: ...
     def in_flight(self) -> Mapping[str, int]: ...
 
+    # Fleet side: background sync, versioned operator changes and their audit trail.
+    version: int
+    stale_since: float | None  # unix time shared state went stale; None = fresh or local
+    on_config: Callable[[Config], None]  # applies a routing config change
+    fleet_down: frozenset[str]  # upstreams most fresh observers see down
+    observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def update_upstream(
+        self, uid: str, changes: dict[str, Any], who: str
+    ) -> dict[str, Any]: ...
+    async def audit(self, count: int) -> list[dict[str, str]]: ...
+
 
 class MemoryStateStore:
     """One gateway's state, in process memory: the zero-setup default."""
 
     def __init__(self, config: Config) -> None:
+        self._health: dict[str, UpstreamHealth] = {}
+        self._in_flight: dict[str, int] = {}
+        self._snap: Snapshot | None = None
+        self.version = 1
+        self.stale_since: float | None = None
+        self.on_config = self.replace_config
+        self.fleet_down: frozenset[str] = frozenset()  # one gateway: no fleet opinion
+        self.observations: dict[str, dict[str, bool]] = {}
+        self._audit: collections.deque[dict[str, str]] = collections.deque(maxlen=AUDIT_MAX_LEN)
+        self.replace_config(config)
+
+    async def start(self) -> None:
+        """Nothing to sync: this store is the whole truth."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        from gateway import fleet_config  # the same validation as the fleet's
+
+        doc, before, after = fleet_config.change_upstream(
+            fleet_config.routing_doc(self._config), uid, changes
+        )
+        self.on_config(fleet_config.apply_doc(self._config, doc))
+        self.version += 1
+        entry = fleet_config.audit_entry(who, f"upstream {uid}", before, after, self.version)
+        self._audit.appendleft({"id": str(self.version), **entry})
+        return dict(entry)
+
+    async def audit(self, count: int) -> list[dict[str, str]]:
+        return list(self._audit)[:count]
+
+    def replace_config(self, config: Config) -> None:
+        """Take new regions, upstreams, weights, drains (a fleet config change, a DNS change).
+        Health and in-flight counts of upstreams that stay are kept."""
         self._config = config
         self._upstreams = config.upstreams
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
-        self._health = {u.id: UpstreamHealth() for u in self._upstreams}
-        self._in_flight: dict[str, int] = dict.fromkeys(self._health, 0)
-        self._snap: Snapshot | None = None
+        self._health = {u.id: self._health.get(u.id) or UpstreamHealth() for u in self._upstreams}
+        # In-flight entries of removed upstreams stay until their requests end.
+        for uid in self._health:
+            self._in_flight.setdefault(uid, 0)
+        self._snap = None
         self._valid_until = math.inf  # an ejection ends at this time: rebuild then
+
+    # Who applies a config change: the runtime points this at its apply_config, so the
+    # policy (residency) follows along with the upstreams.
+    on_config: Callable[[Config], None]
+
+    @property
+    def config(self) -> Config:
+        return self._config
 
     def upstreams(self) -> tuple[Upstream, ...]:
         return self._upstreams
 
     def health(self, upstream_id: str) -> UpstreamHealth:
-        return self._health[upstream_id]
+        # An upstream removed by a config change while a probe or request was out.
+        return self._health.get(upstream_id) or UpstreamHealth()
 
     def in_flight(self) -> Mapping[str, int]:
         return self._in_flight
@@ -75,6 +140,7 @@ class MemoryStateStore:
                     healthy=h.healthy(now),
                     rtt_ms=h.rtt_ms,
                     slots=u.slots,
+                    url=u.url.rstrip("/"),
                 )
             )
         return Snapshot(tuple(views), self._regions, self._in_flight)
@@ -82,19 +148,27 @@ class MemoryStateStore:
     def record_probe(
         self, upstream_id: str, ok: bool, rtt_ms: float | None, error: str | None
     ) -> None:
+        if upstream_id not in self._health:
+            return
         apply_probe(self._health[upstream_id], ok, rtt_ms, error, self._config.health)
         # Even without a health change the RTT moved and it feeds scores; a rebuild per
         # probe (one per upstream per interval) is cheap.
         self._snap = None
 
     def record_result(self, upstream_id: str, ok: bool, now: float) -> bool:
+        if upstream_id not in self._health:
+            return False
         ejected = apply_result(self._health[upstream_id], ok, now, self._config.outlier)
         if ejected:
             self._snap = None
         return ejected
 
     def acquire(self, upstream_id: str) -> None:
-        self._in_flight[upstream_id] += 1
+        self._in_flight[upstream_id] = self._in_flight.get(upstream_id, 0) + 1
 
     def release(self, upstream_id: str) -> None:
-        self._in_flight[upstream_id] -= 1
+        left = self._in_flight[upstream_id] - 1
+        if left or upstream_id in self._health:
+            self._in_flight[upstream_id] = left
+        else:
+            del self._in_flight[upstream_id]  # removed upstream, last request done
