@@ -138,3 +138,39 @@ def get_json(url: str) -> dict[str, object]:
     with urllib.request.urlopen(url, timeout=5) as r:
         data: dict[str, object] = json.loads(r.read())
         return data
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, stoppable and restartable on that port."""
+
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no"], self.log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            p = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
+                               capture_output=True, text=True)
+            if p.stdout.strip() == "PONG":
+                return
+            time.sleep(0.02)
+        raise TimeoutError("redis-server did not answer PING")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+def start_redis(tmp: Path) -> RedisServer:
+    r = RedisServer(free_port(), tmp / "redis.log")
+    r.start()
+    return r
