@@ -23,6 +23,7 @@ from gateway.admin import admin_routes
 from gateway.asgi import Receive, Scope, Send, send_error
 from gateway.config import ENV_CONFIG_FILE, Config, load_config
 from gateway.errors import ConfigError, GatewayError, ModelNotFound, RouteNotFound
+from gateway.load_poller import load_loop
 from gateway.prober import probe_all, probe_loop
 from gateway.proxy import Proxy
 from gateway.redis_store import RedisStateStore
@@ -102,6 +103,7 @@ def create_app(config: Config | None = None) -> Starlette:
         tasks = [
             asyncio.create_task(probe_loop(rt, random.Random())),
             asyncio.create_task(_geoip_reload_loop(rt)),
+            asyncio.create_task(load_loop(rt)),
         ]
         log.info(
             "gateway region=%s origin=%s upstreams=%d geoip=%s",
@@ -194,6 +196,8 @@ def create_app(config: Config | None = None) -> Starlette:
                             "rtt_ms": None if u.rtt_ms is None else round(u.rtt_ms, 2),
                             "models": sorted(u.models),
                             "in_flight": snap.in_flight.get(u.id, 0),
+                            "queue_depth": u.queue_depth,
+                            "ttft_ms": None if u.ttft_ms is None else round(u.ttft_ms, 1),
                             "last_error": rt.store.health(u.id).last_probe_error,
                             # who saw what: each fresh gateway's verdict (fleet mode)
                             "seen_by": rt.store.observations.get(u.id, {}),

@@ -130,6 +130,14 @@ class OutlierSection(_Model):
     max_ejection_s: PositiveFloat = d.MAX_EJECTION_S
 
 
+class LoadSection(_Model):
+    enabled: bool = True
+    poll_interval_s: PositiveFloat = d.LOAD_POLL_INTERVAL_S
+    max_age_s: PositiveFloat = d.LOAD_MAX_AGE_S
+    path: str = d.LOAD_PATH
+    ttft_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.TTFT_EWMA_ALPHA
+
+
 class GeoIPSection(_Model):
     database: Path | None = None
     reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
@@ -158,6 +166,7 @@ class Config(_Model):
     router: RouterSection = RouterSection()
     health: HealthSection = HealthSection()
     outlier: OutlierSection = OutlierSection()
+    load: LoadSection = LoadSection()
     geoip: GeoIPSection = GeoIPSection()
     redis: RedisSection = RedisSection()
     admin: AdminSection = AdminSection()

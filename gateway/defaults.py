@@ -55,3 +55,10 @@ OBSERVATION_TTL_S = 5.0  # a dead gateway's opinion stops counting after 5 s (10
 REDIS_TIMEOUT_S = 1.0  # a Redis call slower than this counts as Redis being away
 REDIS_MAX_BACKOFF_S = 5.0  # reconnect attempts back off 0.1 s doubling up to 5 s
 AUDIT_MAX_LEN = 10000  # operator changes kept in the audit stream (approximate trim)
+
+# --- load polling -----------------------------------------------------------------------------
+LOAD_POLL_INTERVAL_S = 0.25  # an LLM queue can build within a second of a burst, and a local
+# /metrics scrape costs ~1 ms: four scrapes a second per backend see a queue while it forms
+LOAD_MAX_AGE_S = 2.0  # a sample older than this (8 missed polls) is ignored, not trusted
+LOAD_PATH = "/metrics"
+TTFT_EWMA_ALPHA = 0.3  # weight of the newest interval's mean TTFT

@@ -13,7 +13,7 @@ import json
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -85,6 +85,7 @@ class SimBackend:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prom)
         app.router.add_get("/stats", self.stats_view)
+        app.router.add_post("/sim/config", self.reconfigure)
         return app
 
     # --- plain endpoints ----------------------------------------------------------------
@@ -118,6 +119,17 @@ class SimBackend:
                 "last_headers": s.last_headers,
             }
         )
+
+    async def reconfigure(self, request: web.Request) -> web.Response:
+        """Change knobs at run time (slow a backend down mid-benchmark): {"ttft_ms": 200}."""
+        changes = await request.json()
+        allowed = {"ttft_ms", "tokens_per_s", "delay_ms", "error_rate", "error_status"}
+        if not isinstance(changes, dict) or not set(changes) <= allowed:
+            return _error(
+                400, f"knobs: {', '.join(sorted(allowed))}", "invalid_request_error", "bad_knob"
+            )
+        self.cfg = replace(self.cfg, **changes)
+        return web.json_response({k: getattr(self.cfg, k) for k in allowed})
 
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()

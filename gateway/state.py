@@ -10,13 +10,26 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
 from gateway.health import UpstreamHealth, apply_probe, apply_result
+from gateway.load_metrics import LoadReading
 from gateway.router import RegionPoint, Snapshot, UpstreamView
+
+
+@dataclass(slots=True)
+class LoadState:
+    """Latest load of one upstream, from polling its /metrics."""
+
+    at: float  # monotonic time of the sample
+    queue_depth: float | None
+    ttft_ms: float | None  # EWMA of the mean TTFT between polls
+    ttft_sum_s: float | None  # last cumulative readings, to take differences
+    ttft_count: float | None
 
 
 class StateStore(Protocol):
@@ -30,6 +43,8 @@ class StateStore(Protocol):
         self, upstream_id: str, ok: bool, rtt_ms: float | None, error: str | None
     ) -> None: ...
     def record_result(self, upstream_id: str, ok: bool, now: float) -> bool: ...
+    def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None: ...
+    def load(self, upstream_id: str) -> LoadState | None: ...
     def acquire(self, upstream_id: str) -> None: ...
     def release(self, upstream_id: str) -> None: ...
     def in_flight(self) -> Mapping[str, int]: ...
@@ -55,6 +70,7 @@ class MemoryStateStore:
     def __init__(self, config: Config) -> None:
         self._health: dict[str, UpstreamHealth] = {}
         self._in_flight: dict[str, int] = {}
+        self._load: dict[str, LoadState] = {}
         self._snap: Snapshot | None = None
         self.version = 1
         self.stale_since: float | None = None
@@ -125,10 +141,16 @@ class MemoryStateStore:
 
     def _build(self, now: float) -> Snapshot:
         views = []
+        max_age = self._config.load.max_age_s
         ends = [h.ejected_until for h in self._health.values() if h.ejected_until > now]
+        ends += [ls.at + max_age for ls in self._load.values() if ls.at + max_age > now]
         self._valid_until = min(ends, default=math.inf)
         for u in self._upstreams:
             h = self._health[u.id]
+            ls = self._load.get(u.id)
+            # Stale samples are ignored; the same strict bound as the expiry scheduled above,
+            # so a sample that stops being fresh always triggers a rebuild.
+            fresh = ls is not None and now < ls.at + max_age
             views.append(
                 UpstreamView(
                     id=u.id,
@@ -139,6 +161,8 @@ class MemoryStateStore:
                     drained=u.drained,
                     healthy=h.healthy(now),
                     rtt_ms=h.rtt_ms,
+                    ttft_ms=ls.ttft_ms if fresh and ls else None,
+                    queue_depth=ls.queue_depth if fresh and ls else None,
                     slots=u.slots,
                     url=u.url.rstrip("/"),
                 )
@@ -162,6 +186,35 @@ class MemoryStateStore:
         if ejected:
             self._snap = None
         return ejected
+
+    def load(self, upstream_id: str) -> LoadState | None:
+        return self._load.get(upstream_id)
+
+    def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None:
+        if upstream_id not in self._health:
+            return
+        prev = self._load.get(upstream_id)
+        ttft = prev.ttft_ms if prev else None
+        if (
+            prev
+            and reading.ttft_sum_s is not None
+            and reading.ttft_count is not None
+            and prev.ttft_sum_s is not None
+            and prev.ttft_count is not None
+            and reading.ttft_count > prev.ttft_count
+        ):
+            # The mean TTFT of the requests that finished their first token since last poll.
+            mean_ms = (
+                1000
+                * (reading.ttft_sum_s - prev.ttft_sum_s)
+                / (reading.ttft_count - prev.ttft_count)
+            )
+            a = self._config.load.ttft_ewma_alpha
+            ttft = mean_ms if ttft is None else a * mean_ms + (1 - a) * ttft
+        self._load[upstream_id] = LoadState(
+            now, reading.queue_depth, ttft, reading.ttft_sum_s, reading.ttft_count
+        )
+        self._snap = None
 
     def acquire(self, upstream_id: str) -> None:
         self._in_flight[upstream_id] = self._in_flight.get(upstream_id, 0) + 1

@@ -153,12 +153,25 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no"], self.log)
+        self.proc = spawn(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            self.log,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            p = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+            )
             if p.stdout.strip() == "PONG":
                 return
             time.sleep(0.02)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +33,11 @@ BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": 
 
 
 def fleet_toml(port: int, ups: list[UpstreamSpec], redis_url: str, gid: str) -> str:
-    extra = (f'[redis]\nurl = "{redis_url}"\ngateway_id = "{gid}"\nrefresh_interval_s = 0.1\n'
-             f'observation_ttl_s = 1.0\n\n[admin]\ntoken = "{TOKEN}"\n\n'
-             "[router]\ntolerance_ms = 1000\n")  # both upstreams near-equal: weights decide
+    extra = (
+        f'[redis]\nurl = "{redis_url}"\ngateway_id = "{gid}"\nrefresh_interval_s = 0.1\n'
+        f'observation_ttl_s = 1.0\n\n[admin]\ntoken = "{TOKEN}"\n\n'
+        "[router]\ntolerance_ms = 1000\n"
+    )  # both upstreams near-equal: weights decide
     return gateway_toml(port, ups, extra=extra).replace("[server]", "[server]\naccess_log = false")
 
 
@@ -45,8 +46,12 @@ def fleet(tmp_path: Path) -> Iterator[tuple[RedisServer, list[Gateway], list[Sim
     redis = start_redis(tmp_path)
     sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
     ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
-    gws = [start_gateway(tmp_path, lambda p, i=i: fleet_toml(p, ups, redis.url, f"gw{i}"),
-                         name=f"gw{i}") for i in range(3)]
+    gws = [
+        start_gateway(
+            tmp_path, lambda p, i=i: fleet_toml(p, ups, redis.url, f"gw{i}"), name=f"gw{i}"
+        )
+        for i in range(3)
+    ]
     try:
         for gw in gws:
             eventually(lambda gw=gw: table(gw)["shared_state"] == "fresh", what="fresh state")
@@ -89,13 +94,19 @@ def test_a_change_on_one_gateway_is_obeyed_by_all(fleet: Any) -> None:
     assert r.status_code == 200, r.text
     version = r.json()["version"]
     for gw in gws:
-        eventually(lambda gw=gw: table(gw)["version"] == version, timeout=1.0,
-                   what="the change to reach every gateway within a second")
+        eventually(
+            lambda gw=gw: table(gw)["version"] == version,
+            timeout=1.0,
+            what="the change to reach every gateway within a second",
+        )
         assert served_by(gw, 20) == Counter({"b1": 20})
     r = admin(gws[1], "PATCH", "/admin/upstreams/b0", json={"drained": False, "weight": 3})
     for gw in gws:
-        eventually(lambda gw=gw: upstream(gw, "b0")["weight"] == 3, timeout=1.0,
-                   what="the weight change everywhere")
+        eventually(
+            lambda gw=gw: upstream(gw, "b0")["weight"] == 3,
+            timeout=1.0,
+            what="the weight change everywhere",
+        )
     share = served_by(gws[2], 400)
     assert 0.65 < share["b0"] / 400 < 0.85, share  # weight 3 : 1 -> 75 %
     audit = admin(gws[2], "GET", "/admin/audit", params={"count": 5}).json()["entries"]
@@ -108,21 +119,34 @@ def test_ctl_show_set_and_audit(fleet: Any) -> None:
     redis, gws, _ = fleet
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(geogate_cmd("ctl", "--redis", redis.url, *args),
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            geogate_cmd("ctl", "--redis", redis.url, *args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     p = ctl("set", "b1", "--bias-ms", "25", "--who", "bob")
     assert p.returncode == 0, p.stderr
     assert '{"bias_ms": 0.0} -> {"bias_ms": 25.0}' in p.stdout
-    eventually(lambda: all(upstream(g, "b1") is not None for g in gws) and json.loads(
-        ctl("show").stdout)["upstreams"][1]["bias_ms"] == 25.0, what="ctl show")
+    eventually(
+        lambda: (
+            all(upstream(g, "b1") is not None for g in gws)
+            and json.loads(ctl("show").stdout)["upstreams"][1]["bias_ms"] == 25.0
+        ),
+        what="ctl show",
+    )
     assert "bob" in ctl("audit").stdout
     bad = ctl("set", "nope", "--weight", "1")
     assert bad.returncode == 2 and "no upstream 'nope'" in bad.stderr
     bad = ctl("set", "b1", "--weight", "-1")
     assert bad.returncode == 2 and "weight" in bad.stderr
-    gone = subprocess.run(geogate_cmd("ctl", "--redis", "redis://127.0.0.1:1", "show"),
-                          capture_output=True, text=True, timeout=30)
+    gone = subprocess.run(
+        geogate_cmd("ctl", "--redis", "redis://127.0.0.1:1", "show"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert gone.returncode == 2 and "cannot reach Redis" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
 
@@ -139,23 +163,32 @@ def test_a_killed_backend_leaves_every_rotation(fleet: Any) -> None:
     _, gws, sims = fleet
     kill(sims[0].proc)
     for gw in gws:
-        eventually(lambda gw=gw: upstream(gw, "b0")["fleet_down"], timeout=5,
-                   what="the fleet to agree b0 is down")
+        eventually(
+            lambda gw=gw: upstream(gw, "b0")["fleet_down"],
+            timeout=5,
+            what="the fleet to agree b0 is down",
+        )
         assert served_by(gw, 10) == Counter({"b1": 10})
     # Who saw what: a gateway may route away on the majority before its own probe noticed;
     # soon every observer reports b0 down.
-    eventually(lambda: upstream(gws[0], "b0")["seen_by"] == {"gw0": False, "gw1": False,
-                                                              "gw2": False},
-               what="every observer to report b0 down")
+    eventually(
+        lambda: upstream(gws[0], "b0")["seen_by"] == {"gw0": False, "gw1": False, "gw2": False},
+        what="every observer to report b0 down",
+    )
 
 
 def test_a_dead_gateway_stops_counting_after_its_ttl(fleet: Any) -> None:
     _, gws, _ = fleet
-    eventually(lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1", "gw2"},
-               what="all three observers")
+    eventually(
+        lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1", "gw2"},
+        what="all three observers",
+    )
     kill(gws[2].proc)  # SIGKILL: it cannot say goodbye
-    eventually(lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1"},
-               timeout=5, what="gw2's observations to expire")
+    eventually(
+        lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1"},
+        timeout=5,
+        what="gw2's observations to expire",
+    )
 
 
 def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
@@ -177,14 +210,23 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
         await asyncio.sleep(0.3)
         await asyncio.to_thread(redis.stop)
         for gw in gws[:2]:
-            await asyncio.to_thread(eventually, lambda gw=gw: httpx.get(
-                f"{gw.url}/readyz").text.startswith("degraded: shared state stale since"),
-                5.0, "readyz to say degraded")
+            await asyncio.to_thread(
+                eventually,
+                lambda gw=gw: httpx.get(f"{gw.url}/readyz").text.startswith(
+                    "degraded: shared state stale since"
+                ),
+                5.0,
+                "readyz to say degraded",
+            )
         await asyncio.sleep(0.5)
         await asyncio.to_thread(redis.start)
         for gw in gws[:2]:
-            await asyncio.to_thread(eventually, lambda gw=gw: table(gw)["shared_state"] ==
-                                    "fresh", 10.0, "the gateway to re-sync")
+            await asyncio.to_thread(
+                eventually,
+                lambda gw=gw: table(gw)["shared_state"] == "fresh",
+                10.0,
+                "the gateway to re-sync",
+            )
         stop.set()
         await load
 
@@ -194,7 +236,10 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
     r = admin(gws[0], "PATCH", "/admin/upstreams/b1", json={"weight": 2})
     assert r.status_code == 200, r.text
     for gw in gws[:2]:
-        eventually(lambda gw=gw: upstream(gw, "b1")["weight"] == 2, timeout=2,
-                   what="the post-outage change everywhere")
+        eventually(
+            lambda gw=gw: upstream(gw, "b1")["weight"] == 2,
+            timeout=2,
+            what="the post-outage change everywhere",
+        )
     metrics = httpx.get(f"{gws[0].url}/metrics").text
     assert "geogate_shared_state_stale_seconds 0.0" in metrics

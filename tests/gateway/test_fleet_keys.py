@@ -19,8 +19,10 @@ def test_urls() -> None:
     assert isinstance(connect("rediss://h:6380", 1.0), Redis)
     master = connect("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/2", 1.0)
     assert isinstance(master, Redis)
-    for bad, msg in [("redis+sentinel://10.0.0.1:26379", "master-name"),
-                     ("redis+sentinel://nohost/m", "sentinel address"),
-                     ("http://x", "redis://")]:
+    for bad, msg in [
+        ("redis+sentinel://10.0.0.1:26379", "master-name"),
+        ("redis+sentinel://nohost/m", "sentinel address"),
+        ("http://x", "redis://"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             connect(bad, 1.0)

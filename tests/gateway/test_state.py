@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from gateway.config import Config
+from gateway.load_metrics import LoadReading
+from gateway.state import MemoryStateStore
+
+CFG = Config.model_validate(
+    {
+        "gateway": {"region": "eu"},
+        "load": {"max_age_s": 2.0},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1/", "models": ["m"]}],
+    }
+)
+
+
+def view(s: MemoryStateStore, now: float) -> tuple[float | None, float | None]:
+    u = s.snapshot(now).upstreams[0]
+    return u.ttft_ms, u.queue_depth
+
+
+def test_ttft_is_the_mean_between_polls_and_stale_samples_are_ignored() -> None:
+    s = MemoryStateStore(CFG)
+    s.record_load("a", LoadReading(queue_depth=1, ttft_sum_s=1.0, ttft_count=10), now=0.0)
+    assert view(s, 0.0) == (None, 1)  # one cumulative reading says nothing about "recent"
+    s.record_load("a", LoadReading(queue_depth=4, ttft_sum_s=3.0, ttft_count=20), now=1.0)
+    assert view(s, 1.0) == (200.0, 4)  # (3.0 - 1.0) s / 10 requests
+    assert view(s, 2.9) == (200.0, 4)  # 1.9 s old: still used
+    assert view(s, 3.0) == (None, None)  # load.max_age_s old: ignored, not trusted
+
+
+def test_config_replacement_keeps_health_and_url_is_normalised() -> None:
+    s = MemoryStateStore(CFG)
+    s.record_probe("a", False, None, "refused")
+    s.replace_config(CFG)
+    u = s.snapshot(0.0).upstreams[0]
+    assert not u.healthy and u.url == "http://127.0.0.1:1"
