@@ -30,6 +30,10 @@ class LoadState:
     ttft_ms: float | None  # EWMA of the mean TTFT between polls
     ttft_sum_s: float | None  # last cumulative readings, to take differences
     ttft_count: float | None
+    # When a request last confirmed ttft_ms. A backend shunned for a high TTFT gets no
+    # requests, so nothing would ever show that it recovered: an unconfirmed estimate
+    # expires like a stale sample, and the backend is tried (and measured) again.
+    ttft_at: float = 0.0
 
 
 class StateStore(Protocol):
@@ -143,7 +147,12 @@ class MemoryStateStore:
         views = []
         max_age = self._config.load.max_age_s
         ends = [h.ejected_until for h in self._health.values() if h.ejected_until > now]
-        ends += [ls.at + max_age for ls in self._load.values() if ls.at + max_age > now]
+        ends += [
+            t + max_age
+            for ls in self._load.values()
+            for t in (ls.at, ls.ttft_at)
+            if t + max_age > now
+        ]
         self._valid_until = min(ends, default=math.inf)
         for u in self._upstreams:
             h = self._health[u.id]
@@ -161,7 +170,7 @@ class MemoryStateStore:
                     drained=u.drained,
                     healthy=h.healthy(now),
                     rtt_ms=h.rtt_ms,
-                    ttft_ms=ls.ttft_ms if fresh and ls else None,
+                    ttft_ms=ls.ttft_ms if fresh and ls and now < ls.ttft_at + max_age else None,
                     queue_depth=ls.queue_depth if fresh and ls else None,
                     slots=u.slots,
                     url=u.url.rstrip("/"),
@@ -195,6 +204,7 @@ class MemoryStateStore:
             return
         prev = self._load.get(upstream_id)
         ttft = prev.ttft_ms if prev else None
+        ttft_at = prev.ttft_at if prev else now
         if (
             prev
             and reading.ttft_sum_s is not None
@@ -211,8 +221,9 @@ class MemoryStateStore:
             )
             a = self._config.load.ttft_ewma_alpha
             ttft = mean_ms if ttft is None else a * mean_ms + (1 - a) * ttft
+            ttft_at = now
         self._load[upstream_id] = LoadState(
-            now, reading.queue_depth, ttft, reading.ttft_sum_s, reading.ttft_count
+            now, reading.queue_depth, ttft, reading.ttft_sum_s, reading.ttft_count, ttft_at
         )
         self._snap = None
 

@@ -35,3 +35,13 @@ def test_config_replacement_keeps_health_and_url_is_normalised() -> None:
     s.replace_config(CFG)
     u = s.snapshot(0.0).upstreams[0]
     assert not u.healthy and u.url == "http://127.0.0.1:1"
+
+
+def test_an_unconfirmed_ttft_expires_so_a_shunned_backend_is_retried() -> None:
+    s = MemoryStateStore(CFG)
+    s.record_load("a", LoadReading(ttft_sum_s=0.0, ttft_count=0), now=0.0)
+    s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=1.0)  # 200 ms
+    for t in (1.5, 2.0, 2.5, 3.5):  # polls go on, but no request confirms the TTFT
+        s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=t)
+    assert view(s, 2.9) == (200.0, None)
+    assert view(s, 3.5)[0] is None  # 2.5 s unconfirmed: back to unknown, so tried again
