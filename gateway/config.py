@@ -128,6 +128,10 @@ class OutlierSection(_Model):
     consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1)
     base_ejection_s: PositiveFloat = d.BASE_EJECTION_S
     max_ejection_s: PositiveFloat = d.MAX_EJECTION_S
+    failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] = d.FAILURE_RATE_THRESHOLD
+    failure_rate_min_requests: int = Field(default=d.FAILURE_RATE_MIN_REQUESTS, ge=1)
+    failure_rate_window_s: PositiveFloat = d.FAILURE_RATE_WINDOW_S
+    max_ejected_share: Ratio = d.MAX_EJECTED_SHARE
 
 
 class LoadSection(_Model):

@@ -41,6 +41,13 @@ RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
 CONSECUTIVE_FAILURES = 5  # Envoy's consecutive_5xx default
 BASE_EJECTION_S = 30.0  # first ejection 30 s (Envoy's base), doubling on each repeat...
 MAX_EJECTION_S = 300.0  # ...capped at 300 s (Envoy's cap)
+FAILURE_RATE_THRESHOLD = 0.5  # eject when half the requests of a window failed: a backend
+# failing every other request is worse than a slower healthy one, and 5 in a row may never
+# happen when failures interleave with successes
+FAILURE_RATE_MIN_REQUESTS = 20  # ...but judge a rate only on enough requests to mean it
+FAILURE_RATE_WINDOW_S = 10.0  # Envoy's outlier-detection interval
+MAX_EJECTED_SHARE = 0.1  # Envoy's max_ejection_percent: ejection cannot empty a pool; one
+# upstream may always be ejected, as in Envoy
 
 # --- geoip ----------------------------------------------------------------------------------
 GEOIP_RELOAD_INTERVAL_S = 5.0  # a replaced file serves within 5 s; a stat() per interval

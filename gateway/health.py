@@ -22,6 +22,9 @@ class UpstreamHealth:
     passive_failures: int = 0  # consecutive failed requests
     times_ejected: int = 0
     ejected_until: float = 0.0
+    window_start: float = 0.0  # failure-rate window
+    window_requests: int = 0
+    window_failures: int = 0
 
     def healthy(self, now: float) -> bool:
         return self.probed_healthy is not False and now >= self.ejected_until
@@ -56,16 +59,34 @@ def apply_probe(
     return before != h.probed_healthy
 
 
-def apply_result(h: UpstreamHealth, ok: bool, now: float, cfg: OutlierSection) -> bool:
-    """Apply one proxied request's outcome; True when this ejected the upstream."""
+def apply_result(
+    h: UpstreamHealth, ok: bool, now: float, cfg: OutlierSection, may_eject: bool = True
+) -> bool:
+    """Apply one proxied request's outcome; True when this ejected the upstream.
+
+    Two triggers, as production proxies have: ``consecutive_failures`` in a row, or a failure
+    rate of ``failure_rate_threshold`` over at least ``failure_rate_min_requests`` requests in
+    the current window. ``may_eject`` is False when the pool's ejected share is at its cap.
+    """
+    if now - h.window_start >= cfg.failure_rate_window_s:
+        h.window_start, h.window_requests, h.window_failures = now, 0, 0
+    h.window_requests += 1
     if ok:
         h.passive_failures = 0
         return False
     h.passive_failures += 1
-    if h.passive_failures < cfg.consecutive_failures or h.ejected(now):
+    h.window_failures += 1
+    rate_tripped = (
+        h.window_requests >= cfg.failure_rate_min_requests
+        and h.window_failures >= cfg.failure_rate_threshold * h.window_requests
+    )
+    if h.passive_failures < cfg.consecutive_failures and not rate_tripped:
+        return False
+    if h.ejected(now) or not may_eject:
         return False
     h.times_ejected += 1
     h.passive_failures = 0
+    h.window_start, h.window_requests, h.window_failures = now, 0, 0
     # Exponential backoff: a backend that keeps failing after each return stays out twice as
     # long each time (30, 60, 120, 240, 300 s with the defaults).
     backoff = cfg.base_ejection_s * 2 ** min(h.times_ejected - 1, 30)

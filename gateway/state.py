@@ -191,7 +191,10 @@ class MemoryStateStore:
     def record_result(self, upstream_id: str, ok: bool, now: float) -> bool:
         if upstream_id not in self._health:
             return False
-        ejected = apply_result(self._health[upstream_id], ok, now, self._config.outlier)
+        cfg = self._config.outlier
+        out = sum(1 for h in self._health.values() if h.ejected(now))
+        cap = max(1, math.floor(cfg.max_ejected_share * len(self._health)))
+        ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=out < cap)
         if ejected:
             self._snap = None
         return ejected

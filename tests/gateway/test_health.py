@@ -41,3 +41,31 @@ def test_success_resets_the_failure_run() -> None:
     h = UpstreamHealth()
     for ok in (False, False, True, False, False):
         assert not apply_result(h, ok, 0, OUT)
+
+
+RATE = OutlierSection(
+    consecutive_failures=100,
+    failure_rate_threshold=0.5,
+    failure_rate_min_requests=10,
+    failure_rate_window_s=10,
+)
+
+
+def test_failure_rate_ejects_interleaved_failures() -> None:
+    h = UpstreamHealth()
+    results = [ok for _ in range(5) for ok in (True, False)]  # never two failures in a row
+    ejected = [apply_result(h, ok, 1.0, RATE) for ok in results]
+    assert ejected == [False] * 9 + [True]  # 5 of 10 failed: the rate trips at request 10
+
+
+def test_failure_rate_needs_enough_requests_and_windows_reset() -> None:
+    h = UpstreamHealth()
+    assert not any(apply_result(h, False, 1.0, RATE) for _ in range(9))  # 9 < 10 requests
+    assert not apply_result(h, True, 12.0, RATE)  # a new window: the old failures are gone
+    assert h.window_requests == 1 and h.window_failures == 0
+
+
+def test_may_eject_false_holds_the_ejection() -> None:
+    h = UpstreamHealth()
+    assert not any(apply_result(h, False, 0, OUT, may_eject=False) for _ in range(5))
+    assert h.healthy(0)

@@ -45,3 +45,23 @@ def test_an_unconfirmed_ttft_expires_so_a_shunned_backend_is_retried() -> None:
         s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=t)
     assert view(s, 2.9) == (200.0, None)
     assert view(s, 3.5)[0] is None  # 2.5 s unconfirmed: back to unknown, so tried again
+
+
+def test_ejection_never_takes_more_than_the_capped_share() -> None:
+    ups = [
+        {"id": f"u{i}", "region": "eu", "url": f"http://127.0.0.1:{i + 1}", "models": ["m"]}
+        for i in range(3)
+    ]
+    cfg = Config.model_validate(
+        {
+            **CFG.model_dump(),
+            "upstreams": ups,
+            "outlier": {"consecutive_failures": 2, "max_ejected_share": 0.1},
+        }
+    )
+    s = MemoryStateStore(cfg)
+    for uid in ("u0", "u1"):
+        for _ in range(2):
+            s.record_result(uid, False, now=1.0)
+    # 10 % of 3 rounds down to 0, but one may always go (Envoy's rule): u0 only.
+    assert [u.healthy for u in s.snapshot(1.0).upstreams] == [False, True, True]
