@@ -22,6 +22,7 @@ from starlette.routing import Route
 from gateway.admin import admin_routes
 from gateway.asgi import Receive, Scope, Send, send_error
 from gateway.config import ENV_CONFIG_FILE, Config, load_config
+from gateway.discovery import discover_once, discovery_loop
 from gateway.errors import ConfigError, GatewayError, ModelNotFound, RouteNotFound
 from gateway.load_poller import load_loop
 from gateway.prober import probe_all, probe_loop
@@ -95,7 +96,9 @@ def create_app(config: Config | None = None) -> Starlette:
             auto_decompress=False,  # bytes pass through as the upstream encoded them
             skip_auto_headers=NO_AUTO_HEADERS,
         )
-        # One probe round before serving: the first requests route on real health.
+        # Resolve discovery names, then one probe round, before serving: the first requests
+        # route on a real pool and real health.
+        await discover_once(rt)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(config.health.timeout_s + 0.5):
                 await probe_all(rt)
@@ -104,6 +107,7 @@ def create_app(config: Config | None = None) -> Starlette:
             asyncio.create_task(probe_loop(rt, random.Random())),
             asyncio.create_task(_geoip_reload_loop(rt)),
             asyncio.create_task(load_loop(rt)),
+            asyncio.create_task(discovery_loop(rt)),
         ]
         log.info(
             "gateway region=%s origin=%s upstreams=%d geoip=%s",

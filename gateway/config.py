@@ -47,6 +47,16 @@ class Upstream(_Model):
     slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
     health_path: str = d.HEALTH_PATH
     drained: bool = False
+    # "dns": the url's host is a name whose A/AAAA records are the pool; "srv": the SRV
+    # record `srv` gives hosts and ports. Each address becomes a member "<id>@<addr>:<port>".
+    discovery: Literal["none", "dns", "srv"] = "none"
+    srv: str = ""
+
+    @model_validator(mode="after")
+    def _srv_name(self) -> Upstream:
+        if self.discovery == "srv" and not self.srv:
+            raise ValueError('discovery = "srv" needs srv = "_service._tcp.name"')
+        return self
 
 
 class ResidencyRule(_Model):
@@ -142,6 +152,12 @@ class LoadSection(_Model):
     ttft_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.TTFT_EWMA_ALPHA
 
 
+class DiscoverySection(_Model):
+    interval_s: PositiveFloat = d.DISCOVERY_INTERVAL_S
+    timeout_s: PositiveFloat = d.DISCOVERY_TIMEOUT_S
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system's resolvers
+
+
 class GeoIPSection(_Model):
     database: Path | None = None
     reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
@@ -171,6 +187,7 @@ class Config(_Model):
     health: HealthSection = HealthSection()
     outlier: OutlierSection = OutlierSection()
     load: LoadSection = LoadSection()
+    discovery: DiscoverySection = DiscoverySection()
     geoip: GeoIPSection = GeoIPSection()
     redis: RedisSection = RedisSection()
     admin: AdminSection = AdminSection()

@@ -69,3 +69,9 @@ LOAD_POLL_INTERVAL_S = 0.25  # an LLM queue can build within a second of a burst
 LOAD_MAX_AGE_S = 2.0  # a sample older than this (8 missed polls) is ignored, not trusted
 LOAD_PATH = "/metrics"
 TTFT_EWMA_ALPHA = 0.3  # weight of the newest interval's mean TTFT
+
+# --- discovery --------------------------------------------------------------------------------
+DISCOVERY_INTERVAL_S = 5.0  # re-resolve DNS names this often: service-discovery records use
+# TTLs of 5-30 s, so a new backend joins within one TTL and a removed one stops getting new
+# requests soon after its record goes
+DISCOVERY_TIMEOUT_S = 2.0  # a DNS query slower than this keeps the previous members

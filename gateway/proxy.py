@@ -191,6 +191,17 @@ class Proxy:
 
     def _check(self, decision: Decision, model: str, loc: Location) -> None:
         if decision.outcome is Outcome.MODEL_NOT_FOUND:
+            empty = [
+                u.id
+                for u in self.rt.store.config.upstreams
+                if model in u.models and u.discovery != "none"
+            ]
+            if empty:
+                raise NoHealthyUpstream(
+                    f"no upstream can serve model {model!r} now: {', '.join(empty)} resolve "
+                    f"to no addresses (DNS discovery). Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(NO_CANDIDATE_RETRY_AFTER_S)},
+                )
             raise ModelNotFound(
                 f"model {model!r} is not served by any upstream of this gateway; "
                 "GET /v1/models lists the models available"

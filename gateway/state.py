@@ -18,6 +18,7 @@ from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
 from gateway.health import UpstreamHealth, apply_probe, apply_result
 from gateway.load_metrics import LoadReading
+from gateway.members import Address, expand
 from gateway.router import RegionPoint, Snapshot, UpstreamView
 
 
@@ -40,6 +41,7 @@ class StateStore(Protocol):
     @property
     def config(self) -> Config: ...
     def replace_config(self, config: Config) -> None: ...
+    def set_members(self, upstream_id: str, addresses: tuple[Address, ...]) -> bool: ...
     def snapshot(self, now: float) -> Snapshot: ...
     def upstreams(self) -> tuple[Upstream, ...]: ...
     def health(self, upstream_id: str) -> UpstreamHealth: ...
@@ -75,6 +77,7 @@ class MemoryStateStore:
         self._health: dict[str, UpstreamHealth] = {}
         self._in_flight: dict[str, int] = {}
         self._load: dict[str, LoadState] = {}
+        self._members: dict[str, tuple[Address, ...]] = {}  # discovery: id -> addresses
         self._snap: Snapshot | None = None
         self.version = 1
         self.stale_since: float | None = None
@@ -109,7 +112,7 @@ class MemoryStateStore:
         """Take new regions, upstreams, weights, drains (a fleet config change, a DNS change).
         Health and in-flight counts of upstreams that stay are kept."""
         self._config = config
-        self._upstreams = config.upstreams
+        self._upstreams = expand(config.upstreams, self._members)
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
@@ -126,7 +129,16 @@ class MemoryStateStore:
 
     @property
     def config(self) -> Config:
+        """The declared config (file or fleet); upstreams() has discovery expanded."""
         return self._config
+
+    def set_members(self, upstream_id: str, addresses: tuple[Address, ...]) -> bool:
+        """New DNS answer for a discovery upstream; True when the pool changed."""
+        if self._members.get(upstream_id) == addresses:
+            return False
+        self._members[upstream_id] = addresses
+        self.replace_config(self._config)
+        return True
 
     def upstreams(self) -> tuple[Upstream, ...]:
         return self._upstreams

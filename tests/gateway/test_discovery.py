@@ -1,0 +1,183 @@
+"""DNS discovery end to end: a real DNS server on loopback, records changed under traffic."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dnslib import QTYPE, RR, SOA, SRV, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+from tests.support import Gateway, Sim, eventually, get_json, start_gateway, start_sim
+
+SRV_NAME = "_llm._tcp.pool.test"
+BODY = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Zone(BaseResolver):  # type: ignore[misc]
+    """A and SRV records the test can change while the server runs."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failing = False  # answer SERVFAIL, as a broken DNS server does
+        self.a: dict[str, list[str]] = {}
+        self.srv: dict[str, list[tuple[str, int]]] = {}
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        q = request.q
+        name = str(q.qname).rstrip(".")
+        with self.lock:
+            if self.failing:
+                raise RuntimeError("simulated DNS failure")  # dnslib answers SERVFAIL
+            if q.qtype == QTYPE.A:
+                for addr in self.a.get(name, []):
+                    reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(addr), ttl=1))
+            elif q.qtype == QTYPE.SRV:
+                for target, port in self.srv.get(name, []):
+                    reply.add_answer(
+                        RR(q.qname, QTYPE.SRV, ttl=1, rdata=SRV(0, 0, port, target + "."))
+                    )
+        if not reply.rr:
+            # As authoritative servers answer "no records" (RFC 2308): an SOA whose minimum
+            # TTL bounds how long resolvers (c-ares included) cache the negative answer.
+            soa = SOA("ns.test.", "admin.test.", (1, 1, 1, 1, 1))
+            reply.add_auth(RR("test.", QTYPE.SOA, ttl=1, rdata=soa))
+        return reply
+
+
+@pytest.fixture
+def dns() -> Iterator[tuple[Zone, int]]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    zone = Zone()
+    server = DNSServer(zone, port=port, address="127.0.0.1", logger=DNSLogger("-request,-reply"))
+    server.start_thread()
+    logging.getLogger("dnslib").setLevel(logging.WARNING)
+    yield zone, port
+    server.stop()
+
+
+def gateway_with(tmp: Path, dns_port: int, upstream_toml: str) -> Gateway:
+    def toml(port: int) -> str:
+        return (
+            f'[gateway]\nregion = "eu"\n[server]\nport = {port}\naccess_log = false\n'
+            f"[health]\ninterval_s = 0.2\ntimeout_s = 0.5\nunhealthy_threshold = 1\n"
+            f'[discovery]\ninterval_s = 0.2\nnameservers = ["127.0.0.1:{dns_port}"]\n'
+            f'[[regions]]\nid = "eu"\nlatitude = 50\nlongitude = 8\n{upstream_toml}'
+        )
+
+    return start_gateway(tmp, toml)
+
+
+def members(gw: Gateway) -> set[str]:
+    table: Any = get_json(f"{gw.url}/routing-table")
+    return {u["id"] for r in table["regions"] for u in r["upstreams"]}
+
+
+def served(gw: Gateway, n: int) -> Counter[str]:
+    out: Counter[str] = Counter()
+    with httpx.Client() as c:
+        for _ in range(n):
+            r = c.post(f"{gw.url}/v1/chat/completions", json=BODY)
+            assert r.status_code == 200, r.text
+            out[r.headers["geogate-route"].split("upstream=")[1].split(";")[0]] += 1
+    return out
+
+
+def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> None:
+    zone, dns_port = dns
+    sims: list[Sim] = [
+        start_sim(tmp_path, f"s{i}", "eu", ["m"], "--tokens-per-s", "20") for i in range(2)
+    ]
+    with zone.lock:
+        zone.a["hosts.pool.test"] = ["127.0.0.1"]
+        zone.srv[SRV_NAME] = [("hosts.pool.test", sims[0].port)]
+    gw = gateway_with(
+        tmp_path,
+        dns_port,
+        (
+            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://hosts.pool.test"\n'
+            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\n'
+        ),
+    )
+    one, two = (f"pool@127.0.0.1:{s.port}" for s in sims)
+    try:
+        assert members(gw) == {one}
+        assert served(gw, 5) == Counter({one: 5})
+        with zone.lock:
+            zone.srv[SRV_NAME].append(("hosts.pool.test", sims[1].port))
+        eventually(lambda: members(gw) == {one, two}, what="the new member to join")
+        assert set(served(gw, 40)) == {one, two}
+        # A stream in flight to the member that leaves must finish.
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            timeout=10,
+            json={**BODY, "max_tokens": 20, "stream": True},
+        ) as r:
+            lines = r.iter_lines()
+            first = next(lines)
+            route = r.headers["geogate-route"]
+            leaving = one if one in route else two
+            with zone.lock:
+                zone.srv[SRV_NAME] = [
+                    ("hosts.pool.test", s.port) for s in sims if f":{s.port}" not in leaving
+                ]
+            eventually(lambda: leaving not in members(gw), what="the member to leave")
+            rest = list(lines)
+        assert first and "data: [DONE]" in rest
+        staying = ({one, two} - {leaving}).pop()
+        assert served(gw, 10) == Counter({staying: 10})
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+
+
+def test_a_records_and_a_dns_outage_keeps_the_pool(tmp_path: Path, dns: tuple[Zone, int]) -> None:
+    zone, dns_port = dns
+    sim = start_sim(tmp_path, "a", "eu", ["m"])
+    with zone.lock:
+        zone.a["pool.test"] = ["127.0.0.1"]
+    gw = gateway_with(
+        tmp_path,
+        dns_port,
+        (
+            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://pool.test:{sim.port}"\n'
+            'models = ["m"]\ndiscovery = "dns"\n'
+        ),
+    )
+    try:
+        member = f"pool@127.0.0.1:{sim.port}"
+        assert members(gw) == {member}
+        assert served(gw, 3)
+        with zone.lock:
+            zone.failing = True  # an outage is not an answer: the pool stays
+        eventually(
+            lambda: "cannot resolve upstream pool" in gw.log_text(),
+            what="the failed resolution to be logged",
+        )
+        assert members(gw) == {member} and served(gw, 3) == Counter({member: 3})
+        with zone.lock:
+            zone.failing = False
+            zone.a.clear()  # the name now has no records: an answer, believed
+        eventually(lambda: members(gw) == set(), what="the emptied pool")
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=BODY)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_upstream"
+        assert "resolve to no addresses" in r.json()["error"]["message"]
+        with zone.lock:
+            zone.a["pool.test"] = ["127.0.0.1"]
+        eventually(lambda: len(members(gw)) == 1, what="the member to come back")
+        assert "resolves to: none" in gw.log_text()
+    finally:
+        gw.stop()
+        sim.proc.kill()
