@@ -53,35 +53,53 @@ async def run(gw: str, slow_url: str) -> dict[int, dict[str, int]]:
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="geogate-load-shift-"))
     ports = {n: free_port() for n in ("a", "b")}
-    procs = [spawn(geogate_cmd("sim-backend", "--port", str(p), "--model", "m", "--ttft-ms",
-                               "10", "--name", n), work / f"{n}.log") for n, p in ports.items()]
+    procs = [
+        spawn(
+            geogate_cmd(
+                "sim-backend", "--port", str(p), "--model", "m", "--ttft-ms", "10", "--name", n
+            ),
+            work / f"{n}.log",
+        )
+        for n, p in ports.items()
+    ]
     gw_port = free_port()
-    ups = "".join(f'[[upstreams]]\nid = "{n}"\nregion = "eu-central"\n'
-                  f'url = "http://127.0.0.1:{p}"\nmodels = ["m"]\n' for n, p in ports.items())
+    ups = "".join(
+        f'[[upstreams]]\nid = "{n}"\nregion = "eu-central"\n'
+        f'url = "http://127.0.0.1:{p}"\nmodels = ["m"]\n'
+        for n, p in ports.items()
+    )
     cfg = work / "gw.toml"
-    cfg.write_text(f'[gateway]\nregion = "eu-central"\n[server]\nport = {gw_port}\n'
-                   'access_log = false\n[[regions]]\nid = "eu-central"\nlatitude = 50.11\n'
-                   f"longitude = 8.68\n{ups}")
+    cfg.write_text(
+        f'[gateway]\nregion = "eu-central"\n[server]\nport = {gw_port}\n'
+        'access_log = false\n[[regions]]\nid = "eu-central"\nlatitude = 50.11\n'
+        f"longitude = 8.68\n{ups}"
+    )
     try:
         for p in ports.values():
             wait_http(f"http://127.0.0.1:{p}/health")
         procs.append(spawn(geogate_cmd("gateway", "--config", str(cfg)), work / "gw.log"))
         wait_http(f"http://127.0.0.1:{gw_port}/readyz", proc=procs[-1])
-        windows = asyncio.run(run(f"http://127.0.0.1:{gw_port}",
-                                  f"http://127.0.0.1:{ports['b']}"))
+        windows = asyncio.run(run(f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ports['b']}"))
     finally:
         for p in procs:
             stop(p)
-    lines = ["# Load-aware routing: traffic share when a backend slows down", "",
-             f"Two backends, TTFT 10 ms; at t = {SLOW_AT_S:g} s backend b's TTFT becomes "
-             f"200 ms. Concurrency {CONCURRENCY}; load polled every 250 ms.", "",
-             "| window (s) | requests | share a | share b |", "|---|---|---|---|"]
+    lines = [
+        "# Load-aware routing: traffic share when a backend slows down",
+        "",
+        f"Two backends, TTFT 10 ms; at t = {SLOW_AT_S:g} s backend b's TTFT becomes "
+        f"200 ms. Concurrency {CONCURRENCY}; load polled every 250 ms.",
+        "",
+        "| window (s) | requests | share a | share b |",
+        "|---|---|---|---|",
+    ]
     rows = []
     for w in sorted(windows):
         a, b = windows[w]["a"], windows[w]["b"]
         rows.append({"from_s": w * WINDOW_S, "a": a, "b": b})
-        lines.append(f"| {w * WINDOW_S:.1f}-{(w + 1) * WINDOW_S:.1f} | {a + b} | "
-                     f"{a / (a + b):.0%} | {b / (a + b):.0%} |")
+        lines.append(
+            f"| {w * WINDOW_S:.1f}-{(w + 1) * WINDOW_S:.1f} | {a + b} | "
+            f"{a / (a + b):.0%} | {b / (a + b):.0%} |"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "load_shift.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "load_shift.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -70,8 +70,9 @@ async def measure(urls: list[str]) -> list[float]:
     async with aiohttp.ClientSession() as s:
         for i in range(CHANGES):
             t0 = time.perf_counter()
-            async with s.patch(f"{urls[0]}/admin/upstreams/a", headers=headers,
-                               json={"weight": 1 + i % 5}) as r:
+            async with s.patch(
+                f"{urls[0]}/admin/upstreams/a", headers=headers, json={"weight": 1 + i % 5}
+            ) as r:
                 version = (await r.json())["version"]
             done = await asyncio.gather(*(until_version(s, u, version) for u in urls))
             out.append((max(done) - t0) * 1000)
@@ -89,8 +90,7 @@ def main() -> None:
             port = free_port()
             cfg = work / f"gw{i}.toml"
             cfg.write_text(conf(port, redis.port, f"gw{i}"))
-            procs.append(spawn(geogate_cmd("gateway", "--config", str(cfg)),
-                               work / f"gw{i}.log"))
+            procs.append(spawn(geogate_cmd("gateway", "--config", str(cfg)), work / f"gw{i}.log"))
             urls.append(f"http://127.0.0.1:{port}")
             wait_http(f"{urls[-1]}/healthz", proc=procs[-1])
         ms = asyncio.run(measure(urls))
@@ -100,18 +100,26 @@ def main() -> None:
         redis.stop()
     ms.sort()
     p50, p99 = ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))]
-    lines = ["# Fleet config propagation", "",
-             f"{platform.machine()}, Python {platform.python_version()}, "
-             f"{time.strftime('%Y-%m-%d')}. {CHANGES} weight changes on gateway 0 of 3; time "
-             "until all three report the new version (includes the admin call and polling "
-             f"every {POLL_S * 1000:g} ms).", "",
-             "| p50 ms | p99 ms | max ms | mean ms |", "|---|---|---|---|",
-             f"| {p50:.1f} | {p99:.1f} | {ms[-1]:.1f} | {statistics.mean(ms):.1f} |", "",
-             f"Target p99 < 1000 ms: {'met' if p99 < 1000 else 'MISSED'}."]
+    lines = [
+        "# Fleet config propagation",
+        "",
+        f"{platform.machine()}, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}. {CHANGES} weight changes on gateway 0 of 3; time "
+        "until all three report the new version (includes the admin call and polling "
+        f"every {POLL_S * 1000:g} ms).",
+        "",
+        "| p50 ms | p99 ms | max ms | mean ms |",
+        "|---|---|---|---|",
+        f"| {p50:.1f} | {p99:.1f} | {ms[-1]:.1f} | {statistics.mean(ms):.1f} |",
+        "",
+        f"Target p99 < 1000 ms: {'met' if p99 < 1000 else 'MISSED'}.",
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "propagation.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "propagation.json").write_text(json.dumps(
-        {"p50_ms": p50, "p99_ms": p99, "max_ms": ms[-1], "samples_ms": ms}, indent=2) + "\n")
+    (RESULTS / "propagation.json").write_text(
+        json.dumps({"p50_ms": p50, "p99_ms": p99, "max_ms": ms[-1], "samples_ms": ms}, indent=2)
+        + "\n"
+    )
     print("\n".join(lines))
 
 

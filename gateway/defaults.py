@@ -39,7 +39,7 @@ RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
 
 # --- passive health (outlier ejection) ------------------------------------------------------
 CONSECUTIVE_FAILURES = 5  # Envoy's consecutive_5xx default
-BASE_EJECTION_S = 30.0  # first ejection 30 s (Envoy's base), doubling on each repeat...
+BASE_EJECTION_S = 30.0  # Envoy's: out for 30 s x times ejected...
 MAX_EJECTION_S = 300.0  # ...capped at 300 s (Envoy's cap)
 FAILURE_RATE_THRESHOLD = 0.5  # eject when half the requests of a window failed: a backend
 # failing every other request is worse than a slower healthy one, and 5 in a row may never

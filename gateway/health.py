@@ -87,8 +87,8 @@ def apply_result(
     h.times_ejected += 1
     h.passive_failures = 0
     h.window_start, h.window_requests, h.window_failures = now, 0, 0
-    # Exponential backoff: a backend that keeps failing after each return stays out twice as
-    # long each time (30, 60, 120, 240, 300 s with the defaults).
-    backoff = cfg.base_ejection_s * 2 ** min(h.times_ejected - 1, 30)
+    # Back off as Envoy does: base x times ejected, capped (30, 60, 90 ... 300 s with the
+    # defaults), so a backend that keeps failing after each return stays out longer.
+    backoff = cfg.base_ejection_s * h.times_ejected
     h.ejected_until = now + min(backoff, cfg.max_ejection_s)
     return True

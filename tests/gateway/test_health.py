@@ -31,7 +31,10 @@ def test_passive_ejection_backs_off_and_a_probe_restores() -> None:
     assert h.ejected_until == 40  # second ejection: 2 x 10 s
     for _ in range(3):
         apply_result(h, False, 100, OUT)
-    assert h.ejected_until == 135  # third: 4 x 10 s, capped at 35 s
+    assert h.ejected_until == 130  # third: 3 x 10 s (the cap, 35 s, not reached)
+    for _ in range(3):
+        apply_result(h, False, 200, OUT)
+    assert h.ejected_until == 235  # fourth: 4 x 10 s, capped at 35 s
     apply_probe(h, True, 1.0, None, HC)
     apply_probe(h, True, 1.0, None, HC)
     assert h.healthy(101)  # answering probes again ends the ejection
