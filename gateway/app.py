@@ -238,7 +238,7 @@ def create_app(config: Config | None = None) -> Starlette:
             {
                 "model": model,
                 "ip": ip_text,
-                "location": _location_json(loc),
+                "location": loc.as_dict(),
                 "decision": decision.explain(),
                 "header": decision.header(),
             }
@@ -269,15 +269,3 @@ def create_app(config: Config | None = None) -> Starlette:
     app.router.default = not_found
     app.state.runtime = rt
     return app
-
-
-def _location_json(loc: Location) -> dict[str, Any]:
-    return {
-        "latitude": loc.latitude,
-        "longitude": loc.longitude,
-        "country": loc.country,
-        "continent": loc.continent,
-        "city": loc.city,
-        "accuracy_km": loc.accuracy_km,
-        "source": str(loc.source),
-    }

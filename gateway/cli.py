@@ -140,18 +140,7 @@ def cmd_lookup(args: argparse.Namespace) -> None:
     else:
         raise CLIError("give --db PATH or --config FILE (whose geoip.database is used)")
     loc = geo.locate(ip)
-    out: dict[str, object] = {
-        "ip": str(ip),
-        "location": {
-            "latitude": loc.latitude,
-            "longitude": loc.longitude,
-            "country": loc.country,
-            "continent": loc.continent,
-            "city": loc.city,
-            "accuracy_km": loc.accuracy_km,
-            "source": str(loc.source),
-        },
-    }
+    out: dict[str, object] = {"ip": str(ip), "location": loc.as_dict()}
     if config:
         model = args.model or (config.upstreams[0].models[0] if config.upstreams else "")
         # Offline: no probes ran, so every upstream counts as healthy here.

@@ -22,6 +22,18 @@ class Location:
     accuracy_km: float | None = None
     source: LocationSource = LocationSource.DEFAULT
 
+    def as_dict(self) -> dict[str, float | str | None]:
+        """JSON-ready, for explain output and ``geodb lookup --json``."""
+        return {
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "country": self.country,
+            "continent": self.continent,
+            "city": self.city,
+            "accuracy_km": self.accuracy_km,
+            "source": str(self.source),
+        }
+
     def describe(self) -> str:
         place = ", ".join(p for p in (self.city, self.country) if p) or "unknown place"
         return f"{place} ({self.latitude:.2f}, {self.longitude:.2f}) source={self.source}"

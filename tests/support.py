@@ -6,9 +6,12 @@ import json
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
 
@@ -132,6 +135,21 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+CHAT_BODY = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def served_by(url: str, n: int) -> Counter[str]:
+    """Send ``n`` chat requests to a gateway; count the upstream that served each (from the
+    geogate-route header). Every one must succeed."""
+    out: Counter[str] = Counter()
+    with httpx.Client(timeout=10) as c:
+        for _ in range(n):
+            r = c.post(f"{url}/v1/chat/completions", json=CHAT_BODY)
+            assert r.status_code == 200, r.text
+            out[r.headers["geogate-route"].split("upstream=")[1].split(";")[0]] += 1
+    return out
 
 
 def get_json(url: str) -> dict[str, object]:

@@ -15,7 +15,7 @@ import pytest
 from dnslib import QTYPE, RR, SOA, SRV, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-from tests.support import Gateway, Sim, eventually, get_json, start_gateway, start_sim
+from tests.support import Gateway, Sim, eventually, get_json, served_by, start_gateway, start_sim
 
 SRV_NAME = "_llm._tcp.pool.test"
 BODY = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
@@ -83,16 +83,6 @@ def members(gw: Gateway) -> set[str]:
     return {u["id"] for r in table["regions"] for u in r["upstreams"]}
 
 
-def served(gw: Gateway, n: int) -> Counter[str]:
-    out: Counter[str] = Counter()
-    with httpx.Client() as c:
-        for _ in range(n):
-            r = c.post(f"{gw.url}/v1/chat/completions", json=BODY)
-            assert r.status_code == 200, r.text
-            out[r.headers["geogate-route"].split("upstream=")[1].split(";")[0]] += 1
-    return out
-
-
 def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> None:
     zone, dns_port = dns
     sims: list[Sim] = [
@@ -112,11 +102,11 @@ def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> No
     one, two = (f"pool@127.0.0.1:{s.port}" for s in sims)
     try:
         assert members(gw) == {one}
-        assert served(gw, 5) == Counter({one: 5})
+        assert served_by(gw.url, 5) == Counter({one: 5})
         with zone.lock:
             zone.srv[SRV_NAME].append(("hosts.pool.test", sims[1].port))
         eventually(lambda: members(gw) == {one, two}, what="the new member to join")
-        assert set(served(gw, 40)) == {one, two}
+        assert set(served_by(gw.url, 40)) == {one, two}
         # A stream in flight to the member that leaves must finish.
         with httpx.stream(
             "POST",
@@ -136,7 +126,7 @@ def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> No
             rest = list(lines)
         assert first and "data: [DONE]" in rest
         staying = ({one, two} - {leaving}).pop()
-        assert served(gw, 10) == Counter({staying: 10})
+        assert served_by(gw.url, 10) == Counter({staying: 10})
     finally:
         gw.stop()
         for s in sims:
@@ -159,14 +149,14 @@ def test_a_records_and_a_dns_outage_keeps_the_pool(tmp_path: Path, dns: tuple[Zo
     try:
         member = f"pool@127.0.0.1:{sim.port}"
         assert members(gw) == {member}
-        assert served(gw, 3)
+        assert served_by(gw.url, 3)
         with zone.lock:
             zone.failing = True  # an outage is not an answer: the pool stays
         eventually(
             lambda: "cannot resolve upstream pool" in gw.log_text(),
             what="the failed resolution to be logged",
         )
-        assert members(gw) == {member} and served(gw, 3) == Counter({member: 3})
+        assert members(gw) == {member} and served_by(gw.url, 3) == Counter({member: 3})
         with zone.lock:
             zone.failing = False
             zone.a.clear()  # the name now has no records: an answer, believed

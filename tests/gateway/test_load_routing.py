@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -12,21 +11,10 @@ from tests.support import (
     eventually,
     gateway_toml,
     get_json,
+    served_by,
     start_gateway,
     start_sim,
 )
-
-BODY = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def shares(url: str, n: int) -> Counter[str]:
-    out: Counter[str] = Counter()
-    with httpx.Client(timeout=10) as c:
-        for _ in range(n):
-            r = c.post(f"{url}/v1/chat/completions", json=BODY)
-            assert r.status_code == 200
-            out[r.headers["geogate-route"].split("upstream=")[1].split(";")[0]] += 1
-    return out
 
 
 def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
@@ -40,10 +28,10 @@ def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
         ),
     )
     try:
-        before = shares(gw.url, 60)
+        before = served_by(gw.url, 60)
         assert min(before.values()) > 15, before  # near-equal: both carry traffic
         httpx.post(f"{sims[1].url}/sim/config", json={"ttft_ms": 150})
-        shares(gw.url, 10)  # some requests must reach b for its new TTFT to show
+        served_by(gw.url, 10)  # some requests must reach b for its new TTFT to show
 
         def b_is_slow() -> bool:
             table = get_json(f"{gw.url}/routing-table")
@@ -51,7 +39,7 @@ def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
             return (ups["b"]["ttft_ms"] or 0) > 50
 
         eventually(b_is_slow, timeout=10, what="the gateway to see b's TTFT rise")
-        after = shares(gw.url, 60)
+        after = served_by(gw.url, 60)
         assert after["a"] >= 57, after  # b is out of the tolerance band
     finally:
         gw.stop()
