@@ -51,6 +51,7 @@ class RedisStateStore(MemoryStateStore):
         self.gateway_id = rc.gateway_id or default_gateway_id()
         self.version = 0
         self.stale_since: float | None = time.time()  # until the first sync succeeds
+        self._synced_once = False
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -96,7 +97,9 @@ class RedisStateStore(MemoryStateStore):
                     await self._exchange_observations()
                     await self._check_version()
                     if self.stale_since is not None:
-                        log.info("shared state in sync again (version %d)", self.version)
+                        again = " again" if self._synced_once else ""
+                        log.info("shared state in sync%s (version %d)", again, self.version)
+                    self._synced_once = True
                     self.stale_since = None
                     backoff = INITIAL_BACKOFF_S
                     self._wake.clear()

@@ -218,7 +218,10 @@ class MemoryStateStore:
         if upstream_id not in self._health:
             return
         prev = self._load.get(upstream_id)
-        ttft = prev.ttft_ms if prev else None
+        max_age = self._config.load.max_age_s
+        # An estimate past its age is not blended into the next one: it restarts from the
+        # first new measurement.
+        ttft = prev.ttft_ms if prev and now < prev.ttft_at + max_age else None
         ttft_at = prev.ttft_at if prev else now
         if (
             prev

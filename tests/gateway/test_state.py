@@ -41,9 +41,10 @@ def test_an_unconfirmed_ttft_expires_so_a_shunned_backend_is_retried() -> None:
     s = MemoryStateStore(CFG)
     s.record_load("a", LoadReading(ttft_sum_s=0.0, ttft_count=0), now=0.0)
     s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=1.0)  # 200 ms
-    for t in (1.5, 2.0, 2.5, 3.5):  # polls go on, but no request confirms the TTFT
+    for t in (1.5, 2.0, 2.5):  # polls go on, but no request confirms the TTFT
         s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=t)
     assert view(s, 2.9) == (200.0, None)
+    s.record_load("a", LoadReading(ttft_sum_s=2.0, ttft_count=10), now=3.5)
     assert view(s, 3.5)[0] is None  # 2.5 s unconfirmed: back to unknown, so tried again
 
 
@@ -65,3 +66,12 @@ def test_ejection_never_takes_more_than_the_capped_share() -> None:
             s.record_result(uid, False, now=1.0)
     # 10 % of 3 rounds down to 0, but one may always go (Envoy's rule): u0 only.
     assert [u.healthy for u in s.snapshot(1.0).upstreams] == [False, True, True]
+
+
+def test_a_reconfirmed_estimate_restarts_from_the_new_measurement() -> None:
+    s = MemoryStateStore(CFG)
+    s.record_load("a", LoadReading(ttft_sum_s=0.0, ttft_count=0), now=0.0)
+    s.record_load("a", LoadReading(ttft_sum_s=0.05, ttft_count=10), now=1.0)  # 5 ms
+    s.record_load("a", LoadReading(ttft_sum_s=0.05, ttft_count=10), now=3.5)  # expired
+    s.record_load("a", LoadReading(ttft_sum_s=1.55, ttft_count=20), now=4.0)  # 150 ms
+    assert view(s, 4.0)[0] == 150.0  # not 0.3 * 150 + 0.7 * 5
