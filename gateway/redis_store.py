@@ -168,10 +168,13 @@ class RedisStateStore(MemoryStateStore):
         ups = {}
         for u in self.upstreams():
             h = self.health(u.id)
+            load = self.load(u.id)
             ups[u.id] = {
                 "healthy": h.probed_healthy is not False,
                 "rtt_ms": h.rtt_ms,
                 "error": h.last_probe_error,
+                "queue_depth": load.queue_depth if load else None,
+                "ttft_ms": load.ttft_ms if load else None,
             }
         return {
             "gateway": self.gateway_id,
