@@ -117,6 +117,9 @@ class BackendServer:
             self.engine.submit(seq)
         except BackendError as err:
             return _error(err)
+        except Exception:  # a bug (tokenizer, template): still an OpenAI-shaped answer
+            log.exception("unexpected error preparing a request")
+            return _error(BackendError("internal error in the model server; see its log"))
         shape = Shape(self.m.name, chat)
         try:
             if p.stream:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from gateway.asgi import Receive, Scope, Send, header, header_values, send_error
+from gateway.asgi import Message, Receive, Scope, Send, header, header_values, send_error
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -33,7 +33,7 @@ from gateway.headers import (
     upstream_request_headers,
 )
 from gateway.router import Candidate, Decision, Outcome, RequestFacts, route
-from gateway.runtime import Runtime, access_log
+from gateway.runtime import Runtime, access_log, log
 from geodb.clientip import client_ip, is_trusted
 from geodb.location import Location
 
@@ -105,6 +105,13 @@ class Proxy:
         extra = [(b"x-request-id", rid.encode())]
         entry = _Log()
         region = "-"
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
             if scope["method"] not in BODY_METHODS:
                 raise RouteNotFound(
@@ -119,12 +126,12 @@ class Proxy:
                 RequestFacts(model, loc), self.rt.store.snapshot(now), self.rt.policy, self.rt.rng
             )
             self._check(decision, model, loc)
-            self.rt.budget.record_request(now)
-            entry.status = await self._forward(
-                scope, receive, send, body, decision, rid, entry, peer_trusted, t0
-            )
             if decision.chosen:
                 region = decision.chosen.upstream.region
+            self.rt.budget.record_request(now)
+            entry.status = await self._forward(
+                scope, receive, tracked, body, decision, rid, entry, peer_trusted, t0
+            )
         except GatewayError as err:
             entry.status = err.status
             await send_error(send, err, extra)
@@ -133,6 +140,21 @@ class Proxy:
         except StreamAborted:
             entry.status = 502
             raise  # the ASGI server resets the stream: the client sees a truncated response
+        except Exception:
+            # A bug, not a condition we know: log it with the request id, and if nothing
+            # reached the client yet, still answer in the shape API clients understand.
+            entry.status = 500
+            log.exception("unexpected error in request %s", rid)
+            if started:
+                raise
+            await send_error(
+                send,
+                GatewayError(
+                    f"internal error in the gateway (request id {rid}); retry, and report the "
+                    "request id if it persists"
+                ),
+                extra,
+            )
         finally:
             elapsed = time.perf_counter() - t0
             m = self.rt.metrics
