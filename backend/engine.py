@@ -100,7 +100,6 @@ class Engine:
         self._stop = False
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self.steps = 0  # decode steps run, for tests and benchmarks
 
     # --- API for the HTTP side (any thread) -----------------------------------------------
     def start(self) -> None:
@@ -126,10 +125,6 @@ class Engine:
             self._waiting.append(seq)
             self.obs.queue(len(self._waiting), len(self._running))
             self._cond.notify()
-
-    @property
-    def load(self) -> tuple[int, int]:
-        return len(self._waiting), len(self._running)
 
     # --- the engine thread ----------------------------------------------------------------
     def step(self) -> None:
@@ -221,7 +216,6 @@ class Engine:
         positions = torch.tensor([[s.position] for s in seqs], device=self.device)
         logits = self._forward(ids, mask, positions, self._cache)
         self._mask = mask
-        self.steps += 1
         keep = []
         for i, seq in enumerate(seqs):
             seq.position += 1

@@ -201,6 +201,7 @@ def create_app(config: Config | None = None) -> Starlette:
                             "models": sorted(u.models),
                             "in_flight": snap.in_flight.get(u.id, 0),
                             "queue_depth": u.queue_depth,
+                            "kv_usage": ls.kv_usage if (ls := rt.store.load(u.id)) else None,
                             "ttft_ms": None if u.ttft_ms is None else round(u.ttft_ms, 1),
                             "last_error": rt.store.health(u.id).last_probe_error,
                             # who saw what: each fresh gateway's verdict (fleet mode)
@@ -267,5 +268,4 @@ def create_app(config: Config | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.router.default = not_found
-    app.state.runtime = rt
     return app

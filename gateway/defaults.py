@@ -20,7 +20,6 @@ MAX_ATTEMPTS = 3  # first try + 2 failovers: a second region, then a third
 RETRY_BUDGET_RATIO = 0.2  # retries may add at most 20 % to recent request volume
 RETRY_BUDGET_MIN_PER_S = 10.0  # ...but a quiet gateway may always retry this often
 RETRY_BUDGET_WINDOW_S = 10.0  # "recent" for the budget
-RETRY_BACKOFF_BASE_S = 0.0  # failover goes to a *different* upstream: no need to wait
 
 # --- router ---------------------------------------------------------------------------------
 TOLERANCE_MS = 15.0  # band of near-equal scores: max(15 ms, 15 %) as DESIGN.md §3

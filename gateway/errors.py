@@ -61,10 +61,6 @@ class NoHealthyUpstream(GatewayError):
     status, type, code = 503, "service_unavailable", "no_healthy_upstream"
 
 
-class Draining(GatewayError):
-    status, type, code = 503, "service_unavailable", "gateway_draining"
-
-
 class UpstreamBusy(GatewayError):
     status, type, code = 429, "rate_limit_error", "upstreams_at_capacity"
 

@@ -22,7 +22,6 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
 _RESPONSE_DROP = HOP_BY_HOP | {b"server", b"date"}
 
-REQUEST_ID = "x-request-id"
 ROUTE_HEADER = "geogate-route"
 MAX_REQUEST_ID_LEN = 128
 

@@ -12,13 +12,13 @@ import time
 import aiohttp
 
 from gateway.config import Upstream
-from gateway.load_metrics import parse_load
+from gateway.load_metrics import LoadReading, parse_load
 from gateway.runtime import Runtime
 
 SCRAPE_TIMEOUT_CAP_S = 1.0
 
 
-async def poll_once(rt: Runtime, u: Upstream) -> None:
+async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
     cfg = rt.config.load
     url = u.url.rstrip("/") + cfg.path
     try:
@@ -27,20 +27,23 @@ async def poll_once(rt: Runtime, u: Upstream) -> None:
             rt.http().get(url, allow_redirects=False) as resp,
         ):
             if resp.status != 200:
-                return
+                return None
             text = await resp.text()
     except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
-        return
+        return None
     try:
-        reading = parse_load(text)
+        return parse_load(text)
     except ValueError:
-        return  # not Prometheus text: a backend without metrics is simply unmeasured
-    rt.store.record_load(u.id, reading, time.monotonic())
+        return None  # not Prometheus text: a backend without metrics is simply unmeasured
 
 
 async def load_loop(rt: Runtime) -> None:
     while rt.config.load.enabled:
         ups = rt.store.upstreams()
-        await asyncio.gather(
-            *(poll_once(rt, u) for u in ups), asyncio.sleep(rt.config.load.poll_interval_s)
+        pause = asyncio.ensure_future(asyncio.sleep(rt.config.load.poll_interval_s))
+        readings = await asyncio.gather(*(poll_once(rt, u) for u in ups))
+        rt.store.record_loads(
+            {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
+            time.monotonic(),
         )
+        await pause

@@ -175,6 +175,7 @@ class RedisStateStore(MemoryStateStore):
                 "error": h.last_probe_error,
                 "queue_depth": load.queue_depth if load else None,
                 "ttft_ms": load.ttft_ms if load else None,
+                "kv_usage": load.kv_usage if load else None,
             }
         return {
             "gateway": self.gateway_id,

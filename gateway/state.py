@@ -35,6 +35,7 @@ class LoadState:
     # requests, so nothing would ever show that it recovered: an unconfirmed estimate
     # expires like a stale sample, and the backend is tried (and measured) again.
     ttft_at: float = 0.0
+    kv_usage: float | None = None  # shown in /routing-table and fleet observations
 
 
 class StateStore(Protocol):
@@ -49,7 +50,7 @@ class StateStore(Protocol):
         self, upstream_id: str, ok: bool, rtt_ms: float | None, error: str | None
     ) -> None: ...
     def record_result(self, upstream_id: str, ok: bool, now: float) -> bool: ...
-    def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None: ...
+    def record_loads(self, readings: Mapping[str, LoadReading], now: float) -> None: ...
     def load(self, upstream_id: str) -> LoadState | None: ...
     def acquire(self, upstream_id: str) -> None: ...
     def release(self, upstream_id: str) -> None: ...
@@ -215,8 +216,18 @@ class MemoryStateStore:
         return self._load.get(upstream_id)
 
     def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None:
-        if upstream_id not in self._health:
-            return
+        self.record_loads({upstream_id: reading}, now)
+
+    def record_loads(self, readings: Mapping[str, LoadReading], now: float) -> None:
+        """One polling round's samples together: the snapshot is rebuilt once per round,
+        not once per upstream (a pool of 300 polled 4x a second would otherwise rebuild a
+        300-entry snapshot 1,200 times a second)."""
+        for upstream_id, reading in readings.items():
+            if upstream_id in self._health:
+                self._load[upstream_id] = self._next_load(upstream_id, reading, now)
+        self._snap = None
+
+    def _next_load(self, upstream_id: str, reading: LoadReading, now: float) -> LoadState:
         prev = self._load.get(upstream_id)
         max_age = self._config.load.max_age_s
         # An estimate past its age is not blended into the next one: it restarts from the
@@ -240,10 +251,15 @@ class MemoryStateStore:
             a = self._config.load.ttft_ewma_alpha
             ttft = mean_ms if ttft is None else a * mean_ms + (1 - a) * ttft
             ttft_at = now
-        self._load[upstream_id] = LoadState(
-            now, reading.queue_depth, ttft, reading.ttft_sum_s, reading.ttft_count, ttft_at
+        return LoadState(
+            now,
+            reading.queue_depth,
+            ttft,
+            reading.ttft_sum_s,
+            reading.ttft_count,
+            ttft_at,
+            reading.kv_usage,
         )
-        self._snap = None
 
     def acquire(self, upstream_id: str) -> None:
         self._in_flight[upstream_id] = self._in_flight.get(upstream_id, 0) + 1

@@ -75,3 +75,22 @@ def test_a_reconfirmed_estimate_restarts_from_the_new_measurement() -> None:
     s.record_load("a", LoadReading(ttft_sum_s=0.05, ttft_count=10), now=3.5)  # expired
     s.record_load("a", LoadReading(ttft_sum_s=1.55, ttft_count=20), now=4.0)  # 150 ms
     assert view(s, 4.0)[0] == 150.0  # not 0.3 * 150 + 0.7 * 5
+
+
+def test_a_polling_round_is_applied_at_once() -> None:
+    ups = [
+        {"id": f"u{i}", "region": "eu", "url": f"http://127.0.0.1:{i + 1}", "models": ["m"]}
+        for i in range(3)
+    ]
+    s = MemoryStateStore(Config.model_validate({**CFG.model_dump(), "upstreams": ups}))
+    before = s.snapshot(0.0)
+    s.record_loads(
+        {f"u{i}": LoadReading(queue_depth=float(i), kv_usage=0.5) for i in range(3)}
+        | {"gone": LoadReading(queue_depth=9.0)},
+        now=0.0,
+    )  # unknown: ignored
+    after = s.snapshot(0.0)
+    assert after is not before and after is s.snapshot(0.0)  # one rebuild for the round
+    assert [u.queue_depth for u in after.upstreams] == [0.0, 1.0, 2.0]
+    load = s.load("u1")
+    assert load is not None and load.kv_usage == 0.5 and s.load("gone") is None
