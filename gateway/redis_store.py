@@ -94,8 +94,9 @@ class RedisStateStore(MemoryStateStore):
                 await self._sync_config()
                 listener = asyncio.create_task(self._listen())
                 while True:
-                    await self._exchange_observations()
-                    await self._check_version()
+                    version = await self._exchange_observations()
+                    if version != self.version:  # a published change we did not hear
+                        await self._sync_config()
                     if self.stale_since is not None:
                         again = " again" if self._synced_once else ""
                         log.info("shared state in sync%s (version %d)", again, self.version)
@@ -147,11 +148,6 @@ class RedisStateStore(MemoryStateStore):
         self.on_config(new)
         log.info("applied fleet config version %d", version)
 
-    async def _check_version(self) -> None:
-        raw = await self.redis().hget(self.keys.config, "version")
-        if raw is None or int(raw) != self.version:
-            await self._sync_config()
-
     async def _listen(self) -> None:
         pubsub = self.redis().pubsub()
         try:
@@ -184,7 +180,9 @@ class RedisStateStore(MemoryStateStore):
             "upstreams": ups,
         }
 
-    async def _exchange_observations(self) -> None:
+    async def _exchange_observations(self) -> int | None:
+        """Write ours, read everyone's, and read the config version, in one round trip
+        (plus one MGET for the observations). Returns the version (None: no config)."""
         r = self.redis()
         rc = self.config.redis
         now = time.time()
@@ -194,11 +192,14 @@ class RedisStateStore(MemoryStateStore):
             pipe.zadd(self.keys.observers, {self.gateway_id: now})
             pipe.zremrangebyscore(self.keys.observers, "-inf", now - rc.observation_ttl_s)
             pipe.zrangebyscore(self.keys.observers, now - rc.observation_ttl_s, "+inf")
+            pipe.hget(self.keys.config, "version")
             results = await pipe.execute()
-        observers: list[str] = results[-1]
+        observers: list[str] = results[-2]
+        version = None if results[-1] is None else int(results[-1])
         raws = await r.mget([self.keys.obs(g) for g in observers]) if observers else []
         views = [json.loads(raw) for raw in raws if raw]
         self._merge(views)
+        return version
 
     def _merge(self, views: list[dict[str, Any]]) -> None:
         seen: dict[str, dict[str, bool]] = {}
