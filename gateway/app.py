@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,7 +27,7 @@ from gateway.load_poller import load_loop
 from gateway.prober import probe_all, probe_loop
 from gateway.proxy import Proxy
 from gateway.redis_store import RedisStateStore
-from gateway.router import RequestFacts, route
+from gateway.router import RequestFacts, UpstreamView, route
 from gateway.runtime import Runtime, log, setup_logging
 from gateway.state import MemoryStateStore, StateStore
 from geodb.errors import DatabaseError
@@ -126,7 +125,7 @@ def create_app(config: Config | None = None) -> Starlette:
             await rt.store.stop()
             await rt.session.close()
 
-    def healthy_upstreams() -> list[Any]:
+    def healthy_upstreams() -> list[UpstreamView]:
         snap = rt.store.snapshot(time.monotonic())
         return [u for u in snap.upstreams if u.healthy and not u.drained]
 

@@ -55,11 +55,20 @@ def geogate_cmd(*args: str) -> list[str]:
 
 
 def spawn(args: Sequence[str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        list(args), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    if log is None:
+        return subprocess.Popen(
+            list(args),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    # The child gets its own copy of the descriptor; ours closes when Popen returns.
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(args), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

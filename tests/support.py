@@ -100,7 +100,9 @@ def gateway_toml(
 
 
 @dataclass
-class Gateway:
+class Service:
+    """A server process of ours (gateway or model server) on a loopback port."""
+
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
@@ -114,6 +116,9 @@ class Gateway:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+Gateway = Service
 
 
 def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "gw") -> Gateway:

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
+from tests.support import Service
 
 MODEL = "tiny"
 
 
-@dataclass
-class Backend:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+Backend = Service
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,8 @@ def test_errors_are_one_line_naming_file_and_key(
 def test_env_errors_name_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"GEOGATE_SERVER__PORT: server\.port"):
         load_config(write(tmp_path, GOOD), env={"GEOGATE_SERVER__PORT": "eighty"})
+    with pytest.raises(ConfigError, match="GEOGATE_UPSTREAMS: not valid JSON"):
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_UPSTREAMS": "[{oops"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml", env={})
 

@@ -148,6 +148,13 @@ def test_admin_api_needs_the_token(fleet: Any) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_token"
     r = admin(gws[0], "PATCH", "/admin/upstreams/b0", json={"colour": "red"})
     assert r.status_code == 400 and "weight" in r.json()["error"]["message"]
+    r = admin(gws[0], "PATCH", "/admin/upstreams/b0", content=b'{"weight": ')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = admin(gws[0], "PATCH", "/admin/upstreams/nope", json={"weight": 2})
+    assert r.status_code == 400 and "no upstream 'nope'" in r.json()["error"]["message"]
+    r = admin(gws[0], "GET", "/admin/audit", params={"count": "all"})
+    assert r.status_code == 400 and "count" in r.json()["error"]["message"]
+    assert table(gws[0])["version"] == 1  # none of it changed anything
 
 
 def test_a_killed_backend_leaves_every_rotation(fleet: Any) -> None:
