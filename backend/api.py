@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
 from backend.sampling import SamplingParams
+from backend.shapes import Shape
 
 DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+__all__ = ["DEFAULT_MAX_TOKENS", "Parsed", "Shape", "parse"]  # Shape: its old home
 
 
 @dataclass(frozen=True)
@@ -127,51 +128,3 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
         ignore_eos=body.get("ignore_eos") is True,
     )
     return Parsed(ids, params, stream, bool(opts.get("include_usage")))
-
-
-class Shape:
-    """Builds OpenAI response objects for one request."""
-
-    def __init__(self, model: str, chat: bool) -> None:
-        self.model = model
-        self.chat = chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.object = "chat.completion.chunk" if chat else "text_completion"
-
-    def _base(self, obj: str) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-        }
-
-    def chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-            if text:
-                delta["content"] = text
-            choice["delta"] = delta
-        else:
-            choice["text"] = text or ""
-        return {**self._base(self.object), "choices": [choice]}
-
-    def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
-        return {**self._base(self.object), "choices": [], "usage": usage}
-
-    def whole(self, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-        if self.chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "logprobs": None,
-                "finish_reason": finish,
-                "message": {"role": "assistant", "content": text},
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "logprobs": None, "finish_reason": finish, "text": text}
-            obj = "text_completion"
-        return {**self._base(obj), "choices": [choice], "usage": usage}

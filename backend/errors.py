@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.shapes import error_body
+
 
 class BackendError(Exception):
     status = 500
@@ -19,14 +21,7 @@ class BackendError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return error_body(self.message, self.type, self.code, self.param)
 
 
 class ModelLoadError(BackendError):

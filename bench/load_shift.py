@@ -22,7 +22,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DURATION_S, SLOW_AT_S, WINDOW_S, CONCURRENCY = 8.0, 3.0, 0.5, 8

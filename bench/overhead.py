@@ -37,15 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
-from gateway.router import (  # noqa: E402
-    Policy,
-    RegionPoint,
-    RequestFacts,
-    Snapshot,
-    UpstreamView,
-    route,
-)
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+from gateway.routing.model import RegionPoint, RequestFacts, Snapshot, UpstreamView  # noqa: E402
+from gateway.routing.policy import Policy  # noqa: E402
+from gateway.routing.router import route  # noqa: E402
 from geodb.location import Location  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -25,6 +25,7 @@ RETRY_BUDGET_WINDOW_S = 10.0  # "recent" for the budget
 TOLERANCE_MS = 15.0  # band of near-equal scores: max(15 ms, 15 %) as DESIGN.md §3
 TOLERANCE_RATIO = 0.15
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
+NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
 DEFAULT_SLOTS = 16  # concurrent sequences a backend runs at full speed, when not reported
 
 # --- active health checks -------------------------------------------------------------------

@@ -1,73 +1,101 @@
-"""The gateway's one error root, and its mapping to OpenAI-shaped JSON at the HTTP boundary."""
+"""The gateway's errors: one root, in the words of the domain. Which HTTP status, OpenAI error
+type and code each becomes is decided in one place, ``gateway.http.errors``, at the boundary.
+
+    GatewayError                      anything the gateway reports to a client or an operator
+     ├── ConfigError                  a config file or override is invalid (start-up)
+     ├── RequestInvalid               the client's request cannot be served as sent
+     │    ├── BodyTooLarge
+     │    ├── UnknownEndpoint
+     │    └── ModelNotFound
+     ├── AdminError
+     │    ├── AdminDisabled           no admin token is configured
+     │    └── Unauthorized            missing or wrong admin token
+     ├── FleetError
+     │    ├── FleetConfigInvalid      an operator's change or a fleet document does not validate
+     │    └── SharedStateUnavailable  Redis is unreachable for a change that needs it
+     ├── NoHealthyUpstream            routing found nothing usable: retry later
+     └── UpstreamError                the upstreams tried failed
+          ├── UpstreamBusy            every one tried was at capacity (429)
+          ├── UpstreamTimeout
+          └── UpstreamFailed
+               └── StreamInterrupted  failed after bytes reached the client
+
+Each error's message must say what to do about it: for an API client it is all there is.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class GatewayError(Exception):
-    """Anything the gateway reports to a client or an operator.
-
-    ``status``, ``type`` and ``code`` shape the OpenAI error body; ``message`` must say what to
-    do about it, since it is all an API client sees.
-    """
-
-    status: int = 500
-    type: str = "server_error"
-    code: str = "internal_error"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        self.retry_after_s = retry_after_s  # when the client may usefully try again
 
 
 class ConfigError(GatewayError):
-    """A config file or override is invalid; raised before anything starts."""
+    pass
 
 
-class BodyTooLarge(GatewayError):
-    status, type, code = 413, "invalid_request_error", "request_too_large"
+class RequestInvalid(GatewayError):
+    pass
 
 
-class BadRequest(GatewayError):
-    status, type, code = 400, "invalid_request_error", "invalid_request"
+class BodyTooLarge(RequestInvalid):
+    pass
 
 
-class ModelNotFound(GatewayError):
-    status, type, code = 404, "invalid_request_error", "model_not_found"
+class UnknownEndpoint(RequestInvalid):
+    pass
 
 
-class RouteNotFound(GatewayError):
-    status, type, code = 404, "invalid_request_error", "unknown_url"
+class ModelNotFound(RequestInvalid):
+    pass
 
 
-class Unauthorized(GatewayError):
-    status, type, code = 401, "invalid_request_error", "invalid_admin_token"
+class AdminError(GatewayError):
+    pass
 
 
-class AdminDisabled(GatewayError):
-    status, type, code = 404, "invalid_request_error", "admin_disabled"
+class AdminDisabled(AdminError):
+    pass
 
 
-class SharedStateUnavailable(GatewayError):
-    status, type, code = 503, "service_unavailable", "shared_state_unavailable"
+class Unauthorized(AdminError):
+    pass
+
+
+class FleetError(GatewayError):
+    pass
+
+
+class FleetConfigInvalid(FleetError):
+    pass
+
+
+class SharedStateUnavailable(FleetError):
+    pass
 
 
 class NoHealthyUpstream(GatewayError):
-    status, type, code = 503, "service_unavailable", "no_healthy_upstream"
+    pass
 
 
-class UpstreamBusy(GatewayError):
-    status, type, code = 429, "rate_limit_error", "upstreams_at_capacity"
+class UpstreamError(GatewayError):
+    pass
 
 
-class UpstreamFailed(GatewayError):
-    status, type, code = 502, "upstream_error", "upstream_failed"
+class UpstreamBusy(UpstreamError):
+    pass
 
 
-class UpstreamTimeout(GatewayError):
-    status, type, code = 504, "upstream_error", "upstream_timeout"
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class UpstreamFailed(UpstreamError):
+    pass
+
+
+class StreamInterrupted(UpstreamFailed):
+    pass

@@ -1,20 +1,28 @@
-"""Everything one gateway process holds while it runs, built once at start-up."""
+"""Everything one gateway process holds while it runs, built once at start-up, and the one
+way a request is located and routed (used by the proxy, ``/explain`` and ``geodb lookup``)."""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.fleet.memory import MemoryStateStore
+from gateway.fleet.redis_store import RedisStateStore
+from gateway.fleet.store import StateStore
 from gateway.metrics import Metrics
-from gateway.retry_budget import RetryBudget
-from gateway.router import Policy, Residency
-from gateway.state import StateStore
-from geodb.clientip import IPNetwork, parse_networks
-from geodb.reader import GeoSource
+from gateway.routing.model import Decision, RequestFacts
+from gateway.routing.retry_budget import RetryBudget
+from gateway.routing.router import route
+from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
+from geodb.errors import DatabaseError
+from geodb.location import Location, LocationSource
+from geodb.reader import DefaultSource, GeoIPSource, GeoSource
 
 log = logging.getLogger("geogate")
 access_log = logging.getLogger("geogate.access")
@@ -34,33 +42,37 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("geodb").setLevel(level)
 
 
-def policy_from(config: Config) -> Policy:
-    rules = tuple(
-        Residency(
-            name=r.name or "+".join([*r.countries, *r.continents]) + "->" + "+".join(r.regions),
-            countries=frozenset(c.upper() for c in r.countries),
-            continents=frozenset(c.upper() for c in r.continents),
-            regions=frozenset(r.regions),
-        )
-        for r in config.residency
+def default_location(config: Config) -> Location:
+    d = config.geoip.default
+    return Location(
+        d.latitude, d.longitude, d.country, d.continent, None, None, LocationSource.DEFAULT
     )
-    return Policy(
-        origin=config.gateway.origin,
-        self_region=config.gateway.region,
-        residency=rules,
-        tolerance_ms=config.router.tolerance_ms,
-        tolerance_ratio=config.router.tolerance_ratio,
-        panic_threshold=config.router.panic_threshold,
-    )
+
+
+def open_geo(config: Config) -> GeoSource:
+    if config.geoip.database is None:
+        return DefaultSource(default_location(config))
+    try:
+        return GeoIPSource(config.geoip.database, default_location(config))
+    except DatabaseError as exc:
+        raise ConfigError(f"config error: geoip.database: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Where a request comes from and where it goes."""
+
+    client: IPAddress | None  # the resolved client (peer, or trusted-proxy chain)
+    peer_trusted: bool  # the socket peer is a trusted proxy
+    location: Location
+    decision: Decision
 
 
 @dataclass
 class Runtime:
-    config: Config
-    store: StateStore
+    store: StateStore  # the one owner of the routing config: read config and policy there
     geo: GeoSource
     metrics: Metrics
-    policy: Policy
     budget: RetryBudget
     trusted: tuple[IPNetwork, ...]
     rng: random.Random = field(default_factory=random.Random)
@@ -70,25 +82,41 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:
         r = config.retry
-        rt = cls(
-            config=config,
+        return cls(
             store=store,
             geo=geo,
             metrics=Metrics(),
-            policy=policy_from(config),
             budget=RetryBudget(r.budget_ratio, r.budget_min_per_s, r.budget_window_s),
             trusted=parse_networks(config.gateway.trusted_proxies),
         )
-        store.on_config = rt.apply_config
-        return rt
 
-    def apply_config(self, config: Config) -> None:
-        """A routing config change (fleet config, DNS discovery): one place applies it."""
-        self.store.replace_config(config)
-        self.config = config
-        self.policy = policy_from(config)
+    @property
+    def config(self) -> Config:
+        return self.store.config
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:
             raise RuntimeError("the upstream client session is not started")
         return self.session
+
+    def locate_and_route(
+        self, peer: str | None, forwarded_for: Sequence[str], model: str, now: float
+    ) -> Routed:
+        """The client behind ``peer`` (trusted proxies' X-Forwarded-For walked from the
+        right), its location, and the routing decision for ``model``."""
+        ip = client_ip(peer, forwarded_for, self.trusted)
+        return self.route_ip(ip, peer is not None and is_trusted(peer, self.trusted), model, now)
+
+    def route_ip(self, ip: IPAddress | None, peer_trusted: bool, model: str, now: float) -> Routed:
+        loc = self.geo.locate(ip)
+        decision = route(
+            RequestFacts(model, loc), self.store.snapshot(now), self.store.policy, self.rng
+        )
+        return Routed(ip, peer_trusted, loc, decision)
+
+
+def build_runtime(config: Config) -> Runtime:
+    """Choose the store (Redis when configured) and open GeoIP: a bad file fails here, in one
+    line, before any worker starts."""
+    store: StateStore = RedisStateStore(config) if config.redis.url else MemoryStateStore(config)
+    return Runtime.build(config, store, open_geo(config))

@@ -25,7 +25,7 @@ def run_granian(config: Config, config_path: Path) -> None:
     # Workers are separate processes: they load the same file, overrides included.
     os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
     server = Server(
-        "gateway.app:create_app",
+        "gateway.http.app:create_app",
         address=s.host,
         port=s.port,
         interface=Interfaces.ASGI,
@@ -47,7 +47,7 @@ def run_hypercorn(config: Config) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HConfig
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
 
     s = config.server
     hc = HConfig()

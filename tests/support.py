@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
 
 # Cloud regions used by the tests (coordinates of the data-centre cities).
 REGIONS = {

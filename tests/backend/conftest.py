@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
 from tests.support import Service
 
 MODEL = "tiny"

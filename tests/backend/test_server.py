@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.procs import geogate_cmd, stop
+from gateway.cli.procs import geogate_cmd, stop
 from tests.backend.conftest import MODEL, Backend, start_backend
 
 MESSAGES = [{"role": "user", "content": "hello, how are you?"}]

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.procs import free_port, geogate_cmd, spawn, stop, wait_http
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
 from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
 
 BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}

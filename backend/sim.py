@@ -1,0 +1,298 @@
+"""``geogate sim-backend``: an OpenAI-compatible simulated model server.
+
+Imports no torch: it shares the OpenAI shapes with the real model server through
+``backend.shapes``.
+
+For tests, demos and benchmarks: exact OpenAI response and chunk formats, vLLM's load metric
+names, and knobs for time to first token, tokens per second, added network delay, error rate,
+maximum concurrency (429 beyond it) and dying mid-stream. Built on aiohttp.web with no per-token
+work beyond one small JSON dump, so it outruns the gateway it is used to measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from backend.shapes import SSE_DONE, Shape, error_body, sse
+
+WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    region: str = "local"
+    models: tuple[str, ...] = ("sim-model",)
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0  # 0 = all tokens at once
+    delay_ms: float = 0.0  # emulated network delay, paid once before the response starts
+    error_rate: float = 0.0  # share of requests answered with error_status
+    error_status: int = 500
+    max_concurrency: int = 0  # 0 = unlimited; beyond it 429
+    default_tokens: int = 16
+    abort_after: int = 0  # >0: drop the connection after this many content chunks
+    seed: int | None = None
+    name: str = ""
+    # Put the emission time (time.time()) in an SSE comment line before each event: clients
+    # ignore comments, and a test on the same machine can compare emission with arrival.
+    stamp: bool = False
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    active: int = 0
+    cancelled: int = 0  # streams whose client went away before the end
+    completed: int = 0
+    rejected: int = 0
+    last_headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.running = Gauge("vllm:num_requests_running", "Requests running", registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", registry=r)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (0-1)", registry=r)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", registry=r)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", registry=r)
+        self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens", registry=r)
+        self.gen = Counter("vllm:generation_tokens", "Generated tokens", registry=r)
+
+
+def _error(status: int, message: str, type_: str, code: str, **headers: str) -> web.Response:
+    return web.json_response(error_body(message, type_, code), status=status, headers=headers)
+
+
+class SimBackend:
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.stats = SimStats()
+        self.metrics = _Metrics()
+        self.rng = random.Random(cfg.seed)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app["sim"] = self
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/echo", self.echo)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.prom)
+        app.router.add_get("/stats", self.stats_view)
+        app.router.add_post("/sim/config", self.reconfigure)
+        return app
+
+    # --- plain endpoints ----------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": f"sim-{self.cfg.region}"}
+            for m in self.cfg.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def prom(self, request: web.Request) -> web.Response:
+        self.metrics.running.set(self.stats.active)
+        cap = self.cfg.max_concurrency
+        self.metrics.kv.set(min(1.0, self.stats.active / cap) if cap else 0.0)
+        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
+
+    async def stats_view(self, request: web.Request) -> web.Response:
+        s = self.stats
+        return web.json_response(
+            {
+                "region": self.cfg.region,
+                "name": self.cfg.name,
+                "requests": s.requests,
+                "active": s.active,
+                "cancelled": s.cancelled,
+                "completed": s.completed,
+                "rejected": s.rejected,
+                "last_headers": s.last_headers,
+            }
+        )
+
+    async def reconfigure(self, request: web.Request) -> web.Response:
+        """Change knobs at run time (slow a backend down mid-benchmark): {"ttft_ms": 200}."""
+        changes = await request.json()
+        allowed = {"ttft_ms", "tokens_per_s", "delay_ms", "error_rate", "error_status"}
+        if not isinstance(changes, dict) or not set(changes) <= allowed:
+            return _error(
+                400, f"knobs: {', '.join(sorted(allowed))}", "invalid_request_error", "bad_knob"
+            )
+        self.cfg = replace(self.cfg, **changes)
+        return web.json_response({k: getattr(self.cfg, k) for k in allowed})
+
+    async def echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "headers": dict(request.headers),
+                "body_bytes": len(body),
+                "region": self.cfg.region,
+                "name": self.cfg.name,
+            }
+        )
+
+    # --- generation ---------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        self.stats.requests += 1
+        self.stats.last_headers = dict(request.headers)
+        try:
+            req: Any = json.loads(await request.read())
+        except json.JSONDecodeError:
+            return _error(
+                400, "request body is not valid JSON", "invalid_request_error", "invalid_json"
+            )
+        if not isinstance(req, dict):
+            return _error(
+                400, "request body must be a JSON object", "invalid_request_error", "invalid_json"
+            )
+        model = req.get("model")
+        if model not in self.cfg.models:
+            return _error(
+                404,
+                f"model {model!r} does not exist here",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        cap = self.cfg.max_concurrency
+        if cap and self.stats.active >= cap:
+            self.stats.rejected += 1
+            return _error(
+                429,
+                "server is at capacity; retry shortly",
+                "rate_limit_error",
+                "at_capacity",
+                **{"Retry-After": "1"},
+            )
+        if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
+            return _error(self.cfg.error_status, "simulated failure", "server_error", "simulated")
+        n = int(
+            req.get("max_tokens") or req.get("max_completion_tokens") or self.cfg.default_tokens
+        )
+        self.stats.active += 1
+        try:
+            if self.cfg.delay_ms:
+                await asyncio.sleep(self.cfg.delay_ms / 1000)
+            if req.get("stream"):
+                return await self._stream(request, req, chat, model, n, t0)
+            return await self._whole(req, chat, model, n, t0)
+        finally:
+            self.stats.active -= 1
+
+    def _token(self, i: int) -> str:
+        return ("" if i == 0 else " ") + WORDS[i % len(WORDS)]
+
+    def _prompt_tokens(self, req: dict[str, Any]) -> int:
+        if "messages" in req:
+            text = " ".join(
+                str(m.get("content", "")) for m in req["messages"] if isinstance(m, dict)
+            )
+        else:
+            text = str(req.get("prompt", ""))
+        return max(1, len(text.split()))
+
+    async def _pace(self, i: int, start: float) -> None:
+        """Sleep until token i is due: TTFT for the first, then 1/tokens_per_s apart."""
+        due = start + self.cfg.ttft_ms / 1000
+        if self.cfg.tokens_per_s:
+            due += i / self.cfg.tokens_per_s
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _usage(self, req: dict[str, Any], n: int) -> dict[str, int]:
+        p = self._prompt_tokens(req)
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+
+    async def _whole(
+        self, req: dict[str, Any], chat: bool, model: str, n: int, t0: float
+    ) -> web.Response:
+        start = time.perf_counter()
+        await self._pace(n - 1 if n else 0, start)
+        text = "".join(self._token(i) for i in range(n))
+        body = Shape(model, chat).whole(text, "length", self._usage(req, n))
+        self._record(req, n, t0, start)
+        self.stats.completed += 1
+        return web.json_response(body, headers={"x-sim-region": self.cfg.region})
+
+    def _record(self, req: dict[str, Any], n: int, t0: float, start: float) -> None:
+        m = self.metrics
+        m.ttft.observe(start - t0 + self.cfg.ttft_ms / 1000)
+        m.e2e.observe(time.perf_counter() - t0)
+        m.prompt.inc(self._prompt_tokens(req))
+        m.gen.inc(n)
+
+    async def _stream(
+        self, request: web.Request, req: dict[str, Any], chat: bool, model: str, n: int, t0: float
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "x-sim-region": self.cfg.region,
+            }
+        )
+        await resp.prepare(request)
+        shape = Shape(model, chat)
+
+        def event(doc: dict[str, Any]) -> bytes:
+            stamp = f": t={time.time():.6f}\n".encode() if self.cfg.stamp else b""
+            return stamp + sse(doc)
+
+        start = time.perf_counter()
+        try:
+            if chat:
+                await resp.write(event(shape.chunk(None, None, role=True)))
+            for i in range(n):
+                await self._pace(i, start)
+                if self.cfg.abort_after and i >= self.cfg.abort_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # die mid-stream, as a crashed server would
+                    return resp
+                await resp.write(event(shape.chunk(self._token(i), None)))
+            await resp.write(event(shape.chunk(None, "length")))
+            opts = req.get("stream_options") or {}
+            if isinstance(opts, dict) and opts.get("include_usage"):
+                await resp.write(sse(shape.usage_chunk(self._usage(req, n))))
+            await resp.write(SSE_DONE)
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stats.cancelled += 1
+            raise
+        self._record(req, n, t0, start)
+        self.stats.completed += 1
+        return resp
+
+
+def run(cfg: SimConfig, host: str, port: int) -> None:
+    import uvloop
+
+    web.run_app(
+        SimBackend(cfg).app(),
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        handle_signals=True,
+    )

@@ -1,0 +1,59 @@
+"""``geogate sim-backend``'s arguments. Errors are one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from backend.sim import SimConfig, run
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    s = argparse.ArgumentParser(
+        prog="geogate sim-backend", description="A simulated OpenAI-compatible model server."
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--region", default="local")
+    s.add_argument("--model", action="append", help="model name served (repeatable)")
+    s.add_argument("--name", default="", help="label shown in /stats")
+    s.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    s.add_argument("--tokens-per-s", type=float, default=0.0, help="0 = all at once")
+    s.add_argument("--delay-ms", type=float, default=0.0, help="added network delay")
+    s.add_argument("--error-rate", type=float, default=0.0, help="share answered in error")
+    s.add_argument("--error-status", type=int, default=500, help="status of those errors")
+    s.add_argument("--max-concurrency", type=int, default=0, help="429 beyond (0 = no cap)")
+    s.add_argument("--tokens", type=int, default=16, help="tokens when max_tokens is absent")
+    s.add_argument("--abort-after", type=int, default=0, help="die after N streamed tokens")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--stamp", action="store_true", help="SSE comment with emission time")
+    return s
+
+
+def main(argv: Sequence[str]) -> None:
+    args = _parser().parse_args(list(argv))
+    if not 0 <= args.error_rate <= 1:
+        print("geogate: --error-rate must be between 0 and 1", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    cfg = SimConfig(
+        region=args.region,
+        models=tuple(args.model or ["sim-model"]),
+        ttft_ms=args.ttft_ms,
+        tokens_per_s=args.tokens_per_s,
+        delay_ms=args.delay_ms,
+        error_rate=args.error_rate,
+        error_status=args.error_status,
+        max_concurrency=args.max_concurrency,
+        default_tokens=args.tokens,
+        abort_after=args.abort_after,
+        seed=args.seed,
+        name=args.name,
+        stamp=args.stamp,
+    )
+    try:
+        run(cfg, args.host, args.port)
+    except KeyboardInterrupt:
+        sys.exit(130)

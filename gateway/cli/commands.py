@@ -1,0 +1,101 @@
+"""``geogate gateway`` and the GeoIP tools (``geodb lookup``, ``geodb build``)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+from typing import Any
+
+from gateway.cli.errors import CLIError
+from gateway.config import Config, load_config
+from geodb.location import Location
+from geodb.reader import GeoIPSource, GeoSource
+
+
+def gateway(args: argparse.Namespace) -> None:
+    from gateway import server
+    from gateway.runtime import build_runtime, setup_logging
+
+    setup_logging()
+    if args.redis:
+        # An override like any other: worker processes read it from the environment too.
+        os.environ["GEOGATE_REDIS__URL"] = args.redis
+    config = load_config(args.config)
+    build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
+    server.run(config, args.config)
+
+
+def _route(
+    config: Config,
+    geo: GeoSource,
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    model: str | None,
+) -> dict[str, Any]:
+    """The offline routing view: the runtime's own locate-and-route, on a fresh in-memory
+    store (no probes ran, so every configured upstream counts as healthy)."""
+    import random
+
+    from gateway.fleet.memory import MemoryStateStore
+    from gateway.runtime import Runtime
+
+    rt = Runtime.build(config, MemoryStateStore(config), geo)
+    rt.rng = random.Random(0)
+    name = model or (config.upstreams[0].models[0] if config.upstreams else "")
+    decision = rt.route_ip(ip, False, name, 0.0).decision
+    chosen = decision.chosen
+    return {
+        "model": name,
+        "region": chosen.upstream.region if chosen else None,
+        "upstream": chosen.upstream.id if chosen else None,
+        "header": decision.header(),
+        "note": "offline view: assumes every configured upstream is healthy",
+        "decision": decision.explain(),
+    }
+
+
+def lookup(args: argparse.Namespace) -> None:
+    from gateway.runtime import default_location, open_geo
+
+    try:
+        ip = ipaddress.ip_address(args.ip)
+    except ValueError:
+        raise CLIError(f"{args.ip!r} is not an IP address") from None
+    config: Config | None = load_config(args.config) if args.config else None
+    if args.db:
+        fallback = default_location(config) if config else Location(0.0, 0.0)
+        geo: GeoSource = GeoIPSource(args.db, fallback)
+    elif config:
+        geo = open_geo(config)
+    else:
+        raise CLIError("give --db PATH or --config FILE (whose geoip.database is used)")
+    loc = geo.locate(ip)
+    out: dict[str, object] = {"ip": str(ip), "location": loc.as_dict()}
+    if config:
+        out["route"] = _route(config, geo, ip, args.model)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(
+        f"{ip}: {loc.describe()}"
+        + (f", accuracy {loc.accuracy_km:g} km" if loc.accuracy_km else "")
+    )
+    if "route" in out:
+        r = out["route"]
+        assert isinstance(r, dict)
+        if r["region"]:
+            print(
+                f"routes to: region {r['region']} (upstream {r['upstream']}) for model "
+                f"{r['model']!r} — {r['header']}"
+            )
+        else:
+            print(f"routes to: nothing for model {r['model']!r} ({r['header']})")
+        print(f"  ({r['note']})")
+
+
+def build(args: argparse.Namespace) -> None:
+    from geodb.build import build_from_csv
+
+    n = build_from_csv(args.csv, args.out)
+    print(f"wrote {args.out} with {n} network(s)")

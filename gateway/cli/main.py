@@ -1,0 +1,113 @@
+"""The ``geogate`` command. Errors are one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway.cli.errors import CLIError
+from gateway.errors import GatewayError
+from geodb.errors import GeoDBError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geogate", description="Geo-aware inference gateway.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backend", help="the model server: geogate backend --help", add_help=False)
+    sub.add_parser(
+        "sim-backend",
+        help="a simulated OpenAI-compatible model server: geogate sim-backend --help",
+        add_help=False,
+    )
+
+    g = sub.add_parser("gateway", help="run the gateway")
+    g.add_argument("--config", type=Path, required=True, help="TOML config file")
+    g.add_argument("--redis", metavar="URL", help="shared state (same as redis.url)")
+
+    d = sub.add_parser("demo", help="the quickstart: three regions, five cities, a failover")
+    d.add_argument("--keep-running", action="store_true", help="leave the gateway up")
+    d.add_argument("--port", type=int, default=0, help="gateway port (0 = any free port)")
+
+    ctl = sub.add_parser("ctl", help="operate a fleet through Redis: show, set, audit")
+    ctl.add_argument("--redis", metavar="URL", required=True)
+    ctl.add_argument("--deployment", default="default")
+    csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
+    csub.add_parser("show", help="the fleet's routing config and version")
+    st = csub.add_parser("set", help="change one upstream fleet-wide (audited)")
+    st.add_argument("upstream")
+    st.add_argument("--weight", type=float)
+    st.add_argument("--bias-ms", type=float)
+    st.add_argument("--drain", dest="drained", action="store_const", const=True)
+    st.add_argument("--undrain", dest="drained", action="store_const", const=False)
+    st.add_argument("--who", default=os.environ.get("USER", "ctl"), help="operator name")
+    au = csub.add_parser("audit", help="operator changes, newest first")
+    au.add_argument("--count", type=int, default=20)
+    au.add_argument("--json", action="store_true")
+
+    geo = sub.add_parser("geodb", help="GeoIP tools")
+    gsub = geo.add_subparsers(dest="geodb_command", required=True, metavar="SUBCOMMAND")
+    lk = gsub.add_parser("lookup", help="locate an IP and show the region it would route to")
+    lk.add_argument("ip")
+    lk.add_argument("--db", type=Path, help="GeoIP .mmdb (default: the config's)")
+    lk.add_argument("--config", type=Path, help="gateway config, to show the routing choice")
+    lk.add_argument("--model", help="model to route (default: the first one configured)")
+    lk.add_argument("--json", action="store_true", help="machine-readable output")
+    b = gsub.add_parser("build", help="build a City .mmdb from CSV")
+    b.add_argument("csv", type=Path, help="rows: network,country,continent,lat,lon[,city]")
+    b.add_argument("out", type=Path)
+    return p
+
+
+def _handed_over(argv: list[str]) -> bool:
+    """The model server and the simulated backend have parsers of their own (and the model
+    server heavy imports: torch): hand them their arguments whole."""
+    if argv[:1] == ["backend"]:
+        from backend.cli import main as backend_main
+
+        backend_main(argv[1:])
+        return True
+    if argv[:1] == ["sim-backend"]:
+        from backend.sim_cli import main as sim_main
+
+        sim_main(argv[1:])
+        return True
+    return False
+
+
+def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], None]:
+    from gateway.cli import commands
+
+    if args.command == "geodb":
+        return commands.lookup if args.geodb_command == "lookup" else commands.build
+    if args.command == "ctl":
+        from gateway.cli.ctl import run_ctl
+
+        return run_ctl
+    if args.command == "demo":
+        from gateway.cli.demo import run_demo
+
+        return lambda a: run_demo(keep_running=a.keep_running, port=a.port)
+    return commands.gateway
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if _handed_over(argv):
+            return
+        args = _parser().parse_args(argv)
+        _command(args)(args)
+    except (GatewayError, GeoDBError, CLIError) as exc:
+        print(f"geogate: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The upstream HTTP client: one pooled aiohttp session per process, and the one place where
+aiohttp's exceptions become failure kinds (the proxy's attempts and the prober both use it, as
+httpx maps httpcore's exceptions in one function)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiohttp
+
+# No overall cap on the pool (the gateway's own concurrency is the bound); idle connections
+# kept 60 s so a quiet backend still finds a warm one (probes every 2 s also keep one alive).
+POOL_KEEPALIVE_S = 60.0
+NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# What a request to an upstream can raise besides TimeoutError; classify() knows them all.
+CLIENT_ERRORS = (aiohttp.ClientError, OSError)
+
+
+class FailureKind(StrEnum):
+    REFUSED = "refused"  # no connection: nothing reached the upstream
+    RESET = "reset"  # the connection broke
+    TIMEOUT = "timeout"
+    STATUS = "status"  # an answer with a status that says "not now" (429, 502, 503)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    upstream: str
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+    retry_after: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The metric label: status_503 etc. for statuses, the kind otherwise."""
+        return f"status_{self.status}" if self.kind is FailureKind.STATUS else str(self.kind)
+
+    def describe(self) -> str:
+        return f"{self.upstream} ({self.detail})"
+
+
+def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]:
+    """The kind and a one-line description of an exception from a request to an upstream."""
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT, timeout_detail
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return FailureKind.REFUSED, f"connect failed: {exc.os_error.strerror}"
+    return FailureKind.RESET, f"connection lost: {type(exc).__name__}"
+
+
+def new_session(connect_timeout_s: float) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_S),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
+        auto_decompress=False,  # bytes pass through as the upstream encoded them
+        skip_auto_headers=NO_AUTO_HEADERS,
+    )

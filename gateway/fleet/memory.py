@@ -1,0 +1,196 @@
+"""One gateway's state, in process memory: the zero-setup default, and the local snapshot the
+Redis store builds on.
+
+It owns the routing config (and the policy derived from it), health and load per upstream,
+DNS-discovered members, and this gateway's in-flight counts. The snapshot the router reads is
+rebuilt only when something it shows changed, or when an ejection or a load sample expires.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from gateway.config import Config, Upstream
+from gateway.defaults import AUDIT_MAX_LEN
+from gateway.fleet import config_doc
+from gateway.routing.health import UpstreamHealth, apply_probe, apply_result
+from gateway.routing.load import LoadReading, LoadState, next_load
+from gateway.routing.members import Address, expand
+from gateway.routing.model import RegionPoint, Snapshot, UpstreamView
+from gateway.routing.policy import Policy, policy_from
+
+
+class MemoryStateStore:
+    def __init__(self, config: Config) -> None:
+        self._health: dict[str, UpstreamHealth] = {}
+        self._in_flight: dict[str, int] = {}
+        self._load: dict[str, LoadState] = {}
+        self._members: dict[str, tuple[Address, ...]] = {}  # discovery: id -> addresses
+        self._snap: Snapshot | None = None
+        self.version = 1
+        self.stale_since: float | None = None
+        self.fleet_down: frozenset[str] = frozenset()  # one gateway: no fleet opinion
+        self.observations: dict[str, dict[str, bool]] = {}
+        self._audit: collections.deque[dict[str, str]] = collections.deque(maxlen=AUDIT_MAX_LEN)
+        self.replace_config(config)
+
+    # --- control side ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Nothing to sync: this store is the whole truth."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+    async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        # The same validation as the fleet's.
+        doc, before, after = config_doc.change_upstream(
+            config_doc.routing_doc(self._config), uid, changes
+        )
+        self.replace_config(config_doc.apply_doc(self._config, doc))
+        self.version += 1
+        entry = config_doc.audit_entry(who, f"upstream {uid}", before, after, self.version)
+        self._audit.appendleft({"id": str(self.version), **entry})
+        return dict(entry)
+
+    async def audit(self, count: int) -> list[dict[str, str]]:
+        return list(self._audit)[:count]
+
+    # --- the routing config ----------------------------------------------------------------
+    def replace_config(self, config: Config) -> None:
+        """Take new regions, upstreams, weights, drains, residency (a fleet config change, a
+        DNS change). Health and in-flight counts of upstreams that stay are kept."""
+        self._config = config
+        self._policy = policy_from(config)
+        self._upstreams = expand(config.upstreams, self._members)
+        self._regions = MappingProxyType(
+            {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
+        )
+        self._health = {u.id: self._health.get(u.id) or UpstreamHealth() for u in self._upstreams}
+        # In-flight entries of removed upstreams stay until their requests end.
+        for uid in self._health:
+            self._in_flight.setdefault(uid, 0)
+        self._snap = None
+        self._valid_until = math.inf  # an ejection ends at this time: rebuild then
+
+    @property
+    def config(self) -> Config:
+        """The declared config (file or fleet); upstreams() has discovery expanded."""
+        return self._config
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def set_members(self, upstream_id: str, addresses: tuple[Address, ...]) -> bool:
+        """New DNS answer for a discovery upstream; True when the pool changed."""
+        if self._members.get(upstream_id) == addresses:
+            return False
+        self._members[upstream_id] = addresses
+        self.replace_config(self._config)
+        return True
+
+    def upstreams(self) -> tuple[Upstream, ...]:
+        return self._upstreams
+
+    # --- the read side ---------------------------------------------------------------------
+    def health(self, upstream_id: str) -> UpstreamHealth:
+        # An upstream removed by a config change while a probe or request was out.
+        return self._health.get(upstream_id) or UpstreamHealth()
+
+    def in_flight(self) -> Mapping[str, int]:
+        return self._in_flight
+
+    def load(self, upstream_id: str) -> LoadState | None:
+        return self._load.get(upstream_id)
+
+    def snapshot(self, now: float) -> Snapshot:
+        if self._snap is None or now >= self._valid_until:
+            self._snap = self._build(now)
+        return self._snap
+
+    def _build(self, now: float) -> Snapshot:
+        views = []
+        max_age = self._config.load.max_age_s
+        ends = [h.ejected_until for h in self._health.values() if h.ejected_until > now]
+        ends += [
+            t + max_age
+            for ls in self._load.values()
+            for t in (ls.at, ls.ttft_at)
+            if t + max_age > now
+        ]
+        self._valid_until = min(ends, default=math.inf)
+        for u in self._upstreams:
+            h = self._health[u.id]
+            ls = self._load.get(u.id)
+            # Stale samples are ignored; the same strict bound as the expiry scheduled above,
+            # so a sample that stops being fresh always triggers a rebuild.
+            fresh = ls is not None and now < ls.at + max_age
+            views.append(
+                UpstreamView(
+                    id=u.id,
+                    region=u.region,
+                    models=frozenset(u.models),
+                    weight=u.weight,
+                    bias_ms=u.bias_ms,
+                    drained=u.drained,
+                    healthy=h.healthy(now),
+                    rtt_ms=h.rtt_ms,
+                    ttft_ms=ls.ttft_ms if fresh and ls and now < ls.ttft_at + max_age else None,
+                    queue_depth=ls.queue_depth if fresh and ls else None,
+                    slots=u.slots,
+                    url=u.url.rstrip("/"),
+                )
+            )
+        return Snapshot(tuple(views), self._regions, self._in_flight)
+
+    # --- observations ----------------------------------------------------------------------
+    def record_probe(
+        self, upstream_id: str, ok: bool, rtt_ms: float | None, error: str | None
+    ) -> None:
+        if upstream_id not in self._health:
+            return
+        apply_probe(self._health[upstream_id], ok, rtt_ms, error, self._config.health)
+        # Even without a health change the RTT moved and it feeds scores; a rebuild per
+        # probe (one per upstream per interval) is cheap.
+        self._snap = None
+
+    def record_result(self, upstream_id: str, ok: bool, now: float) -> bool:
+        if upstream_id not in self._health:
+            return False
+        cfg = self._config.outlier
+        out = sum(1 for h in self._health.values() if h.ejected(now))
+        cap = max(1, math.floor(cfg.max_ejected_share * len(self._health)))
+        ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=out < cap)
+        if ejected:
+            self._snap = None
+        return ejected
+
+    def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None:
+        self.record_loads({upstream_id: reading}, now)
+
+    def record_loads(self, readings: Mapping[str, LoadReading], now: float) -> None:
+        """One polling round's samples together: the snapshot is rebuilt once per round,
+        not once per upstream (a pool of 300 polled 4x a second would otherwise rebuild a
+        300-entry snapshot 1,200 times a second)."""
+        lc = self._config.load
+        for upstream_id, reading in readings.items():
+            if upstream_id in self._health:
+                prev = self._load.get(upstream_id)
+                self._load[upstream_id] = next_load(
+                    prev, reading, now, lc.max_age_s, lc.ttft_ewma_alpha
+                )
+        self._snap = None
+
+    def acquire(self, upstream_id: str) -> None:
+        self._in_flight[upstream_id] = self._in_flight.get(upstream_id, 0) + 1
+
+    def release(self, upstream_id: str) -> None:
+        left = self._in_flight[upstream_id] - 1
+        if left or upstream_id in self._health:
+            self._in_flight[upstream_id] = left
+        else:
+            del self._in_flight[upstream_id]  # removed upstream, last request done

@@ -1,0 +1,236 @@
+"""Shared state in Redis: many gateways act as one fleet.
+
+The request path never waits for Redis. This store *is* the in-memory store (the local
+snapshot routing reads), plus a background task that every ``refresh_interval_s``:
+  - writes this gateway's observations (health, RTT of each upstream) with a TTL, batched in
+    one pipeline, and reads every fresh observer's;
+  - marks an upstream down for the fleet when most fresh observers see it down. A gateway
+    that alone cannot reach a backend (a partition) routes around it on its own view,
+    without taking it away from everyone else;
+  - checks the config version, and on a published change reloads the routing config at once.
+Redis unreachable: routing goes on with the last snapshot, ``stale_since`` says since when,
+reconnects back off, and on return the config is re-read (or re-seeded if Redis came back
+empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway.config import Config
+from gateway.fleet import config_doc, config_io
+from gateway.fleet.keys import Keys, connect
+from gateway.fleet.memory import MemoryStateStore
+from gateway.routing.model import Snapshot, UpstreamView
+
+log = logging.getLogger("geogate.fleet")
+INITIAL_BACKOFF_S = 0.1
+
+
+def default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RedisStateStore(MemoryStateStore):
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        rc = config.redis
+        self.keys = Keys(rc.deployment)
+        self.gateway_id = rc.gateway_id or default_gateway_id()
+        self.version = 0
+        self.stale_since: float | None = time.time()  # until the first sync succeeds
+        self._synced_once = False
+        self._redis: Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # --- routing view ----------------------------------------------------------------------
+    def _build(self, now: float) -> Snapshot:
+        snap = super()._build(now)
+        if not self.fleet_down:
+            return snap
+        views = tuple(
+            v if v.id not in self.fleet_down else _with_health(v, False) for v in snap.upstreams
+        )
+        return Snapshot(views, snap.regions, snap.in_flight)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.zrem(self.keys.observers, self.gateway_id)
+            await self._redis.aclose()
+
+    def redis(self) -> Redis:
+        if self._redis is None:
+            rc = self.config.redis
+            self._redis = connect(rc.url, rc.connect_timeout_s)
+        return self._redis
+
+    async def _run(self) -> None:
+        backoff = INITIAL_BACKOFF_S
+        while True:
+            listener: asyncio.Task[None] | None = None
+            try:
+                await self._sync_config()
+                listener = asyncio.create_task(self._listen())
+                while True:
+                    version = await self._exchange_observations()
+                    if version != self.version:  # a published change we did not hear
+                        await self._sync_config()
+                    if self.stale_since is not None:
+                        again = " again" if self._synced_once else ""
+                        log.info("shared state in sync%s (version %d)", again, self.version)
+                    self._synced_once = True
+                    self.stale_since = None
+                    backoff = INITIAL_BACKOFF_S
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wake.wait(), self.config.redis.refresh_interval_s
+                        )
+                    if listener.done():
+                        listener.result()  # re-raise the listener's connection error
+            except (RedisError, OSError) as exc:
+                if self.stale_since is None:
+                    self.stale_since = time.time()
+                    log.error(
+                        "Redis unreachable (%s); routing on the last snapshot", type(exc).__name__
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.config.redis.max_backoff_s)
+            finally:
+                if listener is not None:
+                    listener.cancel()
+
+    # --- config ----------------------------------------------------------------------------
+    async def _sync_config(self) -> None:
+        r = self.redis()
+        doc, version = await config_io.load(r, self.keys)
+        if doc is None:
+            # First gateway of the deployment, or Redis came back empty: our view seeds it.
+            seeded = await config_io.seed(
+                r, self.keys, config_doc.routing_doc(self.config), max(self.version, 1)
+            )
+            if seeded:
+                log.info("seeded the fleet config in Redis (version %d)", max(self.version, 1))
+            doc, version = await config_io.load(r, self.keys)
+        if doc is not None and version != self.version:
+            self._adopt(doc, version)
+
+    def _adopt(self, doc: dict[str, Any], version: int) -> None:
+        try:
+            new = config_doc.apply_doc(self.config, doc)
+        except Exception as exc:  # a bad document must not take the gateway down
+            log.error("ignoring fleet config version %d: %s", version, exc)
+            self.version = version
+            return
+        self.version = version
+        self.replace_config(new)
+        log.info("applied fleet config version %d", version)
+
+    async def _listen(self) -> None:
+        pubsub = self.redis().pubsub()
+        try:
+            await pubsub.subscribe(self.keys.events)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    await self._sync_config()
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    # --- observations ----------------------------------------------------------------------
+    def _my_view(self) -> dict[str, Any]:
+        ups = {}
+        for u in self.upstreams():
+            h = self.health(u.id)
+            load = self.load(u.id)
+            ups[u.id] = {
+                "healthy": h.probed_healthy is not False,
+                "rtt_ms": h.rtt_ms,
+                "error": h.last_probe_error,
+                "queue_depth": load.queue_depth if load else None,
+                "ttft_ms": load.ttft_ms if load else None,
+                "kv_usage": load.kv_usage if load else None,
+            }
+        return {
+            "gateway": self.gateway_id,
+            "region": self.config.gateway.region,
+            "ts": time.time(),
+            "upstreams": ups,
+        }
+
+    async def _exchange_observations(self) -> int | None:
+        """Write ours, read everyone's, and read the config version, in one round trip
+        (plus one MGET for the observations). Returns the version (None: no config)."""
+        r = self.redis()
+        rc = self.config.redis
+        now = time.time()
+        ttl_ms = max(1, math.ceil(rc.observation_ttl_s * 1000))
+        async with r.pipeline(transaction=False) as pipe:  # one round trip for all of it
+            pipe.set(self.keys.obs(self.gateway_id), json.dumps(self._my_view()), px=ttl_ms)
+            pipe.zadd(self.keys.observers, {self.gateway_id: now})
+            pipe.zremrangebyscore(self.keys.observers, "-inf", now - rc.observation_ttl_s)
+            pipe.zrangebyscore(self.keys.observers, now - rc.observation_ttl_s, "+inf")
+            pipe.hget(self.keys.config, "version")
+            results = await pipe.execute()
+        observers: list[str] = results[-2]
+        version = None if results[-1] is None else int(results[-1])
+        raws = await r.mget([self.keys.obs(g) for g in observers]) if observers else []
+        views = [json.loads(raw) for raw in raws if raw]
+        self._merge(views)
+        return version
+
+    def _merge(self, views: list[dict[str, Any]]) -> None:
+        seen: dict[str, dict[str, bool]] = {}
+        for v in views:
+            for uid, o in v.get("upstreams", {}).items():
+                seen.setdefault(uid, {})[v["gateway"]] = bool(o.get("healthy"))
+        down = frozenset(
+            uid
+            for uid, votes in seen.items()
+            if sum(1 for ok in votes.values() if not ok) * 2 > len(votes)
+        )
+        self.observations = seen
+        if down != self.fleet_down:
+            if down - self.fleet_down:
+                log.warning("down for the fleet: %s", ", ".join(sorted(down - self.fleet_down)))
+            self.fleet_down = down
+            self._snap = None
+
+    # --- operator changes ------------------------------------------------------------------
+    async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        version, new, entry = await config_io.update_upstream(
+            self.redis(), self.keys, self.config, uid, changes, who
+        )
+        if version > self.version:  # apply here at once; the others hear it published
+            self.version = version
+            self.replace_config(new)
+        return dict(entry)
+
+    async def audit(self, count: int) -> list[dict[str, str]]:
+        return await config_io.read_audit(self.redis(), self.keys, count)
+
+
+def _with_health(v: UpstreamView, healthy: bool) -> UpstreamView:
+    return replace(v, healthy=healthy)

@@ -1,0 +1,62 @@
+"""What a state store is. Two sides, because they have two kinds of caller:
+
+- ``RoutingState``: synchronous on purpose. The request path and the watchers read the
+  snapshot and record outcomes without ever waiting on shared state.
+- ``FleetControl``: asynchronous. Start and stop the background sync, apply an operator's
+  change (fleet-wide with Redis), read the audit trail.
+
+The store is the one owner of the routing config: whoever needs it reads ``config`` (or the
+``policy`` derived from it) here, and a change (fleet config, DNS discovery) goes through
+``replace_config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from gateway.config import Config, Upstream
+from gateway.routing.health import UpstreamHealth
+from gateway.routing.load import LoadReading, LoadState
+from gateway.routing.members import Address
+from gateway.routing.model import Snapshot
+from gateway.routing.policy import Policy
+
+
+class RoutingState(Protocol):
+    @property
+    def config(self) -> Config: ...
+    @property
+    def policy(self) -> Policy: ...
+    def replace_config(self, config: Config) -> None: ...
+    def set_members(self, upstream_id: str, addresses: tuple[Address, ...]) -> bool: ...
+    def snapshot(self, now: float) -> Snapshot: ...
+    def upstreams(self) -> tuple[Upstream, ...]: ...
+    def health(self, upstream_id: str) -> UpstreamHealth: ...
+    def record_probe(
+        self, upstream_id: str, ok: bool, rtt_ms: float | None, error: str | None
+    ) -> None: ...
+    def record_result(self, upstream_id: str, ok: bool, now: float) -> bool: ...
+    def record_loads(self, readings: Mapping[str, LoadReading], now: float) -> None: ...
+    def load(self, upstream_id: str) -> LoadState | None: ...
+    def acquire(self, upstream_id: str) -> None: ...
+    def release(self, upstream_id: str) -> None: ...
+    def in_flight(self) -> Mapping[str, int]: ...
+
+    version: int
+    stale_since: float | None  # unix time shared state went stale; None = fresh or local
+    fleet_down: frozenset[str]  # upstreams most fresh observers see down
+    observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
+
+
+class FleetControl(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def update_upstream(
+        self, uid: str, changes: dict[str, Any], who: str
+    ) -> dict[str, Any]: ...
+    async def audit(self, count: int) -> list[dict[str, str]]: ...
+
+
+class StateStore(RoutingState, FleetControl, Protocol):
+    """Both sides: what the runtime holds."""

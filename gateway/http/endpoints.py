@@ -1,0 +1,173 @@
+"""The gateway's own endpoints: liveness, readiness, models, metrics, the routing table and
+the explain view of one routing decision."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from gateway.errors import ModelNotFound, UnknownEndpoint
+from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.errors import json_error, send_error
+from gateway.routing.model import UpstreamView
+from gateway.runtime import Runtime
+
+
+class Endpoints:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics),
+            Route("/routing-table", self.routing_table),
+            Route("/explain", self.explain),
+            Route("/v1/models", self.models),
+            Route("/v1/models/{model:path}", self.model_one),
+        ]
+
+    def _healthy_upstreams(self) -> list[UpstreamView]:
+        snap = self.rt.store.snapshot(time.monotonic())
+        return [u for u in snap.upstreams if u.healthy and not u.drained]
+
+    def _model_list(self) -> list[str]:
+        return sorted({m for u in self._healthy_upstreams() for m in u.models})
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.rt.draining:
+            return PlainTextResponse("draining", status_code=503)
+        n = len(self._healthy_upstreams())
+        if n == 0:
+            return PlainTextResponse("not ready: no healthy upstream", status_code=503)
+        stale = self.rt.store.stale_since
+        if stale is not None:
+            # Still serving on the last snapshot: ready, but say so.
+            since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stale))
+            return PlainTextResponse(
+                f"degraded: shared state stale since {since}; "
+                f"routing on the last snapshot ({n} healthy upstream(s))"
+            )
+        return PlainTextResponse(f"ready: {n} healthy upstream(s)")
+
+    async def models(self, request: Request) -> Response:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "geogate"}
+            for m in self._model_list()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def model_one(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in self._model_list():
+            return json_error(
+                ModelNotFound(
+                    f"model {name!r} is not served by any healthy upstream; "
+                    "GET /v1/models lists the models available"
+                )
+            )
+        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "geogate"})
+
+    async def metrics(self, request: Request) -> Response:
+        rt = self.rt
+        stale = rt.store.stale_since
+        rt.metrics.state_stale.set(0 if stale is None else time.time() - stale)
+        rt.metrics.config_version.set(rt.store.version)
+        in_flight = rt.store.in_flight()
+        for u in rt.store.upstreams():
+            rt.metrics.in_flight.labels(u.id, u.region).set(in_flight.get(u.id, 0))
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _upstream_row(self, u: UpstreamView, in_flight: int) -> dict[str, object]:
+        store = self.rt.store
+        ls = store.load(u.id)
+        return {
+            "id": u.id,
+            "healthy": u.healthy,
+            "drained": u.drained,
+            "weight": u.weight,
+            "rtt_ms": None if u.rtt_ms is None else round(u.rtt_ms, 2),
+            "models": sorted(u.models),
+            "in_flight": in_flight,
+            "queue_depth": u.queue_depth,
+            "kv_usage": ls.kv_usage if ls else None,
+            "ttft_ms": None if u.ttft_ms is None else round(u.ttft_ms, 1),
+            "last_error": store.health(u.id).last_probe_error,
+            # who saw what: each fresh gateway's verdict (fleet mode)
+            "seen_by": store.observations.get(u.id, {}),
+            "fleet_down": u.id in store.fleet_down,
+        }
+
+    async def routing_table(self, request: Request) -> Response:
+        store = self.rt.store
+        config = store.config
+        snap = store.snapshot(time.monotonic())
+        regions = []
+        for r in config.regions:
+            ups = [u for u in snap.upstreams if u.region == r.id]
+            regions.append(
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "latitude": r.latitude,
+                    "longitude": r.longitude,
+                    "healthy": any(u.healthy and not u.drained for u in ups),
+                    "upstreams": [self._upstream_row(u, snap.in_flight.get(u.id, 0)) for u in ups],
+                }
+            )
+        shared = "local" if not config.redis.url else ("stale" if store.stale_since else "fresh")
+        return JSONResponse(
+            {
+                "self_region": config.gateway.region,
+                "origin": config.gateway.origin,
+                "version": store.version,
+                "shared_state": shared,
+                "regions": regions,
+            }
+        )
+
+    async def explain(self, request: Request) -> Response:
+        """The decision for a request from ``ip`` (default: this request's own client, found
+        the way the proxy finds it, trusted-proxy rule included)."""
+        model = request.query_params.get("model", "")
+        now = time.monotonic()
+        ip_text = request.query_params.get("ip")
+        if ip_text:
+            try:
+                ip = ipaddress.ip_address(ip_text)
+            except ValueError:
+                return json_error(UnknownEndpoint(f"ip {ip_text!r} is not an IP address"))
+            routed = self.rt.route_ip(ip, False, model, now)
+        else:
+            peer = request.client.host if request.client else None
+            routed = self.rt.locate_and_route(
+                peer, request.headers.getlist("x-forwarded-for"), model, now
+            )
+        decision = routed.decision
+        return JSONResponse(
+            {
+                "model": model,
+                "ip": ip_text or (str(routed.client) if routed.client else ""),
+                "location": routed.location.as_dict(),
+                "decision": decision.explain(),
+                "header": decision.header(),
+            }
+        )
+
+
+async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    await send_error(
+        send,
+        UnknownEndpoint(
+            f"{scope['path']} is not an endpoint of this gateway; the API is under /v1/"
+        ),
+    )

@@ -1,0 +1,66 @@
+"""Domain errors become HTTP here, and only here: status, OpenAI error type and code.
+
+The table is looked up along each error's class hierarchy, so a new subclass answers like its
+parent until it is given a row of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from gateway import errors as e
+from gateway.http.asgi import Send, send_json
+
+# class -> (HTTP status, OpenAI error type, code)
+HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
+    e.GatewayError: (500, "server_error", "internal_error"),
+    e.RequestInvalid: (400, "invalid_request_error", "invalid_request"),
+    e.BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
+    e.UnknownEndpoint: (404, "invalid_request_error", "unknown_url"),
+    e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    e.AdminDisabled: (404, "invalid_request_error", "admin_disabled"),
+    e.Unauthorized: (401, "invalid_request_error", "invalid_admin_token"),
+    e.FleetConfigInvalid: (400, "invalid_request_error", "invalid_request"),
+    e.SharedStateUnavailable: (503, "service_unavailable", "shared_state_unavailable"),
+    e.NoHealthyUpstream: (503, "service_unavailable", "no_healthy_upstream"),
+    e.UpstreamBusy: (429, "rate_limit_error", "upstreams_at_capacity"),
+    e.UpstreamFailed: (502, "upstream_error", "upstream_failed"),
+    e.StreamInterrupted: (502, "upstream_error", "upstream_stream_interrupted"),
+    e.UpstreamTimeout: (504, "upstream_error", "upstream_timeout"),
+}
+
+
+def _row(err: e.GatewayError) -> tuple[int, str, str]:
+    for cls in type(err).__mro__:
+        row = HTTP.get(cls)
+        if row is not None:
+            return row
+    return HTTP[e.GatewayError]
+
+
+def status_of(err: e.GatewayError) -> int:
+    return _row(err)[0]
+
+
+def error_body(err: e.GatewayError) -> dict[str, Any]:
+    _, type_, code = _row(err)
+    return {"error": {"message": err.message, "type": type_, "code": code}}
+
+
+def error_headers(err: e.GatewayError) -> dict[str, str]:
+    return {} if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+
+
+def json_error(err: e.GatewayError) -> JSONResponse:
+    """For Starlette endpoints."""
+    return JSONResponse(error_body(err), status_code=status_of(err), headers=error_headers(err))
+
+
+async def send_error(
+    send: Send, err: e.GatewayError, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """For raw ASGI code (the proxy)."""
+    headers = [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
+    await send_json(send, status_of(err), error_body(err), headers + (extra or []))

@@ -1,0 +1,175 @@
+"""The ``/v1/*`` proxy, front half: read and check the body, locate the client, route; then
+hand the exchange to ``upstream`` and turn whatever went wrong into an OpenAI-shaped answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
+from gateway.errors import (
+    BodyTooLarge,
+    GatewayError,
+    ModelNotFound,
+    NoHealthyUpstream,
+    RequestInvalid,
+    UnknownEndpoint,
+)
+from gateway.http.asgi import Message, Receive, Scope, Send, header, header_values
+from gateway.http.errors import send_error, status_of
+from gateway.http.exchange import Exchange
+from gateway.http.headers import request_id
+from gateway.http.upstream import ClientGone, StreamAborted, forward
+from gateway.routing.model import Outcome
+from gateway.runtime import Routed, Runtime, log
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def model_of(body: bytes) -> str:
+    try:
+        doc: Any = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise RequestInvalid(
+            f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f'{exc.colno}); send a JSON object such as {{"model": "...", "messages": [...]}}'
+        ) from None
+    except UnicodeDecodeError:
+        raise RequestInvalid("request body is not UTF-8 text; send JSON encoded as UTF-8") from None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    if not isinstance(model, str) or not model:
+        raise RequestInvalid(
+            'request body has no "model" field (a non-empty string); name the model to use — '
+            "GET /v1/models lists them"
+        )
+    return model
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(None, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(size: int | None, limit: int) -> BodyTooLarge:
+    got = f"{size} bytes" if size is not None else "larger"
+    return BodyTooLarge(
+        f"request body is {got}, over this gateway's limit of {limit} bytes "
+        "(server.max_body_bytes); send a shorter request or ask the operator to raise it"
+    )
+
+
+def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
+    """Raise the error a client gets when routing found nothing to send the request to."""
+    decision, loc = routed.decision, routed.location
+    retry = NO_CANDIDATE_RETRY_AFTER_S
+    if decision.outcome is Outcome.MODEL_NOT_FOUND:
+        empty = [u.id for u in rt.config.upstreams if model in u.models and u.discovery != "none"]
+        if empty:
+            raise NoHealthyUpstream(
+                f"no upstream can serve model {model!r} now: {', '.join(empty)} resolve "
+                f"to no addresses (DNS discovery). Retry in {retry} s",
+                retry_after_s=retry,
+            )
+        raise ModelNotFound(
+            f"model {model!r} is not served by any upstream of this gateway; "
+            "GET /v1/models lists the models available"
+        )
+    if decision.outcome is Outcome.NO_CANDIDATE:
+        why = sorted({e.reason for e in decision.excluded})
+        rule = (
+            f" residency rule {decision.residency} keeps clients from "
+            f"{loc.country or loc.continent} in its regions, and none there can serve."
+            if decision.residency
+            else ""
+        )
+        raise NoHealthyUpstream(
+            f"no upstream can serve model {model!r} now ({', '.join(why)}).{rule} "
+            f"Retry in {retry} s",
+            retry_after_s=retry,
+        )
+
+
+class Proxy:
+    """ASGI app for ``/v1/*`` requests that carry a body."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange(request_id(header(scope, b"x-request-id")), scope, time.perf_counter())
+        extra = [(b"x-request-id", ex.id.encode())]
+
+        async def tracked(message: Message) -> None:
+            ex.response_started = ex.response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._serve(ex, receive, tracked)
+        except GatewayError as err:
+            ex.status = status_of(err)
+            await send_error(send, err, extra)
+        except ClientGone:
+            ex.status = 499  # nginx's "client closed request"
+        except StreamAborted:
+            ex.status = 502
+            raise  # the ASGI server resets the stream: the client sees a truncated response
+        except Exception:
+            # A bug, not a condition we know: log it with the request id, and if nothing
+            # reached the client yet, still answer in the shape API clients understand.
+            ex.status = 500
+            log.exception("unexpected error in request %s", ex.id)
+            if ex.response_started:
+                raise
+            await send_error(
+                send,
+                GatewayError(
+                    f"internal error in the gateway (request id {ex.id}); retry, and report the "
+                    "request id if it persists"
+                ),
+                extra,
+            )
+        finally:
+            self._record(ex)
+
+    async def _serve(self, ex: Exchange, receive: Receive, send: Send) -> None:
+        rt, scope = self.rt, ex.scope
+        if scope["method"] not in BODY_METHODS:
+            raise UnknownEndpoint(
+                f"{scope['method']} {scope['path']} is not served by this gateway; "
+                "model calls are POST requests (GET /v1/models lists the models)"
+            )
+        ex.body = await read_body(scope, receive, rt.config.server.max_body_bytes)
+        ex.model = model_of(ex.body)
+        peer = scope.get("client")
+        now = time.monotonic()
+        ex.routed = rt.locate_and_route(
+            peer[0] if peer else None, header_values(scope, b"x-forwarded-for"), ex.model, now
+        )
+        loc = ex.routed.location
+        rt.metrics.by_country.labels(loc.country or "unknown", str(loc.source)).inc()
+        check_routed(rt, ex.routed, ex.model)
+        rt.budget.record_request(now)
+        ex.status = await forward(rt, ex, receive, send)
+
+    def _record(self, ex: Exchange) -> None:
+        m = self.rt.metrics
+        m.requests.labels(str(ex.status), ex.region).inc()
+        m.duration.labels(ex.region).observe(ex.elapsed_s())
+        if self.rt.config.server.access_log:
+            ex.log()

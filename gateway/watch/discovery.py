@@ -1,0 +1,95 @@
+"""DNS discovery: resolve upstreams given as DNS names (A/AAAA, or SRV) with aiodns, again
+every ``discovery.interval_s``; addresses that appear or vanish join or leave the pool.
+
+A query that fails (timeout, server error) keeps the previous members: a DNS hiccup must
+not empty a pool. An authoritative "no such name / no records" is believed, and logged.
+Requests in flight to a member that left finish: they hold its URL, and its in-flight count
+lives until they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiodns
+from aiodns.error import DNSError
+
+from gateway.config import Upstream
+from gateway.routing.members import Address, default_port
+from gateway.runtime import Runtime
+
+log = logging.getLogger("geogate.discovery")
+# c-ares codes for "the name has no such records": an answer, not a failure.
+NO_RECORDS = {1, 4}  # ARES_ENODATA, ARES_ENOTFOUND
+
+
+class ResolveFailed(Exception):
+    pass
+
+
+async def _query(resolver: aiodns.DNSResolver, name: str, qtype: str) -> list[Any]:
+    try:
+        result = await resolver.query_dns(name, qtype)
+    except DNSError as exc:
+        if exc.args and exc.args[0] in NO_RECORDS:
+            return []
+        raise ResolveFailed(f"{qtype} {name}: {exc.args[-1] if exc.args else exc}") from None
+    return list(result.answer)
+
+
+async def _addresses(resolver: aiodns.DNSResolver, host: str) -> list[str]:
+    a, aaaa = await asyncio.gather(_query(resolver, host, "A"), _query(resolver, host, "AAAA"))
+    return [r.data.addr for r in [*a, *aaaa] if getattr(r.data, "addr", None)]
+
+
+async def resolve(resolver: aiodns.DNSResolver, u: Upstream) -> tuple[Address, ...]:
+    if u.discovery == "srv":
+        targets = [(r.data.target, r.data.port) for r in await _query(resolver, u.srv, "SRV")]
+    else:
+        host = urlsplit(u.url).hostname or ""
+        targets = [(host, default_port(u.url))]
+    found: set[Address] = set()
+    for host, port in targets:
+        found.update((addr, port) for addr in await _addresses(resolver, host))
+    return tuple(sorted(found))
+
+
+async def discover_once(rt: Runtime) -> None:
+    # A fresh c-ares channel per round: c-ares 1.2x keeps its own query cache, which pycares
+    # cannot turn off, and it was seen holding a "no records" answer for seconds past the
+    # SOA's negative TTL. Our interval is the cache; TTLs are the recursive resolver's job.
+    named = [u for u in rt.store.config.upstreams if u.discovery != "none"]
+    if not named:
+        return  # none now; the fleet config may add one later, so the loop keeps running
+    resolver = make_resolver(rt)
+    for u in named:
+        try:
+            async with asyncio.timeout(rt.config.discovery.timeout_s * 2):
+                members = await resolve(resolver, u)
+        except (ResolveFailed, TimeoutError) as exc:
+            log.warning("cannot resolve upstream %s (%s); keeping its current members", u.id, exc)
+            continue
+        if rt.store.set_members(u.id, members):
+            shown = ", ".join(f"{h}:{p}" for h, p in members) or "none"
+            log.log(
+                logging.WARNING if not members else logging.INFO,
+                "upstream %s now resolves to: %s",
+                u.id,
+                shown,
+            )
+
+
+def make_resolver(rt: Runtime) -> aiodns.DNSResolver:
+    cfg = rt.config.discovery
+    return aiodns.DNSResolver(
+        nameservers=list(cfg.nameservers) or None, timeout=cfg.timeout_s, tries=2
+    )
+
+
+async def discovery_loop(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.config.discovery.interval_s)
+        await discover_once(rt)

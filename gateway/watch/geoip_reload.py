@@ -1,0 +1,20 @@
+"""Reload the GeoIP database when its file is replaced (a weekly GeoLite2 update)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.runtime import Runtime
+from geodb.reader import GeoIPSource
+
+
+async def geoip_reload_loop(rt: Runtime) -> None:
+    geo = rt.geo
+    if not isinstance(geo, GeoIPSource):
+        return
+    while True:
+        await asyncio.sleep(rt.config.geoip.reload_interval_s)
+        # Reading a 70 MB City file would stall the event loop: do it on a thread.
+        changed = await asyncio.to_thread(geo.maybe_reload)
+        if changed:
+            rt.metrics.geoip_reloads.labels("ok").inc()

@@ -1,0 +1,102 @@
+"""The geogate command as a user runs it: real processes, output read back."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.cli.procs import geogate_cmd
+from tests.support import UpstreamSpec, gateway_toml
+
+
+def geogate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(geogate_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def city_db(tmp_path: Path) -> Path:
+    csv = tmp_path / "nets.csv"
+    csv.write_text(
+        "network,country,continent,latitude,longitude,city\n"
+        "198.51.100.0/24,SG,AS,1.35,103.82,Singapore\n"
+        "192.0.2.0/24,GB,EU,51.51,-0.13,London\n"
+    )
+    out = tmp_path / "city.mmdb"
+    p = geogate("geodb", "build", str(csv), str(out))
+    assert p.returncode == 0, p.stderr
+    assert "2 network(s)" in p.stdout
+    return out
+
+
+def test_lookup_shows_location_and_route(tmp_path: Path, city_db: Path) -> None:
+    ups = [
+        UpstreamSpec("eu-1", "eu-central", "http://127.0.0.1:1", ["m"]),
+        UpstreamSpec("ap-1", "ap-southeast", "http://127.0.0.1:2", ["m"]),
+    ]
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(gateway_toml(8080, ups, extra=f'[geoip]\ndatabase = "{city_db}"\n'))
+    p = geogate("geodb", "lookup", "198.51.100.7", "--config", str(cfg))
+    assert p.returncode == 0, p.stderr
+    assert "Singapore, SG" in p.stdout and "source=geoip" in p.stdout
+    assert "region ap-southeast (upstream ap-1)" in p.stdout
+    p = geogate("geodb", "lookup", "192.0.2.1", "--config", str(cfg), "--json")
+    doc = json.loads(p.stdout)
+    assert doc["location"]["city"] == "London"
+    assert doc["route"]["region"] == "eu-central"
+    p = geogate("geodb", "lookup", "203.0.113.1", "--db", str(city_db))
+    assert "source=default" in p.stdout and "routes to" not in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["geodb", "lookup", "not-an-ip", "--db", "x.mmdb"], "is not an IP address"),
+        (["geodb", "lookup", "1.2.3.4", "--db", "/nonexistent.mmdb"], "does not exist"),
+        (["geodb", "lookup", "1.2.3.4"], "give --db PATH or --config FILE"),
+        (["geodb", "build", "/nonexistent.csv", "/tmp/o.mmdb"], "cannot read /nonexistent.csv"),
+        (["gateway", "--config", "/nonexistent.toml"], "cannot read /nonexistent.toml"),
+        (["sim-backend", "--port", "1", "--error-rate", "2"], "--error-rate"),
+    ],
+)
+def test_errors_are_one_readable_line(args: list[str], message: str) -> None:
+    p = geogate(*args)
+    assert p.returncode == 2
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_geoip_file_stops_the_gateway_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mmdb"
+    bad.write_bytes(b"garbage" * 100)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(gateway_toml(8080, [], extra=f'[geoip]\ndatabase = "{bad}"\n'))
+    p = geogate("gateway", "--config", str(cfg))
+    assert p.returncode == 2
+    assert f"geoip.database: GeoIP database {bad} is corrupt" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_demo_runs_the_whole_story() -> None:
+    p = geogate("demo", timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    first = out.split("2. Killing")[0]
+    for city, region in [
+        ("London", "eu-central"),
+        ("Singapore", "ap-southeast"),
+        ("New York", "us-east"),
+        ("Sydney", "ap-southeast"),
+        ("São Paulo", "us-east"),
+    ]:
+        assert re.search(rf"{city} \(127\.0\.0\.\d\)\s+{region}\s", first), (city, first)
+    assert "failed requests: 0" in out
+    after = out.split("After the failover:")[1].split("3. Residency")[0]
+    assert re.search(r"New York \(127\.0\.0\.4\)\s+eu-central\s", after)
+    last = out.split("With only ap-southeast left:")[1]
+    assert re.search(r"London \(127\.0\.0\.2\)\s+HTTP 503", last)
+    assert "residency rule eu-stays-in-eu" in last
+    assert re.search(r"New York \(127\.0\.0\.4\)\s+ap-southeast", last)

@@ -1,0 +1,243 @@
+"""Many gateways as one fleet over a real redis-server, with simulated backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from gateway.cli.procs import geogate_cmd, kill
+from tests.support import (
+    Gateway,
+    RedisServer,
+    Sim,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    get_json,
+    served_by,
+    start_gateway,
+    start_redis,
+    start_sim,
+)
+
+TOKEN = "s3cret"
+BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def fleet_toml(port: int, ups: list[UpstreamSpec], redis_url: str, gid: str) -> str:
+    extra = (
+        f'[redis]\nurl = "{redis_url}"\ngateway_id = "{gid}"\nrefresh_interval_s = 0.1\n'
+        f'observation_ttl_s = 1.0\n\n[admin]\ntoken = "{TOKEN}"\n\n'
+        "[router]\ntolerance_ms = 1000\n"
+    )  # both upstreams near-equal: weights decide
+    return gateway_toml(port, ups, extra=extra).replace("[server]", "[server]\naccess_log = false")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[RedisServer, list[Gateway], list[Sim]]]:
+    redis = start_redis(tmp_path)
+    sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
+    ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
+    gws = [
+        start_gateway(
+            tmp_path, lambda p, i=i: fleet_toml(p, ups, redis.url, f"gw{i}"), name=f"gw{i}"
+        )
+        for i in range(3)
+    ]
+    try:
+        for gw in gws:
+            eventually(lambda gw=gw: table(gw)["shared_state"] == "fresh", what="fresh state")
+        yield redis, gws, sims
+    finally:
+        for gw in gws:
+            gw.stop()
+        for s in sims:
+            s.proc.kill()
+        redis.stop()
+
+
+def table(gw: Gateway) -> dict[str, Any]:
+    return get_json(f"{gw.url}/routing-table")
+
+
+def upstream(gw: Gateway, uid: str) -> dict[str, Any]:
+    regions: list[dict[str, Any]] = table(gw)["regions"]
+    return next(u for r in regions for u in r["upstreams"] if u["id"] == uid)
+
+
+def admin(gw: Gateway, method: str, path: str, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Geogate-Operator": "alice"}
+    return httpx.request(method, f"{gw.url}{path}", headers=headers, **kw)
+
+
+def test_a_change_on_one_gateway_is_obeyed_by_all(fleet: Any) -> None:
+    _, gws, _ = fleet
+    r = admin(gws[0], "PATCH", "/admin/upstreams/b0", json={"drained": True})
+    assert r.status_code == 200, r.text
+    version = r.json()["version"]
+    for gw in gws:
+        eventually(
+            lambda gw=gw: table(gw)["version"] == version,
+            timeout=1.0,
+            what="the change to reach every gateway within a second",
+        )
+        assert served_by(gw.url, 20) == Counter({"b1": 20})
+    r = admin(gws[1], "PATCH", "/admin/upstreams/b0", json={"drained": False, "weight": 3})
+    for gw in gws:
+        eventually(
+            lambda gw=gw: upstream(gw, "b0")["weight"] == 3,
+            timeout=1.0,
+            what="the weight change everywhere",
+        )
+    share = served_by(gws[2].url, 400)
+    assert 0.65 < share["b0"] / 400 < 0.85, share  # weight 3 : 1 -> 75 %
+    audit = admin(gws[2], "GET", "/admin/audit", params={"count": 5}).json()["entries"]
+    assert [e["who"] for e in audit] == ["alice", "alice"]
+    assert json.loads(audit[0]["after"]) == {"drained": False, "weight": 3}
+    assert json.loads(audit[1]["before"]) == {"drained": False}
+
+
+def test_ctl_show_set_and_audit(fleet: Any) -> None:
+    redis, gws, _ = fleet
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            geogate_cmd("ctl", "--redis", redis.url, *args),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    p = ctl("set", "b1", "--bias-ms", "25", "--who", "bob")
+    assert p.returncode == 0, p.stderr
+    assert '{"bias_ms": 0.0} -> {"bias_ms": 25.0}' in p.stdout
+    eventually(
+        lambda: (
+            all(upstream(g, "b1") is not None for g in gws)
+            and json.loads(ctl("show").stdout)["upstreams"][1]["bias_ms"] == 25.0
+        ),
+        what="ctl show",
+    )
+    assert "bob" in ctl("audit").stdout
+    bad = ctl("set", "nope", "--weight", "1")
+    assert bad.returncode == 2 and "no upstream 'nope'" in bad.stderr
+    bad = ctl("set", "b1", "--weight", "-1")
+    assert bad.returncode == 2 and "weight" in bad.stderr
+    gone = subprocess.run(
+        geogate_cmd("ctl", "--redis", "redis://127.0.0.1:1", "show"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert gone.returncode == 2 and "cannot reach Redis" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_admin_api_needs_the_token(fleet: Any) -> None:
+    _, gws, _ = fleet
+    r = httpx.patch(f"{gws[0].url}/admin/upstreams/b0", json={"weight": 2})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_token"
+    r = admin(gws[0], "PATCH", "/admin/upstreams/b0", json={"colour": "red"})
+    assert r.status_code == 400 and "weight" in r.json()["error"]["message"]
+    r = admin(gws[0], "PATCH", "/admin/upstreams/b0", content=b'{"weight": ')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = admin(gws[0], "PATCH", "/admin/upstreams/nope", json={"weight": 2})
+    assert r.status_code == 400 and "no upstream 'nope'" in r.json()["error"]["message"]
+    r = admin(gws[0], "GET", "/admin/audit", params={"count": "all"})
+    assert r.status_code == 400 and "count" in r.json()["error"]["message"]
+    assert table(gws[0])["version"] == 1  # none of it changed anything
+
+
+def test_a_killed_backend_leaves_every_rotation(fleet: Any) -> None:
+    _, gws, sims = fleet
+    kill(sims[0].proc)
+    for gw in gws:
+        eventually(
+            lambda gw=gw: upstream(gw, "b0")["fleet_down"],
+            timeout=5,
+            what="the fleet to agree b0 is down",
+        )
+        assert served_by(gw.url, 10) == Counter({"b1": 10})
+    # Who saw what: a gateway may route away on the majority before its own probe noticed;
+    # soon every observer reports b0 down.
+    eventually(
+        lambda: upstream(gws[0], "b0")["seen_by"] == {"gw0": False, "gw1": False, "gw2": False},
+        what="every observer to report b0 down",
+    )
+
+
+def test_a_dead_gateway_stops_counting_after_its_ttl(fleet: Any) -> None:
+    _, gws, _ = fleet
+    eventually(
+        lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1", "gw2"},
+        what="all three observers",
+    )
+    kill(gws[2].proc)  # SIGKILL: it cannot say goodbye
+    eventually(
+        lambda: set(upstream(gws[0], "b0")["seen_by"]) == {"gw0", "gw1"},
+        timeout=5,
+        what="gw2's observations to expire",
+    )
+
+
+def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
+    redis, gws, _ = fleet
+    statuses: Counter[int] = Counter()
+
+    async def traffic(stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as s:
+            i = 0
+            while not stop.is_set():
+                async with s.post(f"{gws[i % 2].url}/v1/chat/completions", json=BODY) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+                i += 1
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        load = asyncio.ensure_future(traffic(stop))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(redis.stop)
+        for gw in gws[:2]:
+            await asyncio.to_thread(
+                eventually,
+                lambda gw=gw: httpx.get(f"{gw.url}/readyz").text.startswith(
+                    "degraded: shared state stale since"
+                ),
+                5.0,
+                "readyz to say degraded",
+            )
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(redis.start)
+        for gw in gws[:2]:
+            await asyncio.to_thread(
+                eventually,
+                lambda gw=gw: table(gw)["shared_state"] == "fresh",
+                10.0,
+                "the gateway to re-sync",
+            )
+        stop.set()
+        await load
+
+    asyncio.run(scenario())
+    assert set(statuses) == {200} and statuses[200] > 50, statuses
+    # Converged again: a change made after the outage reaches both.
+    r = admin(gws[0], "PATCH", "/admin/upstreams/b1", json={"weight": 2})
+    assert r.status_code == 200, r.text
+    for gw in gws[:2]:
+        eventually(
+            lambda gw=gw: upstream(gw, "b1")["weight"] == 2,
+            timeout=2,
+            what="the post-outage change everywhere",
+        )
+    metrics = httpx.get(f"{gws[0].url}/metrics").text
+    assert "geogate_shared_state_stale_seconds 0.0" in metrics

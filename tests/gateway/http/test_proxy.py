@@ -1,0 +1,285 @@
+"""The /v1 proxy end to end: a real gateway process in front of real simulated backends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from gateway.cli.procs import free_port
+from tests.support import (
+    Gateway,
+    Sim,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    get_json,
+    start_gateway,
+    start_sim,
+)
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, Sim]]]:
+    tmp = tmp_path_factory.mktemp("proxy")
+    sims = {
+        "fast": start_sim(tmp, "fast", "eu-central", ["m"]),
+        "tick": start_sim(tmp, "tick", "eu-central", ["tick"], "--tokens-per-s", "5", "--stamp"),
+        "slow": start_sim(tmp, "slow", "eu-central", ["slow"], "--ttft-ms", "3000"),
+        "flaky": start_sim(
+            tmp, "flaky", "eu-central", ["flaky"], "--error-rate", "1", "--error-status", "503"
+        ),
+        "dies": start_sim(
+            tmp, "dies", "eu-central", ["dies"], "--abort-after", "3", "--tokens-per-s", "50"
+        ),
+    }
+    ups = [
+        UpstreamSpec(n, s.region, s.url, [m])
+        for n, s, m in [
+            ("fast", sims["fast"], "m"),
+            ("tick", sims["tick"], "tick"),
+            ("slow", sims["slow"], "slow"),
+            ("flaky", sims["flaky"], "flaky"),
+            ("dies", sims["dies"], "dies"),
+        ]
+    ]
+    ups.append(UpstreamSpec("gone", "us-east", f"http://127.0.0.1:{free_port()}", ["gone"]))
+    gw = start_gateway(
+        tmp,
+        lambda port: gateway_toml(port, ups).replace(
+            "[health]", f"max_body_bytes = {MAX_BODY}\n\n[timeouts]\nfirst_byte_s = 1\n\n[health]"
+        ),
+    )
+    try:
+        yield gw, sims
+    finally:
+        gw.stop()
+        for s in sims.values():
+            s.proc.kill()
+
+
+def chat(model: str, **kw: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def test_non_streaming_roundtrip_with_openai_client(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    raw = client.chat.completions.with_raw_response.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    out = raw.parse()
+    assert out.choices[0].message.content == "the quick geo gate routes"
+    assert out.usage is not None and out.usage.completion_tokens == 5
+    route = raw.headers["geogate-route"]
+    assert "upstream=fast" in route and "region=eu-central" in route
+
+
+def test_streaming_with_openai_client(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "the quick geo gate"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    """The upstream emits an event every 200 ms; each must reach us within 50 ms."""
+    gw, _ = fleet
+    lags = []
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json=chat("tick", max_tokens=6, stream=True),
+        timeout=10,
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith(": t="):
+                lags.append(time.time() - float(line[4:]))
+    assert len(lags) == 8  # role chunk, 6 tokens, finish chunk
+    assert max(lags) < 0.050, f"event lags (s): {lags}"
+
+
+def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, sims = fleet
+    before = sims["tick"].stats()["cancelled"]
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json=chat("tick", max_tokens=50, stream=True),
+        timeout=10,
+    ) as r:
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(4)]
+        assert any(x.startswith("data: ") for x in got)
+    # Leaving the block closed our connection mid-stream; the upstream must see it.
+    eventually(
+        lambda: sims["tick"].stats()["cancelled"] == before + 1,
+        timeout=5,
+        what="the upstream to observe the cancellation",
+    )
+    assert sims["tick"].stats()["active"] == 0
+
+
+def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(
+        f"{gw.url}/v1/echo",
+        json={"model": "m"},
+        headers={
+            "X-Request-Id": "req-42",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-For": "6.6.6.6",
+            "Authorization": "Bearer k",
+        },
+    )
+    assert r.status_code == 200
+    seen = {k.lower(): v for k, v in r.json()["headers"].items()}
+    assert seen["x-request-id"] == "req-42"
+    assert r.headers["x-request-id"] == "req-42"
+    # Not from a trusted proxy: the forged chain is replaced by the real peer.
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["authorization"] == "Bearer k"
+    for hop in ("keep-alive", "x-secret"):
+        assert hop not in seen
+
+
+def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"))
+    rid = r.headers["x-request-id"]
+    assert len(rid) == 32
+    eventually(lambda: f"rid={rid}" in gw.log_text(), timeout=5, what="the access log line")
+    bad = httpx.post(
+        f"{gw.url}/v1/chat/completions", json=chat("m"), headers={"X-Request-Id": "x" * 500}
+    )
+    assert bad.headers["x-request-id"] != "x" * 500  # too long for a log: replaced
+
+
+def assert_openai_error(r: httpx.Response, status: int, code: str, *words: str) -> str:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"}
+    assert err["code"] == code
+    for w in words:
+        assert w in err["message"], err["message"]
+    return str(err["message"])
+
+
+def test_body_over_limit_is_413(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    body = json.dumps(chat("m", padding="x" * (MAX_BODY + 1)))
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=body)
+    assert_openai_error(r, 413, "request_too_large", str(MAX_BODY), "max_body_bytes")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while reading
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b" " * 1024
+
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=chunks())
+    assert_openai_error(r, 413, "request_too_large")
+
+
+def test_malformed_json_and_missing_model_are_400(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(f"{gw.url}/v1/chat/completions", content=b'{"model": "m",')
+    assert_openai_error(r, 400, "invalid_request", "not valid JSON", "line 1")
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"messages": []})
+    assert_openai_error(r, 400, "invalid_request", '"model"')
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=["m"])
+    assert_openai_error(r, 400, "invalid_request", '"model"')
+
+
+def test_unknown_model_is_404(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gpt-17"))
+    assert_openai_error(r, 404, "model_not_found", "gpt-17", "/v1/models")
+
+
+def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    eventually(
+        lambda: not get_json(f"{gw.url}/routing-table")["regions"][1]["healthy"],
+        what="probes to mark the dead upstream down",
+    )
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gone"))
+    assert_openai_error(r, 503, "no_healthy_upstream", "gone")
+    assert int(r.headers["retry-after"]) > 0
+
+
+def test_upstream_failure_is_502(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("flaky"))
+    assert_openai_error(r, 502, "upstream_failed", "flaky", "HTTP 503")
+
+
+def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("slow"), timeout=10)
+    assert_openai_error(r, 504, "upstream_timeout", "first_byte_s")
+
+
+def test_backend_dying_mid_stream_gives_an_error_event(
+    fleet: tuple[Gateway, dict[str, Sim]],
+) -> None:
+    gw, _ = fleet
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="dies", messages=[{"role": "user", "content": "hi"}], max_tokens=10, stream=True
+    )
+    got = []
+    with pytest.raises(openai.APIError, match="incomplete"):
+        for c in stream:
+            got.append(c.choices[0].delta.content or "")
+    assert "".join(got) == "the quick geo"  # what arrived before the failure was kept
+
+
+def test_models_lists_healthy_union(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    eventually(
+        lambda: "gone" not in str(get_json(f"{gw.url}/v1/models")),
+        what="the dead upstream's model to leave /v1/models",
+    )
+    ids = {m["id"] for m in get_json(f"{gw.url}/v1/models")["data"]}  # type: ignore[index]
+    assert {"m", "tick", "slow", "dies"} <= ids
+    assert "gone" not in ids
+    one = httpx.get(f"{gw.url}/v1/models/m")
+    assert one.status_code == 200 and one.json()["id"] == "m"
+    assert_openai_error(httpx.get(f"{gw.url}/v1/models/nope"), 404, "model_not_found")
+
+
+def test_unknown_paths_get_openai_errors(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    assert_openai_error(httpx.get(f"{gw.url}/nope"), 404, "unknown_url", "/v1/")
+    assert_openai_error(httpx.get(f"{gw.url}/v1/files"), 404, "unknown_url")
+
+
+def test_metrics_and_readiness(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    gw, _ = fleet
+    httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"))
+    text = httpx.get(f"{gw.url}/metrics").text
+    assert 'geogate_requests_total{code="200",region="eu-central"}' in text
+    assert 'geogate_upstream_healthy{region="us-east",upstream="gone"} 0.0' in text
+    assert httpx.get(f"{gw.url}/readyz").status_code == 200
+    explain = httpx.get(f"{gw.url}/explain", params={"model": "m", "ip": "127.0.0.1"}).json()
+    assert explain["decision"]["candidates"][0]["upstream"] == "fast"
