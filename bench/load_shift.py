@@ -22,7 +22,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+from gateway.cli.procs import free_port, geogate_cmd, regions_toml, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DURATION_S, SLOW_AT_S, WINDOW_S, CONCURRENCY = 8.0, 3.0, 0.5, 8
@@ -71,8 +71,7 @@ def main() -> None:
     cfg = work / "gw.toml"
     cfg.write_text(
         f'[gateway]\nregion = "eu-central"\n[server]\nport = {gw_port}\n'
-        'access_log = false\n[[regions]]\nid = "eu-central"\nlatitude = 50.11\n'
-        f"longitude = 8.68\n{ups}"
+        f"access_log = false\n{regions_toml('eu-central')}{ups}"
     )
     try:
         for p in ports.values():

@@ -37,7 +37,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+from gateway.cli.procs import (  # noqa: E402
+    free_port,
+    geogate_cmd,
+    regions_toml,
+    spawn,
+    stop,
+    wait_http,
+)
 from gateway.routing.model import RegionPoint, RequestFacts, Snapshot, UpstreamView  # noqa: E402
 from gateway.routing.policy import Policy  # noqa: E402
 from gateway.routing.router import route  # noqa: E402
@@ -108,10 +115,7 @@ origin = "self"
 port = {port}
 engine = "{engine}"
 access_log = false
-[[regions]]
-id = "eu-central"
-latitude = 50.11
-longitude = 8.68
+{regions_toml("eu-central")}
 [[upstreams]]
 id = "sim"
 region = "eu-central"

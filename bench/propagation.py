@@ -23,7 +23,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+from gateway.cli.procs import free_port, geogate_cmd, regions_toml, spawn, stop, wait_http  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -44,10 +44,7 @@ url = "redis://127.0.0.1:{redis_port}"
 gateway_id = "{gid}"
 [admin]
 token = "{TOKEN}"
-[[regions]]
-id = "eu-central"
-latitude = 50.11
-longitude = 8.68
+{regions_toml("eu-central")}
 [[upstreams]]
 id = "a"
 region = "eu-central"

@@ -11,7 +11,8 @@ COUNTRY_ACCURACY_KM = 500.0
 CONTINENT_ACCURACY_KM = 2500.0
 
 
-def _rows(name: str) -> list[dict[str, str]]:
+def data_rows(name: str) -> list[dict[str, str]]:
+    """Rows of one of the package's CSV files (data/), comment lines skipped."""
     text = resources.files("geodb").joinpath("data", name).read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     return list(csv.DictReader(lines))
@@ -21,7 +22,7 @@ def _rows(name: str) -> list[dict[str, str]]:
 def _countries() -> dict[str, tuple[str, float, float]]:
     return {
         r["country"]: (r["continent"], float(r["latitude"]), float(r["longitude"]))
-        for r in _rows("countries.csv")
+        for r in data_rows("countries.csv")
     }
 
 
@@ -29,7 +30,7 @@ def _countries() -> dict[str, tuple[str, float, float]]:
 def _continents() -> dict[str, tuple[float, float]]:
     return {
         r["continent"]: (float(r["latitude"]), float(r["longitude"]))
-        for r in _rows("continents.csv")
+        for r in data_rows("continents.csv")
     }
 
 

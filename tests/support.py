@@ -13,15 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
+from gateway.cli.procs import free_port, geogate_cmd, regions_toml, spawn, stop, wait_http
 
-# Cloud regions used by the tests (coordinates of the data-centre cities).
-REGIONS = {
-    "eu-central": (50.11, 8.68),
-    "us-east": (37.37, -79.82),
-    "ap-southeast": (1.35, 103.82),
-    "sa-east": (-23.55, -46.63),
-}
+# Cloud regions used by the tests (from the package's table of known regions).
+REGIONS = ("eu-central", "us-east", "ap-southeast", "sa-east")
 
 
 @dataclass
@@ -84,8 +79,7 @@ def gateway_toml(
         "",
         extra,
     ]
-    for rid, (lat, lon) in REGIONS.items():
-        lines += ["[[regions]]", f'id = "{rid}"', f"latitude = {lat}", f"longitude = {lon}", ""]
+    lines.append(regions_toml(*REGIONS))
     for u in upstreams:
         lines += [
             "[[upstreams]]",

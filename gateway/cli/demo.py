@@ -17,9 +17,10 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.cli.procs import free_port, geogate_cmd, kill, spawn, stop, wait_http
+from gateway.cli.procs import free_port, geogate_cmd, kill, regions_toml, spawn, stop, wait_http
 from geodb.build import build_from_rows
 from geodb.distance import est_rtt_ms
+from geodb.regions import known_region
 
 MODEL = "demo-llm"
 
@@ -41,11 +42,7 @@ CITIES = (
     City("Sydney", "127.0.0.5", "AU", "OC", -33.87, 151.21),
     City("São Paulo", "127.0.0.6", "BR", "SA", -23.55, -46.63),
 )
-REGIONS = {  # id: (name, lat, lon) — the cloud regions of ../data/regions.csv
-    "eu-central": ("Frankfurt", 50.11, 8.68),
-    "ap-southeast": ("Singapore", 1.35, 103.82),
-    "us-east": ("Virginia", 37.37, -79.82),
-}
+REGIONS = ("eu-central", "ap-southeast", "us-east")  # from geodb's table of known regions
 LOAD_REQUESTS = 300
 LOAD_CONCURRENCY = 12
 
@@ -74,15 +71,7 @@ def _config(ports: dict[str, int], gw_port: int, db: Path) -> str:
         'regions = ["eu-central"]',
         "",
     ]
-    for rid, (name, lat, lon) in REGIONS.items():
-        lines += [
-            "[[regions]]",
-            f'id = "{rid}"',
-            f'name = "{name}"',
-            f"latitude = {lat}",
-            f"longitude = {lon}",
-            "",
-        ]
+    lines.append(regions_toml(*REGIONS))
     for rid, port in ports.items():
         lines += [
             "[[upstreams]]",
@@ -140,8 +129,8 @@ def _table(results: list[Result], title: str) -> None:
     for r in results:
         region = r.field("region")
         if r.status == 200 and region in REGIONS:
-            _, lat, lon = REGIONS[region]
-            rtt = f"{est_rtt_ms(r.city.lat, r.city.lon, lat, lon):.0f} ms"
+            k = known_region(region)
+            rtt = f"{est_rtt_ms(r.city.lat, r.city.lon, k.latitude, k.longitude):.0f} ms"
             why = r.field("reason") + (
                 f" + residency {r.field('residency')}" if r.field("residency") != "-" else ""
             )

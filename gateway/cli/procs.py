@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from geodb.regions import known_region
+
 READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp, starlette, granian: seconds, not more
 
 
@@ -87,3 +89,15 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def regions_toml(*region_ids: str) -> str:
+    """``[[regions]]`` tables for a gateway config, from the package's table of known regions."""
+    out = []
+    for rid in region_ids:
+        r = known_region(rid)
+        out.append(
+            f'[[regions]]\nid = "{r.id}"\nname = "{r.name}"\n'
+            f"latitude = {r.latitude}\nlongitude = {r.longitude}\n"
+        )
+    return "\n".join(out)

@@ -21,12 +21,11 @@ from gateway.routing.model import (
 from gateway.routing.policy import Policy, Residency
 from gateway.routing.router import route
 from geodb.location import Location, LocationSource
+from geodb.regions import known_region
 
 REGIONS = {
-    "eu-central": RegionPoint("eu-central", 50.11, 8.68),
-    "us-east": RegionPoint("us-east", 37.37, -79.82),
-    "ap-southeast": RegionPoint("ap-southeast", 1.35, 103.82),
-    "eu-west": RegionPoint("eu-west", 53.35, -6.26),
+    rid: RegionPoint(rid, (k := known_region(rid)).latitude, k.longitude)
+    for rid in ("eu-central", "us-east", "ap-southeast", "eu-west")
 }
 LONDON = Location(51.51, -0.13, "GB", "EU", "London", 50, LocationSource.GEOIP)
 SINGAPORE = Location(1.35, 103.82, "SG", "AS", "Singapore", 50, LocationSource.GEOIP)

@@ -1,0 +1,70 @@
+"""The fleet document's pure rules: what an operator may change, and how it is validated."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.config import Config
+from gateway.errors import FleetConfigInvalid
+from gateway.fleet.config_doc import (
+    apply_doc,
+    audit_entry,
+    base_config,
+    change_upstream,
+    routing_doc,
+)
+
+CFG = Config.model_validate(
+    {
+        "gateway": {"region": "eu"},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}],
+    }
+)
+
+
+def test_a_change_names_before_and_after_and_applies() -> None:
+    doc, before, after = change_upstream(routing_doc(CFG), "a", {"weight": 2, "drained": True})
+    assert before == {"weight": 1.0, "drained": False}
+    assert after == {"weight": 2, "drained": True}
+    new = apply_doc(CFG, doc)
+    assert (new.upstreams[0].weight, new.upstreams[0].drained) == (2.0, True)
+    assert new.server == CFG.server  # only the routing part is shared
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({}, "change one or more of weight, bias_ms, drained; got nothing"),
+        ({"url": "http://x"}, "got url"),
+        ({"weight": "2"}, "weight must be a number"),
+        ({"weight": True}, "weight must be a number"),
+        ({"drained": 1}, "drained must be true or false"),
+    ],
+)
+def test_bad_changes_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(FleetConfigInvalid, match=message):
+        change_upstream(routing_doc(CFG), "a", changes)
+
+
+def test_unknown_upstream_names_the_known_ones() -> None:
+    with pytest.raises(FleetConfigInvalid, match="no upstream 'z'; known: a"):
+        change_upstream(routing_doc(CFG), "z", {"weight": 1})
+
+
+def test_an_invalid_document_says_where() -> None:
+    doc, _, _ = change_upstream(routing_doc(CFG), "a", {"weight": -1})
+    with pytest.raises(FleetConfigInvalid, match=r"upstreams\.0\.weight"):
+        apply_doc(CFG, doc)
+
+
+def test_audit_entry_and_base_config() -> None:
+    entry = audit_entry("ops", "upstream a", {"weight": 1}, {"weight": 2}, 7)
+    assert (entry["who"], entry["version"], json.loads(entry["after"])) == (
+        "ops",
+        "7",
+        {"weight": 2},
+    )
+    assert base_config(routing_doc(CFG)).gateway.region == "eu"

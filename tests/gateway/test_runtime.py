@@ -1,0 +1,41 @@
+"""One locate-and-route for the proxy, /explain and geodb lookup: the trusted-proxy rule and
+the location source both apply."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gateway.config import Config
+from gateway.runtime import build_runtime
+
+CFG = Config.model_validate(
+    {
+        "gateway": {"region": "eu", "trusted_proxies": ["127.0.0.9/32"]},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}],
+    }
+)
+
+
+def test_a_trusted_peer_hands_over_the_client_from_forwarded_for() -> None:
+    rt = build_runtime(CFG)
+    # Walked from the right: the balancer's own hop is trusted, the one before it is not.
+    routed = rt.locate_and_route("127.0.0.9", ["203.0.113.7, 127.0.0.9"], "m", 0.0)
+    assert routed.client == ipaddress.ip_address("203.0.113.7")
+    assert routed.peer_trusted
+    assert routed.decision.chosen is not None and routed.decision.chosen.upstream.id == "a"
+
+
+def test_an_untrusted_peer_is_the_client_whatever_it_claims() -> None:
+    rt = build_runtime(CFG)
+    routed = rt.locate_and_route("127.0.0.2", ["203.0.113.7"], "m", 0.0)
+    assert routed.client == ipaddress.ip_address("127.0.0.2")
+    assert not routed.peer_trusted
+    assert str(routed.location.source) == "default"
+
+
+def test_the_store_owns_the_routing_config() -> None:
+    rt = build_runtime(CFG)
+    changed = CFG.model_copy(update={"residency": ()})
+    rt.store.replace_config(changed)
+    assert rt.config is changed and rt.store.policy.residency == ()
