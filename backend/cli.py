@@ -65,14 +65,17 @@ def _make_tiny(argv: Sequence[str]) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument(
         "--preset",
-        choices=["tiny", "small", "medium", "1b"],
+        choices=["tiny", "small", "medium", "1b", "7b"],
         default="tiny",
-        help="tiny (~160k parameters), small (~3M), medium (~90M) or 1b (~1.1B)",
+        help="tiny (~160k parameters), small (~3M), medium (~90M), 1b (~1.1B) or 7b "
+        "(LLaMA-2-7B's shapes, 6.7B: use --dtype bfloat16 --device cuda)",
     )
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to draw weights")
     a = p.parse_args(argv)
     from backend.tiny import PRESETS, make_tiny_model
 
-    n = make_tiny_model(a.dir, PRESETS[a.preset])
+    n = make_tiny_model(a.dir, PRESETS[a.preset], a.dtype, a.device)
     print(f"wrote a random Llama model ({n:,} parameters) and its tokenizer to {a.dir}")
 
 
@@ -91,9 +94,15 @@ def main(argv: Sequence[str]) -> None:
         print(f"geogate backend: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except ImportError as exc:
+        # An ImportError raised by hand (not by a failed import) has no module name.
+        missing = f"{exc.name} is not installed" if exc.name else str(exc).splitlines()[0]
         print(
-            f"geogate backend: {exc.name} is not installed; install the backend extra: "
+            f"geogate backend: {missing}; install the backend extra: "
             "pip install 'geogate[backend]'",
             file=sys.stderr,
         )
         sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":  # python -m backend.cli: the server without the gateway package
+    main(sys.argv[1:])

@@ -14,6 +14,7 @@ greedy and sampled requests cannot be mixed.
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import logging
 import threading
@@ -99,6 +100,7 @@ class Engine:
         self._cond = threading.Condition()
         self._stop = False
         self._ids = itertools.count(1)
+        self._cache_kw = cache_keyword(model)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
     # --- API for the HTTP side (any thread) -----------------------------------------------
@@ -165,8 +167,9 @@ class Engine:
 
         if cache is None:
             cache = DynamicCache(config=self.model.config)
+        kw = {self._cache_kw: cache}
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kw
         )
         self._last_cache = cache
         logits: torch.Tensor = out.logits[:, -1, :]
@@ -290,6 +293,19 @@ class Engine:
                 ),
             )
         )
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which this model's forward() takes the KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` in 5.2x (5.17 still has the old name;
+    5.24 has the new one and accepts the old until 5.40). Given the name it does not know, a
+    model ignores the cache it was handed, so every decode step would run without the past:
+    on 5.17 the engine failed every request. Ask the signature, which the deprecation wrapper
+    passes through.
+    """
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _deliver_here(events: list[tuple[Sequence, Event]]) -> None:

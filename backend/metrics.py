@@ -59,7 +59,7 @@ class BackendMetrics(EngineObserver):
             import pynvml  # from nvidia-ml-py
 
             pynvml.nvmlInit()
-            self._nvml = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = _nvml_handle(pynvml)
         except Exception as exc:  # no driver, no library: the metrics are simply absent
             log.warning("GPU metrics disabled: NVML unavailable (%s)", exc)
             return
@@ -98,3 +98,20 @@ class BackendMetrics(EngineObserver):
             self.prompt.inc(prompt)
         if generated:
             self.generated.inc(generated)
+
+
+def _nvml_handle(pynvml: Any) -> Any:
+    """The NVML handle of the GPU this process computes on (torch's cuda:0).
+
+    NVML numbers GPUs ignoring CUDA_VISIBLE_DEVICES, so on a host running one server per GPU
+    (CUDA_VISIBLE_DEVICES=3) NVML's index 0 is another server's GPU. The UUID is the same in
+    both worlds.
+    """
+    try:
+        import torch
+
+        uuid = str(torch.cuda.get_device_properties(0).uuid)
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except Exception as exc:  # older torch without .uuid, MIG slices: fall back to index 0
+        log.warning("NVML: GPU not found by UUID (%s); reporting NVML's GPU 0", exc)
+        return pynvml.nvmlDeviceGetHandleByIndex(0)

@@ -68,7 +68,19 @@ MEDIUM = TinySpec(
     num_key_value_heads=4,
     max_position_embeddings=1024,
 )
-PRESETS = {"tiny": TinySpec(), "small": SMALL, "medium": MEDIUM, "1b": ONE_B}
+# LLaMA-2-7B's shapes (6.7 B parameters): checks claims made about that model's memory and
+# speed without downloading it. Build it in bfloat16 on a GPU (`--dtype bfloat16 --device
+# cuda`): in float32 on a CPU it is 27 GB and minutes of random initialisation.
+SEVEN_B = TinySpec(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+)
+PRESETS = {"tiny": TinySpec(), "small": SMALL, "medium": MEDIUM, "1b": ONE_B, "7b": SEVEN_B}
 
 
 def build_tokenizer(vocab_size: int) -> Any:
@@ -86,7 +98,7 @@ def build_tokenizer(vocab_size: int) -> Any:
     )
     tok.train_from_iterator([CORPUS] * 20, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=_fill_vocab(tok, vocab_size),
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
@@ -96,8 +108,38 @@ def build_tokenizer(vocab_size: int) -> Any:
     )
 
 
-def make_tiny_model(out: Path, spec: TinySpec = TinySpec()) -> int:
-    """Write model + tokenizer to ``out``; returns the number of parameters."""
+def _fill_vocab(tok: Any, size: int) -> Any:
+    """Give every id up to ``size`` a text of its own (" w1234").
+
+    The built-in text trains a few hundred tokens; a model with a 32 000-token vocabulary then
+    emits, at random, ids the tokenizer cannot decode, which stream as nothing: on the 1b
+    preset most steps added no text, so a streaming client saw its first content late and
+    timed the wrong thing. The fillers have no merges leading to them, so encoding is as
+    before.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+
+    doc = json.loads(tok.to_str())
+    vocab: dict[str, int] = doc["model"]["vocab"]
+    i = len(vocab)
+    while len(vocab) < size:
+        word = f"\u0120w{i}"  # \u0120 is the byte-level alphabet's space
+        i += 1
+        if word not in vocab:
+            vocab[word] = len(vocab)
+    return Tokenizer.from_str(json.dumps(doc))
+
+
+def make_tiny_model(
+    out: Path, spec: TinySpec = TinySpec(), dtype: str = "float32", device: str = "cpu"
+) -> int:
+    """Write model + tokenizer to ``out``; returns the number of parameters.
+
+    ``device`` is where the random weights are drawn (a GPU draws 7 B in about a second); the
+    same seed gives different weights on a GPU than on the CPU.
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -117,7 +159,13 @@ def make_tiny_model(out: Path, spec: TinySpec = TinySpec()) -> int:
         tie_word_embeddings=False,
     )
     torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # drawn in the saved dtype: no fp32 copy
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,

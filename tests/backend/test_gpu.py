@@ -20,3 +20,29 @@ def test_cuda_quantization_loads_and_generates(model_dir: Path, quantize: str) -
     ids = loaded.tokenizer("hello", return_tensors="pt").input_ids.to("cuda")
     out = loaded.model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 4
+
+
+@gpu
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_cuda_engine_greedy_equals_generate(model_dir: Path, quantize: str) -> None:
+    # Alone in the batch the engine's greedy text is generate's exactly (bench/gpu.py checks
+    # shared batches too: there bf16 rounding, and int8's batch-wide outlier columns, split
+    # texts after a few tokens).
+    from backend.engine import Engine, Sequence
+    from backend.loader import load_model
+    from backend.sampling import SamplingParams
+
+    loaded = load_model(model_dir, quantize, device="cuda")  # type: ignore[arg-type]
+    engine = Engine(loaded.model, loaded.tokenizer, "cuda")
+    ids = loaded.tokenizer("the quick brown fox")["input_ids"]
+    events: list[object] = []
+    seq = Sequence(ids, SamplingParams(max_tokens=16, temperature=0), events.append)
+    engine.submit(seq)
+    while not any(getattr(e, "kind", "") != "token" for e in events):
+        engine.step()
+    x = torch.tensor([ids], device="cuda")
+    out = loaded.model.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False
+    )[0, len(ids) :].tolist()
+    cut = next((i for i, t in enumerate(out) if t in engine.eos), len(out))
+    assert seq.out_ids == out[:cut]
