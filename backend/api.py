@@ -1,4 +1,4 @@
-"""OpenAI request validation and response shapes for the model server."""
+"""OpenAI request validation for the model server (the response shapes: backend/shapes.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ from typing import Any
 
 from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
 from backend.sampling import SamplingParams
-from backend.shapes import Shape
 
 DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-
-__all__ = ["DEFAULT_MAX_TOKENS", "Parsed", "Shape", "parse"]  # Shape: its old home
 
 
 @dataclass(frozen=True)

@@ -122,16 +122,7 @@ def _int8_dynamic(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def load_model(
-    path: Path,
-    quantize: Quantize = "none",
-    dtype: DType = "auto",
-    device: Device = "auto",
-    name: str | None = None,
-) -> Loaded:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    check_model_dir(path)
-    dev = _device(device)
+def _check_quantize(quantize: Quantize, dev: str) -> None:
     if quantize in ("int8", "nf4") and dev != "cuda":
         raise ModelLoadError(
             f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU; this machine has "
@@ -139,12 +130,10 @@ def load_model(
         )
     if quantize == "int8-dynamic" and dev != "cpu":
         raise ModelLoadError("--quantize int8-dynamic is the CPU path; on a GPU use int8 or nf4")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a progress bar per start-up is noise in service logs
-    torch_dtype = _dtype(dtype, dev, quantize)
+
+def _load_kwargs(quantize: Quantize, dev: str, torch_dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s arguments: local files only, the dtype, bitsandbytes' config."""
     kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch_dtype}
     if quantize in ("int8", "nf4"):
         from transformers import BitsAndBytesConfig
@@ -160,6 +149,27 @@ def load_model(
         # Straight onto the GPU, also unquantized: loading on the CPU first and moving the
         # model after holds a second full copy of the weights in host memory.
         kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
+def load_model(
+    path: Path,
+    quantize: Quantize = "none",
+    dtype: DType = "auto",
+    device: Device = "auto",
+    name: str | None = None,
+) -> Loaded:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    check_model_dir(path)
+    dev = _device(device)
+    _check_quantize(quantize, dev)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a progress bar per start-up is noise in service logs
+    torch_dtype = _dtype(dtype, dev, quantize)
+    kwargs = _load_kwargs(quantize, dev, torch_dtype)
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -9,12 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from backend.api import Shape, parse
+from backend.api import parse
 from backend.engine import Engine, Event, Sequence
 from backend.errors import BackendError, InvalidParameter
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
+from backend.shapes import Shape
 
 log = logging.getLogger("geogate.backend")
 MAX_BODY_BYTES = 8 * 1024 * 1024

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
@@ -53,6 +54,7 @@ class SimStats:
     completed: int = 0
     rejected: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
+    paths: dict[str, int] = field(default_factory=dict)  # every request's path as received
 
 
 class _Metrics:
@@ -79,7 +81,7 @@ class SimBackend:
         self.rng = random.Random(cfg.seed)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._seen])
         app["sim"] = self
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
@@ -90,6 +92,12 @@ class SimBackend:
         app.router.add_get("/stats", self.stats_view)
         app.router.add_post("/sim/config", self.reconfigure)
         return app
+
+    @web.middleware
+    async def _seen(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count each path as it arrived, unnormalised: a test can tell what a proxy sent."""
+        self.stats.paths[request.raw_path] = self.stats.paths.get(request.raw_path, 0) + 1
+        return await handler(request)
 
     # --- plain endpoints ----------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -120,6 +128,7 @@ class SimBackend:
                 "completed": s.completed,
                 "rejected": s.rejected,
                 "last_headers": s.last_headers,
+                "paths": s.paths,
             }
         )
 
@@ -284,7 +293,7 @@ class SimBackend:
         return resp
 
 
-def run(cfg: SimConfig, host: str, port: int) -> None:
+def run(cfg: SimConfig, host: str, port: int, backlog: int = 128) -> None:
     import uvloop
 
     web.run_app(
@@ -295,4 +304,5 @@ def run(cfg: SimConfig, host: str, port: int) -> None:
         print=None,
         loop=uvloop.new_event_loop(),
         handle_signals=True,
+        backlog=backlog,
     )

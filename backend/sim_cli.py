@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from backend.sim import SimConfig, run
 
 EXIT_USAGE = 2
+# The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
+# retries then cost clients seconds); Linux caps it at net.core.somaxconn (4096 since 5.4).
+DEFAULT_BACKLOG = 4096
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--abort-after", type=int, default=0, help="die after N streamed tokens")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stamp", action="store_true", help="SSE comment with emission time")
+    s.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog")
     return s
 
 
@@ -37,6 +41,9 @@ def main(argv: Sequence[str]) -> None:
     args = _parser().parse_args(list(argv))
     if not 0 <= args.error_rate <= 1:
         print("geogate: --error-rate must be between 0 and 1", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if args.backlog < 1:
+        print("geogate: --backlog must be at least 1", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     cfg = SimConfig(
         region=args.region,
@@ -54,6 +61,6 @@ def main(argv: Sequence[str]) -> None:
         stamp=args.stamp,
     )
     try:
-        run(cfg, args.host, args.port)
+        run(cfg, args.host, args.port, backlog=args.backlog)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -71,7 +71,7 @@ def main() -> None:
     cfg = work / "gw.toml"
     cfg.write_text(
         f'[gateway]\nregion = "eu-central"\n[server]\nport = {gw_port}\n'
-        f"access_log = false\n{regions_toml('eu-central')}{ups}"
+        f"access_log = false\n[ops]\nport = {free_port()}\n{regions_toml('eu-central')}{ups}"
     )
     try:
         for p in ports.values():

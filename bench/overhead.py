@@ -1,18 +1,47 @@
 #!/usr/bin/env python3
-"""Gateway overhead, against peers in the same run.
+"""Gateway overhead, against peers in the same run, with each target's configuration stated.
 
 Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1.1):
-  direct          the backend itself (the floor)
-  geogate         geogate gateway, granian engine (the default)
-  geogate-hc      geogate gateway, hypercorn engine (the alternative the choice was made against)
-  nginx           nginx as a plain reverse proxy (keep-alive upstream pool, buffering off)
-Modes: non-streaming and streaming (SSE, 16 tokens) chat completions; protocols HTTP/1.1 and
-h2c (prior knowledge; the backend speaks only HTTP/1.1, so direct has no h2c row); concurrency
-1, 16 and 128. Load comes from h2load; latency percentiles come from its per-request log.
+  direct        the backend itself (the floor)
+  geogate       geogate gateway, granian engine, DEFAULT config: access log on (a line per
+                request on stderr, i.e. its log file, as in production) and a GeoIP City
+                database (built here; 127.0.0.0/24, the load's source addresses, is in it, so
+                every lookup hits a record)
+  geogate-lean  the same with the two costly knobs off (server.access_log = false, no
+                geoip.database): geogate / geogate-lean is the price of the defaults
+  geogate-hc    geogate gateway, hypercorn engine (the alternative the choice was made
+                against), default config as geogate
+  nginx         nginx as a plain reverse proxy (keep-alive upstream pool, buffering off) with
+                its own default access log (combined format, to a file)
+Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
+direct has no h2c row) and concurrency 1, 16 and 128:
+  non-streaming  the backend answers at once (16 tokens, no pacing): per-request overhead and
+                 each proxy's ceiling in req/s. Load and latency from h2load's per-request log.
+  streaming      the backend is paced like a model server: first token after 20 ms, then 16
+                 tokens at 50 tokens/s (one SSE event each, about 330 ms a stream). 50
+                 tokens/s is what one stream of a batched server typically gets (vLLM-class
+                 servers under load and hosted APIs give 30-100). 100 tokens/s was measured
+                 too and rejected: at c=128 it is 12,800 SSE events/s, and the backend plus
+                 client on their one core (about 1.1 ms of CPU per stream together) then set
+                 the latency: through nginx, TTFT p50 went from ~22 ms at c=16 to 43 ms (h1)
+                 and 64 ms (h2c) at c=128, so the cell measured the rig. At 50 tokens/s the
+                 same cells gave 26 ms with the rig 55-60 % busy (the md's "load CPU busy"
+                 column says so per cell; both runs on this 2-core VM, shared). 20 ms is a
+                 short prompt's prefill with no queue, kept short because it only shifts
+                 every target's TTFT alike; 16 tokens keep a c=1 cell at ~12 streams in 4 s.
+                 With paced streams req/s is bounded by concurrency / stream time, so the
+                 columns are TTFT (request sent -> first content token) and total time
+                 p50/p99, completed/failed and CPU per request. h2load cannot time a first
+                 token per request, so bench/paced_load.py is the client here (asyncio
+                 protocols for HTTP/1.1 and h2c, framing by hand), run by this script on CPU 1.
+CPU per request: utime + stime of each proxy's process tree from /proc (bench/proc_cpu.py),
+read around each cell's measured window, divided by the requests done in it; also as a ratio
+to nginx, and each proxy's idle CPU (health probes, load polling) so c=1 cells can be read.
 Proxies run on CPU 0; backend and load generator share CPU 1, the same for every target.
 Also times the pure router's decision for 3, 30 and 300 upstreams.
 
-Writes bench/results/overhead.{md,json}. Run: scripts/dev bench [--duration S] [--quick]
+Writes bench/results/overhead.{md,json} (or --out PREFIX). Run: scripts/dev bench
+[--duration S] [--quick] [--modes ...] [--protos ...] [--conc ...] [--targets ...]
 """
 
 from __future__ import annotations
@@ -21,9 +50,7 @@ import argparse
 import functools
 import json
 import os
-import platform
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,12 +58,18 @@ import sys
 import tempfile
 import time
 import timeit
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.overhead_cells import LOAD_CPU, PROXY_CPU, WARMUP_S, Row, h2load, paced, pinned  # noqa: E402
+from bench.overhead_cells import pct as pct  # noqa: E402  (re-exported: bench/streams.py)
+from bench.overhead_report import write  # noqa: E402
+from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
 from gateway.cli.procs import (  # noqa: E402
     free_port,
     geogate_cmd,
@@ -48,35 +81,43 @@ from gateway.cli.procs import (  # noqa: E402
 from gateway.routing.model import RegionPoint, RequestFacts, Snapshot, UpstreamView  # noqa: E402
 from gateway.routing.policy import Policy  # noqa: E402
 from gateway.routing.router import route  # noqa: E402
+from geodb.build import build_from_rows  # noqa: E402
 from geodb.location import Location  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-model"
 TOKENS = 16
+PACED_TTFT_MS = 20.0  # see the module docstring for both pacing values
+PACED_TOKENS_PER_S = 50.0
 CONCURRENCY = (1, 16, 128)
-H2_STREAMS_PER_CONN = 16
-PROXY_CPU, LOAD_CPU = "0", "1"
+MODES = ("non-streaming", "streaming")
+PROTOS = ("h1", "h2c")
+IDLE_S = 5.0  # each proxy's background CPU over this long (10 ms ticks: 2 ms/s resolution)
+# The load's source addresses: h2load and bench/paced_load.py connect from 127.0.0.1, and
+# bench/streams.py (which uses gateway_conf) from 127.0.0.1..N.
+GEO_NETWORK = "127.0.0.0/24"
+TARGETS = {
+    "direct": "the sim-backend itself, no proxy",
+    "geogate": "granian engine, **default config**: access log on (stderr, i.e. its log file), "
+    f"GeoIP City database ({GEO_NETWORK}, the load's source, in it: every lookup hits)",
+    "geogate-lean": "granian engine, `server.access_log = false`, no `geoip.database` (every "
+    "client at the default location): the two knobs off, to price them",
+    "geogate-hc": "hypercorn engine, default config as geogate (h2c only: hypercorn's HTTP/1.1 "
+    "status line has an empty reason phrase, which h2load counts as a failure)",
+    "nginx": "nginx, 1 worker, keep-alive upstream pool, `proxy_buffering off`, access log on "
+    "(combined format to a file: nginx's default)",
+}
+GATEWAYS = (  # name, engine, lean
+    ("geogate", "granian", False),
+    ("geogate-lean", "granian", True),
+    ("geogate-hc", "hypercorn", False),
+)
 
 
-@dataclass
-class Row:
-    target: str
-    mode: str
-    proto: str
-    concurrency: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    ok: int
-    failed: int
-
-
-def pinned(cpu: str, args: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *args] if shutil.which("taskset") and os.cpu_count() else args
-
-
-def nginx_conf(work: Path, h1: int, h2: int, backend: int) -> Path:
+def nginx_conf(work: Path, h1: int, h2: int, backend: int, access_log: bool = True) -> Path:
+    """nginx as an operator runs it; access_log=True is nginx's default (combined format)."""
     conf = work / "nginx.conf"
+    log = f"access_log {work}/nginx-access.log;" if access_log else "access_log off;"
     conf.write_text(f"""
 worker_processes 1;
 daemon off;
@@ -84,7 +125,7 @@ pid {work}/nginx.pid;
 error_log {work}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  {log}
   client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
   fastcgi_temp_path {work}/fcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 256; }}
@@ -105,8 +146,25 @@ http {{
     return conf
 
 
-def gateway_conf(work: Path, port: int, backend: int, engine: str) -> Path:
-    conf = work / f"gateway-{engine}.toml"
+def bench_geoip(work: Path) -> Path:
+    """A City database placing the load's source addresses in Frankfurt (once per work dir):
+    the gateway then does a real lookup per request, and it hits. A /24 is as deep in the tree
+    as most networks of a real GeoLite2 City file."""
+    db = work / "bench-geoip.mmdb"
+    if not db.exists():
+        build_from_rows([("bench", [GEO_NETWORK, "DE", "EU", "50.11", "8.68", "Frankfurt"])], db)
+    return db
+
+
+def gateway_conf(
+    work: Path, port: int, backend: int, engine: str, *, lean: bool = False, name: str = ""
+) -> Path:
+    """geogate's default config (access log on, a GeoIP database), or with lean=True those two
+    knobs off. Keys at their default are left out, so a caller may still set them
+    (bench/streams.py's --gateway-set) without writing a duplicate key."""
+    conf = work / f"gateway-{name or engine}.toml"
+    knobs = "access_log = false\n" if lean else ""
+    geoip = "" if lean else f'[geoip]\ndatabase = "{bench_geoip(work)}"\n'
     conf.write_text(f"""
 [gateway]
 region = "eu-central"
@@ -114,7 +172,9 @@ origin = "self"
 [server]
 port = {port}
 engine = "{engine}"
-access_log = false
+{knobs}{geoip}
+[ops]
+port = {free_port()}
 {regions_toml("eu-central")}
 [[upstreams]]
 id = "sim"
@@ -123,62 +183,6 @@ url = "http://127.0.0.1:{backend}"
 models = ["{MODEL}"]
 """)
     return conf
-
-
-def _h2load_once(url: str, body: Path, shape: list[str], n: int, log: Path) -> str:
-    log.unlink(missing_ok=True)
-    # Count-based runs: h2load 1.52's duration mode (-D) stalls at 0 requests on some h2c
-    # servers (nginx, hypercorn), so a short calibration run sizes the measured one instead.
-    args = [
-        "h2load",
-        "-t",
-        "1",
-        *shape,
-        "-n",
-        str(n),
-        "-d",
-        str(body),
-        "-H",
-        "content-type: application/json",
-        "--log-file",
-        str(log),
-        url,
-    ]
-    return subprocess.run(
-        pinned(LOAD_CPU, args), capture_output=True, text=True, timeout=300
-    ).stdout
-
-
-def h2load(
-    url: str, body: Path, proto: str, conc: int, duration: float, log: Path
-) -> tuple[float, list[float], int, int]:
-    if proto == "h1":
-        shape = ["--h1", "-c", str(conc), "-m", "1"]
-    else:
-        conns = max(1, -(-conc // H2_STREAMS_PER_CONN))
-        shape = ["-c", str(conns), "-m", str(max(1, conc // conns))]
-    # Calibration, which is also the warm-up: pools filled, caches hot.
-    out = _h2load_once(url, body, shape, max(conc * 20, 400), log)
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    n = max(conc * 10, int(float(m.group(1)) * duration)) if m else conc * 10
-    out = _h2load_once(url, body, shape, n, log)
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    rps = float(m.group(1)) if m else 0.0
-    lat, ok = [], 0
-    for line in log.read_text().splitlines() if log.exists() else []:
-        parts = line.split("\t")
-        if len(parts) >= 3 and 200 <= int(parts[1]) < 300:
-            ok += 1
-            lat.append(int(parts[2]) / 1000)
-    # Requests that never got a 2xx (errors, resets, other statuses) are failures.
-    return rps, lat, ok, n - ok
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def router_times() -> dict[int, float]:
@@ -211,178 +215,173 @@ def router_times() -> dict[int, float]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args() -> argparse.Namespace:
+    def names(allowed: Sequence[str]) -> Any:
+        def parse(text: str) -> tuple[str, ...]:
+            got = tuple(x.strip() for x in text.split(",") if x.strip())
+            if bad := [x for x in got if x not in allowed]:
+                raise argparse.ArgumentTypeError(f"{bad} not in {','.join(allowed)}")
+            return got
+
+        return parse
+
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--quick", action="store_true", help="1 s per measurement, c=16 only")
+    ap.add_argument("--modes", type=names(MODES), default=MODES, help=",".join(MODES))
+    ap.add_argument("--protos", type=names(PROTOS), default=PROTOS, help=",".join(PROTOS))
+    ap.add_argument(
+        "--targets", type=names(tuple(TARGETS)), default=tuple(TARGETS), help=",".join(TARGETS)
+    )
+    ap.add_argument(
+        "--conc",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=CONCURRENCY,
+        help="concurrency levels, comma list (default 1,16,128)",
+    )
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead", help="writes OUT.md/.json")
     args = ap.parse_args()
-    duration = 1.0 if args.quick else args.duration
-    concurrency = (16,) if args.quick else CONCURRENCY
+    if args.quick:
+        args.duration, args.conc = 1.0, (16,)
+    return args
+
+
+@dataclass
+class Rig:
+    """One mode's backend and proxies, started together and stopped together."""
+
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: dict[str, dict[str, int]] = field(default_factory=dict)  # target -> proto -> port
+    trees: dict[str, list[int]] = field(default_factory=dict)  # proxy -> its process tree
+    backend: list[int] = field(default_factory=list)
+
+
+def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
+    backend = free_port()
+    sim = ["sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(TOKENS)]
+    if mode == "streaming":
+        sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(PACED_TOKENS_PER_S)]
+    p = spawn(pinned(LOAD_CPU, geogate_cmd(*sim)), work / f"sim-{mode}.log")
+    rig.procs.append(p)
+    wait_http(f"http://127.0.0.1:{backend}/health", proc=p)
+    rig.backend = process_tree(p.pid)
+    if "direct" in targets:
+        rig.ports["direct"] = {"h1": backend}
+    for name, engine, lean in GATEWAYS:
+        if name not in targets:
+            continue
+        port = free_port()
+        conf = gateway_conf(work, port, backend, engine, lean=lean, name=f"{name}-{mode}")
+        p = spawn(
+            pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))),
+            work / f"{name}-{mode}.log",
+        )
+        rig.procs.append(p)
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
+        # hypercorn-h11 sends "HTTP/1.1 200 " (ASGI has no reason phrase), which h2load
+        # counts as a failure: hypercorn is measured on h2c only.
+        rig.ports[name] = {"h2c": port} if engine == "hypercorn" else {"h1": port, "h2c": port}
+        rig.trees[name] = process_tree(p.pid)
+    if "nginx" in targets:
+        h1, h2 = free_port(), free_port()
+        conf = nginx_conf(work, h1, h2, backend)
+        p = spawn(
+            pinned(PROXY_CPU, ["nginx", "-c", str(conf), "-p", str(work)]), work / "nginx.log"
+        )
+        rig.procs.append(p)
+        wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
+        rig.ports["nginx"] = {"h1": h1, "h2c": h2}
+        rig.trees["nginx"] = process_tree(p.pid)
+
+
+def idle_cpu(rig: Rig) -> dict[str, float]:
+    """ms of CPU per second each proxy spends with no requests (probes, load polling): the
+    floor under a c=1 cell's CPU per request."""
+    before = {name: read_cpu(tree) for name, tree in rig.trees.items()}
+    t0 = time.perf_counter()
+    time.sleep(IDLE_S)
+    wall = time.perf_counter() - t0
+    return {
+        name: cpu_between(before[name], read_cpu(tree))[0] * 1000 / wall
+        for name, tree in rig.trees.items()
+    }
+
+
+def run_mode(work: Path, mode: str, args: argparse.Namespace, rows: list[Row]) -> dict[str, float]:
+    rig = Rig()
+    try:
+        start_rig(work, mode, args.targets, rig)
+        idle = idle_cpu(rig)
+        doc = {
+            "model": MODEL,
+            "max_tokens": TOKENS,
+            "stream": mode == "streaming",
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        body = work / f"{mode}.json"
+        body.write_text(json.dumps(doc))
+        for proto in args.protos:
+            for conc in args.conc:
+                for target, ports in rig.ports.items():
+                    if proto not in ports:
+                        continue
+                    url = f"http://127.0.0.1:{ports[proto]}/v1/chat/completions"
+                    proxy = rig.trees.get(target, [])
+                    if mode == "streaming":
+                        row = paced(
+                            url, body.read_bytes(), proto, conc, args.duration, proxy, rig.backend
+                        )
+                    else:
+                        log = work / "h2load.log"
+                        row = h2load(url, body, proto, conc, args.duration, log, proxy)
+                    row.target, row.mode = target, mode
+                    rows.append(row)
+                    print(progress(row), flush=True)
+    finally:
+        for p in reversed(rig.procs):
+            stop(p)
+    return idle
+
+
+def progress(r: Row) -> str:
+    cpu = f"cpu {r.cpu_ms_per_req:6.3f} ms/req" if r.cpu_ms_per_req is not None else " " * 19
+    if r.ttft_p50_ms is not None:
+        lat = f"ttft p50 {r.ttft_p50_ms:6.2f} p99 {r.ttft_p99_ms:6.2f}  total p50 {r.p50_ms:7.2f}"
+        lat += f" p99 {r.p99_ms:7.2f} ms  n {r.ok}"
+    else:
+        lat = f"{r.rps:8.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms"
+    failed = f"  FAILED {r.failed} {r.failures or ''}" if r.failed else ""
+    return f"{r.mode:13} {r.proto:3} c={r.concurrency:<3} {r.target:12} {lat}  {cpu}{failed}"
+
+
+def main() -> None:
+    args = parse_args()
     for tool in ("h2load", "nginx"):
         if not shutil.which(tool):
             sys.exit(
                 f"bench: {tool} not found; run it through scripts/dev bench, which installs it"
             )
-
+    # This process is the streaming cells' client: it belongs on the load CPU, off the proxies'.
+    if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset"):
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
     work = Path(tempfile.mkdtemp(prefix="geogate-bench-"))
-    backend = free_port()
-    procs = [
-        spawn(
-            pinned(
-                LOAD_CPU,
-                geogate_cmd(
-                    "sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(TOKENS)
-                ),
-            ),
-            work / "sim.log",
-        )
-    ]
-    targets: dict[str, dict[str, int]] = {"direct": {"h1": backend}}
-    try:
-        wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
-        for engine, name in (("granian", "geogate"), ("hypercorn", "geogate-hc")):
-            port = free_port()
-            conf = gateway_conf(work, port, backend, engine)
-            p = spawn(
-                pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))),
-                work / f"{name}.log",
-            )
-            procs.append(p)
-            wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
-            # hypercorn-h11 sends "HTTP/1.1 200 " (ASGI has no reason phrase), which h2load
-            # counts as a failure: hypercorn is measured on h2c only.
-            targets[name] = {"h2c": port} if engine == "hypercorn" else {"h1": port, "h2c": port}
-        h1, h2 = free_port(), free_port()
-        p = spawn(
-            pinned(
-                PROXY_CPU, ["nginx", "-c", str(nginx_conf(work, h1, h2, backend)), "-p", str(work)]
-            ),
-            work / "nginx.log",
-        )
-        procs.append(p)
-        wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
-        targets["nginx"] = {"h1": h1, "h2c": h2}
-
-        rows: list[Row] = []
-        for mode, stream in (("non-streaming", False), ("streaming", True)):
-            body = work / f"{mode}.json"
-            body.write_text(
-                json.dumps(
-                    {
-                        "model": MODEL,
-                        "max_tokens": TOKENS,
-                        "stream": stream,
-                        "messages": [{"role": "user", "content": "hi"}],
-                    }
-                )
-            )
-            for proto in ("h1", "h2c"):
-                for conc in concurrency:
-                    for target, ports in targets.items():
-                        if proto not in ports:
-                            continue
-                        url = f"http://127.0.0.1:{ports[proto]}/v1/chat/completions"
-                        rps, lat, ok, failed = h2load(
-                            url, body, proto, conc, duration, work / "h2load.log"
-                        )
-                        row = Row(
-                            target,
-                            mode,
-                            proto,
-                            conc,
-                            rps,
-                            pct(lat, 0.5),
-                            pct(lat, 0.99),
-                            ok,
-                            failed,
-                        )
-                        rows.append(row)
-                        print(
-                            f"{mode:13} {proto:3} c={conc:<3} {target:10} {rps:8.0f} req/s "
-                            f"p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms"
-                            f"{'  FAILED ' + str(failed) if failed else ''}",
-                            flush=True,
-                        )
-        router = router_times()
-    finally:
-        for p in reversed(procs):
-            stop(p)
-    write(rows, router, duration)
-
-
-def write(rows: list[Row], router: dict[int, float], duration: float) -> None:
-    def find(target: str, r: Row) -> Row | None:
-        return next(
-            (
-                x
-                for x in rows
-                if x.target == target
-                and (x.mode, x.proto, x.concurrency) == (r.mode, r.proto, r.concurrency)
-            ),
-            None,
-        )
-
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}"
-    )
-    lines = [
-        "# geogate overhead benchmark",
-        "",
-        f"Machine: {machine}. About {duration:g} s per cell after a calibration run that is "
-        "also the warm-up; h2load, 1 thread.",
-        "Proxies pinned to CPU 0; backend and h2load share CPU 1. Ratios compare targets "
-        "measured in this same run; absolute numbers vary between machines and runs.",
-        "",
-        "| mode | proto | conc | target | req/s | p50 ms | p99 ms | rps vs direct | "
-        "rps vs nginx | p50 vs nginx | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    summary = []
-    for r in rows:
-        d, n = (
-            find("direct", r)
-            or find("direct", Row("", r.mode, "h1", r.concurrency, 0, 0, 0, 0, 0)),
-            find("nginx", r),
-        )
-        vs_d = f"{r.rps / d.rps:.2f}" if d and d.rps else "-"
-        vs_n = f"{r.rps / n.rps:.2f}" if n and n.rps else "-"
-        p50_n = f"{r.p50_ms / n.p50_ms:.2f}" if n and n.p50_ms else "-"
-        lines.append(
-            f"| {r.mode} | {r.proto} | {r.concurrency} | {r.target} | {r.rps:.0f} | "
-            f"{r.p50_ms:.2f} | {r.p99_ms:.2f} | {vs_d} | {vs_n} | {p50_n} | "
-            f"{r.failed} |"
-        )
-        summary.append(
-            {**asdict(r), "rps_vs_direct": vs_d, "rps_vs_nginx": vs_n, "p50_vs_nginx": p50_n}
-        )
-    lines += [
-        "",
-        "(h1 `direct` is the reference for the h2c rows: the backend speaks only HTTP/1.1.)",
-        "",
-        "## Router decision time (pure function, one core)",
-        "",
-        "| upstreams | µs per decision |",
-        "|---|---|",
-    ]
-    lines += [f"| {n} | {us:.1f} |" for n, us in router.items()]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "overhead.json").write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "duration_s": duration,
-                "rows": summary,
-                "router_us_per_decision": {str(k): v for k, v in router.items()},
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print("\n".join(lines))
-    print(f"\nwrote {RESULTS / 'overhead.md'} and overhead.json")
+    rows: list[Row] = []
+    idle = {mode: run_mode(work, mode, args, rows) for mode in args.modes}
+    router = router_times()
+    meta = {
+        "duration_s": args.duration,
+        "warmup_s": min(WARMUP_S, args.duration),
+        "idle_s": IDLE_S,
+        "configs": {t: TARGETS[t] for t in args.targets},
+        "paced_backend": {
+            "ttft_ms": PACED_TTFT_MS,
+            "tokens_per_s": PACED_TOKENS_PER_S,
+            "tokens": TOKENS,
+        },
+        "idle_cpu_ms_per_s": idle,
+        "work_dir": str(work),
+    }
+    write(rows, router, meta, args.out)
 
 
 if __name__ == "__main__":

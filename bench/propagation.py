@@ -32,7 +32,7 @@ TOKEN = "bench"
 POLL_S = 0.002
 
 
-def conf(port: int, redis_port: int, gid: str) -> str:
+def conf(port: int, ops_port: int, redis_port: int, gid: str) -> str:
     return f"""
 [gateway]
 region = "eu-central"
@@ -44,6 +44,8 @@ url = "redis://127.0.0.1:{redis_port}"
 gateway_id = "{gid}"
 [admin]
 token = "{TOKEN}"
+[ops]
+port = {ops_port}
 {regions_toml("eu-central")}
 [[upstreams]]
 id = "a"
@@ -63,7 +65,7 @@ async def until_version(s: aiohttp.ClientSession, url: str, version: int) -> flo
 
 async def measure(urls: list[str]) -> list[float]:
     out = []
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Geogate-Operator": "bench"}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as s:
         for i in range(CHANGES):
             t0 = time.perf_counter()
@@ -84,12 +86,13 @@ def main() -> None:
     try:
         urls = []
         for i in range(3):
-            port = free_port()
+            port, ops_port = free_port(), free_port()
             cfg = work / f"gw{i}.toml"
-            cfg.write_text(conf(port, redis.port, f"gw{i}"))
+            cfg.write_text(conf(port, ops_port, redis.port, f"gw{i}"))
             procs.append(spawn(geogate_cmd("gateway", "--config", str(cfg)), work / f"gw{i}.log"))
-            urls.append(f"http://127.0.0.1:{port}")
-            wait_http(f"{urls[-1]}/healthz", proc=procs[-1])
+            # The routing table and the admin API are on the ops listener.
+            urls.append(f"http://127.0.0.1:{ops_port}")
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc=procs[-1])
         ms = asyncio.run(measure(urls))
     finally:
         for p in procs:

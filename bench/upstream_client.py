@@ -160,6 +160,7 @@ def main() -> None:
     cfg = work / "gw.toml"
     cfg.write_text(
         f'[gateway]\nregion = "r"\n[server]\nport = {port}\naccess_log = false\n'
+        f"[ops]\nport = {free_port()}\n"
         f'[[regions]]\nid = "r"\nlatitude = 0\nlongitude = 0\n'
         f'[[upstreams]]\nid = "u"\nregion = "r"\nurl = "http://127.0.0.1:{port}"\n'
         f'models = ["m"]\nhealth_path = "/healthz"\n'

@@ -4,10 +4,14 @@ httpx maps httpcore's exceptions in one function)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 
 import aiohttp
+from aiohttp.tracing import Trace
 
 # No overall cap on the pool (the gateway's own concurrency is the bound); idle connections
 # kept 60 s so a quiet backend still finds a warm one (probes every 2 s also keep one alive).
@@ -43,6 +47,8 @@ class Failure:
 
 def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]:
     """The kind and a one-line description of an exception from a request to an upstream."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # a TimeoutError too: test it first
+        return FailureKind.TIMEOUT, "connect timed out"
     if isinstance(exc, TimeoutError):
         return FailureKind.TIMEOUT, timeout_detail
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -50,9 +56,52 @@ def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]
     return FailureKind.RESET, f"connection lost: {type(exc).__name__}"
 
 
+class Reach:
+    """Whether one request got as far as a connection to its upstream (pooled or new), after
+    which aiohttp writes the request at once. A timeout before that point reached nobody; a
+    timeout after it may have left work running there (a generation is not idempotent)."""
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False
+
+
+_REACH: ContextVar[Reach | None] = ContextVar("geogate_reach", default=None)
+
+
+@contextlib.contextmanager
+def track_reach() -> Iterator[Reach]:
+    """Track the requests made in this block, in this task (a context variable: the
+    connector below runs in the caller's task)."""
+    reach = Reach()
+    token = _REACH.set(reach)
+    try:
+        yield reach
+    finally:
+        _REACH.reset(token)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, marking the tracked request (if any) connected: one context
+    variable read per request, where a TraceConfig would build signal objects for each."""
+
+    async def connect(  # aiohttp's signature, timeout parameter included
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        reach = _REACH.get()
+        if reach is not None:
+            reach.connected = True
+        return conn
+
+
 def new_session(connect_timeout_s: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_KEEPALIVE_S),
+        connector=_Connector(limit=0, keepalive_timeout=POOL_KEEPALIVE_S),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
         auto_decompress=False,  # bytes pass through as the upstream encoded them
         skip_auto_headers=NO_AUTO_HEADERS,

@@ -14,8 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
+from gateway import checks
 from gateway import defaults as d
 from gateway.errors import ConfigError
 
@@ -27,7 +35,9 @@ Ratio = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity anywhere (TOML has both): a NaN weight or bias poisons every score
+    # it touches, and an infinite timeout is no timeout.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Region(_Model):
@@ -40,10 +50,11 @@ class Region(_Model):
 class Upstream(_Model):
     id: str = Field(min_length=1)
     region: str
-    url: str = Field(pattern=r"^https?://[^/]+")
+    url: Annotated[str, Field(pattern=r"^https?://[^/]+"), AfterValidator(checks.upstream_url)]
     models: tuple[str, ...] = Field(min_length=1)
-    weight: float = Field(default=1.0, ge=0)  # 0 = standby
-    bias_ms: float = 0.0
+    # The same bounds as the admin API's (fleet.config_doc): file and API agree.
+    weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
+    bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
     slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
     health_path: str = d.HEALTH_PATH
     drained: bool = False
@@ -84,7 +95,7 @@ class DefaultLocation(_Model):
 class GatewaySection(_Model):
     region: str
     origin: Literal["client", "self"] = "self"
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[Annotated[str, AfterValidator(checks.network)], ...] = ()
 
 
 class ServerSection(_Model):
@@ -97,6 +108,16 @@ class ServerSection(_Model):
     max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
     drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
     access_log: bool = True
+    max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
+    body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S
+    # Proxied besides the OpenAI endpoints (gateway.http.paths), e.g. a backend's "/v1/tokenize".
+    extra_api_paths: tuple[Annotated[str, AfterValidator(checks.api_path)], ...] = ()
+
+    # One worker's capacity (gateway.http.gate); max_connections 0: max_streams + headroom.
+    max_streams: int = Field(default=d.MAX_STREAMS, ge=1)
+    max_connections: int = Field(default=0, ge=0)
+    backlog: int = Field(default=d.BACKLOG, ge=128)  # granian refuses less
+    h2_max_concurrent_streams: int = Field(default=d.H2_MAX_CONCURRENT_STREAMS, ge=1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSection:
@@ -107,7 +128,8 @@ class ServerSection(_Model):
 
 class Timeouts(_Model):
     connect_s: PositiveFloat = d.CONNECT_TIMEOUT_S
-    first_byte_s: PositiveFloat = d.FIRST_BYTE_TIMEOUT_S
+    first_byte_s: PositiveFloat = d.FIRST_BYTE_TIMEOUT_S  # streaming requests ("stream": true)
+    response_s: PositiveFloat = d.RESPONSE_TIMEOUT_S  # non-streaming: the whole answer
     idle_s: PositiveFloat = d.IDLE_TIMEOUT_S
     total_s: PositiveFloat = d.TOTAL_TIMEOUT_S
 
@@ -117,6 +139,7 @@ class RetrySection(_Model):
     budget_ratio: Ratio = d.RETRY_BUDGET_RATIO
     budget_min_per_s: float = Field(default=d.RETRY_BUDGET_MIN_PER_S, ge=0)
     budget_window_s: PositiveFloat = d.RETRY_BUDGET_WINDOW_S
+    on_timeout: bool = False  # fail over a timeout at an upstream that accepted the request
 
 
 class RouterSection(_Model):
@@ -132,6 +155,10 @@ class HealthSection(_Model):
     unhealthy_threshold: int = Field(default=d.UNHEALTHY_THRESHOLD, ge=1)
     jitter: Ratio = d.HEALTH_JITTER
     rtt_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.RTT_EWMA_ALPHA
+    completion_probe: bool = False  # a tiny completion to each ejected upstream: may end it
+    completion_probe_path: str = Field(default=d.COMPLETION_PROBE_PATH, pattern=r"^/")
+    completion_probe_max_tokens: int = Field(default=d.COMPLETION_PROBE_MAX_TOKENS, ge=1)
+    completion_probe_timeout_s: PositiveFloat = d.COMPLETION_PROBE_TIMEOUT_S
 
 
 class OutlierSection(_Model):
@@ -165,7 +192,8 @@ class GeoIPSection(_Model):
 
 
 class RedisSection(_Model):
-    url: str = ""  # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
+    # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
+    url: Annotated[str, AfterValidator(checks.redis_url)] = ""
     deployment: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     gateway_id: str = ""  # empty: hostname-pid
     refresh_interval_s: PositiveFloat = d.FLEET_REFRESH_INTERVAL_S
@@ -174,8 +202,40 @@ class RedisSection(_Model):
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
 
 
+LEGACY_OPERATOR = "admin"  # who the single admin.token is
+
+
 class AdminSection(_Model):
-    token: str = ""  # empty: the admin API is off
+    """The admin API's operators, each with a token of their own (the audit's "who" is the
+    name whose token was sent); ``token``, the one shared token of old, is "admin"."""
+
+    token: str = ""
+    tokens: dict[
+        Annotated[str, AfterValidator(checks.operator_name)], Annotated[str, Field(min_length=1)]
+    ] = {}
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AdminSection:
+        tokens = list(self.operators().values())
+        if len(set(tokens)) != len(self.tokens) + bool(self.token):
+            raise ValueError(
+                "two operators share a name or a token (token is the operator 'admin'): the "
+                "audit could not tell them apart"
+            )
+        return self
+
+    def operators(self) -> dict[str, str]:
+        """Operator name -> token; empty: the admin API is off."""
+        legacy = {LEGACY_OPERATOR: self.token} if self.token else {}
+        return {**self.tokens, **legacy}
+
+
+class OpsSection(_Model):
+    """The ops listener (gateway.http.ops); ``token`` guards all but /admin/*."""
+
+    host: str = d.OPS_HOST
+    port: int = Field(default=d.OPS_PORT, ge=0, le=65535)  # 0: no ops listener
+    token: str = ""
 
 
 class Config(_Model):
@@ -191,9 +251,19 @@ class Config(_Model):
     geoip: GeoIPSection = GeoIPSection()
     redis: RedisSection = RedisSection()
     admin: AdminSection = AdminSection()
+    ops: OpsSection = OpsSection()
     regions: tuple[Region, ...] = Field(min_length=1)
     upstreams: tuple[Upstream, ...] = ()
     residency: tuple[ResidencyRule, ...] = ()
+
+    @model_validator(mode="after")
+    def _ops_port(self) -> Config:
+        if self.ops.port and self.ops.port == self.server.port:
+            raise ValueError(
+                f"ops.port {self.ops.port} is server.port too: the ops listener needs a port "
+                "of its own (ops.port = 0 turns it off)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -275,6 +345,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
+# Keys whose values are never repeated in a message: they hold passwords and tokens.
+_SECRET_KEYS = ("redis.url", "admin.", "ops.token")
+
+
 def parse_config(
     data: dict[str, Any], source: str, env: Mapping[str, str] | None = None, base: Path = Path()
 ) -> Config:
@@ -291,12 +365,22 @@ def parse_config(
             msg = "unknown key (a typo?)"
         elif first["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in first and not isinstance(first["input"], dict | list):
+        elif (
+            "input" in first
+            and not isinstance(first["input"], dict | list)
+            and not key.startswith(_SECRET_KEYS)
+        ):
             msg += f" (got {first['input']!r})"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         prefix = f"{key}: " if key else ""
         raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
-    return _resolve_paths(cfg, base)
+    cfg = _resolve_paths(cfg, base)
+    for key in ("tls_cert", "tls_key"):
+        # Read at start-up by the server, in a worker, as a traceback: check here, in one line.
+        if (p := getattr(cfg.server, key)) is not None and (why := checks.unreadable(p)):
+            where = origins.get(f"server.{key}", source)
+            raise ConfigError(f"config error in {where}: server.{key}: cannot read {p}: {why}")
+    return cfg
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:

@@ -8,12 +8,46 @@ PORT = 8080
 WORKERS = 1  # state is per process until Redis (issue 5); one worker keeps one view
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: streams in flight get this long to finish
+MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx's default
+# (4 buffers of 8 KiB) order of magnitude; an API request needs ~1 KiB, and what we accept
+# we forward, so a 100 KiB cookie jar would reach (and be refused by) every backend
+BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this: a 4 MiB body (max_body_bytes)
+# needs ~1.1 Mbit/s, a chat request of kilobytes a slow phone line; a client trickling one
+# byte a second holds its connection this long, not forever
+ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
+MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
+# share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule
+MAX_BIAS_MS = 10_000.0  # |bias_ms|: 10 s outweighs any RTT plus time to first token, so every
+# ordering is expressible; more is a typo
+
+# --- capacity and drain (one worker) ----------------------------------------------------------
+MAX_STREAMS = 10_000  # /v1 requests in flight per worker: an LLM gateway holds long SSE
+# streams, and one uvloop worker holds 10,000 (bench/streams.py); beyond, a fast 503, no queue
+CONNECTION_HEADROOM = 1024  # max_connections = max_streams + this: idle keep-alive connections,
+# health checks and the 503s for streams over the limit need a connection too
+BACKLOG = 4096  # kernel accept queue: a reconnect storm after a deploy (1,000+ new
+# connections/s) without SYN drops; Linux caps it at net.core.somaxconn (4096 since 5.4)
+H2_MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection: an edge tier multiplexes many
+# clients' streams on a few connections, and granian's 200 would queue the rest
+OVERLOAD_RETRY_AFTER_S = 1  # Retry-After on the 503 beyond max_streams: at 10,000 streams of
+# ~30 s each, ~300 end every second, so a slot is free again within a second
+FDS_PER_STREAM = 2  # a proxied stream holds the client's socket and the upstream's
+FD_RESERVE = 100  # listening sockets, logs, Redis, probes and the runtime's own descriptors
+WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan shuts down;
+# a worker still alive drain_timeout_s + this after SIGTERM is killed
+
+# --- ops listener ---------------------------------------------------------------------------
+OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public
+OPS_PORT = 9180  # not Prometheus's 9090 or node_exporter's 9100, which often share the host
 
 # --- upstream timeouts ----------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 3.0  # a cross-ocean TCP+TLS handshake is ~3 RTTs of ~0.3 s at worst
 FIRST_BYTE_TIMEOUT_S = 60.0  # a big prompt's prefill on a busy GPU can take tens of seconds
 IDLE_TIMEOUT_S = 60.0  # longest silence between two chunks of a streamed response
 TOTAL_TIMEOUT_S = 600.0  # a whole response; long generations at slow token rates
+RESPONSE_TIMEOUT_S = 600.0  # a non-streaming answer arrives whole when generation ends, so
+# its wait is the whole generation: as long as total_s allows any response (4,000 tokens at
+# 10 tokens/s plus queueing); first_byte_s (a prefill) would cut long answers off
 
 # --- retries --------------------------------------------------------------------------------
 MAX_ATTEMPTS = 3  # first try + 2 failovers: a second region, then a third
@@ -36,6 +70,10 @@ HEALTHY_THRESHOLD = 2  # consecutive good probes to come back: one lucky probe i
 UNHEALTHY_THRESHOLD = 2  # consecutive bad probes to go down: one dropped packet is not enough
 HEALTH_JITTER = 0.1  # +-10 % on each interval so a fleet's probes do not synchronise
 RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
+COMPLETION_PROBE_PATH = "/v1/chat/completions"  # what clients call, so what must work
+COMPLETION_PROBE_MAX_TOKENS = 1  # one token proves the model runs; costs one short prefill
+COMPLETION_PROBE_TIMEOUT_S = 10.0  # a one-token answer takes well under a second on a GPU;
+# 10 s allows a cold start or a prefill behind other gateways' requests
 
 # --- passive health (outlier ejection) ------------------------------------------------------
 CONSECUTIVE_FAILURES = 5  # Envoy's consecutive_5xx default

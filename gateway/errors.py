@@ -3,9 +3,16 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
 
     GatewayError                      anything the gateway reports to a client or an operator
      ├── ConfigError                  a config file or override is invalid (start-up)
+     ├── CannotListen                 an address to listen on is taken or not here (start-up)
+     ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
+     ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
      ├── RequestInvalid               the client's request cannot be served as sent
      │    ├── BodyTooLarge
+     │    ├── UnsupportedEncoding     a Content-Encoding the gateway cannot decode
+     │    ├── BodyTimeout             the body did not arrive within the read timeout
+     │    ├── HeadersTooLarge
      │    ├── UnknownEndpoint
+     │    ├── MethodNotAllowed        a known endpoint, another method (``allow`` lists them)
      │    └── ModelNotFound
      ├── AdminError
      │    ├── AdminDisabled           no admin token is configured
@@ -37,6 +44,18 @@ class ConfigError(GatewayError):
     pass
 
 
+class CannotListen(GatewayError):
+    pass
+
+
+class OpsUnauthorized(GatewayError):
+    pass
+
+
+class GatewayOverloaded(GatewayError):
+    pass
+
+
 class RequestInvalid(GatewayError):
     pass
 
@@ -45,8 +64,28 @@ class BodyTooLarge(RequestInvalid):
     pass
 
 
+class UnsupportedEncoding(RequestInvalid):
+    def __init__(self, message: str, accepted: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.accepted = accepted  # the content codings the gateway does decode
+
+
+class BodyTimeout(RequestInvalid):
+    pass
+
+
+class HeadersTooLarge(RequestInvalid):
+    pass
+
+
 class UnknownEndpoint(RequestInvalid):
     pass
+
+
+class MethodNotAllowed(RequestInvalid):
+    def __init__(self, message: str, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow  # the methods the endpoint does take
 
 
 class ModelNotFound(RequestInvalid):

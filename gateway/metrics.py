@@ -71,3 +71,18 @@ class Metrics:
         self.geoip_reloads = Counter(
             "geogate_geoip_reloads", "GeoIP reloads by result", ["result"], registry=r
         )
+        # Capacity of this worker: alert on in_flight / max_streams before clients see 503s.
+        self.requests_in_flight = Gauge(
+            "geogate_requests_in_flight", "/v1 requests in flight in this worker", registry=r
+        )
+        self.max_streams = Gauge(
+            "geogate_max_streams",
+            "/v1 requests this worker holds at once (server.max_streams, or fewer when the "
+            "descriptor limit allows fewer)",
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "geogate_overload_rejected",
+            "/v1 requests answered 503 at once because max_streams were in flight",
+            registry=r,
+        )

@@ -40,6 +40,12 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     logging.getLogger("geodb").handlers = root.handlers
     logging.getLogger("geodb").setLevel(level)
+    if not access_log.handlers:
+        # The access line is a JSON object and nothing else, as log pipelines read it.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.propagate = False
 
 
 def default_location(config: Config) -> Location:

@@ -1,31 +1,63 @@
 """Run the app on an ASGI server: granian (default) or hypercorn, both on uvloop.
 
 granian was chosen by measurement (bench/overhead.py, README "Performance"): its Rust HTTP
-stack speaks HTTP/1.1, h2c with prior knowledge and TLS with ALPN h2, and on SIGTERM it stops
-accepting, lets open streams finish and kills a worker that is still busy after the drain
-timeout. hypercorn stays as the pure-Python engine for platforms without granian wheels.
+stack speaks HTTP/1.1, h2c with prior knowledge and TLS with ALPN h2. hypercorn stays as the
+pure-Python engine for platforms without granian wheels. Both behave alike on SIGTERM: each
+worker drains (``gateway.http.gate``: /readyz answers 503 while the requests in flight finish,
+up to server.drain_timeout_s), then its server stops.
+
+Before either starts, this process checks that the public address is free (granian binds with
+SO_REUSEPORT, so a second gateway on a taken port would start and share its traffic), binds the
+ops listener's socket for the workers to inherit, and raises its descriptor limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import ipaddress
 import math
 import os
+import resource
 import signal
+import socket
 from pathlib import Path
 
+from starlette.applications import Starlette
+
+from gateway import defaults as d
 from gateway.config import ENV_CONFIG_FILE, Config
+from gateway.errors import CannotListen
+from gateway.http.gate import Capacity, capacity, fd_limit
+from gateway.http.ops import ENV_OPS_FD
+from gateway.runtime import log
 
 
-def run_granian(config: Config, config_path: Path) -> None:
+def granian_app() -> Starlette:
+    """granian's factory, called in each worker process."""
+    from gateway.http.app import create_app
+
+    fd = os.environ.get(ENV_OPS_FD)
+    return create_app(stop=_stop_granian_worker, ops_fd=int(fd) if fd else None)
+
+
+def _stop_granian_worker() -> None:
+    # granian's worker stops on SIGINT or SIGTERM alike; the app took SIGTERM over for its
+    # drain, and hands granian the SIGINT when the drain is done.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP2Settings
     from granian.server import Server
 
     s = config.server
     # Workers are separate processes: they load the same file, overrides included.
     os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
     server = Server(
-        "gateway.http.app:create_app",
+        "gateway.server:granian_app",
         address=s.host,
         port=s.port,
         interface=Interfaces.ASGI,
@@ -35,14 +67,19 @@ def run_granian(config: Config, config_path: Path) -> None:
         factory=True,
         ssl_cert=s.tls_cert,
         ssl_key=s.tls_key,
-        workers_kill_timeout=max(1, math.ceil(s.drain_timeout_s)),
+        # The workers drain for up to drain_timeout_s themselves; this is the backstop.
+        workers_kill_timeout=math.ceil(s.drain_timeout_s + d.WORKER_EXIT_GRACE_S),
         log_access=False,  # the app writes its own access line, with request id and route
-        backlog=2048,
+        backlog=s.backlog,
+        # Connections a worker holds open; granian's default (backlog / workers) capped a
+        # worker at 2,048 streams and queued the rest unseen in the accept queue.
+        backpressure=cap.connections,
+        http2_settings=HTTP2Settings(max_concurrent_streams=s.h2_max_concurrent_streams),
     )
     server.serve()
 
 
-def run_hypercorn(config: Config) -> None:
+def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
     import uvloop
     from hypercorn.asyncio import serve
     from hypercorn.config import Config as HConfig
@@ -52,19 +89,22 @@ def run_hypercorn(config: Config) -> None:
     s = config.server
     hc = HConfig()
     hc.bind = [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"]
-    hc.graceful_timeout = s.drain_timeout_s
+    hc.graceful_timeout = d.WORKER_EXIT_GRACE_S  # after the app's own drain (http.gate)
     hc.accesslog = None
+    hc.backlog = s.backlog
+    hc.h2_max_concurrent_streams = s.h2_max_concurrent_streams
     # hypercorn closes a connection after 1000 requests by default; granian does not, and a
     # long-lived multiplexed h2 connection from an edge tier is exactly what we want to keep.
     hc.keep_alive_max_requests = 2**31
     if s.tls_cert and s.tls_key:
         hc.certfile, hc.keyfile = str(s.tls_cert), str(s.tls_key)
         hc.alpn_protocols = ["h2", "http/1.1"]
-    app = create_app(config)
 
     async def main() -> None:
         stop = asyncio.Event()
+        app = create_app(config, stop=stop.set, ops_fd=ops.fileno() if ops else None)
         loop = asyncio.get_running_loop()
+        # Until the app's lifespan takes SIGTERM over (to drain first), both stop at once.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
@@ -72,8 +112,94 @@ def run_hypercorn(config: Config) -> None:
     uvloop.run(main())
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(host: str, port: int, key: str) -> socket.socket:
+    """A socket bound to host:port without SO_REUSEPORT, so that a port another process
+    listens on (with or without it) is refused; CannotListen says which, in one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # SO_REUSEADDR only lets a restart bind over its predecessor's TIME_WAIT connections.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = {
+            errno.EADDRINUSE: "address already in use (is another gateway running?)",
+            errno.EADDRNOTAVAIL: "no such address on this machine",
+            errno.EACCES: "permission denied (ports under 1024 need privileges)",
+        }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+        raise CannotListen(f"cannot listen on {_address(host, port)} ({key}): {why}") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {_address(host, port)} ({key}): {exc}") from None
+    return sock
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard one (no privilege needed); the workers inherit it.
+    Every stream holds two descriptors, and distributions' soft default is 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit is above the kernel's nr_open: then the soft one stays.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return fd_limit()
+
+
+def _log_listeners(config: Config, cap: Capacity) -> None:
+    s, ops = config.server, config.ops
+    log.info(
+        "file descriptors: %d (allows about %d concurrent streams per worker)",
+        cap.fds,
+        cap.fd_streams,
+    )
+    if cap.fd_streams < s.max_streams:
+        log.warning(
+            "server.max_streams = %d needs about %d file descriptors and this process may "
+            "open %d: each worker holds %d streams and answers 503 beyond; raise the hard "
+            "limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=) to hold more",
+            s.max_streams,
+            s.max_streams * d.FDS_PER_STREAM + d.FD_RESERVE,
+            cap.fds,
+            cap.streams,
+        )
+    if not ops.port:
+        log.info("ops listener off (ops.port = 0): no /metrics, /routing-table, /explain, /admin")
+        return
+    log.info(
+        "ops listener: http://%s (/metrics /routing-table /explain /admin/*)%s",
+        _address(ops.host, ops.port),
+        ", token required" if ops.token else "",
+    )
+    if not ops.token and not _loopback(ops.host):
+        log.warning(
+            "ops listener on %s without ops.token: anyone who reaches it reads upstream ids, "
+            "errors and GeoIP lookups; set ops.token or keep ops.host on loopback",
+            ops.host,
+        )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def run(config: Config, config_path: Path) -> None:
-    if config.server.engine == "hypercorn":
-        run_hypercorn(config)
+    s, o = config.server, config.ops
+    bind(s.host, s.port, "server.port").close()  # the server binds it again, in a moment
+    ops = bind(o.host, o.port, "ops.port") if o.port else None
+    if ops is not None:
+        ops.listen(d.BACKLOG)
+        os.environ[ENV_OPS_FD] = str(ops.fileno())  # granian's workers inherit it (fork)
+    cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
+    _log_listeners(config, cap)
+    if s.engine == "hypercorn":
+        run_hypercorn(config, ops)
     else:
-        run_granian(config, config_path)
+        run_granian(config, config_path, cap)

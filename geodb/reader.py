@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -92,6 +93,14 @@ def open_database(path: Path) -> _Loaded:
     return _Loaded(reader, kind, stamp, db_type)
 
 
+class Reload(StrEnum):
+    """What ``maybe_reload`` did; the values are the reload metric's labels."""
+
+    UNCHANGED = "unchanged"
+    RELOADED = "ok"
+    REFUSED = "refused"  # the new file failed to open: the previous one keeps serving
+
+
 class GeoIPSource:
     """Locates addresses with a GeoIP2 database; ``maybe_reload`` swaps in a replaced file."""
 
@@ -105,8 +114,8 @@ class GeoIPSource:
     def database_type(self) -> str:
         return self._db.database_type
 
-    def maybe_reload(self) -> bool:
-        """Reload if the file changed; True when a new database is now serving.
+    def maybe_reload(self) -> Reload:
+        """Reload if the file changed: ``RELOADED`` when a new database is now serving.
 
         A file that fails to open is refused with one log line and the previous database keeps
         serving; the same broken file is not retried (or logged) again until it changes.
@@ -114,19 +123,19 @@ class GeoIPSource:
         try:
             stamp = _stamp(self.path)
         except OSError:
-            return False  # mid-replacement or deleted: keep serving what we have
+            return Reload.UNCHANGED  # mid-replacement or deleted: keep serving what we have
         if stamp in (self._db.stamp, self._refused):
-            return False
+            return Reload.UNCHANGED
         try:
             new = open_database(self.path)
         except DatabaseError as exc:
             self._refused = stamp
             log.error("refused GeoIP reload, still serving the previous file: %s", exc)
-            return False
+            return Reload.REFUSED
         old, self._db = self._db, new
         old.reader.close()
         log.info("reloaded GeoIP database %s (%s)", self.path, new.database_type)
-        return True
+        return Reload.RELOADED
 
     def locate(self, ip: IPAddress | None) -> Location:
         if ip is None:

@@ -100,10 +100,16 @@ class Service:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    ops_port: int = 0  # a gateway's ops listener (/metrics, /routing-table, /explain, /admin)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        assert self.ops_port, "this service has no ops listener"
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -115,13 +121,23 @@ class Service:
 Gateway = Service
 
 
+def with_ops_port(toml: str, ops_port: int) -> str:
+    """The config with its ops listener on ``ops_port`` (into its [ops] table if it has one):
+    the default port would be shared by every gateway a test starts."""
+    if "[ops]" in toml:
+        return toml.replace("[ops]", f"[ops]\nport = {ops_port}", 1)
+    return f"{toml}\n[ops]\nport = {ops_port}\n"
+
+
 def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "gw") -> Gateway:
-    port = free_port()
+    port, ops_port = free_port(), free_port()
+    while ops_port == port:
+        ops_port = free_port()
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(toml_for_port(port))
+    cfg.write_text(with_ops_port(toml_for_port(port), ops_port))
     log = tmp / f"{name}.log"
     proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), log)
-    gw = Gateway(proc, port, log)
+    gw = Gateway(proc, port, log, ops_port)
     wait_http(f"{gw.url}/healthz", proc=proc)
     return gw
 

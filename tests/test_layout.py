@@ -29,7 +29,6 @@ COVERED_BY_FEATURE_TESTS = {
     "gateway/fleet/config_io.py": "tests/gateway/fleet/test_fleet.py",  # real redis-server
     "gateway/http/app.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/asgi.py": "tests/gateway/http/test_proxy.py",
-    "gateway/http/admin.py": "tests/gateway/fleet/test_fleet.py",
     "gateway/http/endpoints.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/exchange.py": "tests/gateway/http/test_proxy.py",  # the access-log line
     "gateway/http/upstream.py": "tests/gateway/http/test_failover.py",

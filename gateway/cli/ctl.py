@@ -8,6 +8,7 @@ import json
 
 from redis.exceptions import RedisError
 
+from gateway.checks import redact_url, redis_url
 from gateway.cli.errors import CLIError
 from gateway.errors import FleetConfigInvalid
 from gateway.fleet import config_doc, config_io
@@ -18,6 +19,10 @@ CTL_TIMEOUT_S = 3.0
 
 async def _ctl(args: argparse.Namespace) -> None:
     keys = Keys(args.deployment)
+    try:
+        redis_url(args.redis)
+    except ValueError as exc:
+        raise CLIError(f"--redis {exc}") from None  # the URL in it has its password masked
     r = connect(args.redis, CTL_TIMEOUT_S)
     try:
         doc, version = await config_io.load(r, keys)
@@ -66,4 +71,4 @@ def run_ctl(args: argparse.Namespace) -> None:
     except FleetConfigInvalid as exc:
         raise CLIError(str(exc)) from None
     except (RedisError, OSError) as exc:
-        raise CLIError(f"cannot reach Redis at {args.redis}: {exc}") from None
+        raise CLIError(f"cannot reach Redis at {redact_url(args.redis)}: {exc}") from None

@@ -47,7 +47,7 @@ LOAD_REQUESTS = 300
 LOAD_CONCURRENCY = 12
 
 
-def _config(ports: dict[str, int], gw_port: int, db: Path) -> str:
+def _config(ports: dict[str, int], gw_port: int, ops_port: int, db: Path) -> str:
     lines = [
         "[gateway]",
         'region = "eu-central"',
@@ -61,6 +61,9 @@ def _config(ports: dict[str, int], gw_port: int, db: Path) -> str:
         "interval_s = 0.5",
         "timeout_s = 0.5",
         "unhealthy_threshold = 1",
+        "",
+        "[ops]",
+        f"port = {ops_port}",
         "",
         "[geoip]",
         f'database = "{db}"',
@@ -165,12 +168,13 @@ async def _load(gw: str, cities: list[City], total: int) -> tuple[int, dict[str,
     return failed, served
 
 
-async def _until_unhealthy(gw: str, region: str, within_s: float = 10.0) -> None:
-    """Poll the gateway's routing table until its probes have seen the region go down."""
+async def _until_unhealthy(ops: str, region: str, within_s: float = 10.0) -> None:
+    """Poll the gateway's routing table (on its ops listener) until its probes have seen the
+    region go down."""
     deadline = time.monotonic() + within_s
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
-            async with s.get(f"{gw}/routing-table") as r:
+            async with s.get(f"{ops}/routing-table") as r:
                 table = await r.json()
             if not any(x["healthy"] for x in table["regions"] if x["id"] == region):
                 return
@@ -178,7 +182,7 @@ async def _until_unhealthy(gw: str, region: str, within_s: float = 10.0) -> None
     raise TimeoutError(f"the gateway still sees {region} as healthy after {within_s:g} s")
 
 
-async def _scenario(gw: str, sims: dict[str, subprocess.Popen[bytes]]) -> None:
+async def _scenario(gw: str, ops: str, sims: dict[str, subprocess.Popen[bytes]]) -> None:
     results = [await _ask(gw, c) for c in CITIES]
     _table(results, "1. Each city is served by the region nearest to it:")
     print(
@@ -202,7 +206,7 @@ async def _scenario(gw: str, sims: dict[str, subprocess.Popen[bytes]]) -> None:
     print("   Killing the eu-central backend too: London is refused rather than sent abroad,")
     print("   everyone else moves on.")
     kill(sims["eu-central"])
-    await _until_unhealthy(gw, "eu-central")
+    await _until_unhealthy(ops, "eu-central")
     _table([await _ask(gw, c) for c in CITIES], "   With only ap-southeast left:")
 
 
@@ -219,6 +223,7 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
     )
     ports = {rid: free_port() for rid in REGIONS}
     gw_port = port or free_port()
+    ops_port = next(p for p in iter(free_port, 0) if p != gw_port)
     sims = {
         rid: spawn(
             geogate_cmd(
@@ -239,19 +244,19 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
         for rid, p in ports.items()
     }
     cfg = work / "gateway.toml"
-    cfg.write_text(_config(ports, gw_port, db))
+    cfg.write_text(_config(ports, gw_port, ops_port, db))
     gw_proc = None
     try:
         for rid, p in ports.items():
             wait_http(f"http://127.0.0.1:{p}/health", proc=sims[rid])
         gw_proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), work / "gateway.log")
-        gw = f"http://127.0.0.1:{gw_port}"
+        gw, ops = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ops_port}"
         wait_http(f"{gw}/readyz", proc=gw_proc)
         print(
             f"geogate demo: 3 simulated regions, gateway at {gw} (origin=client), "
             f"GeoIP {db.name}; logs in {work}"
         )
-        asyncio.run(_scenario(gw, sims))
+        asyncio.run(_scenario(gw, ops, sims))
         print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
         if keep_running:
             print(
@@ -259,7 +264,7 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
                 f"  curl --interface 127.0.0.2 -i {gw}/v1/chat/completions \\\n"
                 f'       -d \'{{"model": "{MODEL}", "messages": '
                 '[{"role": "user", "content": "hi"}]}\'\n'
-                f"  curl {gw}/routing-table"
+                f"  curl {ops}/routing-table   # the ops listener: loopback only"
             )
             for rid in ("us-east", "eu-central"):  # bring the killed regions back
                 sims[rid] = spawn(

@@ -8,12 +8,14 @@ residency rules); timeouts, ports and the like stay per gateway in its file.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.config import Config
+from gateway.defaults import MAX_BIAS_MS, MAX_WEIGHT
 from gateway.errors import FleetConfigInvalid
 
 ROUTING_KEYS = ("regions", "upstreams", "residency")
@@ -37,14 +39,22 @@ def apply_doc(config: Config, doc: dict[str, Any]) -> Config:
         raise FleetConfigInvalid(f"invalid fleet config: {where}: {first['msg']}") from None
 
 
+# The numbers' bounds: the same as the config file's (config.Upstream), so file and API agree.
+BOUNDS = {"weight": (0.0, MAX_WEIGHT), "bias_ms": (-MAX_BIAS_MS, MAX_BIAS_MS)}
+
+
 def _check_value(key: str, kind: type, v: Any) -> None:
-    ok = (
-        isinstance(v, bool)
-        if kind is bool
-        else (isinstance(v, int | float) and not isinstance(v, bool))
-    )
-    if not ok:
-        raise FleetConfigInvalid(f"{key} must be {'true or false' if kind is bool else 'a number'}")
+    if kind is bool:
+        if not isinstance(v, bool):
+            raise FleetConfigInvalid(f"{key} must be true or false")
+        return
+    low, high = BOUNDS[key]
+    # json.loads reads NaN, Infinity and 1e309 as floats: refused here, or one bad PATCH makes
+    # every score NaN and the config unprintable as JSON.
+    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+        raise FleetConfigInvalid(f"{key} must be a finite number (got {v!r})")
+    if not low <= v <= high:
+        raise FleetConfigInvalid(f"{key} must be between {low:g} and {high:g} (got {v!r})")
 
 
 def change_upstream(

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
+from gateway.checks import redact_url
 from gateway.errors import ConfigError
 
 
@@ -77,5 +78,5 @@ def connect(url: str, timeout_s: float) -> Redis:
         master: Redis = sentinel.master_for(path[0], db=db, password=password, **opts)
         return master
     raise ConfigError(
-        f"config error: redis.url {url!r}: use redis://, rediss:// or redis+sentinel://"
+        f"config error: redis.url {redact_url(url)!r}: use redis://, rediss:// or redis+sentinel://"
     )

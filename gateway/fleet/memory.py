@@ -17,7 +17,13 @@ from typing import Any
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
 from gateway.fleet import config_doc
-from gateway.routing.health import UpstreamHealth, apply_probe, apply_result
+from gateway.routing.health import (
+    UpstreamHealth,
+    apply_probe,
+    apply_result,
+    ejection_over,
+    end_ejection,
+)
 from gateway.routing.load import LoadReading, LoadState, next_load
 from gateway.routing.members import Address, expand
 from gateway.routing.model import RegionPoint, Snapshot, UpstreamView
@@ -168,6 +174,18 @@ class MemoryStateStore:
         if ejected:
             self._snap = None
         return ejected
+
+    def end_ejection(self, upstream_id: str, now: float) -> bool:
+        h = self._health.get(upstream_id)
+        if h is None or not end_ejection(h, now):
+            return False
+        self._snap = None
+        return True
+
+    def ejection_over(self, upstream_id: str, now: float) -> bool:
+        # The snapshot already rebuilt itself when the ejection ran out (_valid_until).
+        h = self._health.get(upstream_id)
+        return h is not None and ejection_over(h, now)
 
     def record_load(self, upstream_id: str, reading: LoadReading, now: float) -> None:
         self.record_loads({upstream_id: reading}, now)

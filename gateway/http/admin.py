@@ -4,23 +4,29 @@
   PATCH /admin/upstreams/{id}          {"weight": 2, "bias_ms": 10, "drained": true}
   GET   /admin/audit?count=50          newest changes first
 
-``Authorization: Bearer <admin.token>``; ``X-Geogate-Operator: name`` says who (default
-"admin-api"). With Redis the change is fleet-wide: every gateway applies it within a second.
+``Authorization: Bearer <token>``: each operator has a token of their own (``admin.tokens``,
+name -> token), and the audit's "who" is the name of the token sent; the single
+``admin.token`` of old is the operator "admin". ``X-Geogate-Operator`` is ignored: a name a
+client declares authenticates nobody. With Redis the change is fleet-wide: every gateway
+applies it within a second.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.defaults import ADMIN_MAX_BODY_BYTES
 from gateway.errors import (
     AdminDisabled,
+    BodyTooLarge,
     GatewayError,
     RequestInvalid,
     SharedStateUnavailable,
@@ -31,7 +37,6 @@ from gateway.http.errors import json_error
 from gateway.runtime import Runtime, log
 
 MAX_AUDIT_COUNT = 1000
-MAX_OPERATOR_NAME = 64
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -59,10 +64,7 @@ def admin_routes(rt: Runtime) -> list[Route]:
         )
 
     async def patch_upstream(request: Request, who: str) -> Response:
-        try:
-            changes = json.loads(await request.body())
-        except json.JSONDecodeError as exc:
-            raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
+        changes = await _json_body(request)
         if not isinstance(changes, dict):
             raise RequestInvalid('send a JSON object such as {"weight": 2}')
         uid = request.path_params["uid"]
@@ -91,15 +93,57 @@ def admin_routes(rt: Runtime) -> list[Route]:
 
 
 def _operator(rt: Runtime, request: Request) -> str:
-    token = rt.config.admin.token
-    if not token:
+    operators = rt.config.admin.operators()
+    if not operators:
         raise AdminDisabled(
-            "the admin API is off on this gateway: set admin.token "
-            "(or GEOGATE_ADMIN__TOKEN) to turn it on"
+            "the admin API is off on this gateway: give each operator a token in admin.tokens "
+            '(e.g. GEOGATE_ADMIN__TOKENS=\'{"alice": "..."}\') to turn it on'
         )
-    sent = request.headers.get("authorization", "")
-    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    who = operator_of(request.headers.get("authorization", ""), operators)
+    if who is None:
         raise Unauthorized("missing or wrong admin token: send Authorization: Bearer <token>")
-    who = request.headers.get("x-geogate-operator", "admin-api")
-    # The name goes into logs and the audit trail: printable and short, or not at all.
-    return who[:MAX_OPERATOR_NAME] if who.isprintable() and who else "admin-api"
+    return who
+
+
+def operator_of(authorization: str, operators: Mapping[str, str]) -> str | None:
+    """The operator whose token ``authorization`` ("Bearer <token>") carries, or None.
+
+    Every token is compared, in constant time, whatever matched: how long the check takes
+    says nothing about which token, or how much of one, was right."""
+    scheme, _, credentials = authorization.partition(" ")
+    sent = credentials.encode()
+    found = None
+    for name, token in operators.items():
+        if hmac.compare_digest(sent, token.encode()):
+            found = name
+    return found if scheme.lower() == "bearer" else None  # schemes are case-insensitive
+
+
+async def _json_body(request: Request) -> Any:
+    """The body as JSON, read up to ``ADMIN_MAX_BODY_BYTES``: a bigger one is refused as it
+    arrives, never held whole in memory."""
+    limit = ADMIN_MAX_BODY_BYTES
+    too_large = BodyTooLarge(
+        f"admin request body is over {limit} bytes; a change is a few fields, such as "
+        '{"weight": 2}'
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except json.JSONDecodeError as exc:
+        raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise RequestInvalid("body is not UTF-8 text; send JSON") from None
+    except RecursionError:
+        raise RequestInvalid(
+            'body is nested too deeply; send an object such as {"weight": 2}'
+        ) from None

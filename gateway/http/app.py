@@ -5,47 +5,73 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from gateway.client import new_session
 from gateway.config import ENV_CONFIG_FILE, Config, load_config
-from gateway.http.admin import admin_routes
 from gateway.http.endpoints import Endpoints, not_found
+from gateway.http.errors import http_exception
+from gateway.http.gate import StreamGate, capacity, fd_limit
 from gateway.http.intake import Proxy
+from gateway.http.ops import OpsListener
 from gateway.runtime import Runtime, build_runtime, log, setup_logging
 from gateway.watch import first_look, start_watchers
 
 
-def create_app(config: Config | None = None) -> Starlette:
-    """The app; with no config, read the file named by $GEOGATE_CONFIG (how worker processes
-    of the ASGI server get it)."""
+def create_app(
+    config: Config | None = None,
+    *,
+    stop: Callable[[], None] | None = None,
+    ops_fd: int | None = None,
+) -> Starlette:
+    """The public app; with no config, read the file named by $GEOGATE_CONFIG (how worker
+    processes of the ASGI server get it).
+
+    ``stop``: how this worker's server stops; given, SIGTERM drains first (``http.gate``).
+    ``ops_fd``: the ops listener's socket, bound by the parent (``http.ops``)."""
     if config is None:
         setup_logging()
         config = load_config(Path(os.environ[ENV_CONFIG_FILE]))
     rt = build_runtime(config)
+    s = config.server
+    gate = StreamGate(rt, Proxy(rt), capacity(fd_limit(), s.max_streams, s.max_connections).streams)
+    ops = OpsListener(rt, ops_fd) if ops_fd is not None else None
     app = Starlette(
         routes=[
             *Endpoints(rt).routes(),
-            *admin_routes(rt),
-            Route("/v1/{path:path}", Proxy(rt), methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+            # Every method: the proxy answers a wrong one itself, in JSON (gateway.http.paths).
+            Route("/v1/{path:path}", gate),
         ],
-        lifespan=lambda app: lifespan(rt),
+        lifespan=lambda app: lifespan(rt, gate, ops, stop),
+        exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, too
     )
     app.router.default = not_found
     return app
 
 
 @contextlib.asynccontextmanager
-async def lifespan(rt: Runtime) -> AsyncIterator[None]:
+async def lifespan(
+    rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
+) -> AsyncIterator[None]:
     config = rt.config
     rt.session = new_session(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
     tasks = start_watchers(rt)
+    if stop is not None:
+        # Replaces the server's own SIGTERM handler in this worker, which would stop accepting
+        # at once: a load balancer would see a dead target instead of a draining one.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGTERM, gate.on_sigterm, config.server.drain_timeout_s, stop
+        )
+    if ops is not None:
+        await ops.start()
     log.info(
         "gateway region=%s origin=%s upstreams=%d geoip=%s",
         config.gateway.region,
@@ -57,6 +83,8 @@ async def lifespan(rt: Runtime) -> AsyncIterator[None]:
         yield
     finally:
         rt.draining = True
+        if ops is not None:
+            await ops.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ModelNotFound, UnknownEndpoint
+from gateway.errors import ModelNotFound, RequestInvalid, UnknownEndpoint
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.routing.model import UpstreamView
@@ -23,14 +23,21 @@ class Endpoints:
         self.rt = rt
 
     def routes(self) -> list[Route]:
+        """The public listener's: liveness, readiness, the model list."""
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
+            Route("/v1/models", self.models),
+            Route("/v1/models/{model:path}", self.model_one),
+        ]
+
+    def ops_routes(self) -> list[Route]:
+        """The ops listener's (``gateway.http.ops``): upstream ids, errors and a GeoIP lookup
+        are for operators and the edge tier, not for anyone who can reach the API."""
+        return [
             Route("/metrics", self.metrics),
             Route("/routing-table", self.routing_table),
             Route("/explain", self.explain),
-            Route("/v1/models", self.models),
-            Route("/v1/models/{model:path}", self.model_one),
         ]
 
     def _healthy_upstreams(self) -> list[UpstreamView]:
@@ -95,6 +102,7 @@ class Endpoints:
             "healthy": u.healthy,
             "drained": u.drained,
             "weight": u.weight,
+            "bias_ms": u.bias_ms,
             "rtt_ms": None if u.rtt_ms is None else round(u.rtt_ms, 2),
             "models": sorted(u.models),
             "in_flight": in_flight,
@@ -145,7 +153,12 @@ class Endpoints:
             try:
                 ip = ipaddress.ip_address(ip_text)
             except ValueError:
-                return json_error(UnknownEndpoint(f"ip {ip_text!r} is not an IP address"))
+                return json_error(
+                    RequestInvalid(
+                        f"ip {ip_text!r} is not an IP address; give one such as ip=203.0.113.7, "
+                        "or leave ip out for the decision on your own address"
+                    )
+                )
             routed = self.rt.route_ip(ip, False, model, now)
         else:
             peer = request.client.host if request.client else None
@@ -165,9 +178,13 @@ class Endpoints:
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    await send_error(
-        send,
-        UnknownEndpoint(
-            f"{scope['path']} is not an endpoint of this gateway; the API is under /v1/"
-        ),
-    )
+    path = scope["path"]
+    if path == "/admin" or path.startswith("/admin/"):
+        # An operator with a typo: point at the admin API, not at the model API.
+        what = (
+            "is not an endpoint of the admin API, which has GET /admin/config, "
+            "PATCH /admin/upstreams/{id} and GET /admin/audit (on the ops listener)"
+        )
+    else:
+        what = "is not an endpoint of this gateway; the API is under /v1/"
+    await send_error(send, UnknownEndpoint(f"{path} {what}"))

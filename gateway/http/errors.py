@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from gateway import errors as e
 from gateway.http.asgi import Send, send_json
@@ -16,9 +18,15 @@ from gateway.http.asgi import Send, send_json
 # class -> (HTTP status, OpenAI error type, code)
 HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.GatewayError: (500, "server_error", "internal_error"),
+    e.OpsUnauthorized: (401, "invalid_request_error", "invalid_ops_token"),
+    e.GatewayOverloaded: (503, "service_unavailable", "gateway_at_capacity"),
     e.RequestInvalid: (400, "invalid_request_error", "invalid_request"),
     e.BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
+    e.UnsupportedEncoding: (415, "invalid_request_error", "unsupported_content_encoding"),
+    e.BodyTimeout: (408, "invalid_request_error", "request_timeout"),
+    e.HeadersTooLarge: (431, "invalid_request_error", "request_headers_too_large"),
     e.UnknownEndpoint: (404, "invalid_request_error", "unknown_url"),
+    e.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.AdminDisabled: (404, "invalid_request_error", "admin_disabled"),
     e.Unauthorized: (401, "invalid_request_error", "invalid_admin_token"),
@@ -50,7 +58,12 @@ def error_body(err: e.GatewayError) -> dict[str, Any]:
 
 
 def error_headers(err: e.GatewayError) -> dict[str, str]:
-    return {} if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+    out = {} if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+    if isinstance(err, e.MethodNotAllowed):
+        out["Allow"] = ", ".join(err.allow)  # RFC 9110 §15.5.6: a 405 must say what is allowed
+    if isinstance(err, e.UnsupportedEncoding):
+        out["Accept-Encoding"] = ", ".join(err.accepted)  # RFC 7694: what a 415 would take
+    return out
 
 
 def json_error(err: e.GatewayError) -> JSONResponse:
@@ -64,3 +77,19 @@ async def send_error(
     """For raw ASGI code (the proxy)."""
     headers = [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
     await send_json(send, status_of(err), error_body(err), headers + (extra or []))
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (a wrong method on one of the gateway's endpoints), in the same
+    shape as every other error: ``exception_handlers={HTTPException: http_exception}``."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        # Starlette's Allow comes from a set: sorted, it reads the same every time.
+        allow = tuple(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",")))
+        return json_error(
+            e.MethodNotAllowed(f"{where} is not allowed; use {', '.join(allow)}", allow)
+        )
+    body = {"error": {"message": f"{where}: {exc.detail}", "type": "invalid_request_error"}}
+    body["error"]["code"] = f"http_{exc.status_code}"
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

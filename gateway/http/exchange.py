@@ -4,8 +4,10 @@ end instead of being used to carry data between steps."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from gateway.http.asgi import Scope
 from gateway.routing.model import Decision
@@ -19,6 +21,7 @@ class Exchange:
     started: float  # time.perf_counter() when the request arrived
     body: bytes = b""
     model: str = ""
+    stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
     routed: Routed | None = None  # client, location, decision
     attempts: int = 0  # upstream attempts made
     upstream: str = "-"  # the upstream that answered
@@ -40,16 +43,22 @@ class Exchange:
         return time.perf_counter() - self.started
 
     def log(self) -> None:
+        """One JSON object per line: every field is escaped by json.dumps (ASCII only), so no
+        path, request id or header a client sends can end the line or fake a field."""
         r = self.routed
         access_log.info(
-            "rid=%s %s %s status=%d upstream=%s attempts=%d ms=%.1f client=%s country=%s",
-            self.id,
-            self.scope["method"],
-            self.scope["path"],
-            self.status,
-            self.upstream,
-            self.attempts,
-            self.elapsed_s() * 1000,
-            r.client if r and r.client else "-",
-            r.location.country if r and r.location.country else "-",
+            json.dumps(
+                {
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "rid": self.id,
+                    "method": self.scope["method"],
+                    "path": self.scope["path"],
+                    "status": self.status,
+                    "upstream": self.upstream,
+                    "attempts": self.attempts,
+                    "ms": round(self.elapsed_s() * 1000, 1),
+                    "client": str(r.client) if r and r.client else None,
+                    "country": r.location.country if r else None,
+                }
+            )
         )

@@ -1,7 +1,8 @@
-"""Header rules for proxying: hop-by-hop removal, X-Forwarded-*, X-Request-Id."""
+"""Header rules for proxying: hop-by-hop removal, X-Forwarded-*, X-Real-IP, X-Request-Id."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -20,6 +21,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
+# Claims about the client or the request at the edge. Only a trusted proxy's are passed on;
+# anyone else's are the client speaking about itself, and a backend (or its logs, or a rate
+# limiter) that believed them would believe a forgery vouched for by the gateway.
+_EDGE_CLAIMS = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+    }
+)
 _RESPONSE_DROP = HOP_BY_HOP | {b"server", b"date"}
 
 ROUTE_HEADER = "geogate-route"
@@ -36,9 +49,13 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     }
 
 
+# RFC 9110 §5.6.2 token characters: no space, quote, comma, control or non-ASCII character,
+# so an id is one word wherever it goes (a log field, a header sent back, a trace id).
+_TOKEN = re.compile(rf"[!#$%&'*+\-.^_`|~0-9A-Za-z]{{1,{MAX_REQUEST_ID_LEN}}}")
+
+
 def valid_request_id(value: str | None) -> bool:
-    # Printable ASCII only: the id goes into logs, and a newline in it would forge a log line.
-    return bool(value) and len(value or "") <= MAX_REQUEST_ID_LEN and (value or "").isprintable()
+    return value is not None and _TOKEN.fullmatch(value) is not None
 
 
 def request_id(sent: str | None) -> str:
@@ -48,17 +65,24 @@ def request_id(sent: str | None) -> str:
 def upstream_request_headers(
     raw: list[tuple[bytes, bytes]],
     *,
+    peer: str | None,
     client: str | None,
     peer_trusted: bool,
     scheme: str,
     rid: str,
 ) -> list[tuple[str, str]]:
-    """Headers for the upstream request.
+    """Headers for the upstream request. ``peer`` is the socket peer, ``client`` the client
+    resolved from it (the trusted-proxy walk of X-Forwarded-For).
 
-    X-Forwarded-For from a trusted proxy is extended; from anyone else it is replaced, so a
-    client cannot hand our upstreams a forged chain that looks vouched for by the gateway.
+    X-Forwarded-For from a trusted proxy is extended with the peer, the hop we received it
+    from (as every proxy does: the balancer's own address stays in the chain); from anyone
+    else it is replaced by the peer, so a client cannot hand our upstreams a forged chain that
+    looks vouched for by the gateway. Forwarded, X-Forwarded-Host/-Port/-Proto, True-Client-IP
+    and CF-Connecting-IP pass only from a trusted proxy.
     """
-    drop = _REQUEST_DROP | _connection_tokens(raw)
+    drop = _REQUEST_DROP | _connection_tokens(raw) | {b"x-request-id", b"x-real-ip"}
+    if not peer_trusted:
+        drop |= _EDGE_CLAIMS
     out: list[tuple[str, str]] = []
     xff: list[str] = []
     proto: str | None = None
@@ -68,12 +92,17 @@ def upstream_request_headers(
             xff.append(value.decode("latin-1"))
         elif lname == b"x-forwarded-proto" and peer_trusted:
             proto = value.decode("latin-1")
-        elif lname not in drop and lname != b"x-request-id":
+        elif lname not in drop:
             out.append((name.decode("latin-1"), value.decode("latin-1")))
-    if client:
-        xff.append(client)
+    if peer:
+        xff.append(peer)
     if xff:
         out.append(("X-Forwarded-For", ", ".join(xff)))
+    if client:
+        # Ours, always: many backends and their logs read X-Real-IP as "the client", and this
+        # one is the result of the trusted-proxy walk, so they need no proxy rules of their
+        # own and cannot be handed a client's claim about itself.
+        out.append(("X-Real-IP", client))
     out.append(("X-Forwarded-Proto", proto or scheme))
     out.append(("X-Request-Id", rid))
     return out

@@ -4,31 +4,36 @@ hand the exchange to ``upstream`` and turn whatever went wrong into an OpenAI-sh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
+    BodyTimeout,
     BodyTooLarge,
     GatewayError,
+    HeadersTooLarge,
     ModelNotFound,
     NoHealthyUpstream,
     RequestInvalid,
-    UnknownEndpoint,
 )
 from gateway.http.asgi import Message, Receive, Scope, Send, header, header_values
+from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange
 from gateway.http.headers import request_id
+from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
 from gateway.runtime import Routed, Runtime, log
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-
-def model_of(body: bytes) -> str:
+def model_of(body: bytes) -> tuple[str, bool]:
+    """The model the body names, and whether it asks for a stream. Only ``"stream": true``
+    is a stream: a backend that took anything else as one is rarer than a long generation
+    cut off by the shorter streaming timeout."""
     try:
         doc: Any = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -38,40 +43,74 @@ def model_of(body: bytes) -> str:
         ) from None
     except UnicodeDecodeError:
         raise RequestInvalid("request body is not UTF-8 text; send JSON encoded as UTF-8") from None
-    model = doc.get("model") if isinstance(doc, dict) else None
+    except RecursionError:  # json.loads recurses once per level: 100,000 "[" exhaust the stack
+        raise RequestInvalid(
+            "request body is nested too deeply to read; send a JSON object such as "
+            '{"model": "...", "messages": [...]}'
+        ) from None
+    if not isinstance(doc, dict):
+        raise RequestInvalid(
+            f"request body must be a JSON object, not {_json_kind(doc)}; send one such as "
+            '{"model": "...", "messages": [...]}'
+        )
+    model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise RequestInvalid(
             'request body has no "model" field (a non-empty string); name the model to use — '
             "GET /v1/models lists them"
         )
-    return model
+    return model, doc.get("stream") is True
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def _json_kind(doc: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(doc), "a number")
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+    """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
+    body as a whole, so a client sending a byte a second cannot hold a request forever."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(None, limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(None, limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"request body not received within {timeout_s:g} s ({size} bytes arrived; "
+            "server.body_timeout_s); send the whole request at once"
+        ) from None
 
 
 def _too_large(size: int | None, limit: int) -> BodyTooLarge:
-    got = f"{size} bytes" if size is not None else "larger"
+    what = f"request body is {size} bytes, over" if size is not None else "request body is over"
     return BodyTooLarge(
-        f"request body is {got}, over this gateway's limit of {limit} bytes "
-        "(server.max_body_bytes); send a shorter request or ask the operator to raise it"
+        f"{what} this gateway's limit of {limit} bytes (server.max_body_bytes); send a "
+        "shorter request or ask the operator to raise it"
     )
+
+
+def check_headers(scope: Scope, limit: int) -> None:
+    """Refuse headers over ``limit`` bytes in all: what we accept we forward to a backend."""
+    size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])  # "k: v\r\n"
+    if size > limit:
+        raise HeadersTooLarge(
+            f"request headers are {size} bytes, over this gateway's limit of {limit} bytes "
+            "(server.max_header_bytes); send fewer or shorter headers"
+        )
 
 
 def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
@@ -149,13 +188,17 @@ class Proxy:
 
     async def _serve(self, ex: Exchange, receive: Receive, send: Send) -> None:
         rt, scope = self.rt, ex.scope
-        if scope["method"] not in BODY_METHODS:
-            raise UnknownEndpoint(
-                f"{scope['method']} {scope['path']} is not served by this gateway; "
-                "model calls are POST requests (GET /v1/models lists the models)"
-            )
-        ex.body = await read_body(scope, receive, rt.config.server.max_body_bytes)
-        ex.model = model_of(ex.body)
+        check_headers(scope, rt.config.server.max_header_bytes)
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        # Checked on the path as sent: it is what the upstream gets (see upstream.py).
+        check_api_request(
+            scope["method"], raw_path.decode("latin-1"), rt.config.server.extra_api_paths
+        )
+        limit = rt.config.server.max_body_bytes
+        ex.body = await read_body(scope, receive, limit, rt.config.server.body_timeout_s)
+        # Read the model from the decoded body; the upstream gets the bytes as sent.
+        encoding = ", ".join(header_values(scope, b"content-encoding"))
+        ex.model, ex.stream = model_of(decoded(ex.body, encoding, limit))
         peer = scope.get("client")
         now = time.monotonic()
         ex.routed = rt.locate_and_route(

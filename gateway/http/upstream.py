@@ -1,6 +1,8 @@
 """The ``/v1/*`` proxy, back half: try the decision's candidates in order, failing over only
-before any byte reached the client and within the retry budget; stream the answer back chunk
-by chunk; cut it cleanly when the upstream fails mid-way; cancel it when the client leaves.
+before any byte reached the client and within the retry budget (and, unless
+``retry.on_timeout``, not after an upstream accepted the request and then timed out: the
+generation may still be running there); stream the answer back chunk by chunk; cut it cleanly
+when the upstream fails mid-way; cancel it when the client leaves.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 import aiohttp
 from yarl import URL
 
-from gateway.client import CLIENT_ERRORS, Failure, FailureKind, classify
+from gateway.client import CLIENT_ERRORS, Failure, FailureKind, classify, track_reach
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     GatewayError,
@@ -29,6 +31,7 @@ from gateway.http.exchange import Exchange
 from gateway.http.headers import ROUTE_HEADER, client_response_headers, upstream_request_headers
 from gateway.routing.model import Candidate, Reason
 from gateway.runtime import Runtime
+from gateway.watch import ejections
 
 # Statuses that mean "this upstream cannot take it now, another may": try the next candidate.
 RETRYABLE_STATUS = frozenset({429, 502, 503})
@@ -70,12 +73,16 @@ class _Attempts:
         self.ex = ex
         self.send = send
         self.failures: list[Failure] = []
+        # Set when an upstream accepted the request and then timed out: the work may still be
+        # running there, so (unless retry.on_timeout) no other upstream is tried.
+        self.held: str | None = None
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
         client = str(ex.routed.client) if ex.routed.client else (peer[0] if peer else None)
         self.headers = upstream_request_headers(
             scope["headers"],
+            peer=peer[0] if peer else None,
             client=client,
             peer_trusted=ex.routed.peer_trusted,
             scheme=scope.get("scheme", "http"),
@@ -100,43 +107,30 @@ class _Attempts:
             if status is not None:
                 ex.upstream = cand.upstream.id
                 return status
+            if self.held is not None:
+                break
         raise self._final_error()
+
+    def _wait(self) -> tuple[float, str]:
+        """How long to wait for the upstream's first byte, and the key that says so. A
+        stream's first byte is its first token; a non-streaming answer's is the whole answer."""
+        t = self.rt.config.timeouts
+        if self.ex.stream:
+            return t.first_byte_s, "timeouts.first_byte_s"
+        return t.response_s, "timeouts.response_s"
 
     async def _attempt(self, cand: Candidate, index: int) -> int | None:
         """One upstream try. None: failed before any byte reached the client, try the next."""
         rt = self.rt
-        t = rt.config.timeouts
         uid = cand.upstream.id
-        resp: aiohttp.ClientResponse | None = None
         done = False
         rt.store.acquire(uid)
+        opened: tuple[aiohttp.ClientResponse, bytes] | None = None
         try:
-            try:
-                async with asyncio.timeout(t.first_byte_s):
-                    resp = await rt.http().request(
-                        self.ex.scope["method"],
-                        URL(cand.upstream.url + self.target, encoded=True),
-                        data=self.ex.body,
-                        headers=self.headers,
-                        allow_redirects=False,
-                    )
-                    if resp.status in RETRYABLE_STATUS:
-                        self._fail(
-                            Failure(
-                                uid,
-                                FailureKind.STATUS,
-                                f"HTTP {resp.status}",
-                                resp.status,
-                                resp.headers.get("Retry-After"),
-                            ),
-                            ok=resp.status in NOT_A_HEALTH_FAILURE,
-                        )
-                        return None
-                    first = await resp.content.readany()
-            except (TimeoutError, *CLIENT_ERRORS) as exc:
-                kind, detail = classify(exc, f"no first byte in {t.first_byte_s:g} s")
-                self._fail(Failure(uid, kind, detail))
+            opened = await self._open(cand)
+            if opened is None:
                 return None
+            resp, first = opened
             rt.metrics.attempts.labels(uid, "ok").inc()
             extra = [
                 (b"x-request-id", self.ex.id.encode()),
@@ -144,22 +138,73 @@ class _Attempts:
             ]
             await self._stream(resp, first, extra, cand)
             done = True
-            rt.store.record_result(uid, resp.status < 500, time.monotonic())
+            # A 4xx is the client's request, never the upstream's failure.
+            self._record(cand, resp.status < 500)
             return resp.status
         finally:
             rt.store.release(uid)
-            if resp is not None:
+            if opened is not None:
                 # A response read to the end goes back to the pool; anything else closes the
                 # connection, which is how the upstream learns that nobody is listening.
-                if done and resp.content.at_eof():
-                    resp.release()
+                if done and opened[0].content.at_eof():
+                    opened[0].release()
                 else:
+                    opened[0].close()
+
+    async def _open(self, cand: Candidate) -> tuple[aiohttp.ClientResponse, bytes] | None:
+        """Send the request and wait for the first byte of the answer. None: it failed (the
+        failure is recorded), and nothing reached the client."""
+        uid = cand.upstream.id
+        wait_s = self._wait()[0]
+        resp: aiohttp.ClientResponse | None = None
+        opened = False
+        with track_reach() as reach:
+            try:
+                async with asyncio.timeout(wait_s):
+                    resp = await self.rt.http().request(
+                        self.ex.scope["method"],
+                        URL(cand.upstream.url + self.target, encoded=True),
+                        data=self.ex.body,
+                        headers=self.headers,
+                        allow_redirects=False,
+                    )
+                    if resp.status in RETRYABLE_STATUS:
+                        failure = Failure(
+                            uid,
+                            FailureKind.STATUS,
+                            f"HTTP {resp.status}",
+                            resp.status,
+                            resp.headers.get("Retry-After"),
+                        )
+                        self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
+                        return None
+                    first = await resp.content.readany()
+                    opened = True
+                    return resp, first
+            except (TimeoutError, *CLIENT_ERRORS) as exc:
+                what = "first byte" if self.ex.stream else "answer"
+                kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
+                self._fail(Failure(uid, kind, detail), cand)
+                if (
+                    kind is FailureKind.TIMEOUT
+                    and reach.connected
+                    and not self.rt.config.retry.on_timeout
+                ):
+                    self.held = uid
+                return None
+            finally:
+                if resp is not None and not opened:
                     resp.close()
 
-    def _fail(self, failure: Failure, ok: bool = False) -> None:
+    def _record(self, cand: Candidate, ok: bool) -> None:
+        ejections.record_result(
+            self.rt, cand.upstream.id, cand.upstream.region, ok, time.monotonic()
+        )
+
+    def _fail(self, failure: Failure, cand: Candidate, ok: bool = False) -> None:
         self.failures.append(failure)
         self.rt.metrics.attempts.labels(failure.upstream, failure.label).inc()
-        self.rt.store.record_result(failure.upstream, ok, time.monotonic())
+        self._record(cand, ok)
 
     async def _stream(
         self,
@@ -187,16 +232,17 @@ class _Attempts:
                         break
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            await self._abort(resp, cand.upstream.id, isinstance(exc, TimeoutError))
+            await self._abort(resp, cand, isinstance(exc, TimeoutError))
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _abort(self, resp: aiohttp.ClientResponse, uid: str, timed_out: bool) -> None:
+    async def _abort(self, resp: aiohttp.ClientResponse, cand: Candidate, timed_out: bool) -> None:
         """The upstream failed mid-response. SSE clients get a final error event they can act
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
         self.rt.metrics.stream_aborted.labels("timeout" if timed_out else "upstream_error").inc()
-        self.rt.store.record_result(uid, False, time.monotonic())
+        self._record(cand, False)
+        uid = cand.upstream.id
         what = "stopped answering" if timed_out else "failed"
         message = (
             f"upstream {uid} {what} in the middle of the response; the output is incomplete — "
@@ -213,6 +259,12 @@ class _Attempts:
         tried = ", ".join(f.describe() for f in failures)
         more = len(decision.order) - len(failures)
         tail = f"; {more} more candidate(s) not tried (retry limit/budget)" if more > 0 else ""
+        if self.held is not None:
+            return UpstreamTimeout(
+                f"upstream timed out: {tried}. {self.held} had accepted the request, so it was "
+                "not sent to another upstream: the work may still be running there "
+                f"(retry.on_timeout changes this). Retry; {self._timeout_hint()}"
+            )
         if decision.reason is Reason.PANIC:
             # Every allowed upstream was already known to be down; we tried them anyway in
             # case health checks lagged. That is "nothing healthy", not a surprise failure.
@@ -231,7 +283,12 @@ class _Attempts:
             )
         if failures and failures[-1].kind is FailureKind.TIMEOUT:
             return UpstreamTimeout(
-                f"upstream timed out: {tried}{tail}. Retry; for very long prompts the operator "
-                "can raise timeouts.first_byte_s"
+                f"upstream timed out: {tried}{tail}. Retry; {self._timeout_hint()}"
             )
         return UpstreamFailed(f"upstream request failed: {tried}{tail}. Retry the request")
+
+    def _timeout_hint(self) -> str:
+        _, key = self._wait()
+        if self.ex.stream:
+            return f"for very long prompts the operator can raise {key}"
+        return f"for very long answers ask for a stream, or the operator can raise {key}"

@@ -25,6 +25,9 @@ class UpstreamHealth:
     window_start: float = 0.0  # failure-rate window
     window_requests: int = 0
     window_failures: int = 0
+    # Why the current ejection happened; cleared when its return is reported (ejection_over,
+    # end_ejection), so each ejection and each return is told once.
+    ejection_cause: str | None = None
 
     def healthy(self, now: float) -> bool:
         return self.probed_healthy is not False and now >= self.ejected_until
@@ -46,10 +49,10 @@ def apply_probe(
             a = cfg.rtt_ewma_alpha
             h.rtt_ms = rtt_ms if h.rtt_ms is None else a * rtt_ms + (1 - a) * h.rtt_ms
         if h.probed_healthy is None or h.consecutive_ok >= cfg.healthy_threshold:
+            # Neither the ejection nor the run of failed requests ends here: /health can
+            # answer while completions fail (a GPU out of memory). Only a probe that does
+            # what failed ends an ejection early (end_ejection).
             h.probed_healthy = True
-            # A good probe ends an ejection early: the backend answers again.
-            h.ejected_until = 0.0
-            h.passive_failures = 0
     else:
         h.consecutive_fail += 1
         h.consecutive_ok = 0
@@ -84,6 +87,12 @@ def apply_result(
         return False
     if h.ejected(now) or not may_eject:
         return False
+    h.ejection_cause = (
+        f"{h.passive_failures} consecutive failed requests"
+        if h.passive_failures >= cfg.consecutive_failures
+        else f"failure rate {h.window_failures}/{h.window_requests} requests in "
+        f"{cfg.failure_rate_window_s:g} s"
+    )
     h.times_ejected += 1
     h.passive_failures = 0
     h.window_start, h.window_requests, h.window_failures = now, 0, 0
@@ -91,4 +100,23 @@ def apply_result(
     # defaults), so a backend that keeps failing after each return stays out longer.
     backoff = cfg.base_ejection_s * h.times_ejected
     h.ejected_until = now + min(backoff, cfg.max_ejection_s)
+    return True
+
+
+def end_ejection(h: UpstreamHealth, now: float) -> bool:
+    """A probe that exercises what failed (a tiny completion) succeeded: the ejection ends
+    now. True when there was one to end."""
+    if not h.ejected(now):
+        return False
+    h.ejected_until = 0.0
+    h.ejection_cause = None
+    return True
+
+
+def ejection_over(h: UpstreamHealth, now: float) -> bool:
+    """True once, the first time it is asked after an ejection ran out its time: so the
+    return is reported (a log line, the healthy gauge) without a timer per ejection."""
+    if h.ejection_cause is None or h.ejected(now):
+        return False
+    h.ejection_cause = None
     return True

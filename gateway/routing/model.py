@@ -12,6 +12,10 @@ from geodb.location import Location
 
 Origin = Literal["client", "self"]
 NetSource = Literal["measured", "distance"]
+# Where a candidate's load term came from: its own fresh TTFT, the model's median over the
+# upstreams that have one (a prior for an idle backend), or nowhere (no fresh TTFT anywhere:
+# every candidate is equally unknown, and the term is 0 for all).
+LoadSource = Literal["measured", "prior", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class Candidate(NamedTuple):
     load_ms: float
     healthy: bool
     standby: bool
+    load_source: LoadSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,7 @@ class Decision:
                     "net_ms": round(c.net_ms, 2),
                     "net_source": c.net_source,
                     "load_ms": round(c.load_ms, 2),
+                    "load_source": c.load_source,
                     "bias_ms": c.upstream.bias_ms,
                     "weight": c.upstream.weight,
                     "healthy": c.healthy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.runtime import Runtime
-from geodb.reader import GeoIPSource
+from geodb.reader import GeoIPSource, Reload
 
 
 async def geoip_reload_loop(rt: Runtime) -> None:
@@ -15,6 +15,6 @@ async def geoip_reload_loop(rt: Runtime) -> None:
     while True:
         await asyncio.sleep(rt.config.geoip.reload_interval_s)
         # Reading a 70 MB City file would stall the event loop: do it on a thread.
-        changed = await asyncio.to_thread(geo.maybe_reload)
-        if changed:
-            rt.metrics.geoip_reloads.labels("ok").inc()
+        result = await asyncio.to_thread(geo.maybe_reload)
+        if result is not Reload.UNCHANGED:
+            rt.metrics.geoip_reloads.labels(str(result)).inc()

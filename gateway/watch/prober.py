@@ -1,4 +1,6 @@
-"""Active health probes: each upstream's health URL on an interval, with jitter.
+"""Active health probes: each upstream's health URL on an interval, with jitter; and, when
+``health.completion_probe`` is on, a tiny completion to each upstream ejected for failed
+requests, the one probe that ends an ejection early.
 
 Probes go through the proxy's own connection pool, so they also keep one connection to each
 upstream warm: the first real request after a quiet spell pays no handshake.
@@ -7,6 +9,7 @@ upstream warm: the first real request after a quiet spell pays no handshake.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -14,6 +17,7 @@ import time
 from gateway.client import CLIENT_ERRORS, classify
 from gateway.config import Upstream
 from gateway.runtime import Runtime
+from gateway.watch import ejections
 
 log = logging.getLogger("geogate.health")
 
@@ -34,10 +38,11 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
     except (TimeoutError, *CLIENT_ERRORS) as exc:
         error = classify(exc, f"no answer in {cfg.timeout_s:g} s")[1]
     rtt_ms = (time.perf_counter() - t0) * 1000 if ok else None
-    before = rt.store.health(u.id).healthy(time.monotonic())
+    # The probe's own verdict; ejections are told apart (watch.ejections), once each.
+    before = rt.store.health(u.id).probed_healthy is not False
     rt.store.record_probe(u.id, ok, rtt_ms, error)
     h = rt.store.health(u.id)
-    after = h.healthy(time.monotonic())
+    after = h.probed_healthy is not False
     if before != after:
         log.warning(
             "upstream %s (%s) is now %s%s",
@@ -46,9 +51,47 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
             "healthy" if after else "unhealthy",
             f": {error}" if error else "",
         )
-    rt.metrics.healthy.labels(u.id, u.region).set(1 if after else 0)
+    now = time.monotonic()
+    ejections.check_return(rt, u.id, u.region, now)
+    ejections.set_gauge(rt, u.id, u.region, now)
     if h.rtt_ms is not None:
         rt.metrics.rtt.labels(u.id, u.region).set(h.rtt_ms)
+
+
+async def completion_probe(rt: Runtime, u: Upstream) -> None:
+    """/health can answer while completions fail (a GPU out of memory): only a completion
+    that succeeds ends an ejection early."""
+    if await completion_ok(rt, u):
+        ejections.end_by_probe(rt, u.id, u.region, time.monotonic())
+
+
+async def completion_ok(rt: Runtime, u: Upstream) -> bool:
+    """A tiny completion (health.completion_probe_*) of the upstream's first model."""
+    cfg = rt.config.health
+    body: dict[str, object] = {"model": u.models[0], "max_tokens": cfg.completion_probe_max_tokens}
+    if cfg.completion_probe_path.rstrip("/").endswith("/chat/completions"):
+        body["messages"] = [{"role": "user", "content": "ping"}]
+    else:
+        body["prompt"] = "ping"
+    url = u.url.rstrip("/") + cfg.completion_probe_path
+    try:
+        async with (
+            asyncio.timeout(cfg.completion_probe_timeout_s),
+            rt.http().post(
+                url,
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+                allow_redirects=False,
+            ) as resp,
+        ):
+            await resp.read()
+            ok = 200 <= resp.status < 300
+            error = None if ok else f"HTTP {resp.status}"
+    except (TimeoutError, *CLIENT_ERRORS) as exc:
+        ok, error = False, classify(exc, f"no answer in {cfg.completion_probe_timeout_s:g} s")[1]
+    if error:
+        log.debug("completion probe of ejected upstream %s failed: %s", u.id, error)
+    return ok
 
 
 async def probe_all(rt: Runtime) -> None:
@@ -58,15 +101,36 @@ async def probe_all(rt: Runtime) -> None:
 async def probe_loop(rt: Runtime, rng: random.Random) -> None:
     """Probe every current upstream each interval: the set can change at run time (fleet
     config, DNS discovery), so it is read afresh each round. Each probe starts at its own
-    jittered offset within the round so a fleet's probes do not arrive together."""
-    while True:
-        cfg = rt.config.health
-        interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
-        ups = rt.store.upstreams()
-        await asyncio.gather(
-            *(_probe_after(rt, u, rng.random() * cfg.jitter * interval) for u in ups),
-            asyncio.sleep(interval),
-        )
+    jittered offset within the round so a fleet's probes do not arrive together.
+
+    Completion probes of ejected upstreams run beside the rounds, at most one per upstream at
+    a time: one can take seconds, and must not hold up the other upstreams' probes."""
+    deep: dict[str, asyncio.Task[None]] = {}
+    try:
+        while True:
+            cfg = rt.config.health
+            interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
+            ups = rt.store.upstreams()
+            if cfg.completion_probe:
+                _start_completion_probes(rt, ups, deep)
+            await asyncio.gather(
+                *(_probe_after(rt, u, rng.random() * cfg.jitter * interval) for u in ups),
+                asyncio.sleep(interval),
+            )
+    finally:
+        for task in deep.values():
+            task.cancel()
+
+
+def _start_completion_probes(
+    rt: Runtime, ups: tuple[Upstream, ...], deep: dict[str, asyncio.Task[None]]
+) -> None:
+    now = time.monotonic()
+    for uid in [uid for uid, task in deep.items() if task.done()]:
+        del deep[uid]
+    for u in ups:
+        if u.id not in deep and rt.store.health(u.id).ejected(now):
+            deep[u.id] = asyncio.create_task(completion_probe(rt, u))
 
 
 async def _probe_after(rt: Runtime, u: Upstream, delay: float) -> None:

@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from backend.api import DEFAULT_MAX_TOKENS, Shape, parse
+from backend.api import DEFAULT_MAX_TOKENS, parse
 from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
+from backend.shapes import Shape
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,29 @@ def test_env_overrides(tmp_path: Path) -> None:
         (lambda t: t + "[[residency]]\ncountries=['DE']\nregions = ['nope']\n", "'nope'"),
         (lambda t: t.replace("[gateway]", "[gateway\n"), "invalid TOML"),
         (lambda t: t + t.split("[[upstreams]]")[1].join(["[[upstreams]]", ""]), "appears twice"),
+        (
+            lambda t: t.replace("[gateway]\n", '[gateway]\ntrusted_proxies = ["10.0.0.0/33"]\n'),
+            "gateway.trusted_proxies[0]: not an address or network (a CIDR such as "
+            "10.0.0.0/8) (got '10.0.0.0/33')",
+        ),
+        (
+            lambda t: t.replace(":9000", ":9000/v1"),
+            "upstreams[0].url: ends in /v1: give the server's root",
+        ),
+        (lambda t: t.replace(":9000", ":9000/v1/"), "upstreams[0].url: ends in /v1"),
+        (lambda t: t + "weight = nan\n", "upstreams[0].weight"),
+        (lambda t: t + "bias_ms = inf\n", "upstreams[0].bias_ms"),
+        (lambda t: t + "weight = 1001\n", "upstreams[0].weight: Input should be less than"),
+        (lambda t: t + "bias_ms = -10001\n", "upstreams[0].bias_ms"),
+        (lambda t: t + "[timeouts]\ntotal_s = inf\n", "timeouts.total_s"),
+        (lambda t: t + '[redis]\nurl = "http://127.0.0.1:6379"\n', "redis.url: http://"),
+        (lambda t: t + '[redis]\nurl = "redis://127.0.0.1:63x9"\n', "bad host:port"),
+        (lambda t: t + '[redis]\nurl = "redis+sentinel://127.0.0.1:1"\n', "/master-name"),
+        (lambda t: t + '[server]\ntls_cert = "no.pem"\ntls_key = "no.key"\n', "server.tls_cert"),
+        (lambda t: t + '[server]\nextra_api_paths = ["/v1/../sleep"]\n', "extra_api_paths[0]"),
+        (lambda t: t + '[admin]\ntokens = {alice = "t", bob = "t"}\n', "share a name or a token"),
+        (lambda t: t + '[admin]\ntoken = "t"\ntokens = {admin = "u"}\n', "share a name or a token"),
+        (lambda t: t + '[admin]\ntokens = {"a b" = "t"}\n', "admin.tokens"),
     ],
 )
 def test_errors_are_one_line_naming_file_and_key(
@@ -87,6 +110,38 @@ def test_errors_are_one_line_naming_file_and_key(
         load_config(path, env={})
     msg = str(info.value)
     assert expect in msg and str(path) in msg and "\n" not in msg
+
+
+def test_a_missing_tls_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_text("k")
+    text = GOOD + '[server]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert str(info.value) == (
+        f"config error in {tmp_path / 'gw.toml'}: server.tls_cert: cannot read "
+        f"{tmp_path / 'cert.pem'}: No such file or directory"
+    )
+    (tmp_path / "cert.pem").write_text("c")
+    assert load_config(write(tmp_path, text), env={}).server.tls_cert == tmp_path / "cert.pem"
+
+
+def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:
+    for url in ("http://:hunter2@127.0.0.1:6379", "redis://u:hunter2@127.0.0.1:x"):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, GOOD), env={"GEOGATE_REDIS__URL": url})
+        msg = str(info.value)
+        assert "GEOGATE_REDIS__URL: redis.url" in msg and ":****@127.0.0.1" in msg, msg
+        assert "hunter2" not in msg
+
+
+def test_operators_tokens(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, GOOD + '[admin]\ntoken = "t0"\ntokens = {alice = "t1", bob = "t2"}\n'),
+        env={},
+    )
+    assert cfg.admin.operators() == {"alice": "t1", "bob": "t2", "admin": "t0"}
+    env = {"GEOGATE_ADMIN__TOKENS": '{"carol": "t3"}'}
+    assert load_config(write(tmp_path, GOOD), env=env).admin.operators() == {"carol": "t3"}
 
 
 def test_env_errors_name_the_variable(tmp_path: Path) -> None:

@@ -121,3 +121,6 @@ def test_hot_reload_and_corrupt_file_refused(setup: tuple[Gateway, Path]) -> Non
     assert region_for(gw, LONDON) == "ap-southeast"  # the previous database still serves
     lines = [x for x in gw.log_text().splitlines() if "refused GeoIP reload" in x]
     assert len(lines) == 1  # one line, not one per poll
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert 'geogate_geoip_reloads_total{result="ok"} 1.0' in metrics
+    assert 'geogate_geoip_reloads_total{result="refused"} 1.0' in metrics

@@ -1,7 +1,9 @@
-"""The server: HTTP/1.1, h2c with prior knowledge, TLS with ALPN h2, and draining on SIGTERM."""
+"""The server: HTTP/1.1, h2c with prior knowledge, TLS with ALPN h2, draining on SIGTERM, and
+refusing to start on a port in use."""
 
 from __future__ import annotations
 
+import http.client
 import signal
 import ssl
 import subprocess
@@ -12,8 +14,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
-from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
+from gateway.cli.procs import free_port, geogate_cmd, kill, spawn, stop, wait_http
+from tests.support import (
+    Gateway,
+    Sim,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    start_gateway,
+    start_sim,
+)
+
+ENGINES = ["granian", "hypercorn"]  # both drain alike
 
 BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -21,9 +33,13 @@ BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": 
 def _fleet(tmp: Path, *knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:
     sim = start_sim(tmp, "s", "eu-central", ["m"], *knobs)
     ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    gw = start_gateway(
-        tmp, lambda p: gateway_toml(p, ups).replace("[server]", "[server]\n" + server_extra)
-    )
+    try:
+        gw = start_gateway(
+            tmp, lambda p: gateway_toml(p, ups).replace("[server]", "[server]\n" + server_extra)
+        )
+    except BaseException:
+        sim.proc.kill()  # a gateway that does not start leaves no backend behind
+        raise
     return gw, sim
 
 
@@ -87,14 +103,14 @@ def test_tls_with_alpn_h2(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
-def _stream_in_thread(url: str, out: list[str]) -> threading.Thread:
+def _stream_in_thread(url: str, out: list[str], tokens: int = 10) -> threading.Thread:
     def run() -> None:
         try:
             with httpx.stream(
                 "POST",
                 f"{url}/v1/chat/completions",
                 timeout=30,
-                json={**BODY, "max_tokens": 10, "stream": True},
+                json={**BODY, "max_tokens": tokens, "stream": True},
             ) as r:
                 out.extend(r.iter_lines())
         except httpx.HTTPError as exc:
@@ -105,46 +121,96 @@ def _stream_in_thread(url: str, out: list[str]) -> threading.Thread:
     return t
 
 
-def test_sigterm_drains_streams_and_refuses_new_requests(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path, "--tokens-per-s", "5")  # 10 tokens: a 2 s stream
+def _readyz(conn: http.client.HTTPConnection) -> tuple[int, str]:
+    conn.request("GET", "/readyz")
+    r = conn.getresponse()
+    return r.status, r.read().decode()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine: str) -> None:
+    # 15 tokens at 5/s: a 3 s stream, in flight when SIGTERM arrives.
+    gw, sim = _fleet(tmp_path, "--tokens-per-s", "5", server_extra=f'engine = "{engine}"')
+    kept = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)  # a balancer's check
     try:
+        assert _readyz(kept)[0] == 200
+        assert kept.sock is not None
+        local = kept.sock.getsockname()
         lines: list[str] = []
-        t = _stream_in_thread(gw.url, lines)
-        deadline = time.monotonic() + 10
-        while not lines and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert lines, "the stream never started"
+        t = _stream_in_thread(gw.url, lines, tokens=15)
+        eventually(lambda: bool(lines), what="the stream to start")
         gw.proc.send_signal(signal.SIGTERM)
-        refused = False
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not refused:
-            try:
-                httpx.post(f"{gw.url}/v1/chat/completions", json=BODY, timeout=1)
-            except httpx.ConnectError:
-                refused = True
-            time.sleep(0.02)
-        assert refused, "new connections were still accepted while draining"
+        # From the moment SIGTERM arrives, on the kept-alive connection and on new ones: the
+        # balancer sees a draining target, not a dead one (before: connection refused).
+        eventually(lambda: _readyz(kept)[0] == 503, timeout=2, what="503 on the kept connection")
+        assert kept.sock is not None and kept.sock.getsockname() == local  # the same connection
+        r = httpx.get(f"{gw.url}/readyz")  # a new connection
+        assert (r.status_code, r.text) == (503, "draining")
+        # The API still answers while the balancer catches up, as nginx and Envoy do.
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=BODY).status_code == 200
+        assert lines[-1:] != ["data: [DONE]"], "the stream ended before the checks: too slow"
         t.join(15)
         assert "data: [DONE]" in lines, lines[-3:]  # the stream in flight finished
         assert gw.proc.wait(10) == 0
+        assert "drained: no request in flight" in gw.log_text()
     finally:
+        kept.close()
         gw.stop()
         sim.proc.kill()
 
 
-def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path, "--tokens-per-s", "2", server_extra="drain_timeout_s = 1")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: str) -> None:
+    gw, sim = _fleet(
+        tmp_path,
+        "--tokens-per-s",
+        "2",
+        server_extra=f'drain_timeout_s = 1\nengine = "{engine}"',
+    )
     try:
         lines: list[str] = []
         t = _stream_in_thread(gw.url, lines)  # 10 tokens at 2/s: 5 s, over the 1 s drain
-        while not lines:
-            time.sleep(0.01)
+        eventually(lambda: bool(lines), what="the stream to start")
         t0 = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         gw.proc.wait(10)
         t.join(10)
         assert time.monotonic() - t0 < 4
         assert "data: [DONE]" not in lines
+        assert "cutting 1 request(s) in flight" in gw.log_text()
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+@pytest.mark.parametrize("taken", ["server", "ops"])
+def test_a_port_in_use_stops_a_second_gateway_in_one_line(tmp_path: Path, taken: str) -> None:
+    gw, sim = _fleet(tmp_path)
+    try:
+        ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+        port = gw.port if taken == "server" else free_port()
+        ops_port = gw.ops_port if taken == "ops" else free_port()
+        cfg = tmp_path / "second.toml"
+        cfg.write_text(gateway_toml(port, ups) + f"\n[ops]\nport = {ops_port}\n")
+        second = subprocess.Popen(
+            geogate_cmd("gateway", "--config", str(cfg)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            stderr = second.communicate(timeout=30)[1].decode()
+        except subprocess.TimeoutExpired:
+            kill(second)  # the whole group: granian's worker too
+            raise AssertionError("a second gateway started on a port in use") from None
+        busy = gw.port if taken == "server" else gw.ops_port
+        assert second.returncode == 2, stderr
+        assert stderr == (
+            f"geogate: cannot listen on 127.0.0.1:{busy} ({taken}.port): "
+            "address already in use (is another gateway running?)\n"
+        )
+        # The first gateway still serves, alone.
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=BODY).status_code == 200
     finally:
         gw.stop()
         sim.proc.kill()

@@ -12,7 +12,7 @@ from netaddr import IPSet
 from geodb.build import build_from_rows
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
-from geodb.reader import DefaultSource, GeoIPSource
+from geodb.reader import DefaultSource, GeoIPSource, Reload
 
 DEFAULT = Location(50.11, 8.68, "DE", "EU")
 
@@ -82,18 +82,19 @@ def test_hot_reload_swaps_and_refuses_corrupt(
 ) -> None:
     db = city_db(tmp_path / "c.mmdb")
     src = GeoIPSource(db, DEFAULT)
-    assert not src.maybe_reload()  # unchanged
+    assert src.maybe_reload() is Reload.UNCHANGED
     os.replace(city_db(tmp_path / "new.mmdb", "Lyon", 45.76), db)
-    assert src.maybe_reload()
+    assert src.maybe_reload() is Reload.RELOADED
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
     db.write_bytes(db.read_bytes()[:100])
     with caplog.at_level(logging.ERROR, logger="geodb"):
-        assert not src.maybe_reload()
-        assert not src.maybe_reload()  # the same broken file: no second attempt, no log
+        assert src.maybe_reload() is Reload.REFUSED
+        # The same broken file: no second attempt, no log, no second count.
+        assert src.maybe_reload() is Reload.UNCHANGED
     assert [r.getMessage() for r in caplog.records if str(db) in r.getMessage()] and len(
         caplog.records
     ) == 1
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
     db.unlink()
-    assert not src.maybe_reload()  # missing mid-replacement: keep serving
+    assert src.maybe_reload() is Reload.UNCHANGED  # missing mid-replacement: keep serving
     assert src.locate(ip("192.0.2.1")).city == "Lyon"

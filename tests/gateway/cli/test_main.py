@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.cli.procs import geogate_cmd
+from gateway.cli.procs import free_port, geogate_cmd
 from tests.support import UpstreamSpec, gateway_toml
 
 
@@ -67,6 +68,58 @@ def test_errors_are_one_readable_line(args: list[str], message: str) -> None:
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda t: t.replace("[gateway]", '[gateway]\ntrusted_proxies = ["10.0.0.0/33"]'),
+            "gateway.trusted_proxies[0]: not an address or network",
+        ),
+        (
+            lambda t: t.replace("[server]", '[server]\ntls_cert = "c.pem"\ntls_key = "k.pem"'),
+            "server.tls_cert: cannot read",
+        ),
+        (
+            # 192.0.2.1 (TEST-NET-1) is on no machine: binding to it fails, nothing is sent.
+            lambda t: t.replace('host = "127.0.0.1"', 'host = "192.0.2.1"'),
+            "192.0.2.1",
+        ),
+        (
+            lambda t: (
+                t + '[[upstreams]]\nid = "u"\nregion = "eu-central"\n'
+                'url = "http://127.0.0.1:8000/v1"\nmodels = ["m"]\n'
+            ),
+            "upstreams[0].url: ends in /v1",
+        ),
+        (
+            lambda t: t + '[redis]\nurl = "redis:/:hunter2@127.0.0.1:6379"\n',
+            "redis.url: redis:/:****@127.0.0.1:6379: bad host:port",
+        ),
+        (lambda t: t + '[redis]\nurl = "rediss://:hunter2@127.0.0.1:x"\n', ":****@127.0.0.1:x"),
+    ],
+)
+def test_a_config_the_gateway_cannot_run_stops_it_in_one_line(
+    tmp_path: Path, change: Callable[[str], str], message: str
+) -> None:
+    cfg = tmp_path / "gw.toml"
+    text = gateway_toml(free_port(), []).replace("[server]", '[server]\nhost = "127.0.0.1"')
+    cfg.write_text(change(text))
+    p = geogate("gateway", "--config", str(cfg))
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "hunter2" not in p.stderr
+
+
+def test_ctl_never_prints_the_redis_password() -> None:
+    p = geogate("ctl", "--redis", "redis://:hunter2@127.0.0.1:1", "show")
+    assert p.returncode == 2 and "cannot reach Redis at redis://:****@127.0.0.1:1" in p.stderr
+    assert "hunter2" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = geogate("ctl", "--redis", "http://:hunter2@127.0.0.1:1", "show")
+    assert p.returncode == 2 and "--redis http://:****@127.0.0.1:1: use redis://" in p.stderr
+    assert "hunter2" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 def test_corrupt_geoip_file_stops_the_gateway_in_one_line(tmp_path: Path) -> None:

@@ -39,9 +39,17 @@ def test_a_change_names_before_and_after_and_applies() -> None:
     [
         ({}, "change one or more of weight, bias_ms, drained; got nothing"),
         ({"url": "http://x"}, "got url"),
-        ({"weight": "2"}, "weight must be a number"),
-        ({"weight": True}, "weight must be a number"),
+        ({"weight": "2"}, "weight must be a finite number"),
+        ({"weight": True}, "weight must be a finite number"),
         ({"drained": 1}, "drained must be true or false"),
+        # json.loads gives these for NaN, Infinity and 1e309: each would poison every score
+        ({"bias_ms": json.loads("NaN")}, r"bias_ms must be a finite number \(got nan\)"),
+        ({"weight": json.loads("Infinity")}, "weight must be a finite number"),
+        ({"weight": json.loads("1e309")}, "weight must be a finite number"),
+        ({"bias_ms": json.loads("-Infinity")}, "bias_ms must be a finite number"),
+        ({"weight": -1}, r"weight must be between 0 and 1000 \(got -1\)"),
+        ({"weight": 1000.5}, "weight must be between 0 and 1000"),
+        ({"bias_ms": -10_001}, "bias_ms must be between -10000 and 10000"),
     ],
 )
 def test_bad_changes_are_refused(changes: dict[str, object], message: str) -> None:
@@ -54,8 +62,14 @@ def test_unknown_upstream_names_the_known_ones() -> None:
         change_upstream(routing_doc(CFG), "z", {"weight": 1})
 
 
+def test_the_bounds_are_the_config_files() -> None:
+    doc, _, _ = change_upstream(routing_doc(CFG), "a", {"weight": 1000, "bias_ms": -10_000})
+    assert apply_doc(CFG, doc).upstreams[0].weight == 1000
+
+
 def test_an_invalid_document_says_where() -> None:
-    doc, _, _ = change_upstream(routing_doc(CFG), "a", {"weight": -1})
+    doc = routing_doc(CFG)
+    doc["upstreams"][0]["weight"] = -1  # as a document written by something else could be
     with pytest.raises(FleetConfigInvalid, match=r"upstreams\.0\.weight"):
         apply_doc(CFG, doc)
 

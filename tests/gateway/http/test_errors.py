@@ -19,6 +19,9 @@ def _all_errors(cls: type[e.GatewayError]) -> list[type[e.GatewayError]]:
         (e.RequestInvalid("x"), 400, "invalid_request"),
         (e.FleetConfigInvalid("x"), 400, "invalid_request"),
         (e.UnknownEndpoint("x"), 404, "unknown_url"),
+        (e.MethodNotAllowed("x", ("POST",)), 405, "method_not_allowed"),
+        (e.BodyTimeout("x"), 408, "request_timeout"),
+        (e.HeadersTooLarge("x"), 431, "request_headers_too_large"),
         (e.NoHealthyUpstream("x", retry_after_s=5), 503, "no_healthy_upstream"),
         (e.UpstreamBusy("x", retry_after_s=2), 429, "upstreams_at_capacity"),
         (e.StreamInterrupted("x"), 502, "upstream_stream_interrupted"),
@@ -36,6 +39,10 @@ def test_status_type_and_code(err: e.GatewayError, status: int, code: str) -> No
 def test_retry_after_becomes_a_header() -> None:
     assert error_headers(e.UpstreamBusy("x", retry_after_s=7)) == {"Retry-After": "7"}
     assert error_headers(e.UpstreamFailed("x")) == {}
+
+
+def test_method_not_allowed_says_what_is_allowed() -> None:
+    assert error_headers(e.MethodNotAllowed("x", ("GET", "HEAD"))) == {"Allow": "GET, HEAD"}
 
 
 def test_every_error_class_has_a_status_through_its_ancestors() -> None:

@@ -66,12 +66,12 @@ def test_kill_one_of_three_under_load_loses_nothing(tmp_path: Path) -> None:
         statuses, served = asyncio.run(scenario())
         assert statuses == Counter({200: TOTAL}), statuses
         assert len(served) == 3 and all(n > 0 for n in served.values()), served
-        table = get_json(f"{gw.url}/routing-table")
+        table = get_json(f"{gw.ops_url}/routing-table")
         regions: list[dict[str, Any]] = table["regions"]  # type: ignore[assignment]
         victim = next(u for r in regions for u in r["upstreams"] if u["id"] == "s1")
         assert victim["healthy"] is False
         # The kill must have been felt: requests to the victim failed over, none was lost.
-        metrics = urllib.request.urlopen(f"{gw.url}/metrics").read().decode()
+        metrics = urllib.request.urlopen(f"{gw.ops_url}/metrics").read().decode()
         retries = next(
             float(line.split()[-1])
             for line in metrics.splitlines()

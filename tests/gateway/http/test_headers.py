@@ -15,20 +15,69 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
         (b"x-forwarded-proto", b"https"),
         (b"x-request-id", b"old"),
     ]
+    # The peer 10.0.0.5 is a trusted balancer; the client it resolved to is 1.1.1.1.
     out = dict(
-        upstream_request_headers(raw, client="9.9.9.9", peer_trusted=True, scheme="http", rid="r1")
+        upstream_request_headers(
+            raw, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r1"
+        )
     )
     assert out == {
         "authorization": "Bearer t",
-        "X-Forwarded-For": "1.1.1.1, 9.9.9.9",
+        "X-Forwarded-For": "1.1.1.1, 10.0.0.5",  # the balancer's hop stays in the chain
+        "X-Real-IP": "1.1.1.1",
         "X-Forwarded-Proto": "https",
         "X-Request-Id": "r1",
     }
     untrusted = dict(
-        upstream_request_headers(raw, client="9.9.9.9", peer_trusted=False, scheme="http", rid="r1")
+        upstream_request_headers(
+            raw, peer="9.9.9.9", client="9.9.9.9", peer_trusted=False, scheme="http", rid="r1"
+        )
     )
     assert untrusted["X-Forwarded-For"] == "9.9.9.9"
     assert untrusted["X-Forwarded-Proto"] == "http"
+
+
+CLAIMS = [
+    (b"X-Real-IP", b"6.6.6.6"),
+    (b"Forwarded", b"for=6.6.6.6;proto=https"),
+    (b"X-Forwarded-Host", b"admin.internal"),
+    (b"X-Forwarded-Port", b"443"),
+    (b"True-Client-IP", b"6.6.6.6"),
+    (b"CF-Connecting-IP", b"6.6.6.6"),
+    (b"X-Forwarded-Proto", b"https"),
+]
+
+
+def test_an_untrusted_clients_claims_about_itself_are_dropped() -> None:
+    out = upstream_request_headers(
+        [*CLAIMS, (b"x-other", b"kept")],
+        peer="9.9.9.9",
+        client="9.9.9.9",
+        peer_trusted=False,
+        scheme="http",
+        rid="r1",
+    )
+    assert out == [
+        ("x-other", "kept"),
+        ("X-Forwarded-For", "9.9.9.9"),
+        ("X-Real-IP", "9.9.9.9"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Request-Id", "r1"),
+    ]
+
+
+def test_a_trusted_proxys_claims_pass_but_x_real_ip_is_ours() -> None:
+    out = dict(
+        upstream_request_headers(
+            CLAIMS, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r"
+        )
+    )
+    assert out["X-Real-IP"] == "1.1.1.1"  # the resolved client, never the header sent
+    assert out["Forwarded"] == "for=6.6.6.6;proto=https"
+    assert out["X-Forwarded-Host"] == "admin.internal"
+    assert out["CF-Connecting-IP"] == "6.6.6.6"
+    assert out["X-Forwarded-For"] == "10.0.0.5"
+    assert out["X-Forwarded-Proto"] == "https"
 
 
 def test_response_headers() -> None:
@@ -43,6 +92,18 @@ def test_response_headers() -> None:
 
 
 def test_request_id_kept_only_when_safe() -> None:
-    assert request_id("abc-123") == "abc-123"
-    for bad in (None, "", "a\nforged log line", "x" * 129):
-        assert len(request_id(bad)) == 32
+    for good in ("abc-123", "x" * 128, "01HZX3Q9.trace_id~1", "a!#$%&'*+-.^_`|~z"):
+        assert request_id(good) == good
+    bad = [
+        "a b",
+        'say "hi"',
+        "caf\u00e9",
+        "caf\u00c3\u00a9",
+        "a\r\nforged: 1",
+        "a\nb",
+        "a,b",
+        "x" * 129,
+    ]
+    for sent in (None, "", *bad):
+        made = request_id(sent)
+        assert len(made) == 32 and made != sent

@@ -15,7 +15,7 @@ from gateway.routing.model import (
 
 def cand(uid: str, region: str) -> Candidate:
     u = UpstreamView(id=uid, region=region, models=frozenset({"m"}))
-    return Candidate(u, 10.0, 10.0, "distance", 0.0, True, False)
+    return Candidate(u, 10.0, 10.0, "distance", 0.0, True, False, "unknown")
 
 
 def test_header_names_the_answering_candidate_and_failover() -> None:

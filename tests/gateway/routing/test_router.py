@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.routing.model import (
@@ -20,6 +20,7 @@ from gateway.routing.model import (
 )
 from gateway.routing.policy import Policy, Residency
 from gateway.routing.router import route
+from geodb.distance import est_rtt_ms
 from geodb.location import Location, LocationSource
 from geodb.regions import known_region
 
@@ -242,3 +243,52 @@ def test_drained_upstream_never_routed(s: Snapshot, seed: int) -> None:
             RequestFacts("m", LONDON), s, Policy("client", "eu-central"), random.Random(seed + i)
         )
         assert not drained & {c.upstream.id for c in d.order}
+
+
+# --- unknown load terms take a prior ----------------------------------------------------------
+
+
+def test_unknown_ttft_takes_the_models_median_and_explain_says_so() -> None:
+    s = snap(
+        up("a", "eu-central", ttft_ms=100.0),
+        up("b", "eu-central", ttft_ms=300.0),
+        up("c", "eu-west", ttft_ms=200.0),
+        up("idle", "us-east"),
+        UpstreamView("other", "eu-west", frozenset({"x"}), ttft_ms=5000.0),  # another model
+    )
+    d = decide(s)
+    rows = {c["upstream"]: c for c in d.explain()["candidates"]}
+    assert (rows["idle"]["load_ms"], rows["idle"]["load_source"]) == (200.0, "prior")
+    assert (rows["a"]["load_ms"], rows["a"]["load_source"]) == (100.0, "measured")
+    # No fresh TTFT anywhere: every candidate is equally unknown, and the term is 0 for all.
+    d = decide(snap(up("eu", "eu-central"), up("us", "us-east")))
+    assert {(c.load_ms, c.load_source) for c in d.order} == {(0.0, "unknown")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    locations,
+    st.lists(region_ids, min_size=2, max_size=2, unique=True),
+    st.floats(1, 400),
+    st.sampled_from([None, 0.0]),
+    st.integers(0, 2**32),
+)
+def test_idle_far_backend_gets_no_traffic_while_a_near_one_is_fine(
+    loc: Location, regions: list[str], ttft: float, far_queue: float | None, seed: int
+) -> None:
+    near_region, far_region = regions
+    net = {
+        r: est_rtt_ms(loc.latitude, loc.longitude, REGIONS[r].latitude, REGIONS[r].longitude)
+        for r in regions
+    }
+    p = Policy("client", "eu-central")
+    best = net[near_region] + ttft  # the near one's score: healthy, known TTFT, queue 0
+    assume(net[far_region] - net[near_region] > max(p.tolerance_ms, p.tolerance_ratio * best))
+    s = snap(
+        up("near", near_region, ttft_ms=ttft, queue_depth=0.0),
+        up("far", far_region, queue_depth=far_queue),  # idle: no fresh TTFT of its own
+    )
+    rng = random.Random(seed)
+    for _ in range(20):
+        d = route(RequestFacts("m", loc), s, p, rng)
+        assert chosen_id(d) == "near" and d.band == ("near",), d.explain()

@@ -79,7 +79,7 @@ def gateway_with(tmp: Path, dns_port: int, upstream_toml: str) -> Gateway:
 
 
 def members(gw: Gateway) -> set[str]:
-    table: Any = get_json(f"{gw.url}/routing-table")
+    table: Any = get_json(f"{gw.ops_url}/routing-table")
     return {u["id"] for r in table["regions"] for u in r["upstreams"]}
 
 
@@ -112,7 +112,7 @@ def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> No
             "POST",
             f"{gw.url}/v1/chat/completions",
             timeout=10,
-            json={**BODY, "max_tokens": 20, "stream": True},
+            json={**BODY, "max_tokens": 60, "stream": True},  # 3 s at 20 tokens/s
         ) as r:
             lines = r.iter_lines()
             first = next(lines)
@@ -123,6 +123,9 @@ def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> No
                     ("hosts.pool.test", s.port) for s in sims if f":{s.port}" not in leaving
                 ]
             eventually(lambda: leaving not in members(gw), what="the member to leave")
+            # The member left while this stream was still running on it.
+            leaving_sim = next(s for s in sims if f":{s.port}" in leaving)
+            assert leaving_sim.stats()["active"] == 1
             rest = list(lines)
         assert first and "data: [DONE]" in rest
         staying = ({one, two} - {leaving}).pop()

@@ -1,0 +1,66 @@
+"""CPU time of a process tree from /proc, for CPU-per-request figures in bench/overhead.py.
+
+utime + stime of /proc/PID/stat count every thread of the process, including threads that have
+exited, in clock ticks (1/CLK_TCK s, 10 ms on Linux). A difference of two readings is off by
+less than one tick per process, so each reading also says how many processes it summed: the
+caller turns that into a resolution and says when a cell is too short for it.
+(/proc/PID/schedstat would give nanoseconds, but only per thread, it loses exited threads, and
+some kernels - this VM's among them - report zeros there.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # comm may hold spaces and parentheses
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants: granian's workers and nginx's worker are children."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int(_stat_fields(int(d.name))[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we looked
+    tree, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        tree += kids
+        todo += kids
+    return tree
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    ticks: int  # utime + stime + cutime + cstime, summed over the processes read
+    procs: int  # how many of them could be read (each adds < 1 tick of error to a difference)
+
+
+def read_cpu(pids: Sequence[int]) -> CpuReading:
+    """Cheap enough (one small read per pid) to call inside a measurement window. cutime and
+    cstime are included so a worker that exits and is reaped mid-cell still counts."""
+    ticks = procs = 0
+    for p in pids:
+        try:
+            f = _stat_fields(p)
+            ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+            procs += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return CpuReading(ticks, procs)
+
+
+def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
+    """(CPU seconds, resolution in seconds) between two readings of the same processes."""
+    return (after.ticks - before.ticks) / CLK_TCK, max(before.procs, after.procs) / CLK_TCK

@@ -1,0 +1,111 @@
+"""Checks of single config values, shared by the config's validation (``AfterValidator``s in
+``gateway.config``) and the code that uses the values: each returns the value or raises
+ValueError with the words an operator needs. Also: masking a URL's password before it is
+printed anywhere."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+# An operator's name goes into the audit trail and logs as it is: a short plain word.
+OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+# "/v1/" and segments of unreserved characters, none starting with "." (no dot-segments).
+API_PATH = re.compile(r"/v1(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
+
+
+def network(cidr: str) -> str:
+    try:
+        ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ValueError("not an address or network (a CIDR such as 10.0.0.0/8)") from None
+    return cidr
+
+
+def upstream_url(url: str) -> str:
+    # OpenAI clients are configured with ".../v1"; an upstream is not: the client's path
+    # (/v1/chat/completions) is appended to it, and ".../v1/v1/..." is a 404 everywhere.
+    if urlsplit(url).path.rstrip("/").endswith("/v1"):
+        raise ValueError(
+            "ends in /v1: give the server's root (e.g. http://host:8000); the gateway "
+            "appends the client's path, /v1/... included"
+        )
+    return url
+
+
+def api_path(path: str) -> str:
+    if not API_PATH.fullmatch(path):
+        raise ValueError(
+            "not a path under /v1/ such as /v1/tokenize (segments of letters, digits and "
+            "-._~, none starting with a dot)"
+        )
+    return path
+
+
+def operator_name(name: str) -> str:
+    if not OPERATOR_NAME.fullmatch(name):
+        raise ValueError(f"operator name {name!r}: use 1-64 letters, digits and _.@-")
+    return name
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read (``strerror``), or None when it can."""
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def redis_url(url: str) -> str:
+    """Empty (no Redis) or a URL ``fleet.keys.connect`` can use: checked at load, a bad one is
+    a one-line start-up error, not a sync task that dies later and leaves /readyz degraded.
+    The message shows the URL with its password masked."""
+    if url:
+        try:
+            _check_redis_url(url)
+        except ValueError as exc:
+            raise ValueError(f"{redact_url(url)}: {exc}") from None
+    return url
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ValueError("use redis://, rediss://, unix:// or redis+sentinel://")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path")
+        return
+    hosts = parts.netloc.rpartition("@")[2]
+    for hp in hosts.split(",") if parts.scheme == "redis+sentinel" else [hosts]:
+        try:
+            one = urlsplit(f"//{hp}")
+            port = one.port  # ValueError: not a number, or out of range
+        except ValueError:
+            port, one = None, urlsplit("//")
+        if not one.hostname or (port is None and hp.endswith(":")):
+            raise ValueError(f"bad host:port {hp!r}")
+        if parts.scheme == "redis+sentinel" and port is None:
+            raise ValueError(f"sentinel address {hp!r} needs a port")
+    if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
+        raise ValueError("a sentinel URL needs /master-name")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (``redis://:****@host``), for messages and logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:****@{hosts}" if colon else f"{user}@{hosts}"
+    query = "&".join(
+        "password=****" if kv.lower().startswith("password=") else kv
+        for kv in parts.query.split("&")
+    )
+    # What did not parse as user:password@host (a "redis:/:pw@host" typo) is masked too.
+    return re.sub(r":[^:@/]*@", ":****@", parts._replace(netloc=netloc, query=query).geturl())

@@ -1,0 +1,74 @@
+"""Request bodies sent compressed (``Content-Encoding``): decoded here only to read the model
+and the stream flag; the upstream gets the bytes and the header as the client sent them.
+
+A body that does not decode as its header says is the client's mistake, answered 400 here: sent
+on, the backend answers 500, which would count as the backend failing and, five requests
+later, eject it. Decoding is bounded by the body limit, so a small compressed body cannot
+unpack into gigabytes.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from gateway.errors import BodyTooLarge, RequestInvalid, UnsupportedEncoding
+
+# Content coding -> zlib window bits. "x-gzip" is gzip (RFC 9110 §8.4.1.3); "deflate" is the
+# zlib format, though some clients send raw deflate: that is tried when the zlib header is not
+# there, as browsers do.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+ACCEPTED = ("gzip", "deflate", "identity")
+
+
+def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body with its content codings undone (last applied, first undone)."""
+    if not content_encoding:
+        return body
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    for coding in codings:
+        if coding != "identity" and coding not in _WBITS:
+            raise UnsupportedEncoding(
+                f"Content-Encoding {coding!r} is not supported by this gateway; send the body "
+                f"uncompressed, or compressed with gzip or deflate",
+                ACCEPTED,
+            )
+    for coding in reversed(codings):
+        if coding != "identity":
+            body = _inflate(body, coding, limit)
+    return body
+
+
+def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    out = bytearray()
+    rest = data
+    wbits = _WBITS[coding]
+    while True:  # a gzip body may hold several members, one after another
+        d = zlib.decompressobj(wbits)
+        try:
+            out += d.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            if coding == "deflate" and wbits > 0 and not out:
+                wbits = -zlib.MAX_WBITS  # raw deflate, no zlib header
+                continue
+            raise _invalid(coding, str(exc).split(": ")[-1]) from None
+        if len(out) > limit or d.unconsumed_tail:
+            raise BodyTooLarge(
+                f"request body decodes ({coding}) to more than this gateway's limit of {limit} "
+                "bytes (server.max_body_bytes); send a shorter request or ask the operator to "
+                "raise it"
+            )
+        if not d.eof:
+            raise _invalid(coding, "the compressed data ends early")
+        rest = d.unused_data
+        if not rest or wbits != _WBITS["gzip"]:
+            break
+    if rest:
+        raise _invalid(coding, "bytes follow the compressed data")
+    return bytes(out)
+
+
+def _invalid(coding: str, why: str) -> RequestInvalid:
+    return RequestInvalid(
+        f"request body is not valid {coding} data ({why}), but its Content-Encoding header "
+        f"says {coding}; send the body compressed as declared, or drop the header"
+    )

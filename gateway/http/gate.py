@@ -1,0 +1,135 @@
+"""The ``/v1/*`` requests in flight in one worker: a fast 503 beyond ``server.max_streams``,
+never a silent queue, and the SIGTERM drain that waits for them.
+
+The server's own connection limit (granian's backpressure, ``capacity().connections``) sits
+above the stream limit, so a request over it reaches this gate and is answered at once.
+
+On SIGTERM the worker keeps accepting connections: ``/readyz`` answers 503 ("draining") on new
+and kept-alive connections alike, so a load balancer sees a draining target, not a dead one,
+while the requests in flight finish. ``/v1`` requests that arrive meanwhile are served, as
+nginx and Envoy do while the balancer catches up. The drain ends when nothing is in flight or
+after ``server.drain_timeout_s``, when what is left is cut; then the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import defaults as d
+from gateway.errors import GatewayOverloaded
+from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.errors import send_error
+from gateway.runtime import Runtime, log
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+CUT_WAIT_S = 2.0  # cancelled requests unwind (upstream closed, access line written) this fast
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one worker can hold, given its descriptor limit."""
+
+    fds: int  # the worker's soft RLIMIT_NOFILE
+    fd_streams: int  # streams those descriptors allow: a client and an upstream socket each
+    streams: int  # the gate's limit: max_streams, or fewer when the descriptors allow fewer
+    connections: int  # the server's connection limit, within the descriptors left
+
+
+def capacity(fds: int, max_streams: int, max_connections: int = 0) -> Capacity:
+    """``max_connections`` 0: ``max_streams`` + headroom (idle keep-alive connections, health
+    checks, and the requests over the limit, which need a connection to get their 503)."""
+    max_connections = max_connections or max_streams + d.CONNECTION_HEADROOM
+    budget = max(0, fds - d.FD_RESERVE)
+    fd_streams = budget // d.FDS_PER_STREAM
+    streams = max(1, min(max_streams, fd_streams))
+    # Never below streams: a connection the server does not accept never reaches the gate.
+    connections = max(streams, min(max_connections, budget - streams))
+    return Capacity(fds, fd_streams, streams, connections)
+
+
+def fd_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class StreamGate:
+    """ASGI wrapper around the proxy: counts its requests, refuses those over the limit."""
+
+    def __init__(self, rt: Runtime, app: ASGIApp, limit: int) -> None:
+        self.rt = rt
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[Any]] = set()  # to cut them when the drain times out
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drain: asyncio.Task[None] | None = None
+        rt.metrics.max_streams.set(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        m = self.rt.metrics
+        if self.in_flight >= self.limit:
+            m.overloaded.inc()
+            retry = d.OVERLOAD_RETRY_AFTER_S
+            await send_error(
+                send,
+                GatewayOverloaded(
+                    f"this gateway is serving its maximum of {self.limit} concurrent requests "
+                    f"(server.max_streams); retry in {retry} s",
+                    retry_after_s=retry,
+                ),
+            )
+            return
+        task = asyncio.current_task()
+        self.in_flight += 1
+        self._idle.clear()
+        m.requests_in_flight.inc()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            m.requests_in_flight.dec()
+            if task is not None:
+                self._tasks.discard(task)
+            if not self.in_flight:
+                self._idle.set()
+
+    def on_sigterm(self, timeout_s: float, stop: Callable[[], None]) -> None:
+        """The worker's SIGTERM handler: drain once, then ``stop`` the server. A second
+        SIGTERM (the ASGI server's parent relaying its own) changes nothing."""
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then(timeout_s, stop))
+
+    async def _drain_then(self, timeout_s: float, stop: Callable[[], None]) -> None:
+        try:
+            await self.drain(timeout_s)
+        finally:
+            stop()
+
+    async def drain(self, timeout_s: float) -> None:
+        self.rt.draining = True
+        log.info(
+            "SIGTERM: draining (/readyz answers 503); %d request(s) in flight get up to %g s",
+            self.in_flight,
+            timeout_s,
+        )
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            log.info("drained: no request in flight")
+        except TimeoutError:
+            log.warning(
+                "drain: server.drain_timeout_s (%g s) passed; cutting %d request(s) in flight",
+                timeout_s,
+                self.in_flight,
+            )
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), CUT_WAIT_S)

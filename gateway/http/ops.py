@@ -1,0 +1,101 @@
+"""The ops listener: ``/metrics``, ``/routing-table``, ``/explain`` and ``/admin/*`` on a
+host and port of their own (``[ops]``, loopback by default), never on the public port.
+
+``ops.token`` (``Authorization: Bearer <token>``) guards everything but ``/admin/*``, which
+has its operators' own tokens: with it set, another host (the edge tier reading the routing
+table, a Prometheus scraping metrics) may be let in. The listener is hypercorn on the
+worker's own event loop, so it reads the very Runtime the proxy writes; its socket is bound
+once by the parent process (``gateway.server``), which hands its descriptor to each worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+
+from starlette.applications import Starlette
+
+from gateway.errors import OpsUnauthorized
+from gateway.http.admin import admin_routes
+from gateway.http.asgi import Receive, Scope, Send, header
+from gateway.http.endpoints import Endpoints, not_found
+from gateway.http.errors import send_error
+from gateway.runtime import Runtime, log
+
+# The inherited listening socket's descriptor, from the parent to its workers (the name has
+# no GEOGATE_ prefix: those are config overrides).
+ENV_OPS_FD = "_GEOGATE_OPS_FD"
+STOP_TIMEOUT_S = 2.0  # a scrape in progress finishes; an idle keep-alive connection does not wait
+# hypercorn's own lines ("Running on ... CTRL + C to quit") would mislead: warnings only.
+_server_log = logging.getLogger("geogate.ops.server")
+_server_log.setLevel(logging.WARNING)
+
+
+class OpsAuth:
+    """``ops.token`` in front of the ops app, for all but ``/admin/*``."""
+
+    def __init__(self, app: Starlette, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/admin/"):
+            sent = (header(scope, b"authorization") or "").encode("latin-1")
+            if not hmac.compare_digest(sent, self.expected):
+                err = OpsUnauthorized(
+                    "missing or wrong ops token: send Authorization: Bearer <ops.token>"
+                )
+                await send_error(send, err, [(b"www-authenticate", b'Bearer realm="geogate-ops"')])
+                return
+        await self.app(scope, receive, send)
+
+
+def ops_app(rt: Runtime) -> Starlette | OpsAuth:
+    app = Starlette(routes=[*Endpoints(rt).ops_routes(), *admin_routes(rt)])
+    app.router.default = not_found
+    token = rt.config.ops.token
+    return OpsAuth(app, token) if token else app
+
+
+class OpsListener:
+    """Serves ``ops_app`` on an inherited listening socket, from the lifespan of the worker."""
+
+    def __init__(self, rt: Runtime, fd: int) -> None:
+        self.rt = rt
+        self.fd = fd
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config as HConfig
+
+        try:
+            # The same descriptor in every worker: the kernel spreads connections among them.
+            socket.socket(fileno=self.fd).detach()
+        except OSError as exc:
+            log.error(
+                "ops listener off: descriptor %d from the parent is unusable (%s)", self.fd, exc
+            )
+            return
+        hc = HConfig()
+        hc.bind = [f"fd://{self.fd}"]
+        hc.accesslog = None
+        hc.errorlog = _server_log
+        hc.graceful_timeout = STOP_TIMEOUT_S
+        app = ops_app(self.rt)
+        # shutdown_trigger given: hypercorn installs no signal handlers of its own.
+        self._task = asyncio.get_running_loop().create_task(
+            serve(app, hc, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
+        )
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._stop.set()
+        try:
+            await asyncio.wait_for(self._task, STOP_TIMEOUT_S * 2)
+        except Exception as exc:  # stopping anyway: say so, do not fail the shutdown
+            log.warning("ops listener stopped uncleanly: %r", exc)

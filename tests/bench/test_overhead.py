@@ -1,0 +1,39 @@
+"""bench/overhead.py's targets: geogate runs the default config (access log on, a GeoIP
+database that places the load's source address), geogate-lean differs in those two knobs only."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+
+from bench.overhead import gateway_conf, nginx_conf
+from gateway.config import GeoIPSection, ServerSection, load_config
+from gateway.runtime import default_location
+from geodb.location import LocationSource
+from geodb.reader import GeoIPSource
+
+
+def test_geogate_target_runs_the_default_config(tmp_path: Path) -> None:
+    cfg = load_config(gateway_conf(tmp_path, 18080, 18081, "granian"))
+    # Nothing in [server] but the port and engine differs from the defaults: access log on.
+    assert cfg.server.model_dump() == ServerSection(port=18080, engine="granian").model_dump()
+    assert cfg.server.access_log is True
+    assert cfg.geoip.database is not None
+    want = GeoIPSection(database=cfg.geoip.database).model_dump()
+    assert cfg.geoip.model_dump() == want
+    # The load generators connect from 127.0.0.1: the lookup must hit a record.
+    loc = GeoIPSource(cfg.geoip.database, default_location(cfg)).locate(ip_address("127.0.0.1"))
+    assert (loc.source, loc.country) == (LocationSource.GEOIP, "DE")
+
+
+def test_lean_target_turns_off_exactly_the_two_knobs(tmp_path: Path) -> None:
+    full = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="full"))
+    lean = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", lean=True, name="lean"))
+    assert (lean.server.access_log, lean.geoip.database) == (False, None)
+    same = {"server": {"access_log"}, "geoip": {"database"}, "ops": {"port"}}
+    assert full.model_dump(exclude=same) == lean.model_dump(exclude=same)
+
+
+def test_nginx_peer_logs_as_nginx_does_by_default(tmp_path: Path) -> None:
+    assert f"access_log {tmp_path}/nginx-access.log;" in nginx_conf(tmp_path, 1, 2, 3).read_text()
+    assert "access_log off;" in nginx_conf(tmp_path, 1, 2, 3, access_log=False).read_text()

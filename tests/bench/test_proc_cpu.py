@@ -1,0 +1,41 @@
+"""bench/proc_cpu.py: CPU of a process tree, including a child that exits and is reaped
+between the two readings (a worker restarted mid-cell still counts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from bench.proc_cpu import cpu_between, process_tree, read_cpu
+from tests.support import eventually
+
+BUSY_S = 0.5
+# A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed.
+PARENT = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", '''
+import time
+t = time.process_time()
+while time.process_time() - t < {BUSY_S}:
+    pass
+'''])
+child.wait()
+print("reaped", flush=True)
+time.sleep(60)
+"""
+
+
+def test_tree_cpu_counts_a_reaped_child() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: len(process_tree(parent.pid)) == 2, what="the child")
+        tree = process_tree(parent.pid)
+        before = read_cpu(tree)
+        assert parent.stdout is not None and parent.stdout.readline() == "reaped\n"
+        cpu, resolution = cpu_between(before, read_cpu(tree))
+    finally:
+        parent.kill()
+        parent.wait()
+    # The child is gone from /proc by now: its time is in the parent's cutime + cstime.
+    assert BUSY_S - 0.2 <= cpu <= BUSY_S + 0.2 + resolution, cpu
+    assert 0 < resolution <= 0.05

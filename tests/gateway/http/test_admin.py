@@ -1,0 +1,126 @@
+"""The admin API in-process (httpx over ASGI, the in-memory store): who an operator is, what a
+change may hold, how big its body may be. Fleet-wide behaviour is tests/gateway/fleet/."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from gateway.config import Config
+from gateway.defaults import ADMIN_MAX_BODY_BYTES
+from gateway.http.admin import admin_routes, operator_of
+from gateway.runtime import build_runtime
+
+ALICE, BOB, LEGACY = "alice-token-0123456789", "bob-token-9876543210", "old-shared-token"
+
+
+def config(**admin: Any) -> Config:
+    return Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+            "upstreams": [
+                {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}
+            ],
+            "admin": admin,
+        }
+    )
+
+
+def client(cfg: Config) -> httpx.AsyncClient:
+    app = Starlette(routes=admin_routes(build_runtime(cfg)))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+def bearer(token: str, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **extra}
+
+
+async def test_the_audits_who_is_the_operator_whose_token_was_sent() -> None:
+    async with client(config(tokens={"alice": ALICE, "bob": BOB})) as c:
+        # A declared name is not an identity: X-Geogate-Operator changes nothing.
+        r = await c.patch(
+            "/admin/upstreams/a",
+            json={"weight": 2},
+            headers=bearer(ALICE, **{"X-Geogate-Operator": "mallory"}),
+        )
+        assert r.status_code == 200, r.text
+        r = await c.patch("/admin/upstreams/a", json={"drained": True}, headers=bearer(BOB))
+        assert r.status_code == 200, r.text
+        entries = (await c.get("/admin/audit", headers=bearer(BOB))).json()["entries"]
+        assert [(e["who"], json.loads(e["after"])) for e in entries] == [
+            ("bob", {"drained": True}),
+            ("alice", {"weight": 2}),
+        ]
+        for wrong in ("", "Bearer ", f"Bearer {ALICE}x", f"Bearer {ALICE[:-1]}", ALICE):
+            r = await c.get("/admin/config", headers={"Authorization": wrong})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_token"
+
+
+async def test_the_single_token_of_old_is_the_operator_admin() -> None:
+    async with client(config(token=LEGACY, tokens={"alice": ALICE})) as c:
+        h = bearer(LEGACY, **{"X-Geogate-Operator": "alice"})
+        assert (await c.patch("/admin/upstreams/a", json={"weight": 3}, headers=h)).is_success
+        entries = (await c.get("/admin/audit", headers=bearer(ALICE))).json()["entries"]
+        assert [e["who"] for e in entries] == ["admin"]
+
+
+async def test_no_token_configured_means_the_api_is_off() -> None:
+    async with client(config()) as c:
+        r = await c.get("/admin/config", headers=bearer("anything"))
+        assert r.status_code == 404 and "admin.tokens" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"bias_ms": NaN}', "bias_ms must be a finite number"),
+        (b'{"weight": Infinity}', "weight must be a finite number"),
+        (b'{"weight": 1e309}', "weight must be a finite number"),
+        (b'{"weight": -1}', "weight must be between 0 and 1000"),
+        (b"[" * 100_000 + b"]" * 100_000, "over 65536 bytes"),
+        (b"[" * 60_000 + b"]" * 60, "nested too deeply"),
+        (b'{"weight": ', "not valid JSON"),
+        (b"[1]", "send a JSON object"),
+    ],
+)
+async def test_bad_changes_are_400_and_change_nothing(body: bytes, message: str) -> None:
+    async with client(config(tokens={"alice": ALICE})) as c:
+        r = await c.patch("/admin/upstreams/a", content=body, headers=bearer(ALICE))
+        assert r.status_code in (400, 413), r.text
+        assert message in r.json()["error"]["message"]
+        # What was refused never reached the config: it still prints, as JSON, unchanged.
+        shown = await c.get("/admin/config", headers=bearer(ALICE))
+        assert shown.status_code == 200
+        assert shown.json()["config"]["upstreams"][0]["weight"] == 1.0
+        assert shown.json()["version"] == 1
+
+
+async def test_a_huge_body_is_refused_before_it_is_read_whole() -> None:
+    sent = 0
+
+    async def body() -> Any:
+        nonlocal sent
+        for _ in range(1000):  # 64 MiB if it were all read
+            sent += 65536
+            yield b" " * 65536
+
+    async with client(config(tokens={"alice": ALICE})) as c:
+        r = await c.patch("/admin/upstreams/a", content=body(), headers=bearer(ALICE))
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert str(ADMIN_MAX_BODY_BYTES) in r.json()["error"]["message"]
+    assert sent <= 2 * ADMIN_MAX_BODY_BYTES  # the rest was never asked for
+
+
+def test_operator_of_checks_every_token() -> None:
+    ops = {"alice": ALICE, "bob": BOB}
+    assert operator_of(f"Bearer {BOB}", ops) == "bob"
+    assert operator_of(f"bearer {BOB}", ops) == "bob"  # RFC 9110 §11.1: any case
+    assert operator_of(f"Basic {BOB}", ops) is None
+    assert operator_of(f"Bearer {BOB} ", ops) is None
+    assert operator_of(BOB, ops) is None
+    assert operator_of("", {}) is None

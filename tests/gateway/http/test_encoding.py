@@ -1,0 +1,118 @@
+"""Compressed request bodies: decoding rules (pure), and end to end, a client's body that does
+not decode as declared is its own 400 and never costs the backend its place in rotation."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.errors import BodyTooLarge, RequestInvalid, UnsupportedEncoding
+from gateway.http.encoding import decoded
+from tests.support import UpstreamSpec, gateway_toml, start_gateway, start_sim
+
+DOC = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}'
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    ("body", "coding"),
+    [
+        (DOC, None),
+        (DOC, ""),
+        (DOC, "identity"),
+        (gzip.compress(DOC), "gzip"),
+        (gzip.compress(DOC), "X-Gzip"),
+        (zlib.compress(DOC), "deflate"),
+        (_raw_deflate(DOC), "deflate"),  # no zlib header, as some clients send it
+        (gzip.compress(zlib.compress(DOC)), "deflate, gzip"),  # undone last-applied first
+    ],
+)
+def test_decodes_what_was_declared(body: bytes, coding: str | None) -> None:
+    assert decoded(body, coding, 1000) == DOC
+
+
+def test_gzip_members_are_joined() -> None:
+    assert decoded(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 10) == b"abcd"
+
+
+@pytest.mark.parametrize(
+    ("body", "coding", "words"),
+    [
+        (DOC, "gzip", "not valid gzip data"),  # a plain body, declared gzip
+        (gzip.compress(DOC)[:-6], "gzip", "ends early"),
+        (b"", "gzip", "ends early"),
+        (zlib.compress(DOC) + b"x", "deflate", "bytes follow"),
+        (b"not deflate at all", "deflate", "not valid deflate data"),
+    ],
+)
+def test_a_body_that_does_not_decode_is_the_clients_400(
+    body: bytes, coding: str, words: str
+) -> None:
+    with pytest.raises(RequestInvalid, match=words) as info:
+        decoded(body, coding, 1000)
+    assert type(info.value) is RequestInvalid
+    assert "Content-Encoding" in info.value.message
+
+
+def test_unknown_coding_is_unsupported_and_says_what_is() -> None:
+    with pytest.raises(UnsupportedEncoding, match="'br'") as info:
+        decoded(DOC, "gzip, br", 1000)
+    assert "gzip" in info.value.accepted and "deflate" in info.value.accepted
+
+
+def test_decoding_stops_at_the_body_limit() -> None:
+    bomb = gzip.compress(b"0" * 10_000_000)  # ~10 KB that unpacks to 10 MB
+    with pytest.raises(BodyTooLarge, match="max_body_bytes"):
+        decoded(bomb, "gzip", 65536)
+    assert decoded(gzip.compress(b"0" * 100), "gzip", 100) == b"0" * 100  # at the limit: fine
+
+
+def test_plain_body_declared_gzip_is_a_400_and_the_backend_stays_in_rotation(
+    tmp_path: Path,
+) -> None:
+    # Before the fix, five of these reached the backend, which answered 500 each time, and the
+    # fifth ejected it: the next request went to the far backend.
+    near = start_sim(tmp_path, "near", "eu-central", ["m"])
+    far = start_sim(tmp_path, "far", "us-east", ["m"])
+    ups = [
+        UpstreamSpec("near", "eu-central", near.url, ["m"]),
+        UpstreamSpec("far", "us-east", far.url, ["m"]),
+    ]
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    url = f"{gw.url}/v1/chat/completions"
+    plain = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    try:
+        with httpx.Client(timeout=10) as c:
+            for _ in range(5):
+                r = c.post(url, content=DOC, headers=plain)
+                err = r.json()["error"]
+                assert r.status_code == 400 and err["type"] == "invalid_request_error", r.text
+                assert "not valid gzip data" in err["message"]
+            print("plain body, gzip declared:", r.status_code, err["message"])
+            assert near.stats()["requests"] == 0  # nothing reached the upstream
+            r = c.post(url, content=DOC)
+            print("next request:", r.status_code, r.headers["geogate-route"])
+            assert r.status_code == 200
+            assert "upstream=near; reason=lowest-score" in r.headers["geogate-route"]
+            # A valid compressed body goes through as sent: bytes and header.
+            r = c.post(url, content=gzip.compress(DOC), headers=plain)
+            assert r.status_code == 200 and "upstream=near" in r.headers["geogate-route"]
+            assert near.stats()["last_headers"]["Content-Encoding"] == "gzip"  # type: ignore[index]
+            r = c.post(url, content=DOC, headers={"Content-Encoding": "br"})
+            print("br:", r.status_code, r.headers.get("accept-encoding"), r.json())
+            assert (
+                r.status_code == 415 and r.json()["error"]["code"] == "unsupported_content_encoding"
+            )
+            assert r.headers["accept-encoding"] == "gzip, deflate, identity"
+    finally:
+        gw.stop()
+        near.proc.kill()
+        far.proc.kill()

@@ -1,0 +1,207 @@
+"""Ejections for failed requests: told once each way, the healthy gauge in step (in process),
+and end to end, a backend whose /health answers while its completions fail stays out for its
+ejection time, unless a completion probe finds it working again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import Config
+from gateway.runtime import Runtime, build_runtime
+from gateway.watch import ejections
+from tests.support import (
+    CHAT_BODY,
+    Gateway,
+    Sim,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    start_gateway,
+    start_sim,
+)
+
+CFG = Config.model_validate(
+    {
+        "gateway": {"region": "eu"},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [
+            {"id": u, "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}
+            for u in ("a", "b")
+        ],
+        "outlier": {"consecutive_failures": 3, "base_ejection_s": 30, "max_ejected_share": 1},
+    }
+)
+
+
+def _gauge(rt: Runtime, uid: str) -> float | None:
+    return rt.metrics.registry.get_sample_value(
+        "geogate_upstream_healthy", {"upstream": uid, "region": "eu"}
+    )
+
+
+def test_ejection_and_return_are_logged_once_and_the_gauge_follows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="geogate.health")
+    rt = build_runtime(CFG)
+    ejections.set_gauge(rt, "a", "eu", 0.0)
+    assert _gauge(rt, "a") == 1
+    for _ in range(3):
+        ejections.record_result(rt, "a", "eu", False, 1.0)
+    assert _gauge(rt, "a") == 0  # at once, not at the next probe
+    ejections.record_result(rt, "a", "eu", False, 2.0)  # already out: no second line
+    ejections.check_return(rt, "a", "eu", 30.9)
+    ejections.check_return(rt, "a", "eu", 31.0)
+    ejections.check_return(rt, "a", "eu", 32.0)  # told once
+    assert _gauge(rt, "a") == 1
+    for _ in range(3):
+        ejections.record_result(rt, "a", "eu", False, 40.0)
+    ejections.end_by_probe(rt, "a", "eu", 41.0)
+    ejections.end_by_probe(rt, "a", "eu", 42.0)  # nothing left to end
+    lines = [r.getMessage() for r in caplog.records if r.name == "geogate.health"]
+    assert lines == [
+        "upstream a (eu) ejected for 30 s after 3 consecutive failed requests",
+        "upstream a (eu) back in rotation: ejection time over",
+        "upstream a (eu) ejected for 60 s after 3 consecutive failed requests",
+        "upstream a (eu) back in rotation: completion probe succeeded",
+    ]
+    assert _gauge(rt, "a") == 1
+
+
+def test_a_return_nobody_told_is_told_before_the_next_ejection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The ejection ran out between two probes and requests failed again at once.
+    caplog.set_level(logging.INFO, logger="geogate.health")
+    rt = build_runtime(CFG)
+    for now in (1.0, 1.0, 1.0, 31.5, 31.5, 31.5):
+        ejections.record_result(rt, "a", "eu", False, now)
+    lines = [r.getMessage() for r in caplog.records if r.name == "geogate.health"]
+    assert lines == [
+        "upstream a (eu) ejected for 30 s after 3 consecutive failed requests",
+        "upstream a (eu) back in rotation: ejection time over",
+        "upstream a (eu) ejected for 60 s after 3 consecutive failed requests",
+    ]
+
+
+def test_the_gauge_shows_the_fleets_verdict_too() -> None:
+    rt = build_runtime(CFG)
+    rt.store.fleet_down = frozenset({"b"})
+    ejections.set_gauge(rt, "b", "eu", 0.0)
+    assert _gauge(rt, "b") == 0
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+def _served_by(c: httpx.Client, gw: Gateway) -> tuple[int, str]:
+    r = c.post(f"{gw.url}/v1/chat/completions", json=CHAT_BODY)
+    return r.status_code, r.headers["geogate-route"].split("upstream=")[1].split(";")[0]
+
+
+def _gauge_text(gw: Gateway, uid: str) -> str:
+    text: str = urllib.request.urlopen(f"{gw.ops_url}/metrics", timeout=5).read().decode()
+    prefix = f'geogate_upstream_healthy{{region="eu-central",upstream="{uid}"}} '
+    return next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1]
+
+
+def _eject(c: httpx.Client, gw: Gateway) -> float:
+    """Three failed requests to "bad": it is ejected. Returns when."""
+    for _ in range(3):
+        assert _served_by(c, gw) == (500, "bad")
+    return time.monotonic()
+
+
+def _stays_out(c: httpx.Client, gw: Gateway, until: float) -> int:
+    """Requests until ``until``: each must go to "good". Returns how many were sent."""
+    n = 0
+    while time.monotonic() < until:
+        assert _served_by(c, gw) == (200, "good"), f"bad was back after {n} requests"
+        n += 1
+        time.sleep(0.05)  # pacing, not waiting for anything: probes run every 0.2 s
+    return n
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Path, Sim, Sim, list[UpstreamSpec]]]:
+    # /health of "bad" answers 200 while every completion fails (a GPU out of memory).
+    bad = start_sim(tmp_path, "bad", "eu-central", ["m"], "--error-rate", "1")
+    good = start_sim(tmp_path, "good", "us-east", ["m"])
+    ups = [
+        UpstreamSpec("bad", "eu-central", bad.url, ["m"]),
+        UpstreamSpec("good", "us-east", good.url, ["m"]),
+    ]
+    try:
+        yield tmp_path, bad, good, ups
+    finally:
+        bad.proc.kill()
+        good.proc.kill()
+
+
+def test_failed_completions_eject_for_the_whole_time_despite_good_health(
+    pair: tuple[Path, Sim, Sim, list[UpstreamSpec]],
+) -> None:
+    tmp, _, _, ups = pair
+    outlier = "[outlier]\nconsecutive_failures = 3\nbase_ejection_s = 3\n"
+    gw = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=outlier))
+    try:
+        with httpx.Client(timeout=10) as c:
+            at = _eject(c, gw)
+            assert _gauge_text(gw, "bad") == "0.0"
+            n = _stays_out(c, gw, at + 2.5)  # ~12 good /health probes of "bad" meanwhile
+            eventually(
+                lambda: (
+                    "upstream bad (eu-central) back in rotation: ejection time over"
+                    in gw.log_text()
+                ),
+                timeout=5,
+                what="the ejection to run out",
+            )
+            out_s = time.monotonic() - at
+            assert _gauge_text(gw, "bad") == "1.0"
+            _eject(c, gw)  # still failing: out again, for twice as long
+        log = gw.log_text()
+        print(f"stayed out {out_s:.1f} s ({n} requests to good); log lines:")
+        print("\n".join(line for line in log.splitlines() if "upstream bad" in line))
+        assert "upstream bad (eu-central) ejected for 3 s after 3 consecutive failed" in log
+        assert "upstream bad (eu-central) ejected for 6 s after 3 consecutive failed" in log
+    finally:
+        gw.stop()
+
+
+def test_a_completion_probe_ends_the_ejection_once_completions_work(
+    pair: tuple[Path, Sim, Sim, list[UpstreamSpec]],
+) -> None:
+    tmp, bad, _, ups = pair
+    extra = (
+        "completion_probe = true\n\n"  # into [health], which gateway_toml opened
+        "[outlier]\nconsecutive_failures = 3\nbase_ejection_s = 60\n"
+    )
+    gw = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=extra))
+    try:
+        with httpx.Client(timeout=10) as c:
+            at = _eject(c, gw)
+            _stays_out(c, gw, at + 1.0)  # completion probes fail while completions do
+            assert int(str(bad.stats()["requests"])) > 3  # the probes were sent
+            heal = json.dumps({"error_rate": 0}).encode()
+            req = urllib.request.Request(f"{bad.url}/sim/config", data=heal, method="POST")
+            urllib.request.urlopen(req, timeout=5).read()
+            eventually(
+                lambda: _served_by(c, gw) == (200, "bad"),
+                timeout=5,
+                what="the completion probe to bring bad back (its ejection is 60 s)",
+            )
+            back_s = time.monotonic() - at
+        log = gw.log_text()
+        print(f"back after {back_s:.1f} s of a 60 s ejection")
+        assert "upstream bad (eu-central) back in rotation: completion probe succeeded" in log
+    finally:
+        gw.stop()
