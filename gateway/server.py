@@ -27,7 +27,8 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from gateway import defaults as d
-from gateway.config import ENV_CONFIG_FILE, Config
+from gateway.config import Config
+from gateway.config_file import ENV_CONFIG_FILE
 from gateway.errors import CannotListen
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import ENV_OPS_FD

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
-from gateway.config import load_config
+from gateway.config_file import load_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gateway.toml"
 MODEL = "llama-3.1-8b-instruct"

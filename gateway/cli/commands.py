@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 from gateway.cli.errors import CLIError
-from gateway.config import Config, load_config
+from gateway.config import Config
+from gateway.config_file import load_config
 from geodb.location import Location
 from geodb.reader import GeoIPSource, GeoSource
 

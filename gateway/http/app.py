@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from gateway.client import new_session
-from gateway.config import ENV_CONFIG_FILE, Config, load_config
+from gateway.config import Config
+from gateway.config_file import ENV_CONFIG_FILE, load_config
 from gateway.http.endpoints import Endpoints, not_found
 from gateway.http.errors import http_exception
 from gateway.http.gate import StreamGate, capacity, fd_limit

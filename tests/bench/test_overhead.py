@@ -7,7 +7,8 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from bench.overhead import gateway_conf, nginx_conf
-from gateway.config import GeoIPSection, ServerSection, load_config
+from gateway.config import GeoIPSection, ServerSection
+from gateway.config_file import load_config
 from gateway.runtime import default_location
 from geodb.location import LocationSource
 from geodb.reader import GeoIPSource

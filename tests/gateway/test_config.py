@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gateway import defaults
-from gateway.config import load_config
+from gateway.config_file import load_config
 from gateway.errors import ConfigError
 
 GOOD = """

@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.config import Config, parse_config
+from gateway.config import Config
+from gateway.config_file import parse_config
 from gateway.errors import ConfigError
 from gateway.http.ops import ops_app
 from gateway.runtime import build_runtime

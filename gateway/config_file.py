@@ -1,0 +1,126 @@
+"""The gateway's config file: one TOML file, ``GEOGATE_*`` environment overrides, validated
+up front against the schema in ``gateway.config``.
+
+Overrides name a key path with ``__`` between levels: ``GEOGATE_SERVER__PORT=9000``,
+``GEOGATE_TIMEOUTS__FIRST_BYTE_S=20``, ``GEOGATE_UPSTREAMS='[{...}]'`` (JSON for lists and
+tables). Every error is one line naming the file (or variable), the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway import checks
+from gateway.config import Config
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "GEOGATE_"
+ENV_CONFIG_FILE = "GEOGATE_CONFIG"  # the file path itself, not an override
+
+
+def _env_value(raw: str) -> Any:
+    if raw[:1] in "[{":
+        return json.loads(raw)
+    return raw  # pydantic's lax mode turns "9000" into 9000 and "true" into True
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Apply overrides in place; returns key path -> variable name, for error messages."""
+    origins: dict[str, str] = {}
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value = _env_value(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config error in {name}: not valid JSON: {exc.msg}") from exc
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config error in {name}: {'.'.join(path)} is not a table")
+            node = child
+        node[path[-1]] = value
+        origins[".".join(path)] = name
+    return origins
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def rel(p: Path | None) -> Path | None:
+        return None if p is None or p.is_absolute() else base / p
+
+    updates: dict[str, Any] = {}
+    if (db := rel(cfg.geoip.database)) is not None:
+        updates["geoip"] = cfg.geoip.model_copy(update={"database": db})
+    server: dict[str, Any] = {}
+    for key in ("tls_cert", "tls_key"):
+        if (p := rel(getattr(cfg.server, key))) is not None:
+            server[key] = p
+    if server:
+        updates["server"] = cfg.server.model_copy(update=server)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+# Keys whose values are never repeated in a message: they hold passwords and tokens.
+_SECRET_KEYS = ("redis.url", "admin.", "ops.token")
+
+
+def parse_config(
+    data: dict[str, Any], source: str, env: Mapping[str, str] | None = None, base: Path = Path()
+) -> Config:
+    origins = _apply_env(data, os.environ if env is None else env)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        key = _loc(first["loc"])
+        where = origins.get(key, source)
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif first["type"] == "missing":
+            msg = "required key is missing"
+        elif (
+            "input" in first
+            and not isinstance(first["input"], dict | list)
+            and not key.startswith(_SECRET_KEYS)
+        ):
+            msg += f" (got {first['input']!r})"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        prefix = f"{key}: " if key else ""
+        raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
+    cfg = _resolve_paths(cfg, base)
+    for key in ("tls_cert", "tls_key"):
+        # Read at start-up by the server, in a worker, as a traceback: check here, in one line.
+        if (p := getattr(cfg.server, key)) is not None and (why := checks.unreadable(p)):
+            where = origins.get(f"server.{key}", source)
+            raise ConfigError(f"config error in {where}: server.{key}: cannot read {p}: {why}")
+    return cfg
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error in {path}: invalid TOML: {exc}") from None
+    return parse_config(data, str(path), env, base=path.resolve().parent)
