@@ -11,6 +11,8 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 geoip.database): geogate / geogate-lean is the price of the defaults
   geogate-hc    geogate gateway, hypercorn engine (the alternative the choice was made
                 against), default config as geogate
+  geogate-ecs   geogate with log.format = "ecs" (access and event logs as ECS JSON):
+                geogate-ecs / geogate is the price of ECS logs over the text format
   nginx         nginx as a plain reverse proxy (keep-alive upstream pool, buffering off) with
                 its own default access log (combined format, to a file)
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
@@ -104,6 +106,8 @@ TARGETS = {
     "client at the default location): the two knobs off, to price them",
     "geogate-hc": "hypercorn engine, default config as geogate (h2c only: hypercorn's HTTP/1.1 "
     "status line has an empty reason phrase, which h2load counts as a failure)",
+    "geogate-ecs": 'granian engine, default config as geogate with `log.format = "ecs"`: the '
+    "access log as ECS JSON (ecs-logging), to price it against geogate's text format",
     "nginx": "nginx, 1 worker, keep-alive upstream pool, `proxy_buffering off`, access log on "
     "(combined format to a file: nginx's default)",
 }
@@ -111,6 +115,7 @@ GATEWAYS = (  # name, engine, lean
     ("geogate", "granian", False),
     ("geogate-lean", "granian", True),
     ("geogate-hc", "hypercorn", False),
+    ("geogate-ecs", "granian", False),
 )
 
 
@@ -157,14 +162,23 @@ def bench_geoip(work: Path) -> Path:
 
 
 def gateway_conf(
-    work: Path, port: int, backend: int, engine: str, *, lean: bool = False, name: str = ""
+    work: Path,
+    port: int,
+    backend: int,
+    engine: str,
+    *,
+    lean: bool = False,
+    name: str = "",
+    ecs: bool = False,
 ) -> Path:
     """geogate's default config (access log on, a GeoIP database), or with lean=True those two
-    knobs off. Keys at their default are left out, so a caller may still set them
-    (bench/streams.py's --gateway-set) without writing a duplicate key."""
+    knobs off, or with ecs=True the logs as ECS JSON. Keys at their default are left out, so a
+    caller may still set them (bench/streams.py's --gateway-set) without writing a duplicate
+    key."""
     conf = work / f"gateway-{name or engine}.toml"
     knobs = "access_log = false\n" if lean else ""
     geoip = "" if lean else f'[geoip]\ndatabase = "{bench_geoip(work)}"\n'
+    geoip += '[log]\nformat = "ecs"\n' if ecs else ""
     conf.write_text(f"""
 [gateway]
 region = "eu-central"
@@ -271,7 +285,9 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
         if name not in targets:
             continue
         port = free_port()
-        conf = gateway_conf(work, port, backend, engine, lean=lean, name=f"{name}-{mode}")
+        conf = gateway_conf(
+            work, port, backend, engine, lean=lean, name=f"{name}-{mode}", ecs=name == "geogate-ecs"
+        )
         p = spawn(
             pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))),
             work / f"{name}-{mode}.log",

@@ -17,6 +17,7 @@ from bench.overhead_cells import Row
 from bench.proc_cpu import CLK_TCK
 
 RES_SHOWN = 0.05  # a CPU figure's ± is printed when the tick error is above 5 % of it
+ECS_PAIR = ("geogate-ecs", "geogate")  # the price of log.format = "ecs" over the text format
 
 
 def _find(rows: Sequence[Row], target: str, r: Row, proto: str | None = None) -> Row | None:
@@ -98,11 +99,14 @@ def _streaming(rows: Sequence[Row]) -> list[str]:
     return out
 
 
-def knob_price(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """geogate (defaults) against geogate-lean, cell by cell."""
+def knob_price(
+    rows: Sequence[Row], target: str = "geogate", base: str = "geogate-lean"
+) -> list[dict[str, Any]]:
+    """``target`` (geogate: the defaults) against ``base`` (geogate-lean), cell by cell; the
+    keys say default and lean whichever pair it is."""
     out = []
     for r in rows:
-        lean = _find(rows, "geogate-lean", r) if r.target == "geogate" else None
+        lean = _find(rows, base, r) if r.target == target else None
         if lean is None:
             continue
         item: dict[str, Any] = {"mode": r.mode, "proto": r.proto, "concurrency": r.concurrency}
@@ -118,12 +122,18 @@ def knob_price(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def _knobs(price: list[dict[str, Any]]) -> list[str]:
+def _knobs(
+    price: list[dict[str, Any]],
+    pair: tuple[str, str] = ("geogate", "geogate-lean"),
+    labels: tuple[str, str] = ("default", "lean"),
+    what: str = "the defaults",
+) -> list[str]:
+    a, b = labels
     if not price:
-        return ["(geogate and geogate-lean were not both run.)"]
+        return [f"({pair[0]} and {pair[1]} were not both run.)"]
     out = [
-        "| mode | proto | conc | req/s default / lean | throughput cost | "
-        "CPU ms/req default / lean | CPU ratio | TTFT p50 ms default / lean |",
+        f"| mode | proto | conc | req/s {a} / {b} | throughput cost | "
+        f"CPU ms/req {a} / {b} | CPU ratio | TTFT p50 ms {a} / {b} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for k in price:
@@ -145,13 +155,13 @@ def _knobs(price: list[dict[str, Any]]) -> list[str]:
     if costs:
         out += [
             "",
-            "Throughput the defaults cost (1 - default/lean req/s), non-streaming cells: "
+            f"Throughput {what} cost (1 - {a}/{b} req/s), non-streaming cells: "
             f"{min(costs):.0%} to {max(costs):.0%}.",
         ]
     if ratios:
         out += [
-            f"CPU per request with the defaults: {min(ratios):.2f}x to {max(ratios):.2f}x "
-            "lean's, all cells."
+            f"CPU per request with {what}: {min(ratios):.2f}x to {max(ratios):.2f}x "
+            f"{b}'s, all cells."
         ]
     return out
 
@@ -218,6 +228,10 @@ def write(rows: list[Row], router: dict[int, float], meta: dict[str, Any], out: 
         "",
         *_knobs(knob_price(rows)),
         "",
+        '## Price of ECS logs: geogate-ecs (log.format = "ecs") vs geogate (text)',
+        "",
+        *_knobs(knob_price(rows, *ECS_PAIR), ECS_PAIR, ("ecs", "text"), "ECS logs"),
+        "",
         "## Idle CPU (health probes, load polling; ms of CPU per second, no requests)",
         "",
         f"Read over {meta['idle_s']:g} s per mode, in clock ticks of {1000 / CLK_TCK:g} ms: "
@@ -244,6 +258,7 @@ def write(rows: list[Row], router: dict[int, float], meta: dict[str, Any], out: 
         **meta,
         "rows": [_row_doc(rows, r) for r in rows],
         "price_of_defaults": knob_price(rows),
+        "price_of_ecs_logs": knob_price(rows, *ECS_PAIR),
         "router_us_per_decision": {str(k): v for k, v in router.items()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -25,6 +25,14 @@ def network(cidr: str) -> str:
     return cidr
 
 
+def ip_address(address: str) -> str:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IP address (such as 192.0.2.10)") from None
+    return address
+
+
 def upstream_url(url: str) -> str:
     # OpenAI clients are configured with ".../v1"; an upstream is not: the client's path
     # (/v1/chat/completions) is appended to it, and ".../v1/v1/..." is a 404 everywhere.

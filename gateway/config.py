@@ -33,6 +33,11 @@ class Region(_Model):
     name: str = ""
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
+    # The region gateway's public URL (e.g. https://eu-central.api.example.com): the edge
+    # Worker proxies to it, and GeoDNS checks its /readyz.
+    url: str = ""
+    # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
+    addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
 
 
 class Upstream(_Model):
@@ -226,6 +231,27 @@ class OpsSection(_Model):
     token: str = ""
 
 
+class EdgeSection(_Model):
+    """The edge Worker's signed client location (geodb.edge): believed only when signed with
+    one of ``keys`` (key id -> shared secret; two during a rotation), within ``max_skew_s``,
+    for one of ``audiences`` (hosts; empty: the request's own Host)."""
+
+    keys: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")],
+        Annotated[str, Field(min_length=d.EDGE_MIN_SECRET_CHARS)],
+    ] = {}
+    max_skew_s: PositiveFloat = d.EDGE_MAX_SKEW_S
+    audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+
+
+class LogSection(_Model):
+    """Event and access logs on stderr (gateway.logs): "text", or "ecs" (Elastic Common
+    Schema JSON, both kinds). ``level`` is the events'; the access log is server.access_log."""
+
+    format: Literal["text", "ecs"] = d.LOG_FORMAT
+    level: Literal["debug", "info", "warning", "error"] = d.LOG_LEVEL
+
+
 class Config(_Model):
     gateway: GatewaySection
     server: ServerSection = ServerSection()
@@ -240,6 +266,8 @@ class Config(_Model):
     redis: RedisSection = RedisSection()
     admin: AdminSection = AdminSection()
     ops: OpsSection = OpsSection()
+    edge: EdgeSection = EdgeSection()
+    log: LogSection = LogSection()
     regions: tuple[Region, ...] = Field(min_length=1)
     upstreams: tuple[Upstream, ...] = ()
     residency: tuple[ResidencyRule, ...] = ()

@@ -23,6 +23,9 @@ from gateway.errors import ConfigError
 
 ENV_PREFIX = "GEOGATE_"
 ENV_CONFIG_FILE = "GEOGATE_CONFIG"  # the file path itself, not an override
+# geogate ctl's own settings (GEOGATE_CTL_GATEWAY, _TOKEN, _OPS_TOKEN), not overrides: an
+# operator's shell that has them set can still start a gateway.
+ENV_CTL_PREFIX = "GEOGATE_CTL_"
 
 
 def _env_value(raw: str) -> Any:
@@ -36,6 +39,8 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
     origins: dict[str, str] = {}
     for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        if name.startswith(ENV_CTL_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         try:
@@ -77,7 +82,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 
 # Keys whose values are never repeated in a message: they hold passwords and tokens.
-_SECRET_KEYS = ("redis.url", "admin.", "ops.token")
+_SECRET_KEYS = ("redis.url", "admin.", "ops.token", "edge.keys")
 
 
 def parse_config(

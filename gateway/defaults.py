@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 # --- server ---------------------------------------------------------------------------------
 HOST = "127.0.0.1"
 PORT = 8080
@@ -39,6 +41,27 @@ WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan
 # --- ops listener ---------------------------------------------------------------------------
 OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public
 OPS_PORT = 9180  # not Prometheus's 9090 or node_exporter's 9100, which often share the host
+
+# --- dashboard (/dashboard on the ops listener) --------------------------------------------
+DASHBOARD_SAMPLE_S = 1.0  # one snapshot a second, shared by every open page: live to a person,
+# and ~1 ms of one worker's loop whatever the number of pages
+DASHBOARD_WATCH_S = 0.1  # a health, drain or ejection change is pushed within 0.1 s, not at
+# the next sample: "red within two health intervals" holds for intervals of a second
+DASHBOARD_HISTORY_S = 300  # sparklines cover the last 5 minutes: what happened just before
+DASHBOARD_RATE_WINDOW_S = 10  # requests/s and error rate over 10 s: steady, yet a failure
+# shows within seconds
+DASHBOARD_SHARE_WINDOW_S = 60  # "carries 42 % of requests in the last minute"; TTFT p50/p99
+DASHBOARD_SESSION_S = 12 * 3600  # a dashboard login lasts a shift and its handover
+DASHBOARD_AUDIT_REFRESH_S = 5.0  # the audit list is re-read this often (and on each change)
+TRAFFIC_MAX_PLACES = 2000  # distinct (place, upstream, model) counted per second; past it a
+# request is counted in the totals only, so a scan from a million addresses costs no memory
+TRAFFIC_MAX_SAMPLES = 2000  # first-token times kept per upstream per second for percentiles
+
+# --- logs -----------------------------------------------------------------------------------
+LOG_FORMAT: Final = "text"  # what existed: readable event lines, one JSON object per access
+# line; "ecs" is for a log pipeline (Filebeat, Elastic Agent) and hard to read on a terminal
+LOG_LEVEL: Final = "info"  # events an operator acts on (health, ejections, config changes);
+# "debug" adds each failed completion probe
 
 # --- upstream timeouts ----------------------------------------------------------------------
 CONNECT_TIMEOUT_S = 3.0  # a cross-ocean TCP+TLS handshake is ~3 RTTs of ~0.3 s at worst
@@ -92,6 +115,12 @@ GEOIP_RELOAD_INTERVAL_S = 5.0  # a replaced file serves within 5 s; a stat() per
 DEFAULT_LATITUDE = 50.11  # Frankfurt: the location used for unknown and private addresses
 DEFAULT_LONGITUDE = 8.68
 
+# --- edge-signed client location (geodb.edge) -------------------------------------------------
+EDGE_MAX_SKEW_S = 30.0  # a signed header is good this long either side of its timestamp: the
+# Worker signs just before it sends, so it arrives within a second; NTP keeps clocks within
+# milliseconds; 30 s leaves room for a lagging clock while a captured header is soon worthless
+EDGE_MIN_SECRET_CHARS = 32  # an HMAC key under 256 bits (as hex or base64 text) is refused
+
 # --- fleet (Redis) ----------------------------------------------------------------------------
 FLEET_REFRESH_INTERVAL_S = 0.5  # observations written and read twice a second: a backend
 # seen down by the fleet leaves every gateway within ~1 s, and 2 small round trips a second
@@ -113,3 +142,10 @@ DISCOVERY_INTERVAL_S = 5.0  # re-resolve DNS names this often: service-discovery
 # TTLs of 5-30 s, so a new backend joins within one TTL and a removed one stops getting new
 # requests soon after its record goes
 DISCOVERY_TIMEOUT_S = 2.0  # a DNS query slower than this keeps the previous members
+
+# --- GeoDNS (geogate dns export) --------------------------------------------------------------
+DNS_TTL_S = 30  # answers a resolver may cache: a failed region leaves clients within ~30 s
+# plus the health check's detection time, while a resolver asks at most twice a minute
+DNS_CHECK_INTERVAL_S = 5  # PowerDNS's own default for LUA health checks (seconds, whole)
+DNS_CHECK_TIMEOUT_S = 2  # PowerDNS's default check timeout: a /readyz slower than 2 s is down
+DNS_READY_PATH = "/readyz"  # what a region's health check fetches: 503 while it drains

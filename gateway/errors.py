@@ -16,7 +16,8 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      │    └── ModelNotFound
      ├── AdminError
      │    ├── AdminDisabled           no admin token is configured
-     │    └── Unauthorized            missing or wrong admin token
+     │    ├── Unauthorized            missing or wrong admin token
+     │    └── Forbidden               a dashboard change without its CSRF token, or cross-site
      ├── FleetError
      │    ├── FleetConfigInvalid      an operator's change or a fleet document does not validate
      │    └── SharedStateUnavailable  Redis is unreachable for a change that needs it
@@ -101,6 +102,10 @@ class AdminDisabled(AdminError):
 
 
 class Unauthorized(AdminError):
+    pass
+
+
+class Forbidden(AdminError):
     pass
 
 

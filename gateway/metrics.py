@@ -51,6 +51,21 @@ class Metrics:
             ["country", "source"],
             registry=r,
         )
+        self.missteered = Counter(
+            "geogate_missteered_requests",
+            "Requests from clients nearer another region (labelled with it) than this one: "
+            "fix DNS or the edge",
+            ["region"],
+            registry=r,
+        )
+        self.edge_location = Counter(
+            "geogate_edge_location",
+            "Signed client-location headers from the edge by verification result; only ok is "
+            "believed (ok, no_keys, malformed, unknown_key, bad_signature, expired, "
+            "wrong_audience)",
+            ["result"],
+            registry=r,
+        )
         self.healthy = Gauge(
             "geogate_upstream_healthy", "1 when routable", ["upstream", "region"], registry=r
         )

@@ -5,47 +5,55 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 
-from gateway.config import Config
+from gateway.config import Config, LogSection
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.store import StateStore
+from gateway.logs import formatters
 from gateway.metrics import Metrics
 from gateway.routing.model import Decision, RequestFacts
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.router import route
+from gateway.routing.steering import preferred_region
+from gateway.traffic import Traffic
 from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
+from geodb.edge import EdgeClient, verify
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
 from geodb.reader import DefaultSource, GeoIPSource, GeoSource
 
 log = logging.getLogger("geogate")
 access_log = logging.getLogger("geogate.access")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """One readable line per event on stderr (idempotent: worker processes call it too)."""
+def setup_logging(section: LogSection | None = None) -> None:
+    """One line per event on stderr, in ``section``'s format and level (the defaults before
+    the config is read). Idempotent: called again once the config is read, and in workers."""
+    section = section or LogSection()
+    events, access = formatters(section.format)
     root = logging.getLogger("geogate")
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
+        root.addHandler(logging.StreamHandler())
         root.propagate = False
-    root.setLevel(level)
+    for handler in root.handlers:
+        handler.setFormatter(events)
+    root.setLevel(section.level.upper())
     logging.getLogger("geodb").handlers = root.handlers
-    logging.getLogger("geodb").setLevel(level)
+    logging.getLogger("geodb").setLevel(section.level.upper())
     if not access_log.handlers:
-        # The access line is a JSON object and nothing else, as log pipelines read it.
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_log.addHandler(handler)
+        access_log.addHandler(logging.StreamHandler())
         access_log.propagate = False
+    for handler in access_log.handlers:
+        handler.setFormatter(access)
+    # log.level is the events': the access log is on or off by server.access_log alone.
+    access_log.setLevel(logging.INFO)
 
 
 def default_location(config: Config) -> Location:
@@ -72,6 +80,8 @@ class Routed:
     peer_trusted: bool  # the socket peer is a trusted proxy
     location: Location
     decision: Decision
+    # A regional gateway's hint: the region this client should enter (routing.steering).
+    preferred_region: str | None = None
 
 
 @dataclass
@@ -84,6 +94,7 @@ class Runtime:
     rng: random.Random = field(default_factory=random.Random)
     session: aiohttp.ClientSession | None = None
     draining: bool = False
+    traffic: Traffic = field(default_factory=Traffic)  # what was served, for the dashboard
 
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:
@@ -106,19 +117,48 @@ class Runtime:
         return self.session
 
     def locate_and_route(
-        self, peer: str | None, forwarded_for: Sequence[str], model: str, now: float
+        self,
+        peer: str | None,
+        forwarded_for: Sequence[str],
+        model: str,
+        now: float,
+        edge_header: str | None = None,
+        host: str | None = None,
     ) -> Routed:
-        """The client behind ``peer`` (trusted proxies' X-Forwarded-For walked from the
-        right), its location, and the routing decision for ``model``."""
+        """The client the edge vouched for in ``edge_header`` (the signed ``geogate-client``
+        header; ``host`` is the Host the request was sent to), else the one behind ``peer``
+        (trusted proxies' X-Forwarded-For walked from the right); its location, and the
+        routing decision for ``model``."""
+        trusted = peer is not None and is_trusted(peer, self.trusted)
+        edge = self.edge_client(edge_header, host) if edge_header is not None else None
+        if edge is not None:
+            return self._route(edge.ip, trusted, edge.location, model, now)
         ip = client_ip(peer, forwarded_for, self.trusted)
-        return self.route_ip(ip, peer is not None and is_trusted(peer, self.trusted), model, now)
+        return self.route_ip(ip, trusted, model, now)
+
+    def edge_client(self, value: str, host: str | None) -> EdgeClient | None:
+        """The client in a signed edge header, or None when it is not to be believed: then
+        the peer and GeoIP decide, as if it had not been sent. Counted by result either way."""
+        cfg = self.config.edge
+        # The audience is the host the Worker sent the request to: our own Host, unless the
+        # operator names the hosts (a proxy in front of us that rewrites Host).
+        audiences = cfg.audiences or ((host,) if host else ())
+        verdict = verify(value, cfg.keys, audiences, time.time(), cfg.max_skew_s)
+        self.metrics.edge_location.labels(str(verdict.result)).inc()
+        if verdict.client is None:
+            log.debug("edge location header ignored (%s): %s", verdict.result, verdict.detail)
+        return verdict.client
 
     def route_ip(self, ip: IPAddress | None, peer_trusted: bool, model: str, now: float) -> Routed:
-        loc = self.geo.locate(ip)
-        decision = route(
-            RequestFacts(model, loc), self.store.snapshot(now), self.store.policy, self.rng
-        )
-        return Routed(ip, peer_trusted, loc, decision)
+        return self._route(ip, peer_trusted, self.geo.locate(ip), model, now)
+
+    def _route(
+        self, ip: IPAddress | None, peer_trusted: bool, loc: Location, model: str, now: float
+    ) -> Routed:
+        snap, policy = self.store.snapshot(now), self.store.policy
+        decision = route(RequestFacts(model, loc), snap, policy, self.rng)
+        hint = preferred_region(loc, decision, snap, policy)
+        return Routed(ip, peer_trusted, loc, decision, hint)
 
 
 def build_runtime(config: Config) -> Runtime:

@@ -33,6 +33,21 @@ from geodb.location import Location, LocationSource
 
 log = logging.getLogger("geodb")
 
+
+def _event(action: str, path: Path, reason: str | None = None) -> dict[str, object]:
+    """ECS fields of a reload event (the gateway's log.format = "ecs"; text ignores them).
+    geodb knows nothing of the gateway, so these are written out, in gateway.logs' shape."""
+    fields: dict[str, object] = {
+        "event.kind": "event",
+        "event.action": action,
+        "event.dataset": "geogate.events",
+        "file.path": str(path),
+    }
+    if reason is not None:
+        fields["event.reason"] = reason
+    return fields
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Addresses looked up once when a file is opened: a corrupt search tree or data section
@@ -130,11 +145,20 @@ class GeoIPSource:
             new = open_database(self.path)
         except DatabaseError as exc:
             self._refused = stamp
-            log.error("refused GeoIP reload, still serving the previous file: %s", exc)
+            log.error(
+                "refused GeoIP reload, still serving the previous file: %s",
+                exc,
+                extra=_event("geoip-reload-refused", self.path, str(exc)),
+            )
             return Reload.REFUSED
         old, self._db = self._db, new
         old.reader.close()
-        log.info("reloaded GeoIP database %s (%s)", self.path, new.database_type)
+        log.info(
+            "reloaded GeoIP database %s (%s)",
+            self.path,
+            new.database_type,
+            extra=_event("geoip-reloaded", self.path),
+        )
         return Reload.RELOADED
 
     def locate(self, ip: IPAddress | None) -> Location:

@@ -17,12 +17,12 @@ MAX_FUNCTION_LINES = 80
 # Modules exercised through real processes rather than a unit test of their own: each names
 # the feature test that covers it, which must exist.
 COVERED_BY_FEATURE_TESTS = {
-    "gateway/defaults.py": "tests/gateway/test_config.py",
-    "gateway/config_file.py": "tests/gateway/test_config.py",  # the schema is tested through it  # constants, checked with the config
+    "gateway/defaults.py": "tests/gateway/test_config.py",  # constants, checked with the config
+    "gateway/config_file.py": "tests/gateway/test_config.py",  # the schema is tested through it
     "gateway/errors.py": "tests/gateway/http/test_errors.py",  # the tree, mapped to HTTP there
     "gateway/metrics.py": "tests/gateway/http/test_proxy.py",  # declarations, read via /metrics
     "gateway/cli/commands.py": "tests/gateway/cli/test_main.py",
-    "gateway/cli/ctl.py": "tests/gateway/fleet/test_fleet.py",
+    "gateway/cli/ctl_fleet.py": "tests/gateway/cli/test_ctl.py",  # both ways, real processes
     "gateway/cli/demo.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/errors.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/procs.py": "tests/gateway/http/test_proxy.py",  # every feature test uses it

@@ -24,6 +24,7 @@ def gateway(args: argparse.Namespace) -> None:
         # An override like any other: worker processes read it from the environment too.
         os.environ["GEOGATE_REDIS__URL"] = args.redis
     config = load_config(args.config)
+    setup_logging(config.log)
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
     server.run(config, args.config)
 

@@ -1,74 +1,169 @@
-"""``geogate ctl``: read and change a fleet's shared config in Redis, read the audit trail."""
+"""``geogate ctl``: operate a fleet — show and change its routing config, drain and undrain a
+region or an upstream, set a weight, read the audit trail, watch it live (``top``).
+
+Through a gateway's admin API (``--gateway URL --token T``: the audit names the operator the
+token belongs to) or straight to Redis (``--redis URL``: no gateway needed; ``--who`` names
+the operator). ``ctl_fleet`` has the two; ``top`` the live view.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from redis.exceptions import RedisError
-
-from gateway.checks import redact_url, redis_url
+from gateway.cli.ctl_fleet import (
+    GATEWAY_ENV,
+    OPS_TOKEN_ENV,
+    TOKEN_ENV,
+    Fleet,
+    GatewayFleet,
+    RedisFleet,
+)
 from gateway.cli.errors import CLIError
-from gateway.errors import FleetConfigInvalid
-from gateway.fleet import config_doc, config_io
-from gateway.fleet.keys import Keys, connect
 
-CTL_TIMEOUT_S = 3.0
+
+def _from_env(args: argparse.Namespace) -> None:
+    """Options not given come from GEOGATE_CTL_*; an explicit --redis wins over a gateway
+    named only in the environment."""
+    env = os.environ.get
+    if args.gateway is None and not args.redis:
+        args.gateway = env(GATEWAY_ENV)
+    if args.token is None:
+        args.token = env(TOKEN_ENV)
+    if args.ops_token is None:
+        args.ops_token = env(OPS_TOKEN_ENV)
+
+
+def _open(args: argparse.Namespace) -> Fleet:
+    _from_env(args)
+    if args.gateway and args.redis:
+        raise CLIError("give --gateway URL or --redis URL, not both")
+    if args.ctl_command == "top" and not args.gateway:
+        raise CLIError(
+            "top shows a gateway's live view: give --gateway URL (its ops listener, such as "
+            "http://127.0.0.1:9180)"
+        )
+    if args.gateway:
+        if getattr(args, "who", None):
+            raise CLIError("--who is for --redis; through a gateway, your --token names you")
+        return GatewayFleet(args.gateway, args.token, args.ops_token)
+    if args.redis:
+        return RedisFleet(args.redis, args.deployment, getattr(args, "who", None))
+    raise CLIError(
+        "give --gateway URL (a gateway's ops listener, with your --token) or --redis URL"
+    )
+
+
+async def show(fleet: Fleet, args: argparse.Namespace) -> None:
+    doc, version = await fleet.config()
+    print(json.dumps({"version": version, **doc}, indent=2))
+
+
+async def audit(fleet: Fleet, args: argparse.Namespace) -> None:
+    rows = await fleet.audit(args.count)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(
+            f"{row['when']}  v{row['version']:<4} {row['who']:<12} {row['what']}: "
+            f"{row['before']} -> {row['after']}"
+        )
+
+
+async def set_upstream(fleet: Fleet, args: argparse.Namespace) -> None:
+    changes = {
+        k: v
+        for k, v in (("weight", args.weight), ("bias_ms", args.bias_ms), ("drained", args.drained))
+        if v is not None
+    }
+    if not changes:
+        raise CLIError("say what to change: --weight W, --bias-ms MS, --drain or --undrain")
+    _told(args.upstream, await fleet.change("upstream", args.upstream, changes))
+
+
+async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
+    doc, _ = await fleet.config()
+    if _kind(doc, args.upstream) != "upstream":
+        raise CLIError(f"{args.upstream!r} is a region: a weight belongs to one upstream")
+    _told(args.upstream, await fleet.change("upstream", args.upstream, {"weight": args.weight}))
+
+
+async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
+    drained = args.ctl_command == "drain"
+    doc, _ = await fleet.config()
+    kind = _kind(doc, args.target)
+    entry = await fleet.change(kind, args.target, {"drained": drained})
+    by = f"fleet config version {entry['version']}, audited as {entry['who']}"
+    if kind == "region":
+        ups = ", ".join(json.loads(entry["after"]))
+        if drained:
+            print(
+                f"region {args.target} drained: {ups} take no new requests; their clients go "
+                f"to the next region, requests in flight finish ({by})"
+            )
+        else:
+            print(f"region {args.target} undrained: {ups} back in rotation ({by})")
+    elif drained:
+        print(f"upstream {args.target} drained: no new requests, those in flight finish ({by})")
+    else:
+        print(f"upstream {args.target} undrained: back in rotation ({by})")
+
+
+def _kind(doc: dict[str, Any], name: str) -> str:
+    """Whether ``name`` is a region or an upstream of the fleet document."""
+    regions = [r["id"] for r in doc.get("regions", [])]
+    upstreams = [u["id"] for u in doc.get("upstreams", [])]
+    if name in regions and name in upstreams:
+        raise CLIError(
+            f"{name!r} is both a region and an upstream; rename one (ids are what ctl takes)"
+        )
+    if name in regions:
+        return "region"
+    if name in upstreams:
+        return "upstream"
+    raise CLIError(
+        f"no region or upstream {name!r}; regions: {', '.join(regions) or 'none'}; "
+        f"upstreams: {', '.join(upstreams) or 'none'}"
+    )
+
+
+def _told(uid: str, entry: dict[str, Any]) -> None:
+    print(
+        f"upstream {uid}: {entry['before']} -> {entry['after']} "
+        f"(fleet config version {entry['version']}, audited as {entry['who']})"
+    )
+
+
+async def top(fleet: Fleet, args: argparse.Namespace) -> None:
+    from gateway.cli.top import run_top
+
+    assert isinstance(fleet, GatewayFleet)
+    await run_top(fleet, once=args.once, interval_s=args.interval)
+
+
+COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], Awaitable[None]]] = {
+    "show": show,
+    "audit": audit,
+    "set": set_upstream,
+    "weight": weight,
+    "drain": drain,
+    "undrain": drain,
+    "top": top,
+}
 
 
 async def _ctl(args: argparse.Namespace) -> None:
-    keys = Keys(args.deployment)
+    fleet = _open(args)
     try:
-        redis_url(args.redis)
-    except ValueError as exc:
-        raise CLIError(f"--redis {exc}") from None  # the URL in it has its password masked
-    r = connect(args.redis, CTL_TIMEOUT_S)
-    try:
-        doc, version = await config_io.load(r, keys)
-        if args.ctl_command == "audit":
-            rows = await config_io.read_audit(r, keys, args.count)
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            for row in [] if args.json else rows:
-                print(
-                    f"{row['when']}  v{row['version']:<4} {row['who']:<12} {row['what']}: "
-                    f"{row['before']} -> {row['after']}"
-                )
-            return
-        if doc is None:
-            raise CLIError(
-                f"no fleet config in Redis for deployment {args.deployment!r}: "
-                "start a gateway with --redis first (it seeds the config)"
-            )
-        if args.ctl_command == "show":
-            print(json.dumps({"version": version, **doc}, indent=2))
-            return
-        changes = {
-            k: v
-            for k, v in (
-                ("weight", args.weight),
-                ("bias_ms", args.bias_ms),
-                ("drained", args.drained),
-            )
-            if v is not None
-        }
-        base = config_doc.base_config(doc)
-        new_version, _, entry = await config_io.update_upstream(
-            r, keys, base, args.upstream, changes, args.who
-        )
-        print(
-            f"upstream {args.upstream}: {entry['before']} -> {entry['after']} "
-            f"(fleet config version {new_version})"
-        )
+        await COMMANDS[args.ctl_command](fleet, args)
     finally:
-        await r.aclose()
+        await fleet.close()
 
 
 def run_ctl(args: argparse.Namespace) -> None:
-    try:
-        asyncio.run(_ctl(args))
-    except FleetConfigInvalid as exc:
-        raise CLIError(str(exc)) from None
-    except (RedisError, OSError) as exc:
-        raise CLIError(f"cannot reach Redis at {redact_url(args.redis)}: {exc}") from None
+    asyncio.run(_ctl(args))

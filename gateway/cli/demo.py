@@ -8,7 +8,9 @@ region's backend is killed under load, then a residency rule shows its teeth.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import secrets
 import subprocess
 import tempfile
 import time
@@ -45,9 +47,12 @@ CITIES = (
 REGIONS = ("eu-central", "ap-southeast", "us-east")  # from geodb's table of known regions
 LOAD_REQUESTS = 300
 LOAD_CONCURRENCY = 12
+DEMO_OPERATOR = "demo"
+TRICKLE_S = 600  # --keep-running: a few requests a second from the five cities for 10 minutes,
+# so the dashboard's map, charts and sparklines have something to show; then it goes quiet
 
 
-def _config(ports: dict[str, int], gw_port: int, ops_port: int, db: Path) -> str:
+def _config(ports: dict[str, int], gw_port: int, ops_port: int, db: Path, token: str) -> str:
     lines = [
         "[gateway]",
         'region = "eu-central"',
@@ -64,6 +69,9 @@ def _config(ports: dict[str, int], gw_port: int, ops_port: int, db: Path) -> str
         "",
         "[ops]",
         f"port = {ops_port}",
+        "",
+        "[admin]",  # the dashboard's login: an operator made for this run
+        f'tokens = {{ {DEMO_OPERATOR} = "{token}" }}',
         "",
         "[geoip]",
         f'database = "{db}"',
@@ -103,16 +111,20 @@ class Result:
         return "-"
 
 
-async def _ask(gw: str, city: City) -> Result:
+async def _ask(gw: str, city: City, stream: bool = False) -> Result:
     conn = aiohttp.TCPConnector(local_addr=(city.addr, 0), force_close=True)
     body = {
         "model": MODEL,
         "max_tokens": 8,
         "messages": [{"role": "user", "content": f"hello from {city.name}"}],
+        "stream": stream,
     }
     async with aiohttp.ClientSession(connector=conn) as s:
         t0 = time.perf_counter()
         async with s.post(f"{gw}/v1/chat/completions", json=body) as r:
+            if stream:
+                await r.read()
+                return Result(city, r.status, r.headers.get("geogate-route", ""), 0.0)
             data = await r.json()
             ms = (time.perf_counter() - t0) * 1000
             err = data.get("error", {}).get("message", "") if r.status != 200 else ""
@@ -210,6 +222,23 @@ async def _scenario(gw: str, ops: str, sims: dict[str, subprocess.Popen[bytes]])
     _table([await _ask(gw, c) for c in CITIES], "   With only ap-southeast left:")
 
 
+def _dashboard_login(ops: str, token: str) -> str:
+    return (
+        f"\nDashboard: {ops}/dashboard\n"
+        f"  log in with the admin token {token}  (operator {DEMO_OPERATOR!r}, made for this run)"
+    )
+
+
+async def _trickle(gw: str, gw_proc: subprocess.Popen[bytes], seconds: float) -> None:
+    """A request a second from each city (streams: the dashboard shows their first-token
+    times) while the gateway runs, for ``seconds`` at most."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and gw_proc.poll() is None:
+        with contextlib.suppress(aiohttp.ClientError, OSError):
+            await asyncio.gather(*(_ask(gw, c, stream=True) for c in CITIES))
+        await asyncio.sleep(1.0)
+
+
 def run_demo(keep_running: bool = False, port: int = 0) -> None:
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
@@ -244,7 +273,8 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
         for rid, p in ports.items()
     }
     cfg = work / "gateway.toml"
-    cfg.write_text(_config(ports, gw_port, ops_port, db))
+    token = secrets.token_urlsafe(18)  # per run: a demo left running is not open to anyone
+    cfg.write_text(_config(ports, gw_port, ops_port, db, token))
     gw_proc = None
     try:
         for rid, p in ports.items():
@@ -256,6 +286,8 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
             f"geogate demo: 3 simulated regions, gateway at {gw} (origin=client), "
             f"GeoIP {db.name}; logs in {work}"
         )
+        if keep_running:  # open it now and watch the failover below happen on the map
+            print(_dashboard_login(ops, token), flush=True)
         asyncio.run(_scenario(gw, ops, sims))
         print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
         if keep_running:
@@ -264,7 +296,9 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
                 f"  curl --interface 127.0.0.2 -i {gw}/v1/chat/completions \\\n"
                 f'       -d \'{{"model": "{MODEL}", "messages": '
                 '[{"role": "user", "content": "hi"}]}\'\n'
-                f"  curl {ops}/routing-table   # the ops listener: loopback only"
+                f"  curl {ops}/routing-table   # the ops listener: loopback only\n"
+                + _dashboard_login(ops, token),
+                flush=True,
             )
             for rid in ("us-east", "eu-central"):  # bring the killed regions back
                 sims[rid] = spawn(
@@ -273,6 +307,7 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
                     ),
                     work / f"sim-{rid}.log",
                 )
+            asyncio.run(_trickle(gw, gw_proc, TRICKLE_S))
             while gw_proc.poll() is None:
                 time.sleep(0.5)
     finally:

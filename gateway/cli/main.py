@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,18 +32,45 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--keep-running", action="store_true", help="leave the gateway up")
     d.add_argument("--port", type=int, default=0, help="gateway port (0 = any free port)")
 
-    ctl = sub.add_parser("ctl", help="operate a fleet through Redis: show, set, audit")
-    ctl.add_argument("--redis", metavar="URL", required=True)
-    ctl.add_argument("--deployment", default="default")
+    ctl = sub.add_parser(
+        "ctl", help="operate a fleet: drain, undrain, weight, top, show, set, audit"
+    )
+    ctl.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="a gateway's ops listener, e.g. http://127.0.0.1:9180 (env GEOGATE_CTL_GATEWAY)",
+    )
+    ctl.add_argument(
+        "--token",
+        help="your operator token (admin.tokens): the audit names you (env GEOGATE_CTL_TOKEN)",
+    )
+    ctl.add_argument(
+        "--ops-token",
+        help="the gateway's ops.token, if it has one, for top (env GEOGATE_CTL_OPS_TOKEN)",
+    )
+    ctl.add_argument("--redis", metavar="URL", help="or straight to the fleet's Redis")
+    ctl.add_argument("--deployment", default="default", help="with --redis: redis.deployment")
     csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--who", help="with --redis: operator name for the audit (default $USER)")
+    for name, verb in (("drain", "take out of"), ("undrain", "put back into")):
+        dr = csub.add_parser(
+            name, parents=[who], help=f"{verb} rotation a region (all its upstreams) or upstream"
+        )
+        dr.add_argument("target", metavar="REGION|UPSTREAM")
+    wt = csub.add_parser("weight", parents=[who], help="set an upstream's routing weight")
+    wt.add_argument("upstream")
+    wt.add_argument("weight", type=float, help="0 = standby; shares among near-equal upstreams")
+    tp = csub.add_parser("top", help="live view of regions and upstreams (needs --gateway)")
+    tp.add_argument("--once", action="store_true", help="print one frame and exit")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
     csub.add_parser("show", help="the fleet's routing config and version")
-    st = csub.add_parser("set", help="change one upstream fleet-wide (audited)")
+    st = csub.add_parser("set", parents=[who], help="change one upstream fleet-wide (audited)")
     st.add_argument("upstream")
     st.add_argument("--weight", type=float)
     st.add_argument("--bias-ms", type=float)
     st.add_argument("--drain", dest="drained", action="store_const", const=True)
     st.add_argument("--undrain", dest="drained", action="store_const", const=False)
-    st.add_argument("--who", default=os.environ.get("USER", "ctl"), help="operator name")
     au = csub.add_parser("audit", help="operator changes, newest first")
     au.add_argument("--count", type=int, default=20)
     au.add_argument("--json", action="store_true")
@@ -60,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     b = gsub.add_parser("build", help="build a City .mmdb from CSV")
     b.add_argument("csv", type=Path, help="rows: network,country,continent,lat,lon[,city]")
     b.add_argument("out", type=Path)
+
+    from gateway.cli import dns
+
+    dns.add_parser(sub)
     return p
 
 
@@ -88,6 +118,10 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], None]:
         from gateway.cli.ctl import run_ctl
 
         return run_ctl
+    if args.command == "dns":
+        from gateway.cli.dns import export
+
+        return export
     if args.command == "demo":
         from gateway.cli.demo import run_demo
 

@@ -79,6 +79,29 @@ def change_upstream(
     return {**doc, "upstreams": new_ups}, before, dict(changes)
 
 
+def change_region(
+    doc: dict[str, Any], rid: str, changes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Drain or undrain every upstream of region ``rid`` in one change: one version, one audit
+    entry naming the region, so no gateway ever routes on a half-drained region. Before and
+    after hold each upstream's drain flag: {"a1": {"drained": false}, ...}."""
+    if set(changes) != {"drained"}:
+        got = ", ".join(sorted(set(changes) - {"drained"})) or "nothing"
+        raise FleetConfigInvalid(f"a region change sets drained (true or false); got {got}")
+    _check_value("drained", bool, changes["drained"])
+    regions = [r["id"] for r in doc.get("regions", [])]
+    if rid not in regions:
+        raise FleetConfigInvalid(f"no region {rid!r}; known: {', '.join(regions)}")
+    ups = doc.get("upstreams", [])
+    members = [u for u in ups if u["region"] == rid]
+    if not members:
+        raise FleetConfigInvalid(f"region {rid!r} has no upstreams to drain or undrain")
+    before = {u["id"]: {"drained": bool(u.get("drained", False))} for u in members}
+    after = {u["id"]: dict(changes) for u in members}
+    new_ups = [{**u, **changes} if u["region"] == rid else u for u in ups]
+    return {**doc, "upstreams": new_ups}, before, after
+
+
 def audit_entry(
     who: str, what: str, before: dict[str, Any], after: dict[str, Any], version: int
 ) -> dict[str, str]:

@@ -8,6 +8,7 @@ The rules for what a valid change is live in ``config_doc``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -15,8 +16,17 @@ from redis.exceptions import WatchError
 
 from gateway import defaults as d
 from gateway.config import Config
-from gateway.fleet.config_doc import apply_doc, audit_entry, change_upstream, routing_doc
+from gateway.fleet.config_doc import (
+    apply_doc,
+    audit_entry,
+    change_region,
+    change_upstream,
+    routing_doc,
+)
 from gateway.fleet.keys import Keys
+
+# A change to the fleet document: doc -> (new doc, before, after), pure (``config_doc``).
+Change = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]
 
 
 async def load(r: Redis, keys: Keys) -> tuple[dict[str, Any] | None, int]:
@@ -44,16 +54,35 @@ async def update_upstream(
     r: Redis, keys: Keys, base: Config, uid: str, changes: dict[str, Any], who: str
 ) -> tuple[int, Config, dict[str, Any]]:
     """Change one upstream fleet-wide. Returns (new version, new config, audit entry)."""
+    return await update(
+        r, keys, base, f"upstream {uid}", lambda doc: change_upstream(doc, uid, changes), who
+    )
+
+
+async def update_region(
+    r: Redis, keys: Keys, base: Config, rid: str, changes: dict[str, Any], who: str
+) -> tuple[int, Config, dict[str, Any]]:
+    """Drain or undrain a region's upstreams fleet-wide, as one change (``change_region``)."""
+    return await update(
+        r, keys, base, f"region {rid}", lambda doc: change_region(doc, rid, changes), who
+    )
+
+
+async def update(
+    r: Redis, keys: Keys, base: Config, what: str, change: Change, who: str
+) -> tuple[int, Config, dict[str, Any]]:
+    """Apply ``change`` (doc -> new doc, before, after) to the fleet document atomically and
+    audit it as ``what``. Returns (new version, new config, audit entry)."""
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(keys.config)
                 raw, ver = await pipe.hmget(keys.config, ["doc", "version"])
                 doc = json.loads(raw) if raw else routing_doc(base)
-                new_doc, before, after = change_upstream(doc, uid, changes)
+                new_doc, before, after = change(doc)
                 new_config = apply_doc(base, new_doc)
                 version = int(ver or 0) + 1
-                entry = audit_entry(who, f"upstream {uid}", before, after, version)
+                entry = audit_entry(who, what, before, after, version)
                 pipe.multi()
                 pipe.hset(keys.config, mapping={"doc": json.dumps(new_doc), "version": version})
                 fields: Any = entry  # redis-py's field typing is narrower than what it takes

@@ -56,9 +56,25 @@ class MemoryStateStore:
         doc, before, after = config_doc.change_upstream(
             config_doc.routing_doc(self._config), uid, changes
         )
+        return self._changed(f"upstream {uid}", doc, before, after, who)
+
+    async def update_region(self, rid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        doc, before, after = config_doc.change_region(
+            config_doc.routing_doc(self._config), rid, changes
+        )
+        return self._changed(f"region {rid}", doc, before, after, who)
+
+    def _changed(
+        self,
+        what: str,
+        doc: dict[str, Any],
+        before: dict[str, Any],
+        after: dict[str, Any],
+        who: str,
+    ) -> dict[str, Any]:
         self.replace_config(config_doc.apply_doc(self._config, doc))
         self.version += 1
-        entry = config_doc.audit_entry(who, f"upstream {uid}", before, after, self.version)
+        entry = config_doc.audit_entry(who, what, before, after, self.version)
         self._audit.appendleft({"id": str(self.version), **entry})
         return dict(entry)
 

@@ -33,6 +33,7 @@ from gateway.config import Config
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.keys import Keys, connect
 from gateway.fleet.memory import MemoryStateStore
+from gateway.logs import event
 from gateway.routing.model import Snapshot, UpstreamView
 
 log = logging.getLogger("geogate.fleet")
@@ -99,7 +100,12 @@ class RedisStateStore(MemoryStateStore):
                         await self._sync_config()
                     if self.stale_since is not None:
                         again = " again" if self._synced_once else ""
-                        log.info("shared state in sync%s (version %d)", again, self.version)
+                        log.info(
+                            "shared state in sync%s (version %d)",
+                            again,
+                            self.version,
+                            extra=event("shared-state-fresh", config_version=self.version),
+                        )
                     self._synced_once = True
                     self.stale_since = None
                     backoff = INITIAL_BACKOFF_S
@@ -114,7 +120,9 @@ class RedisStateStore(MemoryStateStore):
                 if self.stale_since is None:
                     self.stale_since = time.time()
                     log.error(
-                        "Redis unreachable (%s); routing on the last snapshot", type(exc).__name__
+                        "Redis unreachable (%s); routing on the last snapshot",
+                        type(exc).__name__,
+                        extra=event("shared-state-stale", reason=type(exc).__name__),
                     )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.redis.max_backoff_s)
@@ -132,7 +140,11 @@ class RedisStateStore(MemoryStateStore):
                 r, self.keys, config_doc.routing_doc(self.config), max(self.version, 1)
             )
             if seeded:
-                log.info("seeded the fleet config in Redis (version %d)", max(self.version, 1))
+                log.info(
+                    "seeded the fleet config in Redis (version %d)",
+                    max(self.version, 1),
+                    extra=event("config-seeded", change=True, config_version=max(self.version, 1)),
+                )
             doc, version = await config_io.load(r, self.keys)
         if doc is not None and version != self.version:
             self._adopt(doc, version)
@@ -141,12 +153,21 @@ class RedisStateStore(MemoryStateStore):
         try:
             new = config_doc.apply_doc(self.config, doc)
         except Exception as exc:  # a bad document must not take the gateway down
-            log.error("ignoring fleet config version %d: %s", version, exc)
+            log.error(
+                "ignoring fleet config version %d: %s",
+                version,
+                exc,
+                extra=event("config-refused", reason=str(exc), config_version=version),
+            )
             self.version = version
             return
         self.version = version
         self.replace_config(new)
-        log.info("applied fleet config version %d", version)
+        log.info(
+            "applied fleet config version %d",
+            version,
+            extra=event("config-applied", change=True, config_version=version),
+        )
 
     async def _listen(self) -> None:
         pubsub = self.redis().pubsub()
@@ -214,15 +235,29 @@ class RedisStateStore(MemoryStateStore):
         self.observations = seen
         if down != self.fleet_down:
             if down - self.fleet_down:
-                log.warning("down for the fleet: %s", ", ".join(sorted(down - self.fleet_down)))
+                newly = sorted(down - self.fleet_down)
+                log.warning(
+                    "down for the fleet: %s",
+                    ", ".join(newly),
+                    extra=event("fleet-down", upstreams=newly),
+                )
             self.fleet_down = down
             self._snap = None
 
     # --- operator changes ------------------------------------------------------------------
     async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
-        version, new, entry = await config_io.update_upstream(
-            self.redis(), self.keys, self.config, uid, changes, who
+        return self._applied(
+            *await config_io.update_upstream(
+                self.redis(), self.keys, self.config, uid, changes, who
+            )
         )
+
+    async def update_region(self, rid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        return self._applied(
+            *await config_io.update_region(self.redis(), self.keys, self.config, rid, changes, who)
+        )
+
+    def _applied(self, version: int, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
         if version > self.version:  # apply here at once; the others hear it published
             self.version = version
             self.replace_config(new)

@@ -57,6 +57,9 @@ class FleetControl(Protocol):
     async def update_upstream(
         self, uid: str, changes: dict[str, Any], who: str
     ) -> dict[str, Any]: ...
+    async def update_region(
+        self, rid: str, changes: dict[str, Any], who: str
+    ) -> dict[str, Any]: ...
     async def audit(self, count: int) -> list[dict[str, str]]: ...
 
 

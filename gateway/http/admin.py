@@ -2,6 +2,8 @@
 
   GET   /admin/config                  the routing config and its version
   PATCH /admin/upstreams/{id}          {"weight": 2, "bias_ms": 10, "drained": true}
+  PATCH /admin/regions/{id}            {"drained": true}: every upstream of the region, as
+                                       one change (one version, one audit entry)
   GET   /admin/audit?count=50          newest changes first
 
 ``Authorization: Bearer <token>``: each operator has a token of their own (``admin.tokens``,
@@ -34,6 +36,7 @@ from gateway.errors import (
 )
 from gateway.fleet import config_doc
 from gateway.http.errors import json_error
+from gateway.logs import event
 from gateway.runtime import Runtime, log
 
 MAX_AUDIT_COUNT = 1000
@@ -41,11 +44,15 @@ MAX_AUDIT_COUNT = 1000
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def admin_routes(rt: Runtime) -> list[Route]:
+def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) -> list[Route]:
+    """``operator`` names who sent a request, or raises (default: the operator whose admin
+    token it carries); the dashboard mounts these same routes with its own login."""
+    who_is = operator or (lambda request: _operator(rt, request))
+
     def guarded(handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
-                return await handler(request, _operator(rt, request))
+                return await handler(request, who_is(request))
             except GatewayError as err:
                 return json_error(err)
             except (RedisError, OSError) as exc:
@@ -76,6 +83,24 @@ def admin_routes(rt: Runtime) -> list[Route]:
             entry["before"],
             entry["after"],
             entry["version"],
+            extra=_changed("upstream-changed", who, entry, upstream=uid),
+        )
+        return JSONResponse({"version": rt.store.version, "audit": entry})
+
+    async def patch_region(request: Request, who: str) -> Response:
+        changes = await _json_body(request)
+        if not isinstance(changes, dict):
+            raise RequestInvalid('send a JSON object such as {"drained": true}')
+        rid = request.path_params["rid"]
+        entry = await rt.store.update_region(rid, changes, who)
+        log.info(
+            "operator %s changed region %s: %s -> %s (version %s)",
+            who,
+            rid,
+            entry["before"],
+            entry["after"],
+            entry["version"],
+            extra=_changed("region-changed", who, entry, region=rid),
         )
         return JSONResponse({"version": rt.store.version, "audit": entry})
 
@@ -88,8 +113,22 @@ def admin_routes(rt: Runtime) -> list[Route]:
     return [
         Route("/admin/config", guarded(show)),
         Route("/admin/upstreams/{uid}", guarded(patch_upstream), methods=["PATCH"]),
+        Route("/admin/regions/{rid}", guarded(patch_region), methods=["PATCH"]),
         Route("/admin/audit", guarded(audit)),
     ]
+
+
+def _changed(action: str, who: str, entry: Mapping[str, Any], **target: str) -> dict[str, object]:
+    """An operator's change as an event (log.format = "ecs"): who, what, before and after."""
+    return event(
+        action,
+        user=who,
+        change=True,
+        before=entry["before"],
+        after=entry["after"],
+        config_version=int(entry["version"]),
+        **target,
+    )
 
 
 def _operator(rt: Runtime, request: Request) -> str:

@@ -39,6 +39,7 @@ def create_app(
     if config is None:
         setup_logging()
         config = load_config(Path(os.environ[ENV_CONFIG_FILE]))
+        setup_logging(config.log)
     rt = build_runtime(config)
     s = config.server
     gate = StreamGate(rt, Proxy(rt), capacity(fd_limit(), s.max_streams, s.max_connections).streams)

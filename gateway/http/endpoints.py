@@ -16,6 +16,7 @@ from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
+from geodb.edge import HEADER as EDGE_HEADER
 
 
 class Endpoints:
@@ -97,6 +98,7 @@ class Endpoints:
     def _upstream_row(self, u: UpstreamView, in_flight: int) -> dict[str, object]:
         store = self.rt.store
         ls = store.load(u.id)
+        h, now = store.health(u.id), time.monotonic()
         return {
             "id": u.id,
             "healthy": u.healthy,
@@ -105,11 +107,16 @@ class Endpoints:
             "bias_ms": u.bias_ms,
             "rtt_ms": None if u.rtt_ms is None else round(u.rtt_ms, 2),
             "models": sorted(u.models),
+            "slots": u.slots,
             "in_flight": in_flight,
             "queue_depth": u.queue_depth,
             "kv_usage": ls.kv_usage if ls else None,
             "ttft_ms": None if u.ttft_ms is None else round(u.ttft_ms, 1),
-            "last_error": store.health(u.id).last_probe_error,
+            "last_error": h.last_probe_error,
+            # passive health: seconds of ejection left (0: in rotation), why, how often
+            "ejected_s": round(max(0.0, h.ejected_until - now), 1),
+            "ejection_cause": h.ejection_cause if h.ejected(now) else None,
+            "times_ejected": h.times_ejected,
             # who saw what: each fresh gateway's verdict (fleet mode)
             "seen_by": store.observations.get(u.id, {}),
             "fleet_down": u.id in store.fleet_down,
@@ -128,6 +135,7 @@ class Endpoints:
                     "name": r.name,
                     "latitude": r.latitude,
                     "longitude": r.longitude,
+                    "url": r.url,  # where the edge Worker sends this region's clients
                     "healthy": any(u.healthy and not u.drained for u in ups),
                     "upstreams": [self._upstream_row(u, snap.in_flight.get(u.id, 0)) for u in ups],
                 }
@@ -139,9 +147,28 @@ class Endpoints:
                 "origin": config.gateway.origin,
                 "version": store.version,
                 "shared_state": shared,
+                "policy": self._policy(),
                 "regions": regions,
             }
         )
+
+    def _policy(self) -> dict[str, object]:
+        """The routing rules, for the edge Worker to route as this gateway would."""
+        p = self.rt.store.policy
+        return {
+            "tolerance_ms": p.tolerance_ms,
+            "tolerance_ratio": p.tolerance_ratio,
+            "panic_threshold": p.panic_threshold,
+            "residency": [
+                {
+                    "name": r.name,
+                    "countries": sorted(r.countries),
+                    "continents": sorted(r.continents),
+                    "regions": sorted(r.regions),
+                }
+                for r in p.residency
+            ],
+        }
 
     async def explain(self, request: Request) -> Response:
         """The decision for a request from ``ip`` (default: this request's own client, found
@@ -163,7 +190,12 @@ class Endpoints:
         else:
             peer = request.client.host if request.client else None
             routed = self.rt.locate_and_route(
-                peer, request.headers.getlist("x-forwarded-for"), model, now
+                peer,
+                request.headers.getlist("x-forwarded-for"),
+                model,
+                now,
+                edge_header=request.headers.get(EDGE_HEADER),
+                host=request.headers.get("host"),
             )
         decision = routed.decision
         return JSONResponse(
@@ -183,7 +215,8 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
         # An operator with a typo: point at the admin API, not at the model API.
         what = (
             "is not an endpoint of the admin API, which has GET /admin/config, "
-            "PATCH /admin/upstreams/{id} and GET /admin/audit (on the ops listener)"
+            "PATCH /admin/upstreams/{id}, PATCH /admin/regions/{id} and GET /admin/audit (on "
+            "the ops listener)"
         )
     else:
         what = "is not an endpoint of this gateway; the API is under /v1/"

@@ -30,6 +30,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.AdminDisabled: (404, "invalid_request_error", "admin_disabled"),
     e.Unauthorized: (401, "invalid_request_error", "invalid_admin_token"),
+    e.Forbidden: (403, "invalid_request_error", "csrf_check_failed"),
     e.FleetConfigInvalid: (400, "invalid_request_error", "invalid_request"),
     e.SharedStateUnavailable: (503, "service_unavailable", "shared_state_unavailable"),
     e.NoHealthyUpstream: (503, "service_unavailable", "no_healthy_upstream"),

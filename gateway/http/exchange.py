@@ -5,11 +5,13 @@ end instead of being used to carry data between steps."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.http.asgi import Scope
+from gateway.logs import ACCESS_DATASET
 from gateway.routing.model import Decision
 from gateway.runtime import Routed, access_log
 
@@ -27,6 +29,8 @@ class Exchange:
     upstream: str = "-"  # the upstream that answered
     status: int = 0  # what the client got (499: it left first)
     response_started: bool = False  # a byte went out: no failover, no error response
+    first_byte_s: float | None = None  # when the response started (seconds after arrival)
+    body_bytes: int = 0  # response body bytes sent to the client
 
     @property
     def decision(self) -> Decision:
@@ -39,12 +43,29 @@ class Exchange:
         chosen = self.routed.decision.chosen if self.routed else None
         return chosen.upstream.region if chosen else "-"
 
+    @property
+    def served_region(self) -> str | None:
+        """The region of the upstream that answered (after failover, not the first choice)."""
+        order = self.routed.decision.order if self.routed else ()
+        return next((c.upstream.region for c in order if c.upstream.id == self.upstream), None)
+
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
-    def log(self) -> None:
-        """One JSON object per line: every field is escaped by json.dumps (ASCII only), so no
-        path, request id or header a client sends can end the line or fake a field."""
+    def log(self, fmt: str) -> None:
+        """The access log line, in ``log.format``: built only when the logger would write it.
+
+        "text": one JSON object per line; every field is escaped by json.dumps (ASCII only),
+        so no path, request id or header a client sends can end the line or fake a field.
+        "ecs": the same facts as ECS fields (``gateway.logs``), escaped the same way."""
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        if fmt == "ecs":
+            scope = self.scope
+            access_log.info(
+                "%s %s %d", scope["method"], scope["path"], self.status, extra=self.ecs_fields()
+            )
+            return
         r = self.routed
         access_log.info(
             json.dumps(
@@ -54,11 +75,50 @@ class Exchange:
                     "method": self.scope["method"],
                     "path": self.scope["path"],
                     "status": self.status,
+                    "model": self.model,
+                    "region": self.served_region,
                     "upstream": self.upstream,
                     "attempts": self.attempts,
-                    "ms": round(self.elapsed_s() * 1000, 1),
+                    "ttfb_ms": _ms(self.first_byte_s),
+                    "ms": _ms(self.elapsed_s()),
+                    "bytes": self.body_bytes,
                     "client": str(r.client) if r and r.client else None,
                     "country": r.location.country if r else None,
                 }
             )
         )
+
+    def ecs_fields(self) -> dict[str, object]:
+        """This exchange in ECS field names (ECS has none for the model, region, upstream,
+        attempts or time to first byte: those are geogate.*)."""
+        r, scope = self.routed, self.scope
+        fields: dict[str, object] = {
+            "event.kind": "event",
+            "event.category": ["web"],
+            "event.type": ["access"],
+            "event.dataset": ACCESS_DATASET,
+            "event.outcome": "success" if 0 < self.status < 400 else "failure",
+            "event.duration": int(self.elapsed_s() * 1e9),  # ECS: nanoseconds
+            "http.request.id": self.id,
+            "http.request.method": scope["method"],
+            "http.version": scope.get("http_version", "1.1"),
+            "url.path": scope["path"],
+            "http.response.status_code": self.status,
+            "http.response.body.bytes": self.body_bytes,
+            # None: left out of the line (a request refused before it was routed)
+            "geogate.model": self.model or None,
+            "geogate.region": self.served_region,
+            "geogate.upstream": None if self.upstream == "-" else self.upstream,
+            "geogate.attempts": self.attempts,
+            "geogate.ttfb_ms": _ms(self.first_byte_s),
+        }
+        if r is not None:
+            if r.client is not None:
+                fields["client.ip"] = str(r.client)
+            if r.location.country:
+                fields["client.geo.country_iso_code"] = r.location.country
+        return fields
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)

@@ -24,6 +24,7 @@ from gateway import defaults as d
 from gateway.errors import GatewayOverloaded
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import send_error
+from gateway.logs import event
 from gateway.runtime import Runtime, log
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -119,15 +120,17 @@ class StreamGate:
             "SIGTERM: draining (/readyz answers 503); %d request(s) in flight get up to %g s",
             self.in_flight,
             timeout_s,
+            extra=event("drain-started", in_flight=self.in_flight),
         )
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
-            log.info("drained: no request in flight")
+            log.info("drained: no request in flight", extra=event("drained"))
         except TimeoutError:
             log.warning(
                 "drain: server.drain_timeout_s (%g s) passed; cutting %d request(s) in flight",
                 timeout_s,
                 self.in_flight,
+                extra=event("drain-timeout", in_flight=self.in_flight),
             )
             for task in list(self._tasks):
                 task.cancel()

@@ -21,6 +21,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
+# The edge's signed client location (geodb.edge) is for this gateway: what a backend needs of
+# it is in X-Real-IP, and a backend that kept it could replay it here within its time window.
+_REQUEST_DROP |= {b"geogate-client"}
 # Claims about the client or the request at the edge. Only a trusted proxy's are passed on;
 # anyone else's are the client speaking about itself, and a backend (or its logs, or a rate
 # limiter) that believed them would believe a forgery vouched for by the gateway.
@@ -36,6 +39,11 @@ _EDGE_CLAIMS = frozenset(
 _RESPONSE_DROP = HOP_BY_HOP | {b"server", b"date"}
 
 ROUTE_HEADER = "geogate-route"
+# A regional gateway's hint to a client that entered the wrong region (routing.steering).
+PREFERRED_REGION_HEADER = "geogate-preferred-region"
+# Response headers this gateway sets: an upstream's (another gateway's) are dropped, since the
+# client's request id, route and entry region are this gateway's to tell.
+_SET_HERE = frozenset({b"x-request-id", ROUTE_HEADER.encode(), PREFERRED_REGION_HEADER.encode()})
 MAX_REQUEST_ID_LEN = 128
 
 
@@ -112,5 +120,5 @@ def client_response_headers(
     raw: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     raw = list(raw)
-    drop = _RESPONSE_DROP | _connection_tokens(raw) | {b"x-request-id", b"geogate-route"}
+    drop = _RESPONSE_DROP | _connection_tokens(raw) | _SET_HERE
     return [(n.lower(), v) for n, v in raw if n.lower() not in drop] + list(extra)

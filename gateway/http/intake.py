@@ -28,6 +28,8 @@ from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
 from gateway.runtime import Routed, Runtime, log
+from gateway.traffic import NOT_SERVED
+from geodb.edge import HEADER as EDGE_HEADER
 
 
 def model_of(body: bytes) -> tuple[str, bool]:
@@ -155,14 +157,18 @@ class Proxy:
         extra = [(b"x-request-id", ex.id.encode())]
 
         async def tracked(message: Message) -> None:
-            ex.response_started = ex.response_started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.body":
+                ex.body_bytes += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                ex.response_started = True
+                ex.first_byte_s = ex.elapsed_s()
             await send(message)
 
         try:
             await self._serve(ex, receive, tracked)
         except GatewayError as err:
             ex.status = status_of(err)
-            await send_error(send, err, extra)
+            await send_error(tracked, err, extra)
         except ClientGone:
             ex.status = 499  # nginx's "client closed request"
         except StreamAborted:
@@ -176,7 +182,7 @@ class Proxy:
             if ex.response_started:
                 raise
             await send_error(
-                send,
+                tracked,
                 GatewayError(
                     f"internal error in the gateway (request id {ex.id}); retry, and report the "
                     "request id if it persists"
@@ -202,10 +208,17 @@ class Proxy:
         peer = scope.get("client")
         now = time.monotonic()
         ex.routed = rt.locate_and_route(
-            peer[0] if peer else None, header_values(scope, b"x-forwarded-for"), ex.model, now
+            peer[0] if peer else None,
+            header_values(scope, b"x-forwarded-for"),
+            ex.model,
+            now,
+            edge_header=header(scope, EDGE_HEADER.encode()),
+            host=header(scope, b"host"),
         )
         loc = ex.routed.location
         rt.metrics.by_country.labels(loc.country or "unknown", str(loc.source)).inc()
+        if ex.routed.preferred_region:
+            rt.metrics.missteered.labels(ex.routed.preferred_region).inc()
         check_routed(rt, ex.routed, ex.model)
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
@@ -214,5 +227,11 @@ class Proxy:
         m = self.rt.metrics
         m.requests.labels(str(ex.status), ex.region).inc()
         m.duration.labels(ex.region).observe(ex.elapsed_s())
-        if self.rt.config.server.access_log:
-            ex.log()
+        if ex.routed is not None:
+            # The model only when served: then it is one the upstreams serve, not any string
+            # a client sent.
+            served = ex.upstream != NOT_SERVED
+            self.rt.traffic.request(ex.routed.location, ex.upstream, ex.model if served else "")
+        config = self.rt.config
+        if config.server.access_log:
+            ex.log(config.log.format)

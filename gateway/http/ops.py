@@ -1,11 +1,13 @@
-"""The ops listener: ``/metrics``, ``/routing-table``, ``/explain`` and ``/admin/*`` on a
-host and port of their own (``[ops]``, loopback by default), never on the public port.
+"""The ops listener: ``/metrics``, ``/routing-table``, ``/explain``, ``/admin/*`` and the live
+``/dashboard`` on a host and port of their own (``[ops]``, loopback by default), never on the
+public port.
 
-``ops.token`` (``Authorization: Bearer <token>``) guards everything but ``/admin/*``, which
-has its operators' own tokens: with it set, another host (the edge tier reading the routing
-table, a Prometheus scraping metrics) may be let in. The listener is hypercorn on the
-worker's own event loop, so it reads the very Runtime the proxy writes; its socket is bound
-once by the parent process (``gateway.server``), which hands its descriptor to each worker.
+``ops.token`` (``Authorization: Bearer <token>``) guards everything but ``/admin/*`` and
+``/dashboard``, which have their operators' own tokens: with it set, another host (the edge
+tier reading the routing table, a Prometheus scraping metrics) may be let in. The listener is
+hypercorn on the worker's own event loop, so it reads the very Runtime the proxy writes; its
+socket is bound once by the parent process (``gateway.server``), which hands its descriptor
+to each worker.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.applications import Starlette
 from gateway.errors import OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
+from gateway.http.dashboard.routes import Dashboard
 from gateway.http.endpoints import Endpoints, not_found
 from gateway.http.errors import send_error
 from gateway.runtime import Runtime, log
@@ -34,14 +37,15 @@ _server_log.setLevel(logging.WARNING)
 
 
 class OpsAuth:
-    """``ops.token`` in front of the ops app, for all but ``/admin/*``."""
+    """``ops.token`` in front of the ops app, for all but ``/admin/*`` and ``/dashboard``,
+    which log their operators in with their own tokens."""
 
     def __init__(self, app: Starlette, token: str) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/admin/"):
+        if scope["type"] == "http" and not _own_login(scope["path"]):
             sent = (header(scope, b"authorization") or "").encode("latin-1")
             if not hmac.compare_digest(sent, self.expected):
                 err = OpsUnauthorized(
@@ -52,8 +56,16 @@ class OpsAuth:
         await self.app(scope, receive, send)
 
 
+def _own_login(path: str) -> bool:
+    return path.startswith(("/admin/", "/dashboard/")) or path == "/dashboard"
+
+
 def ops_app(rt: Runtime) -> Starlette | OpsAuth:
-    app = Starlette(routes=[*Endpoints(rt).ops_routes(), *admin_routes(rt)])
+    dashboard = Dashboard(rt)
+    app = Starlette(
+        routes=[*Endpoints(rt).ops_routes(), *admin_routes(rt), *dashboard.routes()],
+        lifespan=dashboard.lifespan,
+    )
     app.router.default = not_found
     token = rt.config.ops.token
     return OpsAuth(app, token) if token else app

@@ -28,9 +28,15 @@ from gateway.errors import (
 from gateway.http.asgi import Receive, Send
 from gateway.http.errors import error_body
 from gateway.http.exchange import Exchange
-from gateway.http.headers import ROUTE_HEADER, client_response_headers, upstream_request_headers
+from gateway.http.headers import (
+    PREFERRED_REGION_HEADER,
+    ROUTE_HEADER,
+    client_response_headers,
+    upstream_request_headers,
+)
 from gateway.routing.model import Candidate, Reason
 from gateway.runtime import Runtime
+from gateway.traffic import carries_token
 from gateway.watch import ejections
 
 # Statuses that mean "this upstream cannot take it now, another may": try the next candidate.
@@ -76,6 +82,7 @@ class _Attempts:
         # Set when an upstream accepted the request and then timed out: the work may still be
         # running there, so (unless retry.on_timeout) no other upstream is tried.
         self.held: str | None = None
+        self.opened_at = 0.0  # perf_counter when the attempt that answered began
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
@@ -136,6 +143,9 @@ class _Attempts:
                 (b"x-request-id", self.ex.id.encode()),
                 (ROUTE_HEADER.encode(), self.ex.decision.header(index).encode()),
             ]
+            hint = self.ex.routed.preferred_region if self.ex.routed else None
+            if hint:
+                extra.append((PREFERRED_REGION_HEADER.encode(), hint.encode()))
             await self._stream(resp, first, extra, cand)
             done = True
             # A 4xx is the client's request, never the upstream's failure.
@@ -158,6 +168,7 @@ class _Attempts:
         wait_s = self._wait()[0]
         resp: aiohttp.ClientResponse | None = None
         opened = False
+        t0 = time.perf_counter()
         with track_reach() as reach:
             try:
                 async with asyncio.timeout(wait_s):
@@ -180,6 +191,7 @@ class _Attempts:
                         return None
                     first = await resp.content.readany()
                     opened = True
+                    self.opened_at = t0
                     return resp, first
             except (TimeoutError, *CLIENT_ERRORS) as exc:
                 what = "first byte" if self.ex.stream else "answer"
@@ -196,7 +208,15 @@ class _Attempts:
                 if resp is not None and not opened:
                     resp.close()
 
+    def _first_token(self, cand: Candidate, chunk: bytes) -> bool:
+        if not carries_token(chunk):
+            return False
+        ms = (time.perf_counter() - self.opened_at) * 1000
+        self.rt.traffic.first_token(cand.upstream.id, ms)
+        return True
+
     def _record(self, cand: Candidate, ok: bool) -> None:
+        self.rt.traffic.attempt(cand.upstream.id, ok)
         ejections.record_result(
             self.rt, cand.upstream.id, cand.upstream.region, ok, time.monotonic()
         )
@@ -220,6 +240,8 @@ class _Attempts:
         headers = client_response_headers(resp.raw_headers, extra)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         self.rt.metrics.first_byte.labels(cand.upstream.region).observe(self.ex.elapsed_s())
+        # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
+        waiting = self.ex.stream and not self._first_token(cand, first)
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
@@ -230,6 +252,8 @@ class _Attempts:
                     chunk = await resp.content.readany()
                     if not chunk:
                         break
+                    if waiting:
+                        waiting = not self._first_token(cand, chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(resp, cand, isinstance(exc, TimeoutError))

@@ -18,6 +18,7 @@ import aiodns
 from aiodns.error import DNSError
 
 from gateway.config import Upstream
+from gateway.logs import event
 from gateway.routing.members import Address, default_port
 from gateway.runtime import Runtime
 
@@ -79,6 +80,7 @@ async def discover_once(rt: Runtime) -> None:
                 "upstream %s now resolves to: %s",
                 u.id,
                 shown,
+                extra=event("members-changed", upstream=u.id, members=shown),
             )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from gateway.logs import event
 from gateway.runtime import Runtime
 
 log = logging.getLogger("geogate.health")
@@ -40,6 +41,13 @@ def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: flo
             region,
             h.ejected_until - now,
             h.ejection_cause,
+            extra=event(
+                "upstream-ejected",
+                reason=h.ejection_cause,
+                upstream=upstream_id,
+                region=region,
+                ejected_s=round(h.ejected_until - now, 1),
+            ),
         )
         set_gauge(rt, upstream_id, region, now)
 
@@ -57,5 +65,11 @@ def end_by_probe(rt: Runtime, upstream_id: str, region: str, now: float) -> None
 
 
 def _back(rt: Runtime, upstream_id: str, region: str, now: float, why: str) -> None:
-    log.info("upstream %s (%s) back in rotation: %s", upstream_id, region, why)
+    log.info(
+        "upstream %s (%s) back in rotation: %s",
+        upstream_id,
+        region,
+        why,
+        extra=event("upstream-returned", reason=why, upstream=upstream_id, region=region),
+    )
     set_gauge(rt, upstream_id, region, now)

@@ -16,6 +16,7 @@ import time
 
 from gateway.client import CLIENT_ERRORS, classify
 from gateway.config import Upstream
+from gateway.logs import event
 from gateway.runtime import Runtime
 from gateway.watch import ejections
 
@@ -50,6 +51,12 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
             u.region,
             "healthy" if after else "unhealthy",
             f": {error}" if error else "",
+            extra=event(
+                "upstream-healthy" if after else "upstream-unhealthy",
+                reason=error,
+                upstream=u.id,
+                region=u.region,
+            ),
         )
     now = time.monotonic()
     ejections.check_return(rt, u.id, u.region, now)

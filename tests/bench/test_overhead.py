@@ -35,6 +35,14 @@ def test_lean_target_turns_off_exactly_the_two_knobs(tmp_path: Path) -> None:
     assert full.model_dump(exclude=same) == lean.model_dump(exclude=same)
 
 
+def test_ecs_target_differs_in_the_log_format_only(tmp_path: Path) -> None:
+    text = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="text"))
+    ecs = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="ecs", ecs=True))
+    assert (text.log.format, ecs.log.format) == ("text", "ecs")
+    same = {"log": {"format"}, "ops": {"port"}}
+    assert text.model_dump(exclude=same) == ecs.model_dump(exclude=same)
+
+
 def test_nginx_peer_logs_as_nginx_does_by_default(tmp_path: Path) -> None:
     assert f"access_log {tmp_path}/nginx-access.log;" in nginx_conf(tmp_path, 1, 2, 3).read_text()
     assert "access_log off;" in nginx_conf(tmp_path, 1, 2, 3, access_log=False).read_text()

@@ -49,6 +49,7 @@ def test_env_overrides(tmp_path: Path) -> None:
         "GEOGATE_TIMEOUTS__CONNECT_S": "0.5",
         "GEOGATE_GATEWAY__TRUSTED_PROXIES": '["10.0.0.0/8"]',
         "OTHER": "x",
+        "GEOGATE_CTL_TOKEN": "x",  # geogate ctl's, in the operator's shell: not an override
     }
     cfg = load_config(write(tmp_path, GOOD), env=env)
     assert (cfg.server.port, cfg.timeouts.connect_s) == (9999, 0.5)
@@ -100,6 +101,11 @@ def test_env_overrides(tmp_path: Path) -> None:
         (lambda t: t + '[admin]\ntokens = {alice = "t", bob = "t"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntoken = "t"\ntokens = {admin = "u"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntokens = {"a b" = "t"}\n', "admin.tokens"),
+        (lambda t: t + '[log]\nformat = "json"\n', "log.format: Input should be 'text' or 'ecs'"),
+        (
+            lambda t: t.replace("8.68\n", '8.68\naddresses = ["127.0.0.11", "127.0.0.300"]\n'),
+            "regions[0].addresses[1]: '127.0.0.300' is not an IP address",
+        ),
     ],
 )
 def test_errors_are_one_line_naming_file_and_key(
@@ -156,3 +162,16 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
 def test_relative_paths_resolve_from_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD + '[geoip]\ndatabase = "geo/city.mmdb"\n'), env={})
     assert cfg.geoip.database == tmp_path / "geo" / "city.mmdb"
+
+
+def test_edge_keys_are_checked_and_never_repeated(tmp_path: Path) -> None:
+    good = "k" * defaults.EDGE_MIN_SECRET_CHARS
+    cfg = load_config(write(tmp_path, GOOD + f'[edge]\nkeys = {{k1 = "{good}"}}\n'), env={})
+    assert (cfg.edge.keys, cfg.edge.max_skew_s) == ({"k1": good}, defaults.EDGE_MAX_SKEW_S)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_EDGE__KEYS": '{"k1": "hunter2"}'})
+    msg = str(info.value)
+    assert "edge.keys.k1: String should have at least 32 characters" in msg, msg
+    assert "hunter2" not in msg
+    with pytest.raises(ConfigError, match=r"edge\.keys\.k;1"):
+        load_config(write(tmp_path, GOOD + f'[edge]\nkeys = {{"k;1" = "{good}"}}\n'), env={})

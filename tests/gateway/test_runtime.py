@@ -4,9 +4,11 @@ the location source both apply."""
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from gateway.config import Config
 from gateway.runtime import build_runtime
+from geodb.edge import sign
 
 CFG = Config.model_validate(
     {
@@ -39,3 +41,27 @@ def test_the_store_owns_the_routing_config() -> None:
     changed = CFG.model_copy(update={"residency": ()})
     rt.store.replace_config(changed)
     assert rt.config is changed and rt.store.policy.residency == ()
+
+
+def test_a_signed_edge_header_locates_the_client_else_the_peer_does() -> None:
+    secret = "e" * 32
+    cfg = CFG.model_copy(update={"edge": CFG.edge.model_copy(update={"keys": {"k1": secret}})})
+    rt = build_runtime(cfg)
+    signed = {"kid": "k1", "ts": str(int(time.time())), "aud": "gw.example",
+              "ip": "198.51.100.4", "lat": "1.35", "lon": "103.82", "country": "SG"}  # fmt: skip
+    value = sign(secret, list(signed.items()))
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="gw.example")
+    assert routed.client == ipaddress.ip_address("198.51.100.4")
+    assert (str(routed.location.source), routed.location.country) == ("edge", "SG")
+    # Another host: the header is ignored, and the peer (or a trusted proxy's chain) decides.
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="other")
+    assert routed.client == ipaddress.ip_address("127.0.0.2")
+    assert str(routed.location.source) == "default"
+    counted = {
+        s.labels["result"]: s.value
+        for m in rt.metrics.registry.collect()
+        if m.name == "geogate_edge_location"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert counted == {"ok": 1.0, "wrong_audience": 1.0}

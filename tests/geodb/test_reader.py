@@ -95,6 +95,10 @@ def test_hot_reload_swaps_and_refuses_corrupt(
         caplog.records
     ) == 1
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
+    # log.format = "ecs" writes these fields: the refusal is an event with its reason.
+    refused = caplog.records[0].__dict__
+    assert refused["event.action"] == "geoip-reload-refused" and refused["file.path"] == str(db)
+    assert refused["event.reason"] and refused["event.kind"] == "event"
     db.unlink()
     assert src.maybe_reload() is Reload.UNCHANGED  # missing mid-replacement: keep serving
     assert src.locate(ip("192.0.2.1")).city == "Lyon"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.cli.procs import free_port, geogate_cmd
@@ -133,10 +137,42 @@ def test_corrupt_geoip_file_stops_the_gateway_in_one_line(tmp_path: Path) -> Non
     assert len(p.stderr.strip().splitlines()) == 1
 
 
-def test_demo_runs_the_whole_story() -> None:
-    p = geogate("demo", timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = p.stdout
+def _demo_until(proc: subprocess.Popen[str], marker: str, count: int, timeout: float) -> str:
+    """The demo's output up to the ``count``-th line holding ``marker`` (read by a thread:
+    a kept-running demo never closes its output)."""
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.daemon = True
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while sum(marker in line for line in list(lines)) < count:
+        assert proc.poll() is None, "".join(lines)
+        assert time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)
+    return "".join(lines)
+
+
+def test_demo_runs_the_whole_story_and_leaves_the_dashboard_up(tmp_path: Path) -> None:
+    # One run for both, as the story takes most of the time: --keep-running prints the
+    # dashboard and its login before the story (to watch it live) and after it.
+    with (tmp_path / "stderr").open("w+") as err:
+        proc = subprocess.Popen(
+            geogate_cmd("demo", "--keep-running"), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        try:
+            out = _demo_until(proc, "made for this run", 2, timeout=120)
+            login = r"Dashboard: (\S+)\n  log in with the admin token (\S+)"
+            url, token = re.findall(login, out)[-1]
+            with httpx.Client(base_url=url.removesuffix("/dashboard")) as c:
+                assert "geogate dashboard" in c.get("/dashboard").text
+                r = c.post("/dashboard/login", json={"token": token})
+                assert r.json()["operator"] == "demo", r.text
+                regions = [x["id"] for x in c.get("/dashboard/api/state").json()["regions"]]
+                assert regions == ["eu-central", "ap-southeast", "us-east"]
+        finally:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops what it started
+            proc.wait(30)
     first = out.split("2. Killing")[0]
     for city, region in [
         ("London", "eu-central"),

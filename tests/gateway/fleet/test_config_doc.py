@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from gateway.fleet.config_doc import (
     apply_doc,
     audit_entry,
     base_config,
+    change_region,
     change_upstream,
     routing_doc,
 )
@@ -82,3 +84,33 @@ def test_audit_entry_and_base_config() -> None:
         {"weight": 2},
     )
     assert base_config(routing_doc(CFG)).gateway.region == "eu"
+
+
+def test_a_region_drains_all_its_upstreams_in_one_change() -> None:
+    cfg = Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [
+                {"id": "eu", "latitude": 50, "longitude": 8},
+                {"id": "us", "latitude": 40, "longitude": -74},
+                {"id": "ap", "latitude": 1, "longitude": 103},
+            ],
+            "upstreams": [
+                {"id": f"{r}{i}", "region": r, "url": "http://127.0.0.1:1", "models": ["m"]}
+                for r, i in (("eu", 1), ("eu", 2), ("us", 1))
+            ],
+        }
+    )
+    doc, before, after = change_region(routing_doc(cfg), "eu", {"drained": True})
+    assert before == {"eu1": {"drained": False}, "eu2": {"drained": False}}
+    assert after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
+    drained = {u.id: u.drained for u in apply_doc(cfg, doc).upstreams}
+    assert drained == {"eu1": True, "eu2": True, "us1": False}
+    for rid, changes, message in (
+        ("nope", {"drained": True}, "no region 'nope'; known: eu, us, ap"),
+        ("ap", {"drained": True}, "region 'ap' has no upstreams"),
+        ("eu", {"weight": 2}, "a region change sets drained (true or false); got weight"),
+        ("eu", {"drained": "yes"}, "drained must be true or false"),
+    ):
+        with pytest.raises(FleetConfigInvalid, match=re.escape(message)):
+            change_region(routing_doc(cfg), rid, changes)

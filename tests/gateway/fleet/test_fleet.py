@@ -239,5 +239,12 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
             timeout=2,
             what="the post-outage change everywhere",
         )
-    metrics = httpx.get(f"{gws[0].ops_url}/metrics").text
-    assert "geogate_shared_state_stale_seconds 0.0" in metrics
+    # Polled: on a loaded machine one refresh can time out (redis.connect_timeout_s) and go
+    # stale for a moment again; what must hold is that it settles back to fresh.
+    eventually(
+        lambda: (
+            "geogate_shared_state_stale_seconds 0.0" in httpx.get(f"{gws[0].ops_url}/metrics").text
+        ),
+        timeout=5,
+        what="the staleness gauge back at 0",
+    )

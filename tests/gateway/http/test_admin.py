@@ -69,6 +69,21 @@ async def test_the_single_token_of_old_is_the_operator_admin() -> None:
         assert [e["who"] for e in entries] == ["admin"]
 
 
+async def test_a_region_drain_is_one_audited_change_of_its_upstreams() -> None:
+    async with client(config(tokens={"alice": ALICE})) as c:
+        r = await c.patch("/admin/regions/eu", json={"drained": True}, headers=bearer(ALICE))
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2 and r.json()["audit"]["what"] == "region eu"
+        shown = (await c.get("/admin/config", headers=bearer(ALICE))).json()
+        assert shown["config"]["upstreams"][0]["drained"] is True
+        [entry] = (await c.get("/admin/audit", headers=bearer(ALICE))).json()["entries"]
+        assert entry["who"] == "alice" and json.loads(entry["after"]) == {"a": {"drained": True}}
+        r = await c.patch("/admin/regions/nope", json={"drained": True}, headers=bearer(ALICE))
+        assert r.status_code == 400 and "no region 'nope'" in r.json()["error"]["message"]
+        r = await c.patch("/admin/regions/eu", json={"drained": True})
+        assert r.status_code == 401
+
+
 async def test_no_token_configured_means_the_api_is_off() -> None:
     async with client(config()) as c:
         r = await c.get("/admin/config", headers=bearer("anything"))

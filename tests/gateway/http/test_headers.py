@@ -86,6 +86,7 @@ def test_response_headers() -> None:
         (b"Transfer-Encoding", b"chunked"),
         (b"Server", b"x"),
         (b"X-Request-Id", b"upstream-made"),
+        (b"geogate-preferred-region", b"us-east"),  # an upstream gateway's: not ours to tell
     ]
     out = client_response_headers(raw, [(b"x-request-id", b"r1")])
     assert out == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r1")]

@@ -174,6 +174,11 @@ def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) 
     assert len(rid) == 32
     # The access log is JSON lines: this is the old "rid=<id>" search, in that form.
     eventually(lambda: f'"rid": "{rid}"' in gw.log_text(), timeout=5, what="the access log line")
+    line = next(ln for ln in gw.log_text().splitlines() if f'"rid": "{rid}"' in ln)
+    doc = json.loads(line)
+    assert (doc["model"], doc["status"], doc["bytes"]) == ("m", 200, len(r.content))
+    assert doc["region"] == r.headers["geogate-route"].split("region=")[1].split(";")[0]
+    assert 0 < doc["ttfb_ms"] <= doc["ms"]
     bad = httpx.post(
         f"{gw.url}/v1/chat/completions", json=chat("m"), headers={"X-Request-Id": "x" * 500}
     )

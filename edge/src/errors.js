@@ -1,0 +1,31 @@
+// @ts-check
+/**
+ * OpenAI-shaped errors, with the statuses, types and codes of gateway/http/errors.py: a
+ * client cannot tell from an error's shape whether the Worker or a gateway answered.
+ */
+
+/** @type {Record<string, [number, string]>} code -> [HTTP status, OpenAI error type] */
+const CODES = {
+  unknown_url: [404, "invalid_request_error"],
+  method_not_allowed: [405, "invalid_request_error"],
+  request_too_large: [413, "invalid_request_error"],
+  model_not_found: [404, "invalid_request_error"],
+  no_healthy_upstream: [503, "service_unavailable"],
+  upstreams_at_capacity: [429, "rate_limit_error"],
+  upstream_failed: [502, "upstream_error"],
+  upstream_timeout: [504, "upstream_error"],
+  edge_misconfigured: [500, "server_error"],
+  internal_error: [500, "server_error"],
+};
+
+/**
+ * @param {keyof typeof CODES} code @param {string} message
+ * @param {Record<string, string>} [headers]
+ */
+export function errorResponse(code, message, headers = {}) {
+  const [status, type] = CODES[code];
+  return new Response(JSON.stringify({ error: { message, type, code } }), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}

@@ -1,0 +1,156 @@
+// @ts-check
+/**
+ * Send the request to the chosen region's gateway; fail over to the next region only before
+ * the first byte reached the client (connect error, 502/503/429, no response headers within
+ * the first-byte timeout), never after: the response body is handed to the client as a
+ * stream, chunk by chunk as the gateway sends it.
+ */
+
+import { errorResponse } from "./errors.js";
+
+// "This region cannot take it now, another may": the gateway's own RETRYABLE_STATUS.
+export const RETRYABLE_STATUS = new Set([429, 502, 503]);
+// RFC 9110 §7.6.1 connection-specific fields; a fetch sets host and content-length itself.
+const HOP_BY_HOP = [
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+];
+const MAX_DETAIL = 300; // characters of a gateway's error message repeated in ours
+
+/**
+ * @typedef {import("./router.js").Region} Region
+ *
+ * @typedef {object} Failure
+ * @property {string} region
+ * @property {string} what
+ * @property {number | null} status
+ * @property {string | null} retryAfter
+ * @property {boolean} timedOut
+ *
+ * @typedef {object} Attempts
+ * @property {string} method
+ * @property {string} target        path and query, as the client sent them
+ * @property {Headers} headers      the client's, less hop-by-hop fields
+ * @property {ArrayBuffer | null} body
+ * @property {number} timeoutMs     for the response headers
+ * @property {(region: Region) => Promise<string | null>} signFor  the signed client header
+ */
+
+/**
+ * The client's headers as a gateway should get them. The client's own `geogate-client` is a
+ * forgery by definition: only ours is sent. Cloudflare's `cf-*` headers describe this hop:
+ * what the gateway needs of them is in the signed header, and Cloudflare adds its own to the
+ * subrequest.
+ * @param {Headers} incoming @param {string} requestId
+ */
+export function upstreamHeaders(incoming, requestId) {
+  const out = new Headers(incoming);
+  const named = (out.get("connection") ?? "").split(",").map((t) => t.trim().toLowerCase());
+  const cf = [...out.keys()].filter((k) => k.startsWith("cf-"));
+  for (const name of [...HOP_BY_HOP, ...named, ...cf, "host", "content-length", "geogate-client"]) {
+    if (name) out.delete(name);
+  }
+  out.set("x-request-id", requestId);
+  return out;
+}
+
+/** @param {Response} resp */
+async function errorDetail(resp) {
+  try {
+    const text = await resp.text();
+    const doc = JSON.parse(text);
+    const msg = doc?.error?.message;
+    return typeof msg === "string" ? msg.slice(0, MAX_DETAIL) : text.slice(0, MAX_DETAIL);
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Try `regions` in order.
+ * @param {Attempts} a @param {Region[]} regions
+ * @returns {Promise<{response: Response, index: number} | {failures: Failure[]}>}
+ */
+export async function tryRegions(a, regions) {
+  /** @type {Failure[]} */
+  const failures = [];
+  for (const [index, region] of regions.entries()) {
+    const headers = new Headers(a.headers);
+    const signed = await a.signFor(region);
+    if (signed) headers.set("geogate-client", signed);
+    const abort = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      abort.abort();
+    }, a.timeoutMs);
+    /** @type {Response} */
+    let resp;
+    try {
+      resp = await fetch(region.url + a.target, {
+        method: a.method,
+        headers,
+        body: a.body,
+        redirect: "manual",
+        signal: abort.signal,
+      });
+    } catch (err) {
+      const what = timedOut
+        ? `no response in ${a.timeoutMs / 1000} s`
+        : `connect error: ${err instanceof Error ? err.message : err}`;
+      failures.push({ region: region.id, what, status: null, retryAfter: null, timedOut });
+      continue;
+    } finally {
+      // Only the wait for the headers is bounded here: the body streams for as long as the
+      // gateway's own idle and total timeouts allow.
+      clearTimeout(timer);
+    }
+    if (RETRYABLE_STATUS.has(resp.status)) {
+      const detail = await errorDetail(resp);
+      failures.push({
+        region: region.id,
+        what: `HTTP ${resp.status}${detail ? `: ${detail}` : ""}`,
+        status: resp.status,
+        retryAfter: resp.headers.get("retry-after"),
+        timedOut: false,
+      });
+      continue;
+    }
+    return { response: resp, index };
+  }
+  return { failures };
+}
+
+/**
+ * The client's answer when every region tried failed (or none was tried).
+ * @param {Failure[]} failures @param {number} untried  candidates left out by MAX_ATTEMPTS
+ */
+export function finalError(failures, untried) {
+  const tried = failures.map((f) => `${f.region} (${f.what})`).join(", ");
+  const tail = untried > 0 ? `; ${untried} more region(s) not tried (MAX_ATTEMPTS)` : "";
+  if (failures.length > 0 && failures.every((f) => f.status === 429)) {
+    const after = Math.max(1, ...failures.map((f) => Number.parseInt(f.retryAfter ?? "", 10) || 1));
+    return errorResponse(
+      "upstreams_at_capacity",
+      `every region tried is at capacity: ${tried}${tail}. Retry after ${after} s`,
+      { "retry-after": String(after) },
+    );
+  }
+  if (failures.length > 0 && failures[failures.length - 1].timedOut) {
+    return errorResponse(
+      "upstream_timeout",
+      `no region answered in time: ${tried}${tail}. Retry the request`,
+    );
+  }
+  return errorResponse(
+    "upstream_failed",
+    `every region tried failed: ${tried}${tail}. Retry the request`,
+  );
+}

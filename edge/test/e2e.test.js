@@ -1,0 +1,226 @@
+// The Worker in workerd against real regional gateways (`geogate gateway`) and simulated
+// backends (`geogate sim-backend`) on loopback: tests/edge/test_worker.py starts one gateway
+// and one backend per region, writes where they are to the file named by GEOGATE_EDGE_E2E,
+// and runs these tests. Clients are placed with request.cf overrides.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { after, before, describe, test } from "node:test";
+import { CITIES, blackhole, closedUrl, routeFields, startWorker } from "./support/harness.js";
+
+const SPEC = process.env.GEOGATE_EDGE_E2E
+  ? JSON.parse(readFileSync(process.env.GEOGATE_EDGE_E2E, "utf8"))
+  : null;
+const SKIP = SPEC ? false : "needs the gateways that tests/edge/test_worker.py starts";
+
+const EXPECTED = {
+  London: "eu-central",
+  Singapore: "ap-southeast",
+  "New York": "us-east",
+  Sydney: "ap-southeast",
+  "São Paulo": "sa-east",
+};
+// Documentation addresses (RFC 5737), one per city: what the backends must see as the client.
+const IPS = {
+  London: "192.0.2.10",
+  Singapore: "192.0.2.20",
+  "New York": "198.51.100.30",
+  Sydney: "198.51.100.40",
+  "São Paulo": "203.0.113.50",
+};
+
+function workerVars(extra = {}) {
+  return {
+    ROUTING_TABLE_URLS: Object.values(SPEC.regions).map((r) => `${r.ops_url}/routing-table`),
+    OPS_TOKEN: SPEC.ops_token,
+    EDGE_SECRET: SPEC.secret,
+    EDGE_KEY_ID: SPEC.key_id,
+    TABLE_TTL_S: 0.25,
+    ...extra,
+  };
+}
+
+function header(headers, name) {
+  const key = Object.keys(headers).find((k) => k.toLowerCase() === name);
+  return key === undefined ? undefined : headers[key];
+}
+
+/** POST /v1/echo as a client in `city`: the backend answers with the headers it got. */
+async function echo(mf, city, rid = undefined) {
+  const resp = await mf.dispatchFetch("https://api.example.com/v1/echo", {
+    method: "POST",
+    body: JSON.stringify({ model: SPEC.model }),
+    headers: {
+      "content-type": "application/json",
+      "cf-connecting-ip": IPS[city],
+      ...(rid ? { "x-request-id": rid } : {}),
+      // A client's own claim about itself: the Worker must drop it and send its own.
+      "geogate-client": "v1;kid=k1;ts=0;aud=x;ip=6.6.6.6;lat=0;lon=0;sig=forged",
+    },
+    cf: CITIES[city],
+  });
+  const body = await resp.json();
+  return { resp, body, route: routeFields(resp.headers.get("geogate-route")) };
+}
+
+async function metrics(region) {
+  const resp = await fetch(`${SPEC.regions[region].ops_url}/metrics`, {
+    headers: { authorization: `Bearer ${SPEC.ops_token}` },
+  });
+  assert.equal(resp.status, 200);
+  return resp.text();
+}
+
+describe("the Worker in front of real regional gateways", { skip: SKIP }, () => {
+  let mf;
+  before(async () => {
+    mf = await startWorker(workerVars());
+  });
+  after(async () => {
+    await mf?.dispose();
+  });
+
+  for (const [i, [city, region]] of Object.entries(EXPECTED).entries()) {
+    test(`a client in ${city} reaches ${region}, which sees it as the edge signed it`, async () => {
+      const rid = `e2e-client-${i}`;
+      const { resp, body, route } = await echo(mf, city, rid);
+      assert.equal(resp.status, 200, JSON.stringify(body));
+      assert.equal(route.tier, "edge");
+      assert.equal(route.region, region, resp.headers.get("geogate-route"));
+      assert.equal(route.reason, "lowest-score");
+      assert.equal(route.colo, CITIES[city].colo);
+      assert.equal(body.region, region, "the backend that answered is in another region");
+      assert.equal(routeFields(resp.headers.get("geogate-region-route")).region, region);
+      // The regional gateway believed the signed header: the client is the edge's client.
+      assert.equal(header(body.headers, "x-real-ip"), IPS[city]);
+      assert.equal(header(body.headers, "geogate-client"), undefined);
+      assert.equal(resp.headers.get("x-request-id"), rid);
+      assert.equal(header(body.headers, "x-request-id"), rid);
+    });
+  }
+
+  test("the regional gateways located those clients from the edge (source=edge)", async () => {
+    const want = { "eu-central": ["GB"], "ap-southeast": ["SG", "AU"], "us-east": ["US"] };
+    want["sa-east"] = ["BR"];
+    for (const [region, countries] of Object.entries(want)) {
+      const text = await metrics(region);
+      for (const c of countries) {
+        const line = `geogate_client_requests_total\\{country="${c}",source="edge"\\} [1-9]`;
+        assert.match(text, new RegExp(line));
+      }
+      assert.match(text, /geogate_edge_location_total\{result="ok"\} [1-9]/);
+      assert.doesNotMatch(text, /geogate_client_requests_total\{[^}]*source="(geoip|default)"/);
+    }
+  });
+
+  test("an SSE stream arrives event by event", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: JSON.stringify({
+        model: SPEC.model,
+        stream: true,
+        max_tokens: 10,
+        messages: [{ role: "user", content: "hi" }],
+      }),
+      headers: { "content-type": "application/json", "cf-connecting-ip": IPS["São Paulo"] },
+      cf: CITIES["São Paulo"],
+    });
+    assert.equal(resp.status, 200);
+    assert.match(resp.headers.get("content-type"), /^text\/event-stream/);
+    assert.equal(routeFields(resp.headers.get("geogate-route")).region, "sa-east");
+    // Each event carries the time the backend wrote it (sim-backend --stamp).
+    const events = [];
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for await (const chunk of resp.body) {
+      const arrived = Date.now() / 1000;
+      buffer += decoder.decode(chunk, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const stamp = /^: t=([0-9.]+)$/m.exec(event);
+        events.push({ arrived, sent: stamp ? Number(stamp[1]) : null, data: event });
+      }
+    }
+    const stamped = events.filter((e) => e.sent !== null);
+    assert.ok(stamped.length >= 11, `${stamped.length} events`); // role, 10 tokens, finish
+    assert.match(events.at(-1).data, /^data: \[DONE\]$/);
+    const lastSent = stamped.at(-1).sent;
+    // Not buffered: the first token reached the client before the backend wrote the last.
+    assert.ok(stamped[1].arrived < lastSent, "the stream arrived all at once");
+    for (const e of stamped) {
+      assert.ok(e.arrived - e.sent < 1.0, `an event waited ${e.arrived - e.sent} s`);
+    }
+  });
+
+  test("cold start, no table source: the fallback routes; a hung region fails over", async () => {
+    const hung = await blackhole();
+    const regionOf = (id, url) => ({
+      id,
+      latitude: SPEC.regions[id].latitude,
+      longitude: SPEC.regions[id].longitude,
+      url,
+      upstreams: [{ id: `${id}-1`, models: [SPEC.model] }],
+    });
+    try {
+      const cold = await startWorker(
+        workerVars({
+          ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+          FALLBACK_TABLE: {
+            regions: [
+              regionOf("eu-central", hung.url),
+              regionOf("us-east", SPEC.regions["us-east"].url),
+            ],
+          },
+          RESPONSE_TIMEOUT_S: 0.5,
+        }),
+      );
+      try {
+        const { resp, body, route } = await echo(cold, "London");
+        assert.equal(resp.status, 200, JSON.stringify(body));
+        assert.deepEqual(
+          [route.region, route.reason, route.table, route.attempts],
+          ["us-east", "failover", "fallback", "2"],
+        );
+        assert.equal(body.region, "us-east");
+        assert.equal(header(body.headers, "x-real-ip"), IPS.London);
+      } finally {
+        await cold.dispose();
+      }
+    } finally {
+      await hung.close();
+    }
+  });
+
+  test("a region's backends die: its clients move on, and no request fails", async () => {
+    const results = [];
+    const send = async () => {
+      const { resp, body, route } = await echo(mf, "London");
+      const { region, reason } = route;
+      results.push({ status: resp.status, region, reason, served: body.region });
+    };
+    for (let i = 0; i < 3; i++) await send();
+    assert.deepEqual(new Set(results.map((r) => r.served)), new Set(["eu-central"]));
+    const before = results.length;
+    process.kill(-SPEC.regions["eu-central"].sim_pid, "SIGKILL");
+    // Until the table shows eu-central down, its requests fail over (before their first
+    // byte) to the next region; then the Worker routes London to us-east directly.
+    let settled = 0;
+    const deadline = Date.now() + 20_000;
+    while (settled < 5 && Date.now() < deadline) {
+      await send();
+      const last = results.at(-1);
+      settled = last.region === "us-east" && last.reason === "lowest-score" ? settled + 1 : 0;
+    }
+    // What happened, request by request, for whoever reads the test's output.
+    const seen = {};
+    for (const r of results.slice(before)) {
+      const key = `${r.status} ${r.region} ${r.reason}`;
+      seen[key] = (seen[key] ?? 0) + 1;
+    }
+    console.log(JSON.stringify({ "London after eu-central's backend died": seen }));
+    assert.deepEqual(results.filter((r) => r.status !== 200), [], "requests failed");
+    assert.equal(settled, 5, JSON.stringify(results.slice(before)));
+    assert.ok(results.slice(before).every((r) => r.served === "us-east"), JSON.stringify(results));
+  });
+});

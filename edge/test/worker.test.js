@@ -1,0 +1,223 @@
+// The Worker in workerd, on its own: its answers that need no gateway, the static fallback
+// table on a cold start with every gateway unreachable, and its errors when no region
+// answers. The tests against real gateways are in e2e.test.js.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { CITIES, blackhole, closedUrl, startWorker } from "./support/harness.js";
+
+const CHAT = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
+
+function fallback(urls) {
+  const region = (id, latitude, longitude) => ({
+    id,
+    latitude,
+    longitude,
+    url: urls[id],
+    upstreams: [{ id: `${id}-1`, models: ["m"] }],
+  });
+  return {
+    regions: [
+      region("eu-central", 50.11, 8.68),
+      region("us-east", 37.37, -79.82),
+      region("ap-southeast", 1.35, 103.82),
+    ],
+  };
+}
+
+async function errorOf(resp) {
+  assert.equal(resp.headers.get("content-type"), "application/json");
+  const doc = await resp.json();
+  assert.deepEqual(Object.keys(doc.error).sort(), ["code", "message", "type"]);
+  return doc.error;
+}
+
+const workers = [];
+async function worker(vars) {
+  const mf = await startWorker(vars);
+  workers.push(mf);
+  return mf;
+}
+after(async () => {
+  await Promise.all(workers.map((w) => w.dispose()));
+});
+
+describe("every gateway unreachable, on a cold start", () => {
+  let mf;
+  let urls;
+  before(async () => {
+    urls = {
+      "eu-central": await closedUrl(),
+      "us-east": await closedUrl(),
+      "ap-southeast": await closedUrl(),
+    };
+    mf = await worker({
+      ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+      FALLBACK_TABLE: fallback(urls),
+      TABLE_TIMEOUT_S: 1,
+    });
+  });
+
+  test("the fallback table still routes: nearest region first, then the next", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: CHAT,
+      headers: { "content-type": "application/json" },
+      cf: CITIES.London,
+    });
+    assert.equal(resp.status, 502);
+    const err = await errorOf(resp);
+    assert.equal(err.code, "upstream_failed");
+    const order = [...err.message.matchAll(/(eu-central|us-east|ap-southeast) \(connect error/g)];
+    assert.deepEqual(
+      order.map((m) => m[1]),
+      ["eu-central", "us-east", "ap-southeast"],
+      err.message,
+    );
+  });
+
+  test("a client in Singapore starts in Singapore", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: CHAT,
+      cf: CITIES.Singapore,
+    });
+    const err = await errorOf(resp);
+    assert.match(err.message, /^every region tried failed: ap-southeast \(connect error/);
+  });
+
+  test("a model the table does not list is a 404", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: JSON.stringify({ model: "nope", messages: [] }),
+      cf: CITIES.London,
+    });
+    assert.equal(resp.status, 404);
+    assert.equal((await errorOf(resp)).code, "model_not_found");
+  });
+});
+
+test("MAX_ATTEMPTS bounds the regions tried, and the error says so", async () => {
+  const urls = {
+    "eu-central": await closedUrl(),
+    "us-east": await closedUrl(),
+    "ap-southeast": await closedUrl(),
+  };
+  const mf = await worker({
+    FALLBACK_TABLE: fallback(urls),
+    ROUTING_TABLE_URLS: [],
+    MAX_ATTEMPTS: 2,
+  });
+  const resp = await mf.dispatchFetch("https://api.example.com/v1/completions", {
+    method: "POST",
+    body: JSON.stringify({ model: "m", prompt: "hi" }),
+    cf: CITIES["New York"],
+  });
+  const err = await errorOf(resp);
+  assert.match(err.message, /us-east .*eu-central .*; 1 more region\(s\) not tried/);
+});
+
+test("a gateway that never answers is a timeout; with nothing else left, a 504", async () => {
+  const hung = await blackhole();
+  try {
+    const mf = await worker({
+      FALLBACK_TABLE: { regions: [fallback({ "eu-central": hung.url }).regions[0]] },
+      ROUTING_TABLE_URLS: [],
+      RESPONSE_TIMEOUT_S: 0.3,
+    });
+    const t0 = Date.now();
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: CHAT,
+      cf: CITIES.London,
+    });
+    assert.equal(resp.status, 504);
+    const err = await errorOf(resp);
+    assert.equal(err.code, "upstream_timeout");
+    assert.match(err.message, /eu-central \(no response in 0\.3 s\)/);
+    assert.ok(Date.now() - t0 < 5000);
+  } finally {
+    await hung.close();
+  }
+});
+
+test("no table anywhere and no fallback: a 503 that says why", async () => {
+  const mf = await worker({
+    ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+    FALLBACK_TABLE: undefined,
+  });
+  const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+    method: "POST",
+    body: CHAT,
+    cf: CITIES.London,
+  });
+  assert.equal(resp.status, 503);
+  assert.equal(resp.headers.get("retry-after"), "5");
+  const err = await errorOf(resp);
+  assert.equal(err.code, "no_healthy_upstream");
+  assert.match(err.message, /no routing table: every source failed .*FALLBACK_TABLE is not set/);
+});
+
+describe("answered by the Worker itself", () => {
+  let mf;
+  before(async () => {
+    mf = await worker({ ROUTING_TABLE_URLS: [], MAX_BODY_BYTES: 1000 });
+  });
+
+  test("/healthz", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/healthz");
+    assert.equal(resp.status, 200);
+    assert.equal(await resp.text(), "ok");
+  });
+
+  test("a path outside /v1 is an OpenAI-shaped 404", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/admin/config");
+    assert.equal(resp.status, 404);
+    const err = await errorOf(resp);
+    assert.equal(err.code, "unknown_url");
+    assert.match(err.message, /under \/v1\//);
+  });
+
+  test("a body over MAX_BODY_BYTES is a 413, declared or not", async () => {
+    const big = JSON.stringify({ model: "m", prompt: "x".repeat(2000) });
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/completions", {
+      method: "POST",
+      body: big,
+    });
+    assert.equal(resp.status, 413);
+    assert.equal((await errorOf(resp)).code, "request_too_large");
+    // Sent as a stream, with no Content-Length to go by: counted while read.
+    const chunks = new Blob([big]).stream();
+    const streamed = await mf.dispatchFetch("https://api.example.com/v1/completions", {
+      method: "POST",
+      body: chunks,
+      duplex: "half",
+    });
+    assert.equal(streamed.status, 413);
+    assert.equal((await errorOf(streamed)).code, "request_too_large");
+  });
+
+  test("a valid X-Request-Id is kept, anything else replaced", async () => {
+    let resp = await mf.dispatchFetch("https://api.example.com/nope", {
+      headers: { "x-request-id": "client-id-1" },
+    });
+    assert.equal(resp.headers.get("x-request-id"), "client-id-1");
+    await resp.arrayBuffer();
+    resp = await mf.dispatchFetch("https://api.example.com/nope", {
+      headers: { "x-request-id": "two words" },
+    });
+    assert.match(resp.headers.get("x-request-id"), /^[0-9a-f]{32}$/);
+    await resp.arrayBuffer();
+  });
+});
+
+test("a bad setting is a 500 that names it", async () => {
+  const mf = await worker({ MAX_ATTEMPTS: "zero" });
+  const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+    method: "POST",
+    body: CHAT,
+  });
+  assert.equal(resp.status, 500);
+  const err = await errorOf(resp);
+  assert.equal(err.code, "edge_misconfigured");
+  assert.match(err.message, /MAX_ATTEMPTS = "zero": want a whole number from 1 up/);
+});

@@ -1,0 +1,182 @@
+"""The two ways ``geogate ctl`` reaches a fleet, behind one interface (``Fleet``):
+
+- ``GatewayFleet`` (``--gateway URL --token T``): a gateway's ops listener. Changes go through
+  its admin API, so the audit's "who" is the operator whose token was sent (issue 9's rule);
+  it works without Redis too (one gateway, in-memory state), and ``top`` reads the live
+  ``/routing-table`` and ``/metrics`` there.
+- ``RedisFleet`` (``--redis URL``): the fleet's document in Redis, directly. For when no
+  gateway is up, or before any is; whoever holds the Redis URL is trusted with everything, so
+  ``--who`` is taken as said.
+
+Every failure is a ``CLIError``: one line naming what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from redis.exceptions import RedisError
+
+from gateway.checks import redact_url, redis_url
+from gateway.cli.errors import CLIError
+from gateway.errors import FleetConfigInvalid
+from gateway.fleet import config_doc, config_io
+from gateway.fleet.keys import Keys, connect
+
+T = TypeVar("T")
+CTL_TIMEOUT_S = 3.0
+GATEWAY_ENV = "GEOGATE_CTL_GATEWAY"
+TOKEN_ENV = "GEOGATE_CTL_TOKEN"
+OPS_TOKEN_ENV = "GEOGATE_CTL_OPS_TOKEN"
+# What to do about the gateway's error codes (gateway.http.errors), besides its own message.
+HINTS = {
+    "invalid_admin_token": f"give your operator token: --token or {TOKEN_ENV}",
+    "invalid_ops_token": f"give the gateway's ops.token: --ops-token or {OPS_TOKEN_ENV}",
+}
+
+
+class Fleet(Protocol):
+    async def config(self) -> tuple[dict[str, Any], int]: ...
+    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    async def audit(self, count: int) -> list[dict[str, str]]: ...
+    async def close(self) -> None: ...
+
+
+class RedisFleet:
+    def __init__(self, url: str, deployment: str, who: str | None) -> None:
+        try:
+            redis_url(url)
+        except ValueError as exc:
+            raise CLIError(f"--redis {exc}") from None  # the URL in it has its password masked
+        self.url = url
+        self.keys = Keys(deployment)
+        self.who = who or os.environ.get("USER") or "ctl"
+        self.r = connect(url, CTL_TIMEOUT_S)
+
+    async def config(self) -> tuple[dict[str, Any], int]:
+        doc, version = await self._io(config_io.load(self.r, self.keys))
+        if doc is None:
+            raise CLIError(
+                f"no fleet config in Redis for deployment {self.keys.deployment!r}: "
+                "start a gateway with --redis first (it seeds the config)"
+            )
+        return doc, version
+
+    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]:
+        doc, _ = await self.config()
+        base = config_doc.base_config(doc)
+        update = config_io.update_region if kind == "region" else config_io.update_upstream
+        _, _, entry = await self._io(update(self.r, self.keys, base, target, changes, self.who))
+        return dict(entry)
+
+    async def audit(self, count: int) -> list[dict[str, str]]:
+        return await self._io(config_io.read_audit(self.r, self.keys, count))
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def _io(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except FleetConfigInvalid as exc:
+            raise CLIError(str(exc)) from None
+        except (RedisError, OSError) as exc:
+            raise CLIError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """A connection failure in a few words ("connection refused"), not aiohttp's repr."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {CTL_TIMEOUT_S:g} s"
+    err = getattr(exc, "os_error", exc)
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+class GatewayFleet:
+    def __init__(self, url: str, token: str | None, ops_token: str | None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CLIError(
+                f"--gateway {url!r} is not an http(s) URL; give a gateway's ops listener, "
+                "such as http://127.0.0.1:9180"
+            )
+        self.url = url.rstrip("/")
+        self.token = token
+        self.ops_token = ops_token
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=CTL_TIMEOUT_S), raise_for_status=False
+        )
+
+    async def config(self) -> tuple[dict[str, Any], int]:
+        body = await self._json("GET", "/admin/config", admin=True)
+        return body["config"], int(body["version"])
+
+    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]:
+        path = f"/admin/{kind}s/{quote(target, safe='')}"
+        body = await self._json("PATCH", path, admin=True, data=json.dumps(changes))
+        entry: dict[str, Any] = body["audit"]
+        return entry
+
+    async def audit(self, count: int) -> list[dict[str, str]]:
+        body = await self._json("GET", f"/admin/audit?count={count}", admin=True)
+        rows: list[dict[str, str]] = body["entries"]
+        return rows
+
+    async def routing_table(self) -> dict[str, Any]:
+        table: dict[str, Any] = await self._json("GET", "/routing-table", admin=False)
+        return table
+
+    async def metrics(self) -> str:
+        return (await self._request("GET", "/metrics", admin=False))[1]
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _json(self, method: str, path: str, *, admin: bool, data: str = "") -> Any:
+        status, text = await self._request(method, path, admin=admin, data=data)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise CLIError(
+                f"{self.url}{path} answered HTTP {status} with no JSON: is --gateway a geogate "
+                "ops listener (ops.port, 9180 by default)?"
+            ) from None
+
+    async def _request(
+        self, method: str, path: str, *, admin: bool, data: str = ""
+    ) -> tuple[int, str]:
+        token = self.token if admin else self.ops_token
+        if admin and not token:
+            raise CLIError(f"give your operator token: --token or {TOKEN_ENV}")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if data:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(
+                method, self.url + path, data=data or None, headers=headers
+            ) as resp:
+                text = await resp.text(errors="replace")
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise CLIError(
+                f"cannot reach the gateway at {self.url}: {_why(exc)}; is it running, and is "
+                "--gateway its ops listener (ops.port, 9180 by default)?"
+            ) from None
+        if status >= 400:
+            raise CLIError(self._refusal(status, text))
+        return status, text
+
+    def _refusal(self, status: int, text: str) -> str:
+        try:
+            err = json.loads(text)["error"]
+            message, code = str(err["message"]), str(err.get("code", ""))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return f"{self.url} answered HTTP {status}: is --gateway a geogate ops listener?"
+        hint = HINTS.get(code)
+        return f"the gateway refused: {message}" + (f" ({hint})" if hint else "")

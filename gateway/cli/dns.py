@@ -1,0 +1,97 @@
+"""``geogate dns export``: the config's regions as GeoDNS records, written to a file or stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from gateway.cli.errors import CLIError
+from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_S
+from gateway.errors import ConfigError
+
+FORMATS = ("powerdns", "route53")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dns = sub.add_parser("dns", help="GeoDNS: the global hostname's records")
+    dsub = dns.add_subparsers(dest="dns_command", required=True, metavar="SUBCOMMAND")
+    ex = dsub.add_parser(
+        "export",
+        help="records that send each client to its best healthy region",
+        description="Write GeoDNS records for the global hostname: a BIND zone with PowerDNS "
+        "LUA records, or Route 53 record sets as JSON for Terraform. The router orders the "
+        "regions for each country and continent; each region's /readyz decides its health.",
+    )
+    ex.add_argument("--config", type=Path, required=True, help="gateway config (regions[])")
+    ex.add_argument("--format", choices=FORMATS, required=True)
+    ex.add_argument("--zone", required=True, help="the DNS zone, e.g. example.com")
+    ex.add_argument("--name", required=True, help="the hostname in it, e.g. api (@: the apex)")
+    ex.add_argument("--ttl", type=int, default=DNS_TTL_S, help=f"seconds (default {DNS_TTL_S})")
+    ex.add_argument(
+        "--check-interval",
+        type=int,
+        default=DNS_CHECK_INTERVAL_S,
+        help=f"seconds between /readyz checks (default {DNS_CHECK_INTERVAL_S}; Route 53: 10 or 30)",
+    )
+    ex.add_argument(
+        "--check-timeout",
+        type=int,
+        default=DNS_CHECK_TIMEOUT_S,
+        help=f"seconds a /readyz check may take (default {DNS_CHECK_TIMEOUT_S}; PowerDNS only)",
+    )
+    ex.add_argument(
+        "--ns",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only)",
+    )
+    ex.add_argument("--out", type=Path, help="file to write (default: stdout)")
+
+
+def export(args: argparse.Namespace) -> None:
+    # Here, not at the top: the parser imports this module for every command.
+    from gateway.config_file import load_config
+    from gateway.dns import powerdns, route53, tables
+    from gateway.dns.options import options
+
+    config = load_config(args.config)
+    try:
+        opt = options(
+            args.zone,
+            args.name,
+            ttl=args.ttl,
+            check_interval_s=args.check_interval,
+            check_timeout_s=args.check_timeout,
+            serial=int(time.time()),  # grows with each export: secondaries see a new zone
+            nameservers=tuple(args.ns),
+        )
+    except ValueError as exc:
+        raise CLIError(f"dns export: {exc}") from None
+    try:
+        entries = tables.entries(config)
+    except ConfigError as exc:
+        raise ConfigError(f"config error in {args.config}: {exc}") from None
+    computed = tables.compute(config, entries)
+    if args.format == "powerdns":
+        text = powerdns.zone_file(computed, entries, opt, str(args.config))
+    else:
+        doc = route53.record_sets(computed, entries, opt, str(args.config))
+        text = json.dumps(doc, indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.out)  # atomic: a DNS server reloading the zone never sees half of it
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.out}: {exc.strerror}") from None
+    orders = len(computed.orders())
+    print(
+        f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s), {orders} order(s)",
+        file=sys.stderr,
+    )

@@ -1,0 +1,262 @@
+"""``geogate ctl top``: a live table of a gateway's regions and upstreams, redrawn in place each
+second (rich's ``Live``: plain ANSI cursor moves, so it works in any terminal and over SSH).
+
+Each frame reads the gateway's ``/routing-table`` (health with the fleet's votes, RTT, queue,
+TTFT, in-flight, ejections) and ``/metrics``; rates (requests/s, errors/s) and the time to
+first byte percentiles are the counters' and histogram's change over the last ``WINDOW_S``.
+With several workers, each scrape may reach another worker's counters: a rate that would be
+negative is shown as "?", never as a wrong number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from gateway.cli.ctl_fleet import GatewayFleet
+from gateway.cli.errors import CLIError
+
+WINDOW_S = 10.0  # rates and percentiles over the last 10 s: steady to read, quick to follow
+HEALTH_WIDTH = 50  # "ejected 300s: failure rate 12/20 requests in 10 s" fits; longer is cut
+Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # time.monotonic() when scraped
+    values: dict[Key, float]
+
+
+def parse_metrics(text: str) -> dict[Key, float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _sum(sample: Sample, name: str, **match: str) -> float:
+    return sum(
+        v
+        for (n, labels), v in sample.values.items()
+        if n == name and all(dict(labels).get(k) == want for k, want in match.items())
+    )
+
+
+def _rate(old: Sample | None, new: Sample, name: str, **match: str) -> float | None:
+    """Per second between two samples; None: no window yet, or a counter that went back (a
+    restart, another worker)."""
+    if old is None or new.t <= old.t:
+        return None
+    delta = _sum(new, name, **match) - _sum(old, name, **match)
+    return None if delta < 0 else delta / (new.t - old.t)
+
+
+def _buckets(sample: Sample, name: str, region: str) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for (n, labels), v in sample.values.items():
+        d = dict(labels)
+        if n == name and d.get("region") == region:
+            out[float(d["le"])] = out.get(float(d["le"]), 0.0) + v
+    return out
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus's histogram_quantile over cumulative ``buckets`` (upper bound -> count):
+    linear within the bucket the rank falls in; None without observations."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper in bounds:
+        count = buckets[upper]
+        if count >= rank:
+            if math.isinf(upper):
+                return lower  # beyond the largest finite bound: that bound is all we know
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def ttfb_ms(old: Sample | None, new: Sample, region: str) -> tuple[float | None, float | None]:
+    """(p50, p99) of the time to first byte in ``region`` over the window, in ms."""
+    if old is None:
+        return None, None
+    name = "geogate_time_to_first_byte_seconds_bucket"
+    before = _buckets(old, name, region)
+    delta = {le: v - before.get(le, 0.0) for le, v in _buckets(new, name, region).items()}
+    if any(v < 0 for v in delta.values()):
+        return None, None
+    p50, p99 = quantile(0.5, delta), quantile(0.99, delta)
+    return (None if p50 is None else p50 * 1000), (None if p99 is None else p99 * 1000)
+
+
+def _num(v: float | None, fmt: str = "{:.0f}") -> str:
+    return "?" if v is None else fmt.format(v)
+
+
+def health_cell(u: dict[str, Any]) -> Text:
+    if u.get("drained"):
+        return Text("drained", style="yellow")
+    if u.get("ejected_s"):
+        return Text(f"ejected {u['ejected_s']:.0f}s: {u.get('ejection_cause')}", style="red")
+    if u.get("fleet_down") or not u.get("healthy"):
+        # This gateway's own probe error when it has one; else most of the fleet sees it down.
+        why = u.get("last_error") or ("the fleet's votes" if u.get("fleet_down") else "failing")
+        return Text(f"down: {why}", style="red")
+    return Text("up", style="green")
+
+
+def votes_cell(seen_by: dict[str, bool]) -> str:
+    """The fleet's votes: how many gateways see it up, and who sees it down."""
+    if not seen_by:
+        return "local"
+    down = sorted(g for g, ok in seen_by.items() if not ok)
+    up = len(seen_by) - len(down)
+    return f"{up}/{len(seen_by)} up" + (f" (down: {', '.join(down)})" if down else "")
+
+
+COLUMNS = (
+    "region / upstream",
+    "health",
+    "fleet votes",
+    "weight",
+    "RTT ms",
+    "queue",
+    "TTFT ms",
+    "in-flight",
+    "req/s",
+    "err/s",
+    "ejections",
+)
+
+
+def frame(
+    url: str, table: dict[str, Any], old: Sample | None, new: Sample, problem: str = ""
+) -> Group:
+    """One screen: a header line, then each region and its upstreams."""
+    t = Table(*COLUMNS, box=None, header_style="bold", pad_edge=False)
+    for col in t.columns[3:]:
+        col.justify = "right"
+    t.columns[0].no_wrap = True
+    # One line per upstream whatever the error says: cut it, the row stays readable.
+    health = t.columns[1]
+    health.no_wrap, health.overflow, health.max_width = True, "ellipsis", HEALTH_WIDTH
+    for r in table.get("regions", []):
+        _region_rows(t, r, old, new)
+    shared = table.get("shared_state", "?")
+    head = Text.assemble(
+        ("geogate top ", "bold"),
+        f"{url}  region {table.get('self_region')}  config v{table.get('version')}  ",
+        ("shared state " + shared, "red" if shared == "stale" else ""),
+        f"  {time.strftime('%H:%M:%S')}",
+    )
+    lines: list[Text | Table] = [head]
+    if problem:
+        lines.append(Text(problem, style="bold red"))
+    lines.append(t)
+    return Group(*lines)
+
+
+def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -> None:
+    ups: list[dict[str, Any]] = r.get("upstreams", [])
+    rid = str(r["id"])
+    routable = sum(1 for u in ups if u.get("healthy") and not u.get("drained"))
+    p50, p99 = ttfb_ms(old, new, rid)
+    req_s = _rate(old, new, "geogate_requests_total", region=rid)
+    err_s = (
+        None
+        if req_s is None
+        else sum(
+            _rate(old, new, "geogate_requests_total", region=rid, code=str(c)) or 0.0
+            for c in _codes(new, rid)
+            if c >= 500
+        )
+    )
+    t.add_row(
+        Text(f"{rid} {r.get('name') or ''}".strip(), style="bold"),
+        Text(f"{routable}/{len(ups)} routable", style="green" if routable else "bold red"),
+        "",
+        "",
+        "",
+        "",
+        f"p50 {_num(p50)} p99 {_num(p99)}" if p50 is not None else "",
+        str(sum(int(u.get("in_flight") or 0) for u in ups)),
+        _num(req_s, "{:.1f}"),
+        _num(err_s, "{:.1f}"),
+        "",
+    )
+    for u in ups:
+        uid = str(u["id"])
+        ok = _rate(old, new, "geogate_upstream_attempts_total", upstream=uid, outcome="ok")
+        every = _rate(old, new, "geogate_upstream_attempts_total", upstream=uid)
+        t.add_row(
+            f"  {uid}",
+            health_cell(u),
+            votes_cell(u.get("seen_by") or {}),
+            f"{u.get('weight', 1):g}",
+            _num(u.get("rtt_ms"), "{:.1f}"),
+            _num(u.get("queue_depth")),
+            _num(u.get("ttft_ms")),
+            str(u.get("in_flight", 0)),
+            _num(every, "{:.1f}"),
+            _num(None if every is None or ok is None else max(every - ok, 0.0), "{:.1f}"),
+            str(u.get("times_ejected", 0)),
+        )
+
+
+def _codes(sample: Sample, region: str) -> Iterable[int]:
+    return {
+        int(dict(labels)["code"])
+        for (n, labels), _ in sample.values.items()
+        if n == "geogate_requests_total" and dict(labels).get("region") == region
+    }
+
+
+async def _scrape(fleet: GatewayFleet) -> tuple[dict[str, Any], Sample]:
+    table = await fleet.routing_table()
+    metrics = await fleet.metrics()
+    return table, Sample(time.monotonic(), parse_metrics(metrics))
+
+
+async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None:
+    if not 0 < interval_s <= 60:
+        raise CLIError(f"--interval must be more than 0 and at most 60 s (got {interval_s:g})")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # piped (--once in a script): no row cut at 80 columns
+    samples: deque[Sample] = deque()
+    table, sample = await _scrape(fleet)  # the first failure is one line and exit status 2
+    samples.append(sample)
+    if once:
+        await asyncio.sleep(interval_s)  # two samples: rates need a window
+        table, sample = await _scrape(fleet)
+        console.print(frame(fleet.url, table, samples[0], sample))
+        return
+    problem = ""
+    # Ctrl-C ends it (exit status 130); Live puts the cursor back on the way out.
+    with Live(console=console, auto_refresh=False, screen=False) as live:
+        while True:
+            while sample.t - samples[0].t > WINDOW_S:
+                samples.popleft()
+            old = samples[0] if samples[0] is not sample else None
+            live.update(frame(fleet.url, table, old, sample, problem), refresh=True)
+            await asyncio.sleep(interval_s)
+            try:
+                table, sample = await _scrape(fleet)
+                samples.append(sample)
+                problem = ""
+            except CLIError as exc:  # keep the last frame; say what is wrong, and retry
+                problem = f"{exc} (retrying; the numbers below are from before)"

@@ -1,0 +1,128 @@
+"""What an operator's change would do to the traffic, said before they confirm it: "eu-central-1
+carries 42 % of requests in the last minute (1,234 of 2,938); they will move to us-east-1
+(80 %), ap-southeast-1 (20 %)".
+
+The router is pure, so the answer is the router's own: each place and model that sent requests
+in the last minute is routed on today's snapshot and on the snapshot as the change would make
+it, with the same random draws for both (so identical snapshots give identical answers, and the
+difference is the change's alone), and the requests follow the difference.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from gateway.defaults import DASHBOARD_SHARE_WINDOW_S
+from gateway.http.dashboard.window import Window
+from gateway.routing.model import RequestFacts, Snapshot, UpstreamView
+from gateway.routing.policy import Policy
+from gateway.routing.router import route
+from gateway.traffic import NOT_SERVED, ServedKey
+from geodb.location import Location
+
+TRIALS = 16  # draws per place: P2C picks at random among near-equal upstreams
+MAX_KEYS = 200  # the busiest (place, model) pairs; the rest follow them in proportion
+REFUSED = "nowhere"  # no upstream left for them: 503
+
+
+def member_of(view_id: str, uid: str) -> bool:
+    """``view_id`` is upstream ``uid`` or one of its DNS-discovered members (``uid@addr``)."""
+    return view_id == uid or view_id.startswith(uid + "@")
+
+
+def changed_snapshot(snap: Snapshot, changes: Mapping[str, Mapping[str, Any]]) -> Snapshot:
+    """``snap`` with ``changes`` (upstream id -> {weight, bias_ms, drained}) applied."""
+    views: list[UpstreamView] = []
+    for v in snap.upstreams:
+        change = next((c for uid, c in changes.items() if member_of(v.id, uid)), None)
+        views.append(replace(v, **change) if change else v)
+    return Snapshot(tuple(views), snap.regions, snap.in_flight)
+
+
+def _shares(
+    loc: Location, model: str, snap: Snapshot, policy: Policy, seed: int
+) -> dict[str, float]:
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for _ in range(TRIALS):
+        chosen = route(RequestFacts(model, loc), snap, policy, rng).chosen
+        where = chosen.upstream.id if chosen else REFUSED
+        out[where] = out.get(where, 0.0) + 1 / TRIALS
+    return out
+
+
+def flows(
+    served: Mapping[ServedKey, int], before: Snapshot, after: Snapshot, policy: Policy
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(requests leaving each upstream, requests arriving at each upstream or REFUSED), per
+    minute, for the traffic ``served``."""
+    demand: dict[tuple[Location, str], int] = {}
+    for (loc, uid, model), n in served.items():
+        if uid != NOT_SERVED:
+            demand[(loc, model)] = demand.get((loc, model), 0) + n
+    busiest = sorted(demand.items(), key=lambda kv: -kv[1])
+    counted = sum(n for _, n in busiest[:MAX_KEYS])
+    scale = sum(demand.values()) / counted if counted else 1.0
+    leaving: dict[str, float] = {}
+    arriving: dict[str, float] = {}
+    for seed, ((loc, model), n) in enumerate(busiest[:MAX_KEYS]):
+        b = _shares(loc, model, before, policy, seed)
+        a = _shares(loc, model, after, policy, seed)
+        for where in b.keys() | a.keys():
+            delta = (a.get(where, 0.0) - b.get(where, 0.0)) * n * scale
+            if delta < 0:
+                leaving[where] = leaving.get(where, 0.0) - delta
+            elif delta > 0:
+                arriving[where] = arriving.get(where, 0.0) + delta
+    return leaving, arriving
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f} %" if whole else "0 %"
+
+
+def what_if(
+    window: Window,
+    snap: Snapshot,
+    policy: Policy,
+    targets: list[str],
+    changes: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The traffic ``changes`` would move, over the last minute; ``targets`` name what the
+    operator changes (upstreams, or a region's upstreams)."""
+    served, total = Window.served(window.last(DASHBOARD_SHARE_WINDOW_S))
+    carried = sum(n for (_, uid, _), n in served.items() if any(member_of(uid, t) for t in targets))
+    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes), policy)
+    moving = sum(arriving.values())
+    names = ", ".join(targets)
+    verb = "carries" if len(targets) == 1 else "carry"
+    text = (
+        f"{names} {verb} {_pct(carried, total)} of requests in the last minute "
+        f"({carried:,} of {total:,})"
+    )
+    if moving >= 0.5:
+        into = sorted(arriving.items(), key=lambda kv: -kv[1])
+        dest = ", ".join(f"{k} ({_pct(v, moving)})" for k, v in into)
+        src = ", ".join(k for k, _ in sorted(leaving.items(), key=lambda kv: -kv[1]))
+        if set(leaving) <= set(targets) and abs(moving - carried) <= max(1.0, 0.1 * carried):
+            text += f"; they will move to {dest}"  # what they carried is what leaves them
+        else:
+            # Routed as the snapshot stands now, which may differ from the last minute (a
+            # backend that just died sent its clients here).
+            text += f"; routed as now, about {moving:,.0f} a minute will move from {src} to {dest}"
+        if REFUSED in arriving:
+            text += f" — {arriving[REFUSED]:,.0f} a minute would find NO upstream and get 503"
+    else:
+        text += "; at the last minute's traffic, no request moves"
+    return {
+        "targets": targets,
+        "total": total,
+        "carried": carried,
+        "share": round(carried / total, 3) if total else 0.0,
+        "leaving": {k: round(v, 1) for k, v in leaving.items()},
+        "arriving": {k: round(v, 1) for k, v in arriving.items()},
+        "text": text + ".",
+    }

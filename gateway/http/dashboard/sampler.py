@@ -1,0 +1,209 @@
+"""One sampler per worker: once a second it takes the traffic counts, builds the state
+(``state.build``), appends a point to the sparklines' history and encodes the result ONCE as
+a server-sent event that every open page receives: a hundred pages cost one snapshot a second,
+not a hundred polls.
+
+Between samples it watches what turns a region red (health, drain, ejection, the fleet's
+verdict, shared state going stale) ten times a second, and pushes a change at once.
+
+A slow page never queues frames: it gets the newest one when it is ready for more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.defaults import (
+    DASHBOARD_AUDIT_REFRESH_S,
+    DASHBOARD_HISTORY_S,
+    DASHBOARD_SAMPLE_S,
+    DASHBOARD_SHARE_WINDOW_S,
+    DASHBOARD_WATCH_S,
+)
+from gateway.http.dashboard import state
+from gateway.http.dashboard.window import Tick, Window, percentile
+from gateway.runtime import Runtime
+
+log = logging.getLogger("geogate.dashboard")
+AUDIT_SHOWN = 20  # the page's "recent changes"
+RETRY_MS = 2000  # EventSource reconnects this long after a lost stream
+
+
+def point(snapshot: dict[str, Any], tick: Tick) -> dict[str, Any]:
+    """One second of the sparklines: per upstream [requests/s, error %, TTFT p50, in-flight,
+    RTT, queue]; per region [requests/s, failed/s, TTFT p50, TTFT p99]. From this second's
+    counts alone (the state's numbers are rolling means)."""
+    t = tick.tally
+    span = tick.span_s or 1.0
+    ups: dict[str, list[float | None]] = {}
+    for u in snapshot["upstreams"]:
+        uid = u["id"]
+        n, failed = t.attempts.get(uid, 0), t.failures.get(uid, 0)
+        samples = sorted(t.ttft_ms.get(uid, ()))
+        p50 = percentile(samples, 0.5)
+        ups[uid] = [
+            round(n / span, 2),
+            round(100 * failed / n, 1) if n else None,
+            None if p50 is None else round(p50, 1),
+            u["in_flight"],
+            u["rtt_ms"],
+            u["queue_depth"],
+        ]
+    regions: dict[str, list[float | None]] = {}
+    for r in snapshot["regions"]:
+        ids = r["upstreams"]
+        n = sum(t.attempts.get(uid, 0) for uid in ids)
+        failed = sum(t.failures.get(uid, 0) for uid in ids)
+        samples = sorted(ms for uid in ids for ms in t.ttft_ms.get(uid, ()))
+        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+        regions[r["id"]] = [
+            round(n / span, 2),
+            round(failed / span, 2),
+            None if p50 is None else round(p50, 1),
+            None if p99 is None else round(p99, 1),
+        ]
+    return {"t": round(tick.at, 3), "u": ups, "r": regions}
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class Sampler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.window = Window(DASHBOARD_SHARE_WINDOW_S)
+        self.history: deque[dict[str, Any]] = deque(maxlen=DASHBOARD_HISTORY_S)
+        self.state: dict[str, Any] = {}
+        self.audit: list[dict[str, str]] = []
+        self.audit_error: str | None = None
+        self._frame = b""
+        self._seq = 0  # frames published so far: a page knows which it has seen
+        self._published = asyncio.Event()
+        self._pages = 0
+        self._last_take = time.time()
+        self._audit_at = -float("inf")
+        self._audit_version = -1
+        self._audit_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self.sample()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        for task in (self._task, self._audit_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + DASHBOARD_SAMPLE_S
+        seen = self._fingerprint()
+        while True:
+            await asyncio.sleep(DASHBOARD_WATCH_S)
+            try:
+                if loop.time() >= due:
+                    # Never a burst of catch-up samples after a stall: the next one is a
+                    # second from now.
+                    due = max(due + DASHBOARD_SAMPLE_S, loop.time() + DASHBOARD_WATCH_S)
+                    self.sample()
+                    seen = self._fingerprint()
+                elif (now := self._fingerprint()) != seen:
+                    seen = now
+                    self._refresh_state(event="state")
+            except Exception:  # a bug here must not end the dashboard for good
+                log.exception("dashboard sample failed")
+
+    # --- sampling --------------------------------------------------------------------------
+    def _fingerprint(self) -> tuple[object, ...]:
+        """What a change of would turn something red or green on the page."""
+        store = self.rt.store
+        now = time.monotonic()
+        views = tuple(
+            (v.id, v.healthy, v.drained, v.weight, v.bias_ms, store.health(v.id).ejected(now))
+            for v in store.snapshot(now).upstreams
+        )
+        return views, store.version, store.stale_since, store.fleet_down, self.rt.draining
+
+    def sample(self) -> None:
+        """Take the counts, append a point, publish."""
+        at = time.time()
+        tick = Tick(at, max(at - self._last_take, 1e-3), self.rt.traffic.take())
+        self._last_take = at
+        self.window.add(tick)
+        self._refresh_state(tick=tick)
+        self._maybe_refresh_audit()
+
+    def _refresh_state(self, tick: Tick | None = None, event: str = "tick") -> None:
+        self.state = state.build(self.rt, self.window, time.monotonic())
+        self.state["audit"] = self.audit
+        self.state["audit_error"] = self.audit_error
+        data: dict[str, Any] = {"state": self.state}
+        if tick is not None:
+            p = point(self.state, tick)
+            self.history.append(p)
+            data["point"] = p
+        if self._pages:  # encoded once for all pages, and only when someone looks
+            self._publish(sse(event, data))
+
+    def _publish(self, frame: bytes) -> None:
+        self._frame = frame
+        self._seq += 1
+        published, self._published = self._published, asyncio.Event()
+        published.set()
+
+    # --- the audit trail -------------------------------------------------------------------
+    def _maybe_refresh_audit(self) -> None:
+        store = self.rt.store
+        due = time.monotonic() - self._audit_at >= DASHBOARD_AUDIT_REFRESH_S
+        if (due or store.version != self._audit_version) and (
+            self._audit_task is None or self._audit_task.done()
+        ):
+            self._audit_at = time.monotonic()
+            self._audit_version = store.version
+            self._audit_task = asyncio.get_running_loop().create_task(self._read_audit())
+
+    async def _read_audit(self) -> None:
+        try:
+            self.audit = await self.rt.store.audit(AUDIT_SHOWN)
+            self.audit_error = None
+        except (RedisError, OSError) as exc:
+            self.audit_error = f"audit unavailable: shared state unreachable ({type(exc).__name__})"
+            self._audit_version = -1  # try again at the next sample
+            return
+        self._refresh_state(event="state")
+
+    # --- pages -----------------------------------------------------------------------------
+    def hello(self) -> bytes:
+        return sse("hello", {"state": self.state, "history": list(self.history)})
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """What one page receives: the history and state first, then each new frame."""
+        self._pages += 1
+        try:
+            seen = self._seq
+            yield f"retry: {RETRY_MS}\n\n".encode() + self.hello()
+            while True:
+                # The newest frame, at once if one came out while the page was busy sending
+                # the last: frames in between are skipped, never queued.
+                while self._seq == seen:
+                    await self._published.wait()
+                seen = self._seq
+                yield self._frame
+        finally:
+            self._pages -= 1

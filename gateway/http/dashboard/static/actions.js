@@ -1,0 +1,78 @@
+// Weight, bias, drain and undrain: one dialog that first says which traffic will move (the
+// server routes the last minute's requests with and without the change), then applies the
+// change through the admin API, which audits it under the logged-in operator's name.
+import { api, toast } from "./util.js";
+
+const $ = (id) => document.getElementById(id);
+const dialog = $("confirm");
+let pending = null;  // { path, changes } of the change on screen
+let asked = 0;       // the newest impact request: an older answer that arrives late is dropped
+
+function describe(target) {
+  if (target.region) {
+    return `${target.changes.drained ? "Drain" : "Undrain"} every upstream of region ${target.region}?`;
+  }
+  if (target.field === "weight") return `Set the weight of ${target.upstream}`;
+  if (target.field === "bias_ms") return `Set the bias of ${target.upstream} (ms)`;
+  return `${target.changes.drained ? "Drain" : "Undrain"} upstream ${target.upstream}?`;
+}
+
+function changesOf(target) {
+  if (!target.field) return target.changes;
+  return { [target.field]: Number($("confirm-value").value) };
+}
+
+async function showImpact(target) {
+  const changes = changesOf(target);
+  const q = new URLSearchParams(target.region ? { region: target.region } : { upstream: target.upstream });
+  for (const [k, v] of Object.entries(changes)) q.set(k, String(v));
+  const mine = ++asked;
+  $("confirm-text").textContent = "Working out which traffic would move…";
+  $("confirm-error").textContent = "";
+  try {
+    const impact = await api(`/dashboard/api/impact?${q}`);
+    if (mine === asked) $("confirm-text").textContent = impact.text;
+  } catch (err) {
+    if (mine === asked) $("confirm-error").textContent = err.message;
+  }
+}
+
+export function confirmChange(target) {
+  pending = target;
+  $("confirm-title").textContent = describe(target);
+  const row = $("confirm-value-row");
+  row.hidden = !target.field;
+  if (target.field) {
+    $("confirm-value-label").textContent = target.field === "weight" ? "new weight " : "new bias (ms) ";
+    $("confirm-value").value = String(target.value);
+  }
+  $("confirm-ok").textContent = target.field ? "Apply" : describe(target).split(" ")[0];
+  dialog.showModal();
+  showImpact(target);
+}
+
+let typing = null;
+$("confirm-value").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => pending && showImpact(pending), 300);
+});
+
+$("confirm-cancel").addEventListener("click", () => dialog.close("cancel"));
+
+$("confirm-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  if (!pending) return;
+  const target = pending;
+  const path = target.region
+    ? `/dashboard/api/admin/regions/${encodeURIComponent(target.region)}`
+    : `/dashboard/api/admin/upstreams/${encodeURIComponent(target.upstream)}`;
+  try {
+    const result = await api(path, { method: "PATCH", body: changesOf(target) });
+    dialog.close("ok");
+    pending = null;
+    toast(`Applied as ${result.audit.who}: ${result.audit.what} ${result.audit.before} → ` +
+      `${result.audit.after} (config v${result.version})`);
+  } catch (err) {
+    $("confirm-error").textContent = err.message;
+  }
+});

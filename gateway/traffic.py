@@ -1,0 +1,81 @@
+"""What this process served, counted as it happens, for the live dashboard: per upstream the
+attempts, failures and time to first token; per client place the requests and who served them.
+
+The request path only adds to small dicts (about a microsecond a request, README
+"Dashboard"); the dashboard's sampler takes the counts once a second
+(``gateway.http.dashboard.sampler``) and keeps the rolling windows. Nothing here grows without
+bound when nobody takes: places and samples are capped per take.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from gateway.defaults import TRAFFIC_MAX_PLACES, TRAFFIC_MAX_SAMPLES
+from geodb.location import Location
+
+NOT_SERVED = "-"  # the upstream of a request nothing served (refused, failed, client gone)
+
+# (where the client is, the upstream that served it or NOT_SERVED, the model or "")
+ServedKey = tuple[Location, str, str]
+# A streamed chunk that carries generated text: chat ("content"), completions ("text") or
+# responses ("delta") with a non-empty value. The first chunk of a stream is often the role
+# alone, sent before any token: its time is not the time to first token.
+_TOKEN = re.compile(rb'"(?:content|text|delta)":\s*"[^"]')
+
+
+def carries_token(chunk: bytes) -> bool:
+    return _TOKEN.search(chunk) is not None
+
+
+@dataclass(slots=True)
+class Tally:
+    """Counts since the last take."""
+
+    attempts: dict[str, int] = field(default_factory=dict)  # upstream -> attempts
+    failures: dict[str, int] = field(default_factory=dict)  # upstream -> failed attempts
+    ttft_ms: dict[str, list[float]] = field(default_factory=dict)  # upstream -> samples
+    served: dict[ServedKey, int] = field(default_factory=dict)
+    unplaced: int = 0  # requests past TRAFFIC_MAX_PLACES distinct places: counted here only
+
+
+class Traffic:
+    def __init__(
+        self, max_places: int = TRAFFIC_MAX_PLACES, max_samples: int = TRAFFIC_MAX_SAMPLES
+    ) -> None:
+        self.max_places = max_places
+        self.max_samples = max_samples
+        self._t = Tally()
+
+    def attempt(self, upstream_id: str, ok: bool) -> None:
+        """One upstream attempt's outcome, as passive health judges it."""
+        t = self._t
+        t.attempts[upstream_id] = t.attempts.get(upstream_id, 0) + 1
+        if not ok:
+            t.failures[upstream_id] = t.failures.get(upstream_id, 0) + 1
+
+    def first_token(self, upstream_id: str, ms: float) -> None:
+        """A stream's first token from ``upstream_id``, ``ms`` after the attempt began. Past
+        the cap a second's later samples are dropped: the percentiles are then those of its
+        first TRAFFIC_MAX_SAMPLES requests, still thousands a minute."""
+        samples = self._t.ttft_ms.setdefault(upstream_id, [])
+        if len(samples) < self.max_samples:
+            samples.append(ms)
+
+    def request(self, location: Location, upstream_id: str, model: str) -> None:
+        """One client request, at its end: where it came from and who served it."""
+        served = self._t.served
+        key = (location, upstream_id, model)
+        n = served.get(key)
+        if n is not None:
+            served[key] = n + 1
+        elif len(served) < self.max_places:
+            served[key] = 1
+        else:
+            self._t.unplaced += 1
+
+    def take(self) -> Tally:
+        """Everything counted since the last take; counting starts afresh."""
+        taken, self._t = self._t, Tally()
+        return taken

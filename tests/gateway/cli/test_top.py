@@ -1,0 +1,111 @@
+"""``ctl top``'s frame from a routing table and two metric scrapes: rates, percentiles, health
+with the fleet's votes. (A real gateway's frame: tests/gateway/cli/test_ctl.py.)"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from gateway.cli.top import Sample, frame, parse_metrics, quantile, ttfb_ms, votes_cell
+
+METRICS = """\
+# TYPE geogate_upstream_attempts counter
+geogate_upstream_attempts_total{{upstream="a",outcome="ok"}} {ok}
+geogate_upstream_attempts_total{{upstream="a",outcome="status_503"}} {failed}
+# TYPE geogate_requests counter
+geogate_requests_total{{code="200",region="eu"}} {ok}
+geogate_requests_total{{code="502",region="eu"}} {failed}
+# TYPE geogate_time_to_first_byte_seconds histogram
+geogate_time_to_first_byte_seconds_bucket{{region="eu",le="0.1"}} {fast}
+geogate_time_to_first_byte_seconds_bucket{{region="eu",le="1.0"}} {ok}
+geogate_time_to_first_byte_seconds_bucket{{region="eu",le="+Inf"}} {ok}
+"""
+
+
+def sample(t: float, ok: int, failed: int, fast: int) -> Sample:
+    return Sample(t, parse_metrics(METRICS.format(ok=ok, failed=failed, fast=fast)))
+
+
+TABLE: dict[str, Any] = {
+    "self_region": "eu",
+    "version": 7,
+    "shared_state": "stale",
+    "regions": [
+        {
+            "id": "eu",
+            "name": "Frankfurt",
+            "upstreams": [
+                {
+                    "id": "a",
+                    "healthy": True,
+                    "drained": False,
+                    "weight": 2,
+                    "rtt_ms": 1.234,
+                    "queue_depth": 3,
+                    "ttft_ms": 120.0,
+                    "in_flight": 4,
+                    "seen_by": {"gw0": True, "gw1": False},
+                    "ejected_s": 0,
+                    "times_ejected": 1,
+                },
+                {
+                    "id": "a-ejected",
+                    "healthy": False,
+                    "ejected_s": 25.4,
+                    "ejection_cause": "5 consecutive failed requests",
+                    "seen_by": {},
+                },
+            ],
+        },
+        {"id": "empty", "name": "", "upstreams": []},
+    ],
+}
+
+
+def render(*args: Any) -> str:
+    console = Console(width=200, record=True)
+    console.print(frame(*args))
+    return console.export_text()
+
+
+def test_quantile_interpolates_within_the_bucket() -> None:
+    buckets = {0.1: 50.0, 1.0: 100.0, math.inf: 100.0}
+    assert quantile(0.5, buckets) == 0.1
+    assert quantile(0.75, buckets) == pytest.approx(0.55)  # halfway into (0.1, 1.0]
+    assert quantile(0.99, {0.1: 0.0, math.inf: 10.0}) == 0.1  # beyond the last finite bound
+    assert quantile(0.5, {}) is None and quantile(0.5, {math.inf: 0.0}) is None
+
+
+def test_frame_shows_rates_percentiles_health_and_votes() -> None:
+    old, new = sample(100.0, 10, 0, 10), sample(102.0, 30, 4, 20)
+    text = render("http://127.0.0.1:9180", TABLE, old, new)
+    assert "config v7" in text and "shared state stale" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    # a: 24 attempts in 2 s, 4 of them failed; 1/2 gateways see it up, gw1 down.
+    assert rows["a"][:9] == ["a", "up", "1/2", "up", "(down:", "gw1)", "2", "1.2", "3"]
+    assert rows["a"][-4:] == ["4", "12.0", "2.0", "1"]
+    assert "ejected 25s: 5 consecutive failed requests" in " ".join(rows["a-ejected"])
+    # eu: 20 requests/s answered 200, 2/s 502; TTFB: 10 of 20 under 100 ms.
+    assert rows["eu"][:4] == ["eu", "Frankfurt", "1/2", "routable"]
+    assert "p50 100 p99" in " ".join(rows["eu"]) and rows["eu"][-2:] == ["12.0", "2.0"]
+    assert rows["empty"][:2] == ["empty", "0/0"]
+
+
+def test_without_a_window_rates_are_unknown_not_zero() -> None:
+    new = sample(100.0, 10, 0, 10)
+    rows = {
+        line.split()[0]: line.split()
+        for line in render("u", TABLE, None, new).splitlines()
+        if line.strip()
+    }
+    assert rows["a"][-3:-1] == ["?", "?"]
+    assert ttfb_ms(None, new, "eu") == (None, None)
+    assert ttfb_ms(sample(101.0, 30, 0, 20), new, "eu") == (None, None)  # counters went back
+
+
+def test_votes() -> None:
+    assert votes_cell({}) == "local"
+    assert votes_cell({"gw0": True, "gw1": True}) == "2/2 up"

@@ -1,0 +1,252 @@
+"""The PowerDNS zone, served by a real pdns_server on loopback: each client subnet (EDNS
+client subnet, as a public resolver sends it) gets its best healthy region's address, and a
+region whose /readyz fails drops out of the answers within the check interval."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.cli.main import main
+from gateway.cli.procs import spawn, stop
+from gateway.dns.options import options
+from gateway.dns.powerdns import MAX_STRING, zone_file
+from gateway.dns.tables import compute, entries
+from geodb.build import build_from_rows
+from tests.gateway.dns.configs import ADDRESSES, dns_config, region_tables, toml
+from tests.support import eventually
+
+EU, US, AP = "eu-central", "us-east", "ap-southeast"
+CHECK_INTERVAL_S = 1  # the export's --check-interval and pdns's lua-health-checks-interval
+# Client networks placed in cities by the test's GeoIP database (documentation ranges).
+LONDON, SINGAPORE, NEW_YORK = "203.0.113.7", "198.51.100.7", "192.0.2.7"
+CITIES = [
+    ("203.0.113.0/24", "GB", "EU", "51.51", "-0.13", "London"),
+    ("198.51.100.0/24", "SG", "AS", "1.29", "103.85", "Singapore"),
+    ("192.0.2.0/24", "US", "NA", "40.71", "-74.01", "New York"),
+]
+
+
+def test_the_zone_has_soa_ns_and_a_lua_record_per_family() -> None:
+    regions = region_tables()
+    regions[1]["addresses"] = ["127.0.0.12", "::1"]
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    opt = options("example.com", "api", ttl=30, check_interval_s=7, serial=42)
+    text = zone_file(compute(cfg, found), found, opt, "gw.toml")
+    assert "@ IN SOA ns1.example.com. hostmaster.example.com. 42 " in text
+    assert "@ IN NS ns1.example.com." in text
+    assert "api 30 IN LUA A (" in text and "api 30 IN LUA AAAA (" in text
+    assert "interval='7'" in text and "lua-health-checks-interval seconds (set it to 7)" in text
+    strings = [line.strip() for line in text.splitlines() if line.startswith('  "')]
+    assert strings and all(len(s) - 2 <= MAX_STRING for s in strings)  # quotes aside
+    aaaa = text.split("LUA AAAA (")[1]
+    assert "['::1']='http://127.0.0.12:8080/readyz'" in aaaa and "127.0.0.11" not in aaaa
+    # The legend an operator reviews: each order and who gets it.
+    assert ";   ap-southeast > eu-central > us-east: continents AS" in text
+
+
+def test_quotes_in_a_url_cannot_break_out_of_the_record() -> None:
+    regions = region_tables({EU: "http://127.0.0.11:8080/a'b\"c\\d"})
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    text = zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
+    assert "'http://127.0.0.11:8080/a\\\\'b\\\"c\\\\\\\\d/readyz'" in text
+
+
+class Health:
+    """Each region's /readyz, on the region's own loopback address: 200 or 503 at will."""
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
+        health = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                region = next(r for r, a in ADDRESSES.items() if a == self.server.server_address[0])
+                ok = region not in health.down
+                body = b'{"ready": true}' if ok else b'{"ready": false}'
+                self.send_response(200 if ok else 503)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        for region, addr in ADDRESSES.items():
+            srv = http.server.ThreadingHTTPServer((addr, 0), Handler)
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            self.servers[region] = srv
+
+    def url(self, region: str) -> str:
+        host, port = self.servers[region].server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        for srv in self.servers.values():
+            srv.shutdown()
+            srv.server_close()
+
+
+def free_udp_and_tcp_port() -> int:
+    """A loopback port free for both UDP and TCP: DNS listens on both."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
+class PowerDNS:
+    def __init__(self, tmp: Path, zone: Path, mmdb: Path) -> None:
+        self.port = free_udp_and_tcp_port()
+        (tmp / "named.conf").write_text(f'zone "example.com" {{ type master; file "{zone}"; }};\n')
+        self.log = tmp / "pdns.log"
+        self.proc = spawn(
+            [
+                "pdns_server",
+                "--no-config",
+                "--daemon=no",
+                "--guardian=no",
+                "--disable-syslog",
+                "--write-pid=no",
+                f"--socket-dir={tmp}",
+                "--local-address=127.0.0.1",
+                f"--local-port={self.port}",
+                "--launch=bind,geoip",  # geoip: countryCode() for the LUA records
+                f"--bind-config={tmp / 'named.conf'}",
+                f"--geoip-database-files=mmdb:{mmdb}",
+                "--enable-lua-records=yes",
+                "--edns-subnet-processing=yes",
+                f"--lua-health-checks-interval={CHECK_INTERVAL_S}",
+                # Nothing leaves the machine: no security-status query, no resolver, no cache
+                # that would hold an answer past a region's fall.
+                "--security-poll-suffix=",
+                "--resolver=no",
+                "--cache-ttl=0",
+                "--query-cache-ttl=0",
+                "--negquery-cache-ttl=0",
+            ],
+            self.log,
+        )
+
+    def dig(self, subnet: str) -> list[str]:
+        """The A answers for a client in ``subnet``, as `dig +short` prints them."""
+        p = subprocess.run(
+            [
+                "dig",
+                "+short",
+                "+tries=1",
+                "+time=2",
+                f"+subnet={subnet}/32",
+                "-p",
+                str(self.port),
+                "@127.0.0.1",
+                "api.example.com",
+                "A",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return sorted(p.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS, Health]]:
+    assert shutil.which("pdns_server") and shutil.which("dig"), (
+        "needs pdns_server and dig: scripts/dev test installs pdns-server, pdns-backend-bind, "
+        "pdns-backend-geoip and bind9-dnsutils"
+    )
+    tmp = tmp_path_factory.mktemp("pdns")
+    health = Health()
+    cfg = tmp / "gw.toml"
+    cfg.write_text(toml({r: health.url(r) for r in ADDRESSES}))
+    zone = tmp / "example.com.zone"
+    main(
+        [
+            "dns",
+            "export",
+            "--config",
+            str(cfg),
+            "--format",
+            "powerdns",
+            "--zone",
+            "example.com",
+            "--name",
+            "api",
+            "--ttl",
+            "30",
+            "--check-interval",
+            str(CHECK_INTERVAL_S),
+            "--out",
+            str(zone),
+        ]
+    )
+    mmdb = tmp / "cities.mmdb"
+    build_from_rows([("test", row) for row in CITIES], mmdb)
+    pdns = PowerDNS(tmp, zone, mmdb)
+    try:
+        yield pdns, health
+    finally:
+        stop(pdns.proc)
+        health.close()
+        print(pdns.log.read_text()[-3000:])
+
+
+def answers(pdns: PowerDNS, subnet: str, want: list[str], timeout: float = 10.0) -> float:
+    """Seconds until ``subnet`` is answered ``want``; fails with what pdns said instead."""
+    t0 = time.monotonic()
+    seen: list[list[str]] = []
+
+    def check() -> bool:
+        seen.append(pdns.dig(subnet))
+        return seen[-1] == want
+
+    try:
+        eventually(check, timeout, f"{subnet} -> {want}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last answers {seen[-3:]}; log: {pdns.log}") from None
+    elapsed = time.monotonic() - t0
+    print(f"dig +short +subnet={subnet}/32 api.example.com A -> {' '.join(want)} ({elapsed:.2f} s)")
+    return elapsed
+
+
+def test_each_client_gets_its_nearest_healthy_region(served: tuple[PowerDNS, Health]) -> None:
+    pdns, _ = served
+    # Until the first checks ran every region counts as down and all are answered: wait.
+    answers(pdns, LONDON, [ADDRESSES[EU]])
+    answers(pdns, SINGAPORE, [ADDRESSES[AP]])
+    answers(pdns, NEW_YORK, [ADDRESSES[US]])
+
+
+def test_a_region_whose_readyz_fails_drops_out_within_the_interval(
+    served: tuple[PowerDNS, Health],
+) -> None:
+    pdns, health = served
+    answers(pdns, SINGAPORE, [ADDRESSES[AP]])
+    health.down.add(AP)
+    try:
+        # One interval to notice, the check's own time, and a margin for a loaded machine.
+        moved = answers(pdns, SINGAPORE, [ADDRESSES[EU]], timeout=CHECK_INTERVAL_S + 4)
+        assert moved <= CHECK_INTERVAL_S + 4
+        assert pdns.dig(LONDON) == [ADDRESSES[EU]]  # others are unaffected
+    finally:
+        health.down.discard(AP)
+    answers(pdns, SINGAPORE, [ADDRESSES[AP]], timeout=CHECK_INTERVAL_S + 4)

@@ -1,0 +1,129 @@
+"""GeoDNS's region orders are the router's: per country, per continent and for the unknown."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+
+import pytest
+
+from gateway.dns.tables import compute, entries, health_url
+from gateway.errors import ConfigError
+from gateway.fleet.memory import MemoryStateStore
+from gateway.routing.model import RequestFacts
+from gateway.routing.policy import policy_from
+from gateway.routing.router import route
+from geodb.countries import data_rows
+from geodb.location import Location
+from tests.gateway.dns.configs import ADDRESSES, dns_config, region_tables
+
+EU, US, AP = "eu-central", "us-east", "ap-southeast"
+
+
+def one_upstream_per_region(
+    extra: Mapping[str, dict[str, object]] | None = None,
+) -> list[dict[str, object]]:
+    return [
+        {"id": f"{rid}-1", "region": rid, "url": f"http://127.0.0.1:{9000 + i}", "models": ["m"]}
+        | (extra or {}).get(rid, {})
+        for i, rid in enumerate(ADDRESSES)
+    ]
+
+
+def test_each_place_gets_its_nearest_region_first() -> None:
+    cfg = dns_config()
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("GB", "EU") == (EU, US, AP)
+    assert t.order_for("SG", "AS") == (AP, EU, US)
+    assert t.order_for("US", "NA") == (US, EU, AP)
+    assert t.order_for("BR", "SA")[0] == US
+    assert t.order_for("XX", "OC")[0] == AP  # a country geodb does not know: its continent
+    assert t.order_for(None, None) == t.default == (EU, US, AP)  # the default: Frankfurt
+    assert t.order_for("gb", "eu") == (EU, US, AP)  # codes in any case
+    assert t.orders()[0] == t.default and len(set(t.orders())) == len(t.orders())
+
+
+def test_the_tables_lose_nothing_against_the_edge_router() -> None:
+    """Every country of geodb's table gets what a gateway at the edge (origin "client", no
+    tolerance band) would route it to: the continent-plus-exceptions form is exact."""
+    cfg = dns_config(upstreams=one_upstream_per_region())
+    t = compute(cfg, entries(cfg))
+    store = MemoryStateStore(cfg)
+    policy = dataclasses.replace(
+        policy_from(cfg), origin="client", tolerance_ms=0.0, tolerance_ratio=0.0
+    )
+    rows = data_rows("countries.csv")
+    assert len(rows) > 50
+    for row in rows:
+        loc = Location(
+            float(row["latitude"]), float(row["longitude"]), row["country"], row["continent"]
+        )
+        decision = route(RequestFacts("m", loc), store.snapshot(0.0), policy, random.Random(0))
+        want = tuple(c.upstream.region for c in decision.order)
+        assert t.order_for(row["country"], row["continent"]) == want, row["country"]
+
+
+def test_residency_rules_hold_in_dns() -> None:
+    cfg = dns_config(
+        residency=[
+            {"name": "eu", "continents": ["EU"], "regions": [EU]},
+            {"name": "sg", "countries": ["SG"], "regions": [AP, US]},
+            {"name": "xk", "countries": ["XK"], "regions": [US]},  # not in geodb's table
+        ]
+    )
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("GB", "EU") == (EU,)
+    assert t.order_for("SG", "AS") == (AP, US)
+    assert t.order_for("XK", "EU") == (US,)
+    assert t.order_for("JP", "AS") == (AP, EU, US)  # no rule: all regions
+
+
+def test_drained_and_biased_regions_move_down_or_out() -> None:
+    ups = one_upstream_per_region({EU: {"drained": True}, AP: {"bias_ms": 5000.0}})
+    cfg = dns_config(upstreams=ups)
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("GB", "EU") == (US, AP)
+    assert t.order_for("SG", "AS") == (US, AP)
+
+
+def test_with_every_region_drained_dns_still_answers() -> None:
+    ups = one_upstream_per_region({rid: {"drained": True} for rid in ADDRESSES})
+    cfg = dns_config(upstreams=ups)
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("SG", "AS") == (AP, EU, US)
+
+
+def test_only_regions_with_addresses_are_answered() -> None:
+    regions = region_tables()
+    regions[1]["addresses"] = []  # us-east: no entry of its own
+    cfg = dns_config(regions=regions)
+    assert list(entries(cfg)) == [EU, AP]
+    assert compute(cfg, entries(cfg)).order_for("US", "NA") == (EU, AP)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"url": ""}, "regions[0] (eu-central): addresses without url"),
+        ({"url": "ftp://127.0.0.11"}, "regions[0] (eu-central): url 'ftp://127.0.0.11' is not"),
+        ({"url": "http://"}, "is not an http:// or https:// URL with a host"),
+    ],
+)
+def test_bad_entries_are_one_line(change: dict[str, str], message: str) -> None:
+    regions = region_tables()
+    regions[0].update(change)
+    with pytest.raises(ConfigError) as info:
+        entries(dns_config(regions=regions))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_no_addresses_anywhere_says_what_to_set() -> None:
+    regions = [{**r, "addresses": []} for r in region_tables()]
+    with pytest.raises(ConfigError, match=r"no region has addresses: set regions\[\].addresses"):
+        entries(dns_config(regions=regions))
+
+
+def test_health_url_is_the_gateways_readyz() -> None:
+    assert health_url("https://eu.api.example.com/") == "https://eu.api.example.com/readyz"
+    assert health_url("http://127.0.0.11:8080") == "http://127.0.0.11:8080/readyz"

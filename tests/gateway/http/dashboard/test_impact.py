@@ -1,0 +1,94 @@
+"""What a change would move, said before it is made: the router's own answer on the last
+minute's traffic."""
+
+from __future__ import annotations
+
+import time
+
+from gateway.config import Config
+from gateway.http.dashboard.impact import REFUSED, changed_snapshot, member_of, what_if
+from gateway.http.dashboard.window import Tick, Window
+from gateway.routing.model import RegionPoint, Snapshot, UpstreamView
+from gateway.routing.policy import policy_from
+from gateway.traffic import NOT_SERVED, Tally
+from geodb.location import Location, LocationSource
+
+LONDON = Location(51.5, -0.13, "GB", "EU", "London", 20.0, LocationSource.GEOIP)
+NEW_YORK = Location(40.7, -74.0, "US", "NA", "New York", 20.0, LocationSource.GEOIP)
+CONFIG = Config.model_validate(
+    {
+        "gateway": {"region": "eu", "origin": "client"},
+        "regions": [
+            {"id": "eu", "latitude": 50.1, "longitude": 8.7},
+            {"id": "us", "latitude": 39.0, "longitude": -77.5},
+        ],
+        "upstreams": [
+            {"id": "eu-1", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]},
+            {"id": "us-1", "region": "us", "url": "http://127.0.0.1:2", "models": ["m"]},
+        ],
+    }
+)
+POLICY = policy_from(CONFIG)
+
+
+def snapshot() -> Snapshot:
+    views = tuple(
+        UpstreamView(u.id, u.region, frozenset(u.models), url=u.url) for u in CONFIG.upstreams
+    )
+    regions = {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in CONFIG.regions}
+    return Snapshot(views, regions)
+
+
+def window(served: dict[tuple[Location, str, str], int]) -> Window:
+    w = Window(60)
+    w.add(Tick(time.time(), 60.0, Tally(served=served)))
+    return w
+
+
+def test_draining_an_upstream_names_its_share_and_where_it_goes() -> None:
+    w = window(
+        {(LONDON, "eu-1", "m"): 30, (NEW_YORK, "us-1", "m"): 60, (LONDON, NOT_SERVED, ""): 10}
+    )
+    out = what_if(w, snapshot(), POLICY, ["eu-1"], {"eu-1": {"drained": True}})
+    assert out["carried"] == 30 and out["total"] == 100 and out["share"] == 0.3
+    assert out["leaving"] == {"eu-1": 30.0} and out["arriving"] == {"us-1": 30.0}
+    assert out["text"] == (
+        "eu-1 carries 30 % of requests in the last minute (30 of 100); they will move to "
+        "us-1 (100 %)."
+    )
+
+
+def test_what_moves_is_routed_as_now_not_as_in_the_last_minute() -> None:
+    # eu-1 was out for the last minute (London went to us-1) and is back: draining it again
+    # moves London's requests, which it has not carried yet.
+    w = window({(LONDON, "us-1", "m"): 40, (NEW_YORK, "us-1", "m"): 60})
+    out = what_if(w, snapshot(), POLICY, ["eu-1"], {"eu-1": {"drained": True}})
+    assert out["carried"] == 0 and out["arriving"] == {"us-1": 40.0}
+    assert out["text"] == (
+        "eu-1 carries 0 % of requests in the last minute (0 of 100); routed as now, about 40 "
+        "a minute will move from eu-1 to us-1 (100 %)."
+    )
+
+
+def test_draining_the_last_upstream_warns_of_refusals() -> None:
+    w = window({(LONDON, "eu-1", "m"): 30, (NEW_YORK, "us-1", "m"): 60})
+    changes = {"eu-1": {"drained": True}, "us-1": {"drained": True}}
+    out = what_if(w, snapshot(), POLICY, ["eu-1", "us-1"], changes)
+    assert out["arriving"] == {REFUSED: 90.0}
+    assert "would find NO upstream and get 503" in out["text"]
+    assert out["text"].startswith("eu-1, us-1 carry 100 % of requests")
+
+
+def test_a_change_that_moves_nothing_says_so() -> None:
+    w = window({(LONDON, "eu-1", "m"): 30})
+    out = what_if(w, snapshot(), POLICY, ["us-1"], {"us-1": {"bias_ms": 5.0}})
+    assert out["arriving"] == {} and "no request moves" in out["text"]
+    empty = what_if(Window(60), snapshot(), POLICY, ["eu-1"], {"eu-1": {"drained": True}})
+    assert empty["total"] == 0 and empty["text"].startswith("eu-1 carries 0 %")
+
+
+def test_changes_reach_discovered_members_too() -> None:
+    assert member_of("pool@10.0.0.1:80", "pool") and member_of("pool", "pool")
+    assert not member_of("pool2", "pool")
+    snap = changed_snapshot(snapshot(), {"eu-1": {"weight": 0.0}})
+    assert [v.weight for v in snap.upstreams] == [0.0, 1.0]

@@ -1,0 +1,155 @@
+"""/dashboard on the ops listener, in process: the page and its assets, the login, and the
+admin API, explain and impact behind it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from gateway.config import Config
+from gateway.http.dashboard.routes import Dashboard
+from gateway.http.ops import ops_app
+from gateway.runtime import Runtime, build_runtime
+
+TOKEN = "alice-secret-token"
+OPS = "http://127.0.0.1:9180"
+CONFIG: dict[str, Any] = {
+    "gateway": {"region": "eu", "origin": "client"},
+    "regions": [
+        {"id": "eu", "latitude": 50.1, "longitude": 8.7},
+        {"id": "us", "latitude": 39.0, "longitude": -77.5},
+    ],
+    "upstreams": [
+        {"id": "eu-1", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]},
+        {"id": "us-1", "region": "us", "url": "http://127.0.0.1:2", "models": ["m"]},
+    ],
+    "admin": {"tokens": {"alice": TOKEN}},
+}
+
+
+@pytest.fixture
+def rt() -> Runtime:
+    return build_runtime(Config.model_validate(CONFIG))
+
+
+@pytest.fixture
+async def client(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    dash = Dashboard(rt)
+    dash.sampler.sample()  # what the lifespan's sampler would have by now
+    app = Starlette(routes=dash.routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OPS) as c:
+        yield c
+
+
+async def login(c: httpx.AsyncClient) -> str:
+    r = await c.post("/dashboard/login", json={"token": TOKEN})
+    assert r.status_code == 200, r.text
+    return str(r.json()["csrf"])
+
+
+async def test_the_page_and_its_assets_come_from_the_package(client: httpx.AsyncClient) -> None:
+    r = await client.get("/dashboard")
+    assert r.status_code == 200 and "<title>geogate dashboard</title>" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    for path, kind in [
+        ("app.js", "javascript"),
+        ("vendor/uPlot.iife.min.js", "javascript"),
+        ("vendor/countries-110m.json", "json"),
+        ("vendor/uPlot.min.css", "css"),
+    ]:
+        r = await client.get(f"/dashboard/static/{path}")
+        assert r.status_code == 200 and kind in r.headers["content-type"], path
+
+
+async def test_login_sets_an_httponly_strict_cookie_scoped_to_the_dashboard(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/dashboard/login", json={"token": "wrong"})
+    assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
+    r = await client.post("/dashboard/login", json={"token": TOKEN})
+    assert r.json()["operator"] == "alice"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("geogate-dashboard-9180=alice.")
+    for attribute in ("HttpOnly", "Path=/dashboard", "SameSite=strict", "Max-Age=43200"):
+        assert attribute.lower() in cookie.lower(), attribute
+    assert TOKEN not in cookie
+    me = (await client.get("/dashboard/api/session")).json()
+    assert me == {"operator": "alice", "csrf": r.json()["csrf"]}
+    await client.post("/dashboard/logout")
+    assert (await client.get("/dashboard/api/session")).json() == {"operator": None, "csrf": None}
+
+
+async def test_changes_go_through_the_admin_api_under_the_operators_name(
+    client: httpx.AsyncClient, rt: Runtime
+) -> None:
+    csrf = await login(client)
+    r = await client.patch("/dashboard/api/admin/upstreams/eu-1", json={"drained": True})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_check_failed"
+    assert not rt.store.snapshot(0).upstreams[0].drained
+    headers = {"X-Geogate-CSRF": csrf, "Origin": OPS}
+    r = await client.patch(
+        "/dashboard/api/admin/upstreams/eu-1", json={"drained": True}, headers=headers
+    )
+    assert r.status_code == 200 and r.json()["audit"]["who"] == "alice"
+    assert rt.store.snapshot(0).upstreams[0].drained
+    r = await client.patch(
+        "/dashboard/api/admin/upstreams/eu-1", json={"weight": -1}, headers=headers
+    )
+    assert r.status_code == 400 and "weight must be between" in r.json()["error"]["message"]
+    audit = (await client.get("/dashboard/api/admin/audit")).json()["entries"]
+    assert [(e["who"], e["what"]) for e in audit] == [("alice", "upstream eu-1")]
+
+
+async def test_nothing_but_the_page_without_a_login(client: httpx.AsyncClient) -> None:
+    for path in ("/dashboard/api/state", "/dashboard/api/explain?country=DE", "/dashboard/events"):
+        r = await client.get(path)
+        assert r.status_code == 401, path
+    r = await client.get("/dashboard/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert [x["id"] for x in r.json()["regions"]] == ["eu", "us"]  # scripts: the admin token
+
+
+async def test_explain_a_country_or_an_ip(client: httpx.AsyncClient) -> None:
+    await login(client)
+    r = await client.get("/dashboard/api/explain", params={"country": "us", "model": "m"})
+    body = r.json()
+    assert body["location"]["country"] == "US" and body["location"]["continent"] == "NA"
+    assert body["decision"]["candidates"][0]["upstream"] == "us-1"
+    r = await client.get("/dashboard/api/explain", params={"ip": "127.0.0.1", "model": "m"})
+    assert r.json()["decision"]["candidates"][0]["region"] == "eu"  # the default location
+    r = await client.get("/dashboard/api/explain", params={"country": "XX", "model": "m"})
+    assert r.status_code == 400 and "unknown country 'XX'" in r.json()["error"]["message"]
+    r = await client.get("/dashboard/api/explain", params={"ip": "nope", "model": "m"})
+    assert r.status_code == 400 and "not an IP address" in r.json()["error"]["message"]
+
+
+async def test_impact_names_the_traffic_and_refuses_a_bad_change(
+    client: httpx.AsyncClient,
+) -> None:
+    await login(client)
+    r = await client.get("/dashboard/api/impact", params={"upstream": "eu-1", "drained": "true"})
+    assert r.json()["text"].startswith("eu-1 carries 0 % of requests in the last minute")
+    r = await client.get("/dashboard/api/impact", params={"region": "eu", "drained": "true"})
+    assert r.json()["targets"] == ["eu-1"]
+    for params, message in [
+        ({"upstream": "nope", "drained": "true"}, "no upstream 'nope'"),
+        ({"upstream": "eu-1", "weight": "x"}, "weight must be a number"),
+        ({"upstream": "eu-1", "drained": "yes"}, "drained must be true or false"),
+        ({"upstream": "eu-1", "weight": "1e9"}, "weight must be between"),
+    ]:
+        r = await client.get("/dashboard/api/impact", params=params)
+        assert r.status_code == 400 and message in r.json()["error"]["message"], params
+
+
+async def test_the_ops_token_does_not_stand_in_front_of_the_dashboard() -> None:
+    rt = build_runtime(Config.model_validate({**CONFIG, "ops": {"token": "edge"}}))
+    app = ops_app(rt)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OPS) as c:
+        assert (await c.get("/routing-table")).status_code == 401
+        assert (await c.get("/dashboard")).status_code == 200
+        assert (await c.post("/dashboard/login", json={"token": TOKEN})).status_code == 200
+        assert (await c.get("/dashboard/api/session")).json()["operator"] == "alice"

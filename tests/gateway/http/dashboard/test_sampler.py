@@ -1,0 +1,112 @@
+"""One snapshot a second for every open page, encoded once; what turns a region red is pushed
+at once, not at the next second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import Config
+from gateway.http.dashboard.sampler import Sampler
+from gateway.runtime import Runtime, build_runtime
+from geodb.location import Location
+
+CONFIG = {
+    "gateway": {"region": "eu"},
+    "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+    "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}],
+}
+
+
+def runtime() -> Runtime:
+    return build_runtime(Config.model_validate(CONFIG))
+
+
+def parse(frame: bytes) -> tuple[str, dict[str, Any]]:
+    text = frame.decode()
+    event = next(line[7:] for line in text.splitlines() if line.startswith("event: "))
+    data = next(line[6:] for line in text.splitlines() if line.startswith("data: "))
+    return event, json.loads(data)
+
+
+async def next_frame(frames: AsyncIterator[bytes], within_s: float) -> bytes:
+    return await asyncio.wait_for(anext(frames), within_s)
+
+
+async def next_tick(frames: AsyncIterator[bytes], within_s: float) -> bytes:
+    """The next once-a-second frame (a change pushed between two is skipped)."""
+    while True:
+        frame = await next_frame(frames, within_s)
+        if parse(frame)[0] == "tick":
+            return frame
+
+
+async def test_pages_get_the_history_then_one_shared_frame_a_second() -> None:
+    rt = runtime()
+    sampler = Sampler(rt)
+    sampler.start()
+    try:
+        first, second = sampler.frames(), sampler.frames()
+        hello = await next_frame(first, 1)
+        assert hello.startswith(b"retry: ")
+        event, data = parse(hello.split(b"\n\n", 1)[1])
+        assert event == "hello" and data["state"]["regions"][0]["id"] == "eu"
+        assert len(data["history"]) == 1  # sampled at start: the page has a first point
+        await next_frame(second, 1)
+        rt.traffic.attempt("a", True)
+        rt.traffic.request(Location(51.5, -0.1, "GB", "EU"), "a", "m")
+        a = await next_tick(first, 2)
+        b = await next_tick(second, 1)
+        assert a is b  # one encoding for every page
+        event, data = parse(a)
+        assert event == "tick"
+        assert data["point"]["u"]["a"][0] > 0  # this second's requests/s
+        assert data["state"]["places"][0]["country"] == "GB"
+        assert len(sampler.history) == 2
+        await first.aclose()
+        await second.aclose()
+        assert sampler._pages == 0
+    finally:
+        await sampler.stop()
+
+
+async def test_a_health_change_is_pushed_within_a_tenth_of_a_second() -> None:
+    rt = runtime()
+    sampler = Sampler(rt)
+    sampler.start()
+    frames = sampler.frames()
+    try:
+        await next_frame(frames, 1)
+        await next_tick(frames, 2)  # the next second starts now
+        t0 = time.monotonic()
+        rt.store.record_probe("a", False, None, "connection refused")
+        event, data = parse(await next_frame(frames, 0.5))
+        assert time.monotonic() - t0 < 0.5
+        assert event == "state"
+        assert data["state"]["upstreams"][0]["state"] == "down"
+        assert data["state"]["regions"][0]["state"] == "down"
+    finally:
+        await frames.aclose()
+        await sampler.stop()
+
+
+async def test_the_audit_is_read_again_after_a_change() -> None:
+    rt = runtime()
+    sampler = Sampler(rt)
+    sampler.start()
+    frames = sampler.frames()
+    try:
+        await next_frame(frames, 1)
+        await rt.store.update_upstream("a", {"weight": 2}, "alice")
+        audit: list[dict[str, str]] = []
+        for _ in range(5):  # the version change is seen within the second, the audit read
+            _, data = parse(await next_frame(frames, 2))
+            if audit := data["state"]["audit"]:
+                break
+        assert audit[0]["who"] == "alice" and audit[0]["what"] == "upstream a"
+    finally:
+        await frames.aclose()
+        await sampler.stop()

@@ -1,0 +1,115 @@
+"""The state the dashboard shows: regions, upstreams with health and why, places, shared
+state."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.config import Config
+from gateway.http.dashboard import state
+from gateway.http.dashboard.window import Tick, Window
+from gateway.runtime import Runtime, build_runtime
+from geodb.location import Location, LocationSource
+
+LONDON = Location(51.5, -0.13, "GB", "EU", "London", 20.0, LocationSource.GEOIP)
+BASE: dict[str, Any] = {
+    "gateway": {"region": "eu", "origin": "client"},
+    "regions": [
+        {"id": "eu", "name": "Frankfurt", "latitude": 50.1, "longitude": 8.7},
+        {"id": "us", "latitude": 39.0, "longitude": -77.5},
+        {"id": "sa", "latitude": -23.5, "longitude": -46.6},
+    ],
+    "upstreams": [
+        {"id": "eu-1", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]},
+        {"id": "eu-2", "region": "eu", "url": "http://127.0.0.1:2", "models": ["m"]},
+        {"id": "us-1", "region": "us", "url": "http://127.0.0.1:3", "models": ["m", "n"]},
+    ],
+}
+
+
+def runtime(**over: Any) -> Runtime:
+    return build_runtime(Config.model_validate({**BASE, **over}))
+
+
+def windowed(rt: Runtime) -> Window:
+    w = Window(60)
+    w.add(Tick(time.time(), 10.0, rt.traffic.take()))
+    return w
+
+
+def test_every_region_with_its_upstreams_rates_and_percentiles() -> None:
+    rt = runtime()
+    for ok in (True, True, True, False):
+        rt.traffic.attempt("eu-1", ok)
+    for ms in (10.0, 20.0, 30.0):
+        rt.traffic.first_token("eu-1", ms)
+    rt.store.acquire("eu-1")
+    s = state.build(rt, windowed(rt), time.monotonic())
+    assert [r["id"] for r in s["regions"]] == ["eu", "us", "sa"]
+    eu, us, sa = s["regions"]
+    assert eu["state"] == "healthy" and eu["upstreams"] == ["eu-1", "eu-2"]
+    assert eu["rps"] == 0.4 and eu["error_rate"] == 0.25 and eu["in_flight"] == 1
+    assert (eu["ttft_p50_ms"], eu["ttft_p99_ms"]) == (20.0, 30.0)
+    assert sa["state"] == "empty" and us["ttft_p50_ms"] is None
+    row = next(u for u in s["upstreams"] if u["id"] == "eu-1")
+    assert row["rps"] == 0.4 and row["error_rate"] == 0.25 and row["in_flight"] == 1
+    assert row["state"] == "healthy" and row["why"] is None
+    assert s["models"] == ["m", "n"]
+    assert s["shared"] == {"mode": "local", "stale_since": None}
+
+
+def test_down_drained_and_ejected_upstreams_say_why() -> None:
+    rt = runtime()
+    rt.store.record_probe("eu-1", False, None, "connection refused")
+    now = time.monotonic()
+    for _ in range(5):  # the default: 5 failed requests in a row eject
+        rt.store.record_result("us-1", False, now)
+    s = state.build(rt, Window(60), now)
+    rows = {u["id"]: u for u in s["upstreams"]}
+    assert rows["eu-1"]["state"] == "down"
+    assert rows["eu-1"]["why"] == "health probe: connection refused"
+    assert rows["us-1"]["state"] == "ejected"
+    assert rows["us-1"]["why"] == "ejected after 5 consecutive failed requests; back in 30 s"
+    assert rows["us-1"]["ejection_cause"] == "5 consecutive failed requests"
+    rt.store.record_probe("us-1", False, None, "timeout")  # the probe's word comes first
+    row = state.build(rt, Window(60), now)["upstreams"][2]
+    assert row["state"] == "down"
+    assert row["why"] == (
+        "health probe: timeout; ejected after 5 consecutive failed requests; back in 30 s"
+    )
+    regions = {r["id"]: r["state"] for r in s["regions"]}
+    assert regions == {"eu": "degraded", "us": "down", "sa": "empty"}
+
+    drained = runtime(upstreams=[{**u, "drained": u["region"] == "eu"} for u in BASE["upstreams"]])
+    s = state.build(drained, Window(60), time.monotonic())
+    assert {r["id"]: r["state"] for r in s["regions"]}["eu"] == "drained"
+    assert s["upstreams"][0]["why"] == "drained by an operator"
+
+
+def test_places_are_grouped_by_city_with_the_regions_that_served_them() -> None:
+    rt = runtime()
+    for _ in range(3):
+        rt.traffic.request(LONDON, "eu-1", "m")
+    rt.traffic.request(LONDON, "us-1", "m")
+    rt.traffic.request(LONDON, "-", "")
+    places = state.build(rt, windowed(rt), time.monotonic())["places"]
+    assert places == [
+        {
+            "country": "GB",
+            "city": "London",
+            "latitude": 51.5,
+            "longitude": -0.13,
+            "source": "geoip",
+            "rps": 0.5,
+            "to": {"eu": 0.3, "us": 0.1, "-": 0.1},
+        }
+    ]
+
+
+def test_shared_state_stale_since_is_said() -> None:
+    # A Redis store that never reached Redis is stale from its start.
+    rt = runtime(redis={"url": "redis://127.0.0.1:1"})
+    shared = state.build(rt, Window(60), time.monotonic())["shared"]
+    assert shared["mode"] == "stale" and shared["stale_since"].endswith("Z")
+    assert shared["gateway_id"]
