@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.cli.procs import free_port, geogate_cmd, kill, regions_toml, spawn, stop, wait_http
+from gateway.cli.procs import (
+    free_port,
+    geogate_cmd,
+    kill,
+    regions_toml,
+    spawn,
+    stop_all,
+    wait_http,
+)
 from geodb.build import build_from_rows
 from geodb.distance import est_rtt_ms
 from geodb.regions import known_region
@@ -311,7 +320,6 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
             while gw_proc.poll() is None:
                 time.sleep(0.5)
     finally:
-        if gw_proc is not None:
-            stop(gw_proc)
-        for sim in sims.values():
-            stop(sim)
+        # The end, or Ctrl-C: no client is left to drain for, so SIGINT (no drain), and all
+        # together rather than one after another.
+        stop_all([p for p in (gw_proc, *sims.values()) if p is not None], signal.SIGINT)

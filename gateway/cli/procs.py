@@ -74,14 +74,27 @@ def spawn(args: Sequence[str], log: Path | None = None) -> subprocess.Popen[byte
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_all([proc], timeout=timeout)
+
+
+def stop_all(
+    procs: Sequence[subprocess.Popen[bytes]],
+    sig: signal.Signals = signal.SIGTERM,
+    timeout: float = 10.0,
+) -> None:
+    """Signal every process first, then wait: they stop together, not one after another.
+    SIGTERM lets a gateway drain; SIGINT stops it at once (nobody is left to serve)."""
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for p in running:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
