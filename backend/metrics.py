@@ -15,6 +15,7 @@ from backend.engine import EngineObserver, Sequence
 
 log = logging.getLogger("geogate.backend")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
 
@@ -41,6 +42,15 @@ class BackendMetrics(EngineObserver):
             "Request latency",
             labels,
             buckets=E2E_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        # vLLM's name; observed once per request (its mean gap between tokens after the
+        # first), so percentiles are over requests: what one client's stream felt like.
+        self.itl = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Inter-token latency (per request, mean after the first token)",
+            labels,
+            buckets=ITL_BUCKETS,
             registry=r,
         ).labels(model_name)
         self.prompt = Counter(
@@ -92,6 +102,9 @@ class BackendMetrics(EngineObserver):
 
     def finished(self, seq: Sequence, seconds: float) -> None:
         self.e2e.observe(seconds)
+        n = len(seq.out_ids)
+        if seq.t_first is not None and n > 1:
+            self.itl.observe((seq.t_submit + seconds - seq.t_first) / (n - 1))
 
     def tokens(self, prompt: int, generated: int) -> None:
         if prompt:

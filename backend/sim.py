@@ -65,6 +65,9 @@ class _Metrics:
         self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (0-1)", registry=r)
         self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", registry=r)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", registry=r)
+        self.itl = Histogram(
+            "vllm:time_per_output_token_seconds", "Mean inter-token latency", registry=r
+        )
         self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens", registry=r)
         self.gen = Counter("vllm:generation_tokens", "Generated tokens", registry=r)
 
@@ -248,6 +251,8 @@ class SimBackend:
         m = self.metrics
         m.ttft.observe(start - t0 + self.cfg.ttft_ms / 1000)
         m.e2e.observe(time.perf_counter() - t0)
+        if n > 1:  # the pace after the first token, as the model server measures it
+            m.itl.observe((time.perf_counter() - start) / (n - 1))
         m.prompt.inc(self._prompt_tokens(req))
         m.gen.inc(n)
 

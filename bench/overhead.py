@@ -15,6 +15,9 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 geogate-ecs / geogate is the price of ECS logs over the text format
   nginx         nginx as a plain reverse proxy (keep-alive upstream pool, buffering off) with
                 its own default access log (combined format, to a file)
+  litellm       only with --peers litellm: LiteLLM proxy, pinned, in its own virtualenv
+                (.venv-litellm, installed on first use), configured lean (bench/peers.py); its
+                YAML goes into the results. HTTP/1.1 only (uvicorn)
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
 direct has no h2c row) and concurrency 1, 16 and 128:
   non-streaming  the backend answers at once (16 tokens, no pacing): per-request overhead and
@@ -44,6 +47,7 @@ Also times the pure router's decision for 3, 30 and 300 upstreams.
 
 Writes bench/results/overhead.{md,json} (or --out PREFIX). Run: scripts/dev bench
 [--duration S] [--quick] [--modes ...] [--protos ...] [--conc ...] [--targets ...]
+[--peers litellm]
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, WARMUP_S, Row, h2load, paced, pinned  # noqa: E402
 from bench.overhead_cells import pct as pct  # noqa: E402  (re-exported: bench/streams.py)
 from bench.overhead_report import write  # noqa: E402
+from bench.peers import PEERS, describe, litellm_config, start_litellm  # noqa: E402
 from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
 from gateway.cli.procs import (  # noqa: E402
     free_port,
@@ -110,6 +115,7 @@ TARGETS = {
     "access log as ECS JSON (ecs-logging), to price it against geogate's text format",
     "nginx": "nginx, 1 worker, keep-alive upstream pool, `proxy_buffering off`, access log on "
     "(combined format to a file: nginx's default)",
+    "litellm": describe(MODEL),  # only with --peers litellm (bench/peers.py installs it)
 }
 GATEWAYS = (  # name, engine, lean
     ("geogate", "granian", False),
@@ -245,7 +251,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--modes", type=names(MODES), default=MODES, help=",".join(MODES))
     ap.add_argument("--protos", type=names(PROTOS), default=PROTOS, help=",".join(PROTOS))
     ap.add_argument(
-        "--targets", type=names(tuple(TARGETS)), default=tuple(TARGETS), help=",".join(TARGETS)
+        "--targets",
+        type=names(tuple(TARGETS)),
+        default=tuple(t for t in TARGETS if t not in PEERS),
+        help=",".join(TARGETS),
+    )
+    ap.add_argument(
+        "--peers", type=names(PEERS), default=(), help="also measure these: " + ",".join(PEERS)
     )
     ap.add_argument(
         "--conc",
@@ -257,6 +269,7 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if args.quick:
         args.duration, args.conc = 1.0, (16,)
+    args.targets = (*args.targets, *(p for p in args.peers if p not in args.targets))
     return args
 
 
@@ -308,6 +321,13 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
         wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
         rig.ports["nginx"] = {"h1": h1, "h2c": h2}
         rig.trees["nginx"] = process_tree(p.pid)
+    if "litellm" in targets:
+        port = free_port()
+        p = start_litellm(work, MODEL, backend, port, pinned(PROXY_CPU, []))
+        rig.procs.append(p)
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300, proc=p)
+        rig.ports["litellm"] = {"h1": port}  # uvicorn: HTTP/1.1 only
+        rig.trees["litellm"] = process_tree(p.pid)
 
 
 def idle_cpu(rig: Rig) -> dict[str, float]:
@@ -395,6 +415,11 @@ def main() -> None:
             "tokens": TOKENS,
         },
         "idle_cpu_ms_per_s": idle,
+        "peer_configs": (
+            {"litellm.yaml": litellm_config(MODEL, "BACKEND_PORT")}
+            if "litellm" in args.targets
+            else {}
+        ),
         "work_dir": str(work),
     }
     write(rows, router, meta, args.out)

@@ -196,6 +196,11 @@ def write(rows: list[Row], router: dict[int, float], meta: dict[str, Any], out: 
         "|---|---|",
         *(f"| {t} | {c} |" for t, c in meta["configs"].items()),
         "",
+        *(
+            line
+            for name, text in meta.get("peer_configs", {}).items()
+            for line in (f"{name}:", "", "```yaml", text.rstrip(), "```", "")
+        ),
         "CPU ms/req: utime + stime of the proxy's process tree (/proc/PID/stat) over the "
         "measured part of the cell, divided by the requests done in it; it includes the "
         "proxy's background work (see idle CPU below). ± is shown where the clock-tick "

@@ -4,6 +4,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
     GatewayError                      anything the gateway reports to a client or an operator
      ├── ConfigError                  a config file or override is invalid (start-up)
      ├── CannotListen                 an address to listen on is taken or not here (start-up)
+     ├── PlanInvalid                  a ``geogate plan`` input file is wrong (one line: where, why)
      ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
      ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
      ├── RequestInvalid               the client's request cannot be served as sent
@@ -46,6 +47,10 @@ class ConfigError(GatewayError):
 
 
 class CannotListen(GatewayError):
+    pass
+
+
+class PlanInvalid(GatewayError):
     pass
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Buckets reach minutes: an LLM response can legitimately stream that long.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -10,6 +15,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 class Metrics:
     def __init__(self) -> None:
+        # metric.labels(...) checks and converts its values and takes a lock on every call
+        # (~2 us); the request path asks for the same few children again and again, so each
+        # is bound once here. Bounded as the metric itself is: by the label values it has seen.
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -51,6 +60,12 @@ class Metrics:
             ["country", "source"],
             registry=r,
         )
+        self.client_errors = Counter(
+            "geogate_client_errors",
+            "Requests answered 5xx, by client country",
+            ["country"],
+            registry=r,
+        )
         self.missteered = Counter(
             "geogate_missteered_requests",
             "Requests from clients nearer another region (labelled with it) than this one: "
@@ -68,6 +83,20 @@ class Metrics:
         )
         self.healthy = Gauge(
             "geogate_upstream_healthy", "1 when routable", ["upstream", "region"], registry=r
+        )
+        # Per model, so an alert can name the model nobody can serve any more (per-upstream
+        # health alone cannot say which models an upstream served).
+        self.model_healthy = Gauge(
+            "geogate_model_healthy_upstreams",
+            "Routable upstreams serving the model, as this gateway sees them",
+            ["model"],
+            registry=r,
+        )
+        self.ejections = Counter(
+            "geogate_upstream_ejections",
+            "Upstreams ejected for failed requests (outlier detection)",
+            ["upstream", "region"],
+            registry=r,
         )
         self.rtt = Gauge(
             "geogate_upstream_rtt_ms", "EWMA of probe RTT", ["upstream", "region"], registry=r
@@ -101,3 +130,11 @@ class Metrics:
             "/v1 requests answered 503 at once because max_streams were in flight",
             registry=r,
         )
+
+    def child(self, metric: M, *values: str) -> M:
+        """``metric.labels(*values)``, bound once. Only for metrics never ``remove()``d."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found  # type: ignore[return-value]

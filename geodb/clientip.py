@@ -8,6 +8,7 @@ header; walking from the right means a forged prefix is never reached.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -19,6 +20,13 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
+# Peer addresses parsed, remembered (least recently used out first): ipaddress.ip_address costs
+# ~5 us and a request parses its peer twice (trusted? which client?), while a client sends many
+# requests from one address. The objects are immutable, so sharing them is safe.
+PARSE_CACHE_SIZE = 16384
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _parse(addr: str) -> IPAddress | None:
     addr = addr.strip()
     if addr.startswith("[") and "]" in addr:  # "[::1]:1234"

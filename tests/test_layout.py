@@ -20,19 +20,19 @@ COVERED_BY_FEATURE_TESTS = {
     "gateway/defaults.py": "tests/gateway/test_config.py",  # constants, checked with the config
     "gateway/config_file.py": "tests/gateway/test_config.py",  # the schema is tested through it
     "gateway/errors.py": "tests/gateway/http/test_errors.py",  # the tree, mapped to HTTP there
-    "gateway/metrics.py": "tests/gateway/http/test_proxy.py",  # declarations, read via /metrics
     "gateway/cli/commands.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/ctl_fleet.py": "tests/gateway/cli/test_ctl.py",  # both ways, real processes
     "gateway/cli/demo.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/errors.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/procs.py": "tests/gateway/http/test_proxy.py",  # every feature test uses it
+    "gateway/cli/world_run.py": "tests/gateway/cli/test_world.py",  # a small world, for real
+    "gateway/cli/world_report.py": "tests/gateway/cli/test_world.py",  # its table, from that run
     "gateway/fleet/store.py": "tests/gateway/fleet/test_memory.py",  # Protocols only
     "gateway/fleet/config_io.py": "tests/gateway/fleet/test_fleet.py",  # real redis-server
     "gateway/http/app.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/asgi.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/endpoints.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/exchange.py": "tests/gateway/http/test_proxy.py",  # the access-log line
-    "gateway/http/upstream.py": "tests/gateway/http/test_failover.py",
     "gateway/watch/prober.py": "tests/gateway/http/test_failover.py",
     "gateway/watch/load_poller.py": "tests/gateway/test_load_routing.py",
     "gateway/watch/geoip_reload.py": "tests/gateway/test_geo_routing.py",

@@ -87,9 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("csv", type=Path, help="rows: network,country,continent,lat,lon[,city]")
     b.add_argument("out", type=Path)
 
-    from gateway.cli import dns
+    from gateway.cli import dns, plan, world_run
 
     dns.add_parser(sub)
+    world_run.add_parser(sub)
+    plan.add_parser(sub)
     return p
 
 
@@ -122,6 +124,14 @@ def _command(args: argparse.Namespace) -> Callable[[argparse.Namespace], None]:
         from gateway.cli.dns import export
 
         return export
+    if args.command == "world":
+        from gateway.cli.world_run import run_command
+
+        return run_command
+    if args.command == "plan":
+        from gateway.cli.plan import run_command as run_plan
+
+        return run_plan
     if args.command == "demo":
         from gateway.cli.demo import run_demo
 

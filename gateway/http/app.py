@@ -16,6 +16,7 @@ from starlette.routing import Route
 from gateway.client import new_session
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
+from gateway.http.dispatch import GatewayApp
 from gateway.http.endpoints import Endpoints, not_found
 from gateway.http.errors import http_exception
 from gateway.http.gate import StreamGate, capacity, fd_limit
@@ -44,7 +45,8 @@ def create_app(
     s = config.server
     gate = StreamGate(rt, Proxy(rt), capacity(fd_limit(), s.max_streams, s.max_connections).streams)
     ops = OpsListener(rt, ops_fd) if ops_fd is not None else None
-    app = Starlette(
+    app = GatewayApp(
+        gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below
         routes=[
             *Endpoints(rt).routes(),
             # Every method: the proxy answers a wrong one itself, in JSON (gateway.http.paths).

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the ones a proxy must set itself.
@@ -67,7 +67,16 @@ def valid_request_id(value: str | None) -> bool:
 
 
 def request_id(sent: str | None) -> str:
-    return sent if sent is not None and valid_request_id(sent) else uuid.uuid4().hex
+    return sent if sent is not None and valid_request_id(sent) else new_request_id()
+
+
+def new_request_id() -> str:
+    """``uuid.uuid4().hex``, the same 32 hex digits (version 4, RFC 4122 variant), without
+    building a UUID object: a third of the cost, on every request that brings no id."""
+    b = bytearray(os.urandom(16))
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    return b.hex()
 
 
 def upstream_request_headers(

@@ -216,7 +216,8 @@ class Proxy:
             host=header(scope, b"host"),
         )
         loc = ex.routed.location
-        rt.metrics.by_country.labels(loc.country or "unknown", str(loc.source)).inc()
+        m = rt.metrics
+        m.child(m.by_country, loc.country or "unknown", str(loc.source)).inc()
         if ex.routed.preferred_region:
             rt.metrics.missteered.labels(ex.routed.preferred_region).inc()
         check_routed(rt, ex.routed, ex.model)
@@ -225,8 +226,11 @@ class Proxy:
 
     def _record(self, ex: Exchange) -> None:
         m = self.rt.metrics
-        m.requests.labels(str(ex.status), ex.region).inc()
-        m.duration.labels(ex.region).observe(ex.elapsed_s())
+        region = ex.region
+        m.child(m.requests, str(ex.status), region).inc()
+        m.child(m.duration, region).observe(ex.elapsed_s())
+        if ex.routed is not None and ex.status >= 500:  # errors by country: deploy/grafana
+            m.child(m.client_errors, ex.routed.location.country or "unknown").inc()
         if ex.routed is not None:
             # The model only when served: then it is one the upstreams serve, not any string
             # a client sent.

@@ -8,7 +8,6 @@ when the upstream fails mid-way; cancel it when the client leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 
@@ -56,19 +55,38 @@ class StreamAborted(Exception):
 
 async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> int:
     """Run the attempts while watching for the client to leave; cancel them if it does.
-    Returns the status the client got."""
-    work = asyncio.ensure_future(_Attempts(rt, ex, send).run())
+    Returns the status the client got.
+
+    The attempts run in this task: a task of their own plus ``asyncio.wait`` cost a few
+    percent of a request's CPU (bench/results/profile.md). The watch cancels this task when
+    the client leaves; a cancellation from outside (the drain's cut) ends the same way, as
+    ClientGone, as it did when the attempts ran in a task of their own. Both engines run each
+    request in an asyncio Task (granian's default task_impl, "asyncio": its "rust" one ignores
+    cancel(), and the drain's cut in gateway.http.gate would not work either)."""
+    task = asyncio.current_task()
+    assert task is not None, "forward runs in the request's task"
     watch = asyncio.ensure_future(receive())
+    active, gone = True, False
+
+    def left(_: object) -> None:
+        nonlocal gone
+        # Only while the attempts run: a callback that fires later (the watch cancelled
+        # below, or a disconnect in the same loop turn as the end) must not cancel what
+        # this task does next.
+        if active:
+            gone = True
+            task.cancel()
+
+    watch.add_done_callback(left)
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await _Attempts(rt, ex, send).run()
+    except asyncio.CancelledError:
+        if gone:
+            task.uncancel()  # the cancellation was ours, and ends here
+        raise ClientGone from None
     finally:
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            raise ClientGone
+        active = False
         watch.cancel()
-    return work.result()
 
 
 class _Attempts:
@@ -138,7 +156,7 @@ class _Attempts:
             if opened is None:
                 return None
             resp, first = opened
-            rt.metrics.attempts.labels(uid, "ok").inc()
+            rt.metrics.child(rt.metrics.attempts, uid, "ok").inc()
             extra = [
                 (b"x-request-id", self.ex.id.encode()),
                 (ROUTE_HEADER.encode(), self.ex.decision.header(index).encode()),
@@ -239,7 +257,8 @@ class _Attempts:
         deadline = loop.time() + t.total_s - self.ex.elapsed_s()
         headers = client_response_headers(resp.raw_headers, extra)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        self.rt.metrics.first_byte.labels(cand.upstream.region).observe(self.ex.elapsed_s())
+        m = self.rt.metrics
+        m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
         waiting = self.ex.stream and not self._first_token(cand, first)
         if first:

@@ -26,6 +26,14 @@ def routable(rt: Runtime, upstream_id: str, now: float) -> bool:
 
 def set_gauge(rt: Runtime, upstream_id: str, region: str, now: float) -> None:
     rt.metrics.healthy.labels(upstream_id, region).set(1 if routable(rt, upstream_id, now) else 0)
+    # Recounted over every upstream: a handful to a few dozen, once per probe.
+    per_model: dict[str, int] = {}
+    for u in rt.store.upstreams():
+        up = routable(rt, u.id, now)
+        for model in u.models:
+            per_model[model] = per_model.get(model, 0) + up
+    for model, count in per_model.items():
+        rt.metrics.model_healthy.labels(model).set(count)
 
 
 def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: float) -> None:
@@ -49,6 +57,7 @@ def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: flo
                 ejected_s=round(h.ejected_until - now, 1),
             ),
         )
+        rt.metrics.ejections.labels(upstream_id, region).inc()
         set_gauge(rt, upstream_id, region, now)
 
 

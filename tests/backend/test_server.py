@@ -175,6 +175,8 @@ def test_models_health_ready_metrics(backend: Backend) -> None:
     ):
         metric(backend, name)
     assert metric(backend, "vllm:generation_tokens_total") > 0
+    # Inter-token latency (deploy/grafana): one observation per request of 2+ tokens.
+    assert metric(backend, "vllm:time_per_output_token_seconds_count") > 0
 
 
 def test_disconnect_stops_generation_within_a_few_steps(backend: Backend) -> None:

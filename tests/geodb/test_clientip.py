@@ -32,3 +32,15 @@ def test_address_forms() -> None:
     assert client_ip("10.0.0.3", ["198.51.100.1:5000"], TRUSTED) == ip("198.51.100.1")
     assert client_ip(None, ["1.2.3.4"], TRUSTED) is None
     assert is_trusted("10.9.9.9", TRUSTED) and not is_trusted("11.0.0.1", TRUSTED)
+
+
+def test_parsed_addresses_are_remembered_and_answers_unchanged() -> None:
+    from geodb.clientip import _parse
+
+    _parse.cache_clear()
+    for _ in range(3):
+        assert client_ip("10.0.0.3", ["198.51.100.1:5000"], TRUSTED) == ip("198.51.100.1")
+        assert client_ip("not-an-ip", [], TRUSTED) is None  # a failure is remembered too
+    info = _parse.cache_info()
+    assert info.misses == 3 and info.hits == 6  # each string parsed once
+    assert info.maxsize is not None and info.maxsize > 0  # bounded: client strings are input

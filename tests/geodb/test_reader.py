@@ -102,3 +102,28 @@ def test_hot_reload_swaps_and_refuses_corrupt(
     db.unlink()
     assert src.maybe_reload() is Reload.UNCHANGED  # missing mid-replacement: keep serving
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
+
+
+def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: Path) -> None:
+    db = city_db(tmp_path / "c.mmdb")
+    src = GeoIPSource(db, DEFAULT, cache_size=2)
+    reads: list[str] = []
+    real = src._db.reader.city
+
+    def counting(addr: object) -> object:
+        reads.append(str(addr))
+        return real(addr)  # type: ignore[arg-type]
+
+    src._db.reader.city = counting  # type: ignore[method-assign]
+    assert src.locate(ip("192.0.2.1")).city == "Paris"
+    assert src.locate(ip("192.0.2.1")).city == "Paris"
+    assert src.locate(ip("10.0.0.1")) == DEFAULT  # a miss is remembered too
+    assert src.locate(ip("10.0.0.1")) == DEFAULT
+    assert reads == ["192.0.2.1", "10.0.0.1"]
+    src.locate(ip("192.0.2.2"))  # a third address: the least recently used one goes
+    src.locate(ip("192.0.2.1"))
+    assert reads == ["192.0.2.1", "10.0.0.1", "192.0.2.2", "192.0.2.1"]
+    # A reload answers from the new file at once, for an address the old one had cached.
+    os.replace(city_db(tmp_path / "new.mmdb", "Lyon", 45.76), db)
+    assert src.maybe_reload() is Reload.RELOADED
+    assert src.locate(ip("192.0.2.1")).city == "Lyon"

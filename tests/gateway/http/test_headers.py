@@ -108,3 +108,13 @@ def test_request_id_kept_only_when_safe() -> None:
     for sent in (None, "", *bad):
         made = request_id(sent)
         assert len(made) == 32 and made != sent
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    import uuid
+
+    made = {request_id(None) for _ in range(200)}
+    assert len(made) == 200  # no repeats
+    for rid in made:
+        u = uuid.UUID(rid)
+        assert u.hex == rid and u.version == 4 and u.variant == uuid.RFC_4122

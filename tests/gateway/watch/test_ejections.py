@@ -99,6 +99,20 @@ def test_the_gauge_shows_the_fleets_verdict_too() -> None:
     assert _gauge(rt, "b") == 0
 
 
+def test_ejections_are_counted_and_healthy_upstreams_per_model_follow() -> None:
+    """What the alert rules read (deploy/prometheus): ejections per upstream, and routable
+    upstreams per model, 0 when nobody can serve it."""
+    rt = build_runtime(CFG)
+    sample = rt.metrics.registry.get_sample_value
+    ejections.set_gauge(rt, "a", "eu", 0.0)
+    assert sample("geogate_model_healthy_upstreams", {"model": "m"}) == 2
+    for uid in ("a", "b"):
+        for _ in range(3):
+            ejections.record_result(rt, uid, "eu", False, 1.0)
+    assert sample("geogate_upstream_ejections_total", {"upstream": "a", "region": "eu"}) == 1
+    assert sample("geogate_model_healthy_upstreams", {"model": "m"}) == 0
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 

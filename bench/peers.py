@@ -1,0 +1,125 @@
+"""Peers bench/overhead.py measures on request (``--peers litellm``), each installed in a
+virtualenv of its own so that none of its dependencies reach geogate's.
+
+LiteLLM proxy, pinned (LITELLM_VERSION), in ``.venv-litellm`` (git-ignored; made and filled by
+pip on first use, a few minutes and a few hundred MB), configured lean, as an operator who
+wants it fast would: one uvicorn worker, no database (no DATABASE_URL: no spend logs, no keys),
+no master key, telemetry off, the model cost map read from the package instead of fetched,
+logging at ERROR with uvicorn's access log off. The backend is named an OpenAI-compatible
+endpoint (``openai/<model>`` with its api_base). The config goes into the results
+(``describe``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.cli.procs import spawn
+
+ROOT = Path(__file__).resolve().parents[1]
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = ROOT / ".venv-litellm"
+PEERS = ("litellm",)
+INSTALL_TIMEOUT_S = 1800
+
+
+def litellm_exe() -> Path:
+    """The pinned LiteLLM proxy's entry point, installing it first when missing or another
+    version."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    py = LITELLM_VENV / "bin" / "python"
+    if exe.exists():
+        got = subprocess.run(
+            [str(py), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if got == LITELLM_VERSION:
+            return exe
+    print(f"bench: installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV}", flush=True)
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    return exe
+
+
+def litellm_config(model: str, backend: int | str) -> str:
+    return f"""# LiteLLM proxy {LITELLM_VERSION}, lean: no database, telemetry off, logging at ERROR
+model_list:
+  - model_name: {model}
+    litellm_params:
+      model: openai/{model}
+      api_base: http://127.0.0.1:{backend}/v1
+      api_key: none
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+  drop_params: true
+general_settings:
+  # no master key: geogate and nginx check no credentials either (LiteLLM refuses to start
+  # without one unless told that this is meant)
+  dangerously_permit_weak_or_unset_master_key: true
+"""
+
+
+# uvicorn's logging: errors only, no access log (the lean setting; geogate's is measured on).
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "ERROR"},
+    "loggers": {
+        "uvicorn": {"level": "ERROR"},
+        "uvicorn.error": {"level": "ERROR"},
+        "uvicorn.access": {"level": "ERROR", "propagate": False},
+        "LiteLLM": {"level": "ERROR"},
+        "LiteLLM Proxy": {"level": "ERROR"},
+        "LiteLLM Router": {"level": "ERROR"},
+    },
+}
+ENV = {
+    "LITELLM_LOG": "ERROR",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the cost map at start-up
+    "LITELLM_TELEMETRY": "False",
+    "DISABLE_ADMIN_UI": "True",
+}
+
+
+def describe(model: str) -> str:
+    return (
+        f"LiteLLM proxy {LITELLM_VERSION} (own venv), 1 uvicorn worker, no database, no master "
+        "key, telemetry off, LITELLM_LOG=ERROR, uvicorn access log off; the backend as "
+        f"`openai/{model}` with its api_base (config: {model}.yaml in the results' work dir, "
+        "and in the JSON)"
+    )
+
+
+def start_litellm(
+    work: Path, model: str, backend: int, port: int, pin: list[str]
+) -> subprocess.Popen[bytes]:
+    """Start the proxy (``pin``: the taskset prefix); the caller waits for it."""
+    exe = litellm_exe()
+    cfg = work / "litellm.yaml"
+    cfg.write_text(litellm_config(model, backend))
+    logcfg = work / "litellm-log.json"
+    logcfg.write_text(json.dumps(LOG_CONFIG))
+    saved = {k: os.environ.get(k) for k in (*ENV, "DATABASE_URL")}
+    os.environ.update(ENV)
+    os.environ.pop("DATABASE_URL", None)
+    try:
+        args = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--num_workers", "1", "--log_config", str(logcfg)]
+        return spawn([*pin, *args], work / "litellm.log")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,95 @@
+variable "instance_type" {
+  description = "GPU instance type of every region (g5.xlarge: 1x A10G 24 GB; g5.2xlarge: same GPU, 8 vCPU)"
+  type        = string
+  default     = "g5.xlarge"
+}
+
+variable "regions" {
+  description = "Per geogate region: the AWS region, its network, certificate and GPU host counts"
+  type = map(object({
+    aws_region         = string
+    latitude           = number
+    longitude          = number
+    vpc_id             = string
+    vpc_cidr           = string
+    public_subnet_ids  = list(string)
+    private_subnet_ids = list(string)
+    certificate_arn    = string
+    kms_key_arn        = string
+    min_size           = number
+    max_size           = number
+    desired_capacity   = number
+  }))
+}
+
+variable "model_name" {
+  description = "Model name in the API"
+  type        = string
+  default     = "llama-3.1-8b-instruct"
+}
+
+variable "model_path" {
+  description = "Model directory on each host (mounted read-only into the backend)"
+  type        = string
+  default     = "/opt/models/llama-3.1-8b-instruct"
+}
+
+variable "model_s3_uri" {
+  description = "s3://bucket/prefix/ the hosts copy the model from at boot (empty: already on the AMI or a snapshot)"
+  type        = string
+  default     = ""
+}
+
+variable "gateway_image" {
+  description = "Gateway image (deploy/docker/Dockerfile.gateway) in a registry every region can pull from"
+  type        = string
+}
+
+variable "backend_image" {
+  description = "Model server image (deploy/docker/Dockerfile.backend)"
+  type        = string
+}
+
+variable "zone_id" {
+  description = "Route 53 hosted zone of the global name"
+  type        = string
+}
+
+variable "domain" {
+  description = "The zone's domain; regions answer at <region>.api.<domain>, clients at api.<domain>"
+  type        = string
+}
+
+variable "geodns_file" {
+  description = "Output of: geogate dns export --format route53 --zone <domain> --name api (README, One global hostname)"
+  type        = string
+  default     = "route53.json"
+}
+
+variable "alb_logs_buckets" {
+  description = "S3 bucket for ALB access logs, per geogate region (a bucket must be in the ALB's AWS region)"
+  type        = map(string)
+}
+
+variable "monitoring_cidrs" {
+  description = "Where Prometheus scrapes from"
+  type        = list(string)
+}
+
+variable "redis_auth_token" {
+  description = "Redis AUTH token (16-128 printable characters); also stored as the SSM parameter below"
+  type        = string
+  sensitive   = true
+}
+
+variable "redis_auth_ssm_parameter" {
+  description = "Name of the SecureString SSM parameter the hosts read the token from (in each region)"
+  type        = string
+  default     = "/geogate/redis-auth-token"
+}
+
+variable "tags" {
+  description = "Tags on every resource"
+  type        = map(string)
+  default     = { project = "geogate" }
+}

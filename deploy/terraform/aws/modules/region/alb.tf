@@ -1,0 +1,51 @@
+resource "aws_lb" "gateway" {
+  #checkov:skip=CKV2_AWS_28:a WAF is the operator's choice (and cost); the gateway already caps bodies, headers and streams
+  name                       = substr("${local.name}-alb", 0, 32)
+  load_balancer_type         = "application"
+  internal                   = false
+  security_groups            = [aws_security_group.alb.id]
+  subnets                    = var.public_subnet_ids
+  drop_invalid_header_fields = true
+  enable_deletion_protection = true
+  # SSE streams: an idle connection between tokens must outlive the gateway's idle_s (60 s).
+  idle_timeout = 600
+  access_logs {
+    bucket  = var.alb_logs_bucket
+    prefix  = local.name
+    enabled = true
+  }
+  tags = local.tags
+}
+
+resource "aws_lb_target_group" "gateway" {
+  name     = substr("${local.name}-gw", 0, 32)
+  port     = 8080
+  protocol = "HTTP"
+  vpc_id   = var.vpc_id
+  # The gateway answers /readyz 503 from SIGTERM on and drains in server.drain_timeout_s (30 s).
+  deregistration_delay = 35
+  health_check {
+    path                = "/readyz"
+    port                = "traffic-port"
+    protocol            = "HTTP"
+    matcher             = "200"
+    interval            = 10
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 2
+  }
+  tags = local.tags
+}
+
+resource "aws_lb_listener" "https" {
+  load_balancer_arn = aws_lb.gateway.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.gateway.arn
+  }
+  tags = local.tags
+}

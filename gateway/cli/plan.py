@@ -1,0 +1,121 @@
+"""``geogate plan FILE``: where to put GPUs, before spending (the arithmetic: gateway/plan/).
+
+Prints the placements on the Pareto front of monthly cost against p95 RTT and those that meet
+the objectives (``--all``: every placement), and details the cheapest that does; writes
+plan.md, plan.json and (with matplotlib) plan.png to ``--out`` when given."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+
+from gateway.cli.errors import CLIError
+from gateway.plan.inputs import PlanInput, parse
+from gateway.plan.model import Placement, choose, plan
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("plan", help="where to put GPUs: cost against latency per placement")
+    p.add_argument("file", type=Path, help="plan input (see examples/plan.toml)")
+    p.add_argument("--all", action="store_true", help="every placement, not only the front")
+    p.add_argument("--out", type=Path, help="write plan.md, plan.json, plan.png here")
+
+
+def load(path: Path) -> PlanInput:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CLIError(f"plan: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CLIError(f"plan: {path} is not valid TOML: {exc}") from None
+    return parse(doc)
+
+
+def table(placements: list[Placement], continents: list[str]) -> str:
+    head = ["placement", "instances", "$/month", "compute", "egress", "storage"]
+    head += [f"{c} p50/p95" for c in continents] + ["meets", "pareto"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in placements:
+        cols = [
+            " + ".join(x.regions),
+            " + ".join(str(r.instances) for r in x.lines),
+            f"{x.monthly_usd:,.0f}",
+            f"{sum(r.compute_usd for r in x.lines):,.0f}",
+            f"{sum(r.egress_usd for r in x.lines):,.0f}",
+            f"{sum(r.storage_usd for r in x.lines):,.0f}",
+        ]
+        cols += [f"{x.rtt_p50_ms[c]:.0f} / {x.rtt_p95_ms[c]:.0f}" for c in continents]
+        cols += ["yes" if x.meets else "no", "*" if x.pareto else ""]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def detail(x: Placement, p: PlanInput) -> str:
+    out = [f"cheapest placement meeting the objectives: {' + '.join(x.regions)}"]
+    for r in x.lines:
+        out.append(
+            f"  {r.id}: {r.instances} x {r.instance} (sized for {r.sized_for}: "
+            f"{r.peak_tokens_per_s:,.0f} tokens/s at peak)  compute ${r.compute_usd:,.2f}  "
+            f"egress {r.egress_tb:.2f} TB ${r.egress_usd:,.2f}  storage ${r.storage_usd:,.2f}"
+            f"  = ${r.total_usd:,.2f}/month"
+        )
+    out.append(f"  total ${x.monthly_usd:,.2f}/month")
+    ttft = ", ".join(f"{c} {v:.0f} ms" for c, v in x.ttft_ms(p.backend_ttft_ms).items())
+    out.append(f"  predicted TTFT p50 per continent: {ttft}")
+    return "\n".join(out) + "\n"
+
+
+def chart(out: Path, placements: list[Placement]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for meets, color in ((False, "tab:gray"), (True, "tab:green")):
+        pts = [x for x in placements if x.meets == meets]
+        ax.scatter(
+            [x.monthly_usd for x in pts],
+            [x.overall_p95_ms for x in pts],
+            c=color,
+            label="meets objectives" if meets else "misses an objective",
+        )
+    front = sorted((x for x in placements if x.pareto), key=lambda x: x.monthly_usd)
+    ax.plot([x.monthly_usd for x in front], [x.overall_p95_ms for x in front], "k--", lw=1)
+    for x in front:
+        ax.annotate("+".join(x.regions), (x.monthly_usd, x.overall_p95_ms), fontsize=7)
+    ax.set_xlabel("monthly cost (USD)")
+    ax.set_ylabel("p95 RTT over all demand (ms)")
+    ax.set_title("geogate plan: Pareto front of cost against latency")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = out / "plan.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_command(args: argparse.Namespace) -> None:
+    p = load(args.file)
+    placements = plan(p)
+    continents = sorted({d.continent for d in p.demand})
+    shown = placements if args.all else [x for x in placements if x.pareto or x.meets]
+    print(table(shown, continents), end="")
+    best = choose(placements)
+    print()
+    print(detail(best, p) if best else "no placement meets every objective", end="")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "plan.md").write_text(table(placements, continents), encoding="utf-8")
+        doc = {
+            "chosen": None if best is None else list(best.regions),
+            "placements": [asdict(x) | {"monthly_usd": x.monthly_usd} for x in placements],
+        }
+        (args.out / "plan.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        png = chart(args.out, placements)
+        print(f"\nwritten to {args.out}/: plan.md, plan.json" + (", plan.png" if png else ""))

@@ -1,0 +1,109 @@
+"""WAN emulation in user space: a TCP relay that delays each direction by half a round trip.
+
+There is no netem on this machine (no root, no qdisc), so ``geogate world`` puts one of these
+between each client site and each region. Every chunk read on one side is written to the
+other ``one_way_ms`` later, in order, so a request/response exchange costs one RTT on top of
+whatever the server takes. Connection set-up is not delayed (the relay connects upstream at
+once): the emulated paths behave like warm, already-open connections, which is what a
+gateway's pooled upstream connections are and flatters the direct topologies, never geogate.
+
+Run standalone (one process for all of a world's relays, so the clients' and gateways' CPU
+does not jitter the delays): ``python -m gateway.cli.relay LISTEN:TARGET:RTT_MS ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass
+
+CHUNK = 65536
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    listen_port: int
+    target_port: int
+    rtt_ms: float
+
+    def arg(self) -> str:
+        return f"{self.listen_port}:{self.target_port}:{self.rtt_ms:.3f}"
+
+    @staticmethod
+    def parse(text: str) -> RelaySpec:
+        listen, target, rtt = text.split(":")
+        return RelaySpec(int(listen), int(target), float(rtt))
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay_s: float) -> None:
+    """Copy src to dst, each chunk ``delay_s`` after it arrived; EOF travels with the same
+    delay. A reader task timestamps chunks, a writer task releases them when due, so a slow
+    writer never adds to the delay of the chunks behind it."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def release() -> None:
+        while True:
+            due, data = await queue.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.write_eof()
+                return
+            dst.write(data)
+            await dst.drain()
+
+    writer = asyncio.ensure_future(release())
+    try:
+        while True:
+            data = await src.read(CHUNK)
+            queue.put_nowait((loop.time() + delay_s, data))
+            if not data:
+                break
+        await writer
+    except (ConnectionError, OSError):
+        writer.cancel()
+    finally:
+        with contextlib.suppress(Exception):
+            dst.close()
+
+
+async def serve(specs: list[RelaySpec]) -> list[asyncio.Server]:
+    servers = []
+    for spec in specs:
+        delay_s = spec.rtt_ms / 2000.0
+
+        async def handle(
+            r: asyncio.StreamReader,
+            w: asyncio.StreamWriter,
+            target: int = spec.target_port,
+            delay: float = delay_s,
+        ) -> None:
+            try:
+                ur, uw = await asyncio.open_connection(HOST, target)
+            except OSError:  # the region is down: the client sees a reset, as over a WAN
+                w.close()
+                return
+            await asyncio.gather(_pipe(r, uw, delay), _pipe(ur, w, delay))
+
+        servers.append(await asyncio.start_server(handle, HOST, spec.listen_port))
+    return servers
+
+
+async def _main(specs: list[RelaySpec]) -> None:
+    await serve(specs)
+    print("relays ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str]) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main([RelaySpec.parse(a) for a in argv]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

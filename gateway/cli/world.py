@@ -1,0 +1,395 @@
+"""``geogate world``: an emulated world on loopback, three topologies measured in one run.
+
+Client sites on every continent talk to simulated regional backends through WAN relays
+(relay.py) whose round trip is the distance model's estimate for the site-region pair
+(geodb.distance.est_rtt_ms, fitted to published inter-region P50 RTTs; no measured table is
+shipped). Topologies, all measured at the same time against the same backends:
+
+  (a) origin:  every site straight to one European region (the field report's start);
+  (b) dns:     every site straight to its nearest region by distance: no health, no load;
+  (c) geogate: an edge gateway per site (at the site: no WAN between client and edge), with
+               origin "self", routing on the RTT it measures through the relays, load and
+               health; --regional-gateways puts a regional gateway before each backend.
+
+Then events, with requests running through each: a region overloaded (its TTFT rises), a
+region drained (geogate's admin API; DNS and a single origin have no such thing), a region
+failed (its backend killed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from gateway.cli import world_report as wr
+from gateway.cli.procs import free_port, geogate_cmd, kill, regions_toml, spawn, stop, wait_http
+from gateway.cli.relay import RelaySpec
+from geodb.distance import est_rtt_ms
+from geodb.regions import known_region
+
+MODEL = "world-llm"
+ADMIN_TOKEN = "world-admin"  # loopback-only gateways that live for one run
+MAX_TOKENS = 8
+PACE_S = 0.1  # during events: each site sends a request at most every 100 ms per topology
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    country: str
+    continent: str
+    lat: float
+    lon: float
+
+
+SITES = (
+    Site("London", "GB", "EU", 51.51, -0.13),
+    Site("New York", "US", "NA", 40.71, -74.01),
+    Site("São Paulo", "BR", "SA", -23.55, -46.63),
+    Site("Johannesburg", "ZA", "AF", -26.20, 28.05),
+    Site("Mumbai", "IN", "AS", 19.08, 72.88),
+    Site("Singapore", "SG", "AS", 1.35, 103.82),
+    Site("Tokyo", "JP", "AS", 35.68, 139.77),
+    Site("Sydney", "AU", "OC", -33.87, 151.21),
+)
+DEFAULT_REGIONS = ("eu-central", "us-east", "ap-southeast")
+
+
+@dataclass
+class WorldSpec:
+    sites: tuple[Site, ...] = SITES
+    regions: tuple[str, ...] = DEFAULT_REGIONS
+    origin: str = "eu-central"
+    requests: int = 10  # per site and topology in the steady phase
+    backend_ttft_ms: float = 40.0
+    events: tuple[str, ...] = ("overload", "drain", "fail")
+    event_s: float = 4.0  # requests keep running this long after each event
+    overload_ttft_ms: float = 600.0
+    out: Path = Path("world-results")
+    progress: bool = True
+    # (site name, region) -> RTT ms from a table the user passes (--rtt-table); pairs it
+    # does not list use the distance model
+    rtt_table: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (c) through a regional gateway per region (edge -> WAN -> regional gateway -> backend).
+    # Off by default: the edge then learns a region's load only through shared state (Redis),
+    # which the world does not run, so it would not see the overload event
+    regional_gateways: bool = False
+
+
+Table = dict[tuple[str, str], float]
+
+
+def rtt(site: Site, region: str, table: Table | None = None) -> float:
+    if table and (site.name, region) in table:
+        return table[(site.name, region)]
+    k = known_region(region)
+    return est_rtt_ms(site.lat, site.lon, k.latitude, k.longitude)
+
+
+def nearest(site: Site, regions: tuple[str, ...], table: Table | None = None) -> str:
+    return min(regions, key=lambda r: rtt(site, r, table))
+
+
+def event_regions(spec: WorldSpec) -> dict[str, str]:
+    """Which region each event hits: the failure and the drain hit a region that serves some
+    sites but is not the European origin (topology (a) would otherwise just be down); the
+    overload the region nearest to the most sites."""
+    served = [nearest(s, spec.regions, spec.rtt_table) for s in spec.sites]
+    busiest = [r for r in sorted(spec.regions, key=lambda r: -served.count(r)) if r in served]
+    others = [r for r in busiest if r != spec.origin] or busiest
+    return {"overload": busiest[0], "drain": others[0], "fail": others[-1]}
+
+
+def gateway_config(
+    region: str,
+    port: int,
+    ops: int,
+    regions: tuple[str, ...],
+    upstreams: dict[str, int],
+    health_path: str = "/health",
+) -> str:
+    """A world gateway: an edge (upstreams: every region's gateway, through its WAN relays,
+    probed on /readyz) or a regional one (upstream: its own backend). origin "self": routing
+    on measured RTT."""
+    lines = [
+        "[gateway]",
+        f'region = "{region}"',
+        'origin = "self"',
+        "",
+        "[server]",
+        f"port = {port}",
+        "access_log = false",
+        "",
+        "[health]",
+        "interval_s = 0.25",
+        "timeout_s = 0.5",
+        "unhealthy_threshold = 1",
+        "",
+        "[ops]",
+        f"port = {ops}",
+        "",
+        "[admin]",
+        f'tokens = {{ world = "{ADMIN_TOKEN}" }}',
+        "",
+        regions_toml(*regions),
+    ]
+    for rid, up in upstreams.items():
+        lines += [
+            "[[upstreams]]",
+            f'id = "{rid}-1"',
+            f'region = "{rid}"',
+            f'url = "http://127.0.0.1:{up}"',
+            f'health_path = "{health_path}"',
+            f'models = ["{MODEL}"]',
+            "",
+        ]
+    return "\n".join(lines)
+
+
+@dataclass
+class World:
+    spec: WorldSpec
+    work: Path
+    sims: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    sim_ports: dict[str, int] = field(default_factory=dict)
+    relay_ports: dict[tuple[str, str], int] = field(default_factory=dict)  # site -> backend
+    edge_relays: dict[tuple[str, str], int] = field(default_factory=dict)  # edge -> regional gw
+    gateways: dict[str, tuple[subprocess.Popen[bytes], int, int]] = field(default_factory=dict)
+    relay_proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, topology: str, site: Site) -> str:
+        if topology == "geogate":
+            return f"http://127.0.0.1:{self.gateways[site.name][1]}"
+        region = self.spec.origin if topology == "origin" else self._nearest(site)
+        return f"http://127.0.0.1:{self.relay_ports[(site.name, region)]}"
+
+    @property
+    def edges(self) -> list[tuple[subprocess.Popen[bytes], int, int]]:
+        return [self.gateways[s.name] for s in self.spec.sites]
+
+    def _nearest(self, site: Site) -> str:
+        return nearest(site, self.spec.regions, self.spec.rtt_table)
+
+    def _gateway(self, name: str, region: str, upstreams: dict[str, int], health: str) -> None:
+        port, ops = free_port(), free_port()
+        cfg = self.work / f"gateway-{name.replace(' ', '_')}.toml"
+        text = gateway_config(region, port, ops, self.spec.regions, upstreams, health)
+        cfg.write_text(text, encoding="utf-8")
+        proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), cfg.with_suffix(".log"))
+        self.gateways[name] = (proc, port, ops)
+
+    def start(self) -> None:
+        s = self.spec
+        for rid in s.regions:
+            self.sim_ports[rid] = port = free_port()
+            args = ["--port", str(port), "--region", rid, "--model", MODEL, "--ttft-ms",
+                    str(s.backend_ttft_ms), "--tokens-per-s", "200"]  # fmt: skip
+            self.sims[rid] = spawn(geogate_cmd("sim-backend", *args), self.work / f"{rid}.log")
+            if s.regional_gateways:  # beside its backends: no WAN between them
+                self._gateway(f"regional-{rid}", rid, {rid: port}, "/health")
+        specs = []
+        for site in s.sites:
+            for rid in s.regions:
+                ms = rtt(site, rid, s.rtt_table)
+                self.relay_ports[(site.name, rid)] = p = free_port()
+                specs.append(RelaySpec(p, self.sim_ports[rid], ms))
+                if s.regional_gateways:
+                    self.edge_relays[(site.name, rid)] = p = free_port()
+                    specs.append(RelaySpec(p, self.gateways[f"regional-{rid}"][1], ms))
+                else:  # the edge's upstreams are the backends, through the same WAN
+                    self.edge_relays[(site.name, rid)] = p
+        self.relay_proc = spawn(
+            [sys.executable, "-m", "gateway.cli.relay", *(x.arg() for x in specs)],
+            self.work / "relays.log",
+        )
+        for site in s.sites:
+            ups = {rid: self.edge_relays[(site.name, rid)] for rid in s.regions}
+            health = "/readyz" if s.regional_gateways else "/health"
+            self._gateway(site.name, self._nearest(site), ups, health)
+        for rid, p in self.sim_ports.items():
+            wait_http(f"http://127.0.0.1:{p}/health", proc=self.sims[rid])
+        for p in {*self.relay_ports.values(), *self.edge_relays.values()}:
+            _wait_tcp(p, self.relay_proc)
+        for proc, port, _ in self.gateways.values():
+            wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc, timeout=60)
+        for _, _, ops in self.edges:
+            _wait_measured(f"http://127.0.0.1:{ops}/routing-table", len(s.regions))
+
+    def stop(self) -> None:
+        for proc, _, _ in self.gateways.values():
+            stop(proc)
+        if self.relay_proc is not None:
+            stop(self.relay_proc)
+        for sim in self.sims.values():
+            stop(sim)
+
+    # events
+    def overload(self, region: str, ttft_ms: float) -> None:
+        _post(f"http://127.0.0.1:{self.sim_ports[region]}/sim/config", {"ttft_ms": ttft_ms})
+
+    def drain(self, region: str, drained: bool) -> None:
+        for _, _, ops in self.edges:
+            _post(f"http://127.0.0.1:{ops}/admin/regions/{region}", {"drained": drained}, "PATCH")
+
+    def fail(self, region: str) -> None:
+        kill(self.sims[region])
+
+
+def _post(url: str, body: dict[str, object], method: str = "POST") -> None:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+
+
+def _wait_tcp(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the relay process exited; see relays.log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"relay port {port} not listening after {timeout:g} s")
+
+
+def _wait_measured(url: str, regions: int, timeout: float = 30.0) -> None:
+    """Until the edge has probed every region through its relay: routing then starts on
+    measured RTTs, not on the distance guess."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            table = json.loads(r.read())
+        rtts = [u["rtt_ms"] for reg in table["regions"] for u in reg["upstreams"]]
+        if len(rtts) >= regions and all(x is not None for x in rtts):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url}: no measured RTT for every region after {timeout:g} s")
+
+
+def _route_region(header: str) -> str:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == "region":
+            return v
+    return "-"
+
+
+def _has_content(line: bytes) -> bool:
+    """A chunk with text in it (the first chunk only carries the role)."""
+    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+        return bool(json.loads(line[6:])["choices"][0]["delta"].get("content"))
+    return False
+
+
+async def ask(
+    url: str, region: str, phase: str, topo: str, site: Site, t_event: float
+) -> wr.Sample:
+    """One streaming chat completion; TTFT is the first content chunk, not the headers."""
+    body = {
+        "model": MODEL,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"hello from {site.name}"}],
+    }
+    t0 = time.perf_counter()
+    ttft = None
+    ok = False
+    conn = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s,
+            s.post(f"{url}/v1/chat/completions", json=body) as r,
+        ):
+            if topo == "geogate":
+                region = _route_region(r.headers.get("geogate-route", ""))
+            async for line in r.content:
+                if ttft is None and line.startswith(b"data: {") and _has_content(line):
+                    ttft = (time.perf_counter() - t0) * 1000
+                if line.startswith(b"data: [DONE]"):
+                    ok = r.status == 200
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        ok = False
+    total = (time.perf_counter() - t0) * 1000
+    return wr.Sample(
+        phase,
+        topo,
+        site.name,
+        site.continent,
+        t0 - t_event,
+        ok,
+        ttft,
+        total if ok else None,
+        region,
+    )
+
+
+def combos(world: World) -> Iterator[tuple[str, Site, str, str]]:
+    for topo in wr.TOPOLOGIES:
+        for site in world.spec.sites:
+            region = world.spec.origin if topo == "origin" else world._nearest(site)
+            yield topo, site, world.url(topo, site), region
+
+
+async def steady(world: World, tick: Callable[[], None]) -> list[wr.Sample]:
+    out: list[wr.Sample] = []
+
+    async def loop(topo: str, site: Site, url: str, region: str) -> None:
+        await ask(url, region, "warm-up", topo, site, 0.0)  # not counted: imports, pools
+        for _ in range(world.spec.requests):
+            out.append(await ask(url, region, "steady", topo, site, 0.0))
+            tick()
+
+    await asyncio.gather(*(loop(*c) for c in combos(world)))
+    return out
+
+
+async def event_phase(
+    world: World, event: str, region: str, tick: Callable[[], None]
+) -> list[wr.Sample]:
+    """Requests run from every site and topology; the event happens after a short lead-in
+    and they keep running ``event_s`` after it."""
+    out: list[wr.Sample] = []
+    lead_s = 0.5
+    t_event = time.perf_counter() + lead_s
+    end = t_event + world.spec.event_s
+
+    async def loop(topo: str, site: Site, url: str, home: str) -> None:
+        due = time.perf_counter()
+        while due < end:  # a request every PACE_S from each site: a client that fails
+            # fast does not get to count its failures a thousand times
+            out.append(await ask(url, home, event, topo, site, t_event))
+            tick()
+            due += PACE_S
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+    async def trigger() -> None:
+        await asyncio.sleep(lead_s)
+        act = {
+            "overload": lambda: world.overload(region, world.spec.overload_ttft_ms),
+            "drain": lambda: world.drain(region, True),
+            "fail": lambda: world.fail(region),
+        }[event]
+        await asyncio.get_running_loop().run_in_executor(None, act)
+
+    await asyncio.gather(trigger(), *(loop(*c) for c in combos(world)))
+    if event == "overload":
+        world.overload(region, world.spec.backend_ttft_ms)
+    elif event == "drain":
+        world.drain(region, False)
+    return out

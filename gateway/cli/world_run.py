@@ -1,0 +1,212 @@
+"""``geogate world``'s run: start the world, measure the steady state and the events with a
+progress bar, write the table (markdown, JSON) and the chart."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from gateway.cli import world_report as wr
+from gateway.cli.errors import CLIError
+from gateway.cli.world import (
+    DEFAULT_REGIONS,
+    SITES,
+    Site,
+    Table,
+    World,
+    WorldSpec,
+    combos,
+    event_phase,
+    event_regions,
+    rtt,
+    steady,
+)
+from geodb.regions import known_regions
+
+EVENTS = ("overload", "drain", "fail")
+
+
+@dataclass
+class WorldResult:
+    rows: list[wr.SiteRow]
+    events: list[wr.EventRow]
+    samples: list[wr.Sample]
+    chart: Path | None
+    out: Path
+
+
+async def _measure(world: World, progress: Progress | None) -> list[wr.Sample]:
+    spec = world.spec
+    n_combos = len(wr.TOPOLOGIES) * len(spec.sites)
+    task = progress.add_task("steady state", total=spec.requests * n_combos) if progress else None
+
+    def tick() -> None:
+        if progress is not None and task is not None:
+            progress.advance(task)
+
+    samples = await steady(world, tick)
+    for event, region in event_regions(spec).items():
+        if event not in spec.events:
+            continue
+        if progress is not None and task is not None:
+            progress.update(task, description=f"event: {event} {region}", total=None)
+        samples += await event_phase(world, event, region, tick)
+    return samples
+
+
+def run_world(spec: WorldSpec) -> WorldResult:
+    work = Path(tempfile.mkdtemp(prefix="geogate-world-"))
+    world = World(spec, work)
+    try:
+        if spec.progress:  # the bar starts with the requests; start-up takes a few seconds
+            n = len(spec.regions) + len(spec.sites) + 1
+            print(f"starting {n} processes (backends, edge gateways, relays) in {work}")
+        world.start()
+        if spec.progress:
+            with Progress(transient=True) as progress:
+                samples = asyncio.run(_measure(world, progress))
+        else:
+            samples = asyncio.run(_measure(world, None))
+    finally:
+        world.stop()
+    table = spec.rtt_table
+    floors = {
+        s.name: min(rtt(s, r, table) for r in spec.regions) + spec.backend_ttft_ms
+        for s in spec.sites
+    }
+    rows = wr.site_rows(samples, floors, "steady")
+    home = {t: {s.name: r for t2, s, _, r in combos(world) if t2 == t} for t in wr.TOPOLOGIES}
+    for row in rows:  # geogate's home: where its steady-state requests went
+        mine = [
+            x.region
+            for x in samples
+            if x.phase == "steady" and x.site == row.site and x.topology == "geogate" and x.ok
+        ]
+        if mine:
+            home["geogate"][row.site] = max(set(mine), key=mine.count)
+    events = []
+    for event, region in event_regions(spec).items():
+        if event in spec.events:
+            events += wr.event_rows(samples, event, region, home)
+    meta = {
+        "sites": [s.name for s in spec.sites],
+        "regions": list(spec.regions),
+        "origin": spec.origin,
+        "requests_per_site_and_topology": spec.requests,
+        "backend_ttft_ms": spec.backend_ttft_ms,
+        "regional_gateways": spec.regional_gateways,
+        "rtt_model": "geodb.distance.est_rtt_ms (fitted to published inter-region P50 RTTs)"
+        + (", overridden by --rtt-table where it lists the pair" if spec.rtt_table else ""),
+        "site_region_rtt_ms": {
+            f"{s.name}->{r}": round(rtt(s, r, table), 1) for s in spec.sites for r in spec.regions
+        },
+    }
+    wr.write(spec.out, rows, events, meta)
+    return WorldResult(rows, events, samples, wr.chart(spec.out, rows), spec.out)
+
+
+def read_rtt_table(text: str, where: str) -> Table:
+    """``site,region,rtt_ms`` rows (``#`` comments, a header row allowed); one line per
+    mistake."""
+    out: Table = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.lower().replace(" ", "") == "site,region,rtt_ms":
+            continue
+        parts = [x.strip() for x in line.split(",")]
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            value = float(parts[2])
+        except ValueError:
+            raise CLIError(f"world: {where}:{n}: want site,region,rtt_ms, got {raw!r}") from None
+        if not 0 < value < 2000:
+            raise CLIError(f"world: {where}:{n}: rtt_ms must be between 0 and 2000, got {value}")
+        if parts[0].lower() not in {s.name.lower() for s in SITES}:
+            raise CLIError(f"world: {where}:{n}: unknown site {parts[0]!r}")
+        if parts[1] not in known_regions():
+            raise CLIError(f"world: {where}:{n}: unknown region {parts[1]!r}")
+        site = next(s.name for s in SITES if s.name.lower() == parts[0].lower())
+        out[(site, parts[1])] = value
+    return out
+
+
+def pick_sites(names: list[str] | None) -> tuple[Site, ...]:
+    if not names:
+        return SITES
+    by_name = {s.name.lower(): s for s in SITES}
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        known = ", ".join(s.name for s in SITES)
+        raise CLIError(f"world: unknown site {unknown[0]!r}; known: {known}")
+    return tuple(by_name[n.lower()] for n in names)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    w = sub.add_parser(
+        "world", help="emulated world on loopback: three topologies, events, TTFT per site"
+    )
+    w.add_argument("--sites", nargs="+", metavar="SITE", help="client sites (default: all 8)")
+    w.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="REGION")
+    w.add_argument("--origin", default="eu-central", help="topology (a)'s single origin")
+    w.add_argument("--requests", type=int, default=10, help="per site and topology (steady)")
+    w.add_argument(
+        "--events",
+        nargs="*",
+        default=["overload", "drain", "fail"],
+        choices=EVENTS,
+        help="events to run, always in the order overload, drain, fail (none: steady only)",
+    )
+    w.add_argument("--event-s", type=float, default=4.0, help="seconds of traffic per event")
+    w.add_argument("--out", type=Path, default=Path("world-results"), help="output folder")
+    w.add_argument("--no-progress", action="store_true")
+    w.add_argument(
+        "--regional-gateways",
+        action="store_true",
+        help="(c) edge -> regional gateway -> backend (the edge then sees no backend load)",
+    )
+    w.add_argument(
+        "--rtt-table",
+        type=Path,
+        metavar="CSV",
+        help="site,region,rtt_ms rows to use instead of the distance model (per pair)",
+    )
+
+
+def run_command(args: argparse.Namespace) -> None:
+    bad = [r for r in [*args.regions, args.origin] if r not in known_regions()]
+    if bad:
+        raise CLIError(f"world: unknown region {bad[0]!r}; known: {', '.join(known_regions())}")
+    if args.origin not in args.regions:
+        raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
+    if args.requests < 1:
+        raise CLIError("world: --requests must be at least 1")
+    table = {}
+    if args.rtt_table is not None:
+        try:
+            table = read_rtt_table(args.rtt_table.read_text(encoding="utf-8"), str(args.rtt_table))
+        except OSError as exc:
+            raise CLIError(f"world: cannot read {args.rtt_table}: {exc.strerror}") from None
+    spec = WorldSpec(
+        rtt_table=table,
+        regional_gateways=args.regional_gateways,
+        sites=pick_sites(args.sites),
+        regions=tuple(args.regions),
+        origin=args.origin,
+        requests=args.requests,
+        events=tuple(args.events),
+        event_s=args.event_s,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    result = run_world(spec)
+    print(wr.markdown(result.rows, result.events), end="")
+    written = ["world.md", "world.json"] + ([result.chart.name] if result.chart else [])
+    print(f"\nwritten to {spec.out}/: {', '.join(written)}")
+    if result.chart is None:
+        print("(no chart: matplotlib is not installed; pip install 'geogate[charts]')")

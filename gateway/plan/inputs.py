@@ -1,0 +1,167 @@
+"""``geogate plan``'s input: a TOML document (see examples/plan.toml), checked into plain
+dataclasses. Every mistake is one line naming where it is (``demand[2] (BR)``) and what is
+wrong, raised as PlanInvalid; nothing here reads files (the CLI hands the parsed document)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import PlanInvalid
+from geodb.countries import continent_point, country_continent, country_point
+from geodb.regions import known_regions
+
+HOURS_PER_MONTH = 730.0  # 8,760 h / 12: how cloud price sheets turn $/h into $/month
+TARGET_UTILISATION = 0.7  # LLM TTFT climbs steeply past ~70-80 % of a GPU's batch capacity
+BYTES_PER_OUTPUT_TOKEN = 220.0  # one SSE chunk of an OpenAI-shaped stream per token, headers
+# and JSON included (the simulated backend's chunks measure ~200-230 bytes)
+INPUT_TOKEN_WEIGHT = 0.1  # prefill processes prompt tokens ~10x faster than decode makes
+# output tokens: a prompt token costs a tenth of the measured output tokens/s
+BACKEND_TTFT_MS = 40.0  # the backend's own time to first token, added to RTT in predictions
+DAYS_PER_MONTH = HOURS_PER_MONTH / 24.0
+
+
+@dataclass(frozen=True)
+class Demand:
+    label: str  # country code or continent
+    continent: str
+    lat: float
+    lon: float
+    requests_per_day: float
+    input_tokens: float
+    output_tokens: float
+    peak_factor: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    lat: float
+    lon: float
+    instance: str
+    usd_per_hour: float
+    tokens_per_s: float  # output tokens/s one instance sustains (bench/backend.py, or given)
+    egress_usd_per_tb: float
+    storage_gb: float
+    storage_usd_per_gb_month: float
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    demand: tuple[Demand, ...]
+    candidates: tuple[Candidate, ...]
+    objectives_p95_ms: dict[str, float] = field(default_factory=dict)  # per continent
+    target_utilisation: float = TARGET_UTILISATION
+    hours_per_month: float = HOURS_PER_MONTH
+    bytes_per_output_token: float = BYTES_PER_OUTPUT_TOKEN
+    input_token_weight: float = INPUT_TOKEN_WEIGHT
+    backend_ttft_ms: float = BACKEND_TTFT_MS
+
+
+def _num(
+    table: dict[str, Any],
+    key: str,
+    where: str,
+    default: float | None = None,
+    positive: bool = False,
+) -> float:
+    value = table.get(key, default)
+    if value is None:
+        raise PlanInvalid(f"plan: {where} has no {key}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PlanInvalid(f"plan: {where}: {key} must be a number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        sign = "greater than 0" if positive else "0 or more"
+        raise PlanInvalid(f"plan: {where}: {key} must be {sign}, got {value!r}")
+    return float(value)
+
+
+def _demand(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Demand:
+    country, continent = row.get("country"), row.get("continent")
+    where = f"demand[{i}] ({country or continent or '?'})"
+    if (country is None) == (continent is None):
+        raise PlanInvalid(f"plan: {where}: give either country or continent, not both/neither")
+    if country is not None:
+        point, cont = country_point(str(country)), country_continent(str(country))
+        if point is None or cont is None:
+            raise PlanInvalid(f"plan: {where}: unknown country {country!r} (ISO 3166 alpha-2)")
+    else:
+        point, cont = continent_point(str(continent)), str(continent).upper()
+        if point is None:
+            raise PlanInvalid(f"plan: {where}: unknown continent {continent!r} (AF AS EU ...)")
+    merged = {**defaults, **row}
+    return Demand(
+        label=str(country or continent).upper(),
+        continent=cont,
+        lat=point[0],
+        lon=point[1],
+        requests_per_day=_num(merged, "requests_per_day", where),
+        input_tokens=_num(merged, "input_tokens", where),
+        output_tokens=_num(merged, "output_tokens", where),
+        peak_factor=_num(merged, "peak_factor", where, 1.0, positive=True),
+    )
+
+
+def _candidate(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Candidate:
+    rid = row.get("id")
+    where = f"regions[{i}] ({rid or '?'})"
+    if not isinstance(rid, str):
+        raise PlanInvalid(f"plan: {where} has no id")
+    if "latitude" in row or "longitude" in row:
+        lat, lon = _num(row, "latitude", where), _num(row, "longitude", where)
+    elif rid in known_regions():
+        k = known_regions()[rid]
+        lat, lon = k.latitude, k.longitude
+    else:
+        raise PlanInvalid(
+            f"plan: {where}: unknown region {rid!r}: give latitude and longitude, "
+            f"or one of {', '.join(known_regions())}"
+        )
+    merged = {**defaults, **row}
+    return Candidate(
+        id=rid,
+        lat=lat,
+        lon=lon,
+        instance=str(merged.get("instance", "?")),
+        usd_per_hour=_num(row, "usd_per_hour", where, positive=True),  # never defaulted
+        tokens_per_s=_num(merged, "tokens_per_s", where, positive=True),
+        egress_usd_per_tb=_num(merged, "egress_usd_per_tb", where),
+        storage_gb=_num(merged, "storage_gb", where, 0.0),
+        storage_usd_per_gb_month=_num(merged, "storage_usd_per_gb_month", where, 0.0),
+    )
+
+
+def parse(doc: dict[str, Any]) -> PlanInput:
+    settings = doc.get("settings", {})
+    d_defaults = doc.get("demand_defaults", {})
+    r_defaults = doc.get("region_defaults", {})
+    demand = tuple(_demand(i, row, d_defaults) for i, row in enumerate(doc.get("demand", [])))
+    cands = tuple(_candidate(i, row, r_defaults) for i, row in enumerate(doc.get("regions", [])))
+    if not demand:
+        raise PlanInvalid("plan: no [[demand]] entries")
+    if not cands:
+        raise PlanInvalid("plan: no [[regions]] candidates")
+    ids = [c.id for c in cands]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup is not None:
+        raise PlanInvalid(f"plan: region {dup!r} is listed twice")
+    objectives = {}
+    for cont, ms in doc.get("objectives_p95_ms", {}).items():
+        if continent_point(cont) is None:
+            raise PlanInvalid(f"plan: objectives_p95_ms: unknown continent {cont!r}")
+        objectives[cont.upper()] = _num({cont: ms}, cont, "objectives_p95_ms", positive=True)
+    util = _num(settings, "target_utilisation", "settings", TARGET_UTILISATION, positive=True)
+    if util > 1:
+        raise PlanInvalid(f"plan: settings: target_utilisation must be at most 1, got {util}")
+    return PlanInput(
+        demand=demand,
+        candidates=cands,
+        objectives_p95_ms=objectives,
+        target_utilisation=util,
+        hours_per_month=_num(settings, "hours_per_month", "settings", HOURS_PER_MONTH, True),
+        bytes_per_output_token=_num(
+            settings, "bytes_per_output_token", "settings", BYTES_PER_OUTPUT_TOKEN
+        ),
+        input_token_weight=_num(settings, "input_token_weight", "settings", INPUT_TOKEN_WEIGHT),
+        backend_ttft_ms=_num(settings, "backend_ttft_ms", "settings", BACKEND_TTFT_MS),
+    )

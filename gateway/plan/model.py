@@ -1,0 +1,204 @@
+"""The planner's arithmetic: for a placement (a set of candidate regions) the RTT each
+continent's demand sees, the instances each region needs with N+1 headroom, the monthly bill,
+and across placements the Pareto front of cost against latency. Pure: no I/O.
+
+Latency uses the router's own distance model (geodb.distance.est_rtt_ms): demand goes to its
+nearest region in the placement, as geogate routes an idle fleet. When a region fails, its
+demand lands on the next-nearest region of the placement, and every region is sized for the
+worst single failure (or for normal load if that is more): N+1 across regions, not within one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from gateway.plan.inputs import Candidate, Demand, PlanInput
+from geodb.distance import est_rtt_ms
+
+MAX_PLACEMENTS = 4096  # every subset of up to 12 candidates; beyond, the smaller subsets only
+TB = 1e12
+
+
+@dataclass(frozen=True)
+class RegionLine:
+    id: str
+    instance: str
+    instances: int
+    peak_tokens_per_s: float  # the worst case it is sized for (normal or a failover)
+    sized_for: str  # "normal" or "failover of <region>"
+    compute_usd: float
+    egress_tb: float
+    egress_usd: float
+    storage_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.compute_usd + self.egress_usd + self.storage_usd
+
+
+@dataclass(frozen=True)
+class Placement:
+    regions: tuple[str, ...]
+    lines: tuple[RegionLine, ...]
+    rtt_p50_ms: dict[str, float]  # per continent, over its demand
+    rtt_p95_ms: dict[str, float]
+    overall_p95_ms: float
+    meets: bool
+    misses: tuple[str, ...] = ()
+    pareto: bool = False
+    assignment: dict[str, str] = field(default_factory=dict)  # demand label -> region
+
+    @property
+    def monthly_usd(self) -> float:
+        return sum(x.total_usd for x in self.lines)
+
+    def ttft_ms(self, backend_ttft_ms: float) -> dict[str, float]:
+        """Predicted TTFT p50 per continent: network round trip plus the backend's TTFT."""
+        return {c: v + backend_ttft_ms for c, v in self.rtt_p50_ms.items()}
+
+
+def rtt(d: Demand, c: Candidate) -> float:
+    return est_rtt_ms(d.lat, d.lon, c.lat, c.lon)
+
+
+def weighted_percentile(pairs: Sequence[tuple[float, float]], q: float) -> float:
+    """The smallest value whose cumulative weight reaches q of the total (weights: requests)."""
+    ordered = sorted(pairs)
+    total = sum(w for _, w in ordered)
+    if total <= 0:
+        return ordered[-1][0] if ordered else 0.0
+    acc = 0.0
+    for value, w in ordered:
+        acc += w
+        if acc >= q * total - 1e-9:
+            return value
+    return ordered[-1][0]
+
+
+def load_tokens_per_s(d: Demand, p: PlanInput) -> float:
+    """Peak decode-equivalent tokens/s: output tokens plus prompt tokens at their weight."""
+    per_request = d.output_tokens + p.input_token_weight * d.input_tokens
+    return d.requests_per_day * per_request / 86400.0 * d.peak_factor
+
+
+def egress_tb_per_month(d: Demand, p: PlanInput) -> float:
+    days = p.hours_per_month / 24.0
+    return d.requests_per_day * d.output_tokens * p.bytes_per_output_token * days / TB
+
+
+def _nearest(d: Demand, cands: Sequence[Candidate]) -> Candidate:
+    return min(cands, key=lambda c: (rtt(d, c), c.id))
+
+
+def _loads(demand: Sequence[Demand], cands: Sequence[Candidate], p: PlanInput) -> dict[str, float]:
+    out = {c.id: 0.0 for c in cands}
+    for d in demand:
+        out[_nearest(d, cands).id] += load_tokens_per_s(d, p)
+    return out
+
+
+def _sizing(
+    demand: Sequence[Demand], cands: Sequence[Candidate], p: PlanInput
+) -> dict[str, tuple[float, str]]:
+    """Per region: the peak tokens/s it must serve and which case sets it."""
+    worst = {rid: (v, "normal") for rid, v in _loads(demand, cands, p).items()}
+    if len(cands) < 2:
+        return worst  # one region: nowhere to fail over to
+    for failed in cands:
+        rest = [c for c in cands if c.id != failed.id]
+        for rid, v in _loads(demand, rest, p).items():
+            if v > worst[rid][0]:
+                worst[rid] = (v, f"failover of {failed.id}")
+    return worst
+
+
+def evaluate(p: PlanInput, cands: Sequence[Candidate]) -> Placement:
+    sizing = _sizing(p.demand, cands, p)
+    egress = {c.id: 0.0 for c in cands}
+    per_cont: dict[str, list[tuple[float, float]]] = {}
+    everyone: list[tuple[float, float]] = []
+    assignment = {}
+    for d in p.demand:
+        c = _nearest(d, cands)
+        assignment[d.label] = c.id
+        egress[c.id] += egress_tb_per_month(d, p)
+        pair = (rtt(d, c), d.requests_per_day)
+        per_cont.setdefault(d.continent, []).append(pair)
+        everyone.append(pair)
+    lines = []
+    for c in cands:
+        peak, why = sizing[c.id]
+        n = max(1, math.ceil(peak / (c.tokens_per_s * p.target_utilisation) - 1e-9))
+        lines.append(
+            RegionLine(
+                id=c.id,
+                instance=c.instance,
+                instances=n,
+                peak_tokens_per_s=peak,
+                sized_for=why,
+                compute_usd=n * c.usd_per_hour * p.hours_per_month,
+                egress_tb=egress[c.id],
+                egress_usd=egress[c.id] * c.egress_usd_per_tb,
+                storage_usd=c.storage_gb * c.storage_usd_per_gb_month,
+            )
+        )
+    p50 = {k: weighted_percentile(v, 0.5) for k, v in sorted(per_cont.items())}
+    p95 = {k: weighted_percentile(v, 0.95) for k, v in sorted(per_cont.items())}
+    misses = tuple(
+        f"{cont} p95 {p95[cont]:.0f} > {ms:g} ms"
+        for cont, ms in sorted(p.objectives_p95_ms.items())
+        if cont in p95 and p95[cont] > ms
+    )
+    return Placement(
+        regions=tuple(c.id for c in cands),
+        lines=tuple(lines),
+        rtt_p50_ms=p50,
+        rtt_p95_ms=p95,
+        overall_p95_ms=weighted_percentile(everyone, 0.95),
+        meets=not misses,
+        misses=misses,
+        assignment=assignment,
+    )
+
+
+def subsets(cands: Sequence[Candidate]) -> Iterable[tuple[Candidate, ...]]:
+    """Every non-empty subset, smallest first, up to MAX_PLACEMENTS of them."""
+    count = 0
+    for k in range(1, len(cands) + 1):
+        for combo in itertools.combinations(cands, k):
+            if count >= MAX_PLACEMENTS:
+                return
+            count += 1
+            yield combo
+
+
+def pareto(placements: Sequence[Placement]) -> list[Placement]:
+    """Marks the placements no other beats on both cost and overall p95; returns all, sorted
+    by cost."""
+    out = []
+    for a in placements:
+        dominated = any(
+            b.monthly_usd <= a.monthly_usd
+            and b.overall_p95_ms <= a.overall_p95_ms
+            and (b.monthly_usd < a.monthly_usd or b.overall_p95_ms < a.overall_p95_ms)
+            for b in placements
+        )
+        out.append(_with_pareto(a, not dominated))
+    return sorted(out, key=lambda x: (x.monthly_usd, x.overall_p95_ms))
+
+
+def _with_pareto(a: Placement, flag: bool) -> Placement:
+    return replace(a, pareto=flag)
+
+
+def plan(p: PlanInput) -> list[Placement]:
+    return pareto([evaluate(p, combo) for combo in subsets(p.candidates)])
+
+
+def choose(placements: Sequence[Placement]) -> Placement | None:
+    """The cheapest placement that meets every objective (None when none does)."""
+    meeting = [x for x in placements if x.meets]
+    return min(meeting, key=lambda x: (x.monthly_usd, x.overall_p95_ms)) if meeting else None

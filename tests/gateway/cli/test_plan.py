@@ -1,0 +1,119 @@
+"""``geogate plan`` end to end: the example's table, bad inputs as one line, and a plan checked
+by ``geogate world``: the chosen placement's predicted TTFT per continent within 15 % of the
+emulated one."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import world_report as wr
+from gateway.cli.main import main
+from gateway.cli.plan import load
+from gateway.cli.world import Site, WorldSpec
+from gateway.cli.world_run import run_world
+from gateway.plan.model import choose, plan
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
+
+
+def test_example_prints_the_front_and_the_choice(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    main(["plan", str(EXAMPLE), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    print(out)
+    assert out.startswith("| placement | instances | $/month |")
+    assert "cheapest placement meeting the objectives:" in out
+    assert (tmp_path / "plan.json").exists() and (tmp_path / "plan.md").exists()
+
+
+BAD = {
+    "no price": ('[[demand]]\ncountry = "SG"\nrequests_per_day = 1\ninput_tokens = 1\n'
+                 'output_tokens = 1\n[[regions]]\nid = "ap-southeast"\ntokens_per_s = 100\n'
+                 "egress_usd_per_tb = 90\n",
+                 "geogate: plan: regions[0] (ap-southeast) has no usd_per_hour"),
+    "negative demand": ('[[demand]]\ncountry = "SG"\nrequests_per_day = -1\ninput_tokens = 1\n'
+                        "output_tokens = 1\n",
+                        "geogate: plan: demand[0] (SG): requests_per_day must be 0 or more"),
+    "unknown country": ('[[demand]]\ncountry = "QQ"\nrequests_per_day = 1\n',
+                        "geogate: plan: demand[0] (QQ): unknown country 'QQ'"),
+    "not toml": ("[[demand]\n", "geogate: plan: "),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, message = BAD[case]
+    f = tmp_path / "plan.toml"
+    f.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(f)])
+    err = capsys.readouterr().err
+    print(err, end="")
+    assert exit_.value.code == 2
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+SMALL_PLAN = textwrap.dedent("""
+    [settings]
+    backend_ttft_ms = 100
+    [objectives_p95_ms]
+    EU = 40
+    NA = 40
+    AS = 40
+    [demand_defaults]
+    input_tokens = 100
+    output_tokens = 50
+    [[demand]]
+    country = "GB"
+    requests_per_day = 1000
+    [[demand]]
+    country = "CA"
+    requests_per_day = 1000
+    [[demand]]
+    country = "SG"
+    requests_per_day = 1000
+    [region_defaults]
+    tokens_per_s = 1000
+    egress_usd_per_tb = 90
+    [[regions]]
+    id = "eu-central"
+    usd_per_hour = 1.2
+    [[regions]]
+    id = "us-east"
+    usd_per_hour = 1.0
+    [[regions]]
+    id = "ap-southeast"
+    usd_per_hour = 1.0
+    [[regions]]
+    id = "sa-east"
+    usd_per_hour = 1.6
+""")
+
+
+def test_world_confirms_the_plan(tmp_path: Path) -> None:
+    """Plan, then emulate the chosen placement with client sites at the demand's points:
+    geogate's TTFT p50 per continent is within 15 % of the plan's prediction."""
+    f = tmp_path / "plan.toml"
+    f.write_text(SMALL_PLAN)
+    p = load(f)
+    best = choose(plan(p))
+    assert best is not None
+    assert set(best.regions) == {"eu-central", "us-east", "ap-southeast"}
+    sites = tuple(Site(d.label, d.label, d.continent, d.lat, d.lon) for d in p.demand)
+    spec = WorldSpec(sites=sites, regions=best.regions, origin=best.regions[0], requests=6,
+                     backend_ttft_ms=p.backend_ttft_ms, events=(), out=tmp_path / "world",
+                     progress=False)  # fmt: skip
+    result = run_world(spec)
+    predicted = best.ttft_ms(p.backend_ttft_ms)
+    print(wr.markdown(result.rows, []))
+    for row in result.rows:
+        got = row.cells["geogate"].p50
+        want = predicted[row.continent]
+        print(f"{row.continent}: predicted {want:.0f} ms, emulated {got:.0f} ms")
+        assert got is not None and abs(got - want) <= 0.15 * want, row

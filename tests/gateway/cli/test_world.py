@@ -1,0 +1,158 @@
+"""``geogate world`` on a small world (3 sites x 3 regions, a few requests each, one event):
+the topologies' ordering holds, and a region failure costs geogate no request."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import world_report as wr
+from gateway.cli.world import WorldSpec, event_regions, nearest
+from gateway.cli.world_run import WorldResult, pick_sites, run_world
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> WorldResult:
+    spec = WorldSpec(
+        sites=pick_sites(["London", "New York", "Singapore"]),
+        requests=3,
+        events=("fail",),
+        event_s=1.5,
+        out=tmp_path_factory.mktemp("world"),
+        progress=False,
+    )
+    t0 = time.monotonic()
+    result = run_world(spec)
+    took = time.monotonic() - t0
+    print(wr.markdown(result.rows, result.events))
+    print(f"small world took {took:.1f} s")
+    assert took < 60
+    return result
+
+
+def test_topologies_order_as_expected(small: WorldResult) -> None:
+    for row in small.rows:
+        a, b, c = (row.cells[t].p50 for t in ("origin", "dns", "geogate"))
+        assert a is not None and b is not None and c is not None
+        assert all(row.cells[t].failed == 0 for t in wr.TOPOLOGIES), row
+        # geogate is within its own overhead of the DNS answer, never worse than the origin
+        assert c <= b * 1.25 + 10, row
+        assert c <= a * 1.1 + 10, row
+        if row.continent != "EU":  # far from the European origin: the origin is much slower
+            assert a > 1.5 * b and a > 1.5 * c, row
+        assert c >= 0.9 * row.floor_ms, row  # nobody beats physics
+
+
+def test_region_failure_costs_geogate_nothing_and_dns_its_clients(small: WorldResult) -> None:
+    by_topo = {e.topology: e for e in small.events}
+    assert by_topo["geogate"].failed == 0
+    assert by_topo["geogate"].moved_after_s is not None
+    assert by_topo["dns"].failed > 0 and by_topo["dns"].moved_after_s is None
+    assert by_topo["origin"].failed == 0
+
+
+def test_outputs_are_written(small: WorldResult) -> None:
+    assert (small.out / "world.md").read_text().startswith("| site |")
+    doc = json.loads((small.out / "world.json").read_text())
+    assert [s["site"] for s in doc["sites"]] == ["London", "New York", "Singapore"]
+    assert (
+        doc["sites"][0]["cells"]["geogate"]["total_p50"]
+        > doc["sites"][0]["cells"]["geogate"]["p50"]
+    )
+    assert doc["events"][0]["event"] == "fail"
+    assert doc["meta"]["site_region_rtt_ms"]["London->eu-central"] > 0
+    if small.chart is not None:  # matplotlib is a dev dependency: present in the test venv
+        assert small.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("sites", [None, ["London", "Tokyo"], ["Sydney", "Singapore"]])
+def test_events_hit_a_region_that_serves_someone(sites: list[str] | None) -> None:
+    spec = WorldSpec(sites=pick_sites(sites))
+    served = {nearest(s, spec.regions) for s in spec.sites}
+    for region in event_regions(spec).values():
+        assert region in served
+    if served != {spec.origin}:
+        assert event_regions(spec)["fail"] != spec.origin
+
+
+def test_unknown_site_is_one_line() -> None:
+    from gateway.cli.errors import CLIError
+
+    with pytest.raises(CLIError, match="unknown site 'Atlantis'"):
+        pick_sites(["London", "Atlantis"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--regions", "eu-central", "mars-1"], "geogate: world: unknown region 'mars-1'"),
+        (["--regions", "us-east"], "geogate: world: the origin 'eu-central' is not one of"),
+        (["--sites", "Atlantis"], "geogate: world: unknown site 'Atlantis'"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["world", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_a_user_rtt_table_overrides_the_model_per_pair() -> None:
+    from gateway.cli.world import rtt
+    from gateway.cli.world_run import read_rtt_table
+
+    table = read_rtt_table(
+        "site,region,rtt_ms\n# measured from our office\nlondon, us-east, 5\n", "t.csv"
+    )
+    assert table == {("London", "us-east"): 5.0}
+    london = pick_sites(["London"])[0]
+    assert rtt(london, "us-east", table) == 5.0
+    assert rtt(london, "eu-central", table) == rtt(london, "eu-central")  # not listed: model
+    assert nearest(london, ("eu-central", "us-east"), table) == "us-east"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("London,us-east\n", "world: t.csv:1: want site,region,rtt_ms"),
+        ("London,us-east,-3\n", "world: t.csv:1: rtt_ms must be between 0 and 2000"),
+        ("Atlantis,us-east,3\n", "world: t.csv:1: unknown site 'Atlantis'"),
+        ("London,mars-1,3\n", "world: t.csv:1: unknown region 'mars-1'"),
+    ],
+)
+def test_bad_rtt_table_rows_are_one_line(text: str, message: str) -> None:
+    from gateway.cli.errors import CLIError
+    from gateway.cli.world_run import read_rtt_table
+
+    with pytest.raises(CLIError) as err:
+        read_rtt_table(text, "t.csv")
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_regional_gateways_tier(tmp_path: Path) -> None:
+    """(c) as edge -> WAN -> regional gateway -> backend: the edge reaches the region's
+    gateway, and a dead backend behind it costs the edge's clients nothing."""
+    spec = WorldSpec(
+        sites=pick_sites(["London", "New York"]),
+        regions=("eu-central", "us-east"),
+        requests=2,
+        events=("fail",),
+        event_s=1.5,
+        out=tmp_path,
+        progress=False,
+        regional_gateways=True,
+    )
+    result = run_world(spec)
+    print(wr.markdown(result.rows, result.events))
+    ny = next(r for r in result.rows if r.site == "New York")
+    assert ny.cells["geogate"].failed == 0
+    assert ny.cells["geogate"].p50 is not None and ny.cells["geogate"].p50 < 1.5 * ny.floor_ms
+    geogate = next(e for e in result.events if e.topology == "geogate")
+    assert geogate.region == "us-east" and geogate.failed == 0

@@ -1,0 +1,81 @@
+"""forward(): the attempts run in the request's task, watched for the client leaving."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.http import upstream
+from gateway.http.upstream import ClientGone, forward
+
+
+class FakeAttempts:
+    """Stands for _Attempts: runs for ``run_s``, then answers 200; notes a cancellation."""
+
+    run_s = 0.0
+    cancelled = 0
+
+    def __init__(self, rt: Any, ex: Any, send: Any) -> None:
+        pass
+
+    async def run(self) -> int:
+        try:
+            await asyncio.sleep(FakeAttempts.run_s)
+        except asyncio.CancelledError:
+            FakeAttempts.cancelled += 1
+            raise
+        return 200
+
+
+@pytest.fixture(autouse=True)
+def fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream, "_Attempts", FakeAttempts)
+    FakeAttempts.cancelled = 0
+
+
+def receive_after(delay_s: float) -> Any:
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(delay_s)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def send(message: Any) -> None:
+    return None
+
+
+async def test_the_client_leaving_cancels_the_attempts() -> None:
+    FakeAttempts.run_s = 5
+    with pytest.raises(ClientGone):
+        await forward(None, None, receive_after(0.01), send)  # type: ignore[arg-type]
+    assert FakeAttempts.cancelled == 1
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # our cancellation ended there
+    await asyncio.sleep(0.01)  # and nothing is left to cancel what the task does next
+
+
+async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancels_later() -> None:
+    FakeAttempts.run_s = 0.0
+    assert await forward(None, None, receive_after(0.0), send) == 200  # type: ignore[arg-type]
+    # The watch may finish in the same loop turn: it must not cancel this task afterwards.
+    await asyncio.sleep(0.05)
+    assert FakeAttempts.cancelled == 0
+
+
+async def test_a_cut_from_outside_ends_as_client_gone() -> None:
+    FakeAttempts.run_s = 5
+
+    async def request() -> str:
+        try:
+            await forward(None, None, receive_after(60), send)  # type: ignore[arg-type]
+        except ClientGone:
+            return "gone"
+        return "answered"
+
+    task = asyncio.ensure_future(request())
+    await asyncio.sleep(0.01)
+    task.cancel()  # the drain's cut (gateway.http.gate)
+    assert await task == "gone" and FakeAttempts.cancelled == 1

@@ -1,0 +1,95 @@
+"""The planner's arithmetic: the reference figures, N+1 sizing, percentiles, the Pareto front."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway.plan.inputs import parse
+from gateway.plan.model import choose, evaluate, plan, weighted_percentile
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
+
+
+def _example() -> dict[str, object]:
+    return tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+
+
+def test_reference_figures_for_one_region() -> None:
+    """g5.xlarge at $1.006/h in ap-southeast is about $730/month, 500 GB SSD about $45, egress
+    about $90/TB: about $850/month for one region with the example's demand."""
+    p = parse(_example())
+    sg = next(c for c in p.candidates if c.id == "ap-southeast")
+    x = evaluate(p, [sg])
+    (line,) = x.lines
+    print(line, x.monthly_usd)
+    assert line.instances == 1
+    assert line.compute_usd == pytest.approx(1.006 * 730)  # 734.38: "about $730"
+    assert line.storage_usd == pytest.approx(45.0)
+    assert line.egress_tb == pytest.approx(300_000 * 400 * 220 * 730 / 24 / 1e12)  # 0.80 TB
+    assert line.egress_usd == pytest.approx(line.egress_tb * 90)
+    assert 840 <= x.monthly_usd <= 860  # "about $850"
+
+
+def _two_regions(peak: float, tps: float) -> dict[str, object]:
+    return {
+        "settings": {"target_utilisation": 0.5, "input_token_weight": 0.0},
+        "demand": [
+            {"country": "DE", "requests_per_day": 86400, "input_tokens": 0,
+             "output_tokens": 10, "peak_factor": peak},
+            {"country": "US", "requests_per_day": 86400 * 3, "input_tokens": 0,
+             "output_tokens": 10, "peak_factor": peak},
+        ],
+        "regions": [
+            {"id": "eu-central", "usd_per_hour": 1.0, "tokens_per_s": tps,
+             "egress_usd_per_tb": 0},
+            {"id": "us-east", "usd_per_hour": 2.0, "tokens_per_s": tps,
+             "egress_usd_per_tb": 0},
+        ],
+    }  # fmt: skip
+
+
+def test_n_plus_one_sizes_each_region_for_the_other_failing() -> None:
+    # DE: 10 tokens/s, US: 30 tokens/s at peak; an instance plans for 10 x 0.5 = 5 tokens/s
+    p = parse(_two_regions(peak=1.0, tps=10))
+    both = evaluate(p, p.candidates)
+    lines = {x.id: x for x in both.lines}
+    assert lines["eu-central"].instances == 8  # 40 tokens/s when us-east fails
+    assert lines["eu-central"].sized_for == "failover of us-east"
+    assert lines["us-east"].instances == 8
+    assert both.monthly_usd == pytest.approx(8 * 1.0 * 730 + 8 * 2.0 * 730)
+    alone = evaluate(p, p.candidates[:1])  # one region: no failover, sized for normal load
+    assert alone.lines[0].instances == 8 and alone.lines[0].sized_for == "normal"
+
+
+def test_peak_factor_scales_instances() -> None:
+    p = parse(_two_regions(peak=2.0, tps=10))
+    alone = evaluate(p, p.candidates[1:])
+    assert alone.lines[0].instances == 16
+
+
+def test_weighted_percentile() -> None:
+    pairs = [(10.0, 90.0), (200.0, 10.0)]
+    assert weighted_percentile(pairs, 0.5) == 10.0
+    assert weighted_percentile(pairs, 0.9) == 10.0
+    assert weighted_percentile(pairs, 0.95) == 200.0
+
+
+def test_pareto_front_and_choice() -> None:
+    p = parse(_example())
+    placements = plan(p)
+    assert len(placements) == 2 ** len(p.candidates) - 1
+    front = [x for x in placements if x.pareto]
+    for a in front:  # nothing on the front is beaten on both axes
+        assert not any(
+            b.monthly_usd < a.monthly_usd and b.overall_p95_ms < a.overall_p95_ms
+            for b in placements
+        )
+    best = choose(placements)
+    assert best is not None and best.meets
+    assert all(x.monthly_usd >= best.monthly_usd for x in placements if x.meets)
+    # more regions never raise any continent's RTT
+    one = next(x for x in placements if x.regions == ("us-east",))
+    assert all(best.rtt_p95_ms[c] <= one.rtt_p95_ms[c] + 1e-9 for c in one.rtt_p95_ms)
