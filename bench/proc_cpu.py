@@ -18,7 +18,7 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int) -> list[str]:
+def stat_fields(pid: int) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     return text[text.rindex(")") + 2 :].split()  # comm may hold spaces and parentheses
 
@@ -29,7 +29,7 @@ def process_tree(pid: int) -> list[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                parent[int(d.name)] = int(_stat_fields(int(d.name))[1])
+                parent[int(d.name)] = int(stat_fields(int(d.name))[1])
             except (OSError, ValueError, IndexError):
                 continue  # exited while we looked
     tree, todo = [pid], [pid]
@@ -53,7 +53,7 @@ def read_cpu(pids: Sequence[int]) -> CpuReading:
     ticks = procs = 0
     for p in pids:
         try:
-            f = _stat_fields(p)
+            f = stat_fields(p)
             ticks += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
             procs += 1
         except (OSError, ValueError, IndexError):

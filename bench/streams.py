@@ -54,11 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import MODEL, gateway_conf, nginx_conf, pct, pinned  # noqa: E402
+from bench.proc_cpu import CLK_TCK, process_tree, stat_fields  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TARGETS = ("direct", "geogate", "nginx")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_STREAMS = 20
 # Time between forking the load generators and the first scheduled start: they are forked
 # from this process (aiohttp already imported), so this only covers fork and event loop set-up.
@@ -213,34 +213,11 @@ def _load_process(spec: LoadSpec, conn: Connection) -> None:
 # --- process metrics from /proc -------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()  # comm may hold spaces and parentheses
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and its descendants: granian's workers and nginx's worker are children."""
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int(_stat_fields(int(d.name))[1])
-            except (OSError, ValueError, IndexError):
-                continue  # exited while we looked
-    tree, todo = [pid], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        tree += kids
-        todo += kids
-    return tree
-
-
 def cpu_seconds(pids: Sequence[int]) -> float:
     total = 0.0
     for p in pids:
         try:
-            f = _stat_fields(p)
+            f = stat_fields(p)
             total += (int(f[11]) + int(f[12])) / CLK_TCK  # utime + stime
         except (OSError, ValueError, IndexError):
             continue

@@ -42,6 +42,8 @@ from gateway.runtime import Runtime, log
 MAX_AUDIT_COUNT = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
+# A store's update_upstream or update_region: (id, changes, who) -> audit entry.
+Updater = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) -> list[Route]:
@@ -70,39 +72,31 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             {"version": rt.store.version, "config": config_doc.routing_doc(rt.config)}
         )
 
-    async def patch_upstream(request: Request, who: str) -> Response:
+    async def _patch(
+        request: Request, who: str, kind: str, example: str, update: Updater
+    ) -> Response:
         changes = await _json_body(request)
         if not isinstance(changes, dict):
-            raise RequestInvalid('send a JSON object such as {"weight": 2}')
-        uid = request.path_params["uid"]
-        entry = await rt.store.update_upstream(uid, changes, who)
+            raise RequestInvalid(f"send a JSON object such as {example}")
+        target = request.path_params["id"]
+        entry = await update(target, changes, who)
         log.info(
-            "operator %s changed upstream %s: %s -> %s (version %s)",
+            "operator %s changed %s %s: %s -> %s (version %s)",
             who,
-            uid,
+            kind,
+            target,
             entry["before"],
             entry["after"],
             entry["version"],
-            extra=_changed("upstream-changed", who, entry, upstream=uid),
+            extra=_changed(f"{kind}-changed", who, entry, **{kind: target}),
         )
         return JSONResponse({"version": rt.store.version, "audit": entry})
 
+    async def patch_upstream(request: Request, who: str) -> Response:
+        return await _patch(request, who, "upstream", '{"weight": 2}', rt.store.update_upstream)
+
     async def patch_region(request: Request, who: str) -> Response:
-        changes = await _json_body(request)
-        if not isinstance(changes, dict):
-            raise RequestInvalid('send a JSON object such as {"drained": true}')
-        rid = request.path_params["rid"]
-        entry = await rt.store.update_region(rid, changes, who)
-        log.info(
-            "operator %s changed region %s: %s -> %s (version %s)",
-            who,
-            rid,
-            entry["before"],
-            entry["after"],
-            entry["version"],
-            extra=_changed("region-changed", who, entry, region=rid),
-        )
-        return JSONResponse({"version": rt.store.version, "audit": entry})
+        return await _patch(request, who, "region", '{"drained": true}', rt.store.update_region)
 
     async def audit(request: Request, who: str) -> Response:
         raw = request.query_params.get("count", "50")
@@ -112,8 +106,8 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     return [
         Route("/admin/config", guarded(show)),
-        Route("/admin/upstreams/{uid}", guarded(patch_upstream), methods=["PATCH"]),
-        Route("/admin/regions/{rid}", guarded(patch_region), methods=["PATCH"]),
+        Route("/admin/upstreams/{id}", guarded(patch_upstream), methods=["PATCH"]),
+        Route("/admin/regions/{id}", guarded(patch_region), methods=["PATCH"]),
         Route("/admin/audit", guarded(audit)),
     ]
 
