@@ -249,6 +249,9 @@ async def _trickle(gw: str, gw_proc: subprocess.Popen[bytes], seconds: float) ->
 
 
 def run_demo(keep_running: bool = False, port: int = 0) -> None:
+    # Ctrl-C is how the demo is stopped. A shell starts background jobs with SIGINT ignored,
+    # and Python keeps an inherited "ignore": take it back, or the demo cannot be stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
     db = work / "demo-cities.mmdb"
