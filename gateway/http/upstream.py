@@ -164,10 +164,10 @@ class _Attempts:
             hint = self.ex.routed.preferred_region if self.ex.routed else None
             if hint:
                 extra.append((PREFERRED_REGION_HEADER.encode(), hint.encode()))
-            await self._stream(resp, first, extra, cand)
-            done = True
-            # A 4xx is the client's request, never the upstream's failure.
-            self._record(cand, resp.status < 500)
+            done = await self._stream(resp, first, extra, cand)
+            if done:  # a cut stream was recorded as a failure where it broke (_abort)
+                # A 4xx is the client's request, never the upstream's failure.
+                self._record(cand, resp.status < 500)
             return resp.status
         finally:
             rt.store.release(uid)
@@ -250,7 +250,8 @@ class _Attempts:
         first: bytes,
         extra: list[tuple[bytes, bytes]],
         cand: Candidate,
-    ) -> None:
+    ) -> bool:
+        """Stream the response to the client; False when the upstream failed mid-way."""
         t = self.rt.config.timeouts
         send = self.send
         loop = asyncio.get_running_loop()
@@ -276,8 +277,9 @@ class _Attempts:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(resp, cand, isinstance(exc, TimeoutError))
-            return
+            return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
 
     async def _abort(self, resp: aiohttp.ClientResponse, cand: Candidate, timed_out: bool) -> None:
         """The upstream failed mid-response. SSE clients get a final error event they can act

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -296,3 +297,24 @@ def test_metrics_and_readiness(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     params = {"model": "m", "ip": "127.0.0.1"}
     explain = httpx.get(f"{gw.ops_url}/explain", params=params).json()
     assert explain["decision"]["candidates"][0]["upstream"] == "fast"
+
+
+def test_streams_cut_mid_way_count_as_failures_and_eject(
+    fleet: tuple[Gateway, dict[str, Sim]],
+) -> None:
+    # A cut SSE stream answered 200 at the start: it must count as the upstream's failure
+    # only, not also as a success that resets the run of consecutive failures. Last in this
+    # file on purpose: it leaves "dies" ejected for the module's gateway.
+    gw, _ = fleet
+    body = {
+        "model": "dies",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    for _ in range(5):  # outlier.consecutive_failures, the default
+        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=10) as r:
+            assert "incomplete" in r.read().decode()
+    table: Any = get_json(f"{gw.ops_url}/routing-table")
+    dies = next(u for reg in table["regions"] for u in reg["upstreams"] if u["id"] == "dies")
+    assert dies["times_ejected"] == 1, dies
