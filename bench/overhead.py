@@ -18,6 +18,10 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
   litellm       only with --peers litellm: LiteLLM proxy, pinned, in its own virtualenv
                 (.venv-litellm, installed on first use), configured lean (bench/peers.py); its
                 YAML goes into the results. HTTP/1.1 only (uvicorn)
+  floor-asgi    only with --peers floor-asgi: the smallest proxy on geogate's own stack
+                (bench/floor_proxy.py: granian ASGI + aiohttp, nothing else); geogate minus
+                floor-asgi is geogate's own code
+  floor-rsgi    only with --peers floor-rsgi: the same on granian's native RSGI interface
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
 direct has no h2c row) and concurrency 1, 16 and 128:
   non-streaming  the backend answers at once (16 tokens, no pacing): per-request overhead and
@@ -47,7 +51,7 @@ Also times the pure router's decision for 3, 30 and 300 upstreams.
 
 Writes bench/results/overhead.{md,json} (or --out PREFIX). Run: scripts/dev bench
 [--duration S] [--quick] [--modes ...] [--protos ...] [--conc ...] [--targets ...]
-[--peers litellm]
+[--peers litellm,floor-asgi,floor-rsgi]
 """
 
 from __future__ import annotations
@@ -75,7 +79,15 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, WARMUP_S, Row, h2load, paced, pinned  # noqa: E402
 from bench.overhead_cells import pct as pct  # noqa: E402  (re-exported: bench/streams.py)
 from bench.overhead_report import write  # noqa: E402
-from bench.peers import PEERS, describe, litellm_config, start_litellm  # noqa: E402
+from bench.peers import (  # noqa: E402
+    FLOOR_DESCRIPTIONS,
+    FLOORS,
+    PEERS,
+    describe,
+    litellm_config,
+    start_floor,
+    start_litellm,
+)
 from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
 from gateway.cli.procs import (  # noqa: E402
     free_port,
@@ -116,6 +128,7 @@ TARGETS = {
     "nginx": "nginx, 1 worker, keep-alive upstream pool, `proxy_buffering off`, access log on "
     "(combined format to a file: nginx's default)",
     "litellm": describe(MODEL),  # only with --peers litellm (bench/peers.py installs it)
+    **FLOOR_DESCRIPTIONS,  # only with --peers floor-asgi,floor-rsgi
 }
 GATEWAYS = (  # name, engine, lean
     ("geogate", "granian", False),
@@ -328,6 +341,14 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300, proc=p)
         rig.ports["litellm"] = {"h1": port}  # uvicorn: HTTP/1.1 only
         rig.trees["litellm"] = process_tree(p.pid)
+    for name in FLOORS:
+        if name in targets:
+            port = free_port()
+            p = start_floor(work, name, backend, port, pinned(PROXY_CPU, []))
+            rig.procs.append(p)
+            wait_http(f"http://127.0.0.1:{port}/health", proc=p)
+            rig.ports[name] = {"h1": port, "h2c": port}
+            rig.trees[name] = process_tree(p.pid)
 
 
 def idle_cpu(rig: Rig) -> dict[str, float]:

@@ -23,7 +23,8 @@ from gateway.cli.procs import spawn
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / ".venv-litellm"
-PEERS = ("litellm",)
+PEERS = ("litellm", "floor-asgi", "floor-rsgi")
+FLOORS = {"floor-asgi": "asgi", "floor-rsgi": "rsgi"}  # target -> granian interface
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -123,3 +124,23 @@ def start_litellm(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+FLOOR_DESCRIPTIONS = {
+    "floor-asgi": "bench/floor_proxy.py:asgi on granian (ASGI, uvloop, 1 worker) with geogate's "
+    "aiohttp client and nothing else: the stack's floor under geogate's own code",
+    "floor-rsgi": "bench/floor_proxy.py:rsgi, the same proxy on granian's native RSGI interface",
+}
+
+
+def start_floor(
+    work: Path, target: str, backend: int, port: int, pin: list[str]
+) -> subprocess.Popen[bytes]:
+    """The floor proxy (bench/floor_proxy.py) on granian as geogate runs it; the caller waits
+    for it (any path answers once it is up)."""
+    exe = Path(sys.executable).with_name("granian")
+    args = [str(exe), "--interface", FLOORS[target], "--loop", "uvloop", "--workers", "1"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--no-ws", "--http", "auto"]
+    args += ["--working-dir", str(ROOT), f"bench.floor_proxy:{FLOORS[target]}"]
+    os.environ["FLOOR_UPSTREAM"] = f"http://127.0.0.1:{backend}"
+    return spawn([*pin, *args], work / f"{target}.log")

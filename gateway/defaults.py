@@ -58,12 +58,21 @@ TRAFFIC_MAX_PLACES = 2000  # distinct (place, upstream, model) counted per secon
 TRAFFIC_MAX_SAMPLES = 2000  # first-token times kept per upstream per second for percentiles
 
 # --- logs -----------------------------------------------------------------------------------
+# The access log is written in batches (gateway.logs.BatchingStreamHandler): a write per
+# request (a syscall and a flush) cost more than formatting the line; a line reaches
+# the log within ACCESS_LOG_FLUSH_S, or sooner when ACCESS_LOG_MAX_LINES are waiting.
+ACCESS_LOG_FLUSH_S = 0.2
+ACCESS_LOG_MAX_LINES = 256
 LOG_FORMAT: Final = "text"  # what existed: readable event lines, one JSON object per access
 # line; "ecs" is for a log pipeline (Filebeat, Elastic Agent) and hard to read on a terminal
 LOG_LEVEL: Final = "info"  # events an operator acts on (health, ejections, config changes);
 # "debug" adds each failed completion probe
 
 # --- upstream timeouts ----------------------------------------------------------------------
+# How long a proxied request runs before the gateway watches for its client leaving (and then
+# cancels the upstream request): watching costs a task per request, most answers come sooner,
+# and a generation that outlives it is still cut short when its client leaves.
+DISCONNECT_WATCH_DELAY_S = 0.05
 CONNECT_TIMEOUT_S = 3.0  # a cross-ocean TCP+TLS handshake is ~3 RTTs of ~0.3 s at worst
 FIRST_BYTE_TIMEOUT_S = 60.0  # a big prompt's prefill on a busy GPU can take tens of seconds
 IDLE_TIMEOUT_S = 60.0  # longest silence between two chunks of a streamed response

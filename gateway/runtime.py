@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gateway import defaults as d
 from gateway.config import Config, LogSection
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.store import StateStore
-from gateway.logs import formatters
+from gateway.logs import BatchingStreamHandler, formatters
 from gateway.metrics import Metrics
 from gateway.routing.model import Decision, RequestFacts
 from gateway.routing.retry_budget import RetryBudget
@@ -48,7 +49,7 @@ def setup_logging(section: LogSection | None = None) -> None:
     logging.getLogger("geodb").handlers = root.handlers
     logging.getLogger("geodb").setLevel(section.level.upper())
     if not access_log.handlers:
-        access_log.addHandler(logging.StreamHandler())
+        access_log.addHandler(BatchingStreamHandler(d.ACCESS_LOG_MAX_LINES))
         access_log.propagate = False
     for handler in access_log.handlers:
         handler.setFormatter(access)

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from gateway import defaults as d
 from gateway.client import new_session
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
@@ -22,7 +23,7 @@ from gateway.http.errors import http_exception
 from gateway.http.gate import StreamGate, capacity, fd_limit
 from gateway.http.intake import Proxy
 from gateway.http.ops import OpsListener
-from gateway.runtime import Runtime, build_runtime, log, setup_logging
+from gateway.runtime import Runtime, access_log, build_runtime, log, setup_logging
 from gateway.watch import first_look, start_watchers
 
 
@@ -67,7 +68,7 @@ async def lifespan(
     rt.session = new_session(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
-    tasks = start_watchers(rt)
+    tasks = [*start_watchers(rt), asyncio.create_task(flush_access_log())]
     if stop is not None:
         # Replaces the server's own SIGTERM handler in this worker, which would stop accepting
         # at once: a load balancer would see a dead target instead of a draining one.
@@ -94,3 +95,14 @@ async def lifespan(
         await asyncio.gather(*tasks, return_exceptions=True)
         await rt.store.stop()
         await rt.session.close()
+        for handler in access_log.handlers:
+            handler.flush()
+
+
+async def flush_access_log() -> None:
+    """Write the access log's batched lines (gateway.logs.BatchingStreamHandler) at least
+    every ACCESS_LOG_FLUSH_S, so a quiet gateway's lines still reach the log soon."""
+    while True:
+        await asyncio.sleep(d.ACCESS_LOG_FLUSH_S)
+        for handler in access_log.handlers:
+            handler.flush()

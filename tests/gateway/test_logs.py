@@ -3,6 +3,7 @@ real simulated backends writing its access and event logs as ECS JSON, one objec
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from gateway.cli.procs import kill
-from gateway.logs import event, formatters
+from gateway.logs import BatchingStreamHandler, event, formatters
 from tests.support import (
     Gateway,
     Sim,
@@ -198,3 +199,29 @@ def test_a_forged_path_stays_inside_its_field(ecs_gateway: tuple[Gateway, Sim]) 
     assert doc["url"]["path"] == '/v1/x\r{"event": {"action": "forged"}}\x85'
     assert doc["http"]["response"]["status_code"] == 404
     assert doc["http"]["request"]["id"] != 'x"}' and "forged" not in actions(gw)
+
+
+def test_access_lines_are_written_in_batches_in_order() -> None:
+    """The access handler writes nothing per line: a batch at max_lines, or what flush()
+    finds (the app flushes every ACCESS_LOG_FLUSH_S and at shutdown)."""
+    handler = BatchingStreamHandler(max_lines=3)
+    out = io.StringIO()
+    handler.setStream(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("geogate.test-batching")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("one")
+        logger.info("two")
+        assert out.getvalue() == ""  # held until the batch is full or flushed
+        logger.info("three")
+        assert out.getvalue() == "one\ntwo\nthree\n"
+        logger.info("four")
+        handler.flush()
+        assert out.getvalue().splitlines() == ["one", "two", "three", "four"]
+        handler.flush()  # nothing waiting: nothing written twice
+        assert out.getvalue().count("four") == 1
+    finally:
+        logger.removeHandler(handler)

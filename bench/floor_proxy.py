@@ -1,0 +1,108 @@
+"""The floor under geogate: the smallest proxy on the same server stack, for bench/overhead.py's
+``--peers floor`` (targets floor-asgi, floor-rsgi).
+
+The same granian (uvloop, one worker, HTTP/1.1 + h2c) and the same upstream client as the
+gateway (one aiohttp session, no pool limit, no decompression, the body passed through), and
+nothing else: no routing, no GeoIP, no metrics, no access log, no timeouts, no retries, no
+header filtering. It reads the body, posts it to the one backend, and copies status,
+Content-Type and the body back: a whole answer in one piece, an event stream chunk by chunk.
+geogate minus floor-asgi is what geogate's own code costs per request; floor-asgi against
+floor-rsgi is the price of granian's ASGI bridge against its native RSGI interface for a proxy;
+floor-asgi against nginx is the price of the Python server stack itself, which no change to
+geogate's code can remove.
+
+Run by granian as ``bench.floor_proxy:asgi`` or ``bench.floor_proxy:rsgi``; the backend's
+address comes from $FLOOR_UPSTREAM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import aiohttp
+
+UPSTREAM_ENV = "FLOOR_UPSTREAM"
+SSE = "text/event-stream"
+_session: aiohttp.ClientSession | None = None
+
+Message = MutableMapping[str, Any]
+
+
+def _upstream() -> str:
+    return os.environ[UPSTREAM_ENV]
+
+
+def _http() -> aiohttp.ClientSession:
+    global _session
+    if _session is None:  # on the worker's loop, at its first request
+        _session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        )
+    return _session
+
+
+async def _lifespan(
+    receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def asgi(
+    scope: Message,
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    resp = await _http().request(
+        scope["method"],
+        _upstream() + scope["path"],
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    ctype = resp.headers.get("content-type", "application/octet-stream")
+    start = {"type": "http.response.start", "status": resp.status}
+    if not ctype.startswith(SSE):  # a whole answer: one send, its length known
+        data = await resp.read()
+        length = (b"content-length", str(len(data)).encode())
+        await send({**start, "headers": [(b"content-type", ctype.encode()), length]})
+        await send({"type": "http.response.body", "body": data})
+        return
+    await send({**start, "headers": [(b"content-type", ctype.encode())]})
+    while chunk := await resp.content.readany():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+    resp.release()
+
+
+async def rsgi(scope: Any, proto: Any) -> None:
+    body = await proto()
+    resp = await _http().request(
+        scope.method,
+        _upstream() + scope.path,
+        data=body,
+        headers={"content-type": "application/json"},
+    )
+    ctype = resp.headers.get("content-type", "application/octet-stream")
+    if not ctype.startswith(SSE):
+        proto.response_bytes(resp.status, [("content-type", ctype)], await resp.read())
+        return
+    transport = proto.response_stream(resp.status, [("content-type", ctype)])
+    while chunk := await resp.content.readany():
+        await transport.send_bytes(chunk)
+    resp.release()
