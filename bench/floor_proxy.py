@@ -43,6 +43,14 @@ def _http() -> aiohttp.ClientSession:
     return _session
 
 
+async def close() -> None:
+    """Close the upstream session (bench/request_path.py runs this app in its own process)."""
+    global _session
+    if _session is not None:
+        await _session.close()
+        _session = None
+
+
 async def _lifespan(
     receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
 ) -> None:
