@@ -50,6 +50,10 @@ class Upstream(_Model):
     bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
     slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
     health_path: str = d.HEALTH_PATH
+    # Where the load poller reads this upstream's load; empty: [load] path. An upstream that
+    # is a regional geogate gateway publishes its region's load on its public "/load" (its
+    # /metrics is on the ops listener, which an edge elsewhere does not reach).
+    load_path: str = ""
     drained: bool = False
     # "dns": the url's host is a name whose A/AAAA records are the pool; "srv": the SRV
     # record `srv` gives hosts and ports. Each address becomes a member "<id>@<addr>:<port>".
@@ -60,6 +64,11 @@ class Upstream(_Model):
     def _srv_name(self) -> Upstream:
         if self.discovery == "srv" and not self.srv:
             raise ValueError('discovery = "srv" needs srv = "_service._tcp.name"')
+        if self.load_path and not self.load_path.startswith("/"):
+            raise ValueError(
+                f'load_path {self.load_path!r} must start with "/" (a regional gateway\'s is '
+                '"/load"), or be empty for [load] path'
+            )
         return self
 
 

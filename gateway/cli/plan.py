@@ -11,10 +11,13 @@ import json
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from gateway.cli.errors import CLIError
-from gateway.plan.inputs import PlanInput, parse
-from gateway.plan.model import Placement, choose, plan
+from gateway.errors import PlanInvalid
+from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse
+from gateway.plan.model import Placement, choose
+from gateway.plan.search import exhaustive, plan
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +34,27 @@ def load(path: Path) -> PlanInput:
         raise CLIError(f"plan: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CLIError(f"plan: {path} is not valid TOML: {exc}") from None
-    return parse(doc)
+    given = doc.get("settings", {}).get("backend_results")
+    # A path in the plan file is the plan file's neighbour; the default is where
+    # bench/backend.py writes, from the repository root (the current directory)
+    results = path.parent / str(given) if given is not None else Path(BACKEND_RESULTS)
+    return parse(doc, lambda: read_results(results))
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """bench/backend.py's results, for the regions that take their tokens/s from them."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanInvalid(
+            f"plan: a region takes its tokens_per_s from {path}, which cannot be read "
+            f"({exc.strerror}): run bench/backend.py there, or give tokens_per_s"
+        ) from None
+    except ValueError as exc:
+        raise PlanInvalid(f"plan: {path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PlanInvalid(f"plan: {path} is not bench/backend.py's results (not an object)")
+    return doc
 
 
 def table(placements: list[Placement], continents: list[str]) -> str:
@@ -63,6 +86,11 @@ def detail(x: Placement, p: PlanInput) -> str:
             f"  = ${r.total_usd:,.2f}/month"
         )
     out.append(f"  total ${x.monthly_usd:,.2f}/month")
+    rates = {c.id: c for c in p.candidates if c.id in x.regions}
+    out += [
+        f"  {rid}: {c.tokens_per_s:,.0f} tokens/s per instance ({c.tokens_per_s_source})"
+        for rid, c in rates.items()
+    ]
     ttft = ", ".join(f"{c} {v:.0f} ms" for c, v in x.ttft_ms(p.backend_ttft_ms).items())
     out.append(f"  predicted TTFT p50 per continent: {ttft}")
     return "\n".join(out) + "\n"
@@ -105,6 +133,12 @@ def run_command(args: argparse.Namespace) -> None:
     placements = plan(p)
     continents = sorted({d.continent for d in p.demand})
     shown = placements if args.all else [x for x in placements if x.pareto or x.meets]
+    if not exhaustive(p):
+        print(
+            f"{len(p.candidates)} candidates: {2 ** len(p.candidates) - 1:,} placements, too many "
+            f"to list; a beam search evaluated {len(placements):,} (gateway/plan/search.py), "
+            "so the front is the front of those\n"
+        )
     print(table(shown, continents), end="")
     best = choose(placements)
     print()
@@ -114,6 +148,11 @@ def run_command(args: argparse.Namespace) -> None:
         (args.out / "plan.md").write_text(table(placements, continents), encoding="utf-8")
         doc = {
             "chosen": None if best is None else list(best.regions),
+            "search": "every subset" if exhaustive(p) else "beam search",
+            "tokens_per_s": {
+                c.id: {"value": c.tokens_per_s, "source": c.tokens_per_s_source}
+                for c in p.candidates
+            },
             "placements": [asdict(x) | {"monthly_usd": x.monthly_usd} for x in placements],
         }
         (args.out / "plan.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -8,8 +8,10 @@ shipped). Topologies, all measured at the same time against the same backends:
   (a) origin:  every site straight to one European region (the field report's start);
   (b) dns:     every site straight to its nearest region by distance: no health, no load;
   (c) geogate: an edge gateway per site (at the site: no WAN between client and edge), with
-               origin "self", routing on the RTT it measures through the relays, load and
-               health; --regional-gateways puts a regional gateway before each backend.
+               origin "self", whose upstreams are a regional gateway per region (beside its
+               backends), reached through the relays: it routes on the RTT it measures, on
+               each region's load (the regional gateway's published /load) and on health
+               (its /readyz). --no-regional-gateways: the edges' upstreams are the backends.
 
 Then events, with requests running through each: a region overloaded (its TTFT rises), a
 region drained (geogate's admin API; DNS and a single origin have no such thing), a region
@@ -30,27 +32,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from gateway.cli import world_report as wr
 from gateway.cli.procs import free_port, geogate_cmd, kill, regions_toml, spawn, stop, wait_http
 from gateway.cli.relay import RelaySpec
+from gateway.cli.world_backends import KINDS, backend_cmd, tiny_model
+from gateway.cli.world_client import MODEL, Site, ask
+from gateway.http.endpoints import LOAD_PATH
 from geodb.distance import est_rtt_ms
 from geodb.regions import known_region
 
-MODEL = "world-llm"
 ADMIN_TOKEN = "world-admin"  # loopback-only gateways that live for one run
-MAX_TOKENS = 8
 PACE_S = 0.1  # during events: each site sends a request at most every 100 ms per topology
-
-
-@dataclass(frozen=True)
-class Site:
-    name: str
-    country: str
-    continent: str
-    lat: float
-    lon: float
 
 
 SITES = (
@@ -81,10 +73,11 @@ class WorldSpec:
     # (site name, region) -> RTT ms from a table the user passes (--rtt-table); pairs it
     # does not list use the distance model
     rtt_table: dict[tuple[str, str], float] = field(default_factory=dict)
-    # (c) through a regional gateway per region (edge -> WAN -> regional gateway -> backend).
-    # Off by default: the edge then learns a region's load only through shared state (Redis),
-    # which the world does not run, so it would not see the overload event
-    regional_gateways: bool = False
+    backend: str = "sim"  # or "model": the real model server (world_backends)
+    model_dir: Path | None = None  # --backend model: None builds the tiny model
+    # (c) through a regional gateway per region (edge -> WAN -> regional gateway -> backend),
+    # as deployed; False: the edges' upstreams are the backends themselves (one gateway hop)
+    regional_gateways: bool = True
 
 
 Table = dict[tuple[str, str], float]
@@ -118,10 +111,11 @@ def gateway_config(
     regions: tuple[str, ...],
     upstreams: dict[str, int],
     health_path: str = "/health",
+    load_path: str = "",
 ) -> str:
     """A world gateway: an edge (upstreams: every region's gateway, through its WAN relays,
-    probed on /readyz) or a regional one (upstream: its own backend). origin "self": routing
-    on measured RTT."""
+    probed on /readyz, load read from its /load) or a regional one (upstream: its own
+    backend). origin "self": routing on measured RTT."""
     lines = [
         "[gateway]",
         f'region = "{region}"',
@@ -151,6 +145,7 @@ def gateway_config(
             f'region = "{rid}"',
             f'url = "http://127.0.0.1:{up}"',
             f'health_path = "{health_path}"',
+            f'load_path = "{load_path}"',
             f'models = ["{MODEL}"]',
             "",
         ]
@@ -181,23 +176,28 @@ class World:
     def _nearest(self, site: Site) -> str:
         return nearest(site, self.spec.regions, self.spec.rtt_table)
 
-    def _gateway(self, name: str, region: str, upstreams: dict[str, int], health: str) -> None:
+    def _gateway(
+        self, name: str, region: str, upstreams: dict[str, int], health: str, load: str = ""
+    ) -> None:
         port, ops = free_port(), free_port()
         cfg = self.work / f"gateway-{name.replace(' ', '_')}.toml"
-        text = gateway_config(region, port, ops, self.spec.regions, upstreams, health)
+        text = gateway_config(region, port, ops, self.spec.regions, upstreams, health, load)
         cfg.write_text(text, encoding="utf-8")
         proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), cfg.with_suffix(".log"))
         self.gateways[name] = (proc, port, ops)
 
     def start(self) -> None:
         s = self.spec
+        kind = KINDS[s.backend]
+        model_dir = s.model_dir
+        if s.backend == "model" and model_dir is None:
+            model_dir = tiny_model(self.work)
         for rid in s.regions:
             self.sim_ports[rid] = port = free_port()
-            args = ["--port", str(port), "--region", rid, "--model", MODEL, "--ttft-ms",
-                    str(s.backend_ttft_ms), "--tokens-per-s", "200"]  # fmt: skip
-            self.sims[rid] = spawn(geogate_cmd("sim-backend", *args), self.work / f"{rid}.log")
+            cmd = backend_cmd(s.backend, port, rid, MODEL, s.backend_ttft_ms, model_dir)
+            self.sims[rid] = spawn(cmd, self.work / f"{rid}.log")
             if s.regional_gateways:  # beside its backends: no WAN between them
-                self._gateway(f"regional-{rid}", rid, {rid: port}, "/health")
+                self._gateway(f"regional-{rid}", rid, {rid: port}, kind.health_path)
         specs = []
         for site in s.sites:
             for rid in s.regions:
@@ -215,10 +215,13 @@ class World:
         )
         for site in s.sites:
             ups = {rid: self.edge_relays[(site.name, rid)] for rid in s.regions}
-            health = "/readyz" if s.regional_gateways else "/health"
-            self._gateway(site.name, self._nearest(site), ups, health)
+            if s.regional_gateways:  # what a regional gateway serves on its public port
+                self._gateway(site.name, self._nearest(site), ups, "/readyz", LOAD_PATH)
+            else:
+                self._gateway(site.name, self._nearest(site), ups, kind.health_path)
         for rid, p in self.sim_ports.items():
-            wait_http(f"http://127.0.0.1:{p}/health", proc=self.sims[rid])
+            url = f"http://127.0.0.1:{p}{kind.health_path}"
+            wait_http(url, proc=self.sims[rid], timeout=kind.ready_timeout_s)
         for p in {*self.relay_ports.values(), *self.edge_relays.values()}:
             _wait_tcp(p, self.relay_proc)
         for proc, port, _ in self.gateways.values():
@@ -280,63 +283,6 @@ def _wait_measured(url: str, regions: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError(f"{url}: no measured RTT for every region after {timeout:g} s")
-
-
-def _route_region(header: str) -> str:
-    for part in header.split(";"):
-        k, _, v = part.strip().partition("=")
-        if k == "region":
-            return v
-    return "-"
-
-
-def _has_content(line: bytes) -> bool:
-    """A chunk with text in it (the first chunk only carries the role)."""
-    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-        return bool(json.loads(line[6:])["choices"][0]["delta"].get("content"))
-    return False
-
-
-async def ask(
-    url: str, region: str, phase: str, topo: str, site: Site, t_event: float
-) -> wr.Sample:
-    """One streaming chat completion; TTFT is the first content chunk, not the headers."""
-    body = {
-        "model": MODEL,
-        "max_tokens": MAX_TOKENS,
-        "stream": True,
-        "messages": [{"role": "user", "content": f"hello from {site.name}"}],
-    }
-    t0 = time.perf_counter()
-    ttft = None
-    ok = False
-    conn = aiohttp.TCPConnector(force_close=True)
-    try:
-        async with (
-            aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as s,
-            s.post(f"{url}/v1/chat/completions", json=body) as r,
-        ):
-            if topo == "geogate":
-                region = _route_region(r.headers.get("geogate-route", ""))
-            async for line in r.content:
-                if ttft is None and line.startswith(b"data: {") and _has_content(line):
-                    ttft = (time.perf_counter() - t0) * 1000
-                if line.startswith(b"data: [DONE]"):
-                    ok = r.status == 200
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        ok = False
-    total = (time.perf_counter() - t0) * 1000
-    return wr.Sample(
-        phase,
-        topo,
-        site.name,
-        site.continent,
-        t0 - t_event,
-        ok,
-        ttft,
-        total if ok else None,
-        region,
-    )
 
 
 def combos(world: World) -> Iterator[tuple[str, Site, str, str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.progress import Progress
@@ -16,7 +16,6 @@ from gateway.cli.errors import CLIError
 from gateway.cli.world import (
     DEFAULT_REGIONS,
     SITES,
-    Site,
     Table,
     World,
     WorldSpec,
@@ -26,6 +25,8 @@ from gateway.cli.world import (
     rtt,
     steady,
 )
+from gateway.cli.world_backends import BACKENDS, KINDS, check_events
+from gateway.cli.world_client import Site, backend_ttft_ms
 from geodb.regions import known_regions
 
 EVENTS = ("overload", "drain", "fail")
@@ -64,9 +65,13 @@ def run_world(spec: WorldSpec) -> WorldResult:
     world = World(spec, work)
     try:
         if spec.progress:  # the bar starts with the requests; start-up takes a few seconds
-            n = len(spec.regions) + len(spec.sites) + 1
-            print(f"starting {n} processes (backends, edge gateways, relays) in {work}")
+            n = len(spec.regions) * (1 + spec.regional_gateways) + len(spec.sites) + 1
+            print(f"starting {n} processes (backends, gateways, relays) in {work}")
         world.start()
+        if spec.backend == "model":  # its TTFT is what it takes here: measured, for the floor
+            first = f"http://127.0.0.1:{world.sim_ports[spec.regions[0]]}"
+            ttft = asyncio.run(backend_ttft_ms(first, spec.sites[0]))
+            spec = world.spec = replace(spec, backend_ttft_ms=ttft)
         if spec.progress:
             with Progress(transient=True) as progress:
                 samples = asyncio.run(_measure(world, progress))
@@ -98,7 +103,11 @@ def run_world(spec: WorldSpec) -> WorldResult:
         "regions": list(spec.regions),
         "origin": spec.origin,
         "requests_per_site_and_topology": spec.requests,
-        "backend_ttft_ms": spec.backend_ttft_ms,
+        "backend": spec.backend,
+        "backend_ttft_ms": round(spec.backend_ttft_ms, 1),
+        "backend_ttft_source": "set (sim-backend --ttft-ms)"
+        if spec.backend == "sim"
+        else "measured: median of direct requests on loopback before the run",
         "regional_gateways": spec.regional_gateways,
         "rtt_model": "geodb.distance.est_rtt_ms (fitted to published inter-region P50 RTTs)"
         + (", overridden by --rtt-table where it lists the pair" if spec.rtt_table else ""),
@@ -158,17 +167,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w.add_argument(
         "--events",
         nargs="*",
-        default=["overload", "drain", "fail"],
+        default=None,
         choices=EVENTS,
-        help="events to run, always in the order overload, drain, fail (none: steady only)",
+        help="events to run, always in the order overload, drain, fail (none: steady only; "
+        "default: all the backend supports, --backend model: drain fail)",
     )
+    w.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sim",
+        help="sim: sim-backend (40 ms TTFT); model: the real model server on the CPU, one per "
+        "region, serving the tiny model built locally or --model-dir",
+    )
+    w.add_argument("--model-dir", type=Path, help="--backend model: serve this model directory")
     w.add_argument("--event-s", type=float, default=4.0, help="seconds of traffic per event")
     w.add_argument("--out", type=Path, default=Path("world-results"), help="output folder")
     w.add_argument("--no-progress", action="store_true")
     w.add_argument(
         "--regional-gateways",
-        action="store_true",
-        help="(c) edge -> regional gateway -> backend (the edge then sees no backend load)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="(c) edge -> WAN -> regional gateway -> backend (default); --no-regional-gateways:"
+        " the edges' upstreams are the backends",
     )
     w.add_argument(
         "--rtt-table",
@@ -186,6 +206,10 @@ def run_command(args: argparse.Namespace) -> None:
         raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
     if args.requests < 1:
         raise CLIError("world: --requests must be at least 1")
+    events = tuple(args.events) if args.events is not None else KINDS[args.backend].events
+    check_events(args.backend, events)
+    if args.model_dir is not None and (args.backend != "model" or not args.model_dir.is_dir()):
+        raise CLIError(f"world: --model-dir {args.model_dir} needs --backend model and a directory")
     table = {}
     if args.rtt_table is not None:
         try:
@@ -199,7 +223,9 @@ def run_command(args: argparse.Namespace) -> None:
         regions=tuple(args.regions),
         origin=args.origin,
         requests=args.requests,
-        events=tuple(args.events),
+        events=events,
+        backend=args.backend,
+        model_dir=args.model_dir,
         event_s=args.event_s,
         out=args.out,
         progress=not args.no_progress,

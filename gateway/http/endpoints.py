@@ -1,5 +1,5 @@
-"""The gateway's own endpoints: liveness, readiness, models, metrics, the routing table and
-the explain view of one routing decision."""
+"""The gateway's own endpoints: liveness, readiness, models, the load it publishes, metrics,
+the routing table and the explain view of one routing decision."""
 
 from __future__ import annotations
 
@@ -14,9 +14,14 @@ from starlette.routing import Route
 from gateway.errors import ModelNotFound, RequestInvalid, UnknownEndpoint
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
+from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
 from geodb.edge import HEADER as EDGE_HEADER
+
+# Public, as /readyz is: an edge gateway in front of this one (upstream load_path = "/load")
+# reads the region's load here; the ops listener with the full /metrics is not for it to reach.
+LOAD_PATH = "/load"
 
 
 class Endpoints:
@@ -24,10 +29,11 @@ class Endpoints:
         self.rt = rt
 
     def routes(self) -> list[Route]:
-        """The public listener's: liveness, readiness, the model list."""
+        """The public listener's: liveness, readiness, published load, the model list."""
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
+            Route(LOAD_PATH, self.load),
             Route("/v1/models", self.models),
             Route("/v1/models/{model:path}", self.model_one),
         ]
@@ -66,6 +72,28 @@ class Endpoints:
                 f"routing on the last snapshot ({n} healthy upstream(s))"
             )
         return PlainTextResponse(f"ready: {n} healthy upstream(s)")
+
+    async def load(self, request: Request) -> Response:
+        """The region's load as one figure in Prometheus text, for the gateways in front of
+        this one: two numbers, nothing about upstream ids or errors. No TTFT line while none
+        is measured: the reader then treats this region as unmeasured, not as fast."""
+        snap = self.rt.store.snapshot(time.monotonic())
+        region = self.rt.config.gateway.region
+        ttft = expected_ttft_ms(snap.upstreams)
+        routable = sum(1 for u in snap.upstreams if u.healthy and not u.drained and u.weight > 0)
+        lines = [
+            f"# HELP {REGION_ROUTABLE} Upstreams this gateway can route to now",
+            f"# TYPE {REGION_ROUTABLE} gauge",
+            f'{REGION_ROUTABLE}{{region="{region}"}} {routable}',
+        ]
+        if ttft is not None:
+            lines += [
+                f"# HELP {REGION_TTFT} Expected time to first token of a request routed here "
+                "now: the best routable upstream's TTFT x (1 + queue / slots)",
+                f"# TYPE {REGION_TTFT} gauge",
+                f'{REGION_TTFT}{{region="{region}"}} {ttft / 1000:.6f}',
+            ]
+        return Response("\n".join(lines) + "\n", media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         data = [

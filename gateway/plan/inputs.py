@@ -4,6 +4,7 @@ wrong, raised as PlanInvalid; nothing here reads files (the CLI hands the parsed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,21 @@ INPUT_TOKEN_WEIGHT = 0.1  # prefill processes prompt tokens ~10x faster than dec
 # output tokens: a prompt token costs a tenth of the measured output tokens/s
 BACKEND_TTFT_MS = 40.0  # the backend's own time to first token, added to RTT in predictions
 DAYS_PER_MONTH = HOURS_PER_MONTH / 24.0
+# Where bench/backend.py writes its results, from the repository root: a region without a
+# tokens_per_s of its own (or with tokens_per_s = "measured") takes its figure from there.
+BACKEND_RESULTS = "bench/results/backend.json"
+MEASURED = "measured"
+BENCH_MEASURE = "tok_s_batch16"  # batched output tokens/s: what one instance sustains serving
+# many clients at once, not one stream's speed (tok_s_batch1)
+
+# The backend results the CLI read (the JSON document), asked for only when a region needs it.
+ResultsReader = Callable[[], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Measured:
+    tokens_per_s: float
+    source: str  # which run: "bench/results/backend.json: medium, quantize none, batch 16"
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class Candidate:
     egress_usd_per_tb: float
     storage_gb: float
     storage_usd_per_gb_month: float
+    tokens_per_s_source: str = "given"  # "given", or the measurement it came from
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,18 @@ def _num(
     return float(value)
 
 
+def _coordinate(row: dict[str, Any], key: str, where: str, bound: float) -> float:
+    """Degrees, west and south negative (the 0-or-more rule of the other numbers is wrong here)."""
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PlanInvalid(f"plan: {where}: {key} must be a number, got {value!r}")
+    if not -bound <= value <= bound:
+        raise PlanInvalid(
+            f"plan: {where}: {key} must be between {-bound} and {bound}, got {value!r}"
+        )
+    return float(value)
+
+
 def _demand(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Demand:
     country, continent = row.get("country"), row.get("continent")
     where = f"demand[{i}] ({country or continent or '?'})"
@@ -102,13 +131,58 @@ def _demand(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Demand:
     )
 
 
-def _candidate(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Candidate:
+def measured_rate(
+    results: dict[str, Any], model: str | None, quantize: str, where: str
+) -> Measured:
+    """One run of bench/backend.py's quantization table: ``model`` (default: the largest
+    measured) at ``quantize``; its batched output tokens/s."""
+    rows = [r for r in results.get("quantization", []) if isinstance(r, dict)]
+    rows = [r for r in rows if r.get("quantize") == quantize and r.get(BENCH_MEASURE)]
+    if model is not None:
+        rows = [r for r in rows if r.get("model") == model]
+    if not rows:
+        every = [r for r in results.get("quantization", []) if isinstance(r, dict)]
+        runs = sorted({f"{r.get('model')}/{r.get('quantize')}" for r in every})
+        want = f"model {model!r} at quantize {quantize!r}" if model else f"quantize {quantize!r}"
+        raise PlanInvalid(f"plan: {where} has no run of {want}; it has {', '.join(runs) or 'none'}")
+    row = max(rows, key=lambda r: float(r.get("weight_bytes") or 0))
+    value = row[BENCH_MEASURE]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise PlanInvalid(f"plan: {where}: {BENCH_MEASURE} must be a positive number")
+    device = results.get("device", "?")
+    return Measured(
+        float(value),
+        f"{where}: {row.get('model')}, quantize {quantize}, batch 16, on {device}",
+    )
+
+
+def _rate(
+    where: str, merged: dict[str, Any], measured: Callable[[], Measured] | None
+) -> tuple[float, str]:
+    given = merged.get("tokens_per_s")
+    if given is not None and given != MEASURED:
+        return _num(merged, "tokens_per_s", where, positive=True), "given"
+    if measured is None:
+        raise PlanInvalid(f"plan: {where} has no tokens_per_s")
+    m = measured()
+    return m.tokens_per_s, m.source
+
+
+def _candidate(
+    i: int,
+    row: dict[str, Any],
+    defaults: dict[str, Any],
+    measured: Callable[[], Measured] | None = None,
+) -> Candidate:
     rid = row.get("id")
     where = f"regions[{i}] ({rid or '?'})"
     if not isinstance(rid, str):
         raise PlanInvalid(f"plan: {where} has no id")
     if "latitude" in row or "longitude" in row:
-        lat, lon = _num(row, "latitude", where), _num(row, "longitude", where)
+        lat, lon = (
+            _coordinate(row, "latitude", where, 90),
+            _coordinate(row, "longitude", where, 180),
+        )
     elif rid in known_regions():
         k = known_regions()[rid]
         lat, lon = k.latitude, k.longitude
@@ -118,25 +192,54 @@ def _candidate(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Candida
             f"or one of {', '.join(known_regions())}"
         )
     merged = {**defaults, **row}
+    usd_per_hour = _num(row, "usd_per_hour", where, positive=True)  # never defaulted
+    tokens_per_s, source = _rate(where, merged, measured)
     return Candidate(
         id=rid,
         lat=lat,
         lon=lon,
         instance=str(merged.get("instance", "?")),
-        usd_per_hour=_num(row, "usd_per_hour", where, positive=True),  # never defaulted
-        tokens_per_s=_num(merged, "tokens_per_s", where, positive=True),
+        usd_per_hour=usd_per_hour,
+        tokens_per_s=tokens_per_s,
+        tokens_per_s_source=source,
         egress_usd_per_tb=_num(merged, "egress_usd_per_tb", where),
         storage_gb=_num(merged, "storage_gb", where, 0.0),
         storage_usd_per_gb_month=_num(merged, "storage_usd_per_gb_month", where, 0.0),
     )
 
 
-def parse(doc: dict[str, Any]) -> PlanInput:
+def _measured(
+    settings: dict[str, Any], read: ResultsReader | None
+) -> Callable[[], Measured] | None:
+    """The backend results' figure, read once and only when a region asks for it."""
+    if read is None:
+        return None
+    where = str(settings.get("backend_results", BACKEND_RESULTS))
+    model = settings.get("backend_model")
+    quantize = str(settings.get("backend_quantize", "none"))
+    found: list[Measured] = []
+
+    def get() -> Measured:
+        if not found:
+            found.append(measured_rate(read(), None if model is None else str(model), quantize,
+                                       where))  # fmt: skip
+        return found[0]
+
+    return get
+
+
+def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> PlanInput:
+    """``read_results``: the backend results document (bench/results/backend.json or the
+    settings' ``backend_results``), for regions without a tokens_per_s of their own or with
+    ``tokens_per_s = "measured"``; it raises PlanInvalid when it cannot be read."""
     settings = doc.get("settings", {})
     d_defaults = doc.get("demand_defaults", {})
     r_defaults = doc.get("region_defaults", {})
     demand = tuple(_demand(i, row, d_defaults) for i, row in enumerate(doc.get("demand", [])))
-    cands = tuple(_candidate(i, row, r_defaults) for i, row in enumerate(doc.get("regions", [])))
+    measured = _measured(settings, read_results)
+    cands = tuple(
+        _candidate(i, row, r_defaults, measured) for i, row in enumerate(doc.get("regions", []))
+    )
     if not demand:
         raise PlanInvalid("plan: no [[demand]] entries")
     if not cands:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from gateway.plan.inputs import Candidate, Demand, PlanInput
 from geodb.distance import est_rtt_ms
 
-MAX_PLACEMENTS = 4096  # every subset of up to 12 candidates; beyond, the smaller subsets only
+MAX_PLACEMENTS = 4096  # every subset of up to 12 candidates; beyond, gateway.plan.search
 TB = 1e12
 
 
@@ -177,25 +177,27 @@ def subsets(cands: Sequence[Candidate]) -> Iterable[tuple[Candidate, ...]]:
 
 def pareto(placements: Sequence[Placement]) -> list[Placement]:
     """Marks the placements no other beats on both cost and overall p95; returns all, sorted
-    by cost."""
-    out = []
-    for a in placements:
-        dominated = any(
-            b.monthly_usd <= a.monthly_usd
-            and b.overall_p95_ms <= a.overall_p95_ms
-            and (b.monthly_usd < a.monthly_usd or b.overall_p95_ms < a.overall_p95_ms)
-            for b in placements
-        )
-        out.append(_with_pareto(a, not dominated))
+    by cost. A sweep by cost (n log n, not every pair: a search evaluates thousands): one is
+    dominated when a cheaper one is as fast, or one as cheap is faster."""
+    keyed = sorted((x.monthly_usd, x.overall_p95_ms, i) for i, x in enumerate(placements))
+    front = [False] * len(keyed)
+    best_cheaper = math.inf  # the lowest p95 among strictly cheaper placements
+    i = 0
+    while i < len(keyed):
+        j = i
+        while j < len(keyed) and keyed[j][0] == keyed[i][0]:
+            j += 1
+        fastest_here = keyed[i][1]  # sorted by p95 within one cost
+        for _, p95, idx in keyed[i:j]:
+            front[idx] = not (best_cheaper <= p95 or fastest_here < p95)
+        best_cheaper = min(best_cheaper, fastest_here)
+        i = j
+    out = [_with_pareto(x, front[i]) for i, x in enumerate(placements)]
     return sorted(out, key=lambda x: (x.monthly_usd, x.overall_p95_ms))
 
 
 def _with_pareto(a: Placement, flag: bool) -> Placement:
     return replace(a, pareto=flag)
-
-
-def plan(p: PlanInput) -> list[Placement]:
-    return pareto([evaluate(p, combo) for combo in subsets(p.candidates)])
 
 
 def choose(placements: Sequence[Placement]) -> Placement | None:

@@ -15,15 +15,19 @@ from gateway.config import Upstream
 from gateway.routing.load import LoadReading, parse_load
 from gateway.runtime import Runtime
 
-SCRAPE_TIMEOUT_CAP_S = 1.0
+# A scrape gets two poll intervals, and at least SCRAPE_TIMEOUT_MIN_S: an edge reading a
+# regional gateway's /load across an ocean (300 ms RTT, a new connection's handshake first)
+# would otherwise time out at the default 0.25 s interval, and that region would go unmeasured.
+# A slow scrape delays only the next round (the rounds wait for it), not the requests.
+SCRAPE_TIMEOUT_MIN_S = 1.0
 
 
 async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
     cfg = rt.config.load
-    url = u.url.rstrip("/") + cfg.path
+    url = u.url.rstrip("/") + (u.load_path or cfg.path)
     try:
         async with (
-            asyncio.timeout(min(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_CAP_S)),
+            asyncio.timeout(max(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_MIN_S)),
             rt.http().get(url, allow_redirects=False) as resp,
         ):
             if resp.status != 200:

@@ -12,9 +12,11 @@ import pytest
 from gateway.cli import world_report as wr
 from gateway.cli.main import main
 from gateway.cli.plan import load
-from gateway.cli.world import Site, WorldSpec
+from gateway.cli.world import WorldSpec
+from gateway.cli.world_client import Site
 from gateway.cli.world_run import run_world
-from gateway.plan.model import choose, plan
+from gateway.plan.model import choose
+from gateway.plan.search import plan
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
 
@@ -57,6 +59,86 @@ def test_bad_input_is_one_line(
     print(err, end="")
     assert exit_.value.code == 2
     assert err.startswith(message) and err.count("\n") == 1
+
+
+RESULTS = {  # the shape bench/backend.py writes (bench/results/backend.json); made-up figures
+    "device": "test CPU",
+    "quantization": [
+        {"model": "small", "quantize": "none", "weight_bytes": 1e7, "tok_s_batch16": 4000.0},
+        {"model": "medium", "quantize": "none", "weight_bytes": 4e8, "tok_s_batch16": 250.0},
+        {"model": "medium", "quantize": "int8-dynamic", "weight_bytes": 1e8,
+         "tok_s_batch16": 500.0},
+    ],
+}  # fmt: skip
+MEASURED_PLAN = textwrap.dedent("""
+    [settings]
+    backend_results = "results.json"
+    [demand_defaults]
+    input_tokens = 0
+    output_tokens = 100
+    [[demand]]
+    country = "SG"
+    requests_per_day = 864000
+    [region_defaults]
+    egress_usd_per_tb = 90
+    [[regions]]
+    id = "ap-southeast"
+    usd_per_hour = 1.0
+    [[regions]]
+    id = "us-east"
+    usd_per_hour = 1.0
+    tokens_per_s = 7000
+""")
+
+
+def test_tokens_per_s_from_the_backend_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A region without tokens_per_s takes bench/backend.py's batched figure (the largest
+    unquantised model by default); one that gives its own keeps it."""
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps(RESULTS))
+    f = tmp_path / "plan.toml"
+    f.write_text(MEASURED_PLAN)
+    p = load(f)
+    ap, us = p.candidates
+    assert ap.tokens_per_s == 250.0 and ap.tokens_per_s_source.startswith("results.json")
+    assert "medium, quantize none" in ap.tokens_per_s_source
+    assert us.tokens_per_s == 7000.0 and us.tokens_per_s_source == "given"
+    # 1,000 tokens/s of demand at 250 x 0.7 per instance: 6 instances in ap-southeast alone
+    alone = next(x for x in plan(p) if x.regions == ("ap-southeast",))
+    assert alone.lines[0].instances == 6
+    f.write_text(MEASURED_PLAN.replace("[settings]", '[settings]\nbackend_model = "small"'))
+    assert load(f).candidates[0].tokens_per_s == 4000.0
+    f.write_text(MEASURED_PLAN.replace("tokens_per_s = 7000", 'tokens_per_s = "measured"'))
+    assert load(f).candidates[1].tokens_per_s == 250.0
+    main(["plan", str(f), "--out", str(tmp_path / "out")])
+    assert "250 tokens/s per instance (results.json: medium" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert doc["tokens_per_s"]["ap-southeast"]["value"] == 250.0
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [
+        (None, "geogate: plan: a region takes its tokens_per_s from "),
+        ("{not json", "geogate: plan: "),
+        ('{"quantization": []}', "geogate: plan: results.json has no run of quantize 'none'"),
+    ],
+)
+def test_unusable_backend_results_are_one_line(
+    results: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if results is not None:
+        (tmp_path / "results.json").write_text(results)
+    f = tmp_path / "plan.toml"
+    f.write_text(MEASURED_PLAN)
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(f)])
+    err = capsys.readouterr().err
+    print(err, end="")
+    assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1
 
 
 SMALL_PLAN = textwrap.dedent("""

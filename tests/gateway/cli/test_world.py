@@ -1,5 +1,6 @@
-"""``geogate world`` on a small world (3 sites x 3 regions, a few requests each, one event):
-the topologies' ordering holds, and a region failure costs geogate no request."""
+"""``geogate world`` on small worlds (a few sites and regions, a few requests each, one event):
+the topologies' ordering holds, a region failure costs geogate no request, and an overloaded
+region loses geogate's traffic."""
 
 from __future__ import annotations
 
@@ -136,9 +137,9 @@ def test_bad_rtt_table_rows_are_one_line(text: str, message: str) -> None:
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_regional_gateways_tier(tmp_path: Path) -> None:
-    """(c) as edge -> WAN -> regional gateway -> backend: the edge reaches the region's
-    gateway, and a dead backend behind it costs the edge's clients nothing."""
+def test_flat_edges_without_regional_gateways(tmp_path: Path) -> None:
+    """--no-regional-gateways: the edges' upstreams are the backends themselves (edge -> WAN
+    -> backend), and a dead backend still costs the edge's clients nothing."""
     spec = WorldSpec(
         sites=pick_sites(["London", "New York"]),
         regions=("eu-central", "us-east"),
@@ -147,7 +148,7 @@ def test_regional_gateways_tier(tmp_path: Path) -> None:
         event_s=1.5,
         out=tmp_path,
         progress=False,
-        regional_gateways=True,
+        regional_gateways=False,
     )
     result = run_world(spec)
     print(wr.markdown(result.rows, result.events))
@@ -156,3 +157,30 @@ def test_regional_gateways_tier(tmp_path: Path) -> None:
     assert ny.cells["geogate"].p50 is not None and ny.cells["geogate"].p50 < 1.5 * ny.floor_ms
     geogate = next(e for e in result.events if e.topology == "geogate")
     assert geogate.region == "us-east" and geogate.failed == 0
+    assert json.loads((tmp_path / "world.json").read_text())["meta"]["regional_gateways"] is False
+
+
+def test_overload_moves_geogate_traffic_through_regional_gateways(tmp_path: Path) -> None:
+    """The default (c), edge -> WAN -> regional gateway -> backend: the edge reads each
+    regional gateway's published load, so when London's region is overloaded (600 ms TTFT)
+    London's traffic moves to the next region while DNS keeps it there."""
+    spec = WorldSpec(
+        sites=pick_sites(["London", "Singapore"]),
+        regions=("eu-central", "ap-southeast"),
+        requests=2,
+        events=("overload",),
+        event_s=3.0,
+        out=tmp_path,
+        progress=False,
+    )
+    assert spec.regional_gateways and event_regions(spec)["overload"] == "eu-central"
+    result = run_world(spec)
+    print(wr.markdown(result.rows, result.events))
+    by_topo = {e.topology: e for e in result.events}
+    geogate, dns = by_topo["geogate"], by_topo["dns"]
+    assert geogate.affected_sites == ["London"] and geogate.failed == 0
+    assert geogate.moved_after_s is not None and geogate.moved_after_s < 2.0
+    assert dns.moved_after_s is None
+    eu_geogate, eu_dns = geogate.ttft_p50_by_continent["EU"], dns.ttft_p50_by_continent["EU"]
+    assert eu_geogate is not None and eu_dns is not None
+    assert eu_dns > spec.overload_ttft_ms and eu_geogate < 0.6 * eu_dns

@@ -53,3 +53,16 @@ def test_bad_inputs_are_one_line(changes: dict[str, Any], message: str) -> None:
         parse(_doc(**changes))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_a_region_west_or_south_is_given_by_negative_degrees() -> None:
+    lima = {"id": "lima", "latitude": -12.05, "longitude": -77.04, "usd_per_hour": 2.0}
+    (c,) = parse(_doc(regions=[lima])).candidates
+    assert (c.lat, c.lon) == (-12.05, -77.04)
+    with pytest.raises(PlanInvalid, match=r"^plan: regions\[0\] \(lima\): longitude must be "):
+        parse(_doc(regions=[lima | {"longitude": -200}]))
+
+
+def test_without_results_a_region_needs_its_own_tokens_per_s() -> None:
+    with pytest.raises(PlanInvalid, match=r"^plan: regions\[0\] \(sa-east\) has no tokens_per_s$"):
+        parse(_doc(region_defaults={"egress_usd_per_tb": 90}))

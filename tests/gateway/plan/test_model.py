@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.plan.inputs import parse
-from gateway.plan.model import choose, evaluate, plan, weighted_percentile
+from gateway.plan.model import choose, evaluate, weighted_percentile
+from gateway.plan.search import plan
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
 

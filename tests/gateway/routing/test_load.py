@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.routing import load
 from gateway.routing.load import parse_load
 
 VLLM = """# TYPE vllm:num_requests_waiting gauge
@@ -56,3 +57,83 @@ def test_every_server_family(
 def test_ttft_histogram_totals() -> None:
     r = parse_load(VLLM)
     assert (r.ttft_sum_s, r.ttft_count) == (0.8, 4.0)
+
+
+def test_a_gateways_published_ttft_is_taken_as_it_is() -> None:
+    from gateway.routing.load import next_load
+
+    text = (
+        "# TYPE geogate_region_ttft_seconds gauge\n"
+        'geogate_region_ttft_seconds{region="ap-southeast"} 0.6\n'
+    )
+    r = parse_load(text)
+    assert r.ttft_ms == pytest.approx(600.0) and r.ttft_sum_s is None
+    before = next_load(None, parse_load(text.replace("0.6", "0.04")), 0.0, 2.0, 0.3)
+    after = next_load(before, r, 0.25, 2.0, 0.3)
+    # no second smoothing (0.3 x 600 + 0.7 x 40 would be 208), confirmed now
+    assert after.ttft_ms == pytest.approx(600.0) and after.ttft_at == 0.25
+
+
+def test_expected_ttft_is_the_best_routable_upstreams_load_term() -> None:
+    from gateway.routing.load import expected_ttft_ms
+    from gateway.routing.model import UpstreamView
+
+    def up(i: str, ttft: float | None, **kw: object) -> UpstreamView:
+        return UpstreamView(id=i, region="r", models=frozenset({"m"}), ttft_ms=ttft, **kw)  # type: ignore[arg-type]
+
+    assert expected_ttft_ms([up("a", None), up("b", None)]) is None  # unmeasured, not 0
+    assert expected_ttft_ms([up("a", 100.0, queue_depth=16.0), up("b", 300.0)]) == 200.0
+    # an unmeasured one takes the median of the measured (the router's prior)
+    assert expected_ttft_ms([up("a", 400.0), up("b", 600.0), up("c", None)]) == 400.0
+    # drained, unhealthy and standby upstreams serve nobody
+    slow = up("s", 500.0)
+    for fast in (up("f", 5.0, drained=True), up("f", 5.0, healthy=False), up("f", 5.0, weight=0)):
+        assert expected_ttft_ms([slow, fast]) == 500.0
+    assert expected_ttft_ms([up("f", 5.0, healthy=False)]) is None
+
+
+# A vLLM-like exposition: the families parse_load reads, with labels and buckets, among others
+# it skips (process metrics, a look-alike name, a label value naming a family, counters).
+BUSY_VLLM = """# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 1234.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 7.0
+vllm:num_requests_running{engine="1",model_name="m"} 5.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 3.0
+# TYPE vllm:num_requests_waiting_by_reason gauge
+vllm:num_requests_waiting_by_reason{reason="vllm:num_requests_waiting"} 99.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.42
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 10.0
+vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 12.0
+vllm:time_to_first_token_seconds_count{model_name="m"} 12.0
+vllm:time_to_first_token_seconds_sum{model_name="m"} 1.5
+vllm:time_to_first_token_seconds_count{model_name="n"} 3.0
+vllm:time_to_first_token_seconds_sum{model_name="n"} 0.9
+# TYPE vllm:prompt_tokens counter
+vllm:prompt_tokens_total{model_name="m"} 5000.0
+# TYPE tgi_queue_size gauge
+tgi_queue_size 4.0
+"""
+
+
+@pytest.mark.parametrize("text", [BUSY_VLLM, BUSY_VLLM.replace("vllm:", "sglang:"), ""])
+def test_reading_only_the_wanted_lines_reads_the_same(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = parse_load(text)
+    monkeypatch.setattr(load, "wanted", lambda t: t)  # the whole text, as before the filter
+    assert fast == parse_load(text)
+
+
+def test_the_filter_keeps_only_what_is_read() -> None:
+    kept = load.wanted(BUSY_VLLM).splitlines()
+    assert "tgi_queue_size 4.0" in kept
+    assert not any("bucket" in line or "python_gc" in line or "by_reason" in line for line in kept)
+    reading = parse_load(BUSY_VLLM)
+    assert (reading.running, reading.queue_depth, reading.kv_usage) == (12.0, 3.0, 0.42)
+    assert (reading.ttft_sum_s, reading.ttft_count) == (2.4, 15.0)

@@ -1,0 +1,101 @@
+"""``geogate world``'s client: one streaming chat completion as a client site sends it, timed
+to its first content chunk (TTFT) and its last (total), and the model backend's own TTFT
+measured the same way before the run (the floor of ``--backend model``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.cli import world_report as wr
+
+MODEL = "world-llm"
+MAX_TOKENS = 8
+REQUEST_TIMEOUT_S = 30.0
+BACKEND_TTFT_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Site:
+    """A client site: where the world's requests come from."""
+
+    name: str
+    country: str
+    continent: str
+    lat: float
+    lon: float
+
+
+def _route_region(header: str) -> str:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == "region":
+            return v
+    return "-"
+
+
+def _has_content(line: bytes) -> bool:
+    """A chunk with text in it (the first chunk only carries the role)."""
+    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+        return bool(json.loads(line[6:])["choices"][0]["delta"].get("content"))
+    return False
+
+
+async def ask(
+    url: str, region: str, phase: str, topo: str, site: Site, t_event: float
+) -> wr.Sample:
+    """One streaming chat completion; TTFT is the first content chunk, not the headers."""
+    body = {
+        "model": MODEL,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"hello from {site.name}"}],
+    }
+    t0 = time.perf_counter()
+    ttft = None
+    ok = False
+    conn = aiohttp.TCPConnector(force_close=True)
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=conn, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+            ) as s,
+            s.post(f"{url}/v1/chat/completions", json=body) as r,
+        ):
+            if topo == "geogate":
+                region = _route_region(r.headers.get("geogate-route", ""))
+            async for line in r.content:
+                if ttft is None and line.startswith(b"data: {") and _has_content(line):
+                    ttft = (time.perf_counter() - t0) * 1000
+                if line.startswith(b"data: [DONE]"):
+                    ok = r.status == 200
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        ok = False
+    total = (time.perf_counter() - t0) * 1000
+    return wr.Sample(
+        phase,
+        topo,
+        site.name,
+        site.continent,
+        t0 - t_event,
+        ok,
+        ttft,
+        total if ok else None,
+        region,
+    )
+
+
+async def backend_ttft_ms(url: str, site: Site, n: int = BACKEND_TTFT_SAMPLES) -> float:
+    """The median TTFT of ``n`` requests straight to a backend on loopback (after one not
+    counted): what the backend itself takes, with no network in front of it."""
+    await ask(url, "-", "warm-up", "backend", site, 0.0)
+    samples = [await ask(url, "-", "backend", "backend", site, 0.0) for _ in range(n)]
+    ttfts = [x.ttft_ms for x in samples if x.ok and x.ttft_ms is not None]
+    if not ttfts:
+        raise RuntimeError(f"{url}: no streamed answer with content from the backend")
+    return statistics.median(ttfts)
