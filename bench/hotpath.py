@@ -67,12 +67,26 @@ def main() -> None:
         "request id (none sent)": lambda: request_id(None),
         "metrics: the 5 labelled updates": labels,
         "dispatch to the proxy (app -> gate)": _dispatch(),
+        # Not per request: every load scrape, 4 a second per upstream per worker by default.
+        "load scrape parsed (sim-backend's /metrics)": _scrape(),
     }
     print(f"tree: {args.tree}")
     for name, fn in pieces.items():
         fn()
         us = min(timeit.repeat(fn, number=N, repeat=3)) / N * 1e6
         print(f"{name:48} {us:8.2f} us")
+
+
+def _scrape() -> Callable[[], Any]:
+    """parse_load on the text the simulated backend serves at /metrics (its own registry:
+    vLLM's gauges and TTFT histogram, with prometheus_client's _created samples)."""
+    from prometheus_client import generate_latest
+
+    from backend.sim import _Metrics
+    from gateway.routing.load import parse_load
+
+    text = generate_latest(_Metrics().registry).decode()
+    return lambda: parse_load(text)
 
 
 def _ip(text: str) -> Any:
