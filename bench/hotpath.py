@@ -67,6 +67,8 @@ def main() -> None:
         "request id (none sent)": lambda: request_id(None),
         "metrics: the 5 labelled updates": labels,
         "dispatch to the proxy (app -> gate)": _dispatch(),
+        "access line, as configured (to a file)": _access_line(rt, work, batched=True),
+        "access line, a write per line (StreamHandler)": _access_line(rt, work, batched=False),
         # Not per request: every load scrape, 4 a second per upstream per worker by default.
         "load scrape parsed (sim-backend's /metrics)": _scrape(),
     }
@@ -75,6 +77,35 @@ def main() -> None:
         fn()
         us = min(timeit.repeat(fn, number=N, repeat=3)) / N * 1e6
         print(f"{name:48} {us:8.2f} us")
+
+
+def _access_line(rt: Any, work: Path, batched: bool) -> Callable[[], None]:
+    """Exchange.log of a routed 200, to a file: through the tree's own access handler
+    (``batched``), or through logging's StreamHandler, which writes and flushes each line."""
+    import logging
+    import time
+
+    from gateway.http.exchange import Exchange
+    from gateway.runtime import access_log, setup_logging
+
+    setup_logging(rt.config.log)
+    handler = access_log.handlers[0] if batched else logging.StreamHandler()
+    handler.setFormatter(access_log.handlers[0].formatter)
+    handler.setStream((work / f"access-{batched}.log").open("w"))  # type: ignore[attr-defined]
+    scope = {"method": "POST", "path": "/v1/chat/completions", "http_version": "1.1"}
+    ex = Exchange("0123456789abcdef0123456789abcdef", scope, time.perf_counter())
+    ex.routed = rt.locate_and_route(
+        "127.0.0.1", [], "bench-model", time.monotonic(), edge_header=None, host="h:1"
+    )
+    ex.status, ex.model, ex.upstream, ex.attempts = 200, "bench-model", "sim", 1
+
+    def one() -> None:
+        saved = access_log.handlers[:]
+        access_log.handlers[:] = [handler]
+        ex.log(rt.config.log.format)
+        access_log.handlers[:] = saved
+
+    return one
 
 
 def _scrape() -> Callable[[], Any]:
