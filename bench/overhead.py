@@ -22,6 +22,8 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 (bench/floor_proxy.py: granian ASGI + aiohttp, nothing else); geogate minus
                 floor-asgi is geogate's own code
   floor-rsgi    only with --peers floor-rsgi: the same on granian's native RSGI interface
+  floor-uvicorn only with --peers floor-uvicorn: the same ASGI proxy on uvicorn (httptools),
+                whose HTTP runs on the event loop's thread (granian's runs in Rust threads)
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
 direct has no h2c row) and concurrency 1, 16 and 128:
   non-streaming  the backend answers at once (16 tokens, no pacing): per-request overhead and
@@ -51,7 +53,7 @@ Also times the pure router's decision for 3, 30 and 300 upstreams.
 
 Writes bench/results/overhead.{md,json} (or --out PREFIX). Run: scripts/dev bench
 [--duration S] [--quick] [--modes ...] [--protos ...] [--conc ...] [--targets ...]
-[--peers litellm,floor-asgi,floor-rsgi]
+[--peers litellm,floor-asgi,floor-rsgi,floor-uvicorn]
 """
 
 from __future__ import annotations
@@ -347,7 +349,8 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
             p = start_floor(work, name, backend, port, pinned(PROXY_CPU, []))
             rig.procs.append(p)
             wait_http(f"http://127.0.0.1:{port}/health", proc=p)
-            rig.ports[name] = {"h1": port, "h2c": port}
+            # uvicorn speaks HTTP/1.1 only (h2 needs its TLS path)
+            rig.ports[name] = {"h1": port} if name == "floor-uvicorn" else {"h1": port, "h2c": port}
             rig.trees[name] = process_tree(p.pid)
 
 

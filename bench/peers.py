@@ -23,8 +23,9 @@ from gateway.cli.procs import spawn
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / ".venv-litellm"
-PEERS = ("litellm", "floor-asgi", "floor-rsgi")
-FLOORS = {"floor-asgi": "asgi", "floor-rsgi": "rsgi"}  # target -> granian interface
+PEERS = ("litellm", "floor-asgi", "floor-rsgi", "floor-uvicorn")
+# target -> the app (bench/floor_proxy.py) and the server that runs it
+FLOORS = {"floor-asgi": "asgi", "floor-rsgi": "rsgi", "floor-uvicorn": "asgi"}
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -130,6 +131,8 @@ FLOOR_DESCRIPTIONS = {
     "floor-asgi": "bench/floor_proxy.py:asgi on granian (ASGI, uvloop, 1 worker) with geogate's "
     "aiohttp client and nothing else: the stack's floor under geogate's own code",
     "floor-rsgi": "bench/floor_proxy.py:rsgi, the same proxy on granian's native RSGI interface",
+    "floor-uvicorn": "bench/floor_proxy.py:asgi on uvicorn (uvloop, httptools, 1 worker, access "
+    "log off): the same proxy on a server whose HTTP runs on the event loop's own thread",
 }
 
 
@@ -138,9 +141,16 @@ def start_floor(
 ) -> subprocess.Popen[bytes]:
     """The floor proxy (bench/floor_proxy.py) on granian as geogate runs it; the caller waits
     for it (any path answers once it is up)."""
-    exe = Path(sys.executable).with_name("granian")
-    args = [str(exe), "--interface", FLOORS[target], "--loop", "uvloop", "--workers", "1"]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--no-ws", "--http", "auto"]
-    args += ["--working-dir", str(ROOT), f"bench.floor_proxy:{FLOORS[target]}"]
+    app = f"bench.floor_proxy:{FLOORS[target]}"
+    if target == "floor-uvicorn":
+        exe = Path(sys.executable).with_name("uvicorn")
+        args = [str(exe), "--loop", "uvloop", "--http", "httptools", "--workers", "1"]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        args += ["--log-level", "warning", "--app-dir", str(ROOT), app]
+    else:
+        exe = Path(sys.executable).with_name("granian")
+        args = [str(exe), "--interface", FLOORS[target], "--loop", "uvloop", "--workers", "1"]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--no-ws", "--http", "auto"]
+        args += ["--working-dir", str(ROOT), app]
     os.environ["FLOOR_UPSTREAM"] = f"http://127.0.0.1:{backend}"
     return spawn([*pin, *args], work / f"{target}.log")
