@@ -1,29 +1,42 @@
 #!/usr/bin/env python3
-"""Which upstream HTTP client: aiohttp (HTTP/1.1) vs httpx (HTTP/1.1) vs httpx (HTTP/2).
+"""Which upstream HTTP client: aiohttp (today's) vs httpx, pyreqwest and rnet (Rust: reqwest
+on hyper/Tokio) and pycurl (libcurl), each over HTTP/1.1 and, where it can, HTTP/2 (h2c prior
+knowledge). The adapters are in bench/client_adapters.py; pyreqwest, rnet and pycurl are
+bench-only (``--install`` puts them into this interpreter's environment with pip).
 
-Two measurements, same run, same upstream (a geogate gateway's /v1/models: granian serving
-HTTP/1.1 and h2c, no upstream calls behind it):
-  1. client CPU per request: 3,000 requests at concurrency 16, CPU time of the client process
-     divided by requests — what the gateway pays per proxied request for its client;
-  2. a cold burst over a cross-region leg: a user-space proxy adds 50 ms each way (100 ms RTT);
-     16 concurrent requests on a pool holding one warm connection. HTTP/1.1 must open 15 more
-     connections (one RTT each for TCP); HTTP/2 multiplexes them on the warm one.
-Writes bench/results/upstream_client.{md,json}.
+Three measurements, same run, clients interleaved round by round (a shared machine drifts):
+  1. client CPU per non-streaming request: REQUESTS at concurrency 16 against a geogate
+     gateway's /v1/models (granian, HTTP/1.1 and h2c; no upstream call behind it); the client
+     process's CPU time (all its threads: the Rust clients' Tokio threads count) / requests;
+  2. client CPU per streamed chunk: STREAMS at concurrency 16 against bench/sse_upstream.py
+     (granian; 16 SSE events 5 ms apart plus [DONE], each a separate read: a paced stream is
+     one wake-up per chunk); CPU / chunks received, and / stream. "first chunk ms" (one
+     stream alone) is ~5 ms for a client that hands on each chunk as it comes; one that
+     buffers the body shows the whole stream's ~85 ms;
+  3. a cold burst over a cross-region leg: a user-space proxy adds 50 ms each way (100 ms
+     RTT); 16 concurrent requests on a pool holding one warm connection. HTTP/1.1 must open 15
+     more connections (one RTT each for TCP); HTTP/2 multiplexes them on the warm one.
+
+  .venv/bin/python bench/upstream_client.py [--install] [--append]
+
+Writes bench/results/upstream_client.{md,json}; --append adds this run to the runs there.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
-import httpx
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,9 +44,13 @@ sys.path.insert(0, str(ROOT))
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+BENCH_ONLY = ("pyreqwest==0.15.1", "rnet==2.4.2", "pycurl==7.49.0")
 REQUESTS = 3000
+STREAMS = 320
 CONCURRENCY = 16
+ROUNDS = 3
 ONE_WAY_DELAY_S = 0.05
+ANALYSIS = "<!-- analysis: kept across runs -->"
 
 
 async def delay_proxy(listen: int, target: int, delay: float) -> asyncio.Server:
@@ -57,106 +74,103 @@ async def delay_proxy(listen: int, target: int, delay: float) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", listen)
 
 
-Get = Callable[[str], Awaitable[None]]
-
-
-def clients() -> dict[str, tuple[Callable[[], object], Callable[[object], Get]]]:
-    def aio() -> object:
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-    def aio_get(s: object) -> Get:
-        async def get(url: str) -> None:
-            async with s.get(url) as r:  # type: ignore[attr-defined]
-                await r.read()
-
-        return get
-
-    def hx(http2: bool) -> Callable[[], object]:
-        return lambda: httpx.AsyncClient(
-            http1=not http2, http2=http2, limits=httpx.Limits(max_connections=None)
-        )
-
-    def hx_get(s: object) -> Get:
-        async def get(url: str) -> None:
-            (await s.get(url)).raise_for_status()  # type: ignore[attr-defined]
-
-        return get
-
-    return {
-        "aiohttp h1": (aio, aio_get),
-        "httpx h1": (hx(False), hx_get),
-        "httpx h2": (hx(True), hx_get),
-    }
-
-
-async def close(session: object) -> None:
-    if isinstance(session, aiohttp.ClientSession):
-        await session.close()
-    elif isinstance(session, httpx.AsyncClient):
-        await session.aclose()
-
-
-async def cpu_per_request(
-    make: Callable[[], object], getter: Callable[[object], Get], url: str
-) -> float:
-    session = make()
-    get = getter(session)
-    await get(url)
-    todo = iter(range(REQUESTS))
+async def _spread(n: int, one: object) -> float:
+    """Run ``one()`` n times at CONCURRENCY; the process CPU seconds it took."""
+    todo = iter(range(n))
 
     async def worker() -> None:
         for _ in todo:
-            await get(url)
+            await one()  # type: ignore[operator]
 
     t0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    cpu = time.process_time() - t0
-    await close(session)
+    return time.process_time() - t0
+
+
+async def cpu_per_request(name: str, url: str) -> float:
+    from bench.client_adapters import CLIENTS
+
+    c = CLIENTS[name]()
+    await c.get(url)
+    cpu = await _spread(REQUESTS, lambda: c.get(url))
+    await c.close()
     return cpu / REQUESTS * 1e6
 
 
-async def cold_burst(
-    make: Callable[[], object], getter: Callable[[object], Get], url: str
-) -> dict[str, float]:
-    session = make()
-    get = getter(session)
-    await get(url)  # one warm connection, as the health prober leaves it
+async def cpu_per_chunk(name: str, url: str) -> dict[str, float]:
+    from bench.client_adapters import CLIENTS
+
+    c = CLIENTS[name]()
+    await c.stream(url)
+    firsts = []
+    for _ in range(5):  # alone, so that the first chunk's wait is the server's pace
+        t0 = time.perf_counter()
+        firsts.append((await c.stream(url))[1] - t0)
+    chunks = 0
+
+    async def one() -> None:
+        nonlocal chunks
+        got, _ = await c.stream(url)  # not ``chunks += await``: it reads chunks before the await
+        chunks += got
+
+    cpu = await _spread(STREAMS, one)
+    await c.close()
+    return {
+        "first_chunk_ms": statistics.median(firsts) * 1000,
+        "cpu_us_per_chunk": cpu / chunks * 1e6,
+        "cpu_us_per_stream": cpu / STREAMS * 1e6,
+        "chunks_per_stream": chunks / STREAMS,
+    }
+
+
+async def cold_burst(name: str, url: str) -> dict[str, float]:
+    from bench.client_adapters import CLIENTS
+
+    c = CLIENTS[name]()
+    await c.get(url)  # one warm connection, as the health prober leaves it
     times = []
 
     async def timed() -> None:
         t0 = time.perf_counter()
-        await get(url)
+        await c.get(url)
         times.append((time.perf_counter() - t0) * 1000)
 
     await asyncio.gather(*(timed() for _ in range(CONCURRENCY)))
-    await close(session)
-    return {"p50_ms": statistics.median(times), "max_ms": max(times)}
+    await c.close()
+    return {"burst_p50_ms": statistics.median(times), "burst_max_ms": max(times)}
 
 
-async def run(port: int) -> dict[str, dict[str, float]]:
-    url = f"http://127.0.0.1:{port}/v1/models"
+async def run(gw: int, sse: int) -> dict[str, dict[str, float]]:
+    from bench.client_adapters import CLIENTS
+
+    models, stream = f"http://127.0.0.1:{gw}/v1/models", f"http://127.0.0.1:{sse}/stream"
     proxy_port = free_port()
-    server = await delay_proxy(proxy_port, port, ONE_WAY_DELAY_S)
-    out: dict[str, dict[str, float]] = {}
+    server = await delay_proxy(proxy_port, gw, ONE_WAY_DELAY_S)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in CLIENTS}
     try:
-        for name, (make, getter) in clients().items():
-            cpu = statistics.median([await cpu_per_request(make, getter, url) for _ in range(3)])
-            burst = await cold_burst(make, getter, f"http://127.0.0.1:{proxy_port}/v1/models")
-            out[name] = {"cpu_us_per_request": cpu, **burst}
-            print(
-                f"{name:11} {cpu:7.0f} µs CPU/request   cold burst of {CONCURRENCY} over "
-                f"{2 * ONE_WAY_DELAY_S * 1000:.0f} ms RTT: p50 {burst['p50_ms']:.0f} ms, "
-                f"max {burst['max_ms']:.0f} ms",
-                flush=True,
-            )
+        for r in range(ROUNDS):
+            for name in CLIENTS:
+                got = {"cpu_us_per_request": await cpu_per_request(name, models)}
+                got |= await cpu_per_chunk(name, stream)
+                if r == 0:
+                    got |= await cold_burst(name, f"http://127.0.0.1:{proxy_port}/v1/models")
+                for k, v in got.items():
+                    samples[name].setdefault(k, []).append(v)
+                print(
+                    f"round {r + 1} {name:13} " + "  ".join(f"{k} {v:.1f}" for k, v in got.items()),
+                    flush=True,
+                )
     finally:
         server.close()
-    return out
+    return {n: {k: statistics.median(v) for k, v in s.items()} for n, s in samples.items()}
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="geogate-client-bench-"))
-    port = free_port()
+def install() -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *BENCH_ONLY], check=True)
+
+
+def serve(work: Path) -> tuple[list[object], int, int]:
+    port, sse = free_port(), free_port()
     cfg = work / "gw.toml"
     cfg.write_text(
         f'[gateway]\nregion = "r"\n[server]\nport = {port}\naccess_log = false\n'
@@ -165,32 +179,101 @@ def main() -> None:
         f'[[upstreams]]\nid = "u"\nregion = "r"\nurl = "http://127.0.0.1:{port}"\n'
         f'models = ["m"]\nhealth_path = "/healthz"\n'
     )
-    proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), work / "gw.log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
-        results = asyncio.run(run(port))
-    finally:
-        stop(proc)
-    base = results["aiohttp h1"]["cpu_us_per_request"]
+    granian = Path(sys.executable).parent / "granian"
+    procs = [
+        spawn(geogate_cmd("gateway", "--config", str(cfg)), work / "gw.log"),
+        spawn(
+            [
+                str(granian),
+                "--interface",
+                "asgi",
+                "--http",
+                "auto",
+                "--loop",
+                "uvloop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(sse),
+                "--workers",
+                "1",
+                "bench.sse_upstream:app",
+            ],
+            work / "sse.log",
+        ),
+    ]
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc=procs[0])  # type: ignore[arg-type]
+    wait_http(f"http://127.0.0.1:{sse}/v1/models", proc=procs[1])  # type: ignore[arg-type]
+    return procs, port, sse
+
+
+def table(results: dict[str, dict[str, float]]) -> list[str]:
+    base = results["aiohttp h1"]
     lines = [
-        "# Upstream HTTP client",
-        "",
-        f"{REQUESTS} requests at concurrency {CONCURRENCY} for CPU; cold burst of "
-        f"{CONCURRENCY} over a {2 * ONE_WAY_DELAY_S * 1000:.0f} ms RTT user-space proxy "
-        "with one warm connection.",
-        "",
-        "| client | CPU µs/request | vs aiohttp | cold burst p50 ms | cold burst max ms |",
-        "|---|---|---|---|---|",
+        "| client | CPU µs/request | vs aiohttp | CPU µs/chunk | vs aiohttp | CPU µs/stream "
+        "| vs aiohttp | chunks/stream | first chunk ms | cold burst p50 ms | max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['cpu_us_per_request']:.0f} | "
-            f"{r['cpu_us_per_request'] / base:.2f} | {r['p50_ms']:.0f} | "
-            f"{r['max_ms']:.0f} |"
+            f"{r['cpu_us_per_request'] / base['cpu_us_per_request']:.2f} | "
+            f"{r['cpu_us_per_chunk']:.1f} | "
+            f"{r['cpu_us_per_chunk'] / base['cpu_us_per_chunk']:.2f} | "
+            f"{r['cpu_us_per_stream']:.0f} | "
+            f"{r['cpu_us_per_stream'] / base['cpu_us_per_stream']:.2f} | "
+            f"{r['chunks_per_stream']:.1f} | {r.get('first_chunk_ms', float('nan')):.1f} | "
+            f"{r['burst_p50_ms']:.0f} | {r['burst_max_ms']:.0f} |"
         )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--install", action="store_true", help=f"pip install {BENCH_ONLY}")
+    ap.add_argument("--append", action="store_true", help="add this run to the saved runs")
+    args = ap.parse_args()
+    if args.install:
+        install()
+    work = Path(tempfile.mkdtemp(prefix="geogate-client-bench-"))
+    os.environ["PYTHONPATH"] = str(ROOT)  # granian imports bench.sse_upstream
+    procs, gw, sse = serve(work)
+    try:
+        # uvloop, as in the gateway's workers (gateway/server.py): the clients' Python side
+        # costs what it would cost there.
+        results = uvloop.run(run(gw, sse))
+    finally:
+        for p in procs:
+            stop(p)  # type: ignore[arg-type]
+    this = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "results": results,
+    }
+    path = RESULTS / "upstream_client.json"
+    old = json.loads(path.read_text()) if args.append and path.exists() else {}
+    runs = [*old.get("runs", []), this] if isinstance(old, dict) else [this]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "upstream_client.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "upstream_client.json").write_text(json.dumps(results, indent=2) + "\n")
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    lines = [
+        "# Upstream HTTP client",
+        "",
+        f"`.venv/bin/python bench/upstream_client.py`: {REQUESTS} requests at concurrency "
+        f"{CONCURRENCY} (CPU/request, geogate /v1/models); {STREAMS} paced SSE streams at "
+        f"concurrency {CONCURRENCY} (CPU/chunk, bench/sse_upstream.py: 16 events 5 ms apart + "
+        f"[DONE]); medians of {ROUNDS} interleaved rounds, on uvloop; cold burst of "
+        f"{CONCURRENCY} over a "
+        f"{2 * ONE_WAY_DELAY_S * 1000:.0f} ms RTT user-space proxy with one warm connection. "
+        "CPU is the client process's (all threads).",
+    ]
+    for i, r in enumerate(runs, 1):
+        lines += ["", f"## Run {i}: {r['date']}, {r['machine']}", "", *table(r["results"])]
+    md = RESULTS / "upstream_client.md"
+    # The reading of the numbers (written by hand, below the marker) survives a rerun.
+    kept = md.read_text().partition(ANALYSIS)[2] if md.exists() else ""
+    lines += ["", ANALYSIS + kept.rstrip("\n")] if kept.strip() else []
+    md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
