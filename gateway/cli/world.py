@@ -2,8 +2,10 @@
 
 Client sites on every continent talk to simulated regional backends through WAN relays
 (relay.py) whose round trip is the distance model's estimate for the site-region pair
-(geodb.distance.est_rtt_ms, fitted to published inter-region P50 RTTs; no measured table is
-shipped). Topologies, all measured at the same time against the same backends:
+(geodb.distance.est_rtt_ms, fitted to published inter-region P50 RTTs) or, with
+--published-rtt, the published AWS inter-region RTTs shipped in geodb/data
+(geodb.published_rtt) where both ends are near a listed region; a user's --rtt-table wins over
+both. Topologies, all measured at the same time against the same backends:
 
   (a) origin:  every site straight to one European region (the field report's start);
   (b) dns:     every site straight to its nearest region by distance: no health, no load;
@@ -70,9 +72,11 @@ class WorldSpec:
     overload_ttft_ms: float = 600.0
     out: Path = Path("world-results")
     progress: bool = True
-    # (site name, region) -> RTT ms from a table the user passes (--rtt-table); pairs it
-    # does not list use the distance model
+    # (site name, region) -> RTT ms from --published-rtt and the user's --rtt-table; pairs
+    # it does not list use the distance model. rtt_source says where each listed pair's
+    # figure came from (world.json records it, "model" for the rest)
     rtt_table: dict[tuple[str, str], float] = field(default_factory=dict)
+    rtt_source: dict[tuple[str, str], str] = field(default_factory=dict)
     backend: str = "sim"  # or "model": the real model server (world_backends)
     model_dir: Path | None = None  # --backend model: None builds the tiny model
     # (c) through a regional gateway per region (edge -> WAN -> regional gateway -> backend),

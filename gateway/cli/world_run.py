@@ -27,7 +27,8 @@ from gateway.cli.world import (
 )
 from gateway.cli.world_backends import BACKENDS, KINDS, check_events
 from gateway.cli.world_client import Site, backend_ttft_ms
-from geodb.regions import known_regions
+from geodb.published_rtt import AWS_2017, MATCH_KM, aws_2017
+from geodb.regions import known_region, known_regions
 
 EVENTS = ("overload", "drain", "fail")
 
@@ -110,9 +111,14 @@ def run_world(spec: WorldSpec) -> WorldResult:
         else "measured: median of direct requests on loopback before the run",
         "regional_gateways": spec.regional_gateways,
         "rtt_model": "geodb.distance.est_rtt_ms (fitted to published inter-region P50 RTTs)"
-        + (", overridden by --rtt-table where it lists the pair" if spec.rtt_table else ""),
+        + (", replaced per pair as site_region_rtt_source says" if spec.rtt_table else ""),
         "site_region_rtt_ms": {
             f"{s.name}->{r}": round(rtt(s, r, table), 1) for s in spec.sites for r in spec.regions
+        },
+        "site_region_rtt_source": {
+            f"{s.name}->{r}": spec.rtt_source.get((s.name, r), "model")
+            for s in spec.sites
+            for r in spec.regions
         },
     }
     wr.write(spec.out, rows, events, meta)
@@ -143,6 +149,41 @@ def read_rtt_table(text: str, where: str) -> Table:
         site = next(s.name for s in SITES if s.name.lower() == parts[0].lower())
         out[(site, parts[1])] = value
     return out
+
+
+def published_pairs(
+    sites: tuple[Site, ...], regions: tuple[str, ...]
+) -> tuple[Table, dict[tuple[str, str], str]]:
+    """--published-rtt: the shipped table's figure for every (site, region) pair whose site and
+    region each lie within MATCH_KM of a different listed region; the model elsewhere."""
+    pub = aws_2017()
+    table: Table = {}
+    source: dict[tuple[str, str], str] = {}
+    for s in sites:
+        for r in regions:
+            k = known_region(r)
+            m = pub.lookup(s.lat, s.lon, k.latitude, k.longitude)
+            if m is not None:
+                table[(s.name, r)] = m.rtt_ms
+                source[(s.name, r)] = f"published ({AWS_2017}: {m.src} - {m.dst})"
+    return table, source
+
+
+def rtt_tables(
+    sites: tuple[Site, ...], regions: tuple[str, ...], published: bool, user: Path | None
+) -> tuple[Table, dict[tuple[str, str], str]]:
+    """The per-pair RTTs that replace the model, and where each came from: the published
+    table's (--published-rtt), then the user's (--rtt-table), which wins where both list a
+    pair: it is the user's own measurement."""
+    table, source = published_pairs(sites, regions) if published else ({}, {})
+    if user is not None:
+        try:
+            mine = read_rtt_table(user.read_text(encoding="utf-8"), str(user))
+        except OSError as exc:
+            raise CLIError(f"world: cannot read {user}: {exc.strerror}") from None
+        table |= mine
+        source |= dict.fromkeys(mine, f"--rtt-table {user}")
+    return table, source
 
 
 def pick_sites(names: list[str] | None) -> tuple[Site, ...]:
@@ -194,7 +235,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--rtt-table",
         type=Path,
         metavar="CSV",
-        help="site,region,rtt_ms rows to use instead of the distance model (per pair)",
+        help="site,region,rtt_ms rows to use instead of the distance model (per pair; wins"
+        " over --published-rtt)",
+    )
+    w.add_argument(
+        "--published-rtt",
+        action="store_true",
+        help=f"published AWS inter-region RTTs (2017, shipped: geodb/data/{AWS_2017}) for every"
+        f" pair whose site and region are each within {MATCH_KM:.0f} km of a different listed"
+        " region; the distance model elsewhere",
     )
 
 
@@ -210,16 +259,13 @@ def run_command(args: argparse.Namespace) -> None:
     check_events(args.backend, events)
     if args.model_dir is not None and (args.backend != "model" or not args.model_dir.is_dir()):
         raise CLIError(f"world: --model-dir {args.model_dir} needs --backend model and a directory")
-    table = {}
-    if args.rtt_table is not None:
-        try:
-            table = read_rtt_table(args.rtt_table.read_text(encoding="utf-8"), str(args.rtt_table))
-        except OSError as exc:
-            raise CLIError(f"world: cannot read {args.rtt_table}: {exc.strerror}") from None
+    sites = pick_sites(args.sites)
+    table, source = rtt_tables(sites, tuple(args.regions), args.published_rtt, args.rtt_table)
     spec = WorldSpec(
         rtt_table=table,
+        rtt_source=source,
         regional_gateways=args.regional_gateways,
-        sites=pick_sites(args.sites),
+        sites=sites,
         regions=tuple(args.regions),
         origin=args.origin,
         requests=args.requests,

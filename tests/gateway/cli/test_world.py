@@ -65,6 +65,7 @@ def test_outputs_are_written(small: WorldResult) -> None:
     )
     assert doc["events"][0]["event"] == "fail"
     assert doc["meta"]["site_region_rtt_ms"]["London->eu-central"] > 0
+    assert set(doc["meta"]["site_region_rtt_source"].values()) == {"model"}  # the default
     if small.chart is not None:  # matplotlib is a dev dependency: present in the test venv
         assert small.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -117,6 +118,35 @@ def test_a_user_rtt_table_overrides_the_model_per_pair() -> None:
     assert rtt(london, "us-east", table) == 5.0
     assert rtt(london, "eu-central", table) == rtt(london, "eu-central")  # not listed: model
     assert nearest(london, ("eu-central", "us-east"), table) == "us-east"
+
+
+def test_published_rtts_replace_the_model_where_both_ends_are_listed(tmp_path: Path) -> None:
+    """--published-rtt: London (Dublin, 464 km) to eu-central (Frankfurt) is the published
+    eu-west-1 - eu-central-1 figure; New York to us-east maps both ends to us-east-1 (the
+    table says nothing inside one region) and Mumbai is near no listed region: the model.
+    A user's --rtt-table wins over the published figure."""
+    from gateway.cli.world import rtt
+    from gateway.cli.world_run import rtt_tables
+
+    sites = pick_sites(["London", "New York", "Mumbai"])
+    regions = ("eu-central", "us-east")
+    table, source = rtt_tables(sites, regions, True, None)
+    assert table[("London", "eu-central")] == pytest.approx((19.56 + 19.55) / 2)
+    assert table[("New York", "eu-central")] == pytest.approx((88.66 + 88.62) / 2)
+    assert "eu-west-1 - eu-central-1" in source[("London", "eu-central")]
+    assert set(table) == {
+        ("London", "eu-central"),
+        ("London", "us-east"),
+        ("New York", "eu-central"),
+    }
+    assert rtt(sites[2], "us-east", table) == rtt(sites[2], "us-east")  # Mumbai: the model
+    mine = tmp_path / "mine.csv"
+    mine.write_text("London,eu-central,12\n", encoding="utf-8")
+    table, source = rtt_tables(sites, regions, True, mine)
+    assert table[("London", "eu-central")] == 12.0
+    assert source[("London", "eu-central")] == f"--rtt-table {mine}"
+    assert ("London", "us-east") in table  # the published figures it does not list stay
+    assert rtt_tables(sites, regions, False, None) == ({}, {})  # the default: the model
 
 
 @pytest.mark.parametrize(
