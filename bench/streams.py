@@ -53,8 +53,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import MODEL, gateway_conf, nginx_conf, pct, pinned  # noqa: E402
+from bench.overhead import MODEL, gateway_conf, nginx_conf  # noqa: E402
+from bench.overhead_cells import pct, pinned  # noqa: E402
 from bench.proc_cpu import CLK_TCK, process_tree, stat_fields  # noqa: E402
+from bench.results_io import write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -274,6 +276,8 @@ class Row:
     transit_p50_ms: float
     transit_p99_ms: float
     proxy_peak_rss_mib: float | None
+    proxy_idle_rss_mib: float | None  # the proxy's tree just before this row's load
+    kib_per_stream: float | None  # (peak RSS - idle RSS) / peak streams held at once
     proxy_cpu_s: float | None
     backend_cpu_s: float
     loadgen_cpu_s: float
@@ -298,7 +302,11 @@ def run_row(
     proxy: subprocess.Popen[bytes] | None,
     backend: subprocess.Popen[bytes],
     load_cpus: tuple[int, ...] | None,
+    baseline_kib: float | None = None,
 ) -> Row:
+    """One row. baseline_kib: the proxy's RSS before any load (the warm-up row's idle RSS);
+    per-stream memory is counted from it, since memory a row frees is kept by the allocators
+    and the next row's idle reading would hide it."""
     sources = tuple(f"127.0.0.{k}" for k in range(1, args.sources + 1))
     t0 = time.time() + START_MARGIN_S
     starts = [t0 + args.ramp_s * j / n for j in range(n)]
@@ -306,6 +314,7 @@ def run_row(
     ctx = multiprocessing.get_context("fork")
     proxy_pids = process_tree(proxy.pid) if proxy else []
     hwm_reset = reset_peak_rss(proxy_pids)
+    idle_kib = status_kib(proxy_pids, "VmRSS")
     cpu_proxy0, cpu_backend0 = cpu_seconds(proxy_pids), cpu_seconds([backend.pid])
     sampled_rss = 0
     conns, workers = [], []
@@ -359,6 +368,10 @@ def run_row(
         (h, e) for h, e in zip(merged.headers, merged.ended, strict=True) if not math.isnan(h)
     ]
     ttft = [x * 1000 for x in merged.ttft if not math.isnan(x)]
+    peak = peak_concurrency([h for h, _ in opened], [e for _, e in opened])
+    # Per stream held, not per stream asked for: streams refused or failed hold nothing.
+    base = idle_kib if baseline_kib is None else baseline_kib
+    per_stream = (rss * 1024 - base) / peak if rss is not None and peak else None
     gaps = [x * 1000 for x in merged.gaps]
     transit = [x * 1000 for x in merged.transit]
     return Row(
@@ -367,7 +380,7 @@ def run_row(
         completed=merged.completed,
         failed=n - merged.completed,
         failures=dict(merged.failures.most_common()),
-        peak_streaming=peak_concurrency([h for h, _ in opened], [e for _, e in opened]),
+        peak_streaming=peak,
         ttft_p50_ms=pct(ttft, 0.5),
         ttft_p99_ms=pct(ttft, 0.99),
         added_gap_p50_ms=pct(gaps, 0.5),
@@ -375,6 +388,8 @@ def run_row(
         transit_p50_ms=pct(transit, 0.5),
         transit_p99_ms=pct(transit, 0.99),
         proxy_peak_rss_mib=rss,
+        proxy_idle_rss_mib=idle_kib / 1024 if proxy else None,
+        kib_per_stream=per_stream,
         proxy_cpu_s=cpu_proxy,
         backend_cpu_s=cpu_seconds([backend.pid]) - cpu_backend0,
         loadgen_cpu_s=merged.cpu_s,
@@ -578,8 +593,11 @@ def main() -> None:
             f"descriptors {load_nofile}, gateway {gateway_nofile}; logs in {work}",
             flush=True,
         )
+        baseline: dict[str, float | None] = {}
         for target, (url, proxy) in targets.items():  # warm-up: pools, imports, caches
-            run_row(target, url, WARMUP_STREAMS, args, body, proxy, backend, load_cpus)
+            w = run_row(target, url, WARMUP_STREAMS, args, body, proxy, backend, load_cpus)
+            idle = w.proxy_idle_rss_mib
+            baseline[target] = idle * 1024 if idle is not None else None
         for n in args.counts:
             print(
                 f"-- {n} streams: {n * args.tokens_per_s:,.0f} token events/s at the peak",
@@ -587,7 +605,9 @@ def main() -> None:
             )
             for target, (url, proxy) in targets.items():
                 time.sleep(args.settle_s)
-                row = run_row(target, url, n, args, body, proxy, backend, load_cpus)
+                row = run_row(
+                    target, url, n, args, body, proxy, backend, load_cpus, baseline[target]
+                )
                 rows.append(row)
                 print(summary_line(row), flush=True)
                 if proxy is not None and proxy.poll() is not None:
@@ -605,7 +625,8 @@ def _ms(x: float) -> str:
 def summary_line(r: Row) -> str:
     why = ", ".join(f"{k}: {v}" for k, v in r.failures.items())
     proxy = (
-        f"  RSS {r.proxy_peak_rss_mib:.0f} MiB  CPU {r.proxy_cpu_s:.1f} s"
+        f"  RSS {r.proxy_peak_rss_mib:.0f} MiB ({_ms(r.kib_per_stream or math.nan)} KiB/stream)"
+        f"  CPU {r.proxy_cpu_s:.1f} s"
         if r.proxy_peak_rss_mib is not None and r.proxy_cpu_s is not None
         else ""
     )
@@ -652,12 +673,14 @@ def write(
         + ".",
         "Peak = most streams holding response headers at once. +gap = token arrival gap minus "
         "the paced gap. Transit = backend emission to client arrival. RSS and CPU: the "
-        "proxy's process tree during the measurement. Ratios: vs direct at the same N.",
+        "proxy's process tree during the measurement; idle RSS just before the row's load; "
+        "KiB/stream = (peak RSS - the proxy's RSS before any load) / peak streams held. "
+        "Ratios: vs direct at the same N.",
         "",
         "| N | target | completed | failed | peak | TTFT p50 ms | TTFT p99 ms | "
         "p50 vs direct | p99 vs direct | +gap p99 ms | +gap vs direct | transit p99 ms | "
-        "peak RSS MiB | CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak RSS MiB | idle RSS MiB | KiB/stream | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     out_rows = []
     for r in rows:
@@ -671,11 +694,14 @@ def write(
         }
         rss = f"{r.proxy_peak_rss_mib:.0f}" if r.proxy_peak_rss_mib is not None else "-"
         cpu = f"{r.proxy_cpu_s:.1f}" if r.proxy_cpu_s is not None else "-"
+        idle = f"{r.proxy_idle_rss_mib:.0f}" if r.proxy_idle_rss_mib is not None else "-"
+        kib = f"{r.kib_per_stream:.1f}" if r.kib_per_stream is not None else "-"
         lines.append(
             f"| {r.streams} | {r.target} | {r.completed} | {r.failed} | {r.peak_streaming} | "
             f"{_ms(r.ttft_p50_ms)} | {_ms(r.ttft_p99_ms)} | {ratios['ttft_p50_vs_direct']} | "
             f"{ratios['ttft_p99_vs_direct']} | {_ms(r.added_gap_p99_ms)} | "
-            f"{ratios['added_gap_p99_vs_direct']} | {_ms(r.transit_p99_ms)} | {rss} | {cpu} |"
+            f"{ratios['added_gap_p99_vs_direct']} | {_ms(r.transit_p99_ms)} | {rss} | "
+            f"{idle} | {kib} | {cpu} |"
         )
         # NaN is not JSON: a missing percentile is null.
         plain = {k: (None if isinstance(v, float) and v != v else v) for k, v in asdict(r).items()}
@@ -684,29 +710,22 @@ def write(
     if failures:
         lines += ["", "Failures by cause:", "", *failures]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    md, js = args.out.with_suffix(".md"), args.out.with_suffix(".json")
-    md.write_text("\n".join(lines) + "\n")
-    js.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "nofile": {
-                    "shell_soft": nofile[0],
-                    "shell_hard": nofile[1],
-                    "load_generator": load_nofile,
-                    "gateway": gateway_nofile,
-                },
-                "somaxconn": somaxconn(),
-                "rows": out_rows,
-                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    write_results(
+        args.out,
+        lines,
+        {
+            "machine": machine,
+            "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "nofile": {
+                "shell_soft": nofile[0],
+                "shell_hard": nofile[1],
+                "load_generator": load_nofile,
+                "gateway": gateway_nofile,
             },
-            indent=2,
-        )
-        + "\n"
+            "somaxconn": somaxconn(),
+            "rows": out_rows,
+        },
     )
-    print("\n".join(lines))
-    print(f"\nwrote {md} and {js.name}")
 
 
 if __name__ == "__main__":

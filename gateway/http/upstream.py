@@ -166,6 +166,11 @@ class _Attempts:
             if opened is None:
                 return None
             resp, first = opened
+            # The upstream answered: no other attempt follows, so the request's body and
+            # headers need not live as long as the stream (a 16 KiB prompt kept 16 KiB per
+            # open stream: bench/results/stream_memory_prompt16k.md).
+            self.ex.body = b""
+            self.headers = []
             rt.metrics.child(rt.metrics.attempts, uid, "ok").inc()
             extra = [
                 (b"x-request-id", self.ex.id.encode()),
@@ -268,6 +273,7 @@ class _Attempts:
         deadline = loop.time() + t.total_s - self.ex.elapsed_s()
         headers = client_response_headers(resp.raw_headers, extra)
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        del headers  # sent: not kept in this frame for the stream's life
         m = self.rt.metrics
         m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
