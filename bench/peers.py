@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 from gateway.cli.procs import spawn
 
@@ -112,19 +113,11 @@ def start_litellm(
     cfg.write_text(litellm_config(model, backend))
     logcfg = work / "litellm-log.json"
     logcfg.write_text(json.dumps(LOG_CONFIG))
-    saved = {k: os.environ.get(k) for k in (*ENV, "DATABASE_URL")}
-    os.environ.update(ENV)
-    os.environ.pop("DATABASE_URL", None)
-    try:
+    with patch.dict(os.environ, ENV):  # the environment as it was, afterwards
+        os.environ.pop("DATABASE_URL", None)
         args = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
         args += ["--num_workers", "1", "--log_config", str(logcfg)]
         return spawn([*pin, *args], work / "litellm.log")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 FLOOR_DESCRIPTIONS = {

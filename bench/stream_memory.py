@@ -33,6 +33,7 @@ import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import aiohttp
 
@@ -217,9 +218,8 @@ def start(
         )
         env["PYTHONTRACEMALLOC"] = str(FRAMES)  # Python's own switch: trace from the start
         env["STREAM_MEMORY_DUMP"] = str(work / "dump")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # spawn() passes this process's environment on
-    try:
+    # spawn() passes this process's environment on; patch.dict puts it back afterwards
+    with patch.dict(os.environ, env):
         if target == "geogate":
             conf = gateway_config(work, port, backend, [])  # default config: log + GeoIP on
             cmd = geogate_cmd("gateway", "--config", str(conf))
@@ -228,12 +228,6 @@ def start(
         else:
             p = start_floor(work, target, backend, port, [])
             wait_http(f"http://127.0.0.1:{port}/health", proc=p, timeout=60, ok=(200, 404))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return p
 
 
