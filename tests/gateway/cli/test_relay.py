@@ -43,7 +43,9 @@ def test_relay_delay_is_accurate(rtt_ms: float) -> None:
     took = asyncio.run(_measure(rtt_ms, 5 if rtt_ms < 200 else 3))
     median = statistics.median(took)
     print(f"rtt {rtt_ms:g} ms: measured median {median:.2f} ms (all {took})")
-    assert rtt_ms <= min(took) + 0.2  # never early
+    # Never early by more than a fraction of a ms (gateway/cli/relay.py corrects for its
+    # timers' average lateness, so one that fires on time leaves that much early).
+    assert rtt_ms <= min(took) + 0.5
     assert abs(median - rtt_ms) <= 2.0
 
 
