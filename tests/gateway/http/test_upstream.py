@@ -32,6 +32,8 @@ class FakeAttempts:
 @pytest.fixture(autouse=True)
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(upstream, "_Attempts", FakeAttempts)
+    # The watch at once, as the tests below were written for; its delay is tested last.
+    monkeypatch.setattr(upstream, "DISCONNECT_WATCH_DELAY_S", 0.0)
     FakeAttempts.cancelled = 0
 
 
@@ -79,3 +81,26 @@ async def test_a_cut_from_outside_ends_as_client_gone() -> None:
     await asyncio.sleep(0.01)
     task.cancel()  # the drain's cut (gateway.http.gate)
     assert await task == "gone" and FakeAttempts.cancelled == 1
+
+
+async def test_the_watch_starts_after_its_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast answer never calls receive (no watch task); a client that left at once is
+    noticed when the delay ends, and the attempts are cancelled then."""
+    monkeypatch.setattr(upstream, "DISCONNECT_WATCH_DELAY_S", 0.1)
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.disconnect"}  # the client is already gone
+
+    FakeAttempts.run_s = 0.0
+    assert await forward(None, None, receive, send) == 200  # type: ignore[arg-type]
+    assert calls == 0
+    FakeAttempts.run_s = 5
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(ClientGone):
+        await forward(None, None, receive, send)  # type: ignore[arg-type]
+    assert calls == 1 and FakeAttempts.cancelled == 1
+    assert 0.1 <= loop.time() - t0 < 1.0
