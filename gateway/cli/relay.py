@@ -41,10 +41,10 @@ class _Lateness:
     """How late this process's timers fire, smoothed, so that each chunk's sleep is that much
     shorter. asyncio's timers come up to a millisecond late (epoll waits in whole ms, rounded
     up) and later on a busy machine, once per direction: uncorrected, an exchange took 1-2.5 ms
-    longer than its RTT. Corrected, a chunk whose timer happens to fire on time leaves a
-    fraction of a millisecond early (tests/gateway/cli/test_relay.py allows 0.5 ms). Busy-waiting
-    the last stretch instead was exact but kept the relay process spinning through a world's
-    thousands of chunks a second."""
+    longer than its RTT (the medians `pytest tests/gateway/cli/test_relay.py -s` prints).
+    Corrected, a chunk whose timer happens to fire on time leaves a fraction of a millisecond
+    early (the test allows 0.5 ms). Busy-waiting the last stretch instead was exact but kept
+    the relay process spinning through a world's thousands of chunks a second."""
 
     ALPHA = 0.2  # weight of the newest observation: settles within ~10 chunks
 

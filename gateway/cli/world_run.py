@@ -255,6 +255,8 @@ def run_command(args: argparse.Namespace) -> None:
         raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
     if args.requests < 1:
         raise CLIError("world: --requests must be at least 1")
+    if not args.event_s > 0:  # also NaN
+        raise CLIError(f"world: --event-s must be a positive number of seconds, got {args.event_s}")
     events = tuple(args.events) if args.events is not None else KINDS[args.backend].events
     check_events(args.backend, events)
     if args.model_dir is not None and (args.backend != "model" or not args.model_dir.is_dir()):

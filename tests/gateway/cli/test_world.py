@@ -93,6 +93,8 @@ def test_unknown_site_is_one_line() -> None:
         (["--regions", "eu-central", "mars-1"], "geogate: world: unknown region 'mars-1'"),
         (["--regions", "us-east"], "geogate: world: the origin 'eu-central' is not one of"),
         (["--sites", "Atlantis"], "geogate: world: unknown site 'Atlantis'"),
+        (["--event-s", "0"], "geogate: world: --event-s must be a positive number of seconds"),
+        (["--event-s", "nan"], "geogate: world: --event-s must be a positive number of seconds"),
     ],
 )
 def test_bad_arguments_are_one_line(
