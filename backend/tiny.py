@@ -9,7 +9,7 @@ the real one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,11 @@ MEDIUM = TinySpec(
 # LLaMA-2-7B's shapes (6.7 B parameters): checks claims made about that model's memory and
 # speed without downloading it. Build it in bfloat16 on a GPU (`--dtype bfloat16 --device
 # cuda`): in float32 on a CPU it is 27 GB and minutes of random initialisation.
-SEVEN_B = TinySpec(
-    vocab_size=32000,
+SEVEN_B = replace(  # 1b's vocabulary and head count, no grouped-query attention
+    ONE_B,
     hidden_size=4096,
     intermediate_size=11008,
     num_hidden_layers=32,
-    num_attention_heads=32,
     num_key_value_heads=32,
     max_position_embeddings=4096,
 )

@@ -89,7 +89,7 @@ def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
 
     s = config.server
     hc = HConfig()
-    hc.bind = [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"]
+    hc.bind = [_address(s.host, s.port)]
     hc.graceful_timeout = d.WORKER_EXIT_GRACE_S  # after the app's own drain (http.gate)
     hc.accesslog = None
     hc.backlog = s.backlog

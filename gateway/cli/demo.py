@@ -25,6 +25,7 @@ from gateway.cli.procs import (
     geogate_cmd,
     kill,
     regions_toml,
+    route_field,
     spawn,
     stop_all,
     wait_http,
@@ -113,11 +114,7 @@ class Result:
     error: str = ""
 
     def field(self, key: str) -> str:
-        for part in self.route.split(";"):
-            k, _, v = part.strip().partition("=")
-            if k == key:
-                return v
-        return "-"
+        return route_field(self.route, key)
 
 
 async def _ask(gw: str, city: City, stream: bool = False) -> Result:

@@ -20,6 +20,16 @@ from geodb.regions import known_region
 READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp, starlette, granian: seconds, not more
 
 
+def route_field(header: str, key: str) -> str:
+    """One field of a ``geogate-route`` header ("region" of "upstream=u1; region=r1"); "-"
+    when absent."""
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == key:
+            return v
+    return "-"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

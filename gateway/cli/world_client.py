@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.cli import world_report as wr
+from gateway.cli.procs import route_field
 
 MODEL = "world-llm"
 MAX_TOKENS = 8
@@ -29,14 +30,6 @@ class Site:
     continent: str
     lat: float
     lon: float
-
-
-def _route_region(header: str) -> str:
-    for part in header.split(";"):
-        k, _, v = part.strip().partition("=")
-        if k == "region":
-            return v
-    return "-"
 
 
 def _has_content(line: bytes) -> bool:
@@ -68,7 +61,7 @@ async def ask(
             s.post(f"{url}/v1/chat/completions", json=body) as r,
         ):
             if topo == "geogate":
-                region = _route_region(r.headers.get("geogate-route", ""))
+                region = route_field(r.headers.get("geogate-route", ""), "region")
             async for line in r.content:
                 if ttft is None and line.startswith(b"data: {") and _has_content(line):
                     ttft = (time.perf_counter() - t0) * 1000

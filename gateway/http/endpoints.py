@@ -14,7 +14,7 @@ from starlette.routing import Route
 from gateway.errors import ModelNotFound, RequestInvalid, UnknownEndpoint
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
-from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms
+from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
 from geodb.edge import HEADER as EDGE_HEADER
@@ -80,7 +80,7 @@ class Endpoints:
         snap = self.rt.store.snapshot(time.monotonic())
         region = self.rt.config.gateway.region
         ttft = expected_ttft_ms(snap.upstreams)
-        routable = sum(1 for u in snap.upstreams if u.healthy and not u.drained and u.weight > 0)
+        routable = len(routable_views(snap.upstreams))
         lines = [
             f"# HELP {REGION_ROUTABLE} Upstreams this gateway can route to now",
             f"# TYPE {REGION_ROUTABLE} gauge",

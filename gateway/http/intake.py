@@ -259,7 +259,7 @@ class Proxy:
         m = rt.metrics
         m.child(m.by_country, loc.country or "unknown", str(loc.source)).inc()
         if ex.routed.preferred_region:
-            rt.metrics.missteered.labels(ex.routed.preferred_region).inc()
+            m.child(m.missteered, ex.routed.preferred_region).inc()
         check_routed(rt, ex.routed, ex.model)
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
@@ -269,13 +269,14 @@ class Proxy:
         region = ex.region
         m.child(m.requests, str(ex.status), region).inc()
         m.child(m.duration, region).observe(ex.elapsed_s())
-        if ex.routed is not None and ex.status >= 500:  # errors by country: deploy/grafana
-            m.child(m.client_errors, ex.routed.location.country or "unknown").inc()
         if ex.routed is not None:
+            loc = ex.routed.location
+            if ex.status >= 500:  # errors by country: deploy/grafana
+                m.child(m.client_errors, loc.country or "unknown").inc()
             # The model only when served: then it is one the upstreams serve, not any string
             # a client sent.
             served = ex.upstream != NOT_SERVED
-            self.rt.traffic.request(ex.routed.location, ex.upstream, ex.model if served else "")
+            self.rt.traffic.request(loc, ex.upstream, ex.model if served else "")
         config = self.rt.config
         if config.server.access_log:
             ex.log(config.log.format)

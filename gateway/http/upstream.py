@@ -256,7 +256,8 @@ class _Attempts:
 
     def _fail(self, failure: Failure, cand: Candidate, ok: bool = False) -> None:
         self.failures.append(failure)
-        self.rt.metrics.attempts.labels(failure.upstream, failure.label).inc()
+        m = self.rt.metrics
+        m.child(m.attempts, failure.upstream, failure.label).inc()
         self._record(cand, ok)
 
     async def _stream(
@@ -306,7 +307,8 @@ class _Attempts:
         """The upstream failed mid-response. SSE clients get a final error event they can act
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
-        self.rt.metrics.stream_aborted.labels("timeout" if timed_out else "upstream_error").inc()
+        m = self.rt.metrics
+        m.child(m.stream_aborted, "timeout" if timed_out else "upstream_error").inc()
         self._record(cand, False)
         uid = cand.upstream.id
         what = "stopped answering" if timed_out else "failed"

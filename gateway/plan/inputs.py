@@ -4,6 +4,8 @@ wrong, raised as PlanInvalid; nothing here reads files (the CLI hands the parsed
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,6 @@ BYTES_PER_OUTPUT_TOKEN = 220.0  # one SSE chunk of an OpenAI-shaped stream per t
 INPUT_TOKEN_WEIGHT = 0.1  # prefill processes prompt tokens ~10x faster than decode makes
 # output tokens: a prompt token costs a tenth of the measured output tokens/s
 BACKEND_TTFT_MS = 40.0  # the backend's own time to first token, added to RTT in predictions
-DAYS_PER_MONTH = HOURS_PER_MONTH / 24.0
 # Where bench/backend.py writes its results, from the repository root: a region without a
 # tokens_per_s of its own (or with tokens_per_s = "measured") takes its figure from there.
 BACKEND_RESULTS = "bench/results/backend.json"
@@ -85,7 +86,9 @@ def _num(
     value = table.get(key, default)
     if value is None:
         raise PlanInvalid(f"plan: {where} has no {key}")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # TOML reads nan and inf as floats; either would pass the sign test below and turn every
+    # cost and count of the plan into nan or inf.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise PlanInvalid(f"plan: {where}: {key} must be a number, got {value!r}")
     if value < 0 or (positive and value == 0):
         sign = "greater than 0" if positive else "0 or more"
@@ -217,13 +220,10 @@ def _measured(
     where = str(settings.get("backend_results", BACKEND_RESULTS))
     model = settings.get("backend_model")
     quantize = str(settings.get("backend_quantize", "none"))
-    found: list[Measured] = []
 
+    @functools.cache
     def get() -> Measured:
-        if not found:
-            found.append(measured_rate(read(), None if model is None else str(model), quantize,
-                                       where))  # fmt: skip
-        return found[0]
+        return measured_rate(read(), None if model is None else str(model), quantize, where)
 
     return get
 

@@ -58,8 +58,9 @@ def wanted(text: str) -> str:
     """The lines of ``text`` that parse_load reads: the samples it uses and their # TYPE
     lines. A backend's /metrics is mostly other families (histogram buckets, process and
     Python metrics), and prometheus_client's parser took 1.9 ms for the simulated backend's
-    87 lines, about 0.8 % of a core per upstream at 4 polls a second; the samples it keeps
-    parse the same (a histogram's _sum and _count need no buckets)."""
+    87 lines (bench/hotpath.py, "load scrape parsed", before this filter), about 0.8 % of a
+    core per upstream at 4 polls a second; the samples it keeps parse the same (a
+    histogram's _sum and _count need no buckets)."""
     keep = []
     for line in text.splitlines():
         if line.startswith(_PREFIXES):
@@ -98,6 +99,12 @@ def parse_load(text: str) -> LoadReading:
     )
 
 
+def routable_views(views: Sequence[UpstreamView]) -> list[UpstreamView]:
+    """The upstreams a request could be routed to now: healthy, not drained, weight above 0
+    (a weight-0 standby takes traffic only when nothing else can)."""
+    return [u for u in views if u.healthy and not u.drained and u.weight > 0]
+
+
 def expected_ttft_ms(views: Sequence[UpstreamView]) -> float | None:
     """What a request this gateway routes now would wait for its first token, scored as its
     router scores load: the best routable upstream's ``ttft x (1 + queue / slots)``, one with
@@ -105,7 +112,7 @@ def expected_ttft_ms(views: Sequence[UpstreamView]) -> float | None:
     routable upstream has a fresh TTFT: unmeasured, not fast. Network cost is left out: a
     regional gateway's upstreams sit beside it, and the gateway reading this figure measures
     its own RTT to here."""
-    routable = [u for u in views if u.healthy and not u.drained and u.weight > 0]
+    routable = routable_views(views)
     known = [u.ttft_ms for u in routable if u.ttft_ms is not None]
     if not known:
         return None

@@ -30,7 +30,7 @@ from gateway.defaults import (
     DASHBOARD_WATCH_S,
 )
 from gateway.http.dashboard import state
-from gateway.http.dashboard.window import Tick, Window, percentile
+from gateway.http.dashboard.window import Tick, Window, quantiles
 from gateway.runtime import Runtime
 
 log = logging.getLogger("geogate.dashboard")
@@ -48,12 +48,11 @@ def point(snapshot: dict[str, Any], tick: Tick) -> dict[str, Any]:
     for u in snapshot["upstreams"]:
         uid = u["id"]
         n, failed = t.attempts.get(uid, 0), t.failures.get(uid, 0)
-        samples = sorted(t.ttft_ms.get(uid, ()))
-        p50 = percentile(samples, 0.5)
+        p50, _ = quantiles(sorted(t.ttft_ms.get(uid, ())))
         ups[uid] = [
             round(n / span, 2),
             round(100 * failed / n, 1) if n else None,
-            None if p50 is None else round(p50, 1),
+            p50,
             u["in_flight"],
             u["rtt_ms"],
             u["queue_depth"],
@@ -63,14 +62,8 @@ def point(snapshot: dict[str, Any], tick: Tick) -> dict[str, Any]:
         ids = r["upstreams"]
         n = sum(t.attempts.get(uid, 0) for uid in ids)
         failed = sum(t.failures.get(uid, 0) for uid in ids)
-        samples = sorted(ms for uid in ids for ms in t.ttft_ms.get(uid, ()))
-        p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
-        regions[r["id"]] = [
-            round(n / span, 2),
-            round(failed / span, 2),
-            None if p50 is None else round(p50, 1),
-            None if p99 is None else round(p99, 1),
-        ]
+        p50, p99 = quantiles(sorted(ms for uid in ids for ms in t.ttft_ms.get(uid, ())))
+        regions[r["id"]] = [round(n / span, 2), round(failed / span, 2), p50, p99]
     return {"t": round(tick.at, 3), "u": ups, "r": regions}
 
 

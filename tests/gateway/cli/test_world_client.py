@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.world_client import _has_content, _route_region, ask, backend_ttft_ms
+from gateway.cli.procs import route_field
+from gateway.cli.world_client import _has_content, ask, backend_ttft_ms
 from gateway.cli.world_run import pick_sites
 from tests.support import start_sim
 
 
 def test_the_route_header_names_the_region() -> None:
-    assert _route_region("upstream=us-east-1; region=us-east; attempts=1") == "us-east"
-    assert _route_region("") == "-"
+    assert route_field("upstream=us-east-1; region=us-east; attempts=1", "region") == "us-east"
+    assert route_field("", "region") == "-"
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,10 @@ def test_defaults_and_points() -> None:
         ({"settings": {"target_utilisation": 1.5}},
          "plan: settings: target_utilisation must be at most 1, got 1.5"),
         ({"objectives_p95_ms": {"XY": 10}}, "plan: objectives_p95_ms: unknown continent 'XY'"),
+        ({"demand": [{"country": "BR", "requests_per_day": float("nan")}]},
+         "plan: demand[0] (BR): requests_per_day must be a number, got nan"),
+        ({"regions": [{"id": "sa-east", "usd_per_hour": float("inf")}]},
+         "plan: regions[0] (sa-east): usd_per_hour must be a number, got inf"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_one_line(changes: dict[str, Any], message: str) -> None:
