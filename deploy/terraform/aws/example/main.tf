@@ -13,34 +13,8 @@ locals {
   }) }
 }
 
-# The Redis AUTH token, where each region's hosts read it.
-resource "aws_ssm_parameter" "redis_auth_eu" {
-  provider = aws.eu
-  name     = var.redis_auth_ssm_parameter
-  type     = "SecureString"
-  key_id   = var.regions["eu-central"].kms_key_arn
-  value    = var.redis_auth_token
-  tags     = var.tags
-}
-
-resource "aws_ssm_parameter" "redis_auth_us" {
-  provider = aws.us
-  name     = var.redis_auth_ssm_parameter
-  type     = "SecureString"
-  key_id   = var.regions["us-east"].kms_key_arn
-  value    = var.redis_auth_token
-  tags     = var.tags
-}
-
-resource "aws_ssm_parameter" "redis_auth_ap" {
-  provider = aws.ap
-  name     = var.redis_auth_ssm_parameter
-  type     = "SecureString"
-  key_id   = var.regions["ap-southeast"].kms_key_arn
-  value    = var.redis_auth_token
-  tags     = var.tags
-}
-
+# One module block per region, not a for_each over var.regions: Terraform picks a module's
+# provider statically, so each region's provider (versions.tf) needs a block of its own.
 module "eu_central" {
   source    = "../modules/region"
   providers = { aws = aws.eu }
@@ -66,14 +40,14 @@ module "eu_central" {
   redis_client_cidrs = local.redis_client_cidrs
   # The primary of the Global Datastore: no global id, its own endpoint.
   redis_auth_token         = var.redis_auth_token
-  redis_auth_ssm_parameter = aws_ssm_parameter.redis_auth_eu.name
+  redis_auth_ssm_parameter = var.redis_auth_ssm_parameter
   tags                     = var.tags
 }
 
 resource "aws_elasticache_global_replication_group" "fleet" {
-  provider                           = aws.eu
-  global_replication_group_id_suffix = "geogate"
-  primary_replication_group_id       = module.eu_central.redis_replication_group_id
+  provider                             = aws.eu
+  global_replication_group_id_suffix   = "geogate"
+  primary_replication_group_id         = module.eu_central.redis_replication_group_id
   global_replication_group_description = "geogate shared state across regions"
 }
 
@@ -103,7 +77,7 @@ module "us_east" {
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token
-  redis_auth_ssm_parameter          = aws_ssm_parameter.redis_auth_us.name
+  redis_auth_ssm_parameter          = var.redis_auth_ssm_parameter
   tags                              = var.tags
 }
 
@@ -133,6 +107,6 @@ module "ap_southeast" {
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token
-  redis_auth_ssm_parameter          = aws_ssm_parameter.redis_auth_ap.name
+  redis_auth_ssm_parameter          = var.redis_auth_ssm_parameter
   tags                              = var.tags
 }

@@ -102,7 +102,7 @@ resource "aws_launch_template" "gpu" {
     model_s3_uri   = var.model_s3_uri
     model_name     = var.model_name
     redis_host     = local.redis_host
-    redis_param    = var.redis_auth_ssm_parameter
+    redis_param    = aws_ssm_parameter.redis_auth.name
     region_id      = var.region_id
   }))
   tag_specifications {

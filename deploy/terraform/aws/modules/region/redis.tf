@@ -38,3 +38,13 @@ resource "aws_elasticache_replication_group" "fleet" {
   snapshot_retention_limit = 0
   tags                     = local.tags
 }
+
+# The AUTH token where this region's hosts read it at boot (user_data.sh.tftpl), encrypted with
+# the region's key.
+resource "aws_ssm_parameter" "redis_auth" {
+  name   = var.redis_auth_ssm_parameter
+  type   = "SecureString"
+  key_id = var.kms_key_arn
+  value  = var.redis_auth_token
+  tags   = local.tags
+}

@@ -125,7 +125,7 @@ variable "redis_auth_token" {
 }
 
 variable "redis_auth_ssm_parameter" {
-  description = "SecureString SSM parameter holding the Redis AUTH token, read by the hosts at boot"
+  description = "Name of the SecureString SSM parameter this module stores the Redis AUTH token in, read by the hosts at boot"
   type        = string
 }
 
