@@ -56,7 +56,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # shows up here instead of on the request path.
 _PROBE_ADDRESSES = ("1.1.1.1", "8.8.8.8", "81.2.69.160", "2001:4860:4860::8888", "127.0.0.1")
 # Addresses whose location a GeoIPSource remembers (least recently used out first). A lookup
-# decodes a whole City record into geoip2 objects (~12 us, bench/results/profile.md); a client
+# decodes a whole City record into geoip2 objects (~50 us, bench/results/profile.md); a client
 # sends many requests from one address, so a hit saves nearly all of it. 16,384 entries are a
 # few MB; a fleet of clients larger than that still gets a hit on its busiest addresses.
 LOOKUP_CACHE_SIZE = 16384
