@@ -133,7 +133,7 @@ class Runtime:
         trusted = peer is not None and is_trusted(peer, self.trusted)
         edge = self.edge_client(edge_header, host) if edge_header is not None else None
         if edge is not None:
-            return self._route(edge.ip, trusted, edge.location, model, now)
+            return self.route(edge.ip, trusted, edge.location, model, now)
         ip = client_ip(peer, forwarded_for, self.trusted)
         return self.route_ip(ip, trusted, model, now)
 
@@ -152,11 +152,12 @@ class Runtime:
         return verdict.client
 
     def route_ip(self, ip: IPAddress | None, peer_trusted: bool, model: str, now: float) -> Routed:
-        return self._route(ip, peer_trusted, self.geo.locate(ip), model, now)
+        return self.route(ip, peer_trusted, self.geo.locate(ip), model, now)
 
-    def _route(
+    def route(
         self, ip: IPAddress | None, peer_trusted: bool, loc: Location, model: str, now: float
     ) -> Routed:
+        """The decision for ``model`` from a client at ``loc``, however it was located."""
         snap, policy = self.store.snapshot(now), self.store.policy
         decision = route(RequestFacts(model, loc), snap, policy, self.rng)
         hint = preferred_region(loc, decision, snap, policy)

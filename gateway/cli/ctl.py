@@ -90,14 +90,15 @@ async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
     doc, _ = await fleet.config()
     if _kind(doc, args.upstream) != "upstream":
         raise CLIError(f"{args.upstream!r} is a region: a weight belongs to one upstream")
-    _told(args.upstream, await fleet.change("upstream", args.upstream, {"weight": args.weight}))
+    entry = await fleet.change("upstream", args.upstream, {"weight": args.weight}, doc)
+    _told(args.upstream, entry)
 
 
 async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     drained = args.ctl_command == "drain"
     doc, _ = await fleet.config()
     kind = _kind(doc, args.target)
-    entry = await fleet.change(kind, args.target, {"drained": drained})
+    entry = await fleet.change(kind, args.target, {"drained": drained}, doc)
     by = f"fleet config version {entry['version']}, audited as {entry['who']}"
     if kind == "region":
         ups = ", ".join(json.loads(entry["after"]))

@@ -42,7 +42,13 @@ HINTS = {
 
 class Fleet(Protocol):
     async def config(self) -> tuple[dict[str, Any], int]: ...
-    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    async def change(
+        self, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Apply ``changes`` to ``target``; ``doc`` is the fleet document when the caller has
+        just read it (config()), so it is not read again."""
+        ...
+
     async def audit(self, count: int) -> list[dict[str, str]]: ...
     async def close(self) -> None: ...
 
@@ -67,8 +73,12 @@ class RedisFleet:
             )
         return doc, version
 
-    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]:
-        doc, _ = await self.config()
+    async def change(
+        self, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if doc is None:
+            doc, _ = await self.config()
+        # Only a template: the update reads the document again, under WATCH.
         base = config_doc.base_config(doc)
         update = config_io.update_region if kind == "region" else config_io.update_upstream
         _, _, entry = await self._io(update(self.r, self.keys, base, target, changes, self.who))
@@ -117,7 +127,9 @@ class GatewayFleet:
         body = await self._json("GET", "/admin/config", admin=True)
         return body["config"], int(body["version"])
 
-    async def change(self, kind: str, target: str, changes: dict[str, Any]) -> dict[str, Any]:
+    async def change(
+        self, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         path = f"/admin/{kind}s/{quote(target, safe='')}"
         body = await self._json("PATCH", path, admin=True, data=json.dumps(changes))
         entry: dict[str, Any] = body["audit"]

@@ -30,6 +30,7 @@ from gateway.cli.procs import (
     stop_all,
     wait_http,
 )
+from gateway.http.headers import ROUTE_HEADER
 from geodb.build import build_from_rows
 from geodb.distance import est_rtt_ms
 from geodb.regions import known_region
@@ -130,11 +131,11 @@ async def _ask(gw: str, city: City, stream: bool = False) -> Result:
         async with s.post(f"{gw}/v1/chat/completions", json=body) as r:
             if stream:
                 await r.read()
-                return Result(city, r.status, r.headers.get("geogate-route", ""), 0.0)
+                return Result(city, r.status, r.headers.get(ROUTE_HEADER, ""), 0.0)
             data = await r.json()
             ms = (time.perf_counter() - t0) * 1000
             err = data.get("error", {}).get("message", "") if r.status != 200 else ""
-            return Result(city, r.status, r.headers.get("geogate-route", ""), ms, err)
+            return Result(city, r.status, r.headers.get(ROUTE_HEADER, ""), ms, err)
 
 
 def _table(results: list[Result], title: str) -> None:

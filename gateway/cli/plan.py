@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError
 from gateway.errors import PlanInvalid
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse
@@ -97,13 +98,10 @@ def detail(x: Placement, p: PlanInput) -> str:
 
 
 def chart(out: Path, placements: list[Placement]) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not use_agg():
         return None
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
     for meets, color in ((False, "tab:gray"), (True, "tab:green")):
         pts = [x for x in placements if x.meets == meets]

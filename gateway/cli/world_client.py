@@ -14,6 +14,7 @@ import aiohttp
 
 from gateway.cli import world_report as wr
 from gateway.cli.procs import route_field
+from gateway.http.headers import ROUTE_HEADER
 
 MODEL = "world-llm"
 MAX_TOKENS = 8
@@ -61,7 +62,7 @@ async def ask(
             s.post(f"{url}/v1/chat/completions", json=body) as r,
         ):
             if topo == "geogate":
-                region = route_field(r.headers.get("geogate-route", ""), "region")
+                region = route_field(r.headers.get(ROUTE_HEADER, ""), "region")
             async for line in r.content:
                 if ttft is None and line.startswith(b"data: {") and _has_content(line):
                     ttft = (time.perf_counter() - t0) * 1000

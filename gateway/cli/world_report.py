@@ -8,6 +8,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gateway.cli.charts import use_agg
+
 TOPOLOGIES = {
     "origin": "(a) one European origin",
     "dns": "(b) DNS nearest region",
@@ -58,24 +60,29 @@ class EventRow:
     ttft_p50_by_continent: dict[str, float | None]
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def interpolated_percentile(values: list[float], pct: int) -> float | None:
+    """The ``pct``-th percentile (1..99) of ``values`` in any order, interpolated between
+    samples (statistics.quantiles, inclusive); None when empty. Not the convention of the
+    dashboard's ``window.percentile`` (nearest rank, ``q`` in 0..1)."""
     if not values:
         return None
     if len(values) == 1:
         return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def cell(samples: list[Sample], floor_ms: float) -> Cell:
     ttfts = [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None]
-    p50 = percentile(ttfts, 50)
+    p50 = interpolated_percentile(ttfts, 50)
     return Cell(
         n=len(samples),
         failed=sum(not s.ok for s in samples),
         p50=p50,
-        p95=percentile(ttfts, 95),
+        p95=interpolated_percentile(ttfts, 95),
         ratio=None if p50 is None else p50 / floor_ms,
-        total_p50=percentile([s.total_ms for s in samples if s.ok and s.total_ms is not None], 50),
+        total_p50=interpolated_percentile(
+            [s.total_ms for s in samples if s.ok and s.total_ms is not None], 50
+        ),
     )
 
 
@@ -117,7 +124,7 @@ def event_rows(
         by_cont: dict[str, float | None] = {}
         for cont in sorted({s.continent for s in mine}):
             vals = [s.ttft_ms for s in during if s.continent == cont and s.ok and s.ttft_ms]
-            by_cont[cont] = percentile([v for v in vals if v is not None], 50)
+            by_cont[cont] = interpolated_percentile([v for v in vals if v is not None], 50)
         failed = [s for s in during if not s.ok]
         rows.append(
             EventRow(
@@ -186,13 +193,10 @@ def write(out: Path, rows: list[SiteRow], events: list[EventRow], meta: dict[str
 def chart(out: Path, rows: list[SiteRow]) -> Path | None:
     """TTFT p50 per site per topology, with the floor; None when matplotlib is not installed
     (it is an optional extra: ``pip install geogate[charts]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    if not use_agg():
         return None
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / (len(TOPOLOGIES) + 1)
     xs = range(len(rows))

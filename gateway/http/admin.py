@@ -36,6 +36,8 @@ from gateway.errors import (
 )
 from gateway.fleet import config_doc
 from gateway.http.errors import json_error
+from gateway.http.intake import read_body
+from gateway.http.upstream import ClientGone
 from gateway.logs import event
 from gateway.runtime import Runtime, log
 
@@ -57,6 +59,8 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
                 return await handler(request, who_is(request))
             except GatewayError as err:
                 return json_error(err)
+            except ClientGone:
+                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             except (RedisError, OSError) as exc:
                 return json_error(
                     SharedStateUnavailable(
@@ -75,7 +79,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
     async def _patch(
         request: Request, who: str, kind: str, example: str, update: Updater
     ) -> Response:
-        changes = await _json_body(request)
+        changes = await json_body(request, rt.config.server.body_timeout_s)
         if not isinstance(changes, dict):
             raise RequestInvalid(f"send a JSON object such as {example}")
         target = request.path_params["id"]
@@ -152,26 +156,23 @@ def operator_of(authorization: str, operators: Mapping[str, str]) -> str | None:
     return found if scheme.lower() == "bearer" else None  # schemes are case-insensitive
 
 
-async def _json_body(request: Request) -> Any:
-    """The body as JSON, read up to ``ADMIN_MAX_BODY_BYTES``: a bigger one is refused as it
-    arrives, never held whole in memory."""
-    limit = ADMIN_MAX_BODY_BYTES
-    too_large = BodyTooLarge(
+def _too_large(size: int | None, limit: int) -> BodyTooLarge:
+    # The limit is fixed, not a config key: no operator change needs more than a few fields.
+    return BodyTooLarge(
         f"admin request body is over {limit} bytes; a change is a few fields, such as "
         '{"weight": 2}'
     )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+
+
+async def json_body(request: Request, timeout_s: float) -> Any:
+    """The body as JSON, read up to ``ADMIN_MAX_BODY_BYTES`` within ``timeout_s``
+    (server.body_timeout_s): a bigger one is refused as it arrives, never held whole in
+    memory, and a slow one does not hold the request forever."""
+    body = await read_body(
+        request.scope, request.receive, ADMIN_MAX_BODY_BYTES, timeout_s, _too_large
+    )
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except json.JSONDecodeError as exc:
         raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
     except UnicodeDecodeError:

@@ -142,9 +142,7 @@ class Endpoints:
             "ttft_ms": None if u.ttft_ms is None else round(u.ttft_ms, 1),
             "last_error": h.last_probe_error,
             # passive health: seconds of ejection left (0: in rotation), why, how often
-            "ejected_s": round(max(0.0, h.ejected_until - now), 1),
-            "ejection_cause": h.ejection_cause if h.ejected(now) else None,
-            "times_ejected": h.times_ejected,
+            **h.ejection_fields(now),
             # who saw what: each fresh gateway's verdict (fleet mode)
             "seen_by": store.observations.get(u.id, {}),
             "fleet_down": u.id in store.fleet_down,

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -107,12 +108,28 @@ def _json_kind(doc: Any) -> str:
     return kinds.get(type(doc), "a number")
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes:
+def _too_large(size: int | None, limit: int) -> BodyTooLarge:
+    what = f"request body is {size} bytes, over" if size is not None else "request body is over"
+    return BodyTooLarge(
+        f"{what} this gateway's limit of {limit} bytes (server.max_body_bytes); send a "
+        "shorter request or ask the operator to raise it"
+    )
+
+
+async def read_body(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    timeout_s: float,
+    too_large: Callable[[int | None, int], BodyTooLarge] = _too_large,
+) -> bytes:
     """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
-    body as a whole, so a client sending a byte a second cannot hold a request forever."""
+    body as a whole, so a client sending a byte a second cannot hold a request forever.
+    ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
+    names what sets the limit, which is not ``server.max_body_bytes`` for every caller."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
+        raise too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -124,7 +141,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(None, limit)
+                    raise too_large(None, limit)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
@@ -133,14 +150,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float
             f"request body not received within {timeout_s:g} s ({size} bytes arrived; "
             "server.body_timeout_s); send the whole request at once"
         ) from None
-
-
-def _too_large(size: int | None, limit: int) -> BodyTooLarge:
-    what = f"request body is {size} bytes, over" if size is not None else "request body is over"
-    return BodyTooLarge(
-        f"{what} this gateway's limit of {limit} bytes (server.max_body_bytes); send a "
-        "shorter request or ask the operator to raise it"
-    )
 
 
 def check_headers(scope: Scope, limit: int) -> None:

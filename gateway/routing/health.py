@@ -35,6 +35,15 @@ class UpstreamHealth:
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
 
+    def ejection_fields(self, now: float) -> dict[str, object]:
+        """Passive health as the ops views show it: seconds of ejection left (0: in
+        rotation), why, how often."""
+        return {
+            "ejected_s": round(max(0.0, self.ejected_until - now), 1),
+            "ejection_cause": self.ejection_cause if self.ejected(now) else None,
+            "times_ejected": self.times_ejected,
+        }
+
 
 def apply_probe(
     h: UpstreamHealth, ok: bool, rtt_ms: float | None, error: str | None, cfg: HealthSection

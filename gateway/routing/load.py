@@ -105,22 +105,31 @@ def routable_views(views: Sequence[UpstreamView]) -> list[UpstreamView]:
     return [u for u in views if u.healthy and not u.drained and u.weight > 0]
 
 
+def ttft_prior(serving: Sequence[UpstreamView]) -> float | None:
+    """The TTFT to assume for an upstream with no fresh value of its own: the median of the
+    fresh values of the upstreams serving the same model (None when none has one). Never 0:
+    an idle far backend scored at 0 ms would look faster than a near one that is working."""
+    known = [u.ttft_ms for u in serving if u.ttft_ms is not None]
+    return statistics.median(known) if known else None
+
+
+def load_term(u: UpstreamView, ttft: float) -> float:
+    """The wait ``u`` adds, as the router scores it: ``ttft`` stretched by the queue in front
+    of each slot."""
+    return ttft * (1.0 + (u.queue_depth or 0.0) / u.slots)
+
+
 def expected_ttft_ms(views: Sequence[UpstreamView]) -> float | None:
     """What a request this gateway routes now would wait for its first token, scored as its
-    router scores load: the best routable upstream's ``ttft x (1 + queue / slots)``, one with
-    no fresh TTFT taking the median of those that have one (the router's prior). None when no
-    routable upstream has a fresh TTFT: unmeasured, not fast. Network cost is left out: a
-    regional gateway's upstreams sit beside it, and the gateway reading this figure measures
-    its own RTT to here."""
+    router scores load: the best routable upstream's ``load_term``, one with no fresh TTFT
+    taking ``ttft_prior``. None when no routable upstream has a fresh TTFT: unmeasured, not
+    fast. Network cost is left out: a regional gateway's upstreams sit beside it, and the
+    gateway reading this figure measures its own RTT to here."""
     routable = routable_views(views)
-    known = [u.ttft_ms for u in routable if u.ttft_ms is not None]
-    if not known:
+    prior = ttft_prior(routable)
+    if prior is None:
         return None
-    prior = statistics.median(known)
-    return min(
-        (prior if u.ttft_ms is None else u.ttft_ms) * (1.0 + (u.queue_depth or 0.0) / u.slots)
-        for u in routable
-    )
+    return min(load_term(u, prior if u.ttft_ms is None else u.ttft_ms) for u in routable)
 
 
 @dataclass(slots=True)

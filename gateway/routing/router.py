@@ -9,9 +9,9 @@ rest as the failover list, and explain every candidate and exclusion.
 from __future__ import annotations
 
 import random
-import statistics
 from collections.abc import Mapping, Sequence
 
+from gateway.routing.load import load_term, ttft_prior
 from gateway.routing.model import (
     Candidate,
     Decision,
@@ -56,14 +56,6 @@ class _NetModel:
         return est, "distance"
 
 
-def _ttft_prior(serving: Sequence[UpstreamView]) -> float | None:
-    """The TTFT to assume for an upstream with no fresh value of its own: the median of the
-    fresh values of the upstreams serving the same model (None when none has one). Never 0:
-    an idle far backend scored at 0 ms would look faster than a near one that is working."""
-    known = [u.ttft_ms for u in serving if u.ttft_ms is not None]
-    return statistics.median(known) if known else None
-
-
 def _candidate(u: UpstreamView, net_model: _NetModel, prior: float | None) -> Candidate:
     net, source = net_model.cost(u)
     ttft = u.ttft_ms
@@ -73,7 +65,7 @@ def _candidate(u: UpstreamView, net_model: _NetModel, prior: float | None) -> Ca
     elif ttft is None:
         # No fresh value anywhere: all are equally unknown, and 0 for all is fair.
         ttft, load_source = 0.0, "unknown"
-    load = ttft * (1.0 + (u.queue_depth or 0.0) / u.slots)
+    load = load_term(u, ttft)
     return Candidate(
         u, net + load + u.bias_ms, net, source, load, u.healthy, u.weight <= 0, load_source
     )
@@ -139,7 +131,7 @@ def route(facts: RequestFacts, snap: Snapshot, policy: Policy, rng: random.Rando
 
     # Tiers, each tried only when the ones before are exhausted.
     net_model = _NetModel(facts, snap, policy)
-    prior = _ttft_prior(serving) if any(u.ttft_ms is None for u in serving) else None
+    prior = ttft_prior(serving) if any(u.ttft_ms is None for u in serving) else None
     tiers: list[list[Candidate]] = [[], [], [], []]
     for u in allowed:
         if u.healthy or panic:

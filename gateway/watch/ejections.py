@@ -61,10 +61,13 @@ def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: flo
         set_gauge(rt, upstream_id, region, now)
 
 
-def check_return(rt: Runtime, upstream_id: str, region: str, now: float) -> None:
-    """Tell an ejection that ran out its time (the prober asks once per probe)."""
+def check_return(rt: Runtime, upstream_id: str, region: str, now: float) -> bool:
+    """Tell an ejection that ran out its time (the prober asks once per probe); True when
+    it did, and so set the gauge."""
     if rt.store.ejection_over(upstream_id, now):
         _back(rt, upstream_id, region, now, "ejection time over")
+        return True
+    return False
 
 
 def end_by_probe(rt: Runtime, upstream_id: str, region: str, now: float) -> None:

@@ -59,8 +59,8 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
             ),
         )
     now = time.monotonic()
-    ejections.check_return(rt, u.id, u.region, now)
-    ejections.set_gauge(rt, u.id, u.region, now)
+    if not ejections.check_return(rt, u.id, u.region, now):  # a return sets it itself
+        ejections.set_gauge(rt, u.id, u.region, now)  # the probe may have changed health
     if h.rtt_ms is not None:
         rt.metrics.rtt.labels(u.id, u.region).set(h.rtt_ms)
 

@@ -7,14 +7,18 @@ import subprocess
 import sys
 
 from bench.proc_cpu import cpu_between, process_tree, read_cpu
-from tests.support import eventually
 
 BUSY_S = 0.5
-# A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed.
+# A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed. The
+# child says "go" once it is up and burns only when told to (a line on the stdin it shares
+# with the parent): the test reads "before" in between, so however loaded the machine, no
+# burning happens before that reading, and the interpreter's start-up is not counted.
 PARENT = f"""
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", '''
-import time
+import sys, time
+print("go", flush=True)
+sys.stdin.readline()
 t = time.process_time()
 while time.process_time() - t < {BUSY_S}:
     pass
@@ -26,12 +30,18 @@ time.sleep(60)
 
 
 def test_tree_cpu_counts_a_reaped_child() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        eventually(lambda: len(process_tree(parent.pid)) == 2, what="the child")
+        assert parent.stdin is not None and parent.stdout is not None
+        assert parent.stdout.readline() == "go\n"
         tree = process_tree(parent.pid)
+        assert len(tree) == 2, tree  # the parent and the child, which waits for its line
         before = read_cpu(tree)
-        assert parent.stdout is not None and parent.stdout.readline() == "reaped\n"
+        parent.stdin.write("burn\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "reaped\n"
         cpu, resolution = cpu_between(before, read_cpu(tree))
     finally:
         parent.kill()

@@ -107,7 +107,9 @@ def what_if(
         into = sorted(arriving.items(), key=lambda kv: -kv[1])
         dest = ", ".join(f"{k} ({_pct(v, moving)})" for k, v in into)
         src = ", ".join(k for k, _ in sorted(leaving.items(), key=lambda kv: -kv[1]))
-        if set(leaving) <= set(targets) and abs(moving - carried) <= max(1.0, 0.1 * carried):
+        # leaving names DNS members (``uid@addr``) where targets name their pool
+        only_targets = all(any(member_of(k, t) for t in targets) for k in leaving)
+        if only_targets and abs(moving - carried) <= max(1.0, 0.1 * carried):
             text += f"; they will move to {dest}"  # what they carried is what leaves them
         else:
             # Routed as the snapshot stands now, which may differ from the last minute (a

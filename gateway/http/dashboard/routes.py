@@ -36,13 +36,12 @@ from starlette.staticfiles import StaticFiles
 from gateway.defaults import DASHBOARD_SESSION_S
 from gateway.errors import GatewayError, RequestInvalid
 from gateway.fleet import config_doc
-from gateway.http.admin import _json_body, admin_routes
+from gateway.http.admin import admin_routes, json_body
 from gateway.http.dashboard import session
 from gateway.http.dashboard.impact import what_if
 from gateway.http.dashboard.sampler import Sampler
 from gateway.http.errors import json_error
-from gateway.routing.model import RequestFacts
-from gateway.routing.router import route
+from gateway.http.upstream import ClientGone
 from gateway.runtime import Runtime
 from geodb.countries import country_continent, country_point
 from geodb.location import Location, LocationSource
@@ -117,13 +116,15 @@ class Dashboard:
         try:
             if not session.same_origin(request):
                 raise RequestInvalid("log in from the dashboard page itself")
-            body = await _json_body(request)
+            body = await json_body(request, self.rt.config.server.body_timeout_s)
             token = body.get("token") if isinstance(body, dict) else None
             if not isinstance(token, str) or not token:
                 raise RequestInvalid('send {"token": "<your admin token>"}')
             who, value, csrf = session.login(self.rt, token)
         except GatewayError as err:
             return json_error(err)
+        except ClientGone:
+            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
         resp = JSONResponse({"operator": who, "csrf": csrf})
         resp.set_cookie(
             session.cookie_name(request),
@@ -174,19 +175,14 @@ class Dashboard:
                     f"{q['ip']!r} is not an IP address; give one such as 203.0.113.7"
                 ) from None
             routed = self.rt.route_ip(ip, False, model, now)
-            loc, decision = routed.location, routed.decision
         else:
             loc = country_location(q.get("country", ""))
-            decision = route(
-                RequestFacts(model, loc),
-                self.rt.store.snapshot(now),
-                self.rt.store.policy,
-                self.rt.rng,
-            )
+            routed = self.rt.route(None, False, loc, model, now)
+        decision = routed.decision
         return JSONResponse(
             {
                 "model": model,
-                "location": loc.as_dict(),
+                "location": routed.location.as_dict(),
                 "decision": decision.explain(),
                 "header": decision.header(),
             }

@@ -79,9 +79,7 @@ def upstream_row(
         "in_flight": store.in_flight().get(v.id, 0),
         "rps": round(attempts / span, 2),
         "error_rate": round(failures / attempts, 3) if attempts else None,
-        "ejected_s": round(max(0.0, h.ejected_until - now), 1),
-        "ejection_cause": h.ejection_cause if h.ejected(now) else None,
-        "times_ejected": h.times_ejected,
+        **h.ejection_fields(now),
         "probe_error": h.last_probe_error,
         # Who sees it how (fleet mode): gateway id -> healthy.
         "votes": dict(store.observations.get(v.id, {})),

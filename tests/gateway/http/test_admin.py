@@ -3,6 +3,7 @@ change may hold, how big its body may be. Fleet-wide behaviour is tests/gateway/
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -139,3 +140,21 @@ def test_operator_of_checks_every_token() -> None:
     assert operator_of(f"Bearer {BOB} ", ops) is None
     assert operator_of(BOB, ops) is None
     assert operator_of("", {}) is None
+
+
+async def test_a_slow_body_is_refused_at_the_body_timeout() -> None:
+    # A byte every 0.1 s: the admin API answers at server.body_timeout_s, as /v1/* does,
+    # not when (or if) the sender finishes.
+    async def trickle() -> Any:
+        for b in b'{"weight": 2}':
+            await asyncio.sleep(0.1)
+            yield bytes([b])
+
+    cfg = config(tokens={"alice": ALICE})
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"body_timeout_s": 0.3})})
+    async with client(cfg) as c:
+        r = await c.patch("/admin/upstreams/a", content=trickle(), headers=bearer(ALICE))
+        assert r.status_code == 408, r.text
+        assert "within 0.3 s" in r.json()["error"]["message"]
+        shown = await c.get("/admin/config", headers=bearer(ALICE))
+        assert shown.json()["config"]["upstreams"][0]["weight"] == 1.0

@@ -117,3 +117,16 @@ def test_may_eject_false_holds_the_ejection() -> None:
     h = UpstreamHealth()
     assert not any(apply_result(h, False, 0, OUT, may_eject=False) for _ in range(5))
     assert h.healthy(0)
+
+
+def test_ejection_fields_say_time_left_why_and_how_often() -> None:
+    h = UpstreamHealth()
+    for _ in range(3):
+        apply_result(h, False, 0, OUT)
+    assert h.ejection_fields(2.96) == {
+        "ejected_s": 7.0,
+        "ejection_cause": "3 consecutive failed requests",
+        "times_ejected": 1,
+    }
+    # Over: no time left and no cause, but the count stays.
+    assert h.ejection_fields(11) == {"ejected_s": 0.0, "ejection_cause": None, "times_ejected": 1}

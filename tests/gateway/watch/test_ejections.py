@@ -58,9 +58,9 @@ def test_ejection_and_return_are_logged_once_and_the_gauge_follows(
         ejections.record_result(rt, "a", "eu", False, 1.0)
     assert _gauge(rt, "a") == 0  # at once, not at the next probe
     ejections.record_result(rt, "a", "eu", False, 2.0)  # already out: no second line
-    ejections.check_return(rt, "a", "eu", 30.9)
-    ejections.check_return(rt, "a", "eu", 31.0)
-    ejections.check_return(rt, "a", "eu", 32.0)  # told once
+    assert not ejections.check_return(rt, "a", "eu", 30.9)
+    assert ejections.check_return(rt, "a", "eu", 31.0)
+    assert not ejections.check_return(rt, "a", "eu", 32.0)  # told once
     assert _gauge(rt, "a") == 1
     for _ in range(3):
         ejections.record_result(rt, "a", "eu", False, 40.0)

@@ -92,3 +92,21 @@ def test_changes_reach_discovered_members_too() -> None:
     assert not member_of("pool2", "pool")
     snap = changed_snapshot(snapshot(), {"eu-1": {"weight": 0.0}})
     assert [v.weight for v in snap.upstreams] == [0.0, 1.0]
+
+
+def test_draining_a_discovered_pool_says_where_its_members_traffic_goes() -> None:
+    # A DNS pool is routed as its members (``pool@addr``) while the operator names the pool:
+    # what leaves the members is what the pool carried, not traffic "routed as now".
+    members = tuple(
+        UpstreamView(f"eu-1@127.0.0.{i}:80", "eu", frozenset({"m"}), url=f"http://127.0.0.{i}:80")
+        for i in (2, 3)
+    )
+    base = snapshot()
+    pooled = Snapshot(members + base.upstreams[1:], base.regions)
+    w = window({(LONDON, "eu-1@127.0.0.2:80", "m"): 30, (NEW_YORK, "us-1", "m"): 60})
+    out = what_if(w, pooled, POLICY, ["eu-1"], {"eu-1": {"drained": True}})
+    assert out["carried"] == 30 and out["arriving"] == {"us-1": 30.0}
+    assert out["text"] == (
+        "eu-1 carries 33 % of requests in the last minute (30 of 90); they will move to "
+        "us-1 (100 %)."
+    )
