@@ -40,7 +40,7 @@ def main() -> None:
     from gateway.runtime import build_runtime
 
     work = Path(tempfile.mkdtemp(prefix="geogate-hotpath-"))
-    cfg = load_config(gateway_conf(work, 8000, 9000, "granian"))
+    cfg = load_config(gateway_conf(work, 8000, 9000))
     rt = build_runtime(cfg)
     doc = {"model": "bench-model", "max_tokens": 16, "stream": False}
     body = json.dumps({**doc, "messages": [{"role": "user", "content": "hi"}]}).encode()

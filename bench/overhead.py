@@ -3,14 +3,15 @@
 
 Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1.1):
   direct        the backend itself (the floor)
-  geogate       geogate gateway, granian engine, DEFAULT config: access log on (a line per
-                request on stderr, i.e. its log file, as in production) and a GeoIP City
-                database (built here; 127.0.0.0/24, the load's source addresses, is in it, so
-                every lookup hits a record)
+  geogate       geogate gateway, DEFAULT config: the uvicorn engine (HTTP/1.1 only, so no
+                h2c rows), access log on (a line per request on stderr, i.e. its log file, as
+                in production) and a GeoIP City database (built here; 127.0.0.0/24, the
+                load's source addresses, is in it, so every lookup hits a record)
+  geogate-granian  the same on the granian engine (HTTP/1.1 and h2c): the engine geogate
+                ran on before uvicorn was measured cheaper
   geogate-lean  the same with the two costly knobs off (server.access_log = false, no
                 geoip.database): geogate / geogate-lean is the price of the defaults
-  geogate-hc    geogate gateway, hypercorn engine (the alternative the choice was made
-                against), default config as geogate
+  geogate-hc    geogate gateway, hypercorn engine (pure Python), default config as geogate
   geogate-ecs   geogate with log.format = "ecs" (access and event logs as ECS JSON):
                 geogate-ecs / geogate is the price of ECS logs over the text format
   nginx         nginx as a plain reverse proxy (keep-alive upstream pool, buffering off) with
@@ -119,25 +120,36 @@ IDLE_S = 5.0  # each proxy's background CPU over this long (10 ms ticks: 2 ms/s 
 GEO_NETWORK = "127.0.0.0/24"
 TARGETS = {
     "direct": "the sim-backend itself, no proxy",
-    "geogate": "granian engine, **default config**: access log on (stderr, i.e. its log file), "
-    f"GeoIP City database ({GEO_NETWORK}, the load's source, in it: every lookup hits)",
-    "geogate-lean": "granian engine, `server.access_log = false`, no `geoip.database` (every "
+    "geogate": "**default config**: uvicorn engine (uvloop, httptools; HTTP/1.1 only), access "
+    f"log on (stderr, i.e. its log file), GeoIP City database ({GEO_NETWORK}, the load's "
+    "source, in it: every lookup hits)",
+    "geogate-granian": "granian engine (HTTP/1.1 and h2c), default config otherwise",
+    "geogate-lean": "default engine, `server.access_log = false`, no `geoip.database` (every "
     "client at the default location): the two knobs off, to price them",
     "geogate-hc": "hypercorn engine, default config as geogate (h2c only: hypercorn's HTTP/1.1 "
     "status line has an empty reason phrase, which h2load counts as a failure)",
-    "geogate-ecs": 'granian engine, default config as geogate with `log.format = "ecs"`: the '
+    "geogate-ecs": 'default config as geogate with `log.format = "ecs"`: the '
     "access log as ECS JSON (ecs-logging), to price it against geogate's text format",
     "nginx": "nginx, 1 worker, keep-alive upstream pool, `proxy_buffering off`, access log on "
     "(combined format to a file: nginx's default)",
     "litellm": describe(MODEL),  # only with --peers litellm (bench/peers.py installs it)
     **FLOOR_DESCRIPTIONS,  # only with --peers floor-asgi,floor-rsgi
 }
-GATEWAYS = (  # name, engine, lean
-    ("geogate", "granian", False),
-    ("geogate-lean", "granian", True),
+GATEWAYS = (  # name, engine (None: the default), lean
+    ("geogate", None, False),
+    ("geogate-granian", "granian", False),
+    ("geogate-lean", None, True),
     ("geogate-hc", "hypercorn", False),
-    ("geogate-ecs", "granian", False),
+    ("geogate-ecs", None, False),
 )
+# What each engine speaks: uvicorn (the default) HTTP/1.1 only; hypercorn-h11 sends
+# "HTTP/1.1 200 " (ASGI has no reason phrase), which h2load counts as a failure, so hypercorn
+# is measured on h2c only.
+ENGINE_PROTOS: dict[str | None, tuple[str, ...]] = {
+    None: ("h1",),
+    "granian": ("h1", "h2c"),
+    "hypercorn": ("h2c",),
+}
 
 
 def nginx_conf(work: Path, h1: int, h2: int, backend: int, access_log: bool = True) -> Path:
@@ -186,7 +198,7 @@ def gateway_conf(
     work: Path,
     port: int,
     backend: int,
-    engine: str,
+    engine: str | None = None,
     *,
     lean: bool = False,
     name: str = "",
@@ -196,7 +208,7 @@ def gateway_conf(
     knobs off, or with ecs=True the logs as ECS JSON. Keys at their default are left out, so a
     caller may still set them (bench/streams.py's --gateway-set) without writing a duplicate
     key."""
-    conf = work / f"gateway-{name or engine}.toml"
+    conf = work / f"gateway-{name or engine or 'default'}.toml"
     knobs = "access_log = false\n" if lean else ""
     geoip = "" if lean else f'[geoip]\ndatabase = "{bench_geoip(work)}"\n'
     geoip += '[log]\nformat = "ecs"\n' if ecs else ""
@@ -206,7 +218,7 @@ region = "eu-central"
 origin = "self"
 [server]
 port = {port}
-engine = "{engine}"
+{f'engine = "{engine}"' if engine else ""}
 {knobs}{geoip}
 [ops]
 port = {free_port()}
@@ -322,9 +334,7 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
         )
         rig.procs.append(p)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
-        # hypercorn-h11 sends "HTTP/1.1 200 " (ASGI has no reason phrase), which h2load
-        # counts as a failure: hypercorn is measured on h2c only.
-        rig.ports[name] = {"h2c": port} if engine == "hypercorn" else {"h1": port, "h2c": port}
+        rig.ports[name] = {proto: port for proto in ENGINE_PROTOS[engine]}
         rig.trees[name] = process_tree(p.pid)
     if "nginx" in targets:
         h1, h2 = free_port(), free_port()

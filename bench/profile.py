@@ -55,13 +55,22 @@ LAYERS = (
     ("json/", "json"),
     ("asyncio/", "asyncio"),
     ("uvloop", "uvloop"),
+    ("uvicorn/", "uvicorn (httptools protocol)"),
     ("granian/server/", "event loop: uvloop's C and granian's Rust under no Python frame"),
     ("granian/", "granian (Python side)"),
 )
 
 
 # Frames every sample of the worker has beneath it: left out of the inclusive table.
-BOOTSTRAP = ("multiprocessing/", "<frozen runpy>", "granian/server/", "gateway/cli/", "__main__")
+BOOTSTRAP = (
+    "multiprocessing/",
+    "<frozen runpy>",
+    "granian/server/",
+    "gateway/cli/",
+    "__main__",
+    "gateway/server.py",
+    "uvicorn/server.py",
+)
 _LINE = re.compile(r":\d+\)$")
 
 
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         procs.append(spawn(pinned(LOAD_CPU, geogate_cmd(*sim)), work / "sim.log"))
         wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[-1])
         port = free_port()
-        conf = gateway_conf(work, port, backend, "granian", lean=args.lean, name="profile")
+        conf = gateway_conf(work, port, backend, args.engine, lean=args.lean, name="profile")
         gw_cmd = geogate_cmd("gateway", "--config", str(conf))
         gw = spawn(pinned(PROXY_CPU, gw_cmd), work / "gw.log")
         procs.append(gw)
@@ -189,6 +198,9 @@ def main() -> None:
     ap.add_argument("--conc", type=int, default=16)
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--lean", action="store_true", help="access log off, no GeoIP database")
+    ap.add_argument(
+        "--engine", choices=("uvicorn", "granian", "hypercorn"), help="default: the config's"
+    )
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--label", default="")

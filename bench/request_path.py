@@ -172,7 +172,7 @@ def run(args: argparse.Namespace, work: Path, backend: int, gateway_conf: Any) -
     from gateway.http.app import create_app
 
     os.environ[floor_proxy.UPSTREAM_ENV] = f"http://127.0.0.1:{backend}"
-    cfg = load_config(gateway_conf(work, 8000, backend, "granian"))
+    cfg = load_config(gateway_conf(work, 8000, backend))
     access = logging.getLogger("geogate.access")
     results: dict[str, Any] = {}
 

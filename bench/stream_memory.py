@@ -236,9 +236,10 @@ def run(work: Path, args: argparse.Namespace, backend: int, traced: bool) -> dic
     p = start(work, port, backend, traced, args.target)
     try:
         tree = process_tree(p.pid)
-        if len(tree) != 2:
-            raise SystemExit(f"bench: expected one granian worker, found {len(tree) - 1}")
-        worker = tree[1]
+        if len(tree) > 2:
+            raise SystemExit(f"bench: expected one worker, found {len(tree) - 1}")
+        # granian: a supervising parent and one worker; uvicorn with one worker: one process.
+        worker = tree[-1]
         msgs = [{"role": "user", "content": "x" * args.prompt_bytes or "hi"}]
         doc = {"model": MODEL, "stream": True, "max_tokens": 100000, "messages": msgs}
         body = json.dumps(doc).encode()
@@ -275,7 +276,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--target",
         default="geogate",
-        choices=("geogate", "floor-asgi", "floor-rsgi"),
+        choices=("geogate", "floor-asgi", "floor-rsgi", "floor-uvicorn"),
         help="the proxy measured (floors: bench/floor_proxy.py)",
     )
     ap.add_argument(

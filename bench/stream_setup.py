@@ -150,7 +150,7 @@ def start_targets(
     out: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     if "geogate" in targets:
         port = free_port()
-        conf = gateway_conf(work, port, backend, "granian")  # default config: log + GeoIP on
+        conf = gateway_conf(work, port, backend)  # default config: log + GeoIP on
         p = spawn(
             pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))), work / "geogate.log"
         )

@@ -5,7 +5,7 @@ For each count N (default 1,000 / 5,000 / 9,500) the load generator starts N str
 completions, spread over --ramp-s seconds, against three targets in front of one simulated
 backend (geogate sim-backend, paced at --ttft-ms and --tokens-per-s):
   direct    the backend itself (the floor)
-  geogate   geogate gateway, default config (one granian worker)
+  geogate   geogate gateway, default config (one uvicorn worker)
   nginx     nginx reverse proxy, proxy_buffering off, sized for 2 x N connections
 Per target and N: streams completed / failed (and why), the peak number of streams that had
 their response headers at once (did the target really hold N?), TTFT p50/p99 (request sent to
@@ -438,7 +438,7 @@ def streams_nginx_conf(work: Path, h1: int, h2: int, backend: int, streams: int)
 
 def gateway_config(work: Path, port: int, backend: int, sets: Sequence[str]) -> Path:
     """bench/overhead.py's gateway config (defaults), plus --gateway-set TABLE.KEY=VALUE."""
-    conf = gateway_conf(work, port, backend, "granian")
+    conf = gateway_conf(work, port, backend)
     text = conf.read_text()
     for item in sets:
         dotted, sep, value = item.partition("=")

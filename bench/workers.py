@@ -7,10 +7,10 @@ cells), loaded by h2load over HTTP/1.1 keep-alive connections (count-based runs 
 calibration run that is also the warm-up, as bench/overhead_cells). Per N: req/s, the
 gateway's CPU per request (utime + stime of its process tree, /proc), and the split between
 workers: each worker's share of the gateway's CPU in the measured run, and of the established
-client connections (sampled mid-run from /proc/PID/fd and /proc/net/tcp). On Linux granian
-gives every worker a listening socket of its own on the same port (SO_REUSEPORT): the kernel
-picks a worker per new connection by a hash of its addresses and ports, and a keep-alive
-connection then stays with its worker.
+client connections (sampled mid-run from /proc/PID/fd and /proc/net/tcp). Both uvicorn (the
+default engine, gateway.server.Forked) and granian give every worker a listening socket of its
+own on the same port (SO_REUSEPORT): the kernel picks a worker per new connection by a hash
+of its addresses and ports, and a keep-alive connection then stays with its worker.
 Scaling efficiency = rps(N) / (N x rps(1)). Nothing is pinned by default: where the load
 generator and backend share the proxy's cores (a 2-core machine), req/s cannot scale and CPU
 per request at 1 vs N workers is the figure to read (flat CPU per request = linear scaling
@@ -123,7 +123,9 @@ def measure(
     shape = ["--h1", "-c", str(conc), "-m", "1"]
     cal = h2load(url, body, shape, CALIBRATION, cpu, args.threads)
     count = max(conc * 20, int(cal.rps * duration))
-    workers = tree[1:]  # granian's main process supervises; the children serve
+    # With several workers the main process supervises and the children serve; uvicorn's one
+    # worker is the main process itself.
+    workers = tree[1:] or tree[:1]
     conns: list[int] = []
 
     def sample() -> None:
@@ -317,9 +319,9 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
 DESIGN_NOTE = """
 ## How workers go further than this machine
 
-Each granian worker is a whole gateway process with its own event loop, aiohttp pool to the
-upstreams, prober, load poller, GeoIP reader, metrics registry and routing snapshot: per-request
-work never crosses processes, so req/s grows with the cores the workers get as long as CPU per
+Each worker (uvicorn or granian) is a whole gateway process with its own event loop, aiohttp
+pool to the upstreams, prober, load poller, GeoIP reader, metrics registry and routing
+snapshot: per-request work never crosses processes, so req/s grows with the cores the workers get as long as CPU per
 request stays flat (the "CPU vs 1" column says how far it does). Per worker: health and outlier
 state, load estimates, the retry budget, in-flight counts and the max_streams cap (each worker
 holds server.max_streams), /metrics and the dashboard (an ops request is answered by whichever

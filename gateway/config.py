@@ -104,7 +104,7 @@ class ServerSection(_Model):
     host: str = d.HOST
     port: int = Field(default=d.PORT, ge=0, le=65535)
     workers: int = Field(default=d.WORKERS, ge=1)
-    engine: Literal["granian", "hypercorn"] = "granian"
+    engine: Literal["uvicorn", "granian", "hypercorn"] = "uvicorn"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)

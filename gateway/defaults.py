@@ -37,6 +37,8 @@ FDS_PER_STREAM = 2  # a proxied stream holds the client's socket and the upstrea
 FD_RESERVE = 100  # listening sockets, logs, Redis, probes and the runtime's own descriptors
 WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan shuts down;
 # a worker still alive drain_timeout_s + this after SIGTERM is killed
+WORKER_START_GRACE_S = 10.0  # uvicorn's forked workers: one that exits sooner failed to start,
+# and would again; later, a worker that dies is replaced (gateway.server.Forked)
 
 # --- ops listener ---------------------------------------------------------------------------
 OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public

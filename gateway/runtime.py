@@ -48,6 +48,11 @@ def setup_logging(section: LogSection | None = None) -> None:
     root.setLevel(section.level.upper())
     logging.getLogger("geodb").handlers = root.handlers
     logging.getLogger("geodb").setLevel(section.level.upper())
+    # uvicorn's own lines (a malformed or HTTP/2 request, a failed accept) in the gateway's
+    # format; its start-up chatter (INFO) stays out, as the gateway logs its own.
+    server = logging.getLogger("uvicorn")
+    server.handlers, server.propagate = root.handlers, False
+    server.setLevel(max(logging.WARNING, root.level))
     if not access_log.handlers:
         access_log.addHandler(BatchingStreamHandler(d.ACCESS_LOG_MAX_LINES))
         access_log.propagate = False

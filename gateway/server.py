@@ -1,4 +1,4 @@
-"""Run the app on an ASGI server: granian (default) or hypercorn, both on uvloop.
+"""Run the app on an ASGI server: granian (default), uvicorn or hypercorn, all on uvloop.
 
 granian was chosen by measurement (bench/overhead.py, README "Performance"): its Rust HTTP
 stack speaks HTTP/1.1, h2c with prior knowledge and TLS with ALPN h2. hypercorn stays as the
@@ -22,6 +22,8 @@ import os
 import resource
 import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -113,17 +115,144 @@ def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
     uvloop.run(main())
 
 
+def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> None:
+    """uvicorn (httptools on uvloop): HTTP/1.1 and TLS, no HTTP/2. Its HTTP runs on the worker's
+    event loop thread, so a proxied request or chunk costs no hand-over to another thread, as
+    granian's Rust runtime does: the cheaper engine for HTTP/1.1 (bench/results/overhead.md).
+    Workers are forked from this process (``Forked``)."""
+    s = config.server
+    if s.workers == 1:
+        sock = bind(s.host, s.port, "server.port")
+        sock.listen(s.backlog)
+        _serve_uvicorn(config, sock, ops, cap)
+        return
+    # A listening socket per worker, all on the port with SO_REUSEPORT: the kernel spreads new
+    # connections across them, where workers sharing one socket would all wake for each one
+    # and the least busy would not be the one that takes it. This process keeps them open, so
+    # connections queued for a worker that died wait for its replacement.
+    first = bind(s.host, s.port, "server.port", reuse_port=True)
+    port = first.getsockname()[1]  # server.port 0: the others join the port the first got
+    socks = [
+        first,
+        *(bind(s.host, port, "server.port", reuse_port=True) for _ in range(1, s.workers)),
+    ]
+    for sock in socks:
+        sock.listen(s.backlog)
+    Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap)).run()
+
+
+def _serve_uvicorn(
+    config: Config, sock: socket.socket, ops: socket.socket | None, cap: Capacity
+) -> None:
+    import uvicorn
+
+    from gateway.http.app import create_app
+
+    s = config.server
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:  # the app's drain is done (gateway.http.gate)
+        assert server is not None
+        server.should_exit = True
+
+    app = create_app(config, stop=stop, ops_fd=ops.fileno() if ops else None)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",  # the C parser, as production uvicorn runs
+            lifespan="on",
+            access_log=False,  # the app writes its own access line, with request id and route
+            log_config=None,  # the gateway's own logging set-up stays
+            # The gateway reads X-Forwarded-For itself, from gateway.trusted_proxies only;
+            # uvicorn's middleware would trust it from 127.0.0.1 and rewrite the client.
+            proxy_headers=False,
+            server_header=False,
+            backlog=s.backlog,
+            # Past this many connections uvicorn answers 503 itself; the app's own gate (JSON
+            # 503 past max_streams) comes first, as the limit leaves headroom above it.
+            limit_concurrency=cap.connections,
+            timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
+            ssl_certfile=s.tls_cert,
+            ssl_keyfile=s.tls_key,
+        )
+    )
+    server.run(sockets=[sock])
+
+
+class Forked:
+    """``n`` worker processes forked from this one, each running ``serve``. SIGTERM and SIGINT
+    are passed on to every worker (each drains on its own, as under granian), and this process
+    exits when they all have. A worker that dies later is replaced; one that dies in its first
+    WORKER_START_GRACE_S stops them all (a worker that cannot start would only fail again)."""
+
+    def __init__(self, n: int, serve: Callable[[int], None]) -> None:
+        self.n, self.serve = n, serve
+        self.started: dict[int, tuple[int, float]] = {}  # pid -> (its index, when forked)
+        self.stopping = False
+        self.failed = False
+
+    def run(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._pass_on)
+        for index in range(self.n):
+            self._fork(index)
+        while self.started:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            worker = self.started.pop(pid, None)
+            if worker is None or self.stopping:
+                continue
+            index, born = worker
+            code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - born < d.WORKER_START_GRACE_S:
+                log.error("worker %d exited during start-up (status %d): stopping", pid, code)
+                self.failed = True
+                self._pass_on(signal.SIGTERM, None)
+                continue
+            log.error("worker %d exited (status %d): starting another", pid, code)
+            self._fork(index)
+        if self.failed:
+            raise SystemExit(1)
+
+    def _fork(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: the server's own signal handling, then serve
+            code = 0
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.serve(index)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        self.started[pid] = (index, time.monotonic())
+
+    def _pass_on(self, sig: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind(host: str, port: int, key: str) -> socket.socket:
-    """A socket bound to host:port without SO_REUSEPORT, so that a port another process
-    listens on (with or without it) is refused; CannotListen says which, in one line."""
+def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to host:port, by default without SO_REUSEPORT, so that a port another
+    process listens on (with or without it) is refused; CannotListen says which, in one line.
+    ``reuse_port``: for the workers' own sockets, once that check passed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     # SO_REUSEADDR only lets a restart bind over its predecessor's TIME_WAIT connections.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -202,5 +331,7 @@ def run(config: Config, config_path: Path) -> None:
     _log_listeners(config, cap)
     if s.engine == "hypercorn":
         run_hypercorn(config, ops)
+    elif s.engine == "uvicorn":
+        run_uvicorn(config, ops, cap)
     else:
         run_granian(config, config_path, cap)

@@ -33,6 +33,7 @@ from gateway.http.headers import (
     client_response_headers,
     upstream_request_headers,
 )
+from gateway.http.watchdog import Watchdog
 from gateway.routing.model import Candidate, Reason
 from gateway.runtime import Runtime
 from gateway.traffic import carries_token
@@ -287,10 +288,10 @@ class _Attempts:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
-            # One timeout object re-armed per chunk: cheaper than a wait_for task per chunk.
-            async with asyncio.timeout(None) as tmo:
+            # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
+            with Watchdog(t.idle_s, deadline) as watchdog:
                 while True:
-                    tmo.reschedule(min(loop.time() + t.idle_s, deadline))
+                    watchdog.touch()
                     chunk = await resp.content.readany()
                     if not chunk:
                         break

@@ -15,9 +15,10 @@ from geodb.reader import GeoIPSource
 
 
 def test_geogate_target_runs_the_default_config(tmp_path: Path) -> None:
-    cfg = load_config(gateway_conf(tmp_path, 18080, 18081, "granian"))
-    # Nothing in [server] but the port and engine differs from the defaults: access log on.
-    assert cfg.server.model_dump() == ServerSection(port=18080, engine="granian").model_dump()
+    cfg = load_config(gateway_conf(tmp_path, 18080, 18081))
+    # Nothing in [server] but the port differs from the defaults: the default engine, the
+    # access log on.
+    assert cfg.server.model_dump() == ServerSection(port=18080).model_dump()
     assert cfg.server.access_log is True
     assert cfg.geoip.database is not None
     want = GeoIPSection(database=cfg.geoip.database).model_dump()
@@ -28,19 +29,27 @@ def test_geogate_target_runs_the_default_config(tmp_path: Path) -> None:
 
 
 def test_lean_target_turns_off_exactly_the_two_knobs(tmp_path: Path) -> None:
-    full = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="full"))
-    lean = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", lean=True, name="lean"))
+    full = load_config(gateway_conf(tmp_path, 18080, 18081, name="full"))
+    lean = load_config(gateway_conf(tmp_path, 18080, 18081, lean=True, name="lean"))
     assert (lean.server.access_log, lean.geoip.database) == (False, None)
     same = {"server": {"access_log"}, "geoip": {"database"}, "ops": {"port"}}
     assert full.model_dump(exclude=same) == lean.model_dump(exclude=same)
 
 
 def test_ecs_target_differs_in_the_log_format_only(tmp_path: Path) -> None:
-    text = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="text"))
-    ecs = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="ecs", ecs=True))
+    text = load_config(gateway_conf(tmp_path, 18080, 18081, name="text"))
+    ecs = load_config(gateway_conf(tmp_path, 18080, 18081, name="ecs", ecs=True))
     assert (text.log.format, ecs.log.format) == ("text", "ecs")
     same = {"log": {"format"}, "ops": {"port"}}
     assert text.model_dump(exclude=same) == ecs.model_dump(exclude=same)
+
+
+def test_the_granian_target_differs_in_the_engine_only(tmp_path: Path) -> None:
+    default = load_config(gateway_conf(tmp_path, 18080, 18081, name="default"))
+    granian = load_config(gateway_conf(tmp_path, 18080, 18081, "granian", name="granian"))
+    assert (default.server.engine, granian.server.engine) == ("uvicorn", "granian")
+    same = {"server": {"engine"}, "ops": {"port"}}
+    assert default.model_dump(exclude=same) == granian.model_dump(exclude=same)
 
 
 def test_nginx_peer_logs_as_nginx_does_by_default(tmp_path: Path) -> None:

@@ -61,7 +61,13 @@ def test_h1_times_first_content_token_and_end(paced_sim: Sim) -> None:
 
 def test_h2c_through_the_gateway(tmp_path: Path, paced_sim: Sim) -> None:
     ups = [UpstreamSpec("s", "eu-central", paced_sim.url, ["m"])]
-    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups, origin="self"))
+    # h2c needs the granian engine (the default, uvicorn, speaks HTTP/1.1 only).
+    gw = start_gateway(
+        tmp_path,
+        lambda port: gateway_toml(port, ups, origin="self").replace(
+            "[server]", '[server]\nengine = "granian"'
+        ),
+    )
     try:
         eventually(lambda: httpx.get(f"{gw.url}/readyz").status_code == 200, what="ready")
         # 3 workers share one h2c connection: concurrent streams, one connection.

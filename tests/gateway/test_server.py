@@ -4,9 +4,11 @@ refusing to start on a port in use."""
 from __future__ import annotations
 
 import http.client
+import re
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from tests.support import (
     start_sim,
 )
 
-ENGINES = ["granian", "hypercorn"]  # both drain alike
+ENGINES = ["granian", "uvicorn", "hypercorn"]  # all drain alike
 
 BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -43,8 +45,8 @@ def _fleet(tmp: Path, *knobs: str, server_extra: str = "") -> tuple[Gateway, Sim
     return gw, sim
 
 
-def test_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path)
+def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
+    gw, sim = _fleet(tmp_path, server_extra='engine = "granian"')
     try:
         with httpx.Client() as c:
             r = c.post(f"{gw.url}/v1/chat/completions", json=BODY)
@@ -57,7 +59,27 @@ def test_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
-def test_tls_with_alpn_h2(tmp_path: Path) -> None:
+def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
+    tmp_path: Path,
+) -> None:
+    gw, sim = _fleet(tmp_path)  # uvicorn: HTTP/1.1 only
+    try:
+        with httpx.Client(http1=False, http2=True) as c, pytest.raises(httpx.TransportError):
+            c.get(f"{gw.url}/healthz")
+        eventually(lambda: "Invalid HTTP request received." in gw.log_text(), what="the line")
+        line = next(x for x in gw.log_text().splitlines() if "Invalid HTTP request" in x)
+        assert line.startswith("20") and " WARNING " in line, line  # dated, levelled: ours
+        with httpx.Client() as c:  # HTTP/1.1 on the same port still works
+            assert c.post(f"{gw.url}/v1/chat/completions", json=BODY).status_code == 200
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+@pytest.mark.parametrize(("engine", "negotiated"), [("granian", "HTTP/2"), ("uvicorn", "HTTP/1.1")])
+def test_tls_with_alpn(tmp_path: Path, engine: str, negotiated: str) -> None:
+    """granian offers h2 and http/1.1 by ALPN; uvicorn (the default) HTTP/1.1 only, so a
+    client that would take h2 gets HTTP/1.1, not an error."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
@@ -83,7 +105,7 @@ def test_tls_with_alpn_h2(tmp_path: Path) -> None:
     )
     sim = start_sim(tmp_path, "s", "eu-central", ["m"])
     ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    tls = f'tls_cert = "{cert}"\ntls_key = "{key}"'
+    tls = f'tls_cert = "{cert}"\ntls_key = "{key}"\nengine = "{engine}"'
     port = free_port()
     cfg = tmp_path / "tls.toml"
     cfg.write_text(gateway_toml(port, ups).replace("[server]", "[server]\n" + tls))
@@ -94,7 +116,7 @@ def test_tls_with_alpn_h2(tmp_path: Path) -> None:
         wait_http(f"{url}/healthz", proc=proc, context=ctx)
         with httpx.Client(http2=True, verify=ctx) as c:
             r = c.post(f"{url}/v1/chat/completions", json=BODY)
-        assert (r.status_code, r.http_version) == (200, "HTTP/2")  # negotiated by ALPN
+        assert (r.status_code, r.http_version) == (200, negotiated)  # by ALPN
         with httpx.Client(verify=ctx) as c:
             r = c.post(f"{url}/v1/chat/completions", json=BODY)
         assert (r.status_code, r.http_version) == (200, "HTTP/1.1")
@@ -232,3 +254,98 @@ def test_bad_config_is_one_line(tmp_path: Path, bad: str) -> None:
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert str(cfg) in p.stderr
+
+
+def _workers(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def _connection_owners(port: int) -> set[int]:
+    """The pids holding the server side of established connections on ``port``."""
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {int(m) for m in re.findall(r"pid=(\d+)", out)}
+
+
+def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
+    gw, sim = _fleet(
+        tmp_path, "--tokens-per-s", "5", server_extra='engine = "uvicorn"\nworkers = 2'
+    )
+    try:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        # Connections spread over both workers' sockets (SO_REUSEPORT): held open, then seen
+        # from the server side, each owned by one worker.
+        conns = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5) for _ in range(16)]
+        try:
+            assert {_readyz(c)[0] for c in conns} == {200}
+            owners = _connection_owners(gw.port)
+        finally:
+            for c in conns:
+                c.close()
+        assert owners == _workers(gw.proc.pid), owners
+        lines: list[str] = []
+        t = _stream_in_thread(gw.url, lines, tokens=10)
+        eventually(lambda: bool(lines), what="the stream to start")
+        gw.proc.send_signal(signal.SIGTERM)  # to the parent, which passes it on
+        t.join(15)
+        assert "data: [DONE]" in lines, lines[-3:]
+        assert gw.proc.wait(10) == 0
+        assert gw.log_text().count("SIGTERM: draining") == 2  # each worker drained
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+def test_uvicorn_worker_dying_at_start_stops_the_gateway(tmp_path: Path) -> None:
+    gw, sim = _fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
+    try:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        gone = min(_workers(gw.proc.pid))
+        subprocess.run(["kill", "-KILL", str(gone)], check=True)
+        # Within WORKER_START_GRACE_S of its fork: a worker that cannot start would only fail
+        # again, so the gateway stops (its supervisor, systemd or Kubernetes, restarts it).
+        assert gw.proc.wait(15) == 1
+        assert f"worker {gone} exited during start-up (status -9): stopping" in gw.log_text()
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+FORKED = """
+import os, signal, sys
+from gateway import defaults, server
+defaults.WORKER_START_GRACE_S = 0.0
+marks = sys.argv[1]
+def serve(index: int) -> None:
+    open(os.path.join(marks, str(os.getpid())), "w").close()
+    try:
+        os.close(os.open(os.path.join(marks, "first"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        signal.pause()  # until SIGTERM, passed on by the parent
+    else:
+        os._exit(3)  # the first worker dies once it ran
+server.Forked(2, serve).run()
+"""
+
+
+def test_a_worker_that_dies_later_is_replaced(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORKED, str(tmp_path)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        eventually(
+            lambda: len(list(tmp_path.iterdir())) == 4,  # "first" and three workers
+            timeout=10,
+            what="a third worker, replacing the one that died",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert proc.stderr is not None
+        assert "exited (status 3): starting another" in proc.stderr.read()
+    finally:
+        proc.kill()

@@ -1,0 +1,85 @@
+"""A stream's idle and total deadline, kept by a time stamp per chunk rather than a timer per
+chunk.
+
+``asyncio.timeout``'s ``reschedule`` per chunk cancels one timer handle and schedules another,
+and asks for the running loop, which in CPython 3.11 is a ``getpid()`` system call each time:
+per streamed chunk, on the path every token takes. Here a chunk costs one ``loop.time()`` (the
+loop's cached clock), and the timer fires at most once per ``idle_s`` to look at the stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+# A loop may run a timer up to its clock resolution early; a check this close to the due
+# time counts as due rather than re-arming for a few microseconds.
+EARLY_S = 0.001
+
+
+class Watchdog:
+    """Cancel the current task when no ``touch()`` came for ``idle_s`` seconds, or at
+    ``deadline`` (loop time), whichever comes first; on leaving the ``with`` block, that
+    cancellation becomes TimeoutError, as with ``asyncio.timeout``. A cancellation from
+    elsewhere (the client leaving, a drain) passes through unchanged."""
+
+    __slots__ = (
+        "_cancelling",
+        "_deadline",
+        "_expired",
+        "_handle",
+        "_idle_s",
+        "_loop",
+        "_task",
+        "last",
+    )
+
+    def __init__(self, idle_s: float, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a watchdog guards the task that makes it"
+        self._task = task
+        self._idle_s = idle_s
+        self._deadline = deadline
+        self._expired = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.last = self._loop.time()
+
+    def touch(self) -> None:
+        """Activity now: the idle deadline starts again."""
+        self.last = self._loop.time()
+
+    def _due(self) -> float:
+        return min(self.last + self._idle_s, self._deadline)
+
+    def _check(self) -> None:
+        due = self._due()
+        if self._loop.time() + EARLY_S >= due:
+            self._expired = True
+            self._handle = None
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def __enter__(self) -> Watchdog:
+        self._cancelling = self._task.cancelling()
+        self._handle = self._loop.call_at(self._due(), self._check)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        # Ours only if no other cancellation is pending on top of it (asyncio.timeout's rule).
+        if (
+            self._expired
+            and exc_type is asyncio.CancelledError
+            and self._task.uncancel() <= self._cancelling
+        ):
+            raise TimeoutError from exc

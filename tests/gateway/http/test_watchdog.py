@@ -1,0 +1,95 @@
+"""The stream watchdog: idle and total deadlines, and cancellations that are not its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.http.watchdog import Watchdog
+
+
+async def _stream(wd: Watchdog, gaps: list[float]) -> int:
+    chunks = 0
+    for gap in gaps:
+        wd.touch()
+        await asyncio.sleep(gap)
+        chunks += 1
+    return chunks
+
+
+def test_no_chunk_within_idle_s_is_a_timeout() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(TimeoutError), Watchdog(0.05, loop.time() + 10) as wd:
+            await _stream(wd, [0.01, 0.01, 0.5])
+        return loop.time() - t0
+
+    took = asyncio.run(main())
+    assert 0.06 <= took < 0.3  # two quick chunks, then 0.05 s idle
+
+
+def test_chunks_keep_it_alive_past_idle_s_until_the_deadline() -> None:
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        done = 0
+        with pytest.raises(TimeoutError), Watchdog(0.05, t0 + 0.3) as wd:
+            for _ in range(100):
+                wd.touch()
+                await asyncio.sleep(0.02)  # always within idle_s
+                done += 1
+        return done, loop.time() - t0
+
+    done, took = asyncio.run(main())
+    assert 0.29 <= took < 0.5  # the total deadline, long after idle_s would have passed
+    assert done >= 5
+
+
+def test_a_stream_that_ends_in_time_is_left_alone() -> None:
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        with Watchdog(0.05, loop.time() + 10) as wd:
+            n = await _stream(wd, [0.03] * 5)  # 0.15 s in all, no gap over idle_s
+        await asyncio.sleep(0.1)  # no late cancel after the block
+        return n
+
+    assert asyncio.run(main()) == 5
+
+
+def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    async def guarded() -> None:
+        loop = asyncio.get_running_loop()
+        with Watchdog(10, loop.time() + 10):
+            await asyncio.sleep(5)
+
+    async def main() -> None:
+        task = asyncio.create_task(guarded())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def test_an_outside_cancel_on_top_of_an_expiry_is_not_hidden() -> None:
+    async def guarded(hold: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        with Watchdog(0.01, loop.time() + 10):
+            try:
+                await asyncio.sleep(5)
+            finally:
+                hold.set()
+                await asyncio.sleep(0.05)  # the outside cancel lands here
+
+    async def main() -> None:
+        hold = asyncio.Event()
+        task = asyncio.create_task(guarded(hold))
+        await hold.wait()  # the watchdog fired
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
