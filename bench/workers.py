@@ -320,18 +320,18 @@ DESIGN_NOTE = """
 ## How workers go further than this machine
 
 Each worker (uvicorn or granian) is a whole gateway process with its own event loop, aiohttp
-pool to the upstreams, prober, load poller, GeoIP reader, metrics registry and routing
-snapshot: per-request work never crosses processes, so req/s grows with the cores the workers get as long as CPU per
-request stays flat (the "CPU vs 1" column says how far it does). Per worker: health and outlier
-state, load estimates, the retry budget, in-flight counts and the max_streams cap (each worker
-holds server.max_streams), /metrics and the dashboard (an ops request is answered by whichever
-worker accepts it). Shared: nothing in memory; with Redis configured (the fleet store) health,
-ejections, config and load become one view across the workers of a host and across hosts. On
-Linux every worker listens on the public port with a socket of its own (SO_REUSEPORT): the
-kernel spreads new connections by a hash, so balance is per connection, not per request, and
-few long-lived connections (an edge tier's keep-alive or h2 connections) can load workers
-unevenly (the connections column shows the split). Past one host, more hosts behind the edge
-tier or DNS (README "One global hostname"), sharing state through Redis.
+pool to the upstreams, prober, load poller, GeoIP reader, metrics registry and routing snapshot:
+per-request work never crosses processes, so req/s grows with the cores the workers get as long
+as CPU per request stays flat (the "CPU vs 1" column says how far it does). Per worker: health
+and outlier state, load estimates, the retry budget, in-flight counts and the max_streams cap
+(each worker holds server.max_streams), /metrics and the dashboard (an ops request is answered
+by whichever worker accepts it). Shared: nothing in memory; with Redis configured (the fleet
+store) health, ejections, config and load become one view across the workers of a host and
+across hosts. On Linux every worker listens on the public port with a socket of its own
+(SO_REUSEPORT): the kernel spreads new connections by a hash, so balance is per connection, not
+per request, and few long-lived connections (an edge tier's keep-alive or h2 connections) can
+load workers unevenly (the connections column shows the split). Past one host, more hosts behind
+the edge tier or DNS (README "One global hostname"), sharing state through Redis.
 """
 
 
