@@ -4,14 +4,12 @@ end instead of being used to carry data between steps."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from gateway.http.asgi import Scope
-from gateway.logs import ACCESS_DATASET
+from gateway.logs import ACCESS_DATASET, direct_sink, json_line, utc_ms
 from gateway.routing.model import Decision
 from gateway.runtime import Routed, access_log
 
@@ -67,26 +65,29 @@ class Exchange:
             )
             return
         r = self.routed
-        access_log.info(
-            json.dumps(
-                {
-                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "rid": self.id,
-                    "method": self.scope["method"],
-                    "path": self.scope["path"],
-                    "status": self.status,
-                    "model": self.model,
-                    "region": self.served_region,
-                    "upstream": self.upstream,
-                    "attempts": self.attempts,
-                    "ttfb_ms": _ms(self.first_byte_s),
-                    "ms": _ms(self.elapsed_s()),
-                    "bytes": self.body_bytes,
-                    "client": str(r.client) if r and r.client else None,
-                    "country": r.location.country if r else None,
-                }
-            )
+        line = json_line(
+            {
+                "ts": utc_ms(time.time()),
+                "rid": self.id,
+                "method": self.scope["method"],
+                "path": self.scope["path"],
+                "status": self.status,
+                "model": self.model,
+                "region": self.served_region,
+                "upstream": self.upstream,
+                "attempts": self.attempts,
+                "ttfb_ms": _ms(self.first_byte_s),
+                "ms": _ms(self.elapsed_s()),
+                "bytes": self.body_bytes,
+                "client": str(r.client) if r and r.client else None,
+                "country": r.location.country if r else None,
+            }
         )
+        sink = direct_sink(access_log)
+        if sink is not None:
+            sink.add(line)
+        else:
+            access_log.info(line)
 
     def ecs_fields(self) -> dict[str, object]:
         """This exchange in ECS field names (ECS has none for the model, region, upstream,

@@ -9,13 +9,21 @@ import logging
 import re
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from gateway.cli.procs import kill
-from gateway.logs import BatchingStreamHandler, event, formatters
+from gateway.logs import (
+    BatchingStreamHandler,
+    direct_sink,
+    event,
+    formatters,
+    json_line,
+    utc_ms,
+)
 from tests.support import (
     Gateway,
     Sim,
@@ -225,3 +233,54 @@ def test_access_lines_are_written_in_batches_in_order() -> None:
         assert out.getvalue().count("four") == 1
     finally:
         logger.removeHandler(handler)
+
+
+def _access_logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"geogate.test-{name}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_a_finished_line_skips_the_log_record_only_where_that_writes_the_same() -> None:
+    handler = BatchingStreamHandler(max_lines=100)
+    handler.setFormatter(formatters("text")[1])  # the access log's: the message as it is
+    out = io.StringIO()
+    handler.setStream(out)
+    logger = _access_logger("direct", handler)
+    assert direct_sink(logger) is handler
+    direct_sink(logger).add('{"a":1}')  # type: ignore[union-attr]
+    logger.info('{"b":2}')  # through logging: the same handler, the same order
+    handler.flush()
+    assert out.getvalue().splitlines() == ['{"a":1}', '{"b":2}']
+    # Anything that would change the line or where it goes: back through logging.
+    handler.addFilter(lambda r: True)
+    assert direct_sink(logger) is None
+    handler.filters.clear()
+    handler.setFormatter(formatters("ecs")[1])
+    assert direct_sink(logger) is None
+    handler.setFormatter(formatters("text")[1])
+    logger.addHandler(logging.StreamHandler(io.StringIO()))
+    assert direct_sink(logger) is None
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)  # the access log off
+    assert direct_sink(logger) is None
+    assert direct_sink(_access_logger("plain", logging.StreamHandler(io.StringIO()))) is None
+
+
+@pytest.mark.parametrize(
+    "now", [0.0, 1764134123.0, 1764134123.0005, 1764134123.25, 1764134123.9994, 951782400.5]
+)
+def test_utc_ms_writes_what_datetime_isoformat_writes(now: float) -> None:
+    want = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert utc_ms(now) == want
+    assert utc_ms(now + 1) != want  # the cached second moves on
+
+
+def test_json_line_is_one_ascii_line_of_the_same_json() -> None:
+    plain = {"model": "m", "ms": 1.5, "n": None, "status": 200}
+    assert json.loads(json_line(plain)) == plain
+    tricky = {"model": "x\u2028y\nz\u00e9\U0001f600", "path": '/v1/"q"'}
+    line = json_line(tricky)
+    assert line.isascii() and "\n" not in line and json.loads(line) == tricky
