@@ -16,6 +16,7 @@ Native per stream ~ plain RSS per stream - traced Python heap per stream (grania
 
 Writes bench/results/stream_memory.{md,json} (or --out PREFIX).
 Run: .venv/bin/python bench/stream_memory.py [--streams 1000] [--target T] [--prompt-bytes B]
+     [--gateway-set server.engine='"granian"']
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def _largest(d: dict[str, int], n: int, k: int) -> list[tuple[str, float]]:
 
 
 def start(
-    work: Path, port: int, backend: int, traced: bool, target: str
+    work: Path, port: int, backend: int, traced: bool, target: str, sets: list[str]
 ) -> subprocess.Popen[bytes]:
     """geogate (default config), or a floor proxy of bench/floor_proxy.py (granian + aiohttp
     and nothing else): geogate minus the floor is what geogate's own code holds per stream."""
@@ -221,7 +222,8 @@ def start(
     # spawn() passes this process's environment on; patch.dict puts it back afterwards
     with patch.dict(os.environ, env):
         if target == "geogate":
-            conf = gateway_config(work, port, backend, [])  # default config: log + GeoIP on
+            # the default config (log + GeoIP on), plus any --gateway-set
+            conf = gateway_config(work, port, backend, sets)
             cmd = geogate_cmd("gateway", "--config", str(conf))
             p = spawn(cmd, work / f"geogate-{'traced' if traced else 'plain'}.log")
             wait_http(f"http://127.0.0.1:{port}/readyz", proc=p, timeout=60)
@@ -233,7 +235,7 @@ def start(
 
 def run(work: Path, args: argparse.Namespace, backend: int, traced: bool) -> dict[str, Any]:
     port = free_port()
-    p = start(work, port, backend, traced, args.target)
+    p = start(work, port, backend, traced, args.target, args.gateway_set)
     try:
         tree = process_tree(p.pid)
         if len(tree) > 2:
@@ -285,6 +287,14 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="request body size: a user message of this many bytes (0: 'hi', ~100 B bodies)",
     )
+    ap.add_argument(
+        "--gateway-set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="geogate only: a config key over the default (TOML value), e.g. "
+        "server.engine='\"granian\"'",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_memory", help="path prefix")
     args = ap.parse_args()
     if args.streams < 1 or args.tokens_per_s <= 0:
@@ -329,11 +339,14 @@ def write(args: argparse.Namespace, plain: dict[str, Any], traced: dict[str, Any
         + (f" --prompt-bytes {args.prompt_bytes}" if args.prompt_bytes else "")
         + (" --no-traced" if args.no_traced else "")
         + (f" --target {args.target}" if args.target != "geogate" else "")
-        + "`. One granian worker, "
+        + "".join(f" --gateway-set {item}" for item in args.gateway_set)
+        + "`. One worker, "
         + (
-            "geogate default config (access log + GeoIP on)"
+            "geogate default config (access log + GeoIP on"
+            + "".join(f"; {item}" for item in args.gateway_set)
+            + ")"
             if args.target == "geogate"
-            else f"{args.target} (bench/floor_proxy.py: granian + aiohttp, nothing else)"
+            else f"{args.target} (bench/floor_proxy.py: its server + aiohttp, nothing else)"
         )
         + f", holding {n} open SSE streams (sim-backend paced at {args.tokens_per_s:g} "
         "tokens/s, so they are open and idle while read). KiB = 1024 bytes.",

@@ -19,7 +19,8 @@ not saturated (the rig's core is), the achieved rate understates the proxy and t
 the one to read; the md says which core was the limit.
 
 Writes bench/results/stream_setup.{md,json} (or --out PREFIX).
-Run: .venv/bin/python bench/stream_setup.py [--duration 3] [--conc 16] [--targets geogate,nginx]
+Run: .venv/bin/python bench/stream_setup.py [--duration 3] [--conc 16]
+     [--targets geogate,geogate-granian,nginx]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from bench.results_io import write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-TARGETS = ("geogate", "nginx")
+TARGETS = ("geogate", "geogate-granian", "nginx")
 MODES = ("keepalive", "fresh")
 PATH = "/v1/chat/completions"
 CALIBRATION_STREAMS = 1000  # also the warm-up: pools filled, caches hot
@@ -148,13 +149,16 @@ def start_targets(
     work: Path, targets: list[str], backend: int
 ) -> dict[str, tuple[str, subprocess.Popen[bytes]]]:
     out: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
-    if "geogate" in targets:
+    for name, engine in (("geogate", None), ("geogate-granian", "granian")):
+        if name not in targets:
+            continue
         port = free_port()
-        conf = gateway_conf(work, port, backend)  # default config: log + GeoIP on
+        # the default config (log + GeoIP on); geogate-granian: on the granian engine
+        conf = gateway_conf(work, port, backend, engine, name=name)
         p = spawn(
-            pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))), work / "geogate.log"
+            pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf))), work / f"{name}.log"
         )
-        out["geogate"] = (f"http://127.0.0.1:{port}", p)
+        out[name] = (f"http://127.0.0.1:{port}", p)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
     if "nginx" in targets:
         h1 = free_port()
@@ -171,7 +175,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per measured cell")
     ap.add_argument("--conc", default="16", help="concurrent connections, comma list")
-    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of geogate,nginx")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="subset of " + ",".join(TARGETS))
     ap.add_argument("--modes", default=",".join(MODES), help="subset of keepalive,fresh")
     ap.add_argument("--out", type=Path, default=RESULTS / "stream_setup", help="path prefix")
     args = ap.parse_args()
