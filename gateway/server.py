@@ -1,14 +1,17 @@
-"""Run the app on an ASGI server: granian (default), uvicorn or hypercorn, all on uvloop.
+"""Run the app on an ASGI server, all on uvloop: uvicorn (default), granian or hypercorn.
 
-granian was chosen by measurement (bench/overhead.py, README "Performance"): its Rust HTTP
-stack speaks HTTP/1.1, h2c with prior knowledge and TLS with ALPN h2. hypercorn stays as the
-pure-Python engine for platforms without granian wheels. Both behave alike on SIGTERM: each
-worker drains (``gateway.http.gate``: /readyz answers 503 while the requests in flight finish,
-up to server.drain_timeout_s), then its server stops.
+uvicorn was chosen by measurement (bench/overhead.py, README "Performance"): with httptools its
+HTTP/1.1 runs on the worker's event loop thread, and costs less CPU per request and per stream
+than granian, whose Rust HTTP stack hands every request and write over between threads.
+granian stays for HTTP/2 (h2c with prior knowledge, TLS with ALPN h2); hypercorn as the pure-
+Python engine. All behave alike on SIGTERM: each worker drains (``gateway.http.gate``: /readyz
+answers 503 while the requests in flight finish, up to server.drain_timeout_s), then its server
+stops.
 
-Before either starts, this process checks that the public address is free (granian binds with
-SO_REUSEPORT, so a second gateway on a taken port would start and share its traffic), binds the
-ops listener's socket for the workers to inherit, and raises its descriptor limit.
+Before any starts, this process checks that the public address is free (granian and uvicorn's
+workers bind with SO_REUSEPORT, so a second gateway on a taken port would start and share its
+traffic), binds the ops listener's socket for the workers to inherit, and raises its
+descriptor limit.
 """
 
 from __future__ import annotations
@@ -138,7 +141,8 @@ def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> Non
     ]
     for sock in socks:
         sock.listen(s.backlog)
-    Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap)).run()
+    kill_after_s = s.drain_timeout_s + d.WORKER_EXIT_GRACE_S  # granian's backstop, too
+    Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap), kill_after_s).run()
 
 
 def _serve_uvicorn(
@@ -178,16 +182,19 @@ def _serve_uvicorn(
         )
     )
     server.run(sockets=[sock])
+    if not server.started:  # the lifespan failed; uvicorn logged why
+        raise SystemExit(1)
 
 
 class Forked:
     """``n`` worker processes forked from this one, each running ``serve``. SIGTERM and SIGINT
     are passed on to every worker (each drains on its own, as under granian), and this process
-    exits when they all have. A worker that dies later is replaced; one that dies in its first
-    WORKER_START_GRACE_S stops them all (a worker that cannot start would only fail again)."""
+    exits when they all have; a worker still alive ``kill_after_s`` later is killed. A worker
+    that dies later is replaced; one that dies in its first WORKER_START_GRACE_S stops them all
+    (a worker that cannot start would only fail again)."""
 
-    def __init__(self, n: int, serve: Callable[[int], None]) -> None:
-        self.n, self.serve = n, serve
+    def __init__(self, n: int, serve: Callable[[int], None], kill_after_s: float) -> None:
+        self.n, self.serve, self.kill_after_s = n, serve, kill_after_s
         self.started: dict[int, tuple[int, float]] = {}  # pid -> (its index, when forked)
         self.stopping = False
         self.failed = False
@@ -225,6 +232,8 @@ class Forked:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 self.serve(index)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -233,10 +242,19 @@ class Forked:
         self.started[pid] = (index, time.monotonic())
 
     def _pass_on(self, sig: int, _frame: object) -> None:
-        self.stopping = True
+        if not self.stopping:
+            self.stopping = True
+            signal.signal(signal.SIGALRM, self._kill)
+            signal.setitimer(signal.ITIMER_REAL, self.kill_after_s)
         for pid in self.started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+    def _kill(self, _sig: int, _frame: object) -> None:
+        for pid in self.started:
+            log.warning("worker %d did not stop within %g s: killed", pid, self.kill_after_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _address(host: str, port: int) -> str:

@@ -326,14 +326,18 @@ def serve(index: int) -> None:
     try:
         os.close(os.open(os.path.join(marks, "first"), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
+        if index == 1:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker that will not stop
         signal.pause()  # until SIGTERM, passed on by the parent
     else:
-        os._exit(3)  # the first worker dies once it ran
-server.Forked(2, serve).run()
+        raise SystemExit(3)  # the first worker dies once it ran
+server.Forked(2, serve, kill_after_s=1.0).run()
 """
 
 
-def test_a_worker_that_dies_later_is_replaced(tmp_path: Path) -> None:
+def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
+    tmp_path: Path,
+) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", FORKED, str(tmp_path)], stderr=subprocess.PIPE, text=True
     )
@@ -343,9 +347,14 @@ def test_a_worker_that_dies_later_is_replaced(tmp_path: Path) -> None:
             timeout=10,
             what="a third worker, replacing the one that died",
         )
+        t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+        assert 0.9 <= time.monotonic() - t0 < 5  # worker 1 ignored SIGTERM: killed after 1 s
         assert proc.stderr is not None
-        assert "exited (status 3): starting another" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert "exited (status 3): starting another" in err
+        assert "did not stop within 1 s: killed" in err
+        assert "Traceback" not in err  # SystemExit(3) is an exit status, not a failure
     finally:
         proc.kill()
