@@ -37,6 +37,9 @@ FDS_PER_STREAM = 2  # a proxied stream holds the client's socket and the upstrea
 FD_RESERVE = 100  # listening sockets, logs, Redis, probes and the runtime's own descriptors
 WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan shuts down;
 # a worker still alive drain_timeout_s + this after SIGTERM is killed
+SERVER_KEEPALIVE_S = 75.0  # an idle client connection is kept this long (nginx's default): above
+# the pools in front (an edge gateway's 60 s, an ALB's 60 s idle timeout), so a client never
+# sends on a connection the gateway is closing; uvicorn's own default (5 s) is below them all
 WORKER_START_GRACE_S = 10.0  # uvicorn's forked workers: one that exits sooner failed to start,
 # and would again; later, a worker that dies is replaced (gateway.server.Forked)
 
@@ -49,6 +52,9 @@ DASHBOARD_SAMPLE_S = 1.0  # one snapshot a second, shared by every open page: li
 # and ~1 ms of one worker's loop whatever the number of pages
 DASHBOARD_WATCH_S = 0.1  # a health, drain or ejection change is pushed within 0.1 s, not at
 # the next sample: "red within two health intervals" holds for intervals of a second
+DASHBOARD_IDLE_AFTER_S = 5.0  # with no page open and no state read for this long, that watch
+# stops (the once-a-second sample goes on: the sparklines keep their past); ten wake-ups a
+# second cost an idle worker ~1.5 ms of CPU a second (bench/idle_cpu.py)
 DASHBOARD_HISTORY_S = 300  # sparklines cover the last 5 minutes: what happened just before
 DASHBOARD_RATE_WINDOW_S = 10  # requests/s and error rate over 10 s: steady, yet a failure
 # shows within seconds

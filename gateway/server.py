@@ -176,6 +176,7 @@ def _serve_uvicorn(
             # Past this many connections uvicorn answers 503 itself; the app's own gate (JSON
             # 503 past max_streams) comes first, as the limit leaves headroom above it.
             limit_concurrency=cap.connections,
+            timeout_keep_alive=math.ceil(d.SERVER_KEEPALIVE_S),
             timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
             ssl_certfile=s.tls_cert,
             ssl_keyfile=s.tls_key,

@@ -76,6 +76,24 @@ def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
         sim.proc.kill()
 
 
+def test_an_idle_keep_alive_connection_outlives_uvicorns_own_5_s(tmp_path: Path) -> None:
+    # Pools in front keep idle connections up to 60 s; uvicorn's default closed them after 5,
+    # so a pool could send on a connection being closed (SERVER_KEEPALIVE_S = 75).
+    gw, sim = _fleet(tmp_path)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    try:
+        assert _readyz(conn)[0] == 200
+        assert conn.sock is not None
+        local = conn.sock.getsockname()
+        time.sleep(6)
+        assert _readyz(conn)[0] == 200
+        assert conn.sock is not None and conn.sock.getsockname() == local  # not reconnected
+    finally:
+        conn.close()
+        gw.stop()
+        sim.proc.kill()
+
+
 @pytest.mark.parametrize(("engine", "negotiated"), [("granian", "HTTP/2"), ("uvicorn", "HTTP/1.1")])
 def test_tls_with_alpn(tmp_path: Path, engine: str, negotiated: str) -> None:
     """granian offers h2 and http/1.1 by ALPN; uvicorn (the default) HTTP/1.1 only, so a
