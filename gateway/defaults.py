@@ -37,6 +37,8 @@ FDS_PER_STREAM = 2  # a proxied stream holds the client's socket and the upstrea
 FD_RESERVE = 100  # listening sockets, logs, Redis, probes and the runtime's own descriptors
 WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan shuts down;
 # a worker still alive drain_timeout_s + this after SIGTERM is killed
+MAX_URL_BYTES = 8192  # a request line's URL (nginx's large header buffer): with
+# server.max_header_bytes, the most a request's head may hold before the uvicorn engine refuses
 SERVER_KEEPALIVE_S = 75.0  # an idle client connection is kept this long (nginx's default): above
 # the pools in front (an edge gateway's 60 s, an ALB's 60 s idle timeout), so a client never
 # sends on a connection the gateway is closing; uvicorn's own default (5 s) is below them all

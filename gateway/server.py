@@ -150,6 +150,7 @@ def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
+    from gateway.h1 import capped
     from gateway.http.app import create_app
 
     s = config.server
@@ -164,7 +165,8 @@ def _serve_uvicorn(
         uvicorn.Config(
             app,
             loop="uvloop",
-            http="httptools",  # the C parser, as production uvicorn runs
+            # httptools (the C parser, as production uvicorn runs), with a cap on the head
+            http=capped(s.max_header_bytes + d.MAX_URL_BYTES),
             lifespan="on",
             access_log=False,  # the app writes its own access line, with request id and route
             log_config=None,  # the gateway's own logging set-up stays

@@ -1,0 +1,73 @@
+"""The uvicorn engine's cap on a request's head (gateway.h1): past it, a JSON 431 and the
+connection closed, before the head is held whole; under it, the app's own check answers."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway import defaults as d
+from tests.support import Gateway, UpstreamSpec, gateway_toml, start_gateway, start_sim
+
+LIMIT = d.MAX_HEADER_BYTES + d.MAX_URL_BYTES  # the default config's cap
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    yield gw
+    gw.stop()
+    sim.proc.kill()
+
+
+def _send_head(port: int, header_bytes: int) -> tuple[bytes, int]:
+    """A GET with ``header_bytes`` of extra headers, sent until the server stops reading;
+    what it answered, and how many header bytes went out."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        try:
+            while sent < header_bytes:
+                line = b"X-Pad-%d: %s\r\n" % (sent, b"a" * 1000)
+                s.sendall(line)
+                sent += len(line)
+            s.sendall(b"\r\n")
+        except OSError:  # the server closed after its answer: the rest is not read
+            pass
+        answer = b""
+        try:
+            while chunk := s.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return answer, sent
+
+
+def _json_error(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)["error"]
+
+
+def test_a_head_past_the_cap_is_refused_with_431_and_not_read_to_the_end(gw: Gateway) -> None:
+    answer, sent = _send_head(gw.port, 20 * LIMIT)
+    status, err = _json_error(answer)
+    assert status == 431 and err["code"] == "request_headers_too_large", answer[:300]
+    assert b"connection: close" in answer.lower()
+    assert sent < 20 * LIMIT  # the connection closed long before the client was done
+    assert f"refused a request head over {LIMIT} bytes" in gw.log_text()
+    assert httpx.get(f"{gw.url}/healthz").status_code == 200  # the worker serves on
+
+
+def test_a_head_under_the_cap_but_over_max_header_bytes_gets_the_apps_431(gw: Gateway) -> None:
+    big = {f"x-pad-{i}": "a" * 1000 for i in range(d.MAX_HEADER_BYTES // 1000 + 2)}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", headers=big, json={"model": "m"})
+    assert r.status_code == 431
+    assert "server.max_header_bytes" in r.json()["error"]["message"]
