@@ -112,6 +112,7 @@ class ServerSection(_Model):
     access_log: bool = True
     max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
     body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S
+    head_timeout_s: PositiveFloat = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own
     # Proxied besides the OpenAI endpoints (gateway.http.paths), e.g. a backend's "/v1/tokenize".
     extra_api_paths: tuple[Annotated[str, AfterValidator(checks.api_path)], ...] = ()
 

@@ -16,6 +16,9 @@ MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx'
 BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this: a 4 MiB body (max_body_bytes)
 # needs ~1.1 Mbit/s, a chat request of kilobytes a slow phone line; a client trickling one
 # byte a second holds its connection this long, not forever
+HEAD_TIMEOUT_S = 30.0  # the request line and headers, from the connection or the request's first
+# byte: a few hundred bytes; a client that trickles them (slowloris) is cut, as nginx's
+# client_header_timeout does (60 s there); the uvicorn engine's, which has none of its own
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
 MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
 # share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule

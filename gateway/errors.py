@@ -11,6 +11,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      │    ├── BodyTooLarge
      │    ├── UnsupportedEncoding     a Content-Encoding the gateway cannot decode
      │    ├── BodyTimeout             the body did not arrive within the read timeout
+     │    ├── HeadTimeout             the request line and headers did not, either
      │    ├── HeadersTooLarge
      │    ├── UnknownEndpoint
      │    ├── MethodNotAllowed        a known endpoint, another method (``allow`` lists them)
@@ -77,6 +78,10 @@ class UnsupportedEncoding(RequestInvalid):
 
 
 class BodyTimeout(RequestInvalid):
+    pass
+
+
+class HeadTimeout(RequestInvalid):
     pass
 
 

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol (httptools) with a cap on a request's head.
+"""uvicorn's HTTP/1.1 protocol (httptools) with a cap on a request's head, in size and time.
 
 httptools keeps whatever URL and headers a client sends until the head ends: a client could
 send megabytes of headers into a worker's memory (20 MB were taken and held, measured against
@@ -6,16 +6,23 @@ the plain protocol), where granian and nginx refuse with 431. Past ``head_limit`
 and headers this protocol answers 431, in the API's JSON error shape, and closes the
 connection. Under the cap the app's own check (``server.max_header_bytes``, the same 431) still
 decides: the cap only bounds the memory one connection can take before that check runs.
+
+uvicorn has no timeout on the head either: a client that sends a byte now and then (slowloris)
+would hold its connection for good. Past ``head_timeout_s`` from the connection, or from a
+request's first byte, with the head not complete, this protocol answers 408 and closes. The
+timer is armed only when a read leaves a head unfinished (and at connect): a request whose head
+arrives in one read, as nearly all do, costs no timer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import HeadersTooLarge
+from gateway.errors import GatewayError, HeadersTooLarge, HeadTimeout
 from gateway.http.errors import error_body, status_of
 from gateway.runtime import log
 
@@ -26,15 +33,62 @@ class _HeadTooLarge(Exception):
 
 
 class CappedHttpToolsProtocol(HttpToolsProtocol):
-    """Set ``head_limit`` on a subclass (``capped``): uvicorn builds the protocol itself."""
+    """Set ``head_limit`` and ``head_timeout_s`` on a subclass (``capped``): uvicorn builds the
+    protocol itself."""
 
     head_limit: ClassVar[int] = 0
+    head_timeout_s: ClassVar[float] = 0.0
     _head_bytes = 0
     _refused = False
+    _in_head = False  # between a request's first byte (or the connection) and its head's end
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True  # the head's clock runs from the connection
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and self._head_timer is None and not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._in_head = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        log.info(
+            "request head not complete in %g s from %s: closed", self.head_timeout_s, self.client
+        )
+        self._refuse(
+            HeadTimeout(
+                f"the request line and headers did not arrive within {self.head_timeout_s:g} s "
+                "(server.head_timeout_s)"
+            ),
+            "Request Timeout",
+        )
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -54,21 +108,30 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:
             super().send_400_response(msg)
             return
-        err = HeadersTooLarge(
-            f"request line and headers are over {self.head_limit} bytes; send fewer or "
-            "shorter headers (the limit is server.max_header_bytes)"
-        )
-        body = json.dumps(error_body(err)).encode()
         log.warning("refused a request head over %d bytes from %s", self.head_limit, self.client)
+        self._refuse(
+            HeadersTooLarge(
+                f"request line and headers are over {self.head_limit} bytes; send fewer or "
+                "shorter headers (the limit is server.max_header_bytes)"
+            ),
+            "Request Header Fields Too Large",
+        )
+
+    def _refuse(self, err: GatewayError, reason: str) -> None:
+        """Answer ``err`` in the API's JSON shape and close: nothing more is read."""
+        self._in_head = False
+        self._disarm()
+        body = json.dumps(error_body(err)).encode()
         head = (
-            f"HTTP/1.1 {status_of(err)} Request Header Fields Too Large\r\n"
-            "content-type: application/json\r\n"
+            f"HTTP/1.1 {status_of(err)} {reason}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
         self.transport.close()
 
 
-def capped(head_limit: int) -> type[CappedHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=``, refusing heads over ``head_limit`` bytes."""
-    return type("CappedHttpToolsProtocol", (CappedHttpToolsProtocol,), {"head_limit": head_limit})
+def capped(head_limit: int, head_timeout_s: float) -> type[CappedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=``: heads over ``head_limit`` bytes, or not
+    complete within ``head_timeout_s``, are refused."""
+    limits = {"head_limit": head_limit, "head_timeout_s": head_timeout_s}
+    return type("CappedHttpToolsProtocol", (CappedHttpToolsProtocol,), limits)

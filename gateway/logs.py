@@ -58,7 +58,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.max_lines = max_lines
         # Called when a line starts a new batch: what wakes the app's flush task, which then
         # sleeps for nothing while nobody is served (gateway.http.app.flush_access_log).
-        self.on_batch: Callable[[], None] | None = None
+        self.on_batch: list[Callable[[], object]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -72,8 +72,9 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """A line as it is to be written (``direct_sink``)."""
         with self.lock:  # type: ignore[union-attr]  # logging's atexit flush is another thread
             self.lines.append(line)
-            if len(self.lines) == 1 and self.on_batch is not None:
-                self.on_batch()
+            if len(self.lines) == 1:
+                for wake in self.on_batch:
+                    wake()
             if len(self.lines) >= self.max_lines:
                 self.flush()  # the lock is re-entrant
 

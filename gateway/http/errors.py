@@ -24,6 +24,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
     e.UnsupportedEncoding: (415, "invalid_request_error", "unsupported_content_encoding"),
     e.BodyTimeout: (408, "invalid_request_error", "request_timeout"),
+    e.HeadTimeout: (408, "invalid_request_error", "request_timeout"),
     e.HeadersTooLarge: (431, "invalid_request_error", "request_headers_too_large"),
     e.UnknownEndpoint: (404, "invalid_request_error", "unknown_url"),
     e.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),

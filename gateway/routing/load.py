@@ -3,17 +3,15 @@ a regional geogate gateway's published ``/load``) and turned into the estimate t
 scores with.
 
 Pure: text in, a ``LoadReading`` out; a reading and the previous ``LoadState`` in, the next
-state out. Parsing is prometheus_client's own parser, which knows the exposition format's
-escaping and suffix rules better than a regex would.
+state out. Only the few samples read are parsed, by name and value (``samples``); the
+tests hold it to prometheus_client's parser on every server's text.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.routing.model import UpstreamView
 
@@ -40,7 +38,7 @@ class LoadReading:
     ttft_ms: float | None = None
 
 
-# What parse_load reads: the families (their # TYPE lines) and the sample names among them.
+# What parse_load reads: the sample names, and the families' names they start with.
 _FAMILIES = frozenset((*QUEUE, *RUNNING, *KV_USAGE, *TTFT_HISTOGRAMS, REGION_TTFT))
 _SAMPLES = frozenset(
     (
@@ -54,42 +52,41 @@ _SAMPLES = frozenset(
 _PREFIXES = tuple(_FAMILIES)
 
 
-def wanted(text: str) -> str:
-    """The lines of ``text`` that parse_load reads: the samples it uses and their # TYPE
-    lines. A backend's /metrics is mostly other families (histogram buckets, process and
-    Python metrics), and prometheus_client's parser took 1.9 ms for the simulated backend's
-    87 lines (bench/hotpath.py, "load scrape parsed", before this filter), about 0.8 % of a
-    core per upstream at 4 polls a second; the samples it keeps parse the same (a
-    histogram's _sum and _count need no buckets)."""
-    keep = []
+def samples(text: str) -> Iterator[tuple[str, float]]:
+    """(name, value) of each sample of ``text`` that parse_load reads; labels and timestamps
+    are skipped (a label value may hold spaces and braces: the value follows the last "}").
+    A backend's /metrics is mostly other families (histogram buckets, process and Python
+    metrics), and prometheus_client's parser took 1.9 ms for the simulated backend's 87 lines
+    (bench/hotpath.py, "load scrape parsed"), still ~60 us for the few lines read here once
+    the others were filtered out; at 4 polls a second per upstream that was ~1 ms of an idle
+    worker's CPU a second (bench/idle_cpu.py). Only names and values are read here, so the
+    exposition format's escaping rules do not come into it. A value that is not a number
+    raises ValueError."""
     for line in text.splitlines():
-        if line.startswith(_PREFIXES):
-            name = line.split("{", 1)[0].split(None, 1)[0]
-            if name in _SAMPLES:
-                keep.append(line)
-        elif line.startswith("# TYPE "):
-            parts = line.split(None, 3)
-            if len(parts) > 2 and parts[2] in _FAMILIES:
-                keep.append(line)
-    return "\n".join(keep) + "\n"
+        if not line.startswith(_PREFIXES):
+            continue
+        name = line.split("{", 1)[0].split(None, 1)[0]
+        if name not in _SAMPLES:
+            continue
+        rest = line[len(name) :].lstrip()
+        if rest.startswith("{"):
+            rest = rest[rest.rindex("}") + 1 :]
+        value, *_ = rest.split() or [""]
+        yield name, float(value)
 
 
 def parse_load(text: str) -> LoadReading:
     values: dict[str, float] = {}
     ttft_sum = ttft_count = ttft_now = None
-    for family in text_string_to_metric_families(wanted(text)):
-        name = family.name
-        if name == REGION_TTFT and family.samples:
-            ttft_now = 1000 * min(s.value for s in family.samples)
-        elif name in QUEUE or name in RUNNING or name in KV_USAGE:
-            # Summed over label sets: one per model (vLLM) or per engine (SGLang DP ranks).
-            values[name] = sum(s.value for s in family.samples if s.name == name)
-        elif name in TTFT_HISTOGRAMS:
-            for s in family.samples:
-                if s.name == f"{name}_sum":
-                    ttft_sum = (ttft_sum or 0.0) + s.value
-                elif s.name == f"{name}_count":
-                    ttft_count = (ttft_count or 0.0) + s.value
+    for name, value in samples(text):
+        if name == REGION_TTFT:
+            ttft_now = 1000 * value if ttft_now is None else min(ttft_now, 1000 * value)
+        elif name.endswith("_sum"):  # a TTFT histogram's (the only _SAMPLES so named)
+            ttft_sum = (ttft_sum or 0.0) + value
+        elif name.endswith("_count"):
+            ttft_count = (ttft_count or 0.0) + value
+        else:  # summed over label sets: one per model (vLLM) or per engine (SGLang DP ranks)
+            values[name] = values.get(name, 0.0) + value
 
     def first(names: tuple[str, ...]) -> float | None:
         return next((values[n] for n in names if n in values), None)

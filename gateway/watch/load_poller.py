@@ -41,13 +41,21 @@ async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
         return None  # not Prometheus text: a backend without metrics is simply unmeasured
 
 
+async def poll_all(rt: Runtime, ups: tuple[Upstream, ...]) -> list[LoadReading | None]:
+    if len(ups) == 1:  # in this task: no task and gather to build four times a second
+        return [await poll_once(rt, ups[0])]
+    return await asyncio.gather(*(poll_once(rt, u) for u in ups))
+
+
 async def load_loop(rt: Runtime) -> None:
+    """A round every poll interval, or when the slowest scrape of the last one is done."""
+    loop = asyncio.get_running_loop()
     while rt.config.load.enabled:
+        due = loop.time() + rt.config.load.poll_interval_s
         ups = rt.store.upstreams()
-        pause = asyncio.ensure_future(asyncio.sleep(rt.config.load.poll_interval_s))
-        readings = await asyncio.gather(*(poll_once(rt, u) for u in ups))
+        readings = await poll_all(rt, ups)
         rt.store.record_loads(
             {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
             time.monotonic(),
         )
-        await pause
+        await asyncio.sleep(max(0.0, due - loop.time()))

@@ -1,10 +1,13 @@
-"""The uvicorn engine's cap on a request's head (gateway.h1): past it, a JSON 431 and the
-connection closed, before the head is held whole; under it, the app's own check answers."""
+"""The uvicorn engine's caps on a request's head (gateway.h1): past the size, a JSON 431 and the
+connection closed, before the head is held whole (under it, the app's own check answers); past
+server.head_timeout_s with the head unfinished, a JSON 408."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +74,58 @@ def test_a_head_under_the_cap_but_over_max_header_bytes_gets_the_apps_431(gw: Ga
     r = httpx.post(f"{gw.url}/v1/chat/completions", headers=big, json={"model": "m"})
     assert r.status_code == 431
     assert "server.max_header_bytes" in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def quick(tmp_path: Path) -> Iterator[Gateway]:
+    """server.head_timeout_s = 1."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    gw = start_gateway(
+        tmp_path,
+        lambda port: gateway_toml(port, ups).replace("[server]", "[server]\nhead_timeout_s = 1"),
+    )
+    yield gw
+    gw.stop()
+    sim.proc.kill()
+
+
+def _read_all(s: socket.socket) -> bytes:
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("sent", "trickle"),
+    [(b"", b"GET"), (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", b"X-a")],
+)
+def test_a_head_not_complete_in_head_timeout_s_gets_408(
+    quick: Gateway, sent: bytes, trickle: bytes
+) -> None:
+    with socket.create_connection(("127.0.0.1", quick.port), timeout=5) as s:
+        s.sendall(sent)
+        t0 = time.monotonic()
+        for i in range(3):  # a trickle: a byte now and then does not reset the clock
+            time.sleep(0.25)
+            s.sendall(trickle[i : i + 1])
+        answer = _read_all(s)
+        took = time.monotonic() - t0
+    status, err = _json_error(answer)
+    assert status == 408 and err["code"] == "request_timeout", answer[:200]
+    assert "server.head_timeout_s" in str(err["message"])
+    assert 0.5 < took < 3
+
+
+def test_a_kept_alive_connection_idle_between_requests_is_not_a_slow_head(quick: Gateway) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", quick.port, timeout=5)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() is not None
+            time.sleep(1.5)  # over head_timeout_s, under the keep-alive's 75 s
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()

@@ -161,7 +161,7 @@ class Dashboard:
         )
 
     async def state(self, request: Request) -> Response:
-        return JSONResponse(self.sampler.state)
+        return JSONResponse(self.sampler.look())
 
     async def explain(self, request: Request) -> Response:
         q = request.query_params

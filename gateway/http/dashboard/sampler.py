@@ -4,7 +4,9 @@ a server-sent event that every open page receives: a hundred pages cost one snap
 not a hundred polls.
 
 Between samples it watches what turns a region red (health, drain, ejection, the fleet's
-verdict, shared state going stale) ten times a second, and pushes a change at once.
+verdict, shared state going stale) ten times a second, and pushes a change at once; only while
+someone looks (a page open, or the state read within DASHBOARD_IDLE_AFTER_S): the first look
+after a quiet spell gets a state built then, and wakes the watch.
 
 A slow page never queues frames: it gets the newest one when it is ready for more.
 """
@@ -25,6 +27,7 @@ from redis.exceptions import RedisError
 from gateway.defaults import (
     DASHBOARD_AUDIT_REFRESH_S,
     DASHBOARD_HISTORY_S,
+    DASHBOARD_IDLE_AFTER_S,
     DASHBOARD_SAMPLE_S,
     DASHBOARD_SHARE_WINDOW_S,
     DASHBOARD_WATCH_S,
@@ -83,6 +86,8 @@ class Sampler:
         self._seq = 0  # frames published so far: a page knows which it has seen
         self._published = asyncio.Event()
         self._pages = 0
+        self._asked = -float("inf")  # when the state was last read (monotonic)
+        self._wake = asyncio.Event()  # someone looks: the watch starts again
         self._last_take = time.time()
         self._audit_at = -float("inf")
         self._audit_version = -1
@@ -108,7 +113,13 @@ class Sampler:
         due = loop.time() + DASHBOARD_SAMPLE_S
         seen = self._fingerprint()
         while True:
-            await asyncio.sleep(DASHBOARD_WATCH_S)
+            if self.watched():
+                await asyncio.sleep(DASHBOARD_WATCH_S)
+            else:  # nobody looks: the next sample, unless someone comes first
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due - loop.time())):
+                        await self._wake.wait()
             try:
                 if loop.time() >= due:
                     # Never a burst of catch-up samples after a stall: the next one is a
@@ -121,6 +132,20 @@ class Sampler:
                     self._refresh_state(event="state")
             except Exception:  # a bug here must not end the dashboard for good
                 log.exception("dashboard sample failed")
+
+    def watched(self) -> bool:
+        """Whether changes between samples matter to anyone: a page is open, or the state
+        was read lately (``geogate ctl top`` reads it every second)."""
+        return self._pages > 0 or time.monotonic() - self._asked < DASHBOARD_IDLE_AFTER_S
+
+    def look(self) -> dict[str, Any]:
+        """The state, for a reader: built now if nobody was watching (it could be a
+        sample old), and the watch woken for the next DASHBOARD_IDLE_AFTER_S."""
+        if not self.watched():
+            self._refresh_state(event="state")
+            self._wake.set()
+        self._asked = time.monotonic()
+        return self.state
 
     # --- sampling --------------------------------------------------------------------------
     def _fingerprint(self) -> tuple[object, ...]:
@@ -187,6 +212,7 @@ class Sampler:
 
     async def frames(self) -> AsyncIterator[bytes]:
         """What one page receives: the history and state first, then each new frame."""
+        self.look()
         self._pages += 1
         try:
             seen = self._seq
