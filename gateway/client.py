@@ -109,4 +109,7 @@ def new_session(connect_timeout_s: float) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
         auto_decompress=False,  # bytes pass through as the upstream encoded them
         skip_auto_headers=NO_AUTO_HEADERS,
+        # One session carries every client's requests: a cookie one backend set must not be
+        # sent with the next client's (aiohttp's default jar keeps them per host name).
+        cookie_jar=aiohttp.DummyCookieJar(),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -173,10 +173,17 @@ def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) 
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"))
     rid = r.headers["x-request-id"]
     assert len(rid) == 32
-    # The access log is JSON lines: this is the old "rid=<id>" search, in that form.
-    eventually(lambda: f'"rid": "{rid}"' in gw.log_text(), timeout=5, what="the access log line")
-    line = next(ln for ln in gw.log_text().splitlines() if f'"rid": "{rid}"' in ln)
-    doc = json.loads(line)
+
+    # The access log is JSON lines: the one whose rid is this request's.
+    def line_of(rid: str) -> dict[str, Any] | None:
+        for ln in gw.log_text().splitlines():
+            if ln.startswith("{") and json.loads(ln).get("rid") == rid:
+                return cast("dict[str, Any]", json.loads(ln))
+        return None
+
+    eventually(lambda: line_of(rid) is not None, timeout=5, what="the access log line")
+    doc = line_of(rid)
+    assert doc is not None
     assert (doc["model"], doc["status"], doc["bytes"]) == ("m", 200, len(r.content))
     assert doc["region"] == r.headers["geogate-route"].split("region=")[1].split(";")[0]
     assert 0 < doc["ttfb_ms"] <= doc["ms"]
