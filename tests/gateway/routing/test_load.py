@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.routing import load
 from gateway.routing.load import parse_load
@@ -121,19 +122,58 @@ tgi_queue_size 4.0
 """
 
 
-@pytest.mark.parametrize("text", [BUSY_VLLM, BUSY_VLLM.replace("vllm:", "sglang:"), ""])
-def test_reading_only_the_wanted_lines_reads_the_same(
-    text: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast = parse_load(text)
-    monkeypatch.setattr(load, "wanted", lambda t: t)  # the whole text, as before the filter
-    assert fast == parse_load(text)
+# What a label value, a timestamp or an odd spacing must not confuse.
+ODD = """# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{model_name="a b} 9 {c=\\"d\\"}",engine="0"} 2.5 1700000000000
+vllm:num_requests_waiting {model_name="x"} 1e1
+# TYPE geogate_region_ttft_seconds gauge
+geogate_region_ttft_seconds{region="a"} 0.25
+geogate_region_ttft_seconds{region="b"} 0.125
+# TYPE tgi_queue_size gauge
+tgi_queue_size +Inf
+"""
 
 
-def test_the_filter_keeps_only_what_is_read() -> None:
-    kept = load.wanted(BUSY_VLLM).splitlines()
-    assert "tgi_queue_size 4.0" in kept
-    assert not any("bucket" in line or "python_gc" in line or "by_reason" in line for line in kept)
-    reading = parse_load(BUSY_VLLM)
+def reference(text: str) -> load.LoadReading:
+    """What parse_load read before ``load.samples``: prometheus_client's parser on the whole
+    text (families by name, samples by their own names)."""
+    values: dict[str, float] = {}
+    ttft_sum = ttft_count = ttft_now = None
+    for family in text_string_to_metric_families(text):
+        name = family.name
+        if name == load.REGION_TTFT and family.samples:
+            ttft_now = 1000 * min(s.value for s in family.samples)
+        elif name in load.QUEUE or name in load.RUNNING or name in load.KV_USAGE:
+            values[name] = sum(s.value for s in family.samples if s.name == name)
+        elif name in load.TTFT_HISTOGRAMS:
+            for s in family.samples:
+                if s.name == f"{name}_sum":
+                    ttft_sum = (ttft_sum or 0.0) + s.value
+                elif s.name == f"{name}_count":
+                    ttft_count = (ttft_count or 0.0) + s.value
+
+    def first(names: tuple[str, ...]) -> float | None:
+        return next((values[n] for n in names if n in values), None)
+
+    queue, running, kv = first(load.QUEUE), first(load.RUNNING), first(load.KV_USAGE)
+    return load.LoadReading(queue, running, kv, ttft_sum, ttft_count, ttft_now)
+
+
+@pytest.mark.parametrize("text", [BUSY_VLLM, BUSY_VLLM.replace("vllm:", "sglang:"), VLLM, ODD, ""])
+def test_reading_names_and_values_reads_what_prometheus_clients_parser_does(text: str) -> None:
+    assert parse_load(text) == reference(text)
+
+
+def test_only_what_is_read_counts() -> None:
+    reading = parse_load(BUSY_VLLM)  # not the look-alike, the buckets or the label value
     assert (reading.running, reading.queue_depth, reading.kv_usage) == (12.0, 3.0, 0.42)
     assert (reading.ttft_sum_s, reading.ttft_count) == (2.4, 15.0)
+    odd = parse_load(ODD)
+    assert (odd.queue_depth, odd.ttft_ms) == (12.5, 125.0)  # labels, timestamp, spacing
+    assert parse_load("<html>no metrics</html>\n") == load.LoadReading()  # unmeasured
+
+
+@pytest.mark.parametrize("line", ["tgi_queue_size many", "tgi_queue_size", 'tgi_queue_size{a="b"}'])
+def test_a_value_that_is_no_number_is_refused(line: str) -> None:
+    with pytest.raises(ValueError):
+        parse_load(line + "\n")  # the poller records nothing for it

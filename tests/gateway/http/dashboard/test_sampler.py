@@ -110,3 +110,34 @@ async def test_the_audit_is_read_again_after_a_change() -> None:
     finally:
         await frames.aclose()
         await sampler.stop()
+
+
+async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh() -> None:
+    """No page, no state read: no watch between samples (each was a wake-up and a
+    fingerprint, ten a second), yet the history goes on; a read gets a state built then."""
+    rt = runtime()
+    sampler = Sampler(rt)
+    looked = 0
+    fingerprint = sampler._fingerprint
+
+    def counting() -> tuple[object, ...]:
+        nonlocal looked
+        looked += 1
+        return fingerprint()
+
+    sampler._fingerprint = counting  # type: ignore[method-assign]
+    sampler.start()
+    try:
+        await asyncio.sleep(1.5)  # a second and a half of nobody looking
+        assert looked <= 3  # at start and at the sample(s); watching, it would be ~15
+        assert len(sampler.history) >= 2  # the sparklines keep their past
+        rt.store.record_probe("a", False, None, "connection refused")
+        state = sampler.look()
+        assert state["upstreams"][0]["state"] == "down"  # built now, not a sample old
+        assert sampler.watched()
+        since, deadline = looked, time.monotonic() + 2
+        while looked < since + 3:  # the watch runs again, ten times a second
+            assert time.monotonic() < deadline, "the watch did not start again"
+            await asyncio.sleep(0.05)
+    finally:
+        await sampler.stop()
