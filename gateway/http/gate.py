@@ -1,8 +1,8 @@
 """The ``/v1/*`` requests in flight in one worker: a fast 503 beyond ``server.max_streams``,
 never a silent queue, and the SIGTERM drain that waits for them.
 
-The server's own connection limit (granian's backpressure, ``capacity().connections``) sits
-above the stream limit, so a request over it reaches this gate and is answered at once.
+The server's own connection limit (``capacity().connections``: uvicorn's limit_concurrency,
+granian's backpressure) sits above the stream limit, so a request over it reaches this gate and is answered at once.
 
 On SIGTERM the worker keeps accepting connections: ``/readyz`` answers 503 ("draining") on new
 and kept-alive connections alike, so a load balancer sees a draining target, not a dead one,
