@@ -37,6 +37,7 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     protocol itself."""
 
     head_limit: ClassVar[int] = 0
+    max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0
     _head_bytes = 0
     _refused = False
@@ -110,9 +111,9 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
             return
         log.warning("refused a request head over %d bytes from %s", self.head_limit, self.client)
         self._refuse(
-            HeadersTooLarge(
-                f"request line and headers are over {self.head_limit} bytes; send fewer or "
-                "shorter headers (the limit is server.max_header_bytes)"
+            HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
+                f"request headers are over this gateway's limit of {self.max_header_bytes} "
+                "bytes (server.max_header_bytes); send fewer or shorter headers"
             ),
             "Request Header Fields Too Large",
         )
@@ -130,8 +131,14 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def capped(head_limit: int, head_timeout_s: float) -> type[CappedHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=``: heads over ``head_limit`` bytes, or not
-    complete within ``head_timeout_s``, are refused."""
-    limits = {"head_limit": head_limit, "head_timeout_s": head_timeout_s}
+def capped(
+    max_header_bytes: int, url_bytes: int, head_timeout_s: float
+) -> type[CappedHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=``: heads over ``max_header_bytes`` +
+    ``url_bytes``, or not complete within ``head_timeout_s``, are refused."""
+    limits = {
+        "head_limit": max_header_bytes + url_bytes,
+        "max_header_bytes": max_header_bytes,
+        "head_timeout_s": head_timeout_s,
+    }
     return type("CappedHttpToolsProtocol", (CappedHttpToolsProtocol,), limits)

@@ -2,7 +2,8 @@
 never a silent queue, and the SIGTERM drain that waits for them.
 
 The server's own connection limit (``capacity().connections``: uvicorn's limit_concurrency,
-granian's backpressure) sits above the stream limit, so a request over it reaches this gate and is answered at once.
+granian's backpressure) sits above the stream limit, so a request over it reaches this gate
+and is answered at once.
 
 On SIGTERM the worker keeps accepting connections: ``/readyz`` answers 503 ("draining") on new
 and kept-alive connections alike, so a load balancer sees a draining target, not a dead one,
