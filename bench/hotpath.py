@@ -40,7 +40,8 @@ def main() -> None:
     from gateway.runtime import build_runtime
 
     work = Path(tempfile.mkdtemp(prefix="geogate-hotpath-"))
-    cfg = load_config(gateway_conf(work, 8000, 9000))
+    # No server runs here: any engine will do, and an older tree's gateway_conf needs one named.
+    cfg = load_config(gateway_conf(work, 8000, 9000, "granian"))
     rt = build_runtime(cfg)
     doc = {"model": "bench-model", "max_tokens": 16, "stream": False}
     body = json.dumps({**doc, "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -50,7 +50,8 @@ from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # 
 
 RESULTS = ROOT / "bench" / "results"
 SETTLE_S = 3.0  # after /readyz: start-up's one-off work (imports, first probes) is done
-ENGINE = "granian"  # the default engine (gateway/defaults.py SERVER_ENGINE)
+ENGINE = "granian"  # every tree on one engine: older trees know no uvicorn, and idle work is the
+# app's (probes, polls, sampler, log flush), not the engine's
 
 
 @dataclass

@@ -172,7 +172,8 @@ def run(args: argparse.Namespace, work: Path, backend: int, gateway_conf: Any) -
     from gateway.http.app import create_app
 
     os.environ[floor_proxy.UPSTREAM_ENV] = f"http://127.0.0.1:{backend}"
-    cfg = load_config(gateway_conf(work, 8000, backend))
+    # No server runs here: any engine will do, and an older tree's gateway_conf needs one named.
+    cfg = load_config(gateway_conf(work, 8000, backend, "granian"))
     access = logging.getLogger("geogate.access")
     results: dict[str, Any] = {}
 

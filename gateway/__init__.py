@@ -1,6 +1,6 @@
 """geogate's gateway, in layers; each imports only the ones below it (import-linter checks):
 
-  cli/      the ``geogate`` command          server.py   granian or hypercorn on uvloop
+  cli/      the ``geogate`` command          server.py   uvicorn (h1.py), granian or hypercorn
   http/     the only part that speaks HTTP   watch/      probes, load polls, DNS, GeoIP reload
   runtime   what one process holds           fleet/      the state store: memory or Redis
   routing/  the pure router                  config, defaults, errors, metrics, checks, logs:
