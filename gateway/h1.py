@@ -8,10 +8,12 @@ connection. Under the cap the app's own check (``server.max_header_bytes``, the 
 decides: the cap only bounds the memory one connection can take before that check runs.
 
 uvicorn has no timeout on the head either: a client that sends a byte now and then (slowloris)
-would hold its connection for good. Past ``head_timeout_s`` from the connection, or from a
-request's first byte, with the head not complete, this protocol answers 408 and closes. The
-timer is armed only when a read leaves a head unfinished (and at connect): a request whose head
-arrives in one read, as nearly all do, costs no timer.
+would hold its connection for good. Past ``head_timeout_s`` from a request's first byte, with
+the head not complete, this protocol answers 408 and closes; a connection that sends nothing
+is closed quietly after the keep-alive time, as between requests. The timer is armed only when
+a read leaves a head unfinished: a request whose head arrives in one read, as nearly all do,
+costs no timer. Every other request the parser refuses gets a JSON 400 too, not uvicorn's
+plain text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import GatewayError, HeadersTooLarge, HeadTimeout
+from gateway.errors import GatewayError, HeadersTooLarge, HeadTimeout, RequestInvalid
 from gateway.http.errors import error_body, status_of
 from gateway.runtime import log
 
@@ -39,20 +41,38 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     head_limit: ClassVar[int] = 0
     max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0
-    _head_bytes = 0
+    _head_bytes = 0  # URL and complete headers, as the parser hands them over
+    _raw_head = 0  # bytes read while a head was unfinished (one header may be all of them)
+    _began_in_read = False  # the head began in the read being fed: its split is unknown
     _refused = False
-    _in_head = False  # between a request's first byte (or the connection) and its head's end
+    _in_head = False  # between a request's first byte and its head's end
+    _first_byte = False  # a byte came on this connection: before it, idle is keep-alive's
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_head = True  # the head's clock runs from the connection
-        self._arm()
+        # Before any byte a connection is idle, as between requests: closed quietly after the
+        # keep-alive time, never answered (a pool may open one ahead of its first request).
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
+        if not self._first_byte:
+            self._first_byte = True
+            self._disarm()
+        self._began_in_read = False
         super().data_received(data)
-        if self._in_head and self._head_timer is None and not self.transport.is_closing():
-            self._arm()
+        if not self._in_head or self.transport.is_closing():
+            return
+        # httptools keeps a header's bytes until the next one starts: one endless header is
+        # never handed over, so what was read while the head is unfinished is counted too
+        # (all of a read, except the one the head began in: memory stays within one read).
+        if not self._began_in_read:
+            self._raw_head += len(data)
+            if self._raw_head > self.head_limit:
+                self._too_large()
+                return
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -60,16 +80,13 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
-        self._in_head = True
+        self._head_bytes = self._raw_head = 0
+        self._began_in_read = self._in_head = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
         super().on_headers_complete()
-
-    def _arm(self) -> None:
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -79,6 +96,11 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a response still being sent: an answer now would land
+            # inside that response.
+            self.transport.close()
             return
         log.info(
             "request head not complete in %g s from %s: closed", self.head_timeout_s, self.client
@@ -106,9 +128,14 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def send_400_response(self, msg: str) -> None:
-        if not self._refused:
-            super().send_400_response(msg)
+        """uvicorn's answer to anything the parser refused (it has logged "Invalid HTTP
+        request received." already): in the API's JSON shape, as every other error."""
+        if self._refused:
+            self._too_large()
             return
+        self._refuse(RequestInvalid(f"malformed HTTP/1.1 request: {msg}"), "Bad Request")
+
+    def _too_large(self) -> None:
         log.warning("refused a request head over %d bytes from %s", self.head_limit, self.client)
         self._refuse(
             HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)

@@ -122,11 +122,14 @@ def utc_ms(now: float) -> str:
     """``now`` (time.time()) as ISO 8601 UTC to the millisecond, "2026-11-26T05:15:23.676+00:00",
     as datetime.isoformat writes it; the text up to the second is formatted once a second."""
     sec = int(now)
+    us = round((now - sec) * 1e6)  # datetime rounds to the microsecond, then cuts to the ms
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
     cached, text = _second[0]
     if sec != cached:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         _second[0] = (sec, text)
-    return f"{text}.{int((now - sec) * 1000):03d}+00:00"
+    return f"{text}.{us // 1000:03d}+00:00"
 
 
 def event(

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import math
 import os
 import resource
@@ -175,8 +176,11 @@ def _serve_uvicorn(
             proxy_headers=False,
             server_header=False,
             backlog=s.backlog,
-            # Past this many connections uvicorn answers 503 itself; the app's own gate (JSON
-            # 503 past max_streams) comes first, as the limit leaves headroom above it.
+            # With this many connections open (idle keep-alive ones count) uvicorn answers
+            # every new request with its own plain-text 503 and closes; max_streams + 1,024 by
+            # default, so the app's JSON 503 at max_streams comes first while requests, not
+            # idle connections, are what is too many. It keeps accepting: unlike granian's
+            # backpressure it does not bound descriptors (the worker's limit does).
             limit_concurrency=cap.connections,
             timeout_keep_alive=math.ceil(d.SERVER_KEEPALIVE_S),
             timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
@@ -228,21 +232,31 @@ class Forked:
             raise SystemExit(1)
 
     def _fork(self, index: int) -> None:
+        stop_signals = {signal.SIGTERM, signal.SIGINT}
+        # Held until the worker has its own handlers: one arriving in between would run this
+        # process's _pass_on in the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         pid = os.fork()
         if pid == 0:  # the worker: the server's own signal handling, then serve
             code = 0
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in stop_signals:
                     signal.signal(sig, signal.SIG_DFL)
+                # Its own process group: a terminal's Ctrl-C reaches this process only, which
+                # passes it on once (a second SIGINT makes uvicorn skip its graceful stop).
+                os.setpgid(0, 0)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 self.serve(index)
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
+                code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
             finally:
+                logging.shutdown()  # batched access lines out before os._exit skips atexit
                 os._exit(code)
         self.started[pid] = (index, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
 
     def _pass_on(self, sig: int, _frame: object) -> None:
         if not self.stopping:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import re
 import socket
 from collections.abc import Iterator
@@ -276,6 +277,13 @@ def test_utc_ms_writes_what_datetime_isoformat_writes(now: float) -> None:
     want = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     assert utc_ms(now) == want
     assert utc_ms(now + 1) != want  # the cached second moves on
+
+
+def test_utc_ms_agrees_with_datetime_on_many_times() -> None:
+    rng = random.Random(7)
+    for _ in range(200_000):
+        now = rng.uniform(1.7e9, 1.8e9)
+        assert utc_ms(now) == datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
 
 
 def test_json_line_is_one_ascii_line_of_the_same_json() -> None:

@@ -340,14 +340,15 @@ from gateway import defaults, server
 defaults.WORKER_START_GRACE_S = 0.0
 marks = sys.argv[1]
 def serve(index: int) -> None:
-    open(os.path.join(marks, str(os.getpid())), "w").close()
     try:
         os.close(os.open(os.path.join(marks, "first"), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         if index == 1:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker that will not stop
+        open(os.path.join(marks, str(os.getpid())), "w").close()  # set up: the test may go on
         signal.pause()  # until SIGTERM, passed on by the parent
     else:
+        open(os.path.join(marks, str(os.getpid())), "w").close()
         raise SystemExit(3)  # the first worker dies once it ran
 server.Forked(2, serve, kill_after_s=1.0).run()
 """
