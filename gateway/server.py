@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -236,6 +237,7 @@ class Forked:
         # Held until the worker has its own handlers: one arriving in between would run this
         # process's _pass_on in the worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: the server's own signal handling, then serve
             code = 0
@@ -245,6 +247,7 @@ class Forked:
                 # Its own process group: a terminal's Ctrl-C reaches this process only, which
                 # passes it on once (a second SIGINT makes uvicorn skip its graceful stop).
                 os.setpgid(0, 0)
+                _term_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 self.serve(index)
             except SystemExit as exc:
@@ -272,6 +275,22 @@ class Forked:
             log.warning("worker %d did not stop within %g s: killed", pid, self.kill_after_s)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _term_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the process that forked it dies, however it dies (the OOM
+    killer, kill -9): else the workers would go on serving, and holding the port, with nothing
+    to stop or replace them. Linux only; elsewhere the workers outlive a killed parent."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _address(host: str, port: int) -> str:

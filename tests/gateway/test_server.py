@@ -377,3 +377,20 @@ def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
         assert "Traceback" not in err  # SystemExit(3) is an exit status, not a failure
     finally:
         proc.kill()
+
+
+def test_uvicorn_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    gw, sim = _fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
+    try:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        workers = _workers(gw.proc.pid)
+        gw.proc.kill()  # SIGKILL: no chance to pass anything on
+        gw.proc.wait(5)
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+        eventually(gone, timeout=15, what="the orphaned workers to stop")
+    finally:
+        gw.stop()
+        sim.proc.kill()
