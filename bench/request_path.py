@@ -201,6 +201,9 @@ def run(args: argparse.Namespace, work: Path, backend: int, gateway_conf: Any) -
 
 
 def write(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from bench.results_io import write_results
+
+    tree_arg = "" if args.tree.resolve() == ROOT else f" --tree {args.tree}"
     meta = {
         "tree": str(args.tree),
         "requests_per_round": args.requests,
@@ -211,17 +214,14 @@ def write(args: argparse.Namespace, results: dict[str, Any]) -> None:
         ),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2)
-    )
     lines = [
         "# CPU per proxied request in process: geogate's app vs the floor proxy",
         "",
-        f"`.venv/bin/python bench/request_path.py` ({meta['date']}, {meta['machine']}; tree "
-        f"{meta['tree']}). {args.requests} requests per round at concurrency {args.conc}, "
+        f"`.venv/bin/python bench/request_path.py{tree_arg}` ({meta['date']}, {meta['machine']}; "
+        f"tree {meta['tree']}). {args.requests} requests per round at concurrency {args.conc}, "
         f"{args.reps} rounds alternating; µs of this process's CPU per request (median of the "
-        "rounds, then every round). No server: what granian adds is in bench/results/overhead.md.",
+        "rounds, then every round). No server: what the server adds is in "
+        "bench/results/overhead.md.",
         "",
         "| mode | geogate µs | floor µs | geogate's own code µs | rounds (geogate / floor) |",
         "|---|---|---|---|---|",
@@ -234,9 +234,7 @@ def write(args: argparse.Namespace, results: dict[str, Any]) -> None:
         lines.append(
             f"| {mode} | {g['median_us']:.0f} | {f['median_us']:.0f} | {own:.0f} | {runs} |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {args.out}.md and .json")
+    write_results(args.out, lines, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ side by side under one prefix (bench/results/NAME.md and NAME.json)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -19,3 +20,8 @@ def write_results(out: Path, lines: list[str], doc: dict[str, Any], md_tail: str
     js.write_text(json.dumps(stamped, indent=2) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {md} and {js.name}")
+
+
+def params(args: argparse.Namespace) -> dict[str, Any]:
+    """A run's command-line arguments for its JSON (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

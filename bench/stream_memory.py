@@ -381,7 +381,6 @@ def write(args: argparse.Namespace, plain: dict[str, Any], traced: dict[str, Any
         ):
             lines += ["", f"| {title} | {unit}/stream |", "|---|---|"]
             lines += [f"| `{k}` | {v:,.{2 if unit == 'objects' else 0}f} |" for k, v in traced[key]]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_results(
         args.out,
         lines,

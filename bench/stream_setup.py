@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead import MODEL, gateway_conf, nginx_conf  # noqa: E402
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
 from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
-from bench.results_io import write_results  # noqa: E402
+from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -301,13 +301,12 @@ def write(cells: list[Cell], args: argparse.Namespace) -> None:
             f"{ratio} | {c.proxy_core_busy:.0%} | {c.rig_core_busy:.0%} | "
             f"{c.streams_per_core_s:,.0f} | {limit} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_results(
         args.out,
         lines,
         {
             "machine": machine,
-            "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "params": params(args),
             "cells": [asdict(c) for c in cells],
         },
     )

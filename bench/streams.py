@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead import MODEL, gateway_conf, nginx_conf  # noqa: E402
 from bench.overhead_cells import pct, pinned  # noqa: E402
 from bench.proc_cpu import CLK_TCK, process_tree, stat_fields  # noqa: E402
-from bench.results_io import write_results  # noqa: E402
+from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -709,13 +709,12 @@ def write(
     failures = [f"- {r.streams} {r.target}: {r.failures}" for r in rows if r.failures]
     if failures:
         lines += ["", "Failures by cause:", "", *failures]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_results(
         args.out,
         lines,
         {
             "machine": machine,
-            "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "params": params(args),
             "nofile": {
                 "shell_soft": nofile[0],
                 "shell_hard": nofile[1],

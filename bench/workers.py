@@ -305,7 +305,6 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
             f"{_opt(r.cpu_vs_1, '.2f')} | {r.gateway_cores_busy:.2f} | {split} | {conns} | "
             f"{r.worker_cpus} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_results(
         args.out,
         lines,
