@@ -1,8 +1,8 @@
 """uvicorn's HTTP/1.1 protocol (httptools) with a cap on a request's head, in size and time.
 
 httptools keeps whatever URL and headers a client sends until the head ends: a client could
-send megabytes of headers into a worker's memory (20 MB were taken and held, measured against
-the plain protocol), where granian and nginx refuse with 431. Past ``head_limit`` bytes of URL
+send megabytes of headers into a worker's memory, where granian and nginx refuse with 431
+(tests/gateway/test_h1.py sends 64 MB, in many headers and in one). Past ``head_limit`` bytes of URL
 and headers this protocol answers 431, in the API's JSON error shape, and closes the
 connection. Under the cap the app's own check (``server.max_header_bytes``, the same 431) still
 decides: the cap only bounds the memory one connection can take before that check runs.

@@ -56,10 +56,10 @@ def samples(text: str) -> Iterator[tuple[str, float]]:
     """(name, value) of each sample of ``text`` that parse_load reads; labels and timestamps
     are skipped (a label value may hold spaces and braces: the value follows the last "}").
     A backend's /metrics is mostly other families (histogram buckets, process and Python
-    metrics), and prometheus_client's parser took 1.9 ms for the simulated backend's 87 lines
-    (bench/hotpath.py, "load scrape parsed"), still ~60 us for the few lines read here once
-    the others were filtered out; at 4 polls a second per upstream that was ~1 ms of an idle
-    worker's CPU a second (bench/idle_cpu.py). Only names and values are read here, so the
+    metrics). prometheus_client's parser, even given only the lines read here, was most of a
+    scrape's cost (bench/hotpath.py, "load scrape parsed": 86 µs with ``--tree`` on commit
+    02f72c8, about half that now), four times a second per upstream even on an idle worker
+    (bench/idle_cpu.py). Only names and values are read here, so the
     exposition format's escaping rules do not come into it. A value that is not a number
     raises ValueError."""
     for line in text.splitlines():
