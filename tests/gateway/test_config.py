@@ -98,6 +98,8 @@ def test_env_overrides(tmp_path: Path) -> None:
         (lambda t: t + '[redis]\nurl = "redis+sentinel://127.0.0.1:1"\n', "/master-name"),
         (lambda t: t + '[server]\ntls_cert = "no.pem"\ntls_key = "no.key"\n', "server.tls_cert"),
         (lambda t: t + '[server]\nextra_api_paths = ["/v1/../sleep"]\n', "extra_api_paths[0]"),
+        (lambda t: t + "[server]\nhead_timeout_s = 0\n", "server.head_timeout_s"),
+        (lambda t: t + '[server]\nengine = "gunicorn"\n', "server.engine: Input should be"),
         (lambda t: t + '[admin]\ntokens = {alice = "t", bob = "t"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntoken = "t"\ntokens = {admin = "u"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntokens = {"a b" = "t"}\n', "admin.tokens"),
