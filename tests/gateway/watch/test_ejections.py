@@ -182,6 +182,10 @@ def test_failed_completions_eject_for_the_whole_time_despite_good_health(
             out_s = time.monotonic() - at
             assert _gauge_text(gw, "bad") == "1.0"
             _eject(c, gw)  # still failing: out again, for twice as long
+        # The third failure is recorded once its answer has gone out: the line may come
+        # just after the client has read it.
+        again = "upstream bad (eu-central) ejected for 6 s after 3 consecutive failed"
+        eventually(lambda: again in gw.log_text(), timeout=5, what="the second ejection")
         log = gw.log_text()
         print(f"stayed out {out_s:.1f} s ({n} requests to good); log lines:")
         print("\n".join(line for line in log.splitlines() if "upstream bad" in line))
