@@ -51,6 +51,31 @@ class Aiohttp:
         await self.s.close()
 
 
+class Geogate:
+    """gateway.client: an asyncio protocol and httptools' parser, pooled keep-alive
+    connections; what the gateway's proxy, prober and load poller use."""
+
+    def __init__(self) -> None:
+        from gateway.client import Client
+
+        self.c = Client(3.0)
+
+    async def get(self, url: str) -> bytes:
+        return await (await self.c.request("GET", url)).read()
+
+    async def stream(self, url: str) -> tuple[int, float]:
+        n, first = 0, 0.0
+        r = await self.c.request("GET", url)
+        while await r.readany():  # the gateway's read (gateway/http/upstream.py)
+            n += 1
+            first = first or time.perf_counter()
+        r.release()
+        return n, first
+
+    async def close(self) -> None:
+        await self.c.close()
+
+
 class Httpx:
     def __init__(self, http2: bool) -> None:
         import httpx
@@ -230,6 +255,7 @@ class Pycurl:
 
 CLIENTS: dict[str, Callable[[], Client]] = {
     "aiohttp h1": Aiohttp,
+    "geogate h1": Geogate,
     "httpx h1": lambda: Httpx(False),
     "httpx h2": lambda: Httpx(True),
     "pyreqwest h1": lambda: Pyreqwest(False),

@@ -2,10 +2,11 @@
 ``--peers floor`` (targets floor-asgi, floor-rsgi).
 
 The same granian (uvloop, one worker, HTTP/1.1 + h2c) and the same upstream client as the
-gateway (one aiohttp session, no pool limit, no decompression, the body passed through), and
-nothing else: no routing, no GeoIP, no metrics, no access log, no timeouts, no retries, no
-header filtering. It reads the body, posts it to the one backend, and copies status,
-Content-Type and the body back: a whole answer in one piece, an event stream chunk by chunk.
+gateway (gateway.client: pooled keep-alive connections, the body passed through; aiohttp until
+issue 14's fourth round, when the gateway stopped using it), and nothing else: no routing, no
+GeoIP, no metrics, no access log, no timeouts, no retries, no header filtering. It reads the
+body, posts it to the one backend, and copies status, Content-Type and the body back: a whole
+answer in one piece, an event stream chunk by chunk.
 geogate minus floor-asgi is what geogate's own code costs per request; floor-asgi against
 floor-rsgi is the price of granian's ASGI bridge against its native RSGI interface for a proxy;
 floor-asgi against nginx is the price of the Python server stack itself, which no change to
@@ -21,11 +22,13 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import aiohttp
+from gateway.client import Client
 
 UPSTREAM_ENV = "FLOOR_UPSTREAM"
 SSE = "text/event-stream"
-_session: aiohttp.ClientSession | None = None
+JSON = [(b"content-type", b"application/json")]
+CONNECT_TIMEOUT_S = 3.0  # the gateway's default (gateway.defaults.CONNECT_TIMEOUT_S)
+_session: Client | None = None
 
 Message = MutableMapping[str, Any]
 
@@ -34,12 +37,10 @@ def _upstream() -> str:
     return os.environ[UPSTREAM_ENV]
 
 
-def _http() -> aiohttp.ClientSession:
+def _http() -> Client:
     global _session
-    if _session is None:  # on the worker's loop, at its first request
-        _session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
-        )
+    if _session is None:  # at its first request, as the gateway's at start-up
+        _session = Client(CONNECT_TIMEOUT_S)
     return _session
 
 
@@ -77,13 +78,8 @@ async def asgi(
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    resp = await _http().request(
-        scope["method"],
-        _upstream() + scope["path"],
-        data=body,
-        headers={"content-type": "application/json"},
-    )
-    ctype = resp.headers.get("content-type", "application/octet-stream")
+    resp = await _http().request(scope["method"], _upstream() + scope["path"], JSON, body)
+    ctype = resp.header(b"content-type") or "application/octet-stream"
     start = {"type": "http.response.start", "status": resp.status}
     if not ctype.startswith(SSE):  # a whole answer: one send, its length known
         data = await resp.read()
@@ -92,7 +88,7 @@ async def asgi(
         await send({"type": "http.response.body", "body": data})
         return
     await send({**start, "headers": [(b"content-type", ctype.encode())]})
-    while chunk := await resp.content.readany():
+    while chunk := await resp.readany():
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
     resp.release()
@@ -100,17 +96,12 @@ async def asgi(
 
 async def rsgi(scope: Any, proto: Any) -> None:
     body = await proto()
-    resp = await _http().request(
-        scope.method,
-        _upstream() + scope.path,
-        data=body,
-        headers={"content-type": "application/json"},
-    )
-    ctype = resp.headers.get("content-type", "application/octet-stream")
+    resp = await _http().request(scope.method, _upstream() + scope.path, JSON, body)
+    ctype = resp.header(b"content-type") or "application/octet-stream"
     if not ctype.startswith(SSE):
         proto.response_bytes(resp.status, [("content-type", ctype)], await resp.read())
         return
     transport = proto.response_stream(resp.status, [("content-type", ctype)])
-    while chunk := await resp.content.readany():
+    while chunk := await resp.readany():
         await transport.send_bytes(chunk)
     resp.release()

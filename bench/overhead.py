@@ -20,7 +20,7 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 (.venv-litellm, installed on first use), configured lean (bench/peers.py); its
                 YAML goes into the results. HTTP/1.1 only (uvicorn)
   floor-asgi    only with --peers floor-asgi: the smallest proxy on geogate's own stack
-                (bench/floor_proxy.py: granian ASGI + aiohttp, nothing else); geogate minus
+                (bench/floor_proxy.py: granian ASGI + gateway.client, nothing else); geogate minus
                 floor-asgi is geogate's own code
   floor-rsgi    only with --peers floor-rsgi: the same on granian's native RSGI interface
   floor-uvicorn only with --peers floor-uvicorn: the same ASGI proxy on uvicorn (httptools),

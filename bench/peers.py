@@ -122,7 +122,7 @@ def start_litellm(
 
 FLOOR_DESCRIPTIONS = {
     "floor-asgi": "bench/floor_proxy.py:asgi on granian (ASGI, uvloop, 1 worker) with geogate's "
-    "aiohttp client and nothing else: the stack's floor under geogate's own code",
+    "upstream client (gateway.client) and nothing else: the stack's floor under geogate's own code",
     "floor-rsgi": "bench/floor_proxy.py:rsgi, the same proxy on granian's native RSGI interface",
     "floor-uvicorn": "bench/floor_proxy.py:asgi on uvicorn (uvloop, httptools, 1 worker, access "
     "log off): the same proxy on a server whose HTTP runs on the event loop's own thread",

@@ -346,7 +346,7 @@ def write(args: argparse.Namespace, plain: dict[str, Any], traced: dict[str, Any
             + "".join(f"; {item}" for item in args.gateway_set)
             + ")"
             if args.target == "geogate"
-            else f"{args.target} (bench/floor_proxy.py: its server + aiohttp, nothing else)"
+            else f"{args.target} (bench/floor_proxy.py: its server + gateway.client, nothing else)"
         )
         + f", holding {n} open SSE streams (sim-backend paced at {args.tokens_per_s:g} "
         "tokens/s, so they are open and idle while read). KiB = 1024 bytes.",

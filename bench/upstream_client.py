@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Which upstream HTTP client: aiohttp (today's) vs httpx, pyreqwest and rnet (Rust: reqwest
-on hyper/Tokio) and pycurl (libcurl), each over HTTP/1.1 and, where it can, HTTP/2 (h2c prior
-knowledge). The adapters are in bench/client_adapters.py; pyreqwest, rnet and pycurl are
-bench-only (``--install`` puts them into this interpreter's environment with pip).
+"""Which upstream HTTP client: aiohttp (the gateway's until issue 14's fourth round) and
+gateway.client (its own since: an asyncio protocol with httptools) vs httpx, pyreqwest and
+rnet (Rust: reqwest on hyper/Tokio) and pycurl (libcurl), each over HTTP/1.1 and, where it
+can, HTTP/2 (h2c prior knowledge). The adapters are in bench/client_adapters.py; pyreqwest,
+rnet and pycurl are bench-only (``--install`` puts them into this interpreter's environment
+with pip).
 
 Three measurements, same run, clients interleaved round by round (a shared machine drifts):
   1. client CPU per non-streaming request: REQUESTS at concurrency 16 against a geogate
@@ -17,7 +19,7 @@ Three measurements, same run, clients interleaved round by round (a shared machi
      RTT); 16 concurrent requests on a pool holding one warm connection. HTTP/1.1 must open 15
      more connections (one RTT each for TCP); HTTP/2 multiplexes them on the warm one.
 
-  .venv/bin/python bench/upstream_client.py [--install] [--append]
+  .venv/bin/python bench/upstream_client.py [--install] [--append] [--clients "aiohttp h1,..."]
 
 Writes bench/results/upstream_client.{md,json}; --append adds this run to the runs there.
 """
@@ -41,6 +43,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.client_adapters import CLIENTS  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -140,16 +143,14 @@ async def cold_burst(name: str, url: str) -> dict[str, float]:
     return {"burst_p50_ms": statistics.median(times), "burst_max_ms": max(times)}
 
 
-async def run(gw: int, sse: int) -> dict[str, dict[str, float]]:
-    from bench.client_adapters import CLIENTS
-
+async def run(gw: int, sse: int, names: list[str]) -> dict[str, dict[str, float]]:
     models, stream = f"http://127.0.0.1:{gw}/v1/models", f"http://127.0.0.1:{sse}/stream"
     proxy_port = free_port()
     server = await delay_proxy(proxy_port, gw, ONE_WAY_DELAY_S)
-    samples: dict[str, dict[str, list[float]]] = {n: {} for n in CLIENTS}
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     try:
         for r in range(ROUNDS):
-            for name in CLIENTS:
+            for name in names:
                 got = {"cpu_us_per_request": await cpu_per_request(name, models)}
                 got |= await cpu_per_chunk(name, stream)
                 if r == 0:
@@ -232,7 +233,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--install", action="store_true", help=f"pip install {BENCH_ONLY}")
     ap.add_argument("--append", action="store_true", help="add this run to the saved runs")
+    ap.add_argument(
+        "--clients",
+        default=",".join(CLIENTS),
+        help="comma-separated, aiohttp h1 (the ratios' base) first (default: all of "
+        + ", ".join(CLIENTS)
+        + ")",
+    )
     args = ap.parse_args()
+    names = [n.strip() for n in args.clients.split(",")]
+    unknown = [n for n in names if n not in CLIENTS]
+    if unknown or names[0] != "aiohttp h1":
+        ap.error(f"--clients: unknown {unknown}" if unknown else "--clients: start with aiohttp h1")
     if args.install:
         install()
     work = Path(tempfile.mkdtemp(prefix="geogate-client-bench-"))
@@ -241,7 +253,7 @@ def main() -> None:
     try:
         # uvloop, as in the gateway's workers (gateway/server.py): the clients' Python side
         # costs what it would cost there.
-        results = uvloop.run(run(gw, sse))
+        results = uvloop.run(run(gw, sse, names))
     finally:
         for p in procs:
             stop(p)  # type: ignore[arg-type]

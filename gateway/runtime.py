@@ -9,9 +9,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from gateway import defaults as d
+from gateway.client import Client
 from gateway.config import Config, LogSection
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
@@ -98,7 +97,7 @@ class Runtime:
     budget: RetryBudget
     trusted: tuple[IPNetwork, ...]
     rng: random.Random = field(default_factory=random.Random)
-    session: aiohttp.ClientSession | None = None
+    session: Client | None = None
     draining: bool = False
     traffic: Traffic = field(default_factory=Traffic)  # what was served, for the dashboard
 
@@ -117,7 +116,7 @@ class Runtime:
     def config(self) -> Config:
         return self.store.config
 
-    def http(self) -> aiohttp.ClientSession:
+    def http(self) -> Client:
         if self.session is None:
             raise RuntimeError("the upstream client session is not started")
         return self.session

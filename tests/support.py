@@ -220,3 +220,31 @@ def start_redis(tmp: Path) -> RedisServer:
     r = RedisServer(free_port(), tmp / "redis.log")
     r.start()
     return r
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A one-day self-signed certificate for 127.0.0.1 and localhost (openssl), and its key."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from gateway import defaults as d
-from gateway.client import new_session
+from gateway.client import Client
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
 from gateway.http.dispatch import GatewayApp
@@ -67,7 +67,7 @@ async def lifespan(
     rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
 ) -> AsyncIterator[None]:
     config = rt.config
-    rt.session = new_session(config.timeouts.connect_s)
+    rt.session = Client(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
     tasks = [*start_watchers(rt), asyncio.create_task(flush_access_log())]

@@ -92,7 +92,7 @@ def upstream_request_headers(
     peer_trusted: bool,
     scheme: str,
     rid: str,
-) -> list[tuple[str, str]]:
+) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request. ``peer`` is the socket peer, ``client`` the client
     resolved from it (the trusted-proxy walk of X-Forwarded-For).
 
@@ -105,28 +105,28 @@ def upstream_request_headers(
     drop = _REQUEST_DROP | _connection_tokens(raw)
     if not peer_trusted:
         drop |= _EDGE_CLAIMS
-    out: list[tuple[str, str]] = []
-    xff: list[str] = []
-    proto: str | None = None
+    out: list[tuple[bytes, bytes]] = []
+    xff: list[bytes] = []
+    proto: bytes | None = None
     for name, value in raw:
         lname = name.lower()
         if lname == b"x-forwarded-for" and peer_trusted:
-            xff.append(value.decode("latin-1"))
+            xff.append(value)
         elif lname == b"x-forwarded-proto" and peer_trusted:
-            proto = value.decode("latin-1")
+            proto = value
         elif lname not in drop:
-            out.append((name.decode("latin-1"), value.decode("latin-1")))
+            out.append((name, value))
     if peer:
-        xff.append(peer)
+        xff.append(peer.encode())
     if xff:
-        out.append(("X-Forwarded-For", ", ".join(xff)))
+        out.append((b"X-Forwarded-For", b", ".join(xff)))
     if client:
         # Ours, always: many backends and their logs read X-Real-IP as "the client", and this
         # one is the result of the trusted-proxy walk, so they need no proxy rules of their
         # own and cannot be handed a client's claim about itself.
-        out.append(("X-Real-IP", client))
-    out.append(("X-Forwarded-Proto", proto or scheme))
-    out.append(("X-Request-Id", rid))
+        out.append((b"X-Real-IP", client.encode()))
+    out.append((b"X-Forwarded-Proto", proto or scheme.encode()))
+    out.append((b"X-Request-Id", rid.encode()))
     return out
 
 

@@ -11,10 +11,7 @@ import asyncio
 import json
 import time
 
-import aiohttp
-from yarl import URL
-
-from gateway.client import CLIENT_ERRORS, Failure, FailureKind, classify, track_reach
+from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S, NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     GatewayError,
@@ -43,7 +40,7 @@ from gateway.watch import ejections
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 # 429 is load, not sickness: it must not eject a backend that is merely full.
 NOT_A_HEALTH_FAILURE = frozenset({429})
-SSE_TYPE = b"text/event-stream"
+SSE_TYPE = "text/event-stream"
 
 
 class ClientGone(Exception):
@@ -161,7 +158,7 @@ class _Attempts:
         uid = cand.upstream.id
         done = False
         rt.store.acquire(uid)
-        opened: tuple[aiohttp.ClientResponse, bytes] | None = None
+        opened: tuple[Response, bytes] | None = None
         try:
             opened = await self._open(cand)
             if opened is None:
@@ -190,57 +187,53 @@ class _Attempts:
             if opened is not None:
                 # A response read to the end goes back to the pool; anything else closes the
                 # connection, which is how the upstream learns that nobody is listening.
-                if done and opened[0].content.at_eof():
+                if done and opened[0].at_eof():
                     opened[0].release()
                 else:
                     opened[0].close()
 
-    async def _open(self, cand: Candidate) -> tuple[aiohttp.ClientResponse, bytes] | None:
+    async def _open(self, cand: Candidate) -> tuple[Response, bytes] | None:
         """Send the request and wait for the first byte of the answer. None: it failed (the
         failure is recorded), and nothing reached the client."""
-        uid = cand.upstream.id
+        rt, uid = self.rt, cand.upstream.id
         wait_s = self._wait()[0]
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         opened = False
         t0 = time.perf_counter()
-        with track_reach() as reach:
-            try:
-                async with asyncio.timeout(wait_s):
-                    resp = await self.rt.http().request(
-                        self.ex.scope["method"],
-                        URL(cand.upstream.url + self.target, encoded=True),
-                        data=self.ex.body,
-                        headers=self.headers,
-                        allow_redirects=False,
+        reach = Reach()
+        try:
+            async with asyncio.timeout(wait_s):
+                resp = await rt.http().request(
+                    self.ex.scope["method"],
+                    cand.upstream.url + self.target,
+                    self.headers,
+                    self.ex.body,
+                    reach,
+                )
+                if resp.status in RETRYABLE_STATUS:
+                    failure = Failure(
+                        uid,
+                        FailureKind.STATUS,
+                        f"HTTP {resp.status}",
+                        resp.status,
+                        resp.header(b"retry-after"),
                     )
-                    if resp.status in RETRYABLE_STATUS:
-                        failure = Failure(
-                            uid,
-                            FailureKind.STATUS,
-                            f"HTTP {resp.status}",
-                            resp.status,
-                            resp.headers.get("Retry-After"),
-                        )
-                        self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
-                        return None
-                    first = await resp.content.readany()
-                    opened = True
-                    self.opened_at = t0
-                    return resp, first
-            except (TimeoutError, *CLIENT_ERRORS) as exc:
-                what = "first byte" if self.ex.stream else "answer"
-                kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
-                self._fail(Failure(uid, kind, detail), cand)
-                if (
-                    kind is FailureKind.TIMEOUT
-                    and reach.connected
-                    and not self.rt.config.retry.on_timeout
-                ):
-                    self.held = uid
-                return None
-            finally:
-                if resp is not None and not opened:
-                    resp.close()
+                    self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
+                    return None
+                first = await resp.readany()
+                opened = True
+                self.opened_at = t0
+                return resp, first
+        except (TimeoutError, *CLIENT_ERRORS) as exc:
+            what = "first byte" if self.ex.stream else "answer"
+            kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
+            self._fail(Failure(uid, kind, detail), cand)
+            if kind is FailureKind.TIMEOUT and reach.connected and not rt.config.retry.on_timeout:
+                self.held = uid
+            return None
+        finally:
+            if resp is not None and not opened:
+                resp.close()
 
     def _first_token(self, cand: Candidate, chunk: bytes) -> bool:
         if not carries_token(chunk):
@@ -263,7 +256,7 @@ class _Attempts:
 
     async def _stream(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: Response,
         first: bytes,
         extra: list[tuple[bytes, bytes]],
         cand: Candidate,
@@ -280,7 +273,7 @@ class _Attempts:
         m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
         waiting = self.ex.stream and not self._first_token(cand, first)
-        if resp.content.at_eof():
+        if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
             # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
             await send({"type": "http.response.body", "body": first, "more_body": False})
@@ -289,10 +282,11 @@ class _Attempts:
             await send({"type": "http.response.body", "body": first, "more_body": True})
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
+            read = resp.reader()
             with Watchdog(t.idle_s, deadline) as watchdog:
                 while True:
                     watchdog.touch()
-                    chunk = await resp.content.readany()
+                    chunk = await read()
                     if not chunk:
                         break
                     if waiting:
@@ -304,7 +298,7 @@ class _Attempts:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _abort(self, resp: aiohttp.ClientResponse, cand: Candidate, timed_out: bool) -> None:
+    async def _abort(self, resp: Response, cand: Candidate, timed_out: bool) -> None:
         """The upstream failed mid-response. SSE clients get a final error event they can act
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
@@ -317,7 +311,7 @@ class _Attempts:
             f"upstream {uid} {what} in the middle of the response; the output is incomplete — "
             "retry the request"
         )
-        if resp.headers.get("Content-Type", "").encode().startswith(SSE_TYPE):
+        if (resp.header(b"content-type") or "").startswith(SSE_TYPE):
             event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
             await self.send({"type": "http.response.body", "body": event + b"\n\n"})
             return

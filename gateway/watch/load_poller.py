@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
-
+from gateway.client import CLIENT_ERRORS
 from gateway.config import Upstream
 from gateway.routing.load import LoadReading, parse_load
 from gateway.runtime import Runtime
@@ -26,14 +25,13 @@ async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
     cfg = rt.config.load
     url = u.url.rstrip("/") + (u.load_path or cfg.path)
     try:
-        async with (
-            asyncio.timeout(max(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_MIN_S)),
-            rt.http().get(url, allow_redirects=False) as resp,
-        ):
-            if resp.status != 200:
-                return None
-            text = await resp.text()
-    except (TimeoutError, aiohttp.ClientError, OSError, UnicodeDecodeError):
+        async with asyncio.timeout(max(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_MIN_S)):
+            resp = await rt.http().request("GET", url)
+            body = await resp.read()
+        if resp.status != 200:
+            return None
+        text = body.decode()
+    except (TimeoutError, *CLIENT_ERRORS, UnicodeDecodeError):
         return None
     try:
         return parse_load(text)

@@ -29,10 +29,8 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
     t0 = time.perf_counter()
     ok, error = False, None
     try:
-        async with (
-            asyncio.timeout(cfg.timeout_s),
-            rt.http().get(url, allow_redirects=False) as resp,
-        ):
+        async with asyncio.timeout(cfg.timeout_s):
+            resp = await rt.http().request("GET", url)
             await resp.read()
             ok = 200 <= resp.status < 300
             error = None if ok else f"HTTP {resp.status}"
@@ -82,15 +80,10 @@ async def completion_ok(rt: Runtime, u: Upstream) -> bool:
         body["prompt"] = "ping"
     url = u.url.rstrip("/") + cfg.completion_probe_path
     try:
-        async with (
-            asyncio.timeout(cfg.completion_probe_timeout_s),
-            rt.http().post(
-                url,
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-                allow_redirects=False,
-            ) as resp,
-        ):
+        async with asyncio.timeout(cfg.completion_probe_timeout_s):
+            resp = await rt.http().request(
+                "POST", url, [(b"Content-Type", b"application/json")], json.dumps(body).encode()
+            )
             await resp.read()
             ok = 200 <= resp.status < 300
             error = None if ok else f"HTTP {resp.status}"

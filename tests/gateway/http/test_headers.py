@@ -3,6 +3,12 @@ from __future__ import annotations
 from gateway.http.headers import client_response_headers, request_id, upstream_request_headers
 
 
+def upstream_text(raw: list[tuple[bytes, bytes]], **kw: object) -> list[tuple[str, str]]:
+    """upstream_request_headers' byte pairs (the client writes them as they are), as text."""
+    out = upstream_request_headers(raw, **kw)  # type: ignore[arg-type]
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in out]
+
+
 def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
     raw = [
         (b"host", b"gw"),
@@ -17,7 +23,7 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
     ]
     # The peer 10.0.0.5 is a trusted balancer; the client it resolved to is 1.1.1.1.
     out = dict(
-        upstream_request_headers(
+        upstream_text(
             raw, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r1"
         )
     )
@@ -29,7 +35,7 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
         "X-Request-Id": "r1",
     }
     untrusted = dict(
-        upstream_request_headers(
+        upstream_text(
             raw, peer="9.9.9.9", client="9.9.9.9", peer_trusted=False, scheme="http", rid="r1"
         )
     )
@@ -49,7 +55,7 @@ CLAIMS = [
 
 
 def test_an_untrusted_clients_claims_about_itself_are_dropped() -> None:
-    out = upstream_request_headers(
+    out = upstream_text(
         [*CLAIMS, (b"x-other", b"kept")],
         peer="9.9.9.9",
         client="9.9.9.9",
@@ -68,7 +74,7 @@ def test_an_untrusted_clients_claims_about_itself_are_dropped() -> None:
 
 def test_a_trusted_proxys_claims_pass_but_x_real_ip_is_ours() -> None:
     out = dict(
-        upstream_request_headers(
+        upstream_text(
             CLAIMS, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r"
         )
     )

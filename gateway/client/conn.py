@@ -1,0 +1,213 @@
+"""One HTTP/1.1 connection to an upstream: an asyncio protocol that writes a request and
+parses its response with httptools (llhttp, the parser uvicorn and Node use), handing the
+body on as it comes.
+
+Why not aiohttp (which this replaced): per proxied request aiohttp's client was the largest
+single layer of a worker's CPU, about a third of the samples (bench/profile.py): a
+ClientRequest and ClientResponse with their header multidicts, a URL object, a StreamReader,
+a connector lookup and a timer context per request. A proxy needs none of that: its request
+head is already a list of byte pairs, and its response body is bytes to pass on. What this
+keeps of aiohttp's behaviour: keep-alive pooling, flow control (reading pauses while the
+consumer lags), chunked and close-delimited bodies, interim 1xx answers skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final, cast
+
+import httptools
+
+from gateway.client.failures import BadResponse, ConnectionLost
+
+# Reading from the upstream pauses while this much of the body waits for the consumer (a
+# slow client): memory per stream stays bounded whatever the upstream's pace. aiohttp's
+# StreamReader paused at 2 x 64 KiB; one 64 KiB socket read past this is the most it holds.
+PAUSE_BYTES: Final = 64 * 1024
+
+
+class Conn(asyncio.Protocol):
+    """One connection. It carries one request at a time: ``start`` writes it, ``head`` waits
+    for the status and headers, ``read`` hands on the body. Between requests it sits idle in
+    its origin's pool (gateway.client.pool), which it leaves when the upstream closes it."""
+
+    __slots__ = (
+        "buffered",
+        "busy",
+        "chunks",
+        "complete",
+        "error",
+        "framed",
+        "head_done",
+        "headers",
+        "idle_in",
+        "idle_since",
+        "interim",
+        "keep_alive",
+        "loop",
+        "lost",
+        "no_body",
+        "parser",
+        "paused",
+        "status",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.busy = False  # a request is out and its response not complete
+        self.head_done = False
+        self.complete = False
+        self.interim = False  # inside a 1xx answer, which a final one follows
+        self.keep_alive = False  # read at the head: llhttp forgets it once the message ends
+        self.framed = False  # Content-Length or chunked: the end is in the bytes, not the close
+        self.no_body = False  # a HEAD request's response: headers only
+        self.error: BaseException | None = None
+        self.lost = False
+        self.paused = False
+        self.idle_since = 0.0
+        self.idle_in: list[Conn] | None = None  # its origin's idle list, while pooled
+
+    # -- the request --------------------------------------------------------------------
+
+    def start(self, head: bytes, body: bytes, no_body: bool) -> None:
+        """Write one request (head and body in one writev)."""
+        assert self.transport is not None and not self.busy
+        if self.lost:
+            raise ConnectionLost("closed by the upstream before the request was sent")
+        self.busy, self.head_done, self.complete = True, False, False
+        self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
+        self.transport.writelines((head, body) if body else (head,))
+
+    async def head(self) -> None:
+        """Wait for the response's status and headers."""
+        while not self.head_done:
+            await self._wait()
+
+    async def read(self) -> bytes:
+        """Whatever body has come since the last read; waits when none has. b"" at the end.
+        Raises ConnectionLost or BadResponse when the response cannot complete."""
+        while not self.chunks:
+            if self.complete:
+                return b""
+            await self._wait()
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    def at_eof(self) -> bool:
+        return self.complete and not self.chunks
+
+    def reusable(self) -> bool:
+        return self.complete and not self.lost and self.keep_alive
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+        if self.error is not None:
+            raise self.error
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is no asyncio.Transport subclass: no isinstance check).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            # Bytes nobody asked for (an idle pooled connection): the stream is out of step.
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close: a half-closed upstream sends no more
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.busy and not self.complete and self.error is None:
+            if self.head_done and not self.framed:
+                self.on_message_complete()  # the body ran until the close: that is its end
+            else:
+                what = type(exc).__name__ if exc is not None else "closed by the upstream"
+                self.error = ConnectionLost(f"{what} before the response was complete")
+                self._wake()
+        if self.idle_in is not None and self in self.idle_in:
+            self.idle_in.remove(self)  # closed by the upstream while idle: out of the pool
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._wake()
+        self.close()
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"content-length" or (
+            lname == b"transfer-encoding" and value.lower().endswith(b"chunked")
+        ):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: a final answer follows
+            self.interim, self.headers, self.framed = True, [], False
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.no_body:
+            # llhttp cannot be told the request was HEAD: it would wait for the body the
+            # headers announce. The response ends here; the connection is not reused.
+            self.complete, self.busy, self.lost = True, False, True
+            self.close()
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > PAUSE_BYTES and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.complete = True
+        self.busy = False
+        self._wake()

@@ -1,0 +1,88 @@
+"""What a request to an upstream can fail with: the client's own exceptions (one root,
+ClientError), and the one mapping of them to failure kinds that the proxy's attempts, the
+prober and the metrics share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ClientError(Exception):
+    """The root of everything gateway.client raises, besides TimeoutError (asyncio.timeout
+    around a call) and CancelledError."""
+
+
+class ConnectFailed(ClientError):
+    """No connection: refused, unreachable, or the name did not resolve. Nothing was sent."""
+
+    def __init__(self, origin: str, os_error: OSError) -> None:
+        super().__init__(f"{origin}: {os_error.strerror or os_error}")
+        self.os_error = os_error
+
+
+class ConnectTimeout(ClientError, TimeoutError):
+    """The connection was not made within the connect timeout. Nothing was sent. A
+    TimeoutError too, as asyncio's own: callers that only know timeouts still see one."""
+
+
+class ConnectionLost(ClientError):
+    """The connection broke (reset, or closed before the response was complete)."""
+
+
+class BadResponse(ClientError):
+    """The upstream's bytes are not an HTTP/1.1 response, or a body read whole is too big."""
+
+
+class FailureKind(StrEnum):
+    REFUSED = "refused"  # no connection: nothing reached the upstream
+    RESET = "reset"  # the connection broke
+    TIMEOUT = "timeout"
+    STATUS = "status"  # an answer with a status that says "not now" (429, 502, 503)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    upstream: str
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+    retry_after: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The metric label: status_503 etc. for statuses, the kind otherwise."""
+        return f"status_{self.status}" if self.kind is FailureKind.STATUS else str(self.kind)
+
+    def describe(self) -> str:
+        return f"{self.upstream} ({self.detail})"
+
+
+# What a request to an upstream can raise besides TimeoutError; classify() knows them all.
+CLIENT_ERRORS = (ClientError, OSError)
+
+
+def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]:
+    """The kind and a one-line description of an exception from a request to an upstream."""
+    if isinstance(exc, ConnectTimeout):  # a TimeoutError too: test it first
+        return FailureKind.TIMEOUT, "connect timed out"
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT, timeout_detail
+    if isinstance(exc, ConnectFailed):
+        return FailureKind.REFUSED, f"connect failed: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, BadResponse):
+        return FailureKind.RESET, f"bad response: {exc}"
+    if isinstance(exc, ConnectionLost):
+        return FailureKind.RESET, f"connection lost: {exc}"
+    return FailureKind.RESET, f"connection lost: {type(exc).__name__}"
+
+
+class Reach:
+    """Whether one request got as far as a connection to its upstream (pooled or new), after
+    which the request is written at once. A timeout before that point reached nobody; a
+    timeout after it may have left work running there (a generation is not idempotent)."""
+
+    __slots__ = ("connected",)
+
+    def __init__(self) -> None:
+        self.connected = False

@@ -1,0 +1,251 @@
+"""The upstream client: keep-alive connections pooled per origin (scheme, host, port), one
+client per process for the proxy, the prober and the load poller alike, so probes also keep a
+connection to each upstream warm."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from gateway.client.conn import Conn
+from gateway.client.failures import BadResponse, ConnectFailed, ConnectTimeout, Reach
+
+# Idle connections are kept 60 s, so a quiet backend still finds a warm one (probes every 2 s
+# also keep one alive); older ones are closed when next looked at, or by the sweep.
+POOL_KEEPALIVE_S: Final = 60.0
+# A body read whole (a health answer, a /metrics or /load scrape) larger than this is refused:
+# vLLM's /metrics is a few hundred KiB; nothing the gateway reads whole needs more.
+MAX_READ_BYTES: Final = 16 * 1024 * 1024
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+@dataclass(slots=True)
+class Origin:
+    """Where one base URL's requests go, and its idle connections (last used last)."""
+
+    host: str
+    port: int
+    host_header: bytes
+    tls: ssl.SSLContext | None
+    auth: bytes | None  # an Authorization header from user:password in the URL, as curl does
+    idle: list[Conn] = field(default_factory=list)
+
+
+class Response:
+    """An upstream's answer: the status and headers, then the body as it comes. ``release``
+    hands the connection back to the pool once the body was read to its end; ``close`` drops
+    it (how the upstream learns nobody is listening any more)."""
+
+    __slots__ = ("_client", "_conn", "_origin", "raw_headers", "status")
+
+    def __init__(self, client: Client, origin: Origin, conn: Conn) -> None:
+        self._client = client
+        self._origin = origin
+        self._conn: Conn | None = conn
+        self.status = conn.status
+        self.raw_headers = conn.headers
+
+    def header(self, name: bytes) -> str | None:
+        """The first header named ``name`` (lower case), or None."""
+        for n, v in self.raw_headers:
+            if n.lower() == name:
+                return v.decode("latin-1")
+        return None
+
+    async def readany(self) -> bytes:
+        """The body that has come since the last call, waiting for some; b"" at its end."""
+        assert self._conn is not None, "read after release"
+        return await self._conn.read()
+
+    def reader(self) -> Callable[[], Awaitable[bytes]]:
+        """``readany`` bound to the connection: a stream's loop calls it once per chunk, and
+        this saves a coroutine frame each time. Not to be called after release or close."""
+        assert self._conn is not None, "read after release"
+        return self._conn.read
+
+    async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
+        """The whole body (BadResponse past ``limit`` bytes), then the connection goes back to
+        the pool; closed instead if the read failed or was cut short (a timeout, a cancel),
+        which leaves the connection out of step."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await self.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise BadResponse(f"a body over {limit} bytes")
+                parts.append(chunk)
+        except BaseException:
+            self.close()
+            raise
+        self.release()
+        return b"".join(parts)
+
+    def at_eof(self) -> bool:
+        return self._conn is not None and self._conn.at_eof()
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client.put(self._origin, conn)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class Client:
+    """Requests over pooled HTTP/1.1 connections. No overall cap on the pool: the gateway's
+    own concurrency (server.max_streams) is the bound."""
+
+    def __init__(self, connect_timeout_s: float, keepalive_s: float = POOL_KEEPALIVE_S) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.keepalive_s = keepalive_s
+        self._origins: dict[str, Origin] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        reach: Reach | None = None,
+    ) -> Response:
+        """Send a request and wait for the response's head. ``url`` is absolute and already
+        encoded (the client's own path, passed on as it came). ``reach`` (if given) is marked
+        once a connection is held: from then on the request may have reached the upstream."""
+        split = url.find("/", url.find("//") + 2)
+        base, target = (url, "/") if split < 0 else (url[:split], url[split:])
+        origin = self._origins.get(base) or self._origin(base)
+        conn = self._take(origin) or await self._connect(origin)
+        if reach is not None:
+            reach.connected = True
+        try:
+            conn.start(self._head(method, target, origin, headers, body), body, method == "HEAD")
+            await conn.head()
+        except BaseException:
+            conn.close()
+            raise
+        return Response(self, origin, conn)
+
+    def put(self, origin: Origin, conn: Conn) -> None:
+        """A connection whose response was read whole goes back to the pool; any other closes."""
+        if self._closed or not conn.reusable():
+            conn.close()
+            return
+        conn.idle_since = conn.loop.time()
+        conn.idle_in = origin.idle
+        origin.idle.append(conn)
+        if self._sweep is None:
+            self._sweep = conn.loop.call_later(self.keepalive_s, self._sweep_idle, conn.loop)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+        for origin in self._origins.values():
+            for conn in origin.idle:
+                conn.idle_in = None
+                conn.close()
+            origin.idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(o.idle) for o in self._origins.values())
+
+    @staticmethod
+    def _head(
+        method: str,
+        target: str,
+        origin: Origin,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"), origin.host_header]
+        for name, value in headers:
+            lines += (b"\r\n", name, b": ", value)
+        breaks = 3 + len(headers)  # the request line's, one per header, the blank line's two
+        if origin.auth is not None:
+            lines += (b"\r\nAuthorization: ", origin.auth)
+            breaks += 1
+        if body or method in _BODY_METHODS:
+            lines.append(b"\r\nContent-Length: %d" % len(body))
+            breaks += 1
+        lines.append(b"\r\n\r\n")
+        head = b"".join(lines)
+        # One line per header and no more: a CR or LF inside a name, a value or the target
+        # would start a header (or a request) of its own at the upstream.
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+            raise ValueError("a line break inside the request target or a header")
+        return head
+
+    def _origin(self, base: str) -> Origin:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base!r}")
+        tls = None
+        if parts.scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        port = parts.port or (443 if tls else 80)
+        host_header = parts.netloc.rpartition("@")[2].encode("idna")
+        auth = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            auth = b"Basic " + base64.b64encode(pair.encode())
+        origin = Origin(parts.hostname, port, host_header, tls, auth)
+        self._origins[base] = origin
+        return origin
+
+    def _take(self, origin: Origin) -> Conn | None:
+        idle = origin.idle
+        while idle:
+            conn = idle.pop()
+            conn.idle_in = None
+            if conn.lost or conn.loop.time() - conn.idle_since > self.keepalive_s:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    async def _connect(self, origin: Origin) -> Conn:
+        loop = asyncio.get_running_loop()
+        conn = Conn(loop)
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await loop.create_connection(
+                    lambda: conn,
+                    origin.host,
+                    origin.port,
+                    ssl=origin.tls,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+        except TimeoutError:
+            conn.close()
+            raise ConnectTimeout(f"{origin.host}:{origin.port}: connect timed out") from None
+        except OSError as exc:  # refused, unreachable, a name that does not resolve, TLS
+            raise ConnectFailed(f"{origin.host}:{origin.port}", exc) from None
+        return conn
+
+    def _sweep_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close connections idle past keepalive_s; run again while any are left."""
+        self._sweep = None
+        cutoff = loop.time() - self.keepalive_s
+        left = False
+        for origin in self._origins.values():
+            for conn in [c for c in origin.idle if c.idle_since <= cutoff]:
+                origin.idle.remove(conn)
+                conn.idle_in = None
+                conn.close()
+            left = left or bool(origin.idle)
+        if left:
+            self._sweep = loop.call_later(self.keepalive_s, self._sweep_idle, loop)
