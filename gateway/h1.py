@@ -13,20 +13,46 @@ the head not complete, this protocol answers 408 and closes; a connection that s
 is closed quietly after the keep-alive time, as between requests. The timer is armed only when
 a read leaves a head unfinished: a request whose head arrives in one read, as nearly all do,
 costs no timer. Every other request the parser refuses gets a JSON 400 too, not uvicorn's
-plain text.
+plain text, and one log line, the gateway's (with the client), in place of uvicorn's
+"Invalid HTTP request received." (which came before the 431's own line: one event, two lines).
+
+Past ``limit_concurrency`` (server.max_connections) uvicorn answers a request with its own
+plain-text 503; this protocol has it answered by a JSON 503 with Retry-After instead, through
+uvicorn's own request cycle (pipelined requests, connection: close), so only the app changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import ClassVar
+import logging
+from typing import TYPE_CHECKING, ClassVar
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.errors import GatewayError, HeadersTooLarge, HeadTimeout, RequestInvalid
-from gateway.http.errors import error_body, status_of
+from gateway import defaults as d
+from gateway.errors import (
+    GatewayError,
+    GatewayOverloaded,
+    HeadersTooLarge,
+    HeadTimeout,
+    RequestInvalid,
+)
+from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.errors import error_body, send_error, status_of
 from gateway.runtime import log
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
+
+# What uvicorn logs for every request its parser refuses: send_400_response logs the gateway's
+# own line, with the client, in its place (``capped`` drops uvicorn's).
+UVICORN_PARSER_LINE = "Invalid HTTP request received."
+
+
+def _not_uvicorns_parser_line(record: logging.LogRecord) -> bool:
+    return record.msg != UVICORN_PARSER_LINE
 
 
 class _HeadTooLarge(Exception):
@@ -128,12 +154,31 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to anything the parser refused (it has logged "Invalid HTTP
-        request received." already): in the API's JSON shape, as every other error."""
+        """uvicorn's answer to anything the parser refused: in the API's JSON shape, as every
+        other error, and logged here, as uvicorn's own line is not (``capped``)."""
         if self._refused:
             self._too_large()
             return
+        log.warning("refused a malformed HTTP/1.1 request from %s", self.client)
         self._refuse(RequestInvalid(f"malformed HTTP/1.1 request: {msg}"), "Bad Request")
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # uvicorn picked its plain-text 503 (limit_concurrency): the gateway's JSON one instead.
+        # Here, not in on_headers_complete, so uvicorn's check and request cycle stay its own.
+        if app is service_unavailable:
+            app = self._connection_limit_reached  # type: ignore[assignment]
+        super()._start_asgi_task(cycle, app)
+
+    async def _connection_limit_reached(self, scope: Scope, receive: Receive, send: Send) -> None:
+        retry = d.CONNECTION_LIMIT_RETRY_AFTER_S
+        err = GatewayOverloaded(
+            # limit_concurrency is max_connections + 1 (gateway.server): uvicorn counts this one.
+            f"this gateway's connection limit of {self.limit_concurrency - 1} open connections was "
+            f"reached (server.max_connections); retry in {retry} s",
+            retry_after_s=retry,
+        )
+        # Closed, as uvicorn's 503 is: a connection over the limit should not stay open.
+        await send_error(send, err, [(b"connection", b"close")])
 
     def _too_large(self) -> None:
         log.warning("refused a request head over %d bytes from %s", self.head_limit, self.client)
@@ -162,7 +207,9 @@ def capped(
     max_header_bytes: int, url_bytes: int, head_timeout_s: float
 ) -> type[CappedHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=``: heads over ``max_header_bytes`` +
-    ``url_bytes``, or not complete within ``head_timeout_s``, are refused."""
+    ``url_bytes``, or not complete within ``head_timeout_s``, are refused. uvicorn's line for a
+    refused request is dropped: the protocol logs its own (adding the filter twice adds one)."""
+    logging.getLogger("uvicorn.error").addFilter(_not_uvicorns_parser_line)
     limits = {
         "head_limit": max_header_bytes + url_bytes,
         "max_header_bytes": max_header_bytes,

@@ -177,12 +177,14 @@ def _serve_uvicorn(
             proxy_headers=False,
             server_header=False,
             backlog=s.backlog,
-            # With this many connections open (idle keep-alive ones count) uvicorn answers
-            # every new request with its own plain-text 503 and closes; max_streams + 1,024 by
+            # With this many connections open (idle keep-alive ones count) every new request
+            # gets a JSON 503 (gateway.h1) and its connection closed; max_streams + 1,024 by
             # default, so the app's JSON 503 at max_streams comes first while requests, not
             # idle connections, are what is too many. It keeps accepting: unlike granian's
             # backpressure it does not bound descriptors (the worker's limit does).
-            limit_concurrency=cap.connections,
+            # uvicorn counts the asking connection too (``len(connections) >= limit``): + 1,
+            # so that max_connections connections are served, not one fewer.
+            limit_concurrency=cap.connections + 1,
             timeout_keep_alive=math.ceil(d.SERVER_KEEPALIVE_S),
             timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
             ssl_certfile=s.tls_cert,

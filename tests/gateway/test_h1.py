@@ -15,7 +15,14 @@ import httpx
 import pytest
 
 from gateway import defaults as d
-from tests.support import Gateway, UpstreamSpec, gateway_toml, start_gateway, start_sim
+from tests.support import (
+    Gateway,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    start_gateway,
+    start_sim,
+)
 
 LIMIT = d.MAX_HEADER_BYTES + d.MAX_URL_BYTES  # the default config's cap
 
@@ -171,3 +178,55 @@ def test_a_malformed_request_gets_a_json_400(gw: Gateway) -> None:
     status, err = _json_error(answer)
     assert status == 400 and err["code"] == "invalid_request", answer[:300]
     assert "malformed HTTP/1.1 request" in str(err["message"])
+
+
+def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
+    """uvicorn logs "Invalid HTTP request received." for anything the parser refuses; the
+    gateway's own line, with the client and the reason, replaces it: one event, one line."""
+    _send_head(gw.port, 64 * 2**20)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+        _read_all(s)
+    log = gw.log_text()
+    assert log.count(f"refused a request head over {LIMIT} bytes") == 1, log[-2000:]
+    assert log.count("refused a malformed HTTP/1.1 request from ('127.0.0.1'") == 1, log[-2000:]
+    assert "Invalid HTTP request received." not in log
+
+
+@pytest.fixture
+def two_connections(tmp_path: Path) -> Iterator[Gateway]:
+    """server.max_connections = 2 (and max_streams 1: the connection limit is never below it):
+    two open connections are served, a third's request is refused."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    server = "[server]\nmax_streams = 1\nmax_connections = 2"
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups).replace("[server]", server))
+    yield gw
+    gw.stop()
+    sim.proc.kill()
+
+
+def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Gateway) -> None:
+    gw = two_connections
+    # Two connections, the limit, are served; kept alive and idle, they still count.
+    idle = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5) for _ in range(2)]
+    try:
+        for conn in idle:
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = _read_all(s)  # read to the end: the gateway closes this connection
+    finally:
+        for conn in idle:
+            conn.close()
+    status, err = _json_error(answer)
+    assert status == 503, answer[:300]
+    assert err["type"] == "service_unavailable" and err["code"] == "gateway_at_capacity"
+    assert "connection limit of 2 open connections was reached" in str(err["message"])
+    assert "server.max_connections" in str(err["message"])
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"content-type: application/json" in head and b"connection: close" in head
+    assert f"retry-after: {d.CONNECTION_LIMIT_RETRY_AFTER_S}".encode() in head
+    # With the idle connection gone, there is room again.
+    eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")

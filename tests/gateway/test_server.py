@@ -23,6 +23,7 @@ from tests.support import (
     UpstreamSpec,
     eventually,
     gateway_toml,
+    self_signed_cert,
     start_gateway,
     start_sim,
 )
@@ -66,8 +67,9 @@ def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
     try:
         with httpx.Client(http1=False, http2=True) as c, pytest.raises(httpx.TransportError):
             c.get(f"{gw.url}/healthz")
-        eventually(lambda: "Invalid HTTP request received." in gw.log_text(), what="the line")
-        line = next(x for x in gw.log_text().splitlines() if "Invalid HTTP request" in x)
+        said = "refused a malformed HTTP/1.1 request from"  # gateway.h1, in uvicorn's place
+        eventually(lambda: said in gw.log_text(), what="the line")
+        line = next(x for x in gw.log_text().splitlines() if said in x)
         assert line.startswith("20") and " WARNING " in line, line  # dated, levelled: ours
         with httpx.Client() as c:  # HTTP/1.1 on the same port still works
             assert c.post(f"{gw.url}/v1/chat/completions", json=BODY).status_code == 200
@@ -98,29 +100,7 @@ def test_an_idle_keep_alive_connection_outlives_uvicorns_own_5_s(tmp_path: Path)
 def test_tls_with_alpn(tmp_path: Path, engine: str, negotiated: str) -> None:
     """granian offers h2 and http/1.1 by ALPN; uvicorn (the default) HTTP/1.1 only, so a
     client that would take h2 gets HTTP/1.1, not an error."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path)
     sim = start_sim(tmp_path, "s", "eu-central", ["m"])
     ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
     tls = f'tls_cert = "{cert}"\ntls_key = "{key}"\nengine = "{engine}"'
