@@ -24,7 +24,6 @@ COVERED_BY_FEATURE_TESTS = {
     "gateway/cli/ctl_fleet.py": "tests/gateway/cli/test_ctl.py",  # both ways, real processes
     "gateway/cli/demo.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/errors.py": "tests/gateway/cli/test_main.py",
-    "gateway/cli/procs.py": "tests/gateway/http/test_proxy.py",  # every feature test uses it
     "gateway/cli/world_run.py": "tests/gateway/cli/test_world.py",  # a small world, for real
     "gateway/cli/world_report.py": "tests/gateway/cli/test_world.py",  # its table, from that run
     "gateway/fleet/store.py": "tests/gateway/fleet/test_memory.py",  # Protocols only

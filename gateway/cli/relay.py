@@ -8,15 +8,23 @@ once): the emulated paths behave like warm, already-open connections, which is w
 gateway's pooled upstream connections are and flatters the direct topologies, never geogate.
 
 Run standalone (one process for all of a world's relays, so the clients' and gateways' CPU
-does not jitter the delays): ``python -m gateway.cli.relay LISTEN:TARGET:RTT_MS ...``.
+does not jitter the delays): ``python -m gateway.cli.relay [--ports-file F]
+LISTEN:TARGET:RTT_MS ...``. LISTEN 0: the relay binds a port of the kernel's choosing and
+writes every listening port, in the order given, to F (one JSON list, written whole once all
+are listening): a port picked by the parent could be taken before the relay binds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 CHUNK = 65536
 HOST = "127.0.0.1"
@@ -122,15 +130,53 @@ async def serve(specs: list[RelaySpec]) -> list[asyncio.Server]:
     return servers
 
 
-async def _main(specs: list[RelaySpec]) -> None:
-    await serve(specs)
-    print("relays ready", flush=True)
+def bound_ports(servers: list[asyncio.Server]) -> list[int]:
+    """The port each server listens on (the kernel's choice where its spec asked for 0)."""
+    return [int(s.sockets[0].getsockname()[1]) for s in servers]
+
+
+def write_ports(path: Path, ports: list[int]) -> None:
+    """Written whole or not at all (a rename): the parent polls for the file and reads it once."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ports), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_ports(path: Path) -> list[int] | None:
+    """What write_ports wrote; None until it has."""
+    try:
+        return [int(p) for p in json.loads(path.read_text(encoding="utf-8"))]
+    except FileNotFoundError:
+        return None
+
+
+def wait_ports(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> list[int]:
+    """The relays' ports, once the relay process has bound them all and written the list."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (ports := read_ports(path)) is not None:
+            return ports
+        if proc.poll() is not None:
+            raise RuntimeError(f"the relay process exited; see {path.with_name('relays.log')}")
+        time.sleep(0.05)
+    raise TimeoutError(f"the relay process wrote no {path.name} in {timeout:g} s")
+
+
+async def _main(specs: list[RelaySpec], ports_file: Path | None) -> None:
+    ports = bound_ports(await serve(specs))
+    # printed first: the line is in the log by the time the parent finds the file
+    print(f"relays ready on {' '.join(map(str, ports))}", flush=True)
+    if ports_file is not None:
+        write_ports(ports_file, ports)
     await asyncio.Event().wait()
 
 
 def main(argv: list[str]) -> None:
+    ports_file = None
+    if argv[:1] == ["--ports-file"]:
+        ports_file, argv = Path(argv[1]), argv[2:]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main([RelaySpec.parse(a) for a in argv]))
+        asyncio.run(_main([RelaySpec.parse(a) for a in argv], ports_file))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ failed (its backend killed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -35,8 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.cli import world_report as wr
-from gateway.cli.procs import free_port, geogate_cmd, kill, regions_toml, spawn, stop, wait_http
-from gateway.cli.relay import RelaySpec
+from gateway.cli.procs import (
+    PortPicker,
+    Started,
+    geogate_cmd,
+    kill,
+    regions_toml,
+    spawn,
+    spawn_server,
+    start_all,
+    stop,
+    stop_all,
+)
+from gateway.cli.relay import RelaySpec, wait_ports
 from gateway.cli.world_backends import KINDS, backend_cmd, tiny_model
 from gateway.cli.world_client import MODEL, Site, ask
 from gateway.http.endpoints import LOAD_PATH
@@ -45,6 +54,7 @@ from geodb.regions import known_region
 
 ADMIN_TOKEN = "world-admin"  # loopback-only gateways that live for one run
 PACE_S = 0.1  # during events: each site sends a request at most every 100 ms per topology
+GATEWAY_READY_TIMEOUT_S = 60.0  # a dozen processes starting on a shared two-core machine
 
 
 SITES = (
@@ -166,6 +176,8 @@ class World:
     edge_relays: dict[tuple[str, str], int] = field(default_factory=dict)  # edge -> regional gw
     gateways: dict[str, tuple[subprocess.Popen[bytes], int, int]] = field(default_factory=dict)
     relay_proc: subprocess.Popen[bytes] | None = None
+    ports: PortPicker = field(default_factory=PortPicker)  # never the same port twice a run
+    gateway_ups: dict[str, dict[str, int]] = field(default_factory=dict)  # as configured
 
     def url(self, topology: str, site: Site) -> str:
         if topology == "geogate":
@@ -181,57 +193,108 @@ class World:
         return nearest(site, self.spec.regions, self.spec.rtt_table)
 
     def _gateway(
-        self, name: str, region: str, upstreams: dict[str, int], health: str, load: str = ""
-    ) -> None:
-        port, ops = free_port(), free_port()
-        cfg = self.work / f"gateway-{name.replace(' ', '_')}.toml"
-        text = gateway_config(region, port, ops, self.spec.regions, upstreams, health, load)
-        cfg.write_text(text, encoding="utf-8")
-        proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), cfg.with_suffix(".log"))
-        self.gateways[name] = (proc, port, ops)
+        self,
+        name: str,
+        region: str,
+        upstreams: Callable[[], dict[str, int]],
+        health: str,
+        load: str = "",
+        ready: str = "/readyz",
+    ) -> Callable[[], Started]:
+        def start() -> Started:  # each try on fresh ports, recorded for whoever points here
+            port, ops = self.ports(), self.ports()
+            self.gateway_ups[name] = ups = upstreams()
+            cfg = self.work / f"gateway-{name.replace(' ', '_')}.toml"
+            text = gateway_config(region, port, ops, self.spec.regions, ups, health, load)
+            cfg.write_text(text, encoding="utf-8")
+            cmd = geogate_cmd("gateway", "--config", str(cfg))
+            st = spawn_server(cmd, cfg.with_suffix(".log"), f"http://127.0.0.1:{port}{ready}")
+            self.gateways[name] = (st.proc, port, ops)
+            return st
+
+        return start
+
+    def _regional(self, rid: str, health: str) -> Callable[[], Started]:
+        def ups() -> dict[str, int]:  # its backend's latest port, at each try
+            return {rid: self.sim_ports[rid]}
+
+        return self._gateway(f"regional-{rid}", rid, ups, health, ready="/healthz")
+
+    def _moved(self, rid: str) -> bool:
+        """Its backend started again elsewhere after its regional gateway was configured."""
+        name = f"regional-{rid}"
+        return name in self.gateway_ups and self.gateway_ups[name] != {rid: self.sim_ports[rid]}
+
+    def _backend(self, rid: str, model_dir: Path | None) -> Callable[[], Started]:
+        s = self.spec
+
+        def start() -> Started:
+            self.sim_ports[rid] = port = self.ports()
+            cmd = backend_cmd(s.backend, port, rid, MODEL, s.backend_ttft_ms, model_dir)
+            url = f"http://127.0.0.1:{port}{KINDS[s.backend].health_path}"
+            st = spawn_server(cmd, self.work / f"{rid}.log", url)
+            self.sims[rid] = st.proc
+            return st
+
+        return start
 
     def start(self) -> None:
+        """Backends with their regional gateways, then the relays, then the edges, each group
+        configured with the ports of those before it once they serve: a process that lost its
+        port to another between the pick and its bind starts again on a fresh one before
+        anyone else points at it (a regional gateway whose backend moved, with it); the
+        relays bind ports of the kernel's choosing and say which."""
         s = self.spec
         kind = KINDS[s.backend]
         model_dir = s.model_dir
         if s.backend == "model" and model_dir is None:
             model_dir = tiny_model(self.work)
-        for rid in s.regions:
-            self.sim_ports[rid] = port = free_port()
-            cmd = backend_cmd(s.backend, port, rid, MODEL, s.backend_ttft_ms, model_dir)
-            self.sims[rid] = spawn(cmd, self.work / f"{rid}.log")
-            if s.regional_gateways:  # beside its backends: no WAN between them
-                self._gateway(f"regional-{rid}", rid, {rid: port}, kind.health_path)
-        specs = []
-        for site in s.sites:
+        first = {rid: self._backend(rid, model_dir) for rid in s.regions}
+        if s.regional_gateways:  # beside its backends: no WAN between them. Alive is enough
+            # here (ready needs its backend); the edges wait for ready, through the relays
             for rid in s.regions:
-                ms = rtt(site, rid, s.rtt_table)
-                self.relay_ports[(site.name, rid)] = p = free_port()
-                specs.append(RelaySpec(p, self.sim_ports[rid], ms))
-                if s.regional_gateways:
-                    self.edge_relays[(site.name, rid)] = p = free_port()
-                    specs.append(RelaySpec(p, self.gateways[f"regional-{rid}"][1], ms))
-                else:  # the edge's upstreams are the backends, through the same WAN
-                    self.edge_relays[(site.name, rid)] = p
-        self.relay_proc = spawn(
-            [sys.executable, "-m", "gateway.cli.relay", *(x.arg() for x in specs)],
-            self.work / "relays.log",
-        )
+                first[f"regional-{rid}"] = self._regional(rid, kind.health_path)
+        start_all(first, max(kind.ready_timeout_s, GATEWAY_READY_TIMEOUT_S))
+        moved = [f"regional-{r}" for r in s.regions if self._moved(r)]  # its backend did
+        stop_all([self.gateways[n][0] for n in moved])
+        start_all({n: first[n] for n in moved}, GATEWAY_READY_TIMEOUT_S)
+        self._start_relays()
+        edges = {}
         for site in s.sites:
             ups = {rid: self.edge_relays[(site.name, rid)] for rid in s.regions}
             if s.regional_gateways:  # what a regional gateway serves on its public port
-                self._gateway(site.name, self._nearest(site), ups, "/readyz", LOAD_PATH)
+                health, load = "/readyz", LOAD_PATH
             else:
-                self._gateway(site.name, self._nearest(site), ups, kind.health_path)
-        for rid, p in self.sim_ports.items():
-            url = f"http://127.0.0.1:{p}{kind.health_path}"
-            wait_http(url, proc=self.sims[rid], timeout=kind.ready_timeout_s)
-        for p in {*self.relay_ports.values(), *self.edge_relays.values()}:
-            _wait_tcp(p, self.relay_proc)
-        for proc, port, _ in self.gateways.values():
-            wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc, timeout=60)
+                health, load = kind.health_path, ""
+            region = self._nearest(site)
+            edges[site.name] = self._gateway(site.name, region, ups.copy, health, load)
+        start_all(edges, GATEWAY_READY_TIMEOUT_S)
         for _, _, ops in self.edges:
             _wait_measured(f"http://127.0.0.1:{ops}/routing-table", len(s.regions))
+
+    def _start_relays(self) -> None:
+        """One process for every relay: site -> backend (topologies (a) and (b)) and, with
+        regional gateways, edge -> regional gateway; each listens where the kernel put it."""
+        s = self.spec
+        specs: list[RelaySpec] = []
+        keys: list[tuple[dict[tuple[str, str], int], tuple[str, str]]] = []
+        for site in s.sites:
+            for rid in s.regions:
+                ms = rtt(site, rid, s.rtt_table)
+                specs.append(RelaySpec(0, self.sim_ports[rid], ms))
+                keys.append((self.relay_ports, (site.name, rid)))
+                if s.regional_gateways:
+                    specs.append(RelaySpec(0, self.gateways[f"regional-{rid}"][1], ms))
+                    keys.append((self.edge_relays, (site.name, rid)))
+        ports_file = self.work / "relays.ports"
+        args = ["--ports-file", str(ports_file), *(x.arg() for x in specs)]
+        self.relay_proc = spawn(
+            [sys.executable, "-m", "gateway.cli.relay", *args], self.work / "relays.log"
+        )
+        for (table, key), port in zip(keys, wait_ports(ports_file, self.relay_proc), strict=True):
+            table[key] = port
+        if not s.regional_gateways:  # the edge's upstreams are the backends, same WAN
+            self.edge_relays.update(self.relay_ports)
 
     def stop(self) -> None:
         for proc, _, _ in self.gateways.values():
@@ -262,17 +325,6 @@ def _post(url: str, body: dict[str, object], method: str = "POST") -> None:
     )
     with urllib.request.urlopen(req, timeout=5):
         pass
-
-
-def _wait_tcp(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the relay process exited; see relays.log")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"relay port {port} not listening after {timeout:g} s")
 
 
 def _wait_measured(url: str, regions: int, timeout: float = 30.0) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from gateway.cli.procs import free_port
-from gateway.cli.relay import RelaySpec, serve
+from gateway.cli.procs import free_port, spawn, stop
+from gateway.cli.relay import RelaySpec, read_ports, serve
 
 
 async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -66,3 +69,52 @@ def test_a_dead_target_closes_the_client_connection() -> None:
         return data
 
     assert asyncio.run(go()) == b""
+
+
+def test_the_relay_process_binds_its_own_ports_and_writes_them(tmp_path: Path) -> None:
+    """Listen port 0: the kernel picks, so no port picked earlier can have been taken since;
+    the parent learns the ports from the file. A port that somebody else holds is never
+    handed to the relay (it would exit: the world's old race)."""
+
+    async def go() -> None:
+        echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        target = echo.sockets[0].getsockname()[1]
+        ports_file = tmp_path / "relays.ports"
+        specs = [RelaySpec(0, target, 2.0).arg(), RelaySpec(0, target, 2.0).arg()]
+        cmd = [sys.executable, "-m", "gateway.cli.relay", "--ports-file", str(ports_file), *specs]
+        proc = spawn(cmd, tmp_path / "relays.log")
+        try:
+            deadline = time.monotonic() + 30
+            while (ports := read_ports(ports_file)) is None:
+                assert proc.poll() is None and time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert len(set(ports)) == 2 and 0 not in ports and target not in ports
+            for port in ports:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"through\n")
+                assert await asyncio.wait_for(r.readline(), 5) == b"through\n"
+                w.close()
+            assert f"relays ready on {ports[0]} {ports[1]}" in (tmp_path / "relays.log").read_text()
+        finally:
+            stop(proc)
+            echo.close()
+
+    asyncio.run(go())
+
+
+def test_a_taken_listen_port_is_what_the_relay_used_to_die_of() -> None:
+    """Why the world no longer picks the relays' ports: a listening socket on the picked port
+    makes serve() fail; port 0 never does."""
+
+    async def go() -> None:
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            with pytest.raises(OSError):
+                await serve([RelaySpec(held.getsockname()[1], free_port(), 1.0)])
+            relays = await serve([RelaySpec(0, free_port(), 1.0)])
+            assert relays[0].sockets[0].getsockname()[1] != held.getsockname()[1]
+            for s in relays:
+                s.close()
+
+    asyncio.run(go())

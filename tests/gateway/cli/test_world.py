@@ -5,6 +5,7 @@ region loses geogate's traffic."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -216,3 +217,37 @@ def test_overload_moves_geogate_traffic_through_regional_gateways(tmp_path: Path
     eu_geogate, eu_dns = geogate.ttft_p50_by_continent["EU"], dns.ttft_p50_by_continent["EU"]
     assert eu_geogate is not None and eu_dns is not None
     assert eu_dns > spec.overload_ttft_ms and eu_geogate < 0.6 * eu_dns
+
+
+def test_ports_taken_before_their_process_binds_them_cost_a_retry_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process takes the port the world picked for a backend, and later one picked for
+    a regional gateway's ops port, before the child binds it: both start again on fresh ports
+    (the relays bind their own). Without the retry the run failed at start."""
+    from gateway.cli import procs
+
+    held = [socket.socket(), socket.socket()]
+    for s in held:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+    taken = {1: held[0].getsockname()[1], 5: held[1].getsockname()[1]}  # pick no. -> port
+    picks: list[int] = []
+    real = procs.free_port
+
+    def racy(host: str = "127.0.0.1") -> int:
+        picks.append(taken.get(len(picks) + 1) or real(host))
+        return picks[-1]
+
+    monkeypatch.setattr(procs, "free_port", racy)
+    spec = WorldSpec(sites=pick_sites(["London"]), regions=("eu-central", "us-east"),
+                     requests=2, events=(), out=tmp_path / "out", progress=False)  # fmt: skip
+    try:
+        result = run_world(spec)
+    finally:
+        for s in held:
+            s.close()
+    assert picks[0] == taken[1] and picks[4] == taken[5]  # both were handed out
+    assert len(picks) >= 10  # 2 backends, 2 regional gateways, 1 edge, 2 retries
+    cells = result.rows[0].cells
+    assert all(cells[t].failed == 0 and cells[t].p50 is not None for t in wr.TOPOLOGIES)
