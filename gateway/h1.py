@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from uvicorn.protocols.http.flow_control import service_unavailable
@@ -39,7 +40,7 @@ from gateway.errors import (
     HeadTimeout,
     RequestInvalid,
 )
-from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.asgi import DISCONNECT_HOOK, Receive, Scope, Send
 from gateway.http.errors import error_body, send_error, status_of
 from gateway.runtime import log
 
@@ -74,6 +75,9 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     _in_head = False  # between a request's first byte and its head's end
     _first_byte = False  # a byte came on this connection: before it, idle is keep-alive's
     _head_timer: asyncio.TimerHandle | None = None
+    _lost = False
+    _on_lost: Callable[[], None] | None = None  # the request's (gateway.http.asgi)
+    _extensions: dict[str, object] | None = None  # one per connection, shared by its requests
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -103,9 +107,22 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._lost = True
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def _disconnect_hook(self, callback: Callable[[], None] | None) -> None:
+        if callback is not None and self._lost:
+            callback()
+            return
+        self._on_lost = callback
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._extensions is None:
+            self._extensions = {DISCONNECT_HOOK: self._disconnect_hook}
+        self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
         self._head_bytes = self._raw_head = 0
         self._began_in_read = self._in_head = True
 
@@ -171,9 +188,10 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _connection_limit_reached(self, scope: Scope, receive: Receive, send: Send) -> None:
         retry = d.CONNECTION_LIMIT_RETRY_AFTER_S
+        # limit_concurrency is max_connections + 1 (gateway.server): uvicorn counts this one.
+        limit = (self.limit_concurrency or 1) - 1
         err = GatewayOverloaded(
-            # limit_concurrency is max_connections + 1 (gateway.server): uvicorn counts this one.
-            f"this gateway's connection limit of {self.limit_concurrency - 1} open connections was "
+            f"this gateway's connection limit of {limit} open connections was "
             f"reached (server.max_connections); retry in {retry} s",
             retry_after_s=retry,
         )

@@ -92,6 +92,11 @@ class Conn(asyncio.Protocol):
         while not self.head_done:
             await self._wait()
 
+    async def wait_body(self) -> None:
+        """Wait until some of the body is here, or its end."""
+        while not self.chunks and not self.complete:
+            await self._wait()
+
     async def read(self) -> bytes:
         """Whatever body has come since the last read; waits when none has. b"" at the end.
         Raises ConnectionLost or BadResponse when the response cannot complete."""

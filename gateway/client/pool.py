@@ -48,7 +48,8 @@ class Response:
         self._origin = origin
         self._conn: Conn | None = conn
         self.status = conn.status
-        self.raw_headers = conn.headers
+        # The connection forgets them: a stream may let them go once its head is sent.
+        self.raw_headers, conn.headers = conn.headers, []
 
     def header(self, name: bytes) -> str | None:
         """The first header named ``name`` (lower case), or None."""
@@ -56,6 +57,11 @@ class Response:
             if n.lower() == name:
                 return v.decode("latin-1")
         return None
+
+    async def wait_body(self) -> None:
+        """Wait until some of the body has come (or all of it: an empty one), reading none."""
+        assert self._conn is not None, "read after release"
+        await self._conn.wait_body()
 
     async def readany(self) -> bytes:
         """The body that has come since the last call, waiting for some; b"" at its end."""

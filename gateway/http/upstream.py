@@ -21,7 +21,7 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.http.asgi import Message, Receive, Send
+from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
 from gateway.http.errors import error_body
 from gateway.http.exchange import Exchange
 from gateway.http.headers import (
@@ -65,8 +65,9 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
     assert task is not None, "forward runs in the request's task"
     active, gone = True, False
     watch: asyncio.Future[Message] | None = None
+    later: asyncio.TimerHandle | None = None
 
-    def left(_: object) -> None:
+    def left(_: object = None) -> None:
         nonlocal gone
         # Only while the attempts run: a callback that fires later (the watch cancelled
         # below, or a disconnect in the same loop turn as the end) must not cancel what
@@ -80,10 +81,14 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
         watch = asyncio.ensure_future(receive())
         watch.add_done_callback(left)
 
-    # The watch starts after DISCONNECT_WATCH_DELAY_S: a task wrapping the server's receive
-    # costs about 4 % of a fast request's CPU, and most answers come sooner than that (a
-    # client that leaves meanwhile is noticed then, before any long generation goes on).
-    later = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
+    hook: DisconnectHook | None = ex.scope.get("extensions", {}).get(DISCONNECT_HOOK)
+    if hook is not None:  # the server tells us itself (gateway.h1): no task, no timer
+        hook(left)
+    else:
+        # The watch starts after DISCONNECT_WATCH_DELAY_S: a task wrapping the server's
+        # receive costs about 4 % of a fast request's CPU, and most answers come sooner than
+        # that (a client that leaves meanwhile is noticed then, before any long generation).
+        later = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
     try:
         return await _Attempts(rt, ex, send).run()
     except asyncio.CancelledError:
@@ -92,7 +97,10 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
         raise ClientGone from None
     finally:
         active = False
-        later.cancel()
+        if hook is not None:
+            hook(None)
+        if later is not None:
+            later.cancel()
         if watch is not None:
             watch.cancel()
 
@@ -158,43 +166,36 @@ class _Attempts:
         uid = cand.upstream.id
         done = False
         rt.store.acquire(uid)
-        opened: tuple[Response, bytes] | None = None
+        resp: Response | None = None
         try:
-            opened = await self._open(cand)
-            if opened is None:
+            resp = await self._open(cand)
+            if resp is None:
                 return None
-            resp, first = opened
             # The upstream answered: no other attempt follows, so the request's body and
             # headers need not live as long as the stream (a 16 KiB prompt kept 16 KiB per
             # open stream: bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
             rt.metrics.child(rt.metrics.attempts, uid, "ok").inc()
-            extra = [
-                (b"x-request-id", self.ex.id.encode()),
-                (ROUTE_HEADER.encode(), self.ex.decision.header(index).encode()),
-            ]
-            hint = self.ex.routed.preferred_region if self.ex.routed else None
-            if hint:
-                extra.append((PREFERRED_REGION_HEADER.encode(), hint.encode()))
-            done = await self._stream(resp, first, extra, cand)
+            done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort)
                 # A 4xx is the client's request, never the upstream's failure.
                 self._record(cand, resp.status < 500)
             return resp.status
         finally:
             rt.store.release(uid)
-            if opened is not None:
+            if resp is not None:
                 # A response read to the end goes back to the pool; anything else closes the
                 # connection, which is how the upstream learns that nobody is listening.
-                if done and opened[0].at_eof():
-                    opened[0].release()
+                if done and resp.at_eof():
+                    resp.release()
                 else:
-                    opened[0].close()
+                    resp.close()
 
-    async def _open(self, cand: Candidate) -> tuple[Response, bytes] | None:
-        """Send the request and wait for the first byte of the answer. None: it failed (the
-        failure is recorded), and nothing reached the client."""
+    async def _open(self, cand: Candidate) -> Response | None:
+        """Send the request and wait for the first byte of the answer's body (left unread, so
+        that no frame holds it for the stream's life). None: it failed (the failure is
+        recorded), and nothing reached the client."""
         rt, uid = self.rt, cand.upstream.id
         wait_s = self._wait()[0]
         resp: Response | None = None
@@ -220,10 +221,10 @@ class _Attempts:
                     )
                     self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
                     return None
-                first = await resp.readany()
+                await resp.wait_body()
                 opened = True
                 self.opened_at = t0
-                return resp, first
+                return resp
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             what = "first byte" if self.ex.stream else "answer"
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
@@ -254,21 +255,32 @@ class _Attempts:
         m.child(m.attempts, failure.upstream, failure.label).inc()
         self._record(cand, ok)
 
-    async def _stream(
-        self,
-        resp: Response,
-        first: bytes,
-        extra: list[tuple[bytes, bytes]],
-        cand: Candidate,
-    ) -> bool:
-        """Stream the response to the client; False when the upstream failed mid-way."""
+    def _extra_headers(self, index: int) -> list[tuple[bytes, bytes]]:
+        """The response headers this gateway sets: the request id, the route, the hint."""
+        extra = [
+            (b"x-request-id", self.ex.id.encode()),
+            (ROUTE_HEADER.encode(), self.ex.decision.header(index).encode()),
+        ]
+        hint = self.ex.routed.preferred_region if self.ex.routed else None
+        if hint:
+            extra.append((PREFERRED_REGION_HEADER.encode(), hint.encode()))
+        return extra
+
+    async def _stream(self, resp: Response, index: int, cand: Candidate) -> bool:
+        """Stream the response to the client; False when the upstream failed mid-way. Nothing
+        of the head or the first chunk stays referenced once sent: a frame here lives as long
+        as the stream (bench/stream_memory.py counts what each open stream holds)."""
         t = self.rt.config.timeouts
         send = self.send
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total_s - self.ex.elapsed_s()
-        headers = client_response_headers(resp.raw_headers, extra)
+        headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
+        sse = (resp.header(b"content-type") or "").startswith(SSE_TYPE)
+        resp.raw_headers = []
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        del headers  # sent: not kept in this frame for the stream's life
+        del headers
+        read = resp.reader()
+        first = await read()  # there already (_open waited for it)
         m = self.rt.metrics
         m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
@@ -280,9 +292,9 @@ class _Attempts:
             return True
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
+            first = b""
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            read = resp.reader()
             with Watchdog(t.idle_s, deadline) as watchdog:
                 while True:
                     watchdog.touch()
@@ -293,12 +305,12 @@ class _Attempts:
                         waiting = not self._first_token(cand, chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            await self._abort(resp, cand, isinstance(exc, TimeoutError))
+            await self._abort(cand, isinstance(exc, TimeoutError), sse)
             return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _abort(self, resp: Response, cand: Candidate, timed_out: bool) -> None:
+    async def _abort(self, cand: Candidate, timed_out: bool, sse: bool) -> None:
         """The upstream failed mid-response. SSE clients get a final error event they can act
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
@@ -311,7 +323,7 @@ class _Attempts:
             f"upstream {uid} {what} in the middle of the response; the output is incomplete — "
             "retry the request"
         )
-        if (resp.header(b"content-type") or "").startswith(SSE_TYPE):
+        if sse:
             event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
             await self.send({"type": "http.response.body", "body": event + b"\n\n"})
             return

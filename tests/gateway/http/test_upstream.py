@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway.http import upstream
+from gateway.http.asgi import DISCONNECT_HOOK
 from gateway.http.upstream import ClientGone, forward
+
+EX: Any = SimpleNamespace(scope={})  # a server without the disconnect hook: receive is watched
 
 
 class FakeAttempts:
@@ -52,7 +56,7 @@ async def send(message: Any) -> None:
 async def test_the_client_leaving_cancels_the_attempts() -> None:
     FakeAttempts.run_s = 5
     with pytest.raises(ClientGone):
-        await forward(None, None, receive_after(0.01), send)  # type: ignore[arg-type]
+        await forward(None, EX, receive_after(0.01), send)  # type: ignore[arg-type]
     assert FakeAttempts.cancelled == 1
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # our cancellation ended there
@@ -61,7 +65,7 @@ async def test_the_client_leaving_cancels_the_attempts() -> None:
 
 async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancels_later() -> None:
     FakeAttempts.run_s = 0.0
-    assert await forward(None, None, receive_after(0.0), send) == 200  # type: ignore[arg-type]
+    assert await forward(None, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
     # The watch may finish in the same loop turn: it must not cancel this task afterwards.
     await asyncio.sleep(0.05)
     assert FakeAttempts.cancelled == 0
@@ -72,7 +76,7 @@ async def test_a_cut_from_outside_ends_as_client_gone() -> None:
 
     async def request() -> str:
         try:
-            await forward(None, None, receive_after(60), send)  # type: ignore[arg-type]
+            await forward(None, EX, receive_after(60), send)  # type: ignore[arg-type]
         except ClientGone:
             return "gone"
         return "answered"
@@ -95,12 +99,59 @@ async def test_the_watch_starts_after_its_delay(monkeypatch: pytest.MonkeyPatch)
         return {"type": "http.disconnect"}  # the client is already gone
 
     FakeAttempts.run_s = 0.0
-    assert await forward(None, None, receive, send) == 200  # type: ignore[arg-type]
+    assert await forward(None, EX, receive, send) == 200  # type: ignore[arg-type]
     assert calls == 0
     FakeAttempts.run_s = 5
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(ClientGone):
-        await forward(None, None, receive, send)  # type: ignore[arg-type]
+        await forward(None, EX, receive, send)  # type: ignore[arg-type]
     assert calls == 1 and FakeAttempts.cancelled == 1
     assert 0.1 <= loop.time() - t0 < 1.0
+
+
+class Hook:
+    """gateway.h1's disconnect hook, as the proxy sees it through scope["extensions"]."""
+
+    def __init__(self, lost: bool = False) -> None:
+        self.lost = lost
+        self.callback: Any = None
+        self.calls: list[bool] = []  # True: a callback was set, False: cleared
+
+    def __call__(self, callback: Any) -> None:
+        self.calls.append(callback is not None)
+        if callback is not None and self.lost:
+            callback()
+            return
+        self.callback = callback
+
+    def ex(self) -> Any:
+        return SimpleNamespace(scope={"extensions": {DISCONNECT_HOOK: self}})
+
+
+async def test_a_server_that_reports_the_disconnect_needs_no_watch() -> None:
+    """With the hook, receive is never called, not even after the watch's delay; the hook's
+    callback cancels the attempts; it is cleared when forward ends, either way."""
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("receive must not be watched when the server reports disconnects")
+
+    hook = Hook()
+    FakeAttempts.run_s = 0.0
+    assert await forward(None, hook.ex(), receive, send) == 200  # type: ignore[arg-type]
+    assert hook.calls == [True, False] and hook.callback is None
+    FakeAttempts.run_s = 5
+    asyncio.get_running_loop().call_later(0.05, lambda: hook.callback())
+    with pytest.raises(ClientGone):
+        await forward(None, hook.ex(), receive, send)  # type: ignore[arg-type]
+    assert FakeAttempts.cancelled == 1 and hook.calls == [True, False, True, False]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_client_already_gone_is_noticed_at_once() -> None:
+    hook = Hook(lost=True)
+    FakeAttempts.run_s = 5
+    with pytest.raises(ClientGone):
+        await asyncio.wait_for(forward(None, hook.ex(), None, send), 1)  # type: ignore[arg-type]
+    assert FakeAttempts.cancelled == 1
