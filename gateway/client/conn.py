@@ -50,6 +50,7 @@ class Conn(asyncio.Protocol):
         "parser",
         "paused",
         "status",
+        "timer",
         "transport",
         "waiter",
     )
@@ -74,18 +75,24 @@ class Conn(asyncio.Protocol):
         self.lost = False
         self.paused = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
         self.idle_in: list[Conn] | None = None  # its origin's idle list, while pooled
 
     # -- the request --------------------------------------------------------------------
 
-    def start(self, head: bytes, body: bytes, no_body: bool) -> None:
-        """Write one request (head and body in one writev)."""
+    def start(self, head: bytes, body: bytes, no_body: bool, timeout_s: float | None) -> None:
+        """Write one request (head and body in one writev). With ``timeout_s``, ``head`` and
+        ``wait_body`` raise TimeoutError once that long has passed without the body's first
+        bytes: one timer handle, not an ``asyncio.timeout`` around the caller (whose
+        ``get_running_loop`` is a getpid() system call in CPython 3.11)."""
         assert self.transport is not None and not self.busy
         if self.lost:
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
         self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
         self.transport.writelines((head, body) if body else (head,))
+        if timeout_s is not None:
+            self.timer = self.loop.call_later(timeout_s, self._expire)
 
     async def head(self) -> None:
         """Wait for the response's status and headers."""
@@ -96,6 +103,7 @@ class Conn(asyncio.Protocol):
         """Wait until some of the body is here, or its end."""
         while not self.chunks and not self.complete:
             await self._wait()
+        self._disarm()
 
     async def read(self) -> bytes:
         """Whatever body has come since the last read; waits when none has. b"" at the end.
@@ -119,8 +127,20 @@ class Conn(asyncio.Protocol):
         return self.complete and not self.lost and self.keep_alive
 
     def close(self) -> None:
+        self._disarm()
         if self.transport is not None:
             self.transport.close()
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.error is None:
+            self.error = TimeoutError()
+        self._wake()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def _wait(self) -> None:
         if self.error is not None:
@@ -215,4 +235,5 @@ class Conn(asyncio.Protocol):
             return
         self.complete = True
         self.busy = False
+        self._disarm()
         self._wake()

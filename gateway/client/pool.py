@@ -125,18 +125,28 @@ class Client:
         headers: Sequence[tuple[bytes, bytes]] = (),
         body: bytes = b"",
         reach: Reach | None = None,
+        timeout_s: float | None = None,
     ) -> Response:
         """Send a request and wait for the response's head. ``url`` is absolute and already
         encoded (the client's own path, passed on as it came). ``reach`` (if given) is marked
-        once a connection is held: from then on the request may have reached the upstream."""
+        once a connection is held: from then on the request may have reached the upstream.
+        ``timeout_s`` bounds the wait for the body's first bytes, the connect included (here
+        for the head, then in ``Response.wait_body``): TimeoutError past it."""
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)
-        conn = self._take(origin) or await self._connect(origin)
+        conn = self._take(origin)
+        if conn is None:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            conn = await self._connect(origin, timeout_s)
+            if timeout_s is not None:
+                timeout_s = max(0.0, timeout_s - (loop.time() - t0))
         if reach is not None:
             reach.connected = True
         try:
-            conn.start(self._head(method, target, origin, headers, body), body, method == "HEAD")
+            head = self._head(method, target, origin, headers, body)
+            conn.start(head, body, method == "HEAD", timeout_s)
             await conn.head()
         except BaseException:
             conn.close()
@@ -223,11 +233,14 @@ class Client:
             return conn
         return None
 
-    async def _connect(self, origin: Origin) -> Conn:
+    async def _connect(self, origin: Origin, timeout_s: float | None) -> Conn:
         loop = asyncio.get_running_loop()
         conn = Conn(loop)
+        limit = (
+            self.connect_timeout_s if timeout_s is None else min(timeout_s, self.connect_timeout_s)
+        )
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(limit):
                 await loop.create_connection(
                     lambda: conn,
                     origin.host,

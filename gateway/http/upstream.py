@@ -203,28 +203,29 @@ class _Attempts:
         t0 = time.perf_counter()
         reach = Reach()
         try:
-            async with asyncio.timeout(wait_s):
-                resp = await rt.http().request(
-                    self.ex.scope["method"],
-                    cand.upstream.url + self.target,
-                    self.headers,
-                    self.ex.body,
-                    reach,
+            # The wait is the client's own timer (gateway.client.conn), not asyncio.timeout.
+            resp = await rt.http().request(
+                self.ex.scope["method"],
+                cand.upstream.url + self.target,
+                self.headers,
+                self.ex.body,
+                reach,
+                wait_s,
+            )
+            if resp.status in RETRYABLE_STATUS:
+                failure = Failure(
+                    uid,
+                    FailureKind.STATUS,
+                    f"HTTP {resp.status}",
+                    resp.status,
+                    resp.header(b"retry-after"),
                 )
-                if resp.status in RETRYABLE_STATUS:
-                    failure = Failure(
-                        uid,
-                        FailureKind.STATUS,
-                        f"HTTP {resp.status}",
-                        resp.status,
-                        resp.header(b"retry-after"),
-                    )
-                    self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
-                    return None
-                await resp.wait_body()
-                opened = True
-                self.opened_at = t0
-                return resp
+                self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
+                return None
+            await resp.wait_body()
+            opened = True
+            self.opened_at = t0
+            return resp
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             what = "first byte" if self.ex.stream else "answer"
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")

@@ -39,6 +39,8 @@ class Scripted:
         self.server.close()
         for w in self.writers:
             w.close()
+        for t in self.tasks:
+            t.cancel()  # an answer still sleeping (a stalled upstream) ends with the test
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
 
@@ -61,8 +63,8 @@ class Scripted:
                 await self.answer(head, body, writer)
                 if writer.is_closing():
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client left, or the test ended (a handler's end is not the test's)
         finally:
             self.writers.discard(writer)
             writer.close()

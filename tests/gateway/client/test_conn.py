@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from gateway.client import BadResponse, Client, ConnectionLost, FailureKind, classify
-from tests.gateway.client.scripted import Scripted, run
+from tests.gateway.client.scripted import Scripted, ok, run
 
 
 async def _fails(answer_bytes: bytes, close: bool, exc: type[Exception]) -> str:
@@ -66,6 +66,51 @@ def test_a_cancelled_read_leaves_the_connection_usable_for_nothing_else() -> Non
             assert not resp.at_eof()
             resp.release()  # not at its end: closed, not pooled
             assert client.idle_count() == 0
+            await client.close()
+
+    run(main())
+
+
+def test_the_first_byte_wait_bounds_the_head_and_then_the_body() -> None:
+    async def silent(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)  # accepted the request, says nothing
+
+    async def head_only(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(5)  # a prefill that never ends
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for answer, stage in ((silent, "head"), (head_only, "body")):
+            async with Scripted(answer) as srv:
+                client = Client(1.0)
+                t0 = loop.time()
+                with pytest.raises(TimeoutError):
+                    resp = await client.request("GET", srv.url + "/", timeout_s=0.2)
+                    assert stage == "body", "the head never came: request() must time out"
+                    await resp.wait_body()
+                assert 0.15 < loop.time() - t0 < 2, stage
+                assert client.idle_count() == 0
+                await client.close()
+
+    run(main())
+
+
+def test_an_answer_in_time_leaves_no_timer_behind() -> None:
+    async def main() -> None:
+        async with Scripted(ok(b"fast")) as srv:
+            client = Client(1.0)
+            for _ in range(2):
+                resp = await client.request("GET", srv.url + "/", timeout_s=0.1)
+                await resp.wait_body()
+                conn = resp._conn
+                assert conn is not None and conn.timer is None
+                assert await resp.readany() == b"fast"
+                resp.release()
+            await asyncio.sleep(0.2)  # past the timeout: the pooled connection is unharmed
+            assert await (await client.request("GET", srv.url + "/")).read() == b"fast"
+            assert srv.connections == 1
             await client.close()
 
     run(main())
