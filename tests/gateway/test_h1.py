@@ -4,6 +4,7 @@ server.head_timeout_s with the head unfinished, a JSON 408."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 
 from gateway import defaults as d
+from gateway.h1 import HeadWaits
 from tests.support import (
     Gateway,
     UpstreamSpec,
@@ -230,3 +233,65 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     assert f"retry-after: {d.CONNECTION_LIMIT_RETRY_AFTER_S}".encode() in head
     # With the idle connection gone, there is room again.
     eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")
+
+
+class Recording:
+    """A real socket's transport, with each call the cycle's writer makes recorded."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.calls: list[tuple[str, int]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", 1))
+        self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.calls.append(("writelines", len(parts)))
+        self.transport.writelines(parts)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.calls.append(("close", 0))
+        self.transport.close()
+
+
+def test_a_responses_head_leaves_with_its_first_body_write() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+        rec = Recording(transport)  # type: ignore[arg-type]
+        w = HeadWaits(rec, loop)  # type: ignore[arg-type]
+        w.arm()
+        w.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        w.write(b"body")  # one writev for both
+        w.write(b"more")
+        assert rec.calls == [("writelines", 2), ("write", 1)]
+        rec.calls.clear()
+        w.arm()
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never held: the client waits for it
+        w.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # held, and no body follows (204)
+        assert rec.calls == [("write", 1)]
+        await asyncio.sleep(0)  # the loop turn ends: the held head goes out alone
+        await asyncio.sleep(0)
+        assert rec.calls == [("write", 1), ("write", 1)]
+        w.arm()
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+        w.close()  # the head first, then the close
+        assert rec.calls[2:] == [("write", 1), ("close", 0)]
+        await asyncio.sleep(0.05)  # the loop writes what is buffered and closes
+        theirs.settimeout(2)
+        got = b""
+        while chunk := theirs.recv(4096):
+            got += chunk
+        theirs.close()
+        assert got == (
+            b"HTTP/1.1 200 OK\r\n\r\nbodymore"
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
+        )
+
+    uvloop.run(main())
