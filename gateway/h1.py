@@ -40,7 +40,7 @@ from gateway.errors import (
     HeadTimeout,
     RequestInvalid,
 )
-from gateway.http.asgi import DISCONNECT_HOOK, Receive, Scope, Send
+from gateway.http.asgi import DISCONNECT_HOOK, PIPE, Receive, Scope, Send
 from gateway.http.errors import error_body, send_error, status_of
 from gateway.runtime import log
 
@@ -101,6 +101,26 @@ class HeadWaits:
         return self._transport.is_closing()
 
 
+class Pipe:
+    """gateway.http.asgi.ClientPipe on uvicorn: chunked framing, as uvicorn's send does, written
+    through the connection's HeadWaits (a head still held goes first)."""
+
+    __slots__ = ("_flow", "_protocol", "_writer")
+
+    def __init__(self, protocol: CappedHttpToolsProtocol, writer: HeadWaits) -> None:
+        self._protocol = protocol
+        self._writer = writer
+        self._flow = protocol.flow
+
+    def write(self, chunk: bytes) -> bool:
+        if chunk:
+            self._writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not self._flow.write_paused
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        self._protocol.on_writable = callback
+
+
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops, and uvicorn's 400 path runs, which
     ``send_400_response`` below turns into the 431."""
@@ -124,6 +144,8 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     _on_lost: Callable[[], None] | None = None  # the request's (gateway.http.asgi)
     _extensions: dict[str, object] | None = None  # one per connection, shared by its requests
     _writer: HeadWaits | None = None
+    _running: RequestResponseCycle | None = None  # the cycle whose app runs (pipelined: in turn)
+    on_writable: Callable[[], None] | None = None  # a Pipe's, while the client's buffer is full
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -167,7 +189,7 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._extensions is None:
-            self._extensions = {DISCONNECT_HOOK: self._disconnect_hook}
+            self._extensions = {DISCONNECT_HOOK: self._disconnect_hook, PIPE: self._pipe}
         self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
         self._head_bytes = self._raw_head = 0
         self._began_in_read = self._in_head = True
@@ -235,7 +257,27 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
             self._writer = HeadWaits(self.transport, self.loop)
         self._writer.arm()
         cycle.transport = self._writer  # type: ignore[assignment]
+        self._running = cycle
         super()._start_asgi_task(cycle, app)
+
+    def _pipe(self) -> Pipe | None:
+        """A Pipe for the running response if uvicorn frames it chunked (gateway.http.asgi)."""
+        cycle, writer = self._running, self._writer
+        if (
+            cycle is None
+            or writer is None
+            or not cycle.response_started
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or cycle.scope["method"] == "HEAD"
+        ):
+            return None
+        return Pipe(self, writer)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.on_writable is not None:
+            self.on_writable()
 
     async def _connection_limit_reached(self, scope: Scope, receive: Receive, send: Send) -> None:
         retry = d.CONNECTION_LIMIT_RETRY_AFTER_S

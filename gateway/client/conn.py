@@ -14,6 +14,7 @@ consumer lags), chunked and close-delimited bodies, interim 1xx answers skipped.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Final, cast
 
 import httptools
@@ -49,6 +50,7 @@ class Conn(asyncio.Protocol):
         "no_body",
         "parser",
         "paused",
+        "sink",
         "status",
         "timer",
         "transport",
@@ -76,6 +78,9 @@ class Conn(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
+        # While set, each body chunk goes to sink() from on_body, unbuffered; sink returning
+        # False (its taker is full) pauses reading until resume().
+        self.sink: Callable[[bytes], bool] | None = None
         self.idle_in: list[Conn] | None = None  # its origin's idle list, while pooled
 
     # -- the request --------------------------------------------------------------------
@@ -115,10 +120,41 @@ class Conn(asyncio.Protocol):
         data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks = []
         self.buffered = 0
+        self.resume()
+        return data
+
+    async def drain_to(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand the rest of the body to ``sink``: what is buffered now, then what each read of
+        the socket brings (the chunks of one read joined: one write onward, not one per
+        chunk), from data_received, with no task woken per chunk. Returns at the body's end;
+        raises as ``read`` does."""
+        self.sink = sink
+        try:
+            self._to_sink()
+            while not self.complete:
+                await self._wait()
+            self._to_sink()
+        finally:
+            self.sink = None
+
+    def _to_sink(self) -> None:
+        if self.chunks and self.sink is not None:
+            data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            self.chunks = []
+            self.buffered = 0
+            if not self.sink(data):
+                self._pause()
+
+    def resume(self) -> None:
+        """The sink's taker drained: read again."""
         if self.paused and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
-        return data
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
 
     def at_eof(self) -> bool:
         return self.complete and not self.chunks
@@ -175,6 +211,7 @@ class Conn(asyncio.Protocol):
             self._fail(BadResponse("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
+        self._to_sink()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed upstream sends no more
@@ -223,10 +260,11 @@ class Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
+        if self.sink is not None:
+            return  # data_received hands the read's chunks on together
         self.buffered += len(body)
-        if self.buffered > PAUSE_BYTES and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.buffered > PAUSE_BYTES:
+            self._pause()
         self._wake()
 
     def on_message_complete(self) -> None:

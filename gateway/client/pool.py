@@ -74,6 +74,17 @@ class Response:
         assert self._conn is not None, "read after release"
         return self._conn.read
 
+    async def drain_to(self, sink: Callable[[bytes], bool]) -> None:
+        """Hand the rest of the body to ``sink`` as it arrives, from the connection's own read
+        callback: no task wake-up and no ``readany`` per chunk. ``sink`` returning False (its
+        taker is full) pauses reading until ``resume()``. Returns at the body's end."""
+        assert self._conn is not None, "read after release"
+        await self._conn.drain_to(sink)
+
+    def resume(self) -> None:
+        if self._conn is not None:
+            self._conn.resume()
+
     async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
         """The whole body (BadResponse past ``limit`` bytes), then the connection goes back to
         the pool; closed instead if the read failed or was cut short (a timeout, a cancel),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,6 +19,22 @@ JSON_TYPE = (b"content-type", b"application/json")
 # that task held about 2 KiB per open stream (bench/stream_memory.py).
 DISCONNECT_HOOK = "geogate.disconnect"
 DisconnectHook = Callable[[Callable[[], None] | None], None]
+# Another: once a response has started with chunked framing, ``scope["extensions"][PIPE]()``
+# is a ClientPipe that writes body chunks straight to the client's connection, so a streamed
+# chunk can go from the upstream's socket callback to the client's without waking the request's
+# task or passing through the server's send (None when the response cannot be piped). The
+# response still ends with the server's own ``more_body: False`` send.
+PIPE = "geogate.pipe"
+
+
+class ClientPipe(Protocol):
+    def write(self, chunk: bytes) -> bool:
+        """Write one chunk; False once the client's buffer is full (stop until writable)."""
+        ...
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback()`` called when the client's buffer drains (None: no longer)."""
+        ...
 
 
 def header(scope: Scope, name: bytes) -> str | None:

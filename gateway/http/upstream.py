@@ -8,6 +8,7 @@ when the upstream fails mid-way; cancel it when the client leaves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
@@ -30,6 +31,7 @@ from gateway.http.headers import (
     client_response_headers,
     upstream_request_headers,
 )
+from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from gateway.routing.model import Candidate, Reason
 from gateway.runtime import Runtime
@@ -280,12 +282,11 @@ class _Attempts:
         resp.raw_headers = []
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         del headers
-        read = resp.reader()
-        first = await read()  # there already (_open waited for it)
+        first = await resp.readany()  # there already (_open waited for it)
         m = self.rt.metrics
         m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
-        waiting = self.ex.stream and not self._first_token(cand, first)
+        found = not self.ex.stream or self._first_token(cand, first)
         if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
             # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
@@ -294,17 +295,11 @@ class _Attempts:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
+        first_token = None if found else functools.partial(self._first_token, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
             with Watchdog(t.idle_s, deadline) as watchdog:
-                while True:
-                    watchdog.touch()
-                    chunk = await read()
-                    if not chunk:
-                        break
-                    if waiting:
-                        waiting = not self._first_token(cand, chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await relay(resp, send, self.ex, watchdog, first_token)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)
             return False

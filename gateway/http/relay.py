@@ -1,0 +1,65 @@
+"""An upstream's answer after its first chunk, on to the client, chunk by chunk as it comes.
+
+Two ways. Where the server offers a pipe (gateway.h1 on uvicorn: gateway.http.asgi.PIPE), the
+chunks go from the upstream connection's read callback straight to the client's connection:
+no task wakes per chunk and no ASGI message is built, and the chunks of one socket read leave
+in one write (gateway.client.conn). Elsewhere (granian, hypercorn) the request's task reads
+each chunk and hands it to the server's ``send``. Either way a client that cannot keep up
+holds the upstream back (reading pauses), never the gateway's memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.client import Response
+from gateway.http.asgi import PIPE, ClientPipe, Send
+from gateway.http.exchange import Exchange
+from gateway.http.watchdog import Watchdog
+
+# Called with each chunk until it returns True: the stream's first token has been seen.
+FirstToken = Callable[[bytes], bool]
+
+
+async def relay(
+    resp: Response, send: Send, ex: Exchange, watchdog: Watchdog, first_token: FirstToken | None
+) -> None:
+    """The rest of ``resp``'s body to the client, touching ``watchdog`` per chunk. Raises what
+    the upstream's connection raises (the caller cuts the stream); the final empty send that
+    ends the response is the caller's."""
+    pipe_for: Callable[[], ClientPipe | None] | None = ex.scope.get("extensions", {}).get(PIPE)
+    pipe = pipe_for() if pipe_for is not None else None
+    if pipe is not None:
+        await _piped(resp, pipe, ex, watchdog, first_token)
+        return
+    read = resp.reader()
+    while True:
+        watchdog.touch()
+        chunk = await read()
+        if not chunk:
+            return
+        if first_token is not None and first_token(chunk):
+            first_token = None
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _piped(
+    resp: Response,
+    pipe: ClientPipe,
+    ex: Exchange,
+    watchdog: Watchdog,
+    first_token: FirstToken | None,
+) -> None:
+    def sink(chunk: bytes) -> bool:
+        nonlocal first_token
+        watchdog.touch()
+        ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
+        if first_token is not None and first_token(chunk):
+            first_token = None
+        return pipe.write(chunk)
+
+    pipe.on_writable(resp.resume)
+    try:
+        await resp.drain_to(sink)
+    finally:
+        pipe.on_writable(None)

@@ -1,0 +1,152 @@
+"""A streamed answer's body on to the client: through the server's pipe (uvicorn) or the
+request's own loop (granian), with a client that cannot keep up holding the upstream back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.client import Client
+from gateway.http.asgi import PIPE
+from gateway.http.relay import relay
+from gateway.http.watchdog import Watchdog
+from tests.gateway.client.scripted import Scripted, run
+from tests.support import UpstreamSpec, gateway_toml, start_gateway, start_sim
+
+TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("engine", ["uvicorn", "granian"])
+def test_a_client_that_stops_reading_holds_the_upstream_back(tmp_path: Path, engine: str) -> None:
+    sim = start_sim(tmp_path, "flood", "eu-central", ["m"], "--tokens-per-s", "0")
+    ups = [UpstreamSpec("flood", "eu-central", sim.url, ["m"])]
+    server = f'[server]\nengine = "{engine}"'
+    gw = start_gateway(tmp_path, lambda p: gateway_toml(p, ups).replace("[server]", server))
+    try:
+        body = json.dumps(
+            {"model": "m", "stream": True, "max_tokens": TOKENS, "messages": [{"role": "user"}]}
+        ).encode()
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.connect(("127.0.0.1", gw.port))
+            before = _rss_kib(gw.proc.pid)
+            s.sendall(head + body)
+            time.sleep(2)  # reading nothing while the backend writes as fast as it can
+            grown = _rss_kib(gw.proc.pid) - before
+            got = bytearray()
+            s.settimeout(20)
+            while not got.endswith(b"0\r\n\r\n"):
+                chunk = s.recv(1 << 20)
+                assert chunk, "the gateway closed the stream early"
+                got += chunk
+        head_end = got.index(b"\r\n\r\n") + 4
+        assert got.startswith(b"HTTP/1.1 200"), bytes(got[:200])
+        assert b"transfer-encoding: chunked" in got[:head_end].lower()
+        events = _dechunk(bytes(got[head_end:])).split(b"\n\n")
+        assert events[-2:] == [b"data: [DONE]", b""]
+        assert len([e for e in events if b'"content": "' in e]) >= TOKENS
+        # Held back, the backend's ~14 MB stay in the backend and the sockets' buffers.
+        assert grown < 8 * 1024, f"the gateway grew by {grown} KiB while its client stalled"
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+def _dechunk(raw: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, decoded (every size and CRLF checked on the way)."""
+    out, i = bytearray(), 0
+    while True:
+        eol = raw.index(b"\r\n", i)
+        size = int(raw[i:eol], 16)
+        start = eol + 2
+        assert raw[start + size : start + size + 2] == b"\r\n", "a chunk's CRLF is missing"
+        if size == 0:
+            assert start + 2 == len(raw), "bytes after the last chunk"
+            return bytes(out)
+        out += raw[start : start + size]
+        i = start + size + 2
+
+
+class Pipe:
+    """gateway.http.asgi.ClientPipe that takes ``room`` writes, then reports itself full."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.writes: list[bytes] = []
+        self.writable: Any = None
+
+    def write(self, chunk: bytes) -> bool:
+        self.writes.append(chunk)
+        return len(self.writes) < self.room
+
+    def on_writable(self, callback: Any) -> None:
+        self.writable = callback
+
+
+def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_full() -> None:
+    release = asyncio.Event()
+
+    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        w.write(b"1\r\na\r\n1\r\nb\r\n")  # two chunks in one write: one read, likely
+        await w.drain()
+        await release.wait()
+        w.write(b"3\r\ncde\r\n0\r\n\r\n")
+        await w.drain()
+
+    async def main() -> None:
+        pipe = Pipe(room=1)
+        ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
+        tokens: list[bytes] = []
+
+        def first_token(chunk: bytes) -> bool:
+            tokens.append(chunk)
+            return b"c" in chunk
+
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            await resp.wait_body()
+            await asyncio.sleep(0.05)  # both chunks are in
+            with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+                task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, first_token))
+                await asyncio.sleep(0.05)
+                assert pipe.writes == [b"ab"]  # joined
+                conn = resp._conn
+                assert conn is not None and conn.paused  # the pipe said it was full
+                assert pipe.writable is not None
+                release.set()
+                await asyncio.sleep(0.05)
+                assert pipe.writes == [b"ab"]  # nothing read while paused
+                pipe.room = 10
+                pipe.writable()  # the client drained
+                await asyncio.wait_for(task, 2)
+            assert pipe.writes == [b"ab", b"cde"] and pipe.writable is None
+            assert ex.body_bytes == 5 and tokens == [b"ab", b"cde"]
+            assert resp.at_eof()
+            resp.release()
+            await client.close()
+
+    run(main())
+
+
+async def _no_send(message: Any) -> None:
+    raise AssertionError("a piped body does not go through send")
