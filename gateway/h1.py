@@ -117,6 +117,11 @@ class Pipe:
             self._writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         return not self._flow.write_paused
 
+    def gone(self) -> bool:
+        # uvloop raises on a write to a closed transport; the request's task learns of the
+        # loss a loop turn later (the disconnect hook), while upstream reads may still come.
+        return self._protocol.lost or self._writer.is_closing()
+
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self._protocol.on_writable = callback
 
@@ -274,6 +279,16 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
             return None
         return Pipe(self, writer)
 
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def shutdown(self) -> None:
+        # uvicorn's graceful stop closes the real transport: a held head leaves first.
+        if self._writer is not None:
+            self._writer.flush()
+        super().shutdown()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self.on_writable is not None:
@@ -305,6 +320,8 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``err`` in the API's JSON shape and close: nothing more is read."""
         self._in_head = False
         self._disarm()
+        if self._writer is not None:
+            self._writer.flush()  # a response still held goes first (pipelined before this)
         body = json.dumps(error_body(err)).encode()
         head = (
             f"HTTP/1.1 {status_of(err)} {reason}\r\ncontent-type: application/json\r\n"

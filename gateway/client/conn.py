@@ -95,6 +95,7 @@ class Conn(asyncio.Protocol):
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
         self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
+        self.chunks, self.buffered, self.error = [], 0, None
         self.transport.writelines((head, body) if body else (head,))
         if timeout_s is not None:
             self.timer = self.loop.call_later(timeout_s, self._expire)
@@ -142,7 +143,9 @@ class Conn(asyncio.Protocol):
             data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             self.chunks = []
             self.buffered = 0
-            if not self.sink(data):
+            # Full, and more to come: wait for the taker. A response already complete is not
+            # paused: its connection goes back to the pool and must read the next answer.
+            if not self.sink(data) and not self.complete:
                 self._pause()
 
     def resume(self) -> None:
@@ -160,7 +163,15 @@ class Conn(asyncio.Protocol):
         return self.complete and not self.chunks
 
     def reusable(self) -> bool:
-        return self.complete and not self.lost and self.keep_alive
+        """Read to its end (nothing of this response left to read), kept alive, in step."""
+        return (
+            self.complete
+            and not self.chunks
+            and not self.lost
+            and self.keep_alive
+            and not self.paused
+            and self.error is None
+        )
 
     def close(self) -> None:
         self._disarm()
@@ -169,6 +180,8 @@ class Conn(asyncio.Protocol):
 
     def _expire(self) -> None:
         self.timer = None
+        if self.chunks or self.complete:
+            return  # the body came in the same loop turn as the timer: not late
         if self.error is None:
             self.error = TimeoutError()
         self._wake()
@@ -210,7 +223,13 @@ class Conn(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
+            if self.complete:
+                # Bytes after a whole response: that one stands, the connection is out of step
+                # and not reused (on_message_begin stopped the parser).
+                self.lost = True
+                self.close()
+            else:
+                self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
         self._to_sink()
 
     def eof_received(self) -> bool:
@@ -219,7 +238,7 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if self.busy and not self.complete and self.error is None:
-            if self.head_done and not self.framed:
+            if self.head_done and not self.framed and exc is None:
                 self.on_message_complete()  # the body ran until the close: that is its end
             else:
                 what = type(exc).__name__ if exc is not None else "closed by the upstream"
@@ -243,6 +262,10 @@ class Conn(asyncio.Protocol):
         ):
             self.framed = True
 
+    def on_message_begin(self) -> None:
+        if not self.busy:  # a response nobody asked for, after the one that was: stop here
+            raise BadResponse("bytes after the end of the response")
+
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: a final answer follows
@@ -259,6 +282,8 @@ class Conn(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.timer is not None:  # the first byte came: its wait is over
+            self._disarm()
         self.chunks.append(body)
         if self.sink is not None:
             return  # data_received hands the read's chunks on together

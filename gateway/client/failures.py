@@ -9,8 +9,8 @@ from enum import StrEnum
 
 
 class ClientError(Exception):
-    """The root of everything gateway.client raises, besides TimeoutError (asyncio.timeout
-    around a call) and CancelledError."""
+    """The root of everything gateway.client raises, besides TimeoutError (the first-byte
+    wait, ``timeout_s``, or an ``asyncio.timeout`` around a call) and CancelledError."""
 
 
 class ConnectFailed(ClientError):

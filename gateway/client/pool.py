@@ -152,7 +152,10 @@ class Client:
             t0 = loop.time()
             conn = await self._connect(origin, timeout_s)
             if timeout_s is not None:
-                timeout_s = max(0.0, timeout_s - (loop.time() - t0))
+                timeout_s -= loop.time() - t0
+                if timeout_s <= 0:  # the connect took it all: send nothing that would be cut
+                    conn.close()
+                    raise TimeoutError
         if reach is not None:
             reach.connected = True
         try:
@@ -196,6 +199,8 @@ class Client:
         headers: Sequence[tuple[bytes, bytes]],
         body: bytes,
     ) -> bytes:
+        if origin.auth is not None:  # the URL's credentials, not the client's
+            headers = [h for h in headers if h[0].lower() != b"authorization"]
         lines = [f"{method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"), origin.host_header]
         for name, value in headers:
             lines += (b"\r\n", name, b": ", value)

@@ -32,6 +32,10 @@ class ClientPipe(Protocol):
         """Write one chunk; False once the client's buffer is full (stop until writable)."""
         ...
 
+    def gone(self) -> bool:
+        """The client's connection is closed: write nothing more."""
+        ...
+
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         """Have ``callback()`` called when the client's buffer drains (None: no longer)."""
         ...

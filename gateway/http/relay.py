@@ -52,6 +52,8 @@ async def _piped(
 ) -> None:
     def sink(chunk: bytes) -> bool:
         nonlocal first_token
+        if pipe.gone():
+            return False  # the disconnect hook ends this task; nothing is counted as sent
         watchdog.touch()
         ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
         if first_token is not None and first_token(chunk):

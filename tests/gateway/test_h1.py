@@ -275,8 +275,10 @@ def test_a_responses_head_leaves_with_its_first_body_write() -> None:
         w.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never held: the client waits for it
         w.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # held, and no body follows (204)
         assert rec.calls == [("write", 1)]
-        await asyncio.sleep(0)  # the loop turn ends: the held head goes out alone
-        await asyncio.sleep(0)
+        for _ in range(100):  # the loop turn ends: the held head goes out alone
+            if len(rec.calls) == 2:
+                break
+            await asyncio.sleep(0)
         assert rec.calls == [("write", 1), ("write", 1)]
         w.arm()
         w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
@@ -295,3 +297,22 @@ def test_a_responses_head_leaves_with_its_first_body_write() -> None:
         )
 
     uvloop.run(main())
+
+
+def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
+    """Each answer's head waits for its body (HeadWaits), per request of a pipelined batch:
+    a streamed completion between two small answers keeps its place and its framing."""
+    chat = json.dumps({"model": "m", "stream": True, "max_tokens": 3, "messages": []}).encode()
+    batch = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b"
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (len(chat), chat)
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(batch)
+        answer = _read_all(s)
+    parts = answer.split(b"HTTP/1.1 ")[1:]
+    assert [p[:3] for p in parts] == [b"200", b"200", b"200"], answer[:400]
+    assert b"text/event-stream" in parts[1] and parts[1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert parts[2].lower().count(b"connection: close") == 1

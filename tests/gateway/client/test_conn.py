@@ -4,11 +4,13 @@ and a broken connection never goes back to the pool."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
 from gateway.client import BadResponse, Client, ConnectionLost, FailureKind, classify
-from tests.gateway.client.scripted import Scripted, ok, run
+from tests.gateway.client.scripted import Scripted, ok, run, until
 
 
 async def _fails(answer_bytes: bytes, close: bool, exc: type[Exception]) -> str:
@@ -111,6 +113,59 @@ def test_an_answer_in_time_leaves_no_timer_behind() -> None:
             await asyncio.sleep(0.2)  # past the timeout: the pooled connection is unharmed
             assert await (await client.request("GET", srv.url + "/")).read() == b"fast"
             assert srv.connections == 1
+            await client.close()
+
+    run(main())
+
+
+def test_a_first_byte_timer_due_in_the_turn_the_body_came_is_not_a_timeout() -> None:
+    async def main() -> None:
+        async with Scripted(ok(b"in time")) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", timeout_s=5)
+            conn = resp._conn
+            assert conn is not None
+            await until(lambda: bool(conn.chunks), what="the body")
+            conn._expire()  # the timer's callback, run in the same loop turn as the body
+            assert await resp.read() == b"in time"
+            assert client.idle_count() == 1  # in step: pooled
+            await client.close()
+
+    run(main())
+
+
+def test_a_reset_during_a_close_delimited_body_is_not_its_end() -> None:
+    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart of it")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # RST, not FIN
+
+    async def main() -> None:
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            assert await resp.readany() == b"part of it"
+            with pytest.raises(ConnectionLost):
+                await asyncio.wait_for(resp.readany(), 2)
+            await client.close()
+
+    run(main())
+
+
+def test_bytes_after_a_response_keep_its_connection_out_of_the_pool() -> None:
+    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+        await w.drain()
+
+    async def main() -> None:
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            assert await resp.read() == b"ok"  # the answer asked for stands
+            assert client.idle_count() == 0  # its connection is not reused
             await client.close()
 
     run(main())

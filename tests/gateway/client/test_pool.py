@@ -21,7 +21,7 @@ from gateway.client import (
     Reach,
     classify,
 )
-from tests.gateway.client.scripted import Scripted, ok, run
+from tests.gateway.client.scripted import Scripted, ok, run, until
 from tests.support import self_signed_cert
 
 
@@ -143,9 +143,9 @@ def test_reading_pauses_while_the_consumer_lags() -> None:
         async with Scripted(ok(b"x" * size)) as srv:
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/")
-            await asyncio.sleep(0.3)  # the upstream writes as fast as it can meanwhile
             conn = resp._conn
-            assert conn is not None and conn.paused
+            assert conn is not None
+            await until(lambda: conn.paused, what="reading to pause")  # the upstream floods
             held = conn.buffered
             assert held < 1024 * 1024, held  # not the 8 MiB the upstream sent
             total = 0
@@ -198,8 +198,7 @@ def test_an_idle_connection_the_upstream_closes_leaves_the_pool() -> None:
             client = Client(1.0)
             assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
             assert client.idle_count() == 1
-            await asyncio.sleep(0.2)
-            assert client.idle_count() == 0
+            await until(lambda: client.idle_count() == 0, what="the closed one to leave")
             assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
             assert srv.connections == 2
             await client.close()
@@ -214,8 +213,8 @@ def test_connections_idle_past_the_keepalive_time_are_closed() -> None:
             await (await client.request("GET", srv.url + "/")).read()
             await (await client.request("GET", srv.url + "/")).read()
             assert (client.idle_count(), srv.connections) == (1, 1)
-            await asyncio.sleep(0.3)  # the sweep closes it without a request coming
-            assert client.idle_count() == 0
+            # The sweep closes it without a request coming.
+            await until(lambda: client.idle_count() == 0, what="the sweep")
             await (await client.request("GET", srv.url + "/")).read()
             assert srv.connections == 2
             await client.close()
@@ -306,3 +305,52 @@ def test_https_upstreams_are_verified(tmp_path: Path, monkeypatch: pytest.Monkey
     run(main(trusted=False))
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     run(main(trusted=True))
+
+
+def test_a_backends_cookie_never_rides_along_on_the_next_request() -> None:
+    """One client carries every client's requests: a Set-Cookie from a backend must not be sent
+    with the next request (aiohttp's default jar, the gateway's client before this one, did)."""
+
+    async def main() -> None:
+        async with Scripted(ok(b"hi", b"Set-Cookie: session=alice-secret\r\n")) as srv:
+            client = Client(1.0)
+            url = srv.url.replace("127.0.0.1", "localhost")  # a host name, as a jar keys them
+            for _ in range(2):
+                await (await client.request("GET", url + "/")).read()
+            await client.close()
+        assert len(srv.heads) == 2 and all(b"cookie" not in h.lower() for h in srv.heads)
+
+    run(main())
+
+
+def test_a_response_released_unread_is_closed_not_pooled() -> None:
+    """Its unread body would be the next request's first bytes on a reused connection."""
+
+    async def main() -> None:
+        async with Scripted(ok(b"first answer")) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            await resp.wait_body()  # all of it is here, none of it read
+            resp.release()
+            assert client.idle_count() == 0
+            assert await (await client.request("GET", srv.url + "/")).read() == b"first answer"
+            assert srv.connections == 2
+            await client.close()
+
+    run(main())
+
+
+def test_the_urls_credentials_replace_the_clients_authorization() -> None:
+    """Two Authorization headers are refused or misread by most servers: with user:password in
+    the upstream's URL, that is the one sent (the client's key is for the gateway's users)."""
+
+    async def main() -> None:
+        async with Scripted(ok()) as srv:
+            client = Client(1.0)
+            url = srv.url.replace("http://", "http://svc:pw@") + "/v1/models"
+            await (await client.request("GET", url, [(b"authorization", b"Bearer sk-1")])).read()
+            await client.close()
+        assert srv.heads[0].lower().count(b"authorization:") == 1
+        assert b"Authorization: Basic " + base64.b64encode(b"svc:pw") in srv.heads[0]
+
+    run(main())

@@ -17,7 +17,7 @@ from gateway.client import Client
 from gateway.http.asgi import PIPE
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
-from tests.gateway.client.scripted import Scripted, run
+from tests.gateway.client.scripted import Scripted, run, until
 from tests.support import UpstreamSpec, gateway_toml, start_gateway, start_sim
 
 TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
@@ -97,6 +97,9 @@ class Pipe:
         self.writes.append(chunk)
         return len(self.writes) < self.room
 
+    def gone(self) -> bool:
+        return False
+
     def on_writable(self, callback: Any) -> None:
         self.writable = callback
 
@@ -125,13 +128,13 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/")
             await resp.wait_body()
-            await asyncio.sleep(0.05)  # both chunks are in
+            conn = resp._conn
+            assert conn is not None
+            await until(lambda: len(conn.chunks) == 2, what="both chunks")
             with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
                 task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, first_token))
-                await asyncio.sleep(0.05)
-                assert pipe.writes == [b"ab"]  # joined
-                conn = resp._conn
-                assert conn is not None and conn.paused  # the pipe said it was full
+                await until(lambda: pipe.writes == [b"ab"], what="one write of both")  # joined
+                assert conn.paused  # the pipe said it was full
                 assert pipe.writable is not None
                 release.set()
                 await asyncio.sleep(0.05)
@@ -150,3 +153,35 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
 
 async def _no_send(message: Any) -> None:
     raise AssertionError("a piped body does not go through send")
+
+
+def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_request() -> None:
+    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"1\r\nb\r\n0\r\n\r\n")  # the last chunk and the end in one read
+        await w.drain()
+
+    async def main() -> None:
+        pipe = Pipe(room=0)  # full after every write: the client never catches up in time
+        ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            for _ in range(2):  # the second on the pooled connection: it must be read
+                resp = await client.request("GET", srv.url + "/")
+                await resp.wait_body()
+                conn = resp._conn
+                assert conn is not None
+                with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+                    task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
+                    await until(lambda c=conn: c.paused, what="a pause after the first chunk")
+                    pipe.writable()  # drained; the rest comes in one read, and again full
+                    await asyncio.wait_for(task, 2)
+                assert resp.at_eof() and not conn.paused
+                resp.release()
+                assert client.idle_count() == 1
+            assert srv.connections == 1 and pipe.writes == [b"a", b"b"] * 2
+            await client.close()
+
+    run(main())
