@@ -87,10 +87,14 @@ async def asgi(
         await send({**start, "headers": [(b"content-type", ctype.encode()), length]})
         await send({"type": "http.response.body", "body": data})
         return
-    await send({**start, "headers": [(b"content-type", ctype.encode())]})
-    while chunk := await resp.readany():
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
+    try:
+        await send({**start, "headers": [(b"content-type", ctype.encode())]})
+        while chunk := await resp.readany():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    except BaseException:
+        resp.close()  # the client left: the upstream connection is out of step
+        raise
     resp.release()
 
 
@@ -101,7 +105,11 @@ async def rsgi(scope: Any, proto: Any) -> None:
     if not ctype.startswith(SSE):
         proto.response_bytes(resp.status, [("content-type", ctype)], await resp.read())
         return
-    transport = proto.response_stream(resp.status, [("content-type", ctype)])
-    while chunk := await resp.readany():
-        await transport.send_bytes(chunk)
+    try:
+        transport = proto.response_stream(resp.status, [("content-type", ctype)])
+        while chunk := await resp.readany():
+            await transport.send_bytes(chunk)
+    except BaseException:
+        resp.close()
+        raise
     resp.release()

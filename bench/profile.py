@@ -4,7 +4,7 @@ streams, bench/paced_load.py) drives it, in the benchmark's default config (acce
 GeoIP database that every lookup hits) or the lean one.
 
 Prints and writes (``--out``, default bench/results/profile) the CPU per request of the run,
-the share of samples per layer (the leaf frame's module: our code, Starlette, aiohttp,
+the share of samples per layer (the leaf frame's module: our code, our upstream client, Starlette,
 prometheus_client, logging, json, asyncio ...) and the top functions by own and by inclusive
 samples. py-spy sees Python frames only: time in granian's Rust threads outside Python is the
 difference between the process CPU and the sampled share, reported as such.
@@ -41,8 +41,11 @@ LAYERS = (
     ("gateway/http/upstream", "ours: upstream (attempts, streaming loop)"),
     ("gateway/http/exchange", "ours: access log line"),
     ("gateway/http/headers", "ours: header filtering"),
+    ("gateway/http/relay", "ours: streamed body relay"),
     ("gateway/http/", "ours: other http (gate, paths, encoding, asgi)"),
     ("gateway/routing/", "ours: router (pure)"),
+    ("gateway/client/", "ours: upstream client (gateway.client)"),
+    ("gateway/h1", "ours: uvicorn protocol (gateway.h1)"),
     ("gateway/", "ours: runtime, fleet, traffic, client"),
     ("geodb/", "geodb: client ip, GeoIP lookup"),
     ("maxminddb", "maxminddb reader"),

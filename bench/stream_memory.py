@@ -208,8 +208,9 @@ def _largest(d: dict[str, int], n: int, k: int) -> list[tuple[str, float]]:
 def start(
     work: Path, port: int, backend: int, traced: bool, target: str, sets: list[str]
 ) -> subprocess.Popen[bytes]:
-    """geogate (default config), or a floor proxy of bench/floor_proxy.py (granian + aiohttp
-    and nothing else): geogate minus the floor is what geogate's own code holds per stream."""
+    """geogate (default config), or a floor proxy of bench/floor_proxy.py (its server and
+    gateway.client, nothing else): geogate minus the floor is what geogate's own code holds
+    per stream."""
     env: dict[str, str] = {}
     if traced:
         (work / "probe").mkdir(exist_ok=True)

@@ -174,7 +174,9 @@ def serve(work: Path) -> tuple[list[object], int, int]:
     port, sse = free_port(), free_port()
     cfg = work / "gw.toml"
     cfg.write_text(
+        # granian: the h2c clients need HTTP/2 (uvicorn, the default engine, has none).
         f'[gateway]\nregion = "r"\n[server]\nport = {port}\naccess_log = false\n'
+        'engine = "granian"\n'
         f"[ops]\nport = {free_port()}\n"
         f'[[regions]]\nid = "r"\nlatitude = 0\nlongitude = 0\n'
         f'[[upstreams]]\nid = "u"\nregion = "r"\nurl = "http://127.0.0.1:{port}"\n'

@@ -320,8 +320,8 @@ def write(results: list[Result], args: argparse.Namespace) -> None:
 DESIGN_NOTE = """
 ## How workers go further than this machine
 
-Each worker (uvicorn or granian) is a whole gateway process with its own event loop, aiohttp
-pool to the upstreams, prober, load poller, GeoIP reader, metrics registry and routing snapshot:
+Each worker (uvicorn or granian) is a whole gateway process with its own event loop, upstream
+connection pool, prober, load poller, GeoIP reader, metrics registry and routing snapshot:
 per-request work never crosses processes, so req/s grows with the cores the workers get as long
 as CPU per request stays flat (the "CPU vs 1" column says how far it does). Per worker: health
 and outlier state, load estimates, the retry budget, in-flight counts and the max_streams cap
