@@ -185,6 +185,15 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         if on_lost is not None:
             on_lost()
 
+    def _close_now(self) -> None:
+        """Close from this side, and tell the request running on the connection at once: with
+        a full send buffer uvloop reports connection_lost only once it drains, which a client
+        that stopped reading never lets happen (the request would wait for its idle timeout)."""
+        self.transport.close()
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
     def _disconnect_hook(self, callback: Callable[[], None] | None) -> None:
         if callback is not None and self._lost:
             callback()
@@ -216,7 +225,7 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             # A pipelined head behind a response still being sent: an answer now would land
             # inside that response.
-            self.transport.close()
+            self._close_now()
             return
         log.info(
             "request head not complete in %g s from %s: closed", self.head_timeout_s, self.client
@@ -320,6 +329,12 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         """Answer ``err`` in the API's JSON shape and close: nothing more is read."""
         self._in_head = False
         self._disarm()
+        running = self._running
+        if running is not None and not running.response_complete:
+            # A pipelined request refused behind one still being answered: an answer now
+            # would land inside (or in place of) that response. Closed instead.
+            self._close_now()
+            return
         if self._writer is not None:
             self._writer.flush()  # a response still held goes first (pipelined before this)
         body = json.dumps(error_body(err)).encode()

@@ -145,7 +145,9 @@ class Conn(asyncio.Protocol):
             self.buffered = 0
             # Full, and more to come: wait for the taker. A response already complete is not
             # paused: its connection goes back to the pool and must read the next answer.
-            if not self.sink(data) and not self.complete:
+            if self.sink(data) or self.complete:
+                self.resume()  # on_body may have paused before the sink was set
+            else:
                 self._pause()
 
     def resume(self) -> None:
@@ -171,6 +173,8 @@ class Conn(asyncio.Protocol):
             and self.keep_alive
             and not self.paused
             and self.error is None
+            and self.transport is not None
+            and not self.transport.is_closing()
         )
 
     def close(self) -> None:
@@ -216,6 +220,7 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.busy:
             # Bytes nobody asked for (an idle pooled connection): the stream is out of step.
+            self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
             self.transport.close()  # type: ignore[union-attr]
             return
         try:

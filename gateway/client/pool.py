@@ -243,7 +243,8 @@ class Client:
         while idle:
             conn = idle.pop()
             conn.idle_in = None
-            if conn.lost or conn.loop.time() - conn.idle_since > self.keepalive_s:
+            # Closed meanwhile (lost, or closing), or idle too long: not for a request.
+            if not conn.reusable() or conn.loop.time() - conn.idle_since > self.keepalive_s:
                 conn.close()
                 continue
             return conn

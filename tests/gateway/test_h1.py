@@ -20,6 +20,7 @@ from gateway import defaults as d
 from gateway.h1 import HeadWaits
 from tests.support import (
     Gateway,
+    Sim,
     UpstreamSpec,
     eventually,
     gateway_toml,
@@ -316,3 +317,33 @@ def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
     assert [p[:3] for p in parts] == [b"200", b"200", b"200"], answer[:400]
     assert b"text/event-stream" in parts[1] and parts[1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     assert parts[2].lower().count(b"connection: close") == 1
+
+
+@pytest.fixture
+def paced(tmp_path: Path) -> Iterator[tuple[Gateway, Sim]]:
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"], "--tokens-per-s", "20")
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    yield gw, sim
+    gw.stop()
+    sim.proc.kill()
+
+
+def test_a_bad_request_pipelined_behind_a_stream_closes_it_and_stops_the_upstream(
+    paced: tuple[Gateway, Sim],
+) -> None:
+    """No 400 inside the streamed body: the connection closes, and the request running on it
+    learns at once (the upstream sees the cancel), not at its idle timeout."""
+    gw, sim = paced
+    chat = json.dumps({"model": "m", "stream": True, "max_tokens": 400, "messages": []}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(chat), chat)
+        )
+        got = s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")  # pipelined behind the running stream
+        got += _read_all(s)  # to the close
+    assert got.count(b"HTTP/1.1 ") == 1, got[-300:]  # no second status line, no 400 inside
+    eventually(lambda: sim.stats()["cancelled"] == 1, timeout=5, what="the upstream's cancel")
