@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.client import Client
+from gateway.defaults import CONNECT_TIMEOUT_S
 
 UPSTREAM_ENV = "FLOOR_UPSTREAM"
 SSE = "text/event-stream"
 JSON = [(b"content-type", b"application/json")]
-CONNECT_TIMEOUT_S = 3.0  # the gateway's default (gateway.defaults.CONNECT_TIMEOUT_S)
 _session: Client | None = None
 
 Message = MutableMapping[str, Any]

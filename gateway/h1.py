@@ -181,15 +181,16 @@ class CappedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
         self._lost = True
-        on_lost, self._on_lost = self._on_lost, None
-        if on_lost is not None:
-            on_lost()
+        self._tell_lost()
 
     def _close_now(self) -> None:
         """Close from this side, and tell the request running on the connection at once: with
         a full send buffer uvloop reports connection_lost only once it drains, which a client
         that stopped reading never lets happen (the request would wait for its idle timeout)."""
         self.transport.close()
+        self._tell_lost()
+
+    def _tell_lost(self) -> None:
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
             on_lost()

@@ -222,6 +222,21 @@ def start_redis(tmp: Path) -> RedisServer:
     return r
 
 
+def start_fleet(tmp: Path, *sim_knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:
+    """One simulated backend ("s", model "m", with ``sim_knobs``) behind one gateway whose
+    ``[server]`` section gets ``server_extra``; the caller stops both."""
+    sim = start_sim(tmp, "s", "eu-central", ["m"], *sim_knobs)
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    try:
+        gw = start_gateway(
+            tmp, lambda p: gateway_toml(p, ups).replace("[server]", "[server]\n" + server_extra)
+        )
+    except BaseException:
+        sim.proc.kill()  # a gateway that does not start leaves no backend behind
+        raise
+    return gw, sim
+
+
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """A one-day self-signed certificate for 127.0.0.1 and localhost (openssl), and its key."""
     cert, key = directory / "cert.pem", directory / "key.pem"

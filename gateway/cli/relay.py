@@ -157,7 +157,7 @@ def wait_ports(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0)
         if (ports := read_ports(path)) is not None:
             return ports
         if proc.poll() is not None:
-            raise RuntimeError(f"the relay process exited; see {path.with_name('relays.log')}")
+            raise RuntimeError("the relay process exited at start; see its log")
         time.sleep(0.05)
     raise TimeoutError(f"the relay process wrote no {path.name} in {timeout:g} s")
 

@@ -78,8 +78,8 @@ class Conn(asyncio.Protocol):
         self.paused = False
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
-        # While set, each body chunk goes to sink() from on_body, unbuffered; sink returning
-        # False (its taker is full) pauses reading until resume().
+        # While set, the body goes to sink() from data_received, each read's chunks joined;
+        # sink returning False (its taker is full) pauses reading until resume().
         self.sink: Callable[[bytes], bool] | None = None
         self.idle_in: list[Conn] | None = None  # its origin's idle list, while pooled
 
@@ -108,8 +108,7 @@ class Conn(asyncio.Protocol):
     async def wait_body(self) -> None:
         """Wait until some of the body is here, or its end."""
         while not self.chunks and not self.complete:
-            await self._wait()
-        self._disarm()
+            await self._wait()  # on_body and on_message_complete disarm the first-byte timer
 
     async def read(self) -> bytes:
         """Whatever body has come since the last read; waits when none has. b"" at the end.
@@ -118,9 +117,7 @@ class Conn(asyncio.Protocol):
             if self.complete:
                 return b""
             await self._wait()
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks = []
-        self.buffered = 0
+        data = self._take_chunks()
         self.resume()
         return data
 
@@ -138,11 +135,15 @@ class Conn(asyncio.Protocol):
         finally:
             self.sink = None
 
+    def _take_chunks(self) -> bytes:
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        self.buffered = 0
+        return data
+
     def _to_sink(self) -> None:
         if self.chunks and self.sink is not None:
-            data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-            self.chunks = []
-            self.buffered = 0
+            data = self._take_chunks()
             # Full, and more to come: wait for the taker. A response already complete is not
             # paused: its connection goes back to the pool and must read the next answer.
             if self.sink(data) or self.complete:

@@ -16,7 +16,8 @@ JSON_TYPE = (b"content-type", b"application/json")
 # scope["extensions"]: ``hook(callback)`` has ``callback()`` called once if the client's
 # connection is lost (at once if it already is), ``hook(None)`` cancels it. What the proxy
 # uses, where the server offers it, instead of a task waiting on ``receive()`` per request:
-# that task held about 2 KiB per open stream (bench/stream_memory.py).
+# that task, its future and its frames lived as long as each open stream (bench/stream_memory.py
+# lists what a stream holds, by line).
 DISCONNECT_HOOK = "geogate.disconnect"
 DisconnectHook = Callable[[Callable[[], None] | None], None]
 # Another: once a response has started with chunked framing, ``scope["extensions"][PIPE]()``

@@ -17,11 +17,8 @@ import httpx
 from tests.support import (
     Gateway,
     Sim,
-    UpstreamSpec,
     eventually,
-    gateway_toml,
-    start_gateway,
-    start_sim,
+    start_fleet,
 )
 
 STREAM = {
@@ -35,19 +32,7 @@ MANY = 2300
 
 
 def _fleet(tmp: Path, *sim_knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:
-    sim = start_sim(tmp, "s", "eu-central", ["m"], *sim_knobs)
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    try:
-        gw = start_gateway(
-            tmp,
-            lambda p: gateway_toml(p, ups).replace(
-                "[server]", "[server]\naccess_log = false\n" + server_extra
-            ),
-        )
-    except BaseException:
-        sim.proc.kill()  # a gateway that does not start leaves no backend behind
-        raise
-    return gw, sim
+    return start_fleet(tmp, *sim_knobs, server_extra="access_log = false\n" + server_extra)
 
 
 async def _open_streams(url: str, n: int, tokens: int, within_s: float) -> tuple[int, float]:

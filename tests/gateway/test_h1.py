@@ -21,11 +21,8 @@ from gateway.h1 import HeadWaits
 from tests.support import (
     Gateway,
     Sim,
-    UpstreamSpec,
     eventually,
-    gateway_toml,
-    start_gateway,
-    start_sim,
+    start_fleet,
 )
 
 LIMIT = d.MAX_HEADER_BYTES + d.MAX_URL_BYTES  # the default config's cap
@@ -33,9 +30,7 @@ LIMIT = d.MAX_HEADER_BYTES + d.MAX_URL_BYTES  # the default config's cap
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    gw, sim = start_fleet(tmp_path)
     yield gw
     gw.stop()
     sim.proc.kill()
@@ -92,12 +87,7 @@ def test_a_head_under_the_cap_but_over_max_header_bytes_gets_the_apps_431(gw: Ga
 @pytest.fixture
 def quick(tmp_path: Path) -> Iterator[Gateway]:
     """server.head_timeout_s = 1."""
-    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    gw = start_gateway(
-        tmp_path,
-        lambda port: gateway_toml(port, ups).replace("[server]", "[server]\nhead_timeout_s = 1"),
-    )
+    gw, sim = start_fleet(tmp_path, server_extra="head_timeout_s = 1")
     yield gw
     gw.stop()
     sim.proc.kill()
@@ -201,10 +191,7 @@ def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
 def two_connections(tmp_path: Path) -> Iterator[Gateway]:
     """server.max_connections = 2 (and max_streams 1: the connection limit is never below it):
     two open connections are served, a third's request is refused."""
-    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    server = "[server]\nmax_streams = 1\nmax_connections = 2"
-    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups).replace("[server]", server))
+    gw, sim = start_fleet(tmp_path, server_extra="max_streams = 1\nmax_connections = 2")
     yield gw
     gw.stop()
     sim.proc.kill()
@@ -285,10 +272,9 @@ def test_a_responses_head_leaves_with_its_first_body_write() -> None:
         w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
         w.close()  # the head first, then the close
         assert rec.calls[2:] == [("write", 1), ("close", 0)]
-        await asyncio.sleep(0.05)  # the loop writes what is buffered and closes
-        theirs.settimeout(2)
+        theirs.setblocking(False)  # read on this loop, which writes and closes the other end
         got = b""
-        while chunk := theirs.recv(4096):
+        while chunk := await asyncio.wait_for(loop.sock_recv(theirs, 4096), 2):
             got += chunk
         theirs.close()
         assert got == (
@@ -321,9 +307,7 @@ def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
 
 @pytest.fixture
 def paced(tmp_path: Path) -> Iterator[tuple[Gateway, Sim]]:
-    sim = start_sim(tmp_path, "s", "eu-central", ["m"], "--tokens-per-s", "20")
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "20")
     yield gw, sim
     gw.stop()
     sim.proc.kill()

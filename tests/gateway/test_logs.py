@@ -271,7 +271,17 @@ def test_a_finished_line_skips_the_log_record_only_where_that_writes_the_same() 
 
 
 @pytest.mark.parametrize(
-    "now", [0.0, 1764134123.0, 1764134123.0005, 1764134123.25, 1764134123.9994, 951782400.5]
+    "now",
+    # .9999996 rounds up to the next second (datetime rounds to the microsecond first).
+    [
+        0.0,
+        1764134123.0,
+        1764134123.0005,
+        1764134123.25,
+        1764134123.9994,
+        1764134123.9999996,
+        951782400.5,
+    ],
 )
 def test_utc_ms_writes_what_datetime_isoformat_writes(now: float) -> None:
     want = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")

@@ -18,13 +18,11 @@ import pytest
 
 from gateway.cli.procs import free_port, geogate_cmd, kill, spawn, stop, wait_http
 from tests.support import (
-    Gateway,
-    Sim,
     UpstreamSpec,
     eventually,
     gateway_toml,
     self_signed_cert,
-    start_gateway,
+    start_fleet,
     start_sim,
 )
 
@@ -33,17 +31,7 @@ ENGINES = ["granian", "uvicorn", "hypercorn"]  # all drain alike
 BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _fleet(tmp: Path, *knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:
-    sim = start_sim(tmp, "s", "eu-central", ["m"], *knobs)
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    try:
-        gw = start_gateway(
-            tmp, lambda p: gateway_toml(p, ups).replace("[server]", "[server]\n" + server_extra)
-        )
-    except BaseException:
-        sim.proc.kill()  # a gateway that does not start leaves no backend behind
-        raise
-    return gw, sim
+_fleet = start_fleet
 
 
 def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:

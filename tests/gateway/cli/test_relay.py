@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.procs import free_port, spawn, stop
-from gateway.cli.relay import RelaySpec, read_ports, serve
+from gateway.cli.relay import RelaySpec, serve, wait_ports
 
 
 async def _echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -84,10 +83,7 @@ def test_the_relay_process_binds_its_own_ports_and_writes_them(tmp_path: Path) -
         cmd = [sys.executable, "-m", "gateway.cli.relay", "--ports-file", str(ports_file), *specs]
         proc = spawn(cmd, tmp_path / "relays.log")
         try:
-            deadline = time.monotonic() + 30
-            while (ports := read_ports(ports_file)) is None:
-                assert proc.poll() is None and time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            ports = wait_ports(ports_file, proc)  # blocks this loop: nothing runs on it yet
             assert len(set(ports)) == 2 and 0 not in ports and target not in ports
             for port in ports:
                 r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -98,23 +94,5 @@ def test_the_relay_process_binds_its_own_ports_and_writes_them(tmp_path: Path) -
         finally:
             stop(proc)
             echo.close()
-
-    asyncio.run(go())
-
-
-def test_a_taken_listen_port_is_what_the_relay_used_to_die_of() -> None:
-    """Why the world no longer picks the relays' ports: a listening socket on the picked port
-    makes serve() fail; port 0 never does."""
-
-    async def go() -> None:
-        with socket.socket() as held:
-            held.bind(("127.0.0.1", 0))
-            held.listen()
-            with pytest.raises(OSError):
-                await serve([RelaySpec(held.getsockname()[1], free_port(), 1.0)])
-            relays = await serve([RelaySpec(0, free_port(), 1.0)])
-            assert relays[0].sockets[0].getsockname()[1] != held.getsockname()[1]
-            for s in relays:
-                s.close()
 
     asyncio.run(go())

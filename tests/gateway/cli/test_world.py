@@ -223,7 +223,7 @@ def test_ports_taken_before_their_process_binds_them_cost_a_retry_not_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process takes the port the world picked for a backend, and later one picked for
-    a regional gateway's ops port, before the child binds it: both start again on fresh ports
+    a regional gateway's own port, before the child binds it: both start again on fresh ports
     (the relays bind their own). Without the retry the run failed at start."""
     from gateway.cli import procs
 

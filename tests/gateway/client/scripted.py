@@ -22,7 +22,6 @@ class Scripted:
     heads: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     connections: int = 0
-    writers: set[asyncio.StreamWriter] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     server: asyncio.Server | None = None
     tls: ssl.SSLContext | None = None  # serve HTTPS with this context
@@ -37,16 +36,13 @@ class Scripted:
     async def __aexit__(self, *_: object) -> None:
         assert self.server is not None
         self.server.close()
-        for w in self.writers:
-            w.close()
-        for t in self.tasks:
+        for t in self.tasks:  # each closes its connection as it ends
             t.cancel()  # an answer still sleeping (a stalled upstream) ends with the test
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self.writers.add(writer)
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
@@ -66,16 +62,23 @@ class Scripted:
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the client left, or the test ended (a handler's end is not the test's)
         finally:
-            self.writers.discard(writer)
             writer.close()
 
 
-def ok(body: bytes = b"hello", extra: bytes = b"") -> Answer:
+def raw(data: bytes, close: bool = False) -> Answer:
+    """Answer every request with ``data`` as it is (then close the connection if ``close``)."""
+
     async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body))
+        w.write(data)
         await w.drain()
+        if close:
+            w.close()
 
     return answer
+
+
+def ok(body: bytes = b"hello", extra: bytes = b"") -> Answer:
+    return raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body))
 
 
 async def until(check: Callable[[], bool], within_s: float = 2.0, what: str = "condition") -> None:

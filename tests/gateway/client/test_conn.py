@@ -10,17 +10,11 @@ import struct
 import pytest
 
 from gateway.client import BadResponse, Client, ConnectionLost, FailureKind, classify
-from tests.gateway.client.scripted import Scripted, ok, run, until
+from tests.gateway.client.scripted import Scripted, ok, raw, run, until
 
 
 async def _fails(answer_bytes: bytes, close: bool, exc: type[Exception]) -> str:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(answer_bytes)
-        await w.drain()
-        if close:
-            w.close()
-
-    async with Scripted(answer) as srv:
+    async with Scripted(raw(answer_bytes, close)) as srv:
         client = Client(1.0)
         with pytest.raises(exc) as info:
             resp = await client.request("GET", srv.url + "/")
@@ -55,9 +49,8 @@ def test_bytes_that_are_not_http_are_a_bad_response() -> None:
 
 
 def test_a_cancelled_read_leaves_the_connection_usable_for_nothing_else() -> None:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await w.drain()  # and then nothing: a stalled stream
+    # The head, and then nothing: a stalled stream.
+    answer = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
 
     async def main() -> None:
         async with Scripted(answer) as srv:
@@ -156,9 +149,7 @@ def test_a_reset_during_a_close_delimited_body_is_not_its_end() -> None:
 
 
 def test_bytes_after_a_response_keep_its_connection_out_of_the_pool() -> None:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
-        await w.drain()
+    answer = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
 
     async def main() -> None:
         async with Scripted(answer) as srv:

@@ -21,7 +21,7 @@ from gateway.client import (
     Reach,
     classify,
 )
-from tests.gateway.client.scripted import Scripted, ok, run, until
+from tests.gateway.client.scripted import Scripted, ok, raw, run, until
 from tests.support import self_signed_cert
 
 
@@ -109,10 +109,8 @@ def test_interim_answers_are_skipped_and_a_close_delimited_body_ends_at_the_clos
 
 
 def test_chunks_are_handed_on_as_they_come() -> None:
-    go = asyncio.Event
-
     async def main() -> None:
-        release = go()
+        release = asyncio.Event()
 
         async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
             w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -171,9 +169,7 @@ def test_a_body_read_whole_is_bounded() -> None:
 
 
 def test_head_answers_end_at_their_headers() -> None:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
-        await w.drain()
+    answer = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")  # no body: HEAD
 
     async def main() -> None:
         async with Scripted(answer) as srv:

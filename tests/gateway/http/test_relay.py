@@ -18,7 +18,7 @@ from gateway.http.asgi import PIPE
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from tests.gateway.client.scripted import Scripted, run, until
-from tests.support import UpstreamSpec, gateway_toml, start_gateway, start_sim
+from tests.support import start_fleet
 
 TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
 
@@ -32,10 +32,7 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.mark.parametrize("engine", ["uvicorn", "granian"])
 def test_a_client_that_stops_reading_holds_the_upstream_back(tmp_path: Path, engine: str) -> None:
-    sim = start_sim(tmp_path, "flood", "eu-central", ["m"], "--tokens-per-s", "0")
-    ups = [UpstreamSpec("flood", "eu-central", sim.url, ["m"])]
-    server = f'[server]\nengine = "{engine}"'
-    gw = start_gateway(tmp_path, lambda p: gateway_toml(p, ups).replace("[server]", server))
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "0", server_extra=f'engine = "{engine}"')
     try:
         body = json.dumps(
             {"model": "m", "stream": True, "max_tokens": TOKENS, "messages": [{"role": "user"}]}
