@@ -12,15 +12,21 @@ floor-rsgi is the price of granian's ASGI bridge against its native RSGI interfa
 floor-asgi against nginx is the price of the Python server stack itself, which no change to
 geogate's code can remove.
 
-Run by granian as ``bench.floor_proxy:asgi`` or ``bench.floor_proxy:rsgi``; the backend's
-address comes from $FLOOR_UPSTREAM.
+Run by granian as ``bench.floor_proxy:asgi`` or ``bench.floor_proxy:rsgi``, by uvicorn's CLI
+(its own httptools protocol), or as ``python bench/floor_proxy.py --port N``: uvicorn with
+gateway.h1's protocol, as geogate runs (floor-h1). The backend's address comes from
+$FLOOR_UPSTREAM.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: floor-h1
 
 from gateway.client import Client
 from gateway.defaults import CONNECT_TIMEOUT_S
@@ -113,3 +119,33 @@ async def rsgi(scope: Any, proto: Any) -> None:
         resp.close()
         raise
     resp.release()
+
+
+def _serve_on_gateway_h1() -> None:
+    """uvicorn with gateway.h1's protocol at its default caps, as the gateway runs it."""
+    import argparse
+
+    import uvicorn
+
+    from gateway import defaults as d
+    from gateway.h1 import capped
+
+    ap = argparse.ArgumentParser(description="the floor proxy on gateway.h1 (floor-h1)")
+    ap.add_argument("--port", type=int, required=True)
+    port = ap.parse_args().port
+    protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S)
+    uvicorn.run(
+        asgi,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http=protocol,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    _serve_on_gateway_h1()

@@ -1,6 +1,7 @@
-"""The uvicorn engine's caps on a request's head (gateway.h1): past the size, a JSON 431 and the
-connection closed, before the head is held whole (under it, the app's own check answers); past
-server.head_timeout_s with the head unfinished, a JSON 408."""
+"""The uvicorn engine's HTTP/1.1 protocol (gateway.h1.conn), through a real gateway: caps on a
+request's head (past the size, a JSON 431 and the connection closed, before the head is held
+whole; under it, the app's own check answers; past server.head_timeout_s with the head
+unfinished, a JSON 408), JSON 400 and 503, keep-alive, pipelining."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import uvloop
+from uvicorn.server import ServerState
 
 from gateway import defaults as d
-from gateway.h1 import HeadWaits
+from gateway.h1 import capped
 from tests.support import (
     Gateway,
     Sim,
@@ -175,15 +179,15 @@ def test_a_malformed_request_gets_a_json_400(gw: Gateway) -> None:
 
 
 def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
-    """uvicorn logs "Invalid HTTP request received." for anything the parser refuses; the
-    gateway's own line, with the client and the reason, replaces it: one event, one line."""
+    """One line per refused head, the gateway's, with the client (uvicorn's protocol logged
+    "Invalid HTTP request received." before it: one event, two lines)."""
     _send_head(gw.port, 64 * 2**20)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
         _read_all(s)
     log = gw.log_text()
     assert log.count(f"refused a request head over {LIMIT} bytes") == 1, log[-2000:]
-    assert log.count("refused a malformed HTTP/1.1 request from ('127.0.0.1'") == 1, log[-2000:]
+    assert log.count("refused a malformed HTTP/1.1 request from 127.0.0.1:") == 1, log[-2000:]
     assert "Invalid HTTP request received." not in log
 
 
@@ -223,71 +227,8 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")
 
 
-class Recording:
-    """A real socket's transport, with each call the cycle's writer makes recorded."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self.calls: list[tuple[str, int]] = []
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("write", 1))
-        self.transport.write(data)
-
-    def writelines(self, parts: tuple[bytes, ...]) -> None:
-        self.calls.append(("writelines", len(parts)))
-        self.transport.writelines(parts)
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def close(self) -> None:
-        self.calls.append(("close", 0))
-        self.transport.close()
-
-
-def test_a_responses_head_leaves_with_its_first_body_write() -> None:
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
-        rec = Recording(transport)  # type: ignore[arg-type]
-        w = HeadWaits(rec, loop)  # type: ignore[arg-type]
-        w.arm()
-        w.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        w.write(b"body")  # one writev for both
-        w.write(b"more")
-        assert rec.calls == [("writelines", 2), ("write", 1)]
-        rec.calls.clear()
-        w.arm()
-        w.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # never held: the client waits for it
-        w.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # held, and no body follows (204)
-        assert rec.calls == [("write", 1)]
-        for _ in range(100):  # the loop turn ends: the held head goes out alone
-            if len(rec.calls) == 2:
-                break
-            await asyncio.sleep(0)
-        assert rec.calls == [("write", 1), ("write", 1)]
-        w.arm()
-        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
-        w.close()  # the head first, then the close
-        assert rec.calls[2:] == [("write", 1), ("close", 0)]
-        theirs.setblocking(False)  # read on this loop, which writes and closes the other end
-        got = b""
-        while chunk := await asyncio.wait_for(loop.sock_recv(theirs, 4096), 2):
-            got += chunk
-        theirs.close()
-        assert got == (
-            b"HTTP/1.1 200 OK\r\n\r\nbodymore"
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
-        )
-
-    uvloop.run(main())
-
-
 def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
-    """Each answer's head waits for its body (HeadWaits), per request of a pipelined batch:
+    """Each answer's head waits for its body (gateway.h1.cycle), per request of a pipelined batch:
     a streamed completion between two small answers keeps its place and its framing."""
     chat = json.dumps({"model": "m", "stream": True, "max_tokens": 3, "messages": []}).encode()
     batch = (
@@ -331,3 +272,85 @@ def test_a_bad_request_pipelined_behind_a_stream_closes_it_and_stops_the_upstrea
         got += _read_all(s)  # to the close
     assert got.count(b"HTTP/1.1 ") == 1, got[-300:]  # no second status line, no 400 inside
     eventually(lambda: sim.stats()["cancelled"] == 1, timeout=5, what="the upstream's cancel")
+
+
+# --- the protocol alone, on uvicorn's own config and server state --------------------------
+
+
+async def _slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers after the ``?s`` seconds its query names."""
+    if scope["type"] != "http":
+        return
+    await receive()
+    await asyncio.sleep(float(scope["query_string"] or 0))
+    body = scope["path"].encode()
+    length = (b"content-length", b"%d" % len(body))
+    await send({"type": "http.response.start", "status": 200, "headers": [length]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _on_protocol(case: Callable[[int, ServerState], Awaitable[None]], keepalive_s: float) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(_slow_app, timeout_keep_alive=keepalive_s, log_config=None)  # type: ignore[arg-type]
+        config.load()
+        state = ServerState()
+        protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, 5.0)
+        server = await loop.create_server(lambda: protocol(config, state, {}, loop), "127.0.0.1", 0)
+        try:
+            await case(server.sockets[0].getsockname()[1], state)
+        finally:
+            server.close()
+
+    uvloop.run(main())
+
+
+async def _exchange(port: int, request: bytes) -> tuple[bytes, float]:
+    """``request`` sent, what came back until the server closed, and when it closed."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.monotonic()
+    writer.write(request)
+    got = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return got, time.monotonic() - t0
+
+
+def test_an_idle_connection_closes_after_the_keep_alive_time_a_busy_one_does_not() -> None:
+    async def case(port: int, state: ServerState) -> None:
+        got, took = await _exchange(port, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.endswith(b"/one") and 0.4 < took < 3  # answered, then idle 0.5 s: closed
+        # An answer that takes longer than the keep-alive time is not cut.
+        got, took = await _exchange(port, b"GET /slow?0.8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.endswith(b"/slow") and took > 1.2
+        assert state.total_requests == 2 and not state.connections
+
+    _on_protocol(case, keepalive_s=0.5)
+
+
+def test_an_upgrade_request_is_answered_as_plain_http_and_closed() -> None:
+    async def case(port: int, state: ServerState) -> None:
+        got, _ = await _exchange(
+            port,
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            b"\x81\x05hello",  # a frame of the protocol asked for: not read as HTTP
+        )
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"/ws"), got
+        assert got.count(b"HTTP/1.1") == 1 and b"connection: close" in got
+
+    _on_protocol(case, keepalive_s=5)
+
+
+def test_a_graceful_stop_closes_idle_connections_and_lets_a_busy_one_finish() -> None:
+    async def case(port: int, state: ServerState) -> None:
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy = asyncio.ensure_future(_exchange(port, b"GET /busy?0.5 HTTP/1.1\r\nHost: x\r\n\r\n"))
+        await asyncio.sleep(0.2)
+        assert len(state.connections) == 2
+        for conn in list(state.connections):
+            conn.shutdown()  # what uvicorn's Server does at SIGTERM
+        assert await asyncio.wait_for(idle_r.read(), 2) == b""  # closed, unanswered
+        got, _ = await busy
+        assert got.endswith(b"/busy") and b"connection: close" in got
+        idle_w.close()
+
+    _on_protocol(case, keepalive_s=5)

@@ -1,0 +1,19 @@
+"""The uvicorn engine's HTTP/1.1 protocol (gateway.h1.conn), its request cycle
+(gateway.h1.cycle) and its own answers (gateway.h1.refuse)."""
+
+from __future__ import annotations
+
+from gateway.h1.conn import H1, Pipe
+
+__all__ = ["H1", "Pipe", "capped"]
+
+
+def capped(max_header_bytes: int, url_bytes: int, head_timeout_s: float) -> type[H1]:
+    """The protocol class for uvicorn's ``http=``: heads over ``max_header_bytes`` +
+    ``url_bytes``, or not complete within ``head_timeout_s``, are refused."""
+    limits = {
+        "head_limit": max_header_bytes + url_bytes,
+        "max_header_bytes": max_header_bytes,
+        "head_timeout_s": head_timeout_s,
+    }
+    return type("H1", (H1,), limits)

@@ -1,0 +1,238 @@
+"""gateway.h1.cycle: one request's receive and send over a real socket pair, each write the
+cycle makes recorded (the head rides with the first body write: one writev per answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from gateway.h1.cycle import CONTINUE, Cycle
+
+
+class Recording:
+    """A real socket's transport, with each write recorded."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.calls: list[tuple[str, int]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", 1))
+        self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.calls.append(("writelines", len(parts)))
+        self.transport.writelines(parts)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.calls.append(("close", 0))
+        self.transport.close()
+
+
+class Conn:
+    """What a Cycle asks of its connection (gateway.h1.conn.H1)."""
+
+    default_lines = 1
+
+    def __init__(self, transport: Recording, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.write_paused = False
+        self.done: list[Cycle] = []
+        self.closed_now = 0
+
+    def default_head(self) -> bytes:
+        return b"date: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
+
+    def resume_reading(self) -> None:
+        pass
+
+    def response_done(self, cycle: Cycle) -> None:
+        self.done.append(cycle)
+
+    def close_now(self) -> None:
+        self.closed_now += 1
+        self.transport.close()
+
+
+Case = Callable[[Conn, Callable[..., Cycle], socket.socket], Awaitable[None]]
+
+
+def _run(case: Case) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+        conn = Conn(Recording(transport), loop)  # type: ignore[arg-type]
+
+        def cycle(method: str = "GET", version: str = "1.1", keep_alive: bool = True) -> Cycle:
+            scope = {"method": method, "http_version": version}
+            return Cycle(conn, scope, keep_alive, False)  # type: ignore[arg-type]
+
+        theirs.setblocking(False)
+        try:
+            await case(conn, cycle, theirs)
+        finally:
+            transport.close()
+            theirs.close()
+
+    uvloop.run(main())
+
+
+async def _read(loop_sock: socket.socket, until: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    got = b""
+    while until not in got:
+        chunk = await asyncio.wait_for(loop.sock_recv(loop_sock, 65536), 2)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def _start(status: int, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": status, "headers": list(headers)}
+
+
+def _body(body: bytes, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": body, "more_body": more}
+
+
+def test_the_head_leaves_with_the_first_body_write() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        await c.send(_start(200, (b"content-type", b"text/plain")))
+        await c.send(_body(b"body", more=True))  # chunked: no length given
+        await c.send(_body(b""))
+        assert conn.transport.calls == [("writelines", 2), ("write", 1)]  # type: ignore[attr-defined]
+        got = await _read(peer, b"0\r\n\r\n")
+        assert got == (
+            b"HTTP/1.1 200 OK\r\ndate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
+            b"content-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"4\r\nbody\r\n0\r\n\r\n"
+        )
+        assert conn.done == [c] and c.response_complete
+
+    _run(case)
+
+
+def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        await c.send(_start(200, (b"content-type", b"text/event-stream")))
+        assert conn.transport.calls == []  # type: ignore[attr-defined]
+        got = await _read(peer, b"\r\n\r\n")  # a slow first chunk: the head does not wait
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in got
+        assert conn.transport.calls == [("write", 1)]  # type: ignore[attr-defined]
+
+    _run(case)
+
+
+def test_head_and_204_send_no_body_and_keep_their_length() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        head = cycle("HEAD")
+        await head.send(_start(200, (b"content-length", b"5")))
+        await head.send(_body(b"hello"))  # not written: a HEAD's answer has no body
+        empty = cycle()
+        await empty.send(_start(204))
+        await empty.send(_body(b""))
+        got = await _read(peer, b"204 No Content")
+        got += await _read(peer, b"\r\n\r\n") if not got.endswith(b"\r\n\r\n") else b""
+        assert b"hello" not in got and b"content-length: 5" in got
+        assert b"transfer-encoding" not in got
+        assert conn.done == [head, empty]
+
+    _run(case)
+
+
+def test_http_1_0_without_a_length_ends_its_body_by_closing() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle(version="1.0", keep_alive=False)
+        await c.send(_start(200))
+        await c.send(_body(b"all", more=True))
+        await c.send(_body(b""))
+        got = await _read(peer, b"never")  # read to the close
+        assert got.endswith(b"connection: close\r\n\r\nall"), got
+        assert b"chunked" not in got
+        assert ("close", 0) in conn.transport.calls  # type: ignore[attr-defined]
+
+    _run(case)
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ([(b"x-evil", b"a\r\nset-cookie: b")], "line break"),
+        ([(b"x-evil\r\nset-cookie", b"b")], "line break"),
+        ([(b"x-evil", b"a\nb")], "line break"),
+    ],
+)
+def test_a_line_break_in_a_response_header_is_refused(
+    headers: list[tuple[bytes, bytes]], says: str
+) -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        with pytest.raises(RuntimeError, match=says):
+            await c.send(_start(200, *headers))
+        await asyncio.sleep(0)
+        assert conn.transport.calls == []  # type: ignore[attr-defined]
+
+    _run(case)
+
+
+def test_a_body_longer_or_shorter_than_its_length_is_an_error() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        long = cycle()
+        await long.send(_start(200, (b"content-length", b"2")))
+        with pytest.raises(RuntimeError, match="longer"):
+            await long.send(_body(b"abc"))
+        short = cycle()
+        await short.send(_start(200, (b"content-length", b"5")))
+        with pytest.raises(RuntimeError, match="shorter"):
+            await short.send(_body(b"abc"))
+
+    _run(case)
+
+
+def test_an_app_that_raises_before_answering_gets_a_500_and_the_connection_closed() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        async def broken(scope: object, receive: object, send: object) -> None:
+            raise ValueError("boom")
+
+        await cycle().run(broken)
+        got = await _read(peer, b"never")
+        assert got.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+        assert b"connection: close" in got and got.endswith(b"Internal Server Error")
+
+    _run(case)
+
+
+def test_receive_hands_the_body_over_then_waits_for_the_end() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle("POST")
+        c.waiting_100 = True  # Expect: 100-continue, the body not sent yet
+        got = asyncio.ensure_future(c.receive())
+        await asyncio.sleep(0)
+        assert await _read(peer, b"\r\n\r\n") == CONTINUE
+        assert not got.done()
+        assert not c.feed(b'{"a":')
+        c.more_body = False
+        c.feed(b"1}")
+        assert await got == {"type": "http.request", "body": b'{"a":1}', "more_body": False}
+        after = asyncio.ensure_future(c.receive())  # the body is all in: wait for the end
+        await asyncio.sleep(0)
+        assert not after.done()
+        await c.send(_start(200, (b"content-length", b"0")))
+        await c.send(_body(b""))
+        assert await after == {"type": "http.disconnect"}
+        assert c.feed(b"x" * 70_000)  # past BODY_HIGH_WATER: the connection pauses reading
+
+    _run(case)
