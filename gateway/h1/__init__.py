@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from gateway.h1.conn import H1, Pipe
+from gateway.h1.conn import H1
+from gateway.h1.cycle import Pipe
 
 __all__ = ["H1", "Pipe", "capped"]
 

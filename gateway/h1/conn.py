@@ -2,23 +2,16 @@
 uvicorn's server (sockets, workers, TLS, lifespan, graceful stop), which builds it as
 ``http=``. Requests go to the ASGI app through gateway.h1.cycle.
 
-Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy cost 0.21 ms of CPU per
-request on it at c = 1 and 0.107 ms at c = 16, against 0.117 and 0.084 ms on a protocol that
-does only what a request needs (bench/results/h1_floor.md). What it did per request that this
-one does not: an asyncio.Event, a keep-alive timer armed and cancelled (here one timer per
-connection checks the time of the last answer when it fires), the default headers joined, two
-regular expressions per response header; per connection, four address look-ups up front (here
-at the first request). What it lacked, and the gateway added on top of it before: caps on a
-request's head (below), JSON errors, the disconnect hook and the pipe (gateway.http.asgi).
-
-httptools keeps whatever URL and headers a client sends until the head ends: past
-``head_limit`` bytes of URL and headers this protocol answers 431, in the API's JSON error
-shape, and closes (under the cap the app's own ``server.max_header_bytes`` check decides: the
-cap only bounds what one connection can hold before it runs). Past ``head_timeout_s`` from a
-request's first byte with the head unfinished (slowloris), a JSON 408; the timer is armed only
-when a read leaves a head unfinished, which almost no request's does. A malformed request gets
-a JSON 400 and one log line. Past ``limit_concurrency`` (server.max_connections) a request gets
-the gateway's JSON 503 with Retry-After and its connection closed.
+Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy took a median 121 µs of CPU
+per request on it and 109.5 µs on this one, in alternating rounds (bench/ab.py, c = 16:
+bench/results/round5/h1_floor.md). What it did per request that this one does not: an
+asyncio.Event, a keep-alive timer armed and cancelled (here one timer per connection checks the
+time of the last answer when it fires), two regular expressions per response header (here one
+count of line ends over the joined head); per connection, address look-ups up front (here at
+the first request). What it lacked, and the gateway added on top of it before: caps on a
+request's head (below), JSON errors, and the extensions of gateway.http.asgi (disconnect hook,
+pipe, whole body).
+The caps on a request's head and the protocol's own answers: gateway.h1.refuse.
 """
 
 from __future__ import annotations
@@ -27,23 +20,24 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
-from urllib.parse import unquote
 
 import httptools
 
-from gateway.errors import HeadersTooLarge, HeadTimeout, RequestInvalid
-from gateway.h1.cycle import Cycle
-from gateway.h1.refuse import HeadTooLarge, connection_limit_reached, refusal
-from gateway.http.asgi import DISCONNECT_HOOK, PIPE, Scope
+from gateway.errors import RequestInvalid
+from gateway.h1.cycle import Cycle, Pipe, address, request_scope
+from gateway.h1.refuse import (
+    HeadTooLarge,
+    connection_limit_reached,
+    head_timed_out,
+    refusal,
+    refuse,
+    refuse_too_large,
+)
+from gateway.h1.upgrade import declared_length, upgrade_body
+from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE
 from gateway.runtime import log
 
-ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.3"}
 App = Callable[..., Any]
-
-
-def _address(transport: asyncio.BaseTransport, which: str) -> tuple[str, int] | None:
-    info = transport.get_extra_info(which)
-    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
 
 
 class H1(asyncio.Protocol):
@@ -75,9 +69,7 @@ class H1(asyncio.Protocol):
         self.limit: int | None = config.limit_concurrency
         self.keepalive_s: float = config.timeout_keep_alive
         self.root_path: str = config.root_path
-        self.parser = httptools.HttpRequestParser(self)
-        # A request with Connection: close answered, bytes after it are ignored, not an error.
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.parser = self._new_parser()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self._server: tuple[str, int] | None = None
@@ -86,17 +78,21 @@ class H1(asyncio.Protocol):
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self.on_writable: Callable[[], None] | None = None  # a Pipe's, while the buffer is full
-        self._read_paused = False
+        self.read_paused = False
         self.lost = False
         self._on_lost: Callable[[], None] | None = None  # the running request's hook
-        self._extensions = {DISCONNECT_HOOK: self._disconnect_hook, PIPE: self._pipe}
+        self._extensions = {
+            DISCONNECT_HOOK: self._disconnect_hook,
+            PIPE: self._pipe,
+            BODY: self._whole_body,
+        }
         self.cycle: Cycle | None = None  # the newest request's (its body is being read)
         self.running: Cycle | None = None  # the one whose app runs (pipelined: in turn)
         self._queued: deque[tuple[Cycle, App]] = deque()
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head = False  # between a request's first byte and its head's end
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.in_head = False  # between a request's first byte and its head's end
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect_100 = False
@@ -104,6 +100,17 @@ class H1(asyncio.Protocol):
         self._raw_head = 0  # bytes read while a head was unfinished
         self._began_in_read = False  # the head began in the read being fed
         self._too_large = False
+        self._why = ""  # what a callback refused, for the 400
+        # An upgrade offer's body bytes still to come (Content-Length), read here: llhttp
+        # stops at the head of a request that offers a protocol switch.
+        self._upgrade_left: int | None = None
+        self._write_paused_at = 0.0
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # A request with Connection: close answered, bytes after it are ignored, not an error.
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        return parser
 
     # --- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,10 +124,10 @@ class H1(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
         self.lost = True
-        for timer in (self._idle_timer, self._head_timer):
+        for timer in (self._idle_timer, self.head_timer):
             if timer is not None:
                 timer.cancel()
-        self._idle_timer = self._head_timer = None
+        self._idle_timer = self.head_timer = None
         self._queued.clear()
         for cycle in (self.running, self.cycle):
             if cycle is not None and not cycle.response_complete:
@@ -128,6 +135,11 @@ class H1(asyncio.Protocol):
                 cycle.wake()
         self.resume_writing()
         self._tell_lost()
+        # The parser and the extensions hold bound methods of this protocol: cut, so that a
+        # closed connection is freed at once, not by the cyclic collector.
+        self.parser = None  # type: ignore[assignment]
+        self._extensions.clear()
+        self.running = self.cycle = None
 
     def close_now(self) -> None:
         """Close from this side, and tell the running request at once: with a full send buffer
@@ -151,12 +163,19 @@ class H1(asyncio.Protocol):
         """One timer per connection: it fires keep-alive seconds after it was armed and closes
         the connection if no request has run since; otherwise it waits out the rest."""
         self._idle_timer = None
-        if self.transport.is_closing():
+        now = self.loop.time()
+        stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
+        if self.transport.is_closing() or stalled:
+            # A close waits for the send buffer to drain, and a client that reads nothing
+            # never lets it: after a keep-alive time of that, the connection is dropped, and
+            # a response waiting to write learns it is gone.
+            self.transport.abort()
             return
-        busy = self._in_head or (self.running is not None and not self.running.response_complete)
-        left = self.keepalive_s - (self.loop.time() - self._idle_since)
+        busy = self.in_head or (self.running is not None and not self.running.response_complete)
+        left = self.keepalive_s - (now - self._idle_since)
         if not busy and left <= 0:
             self.transport.close()
+            self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
             return
         self._idle_timer = self.loop.call_later(
             self.keepalive_s if busy else left, self._idle_check
@@ -173,24 +192,33 @@ class H1(asyncio.Protocol):
 
     # --- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self._idle_since = self.loop.time()  # bytes still coming: not idle
+        if self._upgrade_left is not None:
+            data = upgrade_body(self, data)
+            if not data:
+                return
         self._began_in_read = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # No protocol switch here (no WebSocket): the request is answered as any other,
-            # and the connection closed after it, since what follows its head is not HTTP.
-            if self.cycle is not None:
-                self.cycle.keep_alive = False
-            self.pause_reading()
+        except httptools.HttpParserUpgrade as exc:
+            # No protocol switch here (no WebSocket, no h2c): the offer is declined by
+            # answering in HTTP/1.1, as RFC 9110 §7.8 allows. llhttp stopped at the head; its
+            # body is read here, and a new parser takes what follows it.
+            self.parser = self._new_parser()
+            rest = data[exc.args[0] :] if exc.args else b""
+            if self._upgrade_left is None:
+                self._upgrade_left = 0
+            self.data_received(rest)
             return
         except httptools.HttpParserError as exc:
             if self._too_large:
-                self._refuse_too_large()
+                refuse_too_large(self)
             else:
                 log.warning("refused a malformed HTTP/1.1 request from %s", self.client_text())
-                self._refuse(refusal(RequestInvalid(f"malformed HTTP/1.1 request: {exc}")))
+                why = self._why or f"malformed HTTP/1.1 request: {exc}"
+                refuse(self, refusal(RequestInvalid(why)))
             return
-        if not self._in_head or self.transport.is_closing():
+        if not self.in_head or self.transport.is_closing():
             return
         # httptools keeps a header's bytes until the next one starts: one endless header is
         # never handed over, so what was read while the head is unfinished is counted too
@@ -198,17 +226,17 @@ class H1(asyncio.Protocol):
         if not self._began_in_read:
             self._raw_head += len(data)
             if self._raw_head > self.head_limit:
-                self._refuse_too_large()
+                refuse_too_large(self)
                 return
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.head_timeout_s, head_timed_out, self)
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._expect_100 = False
         self._head_bytes = self._raw_head = 0
-        self._began_in_read = self._in_head = True
+        self._began_in_read = self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -228,15 +256,17 @@ class H1(asyncio.Protocol):
             raise HeadTooLarge  # httptools stops; data_received answers 431
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
         parser = self.parser
+        if parser.should_upgrade():
+            self._upgrade_left = declared_length(self)
         version = parser.get_http_version()
         cycle = Cycle(
             self,
-            self._scope(parser.get_method().decode("ascii"), version),
+            request_scope(self, parser.get_method().decode("ascii"), version),
             version != "1.0" and parser.should_keep_alive(),
             self._expect_100,
         )
@@ -246,46 +276,13 @@ class H1(asyncio.Protocol):
             len(self.state.connections) >= limit or len(self.state.tasks) >= limit
         ):
             app = connection_limit_reached(limit)
+            log.warning("connection limit reached: refused a request from %s", self.client_text())
         self.cycle = cycle
         if self.running is None or self.running.response_complete:
             self._start(cycle, app)
         else:  # pipelined behind a response still going out: in turn
             self.pause_reading()
             self._queued.append((cycle, app))
-
-    def _address(self) -> None:
-        """The connection's addresses, at its first request (or refusal), not up front: a
-        connection that never sends one costs no look-ups."""
-        self._addressed = True
-        transport = self.transport
-        self.client = _address(transport, "peername")
-        self._server = _address(transport, "sockname")
-        self._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-
-    def _scope(self, method: str, version: str) -> Scope:
-        if not self._addressed:
-            self._address()
-        url = httptools.parse_url(self._url)
-        raw_path: bytes = url.path
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = unquote(path)
-        return {
-            "type": "http",
-            "asgi": ASGI_VERSIONS,
-            "http_version": version,
-            "server": self._server,
-            "client": self.client,
-            "scheme": self._scheme,
-            "root_path": self.root_path,
-            "method": method,
-            "path": self.root_path + path,
-            "raw_path": self.root_path.encode("ascii") + raw_path,
-            "query_string": url.query or b"",
-            "headers": self._headers,
-            "state": self.app_state.copy(),
-            "extensions": self._extensions,
-        }
 
     def _start(self, cycle: Cycle, app: App) -> None:
         self.running = cycle
@@ -300,6 +297,8 @@ class H1(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
+        if self._upgrade_left:  # its body is still to be read (_upgrade_body)
+            return
         if cycle is not None and not cycle.response_complete:
             cycle.more_body = False
             cycle.wake()
@@ -310,13 +309,13 @@ class H1(asyncio.Protocol):
         if self.transport.is_closing():
             return
         self._idle_since = self.loop.time()
-        self.resume_reading()
         if self._queued:
             self._start(*self._queued.popleft())
+        self.resume_reading()
 
     def client_text(self) -> str:
         if not self._addressed:
-            self._address()
+            address(self)
         return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
 
     def shutdown(self) -> None:
@@ -332,17 +331,19 @@ class H1(asyncio.Protocol):
 
     # --- flow control ----------------------------------------------------------------------
     def pause_reading(self) -> None:
-        if not self._read_paused:
-            self._read_paused = True
+        if not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._read_paused:
-            self._read_paused = False
+        # Not while a pipelined request waits its turn: its body would pile up unread.
+        if self.read_paused and not self._queued:
+            self.read_paused = False
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._write_paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -370,75 +371,6 @@ class H1(asyncio.Protocol):
             return None
         return Pipe(self, cycle)
 
-    # --- refusals --------------------------------------------------------------------------
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if not self._in_head or self.transport.is_closing():
-            return
-        log.info(
-            "request head not complete in %g s from %s: closed",
-            self.head_timeout_s,
-            self.client_text(),
-        )
-        self._refuse(
-            refusal(
-                HeadTimeout(
-                    f"the request line and headers did not arrive within {self.head_timeout_s:g} s "
-                    "(server.head_timeout_s)"
-                )
-            )
-        )
-
-    def _refuse_too_large(self) -> None:
-        log.warning(
-            "refused a request head over %d bytes from %s", self.head_limit, self.client_text()
-        )
-        self._refuse(
-            refusal(
-                HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
-                    f"request headers are over this gateway's limit of {self.max_header_bytes} "
-                    "bytes (server.max_header_bytes); send fewer or shorter headers"
-                )
-            )
-        )
-
-    def _refuse(self, answer: bytes) -> None:
-        """Send ``answer`` (a whole response, Connection: close) and close: nothing more is
-        read. Behind a response still going out it would land inside that response: the
-        connection is closed instead, and the request running on it told at once."""
-        self._in_head = False
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        running = self.running
-        if running is not None and not running.response_complete:
-            self.close_now()
-            return
-        if running is not None:
-            running.flush_head()  # a response still held goes first
-        self.transport.write(answer)
-        self.transport.close()
-
-
-class Pipe:
-    """gateway.http.asgi.ClientPipe on this protocol: chunked framing, written through the
-    cycle (a head still held goes first)."""
-
-    __slots__ = ("_conn", "_cycle")
-
-    def __init__(self, conn: H1, cycle: Cycle) -> None:
-        self._conn = conn
-        self._cycle = cycle
-
-    def write(self, chunk: bytes) -> bool:
-        if chunk:
-            self._cycle.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        return not self._conn.write_paused
-
-    def gone(self) -> bool:
-        # uvloop raises on a write to a closed transport; the request's task learns of the
-        # loss a loop turn later (the disconnect hook), while upstream reads may still come.
-        return self._conn.lost or self._conn.transport.is_closing()
-
-    def on_writable(self, callback: Callable[[], None] | None) -> None:
-        self._conn.on_writable = callback
+    def _whole_body(self) -> bytes | None:
+        """gateway.http.asgi.BODY, for the request whose app runs."""
+        return None if self.running is None else self.running.whole_body()

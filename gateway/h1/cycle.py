@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import http
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
 
 from gateway.http.asgi import Message, Scope
 from gateway.runtime import log
 
-if TYPE_CHECKING:
-    from gateway.h1.conn import H1
+# The connection (gateway.h1.conn.H1) is typed Any here: importing it would be a cycle.
+H1 = Any
 
 # uvicorn's, and the RFC's: past this much request body waiting for the app, reading pauses.
 BODY_HIGH_WATER = 65536
@@ -36,12 +39,54 @@ def _status_line(code: int) -> bytes:
     return b"HTTP/1.1 %d %b\r\n" % (code, phrase)
 
 
+ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.3"}
 STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 SERVER_ERROR = b"Internal Server Error"
 
 
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",")]
+
+
+def _address_of(transport: asyncio.BaseTransport, which: str) -> tuple[str, int] | None:
+    info = transport.get_extra_info(which)
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
+
+
+def address(conn: H1) -> None:
+    """The connection's addresses, at its first request (or refusal), not up front: a
+    connection that never sends one costs no look-ups."""
+    conn._addressed = True
+    transport = conn.transport
+    conn.client = _address_of(transport, "peername")
+    conn._server = _address_of(transport, "sockname")
+    conn._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
+
+
+def request_scope(conn: H1, method: str, version: str) -> Scope:
+    if not conn._addressed:
+        address(conn)
+    url = httptools.parse_url(conn._url)
+    raw_path: bytes = url.path
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = unquote(path)
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSIONS,
+        "http_version": version,
+        "server": conn._server,
+        "client": conn.client,
+        "scheme": conn._scheme,
+        "root_path": conn.root_path,
+        "method": method,
+        "path": conn.root_path + path,
+        "raw_path": conn.root_path.encode("ascii") + raw_path,
+        "query_string": url.query or b"",
+        "headers": conn._headers,
+        "state": conn.app_state.copy(),
+        "extensions": conn._extensions,
+    }
 
 
 class Cycle:
@@ -95,6 +140,18 @@ class Cycle:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def whole_body(self) -> bytes | None:
+        """The whole request body if it is all in and none of it was handed over yet
+        (gateway.http.asgi.BODY); else None, and ``receive`` as usual."""
+        if self.more_body or self._handed_over or self.disconnected:
+            return None
+        body = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        self._handed_over = True
+        self._conn.resume_reading()
+        return body
+
     async def receive(self) -> Message:
         conn = self._conn
         if self.waiting_100 and not conn.transport.is_closing():
@@ -105,8 +162,9 @@ class Cycle:
             (self.more_body and not self._body) or (not self.more_body and self._handed_over)
         ):
             conn.resume_reading()
-            self._waiter = conn.loop.create_future()
-            await self._waiter
+            if self._waiter is None:  # a second receive() waits on the same future
+                self._waiter = conn.loop.create_future()
+            await asyncio.shield(self._waiter)
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
         body = b"".join(self._body)  # one piece: that piece itself, no copy
@@ -134,8 +192,6 @@ class Cycle:
         self._body_part(message.get("body", b""), message.get("more_body", False))
 
     def _start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self.response_started = True
-        self.waiting_100 = False
         conn = self._conn
         parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, conn.default_head()]
         lines = conn.default_lines + 2  # the status line and the empty one
@@ -172,6 +228,8 @@ class Cycle:
         # sender's making (response splitting): the count of line ends says so, for all at once.
         if head.count(b"\n") != lines or head.count(b"\r") != lines:
             raise RuntimeError("a response header name or value holds a line break")
+        self.response_started = True  # only now: an invalid head leaves room for a 500
+        self.waiting_100 = False
         self._head = head
         conn.loop.call_soon(self.flush_head)
 
@@ -227,13 +285,12 @@ class Cycle:
                 log.error("the app raised while answering a request", exc_info=exc)
             if not self.response_started and not self.disconnected:
                 await self._server_error()
-            else:
-                self._conn.close_now()
+            elif not self.response_complete:
+                self._conn.close_now()  # cut mid-response: the client sees it end early
             return
         if result is not None:
             log.error("the ASGI app returned %r, not None", result)
-            self._conn.close_now()
-        elif not self.response_started and not self.disconnected:
+        if not self.response_started and not self.disconnected:
             log.error("the ASGI app returned without starting a response")
             await self._server_error()
         elif not self.response_complete and not self.disconnected:
@@ -253,3 +310,27 @@ class Cycle:
             }
         )
         await self.send({"type": "http.response.body", "body": SERVER_ERROR})
+
+
+class Pipe:
+    """gateway.http.asgi.ClientPipe on this protocol: chunked framing, written through the
+    cycle (a head still held goes first)."""
+
+    __slots__ = ("_conn", "_cycle")
+
+    def __init__(self, conn: H1, cycle: Cycle) -> None:
+        self._conn = conn
+        self._cycle = cycle
+
+    def write(self, chunk: bytes) -> bool:
+        if chunk:
+            self._cycle.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return not self._conn.write_paused
+
+    def gone(self) -> bool:
+        # uvloop raises on a write to a closed transport; the request's task learns of the
+        # loss a loop turn later (the disconnect hook), while upstream reads may still come.
+        return bool(self._conn.lost or self._conn.transport.is_closing())
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        self._conn.on_writable = callback

@@ -26,6 +26,12 @@ DisconnectHook = Callable[[Callable[[], None] | None], None]
 # task or passing through the server's send (None when the response cannot be piped). The
 # response still ends with the server's own ``more_body: False`` send.
 PIPE = "geogate.pipe"
+# And: ``scope["extensions"][BODY]()`` is the request's whole body when the server already
+# holds all of it and none of it was received yet, else None (then ``receive()`` as usual).
+# A proxied request's body is nearly always in by the time its task runs: taking it here
+# spares the proxy a ``receive()`` and the body deadline's timer (gateway.http.intake).
+BODY = "geogate.body"
+WholeBody = Callable[[], bytes | None]
 
 
 class ClientPipe(Protocol):

@@ -23,7 +23,16 @@ from gateway.errors import (
     NoHealthyUpstream,
     RequestInvalid,
 )
-from gateway.http.asgi import Message, Receive, Scope, Send, header, header_values
+from gateway.http.asgi import (
+    BODY,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    WholeBody,
+    header,
+    header_values,
+)
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange
@@ -130,6 +139,12 @@ async def read_body(
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
+    whole: WholeBody | None = scope.get("extensions", {}).get(BODY)
+    body = whole() if whole is not None else None
+    if body is not None:  # all in already (gateway.h1): no receive, no deadline to keep
+        if len(body) > limit:
+            raise too_large(len(body), limit)
+        return body
     chunks: list[bytes] = []
     size = 0
     try:

@@ -236,3 +236,22 @@ def test_receive_hands_the_body_over_then_waits_for_the_end() -> None:
         assert c.feed(b"x" * 70_000)  # past BODY_HIGH_WATER: the connection pauses reading
 
     _run(case)
+
+
+def test_the_whole_body_is_handed_over_once_and_only_when_all_in() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle("POST")
+        c.feed(b'{"model":')
+        assert c.whole_body() is None  # more to come: receive() as usual
+        c.feed(b'"m"}')
+        c.more_body = False
+        assert c.whole_body() == b'{"model":"m"}'
+        assert c.whole_body() is None  # handed over: not twice
+        waiting = asyncio.ensure_future(c.receive())  # what follows: the end, as after receive
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        c.disconnected = True
+        c.wake()
+        assert await waiting == {"type": "http.disconnect"}
+
+    _run(case)

@@ -14,8 +14,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Config
-from gateway.errors import RequestInvalid
-from gateway.http.intake import Proxy, model_of
+from gateway.errors import BodyTooLarge, RequestInvalid
+from gateway.http.asgi import BODY
+from gateway.http.intake import Proxy, model_of, read_body
 from gateway.runtime import build_runtime
 
 CFG = Config.model_validate(
@@ -264,3 +265,17 @@ def test_model_of_refuses_an_over_long_number_in_one_line() -> None:
     body = b'\xef\xbb\xbf{"model": "m", "n": 1' + b"0" * 5000 + b"}"
     with pytest.raises(RequestInvalid, match=r"not valid JSON \(a number of over 4300 digits\)"):
         model_of(body)
+
+
+async def test_a_body_the_server_already_holds_is_taken_without_receive() -> None:
+    """gateway.http.asgi.BODY (gateway.h1): no receive(), no deadline; the limit still holds."""
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("receive() is not called when the server hands the body over")
+
+    def scope(body: bytes) -> dict[str, Any]:
+        return {"headers": [], "extensions": {BODY: lambda: body}}
+
+    assert await read_body(scope(b'{"model": "m"}'), receive, 100, 5.0) == b'{"model": "m"}'
+    with pytest.raises(BodyTooLarge, match="request body is 101 bytes, over"):
+        await read_body(scope(b" " * 101), receive, 100, 5.0)
