@@ -8,10 +8,10 @@ table against nginx and LiteLLM.
 
 Targets: ``geogate`` (this tree, default config as bench/overhead.py's: access log, GeoIP),
 ``geogate@PATH`` (another source tree, e.g. `git archive HEAD` unpacked: a before/after pair
-in one sitting), ``floor-uvicorn`` (bench/floor_proxy.py on uvicorn's own httptools protocol)
-and ``floor-h1`` (the same proxy on gateway.h1's protocol, as geogate runs).
+in one sitting), or a floor of bench/peers.py (floor-uvicorn: bench/floor_proxy.py on uvicorn's
+own httptools protocol; floor-h1: the same proxy on gateway.h1's protocol, as geogate runs).
 
-  .venv/bin/python bench/ab.py --targets floor-uvicorn,floor-h1 --out bench/results/h1_floor
+  .venv/bin/python bench/ab.py --targets floor-uvicorn,floor-h1 --out bench/results/round5/h1_floor
 
 Proxies on CPU 0, the sim-backend and h2load on CPU 1. Writes OUT.md and OUT.json.
 """
@@ -33,18 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.overhead import MODEL, TOKENS, gateway_conf  # noqa: E402
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
+from bench.peers import FLOORS, start_floor  # noqa: E402
 from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
-
-FLOOR_CMDS = {
-    "floor-uvicorn": [
-        str(Path(sys.executable).with_name("uvicorn")),
-        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-proxy-headers"),
-        *("--log-level", "warning", "--app-dir", str(ROOT), "bench.floor_proxy:asgi"),
-    ],
-    "floor-h1": [sys.executable, str(ROOT / "bench" / "floor_proxy.py")],
-}
 
 
 def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -59,8 +51,7 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
             p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=tree, env=env)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
         return p, port
-    os.environ["FLOOR_UPSTREAM"] = f"http://127.0.0.1:{backend}"
-    p = spawn(pinned(PROXY_CPU, [*FLOOR_CMDS[target], "--port", str(port)]), work / f"{name}.log")
+    p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
     wait_http(f"http://127.0.0.1:{port}/health", proc=p)  # any path is proxied
     return p, port
 
@@ -86,6 +77,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
     targets = args.targets.split(",")
+    for t in targets:
+        if not (t.startswith("geogate") or t in FLOORS):
+            ap.error(f"unknown target {t!r}: geogate, geogate@PATH or one of {', '.join(FLOORS)}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backend = free_port()
@@ -102,8 +96,11 @@ def main() -> None:
                 procs.append(p)
                 ports[target] = (port, process_tree(p.pid))
             per_round: dict[str, list[float]] = {t: [] for t in targets}
+            order = list(ports.items())
             for r in range(args.rounds + 1):
-                for target, (port, tree) in ports.items():
+                # Each round in the other order than the last: a drift in time favours no
+                # target's place in the round.
+                for target, (port, tree) in order if r % 2 == 0 else reversed(order):
                     us = one_round(port, tree, body, args.requests, args.conc)
                     if r:  # round 0 warms every target up
                         per_round[target].append(round(us, 1))

@@ -1,12 +1,12 @@
 """The floor under geogate: the smallest proxy on the same server stack, for bench/overhead.py's
-``--peers floor`` (targets floor-asgi, floor-rsgi).
+``--peers floor-asgi,floor-rsgi,floor-uvicorn`` and bench/ab.py's floor-uvicorn and floor-h1.
 
-The same granian (uvloop, one worker, HTTP/1.1 + h2c) and the same upstream client as the
-gateway (gateway.client: pooled keep-alive connections, the body passed through; aiohttp until
-issue 14's fourth round, when the gateway stopped using it), and nothing else: no routing, no
-GeoIP, no metrics, no access log, no timeouts, no retries, no header filtering. It reads the
-body, posts it to the one backend, and copies status, Content-Type and the body back: a whole
-answer in one piece, an event stream chunk by chunk.
+The same server (granian: uvloop, one worker, HTTP/1.1 + h2c; or uvicorn) and the same
+upstream client as the gateway (gateway.client: pooled keep-alive connections, the body passed
+through; aiohttp until issue 14's fourth round, when the gateway stopped using it), and nothing
+else: no routing, no GeoIP, no metrics, no access log, no timeouts, no retries, no header
+filtering. It reads the body, posts it to the one backend, and copies status, Content-Type and
+the body back: a whole answer in one piece, an event stream chunk by chunk.
 geogate minus floor-asgi is what geogate's own code costs per request; floor-asgi against
 floor-rsgi is the price of granian's ASGI bridge against its native RSGI interface for a proxy;
 floor-asgi against nginx is the price of the Python server stack itself, which no change to

@@ -23,6 +23,8 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 (bench/floor_proxy.py: granian ASGI + gateway.client, nothing else); geogate minus
                 floor-asgi is geogate's own code
   floor-rsgi    only with --peers floor-rsgi: the same on granian's native RSGI interface
+  floor-h1      only with --peers floor-h1: the same ASGI proxy on uvicorn with gateway.h1's
+                protocol, as geogate's default engine runs
   floor-uvicorn only with --peers floor-uvicorn: the same ASGI proxy on uvicorn (httptools),
                 whose HTTP runs on the event loop's thread (granian's runs in Rust threads)
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
@@ -54,7 +56,7 @@ Also times the pure router's decision for 3, 30 and 300 upstreams.
 
 Writes bench/results/overhead.{md,json} (or --out PREFIX). Run: scripts/dev bench
 [--duration S] [--quick] [--modes ...] [--protos ...] [--conc ...] [--targets ...]
-[--peers litellm,floor-asgi,floor-rsgi,floor-uvicorn]
+[--peers litellm,floor-asgi,floor-rsgi,floor-uvicorn,floor-h1]
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from bench.overhead_report import write  # noqa: E402
 from bench.peers import (  # noqa: E402
     FLOOR_DESCRIPTIONS,
     FLOORS,
+    H1_ONLY_FLOORS,
     PEERS,
     describe,
     litellm_config,
@@ -359,8 +362,7 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
             p = start_floor(work, name, backend, port, pinned(PROXY_CPU, []))
             rig.procs.append(p)
             wait_http(f"http://127.0.0.1:{port}/health", proc=p)
-            # uvicorn speaks HTTP/1.1 only (h2 needs its TLS path)
-            rig.ports[name] = {"h1": port} if name == "floor-uvicorn" else {"h1": port, "h2c": port}
+            rig.ports[name] = {"h1": port} if name in H1_ONLY_FLOORS else {"h1": port, "h2c": port}
             rig.trees[name] = process_tree(p.pid)
 
 

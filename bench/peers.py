@@ -24,9 +24,16 @@ from gateway.cli.procs import spawn
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / ".venv-litellm"
-PEERS = ("litellm", "floor-asgi", "floor-rsgi", "floor-uvicorn")
+PEERS = ("litellm", "floor-asgi", "floor-rsgi", "floor-uvicorn", "floor-h1")
 # target -> the app (bench/floor_proxy.py) and the server that runs it
-FLOORS = {"floor-asgi": "asgi", "floor-rsgi": "rsgi", "floor-uvicorn": "asgi"}
+FLOORS = {
+    "floor-asgi": "asgi",
+    "floor-rsgi": "rsgi",
+    "floor-uvicorn": "asgi",
+    "floor-h1": "asgi",
+}
+# Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path)
+H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1")
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -124,21 +131,27 @@ FLOOR_DESCRIPTIONS = {
     "floor-asgi": "bench/floor_proxy.py:asgi on granian (ASGI, uvloop, 1 worker) with geogate's "
     "upstream client (gateway.client) and nothing else: the stack's floor under geogate's own code",
     "floor-rsgi": "bench/floor_proxy.py:rsgi, the same proxy on granian's native RSGI interface",
-    "floor-uvicorn": "bench/floor_proxy.py:asgi on uvicorn (uvloop, httptools, 1 worker, access "
-    "log off): the same proxy on a server whose HTTP runs on the event loop's own thread",
+    "floor-uvicorn": "bench/floor_proxy.py:asgi on uvicorn (uvloop, its own httptools protocol, "
+    "1 worker; access log, proxy headers and Server header off, as geogate runs uvicorn): the same "
+    "proxy on a server whose HTTP runs on the event loop's own thread",
+    "floor-h1": "bench/floor_proxy.py:asgi on uvicorn with gateway.h1's protocol, as geogate "
+    "runs it (`python bench/floor_proxy.py --port N`): the floor under geogate's default engine",
 }
 
 
 def start_floor(
     work: Path, target: str, backend: int, port: int, pin: list[str]
 ) -> subprocess.Popen[bytes]:
-    """The floor proxy (bench/floor_proxy.py) on granian as geogate runs it; the caller waits
-    for it (any path answers once it is up)."""
+    """The floor proxy (bench/floor_proxy.py) on its server, as geogate runs that server; the
+    caller waits for it (any path answers once it is up)."""
     app = f"bench.floor_proxy:{FLOORS[target]}"
-    if target == "floor-uvicorn":
+    if target == "floor-h1":
+        args = [sys.executable, str(ROOT / "bench" / "floor_proxy.py"), "--port", str(port)]
+    elif target == "floor-uvicorn":
         exe = Path(sys.executable).with_name("uvicorn")
         args = [str(exe), "--loop", "uvloop", "--http", "httptools", "--workers", "1"]
         args += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        args += ["--no-proxy-headers", "--no-server-header"]  # as gateway/server.py sets them
         args += ["--log-level", "warning", "--app-dir", str(ROOT), app]
     else:
         exe = Path(sys.executable).with_name("granian")

@@ -5,18 +5,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_tree() -> dict[str, Any]:
+    """The commit this checkout is at and whether it has uncommitted changes to tracked files:
+    what a result was measured on (None where git or the repository is missing)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+        except OSError:
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
+
 
 def write_results(out: Path, lines: list[str], doc: dict[str, Any], md_tail: str = "") -> None:
-    """OUT.md from ``lines`` (+ ``md_tail``), OUT.json from ``doc`` with the time it was
-    written; prints the table and where both went."""
+    """OUT.md from ``lines`` (+ ``md_tail``), OUT.json from ``doc``, both with the commit they
+    were run from (``source_tree``) and OUT.json with the time; prints the table and where both
+    went."""
     md, js = out.with_suffix(".md"), out.with_suffix(".json")
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text("\n".join(lines) + "\n" + md_tail)
-    stamped = {**doc, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tree = source_tree()
+    dirty = " (with uncommitted changes)" if tree["uncommitted_changes"] else ""
+    stamp = f"\nRun from commit {tree['commit'] or 'unknown'}{dirty}.\n"
+    md.write_text("\n".join(lines) + "\n" + md_tail + stamp)
+    stamped = {**doc, "tree": tree, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     js.write_text(json.dumps(stamped, indent=2) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {md} and {js.name}")

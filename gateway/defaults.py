@@ -36,8 +36,9 @@ H2_MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection: an edge tier multiple
 # clients' streams on a few connections, and granian's 200 would queue the rest
 OVERLOAD_RETRY_AFTER_S = 1  # Retry-After on the 503 beyond max_streams: at 10,000 streams of
 # ~30 s each, ~300 end every second, so a slot is free again within a second
-CONNECTION_LIMIT_RETRY_AFTER_S = 1  # Retry-After on the 503 past server.max_connections: open
-# connections end as streams do (~300/s at the default limits), so one is free within a second
+# Retry-After on the 503 past server.max_connections: the connections open are the streams'
+# (plus idle keep-alive ones), so one is free again as soon as a stream slot is
+CONNECTION_LIMIT_RETRY_AFTER_S = OVERLOAD_RETRY_AFTER_S
 FDS_PER_STREAM = 2  # a proxied stream holds the client's socket and the upstream's
 FD_RESERVE = 100  # listening sockets, logs, Redis, probes and the runtime's own descriptors
 WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan shuts down;

@@ -47,8 +47,9 @@ def setup_logging(section: LogSection | None = None) -> None:
     root.setLevel(section.level.upper())
     logging.getLogger("geodb").handlers = root.handlers
     logging.getLogger("geodb").setLevel(section.level.upper())
-    # uvicorn's own lines (a malformed or HTTP/2 request, a failed accept) in the gateway's
-    # format; its start-up chatter (INFO) stays out, as the gateway logs its own.
+    # uvicorn's own lines (a failed accept, a lifespan error) in the gateway's format; its
+    # start-up chatter (INFO) stays out, as the gateway logs its own. A malformed or HTTP/2
+    # request is gateway.h1's line, logged through ``log``.
     server = logging.getLogger("uvicorn")
     server.handlers, server.propagate = root.handlers, False
     server.setLevel(max(logging.WARNING, root.level))

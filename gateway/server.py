@@ -182,9 +182,7 @@ def _serve_uvicorn(
             # default, so the app's JSON 503 at max_streams comes first while requests, not
             # idle connections, are what is too many. It keeps accepting: unlike granian's
             # backpressure it does not bound descriptors (the worker's limit does).
-            # uvicorn counts the asking connection too (``len(connections) >= limit``): + 1,
-            # so that max_connections connections are served, not one fewer.
-            limit_concurrency=cap.connections + 1,
+            limit_concurrency=cap.connections,
             timeout_keep_alive=math.ceil(d.SERVER_KEEPALIVE_S),
             timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
             ssl_certfile=s.tls_cert,

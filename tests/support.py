@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import httpx
 
-from gateway.cli.procs import free_port, geogate_cmd, regions_toml, spawn, stop, wait_http
+from gateway.cli.procs import (
+    PortPicker,
+    free_port,
+    geogate_cmd,
+    regions_toml,
+    spawn,
+    stop,
+    wait_http,
+)
 
 # Cloud regions used by the tests (from the package's table of known regions).
 REGIONS = ("eu-central", "us-east", "ap-southeast", "sa-east")
@@ -130,9 +139,8 @@ def with_ops_port(toml: str, ops_port: int) -> str:
 
 
 def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "gw") -> Gateway:
-    port, ops_port = free_port(), free_port()
-    while ops_port == port:
-        ops_port = free_port()
+    pick = PortPicker()  # two different ports
+    port, ops_port = pick(), pick()
     cfg = tmp / f"{name}.toml"
     cfg.write_text(with_ops_port(toml_for_port(port), ops_port))
     log = tmp / f"{name}.log"
@@ -263,3 +271,13 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+async def until(check: Callable[[], bool], within_s: float = 2.0, what: str = "condition") -> None:
+    """Poll ``check`` on the running loop until it holds; fail after ``within_s`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
+        await asyncio.sleep(0.005)

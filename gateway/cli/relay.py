@@ -50,10 +50,10 @@ class _Lateness:
     shorter. asyncio's timers come up to a millisecond late (epoll waits in whole ms, rounded
     up) and later on a busy machine, once per direction: uncorrected, an exchange took 1-2.5 ms
     longer than its RTT (the medians `pytest tests/gateway/cli/test_relay.py -s` prints).
-    Corrected, a chunk whose timer happens to fire on time would leave early (by up to the
-    correction, seen at 0.9 ms in a full suite run): it waits out the rest with a second,
-    uncorrected sleep. Busy-waiting the last stretch instead was exact but kept the relay
-    process spinning through a world's thousands of chunks a second."""
+    Corrected, a chunk whose timer happens to fire on time would leave early, by up to the
+    correction: it waits out the rest with a second, uncorrected sleep. Busy-waiting the last
+    stretch instead was exact but kept the relay process spinning through a world's thousands
+    of chunks a second."""
 
     ALPHA = 0.2  # weight of the newest observation: settles within ~10 chunks
 

@@ -3,7 +3,8 @@ parses its response with httptools (llhttp, the parser uvicorn and Node use), ha
 body on as it comes.
 
 Why not aiohttp (which this replaced): per proxied request aiohttp's client was the largest
-single layer of a worker's CPU, about a third of the samples (bench/profile.py): a
+single layer of a worker's CPU, about a third of the samples (33.5 % and 36.3 % in
+bench/results/round4/profile.md, bench/profile.py --tree on the tree before): a
 ClientRequest and ClientResponse with their header multidicts, a URL object, a StreamReader,
 a connector lookup and a timer context per request. A proxy needs none of that: its request
 head is already a list of byte pairs, and its response body is bytes to pass on. What this
@@ -23,7 +24,8 @@ from gateway.client.failures import BadResponse, ConnectionLost
 
 # Reading from the upstream pauses while this much of the body waits for the consumer (a
 # slow client): memory per stream stays bounded whatever the upstream's pace. aiohttp's
-# StreamReader paused at 2 x 64 KiB; one 64 KiB socket read past this is the most it holds.
+# StreamReader paused at 2 x 64 KiB. One socket read past this is the most it holds (uvloop
+# reads up to 256 000 bytes at a time: UV_STREAM_RECV_BUF_SIZE).
 PAUSE_BYTES: Final = 64 * 1024
 
 
@@ -168,8 +170,7 @@ class Conn(asyncio.Protocol):
     def reusable(self) -> bool:
         """Read to its end (nothing of this response left to read), kept alive, in step."""
         return (
-            self.complete
-            and not self.chunks
+            self.at_eof()
             and not self.lost
             and self.keep_alive
             and not self.paused
@@ -222,7 +223,7 @@ class Conn(asyncio.Protocol):
         if not self.busy:
             # Bytes nobody asked for (an idle pooled connection): the stream is out of step.
             self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
-            self.transport.close()  # type: ignore[union-attr]
+            self.close()
             return
         try:
             self.parser.feed_data(data)

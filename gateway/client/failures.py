@@ -17,8 +17,9 @@ class ConnectFailed(ClientError):
     """No connection: refused, unreachable, or the name did not resolve. Nothing was sent."""
 
     def __init__(self, origin: str, os_error: OSError) -> None:
-        super().__init__(f"{origin}: {os_error.strerror or os_error}")
         self.os_error = os_error
+        self.reason = os_error.strerror or str(os_error)
+        super().__init__(f"{origin}: {self.reason}")
 
 
 class ConnectTimeout(ClientError, TimeoutError):
@@ -69,7 +70,7 @@ def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]
     if isinstance(exc, TimeoutError):
         return FailureKind.TIMEOUT, timeout_detail
     if isinstance(exc, ConnectFailed):
-        return FailureKind.REFUSED, f"connect failed: {exc.os_error.strerror or exc.os_error}"
+        return FailureKind.REFUSED, f"connect failed: {exc.reason}"
     if isinstance(exc, BadResponse):
         return FailureKind.RESET, f"bad response: {exc}"
     if isinstance(exc, ConnectionLost):

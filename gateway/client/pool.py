@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.client.conn import Conn
 from gateway.client.failures import BadResponse, ConnectFailed, ConnectTimeout, Reach
+from gateway.routing.members import default_port
 
 # Idle connections are kept 60 s, so a quiet backend still finds a warm one (probes every 2 s
 # also keep one alive); older ones are closed when next looked at, or by the sweep.
@@ -150,7 +151,7 @@ class Client:
         if conn is None:
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            conn = await self._connect(origin, timeout_s)
+            conn = await self._connect(loop, origin, timeout_s)
             if timeout_s is not None:
                 timeout_s -= loop.time() - t0
                 if timeout_s <= 0:  # the connect took it all: send nothing that would be cut
@@ -228,7 +229,7 @@ class Client:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
-        port = parts.port or (443 if tls else 80)
+        port = default_port(base)
         host_header = parts.netloc.rpartition("@")[2].encode("idna")
         auth = None
         if parts.username is not None:
@@ -250,8 +251,9 @@ class Client:
             return conn
         return None
 
-    async def _connect(self, origin: Origin, timeout_s: float | None) -> Conn:
-        loop = asyncio.get_running_loop()
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, origin: Origin, timeout_s: float | None
+    ) -> Conn:
         conn = Conn(loop)
         limit = (
             self.connect_timeout_s if timeout_s is None else min(timeout_s, self.connect_timeout_s)

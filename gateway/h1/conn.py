@@ -4,14 +4,12 @@ uvicorn's server (sockets, workers, TLS, lifespan, graceful stop), which builds 
 
 Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy took a median 121 µs of CPU
 per request on it and 109.5 µs on this one, in alternating rounds (bench/ab.py, c = 16:
-bench/results/round5/h1_floor.md). What it did per request that this one does not: an
-asyncio.Event, a keep-alive timer armed and cancelled (here one timer per connection checks the
-time of the last answer when it fires), two regular expressions per response header (here one
-count of line ends over the joined head); per connection, address look-ups up front (here at
-the first request). What it lacked, and the gateway added on top of it before: caps on a
-request's head (below), JSON errors, and the extensions of gateway.http.asgi (disconnect hook,
-pipe, whole body).
-The caps on a request's head and the protocol's own answers: gateway.h1.refuse.
+bench/results/round5/h1_floor.md; what it did per request that this one does not:
+gateway.h1.cycle). Here, one timer per connection checks the time of the last answer when it
+fires, where uvicorn armed and cancelled one per response.
+
+The caps on a request's head and the protocol's own answers: gateway.h1.refuse; upgrade
+offers: gateway.h1.upgrade; the scope: gateway.h1.scope.
 """
 
 from __future__ import annotations
@@ -23,17 +21,17 @@ from typing import Any, ClassVar
 
 import httptools
 
-from gateway.errors import RequestInvalid
-from gateway.h1.cycle import Cycle, Pipe, address, request_scope
+from gateway.h1.cycle import Cycle, Pipe
 from gateway.h1.refuse import (
-    HeadTooLarge,
+    Refused,
     connection_limit_reached,
-    head_timed_out,
+    malformed,
     refusal,
-    refuse,
-    refuse_too_large,
+    timed_out,
+    too_large,
 )
-from gateway.h1.upgrade import declared_length, upgrade_body
+from gateway.h1.scope import Addresses, addresses, request_scope
+from gateway.h1.upgrade import declared_length, feed_body
 from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE
 from gateway.runtime import log
 
@@ -71,17 +69,14 @@ class H1(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.parser = self._new_parser()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.client: tuple[str, int] | None = None
-        self._server: tuple[str, int] | None = None
-        self._scheme = "http"
-        self._addressed = False
+        self._where: Addresses | None = None  # at the first request (gateway.h1.scope)
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self.on_writable: Callable[[], None] | None = None  # a Pipe's, while the buffer is full
         self.read_paused = False
         self.lost = False
         self._on_lost: Callable[[], None] | None = None  # the running request's hook
-        self._extensions = {
+        self._extensions: dict[str, object] = {
             DISCONNECT_HOOK: self._disconnect_hook,
             PIPE: self._pipe,
             BODY: self._whole_body,
@@ -99,10 +94,7 @@ class H1(asyncio.Protocol):
         self._head_bytes = 0  # URL and complete headers, as the parser hands them over
         self._raw_head = 0  # bytes read while a head was unfinished
         self._began_in_read = False  # the head began in the read being fed
-        self._too_large = False
-        self._why = ""  # what a callback refused, for the 400
-        # An upgrade offer's body bytes still to come (Content-Length), read here: llhttp
-        # stops at the head of a request that offers a protocol switch.
+        # An upgrade offer's body bytes still to come (gateway.h1.upgrade)
         self._upgrade_left: int | None = None
         self._write_paused_at = 0.0
 
@@ -194,16 +186,18 @@ class H1(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._idle_since = self.loop.time()  # bytes still coming: not idle
         if self._upgrade_left is not None:
-            data = upgrade_body(self, data)
-            if not data:
+            left, data, pause = feed_body(self.cycle, self._upgrade_left, data)
+            self._upgrade_left = left or None
+            if pause:
+                self.pause_reading()
+            if left or not data:
                 return
         self._began_in_read = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # No protocol switch here (no WebSocket, no h2c): the offer is declined by
-            # answering in HTTP/1.1, as RFC 9110 §7.8 allows. llhttp stopped at the head; its
-            # body is read here, and a new parser takes what follows it.
+            # The offer is declined (gateway.h1.upgrade): llhttp stopped at the head; its
+            # body is read by its length, and a new parser takes what follows it.
             self.parser = self._new_parser()
             rest = data[exc.args[0] :] if exc.args else b""
             if self._upgrade_left is None:
@@ -211,12 +205,12 @@ class H1(asyncio.Protocol):
             self.data_received(rest)
             return
         except httptools.HttpParserError as exc:
-            if self._too_large:
-                refuse_too_large(self)
-            else:
-                log.warning("refused a malformed HTTP/1.1 request from %s", self.client_text())
-                why = self._why or f"malformed HTTP/1.1 request: {exc}"
-                refuse(self, refusal(RequestInvalid(why)))
+            stop = exc.__context__  # what a callback raised, if one did
+            self._refuse(
+                stop
+                if isinstance(stop, Refused)
+                else malformed(f"malformed HTTP/1.1 request: {exc}")
+            )
             return
         if not self.in_head or self.transport.is_closing():
             return
@@ -226,10 +220,10 @@ class H1(asyncio.Protocol):
         if not self._began_in_read:
             self._raw_head += len(data)
             if self._raw_head > self.head_limit:
-                refuse_too_large(self)
+                self._refuse(too_large(self.head_limit, self.max_header_bytes))
                 return
         if self.head_timer is None:
-            self.head_timer = self.loop.call_later(self.head_timeout_s, head_timed_out, self)
+            self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -252,8 +246,7 @@ class H1(asyncio.Protocol):
     def _count(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > self.head_limit:
-            self._too_large = True
-            raise HeadTooLarge  # httptools stops; data_received answers 431
+            raise too_large(self.head_limit, self.max_header_bytes)  # httptools stops
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -262,18 +255,28 @@ class H1(asyncio.Protocol):
             self.head_timer = None
         parser = self.parser
         if parser.should_upgrade():
-            self._upgrade_left = declared_length(self)
+            self._upgrade_left = declared_length(self._headers)
         version = parser.get_http_version()
         cycle = Cycle(
             self,
-            request_scope(self, parser.get_method().decode("ascii"), version),
+            request_scope(
+                parser.get_method().decode("ascii"),
+                version,
+                self._url,
+                self._headers,
+                self.addresses(),
+                self.root_path,
+                self.app_state,
+                self._extensions,
+            ),
             version != "1.0" and parser.should_keep_alive(),
             self._expect_100,
         )
         limit = self.limit
         app = self.app
+        # The asking connection is among the open ones; its request is not yet a task.
         if limit is not None and (
-            len(self.state.connections) >= limit or len(self.state.tasks) >= limit
+            len(self.state.connections) > limit or len(self.state.tasks) >= limit
         ):
             app = connection_limit_reached(limit)
             log.warning("connection limit reached: refused a request from %s", self.client_text())
@@ -297,7 +300,7 @@ class H1(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
-        if self._upgrade_left:  # its body is still to be read (_upgrade_body)
+        if self._upgrade_left:  # its body is still to be read (gateway.h1.upgrade)
             return
         if cycle is not None and not cycle.response_complete:
             cycle.more_body = False
@@ -313,10 +316,13 @@ class H1(asyncio.Protocol):
             self._start(*self._queued.popleft())
         self.resume_reading()
 
+    def addresses(self) -> Addresses:
+        if self._where is None:
+            self._where = addresses(self.transport)
+        return self._where
+
     def client_text(self) -> str:
-        if not self._addressed:
-            address(self)
-        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        return self.addresses().client_text()
 
     def shutdown(self) -> None:
         """uvicorn's graceful stop: an idle connection closes now, a busy one after its
@@ -358,19 +364,37 @@ class H1(asyncio.Protocol):
             self._drained = self.loop.create_future()
         await asyncio.shield(self._drained)
 
-    # --- the pipe (gateway.http.asgi.PIPE) -------------------------------------------------
+    # --- the extensions (gateway.http.asgi) ------------------------------------------------
     def _pipe(self) -> Pipe | None:
-        """A Pipe for the running response if it is framed chunked."""
-        cycle = self.running
-        if (
-            cycle is None
-            or not cycle.response_started
-            or cycle.response_complete
-            or not cycle.chunked
-        ):
-            return None
-        return Pipe(self, cycle)
+        return None if self.running is None else self.running.pipe()
 
     def _whole_body(self) -> bytes | None:
-        """gateway.http.asgi.BODY, for the request whose app runs."""
         return None if self.running is None else self.running.whole_body()
+
+    # --- refusals (gateway.h1.refuse) ------------------------------------------------------
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if not self.in_head or self.transport.is_closing():
+            return
+        if self.read_paused:  # waiting for a pipelined response: late on this side
+            self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+            return
+        self._refuse(timed_out(self.head_timeout_s))
+
+    def _refuse(self, stop: Refused) -> None:
+        """Answer ``stop`` (Connection: close) and close: nothing more is read. Behind a
+        response still going out it would land inside that response: the connection is
+        closed instead, and the request running on it told at once."""
+        log.warning("%s from %s", stop.line, self.client_text())
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        running = self.running
+        if running is not None and not running.response_complete:
+            self.close_now()
+            return
+        if running is not None:
+            running.flush_head()  # a response still held goes first
+        self.transport.write(refusal(stop.err))
+        self.transport.close()

@@ -14,16 +14,30 @@ from __future__ import annotations
 import asyncio
 import http
 from collections.abc import Callable, Iterable
-from typing import Any
-from urllib.parse import unquote
-
-import httptools
+from typing import Protocol
 
 from gateway.http.asgi import Message, Scope
 from gateway.runtime import log
 
-# The connection (gateway.h1.conn.H1) is typed Any here: importing it would be a cycle.
-H1 = Any
+
+class Connection(Protocol):
+    """What a Cycle and a Pipe use of their connection (gateway.h1.conn.H1, which imports
+    this module)."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    write_paused: bool
+    lost: bool
+    on_writable: Callable[[], None] | None
+
+    @property
+    def default_lines(self) -> int: ...
+    def default_head(self) -> bytes: ...
+    def resume_reading(self) -> None: ...
+    def response_done(self, cycle: Cycle) -> None: ...
+    def close_now(self) -> None: ...
+    async def drain(self) -> None: ...
+
 
 # uvicorn's, and the RFC's: past this much request body waiting for the app, reading pauses.
 BODY_HIGH_WATER = 65536
@@ -39,54 +53,12 @@ def _status_line(code: int) -> bytes:
     return b"HTTP/1.1 %d %b\r\n" % (code, phrase)
 
 
-ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.3"}
 STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 SERVER_ERROR = b"Internal Server Error"
 
 
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",")]
-
-
-def _address_of(transport: asyncio.BaseTransport, which: str) -> tuple[str, int] | None:
-    info = transport.get_extra_info(which)
-    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
-
-
-def address(conn: H1) -> None:
-    """The connection's addresses, at its first request (or refusal), not up front: a
-    connection that never sends one costs no look-ups."""
-    conn._addressed = True
-    transport = conn.transport
-    conn.client = _address_of(transport, "peername")
-    conn._server = _address_of(transport, "sockname")
-    conn._scheme = "https" if transport.get_extra_info("sslcontext") else "http"
-
-
-def request_scope(conn: H1, method: str, version: str) -> Scope:
-    if not conn._addressed:
-        address(conn)
-    url = httptools.parse_url(conn._url)
-    raw_path: bytes = url.path
-    path = raw_path.decode("ascii")
-    if "%" in path:
-        path = unquote(path)
-    return {
-        "type": "http",
-        "asgi": ASGI_VERSIONS,
-        "http_version": version,
-        "server": conn._server,
-        "client": conn.client,
-        "scheme": conn._scheme,
-        "root_path": conn.root_path,
-        "method": method,
-        "path": conn.root_path + path,
-        "raw_path": conn.root_path.encode("ascii") + raw_path,
-        "query_string": url.query or b"",
-        "headers": conn._headers,
-        "state": conn.app_state.copy(),
-        "extensions": conn._extensions,
-    }
 
 
 class Cycle:
@@ -109,7 +81,7 @@ class Cycle:
         "waiting_100",
     )
 
-    def __init__(self, conn: H1, scope: Scope, keep_alive: bool, expect_100: bool) -> None:
+    def __init__(self, conn: Connection, scope: Scope, keep_alive: bool, expect_100: bool) -> None:
         self._conn = conn
         self.scope = scope
         self.keep_alive = keep_alive
@@ -145,10 +117,14 @@ class Cycle:
         (gateway.http.asgi.BODY); else None, and ``receive`` as usual."""
         if self.more_body or self._handed_over or self.disconnected:
             return None
-        body = b"".join(self._body)
+        return self._take()
+
+    def _take(self) -> bytes:
+        """The body read so far, handed to the app; reading resumes."""
+        body = b"".join(self._body)  # one piece: that piece itself, no copy
         self._body.clear()
         self._buffered = 0
-        self._handed_over = True
+        self._handed_over = not self.more_body
         self._conn.resume_reading()
         return body
 
@@ -167,12 +143,7 @@ class Cycle:
             await asyncio.shield(self._waiter)
         if self.disconnected or self.response_complete:
             return {"type": "http.disconnect"}
-        body = b"".join(self._body)  # one piece: that piece itself, no copy
-        self._body.clear()
-        self._buffered = 0
-        conn.resume_reading()
-        self._handed_over = not self.more_body
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        return {"type": "http.request", "body": self._take(), "more_body": self.more_body}
 
     # --- the response's side ----------------------------------------------------------------
     async def send(self, message: Message) -> None:
@@ -257,6 +228,12 @@ class Cycle:
             self._conn.transport.close()
         self._conn.response_done(self)
 
+    def pipe(self) -> Pipe | None:
+        """A Pipe for this response (gateway.http.asgi.PIPE) once it has started, chunked."""
+        if not self.response_started or self.response_complete or not self.chunked:
+            return None
+        return Pipe(self._conn, self)
+
     def write(self, data: bytes) -> None:
         """Body bytes, framed: the held head, if any, goes with them in one writev."""
         transport = self._conn.transport
@@ -318,7 +295,7 @@ class Pipe:
 
     __slots__ = ("_conn", "_cycle")
 
-    def __init__(self, conn: H1, cycle: Cycle) -> None:
+    def __init__(self, conn: Connection, cycle: Cycle) -> None:
         self._conn = conn
         self._cycle = cycle
 
@@ -330,7 +307,7 @@ class Pipe:
     def gone(self) -> bool:
         # uvloop raises on a write to a closed transport; the request's task learns of the
         # loss a loop turn later (the disconnect hook), while upstream reads may still come.
-        return bool(self._conn.lost or self._conn.transport.is_closing())
+        return self._conn.lost or self._conn.transport.is_closing()
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self._conn.on_writable = callback

@@ -16,21 +16,55 @@ from __future__ import annotations
 import http
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from gateway import defaults as d
-from gateway.errors import GatewayError, GatewayOverloaded, HeadersTooLarge, HeadTimeout
+from gateway.errors import (
+    GatewayError,
+    GatewayOverloaded,
+    HeadersTooLarge,
+    HeadTimeout,
+    RequestInvalid,
+)
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import error_body, send_error, status_of
-from gateway.runtime import log
-
-# The connection (gateway.h1.conn.H1) is typed Any here: importing it would be a cycle.
-H1 = Any
 
 
-class HeadTooLarge(Exception):
-    """Raised from a parser callback: httptools stops, and gateway.h1.conn answers 431 (or the
-    400 its ``_why`` names)."""
+class Refused(Exception):
+    """A request the protocol answers itself: ``err`` in JSON, and ``line`` logged with the
+    client. Raised from a parser callback it stops httptools, which re-raises it as the
+    ``__context__`` of its HttpParserCallbackError."""
+
+    def __init__(self, err: GatewayError, line: str) -> None:
+        super().__init__(line)
+        self.err = err
+        self.line = line
+
+
+def too_large(head_limit: int, max_header_bytes: int) -> Refused:
+    """A head over the cap: a JSON 431, before it is held whole."""
+    return Refused(
+        HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
+            f"request headers are over this gateway's limit of {max_header_bytes} "
+            "bytes (server.max_header_bytes); send fewer or shorter headers"
+        ),
+        f"refused a request head over {head_limit} bytes",
+    )
+
+
+def timed_out(head_timeout_s: float) -> Refused:
+    """A head not complete within ``head_timeout_s`` from its first byte: a JSON 408."""
+    return Refused(
+        HeadTimeout(
+            f"the request line and headers did not arrive within {head_timeout_s:g} s "
+            "(server.head_timeout_s)"
+        ),
+        f"closed a connection whose request head was not complete in {head_timeout_s:g} s",
+    )
+
+
+def malformed(detail: str) -> Refused:
+    """What the parser refused, or a request it can read but the protocol does not take."""
+    return Refused(RequestInvalid(detail), "refused a malformed HTTP/1.1 request")
 
 
 def refusal(err: GatewayError) -> bytes:
@@ -46,13 +80,13 @@ def refusal(err: GatewayError) -> bytes:
 
 
 def connection_limit_reached(limit: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The app a request gets past ``limit`` open connections (server.max_connections + 1:
-    uvicorn's limit_concurrency, which counts the asking connection too)."""
+    """The app a request gets past ``limit`` open connections (server.max_connections, passed
+    as uvicorn's limit_concurrency)."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         retry = d.CONNECTION_LIMIT_RETRY_AFTER_S
         err = GatewayOverloaded(
-            f"this gateway's connection limit of {limit - 1} open connections was "
+            f"this gateway's connection limit of {limit} open connections was "
             f"reached (server.max_connections); retry in {retry} s",
             retry_after_s=retry,
         )
@@ -60,61 +94,3 @@ def connection_limit_reached(limit: int) -> Callable[[Scope, Receive, Send], Awa
         await send_error(send, err, [(b"connection", b"close")])
 
     return app
-
-
-def head_timed_out(conn: H1) -> None:
-    """A head not complete within head_timeout_s from its first byte: a JSON 408."""
-    conn.head_timer = None
-    if not conn.in_head or conn.transport.is_closing():
-        return
-    if conn.read_paused:
-        # Reading waits for a pipelined response: the head is late because of this
-        # side, not the client.
-        conn.head_timer = conn.loop.call_later(conn.head_timeout_s, head_timed_out, conn)
-        return
-    log.info(
-        "request head not complete in %g s from %s: closed",
-        conn.head_timeout_s,
-        conn.client_text(),
-    )
-    refuse(
-        conn,
-        refusal(
-            HeadTimeout(
-                f"the request line and headers did not arrive within {conn.head_timeout_s:g} s "
-                "(server.head_timeout_s)"
-            )
-        ),
-    )
-
-
-def refuse_too_large(conn: H1) -> None:
-    """A head over the cap: a JSON 431, before it is held whole."""
-    log.warning("refused a request head over %d bytes from %s", conn.head_limit, conn.client_text())
-    refuse(
-        conn,
-        refusal(
-            HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
-                f"request headers are over this gateway's limit of {conn.max_header_bytes} "
-                "bytes (server.max_header_bytes); send fewer or shorter headers"
-            )
-        ),
-    )
-
-
-def refuse(conn: H1, answer: bytes) -> None:
-    """Send ``answer`` (a whole response, Connection: close) and close: nothing more is
-    read. Behind a response still going out it would land inside that response: the
-    connection is closed instead, and the request running on it told at once."""
-    conn.in_head = False
-    if conn.head_timer is not None:
-        conn.head_timer.cancel()
-        conn.head_timer = None
-    running = conn.running
-    if running is not None and not running.response_complete:
-        conn.close_now()
-        return
-    if running is not None:
-        running.flush_head()  # a response still held goes first
-    conn.transport.write(answer)
-    conn.transport.close()

@@ -31,11 +31,8 @@ ENGINES = ["granian", "uvicorn", "hypercorn"]  # all drain alike
 BODY = {"model": "m", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
 
 
-_fleet = start_fleet
-
-
 def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path, server_extra='engine = "granian"')
+    gw, sim = start_fleet(tmp_path, server_extra='engine = "granian"')
     try:
         with httpx.Client() as c:
             r = c.post(f"{gw.url}/v1/chat/completions", json=BODY)
@@ -51,7 +48,7 @@ def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
 def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
     tmp_path: Path,
 ) -> None:
-    gw, sim = _fleet(tmp_path)  # uvicorn: HTTP/1.1 only
+    gw, sim = start_fleet(tmp_path)  # uvicorn: HTTP/1.1 only
     try:
         with httpx.Client(http1=False, http2=True) as c, pytest.raises(httpx.TransportError):
             c.get(f"{gw.url}/healthz")
@@ -69,7 +66,7 @@ def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
 def test_an_idle_keep_alive_connection_outlives_uvicorns_own_5_s(tmp_path: Path) -> None:
     # Pools in front keep idle connections up to 60 s; uvicorn's default closed them after 5,
     # so a pool could send on a connection being closed (SERVER_KEEPALIVE_S = 75).
-    gw, sim = _fleet(tmp_path)
+    gw, sim = start_fleet(tmp_path)
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
     try:
         assert _readyz(conn)[0] == 200
@@ -138,7 +135,7 @@ def _readyz(conn: http.client.HTTPConnection) -> tuple[int, str]:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine: str) -> None:
     # 15 tokens at 5/s: a 3 s stream, in flight when SIGTERM arrives.
-    gw, sim = _fleet(tmp_path, "--tokens-per-s", "5", server_extra=f'engine = "{engine}"')
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5", server_extra=f'engine = "{engine}"')
     kept = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)  # a balancer's check
     try:
         assert _readyz(kept)[0] == 200
@@ -169,7 +166,7 @@ def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: str) -> None:
-    gw, sim = _fleet(
+    gw, sim = start_fleet(
         tmp_path,
         "--tokens-per-s",
         "2",
@@ -193,7 +190,7 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: st
 
 @pytest.mark.parametrize("taken", ["server", "ops"])
 def test_a_port_in_use_stops_a_second_gateway_in_one_line(tmp_path: Path, taken: str) -> None:
-    gw, sim = _fleet(tmp_path)
+    gw, sim = start_fleet(tmp_path)
     try:
         ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
         port = gw.port if taken == "server" else free_port()
@@ -259,7 +256,7 @@ def _connection_owners(port: int) -> set[int]:
 
 
 def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
-    gw, sim = _fleet(
+    gw, sim = start_fleet(
         tmp_path, "--tokens-per-s", "5", server_extra='engine = "uvicorn"\nworkers = 2'
     )
     try:
@@ -288,7 +285,7 @@ def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
 
 
 def test_uvicorn_worker_dying_at_start_stops_the_gateway(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
+    gw, sim = start_fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
     try:
         eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
         gone = min(_workers(gw.proc.pid))
@@ -348,7 +345,7 @@ def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
 
 
 def test_uvicorn_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
-    gw, sim = _fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
+    gw, sim = start_fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
     try:
         eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
         workers = _workers(gw.proc.pid)

@@ -81,16 +81,6 @@ def ok(body: bytes = b"hello", extra: bytes = b"") -> Answer:
     return raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body))
 
 
-async def until(check: Callable[[], bool], within_s: float = 2.0, what: str = "condition") -> None:
-    """Poll ``check`` on the running loop until it holds; fail after ``within_s`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """On uvloop, the gateway's event loop (its transports differ from asyncio's own)."""
     return uvloop.run(coro)

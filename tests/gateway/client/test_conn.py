@@ -10,7 +10,8 @@ import struct
 import pytest
 
 from gateway.client import BadResponse, Client, ConnectionLost, FailureKind, classify
-from tests.gateway.client.scripted import Scripted, ok, raw, run, until
+from tests.gateway.client.scripted import Scripted, ok, raw, run
+from tests.support import until
 
 
 async def _fails(answer_bytes: bytes, close: bool, exc: type[Exception]) -> str:
@@ -128,19 +129,22 @@ def test_a_first_byte_timer_due_in_the_turn_the_body_came_is_not_a_timeout() -> 
 
 
 def test_a_reset_during_a_close_delimited_body_is_not_its_end() -> None:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart of it")
-        await w.drain()
-        await asyncio.sleep(0.05)
-        sock = w.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        w.transport.abort()  # RST, not FIN
-
     async def main() -> None:
+        read = asyncio.Event()
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart of it")
+            await w.drain()
+            await read.wait()  # a RST drops what the client has not read yet
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()  # RST, not FIN
+
         async with Scripted(answer) as srv:
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/")
             assert await resp.readany() == b"part of it"
+            read.set()
             with pytest.raises(ConnectionLost):
                 await asyncio.wait_for(resp.readany(), 2)
             await client.close()

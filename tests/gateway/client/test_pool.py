@@ -21,8 +21,8 @@ from gateway.client import (
     Reach,
     classify,
 )
-from tests.gateway.client.scripted import Scripted, ok, raw, run, until
-from tests.support import self_signed_cert
+from tests.gateway.client.scripted import Scripted, ok, raw, run
+from tests.support import self_signed_cert, until
 
 
 def test_the_request_goes_out_as_given_and_the_connection_is_reused() -> None:
@@ -69,18 +69,28 @@ def test_a_url_with_a_user_sends_basic_auth_and_a_path_prefix_is_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [[(b"X-A", b"1\r\nX-Injected: 1")], [(b"X-A", b"1\nX-B: 2")], [(b"X-A\r", b"1")]],
+    ("target", "headers"),
+    [
+        ("/", [(b"X-A", b"1\r\nX-Injected: 1")]),
+        ("/", [(b"X-A", b"1\nX-B: 2")]),
+        ("/", [(b"X-A\r", b"1")]),
+        ("/x HTTP/1.1\r\nX-Injected: 1\r\n", []),  # in the request target
+    ],
 )
-def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(
-    headers: list[tuple[bytes, bytes]],
+def test_a_line_break_in_a_header_or_the_target_is_refused_before_anything_is_sent(
+    target: str, headers: list[tuple[bytes, bytes]]
 ) -> None:
     async def main() -> None:
         async with Scripted(ok()) as srv:
             client = Client(1.0)
             with pytest.raises(ValueError, match="line break"):
-                await client.request("GET", srv.url + "/", headers)
+                await client.request("GET", srv.url + target, headers)
             await client.close()
+            # The server has read its connection to the end: whatever was sent, it has seen.
+            await until(
+                lambda: srv.connections == 1 and all(t.done() for t in srv.tasks),
+                what="the server to read the connection to its end",
+            )
             assert srv.heads == []
 
     run(main())
@@ -183,17 +193,20 @@ def test_head_answers_end_at_their_headers() -> None:
 
 
 def test_an_idle_connection_the_upstream_closes_leaves_the_pool() -> None:
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await w.drain()
-        await asyncio.sleep(0.05)
-        w.close()  # as uvicorn does after its keep-alive time
-
     async def main() -> None:
+        pooled = asyncio.Event()
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+            await pooled.wait()
+            w.close()  # as uvicorn does after its keep-alive time
+
         async with Scripted(answer) as srv:
             client = Client(1.0)
             assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
             assert client.idle_count() == 1
+            pooled.set()
             await until(lambda: client.idle_count() == 0, what="the closed one to leave")
             assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
             assert srv.connections == 2
@@ -220,11 +233,7 @@ def test_connections_idle_past_the_keepalive_time_are_closed() -> None:
 
 
 def test_refused_is_a_connect_failure() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, never listening: refused
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         client = Client(1.0)
         reach = Reach()
         with pytest.raises(ConnectFailed) as info:
@@ -233,7 +242,9 @@ def test_refused_is_a_connect_failure() -> None:
         assert classify(info.value, "")[0] is FailureKind.REFUSED
         await client.close()
 
-    run(main())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: refused (and nobody else's port)
+        run(main(s.getsockname()[1]))
 
 
 @pytest.fixture
@@ -263,6 +274,17 @@ def test_a_connect_that_hangs_times_out(full_backlog: int) -> None:
             await client.request("GET", f"http://127.0.0.1:{full_backlog}/")
         assert classify(info.value, "")[1] == "connect timed out"
         await client.close()
+
+    run(main())
+
+
+def test_a_url_without_a_path_asks_for_the_root() -> None:
+    async def main() -> None:
+        async with Scripted(ok()) as srv:
+            client = Client(1.0)
+            assert await (await client.request("GET", srv.url)).read() == b"hello"
+            await client.close()
+        assert srv.heads[0].startswith(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:")
 
     run(main())
 

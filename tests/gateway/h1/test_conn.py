@@ -29,6 +29,7 @@ from tests.support import (
     Sim,
     eventually,
     start_fleet,
+    until,
 )
 
 LIMIT = d.MAX_HEADER_BYTES + d.MAX_URL_BYTES  # the default config's cap
@@ -362,8 +363,8 @@ def test_a_graceful_stop_closes_idle_connections_and_lets_a_busy_one_finish() ->
     async def case(port: int, state: ServerState) -> None:
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
         busy = asyncio.ensure_future(_exchange(port, b"GET /busy?0.5 HTTP/1.1\r\nHost: x\r\n\r\n"))
-        await asyncio.sleep(0.2)
-        assert len(state.connections) == 2
+        # Both connections open, and the busy one's request running in the app.
+        await until(lambda: len(state.connections) == 2 and len(state.tasks) == 1)
         for conn in list(state.connections):
             conn.shutdown()  # what uvicorn's Server does at SIGTERM
         assert await asyncio.wait_for(idle_r.read(), 2) == b""  # closed, unanswered
@@ -400,7 +401,7 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector() -> None:
             for _ in range(5):
                 got, _ = await _exchange(port, request)
                 assert got.endswith(b"/y:")
-            await asyncio.sleep(0.1)
+            await until(lambda: not state.connections, what="every connection closed")
             joined = state.connections.joined  # type: ignore[attr-defined]
             assert len(joined) == 5 and not state.connections
             assert [r() for r in joined] == [None] * 5

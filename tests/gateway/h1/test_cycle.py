@@ -71,7 +71,7 @@ def _run(case: Case) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
-        conn = Conn(Recording(transport), loop)  # type: ignore[arg-type]
+        conn = Conn(Recording(transport), loop)
 
         def cycle(method: str = "GET", version: str = "1.1", keep_alive: bool = True) -> Cycle:
             scope = {"method": method, "http_version": version}
@@ -112,7 +112,7 @@ def test_the_head_leaves_with_the_first_body_write() -> None:
         await c.send(_start(200, (b"content-type", b"text/plain")))
         await c.send(_body(b"body", more=True))  # chunked: no length given
         await c.send(_body(b""))
-        assert conn.transport.calls == [("writelines", 2), ("write", 1)]  # type: ignore[attr-defined]
+        assert conn.transport.calls == [("writelines", 2), ("write", 1)]
         got = await _read(peer, b"0\r\n\r\n")
         assert got == (
             b"HTTP/1.1 200 OK\r\ndate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
@@ -128,10 +128,10 @@ def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
     async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
         c = cycle()
         await c.send(_start(200, (b"content-type", b"text/event-stream")))
-        assert conn.transport.calls == []  # type: ignore[attr-defined]
+        assert conn.transport.calls == []
         got = await _read(peer, b"\r\n\r\n")  # a slow first chunk: the head does not wait
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in got
-        assert conn.transport.calls == [("write", 1)]  # type: ignore[attr-defined]
+        assert conn.transport.calls == [("write", 1)]
 
     _run(case)
 
@@ -162,7 +162,7 @@ def test_http_1_0_without_a_length_ends_its_body_by_closing() -> None:
         got = await _read(peer, b"never")  # read to the close
         assert got.endswith(b"connection: close\r\n\r\nall"), got
         assert b"chunked" not in got
-        assert ("close", 0) in conn.transport.calls  # type: ignore[attr-defined]
+        assert ("close", 0) in conn.transport.calls
 
     _run(case)
 
@@ -183,7 +183,7 @@ def test_a_line_break_in_a_response_header_is_refused(
         with pytest.raises(RuntimeError, match=says):
             await c.send(_start(200, *headers))
         await asyncio.sleep(0)
-        assert conn.transport.calls == []  # type: ignore[attr-defined]
+        assert conn.transport.calls == []
 
     _run(case)
 

@@ -6,9 +6,18 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from gateway import defaults as d
-from gateway.errors import HeadersTooLarge
-from gateway.h1.refuse import connection_limit_reached, refusal
+from gateway.errors import HeadersTooLarge, HeadTimeout, RequestInvalid
+from gateway.h1.refuse import (
+    Refused,
+    connection_limit_reached,
+    malformed,
+    refusal,
+    timed_out,
+    too_large,
+)
 
 
 def test_a_refusal_is_a_whole_json_response_that_closes() -> None:
@@ -26,6 +35,31 @@ def test_a_refusal_is_a_whole_json_response_that_closes() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("stop", "kind", "says", "line"),
+    [
+        (
+            too_large(40960, 32768),
+            HeadersTooLarge,
+            "limit of 32768 bytes (server.max_header_bytes)",
+            "refused a request head over 40960 bytes",
+        ),
+        (
+            timed_out(1.5),
+            HeadTimeout,
+            "did not arrive within 1.5 s (server.head_timeout_s)",
+            "closed a connection whose request head was not complete in 1.5 s",
+        ),
+        (malformed("bad"), RequestInvalid, "bad", "refused a malformed HTTP/1.1 request"),
+    ],
+)
+def test_each_refusal_names_its_error_and_its_log_line(
+    stop: Refused, kind: type[Exception], says: str, line: str
+) -> None:
+    assert type(stop.err) is kind and says in stop.err.message
+    assert stop.line == line
+
+
 def test_past_the_connection_limit_the_app_answers_a_json_503_with_retry_after() -> None:
     sent: list[dict[str, Any]] = []
 
@@ -35,7 +69,7 @@ def test_past_the_connection_limit_the_app_answers_a_json_503_with_retry_after()
     async def receive() -> dict[str, Any]:
         raise AssertionError("the body is not read")
 
-    app = connection_limit_reached(3)  # uvicorn's limit_concurrency: max_connections + 1
+    app = connection_limit_reached(2)  # server.max_connections
     asyncio.run(app({"type": "http"}, receive, send))  # type: ignore[arg-type]
     start, body = sent
     headers = dict(start["headers"])

@@ -17,8 +17,8 @@ from gateway.client import Client
 from gateway.http.asgi import PIPE
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
-from tests.gateway.client.scripted import Scripted, run, until
-from tests.support import start_fleet
+from tests.gateway.client.scripted import Scripted, run
+from tests.support import start_fleet, until
 
 TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
 

@@ -1,0 +1,73 @@
+"""A request's ASGI scope on a gateway.h1 connection, and the addresses it names: looked up
+once per connection, at its first request (or refusal), not when it opens: a connection that
+never sends one costs no look-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+import httptools
+
+from gateway.http.asgi import Scope
+
+ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.3"}
+Address = tuple[str, int]
+
+
+class Addresses(NamedTuple):
+    client: Address | None
+    server: Address | None
+    scheme: str  # "https" on a TLS connection
+
+    def client_text(self) -> str:
+        """The client as log lines name it."""
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+
+
+def _address(transport: asyncio.BaseTransport, which: str) -> Address | None:
+    info = transport.get_extra_info(which)
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) else None
+
+
+def addresses(transport: asyncio.BaseTransport) -> Addresses:
+    return Addresses(
+        _address(transport, "peername"),
+        _address(transport, "sockname"),
+        "https" if transport.get_extra_info("sslcontext") else "http",
+    )
+
+
+def request_scope(
+    method: str,
+    version: str,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+    where: Addresses,
+    root_path: str,
+    state: dict[str, Any],
+    extensions: dict[str, object],
+) -> Scope:
+    """The scope as uvicorn builds it: the path percent-decoded, ``raw_path`` as sent."""
+    parsed = httptools.parse_url(url)
+    raw_path: bytes = parsed.path
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = unquote(path)
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSIONS,
+        "http_version": version,
+        "server": where.server,
+        "client": where.client,
+        "scheme": where.scheme,
+        "root_path": root_path,
+        "method": method,
+        "path": root_path + path,
+        "raw_path": root_path.encode("ascii") + raw_path,
+        "query_string": parsed.query or b"",
+        "headers": headers,
+        "state": state.copy(),
+        "extensions": extensions,
+    }

@@ -1,0 +1,25 @@
+"""bench/results_io.py: every result names the commit it was run from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from bench.results_io import ROOT, write_results
+
+
+def test_a_result_names_its_commit_and_whether_the_tree_had_changes(tmp_path: Path) -> None:
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    write_results(tmp_path / "r", ["# r", "", "| a |", "|---|"], {"x": 1})
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["x"] == 1 and doc["tree"]["commit"] == head
+    assert isinstance(doc["tree"]["uncommitted_changes"], bool)
+    md = (tmp_path / "r.md").read_text()
+    assert md.startswith("# r\n") and f"Run from commit {head}" in md
+    assert md.rstrip().endswith("(with uncommitted changes).") == doc["tree"]["uncommitted_changes"]

@@ -1,0 +1,42 @@
+"""gateway.h1.scope: the ASGI scope of a request, as uvicorn builds it, and the addresses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.h1.scope import ASGI_VERSIONS, Addresses, addresses, request_scope
+
+
+class Transport:
+    def __init__(self, **info: Any) -> None:
+        self.info = info
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.info.get(name)
+
+
+def test_the_scope_decodes_the_path_and_keeps_what_was_sent() -> None:
+    where = Addresses(("127.0.0.9", 5000), ("127.0.0.1", 8080), "http")
+    headers = [(b"host", b"x")]
+    extensions: dict[str, object] = {"geogate.pipe": None}
+    state = {"k": 1}
+    scope = request_scope(
+        "POST", "1.1", b"/v1/a%20b?x=1", headers, where, "/api", state, extensions
+    )
+    assert scope["path"] == "/api/v1/a b" and scope["raw_path"] == b"/api/v1/a%20b"
+    assert scope["query_string"] == b"x=1" and scope["method"] == "POST"
+    assert scope["client"] == ("127.0.0.9", 5000) and scope["server"] == ("127.0.0.1", 8080)
+    assert scope["headers"] is headers and scope["extensions"] is extensions
+    assert scope["asgi"] == ASGI_VERSIONS and scope["http_version"] == "1.1"
+    assert scope["state"] == state and scope["state"] is not state  # a request's own copy
+    plain = request_scope("GET", "1.0", b"/healthz", [], where, "", {}, {})
+    assert plain["path"] == "/healthz" and plain["query_string"] == b""
+
+
+def test_addresses_of_a_tls_ipv6_connection_and_of_none() -> None:
+    ipv6 = Transport(peername=("::1", 5000, 0, 0), sockname=("::1", 443, 0, 0), sslcontext=object())
+    tls = addresses(ipv6)  # type: ignore[arg-type]
+    assert tls == Addresses(("::1", 5000), ("::1", 443), "https")
+    assert tls.client_text() == "::1:5000"
+    unix = addresses(Transport(peername="", sockname="/run/geogate.sock"))  # type: ignore[arg-type]
+    assert unix == Addresses(None, None, "http") and unix.client_text() == "?"
