@@ -2,11 +2,10 @@
 uvicorn's server (sockets, workers, TLS, lifespan, graceful stop), which builds it as
 ``http=``. Requests go to the ASGI app through gateway.h1.cycle.
 
-Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy took a median 121 µs of CPU
-per request on it and 109.5 µs on this one, in alternating rounds (bench/ab.py, c = 16:
-bench/results/round5/h1_floor.md; what it did per request that this one does not:
-gateway.h1.cycle). Here, one timer per connection checks the time of the last answer when it
-fires, where uvicorn armed and cancelled one per response.
+Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy costs a little less CPU on
+this one (bench/ab.py, alternating rounds: 0.99x and 0.94x at c = 16, 0.93x at c = 1:
+bench/results/round5/h1_floor*.md), and what the gateway added on top of uvicorn's (head caps,
+JSON refusals, the extensions) no longer reaches into its internals.
 
 The caps on a request's head and the protocol's own answers: gateway.h1.refuse; upgrade
 offers: gateway.h1.upgrade; the scope: gateway.h1.scope.
