@@ -18,9 +18,9 @@ from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.store import StateStore
 from gateway.logs import BatchingStreamHandler, formatters
 from gateway.metrics import Metrics
+from gateway.routing.memo import RankMemo
 from gateway.routing.model import Decision, RequestFacts
 from gateway.routing.retry_budget import RetryBudget
-from gateway.routing.router import route
 from gateway.routing.steering import preferred_region
 from gateway.traffic import Traffic
 from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
@@ -101,6 +101,9 @@ class Runtime:
     session: Client | None = None
     draining: bool = False
     traffic: Traffic = field(default_factory=Traffic)  # what was served, for the dashboard
+    # Rankings of the current snapshot, shared by requests with the same model, residency
+    # rule and (origin client) place: only the choice within the band is made per request.
+    ranks: RankMemo = field(default_factory=RankMemo)
 
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:
@@ -164,7 +167,7 @@ class Runtime:
     ) -> Routed:
         """The decision for ``model`` from a client at ``loc``, however it was located."""
         snap, policy = self.store.snapshot(now), self.store.policy
-        decision = route(RequestFacts(model, loc), snap, policy, self.rng)
+        decision = self.ranks.route(RequestFacts(model, loc), snap, policy, self.rng)
         hint = preferred_region(loc, decision, snap, policy)
         return Routed(ip, peer_trusted, loc, decision, hint)
 

@@ -23,6 +23,7 @@ class Exchange:
     model: str = ""
     stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
     routed: Routed | None = None  # client, location, decision
+    client: str | None = None  # routed.client as text, once: the upstream and the log take it
     attempts: int = 0  # upstream attempts made
     upstream: str = "-"  # the upstream that answered
     status: int = 0  # what the client got (499: it left first)
@@ -79,7 +80,7 @@ class Exchange:
                 "ttfb_ms": _ms(self.first_byte_s),
                 "ms": _ms(self.elapsed_s()),
                 "bytes": self.body_bytes,
-                "client": str(r.client) if r and r.client else None,
+                "client": self.client,
                 "country": r.location.country if r else None,
             }
         )
@@ -114,8 +115,8 @@ class Exchange:
             "geogate.ttfb_ms": _ms(self.first_byte_s),
         }
         if r is not None:
-            if r.client is not None:
-                fields["client.ip"] = str(r.client)
+            if self.client is not None:
+                fields["client.ip"] = self.client
             if r.location.country:
                 fields["client.geo.country_iso_code"] = r.location.country
         return fields

@@ -72,6 +72,8 @@ class StreamGate:
         self._idle.set()
         self._drain: asyncio.Task[None] | None = None
         rt.metrics.max_streams.set(limit)
+        # Read when scraped: an inc() and a dec() per request each took the gauge's lock.
+        rt.metrics.requests_in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.rt.metrics
@@ -90,14 +92,12 @@ class StreamGate:
         task = asyncio.current_task()
         self.in_flight += 1
         self._idle.clear()
-        m.requests_in_flight.inc()
         if task is not None:
             self._tasks.add(task)
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            m.requests_in_flight.dec()
             if task is not None:
                 self._tasks.discard(task)
             if not self.in_flight:

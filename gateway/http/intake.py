@@ -31,7 +31,6 @@ from gateway.http.asgi import (
     Send,
     WholeBody,
     header,
-    header_values,
 )
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
@@ -131,12 +130,14 @@ async def read_body(
     limit: int,
     timeout_s: float,
     too_large: Callable[[int | None, int], BodyTooLarge] = _too_large,
+    heads: Heads | None = None,
 ) -> bytes:
     """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
     body as a whole, so a client sending a byte a second cannot hold a request forever.
     ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
-    names what sets the limit, which is not ``server.max_body_bytes`` for every caller."""
-    declared = header(scope, b"content-length")
+    names what sets the limit, which is not ``server.max_body_bytes`` for every caller.
+    ``heads``: the request's headers already read (``read_heads``), else looked up here."""
+    declared = first(heads, CONTENT_LENGTH) if heads is not None else header(scope, CONTENT_LENGTH)
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
     whole: WholeBody | None = scope.get("extensions", {}).get(BODY)
@@ -165,6 +166,31 @@ async def read_body(
             f"request body not received within {timeout_s:g} s ({size} bytes arrived; "
             "server.body_timeout_s); send the whole request at once"
         ) from None
+
+
+CONTENT_LENGTH = b"content-length"
+_REQUEST_ID = b"x-request-id"
+_CONTENT_ENCODING = b"content-encoding"
+_FORWARDED_FOR = b"x-forwarded-for"
+_EDGE = EDGE_HEADER.encode()
+_HOST = b"host"
+_READ = frozenset({_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST})
+Heads = dict[bytes, list[str]]
+
+
+def read_heads(headers: list[tuple[bytes, bytes]]) -> Heads:
+    """The headers the proxy reads, each name's values in order, found in one pass: a lookup
+    per name was a pass over the whole list per name, six per request."""
+    found: Heads = {}
+    for name, value in headers:
+        if name in _READ:
+            found.setdefault(name, []).append(value.decode("latin-1"))
+    return found
+
+
+def first(heads: Heads, name: bytes) -> str | None:
+    values = heads.get(name)
+    return values[0] if values else None
 
 
 def check_headers(scope: Scope, limit: int) -> None:
@@ -217,7 +243,8 @@ class Proxy:
         self.rt = rt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(request_id(header(scope, b"x-request-id")), scope, time.perf_counter())
+        heads = read_heads(scope["headers"])
+        ex = Exchange(request_id(first(heads, _REQUEST_ID)), scope, time.perf_counter())
         extra = [(b"x-request-id", ex.id.encode())]
 
         async def tracked(message: Message) -> None:
@@ -229,7 +256,7 @@ class Proxy:
             await send(message)
 
         try:
-            await self._serve(ex, receive, tracked)
+            await self._serve(ex, heads, receive, tracked)
         except GatewayError as err:
             ex.status = status_of(err)
             await send_error(tracked, err, extra)
@@ -256,7 +283,7 @@ class Proxy:
         finally:
             self._record(ex)
 
-    async def _serve(self, ex: Exchange, receive: Receive, send: Send) -> None:
+    async def _serve(self, ex: Exchange, heads: Heads, receive: Receive, send: Send) -> None:
         rt, scope = self.rt, ex.scope
         check_headers(scope, rt.config.server.max_header_bytes)
         raw_path = scope.get("raw_path") or scope["path"].encode()
@@ -265,20 +292,23 @@ class Proxy:
             scope["method"], raw_path.decode("latin-1"), rt.config.server.extra_api_paths
         )
         limit = rt.config.server.max_body_bytes
-        ex.body = await read_body(scope, receive, limit, rt.config.server.body_timeout_s)
+        timeout_s = rt.config.server.body_timeout_s
+        ex.body = await read_body(scope, receive, limit, timeout_s, heads=heads)
         # Read the model from the decoded body; the upstream gets the bytes as sent.
-        encoding = ", ".join(header_values(scope, b"content-encoding"))
+        encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
         ex.model, ex.stream = model_of(decoded(ex.body, encoding, limit))
         peer = scope.get("client")
         now = time.monotonic()
         ex.routed = rt.locate_and_route(
             peer[0] if peer else None,
-            header_values(scope, b"x-forwarded-for"),
+            heads.get(_FORWARDED_FOR, ()),
             ex.model,
             now,
-            edge_header=header(scope, EDGE_HEADER.encode()),
-            host=header(scope, b"host"),
+            edge_header=first(heads, _EDGE),
+            host=first(heads, _HOST),
         )
+        if ex.routed.client is not None:
+            ex.client = str(ex.routed.client)
         loc = ex.routed.location
         m = rt.metrics
         m.child(m.by_country, loc.country or "unknown", str(loc.source)).inc()

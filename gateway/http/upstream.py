@@ -43,6 +43,8 @@ RETRYABLE_STATUS = frozenset({429, 502, 503})
 # 429 is load, not sickness: it must not eject a backend that is merely full.
 NOT_A_HEALTH_FAILURE = frozenset({429})
 SSE_TYPE = "text/event-stream"
+_ROUTE = ROUTE_HEADER.encode()
+_PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
 
 
 class ClientGone(Exception):
@@ -122,7 +124,7 @@ class _Attempts:
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
-        client = str(ex.routed.client) if ex.routed.client else (peer[0] if peer else None)
+        client = ex.client or (peer[0] if peer else None)
         self.headers = upstream_request_headers(
             scope["headers"],
             peer=peer[0] if peer else None,
@@ -262,11 +264,11 @@ class _Attempts:
         """The response headers this gateway sets: the request id, the route, the hint."""
         extra = [
             (b"x-request-id", self.ex.id.encode()),
-            (ROUTE_HEADER.encode(), self.ex.decision.header(index).encode()),
+            (_ROUTE, self.ex.decision.header(index).encode()),
         ]
         hint = self.ex.routed.preferred_region if self.ex.routed else None
         if hint:
-            extra.append((PREFERRED_REGION_HEADER.encode(), hint.encode()))
+            extra.append((_PREFERRED_REGION, hint.encode()))
         return extra
 
     async def _stream(self, resp: Response, index: int, cand: Candidate) -> bool:

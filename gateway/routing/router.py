@@ -3,7 +3,9 @@
 No I/O, no clock, no randomness but the ``rng`` it is handed (DESIGN.md §3). Steps: filter
 (model, residency, drain, health with a panic threshold, weight-0 standby), score by expected
 time to first byte, choose by weighted power-of-two-choices among near-equal scores, order the
-rest as the failover list, and explain every candidate and exclusion.
+rest as the failover list, and explain every candidate and exclusion. ``rank`` is all of it
+but the choice, a function of ``rank_key`` alone for a given snapshot and policy, so it can be
+reused across requests (routing.memo); ``pick`` makes the choice per request.
 """
 
 from __future__ import annotations
@@ -85,12 +87,12 @@ def _weighted_pick(cands: Sequence[Candidate], rng: random.Random) -> int:
     return len(cands) - 1  # float rounding at the very top of the range
 
 
-def _p2c(band: list[Candidate], in_flight: Mapping[str, int], rng: random.Random) -> Candidate:
+def _p2c(band: Sequence[Candidate], in_flight: Mapping[str, int], rng: random.Random) -> Candidate:
     """Weighted power of two choices: two draws in proportion to weight, fewer in-flight
     per unit of weight wins, a tie goes to the first draw. With equal load the first draw
     decides, so the traffic share of each is exactly its share of the weight."""
     i = _weighted_pick(band, rng)
-    rest = band[:i] + band[i + 1 :]
+    rest = [*band[:i], *band[i + 1 :]]
     a, b = band[i], rest[_weighted_pick(rest, rng)]
     load_a = in_flight.get(a.upstream.id, 0) / a.upstream.weight
     load_b = in_flight.get(b.upstream.id, 0) / b.upstream.weight
@@ -114,7 +116,29 @@ def _filter(
     return allowed, excluded, rule.name if rule else None
 
 
-def route(facts: RequestFacts, snap: Snapshot, policy: Policy, rng: random.Random) -> Decision:
+# What rank reads of the request facts: the model, the index of the residency rule that
+# applies (None: no rule), and the client's coordinates where they feed the network cost.
+RankKey = tuple[str, int | None, float | None, float | None]
+
+
+def rank_key(facts: RequestFacts, policy: Policy) -> RankKey:
+    """Everything ``rank`` reads of ``facts``: equal keys give equal rankings for the same
+    snapshot and policy, so a ranking may be reused for every request with the same key."""
+    loc = facts.location
+    rule = next((i for i, r in enumerate(policy.residency) if r.matches(loc)), None)
+    if policy.origin == "self":
+        # A regional gateway's network cost is the path from here (measured RTT, else the
+        # distance from this region): the client has already paid its way here, so its own
+        # coordinates do not move the ranking: all clients under one residency rule share it.
+        return facts.model, rule, None, None
+    return facts.model, rule, loc.latitude, loc.longitude
+
+
+def rank(facts: RequestFacts, snap: Snapshot, policy: Policy) -> Decision:
+    """The deterministic part of routing: filter, tiers, scores, the tolerance band and the
+    order by score, with no randomness and no in-flight counts. The band is a prefix of
+    ``order`` (the first tier is sorted by score); ``pick`` chooses within it, and its
+    reason (lowest score, standby or panic) stands until a band of two or more is picked."""
     serving = [u for u in snap.upstreams if facts.model in u.models]
     if not serving:
         return Decision(Outcome.MODEL_NOT_FOUND, (), (), Reason.NO_UPSTREAM_SERVES)
@@ -137,30 +161,46 @@ def route(facts: RequestFacts, snap: Snapshot, policy: Policy, rng: random.Rando
         if u.healthy or panic:
             c = _candidate(u, net_model, prior)
             tiers[(0 if c.healthy else 2) + (1 if c.standby else 0)].append(c)
-    ordered_tiers = [_by_score(t) for t in tiers if t]
-    first = ordered_tiers[0]
-    best = first[0].score_ms
-    reason = Reason.LOWEST_SCORE
-    band: list[Candidate] = [first[0]]
-    if not first[0].standby and first[0].healthy:
+    order = [c for t in tiers if t for c in _by_score(t)]
+    first = order[0]
+    reason = Reason.PANIC if not first.healthy else Reason.STANDBY if first.standby else None
+    band = [first]
+    if reason is None:
+        best = first.score_ms
         limit = best + max(policy.tolerance_ms, policy.tolerance_ratio * best)
-        band = [c for c in first if c.score_ms <= limit]
-    chosen = band[0]
-    if len(band) > 1:
-        chosen = _p2c(band, snap.in_flight, rng)
-        reason = Reason.P2C_IN_BAND
-    if first[0].standby:
-        reason = Reason.STANDBY
-    if not first[0].healthy:
-        reason = Reason.PANIC
-    order = [chosen] + [c for c in first if c is not chosen]
-    for t in ordered_tiers[1:]:
-        order.extend(t)
+        # The first tier is sorted by score and every later tier is unhealthy or standby, so
+        # the band is the prefix of the order within the limit, all healthy and weighted.
+        for c in order[1:]:
+            if c.score_ms > limit or not c.healthy or c.standby:
+                break
+            band.append(c)
     return Decision(
         Outcome.ROUTED,
         tuple(order),
         tuple(excluded),
-        reason,
+        reason or Reason.LOWEST_SCORE,
         rule_name,
         tuple(c.upstream.id for c in band),
     )
+
+
+def pick(ranked: Decision, in_flight: Mapping[str, int], rng: random.Random) -> Decision:
+    """The choice within ``ranked``'s tolerance band: weighted power of two choices on
+    in-flight requests, the rest of the order kept as the failover list. A band of one has
+    nothing to choose, and ``ranked`` is the decision as it stands."""
+    n = len(ranked.band)
+    if n < 2:
+        return ranked
+    chosen = _p2c(ranked.order[:n], in_flight, rng)
+    return Decision(
+        ranked.outcome,
+        (chosen, *(c for c in ranked.order if c is not chosen)),
+        ranked.excluded,
+        Reason.P2C_IN_BAND,
+        ranked.residency,
+        ranked.band,
+    )
+
+
+def route(facts: RequestFacts, snap: Snapshot, policy: Policy, rng: random.Random) -> Decision:
+    return pick(rank(facts, snap, policy), snap.in_flight, rng)

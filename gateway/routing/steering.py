@@ -33,14 +33,16 @@ def preferred_region(
     here = snap.regions.get(policy.self_region)
     if here is None or not regions:
         return None
+    if len(regions) == 1 and here.id in regions:
+        return None  # only this region could serve: nowhere better to send the client
 
     def est(region_id: str) -> float:
         p = snap.regions[region_id]
         return est_rtt_ms(loc.latitude, loc.longitude, p.latitude, p.longitude)
 
-    best = min(sorted(regions), key=est)
+    # The nearest, ties to the first id in order; each region estimated once.
+    best_ms, best = min((est(r), r) for r in regions)
     if best == here.id:
         return None
-    best_ms = est(best)
     band = max(policy.tolerance_ms, policy.tolerance_ratio * best_ms)
     return best if est(here.id) > best_ms + band else None

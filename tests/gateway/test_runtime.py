@@ -65,3 +65,15 @@ def test_a_signed_edge_header_locates_the_client_else_the_peer_does() -> None:
         if s.name.endswith("_total")
     }
     assert counted == {"ok": 1.0, "wrong_audience": 1.0}
+
+
+def test_rankings_are_reused_within_a_snapshot_and_follow_a_change() -> None:
+    rt = build_runtime(CFG)
+    first = rt.locate_and_route("127.0.0.2", [], "m", 0.0).decision
+    # Another client, same snapshot: the same ranking, not a fresh one.
+    assert rt.locate_and_route("127.0.0.3", [], "m", 0.0).decision is first
+    # A drain (a new snapshot) is seen by the very next request.
+    drained = CFG.upstreams[0].model_copy(update={"drained": True})
+    rt.store.replace_config(CFG.model_copy(update={"upstreams": [drained]}))
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0)
+    assert routed.decision.chosen is None and str(routed.decision.outcome) == "no_candidate"

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import random
 
 import pytest
 
-from geodb.distance import FIBRE_FLOOR_MS_PER_KM, est_rtt_ms, great_circle_km
+from geodb.distance import FIBRE_FLOOR_MS_PER_KM, _est_rtt_ms, est_rtt_ms, great_circle_km
 
 # A few published P50 inter-region RTTs (ms) with the regions' coordinates: the model must
 # stay within 35 % of each — it is a prior for unmeasured paths, not a measurement.
@@ -44,3 +46,11 @@ def test_the_fibre_floor_is_below_every_measured_path(row: dict[str, str]) -> No
 def test_short_paths_cost_the_fixed_term() -> None:
     # Same city: no distance, but a round trip through routers is never free.
     assert est_rtt_ms(50.11, 8.68, 50.11, 8.68) == pytest.approx(10.0)
+
+
+def test_the_memoised_estimate_is_the_estimate() -> None:
+    rng = random.Random(7)
+    points = [(rng.uniform(-90, 90), rng.uniform(-180, 180)) for _ in range(50)]
+    for _ in range(3):  # misses, then hits
+        for (a, b), (c, e) in itertools.pairwise(points):
+            assert est_rtt_ms(a, b, c, e) == _est_rtt_ms(a, b, c, e)

@@ -15,7 +15,7 @@ from gateway.config import Config
 from gateway.defaults import FD_RESERVE
 from gateway.http.asgi import Receive, Scope, Send, send_json
 from gateway.http.gate import StreamGate, capacity
-from gateway.runtime import build_runtime
+from gateway.runtime import Runtime, build_runtime
 
 CFG = Config.model_validate(
     {"gateway": {"region": "eu"}, "regions": [{"id": "eu", "latitude": 50, "longitude": 8}]}
@@ -70,6 +70,7 @@ async def test_past_the_limit_a_fast_503_with_retry_after() -> None:
     async with _client(gate) as c:
         held = [asyncio.create_task(c.post("/v1/sleep/0.5")) for _ in range(2)]
         await slow.until_started(2)
+        assert _gauge(rt, "geogate_requests_in_flight") == 2  # read at the scrape
         t0 = time.monotonic()
         r = await c.post("/v1/sleep/0.5")
         assert time.monotonic() - t0 < 0.2
@@ -84,6 +85,11 @@ async def test_past_the_limit_a_fast_503_with_retry_after() -> None:
         assert (await c.post("/v1/sleep/0")).status_code == 200  # room again
     assert rt.metrics.overloaded._value.get() == 1
     assert gate.in_flight == 0
+    assert _gauge(rt, "geogate_requests_in_flight") == 0
+
+
+def _gauge(rt: Runtime, name: str) -> float | None:
+    return rt.metrics.registry.get_sample_value(name)
 
 
 async def test_drain_waits_for_requests_in_flight_and_serves_new_ones() -> None:

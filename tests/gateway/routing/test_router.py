@@ -13,13 +13,14 @@ from gateway.routing.model import (
     Decision,
     Origin,
     Outcome,
+    Reason,
     RegionPoint,
     RequestFacts,
     Snapshot,
     UpstreamView,
 )
 from gateway.routing.policy import Policy, Residency
-from gateway.routing.router import route
+from gateway.routing.router import pick, rank, rank_key, route
 from geodb.distance import est_rtt_ms
 from geodb.location import Location, LocationSource
 from geodb.regions import known_region
@@ -292,3 +293,41 @@ def test_idle_far_backend_gets_no_traffic_while_a_near_one_is_fine(
     for _ in range(20):
         d = route(RequestFacts("m", loc), s, p, rng)
         assert chosen_id(d) == "near" and d.band == ("near",), d.explain()
+
+
+# --- rank and pick ----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshots, locations, policies, st.integers(0, 2**32))
+def test_rank_is_deterministic_and_pick_only_chooses_within_the_band(
+    s: Snapshot, loc: Location, p: Policy, seed: int
+) -> None:
+    facts = RequestFacts("m", loc)
+    ranked = rank(facts, s, p)
+    assert rank(facts, s, p) == ranked
+    # The band is a prefix of the ranked order; the pick moves one of it to the front.
+    n = len(ranked.band)
+    assert tuple(c.upstream.id for c in ranked.order[:n]) == ranked.band
+    picked = pick(ranked, s.in_flight, random.Random(seed))
+    assert picked == route(facts, s, p, random.Random(seed))
+    if n < 2:
+        assert picked is ranked
+    else:
+        assert picked.reason is Reason.P2C_IN_BAND
+        assert picked.order[0].upstream.id in ranked.band
+        assert picked.order[1:] == tuple(c for c in ranked.order if c is not picked.order[0])
+        assert (picked.excluded, picked.band) == (ranked.excluded, ranked.band)
+
+
+def test_rank_key_holds_the_client_coordinates_only_where_they_are_scored() -> None:
+    client, regional = Policy("client", "eu-central", (EU_RULE,)), Policy("self", "eu-central")
+    assert rank_key(RequestFacts("m", LONDON), client) == ("m", 0, 51.51, -0.13)
+    assert rank_key(RequestFacts("m", SINGAPORE), client) == ("m", None, 1.35, 103.82)
+    # A regional gateway scores the path from itself (measured, else its own region's
+    # coordinates), so every client shares a ranking there.
+    assert rank_key(RequestFacts("m", LONDON), regional) == ("m", None, None, None)
+    s = snap(up("a", "eu-central"), up("b", "ap-southeast"))
+    assert rank(RequestFacts("m", LONDON), s, regional) == rank(
+        RequestFacts("m", SINGAPORE), s, regional
+    )

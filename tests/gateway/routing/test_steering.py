@@ -7,11 +7,14 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.routing.model import RegionPoint, RequestFacts, Snapshot, UpstreamView
 from gateway.routing.policy import Policy, Residency
 from gateway.routing.router import route
 from gateway.routing.steering import preferred_region
+from geodb.distance import est_rtt_ms
 from geodb.location import Location, LocationSource
 from geodb.regions import known_region
 
@@ -64,3 +67,36 @@ def test_only_regions_that_could_serve_the_client_are_hinted() -> None:
     assert hint(SINGAPORE, ups(**{"ap-southeast": {"drained": True}})) is None
     rule = Residency("sg", frozenset({"SG"}), frozenset(), frozenset({"eu-central"}))
     assert hint(SINGAPORE, residency=(rule,)) is None
+
+
+def _reference(loc: Location, regions: set[str], here: str, p: Policy) -> str | None:
+    """The hint as first written: sorted, min by estimate, the best estimated again."""
+
+    def est(r: str) -> float:
+        q = REGIONS[r]
+        return est_rtt_ms(loc.latitude, loc.longitude, q.latitude, q.longitude)
+
+    best = min(sorted(regions), key=est)
+    if best == here:
+        return None
+    band = max(p.tolerance_ms, p.tolerance_ratio * est(best))
+    return best if est(here) > est(best) + band else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-90, 90),
+    st.floats(-180, 180),
+    st.sets(st.sampled_from(sorted(REGIONS)), min_size=1),
+    st.sampled_from(sorted(REGIONS)),
+    st.sampled_from([0.0, 15.0]),
+)
+def test_the_hint_is_the_nearest_region_beyond_the_band(
+    lat: float, lon: float, serving: set[str], here: str, tol: float
+) -> None:
+    loc = Location(lat, lon, None, None, None, None, LocationSource.GEOIP)
+    views = tuple(UpstreamView(id=r, region=r, models=frozenset({"m"})) for r in sorted(serving))
+    s = Snapshot(views, REGIONS)
+    p = Policy("self", here, tolerance_ms=tol, tolerance_ratio=tol / 100)
+    decision = route(RequestFacts("m", loc), s, p, random.Random(0))
+    assert preferred_region(loc, decision, s, p) == _reference(loc, serving, here, p)
