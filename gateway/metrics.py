@@ -1,86 +1,202 @@
-"""Prometheus metrics of one gateway process (its own registry, not the global one)."""
+"""Prometheus metrics of one gateway process (its own registry, not the global one).
+
+The metrics a proxied request updates are this module's own ``RequestCounter`` and
+``RequestHistogram``, not prometheus_client's Counter and Histogram: those take a lock and
+four Python calls per ``inc`` (``_raise_if_not_observable``, ``_is_observable``, the value's
+``inc`` under its mutex) and a Python loop over the buckets per ``observe``, some thirty calls
+a request in all (bench/results/round6/cprofile.md). Ours are plain numbers behind one method
+call, and a ``bisect`` for the bucket: a worker's requests and its ``/metrics`` scrape run in
+one thread, its event loop's, so there is nothing to lock against. They expose the same
+samples, ``_total``, ``_bucket``, ``_count`` and ``_sum``, without prometheus_client's
+``_created`` (the time each series was first seen: no dashboard or alert here reads it).
+"""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from typing import Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import INF, floatToGoString
 
-M = TypeVar("M", bound=MetricWrapperBase)
+C = TypeVar("C", covariant=True)
 
 # Buckets reach minutes: an LLM response can legitimately stream that long.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+class Labelled(Protocol[C]):
+    def labels(self, *values: str) -> C: ...
+
+
+class CountChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class ObserveChild:
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: Prometheus' le ("less or equal") bucket.
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
+class _Family(Collector):
+    def __init__(
+        self, name: str, doc: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = tuple(labelnames)
+        registry.register(self)
+
+    def _check(self, values: tuple[str, ...]) -> None:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(values)} label values for {self.labelnames}")
+
+
+class RequestCounter(_Family):
+    """A labelled counter for the request path (see the module's docstring)."""
+
+    def __init__(
+        self, name: str, doc: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self._children: dict[tuple[str, ...], CountChild] = {}
+        super().__init__(name, doc, labelnames, registry)
+
+    def labels(self, *values: str) -> CountChild:
+        child = self._children.get(values)
+        if child is None:
+            self._check(values)
+            child = self._children[values] = CountChild()
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class RequestHistogram(_Family):
+    """A labelled histogram for the request path (see the module's docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        buckets: Sequence[float],
+    ) -> None:
+        self._bounds = tuple(float(b) for b in buckets)
+        # prometheus_client's own text for each bound ("1.0", "+Inf"): the same series as its
+        # Histogram's, so dashboards and alert rules match either.
+        self._les = [floatToGoString(b) for b in (*self._bounds, INF)]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], ObserveChild] = {}
+        super().__init__(name, doc, labelnames, registry)
+
+    def labels(self, *values: str) -> ObserveChild:
+        child = self._children.get(values)
+        if child is None:
+            self._check(values)
+            child = self._children[values] = ObserveChild(self._bounds)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            running, buckets = 0, []
+            for le, n in zip(self._les, child.counts, strict=True):
+                running += n
+                buckets.append((le, float(running)))
+            family.add_metric(values, buckets, child.sum)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
-        # metric.labels(...) checks and converts its values and takes a lock on every call
-        # (~1 us, bench/results/profile.md); the request path asks for the same few children
-        # again and again, so each is bound once here. Bounded as the metric itself is: by
-        # the label values it has seen.
-        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+        # metric.labels(...) checks and converts its values (prometheus_client's take a lock
+        # too, ~1 us, bench/results/profile.md); the request path asks for the same few
+        # children again and again, so each is bound once here. Bounded as the metric itself
+        # is: by the label values it has seen.
+        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "geogate_requests", "Proxied requests by final status", ["code", "region"], registry=r
+        self.requests = RequestCounter(
+            "geogate_requests", "Proxied requests by final status", ["code", "region"], r
         )
-        self.duration = Histogram(
+        self.duration = RequestHistogram(
             "geogate_request_duration_seconds",
             "Time from request to last byte",
             ["region"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            r,
+            LATENCY_BUCKETS,
         )
-        self.first_byte = Histogram(
+        self.first_byte = RequestHistogram(
             "geogate_time_to_first_byte_seconds",
             "Time from request to the first body byte sent to the client",
             ["region"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            r,
+            LATENCY_BUCKETS,
         )
-        self.attempts = Counter(
+        self.attempts = RequestCounter(
             "geogate_upstream_attempts",
             "Attempts per upstream by outcome (ok, refused, reset, status_503, timeout, ...)",
             ["upstream", "outcome"],
-            registry=r,
+            r,
         )
         self.retries = Counter("geogate_retries", "Failovers to another candidate", registry=r)
         self.budget_exhausted = Counter(
             "geogate_retry_budget_exhausted", "Failovers refused by the retry budget", registry=r
         )
-        self.stream_aborted = Counter(
+        self.stream_aborted = RequestCounter(
             "geogate_stream_aborted",
             "Responses cut short after bytes reached the client",
             ["cause"],
-            registry=r,
+            r,
         )
-        self.by_country = Counter(
+        self.by_country = RequestCounter(
             "geogate_client_requests",
             "Requests by client country and location source",
             ["country", "source"],
-            registry=r,
+            r,
         )
-        self.client_errors = Counter(
+        self.client_errors = RequestCounter(
             "geogate_client_errors",
             "Requests answered 5xx, by client country",
             ["country"],
-            registry=r,
+            r,
         )
-        self.missteered = Counter(
+        self.missteered = RequestCounter(
             "geogate_missteered_requests",
             "Requests from clients nearer another region (labelled with it) than this one: "
             "fix DNS or the edge",
             ["region"],
-            registry=r,
+            r,
         )
-        self.edge_location = Counter(
+        self.edge_location = RequestCounter(
             "geogate_edge_location",
             "Signed client-location headers from the edge by verification result; only ok is "
             "believed (ok, no_keys, malformed, unknown_key, bad_signature, expired, "
             "wrong_audience)",
             ["result"],
-            registry=r,
+            r,
         )
         self.healthy = Gauge(
             "geogate_upstream_healthy", "1 when routable", ["upstream", "region"], registry=r
@@ -132,7 +248,7 @@ class Metrics:
             registry=r,
         )
 
-    def child(self, metric: M, *values: str) -> M:
+    def child(self, metric: Labelled[C], *values: str) -> C:
         """``metric.labels(*values)``, bound once. Only for metrics never ``remove()``d."""
         key = (metric, values)
         found = self._children.get(key)

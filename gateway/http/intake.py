@@ -285,15 +285,13 @@ class Proxy:
 
     async def _serve(self, ex: Exchange, heads: Heads, receive: Receive, send: Send) -> None:
         rt, scope = self.rt, ex.scope
-        check_headers(scope, rt.config.server.max_header_bytes)
+        server = rt.config.server
+        check_headers(scope, server.max_header_bytes)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         # Checked on the path as sent: it is what the upstream gets (see upstream.py).
-        check_api_request(
-            scope["method"], raw_path.decode("latin-1"), rt.config.server.extra_api_paths
-        )
-        limit = rt.config.server.max_body_bytes
-        timeout_s = rt.config.server.body_timeout_s
-        ex.body = await read_body(scope, receive, limit, timeout_s, heads=heads)
+        check_api_request(scope["method"], raw_path.decode("latin-1"), server.extra_api_paths)
+        limit = server.max_body_bytes
+        ex.body = await read_body(scope, receive, limit, server.body_timeout_s, heads=heads)
         # Read the model from the decoded body; the upstream gets the bytes as sent.
         encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
         ex.model, ex.stream = model_of(decoded(ex.body, encoding, limit))

@@ -114,6 +114,7 @@ class _Attempts:
 
     def __init__(self, rt: Runtime, ex: Exchange, send: Send) -> None:
         self.rt = rt
+        self.config = rt.config  # one config for the whole exchange, looked up once
         self.ex = ex
         self.send = send
         self.failures: list[Failure] = []
@@ -140,7 +141,7 @@ class _Attempts:
 
     async def run(self) -> int:
         rt, ex = self.rt, self.ex
-        candidates = ex.decision.order[: rt.config.retry.max_attempts]
+        candidates = ex.decision.order[: self.config.retry.max_attempts]
         for i, cand in enumerate(candidates):
             if i > 0:
                 if not rt.budget.try_retry(time.monotonic()):
@@ -159,7 +160,7 @@ class _Attempts:
     def _wait(self) -> tuple[float, str]:
         """How long to wait for the upstream's first byte, and the key that says so. A
         stream's first byte is its first token; a non-streaming answer's is the whole answer."""
-        t = self.rt.config.timeouts
+        t = self.config.timeouts
         if self.ex.stream:
             return t.first_byte_s, "timeouts.first_byte_s"
         return t.response_s, "timeouts.response_s"
@@ -234,7 +235,7 @@ class _Attempts:
             what = "first byte" if self.ex.stream else "answer"
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
             self._fail(Failure(uid, kind, detail), cand)
-            if kind is FailureKind.TIMEOUT and reach.connected and not rt.config.retry.on_timeout:
+            if kind is FailureKind.TIMEOUT and reach.connected and not self.config.retry.on_timeout:
                 self.held = uid
             return None
         finally:
@@ -275,7 +276,7 @@ class _Attempts:
         """Stream the response to the client; False when the upstream failed mid-way. Nothing
         of the head or the first chunk stays referenced once sent: a frame here lives as long
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
-        t = self.rt.config.timeouts
+        t = self.config.timeouts
         send = self.send
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t.total_s - self.ex.elapsed_s()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
-from gateway.metrics import Metrics
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from gateway.metrics import LATENCY_BUCKETS, Metrics, RequestCounter, RequestHistogram
 
 
 def test_child_binds_each_label_set_once_and_counts_into_the_registry() -> None:
@@ -17,3 +20,37 @@ def test_child_binds_each_label_set_once_and_counts_into_the_registry() -> None:
     assert get("geogate_request_duration_seconds_count", {"region": "eu"}) == 1
     # the same child as labels() gives: the metric's own view agrees
     assert m.requests.labels("200", "eu") is a
+
+
+def _samples(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines but prometheus_client's ``_created`` ones (not kept by ours)."""
+    text = generate_latest(registry).decode()
+    return sorted(line for line in text.splitlines() if "_created" not in line)
+
+
+def test_request_metrics_expose_what_prometheus_clients_own_would() -> None:
+    """Same names, labels, bucket bounds, cumulative counts and sums as Counter and Histogram
+    given the same updates: a dashboard or alert rule cannot tell them apart."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    c1 = RequestCounter("t_requests", "doc", ["code", "region"], ours)
+    c2 = Counter("t_requests", "doc", ["code", "region"], registry=theirs)
+    h1 = RequestHistogram("t_seconds", "doc", ["region"], ours, LATENCY_BUCKETS)
+    h2 = Histogram("t_seconds", "doc", ["region"], buckets=LATENCY_BUCKETS, registry=theirs)
+    # On a bound, between, past the last, zero, and negative (an le bucket takes equality).
+    values = [0.005, 0.007, 1.0, 2.5, 299.0, 300.0, 301.0, 0.0, -1.0, 0.25]
+    for i, v in enumerate(values):
+        region = "eu" if i % 3 else "us"
+        c1.labels(str(200 + i % 2), region).inc()
+        c2.labels(str(200 + i % 2), region).inc()
+        h1.labels(region).observe(v)
+        h2.labels(region).observe(v)
+    c1.labels("503", "eu").inc(2.5)
+    c2.labels("503", "eu").inc(2.5)
+    assert _samples(ours) == _samples(theirs)
+    assert ours.get_sample_value("t_seconds_bucket", {"region": "us", "le": "+Inf"}) == 4
+
+
+def test_request_metrics_refuse_a_wrong_number_of_label_values() -> None:
+    c = RequestCounter("t_requests", "doc", ["code", "region"], CollectorRegistry())
+    with pytest.raises(ValueError, match=r"t_requests: 1 label values for \('code', 'region'\)"):
+        c.labels("200")
