@@ -138,11 +138,11 @@ def upstream_request_headers(
 def client_response_headers(
     raw: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    raw = list(raw)
+    lowered = [(n.lower(), v) for n, v in raw]  # an upstream's names come in any case
     drop = _DROP_FROM_UPSTREAM
-    named = _connection_tokens(raw)
+    named = _connection_tokens(lowered)
     if named:
         drop = drop | named
-    out = [(low, v) for n, v in raw if (low := n.lower()) not in drop]
+    out = [(n, v) for n, v in lowered if n not in drop]
     out += extra
     return out
