@@ -184,9 +184,11 @@ class MemoryStateStore:
         if upstream_id not in self._health:
             return False
         cfg = self._config.outlier
-        out = sum(1 for h in self._health.values() if h.ejected(now))
-        cap = max(1, math.floor(cfg.max_ejected_share * len(self._health)))
-        ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=out < cap)
+        may_eject = False
+        if not ok:  # only a failure can eject: a success need not count the pool's ejected
+            out = sum(1 for h in self._health.values() if h.ejected(now))
+            may_eject = out < max(1, math.floor(cfg.max_ejected_share * len(self._health)))
+        ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=may_eject)
         if ejected:
             self._snap = None
         return ejected
