@@ -43,6 +43,8 @@ def _parse(addr: str) -> IPAddress | None:
 
 
 def _trusted(ip: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    if not trusted:  # the default: no proxy in front, and no generator to run per request
+        return False
     return any(ip.version == net.version and ip in net for net in trusted)
 
 

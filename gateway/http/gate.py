@@ -91,7 +91,8 @@ class StreamGate:
             return
         task = asyncio.current_task()
         self.in_flight += 1
-        self._idle.clear()
+        if self.in_flight == 1:  # busy from idle: the drain's event says so (not per request)
+            self._idle.clear()
         if task is not None:
             self._tasks.add(task)
         try:

@@ -125,7 +125,9 @@ def rank_key(facts: RequestFacts, policy: Policy) -> RankKey:
     """Everything ``rank`` reads of ``facts``: equal keys give equal rankings for the same
     snapshot and policy, so a ranking may be reused for every request with the same key."""
     loc = facts.location
-    rule = next((i for i, r in enumerate(policy.residency) if r.matches(loc)), None)
+    rule = None
+    if policy.residency:
+        rule = next((i for i, r in enumerate(policy.residency) if r.matches(loc)), None)
     if policy.origin == "self":
         # A regional gateway's network cost is the path from here (measured RTT, else the
         # distance from this region): the client has already paid its way here, so its own

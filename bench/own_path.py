@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""geogate's own code per proxied request, in process: the app's front door, the stream gate,
+the proxy (checks, body, model, GeoIP, routing, metrics, access line) and the upstream attempt,
+with the two things that are not geogate's code faked: the ASGI server (a scope and a send that
+keeps the status) and the upstream client (an answer at once, no socket). What is left is the
+part of a request's CPU that changes when geogate's code changes, without the event loop,
+the sockets and the VM's noise around them: steadier than CPU per request under load, so a
+before/after pair comes from one sitting.
+
+  .venv/bin/python bench/own_path.py --tree now=. --tree start=/tmp/base
+      (git archive <commit> | tar -x -C /tmp/base: a tree from before the change)
+
+Each tree runs in a fresh interpreter with that tree first on sys.path, in rounds that take
+turns (the order reversed each round); the median of the rounds' best-of-3 is reported. The
+config is bench/overhead.py's default (access log on, to a file; a GeoIP database every lookup
+hits). Every request must be answered 200 with the whole answer, or the run fails.
+Writes OUT.md and OUT.json (default bench/results/own_path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BODY = json.dumps(
+    {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+).encode()
+ANSWER = b'{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"a'
+ANSWER += b'ssistant","content":"hello"},"finish_reason":"stop"}],"usage":{"total_tokens":17}}'
+UPSTREAM_HEADERS = [
+    (b"Content-Type", b"application/json"),
+    (b"Content-Length", str(len(ANSWER)).encode()),
+    (b"Date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
+    (b"Server", b"uvicorn"),
+]
+REQUEST_HEADERS = [
+    (b"host", b"127.0.0.1:8000"),
+    (b"user-agent", b"h2load nghttp2/1.59.0"),
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BODY)).encode()),
+]
+
+
+class FakeResponse:
+    """gateway.client.Response as the proxy uses it: a whole answer, already here."""
+
+    status = 200
+
+    def __init__(self) -> None:
+        self.raw_headers = list(UPSTREAM_HEADERS)
+        self._left = ANSWER
+
+    def header(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for n, v in self.raw_headers if n.lower() == name), None)
+
+    async def wait_body(self) -> None:
+        return None
+
+    async def readany(self) -> bytes:
+        body, self._left = self._left, b""
+        return body
+
+    def at_eof(self) -> bool:
+        return not self._left
+
+    def release(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class FakeClient:
+    """gateway.client.Client's request and close: the answer at once, no socket."""
+
+    async def request(self, *args: Any, reach: Any = None, **kwargs: Any) -> FakeResponse:
+        if len(args) > 4 and args[4] is not None:  # Reach, passed positionally by the proxy
+            args[4].connected = True
+        return FakeResponse()
+
+    async def close(self) -> None:
+        return None
+
+
+async def _measure(requests: int) -> float:
+    """µs of CPU per request, best of three passes after a warm-up."""
+    from bench.overhead import gateway_conf
+    from gateway.config_file import load_config
+    from gateway.http.app import create_app
+    from gateway.runtime import access_log
+
+    work = Path(tempfile.mkdtemp(prefix="geogate-own-path-"))
+    app: Any = create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
+    app.proxy.rt.session = FakeClient()  # app.proxy: the stream gate; .rt: its runtime
+    for handler in access_log.handlers:
+        handler.setStream((work / "access.log").open("w"))  # type: ignore[attr-defined]
+    seen: dict[str, int] = {"200": 0, "bytes": 0}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            seen[str(message["status"])] = seen.get(str(message["status"]), 0) + 1
+        else:
+            seen["bytes"] += len(message.get("body", b""))
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 40000),
+            "scheme": "http",
+            "method": "POST",
+            "root_path": "",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "headers": REQUEST_HEADERS,
+            "extensions": {"geogate.body": lambda: BODY},
+        }
+
+    for _ in range(requests // 10):
+        await app(scope(), receive, send)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        for _ in range(requests):
+            await app(scope(), receive, send)
+        best = min(best, (time.process_time() - t0) / requests * 1e6)
+    total = requests // 10 + 3 * requests
+    if seen["200"] != total or seen["bytes"] != total * len(ANSWER):
+        raise SystemExit(f"own_path: not every request was answered 200 in whole: {seen}")
+    return best
+
+
+def child(tree: Path, requests: int) -> None:
+    sys.path.insert(0, str(tree))
+    import uvloop
+
+    print(json.dumps({"us": uvloop.run(_measure(requests))}))
+
+
+def run_tree(tree: Path, requests: int) -> float:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree)]
+    cmd += ["--requests", str(requests)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"own_path: {tree}: {out.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["us"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--tree", action="append", default=[], help="NAME=PATH (repeatable)")
+    ap.add_argument("--requests", type=int, default=20000, help="per pass")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "own_path")
+    args = ap.parse_args()
+    if args.child is not None:
+        child(args.child, args.requests)
+        return
+    from bench.results_io import write_results
+
+    trees = dict(t.split("=", 1) for t in (args.tree or ["now=."]))
+    per: dict[str, list[float]] = {name: [] for name in trees}
+    order = list(trees.items())
+    for _ in range(args.rounds):
+        for name, path in order:
+            per[name].append(run_tree(Path(path).resolve(), args.requests))
+        order.reverse()
+    first = next(iter(trees))
+    base = statistics.median(per[first])
+    lines = [
+        "# geogate's own code per proxied request, in process (bench/own_path.py)",
+        "",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}. Server and "
+        "upstream client faked; default config (access log to a file, GeoIP hit). "
+        f"{args.requests} requests per pass, best of 3 passes per round, {args.rounds} rounds "
+        "taking turns; the median round.",
+        "",
+        f"| tree | path | µs per request | vs {first} | each round |",
+        "|---|---|---|---|---|",
+    ]
+    for name, path in trees.items():
+        med = statistics.median(per[name])
+        rounds = ", ".join(f"{x:.1f}" for x in per[name])
+        lines.append(f"| {name} | {path} | {med:.1f} | {med / base:.2f} | {rounds} |")
+    doc = {"requests": args.requests, "rounds": args.rounds, "trees": trees, "us": per}
+    write_results(args.out, lines, doc)
+
+
+if __name__ == "__main__":
+    if "--child" not in sys.argv:
+        sys.path.insert(0, str(ROOT))
+    main()

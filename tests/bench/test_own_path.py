@@ -1,0 +1,31 @@
+"""bench/own_path.py: the in-process request path measures a proxied request answered 200 in
+whole, and refuses to report a run whose requests were not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.own_path import run_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_this_tree_is_measured_on_whole_answers() -> None:
+    us = run_tree(ROOT, 200)
+    # A proxied request in process costs tens of µs on this machine; far above that is a
+    # request that took another path (a timeout, a retry), far below one that did no work.
+    assert 1 < us < 5000
+
+
+def test_a_run_whose_upstream_fails_reports_nothing() -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path;"
+        "import bench.own_path as o; o.FakeResponse.status = 503;"
+        f"o.child(Path({str(ROOT)!r}), 20)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert "not every request was answered 200 in whole" in out.stderr
+    assert '"us"' not in out.stdout
