@@ -276,10 +276,7 @@ class _Attempts:
         """Stream the response to the client; False when the upstream failed mid-way. Nothing
         of the head or the first chunk stays referenced once sent: a frame here lives as long
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
-        t = self.config.timeouts
         send = self.send
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + t.total_s - self.ex.elapsed_s()
         headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
         sse = (resp.header(b"content-type") or "").startswith(SSE_TYPE)
         resp.raw_headers = []
@@ -298,6 +295,10 @@ class _Attempts:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
+        # The request's start plus timeouts.total_s, on the loop's clock. Looked up only here,
+        # for a stream: get_running_loop() is a getpid() system call in CPython 3.11.
+        t = self.config.timeouts
+        deadline = asyncio.get_running_loop().time() + t.total_s - self.ex.elapsed_s()
         first_token = None if found else functools.partial(self._first_token, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
