@@ -4,7 +4,7 @@ The metrics a proxied request updates are this module's own ``RequestCounter`` a
 ``RequestHistogram``, not prometheus_client's Counter and Histogram: those take a lock and
 four Python calls per ``inc`` (``_raise_if_not_observable``, ``_is_observable``, the value's
 ``inc`` under its mutex) and a Python loop over the buckets per ``observe``, for each of the
-seven updates of a request. Ours are plain numbers behind one method call, and a ``bisect``
+five updates of a request. Ours are plain numbers behind one method call, and a ``bisect``
 for the bucket: a worker's requests and its ``/metrics`` scrape run in one thread, its event
 loop's, so there is nothing to lock against. They expose the same
 samples, ``_total``, ``_bucket``, ``_count`` and ``_sum``, without prometheus_client's
