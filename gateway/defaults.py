@@ -110,10 +110,11 @@ TOLERANCE_RATIO = 0.15
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
 NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
 DEFAULT_SLOTS = 16  # concurrent sequences a backend runs at full speed, when not reported
-ROUTE_MEMO_MAX_ENTRIES = 4096  # rankings kept for one snapshot, one per (model, residency
-# rule, client place): a snapshot lives a fraction of a second under load polling, and GeoIP
-# places clients at city level, so the live set is far smaller; past it the memo starts over,
-# so a flood of distinct coordinates costs ranking time, never memory
+ROUTE_MEMO_MAX_ENTRIES = 4096  # rankings kept for one snapshot, one per (served model,
+# residency rule, client place): a snapshot lives a fraction of a second under load polling,
+# and GeoIP places clients at city level, so the live set is far smaller; past it the memo
+# starts over, so a flood of distinct coordinates costs ranking time, never memory (a model
+# no upstream serves is not kept at all)
 
 # --- active health checks -------------------------------------------------------------------
 HEALTH_PATH = "/health"

@@ -2,19 +2,19 @@
 
 The metrics a proxied request updates are this module's own ``RequestCounter`` and
 ``RequestHistogram``, not prometheus_client's Counter and Histogram: those take a lock and
-four Python calls per ``inc`` (``_raise_if_not_observable``, ``_is_observable``, the value's
-``inc`` under its mutex) and a Python loop over the buckets per ``observe``, for each of the
-five updates of a request. Ours are plain numbers behind one method call, and a ``bisect``
-for the bucket: a worker's requests and its ``/metrics`` scrape run in one thread, its event
-loop's, so there is nothing to lock against. They expose the same
-samples, ``_total``, ``_bucket``, ``_count`` and ``_sum``, without prometheus_client's
-``_created`` (the time each series was first seen: no dashboard or alert here reads it).
+four Python calls per ``inc`` (``inc``, ``_raise_if_not_observable``, ``_is_observable``, the
+value's ``inc`` under its mutex) and a Python loop over the buckets per ``observe``, for each
+of the five updates of a served request. Ours are plain numbers behind one method call, and
+a ``bisect`` for the bucket: a worker's requests and its ``/metrics`` scrape run in one thread,
+its event loop's, so there is nothing to lock against. They expose the same samples,
+``_total``, ``_bucket``, ``_count`` and ``_sum``, without prometheus_client's ``_created``
+(the time each series was first seen: no dashboard or alert here reads it).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -39,6 +39,8 @@ class CountChild:
         self.value = 0.0
 
     def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:  # as prometheus_client's Counter: a counter only goes up
+            raise ValueError("a counter only goes up: inc() by a negative amount")
         self.value += amount
 
 
@@ -65,9 +67,16 @@ class _Family(Collector):
         self.labelnames = tuple(labelnames)
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> None:
+    def _check(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """The label values as a child's key: their number checked, each made a string (as
+        prometheus_client does), so that no value can break the exposition later."""
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: {len(values)} label values for {self.labelnames}")
+        return tuple(map(str, values))
+
+    def describe(self) -> Iterable[Metric]:
+        """What the registry checks names against: a second metric of this name is refused."""
+        return self.collect()
 
 
 class RequestCounter(_Family):
@@ -82,8 +91,7 @@ class RequestCounter(_Family):
     def labels(self, *values: str) -> CountChild:
         child = self._children.get(values)
         if child is None:
-            self._check(values)
-            child = self._children[values] = CountChild()
+            child = self._children.setdefault(self._check(values), CountChild())
         return child
 
     def collect(self) -> Iterator[Metric]:
@@ -114,8 +122,7 @@ class RequestHistogram(_Family):
     def labels(self, *values: str) -> ObserveChild:
         child = self._children.get(values)
         if child is None:
-            self._check(values)
-            child = self._children[values] = ObserveChild(self._bounds)
+            child = self._children.setdefault(self._check(values), ObserveChild(self._bounds))
         return child
 
     def collect(self) -> Iterator[Metric]:

@@ -114,7 +114,9 @@ class _Attempts:
 
     def __init__(self, rt: Runtime, ex: Exchange, send: Send) -> None:
         self.rt = rt
-        self.config = rt.config  # one config for the whole exchange, looked up once
+        # One config for the whole exchange, looked up once: a reload while it runs applies
+        # from the next request on, not to this one's later attempts.
+        self.config = rt.config
         self.ex = ex
         self.send = send
         self.failures: list[Failure] = []

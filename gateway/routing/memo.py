@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from gateway import defaults as d
-from gateway.routing.model import Decision, RequestFacts, Snapshot
+from gateway.routing.model import Decision, Outcome, RequestFacts, Snapshot
 from gateway.routing.policy import Policy
 from gateway.routing.router import RankKey, pick, rank, rank_key
 
@@ -45,6 +45,11 @@ class RankMemo:
         ranked = table.get(key)
         if ranked is None:
             ranked = rank(facts, snap, policy)
+            if ranked.outcome is Outcome.MODEL_NOT_FOUND:
+                # Not kept: the model is whatever string a client sent (up to the body limit),
+                # and a flood of made-up names must cost ranking time, never memory. A served
+                # model's key is bounded by the config.
+                return ranked
             if len(table) >= self._max:
                 # Starting over, rather than evicting one by one, keeps a hit free of
                 # bookkeeping; the keys in use come back on their next request.

@@ -54,3 +54,17 @@ def test_request_metrics_refuse_a_wrong_number_of_label_values() -> None:
     c = RequestCounter("t_requests", "doc", ["code", "region"], CollectorRegistry())
     with pytest.raises(ValueError, match=r"t_requests: 1 label values for \('code', 'region'\)"):
         c.labels("200")
+
+
+def test_request_metrics_keep_prometheus_clients_rules() -> None:
+    r = CollectorRegistry()
+    c = RequestCounter("t_requests", "doc", ["code"], r)
+    # Values are made strings, as labels() does: 200 and "200" are one series.
+    c.labels(200).inc()  # type: ignore[arg-type]
+    c.labels("200").inc()
+    assert r.get_sample_value("t_requests_total", {"code": "200"}) == 2
+    with pytest.raises(ValueError, match="a counter only goes up"):
+        c.labels("200").inc(-1)
+    # A second metric of the same name is refused, as for prometheus_client's own.
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("t_requests", "doc", ["code"], registry=r)

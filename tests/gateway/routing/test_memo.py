@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.routing.memo import RankMemo
-from gateway.routing.model import RequestFacts, Snapshot
+from gateway.routing.model import Outcome, RequestFacts, Snapshot
 from gateway.routing.policy import Policy
 from gateway.routing.router import route
 from geodb.location import Location, LocationSource
@@ -89,3 +89,16 @@ def test_a_flood_of_places_cannot_grow_it() -> None:
         d = memo.route(RequestFacts("m", loc), s, p, random.Random(0))
         assert d == route(RequestFacts("m", loc), s, p, random.Random(0))
         assert len(memo) <= 8
+
+
+def test_a_model_nobody_serves_is_answered_but_not_kept() -> None:
+    """The model is the client's string: made-up names must not fill the memo."""
+    memo = RankMemo(max_entries=10)
+    s = snap(up("a", "eu-central"))
+    policy = Policy("self", "eu-central")
+    for i in range(50):
+        facts = RequestFacts(f"no-such-model-{i}" * 100, LONDON)
+        assert memo.rank(facts, s, policy).outcome is Outcome.MODEL_NOT_FOUND
+    assert len(memo) == 0
+    memo.rank(RequestFacts("m", LONDON), s, policy)
+    assert len(memo) == 1
