@@ -3,11 +3,9 @@ defaults (geogate vs geogate-lean), each proxy's idle CPU and the router's decis
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 from bench.overhead_cells import Row
 from bench.proc_cpu import CLK_TCK
+from bench.results_io import write_results
 
 RES_SHOWN = 0.05  # a CPU figure's ± is printed when the tick error is above 5 % of it
 ECS_PAIR = ("geogate-ecs", "geogate")  # the price of log.format = "ecs" over the text format
@@ -257,9 +256,6 @@ def write(
         "|---|---|---|",
         *(f"| {n} | {us:.1f} | {memo:.1f} |" for n, (us, memo) in router.items()),
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    md, js = out.with_suffix(".md"), out.with_suffix(".json")
-    md.write_text("\n".join(lines) + "\n")
     doc = {
         "machine": machine,
         **meta,
@@ -268,8 +264,5 @@ def write(
         "price_of_ecs_logs": knob_price(rows, *ECS_PAIR),
         "router_us_per_decision": {str(k): v[0] for k, v in router.items()},
         "router_us_per_request_memoised": {str(k): v[1] for k, v in router.items()},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    js.write_text(json.dumps(doc, indent=2) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {md} and {js.name}")
+    write_results(out, lines, doc)  # with the commit it ran from, as every other benchmark
