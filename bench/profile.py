@@ -218,6 +218,8 @@ def main() -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     ap.add_argument("--py-spy", default=spy)
     args = ap.parse_args()
+    if args.out is not None:
+        args.out = args.out.resolve()  # before the chdir below: the path is the caller's
     if args.tree is not None:  # `python -m gateway` imports from its working directory first
         os.environ["PYTHONPATH"] = str(args.tree.resolve())
         os.chdir(args.tree)
