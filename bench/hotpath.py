@@ -69,10 +69,6 @@ def main() -> None:
         "metrics: the 5 labelled updates": labels,
         "dispatch to the proxy (app -> gate)": _dispatch(),
         "access line, as configured (to a file)": _access_line(rt, work, batched=True),
-        # What of it is on the request's path: the batch is written after the timing.
-        "access line, the request's part (batch not written)": _access_line(
-            rt, work, batched=True, hold=True
-        ),
         "access line, a write per line (StreamHandler)": _access_line(rt, work, batched=False),
         # Not per request: every load scrape, 4 a second per upstream per worker by default.
         "load scrape parsed (sim-backend's /metrics)": _scrape(),
@@ -84,11 +80,9 @@ def main() -> None:
         print(f"{name:48} {us:8.2f} us")
 
 
-def _access_line(rt: Any, work: Path, batched: bool, hold: bool = False) -> Callable[[], None]:
+def _access_line(rt: Any, work: Path, batched: bool) -> Callable[[], None]:
     """Exchange.log of a routed 200, to a file: through the tree's own access handler
-    (``batched``), or through logging's StreamHandler, which writes and flushes each line.
-    ``hold``: the batch is never full during the timing, so what is timed is the request's part
-    only (where the tree renders a line when its batch is written, that is not in it)."""
+    (``batched``), or through logging's StreamHandler, which writes and flushes each line."""
     import logging
     import time
 
@@ -97,8 +91,6 @@ def _access_line(rt: Any, work: Path, batched: bool, hold: bool = False) -> Call
 
     setup_logging(rt.config.log)
     handler = access_log.handlers[0] if batched else logging.StreamHandler()
-    if hold:  # a handler of the same kind whose batch the timing never fills
-        handler = type(handler)(1 << 30)  # type: ignore[call-arg]
     handler.setFormatter(access_log.handlers[0].formatter)
     handler.setStream((work / f"access-{batched}.log").open("w"))  # type: ignore[attr-defined]
     scope = {"method": "POST", "path": "/v1/chat/completions", "http_version": "1.1"}

@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import ecs_logging
 import msgspec
@@ -45,23 +44,17 @@ class MessageOnly(logging.Formatter):
     """Writes the message as it is: what lets ``direct_sink`` skip the log record."""
 
 
-class Rendered(Protocol):
-    """A line whose values were taken when it was logged, its text made when it is written."""
-
-    def render(self) -> str: ...
-
-
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: lines are written in batches, of ``max_lines`` or whatever
     ``flush()`` finds (the app flushes ACCESS_LOG_FLUSH_S after a batch's first line, and at
-    shutdown; logging flushes every handler at exit), not one write and flush per request as
-    StreamHandler does (nginx's ``access_log ... buffer= flush=``). A line's values are taken
-    when it is logged, so it says what happened then; a ``Rendered`` line (``direct_sink``'s)
-    is turned into text when its batch is written, off the request's path."""
+    shutdown; logging
+    flushes every handler at exit), not one write and flush per request as StreamHandler does
+    (nginx's ``access_log ... buffer= flush=``). A line is still formatted when it is logged,
+    so it says what happened then."""
 
     def __init__(self, max_lines: int) -> None:
         super().__init__()
-        self.lines: list[str | Rendered] = []
+        self.lines: list[str] = []
         self.max_lines = max_lines
         # Called when a line starts a new batch: what wakes the app's flush task, which then
         # sleeps for nothing while nobody is served (gateway.http.app.flush_access_log).
@@ -75,8 +68,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self.add(line)
 
-    def add(self, line: str | Rendered) -> None:
-        """A line as it is to be written, or to be rendered when written (``direct_sink``)."""
+    def add(self, line: str) -> None:
+        """A line as it is to be written (``direct_sink``)."""
         with self.lock:  # type: ignore[union-attr]  # logging's atexit flush is another thread
             self.lines.append(line)
             if len(self.lines) == 1:
@@ -89,18 +82,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
             if self.lines:
                 lines, self.lines = self.lines, []
-                self.stream.write("\n".join(map(_text, lines)) + "\n")
+                self.stream.write("\n".join(lines) + "\n")
             super().flush()
-
-
-def _text(line: str | Rendered) -> str:
-    if isinstance(line, str):
-        return line
-    try:
-        return line.render()
-    except Exception:  # a bug in one line's rendering must not lose the batch around it
-        logging.getLogger("geogate").exception("an access line could not be written")
-        return json_line({"error": "access line could not be rendered; see the event log"})
 
 
 def direct_sink(logger: logging.Logger) -> BatchingStreamHandler | None:

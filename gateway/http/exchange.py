@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from gateway.http.asgi import Scope
 from gateway.logs import ACCESS_DATASET, direct_sink, json_line, utc_ms
@@ -69,27 +68,29 @@ class Exchange:
             )
             return
         r = self.routed
-        line = AccessLine(
-            time.time(),
-            self.id,
-            self.scope["method"],
-            self.scope["path"],
-            self.status,
-            self.model,
-            self.served_region,
-            self.upstream,
-            self.attempts,
-            self.first_byte_s,
-            self.elapsed_s(),
-            self.body_bytes,
-            self.client,
-            r.location.country if r else None,
+        line = json_line(
+            {
+                "ts": utc_ms(time.time()),
+                "rid": self.id,
+                "method": self.scope["method"],
+                "path": self.scope["path"],
+                "status": self.status,
+                "model": self.model,
+                "region": self.served_region,
+                "upstream": self.upstream,
+                "attempts": self.attempts,
+                "ttfb_ms": _ms(self.first_byte_s),
+                "ms": _ms(self.elapsed_s()),
+                "bytes": self.body_bytes,
+                "client": self.client,
+                "country": r.location.country if r else None,
+            }
         )
         sink = direct_sink(access_log)
         if sink is not None:
-            sink.add(line)  # rendered when its batch is written, off the request's path
+            sink.add(line)
         else:
-            access_log.info(line.render())
+            access_log.info(line)
 
     def ecs_fields(self) -> dict[str, object]:
         """This exchange in ECS field names (ECS has none for the model, region, upstream,
@@ -121,48 +122,6 @@ class Exchange:
             if r.location.country:
                 fields["client.geo.country_iso_code"] = r.location.country
         return fields
-
-
-class AccessLine(NamedTuple):
-    """An access line's values, taken when the request ended; ``render`` makes the text (one
-    JSON object: see Exchange.log) when the batch is written. A tuple of the values is a
-    fraction of the cost of the text: formatting the time, rounding, the JSON (bench/hotpath.py,
-    "access line")."""
-
-    ts: float  # time.time() at the end
-    rid: str
-    method: str
-    path: str
-    status: int
-    model: str
-    region: str | None
-    upstream: str
-    attempts: int
-    ttfb_s: float | None
-    total_s: float
-    body_bytes: int
-    client: str | None
-    country: str | None
-
-    def render(self) -> str:
-        return json_line(
-            {
-                "ts": utc_ms(self.ts),
-                "rid": self.rid,
-                "method": self.method,
-                "path": self.path,
-                "status": self.status,
-                "model": self.model,
-                "region": self.region,
-                "upstream": self.upstream,
-                "attempts": self.attempts,
-                "ttfb_ms": _ms(self.ttfb_s),
-                "ms": _ms(self.total_s),
-                "bytes": self.body_bytes,
-                "client": self.client,
-                "country": self.country,
-            }
-        )
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -302,31 +302,3 @@ def test_json_line_is_one_ascii_line_of_the_same_json() -> None:
     tricky = {"model": "x\u2028y\nz\u00e9\U0001f600", "path": '/v1/"q"'}
     line = json_line(tricky)
     assert line.isascii() and "\n" not in line and json.loads(line) == tricky
-
-
-class _Line:
-    """A Rendered line that records when it was rendered."""
-
-    def __init__(self, text: str, fail: bool = False) -> None:
-        self.text, self.fail, self.rendered = text, fail, False
-
-    def render(self) -> str:
-        self.rendered = True
-        if self.fail:
-            raise RuntimeError("a bug in rendering")
-        return self.text
-
-
-def test_a_deferred_line_is_rendered_when_its_batch_is_written() -> None:
-    handler = BatchingStreamHandler(max_lines=100)
-    out = io.StringIO()
-    handler.setStream(out)
-    first, broken, last = _Line('{"a":1}'), _Line("", fail=True), _Line('{"c":3}')
-    for line in (first, "plain", broken, last):
-        handler.add(line)
-    assert not first.rendered and out.getvalue() == ""  # nothing done on the request's path
-    handler.flush()
-    lines = out.getvalue().splitlines()
-    # In order; the broken line becomes one that says so, and loses none around it.
-    assert lines[0] == '{"a":1}' and lines[1] == "plain" and lines[3] == '{"c":3}'
-    assert json.loads(lines[2]) == {"error": "access line could not be rendered; see the event log"}
