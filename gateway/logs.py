@@ -112,8 +112,13 @@ def json_line(doc: Mapping[str, object]) -> str:
     """``doc`` as one line of JSON, ASCII only: msgspec (a few times faster than json.dumps),
     and json.dumps's escapes when a value has anything beyond ASCII (a client-sent model name
     or path), so that no character a log tool might take for a line break goes out raw."""
-    line: str = msgspec.json.encode(doc).decode()
-    return line if line.isascii() else json.dumps(doc, separators=(",", ":"))
+    try:
+        line: str = msgspec.json.encode(doc).decode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in a client's JSON) has no UTF-8
+        line = ""  # json.dumps below writes it as the escape it came as
+    if line and line.isascii():
+        return line
+    return json.dumps(doc, separators=(",", ":"))
 
 
 _second: list[tuple[int, str]] = [(-1, "")]  # the last second utc_ms formatted, and its text

@@ -302,3 +302,6 @@ def test_json_line_is_one_ascii_line_of_the_same_json() -> None:
     tricky = {"model": "x\u2028y\nz\u00e9\U0001f600", "path": '/v1/"q"'}
     line = json_line(tricky)
     assert line.isascii() and "\n" not in line and json.loads(line) == tricky
+    # A lone surrogate, which msgspec cannot write as UTF-8: escaped, as it came.
+    lone = {"model": "\ud800x"}
+    assert json_line(lone) == '{"model":"\\ud800x"}' and json.loads(json_line(lone)) == lone

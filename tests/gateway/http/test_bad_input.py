@@ -291,3 +291,19 @@ def test_ops_errors(fleet: tuple[Gateway, Sim]) -> None:
     r = httpx.get(f"{gw.ops_url}/admin/upstream/a")
     message = error_of(r.status_code, r.content, 404, "unknown_url")
     assert "admin API" in message and "/v1/" not in message
+
+
+def test_a_lone_surrogate_in_the_model_is_answered_and_logged(fleet: tuple[Gateway, Sim]) -> None:
+    """'\\ud800' is valid JSON text and a Python str, but has no UTF-8: the answer (a 404 that
+    names it) and the access line (json.dumps's escape) must both still be written."""
+    gw, _ = fleet
+    body = b'{"model": "\\ud800x", "messages": []}'
+    status, _, answer = raw(gw.port, post_head(b"/v1/chat/completions", len(body)), body)
+    message = error_of(status, answer, 404, "model_not_found")
+    assert "\\ud800x" in message
+    eventually(
+        lambda: any('"model":"\\ud800x"' in line for line in access_lines(gw)),
+        timeout=5,
+        what="the access line with the model escaped",
+    )
+    assert "Traceback" not in gw.log_text()
