@@ -17,7 +17,7 @@ RTT_MS_PER_KM = 0.0153  # fitted slope
 FIBRE_FLOOR_MS_PER_KM = 0.01  # light in glass, round trip: 2 / 200,000 km/s
 # Pairs of points whose estimate is kept. A gateway asks about few points (its regions, and
 # GeoIP's city-level client places), so the hot ones stay; a flood of distinct coordinates
-# evicts the least recently used and cannot grow it. ~240 bytes an entry: ~1.9 MiB at most.
+# evicts the least recently used and cannot grow it: a few hundred bytes an entry at most.
 EST_RTT_CACHE_SIZE = 8192
 
 

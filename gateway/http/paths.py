@@ -65,7 +65,7 @@ def check_api_request(method: str, raw_path: str, extra_paths: Iterable[str] = (
     if known and method == PROXIED_METHOD:
         # The everyday request, answered first: a known path has no dot-segment (API_PATHS
         # are ours, and config.checks.api_path refuses one in extra_api_paths), so the scan
-        # and its percent-decoding (1-2 µs a request) would find nothing.
+        # and its rounds of percent-decoding would find nothing.
         return
     shown = _printable(raw_path)
     if has_dot_segment(raw_path):
