@@ -185,9 +185,9 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     def _expire(self) -> None:
+        # Never after the body's first bytes: on_body and on_message_complete cancel the timer
+        # before either is seen, and a cancelled handle does not run.
         self.timer = None
-        if self.chunks or self.complete:
-            return  # the body came in the same loop turn as the timer: not late
         if self.error is None:
             self.error = TimeoutError()
         self._wake()

@@ -147,6 +147,9 @@ class Client:
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)
+        # Built first: a head that cannot be sent (a line break in it) costs no connection and
+        # reaches nobody.
+        head = self._head(method, target, origin, headers, body)
         conn = self._take(origin)
         if conn is None:
             loop = asyncio.get_running_loop()
@@ -160,7 +163,6 @@ class Client:
         if reach is not None:
             reach.connected = True
         try:
-            head = self._head(method, target, origin, headers, body)
             conn.start(head, body, method == "HEAD", timeout_s)
             await conn.head()
         except BaseException:

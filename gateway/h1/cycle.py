@@ -170,6 +170,8 @@ class Cycle:
         for name, value in headers:
             name = name.lower()
             if name == b"content-length" and not self.chunked:
+                if not value.isdigit():  # int() would take "-5" and " 5": a framing to refuse
+                    raise RuntimeError("a response Content-Length that is not a number of bytes")
                 self._remaining = int(value)
             elif name == b"transfer-encoding" and value.lower() == b"chunked":
                 self._remaining = -1
