@@ -47,7 +47,7 @@ def main() -> None:
     body = json.dumps({**doc, "messages": [{"role": "user", "content": "hi"}]}).encode()
     peer = _ip("127.0.0.1")
     m = rt.metrics
-    bound = hasattr(m, "child")  # this change's m.child(); before it, labels() each time
+    bound = hasattr(m, "child")  # trees with Metrics.child (round two to five); else labels()
 
     def child(metric: Any, *values: str) -> Any:
         return m.child(metric, *values) if bound else metric.labels(*values)

@@ -15,21 +15,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import INF, floatToGoString
 
-C = TypeVar("C", covariant=True)
-
 # Buckets reach minutes: an LLM response can legitimately stream that long.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-
-
-class Labelled(Protocol[C]):
-    def labels(self, *values: str) -> C: ...
 
 
 class CountChild:
@@ -138,11 +131,8 @@ class RequestHistogram(_Family):
 
 class Metrics:
     def __init__(self) -> None:
-        # metric.labels(...) checks and converts its values (prometheus_client's take a lock
-        # too, ~1 us, bench/results/profile.md); the request path asks for the same few
-        # children again and again, so each is bound once here. Bounded as the metric itself
-        # is: by the label values it has seen.
-        self._children: dict[tuple[object, tuple[str, ...]], object] = {}
+        # The request path's metrics (RequestCounter, RequestHistogram) keep each label set's
+        # child in one dict: ``labels()`` is a lookup, so nothing needs binding here.
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = RequestCounter(
@@ -254,11 +244,3 @@ class Metrics:
             "/v1 requests answered 503 at once because max_streams were in flight",
             registry=r,
         )
-
-    def child(self, metric: Labelled[C], *values: str) -> C:
-        """``metric.labels(*values)``, bound once. Only for metrics never ``remove()``d."""
-        key = (metric, values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found  # type: ignore[return-value]

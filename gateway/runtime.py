@@ -154,7 +154,7 @@ class Runtime:
         audiences = cfg.audiences or ((host,) if host else ())
         verdict = verify(value, cfg.keys, audiences, time.time(), cfg.max_skew_s)
         m = self.metrics
-        m.child(m.edge_location, str(verdict.result)).inc()
+        m.edge_location.labels(str(verdict.result)).inc()
         if verdict.client is None:
             log.debug("edge location header ignored (%s): %s", verdict.result, verdict.detail)
         return verdict.client

@@ -309,9 +309,9 @@ class Proxy:
             ex.client = str(ex.routed.client)
         loc = ex.routed.location
         m = rt.metrics
-        m.child(m.by_country, loc.country or "unknown", str(loc.source)).inc()
+        m.by_country.labels(loc.country or "unknown", str(loc.source)).inc()
         if ex.routed.preferred_region:
-            m.child(m.missteered, ex.routed.preferred_region).inc()
+            m.missteered.labels(ex.routed.preferred_region).inc()
         check_routed(rt, ex.routed, ex.model)
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
@@ -319,12 +319,12 @@ class Proxy:
     def _record(self, ex: Exchange) -> None:
         m = self.rt.metrics
         region = ex.region
-        m.child(m.requests, str(ex.status), region).inc()
-        m.child(m.duration, region).observe(ex.elapsed_s())
+        m.requests.labels(str(ex.status), region).inc()
+        m.duration.labels(region).observe(ex.elapsed_s())
         if ex.routed is not None:
             loc = ex.routed.location
             if ex.status >= 500:  # errors by country: deploy/grafana
-                m.child(m.client_errors, loc.country or "unknown").inc()
+                m.client_errors.labels(loc.country or "unknown").inc()
             # The model only when served: then it is one the upstreams serve, not any string
             # a client sent.
             served = ex.upstream != NOT_SERVED

@@ -183,7 +183,7 @@ class _Attempts:
             # open stream: bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
-            rt.metrics.child(rt.metrics.attempts, uid, "ok").inc()
+            rt.metrics.attempts.labels(uid, "ok").inc()
             done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort)
                 # A 4xx is the client's request, never the upstream's failure.
@@ -260,7 +260,7 @@ class _Attempts:
     def _fail(self, failure: Failure, cand: Candidate, ok: bool = False) -> None:
         self.failures.append(failure)
         m = self.rt.metrics
-        m.child(m.attempts, failure.upstream, failure.label).inc()
+        m.attempts.labels(failure.upstream, failure.label).inc()
         self._record(cand, ok)
 
     def _extra_headers(self, index: int) -> list[tuple[bytes, bytes]]:
@@ -286,7 +286,7 @@ class _Attempts:
         del headers
         first = await resp.readany()  # there already (_open waited for it)
         m = self.rt.metrics
-        m.child(m.first_byte, cand.upstream.region).observe(self.ex.elapsed_s())
+        m.first_byte.labels(cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
         found = not self.ex.stream or self._first_token(cand, first)
         if resp.at_eof():
@@ -317,7 +317,7 @@ class _Attempts:
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
         m = self.rt.metrics
-        m.child(m.stream_aborted, "timeout" if timed_out else "upstream_error").inc()
+        m.stream_aborted.labels("timeout" if timed_out else "upstream_error").inc()
         self._record(cand, False)
         uid = cand.upstream.id
         what = "stopped answering" if timed_out else "failed"
