@@ -37,8 +37,9 @@ def _est_rtt_ms(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 # Memoised: the router and the steering hint ask for the same few pairs on every request, and
-# a lookup (~0.1 us) is a tenth of the haversine. Pure, so a cached answer is the answer. The
-# annotation keeps callers checked against the signature (lru_cache's own type takes any args).
+# a dict lookup costs less than the haversine's trigonometry. Pure, so a cached answer is the
+# answer. The annotation keeps callers checked against the signature (lru_cache's own type
+# takes any args).
 est_rtt_ms: Callable[[float, float, float, float], float] = lru_cache(maxsize=EST_RTT_CACHE_SIZE)(
     _est_rtt_ms
 )

@@ -55,10 +55,6 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def header_values(scope: Scope, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in scope["headers"] if k == name]
-
-
 async def send_json(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:

@@ -58,7 +58,7 @@ def samples(text: str) -> Iterator[tuple[str, float]]:
     A backend's /metrics is mostly other families (histogram buckets, process and Python
     metrics). prometheus_client's parser, even given only the lines read here, was most of a
     scrape's cost (bench/hotpath.py, "load scrape parsed": 86 µs with ``--tree`` on commit
-    02f72c8, 24-43 µs on this code in runs of 2026-11-26), four times a second per upstream
+    02f72c8, 24-36 µs in bench/results/round6/hotpath.txt), four times a second per upstream
     even on an idle worker (bench/idle_cpu.py). Only names and values are read here, so the
     exposition format's escaping rules do not come into it. A value that is not a number
     raises ValueError."""

@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from geodb.distance import FIBRE_FLOOR_MS_PER_KM, _est_rtt_ms, est_rtt_ms, great_circle_km
+from geodb.distance import (
+    EST_RTT_CACHE_SIZE,
+    FIBRE_FLOOR_MS_PER_KM,
+    _est_rtt_ms,
+    est_rtt_ms,
+    great_circle_km,
+)
 
 # A few published P50 inter-region RTTs (ms) with the regions' coordinates: the model must
 # stay within 35 % of each — it is a prior for unmeasured paths, not a measurement.
@@ -54,3 +60,6 @@ def test_the_memoised_estimate_is_the_estimate() -> None:
     for _ in range(3):  # misses, then hits
         for (a, b), (c, e) in itertools.pairwise(points):
             assert est_rtt_ms(a, b, c, e) == _est_rtt_ms(a, b, c, e)
+    info = est_rtt_ms.cache_info()  # type: ignore[attr-defined]
+    assert info.maxsize == EST_RTT_CACHE_SIZE  # bounded: a flood of places cannot grow it
+    assert info.hits >= 2 * 49  # the second and third passes were answered from the cache
