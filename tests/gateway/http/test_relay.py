@@ -89,13 +89,14 @@ class Pipe:
         self.room = room
         self.writes: list[bytes] = []
         self.writable: Any = None
+        self.lost = False  # the client's connection closed
 
     def write(self, chunk: bytes) -> bool:
         self.writes.append(chunk)
         return len(self.writes) < self.room
 
     def gone(self) -> bool:
-        return False
+        return self.lost
 
     def on_writable(self, callback: Any) -> None:
         self.writable = callback
@@ -148,17 +149,51 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
     run(main())
 
 
+def test_a_chunk_for_a_client_already_gone_is_not_written_nor_counted() -> None:
+    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await w.drain()
+        await asyncio.Event().wait()  # the rest never comes: the stream stays open
+
+    async def main() -> None:
+        pipe = Pipe(room=10)
+        pipe.lost = True
+        ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            conn = resp._conn
+            assert conn is not None
+            with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+                task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
+                # Nobody to write to: the upstream is held back until the disconnect hook
+                # ends the request (here: the cancel below).
+                await until(lambda: conn.paused, what="the upstream paused")
+                assert pipe.writes == [] and ex.body_bytes == 0
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            resp.close()
+            await client.close()
+
+    run(main())
+
+
 async def _no_send(message: Any) -> None:
     raise AssertionError("a piped body does not go through send")
 
 
 def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_request() -> None:
+    go, wrote = asyncio.Event(), asyncio.Event()  # the first chunk alone in its read, then the rest
+
     async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
         await w.drain()
-        await asyncio.sleep(0.05)
+        await go.wait()
+        go.clear()
         w.write(b"1\r\nb\r\n0\r\n\r\n")  # the last chunk and the end in one read
         await w.drain()
+        wrote.set()
 
     async def main() -> None:
         pipe = Pipe(room=0)  # full after every write: the client never catches up in time
@@ -173,6 +208,9 @@ def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_
                 with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
                     task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
                     await until(lambda c=conn: c.paused, what="a pause after the first chunk")
+                    go.set()
+                    await wrote.wait()  # the rest waits in the socket while reading is paused
+                    wrote.clear()
                     pipe.writable()  # drained; the rest comes in one read, and again full
                     await asyncio.wait_for(task, 2)
                 assert resp.at_eof() and not conn.paused
