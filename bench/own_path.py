@@ -5,7 +5,9 @@ with the two things that are not geogate's code faked: the ASGI server (a scope 
 keeps the status) and the upstream client (an answer at once, no socket). What is left is the
 part of a request's CPU that changes when geogate's code changes, without the event loop,
 the sockets and the VM's noise around them: steadier than CPU per request under load, so a
-before/after pair comes from one sitting.
+before/after pair comes from one sitting. bench/request_path.py is its sibling with the real
+upstream client and no gateway.h1 extensions (the body through ``receive()`` under its deadline,
+the disconnect watch's timer): its geogate-minus-floor is larger by those fallback paths.
 
   .venv/bin/python bench/own_path.py --tree now=. --tree start=/tmp/base
       (git archive <commit> | tar -x -C /tmp/base: a tree from before the change)
@@ -42,12 +44,6 @@ UPSTREAM_HEADERS = [
     (b"Content-Length", str(len(ANSWER)).encode()),
     (b"Date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
     (b"Server", b"uvicorn"),
-]
-REQUEST_HEADERS = [
-    (b"host", b"127.0.0.1:8000"),
-    (b"user-agent", b"h2load nghttp2/1.59.0"),
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(BODY)).encode()),
 ]
 
 
@@ -86,9 +82,17 @@ class FakeResponse:
 class FakeClient:
     """gateway.client.Client's request and close: the answer at once, no socket."""
 
-    async def request(self, *args: Any, reach: Any = None, **kwargs: Any) -> FakeResponse:
-        if len(args) > 4 and args[4] is not None:  # Reach, passed positionally by the proxy
-            args[4].connected = True
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Any = (),
+        body: bytes = b"",
+        reach: Any = None,
+        timeout_s: float | None = None,
+    ) -> FakeResponse:
+        if reach is not None:
+            reach.connected = True
         return FakeResponse()
 
     async def close(self) -> None:
@@ -98,6 +102,7 @@ class FakeClient:
 async def _measure(requests: int) -> float:
     """µs of CPU per request, best of three passes after a warm-up."""
     from bench.overhead import gateway_conf
+    from bench.request_path import scope_for
     from gateway.config_file import load_config
     from gateway.http.app import create_app
     from gateway.runtime import access_log
@@ -118,22 +123,8 @@ async def _measure(requests: int) -> float:
         else:
             seen["bytes"] += len(message.get("body", b""))
 
-    def scope() -> dict[str, Any]:
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "server": ("127.0.0.1", 8000),
-            "client": ("127.0.0.1", 40000),
-            "scheme": "http",
-            "method": "POST",
-            "root_path": "",
-            "path": "/v1/chat/completions",
-            "raw_path": b"/v1/chat/completions",
-            "query_string": b"",
-            "headers": REQUEST_HEADERS,
-            "extensions": {"geogate.body": lambda: BODY},
-        }
+    def scope() -> dict[str, Any]:  # request_path's, with what gateway.h1 adds (the body)
+        return {**scope_for(BODY, 8000), "extensions": {"geogate.body": lambda: BODY}}
 
     for _ in range(requests // 10):
         await app(scope(), receive, send)
