@@ -50,7 +50,6 @@ PREFERRED_REGION_HEADER = "geogate-preferred-region"
 _SET_HERE = frozenset({b"x-request-id", ROUTE_HEADER.encode(), PREFERRED_REGION_HEADER.encode()})
 MAX_REQUEST_ID_LEN = 128
 # The sets each message is filtered by, built once: a union per request cost a copy of each.
-_DROP_FROM_TRUSTED = _REQUEST_DROP
 _DROP_FROM_OTHERS = _REQUEST_DROP | _EDGE_CLAIMS
 _DROP_FROM_UPSTREAM = _RESPONSE_DROP | _SET_HERE
 
@@ -106,7 +105,7 @@ def upstream_request_headers(
     looks vouched for by the gateway. Forwarded, X-Forwarded-Host/-Port/-Proto, True-Client-IP
     and CF-Connecting-IP pass only from a trusted proxy.
     """
-    drop = _DROP_FROM_TRUSTED if peer_trusted else _DROP_FROM_OTHERS
+    drop = _REQUEST_DROP if peer_trusted else _DROP_FROM_OTHERS
     named = _connection_tokens(raw)
     if named:
         drop = drop | named
