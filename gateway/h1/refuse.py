@@ -13,7 +13,6 @@ the gateway's JSON 503 with Retry-After and its connection closed.
 
 from __future__ import annotations
 
-import http
 import json
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +24,7 @@ from gateway.errors import (
     HeadTimeout,
     RequestInvalid,
 )
+from gateway.h1.cycle import STATUS_LINES
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import error_body, send_error, status_of
 
@@ -72,11 +72,10 @@ def refusal(err: GatewayError) -> bytes:
     status = status_of(err)
     body = json.dumps(error_body(err)).encode()
     head = (
-        f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         "connection: close\r\n\r\n"
     )
-    return head.encode() + body
+    return STATUS_LINES[status] + head.encode() + body
 
 
 def connection_limit_reached(limit: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
