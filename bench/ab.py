@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """CPU per request of two or more proxies, A/B: each started once, then rounds that take turns
-(h2load -n N -c C against each, HTTP/1.1, non-streaming), the proxy's CPU per request taken
-per round, the median reported. Taking turns spreads this VM's drift (another tenant, clock
-changes) over every target alike, where bench/overhead.py's one cell per target can land in a
-quiet or a busy moment: use this one to decide whether a change pays, overhead.py for the
-table against nginx and LiteLLM.
+(h2load -n N -c C against each, HTTP/1.1, non-streaming; or, with ``--mode streaming``, paced
+SSE streams from bench/paced_load.py for ``--window`` seconds, as bench/overhead.py's streaming
+cells), the proxy's CPU per request taken per round, the median reported. Taking turns
+spreads this VM's drift (another tenant, clock changes) over every target alike, where
+bench/overhead.py's one cell per target can land in a quiet or a busy moment: use this one
+to decide whether a change pays, overhead.py for the table against nginx and LiteLLM.
 
 Targets: ``geogate`` (this tree, default config as bench/overhead.py's: access log, GeoIP),
 ``geogate@PATH`` (another source tree, e.g. `git archive HEAD` unpacked: a before/after pair
 in one sitting), or a floor of bench/peers.py (floor-uvicorn: bench/floor_proxy.py on uvicorn's
-own httptools protocol; floor-h1: the same proxy on gateway.h1's protocol, as geogate runs).
+own httptools protocol; floor-h1: the same proxy on gateway.h1's protocol, as geogate runs;
+floor-pipe: a byte pipe, no HTTP), or ``nginx`` (bench/overhead.py's).
 
   .venv/bin/python bench/ab.py --targets floor-uvicorn,floor-h1 --out bench/results/round5/h1_floor
+  .venv/bin/python bench/ab.py --mode streaming --tokens 64 --targets nginx,floor-pipe,geogate
 
-Proxies on CPU 0, the sim-backend and h2load on CPU 1. Writes OUT.md and OUT.json.
+Proxies on CPU 0, the sim-backend and the load on CPU 1. Writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
@@ -26,13 +29,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead import MODEL, TOKENS, gateway_conf  # noqa: E402
-from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
+from bench.overhead import (  # noqa: E402
+    MODEL,
+    PACED_TOKENS_PER_S,
+    PACED_TTFT_MS,
+    TOKENS,
+    gateway_conf,
+    nginx_conf,
+)
+from bench.overhead_cells import LOAD_CPU, PROXY_CPU, paced, pinned  # noqa: E402
 from bench.peers import FLOORS, start_floor  # noqa: E402
 from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
@@ -51,21 +62,44 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
             p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=tree, env=env)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
         return p, port
-    p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
+    if target == "nginx":
+        conf = nginx_conf(work, port, free_port(), backend)
+        nginx = ["nginx", "-c", str(conf), "-p", str(work)]
+        p = spawn(pinned(PROXY_CPU, nginx), work / "nginx.log")
+    else:
+        p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
     wait_http(f"http://127.0.0.1:{port}/health", proc=p)  # any path is proxied
     return p, port
 
 
-def one_round(port: int, tree: list[int], body: Path, n: int, conc: int) -> float:
-    """The proxy's CPU µs per request over one h2load run of ``n`` requests."""
+def idle_ms_per_s(tree: list[int], seconds: float) -> float:
+    """The proxy's CPU with no requests (probes, load polling, the dashboard's sampler)."""
+    before = read_cpu(tree)
+    time.sleep(seconds)
+    return cpu_between(before, read_cpu(tree))[0] / seconds * 1000
+
+
+def one_round(
+    port: int, tree: list[int], body: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """The proxy's CPU µs per request over one round, and the requests per second it did."""
+    if args.mode == "streaming":
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        row = paced(url, body.read_bytes(), "h1", args.conc, args.window, tree, [])
+        if row.failed:
+            raise SystemExit(f"streams against port {port}: {row.failed} failed ({row.failures})")
+        return (row.cpu_ms_per_req or 0.0) * 1000, row.rps
+    n, conc = args.requests, args.conc
     before = read_cpu(tree)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     args = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
     args += [str(body), "-H", "content-type: application/json", url]
+    t0 = time.perf_counter()
     out = subprocess.run(pinned(LOAD_CPU, args), capture_output=True, text=True, timeout=300)
+    took = time.perf_counter() - t0
     if f"{n} succeeded" not in out.stdout:
         raise SystemExit(f"h2load against port {port}: not all {n} requests succeeded")
-    return cpu_between(before, read_cpu(tree))[0] / n * 1e6
+    return cpu_between(before, read_cpu(tree))[0] / n * 1e6, n / took
 
 
 def main() -> None:
@@ -74,60 +108,110 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--requests", type=int, default=20000, help="per target per round")
     ap.add_argument("--conc", type=int, default=16)
+    ap.add_argument("--mode", choices=("non-streaming", "streaming"), default="non-streaming")
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="per answer (streaming: paced)")
+    ap.add_argument("--window", type=float, default=8.0, help="streaming: seconds per round")
+    ap.add_argument(
+        "--idle", type=float, default=5.0, help="seconds each proxy's idle CPU is read for"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
     targets = args.targets.split(",")
     for t in targets:
-        if not (t.startswith("geogate") or t in FLOORS):
-            ap.error(f"unknown target {t!r}: geogate, geogate@PATH or one of {', '.join(FLOORS)}")
+        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
+            known = ", ".join(FLOORS)
+            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or one of {known}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backend = free_port()
         sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
-        procs = [spawn(pinned(LOAD_CPU, [*sim, "--tokens", str(TOKENS)]), work / "sim.log")]
+        sim += ["--tokens", str(args.tokens)]
+        if args.mode == "streaming":
+            sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(PACED_TOKENS_PER_S)]
+        procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
         try:
             wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
             body = work / "body.json"
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-            body.write_text(json.dumps({**chat, "max_tokens": TOKENS}))
+            stream = {"stream": True} if args.mode == "streaming" else {}
+            body.write_text(json.dumps({**chat, **stream, "max_tokens": args.tokens}))
             ports = {}
             for target in targets:
                 p, port = start(work, target, backend)
                 procs.append(p)
                 ports[target] = (port, process_tree(p.pid))
             per_round: dict[str, list[float]] = {t: [] for t in targets}
+            busy: dict[str, list[float]] = {t: [] for t in targets}
+            idle: dict[str, float] = {}
             order = list(ports.items())
             for r in range(args.rounds + 1):
                 # Each round in the other order than the last: a drift in time favours no
                 # target's place in the round.
                 for target, (port, tree) in order if r % 2 == 0 else reversed(order):
-                    us = one_round(port, tree, body, args.requests, args.conc)
+                    us, rps = one_round(port, tree, body, args)
                     if r:  # round 0 warms every target up
                         per_round[target].append(round(us, 1))
+                        busy[target].append(round(us - idle[target] * 1000 / rps, 1))
+                if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
+                    idle = {t: idle_ms_per_s(tree, args.idle) for t, (_, tree) in ports.items()}
         finally:
             for p in procs:
                 stop(p)
-    report(args, targets, per_round)
+    report(args, targets, per_round, busy, idle)
 
 
-def report(args: argparse.Namespace, targets: list[str], per_round: dict[str, list[float]]) -> None:
+def what(args: argparse.Namespace) -> str:
+    if args.mode == "streaming":
+        return (
+            f"Paced streams (first token after {PACED_TTFT_MS} ms, then {args.tokens} at "
+            f"{PACED_TOKENS_PER_S} tokens/s), HTTP/1.1, c = {args.conc}, a {args.window:g} s "
+            "window per target per round (bench/paced_load.py): µs of CPU per stream"
+        )
+    return (
+        f"Non-streaming, HTTP/1.1, c = {args.conc}, {args.requests} requests per target per "
+        "round (h2load)"
+    )
+
+
+def report(
+    args: argparse.Namespace,
+    targets: list[str],
+    per_round: dict[str, list[float]],
+    busy: dict[str, list[float]],
+    idle: dict[str, float],
+) -> None:
     medians = {t: statistics.median(v) for t, v in per_round.items()}
+    busy_medians = {t: statistics.median(v) for t, v in busy.items()}
     first = targets[0]
     lines = [
         "# CPU per request, A/B in alternating rounds (bench/ab.py)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}. Non-streaming, HTTP/1.1, c = {args.conc}, "
-        f"{args.requests} requests per target per round, {args.rounds} rounds after one "
-        "warm-up; proxies on CPU 0, sim-backend and h2load on CPU 1.",
+        f"{platform.python_version()}. {what(args)}, {args.rounds} rounds after one "
+        "warm-up; proxies on CPU 0, sim-backend and the load on CPU 1. Idle: each proxy's CPU "
+        f"with no requests, read for {args.idle:g} s after the warm-up round (health probes, "
+        "load polling, the dashboard's sampler); less idle: each round's CPU per request "
+        "without that idle rate's share (idle ms/s over the round's requests/s).",
         "",
-        f"| target | median µs/request | vs {first} | each round |",
-        "|---|---|---|---|",
+        f"| target | median µs/request | vs {first} | idle ms/s | less idle, median µs "
+        f"| vs {first} | each round |",
+        "|---|---|---|---|---|---|---|",
     ]
     for t in targets:
         rounds = ", ".join(f"{v:.0f}" for v in per_round[t])
-        lines.append(f"| {t} | {medians[t]:.1f} | {medians[t] / medians[first]:.2f} | {rounds} |")
-    doc = {"params": params(args), "per_round_us": per_round, "median_us": medians}
+        b = busy_medians[t]
+        lines.append(
+            f"| {t} | {medians[t]:.1f} | {medians[t] / medians[first]:.2f} | {idle[t]:.1f} "
+            f"| {b:.1f} | {b / busy_medians[first]:.2f} | {rounds} |"
+        )
+    doc = {
+        "params": params(args),
+        "per_round_us": per_round,
+        "median_us": medians,
+        "idle_ms_per_s": idle,
+        "less_idle_per_round_us": busy,
+        "less_idle_median_us": busy_medians,
+    }
     write_results(args.out, lines, doc)
 
 

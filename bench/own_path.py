@@ -11,6 +11,9 @@ the disconnect watch's timer): its geogate-minus-floor is larger by those fallba
 
   .venv/bin/python bench/own_path.py --tree now=. --tree start=/tmp/base
       (git archive <commit> | tar -x -C /tmp/base: a tree from before the change)
+  .venv/bin/python bench/own_path.py --tokens 16
+      (a stream instead: a role chunk, 16 token events and [DONE], piped to the client through
+      gateway.h1's pipe extension as on uvicorn, the disconnect hook given)
 
 Each tree runs in a fresh interpreter with that tree first on sys.path, in rounds that take
 turns (the order reversed each round); the median of the rounds' best-of-3 is reported. The
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +51,43 @@ UPSTREAM_HEADERS = [
 ]
 
 
+SSE_HEADERS = [
+    (b"Content-Type", b"text/event-stream"),
+    (b"Transfer-Encoding", b"chunked"),
+    (b"Date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
+    (b"Server", b"uvicorn"),
+]
+ROLE = b'data: {"id":"cmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+TOKEN = ROLE + b'{"content":"tok "},"finish_reason":null}]}\n\n'
+ROLE += b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def events(tokens: int) -> list[bytes]:
+    """A stream's chunks as a model server sends them: the role, the tokens, [DONE]."""
+    return [ROLE] + [TOKEN] * tokens + [DONE] if tokens else [ANSWER]
+
+
 class FakeResponse:
-    """gateway.client.Response as the proxy uses it: a whole answer, already here."""
+    """gateway.client.Response as the proxy uses it: a whole answer, already here, or (with
+    ``tokens``) an event stream whose chunks drain_to hands on one by one, as the upstream
+    connection's read callback does."""
 
     status = 200
 
-    def __init__(self) -> None:
-        self.raw_headers = list(UPSTREAM_HEADERS)
-        self._left = ANSWER
+    def __init__(self, tokens: int) -> None:
+        self.raw_headers = list(SSE_HEADERS if tokens else UPSTREAM_HEADERS)
+        self._chunks = events(tokens)
+        self._left = self._chunks[0]
+        self._rest = self._chunks[1:]
+
+    async def drain_to(self, sink: Callable[[bytes], bool]) -> None:
+        for chunk in self._rest:
+            sink(chunk)
+        self._rest = []
+
+    def resume(self) -> None:
+        return None
 
     def header(self, name: bytes) -> str | None:  # as gateway.client's: a plain loop
         for n, v in self.raw_headers:
@@ -70,7 +103,7 @@ class FakeResponse:
         return body
 
     def at_eof(self) -> bool:
-        return not self._left
+        return not self._left and not self._rest
 
     def release(self) -> None:
         return None
@@ -79,8 +112,29 @@ class FakeResponse:
         return None
 
 
+class FakePipe:
+    """gateway.h1's ClientPipe: chunked framing into a byte count."""
+
+    def __init__(self, seen: dict[str, int]) -> None:
+        self.seen = seen
+
+    def write(self, chunk: bytes) -> bool:
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk)  # what gateway.h1's pipe writes
+        self.seen["bytes"] += len(framed) and len(chunk)
+        return True
+
+    def gone(self) -> bool:
+        return False
+
+    def on_writable(self, callback: Callable[[], None] | None) -> None:
+        return None
+
+
 class FakeClient:
     """gateway.client.Client's request and close: the answer at once, no socket."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
 
     async def request(
         self,
@@ -93,13 +147,13 @@ class FakeClient:
     ) -> FakeResponse:
         if reach is not None:
             reach.connected = True
-        return FakeResponse()
+        return FakeResponse(self.tokens)
 
     async def close(self) -> None:
         return None
 
 
-async def _measure(requests: int) -> float:
+async def _measure(requests: int, tokens: int) -> float:
     """µs of CPU per request, best of three passes after a warm-up."""
     from bench.overhead import gateway_conf
     from bench.request_path import scope_for
@@ -109,13 +163,13 @@ async def _measure(requests: int) -> float:
 
     work = Path(tempfile.mkdtemp(prefix="geogate-own-path-"))
     app: Any = create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
-    app.proxy.rt.session = FakeClient()  # app.proxy: the stream gate; .rt: its runtime
+    app.proxy.rt.session = FakeClient(tokens)  # app.proxy: the stream gate; .rt: its runtime
     for handler in access_log.handlers:
         handler.setStream((work / "access.log").open("w"))  # type: ignore[attr-defined]
     seen: dict[str, int] = {"200": 0, "bytes": 0}
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": BODY, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -123,8 +177,15 @@ async def _measure(requests: int) -> float:
         else:
             seen["bytes"] += len(message.get("body", b""))
 
-    def scope() -> dict[str, Any]:  # request_path's, with what gateway.h1 adds (the body)
-        return {**scope_for(BODY, 8000), "extensions": {"geogate.body": lambda: BODY}}
+    body = json.dumps({**json.loads(BODY), "stream": True}).encode() if tokens else BODY
+    pipe = FakePipe(seen)
+
+    def hook(_: object) -> None:
+        return None
+
+    def scope() -> dict[str, Any]:  # request_path's, with what gateway.h1 adds
+        ext = {"geogate.body": lambda: body, "geogate.disconnect": hook}
+        return {**scope_for(body, 8000), "extensions": {**ext, "geogate.pipe": lambda: pipe}}
 
     for _ in range(requests // 10):
         await app(scope(), receive, send)
@@ -135,21 +196,21 @@ async def _measure(requests: int) -> float:
             await app(scope(), receive, send)
         best = min(best, (time.process_time() - t0) / requests * 1e6)
     total = requests // 10 + 3 * requests
-    if seen["200"] != total or seen["bytes"] != total * len(ANSWER):
+    if seen["200"] != total or seen["bytes"] != total * sum(map(len, events(tokens))):
         raise SystemExit(f"own_path: not every request was answered 200 in whole: {seen}")
     return best
 
 
-def child(tree: Path, requests: int) -> None:
+def child(tree: Path, requests: int, tokens: int) -> None:
     sys.path.insert(0, str(tree))
     import uvloop
 
-    print(json.dumps({"us": uvloop.run(_measure(requests))}))
+    print(json.dumps({"us": uvloop.run(_measure(requests, tokens))}))
 
 
-def run_tree(tree: Path, requests: int) -> float:
+def run_tree(tree: Path, requests: int, tokens: int) -> float:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree)]
-    cmd += ["--requests", str(requests)]
+    cmd += ["--requests", str(requests), "--tokens", str(tokens)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"own_path: {tree}: {out.stderr.strip().splitlines()[-1:]}")
@@ -161,11 +222,14 @@ def main() -> None:
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH (repeatable)")
     ap.add_argument("--requests", type=int, default=20000, help="per pass")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--tokens", type=int, default=0, help="stream this many tokens (0: a whole answer)"
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "own_path")
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.requests)
+        child(args.child, args.requests, args.tokens)
         return
     from bench.results_io import write_results
 
@@ -174,7 +238,7 @@ def main() -> None:
     order = list(trees.items())
     for _ in range(args.rounds):
         for name, path in order:
-            per[name].append(run_tree(Path(path).resolve(), args.requests))
+            per[name].append(run_tree(Path(path).resolve(), args.requests, args.tokens))
         order.reverse()
     first = next(iter(trees))
     base = statistics.median(per[first])

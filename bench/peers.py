@@ -24,16 +24,26 @@ from gateway.cli.procs import spawn
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / ".venv-litellm"
-PEERS = ("litellm", "floor-asgi", "floor-rsgi", "floor-uvicorn", "floor-h1")
+PEERS = (
+    "litellm",
+    "floor-asgi",
+    "floor-rsgi",
+    "floor-uvicorn",
+    "floor-h1",
+    "floor-pipe",
+    "floor-pipe-parse",
+)
 # target -> the app (bench/floor_proxy.py) and the server that runs it
 FLOORS = {
     "floor-asgi": "asgi",
     "floor-rsgi": "rsgi",
     "floor-uvicorn": "asgi",
     "floor-h1": "asgi",
+    "floor-pipe": "",  # bench/pipe_proxy.py: no app, bytes only
+    "floor-pipe-parse": "",
 }
 # Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path)
-H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1")
+H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1", "floor-pipe", "floor-pipe-parse")
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -136,6 +146,8 @@ FLOOR_DESCRIPTIONS = {
     "proxy on a server whose HTTP runs on the event loop's own thread",
     "floor-h1": "bench/floor_proxy.py:asgi on uvicorn with gateway.h1's protocol, as geogate "
     "runs it (`python bench/floor_proxy.py --port N`): the floor under geogate's default engine",
+    "floor-pipe": "bench/pipe_proxy.py: a byte pipe on uvloop, one upstream connection per client "
+    "connection, no HTTP parsed: the event loop's own price per request, under any Python proxy",
 }
 
 
@@ -145,7 +157,10 @@ def start_floor(
     """The floor proxy (bench/floor_proxy.py) on its server, as geogate runs that server; the
     caller waits for it (any path answers once it is up)."""
     app = f"bench.floor_proxy:{FLOORS[target]}"
-    if target == "floor-h1":
+    if target.startswith("floor-pipe"):
+        args = [sys.executable, str(ROOT / "bench" / "pipe_proxy.py"), "--port", str(port)]
+        args += ["--upstream", str(backend)] + (["--parse"] if target.endswith("parse") else [])
+    elif target == "floor-h1":
         args = [sys.executable, str(ROOT / "bench" / "floor_proxy.py"), "--port", str(port)]
     elif target == "floor-uvicorn":
         exe = Path(sys.executable).with_name("uvicorn")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_this_tree_is_measured_on_whole_answers() -> None:
-    us = run_tree(ROOT, 200)
+    us = run_tree(ROOT, 200, 0)
     # A proxied request in process costs tens of µs on this machine; far above that is a
     # request that took another path (a timeout, a retry), far below one that did no work.
     assert 1 < us < 5000
@@ -23,9 +23,29 @@ def test_a_run_whose_upstream_fails_reports_nothing() -> None:
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path;"
         "import bench.own_path as o; o.FakeResponse.status = 503;"
-        f"o.child(Path({str(ROOT)!r}), 20)"
+        f"o.child(Path({str(ROOT)!r}), 20, 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0
     assert "not every request was answered 200 in whole" in out.stderr
     assert '"us"' not in out.stdout
+
+
+def test_a_stream_is_measured_whole() -> None:
+    # 16 tokens piped: the role chunk, the tokens and [DONE] must all reach the client (the
+    # child counts the bytes and fails the run otherwise), within the same sane range.
+    assert 1 < run_tree(ROOT, 200, 16) < 5000
+
+
+def test_a_stream_cut_short_reports_nothing() -> None:
+    # The upstream's chunks after the first never reach the sink: the bytes do not add up.
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path\n"
+        "import bench.own_path as o\n"
+        "async def cut(self, sink): return None\n"
+        "o.FakeResponse.drain_to = cut\n"
+        f"o.child(Path({str(ROOT)!r}), 20, 4)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert "not every request was answered 200 in whole" in out.stderr
