@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--mode", choices=("non-streaming", "streaming"), default="non-streaming")
     ap.add_argument("--tokens", type=int, default=TOKENS, help="per answer (streaming: paced)")
     ap.add_argument("--window", type=float, default=8.0, help="streaming: seconds per round")
+    ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming")
     ap.add_argument(
         "--idle", type=float, default=5.0, help="seconds each proxy's idle CPU is read for"
     )
@@ -127,7 +128,7 @@ def main() -> None:
         sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
         sim += ["--tokens", str(args.tokens)]
         if args.mode == "streaming":
-            sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(PACED_TOKENS_PER_S)]
+            sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(args.tokens_per_s)]
         procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
         try:
             wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
@@ -164,7 +165,7 @@ def what(args: argparse.Namespace) -> str:
     if args.mode == "streaming":
         return (
             f"Paced streams (first token after {PACED_TTFT_MS} ms, then {args.tokens} at "
-            f"{PACED_TOKENS_PER_S} tokens/s), HTTP/1.1, c = {args.conc}, a {args.window:g} s "
+            f"{args.tokens_per_s:g} tokens/s), HTTP/1.1, c = {args.conc}, a {args.window:g} s "
             "window per target per round (bench/paced_load.py): µs of CPU per stream"
         )
     return (
