@@ -1,0 +1,48 @@
+"""bench/whole_path.py: the whole Python stack in process, sockets faked. A run reports only
+when every request was answered 200 in whole (a stream to its last chunk); anything else
+fails the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = str(ROOT / "bench" / "whole_path.py")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, SCRIPT, "--requests", "200", "--conc", "4", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("--tokens", "16"), ("--floor",), ("--floor", "--tokens", "4")]
+)
+def test_each_stack_is_measured_on_whole_answers(args: tuple[str, ...]) -> None:
+    out = _run(*args)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # A request through the whole stack in process costs tens of µs here: far above that is a
+    # request that took another path, far below one that did no work.
+    assert 2 < got["us_per_request"] < 5000
+    assert got["target"] == ("floor" if "--floor" in args else "geogate")
+
+
+def test_an_upstream_that_fails_fails_the_run() -> None:
+    # The fake upstream answers 503 to everything: geogate answers the client 503 in turn.
+    code = (
+        f"import sys; sys.argv = [{SCRIPT!r}, '--requests', '20', '--conc', '2']\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import bench.whole_path as w\n"
+        "w.OK_HEAD = b'HTTP/1.1 503 Service Unavailable'\n"
+        "w.main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert "not a 200" in out.stderr
+    assert "us_per_request" not in out.stdout
