@@ -164,11 +164,15 @@ async def _run(args: argparse.Namespace) -> float:
     else:
         from gateway.client import Client as UpstreamClient
         from gateway.config_file import load_config
+        from gateway.http import app as app_module
         from gateway.http.app import create_app
         from gateway.runtime import access_log
 
         app = create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
         app.proxy.rt.session = UpstreamClient(d.CONNECT_TIMEOUT_S)  # as its lifespan would
+        freeze_heap = getattr(app_module, "freeze_heap", None)  # not on trees from before it
+        if freeze_heap is not None:
+            freeze_heap()
         for handler in access_log.handlers:
             handler.setStream((work / "access.log").open("w"))  # type: ignore[attr-defined]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -86,9 +87,11 @@ async def lifespan(
         len(config.upstreams),
         config.geoip.database or "none (default location)",
     )
+    freeze_heap()
     try:
         yield
     finally:
+        gc.unfreeze()  # what was frozen may be collected again once the worker stops serving
         rt.draining = True
         if ops is not None:
             await ops.stop()
@@ -99,6 +102,17 @@ async def lifespan(
         await rt.session.close()
         for handler in access_log.handlers:
             handler.flush()
+
+
+def freeze_heap() -> None:
+    """Move everything the start-up made (config, GeoIP reader, routing tables, modules: tens
+    of thousands of objects) out of the garbage collector's sight. Python's oldest-generation
+    collection otherwise walks all of it every few thousand streamed chunks, though none of it
+    is garbage: a streamed request's CPU in process 127 -> 114 µs with it, 109 with the
+    collector off (bench/whole_path.py --tokens 16, round seven). What the requests make is
+    still collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 async def flush_access_log() -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+import uvloop
 
 from gateway.cli.procs import free_port
+from gateway.config_file import load_config
+from gateway.http.app import create_app
 from tests.support import (
     Gateway,
     Sim,
@@ -325,3 +330,30 @@ def test_streams_cut_mid_way_count_as_failures_and_eject(
     table: Any = get_json(f"{gw.ops_url}/routing-table")
     dies = next(u for reg in table["regions"] for u in reg["upstreams"] if u["id"] == "dies")
     assert dies["times_ejected"] == 1, dies
+
+
+def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path: Path) -> None:
+    # In process: what the start-up made is frozen while the app serves (gc.freeze), and
+    # handed back to the collector when it stops.
+    conf = tmp_path / "gateway.toml"
+    up = UpstreamSpec("a", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])
+    conf.write_text(gateway_toml(free_port(), [up]))
+    app = create_app(load_config(conf))
+    seen: list[int] = []
+
+    async def run() -> None:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            assert not message["type"].endswith(".failed"), message
+            seen.append(gc.get_freeze_count())
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+
+    assert gc.get_freeze_count() == 0
+    uvloop.run(run())
+    assert seen[0] > 1000  # at startup.complete: the app, its config, the modules behind them
+    assert seen[-1] == 0 and gc.get_freeze_count() == 0
