@@ -86,16 +86,16 @@ def one_round(
     if args.mode == "streaming":
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         row = paced(url, body.read_bytes(), "h1", args.conc, args.window, tree, [])
-        if row.failed:
+        if row.failed or not row.rps:
             raise SystemExit(f"streams against port {port}: {row.failed} failed ({row.failures})")
         return (row.cpu_ms_per_req or 0.0) * 1000, row.rps
     n, conc = args.requests, args.conc
     before = read_cpu(tree)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    args = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
-    args += [str(body), "-H", "content-type: application/json", url]
+    cmd = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
+    cmd += [str(body), "-H", "content-type: application/json", url]
     t0 = time.perf_counter()
-    out = subprocess.run(pinned(LOAD_CPU, args), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(pinned(LOAD_CPU, cmd), capture_output=True, text=True, timeout=300)
     took = time.perf_counter() - t0
     if f"{n} succeeded" not in out.stdout:
         raise SystemExit(f"h2load against port {port}: not all {n} requests succeeded")
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=8.0, help="streaming: seconds per round")
     ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming")
     ap.add_argument(
-        "--idle", type=float, default=5.0, help="seconds each proxy's idle CPU is read for"
+        "--idle", type=float, default=10.0, help="seconds each proxy's idle CPU is read for"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
@@ -143,6 +143,7 @@ def main() -> None:
                 ports[target] = (port, process_tree(p.pid))
             per_round: dict[str, list[float]] = {t: [] for t in targets}
             busy: dict[str, list[float]] = {t: [] for t in targets}
+            rates: dict[str, list[float]] = {t: [] for t in targets}
             idle: dict[str, float] = {}
             order = list(ports.items())
             for r in range(args.rounds + 1):
@@ -153,12 +154,13 @@ def main() -> None:
                     if r:  # round 0 warms every target up
                         per_round[target].append(round(us, 1))
                         busy[target].append(round(us - idle[target] * 1000 / rps, 1))
+                        rates[target].append(round(rps, 2))
                 if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
                     idle = {t: idle_ms_per_s(tree, args.idle) for t, (_, tree) in ports.items()}
         finally:
             for p in procs:
                 stop(p)
-    report(args, targets, per_round, busy, idle)
+    report(args, targets, per_round, busy, idle, rates)
 
 
 def what(args: argparse.Namespace) -> str:
@@ -180,6 +182,7 @@ def report(
     per_round: dict[str, list[float]],
     busy: dict[str, list[float]],
     idle: dict[str, float],
+    rates: dict[str, list[float]],
 ) -> None:
     medians = {t: statistics.median(v) for t, v in per_round.items()}
     busy_medians = {t: statistics.median(v) for t, v in busy.items()}
@@ -191,8 +194,9 @@ def report(
         f"{platform.python_version()}. {what(args)}, {args.rounds} rounds after one "
         "warm-up; proxies on CPU 0, sim-backend and the load on CPU 1. Idle: each proxy's CPU "
         f"with no requests, read for {args.idle:g} s after the warm-up round (health probes, "
-        "load polling, the dashboard's sampler); less idle: each round's CPU per request "
-        "without that idle rate's share (idle ms/s over the round's requests/s).",
+        "load polling, the dashboard's sampler; in clock ticks of 10 ms, so ±"
+        f"{10 / args.idle:g} ms/s); less idle: each round's CPU per request without that idle "
+        "rate's share (idle ms/s over the round's requests/s, kept per round in the JSON).",
         "",
         f"| target | median µs/request | vs {first} | idle ms/s | less idle, median µs "
         f"| vs {first} | each round |",
@@ -212,6 +216,7 @@ def report(
         "idle_ms_per_s": idle,
         "less_idle_per_round_us": busy,
         "less_idle_median_us": busy_medians,
+        "requests_per_s_per_round": rates,
     }
     write_results(args.out, lines, doc)
 

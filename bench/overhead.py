@@ -27,6 +27,9 @@ Targets, all in front of the same simulated backend (geogate sim-backend, HTTP/1
                 protocol, as geogate's default engine runs
   floor-uvicorn only with --peers floor-uvicorn: the same ASGI proxy on uvicorn (httptools),
                 whose HTTP runs on the event loop's thread (granian's runs in Rust threads)
+  floor-pipe    only with --peers floor-pipe: bench/pipe_proxy.py, a byte pipe on uvloop with
+                no HTTP at all: what any Python proxy on this event loop pays at the least
+  floor-pipe-parse  the same pipe, each upstream read also through httptools
 Modes, protocols HTTP/1.1 and h2c (prior knowledge; the backend speaks only HTTP/1.1, so
 direct has no h2c row) and concurrency 1, 16 and 128:
   non-streaming  the backend answers at once (16 tokens, no pacing): per-request overhead and

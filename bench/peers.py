@@ -148,14 +148,17 @@ FLOOR_DESCRIPTIONS = {
     "runs it (`python bench/floor_proxy.py --port N`): the floor under geogate's default engine",
     "floor-pipe": "bench/pipe_proxy.py: a byte pipe on uvloop, one upstream connection per client "
     "connection, no HTTP parsed: the event loop's own price per request, under any Python proxy",
+    "floor-pipe-parse": "bench/pipe_proxy.py --parse: the same pipe, each upstream read also run "
+    "through httptools' response parser (the bytes still go across as they came)",
 }
 
 
 def start_floor(
     work: Path, target: str, backend: int, port: int, pin: list[str]
 ) -> subprocess.Popen[bytes]:
-    """The floor proxy (bench/floor_proxy.py) on its server, as geogate runs that server; the
-    caller waits for it (any path answers once it is up)."""
+    """A floor on its server: bench/floor_proxy.py as geogate runs that server, or
+    bench/pipe_proxy.py for the pipes; the caller waits for it (any path answers once it is
+    up)."""
     app = f"bench.floor_proxy:{FLOORS[target]}"
     if target.startswith("floor-pipe"):
         args = [sys.executable, str(ROOT / "bench" / "pipe_proxy.py"), "--port", str(port)]

@@ -4,10 +4,10 @@
 Each client connection gets its own upstream connection, and bytes go across both ways as they
 come, unparsed: no HTTP at all (HTTP/1.1 keep-alive on both sides keeps the two in step, and
 this bench's clients and backend speak nothing else). Reading one side pauses while the other
-side's socket buffer is full. Per request it costs what uvloop's loop and the kernel cost per
-wake-up and socket call, and nothing of the gateway's: whatever geogate or any floor proxy
-costs above it is Python doing HTTP; what it costs above nginx is the event loop's own price,
-which no Python proxy can get under.
+side's transport is over its write buffer's high-water mark. Per request it costs what uvloop's
+loop and the kernel cost per wake-up and socket call, and nothing of the gateway's: whatever
+geogate or any floor proxy costs above it is Python doing HTTP; what it costs above nginx is
+the event loop's own price, which no Python proxy can get under.
 
 Run: ``python bench/pipe_proxy.py --port N --upstream PORT`` (uvloop, one process, 127.0.0.1).
 """
@@ -90,6 +90,10 @@ class ClientSide(Side):
         except OSError:
             if self.transport is not None:
                 self.transport.close()
+            return
+        if self.transport is None or self.transport.is_closing():
+            if up.transport is not None:
+                up.transport.close()  # the client left while this connected
             return
         up.peer, self.peer = self, up
         if up.transport is not None:

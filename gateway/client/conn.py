@@ -97,7 +97,8 @@ class Conn(asyncio.Protocol):
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
         self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
-        self.chunks, self.buffered, self.error = [], 0, None
+        self.chunks.clear()
+        self.buffered, self.error = 0, None
         self.transport.writelines((head, body) if body else (head,))
         if timeout_s is not None:
             self.timer = self.loop.call_later(timeout_s, self._expire)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from ipaddress import ip_address
 from pathlib import Path
 
-from bench.overhead import gateway_conf, nginx_conf
+from bench.overhead import TARGETS, gateway_conf, nginx_conf
+from bench.peers import FLOORS, PEERS
 from gateway.config import GeoIPSection, ServerSection
 from gateway.config_file import load_config
 from gateway.runtime import default_location
@@ -55,3 +56,11 @@ def test_the_granian_target_differs_in_the_engine_only(tmp_path: Path) -> None:
 def test_nginx_peer_logs_as_nginx_does_by_default(tmp_path: Path) -> None:
     assert f"access_log {tmp_path}/nginx-access.log;" in nginx_conf(tmp_path, 1, 2, 3).read_text()
     assert "access_log off;" in nginx_conf(tmp_path, 1, 2, 3, access_log=False).read_text()
+
+
+def test_every_peer_is_a_described_target() -> None:
+    # The report names each target's configuration: a peer missing there would fail the run
+    # at its very end, after every cell was measured.
+    assert set(PEERS) <= set(TARGETS)
+    assert set(FLOORS) <= set(PEERS)
+    assert all(TARGETS[p] for p in PEERS)

@@ -1,6 +1,6 @@
 """bench/whole_path.py: the whole Python stack in process, sockets faked. A run reports only
-when every request was answered 200 in whole (a stream to its last chunk); anything else
-fails the run."""
+when every request was answered 200 with exactly the whole answer (a stream: every event,
+framed, and its last chunk); anything else fails the run, and a --tree run compares trees."""
 
 from __future__ import annotations
 
@@ -42,7 +42,38 @@ def test_an_upstream_that_fails_fails_the_run() -> None:
         "w.OK_HEAD = b'HTTP/1.1 503 Service Unavailable'\n"
         "w.main()\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.returncode != 0
     assert "not a 200" in out.stderr
     assert "us_per_request" not in out.stdout
+
+
+def test_a_stream_cut_short_fails_the_run() -> None:
+    # The fake upstream ends the stream after its role chunk: the client's bytes are not the
+    # whole stream, so no figure may come out (and the run must not hang).
+    code = (
+        f"import sys; sys.argv = [{SCRIPT!r}, '--requests', '20', '--conc', '2', '--tokens', '4']\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import bench.whole_path as w\n"
+        "real = w.events\n"
+        "w.events = lambda n: real(n)[:1]\n"
+        "w._expected = lambda n: b''.join(b'%x\\r\\n%b\\r\\n' % (len(e), e) for e in real(n))"
+        " + w.END\n"
+        "w.main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode != 0
+    assert "not the whole answer" in out.stderr
+    assert "us_per_request" not in out.stdout
+
+
+def test_trees_are_compared_in_turns(tmp_path: Path) -> None:
+    out = _run("--tree", "a=.", "--tree", f"b={ROOT}", "--rounds", "2", "--out", f"{tmp_path}/t")
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert set(doc["us"]) == {"a", "b"} and all(len(v) == 2 for v in doc["us"].values())
+    assert "| a |" in (tmp_path / "t.md").read_text()
