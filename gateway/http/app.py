@@ -108,7 +108,7 @@ def freeze_heap() -> None:
     """Move everything the start-up made (config, GeoIP reader, routing tables, modules: tens
     of thousands of objects) out of the garbage collector's sight. Python's oldest-generation
     collection otherwise walks all of it again and again, though none of it is garbage: a
-    16-token stream's Python in process 0.90x with it (bench/whole_path.py --tree, round
+    16-token stream's Python in process 0.93x with it (bench/whole_path.py --tree, round
     seven's whole_path_freeze). What the requests make is still collected as before. The price:
     a start-up object that later becomes cyclic garbage (something a reload replaces) waits for
     the lifespan's end to be collected, and freeze and unfreeze act on the whole process, so
