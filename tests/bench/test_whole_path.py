@@ -33,42 +33,42 @@ def test_each_stack_is_measured_on_whole_answers(args: tuple[str, ...]) -> None:
     assert got["target"] == ("floor" if "--floor" in args else "geogate")
 
 
-def test_an_upstream_that_fails_fails_the_run() -> None:
-    # The fake upstream answers 503 to everything: geogate answers the client 503 in turn.
-    code = (
-        f"import sys; sys.argv = [{SCRIPT!r}, '--requests', '20', '--conc', '2']\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import bench.whole_path as w\n"
-        "w.OK_HEAD = b'HTTP/1.1 503 Service Unavailable'\n"
-        "w.main()\n"
+def _fails_with(why: str, tokens: int, *patch: str) -> None:
+    """whole_path with ``patch`` (lines run on the module, as ``w``) must fail, saying ``why``,
+    and print no figure."""
+    code = "\n".join(
+        [
+            f"import sys; sys.argv = [{SCRIPT!r}, '--requests', '20', '--conc', '2', "
+            f"'--tokens', '{tokens}']",
+            f"sys.path.insert(0, {str(ROOT)!r})",
+            "import bench.whole_path as w",
+            *patch,
+            "w.main()",
+        ]
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert out.returncode != 0
-    assert "not a 200" in out.stderr
+    assert why in out.stderr
     assert "us_per_request" not in out.stdout
+
+
+def test_an_upstream_that_fails_fails_the_run() -> None:
+    # The fake upstream answers 503 to everything: geogate answers the client 503 in turn.
+    _fails_with("not a 200", 0, "w.OK_HEAD = b'HTTP/1.1 503 Service Unavailable'")
 
 
 def test_a_stream_cut_short_fails_the_run() -> None:
     # The fake upstream ends the stream after its role chunk: the client's bytes are not the
     # whole stream, so no figure may come out (and the run must not hang).
-    code = (
-        f"import sys; sys.argv = [{SCRIPT!r}, '--requests', '20', '--conc', '2', '--tokens', '4']\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import bench.whole_path as w\n"
-        "real = w.events\n"
-        "w.events = lambda n: real(n)[:1]\n"
-        "w._expected = lambda n: b''.join(b'%x\\r\\n%b\\r\\n' % (len(e), e) for e in real(n))"
-        " + w.END\n"
-        "w.main()\n"
+    _fails_with(
+        "not the whole answer",
+        4,
+        "real, whole = w.events, w._expected(4)",  # the client still expects all of it
+        "w._expected = lambda n: whole",
+        "w.events = lambda n: real(n)[:1]",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert out.returncode != 0
-    assert "not the whole answer" in out.stderr
-    assert "us_per_request" not in out.stdout
 
 
 def test_trees_are_compared_in_turns(tmp_path: Path) -> None:
