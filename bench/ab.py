@@ -218,7 +218,8 @@ def report(
         "less_idle_median_us": busy_medians,
         "requests_per_s_per_round": rates,
     }
-    write_results(args.out, lines, doc)
+    trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
+    write_results(args.out, lines, doc, trees=trees)
 
 
 if __name__ == "__main__":

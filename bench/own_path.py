@@ -264,7 +264,7 @@ def main() -> None:
         rounds = ", ".join(f"{x:.1f}" for x in per[name])
         lines.append(f"| {name} | {path} | {med:.1f} | {med / base:.2f} | {rounds} |")
     doc = {"requests": args.requests, "rounds": args.rounds, "trees": trees, "us": per}
-    write_results(args.out, lines, doc)
+    write_results(args.out, lines, doc, trees=trees)
 
 
 if __name__ == "__main__":

@@ -357,7 +357,8 @@ def main() -> None:
     if args.out is not None:
         from bench.results_io import params, write_results
 
-        write_results(args.out, lines, {"params": params(args), **doc})
+        trees = dict(t.split("=", 1) for t in args.tree)
+        write_results(args.out, lines, {"params": params(args), **doc}, trees=trees)
 
 
 if __name__ == "__main__":

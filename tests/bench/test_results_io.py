@@ -23,3 +23,15 @@ def test_a_result_names_its_commit_and_whether_the_tree_had_changes(tmp_path: Pa
     md = (tmp_path / "r.md").read_text()
     assert md.startswith("# r\n") and f"Run from commit {head}" in md
     assert md.rstrip().endswith("(with uncommitted changes).") == doc["tree"]["uncommitted_changes"]
+
+
+def test_a_result_names_each_tree_it_measured(tmp_path: Path) -> None:
+    unpacked = tmp_path / "archive"  # as `git archive | tar -x` leaves a tree: no repository
+    unpacked.mkdir()
+    write_results(tmp_path / "r", ["# r"], {}, trees={"now": ROOT, "before": unpacked})
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["trees_measured"]["now"]["commit"] == doc["tree"]["commit"]
+    assert doc["trees_measured"]["before"]["commit"] is None
+    md = (tmp_path / "r.md").read_text()
+    assert f"Tree now ({ROOT}): commit {doc['tree']['commit']}" in md
+    assert f"Tree before ({unpacked}): not a git checkout." in md
