@@ -32,6 +32,7 @@ PEERS = (
     "floor-h1",
     "floor-pipe",
     "floor-pipe-parse",
+    "floor-pipe-task",
 )
 # target -> the app (bench/floor_proxy.py) and the server that runs it
 FLOORS = {
@@ -41,9 +42,10 @@ FLOORS = {
     "floor-h1": "asgi",
     "floor-pipe": "",  # bench/pipe_proxy.py: no app, bytes only
     "floor-pipe-parse": "",
+    "floor-pipe-task": "",
 }
 # Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path)
-H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1", "floor-pipe", "floor-pipe-parse")
+H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1", "floor-pipe", "floor-pipe-parse", "floor-pipe-task")
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -150,6 +152,8 @@ FLOOR_DESCRIPTIONS = {
     "connection, no HTTP parsed: the event loop's own price per request, under any Python proxy",
     "floor-pipe-parse": "bench/pipe_proxy.py --parse: the same pipe, each upstream read also run "
     "through httptools' response parser (the bytes still go across as they came)",
+    "floor-pipe-task": "bench/pipe_proxy.py --task: the same pipe parsing both ways, with an "
+    "asyncio task per request that awaits the answer's head and end (futures)",
 }
 
 
@@ -162,7 +166,8 @@ def start_floor(
     app = f"bench.floor_proxy:{FLOORS[target]}"
     if target.startswith("floor-pipe"):
         args = [sys.executable, str(ROOT / "bench" / "pipe_proxy.py"), "--port", str(port)]
-        args += ["--upstream", str(backend)] + (["--parse"] if target.endswith("parse") else [])
+        args += ["--upstream", str(backend)]
+        args += {"floor-pipe-parse": ["--parse"], "floor-pipe-task": ["--task"]}.get(target, [])
     elif target == "floor-h1":
         args = [sys.executable, str(ROOT / "bench" / "floor_proxy.py"), "--port", str(port)]
     elif target == "floor-uvicorn":

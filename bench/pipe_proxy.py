@@ -9,6 +9,10 @@ loop and the kernel cost per wake-up and socket call, and nothing of the gateway
 geogate or any floor proxy costs above it is Python doing HTTP; what it costs above nginx is
 the event loop's own price, which no Python proxy can get under.
 
+``--parse`` also runs the upstream's bytes through httptools (floor-pipe-parse); ``--task``
+parses both ways and runs a task per request that awaits the answer's head and end
+(floor-pipe-task): the asyncio machinery an ASGI server and client add, without their code.
+
 Run: ``python bench/pipe_proxy.py --port N --upstream PORT`` (uvloop, one process, 127.0.0.1).
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections import deque
 
 import httptools
 import uvloop
@@ -57,12 +62,14 @@ class Side(asyncio.Protocol):
 
 class ParsedSide(Side):
     """An upstream end that also runs each read through httptools' response parser (the bytes
-    still go across as they came): what parsing alone costs a relayed chunk."""
+    still go across as they came): what parsing alone costs a relayed chunk. With --task, its
+    answers' heads and ends resolve the futures the client side's request tasks wait on."""
 
     def __init__(self) -> None:
         super().__init__()
         self.parser = httptools.HttpResponseParser(self)
         self.body = 0
+        self.waiting: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -71,16 +78,58 @@ class ParsedSide(Side):
     def on_body(self, body: bytes) -> None:
         self.body += len(body)
 
+    def on_headers_complete(self) -> None:
+        if self.waiting:
+            self.waiting[0][0].set_result(None)
+
+    def on_message_complete(self) -> None:
+        if self.waiting:
+            self.waiting.popleft()[1].set_result(None)
+
 
 class ClientSide(Side):
-    def __init__(self, upstream: int, parse: bool) -> None:
+    """The client's end. With ``task``, it also parses each request (httptools) and runs an
+    asyncio task per request that waits for the answer's head and then its end, as a server's
+    request task waits on its upstream client: the task and future machinery's own price,
+    with the bytes still piped by the callbacks."""
+
+    def __init__(self, upstream: int, parse: bool, task: bool) -> None:
         super().__init__()
         self.upstream = upstream
-        self.parse = parse
+        self.parse = parse or task
+        self.parser = httptools.HttpRequestParser(self) if task else None
+        self.requests = 0  # complete requests read before the upstream side was up
+        self.tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is not None:
+            self.parser.feed_data(data)
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        if isinstance(self.peer, ParsedSide):
+            self._start(self.peer)
+        else:
+            self.requests += 1
+
+    def _start(self, up: ParsedSide) -> None:
+        loop = asyncio.get_running_loop()
+        futures = (loop.create_future(), loop.create_future())
+        up.waiting.append(futures)
+        task = loop.create_task(self._request(*futures))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _request(head: asyncio.Future[None], end: asyncio.Future[None]) -> None:
+        await head
+        await end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        asyncio.get_running_loop().create_task(self._connect())
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,16 +145,19 @@ class ClientSide(Side):
                 up.transport.close()  # the client left while this connected
             return
         up.peer, self.peer = self, up
+        if isinstance(up, ParsedSide):
+            for _ in range(self.requests):
+                self._start(up)
         if up.transport is not None:
             for data in self.early:
                 up.transport.write(data)
         self.early = []
 
 
-async def serve(port: int, upstream: int, parse: bool) -> None:
+async def serve(port: int, upstream: int, parse: bool, task: bool) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: ClientSide(upstream, parse), HOST, port, backlog=BACKLOG
+        lambda: ClientSide(upstream, parse, task), HOST, port, backlog=BACKLOG
     )
     async with server:
         await server.serve_forever()
@@ -116,8 +168,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", type=int, required=True)
     ap.add_argument("--parse", action="store_true", help="the upstream's bytes through httptools")
+    ap.add_argument("--task", action="store_true", help="and a task per request (with --parse)")
     args = ap.parse_args()
-    uvloop.run(serve(args.port, args.upstream, args.parse))
+    uvloop.run(serve(args.port, args.upstream, args.parse, args.task))
 
 
 if __name__ == "__main__":
