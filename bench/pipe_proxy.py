@@ -79,7 +79,7 @@ class ParsedSide(Side):
         self.body += len(body)
 
     def on_headers_complete(self) -> None:
-        if self.waiting:
+        if self.waiting and not self.waiting[0][0].done():  # a 1xx head comes before the final
             self.waiting[0][0].set_result(None)
 
     def on_message_complete(self) -> None:
@@ -125,6 +125,11 @@ class ClientSide(Side):
         await head
         await end
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in list(self.tasks):
+            task.cancel()  # answers that will not come: nothing waits for them
+        super().connection_lost(exc)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         task = asyncio.get_running_loop().create_task(self._connect())
@@ -168,7 +173,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--upstream", type=int, required=True)
     ap.add_argument("--parse", action="store_true", help="the upstream's bytes through httptools")
-    ap.add_argument("--task", action="store_true", help="and a task per request (with --parse)")
+    ap.add_argument("--task", action="store_true", help="parse both ways, a task per request")
     args = ap.parse_args()
     uvloop.run(serve(args.port, args.upstream, args.parse, args.task))
 
