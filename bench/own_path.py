@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,16 +237,10 @@ def main() -> None:
         child(args.child, args.requests, args.tokens)
         return
     from bench.results_io import write_results
+    from bench.turns import parse_trees, take_turns, turns_table
 
-    trees = dict(t.split("=", 1) for t in (args.tree or ["now=."]))
-    per: dict[str, list[float]] = {name: [] for name in trees}
-    order = list(trees.items())
-    for _ in range(args.rounds):
-        for name, path in order:
-            per[name].append(run_tree(Path(path).resolve(), args.requests, args.tokens))
-        order.reverse()
-    first = next(iter(trees))
-    base = statistics.median(per[first])
+    trees = parse_trees(args.tree or ["now=."])
+    per = take_turns(trees, args.rounds, lambda _, path: run_tree(path, args.requests, args.tokens))
     lines = [
         "# geogate's own code per proxied request, in process (bench/own_path.py)",
         "",
@@ -256,13 +249,8 @@ def main() -> None:
         f"{args.requests} requests per pass, best of 3 passes per round, {args.rounds} rounds "
         "taking turns; the median round.",
         "",
-        f"| tree | path | µs per request | vs {first} | each round |",
-        "|---|---|---|---|---|",
+        *turns_table(per, trees, "µs per request"),
     ]
-    for name, path in trees.items():
-        med = statistics.median(per[name])
-        rounds = ", ".join(f"{x:.1f}" for x in per[name])
-        lines.append(f"| {name} | {path} | {med:.1f} | {med / base:.2f} | {rounds} |")
     doc = {"requests": args.requests, "rounds": args.rounds, "trees": trees, "us": per}
     write_results(args.out, lines, doc, trees=trees)
 

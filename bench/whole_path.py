@@ -42,7 +42,6 @@ import asyncio  # noqa: E402
 import cProfile  # noqa: E402
 import json  # noqa: E402
 import pstats  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -50,6 +49,7 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench.own_path import ANSWER, BODY, events  # noqa: E402
+from bench.turns import parse_trees, take_turns, turns_table  # noqa: E402
 
 REQUEST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
@@ -294,27 +294,16 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
     return {"target": what, "tokens": args.tokens, "us_per_request": round(us, 1)}
 
 
-def _trees(args: argparse.Namespace) -> dict[str, list[float]]:
-    """This script on each tree's code (its gateway and bench packages) in a fresh
-    interpreter, in rounds that take turns."""
-    trees = dict(t.split("=", 1) for t in args.tree)
-    per: dict[str, list[float]] = {name: [] for name in trees}
-    order = list(trees.items())
-    for _ in range(args.rounds):
-        for name, path in order:
-            tree = Path(path).resolve()
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--tokens", str(args.tokens)]
-            cmd += ["--requests", str(args.requests), "--conc", str(args.conc)]
-            cmd += ["--floor"] if args.floor else []
-            env = {**os.environ, CODE_ENV: str(tree)}
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, cwd=tree, env=env, timeout=600
-            )
-            if out.returncode != 0:
-                raise SystemExit(f"whole_path: {name}: {out.stderr.strip()[-500:]}")
-            per[name].append(json.loads(out.stdout.strip().splitlines()[-1])["us_per_request"])
-        order.reverse()
-    return per
+def _in_tree(args: argparse.Namespace, name: str, tree: Path) -> float:
+    """This script on ``tree``'s code (its gateway and bench packages) in a fresh interpreter."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--tokens", str(args.tokens)]
+    cmd += ["--requests", str(args.requests), "--conc", str(args.conc)]
+    cmd += ["--floor"] if args.floor else []
+    env = {**os.environ, CODE_ENV: str(tree)}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=env, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"whole_path: {name}: {out.stderr.strip()[-500:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_request"])
 
 
 def main() -> None:
@@ -340,15 +329,11 @@ def main() -> None:
         "sockets faked.",
         "",
     ]
-    if args.tree:
-        per = _trees(args)
-        first = statistics.median(next(iter(per.values())))
-        lines = [*head, "| tree | µs per request | vs first | each round |", "|---|---|---|---|"]
-        for name, values in per.items():
-            med = statistics.median(values)
-            each = ", ".join(f"{v:.1f}" for v in values)
-            lines.append(f"| {name} | {med:.1f} | {med / first:.2f} | {each} |")
-        doc: dict[str, Any] = {"trees": dict(t.split("=", 1) for t in args.tree), "us": per}
+    trees = parse_trees(args.tree)
+    if trees:
+        per = take_turns(trees, args.rounds, lambda name, tree: _in_tree(args, name, tree))
+        lines = [*head, *turns_table(per, trees, "µs per request")]
+        doc: dict[str, Any] = {"trees": trees, "us": per}
         print(json.dumps(doc))
     else:
         doc = _one(args)
@@ -357,7 +342,6 @@ def main() -> None:
     if args.out is not None:
         from bench.results_io import params, write_results
 
-        trees = dict(t.split("=", 1) for t in args.tree)
         write_results(args.out, lines, {"params": params(args), **doc}, trees=trees)
 
 
