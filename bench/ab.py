@@ -41,11 +41,11 @@ from bench.overhead import (  # noqa: E402
     PACED_TTFT_MS,
     TOKENS,
     gateway_conf,
-    nginx_conf,
+    start_nginx,
 )
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, paced, pinned  # noqa: E402
 from bench.peers import FLOORS, start_floor  # noqa: E402
-from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
+from bench.proc_cpu import cpu_between, idle_ms_per_s, process_tree, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
@@ -63,20 +63,10 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
         return p, port
     if target == "nginx":
-        conf = nginx_conf(work, port, free_port(), backend)
-        nginx = ["nginx", "-c", str(conf), "-p", str(work)]
-        p = spawn(pinned(PROXY_CPU, nginx), work / "nginx.log")
-    else:
-        p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
+        return start_nginx(work, port, free_port(), backend), port
+    p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
     wait_http(f"http://127.0.0.1:{port}/health", proc=p)  # any path is proxied
     return p, port
-
-
-def idle_ms_per_s(tree: list[int], seconds: float) -> float:
-    """The proxy's CPU with no requests (probes, load polling, the dashboard's sampler)."""
-    before = read_cpu(tree)
-    time.sleep(seconds)
-    return cpu_between(before, read_cpu(tree))[0] / seconds * 1000
 
 
 def one_round(
@@ -156,7 +146,7 @@ def main() -> None:
                         busy[target].append(round(us - idle[target] * 1000 / rps, 1))
                         rates[target].append(round(rps, 2))
                 if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
-                    idle = {t: idle_ms_per_s(tree, args.idle) for t, (_, tree) in ports.items()}
+                    idle = idle_ms_per_s({t: tree for t, (_, tree) in ports.items()}, args.idle)
         finally:
             for p in procs:
                 stop(p)

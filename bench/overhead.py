@@ -74,7 +74,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import timeit
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,7 +96,7 @@ from bench.peers import (  # noqa: E402
     start_floor,
     start_litellm,
 )
-from bench.proc_cpu import cpu_between, process_tree, read_cpu  # noqa: E402
+from bench.proc_cpu import idle_ms_per_s, process_tree  # noqa: E402
 from gateway.cli.procs import (  # noqa: E402
     free_port,
     geogate_cmd,
@@ -189,6 +188,14 @@ http {{
 }}
 """)
     return conf
+
+
+def start_nginx(work: Path, h1: int, h2: int, backend: int) -> subprocess.Popen[bytes]:
+    """nginx (nginx_conf) on the proxies' CPU, up and answering on ``h1``."""
+    conf = nginx_conf(work, h1, h2, backend)
+    p = spawn(pinned(PROXY_CPU, ["nginx", "-c", str(conf), "-p", str(work)]), work / "nginx.log")
+    wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
+    return p
 
 
 def bench_geoip(work: Path) -> Path:
@@ -349,12 +356,8 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
         rig.trees[name] = process_tree(p.pid)
     if "nginx" in targets:
         h1, h2 = free_port(), free_port()
-        conf = nginx_conf(work, h1, h2, backend)
-        p = spawn(
-            pinned(PROXY_CPU, ["nginx", "-c", str(conf), "-p", str(work)]), work / "nginx.log"
-        )
+        p = start_nginx(work, h1, h2, backend)
         rig.procs.append(p)
-        wait_http(f"http://127.0.0.1:{h1}/health", proc=p)
         rig.ports["nginx"] = {"h1": h1, "h2c": h2}
         rig.trees["nginx"] = process_tree(p.pid)
     if "litellm" in targets:
@@ -377,14 +380,7 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
 def idle_cpu(rig: Rig) -> dict[str, float]:
     """ms of CPU per second each proxy spends with no requests (probes, load polling): the
     floor under a c=1 cell's CPU per request."""
-    before = {name: read_cpu(tree) for name, tree in rig.trees.items()}
-    t0 = time.perf_counter()
-    time.sleep(IDLE_S)
-    wall = time.perf_counter() - t0
-    return {
-        name: cpu_between(before[name], read_cpu(tree))[0] * 1000 / wall
-        for name, tree in rig.trees.items()
-    }
+    return idle_ms_per_s(rig.trees, IDLE_S)
 
 
 def run_mode(work: Path, mode: str, args: argparse.Namespace, rows: list[Row]) -> dict[str, float]:

@@ -67,6 +67,16 @@ ROLE += b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
 DONE = b"data: [DONE]\n\n"
 
 
+def frame(chunk: bytes) -> bytes:
+    """One chunk of a chunked body, as gateway.h1 and the sim backend frame it."""
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+
+
+def request_body(tokens: int) -> bytes:
+    """The proxied request: BODY, asking for a stream when ``tokens``."""
+    return json.dumps({**json.loads(BODY), "stream": True}).encode() if tokens else BODY
+
+
 def events(tokens: int) -> list[bytes]:
     """A stream's chunks as a model server sends them: the role, the tokens, [DONE]."""
     return [ROLE] + [TOKEN] * tokens + [DONE] if tokens else [ANSWER]
@@ -123,8 +133,7 @@ class FakePipe:
         self.seen = seen
 
     def write(self, chunk: bytes) -> bool:
-        # Framed as gateway.h1's pipe frames it, for the cost only; what counts is the chunk.
-        _ = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        frame(chunk)  # as gateway.h1's pipe frames it, for the cost only: the chunk counts
         self.seen["bytes"] += len(chunk)
         return True
 
@@ -182,7 +191,7 @@ async def _measure(requests: int, tokens: int) -> float:
         else:
             seen["bytes"] += len(message.get("body", b""))
 
-    body = json.dumps({**json.loads(BODY), "stream": True}).encode() if tokens else BODY
+    body = request_body(tokens)
     pipe = FakePipe(seen)
 
     def hook(_: object) -> None:

@@ -68,7 +68,7 @@ class ParsedSide(Side):
     def __init__(self) -> None:
         super().__init__()
         self.parser = httptools.HttpResponseParser(self)
-        self.body = 0
+        self.body = 0  # on_body's work: httptools calls it per chunk, as a proxy's parser would
         self.waiting: deque[tuple[asyncio.Future[None], asyncio.Future[None]]] = deque()
 
     def data_received(self, data: bytes) -> None:

@@ -11,7 +11,8 @@ some kernels - this VM's among them - report zeros there.)
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,15 @@ def read_cpu(pids: Sequence[int]) -> CpuReading:
 def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
     """(CPU seconds, resolution in seconds) between two readings of the same processes."""
     return (after.ticks - before.ticks) / CLK_TCK, max(before.procs, after.procs) / CLK_TCK
+
+
+def idle_ms_per_s(trees: Mapping[str, Sequence[int]], seconds: float) -> dict[str, float]:
+    """ms of CPU per second each process tree spends over the next ``seconds`` (wall time,
+    measured), all read over the same wait: a proxy's background work with no requests."""
+    before = {name: read_cpu(tree) for name, tree in trees.items()}
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - t0
+    return {
+        name: cpu_between(before[name], read_cpu(t))[0] * 1000 / wall for name, t in trees.items()
+    }

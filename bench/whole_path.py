@@ -16,8 +16,10 @@ its server runs it after start-up: geogate with its start-up heap frozen (its li
 must come whole (the stream's every event, framed, and its last chunk) or the run fails.
 
   .venv/bin/python bench/whole_path.py [--tokens 16] [--floor] [--requests 4000] [--profile]
-  .venv/bin/python bench/whole_path.py --tokens 16 --tree now=. --tree before=/tmp/base
-      (this script on each tree's code in a fresh interpreter, rounds taking turns)
+  .venv/bin/python bench/whole_path.py --tokens 16 --tree now=. --tree before=/tmp/before
+      (this script on each tree's code in a fresh interpreter, rounds taking turns; the child
+      takes the bench fixtures from that tree too, so a tree needs bench/own_path.py's
+      fixtures: `git worktree add /tmp/before <commit>` of c29946b or later)
 
 Prints µs of CPU per request (process time, best of 3 passes after a warm-up; with --tree, each
 round's). The fake sockets' own Python is in the figure, the same for every target: about
@@ -48,7 +50,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.own_path import ANSWER, BODY, events  # noqa: E402
+from bench.own_path import ANSWER, events, frame, request_body  # noqa: E402
 from bench.turns import parse_trees, take_turns, turns_table  # noqa: E402
 
 REQUEST = (
@@ -106,7 +108,7 @@ class Upstream(FakeSocket):
         if self.tokens:
             head = OK_HEAD + b"\r\ncontent-type: text/event-stream\r\n"
             head += b"transfer-encoding: chunked\r\n\r\n"
-            pieces = [b"%x\r\n%b\r\n" % (len(e), e) for e in events(self.tokens)]
+            pieces = [frame(e) for e in events(self.tokens)]
             pieces[0] = head + pieces[0]
             pieces.append(END)
         else:
@@ -177,8 +179,6 @@ def _app(args: argparse.Namespace, work: Path) -> Any:
     from gateway import defaults as d
 
     if args.floor:
-        import os
-
         import bench.floor_proxy as floor
 
         os.environ[floor.UPSTREAM_ENV] = "http://127.0.0.1:9000"
@@ -216,7 +216,7 @@ def _fake_upstreams(tokens: int) -> None:
 def _expected(tokens: int) -> bytes:
     if not tokens:
         return ANSWER
-    return b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events(tokens)) + END
+    return b"".join(map(frame, events(tokens))) + END
 
 
 async def _run(args: argparse.Namespace, app: Any) -> float:
@@ -234,7 +234,7 @@ async def _run(args: argparse.Namespace, app: Any) -> float:
     )
     config.load()
     proto = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S)
-    body = json.dumps({**json.loads(BODY), "stream": True}).encode() if args.tokens else BODY
+    body = request_body(args.tokens)
     request = REQUEST % len(body) + body
     left = owed = 0
     done: asyncio.Future[None] = loop.create_future()

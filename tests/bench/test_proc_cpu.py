@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.proc_cpu import cpu_between, process_tree, read_cpu
+from bench.proc_cpu import cpu_between, idle_ms_per_s, process_tree, read_cpu
 
 BUSY_S = 0.5
 # A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed. The
@@ -49,3 +49,19 @@ def test_tree_cpu_counts_a_reaped_child() -> None:
     # The child is gone from /proc by now: its time is in the parent's cutime + cstime.
     assert BUSY_S - 0.2 <= cpu <= BUSY_S + 0.2 + resolution, cpu
     assert 0 < resolution <= 0.05
+
+
+def test_idle_cpu_is_per_second_of_wall_time_for_each_tree() -> None:
+    # One process burning a core, one asleep, read over the same wait.
+    burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    sleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        idle = idle_ms_per_s({"burn": [burn.pid], "sleep": [sleep.pid]}, 0.5)
+    finally:
+        burn.kill()
+        sleep.kill()
+        burn.wait()
+        sleep.wait()
+    assert set(idle) == {"burn", "sleep"}
+    assert idle["sleep"] < 100  # ms of CPU a second: asleep is near 0
+    assert idle["burn"] > 300  # a busy loop gets most of a core, on this 2-core VM too
