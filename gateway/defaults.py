@@ -111,11 +111,13 @@ TOLERANCE_RATIO = 0.15
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
 NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
 DEFAULT_SLOTS = 16  # concurrent sequences a backend runs at full speed, when not reported
-ROUTE_MEMO_MAX_ENTRIES = 4096  # rankings kept for one snapshot, one per (served model,
-# residency rule, client place): a snapshot lives a fraction of a second under load polling,
-# and GeoIP places clients at city level, so the live set is far smaller; past it the memo
-# starts over, so a flood of distinct coordinates costs ranking time, never memory (a model
-# no upstream serves is not kept at all)
+ROUTE_MEMO_MAX_CANDIDATES = 65536  # candidates the rankings kept for one snapshot hold in
+# all (a ranking holds its pool's candidates: one per (served model, residency rule, client
+# place)). A snapshot lives a fraction of a second under load polling, and GeoIP places
+# clients at city level, so the live set is far smaller; past it the memo starts over. Counted
+# in candidates, not rankings, so a flood of distinct coordinates holds the same bounded
+# memory, and clears as quickly, whatever the pool's size (a 300-upstream pool's ranking holds
+# 300); a model no upstream serves is not kept at all
 
 # --- active health checks -------------------------------------------------------------------
 HEALTH_PATH = "/health"

@@ -20,12 +20,14 @@ from gateway.routing.router import RankKey, pick, rank, rank_key
 
 
 class RankMemo:
-    """``rank`` memoised for one snapshot and one policy object, bounded by ``max_entries``."""
+    """``rank`` memoised for one snapshot and one policy object, bounded by the candidates its
+    rankings hold (``max_candidates``; a ranking counts its candidates plus one)."""
 
-    __slots__ = ("_max", "_state")
+    __slots__ = ("_max", "_state", "weight")
 
-    def __init__(self, max_entries: int = d.ROUTE_MEMO_MAX_ENTRIES) -> None:
-        self._max = max_entries
+    def __init__(self, max_candidates: int = d.ROUTE_MEMO_MAX_CANDIDATES) -> None:
+        self._max = max_candidates
+        self.weight = 0  # what the current table holds, as counted against max_candidates
         # One tuple, swapped whole: a reader that sees a snapshot also sees its own table,
         # never one left over from the snapshot before (should a runtime ever be shared by
         # threads). Holding the objects, not their id(), keeps an id from being reused.
@@ -41,6 +43,7 @@ class RankMemo:
         if s is not snap or p is not policy:
             table = {}
             self._state = (snap, policy, table)
+            self.weight = 0
         key = rank_key(facts, policy)
         ranked = table.get(key)
         if ranked is None:
@@ -50,11 +53,16 @@ class RankMemo:
                 # and a flood of made-up names must cost ranking time, never memory. A served
                 # model's key is bounded by the config.
                 return ranked
-            if len(table) >= self._max:
+            cost = len(ranked.order) + 1
+            if self.weight + cost > self._max:
                 # Starting over, rather than evicting one by one, keeps a hit free of
                 # bookkeeping; the keys in use come back on their next request.
                 table.clear()
+                self.weight = 0
+                if cost > self._max:  # larger than the whole memo: answered, not kept
+                    return ranked
             table[key] = ranked
+            self.weight += cost
         return ranked
 
     def route(

@@ -45,7 +45,7 @@ def test_memoised_equals_fresh(
     for loc, model in reqs:
         facts = RequestFacts(model, loc)
         assert memo.route(facts, s, p, memo_rng) == route(facts, s, p, fresh_rng)
-        assert len(memo) <= size
+        assert memo.weight <= size
     # The same draws were made: the two rngs are still in step.
     assert memo_rng.random() == fresh_rng.random()
 
@@ -76,6 +76,10 @@ def test_a_new_snapshot_or_policy_starts_over() -> None:
     assert memo.route(facts, s2, p, random.Random(0)).order[0].upstream.id == "b"
     assert len(memo) == 1
     # An equal but new policy object is a new policy: nothing carried over by accident.
+    kept = memo.rank(facts, s2, p)
+    assert memo.rank(facts, s2, p) is kept
+    assert memo.rank(facts, s2, dataclasses.replace(p)) is not kept
+    # And a changed one ranks by what it now says.
     p2 = dataclasses.replace(p, residency=(EU_RULE,))
     d = memo.route(facts, s2, p2, random.Random(0))
     assert d.outcome == "no_candidate" and d.residency == "eu"
@@ -88,12 +92,27 @@ def test_a_flood_of_places_cannot_grow_it() -> None:
         loc = dataclasses.replace(LONDON, latitude=i / 100)
         d = memo.route(RequestFacts("m", loc), s, p, random.Random(0))
         assert d == route(RequestFacts("m", loc), s, p, random.Random(0))
-        assert len(memo) <= 8
+        assert memo.weight <= 8 and len(memo) <= 4  # a ranking of one candidate weighs 2
+
+
+def test_a_large_pool_holds_fewer_rankings() -> None:
+    # The bound is on candidates held, not rankings: 40 upstreams make each ranking weigh 41.
+    ups = [up(f"u{i}", "eu-central") for i in range(40)]
+    memo = RankMemo(200)
+    s, p = snap(*ups), Policy("client", "eu-central")
+    for i in range(100):
+        loc = dataclasses.replace(LONDON, latitude=i / 100)
+        assert len(memo.rank(RequestFacts("m", loc), s, p).order) == 40
+        assert memo.weight <= 200 and len(memo) <= 4
+    # A ranking larger than the whole memo is answered and not kept.
+    small = RankMemo(30)
+    assert len(small.rank(RequestFacts("m", LONDON), s, p).order) == 40
+    assert len(small) == 0 and small.weight == 0
 
 
 def test_a_model_nobody_serves_is_answered_but_not_kept() -> None:
     """The model is the client's string: made-up names must not fill the memo."""
-    memo = RankMemo(max_entries=10)
+    memo = RankMemo(max_candidates=10)
     s = snap(up("a", "eu-central"))
     policy = Policy("self", "eu-central")
     for i in range(50):
