@@ -88,6 +88,13 @@ class Routed:
     decision: Decision
     # A regional gateway's hint: the region this client should enter (routing.steering).
     preferred_region: str | None = None
+    # The client as text, made once: the upstream's forwarding headers and the access line
+    # both take it, and str() of an address is not free.
+    client_text: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        text = None if self.client is None else str(self.client)
+        object.__setattr__(self, "client_text", text)  # frozen: set once, here
 
 
 @dataclass

@@ -23,7 +23,6 @@ class Exchange:
     model: str = ""
     stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
     routed: Routed | None = None  # client, location, decision
-    client: str | None = None  # routed.client as text, once: the upstream and the log take it
     attempts: int = 0  # upstream attempts made
     upstream: str = "-"  # the upstream that answered
     status: int = 0  # what the client got (499: it left first)
@@ -82,7 +81,7 @@ class Exchange:
                 "ttfb_ms": _ms(self.first_byte_s),
                 "ms": _ms(self.elapsed_s()),
                 "bytes": self.body_bytes,
-                "client": self.client,
+                "client": r.client_text if r else None,
                 "country": r.location.country if r else None,
             }
         )
@@ -117,8 +116,8 @@ class Exchange:
             "geogate.ttfb_ms": _ms(self.first_byte_s),
         }
         if r is not None:
-            if self.client is not None:
-                fields["client.ip"] = self.client
+            if r.client_text is not None:
+                fields["client.ip"] = r.client_text
             if r.location.country:
                 fields["client.geo.country_iso_code"] = r.location.country
         return fields

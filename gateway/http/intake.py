@@ -305,8 +305,6 @@ class Proxy:
             edge_header=first(heads, _EDGE),
             host=first(heads, _HOST),
         )
-        if ex.routed.client is not None:
-            ex.client = str(ex.routed.client)
         loc = ex.routed.location
         m = rt.metrics
         m.by_country.labels(loc.country or "unknown", str(loc.source)).inc()

@@ -127,7 +127,7 @@ class _Attempts:
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
-        client = ex.client or (peer[0] if peer else None)
+        client = ex.routed.client_text or (peer[0] if peer else None)
         self.headers = upstream_request_headers(
             scope["headers"],
             peer=peer[0] if peer else None,

@@ -24,6 +24,7 @@ def test_a_trusted_peer_hands_over_the_client_from_forwarded_for() -> None:
     # Walked from the right: the balancer's own hop is trusted, the one before it is not.
     routed = rt.locate_and_route("127.0.0.9", ["203.0.113.7, 127.0.0.9"], "m", 0.0)
     assert routed.client == ipaddress.ip_address("203.0.113.7")
+    assert routed.client_text == "203.0.113.7"  # what the upstream and the access line get
     assert routed.peer_trusted
     assert routed.decision.chosen is not None and routed.decision.chosen.upstream.id == "a"
 
@@ -32,6 +33,7 @@ def test_an_untrusted_peer_is_the_client_whatever_it_claims() -> None:
     rt = build_runtime(CFG)
     routed = rt.locate_and_route("127.0.0.2", ["203.0.113.7"], "m", 0.0)
     assert routed.client == ipaddress.ip_address("127.0.0.2")
+    assert routed.client_text == "127.0.0.2"
     assert not routed.peer_trusted
     assert str(routed.location.source) == "default"
 
