@@ -45,8 +45,6 @@ class Exchange:
     def served_region(self) -> str | None:
         """The region of the upstream that answered (after failover, not the first choice)."""
         order = self.routed.decision.order if self.routed else ()
-        if order and order[0].upstream.id == self.upstream:  # the first choice, as a rule
-            return order[0].upstream.region
         return next((c.upstream.region for c in order if c.upstream.id == self.upstream), None)
 
     def elapsed_s(self) -> float:

@@ -297,14 +297,13 @@ class _Attempts:
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
-        # The request's start plus timeouts.total_s, on the loop's clock. Looked up only here,
-        # for a stream: get_running_loop() is a getpid() system call in CPython 3.11.
+        # What is left of timeouts.total_s since the request's start; the watchdog turns it
+        # into a deadline on the loop's clock (one loop lookup, a getpid() in CPython 3.11).
         t = self.config.timeouts
-        deadline = asyncio.get_running_loop().time() + t.total_s - self.ex.elapsed_s()
         first_token = None if found else functools.partial(self._first_token, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            with Watchdog(t.idle_s, deadline) as watchdog:
+            with Watchdog(t.idle_s, t.total_s - self.ex.elapsed_s()) as watchdog:
                 await relay(resp, send, self.ex, watchdog, first_token)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)

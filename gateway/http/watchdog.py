@@ -18,8 +18,8 @@ EARLY_S = 0.001
 
 
 class Watchdog:
-    """Cancel the current task when no ``touch()`` came for ``idle_s`` seconds, or at
-    ``deadline`` (loop time), whichever comes first; on leaving the ``with`` block, that
+    """Cancel the current task when no ``touch()`` came for ``idle_s`` seconds, or ``left_s``
+    seconds from now, whichever comes first; on leaving the ``with`` block, that
     cancellation becomes TimeoutError, as with ``asyncio.timeout``. A cancellation from
     elsewhere (the client leaving, a drain) passes through unchanged."""
 
@@ -34,13 +34,13 @@ class Watchdog:
         "last",
     )
 
-    def __init__(self, idle_s: float, deadline: float) -> None:
+    def __init__(self, idle_s: float, left_s: float) -> None:
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # given the loop: no second lookup of it
         assert task is not None, "a watchdog guards the task that makes it"
         self._task = task
         self._idle_s = idle_s
-        self._deadline = deadline
+        self._deadline = self._loop.time() + left_s
         self._expired = False
         self._handle: asyncio.TimerHandle | None = None
         self._cancelling = 0

@@ -175,6 +175,8 @@ def test_http_1_0_without_a_length_ends_its_body_by_closing() -> None:
         ([(b"x-evil", b"a\nb")], "line break"),
         ([(b"content-length", b"-5")], "not a number of bytes"),
         ([(b"content-length", b" 5")], "not a number of bytes"),
+        ([(b"content-length", b"+5")], "not a number of bytes"),
+        ([(b"content-length", b"")], "not a number of bytes"),
     ],
 )
 def test_a_line_break_or_a_bad_length_in_a_response_head_is_refused(

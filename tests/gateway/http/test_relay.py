@@ -129,7 +129,7 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
             conn = resp._conn
             assert conn is not None
             await until(lambda: len(conn.chunks) == 2, what="both chunks")
-            with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+            with Watchdog(5, 5) as dog:
                 task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, first_token))
                 await until(lambda: pipe.writes == [b"ab"], what="one write of both")  # joined
                 assert conn.paused  # the pipe said it was full
@@ -164,7 +164,7 @@ def test_a_chunk_for_a_client_already_gone_is_not_written_nor_counted() -> None:
             resp = await client.request("GET", srv.url + "/")
             conn = resp._conn
             assert conn is not None
-            with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+            with Watchdog(5, 5) as dog:
                 task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
                 # Nobody to write to: the upstream is held back until the disconnect hook
                 # ends the request (here: the cancel below).
@@ -205,7 +205,7 @@ def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_
                 await resp.wait_body()
                 conn = resp._conn
                 assert conn is not None
-                with Watchdog(5, asyncio.get_running_loop().time() + 5) as dog:
+                with Watchdog(5, 5) as dog:
                     task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
                     await until(lambda c=conn: c.paused, what="a pause after the first chunk")
                     go.set()
