@@ -31,6 +31,12 @@ class Policy:
     tolerance_ratio: float = 0.15
     panic_threshold: float = 0.5
 
+    def rule_index(self, loc: Location) -> int | None:
+        """The index of the first residency rule that applies to ``loc``; None: none does."""
+        if not self.residency:  # the common case: no generator to build per request
+            return None
+        return next((i for i, r in enumerate(self.residency) if r.matches(loc)), None)
+
 
 def policy_from(config: Config) -> Policy:
     rules = tuple(

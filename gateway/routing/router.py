@@ -103,7 +103,8 @@ def _filter(
     serving: list[UpstreamView], facts: RequestFacts, policy: Policy
 ) -> tuple[list[UpstreamView], list[Exclusion], str | None]:
     """Residency and drain: (allowed, excluded, the residency rule that applied)."""
-    rule = next((r for r in policy.residency if r.matches(facts.location)), None)
+    index = policy.rule_index(facts.location)
+    rule = None if index is None else policy.residency[index]
     allowed: list[UpstreamView] = []
     excluded: list[Exclusion] = []
     for u in serving:
@@ -125,9 +126,7 @@ def rank_key(facts: RequestFacts, policy: Policy) -> RankKey:
     """Everything ``rank`` reads of ``facts``: equal keys give equal rankings for the same
     snapshot and policy, so a ranking may be reused for every request with the same key."""
     loc = facts.location
-    rule = None
-    if policy.residency:
-        rule = next((i for i, r in enumerate(policy.residency) if r.matches(loc)), None)
+    rule = policy.rule_index(loc)
     if policy.origin == "self":
         # A regional gateway's network cost is the path from here (measured RTT, else the
         # distance from this region): the client has already paid its way here, so its own

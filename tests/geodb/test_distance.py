@@ -57,9 +57,10 @@ def test_short_paths_cost_the_fixed_term() -> None:
 def test_the_memoised_estimate_is_the_estimate() -> None:
     rng = random.Random(7)
     points = [(rng.uniform(-90, 90), rng.uniform(-180, 180)) for _ in range(50)]
+    hits = est_rtt_ms.cache_info().hits  # type: ignore[attr-defined]  # shared with the suite
     for _ in range(3):  # misses, then hits
         for (a, b), (c, e) in itertools.pairwise(points):
             assert est_rtt_ms(a, b, c, e) == _est_rtt_ms(a, b, c, e)
     info = est_rtt_ms.cache_info()  # type: ignore[attr-defined]
     assert info.maxsize == EST_RTT_CACHE_SIZE  # bounded: a flood of places cannot grow it
-    assert info.hits >= 2 * 49  # the second and third passes were answered from the cache
+    assert info.hits - hits >= 2 * 49  # the second and third passes came from the cache

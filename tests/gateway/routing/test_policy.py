@@ -26,3 +26,7 @@ def test_rules_are_named_and_match_country_or_continent() -> None:
     assert unnamed.matches(Location(0, 0, "DE", None))
     assert named.matches(Location(0, 0, "FR", "EU"))
     assert not named.matches(Location(0, 0, "US", "NA"))
+    # The first rule that applies wins: Germany is in both.
+    assert p.rule_index(Location(0, 0, "DE", "EU")) == 0
+    assert p.rule_index(Location(0, 0, "FR", "EU")) == 1
+    assert p.rule_index(Location(0, 0, "US", "NA")) is None
