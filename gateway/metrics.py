@@ -13,8 +13,11 @@ its event loop's, so there is nothing to lock against. They expose the same samp
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import pairwise
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -51,41 +54,42 @@ class ObserveChild:
         self.sum += value
 
 
-class _Family(Collector):
+Child = TypeVar("Child", CountChild, ObserveChild)
+
+
+class _Family(Collector, Generic[Child]):
     def __init__(
         self, name: str, doc: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self.name = name
         self.doc = doc
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
 
-    def _check(self, values: tuple[str, ...]) -> tuple[str, ...]:
-        """The label values as a child's key: their number checked, each made a string (as
-        prometheus_client does), so that no value can break the exposition later."""
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: {len(values)} label values for {self.labelnames}")
-        return tuple(map(str, values))
+    @abstractmethod
+    def _new_child(self) -> Child: ...
+
+    def labels(self, *values: str) -> Child:
+        child = self._children.get(values)
+        if child is None:
+            # The label values as the child's key: their number checked, each made a string
+            # (as prometheus_client does), so that no value can break the exposition later.
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(values)} label values for {self.labelnames}")
+            child = self._children.setdefault(tuple(map(str, values)), self._new_child())
+        return child
 
     def describe(self) -> Iterable[Metric]:
         """What the registry checks names against: a second metric of this name is refused."""
         return self.collect()
 
 
-class RequestCounter(_Family):
+class RequestCounter(_Family[CountChild]):
     """A labelled counter for the request path (see the module's docstring)."""
 
-    def __init__(
-        self, name: str, doc: str, labelnames: Sequence[str], registry: CollectorRegistry
-    ) -> None:
-        self._children: dict[tuple[str, ...], CountChild] = {}
-        super().__init__(name, doc, labelnames, registry)
-
-    def labels(self, *values: str) -> CountChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children.setdefault(self._check(values), CountChild())
-        return child
+    def _new_child(self) -> CountChild:
+        return CountChild()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -94,7 +98,7 @@ class RequestCounter(_Family):
         yield family
 
 
-class RequestHistogram(_Family):
+class RequestHistogram(_Family[ObserveChild]):
     """A labelled histogram for the request path (see the module's docstring)."""
 
     def __init__(
@@ -105,18 +109,19 @@ class RequestHistogram(_Family):
         registry: CollectorRegistry,
         buckets: Sequence[float],
     ) -> None:
-        self._bounds = tuple(float(b) for b in buckets)
+        bounds = [float(b) for b in buckets]
+        if bounds and bounds[-1] == INF:
+            bounds.pop()  # +Inf is always the last bucket: given or not, as prometheus_client
+        if not bounds or any(a >= b for a, b in pairwise(bounds)):
+            raise ValueError(f"{name}: buckets must be given in increasing order")
+        self._bounds = tuple(bounds)
         # prometheus_client's own text for each bound ("1.0", "+Inf"): the same series as its
         # Histogram's, so dashboards and alert rules match either.
         self._les = [floatToGoString(b) for b in (*self._bounds, INF)]  # type: ignore[no-untyped-call]
-        self._children: dict[tuple[str, ...], ObserveChild] = {}
         super().__init__(name, doc, labelnames, registry)
 
-    def labels(self, *values: str) -> ObserveChild:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children.setdefault(self._check(values), ObserveChild(self._bounds))
-        return child
+    def _new_child(self) -> ObserveChild:
+        return ObserveChild(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)

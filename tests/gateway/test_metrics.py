@@ -66,3 +66,15 @@ def test_request_metrics_keep_prometheus_clients_rules() -> None:
     # A second metric of the same name is refused, as for prometheus_client's own.
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("t_requests", "doc", ["code"], registry=r)
+
+
+def test_histogram_buckets_must_increase_and_inf_is_implied() -> None:
+    for bad in ([1.0, 0.5], [1.0, 1.0], [], [float("inf")]):
+        with pytest.raises(ValueError, match="t_seconds: buckets must be given in increasing"):
+            RequestHistogram("t_seconds", "doc", [], CollectorRegistry(), bad)
+    # A trailing +Inf, as prometheus_client accepts it, is the bucket it always adds.
+    r = CollectorRegistry()
+    h = RequestHistogram("t_seconds", "doc", [], r, [0.5, float("inf")])
+    h.labels().observe(2.0)
+    assert r.get_sample_value("t_seconds_bucket", {"le": "0.5"}) == 0
+    assert r.get_sample_value("t_seconds_bucket", {"le": "+Inf"}) == 1
