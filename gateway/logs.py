@@ -114,11 +114,9 @@ def json_line(doc: Mapping[str, object]) -> str:
     or path), so that no character a log tool might take for a line break goes out raw."""
     try:
         line: str = msgspec.json.encode(doc).decode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in a client's JSON) has no UTF-8
-        line = ""  # json.dumps below writes it as the escape it came as
-    if line and line.isascii():
-        return line
-    return json.dumps(doc, separators=(",", ":"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in a client's JSON) has no UTF-8:
+        return json.dumps(doc, separators=(",", ":"))  # which writes it as the escape it came as
+    return line if line.isascii() else json.dumps(doc, separators=(",", ":"))
 
 
 _second: list[tuple[int, str]] = [(-1, "")]  # the last second utc_ms formatted, and its text

@@ -33,14 +33,13 @@ def preferred_region(
     here = snap.regions.get(policy.self_region)
     if here is None or not regions:
         return None
-    if len(regions) == 1 and here.id in regions:
-        return None  # only this region could serve: nowhere better to send the client
 
     def est(region_id: str) -> float:
         p = snap.regions[region_id]
         return est_rtt_ms(loc.latitude, loc.longitude, p.latitude, p.longitude)
 
-    # The nearest, ties to the first id in order; each region estimated once.
+    # The nearest, ties to the first id in order (est_rtt_ms is memoised: this region's second
+    # estimate below is a lookup).
     best_ms, best = min((est(r), r) for r in regions)
     if best == here.id:
         return None
