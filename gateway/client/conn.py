@@ -50,6 +50,7 @@ class Conn(asyncio.Protocol):
         "loop",
         "lost",
         "no_body",
+        "on_body",
         "parser",
         "paused",
         "sink",
@@ -62,10 +63,16 @@ class Conn(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
+        # llhttp's body callback is the list's own append: a C call per chunk, no Python frame
+        # (a streamed token is one chunk). What a chunk's arrival sets off (the first-byte
+        # timer disarmed, the sink fed, the reader woken) runs once per socket read, in
+        # data_received. httptools looks its callbacks up once, here: so the list is kept for
+        # the connection's life and emptied in place (clear()), never replaced.
+        self.on_body: Callable[[bytes], None] = self.chunks.append
+        self.parser = httptools.HttpResponseParser(self)
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
         self.busy = False  # a request is out and its response not complete
@@ -111,7 +118,7 @@ class Conn(asyncio.Protocol):
     async def wait_body(self) -> None:
         """Wait until some of the body is here, or its end."""
         while not self.chunks and not self.complete:
-            await self._wait()  # on_body and on_message_complete disarm the first-byte timer
+            await self._wait()  # a body's first read and its end disarm the first-byte timer
 
     async def read(self) -> bytes:
         """Whatever body has come since the last read; waits when none has. b"" at the end.
@@ -151,9 +158,29 @@ class Conn(asyncio.Protocol):
             # Full, and more to come: wait for the taker. A response already complete is not
             # paused: its connection goes back to the pool and must read the next answer.
             if self.sink(data) or self.complete:
-                self.resume()  # on_body may have paused before the sink was set
+                self.resume()  # reading may have paused before the sink was set
             else:
                 self._pause()
+
+    def _body_came(self) -> None:
+        """What the chunks of one socket read set off (llhttp appended them to ``chunks``)."""
+        if self.timer is not None:  # the first byte came: its wait is over
+            self._disarm()
+        sink = self.sink
+        if sink is not None:
+            # _to_sink and _take_chunks inline: this runs once per streamed token.
+            chunks = self.chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            if not (sink(data) or self.complete):
+                self._pause()
+            elif self.paused:
+                self.resume()
+            return
+        self.buffered = sum(map(len, self.chunks))
+        if self.buffered > PAUSE_BYTES:
+            self._pause()
+        self._wake()
 
     def resume(self) -> None:
         """The sink's taker drained: read again."""
@@ -187,8 +214,8 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     def _expire(self) -> None:
-        # Never after the body's first bytes: on_body and on_message_complete cancel the timer
-        # before either is seen, and a cancelled handle does not run.
+        # Never after the body's first bytes: the read that brings them (_body_came) and
+        # on_message_complete cancel the timer        # before either is seen, and a cancelled handle does not run.
         self.timer = None
         if self.error is None:
             self.error = TimeoutError()
@@ -239,7 +266,8 @@ class Conn(asyncio.Protocol):
                 self.close()
             else:
                 self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
-        self._to_sink()
+        if self.chunks:
+            self._body_came()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed upstream sends no more
@@ -288,17 +316,6 @@ class Conn(asyncio.Protocol):
             # headers announce. The response ends here; the connection is not reused.
             self.complete, self.busy, self.lost = True, False, True
             self.close()
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        if self.timer is not None:  # the first byte came: its wait is over
-            self._disarm()
-        self.chunks.append(body)
-        if self.sink is not None:
-            return  # data_received hands the read's chunks on together
-        self.buffered += len(body)
-        if self.buffered > PAUSE_BYTES:
-            self._pause()
         self._wake()
 
     def on_message_complete(self) -> None:

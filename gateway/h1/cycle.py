@@ -231,10 +231,13 @@ class Cycle:
         self._conn.response_done(self)
 
     def pipe(self) -> Pipe | None:
-        """A Pipe for this response (gateway.http.asgi.PIPE) once it has started, chunked."""
+        """A Pipe for this response (gateway.http.asgi.PIPE) once it has started, chunked. A
+        head still held goes out first (the proxy sends the first chunk before it asks, so
+        there is none as a rule): the pipe's writes then go straight to the transport."""
         if not self.response_started or self.response_complete or not self.chunked:
             return None
-        return Pipe(self._conn, self)
+        self.flush_head()
+        return Pipe(self._conn)
 
     def write(self, data: bytes) -> None:
         """Body bytes, framed: the held head, if any, goes with them in one writev."""
@@ -292,24 +295,25 @@ class Cycle:
 
 
 class Pipe:
-    """gateway.http.asgi.ClientPipe on this protocol: chunked framing, written through the
-    cycle (a head still held goes first)."""
+    """gateway.http.asgi.ClientPipe on this protocol: chunked framing, written to the transport
+    itself (the cycle's head is out: Cycle.pipe). A streamed token passes here: one call, one
+    write, nothing else on the way."""
 
-    __slots__ = ("_conn", "_cycle")
+    __slots__ = ("_conn", "_transport")
 
-    def __init__(self, conn: Connection, cycle: Cycle) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._cycle = cycle
+        self._transport = conn.transport
 
     def write(self, chunk: bytes) -> bool:
         if chunk:
-            self._cycle.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         return not self._conn.write_paused
 
     def gone(self) -> bool:
         # uvloop raises on a write to a closed transport; the request's task learns of the
         # loss a loop turn later (the disconnect hook), while upstream reads may still come.
-        return self._conn.lost or self._conn.transport.is_closing()
+        return self._conn.lost or self._transport.is_closing()
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self._conn.on_writable = callback

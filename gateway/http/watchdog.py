@@ -31,6 +31,7 @@ class Watchdog:
         "_idle_s",
         "_loop",
         "_task",
+        "clock",
         "last",
     )
 
@@ -44,11 +45,12 @@ class Watchdog:
         self._expired = False
         self._handle: asyncio.TimerHandle | None = None
         self._cancelling = 0
-        self.last = self._loop.time()
+        self.clock = self._loop.time  # the loop's clock: a per-chunk caller may stamp ``last``
+        self.last = self.clock()
 
     def touch(self) -> None:
-        """Activity now: the idle deadline starts again."""
-        self.last = self._loop.time()
+        """Activity now: the idle deadline starts again (``last = clock()``)."""
+        self.last = self.clock()
 
     def _due(self) -> float:
         return min(self.last + self._idle_s, self._deadline)

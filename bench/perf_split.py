@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Where a proxy's CPU per paced stream goes, by binary: the kernel, the Python interpreter,
+uvloop, httptools, libc, nginx itself. py-spy sees Python frames only (on uvloop most samples
+land in ``Runner.run``, below which it cannot look: bench/results/round7/profile_streaming.md);
+``perf record -e cpu-clock`` samples the whole process, native code and system calls included,
+with a software clock (this VM exposes no hardware counters), so it says whether a target's
+extra cost per stream is Python's own work or the kernel's.
+
+Each target is started as bench/ab.py starts it (proxy on CPU 0, sim-backend and load on CPU
+1), warmed up with one window of paced streams, then driven for another window with ``perf
+record`` attached to its processes. The run's CPU per stream (from /proc, as ab.py's) is split
+by each binary's share of the samples: µs per stream per binary. ``--tokens`` sets the
+chunks per stream: two runs at 16 and 64 tokens give each binary's cost per chunk.
+
+  .venv/bin/python bench/perf_split.py --targets nginx,floor-pipe-parse,floor-h1,geogate \
+      [--tokens 64] [--window 8] [--out bench/results/perf_split]
+
+Needs ``perf`` (Debian's linux-perf) and a kernel that lets this user sample the processes
+(perf_event_paranoid, or root). Writes OUT.md and OUT.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.ab import start  # noqa: E402
+from bench.overhead import MODEL, PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
+from bench.overhead_cells import LOAD_CPU, WARMUP_S, paced, pinned, run_loop  # noqa: E402
+from bench.paced_load import run_paced  # noqa: E402
+from bench.peers import FLOORS  # noqa: E402
+from bench.proc_cpu import CpuReading, cpu_between, process_tree, read_cpu  # noqa: E402
+from bench.results_io import params, write_results  # noqa: E402
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+
+SAMPLE_HZ = 1999  # a sample per 0.5 ms of CPU: a 16-token stream's ~1 ms gets two
+TOP_SYMBOLS = 12
+# perf's DSO names, grouped: what each part of the stack is.
+GROUPS = (
+    ("[kernel", "kernel (system calls, TCP, scheduling)"),
+    ("libpython", "Python interpreter (libpython)"),
+    ("python3", "Python interpreter (libpython)"),
+    ("loop.cpython", "uvloop (libuv and its Cython)"),
+    ("parser.cpython", "httptools (llhttp)"),
+    ("url_parser", "httptools (llhttp)"),
+    ("libc", "libc (malloc, memcpy)"),
+    ("libm", "libc (malloc, memcpy)"),
+    ("nginx", "nginx"),
+    ("msgspec", "msgspec"),
+    ("maxminddb", "maxminddb"),
+)
+LINE = re.compile(r"^\s*([\d.]+)%\s+(\d+)\s+(\S+)\s*(?:\[[.k]\]\s+(.*))?$")
+
+
+def group(dso: str) -> str:
+    for prefix, name in GROUPS:
+        if dso.startswith(prefix):
+            return name
+    return "other: " + dso
+
+
+# Counted over the same window as the samples: what the kernel was asked to do per stream.
+COUNTS = ("context-switches", "cpu-migrations", "raw_syscalls:sys_enter")
+
+
+def perf(kind: list[str], pids: list[int], ctl: Path) -> subprocess.Popen[bytes]:
+    """``perf record`` or ``perf stat`` on ``pids``, started disabled: ``ctl`` (a fifo) turns
+    it on and off at the window's ends."""
+    cmd = ["perf", *kind, "--delay=-1", f"--control=fifo:{ctl}", "-p", ",".join(map(str, pids))]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def counts(text: str) -> dict[str, float]:
+    """``perf stat -x,``'s lines: value,unit,event,..."""
+    found = {}
+    for line in text.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[2] in COUNTS and f[0].replace(".", "").isdigit():
+            found[f[2]] = float(f[0])
+    return found
+
+
+def shares(data: Path, sort: str) -> list[tuple[int, str, str]]:
+    """(samples, dso, symbol) rows of ``perf report`` sorted by ``sort``."""
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--stdio", "-n", "--no-children", "--sort", sort],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = LINE.match(line)
+        if m:
+            rows.append((int(m.group(2)), m.group(3), (m.group(4) or "").strip()))
+    return rows
+
+
+def measure(
+    target: str, port: int, pids: list[int], body: bytes, args: argparse.Namespace, work: Path
+) -> dict[str, object]:
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    paced(url, body, "h1", args.conc, args.window, pids, [])  # warm-up
+    name = target.replace("/", "_")
+    data, fifos = work / f"{name}.perf", [work / f"{name}.rec.ctl", work / f"{name}.stat.ctl"]
+    for f in fifos:
+        os.mkfifo(f)
+    rec = perf(["record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-o", str(data)], pids, fifos[0])
+    stat = perf(["stat", "-x,", "-e", ",".join(COUNTS)], pids, fifos[1])
+    ctl = [os.open(f, os.O_WRONLY) for f in fifos]  # blocks until perf opened its end
+    cpu: list[CpuReading] = []
+
+    def marks() -> None:  # both ends of the window
+        cpu.append(read_cpu(pids))
+        for fd in ctl:
+            os.write(fd, b"disable\n" if len(cpu) > 1 else b"enable\n")
+
+    try:
+        time.sleep(0.5)  # perf attached to every process
+        res = run_loop(run_paced(url, "h1", args.conc, body, WARMUP_S, args.window, marks))
+    finally:
+        for fd in ctl:
+            os.close(fd)
+        for p in (rec, stat):
+            p.send_signal(signal.SIGINT)
+    errs = [p.communicate(timeout=60)[1].decode(errors="replace") for p in (rec, stat)]
+    if not data.exists() or len(cpu) != 2:
+        raise SystemExit(f"perf record failed for {target}: {errs[0]}")
+    done = res.completed_in_window
+    if sum(res.failures.values()) or not done:
+        raise SystemExit(f"streams through {target}: failures {dict(res.failures)}")
+    us = cpu_between(cpu[0], cpu[1])[0] / done * 1e6
+    per_sample = 1e6 / SAMPLE_HZ / done  # µs of CPU per stream that one sample stands for
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data, args.keep / data.name)
+    by_group: collections.Counter[str] = collections.Counter()
+    for n, dso, _ in shares(data, "dso"):
+        by_group[group(dso)] += n
+    top = [
+        (n, dso, sym, round(n * per_sample, 1))
+        for n, dso, sym in shares(data, "dso,sym")[:TOP_SYMBOLS]
+    ]
+    return {
+        "us_per_stream_proc": round(us, 1),
+        "us_per_stream": round(sum(by_group.values()) * per_sample, 1),
+        "streams": done,
+        "streams_per_s": round(done / res.window_s, 1),
+        "us_by_part": {g: round(n * per_sample, 1) for g, n in by_group.most_common()},
+        "per_stream": {k: round(v / done, 1) for k, v in counts(errs[1]).items()},
+        "top_symbols": top,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", default="nginx,floor-pipe-parse,floor-h1,geogate")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S)
+    ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per target")
+    ap.add_argument("--conc", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf_split")
+    ap.add_argument("--keep", type=Path, help="copy each target's perf.data into this folder")
+    args = ap.parse_args()
+    if shutil.which("perf") is None:
+        raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
+    targets = args.targets.split(",")
+    for t in targets:
+        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
+            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or a floor")
+    results: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        backend = free_port()
+        sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
+        sim += ["--tokens", str(args.tokens), "--ttft-ms", str(PACED_TTFT_MS)]
+        sim += ["--tokens-per-s", str(args.tokens_per_s)]
+        procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
+        try:
+            wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
+            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            body = json.dumps({**chat, "stream": True, "max_tokens": args.tokens}).encode()
+            for target in targets:
+                p, port = start(work, target, backend)
+                procs.append(p)
+                pids = process_tree(p.pid)
+                results[target] = measure(target, port, pids, body, args, work)
+                stop(p)
+        finally:
+            for p in procs:
+                stop(p)
+    report(args, targets, results)
+
+
+def report(args: argparse.Namespace, targets: list[str], results: dict[str, dict[str, object]]) -> None:
+    parts = sorted(
+        {g for r in results.values() for g in r["us_by_part"]},  # type: ignore[attr-defined]
+        key=lambda g: -max(r["us_by_part"].get(g, 0) for r in results.values()),  # type: ignore[attr-defined]
+    )
+    lines = [
+        "# CPU per paced stream by binary (bench/perf_split.py)",
+        "",
+        f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for a "
+        f"{args.window:g} s window of paced streams ({args.tokens} tokens at "
+        f"{args.tokens_per_s:g}/s, first after {PACED_TTFT_MS} ms, HTTP/1.1, c = {args.conc}), "
+        "after a warm-up window; one target at a time, proxy on CPU 0, sim-backend and load on "
+        "CPU 1. Each sample stands for 1/{SAMPLE_HZ} s of CPU; µs per stream over the "
+        "streams that ended in the window:".replace("{SAMPLE_HZ}", str(SAMPLE_HZ)),
+        "",
+        "| part | " + " | ".join(targets) + " |",
+        "|---|" + "---|" * len(targets),
+        "| **all (perf's samples)** | "
+        + " | ".join(f"**{results[t]['us_per_stream']:.0f}**" for t in targets)
+        + " |",
+        "| all (/proc, 10 ms ticks) | "
+        + " | ".join(f"{results[t]['us_per_stream_proc']:.0f}" for t in targets)
+        + " |",
+    ]
+    for k in COUNTS:
+        cells = [results[t]["per_stream"].get(k, float("nan")) for t in targets]  # type: ignore[attr-defined]
+        lines.append(f"| {k} per stream (perf stat) | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    for g in parts:
+        cells = [results[t]["us_by_part"].get(g, 0.0) for t in targets]  # type: ignore[attr-defined]
+        lines.append(f"| {g} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    for t in targets:
+        lines += ["", f"Top symbols, {t} (samples, binary, symbol: µs per stream):", ""]
+        lines += [f"- {n} `{d}` {s}: {u}" for n, d, s, u in results[t]["top_symbols"]]  # type: ignore[attr-defined]
+    doc = {"params": params(args), "results": results}
+    trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
+    write_results(args.out, lines, doc, trees=trees)
+
+
+if __name__ == "__main__":
+    main()
