@@ -45,7 +45,13 @@ from bench.overhead import (  # noqa: E402
 )
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, paced, pinned  # noqa: E402
 from bench.peers import FLOORS, start_floor  # noqa: E402
-from bench.proc_cpu import cpu_between, idle_ms_per_s, process_tree, read_cpu  # noqa: E402
+from bench.proc_cpu import (  # noqa: E402
+    cpu_between,
+    fine_between,
+    idle_ms_per_s,
+    process_tree,
+    read_cpu,
+)
 from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
@@ -71,14 +77,17 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
 
 def one_round(
     port: int, tree: list[int], body: Path, args: argparse.Namespace
-) -> tuple[float, float]:
-    """The proxy's CPU µs per request over one round, and the requests per second it did."""
+) -> tuple[float, float, bool]:
+    """The proxy's CPU µs per request over one round, the requests per second it did, and
+    whether that CPU came from schedstat's nanoseconds (else /proc's 10 ms ticks)."""
     if args.mode == "streaming":
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         row = paced(url, body.read_bytes(), "h1", args.conc, args.window, tree, [])
         if row.failed or not row.rps:
             raise SystemExit(f"streams against port {port}: {row.failed} failed ({row.failures})")
-        return (row.cpu_ms_per_req or 0.0) * 1000, row.rps
+        if row.cpu_fine_ms_per_req is not None:
+            return row.cpu_fine_ms_per_req * 1000, row.rps, True
+        return (row.cpu_ms_per_req or 0.0) * 1000, row.rps, False
     n, conc = args.requests, args.conc
     before = read_cpu(tree)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -89,7 +98,11 @@ def one_round(
     took = time.perf_counter() - t0
     if f"{n} succeeded" not in out.stdout:
         raise SystemExit(f"h2load against port {port}: not all {n} requests succeeded")
-    return cpu_between(before, read_cpu(tree))[0] / n * 1e6, n / took
+    after = read_cpu(tree)
+    fine = fine_between(before, after)
+    if fine is not None:
+        return fine / n * 1e6, n / took, True
+    return cpu_between(before, after)[0] / n * 1e6, n / took, False
 
 
 def main() -> None:
@@ -135,12 +148,14 @@ def main() -> None:
             busy: dict[str, list[float]] = {t: [] for t in targets}
             rates: dict[str, list[float]] = {t: [] for t in targets}
             idle: dict[str, float] = {}
+            clocks: set[bool] = set()
             order = list(ports.items())
             for r in range(args.rounds + 1):
                 # Each round in the other order than the last: a drift in time favours no
                 # target's place in the round.
                 for target, (port, tree) in order if r % 2 == 0 else reversed(order):
-                    us, rps = one_round(port, tree, body, args)
+                    us, rps, fine = one_round(port, tree, body, args)
+                    clocks.add(fine)
                     if r:  # round 0 warms every target up
                         per_round[target].append(round(us, 1))
                         busy[target].append(round(us - idle[target] * 1000 / rps, 1))
@@ -150,7 +165,7 @@ def main() -> None:
         finally:
             for p in procs:
                 stop(p)
-    report(args, targets, per_round, busy, idle, rates)
+    report(args, targets, per_round, busy, idle, rates, clocks == {True})
 
 
 def what(args: argparse.Namespace) -> str:
@@ -173,6 +188,7 @@ def report(
     busy: dict[str, list[float]],
     idle: dict[str, float],
     rates: dict[str, list[float]],
+    fine: bool,
 ) -> None:
     medians = {t: statistics.median(v) for t, v in per_round.items()}
     busy_medians = {t: statistics.median(v) for t, v in busy.items()}
@@ -186,7 +202,12 @@ def report(
         f"with no requests, read for {args.idle:g} s after the warm-up round (health probes, "
         "load polling, the dashboard's sampler; in clock ticks of 10 ms, so ±"
         f"{10 / args.idle:g} ms/s); less idle: each round's CPU per request without that idle "
-        "rate's share (idle ms/s over the round's requests/s, kept per round in the JSON).",
+        "rate's share (idle ms/s over the round's requests/s, kept per round in the JSON). "
+        + (
+            "CPU per request from schedstat's nanoseconds (bench/proc_cpu.py)."
+            if fine
+            else "CPU per request from /proc's 10 ms ticks (this kernel keeps no schedstat)."
+        ),
         "",
         f"| target | median µs/request | vs {first} | idle ms/s | less idle, median µs "
         f"| vs {first} | each round |",
@@ -207,6 +228,7 @@ def report(
         "less_idle_per_round_us": busy,
         "less_idle_median_us": busy_medians,
         "requests_per_s_per_round": rates,
+        "clock": "schedstat ns" if fine else "ticks",
     }
     trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
     write_results(args.out, lines, doc, trees=trees)

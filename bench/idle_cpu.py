@@ -43,15 +43,17 @@ sys.path.insert(0, str(ROOT))
 
 from bench.overhead import MODEL, TOKENS, gateway_conf  # noqa: E402
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
-from bench.proc_cpu import CLK_TCK, cpu_between, process_tree, read_cpu  # noqa: E402
+from bench.proc_cpu import CLK_TCK, cpu_between, process_tree, read_cpu, sched_ns  # noqa: E402
 from bench.profile import summarize  # noqa: E402
 from bench.results_io import write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SETTLE_S = 3.0  # after /readyz: start-up's one-off work (imports, first probes) is done
-ENGINE = "granian"  # every tree on one engine: older trees know no uvicorn, and idle work is the
-# app's (probes, polls, sampler, log flush), not the engine's
+# Every tree on one engine (--engine): the engine's own timers count as idle work too (uvicorn's
+# main loop woke ten times a second until gateway.h1.server); granian for trees older than the
+# uvicorn engine.
+ENGINE = "uvicorn"
 
 
 @dataclass
@@ -66,10 +68,10 @@ class Gateway:
     profile: dict[str, Any] | None = None
 
 
-def start_gateway(work: Path, label: str, tree: Path, backend: int) -> Gateway:
+def start_gateway(work: Path, label: str, tree: Path, backend: int, engine: str) -> Gateway:
     """``python -m gateway`` imports from its working directory first: run in ``tree``."""
     port = free_port()
-    conf = gateway_conf(work, port, backend, ENGINE, name=f"idle-{label}")
+    conf = gateway_conf(work, port, backend, engine, name=f"idle-{label}")
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(tree))
     with open(work / f"gateway-{label}.log", "ab") as out:
         p = subprocess.Popen(
@@ -88,18 +90,6 @@ def start_gateway(work: Path, label: str, tree: Path, backend: int) -> Gateway:
 def roles(gw: Gateway) -> dict[int, str]:
     """The tree's processes by role: taskset's exec'd python is the parent, the rest workers."""
     return {pid: "parent" if pid == gw.proc.pid else f"worker{i}" for i, pid in enumerate(gw.pids)}
-
-
-def sched_ns(pids: list[int]) -> int:
-    """CPU nanoseconds of every live thread of ``pids`` (/proc/PID/task/TID/schedstat)."""
-    total = 0
-    for pid in pids:
-        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-            try:
-                total += int(stat.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue  # a thread that ended while we looked
-    return total
 
 
 def measure(gws: list[Gateway], seconds: float) -> None:
@@ -145,7 +135,7 @@ def run(args: argparse.Namespace, work: Path) -> list[Gateway]:
     try:
         wait_http(f"http://127.0.0.1:{backend}/health", proc=sim_proc)
         for label, tree in args.tree:
-            gws.append(start_gateway(work, label, tree, backend))
+            gws.append(start_gateway(work, label, tree, backend, args.engine))
         time.sleep(SETTLE_S)
         for gw in gws:
             gw.pids = process_tree(gw.proc.pid)
@@ -173,7 +163,7 @@ def report(gws: list[Gateway], args: argparse.Namespace) -> tuple[list[str], dic
         + (f" --profile {args.profile:g}" if args.profile else "")
         + "".join(f" --tree {g.label}=..." for g in gws)
         + "`: bench/overhead.py's benchmark config (one upstream, access log on, GeoIP "
-        f"database), {ENGINE} engine. ms of CPU per second of the whole process tree, over "
+        f"database), {args.engine} engine. ms of CPU per second of the whole process tree, over "
         f"{args.runs} windows of {args.seconds:g} s each, side by side; ± {res:.1f} ms/s per "
         "process per window (10 ms clock ticks).",
         "",
@@ -199,7 +189,7 @@ def report(gws: list[Gateway], args: argparse.Namespace) -> tuple[list[str], dic
     doc = {
         "seconds": args.seconds,
         "runs": args.runs,
-        "engine": ENGINE,
+        "engine": args.engine,
         "resolution_ms_per_s_per_proc": round(res, 2),
         "trees": {
             g.label: {
@@ -228,6 +218,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="length of one window")
     ap.add_argument("--runs", type=int, default=3, help="windows, to show the noise")
+    ap.add_argument("--engine", choices=("uvicorn", "granian"), default=ENGINE)
     ap.add_argument("--profile", type=float, default=0.0, help="then py-spy each for S s")
     ap.add_argument("--top", type=int, default=15, help="functions shown per profile")
     ap.add_argument(

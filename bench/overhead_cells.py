@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.paced_load import H2_STREAMS_PER_CONN, run_paced
-from bench.proc_cpu import CpuReading, cpu_between, read_cpu
+from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu
 
 PROXY_CPU, LOAD_CPU = "0", "1"
 WARMUP_S = 1.0  # streaming: connections open, pools and caches warm before the window opens
@@ -36,6 +36,8 @@ class Row:
     failed: int
     cpu_ms_per_req: float | None = None  # the proxy's process tree; None for direct
     cpu_res_ms: float | None = None  # that figure's resolution: the tick error / requests
+    # The same from schedstat's nanoseconds (bench/proc_cpu.py), where the kernel keeps them.
+    cpu_fine_ms_per_req: float | None = None
     ttft_p50_ms: float | None = None  # streaming only: request sent -> first content token
     ttft_p99_ms: float | None = None
     load_cpu_busy: float | None = None  # streaming: (backend + client CPU) / window, CPU 1
@@ -142,6 +144,8 @@ def paced(
     )
     if proxy:
         row.cpu_ms_per_req, row.cpu_res_ms = cpu * 1000 / done, cpu_res * 1000 / done
+        fine = fine_between(p0, p1)
+        row.cpu_fine_ms_per_req = None if fine is None else fine * 1000 / done
     return row
 
 

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,14 +115,15 @@ def shares(data: Path, sort: str) -> list[tuple[int, str, str]]:
 
 def measure(
     target: str, port: int, pids: list[int], body: bytes, args: argparse.Namespace, work: Path
-) -> dict[str, object]:
+) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     paced(url, body, "h1", args.conc, args.window, pids, [])  # warm-up
     name = target.replace("/", "_")
     data, fifos = work / f"{name}.perf", [work / f"{name}.rec.ctl", work / f"{name}.stat.ctl"]
     for f in fifos:
         os.mkfifo(f)
-    rec = perf(["record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-o", str(data)], pids, fifos[0])
+    sample = ["record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-o", str(data)]
+    rec = perf(sample, pids, fifos[0])
     stat = perf(["stat", "-x,", "-e", ",".join(COUNTS)], pids, fifos[1])
     ctl = [os.open(f, os.O_WRONLY) for f in fifos]  # blocks until perf opened its end
     cpu: list[CpuReading] = []
@@ -184,7 +186,7 @@ def main() -> None:
     for t in targets:
         if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
             ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or a floor")
-    results: dict[str, dict[str, object]] = {}
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backend = free_port()
@@ -208,10 +210,12 @@ def main() -> None:
     report(args, targets, results)
 
 
-def report(args: argparse.Namespace, targets: list[str], results: dict[str, dict[str, object]]) -> None:
+def report(
+    args: argparse.Namespace, targets: list[str], results: dict[str, dict[str, Any]]
+) -> None:
     parts = sorted(
-        {g for r in results.values() for g in r["us_by_part"]},  # type: ignore[attr-defined]
-        key=lambda g: -max(r["us_by_part"].get(g, 0) for r in results.values()),  # type: ignore[attr-defined]
+        {g for r in results.values() for g in r["us_by_part"]},
+        key=lambda g: -max(r["us_by_part"].get(g, 0) for r in results.values()),
     )
     lines = [
         "# CPU per paced stream by binary (bench/perf_split.py)",
@@ -233,14 +237,15 @@ def report(args: argparse.Namespace, targets: list[str], results: dict[str, dict
         + " |",
     ]
     for k in COUNTS:
-        cells = [results[t]["per_stream"].get(k, float("nan")) for t in targets]  # type: ignore[attr-defined]
-        lines.append(f"| {k} per stream (perf stat) | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+        cells = [results[t]["per_stream"].get(k, float("nan")) for t in targets]
+        row = " | ".join(f"{c:.1f}" for c in cells)
+        lines.append(f"| {k} per stream (perf stat) | {row} |")
     for g in parts:
-        cells = [results[t]["us_by_part"].get(g, 0.0) for t in targets]  # type: ignore[attr-defined]
+        cells = [results[t]["us_by_part"].get(g, 0.0) for t in targets]
         lines.append(f"| {g} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
     for t in targets:
         lines += ["", f"Top symbols, {t} (samples, binary, symbol: µs per stream):", ""]
-        lines += [f"- {n} `{d}` {s}: {u}" for n, d, s, u in results[t]["top_symbols"]]  # type: ignore[attr-defined]
+        lines += [f"- {n} `{d}` {s}: {u}" for n, d, s, u in results[t]["top_symbols"]]
     doc = {"params": params(args), "results": results}
     trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
     write_results(args.out, lines, doc, trees=trees)

@@ -4,8 +4,10 @@ utime + stime of /proc/PID/stat count every thread of the process, including thr
 exited, in clock ticks (1/CLK_TCK s, 10 ms on Linux). A difference of two readings is off by
 less than one tick per process, so each reading also says how many processes it summed: the
 caller turns that into a resolution and says when a cell is too short for it.
-(/proc/PID/schedstat would give nanoseconds, but only per thread, it loses exited threads, and
-some kernels - this VM's among them - report zeros there.)
+Each reading also sums /proc/PID/task/TID/schedstat: nanoseconds on a CPU per live thread, a
+finer clock where the kernel keeps it (some report zeros, and it loses threads that exit: a
+proxy's threads live as long as it does). Over a few seconds of paced streams, ticks move in
+steps of 100 µs and more per stream; nanoseconds resolve a few µs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ def process_tree(pid: int) -> list[int]:
 class CpuReading:
     ticks: int  # utime + stime + cutime + cstime, summed over the processes read
     procs: int  # how many of them could be read (each adds < 1 tick of error to a difference)
+    ns: int = 0  # schedstat's nanoseconds over their live threads; 0 where the kernel keeps none
+
+
+def sched_ns(pids: Sequence[int]) -> int:
+    """CPU nanoseconds of every live thread of ``pids`` (/proc/PID/task/TID/schedstat)."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended while we looked
+    return total
 
 
 def read_cpu(pids: Sequence[int]) -> CpuReading:
@@ -59,7 +74,7 @@ def read_cpu(pids: Sequence[int]) -> CpuReading:
             procs += 1
         except (OSError, ValueError, IndexError):
             continue
-    return CpuReading(ticks, procs)
+    return CpuReading(ticks, procs, sched_ns(pids))
 
 
 def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
@@ -67,13 +82,25 @@ def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
     return (after.ticks - before.ticks) / CLK_TCK, max(before.procs, after.procs) / CLK_TCK
 
 
+def fine_between(before: CpuReading, after: CpuReading) -> float | None:
+    """CPU seconds between two readings from schedstat's nanoseconds; None where the kernel
+    reports none (then cpu_between's ticks are all there is)."""
+    if not (before.ns and after.ns):
+        return None
+    return (after.ns - before.ns) / 1e9
+
+
 def idle_ms_per_s(trees: Mapping[str, Sequence[int]], seconds: float) -> dict[str, float]:
     """ms of CPU per second each process tree spends over the next ``seconds`` (wall time,
-    measured), all read over the same wait: a proxy's background work with no requests."""
+    measured), all read over the same wait: a proxy's background work with no requests.
+    schedstat's nanoseconds where the kernel keeps them, else ticks."""
     before = {name: read_cpu(tree) for name, tree in trees.items()}
     t0 = time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - t0
-    return {
-        name: cpu_between(before[name], read_cpu(t))[0] * 1000 / wall for name, t in trees.items()
-    }
+    idle = {}
+    for name, tree in trees.items():
+        after = read_cpu(tree)
+        fine = fine_between(before[name], after)
+        idle[name] = (cpu_between(before[name], after)[0] if fine is None else fine) * 1000 / wall
+    return idle

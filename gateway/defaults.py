@@ -45,6 +45,8 @@ WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan
 # a worker still alive drain_timeout_s + this after SIGTERM is killed
 MAX_URL_BYTES = 8192  # a request line's URL (nginx's large header buffer): with
 # server.max_header_bytes, the most a request's head may hold before the uvicorn engine refuses
+SERVER_TICK_S = 1.0  # uvicorn's main loop wakes this often (its own: 0.1 s): the Date header's
+# refresh; an exit wakes it at once (gateway.h1.server)
 SERVER_KEEPALIVE_S = 75.0  # an idle client connection is kept this long (nginx's default): above
 # the pools in front (an edge gateway's 60 s, an ALB's 60 s idle timeout), so a client never
 # sends on a connection the gateway is closing; uvicorn's own default (5 s) is below them all

@@ -153,17 +153,18 @@ def _serve_uvicorn(
     import uvicorn
 
     from gateway.h1 import capped
+    from gateway.h1.server import Server
     from gateway.http.app import create_app
 
     s = config.server
-    server: uvicorn.Server | None = None
+    server: Server | None = None
 
     def stop() -> None:  # the app's drain is done (gateway.http.gate)
         assert server is not None
         server.should_exit = True
 
     app = create_app(config, stop=stop, ops_fd=ops.fileno() if ops else None)
-    server = uvicorn.Server(
+    server = Server(  # uvicorn's, its main loop waking once a second (gateway.h1.server)
         uvicorn.Config(
             app,
             loop="uvloop",

@@ -215,7 +215,8 @@ class Conn(asyncio.Protocol):
 
     def _expire(self) -> None:
         # Never after the body's first bytes: the read that brings them (_body_came) and
-        # on_message_complete cancel the timer        # before either is seen, and a cancelled handle does not run.
+        # on_message_complete cancel the timer before either is seen, and a cancelled handle
+        # does not run.
         self.timer = None
         if self.error is None:
             self.error = TimeoutError()

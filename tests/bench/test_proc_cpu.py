@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
-from bench.proc_cpu import cpu_between, idle_ms_per_s, process_tree, read_cpu
+from bench.proc_cpu import (
+    CpuReading,
+    cpu_between,
+    fine_between,
+    idle_ms_per_s,
+    process_tree,
+    read_cpu,
+)
 
 BUSY_S = 0.5
 # A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed. The
@@ -65,3 +73,24 @@ def test_idle_cpu_is_per_second_of_wall_time_for_each_tree() -> None:
     assert set(idle) == {"burn", "sleep"}
     assert idle["sleep"] < 100  # ms of CPU a second: asleep is near 0
     assert idle["burn"] > 300  # a busy loop gets most of a core, on this 2-core VM too
+
+
+def test_the_fine_clock_counts_a_live_process_in_nanoseconds_or_says_it_cannot() -> None:
+    burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # past the interpreter's start-up
+        before = read_cpu([burn.pid])
+        time.sleep(0.5)
+        after = read_cpu([burn.pid])
+    finally:
+        burn.kill()
+        burn.wait()
+    fine = fine_between(before, after)
+    if before.ns == 0:  # a kernel that keeps no schedstat: the ticks are all there is
+        assert fine is None
+    else:
+        assert fine is not None and 0.1 < fine <= 0.55, fine  # most of a core for 0.5 s
+        ticks = cpu_between(before, after)[0]
+        assert abs(fine - ticks) <= 0.03, (fine, ticks)  # both clocks agree within ticks
+    assert fine_between(CpuReading(1, 1, 0), CpuReading(2, 1, 5)) is None
+    assert fine_between(CpuReading(1, 1, 10**9), CpuReading(2, 1, 3 * 10**9)) == 2.0
