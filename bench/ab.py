@@ -200,8 +200,9 @@ def report(
         f"{platform.python_version()}. {what(args)}, {args.rounds} rounds after one "
         "warm-up; proxies on CPU 0, sim-backend and the load on CPU 1. Idle: each proxy's CPU "
         f"with no requests, read for {args.idle:g} s after the warm-up round (health probes, "
-        "load polling, the dashboard's sampler; in clock ticks of 10 ms, so ±"
-        f"{10 / args.idle:g} ms/s); less idle: each round's CPU per request without that idle "
+        "load polling, the dashboard's sampler; "
+        + ("in nanoseconds" if fine else f"in clock ticks of 10 ms, so ±{10 / args.idle:g} ms/s")
+        + "); less idle: each round's CPU per request without that idle "
         "rate's share (idle ms/s over the round's requests/s, kept per round in the JSON). "
         + (
             "CPU per request from schedstat's nanoseconds (bench/proc_cpu.py)."
