@@ -41,7 +41,19 @@ def test_a_small_world_on_the_real_model_server(tmp_path: Path) -> None:
     assert row.floor_ms == pytest.approx(meta["backend_ttft_ms"] + 20, abs=15)
     geogate = next(e for e in result.events if e.topology == "geogate")
     assert geogate.event == "drain" and geogate.failed == 0
-    assert geogate.moved_after_s is not None
+    if geogate.affected_sites:  # London's geogate traffic was on eu-central: the drain moved it
+        assert geogate.moved_after_s is not None
+    else:
+        # The load-aware router had already sent London to us-east: eu-central's one model
+        # server was busy with the other topologies' requests at the same time (seen once
+        # in a full run on this 2-core VM). The drain then must not bring any back.
+        assert row.cells["geogate"].p50 is not None
+    late = [
+        s
+        for s in result.samples
+        if s.phase == "drain" and s.topology == "geogate" and s.t_s > 0.5 and s.ok
+    ]
+    assert late and all(s.region != "eu-central" for s in late), late  # none to the drained
 
 
 def test_the_model_server_cannot_be_overloaded_on_cue() -> None:
