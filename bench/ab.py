@@ -77,17 +77,20 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
 
 def one_round(
     port: int, tree: list[int], body: Path, args: argparse.Namespace
-) -> tuple[float, float, bool]:
-    """The proxy's CPU µs per request over one round, the requests per second it did, and
-    whether that CPU came from schedstat's nanoseconds (else /proc's 10 ms ticks)."""
+) -> tuple[float, float | None, float]:
+    """The proxy's CPU µs per request over one round from /proc's 10 ms ticks, the same from
+    schedstat's nanoseconds (None where the kernel gives none), and the requests per second."""
     if args.mode == "streaming":
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         row = paced(url, body.read_bytes(), "h1", args.conc, args.window, tree, [])
         if row.failed or not row.rps:
             raise SystemExit(f"streams against port {port}: {row.failed} failed ({row.failures})")
-        if row.cpu_fine_ms_per_req is not None:
-            return row.cpu_fine_ms_per_req * 1000, row.rps, True
-        return (row.cpu_ms_per_req or 0.0) * 1000, row.rps, False
+        fine_ms = row.cpu_fine_ms_per_req
+        return (
+            (row.cpu_ms_per_req or 0.0) * 1000,
+            None if fine_ms is None else fine_ms * 1000,
+            row.rps,
+        )
     n, conc = args.requests, args.conc
     before = read_cpu(tree)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -100,9 +103,8 @@ def one_round(
         raise SystemExit(f"h2load against port {port}: not all {n} requests succeeded")
     after = read_cpu(tree)
     fine = fine_between(before, after)
-    if fine is not None:
-        return fine / n * 1e6, n / took, True
-    return cpu_between(before, after)[0] / n * 1e6, n / took, False
+    ticks = cpu_between(before, after)[0] / n * 1e6
+    return ticks, None if fine is None else fine / n * 1e6, n / took
 
 
 def main() -> None:
@@ -144,28 +146,37 @@ def main() -> None:
                 p, port = start(work, target, backend)
                 procs.append(p)
                 ports[target] = (port, process_tree(p.pid))
-            per_round: dict[str, list[float]] = {t: [] for t in targets}
-            busy: dict[str, list[float]] = {t: [] for t in targets}
-            rates: dict[str, list[float]] = {t: [] for t in targets}
+            # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
+            rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}
             idle: dict[str, float] = {}
-            clocks: set[bool] = set()
             order = list(ports.items())
             for r in range(args.rounds + 1):
                 # Each round in the other order than the last: a drift in time favours no
                 # target's place in the round.
                 for target, (port, tree) in order if r % 2 == 0 else reversed(order):
-                    us, rps, fine = one_round(port, tree, body, args)
-                    clocks.add(fine)
+                    measured = one_round(port, tree, body, args)
                     if r:  # round 0 warms every target up
-                        per_round[target].append(round(us, 1))
-                        busy[target].append(round(us - idle[target] * 1000 / rps, 1))
-                        rates[target].append(round(rps, 2))
+                        rounds[target].append(measured)
                 if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
                     idle = idle_ms_per_s({t: tree for t, (_, tree) in ports.items()}, args.idle)
         finally:
             for p in procs:
                 stop(p)
-    report(args, targets, per_round, busy, idle, rates, clocks == {True})
+    # One clock for the whole run: nanoseconds only if every round of every target has them.
+    fine = all(f is not None for rs in rounds.values() for _, f, _ in rs)
+    per_round = {
+        t: [round(f if fine and f is not None else us, 1) for us, f, _ in rs]
+        for t, rs in rounds.items()
+    }
+    rates = {t: [round(rps, 2) for _, _, rps in rs] for t, rs in rounds.items()}
+    busy = {
+        t: [
+            round(us - idle[t] * 1000 / rps, 1)
+            for us, (_, _, rps) in zip(per_round[t], rs, strict=True)
+        ]
+        for t, rs in rounds.items()
+    }
+    report(args, targets, per_round, busy, idle, rates, fine)
 
 
 def what(args: argparse.Namespace) -> str:

@@ -75,6 +75,7 @@ def group(dso: str) -> str:
 
 # Counted over the same window as the samples: what the kernel was asked to do per stream.
 COUNTS = ("context-switches", "cpu-migrations", "raw_syscalls:sys_enter")
+PERF_START_S = 10.0  # perf attaches to a few processes in well under a second
 
 
 def perf(kind: list[str], pids: list[int], ctl: Path) -> subprocess.Popen[bytes]:
@@ -82,6 +83,23 @@ def perf(kind: list[str], pids: list[int], ctl: Path) -> subprocess.Popen[bytes]
     it on and off at the window's ends."""
     cmd = ["perf", *kind, "--delay=-1", f"--control=fifo:{ctl}", "-p", ",".join(map(str, pids))]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _open_control(fifo: Path, proc: subprocess.Popen[bytes], target: str) -> int:
+    """The write end of perf's control fifo, once perf has opened its read end. A blocking
+    open would wait forever for a perf that refused to start (a tracepoint this user may
+    not read, perf_event_paranoid): poll, and say why it stopped."""
+    deadline = time.monotonic() + PERF_START_S
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: no reader yet
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.communicate()[1].decode(errors="replace").strip()
+                why = err or "no reason given"
+                raise SystemExit(f"perf did not start for {target}: {why}") from None
+            time.sleep(0.05)
 
 
 def counts(text: str) -> dict[str, float]:
@@ -125,7 +143,12 @@ def measure(
     sample = ["record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-o", str(data)]
     rec = perf(sample, pids, fifos[0])
     stat = perf(["stat", "-x,", "-e", ",".join(COUNTS)], pids, fifos[1])
-    ctl = [os.open(f, os.O_WRONLY) for f in fifos]  # blocks until perf opened its end
+    try:
+        ctl = [_open_control(f, p, target) for f, p in zip(fifos, (rec, stat), strict=True)]
+    except SystemExit:
+        for p in (rec, stat):
+            p.kill()
+        raise
     cpu: list[CpuReading] = []
 
     def marks() -> None:  # both ends of the window

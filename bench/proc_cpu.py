@@ -49,18 +49,24 @@ class CpuReading:
     ticks: int  # utime + stime + cutime + cstime, summed over the processes read
     procs: int  # how many of them could be read (each adds < 1 tick of error to a difference)
     ns: int = 0  # schedstat's nanoseconds over their live threads; 0 where the kernel keeps none
+    threads: frozenset[int] = frozenset()  # the threads ``ns`` summed
 
 
 def sched_ns(pids: Sequence[int]) -> int:
     """CPU nanoseconds of every live thread of ``pids`` (/proc/PID/task/TID/schedstat)."""
-    total = 0
+    return _sched(pids)[0]
+
+
+def _sched(pids: Sequence[int]) -> tuple[int, frozenset[int]]:
+    total, tids = 0, set()
     for pid in pids:
         for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
             try:
                 total += int(stat.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 continue  # a thread that ended while we looked
-    return total
+            tids.add(int(stat.parent.name))
+    return total, frozenset(tids)
 
 
 def read_cpu(pids: Sequence[int]) -> CpuReading:
@@ -74,7 +80,7 @@ def read_cpu(pids: Sequence[int]) -> CpuReading:
             procs += 1
         except (OSError, ValueError, IndexError):
             continue
-    return CpuReading(ticks, procs, sched_ns(pids))
+    return CpuReading(ticks, procs, *_sched(pids))
 
 
 def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
@@ -84,8 +90,10 @@ def cpu_between(before: CpuReading, after: CpuReading) -> tuple[float, float]:
 
 def fine_between(before: CpuReading, after: CpuReading) -> float | None:
     """CPU seconds between two readings from schedstat's nanoseconds; None where the kernel
-    reports none (then cpu_between's ticks are all there is)."""
-    if not (before.ns and after.ns):
+    reports none, or where a thread of the first reading is gone by the second (its time
+    would drop out of the sum; the ticks keep reaped children's): then cpu_between's ticks
+    are all there is."""
+    if not (before.ns and after.ns) or before.threads - after.threads:
         return None
     return (after.ns - before.ns) / 1e9
 
@@ -93,14 +101,13 @@ def fine_between(before: CpuReading, after: CpuReading) -> float | None:
 def idle_ms_per_s(trees: Mapping[str, Sequence[int]], seconds: float) -> dict[str, float]:
     """ms of CPU per second each process tree spends over the next ``seconds`` (wall time,
     measured), all read over the same wait: a proxy's background work with no requests.
-    schedstat's nanoseconds where the kernel keeps them, else ticks."""
+    schedstat's nanoseconds where the kernel keeps them for every tree, else ticks."""
     before = {name: read_cpu(tree) for name, tree in trees.items()}
     t0 = time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - t0
-    idle = {}
-    for name, tree in trees.items():
-        after = read_cpu(tree)
-        fine = fine_between(before[name], after)
-        idle[name] = (cpu_between(before[name], after)[0] if fine is None else fine) * 1000 / wall
-    return idle
+    after = {name: read_cpu(tree) for name, tree in trees.items()}
+    fine = {name: fine_between(before[name], after[name]) for name in trees}
+    if any(f is None for f in fine.values()):  # one clock for all of them: ticks
+        return {name: cpu_between(before[name], after[name])[0] * 1000 / wall for name in trees}
+    return {name: (f or 0.0) * 1000 / wall for name, f in fine.items()}

@@ -23,7 +23,8 @@ import httptools
 from gateway.client.failures import BadResponse, ConnectionLost
 
 # Reading from the upstream pauses while this much of the body waits for the consumer (a
-# slow client): memory per stream stays bounded whatever the upstream's pace. aiohttp's
+# slow client), counted by the reads that brought it (chunk framing included): memory per
+# stream stays bounded whatever the upstream's pace. aiohttp's
 # StreamReader paused at 2 x 64 KiB. One socket read past this is the most it holds (uvloop
 # reads up to 256 000 bytes at a time: UV_STREAM_RECV_BUF_SIZE).
 PAUSE_BYTES: Final = 64 * 1024
@@ -162,8 +163,9 @@ class Conn(asyncio.Protocol):
             else:
                 self._pause()
 
-    def _body_came(self) -> None:
-        """What the chunks of one socket read set off (llhttp appended them to ``chunks``)."""
+    def _body_came(self, read: int) -> None:
+        """What the chunks of one socket read of ``read`` bytes set off (llhttp appended them
+        to ``chunks``)."""
         if self.timer is not None:  # the first byte came: its wait is over
             self._disarm()
         sink = self.sink
@@ -177,7 +179,9 @@ class Conn(asyncio.Protocol):
             elif self.paused:
                 self.resume()
             return
-        self.buffered = sum(map(len, self.chunks))
+        # The read's size, framing and all: a bound on the body it brought, without summing
+        # every chunk still unread on each read (quadratic in many small chunks).
+        self.buffered += read
         if self.buffered > PAUSE_BYTES:
             self._pause()
         self._wake()
@@ -268,7 +272,7 @@ class Conn(asyncio.Protocol):
             else:
                 self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
         if self.chunks:
-            self._body_came()
+            self._body_came(len(data))
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed upstream sends no more

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from bench.perf_split import LINE, counts, group
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.perf_split import LINE, _open_control, counts, group
 
 
 def test_a_report_row_gives_samples_binary_and_symbol() -> None:
@@ -34,3 +41,30 @@ def test_binaries_are_grouped_by_what_they_are() -> None:
     assert group("loop.cpython-311-x86_64-linux-gnu.so").startswith("uvloop")
     assert group("parser.cpython-311-x86_64-linux-gnu.so").startswith("httptools")
     assert group("somelib.so") == "other: somelib.so"
+
+
+def test_a_perf_that_will_not_start_is_one_line_with_its_reason_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "ctl"
+    os.mkfifo(fifo)
+    quits = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.exit('event syntax error')"],
+        stderr=subprocess.PIPE,
+    )
+    with pytest.raises(SystemExit, match="perf did not start for nginx: event syntax error"):
+        _open_control(fifo, quits, "nginx")
+
+
+def test_the_control_fifo_opens_once_perf_reads_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "ctl"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", f"import time; f = open({str(fifo)!r}); print(f.read(), end='')"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    fd = _open_control(fifo, reader, "nginx")
+    os.write(fd, b"enable\n")
+    os.close(fd)
+    assert reader.communicate(timeout=10)[0] == "enable\n"

@@ -46,6 +46,8 @@ class Conn:
         self.transport = transport
         self.loop = loop
         self.write_paused = False
+        self.lost = False
+        self.on_writable: Callable[[], None] | None = None
         self.done: list[Cycle] = []
         self.closed_now = 0
 
@@ -132,6 +134,41 @@ def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
         got = await _read(peer, b"\r\n\r\n")  # a slow first chunk: the head does not wait
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in got
         assert conn.transport.calls == [("write", 1)]
+
+    _run(case)
+
+
+def test_a_pipe_sends_a_held_head_first_and_once_then_framed_chunks_straight_out() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        assert c.pipe() is None  # no response started yet: nothing to pipe into
+        await c.send(_start(200, (b"content-type", b"text/event-stream")))
+        pipe = c.pipe()  # the head is still held: it must go before any chunk
+        assert pipe is not None
+        assert pipe.write(b"data: 1\n\n") and pipe.write(b"")  # room left; empty: no write
+        await asyncio.sleep(0)  # the loop turn's end, where a held head would also go
+        await c.send(_body(b""))
+        assert conn.transport.calls == [("write", 1), ("write", 1), ("write", 1)]
+        got = await _read(peer, b"0\r\n\r\n")
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and got.count(b"HTTP/1.1") == 1
+        assert body == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+        assert not pipe.gone()
+        conn.write_paused = True
+        assert not pipe.write(b"x")  # written, and full: the caller stops until writable
+        conn.lost = True
+        assert pipe.gone()
+
+    _run(case)
+
+
+def test_a_response_with_a_length_is_not_piped() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        await c.send(_start(200, (b"content-length", b"2")))
+        assert c.pipe() is None  # only chunked responses: a pipe's frames would break it
+        await c.send(_body(b"ok"))
+        assert c.pipe() is None  # complete
 
     _run(case)
 

@@ -83,3 +83,26 @@ def test_an_exit_before_the_loop_starts_ends_it_on_its_first_tick() -> None:
         await asyncio.wait_for(srv.main_loop(), 0.5)
 
     asyncio.run(main())
+
+
+def test_an_exit_set_while_a_tick_runs_is_not_left_waiting_for_the_next() -> None:
+    async def main() -> float:
+        srv = _server()
+        on_tick = srv.on_tick
+        ticks = 0
+
+        async def tick(counter: int) -> bool:
+            nonlocal ticks
+            ticks += 1
+            if ticks == 2:
+                srv.should_exit = True  # set inside the tick; this tick still says go on
+                return False
+            return await on_tick(counter)
+
+        srv.on_tick = tick  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        await asyncio.wait_for(srv.main_loop(), 2.5)
+        return time.perf_counter() - t0
+
+    # the first wait is a whole tick (1 s); after the exit, no second one
+    assert asyncio.run(main()) < 1.5
