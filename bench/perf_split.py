@@ -6,14 +6,15 @@ land in ``Runner.run``, below which it cannot look: bench/results/round7/profile
 with a software clock (this VM exposes no hardware counters), so it says whether a target's
 extra cost per stream is Python's own work or the kernel's.
 
-Each target is started as bench/ab.py starts it (proxy on CPU 0, sim-backend and load on CPU
-1), warmed up with one window of paced streams, then driven for another window with ``perf
-record`` attached to its processes. The run's CPU per stream (from /proc, as ab.py's) is split
-by each binary's share of the samples: µs per stream per binary. ``--tokens`` sets the
-chunks per stream: two runs at 16 and 64 tokens give each binary's cost per chunk.
+Every target is started as bench/ab.py starts it (proxy on CPU 0, sim-backend and load on CPU
+1) and warmed up with one window of paced streams. Then ``--rounds`` rounds take turns, as
+ab.py's do: in each, every target is driven for a window with ``perf record`` and ``perf
+stat`` attached to its processes, switched on and off at the window's ends. A target's
+samples over all its windows, each standing for 1/SAMPLE_HZ s of CPU, over the streams that
+ended in them, give µs per stream, by binary. ``--tokens`` sets the chunks per stream.
 
   .venv/bin/python bench/perf_split.py --targets nginx,floor-pipe-parse,floor-h1,geogate \
-      [--tokens 64] [--window 8] [--out bench/results/perf_split]
+      [--tokens 64] [--window 8] [--rounds 3] [--out bench/results/perf_split]
 
 Needs ``perf`` (Debian's linux-perf) and a kernel that lets this user sample the processes
 (perf_event_paranoid, or root). Writes OUT.md and OUT.json.
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +133,30 @@ def shares(data: Path, sort: str) -> list[tuple[int, str, str]]:
     return rows
 
 
+@dataclass
+class Tally:
+    """One target's sums over its windows: a figure per stream is a sum over a sum."""
+
+    streams: int = 0
+    proc_s: float = 0.0  # /proc's CPU seconds (10 ms ticks)
+    parts: collections.Counter[str] = field(default_factory=collections.Counter)
+    symbols: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    rounds_us: list[float] = field(default_factory=list)  # each window's µs per stream
+
+
 def measure(
-    target: str, port: int, pids: list[int], body: bytes, args: argparse.Namespace, work: Path
-) -> dict[str, Any]:
+    target: str,
+    port: int,
+    pids: list[int],
+    body: bytes,
+    args: argparse.Namespace,
+    work: Path,
+    tally: Tally,
+) -> None:
+    """One window of paced streams through ``target`` with perf attached, added to ``tally``."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    paced(url, body, "h1", args.conc, args.window, pids, [])  # warm-up
-    name = target.replace("/", "_")
+    name = f"{target.replace('/', '_')}.{len(tally.rounds_us)}"
     data, fifos = work / f"{name}.perf", [work / f"{name}.rec.ctl", work / f"{name}.stat.ctl"]
     for f in fifos:
         os.mkfifo(f)
@@ -170,26 +190,35 @@ def measure(
     done = res.completed_in_window
     if sum(res.failures.values()) or not done:
         raise SystemExit(f"streams through {target}: failures {dict(res.failures)}")
-    us = cpu_between(cpu[0], cpu[1])[0] / done * 1e6
-    per_sample = 1e6 / SAMPLE_HZ / done  # µs of CPU per stream that one sample stands for
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(data, args.keep / data.name)
-    by_group: collections.Counter[str] = collections.Counter()
+    window: collections.Counter[str] = collections.Counter()
     for n, dso, _ in shares(data, "dso"):
-        by_group[group(dso)] += n
-    top = [
-        (n, dso, sym, round(n * per_sample, 1))
-        for n, dso, sym in shares(data, "dso,sym")[:TOP_SYMBOLS]
-    ]
+        window[group(dso)] += n
+    for n, dso, sym in shares(data, "dso,sym"):
+        tally.symbols[(dso, sym)] += n
+    tally.parts.update(window)
+    tally.counts.update(counts(errs[1]))
+    tally.streams += done
+    tally.proc_s += cpu_between(cpu[0], cpu[1])[0]
+    tally.rounds_us.append(round(sum(window.values()) * 1e6 / SAMPLE_HZ / done, 1))
+
+
+def summary(t: Tally) -> dict[str, Any]:
+    per_sample = 1e6 / SAMPLE_HZ / t.streams  # µs of CPU per stream that one sample stands for
     return {
-        "us_per_stream_proc": round(us, 1),
-        "us_per_stream": round(sum(by_group.values()) * per_sample, 1),
-        "streams": done,
-        "streams_per_s": round(done / res.window_s, 1),
-        "us_by_part": {g: round(n * per_sample, 1) for g, n in by_group.most_common()},
-        "per_stream": {k: round(v / done, 1) for k, v in counts(errs[1]).items()},
-        "top_symbols": top,
+        "us_per_stream": round(sum(t.parts.values()) * per_sample, 1),
+        "us_per_stream_proc": round(t.proc_s / t.streams * 1e6, 1),
+        "streams": t.streams,
+        "samples": sum(t.parts.values()),
+        "us_per_stream_each_round": t.rounds_us,
+        "us_by_part": {g: round(n * per_sample, 1) for g, n in t.parts.most_common()},
+        "per_stream": {k: round(v / t.streams, 1) for k, v in t.counts.items()},
+        "top_symbols": [
+            (n, dso, sym, round(n * per_sample, 1))
+            for (dso, sym), n in t.symbols.most_common(TOP_SYMBOLS)
+        ],
     }
 
 
@@ -198,10 +227,11 @@ def main() -> None:
     ap.add_argument("--targets", default="nginx,floor-pipe-parse,floor-h1,geogate")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S)
-    ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per target")
+    ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per window")
+    ap.add_argument("--rounds", type=int, default=1, help="windows per target, taking turns")
     ap.add_argument("--conc", type=int, default=16)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf_split")
-    ap.add_argument("--keep", type=Path, help="copy each target's perf.data into this folder")
+    ap.add_argument("--keep", type=Path, help="copy each window's perf.data into this folder")
     args = ap.parse_args()
     if shutil.which("perf") is None:
         raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
@@ -209,7 +239,9 @@ def main() -> None:
     for t in targets:
         if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
             ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or a floor")
-    results: dict[str, dict[str, Any]] = {}
+    if len(set(targets)) != len(targets) or args.rounds < 1:
+        ap.error("each target once, and --rounds 1 or more")
+    tallies = {t: Tally() for t in targets}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backend = free_port()
@@ -221,16 +253,23 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
             body = json.dumps({**chat, "stream": True, "max_tokens": args.tokens}).encode()
+            ports = {}
             for target in targets:
                 p, port = start(work, target, backend)
                 procs.append(p)
-                pids = process_tree(p.pid)
-                results[target] = measure(target, port, pids, body, args, work)
-                stop(p)
+                ports[target] = (port, process_tree(p.pid))
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                paced(url, body, "h1", args.conc, args.window, ports[target][1], [])  # warm-up
+            order = list(ports.items())
+            for r in range(args.rounds):
+                # Each round in the other order than the last, as bench/ab.py's: a drift in
+                # time favours no target's place in the round.
+                for target, (port, pids) in order if r % 2 == 0 else reversed(order):
+                    measure(target, port, pids, body, args, work, tallies[target])
         finally:
             for p in procs:
                 stop(p)
-    report(args, targets, results)
+    report(args, targets, {t: summary(tallies[t]) for t in targets})
 
 
 def report(
@@ -246,9 +285,10 @@ def report(
         f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for a "
         f"{args.window:g} s window of paced streams ({args.tokens} tokens at "
         f"{args.tokens_per_s:g}/s, first after {PACED_TTFT_MS} ms, HTTP/1.1, c = {args.conc}), "
-        "after a warm-up window; one target at a time, proxy on CPU 0, sim-backend and load on "
-        "CPU 1. Each sample stands for 1/{SAMPLE_HZ} s of CPU; µs per stream over the "
-        "streams that ended in the window:".replace("{SAMPLE_HZ}", str(SAMPLE_HZ)),
+        f"after a warm-up window; {args.rounds} window(s) per target, the targets taking "
+        "turns, one at a time; proxy on CPU 0, sim-backend and load on CPU 1. Each sample "
+        f"stands for 1/{SAMPLE_HZ} s of CPU; µs per stream: the samples of all windows over "
+        "the streams that ended in them:",
         "",
         "| part | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
@@ -258,6 +298,12 @@ def report(
         "| all (/proc, 10 ms ticks) | "
         + " | ".join(f"{results[t]['us_per_stream_proc']:.0f}" for t in targets)
         + " |",
+        "| each window (perf's samples) | "
+        + " | ".join(
+            ", ".join(f"{u:.0f}" for u in results[t]["us_per_stream_each_round"]) for t in targets
+        )
+        + " |",
+        "| samples | " + " | ".join(str(results[t]["samples"]) for t in targets) + " |",
     ]
     for k in COUNTS:
         cells = [results[t]["per_stream"].get(k, float("nan")) for t in targets]
