@@ -55,6 +55,7 @@ class SimStats:
     rejected: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)  # every request's path as received
+    scrapes: int = 0  # /metrics answered: how often a gateway polls this backend's load
 
 
 class _Metrics:
@@ -114,6 +115,7 @@ class SimBackend:
         return web.json_response({"object": "list", "data": data})
 
     async def prom(self, request: web.Request) -> web.Response:
+        self.stats.scrapes += 1
         self.metrics.running.set(self.stats.active)
         cap = self.cfg.max_concurrency
         self.metrics.kv.set(min(1.0, self.stats.active / cap) if cap else 0.0)
@@ -132,6 +134,7 @@ class SimBackend:
                 "rejected": s.rejected,
                 "last_headers": s.last_headers,
                 "paths": s.paths,
+                "scrapes": s.scrapes,
             }
         )
 

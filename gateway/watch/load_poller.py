@@ -1,4 +1,5 @@
-"""Scrape each upstream's Prometheus /metrics for its load (queue, TTFT) on a short interval.
+"""Scrape each upstream's Prometheus /metrics for its load (queue, TTFT) on a short interval,
+and a slower one while nothing is going on.
 
 A failed scrape records nothing: the last sample ages out after ``load.max_age_s`` and the
 router stops using it, rather than trusting numbers nobody has confirmed for seconds.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 
 from gateway.client import CLIENT_ERRORS
-from gateway.config import Upstream
+from gateway.config import LoadSection, Upstream
+from gateway.defaults import LOAD_IDLE_POLL_FACTOR
 from gateway.routing.load import LoadReading, parse_load
 from gateway.runtime import Runtime
 
@@ -45,15 +48,43 @@ async def poll_all(rt: Runtime, ups: tuple[Upstream, ...]) -> list[LoadReading |
     return await asyncio.gather(*(poll_once(rt, u) for u in ups))
 
 
+def next_round_s(
+    cfg: LoadSection,
+    readings: Sequence[LoadReading | None],
+    in_flight: Mapping[str, int],
+    routed: bool,
+) -> float:
+    """How long after a round's start the next one starts: ``load.poll_interval_s`` while
+    anything is going on, LOAD_IDLE_POLL_FACTOR times that (at most half of
+    ``load.max_age_s``, so a sample never ages out between rounds) while nothing is: every
+    upstream answered with an empty queue and nothing running, none has a request of this
+    worker in flight, and this worker routed none (``routed``) over the round. A scrape that
+    failed, or a reading without those two numbers (a regional gateway's /load), counts as
+    something going on."""
+    fast = cfg.poll_interval_s
+    if routed or any(in_flight.values()):
+        return fast
+    for r in readings:
+        if r is None or r.queue_depth is None or r.running is None:
+            return fast
+        if r.queue_depth > 0 or r.running > 0:
+            return fast
+    return max(fast, min(LOAD_IDLE_POLL_FACTOR * fast, cfg.max_age_s / 2))
+
+
 async def load_loop(rt: Runtime) -> None:
-    """A round every poll interval, or when the slowest scrape of the last one is done."""
+    """A round every poll interval (slower while idle: ``next_round_s``), or when the slowest
+    scrape of the last one is done."""
     loop = asyncio.get_running_loop()
+    routed = rt.routed
     while rt.config.load.enabled:
-        due = loop.time() + rt.config.load.poll_interval_s
+        started = loop.time()
         ups = rt.store.upstreams()
         readings = await poll_all(rt, ups)
         rt.store.record_loads(
             {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
             time.monotonic(),
         )
-        await asyncio.sleep(max(0.0, due - loop.time()))
+        wait = next_round_s(rt.config.load, readings, rt.store.in_flight(), rt.routed != routed)
+        routed = rt.routed
+        await asyncio.sleep(max(0.0, started + wait - loop.time()))
