@@ -111,9 +111,10 @@ class Runtime:
     # Rankings of the current snapshot, shared by requests with the same model, residency
     # rule and (origin client) place: only the choice within the band is made per request.
     ranks: RankMemo = field(default_factory=RankMemo)
-    # Requests routed by this worker so far: the load poller slows down only over a round in
-    # which this did not move (gateway.watch.load_poller).
-    routed: int = 0
+    # Requests this worker has proxied (counted as they are routed): the load poller slows
+    # down only over a round in which this did not move (gateway.watch.load_poller). /route,
+    # /explain and the CLI's route do not count: they send nothing.
+    proxied: int = 0
 
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:
@@ -177,7 +178,6 @@ class Runtime:
     ) -> Routed:
         """The decision for ``model`` from a client at ``loc``, however it was located."""
         snap, policy = self.store.snapshot(now), self.store.policy
-        self.routed += 1
         decision = self.ranks.route(RequestFacts(model, loc), snap, policy, self.rng)
         hint = preferred_region(loc, decision, snap, policy)
         return Routed(ip, peer_trusted, loc, decision, hint)

@@ -305,6 +305,7 @@ class Proxy:
             edge_header=first(heads, _EDGE),
             host=first(heads, _HOST),
         )
+        rt.proxied += 1
         loc = ex.routed.location
         m = rt.metrics
         m.by_country.labels(loc.country or "unknown", str(loc.source)).inc()

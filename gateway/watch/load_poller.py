@@ -28,7 +28,7 @@ async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
     cfg = rt.config.load
     url = u.url.rstrip("/") + (u.load_path or cfg.path)
     try:
-        async with asyncio.timeout(max(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_MIN_S)):
+        async with asyncio.timeout(scrape_timeout_s(cfg)):
             resp = await rt.http().request("GET", url)
             body = await resp.read()
         if resp.status != 200:
@@ -48,35 +48,49 @@ async def poll_all(rt: Runtime, ups: tuple[Upstream, ...]) -> list[LoadReading |
     return await asyncio.gather(*(poll_once(rt, u) for u in ups))
 
 
+def scrape_timeout_s(cfg: LoadSection) -> float:
+    return max(2 * cfg.poll_interval_s, SCRAPE_TIMEOUT_MIN_S)
+
+
 def next_round_s(
     cfg: LoadSection,
     readings: Sequence[LoadReading | None],
+    before: Sequence[LoadReading | None],
     in_flight: Mapping[str, int],
-    routed: bool,
+    proxied: bool,
 ) -> float:
     """How long after a round's start the next one starts: ``load.poll_interval_s`` while
-    anything is going on, LOAD_IDLE_POLL_FACTOR times that (at most half of
-    ``load.max_age_s``, so a sample never ages out between rounds) while nothing is: every
-    upstream answered with an empty queue and nothing running, none has a request of this
-    worker in flight, and this worker routed none (``routed``) over the round. A scrape that
-    failed, or a reading without those two numbers (a regional gateway's /load), counts as
-    something going on."""
+    anything is going on, LOAD_IDLE_POLL_FACTOR times that while nothing is. Nothing is going
+    on when every upstream answered with an empty queue and nothing running, and no request
+    finished there since the round ``before`` (its TTFT count did not move: short requests
+    from other gateways leave the gauges at 0 between scrapes), none has a request of this
+    worker in flight, and this worker proxied none over the round (``proxied``). A scrape that
+    failed, or a reading without queue figures (a regional gateway's /load), counts as
+    something going on. The idle wait is at most half of ``load.max_age_s`` and leaves a
+    scrape's timeout before the last sample expires (a sample is refreshed before it expires
+    unless a scrape times out), and never shorter than the configured interval."""
     fast = cfg.poll_interval_s
-    if routed or any(in_flight.values()):
+    if proxied or any(in_flight.values()) or len(before) != len(readings):
         return fast
-    for r in readings:
+    for r, b in zip(readings, before, strict=True):
         if r is None or r.queue_depth is None or r.running is None:
             return fast
         if r.queue_depth > 0 or r.running > 0:
             return fast
-    return max(fast, min(LOAD_IDLE_POLL_FACTOR * fast, cfg.max_age_s / 2))
+        if b is None or r.ttft_count != b.ttft_count:
+            return fast
+    slow = min(
+        LOAD_IDLE_POLL_FACTOR * fast, cfg.max_age_s / 2, cfg.max_age_s - scrape_timeout_s(cfg)
+    )
+    return max(fast, slow)
 
 
 async def load_loop(rt: Runtime) -> None:
     """A round every poll interval (slower while idle: ``next_round_s``), or when the slowest
     scrape of the last one is done."""
     loop = asyncio.get_running_loop()
-    routed = rt.routed
+    proxied = rt.proxied
+    before: list[LoadReading | None] = []
     while rt.config.load.enabled:
         started = loop.time()
         ups = rt.store.upstreams()
@@ -85,6 +99,7 @@ async def load_loop(rt: Runtime) -> None:
             {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
             time.monotonic(),
         )
-        wait = next_round_s(rt.config.load, readings, rt.store.in_flight(), rt.routed != routed)
-        routed = rt.routed
+        busy = rt.proxied != proxied
+        wait = next_round_s(rt.config.load, readings, before, rt.store.in_flight(), busy)
+        proxied, before = rt.proxied, readings
         await asyncio.sleep(max(0.0, started + wait - loop.time()))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -52,32 +54,53 @@ def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
             s.proc.kill()
 
 
-def _reading(queue: float | None = 0.0, running: float | None = 0.0) -> LoadReading:
-    return LoadReading(queue_depth=queue, running=running)
+def _reading(
+    queue: float | None = 0.0, running: float | None = 0.0, done: float = 7.0
+) -> LoadReading:
+    return LoadReading(queue_depth=queue, running=running, ttft_count=done)
 
 
 def test_polls_slow_down_only_while_nothing_at_all_is_going_on() -> None:
-    cfg = LoadSection()  # 0.25 s, samples trusted for 2 s
-    idle = [_reading(), _reading()]
-    assert next_round_s(cfg, idle, {"a": 0, "b": 0}, routed=False) == 1.0  # 4x: an idle worker
+    cfg = LoadSection()  # 0.25 s, samples trusted for 2 s, a scrape's timeout 1 s
+    idle: list[LoadReading | None] = [_reading(), _reading()]
+
+    def wait(
+        now: Sequence[LoadReading | None],
+        before: Sequence[LoadReading | None] = idle,
+        in_flight: Mapping[str, int] | None = None,
+        proxied: bool = False,
+    ) -> float:
+        flight = {"a": 0, "b": 0} if in_flight is None else in_flight
+        return next_round_s(cfg, now, before, flight, proxied)
+
+    assert wait(idle) == 1.0  # 4x: an idle worker
     # Any sign of work keeps the short interval: a queue forming is seen within 0.25 s.
-    assert next_round_s(cfg, [_reading(), _reading(queue=1)], {}, routed=False) == 0.25
-    assert next_round_s(cfg, [_reading(running=2), _reading()], {}, routed=False) == 0.25
-    assert next_round_s(cfg, idle, {"a": 1}, routed=False) == 0.25  # ours in flight
-    assert next_round_s(cfg, idle, {}, routed=True) == 0.25  # we routed since the last round
-    # Not known to be idle: a failed scrape, or a regional gateway's /load (no queue figures).
-    assert next_round_s(cfg, [_reading(), None], {}, routed=False) == 0.25
-    assert next_round_s(cfg, [_reading(queue=None)], {}, routed=False) == 0.25
-    assert next_round_s(cfg, [LoadReading(ttft_ms=120.0)], {}, routed=False) == 0.25
+    assert wait([_reading(), _reading(queue=1)]) == 0.25
+    assert wait([_reading(running=2), _reading()]) == 0.25
+    assert wait([_reading(), _reading(done=8)]) == 0.25  # a request finished there meanwhile
+    assert wait(idle, in_flight={"a": 1}) == 0.25  # ours in flight
+    assert wait(idle, proxied=True) == 0.25  # we proxied one since the last round
+    # Not known to be idle: a failed scrape, or a regional gateway's /load (no queue figures),
+    # or no round before this one to compare with (the first, or the upstreams changed).
+    assert wait([_reading(), None]) == 0.25
+    assert wait([_reading(queue=None), _reading()]) == 0.25
+    assert wait([LoadReading(ttft_ms=120.0), _reading()]) == 0.25
+    assert wait(idle, before=[]) == 0.25
+    assert wait(idle, before=[_reading(), None]) == 0.25
 
 
-def test_an_idle_round_never_lets_a_sample_age_out() -> None:
-    # 4 x 0.4 s would be past half of max_age_s: the idle wait stops at 1 s, a sample's
-    # age stays under max_age_s even when one scrape of the next round fails.
+def test_an_idle_round_leaves_a_scrape_s_timeout_before_a_sample_expires() -> None:
+    idle: list[LoadReading | None] = [_reading()]
+    # 4 x 0.4 s would leave the last sample 0.4 s to live when the next scrape begins, less
+    # than that scrape's 1 s timeout: the idle wait stops at max_age_s - 1 s.
     cfg = LoadSection(poll_interval_s=0.4, max_age_s=2.0)
-    assert next_round_s(cfg, [_reading()], {}, routed=False) == 1.0
+    assert next_round_s(cfg, idle, idle, {}, proxied=False) == 1.0
+    short = LoadSection(poll_interval_s=0.1, max_age_s=1.5)
+    assert next_round_s(short, idle, idle, {}, proxied=False) == 0.4  # 4 x 0.1 fits
+    tight = LoadSection(poll_interval_s=0.2, max_age_s=1.5)  # 0.8 s would leave only 0.7
+    assert next_round_s(tight, idle, idle, {}, proxied=False) == 0.5
     slow = LoadSection(poll_interval_s=1.5, max_age_s=2.0)  # never below the configured pace
-    assert next_round_s(slow, [_reading()], {}, routed=False) == 1.5
+    assert next_round_s(slow, idle, idle, {}, proxied=False) == 1.5
 
 
 def test_an_idle_gateway_polls_its_idle_backend_slower_and_speeds_up_with_traffic(
@@ -85,25 +108,32 @@ def test_an_idle_gateway_polls_its_idle_backend_slower_and_speeds_up_with_traffi
 ) -> None:
     sim = start_sim(tmp_path, "a", "eu-central", ["m"], "--ttft-ms", "5")
     ups = [UpstreamSpec(sim.name, "eu-central", sim.url, ["m"])]
-    gw = start_gateway(
-        tmp_path, lambda p: gateway_toml(p, ups, extra="[load]\npoll_interval_s = 0.1\n")
-    )
+    fast = "[load]\npoll_interval_s = 0.1\n"
+    gw = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra=fast))
     try:
 
-        def scrapes(seconds: float) -> int:
-            before = _scraped(sim)
+        def rate(seconds: float) -> float:
+            """Scrapes a second the backend answered over ``seconds``."""
+            before, t0 = _scraped(sim), time.monotonic()
             time.sleep(seconds)
-            return _scraped(sim) - before
+            return (_scraped(sim) - before) / (time.monotonic() - t0)
 
-        eventually(lambda: scrapes(1.0) <= 4, what="idle polls, every 0.4 s")
-        stop = time.monotonic() + 1.5
-        busy = 0
-        while time.monotonic() < stop:  # requests flowing: the short interval again
-            before = _scraped(sim)
-            served_by(gw.url, 3)
-            time.sleep(0.1)
-            busy += _scraped(sim) - before
-        assert busy >= 8, busy  # ~15 at 0.1 s; idle pace would give at most 4
+        # idle: every 0.4 s, about 2.5 a second (at 0.1 s it would be 10); not stopped either
+        eventually(lambda: 0 < rate(2.0) <= 4, what="idle polls, every 0.4 s")
+        stop = threading.Event()
+
+        def traffic() -> None:  # requests back to back: something is always going on
+            while not stop.is_set():
+                served_by(gw.url, 1)
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            busy = rate(2.0)
+        finally:
+            stop.set()
+            sender.join()
+        assert busy >= 6, busy  # the short interval again: about 10 a second
     finally:
         gw.stop()
         sim.proc.kill()
