@@ -13,6 +13,7 @@ its event loop's, so there is nothing to lock against. They expose the same samp
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
@@ -112,7 +113,8 @@ class RequestHistogram(_Family[ObserveChild]):
         bounds = [float(b) for b in buckets]
         if bounds and bounds[-1] == INF:
             bounds.pop()  # +Inf is always the last bucket: given or not, as prometheus_client
-        if not bounds or any(a >= b for a, b in pairwise(bounds)):
+        increasing = all(a < b for a, b in pairwise(bounds))
+        if not bounds or not increasing or any(math.isnan(b) for b in bounds):
             raise ValueError(f"{name}: buckets must be given in increasing order")
         self._bounds = tuple(bounds)
         # prometheus_client's own text for each bound ("1.0", "+Inf"): the same series as its

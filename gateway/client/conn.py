@@ -139,10 +139,12 @@ class Conn(asyncio.Protocol):
         raises as ``read`` does."""
         self.sink = sink
         try:
-            self._to_sink()
+            if self.chunks:  # what came before the sink was set
+                self._body_came(0)
             while not self.complete:
                 await self._wait()
-            self._to_sink()
+            if self.chunks:
+                self._body_came(0)
         finally:
             self.sink = None
 
@@ -153,16 +155,6 @@ class Conn(asyncio.Protocol):
         self.buffered = 0
         return data
 
-    def _to_sink(self) -> None:
-        if self.chunks and self.sink is not None:
-            data = self._take_chunks()
-            # Full, and more to come: wait for the taker. A response already complete is not
-            # paused: its connection goes back to the pool and must read the next answer.
-            if self.sink(data) or self.complete:
-                self.resume()  # reading may have paused before the sink was set
-            else:
-                self._pause()
-
     def _body_came(self, read: int) -> None:
         """What the chunks of one socket read of ``read`` bytes set off (llhttp appended them
         to ``chunks``)."""
@@ -170,14 +162,17 @@ class Conn(asyncio.Protocol):
             self._disarm()
         sink = self.sink
         if sink is not None:
-            # _to_sink and _take_chunks inline: this runs once per streamed token.
+            # _take_chunks inline (``buffered`` is not read while a sink is set): this runs
+            # once per streamed token.
             chunks = self.chunks
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             chunks.clear()
+            # Full, and more to come: wait for the taker. A response already complete is not
+            # paused: its connection goes back to the pool and must read the next answer.
             if not (sink(data) or self.complete):
                 self._pause()
             elif self.paused:
-                self.resume()
+                self.resume()  # reading may have paused before the sink was set
             return
         # The read's size, framing and all: a bound on the body it brought, without summing
         # every chunk still unread on each read (quadratic in many small chunks).

@@ -59,7 +59,7 @@ async def _piped(
         nonlocal first_token
         if gone():
             return False  # the disconnect hook ends this task; nothing is counted as sent
-        watchdog.last = clock()  # watchdog.touch(), inline
+        watchdog.last = clock()  # watchdog.touch(), inline: keep the two the same
         ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
         if first_token is not None and first_token(chunk):
             first_token = None

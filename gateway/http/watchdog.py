@@ -49,7 +49,8 @@ class Watchdog:
         self.last = self.clock()
 
     def touch(self) -> None:
-        """Activity now: the idle deadline starts again (``last = clock()``)."""
+        """Activity now: the idle deadline starts again (``last = clock()``; gateway.http.relay's
+        piped sink does the same inline)."""
         self.last = self.clock()
 
     def _due(self) -> float:

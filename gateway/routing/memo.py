@@ -54,13 +54,13 @@ class RankMemo:
                 # model's key is bounded by the config.
                 return ranked
             cost = len(ranked.order) + 1
+            if cost > self._max:  # larger than the whole memo: answered, not kept
+                return ranked  # (and what is kept stays: clearing it would gain nothing)
             if self.weight + cost > self._max:
                 # Starting over, rather than evicting one by one, keeps a hit free of
                 # bookkeeping; the keys in use come back on their next request.
                 table.clear()
                 self.weight = 0
-                if cost > self._max:  # larger than the whole memo: answered, not kept
-                    return ranked
             table[key] = ranked
             self.weight += cost
         return ranked

@@ -33,6 +33,10 @@ def preferred_region(
     here = snap.regions.get(policy.self_region)
     if here is None or not regions:
         return None
+    if len(regions) == 1 and here.id in regions:
+        # Only this region could serve (a regional gateway with no spill-over: the common
+        # case): no distance to estimate on the request path.
+        return None
 
     def est(region_id: str) -> float:
         p = snap.regions[region_id]

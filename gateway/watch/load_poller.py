@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from gateway.client import CLIENT_ERRORS
 from gateway.config import LoadSection, Upstream
 from gateway.defaults import LOAD_IDLE_POLL_FACTOR
-from gateway.routing.load import LoadReading, parse_load
+from gateway.routing.load import LoadReading, LoadState, parse_load
 from gateway.runtime import Runtime
 
 # A scrape gets two poll intervals, and at least SCRAPE_TIMEOUT_MIN_S: an edge reading a
@@ -55,22 +55,23 @@ def scrape_timeout_s(cfg: LoadSection) -> float:
 def next_round_s(
     cfg: LoadSection,
     readings: Sequence[LoadReading | None],
-    before: Sequence[LoadReading | None],
+    before: Sequence[LoadState | None],
     in_flight: Mapping[str, int],
     proxied: bool,
 ) -> float:
     """How long after a round's start the next one starts: ``load.poll_interval_s`` while
     anything is going on, LOAD_IDLE_POLL_FACTOR times that while nothing is. Nothing is going
     on when every upstream answered with an empty queue and nothing running, and no request
-    finished there since the round ``before`` (its TTFT count did not move: short requests
-    from other gateways leave the gauges at 0 between scrapes), none has a request of this
-    worker in flight, and this worker proxied none over the round (``proxied``). A scrape that
-    failed, or a reading without queue figures (a regional gateway's /load), counts as
-    something going on. The idle wait is at most half of ``load.max_age_s`` and leaves a
-    scrape's timeout before the last sample expires (a sample is refreshed before it expires
-    unless a scrape times out), and never shorter than the configured interval."""
+    finished there since its sample ``before`` this round (the store's; its TTFT count did
+    not move: short requests from other gateways leave the gauges at 0 between scrapes),
+    none has a request of this worker in flight, and this worker proxied none over the round
+    (``proxied``). A scrape that failed, or a reading without queue figures (a regional
+    gateway's /load), counts as something going on. The idle wait is at most half of
+    ``load.max_age_s`` and leaves a scrape's timeout before the last sample expires (a sample
+    is refreshed before it expires unless a scrape times out), and never shorter than the
+    configured interval."""
     fast = cfg.poll_interval_s
-    if proxied or any(in_flight.values()) or len(before) != len(readings):
+    if proxied or any(in_flight.values()):
         return fast
     for r, b in zip(readings, before, strict=True):
         if r is None or r.queue_depth is None or r.running is None:
@@ -90,16 +91,16 @@ async def load_loop(rt: Runtime) -> None:
     scrape of the last one is done."""
     loop = asyncio.get_running_loop()
     proxied = rt.proxied
-    before: list[LoadReading | None] = []
     while rt.config.load.enabled:
         started = loop.time()
         ups = rt.store.upstreams()
         readings = await poll_all(rt, ups)
+        before = [rt.store.load(u.id) for u in ups]  # each upstream's sample, until now
         rt.store.record_loads(
             {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
             time.monotonic(),
         )
         busy = rt.proxied != proxied
         wait = next_round_s(rt.config.load, readings, before, rt.store.in_flight(), busy)
-        proxied, before = rt.proxied, readings
+        proxied = rt.proxied
         await asyncio.sleep(max(0.0, started + wait - loop.time()))

@@ -69,7 +69,8 @@ def test_request_metrics_keep_prometheus_clients_rules() -> None:
 
 
 def test_histogram_buckets_must_increase_and_inf_is_implied() -> None:
-    for bad in ([1.0, 0.5], [1.0, 1.0], [], [float("inf")]):
+    nan = float("nan")
+    for bad in ([1.0, 0.5], [1.0, 1.0], [], [float("inf")], [0.5, nan, 2.0], [nan], [nan, 1.0]):
         with pytest.raises(ValueError, match="t_seconds: buckets must be given in increasing"):
             RequestHistogram("t_seconds", "doc", [], CollectorRegistry(), bad)
     # A trailing +Inf, as prometheus_client accepts it, is the bucket it always adds.

@@ -19,6 +19,13 @@ async def _app(scope: object, receive: object, send: object) -> None:
     raise AssertionError("no request is served in these tests")
 
 
+async def _waiting(srv: Server) -> None:
+    """Until the main loop waits for its next tick (polled, not slept on)."""
+    async with asyncio.timeout(2.0):
+        while srv._waiter is None:  # noqa: ASYNC110 (the server's own state: no event to wait on)
+            await asyncio.sleep(0)
+
+
 def _server() -> Server:
     config = uvicorn.Config(_app, log_config=None, date_header=True, server_header=False)
     config.load()
@@ -29,7 +36,7 @@ def test_should_exit_set_on_the_loop_ends_the_main_loop_at_once() -> None:
     async def main() -> float:
         srv = _server()
         loop_task = asyncio.ensure_future(srv.main_loop())
-        await asyncio.sleep(0.05)
+        await _waiting(srv)
         assert not loop_task.done()  # waiting for its next tick, a second away
         t0 = time.perf_counter()
         srv.should_exit = True  # what gateway.server's stop() does once the drain is done
@@ -43,7 +50,7 @@ def test_a_signal_handlers_exit_wakes_it_from_another_thread_too() -> None:
     async def main() -> None:
         srv = _server()
         loop_task = asyncio.ensure_future(srv.main_loop())
-        await asyncio.sleep(0.05)
+        await _waiting(srv)
         # uvicorn's handler for SIGTERM; a thread stands in for a signal's arbitrary moment.
         threading.Timer(0.05, srv.handle_exit, (signal.SIGTERM, None)).start()
         await asyncio.wait_for(loop_task, 0.6)

@@ -104,10 +104,16 @@ def test_a_large_pool_holds_fewer_rankings() -> None:
         loc = dataclasses.replace(LONDON, latitude=i / 100)
         assert len(memo.rank(RequestFacts("m", loc), s, p).order) == 40
         assert memo.weight <= 200 and len(memo) <= 4
-    # A ranking larger than the whole memo is answered and not kept.
+    # A ranking larger than the whole memo is answered and not kept, and what the memo held
+    # stays: a model one upstream serves, ranked first, is still there after it.
+    tiny = dataclasses.replace(up("t", "eu-central"), models=frozenset({"tiny"}))
+    s = snap(*ups, tiny)
     small = RankMemo(30)
+    kept = small.rank(RequestFacts("tiny", LONDON), s, p)
+    assert len(kept.order) == 1 and len(small) == 1 and small.weight == 2
     assert len(small.rank(RequestFacts("m", LONDON), s, p).order) == 40
-    assert len(small) == 0 and small.weight == 0
+    assert len(small) == 1 and small.weight == 2
+    assert small.rank(RequestFacts("tiny", LONDON), s, p) is kept
 
 
 def test_a_model_nobody_serves_is_answered_but_not_kept() -> None:
