@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +75,65 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
     p = start_floor(work, target, backend, port, pinned(PROXY_CPU, []))
     wait_http(f"http://127.0.0.1:{port}/health", proc=p)  # any path is proxied
     return p, port
+
+
+Ports = dict[str, tuple[int, list[int]]]  # target -> (its port, its process tree)
+
+
+def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
+    """The comma-separated targets, each known and named once (else argparse's one line)."""
+    targets = names.split(",")
+    for t in targets:
+        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
+            known = ", ".join(FLOORS)
+            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or one of {known}")
+    if len(set(targets)) != len(targets):
+        ap.error("name each target once")
+    return targets
+
+
+@contextmanager
+def rig(
+    targets: list[str], streaming: bool, tokens: int, tokens_per_s: float
+) -> Iterator[tuple[Path, Ports]]:
+    """The sim-backend on the load CPU (paced when ``streaming``) and every target in front
+    of it, started; yields the request body's file and each target's port and processes, and
+    stops them all on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        backend = free_port()
+        sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
+        sim += ["--tokens", str(tokens)]
+        if streaming:
+            sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(tokens_per_s)]
+        procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
+        try:
+            wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
+            body = work / "body.json"
+            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            stream = {"stream": True} if streaming else {}
+            body.write_text(json.dumps({**chat, **stream, "max_tokens": tokens}))
+            ports: Ports = {}
+            for target in targets:
+                p, port = start(work, target, backend)
+                procs.append(p)
+                ports[target] = (port, process_tree(p.pid))
+            yield body, ports
+        finally:
+            for p in procs:
+                stop(p)
+
+
+def in_turn(ports: Ports, r: int) -> list[tuple[str, tuple[int, list[int]]]]:
+    """Round ``r``'s order: each round the other way round than the last, so that a drift in
+    time favours no target's place in the round."""
+    order = list(ports.items())
+    return order if r % 2 == 0 else order[::-1]
+
+
+def geogate_trees(targets: list[str]) -> dict[str, str]:
+    """The other source trees measured (geogate@PATH), for write_results to stamp."""
+    return {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
 
 
 def one_round(
@@ -122,46 +183,20 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
-    targets = args.targets.split(",")
-    for t in targets:
-        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
-            known = ", ".join(FLOORS)
-            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or one of {known}")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        backend = free_port()
-        sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
-        sim += ["--tokens", str(args.tokens)]
-        if args.mode == "streaming":
-            sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(args.tokens_per_s)]
-        procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
-        try:
-            wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
-            body = work / "body.json"
-            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-            stream = {"stream": True} if args.mode == "streaming" else {}
-            body.write_text(json.dumps({**chat, **stream, "max_tokens": args.tokens}))
-            ports = {}
-            for target in targets:
-                p, port = start(work, target, backend)
-                procs.append(p)
-                ports[target] = (port, process_tree(p.pid))
-            # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
-            rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}
-            idle: dict[str, float] = {}
-            order = list(ports.items())
-            for r in range(args.rounds + 1):
-                # Each round in the other order than the last: a drift in time favours no
-                # target's place in the round.
-                for target, (port, tree) in order if r % 2 == 0 else reversed(order):
-                    measured = one_round(port, tree, body, args)
-                    if r:  # round 0 warms every target up
-                        rounds[target].append(measured)
-                if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
-                    idle = idle_ms_per_s({t: tree for t, (_, tree) in ports.items()}, args.idle)
-        finally:
-            for p in procs:
-                stop(p)
+    targets = check_targets(ap, args.targets)
+    # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
+    rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}
+    idle: dict[str, float] = {}
+    idle_fine = False
+    with rig(targets, args.mode == "streaming", args.tokens, args.tokens_per_s) as (body, ports):
+        for r in range(args.rounds + 1):
+            for target, (port, tree) in in_turn(ports, r):
+                measured = one_round(port, tree, body, args)
+                if r:  # round 0 warms every target up
+                    rounds[target].append(measured)
+            if r == 0:  # after traffic, as in a run: the dashboard's windows are filled
+                trees = {t: tree for t, (_, tree) in ports.items()}
+                idle, idle_fine = idle_ms_per_s(trees, args.idle)
     # One clock for the whole run: nanoseconds only if every round of every target has them.
     fine = all(f is not None for rs in rounds.values() for _, f, _ in rs)
     per_round = {
@@ -176,7 +211,7 @@ def main() -> None:
         ]
         for t, rs in rounds.items()
     }
-    report(args, targets, per_round, busy, idle, rates, fine)
+    report(args, targets, per_round, busy, idle, idle_fine, rates, fine)
 
 
 def what(args: argparse.Namespace) -> str:
@@ -198,6 +233,7 @@ def report(
     per_round: dict[str, list[float]],
     busy: dict[str, list[float]],
     idle: dict[str, float],
+    idle_fine: bool,
     rates: dict[str, list[float]],
     fine: bool,
 ) -> None:
@@ -212,7 +248,11 @@ def report(
         "warm-up; proxies on CPU 0, sim-backend and the load on CPU 1. Idle: each proxy's CPU "
         f"with no requests, read for {args.idle:g} s after the warm-up round (health probes, "
         "load polling, the dashboard's sampler; "
-        + ("in nanoseconds" if fine else f"in clock ticks of 10 ms, so ±{10 / args.idle:g} ms/s")
+        + (
+            "in nanoseconds"
+            if idle_fine
+            else f"in clock ticks of 10 ms, so ±{10 / args.idle:g} ms/s"
+        )
         + "); less idle: each round's CPU per request without that idle "
         "rate's share (idle ms/s over the round's requests/s, kept per round in the JSON). "
         + (
@@ -241,9 +281,9 @@ def report(
         "less_idle_median_us": busy_medians,
         "requests_per_s_per_round": rates,
         "clock": "schedstat ns" if fine else "ticks",
+        "idle_clock": "schedstat ns" if idle_fine else "ticks",
     }
-    trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
-    write_results(args.out, lines, doc, trees=trees)
+    write_results(args.out, lines, doc, trees=geogate_trees(targets))
 
 
 if __name__ == "__main__":

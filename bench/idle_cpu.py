@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.overhead import MODEL, TOKENS, gateway_conf  # noqa: E402
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
-from bench.proc_cpu import CLK_TCK, cpu_between, process_tree, read_cpu, sched_ns  # noqa: E402
+from bench.proc_cpu import CLK_TCK, cpu_between, fine_between, process_tree, read_cpu  # noqa: E402
 from bench.profile import summarize  # noqa: E402
 from bench.results_io import write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
@@ -95,14 +95,16 @@ def roles(gw: Gateway) -> dict[int, str]:
 def measure(gws: list[Gateway], seconds: float) -> None:
     """One window for every gateway at once: each tree's total and each process's share."""
     before = {gw.label: {p: read_cpu([p]) for p in gw.pids} for gw in gws}
-    ns = {gw.label: sched_ns(gw.pids) for gw in gws}
     t0 = time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - t0
-    ns = {gw.label: sched_ns(gw.pids) - ns[gw.label] for gw in gws}
     after = {gw.label: {p: read_cpu([p]) for p in gw.pids} for gw in gws}
     for gw in gws:
-        gw.sched.append(round(ns[gw.label] / 1e6 / wall, 2))
+        # schedstat's nanoseconds, from the same readings; 0 where a process has none to give
+        # (a kernel without schedstat, or a thread gone in between)
+        fine = [fine_between(before[gw.label][p], after[gw.label][p]) for p in gw.pids]
+        ns_s = 0.0 if any(f is None for f in fine) else sum(f or 0.0 for f in fine)
+        gw.sched.append(round(ns_s * 1000 / wall, 2))
         names = roles(gw)
         ms = {
             names[p]: cpu_between(before[gw.label][p], after[gw.label][p])[0] * 1000 / wall

@@ -379,8 +379,8 @@ def start_rig(work: Path, mode: str, targets: Sequence[str], rig: Rig) -> None:
 
 def idle_cpu(rig: Rig) -> dict[str, float]:
     """ms of CPU per second each proxy spends with no requests (probes, load polling): the
-    floor under a c=1 cell's CPU per request."""
-    return idle_ms_per_s(rig.trees, IDLE_S)
+    floor under a c=1 cell's CPU per request. In ticks, as this benchmark's cells are."""
+    return idle_ms_per_s(rig.trees, IDLE_S, fine=False)[0]
 
 
 def run_mode(work: Path, mode: str, args: argparse.Namespace, rows: list[Row]) -> dict[str, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
 import shutil
@@ -40,14 +39,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ab import start  # noqa: E402
-from bench.overhead import MODEL, PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
-from bench.overhead_cells import LOAD_CPU, WARMUP_S, paced, pinned, run_loop  # noqa: E402
+from bench.ab import check_targets, geogate_trees, in_turn, rig  # noqa: E402
+from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
+from bench.overhead_cells import WARMUP_S, paced, run_loop  # noqa: E402
 from bench.paced_load import run_paced  # noqa: E402
-from bench.peers import FLOORS  # noqa: E402
-from bench.proc_cpu import CpuReading, cpu_between, process_tree, read_cpu  # noqa: E402
+from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
-from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 SAMPLE_HZ = 1999  # a sample per 0.5 ms of CPU: a 16-token stream's ~1 ms gets two
 TOP_SYMBOLS = 12
@@ -138,7 +135,7 @@ class Tally:
     """One target's sums over its windows: a figure per stream is a sum over a sum."""
 
     streams: int = 0
-    proc_s: float = 0.0  # /proc's CPU seconds (10 ms ticks)
+    proc_s: float = 0.0  # /proc's CPU seconds (schedstat nanoseconds where kept, else ticks)
     parts: collections.Counter[str] = field(default_factory=collections.Counter)
     symbols: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -201,7 +198,8 @@ def measure(
     tally.parts.update(window)
     tally.counts.update(counts(errs[1]))
     tally.streams += done
-    tally.proc_s += cpu_between(cpu[0], cpu[1])[0]
+    fine = fine_between(cpu[0], cpu[1])
+    tally.proc_s += cpu_between(cpu[0], cpu[1])[0] if fine is None else fine
     tally.rounds_us.append(round(sum(window.values()) * 1e6 / SAMPLE_HZ / done, 1))
 
 
@@ -235,40 +233,23 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("perf") is None:
         raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
-    targets = args.targets.split(",")
-    for t in targets:
-        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
-            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or a floor")
-    if len(set(targets)) != len(targets) or args.rounds < 1:
-        ap.error("each target once, and --rounds 1 or more")
+    targets = check_targets(ap, args.targets)
+    if args.rounds < 1:
+        ap.error("--rounds 1 or more")
     tallies = {t: Tally() for t in targets}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        backend = free_port()
-        sim = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
-        sim += ["--tokens", str(args.tokens), "--ttft-ms", str(PACED_TTFT_MS)]
-        sim += ["--tokens-per-s", str(args.tokens_per_s)]
-        procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
-        try:
-            wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
-            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-            body = json.dumps({**chat, "stream": True, "max_tokens": args.tokens}).encode()
-            ports = {}
-            for target in targets:
-                p, port = start(work, target, backend)
-                procs.append(p)
-                ports[target] = (port, process_tree(p.pid))
-                url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                paced(url, body, "h1", args.conc, args.window, ports[target][1], [])  # warm-up
-            order = list(ports.items())
-            for r in range(args.rounds):
-                # Each round in the other order than the last, as bench/ab.py's: a drift in
-                # time favours no target's place in the round.
-                for target, (port, pids) in order if r % 2 == 0 else reversed(order):
-                    measure(target, port, pids, body, args, work, tallies[target])
-        finally:
-            for p in procs:
-                stop(p)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        rig(targets, True, args.tokens, args.tokens_per_s) as (body_file, ports),
+    ):
+        work, body = Path(tmp), body_file.read_bytes()
+        for target, (port, pids) in ports.items():  # warm-up, one window each
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            row = paced(url, body, "h1", args.conc, args.window, pids, [])
+            if row.failed or not row.rps:
+                raise SystemExit(f"streams through {target}: {row.failed} failed ({row.failures})")
+        for r in range(args.rounds):
+            for target, (port, pids) in in_turn(ports, r):
+                measure(target, port, pids, body, args, work, tallies[target])
     report(args, targets, {t: summary(tallies[t]) for t in targets})
 
 
@@ -295,7 +276,7 @@ def report(
         "| **all (perf's samples)** | "
         + " | ".join(f"**{results[t]['us_per_stream']:.0f}**" for t in targets)
         + " |",
-        "| all (/proc, 10 ms ticks) | "
+        "| all (/proc: schedstat, else ticks) | "
         + " | ".join(f"{results[t]['us_per_stream_proc']:.0f}" for t in targets)
         + " |",
         "| each window (perf's samples) | "
@@ -316,8 +297,7 @@ def report(
         lines += ["", f"Top symbols, {t} (samples, binary, symbol: µs per stream):", ""]
         lines += [f"- {n} `{d}` {s}: {u}" for n, d, s, u in results[t]["top_symbols"]]
     doc = {"params": params(args), "results": results}
-    trees = {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
-    write_results(args.out, lines, doc, trees=trees)
+    write_results(args.out, lines, doc, trees=geogate_trees(targets))
 
 
 if __name__ == "__main__":

@@ -52,12 +52,9 @@ class CpuReading:
     threads: frozenset[int] = frozenset()  # the threads ``ns`` summed
 
 
-def sched_ns(pids: Sequence[int]) -> int:
-    """CPU nanoseconds of every live thread of ``pids`` (/proc/PID/task/TID/schedstat)."""
-    return _sched(pids)[0]
-
-
 def _sched(pids: Sequence[int]) -> tuple[int, frozenset[int]]:
+    """CPU nanoseconds of every live thread of ``pids`` (/proc/PID/task/TID/schedstat), and
+    those threads."""
     total, tids = 0, set()
     for pid in pids:
         for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
@@ -98,16 +95,20 @@ def fine_between(before: CpuReading, after: CpuReading) -> float | None:
     return (after.ns - before.ns) / 1e9
 
 
-def idle_ms_per_s(trees: Mapping[str, Sequence[int]], seconds: float) -> dict[str, float]:
+def idle_ms_per_s(
+    trees: Mapping[str, Sequence[int]], seconds: float, fine: bool = True
+) -> tuple[dict[str, float], bool]:
     """ms of CPU per second each process tree spends over the next ``seconds`` (wall time,
-    measured), all read over the same wait: a proxy's background work with no requests.
-    schedstat's nanoseconds where the kernel keeps them for every tree, else ticks."""
+    measured), all read over the same wait: a proxy's background work with no requests. In
+    schedstat's nanoseconds where ``fine`` and the kernel keeps them for every tree, else in
+    ticks; the second value says which (True: nanoseconds)."""
     before = {name: read_cpu(tree) for name, tree in trees.items()}
     t0 = time.perf_counter()
     time.sleep(seconds)
     wall = time.perf_counter() - t0
     after = {name: read_cpu(tree) for name, tree in trees.items()}
-    fine = {name: fine_between(before[name], after[name]) for name in trees}
-    if any(f is None for f in fine.values()):  # one clock for all of them: ticks
-        return {name: cpu_between(before[name], after[name])[0] * 1000 / wall for name in trees}
-    return {name: (f or 0.0) * 1000 / wall for name, f in fine.items()}
+    ns = {name: fine_between(before[name], after[name]) for name in trees}
+    if not fine or any(f is None for f in ns.values()):  # one clock for all of them: ticks
+        ticks = {name: cpu_between(before[name], after[name])[0] for name in trees}
+        return {name: t * 1000 / wall for name, t in ticks.items()}, False
+    return {name: (f or 0.0) * 1000 / wall for name, f in ns.items()}, True

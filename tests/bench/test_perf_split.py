@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.perf_split import LINE, _open_control, counts, group
+from bench.perf_split import LINE, SAMPLE_HZ, Tally, _open_control, counts, group, summary
 
 
 def test_a_report_row_gives_samples_binary_and_symbol() -> None:
@@ -68,3 +68,19 @@ def test_the_control_fifo_opens_once_perf_reads_it(tmp_path: Path) -> None:
     os.write(fd, b"enable\n")
     os.close(fd)
     assert reader.communicate(timeout=10)[0] == "enable\n"
+
+
+def test_a_tally_is_samples_over_streams_summed_over_its_windows() -> None:
+    t = Tally(streams=40, proc_s=0.2)
+    t.parts.update({"kernel": 1999, "libpython": 999})  # 1 s and ~0.5 s of CPU at SAMPLE_HZ
+    t.symbols.update({("[kernel.kallsyms]", "tcp_ack"): 1999})
+    t.counts.update({"context-switches": 1200.0})
+    t.rounds_us = [70000.0, 80000.0]
+    s = summary(t)
+    assert SAMPLE_HZ == 1999  # the figures below assume it
+    assert s["us_by_part"] == {"kernel": 25000.0, "libpython": 12493.7}  # µs per stream
+    assert s["us_per_stream"] == 37493.7 and s["samples"] == 2998
+    assert s["us_per_stream_proc"] == 5000.0  # 0.2 s over 40 streams
+    assert s["per_stream"] == {"context-switches": 30.0}
+    assert s["top_symbols"] == [(1999, "[kernel.kallsyms]", "tcp_ack", 25000.0)]
+    assert s["us_per_stream_each_round"] == [70000.0, 80000.0]

@@ -64,7 +64,8 @@ def test_idle_cpu_is_per_second_of_wall_time_for_each_tree() -> None:
     burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     sleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        idle = idle_ms_per_s({"burn": [burn.pid], "sleep": [sleep.pid]}, 0.5)
+        idle, _ = idle_ms_per_s({"burn": [burn.pid], "sleep": [sleep.pid]}, 0.5)
+        ticks, fine = idle_ms_per_s({"burn": [burn.pid]}, 0.5, fine=False)
     finally:
         burn.kill()
         sleep.kill()
@@ -73,6 +74,7 @@ def test_idle_cpu_is_per_second_of_wall_time_for_each_tree() -> None:
     assert set(idle) == {"burn", "sleep"}
     assert idle["sleep"] < 100  # ms of CPU a second: asleep is near 0
     assert idle["burn"] > 300  # a busy loop gets most of a core, on this 2-core VM too
+    assert not fine and ticks["burn"] > 300  # the ticks when asked for them
 
 
 def test_the_fine_clock_counts_a_live_process_in_nanoseconds_or_says_it_cannot() -> None:
