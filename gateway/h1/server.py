@@ -2,9 +2,10 @@
 
 uvicorn's loop sleeps 0.1 s between ticks to notice ``should_exit`` (a signal, or the app's
 drain done) and refreshes the Date header every tenth tick. Ten wake-ups a second were about
-a quarter of an idle worker's, and a wake-up of an idle process costs it far more than the few
-lines it runs: the caches are cold. bench/idle_cpu.py measures what an idle gateway spends:
-5.8 ms/s before this, 4.0 after (bench/results/round8/idle_tick.md).
+a quarter of an idle worker's (a `perf trace -s` while exploring, not kept), and a wake-up of
+an idle process costs it far more than the few lines it runs: the caches are cold.
+bench/idle_cpu.py measures what an idle gateway spends: 5.80 ms/s before this, 3.97 after
+(schedstat; bench/results/round8/idle_tick.md).
 
 Here the loop waits for the next second or for ``should_exit`` being set, whichever comes
 first: the Date header is as fresh as before (refreshed each second, it says whole seconds),
