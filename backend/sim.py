@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
 
+CLOCKS = ("stream", "random", "lockstep")  # SimConfig.clock
 WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
 
 
@@ -44,6 +46,12 @@ class SimConfig:
     # Put the emission time (time.time()) in an SSE comment line before each event: clients
     # ignore comments, and a test on the same machine can compare emission with arrival.
     stamp: bool = False
+    # Whose clock paces the tokens (tokens_per_s > 0). "stream": each stream's own, from its
+    # start, so streams started together keep their tokens together. "random": each stream's
+    # own, started a random share of one token interval late, as streams that arrive at random
+    # times. "lockstep": one clock for all, as a model server's decode steps: with continuous
+    # batching (vLLM, TGI) every running sequence gets its next token in the same forward pass.
+    clock: str = "stream"
 
 
 @dataclass
@@ -141,10 +149,14 @@ class SimBackend:
     async def reconfigure(self, request: web.Request) -> web.Response:
         """Change knobs at run time (slow a backend down mid-benchmark): {"ttft_ms": 200}."""
         changes = await request.json()
-        allowed = {"ttft_ms", "tokens_per_s", "delay_ms", "error_rate", "error_status"}
+        allowed = {"ttft_ms", "tokens_per_s", "clock", "delay_ms", "error_rate", "error_status"}
         if not isinstance(changes, dict) or not set(changes) <= allowed:
             return _error(
                 400, f"knobs: {', '.join(sorted(allowed))}", "invalid_request_error", "bad_knob"
+            )
+        if changes.get("clock", "stream") not in CLOCKS:
+            return _error(
+                400, f"clock: one of {', '.join(CLOCKS)}", "invalid_request_error", "bad_knob"
             )
         self.cfg = replace(self.cfg, **changes)
         return web.json_response({k: getattr(self.cfg, k) for k in allowed})
@@ -227,10 +239,14 @@ class SimBackend:
         return max(1, len(text.split()))
 
     async def _pace(self, i: int, start: float) -> None:
-        """Sleep until token i is due: TTFT for the first, then 1/tokens_per_s apart."""
+        """Sleep until token i is due: TTFT for the first, then 1/tokens_per_s apart (with
+        the lockstep clock, at the decode step that follows)."""
         due = start + self.cfg.ttft_ms / 1000
-        if self.cfg.tokens_per_s:
-            due += i / self.cfg.tokens_per_s
+        rate = self.cfg.tokens_per_s
+        if rate:
+            due += i / rate
+            if self.cfg.clock == "lockstep":  # the first decode step on or after it
+                due = math.ceil(due * rate) / rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -278,11 +294,13 @@ class SimBackend:
             return stamp + sse(doc)
 
         start = time.perf_counter()
+        rate = self.cfg.tokens_per_s
+        clock = start + self.rng.random() / rate if self.cfg.clock == "random" and rate else start
         try:
             if chat:
                 await resp.write(event(shape.chunk(None, None, role=True)))
             for i in range(n):
-                await self._pace(i, start)
+                await self._pace(i, clock)
                 if self.cfg.abort_after and i >= self.cfg.abort_after:
                     assert request.transport is not None
                     request.transport.abort()  # die mid-stream, as a crashed server would

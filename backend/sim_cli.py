@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from backend.sim import SimConfig, run
+from backend.sim import CLOCKS, SimConfig, run
 
 EXIT_USAGE = 2
 # The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="", help="label shown in /stats")
     s.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     s.add_argument("--tokens-per-s", type=float, default=0.0, help="0 = all at once")
+    s.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="stream",
+        help="what paces tokens: each stream's clock from its start, the same started a random"
+        " share of a token interval late, or one clock for all (a model server's decode steps)",
+    )
     s.add_argument("--delay-ms", type=float, default=0.0, help="added network delay")
     s.add_argument("--error-rate", type=float, default=0.0, help="share answered in error")
     s.add_argument("--error-status", type=int, default=500, help="status of those errors")
@@ -50,6 +57,7 @@ def main(argv: Sequence[str]) -> None:
         models=tuple(args.model or ["sim-model"]),
         ttft_ms=args.ttft_ms,
         tokens_per_s=args.tokens_per_s,
+        clock=args.clock,
         delay_ms=args.delay_ms,
         error_rate=args.error_rate,
         error_status=args.error_status,

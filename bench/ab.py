@@ -37,7 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.sim import CLOCKS  # noqa: E402
 from bench.overhead import (  # noqa: E402
+    CLOCK_WHAT,
     MODEL,
     PACED_TOKENS_PER_S,
     PACED_TTFT_MS,
@@ -56,6 +58,8 @@ from bench.proc_cpu import (  # noqa: E402
 )
 from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
+
+CLOCK_HELP = "streaming: the sim-backend's token clock (sim-backend --help)"
 
 
 def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -94,7 +98,7 @@ def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
 
 @contextmanager
 def rig(
-    targets: list[str], streaming: bool, tokens: int, tokens_per_s: float
+    targets: list[str], streaming: bool, tokens: int, tokens_per_s: float, clock: str = "stream"
 ) -> Iterator[tuple[Path, Ports]]:
     """The sim-backend on the load CPU (paced when ``streaming``) and every target in front
     of it, started; yields the request body's file and each target's port and processes, and
@@ -106,6 +110,7 @@ def rig(
         sim += ["--tokens", str(tokens)]
         if streaming:
             sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(tokens_per_s)]
+            sim += ["--clock", clock]
         procs = [spawn(pinned(LOAD_CPU, sim), work / "sim.log")]
         try:
             wait_http(f"http://127.0.0.1:{backend}/health", proc=procs[0])
@@ -178,6 +183,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=TOKENS, help="per answer (streaming: paced)")
     ap.add_argument("--window", type=float, default=8.0, help="streaming: seconds per round")
     ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming")
+    ap.add_argument("--clock", choices=CLOCKS, default="stream", help=CLOCK_HELP)
     ap.add_argument(
         "--idle", type=float, default=10.0, help="seconds each proxy's idle CPU is read for"
     )
@@ -188,7 +194,8 @@ def main() -> None:
     rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}
     idle: dict[str, float] = {}
     idle_fine = False
-    with rig(targets, args.mode == "streaming", args.tokens, args.tokens_per_s) as (body, ports):
+    streaming = args.mode == "streaming"
+    with rig(targets, streaming, args.tokens, args.tokens_per_s, args.clock) as (body, ports):
         for r in range(args.rounds + 1):
             for target, (port, tree) in in_turn(ports, r):
                 measured = one_round(port, tree, body, args)
@@ -218,8 +225,9 @@ def what(args: argparse.Namespace) -> str:
     if args.mode == "streaming":
         return (
             f"Paced streams (first token after {PACED_TTFT_MS} ms, then {args.tokens} at "
-            f"{args.tokens_per_s:g} tokens/s), HTTP/1.1, c = {args.conc}, a {args.window:g} s "
-            "window per target per round (bench/paced_load.py): µs of CPU per stream"
+            f"{args.tokens_per_s:g} tokens/s on {CLOCK_WHAT[args.clock]}), "
+            f"HTTP/1.1, c = {args.conc}, a {args.window:g} s window per target per round "
+            "(bench/paced_load.py): µs of CPU per stream"
         )
     return (
         f"Non-streaming, HTTP/1.1, c = {args.conc}, {args.requests} requests per target per "

@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,17 +128,16 @@ class FakeResponse:
 
 
 class FakePipe:
-    """gateway.h1's ClientPipe: chunked framing into a byte count."""
+    """gateway.h1's ClientPipe: the framed chunks into a byte count."""
 
     def __init__(self, seen: dict[str, int]) -> None:
         self.seen = seen
+        self.flow = SimpleNamespace(write_paused=False)
 
-    def write(self, chunk: bytes) -> bool:
-        frame(chunk)  # as gateway.h1's pipe frames it, for the cost only: the chunk counts
-        self.seen["bytes"] += len(chunk)
-        return True
+    def write(self, framed: bytes) -> None:
+        self.seen["bytes"] += int(framed.partition(b"\r\n")[0], 16)  # the chunk's own size
 
-    def gone(self) -> bool:
+    def is_closing(self) -> bool:
         return False
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:

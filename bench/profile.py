@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="geogate-profile-"))
     streaming = args.mode == "streaming"
     backend = free_port()
-    sim = ["sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(TOKENS)]
+    sim = ["sim-backend", "--port", str(backend), "--model", MODEL, "--tokens", str(args.tokens)]
     if streaming:
-        sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(PACED_TOKENS_PER_S)]
+        sim += ["--ttft-ms", str(PACED_TTFT_MS), "--tokens-per-s", str(args.tokens_per_s)]
     procs = []
     try:
         procs.append(spawn(pinned(LOAD_CPU, geogate_cmd(*sim)), work / "sim.log"))
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=gw)
         tree = process_tree(gw.pid)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        doc = {"model": MODEL, "max_tokens": TOKENS, "stream": streaming}
+        doc = {"model": MODEL, "max_tokens": args.tokens, "stream": streaming}
         doc["messages"] = [{"role": "user", "content": "hi"}]
         body = work / "body.json"
         body.write_text(json.dumps(doc))
@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             mode=args.mode,
             config="lean" if args.lean else "default",
             concurrency=args.conc,
+            tokens=args.tokens,
+            tokens_per_s=args.tokens_per_s if streaming else None,
             cpu_ms_per_req=row.cpu_ms_per_req,
             rps=round(row.rps, 1),
             ok=row.ok,
@@ -180,7 +182,9 @@ def markdown(res: dict[str, object]) -> str:
     cpu = res["cpu_ms_per_req"]
     lines = [
         f"### {res['label'] or 'profile'}: {res['mode']}, c={res['concurrency']}, "
-        f"{res['config']} config",
+        f"{res['tokens']} tokens"
+        + (f" at {res['tokens_per_s']}/s" if res["tokens_per_s"] else "")
+        + f", {res['config']} config",
         "",
         f"CPU per request {cpu:.3f} ms, {res['rps']} req/s, {res['ok']} ok, "
         f"{res['failed']} failed, {res['samples']} samples (Python frames only).",
@@ -199,6 +203,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--mode", choices=("non-streaming", "streaming"), default="non-streaming")
     ap.add_argument("--conc", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=TOKENS, help="per answer")
+    ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming")
     ap.add_argument("--duration", type=float, default=6.0)
     ap.add_argument("--lean", action="store_true", help="access log off, no GeoIP database")
     ap.add_argument(

@@ -161,15 +161,10 @@ class Conn(asyncio.Protocol):
         if self.timer is not None:  # the first byte came: its wait is over
             self._disarm()
         sink = self.sink
-        if sink is not None:
-            # _take_chunks inline (``buffered`` is not read while a sink is set): this runs
-            # once per streamed token.
-            chunks = self.chunks
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
+        if sink is not None:  # the first read of a body, or what came before the sink was set
             # Full, and more to come: wait for the taker. A response already complete is not
             # paused: its connection goes back to the pool and must read the next answer.
-            if not (sink(data) or self.complete):
+            if not (sink(self._take_chunks()) or self.complete):
                 self._pause()
             elif self.paused:
                 self.resume()  # reading may have paused before the sink was set
@@ -266,8 +261,21 @@ class Conn(asyncio.Protocol):
                 self.close()
             else:
                 self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
-        if self.chunks:
+        chunks = self.chunks
+        if not chunks:
+            return
+        sink = self.sink
+        if sink is None or self.timer is not None:
             self._body_came(len(data))
+            return
+        # A streamed token's way on, inline: this runs once per socket read of every stream,
+        # and under load each Python call costs (bench/perf_split.py). What _body_came does
+        # with a sink, less the first-byte timer (off after the body's first read) and the
+        # resume (reads do not come while reading is paused).
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if not (sink(data) or self.complete):
+            self._pause()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed upstream sends no more

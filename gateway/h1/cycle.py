@@ -16,7 +16,7 @@ import http
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from gateway.http.asgi import Message, Scope
+from gateway.http.asgi import CHUNK, Message, Scope
 from gateway.runtime import log
 
 
@@ -27,7 +27,6 @@ class Connection(Protocol):
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     write_paused: bool
-    lost: bool
     on_writable: Callable[[], None] | None
 
     @property
@@ -210,7 +209,7 @@ class Cycle:
         if self._bodiless:
             data = b""
         elif self.chunked:
-            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            data = CHUNK % (len(body), body) if body else b""
             if not more:
                 data += b"0\r\n\r\n"
         else:
@@ -295,25 +294,20 @@ class Cycle:
 
 
 class Pipe:
-    """gateway.http.asgi.ClientPipe on this protocol: chunked framing, written to the transport
-    itself (the cycle's head is out: Cycle.pipe). A streamed token passes here: one call, one
-    write, nothing else on the way."""
+    """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
+    (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
 
-    __slots__ = ("_conn", "_transport")
+    __slots__ = ("_conn", "flow", "is_closing", "write")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._transport = conn.transport
-
-    def write(self, chunk: bytes) -> bool:
-        if chunk:
-            self._transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        return not self._conn.write_paused
-
-    def gone(self) -> bool:
+        self.flow = conn
+        transport = conn.transport
+        self.write = transport.write
         # uvloop raises on a write to a closed transport; the request's task learns of the
         # loss a loop turn later (the disconnect hook), while upstream reads may still come.
-        return self._conn.lost or self._transport.is_closing()
+        # The connection's loss closes the transport before connection_lost runs.
+        self.is_closing = transport.is_closing
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self._conn.on_writable = callback

@@ -21,10 +21,10 @@ JSON_TYPE = (b"content-type", b"application/json")
 DISCONNECT_HOOK = "geogate.disconnect"
 DisconnectHook = Callable[[Callable[[], None] | None], None]
 # Another: once a response has started with chunked framing, ``scope["extensions"][PIPE]()``
-# is a ClientPipe that writes body chunks straight to the client's connection, so a streamed
-# chunk can go from the upstream's socket callback to the client's without waking the request's
-# task or passing through the server's send (None when the response cannot be piped). The
-# response still ends with the server's own ``more_body: False`` send.
+# is a ClientPipe: the client connection's own write, so a streamed chunk can go from the
+# upstream's socket callback to the client's socket without waking the request's task or
+# passing through the server's send (None when the response cannot be piped). The response
+# still ends with the server's own ``more_body: False`` send.
 PIPE = "geogate.pipe"
 # And: ``scope["extensions"][BODY]()`` is the request's whole body when the server already
 # holds all of it and none of it was received yet, else None (then ``receive()`` as usual).
@@ -34,14 +34,23 @@ BODY = "geogate.body"
 WholeBody = Callable[[], bytes | None]
 
 
-class ClientPipe(Protocol):
-    def write(self, chunk: bytes) -> bool:
-        """Write one chunk; False once the client's buffer is full (stop until writable)."""
-        ...
+# One chunk of a chunked body as it goes on the wire: ``CHUNK % (len(data), data)``.
+CHUNK = b"%x\r\n%b\r\n"
 
-    def gone(self) -> bool:
-        """The client's connection is closed: write nothing more."""
-        ...
+
+class PipeFlow(Protocol):
+    write_paused: bool  # the client's buffer is over its high-water mark: write no more
+
+
+class ClientPipe(Protocol):
+    """Bound callables and a flag, not methods of a wrapper: a streamed token passes here, and
+    under load each Python frame on its way costs about a microsecond (bench/perf_split.py)."""
+
+    # The connection's transport: what ``write`` gets goes on the wire as it is, so each chunk
+    # is framed by the caller (CHUNK). ``is_closing()``: the client is gone, write nothing.
+    write: Callable[[bytes], object]
+    is_closing: Callable[[], bool]
+    flow: PipeFlow
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         """Have ``callback()`` called when the client's buffer drains (None: no longer)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.client import Response
-from gateway.http.asgi import PIPE, ClientPipe, Send
+from gateway.http.asgi import CHUNK, PIPE, ClientPipe, Send
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
 
@@ -51,19 +51,21 @@ async def _piped(
     first_token: FirstToken | None,
 ) -> None:
     # Bound once: this runs per streamed token, from the upstream connection's read callback,
-    # and each Python call on the way costs (bench/perf_split.py: under load a stream's
-    # Python costs several times what the same code costs in a hot loop).
-    gone, write, clock = pipe.gone, pipe.write, watchdog.clock
+    # and each Python call on the way costs (bench/perf_split.py: under load a stream's Python
+    # costs several times what the same code costs in a hot loop). One frame: the pipe's
+    # members are the client transport's own C methods.
+    write, closing, flow, clock = pipe.write, pipe.is_closing, pipe.flow, watchdog.clock
 
     def sink(chunk: bytes) -> bool:
         nonlocal first_token
-        if gone():
+        if closing():
             return False  # the disconnect hook ends this task; nothing is counted as sent
         watchdog.last = clock()  # watchdog.touch(), inline: keep the two the same
         ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
         if first_token is not None and first_token(chunk):
             first_token = None
-        return write(chunk)
+        write(CHUNK % (len(chunk), chunk))
+        return not flow.write_paused
 
     pipe.on_writable(resp.resume)
     try:

@@ -12,6 +12,7 @@ import pytest
 import uvloop
 
 from gateway.h1.cycle import CONTINUE, Cycle
+from gateway.http.asgi import CHUNK
 
 
 class Recording:
@@ -138,14 +139,17 @@ def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
     _run(case)
 
 
-def test_a_pipe_sends_a_held_head_first_and_once_then_framed_chunks_straight_out() -> None:
+def test_a_pipe_sends_a_held_head_first_and_once_then_is_the_transports_own_write() -> None:
     async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
         c = cycle()
         assert c.pipe() is None  # no response started yet: nothing to pipe into
         await c.send(_start(200, (b"content-type", b"text/event-stream")))
         pipe = c.pipe()  # the head is still held: it must go before any chunk
         assert pipe is not None
-        assert pipe.write(b"data: 1\n\n") and pipe.write(b"")  # room left; empty: no write
+        assert conn.transport.calls == [("write", 1)]  # the head, alone, at once
+        # The transport's own methods: no wrapper's frame per streamed chunk.
+        assert pipe.write == conn.transport.write and pipe.is_closing == conn.transport.is_closing
+        pipe.write(CHUNK % (9, b"data: 1\n\n"))  # framed by the caller
         await asyncio.sleep(0)  # the loop turn's end, where a held head would also go
         await c.send(_body(b""))
         assert conn.transport.calls == [("write", 1), ("write", 1), ("write", 1)]
@@ -153,11 +157,16 @@ def test_a_pipe_sends_a_held_head_first_and_once_then_framed_chunks_straight_out
         head, _, body = got.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and got.count(b"HTTP/1.1") == 1
         assert body == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
-        assert not pipe.gone()
-        conn.write_paused = True
-        assert not pipe.write(b"x")  # written, and full: the caller stops until writable
-        conn.lost = True
-        assert pipe.gone()
+        assert pipe.flow is conn and not pipe.flow.write_paused and not pipe.is_closing()
+        conn.write_paused = True  # the client's buffer full: the flag the relay reads
+        assert pipe.flow.write_paused
+        called: list[int] = []
+        pipe.on_writable(lambda: called.append(1))
+        assert conn.on_writable is not None
+        conn.on_writable()
+        assert called == [1]
+        conn.transport.close()
+        assert pipe.is_closing()
 
     _run(case)
 

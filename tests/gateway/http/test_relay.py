@@ -83,23 +83,30 @@ def _dechunk(raw: bytes) -> bytes:
 
 
 class Pipe:
-    """gateway.http.asgi.ClientPipe that takes ``room`` writes, then reports itself full."""
+    """gateway.http.asgi.ClientPipe that takes ``room`` writes, then reports itself full:
+    each write's chunk unframed again, to compare."""
 
     def __init__(self, room: int) -> None:
         self.room = room
         self.writes: list[bytes] = []
         self.writable: Any = None
         self.lost = False  # the client's connection closed
+        self.flow = SimpleNamespace(write_paused=False)
+        self.is_closing = lambda: self.lost
 
-    def write(self, chunk: bytes) -> bool:
-        self.writes.append(chunk)
-        return len(self.writes) < self.room
-
-    def gone(self) -> bool:
-        return self.lost
+    def write(self, framed: bytes) -> None:
+        size, _, rest = framed.partition(b"\r\n")
+        assert rest.endswith(b"\r\n") and int(size, 16) == len(rest) - 2, framed
+        self.writes.append(rest[:-2])
+        self.flow.write_paused = len(self.writes) >= self.room
 
     def on_writable(self, callback: Any) -> None:
         self.writable = callback
+
+    def drained(self) -> None:
+        """As gateway.h1.conn.H1.resume_writing: the flag off, then the callback."""
+        self.flow.write_paused = False
+        self.writable()
 
 
 def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_full() -> None:
@@ -138,7 +145,7 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
                 await asyncio.sleep(0.05)
                 assert pipe.writes == [b"ab"]  # nothing read while paused
                 pipe.room = 10
-                pipe.writable()  # the client drained
+                pipe.drained()  # the client drained
                 await asyncio.wait_for(task, 2)
             assert pipe.writes == [b"ab", b"cde"] and pipe.writable is None
             assert ex.body_bytes == 5 and tokens == [b"ab", b"cde"]
@@ -211,7 +218,7 @@ def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_
                     go.set()
                     await wrote.wait()  # the rest waits in the socket while reading is paused
                     wrote.clear()
-                    pipe.writable()  # drained; the rest comes in one read, and again full
+                    pipe.drained()  # the rest comes in one read, and again full
                     await asyncio.wait_for(task, 2)
                 assert resp.at_eof() and not conn.paused
                 resp.release()

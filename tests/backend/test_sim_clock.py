@@ -1,0 +1,116 @@
+"""The sim-backend's token clocks (backend.sim.SimConfig.clock), through its real socket: what
+bench/ab.py's ``--clock`` relies on to pace streams as a model server would."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from gateway.cli.procs import free_port, geogate_cmd
+from tests.support import start_sim
+
+RATE = 20.0  # tokens/s: a 50 ms step, wide against this machine's timer jitter
+STEP_S = 1 / RATE
+STAGGER_S = 0.02  # the second stream starts this long after the first: 0.4 of a step
+
+
+async def _token_times(port: int, tokens: int) -> list[float]:
+    """Arrival times (loop clock) of each content token of one streamed completion, read off
+    a raw socket: no client library's set-up time (an SSL context, a pool) between the call
+    and the request, which would blur the stagger these tests set."""
+    loop = asyncio.get_running_loop()
+    doc = {"model": "m", "stream": True, "max_tokens": tokens, "messages": [{"role": "user"}]}
+    body = json.dumps(doc).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    times: list[float] = []
+    while line := await reader.readline():
+        if line.startswith(b"data: {"):
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            if delta.get("content"):
+                times.append(loop.time())
+    writer.close()
+    assert len(times) == tokens
+    return times
+
+
+async def _two_staggered(port: int) -> tuple[list[float], list[float]]:
+    first = asyncio.ensure_future(_token_times(port, 4))
+    await asyncio.sleep(STAGGER_S)
+    second = await _token_times(port, 4)
+    return await first, second
+
+
+def _offsets(a: list[float], b: list[float]) -> list[float]:
+    """How far each of b's tokens lies from a's grid (a's first token, then a step apart):
+    the second stream may start on the step after the first's first token."""
+    off = [(t - a[0]) % STEP_S for t in b]
+    return [min(x, STEP_S - x) for x in off]
+
+
+def test_streams_started_apart_keep_apart_on_their_own_clocks(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, "own", "local", ["m"], "--tokens-per-s", str(RATE))
+    try:
+        a, b = asyncio.run(_two_staggered(sim.port))
+    finally:
+        sim.proc.terminate()
+    # Each stream's tokens one step apart, and the second's STAGGER_S after the first's.
+    assert all(abs((y - x) - STEP_S) < STEP_S / 2 for x, y in itertools.pairwise(b))
+    assert min(_offsets(a, b)) > STAGGER_S / 2
+
+
+def test_in_lockstep_the_tokens_of_streams_started_apart_leave_together(tmp_path: Path) -> None:
+    knobs = ("--tokens-per-s", str(RATE), "--clock", "lockstep")
+    sim = start_sim(tmp_path, "lock", "local", ["m"], *knobs)
+    try:
+        a, b = asyncio.run(_two_staggered(sim.port))
+    finally:
+        sim.proc.terminate()
+    # On the same decode steps: the second stream's tokens arrive with the first's (its
+    # first token waits, less than one step, for the step after its start).
+    assert max(_offsets(a, b)) < STAGGER_S / 2
+    assert all(abs((y - x) - STEP_S) < STEP_S / 2 for x, y in itertools.pairwise(b))
+
+
+def test_a_random_clock_starts_within_one_step_late_and_keeps_the_pace(tmp_path: Path) -> None:
+    knobs = ("--tokens-per-s", str(RATE), "--clock", "random", "--ttft-ms", "0")
+    sim = start_sim(tmp_path, "rand", "local", ["m"], *knobs)
+    try:
+
+        async def one() -> tuple[float, list[float]]:
+            t0 = asyncio.get_running_loop().time()
+            return t0, await _token_times(sim.port, 4)
+
+        runs = [asyncio.run(one()) for _ in range(6)]
+    finally:
+        sim.proc.terminate()
+    late = [times[0] - t0 for t0, times in runs]
+    # The first token (i = 0, TTFT 0) is due at the stream's random offset in [0, one step).
+    assert all(0 <= x < STEP_S + 0.03 for x in late), late
+    assert max(late) - min(late) > 0.005, late  # not one fixed delay: the offsets differ
+    for _, times in runs:
+        assert all(abs((y - x) - STEP_S) < STEP_S / 2 for x, y in itertools.pairwise(times))
+
+
+def test_an_unknown_clock_is_refused_at_run_time_and_on_the_command_line(tmp_path: Path) -> None:
+    sim = start_sim(tmp_path, "knob", "local", ["m"])
+    try:
+        r = httpx.post(f"{sim.url}/sim/config", json={"clock": "sundial"}, timeout=5)
+        assert r.status_code == 400
+        assert "stream, random, lockstep" in r.json()["error"]["message"]
+        ok = httpx.post(f"{sim.url}/sim/config", json={"clock": "lockstep"}, timeout=5)
+        assert ok.status_code == 200 and ok.json()["clock"] == "lockstep"
+    finally:
+        sim.proc.terminate()
+    cmd = geogate_cmd("sim-backend", "--port", str(free_port()), "--clock", "sundial")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "invalid choice: 'sundial'" in done.stderr and "Traceback" not in done.stderr
