@@ -53,6 +53,10 @@ class SimConfig:
     # batching (vLLM, TGI) every running sequence gets its next token in the same forward pass.
     clock: str = "stream"
 
+    def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock: one of {', '.join(CLOCKS)}, not {self.clock!r}")
+
 
 @dataclass
 class SimStats:
@@ -91,6 +95,7 @@ class SimBackend:
         self.stats = SimStats()
         self.metrics = _Metrics()
         self.rng = random.Random(cfg.seed)
+        self.phase_rng = random.Random(cfg.seed)  # the random clock's offsets
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._seen])
@@ -238,16 +243,28 @@ class SimBackend:
             text = str(req.get("prompt", ""))
         return max(1, len(text.split()))
 
-    async def _pace(self, i: int, start: float) -> None:
-        """Sleep until token i is due: TTFT for the first, then 1/tokens_per_s apart (with
-        the lockstep clock, at the decode step that follows)."""
-        due = start + self.cfg.ttft_ms / 1000
+    def _origin(self, start: float) -> float:
+        """Where a response's token clock starts: ``start``, or with the random clock a random
+        share of one token interval later (its own generator: a seeded run's errors stay put)."""
+        rate = self.cfg.tokens_per_s
+        if self.cfg.clock == "random" and rate:
+            return start + self.phase_rng.random() / rate
+        return start
+
+    def _due(self, i: int, origin: float) -> float:
+        """When token i is due: TTFT for the first, then 1/tokens_per_s apart (with the
+        lockstep clock, at the first decode step on or after that)."""
+        due = origin + self.cfg.ttft_ms / 1000
         rate = self.cfg.tokens_per_s
         if rate:
             due += i / rate
-            if self.cfg.clock == "lockstep":  # the first decode step on or after it
+            if self.cfg.clock == "lockstep":  # steps on one grid for every stream
                 due = math.ceil(due * rate) / rate
-        delay = due - time.perf_counter()
+        return due
+
+    async def _pace(self, i: int, origin: float) -> None:
+        """Sleep until token i is due."""
+        delay = self._due(i, origin) - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -258,21 +275,23 @@ class SimBackend:
     async def _whole(
         self, req: dict[str, Any], chat: bool, model: str, n: int, t0: float
     ) -> web.Response:
-        start = time.perf_counter()
-        await self._pace(n - 1 if n else 0, start)
+        origin = self._origin(time.perf_counter())
+        await self._pace(n - 1 if n else 0, origin)
         text = "".join(self._token(i) for i in range(n))
         body = Shape(model, chat).whole(text, "length", self._usage(req, n))
-        self._record(req, n, t0, start)
+        self._record(req, n, t0, self._due(0, origin))
         self.stats.completed += 1
         return web.json_response(body, headers={"x-sim-region": self.cfg.region})
 
-    def _record(self, req: dict[str, Any], n: int, t0: float, start: float) -> None:
+    def _record(self, req: dict[str, Any], n: int, t0: float, first: float) -> None:
+        """The request's figures, as a model server exports them; ``first``: when its first
+        token was due."""
         m = self.metrics
-        m.ttft.observe(start - t0 + self.cfg.ttft_ms / 1000)
+        m.ttft.observe(first - t0)
         end = time.perf_counter()
         m.e2e.observe(end - t0)
         if n > 1:  # the pace after the first token, as the model server measures it
-            m.itl.observe((end - start) / (n - 1))
+            m.itl.observe((end - first) / (n - 1))
         m.prompt.inc(self._prompt_tokens(req))
         m.gen.inc(n)
 
@@ -293,14 +312,12 @@ class SimBackend:
             stamp = f": t={time.time():.6f}\n".encode() if self.cfg.stamp else b""
             return stamp + sse(doc)
 
-        start = time.perf_counter()
-        rate = self.cfg.tokens_per_s
-        clock = start + self.rng.random() / rate if self.cfg.clock == "random" and rate else start
+        origin = self._origin(time.perf_counter())
         try:
             if chat:
                 await resp.write(event(shape.chunk(None, None, role=True)))
             for i in range(n):
-                await self._pace(i, clock)
+                await self._pace(i, origin)
                 if self.cfg.abort_after and i >= self.cfg.abort_after:
                     assert request.transport is not None
                     request.transport.abort()  # die mid-stream, as a crashed server would
@@ -315,7 +332,7 @@ class SimBackend:
         except (ConnectionResetError, asyncio.CancelledError):
             self.stats.cancelled += 1
             raise
-        self._record(req, n, t0, start)
+        self._record(req, n, t0, self._due(0, origin))
         self.stats.completed += 1
         return resp
 

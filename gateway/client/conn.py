@@ -135,8 +135,8 @@ class Conn(asyncio.Protocol):
     async def drain_to(self, sink: Callable[[bytes], bool]) -> None:
         """Hand the rest of the body to ``sink``: what is buffered now, then what each read of
         the socket brings (the chunks of one read joined: one write onward, not one per
-        chunk), from data_received, with no task woken per chunk. Returns at the body's end;
-        raises as ``read`` does."""
+        chunk), from data_received, with no task woken per chunk; never b"" (llhttp hands on
+        no empty span). Returns at the body's end; raises as ``read`` does."""
         self.sink = sink
         try:
             if self.chunks:  # what came before the sink was set

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import httptools
 
-from gateway.h1.cycle import Cycle, Pipe
+from gateway.h1.cycle import Cycle
 from gateway.h1.refuse import (
     Refused,
     connection_limit_reached,
@@ -31,7 +31,7 @@ from gateway.h1.refuse import (
 )
 from gateway.h1.scope import Addresses, addresses, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
-from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE
+from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE, ClientPipe
 from gateway.runtime import log
 
 App = Callable[..., Any]
@@ -364,7 +364,7 @@ class H1(asyncio.Protocol):
         await asyncio.shield(self._drained)
 
     # --- the extensions (gateway.http.asgi) ------------------------------------------------
-    def _pipe(self) -> Pipe | None:
+    def _pipe(self) -> ClientPipe | None:  # typed so: mypy checks that a Pipe is one
         return None if self.running is None else self.running.pipe()
 
     def _whole_body(self) -> bytes | None:

@@ -297,10 +297,9 @@ class Pipe:
     """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
     (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
 
-    __slots__ = ("_conn", "flow", "is_closing", "write")
+    __slots__ = ("flow", "is_closing", "write")
 
     def __init__(self, conn: Connection) -> None:
-        self._conn = conn
         self.flow = conn
         transport = conn.transport
         self.write = transport.write
@@ -310,4 +309,4 @@ class Pipe:
         self.is_closing = transport.is_closing
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
-        self._conn.on_writable = callback
+        self.flow.on_writable = callback

@@ -39,18 +39,26 @@ CHUNK = b"%x\r\n%b\r\n"
 
 
 class PipeFlow(Protocol):
-    write_paused: bool  # the client's buffer is over its high-water mark: write no more
+    @property
+    def write_paused(self) -> bool:
+        """The client's buffer is over its high-water mark: write no more until writable."""
+        ...
 
 
 class ClientPipe(Protocol):
     """Bound callables and a flag, not methods of a wrapper: a streamed token passes here, and
-    under load each Python frame on its way costs about a microsecond (bench/perf_split.py)."""
+    under load each Python call on its way costs several times what it does in a hot loop
+    (bench/perf_split.py). ``write`` and ``is_closing`` are the connection's transport's own:
+    what ``write`` gets goes on the wire as it is, so each chunk is framed by the caller
+    (CHUNK, never for b"": that frame would end the body); ``is_closing()``: the client is
+    gone, write nothing."""
 
-    # The connection's transport: what ``write`` gets goes on the wire as it is, so each chunk
-    # is framed by the caller (CHUNK). ``is_closing()``: the client is gone, write nothing.
-    write: Callable[[bytes], object]
-    is_closing: Callable[[], bool]
-    flow: PipeFlow
+    @property
+    def write(self) -> Callable[[bytes], object]: ...
+    @property
+    def is_closing(self) -> Callable[[], bool]: ...
+    @property
+    def flow(self) -> PipeFlow: ...
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         """Have ``callback()`` called when the client's buffer drains (None: no longer)."""

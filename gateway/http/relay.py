@@ -52,8 +52,8 @@ async def _piped(
 ) -> None:
     # Bound once: this runs per streamed token, from the upstream connection's read callback,
     # and each Python call on the way costs (bench/perf_split.py: under load a stream's Python
-    # costs several times what the same code costs in a hot loop). One frame: the pipe's
-    # members are the client transport's own C methods.
+    # costs several times what the same code costs in a hot loop). One frame: on uvloop the
+    # pipe's members are the client transport's own methods, in C.
     write, closing, flow, clock = pipe.write, pipe.is_closing, pipe.flow, watchdog.clock
 
     def sink(chunk: bytes) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import httpx
 from gateway.cli.procs import free_port, geogate_cmd
 from tests.support import start_sim
 
-RATE = 20.0  # tokens/s: a 50 ms step, wide against this machine's timer jitter
+RATE = 10.0  # tokens/s: a 100 ms step, wide against a loaded machine's timer jitter
 STEP_S = 1 / RATE
-STAGGER_S = 0.02  # the second stream starts this long after the first: 0.4 of a step
+STAGGER_S = 0.04  # the second stream starts this long after the first: 0.4 of a step
 
 
 async def _token_times(port: int, tokens: int) -> list[float]:
@@ -50,10 +51,14 @@ async def _two_staggered(port: int) -> tuple[list[float], list[float]]:
 
 
 def _offsets(a: list[float], b: list[float]) -> list[float]:
-    """How far each of b's tokens lies from a's grid (a's first token, then a step apart):
-    the second stream may start on the step after the first's first token."""
-    off = [(t - a[0]) % STEP_S for t in b]
-    return [min(x, STEP_S - x) for x in off]
+    """How far each of b's tokens lies from a's grid (a step apart, through the median of a's
+    tokens' places on it: no one late token sets it); b may start a step after a."""
+
+    def off(t: float, ref: float) -> float:  # t's place on ref's grid, in [-STEP_S/2, STEP_S/2)
+        return (t - ref + STEP_S / 2) % STEP_S - STEP_S / 2
+
+    grid = a[0] + statistics.median(off(t, a[0]) for t in a)
+    return [abs(off(t, grid)) for t in b]
 
 
 def test_streams_started_apart_keep_apart_on_their_own_clocks(tmp_path: Path) -> None:
@@ -62,6 +67,7 @@ def test_streams_started_apart_keep_apart_on_their_own_clocks(tmp_path: Path) ->
         a, b = asyncio.run(_two_staggered(sim.port))
     finally:
         sim.proc.terminate()
+        sim.proc.wait()
     # Each stream's tokens one step apart, and the second's STAGGER_S after the first's.
     assert all(abs((y - x) - STEP_S) < STEP_S / 2 for x, y in itertools.pairwise(b))
     assert min(_offsets(a, b)) > STAGGER_S / 2
@@ -74,6 +80,7 @@ def test_in_lockstep_the_tokens_of_streams_started_apart_leave_together(tmp_path
         a, b = asyncio.run(_two_staggered(sim.port))
     finally:
         sim.proc.terminate()
+        sim.proc.wait()
     # On the same decode steps: the second stream's tokens arrive with the first's (its
     # first token waits, less than one step, for the step after its start).
     assert max(_offsets(a, b)) < STAGGER_S / 2
@@ -92,10 +99,11 @@ def test_a_random_clock_starts_within_one_step_late_and_keeps_the_pace(tmp_path:
         runs = [asyncio.run(one()) for _ in range(6)]
     finally:
         sim.proc.terminate()
+        sim.proc.wait()
     late = [times[0] - t0 for t0, times in runs]
     # The first token (i = 0, TTFT 0) is due at the stream's random offset in [0, one step).
-    assert all(0 <= x < STEP_S + 0.03 for x in late), late
-    assert max(late) - min(late) > 0.005, late  # not one fixed delay: the offsets differ
+    assert all(0 <= x < STEP_S + 0.05 for x in late), late
+    assert max(late) - min(late) > 0.01, late  # not one fixed delay: the offsets differ
     for _, times in runs:
         assert all(abs((y - x) - STEP_S) < STEP_S / 2 for x, y in itertools.pairwise(times))
 
@@ -110,6 +118,7 @@ def test_an_unknown_clock_is_refused_at_run_time_and_on_the_command_line(tmp_pat
         assert ok.status_code == 200 and ok.json()["clock"] == "lockstep"
     finally:
         sim.proc.terminate()
+        sim.proc.wait()
     cmd = geogate_cmd("sim-backend", "--port", str(free_port()), "--clock", "sundial")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2

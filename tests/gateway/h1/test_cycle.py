@@ -47,7 +47,6 @@ class Conn:
         self.transport = transport
         self.loop = loop
         self.write_paused = False
-        self.lost = False
         self.on_writable: Callable[[], None] | None = None
         self.done: list[Cycle] = []
         self.closed_now = 0
