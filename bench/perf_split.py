@@ -39,8 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.sim import CLOCKS  # noqa: E402
 from bench.ab import check_targets, geogate_trees, in_turn, rig  # noqa: E402
-from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
+from bench.overhead import CLOCK_WHAT, PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
 from bench.overhead_cells import WARMUP_S, paced, run_loop  # noqa: E402
 from bench.paced_load import run_paced  # noqa: E402
 from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu  # noqa: E402
@@ -225,6 +226,7 @@ def main() -> None:
     ap.add_argument("--targets", default="nginx,floor-pipe-parse,floor-h1,geogate")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S)
+    ap.add_argument("--clock", choices=CLOCKS, default="stream", help="the sim's token clock")
     ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per window")
     ap.add_argument("--rounds", type=int, default=1, help="windows per target, taking turns")
     ap.add_argument("--conc", type=int, default=16)
@@ -239,7 +241,7 @@ def main() -> None:
     tallies = {t: Tally() for t in targets}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        rig(targets, True, args.tokens, args.tokens_per_s) as (body_file, ports),
+        rig(targets, True, args.tokens, args.tokens_per_s, args.clock) as (body_file, ports),
     ):
         work, body = Path(tmp), body_file.read_bytes()
         for target, (port, pids) in ports.items():  # warm-up, one window each
@@ -265,7 +267,8 @@ def report(
         "",
         f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for a "
         f"{args.window:g} s window of paced streams ({args.tokens} tokens at "
-        f"{args.tokens_per_s:g}/s, first after {PACED_TTFT_MS} ms, HTTP/1.1, c = {args.conc}), "
+        f"{args.tokens_per_s:g}/s on {CLOCK_WHAT[args.clock]}, first after {PACED_TTFT_MS} ms, "
+        f"HTTP/1.1, c = {args.conc}), "
         f"after a warm-up window; {args.rounds} window(s) per target, the targets taking "
         "turns, one at a time; proxy on CPU 0, sim-backend and load on CPU 1. Each sample "
         f"stands for 1/{SAMPLE_HZ} s of CPU; µs per stream: the samples of all windows over "
