@@ -62,14 +62,24 @@ from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # 
 CLOCK_HELP = "streaming: the sim-backend's token clock (sim-backend --help)"
 
 
+def geogate_target(target: str) -> tuple[Path, str | None]:
+    """``geogate[@TREE][%PYTHON]``: the source tree it runs from (this one by default) and the
+    interpreter that runs it (None: this one; another needs a venv with geogate's
+    dependencies, as `python -m venv V && V/bin/pip install -e .` makes)."""
+    where, _, python = target.partition("%")
+    return Path(where.partition("@")[2] or ROOT).resolve(), python or None
+
+
 def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     name = target.replace("/", "_")
     if target.startswith("geogate"):
-        tree = Path(target.partition("@")[2] or ROOT).resolve()
+        tree, python = geogate_target(target)
         conf = gateway_conf(work, port, backend, name=name)
         env = {**os.environ, "PYTHONPATH": str(tree)}  # `-m gateway` from that tree
-        cmd = pinned(PROXY_CPU, geogate_cmd("gateway", "--config", str(conf)))
+        gw = geogate_cmd("gateway", "--config", str(conf))
+        gw[0] = python or gw[0]
+        cmd = pinned(PROXY_CPU, gw)
         with (work / f"{name}.log").open("wb") as log:
             p = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=tree, env=env)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=p)
@@ -90,7 +100,10 @@ def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
     for t in targets:
         if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
             known = ", ".join(FLOORS)
-            ap.error(f"unknown target {t!r}: geogate, geogate@PATH, nginx or one of {known}")
+            ap.error(
+                f"unknown target {t!r}: geogate, geogate@TREE, geogate%PYTHON, "
+                f"geogate@TREE%PYTHON, nginx or one of {known}"
+            )
     if len(set(targets)) != len(targets):
         ap.error("name each target once")
     return targets
@@ -138,7 +151,7 @@ def in_turn(ports: Ports, r: int) -> list[tuple[str, tuple[int, list[int]]]]:
 
 def geogate_trees(targets: list[str]) -> dict[str, str]:
     """The other source trees measured (geogate@PATH), for write_results to stamp."""
-    return {t: t.partition("@")[2] for t in targets if t.startswith("geogate@")}
+    return {t: str(geogate_target(t)[0]) for t in targets if t.startswith("geogate@")}
 
 
 def one_round(
