@@ -3,11 +3,13 @@ way a request is located and routed (used by the proxy, ``/explain`` and ``geodb
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway import defaults as d
 from gateway.client import Client
@@ -115,6 +117,15 @@ class Runtime:
     # down only over a round in which this did not move (gateway.watch.load_poller). /route,
     # /explain and the CLI's route do not count: they send nothing.
     proxied: int = 0
+    # The worker's event loop, set as it starts (gateway.http.app's lifespan). Given to
+    # asyncio.current_task() on the request path: without it each call asks for the running
+    # loop, which in CPython 3.11 is a getpid() system call (two or three per request).
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def current_task(self) -> asyncio.Task[Any] | None:
+        """asyncio.current_task(), without the running loop's lookup once the loop is known
+        (the lookup again where it is not this thread's running loop)."""
+        return asyncio.current_task(self.loop) or asyncio.current_task()
 
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:

@@ -68,6 +68,7 @@ async def lifespan(
     rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
 ) -> AsyncIterator[None]:
     config = rt.config
+    rt.loop = asyncio.get_running_loop()
     rt.session = Client(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
@@ -75,7 +76,7 @@ async def lifespan(
     if stop is not None:
         # Replaces the server's own SIGTERM handler in this worker, which would stop accepting
         # at once: a load balancer would see a dead target instead of a draining one.
-        asyncio.get_running_loop().add_signal_handler(
+        rt.loop.add_signal_handler(
             signal.SIGTERM, gate.on_sigterm, config.server.drain_timeout_s, stop
         )
     if ops is not None:

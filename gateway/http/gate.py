@@ -89,7 +89,7 @@ class StreamGate:
                 ),
             )
             return
-        task = asyncio.current_task()
+        task = self.rt.current_task()
         self.in_flight += 1
         if self.in_flight == 1:  # busy from idle: the drain's event says so (not per request)
             self._idle.clear()

@@ -65,7 +65,7 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
     ClientGone, as it did when the attempts ran in a task of their own. Both engines run each
     request in an asyncio Task (granian's default task_impl, "asyncio": its "rust" one ignores
     cancel(), and the drain's cut in gateway.http.gate would not work either)."""
-    task = asyncio.current_task()
+    task = rt.current_task()
     assert task is not None, "forward runs in the request's task"
     active, gone = True, False
     watch: asyncio.Future[Message] | None = None
@@ -92,7 +92,7 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
         # The watch starts after DISCONNECT_WATCH_DELAY_S: a task wrapping the server's
         # receive costs about 4 % of a fast request's CPU, and most answers come sooner than
         # that (a client that leaves meanwhile is noticed then, before any long generation).
-        later = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
+        later = task.get_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
     try:
         return await _Attempts(rt, ex, send).run()
     except asyncio.CancelledError:
@@ -303,7 +303,8 @@ class _Attempts:
         first_token = None if found else functools.partial(self._first_token, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            with Watchdog(t.idle_s, t.total_s - self.ex.elapsed_s()) as watchdog:
+            left_s = t.total_s - self.ex.elapsed_s()
+            with Watchdog(t.idle_s, left_s, self.rt.current_task()) as watchdog:
                 await relay(resp, send, self.ex, watchdog, first_token)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import Any
 
 # A loop may run a timer up to its clock resolution early; a check this close to the due
 # time counts as due rather than re-arming for a few microseconds.
@@ -35,10 +36,13 @@ class Watchdog:
         "last",
     )
 
-    def __init__(self, idle_s: float, left_s: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task(self._loop)  # given the loop: no second lookup of it
+    def __init__(self, idle_s: float, left_s: float, task: asyncio.Task[Any] | None = None) -> None:
+        # ``task``: the current one, where the caller knows it (gateway.runtime's
+        # current_task): each lookup of the running loop is a getpid() in CPython 3.11.
+        if task is None:
+            task = asyncio.current_task()
         assert task is not None, "a watchdog guards the task that makes it"
+        self._loop = task.get_loop()
         self._task = task
         self._idle_s = idle_s
         self._deadline = self._loop.time() + left_s

@@ -3,6 +3,7 @@ the location source both apply."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 
@@ -79,3 +80,22 @@ def test_rankings_are_reused_within_a_snapshot_and_follow_a_change() -> None:
     rt.store.replace_config(CFG.model_copy(update={"upstreams": [drained]}))
     routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0)
     assert routed.decision.chosen is None and str(routed.decision.outcome) == "no_candidate"
+
+
+def test_the_current_task_comes_from_the_workers_loop_and_from_any_other() -> None:
+    rt = build_runtime(CFG)
+    other = asyncio.new_event_loop()  # not running: its current task is none
+
+    async def main() -> list[bool]:
+        me = asyncio.current_task()
+        seen = [rt.current_task() is me]  # no loop set yet: looked up
+        rt.loop = asyncio.get_running_loop()
+        seen.append(rt.current_task() is me)  # the worker's loop, given
+        rt.loop = other  # another loop (an engine that serves on a loop of its own)
+        seen.append(rt.current_task() is me)
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [True, True, True]
+    finally:
+        other.close()

@@ -13,6 +13,7 @@ from gateway.http.asgi import DISCONNECT_HOOK
 from gateway.http.upstream import ClientGone, forward
 
 EX: Any = SimpleNamespace(scope={})  # a server without the disconnect hook: receive is watched
+RT: Any = SimpleNamespace(current_task=asyncio.current_task)  # what forward asks of Runtime
 
 
 class FakeAttempts:
@@ -56,7 +57,7 @@ async def send(message: Any) -> None:
 async def test_the_client_leaving_cancels_the_attempts() -> None:
     FakeAttempts.run_s = 5
     with pytest.raises(ClientGone):
-        await forward(None, EX, receive_after(0.01), send)  # type: ignore[arg-type]
+        await forward(RT, EX, receive_after(0.01), send)  # type: ignore[arg-type]
     assert FakeAttempts.cancelled == 1
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # our cancellation ended there
@@ -65,7 +66,7 @@ async def test_the_client_leaving_cancels_the_attempts() -> None:
 
 async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancels_later() -> None:
     FakeAttempts.run_s = 0.0
-    assert await forward(None, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
     # The watch may finish in the same loop turn: it must not cancel this task afterwards.
     await asyncio.sleep(0.05)
     assert FakeAttempts.cancelled == 0
@@ -76,7 +77,7 @@ async def test_a_cut_from_outside_ends_as_client_gone() -> None:
 
     async def request() -> str:
         try:
-            await forward(None, EX, receive_after(60), send)  # type: ignore[arg-type]
+            await forward(RT, EX, receive_after(60), send)  # type: ignore[arg-type]
         except ClientGone:
             return "gone"
         return "answered"
@@ -99,13 +100,13 @@ async def test_the_watch_starts_after_its_delay(monkeypatch: pytest.MonkeyPatch)
         return {"type": "http.disconnect"}  # the client is already gone
 
     FakeAttempts.run_s = 0.0
-    assert await forward(None, EX, receive, send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, EX, receive, send) == 200  # type: ignore[arg-type]
     assert calls == 0
     FakeAttempts.run_s = 5
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(ClientGone):
-        await forward(None, EX, receive, send)  # type: ignore[arg-type]
+        await forward(RT, EX, receive, send)  # type: ignore[arg-type]
     assert calls == 1 and FakeAttempts.cancelled == 1
     assert 0.1 <= loop.time() - t0 < 1.0
 
@@ -138,12 +139,12 @@ async def test_a_server_that_reports_the_disconnect_needs_no_watch() -> None:
 
     hook = Hook()
     FakeAttempts.run_s = 0.0
-    assert await forward(None, hook.ex(), receive, send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, hook.ex(), receive, send) == 200  # type: ignore[arg-type]
     assert hook.calls == [True, False] and hook.callback is None
     FakeAttempts.run_s = 5
     asyncio.get_running_loop().call_later(0.05, lambda: hook.callback())
     with pytest.raises(ClientGone):
-        await forward(None, hook.ex(), receive, send)  # type: ignore[arg-type]
+        await forward(RT, hook.ex(), receive, send)  # type: ignore[arg-type]
     assert FakeAttempts.cancelled == 1 and hook.calls == [True, False, True, False]
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
@@ -153,5 +154,5 @@ async def test_a_client_already_gone_is_noticed_at_once() -> None:
     hook = Hook(lost=True)
     FakeAttempts.run_s = 5
     with pytest.raises(ClientGone):
-        await asyncio.wait_for(forward(None, hook.ex(), None, send), 1)  # type: ignore[arg-type]
+        await asyncio.wait_for(forward(RT, hook.ex(), None, send), 1)  # type: ignore[arg-type]
     assert FakeAttempts.cancelled == 1

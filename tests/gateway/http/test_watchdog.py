@@ -90,3 +90,15 @@ def test_an_outside_cancel_on_top_of_an_expiry_is_not_hidden() -> None:
             await task
 
     asyncio.run(main())
+
+
+def test_given_its_task_it_guards_that_one_on_that_tasks_loop() -> None:
+    async def main() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        wd = Watchdog(0.05, 10, me)
+        assert wd.clock == me.get_loop().time  # the task's loop's clock: no lookup of it
+        with pytest.raises(TimeoutError), wd:
+            await asyncio.sleep(0.5)
+
+    asyncio.run(main())
