@@ -9,9 +9,12 @@ to decide whether a change pays, overhead.py for the table against nginx and Lit
 
 Targets: ``geogate`` (this tree, default config as bench/overhead.py's: access log, GeoIP),
 ``geogate@PATH`` (another source tree, e.g. `git archive HEAD` unpacked: a before/after pair
-in one sitting), or a floor of bench/peers.py (floor-uvicorn: bench/floor_proxy.py on uvicorn's
-own httptools protocol; floor-h1: the same proxy on gateway.h1's protocol, as geogate runs;
-floor-pipe: a byte pipe, no HTTP), or ``nginx`` (bench/overhead.py's).
+in one sitting), ``geogate%PYTHON`` or ``geogate@PATH%PYTHON`` (run by another interpreter,
+whose venv has geogate's dependencies: `python3.12 -m venv V && V/bin/pip install -e .`;
+the results record each one's version), or a floor of bench/peers.py (floor-uvicorn:
+bench/floor_proxy.py on uvicorn's own httptools protocol; floor-h1: the same proxy on
+gateway.h1's protocol, as geogate runs; floor-pipe: a byte pipe, no HTTP), or ``nginx``
+(bench/overhead.py's).
 
   .venv/bin/python bench/ab.py --targets floor-uvicorn,floor-h1 --out bench/results/round5/h1_floor
   .venv/bin/python bench/ab.py --mode streaming --tokens 64 --targets nginx,floor-pipe,geogate
@@ -25,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -62,12 +66,27 @@ from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # 
 CLOCK_HELP = "streaming: the sim-backend's token clock (sim-backend --help)"
 
 
+GEOGATE_TARGET = re.compile(r"geogate(@[^%]+)?(%.+)?")
+
+
 def geogate_target(target: str) -> tuple[Path, str | None]:
     """``geogate[@TREE][%PYTHON]``: the source tree it runs from (this one by default) and the
-    interpreter that runs it (None: this one; another needs a venv with geogate's
-    dependencies, as `python -m venv V && V/bin/pip install -e .` makes)."""
+    interpreter that runs it (None: this one), as an absolute path (the target starts in
+    TREE), not resolved (a venv's python is a link that must stay one)."""
     where, _, python = target.partition("%")
-    return Path(where.partition("@")[2] or ROOT).resolve(), python or None
+    tree = Path(where.partition("@")[2] or ROOT).resolve()
+    return tree, os.path.abspath(python) if python else None
+
+
+def interpreters(targets: list[str]) -> dict[str, str]:
+    """Each geogate target's Python version, for the results (another interpreter's too)."""
+    out = {}
+    for t in targets:
+        if t.startswith("geogate"):
+            python = geogate_target(t)[1] or sys.executable
+            ask = [python, "-c", "import platform; print(platform.python_version())"]
+            out[t] = subprocess.run(ask, capture_output=True, text=True, check=True).stdout.strip()
+    return out
 
 
 def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -98,7 +117,7 @@ def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
     """The comma-separated targets, each known and named once (else argparse's one line)."""
     targets = names.split(",")
     for t in targets:
-        if not (t.startswith("geogate") or t in FLOORS or t == "nginx"):
+        if not (GEOGATE_TARGET.fullmatch(t) or t in FLOORS or t == "nginx"):
             known = ", ".join(FLOORS)
             ap.error(
                 f"unknown target {t!r}: geogate, geogate@TREE, geogate%PYTHON, "
@@ -303,7 +322,11 @@ def report(
         "requests_per_s_per_round": rates,
         "clock": "schedstat ns" if fine else "ticks",
         "idle_clock": "schedstat ns" if idle_fine else "ticks",
+        "python": interpreters(targets),
     }
+    if any("%" in t for t in targets):
+        versions = ", ".join(f"{t}: Python {v}" for t, v in doc["python"].items())
+        lines += ["", f"Interpreters: {versions}."]
     write_results(args.out, lines, doc, trees=geogate_trees(targets))
 
 

@@ -30,11 +30,13 @@ Writes OUT.md and OUT.json (default bench/results/own_path).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +199,9 @@ async def _measure(requests: int, tokens: int) -> float:
     work = Path(tempfile.mkdtemp(prefix="geogate-own-path-"))
     app: Any = create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
     app.proxy.rt.session = FakeClient(tokens)  # app.proxy: the stream gate; .rt: its runtime
+    if hasattr(app.proxy.rt, "loop"):  # as the lifespan sets it (trees from round nine on)
+        app.proxy.rt.loop = asyncio.get_running_loop()
+        app.proxy.rt.loop_thread = threading.get_ident()
     for handler in access_log.handlers:
         handler.setStream((work / "access.log").open("w"))  # type: ignore[attr-defined]
     seen: dict[str, int] = {"200": 0, "bytes": 0}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,15 +118,24 @@ class Runtime:
     # down only over a round in which this did not move (gateway.watch.load_poller). /route,
     # /explain and the CLI's route do not count: they send nothing.
     proxied: int = 0
-    # The worker's event loop, set as it starts (gateway.http.app's lifespan). Given to
-    # asyncio.current_task() on the request path: without it each call asks for the running
-    # loop, which in CPython 3.11 is a getpid() system call (two or three per request).
+    # The worker's event loop and its thread, set as it starts (gateway.http.app's lifespan)
+    # and cleared as it stops. Given to asyncio.current_task() on the request path: without
+    # it each call asks for the running loop, which in CPython 3.11 is a getpid() system call
+    # (two or three per request).
     loop: asyncio.AbstractEventLoop | None = None
+    loop_thread: int = 0
 
     def current_task(self) -> asyncio.Task[Any] | None:
-        """asyncio.current_task(), without the running loop's lookup once the loop is known
-        (the lookup again where it is not this thread's running loop)."""
-        return asyncio.current_task(self.loop) or asyncio.current_task()
+        """asyncio.current_task() of the calling thread. On the thread whose loop the lifespan
+        set, that loop is given (no lookup); on any other thread, or with no loop set or none
+        running there, the lookup as usual: another thread's loop may be in a task step of its
+        own, which current_task(that loop) would return."""
+        loop = self.loop
+        if loop is not None and threading.get_ident() == self.loop_thread:
+            task = asyncio.current_task(loop)
+            if task is not None:
+                return task
+        return asyncio.current_task()
 
     @classmethod
     def build(cls, config: Config, store: StateStore, geo: GeoSource) -> Runtime:

@@ -8,6 +8,7 @@ import functools
 import gc
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -68,7 +69,7 @@ async def lifespan(
     rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
 ) -> AsyncIterator[None]:
     config = rt.config
-    rt.loop = asyncio.get_running_loop()
+    rt.loop, rt.loop_thread = asyncio.get_running_loop(), threading.get_ident()
     rt.session = Client(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
@@ -94,6 +95,7 @@ async def lifespan(
     finally:
         gc.unfreeze()  # what was frozen may be collected again once the worker stops serving
         rt.draining = True
+        rt.loop = None
         if ops is not None:
             await ops.stop()
         for task in tasks:

@@ -298,7 +298,7 @@ class _Attempts:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
         # What is left of timeouts.total_s since the request's start; the watchdog turns it
-        # into a deadline on the loop's clock (one loop lookup, a getpid() in CPython 3.11).
+        # into a deadline on the loop's clock.
         t = self.config.timeouts
         first_token = None if found else functools.partial(self._first_token, cand)
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import platform
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.ab import ROOT, check_targets, geogate_target, geogate_trees
+from bench.ab import ROOT, check_targets, geogate_target, geogate_trees, interpreters
 
 
 def test_a_geogate_target_names_its_tree_and_its_interpreter(tmp_path: Path) -> None:
@@ -33,9 +35,27 @@ def test_an_unknown_or_repeated_target_is_one_line_from_argparse(
         "geogate",
         "geogate%/x/python",
     ]
-    for bad, why in (("nginx,envoy", "unknown target 'envoy'"), ("nginx,nginx", "once")):
+    bad_names = (
+        ("nginx,envoy", "unknown target 'envoy'"),
+        ("geogatex", "unknown target 'geogatex'"),
+        ("geogate%", "unknown target 'geogate%'"),
+        ("geogate@", "unknown target 'geogate@'"),
+        ("nginx,nginx", "once"),
+    )
+    for bad, why in bad_names:
         with pytest.raises(SystemExit) as exc:
             check_targets(ap, bad)
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert why in err and "Traceback" not in err and err.count("\n") == 2  # usage + line
+
+
+def test_a_relative_interpreter_is_made_absolute_and_its_version_recorded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # From here, not from the tree the target starts in; a venv's link is kept, not resolved.
+    assert geogate_target("geogate%venv/bin/python")[1] == str(tmp_path / "venv/bin/python")
+    versions = interpreters(["nginx", "geogate", f"geogate%{sys.executable}"])
+    want = platform.python_version()
+    assert versions == {"geogate": want, f"geogate%{sys.executable}": want}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
 import time
+
+import pytest
 
 from gateway.config import Config
 from gateway.runtime import build_runtime
@@ -82,20 +85,32 @@ def test_rankings_are_reused_within_a_snapshot_and_follow_a_change() -> None:
     assert routed.decision.chosen is None and str(routed.decision.outcome) == "no_candidate"
 
 
-def test_the_current_task_comes_from_the_workers_loop_and_from_any_other() -> None:
+def test_the_current_task_comes_from_the_workers_loop_and_from_any_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rt = build_runtime(CFG)
     other = asyncio.new_event_loop()  # not running: its current task is none
+    asked: list[object] = []
+    real = asyncio.current_task
 
-    async def main() -> list[bool]:
-        me = asyncio.current_task()
-        seen = [rt.current_task() is me]  # no loop set yet: looked up
-        rt.loop = asyncio.get_running_loop()
-        seen.append(rt.current_task() is me)  # the worker's loop, given
-        rt.loop = other  # another loop (an engine that serves on a loop of its own)
-        seen.append(rt.current_task() is me)
-        return seen
+    def spy(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[object] | None:
+        asked.append(loop)  # None: the running loop looked up (a getpid() in CPython 3.11)
+        return real(loop)
+
+    async def main() -> None:
+        me, loop, here = asyncio.current_task(), asyncio.get_running_loop(), threading.get_ident()
+        monkeypatch.setattr(asyncio, "current_task", spy)
+        for rt.loop, rt.loop_thread, lookups in (
+            (None, 0, [None]),  # none set yet
+            (loop, here, [loop]),  # the worker's loop, on its thread: given, no lookup
+            (loop, here + 1, [None]),  # set from another thread
+            (other, here, [other, None]),  # a loop not running here: its task is none
+        ):
+            asked.clear()
+            assert rt.current_task() is me
+            assert asked == lookups, (rt.loop, lookups)
 
     try:
-        assert asyncio.run(main()) == [True, True, True]
+        asyncio.run(main())
     finally:
         other.close()

@@ -13,7 +13,15 @@ from gateway.http.asgi import DISCONNECT_HOOK
 from gateway.http.upstream import ClientGone, forward
 
 EX: Any = SimpleNamespace(scope={})  # a server without the disconnect hook: receive is watched
-RT: Any = SimpleNamespace(current_task=asyncio.current_task)  # what forward asks of Runtime
+_asked: list[object] = []  # forward's calls of RT.current_task, each the task it got
+
+
+def _current_task() -> object:
+    _asked.append(asyncio.current_task())
+    return _asked[-1]
+
+
+RT: Any = SimpleNamespace(current_task=_current_task)  # what forward asks of Runtime
 
 
 class FakeAttempts:
@@ -66,7 +74,9 @@ async def test_the_client_leaving_cancels_the_attempts() -> None:
 
 async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancels_later() -> None:
     FakeAttempts.run_s = 0.0
+    _asked.clear()
     assert await forward(RT, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
+    assert _asked == [asyncio.current_task()]  # the runtime's, once: no lookup of its own
     # The watch may finish in the same loop turn: it must not cancel this task afterwards.
     await asyncio.sleep(0.05)
     assert FakeAttempts.cancelled == 0
