@@ -222,6 +222,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
     targets = check_targets(ap, args.targets)
+    try:  # before any measuring: an interpreter that cannot run fails here, in one line
+        args.python = interpreters(targets)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        ap.error(f"a geogate target's interpreter did not run: {exc}")
     # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
     rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}
     idle: dict[str, float] = {}
@@ -322,7 +326,7 @@ def report(
         "requests_per_s_per_round": rates,
         "clock": "schedstat ns" if fine else "ticks",
         "idle_clock": "schedstat ns" if idle_fine else "ticks",
-        "python": interpreters(targets),
+        "python": args.python,
     }
     if any("%" in t for t in targets):
         versions = ", ".join(f"{t}: Python {v}" for t, v in doc["python"].items())

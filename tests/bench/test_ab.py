@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,12 @@ def test_a_relative_interpreter_is_made_absolute_and_its_version_recorded(
     versions = interpreters(["nginx", "geogate", f"geogate%{sys.executable}"])
     want = platform.python_version()
     assert versions == {"geogate": want, f"geogate%{sys.executable}": want}
+
+
+def test_an_interpreter_that_cannot_run_stops_the_run_before_any_measuring(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "ab.py"), "--targets", "nginx,geogate%/no/python"]
+    cmd += ["--out", str(tmp_path / "ab")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "interpreter did not run" in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
