@@ -79,13 +79,26 @@ def geogate_target(target: str) -> tuple[Path, str | None]:
 
 
 def interpreters(targets: list[str]) -> dict[str, str]:
-    """Each geogate target's Python version, for the results (another interpreter's too)."""
+    """Each geogate target's Python version, for the results, asked of its interpreter as the
+    target will run it (its tree first on the path): one that cannot import geogate fails
+    here, before anything is measured."""
     out = {}
     for t in targets:
         if t.startswith("geogate"):
-            python = geogate_target(t)[1] or sys.executable
-            ask = [python, "-c", "import platform; print(platform.python_version())"]
-            out[t] = subprocess.run(ask, capture_output=True, text=True, check=True).stdout.strip()
+            tree, python = geogate_target(t)
+            ask = [
+                python or sys.executable,
+                "-c",
+                "import gateway.server, platform; print(platform.python_version())",
+            ]
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            done = subprocess.run(
+                ask, capture_output=True, text=True, cwd=tree, env=env, timeout=60
+            )
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise OSError(f"{t}: {why}")
+            out[t] = done.stdout.strip()
     return out
 
 
@@ -224,7 +237,7 @@ def main() -> None:
     targets = check_targets(ap, args.targets)
     try:  # before any measuring: an interpreter that cannot run fails here, in one line
         args.python = interpreters(targets)
-    except (OSError, subprocess.CalledProcessError) as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         ap.error(f"a geogate target's interpreter did not run: {exc}")
     # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
     rounds: dict[str, list[tuple[float, float | None, float]]] = {t: [] for t in targets}

@@ -363,8 +363,9 @@ def write(args: argparse.Namespace, plain: dict[str, Any], traced: dict[str, Any
             "",
             f"Python heap (tracemalloc, traced run, {FRAMES} frames): **{_kb(py)} KiB/stream**; "
             f"native and allocator overhead = RSS/stream - that = **{_kb(ps['Rss'] - py)} "
-            "KiB/stream** (granian's Rust connection state and buffers, malloc arenas and "
-            "fragmentation, pymalloc pools not yet returned).",
+            "KiB/stream** (the server's native connection state and buffers: uvloop's, or "
+            "granian's in Rust; malloc arenas and fragmentation, pymalloc pools not yet "
+            "returned).",
         ]
         for title, key, unit in (
             ("Python heap per stream by file (where the allocation happened)", "by_file", "B"),

@@ -69,7 +69,8 @@ async def lifespan(
     rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
 ) -> AsyncIterator[None]:
     config = rt.config
-    rt.loop, rt.loop_thread = asyncio.get_running_loop(), threading.get_ident()
+    loop = asyncio.get_running_loop()
+    rt.loop, rt.loop_thread = loop, threading.get_ident()
     rt.session = Client(config.timeouts.connect_s)
     await first_look(rt)
     await rt.store.start()
@@ -77,7 +78,7 @@ async def lifespan(
     if stop is not None:
         # Replaces the server's own SIGTERM handler in this worker, which would stop accepting
         # at once: a load balancer would see a dead target instead of a draining one.
-        rt.loop.add_signal_handler(
+        loop.add_signal_handler(
             signal.SIGTERM, gate.on_sigterm, config.server.drain_timeout_s, stop
         )
     if ops is not None:

@@ -82,7 +82,7 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
 
     def start_watch() -> None:
         nonlocal watch
-        watch = asyncio.ensure_future(receive())
+        watch = asyncio.ensure_future(receive(), loop=task.get_loop())  # no loop lookup
         watch.add_done_callback(left)
 
     hook: DisconnectHook | None = ex.scope.get("extensions", {}).get(DISCONNECT_HOOK)

@@ -69,3 +69,13 @@ def test_an_interpreter_that_cannot_run_stops_the_run_before_any_measuring(tmp_p
     assert done.returncode == 2
     assert "interpreter did not run" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_an_interpreter_without_geogates_dependencies_is_refused_up_front(tmp_path: Path) -> None:
+    bare = tmp_path / "python"  # this interpreter with no site-packages: no starlette, no uvloop
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    bare.chmod(0o755)
+    cmd = [sys.executable, str(ROOT / "bench" / "ab.py"), "--targets", f"nginx,geogate%{bare}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "No module named" in done.stderr and "Traceback" not in done.stderr

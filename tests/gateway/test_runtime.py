@@ -114,3 +114,31 @@ def test_the_current_task_comes_from_the_workers_loop_and_from_any_other(
         asyncio.run(main())
     finally:
         other.close()
+
+
+def test_another_threads_loop_in_the_middle_of_a_step_is_not_taken_for_this_one() -> None:
+    rt = build_runtime(CFG)
+    other = asyncio.new_event_loop()
+    in_step, release = threading.Event(), threading.Event()
+
+    async def busy() -> None:
+        in_step.set()
+        release.wait(5)  # holds the other thread's loop inside this task's step
+
+    thread = threading.Thread(target=other.run_until_complete, args=(busy(),))
+    thread.start()
+
+    async def main() -> None:
+        me = asyncio.current_task()
+        rt.loop, rt.loop_thread = other, thread.ident or 0  # as a lifespan on that thread sets
+        theirs = asyncio.current_task(other)
+        assert theirs is not None and theirs is not me  # what an unguarded lookup would return
+        assert rt.current_task() is me
+
+    try:
+        assert in_step.wait(5)
+        asyncio.run(main())
+    finally:
+        release.set()
+        thread.join(5)
+        other.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,12 +336,15 @@ def test_streams_cut_mid_way_count_as_failures_and_eject(
 
 def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path: Path) -> None:
     # In process: what the start-up made is frozen while the app serves (gc.freeze), and
-    # handed back to the collector when it stops.
+    # handed back to the collector when it stops. The runtime knows the worker's loop and
+    # thread meanwhile (Runtime.current_task gives it to asyncio), and forgets it after.
     conf = tmp_path / "gateway.toml"
     up = UpstreamSpec("a", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])
     conf.write_text(gateway_toml(free_port(), [up]))
     app = create_app(load_config(conf))
+    rt = app.proxy.rt
     seen: list[int] = []
+    loops: list[bool] = []
 
     async def run() -> None:
         messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
@@ -350,10 +355,13 @@ def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path:
         async def send(message: dict[str, Any]) -> None:
             assert not message["type"].endswith(".failed"), message
             seen.append(gc.get_freeze_count())
+            here = rt.loop is asyncio.get_running_loop() and rt.loop_thread == threading.get_ident()
+            loops.append(here)
 
         await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
 
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and rt.loop is None
     uvloop.run(run())
     assert seen[0] > 1000  # at startup.complete: the app, its config, the modules behind them
     assert seen[-1] == 0 and gc.get_freeze_count() == 0
+    assert loops == [True, False] and rt.loop is None  # set while serving, cleared at the end

@@ -76,7 +76,7 @@ async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancel
     FakeAttempts.run_s = 0.0
     _asked.clear()
     assert await forward(RT, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
-    assert _asked == [asyncio.current_task()]  # the runtime's, once: no lookup of its own
+    assert _asked == [asyncio.current_task()]  # asked of the runtime, once
     # The watch may finish in the same loop turn: it must not cancel this task afterwards.
     await asyncio.sleep(0.05)
     assert FakeAttempts.cancelled == 0
