@@ -169,7 +169,7 @@ AUDIT_MAX_LEN = 10000  # operator changes kept in the audit stream (approximate 
 # --- load polling -----------------------------------------------------------------------------
 LOAD_POLL_INTERVAL_S = 0.25  # an LLM queue can build within a second of a burst, and a local
 # /metrics scrape costs ~1 ms: four scrapes a second per backend see a queue while it forms
-LOAD_MAX_AGE_S = 2.0  # a sample older than this (8 missed polls) is ignored, not trusted
+LOAD_MAX_AGE_S = 2.0  # older than this (8 polls, 2 while idle) a sample is ignored, not trusted
 LOAD_IDLE_POLL_FACTOR = 4  # while no upstream shows load and this worker sends them nothing,
 # polls come 4x less often (1 s; bounded by load.max_age_s: load_poller.next_round_s): most of
 # an idle worker's CPU was these polls (bench/results/round8/idle_poll5s.md); a queue forming

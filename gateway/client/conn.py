@@ -139,12 +139,15 @@ class Conn(asyncio.Protocol):
         no empty span). Returns at the body's end; raises as ``read`` does."""
         self.sink = sink
         try:
-            if self.chunks:  # what came before the sink was set
-                self._body_came(0)
+            if self.chunks:  # what came before the sink was set; later reads: data_received
+                # Full, and more to come: wait for the taker. A response already complete is
+                # not paused: its connection goes back to the pool and must read the next one.
+                if sink(self._take_chunks()) or self.complete:
+                    self.resume()  # reading may have paused before the sink was set
+                else:
+                    self._pause()
             while not self.complete:
                 await self._wait()
-            if self.chunks:
-                self._body_came(0)
         finally:
             self.sink = None
 
@@ -154,27 +157,6 @@ class Conn(asyncio.Protocol):
         chunks.clear()  # not a new list per read: fewer young objects, fewer collections
         self.buffered = 0
         return data
-
-    def _body_came(self, read: int) -> None:
-        """What the chunks of one socket read of ``read`` bytes set off (llhttp appended them
-        to ``chunks``)."""
-        if self.timer is not None:  # the first byte came: its wait is over
-            self._disarm()
-        sink = self.sink
-        if sink is not None:  # the first read of a body, or what came before the sink was set
-            # Full, and more to come: wait for the taker. A response already complete is not
-            # paused: its connection goes back to the pool and must read the next answer.
-            if not (sink(self._take_chunks()) or self.complete):
-                self._pause()
-            elif self.paused:
-                self.resume()  # reading may have paused before the sink was set
-            return
-        # The read's size, framing and all: a bound on the body it brought, without summing
-        # every chunk still unread on each read (quadratic in many small chunks).
-        self.buffered += read
-        if self.buffered > PAUSE_BYTES:
-            self._pause()
-        self._wake()
 
     def resume(self) -> None:
         """The sink's taker drained: read again."""
@@ -208,7 +190,7 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     def _expire(self) -> None:
-        # Never after the body's first bytes: the read that brings them (_body_came) and
+        # Never after the body's first bytes: the read that brings them (data_received) and
         # on_message_complete cancel the timer before either is seen, and a cancelled handle
         # does not run.
         self.timer = None
@@ -264,14 +246,20 @@ class Conn(asyncio.Protocol):
         chunks = self.chunks
         if not chunks:
             return
+        if self.timer is not None:  # the body's first bytes: the wait for them is over
+            self._disarm()
         sink = self.sink
-        if sink is None or self.timer is not None:
-            self._body_came(len(data))
+        if sink is None:
+            # The read's size, framing and all: a bound on the body it brought, without
+            # summing every chunk still unread on each read (quadratic in many small chunks).
+            self.buffered += len(data)
+            if self.buffered > PAUSE_BYTES:
+                self._pause()
+            self._wake()
             return
         # A streamed token's way on, inline: this runs once per socket read of every stream,
-        # and under load each Python call costs (bench/perf_split.py). What _body_came does
-        # with a sink, less the first-byte timer (off after the body's first read) and the
-        # resume (reads do not come while reading is paused).
+        # and under load each Python call costs (bench/perf_split.py). Reading is not paused
+        # while reads come, so nothing resumes here; the rule for pausing is drain_to's.
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         if not (sink(data) or self.complete):

@@ -20,10 +20,9 @@ import uvicorn
 
 from gateway.defaults import SERVER_TICK_S
 
-# uvicorn's on_tick refreshes the Date header when its counter is a multiple of this: each
-# of our ticks is a second, so each advances the counter by it.
-UVICORN_TICKS_PER_S = 10
-UVICORN_COUNTER_WRAP = 864000  # uvicorn's own: the counter stays a small int
+# uvicorn's on_tick refreshes the Date header when its counter is a multiple of 10 (its tick
+# is 0.1 s); each of our ticks is a second, so each passes this one.
+TICK_COUNTER = 0
 
 
 class Server(uvicorn.Server):
@@ -50,10 +49,8 @@ class Server(uvicorn.Server):
 
     async def main_loop(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        counter = 0
-        should_exit = await self.on_tick(counter)
+        should_exit = await self.on_tick(TICK_COUNTER)
         while not should_exit:
-            counter = (counter + UVICORN_TICKS_PER_S) % UVICORN_COUNTER_WRAP
             if not self._exit:  # else it was set while on_tick ran: no wait
                 waiter = self._waiter = loop.create_future()
                 timer = loop.call_later(SERVER_TICK_S, self._wake)
@@ -62,4 +59,4 @@ class Server(uvicorn.Server):
                 finally:
                     timer.cancel()
                     self._waiter = None
-            should_exit = await self.on_tick(counter)
+            should_exit = await self.on_tick(TICK_COUNTER)

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import time
+from typing import Any
 
 from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S, NO_CANDIDATE_RETRY_AFTER_S
@@ -82,7 +83,7 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
 
     def start_watch() -> None:
         nonlocal watch
-        watch = asyncio.ensure_future(receive(), loop=task.get_loop())  # no loop lookup
+        watch = asyncio.ensure_future(receive(), loop=task.get_loop())  # any awaitable; no lookup
         watch.add_done_callback(left)
 
     hook: DisconnectHook | None = ex.scope.get("extensions", {}).get(DISCONNECT_HOOK)
@@ -94,7 +95,7 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
         # that (a client that leaves meanwhile is noticed then, before any long generation).
         later = task.get_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
     try:
-        return await _Attempts(rt, ex, send).run()
+        return await _Attempts(rt, ex, send, task).run()
     except asyncio.CancelledError:
         if gone:
             task.uncancel()  # the cancellation was ours, and ends here
@@ -112,8 +113,9 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
 class _Attempts:
     """The attempts of one exchange, and the failures they met."""
 
-    def __init__(self, rt: Runtime, ex: Exchange, send: Send) -> None:
+    def __init__(self, rt: Runtime, ex: Exchange, send: Send, task: asyncio.Task[Any]) -> None:
         self.rt = rt
+        self.task = task  # the request's, which runs the attempts (forward's)
         # One config for the whole exchange, looked up once: a reload while it runs applies
         # from the next request on, not to this one's later attempts.
         self.config = rt.config
@@ -304,7 +306,7 @@ class _Attempts:
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
             left_s = t.total_s - self.ex.elapsed_s()
-            with Watchdog(t.idle_s, left_s, self.rt.current_task()) as watchdog:
+            with Watchdog(t.idle_s, left_s, self.task) as watchdog:
                 await relay(resp, send, self.ex, watchdog, first_token)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)

@@ -57,7 +57,7 @@ def next_round_s(
     readings: Sequence[LoadReading | None],
     before: Sequence[LoadState | None],
     in_flight: Mapping[str, int],
-    proxied: bool,
+    busy: bool,
 ) -> float:
     """How long after a round's start the next one starts: ``load.poll_interval_s`` while
     anything is going on, LOAD_IDLE_POLL_FACTOR times that while nothing is. Nothing is going
@@ -65,20 +65,20 @@ def next_round_s(
     finished there since its sample ``before`` this round (the store's; its TTFT count did
     not move: short requests from other gateways leave the gauges at 0 between scrapes),
     none has a request of this worker in flight, and this worker proxied none over the round
-    (``proxied``). A scrape that failed, or a reading without queue figures (a regional
-    gateway's /load), counts as something going on. The idle wait is at most half of
+    (else ``busy``). A scrape that failed, or a reading without queue figures (a regional
+    gateway's /load) or without a TTFT count (a server that exports none: requests could come
+    and go unseen), counts as something going on. The idle wait is at most half of
     ``load.max_age_s`` and leaves a scrape's timeout before the last sample expires (a sample
     is refreshed before it expires unless a scrape times out), and never shorter than the
     configured interval."""
     fast = cfg.poll_interval_s
-    if proxied or any(in_flight.values()):
+    if busy or any(in_flight.values()):
         return fast
     for r, b in zip(readings, before, strict=True):
-        if r is None or r.queue_depth is None or r.running is None:
+        # != 0 holds for None too: a figure the reading lacks is not known to be idle.
+        if r is None or r.queue_depth != 0 or r.running != 0:
             return fast
-        if r.queue_depth > 0 or r.running > 0:
-            return fast
-        if b is None or r.ttft_count != b.ttft_count:
+        if b is None or r.ttft_count is None or r.ttft_count != b.ttft_count:
             return fast
     slow = min(
         LOAD_IDLE_POLL_FACTOR * fast, cfg.max_age_s / 2, cfg.max_age_s - scrape_timeout_s(cfg)

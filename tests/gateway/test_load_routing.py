@@ -60,7 +60,7 @@ def _reading(
     return LoadReading(queue_depth=queue, running=running, ttft_count=done)
 
 
-def _sample(done: float = 7.0) -> LoadState:
+def _sample(done: float | None = 7.0) -> LoadState:
     """What the store kept from the last round: its TTFT count."""
     return LoadState(at=0.0, queue_depth=0.0, ttft_ms=None, ttft_sum_s=0.1, ttft_count=done)
 
@@ -74,10 +74,10 @@ def test_polls_slow_down_only_while_nothing_at_all_is_going_on() -> None:
         now: Sequence[LoadReading | None],
         before: Sequence[LoadState | None] = kept,
         in_flight: Mapping[str, int] | None = None,
-        proxied: bool = False,
+        busy: bool = False,
     ) -> float:
         flight = {"a": 0, "b": 0} if in_flight is None else in_flight
-        return next_round_s(cfg, now, before, flight, proxied)
+        return next_round_s(cfg, now, before, flight, busy)
 
     assert wait(idle) == 1.0  # 4x: an idle worker
     # Any sign of work keeps the short interval: a queue forming is seen within 0.25 s.
@@ -85,13 +85,16 @@ def test_polls_slow_down_only_while_nothing_at_all_is_going_on() -> None:
     assert wait([_reading(running=2), _reading()]) == 0.25
     assert wait([_reading(), _reading(done=8)]) == 0.25  # a request finished there meanwhile
     assert wait(idle, in_flight={"a": 1}) == 0.25  # ours in flight
-    assert wait(idle, proxied=True) == 0.25  # we proxied one since the last round
+    assert wait(idle, busy=True) == 0.25  # we proxied one since the last round
     # Not known to be idle: a failed scrape, or a regional gateway's /load (no queue figures),
     # or no sample before this one to compare with (the first round, a new upstream).
     assert wait([_reading(), None]) == 0.25
     assert wait([_reading(queue=None), _reading()]) == 0.25
     assert wait([LoadReading(ttft_ms=120.0), _reading()]) == 0.25
     assert wait(idle, before=[_sample(), None]) == 0.25
+    # No TTFT count (a server that exports none, as TGI): requests may come and go unseen.
+    unseen = LoadReading(queue_depth=0.0, running=0.0)
+    assert wait([unseen, _reading()], before=[_sample(done=None), _sample()]) == 0.25
 
 
 def test_an_idle_round_leaves_a_scrape_s_timeout_before_a_sample_expires() -> None:
@@ -100,13 +103,13 @@ def test_an_idle_round_leaves_a_scrape_s_timeout_before_a_sample_expires() -> No
     # 4 x 0.4 s would leave the last sample 0.4 s to live when the next scrape begins, less
     # than that scrape's 1 s timeout: the idle wait stops at max_age_s - 1 s.
     cfg = LoadSection(poll_interval_s=0.4, max_age_s=2.0)
-    assert next_round_s(cfg, idle, kept, {}, proxied=False) == 1.0
+    assert next_round_s(cfg, idle, kept, {}, busy=False) == 1.0
     short = LoadSection(poll_interval_s=0.1, max_age_s=1.5)
-    assert next_round_s(short, idle, kept, {}, proxied=False) == 0.4  # 4 x 0.1 fits
+    assert next_round_s(short, idle, kept, {}, busy=False) == 0.4  # 4 x 0.1 fits
     tight = LoadSection(poll_interval_s=0.2, max_age_s=1.5)  # 0.8 s would leave only 0.7
-    assert next_round_s(tight, idle, kept, {}, proxied=False) == 0.5
+    assert next_round_s(tight, idle, kept, {}, busy=False) == 0.5
     slow = LoadSection(poll_interval_s=1.5, max_age_s=2.0)  # never below the configured pace
-    assert next_round_s(slow, idle, kept, {}, proxied=False) == 1.5
+    assert next_round_s(slow, idle, kept, {}, busy=False) == 1.5
 
 
 def test_an_idle_gateway_polls_its_idle_backend_slower_and_speeds_up_with_traffic(

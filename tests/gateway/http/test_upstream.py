@@ -30,7 +30,7 @@ class FakeAttempts:
     run_s = 0.0
     cancelled = 0
 
-    def __init__(self, rt: Any, ex: Any, send: Any) -> None:
+    def __init__(self, rt: Any, ex: Any, send: Any, task: Any) -> None:
         pass
 
     async def run(self) -> int:
