@@ -25,7 +25,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
 
-CLOCKS = ("stream", "random", "lockstep")  # SimConfig.clock
+# SimConfig.clock: whose clock paces the tokens (tokens_per_s > 0), and what it stands for.
+CLOCKS = {
+    "stream": "each stream's own clock from its start (streams started together stay together)",
+    "random": "each stream's own clock, started a random share of a token interval late "
+    "(streams that arrive at random times)",
+    "lockstep": "one clock for all streams (a model server's decode steps: with continuous "
+    "batching, vLLM's and TGI's, every running sequence gets its next token in the same pass)",
+}
 WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
 
 
@@ -46,16 +53,16 @@ class SimConfig:
     # Put the emission time (time.time()) in an SSE comment line before each event: clients
     # ignore comments, and a test on the same machine can compare emission with arrival.
     stamp: bool = False
-    # Whose clock paces the tokens (tokens_per_s > 0). "stream": each stream's own, from its
-    # start, so streams started together keep their tokens together. "random": each stream's
-    # own, started a random share of one token interval late, as streams that arrive at random
-    # times. "lockstep": one clock for all, as a model server's decode steps: with continuous
-    # batching (vLLM, TGI) every running sequence gets its next token in the same forward pass.
-    clock: str = "stream"
+    clock: str = "stream"  # one of CLOCKS
 
     def __post_init__(self) -> None:
+        """Knobs that would break streams mid-answer (a lockstep step of 1/inf) are refused."""
         if self.clock not in CLOCKS:
             raise ValueError(f"clock: one of {', '.join(CLOCKS)}, not {self.clock!r}")
+        for knob in ("ttft_ms", "tokens_per_s", "delay_ms"):
+            value = getattr(self, knob)
+            if not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"{knob}: a finite number of at least 0, not {value!r}")
 
 
 @dataclass
@@ -95,7 +102,9 @@ class SimBackend:
         self.stats = SimStats()
         self.metrics = _Metrics()
         self.rng = random.Random(cfg.seed)
-        self.phase_rng = random.Random(cfg.seed)  # the random clock's offsets
+        # The random clock's offsets, from a generator of their own (a seeded run's errors stay
+        # put) and seeded apart from the other one.
+        self.phase_rng = random.Random(None if cfg.seed is None else cfg.seed + 1)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._seen])
@@ -159,11 +168,10 @@ class SimBackend:
             return _error(
                 400, f"knobs: {', '.join(sorted(allowed))}", "invalid_request_error", "bad_knob"
             )
-        if changes.get("clock", "stream") not in CLOCKS:
-            return _error(
-                400, f"clock: one of {', '.join(CLOCKS)}", "invalid_request_error", "bad_knob"
-            )
-        self.cfg = replace(self.cfg, **changes)
+        try:
+            self.cfg = replace(self.cfg, **changes)
+        except ValueError as exc:  # SimConfig's own check
+            return _error(400, str(exc), "invalid_request_error", "bad_knob")
         return web.json_response({k: getattr(self.cfg, k) for k in allowed})
 
     async def echo(self, request: web.Request) -> web.Response:

@@ -29,8 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "--clock",
         choices=CLOCKS,
         default="stream",
-        help="what paces tokens: each stream's clock from its start, the same started a random"
-        " share of a token interval late, or one clock for all (a model server's decode steps)",
+        help="what paces tokens: " + "; ".join(f"{k}: {v}" for k, v in CLOCKS.items()),
     )
     s.add_argument("--delay-ms", type=float, default=0.0, help="added network delay")
     s.add_argument("--error-rate", type=float, default=0.0, help="share answered in error")
@@ -52,7 +51,19 @@ def main(argv: Sequence[str]) -> None:
     if args.backlog < 1:
         print("geogate: --backlog must be at least 1", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    cfg = SimConfig(
+    try:
+        cfg = _config(args)
+    except ValueError as exc:  # SimConfig's own check: one line, as argparse's
+        print(f"geogate: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        run(cfg, args.host, args.port, backlog=args.backlog)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
         region=args.region,
         models=tuple(args.model or ["sim-model"]),
         ttft_ms=args.ttft_ms,
@@ -68,7 +79,3 @@ def main(argv: Sequence[str]) -> None:
         name=args.name,
         stamp=args.stamp,
     )
-    try:
-        run(cfg, args.host, args.port, backlog=args.backlog)
-    except KeyboardInterrupt:
-        sys.exit(130)

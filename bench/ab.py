@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 
 from backend.sim import CLOCKS  # noqa: E402
 from bench.overhead import (  # noqa: E402
-    CLOCK_WHAT,
     MODEL,
     PACED_TOKENS_PER_S,
     PACED_TTFT_MS,
@@ -63,42 +62,45 @@ from bench.proc_cpu import (  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
-CLOCK_HELP = "streaming: the sim-backend's token clock (sim-backend --help)"
-
-
-GEOGATE_TARGET = re.compile(r"geogate(@[^%]+)?(%.+)?")
+GEOGATE_TARGET = re.compile(r"geogate(?:@(?P<tree>[^%]+))?(?:%(?P<python>.+))?")
 
 
 def geogate_target(target: str) -> tuple[Path, str | None]:
-    """``geogate[@TREE][%PYTHON]``: the source tree it runs from (this one by default) and the
-    interpreter that runs it (None: this one), as an absolute path (the target starts in
-    TREE), not resolved (a venv's python is a link that must stay one)."""
-    where, _, python = target.partition("%")
-    tree = Path(where.partition("@")[2] or ROOT).resolve()
-    return tree, os.path.abspath(python) if python else None
+    """``geogate[@TREE][%PYTHON]`` (a name check_targets let through): the source tree it runs
+    from (this one by default) and the interpreter that runs it (None: this one), as an
+    absolute path (the target starts in TREE), not resolved (a venv's python is a link that
+    must stay one)."""
+    m = GEOGATE_TARGET.fullmatch(target)
+    assert m is not None, target
+    python = m["python"]
+    return Path(m["tree"] or ROOT).resolve(), os.path.abspath(python) if python else None
 
 
 def interpreters(targets: list[str]) -> dict[str, str]:
     """Each geogate target's Python version, for the results, asked of its interpreter as the
-    target will run it (its tree first on the path): one that cannot import geogate fails
-    here, before anything is measured."""
+    target will run it (its tree first on the path). Raises OSError, before anything is
+    measured, for one that cannot import the server, or that imports it from elsewhere than
+    its tree (a tree without geogate: the venv's editable install would stand in for it)."""
+    ask = "import gateway.server as g, platform; print(platform.python_version(), g.__file__)"
     out = {}
     for t in targets:
         if t.startswith("geogate"):
             tree, python = geogate_target(t)
-            ask = [
-                python or sys.executable,
-                "-c",
-                "import gateway.server, platform; print(platform.python_version())",
-            ]
             env = {**os.environ, "PYTHONPATH": str(tree)}
             done = subprocess.run(
-                ask, capture_output=True, text=True, cwd=tree, env=env, timeout=60
+                [python or sys.executable, "-c", ask],
+                capture_output=True,
+                text=True,
+                cwd=tree,
+                env=env,
+                timeout=60,
             )
             if done.returncode != 0:
-                why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise OSError(f"{t}: {why}")
-            out[t] = done.stdout.strip()
+                raise OSError(f"{t}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+            version, _, where = done.stdout.strip().partition(" ")
+            if not Path(where).resolve().is_relative_to(tree):
+                raise OSError(f"{t}: its interpreter imports geogate from {where}, not {tree}")
+            out[t] = version
     return out
 
 
@@ -124,6 +126,13 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
 
 
 Ports = dict[str, tuple[int, list[int]]]  # target -> (its port, its process tree)
+
+
+def check_positive(ap: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """Each named option above 0 (else argparse's one line, before anything starts)."""
+    for name in names:
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
 
 
 def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
@@ -228,15 +237,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=TOKENS, help="per answer (streaming: paced)")
     ap.add_argument("--window", type=float, default=8.0, help="streaming: seconds per round")
     ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming")
-    ap.add_argument("--clock", choices=CLOCKS, default="stream", help=CLOCK_HELP)
+    ap.add_argument("--clock", choices=CLOCKS, default="stream", help="streaming: the sim's")
     ap.add_argument(
         "--idle", type=float, default=10.0, help="seconds each proxy's idle CPU is read for"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
     targets = check_targets(ap, args.targets)
+    check_positive(ap, args, "rounds", "requests", "conc", "tokens", "window", "tokens_per_s")
+    check_positive(ap, args, "idle")
     try:  # before any measuring: an interpreter that cannot run fails here, in one line
-        args.python = interpreters(targets)
+        versions = interpreters(targets)
     except (OSError, subprocess.TimeoutExpired) as exc:
         ap.error(f"a geogate target's interpreter did not run: {exc}")
     # Per target, each round's (ticks µs, nanoseconds µs or None, requests/s).
@@ -267,14 +278,14 @@ def main() -> None:
         ]
         for t, rs in rounds.items()
     }
-    report(args, targets, per_round, busy, idle, idle_fine, rates, fine)
+    report(args, targets, per_round, busy, idle, idle_fine, rates, fine, versions)
 
 
 def what(args: argparse.Namespace) -> str:
     if args.mode == "streaming":
         return (
             f"Paced streams (first token after {PACED_TTFT_MS} ms, then {args.tokens} at "
-            f"{args.tokens_per_s:g} tokens/s on {CLOCK_WHAT[args.clock]}), "
+            f"{args.tokens_per_s:g} tokens/s on {CLOCKS[args.clock]}), "
             f"HTTP/1.1, c = {args.conc}, a {args.window:g} s window per target per round "
             "(bench/paced_load.py): µs of CPU per stream"
         )
@@ -293,6 +304,7 @@ def report(
     idle_fine: bool,
     rates: dict[str, list[float]],
     fine: bool,
+    versions: dict[str, str],
 ) -> None:
     medians = {t: statistics.median(v) for t, v in per_round.items()}
     busy_medians = {t: statistics.median(v) for t, v in busy.items()}
@@ -339,7 +351,7 @@ def report(
         "requests_per_s_per_round": rates,
         "clock": "schedstat ns" if fine else "ticks",
         "idle_clock": "schedstat ns" if idle_fine else "ticks",
-        "python": args.python,
+        "python": versions,
     }
     if any("%" in t for t in targets):
         versions = ", ".join(f"{t}: Python {v}" for t, v in doc["python"].items())

@@ -3,17 +3,18 @@
 
 One sim-backend, and one gateway per source tree given (``--tree LABEL=PATH``, default the
 repository itself), each in bench/overhead.py's benchmark config (``gateway_conf``: one
-upstream, access log on, a GeoIP database; the default engine). All of them idle side by
-side, so a before/after pair is read in the same windows on the same machine: the trees'
-gateways share CPU 0, the backend CPU 1 (bench/overhead_cells.pinned), and nothing is sent
-to them but what they do on their own (health probes, load polls, the dashboard's sampler,
-the access log's flush task, timers).
+upstream, access log on, a GeoIP database; ``--engine``, uvicorn by default). All of them
+idle side by side, so a before/after pair is read in the same windows on the same machine:
+the trees' gateways share CPU 0, the backend CPU 1 (bench/overhead_cells.pinned), and
+nothing is sent to them but what they do on their own (health probes, load polls, the
+dashboard's sampler, the access log's flush task, timers).
 
 Each window of ``--seconds`` reads utime + stime of every process of each tree from /proc
 (bench/proc_cpu.py) before and after; clock ticks are 10 ms, so a window's figure is good to
 one tick per process over its length (0.5 ms/s per process over 20 s). Each window also
 sums /proc/PID/task/*/schedstat (nanoseconds of every live thread; a kernel without
-schedstats reports zeros, and then that column says 0): the finer figure when it is there.
+schedstats reports zeros, and a thread that ended mid-window leaves no figure: then that
+column says 0): the finer figure when it is there.
 ``--runs`` windows
 show the noise: the table gives each window and the median. With ``--profile S``, py-spy then
 samples each gateway for S seconds (idle threads left out, so the samples are the work) and

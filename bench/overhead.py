@@ -117,13 +117,6 @@ MODEL = "bench-model"
 TOKENS = 16
 PACED_TTFT_MS = 20.0  # see the module docstring for both pacing values
 PACED_TOKENS_PER_S = 50.0
-# The sim-backend's token clocks (backend.sim.SimConfig.clock), as results describe them.
-CLOCK_WHAT = {
-    "stream": "each stream's own clock from its start (streams started together stay together)",
-    "random": "each stream's own clock, started a random share of a token interval late "
-    "(streams that arrive at random times)",
-    "lockstep": "one clock for all streams (a model server's decode steps)",
-}
 CONCURRENCY = (1, 16, 128)
 MODES = ("non-streaming", "streaming")
 PROTOS = ("h1", "h2c")

@@ -75,6 +75,13 @@ def frame(chunk: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(chunk), chunk)
 
 
+def bind_loop(rt: Any) -> None:
+    """Give geogate's runtime the running loop as its lifespan does (trees from round nine on:
+    older runtimes have no ``loop``; the floor has no runtime, None)."""
+    if hasattr(rt, "loop"):
+        rt.loop, rt.loop_thread = asyncio.get_running_loop(), threading.get_ident()
+
+
 def request_body(tokens: int) -> bytes:
     """The proxied request: BODY, asking for a stream when ``tokens``."""
     return json.dumps({**json.loads(BODY), "stream": True}).encode() if tokens else BODY
@@ -199,9 +206,7 @@ async def _measure(requests: int, tokens: int) -> float:
     work = Path(tempfile.mkdtemp(prefix="geogate-own-path-"))
     app: Any = create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
     app.proxy.rt.session = FakeClient(tokens)  # app.proxy: the stream gate; .rt: its runtime
-    if hasattr(app.proxy.rt, "loop"):  # as the lifespan sets it (trees from round nine on)
-        app.proxy.rt.loop = asyncio.get_running_loop()
-        app.proxy.rt.loop_thread = threading.get_ident()
+    bind_loop(app.proxy.rt)
     for handler in access_log.handlers:
         handler.setStream((work / "access.log").open("w"))  # type: ignore[attr-defined]
     seen: dict[str, int] = {"200": 0, "bytes": 0}

@@ -14,7 +14,8 @@ samples over all its windows, each standing for 1/SAMPLE_HZ s of CPU, over the s
 ended in them, give µs per stream, by binary. ``--tokens`` sets the chunks per stream.
 
   .venv/bin/python bench/perf_split.py --targets nginx,floor-pipe-parse,floor-h1,geogate \
-      [--tokens 64] [--window 8] [--rounds 3] [--out bench/results/perf_split]
+      [--tokens 64] [--tokens-per-s 50] [--clock stream|random|lockstep] [--conc 16] \
+      [--window 8] [--rounds 3] [--keep DIR] [--out bench/results/perf_split]
 
 Needs ``perf`` (Debian's linux-perf) and a kernel that lets this user sample the processes
 (perf_event_paranoid, or root). Writes OUT.md and OUT.json.
@@ -40,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.sim import CLOCKS  # noqa: E402
-from bench.ab import check_targets, geogate_trees, in_turn, rig  # noqa: E402
-from bench.overhead import CLOCK_WHAT, PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
+from bench.ab import check_positive, check_targets, geogate_trees, in_turn, rig  # noqa: E402
+from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
 from bench.overhead_cells import WARMUP_S, paced, run_loop  # noqa: E402
 from bench.paced_load import run_paced  # noqa: E402
 from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu  # noqa: E402
@@ -192,9 +193,8 @@ def measure(
         args.keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(data, args.keep / data.name)
     window: collections.Counter[str] = collections.Counter()
-    for n, dso, _ in shares(data, "dso"):
+    for n, dso, sym in shares(data, "dso,sym"):  # summed by binary: the same as a dso report
         window[group(dso)] += n
-    for n, dso, sym in shares(data, "dso,sym"):
         tally.symbols[(dso, sym)] += n
     tally.parts.update(window)
     tally.counts.update(counts(errs[1]))
@@ -236,8 +236,7 @@ def main() -> None:
     if shutil.which("perf") is None:
         raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
     targets = check_targets(ap, args.targets)
-    if args.rounds < 1:
-        ap.error("--rounds 1 or more")
+    check_positive(ap, args, "rounds", "window", "conc", "tokens", "tokens_per_s")
     tallies = {t: Tally() for t in targets}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -267,7 +266,7 @@ def report(
         "",
         f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for a "
         f"{args.window:g} s window of paced streams ({args.tokens} tokens at "
-        f"{args.tokens_per_s:g}/s on {CLOCK_WHAT[args.clock]}, first after {PACED_TTFT_MS} ms, "
+        f"{args.tokens_per_s:g}/s on {CLOCKS[args.clock]}, first after {PACED_TTFT_MS} ms, "
         f"HTTP/1.1, c = {args.conc}), "
         f"after a warm-up window; {args.rounds} window(s) per target, the targets taking "
         "turns, one at a time; proxy on CPU 0, sim-backend and load on CPU 1. Each sample "

@@ -10,7 +10,8 @@ samples. py-spy sees Python frames only: time in granian's Rust threads outside 
 difference between the process CPU and the sampled share, reported as such.
 
 Run: .venv/bin/python bench/profile.py [--mode non-streaming|streaming] [--conc 16]
-     [--duration 6] [--lean] [--label before]   (needs py-spy: pip install py-spy)
+     [--tokens 16] [--tokens-per-s 50] [--duration 6] [--lean] [--label before]
+     (needs py-spy: pip install py-spy)
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ so every stream is open and idle while it is measured. Two runs, both measured f
           that on SIGUSR1 writes a tracemalloc snapshot and a histogram of live objects by
           type (gc.get_objects). The idle and loaded snapshots give the Python heap per stream
           by file, by line and by object type. Nothing in the gateway knows about it.
-Native per stream ~ plain RSS per stream - traced Python heap per stream (granian, allocators).
+Native per stream ~ plain RSS per stream - traced Python heap per stream (the server's native
+state, allocators).
 --target floor-asgi / floor-rsgi measures bench/floor_proxy.py instead: the stack's own share.
 
 Writes bench/results/stream_memory.{md,json} (or --out PREFIX).

@@ -46,12 +46,11 @@ import json  # noqa: E402
 import pstats  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.own_path import ANSWER, events, frame, request_body  # noqa: E402
+from bench.own_path import ANSWER, bind_loop, events, frame, request_body  # noqa: E402
 from bench.turns import parse_trees, take_turns, turns_table  # noqa: E402
 
 REQUEST = (
@@ -228,9 +227,7 @@ async def _run(args: argparse.Namespace, app: Any) -> float:
     from gateway.h1 import capped
 
     loop = asyncio.get_running_loop()
-    rt = getattr(getattr(app, "proxy", None), "rt", None)  # geogate's runtime; the floor has none
-    if hasattr(rt, "loop"):  # as the lifespan sets it (trees from round nine on)
-        rt.loop, rt.loop_thread = loop, threading.get_ident()
+    bind_loop(getattr(getattr(app, "proxy", None), "rt", None))  # the floor has no runtime
     _fake_upstreams(args.tokens)
     # As gateway/server.py runs uvicorn: no proxy-header middleware, no Server header.
     config = uvicorn.Config(

@@ -76,6 +76,30 @@ def test_an_interpreter_without_geogates_dependencies_is_refused_up_front(tmp_pa
     bare.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
     bare.chmod(0o755)
     cmd = [sys.executable, str(ROOT / "bench" / "ab.py"), "--targets", f"nginx,geogate%{bare}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "ab")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert "No module named" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--targets", "nginx,geogate@{tmp}"], "imports geogate from"),  # no geogate in that tree
+        (["--targets", "nginx", "--rounds", "0"], "--rounds must be above 0, not 0"),
+        (["--targets", "nginx", "--idle", "-1"], "--idle must be above 0, not -1.0"),
+        (["--targets", "nginx", "--window", "0"], "--window must be above 0, not 0.0"),
+    ],
+)
+def test_a_bad_option_or_an_empty_tree_is_one_line_before_anything_starts(
+    tmp_path: Path, args: list[str], why: str
+) -> None:
+    empty = tmp_path / "tree"
+    empty.mkdir()
+    cmd = [sys.executable, str(ROOT / "bench" / "ab.py"), "--out", str(tmp_path / "ab")]
+    cmd += [a.replace("{tmp}", str(empty)) for a in args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert why in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "ab.md").exists()
