@@ -195,6 +195,16 @@ def geogate_trees(targets: list[str]) -> dict[str, str]:
     return {t: str(geogate_target(t)[0]) for t in targets if t.startswith("geogate@")}
 
 
+def requests(url: str, body: Path, n: int, conc: int) -> None:
+    """``n`` non-streaming requests of ``body`` to ``url``, ``conc`` at a time (h2load over
+    HTTP/1.1, on the load CPU); exits, in one line, unless every one succeeded."""
+    cmd = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
+    cmd += [str(body), "-H", "content-type: application/json", url]
+    out = subprocess.run(pinned(LOAD_CPU, cmd), capture_output=True, text=True, timeout=300)
+    if f"{n} succeeded" not in out.stdout:
+        raise SystemExit(f"h2load against {url}: not all {n} requests succeeded")
+
+
 def one_round(
     port: int, tree: list[int], body: Path, args: argparse.Namespace
 ) -> tuple[float, float | None, float]:
@@ -211,16 +221,12 @@ def one_round(
             None if fine_ms is None else fine_ms * 1000,
             row.rps,
         )
-    n, conc = args.requests, args.conc
+    n = args.requests
     before = read_cpu(tree)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    cmd = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
-    cmd += [str(body), "-H", "content-type: application/json", url]
     t0 = time.perf_counter()
-    out = subprocess.run(pinned(LOAD_CPU, cmd), capture_output=True, text=True, timeout=300)
+    requests(url, body, n, args.conc)
     took = time.perf_counter() - t0
-    if f"{n} succeeded" not in out.stdout:
-        raise SystemExit(f"h2load against port {port}: not all {n} requests succeeded")
     after = read_cpu(tree)
     fine = fine_between(before, after)
     ticks = cpu_between(before, after)[0] / n * 1e6

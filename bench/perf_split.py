@@ -15,7 +15,11 @@ ended in them, give µs per stream, by binary. ``--tokens`` sets the chunks per 
 
   .venv/bin/python bench/perf_split.py --targets nginx,floor-pipe-parse,floor-h1,geogate \
       [--tokens 64] [--tokens-per-s 50] [--clock stream|random|lockstep] [--conc 16] \
-      [--window 8] [--rounds 3] [--keep DIR] [--out bench/results/perf_split]
+      [--window 8] [--rounds 3] [--keep DIR] [--py-frames] [--out bench/results/perf_split]
+
+``--py-frames`` also splits each geogate target's CPU by Python function (bench/perf_frames.py):
+its targets must run on CPython 3.12 or later (``geogate%/path/to/python3.12``), which it
+runs with ``-X perf``, and perf records call chains.
 
 Needs ``perf`` (Debian's linux-perf) and a kernel that lets this user sample the processes
 (perf_event_paranoid, or root). Writes OUT.md and OUT.json.
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,15 +46,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.sim import CLOCKS  # noqa: E402
-from bench.ab import check_positive, check_targets, geogate_trees, in_turn, rig  # noqa: E402
+from bench import perf_frames  # noqa: E402
+from bench.ab import (  # noqa: E402
+    check_positive,
+    check_targets,
+    geogate_trees,
+    in_turn,
+    requests,
+    rig,
+)
 from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
-from bench.overhead_cells import WARMUP_S, paced, run_loop  # noqa: E402
+from bench.overhead_cells import WARMUP_S, run_loop  # noqa: E402
 from bench.paced_load import run_paced  # noqa: E402
 from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
 
 SAMPLE_HZ = 1999  # a sample per 0.5 ms of CPU: a 16-token stream's ~1 ms gets two
 TOP_SYMBOLS = 12
+REPORT_ARGS = ("-g", "none")  # flat: a recording with call chains (--py-frames) has them too
 # perf's DSO names, grouped: what each part of the stack is.
 GROUPS = (
     ("[kernel", "kernel (system calls, TCP, scheduling)"),
@@ -103,20 +117,21 @@ def _open_control(fifo: Path, proc: subprocess.Popen[bytes], target: str) -> int
             time.sleep(0.05)
 
 
-def counts(text: str) -> dict[str, float]:
+def counts(text: str, events: tuple[str, ...] = COUNTS) -> dict[str, float]:
     """``perf stat -x,``'s lines: value,unit,event,..."""
     found = {}
     for line in text.splitlines():
         f = line.split(",")
-        if len(f) > 2 and f[2] in COUNTS and f[0].replace(".", "").isdigit():
+        if len(f) > 2 and f[2] in events and f[0].replace(".", "").isdigit():
             found[f[2]] = float(f[0])
     return found
 
 
 def shares(data: Path, sort: str) -> list[tuple[int, str, str]]:
     """(samples, dso, symbol) rows of ``perf report`` sorted by ``sort``."""
+    cmd = ["perf", "report", "-i", str(data), "--stdio", "-n", "--no-children", *REPORT_ARGS]
     out = subprocess.run(
-        ["perf", "report", "-i", str(data), "--stdio", "-n", "--no-children", "--sort", sort],
+        [*cmd, "--sort", sort],
         capture_output=True,
         text=True,
         timeout=300,
@@ -142,26 +157,31 @@ class Tally:
     symbols: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     rounds_us: list[float] = field(default_factory=list)  # each window's µs per stream
+    # --py-frames: samples by (innermost Python function, kind of leaf)
+    frames: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
 
 def measure(
     target: str,
     port: int,
     pids: list[int],
-    body: bytes,
+    body: Path,
     args: argparse.Namespace,
     work: Path,
     tally: Tally,
 ) -> None:
-    """One window of paced streams through ``target`` with perf attached, added to ``tally``."""
+    """One window of load through ``target`` with perf attached, added to ``tally``."""
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     name = f"{target.replace('/', '_')}.{len(tally.rounds_us)}"
     data, fifos = work / f"{name}.perf", [work / f"{name}.rec.ctl", work / f"{name}.stat.ctl"]
     for f in fifos:
         os.mkfifo(f)
     sample = ["record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-o", str(data)]
+    py_frames = target in args.frame_targets
+    if py_frames:
+        sample += perf_frames.RECORD_ARGS
     rec = perf(sample, pids, fifos[0])
-    stat = perf(["stat", "-x,", "-e", ",".join(COUNTS)], pids, fifos[1])
+    stat = perf(["stat", "-x,", "-e", ",".join(args.counts)], pids, fifos[1])
     try:
         ctl = [_open_control(f, p, target) for f, p in zip(fifos, (rec, stat), strict=True)]
     except SystemExit:
@@ -177,7 +197,7 @@ def measure(
 
     try:
         time.sleep(0.5)  # perf attached to every process
-        res = run_loop(run_paced(url, "h1", args.conc, body, WARMUP_S, args.window, marks))
+        done = load_window(url, body, args, marks)
     finally:
         for fd in ctl:
             os.close(fd)
@@ -186,27 +206,49 @@ def measure(
     errs = [p.communicate(timeout=60)[1].decode(errors="replace") for p in (rec, stat)]
     if not data.exists() or len(cpu) != 2:
         raise SystemExit(f"perf record failed for {target}: {errs[0]}")
-    done = res.completed_in_window
-    if sum(res.failures.values()) or not done:
-        raise SystemExit(f"streams through {target}: failures {dict(res.failures)}")
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(data, args.keep / data.name)
     window: collections.Counter[str] = collections.Counter()
+    if py_frames:
+        tally.frames.update(perf_frames.tally(perf_frames.script(data)))
     for n, dso, sym in shares(data, "dso,sym"):  # summed by binary: the same as a dso report
         window[group(dso)] += n
         tally.symbols[(dso, sym)] += n
     tally.parts.update(window)
-    tally.counts.update(counts(errs[1]))
+    tally.counts.update(counts(errs[1], args.counts))
     tally.streams += done
     fine = fine_between(cpu[0], cpu[1])
     tally.proc_s += cpu_between(cpu[0], cpu[1])[0] if fine is None else fine
     tally.rounds_us.append(round(sum(window.values()) * 1e6 / SAMPLE_HZ / done, 1))
 
 
+def load_window(url: str, body: Path, args: argparse.Namespace, marks: Callable[[], None]) -> int:
+    """One window of load, ``marks()`` at both ends: paced streams for ``--window`` s, or
+    ``--requests`` non-streaming requests (h2load). Returns how many ended in the window."""
+    if args.mode == "streaming":
+        run = run_paced(url, "h1", args.conc, body.read_bytes(), WARMUP_S, args.window, marks)
+        res = run_loop(run)
+        done = res.completed_in_window
+        if sum(res.failures.values()) or not done:
+            raise SystemExit(f"streams through {url}: failures {dict(res.failures)}")
+        return done
+    marks()
+    requests(url, body, args.requests, args.conc)
+    marks()
+    return int(args.requests)
+
+
 def summary(t: Tally) -> dict[str, Any]:
     per_sample = 1e6 / SAMPLE_HZ / t.streams  # µs of CPU per stream that one sample stands for
+    frames = {}
+    if t.frames:
+        frames = {
+            "by_function": perf_frames.by_function(t.frames, per_sample),
+            "by_layer": perf_frames.by_layer(t.frames, per_sample),
+        }
     return {
+        **frames,
         "us_per_stream": round(sum(t.parts.values()) * per_sample, 1),
         "us_per_stream_proc": round(t.proc_s / t.streams * 1e6, 1),
         "streams": t.streams,
@@ -230,27 +272,47 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per window")
     ap.add_argument("--rounds", type=int, default=1, help="windows per target, taking turns")
     ap.add_argument("--conc", type=int, default=16)
+    ap.add_argument(
+        "--events",
+        default="",
+        help="more perf stat events to count per stream, comma-separated "
+        "(syscalls:sys_enter_epoll_pwait: the event loop's wake-ups)",
+    )
+    ap.add_argument("--mode", choices=("streaming", "non-streaming"), default="streaming")
+    ap.add_argument(
+        "--requests", type=int, default=20000, help="non-streaming: requests per window"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf_split")
     ap.add_argument("--keep", type=Path, help="copy each window's perf.data into this folder")
+    ap.add_argument(
+        "--py-frames",
+        action="store_true",
+        help="split geogate targets by Python function (they must run on CPython 3.12+)",
+    )
     args = ap.parse_args()
     if shutil.which("perf") is None:
         raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
     targets = check_targets(ap, args.targets)
-    check_positive(ap, args, "rounds", "window", "conc", "tokens", "tokens_per_s")
+    check_positive(ap, args, "rounds", "window", "conc", "tokens", "tokens_per_s", "requests")
+    args.counts = COUNTS + tuple(e for e in args.events.split(",") if e and e not in COUNTS)
+    args.frame_targets = sorted(perf_frames.frame_targets(ap, targets)) if args.py_frames else []
+    if args.py_frames:
+        os.environ[perf_frames.PERF_SUPPORT_ENV] = "1"  # the targets' interpreters: `-X perf`
     tallies = {t: Tally() for t in targets}
+    streaming = args.mode == "streaming"
     with (
         tempfile.TemporaryDirectory() as tmp,
-        rig(targets, True, args.tokens, args.tokens_per_s, args.clock) as (body_file, ports),
+        rig(targets, streaming, args.tokens, args.tokens_per_s, args.clock) as (body, ports),
     ):
-        work, body = Path(tmp), body_file.read_bytes()
-        for target, (port, pids) in ports.items():  # warm-up, one window each
-            url = f"http://127.0.0.1:{port}/v1/chat/completions"
-            row = paced(url, body, "h1", args.conc, args.window, pids, [])
-            if row.failed or not row.rps:
-                raise SystemExit(f"streams through {target}: {row.failed} failed ({row.failures})")
+        work = Path(tmp)
+        for port, _pids in ports.values():  # warm-up, one window each
+            load_window(f"http://127.0.0.1:{port}/v1/chat/completions", body, args, lambda: None)
         for r in range(args.rounds):
             for target, (port, pids) in in_turn(ports, r):
                 measure(target, port, pids, body, args, work, tallies[target])
+        maps = [Path(f"/tmp/perf-{pid}.map") for _port, pids in ports.values() for pid in pids]
+    for m in maps:  # what `-X perf` leaves behind, once perf has read it
+        m.unlink(missing_ok=True)
     report(args, targets, {t: summary(tallies[t]) for t in targets})
 
 
@@ -261,17 +323,31 @@ def report(
         {g for r in results.values() for g in r["us_by_part"]},
         key=lambda g: -max(r["us_by_part"].get(g, 0) for r in results.values()),
     )
+    if args.mode == "streaming":
+        unit, window = (
+            "stream",
+            (
+                f"a {args.window:g} s window of paced streams ({args.tokens} tokens at "
+                f"{args.tokens_per_s:g}/s on {CLOCKS[args.clock]}, first after {PACED_TTFT_MS} ms, "
+                f"HTTP/1.1, c = {args.conc})"
+            ),
+        )
+    else:
+        unit, window = (
+            "request",
+            (
+                f"a window of {args.requests} non-streaming requests (h2load, HTTP/1.1, "
+                f"c = {args.conc}, {args.tokens} tokens each)"
+            ),
+        )
     lines = [
-        "# CPU per paced stream by binary (bench/perf_split.py)",
+        f"# CPU per {unit} by binary (bench/perf_split.py)",
         "",
-        f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for a "
-        f"{args.window:g} s window of paced streams ({args.tokens} tokens at "
-        f"{args.tokens_per_s:g}/s on {CLOCKS[args.clock]}, first after {PACED_TTFT_MS} ms, "
-        f"HTTP/1.1, c = {args.conc}), "
+        f"`perf record -e cpu-clock -F {SAMPLE_HZ}` on each proxy's processes for {window}, "
         f"after a warm-up window; {args.rounds} window(s) per target, the targets taking "
         "turns, one at a time; proxy on CPU 0, sim-backend and load on CPU 1. Each sample "
-        f"stands for 1/{SAMPLE_HZ} s of CPU; µs per stream: the samples of all windows over "
-        "the streams that ended in them:",
+        f"stands for 1/{SAMPLE_HZ} s of CPU; µs per {unit}: the samples of all windows over "
+        f"the {unit}s that ended in them:",
         "",
         "| part | " + " | ".join(targets) + " |",
         "|---|" + "---|" * len(targets),
@@ -288,16 +364,19 @@ def report(
         + " |",
         "| samples | " + " | ".join(str(results[t]["samples"]) for t in targets) + " |",
     ]
-    for k in COUNTS:
+    for k in args.counts:
         cells = [results[t]["per_stream"].get(k, float("nan")) for t in targets]
         row = " | ".join(f"{c:.1f}" for c in cells)
-        lines.append(f"| {k} per stream (perf stat) | {row} |")
+        lines.append(f"| {k} per {unit} (perf stat) | {row} |")
     for g in parts:
         cells = [results[t]["us_by_part"].get(g, 0.0) for t in targets]
         lines.append(f"| {g} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
     for t in targets:
-        lines += ["", f"Top symbols, {t} (samples, binary, symbol: µs per stream):", ""]
+        lines += ["", f"Top symbols, {t} (samples, binary, symbol: µs per {unit}):", ""]
         lines += [f"- {n} `{d}` {s}: {u}" for n, d, s, u in results[t]["top_symbols"]]
+    for t in targets:
+        if "by_function" in results[t]:
+            lines += perf_frames.report(t, results[t], unit)
     doc = {"params": params(args), "results": results}
     write_results(args.out, lines, doc, trees=geogate_trees(targets))
 

@@ -35,6 +35,15 @@ def test_stat_lines_count_only_the_events_asked_for_and_skip_what_perf_could_not
     assert counts(text) == {"context-switches": 218.0, "raw_syscalls:sys_enter": 870.0}
 
 
+def test_more_events_are_counted_when_asked_for() -> None:
+    text = "12,,syscalls:sys_enter_epoll_pwait,1,100.00,,\n218,,context-switches,1,100.00,,\n"
+    wanted = ("context-switches", "syscalls:sys_enter_epoll_pwait")
+    assert counts(text, wanted) == {
+        "context-switches": 218.0,
+        "syscalls:sys_enter_epoll_pwait": 12.0,
+    }
+
+
 def test_binaries_are_grouped_by_what_they_are() -> None:
     assert group("[kernel.kallsyms]").startswith("kernel")
     assert group("libpython3.11.so.1.0") == group("python3.11")
