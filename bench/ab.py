@@ -126,6 +126,7 @@ def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes
 
 
 Ports = dict[str, tuple[int, list[int]]]  # target -> (its port, its process tree)
+DIRECT = "direct"  # the sim-backend itself, as a target where a caller allows it
 
 
 def check_positive(ap: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
@@ -135,14 +136,18 @@ def check_positive(ap: argparse.ArgumentParser, args: argparse.Namespace, *names
             ap.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
 
 
-def check_targets(ap: argparse.ArgumentParser, names: str) -> list[str]:
-    """The comma-separated targets, each known and named once (else argparse's one line)."""
+def check_targets(ap: argparse.ArgumentParser, names: str, direct: bool = False) -> list[str]:
+    """The comma-separated targets, each known and named once (else argparse's one line).
+    ``direct``: the sim-backend itself may be one (rig gives its port and process)."""
     targets = names.split(",")
     for t in targets:
-        if not (GEOGATE_TARGET.fullmatch(t) or t in FLOORS or t == "nginx"):
+        if not (
+            GEOGATE_TARGET.fullmatch(t) or t in FLOORS or t == "nginx" or (direct and t == DIRECT)
+        ):
             known = ", ".join(FLOORS)
+            also = f"{DIRECT}, " if direct else ""
             ap.error(
-                f"unknown target {t!r}: geogate, geogate@TREE, geogate%PYTHON, "
+                f"unknown target {t!r}: {also}geogate, geogate@TREE, geogate%PYTHON, "
                 f"geogate@TREE%PYTHON, nginx or one of {known}"
             )
     if len(set(targets)) != len(targets):
@@ -174,6 +179,9 @@ def rig(
             body.write_text(json.dumps({**chat, **stream, "max_tokens": tokens}))
             ports: Ports = {}
             for target in targets:
+                if target == DIRECT:  # no proxy: the backend's own port
+                    ports[target] = (backend, process_tree(procs[0].pid))
+                    continue
                 p, port = start(work, target, backend)
                 procs.append(p)
                 ports[target] = (port, process_tree(p.pid))
@@ -195,11 +203,14 @@ def geogate_trees(targets: list[str]) -> dict[str, str]:
     return {t: str(geogate_target(t)[0]) for t in targets if t.startswith("geogate@")}
 
 
-def requests(url: str, body: Path, n: int, conc: int) -> None:
+def requests(url: str, body: Path, n: int, conc: int, log: Path | None = None) -> None:
     """``n`` non-streaming requests of ``body`` to ``url``, ``conc`` at a time (h2load over
-    HTTP/1.1, on the load CPU); exits, in one line, unless every one succeeded."""
+    HTTP/1.1, on the load CPU); exits, in one line, unless every one succeeded. ``log``:
+    h2load writes each request's status and latency there."""
     cmd = ["h2load", "--h1", "-t", "1", "-n", str(n), "-c", str(conc), "-m", "1", "-d"]
     cmd += [str(body), "-H", "content-type: application/json", url]
+    if log is not None:
+        cmd[1:1] = ["--log-file", str(log)]
     out = subprocess.run(pinned(LOAD_CPU, cmd), capture_output=True, text=True, timeout=300)
     if f"{n} succeeded" not in out.stdout:
         raise SystemExit(f"h2load against {url}: not all {n} requests succeeded")
