@@ -50,8 +50,11 @@ def request_scope(
     extensions: dict[str, object],
 ) -> Scope:
     """The scope as uvicorn builds it: the path percent-decoded, ``raw_path`` as sent."""
-    parsed = httptools.parse_url(url)
+    # Any: httptools' stubs type ``query`` as bytes, and it is None without one; code built
+    # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
+    parsed: Any = httptools.parse_url(url)
     raw_path: bytes = parsed.path
+    query: bytes | None = parsed.query
     path = raw_path.decode("ascii")
     if "%" in path:
         path = unquote(path)
@@ -66,7 +69,7 @@ def request_scope(
         "method": method,
         "path": root_path + path,
         "raw_path": root_path.encode("ascii") + raw_path,
-        "query_string": parsed.query or b"",
+        "query_string": query or b"",
         "headers": headers,
         "state": state.copy(),
         "extensions": extensions,
