@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,13 +104,16 @@ def interpreters(targets: list[str]) -> dict[str, str]:
     return out
 
 
-def start(work: Path, target: str, backend: int) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    work: Path, target: str, backend: int, env_more: Mapping[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     name = target.replace("/", "_")
     if target.startswith("geogate"):
         tree, python = geogate_target(target)
         conf = gateway_conf(work, port, backend, name=name)
-        env = {**os.environ, "PYTHONPATH": str(tree)}  # `-m gateway` from that tree
+        # `-m gateway` from that tree; ``env_more``: this target's own (perf_split's -X perf)
+        env = {**os.environ, "PYTHONPATH": str(tree), **(env_more or {})}
         gw = geogate_cmd("gateway", "--config", str(conf))
         gw[0] = python or gw[0]
         cmd = pinned(PROXY_CPU, gw)
@@ -157,11 +160,16 @@ def check_targets(ap: argparse.ArgumentParser, names: str, direct: bool = False)
 
 @contextmanager
 def rig(
-    targets: list[str], streaming: bool, tokens: int, tokens_per_s: float, clock: str = "stream"
+    targets: list[str],
+    streaming: bool,
+    tokens: int,
+    tokens_per_s: float,
+    clock: str = "stream",
+    env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Iterator[tuple[Path, Ports]]:
     """The sim-backend on the load CPU (paced when ``streaming``) and every target in front
     of it, started; yields the request body's file and each target's port and processes, and
-    stops them all on the way out."""
+    stops them all on the way out. ``env``: more environment for a geogate target, by name."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         backend = free_port()
@@ -182,7 +190,7 @@ def rig(
                 if target == DIRECT:  # no proxy: the backend's own port
                     ports[target] = (backend, process_tree(procs[0].pid))
                     continue
-                p, port = start(work, target, backend)
+                p, port = start(work, target, backend, (env or {}).get(target))
                 procs.append(p)
                 ports[target] = (port, process_tree(p.pid))
             yield body, ports

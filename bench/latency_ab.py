@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -79,7 +80,7 @@ def main() -> None:
     check_positive(ap, args, "conc", "requests", "rounds", "tokens")
     try:  # an interpreter that cannot run stops here, in one line
         versions = interpreters(targets)
-    except OSError as exc:
+    except (OSError, subprocess.TimeoutExpired) as exc:
         ap.error(f"a geogate target's interpreter did not run: {exc}")
     p50s: dict[str, list[float]] = {t: [] for t in targets}
     p99s: dict[str, list[float]] = {t: [] for t in targets}

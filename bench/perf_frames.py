@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,8 @@ def frame_targets(ap: argparse.ArgumentParser, targets: list[str]) -> set[str]:
     ours = [t for t in targets if t.startswith("geogate")]
     try:
         versions = interpreters(ours)
-    except OSError as exc:
-        ap.error(str(exc))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ap.error(f"a geogate target's interpreter did not run: {exc}")
     found = {
         t for t, v in versions.items() if tuple(int(x) for x in v.split(".")[:2]) >= MIN_PYTHON
     }
@@ -73,9 +74,10 @@ def leaf_kind(dso: str) -> str:
 
 
 def function_name(name: str, file: str) -> str:
-    """``Qualname (path)``: the path from the last ``gateway/``, ``bench/`` or ``backend/`` in
-    it for the project's own code (any tree), else the file from the standard library's or a
-    package's folder on."""
+    """``Qualname (path)``: the path from the last ``gateway``, ``bench``, ``backend``,
+    ``geodb`` or ``asyncio`` folder in it (the project's code in any tree, and asyncio's), or
+    from a package's folder under ``site-packages``; else the file's name alone (the rest of
+    the standard library: "other: NAME" in ``by_layer``)."""
     parts = Path(file).parts
     for anchor in ("gateway", "bench", "backend", "geodb", "site-packages", "asyncio"):
         if anchor in parts:
@@ -111,15 +113,31 @@ def tally(script: str) -> collections.Counter[tuple[str, str]]:
 
 def script(data: Path) -> str:
     """``perf script`` of a recording with call chains; inlined frames are not resolved (they
-    cost perf minutes and this needs the binary and the Python frame only)."""
-    done = subprocess.run(
-        ["perf", "script", "-i", str(data), "--no-inline", "-F", "ip,sym,dso"],
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-        check=True,
-    )
+    cost perf minutes and this needs the binary and the Python frame only). Exits, in one
+    line, when perf fails or takes too long."""
+    cmd = ["perf", "script", "-i", str(data), "--no-inline", "-F", "ip,sym,dso"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"perf script on {data.name}: no answer in {SCRIPT_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise SystemExit(f"perf script on {data.name} failed: {why}")
     return done.stdout
+
+
+def clear_maps(pids: list[int], keep: Path | None) -> None:
+    """Remove the perf maps that ``-X perf`` left for ``pids`` (CPython writes
+    ``/tmp/perf-PID.map`` and never removes it), copied into ``keep`` first where given: a
+    kept perf.data names its Python frames only with them."""
+    for pid in pids:
+        m = Path(f"/tmp/perf-{pid}.map")
+        if not m.exists():
+            continue
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(m, keep / m.name)
+        m.unlink()
 
 
 def by_function(
@@ -137,6 +155,17 @@ def by_function(
             row[kind] = round(samples.get((fn, kind), 0) * per_sample_us, 1)
         rows.append(row)
     return rows
+
+
+def summary(samples: collections.Counter[tuple[str, str]], per_sample_us: float) -> dict[str, Any]:
+    """``by_function`` and ``by_layer`` for a target's results; nothing for a target whose
+    samples were not split (no Python frames asked for)."""
+    if not samples:
+        return {}
+    return {
+        "by_function": by_function(samples, per_sample_us),
+        "by_layer": by_layer(samples, per_sample_us),
+    }
 
 
 def layer(function: str) -> str:

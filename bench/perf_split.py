@@ -1,25 +1,32 @@
 #!/usr/bin/env python3
-"""Where a proxy's CPU per paced stream goes, by binary: the kernel, the Python interpreter,
-uvloop, httptools, libc, nginx itself. py-spy sees Python frames only (on uvloop most samples
+"""Where a proxy's CPU per paced stream (or per non-streaming request) goes, by binary: the
+kernel, the Python interpreter, uvloop, httptools, libc, nginx itself; and, with
+``--py-frames``, by Python function. py-spy sees Python frames only (on uvloop most samples
 land in ``Runner.run``, below which it cannot look: bench/results/round7/profile_streaming.md);
 ``perf record -e cpu-clock`` samples the whole process, native code and system calls included,
 with a software clock (this VM exposes no hardware counters), so it says whether a target's
 extra cost per stream is Python's own work or the kernel's.
 
 Every target is started as bench/ab.py starts it (proxy on CPU 0, sim-backend and load on CPU
-1) and warmed up with one window of paced streams. Then ``--rounds`` rounds take turns, as
-ab.py's do: in each, every target is driven for a window with ``perf record`` and ``perf
-stat`` attached to its processes, switched on and off at the window's ends. A target's
-samples over all its windows, each standing for 1/SAMPLE_HZ s of CPU, over the streams that
-ended in them, give µs per stream, by binary. ``--tokens`` sets the chunks per stream.
+1) and warmed up with one window of load. Then ``--rounds`` rounds take turns, as ab.py's
+do: in each, every target is driven for a window with ``perf record`` and ``perf stat``
+attached to its processes, switched on and off at the window's ends. A target's samples over
+all its windows, each standing for 1/SAMPLE_HZ s of CPU, over the streams (requests) that ended
+in them, give µs per stream (request), by binary. A window is ``--window`` seconds of paced
+streams of ``--tokens`` chunks, or with ``--mode non-streaming`` ``--requests`` requests
+(h2load) for answers of ``--tokens`` tokens. ``--events`` adds ``perf stat`` counters.
 
   .venv/bin/python bench/perf_split.py --targets nginx,floor-pipe-parse,floor-h1,geogate \
-      [--tokens 64] [--tokens-per-s 50] [--clock stream|random|lockstep] [--conc 16] \
-      [--window 8] [--rounds 3] [--keep DIR] [--py-frames] [--out bench/results/perf_split]
+      [--mode streaming|non-streaming] [--tokens 64] [--tokens-per-s 50] \
+      [--clock stream|random|lockstep] [--conc 16] [--window 8] [--requests 20000] \
+      [--rounds 3] [--events syscalls:sys_enter_epoll_pwait,...] [--keep DIR] [--py-frames] \
+      [--out bench/results/perf_split]
 
 ``--py-frames`` also splits each geogate target's CPU by Python function (bench/perf_frames.py):
 its targets must run on CPython 3.12 or later (``geogate%/path/to/python3.12``), which it
-runs with ``-X perf``, and perf records call chains.
+runs with ``-X perf`` (``PYTHONPERFSUPPORT=1`` in their environment only), and perf records
+call chains. The perf maps they write (``/tmp/perf-PID.map``) are removed at the end, copied
+into ``--keep`` first where given: ``perf script`` needs them to name the Python frames.
 
 Needs ``perf`` (Debian's linux-perf) and a kernel that lets this user sample the processes
 (perf_event_paranoid, or root). Writes OUT.md and OUT.json.
@@ -171,7 +178,6 @@ def measure(
     tally: Tally,
 ) -> None:
     """One window of load through ``target`` with perf attached, added to ``tally``."""
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     name = f"{target.replace('/', '_')}.{len(tally.rounds_us)}"
     data, fifos = work / f"{name}.perf", [work / f"{name}.rec.ctl", work / f"{name}.stat.ctl"]
     for f in fifos:
@@ -197,7 +203,7 @@ def measure(
 
     try:
         time.sleep(0.5)  # perf attached to every process
-        done = load_window(url, body, args, marks)
+        done = load_window(target, port, body, args, marks)
     finally:
         for fd in ctl:
             os.close(fd)
@@ -223,15 +229,19 @@ def measure(
     tally.rounds_us.append(round(sum(window.values()) * 1e6 / SAMPLE_HZ / done, 1))
 
 
-def load_window(url: str, body: Path, args: argparse.Namespace, marks: Callable[[], None]) -> int:
-    """One window of load, ``marks()`` at both ends: paced streams for ``--window`` s, or
-    ``--requests`` non-streaming requests (h2load). Returns how many ended in the window."""
+def load_window(
+    target: str, port: int, body: Path, args: argparse.Namespace, marks: Callable[[], None]
+) -> int:
+    """One window of load on ``target``, ``marks()`` at both ends: paced streams for
+    ``--window`` s, or ``--requests`` non-streaming requests (h2load). Returns how many ended
+    in the window; exits, in one line, if any failed."""
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     if args.mode == "streaming":
         run = run_paced(url, "h1", args.conc, body.read_bytes(), WARMUP_S, args.window, marks)
         res = run_loop(run)
         done = res.completed_in_window
         if sum(res.failures.values()) or not done:
-            raise SystemExit(f"streams through {url}: failures {dict(res.failures)}")
+            raise SystemExit(f"streams through {target}: failures {dict(res.failures)}")
         return done
     marks()
     requests(url, body, args.requests, args.conc)
@@ -239,16 +249,13 @@ def load_window(url: str, body: Path, args: argparse.Namespace, marks: Callable[
     return int(args.requests)
 
 
-def summary(t: Tally) -> dict[str, Any]:
+def summary(t: Tally, unit: str) -> dict[str, Any]:
+    """A target's figures; ``unit``: what the keys' "stream" stands for ("request" in the
+    non-streaming mode: the keys stay, so that older files read the same)."""
     per_sample = 1e6 / SAMPLE_HZ / t.streams  # µs of CPU per stream that one sample stands for
-    frames = {}
-    if t.frames:
-        frames = {
-            "by_function": perf_frames.by_function(t.frames, per_sample),
-            "by_layer": perf_frames.by_layer(t.frames, per_sample),
-        }
     return {
-        **frames,
+        "unit": unit,
+        **perf_frames.summary(t.frames, per_sample),
         "us_per_stream": round(sum(t.parts.values()) * per_sample, 1),
         "us_per_stream_proc": round(t.proc_s / t.streams * 1e6, 1),
         "streams": t.streams,
@@ -267,9 +274,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default="nginx,floor-pipe-parse,floor-h1,geogate")
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--tokens-per-s", type=float, default=PACED_TOKENS_PER_S)
-    ap.add_argument("--clock", choices=CLOCKS, default="stream", help="the sim's token clock")
-    ap.add_argument("--window", type=float, default=8.0, help="seconds recorded per window")
+    ap.add_argument(
+        "--tokens-per-s", type=float, default=PACED_TOKENS_PER_S, help="streaming: the pace"
+    )
+    ap.add_argument(
+        "--clock", choices=CLOCKS, default="stream", help="streaming: the sim's token clock"
+    )
+    ap.add_argument(
+        "--window", type=float, default=8.0, help="streaming: seconds recorded per window"
+    )
     ap.add_argument("--rounds", type=int, default=1, help="windows per target, taking turns")
     ap.add_argument("--conc", type=int, default=16)
     ap.add_argument(
@@ -296,24 +309,26 @@ def main() -> None:
     check_positive(ap, args, "rounds", "window", "conc", "tokens", "tokens_per_s", "requests")
     args.counts = COUNTS + tuple(e for e in args.events.split(",") if e and e not in COUNTS)
     args.frame_targets = sorted(perf_frames.frame_targets(ap, targets)) if args.py_frames else []
-    if args.py_frames:
-        os.environ[perf_frames.PERF_SUPPORT_ENV] = "1"  # the targets' interpreters: `-X perf`
+    env = {t: {perf_frames.PERF_SUPPORT_ENV: "1"} for t in args.frame_targets}  # `-X perf`
     tallies = {t: Tally() for t in targets}
     streaming = args.mode == "streaming"
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        rig(targets, streaming, args.tokens, args.tokens_per_s, args.clock) as (body, ports),
-    ):
-        work = Path(tmp)
-        for port, _pids in ports.values():  # warm-up, one window each
-            load_window(f"http://127.0.0.1:{port}/v1/chat/completions", body, args, lambda: None)
-        for r in range(args.rounds):
-            for target, (port, pids) in in_turn(ports, r):
-                measure(target, port, pids, body, args, work, tallies[target])
-        maps = [Path(f"/tmp/perf-{pid}.map") for _port, pids in ports.values() for pid in pids]
-    for m in maps:  # what `-X perf` leaves behind, once perf has read it
-        m.unlink(missing_ok=True)
-    report(args, targets, {t: summary(tallies[t]) for t in targets})
+    pids: list[int] = []
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            rig(targets, streaming, args.tokens, args.tokens_per_s, args.clock, env) as rigged,
+        ):
+            body, ports = rigged
+            pids = [pid for t in args.frame_targets for pid in ports[t][1]]
+            for target, (port, _pids) in ports.items():  # warm-up, one window each
+                load_window(target, port, body, args, lambda: None)
+            for r in range(args.rounds):
+                for target, (port, tree) in in_turn(ports, r):
+                    measure(target, port, tree, body, args, Path(tmp), tallies[target])
+    finally:
+        perf_frames.clear_maps(pids, args.keep)
+    unit = "stream" if streaming else "request"
+    report(args, targets, {t: summary(tallies[t], unit) for t in targets})
 
 
 def report(

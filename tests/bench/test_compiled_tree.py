@@ -29,5 +29,5 @@ def test_a_module_not_in_the_tree_is_refused_before_anything_is_made(tmp_path: P
     out = tmp_path / "compiled"
     done = _run(str(out), "--modules", "gateway/http/nope.py")
     assert done.returncode == 2
-    assert "no module gateway/http/nope.py" in done.stderr.strip().splitlines()[-1]
+    assert "no module gateway/http/nope.py at HEAD" in done.stderr.strip().splitlines()[-1]
     assert not out.exists()

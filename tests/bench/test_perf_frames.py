@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +14,13 @@ from bench.perf_frames import (
     NO_FRAME,
     by_function,
     by_layer,
+    clear_maps,
     frame_targets,
     function_name,
     innermost,
     leaf_kind,
     report,
+    summary,
     tally,
 )
 
@@ -33,6 +37,7 @@ SCRIPT = """
 \t    7fad1b5a21f7 py::Conn.data_received:/src/tree/gateway/client/conn.py (/tmp/perf-66.map)
 
 
+python3.12    66 [000]  1.2:     500250 cpu-clock:
 \t          110811 _PyEval_EvalFrameDefault (/usr/lib/libpython3.12.so.1.0)
 \t    7fad1b5a4457 py::_piped.<locals>.sink:/src/tree/gateway/http/relay.py (/tmp/perf-66.map)
 
@@ -111,3 +116,21 @@ def test_no_target_on_3_12_or_later_is_one_line_and_exit_2(
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no geogate target runs on CPython 3.12 or later" in err
+
+
+def test_maps_are_kept_where_asked_and_removed(tmp_path: Path) -> None:
+    pid = 4_000_000 + os.getpid()  # above any pid_max: no process of that number writes one
+    m = Path(f"/tmp/perf-{pid}.map")
+    m.write_text("7fad1b5a4457 b py::f:/t/gateway/x.py\n")
+    try:
+        keep = tmp_path / "keep"
+        clear_maps([pid, pid + 1], keep)  # one without a map: skipped
+        assert not m.exists()
+        assert (keep / m.name).read_text().startswith("7fad1b5a4457")
+    finally:
+        m.unlink(missing_ok=True)
+
+
+def test_a_split_is_only_for_targets_with_samples() -> None:
+    assert summary(collections.Counter(), 1.0) == {}
+    assert set(summary(tally(SCRIPT), 1.0)) == {"by_function", "by_layer"}

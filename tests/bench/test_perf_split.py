@@ -85,7 +85,7 @@ def test_a_tally_is_samples_over_streams_summed_over_its_windows() -> None:
     t.symbols.update({("[kernel.kallsyms]", "tcp_ack"): 1999})
     t.counts.update({"context-switches": 1200.0})
     t.rounds_us = [70000.0, 80000.0]
-    s = summary(t)
+    s = summary(t, "stream")
     assert SAMPLE_HZ == 1999  # the figures below assume it
     assert s["us_by_part"] == {"kernel": 25000.0, "libpython": 12493.7}  # µs per stream
     assert s["us_per_stream"] == 37493.7 and s["samples"] == 2998
@@ -93,3 +93,4 @@ def test_a_tally_is_samples_over_streams_summed_over_its_windows() -> None:
     assert s["per_stream"] == {"context-switches": 30.0}
     assert s["top_symbols"] == [(1999, "[kernel.kallsyms]", "tcp_ack", 25000.0)]
     assert s["us_per_stream_each_round"] == [70000.0, 80000.0]
+    assert s["unit"] == "stream" and "by_function" not in s  # no Python frames asked for
