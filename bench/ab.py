@@ -379,8 +379,8 @@ def report(
         "python": versions,
     }
     if any("%" in t for t in targets):
-        versions = ", ".join(f"{t}: Python {v}" for t, v in doc["python"].items())
-        lines += ["", f"Interpreters: {versions}."]
+        which = ", ".join(f"{t}: Python {v}" for t, v in versions.items())
+        lines += ["", f"Interpreters: {which}."]
     write_results(args.out, lines, doc, trees=geogate_trees(targets))
 
 
