@@ -45,8 +45,8 @@ REPORTED_FUNCTIONS = 30  # in the markdown; the JSON keeps every function
 
 def frame_targets(ap: argparse.ArgumentParser, targets: list[str]) -> set[str]:
     """The geogate targets on CPython 3.12+, which --py-frames splits by Python function (the
-    rest keep the split by binary: a geogate on 3.11 beside them prices the trampolines); one
-    line and exit 2 where there is none."""
+    rest keep the split by binary: a geogate on 3.11 beside them prices the other interpreter
+    and the trampolines together); one line and exit 2 where there is none."""
     ours = [t for t in targets if t.startswith("geogate")]
     try:
         versions = interpreters(ours)
