@@ -41,18 +41,8 @@ from bench.ab import (  # noqa: E402
     rig,
 )
 from bench.overhead import TOKENS  # noqa: E402
-from bench.overhead_cells import pct  # noqa: E402
+from bench.overhead_cells import latencies_ms, pct  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
-
-
-def latencies_ms(log: Path) -> list[float]:
-    """Each 2xx request's latency in ms from h2load's ``--log-file`` (start, status, µs)."""
-    found = []
-    for line in log.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[1].isdigit() and 200 <= int(parts[1]) < 300:
-            found.append(int(parts[2]) / 1000)
-    return found
 
 
 def added(p50s: dict[str, list[float]]) -> dict[str, list[float]]:

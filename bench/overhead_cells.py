@@ -72,6 +72,17 @@ def _h2load_once(url: str, body: Path, shape: list[str], n: int, log: Path) -> s
     ).stdout
 
 
+def latencies_ms(log: Path) -> list[float]:
+    """Each 2xx request's latency in ms from h2load's ``--log-file`` (start µs, status, µs;
+    a request that got no answer has status -1); none when h2load wrote no log."""
+    found = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[1].isdigit() and 200 <= int(parts[1]) < 300:
+            found.append(int(parts[2]) / 1000)
+    return found
+
+
 def h2load(
     url: str, body: Path, proto: str, conc: int, duration: float, log: Path, proxy: list[int]
 ) -> Row:
@@ -90,12 +101,8 @@ def h2load(
     cpu, res = cpu_between(before, read_cpu(proxy))
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     rps = float(m.group(1)) if m else 0.0
-    lat, ok = [], 0
-    for line in log.read_text().splitlines() if log.exists() else []:
-        parts = line.split("\t")
-        if len(parts) >= 3 and 200 <= int(parts[1]) < 300:
-            ok += 1
-            lat.append(int(parts[2]) / 1000)
+    lat = latencies_ms(log)
+    ok = len(lat)
     # Requests that never got a 2xx (errors, resets, other statuses) are failures.
     row = Row("", "", proto, conc, rps, pct(lat, 0.5), pct(lat, 0.99), ok, n - ok)
     if proxy:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.ab import check_targets
-from bench.latency_ab import added, latencies_ms
+from bench.latency_ab import added
+from bench.overhead_cells import latencies_ms
 
 
 def test_the_log_gives_each_2xx_request_latency_in_ms(tmp_path: Path) -> None:
@@ -18,6 +19,7 @@ def test_the_log_gives_each_2xx_request_latency_in_ms(tmp_path: Path) -> None:
         "1700000000\t200\t412\n1700000500\t200\t388\n1700001000\t-1\t0\n1700001500\t503\t90\n"
     )
     assert latencies_ms(log) == [0.412, 0.388]
+    assert latencies_ms(tmp_path / "none.log") == []  # h2load wrote no log: no latencies
 
 
 def test_added_latency_is_each_round_less_direct_in_the_same_round() -> None:
