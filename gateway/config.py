@@ -110,6 +110,9 @@ class ServerSection(_Model):
     max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
     drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
     access_log: bool = True
+    # A stream's body past its first token from socket to socket in C (gateway._splice), where
+    # the extension is built, both sides are plain TCP and the upstream's body is chunked.
+    splice: bool = True
     max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
     body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S
     head_timeout_s: PositiveFloat = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own

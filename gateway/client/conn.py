@@ -15,6 +15,7 @@ consumer lags), chunked and close-delimited bodies, interim 1xx answers skipped.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -38,10 +39,13 @@ class Conn(asyncio.Protocol):
     __slots__ = (
         "buffered",
         "busy",
+        "chunked",
         "chunks",
         "complete",
         "error",
         "framed",
+        "hand_off",
+        "handed_off",
         "head_done",
         "headers",
         "idle_in",
@@ -52,6 +56,9 @@ class Conn(asyncio.Protocol):
         "lost",
         "no_body",
         "on_body",
+        "on_chunk_complete",
+        "on_chunk_header",
+        "open_chunks",
         "parser",
         "paused",
         "sink",
@@ -73,6 +80,11 @@ class Conn(asyncio.Protocol):
         # data_received. httptools looks its callbacks up once, here: so the list is kept for
         # the connection's life and emptied in place (clear()), never replaced.
         self.on_body: Callable[[bytes], None] = self.chunks.append
+        # Whether llhttp stands inside a chunk (its header seen, its data's CRLF not yet): a
+        # stream is handed to gateway._splice only between chunks. C calls again, no frame.
+        self.open_chunks: list[bool] = []
+        self.on_chunk_header = functools.partial(self.open_chunks.append, True)
+        self.on_chunk_complete = self.open_chunks.pop
         self.parser = httptools.HttpResponseParser(self)
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
@@ -82,6 +94,9 @@ class Conn(asyncio.Protocol):
         self.interim = False  # inside a 1xx answer, which a final one follows
         self.keep_alive = False  # read at the head: llhttp forgets it once the message ends
         self.framed = False  # Content-Length or chunked: the end is in the bytes, not the close
+        self.chunked = False
+        self.hand_off = False  # set by the sink's owner: stop at the next chunk boundary
+        self.handed_off = False  # stopped there: the body's rest is read by gateway._splice
         self.no_body = False  # a HEAD request's response: headers only
         self.error: BaseException | None = None
         self.lost = False
@@ -105,7 +120,9 @@ class Conn(asyncio.Protocol):
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
         self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
+        self.chunked = self.hand_off = self.handed_off = False
         self.chunks.clear()
+        self.open_chunks.clear()
         self.buffered, self.error = 0, None
         self.transport.writelines((head, body) if body else (head,))
         if timeout_s is not None:
@@ -138,6 +155,7 @@ class Conn(asyncio.Protocol):
         chunk), from data_received, with no task woken per chunk; never b"" (llhttp hands on
         no empty span). Returns at the body's end; raises as ``read`` does."""
         self.sink = sink
+        self.handed_off = False
         try:
             if self.chunks:  # what came before the sink was set; later reads: data_received
                 # Full, and more to come: wait for the taker. A response already complete is
@@ -146,7 +164,7 @@ class Conn(asyncio.Protocol):
                     self.resume()  # reading may have paused before the sink was set
                 else:
                     self._pause()
-            while not self.complete:
+            while not (self.complete or self.handed_off):
                 await self._wait()
         finally:
             self.sink = None
@@ -225,14 +243,14 @@ class Conn(asyncio.Protocol):
         # A stream transport (uvloop's is no asyncio.Transport subclass: no isinstance check).
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, read: bytes) -> None:
         if not self.busy:
             # Bytes nobody asked for (an idle pooled connection): the stream is out of step.
             self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
             self.close()
             return
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(read)
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
@@ -252,7 +270,7 @@ class Conn(asyncio.Protocol):
         if sink is None:
             # The read's size, framing and all: a bound on the body it brought, without
             # summing every chunk still unread on each read (quadratic in many small chunks).
-            self.buffered += len(data)
+            self.buffered += len(read)
             if self.buffered > PAUSE_BYTES:
                 self._pause()
             self._wake()
@@ -264,6 +282,51 @@ class Conn(asyncio.Protocol):
         chunks.clear()
         if not (sink(data) or self.complete):
             self._pause()
+        elif self.hand_off and not self.complete and not self.open_chunks and read[-1] == 10:
+            # Between chunks (a read that ends in a chunk's final LF, or in the head's: llhttp
+            # holds no partial size line): the rest is the splice's (gateway.http.splice).
+            self.hand_off, self.handed_off, self.sink = False, True, None
+            self._pause()
+            self._wake()
+
+    # -- a body's rest carried elsewhere (gateway.http.splice) ----------------------------
+
+    def splicable(self) -> bool:
+        transport = self.transport
+        return (
+            self.chunked
+            and transport is not None
+            and transport.get_extra_info("sslcontext") is None
+        )
+
+    def lend(self) -> int | None:
+        """The socket's descriptor for gateway._splice, once drain_to stopped at a chunk
+        boundary (handed_off; only where ``splicable()``); None where there is none."""
+        transport = self.transport
+        if not self.handed_off or transport is None or transport.is_closing():
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
+    def lent_end(self, extra: bool) -> None:
+        """The splice read the body to its last chunk: llhttp, which still stands at the chunk
+        boundary where it stopped, is fed that last chunk, and the response completes as if
+        it had read it. ``extra``: bytes came after it (the connection is out of step)."""
+        self.handed_off = False
+        self.parser.feed_data(b"0\r\n\r\n")
+        if extra:
+            self.lost = True
+            self.close()
+        else:
+            self.resume()
+
+    def lent_failed(self, error: BaseException) -> None:
+        """The splice ended before the body's end: the connection is out of step."""
+        self.handed_off = False
+        self.lost = True
+        if self.error is None:
+            self.error = error
+        self.close()
 
     def eof_received(self) -> bool:
         return False  # close: a half-closed upstream sends no more
@@ -290,10 +353,10 @@ class Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
         lname = name.lower()
-        if lname == b"content-length" or (
-            lname == b"transfer-encoding" and value.lower().endswith(b"chunked")
-        ):
+        if lname == b"content-length":
             self.framed = True
+        elif lname == b"transfer-encoding" and value.lower().endswith(b"chunked"):
+            self.framed = self.chunked = True
 
     def on_message_begin(self) -> None:
         if not self.busy:  # a response nobody asked for, after the one that was: stop here
@@ -302,7 +365,7 @@ class Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: a final answer follows
-            self.interim, self.headers, self.framed = True, [], False
+            self.interim, self.headers, self.framed, self.chunked = True, [], False, False
             return
         self.status = status
         self.head_done = True

@@ -86,6 +86,34 @@ class Response:
         if self._conn is not None:
             self._conn.resume()
 
+    # -- the body's rest carried by gateway._splice (gateway.http.splice) ----------------
+
+    def splicable(self) -> bool:
+        """A chunked body over plain TCP: what gateway._splice can carry."""
+        return self._conn is not None and self._conn.splicable()
+
+    def hand_off(self) -> None:
+        """Have ``drain_to`` return at the next chunk boundary (``handed_off()`` then says so),
+        the connection's reading paused, for the rest to be carried by ``lend()``'s socket."""
+        if self._conn is not None:
+            self._conn.hand_off = True
+
+    def handed_off(self) -> bool:
+        return self._conn is not None and self._conn.handed_off
+
+    def lend(self) -> int | None:
+        """The connection's socket descriptor, once handed off; None where it cannot be lent
+        (TLS): ``drain_to`` may then go on with the rest."""
+        return None if self._conn is None else self._conn.lend()
+
+    def lent_end(self, extra: bool) -> None:
+        if self._conn is not None:
+            self._conn.lent_end(extra)
+
+    def lent_failed(self, error: BaseException) -> None:
+        if self._conn is not None:
+            self._conn.lent_failed(error)
+
     async def read(self, limit: int = MAX_READ_BYTES) -> bytes:
         """The whole body (BadResponse past ``limit`` bytes), then the connection goes back to
         the pool; closed instead if the read failed or was cut short (a timeout, a cancel),

@@ -27,11 +27,13 @@ class Connection(Protocol):
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     write_paused: bool
+    read_paused: bool
     on_writable: Callable[[], None] | None
 
     @property
     def default_lines(self) -> int: ...
     def default_head(self) -> bytes: ...
+    def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def response_done(self, cycle: Cycle) -> None: ...
     def close_now(self) -> None: ...
@@ -297,10 +299,11 @@ class Pipe:
     """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
     (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
 
-    __slots__ = ("flow", "is_closing", "write")
+    __slots__ = ("_paused_here", "flow", "is_closing", "write")
 
     def __init__(self, conn: Connection) -> None:
         self.flow = conn
+        self._paused_here = False  # lend() paused the connection's reading
         transport = conn.transport
         self.write = transport.write
         # uvloop raises on a write to a closed transport; the request's task learns of the
@@ -310,3 +313,25 @@ class Pipe:
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self.flow.on_writable = callback
+
+    def lend(self) -> int | None:
+        conn = self.flow
+        transport = conn.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        if transport.get_extra_info("sslcontext") is not None:
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        self._paused_here = not conn.read_paused
+        conn.pause_reading()
+        return int(sock.fileno())
+
+    def give_back(self) -> None:
+        if self._paused_here:
+            self._paused_here = False
+            self.flow.resume_reading()
+
+    def abort(self) -> None:
+        self.flow.close_now()

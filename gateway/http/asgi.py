@@ -64,6 +64,21 @@ class ClientPipe(Protocol):
         """Have ``callback()`` called when the client's buffer drains (None: no longer)."""
         ...
 
+    def lend(self) -> int | None:
+        """The client socket's descriptor, for gateway._splice to write the body's rest
+        (gateway.http.splice), with the connection's reading paused till ``give_back()``;
+        None where it cannot be lent: TLS, bytes still buffered to go out, the client gone."""
+        ...
+
+    def give_back(self) -> None:
+        """The splice ended: the connection reads again (a lost client is noticed)."""
+        ...
+
+    def abort(self) -> None:
+        """Close the client's connection now (a splice left it in the middle of a chunk, or
+        found it gone): the request's disconnect hook fires."""
+        ...
+
 
 def header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope["headers"]:

@@ -307,7 +307,10 @@ class _Attempts:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
             left_s = t.total_s - self.ex.elapsed_s()
             with Watchdog(t.idle_s, left_s, self.task) as watchdog:
-                await relay(resp, send, self.ex, watchdog, first_token)
+                path = await relay(
+                    resp, send, self.ex, watchdog, first_token, self.config.server.splice
+                )
+            m.stream_path.labels(path).inc()
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)
             return False

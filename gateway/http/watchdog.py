@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 # A loop may run a timer up to its clock resolution early; a check this close to the due
 # time counts as due rather than re-arming for a few microseconds.
 EARLY_S = 0.001
+
+
+class Stamped(Protocol):
+    """What else may stamp activity: gateway._splice's Relay, while it carries a stream (its
+    ``last`` is CLOCK_MONOTONIC, the clock of both asyncio's and uvloop's ``loop.time()``)."""
+
+    @property
+    def last(self) -> float: ...
 
 
 class Watchdog:
@@ -34,6 +42,7 @@ class Watchdog:
         "_task",
         "clock",
         "last",
+        "source",
     )
 
     def __init__(self, idle_s: float, left_s: float, task: asyncio.Task[Any] | None = None) -> None:
@@ -51,6 +60,11 @@ class Watchdog:
         self._cancelling = 0
         self.clock = self._loop.time  # the loop's clock: a per-chunk caller may stamp ``last``
         self.last = self.clock()
+        self.source: Stamped | None = None  # its stamps count as activity too, while set
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def touch(self) -> None:
         """Activity now: the idle deadline starts again (``last = clock()``; gateway.http.relay's
@@ -58,7 +72,8 @@ class Watchdog:
         self.last = self.clock()
 
     def _due(self) -> float:
-        return min(self.last + self._idle_s, self._deadline)
+        last = self.last if self.source is None else max(self.last, self.source.last)
+        return min(last + self._idle_s, self._deadline)
 
     def _check(self) -> None:
         due = self._due()

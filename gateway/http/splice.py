@@ -1,0 +1,113 @@
+"""A stream's rest carried by gateway._splice: the upstream's chunked body from its socket to
+the client's, in C, on an epoll set the event loop watches as one descriptor.
+
+gateway.http.relay hands a stream over once its first token was seen (the dashboard's TTFT
+reads the chunks up to it) and the upstream's bytes stand at a chunk boundary. Both connections
+stop reading meanwhile, and their sockets go into the loop's Poller: when any of its streams is
+ready the loop calls ``Poller.dispatch`` (C), which serves them all. Per token: one read, one
+scan of the chunk framing and one send, and no Python frame. At the body's end both connections
+are given back as they were: the upstream's parser is fed the last chunk and its connection goes
+back to the pool, the client's connection reads again and the proxy's own final send ends the
+response.
+
+What stays as with the Python relay: each upstream read leaves as one chunk; a client that
+cannot keep up holds the upstream back (its socket is not read while the client's is full);
+the watchdog's idle deadline counts the relay's reads; a client that leaves cancels the
+request through the server's disconnect hook; a failed upstream raises what the client raises
+(ConnectionLost, BadResponse), and the client's stream stands at a chunk boundary for the error
+event that follows. Where the extension is not built (no C compiler at install), AVAILABLE is
+False and every stream stays on the Python relay; ``server.splice = false`` does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import weakref
+from typing import Final
+
+from gateway.client import BadResponse, ConnectionLost, Response
+from gateway.http.asgi import ClientPipe
+from gateway.http.exchange import Exchange
+from gateway.http.watchdog import Watchdog
+
+try:
+    from gateway import _splice
+except ImportError:  # built without a C compiler: pip said so, and the Python relay serves
+    _splice = None  # type: ignore[assignment]
+
+AVAILABLE: Final = _splice is not None
+
+# One Poller per event loop (a worker has one; the tests start many in turn), watched by it.
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _splice.Poller] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> _splice.Poller:
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = _splice.Poller()
+        loop.add_reader(poller.fileno(), poller.dispatch)
+    return poller
+
+
+async def carry(
+    resp: Response, pipe: ClientPipe, ex: Exchange, watchdog: Watchdog
+) -> bool:
+    """The body's rest, once ``resp`` was handed off at a chunk boundary. True once the body
+    went whole; False when the caller is to go on in Python, from a chunk boundary: either
+    side could not be lent, or the client sent bytes mid-stream (a pipelined request, which
+    the server then reads). Raises ConnectionLost or BadResponse as the Python relay does."""
+    upstream_fd = resp.lend()
+    if upstream_fd is None:
+        return False
+    client_fd = pipe.lend()
+    if client_fd is None:
+        return False
+    loop = watchdog.loop
+    done = loop.create_future()
+    relay = _splice.Relay(_poller(loop), upstream_fd, client_fd, functools.partial(_set, done))
+    watchdog.source = relay
+    try:
+        await done
+    finally:
+        relay.close()  # the sockets out of the poller before either transport may close
+        watchdog.source = None
+        watchdog.last = max(watchdog.last, relay.last)
+        ex.body_bytes += relay.total
+        status = relay.status
+        pipe.give_back()
+        if relay.pending or status == _splice.CLIENT_GONE:
+            pipe.abort()  # its stream cannot go on (mid-chunk), or has gone: the hook runs
+        failure = _failure(status, relay.error)
+        if status in (_splice.END, _splice.END_EXTRA):
+            resp.lent_end(extra=status == _splice.END_EXTRA)
+        elif failure is not None:
+            resp.lent_failed(failure)  # also when cancelled: the upstream is out of step
+    if failure is None:
+        # The whole body, or (YIELDED) the client spoke mid-stream: both sides stand between
+        # chunks, as llhttp does where it stopped, and the Python relay goes on.
+        return status != _splice.YIELDED
+    if status == _splice.CLIENT_GONE:
+        await asyncio.sleep(0)  # the hook has cancelled this task: the cancellation lands here
+    raise failure
+
+
+def _set(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
+def _failure(status: int, error: int) -> Exception | None:
+    if status in (_splice.END, _splice.END_EXTRA, _splice.YIELDED):
+        return None
+    if status == _splice.BAD_FRAMING:
+        return BadResponse("not HTTP/1.1 chunked framing in the streamed body")
+    if status == _splice.UPSTREAM_FAILED:
+        name = errno.errorcode.get(error, str(error))
+        return ConnectionLost(f"{name} before the response was complete")
+    if status == _splice.UPSTREAM_CLOSED:
+        return ConnectionLost("closed by the upstream before the response was complete")
+    return ConnectionLost("the stream was cut before the response was complete")
