@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,8 +73,10 @@ enum {
     BAD_FRAMING = 5,      /* the bytes are not chunked framing */
     CLIENT_GONE = 6,      /* the client closed or reset its connection */
     CLOSED = 7,           /* close() before any of the above */
-    YIELDED = 8           /* the client sent bytes: stopped between chunks, on both sides, for
+    YIELDED = 8,          /* the client sent bytes: stopped between chunks, on both sides, for
                              the Python relay to go on (the server reads what the client said) */
+    LOCAL_FAILED = 9      /* this side failed (memory, epoll, a socket replaced under it:
+                             Relay.error); a chunk may be cut short on the client's side */
 };
 
 typedef struct Relay Relay;
@@ -107,6 +110,8 @@ struct Relay {
     size_t pending_len;
     size_t pending_off;
     PyObject *on_done;
+    dev_t up_dev, cl_dev;   /* which sockets the numbers named at the start: checked before */
+    ino_t up_ino, cl_ino;   /* each change of watch, so a number reused is never adopted */
 };
 
 static double monotonic_s(void) {
@@ -137,7 +142,7 @@ static int scan(Relay *r, char *buf, size_t n, size_t *out, size_t *used) {
                 /* size <= MAX_CHUNK before the shift: no overflow in 64 bits */
                 r->size = (r->size << 4) | (uint64_t)v;
                 if (r->size > MAX_CHUNK) return -1;
-                r->digits++;
+                if (++r->digits > 32) return -1;  /* leading zeros past reason */
                 i++;
                 continue;
             }
@@ -213,6 +218,10 @@ static int scan(Relay *r, char *buf, size_t n, size_t *out, size_t *used) {
     return 0;
 }
 
+static int owns(Relay *r, int fd) {
+    return fd >= 0 && fd < r->poller->owners_len && r->poller->owners[fd] == r;
+}
+
 static int client_failed(int err) {
     return err != EAGAIN && err != EWOULDBLOCK && err != EINTR;
 }
@@ -220,6 +229,7 @@ static int client_failed(int err) {
 /* Writes what is pending; 1 when it all went, 0 when the socket is full, -1 when the client
  * is gone. */
 static int flush_pending(Relay *r) {
+    if (!owns(r, r->client_fd)) return -1;
     while (r->pending_off < r->pending_len) {
         ssize_t w = send(r->client_fd, r->pending + r->pending_off,
                          r->pending_len - r->pending_off, MSG_NOSIGNAL);
@@ -236,8 +246,9 @@ static int flush_pending(Relay *r) {
 }
 
 /* Sends data[0:len] as one chunk. 1: all sent; 0: the rest is pending; -1: client gone; -2: no
- * memory (an exception set). */
+ * memory for the rest (which is lost: the client's chunk is cut short). */
 static int send_chunk(Relay *r, const char *data, size_t len) {
+    if (!owns(r, r->client_fd)) return -1;  /* its number is another relay's: gone */
     char head[24];
     int hlen = snprintf(head, sizeof head, "%zx\r\n", len);
     struct iovec iov[3] = {
@@ -256,10 +267,7 @@ static int send_chunk(Relay *r, const char *data, size_t len) {
     if ((size_t)w == want) return 1;
     size_t rest = want - (size_t)w;
     r->pending = PyMem_Malloc(rest);
-    if (r->pending == NULL) {
-        PyErr_NoMemory();
-        return -2;
-    }
+    if (r->pending == NULL) return -2;
     r->pending_len = rest;
     r->pending_off = 0;
     size_t at = 0, skip = (size_t)w;
@@ -285,17 +293,43 @@ static int at_boundary(Relay *r) {
 
 /* Registers, changes or drops what the poller watches on one side. -1 with errno set when the
  * kernel refuses (the descriptor closed meanwhile, or not a socket). */
+static int same_socket(int fd, dev_t dev, ino_t ino) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+/* Takes both numbers in the owner table: a relay acts on a number only while it holds it. A
+ * later relay given the same number (the first's socket closed under it) takes it over. */
+static int claim(Relay *r) {
+    Poller *p = r->poller;
+    int top = r->upstream_fd > r->client_fd ? r->upstream_fd : r->client_fd;
+    if (top >= p->owners_len) {
+        int len = top + 1 > 2 * p->owners_len ? top + 1 : 2 * p->owners_len;
+        Relay **grown = PyMem_Realloc(p->owners, (size_t)len * sizeof *grown);
+        if (grown == NULL) return -1;
+        memset(grown + p->owners_len, 0, (size_t)(len - p->owners_len) * sizeof *grown);
+        p->owners = grown;
+        p->owners_len = len;
+    }
+    p->owners[r->upstream_fd] = p->owners[r->client_fd] = r;
+    return 0;
+}
+
+/* Registers, changes or drops what the poller watches on one side. -1 with errno set when it
+ * cannot: the socket is no longer the one the relay started with, or the kernel refuses. */
 static int set_watch(Relay *r, int client_side, uint32_t events) {
     Poller *p = r->poller;
     int fd = client_side ? r->client_fd : r->upstream_fd;
     uint32_t *now = client_side ? &r->cl_events : &r->up_events;
-    if (events == *now || fd < 0) return 0;
+    if (events == *now) return 0;
+    if (!owns(r, fd)) {
+        *now = 0;  /* its registration went with the socket it named */
+        if (events == 0) return 0;
+        errno = EBADF;
+        return -1;
+    }
     if (events == 0) {
-        /* Only its own: a number closed and reused by a later relay is that relay's now. */
-        if (fd < p->owners_len && p->owners[fd] == r) {
-            epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);  /* fails only if closed: dropped then */
-            p->owners[fd] = NULL;
-        }
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);  /* fails only if closed: dropped then */
         *now = 0;
         return 0;
     }
@@ -303,19 +337,13 @@ static int set_watch(Relay *r, int client_side, uint32_t events) {
     ev.events = events;
     ev.data.u64 = (uint64_t)(uintptr_t)r | (uint64_t)client_side;
     if (*now == 0) {
-        if (fd >= p->owners_len) {
-            int len = fd + 1 > 2 * p->owners_len ? fd + 1 : 2 * p->owners_len;
-            Relay **grown = PyMem_Realloc(p->owners, (size_t)len * sizeof *grown);
-            if (grown == NULL) {
-                errno = ENOMEM;
-                return -1;
-            }
-            memset(grown + p->owners_len, 0, (size_t)(len - p->owners_len) * sizeof *grown);
-            p->owners = grown;
-            p->owners_len = len;
+        /* Added again (after the client drained): the number must still name its socket. */
+        if (client_side ? !same_socket(fd, r->cl_dev, r->cl_ino)
+                        : !same_socket(fd, r->up_dev, r->up_ino)) {
+            errno = EBADF;
+            return -1;
         }
         if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return -1;
-        p->owners[fd] = r;
     } else if (epoll_ctl(p->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
         return -1;
     }
@@ -336,6 +364,8 @@ static int rewatch(Relay *r) {
 static void unwatch(Relay *r) {
     set_watch(r, 0, 0);
     set_watch(r, 1, 0);
+    if (owns(r, r->upstream_fd)) r->poller->owners[r->upstream_fd] = NULL;
+    if (owns(r, r->client_fd)) r->poller->owners[r->client_fd] = NULL;
     if (r->held) {
         r->held = 0;
         Py_DECREF(r);  /* never the last: the owner holds one till close() */
@@ -347,17 +377,20 @@ static int finish(Relay *r, int status) {
     if (r->status != RUNNING) return 0;
     r->status = status;
     unwatch(r);
-    if (r->on_done == NULL) return 0;
-    PyObject *res = PyObject_CallNoArgs(r->on_done);
+    PyObject *on_done = r->on_done;
+    if (on_done == NULL) return 0;
+    Py_INCREF(on_done);  /* the callback may close() the relay, which drops its own reference */
+    PyObject *res = PyObject_CallNoArgs(on_done);
+    Py_DECREF(on_done);
     if (res == NULL) return -1;
     Py_DECREF(res);
     return 0;
 }
 
-static int watch_or_fail(Relay *r, int status) {
+static int watch_or_fail(Relay *r) {
     if (rewatch(r) == 0) return 0;
     r->error = errno;
-    return finish(r, status);
+    return finish(r, LOCAL_FAILED);
 }
 
 static int on_upstream(Relay *r) {
@@ -376,11 +409,14 @@ static int on_upstream(Relay *r) {
     int ended = r->state == S_DONE ? (used < (size_t)n ? END_EXTRA : END) : 0;
     if (out > 0) {
         int sent = send_chunk(r, read_buf, out);
-        if (sent == -2) return -1;
+        if (sent == -2) {
+            r->error = ENOMEM;
+            return finish(r, LOCAL_FAILED);
+        }
         if (sent == -1) return finish(r, CLIENT_GONE);
         if (sent == 0) {
             r->end = ended;  /* told once the client took the rest */
-            return watch_or_fail(r, CLIENT_GONE);
+            return watch_or_fail(r);
         }
     }
     if (ended) return finish(r, ended);
@@ -395,7 +431,7 @@ static int on_client(Relay *r, uint32_t events) {
         if (rc == 0) return 0;
         if (r->end) return finish(r, r->end);
         if (r->quiet && at_boundary(r)) return finish(r, YIELDED);
-        if (watch_or_fail(r, CLIENT_GONE) < 0) return -1;
+        if (watch_or_fail(r) < 0) return -1;
     }
     if (r->status != RUNNING || r->quiet || !(events & (EPOLLIN | EPOLLERR | EPOLLHUP))) return 0;
     char c;
@@ -404,7 +440,7 @@ static int on_client(Relay *r, uint32_t events) {
     if (n < 0) return client_failed(errno) ? finish(r, CLIENT_GONE) : 0;
     if (at_boundary(r)) return finish(r, YIELDED);
     r->quiet = 1;  /* stop at the next boundary; meanwhile a failed send says it left */
-    return watch_or_fail(r, CLIENT_GONE);
+    return watch_or_fail(r);
 }
 
 /* --- Poller ------------------------------------------------------------------------------ */
@@ -510,6 +546,17 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
     Py_INCREF(on_done);
     r->on_done = on_done;
     r->last = monotonic_s();
+    struct stat st;
+    if (fstat(up, &st) < 0) return PyErr_SetFromErrno(PyExc_OSError), -1;
+    r->up_dev = st.st_dev;
+    r->up_ino = st.st_ino;
+    if (fstat(cl, &st) < 0) return PyErr_SetFromErrno(PyExc_OSError), -1;
+    r->cl_dev = st.st_dev;
+    r->cl_ino = st.st_ino;
+    if (claim(r) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
     Py_INCREF(r);
     r->held = 1;
     if (rewatch(r) < 0) {
@@ -616,7 +663,7 @@ PyMODINIT_FUNC PyInit__splice(void) {
         {"RUNNING", RUNNING}, {"END", END}, {"END_EXTRA", END_EXTRA},
         {"UPSTREAM_CLOSED", UPSTREAM_CLOSED}, {"UPSTREAM_FAILED", UPSTREAM_FAILED},
         {"BAD_FRAMING", BAD_FRAMING}, {"CLIENT_GONE", CLIENT_GONE}, {"CLOSED", CLOSED},
-        {"YIELDED", YIELDED}, {"READ_BYTES", READ_BYTES}};
+        {"YIELDED", YIELDED}, {"LOCAL_FAILED", LOCAL_FAILED}, {"READ_BYTES", READ_BYTES}};
     for (size_t k = 0; k < sizeof consts / sizeof consts[0]; k++) {
         if (PyModule_AddIntConstant(m, consts[k].name, consts[k].value) < 0) {
             Py_DECREF(m);

@@ -177,8 +177,8 @@ class Conn(asyncio.Protocol):
         return data
 
     def resume(self) -> None:
-        """The sink's taker drained: read again."""
-        if self.paused and self.transport is not None:
+        """The sink's taker drained: read again (not while the socket is lent)."""
+        if self.paused and not self.handed_off and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
 
@@ -319,6 +319,12 @@ class Conn(asyncio.Protocol):
             self.close()
         else:
             self.resume()
+
+    def lent_back(self) -> None:
+        """The body's rest was not carried after all, or only part of it and the connection
+        stands at a chunk boundary again (llhttp's, where it stopped): reading goes on."""
+        self.handed_off = False
+        self.resume()
 
     def lent_failed(self, error: BaseException) -> None:
         """The splice ended before the body's end: the connection is out of step."""

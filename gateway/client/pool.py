@@ -110,6 +110,10 @@ class Response:
         if self._conn is not None:
             self._conn.lent_end(extra)
 
+    def lent_back(self) -> None:
+        if self._conn is not None:
+            self._conn.lent_back()
+
     def lent_failed(self, error: BaseException) -> None:
         if self._conn is not None:
             self._conn.lent_failed(error)

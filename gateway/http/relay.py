@@ -90,11 +90,13 @@ async def _piped(
     try:
         await resp.drain_to(sink)
         if resp.handed_off():
+            pipe.on_writable(None)  # the client's writability is the splice's meanwhile
             if await splice.carry(resp, pipe, ex, watchdog):
                 return "splice"
+            pipe.on_writable(resp.resume)
             # Not lent (the client's TLS, bytes still buffered for it), or given back between
             # chunks (the client spoke): the rest in Python.
-            resp.resume()
+            resp.lent_back()
             await resp.drain_to(sink)
     finally:
         pipe.on_writable(None)

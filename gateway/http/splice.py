@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import os
 import weakref
 from typing import Final
 
@@ -31,6 +32,7 @@ from gateway.client import BadResponse, ConnectionLost, Response
 from gateway.http.asgi import ClientPipe
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
+from gateway.runtime import log
 
 try:
     from gateway import _splice
@@ -48,8 +50,9 @@ _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _splice.Poller] =
 def _poller(loop: asyncio.AbstractEventLoop) -> _splice.Poller:
     poller = _pollers.get(loop)
     if poller is None:
-        poller = _pollers[loop] = _splice.Poller()
+        poller = _splice.Poller()
         loop.add_reader(poller.fileno(), poller.dispatch)
+        _pollers[loop] = poller  # only once watched: else every relay on it would wait
     return poller
 
 
@@ -68,7 +71,12 @@ async def carry(
         return False
     loop = watchdog.loop
     done = loop.create_future()
-    relay = _splice.Relay(_poller(loop), upstream_fd, client_fd, functools.partial(_set, done))
+    try:
+        relay = _splice.Relay(_poller(loop), upstream_fd, client_fd, functools.partial(_set, done))
+    except OSError as exc:  # no descriptor for a poller, no memory: the Python relay goes on
+        log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
+        pipe.give_back()
+        return False
     watchdog.source = relay
     try:
         await done
@@ -79,7 +87,7 @@ async def carry(
         ex.body_bytes += relay.total
         status = relay.status
         pipe.give_back()
-        if relay.pending or status == _splice.CLIENT_GONE:
+        if relay.pending or status in _CLIENT_CUT:
             pipe.abort()  # its stream cannot go on (mid-chunk), or has gone: the hook runs
         failure = _failure(status, relay.error)
         if status in (_splice.END, _splice.END_EXTRA):
@@ -90,9 +98,18 @@ async def carry(
         # The whole body, or (YIELDED) the client spoke mid-stream: both sides stand between
         # chunks, as llhttp does where it stopped, and the Python relay goes on.
         return status != _splice.YIELDED
-    if status == _splice.CLIENT_GONE:
+    if status == _splice.LOCAL_FAILED:
+        log.warning("a stream was cut: the splice failed here (%s)", os.strerror(relay.error))
+    if status in _CLIENT_CUT:
         await asyncio.sleep(0)  # the hook has cancelled this task: the cancellation lands here
     raise failure
+
+
+# Ends after which the client's connection is closed: it left, or this side cut its stream
+# (possibly mid-chunk), which no upstream is to blame for.
+_CLIENT_CUT: Final = frozenset(
+    () if _splice is None else (_splice.CLIENT_GONE, _splice.LOCAL_FAILED)
+)
 
 
 def _set(done: asyncio.Future[None]) -> None:

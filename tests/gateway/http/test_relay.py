@@ -103,6 +103,15 @@ class Pipe:
     def on_writable(self, callback: Any) -> None:
         self.writable = callback
 
+    def lend(self) -> int | None:
+        return None  # as a TLS client's: a hand-off finds nothing to lend, and Python goes on
+
+    def give_back(self) -> None:
+        raise AssertionError("nothing was lent")
+
+    def abort(self) -> None:
+        self.lost = True
+
     def drained(self) -> None:
         """As gateway.h1.conn.H1.resume_writing: the flag off, then the callback."""
         self.flow.write_paused = False

@@ -290,6 +290,31 @@ def test_a_number_reused_after_an_outside_close_stays_the_new_relays(rig: Rig) -
             s.close()
 
 
+def test_a_socket_replaced_under_a_waiting_relay_is_never_adopted(rig: Rig) -> None:
+    """The upstream's number closed and reused while the relay waits for the client: when the
+    client drains, the relay does not watch (and relay) the new socket under the old number."""
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    while not rig.relay.pending:
+        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+    number = rig.up.fileno()
+    stranger, stranger_peer = _tcp_pair()
+    try:
+        os.dup2(stranger.fileno(), number)  # the number now names another connection
+        stranger_peer.sendall(b"5\r\nSECRT\r\n")
+        rig.client.settimeout(5)
+        got = bytearray()
+        while rig.relay.status == _splice.RUNNING:
+            got += rig.client.recv(1 << 20)
+            rig.step()
+        assert rig.relay.status == _splice.LOCAL_FAILED and not rig.relay.watching
+        got += rig.received()
+        assert b"SECRT" not in got
+    finally:
+        stranger.close()
+        stranger_peer.close()
+
+
 def test_an_error_in_the_owners_callback_reaches_the_loop(rig: Rig) -> None:
     def boom() -> None:
         raise RuntimeError("owner failed")
@@ -473,6 +498,28 @@ def test_a_client_that_leaves_mid_splice_cancels_the_stream() -> None:
             with pytest.raises((asyncio.CancelledError, ConnectionLost)):
                 await asyncio.wait_for(task, 5)
             assert pipe.aborted == 1
+
+    run(main())
+
+
+def test_a_splice_that_cannot_start_leaves_the_stream_to_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_splice, "Relay", refuse)
+
+    async def main() -> None:
+        pipe, reader, server = await _client_side()
+        parts = [b"1\r\na\r\n", b"1\r\nb\r\n", b"0\r\n\r\n"]
+        async with Scripted(_answer(*parts)) as srv:
+            path, ex = await _relay_once(srv, Client(1.0), pipe)
+            assert path == "python" and pipe.lent == 1 and ex.body_bytes == 2
+            got = b""
+            while b"".join(_dechunk(got)) != b"ab":
+                got += await asyncio.wait_for(reader.read(100), 5)
+        server.close()
 
     run(main())
 
