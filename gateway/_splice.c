@@ -110,6 +110,7 @@ struct Relay {
     size_t pending_len;
     size_t pending_off;
     PyObject *on_done;
+    PyObject *on_token;     /* called once, at the first read whose data carries a token */
     dev_t up_dev, cl_dev;   /* which sockets the numbers named at the start: checked before */
     ino_t up_ino, cl_ino;   /* each change of watch, so a number reused is never adopted */
 };
@@ -215,6 +216,31 @@ static int scan(Relay *r, char *buf, size_t n, size_t *out, size_t *used) {
     }
     *out = o;
     *used = i;
+    return 0;
+}
+
+/* Whether data[0:n] carries generated text: gateway.traffic.carries_token's pattern,
+ * "(?:content|text|delta)":\s*"[^"], matched the same way (tests/gateway/http/test_splice.py
+ * holds the two equal). */
+static int has_token(const char *data, size_t n) {
+    static const char *const keys[] = {"content", "text", "delta"};
+    const char *end = data + n;
+    for (const char *q = memchr(data, '"', n); q != NULL;
+         q = memchr(q + 1, '"', (size_t)(end - q - 1))) {
+        for (int k = 0; k < 3; k++) {
+            size_t kl = strlen(keys[k]);
+            const char *c = q + 1;
+            if ((size_t)(end - c) < kl + 2 || memcmp(c, keys[k], kl) != 0) continue;
+            c += kl;
+            if (c[0] != '"' || c[1] != ':') continue;
+            c += 2;
+            while (c < end && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' ||
+                               *c == '\f' || *c == '\v'))
+                c++;
+            if (c + 1 < end && c[0] == '"' && c[1] != '"') return 1;
+        }
+        if (q + 1 >= end) break;
+    }
     return 0;
 }
 
@@ -407,6 +433,14 @@ static int on_upstream(Relay *r) {
     size_t out = 0, used = 0;
     if (scan(r, read_buf, (size_t)n, &out, &used) < 0) return finish(r, BAD_FRAMING);
     int ended = r->state == S_DONE ? (used < (size_t)n ? END_EXTRA : END) : 0;
+    if (r->on_token != NULL && out > 0 && has_token(read_buf, out)) {
+        PyObject *on_token = r->on_token;
+        r->on_token = NULL;  /* once; the reference is this call's now */
+        PyObject *res = PyObject_CallNoArgs(on_token);
+        Py_DECREF(on_token);
+        if (res == NULL) return -1;
+        Py_DECREF(res);
+    }
     if (out > 0) {
         int sent = send_chunk(r, read_buf, out);
         if (sent == -2) {
@@ -517,18 +551,19 @@ static PyObject *Relay_close(Relay *r, PyObject *Py_UNUSED(ignored)) {
     if (r->status == RUNNING) r->status = CLOSED;
     unwatch(r);
     Py_CLEAR(r->on_done);
+    Py_CLEAR(r->on_token);
     Py_RETURN_NONE;
 }
 
 static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"poller", "upstream_fd", "client_fd", "on_done", NULL};
-    PyObject *poller, *on_done;
+    static char *kwlist[] = {"poller", "upstream_fd", "client_fd", "on_done", "on_token", NULL};
+    PyObject *poller, *on_done, *on_token = Py_None;
     int up, cl;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iiO", kwlist, &PollerType, &poller, &up,
-                                     &cl, &on_done))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iiO|O", kwlist, &PollerType, &poller, &up,
+                                     &cl, &on_done, &on_token))
         return -1;
-    if (!PyCallable_Check(on_done)) {
-        PyErr_SetString(PyExc_TypeError, "on_done must be callable");
+    if (!PyCallable_Check(on_done) || (on_token != Py_None && !PyCallable_Check(on_token))) {
+        PyErr_SetString(PyExc_TypeError, "on_done (and on_token, unless None) must be callable");
         return -1;
     }
     if (r->poller != NULL) {
@@ -545,6 +580,10 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
     r->client_fd = cl;
     Py_INCREF(on_done);
     r->on_done = on_done;
+    if (on_token != Py_None) {
+        Py_INCREF(on_token);
+        r->on_token = on_token;
+    }
     r->last = monotonic_s();
     struct stat st;
     if (fstat(up, &st) < 0) return PyErr_SetFromErrno(PyExc_OSError), -1;
@@ -578,12 +617,14 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static int Relay_traverse(Relay *r, visitproc visit, void *arg) {
     Py_VISIT(r->on_done);
+    Py_VISIT(r->on_token);
     Py_VISIT(r->poller);
     return 0;
 }
 
 static int Relay_clear(Relay *r) {
     Py_CLEAR(r->on_done);
+    Py_CLEAR(r->on_token);
     return 0;
 }
 
@@ -636,11 +677,25 @@ static PyTypeObject RelayType = {
     .tp_getset = Relay_getset,
 };
 
+static PyObject *module_carries_token(PyObject *m, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    int found = has_token(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(found);
+}
+
+static PyMethodDef module_methods[] = {
+    {"carries_token", module_carries_token, METH_O,
+     "the relay's first-token test on one read's data (gateway.traffic.carries_token's twin)"},
+    {NULL}};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "gateway._splice",
     .m_doc = "A streamed body from an upstream socket to a client socket, in C.",
     .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__splice(void) {

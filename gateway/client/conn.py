@@ -44,8 +44,9 @@ class Conn(asyncio.Protocol):
         "complete",
         "error",
         "framed",
-        "hand_off",
+        "ends_line",
         "handed_off",
+        "wants_hand_off",
         "head_done",
         "headers",
         "idle_in",
@@ -95,7 +96,8 @@ class Conn(asyncio.Protocol):
         self.keep_alive = False  # read at the head: llhttp forgets it once the message ends
         self.framed = False  # Content-Length or chunked: the end is in the bytes, not the close
         self.chunked = False
-        self.hand_off = False  # set by the sink's owner: stop at the next chunk boundary
+        self.wants_hand_off = False  # hand_off(): stop at the next chunk boundary
+        self.ends_line = False  # the last read ended in LF (a chunk's, or the head's)
         self.handed_off = False  # stopped there: the body's rest is read by gateway._splice
         self.no_body = False  # a HEAD request's response: headers only
         self.error: BaseException | None = None
@@ -120,7 +122,7 @@ class Conn(asyncio.Protocol):
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
         self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
-        self.chunked = self.hand_off = self.handed_off = False
+        self.chunked = self.wants_hand_off = self.handed_off = False
         self.chunks.clear()
         self.open_chunks.clear()
         self.buffered, self.error = 0, None
@@ -155,7 +157,6 @@ class Conn(asyncio.Protocol):
         chunk), from data_received, with no task woken per chunk; never b"" (llhttp hands on
         no empty span). Returns at the body's end; raises as ``read`` does."""
         self.sink = sink
-        self.handed_off = False
         try:
             if self.chunks:  # what came before the sink was set; later reads: data_received
                 # Full, and more to come: wait for the taker. A response already complete is
@@ -249,6 +250,7 @@ class Conn(asyncio.Protocol):
             self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
             self.close()
             return
+        self.ends_line = read[-1] == 10
         try:
             self.parser.feed_data(read)
         except httptools.HttpParserUpgrade:
@@ -282,14 +284,26 @@ class Conn(asyncio.Protocol):
         chunks.clear()
         if not (sink(data) or self.complete):
             self._pause()
-        elif self.hand_off and not self.complete and not self.open_chunks and read[-1] == 10:
-            # Between chunks (a read that ends in a chunk's final LF, or in the head's: llhttp
-            # holds no partial size line): the rest is the splice's (gateway.http.splice).
-            self.hand_off, self.handed_off, self.sink = False, True, None
+        elif self.wants_hand_off and self._at_boundary():
+            self.wants_hand_off, self.handed_off, self.sink = False, True, None
             self._pause()
             self._wake()
 
     # -- a body's rest carried elsewhere (gateway.http.splice) ----------------------------
+
+    def _at_boundary(self) -> bool:
+        # Between chunks: none open (llhttp's chunk callbacks) and the last read ended in a
+        # chunk's final LF or the head's, so llhttp holds no partial size line either.
+        return not (self.complete or self.chunks or self.open_chunks) and self.ends_line
+
+    def hand_off(self) -> None:
+        """Stop reading at a chunk boundary, now if the bytes stand at one (``handed_off``),
+        else at the end of the first read that ends at one (drain_to then returns)."""
+        if self._at_boundary():
+            self.handed_off = True
+            self._pause()
+        else:
+            self.wants_hand_off = True
 
     def splicable(self) -> bool:
         transport = self.transport

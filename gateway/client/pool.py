@@ -93,10 +93,11 @@ class Response:
         return self._conn is not None and self._conn.splicable()
 
     def hand_off(self) -> None:
-        """Have ``drain_to`` return at the next chunk boundary (``handed_off()`` then says so),
-        the connection's reading paused, for the rest to be carried by ``lend()``'s socket."""
+        """Stop at a chunk boundary, now or (drain_to returning there) at the next one, the
+        connection's reading paused (``handed_off()``), for ``lend()``'s socket to carry the
+        rest."""
         if self._conn is not None:
-            self._conn.hand_off = True
+            self._conn.hand_off()
 
     def handed_off(self) -> bool:
         return self._conn is not None and self._conn.handed_off

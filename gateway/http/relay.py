@@ -21,9 +21,11 @@ from gateway.http.asgi import CHUNK, PIPE, ClientPipe, Send
 from gateway.http import splice
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
+from gateway.traffic import carries_token
 
-# Called with each chunk until it returns True: the stream's first token has been seen.
-FirstToken = Callable[[bytes], bool]
+# Called once, when the stream's first token is seen (gateway.traffic.carries_token): the
+# dashboard's time to first token.
+TokenSeen = Callable[[], None]
 
 
 async def relay(
@@ -31,26 +33,28 @@ async def relay(
     send: Send,
     ex: Exchange,
     watchdog: Watchdog,
-    first_token: FirstToken | None,
+    token_seen: TokenSeen | None,
     splice_ok: bool = True,
 ) -> str:
-    """The rest of ``resp``'s body to the client, touching ``watchdog`` per chunk. Raises what
-    the upstream's connection raises (the caller cuts the stream); the final empty send that
-    ends the response is the caller's. Returns the path the body took: "splice" where
-    gateway._splice carried its rest (gateway.http.splice; only with ``splice_ok``, the
-    config's server.splice), else "python"."""
+    """The rest of ``resp``'s body to the client, touching ``watchdog`` per chunk, and calling
+    ``token_seen`` at the first chunk that carries a token. Raises what the upstream's
+    connection raises (the caller cuts the stream); the final empty send that ends the
+    response is the caller's. Returns the path the body took: "splice" where gateway._splice
+    carried it (gateway.http.splice; only with ``splice_ok``, the config's server.splice),
+    else "python"."""
     pipe_for: Callable[[], ClientPipe | None] | None = ex.scope.get("extensions", {}).get(PIPE)
     pipe = pipe_for() if pipe_for is not None else None
     if pipe is not None:
-        return await _piped(resp, pipe, ex, watchdog, first_token, splice_ok)
+        return await _piped(resp, pipe, ex, watchdog, token_seen, splice_ok)
     read = resp.reader()
     while True:
         watchdog.touch()
         chunk = await read()
         if not chunk:
             return "python"
-        if first_token is not None and first_token(chunk):
-            first_token = None
+        if token_seen is not None and carries_token(chunk):
+            token_seen()
+            token_seen = None
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
@@ -59,7 +63,7 @@ async def _piped(
     pipe: ClientPipe,
     ex: Exchange,
     watchdog: Watchdog,
-    first_token: FirstToken | None,
+    token_seen: TokenSeen | None,
     splice_ok: bool,
 ) -> str:
     # Bound once: this runs per streamed token, from the upstream connection's read callback,
@@ -67,35 +71,40 @@ async def _piped(
     # costs several times what the same code costs in a hot loop). One frame: on uvloop the
     # pipe's members are the client transport's own methods, in C.
     write, closing, flow, clock = pipe.write, pipe.is_closing, pipe.flow, watchdog.clock
-    # Past the first token the rest may go by gateway._splice (gateway.http.splice): the
-    # connection stops at the next chunk boundary and drain_to returns.
-    spliced = splice_ok and splice.AVAILABLE and resp.splicable()
 
     def sink(chunk: bytes) -> bool:
-        nonlocal first_token
+        nonlocal token_seen
         if closing():
             return False  # the disconnect hook ends this task; nothing is counted as sent
         watchdog.last = clock()  # watchdog.touch(), inline: keep the two the same
         ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
-        if first_token is not None and first_token(chunk):
-            first_token = None
-            if spliced:
-                resp.hand_off()
+        if token_seen is not None and carries_token(chunk):
+            seen()
         write(CHUNK % (len(chunk), chunk))
         return not flow.write_paused
 
-    if spliced and first_token is None:
+    def seen() -> None:  # from the sink, or from gateway._splice's C: once either way
+        nonlocal token_seen
+        if token_seen is not None:
+            token_seen()
+            token_seen = None
+
+    # gateway._splice carries the body where it can (gateway.http.splice): from the chunk
+    # boundary the upstream's bytes stand at now, or else from the next one (drain_to returns
+    # there). Its C looks for the first token as the sink does.
+    if splice_ok and splice.AVAILABLE and resp.splicable():
         resp.hand_off()
     pipe.on_writable(resp.resume)
     try:
-        await resp.drain_to(sink)
+        if not resp.handed_off():
+            await resp.drain_to(sink)
         if resp.handed_off():
             pipe.on_writable(None)  # the client's writability is the splice's meanwhile
-            if await splice.carry(resp, pipe, ex, watchdog):
+            if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
                 return "splice"
-            pipe.on_writable(resp.resume)
             # Not lent (the client's TLS, bytes still buffered for it), or given back between
             # chunks (the client spoke): the rest in Python.
+            pipe.on_writable(resp.resume)
             resp.lent_back()
             await resp.drain_to(sink)
     finally:

@@ -26,6 +26,7 @@ import errno
 import functools
 import os
 import weakref
+from collections.abc import Callable
 from typing import Final
 
 from gateway.client import BadResponse, ConnectionLost, Response
@@ -57,12 +58,18 @@ def _poller(loop: asyncio.AbstractEventLoop) -> _splice.Poller:
 
 
 async def carry(
-    resp: Response, pipe: ClientPipe, ex: Exchange, watchdog: Watchdog
+    resp: Response,
+    pipe: ClientPipe,
+    ex: Exchange,
+    watchdog: Watchdog,
+    token_seen: Callable[[], None] | None,
 ) -> bool:
     """The body's rest, once ``resp`` was handed off at a chunk boundary. True once the body
     went whole; False when the caller is to go on in Python, from a chunk boundary: either
     side could not be lent, or the client sent bytes mid-stream (a pipelined request, which
-    the server then reads). Raises ConnectionLost or BadResponse as the Python relay does."""
+    the server then reads). ``token_seen`` is called at the first read that carries a token
+    (gateway.traffic.carries_token's test, in C). Raises ConnectionLost or BadResponse as the
+    Python relay does."""
     upstream_fd = resp.lend()
     if upstream_fd is None:
         return False
@@ -72,7 +79,9 @@ async def carry(
     loop = watchdog.loop
     done = loop.create_future()
     try:
-        relay = _splice.Relay(_poller(loop), upstream_fd, client_fd, functools.partial(_set, done))
+        relay = _splice.Relay(
+            _poller(loop), upstream_fd, client_fd, functools.partial(_set, done), token_seen
+        )
     except OSError as exc:  # no descriptor for a poller, no memory: the Python relay goes on
         log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
         pipe.give_back()

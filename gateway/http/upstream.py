@@ -246,12 +246,9 @@ class _Attempts:
             if resp is not None and not opened:
                 resp.close()
 
-    def _first_token(self, cand: Candidate, chunk: bytes) -> bool:
-        if not carries_token(chunk):
-            return False
+    def _token_seen(self, cand: Candidate) -> None:
         ms = (time.perf_counter() - self.opened_at) * 1000
         self.rt.traffic.first_token(cand.upstream.id, ms)
-        return True
 
     def _record(self, cand: Candidate, ok: bool) -> None:
         self.rt.traffic.attempt(cand.upstream.id, ok)
@@ -290,7 +287,10 @@ class _Attempts:
         m = self.rt.metrics
         m.first_byte.labels(cand.upstream.region).observe(self.ex.elapsed_s())
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
-        found = not self.ex.stream or self._first_token(cand, first)
+        found = not self.ex.stream
+        if not found and carries_token(first):
+            self._token_seen(cand)
+            found = True
         if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
             # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
@@ -302,13 +302,13 @@ class _Attempts:
         # What is left of timeouts.total_s since the request's start; the watchdog turns it
         # into a deadline on the loop's clock.
         t = self.config.timeouts
-        first_token = None if found else functools.partial(self._first_token, cand)
+        token_seen = None if found else functools.partial(self._token_seen, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
             left_s = t.total_s - self.ex.elapsed_s()
             with Watchdog(t.idle_s, left_s, self.task) as watchdog:
                 path = await relay(
-                    resp, send, self.ex, watchdog, first_token, self.config.server.splice
+                    resp, send, self.ex, watchdog, token_seen, self.config.server.splice
                 )
             m.stream_path.labels(path).inc()
         except (TimeoutError, *CLIENT_ERRORS) as exc:

@@ -25,6 +25,7 @@ from gateway.http import splice
 from gateway.http.asgi import PIPE
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
+from gateway.traffic import carries_token
 from tests.gateway.client.scripted import Scripted, run
 from tests.support import start_fleet
 
@@ -144,6 +145,40 @@ def test_any_chunked_body_cut_anywhere_reaches_the_client_whole(
         assert r.relay.total == sum(map(len, payloads))
     finally:
         r.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b'"', b"content", b"text", b"delta", b":", b" ", b"\t", b"\n", b"x", b"\\", b"'"]
+        ),
+        max_size=14,
+    ).map(b"".join)
+)
+def test_the_c_first_token_test_is_the_dashboards(data: bytes) -> None:
+    assert _splice.carries_token(data) == carries_token(data)
+
+
+@pytest.mark.parametrize(
+    ("reads", "at"),
+    [
+        ([b'data: {"role": "assistant"}\n\n', b'data: {"content": "Hi"}\n\n'], 2),
+        ([b'data: {"content": ""}\n\n', b"x", b'{"text":"a"}'], 3),
+        ([b'{"delta":\n "b"}'], 1),
+    ],
+)
+def test_the_first_read_that_carries_a_token_is_told_once(
+    rig: Rig, reads: list[bytes], at: int
+) -> None:
+    seen: list[int] = []
+    rig.relay.close()
+    rig.relay = _splice.Relay(
+        rig.poller, rig.up.fileno(), rig.cl.fileno(), lambda: None, lambda: seen.append(rig.relay.reads)
+    )
+    for data in [*reads, b'{"content": "more"}']:
+        rig.feed(b"%x\r\n%b\r\n" % (len(data), data))
+    assert seen == [at]
 
 
 def test_each_read_leaves_as_one_chunk(rig: Rig) -> None:
@@ -407,14 +442,18 @@ def _answer(*parts: bytes, gap_s: float = 0.01) -> Any:
 
 
 async def _relay_once(
-    srv: Scripted, client: Client, pipe: TransportPipe, idle_s: float = 5
+    srv: Scripted,
+    client: Client,
+    pipe: TransportPipe,
+    idle_s: float = 5,
+    token_seen: Any = None,
 ) -> tuple[str, Any]:
     ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
     resp = await client.request("GET", srv.url + "/")
     await resp.wait_body()
     try:
         with Watchdog(idle_s, 30) as dog:
-            path = await relay(resp, _no_send, ex, dog, None)
+            path = await relay(resp, _no_send, ex, dog, token_seen)
     except BaseException:
         resp.close()
         raise
@@ -519,6 +558,21 @@ def test_a_splice_that_cannot_start_leaves_the_stream_to_python(
             got = b""
             while b"".join(_dechunk(got)) != b"ab":
                 got += await asyncio.wait_for(reader.read(100), 5)
+        server.close()
+
+    run(main())
+
+
+def test_the_first_token_is_told_from_the_splice_as_from_python() -> None:
+    events = [b'data: {"role": "assistant"}\n\n', b'data: {"content": "Hi"}\n\n', b"data: [DONE]\n\n"]
+
+    async def main() -> None:
+        pipe, _, server = await _client_side()
+        parts = [b"%x\r\n%b\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        async with Scripted(_answer(*parts)) as srv:
+            seen: list[int] = []
+            path, ex = await _relay_once(srv, Client(1.0), pipe, token_seen=lambda: seen.append(1))
+            assert path == "splice" and seen == [1] and ex.body_bytes == sum(map(len, events))
         server.close()
 
     run(main())
