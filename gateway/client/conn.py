@@ -42,11 +42,10 @@ class Conn(asyncio.Protocol):
         "chunked",
         "chunks",
         "complete",
+        "ends_line",
         "error",
         "framed",
-        "ends_line",
         "handed_off",
-        "wants_hand_off",
         "head_done",
         "headers",
         "idle_in",
@@ -67,6 +66,7 @@ class Conn(asyncio.Protocol):
         "timer",
         "transport",
         "waiter",
+        "wants_hand_off",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

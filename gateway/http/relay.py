@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.client import Response
-from gateway.http.asgi import CHUNK, PIPE, ClientPipe, Send
 from gateway.http import splice
+from gateway.http.asgi import CHUNK, PIPE, ClientPipe, Send
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token

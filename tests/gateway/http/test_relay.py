@@ -126,7 +126,7 @@ def test_the_pipe_gets_each_reads_chunks_together_and_pauses_the_upstream_when_f
         w.write(b"1\r\na\r\n1\r\nb\r\n")  # two chunks in one write: one read, likely
         await w.drain()
         await release.wait()
-        w.write(b"c\r\n\"text\": \"cd\"\r\n0\r\n\r\n")  # the first token
+        w.write(b'c\r\n"text": "cd"\r\n0\r\n\r\n')  # the first token
         await w.drain()
 
     async def main() -> None:
