@@ -113,6 +113,9 @@ class FakeResponse:
     def resume(self) -> None:
         return None
 
+    def splicable(self) -> bool:  # no sockets here: the Python relay, whose cost this measures
+        return False
+
     def header(self, name: bytes) -> str | None:  # as gateway.client's: a plain loop
         for n, v in self.raw_headers:
             if n.lower() == name:

@@ -305,17 +305,12 @@ class Conn(asyncio.Protocol):
         else:
             self.wants_hand_off = True
 
-    def splicable(self) -> bool:
-        transport = self.transport
-        return (
-            self.chunked
-            and transport is not None
-            and transport.get_extra_info("sslcontext") is None
-        )
+    def splicable(self) -> bool:  # what gateway._splice can carry: chunked, over plain TCP
+        t = self.transport
+        return self.chunked and t is not None and t.get_extra_info("sslcontext") is None
 
     def lend(self) -> int | None:
-        """The socket's descriptor for gateway._splice, once drain_to stopped at a chunk
-        boundary (handed_off; only where ``splicable()``); None where there is none."""
+        """The socket's descriptor for gateway._splice once handed off; None if there is none."""
         transport = self.transport
         if not self.handed_off or transport is None or transport.is_closing():
             return None
@@ -335,17 +330,14 @@ class Conn(asyncio.Protocol):
             self.resume()
 
     def lent_back(self) -> None:
-        """The body's rest was not carried after all, or only part of it and the connection
-        stands at a chunk boundary again (llhttp's, where it stopped): reading goes on."""
+        """Not carried, or only in part, to a chunk boundary (llhttp's too): reading goes on."""
         self.handed_off = False
         self.resume()
 
     def lent_failed(self, error: BaseException) -> None:
         """The splice ended before the body's end: the connection is out of step."""
         self.handed_off = False
-        self.lost = True
-        if self.error is None:
-            self.error = error
+        self.lost, self.error = True, self.error or error
         self.close()
 
     def eof_received(self) -> bool:

@@ -92,13 +92,14 @@ async def _piped(
     # gateway._splice carries the body where it can (gateway.http.splice): from the chunk
     # boundary the upstream's bytes stand at now, or else from the next one (drain_to returns
     # there). Its C looks for the first token as the sink does.
-    if splice_ok and splice.AVAILABLE and resp.splicable():
+    spliced = splice_ok and splice.AVAILABLE and resp.splicable()
+    if spliced:
         resp.hand_off()
     pipe.on_writable(resp.resume)
     try:
-        if not resp.handed_off():
+        if not (spliced and resp.handed_off()):
             await resp.drain_to(sink)
-        if resp.handed_off():
+        if spliced and resp.handed_off():
             pipe.on_writable(None)  # the client's writability is the splice's meanwhile
             if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
                 return "splice"
