@@ -419,6 +419,17 @@ static int watch_or_fail(Relay *r) {
     return finish(r, LOCAL_FAILED);
 }
 
+/* The first token's callback, once. What it raises is reported (sys.unraisablehook), not
+ * passed on: the stream goes on whatever the dashboard's bookkeeping does. */
+static void tell_token(Relay *r) {
+    PyObject *on_token = r->on_token;
+    r->on_token = NULL;  /* once; the reference is this call's now */
+    PyObject *res = PyObject_CallNoArgs(on_token);
+    if (res == NULL) PyErr_WriteUnraisable(on_token);
+    Py_XDECREF(res);
+    Py_DECREF(on_token);
+}
+
 static int on_upstream(Relay *r) {
     if (r->pending != NULL) return 0;
     ssize_t n = recv(r->upstream_fd, read_buf, READ_BYTES, 0);
@@ -433,25 +444,17 @@ static int on_upstream(Relay *r) {
     size_t out = 0, used = 0;
     if (scan(r, read_buf, (size_t)n, &out, &used) < 0) return finish(r, BAD_FRAMING);
     int ended = r->state == S_DONE ? (used < (size_t)n ? END_EXTRA : END) : 0;
-    if (r->on_token != NULL && out > 0 && has_token(read_buf, out)) {
-        PyObject *on_token = r->on_token;
-        r->on_token = NULL;  /* once; the reference is this call's now */
-        PyObject *res = PyObject_CallNoArgs(on_token);
-        Py_DECREF(on_token);
-        if (res == NULL) return -1;
-        Py_DECREF(res);
+    int token = r->on_token != NULL && out > 0 && has_token(read_buf, out);
+    int sent = out > 0 ? send_chunk(r, read_buf, out) : 1;
+    if (token) tell_token(r);  /* after the send: read_buf is no longer needed */
+    if (sent == -2) {
+        r->error = ENOMEM;
+        return finish(r, LOCAL_FAILED);
     }
-    if (out > 0) {
-        int sent = send_chunk(r, read_buf, out);
-        if (sent == -2) {
-            r->error = ENOMEM;
-            return finish(r, LOCAL_FAILED);
-        }
-        if (sent == -1) return finish(r, CLIENT_GONE);
-        if (sent == 0) {
-            r->end = ended;  /* told once the client took the rest */
-            return watch_or_fail(r);
-        }
+    if (sent == -1) return finish(r, CLIENT_GONE);
+    if (sent == 0) {
+        r->end = ended;  /* told once the client took the rest */
+        return watch_or_fail(r);
     }
     if (ended) return finish(r, ended);
     if (r->quiet && at_boundary(r)) return finish(r, YIELDED);

@@ -297,8 +297,7 @@ class Conn(asyncio.Protocol):
         return not (self.complete or self.chunks or self.open_chunks) and self.ends_line
 
     def hand_off(self) -> None:
-        """Stop reading at a chunk boundary, now if the bytes stand at one (``handed_off``),
-        else at the end of the first read that ends at one (drain_to then returns)."""
+        """Stop reading between chunks: now, or after the next read that ends between two."""
         if self._at_boundary():
             self.handed_off = True
             self._pause()
@@ -311,10 +310,8 @@ class Conn(asyncio.Protocol):
 
     def lend(self) -> int | None:
         """The socket's descriptor for gateway._splice once handed off; None if there is none."""
-        transport = self.transport
-        if not self.handed_off or transport is None or transport.is_closing():
-            return None
-        sock = transport.get_extra_info("socket")
+        t = self.transport
+        sock = t.get_extra_info("socket") if self.handed_off and t and not t.is_closing() else None
         return None if sock is None else int(sock.fileno())
 
     def lent_end(self, extra: bool) -> None:
@@ -322,7 +319,10 @@ class Conn(asyncio.Protocol):
         boundary where it stopped, is fed that last chunk, and the response completes as if
         it had read it. ``extra``: bytes came after it (the connection is out of step)."""
         self.handed_off = False
-        self.parser.feed_data(b"0\r\n\r\n")
+        try:
+            self.parser.feed_data(b"0\r\n\r\n")
+        except httptools.HttpParserError:  # not at a boundary after all: out of step
+            extra = True
         if extra:
             self.lost = True
             self.close()

@@ -82,7 +82,7 @@ async def carry(
         relay = _splice.Relay(
             _poller(loop), upstream_fd, client_fd, functools.partial(_set, done), token_seen
         )
-    except OSError as exc:  # no descriptor for a poller, no memory: the Python relay goes on
+    except Exception as exc:  # no descriptor for a poller, no memory: the Python relay goes on
         log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
         pipe.give_back()
         return False

@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -371,6 +372,24 @@ def test_an_error_in_the_owners_callback_reaches_the_loop(rig: Rig) -> None:
         r.close()
         for s in (up, upstream, cl, client):
             s.close()
+
+
+def test_a_first_token_callback_that_raises_is_reported_and_the_stream_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    def broken() -> None:
+        raise RuntimeError("dashboard bookkeeping failed")
+
+    rig.relay.close()
+    rig.relay = _splice.Relay(rig.poller, rig.up.fileno(), rig.cl.fileno(), lambda: None, broken)
+    rig.feed(b'a\r\n"text":"a"\r\n')
+    rig.feed(b"1\r\nb\r\n")
+    assert [str(r.exc_value) for r in reported] == ["dashboard bookkeeping failed"]
+    assert _dechunk(rig.received()) == [b'"text":"a"', b"b"]
+    assert rig.relay.status == _splice.RUNNING
 
 
 def test_bad_arguments_are_refused(rig: Rig, tmp_path: Path) -> None:
