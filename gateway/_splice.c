@@ -10,16 +10,24 @@
  * token, and one callback from the loop for all the streams that are ready at once.
  *
  * What it does not do: TLS (either side), HTTP/2, bodies that are not chunked. The Python
- * side (gateway.http.splice) hands a stream over only where none of those apply, once the
- * stream's first token has been seen and the upstream's bytes stand at a chunk boundary, and
- * takes both connections back at the body's end.
+ * side (gateway.http.splice) hands a stream over only where none of those apply, where the
+ * upstream's bytes stand at a chunk boundary (as a rule right after the first read), and takes
+ * both connections back at the body's end. The first token, for the dashboard's time to first
+ * token, is looked for here (has_token) until found.
  *
  * The sockets are the transports' own descriptors, not duplicates: a duplicate per side would
  * double the descriptors an open stream holds (server.max_streams is sized at two). Both
  * transports stay open and paused while a relay holds their descriptors, and the Python side
  * closes the relay (unwatching both) before either transport may close. Should one close
  * regardless, the kernel drops its registration with it; the owner table below keeps a later
- * relay that got the same number from being unwatched by the earlier one.
+ * relay that got the same number from being unwatched or written to by the earlier one, and an
+ * identity check (fstat) before each new watch keeps the earlier from adopting a socket it
+ * did not start with.
+ *
+ * Epoll events carry the relay's address; a relay stays alive while registered (Relay.held),
+ * and its registrations go before that reference does: by EPOLL_CTL_DEL, or by the kernel
+ * when its socket's last descriptor closes. Nothing in this process duplicates the
+ * transports' sockets (no dup, no fork while serving), so that close is the last one.
  *
  * Threading: none. Every entry point runs on the event loop's thread with the GIL held, so the
  * one read buffer below is shared by all relays of the process.

@@ -7,9 +7,9 @@ in one write (gateway.client.conn). Elsewhere (granian, hypercorn) the request's
 each chunk and hands it to the server's ``send``. Either way a client that cannot keep up
 holds the upstream back (reading pauses), never the gateway's memory.
 
-On the pipe, once the stream's first token has been seen, the rest of a chunked body over plain
-TCP goes by gateway._splice (gateway.http.splice): from socket to socket in C, no Python per
-chunk. The metric geogate_stream_bodies counts streams by the path they took.
+On the pipe, from the first chunk boundary on, a chunked body over plain TCP goes by
+gateway._splice (gateway.http.splice): from socket to socket in C, no Python per chunk. The
+metric geogate_stream_bodies counts streams by the path they took.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A stream's rest carried by gateway._splice: the upstream's chunked body from its socket to
 the client's, in C, on an epoll set the event loop watches as one descriptor.
 
-gateway.http.relay hands a stream over once its first token was seen (the dashboard's TTFT
-reads the chunks up to it) and the upstream's bytes stand at a chunk boundary. Both connections
+gateway.http.relay hands a stream over where the upstream's bytes stand at a chunk boundary,
+as a rule right after the first read (the C finds the first token for the dashboard's TTFT
+with gateway.traffic.carries_token's test). Both connections
 stop reading meanwhile, and their sockets go into the loop's Poller: when any of its streams is
 ready the loop calls ``Poller.dispatch`` (C), which serves them all. Per token: one read, one
 scan of the chunk framing and one send, and no Python frame. At the body's end both connections
