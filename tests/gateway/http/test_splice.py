@@ -28,7 +28,7 @@ from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token
 from tests.gateway.client.scripted import Scripted, run
-from tests.support import start_fleet
+from tests.support import start_fleet, until
 
 # --- the C relay alone, its methods called as the event loop would -----------------------
 
@@ -556,7 +556,7 @@ def test_a_client_that_leaves_mid_splice_cancels_the_stream() -> None:
         async with Scripted(_answer(*[b"1\r\na\r\n"] * 100, gap_s=0.05)) as srv:
             task = asyncio.ensure_future(_relay_once(srv, Client(1.0), pipe))
             await reader.read(1)
-            await asyncio.sleep(0.1)
+            await until(lambda: pipe.lent == 1, what="the hand-off to the splice")
             reader._transport.abort()  # type: ignore[attr-defined]  # the client leaves
             with pytest.raises(ConnectionLost, match="cut"):
                 await asyncio.wait_for(task, 5)
