@@ -308,11 +308,10 @@ class Conn(asyncio.Protocol):
         t = self.transport
         return self.chunked and t is not None and t.get_extra_info("sslcontext") is None
 
-    def lend(self) -> int | None:
-        """The socket's descriptor for gateway._splice once handed off; None if there is none."""
+    def lend(self) -> asyncio.Transport | None:
+        """The transport, for gateway._splice to read as its protocol, once handed off."""
         t = self.transport
-        sock = t.get_extra_info("socket") if self.handed_off and t and not t.is_closing() else None
-        return None if sock is None else int(sock.fileno())
+        return t if self.handed_off and t is not None and not t.is_closing() else None
 
     def lent_end(self, extra: bool) -> None:
         """The splice read the body to its last chunk: llhttp, which still stands at the chunk

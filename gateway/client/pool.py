@@ -94,7 +94,7 @@ class Response:
 
     def hand_off(self) -> None:
         """Stop at a chunk boundary, now or (drain_to returning there) at the next one, the
-        connection's reading paused (``handed_off()``), for ``lend()``'s socket to carry the
+        connection's reading paused (``handed_off()``), for ``lend()``'s transport to carry the
         rest."""
         if self._conn is not None:
             self._conn.hand_off()
@@ -102,9 +102,10 @@ class Response:
     def handed_off(self) -> bool:
         return self._conn is not None and self._conn.handed_off
 
-    def lend(self) -> int | None:
-        """The connection's socket descriptor, once handed off; None where it cannot be lent
-        (TLS): ``drain_to`` may then go on with the rest."""
+    def lend(self) -> asyncio.Transport | None:
+        """The connection's transport, once handed off, for gateway._splice to read as its
+        protocol (then given back by ``lent_end``, ``lent_failed`` or ``lent_back``); None
+        where it cannot be lent: ``drain_to`` may then go on with the rest."""
         return None if self._conn is None else self._conn.lend()
 
     def lent_end(self, extra: bool) -> None:

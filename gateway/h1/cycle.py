@@ -299,7 +299,7 @@ class Pipe:
     """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
     (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
 
-    __slots__ = ("_paused_here", "flow", "is_closing", "write")
+    __slots__ = ("_paused_here", "buffered", "flow", "is_closing", "write")
 
     def __init__(self, conn: Connection) -> None:
         self.flow = conn
@@ -310,6 +310,7 @@ class Pipe:
         # loss a loop turn later (the disconnect hook), while upstream reads may still come.
         # The connection's loss closes the transport before connection_lost runs.
         self.is_closing = transport.is_closing
+        self.buffered = transport.get_write_buffer_size
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
         self.flow.on_writable = callback

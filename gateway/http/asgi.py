@@ -58,6 +58,11 @@ class ClientPipe(Protocol):
     @property
     def is_closing(self) -> Callable[[], bool]: ...
     @property
+    def buffered(self) -> Callable[[], int]:
+        """The transport's get_write_buffer_size: bytes it holds for the client, unsent."""
+        ...
+
+    @property
     def flow(self) -> PipeFlow: ...
 
     def on_writable(self, callback: Callable[[], None] | None) -> None:
@@ -67,7 +72,9 @@ class ClientPipe(Protocol):
     def lend(self) -> int | None:
         """The client socket's descriptor, for gateway._splice to write the body's rest
         (gateway.http.splice), with the connection's reading paused till ``give_back()``;
-        None where it cannot be lent: TLS, bytes still buffered to go out, the client gone."""
+        None where it cannot be lent: TLS, bytes still buffered to go out, the client gone.
+        While lent, what the socket cannot take goes to ``write`` (and then all that follows,
+        till ``buffered()`` is 0 again)."""
         ...
 
     def give_back(self) -> None:

@@ -8,7 +8,8 @@ each chunk and hands it to the server's ``send``. Either way a client that canno
 holds the upstream back (reading pauses), never the gateway's memory.
 
 On the pipe, from the first chunk boundary on, a chunked body over plain TCP goes by
-gateway._splice (gateway.http.splice): from socket to socket in C, no Python per chunk. The
+gateway._splice (gateway.http.splice): the upstream transport's reads go to a protocol in C
+that writes to the client's socket, no Python per chunk. The
 metric geogate_stream_bodies counts streams by the path they took.
 """
 
@@ -103,8 +104,7 @@ async def _piped(
             pipe.on_writable(None)  # the client's writability is the splice's meanwhile
             if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
                 return "splice"
-            # Not lent (the client's TLS, bytes still buffered for it), or given back between
-            # chunks (the client spoke): the rest in Python.
+            # Not lent (the client's TLS, bytes still buffered for it): the rest in Python.
             pipe.on_writable(resp.resume)
             resp.lent_back()
             await resp.drain_to(sink)

@@ -1,23 +1,24 @@
-"""A stream's rest carried by gateway._splice: the upstream's chunked body from its socket to
-the client's, in C, on an epoll set the event loop watches as one descriptor.
+"""A stream's rest carried by gateway._splice: the upstream's chunked body from its connection
+to the client's socket, in C, as the upstream transport's protocol.
 
 gateway.http.relay hands a stream over where the upstream's bytes stand at a chunk boundary,
 as a rule right after the first read (the C finds the first token for the dashboard's TTFT
-with gateway.traffic.carries_token's test). Both connections
-stop reading meanwhile, and their sockets go into the loop's Poller: when any of its streams is
-ready the loop calls ``Poller.dispatch`` (C), which serves them all. Per token: one read, one
-scan of the chunk framing and one send, and no Python frame. At the body's end both connections
-are given back as they were: the upstream's parser is fed the last chunk and its connection goes
-back to the pool, the client's connection reads again and the proxy's own final send ends the
-response.
+with gateway.traffic.carries_token's test). The upstream's transport gets the C relay as its
+protocol, so the event loop's own read callback calls its ``data_received`` (C): per token one
+read, one scan of the chunk framing and one send to the client's socket, whose reading is
+paused meanwhile, and no Python frame. At the body's end both connections are given back as
+they were: the upstream's parser is fed the last chunk and its connection goes back to the
+pool, the client's connection reads again and the proxy's own final send ends the response.
 
 What stays as with the Python relay: each upstream read leaves as one chunk; a client that
-cannot keep up holds the upstream back (its socket is not read while the client's is full);
-the watchdog's idle deadline counts the relay's reads; a client that leaves cancels the
-request through the server's disconnect hook; a failed upstream raises what the client raises
+cannot keep up holds the upstream back (past its transport's high-water mark the upstream's
+reading pauses until the client's connection is writable again); the watchdog's idle deadline
+counts the relay's reads; a failed upstream raises what the Python relay raises
 (ConnectionLost, BadResponse), and the client's stream stands at a chunk boundary for the error
-event that follows. Where the extension is not built (no C compiler at install), AVAILABLE is
-False and every stream stays on the Python relay; ``server.splice = false`` does the same.
+event that follows. A client that leaves is seen at the next send (its reads are paused: a
+pipelined request waits in its socket until the stream's end, as HTTP/1.1 has it). Where the
+extension is not built (no C compiler at install), AVAILABLE is False and every stream stays on
+the Python relay; ``server.splice = false`` does the same.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import asyncio
 import errno
 import functools
 import os
-import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -43,20 +43,6 @@ except ImportError:  # built without a C compiler: pip said so, and the Python r
 
 AVAILABLE: Final = _splice is not None
 
-# One Poller per event loop (a worker has one; the tests start many in turn), watched by it.
-_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _splice.Poller] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _poller(loop: asyncio.AbstractEventLoop) -> _splice.Poller:
-    poller = _pollers.get(loop)
-    if poller is None:
-        poller = _splice.Poller()
-        loop.add_reader(poller.fileno(), poller.dispatch)
-        _pollers[loop] = poller  # only once watched: else every relay on it would wait
-    return poller
-
 
 async def carry(
     resp: Response,
@@ -66,48 +52,49 @@ async def carry(
     token_seen: Callable[[], None] | None,
 ) -> bool:
     """The body's rest, once ``resp`` was handed off at a chunk boundary. True once the body
-    went whole; False when the caller is to go on in Python, from a chunk boundary: either
-    side could not be lent, or the client sent bytes mid-stream (a pipelined request, which
-    the server then reads). ``token_seen`` is called at the first read that carries a token
+    went whole; False when the caller is to go on in Python, from that boundary: either side
+    could not be lent. ``token_seen`` is called at the first read that carries a token
     (gateway.traffic.carries_token's test, in C). Raises ConnectionLost or BadResponse as the
     Python relay does."""
-    upstream_fd = resp.lend()
-    if upstream_fd is None:
+    upstream = resp.lend()
+    if upstream is None:
         return False
     client_fd = pipe.lend()
     if client_fd is None:
         return False
-    loop = watchdog.loop
-    done = loop.create_future()
+    done = watchdog.loop.create_future()
     try:
-        relay = _splice.Relay(
-            _poller(loop), upstream_fd, client_fd, functools.partial(_set, done), token_seen
-        )
-    except Exception as exc:  # no descriptor for a poller, no memory: the Python relay goes on
+        relay = _splice.Relay(client_fd, upstream, pipe, functools.partial(_set, done), token_seen)
+    except Exception as exc:  # no memory: the Python relay goes on
         log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
         pipe.give_back()
         return False
+    own = upstream.get_protocol()
+    upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed
+    upstream.resume_reading()
+    pipe.on_writable(relay.resume)
     watchdog.source = relay
     try:
         await done
     finally:
-        relay.close()  # the sockets out of the poller before either transport may close
+        relay.close()
+        pipe.on_writable(None)
+        upstream.pause_reading()  # no read reaches the connection's parser before lent_*()
+        upstream.set_protocol(own)
         watchdog.source = None
         watchdog.last = max(watchdog.last, relay.last)
         ex.body_bytes += relay.total
         status = relay.status
         pipe.give_back()
-        if relay.pending or status in _CLIENT_CUT:
-            pipe.abort()  # its stream cannot go on (mid-chunk), or has gone: the hook runs
+        if status in _CLIENT_CUT:
+            pipe.abort()  # it has gone, or its stream was cut mid-chunk: the hook runs
         failure = _failure(status, relay.error)
         if status in (_splice.END, _splice.END_EXTRA):
             resp.lent_end(extra=status == _splice.END_EXTRA)
         elif failure is not None:
             resp.lent_failed(failure)  # also when cancelled: the upstream is out of step
     if failure is None:
-        # The whole body, or (YIELDED) the client spoke mid-stream: both sides stand between
-        # chunks, as llhttp does where it stopped, and the Python relay goes on.
-        return status != _splice.YIELDED
+        return True
     if status == _splice.LOCAL_FAILED:
         log.warning("a stream was cut: the splice failed here (%s)", os.strerror(relay.error))
     if status in _CLIENT_CUT:
@@ -128,7 +115,7 @@ def _set(done: asyncio.Future[None]) -> None:
 
 
 def _failure(status: int, error: int) -> Exception | None:
-    if status in (_splice.END, _splice.END_EXTRA, _splice.YIELDED):
+    if status in (_splice.END, _splice.END_EXTRA):
         return None
     if status == _splice.BAD_FRAMING:
         return BadResponse("not HTTP/1.1 chunked framing in the streamed body")

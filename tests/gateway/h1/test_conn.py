@@ -257,32 +257,44 @@ def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
     assert parts[2].lower().count(b"connection: close") == 1
 
 
-@pytest.fixture
-def paced(tmp_path: Path) -> Iterator[tuple[Gateway, Sim]]:
-    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "20")
-    yield gw, sim
+@pytest.fixture(params=[False, True], ids=["python-relay", "splice"])
+def paced(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, Sim, bool]]:
+    spliced = bool(request.param)
+    extra = f"splice = {str(spliced).lower()}"
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "20", server_extra=extra)
+    yield gw, sim, spliced
     gw.stop()
     sim.proc.kill()
 
 
-def test_a_bad_request_pipelined_behind_a_stream_closes_it_and_stops_the_upstream(
-    paced: tuple[Gateway, Sim],
+def test_a_bad_request_pipelined_behind_a_stream_never_lands_inside_its_body(
+    paced: tuple[Gateway, Sim, bool],
 ) -> None:
-    """No 400 inside the streamed body: the connection closes, and the request running on it
-    learns at once (the upstream sees the cancel), not at its idle timeout."""
-    gw, sim = paced
-    chat = json.dumps({"model": "m", "stream": True, "max_tokens": 400, "messages": []}).encode()
+    """No 400 inside the streamed body. On the Python relay the server reads the client
+    meanwhile: the connection closes, and the request running on it learns at once (the
+    upstream sees the cancel), not at its idle timeout. On the splice the client's reads wait
+    for the stream's end, as nginx's do: the body ends whole, then the 400, then the close."""
+    gw, sim, spliced = paced
+    tokens = 10 if spliced else 400
+    chat = {"model": "m", "stream": True, "max_tokens": tokens, "messages": []}
+    body = json.dumps(chat).encode()
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
         s.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%b" % (len(chat), chat)
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
         )
         got = s.recv(65536)
         assert got.startswith(b"HTTP/1.1 200"), got[:200]
         s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")  # pipelined behind the running stream
         got += _read_all(s)  # to the close
-    assert got.count(b"HTTP/1.1 ") == 1, got[-300:]  # no second status line, no 400 inside
-    eventually(lambda: sim.stats()["cancelled"] == 1, timeout=5, what="the upstream's cancel")
+    if not spliced:
+        assert got.count(b"HTTP/1.1 ") == 1, got[-300:]  # no second status line, no 400 inside
+        eventually(lambda: sim.stats()["cancelled"] == 1, timeout=5, what="the upstream's cancel")
+        return
+    stream, _, after = got.partition(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert after.startswith(b"HTTP/1.1 400 "), got[-300:]  # after the body's last chunk
+    assert stream.count(b"HTTP/1.1 ") == 1 and after.endswith(b"}}")  # the 400's own JSON
+    assert sim.stats()["cancelled"] == 0
 
 
 # --- the protocol alone, on uvicorn's own config and server state --------------------------

@@ -33,6 +33,9 @@ class Recording:
     def is_closing(self) -> bool:
         return self.transport.is_closing()
 
+    def get_write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
+
     def close(self) -> None:
         self.calls.append(("close", 0))
         self.transport.close()
@@ -148,6 +151,7 @@ def test_a_pipe_sends_a_held_head_first_and_once_then_is_the_transports_own_writ
         assert conn.transport.calls == [("write", 1)]  # the head, alone, at once
         # The transport's own methods: no wrapper's frame per streamed chunk.
         assert pipe.write == conn.transport.write and pipe.is_closing == conn.transport.is_closing
+        assert pipe.buffered == conn.transport.get_write_buffer_size and pipe.buffered() == 0
         pipe.write(CHUNK % (9, b"data: 1\n\n"))  # framed by the caller
         await asyncio.sleep(0)  # the loop turn's end, where a held head would also go
         await c.send(_body(b""))

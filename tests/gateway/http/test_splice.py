@@ -5,11 +5,13 @@ path its streams took."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +32,7 @@ from gateway.traffic import carries_token
 from tests.gateway.client.scripted import Scripted, run
 from tests.support import start_fleet, until
 
-# --- the C relay alone, its methods called as the event loop would -----------------------
+# --- the C relay alone, its protocol methods called as the upstream transport would -------
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -43,28 +45,67 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     return ours, peer
 
 
-class Rig:
-    """An upstream peer, a client peer, the gateway's two ends between them, a Poller and a
-    Relay on it; ``step()`` is the loop's turn: the poller's dispatch."""
+class Upstream:
+    """The upstream transport's flow calls, counted."""
 
     def __init__(self) -> None:
-        self.up, self.upstream = _tcp_pair()
+        self.reading = True
+        self.pauses = self.resumes = 0
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.resumes += 1
+
+
+class Pipe:
+    """The client's side as gateway.h1's Pipe offers it to the relay: what the socket could
+    not take is written here (kept, as a transport's buffer keeps it) until ``flush()``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.held = bytearray()
+        self.writes = 0
+        self.closing = False
+        self.flow = SimpleNamespace(write_paused=False)
+
+    def write(self, data: bytes) -> None:
+        self.held += data
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def buffered(self) -> int:
+        return len(self.held)
+
+    def flush(self) -> None:
+        """What a transport does once its socket is writable: the held bytes go out."""
+        self.sock.setblocking(True)
+        self.sock.sendall(self.held)
+        self.sock.setblocking(False)
+        self.held.clear()
+
+
+class Rig:
+    """An upstream's counted flow calls, a client peer, the gateway's client socket and a
+    Relay between them; ``feed(data)`` is the upstream transport's read: data_received."""
+
+    def __init__(self, on_token: Any = None) -> None:
         self.cl, self.client = _tcp_pair()
-        self.poller = _splice.Poller()
+        self.upstream = Upstream()
+        self.pipe = Pipe(self.cl)
         self.done = 0
-        self.relay = _splice.Relay(self.poller, self.up.fileno(), self.cl.fileno(), self._done)
+        self.relay = _splice.Relay(self.cl.fileno(), self.upstream, self.pipe, self._done, on_token)
 
     def _done(self) -> None:
         self.done += 1
 
-    def step(self) -> int:
-        return int(self.poller.dispatch())
-
     def feed(self, data: bytes) -> None:
-        """The upstream sends ``data``; the relay reads it (one read, as one readiness)."""
-        self.upstream.sendall(data)
-        _wait_readable(self.up)
-        self.step()
+        self.relay.data_received(data)
 
     def received(self) -> bytes:
         got = bytearray()
@@ -77,16 +118,9 @@ class Rig:
         return bytes(got)
 
     def close(self) -> None:
-        if hasattr(self, "relay"):
-            self.relay.close()
-        for s in (self.up, self.upstream, self.cl, self.client):
+        self.relay.close()
+        for s in (self.cl, self.client):
             s.close()
-
-
-def _wait_readable(sock: socket.socket) -> None:
-    import select
-
-    assert select.select([sock], [], [], 5)[0], "nothing came"
 
 
 @pytest.fixture
@@ -141,7 +175,7 @@ def test_any_chunked_body_cut_anywhere_reaches_the_client_whole(
             r.feed(wire[at:b])
             at = b
         assert r.relay.status == _splice.END
-        assert r.done == 1 and not r.relay.watching
+        assert r.done == 1 and not r.upstream.reading  # paused: the parser takes it back
         assert b"".join(_dechunk(r.received())) == b"".join(payloads)
         assert r.relay.total == sum(map(len, payloads))
     finally:
@@ -169,21 +203,15 @@ def test_the_c_first_token_test_is_the_dashboards(data: bytes) -> None:
         ([b'{"delta":\n "b"}'], 1),
     ],
 )
-def test_the_first_read_that_carries_a_token_is_told_once(
-    rig: Rig, reads: list[bytes], at: int
-) -> None:
+def test_the_first_read_that_carries_a_token_is_told_once(reads: list[bytes], at: int) -> None:
     seen: list[int] = []
-    rig.relay.close()
-    rig.relay = _splice.Relay(
-        rig.poller,
-        rig.up.fileno(),
-        rig.cl.fileno(),
-        lambda: None,
-        lambda: seen.append(rig.relay.reads),
-    )
-    for data in [*reads, b'{"content": "more"}']:
-        rig.feed(b"%x\r\n%b\r\n" % (len(data), data))
-    assert seen == [at]
+    rig = Rig(on_token=lambda: seen.append(rig.relay.reads))
+    try:
+        for data in [*reads, b'{"content": "more"}']:
+            rig.feed(b"%x\r\n%b\r\n" % (len(data), data))
+        assert seen == [at]
+    finally:
+        rig.close()
 
 
 def test_each_read_leaves_as_one_chunk(rig: Rig) -> None:
@@ -191,6 +219,7 @@ def test_each_read_leaves_as_one_chunk(rig: Rig) -> None:
     rig.feed(b"1\r\nf\r\n")
     assert _dechunk(rig.received()) == [b"abcde", b"f"]
     assert rig.relay.status == _splice.RUNNING and rig.relay.reads == 2
+    assert rig.pipe.writes == 0  # straight to the socket: the transport was not needed
 
 
 @pytest.mark.parametrize(
@@ -209,7 +238,7 @@ def test_each_read_leaves_as_one_chunk(rig: Rig) -> None:
 def test_bytes_that_are_not_chunked_framing_end_it(rig: Rig, wire: bytes) -> None:
     rig.feed(wire)
     assert rig.relay.status == _splice.BAD_FRAMING
-    assert rig.done == 1
+    assert rig.done == 1 and not rig.upstream.reading
 
 
 def test_bytes_after_the_last_chunk_are_reported(rig: Rig) -> None:
@@ -220,162 +249,166 @@ def test_bytes_after_the_last_chunk_are_reported(rig: Rig) -> None:
 
 def test_an_upstream_that_closes_mid_body_is_reported(rig: Rig) -> None:
     rig.feed(b"5\r\nhel")
-    rig.upstream.close()
-    _wait_readable(rig.up)
-    rig.step()
-    assert rig.relay.status == _splice.UPSTREAM_CLOSED
+    rig.relay.eof_received()
+    assert rig.relay.status == _splice.UPSTREAM_CLOSED and rig.done == 1
     assert _dechunk(rig.received()) == [b"hel"]  # what came went on, as a whole chunk
+    rig.relay.connection_lost(None)  # the close that follows changes nothing
+    assert rig.relay.status == _splice.UPSTREAM_CLOSED and rig.done == 1
 
 
-def test_a_client_that_closed_is_seen_by_its_readability_and_by_a_send(rig: Rig) -> None:
-    rig.client.close()
-    _wait_readable(rig.cl)
-    rig.step()
+@pytest.mark.parametrize(
+    ("exc", "status", "error"),
+    [
+        (ConnectionResetError(errno.ECONNRESET, "reset"), "UPSTREAM_FAILED", errno.ECONNRESET),
+        (RuntimeError("no errno"), "UPSTREAM_FAILED", 0),
+        (None, "UPSTREAM_CLOSED", 0),
+    ],
+)
+def test_an_upstream_connection_lost_mid_body_is_reported(
+    rig: Rig, exc: BaseException | None, status: str, error: int
+) -> None:
+    rig.feed(b"5\r\nhel")
+    rig.relay.connection_lost(exc)
+    assert rig.relay.status == getattr(_splice, status) and rig.relay.error == error
+    assert rig.done == 1
+
+
+def test_a_client_that_reset_is_seen_at_the_next_send(rig: Rig) -> None:
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    rig.client.close()  # a reset: the next send fails
+    rig.feed(b"1\r\na\r\n")
     assert rig.relay.status == _splice.CLIENT_GONE and rig.done == 1
-    other = Rig()
-    try:
-        other.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-        other.client.close()  # a reset: the next send fails
-        other.feed(b"1\r\na\r\n")
-        other.feed(b"1\r\nb\r\n")
-        assert other.relay.status == _splice.CLIENT_GONE
-    finally:
-        other.close()
+    assert not rig.upstream.reading
 
 
-def test_a_full_client_holds_the_upstream_back_and_gets_every_byte(rig: Rig) -> None:
+def test_a_client_whose_transport_closed_is_gone_before_anything_more_is_written(
+    rig: Rig,
+) -> None:
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    while not rig.pipe.held:
+        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+    rig.pipe.closing = True  # its write failed: the transport closes the connection
+    writes = rig.pipe.writes
+    rig.feed(b"1\r\nz\r\n")
+    assert rig.relay.status == _splice.CLIENT_GONE and rig.pipe.writes == writes
+
+
+def test_a_full_client_holds_the_upstream_back_and_gets_every_byte_in_order(rig: Rig) -> None:
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    got = bytearray()
+    reader = threading.Thread(target=lambda: got.extend(_read_all(rig.client)))
     sent: list[bytes] = []
-    while not rig.relay.pending:
-        payload = os.urandom(30_000)
+
+    def chunk(payload: bytes) -> None:
         sent.append(payload)
         rig.feed(b"%x\r\n%b\r\n" % (len(payload), payload))
-    rig.upstream.sendall(b"1\r\nz\r\n0\r\n\r\n")
-    rig.step()  # the upstream is not read while the client is full
-    assert rig.relay.status == _splice.RUNNING and rig.relay.pending
-    got = bytearray()
-    rig.client.settimeout(5)  # a small window reopens on the sender's persist timer: wait
-    while rig.relay.status == _splice.RUNNING:
-        got += rig.client.recv(1 << 20)
-        rig.step()
+
+    while not rig.pipe.held:  # till the socket takes no more: the rest went to the transport
+        chunk(os.urandom(30_000))
+    assert rig.upstream.reading  # the transport's buffer is under its high-water mark
+    rig.pipe.flow.write_paused = True
+    chunk(b"after the socket filled: behind what the transport holds")
+    assert rig.pipe.writes == 2 and not rig.upstream.reading and rig.relay.paused
+    rig.relay.resume()  # the client's connection drained: on_writable
+    assert rig.upstream.reading and rig.upstream.resumes == 1 and not rig.relay.paused
+    rig.pipe.flow.write_paused = False
+    reader.start()
+    rig.pipe.flush()
+    chunk(b"straight to the socket again")
+    assert rig.pipe.writes == 2
+    rig.feed(b"0\r\n\r\n")
     assert rig.relay.status == _splice.END and rig.done == 1
-    want = b"".join(sent) + b"z"
-    while not _complete(bytes(got), len(want)):
-        got += rig.client.recv(1 << 20)
-    assert b"".join(_dechunk(bytes(got))) == want
+    rig.client.shutdown(socket.SHUT_WR)
+    rig.cl.shutdown(socket.SHUT_WR)  # the reader's end of file
+    reader.join(10)
+    assert b"".join(_dechunk(bytes(got))) == b"".join(sent)
 
 
-def test_a_client_that_speaks_mid_stream_gets_the_stream_back_between_chunks(rig: Rig) -> None:
+def _read_all(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while chunk := sock.recv(1 << 20):
+        got += chunk
+    return bytes(got)
+
+
+def test_a_client_that_speaks_mid_stream_waits_for_the_streams_end(rig: Rig) -> None:
+    rig.client.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request: its reads are paused
     rig.feed(b"5\r\nhel")
-    rig.client.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request
-    _wait_readable(rig.cl)
-    rig.step()
-    assert rig.relay.status == _splice.RUNNING  # mid-chunk: on to the chunk's end
-    rig.feed(b"lo\r\n")
-    assert rig.relay.status == _splice.YIELDED and rig.done == 1
+    rig.feed(b"lo\r\n0\r\n\r\n")
+    assert rig.relay.status == _splice.END
     assert _dechunk(rig.received()) == [b"hel", b"lo"]
+    rig.cl.setblocking(True)
     assert rig.cl.recv(100) == b"GET / HTTP/1.1\r\n"  # left unread, for the server
 
 
-def test_a_client_that_speaks_between_chunks_gets_the_stream_back_at_once(rig: Rig) -> None:
+def test_close_stops_it_and_a_late_read_reaches_nobody(rig: Rig) -> None:
+    rig.relay.close()
+    rig.relay.close()
+    assert rig.relay.status == _splice.CLOSED and rig.done == 0
     rig.feed(b"1\r\na\r\n")
-    rig.client.sendall(b"G")
-    _wait_readable(rig.cl)
-    rig.step()
-    assert rig.relay.status == _splice.YIELDED and not rig.relay.watching
+    rig.relay.eof_received()
+    assert rig.relay.total == 0 and rig.relay.reads == 0 and rig.done == 0
+    assert rig.relay.status == _splice.CLOSED
+    rig.relay.resume()  # nothing held back: nothing resumed
+    assert rig.upstream.resumes == 0
 
 
-def test_close_unwatches_both_sockets_and_leaves_them_open(rig: Rig) -> None:
-    assert rig.relay.watching
-    rig.relay.close()
-    rig.relay.close()
-    assert rig.relay.status == _splice.CLOSED and not rig.relay.watching and rig.done == 0
-    rig.upstream.sendall(b"1\r\na\r\n")
-    _wait_readable(rig.up)
-    assert rig.step() == 0  # a late readiness reaches nobody
-    assert rig.relay.total == 0 and rig.up.recv(10) == b"1\r\na\r\n"  # still open, unread
+def test_a_relay_in_a_cycle_with_its_transport_is_collected() -> None:
+    freed: list[int] = []
 
+    class Transport(Upstream):
+        def __del__(self) -> None:
+            freed.append(1)
 
-def test_a_relay_its_owner_dropped_still_ends_and_lets_go(rig: Rig) -> None:
-    del rig.relay  # the poller's events keep it alive till its end
-    gc.collect()
-    rig.feed(b"1\r\na\r\n0\r\n\r\n")
-    assert rig.done == 1 and _dechunk(rig.received()) == [b"a"]
-    rig.upstream.sendall(b"more")
-    _wait_readable(rig.up)
-    assert rig.step() == 0  # unwatched at its end
-
-
-def test_a_number_reused_after_an_outside_close_stays_the_new_relays(rig: Rig) -> None:
-    number = rig.cl.fileno()
-    rig.cl.close()  # as a transport closed behind the relay's back would
-    up2, upstream2 = _tcp_pair()
-    cl2, client2 = _tcp_pair()
+    cl, client = _tcp_pair()
     try:
-        if cl2.fileno() != number:  # the kernel hands out the lowest free number: make it so
-            os.dup2(cl2.fileno(), number)
-            cl2.close()
-            cl2 = socket.socket(fileno=number)
-        other = _splice.Relay(rig.poller, up2.fileno(), number, lambda: None)
-        rig.relay.close()  # must not unwatch ``number``: it is the other relay's now
-        upstream2.sendall(b"1\r\nq\r\n")
-        _wait_readable(up2)
-        rig.step()
-        client2.settimeout(5)
-        assert client2.recv(100) == b"1\r\nq\r\n"
-        other.close()
+        transport = Transport()
+        relay = _splice.Relay(cl.fileno(), transport, Pipe(cl), lambda: None)
+        transport.protocol = relay  # type: ignore[attr-defined]  # as a transport holds it
+        del transport, relay
+        gc.collect()
+        assert freed == [1]
     finally:
-        for s in (up2, upstream2, cl2, client2):
-            s.close()
+        cl.close()
+        client.close()
 
 
-def test_a_socket_replaced_under_a_waiting_relay_is_never_adopted(rig: Rig) -> None:
-    """The upstream's number closed and reused while the relay waits for the client: when the
-    client drains, the relay does not watch (and relay) the new socket under the old number."""
-    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    while not rig.relay.pending:
-        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
-    number = rig.up.fileno()
-    stranger, stranger_peer = _tcp_pair()
-    try:
-        os.dup2(stranger.fileno(), number)  # the number now names another connection
-        stranger_peer.sendall(b"5\r\nSECRT\r\n")
-        rig.client.settimeout(5)
-        got = bytearray()
-        while rig.relay.status == _splice.RUNNING:
-            got += rig.client.recv(1 << 20)
-            rig.step()
-        assert rig.relay.status == _splice.LOCAL_FAILED and not rig.relay.watching
-        got += rig.received()
-        assert b"SECRT" not in got
-    finally:
-        stranger.close()
-        stranger_peer.close()
-
-
-def test_an_error_in_the_owners_callback_reaches_the_loop(rig: Rig) -> None:
+def test_an_error_in_the_owners_callback_reaches_the_transport(rig: Rig) -> None:
     def boom() -> None:
         raise RuntimeError("owner failed")
 
-    up, upstream = _tcp_pair()
-    cl, client = _tcp_pair()
-    r = _splice.Relay(rig.poller, up.fileno(), cl.fileno(), boom)
+    r = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, boom)
     try:
-        upstream.sendall(b"0\r\n\r\n")
-        _wait_readable(up)
         with pytest.raises(RuntimeError, match="owner failed"):
-            rig.step()
-        assert r.status == _splice.END and not r.watching
+            r.data_received(b"0\r\n\r\n")  # the loop's exception handler reports it
+        assert r.status == _splice.END
     finally:
         r.close()
-        for s in (up, upstream, cl, client):
-            s.close()
+
+
+def test_a_failing_client_write_cuts_the_stream_and_is_reported(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    def refuse(_: bytes) -> None:
+        raise MemoryError
+
+    rig.pipe.write = refuse  # type: ignore[method-assign]
+    while rig.relay.status == _splice.RUNNING:
+        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+    assert rig.relay.status == _splice.LOCAL_FAILED and rig.done == 1
+    assert [type(r.exc_value) for r in reported] == [MemoryError]
+    assert not rig.upstream.reading
 
 
 def test_a_first_token_callback_that_raises_is_reported_and_the_stream_goes_on(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reported: list[Any] = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
@@ -383,28 +416,30 @@ def test_a_first_token_callback_that_raises_is_reported_and_the_stream_goes_on(
     def broken() -> None:
         raise RuntimeError("dashboard bookkeeping failed")
 
-    rig.relay.close()
-    rig.relay = _splice.Relay(rig.poller, rig.up.fileno(), rig.cl.fileno(), lambda: None, broken)
-    rig.feed(b'a\r\n"text":"a"\r\n')
-    rig.feed(b"1\r\nb\r\n")
-    assert [str(r.exc_value) for r in reported] == ["dashboard bookkeeping failed"]
-    assert _dechunk(rig.received()) == [b'"text":"a"', b"b"]
-    assert rig.relay.status == _splice.RUNNING
+    rig = Rig(on_token=broken)
+    try:
+        rig.feed(b'a\r\n"text":"a"\r\n')
+        rig.feed(b"1\r\nb\r\n")
+        assert [str(r.exc_value) for r in reported] == ["dashboard bookkeeping failed"]
+        assert _dechunk(rig.received()) == [b'"text":"a"', b"b"]
+        assert rig.relay.status == _splice.RUNNING
+    finally:
+        rig.close()
 
 
-def test_bad_arguments_are_refused(rig: Rig, tmp_path: Path) -> None:
+def test_bad_arguments_are_refused(rig: Rig) -> None:
     with pytest.raises(TypeError):
-        _splice.Relay(rig.poller, 0, 1, "not callable")
+        _splice.Relay(0, rig.upstream, rig.pipe, "not callable")
     with pytest.raises(TypeError):
-        _splice.Relay("not a poller", 0, 1, print)
-    with pytest.raises(ValueError, match="distinct"):
-        _splice.Relay(rig.poller, 5, 5, print)
-    with pytest.raises(OSError):
-        _splice.Relay(rig.poller, 987654, 987655, print)  # not open
-    with (tmp_path / "f").open("w") as f, pytest.raises(OSError):
-        _splice.Relay(rig.poller, f.fileno(), rig.cl.fileno(), print)  # not pollable
+        _splice.Relay(0, rig.upstream, rig.pipe, print, "not callable")
     with pytest.raises(TypeError):
-        _splice.Poller(1)
+        _splice.Relay("not a descriptor", rig.upstream, rig.pipe, print)
+    with pytest.raises(ValueError, match="open"):
+        _splice.Relay(-1, rig.upstream, rig.pipe, print)
+    with pytest.raises(RuntimeError, match="once"):
+        rig.relay.__init__(0, rig.upstream, rig.pipe, print)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        rig.relay.data_received(12)  # type: ignore[arg-type]  # not bytes
 
 
 # --- gateway.http.relay handing a stream over, in process ---------------------------------
@@ -418,6 +453,7 @@ class TransportPipe:
         self.transport = transport
         self.write = transport.write
         self.is_closing = transport.is_closing
+        self.buffered = transport.get_write_buffer_size
         self.flow = SimpleNamespace(write_paused=False)
         self.lent = self.aborted = 0
 
