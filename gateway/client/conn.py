@@ -304,9 +304,8 @@ class Conn(asyncio.Protocol):
         else:
             self.wants_hand_off = True
 
-    def splicable(self) -> bool:  # what gateway._splice can carry: chunked, over plain TCP
-        t = self.transport
-        return self.chunked and t is not None and t.get_extra_info("sslcontext") is None
+    def splicable(self) -> bool:  # what gateway._splice can carry: a chunked body (TLS too)
+        return self.chunked and self.transport is not None
 
     def lend(self) -> asyncio.Transport | None:
         """The transport, for gateway._splice to read as its protocol, once handed off."""

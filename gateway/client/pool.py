@@ -89,7 +89,8 @@ class Response:
     # -- the body's rest carried by gateway._splice (gateway.http.splice) ----------------
 
     def splicable(self) -> bool:
-        """A chunked body over plain TCP: what gateway._splice can carry."""
+        """A chunked body, over TCP or TLS: what gateway._splice can carry (it reads what the
+        transport decrypted, as this connection's protocol would)."""
         return self._conn is not None and self._conn.splicable()
 
     def hand_off(self) -> None:

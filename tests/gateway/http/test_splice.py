@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token
 from tests.gateway.client.scripted import Scripted, run
-from tests.support import start_fleet, until
+from tests.support import self_signed_cert, start_fleet, until
 
 # --- the C relay alone, its protocol methods called as the upstream transport would -------
 
@@ -542,6 +543,35 @@ def test_a_stream_goes_by_the_splice_and_its_connection_serves_the_next_request(
                 got += await asyncio.wait_for(reader.read(1 << 16), 5)
             path, _ = await _relay_once(srv, client, pipe)  # the same upstream connection
             assert path == "splice" and srv.connections == 1
+        server.close()
+
+    run(main())
+
+
+def test_a_stream_from_an_https_upstream_goes_by_the_splice_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay reads what the upstream's transport decrypted: TLS to the upstream (a
+    gateway-to-gateway leg across an ocean) takes the splice as plain TCP does."""
+    cert, key = self_signed_cert(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    tokens = [b"data: %d\n\n" % i for i in range(30)]
+
+    async def main() -> None:
+        pipe, reader, server = await _client_side()
+        parts = [b"%x\r\n%b\r\n" % (len(t), t) for t in tokens] + [b"0\r\n\r\n"]
+        async with Scripted(_answer(*parts, gap_s=0.002), tls=tls) as srv:
+            client = Client(2.0)
+            for _ in range(2):  # the second on the same TLS connection, back from the pool
+                path, ex = await _relay_once(srv, client, pipe)
+                assert path == "splice" and ex.body_bytes == sum(map(len, tokens))
+            assert srv.connections == 1 and pipe.lent == 2
+            got = b""
+            while b"".join(_dechunk(got)) != b"".join(tokens) * 2:
+                got += await asyncio.wait_for(reader.read(1 << 16), 5)
+            await client.close()
         server.close()
 
     run(main())
