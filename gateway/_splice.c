@@ -20,9 +20,14 @@
  * token, is looked for here (has_token) until found.
  *
  * The client's socket is its transport's own descriptor, not a duplicate (a duplicate per
- * stream would add a descriptor to each open stream; server.max_streams is sized at two). The
- * transport stays open and its reading paused while a relay writes to it, and the Python side
- * closes the relay before that transport may close. When the socket cannot take a whole chunk,
+ * stream would add a descriptor to each open stream; server.max_streams is sized at two), so
+ * the relay must not write to it once that transport closed it: the number may name another
+ * connection by then. While the relay writes to the socket itself, the transport has nothing
+ * to write and its reading is paused, so it does not close on its own; the Python side closes
+ * the relay before it closes the transport; and the client's connection calls resume() as it
+ * is lost, which ends the relay (CLIENT_GONE). While bytes wait in the transport's buffer (a
+ * write of its own may fail and close it), each send first asks is_closing(). When the socket
+ * cannot take a whole chunk,
  * the rest goes to the transport's own write() (which buffers it and watches for
  * writability), and so does every chunk after it until that buffer is empty again: bytes leave
  * in order, and past the transport's high-water mark the upstream's reading pauses until the
@@ -98,10 +103,11 @@ typedef struct {
     PyObject *client;       /* the client's pipe: write(), is_closing(), buffered(), flow */
     PyObject *on_done;
     PyObject *on_token;     /* called once, at the first read whose data carries a token */
+    PyObject *lost;         /* the exception connection_lost() was given (UPSTREAM_FAILED) */
 } Relay;
 
 static PyObject *s_pause_reading, *s_resume_reading, *s_write, *s_is_closing, *s_buffered,
-    *s_flow, *s_write_paused, *s_errno;
+    *s_flow, *s_write_paused;
 
 static double monotonic_s(void) {
     struct timespec ts;
@@ -244,25 +250,28 @@ static int call0(PyObject *obj, PyObject *name) {
     return 0;
 }
 
-/* Ends the relay and tells its owner; -1 when the owner's callback raised. */
-static int finish(Relay *r, int status) {
-    if (r->status != RUNNING) return 0;
+/* Ends the relay and tells its owner. What the owner's callback raises is reported
+ * (sys.unraisablehook), not passed to the transport, which would close the upstream's
+ * connection with the relay already ended and nobody told. */
+static void finish(Relay *r, int status) {
+    if (r->status != RUNNING) return;
     r->status = status;
     PyObject *on_done = r->on_done;
-    if (on_done == NULL) return 0;
+    if (on_done == NULL) return;
     Py_INCREF(on_done);  /* the callback may close() the relay, which drops its own reference */
     PyObject *res = PyObject_CallNoArgs(on_done);
+    if (res == NULL) PyErr_WriteUnraisable(on_done);
+    Py_XDECREF(res);
     Py_DECREF(on_done);
-    if (res == NULL) return -1;
-    Py_DECREF(res);
-    return 0;
 }
 
 /* Ends the relay with the upstream's reading paused (its transport stays open: the Python
- * side decides what becomes of the connection). */
-static int finish_paused(Relay *r, int status) {
-    if (r->upstream != NULL && call0(r->upstream, s_pause_reading) < 0) return -1;
-    return finish(r, status);
+ * side decides what becomes of the connection). A pause that raises is reported: the relay
+ * has ended either way. */
+static void finish_paused(Relay *r, int status) {
+    finish(r, status);
+    if (r->upstream != NULL && call0(r->upstream, s_pause_reading) < 0)
+        PyErr_WriteUnraisable(r->upstream);
 }
 
 /* The first token's callback, once. What it raises is reported (sys.unraisablehook), not
@@ -276,14 +285,22 @@ static void tell_token(Relay *r) {
     Py_DECREF(on_token);
 }
 
+/* 1: the client's connection is closing; 0: it is not; -1: an exception is set. */
+static int client_closing(Relay *r) {
+    PyObject *closing = PyObject_CallMethodNoArgs(r->client, s_is_closing);
+    if (closing == NULL) return -1;
+    int t = PyObject_IsTrue(closing);
+    Py_DECREF(closing);
+    return t;
+}
+
 /* 1: the client's transport holds bytes unsent (chunks go after them); 0: its buffer is
  * empty; -1: an exception is set. Sets *gone when the client's connection is closing. */
 static int client_buffered(Relay *r, int *gone) {
-    PyObject *closing = PyObject_CallMethodNoArgs(r->client, s_is_closing);
-    if (closing == NULL) return -1;
-    *gone = PyObject_IsTrue(closing);
-    Py_DECREF(closing);
-    if (*gone) return 0;
+    int closing = client_closing(r);
+    if (closing < 0) return -1;
+    *gone = closing;
+    if (closing) return 0;
     PyObject *n = PyObject_CallMethodNoArgs(r->client, s_buffered);
     if (n == NULL) return -1;
     Py_ssize_t left = PyLong_AsSsize_t(n);
@@ -371,19 +388,14 @@ static int send_chunk(Relay *r, const char *data, size_t len) {
 }
 
 /* Ends the relay as LOCAL_FAILED after a Python call failed here: the exception is reported
- * (sys.unraisablehook) and the stream is cut; the owner's callback may still raise. */
-static int local_failure(Relay *r, PyObject *where) {
+ * (sys.unraisablehook) and the stream is cut. */
+static void local_failure(Relay *r, PyObject *where, int error) {
     PyErr_WriteUnraisable(where);
-    r->error = EIO;
-    return finish_paused(r, LOCAL_FAILED);
+    r->error = error;
+    finish_paused(r, LOCAL_FAILED);
 }
 
 /* --- the protocol: what the upstream transport calls ------------------------------------ */
-
-static PyObject *done_or_null(int rc) {
-    if (rc < 0) return NULL;
-    Py_RETURN_NONE;
-}
 
 static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
     if (r->status != RUNNING) Py_RETURN_NONE;  /* a read already on its way: dropped */
@@ -394,8 +406,9 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
         char *grown = PyMem_Realloc(scratch, n);
         if (grown == NULL) {
             PyBuffer_Release(&view);
-            r->error = ENOMEM;
-            return done_or_null(finish_paused(r, LOCAL_FAILED));
+            PyErr_NoMemory();
+            local_failure(r, (PyObject *)r, ENOMEM);
+            Py_RETURN_NONE;
         }
         scratch = grown;
         scratch_len = n;
@@ -406,41 +419,55 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
     r->reads++;
     r->last = monotonic_s();
     size_t out = 0, used = 0;
-    if (scan(r, scratch, n, &out, &used) < 0) return done_or_null(finish_paused(r, BAD_FRAMING));
+    if (scan(r, scratch, n, &out, &used) < 0) {
+        finish_paused(r, BAD_FRAMING);
+        Py_RETURN_NONE;
+    }
     int ended = r->state == S_DONE ? (used < n ? END_EXTRA : END) : 0;
     int token = r->on_token != NULL && out > 0 && has_token(scratch, out);
     int sent = out > 0 ? send_chunk(r, scratch, out) : 0;
-    if (sent < 0) return done_or_null(local_failure(r, r->client));
+    if (sent < 0) {
+        local_failure(r, r->client, EIO);
+        Py_RETURN_NONE;
+    }
     if (token) tell_token(r);  /* after the send: the scratch buffer is no longer needed */
-    if (sent == 1) return done_or_null(finish_paused(r, CLIENT_GONE));
-    if (ended) return done_or_null(finish_paused(r, ended));
+    if (sent == 1) finish_paused(r, CLIENT_GONE);
+    else if (ended) finish_paused(r, ended);
     Py_RETURN_NONE;
 }
 
 static PyObject *Relay_eof_received(Relay *r, PyObject *Py_UNUSED(ignored)) {
-    if (finish(r, UPSTREAM_CLOSED) < 0) return NULL;
+    finish(r, UPSTREAM_CLOSED);
     Py_RETURN_NONE;  /* falsy: the transport closes */
 }
 
 static PyObject *Relay_connection_lost(Relay *r, PyObject *exc) {
     if (r->status != RUNNING) Py_RETURN_NONE;
-    if (exc == Py_None) return done_or_null(finish(r, UPSTREAM_CLOSED));
-    PyObject *no = PyObject_GetAttr(exc, s_errno);
-    if (no == NULL) {
-        PyErr_Clear();
-    } else {
-        if (PyLong_Check(no)) r->error = (int)PyLong_AsLong(no);
-        Py_DECREF(no);
-        if (PyErr_Occurred()) PyErr_Clear();
+    if (exc == Py_None) {
+        finish(r, UPSTREAM_CLOSED);
+        Py_RETURN_NONE;
     }
-    return done_or_null(finish(r, UPSTREAM_FAILED));
+    Py_INCREF(exc);
+    Py_XSETREF(r->lost, exc);  /* its type names the failure, as the connection's would */
+    finish(r, UPSTREAM_FAILED);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Relay_connection_made(Relay *r, PyObject *Py_UNUSED(t)) { Py_RETURN_NONE; }
 static PyObject *Relay_noop(Relay *r, PyObject *Py_UNUSED(ignored)) { Py_RETURN_NONE; }
 
+/* The client's connection is writable again, or lost (h1 calls its on_writable from
+ * connection_lost too): the upstream's reading goes on if it was held back, or the relay ends
+ * before it could write to a number the closed transport no longer owns. */
 static PyObject *Relay_resume(Relay *r, PyObject *Py_UNUSED(ignored)) {
-    if (r->status != RUNNING || !r->paused) Py_RETURN_NONE;
+    if (r->status != RUNNING) Py_RETURN_NONE;
+    int closing = client_closing(r);
+    if (closing < 0) return NULL;
+    if (closing) {
+        finish_paused(r, CLIENT_GONE);
+        Py_RETURN_NONE;
+    }
+    if (!r->paused) Py_RETURN_NONE;
     r->paused = 0;
     if (call0(r->upstream, s_resume_reading) < 0) return NULL;
     Py_RETURN_NONE;
@@ -502,6 +529,7 @@ static int Relay_traverse(Relay *r, visitproc visit, void *arg) {
     Py_VISIT(r->on_token);
     Py_VISIT(r->upstream);
     Py_VISIT(r->client);
+    Py_VISIT(r->lost);
     return 0;
 }
 
@@ -510,6 +538,7 @@ static int Relay_clear(Relay *r) {
     Py_CLEAR(r->on_token);
     Py_CLEAR(r->upstream);
     Py_CLEAR(r->client);
+    Py_CLEAR(r->lost);
     return 0;
 }
 
@@ -525,13 +554,18 @@ static PyObject *Relay_get_total(Relay *r, void *c) { return PyLong_FromUnsigned
 static PyObject *Relay_get_reads(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->reads); }
 static PyObject *Relay_get_last(Relay *r, void *c) { return PyFloat_FromDouble(r->last); }
 static PyObject *Relay_get_paused(Relay *r, void *c) { return PyBool_FromLong(r->paused); }
+static PyObject *Relay_get_lost(Relay *r, void *c) {
+    return Py_NewRef(r->lost != NULL ? r->lost : Py_None);
+}
 static PyObject *Relay_get_at_boundary(Relay *r, void *c) {
     return PyBool_FromLong(r->state == S_SIZE && r->digits == 0);
 }
 
 static PyGetSetDef Relay_getset[] = {
     {"status", (getter)Relay_get_status, NULL, "how the relay ended; RUNNING (0) until then", NULL},
-    {"error", (getter)Relay_get_error, NULL, "the errno of a failed connection or call", NULL},
+    {"error", (getter)Relay_get_error, NULL, "the errno of a LOCAL_FAILED end", NULL},
+    {"lost", (getter)Relay_get_lost, NULL,
+     "the exception the upstream's connection was lost with (UPSTREAM_FAILED), else None", NULL},
     {"total", (getter)Relay_get_total, NULL, "body bytes written to the client", NULL},
     {"reads", (getter)Relay_get_reads, NULL, "upstream reads that brought bytes", NULL},
     {"last", (getter)Relay_get_last, NULL, "time.monotonic() of the last such read", NULL},
@@ -546,12 +580,14 @@ static PyMethodDef Relay_methods[] = {
     {"eof_received", (PyCFunction)Relay_eof_received, METH_NOARGS,
      "the upstream closed its side: UPSTREAM_CLOSED (the transport then closes)"},
     {"connection_lost", (PyCFunction)Relay_connection_lost, METH_O,
-     "the upstream's connection is gone: UPSTREAM_FAILED (or UPSTREAM_CLOSED for None)"},
+     "the upstream's connection is gone: UPSTREAM_FAILED (Relay.lost), or UPSTREAM_CLOSED "
+     "for None"},
     {"connection_made", (PyCFunction)Relay_connection_made, METH_O, "nothing to do"},
     {"pause_writing", (PyCFunction)Relay_noop, METH_NOARGS, "nothing is written upstream"},
     {"resume_writing", (PyCFunction)Relay_noop, METH_NOARGS, "nothing is written upstream"},
     {"resume", (PyCFunction)Relay_resume, METH_NOARGS,
-     "the client's buffer drained: the upstream's reading goes on if it was held back"},
+     "the client's connection is writable (the upstream's reading goes on if it was held "
+     "back), or closing (CLIENT_GONE)"},
     {"close", (PyCFunction)Relay_close, METH_NOARGS,
      "stop: nothing more is written (both connections stay open: the transports' own)"},
     {NULL}};
@@ -596,7 +632,7 @@ PyMODINIT_FUNC PyInit__splice(void) {
     struct { PyObject **slot; const char *name; } names[] = {
         {&s_pause_reading, "pause_reading"}, {&s_resume_reading, "resume_reading"},
         {&s_write, "write"}, {&s_is_closing, "is_closing"}, {&s_buffered, "buffered"},
-        {&s_flow, "flow"}, {&s_write_paused, "write_paused"}, {&s_errno, "errno"}};
+        {&s_flow, "flow"}, {&s_write_paused, "write_paused"}};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         if (*names[k].slot == NULL && (*names[k].slot = PyUnicode_InternFromString(names[k].name)) == NULL)
             return NULL;

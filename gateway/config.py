@@ -110,8 +110,9 @@ class ServerSection(_Model):
     max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
     drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
     access_log: bool = True
-    # A stream's body past its first token from socket to socket in C (gateway._splice), where
-    # the extension is built, both sides are plain TCP and the upstream's body is chunked.
+    # A stream's body past its first token from the upstream's connection to the client's
+    # socket in C (gateway._splice), where the extension is built, the client's side is plain
+    # TCP (the upstream's may be TLS) and the upstream's body is chunked.
     splice: bool = True
     max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
     body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S

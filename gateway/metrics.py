@@ -177,8 +177,8 @@ class Metrics:
         )
         # Streams are counted by the path their body took past the first token: "splice" (C,
         # gateway._splice) or "python" (the relay in gateway.http.relay), so an operator sees
-        # whether the fast path runs (it needs the extension built, plain TCP both ways and a
-        # chunked upstream body).
+        # whether the fast path runs (it needs the extension built, plain TCP to the client and
+        # a chunked upstream body).
         self.stream_path = RequestCounter(
             "geogate_stream_bodies",
             "Streamed bodies relayed past their first token, by path (splice, python)",

@@ -321,8 +321,8 @@ class Conn(asyncio.Protocol):
             self.parser.feed_data(b"0\r\n\r\n")
         except httptools.HttpParserError:  # not at a boundary after all: out of step
             extra = True
-        if extra:
-            self.lost = True
+        if extra or self.transport is None or self.transport.is_closing():
+            self.lost = True  # out of step, or closed by the upstream meanwhile: not pooled
             self.close()
         else:
             self.resume()

@@ -7,9 +7,10 @@ in one write (gateway.client.conn). Elsewhere (granian, hypercorn) the request's
 each chunk and hands it to the server's ``send``. Either way a client that cannot keep up
 holds the upstream back (reading pauses), never the gateway's memory.
 
-On the pipe, from the first chunk boundary on, a chunked body over plain TCP goes by
-gateway._splice (gateway.http.splice): the upstream transport's reads go to a protocol in C
-that writes to the client's socket, no Python per chunk. The
+On the pipe, from the first chunk boundary on, a chunked body goes by gateway._splice
+(gateway.http.splice) where the client's side is plain TCP (the upstream's may be TLS): the
+upstream transport's reads go to a protocol in C that writes to the client's socket, no
+Python per chunk. The
 metric geogate_stream_bodies counts streams by the path they took.
 """
 
@@ -104,7 +105,8 @@ async def _piped(
             pipe.on_writable(None)  # the client's writability is the splice's meanwhile
             if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
                 return "splice"
-            # Not lent (the client's TLS, bytes still buffered for it): the rest in Python.
+            # Not lent (the client's TLS, bytes still buffered for it, the upstream closing), or
+            # the relay could not start: the rest in Python, from the same boundary.
             pipe.on_writable(resp.resume)
             resp.lent_back()
             await resp.drain_to(sink)

@@ -15,8 +15,12 @@ cannot keep up holds the upstream back (past its transport's high-water mark the
 reading pauses until the client's connection is writable again); the watchdog's idle deadline
 counts the relay's reads; a failed upstream raises what the Python relay raises
 (ConnectionLost, BadResponse), and the client's stream stands at a chunk boundary for the error
-event that follows. A client that leaves is seen at the next send (its reads are paused: a
-pipelined request waits in its socket until the stream's end, as HTTP/1.1 has it). Where the
+event that follows. A client that leaves is seen as its connection is lost, or else at a send
+that fails: a reset fails the next one, a close the one after (its reads are paused, so a
+close during a silence waits for the next token or the idle deadline; a pipelined request
+waits in its socket until the stream's end, as with nginx). On a TLS upstream, pausing stops
+the decrypted data, not the socket's reads: up to uvloop's read size waits decrypted, as on
+the Python relay. Where the
 extension is not built (no C compiler at install), AVAILABLE is False and every stream stays on
 the Python relay; ``server.splice = false`` does the same.
 """
@@ -24,7 +28,6 @@ the Python relay; ``server.splice = false`` does the same.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import os
 from collections.abc import Callable
@@ -70,11 +73,11 @@ async def carry(
         pipe.give_back()
         return False
     own = upstream.get_protocol()
-    upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed
-    upstream.resume_reading()
-    pipe.on_writable(relay.resume)
-    watchdog.source = relay
     try:
+        upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed
+        upstream.resume_reading()
+        pipe.on_writable(relay.resume)  # also called as the client's connection is lost
+        watchdog.source = relay
         await done
     finally:
         relay.close()
@@ -88,7 +91,7 @@ async def carry(
         pipe.give_back()
         if status in _CLIENT_CUT:
             pipe.abort()  # it has gone, or its stream was cut mid-chunk: the hook runs
-        failure = _failure(status, relay.error)
+        failure = _failure(relay)
         if status in (_splice.END, _splice.END_EXTRA):
             resp.lent_end(extra=status == _splice.END_EXTRA)
         elif failure is not None:
@@ -114,14 +117,14 @@ def _set(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
-def _failure(status: int, error: int) -> Exception | None:
+def _failure(relay: _splice.Relay) -> Exception | None:
+    status = relay.status
     if status in (_splice.END, _splice.END_EXTRA):
         return None
     if status == _splice.BAD_FRAMING:
         return BadResponse("not HTTP/1.1 chunked framing in the streamed body")
-    if status == _splice.UPSTREAM_FAILED:
-        name = errno.errorcode.get(error, str(error))
-        return ConnectionLost(f"{name} before the response was complete")
+    if status == _splice.UPSTREAM_FAILED:  # worded as the connection's own (gateway.client)
+        return ConnectionLost(f"{type(relay.lost).__name__} before the response was complete")
     if status == _splice.UPSTREAM_CLOSED:
         return ConnectionLost("closed by the upstream before the response was complete")
     return ConnectionLost("the stream was cut before the response was complete")

@@ -258,20 +258,39 @@ def test_an_upstream_that_closes_mid_body_is_reported(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    ("exc", "status", "error"),
+    ("exc", "status"),
     [
-        (ConnectionResetError(errno.ECONNRESET, "reset"), "UPSTREAM_FAILED", errno.ECONNRESET),
-        (RuntimeError("no errno"), "UPSTREAM_FAILED", 0),
-        (None, "UPSTREAM_CLOSED", 0),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), "UPSTREAM_FAILED"),
+        (ssl.SSLError(1, "bad record mac"), "UPSTREAM_FAILED"),
+        (None, "UPSTREAM_CLOSED"),
     ],
 )
-def test_an_upstream_connection_lost_mid_body_is_reported(
-    rig: Rig, exc: BaseException | None, status: str, error: int
+def test_an_upstream_connection_lost_mid_body_is_reported_with_its_exception(
+    rig: Rig, exc: BaseException | None, status: str
 ) -> None:
     rig.feed(b"5\r\nhel")
     rig.relay.connection_lost(exc)
-    assert rig.relay.status == getattr(_splice, status) and rig.relay.error == error
+    assert rig.relay.status == getattr(_splice, status) and rig.relay.lost is exc
     assert rig.done == 1
+    failure = splice._failure(rig.relay)
+    assert isinstance(failure, ConnectionLost)
+    what = type(exc).__name__ if exc is not None else "closed by the upstream"
+    assert str(failure) == f"{what} before the response was complete"  # as gateway.client's
+
+
+def test_a_client_connection_lost_ends_it_before_another_send(rig: Rig) -> None:
+    """h1 calls the pipe's on_writable (resume) as the client's connection is lost: the relay
+    ends there, so no later read is written to a number the transport no longer owns."""
+    rig.feed(b"1\r\na\r\n")
+    rig.relay.resume()  # writable, not closing: nothing changes
+    assert rig.relay.status == _splice.RUNNING and rig.upstream.resumes == 0
+    rig.pipe.closing = True
+    rig.relay.resume()
+    assert rig.relay.status == _splice.CLIENT_GONE and rig.done == 1
+    assert not rig.upstream.reading
+    rig.pipe.closing = False
+    rig.feed(b"1\r\nb\r\n")
+    assert _dechunk(rig.received()) == [b"a"] and rig.relay.total == 1
 
 
 def test_a_client_that_reset_is_seen_at_the_next_send(rig: Rig) -> None:
@@ -334,16 +353,6 @@ def _read_all(sock: socket.socket) -> bytes:
     return bytes(got)
 
 
-def test_a_client_that_speaks_mid_stream_waits_for_the_streams_end(rig: Rig) -> None:
-    rig.client.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request: its reads are paused
-    rig.feed(b"5\r\nhel")
-    rig.feed(b"lo\r\n0\r\n\r\n")
-    assert rig.relay.status == _splice.END
-    assert _dechunk(rig.received()) == [b"hel", b"lo"]
-    rig.cl.setblocking(True)
-    assert rig.cl.recv(100) == b"GET / HTTP/1.1\r\n"  # left unread, for the server
-
-
 def test_close_stops_it_and_a_late_read_reaches_nobody(rig: Rig) -> None:
     rig.relay.close()
     rig.relay.close()
@@ -376,17 +385,62 @@ def test_a_relay_in_a_cycle_with_its_transport_is_collected() -> None:
         client.close()
 
 
-def test_an_error_in_the_owners_callback_reaches_the_transport(rig: Rig) -> None:
+def test_an_error_in_the_owners_callback_is_reported_and_the_relay_still_ends(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not raised into the transport, which would close the upstream's connection behind an
+    owner that was never told."""
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
     def boom() -> None:
         raise RuntimeError("owner failed")
 
     r = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, boom)
     try:
-        with pytest.raises(RuntimeError, match="owner failed"):
-            r.data_received(b"0\r\n\r\n")  # the loop's exception handler reports it
-        assert r.status == _splice.END
+        r.data_received(b"0\r\n\r\n")
+        assert r.status == _splice.END and not rig.upstream.reading
+        assert [str(x.exc_value) for x in reported] == ["owner failed"]
     finally:
         r.close()
+
+
+def test_a_pause_that_raises_is_reported_and_the_end_stands(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    def broken() -> None:
+        raise RuntimeError("pause failed")
+
+    rig.upstream.pause_reading = broken  # type: ignore[method-assign]
+    rig.feed(b"1\r\na\r\n0\r\n\r\n")
+    assert rig.relay.status == _splice.END and rig.done == 1
+    assert [str(x.exc_value) for x in reported] == ["pause failed"]
+
+
+def test_an_is_closing_that_raises_cuts_the_stream_and_is_reported(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    class Odd:
+        def __bool__(self) -> bool:
+            raise ValueError("no truth")
+
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    while not rig.pipe.held:
+        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+    rig.pipe.is_closing = lambda: Odd()  # type: ignore[assignment,method-assign,return-value]
+    with pytest.raises(ValueError, match="no truth"):
+        rig.relay.resume()  # the client's connection called it: its error is its own
+    assert rig.relay.status == _splice.RUNNING
+    rig.feed(b"1\r\nz\r\n")  # bytes wait in the transport: the send asks is_closing() first
+    assert rig.relay.status == _splice.LOCAL_FAILED and not rig.upstream.reading
+    assert [type(x.exc_value) for x in reported] == [ValueError]
 
 
 def test_a_failing_client_write_cuts_the_stream_and_is_reported(
@@ -588,15 +642,23 @@ def test_an_upstream_failing_mid_splice_raises_what_the_python_relay_raises(
         pipe, reader, server = await _client_side()
 
         async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-            await _answer(b"1\r\na\r\n", tail)(_, __, w)
+            # The hand-off comes at the boundary after the second chunk (the first is the
+            # relay's to read), then the tail fails in the splice.
+            await _answer(b"1\r\na\r\n", b"1\r\nb\r\n", tail, gap_s=0.1)(_, __, w)
             w.close()
 
         async with Scripted(answer) as srv:
+            client = Client(1.0)
             with pytest.raises(error):
-                await _relay_once(srv, Client(1.0), pipe)
+                await _relay_once(srv, client, pipe)
+            assert pipe.lent == 1  # it failed in the splice, not before
             # The client's stream stands between chunks, for the error event that follows.
             got = await asyncio.wait_for(reader.read(1 << 16), 5)
             assert _dechunk(got)
+            # The failed connection is not pooled: the next request opens another.
+            resp = await client.request("GET", srv.url + "/")
+            resp.close()
+            assert srv.connections == 2
         server.close()
 
     run(main())
@@ -605,9 +667,15 @@ def test_an_upstream_failing_mid_splice_raises_what_the_python_relay_raises(
 def test_an_upstream_silent_past_the_idle_deadline_times_the_splice_out() -> None:
     async def main() -> None:
         pipe, _, server = await _client_side()
-        async with Scripted(_answer(b"1\r\na\r\n", b"1\r\nb\r\n", gap_s=5)) as srv:
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            await _answer(b"1\r\na\r\n", b"1\r\nb\r\n", gap_s=0.1)(_, __, w)
+            await asyncio.sleep(5)  # silent past the idle deadline, in the splice
+
+        async with Scripted(answer) as srv:
             with pytest.raises(TimeoutError):
                 await _relay_once(srv, Client(1.0), pipe, idle_s=0.3)
+            assert pipe.lent == 1  # timed out in the splice, not before
         server.close()
 
     run(main())
