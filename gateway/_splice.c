@@ -9,8 +9,9 @@
  * nginx's 53 (bench/results/round11/frames_streams16.md). Here the event loop's own read
  * callback hands each read to this object's data_received (C, no Python frame): one pass of a
  * chunked-framing scanner over the bytes and one sendmsg() of the data they carried, re-framed
- * as one chunk, to the client's socket. Per token that is the loop's epoll_wait, its read and
- * one sendmsg: nginx's three.
+ * as one chunk, to the client's socket; at the body's end (end_body) the client's last chunk
+ * goes in the same send, so the stream is whole on the wire before Python runs again. Per
+ * token that is the loop's epoll_wait, its read and one sendmsg: nginx's three.
  *
  * What it does not do: TLS on the client's side (the upstream's may be anything the transport
  * decrypts), HTTP/2, bodies that are not chunked. The Python side (gateway.http.splice) hands a
@@ -95,6 +96,8 @@ typedef struct {
     int digits;
     int via_client;         /* bytes wait in the client transport's buffer: chunks go there */
     int paused;             /* the upstream's reading paused for the client (till resume()) */
+    int end_body;           /* at END, write the client's last chunk too (the owner will not) */
+    int body_ended;         /* it was written, or handed to the client's transport */
     uint64_t size;          /* the chunk size being read, then what is left of its data */
     unsigned long long total; /* payload bytes written to the client */
     unsigned long long reads;
@@ -335,14 +338,16 @@ static int to_transport(Relay *r, const char *data, size_t len) {
     return 0;
 }
 
-/* Sends data[0:len] as one chunk. 0: sent, or handed whole to the client's transport; 1: the
+/* Sends data[0:len] as one chunk (none when len is 0) and, with ``last``, the body's last
+ * chunk after it, in one send. 0: sent, or handed whole to the client's transport; 1: the
  * client is gone; -1: an exception is set. */
-static int send_chunk(Relay *r, const char *data, size_t len) {
+static int send_chunk(Relay *r, const char *data, size_t len, int last) {
     char head[24];
-    int hlen = snprintf(head, sizeof head, "%zx\r\n", len);
-    struct iovec iov[3] = {
-        {head, (size_t)hlen}, {(void *)data, len}, {(void *)"\r\n", 2}};
-    size_t want = (size_t)hlen + len + 2;
+    int hlen = len > 0 ? snprintf(head, sizeof head, "%zx\r\n", len) : 0;
+    struct iovec iov[4] = {
+        {head, (size_t)hlen}, {(void *)data, len}, {(void *)"\r\n", len > 0 ? 2 : 0},
+        {(void *)"0\r\n\r\n", last ? 5 : 0}};
+    size_t want = (size_t)hlen + len + (len > 0 ? 2 : 0) + (last ? 5 : 0);
     if (r->via_client) {
         int gone = 0;
         int held = client_buffered(r, &gone);
@@ -355,7 +360,7 @@ static int send_chunk(Relay *r, const char *data, size_t len) {
         struct msghdr msg;
         memset(&msg, 0, sizeof msg);
         msg.msg_iov = iov;
-        msg.msg_iovlen = 3;
+        msg.msg_iovlen = 4;
         w = sendmsg(r->client_fd, &msg, MSG_NOSIGNAL);
         if (w < 0) {
             if (client_failed(errno)) return 1;
@@ -372,7 +377,7 @@ static int send_chunk(Relay *r, const char *data, size_t len) {
         return -1;
     }
     size_t at = 0, skip = (size_t)w;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         size_t l = iov[k].iov_len;
         if (skip >= l) {
             skip -= l;
@@ -425,7 +430,9 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
     }
     int ended = r->state == S_DONE ? (used < n ? END_EXTRA : END) : 0;
     int token = r->on_token != NULL && out > 0 && has_token(scratch, out);
-    int sent = out > 0 ? send_chunk(r, scratch, out) : 0;
+    int last = ended && r->end_body;  /* the client's body ends with this send */
+    int sent = out > 0 || last ? send_chunk(r, scratch, out, last) : 0;
+    if (last && sent == 0) r->body_ended = 1;
     if (sent < 0) {
         local_failure(r, r->client, EIO);
         Py_RETURN_NONE;
@@ -483,11 +490,12 @@ static PyObject *Relay_close(Relay *r, PyObject *Py_UNUSED(ignored)) {
 /* --- set-up and the rest of the type ---------------------------------------------------- */
 
 static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"client_fd", "upstream", "client", "on_done", "on_token", NULL};
+    static char *kwlist[] = {"client_fd", "upstream", "client", "on_done", "on_token", "end_body",
+                             NULL};
     PyObject *upstream, *client, *on_done, *on_token = Py_None;
-    int cl;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOO|O", kwlist, &cl, &upstream, &client,
-                                     &on_done, &on_token))
+    int cl, end_body = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOO|O$p", kwlist, &cl, &upstream, &client,
+                                     &on_done, &on_token, &end_body))
         return -1;
     if (!PyCallable_Check(on_done) || (on_token != Py_None && !PyCallable_Check(on_token))) {
         PyErr_SetString(PyExc_TypeError, "on_done (and on_token, unless None) must be callable");
@@ -502,6 +510,7 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
         return -1;
     }
     r->client_fd = cl;
+    r->end_body = end_body;
     Py_INCREF(upstream);
     r->upstream = upstream;
     Py_INCREF(client);
@@ -554,6 +563,7 @@ static PyObject *Relay_get_total(Relay *r, void *c) { return PyLong_FromUnsigned
 static PyObject *Relay_get_reads(Relay *r, void *c) { return PyLong_FromUnsignedLongLong(r->reads); }
 static PyObject *Relay_get_last(Relay *r, void *c) { return PyFloat_FromDouble(r->last); }
 static PyObject *Relay_get_paused(Relay *r, void *c) { return PyBool_FromLong(r->paused); }
+static PyObject *Relay_get_body_ended(Relay *r, void *c) { return PyBool_FromLong(r->body_ended); }
 static PyObject *Relay_get_lost(Relay *r, void *c) {
     return Py_NewRef(r->lost != NULL ? r->lost : Py_None);
 }
@@ -570,6 +580,8 @@ static PyGetSetDef Relay_getset[] = {
     {"reads", (getter)Relay_get_reads, NULL, "upstream reads that brought bytes", NULL},
     {"last", (getter)Relay_get_last, NULL, "time.monotonic() of the last such read", NULL},
     {"paused", (getter)Relay_get_paused, NULL, "the upstream held back for the client", NULL},
+    {"body_ended", (getter)Relay_get_body_ended, NULL,
+     "the client's last chunk was written (end_body=True and the body's end reached)", NULL},
     {"at_boundary", (getter)Relay_get_at_boundary, NULL,
      "the upstream's next byte starts a chunk's size line", NULL},
     {NULL}};

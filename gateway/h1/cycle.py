@@ -75,6 +75,7 @@ class Cycle:
         "chunked",
         "disconnected",
         "keep_alive",
+        "last_written",
         "more_body",
         "response_complete",
         "response_started",
@@ -99,6 +100,7 @@ class Cycle:
         self._remaining = -1  # bytes Content-Length still owes; -1: no Content-Length
         self._head: bytes | None = None
         self._bodiless = False  # HEAD, 204, 304: body bytes the app sends are not written
+        self.last_written = False  # a pipe's owner wrote the last chunk (Pipe.body_ended)
 
     # --- the request's side, fed by the connection ---------------------------------------
     def feed(self, body: bytes) -> bool:
@@ -212,7 +214,7 @@ class Cycle:
             data = b""
         elif self.chunked:
             data = CHUNK % (len(body), body) if body else b""
-            if not more:
+            if not more and not self.last_written:
                 data += b"0\r\n\r\n"
         else:
             data = body
@@ -238,7 +240,7 @@ class Cycle:
         if not self.response_started or self.response_complete or not self.chunked:
             return None
         self.flush_head()
-        return Pipe(self._conn)
+        return Pipe(self._conn, self)
 
     def write(self, data: bytes) -> None:
         """Body bytes, framed: the held head, if any, goes with them in one writev."""
@@ -299,10 +301,11 @@ class Pipe:
     """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
     (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
 
-    __slots__ = ("_paused_here", "buffered", "flow", "is_closing", "write")
+    __slots__ = ("_cycle", "_paused_here", "buffered", "flow", "is_closing", "write")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, cycle: Cycle) -> None:
         self.flow = conn
+        self._cycle = cycle
         self._paused_here = False  # lend() paused the connection's reading
         transport = conn.transport
         self.write = transport.write
@@ -336,3 +339,6 @@ class Pipe:
 
     def abort(self) -> None:
         self.flow.close_now()
+
+    def body_ended(self) -> None:
+        self._cycle.last_written = True

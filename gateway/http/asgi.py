@@ -86,6 +86,11 @@ class ClientPipe(Protocol):
         found it gone): the request's disconnect hook fires."""
         ...
 
+    def body_ended(self) -> None:
+        """The splice wrote the body's last chunk (with its last data, in one send): the
+        response's final send writes none."""
+        ...
+
 
 def header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope["headers"]:

@@ -67,7 +67,9 @@ async def carry(
         return False
     done = watchdog.loop.create_future()
     try:
-        relay = _splice.Relay(client_fd, upstream, pipe, functools.partial(_set, done), token_seen)
+        relay = _splice.Relay(
+            client_fd, upstream, pipe, functools.partial(_set, done), token_seen, end_body=True
+        )
     except Exception as exc:  # no memory: the Python relay goes on
         log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
         pipe.give_back()
@@ -92,6 +94,8 @@ async def carry(
         if status in _CLIENT_CUT:
             pipe.abort()  # it has gone, or its stream was cut mid-chunk: the hook runs
         failure = _failure(relay)
+        if relay.body_ended:
+            pipe.body_ended()  # with the last data, in one send: the proxy's final send is empty
         if status in (_splice.END, _splice.END_EXTRA):
             resp.lent_end(extra=status == _splice.END_EXTRA)
         elif failure is not None:

@@ -4,6 +4,7 @@ cycle makes recorded (the head rides with the first body write: one writev per a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -137,6 +138,26 @@ def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
         got = await _read(peer, b"\r\n\r\n")  # a slow first chunk: the head does not wait
         assert got.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in got
         assert conn.transport.calls == [("write", 1)]
+
+    _run(case)
+
+
+def test_a_pipes_owner_that_wrote_the_last_chunk_leaves_the_final_send_empty() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        await c.send(_start(200, (b"content-type", b"text/event-stream")))
+        pipe = c.pipe()
+        assert pipe is not None
+        pipe.write(CHUNK % (9, b"data: 1\n\n") + b"0\r\n\r\n")  # as gateway._splice does
+        pipe.body_ended()
+        await c.send(_body(b""))
+        got = await _read(peer, b"0\r\n\r\n")
+        await asyncio.sleep(0.05)
+        peer.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            got += peer.recv(100)
+        assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"  # one last chunk
+        assert c.response_complete and conn.done == [c]
 
     _run(case)
 

@@ -131,14 +131,20 @@ def rig() -> Iterator[Rig]:
     r.close()
 
 
-def _dechunk(raw: bytes) -> list[bytes]:
-    """Each chunk's data, every size and CRLF checked; no last chunk expected."""
+def _dechunk(raw: bytes, last: bool = False) -> list[bytes]:
+    """Each chunk's data, every size and CRLF checked. A last chunk (0 CRLF CRLF: a body's
+    end, another body may follow) only with ``last``: a relay without end_body writes none,
+    the proxy's own final send does."""
     out, i = [], 0
     while i < len(raw):
         eol = raw.index(b"\r\n", i)
         size = int(raw[i:eol], 16)
         start = eol + 2
-        assert size > 0, "the relay never writes the last chunk: the proxy's own send does"
+        if size == 0:
+            assert last, "the relay never writes the last chunk unless asked (end_body)"
+            assert raw[i : i + 5] == b"0\r\n\r\n", "a last chunk with trailers"
+            i += 5
+            continue
         assert raw[start + size : start + size + 2] == b"\r\n", "a chunk's CRLF is missing"
         out.append(raw[start : start + size])
         i = start + size + 2
@@ -291,6 +297,49 @@ def test_a_client_connection_lost_ends_it_before_another_send(rig: Rig) -> None:
     rig.pipe.closing = False
     rig.feed(b"1\r\nb\r\n")
     assert _dechunk(rig.received()) == [b"a"] and rig.relay.total == 1
+
+
+def test_asked_to_it_writes_the_bodys_last_chunk_with_its_last_data() -> None:
+    rig = Rig()
+    rig.relay.close()
+    rig.relay = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, rig._done, end_body=True)
+    try:
+        rig.feed(b"1\r\na\r\n")
+        assert not rig.relay.body_ended
+        rig.feed(b"1\r\nb\r\n0\r\n\r\n")
+        assert rig.relay.status == _splice.END and rig.relay.body_ended
+        assert rig.received() == b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n"
+    finally:
+        rig.close()
+    alone = Rig()  # the last chunk in a read of its own
+    alone.relay.close()
+    alone.relay = _splice.Relay(
+        alone.cl.fileno(), alone.upstream, alone.pipe, alone._done, None, end_body=True
+    )
+    try:
+        alone.feed(b"1\r\na\r\n")
+        alone.feed(b"0\r\nx-trailer: 1\r\n\r\n")  # trailers are not passed on
+        assert alone.relay.status == _splice.END and alone.relay.body_ended
+        assert alone.received() == b"1\r\na\r\n0\r\n\r\n"
+    finally:
+        alone.close()
+
+
+def test_a_last_chunk_behind_bytes_the_transport_holds_goes_there_too() -> None:
+    rig = Rig()
+    rig.relay.close()
+    rig.relay = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, rig._done, end_body=True)
+    try:
+        rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        while not rig.pipe.held:
+            rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        writes = rig.pipe.writes
+        rig.feed(b"1\r\nz\r\n0\r\n\r\n")
+        assert rig.relay.body_ended and rig.pipe.writes == writes + 1
+        assert rig.pipe.held.endswith(b"1\r\nz\r\n0\r\n\r\n")
+    finally:
+        rig.close()
 
 
 def test_a_client_that_reset_is_seen_at_the_next_send(rig: Rig) -> None:
@@ -510,7 +559,7 @@ class TransportPipe:
         self.is_closing = transport.is_closing
         self.buffered = transport.get_write_buffer_size
         self.flow = SimpleNamespace(write_paused=False)
-        self.lent = self.aborted = 0
+        self.lent = self.aborted = self.ended = 0
 
     def on_writable(self, callback: Any) -> None:
         pass
@@ -526,6 +575,9 @@ class TransportPipe:
     def abort(self) -> None:
         self.aborted += 1
         self.transport.abort()
+
+    def body_ended(self) -> None:
+        self.ended += 1
 
 
 async def _client_side() -> tuple[TransportPipe, asyncio.StreamReader, asyncio.Server]:
@@ -593,8 +645,9 @@ def test_a_stream_goes_by_the_splice_and_its_connection_serves_the_next_request(
             assert path == "splice" and pipe.lent == 1 and pipe.aborted == 0
             assert ex.body_bytes == sum(map(len, tokens))
             got = await reader.read(1 << 16)
-            while b"".join(_dechunk(got)) != b"".join(tokens):
+            while not got.endswith(b"0\r\n\r\n"):  # the body's end, written by the splice
                 got += await asyncio.wait_for(reader.read(1 << 16), 5)
+            assert b"".join(_dechunk(got, last=True)) == b"".join(tokens) and pipe.ended == 1
             path, _ = await _relay_once(srv, client, pipe)  # the same upstream connection
             assert path == "splice" and srv.connections == 1
         server.close()
@@ -623,8 +676,9 @@ def test_a_stream_from_an_https_upstream_goes_by_the_splice_too(
                 assert path == "splice" and ex.body_bytes == sum(map(len, tokens))
             assert srv.connections == 1 and pipe.lent == 2
             got = b""
-            while b"".join(_dechunk(got)) != b"".join(tokens) * 2:
+            while got.count(b"0\r\n\r\n") < 2:  # each body's end, written by the splice
                 got += await asyncio.wait_for(reader.read(1 << 16), 5)
+            assert b"".join(_dechunk(got, last=True)) == b"".join(tokens) * 2
             await client.close()
         server.close()
 
