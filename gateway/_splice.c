@@ -10,7 +10,8 @@
  * callback hands each read to this object's data_received (C, no Python frame): one pass of a
  * chunked-framing scanner over the bytes and one sendmsg() of the data they carried, re-framed
  * as one chunk, to the client's socket; at the body's end (end_body) the client's last chunk
- * goes in the same send, so the stream is whole on the wire before Python runs again. Per
+ * goes in the same send (or is queued behind what the client's transport holds), so the
+ * stream is complete before Python runs again. Per
  * token that is the loop's epoll_wait, its read and one sendmsg: nginx's three.
  *
  * What it does not do: TLS on the client's side (the upstream's may be anything the transport
@@ -96,8 +97,9 @@ typedef struct {
     int digits;
     int via_client;         /* bytes wait in the client transport's buffer: chunks go there */
     int paused;             /* the upstream's reading paused for the client (till resume()) */
-    int end_body;           /* at END, write the client's last chunk too (the owner will not) */
-    int body_ended;         /* it was written, or handed to the client's transport */
+    int end_body;           /* at END or END_EXTRA, write the client's last chunk too (the owner
+                               will not) */
+    int body_ended;         /* it was sent, or queued behind what the client's transport holds */
     uint64_t size;          /* the chunk size being read, then what is left of its data */
     unsigned long long total; /* payload bytes written to the client */
     unsigned long long reads;
@@ -581,7 +583,8 @@ static PyGetSetDef Relay_getset[] = {
     {"last", (getter)Relay_get_last, NULL, "time.monotonic() of the last such read", NULL},
     {"paused", (getter)Relay_get_paused, NULL, "the upstream held back for the client", NULL},
     {"body_ended", (getter)Relay_get_body_ended, NULL,
-     "the client's last chunk was written (end_body=True and the body's end reached)", NULL},
+     "the client's last chunk was sent or queued (end_body=True and the body's end reached)",
+     NULL},
     {"at_boundary", (getter)Relay_get_at_boundary, NULL,
      "the upstream's next byte starts a chunk's size line", NULL},
     {NULL}};

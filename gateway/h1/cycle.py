@@ -212,9 +212,17 @@ class Cycle:
     def _body_part(self, body: bytes, more: bool) -> None:
         if self._bodiless:
             data = b""
+        elif self.last_written:
+            # The body has ended on the wire (a splice wrote its last chunk): nothing may
+            # follow it, and a late part (an error event after a deadline that fired as the
+            # body ended) closes the connection rather than corrupt the next response.
+            data = b""
+            if body:
+                log.warning("a response part after its last chunk was dropped; closing")
+                self.keep_alive = False
         elif self.chunked:
             data = CHUNK % (len(body), body) if body else b""
-            if not more and not self.last_written:
+            if not more:
                 data += b"0\r\n\r\n"
         else:
             data = body

@@ -87,8 +87,9 @@ class ClientPipe(Protocol):
         ...
 
     def body_ended(self) -> None:
-        """The splice wrote the body's last chunk (with its last data, in one send): the
-        response's final send writes none."""
+        """The splice wrote the body's last chunk (with its last data, in one send, or queued
+        behind what the transport holds): the response's final send writes nothing, and any
+        body part sent after it is dropped and the connection closed."""
         ...
 
 

@@ -6,9 +6,11 @@ as a rule right after the first read (the C finds the first token for the dashbo
 with gateway.traffic.carries_token's test). The upstream's transport gets the C relay as its
 protocol, so the event loop's own read callback calls its ``data_received`` (C): per token one
 read, one scan of the chunk framing and one send to the client's socket, whose reading is
-paused meanwhile, and no Python frame. At the body's end both connections are given back as
-they were: the upstream's parser is fed the last chunk and its connection goes back to the
-pool, the client's connection reads again and the proxy's own final send ends the response.
+paused meanwhile, and no Python frame. At the body's end the relay writes the client's last
+chunk with the last data (or queues it behind what the client's transport holds), and both
+connections are given back as they were: the upstream's parser is fed the last chunk and its
+connection goes back to the pool, the client's connection reads again, and the proxy's own
+final send completes the response without writing (``ClientPipe.body_ended``).
 
 What stays as with the Python relay: each upstream read leaves as one chunk; a client that
 cannot keep up holds the upstream back (past its transport's high-water mark the upstream's

@@ -153,11 +153,33 @@ def test_a_pipes_owner_that_wrote_the_last_chunk_leaves_the_final_send_empty() -
         await c.send(_body(b""))
         got = await _read(peer, b"0\r\n\r\n")
         await asyncio.sleep(0.05)
-        peer.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             got += peer.recv(100)
         assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"  # one last chunk
         assert c.response_complete and conn.done == [c]
+
+    _run(case)
+
+
+def test_a_part_sent_after_the_pipes_last_chunk_is_dropped_and_the_connection_closes() -> None:
+    """An error event after a deadline that fired as the splice ended the body: nothing may
+    follow the last chunk on the wire, or the next response's framing would be broken."""
+
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle()
+        await c.send(_start(200, (b"content-type", b"text/event-stream")))
+        pipe = c.pipe()
+        assert pipe is not None
+        pipe.write(CHUNK % (9, b"data: 1\n\n") + b"0\r\n\r\n")
+        pipe.body_ended()
+        await c.send(_body(b"data: late error\n\n"))
+        got = await _read(peer, b"0\r\n\r\n")
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(BlockingIOError):
+            got += peer.recv(100)
+        assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+        assert c.response_complete and not c.keep_alive
+        assert ("close", 0) in conn.transport.calls
 
     _run(case)
 

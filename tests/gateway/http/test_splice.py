@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import gc
+import http.client
 import json
 import os
 import socket
@@ -323,6 +324,39 @@ def test_asked_to_it_writes_the_bodys_last_chunk_with_its_last_data() -> None:
         assert alone.received() == b"1\r\na\r\n0\r\n\r\n"
     finally:
         alone.close()
+
+
+@pytest.mark.parametrize(
+    ("wire", "status"),
+    [
+        (b"1\r\na\r\n0\r\n\r\n", "END"),
+        (b"1\r\na\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n", "END_EXTRA"),  # bytes after: not passed on
+    ],
+)
+def test_the_last_chunk_is_written_once_whatever_follows_the_body(wire: bytes, status: str) -> None:
+    rig = Rig()
+    rig.relay.close()
+    rig.relay = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, rig._done, end_body=True)
+    try:
+        rig.feed(wire)
+        assert rig.relay.status == getattr(_splice, status) and rig.relay.body_ended
+        assert rig.received() == b"1\r\na\r\n0\r\n\r\n"
+    finally:
+        rig.close()
+
+
+def test_a_client_gone_at_the_last_send_has_no_body_end() -> None:
+    rig = Rig()
+    rig.relay.close()
+    rig.relay = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, rig._done, end_body=True)
+    try:
+        rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        rig.client.close()  # a reset: the send fails
+        rig.feed(b"0\r\n\r\n")
+        assert rig.relay.status == _splice.CLIENT_GONE and not rig.relay.body_ended
+    finally:
+        rig.relay.close()
+        rig.cl.close()
 
 
 def test_a_last_chunk_behind_bytes_the_transport_holds_goes_there_too() -> None:
@@ -674,7 +708,7 @@ def test_a_stream_from_an_https_upstream_goes_by_the_splice_too(
             for _ in range(2):  # the second on the same TLS connection, back from the pool
                 path, ex = await _relay_once(srv, client, pipe)
                 assert path == "splice" and ex.body_bytes == sum(map(len, tokens))
-            assert srv.connections == 1 and pipe.lent == 2
+            assert srv.connections == 1 and pipe.lent == 2 and pipe.ended == 2
             got = b""
             while got.count(b"0\r\n\r\n") < 2:  # each body's end, written by the splice
                 got += await asyncio.wait_for(reader.read(1 << 16), 5)
@@ -827,12 +861,25 @@ def test_a_gateways_streams_take_the_splice_unless_switched_off(tmp_path: Path, 
     )
     try:
         body = {"model": "m", "stream": True, "max_tokens": 12, "messages": [{"role": "user"}]}
+        # One keep-alive connection for all three, read by http.client's strict parser: a
+        # byte after a body's last chunk would break the next response's status line.
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
         for _ in range(3):
-            with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
-                events = [e for e in r.iter_lines() if e.startswith("data: ")]
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                json.dumps(body),
+                {"content-type": "application/json"},
+            )
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("transfer-encoding") == "chunked"
+            text = r.read().decode()
+            assert not r.will_close
+            events = [e for e in text.split("\n") if e.startswith("data: ")]
             assert events[-1] == "data: [DONE]"
             tokens = [json.loads(e[6:]) for e in events[:-1]]
             assert sum(bool(t["choices"][0]["delta"].get("content")) for t in tokens) == 12
+        conn.close()
         assert _stream_paths(gw.ops_url) == {"splice" if on else "python": 3.0}
     finally:
         gw.stop()
