@@ -189,12 +189,3 @@ DNS_TTL_S = 30  # answers a resolver may cache: a failed region leaves clients w
 DNS_CHECK_INTERVAL_S = 5  # PowerDNS's own default for LUA health checks (seconds, whole)
 DNS_CHECK_TIMEOUT_S = 2  # PowerDNS's default check timeout: a /readyz slower than 2 s is down
 DNS_READY_PATH = "/readyz"  # what a region's health check fetches: 503 while it drains
-
-# The garbage collector's youngest generation is collected after this many more container
-# objects were made than freed (Python's default: 700). A request makes and frees hundreds, so
-# at 700 a worker collected every request or two, each time walking what the open streams had
-# made; round twelve measured 0.83x and 0.89x the CPU per 16-token stream at 50,000
-# (bench/results/round12). Only cyclic garbage waits longer for it (refcounting frees the rest
-# at once): at most 50,000 objects, a few MB. The older generations keep Python's ratios (10,
-# 10), so a full collection still comes after some 5 million allocations.
-GC_THRESHOLDS = (50_000, 10, 10)

@@ -90,12 +90,11 @@ async def lifespan(
         len(config.upstreams),
         config.geoip.database or "none (default location)",
     )
-    thresholds = freeze_heap()
+    freeze_heap()
     try:
         yield
     finally:
         gc.unfreeze()  # what was frozen may be collected again once the worker stops serving
-        gc.set_threshold(*thresholds)
         rt.draining = True
         rt.loop = None
         if ops is not None:
@@ -109,7 +108,7 @@ async def lifespan(
             handler.flush()
 
 
-def freeze_heap() -> tuple[int, int, int]:
+def freeze_heap() -> None:
     """Move everything the start-up made (config, GeoIP reader, routing tables, modules: tens
     of thousands of objects) out of the garbage collector's sight. Python's oldest-generation
     collection otherwise walks all of it again and again, though none of it is garbage: a
@@ -118,14 +117,9 @@ def freeze_heap() -> tuple[int, int, int]:
     a start-up object that later becomes cyclic garbage (something a reload replaces) waits for
     the lifespan's end to be collected, and freeze and unfreeze act on the whole process, so
     two lifespans overlapping in one process (tests only) unfreeze each other's heap early,
-    which costs speed, not correctness. Then the youngest generation is collected less often
-    (defaults.GC_THRESHOLDS: why there); returns the thresholds before, for the lifespan's end
-    to put back."""
+    which costs speed, not correctness."""
     gc.collect()
     gc.freeze()
-    before = gc.get_threshold()
-    gc.set_threshold(*d.GC_THRESHOLDS)
-    return before
 
 
 async def flush_access_log() -> None:
