@@ -10,8 +10,7 @@ holds the upstream back (reading pauses), never the gateway's memory.
 On the pipe, from the first chunk boundary on, a chunked body goes by gateway._splice
 (gateway.http.splice) where the client's side is plain TCP (the upstream's may be TLS): the
 upstream transport's reads go to a protocol in C that writes to the client's socket, no
-Python per chunk. The
-metric geogate_stream_bodies counts streams by the path they took.
+Python per chunk. The metric geogate_stream_bodies counts streams by the path they took.
 """
 
 from __future__ import annotations
