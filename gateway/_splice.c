@@ -27,7 +27,8 @@
  * connection by then. While the relay writes to the socket itself, the transport has nothing
  * to write and its reading is paused, so it does not close on its own; the Python side closes
  * the relay before it closes the transport; and the client's connection calls resume() as it
- * is lost, which ends the relay (CLIENT_GONE). While bytes wait in the transport's buffer (a
+ * is lost, which ends the relay (CLIENT_GONE). A client that leaves is seen at a send that
+ * fails, or in a silence by probe() (gateway.http.watchdog asks every CLIENT_PROBE_S). While bytes wait in the transport's buffer (a
  * write of its own may fail and close it), each send first asks is_closing(). When the socket
  * cannot take a whole chunk,
  * the rest goes to the transport's own write() (which buffers it and watches for
@@ -482,6 +483,20 @@ static PyObject *Relay_resume(Relay *r, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
+/* After a silence (gateway.http.watchdog): whether the client left, asked of its socket without
+ * reading it (a pipelined request stays for the server). Its reads are paused, so nothing else
+ * would tell before the next token; a client gone ends the relay (CLIENT_GONE). */
+static PyObject *Relay_probe(Relay *r, PyObject *Py_UNUSED(ignored)) {
+    if (r->status != RUNNING) Py_RETURN_FALSE;
+    char c;
+    ssize_t n = recv(r->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && client_failed(errno))) {
+        finish_paused(r, CLIENT_GONE);
+        Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyObject *Relay_close(Relay *r, PyObject *Py_UNUSED(ignored)) {
     if (r->status == RUNNING) r->status = CLOSED;
     Py_CLEAR(r->on_done);
@@ -603,6 +618,8 @@ static PyMethodDef Relay_methods[] = {
     {"resume", (PyCFunction)Relay_resume, METH_NOARGS,
      "the client's connection is writable (the upstream's reading goes on if it was held "
      "back), or closing (CLIENT_GONE)"},
+    {"probe", (PyCFunction)Relay_probe, METH_NOARGS,
+     "after a silence: True (and CLIENT_GONE) when the client closed or reset its connection"},
     {"close", (PyCFunction)Relay_close, METH_NOARGS,
      "stop: nothing more is written (both connections stay open: the transports' own)"},
     {NULL}};

@@ -96,6 +96,12 @@ DISCONNECT_WATCH_DELAY_S = 0.05
 CONNECT_TIMEOUT_S = 3.0  # a cross-ocean TCP+TLS handshake is ~3 RTTs of ~0.3 s at worst
 FIRST_BYTE_TIMEOUT_S = 60.0  # a big prompt's prefill on a busy GPU can take tens of seconds
 IDLE_TIMEOUT_S = 60.0  # longest silence between two chunks of a streamed response
+# A spliced stream (gateway._splice) silent this long asks the client's socket whether the
+# client is still there (its reads are paused meanwhile, so nothing else would tell before the
+# next token): a client that left stops the upstream's generation within about this, not at
+# the idle timeout. Flowing streams are never asked; a timer per silent stream every 5 s is
+# 2,000 callbacks a second at 10,000 silent streams.
+CLIENT_PROBE_S = 5.0
 TOTAL_TIMEOUT_S = 600.0  # a whole response; long generations at slow token rates
 RESPONSE_TIMEOUT_S = 600.0  # a non-streaming answer arrives whole when generation ends, so
 # its wait is the whole generation: as long as total_s allows any response (4,000 tokens at

@@ -17,10 +17,11 @@ cannot keep up holds the upstream back (past its transport's high-water mark the
 reading pauses until the client's connection is writable again); the watchdog's idle deadline
 counts the relay's reads; a failed upstream raises what the Python relay raises
 (ConnectionLost, BadResponse), and the client's stream stands at a chunk boundary for the error
-event that follows. A client that leaves is seen as its connection is lost, or else at a send
-that fails: a reset fails the next one, a close the one after (its reads are paused, so a
-close during a silence waits for the next token or the idle deadline; a pipelined request
-waits in its socket until the stream's end, as with nginx). On a TLS upstream, pausing stops
+event that follows. A client that leaves is seen at a send that fails (a reset fails the next
+one, a close the one after), as its connection is lost, or after a silence of
+defaults.CLIENT_PROBE_S by the watchdog's probe (``Relay.probe``: its socket asked without
+being read). Its reads are paused meanwhile: a pipelined request waits in its socket until the
+stream's end, as with nginx. On a TLS upstream, pausing stops
 the decrypted data, not the socket's reads: up to uvloop's read size waits decrypted, as on
 the Python relay. Where the
 extension is not built (no C compiler at install), AVAILABLE is False and every stream stays on
@@ -81,7 +82,7 @@ async def carry(
         upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed
         upstream.resume_reading()
         pipe.on_writable(relay.resume)  # also called as the client's connection is lost
-        watchdog.source = relay
+        watchdog.source = relay  # its reads are the stream's activity; it is probed in a silence
         await done
     finally:
         relay.close()

@@ -13,6 +13,8 @@ import asyncio
 from types import TracebackType
 from typing import Any, Protocol
 
+from gateway.defaults import CLIENT_PROBE_S
+
 # A loop may run a timer up to its clock resolution early; a check this close to the due
 # time counts as due rather than re-arming for a few microseconds.
 EARLY_S = 0.001
@@ -20,10 +22,14 @@ EARLY_S = 0.001
 
 class Stamped(Protocol):
     """What else may stamp activity: gateway._splice's Relay, while it carries a stream (its
-    ``last`` is CLOCK_MONOTONIC, the clock of both asyncio's and uvloop's ``loop.time()``)."""
+    ``last`` is CLOCK_MONOTONIC, the clock of both asyncio's and uvloop's ``loop.time()``).
+    ``probe()`` is called after ``probe_s`` of silence, and again every ``probe_s`` while it
+    lasts: the relay asks the client's socket whether the client left (and if so ends)."""
 
     @property
     def last(self) -> float: ...
+
+    def probe(self) -> object: ...
 
 
 class Watchdog:
@@ -39,13 +45,20 @@ class Watchdog:
         "_handle",
         "_idle_s",
         "_loop",
+        "_probe_s",
         "_task",
         "clock",
         "last",
         "source",
     )
 
-    def __init__(self, idle_s: float, left_s: float, task: asyncio.Task[Any] | None = None) -> None:
+    def __init__(
+        self,
+        idle_s: float,
+        left_s: float,
+        task: asyncio.Task[Any] | None = None,
+        probe_s: float = CLIENT_PROBE_S,
+    ) -> None:
         # ``task``: the current one, where the caller knows it (gateway.runtime's
         # current_task): each lookup of the running loop is a getpid() in CPython 3.11.
         if task is None:
@@ -54,6 +67,7 @@ class Watchdog:
         self._loop = task.get_loop()
         self._task = task
         self._idle_s = idle_s
+        self._probe_s = probe_s
         self._deadline = self._loop.time() + left_s
         self._expired = False
         self._handle: asyncio.TimerHandle | None = None
@@ -71,22 +85,31 @@ class Watchdog:
         piped sink does the same inline)."""
         self.last = self.clock()
 
-    def _due(self) -> float:
-        last = self.last if self.source is None else max(self.last, self.source.last)
-        return min(last + self._idle_s, self._deadline)
+    def _last(self) -> float:
+        return self.last if self.source is None else max(self.last, self.source.last)
 
     def _check(self) -> None:
-        due = self._due()
-        if self._loop.time() + EARLY_S >= due:
+        now, last = self._loop.time(), self._last()
+        due = min(last + self._idle_s, self._deadline)
+        if now + EARLY_S >= due:
             self._expired = True
             self._handle = None
             self._task.cancel()
-        else:
-            self._handle = self._loop.call_at(due, self._check)
+            return
+        # A silence of probe_s or more: the source, if any, asks its client (a splice, whose
+        # client's reads are paused), and again every probe_s while the silence lasts.
+        probe_at = last + self._probe_s
+        if now + EARLY_S >= probe_at:
+            if self.source is not None:
+                self.source.probe()
+            probe_at = now + self._probe_s
+        self._handle = self._loop.call_at(min(due, probe_at), self._check)
 
     def __enter__(self) -> Watchdog:
         self._cancelling = self._task.cancelling()
-        self._handle = self._loop.call_at(self._due(), self._check)
+        # At the first silence of probe_s (a source may be set meanwhile), or the deadline.
+        due = min(self.last + self._idle_s, self._deadline, self.last + self._probe_s)
+        self._handle = self._loop.call_at(due, self._check)
         return self
 
     def __exit__(

@@ -14,6 +14,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -436,6 +437,28 @@ def _read_all(sock: socket.socket) -> bytes:
     return bytes(got)
 
 
+def test_a_probe_after_a_silence_finds_a_client_that_left() -> None:
+    rig = Rig()
+    try:
+        rig.feed(b"1\r\na\r\n")
+        assert rig.relay.probe() is False and rig.relay.status == _splice.RUNNING
+        rig.client.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request: still there
+        time.sleep(0.05)
+        assert rig.relay.probe() is False and rig.relay.status == _splice.RUNNING
+        rig.cl.setblocking(True)
+        assert rig.cl.recv(100) == b"GET / HTTP/1.1\r\n"  # peeked, not taken
+        rig.cl.setblocking(False)
+        rig.client.close()  # it leaves
+        time.sleep(0.05)
+        assert rig.relay.probe() is True
+        assert rig.relay.status == _splice.CLIENT_GONE and rig.done == 1
+        assert not rig.upstream.reading
+        assert rig.relay.probe() is False  # ended: nothing more to ask
+    finally:
+        rig.relay.close()
+        rig.cl.close()
+
+
 def test_close_stops_it_and_a_late_read_reaches_nobody(rig: Rig) -> None:
     rig.relay.close()
     rig.relay.close()
@@ -647,12 +670,13 @@ async def _relay_once(
     pipe: TransportPipe,
     idle_s: float = 5,
     token_seen: Any = None,
+    probe_s: float = 5,
 ) -> tuple[str, Any]:
     ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
     resp = await client.request("GET", srv.url + "/")
     await resp.wait_body()
     try:
-        with Watchdog(idle_s, 30) as dog:
+        with Watchdog(idle_s, 30, probe_s=probe_s) as dog:
             path = await relay(resp, _no_send, ex, dog, token_seen)
     except BaseException:
         resp.close()
@@ -784,6 +808,32 @@ def test_a_client_that_leaves_mid_splice_cancels_the_stream() -> None:
                 await asyncio.wait_for(task, 5)
             assert pipe.aborted == 1 and pipe.transport.is_closing()
             assert srv.connections == 1
+        server.close()
+
+    run(main())
+
+
+def test_a_client_that_leaves_during_a_silence_is_found_by_the_probe() -> None:
+    """Its reads are paused while the splice writes: without the probe nothing would tell
+    before the next token (here 10 s away) or the idle deadline."""
+
+    async def main() -> None:
+        pipe, reader, server = await _client_side()
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            await _answer(b"1\r\na\r\n", b"1\r\nb\r\n", gap_s=0.05)(_, __, w)
+            await asyncio.sleep(10)  # a long silence, in the splice
+
+        async with Scripted(answer) as srv:
+            loop = asyncio.get_running_loop()
+            task = asyncio.ensure_future(_relay_once(srv, Client(1.0), pipe, probe_s=0.2))
+            await until(lambda: pipe.lent == 1, what="the hand-off to the splice")
+            t0 = loop.time()
+            reader._transport.close()  # type: ignore[attr-defined]  # the client leaves quietly
+            with pytest.raises(ConnectionLost, match="cut"):
+                await asyncio.wait_for(task, 5)
+            assert loop.time() - t0 < 2  # the probe's 0.2 s, not the 10 s silence
+            assert pipe.aborted == 1
         server.close()
 
     run(main())

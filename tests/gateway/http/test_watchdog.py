@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import pytest
 
@@ -111,3 +113,50 @@ def test_given_its_task_it_guards_that_one_on_that_tasks_loop(
             await asyncio.sleep(0.5)
 
     asyncio.run(main())
+
+
+class Source:
+    """A splice's stamps and probes, counted."""
+
+    def __init__(self, last: float) -> None:
+        self.last = last
+        self.probes: list[float] = []
+
+    def probe(self) -> bool:
+        self.probes.append(asyncio.get_running_loop().time())
+        return False
+
+
+def test_a_silent_source_is_probed_every_probe_s_and_a_flowing_one_never() -> None:
+    async def main() -> tuple[list[float], list[float], float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with Watchdog(10, 10, probe_s=0.1) as wd:
+            silent = Source(loop.time())
+            wd.source = silent
+            await asyncio.sleep(0.45)  # silent: probed at about 0.1, 0.2, 0.3, 0.4
+        with Watchdog(10, 10, probe_s=0.1) as wd:
+            flowing = Source(loop.time())
+            wd.source = flowing
+            for _ in range(9):
+                await asyncio.sleep(0.05)
+                flowing.last = loop.time()  # a read every 0.05 s
+        return silent.probes, flowing.probes, t0
+
+    silent, flowing, t0 = asyncio.run(main())
+    assert 3 <= len(silent) <= 4 and silent[0] - t0 >= 0.1 - 0.01
+    assert all(b - a >= 0.1 - 0.01 for a, b in itertools.pairwise(silent))
+    assert flowing == []
+
+
+def test_a_silence_without_a_source_re_arms_rather_than_spins() -> None:
+    """No source to ask: the timer comes back every probe_s, not at once (a timer at a time
+    already past would spin the loop at full CPU)."""
+
+    async def main() -> float:
+        cpu = time.process_time()
+        with Watchdog(10, 10, probe_s=0.05):
+            await asyncio.sleep(0.5)
+        return time.process_time() - cpu
+
+    assert asyncio.run(main()) < 0.2  # a spin would be about 0.5 s of CPU
