@@ -142,7 +142,12 @@ def test_a_head_no_body_write_follows_leaves_at_the_loop_turns_end() -> None:
     _run(case)
 
 
-def test_a_pipes_owner_that_wrote_the_last_chunk_leaves_the_final_send_empty() -> None:
+@pytest.mark.parametrize("late", [b"", b"data: late error\n\n"], ids=["final-send", "late-part"])
+def test_nothing_follows_a_last_chunk_the_pipes_owner_wrote(late: bytes) -> None:
+    """The final send writes no second last chunk; a part sent after it (an error event after a
+    deadline that fired as the splice ended the body) is dropped and the connection closed,
+    or the next response's framing would be broken."""
+
     async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
         c = cycle()
         await c.send(_start(200, (b"content-type", b"text/event-stream")))
@@ -150,36 +155,14 @@ def test_a_pipes_owner_that_wrote_the_last_chunk_leaves_the_final_send_empty() -
         assert pipe is not None
         pipe.write(CHUNK % (9, b"data: 1\n\n") + b"0\r\n\r\n")  # as gateway._splice does
         pipe.body_ended()
-        await c.send(_body(b""))
+        await c.send(_body(late))
         got = await _read(peer, b"0\r\n\r\n")
         await asyncio.sleep(0.05)
         with contextlib.suppress(BlockingIOError):
             got += peer.recv(100)
         assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"  # one last chunk
         assert c.response_complete and conn.done == [c]
-
-    _run(case)
-
-
-def test_a_part_sent_after_the_pipes_last_chunk_is_dropped_and_the_connection_closes() -> None:
-    """An error event after a deadline that fired as the splice ended the body: nothing may
-    follow the last chunk on the wire, or the next response's framing would be broken."""
-
-    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
-        c = cycle()
-        await c.send(_start(200, (b"content-type", b"text/event-stream")))
-        pipe = c.pipe()
-        assert pipe is not None
-        pipe.write(CHUNK % (9, b"data: 1\n\n") + b"0\r\n\r\n")
-        pipe.body_ended()
-        await c.send(_body(b"data: late error\n\n"))
-        got = await _read(peer, b"0\r\n\r\n")
-        await asyncio.sleep(0.05)
-        with contextlib.suppress(BlockingIOError):
-            got += peer.recv(100)
-        assert got.partition(b"\r\n\r\n")[2] == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
-        assert c.response_complete and not c.keep_alive
-        assert ("close", 0) in conn.transport.calls
+        assert c.keep_alive == (not late) and (("close", 0) in conn.transport.calls) == bool(late)
 
     _run(case)
 
