@@ -21,11 +21,10 @@ event that follows. A client that leaves is seen at a send that fails (a reset f
 one, a close the one after), as its connection is lost, or after a silence of
 defaults.CLIENT_PROBE_S by the watchdog's probe (``Relay.probe``: its socket asked without
 being read). Its reads are paused meanwhile: a pipelined request waits in its socket until the
-stream's end, as with nginx. On a TLS upstream, pausing stops
-the decrypted data, not the socket's reads: up to uvloop's read size waits decrypted, as on
-the Python relay. Where the
-extension is not built (no C compiler at install), AVAILABLE is False and every stream stays on
-the Python relay; ``server.splice = false`` does the same.
+stream's end, as with nginx. On a TLS upstream, pausing stops the decrypted data, not the
+socket's reads: up to uvloop's read size waits decrypted, as on the Python relay. Where the
+extension is not built (no C compiler at install), AVAILABLE is False and every stream stays
+on the Python relay; ``server.splice = false`` does the same.
 """
 
 from __future__ import annotations
