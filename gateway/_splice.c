@@ -584,9 +584,6 @@ static PyObject *Relay_get_body_ended(Relay *r, void *c) { return PyBool_FromLon
 static PyObject *Relay_get_lost(Relay *r, void *c) {
     return Py_NewRef(r->lost != NULL ? r->lost : Py_None);
 }
-static PyObject *Relay_get_at_boundary(Relay *r, void *c) {
-    return PyBool_FromLong(r->state == S_SIZE && r->digits == 0);
-}
 
 static PyGetSetDef Relay_getset[] = {
     {"status", (getter)Relay_get_status, NULL, "how the relay ended; RUNNING (0) until then", NULL},
@@ -600,8 +597,6 @@ static PyGetSetDef Relay_getset[] = {
     {"body_ended", (getter)Relay_get_body_ended, NULL,
      "the client's last chunk was sent or queued (end_body=True and the body's end reached)",
      NULL},
-    {"at_boundary", (getter)Relay_get_at_boundary, NULL,
-     "the upstream's next byte starts a chunk's size line", NULL},
     {NULL}};
 
 static PyMethodDef Relay_methods[] = {

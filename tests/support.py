@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -161,6 +162,14 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "co
 
 
 CHAT_BODY = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    """Everything a blocking socket receives until its peer closes."""
+    got = bytearray()
+    while chunk := sock.recv(1 << 16):
+        got += chunk
+    return bytes(got)
 
 
 def served_by(url: str, n: int) -> Counter[str]:

@@ -28,6 +28,7 @@ from tests.support import (
     Gateway,
     Sim,
     eventually,
+    read_to_eof,
     start_fleet,
     until,
 )
@@ -100,13 +101,6 @@ def quick(tmp_path: Path) -> Iterator[Gateway]:
     sim.proc.kill()
 
 
-def _read_all(s: socket.socket) -> bytes:
-    answer = b""
-    while chunk := s.recv(65536):
-        answer += chunk
-    return answer
-
-
 @pytest.mark.parametrize(
     ("sent", "trickle"),
     # Bytes that keep the head valid however many come: a longer path, a longer header name.
@@ -126,7 +120,7 @@ def test_a_head_not_complete_in_head_timeout_s_gets_408(
                 s.sendall(trickle)
             except OSError:  # answered and closed: the 408 is waiting to be read
                 break
-        answer = _read_all(s)
+        answer = read_to_eof(s)
         took = time.monotonic() - t0
     status, err = _json_error(answer)
     assert status == 408 and err["code"] == "request_timeout", answer[:200]
@@ -161,7 +155,7 @@ def test_one_endless_header_is_refused_too(gw: Gateway) -> None:
                 sent += 65536
         except OSError:
             pass
-        answer = _read_all(s)
+        answer = read_to_eof(s)
     status, err = _json_error(answer)
     assert status == 431 and err["code"] == "request_headers_too_large", answer[:300]
     assert sent < 64 * 2**20
@@ -183,7 +177,7 @@ def test_a_connection_that_sends_nothing_is_not_answered(quick: Gateway) -> None
 def test_a_malformed_request_gets_a_json_400(gw: Gateway) -> None:
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = _read_all(s)
+        answer = read_to_eof(s)
     status, err = _json_error(answer)
     assert status == 400 and err["code"] == "invalid_request", answer[:300]
     assert "malformed HTTP/1.1 request" in str(err["message"])
@@ -195,7 +189,7 @@ def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
     _send_head(gw.port, 64 * 2**20)
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
-        _read_all(s)
+        read_to_eof(s)
     log = gw.log_text()
     assert log.count(f"refused a request head over {LIMIT} bytes") == 1, log[-2000:]
     assert log.count("refused a malformed HTTP/1.1 request from 127.0.0.1:") == 1, log[-2000:]
@@ -222,7 +216,7 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
             assert conn.getresponse().status == 200
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = _read_all(s)  # read to the end: the gateway closes this connection
+            answer = read_to_eof(s)  # read to the end: the gateway closes this connection
     finally:
         for conn in idle:
             conn.close()
@@ -250,7 +244,7 @@ def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
     )
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
         s.sendall(batch)
-        answer = _read_all(s)
+        answer = read_to_eof(s)
     parts = answer.split(b"HTTP/1.1 ")[1:]
     assert [p[:3] for p in parts] == [b"200", b"200", b"200"], answer[:400]
     assert b"text/event-stream" in parts[1] and parts[1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
@@ -286,7 +280,7 @@ def test_a_bad_request_pipelined_behind_a_stream_never_lands_inside_its_body(
         got = s.recv(65536)
         assert got.startswith(b"HTTP/1.1 200"), got[:200]
         s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")  # pipelined behind the running stream
-        got += _read_all(s)  # to the close
+        got += read_to_eof(s)  # to the close
     if not spliced:
         assert got.count(b"HTTP/1.1 ") == 1, got[-300:]  # no second status line, no 400 inside
         eventually(lambda: sim.stats()["cancelled"] == 1, timeout=5, what="the upstream's cancel")

@@ -10,11 +10,11 @@ import gc
 import http.client
 import json
 import os
+import select
 import socket
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +33,7 @@ from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token
 from tests.gateway.client.scripted import Scripted, run
-from tests.support import self_signed_cert, start_fleet, until
+from tests.support import read_to_eof, self_signed_cert, start_fleet, until
 
 # --- the C relay alone, its protocol methods called as the upstream transport would -------
 
@@ -131,6 +131,10 @@ def rig() -> Iterator[Rig]:
     r = Rig()
     yield r
     r.close()
+
+
+def _wait_readable(sock: socket.socket) -> None:
+    assert select.select([sock], [], [], 5)[0], "nothing came"
 
 
 def _dechunk(raw: bytes, last: bool = False) -> list[bytes]:
@@ -402,7 +406,7 @@ def test_a_full_client_holds_the_upstream_back_and_gets_every_byte_in_order(rig:
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     got = bytearray()
-    reader = threading.Thread(target=lambda: got.extend(_read_all(rig.client)))
+    reader = threading.Thread(target=lambda: got.extend(read_to_eof(rig.client)))
     sent: list[bytes] = []
 
     def chunk(payload: bytes) -> None:
@@ -430,26 +434,18 @@ def test_a_full_client_holds_the_upstream_back_and_gets_every_byte_in_order(rig:
     assert b"".join(_dechunk(bytes(got))) == b"".join(sent)
 
 
-def _read_all(sock: socket.socket) -> bytes:
-    got = bytearray()
-    while chunk := sock.recv(1 << 20):
-        got += chunk
-    return bytes(got)
-
-
 def test_a_probe_after_a_silence_finds_a_client_that_left() -> None:
     rig = Rig()
     try:
         rig.feed(b"1\r\na\r\n")
         assert rig.relay.probe() is False and rig.relay.status == _splice.RUNNING
         rig.client.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request: still there
-        time.sleep(0.05)
+        _wait_readable(rig.cl)
         assert rig.relay.probe() is False and rig.relay.status == _splice.RUNNING
-        rig.cl.setblocking(True)
-        assert rig.cl.recv(100) == b"GET / HTTP/1.1\r\n"  # peeked, not taken
-        rig.cl.setblocking(False)
+        assert rig.cl.recv(100, socket.MSG_PEEK) == b"GET / HTTP/1.1\r\n"  # not taken
         rig.client.close()  # it leaves
-        time.sleep(0.05)
+        rig.cl.recv(100)  # (the pipelined bytes, taken: what is left to see is the close)
+        _wait_readable(rig.cl)
         assert rig.relay.probe() is True
         assert rig.relay.status == _splice.CLIENT_GONE and rig.done == 1
         assert not rig.upstream.reading
