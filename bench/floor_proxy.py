@@ -14,8 +14,11 @@ geogate's code can remove.
 
 Run by granian as ``bench.floor_proxy:asgi`` or ``bench.floor_proxy:rsgi``, by uvicorn's CLI
 (its own httptools protocol), or as ``python bench/floor_proxy.py --port N``: uvicorn with
-gateway.h1's protocol, as geogate runs (floor-h1). The backend's address comes from
-$FLOOR_UPSTREAM.
+gateway.h1's protocol, as geogate runs (floor-h1). With ``--splice`` (floor-splice) a stream's
+body after the head goes by gateway.http.relay as geogate's does: the pipe to the client's
+connection and, from the first chunk boundary, the C splice (gateway._splice): the floor under
+geogate's whole streaming path, its own code (routing, metrics, access line, header filtering,
+retries, deadlines) being the difference. The backend's address comes from $FLOOR_UPSTREAM.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: floor-h1
 
 from gateway.client import Client
-from gateway.defaults import CONNECT_TIMEOUT_S
+from gateway.defaults import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, TOTAL_TIMEOUT_S
 
 UPSTREAM_ENV = "FLOOR_UPSTREAM"
 SSE = "text/event-stream"
 JSON = [(b"content-type", b"application/json")]
 _session: Client | None = None
+_SPLICE = False  # floor-splice: set by --splice
 
 Message = MutableMapping[str, Any]
 
@@ -95,13 +99,27 @@ async def asgi(
         return
     try:
         await send({**start, "headers": [(b"content-type", ctype.encode())]})
-        while chunk := await resp.readany():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if _SPLICE:
+            await _spliced(scope, resp, send)
+        else:
+            while chunk := await resp.readany():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
     except BaseException:
         resp.close()  # the client left: the upstream connection is out of step
         raise
     resp.release()
+
+
+async def _spliced(scope: Message, resp: Any, send: Callable[[Message], Awaitable[None]]) -> None:
+    """The body's rest as geogate carries it (floor-splice): gateway.http.relay, with the
+    least it needs (a request record for the byte count, a watchdog for the idle deadline)."""
+    from gateway.http.exchange import Exchange
+    from gateway.http.relay import relay
+    from gateway.http.watchdog import Watchdog
+
+    with Watchdog(IDLE_TIMEOUT_S, TOTAL_TIMEOUT_S) as watchdog:
+        await relay(resp, send, Exchange("", scope, 0.0), watchdog, None)
 
 
 async def rsgi(scope: Any, proto: Any) -> None:
@@ -135,7 +153,11 @@ def _serve_on_gateway_h1() -> None:
 
     ap = argparse.ArgumentParser(description="the floor proxy on gateway.h1 (floor-h1)")
     ap.add_argument("--port", type=int, required=True)
-    port = ap.parse_args().port
+    ap.add_argument("--splice", action="store_true", help="streams by gateway.http.relay")
+    args = ap.parse_args()
+    port = args.port
+    global _SPLICE
+    _SPLICE = args.splice
     protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S)
     uvicorn.run(
         asgi,

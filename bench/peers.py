@@ -30,6 +30,7 @@ PEERS = (
     "floor-rsgi",
     "floor-uvicorn",
     "floor-h1",
+    "floor-splice",
     "floor-pipe",
     "floor-pipe-parse",
     "floor-pipe-task",
@@ -40,12 +41,20 @@ FLOORS = {
     "floor-rsgi": "rsgi",
     "floor-uvicorn": "asgi",
     "floor-h1": "asgi",
+    "floor-splice": "asgi",
     "floor-pipe": "",  # bench/pipe_proxy.py: no app, bytes only
     "floor-pipe-parse": "",
     "floor-pipe-task": "",
 }
 # Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path)
-H1_ONLY_FLOORS = ("floor-uvicorn", "floor-h1", "floor-pipe", "floor-pipe-parse", "floor-pipe-task")
+H1_ONLY_FLOORS = (
+    "floor-uvicorn",
+    "floor-h1",
+    "floor-splice",
+    "floor-pipe",
+    "floor-pipe-parse",
+    "floor-pipe-task",
+)
 INSTALL_TIMEOUT_S = 1800
 
 
@@ -148,6 +157,9 @@ FLOOR_DESCRIPTIONS = {
     "proxy on a server whose HTTP runs on the event loop's own thread",
     "floor-h1": "bench/floor_proxy.py:asgi on uvicorn with gateway.h1's protocol, as geogate "
     "runs it (`python bench/floor_proxy.py --port N`): the floor under geogate's default engine",
+    "floor-splice": "floor-h1 whose stream bodies go by gateway.http.relay as geogate's do (the "
+    "pipe, then the C splice; `python bench/floor_proxy.py --port N --splice`): the floor under "
+    "geogate's streaming path",
     "floor-pipe": "bench/pipe_proxy.py: a byte pipe on uvloop, one upstream connection per client "
     "connection, no HTTP parsed: the event loop's own price per request, under any Python proxy",
     "floor-pipe-parse": "bench/pipe_proxy.py --parse: the same pipe, each upstream read also run "
@@ -168,8 +180,9 @@ def start_floor(
         args = [sys.executable, str(ROOT / "bench" / "pipe_proxy.py"), "--port", str(port)]
         args += ["--upstream", str(backend)]
         args += {"floor-pipe-parse": ["--parse"], "floor-pipe-task": ["--task"]}.get(target, [])
-    elif target == "floor-h1":
+    elif target in ("floor-h1", "floor-splice"):
         args = [sys.executable, str(ROOT / "bench" / "floor_proxy.py"), "--port", str(port)]
+        args += ["--splice"] if target == "floor-splice" else []
     elif target == "floor-uvicorn":
         exe = Path(sys.executable).with_name("uvicorn")
         args = [str(exe), "--loop", "uvloop", "--http", "httptools", "--workers", "1"]
