@@ -7,6 +7,7 @@ request instead of carving a fixed pool, so there is no meaningful "share used".
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -84,12 +85,16 @@ class BackendMetrics(EngineObserver):
             registry=self.registry,
         )
 
-    def render(self) -> bytes:
+    def render(self, names: Collection[str] = ()) -> bytes:
+        """The exposition text; with ``names``, only those samples (a scrape's ``name[]``
+        query, as prometheus_client's own /metrics handler honors it)."""
         if self._nvml is not None:
             import pynvml
 
             self._gpu_util.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
             self._gpu_mem.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+        if names:
+            return generate_latest(self.registry.restricted_registry(names))
         return generate_latest(self.registry)
 
     # EngineObserver (called from the engine thread; prometheus_client is thread-safe)

@@ -82,7 +82,8 @@ class BackendServer:
         return web.Response(text="ready")
 
     async def prom(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), content_type="text/plain")
+        names = request.query.getall("name[]", [])  # only those samples, as prometheus_client's
+        return web.Response(body=self.metrics.render(names), content_type="text/plain")
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(

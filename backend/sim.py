@@ -141,7 +141,10 @@ class SimBackend:
         self.metrics.running.set(self.stats.active)
         cap = self.cfg.max_concurrency
         self.metrics.kv.set(min(1.0, self.stats.active / cap) if cap else 0.0)
-        return web.Response(body=generate_latest(self.metrics.registry), content_type="text/plain")
+        registry = self.metrics.registry
+        if names := request.query.getall("name[]", []):  # as prometheus_client's own handler
+            registry = registry.restricted_registry(names)  # type: ignore[assignment]
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
 
     async def stats_view(self, request: web.Request) -> web.Response:
         s = self.stats

@@ -28,6 +28,7 @@ from gateway.http.intake import Proxy
 from gateway.http.ops import OpsListener
 from gateway.logs import BatchingStreamHandler
 from gateway.runtime import Runtime, access_log, build_runtime, log, setup_logging
+from gateway.ticks import next_tick
 from gateway.watch import first_look, start_watchers
 
 
@@ -123,20 +124,23 @@ def freeze_heap() -> None:
 
 
 async def flush_access_log() -> None:
-    """Write the access log's batched lines (gateway.logs.BatchingStreamHandler)
-    ACCESS_LOG_FLUSH_S after a batch's first line, so a quiet gateway's lines still reach the
-    log soon. With no line waiting the task waits for one and never wakes: a timer every
+    """Write the access log's batched lines (gateway.logs.BatchingStreamHandler) at the first
+    of the worker's ticks (gateway.ticks) at least ACCESS_LOG_FLUSH_S after a batch's first
+    line, with the other background work, so a quiet gateway's lines still reach the log
+    soon. With no line waiting the task waits for one and never wakes: a timer every
     ACCESS_LOG_FLUSH_S cost an idle worker about 1 ms of CPU a second (bench/idle_cpu.py)."""
     batch = asyncio.Event()
     # Thread-safe: a line may be logged off the loop's thread (a library's own thread).
-    wake = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, batch.set)
+    loop = asyncio.get_running_loop()
+    wake = functools.partial(loop.call_soon_threadsafe, batch.set)
     handlers = [h for h in access_log.handlers if isinstance(h, BatchingStreamHandler)]
     for h in handlers:
         h.on_batch.append(wake)
     try:
         while True:
             await batch.wait()
-            await asyncio.sleep(d.ACCESS_LOG_FLUSH_S)
+            now = loop.time()
+            await asyncio.sleep(next_tick(now + d.ACCESS_LOG_FLUSH_S) - now)
             batch.clear()  # before the flush: a line after it starts the next batch
             for handler in access_log.handlers:
                 handler.flush()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from gateway.routing.model import UpstreamView
 
@@ -50,6 +51,12 @@ _SAMPLES = frozenset(
     )
 )
 _PREFIXES = tuple(_FAMILIES)
+# The query that asks a scrape for those samples alone: prometheus_client's own handler
+# (make_asgi_app, make_wsgi_app, start_http_server: SGLang's /metrics, geogate's backend) then
+# sends a few hundred bytes instead of every family, and parses and encodes only them. A
+# server that ignores the query (TGI; vLLM, whose /metrics is prometheus-fastapi-instrumentator's
+# handler; a regional gateway's /load) sends its whole text, which parse_load reads as before.
+SCRAPE_QUERY = urlencode([("name[]", name) for name in sorted(_SAMPLES)])
 
 
 def samples(text: str) -> Iterator[tuple[str, float]]:

@@ -21,6 +21,7 @@ from gateway.config import Upstream
 from gateway.logs import event
 from gateway.routing.members import Address, default_port
 from gateway.runtime import Runtime
+from gateway.ticks import on_tick
 
 log = logging.getLogger("geogate.discovery")
 # c-ares codes for "the name has no such records": an answer, not a failure.
@@ -92,6 +93,8 @@ def make_resolver(rt: Runtime) -> aiodns.DNSResolver:
 
 
 async def discovery_loop(rt: Runtime) -> None:
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(rt.config.discovery.interval_s)
+        wait, now = rt.config.discovery.interval_s, loop.time()
+        await asyncio.sleep(on_tick(now + wait, wait) - now)  # with the other background work
         await discover_once(rt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.runtime import Runtime
+from gateway.ticks import on_tick
 from geodb.reader import GeoIPSource, Reload
 
 
@@ -12,8 +13,10 @@ async def geoip_reload_loop(rt: Runtime) -> None:
     geo = rt.geo
     if not isinstance(geo, GeoIPSource):
         return
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(rt.config.geoip.reload_interval_s)
+        wait, now = rt.config.geoip.reload_interval_s, loop.time()
+        await asyncio.sleep(on_tick(now + wait, wait) - now)  # with the other background work
         # Reading a 70 MB City file would stall the event loop: do it on a thread.
         result = await asyncio.to_thread(geo.maybe_reload)
         if result is not Reload.UNCHANGED:

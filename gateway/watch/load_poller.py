@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from gateway.client import CLIENT_ERRORS
 from gateway.config import LoadSection, Upstream
 from gateway.defaults import LOAD_IDLE_POLL_FACTOR
-from gateway.routing.load import LoadReading, LoadState, parse_load
+from gateway.routing.load import SCRAPE_QUERY, LoadReading, LoadState, parse_load
 from gateway.runtime import Runtime
+from gateway.ticks import on_tick
 
 # A scrape gets two poll intervals, and at least SCRAPE_TIMEOUT_MIN_S: an edge reading a
 # regional gateway's /load across an ocean (300 ms RTT, a new connection's handshake first)
@@ -26,7 +27,7 @@ SCRAPE_TIMEOUT_MIN_S = 1.0
 
 async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
     cfg = rt.config.load
-    url = u.url.rstrip("/") + (u.load_path or cfg.path)
+    url = scrape_url(u, cfg)
     try:
         async with asyncio.timeout(scrape_timeout_s(cfg)):
             resp = await rt.http().request("GET", url)
@@ -40,6 +41,13 @@ async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
         return parse_load(text)
     except ValueError:
         return None  # not Prometheus text: a backend without metrics is simply unmeasured
+
+
+def scrape_url(u: Upstream, cfg: LoadSection) -> str:
+    """The upstream's load path, asking for only the samples read (SCRAPE_QUERY), unless the
+    configured path has a query of its own."""
+    path = u.load_path or cfg.path
+    return u.url.rstrip("/") + path + ("" if "?" in path else "?" + SCRAPE_QUERY)
 
 
 async def poll_all(rt: Runtime, ups: tuple[Upstream, ...]) -> list[LoadReading | None]:
@@ -88,7 +96,7 @@ def next_round_s(
 
 async def load_loop(rt: Runtime) -> None:
     """A round every poll interval (slower while idle: ``next_round_s``), or when the slowest
-    scrape of the last one is done."""
+    scrape of the last one is done; from an interval of a tick on, on a tick."""
     loop = asyncio.get_running_loop()
     proxied = rt.proxied
     while rt.config.load.enabled:
@@ -103,4 +111,5 @@ async def load_loop(rt: Runtime) -> None:
         busy = rt.proxied != proxied
         wait = next_round_s(rt.config.load, readings, before, rt.store.in_flight(), busy)
         proxied = rt.proxied
-        await asyncio.sleep(max(0.0, started + wait - loop.time()))
+        # On the workers' shared tick (gateway.ticks), with the other background work.
+        await asyncio.sleep(max(0.0, on_tick(started + wait, wait) - loop.time()))

@@ -18,6 +18,7 @@ from gateway.client import CLIENT_ERRORS, classify
 from gateway.config import Upstream
 from gateway.logs import event
 from gateway.runtime import Runtime
+from gateway.ticks import on_tick
 from gateway.watch import ejections
 
 log = logging.getLogger("geogate.health")
@@ -106,10 +107,13 @@ async def probe_loop(rt: Runtime, rng: random.Random) -> None:
     Completion probes of ejected upstreams run beside the rounds, at most one per upstream at
     a time: one can take seconds, and must not hold up the other upstreams' probes."""
     deep: dict[str, asyncio.Task[None]] = {}
+    loop = asyncio.get_running_loop()
     try:
         while True:
             cfg = rt.config.health
             interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
+            now = loop.time()  # the round ends on the workers' shared tick (gateway.ticks)
+            interval = on_tick(now + interval, interval) - now
             ups = rt.store.upstreams()
             if cfg.completion_probe:
                 _start_completion_probes(rt, ups, deep)

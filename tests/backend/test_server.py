@@ -274,3 +274,13 @@ def test_cuda_quantization_on_a_cpu_machine_names_the_cpu_choice(model_dir: Path
     p = _cli("--model", str(model_dir), "--port", "1", "--quantize", "nf4")
     assert p.returncode == 2
     assert "needs a CUDA GPU" in p.stderr and "int8-dynamic" in p.stderr
+
+
+def test_metrics_answers_only_the_samples_a_scrape_names(backend: Backend) -> None:
+    """``name[]`` as prometheus_client's own handler honours it: a gateway's load poll
+    (gateway.routing.load.SCRAPE_QUERY) gets its few samples, not every family."""
+    names = ["vllm:num_requests_waiting", "vllm:time_to_first_token_seconds_count"]
+    part = httpx.get(f"{backend.url}/metrics", params={"name[]": names}).text
+    samples = [line.split(" ")[0].split("{")[0] for line in part.splitlines() if line[:1] != "#"]
+    assert samples and set(samples) == set(names)
+    assert len(part) < len(httpx.get(f"{backend.url}/metrics").text) / 4

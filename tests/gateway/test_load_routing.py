@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from gateway.config import LoadSection
-from gateway.routing.load import LoadReading, LoadState
-from gateway.watch.load_poller import next_round_s
+from gateway.config import LoadSection, Upstream
+from gateway.routing.load import SCRAPE_QUERY, LoadReading, LoadState, parse_load
+from gateway.watch.load_poller import next_round_s, scrape_url
 from tests.support import (
     Sim,
     UpstreamSpec,
@@ -153,3 +153,23 @@ def _scraped(sim: Sim) -> int:
     scrapes = sim.stats()["scrapes"]
     assert isinstance(scrapes, int)
     return scrapes
+
+
+def test_a_scrape_asks_for_only_the_samples_read_and_the_sim_backend_honours_it(
+    tmp_path: Path,
+) -> None:
+    sim = start_sim(tmp_path, "a", "eu-central", ["m"])
+    try:
+        up = Upstream(id="a", region="eu-central", url=sim.url + "/", models=("m",))
+        url = scrape_url(up, LoadSection())
+        assert url == f"{sim.url}/metrics?{SCRAPE_QUERY}"
+        part, whole = httpx.get(url).text, httpx.get(f"{sim.url}/metrics").text
+        assert len(part) < len(whole) / 4 and "_bucket" not in part
+        assert parse_load(part) == parse_load(whole) != LoadReading()
+    finally:
+        sim.proc.kill()
+    # A path with a query of its own is the operator's: left as configured.
+    own = Upstream(id="b", region="eu-central", url="http://127.0.0.1:9", models=("m",))
+    assert scrape_url(own, LoadSection(path="/stats?format=prometheus")) == (
+        "http://127.0.0.1:9/stats?format=prometheus"
+    )

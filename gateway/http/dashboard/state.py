@@ -172,6 +172,28 @@ def shared_state(rt: Runtime) -> dict[str, Any]:
     }
 
 
+def point_rows(rt: Runtime, now: float) -> dict[str, Any]:
+    """Of the state, what a sparkline point reads (sampler.point), as ``build`` gives it: the
+    sampler's each second while nobody looks, when the rest would be built for no one."""
+    store = rt.store
+    in_flight = store.in_flight()
+    rows = [
+        {
+            "id": v.id,
+            "region": v.region,
+            "rtt_ms": _r(v.rtt_ms),
+            "queue_depth": v.queue_depth,
+            "in_flight": in_flight.get(v.id, 0),
+        }
+        for v in store.snapshot(now).upstreams
+    ]
+    regions = [
+        {"id": r.id, "upstreams": [u["id"] for u in rows if u["region"] == r.id]}
+        for r in rt.config.regions
+    ]
+    return {"regions": regions, "upstreams": rows}
+
+
 def build(rt: Runtime, window: Window, now: float) -> dict[str, Any]:
     """The whole state; ``now`` is the monotonic clock (health and ejections use it)."""
     store = rt.store

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from urllib.parse import parse_qs
+
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.routing import load
@@ -177,3 +180,33 @@ def test_only_what_is_read_counts() -> None:
 def test_a_value_that_is_no_number_is_refused(line: str) -> None:
     with pytest.raises(ValueError):
         parse_load(line + "\n")  # the poller records nothing for it
+
+
+def test_the_scrape_query_names_every_sample_read_and_nothing_else() -> None:
+    names = parse_qs(load.SCRAPE_QUERY, strict_parsing=True)["name[]"]
+    assert set(names) == set(load._SAMPLES) and len(names) == len(load._SAMPLES)
+    assert parse_qs(load.SCRAPE_QUERY).keys() == {"name[]"}
+
+
+@pytest.mark.parametrize("server", [0, 2])  # vLLM's names, SGLang's
+def test_a_scrape_filtered_by_prometheus_clients_own_handler_reads_the_same(server: int) -> None:
+    """The server side of SCRAPE_QUERY as prometheus_client's exposition handler does it:
+    only the samples named, read to the same figures as the whole text."""
+    registry = CollectorRegistry()
+    queue = Gauge(load.QUEUE[server], "q", ["model_name"], registry=registry)
+    queue.labels("a").set(3)
+    queue.labels("b").set(2)
+    Gauge(load.RUNNING[server], "r", registry=registry).set(8)
+    Gauge(load.KV_USAGE[server], "kv", registry=registry).set(0.25)
+    ttft = Histogram(load.TTFT_HISTOGRAMS[server // 2], "t", registry=registry)
+    for s in (0.1, 0.3):
+        ttft.observe(s)
+    Counter("process_cpu_seconds", "other", registry=registry).inc(5)
+    whole = generate_latest(registry)
+    names = parse_qs(load.SCRAPE_QUERY)["name[]"]
+    part = generate_latest(registry.restricted_registry(names))  # type: ignore[arg-type]
+    assert len(part) < len(whole) / 2 and b"process_cpu" not in part and b"_bucket" not in part
+    reading = parse_load(part.decode())
+    assert reading == parse_load(whole.decode())
+    assert (reading.queue_depth, reading.running, reading.kv_usage) == (5.0, 8.0, 0.25)
+    assert reading.ttft_count == 2.0 and reading.ttft_sum_s == pytest.approx(0.4)

@@ -9,7 +9,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from gateway.config import Config
+from gateway.http.dashboard import state as state_module
 from gateway.http.dashboard.sampler import Sampler
 from gateway.runtime import Runtime, build_runtime
 from geodb.location import Location
@@ -112,13 +115,23 @@ async def test_the_audit_is_read_again_after_a_change() -> None:
         await sampler.stop()
 
 
-async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh() -> None:
+async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """No page, no state read: no watch between samples (each was a wake-up and a
-    fingerprint, ten a second), yet the history goes on; a read gets a state built then."""
+    fingerprint, ten a second) and no state built, yet the history goes on; a read gets a
+    state built then."""
     rt = runtime()
     sampler = Sampler(rt)
-    looked = 0
-    fingerprint = sampler._fingerprint
+    looked = built = 0
+    fingerprint, build = sampler._fingerprint, state_module.build
+
+    def counted_build(*args: Any) -> dict[str, Any]:
+        nonlocal built
+        built += 1
+        return build(*args)
+
+    monkeypatch.setattr(state_module, "build", counted_build)
 
     def counting() -> tuple[object, ...]:
         nonlocal looked
@@ -131,6 +144,7 @@ async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh() ->
         await asyncio.sleep(1.5)  # a second and a half of nobody looking
         assert looked <= 3  # at start and at the sample(s); watching, it would be ~15
         assert len(sampler.history) >= 2  # the sparklines keep their past
+        assert built == 0  # the samples read the point's figures alone
         rt.store.record_probe("a", False, None, "connection refused")
         state = sampler.look()
         assert state["upstreams"][0]["state"] == "down"  # built now, not a sample old

@@ -8,7 +8,9 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.http.dashboard import state
+from gateway.http.dashboard.sampler import point
 from gateway.http.dashboard.window import Tick, Window
+from gateway.routing.load import LoadReading
 from gateway.runtime import Runtime, build_runtime
 from geodb.location import Location, LocationSource
 
@@ -113,3 +115,23 @@ def test_shared_state_stale_since_is_said() -> None:
     shared = state.build(rt, Window(60), time.monotonic())["shared"]
     assert shared["mode"] == "stale" and shared["stale_since"].endswith("Z")
     assert shared["gateway_id"]
+
+
+def test_a_point_from_the_point_rows_is_the_point_from_the_whole_state() -> None:
+    """What the sampler reads each second while nobody looks gives the sparklines the same
+    point as the whole state would."""
+    rt = runtime()
+    rt.store.record_probe("eu-1", True, 12.345, None)
+    rt.store.record_load("us-1", LoadReading(queue_depth=4.0, running=2.0), time.monotonic())
+    rt.store.acquire("eu-2")
+    rt.traffic.attempt("eu-1", False)
+    rt.traffic.first_token("eu-1", 25.0)
+    window = Window(60)
+    tick = Tick(time.time(), 1.0, rt.traffic.take())
+    window.add(tick)
+    now = time.monotonic()
+    whole, rows = state.build(rt, window, now), state.point_rows(rt, now)
+    assert point(rows, tick) == point(whole, tick)
+    assert point(rows, tick)["u"]["eu-1"][:5] == [1.0, 100.0, 25.0, 0, 12.3]
+    assert point(rows, tick)["u"]["us-1"][5] == 4.0 and point(rows, tick)["u"]["eu-2"][3] == 1
+    assert point(rows, tick)["r"]["sa"] == [0.0, 0.0, None, None]
