@@ -81,7 +81,7 @@ TRAFFIC_MAX_SAMPLES = 2000  # first-token times kept per upstream per second for
 # (bench/hotpath.py's two "access line" rows price a line either way; fewer wake-ups of a
 # log shipper reading the pipe). A line reaches the log at the first of the worker's ticks
 # (gateway.ticks: every 0.25 s) at least ACCESS_LOG_FLUSH_S after its batch's first, so within
-# 0.35 s, or when ACCESS_LOG_MAX_LINES wait.
+# about 0.35 s, or when ACCESS_LOG_MAX_LINES wait.
 ACCESS_LOG_FLUSH_S = 0.1
 ACCESS_LOG_MAX_LINES = 256
 LOG_FORMAT: Final = "text"  # what existed: readable event lines, one JSON object per access

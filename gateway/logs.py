@@ -46,8 +46,8 @@ class MessageOnly(logging.Formatter):
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The access log's handler: lines are written in batches, of ``max_lines`` or whatever
-    ``flush()`` finds (the app flushes ACCESS_LOG_FLUSH_S after a batch's first line, and at
-    shutdown; logging
+    ``flush()`` finds (the app flushes at the first of the worker's ticks at least
+    ACCESS_LOG_FLUSH_S after a batch's first line, and at shutdown; logging
     flushes every handler at exit), not one write and flush per request as StreamHandler does
     (nginx's ``access_log ... buffer= flush=``). A line is still formatted when it is logged,
     so it says what happened then."""

@@ -19,7 +19,7 @@ import asyncio
 import uvicorn
 
 from gateway.defaults import SERVER_TICK_S
-from gateway.ticks import on_tick
+from gateway.ticks import Beat
 
 # uvicorn's on_tick refreshes the Date header when its counter is a multiple of 10 (its tick
 # is 0.1 s); each of our ticks is a second, so each passes this one.
@@ -51,12 +51,11 @@ class Server(uvicorn.Server):
     async def main_loop(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         should_exit = await self.on_tick(TICK_COUNTER)
+        beat = Beat(loop.time())  # on the worker's tick (gateway.ticks), with the background work
         while not should_exit:
             if not self._exit:  # else it was set while on_tick ran: no wait
                 waiter = self._waiter = loop.create_future()
-                # On the workers' shared tick (gateway.ticks), with the background work.
-                at = on_tick(loop.time() + SERVER_TICK_S, SERVER_TICK_S)
-                timer = loop.call_at(at, self._wake)
+                timer = loop.call_later(beat.wait(loop.time(), SERVER_TICK_S), self._wake)
                 try:
                     await waiter
                 finally:

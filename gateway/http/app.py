@@ -28,7 +28,7 @@ from gateway.http.intake import Proxy
 from gateway.http.ops import OpsListener
 from gateway.logs import BatchingStreamHandler
 from gateway.runtime import Runtime, access_log, build_runtime, log, setup_logging
-from gateway.ticks import next_tick
+from gateway.ticks import next_tick, phase
 from gateway.watch import first_look, start_watchers
 
 
@@ -131,7 +131,7 @@ async def flush_access_log() -> None:
     ACCESS_LOG_FLUSH_S cost an idle worker about 1 ms of CPU a second (bench/idle_cpu.py)."""
     batch = asyncio.Event()
     # Thread-safe: a line may be logged off the loop's thread (a library's own thread).
-    loop = asyncio.get_running_loop()
+    loop, offset = asyncio.get_running_loop(), phase()
     wake = functools.partial(loop.call_soon_threadsafe, batch.set)
     handlers = [h for h in access_log.handlers if isinstance(h, BatchingStreamHandler)]
     for h in handlers:
@@ -140,7 +140,7 @@ async def flush_access_log() -> None:
         while True:
             await batch.wait()
             now = loop.time()
-            await asyncio.sleep(next_tick(now + d.ACCESS_LOG_FLUSH_S) - now)
+            await asyncio.sleep(next_tick(now + d.ACCESS_LOG_FLUSH_S, offset=offset) - now)
             batch.clear()  # before the flush: a line after it starts the next batch
             for handler in access_log.handlers:
                 handler.flush()

@@ -51,11 +51,13 @@ _SAMPLES = frozenset(
     )
 )
 _PREFIXES = tuple(_FAMILIES)
-# The query that asks a scrape for those samples alone: prometheus_client's own handler
-# (make_asgi_app, make_wsgi_app, start_http_server: SGLang's /metrics, geogate's backend) then
-# sends a few hundred bytes instead of every family, and parses and encodes only them. A
-# server that ignores the query (TGI; vLLM, whose /metrics is prometheus-fastapi-instrumentator's
-# handler; a regional gateway's /load) sends its whole text, which parse_load reads as before.
+# The query that asks a scrape for those samples alone, as prometheus_client's own exposition
+# handler takes it (make_asgi_app, make_wsgi_app, start_http_server; geogate's backend and
+# sim-backend do the same): a few hundred bytes then instead of every family, read and encoded
+# by neither side. A server that ignores the query (TGI, a regional gateway's /load, any other)
+# sends its whole text, which parse_load reads as before. One whose registry the filter empties
+# (prometheus_client's multiprocess collector, which names no samples up front) is then scraped
+# whole (gateway.watch.load_poller.poll_once).
 SCRAPE_QUERY = urlencode([("name[]", name) for name in sorted(_SAMPLES)])
 
 

@@ -21,7 +21,7 @@ from gateway.config import Upstream
 from gateway.logs import event
 from gateway.routing.members import Address, default_port
 from gateway.runtime import Runtime
-from gateway.ticks import on_tick
+from gateway.ticks import Beat
 
 log = logging.getLogger("geogate.discovery")
 # c-ares codes for "the name has no such records": an answer, not a failure.
@@ -94,7 +94,7 @@ def make_resolver(rt: Runtime) -> aiodns.DNSResolver:
 
 async def discovery_loop(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
+    beat = Beat(loop.time())  # on the worker's tick (gateway.ticks), with the background work
     while True:
-        wait, now = rt.config.discovery.interval_s, loop.time()
-        await asyncio.sleep(on_tick(now + wait, wait) - now)  # with the other background work
+        await asyncio.sleep(beat.wait(loop.time(), rt.config.discovery.interval_s))
         await discover_once(rt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.runtime import Runtime
-from gateway.ticks import on_tick
+from gateway.ticks import Beat
 from geodb.reader import GeoIPSource, Reload
 
 
@@ -14,9 +14,9 @@ async def geoip_reload_loop(rt: Runtime) -> None:
     if not isinstance(geo, GeoIPSource):
         return
     loop = asyncio.get_running_loop()
+    beat = Beat(loop.time())  # on the worker's tick (gateway.ticks), with the background work
     while True:
-        wait, now = rt.config.geoip.reload_interval_s, loop.time()
-        await asyncio.sleep(on_tick(now + wait, wait) - now)  # with the other background work
+        await asyncio.sleep(beat.wait(loop.time(), rt.config.geoip.reload_interval_s))
         # Reading a 70 MB City file would stall the event loop: do it on a thread.
         result = await asyncio.to_thread(geo.maybe_reload)
         if result is not Reload.UNCHANGED:

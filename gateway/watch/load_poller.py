@@ -15,8 +15,8 @@ from gateway.client import CLIENT_ERRORS
 from gateway.config import LoadSection, Upstream
 from gateway.defaults import LOAD_IDLE_POLL_FACTOR
 from gateway.routing.load import SCRAPE_QUERY, LoadReading, LoadState, parse_load
-from gateway.runtime import Runtime
-from gateway.ticks import on_tick
+from gateway.runtime import Runtime, log
+from gateway.ticks import Beat
 
 # A scrape gets two poll intervals, and at least SCRAPE_TIMEOUT_MIN_S: an edge reading a
 # regional gateway's /load across an ocean (300 ms RTT, a new connection's handshake first)
@@ -25,9 +25,24 @@ from gateway.ticks import on_tick
 SCRAPE_TIMEOUT_MIN_S = 1.0
 
 
-async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
+async def poll_once(rt: Runtime, u: Upstream, whole: set[str]) -> LoadReading | None:
+    """``u``'s load, asking for only the samples read (SCRAPE_QUERY) unless ``u`` is in
+    ``whole``: a server that answered that with none of them gets its whole text asked for at
+    once, and from then on: prometheus_client's multiprocess registry (PROMETHEUS_MULTIPROC_DIR,
+    as model servers with several API processes run it) filters everything out, its collector
+    naming no samples up front."""
+    url = scrape_url(u, rt.config.load, filtered=u.id not in whole)
+    reading = await _scrape(rt, url)
+    whole_url = scrape_url(u, rt.config.load, filtered=False)
+    if reading == LoadReading() and url != whole_url:
+        whole.add(u.id)
+        log.info("upstream %s: a filtered load scrape had no sample; scraping it whole", u.id)
+        reading = await _scrape(rt, whole_url)
+    return reading
+
+
+async def _scrape(rt: Runtime, url: str) -> LoadReading | None:
     cfg = rt.config.load
-    url = scrape_url(u, cfg)
     try:
         async with asyncio.timeout(scrape_timeout_s(cfg)):
             resp = await rt.http().request("GET", url)
@@ -43,17 +58,19 @@ async def poll_once(rt: Runtime, u: Upstream) -> LoadReading | None:
         return None  # not Prometheus text: a backend without metrics is simply unmeasured
 
 
-def scrape_url(u: Upstream, cfg: LoadSection) -> str:
-    """The upstream's load path, asking for only the samples read (SCRAPE_QUERY), unless the
-    configured path has a query of its own."""
+def scrape_url(u: Upstream, cfg: LoadSection, filtered: bool = True) -> str:
+    """The upstream's load path, asking for only the samples read (SCRAPE_QUERY) where
+    ``filtered``, unless the configured path has a query of its own."""
     path = u.load_path or cfg.path
-    return u.url.rstrip("/") + path + ("" if "?" in path else "?" + SCRAPE_QUERY)
+    return u.url.rstrip("/") + path + ("" if "?" in path or not filtered else "?" + SCRAPE_QUERY)
 
 
-async def poll_all(rt: Runtime, ups: tuple[Upstream, ...]) -> list[LoadReading | None]:
+async def poll_all(
+    rt: Runtime, ups: tuple[Upstream, ...], whole: set[str]
+) -> list[LoadReading | None]:
     if len(ups) == 1:  # in this task: no task and gather to build four times a second
-        return [await poll_once(rt, ups[0])]
-    return await asyncio.gather(*(poll_once(rt, u) for u in ups))
+        return [await poll_once(rt, ups[0], whole)]
+    return await asyncio.gather(*(poll_once(rt, u, whole) for u in ups))
 
 
 def scrape_timeout_s(cfg: LoadSection) -> float:
@@ -96,13 +113,15 @@ def next_round_s(
 
 async def load_loop(rt: Runtime) -> None:
     """A round every poll interval (slower while idle: ``next_round_s``), or when the slowest
-    scrape of the last one is done; from an interval of a tick on, on a tick."""
+    scrape of the last one is done; on the worker's tick where the interval allows
+    (gateway.ticks)."""
     loop = asyncio.get_running_loop()
     proxied = rt.proxied
+    beat = Beat(loop.time())  # on the worker's tick (gateway.ticks), with the background work
+    whole: set[str] = set()  # upstreams scraped whole (poll_once)
     while rt.config.load.enabled:
-        started = loop.time()
         ups = rt.store.upstreams()
-        readings = await poll_all(rt, ups)
+        readings = await poll_all(rt, ups, whole)
         before = [rt.store.load(u.id) for u in ups]  # each upstream's sample, until now
         rt.store.record_loads(
             {u.id: r for u, r in zip(ups, readings, strict=True) if r is not None},
@@ -111,5 +130,4 @@ async def load_loop(rt: Runtime) -> None:
         busy = rt.proxied != proxied
         wait = next_round_s(rt.config.load, readings, before, rt.store.in_flight(), busy)
         proxied = rt.proxied
-        # On the workers' shared tick (gateway.ticks), with the other background work.
-        await asyncio.sleep(max(0.0, on_tick(started + wait, wait) - loop.time()))
+        await asyncio.sleep(beat.wait(loop.time(), wait))

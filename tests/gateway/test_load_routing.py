@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
-from gateway.config import LoadSection, Upstream
+from gateway.cli.procs import free_port
+from gateway.client import Client
+from gateway.config import Config, LoadSection, Upstream
 from gateway.routing.load import SCRAPE_QUERY, LoadReading, LoadState, parse_load
-from gateway.watch.load_poller import next_round_s, scrape_url
+from gateway.runtime import build_runtime
+from gateway.watch.load_poller import next_round_s, poll_once, scrape_url
 from tests.support import (
     Sim,
     UpstreamSpec,
@@ -173,3 +179,52 @@ def test_a_scrape_asks_for_only_the_samples_read_and_the_sim_backend_honours_it(
     assert scrape_url(own, LoadSection(path="/stats?format=prometheus")) == (
         "http://127.0.0.1:9/stats?format=prometheus"
     )
+
+
+class _NamesNothing:
+    """A collector that names no samples up front, as prometheus_client's multiprocess one
+    (SGLang's /metrics): the ``name[]`` filter of prometheus_client's handler keeps none."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.collected += 1
+        yield GaugeMetricFamily("sglang:num_queue_reqs", "queue", value=3)
+        yield GaugeMetricFamily("sglang:num_running_reqs", "running", value=6)
+
+
+def test_a_server_whose_filtered_scrape_is_empty_is_scraped_whole_from_then_on() -> None:
+    registry = CollectorRegistry()
+    collector = _NamesNothing()
+    registry.register(collector)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    rt = build_runtime(Config.model_validate(_one_upstream(f"http://127.0.0.1:{port}")))
+    up = rt.config.upstreams[0]
+
+    whole: set[str] = set()
+
+    async def two_polls() -> list[LoadReading | None]:
+        rt.session = Client(1.0)
+        try:
+            return [await poll_once(rt, up, whole) for _ in range(2)]
+        finally:
+            await rt.session.close()
+
+    try:
+        readings = asyncio.run(two_polls())
+    finally:
+        server.shutdown()
+        thread.join()
+    assert [(r.queue_depth, r.running) if r else None for r in readings] == [(3.0, 6.0)] * 2
+    assert whole == {"a"}  # remembered: the second poll asked for the whole text at once
+    assert collector.collected == 2  # the first poll's filtered scrape read nothing; no third
+
+
+def _one_upstream(url: str) -> dict[str, object]:
+    return {
+        "gateway": {"region": "eu"},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [{"id": "a", "region": "eu", "url": url, "models": ["m"]}],
+    }

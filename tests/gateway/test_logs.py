@@ -212,7 +212,7 @@ def test_a_forged_path_stays_inside_its_field(ecs_gateway: tuple[Gateway, Sim]) 
 
 def test_access_lines_are_written_in_batches_in_order() -> None:
     """The access handler writes nothing per line: a batch at max_lines, or what flush()
-    finds (the app flushes every ACCESS_LOG_FLUSH_S and at shutdown)."""
+    finds (the app flushes at a tick after a batch's first line, and at shutdown)."""
     handler = BatchingStreamHandler(max_lines=3)
     out = io.StringIO()
     handler.setStream(out)

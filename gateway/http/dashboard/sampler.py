@@ -1,7 +1,8 @@
-"""One sampler per worker: once a second it takes the traffic counts, builds the state
-(``state.build``), appends a point to the sparklines' history and encodes the result ONCE as
-a server-sent event that every open page receives: a hundred pages cost one snapshot a second,
-not a hundred polls.
+"""One sampler per worker: once a second it takes the traffic counts and appends a point to
+the sparklines' history; while someone looks it also builds the state (``state.build``) and
+encodes the result ONCE as a server-sent event that every open page receives: a hundred pages
+cost one snapshot a second, not a hundred polls. While nobody looks, the point is read from
+the few figures it shows (``state.point_rows``) and the state is built at the next look.
 
 Between samples it watches what turns a region red (health, drain, ejection, the fleet's
 verdict, shared state going stale) ten times a second, and pushes a change at once; only while
@@ -35,7 +36,7 @@ from gateway.defaults import (
 from gateway.http.dashboard import state
 from gateway.http.dashboard.window import Tick, Window, quantiles
 from gateway.runtime import Runtime
-from gateway.ticks import on_tick
+from gateway.ticks import on_tick, phase
 
 log = logging.getLogger("geogate.dashboard")
 AUDIT_SHOWN = 20  # the page's "recent changes"
@@ -111,7 +112,8 @@ class Sampler:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        due = on_tick(loop.time() + DASHBOARD_SAMPLE_S, DASHBOARD_SAMPLE_S)  # gateway.ticks
+        offset = phase()  # the samples fall on the worker's ticks (gateway.ticks)
+        due = on_tick(loop.time() + DASHBOARD_SAMPLE_S, DASHBOARD_SAMPLE_S, offset=offset)
         seen = self._fingerprint()
         while True:
             if self.watched():
@@ -128,6 +130,7 @@ class Sampler:
                     due = on_tick(
                         max(due + DASHBOARD_SAMPLE_S, loop.time() + DASHBOARD_WATCH_S),
                         DASHBOARD_SAMPLE_S,
+                        offset=offset,
                     )
                     self.sample()
                     seen = self._fingerprint()
@@ -147,7 +150,6 @@ class Sampler:
         sample old), and the watch woken for the next DASHBOARD_IDLE_AFTER_S."""
         if not self.watched():
             self._refresh_state(event="state")
-            self._maybe_refresh_audit()  # not read while nobody looked: now, if due
             self._wake.set()
         self._asked = time.monotonic()
         return self.state
@@ -172,11 +174,11 @@ class Sampler:
         tick = Tick(at, max(at - self._last_take, 1e-3), self.rt.traffic.take())
         self._last_take = at
         self.window.add(tick)
-        if not self.watched():
+        if self.watched():
+            self._refresh_state(tick=tick)
+        else:
             self.history.append(point(state.point_rows(self.rt, time.monotonic()), tick))
-            return
-        self._refresh_state(tick=tick)
-        self._maybe_refresh_audit()
+        self._maybe_refresh_audit()  # kept current either way: a look shows it at once
 
     def _refresh_state(self, tick: Tick | None = None, event: str = "tick") -> None:
         self.state = state.build(self.rt, self.window, time.monotonic())
@@ -215,7 +217,8 @@ class Sampler:
             self.audit_error = f"audit unavailable: shared state unreachable ({type(exc).__name__})"
             self._audit_version = -1  # try again at the next sample
             return
-        self._refresh_state(event="state")
+        if self.watched():  # else the next look builds the state, with this
+            self._refresh_state(event="state")
 
     # --- pages -----------------------------------------------------------------------------
     def hello(self) -> bytes:

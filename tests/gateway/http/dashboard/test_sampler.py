@@ -141,6 +141,7 @@ async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh(
     sampler._fingerprint = counting  # type: ignore[method-assign]
     sampler.start()
     try:
+        await rt.store.update_upstream("a", {"weight": 2}, "alice")  # an audit entry
         await asyncio.sleep(1.5)  # a second and a half of nobody looking
         assert looked <= 3  # at start and at the sample(s); watching, it would be ~15
         assert len(sampler.history) >= 2  # the sparklines keep their past
@@ -148,6 +149,7 @@ async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh(
         rt.store.record_probe("a", False, None, "connection refused")
         state = sampler.look()
         assert state["upstreams"][0]["state"] == "down"  # built now, not a sample old
+        assert state["audit"][0]["who"] == "alice"  # read by the samples meanwhile
         assert sampler.watched()
         since, deadline = looked, time.monotonic() + 2
         while looked < since + 3:  # the watch runs again, ten times a second
