@@ -189,6 +189,7 @@ class FakeClient:
         body: bytes = b"",
         reach: Any = None,
         timeout_s: float | None = None,
+        until_body: bool = False,
     ) -> FakeResponse:
         if reach is not None:
             reach.connected = True

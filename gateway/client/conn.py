@@ -25,9 +25,9 @@ from gateway.client.failures import BadResponse, ConnectionLost
 
 # Reading from the upstream pauses while this much of the body waits for the consumer (a
 # slow client), counted by the reads that brought it (chunk framing included): memory per
-# stream stays bounded whatever the upstream's pace. aiohttp's
-# StreamReader paused at 2 x 64 KiB. One socket read past this is the most it holds (uvloop
-# reads up to 256 000 bytes at a time: UV_STREAM_RECV_BUF_SIZE).
+# stream stays bounded whatever the upstream's pace. aiohttp's StreamReader paused at
+# 2 x 64 KiB. One socket read past this is the most it holds (uvloop reads up to 256 000
+# bytes at a time: UV_STREAM_RECV_BUF_SIZE).
 PAUSE_BYTES: Final = 64 * 1024
 
 
@@ -65,6 +65,7 @@ class Conn(asyncio.Protocol):
         "status",
         "timer",
         "transport",
+        "until_body",
         "waiter",
         "wants_hand_off",
     )
@@ -75,9 +76,8 @@ class Conn(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        # llhttp's body callback is the list's own append: a C call per chunk, no Python frame
-        # (a streamed token is one chunk). What a chunk's arrival sets off (the first-byte
-        # timer disarmed, the sink fed, the reader woken) runs once per socket read, in
+        # llhttp's body callback is the list's own append: a C call per chunk, no frame. What a
+        # chunk's arrival sets off (timer, sink, reader) runs once per socket read, in
         # data_received. httptools looks its callbacks up once, here: so the list is kept for
         # the connection's life and emptied in place (clear()), never replaced.
         self.on_body: Callable[[bytes], None] = self.chunks.append
@@ -100,6 +100,7 @@ class Conn(asyncio.Protocol):
         self.ends_line = False  # the last read ended in LF (a chunk's, or the head's)
         self.handed_off = False  # stopped there: the body's rest is read by gateway._splice
         self.no_body = False  # a HEAD request's response: headers only
+        self.until_body = False  # head() waits for a 2xx answer's first body bytes too
         self.error: BaseException | None = None
         self.lost = False
         self.paused = False
@@ -112,16 +113,21 @@ class Conn(asyncio.Protocol):
 
     # -- the request --------------------------------------------------------------------
 
-    def start(self, head: bytes, body: bytes, no_body: bool, timeout_s: float | None) -> None:
+    def start(
+        self, head: bytes, body: bytes, no_body: bool, timeout_s: float | None, until_body: bool
+    ) -> None:
         """Write one request (head and body in one writev). With ``timeout_s``, ``head`` and
         ``wait_body`` raise TimeoutError once that long has passed without the body's first
         bytes: one timer handle, not an ``asyncio.timeout`` around the caller (whose
-        ``get_running_loop`` is a getpid() system call in CPython 3.11)."""
+        ``get_running_loop`` is a getpid() system call in CPython 3.11). ``until_body``: ``head``
+        returns at a 2xx head only with the body's first bytes (or its end), a stream's first
+        token coming apart from its head: one wake-up of the task, not two."""
         assert self.transport is not None and not self.busy
         if self.lost:
             raise ConnectionLost("closed by the upstream before the request was sent")
         self.busy, self.head_done, self.complete = True, False, False
-        self.status, self.headers, self.framed, self.no_body = 0, [], False, no_body
+        self.status, self.headers, self.framed = 0, [], False
+        self.no_body, self.until_body = no_body, until_body
         self.chunked = self.wants_hand_off = self.handed_off = False
         self.chunks.clear()
         self.open_chunks.clear()
@@ -131,8 +137,10 @@ class Conn(asyncio.Protocol):
             self.timer = self.loop.call_later(timeout_s, self._expire)
 
     async def head(self) -> None:
-        """Wait for the response's status and headers."""
-        while not self.head_done:
+        """Wait for the response's status and headers (``until_body``: see ``start``)."""
+        while not self.head_done or (
+            self.until_body and 200 <= self.status < 300 and not (self.chunks or self.complete)
+        ):
             await self._wait()
 
     async def wait_body(self) -> None:
@@ -193,15 +201,9 @@ class Conn(asyncio.Protocol):
 
     def reusable(self) -> bool:
         """Read to its end (nothing of this response left to read), kept alive, in step."""
-        return (
-            self.at_eof()
-            and not self.lost
-            and self.keep_alive
-            and not self.paused
-            and self.error is None
-            and self.transport is not None
-            and not self.transport.is_closing()
-        )
+        if not self.at_eof() or self.lost or self.paused or self.error is not None:
+            return False
+        return self.keep_alive and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
         self._disarm()
@@ -385,7 +387,8 @@ class Conn(asyncio.Protocol):
             # headers announce. The response ends here; the connection is not reused.
             self.complete, self.busy, self.lost = True, False, True
             self.close()
-        self._wake()
+        if self.complete or not (self.until_body and 200 <= status < 300):
+            self._wake()  # else at the body's first bytes (start's ``until_body``)
 
     def on_message_complete(self) -> None:
         if self.interim:

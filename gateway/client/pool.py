@@ -173,12 +173,15 @@ class Client:
         body: bytes = b"",
         reach: Reach | None = None,
         timeout_s: float | None = None,
+        until_body: bool = False,
     ) -> Response:
         """Send a request and wait for the response's head. ``url`` is absolute and already
         encoded (the client's own path, passed on as it came). ``reach`` (if given) is marked
         once a connection is held: from then on the request may have reached the upstream.
         ``timeout_s`` bounds the wait for the body's first bytes, the connect included (here
-        for the head, then in ``Response.wait_body``): TimeoutError past it."""
+        for the head, then in ``Response.wait_body``): TimeoutError past it. ``until_body``:
+        a 2xx head is returned only with its body's first bytes (or its end): a stream's head
+        and first token come apart, and the caller that waits for both wakes once."""
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)
@@ -198,7 +201,7 @@ class Client:
         if reach is not None:
             reach.connected = True
         try:
-            conn.start(head, body, method == "HEAD", timeout_s)
+            conn.start(head, body, method == "HEAD", timeout_s, until_body)
             await conn.head()
         except BaseException:
             conn.close()

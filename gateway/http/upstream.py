@@ -220,6 +220,7 @@ class _Attempts:
                 self.ex.body,
                 reach,
                 wait_s,
+                until_body=True,  # one wake-up for a stream's head and first token
             )
             if resp.status in RETRYABLE_STATUS:
                 failure = Failure(

@@ -21,6 +21,7 @@ from gateway.client import (
     Reach,
     classify,
 )
+from gateway.client.conn import Conn
 from tests.gateway.client.scripted import Scripted, ok, raw, run
 from tests.support import self_signed_cert, until
 
@@ -367,5 +368,44 @@ def test_the_urls_credentials_replace_the_clients_authorization() -> None:
             await client.close()
         assert srv.heads[0].lower().count(b"authorization:") == 1
         assert b"Authorization: Basic " + base64.b64encode(b"svc:pw") in srv.heads[0]
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("status", "until_body", "waits"),
+    [
+        (200, True, 1),  # a stream: one wake-up, with the head and the first token
+        (200, False, 2),  # the head, then the body
+        (503, True, 2),  # not 2xx: at its head, as ever (the caller fails over at once)
+    ],
+)
+def test_until_body_returns_a_2xx_head_with_the_first_bytes_and_wakes_once(
+    status: int, until_body: bool, waits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waited = 0
+    wait = Conn._wait
+
+    async def counted(self: Conn) -> None:
+        nonlocal waited
+        waited += 1
+        await wait(self)
+
+    monkeypatch.setattr(Conn, "_wait", counted)
+
+    async def main() -> None:
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            w.write(b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n" % status)
+            await w.drain()
+            await asyncio.sleep(0.05)  # the first token comes apart from the head
+            w.write(b"5\r\nfirst\r\n0\r\n\r\n")
+
+        async with Scripted(answer) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=until_body)
+            assert resp.status == status
+            assert await resp.read() == b"first"
+            assert waited == waits  # the task's wake-ups, the request's and the read's
+            await client.close()
 
     run(main())
