@@ -5,16 +5,17 @@ one wake-up of the process runs all that is due at once.
 
 Each wake-up of an idle process costs far more than its callback: the kernel's switch back
 to it, the event loop's turn, and the caches its code finds cold. Under traffic a worker's
-background work (four load polls, about four log flushes, a dashboard sample and the server's
-tick each second, a probe round every two) woke it apart each time; on the tick they share
+background work (four load polls, five log flushes, a dashboard sample and the server's tick
+each second, a probe round every two) woke it apart each time; on the tick they share
 wake-ups (bench/results/round13/split_streams16_background: the loop's waits per paced stream
 8.9 before, 8.2 with this and the leaner scrape and sample). Linux's round_jiffies() does the
 same for kernel timers.
 
-On uvloop a timer's due time is kept in whole milliseconds from the loop's cached clock, so
-waits aimed here at one tick come due in the same millisecond and run in one turn. Each
-process has its own phase (from its pid): a host's workers, which share the clock, do not
-scrape an upstream in the same millisecond.
+On uvloop a timer's due time is kept in whole milliseconds, so waits aimed here at one tick
+come due in the same millisecond and run in one turn; now and then one comes a millisecond
+later (uvloop reads its clock again as it starts a timer, and a new millisecond may have
+begun). Each process has its own phase (from its pid): a host's workers, which share the
+clock, do not scrape an upstream in the same millisecond.
 """
 
 from __future__ import annotations

@@ -180,8 +180,9 @@ class Client:
         once a connection is held: from then on the request may have reached the upstream.
         ``timeout_s`` bounds the wait for the body's first bytes, the connect included (here
         for the head, then in ``Response.wait_body``): TimeoutError past it. ``until_body``:
-        a 2xx head is returned only with its body's first bytes (or its end): a stream's head
-        and first token come apart, and the caller that waits for both wakes once."""
+        a 2xx head is returned only with its body's first bytes (or its end), so the whole
+        wait, and its TimeoutError, is here: a stream's head and first event come apart, and
+        the caller that waits for both wakes once."""
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)

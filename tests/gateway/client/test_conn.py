@@ -77,13 +77,17 @@ def test_the_first_byte_wait_bounds_the_head_and_then_the_body() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        for answer, stage in ((silent, "head"), (head_only, "body")):
+        cases = ((silent, "head", False), (head_only, "body", False), (head_only, "head", True))
+        for answer, stage, until_body in cases:
             async with Scripted(answer) as srv:
                 client = Client(1.0)
                 t0 = loop.time()
                 with pytest.raises(TimeoutError):
-                    resp = await client.request("GET", srv.url + "/", timeout_s=0.2)
-                    assert stage == "body", "the head never came: request() must time out"
+                    resp = await client.request(
+                        "GET", srv.url + "/", timeout_s=0.2, until_body=until_body
+                    )
+                    # A 2xx head waited on until_body: the whole wait is request()'s.
+                    assert stage == "body", "no head, or no body: request() must time out"
                     await resp.wait_body()
                 assert 0.15 < loop.time() - t0 < 2, stage
                 assert client.idle_count() == 0
