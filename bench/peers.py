@@ -24,17 +24,6 @@ from gateway.cli.procs import spawn
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = ROOT / ".venv-litellm"
-PEERS = (
-    "litellm",
-    "floor-asgi",
-    "floor-rsgi",
-    "floor-uvicorn",
-    "floor-h1",
-    "floor-splice",
-    "floor-pipe",
-    "floor-pipe-parse",
-    "floor-pipe-task",
-)
 # target -> the app (bench/floor_proxy.py) and the server that runs it
 FLOORS = {
     "floor-asgi": "asgi",
@@ -46,15 +35,10 @@ FLOORS = {
     "floor-pipe-parse": "",
     "floor-pipe-task": "",
 }
-# Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path)
-H1_ONLY_FLOORS = (
-    "floor-uvicorn",
-    "floor-h1",
-    "floor-splice",
-    "floor-pipe",
-    "floor-pipe-parse",
-    "floor-pipe-task",
-)
+PEERS = ("litellm", *FLOORS)
+# Floors whose server speaks HTTP/1.1 only (uvicorn: h2 needs its TLS path); granian's two
+# speak h2c as well.
+H1_ONLY_FLOORS = tuple(f for f in FLOORS if f not in ("floor-asgi", "floor-rsgi"))
 INSTALL_TIMEOUT_S = 1800
 
 
