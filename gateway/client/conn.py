@@ -121,7 +121,7 @@ class Conn(asyncio.Protocol):
         bytes: one timer handle, not an ``asyncio.timeout`` around the caller (whose
         ``get_running_loop`` is a getpid() system call in CPython 3.11). ``until_body``: ``head``
         returns at a 2xx head only with the body's first bytes (or its end), a stream's first
-        token coming apart from its head: one wake-up of the task, not two."""
+        event coming apart from its head: one wake-up of the task, not two."""
         assert self.transport is not None and not self.busy
         if self.lost:
             raise ConnectionLost("closed by the upstream before the request was sent")
