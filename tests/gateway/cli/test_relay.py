@@ -42,7 +42,9 @@ async def _measure(rtt_ms: float, rounds: int) -> list[float]:
 
 @pytest.mark.parametrize("rtt_ms", [10.0, 50.0, 150.0, 300.0])
 def test_relay_delay_is_accurate(rtt_ms: float) -> None:
-    took = asyncio.run(_measure(rtt_ms, 5 if rtt_ms < 200 else 3))
+    # Five round trips at every delay: the median of three at 300 ms was one late timer on a
+    # busy machine away from failing (it did, now and then, in full suites).
+    took = asyncio.run(_measure(rtt_ms, 5))
     median = statistics.median(took)
     print(f"rtt {rtt_ms:g} ms: measured median {median:.2f} ms (all {took})")
     # Never early by more than a fraction of a ms (gateway/cli/relay.py corrects for its
