@@ -81,7 +81,7 @@ enum {
     END = 1,              /* the body's end, nothing after it */
     END_EXTRA = 2,        /* the body's end, then bytes nobody asked for */
     UPSTREAM_CLOSED = 3,  /* the upstream closed before the body's end */
-    UPSTREAM_FAILED = 4,  /* the upstream's connection failed (Relay.error: its errno) */
+    UPSTREAM_FAILED = 4,  /* the upstream's connection failed (Relay.lost: the exception) */
     BAD_FRAMING = 5,      /* the bytes are not chunked framing */
     CLIENT_GONE = 6,      /* the client closed or reset its connection */
     CLOSED = 7,           /* close() before any of the above */

@@ -1,15 +1,16 @@
-"""One clock for a worker's background wake-ups: its periodic waits (the load poll, the health
-probes' rounds, the GeoIP file's check, DNS discovery, the dashboard's sample, the server's
-tick, the access log's flush) end on a tick, every TIMER_TICK_S on the event loop's clock, so
-one wake-up of the process runs all that is due at once.
+"""One clock for a worker's background wake-ups: its periodic waits (the load poll, the GeoIP
+file's check, DNS discovery, the dashboard's sample, the server's tick, the access log's flush)
+end on a tick, every TIMER_TICK_S on the event loop's clock, so one wake-up of the process
+runs all that is due at once.
 
 Each wake-up of an idle process costs far more than its callback: the kernel's switch back
 to it, the event loop's turn, and the caches its code finds cold. Under traffic a worker's
 background work (four load polls, five log flushes, a dashboard sample and the server's tick
-each second, a probe round every two) woke it apart each time; on the tick they share
-wake-ups (bench/results/round13/split_streams16_background: the loop's waits per paced stream
-8.9 before, 8.2 with this and the leaner scrape and sample). Linux's round_jiffies() does the
-same for kernel timers.
+each second) woke it apart each time; on the tick they share wake-ups. Together with the
+leaner scrape and sample, the loop's waits per paced stream went 8.9 -> 8.2
+(bench/results/round13/split_streams16_background). Linux's round_jiffies() does the same for
+kernel timers. The health probes stay off it: each upstream's probe has a random offset within
+its round (health.jitter), so that a fleet's probes do not arrive together.
 
 On uvloop a timer's due time is kept in whole milliseconds, so waits aimed here at one tick
 come due in the same millisecond and run in one turn; now and then one comes a millisecond
@@ -40,24 +41,25 @@ def phase(pid: int | None = None) -> float:
     return ((os.getpid() if pid is None else pid) * _GOLDEN) % 1.0 * TIMER_TICK_S
 
 
-def aligned(period: float, tick: float = TIMER_TICK_S) -> bool:
+def aligned(period: float) -> bool:
     """Whether a wait of ``period`` goes on the tick: long enough, or a whole number of ticks."""
-    ticks = period / tick
+    ticks = period / TIMER_TICK_S
     return period >= ALIGN_FROM_S or (ticks >= 1 and abs(ticks - round(ticks)) < 1e-9)
 
 
-def on_tick(at: float, period: float, tick: float = TIMER_TICK_S, offset: float = 0.0) -> float:
+def on_tick(at: float, period: float, offset: float = 0.0) -> float:
     """``at`` (a time on the loop's clock, ``period`` after the last wake-up of what waits),
     moved later to the first tick from it (``offset``: the process's phase), when ``period``
     is ``aligned``; else ``at`` itself: a load.poll_interval_s of 0.1 s still polls ten times
     a second."""
-    if not aligned(period, tick):
+    if not aligned(period):
         return at
-    return math.ceil((at - offset - TICK_TOLERANCE_S) / tick) * tick + offset
+    return math.ceil((at - offset - TICK_TOLERANCE_S) / TIMER_TICK_S) * TIMER_TICK_S + offset
 
 
-def next_tick(now: float, tick: float = TIMER_TICK_S, offset: float = 0.0) -> float:
+def next_tick(now: float, offset: float = 0.0) -> float:
     """The first tick still ahead of ``now``, by more than TICK_TOLERANCE_S."""
+    tick = TIMER_TICK_S
     return math.floor((now - offset + TICK_TOLERANCE_S) / tick) * tick + tick + offset
 
 

@@ -138,9 +138,7 @@ class Conn(asyncio.Protocol):
 
     async def head(self) -> None:
         """Wait for the response's status and headers (``until_body``: see ``start``)."""
-        while not self.head_done or (
-            self.until_body and 200 <= self.status < 300 and not (self.chunks or self.complete)
-        ):
+        while not self.head_done or (self.until_body and not (self.chunks or self.complete)):
             await self._wait()
 
     async def wait_body(self) -> None:
@@ -387,7 +385,8 @@ class Conn(asyncio.Protocol):
             # headers announce. The response ends here; the connection is not reused.
             self.complete, self.busy, self.lost = True, False, True
             self.close()
-        if self.complete or not (self.until_body and 200 <= status < 300):
+        self.until_body = self.until_body and 200 <= status < 300  # only a 2xx waits on
+        if self.complete or not self.until_body:
             self._wake()  # else at the body's first bytes (start's ``until_body``)
 
     def on_message_complete(self) -> None:

@@ -81,14 +81,14 @@ async def carry(
         upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed
         upstream.resume_reading()
         pipe.on_writable(relay.resume)  # also called as the client's connection is lost
-        watchdog.source = relay  # its reads are the stream's activity; it is probed in a silence
+        watchdog.watch(relay)  # its reads are the stream's activity; it is probed in a silence
         await done
     finally:
         relay.close()
         pipe.on_writable(None)
         upstream.pause_reading()  # no read reaches the connection's parser before lent_*()
         upstream.set_protocol(own)
-        watchdog.source = None
+        watchdog.watch(None)
         watchdog.last = max(watchdog.last, relay.last)
         ex.body_bytes += relay.total
         status = relay.status

@@ -96,19 +96,31 @@ class Watchdog:
             self._handle = None
             self._task.cancel()
             return
-        # A silence of probe_s or more: the source, if any, asks its client (a splice, whose
-        # client's reads are paused), and again every probe_s while the silence lasts.
+        if self.source is None:  # nothing to ask: back at the deadline
+            self._handle = self._loop.call_at(due, self._check)
+            return
+        # A silence of probe_s or more: the source asks its client (a splice, whose client's
+        # reads are paused), and again every probe_s while the silence lasts.
         probe_at = last + self._probe_s
         if now + EARLY_S >= probe_at:
-            if self.source is not None:
-                self.source.probe()
+            self.source.probe()
             probe_at = now + self._probe_s
         self._handle = self._loop.call_at(min(due, probe_at), self._check)
 
+    def watch(self, source: Stamped | None) -> None:
+        """Count ``source``'s stamps as activity too, and probe it after a silence of
+        probe_s; None: no longer. Only a stream with a source has a timer every probe_s."""
+        self.source = source
+        if source is not None and self._handle is not None:
+            self._handle.cancel()
+            last = self._last()
+            due = min(last + self._idle_s, self._deadline, last + self._probe_s)
+            self._handle = self._loop.call_at(due, self._check)
+
     def __enter__(self) -> Watchdog:
         self._cancelling = self._task.cancelling()
-        # At the first silence of probe_s (a source may be set meanwhile), or the deadline.
-        due = min(self.last + self._idle_s, self._deadline, self.last + self._probe_s)
+        # At the idle or total deadline; a source given later (watch) brings it to its probe.
+        due = min(self.last + self._idle_s, self._deadline)
         self._handle = self._loop.call_at(due, self._check)
         return self
 

@@ -53,11 +53,11 @@ _SAMPLES = frozenset(
 _PREFIXES = tuple(_FAMILIES)
 # The query that asks a scrape for those samples alone, as prometheus_client's own exposition
 # handler takes it (make_asgi_app, make_wsgi_app, start_http_server; geogate's backend and
-# sim-backend do the same): a few hundred bytes then instead of every family, read and encoded
-# by neither side. A server that ignores the query (TGI, a regional gateway's /load, any other)
-# sends its whole text, which parse_load reads as before. One whose registry the filter empties
-# (prometheus_client's multiprocess collector, which names no samples up front) is then scraped
-# whole (gateway.watch.load_poller.poll_once).
+# sim-backend do the same): those samples then instead of every family, the rest read and
+# encoded by neither side. A server that ignores the query (TGI, a regional gateway's /load,
+# any other) sends its whole text, which parse_load reads as before. One whose registry the
+# filter empties (prometheus_client's multiprocess collector, which names no samples up front)
+# is then scraped whole (gateway.watch.load_poller.poll_once).
 SCRAPE_QUERY = urlencode([("name[]", name) for name in sorted(_SAMPLES)])
 
 

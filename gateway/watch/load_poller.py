@@ -27,17 +27,19 @@ SCRAPE_TIMEOUT_MIN_S = 1.0
 
 async def poll_once(rt: Runtime, u: Upstream, whole: set[str]) -> LoadReading | None:
     """``u``'s load, asking for only the samples read (SCRAPE_QUERY) unless ``u`` is in
-    ``whole``: a server that answered that with none of them gets its whole text asked for at
-    once, and from then on: prometheus_client's multiprocess registry (PROMETHEUS_MULTIPROC_DIR,
-    as model servers with several API processes run it) filters everything out, its collector
-    naming no samples up front."""
-    url = scrape_url(u, rt.config.load, filtered=u.id not in whole)
-    reading = await _scrape(rt, url)
-    whole_url = scrape_url(u, rt.config.load, filtered=False)
-    if reading == LoadReading() and url != whole_url:
-        whole.add(u.id)
-        log.info("upstream %s: a filtered load scrape had no sample; scraping it whole", u.id)
-        reading = await _scrape(rt, whole_url)
+    ``whole``. A server that answers that with none of them is asked for its whole text at
+    once, and when that has samples, from then on (``whole``): prometheus_client's multiprocess
+    registry (PROMETHEUS_MULTIPROC_DIR, as model servers with several API processes run it)
+    filters everything out, its collector naming no samples up front. A server with no samples
+    yet (starting up) is asked both ways again next round."""
+    cfg = rt.config.load
+    filtered = u.id not in whole and "?" not in (u.load_path or cfg.path)
+    reading = await _scrape(rt, scrape_url(u, cfg, filtered))
+    if filtered and reading == LoadReading():
+        reading = await _scrape(rt, scrape_url(u, cfg, filtered=False))
+        if reading is not None and reading != LoadReading():
+            whole.add(u.id)
+            log.info("upstream %s: a filtered load scrape had no sample; scraping it whole", u.id)
     return reading
 
 

@@ -18,7 +18,6 @@ from gateway.client import CLIENT_ERRORS, classify
 from gateway.config import Upstream
 from gateway.logs import event
 from gateway.runtime import Runtime
-from gateway.ticks import Beat
 from gateway.watch import ejections
 
 log = logging.getLogger("geogate.health")
@@ -107,13 +106,10 @@ async def probe_loop(rt: Runtime, rng: random.Random) -> None:
     Completion probes of ejected upstreams run beside the rounds, at most one per upstream at
     a time: one can take seconds, and must not hold up the other upstreams' probes."""
     deep: dict[str, asyncio.Task[None]] = {}
-    loop = asyncio.get_running_loop()
-    beat = Beat(loop.time())  # rounds end on the worker's tick (gateway.ticks)
     try:
         while True:
             cfg = rt.config.health
             interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
-            interval = beat.wait(loop.time(), interval)
             ups = rt.store.upstreams()
             if cfg.completion_probe:
                 _start_completion_probes(rt, ups, deep)

@@ -168,7 +168,7 @@ class Sampler:
     def sample(self) -> None:
         """Take the counts and append a point; while someone looks, build the state and
         publish it. While nobody does, only the point's figures are read (state.point_rows):
-        the state, most of the sampler's CPU, is built at the next look instead."""
+        the state is built at the next look instead."""
         at = time.time()
         tick = Tick(at, max(at - self._last_take, 1e-3), self.rt.traffic.take())
         self._last_take = at

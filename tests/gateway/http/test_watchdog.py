@@ -133,11 +133,11 @@ def test_a_silent_source_is_probed_every_probe_s_and_a_flowing_one_never() -> No
         t0 = loop.time()
         with Watchdog(10, 10, probe_s=0.1) as wd:
             silent = Source(loop.time())
-            wd.source = silent
+            wd.watch(silent)
             await asyncio.sleep(0.45)  # silent: probed at about 0.1, 0.2, 0.3, 0.4
         with Watchdog(10, 10, probe_s=0.1) as wd:
             flowing = Source(loop.time())
-            wd.source = flowing
+            wd.watch(flowing)
             for _ in range(9):
                 await asyncio.sleep(0.05)
                 flowing.last = loop.time()  # a read every 0.05 s
@@ -149,14 +149,37 @@ def test_a_silent_source_is_probed_every_probe_s_and_a_flowing_one_never() -> No
     assert flowing == []
 
 
-def test_a_silence_without_a_source_re_arms_rather_than_spins() -> None:
-    """No source to ask: the timer comes back every probe_s, not at once (a timer at a time
-    already past would spin the loop at full CPU)."""
+def test_without_a_source_the_timer_waits_for_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No source to ask (a stream on the Python relay): no timer every probe_s, only at the
+    idle or total deadline; and once a source is no longer watched, the probes stop too."""
+    checks = 0
+    check = Watchdog._check
 
-    async def main() -> float:
+    def counted(self: Watchdog) -> None:
+        nonlocal checks
+        checks += 1
+        check(self)
+
+    monkeypatch.setattr(Watchdog, "_check", counted)
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
         cpu = time.process_time()
-        with Watchdog(10, 10, probe_s=0.05):
+        with Watchdog(10, 10, probe_s=0.05) as wd:
             await asyncio.sleep(0.5)
-        return time.process_time() - cpu
+            alone = checks
+            source = Source(loop.time())
+            wd.watch(source)
+            await asyncio.sleep(0.2)  # probed about 4 times
+            wd.watch(None)
+            probed = len(source.probes)
+            await asyncio.sleep(0.3)
+            assert len(source.probes) == probed  # no longer asked
+        assert time.process_time() - cpu < 0.2  # and no spin
+        return alone, probed
 
-    assert asyncio.run(main()) < 0.2  # a spin would be about 0.5 s of CPU
+    alone, probed = asyncio.run(main())
+    assert alone == 0
+    assert probed >= 2

@@ -16,6 +16,7 @@ from gateway.http.dashboard import state as state_module
 from gateway.http.dashboard.sampler import Sampler
 from gateway.runtime import Runtime, build_runtime
 from geodb.location import Location
+from tests.support import until
 
 CONFIG = {
     "gateway": {"region": "eu"},
@@ -142,7 +143,13 @@ async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh(
     sampler.start()
     try:
         await rt.store.update_upstream("a", {"weight": 2}, "alice")  # an audit entry
-        await asyncio.sleep(1.5)  # a second and a half of nobody looking
+        # A second or more of nobody looking: two samples (the second on a tick up to 1.25 s
+        # after the first) and the audit's read.
+        await until(
+            lambda: len(sampler.history) >= 2 and bool(sampler.audit),
+            within_s=3.0,
+            what="two samples and the audit",
+        )
         assert looked <= 3  # at start and at the sample(s); watching, it would be ~15
         assert len(sampler.history) >= 2  # the sparklines keep their past
         assert built == 0  # the samples read the point's figures alone
