@@ -50,19 +50,20 @@ BODY = json.dumps(
 ).encode()
 ANSWER = b'{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"a'
 ANSWER += b'ssistant","content":"hello"},"finish_reason":"stop"}],"usage":{"total_tokens":17}}'
+# Names in lower case, as gateway.client keeps them (a tree before that lowers them again).
 UPSTREAM_HEADERS = [
-    (b"Content-Type", b"application/json"),
-    (b"Content-Length", str(len(ANSWER)).encode()),
-    (b"Date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
-    (b"Server", b"uvicorn"),
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(ANSWER)).encode()),
+    (b"date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
+    (b"server", b"uvicorn"),
 ]
 
 
 SSE_HEADERS = [
-    (b"Content-Type", b"text/event-stream"),
-    (b"Transfer-Encoding", b"chunked"),
-    (b"Date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
-    (b"Server", b"uvicorn"),
+    (b"content-type", b"text/event-stream"),
+    (b"transfer-encoding", b"chunked"),
+    (b"date", b"Thu, 26 Nov 2026 12:00:00 GMT"),
+    (b"server", b"uvicorn"),
 ]
 ROLE = b'data: {"id":"cmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
 TOKEN = ROLE + b'{"content":"tok "},"finish_reason":null}]}\n\n'
@@ -118,7 +119,7 @@ class FakeResponse:
 
     def header(self, name: bytes) -> str | None:  # as gateway.client's: a plain loop
         for n, v in self.raw_headers:
-            if n.lower() == name:
+            if n == name:
                 return v.decode("latin-1")
         return None
 

@@ -53,9 +53,9 @@ class Response:
         self.raw_headers, conn.headers = conn.headers, []
 
     def header(self, name: bytes) -> str | None:
-        """The first header named ``name`` (lower case), or None."""
+        """The first header named ``name`` (lower case, as ``raw_headers`` are), or None."""
         for n, v in self.raw_headers:
-            if n.lower() == name:
+            if n == name:
                 return v.decode("latin-1")
         return None
 

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from gateway.http.asgi import Scope
+from gateway.http.asgi import Message, Scope, Send
 from gateway.logs import ACCESS_DATASET, direct_sink, json_line, utc_ms
 from gateway.routing.model import Decision
 from gateway.runtime import Routed, access_log
@@ -49,6 +49,25 @@ class Exchange:
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
+
+    def response_starts(self) -> None:
+        """Called as the response's head goes out (before: a send that fails may have sent
+        it): from now on no failover and no error answer, and the time to first byte."""
+        self.response_started = True
+        self.first_byte_s = time.perf_counter() - self.started
+
+    def tracking(self, send: Send) -> Send:
+        """``send``, keeping this record (head, body bytes) of what goes through it: for the
+        answers the proxy builds itself; the served path keeps it where it sends."""
+
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.body_bytes += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                self.response_starts()
+            await send(message)
+
+        return tracked
 
     def log(self, fmt: str) -> None:
         """The access log line, in ``log.format``: built only when the logger would write it.

@@ -135,13 +135,15 @@ def upstream_request_headers(
 
 
 def client_response_headers(
-    raw: Iterable[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
+    raw: list[tuple[bytes, bytes]], extra: Iterable[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    lowered = [(n.lower(), v) for n, v in raw]  # an upstream's names come in any case
+    """The upstream's response headers for the client: ``raw`` with names in lower case (as
+    gateway.client's Response keeps them), less the hop-by-hop ones and those this gateway
+    sets, which ``extra`` adds."""
     drop = _DROP_FROM_UPSTREAM
-    named = _connection_tokens(lowered)
+    named = _connection_tokens(raw)
     if named:
         drop = drop | named
-    out = [(n, v) for n, v in lowered if n not in drop]
+    out = [(n, v) for n, v in raw if n not in drop]
     out += extra
     return out

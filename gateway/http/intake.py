@@ -25,7 +25,6 @@ from gateway.errors import (
 )
 from gateway.http.asgi import (
     BODY,
-    Message,
     Receive,
     Scope,
     Send,
@@ -137,7 +136,11 @@ async def read_body(
     ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
     names what sets the limit, which is not ``server.max_body_bytes`` for every caller.
     ``heads``: the request's headers already read (``read_heads``), else looked up here."""
-    declared = first(heads, CONTENT_LENGTH) if heads is not None else header(scope, CONTENT_LENGTH)
+    declared = (
+        heads.get(CONTENT_LENGTH, _NO_VALUE)[0]
+        if heads is not None
+        else header(scope, CONTENT_LENGTH)
+    )
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
     whole: WholeBody | None = scope.get("extensions", {}).get(BODY)
@@ -188,9 +191,9 @@ def read_heads(headers: list[tuple[bytes, bytes]]) -> Heads:
     return found
 
 
-def first(heads: Heads, name: bytes) -> str | None:
-    values = heads.get(name)
-    return values[0] if values else None
+# ``heads.get(name, _NO_VALUE)[0]``: a header's first value, or None, without a Python call
+# per header looked up (four per request).
+_NO_VALUE: tuple[None] = (None,)
 
 
 def check_headers(scope: Scope, limit: int) -> None:
@@ -236,6 +239,10 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
         )
 
 
+def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
+    return [(b"x-request-id", ex.id.encode())]
+
+
 class Proxy:
     """ASGI app for ``/v1/*`` requests that carry a body."""
 
@@ -244,22 +251,15 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         heads = read_heads(scope["headers"])
-        ex = Exchange(request_id(first(heads, _REQUEST_ID)), scope, time.perf_counter())
-        extra = [(b"x-request-id", ex.id.encode())]
-
-        async def tracked(message: Message) -> None:
-            if message["type"] == "http.response.body":
-                ex.body_bytes += len(message.get("body", b""))
-            elif message["type"] == "http.response.start":
-                ex.response_started = True
-                ex.first_byte_s = ex.elapsed_s()
-            await send(message)
-
+        ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+        # The served path keeps the exchange's record itself (upstream._stream, the relay):
+        # a wrapper around ``send`` cost every request a coroutine frame per message. The
+        # error answers, built here, go through the wrapper (Exchange.tracking).
         try:
-            await self._serve(ex, heads, receive, tracked)
+            await self._serve(ex, heads, receive, send)
         except GatewayError as err:
             ex.status = status_of(err)
-            await send_error(tracked, err, extra)
+            await send_error(ex.tracking(send), err, _request_id_header(ex))
         except ClientGone:
             ex.status = 499  # nginx's "client closed request"
         except StreamAborted:
@@ -273,12 +273,12 @@ class Proxy:
             if ex.response_started:
                 raise
             await send_error(
-                tracked,
+                ex.tracking(send),
                 GatewayError(
                     f"internal error in the gateway (request id {ex.id}); retry, and report the "
                     "request id if it persists"
                 ),
-                extra,
+                _request_id_header(ex),
             )
         finally:
             self._record(ex)
@@ -297,20 +297,21 @@ class Proxy:
         ex.model, ex.stream = model_of(decoded(ex.body, encoding, limit))
         peer = scope.get("client")
         now = time.monotonic()
+        edge = heads.get(_EDGE, _NO_VALUE)[0]  # the Host only matters to a signed edge header
         ex.routed = rt.locate_and_route(
             peer[0] if peer else None,
             heads.get(_FORWARDED_FOR, ()),
             ex.model,
             now,
-            edge_header=first(heads, _EDGE),
-            host=first(heads, _HOST),
+            edge_header=edge,
+            host=heads.get(_HOST, _NO_VALUE)[0] if edge is not None else None,
         )
         rt.proxied += 1
         loc = ex.routed.location
         m = rt.metrics
-        m.by_country.labels(loc.country or "unknown", str(loc.source)).inc()
+        m.by_country.count(loc.country or "unknown", str(loc.source))
         if ex.routed.preferred_region:
-            m.missteered.labels(ex.routed.preferred_region).inc()
+            m.missteered.count(ex.routed.preferred_region)
         check_routed(rt, ex.routed, ex.model)
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
@@ -318,12 +319,12 @@ class Proxy:
     def _record(self, ex: Exchange) -> None:
         m = self.rt.metrics
         region = ex.region
-        m.requests.labels(str(ex.status), region).inc()
-        m.duration.labels(region).observe(ex.elapsed_s())
+        m.requests.count(str(ex.status), region)
+        m.duration.observe_at(ex.elapsed_s(), region)
         if ex.routed is not None:
             loc = ex.routed.location
             if ex.status >= 500:  # errors by country: deploy/grafana
-                m.client_errors.labels(loc.country or "unknown").inc()
+                m.client_errors.count(loc.country or "unknown")
             # The model only when served: then it is one the upstreams serve, not any string
             # a client sent.
             served = ex.upstream != NOT_SERVED

@@ -56,6 +56,7 @@ async def relay(
         if token_seen is not None and carries_token(chunk):
             token_seen()
             token_seen = None
+        ex.body_bytes += len(chunk)  # the access line's count: the proxy's send is the server's
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
@@ -78,7 +79,7 @@ async def _piped(
         if closing():
             return False  # the disconnect hook ends this task; nothing is counted as sent
         watchdog.last = clock()  # watchdog.touch(), inline: keep the two the same
-        ex.body_bytes += len(chunk)  # what the proxy's send wrapper counts for the access line
+        ex.body_bytes += len(chunk)  # the access line's count, as the Python path's
         if token_seen is not None and carries_token(chunk):
             seen()
         write(CHUNK % (len(chunk), chunk))

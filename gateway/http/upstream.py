@@ -185,7 +185,7 @@ class _Attempts:
             # open stream: bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
-            rt.metrics.attempts.labels(uid, "ok").inc()
+            rt.metrics.attempts.count(uid, "ok")
             done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort)
                 # A 4xx is the client's request, never the upstream's failure.
@@ -260,7 +260,7 @@ class _Attempts:
     def _fail(self, failure: Failure, cand: Candidate, ok: bool = False) -> None:
         self.failures.append(failure)
         m = self.rt.metrics
-        m.attempts.labels(failure.upstream, failure.label).inc()
+        m.attempts.count(failure.upstream, failure.label)
         self._record(cand, ok)
 
     def _extra_headers(self, index: int) -> list[tuple[bytes, bytes]]:
@@ -282,13 +282,16 @@ class _Attempts:
         headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
         sse = (resp.header(b"content-type") or "").startswith(SSE_TYPE)
         resp.raw_headers = []
+        ex = self.ex
+        ex.response_starts()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         del headers
         first = await resp.readany()  # there already (_open waited for it)
+        ex.body_bytes += len(first)
         m = self.rt.metrics
-        m.first_byte.labels(cand.upstream.region).observe(self.ex.elapsed_s())
+        m.first_byte.observe_at(ex.elapsed_s(), cand.upstream.region)
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
-        found = not self.ex.stream
+        found = not ex.stream
         if not found and carries_token(first):
             self._token_seen(cand)
             found = True
@@ -306,12 +309,10 @@ class _Attempts:
         token_seen = None if found else functools.partial(self._token_seen, cand)
         try:
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            left_s = t.total_s - self.ex.elapsed_s()
+            left_s = t.total_s - ex.elapsed_s()
             with Watchdog(t.idle_s, left_s, self.task) as watchdog:
-                path = await relay(
-                    resp, send, self.ex, watchdog, token_seen, self.config.server.splice
-                )
-            m.stream_path.labels(path).inc()
+                path = await relay(resp, send, ex, watchdog, token_seen, self.config.server.splice)
+            m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, isinstance(exc, TimeoutError), sse)
             return False
@@ -323,7 +324,7 @@ class _Attempts:
         on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
         looks complete but is not."""
         m = self.rt.metrics
-        m.stream_aborted.labels("timeout" if timed_out else "upstream_error").inc()
+        m.stream_aborted.count("timeout" if timed_out else "upstream_error")
         self._record(cand, False)
         uid = cand.upstream.id
         what = "stopped answering" if timed_out else "failed"
@@ -333,7 +334,9 @@ class _Attempts:
         )
         if sse:
             event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
-            await self.send({"type": "http.response.body", "body": event + b"\n\n"})
+            event += b"\n\n"
+            self.ex.body_bytes += len(event)
+            await self.send({"type": "http.response.body", "body": event})
             return
         raise StreamAborted(message)
 

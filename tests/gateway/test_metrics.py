@@ -44,14 +44,29 @@ def test_request_metrics_expose_what_prometheus_clients_own_would() -> None:
         h2.labels(region).observe(v)
     c1.labels("503", "eu").inc(2.5)
     c2.labels("503", "eu").inc(2.5)
+    # The request path's one-call forms update the same series (and make a new one alike).
+    c1.count("200", "eu")
+    c2.labels("200", "eu").inc()
+    c1.count("504", "us")
+    c2.labels("504", "us").inc()
+    h1.observe_at(2.5, "eu")
+    h2.labels("eu").observe(2.5)
+    h1.observe_at(0.001, "ap")
+    h2.labels("ap").observe(0.001)
     assert _samples(ours) == _samples(theirs)
     assert ours.get_sample_value("t_seconds_bucket", {"region": "us", "le": "+Inf"}) == 4
+    assert ours.get_sample_value("t_requests_total", {"code": "504", "region": "us"}) == 1
 
 
 def test_request_metrics_refuse_a_wrong_number_of_label_values() -> None:
     c = RequestCounter("t_requests", "doc", ["code", "region"], CollectorRegistry())
     with pytest.raises(ValueError, match=r"t_requests: 1 label values for \('code', 'region'\)"):
         c.labels("200")
+    with pytest.raises(ValueError, match=r"t_requests: 1 label values for \('code', 'region'\)"):
+        c.count("200")
+    h = RequestHistogram("t_seconds", "doc", ["region"], CollectorRegistry(), LATENCY_BUCKETS)
+    with pytest.raises(ValueError, match=r"t_seconds: 2 label values for \('region',\)"):
+        h.observe_at(1.0, "eu", "us")
 
 
 def test_request_metrics_keep_prometheus_clients_rules() -> None:

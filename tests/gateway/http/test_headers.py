@@ -87,11 +87,11 @@ def test_a_trusted_proxys_claims_pass_but_x_real_ip_is_ours() -> None:
 
 
 def test_response_headers() -> None:
-    raw = [
-        (b"Content-Type", b"text/event-stream"),
-        (b"Transfer-Encoding", b"chunked"),
-        (b"Server", b"x"),
-        (b"X-Request-Id", b"upstream-made"),
+    raw = [  # names in lower case, as gateway.client keeps them
+        (b"content-type", b"text/event-stream"),
+        (b"transfer-encoding", b"chunked"),
+        (b"server", b"x"),
+        (b"x-request-id", b"upstream-made"),
         (b"geogate-preferred-region", b"us-east"),  # an upstream gateway's: not ours to tell
     ]
     out = client_response_headers(raw, [(b"x-request-id", b"r1")])

@@ -175,22 +175,49 @@ def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
         assert hop not in seen
 
 
+def access_line(gw: Gateway, rid: str) -> dict[str, Any]:
+    """The access log's line for request ``rid`` (the log is JSON lines), once written."""
+
+    def line_of() -> dict[str, Any] | None:
+        for ln in gw.log_text().splitlines():
+            if ln.startswith("{") and json.loads(ln).get("rid") == rid:
+                return cast("dict[str, Any]", json.loads(ln))
+        return None
+
+    eventually(lambda: line_of() is not None, timeout=5, what="the access log line")
+    doc = line_of()
+    assert doc is not None
+    return doc
+
+
+def test_access_line_counts_the_bytes_the_client_got(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    """The access line's bytes and time to first byte, on each way an answer leaves: a stream
+    (the splice), the gateway's own error answer, and a stream cut by its upstream (the
+    final error event counts)."""
+    gw, _ = fleet
+    url = f"{gw.url}/v1/chat/completions"
+    cases = [
+        (chat("tick", stream=True, max_tokens=3), 200),
+        (chat("no-such-model"), 404),
+        (chat("dies", stream=True, max_tokens=10), 200),
+    ]
+    for body, status in cases:
+        with httpx.stream("POST", url, json=body, timeout=30) as r:
+            got = b"".join(r.iter_raw())
+        assert r.status_code == status
+        doc = access_line(gw, r.headers["x-request-id"])
+        assert (doc["status"], doc["bytes"]) == (status, len(got)), body["model"]
+        assert 0 < doc["ttfb_ms"] <= doc["ms"]
+    assert b"data: [DONE]" not in got and b"error" in got  # the cut stream's error event
+
+
 def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"))
     rid = r.headers["x-request-id"]
     assert len(rid) == 32
 
-    # The access log is JSON lines: the one whose rid is this request's.
-    def line_of(rid: str) -> dict[str, Any] | None:
-        for ln in gw.log_text().splitlines():
-            if ln.startswith("{") and json.loads(ln).get("rid") == rid:
-                return cast("dict[str, Any]", json.loads(ln))
-        return None
-
-    eventually(lambda: line_of(rid) is not None, timeout=5, what="the access log line")
-    doc = line_of(rid)
-    assert doc is not None
+    doc = access_line(gw, rid)
     assert (doc["model"], doc["status"], doc["bytes"]) == ("m", 200, len(r.content))
     assert doc["region"] == r.headers["geogate-route"].split("region=")[1].split(";")[0]
     assert 0 < doc["ttfb_ms"] <= doc["ms"]
