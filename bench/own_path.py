@@ -14,6 +14,11 @@ the disconnect watch's timer): its geogate-minus-floor is larger by those fallba
   .venv/bin/python bench/own_path.py --tokens 16
       (a stream instead: a role chunk, 16 token events and [DONE], piped to the client through
       gateway.h1's pipe extension as on uvicorn)
+  .venv/bin/python bench/own_path.py --tokens 16 --requests 2000 --evict 16777216
+      (each request after 16 MiB of other memory was written, timed alone: the request's code
+      and data come from memory, not the caches, as under paced load between a stream's
+      events, when the host's other processes (the load, the backend) have used the shared
+      cache meanwhile)
 
 The scope carries what gateway.h1 adds: the body, the disconnect hook and the pipe. Since round
 seven the hook is given in both modes, so a whole answer no longer arms the disconnect watch's
@@ -33,6 +38,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,8 +206,25 @@ class FakeClient:
         return None
 
 
-async def _measure(requests: int, tokens: int) -> float:
-    """µs of CPU per request, best of three passes after a warm-up."""
+async def _cold(
+    app: Any, scope: Callable[[], Any], receive: Any, send: Any, requests: int, evict: int
+) -> float:
+    """The median µs of CPU of one request, each after ``evict`` bytes of other memory were
+    written (out of the caches go the code and data the request touches), each timed alone."""
+    scratch, filler = bytearray(evict), bytes(evict)
+    times = []
+    for _ in range(requests):
+        scratch[:] = filler
+        s = scope()
+        t0 = time.process_time_ns()
+        await app(s, receive, send)
+        times.append(time.process_time_ns() - t0)
+    return statistics.median(times) / 1000
+
+
+async def _measure(requests: int, tokens: int, evict: int = 0) -> float:
+    """µs of CPU per request, best of three passes after a warm-up; with ``evict``, the median
+    request's, each after ``evict`` bytes of other memory were written (``_cold``)."""
     from bench.overhead import gateway_conf
     from bench.request_path import scope_for
     from gateway.config_file import load_config
@@ -239,28 +262,32 @@ async def _measure(requests: int, tokens: int) -> float:
 
     for _ in range(requests // 10):
         await app(scope(), receive, send)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.process_time()
-        for _ in range(requests):
-            await app(scope(), receive, send)
-        best = min(best, (time.process_time() - t0) / requests * 1e6)
-    total = requests // 10 + 3 * requests
+    if evict:
+        best = await _cold(app, scope, receive, send, requests, evict)
+        total = requests // 10 + requests
+    else:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for _ in range(requests):
+                await app(scope(), receive, send)
+            best = min(best, (time.process_time() - t0) / requests * 1e6)
+        total = requests // 10 + 3 * requests
     if seen["200"] != total or seen["bytes"] != total * sum(map(len, events(tokens))):
         raise SystemExit(f"own_path: not every request was answered 200 in whole: {seen}")
     return best
 
 
-def child(tree: Path, requests: int, tokens: int) -> None:
+def child(tree: Path, requests: int, tokens: int, evict: int = 0) -> None:
     sys.path.insert(0, str(tree))
     import uvloop
 
-    print(json.dumps({"us": uvloop.run(_measure(requests, tokens))}))
+    print(json.dumps({"us": uvloop.run(_measure(requests, tokens, evict))}))
 
 
-def run_tree(tree: Path, requests: int, tokens: int) -> float:
+def run_tree(tree: Path, requests: int, tokens: int, evict: int = 0) -> float:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(tree)]
-    cmd += ["--requests", str(requests), "--tokens", str(tokens)]
+    cmd += ["--requests", str(requests), "--tokens", str(tokens), "--evict", str(evict)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"own_path: {tree}: {out.stderr.strip().splitlines()[-1:]}")
@@ -275,28 +302,50 @@ def main() -> None:
     ap.add_argument(
         "--tokens", type=int, default=0, help="stream this many tokens (0: a whole answer)"
     )
+    ap.add_argument(
+        "--evict",
+        type=int,
+        default=0,
+        help="bytes of other memory written before each request, each timed alone (0: none)",
+    )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "own_path")
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.requests, args.tokens)
+        child(args.child, args.requests, args.tokens, args.evict)
         return
+    if args.evict < 0:
+        ap.error(f"--evict must be 0 or more bytes, not {args.evict}")
     from bench.results_io import write_results
     from bench.turns import parse_trees, take_turns, turns_table
 
     trees = parse_trees(args.tree or ["now=."])
-    per = take_turns(trees, args.rounds, lambda _, path: run_tree(path, args.requests, args.tokens))
+    per = take_turns(
+        trees, args.rounds, lambda _, path: run_tree(path, args.requests, args.tokens, args.evict)
+    )
+    if args.evict:
+        how = (
+            f"{args.requests} requests per round, each after {args.evict} bytes of other memory "
+            "were written and timed alone (process CPU), the median request"
+        )
+    else:
+        how = f"{args.requests} requests per pass, best of 3 passes per round"
     lines = [
         "# geogate's own code per proxied request, in process (bench/own_path.py)",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}. Server and "
         "upstream client faked; default config (access log to a file, GeoIP hit). "
-        f"{args.requests} requests per pass, best of 3 passes per round, {args.rounds} rounds "
-        "taking turns; the median round.",
+        f"{how}, {args.rounds} rounds taking turns; the median round.",
         "",
         *turns_table(per, trees, "µs per request"),
     ]
-    doc = {"requests": args.requests, "rounds": args.rounds, "trees": trees, "us": per}
+    doc = {
+        "requests": args.requests,
+        "rounds": args.rounds,
+        "evict": args.evict,
+        "trees": trees,
+        "us": per,
+    }
     write_results(args.out, lines, doc, trees=trees)
 
 

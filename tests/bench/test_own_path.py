@@ -49,3 +49,21 @@ def test_a_stream_cut_short_reports_nothing() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0
     assert "not every request was answered 200 in whole" in out.stderr
+
+
+def test_each_request_after_an_eviction_is_timed_alone_and_checked_whole() -> None:
+    # 1 MiB written before each request: still answered whole (the child checks), still in
+    # the same sane range as the hot loop's figure.
+    assert 1 < run_tree(ROOT, 100, 16, 1 << 20) < 5000
+
+
+def test_a_negative_eviction_is_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/own_path.py", "--evict", "-1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "--evict must be 0 or more bytes, not -1" in out.stderr
+    assert "Traceback" not in out.stderr
