@@ -97,12 +97,15 @@ async def _piped(
     spliced = splice_ok and splice.AVAILABLE and resp.splicable()
     if spliced:
         resp.hand_off()
-    pipe.on_writable(resp.resume)
+    handed = spliced and resp.handed_off()
     try:
-        if not (spliced and resp.handed_off()):
+        if not handed:  # the Python sink first, up to the next boundary (or the end)
+            pipe.on_writable(resp.resume)
             await resp.drain_to(sink)
-        if spliced and resp.handed_off():
-            pipe.on_writable(None)  # the client's writability is the splice's meanwhile
+            handed = spliced and resp.handed_off()
+            if handed:
+                pipe.on_writable(None)  # the client's writability is the splice's meanwhile
+        if handed:
             if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
                 return "splice"
             # Not lent (the client's TLS, bytes still buffered for it, the upstream closing), or
