@@ -1,0 +1,35 @@
+"""bench/calls.py: Python calls per stream, counted on a real server, sim-backend and load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.calls import FLOOR, run_target
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_geogate_runs_more_python_per_stream_than_the_floor_under_it() -> None:
+    ours, floor = run_target("geogate", 1.0, 2), run_target(FLOOR, 1.0, 2)
+    for r in (ours, floor):
+        assert r["streams"] > 0
+        assert 0 < r["python_calls"] < r["calls"]
+        assert r["profiled_us"] > 0 and r["top"]
+    # geogate is the floor plus its own code (routing, metrics, access line...): more calls.
+    assert floor["python_calls"] + 50 < ours["python_calls"] < 10 * floor["python_calls"]
+    assert any("gateway/http/intake.py" in f["function"] for f in ours["top"])
+    assert not any("gateway/http/intake.py" in f["function"] for f in floor["top"])
+
+
+def test_an_unknown_target_is_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/calls.py", "--targets", "nginx"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "'nginx' is not geogate, geogate@PATH or floor-splice" in out.stderr
+    assert "Traceback" not in out.stderr
