@@ -361,10 +361,8 @@ class Conn(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Kept in lower case, as ASGI gives a server's: every reader compares names, and the
-        # client's response goes out with them so (gateway.http.headers).
         lname = name.lower()
-        self.headers.append((lname, value))
+        self.headers.append((lname, value))  # in lower case, as ASGI's: readers compare them
         if lname == b"content-length":
             self.framed = True
         elif lname == b"transfer-encoding" and value.lower().endswith(b"chunked"):
