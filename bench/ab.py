@@ -378,6 +378,15 @@ def report(
         "idle_clock": "schedstat ns" if idle_fine else "ticks",
         "python": versions,
     }
+    # Paired by round (measured minutes apart): how far the ratio itself moves with the VM.
+    pairs = {
+        t: [v / f for v, f in zip(per_round[t], per_round[first], strict=True)] for t in targets[1:]
+    }
+    doc["ratio_per_round"] = pairs
+    spread = "; ".join(
+        f"{t} {statistics.median(r):.2f} ({min(r):.2f} to {max(r):.2f})" for t, r in pairs.items()
+    )
+    lines += ["", f"Each round's ratio to {first}, median (range): {spread}."]
     if any("%" in t for t in targets):
         which = ", ".join(f"{t}: Python {v}" for t, v in versions.items())
         lines += ["", f"Interpreters: {which}."]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -103,3 +104,20 @@ def test_a_bad_option_or_an_empty_tree_is_one_line_before_anything_starts(
     assert done.returncode == 2
     assert why in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "ab.md").exists()
+
+
+def test_the_report_pairs_each_round_with_the_first_targets(tmp_path: Path) -> None:
+    """Besides the medians, each round's ratio to the first target: how far the ratio itself
+    moves from round to round in one sitting."""
+    from bench.ab import report
+
+    args = argparse.Namespace(
+        mode="non-streaming", conc=16, requests=100, rounds=3, idle=3.0, out=tmp_path / "ab"
+    )
+    per_round = {"nginx": [100.0, 200.0, 100.0], "geogate": [130.0, 240.0, 150.0]}
+    idle = {"nginx": 0.0, "geogate": 1.0}
+    report(args, ["nginx", "geogate"], per_round, per_round, idle, True, {}, True, {})
+    md = (tmp_path / "ab.md").read_text()
+    assert "Each round's ratio to nginx, median (range): geogate 1.30 (1.20 to 1.50)." in md
+    doc = json.loads((tmp_path / "ab.json").read_text())
+    assert doc["ratio_per_round"] == {"geogate": [1.3, 1.2, 1.5]}
