@@ -378,15 +378,17 @@ def report(
         "idle_clock": "schedstat ns" if idle_fine else "ticks",
         "python": versions,
     }
-    # Paired by round (measured minutes apart): how far the ratio itself moves with the VM.
-    pairs = {
-        t: [v / f for v, f in zip(per_round[t], per_round[first], strict=True)] for t in targets[1:]
-    }
+    # Per round: how far the ratio moves with the VM (a round at 0 µs, in 10 ms ticks, skipped).
+    zipped = {t: zip(per_round[t], per_round[first], strict=True) for t in targets[1:]}
+    pairs = {t: [v / f for v, f in z if f > 0] for t, z in zipped.items()}
     doc["ratio_per_round"] = pairs
     spread = "; ".join(
-        f"{t} {statistics.median(r):.2f} ({min(r):.2f} to {max(r):.2f})" for t, r in pairs.items()
+        f"{t} {statistics.median(r):.2f} ({min(r):.2f} to {max(r):.2f})"
+        for t, r in pairs.items()
+        if r
     )
-    lines += ["", f"Each round's ratio to {first}, median (range): {spread}."]
+    if spread:
+        lines += ["", f"Each round's ratio to {first}, median (range): {spread}."]
     if any("%" in t for t in targets):
         which = ", ".join(f"{t}: Python {v}" for t, v in versions.items())
         lines += ["", f"Interpreters: {which}."]

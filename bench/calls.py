@@ -13,14 +13,16 @@ overhead per call inflates them (about twice the real cost), so read them as sha
 
 Each target runs in a child process of its own (its tree first on sys.path), the server in the
 child's main thread with cProfile, the sim-backend and the load in processes of their own on
-the load CPU. Counted: the calls of the streams that started in the window (the profiler is
-switched on and off at requests' starts, as the window opens and closes). Every stream must
+the load CPU. Counted: every call in the window, over the streams that started in it (the
+profiler is switched on and off in the server's loop as the window opens and closes: in a
+steady load the calls of the streams still running at either end balance). Every stream must
 end whole ([DONE]) or the run fails. Writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENS = 16
 TOP = 25  # functions listed per target
 FLOOR = "floor-splice"
+CHILD_SETUP_S = 120.0  # a child's start, warm-up and shut-down, on top of its window
 
 
 def _server_app(target: str, work: Path, port: int, backend: int) -> tuple[Any, Any]:
@@ -80,12 +83,16 @@ def child(target: str, window: float, conc: int) -> None:
         os.sched_setaffinity(0, {int(PROXY_CPU)})
         app, config = _server_app(target, work, port, backend)
         profile = cProfile.Profile()
-        state: dict[str, Any] = {"want": False, "on": False, "streams": 0}
+        state: dict[str, Any] = {"on": False, "streams": 0, "loop": None}
+
+        def switch(on: bool) -> None:  # in the loop's thread: cProfile profiles the caller's
+            (profile.enable if on else profile.disable)()
+            state["on"] = on
+
+        state["switch"] = switch
 
         async def counted(scope: Any, receive: Any, send: Any) -> None:
-            if state["want"] != state["on"]:  # switched at a request's start, in the loop
-                (profile.enable if state["want"] else profile.disable)()
-                state["on"] = state["want"]
+            state["loop"] = asyncio.get_running_loop()
             if state["on"] and scope["type"] == "http":
                 state["streams"] += 1
             await app(scope, receive, send)
@@ -115,7 +122,7 @@ def child(target: str, window: float, conc: int) -> None:
     finally:
         sim.terminate()
         sim.wait()
-    if load.get("failures") or not state["streams"]:
+    if load.get("failures", 1) or not state["streams"]:  # no report from the load: failed
         raise SystemExit(f"calls: {target}: streams failed or none counted: {load}")
     print(json.dumps(_per_stream(profile, state["streams"], os.getcwd())))
 
@@ -144,8 +151,8 @@ def _drive(
         )
         assert p.stdout is not None
         for line in p.stdout:
-            if line.startswith("mark"):
-                state["want"] = not state["want"]
+            if line.startswith("mark"):  # the window's ends: the profiler on, then off
+                state["loop"].call_soon_threadsafe(state["switch"], not state["on"])
             elif line.startswith("done"):
                 _, completed, failures = line.split()
                 out.update(completed=int(completed), failures=int(failures))
@@ -184,10 +191,15 @@ def run_target(target: str, window: float, conc: int) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
     cmd += ["--window", str(window), "--conc", str(conc)]
     env = {**os.environ, "PYTHONPATH": str(path)}
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=path, env=env, timeout=300)
-    if out.returncode != 0:
+    limit = window + CHILD_SETUP_S
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=path, env=env, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"calls: {target}: no result within {limit:g} s") from None
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
         raise SystemExit(f"calls: {target}: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
     return result
 
 
@@ -204,8 +216,11 @@ def main() -> None:
         return
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
-        if t.partition("@")[0] not in ("geogate", FLOOR):
+        name, at, tree = t.partition("@")
+        if name not in ("geogate", FLOOR) or (at and name != "geogate"):
             ap.error(f"--targets: {t!r} is not geogate, geogate@PATH or {FLOOR}")
+        if at and not (Path(tree) / "gateway").is_dir():
+            ap.error(f"--targets: {t!r}: {tree} is not a geogate source tree")
     if args.window <= 0 or args.conc <= 0:
         ap.error("--window and --conc must be above 0")
     from bench.results_io import write_results

@@ -209,11 +209,13 @@ class FakeClient:
 async def _cold(
     app: Any, scope: Callable[[], Any], receive: Any, send: Any, requests: int, evict: int
 ) -> float:
-    """The mean µs of CPU of one request, each after ``evict`` bytes of other memory were
-    written (out of the caches go the code and data the request touches), each timed alone:
+    """The mean µs of CPU of one request, each after ``evict`` bytes of other memory were read
+    and written (out of the caches go the code and data the request touches), each timed alone:
     the mean, not the median, so that work done for many requests at once (an access log
     batch made JSON and written, a garbage collection) counts as it does per request."""
-    scratch, filler = bytearray(evict), bytes(evict)
+    # Real bytes, not zero pages: a copy of calloc's untouched pages reads one page of zeros.
+    filler = (bytes(range(256)) * (evict // 256 + 1))[:evict]
+    scratch = bytearray(filler)
     times = []
     for _ in range(requests):
         scratch[:] = filler
@@ -296,6 +298,19 @@ def run_tree(tree: Path, requests: int, tokens: int, evict: int = 0) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["us"])
 
 
+def caches() -> dict[str, str]:
+    """This machine's CPU caches as Linux describes CPU 0's (level and type: size), for the
+    record of an ``--evict`` run; empty where /sys does not say."""
+    found = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        found[f"L{level} {kind}"] = size
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--tree", action="append", default=[], help="NAME=PATH (repeatable)")
@@ -328,7 +343,9 @@ def main() -> None:
     if args.evict:
         how = (
             f"{args.requests} requests per round, each after {args.evict} bytes of other memory "
-            "were written and timed alone (process CPU), the mean request"
+            "were read and written and timed alone (process CPU), the mean request (caches: "
+            + (", ".join(f"{k} {v}" for k, v in caches().items()) or "not known")
+            + ")"
         )
     else:
         how = f"{args.requests} requests per pass, best of 3 passes per round"
@@ -345,6 +362,7 @@ def main() -> None:
         "requests": args.requests,
         "rounds": args.rounds,
         "evict": args.evict,
+        "caches": caches(),
         "trees": trees,
         "us": per,
     }

@@ -121,3 +121,36 @@ def test_the_report_pairs_each_round_with_the_first_targets(tmp_path: Path) -> N
     assert "Each round's ratio to nginx, median (range): geogate 1.30 (1.20 to 1.50)." in md
     doc = json.loads((tmp_path / "ab.json").read_text())
     assert doc["ratio_per_round"] == {"geogate": [1.3, 1.2, 1.5]}
+
+
+def test_one_target_or_a_round_without_cpu_still_reports(tmp_path: Path) -> None:
+    from bench.ab import report
+
+    args = argparse.Namespace(
+        mode="non-streaming", conc=16, requests=100, rounds=2, idle=3.0, out=tmp_path / "ab"
+    )
+    report(
+        args,
+        ["nginx"],
+        {"nginx": [100.0, 0.0]},
+        {"nginx": [100.0, 0.0]},
+        {"nginx": 0.0},
+        True,
+        {},
+        True,
+        {},
+    )
+    assert "Each round's ratio" not in (tmp_path / "ab.md").read_text()
+    per_round = {"nginx": [0.0, 200.0], "geogate": [130.0, 240.0]}
+    report(
+        args,
+        ["nginx", "geogate"],
+        per_round,
+        per_round,
+        {"nginx": 0.0, "geogate": 0.0},
+        True,
+        {},
+        True,
+        {},
+    )
+    assert "geogate 1.20 (1.20 to 1.20)." in (tmp_path / "ab.md").read_text()

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.calls import FLOOR, run_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +25,21 @@ def test_geogate_runs_more_python_per_stream_than_the_floor_under_it() -> None:
     assert not any("gateway/http/intake.py" in f["function"] for f in floor["top"])
 
 
-def test_an_unknown_target_is_one_line() -> None:
+@pytest.mark.parametrize(
+    ("targets", "said"),
+    [
+        ("nginx", "'nginx' is not geogate, geogate@PATH or floor-splice"),
+        ("floor-splice@/tmp", "'floor-splice@/tmp' is not geogate, geogate@PATH or floor-splice"),
+        ("geogate@/no/such/dir", "/no/such/dir is not a geogate source tree"),
+    ],
+)
+def test_a_bad_target_is_one_line(targets: str, said: str) -> None:
     out = subprocess.run(
-        [sys.executable, "bench/calls.py", "--targets", "nginx"],
+        [sys.executable, "bench/calls.py", "--targets", targets],
         capture_output=True,
         text=True,
         cwd=ROOT,
     )
     assert out.returncode == 2
-    assert "'nginx' is not geogate, geogate@PATH or floor-splice" in out.stderr
+    assert said in out.stderr
     assert "Traceback" not in out.stderr

@@ -67,3 +67,12 @@ def test_a_negative_eviction_is_one_line() -> None:
     assert out.returncode == 2
     assert "--evict must be 0 or more bytes, not -1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_caches_are_recorded_as_linux_names_them() -> None:
+    from bench.own_path import caches
+
+    found = caches()
+    assert all(k.startswith("L") and v for k, v in found.items())
+    if Path("/sys/devices/system/cpu/cpu0/cache/index0").is_dir():
+        assert any(k.startswith("L1 ") for k in found)

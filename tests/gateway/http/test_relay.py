@@ -234,3 +234,26 @@ def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_
             await client.close()
 
     run(main())
+
+
+def test_the_request_loops_path_counts_what_it_sends() -> None:
+    """Without the server's pipe (granian, hypercorn) each chunk goes by the server's send:
+    the access line's byte count is kept where it is sent, as the pipe's sink keeps it."""
+    chunks = [b'data: {"role":"assistant"}\n\n', b'data: {"content":"hi"}\n\n', b""]
+
+    async def read() -> bytes:
+        return chunks.pop(0)
+
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["body"])
+
+    resp: Any = SimpleNamespace(reader=lambda: read)
+    ex: Any = SimpleNamespace(scope={}, body_bytes=0)
+    watchdog: Any = SimpleNamespace(touch=lambda: None)
+    seen: list[int] = []
+    path = asyncio.run(relay(resp, send, ex, watchdog, lambda: seen.append(1)))
+    assert path == "python" and len(sent) == 2
+    assert ex.body_bytes == sum(map(len, sent)) == 52
+    assert seen == [1]  # the first chunk that carries a token, once
