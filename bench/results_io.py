@@ -14,8 +14,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+RESULTS_EXCLUDED = ":(exclude)bench/results"  # git pathspec
+
+
 def source_tree(root: Path = ROOT) -> dict[str, Any]:
-    """The commit a checkout is at and whether it has uncommitted changes to tracked files:
+    """The commit a checkout is at and whether it has uncommitted changes to tracked files
+    (results under bench/results aside):
     what a result was measured on (None where git or the repository is missing, as for a tree
     unpacked from `git archive`)."""
 
@@ -29,7 +33,8 @@ def source_tree(root: Path = ROOT) -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "--short", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no")
+    # Not the results: a run writes over the tracked results of the one before it.
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_EXCLUDED)
     return {"commit": commit, "uncommitted_changes": None if changes is None else bool(changes)}
 
 

@@ -35,3 +35,21 @@ def test_a_result_names_each_tree_it_measured(tmp_path: Path) -> None:
     md = (tmp_path / "r.md").read_text()
     assert f"Tree now ({ROOT}): commit {doc['tree']['commit']}" in md
     assert f"Tree before ({unpacked}): not a git checkout." in md
+
+
+def test_results_written_over_do_not_count_as_changes_but_code_does(tmp_path: Path) -> None:
+    from bench.results_io import source_tree
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "r.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "bench" / "results" / "r.md").write_text("new\n")
+    assert source_tree(tmp_path)["uncommitted_changes"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert source_tree(tmp_path)["uncommitted_changes"] is True
