@@ -55,8 +55,16 @@ def test_edge_moves_away_from_a_region_whose_backend_slows(tmp_path: Path) -> No
     try:
         before = served_by(edge.url, 60)
         assert before["ra"] > 15 and before["rb"] > 15, before  # near-equal: both carry traffic
-        published = parse_load(httpx.get(f"{regional[0].url}/load").text)
-        assert published.ttft_ms is not None and published.ttft_ms < 50, published
+
+        def published_fast() -> bool:
+            # A TTFT is published while one was measured in the last load.max_age_s: keep
+            # region a serving meanwhile (a loaded machine can stretch the 60 requests above
+            # past that age), then read its /load.
+            served_by(regional[0].url, 2)
+            published = parse_load(httpx.get(f"{regional[0].url}/load").text)
+            return published.ttft_ms is not None and published.ttft_ms < 50
+
+        eventually(published_fast, timeout=10, what="region a's published TTFT under 50 ms")
 
         httpx.post(f"{sims[0].url}/sim/config", json={"ttft_ms": 250})
 
