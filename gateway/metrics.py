@@ -138,7 +138,7 @@ class RequestHistogram(_Family[ObserveChild]):
         child = self._children.get(values)
         if child is None:
             child = self.labels(*values)
-        child.counts[bisect_left(self._bounds, value)] += 1
+        child.counts[bisect_left(self._bounds, value)] += 1  # ObserveChild.observe, inline
         child.sum += value
 
     def collect(self) -> Iterator[Metric]:
