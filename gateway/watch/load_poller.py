@@ -27,37 +27,40 @@ SCRAPE_TIMEOUT_MIN_S = 1.0
 
 async def poll_once(rt: Runtime, u: Upstream, whole: set[str]) -> LoadReading | None:
     """``u``'s load, asking for only the samples read (SCRAPE_QUERY) unless ``u`` is in
-    ``whole``. A server that answers that with none of them is asked for its whole text at
-    once, and when that has samples, from then on (``whole``): prometheus_client's multiprocess
-    registry (PROMETHEUS_MULTIPROC_DIR, as model servers with several API processes run it)
-    filters everything out, its collector naming no samples up front. A server with no samples
-    yet (starting up) is asked both ways again next round."""
+    ``whole``. A server whose answer to that holds no sample at all is asked for its whole
+    text at once, and when that has samples read here, from then on (``whole``):
+    prometheus_client's multiprocess registry (PROMETHEUS_MULTIPROC_DIR, as model servers with
+    several API processes run it) filters everything out, its collector naming no samples up
+    front. A server with no samples yet (starting up) is asked both ways again next round; one
+    that ignores the query (a regional gateway's /load) answers with samples, so once."""
     cfg = rt.config.load
     filtered = u.id not in whole and "?" not in (u.load_path or cfg.path)
-    reading = await _scrape(rt, scrape_url(u, cfg, filtered))
-    if filtered and reading == LoadReading():
-        reading = await _scrape(rt, scrape_url(u, cfg, filtered=False))
+    reading, sampled = await _scrape(rt, scrape_url(u, cfg, filtered))
+    if filtered and reading is not None and not sampled:
+        reading, _ = await _scrape(rt, scrape_url(u, cfg, filtered=False))
         if reading is not None and reading != LoadReading():
             whole.add(u.id)
             log.info("upstream %s: a filtered load scrape had no sample; scraping it whole", u.id)
     return reading
 
 
-async def _scrape(rt: Runtime, url: str) -> LoadReading | None:
+async def _scrape(rt: Runtime, url: str) -> tuple[LoadReading | None, bool]:
+    """The reading (None: the scrape failed), and whether the text held any sample at all."""
     cfg = rt.config.load
     try:
         async with asyncio.timeout(scrape_timeout_s(cfg)):
             resp = await rt.http().request("GET", url)
             body = await resp.read()
         if resp.status != 200:
-            return None
+            return None, False
         text = body.decode()
     except (TimeoutError, *CLIENT_ERRORS, UnicodeDecodeError):
-        return None
+        return None, False
     try:
-        return parse_load(text)
+        reading = parse_load(text)
     except ValueError:
-        return None  # not Prometheus text: a backend without metrics is simply unmeasured
+        return None, False  # not Prometheus text: a backend without metrics is unmeasured
+    return reading, any(line and line[0] != "#" for line in text.splitlines())
 
 
 def scrape_url(u: Upstream, cfg: LoadSection, filtered: bool = True) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
@@ -227,6 +229,53 @@ def test_a_server_whose_filtered_scrape_is_empty_is_scraped_whole_from_then_on()
     assert [(r.queue_depth, r.running) if r else None for r in readings] == [(3.0, 6.0)] * 2
     assert whole == {"a"}  # remembered: the second poll asked for the whole text at once
     assert collector.collected == 2  # the first poll's filtered scrape read nothing; no third
+
+
+class _OthersOnly(http.server.BaseHTTPRequestHandler):
+    """A server that ignores ``name[]`` and exposes none of the samples read, as a regional
+    gateway's /load before it has measured a TTFT (only its routable gauge)."""
+
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        body = b"# TYPE geogate_region_routable_upstreams gauge\n"
+        body += b'geogate_region_routable_upstreams{region="eu"} 1\n'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+def test_a_server_with_samples_but_none_read_is_scraped_once_a_round() -> None:
+    """Its answer to the filtered scrape holds samples, so the query was not what emptied it:
+    no second, whole scrape (across an ocean, for an edge reading a region's /load)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OthersOnly)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    rt = build_runtime(
+        Config.model_validate(_one_upstream(f"http://127.0.0.1:{server.server_port}"))
+    )
+    up = rt.config.upstreams[0]
+    whole: set[str] = set()
+
+    async def polls() -> list[LoadReading | None]:
+        rt.session = Client(1.0)
+        try:
+            return [await poll_once(rt, up, whole) for _ in range(2)]
+        finally:
+            await rt.session.close()
+
+    try:
+        readings = asyncio.run(polls())
+    finally:
+        server.shutdown()
+        thread.join()
+    assert readings == [LoadReading()] * 2 and not whole
+    assert len(_OthersOnly.paths) == 2 and all("name" in p for p in _OthersOnly.paths)
 
 
 def _one_upstream(url: str) -> dict[str, object]:

@@ -53,7 +53,9 @@ async def test_a_batch_is_flushed_after_its_first_line_and_an_idle_log_never() -
         assert handler.flushes == 0  # nothing logged: the task never woke to flush
         handler.add("one")
         took = await written(handler, "one\n", within_s=WITHIN_S)
-        assert took >= 0.5 * ACCESS_LOG_FLUSH_S  # batched, not written at once
+        # Batched: the first tick at least ACCESS_LOG_FLUSH_S after the line (a timer may run
+        # up to the loop's clock resolution early, hence the 10 ms).
+        assert took >= ACCESS_LOG_FLUSH_S - 0.01
         flushes = handler.flushes
         await asyncio.sleep(IDLE_S)
         assert handler.flushes == flushes  # quiet again: no more flushes

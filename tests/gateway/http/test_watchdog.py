@@ -183,3 +183,23 @@ def test_without_a_source_the_timer_waits_for_the_deadline(
     alone, probed = asyncio.run(main())
     assert alone == 0
     assert probed >= 2
+
+
+def test_a_source_watched_before_entering_is_probed_and_its_stamps_outlive_it() -> None:
+    """watch() before ``with`` arms the probe as entering does; watch(None) keeps the source's
+    last stamp as activity (a splice's last read counts toward the idle deadline after it)."""
+
+    async def main() -> tuple[list[float], float, float]:
+        loop = asyncio.get_running_loop()
+        wd = Watchdog(10, 10, probe_s=0.1)
+        source = Source(loop.time())
+        wd.watch(source)
+        with wd:
+            await asyncio.sleep(0.25)  # probed at about 0.1 and 0.2
+            source.last = stamp = loop.time()
+            wd.watch(None)
+            return source.probes, wd.last, stamp
+
+    probes, last, stamp = asyncio.run(main())
+    assert len(probes) >= 1
+    assert last == stamp
