@@ -111,8 +111,8 @@ class Watchdog:
         """Count ``source``'s stamps as activity too, and probe it after a silence of
         probe_s; None: no longer (its stamps so far stay counted, in ``last``). Only a stream
         with a source has a timer every probe_s."""
-        if source is None:
-            self.last = self._last()
+        if source is None and self.source is not None:
+            self.last = max(self.last, self.source.last)
         self.source = source
         if source is not None and self._handle is not None:
             self._handle.cancel()
