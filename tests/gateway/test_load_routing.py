@@ -206,23 +206,12 @@ def test_a_server_whose_filtered_scrape_is_empty_is_scraped_whole_from_then_on()
     collector = _NamesNothing()
     port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    rt = build_runtime(Config.model_validate(_one_upstream(f"http://127.0.0.1:{port}")))
-    up = rt.config.upstreams[0]
-
     whole: set[str] = set()
-
-    async def polls() -> list[LoadReading | None]:
-        rt.session = Client(1.0)
-        try:
-            # No samples at all yet (a server starting up): unmeasured, and not remembered.
-            assert await poll_once(rt, up, whole) == LoadReading() and not whole
-            registry.register(collector)
-            return [await poll_once(rt, up, whole) for _ in range(2)]
-        finally:
-            await rt.session.close()
-
     try:
-        readings = asyncio.run(polls())
+        # No samples at all yet (a server starting up): unmeasured, and not remembered.
+        assert _polls(f"http://127.0.0.1:{port}", whole, 1) == [LoadReading()] and not whole
+        registry.register(collector)
+        readings = _polls(f"http://127.0.0.1:{port}", whole, 2)
     finally:
         server.shutdown()
         thread.join()
@@ -256,26 +245,28 @@ def test_a_server_with_samples_but_none_read_is_scraped_once_a_round() -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OthersOnly)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    rt = build_runtime(
-        Config.model_validate(_one_upstream(f"http://127.0.0.1:{server.server_port}"))
-    )
-    up = rt.config.upstreams[0]
     whole: set[str] = set()
-
-    async def polls() -> list[LoadReading | None]:
-        rt.session = Client(1.0)
-        try:
-            return [await poll_once(rt, up, whole) for _ in range(2)]
-        finally:
-            await rt.session.close()
-
     try:
-        readings = asyncio.run(polls())
+        readings = _polls(f"http://127.0.0.1:{server.server_port}", whole, 2)
     finally:
         server.shutdown()
         thread.join()
     assert readings == [LoadReading()] * 2 and not whole
     assert len(_OthersOnly.paths) == 2 and all("name" in p for p in _OthersOnly.paths)
+
+
+def _polls(url: str, whole: set[str], rounds: int) -> list[LoadReading | None]:
+    """``rounds`` polls, by the gateway's own poller, of one upstream at ``url``."""
+    rt = build_runtime(Config.model_validate(_one_upstream(url)))
+
+    async def polls() -> list[LoadReading | None]:
+        rt.session = Client(1.0)
+        try:
+            return [await poll_once(rt, rt.config.upstreams[0], whole) for _ in range(rounds)]
+        finally:
+            await rt.session.close()
+
+    return asyncio.run(polls())
 
 
 def _one_upstream(url: str) -> dict[str, object]:
