@@ -284,6 +284,9 @@ static void finish_paused(Relay *r, int status) {
  * passed on: the stream goes on whatever the dashboard's bookkeeping does. */
 static void tell_token(Relay *r) {
     PyObject *on_token = r->on_token;
+    /* Gone already when the send before it closed the relay (a client's write() that calls
+     * back into close(): uvloop's does not, a Python transport may). */
+    if (on_token == NULL) return;
     r->on_token = NULL;  /* once; the reference is this call's now */
     PyObject *res = PyObject_CallNoArgs(on_token);
     if (res == NULL) PyErr_WriteUnraisable(on_token);
@@ -471,15 +474,24 @@ static PyObject *Relay_noop(Relay *r, PyObject *Py_UNUSED(ignored)) { Py_RETURN_
  * before it could write to a number the closed transport no longer owns. */
 static PyObject *Relay_resume(Relay *r, PyObject *Py_UNUSED(ignored)) {
     if (r->status != RUNNING) Py_RETURN_NONE;
+    /* A failure here ends the relay as a send's does (LOCAL_FAILED, reported), instead of
+     * raising into the client connection's callback (h1 calls this from connection_lost,
+     * whose clean-up must run) and leaving the upstream paused for the watchdog to find. */
     int closing = client_closing(r);
-    if (closing < 0) return NULL;
+    if (closing < 0) {
+        local_failure(r, r->client, EIO);
+        Py_RETURN_NONE;
+    }
     if (closing) {
         finish_paused(r, CLIENT_GONE);
         Py_RETURN_NONE;
     }
     if (!r->paused) Py_RETURN_NONE;
-    r->paused = 0;
-    if (call0(r->upstream, s_resume_reading) < 0) return NULL;
+    if (call0(r->upstream, s_resume_reading) < 0) {
+        local_failure(r, r->upstream, EIO);
+        Py_RETURN_NONE;
+    }
+    r->paused = 0;  /* only once reading goes on: a failed resume is not taken for one */
     Py_RETURN_NONE;
 }
 
@@ -539,6 +551,7 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
         r->on_token = on_token;
     }
     r->last = monotonic_s();
+    r->status = RUNNING;  /* only now: a relay never set up is CLOSED to every entry point */
     return 0;
 }
 
@@ -547,6 +560,7 @@ static PyObject *Relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     if (r == NULL) return NULL;
     r->client_fd = -1;
     r->state = S_SIZE;
+    r->status = CLOSED;  /* RUNNING once __init__ has set it up */
     return (PyObject *)r;
 }
 

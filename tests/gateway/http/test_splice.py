@@ -537,12 +537,71 @@ def test_an_is_closing_that_raises_cuts_the_stream_and_is_reported(
     while not rig.pipe.held:
         rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
     rig.pipe.is_closing = lambda: Odd()  # type: ignore[assignment,method-assign,return-value]
-    with pytest.raises(ValueError, match="no truth"):
-        rig.relay.resume()  # the client's connection called it: its error is its own
-    assert rig.relay.status == _splice.RUNNING
     rig.feed(b"1\r\nz\r\n")  # bytes wait in the transport: the send asks is_closing() first
     assert rig.relay.status == _splice.LOCAL_FAILED and not rig.upstream.reading
     assert [type(x.exc_value) for x in reported] == [ValueError]
+
+
+def test_a_resume_that_fails_ends_the_relay_instead_of_raising_into_the_client(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # resume() is the client connection's callback (h1 calls it from connection_lost too):
+    # raising there would skip that connection's clean-up and leave the upstream paused.
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    rig.pipe.flow.write_paused = True  # the client's transport is full: the upstream pauses
+    while rig.upstream.reading:
+        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+
+    def refuse() -> None:
+        raise OSError("resume failed")
+
+    rig.upstream.resume_reading = refuse  # type: ignore[method-assign]
+    assert rig.relay.resume() is None
+    assert rig.relay.status == _splice.LOCAL_FAILED and rig.done == 1
+    assert [str(x.exc_value) for x in reported] == ["resume failed"]
+
+
+def test_a_client_check_that_raises_in_resume_ends_the_relay_too(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+
+    def broken() -> bool:
+        raise ValueError("no answer")
+
+    rig.pipe.is_closing = broken  # type: ignore[method-assign]
+    assert rig.relay.resume() is None
+    assert rig.relay.status == _splice.LOCAL_FAILED and not rig.upstream.reading
+    assert [str(x.exc_value) for x in reported] == ["no answer"]
+
+
+def test_a_send_that_closes_the_relay_does_not_tell_the_first_token(rig: Rig) -> None:
+    # A client write() that calls back into close() (uvloop's does not; a Python transport
+    # may) drops the token callback while the read that carried the token is being sent.
+    told: list[bool] = []
+    relay = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print, lambda: told.append(True))
+    rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    filler = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print)
+    while not rig.pipe.held:  # the socket full: the next send goes to the pipe's write()
+        filler.data_received(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+    filler.close()
+    rig.pipe.write = lambda _: relay.close()  # type: ignore[method-assign,assignment,return-value]
+    relay.data_received(b'a\r\n"text":"a"\r\n')
+    assert told == [] and relay.status == _splice.CLOSED
+
+
+def test_a_relay_never_set_up_is_closed_to_every_call() -> None:
+    relay = _splice.Relay.__new__(_splice.Relay)
+    assert relay.status == _splice.CLOSED
+    assert relay.resume() is None and relay.probe() is False
+    relay.data_received(b"1\r\na\r\n")
+    relay.close()
+    assert relay.status == _splice.CLOSED
 
 
 def test_a_failing_client_write_cuts_the_stream_and_is_reported(
