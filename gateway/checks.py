@@ -10,6 +10,22 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pycountry
+
+# The continent codes GeoIP databases give (MaxMind's continent.code).
+CONTINENTS = {
+    "AF": "Africa",
+    "AN": "Antarctica",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+}
+# Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
+EXTRA_COUNTRIES = frozenset({"XK"})
+# Codes operators write for a country whose ISO code is another (the EU's own usage).
+NOT_ISO = {"UK": "GB", "EL": "GR"}
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 # An operator's name goes into the audit trail and logs as it is: a short plain word.
 OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -33,6 +49,33 @@ def ip_address(address: str) -> str:
     return address
 
 
+def country_code(code: str) -> str:
+    """An ISO 3166-1 alpha-2 code, as GeoIP gives a client's country, in upper case: a rule
+    naming "UK" or "Germany" would never match a client (GeoIP says GB, DE)."""
+    up = code.upper()
+    if up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up) is not None:
+        return up
+    hint = NOT_ISO.get(up)
+    if hint is None:
+        try:  # a name or an alpha-3 code: say which alpha-2 code it has
+            hint = pycountry.countries.lookup(code).alpha_2
+        except LookupError:
+            hint = None
+    said = f"; use {hint}" if hint else " (such as DE, GB, US)"
+    raise ValueError(f"not an ISO 3166-1 alpha-2 country code{said}")
+
+
+def continent_code(code: str) -> str:
+    """One of GeoIP's seven continent codes, in upper case."""
+    up = code.upper()
+    if up in CONTINENTS:
+        return up
+    named = {name.lower(): c for c, name in CONTINENTS.items()}.get(code.strip().lower())
+    said = f"; use {named}" if named else ""
+    codes = ", ".join(f"{c} ({n})" for c, n in CONTINENTS.items())
+    raise ValueError(f"not a continent code{said}: one of {codes}")
+
+
 def upstream_url(url: str) -> str:
     # OpenAI clients are configured with ".../v1"; an upstream is not: the client's path
     # (/v1/chat/completions) is appended to it, and ".../v1/v1/..." is a 404 everywhere.
@@ -51,6 +94,36 @@ def api_path(path: str) -> str:
             "-._~, none starting with a dot)"
         )
     return path
+
+
+def url_path(path: str) -> str:
+    """A path the gateway appends to an upstream's URL (health, load): without its leading
+    "/", "http://host:9000" + "health" is a URL whose port is "9000health"."""
+    if not path.startswith("/"):
+        raise ValueError('must start with "/" (such as /health)')
+    return path
+
+
+def nameserver(server: str) -> str:
+    """What c-ares takes as a DNS server: an IP, "ip:port" or "[ipv6]:port". A name would
+    need a resolver to find the resolver (and c-ares refuses it at the first query)."""
+    host, port = server, None
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else ""  # "[::1]x": no port there
+    elif server.count(":") == 1:  # one colon: "ip:port" (an IPv6 address has more)
+        host, _, port = server.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            'not an IP address with an optional port ("192.0.2.53", "192.0.2.53:5353", '
+            '"[2001:db8::53]:53"): nameservers are addresses, not names'
+        ) from None
+    return server
 
 
 def operator_name(name: str) -> str:

@@ -19,6 +19,8 @@ from gateway import checks
 from gateway import defaults as d
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+CountryCode = Annotated[str, AfterValidator(checks.country_code)]
+ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -49,7 +51,7 @@ class Upstream(_Model):
     weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
     bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
     slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
-    health_path: str = d.HEALTH_PATH
+    health_path: Annotated[str, AfterValidator(checks.url_path)] = d.HEALTH_PATH
     # Where the load poller reads this upstream's load; empty: [load] path. An upstream that
     # is a regional geogate gateway publishes its region's load on its public "/load" (its
     # /metrics is on the ops listener, which an edge elsewhere does not reach).
@@ -76,8 +78,8 @@ class ResidencyRule(_Model):
     """Clients from these countries or continents may only be served in these regions."""
 
     name: str = ""
-    countries: tuple[str, ...] = ()
-    continents: tuple[str, ...] = ()
+    countries: tuple[CountryCode, ...] = ()
+    continents: tuple[ContinentCode, ...] = ()
     regions: tuple[str, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -90,8 +92,8 @@ class ResidencyRule(_Model):
 class DefaultLocation(_Model):
     latitude: float = Field(default=d.DEFAULT_LATITUDE, ge=-90, le=90)
     longitude: float = Field(default=d.DEFAULT_LONGITUDE, ge=-180, le=180)
-    country: str | None = None
-    continent: str | None = None
+    country: CountryCode | None = None
+    continent: ContinentCode | None = None
 
 
 class GatewaySection(_Model):
@@ -177,19 +179,40 @@ class OutlierSection(_Model):
     failure_rate_window_s: PositiveFloat = d.FAILURE_RATE_WINDOW_S
     max_ejected_share: Ratio = d.MAX_EJECTED_SHARE
 
+    @model_validator(mode="after")
+    def _capped_above_base(self) -> OutlierSection:
+        if self.base_ejection_s > self.max_ejection_s:
+            raise ValueError(
+                f"base_ejection_s ({self.base_ejection_s:g}) is over max_ejection_s "
+                f"({self.max_ejection_s:g}), which caps every ejection"
+            )
+        return self
+
 
 class LoadSection(_Model):
     enabled: bool = True
     poll_interval_s: PositiveFloat = d.LOAD_POLL_INTERVAL_S
     max_age_s: PositiveFloat = d.LOAD_MAX_AGE_S
-    path: str = d.LOAD_PATH
+    path: Annotated[str, AfterValidator(checks.url_path)] = d.LOAD_PATH
     ttft_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.TTFT_EWMA_ALPHA
+
+    @model_validator(mode="after")
+    def _fresh(self) -> LoadSection:
+        # A sample older than max_age_s is ignored: were the polls further apart, the router
+        # would have no load figures for part of every interval, and nothing would say so.
+        if self.max_age_s <= self.poll_interval_s:
+            raise ValueError(
+                f"max_age_s ({self.max_age_s:g}) must be longer than poll_interval_s "
+                f"({self.poll_interval_s:g}): each sample would expire before the next poll"
+            )
+        return self
 
 
 class DiscoverySection(_Model):
     interval_s: PositiveFloat = d.DISCOVERY_INTERVAL_S
     timeout_s: PositiveFloat = d.DISCOVERY_TIMEOUT_S
-    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system's resolvers
+    # "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolvers
+    nameservers: tuple[Annotated[str, AfterValidator(checks.nameserver)], ...] = ()
 
 
 class GeoIPSection(_Model):
@@ -208,7 +231,20 @@ class RedisSection(_Model):
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
 
+    @model_validator(mode="after")
+    def _observations_outlive_a_refresh(self) -> RedisSection:
+        # Each gateway rewrites its observations every refresh: with a TTL under two of them
+        # they expire between writes (or after one late write), and the fleet's votes flicker.
+        if self.observation_ttl_s < OBSERVATION_TTL_REFRESHES * self.refresh_interval_s:
+            raise ValueError(
+                f"observation_ttl_s ({self.observation_ttl_s:g}) must be at least "
+                f"{OBSERVATION_TTL_REFRESHES} x refresh_interval_s "
+                f"({self.refresh_interval_s:g}): observations would expire between writes"
+            )
+        return self
 
+
+OBSERVATION_TTL_REFRESHES = 2  # redis.observation_ttl_s spans at least this many refreshes
 LEGACY_OPERATOR = "admin"  # who the single admin.token is
 
 
@@ -292,6 +328,18 @@ class Config(_Model):
             raise ValueError(
                 f"ops.port {self.ops.port} is server.port too: the ops listener needs a port "
                 "of its own (ops.port = 0 turns it off)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_state_for_the_workers(self) -> Config:
+        # Without Redis each worker keeps its own state: a drain or weight set through the
+        # admin API (or the dashboard) would reach the one worker that took the request.
+        if self.server.workers > 1 and not self.redis.url and self.admin.operators():
+            raise ValueError(
+                f"server.workers = {self.server.workers} with the admin API on needs redis.url: "
+                "without it each worker keeps its own state, and an admin change would reach "
+                "one worker of them (run one redis-server, or workers = 1)"
             )
         return self
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway import checks
 from gateway.config import Config
@@ -29,9 +29,27 @@ ENV_CTL_PREFIX = "GEOGATE_CTL_"
 
 
 def _env_value(raw: str) -> Any:
-    if raw[:1] in "[{":
+    if raw.startswith(("[", "{")):  # not an empty value: "" is a key set to nothing
         return json.loads(raw)
     return raw  # pydantic's lax mode turns "9000" into 9000 and "true" into True
+
+
+def _key_path(name: str) -> list[str]:
+    """The key path a variable names: sections and keys in lower case (variables are written
+    in upper case), the keys of a table that is a mapping as written (admin.tokens' operator
+    names and edge.keys' key ids are case-sensitive: GEOGATE_EDGE__KEYS__K1 is key "K1")."""
+    model: Any = Config
+    path = []
+    for part in name.split("__"):
+        if model is None:  # inside a mapping (or past a value): as written
+            path.append(part)
+            continue
+        key = part.lower()
+        path.append(key)
+        field = model.model_fields.get(key)
+        kind = field.annotation if field is not None else None
+        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return path
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
@@ -42,7 +60,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
             continue
         if name.startswith(ENV_CTL_PREFIX):
             continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
+        path = _key_path(name[len(ENV_PREFIX) :])
         try:
             value = _env_value(raw)
         except json.JSONDecodeError as exc:
@@ -56,6 +74,15 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         node[path[-1]] = value
         origins[".".join(path)] = name
     return origins
+
+
+def _origin(origins: Mapping[str, str], key: str, source: str) -> str:
+    """The variable that set ``key`` or a table or list above it (GEOGATE_UPSTREAMS for
+    upstreams[0].url), else the file."""
+    for path, name in origins.items():
+        if key == path or key.startswith((f"{path}.", f"{path}[")):
+            return name
+    return source
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -95,7 +122,7 @@ def parse_config(
         errors = exc.errors()
         first = errors[0]
         key = _loc(first["loc"])
-        where = origins.get(key, source)
+        where = _origin(origins, key, source)
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
@@ -106,7 +133,10 @@ def parse_config(
             and not isinstance(first["input"], dict | list)
             and not key.startswith(_SECRET_KEYS)
         ):
-            msg += f" (got {first['input']!r})"
+            got = first["input"]
+            if isinstance(got, str) and key.endswith(".url"):
+                got = checks.redact_url(got)  # an upstream's URL may carry credentials
+            msg += f" (got {got!r})"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         prefix = f"{key}: " if key else ""
         raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
@@ -114,7 +144,7 @@ def parse_config(
     for key in ("tls_cert", "tls_key"):
         # Read at start-up by the server, in a worker, as a traceback: check here, in one line.
         if (p := getattr(cfg.server, key)) is not None and (why := checks.unreadable(p)):
-            where = origins.get(f"server.{key}", source)
+            where = _origin(origins, f"server.{key}", source)
             raise ConfigError(f"config error in {where}: server.{key}: cannot read {p}: {why}")
     return cfg
 

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError
 from gateway.errors import PlanInvalid
-from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse
+from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
 from gateway.plan.model import Placement, choose
 from gateway.plan.search import exhaustive, plan
 
@@ -35,7 +35,7 @@ def load(path: Path) -> PlanInput:
         raise CLIError(f"plan: cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise CLIError(f"plan: {path} is not valid TOML: {exc}") from None
-    given = doc.get("settings", {}).get("backend_results")
+    given = section(doc, "settings").get("backend_results")  # checked: a table, or absent
     # A path in the plan file is the plan file's neighbour; the default is where
     # bench/backend.py writes, from the repository root (the current directory)
     results = path.parent / str(given) if given is not None else Path(BACKEND_RESULTS)

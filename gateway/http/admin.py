@@ -104,7 +104,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     async def audit(request: Request, who: str) -> Response:
         raw = request.query_params.get("count", "50")
-        if not raw.isdigit() or not 0 < int(raw) <= MAX_AUDIT_COUNT:
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_AUDIT_COUNT:
             raise RequestInvalid(f"count must be 1..{MAX_AUDIT_COUNT}")
         return JSONResponse({"entries": await rt.store.audit(int(raw))})
 

@@ -362,7 +362,9 @@ class _Attempts:
             )
         if failures and all(f.status == 429 for f in failures):
             waits = [f.retry_after for f in failures]
-            after = max((int(w) for w in waits if w is not None and w.isdigit()), default=1)
+            after = max(
+                (int(w) for w in waits if w is not None and w.isascii() and w.isdigit()), default=1
+            )
             return UpstreamBusy(
                 f"every upstream tried is at capacity: {tried}{tail}. Retry after {after} s",
                 retry_after_s=after,

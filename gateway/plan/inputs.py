@@ -108,9 +108,55 @@ def _coordinate(row: dict[str, Any], key: str, where: str, bound: float) -> floa
     return float(value)
 
 
+def _shape(value: object) -> str:
+    """How a wrong value is named in a message: a table's repr can be long, and "a table" is
+    what the file's author wrote, not what Python made of it."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    """A section or row that must be a TOML table: ``settings = 5`` would otherwise end in an
+    AttributeError far from the line at fault."""
+    if not isinstance(value, dict):
+        raise PlanInvalid(f"plan: {where} must be a table, got {_shape(value)}")
+    return value
+
+
+def _rows(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """An array of tables (``[[demand]]``), each of them a table."""
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise PlanInvalid(
+            f"plan: {key} must be an array of tables ([[{key}]]), got {_shape(value)}"
+        )
+    return [_table(row, f"{key}[{i}]") for i, row in enumerate(value)]
+
+
+def _known(table: dict[str, Any], keys: frozenset[str], where: str = "") -> None:
+    """Every key is one something reads: a misspelt one (``storage_gbb``) would otherwise be
+    skipped in silence and its default (storage $0) used as if it had been meant. ``where``
+    is empty for the document's own keys, which name themselves."""
+    unknown = next((k for k in table if k not in keys), None)
+    if unknown is not None:
+        at = f"{where}: " if where else ""
+        raise PlanInvalid(
+            f"plan: {at}{unknown}: unknown key (a typo?); known: {', '.join(sorted(keys))}"
+        )
+
+
+# The keys of [demand_defaults] and of each [[demand]] row (which adds where the demand is).
+DEMAND_NUMBERS = frozenset({"requests_per_day", "input_tokens", "output_tokens", "peak_factor"})
+DEMAND_KEYS = DEMAND_NUMBERS | {"country", "continent"}
+
+
 def _demand(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Demand:
     country, continent = row.get("country"), row.get("continent")
     where = f"demand[{i}] ({country or continent or '?'})"
+    _known(row, DEMAND_KEYS, where)
     if (country is None) == (continent is None):
         raise PlanInvalid(f"plan: {where}: give either country or continent, not both/neither")
     if country is not None:
@@ -171,6 +217,14 @@ def _rate(
     return m.tokens_per_s, m.source
 
 
+# The keys of [region_defaults] and of each [[regions]] row, which adds where the region is
+# and its price (never defaulted: a price is per region).
+REGION_DEFAULTS = frozenset(
+    {"instance", "tokens_per_s", "egress_usd_per_tb", "storage_gb", "storage_usd_per_gb_month"}
+)
+REGION_KEYS = REGION_DEFAULTS | {"id", "latitude", "longitude", "usd_per_hour"}
+
+
 def _candidate(
     i: int,
     row: dict[str, Any],
@@ -181,6 +235,7 @@ def _candidate(
     where = f"regions[{i}] ({rid or '?'})"
     if not isinstance(rid, str):
         raise PlanInvalid(f"plan: {where} has no id")
+    _known(row, REGION_KEYS, where)
     if "latitude" in row or "longitude" in row:
         lat, lon = (
             _coordinate(row, "latitude", where, 90),
@@ -228,17 +283,50 @@ def _measured(
     return get
 
 
+# The document's sections, and the keys of [settings] (the backend_* ones pick the run of
+# bench/backend.py's results that regions without a tokens_per_s take theirs from).
+SECTIONS = frozenset(
+    {"settings", "objectives_p95_ms", "demand_defaults", "demand", "region_defaults", "regions"}
+)
+SETTINGS_KEYS = frozenset(
+    {"target_utilisation", "hours_per_month", "bytes_per_output_token", "input_token_weight"}
+    | {"backend_ttft_ms", "backend_results", "backend_model", "backend_quantize"}
+)
+
+
+def section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """One of the document's tables (``[settings]``), empty when absent."""
+    return _table(doc.get(key, {}), key)
+
+
+def _sections(
+    doc: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """settings, objectives, demand defaults and region defaults, each checked to be a table
+    of known keys (objectives' keys are continents, checked where they are read)."""
+    _known(doc, SECTIONS)
+    settings = section(doc, "settings")
+    _known(settings, SETTINGS_KEYS, "settings")
+    d_defaults = section(doc, "demand_defaults")
+    _known(d_defaults, DEMAND_NUMBERS, "demand_defaults")
+    r_defaults = section(doc, "region_defaults")
+    if "usd_per_hour" in r_defaults:  # known, but not here: would be ignored in silence
+        raise PlanInvalid(
+            "plan: region_defaults: usd_per_hour has no default: give it in each [[regions]]"
+        )
+    _known(r_defaults, REGION_DEFAULTS, "region_defaults")
+    return settings, section(doc, "objectives_p95_ms"), d_defaults, r_defaults
+
+
 def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> PlanInput:
     """``read_results``: the backend results document (bench/results/backend.json or the
     settings' ``backend_results``), for regions without a tokens_per_s of their own or with
     ``tokens_per_s = "measured"``; it raises PlanInvalid when it cannot be read."""
-    settings = doc.get("settings", {})
-    d_defaults = doc.get("demand_defaults", {})
-    r_defaults = doc.get("region_defaults", {})
-    demand = tuple(_demand(i, row, d_defaults) for i, row in enumerate(doc.get("demand", [])))
+    settings, objectives_in, d_defaults, r_defaults = _sections(doc)
+    demand = tuple(_demand(i, row, d_defaults) for i, row in enumerate(_rows(doc, "demand")))
     measured = _measured(settings, read_results)
     cands = tuple(
-        _candidate(i, row, r_defaults, measured) for i, row in enumerate(doc.get("regions", []))
+        _candidate(i, row, r_defaults, measured) for i, row in enumerate(_rows(doc, "regions"))
     )
     if not demand:
         raise PlanInvalid("plan: no [[demand]] entries")
@@ -249,7 +337,7 @@ def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> Pla
     if dup is not None:
         raise PlanInvalid(f"plan: region {dup!r} is listed twice")
     objectives = {}
-    for cont, ms in doc.get("objectives_p95_ms", {}).items():
+    for cont, ms in objectives_in.items():
         if continent_point(cont) is None:
             raise PlanInvalid(f"plan: objectives_p95_ms: unknown continent {cont!r}")
         objectives[cont.upper()] = _num({cont: ms}, cont, "objectives_p95_ms", positive=True)

@@ -108,6 +108,51 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["127.0.0.11", "127.0.0.300"]\n'),
             "regions[0].addresses[1]: '127.0.0.300' is not an IP address",
         ),
+        # Residency that GeoIP could never match: the rule would silently not apply.
+        (
+            lambda t: t + "[[residency]]\ncountries = ['DE', 'UK']\nregions = ['eu-central']\n",
+            "residency[0].countries[1]: not an ISO 3166-1 alpha-2 country code; use GB (got 'UK')",
+        ),
+        (
+            lambda t: t + "[[residency]]\ncountries = ['Germany']\nregions = ['eu-central']\n",
+            "residency[0].countries[0]: not an ISO 3166-1 alpha-2 country code; use DE",
+        ),
+        (
+            lambda t: t + "[[residency]]\ncountries = ['ZZ']\nregions = ['eu-central']\n",
+            "country code (such as DE, GB, US) (got 'ZZ')",
+        ),
+        (
+            lambda t: t + "[[residency]]\ncontinents = ['Europe']\nregions = ['eu-central']\n",
+            "residency[0].continents[0]: not a continent code; use EU: one of AF (Africa)",
+        ),
+        (lambda t: t + "[geoip.default]\ncountry = 'EN'\n", "geoip.default.country: not an ISO"),
+        (lambda t: t + "[geoip.default]\ncontinent = 'XX'\n", "geoip.default.continent: not a"),
+        # Paths appended to an upstream's URL: "http://host:9000" + "health" has no port.
+        (lambda t: t + 'health_path = "health"\n', 'upstreams[0].health_path: must start with "/"'),
+        (lambda t: t + '[load]\npath = "metrics"\n', 'load.path: must start with "/"'),
+        (
+            lambda t: t + "[load]\npoll_interval_s = 5\n",
+            "load: max_age_s (2) must be longer than poll_interval_s (5)",
+        ),
+        (
+            lambda t: t + "[redis]\nrefresh_interval_s = 3\n",
+            "redis: observation_ttl_s (5) must be at least 2 x refresh_interval_s (3)",
+        ),
+        (
+            lambda t: t + "[outlier]\nbase_ejection_s = 400\n",
+            "outlier: base_ejection_s (400) is over max_ejection_s (300)",
+        ),
+        (
+            lambda t: t + '[discovery]\nnameservers = ["dns.internal"]\n',
+            "discovery.nameservers[0]: not an IP address with an optional port",
+        ),
+        (lambda t: t + '[discovery]\nnameservers = ["192.0.2.53:99999"]\n', "nameservers[0]"),
+        (lambda t: t + '[discovery]\nnameservers = ["[::1]x"]\n', "nameservers[0]"),
+        (lambda t: t + '[discovery]\nnameservers = ["192.0.2.53:"]\n', "nameservers[0]"),
+        (
+            lambda t: t + '[server]\nworkers = 2\n[admin]\ntoken = "t"\n',
+            "server.workers = 2 with the admin API on needs redis.url",
+        ),
     ],
 )
 def test_errors_are_one_line_naming_file_and_key(
@@ -177,3 +222,55 @@ def test_edge_keys_are_checked_and_never_repeated(tmp_path: Path) -> None:
     assert "hunter2" not in msg
     with pytest.raises(ConfigError, match=r"edge\.keys\.k;1"):
         load_config(write(tmp_path, GOOD + f'[edge]\nkeys = {{"k;1" = "{good}"}}\n'), env={})
+
+
+def test_country_and_continent_codes_are_taken_in_either_case(tmp_path: Path) -> None:
+    rule = (
+        "[[residency]]\ncountries = ['gb', 'XK']\ncontinents = ['eu']\nregions = ['eu-central']\n"
+    )
+    cfg = load_config(write(tmp_path, GOOD + rule + "[geoip.default]\ncountry = 'de'\n"), env={})
+    assert (cfg.residency[0].countries, cfg.residency[0].continents) == (("GB", "XK"), ("EU",))
+    assert cfg.geoip.default.country == "DE"
+
+
+def test_nameservers_take_addresses_with_or_without_a_port(tmp_path: Path) -> None:
+    servers = '["192.0.2.53", "192.0.2.53:5353", "2001:db8::53", "[2001:db8::53]:53", "[::1]"]'
+    cfg = load_config(write(tmp_path, GOOD + f"[discovery]\nnameservers = {servers}\n"), env={})
+    assert len(cfg.discovery.nameservers) == 5
+
+
+def test_workers_with_the_admin_api_and_redis_or_without_the_admin_api(tmp_path: Path) -> None:
+    with_redis = (
+        '[server]\nworkers = 2\n[admin]\ntoken = "t"\n[redis]\nurl = "redis://127.0.0.1:1"\n'
+    )
+    assert load_config(write(tmp_path, GOOD + with_redis), env={}).server.workers == 2
+    assert (
+        load_config(write(tmp_path, GOOD + "[server]\nworkers = 2\n"), env={}).server.workers == 2
+    )
+
+
+def test_env_overrides_take_an_empty_value_and_keep_the_case_of_mapping_keys(
+    tmp_path: Path,
+) -> None:
+    good = "k" * defaults.EDGE_MIN_SECRET_CHARS
+    env = {
+        "GEOGATE_REDIS__URL": "",  # as compose and Helm templates write an unset value
+        "GEOGATE_EDGE__KEYS__K1": good,  # the Worker signs with kid=K1
+        "GEOGATE_ADMIN__TOKENS__Alice": "t1",
+    }
+    cfg = load_config(write(tmp_path, GOOD), env=env)
+    assert cfg.redis.url == ""
+    assert cfg.edge.keys == {"K1": good}
+    assert cfg.admin.operators() == {"Alice": "t1"}
+
+
+def test_an_error_inside_a_json_override_names_its_variable_and_hides_credentials(
+    tmp_path: Path,
+) -> None:
+    url = "https://bob:s3cret-key@127.0.0.1:9000/v1"
+    ups = f'[{{"id": "u", "region": "eu-central", "url": "{url}", "models": ["m"]}}]'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_UPSTREAMS": ups})
+    msg = str(info.value)
+    assert msg.startswith("config error in GEOGATE_UPSTREAMS: upstreams[0].url: ends in /v1"), msg
+    assert "s3cret-key" not in msg and "bob:****@127.0.0.1" in msg

@@ -74,10 +74,13 @@ def verify(value: str | None, operators: Mapping[str, str], now: float) -> str |
         return None
     name, expiry, _, sig = parts
     token = operators.get(name)
-    if token is None or not expiry.isdigit() or int(expiry) <= now:
+    # isascii: "²".isdigit() holds and int() refuses it; bytes: compare_digest refuses a str
+    # that is not ASCII. A forged cookie is no session, not an error.
+    if token is None or not (expiry.isascii() and expiry.isdigit()) or int(expiry) <= now:
         return None
     body = value[: -len(sig) - 1]
-    return name if hmac.compare_digest(sig, _mac(token, "session|" + body)) else None
+    expected = _mac(token, "session|" + body).encode()
+    return name if hmac.compare_digest(sig.encode("utf-8", "replace"), expected) else None
 
 
 def _operators(rt: Runtime) -> dict[str, str]:

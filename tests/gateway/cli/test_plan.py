@@ -43,6 +43,9 @@ BAD = {
     "unknown country": ('[[demand]]\ncountry = "QQ"\nrequests_per_day = 1\n',
                         "geogate: plan: demand[0] (QQ): unknown country 'QQ'"),
     "not toml": ("[[demand]\n", "geogate: plan: "),
+    "settings not a table": ("settings = 5\n", "geogate: plan: settings must be a table, got 5"),
+    "a misspelt section": ("[objective_p95_ms]\nEU = 100\n",
+                           "geogate: plan: objective_p95_ms: unknown key (a typo?)"),
 }  # fmt: skip
 
 

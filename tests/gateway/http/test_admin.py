@@ -158,3 +158,11 @@ async def test_a_slow_body_is_refused_at_the_body_timeout() -> None:
         assert "within 0.3 s" in r.json()["error"]["message"]
         shown = await c.get("/admin/config", headers=bearer(ALICE))
         assert shown.json()["config"]["upstreams"][0]["weight"] == 1.0
+
+
+@pytest.mark.parametrize("count", ["0", "1001", "x", "\u00b2", "-1", " 5"])
+async def test_an_audit_count_out_of_bounds_is_400(count: str) -> None:
+    # "\u00b2" (superscript two) passes str.isdigit and not int(): it must be a 400, not a 500
+    async with client(config(tokens={"alice": ALICE})) as c:
+        r = await c.get("/admin/audit", params={"count": count}, headers=bearer(ALICE))
+        assert r.status_code == 400 and "count must be 1..1000" in r.json()["error"]["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -70,3 +72,44 @@ def test_a_region_west_or_south_is_given_by_negative_degrees() -> None:
 def test_without_results_a_region_needs_its_own_tokens_per_s() -> None:
     with pytest.raises(PlanInvalid, match=r"^plan: regions\[0\] \(sa-east\) has no tokens_per_s$"):
         parse(_doc(region_defaults={"egress_usd_per_tb": 90}))
+
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
+
+
+def test_the_example_has_only_known_keys() -> None:
+    p = parse(tomllib.loads(EXAMPLE.read_text(encoding="utf-8")))
+    assert p.objectives_p95_ms["EU"] == 60 and p.candidates[0].storage_gb == 500
+
+
+# Wrong-shaped sections used to end in AttributeError; misspelt keys used to be skipped in
+# silence ([objective_p95_ms]: every placement "meets"; storage_gbb: storage $0).
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("settings = 5", "plan: settings must be a table, got 5"),
+        ('demand = {country = "US"}',
+         "plan: demand must be an array of tables ([[demand]]), got a table"),
+        ("regions = [5]", "plan: regions[0] must be a table, got 5"),
+        ("objectives_p95_ms = 5", "plan: objectives_p95_ms must be a table, got 5"),
+        ("[objective_p95_ms]\nEU = 60",
+         "plan: objective_p95_ms: unknown key (a typo?); known: demand, demand_defaults, "),
+        ("[region_defaults]\nstorage_gbb = 500\negress_usd_per_tb = 90",
+         "plan: region_defaults: storage_gbb: unknown key (a typo?); known: egress_usd_per_tb,"),
+        ("[settings]\ntarget_utilization = 0.5",
+         "plan: settings: target_utilization: unknown key (a typo?)"),
+        ("[demand_defaults]\noutput_tokens = 1\ninput_token = 1",
+         "plan: demand_defaults: input_token: unknown key (a typo?)"),
+        ('[[demand]]\ncountry = "BR"\nrequests_per_day = 1\npeak_facter = 2',
+         "plan: demand[0] (BR): peak_facter: unknown key (a typo?)"),
+        ('[[regions]]\nid = "sa-east"\nusd_per_hour = 1.5\nstorage_gbb = 500',
+         "plan: regions[0] (sa-east): storage_gbb: unknown key (a typo?)"),
+        ("[region_defaults]\nusd_per_hour = 1.5",
+         "plan: region_defaults: usd_per_hour has no default: give it in each [[regions]]"),
+    ],
+)  # fmt: skip
+def test_wrong_shapes_and_unknown_keys_are_one_line(toml: str, message: str) -> None:
+    with pytest.raises(PlanInvalid) as err:
+        parse(_doc(**tomllib.loads(toml)))
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)

@@ -22,7 +22,7 @@ def test_rules_are_named_and_match_country_or_continent() -> None:
     p = policy_from(cfg)
     assert (p.origin, p.self_region, p.tolerance_ms) == ("client", "eu", 5)
     unnamed, named = p.residency
-    assert (unnamed.name, named.name) == ("de->eu", "eu-only")
+    assert (unnamed.name, named.name) == ("DE->eu", "eu-only")  # codes in upper case
     assert unnamed.matches(Location(0, 0, "DE", None))
     assert named.matches(Location(0, 0, "FR", "EU"))
     assert not named.matches(Location(0, 0, "US", "NA"))

@@ -51,6 +51,9 @@ def test_a_session_names_its_operator_until_it_expires() -> None:
         lambda v: v.replace(v.split(".")[2], "9999999999", 1),  # a later expiry
         lambda v: "",
         lambda v: "no-dots",
+        # Not digits to int(), not ASCII to compare_digest: no session, not an error.
+        lambda v: v.replace(v.split(".")[2], "\u00b2\u00b3", 1),
+        lambda v: v[:-2] + "\u00e9\u00e9",
     ],
 )
 def test_a_tampered_session_names_nobody(tamper: object) -> None:
