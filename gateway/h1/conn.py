@@ -96,6 +96,7 @@ class H1(asyncio.Protocol):
         # An upgrade offer's body bytes still to come (gateway.h1.upgrade)
         self._upgrade_left: int | None = None
         self._write_paused_at = 0.0
+        self._closing_seen = False  # the idle timer found the transport closing (draining)
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -156,10 +157,17 @@ class H1(asyncio.Protocol):
         self._idle_timer = None
         now = self.loop.time()
         stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
-        if self.transport.is_closing() or stalled:
-            # A close waits for the send buffer to drain, and a client that reads nothing
-            # never lets it: after a keep-alive time of that, the connection is dropped, and
-            # a response waiting to write learns it is gone.
+        closing = self.transport.is_closing()
+        if closing and not self._closing_seen:
+            # A close waits for the send buffer to drain (a Connection: close answer's last
+            # bytes): a full keep-alive time from here, not whatever was left of this timer's.
+            self._closing_seen = True
+            self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
+            return
+        if closing or stalled:
+            # A client that reads nothing never lets the buffer drain: after a keep-alive time
+            # of that, the connection is dropped, and a response waiting to write learns it
+            # is gone.
             self.transport.abort()
             return
         busy = self.in_head or (self.running is not None and not self.running.response_complete)

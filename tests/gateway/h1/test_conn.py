@@ -353,6 +353,25 @@ def test_an_idle_connection_closes_after_the_keep_alive_time_a_busy_one_does_not
     _on_protocol(case, keepalive_s=0.5)
 
 
+def test_a_closing_connection_gets_a_keep_alive_time_to_drain_its_last_answer() -> None:
+    """A Connection: close answer bigger than the socket buffers waits in the transport: the
+    idle timer that fires soon after the close must not cut it (it reset the connection)."""
+    size = 8 * 2**20
+
+    async def case(port: int, state: ServerState) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.7)  # the connection's idle timer fires at 1 s, after the close
+        head = b"POST /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        writer.write(head % size + b"x" * size)
+        await until(lambda: not state.connections or state.total_requests == 1)
+        await asyncio.sleep(0.8)  # a client slow to start reading, past the timer
+        got = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert got.endswith(b"/big:" + b"x" * size), len(got)
+
+    _on_protocol(case, keepalive_s=1.0)
+
+
 def test_a_head_held_back_behind_a_pipelined_response_is_not_timed_out() -> None:
     """Reading pauses while a response is still going out: the next head waits on this side,
     not the client's, and the head timeout does not cut the running response."""
