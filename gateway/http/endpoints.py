@@ -17,6 +17,7 @@ from gateway.http.errors import json_error, send_error
 from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
+from gateway.watch import ejections
 from geodb.edge import HEADER as EDGE_HEADER
 
 # Public, as /readyz is: an edge gateway in front of this one (upstream load_path = "/load")
@@ -118,6 +119,7 @@ class Endpoints:
         stale = rt.store.stale_since
         rt.metrics.state_stale.set(0 if stale is None else time.time() - stale)
         rt.metrics.config_version.set(rt.store.version)
+        ejections.reconcile_gauges(rt, time.monotonic())  # no series of upstreams gone
         in_flight = rt.store.in_flight()
         for u in rt.store.upstreams():
             rt.metrics.in_flight.labels(u.id, u.region).set(in_flight.get(u.id, 0))

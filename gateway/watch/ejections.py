@@ -5,11 +5,18 @@ router sees (probe health, ejection, the fleet's verdict).
 The proxy reports every request's outcome through ``record_result``; the prober reports an
 ejection's end (its time ran out, or a completion probe succeeded). An ejection runs out on
 the clock, with nobody to notice: whichever of the two next looks at that upstream tells it.
+
+Each ``/metrics`` scrape first calls ``reconcile_gauges``: the upstream set changes under the
+gauges (an admin change, the fleet's config from Redis, DNS discovery's members), and a series
+nobody sets any more would be exposed at its last value for ever.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
+
+from prometheus_client import Gauge
 
 from gateway.logs import event
 from gateway.runtime import Runtime
@@ -26,14 +33,51 @@ def routable(rt: Runtime, upstream_id: str, now: float) -> bool:
 
 def set_gauge(rt: Runtime, upstream_id: str, region: str, now: float) -> None:
     rt.metrics.healthy.labels(upstream_id, region).set(1 if routable(rt, upstream_id, now) else 0)
-    # Recounted over every upstream: a handful to a few dozen, once per probe.
-    per_model: dict[str, int] = {}
+    set_model_gauges(rt, now)
+
+
+def set_model_gauges(rt: Runtime, now: float) -> None:
+    """Routable upstreams per model, recounted over every upstream (a handful to a few dozen,
+    once per probe and per scrape).
+
+    Every model the config declares is set, 0 when no upstream of it is left (a discovery
+    name that resolves to nothing): counting only the upstreams there are would leave its
+    last count, and the "no upstream serves the model" alert would never fire just then. A
+    model no upstream declares any more has nothing to alert on: its series goes."""
+    per_model = dict.fromkeys((m for u in rt.store.config.upstreams for m in u.models), 0)
     for u in rt.store.upstreams():
         up = routable(rt, u.id, now)
         for model in u.models:
             per_model[model] = per_model.get(model, 0) + up
     for model, count in per_model.items():
         rt.metrics.model_healthy.labels(model).set(count)
+    _prune(rt.metrics.model_healthy, ("model",), {(m,) for m in per_model})
+
+
+def reconcile_gauges(rt: Runtime, now: float) -> None:
+    """The per-upstream and per-model gauges against the upstreams there are now, before a
+    scrape: the series of an upstream gone (or moved to another region) are removed, so an
+    alert on it resolves and member churn does not grow the label sets without bound.
+
+    At scrape time rather than where the set changes: it changes in several places (the
+    store's ``replace_config``, from the admin API, the fleet's Redis sync or DNS
+    discovery), and a probe that was out when its upstream left sets its gauges again after
+    the change; before each exposition catches all of them."""
+    m = rt.metrics
+    current = {(u.id, u.region) for u in rt.store.upstreams()}
+    for gauge in (m.healthy, m.rtt, m.in_flight):
+        _prune(gauge, ("upstream", "region"), current)
+    set_model_gauges(rt, now)
+
+
+def _prune(gauge: Gauge, names: tuple[str, ...], keep: Set[tuple[str, ...]]) -> None:
+    """Remove the gauge's series whose label values (``names``, in the gauge's own label
+    order, as ``remove`` takes them) are not in ``keep``."""
+    for metric in gauge.collect():
+        for sample in metric.samples:
+            values = tuple(sample.labels[n] for n in names)
+            if values not in keep:
+                gauge.remove(*values)
 
 
 def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: float) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.config import Config
+from gateway.http.ops import ops_app
 from gateway.runtime import Runtime, build_runtime
 from gateway.watch import ejections
 from tests.support import (
@@ -111,6 +112,94 @@ def test_ejections_are_counted_and_healthy_upstreams_per_model_follow() -> None:
             ejections.record_result(rt, uid, "eu", False, 1.0)
     assert sample("geogate_upstream_ejections_total", {"upstream": "a", "region": "eu"}) == 1
     assert sample("geogate_model_healthy_upstreams", {"model": "m"}) == 0
+
+
+# --- series of upstreams and models that are gone ----------------------------------------
+
+# A DNS-discovered pool ("pool@<addr>:<port>" members) serving "m", and a fixed upstream
+# serving "n".
+POOL = Config.model_validate(
+    {
+        "gateway": {"region": "eu"},
+        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+        "upstreams": [
+            {
+                "id": "pool",
+                "region": "eu",
+                "url": "http://pool.test:8000",
+                "models": ["m"],
+                "discovery": "dns",
+            },
+            {"id": "s", "region": "eu", "url": "http://127.0.0.1:1", "models": ["n"]},
+        ],
+    }
+)
+ONE, TWO = "pool@10.0.0.1:8000", "pool@10.0.0.2:8000"
+PER_UPSTREAM = ("geogate_upstream_healthy", "geogate_upstream_rtt_ms", "geogate_upstream_in_flight")
+
+
+async def _scrape(rt: Runtime) -> dict[str, dict[str, str]]:
+    """GET /metrics of the ops app: each gauge's sample lines, name -> labels -> value."""
+    transport = httpx.ASGITransport(app=ops_app(rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
+        text = (await c.get("/metrics")).text
+    out: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        if not line.startswith("#") and "{" in line:
+            name, rest = line.split("{", 1)
+            labels, value = rest.rsplit("} ", 1)
+            out.setdefault(name, {})[labels] = value
+    return out
+
+
+def _probed(rt: Runtime) -> None:
+    """What a probe round of every current upstream leaves (watch.prober.probe_once)."""
+    for u in rt.store.upstreams():
+        rt.store.record_probe(u.id, True, 5.0, None)
+        ejections.set_gauge(rt, u.id, u.region, 0.0)
+        rt.metrics.rtt.labels(u.id, u.region).set(5.0)
+
+
+async def test_a_member_that_left_has_no_gauge_series_left() -> None:
+    """Its healthy series would stay at its last value (an "upstream down" alert that never
+    resolves), and pod IP churn would grow the label sets without bound."""
+    rt = build_runtime(POOL)
+    rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
+    _probed(rt)
+    scraped = await _scrape(rt)
+    for name in PER_UPSTREAM:
+        assert set(scraped[name]) == {f'region="eu",upstream="{uid}"' for uid in (ONE, TWO, "s")}, (
+            name
+        )
+    rt.store.set_members("pool", (("10.0.0.2", 8000),))
+    # A probe of it that was out when it left comes back late and sets its gauge again.
+    ejections.set_gauge(rt, ONE, "eu", 0.0)
+    scraped = await _scrape(rt)
+    for name in PER_UPSTREAM:
+        assert set(scraped[name]) == {f'region="eu",upstream="{uid}"' for uid in (TWO, "s")}, name
+
+
+async def test_a_model_whose_upstreams_all_went_reads_0_until_it_leaves_the_config() -> None:
+    rt = build_runtime(POOL)
+    rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
+    _probed(rt)
+    assert (await _scrape(rt))["geogate_model_healthy_upstreams"] == {
+        'model="m"': "2.0",
+        'model="n"': "1.0",
+    }
+    rt.store.set_members("pool", ())  # the name resolves to nothing: no probe sets it again
+    assert (await _scrape(rt))["geogate_model_healthy_upstreams"] == {
+        'model="m"': "0.0",
+        'model="n"': "1.0",
+    }
+    # Nor when the next probe (of "s") recounts the models.
+    ejections.set_gauge(rt, "s", "eu", 1.0)
+    assert (
+        rt.metrics.registry.get_sample_value("geogate_model_healthy_upstreams", {"model": "m"}) == 0
+    )
+    # Once no upstream in the config declares "m", there is nothing to alert on: it goes.
+    rt.store.replace_config(POOL.model_copy(update={"upstreams": POOL.upstreams[1:]}))
+    assert (await _scrape(rt))["geogate_model_healthy_upstreams"] == {'model="n"': "1.0"}
 
 
 # --- end to end ---------------------------------------------------------------------------
