@@ -48,8 +48,10 @@ async def relay(
     if pipe is not None:
         return await _piped(resp, pipe, ex, watchdog, token_seen, splice_ok)
     read = resp.reader()
+    sending = False  # a send waits while the client reads nothing: not the upstream's silence
+    watchdog.held = lambda: sending
+    watchdog.touch()
     while True:
-        watchdog.touch()
         chunk = await read()
         if not chunk:
             return "python"
@@ -57,7 +59,10 @@ async def relay(
             token_seen()
             token_seen = None
         ex.body_bytes += len(chunk)  # the access line's count: the proxy's send is the server's
+        sending = True
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        sending = False
+        watchdog.touch()  # from the send's end: the upstream's silence starts there
 
 
 async def _piped(
@@ -73,6 +78,9 @@ async def _piped(
     # costs several times what the same code costs in a hot loop). One frame: on uvloop the
     # pipe's members are the client transport's own methods, in C.
     write, closing, flow, clock = pipe.write, pipe.is_closing, pipe.flow, watchdog.clock
+    # A client whose writes are paused holds the upstream back (the sink's False, the splice's
+    # pause): the watchdog does not take that silence for the upstream's.
+    watchdog.held = lambda: flow.write_paused
 
     def sink(chunk: bytes) -> bool:
         nonlocal token_seen

@@ -186,6 +186,9 @@ class _Attempts:
             self.ex.body = b""
             self.headers = []
             rt.metrics.attempts.count(uid, "ok")
+            # Its answer goes to the client from here: a stream cut later (StreamAborted, a
+            # client gone) is still this upstream's in the access line and traffic counts.
+            self.ex.upstream = uid
             done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort)
                 # A 4xx is the client's request, never the upstream's failure.

@@ -10,6 +10,7 @@ loop's cached clock), and the timer fires at most once per ``idle_s`` to look at
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ class Watchdog:
         "_probe_s",
         "_task",
         "clock",
+        "held",
         "last",
         "source",
     )
@@ -75,6 +77,9 @@ class Watchdog:
         self.clock = self._loop.time  # the loop's clock: a per-chunk caller may stamp ``last``
         self.last = self.clock()
         self.source: Stamped | None = None  # its stamps count as activity too, while set
+        # True while the client holds the stream back (its connection's writes paused): the
+        # upstream's reading is paused by us then, and its silence is not its own.
+        self.held: Callable[[], bool] | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -90,6 +95,11 @@ class Watchdog:
 
     def _check(self) -> None:
         now, last = self._loop.time(), self._last()
+        if self.held is not None and now + EARLY_S >= last + self._idle_s and self.held():
+            # Idle because the client reads nothing, not the upstream: not an upstream timeout
+            # (which would count against its health). A client that never reads again is cut
+            # by its connection's own stall limit (gateway.h1: a keep-alive time).
+            self.last = last = now
         due = min(last + self._idle_s, self._deadline)
         if now + EARLY_S >= due:
             self._expired = True

@@ -137,6 +137,7 @@ def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]
         json=chat("tick", max_tokens=50, stream=True),
         timeout=10,
     ) as r:
+        rid = r.headers["x-request-id"]
         lines = r.iter_lines()
         got = [next(lines) for _ in range(4)]
         assert any(x.startswith("data: ") for x in got)
@@ -147,6 +148,9 @@ def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]
         what="the upstream to observe the cancellation",
     )
     assert sims["tick"].stats()["active"] == 0
+    # The access line of a stream its client left names the upstream that was serving it.
+    doc = access_line(gw, rid)
+    assert (doc["status"], doc["upstream"], doc["region"]) == (499, "tick", "eu-central"), doc
 
 
 def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
@@ -209,6 +213,8 @@ def test_access_line_counts_the_bytes_the_client_got(fleet: tuple[Gateway, dict[
         assert (doc["status"], doc["bytes"]) == (status, len(got)), body["model"]
         assert doc["ttfb_ms"] is not None and 0 <= doc["ttfb_ms"] <= doc["ms"]
     assert b"data: [DONE]" not in got and b"error" in got  # the cut stream's error event
+    # The cut stream's line still names the upstream that served it, and its region.
+    assert doc["upstream"] != "-" and doc["region"] is not None, doc
 
 
 def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) -> None:

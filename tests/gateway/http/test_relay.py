@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.client import Client
@@ -18,7 +19,13 @@ from gateway.http.asgi import PIPE
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from tests.gateway.client.scripted import Scripted, run
-from tests.support import start_fleet, until
+from tests.support import (
+    UpstreamSpec,
+    gateway_toml,
+    start_gateway,
+    start_sim,
+    until,
+)
 
 TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
 
@@ -32,7 +39,16 @@ def _rss_kib(pid: int) -> int:
 
 @pytest.mark.parametrize("engine", ["uvicorn", "granian"])
 def test_a_client_that_stops_reading_holds_the_upstream_back(tmp_path: Path, engine: str) -> None:
-    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "0", server_extra=f'engine = "{engine}"')
+    # idle_s under the client's stall: the upstream's reading is paused by the gateway then,
+    # and that silence must not time the stream out as the upstream's (nor count against it).
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"], "--tokens-per-s", "0")
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    gw = start_gateway(
+        tmp_path,
+        lambda p: gateway_toml(p, ups, extra="[timeouts]\nidle_s = 1.0\n").replace(
+            "[server]", f'[server]\nengine = "{engine}"'
+        ),
+    )
     try:
         body = json.dumps(
             {"model": "m", "stream": True, "max_tokens": TOKENS, "messages": [{"role": "user"}]}
@@ -62,6 +78,8 @@ def test_a_client_that_stops_reading_holds_the_upstream_back(tmp_path: Path, eng
         assert len([e for e in events if b'"content": "' in e]) >= TOKENS
         # Held back, the backend's ~14 MB stay in the backend and the sockets' buffers.
         assert grown < 8 * 1024, f"the gateway grew by {grown} KiB while its client stalled"
+        metrics = httpx.get(f"{gw.ops_url}/metrics").text
+        assert "geogate_stream_aborted_total{" not in metrics, "the stall was taken for a timeout"
     finally:
         gw.stop()
         sim.proc.kill()

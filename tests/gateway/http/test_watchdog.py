@@ -203,3 +203,26 @@ def test_a_source_watched_before_entering_is_probed_and_its_stamps_outlive_it() 
     probes, last, stamp = asyncio.run(main())
     assert len(probes) >= 1
     assert last == stamp
+
+
+def test_a_silence_the_client_holds_back_is_not_idle_but_the_deadline_still_counts() -> None:
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        held = [True]
+        t0 = loop.time()
+        with Watchdog(0.05, 10) as wd:
+            wd.held = lambda: held[0]
+            await asyncio.sleep(0.3)  # six idle times with the client's writes paused
+        quiet = loop.time() - t0
+        with pytest.raises(TimeoutError), Watchdog(0.05, 0.2) as wd:
+            wd.held = lambda: held[0]
+            await asyncio.sleep(5)
+        capped = loop.time() - t0 - quiet
+        held[0] = False
+        with pytest.raises(TimeoutError), Watchdog(0.05, 10) as wd:
+            wd.held = lambda: held[0]
+            await asyncio.sleep(5)  # nothing held back: the upstream's own silence
+        return quiet, capped
+
+    quiet, capped = asyncio.run(main())
+    assert quiet >= 0.3 and 0.19 <= capped < 1.5
