@@ -34,20 +34,27 @@ async def load(r: Redis, keys: Keys) -> tuple[dict[str, Any] | None, int]:
     return (json.loads(doc) if doc else None), int(version or 0)
 
 
-async def seed(r: Redis, keys: Keys, doc: dict[str, Any], version: int) -> bool:
-    """Write ``doc`` only if Redis has none (first gateway, or Redis restarted empty)."""
+async def put_back(r: Redis, keys: Keys, doc: dict[str, Any], version: int) -> bool:
+    """Write ``doc`` as ``version`` only if Redis holds no document or an older version (the
+    first gateway seeding it; Redis restarted empty and a newer one goes back), and publish
+    it; True if written. Compare and write in one WATCH/MULTI, retried when another writer (a
+    gateway putting its own back, an operator's change) got in between: two gateways at once
+    leave the higher version, never a lower one over it. No audit entry: putting a document
+    back is no operator change (and a Redis that lost the document lost the trail too)."""
     async with r.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(keys.config)
-            if await pipe.exists(keys.config):
-                return False
-            pipe.multi()
-            pipe.hset(keys.config, mapping={"doc": json.dumps(doc), "version": max(version, 1)})
-            pipe.publish(keys.events, str(max(version, 1)))
-            await pipe.execute()
-            return True
-        except WatchError:
-            return False  # another gateway seeded it first: fine
+        while True:
+            try:
+                await pipe.watch(keys.config)
+                held = await pipe.hget(keys.config, "version")
+                if held is not None and int(held) >= version:
+                    return False
+                pipe.multi()
+                pipe.hset(keys.config, mapping={"doc": json.dumps(doc), "version": version})
+                pipe.publish(keys.events, str(version))
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue  # someone wrote between our read and write: compare again
 
 
 async def update_upstream(

@@ -8,9 +8,11 @@ snapshot routing reads), plus a background task that every ``refresh_interval_s`
     that alone cannot reach a backend (a partition) routes around it on its own view,
     without taking it away from everyone else;
   - checks the config version, and on a published change reloads the routing config at once.
+    Only a newer version is adopted; a gateway that finds an older one (or none) puts its own
+    back, so a Redis that lost the document ends on the newest one, not on a fresh gateway's.
 Redis unreachable: routing goes on with the last snapshot, ``stale_since`` says since when,
-reconnects back off, and on return the config is re-read (or re-seeded if Redis came back
-empty).
+reconnects back off, and on return the config is re-read (or put back if Redis came back
+empty or older).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ class RedisStateStore(MemoryStateStore):
         self.keys = Keys(rc.deployment)
         self.gateway_id = rc.gateway_id or default_gateway_id()
         self.version = 0
+        # The fleet document at ``version`` as Redis held it (None: never seen one): what we
+        # put back if Redis loses it, exactly, even one this gateway refused to apply.
+        self._doc: dict[str, Any] | None = None
         self.stale_since: float | None = time.time()  # until the first sync succeeds
         self._synced_once = False
         self._redis: Redis | None = None
@@ -96,7 +101,9 @@ class RedisStateStore(MemoryStateStore):
                 listener = asyncio.create_task(self._listen())
                 while True:
                     version = await self._exchange_observations()
-                    if version != self.version:  # a published change we did not hear
+                    # Not equal: a published change we did not hear, or Redis holds an older
+                    # version or none (it lost the document): the sync puts ours back.
+                    if version != self.version:
                         await self._sync_config()
                     if self.stale_since is not None:
                         again = " again" if self._synced_once else ""
@@ -132,21 +139,31 @@ class RedisStateStore(MemoryStateStore):
 
     # --- config ----------------------------------------------------------------------------
     async def _sync_config(self) -> None:
+        """Adopt the fleet document only if Redis holds a newer version than ours. An older one
+        (or none) means Redis lost it (restarted empty, failed over, flushed) and someone, or
+        no one yet, seeded an older document: we put ours back, so the fleet converges on the
+        newest operator state rather than on a fresh gateway's file. The same rule keeps a read
+        that completes late (the listener and the loop both sync) from re-applying an older
+        document."""
         r = self.redis()
         doc, version = await config_io.load(r, self.keys)
-        if doc is None:
-            # First gateway of the deployment, or Redis came back empty: our view seeds it.
-            seeded = await config_io.seed(
-                r, self.keys, config_doc.routing_doc(self.config), max(self.version, 1)
+        if doc is not None and version >= self.version:
+            if version > self.version:
+                self._adopt(doc, version)
+            return
+        # Ours is the newest we know of; version 1 and our file's routing if we never had one.
+        mine = max(self.version, 1)
+        ours = self._doc if self._doc is not None else config_doc.routing_doc(self.config)
+        if await config_io.put_back(r, self.keys, ours, mine):
+            why = "none" if doc is None else f"older (version {version})"
+            log.info(
+                "seeded the fleet config in Redis (version %d; Redis held %s)",
+                mine,
+                why,
+                extra=event("config-seeded", reason=why, change=True, config_version=mine),
             )
-            if seeded:
-                log.info(
-                    "seeded the fleet config in Redis (version %d)",
-                    max(self.version, 1),
-                    extra=event("config-seeded", change=True, config_version=max(self.version, 1)),
-                )
-            doc, version = await config_io.load(r, self.keys)
-        if doc is not None and version != self.version:
+        doc, version = await config_io.load(r, self.keys)
+        if doc is not None and version > self.version:  # ours, or a newer one written since
             self._adopt(doc, version)
 
     def _adopt(self, doc: dict[str, Any], version: int) -> None:
@@ -159,9 +176,9 @@ class RedisStateStore(MemoryStateStore):
                 exc,
                 extra=event("config-refused", reason=str(exc), config_version=version),
             )
-            self.version = version
+            self.version, self._doc = version, doc
             return
-        self.version = version
+        self.version, self._doc = version, doc
         self.replace_config(new)
         log.info(
             "applied fleet config version %d",
@@ -245,7 +262,11 @@ class RedisStateStore(MemoryStateStore):
             self._snap = None
 
     # --- operator changes ------------------------------------------------------------------
+    # Each first syncs: if Redis lost the document, ours goes back before the change builds on
+    # it. Otherwise a change made on an older seed would get a version below ours, and the
+    # next sync here (or on any gateway at our version) would put ours back over it.
     async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        await self._sync_config()
         return self._applied(
             *await config_io.update_upstream(
                 self.redis(), self.keys, self.config, uid, changes, who
@@ -253,13 +274,14 @@ class RedisStateStore(MemoryStateStore):
         )
 
     async def update_region(self, rid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
+        await self._sync_config()
         return self._applied(
             *await config_io.update_region(self.redis(), self.keys, self.config, rid, changes, who)
         )
 
     def _applied(self, version: int, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
         if version > self.version:  # apply here at once; the others hear it published
-            self.version = version
+            self.version, self._doc = version, config_doc.routing_doc(new)
             self.replace_config(new)
         return dict(entry)
 

@@ -1,11 +1,20 @@
-"""Fleet health arithmetic and local views, without a Redis (the fleet tests use a real one)."""
+"""Fleet health arithmetic and local views without a Redis; the config version (adopt only a
+newer one, put a newer one back) against a real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.config import Config
+from gateway.fleet import config_doc, config_io
 from gateway.fleet.redis_store import RedisStateStore
+from tests.support import start_redis
 
 CFG = Config.model_validate(
     {
@@ -48,3 +57,153 @@ def test_a_tie_is_not_a_majority() -> None:
     s = RedisStateStore(CFG)
     s._merge([view("me", a=False), view("g2", a=True)])
     assert s.fleet_down == frozenset()
+
+
+# --- the config version over a real redis-server --------------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = start_redis(tmp_path)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def gateway(url: str, gid: str) -> RedisStateStore:
+    """A gateway's store holding only its file config, on the real Redis at ``url``."""
+    data = CFG.model_dump(mode="json")
+    # A slow timer: a change is heard on the events channel, not on the next poll.
+    data["redis"] = {"url": url, "gateway_id": gid, "refresh_interval_s": 0.5}
+    return RedisStateStore(Config.model_validate(data))
+
+
+def routing(store: RedisStateStore) -> dict[str, tuple[float, bool]]:
+    return {u.id: (u.weight, u.drained) for u in store.config.upstreams}
+
+
+async def in_redis(store: RedisStateStore) -> tuple[dict[str, Any] | None, int]:
+    return await config_io.load(store.redis(), store.keys)
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after five seconds."""
+    for _ in range(250):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after 5 s waiting for {what}")
+
+
+OPERATED = {"a": (1.0, True), "b": (3.0, False)}  # after the two operator changes below
+
+
+async def operate(store: RedisStateStore) -> None:
+    await store.update_upstream("a", {"drained": True}, "alice")
+    await store.update_upstream("b", {"weight": 3}, "bob")
+
+
+async def test_a_lower_version_in_redis_is_not_adopted_but_overwritten(redis_url: str) -> None:
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()  # seeds version 1 from its file
+        await operate(gw)
+        assert (gw.version, routing(gw)) == (3, OPERATED)
+        # Redis now holds an older document (e.g. it came back empty and a fresh gateway
+        # seeded its file as version 1).
+        file_doc = config_doc.routing_doc(CFG)
+        await gw.redis().hset(gw.keys.config, mapping={"doc": json.dumps(file_doc), "version": 1})
+        await gw._sync_config()
+        assert (gw.version, routing(gw)) == (3, OPERATED)  # not rolled back...
+        doc, version = await in_redis(gw)
+        assert version == 3 and doc is not None  # ...and the newer document is back in Redis
+        assert {u["id"]: (u["weight"], u["drained"]) for u in doc["upstreams"]} == OPERATED
+        # Putting it back is no operator change: the audit trail holds just the two.
+        assert [e["who"] for e in await gw.audit(10)] == ["bob", "alice"]
+    finally:
+        await gw.stop()
+
+
+async def test_a_late_read_of_an_older_version_is_not_applied(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        old = await in_redis(gw)  # version 1, read before the changes, answered after
+        await operate(gw)
+
+        async def late(r: Any, keys: Any) -> tuple[dict[str, Any] | None, int]:
+            monkeypatch.undo()
+            return old
+
+        monkeypatch.setattr(config_io, "load", late)
+        await gw._sync_config()
+        assert (gw.version, routing(gw)) == (3, OPERATED)
+        assert (await in_redis(gw))[1] == 3
+    finally:
+        await gw.stop()
+
+
+async def test_a_flushed_redis_and_a_fresh_gateway_do_not_roll_the_fleet_back(
+    redis_url: str,
+) -> None:
+    fleet = [gateway(redis_url, f"gw{i}") for i in range(2)]
+    fresh = gateway(redis_url, "gw2")
+    try:
+        for gw in fleet:
+            await gw.start()
+        await until(lambda: all(gw.version == 1 for gw in fleet), "the fleet to sync")
+        await operate(fleet[0])
+        await until(lambda: all(gw.version == 3 for gw in fleet), "both changes everywhere")
+        await fleet[0].redis().flushall()  # Redis lost everything; the gateways run on
+        await fresh.start()  # and a gateway starts now with only its file: it seeds version 1
+        everyone = [*fleet, fresh]
+        await until(
+            lambda: all((gw.version, routing(gw)) == (3, OPERATED) for gw in everyone),
+            "the whole fleet on the newest document",
+        )
+        doc, version = await in_redis(fresh)
+        assert version == 3 and doc is not None
+        assert {u["id"]: (u["weight"], u["drained"]) for u in doc["upstreams"]} == OPERATED
+        # And it stays there: a change made now builds on it.
+        await fresh.update_upstream("b", {"weight": 2}, "carol")
+        await until(
+            lambda: all(gw.version == 4 and routing(gw)["b"] == (2.0, False) for gw in everyone),
+            "the next change everywhere",
+        )
+        assert routing(fleet[1])["a"] == (1.0, True)
+    finally:
+        for gw in [*fleet, fresh]:
+            await gw.stop()
+
+
+async def test_two_gateways_putting_back_at_once_leave_the_higher_version(redis_url: str) -> None:
+    gw = gateway(redis_url, "gw0")
+    docs: dict[int, dict[str, Any]] = {v: {"upstreams": [], "v": v} for v in (3, 5)}
+    try:
+        r = gw.redis()
+        for i in range(20):  # either one first: the loser of the race compares again
+            await r.delete(gw.keys.config)
+            order = sorted(docs.items(), reverse=i % 2 == 1)
+            await asyncio.gather(*(config_io.put_back(r, gw.keys, doc, v) for v, doc in order))
+            assert await in_redis(gw) == (docs[5], 5)
+    finally:
+        await gw.stop()
+
+
+async def test_a_change_right_after_redis_lost_the_document_builds_on_ours(
+    redis_url: str,
+) -> None:
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        await operate(gw)
+        await gw.redis().flushall()
+        await gw.update_upstream("b", {"weight": 2}, "carol")  # before any sync noticed
+        assert (gw.version, routing(gw)) == (4, {**OPERATED, "b": (2.0, False)})
+        assert (await in_redis(gw))[1] == 4
+        assert [e["who"] for e in await gw.audit(10)] == ["carol"]  # the trail went with Redis
+    finally:
+        await gw.stop()
