@@ -48,6 +48,7 @@ class Conn(asyncio.Protocol):
         "handed_off",
         "head_done",
         "headers",
+        "heard",
         "idle_in",
         "idle_since",
         "interim",
@@ -90,8 +91,7 @@ class Conn(asyncio.Protocol):
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
         self.busy = False  # a request is out and its response not complete
-        self.head_done = False
-        self.complete = False
+        self.head_done = self.complete = False
         self.interim = False  # inside a 1xx answer, which a final one follows
         self.keep_alive = False  # read at the head: llhttp forgets it once the message ends
         self.framed = False  # Content-Length or chunked: the end is in the bytes, not the close
@@ -102,8 +102,8 @@ class Conn(asyncio.Protocol):
         self.no_body = False  # a HEAD request's response: headers only
         self.until_body = False  # head() waits for a 2xx answer's first body bytes too
         self.error: BaseException | None = None
-        self.lost = False
-        self.paused = False
+        self.lost = self.paused = False
+        self.heard = False  # a byte of this request's answer came (pool.py: the stale retry)
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
         # While set, the body goes to sink() from data_received, each read's chunks joined;
@@ -131,7 +131,7 @@ class Conn(asyncio.Protocol):
         self.chunked = self.wants_hand_off = self.handed_off = False
         self.chunks.clear()
         self.open_chunks.clear()
-        self.buffered, self.error = 0, None
+        self.buffered, self.error, self.heard = 0, None, False
         self.transport.writelines((head, body) if body else (head,))
         if timeout_s is not None:
             self.timer = self.loop.call_later(timeout_s, self._expire)
@@ -250,7 +250,7 @@ class Conn(asyncio.Protocol):
             self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
             self.close()
             return
-        self.ends_line = read[-1] == 10
+        self.heard, self.ends_line = True, read[-1] == 10
         try:
             self.parser.feed_data(read)
         except httptools.HttpParserUpgrade:

@@ -81,7 +81,9 @@ def classify(exc: BaseException, timeout_detail: str) -> tuple[FailureKind, str]
 class Reach:
     """Whether one request got as far as a connection to its upstream (pooled or new), after
     which the request is written at once. A timeout before that point reached nobody; a
-    timeout after it may have left work running there (a generation is not idempotent)."""
+    timeout after it may have left work running there (a generation is not idempotent). A
+    pooled connection the upstream had closed (lost before any byte of an answer) unmarks it
+    while ``Client.request`` connects again to send the request once more: it ran nowhere."""
 
     __slots__ = ("connected",)
 

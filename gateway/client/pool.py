@@ -13,11 +13,22 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from gateway.client.conn import Conn
-from gateway.client.failures import BadResponse, ConnectFailed, ConnectTimeout, Reach
+from gateway.client.failures import (
+    BadResponse,
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    Reach,
+)
 from gateway.routing.members import default_port
 
 # Idle connections are kept 60 s, so a quiet backend still finds a warm one (probes every 2 s
-# also keep one alive); older ones are closed when next looked at, or by the sweep.
+# also keep one alive); older ones are closed when next looked at, or by the sweep. Longer
+# than most servers' own idle timeout (uvicorn's, under vLLM and SGLang, is 5 s): a shorter
+# one here would cost a gateway-to-gateway leg across an ocean a new handshake (one or two
+# round trips, 100-300 ms) after every few seconds of quiet. The race that leaves (a request
+# written on a connection the server is closing as idle) is retried once on a new connection
+# in Client.request, which costs a local connect only when it happens.
 POOL_KEEPALIVE_S: Final = 60.0
 # A body read whole (a health answer, a /metrics or /load scrape) larger than this is refused:
 # vLLM's /metrics is a few hundred KiB; nothing the gateway reads whole needs more.
@@ -182,7 +193,15 @@ class Client:
         for the head, then in ``Response.wait_body``): TimeoutError past it. ``until_body``:
         a 2xx head is returned only with its body's first bytes (or its end), so the whole
         wait, and its TimeoutError, is here: a stream's head and first event come apart, and
-        the caller that waits for both wakes once."""
+        the caller that waits for both wakes once.
+
+        A pooled connection lost before any byte of the answer (closed or reset by the
+        upstream) is the keep-alive race: the upstream closed it as idle while the request
+        was on its way, and never ran it. The request goes once more, on a new connection,
+        within what is left of ``timeout_s``. Go's net/http does so for idempotent requests;
+        a POST too here, as the proxy would otherwise fail it over and send it again anyway
+        (elsewhere, with a health failure recorded). Not after a byte of an answer, nor on a
+        new connection, nor on a timeout: those are the upstream's own failures."""
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)
@@ -190,24 +209,31 @@ class Client:
         # reaches nobody.
         head = self._head(method, target, origin, headers, body)
         conn = self._take(origin)
+        pooled = conn is not None
+        t0 = 0.0 if conn is None or timeout_s is None else conn.loop.time()
         if conn is None:
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            conn = await self._connect(loop, origin, timeout_s)
-            if timeout_s is not None:
-                timeout_s -= loop.time() - t0
-                if timeout_s <= 0:  # the connect took it all: send nothing that would be cut
-                    conn.close()
+            conn, timeout_s = await self._connect_within(origin, timeout_s)
+        while True:
+            if reach is not None:
+                reach.connected = True
+            try:
+                conn.start(head, body, method == "HEAD", timeout_s, until_body)
+                await conn.head()
+                return Response(self, origin, conn)
+            except BaseException as exc:
+                conn.close()
+                if not (pooled and isinstance(exc, ConnectionLost) and not conn.heard):
+                    raise
+            # The stale connection's request ran nowhere: until a new connection is held,
+            # it has reached nobody (a connect that times out may fail over, as any other).
+            pooled = False
+            if reach is not None:
+                reach.connected = False
+            if timeout_s is not None:  # the retry waits what is left, not a second budget
+                timeout_s -= conn.loop.time() - t0
+                if timeout_s <= 0:
                     raise TimeoutError
-        if reach is not None:
-            reach.connected = True
-        try:
-            conn.start(head, body, method == "HEAD", timeout_s, until_body)
-            await conn.head()
-        except BaseException:
-            conn.close()
-            raise
-        return Response(self, origin, conn)
+            conn, timeout_s = await self._connect_within(origin, timeout_s)
 
     def put(self, origin: Origin, conn: Conn) -> None:
         """A connection whose response was read whole goes back to the pool; any other closes."""
@@ -291,6 +317,20 @@ class Client:
                 continue
             return conn
         return None
+
+    async def _connect_within(
+        self, origin: Origin, timeout_s: float | None
+    ) -> tuple[Conn, float | None]:
+        """A new connection, and what is left of ``timeout_s`` once it is made."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        conn = await self._connect(loop, origin, timeout_s)
+        if timeout_s is not None:
+            timeout_s -= loop.time() - t0
+            if timeout_s <= 0:  # the connect took it all: send nothing that would be cut
+                conn.close()
+                raise TimeoutError
+        return conn, timeout_s
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, origin: Origin, timeout_s: float | None

@@ -20,15 +20,9 @@ from typing import Any, ClassVar
 
 import httptools
 
+from gateway.h1 import refuse
 from gateway.h1.cycle import Cycle
-from gateway.h1.refuse import (
-    Refused,
-    connection_limit_reached,
-    malformed,
-    refusal,
-    timed_out,
-    too_large,
-)
+from gateway.h1.refuse import Refused
 from gateway.h1.scope import Addresses, addresses, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
 from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE, ClientPipe
@@ -158,22 +152,20 @@ class H1(asyncio.Protocol):
         now = self.loop.time()
         stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
         closing = self.transport.is_closing()
-        if closing and not self._closing_seen:
-            # A close waits for the send buffer to drain (a Connection: close answer's last
-            # bytes): a full keep-alive time from here, not whatever was left of this timer's.
-            self._closing_seen = True
-            self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
-            return
-        if closing or stalled:
-            # A client that reads nothing never lets the buffer drain: after a keep-alive time
-            # of that, the connection is dropped, and a response waiting to write learns it
-            # is gone.
+        if (closing and self._closing_seen) or stalled:
+            # A close waits for the send buffer to drain, and a client that reads nothing
+            # never lets it: after a keep-alive time of that, the connection is dropped, and
+            # a response waiting to write learns it is gone.
             self.transport.abort()
             return
         busy = self.in_head or (self.running is not None and not self.running.response_complete)
         left = self.keepalive_s - (now - self._idle_since)
-        if not busy and left <= 0:
-            self.transport.close()
+        if closing or (not busy and left <= 0):
+            # Closed here, idle, or by an answer (Connection: close, whose last bytes may still
+            # be draining): a full keep-alive time from now, not what was left of this timer's.
+            if not closing:
+                self.transport.close()
+            self._closing_seen = True
             self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
             return
         self._idle_timer = self.loop.call_later(
@@ -216,7 +208,7 @@ class H1(asyncio.Protocol):
             self._refuse(
                 stop
                 if isinstance(stop, Refused)
-                else malformed(f"malformed HTTP/1.1 request: {exc}")
+                else refuse.malformed(f"malformed HTTP/1.1 request: {exc}")
             )
             return
         if not self.in_head or self.transport.is_closing():
@@ -227,7 +219,7 @@ class H1(asyncio.Protocol):
         if not self._began_in_read:
             self._raw_head += len(data)
             if self._raw_head > self.head_limit:
-                self._refuse(too_large(self.head_limit, self.max_header_bytes))
+                self._refuse(refuse.too_large(self.head_limit, self.max_header_bytes))
                 return
         if self.head_timer is None:
             self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
@@ -253,7 +245,7 @@ class H1(asyncio.Protocol):
     def _count(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > self.head_limit:
-            raise too_large(self.head_limit, self.max_header_bytes)  # httptools stops
+            raise refuse.too_large(self.head_limit, self.max_header_bytes)  # httptools stops
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -285,7 +277,7 @@ class H1(asyncio.Protocol):
         if limit is not None and (
             len(self.state.connections) > limit or len(self.state.tasks) >= limit
         ):
-            app = connection_limit_reached(limit)
+            app = refuse.connection_limit_reached(limit)
             log.warning("connection limit reached: refused a request from %s", self.client_text())
         self.cycle = cycle
         if self.running is None or self.running.response_complete:
@@ -386,7 +378,7 @@ class H1(asyncio.Protocol):
         if self.read_paused:  # waiting for a pipelined response: late on this side
             self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
             return
-        self._refuse(timed_out(self.head_timeout_s))
+        self._refuse(refuse.timed_out(self.head_timeout_s))
 
     def _refuse(self, stop: Refused) -> None:
         """Answer ``stop`` (Connection: close) and close: nothing more is read. Behind a
@@ -403,5 +395,5 @@ class H1(asyncio.Protocol):
             return
         if running is not None:
             running.flush_head()  # a response still held goes first
-        self.transport.write(refusal(stop.err))
+        self.transport.write(refuse.refusal(stop.err))
         self.transport.close()
