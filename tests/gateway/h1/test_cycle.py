@@ -314,6 +314,22 @@ def test_receive_hands_the_body_over_then_waits_for_the_end() -> None:
     _run(case)
 
 
+def test_an_answer_before_the_100_continue_closes_the_connection() -> None:
+    """A refusal sent before the body was asked for (a 404, a 413 by Content-Length): the
+    client may still send the body, or never; the connection cannot be reused either way."""
+
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle("POST")
+        c.waiting_100 = True  # Expect: 100-continue, and nobody called receive()
+        await c.send(_start(404, (b"content-length", b"2")))
+        await c.send(_body(b"no"))
+        got = await _read(peer, b"no")
+        assert got.startswith(b"HTTP/1.1 404") and b"connection: close" in got, got
+        assert CONTINUE not in got and not c.keep_alive
+
+    _run(case)
+
+
 def test_the_whole_body_is_handed_over_once_and_only_when_all_in() -> None:
     async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
         c = cycle("POST")
