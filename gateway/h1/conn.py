@@ -237,6 +237,8 @@ class H1(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)  # "k: v\r\n", as the app counts them
+        if not self.in_head:  # a chunked body's trailer field: not a header (RFC 9110 6.5.1)
+            return
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
@@ -324,8 +326,7 @@ class H1(asyncio.Protocol):
         return self.addresses().client_text()
 
     def shutdown(self) -> None:
-        """uvicorn's graceful stop: an idle connection closes now, a busy one after its
-        response (a held head leaves first)."""
+        """uvicorn's graceful stop: idle closes now, busy after its response (a head: first)."""
         running = self.running
         if running is None or running.response_complete:
             if running is not None:

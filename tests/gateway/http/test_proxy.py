@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from tests.support import (
     eventually,
     gateway_toml,
     get_json,
+    read_to_eof,
     start_gateway,
     start_sim,
 )
@@ -151,6 +153,23 @@ def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]
     # The access line of a stream its client left names the upstream that was serving it.
     doc = access_line(gw, rid)
     assert (doc["status"], doc["upstream"], doc["region"]) == (499, "tick", "eu-central"), doc
+
+
+def test_a_chunked_requests_trailer_fields_are_not_forwarded_as_headers(
+    fleet: tuple[Gateway, dict[str, Sim]],
+) -> None:
+    gw, _ = fleet
+    body = b'{"model": "m"}'
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"%x\r\n%b\r\n0\r\nX-Trailer-Field: smuggled\r\n\r\n" % (len(body), body)
+        )
+        answer = read_to_eof(s)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"x-trailer-field" not in rest.lower()  # the echo of the headers it got
 
 
 def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
