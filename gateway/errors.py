@@ -7,6 +7,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      ├── PlanInvalid                  a ``geogate plan`` input file is wrong (one line: where, why)
      ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
      ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
+     ├── GatewayShuttingDown          cut by the drain's deadline (server.drain_timeout_s): retry
      ├── RequestInvalid               the client's request cannot be served as sent
      │    ├── BodyTooLarge
      │    ├── UnsupportedEncoding     a Content-Encoding the gateway cannot decode
@@ -60,6 +61,10 @@ class OpsUnauthorized(GatewayError):
 
 
 class GatewayOverloaded(GatewayError):
+    pass
+
+
+class GatewayShuttingDown(GatewayError):
     pass
 
 

@@ -49,7 +49,9 @@ def create_app(
         setup_logging(config.log)
     rt = build_runtime(config)
     s = config.server
-    gate = StreamGate(rt, Proxy(rt), capacity(fd_limit(), s.max_streams, s.max_connections).streams)
+    proxy = Proxy(rt)
+    streams = capacity(fd_limit(), s.max_streams, s.max_connections).streams
+    gate = StreamGate(rt, proxy, streams, proxy.refuse)
     ops = OpsListener(rt, ops_fd) if ops_fd is not None else None
     app = GatewayApp(
         gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below

@@ -20,6 +20,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.GatewayError: (500, "server_error", "internal_error"),
     e.OpsUnauthorized: (401, "invalid_request_error", "invalid_ops_token"),
     e.GatewayOverloaded: (503, "service_unavailable", "gateway_at_capacity"),
+    e.GatewayShuttingDown: (503, "service_unavailable", "gateway_shutting_down"),
     e.RequestInvalid: (400, "invalid_request_error", "invalid_request"),
     e.BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
     e.UnsupportedEncoding: (415, "invalid_request_error", "unsupported_content_encoding"),

@@ -22,13 +22,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import defaults as d
-from gateway.errors import GatewayOverloaded
+from gateway.errors import GatewayError, GatewayOverloaded
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import send_error
 from gateway.logs import event
 from gateway.runtime import Runtime, log
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# How the gate answers a request it refuses (gateway.http.intake's Proxy.refuse: with the
+# access line and the request metrics every answer gets).
+Refuse = Callable[[Scope, Send, GatewayError], Awaitable[None]]
+
+
+async def _plain_refusal(scope: Scope, send: Send, err: GatewayError) -> None:
+    await send_error(send, err)
+
+
 CUT_WAIT_S = 2.0  # cancelled requests unwind (upstream closed, access line written) this fast
 
 
@@ -62,9 +71,12 @@ def fd_limit() -> int:
 class StreamGate:
     """ASGI wrapper around the proxy: counts its requests, refuses those over the limit."""
 
-    def __init__(self, rt: Runtime, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self, rt: Runtime, app: ASGIApp, limit: int, refuse: Refuse = _plain_refusal
+    ) -> None:
         self.rt = rt
         self.app = app
+        self.refuse = refuse
         self.limit = limit
         self.in_flight = 0
         self._tasks: set[asyncio.Task[Any]] = set()  # to cut them when the drain times out
@@ -80,7 +92,8 @@ class StreamGate:
         if self.in_flight >= self.limit:
             m.overloaded.inc()
             retry = d.OVERLOAD_RETRY_AFTER_S
-            await send_error(
+            await self.refuse(
+                scope,
                 send,
                 GatewayOverloaded(
                     f"this gateway is serving its maximum of {self.limit} concurrent requests "

@@ -18,6 +18,7 @@ from gateway.errors import (
     BodyTimeout,
     BodyTooLarge,
     GatewayError,
+    GatewayShuttingDown,
     HeadersTooLarge,
     ModelNotFound,
     NoHealthyUpstream,
@@ -239,6 +240,13 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
         )
 
 
+def _shutting_down(ex: Exchange) -> GatewayShuttingDown:
+    return GatewayShuttingDown(
+        f"this gateway is shutting down and could not finish request {ex.id} in time "
+        "(server.drain_timeout_s); retry it: another gateway serves it"
+    )
+
+
 def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
     return [(b"x-request-id", ex.id.encode())]
 
@@ -262,6 +270,16 @@ class Proxy:
             await send_error(ex.tracking(send), err, _request_id_header(ex))
         except ClientGone:
             ex.status = 499  # nginx's "client closed request"
+        except asyncio.CancelledError:
+            # Not the client leaving (forward makes that ClientGone): the drain's cut past
+            # server.drain_timeout_s, or the server stopping. The client is still there: an
+            # answer it can retry on, not the server's plain-text 500.
+            ex.status = 503
+            task = asyncio.current_task()
+            if ex.response_started or task is None:
+                raise  # the server cuts the response: the client sees it end early
+            task.uncancel()
+            await send_error(ex.tracking(send), _shutting_down(ex), _request_id_header(ex))
         except StreamAborted:
             ex.status = 502
             raise  # the ASGI server resets the stream: the client sees a truncated response
@@ -315,6 +333,17 @@ class Proxy:
         check_routed(rt, ex.routed, ex.model)
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
+
+    async def refuse(self, scope: Scope, send: Send, err: GatewayError) -> None:
+        """Answer ``err`` before serving (the gate's stream limit), with the access line and
+        the request metrics every answer gets."""
+        heads = read_heads(scope["headers"])
+        ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+        ex.status = status_of(err)
+        try:
+            await send_error(ex.tracking(send), err, _request_id_header(ex))
+        finally:
+            self._record(ex)
 
     def _record(self, ex: Exchange) -> None:
         m = self.rt.metrics

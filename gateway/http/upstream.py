@@ -97,8 +97,9 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
     try:
         return await _Attempts(rt, ex, send, task).run()
     except asyncio.CancelledError:
-        if gone:
-            task.uncancel()  # the cancellation was ours, and ends here
+        if not gone:
+            raise  # from elsewhere (the drain's cut): gateway.http.intake answers it
+        task.uncancel()  # the cancellation was ours, and ends here
         raise ClientGone from None
     finally:
         active = False

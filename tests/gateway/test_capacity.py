@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import resource
 import time
 from pathlib import Path
@@ -88,7 +89,8 @@ def test_one_worker_holds_more_than_2048_streams_with_the_default_config(tmp_pat
 
 def test_streams_beyond_max_streams_get_a_fast_503_and_the_rest_finish(tmp_path: Path) -> None:
     # 10 tokens at 5/s: 2 s streams; the gateway holds 3.
-    gw, sim = _fleet(tmp_path, "--tokens-per-s", "5", server_extra="max_streams = 3\n")
+    # The access log on: the refusal's line is checked.
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5", server_extra="max_streams = 3\n")
     try:
 
         async def scenario() -> tuple[list[bytes], httpx.Response, float]:
@@ -131,6 +133,10 @@ def test_streams_beyond_max_streams_get_a_fast_503_and_the_rest_finish(tmp_path:
         assert r.status_code == 200
         metrics = httpx.get(f"{gw.ops_url}/metrics").text
         assert "geogate_overload_rejected_total 1.0" in metrics
+        # Refused, and still one access line and one request counted, as every answer.
+        assert re.search(r'^geogate_requests_total\{code="503",region="-"\} 1\.0$', metrics, re.M)
+        rid = over.headers["x-request-id"]
+        eventually(lambda: rid in gw.log_text(), what="the refused request's access line")
         assert "geogate_max_streams 3.0" in metrics
         eventually(
             lambda: "geogate_requests_in_flight 0.0" in httpx.get(f"{gw.ops_url}/metrics").text,

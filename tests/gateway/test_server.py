@@ -4,6 +4,7 @@ refusing to start on a port in use."""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import signal
 import ssl
@@ -183,6 +184,39 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: st
         assert time.monotonic() - t0 < 4
         assert "data: [DONE]" not in lines
         assert "cutting 1 request(s) in flight" in gw.log_text()
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_request_still_waiting_when_the_drain_ends_gets_a_503_it_can_retry(
+    tmp_path: Path, engine: str
+) -> None:
+    """Cut by the drain's deadline before its answer started, a request gets the gateway's
+    JSON 503 (not the server's plain 500) and its access line says 503."""
+    gw, sim = start_fleet(
+        tmp_path, "--ttft-ms", "8000", server_extra=f'drain_timeout_s = 0.5\nengine = "{engine}"'
+    )
+    try:
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            answers.append(httpx.post(f"{gw.url}/v1/chat/completions", json=BODY, timeout=20))
+
+        t = threading.Thread(target=ask)
+        t.start()
+        eventually(lambda: sim.stats()["active"] == 1, what="the request at the backend")
+        gw.proc.send_signal(signal.SIGTERM)
+        t.join(15)
+        [r] = answers
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "gateway_shutting_down" and "drain_timeout_s" in err["message"]
+        rid = r.headers["x-request-id"]
+        gw.proc.wait(10)
+        line = next(ln for ln in gw.log_text().splitlines() if rid in ln and ln.startswith("{"))
+        assert json.loads(line)["status"] == 503, line
     finally:
         gw.stop()
         sim.proc.kill()
