@@ -12,7 +12,10 @@ goes out at the turn's end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
+import socket
+import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
@@ -284,7 +287,7 @@ class Cycle:
             if not self.response_started and not self.disconnected:
                 await self._server_error()
             elif not self.response_complete:
-                self._conn.close_now()  # cut mid-response: the client sees it end early
+                self._cut()
             return
         if result is not None:
             log.error("the ASGI app returned %r, not None", result)
@@ -293,7 +296,19 @@ class Cycle:
             await self._server_error()
         elif not self.response_complete and not self.disconnected:
             log.error("the ASGI app returned without completing its response")
-            self._conn.close_now()
+            self._cut()
+
+    def _cut(self) -> None:
+        """End a response mid-way so that the client can tell: a chunked or sized body ends
+        short at the close, but a close-delimited one (HTTP/1.0 with no length: nginx's
+        default to its upstreams) would read as whole, so its connection is reset instead."""
+        conn = self._conn
+        if not self.chunked and self._remaining < 0 and not self._bodiless:
+            sock = conn.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):  # linger 0: the close is an RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.transport.abort()
+        conn.close_now()
 
     async def _server_error(self) -> None:
         self.keep_alive = False

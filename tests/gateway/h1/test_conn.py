@@ -315,10 +315,11 @@ def _on_protocol(
     case: Callable[[int, ServerState], Awaitable[None]],
     keepalive_s: float,
     head_timeout_s: float = 5.0,
+    app: Callable[..., Awaitable[None]] = _slow_app,
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        config = uvicorn.Config(_slow_app, timeout_keep_alive=keepalive_s, log_config=None)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, timeout_keep_alive=keepalive_s, log_config=None)  # type: ignore[arg-type]
         config.load()
         state = ServerState()
         protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, head_timeout_s)
@@ -370,6 +371,40 @@ def test_a_closing_connection_gets_a_keep_alive_time_to_drain_its_last_answer() 
         assert got.endswith(b"/big:" + b"x" * size), len(got)
 
     _on_protocol(case, keepalive_s=1.0)
+
+
+async def _cut_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Starts an answer of no stated length, sends part of it, then fails (an upstream cut)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    raise RuntimeError("the upstream went away")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_response_cut_mid_way_never_reads_as_whole(version: str) -> None:
+    """HTTP/1.1 gets chunks without their last one; HTTP/1.0 has no length and no chunks, so
+    a plain close would read as the body's end: its connection is reset instead."""
+
+    async def case(port: int, state: ServerState) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /cut HTTP/%b\r\nHost: x\r\n\r\n" % version.encode())
+        got = b""
+        reset = False
+        try:
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                got += chunk
+        except ConnectionResetError:
+            reset = True
+        writer.close()
+        assert got.startswith(b"HTTP/1.1 200") and b"partial" in got, got
+        if version == "1.0":
+            assert reset, got  # not a clean end of a close-delimited body
+        else:
+            assert b"transfer-encoding: chunked" in got and not got.endswith(b"0\r\n\r\n")
+
+    _on_protocol(case, keepalive_s=5, app=_cut_app)
 
 
 def test_a_head_held_back_behind_a_pipelined_response_is_not_timed_out() -> None:
