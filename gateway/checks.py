@@ -12,16 +12,8 @@ from urllib.parse import urlsplit
 
 import pycountry
 
-# The continent codes GeoIP databases give (MaxMind's continent.code).
-CONTINENTS = {
-    "AF": "Africa",
-    "AN": "Antarctica",
-    "AS": "Asia",
-    "EU": "Europe",
-    "NA": "North America",
-    "OC": "Oceania",
-    "SA": "South America",
-}
+from geodb.countries import CONTINENT_NAMES
+
 # Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
 EXTRA_COUNTRIES = frozenset({"XK"})
 # Codes operators write for a country whose ISO code is another (the EU's own usage).
@@ -68,11 +60,11 @@ def country_code(code: str) -> str:
 def continent_code(code: str) -> str:
     """One of GeoIP's seven continent codes, in upper case."""
     up = code.upper()
-    if up in CONTINENTS:
+    if up in CONTINENT_NAMES:
         return up
-    named = {name.lower(): c for c, name in CONTINENTS.items()}.get(code.strip().lower())
+    named = {name.lower(): c for c, name in CONTINENT_NAMES.items()}.get(code.strip().lower())
     said = f"; use {named}" if named else ""
-    codes = ", ".join(f"{c} ({n})" for c, n in CONTINENTS.items())
+    codes = ", ".join(f"{c} ({n})" for c, n in CONTINENT_NAMES.items())
     raise ValueError(f"not a continent code{said}: one of {codes}")
 
 

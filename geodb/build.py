@@ -14,17 +14,9 @@ from pathlib import Path
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
+from geodb.countries import CONTINENT_NAMES
 from geodb.errors import BuildError
 
-CONTINENT_NAMES = {
-    "AF": "Africa",
-    "AN": "Antarctica",
-    "AS": "Asia",
-    "EU": "Europe",
-    "NA": "North America",
-    "OC": "Oceania",
-    "SA": "South America",
-}
 DATABASE_TYPE = "GeoLite2-City"  # geoip2 accepts city() lookups on this type
 ROW_ACCURACY_KM = 50  # accuracy_radius written for every row: a city-level guess
 

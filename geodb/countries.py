@@ -9,6 +9,16 @@ from importlib import resources
 # How far off a country-level guess typically is: half the span of a mid-sized country.
 COUNTRY_ACCURACY_KM = 500.0
 CONTINENT_ACCURACY_KM = 2500.0
+# GeoIP's continent codes (MaxMind's continent.code) and their English names.
+CONTINENT_NAMES = {
+    "AF": "Africa",
+    "AN": "Antarctica",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+}
 
 
 def data_rows(name: str) -> list[dict[str, str]]:
