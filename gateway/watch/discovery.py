@@ -48,15 +48,25 @@ async def _addresses(resolver: aiodns.DNSResolver, host: str) -> list[str]:
 
 
 async def resolve(resolver: aiodns.DNSResolver, u: Upstream) -> tuple[Address, ...]:
+    """The upstream's members. SRV: the targets of the lowest priority (RFC 2782: a client
+    uses a higher one only when none of the lower is there) that has any address; a backup
+    at priority 20 does not share the load of the primaries at 10. SRV weights are not
+    applied: members of one upstream share its weight."""
     if u.discovery == "srv":
-        targets = [(r.data.target, r.data.port) for r in await _query(resolver, u.srv, "SRV")]
+        records = await _query(resolver, u.srv, "SRV")
+        groups: dict[int, list[tuple[str, int]]] = {}
+        for r in records:
+            groups.setdefault(r.data.priority, []).append((r.data.target, r.data.port))
+        tiers = [groups[p] for p in sorted(groups)]
     else:
-        host = urlsplit(u.url).hostname or ""
-        targets = [(host, default_port(u.url))]
-    found: set[Address] = set()
-    for host, port in targets:
-        found.update((addr, port) for addr in await _addresses(resolver, host))
-    return tuple(sorted(found))
+        tiers = [[(urlsplit(u.url).hostname or "", default_port(u.url))]]
+    for targets in tiers:
+        found: set[Address] = set()
+        for host, port in targets:
+            found.update((addr, port) for addr in await _addresses(resolver, host))
+        if found:
+            return tuple(sorted(found))
+    return ()
 
 
 async def discover_once(rt: Runtime) -> None:

@@ -29,6 +29,7 @@ class Zone(BaseResolver):  # type: ignore[misc]
         self.failing = False  # answer SERVFAIL, as a broken DNS server does
         self.a: dict[str, list[str]] = {}
         self.srv: dict[str, list[tuple[str, int]]] = {}
+        self.priority: dict[int, int] = {}  # an SRV target's priority, by its port (else 0)
 
     def resolve(self, request: Any, handler: Any) -> Any:
         reply = request.reply()
@@ -43,7 +44,12 @@ class Zone(BaseResolver):  # type: ignore[misc]
             elif q.qtype == QTYPE.SRV:
                 for target, port in self.srv.get(name, []):
                     reply.add_answer(
-                        RR(q.qname, QTYPE.SRV, ttl=1, rdata=SRV(0, 0, port, target + "."))
+                        RR(
+                            q.qname,
+                            QTYPE.SRV,
+                            ttl=1,
+                            rdata=SRV(self.priority.get(port, 0), 0, port, target + "."),
+                        )
                     )
         if not reply.rr:
             # As authoritative servers answer "no records" (RFC 2308): an SOA whose minimum
@@ -174,3 +180,37 @@ def test_a_records_and_a_dns_outage_keeps_the_pool(tmp_path: Path, dns: tuple[Zo
     finally:
         gw.stop()
         sim.proc.kill()
+
+
+def test_a_higher_srv_priority_is_a_backup_used_only_when_the_lower_has_no_address(
+    tmp_path: Path, dns: tuple[Zone, int]
+) -> None:
+    zone, dns_port = dns
+    sims = [start_sim(tmp_path, f"p{i}", "eu", ["m"]) for i in range(2)]
+    with zone.lock:
+        zone.a["primary.pool.test"] = ["127.0.0.1"]
+        zone.a["backup.pool.test"] = ["127.0.0.1"]
+        zone.srv[SRV_NAME] = [
+            ("primary.pool.test", sims[0].port),
+            ("backup.pool.test", sims[1].port),
+        ]
+        zone.priority = {sims[0].port: 10, sims[1].port: 20}
+    gw = gateway_with(
+        tmp_path,
+        dns_port,
+        (
+            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://pool.test"\n'
+            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\n'
+        ),
+    )
+    primary, backup = (f"pool@127.0.0.1:{s.port}" for s in sims)
+    try:
+        assert members(gw) == {primary}  # the backup takes no share of the load
+        with zone.lock:
+            del zone.a["primary.pool.test"]  # the primary's host is gone from DNS
+        eventually(lambda: members(gw) == {backup}, what="the backup to take over")
+        assert served_by(gw.url, 3) == Counter({backup: 3})
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
