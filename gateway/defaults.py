@@ -185,6 +185,10 @@ LOAD_IDLE_POLL_FACTOR = 4  # while no upstream shows load and this worker sends 
 # behind other gateways is then seen within ~1 s plus a scrape, not 0.25 s
 LOAD_PATH = "/metrics"
 TTFT_EWMA_ALPHA = 0.3  # weight of the newest interval's mean TTFT
+# The wait a request queued ahead of one, per slot, adds when no upstream of the model has a
+# fresh TTFT (a TGI fleet, which exports a queue and no TTFT; a cold start): a first token
+# on one GPU for a mid-sized model. Queues still rank upstreams then; without one it is 0.
+QUEUED_REQUEST_MS = 200.0
 
 # --- discovery --------------------------------------------------------------------------------
 DISCOVERY_INTERVAL_S = 5.0  # re-resolve DNS names this often: service-discovery records use

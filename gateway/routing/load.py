@@ -173,6 +173,9 @@ def next_load(
         and prev.ttft_sum_s is not None
         and prev.ttft_count is not None
         and reading.ttft_count > prev.ttft_count
+        # Sums over several label sets (models, data-parallel engines): one that restarted
+        # can lower the sum while the count still rises. A reset, not a negative TTFT.
+        and reading.ttft_sum_s >= prev.ttft_sum_s
     ):
         # The mean TTFT of the requests that finished their first token since last poll.
         mean_ms = (

@@ -14,7 +14,7 @@ Origin = Literal["client", "self"]
 NetSource = Literal["measured", "distance"]
 # Where a candidate's load term came from: its own fresh TTFT, the model's median over the
 # upstreams that have one (a prior for an idle backend), or nowhere (no fresh TTFT anywhere:
-# every candidate is equally unknown, and the term is 0 for all).
+# only the queue counts, at defaults.QUEUED_REQUEST_MS a request per slot).
 LoadSource = Literal["measured", "prior", "unknown"]
 
 

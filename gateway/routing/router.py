@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
+from gateway.defaults import QUEUED_REQUEST_MS
 from gateway.routing.load import load_term, ttft_prior
 from gateway.routing.model import (
     Candidate,
@@ -64,10 +65,14 @@ def _candidate(u: UpstreamView, net_model: _NetModel, prior: float | None) -> Ca
     load_source: LoadSource = "measured"
     if ttft is None and prior is not None:
         ttft, load_source = prior, "prior"
-    elif ttft is None:
-        # No fresh value anywhere: all are equally unknown, and 0 for all is fair.
-        ttft, load_source = 0.0, "unknown"
-    load = load_term(u, ttft)
+    if ttft is None:
+        # No fresh TTFT anywhere: the first token's own time is equally unknown for all (0),
+        # but a queue still costs its requests ahead: a backend 500 deep must not rank with
+        # an idle one.
+        load_source = "unknown"
+        load = QUEUED_REQUEST_MS * (u.queue_depth or 0.0) / u.slots
+    else:
+        load = load_term(u, ttft)
     return Candidate(
         u, net + load + u.bias_ms, net, source, load, u.healthy, u.weight <= 0, load_source
     )

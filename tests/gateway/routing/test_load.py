@@ -210,3 +210,18 @@ def test_a_scrape_filtered_by_prometheus_clients_own_handler_reads_the_same(serv
     assert reading == parse_load(whole.decode())
     assert (reading.queue_depth, reading.running, reading.kv_usage) == (5.0, 8.0, 0.25)
     assert reading.ttft_count == 2.0 and reading.ttft_sum_s == pytest.approx(0.4)
+
+
+def test_a_summed_histogram_whose_sum_falls_is_a_reset_not_a_negative_ttft() -> None:
+    # Two engines' histograms summed: one restarts (its sum and count drop) while the other
+    # serves on, so the total count rises while the total sum falls.
+    before = load.next_load(
+        None, load.LoadReading(ttft_sum_s=50.0, ttft_count=100.0), 0.0, 2.0, 0.3
+    )
+    before.ttft_ms, before.ttft_at = 80.0, 0.0
+    after = load.next_load(
+        before, load.LoadReading(ttft_sum_s=5.0, ttft_count=110.0), 0.25, 2.0, 0.3
+    )
+    assert after.ttft_ms == 80.0  # the last estimate stands; the next interval re-baselines
+    later = load.next_load(after, load.LoadReading(ttft_sum_s=6.0, ttft_count=120.0), 0.5, 2.0, 0.3)
+    assert later.ttft_ms is not None and later.ttft_ms > 0

@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gateway.defaults import QUEUED_REQUEST_MS
 from gateway.routing.model import (
     Decision,
     Origin,
@@ -264,6 +265,19 @@ def test_unknown_ttft_takes_the_models_median_and_explain_says_so() -> None:
     # No fresh TTFT anywhere: every candidate is equally unknown, and the term is 0 for all.
     d = decide(snap(up("eu", "eu-central"), up("us", "us-east")))
     assert {(c.load_ms, c.load_source) for c in d.order} == {(0.0, "unknown")}
+
+
+def test_without_any_ttft_a_queue_still_ranks_upstreams() -> None:
+    # A TGI fleet exports its queue and no TTFT: the queue must still count.
+    d = decide(
+        snap(up("deep", "eu-central", queue_depth=500.0), up("idle", "eu-central", queue_depth=0.0))
+    )
+    rows = {c["upstream"]: c for c in d.explain()["candidates"]}
+    assert rows["deep"]["load_source"] == rows["idle"]["load_source"] == "unknown"
+    assert rows["deep"]["load_ms"] == round(
+        QUEUED_REQUEST_MS * 500 / up("x", "eu-central").slots, 2
+    )
+    assert rows["idle"]["load_ms"] == 0.0 and d.band == ("idle",), d.explain()
 
 
 @settings(max_examples=300, deadline=None)
