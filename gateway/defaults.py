@@ -145,7 +145,8 @@ COMPLETION_PROBE_TIMEOUT_S = 10.0  # a one-token answer takes well under a secon
 
 # --- passive health (outlier ejection) ------------------------------------------------------
 CONSECUTIVE_FAILURES = 5  # Envoy's consecutive_5xx default
-BASE_EJECTION_S = 30.0  # Envoy's: out for 30 s x times ejected...
+BASE_EJECTION_S = 30.0  # Envoy's: out for 30 s x a multiplier, one up per ejection and one
+# down per 30 s back in rotation without one (gateway.routing.health.next_backoff)...
 MAX_EJECTION_S = 300.0  # ...capped at 300 s (Envoy's cap)
 FAILURE_RATE_THRESHOLD = 0.5  # eject when half the requests of a window failed: a backend
 # failing every other request is worse than a slower healthy one, and 5 in a row may never

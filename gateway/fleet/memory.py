@@ -8,6 +8,7 @@ rebuilt only when something it shows changed, or when an ejection or a load samp
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 from collections.abc import Mapping
@@ -42,7 +43,14 @@ class MemoryStateStore:
         self.fleet_down: frozenset[str] = frozenset()  # one gateway: no fleet opinion
         self.observations: dict[str, dict[str, bool]] = {}
         self._audit: collections.deque[dict[str, str]] = collections.deque(maxlen=AUDIT_MAX_LEN)
+        # The upstreams of the first config may take traffic before their first probe (the
+        # start-up's first look probes them before serving); any added later wait for one.
+        self._starting = True
+        # Set when replace_config adds an upstream: the prober probes it at once
+        # (gateway.watch.prober), with no polling while nothing joins.
+        self.joined = asyncio.Event()
         self.replace_config(config)
+        self._starting = False
 
     # --- control side ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,7 +99,16 @@ class MemoryStateStore:
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
-        self._health = {u.id: self._health.get(u.id) or UpstreamHealth() for u in self._upstreams}
+        # One that appears now (a DNS member, an upstream a fleet config change adds) may have
+        # been published before its server finished loading: not routable until a probe has
+        # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.
+        before = self._health
+        self._health = {
+            u.id: before.get(u.id) or UpstreamHealth(await_probe=not self._starting)
+            for u in self._upstreams
+        }
+        if not self._starting and not self._health.keys() <= before.keys():
+            self.joined.set()
         # In-flight entries of removed upstreams stay until their requests end.
         for uid in self._health:
             self._in_flight.setdefault(uid, 0)

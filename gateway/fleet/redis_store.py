@@ -202,6 +202,8 @@ class RedisStateStore(MemoryStateStore):
         ups = {}
         for u in self.upstreams():
             h = self.health(u.id)
+            if h.probed_healthy is None and h.await_probe:
+                continue  # joined while running, not probed yet: no opinion to give the fleet
             load = self.load(u.id)
             ups[u.id] = {
                 "healthy": h.probed_healthy is not False,

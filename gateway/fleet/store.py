@@ -12,6 +12,7 @@ The store is the one owner of the routing config: whoever needs it reads ``confi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -49,6 +50,7 @@ class RoutingState(Protocol):
     stale_since: float | None  # unix time shared state went stale; None = fresh or local
     fleet_down: frozenset[str]  # upstreams most fresh observers see down
     observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
+    joined: asyncio.Event  # set when replace_config adds an upstream (the prober's cue)
 
 
 class FleetControl(Protocol):

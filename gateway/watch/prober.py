@@ -9,6 +9,7 @@ upstream warm: the first real request after a quiet spell pays no handshake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -38,10 +39,12 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
         error = classify(exc, f"no answer in {cfg.timeout_s:g} s")[1]
     rtt_ms = (time.perf_counter() - t0) * 1000 if ok else None
     # The probe's own verdict; ejections are told apart (watch.ejections), once each.
-    before = rt.store.health(u.id).probed_healthy is not False
+    # probe_ok: one added at run time is not in rotation before its first good probe, so
+    # that probe is a change worth a line (it joins), and a first failure is not.
+    before = rt.store.health(u.id).probe_ok()
     rt.store.record_probe(u.id, ok, rtt_ms, error)
     h = rt.store.health(u.id)
-    after = h.probed_healthy is not False
+    after = h.probe_ok()
     if before != after:
         log.warning(
             "upstream %s (%s) is now %s%s",
@@ -104,21 +107,49 @@ async def probe_loop(rt: Runtime, rng: random.Random) -> None:
     jittered offset within the round so a fleet's probes do not arrive together.
 
     Completion probes of ejected upstreams run beside the rounds, at most one per upstream at
-    a time: one can take seconds, and must not hold up the other upstreams' probes."""
+    a time: one can take seconds, and must not hold up the other upstreams' probes.
+
+    An upstream that appears during a round is probed at once (_probe_joining): it takes no
+    traffic before its first probe answers, and should not wait for the next round."""
     deep: dict[str, asyncio.Task[None]] = {}
+    loop = asyncio.get_running_loop()
     try:
         while True:
             cfg = rt.config.health
             interval = cfg.interval_s * (1 + cfg.jitter * (2 * rng.random() - 1))
+            rt.store.joined.clear()  # those there now are this round's to probe
             ups = rt.store.upstreams()
             if cfg.completion_probe:
                 _start_completion_probes(rt, ups, deep)
             await asyncio.gather(
                 *(_probe_after(rt, u, rng.random() * cfg.jitter * interval) for u in ups),
-                asyncio.sleep(interval),
+                _probe_joining(rt, loop.time() + interval),
             )
     finally:
         for task in deep.values():
+            task.cancel()
+
+
+async def _probe_joining(rt: Runtime, until: float) -> None:
+    """Until ``until`` (the round's end), probe each upstream that appears meanwhile (a DNS
+    member, a fleet config change) at once, rather than up to a round later: it takes no
+    traffic before a probe has seen it answer. Woken by the store (``joined``, set by
+    replace_config when an id is new), not by polling: a steady pool costs nothing. Probed:
+    those no probe has answered yet (one that left and came back has a fresh health)."""
+    joining: dict[str, asyncio.Task[None]] = {}
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                while True:
+                    await rt.store.joined.wait()
+                    rt.store.joined.clear()
+                    for u in rt.store.upstreams():
+                        fresh = rt.store.health(u.id).probed_healthy is None
+                        if fresh and (u.id not in joining or joining[u.id].done()):
+                            joining[u.id] = asyncio.create_task(probe_once(rt, u))
+        await asyncio.gather(*joining.values())  # each bounded by health.timeout_s
+    finally:
+        for task in joining.values():
             task.cancel()
 
 

@@ -27,8 +27,9 @@ def _r(value: float | None, digits: int = 1) -> float | None:
 
 
 def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str | None]:
-    """(state, why): healthy, standby, drained, down (its health probe fails), ejected (for
-    failed requests) or fleet-down. A probe that fails is the stronger word: "down" then, with
+    """(state, why): healthy, standby, drained, down (its health probe fails), joining (added
+    at run time, no probe has answered yet: not routed), ejected (for failed requests) or
+    fleet-down. A probe that fails is the stronger word: "down" then, with
     the ejection, if any, in the why."""
     store = rt.store
     h = store.health(v.id)
@@ -43,6 +44,8 @@ def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str |
     if h.probed_healthy is False:
         probe = f"health probe: {h.last_probe_error or 'failed'}"
         return "down", f"{probe}; {ejected}" if ejected else probe
+    if not h.probe_ok():
+        return "joining", "added while running: routed once its first health probe answers"
     if ejected:
         return "ejected", ejected
     if v.id in store.fleet_down:

@@ -3,6 +3,9 @@ from __future__ import annotations
 from gateway.config import Config
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.load import LoadReading
+from gateway.routing.model import Outcome, Reason, RequestFacts
+from gateway.routing.router import rank
+from geodb.location import Location, LocationSource
 
 CFG = Config.model_validate(
     {
@@ -94,3 +97,75 @@ def test_a_polling_round_is_applied_at_once() -> None:
     assert [u.queue_depth for u in after.upstreams] == [0.0, 1.0, 2.0]
     load = s.load("u1")
     assert load is not None and load.kv_usage == 0.5 and s.load("gone") is None
+
+
+# --- members that join at run time ---------------------------------------------------------
+
+# A DNS-discovered pool ("pool@<addr>:<port>" members) serving "m".
+POOL = Config.model_validate(
+    {
+        **CFG.model_dump(),
+        "upstreams": [
+            {
+                "id": "pool",
+                "region": "eu",
+                "url": "http://pool.test:8000",
+                "models": ["m"],
+                "discovery": "dns",
+            },
+        ],
+    }
+)
+ONE, TWO, THREE = (("10.0.0.1", 8000), ("10.0.0.2", 8000), ("10.0.0.3", 8000))
+LONDON = Location(51.51, -0.13, "GB", "EU", "London", 50, LocationSource.GEOIP)
+
+
+def healthy(s: MemoryStateStore, now: float = 0.0) -> dict[str, bool]:
+    return {u.id: u.healthy for u in s.snapshot(now).upstreams}
+
+
+def test_an_upstream_of_the_start_up_config_routes_before_its_first_probe() -> None:
+    # The first look probes it before serving; until then (or if that probe is slow) it is
+    # assumed up, as before.
+    assert healthy(MemoryStateStore(CFG)) == {"a": True}
+
+
+def test_a_member_that_joins_is_not_routable_until_a_probe_answers() -> None:
+    s = MemoryStateStore(POOL)
+    s.set_members("pool", (ONE,))
+    s.record_probe("pool@10.0.0.1:8000", True, 2.0, None)
+    assert healthy(s) == {"pool@10.0.0.1:8000": True}
+    s.set_members("pool", (ONE, TWO))  # published before its server finished loading
+    assert healthy(s) == {"pool@10.0.0.1:8000": True, "pool@10.0.0.2:8000": False}
+    s.record_probe("pool@10.0.0.2:8000", False, None, "connection refused")
+    assert healthy(s)["pool@10.0.0.2:8000"] is False
+    for _ in range(2):  # after a failed probe, health.healthy_threshold good ones
+        s.record_probe("pool@10.0.0.2:8000", True, 2.0, None)
+    assert healthy(s) == {"pool@10.0.0.1:8000": True, "pool@10.0.0.2:8000": True}
+    # A member that leaves and comes back (a restarted pod) waits for a probe again.
+    s.set_members("pool", (ONE,))
+    s.set_members("pool", (ONE, TWO))
+    assert healthy(s)["pool@10.0.0.2:8000"] is False
+    s.record_probe("pool@10.0.0.2:8000", True, 2.0, None)  # the first answer decides
+    assert healthy(s)["pool@10.0.0.2:8000"] is True
+
+
+def test_unprobed_members_are_only_a_failover_while_a_probed_one_serves() -> None:
+    # Two joiners outnumber the one probed member: the panic threshold (50 %) lets them into
+    # the order, but behind it, never in the band the choice is made from.
+    s = MemoryStateStore(POOL)
+    s.set_members("pool", (ONE,))
+    s.record_probe("pool@10.0.0.1:8000", True, 2.0, None)
+    s.set_members("pool", (ONE, TWO, THREE))
+    d = rank(RequestFacts("m", LONDON), s.snapshot(0.0), s.policy)
+    assert d.band == ("pool@10.0.0.1:8000",) and d.reason is Reason.LOWEST_SCORE
+
+
+def test_a_pool_of_only_unprobed_members_is_routed_in_panic_not_refused() -> None:
+    # A name that resolved to nothing, then to fresh members: none is known to be down, so
+    # rather than a certain 503 the router's panic rule uses them, until the first probe
+    # (watch.prober probes a joiner at once) says which.
+    s = MemoryStateStore(POOL)
+    s.set_members("pool", (ONE, TWO))
+    d = rank(RequestFacts("m", LONDON), s.snapshot(0.0), s.policy)
+    assert d.outcome is Outcome.ROUTED and d.reason is Reason.PANIC

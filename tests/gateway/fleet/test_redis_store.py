@@ -53,6 +53,15 @@ def test_a_partition_routes_around_locally_only() -> None:
     assert healthy(s) == {"a": False, "b": True}  # ...but this gateway routes around it
 
 
+def test_an_upstream_joined_while_running_gives_no_opinion_until_probed() -> None:
+    s = RedisStateStore(CFG)
+    more = [*CFG.upstreams, CFG.upstreams[0].model_copy(update={"id": "c"})]
+    s.replace_config(CFG.model_copy(update={"upstreams": tuple(more)}))
+    assert set(s._my_view()["upstreams"]) == {"a", "b"}  # not "c is healthy" unprobed
+    s.record_probe("c", False, None, "refused")
+    assert s._my_view()["upstreams"]["c"]["healthy"] is False
+
+
 def test_a_tie_is_not_a_majority() -> None:
     s = RedisStateStore(CFG)
     s._merge([view("me", a=False), view("g2", a=True)])

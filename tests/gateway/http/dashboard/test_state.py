@@ -135,3 +135,18 @@ def test_a_point_from_the_point_rows_is_the_point_from_the_whole_state() -> None
     assert point(rows, tick)["u"]["eu-1"][:5] == [1.0, 100.0, 25.0, 0, 12.3]
     assert point(rows, tick)["u"]["us-1"][5] == 4.0 and point(rows, tick)["u"]["eu-2"][3] == 1
     assert point(rows, tick)["r"]["sa"] == [0.0, 0.0, None, None]
+
+
+def test_an_upstream_added_while_running_shows_joining_until_its_first_probe() -> None:
+    rt = runtime()
+    more = [
+        *BASE["upstreams"],
+        {"id": "eu-3", "region": "eu", "url": "http://127.0.0.1:4", "models": ["m"]},
+    ]
+    rt.store.replace_config(Config.model_validate({**BASE, "upstreams": more}))
+    rows = {u["id"]: u for u in state.build(rt, Window(60), time.monotonic())["upstreams"]}
+    assert rows["eu-3"]["state"] == "joining" and "first health probe" in rows["eu-3"]["why"]
+    assert rows["eu-1"]["state"] == "healthy"  # there from the start: routed before a probe
+    rt.store.record_probe("eu-3", True, 1.0, None)
+    rows = {u["id"]: u for u in state.build(rt, Window(60), time.monotonic())["upstreams"]}
+    assert rows["eu-3"]["state"] == "healthy"
