@@ -20,7 +20,7 @@ from gateway.client.failures import (
     ConnectTimeout,
     Reach,
 )
-from gateway.routing.members import default_port
+from gateway.routing.members import default_port, split_member
 
 # Idle connections are kept 60 s, so a quiet backend still finds a warm one (probes every 2 s
 # also keep one alive); older ones are closed when next looked at, or by the sweep. Longer
@@ -40,10 +40,11 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 class Origin:
     """Where one base URL's requests go, and its idle connections (last used last)."""
 
-    host: str
+    host: str  # dialled: the URL's host, or a discovered member's address
     port: int
     host_header: bytes
     tls: ssl.SSLContext | None
+    server_name: str  # what TLS sends (SNI) and checks the certificate for: the URL's host
     auth: bytes | None  # an Authorization header from user:password in the URL, as curl does
     idle: list[Conn] = field(default_factory=list)
 
@@ -288,7 +289,11 @@ class Client:
         return head
 
     def _origin(self, base: str) -> Origin:
-        parts = urlsplit(base)
+        # A discovered member's URL also names its upstream (routing.members): Host, TLS and
+        # credentials come from the upstream's URL as they would for the upstream itself, and
+        # only the connect goes to the member's address.
+        named, address = split_member(base)
+        parts = urlsplit(named)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base!r}")
         tls = None
@@ -296,13 +301,13 @@ class Client:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
-        port = default_port(base)
+        host, port = address or (parts.hostname, default_port(named))
         host_header = parts.netloc.rpartition("@")[2].encode("idna")
         auth = None
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             auth = b"Basic " + base64.b64encode(pair.encode())
-        origin = Origin(parts.hostname, port, host_header, tls, auth)
+        origin = Origin(host, port, host_header, tls, parts.hostname, auth)
         self._origins[base] = origin
         return origin
 
@@ -346,7 +351,7 @@ class Client:
                     origin.host,
                     origin.port,
                     ssl=origin.tls,
-                    server_hostname=origin.host if origin.tls else None,
+                    server_hostname=origin.server_name if origin.tls else None,
                 )
         except TimeoutError:
             conn.close()

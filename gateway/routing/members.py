@@ -10,10 +10,40 @@ from gateway.config import Upstream
 Address = tuple[str, int]
 
 
+# A member of an https upstream is dialled at its address but stays its upstream to TLS and
+# HTTP: the certificate names the upstream's host (not each member's IP), and a virtual host
+# routes on it. Callers hand the client only a URL (they append paths to Upstream.url), so a
+# member's URL carries both, the upstream's authority before MEMBER_SEP and the address after:
+# "https://[userinfo@]name[:port]|address:port/path". "|" is not allowed in a URL's host, so
+# no declared upstream's URL reads as a member's. A plain-http member is just its address.
+MEMBER_SEP = "|"
+
+
 def member_url(base: str, host: str, port: int) -> str:
+    """``base`` (an upstream's URL) dialled at ``host``:``port``; its userinfo is kept, as the
+    client makes its credentials an Authorization header."""
     parts = urlsplit(base)
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    userinfo, at, authority = parts.netloc.rpartition("@")
+    if parts.scheme == "https":
+        address = f"{authority}{MEMBER_SEP}{address}"
+    return urlunsplit((parts.scheme, f"{userinfo}{at}{address}", parts.path, "", ""))
+
+
+def split_member(url: str) -> tuple[str, Address | None]:
+    """``url`` as its upstream names it (for the Host header, the TLS server name and the
+    credentials), and the address a member's URL is dialled at (None: not a member's URL,
+    dialled at its own host)."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    authority, sep, address = hostport.partition(MEMBER_SEP)
+    if not sep:
+        return url, None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not a member's address: {address!r}")
+    named = parts._replace(netloc=f"{userinfo}{at}{authority}")
+    return urlunsplit(named), (host.removeprefix("[").removesuffix("]"), int(port))
 
 
 def default_port(url: str) -> int:

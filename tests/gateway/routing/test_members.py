@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.config import Upstream
-from gateway.routing.members import default_port, expand, member_url
+from gateway.routing.members import default_port, expand, member_url, split_member
 
 
 def test_discovery_upstreams_become_one_member_per_address() -> None:
@@ -21,3 +23,24 @@ def test_discovery_upstreams_become_one_member_per_address() -> None:
 def test_ports() -> None:
     assert default_port("https://x") == 443 and default_port("http://x:81") == 81
     assert member_url("http://x/p", "127.0.0.1", 9) == "http://127.0.0.1:9/p"
+
+
+def test_a_member_keeps_its_upstreams_credentials_and_an_https_one_its_name() -> None:
+    """A member is dialled at its address; an https one still names its upstream's host (the
+    certificate's name, the Host header), and any member keeps the upstream's user:password."""
+    https = member_url("https://user:pw@llm.internal/v1", "10.0.0.5", 443)
+    assert https == "https://user:pw@llm.internal|10.0.0.5:443/v1"
+    assert split_member(https + "/health") == (
+        "https://user:pw@llm.internal/v1/health",
+        ("10.0.0.5", 443),
+    )
+    six = member_url("https://llm.internal:8443", "fd00::5", 8443)
+    assert split_member(six) == ("https://llm.internal:8443", ("fd00::5", 8443))
+    assert member_url("http://u:p@x:8000/p", "10.0.0.5", 8000) == "http://u:p@10.0.0.5:8000/p"
+
+
+def test_a_url_that_is_no_members_is_dialled_at_its_own_host() -> None:
+    for url in ("http://127.0.0.3:8000/base", "https://u:p|w@llm.internal", "https://h/a|b"):
+        assert split_member(url) == (url, None)
+    with pytest.raises(ValueError, match="not a member's address"):
+        split_member("https://llm.internal|10.0.0.5")
