@@ -4,7 +4,7 @@
  * client is (`request.cf`), picks the region with the Python router's model (src/router.js)
  * over the regional gateways' routing table (src/table.js), and proxies to that region's
  * gateway with the client's IP and location in one signed header (src/sign.js), failing over
- * to the next region before the first byte (src/proxy.js).
+ * to the next region while no region can be running the request (src/proxy.js).
  *
  * Response headers: `geogate-route` is the Worker's decision (`tier=edge; region=..;
  * reason=..; table=fresh|stale|fallback[; colo=..][; attempts=N]`); the gateway's own
@@ -25,6 +25,7 @@ import { TableCache, TableError } from "./table.js";
 const cache = new TableCache(); // one per isolate
 const REQUEST_ID = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$/; // the gateway's rule (RFC 9110 token)
 const NO_CANDIDATE_RETRY_AFTER_S = "5"; // as the gateway's
+const PREFERRED_REGION_HEADER = "geogate-preferred-region"; // gateway/http/headers.py
 
 /** @param {string | null} sent */
 export function requestId(sent) {
@@ -120,11 +121,17 @@ function clientOf(request, s) {
  * (no request.cf coordinates, no connecting IP), or facts that do not fit the format. Then
  * the gateway locates the client itself (GeoIP on the Worker's address: a poor guess, but
  * the request is served).
- * @param {Settings} s @param {number} ts @param {Region} region
+ *
+ * Signed when the attempt is sent, not when the request came: a failover may start long
+ * after (a 522 comes after Cloudflare's connect timeout, a 502 after the gateway's own
+ * retries; two of them can pass 30 s), and a gateway believes a `ts` only within its
+ * edge.max_skew_s (30 s). workerd's clock moves on at each I/O, so this is the send's time.
+ * @param {Settings} s @param {Region} region
  * @param {import("./sign.js").ClientFacts | null} facts
  */
-async function signed(s, ts, region, facts) {
+async function signed(s, region, facts) {
   if (!s.secret || !facts?.ip) return null;
+  const ts = Math.floor(Date.now() / 1000);
   try {
     return await signClient(s.secret, clientFields(s.keyId, ts, new URL(region.url).host, facts));
   } catch (err) {
@@ -188,7 +195,6 @@ async function serve(request, env, ctx, rid) {
       { "retry-after": NO_CANDIDATE_RETRY_AFTER_S },
     );
   }
-  const ts = Math.floor(Date.now() / 1000);
   const facts = client.facts;
   const result = await tryRegions(
     {
@@ -197,7 +203,7 @@ async function serve(request, env, ctx, rid) {
       headers: upstreamHeaders(request.headers, rid),
       body: hasBody ? /** @type {ArrayBuffer} */ (body) : null,
       timeoutMs: stream ? s.firstByteMs : s.responseMs,
-      signFor: (region) => signed(s, ts, region, facts),
+      signFor: (region) => signed(s, region, facts),
     },
     regions.slice(0, s.maxAttempts),
   );
@@ -208,6 +214,11 @@ async function serve(request, env, ctx, rid) {
   const headers = new Headers(response.headers);
   const regional = headers.get("geogate-route");
   headers.delete("geogate-route");
+  // A regional gateway's hint to a client that came straight to the wrong region. This one
+  // entered at the edge, which chose the region: a hint here only means the gateway could
+  // not believe our signed header and placed the Worker's own address (as the Python edge
+  // gateway, which drops it too).
+  headers.delete(PREFERRED_REGION_HEADER);
   if (regional) headers.set("geogate-region-route", regional);
   const colo = client.facts?.colo ?? null;
   headers.set("geogate-route", routeHeader(decision, regions[index], index, state, colo));

@@ -1,15 +1,27 @@
 // @ts-check
 /**
- * Send the request to the chosen region's gateway; fail over to the next region only before
- * the first byte reached the client (connect error, 502/503/429, no response headers within
- * the first-byte timeout), never after: the response body is handed to the client as a
- * stream, chunk by chunk as the gateway sends it.
+ * Send the request to the chosen region's gateway; fail over to the next region only while
+ * no region can be running it, and before the first byte reached the client: a connect error,
+ * a status that says "not taken" (429/502/503, Cloudflare's 52x for an origin it could not
+ * reach). Never after the request may have started: no response headers within the timeout
+ * (ours, or Cloudflare's 524) is a 504, since the region may still be generating a completion
+ * that is not idempotent; and never once the response started: its body is handed to the
+ * client as a stream, chunk by chunk as the gateway sends it.
  */
 
 import { errorResponse } from "./errors.js";
 
-// "This region cannot take it now, another may": the gateway's own RETRYABLE_STATUS.
-export const RETRYABLE_STATUS = new Set([429, 502, 503]);
+// "This region cannot take it now, another may": the gateway's own RETRYABLE_STATUS, and the
+// 52x Cloudflare answers a subrequest with when the origin is down: in production a refused
+// or timed-out connection to a gateway comes back as one of these, not as a thrown error.
+// 520 unknown error (an empty or reset answer), 521 connection refused, 522 connect timeout,
+// 523 origin unreachable, 525 TLS handshake failed, 526 invalid certificate, 530 origin DNS
+// error: the gateway either never got the request or its connection died with no answer
+// (what a thrown connect error is too).
+export const RETRYABLE_STATUS = new Set([429, 502, 503, 520, 521, 522, 523, 525, 526, 530]);
+// Cloudflare's "connected, sent the request, no response headers in time" (100 s): our own
+// first-byte timeout by another hand, so not retryable: the region may still be running it.
+export const TIMEOUT_STATUS = 524;
 // RFC 9110 §7.6.1 connection-specific fields; a fetch sets host and content-length itself.
 const HOP_BY_HOP = [
   "connection",
@@ -32,7 +44,7 @@ const MAX_DETAIL = 300; // characters of a gateway's error message repeated in o
  * @property {string} what
  * @property {number | null} status
  * @property {string | null} retryAfter
- * @property {boolean} timedOut
+ * @property {boolean} timedOut  no response headers in time: the region may have the request
  *
  * @typedef {object} Attempts
  * @property {string} method
@@ -74,7 +86,8 @@ async function errorDetail(resp) {
 }
 
 /**
- * Try `regions` in order.
+ * Try `regions` in order, until one answers, or one may be running the request (a timeout:
+ * then the failures end with it, `timedOut`).
  * @param {Attempts} a @param {Region[]} regions
  * @returns {Promise<{response: Response, index: number} | {failures: Failure[]}>}
  */
@@ -83,7 +96,7 @@ export async function tryRegions(a, regions) {
   const failures = [];
   for (const [index, region] of regions.entries()) {
     const headers = new Headers(a.headers);
-    const signed = await a.signFor(region);
+    const signed = await a.signFor(region); // signed now, for this attempt
     if (signed) headers.set("geogate-client", signed);
     const abort = new AbortController();
     let timedOut = false;
@@ -106,11 +119,22 @@ export async function tryRegions(a, regions) {
         ? `no response in ${a.timeoutMs / 1000} s`
         : `connect error: ${err instanceof Error ? err.message : err}`;
       failures.push({ region: region.id, what, status: null, retryAfter: null, timedOut });
+      // The gateway may have the whole request and be working on it: sending it to another
+      // region could run a completion twice (and bill it twice). A gateway Cloudflare cannot
+      // connect to is a 522 long before this timeout, and fails over below.
+      if (timedOut) break;
       continue;
     } finally {
       // Only the wait for the headers is bounded here: the body streams for as long as the
       // gateway's own idle and total timeouts allow.
       clearTimeout(timer);
+    }
+    if (resp.status === TIMEOUT_STATUS) {
+      await resp.body?.cancel();
+      const what = `HTTP ${resp.status}: Cloudflare had no response in time`;
+      const status = resp.status;
+      failures.push({ region: region.id, what, status, retryAfter: null, timedOut: true });
+      break; // as for our own timeout
     }
     if (RETRYABLE_STATUS.has(resp.status)) {
       const detail = await errorDetail(resp);
@@ -129,11 +153,20 @@ export async function tryRegions(a, regions) {
 }
 
 /**
- * The client's answer when every region tried failed (or none was tried).
+ * The client's answer when every region tried failed (or none was tried), or the last one
+ * timed out.
  * @param {Failure[]} failures @param {number} untried  candidates left out by MAX_ATTEMPTS
  */
 export function finalError(failures, untried) {
   const tried = failures.map((f) => `${f.region} (${f.what})`).join(", ");
+  const last = failures.at(-1);
+  if (last?.timedOut) {
+    return errorResponse(
+      "upstream_timeout",
+      `no response in time: ${tried}. The request was not sent to another region, since ` +
+        `${last.region} may still be running it. Retry the request`,
+    );
+  }
   const tail = untried > 0 ? `; ${untried} more region(s) not tried (MAX_ATTEMPTS)` : "";
   if (failures.length > 0 && failures.every((f) => f.status === 429)) {
     const after = Math.max(1, ...failures.map((f) => Number.parseInt(f.retryAfter ?? "", 10) || 1));
@@ -141,12 +174,6 @@ export function finalError(failures, untried) {
       "upstreams_at_capacity",
       `every region tried is at capacity: ${tried}${tail}. Retry after ${after} s`,
       { "retry-after": String(after) },
-    );
-  }
-  if (failures.length > 0 && failures[failures.length - 1].timedOut) {
-    return errorResponse(
-      "upstream_timeout",
-      `no region answered in time: ${tried}${tail}. Retry the request`,
     );
   }
   return errorResponse(

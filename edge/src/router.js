@@ -14,6 +14,10 @@
 
 import { estRttMs } from "./distance.js";
 
+// gateway.defaults.QUEUED_REQUEST_MS: the wait a request queued ahead adds, per slot, when no
+// upstream of the model has a fresh TTFT (route-cases.json holds the two routers together).
+export const QUEUED_REQUEST_MS = 200;
+
 /**
  * @typedef {object} Upstream  one backend as the routing table shows it
  * @property {string} id
@@ -125,12 +129,14 @@ function candidate(u, net, prior) {
   if (ttft === null && prior !== null) {
     ttft = prior;
     loadSource = "prior";
-  } else if (ttft === null) {
-    // No fresh value anywhere: all are equally unknown, and 0 for all is fair.
-    ttft = 0;
-    loadSource = "unknown";
   }
-  const load = ttft * (1 + (u.queue_depth ?? 0) / u.slots);
+  // No fresh TTFT anywhere: the first token's own time is equally unknown for all (0), but a
+  // queue still costs its requests ahead: a backend 500 deep must not rank with an idle one.
+  const load =
+    ttft === null
+      ? (QUEUED_REQUEST_MS * (u.queue_depth ?? 0)) / u.slots
+      : ttft * (1 + (u.queue_depth ?? 0) / u.slots);
+  if (ttft === null) loadSource = "unknown";
   return {
     upstream: u,
     score_ms: net + load + u.bias_ms,

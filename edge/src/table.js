@@ -6,6 +6,12 @@
  * table is known), kept when a refresh fails (served stale), and on a cold start with every
  * gateway unreachable replaced by the static fallback table from the Worker's config.
  *
+ * A region's gateway is the only way the Worker reaches the region, so a region whose own
+ * gateway's table stops answering is marked unhealthy after MAX_OWN_MISSES refreshes, whatever
+ * other views of its backends say; what is last known of a region is used for at most
+ * MAX_LAST_KNOWN_AGE_MS; and the fallback, which knows nothing of health, counts only while
+ * no gateway answers at all.
+ *
  * The JSON is `/routing-table`'s (gateway/http/endpoints.py): `{self_region, policy,
  * regions: [{id, latitude, longitude, url, upstreams: [{id, models, weight, bias_ms,
  * drained, healthy, ttft_ms, queue_depth, slots}]}]}`; absent fields take the gateway's
@@ -25,6 +31,17 @@ export const DEFAULT_POLICY = Object.freeze({
   panic_threshold: 0.5,
 });
 const DEFAULT_SLOTS = 16;
+// Refreshes in a row without a region's own table (the one whose self_region it is) before
+// its backends count as down: another gateway's view of them says nothing of the gateway the
+// Worker must go through. Two, as the gateway's own UNHEALTHY_THRESHOLD: one lost read is
+// noise, two a gateway that is gone (20 s at TABLE_TTL_S's default 10).
+export const MAX_OWN_MISSES = 2;
+// How long after a table that answered last gave a region's entry that entry may still be
+// used (as last known) when no table that answers lists the region's backends. Past this, its
+// TTFT, queue and models are a fleet that has moved on: the region is then what the fallback
+// says (down, as a source answers), or gone. Long enough to ride out a TTL or two of any
+// setting; the region is marked down long before, by MAX_OWN_MISSES.
+export const MAX_LAST_KNOWN_AGE_MS = 5 * 60 * 1000;
 
 export class TableError extends Error {}
 
@@ -147,17 +164,37 @@ export function normalizeTable(doc) {
 }
 
 /**
+ * What one isolate has seen of each region's sources, by region id.
+ * @typedef {object} Sightings
+ * @property {Map<string, number>} misses  refreshes in a row without the region's own table
+ * @property {Map<string, number>} readAt  when a table that answered last gave its entry (ms)
+ */
+
+/** @returns {Sightings} */
+export function noSightings() {
+  return { misses: new Map(), readAt: new Map() };
+}
+
+/**
  * One table from several: each region as its own gateway sees it (the authority on its own
  * backends), else as another gateway that lists upstreams for it sees it (a fleet sharing
- * Redis knows every region), else as last known, else as the fallback says. A URL missing
- * from the chosen entry comes from the fallback, so the URLs may live in the Worker's config
- * alone.
+ * Redis knows every region), else as last known (read within MAX_LAST_KNOWN_AGE_MS), else as
+ * the fallback says; a region none of these has is left out. A URL missing from the chosen
+ * entry comes from the fallback, so the URLs may live in the Worker's config alone.
+ *
+ * Health, once any table answered (`fresh` not empty): a region whose own table missed
+ * MAX_OWN_MISSES refreshes in a row (`seen.misses`), and one known from the fallback alone, has
+ * its backends marked down; the router then tries it only after the healthy regions (or in
+ * panic). With nothing read (a cold start with every source failing) the fallback is routed
+ * on as it is. `seen.readAt` is brought up to date for the regions read now.
  * @param {ReturnType<typeof normalizeTable>[]} fresh   tables just read, in source order
  * @param {Table | null} previous
  * @param {ReturnType<typeof normalizeTable> | null} fallback
+ * @param {Sightings} [seen]
+ * @param {number} [now]  ms, on the clock of `seen.readAt`
  * @returns {Table}
  */
-export function mergeTables(fresh, previous, fallback) {
+export function mergeTables(fresh, previous, fallback, seen = noSightings(), now = 0) {
   /** @type {string[]} */
   const ids = [];
   for (const t of [...fresh, previous, fallback]) {
@@ -172,16 +209,27 @@ export function mergeTables(fresh, previous, fallback) {
   /** @param {Table} t @param {string} id */
   const ups = (t, id) => t.upstreams.filter((u) => u.region === id);
   for (const id of ids) {
-    const source =
+    const read =
       fresh.find((t) => t.selfRegion === id && has(t, id)) ??
-      fresh.find((t) => has(t, id) && ups(t, id).length > 0) ??
-      (previous && has(previous, id) ? previous : null) ??
-      (fallback && has(fallback, id) ? fallback : null) ??
-      /** @type {Table} */ (fresh.find((t) => has(t, id)));
+      fresh.find((t) => has(t, id) && ups(t, id).length > 0);
+    const readAt = read ? now : seen.readAt.get(id);
+    const lastKnown =
+      previous && has(previous, id) && readAt !== undefined && now - readAt <= MAX_LAST_KNOWN_AGE_MS
+        ? previous
+        : null;
+    const fromFallback = fallback && has(fallback, id) ? fallback : null;
+    const source = read ?? lastKnown ?? fromFallback ?? fresh.find((t) => has(t, id));
+    if (source === undefined) continue; // known only as last known, and that is too old
+    if (read) seen.readAt.set(id, now);
     const region = /** @type {Region} */ (source.regions.get(id));
     const url = region.url || fallback?.regions.get(id)?.url || previous?.regions.get(id)?.url;
     regions.set(id, { ...region, url: url || "" });
-    upstreams.push(...ups(source, id));
+    const gone = (seen.misses.get(id) ?? 0) >= MAX_OWN_MISSES;
+    const onlyFallback = fresh.length > 0 && source === fromFallback;
+    // A region with no URL is never sent to and has no gateway to miss: left as it is, so it
+    // does not move the router's panic threshold.
+    const down = Boolean(url) && (gone || onlyFallback);
+    for (const u of ups(source, id)) upstreams.push(down ? { ...u, healthy: false } : u);
   }
   const policy =
     fresh.find((t) => t.explicitPolicy)?.policy ??
@@ -201,8 +249,8 @@ export function mergeTables(fresh, previous, fallback) {
  */
 
 /**
- * Read every source at once; the ones that answered, in source order, and what the others
- * said.
+ * Read every source at once; the tables that answered, in source order, with their URLs, and
+ * the URLs that did not, with what they said.
  * @param {TableSettings} s
  */
 async function readSources(s) {
@@ -218,12 +266,21 @@ async function readSources(s) {
     }),
   );
   const fresh = [];
+  /** @type {string[]} */
+  const answered = [];
+  /** @type {string[]} */
+  const failed = [];
   const errors = [];
   for (const [i, r] of results.entries()) {
-    if (r.status === "fulfilled") fresh.push(r.value);
-    else errors.push(`${s.sources[i]}: ${r.reason instanceof Error ? r.reason.message : r.reason}`);
+    if (r.status === "fulfilled") {
+      fresh.push(r.value);
+      answered.push(s.sources[i]);
+    } else {
+      failed.push(s.sources[i]);
+      errors.push(`${s.sources[i]}: ${r.reason instanceof Error ? r.reason.message : r.reason}`);
+    }
   }
-  return { fresh, errors };
+  return { fresh, answered, failed, errors };
 }
 
 /** The table of one isolate. */
@@ -239,6 +296,9 @@ export class TableCache {
     this.refreshingSince = -Infinity;
     /** @type {string[]} */
     this.lastErrors = [];
+    this.seen = noSightings();
+    /** @type {Map<string, string>} source URL -> the self_region it last answered with */
+    this.sourceRegion = new Map();
   }
 
   /**
@@ -267,13 +327,15 @@ export class TableCache {
 
   /** @param {TableSettings} s */
   async refresh(s) {
-    const { fresh, errors } = s.sources.length ? await readSources(s) : { fresh: [], errors: [] };
+    const nothing = { fresh: [], answered: [], failed: [], errors: [] };
+    const { fresh, answered, failed, errors } = s.sources.length ? await readSources(s) : nothing;
     this.lastErrors = errors;
     if (errors.length) console.warn(JSON.stringify({ msg: "routing table read failed", errors }));
     const now = this.now();
     this.refreshingSince = -Infinity;
+    this.countMisses(fresh, answered, failed, s.fallback);
     if (fresh.length > 0) {
-      this.table = mergeTables(fresh, this.table, s.fallback);
+      this.table = mergeTables(fresh, this.table, s.fallback, this.seen, now);
       this.state = "fresh";
     } else if (this.table === null) {
       if (s.fallback === null) {
@@ -289,5 +351,33 @@ export class TableCache {
     }
     // After a failure too: retry once a TTL later, not on every request.
     this.expires = now + s.ttlMs;
+  }
+
+  /**
+   * One more refresh for each region known: its own table answered (no misses), or its source
+   * failed (one more). A failed source is the region's it last answered for; one never heard
+   * from could be any region's, so then every region without its own table this time misses
+   * (a gateway dead since the isolate started). A region whose table is absent while no
+   * source failed has no source of its own (ROUTING_TABLE_URLS lists some gateways of a
+   * fleet that shares its view): nothing says it is down. Counted when nothing answered too,
+   * so that a region still down when the others come back is down at once.
+   * @param {ReturnType<typeof normalizeTable>[]} fresh @param {string[]} answered  their URLs
+   * @param {string[]} failed @param {Table | null} fallback
+   */
+  countMisses(fresh, answered, failed, fallback) {
+    for (const [i, t] of fresh.entries()) {
+      if (t.selfRegion) this.sourceRegion.set(answered[i], t.selfRegion);
+    }
+    const own = new Set(fresh.map((t) => t.selfRegion));
+    const unknown = failed.some((url) => !this.sourceRegion.has(url));
+    const suspects = new Set(failed.map((url) => this.sourceRegion.get(url)));
+    const known = [...fresh, this.table, fallback].flatMap((t) => (t ? [...t.regions.keys()] : []));
+    /** @type {Map<string, number>} */
+    const misses = new Map();
+    for (const id of new Set(known)) {
+      const missed = !own.has(id) && (unknown || suspects.has(id));
+      misses.set(id, missed ? (this.seen.misses.get(id) ?? 0) + 1 : 0);
+    }
+    this.seen.misses = misses; // regions no longer known are forgotten
   }
 }

@@ -153,8 +153,8 @@ describe("the Worker in front of real regional gateways", { skip: SKIP }, () => 
     }
   });
 
-  test("cold start, no table source: the fallback routes; a hung region fails over", async () => {
-    const hung = await blackhole();
+  /** A Worker on a cold start whose table sources are all down: it routes on the fallback. */
+  async function coldWorker(euUrl) {
     const regionOf = (id, url) => ({
       id,
       latitude: SPEC.regions[id].latitude,
@@ -162,28 +162,47 @@ describe("the Worker in front of real regional gateways", { skip: SKIP }, () => 
       url,
       upstreams: [{ id: `${id}-1`, models: [SPEC.model] }],
     });
+    return startWorker(
+      workerVars({
+        ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+        FALLBACK_TABLE: {
+          regions: [
+            regionOf("eu-central", euUrl),
+            regionOf("us-east", SPEC.regions["us-east"].url),
+          ],
+        },
+        RESPONSE_TIMEOUT_S: 0.5,
+      }),
+    );
+  }
+
+  test("cold start, no table source: the fallback routes; a refused one fails over", async () => {
+    const cold = await coldWorker(await closedUrl());
     try {
-      const cold = await startWorker(
-        workerVars({
-          ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
-          FALLBACK_TABLE: {
-            regions: [
-              regionOf("eu-central", hung.url),
-              regionOf("us-east", SPEC.regions["us-east"].url),
-            ],
-          },
-          RESPONSE_TIMEOUT_S: 0.5,
-        }),
+      const { resp, body, route } = await echo(cold, "London");
+      assert.equal(resp.status, 200, JSON.stringify(body));
+      assert.deepEqual(
+        [route.region, route.reason, route.table, route.attempts],
+        ["us-east", "failover", "fallback", "2"],
       );
+      assert.equal(body.region, "us-east");
+      assert.equal(header(body.headers, "x-real-ip"), IPS.London);
+    } finally {
+      await cold.dispose();
+    }
+  });
+
+  // The hung region got the whole request: sending it on to us-east could run it twice.
+  test("a hung region is a 504, not sent on: it may still be running the request", async () => {
+    const hung = await blackhole();
+    try {
+      const cold = await coldWorker(hung.url);
       try {
-        const { resp, body, route } = await echo(cold, "London");
-        assert.equal(resp.status, 200, JSON.stringify(body));
-        assert.deepEqual(
-          [route.region, route.reason, route.table, route.attempts],
-          ["us-east", "failover", "fallback", "2"],
-        );
-        assert.equal(body.region, "us-east");
-        assert.equal(header(body.headers, "x-real-ip"), IPS.London);
+        const { resp, body } = await echo(cold, "London");
+        assert.equal(resp.status, 504, JSON.stringify(body));
+        assert.equal(body.error.code, "upstream_timeout");
+        assert.match(body.error.message, /eu-central \(no response in 0\.5 s\)/);
+        assert.doesNotMatch(body.error.message, /us-east/);
       } finally {
         await cold.dispose();
       }

@@ -1,6 +1,7 @@
 // Helpers for the Worker's tests: the Worker in workerd (Miniflare) with wrangler.jsonc's
 // settings, and loopback sockets that misbehave as a hung or a closed gateway would.
 import { readFileSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -95,6 +96,42 @@ export async function blackhole() {
     url: `http://127.0.0.1:${server.address().port}`,
     async close() {
       for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/**
+ * A regional gateway played on loopback: `answer(req)` says what to send for each request
+ * (`{status, headers, body, delayMs}`; null: hold the request and never answer, as a hung
+ * gateway), and every request is kept in `requests` with its headers, body and arrival time.
+ */
+export async function fakeGateway(answer) {
+  const requests = [];
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const seen = {
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+      body: Buffer.concat(chunks).toString(),
+      at: Date.now(),
+    };
+    requests.push(seen);
+    const a = await answer(seen);
+    if (a === null) return;
+    if (a.delayMs) await new Promise((resolve) => setTimeout(resolve, a.delayMs));
+    const body = typeof a.body === "string" ? a.body : JSON.stringify(a.body ?? {});
+    res.writeHead(a.status ?? 200, { "content-type": "application/json", ...a.headers });
+    res.end(body);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests,
+    async close() {
+      server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
     },
   };

@@ -1,0 +1,163 @@
+// When the Worker moves a request to the next region, and when it must not: the Worker in
+// workerd against regional gateways played on loopback (support/harness.js fakeGateway), so
+// each can answer exactly what a failing gateway, or Cloudflare in front of one, answers.
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { after, describe, test } from "node:test";
+import { CITIES, closedUrl, fakeGateway, routeFields, startWorker } from "./support/harness.js";
+
+const SECRET = "s".repeat(32);
+const CHAT = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
+const STREAM = JSON.stringify({ model: "m", stream: true, messages: [] });
+
+/** eu-central (nearest London), then us-east: a fallback table with the given gateway URLs. */
+function table(eu, us) {
+  const region = (id, latitude, longitude, url) => ({
+    id,
+    latitude,
+    longitude,
+    url,
+    upstreams: [{ id: `${id}-1`, models: ["m"] }],
+  });
+  return {
+    regions: [region("eu-central", 50.11, 8.68, eu), region("us-east", 37.37, -79.82, us)],
+  };
+}
+
+const ok = (region) => () => ({ status: 200, body: { region } });
+
+const started = [];
+async function worker(eu, us, vars = {}) {
+  const mf = await startWorker({ FALLBACK_TABLE: table(eu, us), ROUTING_TABLE_URLS: [], ...vars });
+  started.push(mf);
+  return mf;
+}
+async function gateway(answer) {
+  const g = await fakeGateway(answer);
+  started.push(g);
+  return g;
+}
+after(async () => {
+  await Promise.all(started.map((x) => ("dispose" in x ? x.dispose() : x.close())));
+});
+
+/** A request from London (eu-central first, us-east next). */
+function fromLondon(mf, body = CHAT, path = "/v1/chat/completions") {
+  return mf.dispatchFetch(`https://api.example.com${path}`, {
+    method: "POST",
+    body,
+    headers: { "content-type": "application/json", "cf-connecting-ip": "192.0.2.10" },
+    cf: CITIES.London,
+  });
+}
+
+describe("signed per attempt", () => {
+  test("a failover after a slow first attempt is signed when it is sent, not before", async () => {
+    const slow = await gateway(() => ({ status: 503, body: {}, delayMs: 1200 }));
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(slow.url, next.url, { EDGE_SECRET: SECRET });
+    const resp = await fromLondon(mf);
+    assert.equal(resp.status, 200);
+    await resp.arrayBuffer();
+    assert.equal(routeFields(resp.headers.get("geogate-route")).region, "us-east");
+    const headerOf = (g) => g.requests[0].headers["geogate-client"];
+    const tsOf = (g) => Number(/;ts=(\d+);/.exec(headerOf(g))[1]);
+    // The first attempt took 1.2 s: the second's ts is at least a second later, i.e. the time
+    // it was sent (a gateway allows edge.max_skew_s, 30 s, and the first byte may take 65).
+    assert.ok(tsOf(next) >= tsOf(slow) + 1, `${tsOf(slow)} then ${tsOf(next)}`);
+    assert.ok(Math.abs(tsOf(next) - next.requests[0].at / 1000) < 2);
+    // ...and still a header the gateway believes: signed over what is sent.
+    const [value, sig] = headerOf(next).split(";sig=");
+    const mac = createHmac("sha256", SECRET).update(value).digest("base64url");
+    assert.equal(sig, mac);
+  });
+});
+
+describe("what moves a request to the next region", () => {
+  test("a connect error", async () => {
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(await closedUrl(), next.url);
+    const resp = await fromLondon(mf);
+    assert.equal(resp.status, 200);
+    assert.deepEqual((await resp.json()).region, "us-east");
+    const route = routeFields(resp.headers.get("geogate-route"));
+    assert.deepEqual([route.region, route.reason, route.attempts], ["us-east", "failover", "2"]);
+  });
+
+  test("Cloudflare's 52x for an origin it could not reach (520-523, 525, 526, 530)", async () => {
+    let status = 0;
+    const down = await gateway(() => ({
+      status,
+      headers: { "content-type": "text/html" },
+      body: `<html><title>error code: ${status}</title></html>`,
+    }));
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(down.url, next.url);
+    for (status of [520, 521, 522, 523, 525, 526, 530]) {
+      const resp = await fromLondon(mf);
+      assert.equal(resp.status, 200, `after a ${status}`);
+      assert.equal((await resp.json()).region, "us-east");
+      const route = routeFields(resp.headers.get("geogate-route"));
+      assert.deepEqual([route.region, route.attempts], ["us-east", "2"], `after a ${status}`);
+    }
+    assert.equal(down.requests.length, 7);
+  });
+});
+
+describe("what does not: the region may still be running the request", () => {
+  test("no response headers within the first-byte timeout: a 504, no second region", async () => {
+    const hung = await gateway(() => null);
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(hung.url, next.url, { FIRST_BYTE_TIMEOUT_S: 0.3 });
+    const resp = await fromLondon(mf, STREAM);
+    assert.equal(resp.status, 504);
+    const { error } = await resp.json();
+    assert.equal(error.code, "upstream_timeout");
+    assert.equal(error.type, "upstream_error");
+    assert.match(error.message, /eu-central \(no response in 0\.3 s\)/);
+    assert.match(error.message, /not sent to another region/);
+    assert.equal(hung.requests.length, 1, "the hung region got the request");
+    assert.equal(next.requests.length, 0, "and it was sent again elsewhere");
+  });
+
+  test("the same for a non-streaming request (RESPONSE_TIMEOUT_S)", async () => {
+    const hung = await gateway(() => null);
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(hung.url, next.url, { RESPONSE_TIMEOUT_S: 0.3 });
+    const resp = await fromLondon(mf);
+    assert.equal(resp.status, 504);
+    assert.equal((await resp.json()).error.code, "upstream_timeout");
+    assert.equal(next.requests.length, 0);
+  });
+
+  test("Cloudflare's 524 (connected, no response in time) is a timeout too: a 504", async () => {
+    const slow = await gateway(() => ({ status: 524, body: "error code: 524" }));
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(slow.url, next.url);
+    const resp = await fromLondon(mf);
+    assert.equal(resp.status, 504);
+    const { error } = await resp.json();
+    assert.equal(error.code, "upstream_timeout");
+    assert.match(error.message, /eu-central \(HTTP 524/);
+    assert.equal(next.requests.length, 0);
+  });
+});
+
+test("a regional gateway's geogate-preferred-region is not passed to the client", async () => {
+  const region = await gateway(() => ({
+    status: 200,
+    body: { region: "eu-central" },
+    headers: {
+      "geogate-preferred-region": "ap-southeast",
+      "geogate-route": "tier=region; upstream=eu-central-1",
+    },
+  }));
+  const mf = await worker(region.url, await closedUrl());
+  const resp = await fromLondon(mf);
+  assert.equal(resp.status, 200);
+  await resp.arrayBuffer();
+  // The client entered at the edge, which chose the region: a hint to enter elsewhere is the
+  // gateway's reply to a client that came straight to it (it sees the Worker's address).
+  assert.equal(resp.headers.get("geogate-preferred-region"), null);
+  assert.equal(resp.headers.get("geogate-region-route"), "tier=region; upstream=eu-central-1");
+});
