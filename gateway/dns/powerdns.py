@@ -2,6 +2,11 @@
 client's country (else continent, else "unknown") and answers the first region of that
 place's order whose ``/readyz`` answers 200, through ``ifurlextup``.
 
+Both records choose among the same regions with all their addresses, so they choose the same
+region, and each keeps that region's addresses of its own family: an AAAA query for a region
+with no IPv6 address gets no record (NODATA) and the client uses the A answer, never another
+region's IPv6 address (see ``tables.answered``; here it holds through failover too).
+
 Why ``ifurlextup`` and not ``ifurlup``: ``ifurlup`` fetches one URL from every address, so
 every region would need the same URL and port; ``ifurlextup`` checks each region at its own
 gateway URL, and its groups are tried in order, which is the failover order. PowerDNS runs the
@@ -14,11 +19,10 @@ ones anyway, possibly inside a token (PowerDNS's docs warn of it).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 
 from gateway.dns.options import Options
-from gateway.dns.tables import Entry, Order, Tables
+from gateway.dns.tables import Entry, Order, Tables, family
 from geodb.countries import country_continent
 
 MAX_STRING = 255  # bytes in one DNS character-string
@@ -30,16 +34,6 @@ def _lua(s: str) -> str:
 
 def _zone_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _family(entries: Mapping[str, Entry], version: int) -> dict[str, tuple[str, ...]]:
-    """Region -> its addresses of one IP version, for the regions that have any."""
-    out = {}
-    for rid, e in entries.items():
-        addrs = tuple(a for a in e.addresses if ipaddress.ip_address(a).version == version)
-        if addrs:
-            out[rid] = addrs
-    return out
 
 
 def _chunks(items: list[str], head: str, tail: str) -> list[str]:
@@ -58,28 +52,30 @@ def _chunks(items: list[str], head: str, tail: str) -> list[str]:
 
 
 def lua_script(
-    tables: Tables, entries: Mapping[str, Entry], addrs: Mapping[str, tuple[str, ...]], opt: Options
+    tables: Tables, entries: Mapping[str, Entry], version: int, opt: Options
 ) -> list[str]:
-    """The record's Lua, as lines of at most 254 bytes (each ends in a space when joined)."""
-    index = {rid: i + 1 for i, rid in enumerate(addrs)}  # Lua tables count from 1
+    """The Lua of the record of IP ``version``, as lines of at most 254 bytes (each ends in a
+    space when joined)."""
+    index = {rid: i + 1 for i, rid in enumerate(entries)}  # Lua tables count from 1
+    # Every address of a region, both families: the check is per URL, so the A and the AAAA
+    # record see the same regions up and choose the same one.
     units = [
-        "{" + ",".join(f"[{_lua(a)}]={_lua(entries[rid].health_url)}" for a in addrs[rid]) + "}"
-        for rid in addrs
+        "{" + ",".join(f"[{_lua(a)}]={_lua(e.health_url)}" for a in e.addresses) + "}"
+        for e in entries.values()
     ]
     orders: list[Order] = []
     order_no: dict[Order, int] = {}
 
     def number(order: Order) -> int:
-        mine = tuple(r for r in order if r in addrs) or tuple(addrs)
-        if mine not in order_no:
-            orders.append(mine)
-            order_no[mine] = len(orders)
-        return order_no[mine]
+        if order not in order_no:
+            orders.append(order)
+            order_no[order] = len(orders)
+        return order_no[order]
 
     default = number(tables.default)
     by_continent = {c: number(o) for c, o in sorted(tables.continents.items())}
     continents = [f"{c}={n}" for c, n in by_continent.items()]
-    # Only the countries whose order (of this address family) is not their continent's.
+    # Only the countries whose order is not their continent's.
     countries = [
         f"{c}={n}"
         for c, n in ((c, number(o)) for c, o in sorted(tables.countries.items()))
@@ -98,7 +94,11 @@ def lua_script(
         # PowerDNS answers codes in lower case ("sg", "as"); the tables are upper case.
         f"local k=t[countryCode():upper()] or c[continentCode():upper()] or {default}",
         "local u={} for i,x in ipairs(o[k]) do u[i]=r[x] end",
-        f"return ifurlextup(u,{{{checks}}})",
+        # The chosen region's addresses of this family (PowerDNS writes IPv6 ones with ":"):
+        # none, an answer without records (NODATA), when it has none.
+        f"local a={{}} for _,x in ipairs(ifurlextup(u,{{{checks}}})) do",
+        f"if {'' if version == 6 else 'not '}x:find(':',1,true) then a[#a+1]=x end end",
+        "return a",
     ]
 
 
@@ -120,8 +120,9 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
     lines = [
         f"; geogate dns export --format powerdns, from {source}: do not edit, export again.",
         f"; {opt.fqdn} answers each client (EDNS client subnet, else its resolver) with the",
-        "; first region of its place's order whose /readyz answers 200. Orders (country, else",
-        "; continent, else default):",
+        "; first region of its place's order whose /readyz answers 200: A its IPv4 addresses,",
+        "; AAAA its IPv6 ones (none when it has none: never another region's). Orders",
+        "; (country, else continent, else default):",
         *_legend(tables, entries),
         "; PowerDNS needs: enable-lua-records=yes, launch=bind,geoip (geoip-database-files: a",
         "; City or Country .mmdb), edns-subnet-processing=yes; PowerDNS 4 checks every",
@@ -132,10 +133,9 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
         *(f"@ IN NS {ns}" for ns in opt.ns),
     ]
     for rtype, version in (("A", 4), ("AAAA", 6)):
-        addrs = _family(entries, version)
-        if not addrs:
+        if not family(entries, version):
             continue
-        script = lua_script(tables, entries, addrs, opt)
+        script = lua_script(tables, entries, version, opt)
         lines.append(f"{opt.name} {opt.ttl} IN LUA {rtype} (")
         lines.extend(f"  {_zone_string(s + ' ')}" for s in script)
         lines.append(")")

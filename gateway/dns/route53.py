@@ -9,6 +9,18 @@ per continent, one per country whose order differs from its continent's, and the
 ``*``) alias the first link of their place's order, so residency, drains and biases decide in
 DNS as they do in the gateway (see ``gateway.dns.tables``).
 
+Each address family has its own records, and a family answers a place only when the first
+region of its order has addresses of it, with a chain of the order's regions that have
+(``tables.answered``): otherwise a dual-stack client would take another region's AAAA, or one
+outside a residency rule's regions. A place left without a record of a family must get no
+answer (NODATA) there, and Route 53 has no empty record: it answers a country without one with
+its continent's, then with the default's. So the records above such a place are left out too,
+and a continent left out for one of its countries gives each of its others a record of its
+own. What a chain cannot say is "no answer while the next region is up": with the first
+region down, a family skips the regions without its addresses (eu-central > us-east >
+ap-southeast, us-east IPv4-only: AAAA goes on to ap-southeast while A answers us-east), still
+a region of the order; PowerDNS answers no AAAA there (``gateway.dns.powerdns``).
+
 The shapes are the Route 53 API's ``ResourceRecordSet`` and ``HealthCheckConfig`` with two
 references Terraform resolves: ``HealthCheck`` names a key of ``health_checks`` (becomes
 ``health_check_id``), an ``AliasTarget`` is in the same hosted zone (its ``zone_id``), and
@@ -23,11 +35,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.dns.options import Options
-from gateway.dns.tables import Entry, Order, Tables
+from gateway.dns.tables import Entry, Order, Tables, answered, family
+from geodb.countries import data_rows
 
 FAILURE_THRESHOLD = 3  # Route 53's default: three failed checks in a row mark a region down
 INTERVALS = (10, 30)  # the only request intervals Route 53 offers (seconds)
 FAMILIES = (("A", 4, "v4"), ("AAAA", 6, "v6"))
+# geodb's countries and their continents: those a continent left out answers one by one.
+CONTINENT_OF = {r["country"]: r["continent"] for r in data_rows("countries.csv")}
 
 
 def health_check(url: str, interval_s: int) -> dict[str, Any]:
@@ -87,6 +102,37 @@ def _geo(opt: Options, rtype: str, key: str, where: dict[str, str], target: str)
     }
 
 
+def _places(
+    tables: Tables, addrs: Mapping[str, tuple[str, ...]]
+) -> list[tuple[str, dict[str, str], Order]]:
+    """The geolocation records of one family (``addrs``: its regions' addresses), as
+    (identifier, GeoLocation, order); a place left out gets no answer of the family."""
+
+    def has(order: Order) -> bool:
+        return bool(answered(order, addrs))
+
+    unanswered = {c for c, o in tables.countries.items() if not has(o)}
+    left_out = {k for k, o in tables.continents.items() if not has(o)}
+    for code in unanswered:
+        # A country geodb has no continent for (a residency rule's): Route 53 knows one.
+        k = CONTINENT_OF.get(code)
+        left_out |= {k} if k else set(tables.continents)
+    out: list[tuple[str, dict[str, str], Order]] = []
+    if has(tables.default) and not left_out:
+        out.append(("default", {"CountryCode": "*"}, tables.default))
+    for code, order in sorted(tables.continents.items()):
+        if code not in left_out:
+            out.append((f"continent-{code}", {"ContinentCode": code}, order))
+    countries = {c: o for c, o in tables.countries.items() if c not in unanswered}
+    for code, k in CONTINENT_OF.items():
+        if k in left_out and code not in tables.countries and has(tables.continents.get(k, ())):
+            countries[code] = tables.continents[k]
+    for code, order in sorted(countries.items()):
+        # "country-SA" (Saudi Arabia) and "continent-SA" (South America): one code, two places.
+        out.append((f"country-{code}", {"CountryCode": code}, order))
+    return out
+
+
 def _family_sets(
     tables: Tables, addrs: Mapping[str, tuple[str, ...]], opt: Options, rtype: str, tag: str
 ) -> list[dict[str, Any]]:
@@ -94,21 +140,17 @@ def _family_sets(
     sets: list[dict[str, Any]] = []
 
     def first_link(order: Order) -> str:
-        mine = tuple(r for r in order if r in addrs) or tuple(addrs)
+        mine = answered(order, addrs)
         if mine not in firsts:
             name = f"_o{len(firsts) + 1}-{{}}-{tag}.{opt.fqdn}"
             firsts[mine] = name.format(1)
             sets.extend(_chain(name, rtype, mine, addrs, opt.ttl))
         return firsts[mine]
 
-    geo = [_geo(opt, rtype, "default", {"CountryCode": "*"}, first_link(tables.default))]
-    for code, order in sorted(tables.continents.items()):
-        where = {"ContinentCode": code}
-        geo.append(_geo(opt, rtype, f"continent-{code}", where, first_link(order)))
-    for code, order in sorted(tables.countries.items()):
-        # "country-SA" (Saudi Arabia) and "continent-SA" (South America): one code, two places.
-        where = {"CountryCode": code}
-        geo.append(_geo(opt, rtype, f"country-{code}", where, first_link(order)))
+    geo = [
+        _geo(opt, rtype, key, where, first_link(order))
+        for key, where, order in _places(tables, addrs)
+    ]
     return geo + sets
 
 
@@ -117,11 +159,7 @@ def record_sets(
 ) -> dict[str, Any]:
     sets: list[dict[str, Any]] = []
     for rtype, version, tag in FAMILIES:
-        addrs = {
-            rid: tuple(a for a in e.addresses if ipaddress.ip_address(a).version == version)
-            for rid, e in entries.items()
-        }
-        addrs = {rid: a for rid, a in addrs.items() if a}
+        addrs = family(entries, version)
         if addrs:
             sets.extend(_family_sets(tables, addrs, opt, rtype, tag))
     return {

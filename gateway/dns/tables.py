@@ -12,6 +12,7 @@ answer cannot see, so DNS names one region per place and the gateways spread the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,6 +57,29 @@ class Tables:
         for o in [*self.continents.values(), *self.countries.values()]:
             seen.setdefault(o, None)
         return list(seen)
+
+
+def family(entries: Mapping[str, Entry], version: int) -> dict[str, tuple[str, ...]]:
+    """Region -> its addresses of one IP version (4: A, 6: AAAA), for the regions with any."""
+    out = {}
+    for rid, e in entries.items():
+        addrs = tuple(a for a in e.addresses if ipaddress.ip_address(a).version == version)
+        if addrs:
+            out[rid] = addrs
+    return out
+
+
+def answered(order: Order, addrs: Mapping[str, object]) -> Order:
+    """The regions of ``order`` that one address family (``addrs``: its regions) answers, best
+    first; none at all when the order's first region has no address of the family.
+
+    Both families must send a place to the same region: a dual-stack client uses the AAAA
+    answer first (Happy Eyeballs), so an AAAA naming another region than A moves it there. A
+    family whose first region has none of its addresses answers nothing (NODATA) and the
+    client takes the other family's, that region's. And never a region outside the order:
+    a residency rule's order holds only the regions it allows.
+    """
+    return tuple(r for r in order if r in addrs) if order and order[0] in addrs else ()
 
 
 def health_url(region_url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,13 +46,37 @@ def dns_config(
     )
 
 
-def toml(urls: Mapping[str, str]) -> str:
-    """The same regions as a config file, for the command."""
+def toml(
+    urls: Mapping[str, str],
+    addresses: Mapping[str, Sequence[str]] | None = None,
+    residency: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The same regions as a config file, for the command; ``addresses`` replaces a region's."""
     lines = ['[gateway]\nregion = "eu-central"\n']
     for r in region_tables(urls):
+        addrs = json.dumps(list((addresses or {}).get(r["id"], r["addresses"])))
         lines.append(
             f'[[regions]]\nid = "{r["id"]}"\nlatitude = {r["latitude"]}\n'
             f'longitude = {r["longitude"]}\nurl = "{r["url"]}"\n'
-            f'addresses = ["{r["addresses"][0]}"]\n'
+            f"addresses = {addrs}\n"
+        )
+    for rule in residency:
+        # JSON's strings and arrays of strings are TOML's too.
+        lines.append(
+            "[[residency]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in rule.items())
         )
     return "\n".join(lines)
+
+
+# Each region's IPv6 entry address (documentation range: DNS only answers them; each region's
+# /readyz stays on its IPv4 loopback address).
+V6 = {"eu-central": "2001:db8::11", "us-east": "2001:db8::12", "ap-southeast": "2001:db8::13"}
+
+
+def stacks(*ipv4_only: str) -> dict[str, list[str]]:
+    """Every region dual-stack but ``ipv4_only``."""
+    return {r: [a] + ([] if r in ipv4_only else [V6[r]]) for r, a in ADDRESSES.items()}
+
+
+# EU clients' data stays in Frankfurt.
+EU_RESIDENCY = [{"name": "eu", "continents": ["EU"], "regions": ["eu-central"]}]

@@ -5,6 +5,7 @@ region whose /readyz fails drops out of the answers within the check interval.""
 from __future__ import annotations
 
 import http.server
+import re
 import shutil
 import socket
 import subprocess
@@ -21,11 +22,22 @@ from gateway.dns.options import options
 from gateway.dns.powerdns import MAX_STRING, zone_file
 from gateway.dns.tables import compute, entries
 from geodb.build import build_from_rows
-from tests.gateway.dns.configs import ADDRESSES, dns_config, region_tables, toml
+from tests.gateway.dns.configs import (
+    ADDRESSES,
+    EU_RESIDENCY,
+    V6,
+    dns_config,
+    region_tables,
+    stacks,
+    toml,
+)
 from tests.support import eventually
 
 EU, US, AP = "eu-central", "us-east", "ap-southeast"
 CHECK_INTERVAL_S = 1  # the export's --check-interval and pdns's lua-health-checks-interval
+# The zones the server holds: every region IPv4-only; us-east alone IPv4-only; Europe's
+# clients kept in eu-central, which is IPv4-only.
+V4, US_V4_ONLY, EU_RESIDENT = "api.example.com", "api.example.net", "api.example.org"
 # Client networks placed in cities by the test's GeoIP database (documentation ranges).
 LONDON, SINGAPORE, NEW_YORK = "203.0.113.7", "198.51.100.7", "192.0.2.7"
 CITIES = [
@@ -48,8 +60,11 @@ def test_the_zone_has_soa_ns_and_a_lua_record_per_family() -> None:
     assert "interval='7'" in text and "lua-health-checks-interval seconds (set it to 7)" in text
     strings = [line.strip() for line in text.splitlines() if line.startswith('  "')]
     assert strings and all(len(s) - 2 <= MAX_STRING for s in strings)  # quotes aside
-    aaaa = text.split("LUA AAAA (")[1]
-    assert "['::1']='http://127.0.0.12:8080/readyz'" in aaaa and "127.0.0.11" not in aaaa
+    a, aaaa = text.split("LUA A (")[1].split("\n)\n")[0], text.split("LUA AAAA (")[1]
+    # Both choose a region by all its addresses (the same one), then keep their family's.
+    us = "['127.0.0.12']='http://127.0.0.12:8080/readyz',['::1']='http://127.0.0.12:8080/readyz'"
+    assert us in a and us in aaaa
+    assert "if not x:find(':',1,true)" in a and "if x:find(':',1,true)" in aaaa
     # The legend an operator reviews: each order and who gets it.
     assert ";   ap-southeast > eu-central > us-east: continents AS" in text
 
@@ -114,9 +129,11 @@ def free_udp_and_tcp_port() -> int:
 
 
 class PowerDNS:
-    def __init__(self, tmp: Path, zone: Path, mmdb: Path) -> None:
+    def __init__(self, tmp: Path, zones: dict[str, Path], mmdb: Path) -> None:
         self.port = free_udp_and_tcp_port()
-        (tmp / "named.conf").write_text(f'zone "example.com" {{ type master; file "{zone}"; }};\n')
+        (tmp / "named.conf").write_text(
+            "".join(f'zone "{z}" {{ type master; file "{f}"; }};\n' for z, f in zones.items())
+        )
         self.log = tmp / "pdns.log"
         self.proc = spawn(
             [
@@ -146,26 +163,31 @@ class PowerDNS:
             self.log,
         )
 
-    def dig(self, subnet: str) -> list[str]:
-        """The A answers for a client in ``subnet``, as `dig +short` prints them."""
+    def dig(self, subnet: str, name: str = V4, rtype: str = "A") -> tuple[str, list[str]]:
+        """The status and the answers for a client in ``subnet``, as dig prints them."""
         p = subprocess.run(
             [
                 "dig",
-                "+short",
+                "+noall",
+                "+comments",
+                "+answer",
                 "+tries=1",
                 "+time=2",
                 f"+subnet={subnet}/32",
                 "-p",
                 str(self.port),
                 "@127.0.0.1",
-                "api.example.com",
-                "A",
+                name,
+                rtype,
             ],
             capture_output=True,
             text=True,
             timeout=10,
         )
-        return sorted(p.stdout.split())
+        status = re.search(r"status: (\w+)", p.stdout)
+        rows = [line.split() for line in p.stdout.splitlines() if line and line[0] != ";"]
+        found = sorted(r[4] for r in rows if len(r) == 5 and r[3] == rtype)
+        return (status[1] if status else p.stdout.strip() or p.stderr.strip()), found
 
 
 @pytest.fixture(scope="module")
@@ -176,32 +198,40 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
     )
     tmp = tmp_path_factory.mktemp("pdns")
     health = Health()
-    cfg = tmp / "gw.toml"
-    cfg.write_text(toml({r: health.url(r) for r in ADDRESSES}))
-    zone = tmp / "example.com.zone"
-    main(
-        [
-            "dns",
-            "export",
-            "--config",
-            str(cfg),
-            "--format",
-            "powerdns",
-            "--zone",
-            "example.com",
-            "--name",
-            "api",
-            "--ttl",
-            "30",
-            "--check-interval",
-            str(CHECK_INTERVAL_S),
-            "--out",
-            str(zone),
-        ]
-    )
+    urls = {r: health.url(r) for r in ADDRESSES}
+    zones = {}
+    for fqdn, text in (
+        (V4, toml(urls)),
+        (US_V4_ONLY, toml(urls, stacks(US))),
+        (EU_RESIDENT, toml(urls, stacks(EU), EU_RESIDENCY)),
+    ):
+        zone = fqdn.split(".", 1)[1]
+        cfg = tmp / f"{zone}.toml"
+        cfg.write_text(text)
+        zones[zone] = tmp / f"{zone}.zone"
+        main(
+            [
+                "dns",
+                "export",
+                "--config",
+                str(cfg),
+                "--format",
+                "powerdns",
+                "--zone",
+                zone,
+                "--name",
+                "api",
+                "--ttl",
+                "30",
+                "--check-interval",
+                str(CHECK_INTERVAL_S),
+                "--out",
+                str(zones[zone]),
+            ]
+        )
     mmdb = tmp / "cities.mmdb"
     build_from_rows([("test", row) for row in CITIES], mmdb)
-    pdns = PowerDNS(tmp, zone, mmdb)
+    pdns = PowerDNS(tmp, zones, mmdb)
     try:
         yield pdns, health
     finally:
@@ -210,21 +240,31 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
         print(pdns.log.read_text()[-3000:])
 
 
-def answers(pdns: PowerDNS, subnet: str, want: list[str], timeout: float = 10.0) -> float:
-    """Seconds until ``subnet`` is answered ``want``; fails with what pdns said instead."""
+def answers(
+    pdns: PowerDNS,
+    subnet: str,
+    want: list[str],
+    timeout: float = 10.0,
+    *,
+    name: str = V4,
+    rtype: str = "A",
+) -> float:
+    """Seconds until ``subnet`` is answered ``want`` (NOERROR; [] is NODATA: no record of the
+    type); fails with what pdns said instead."""
     t0 = time.monotonic()
-    seen: list[list[str]] = []
+    seen: list[tuple[str, list[str]]] = []
 
     def check() -> bool:
-        seen.append(pdns.dig(subnet))
-        return seen[-1] == want
+        seen.append(pdns.dig(subnet, name, rtype))
+        return seen[-1] == ("NOERROR", want)
 
     try:
-        eventually(check, timeout, f"{subnet} -> {want}")
+        eventually(check, timeout, f"{subnet} {name} {rtype} -> {want}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last answers {seen[-3:]}; log: {pdns.log}") from None
     elapsed = time.monotonic() - t0
-    print(f"dig +short +subnet={subnet}/32 api.example.com A -> {' '.join(want)} ({elapsed:.2f} s)")
+    said = " ".join(want) or "NODATA"
+    print(f"dig +subnet={subnet}/32 {name} {rtype} -> {said} ({elapsed:.2f} s)")
     return elapsed
 
 
@@ -246,7 +286,45 @@ def test_a_region_whose_readyz_fails_drops_out_within_the_interval(
         # One interval to notice, the check's own time, and a margin for a loaded machine.
         moved = answers(pdns, SINGAPORE, [ADDRESSES[EU]], timeout=CHECK_INTERVAL_S + 4)
         assert moved <= CHECK_INTERVAL_S + 4
-        assert pdns.dig(LONDON) == [ADDRESSES[EU]]  # others are unaffected
+        assert pdns.dig(LONDON) == ("NOERROR", [ADDRESSES[EU]])  # others are unaffected
     finally:
         health.down.discard(AP)
     answers(pdns, SINGAPORE, [ADDRESSES[AP]], timeout=CHECK_INTERVAL_S + 4)
+
+
+def test_a_dual_stack_client_gets_one_region_in_both_families(
+    served: tuple[PowerDNS, Health],
+) -> None:
+    """us-east has no IPv6 entry: New York gets no AAAA (NODATA), so a dual-stack client
+    connects to us-east over IPv4, not to Frankfurt over IPv6 (Happy Eyeballs prefers it)."""
+    pdns, _ = served
+    for subnet, region in ((NEW_YORK, US), (LONDON, EU), (SINGAPORE, AP)):
+        answers(pdns, subnet, [ADDRESSES[region]], name=US_V4_ONLY)
+    answers(pdns, NEW_YORK, [], name=US_V4_ONLY, rtype="AAAA")
+    answers(pdns, LONDON, [V6[EU]], name=US_V4_ONLY, rtype="AAAA")
+    answers(pdns, SINGAPORE, [V6[AP]], name=US_V4_ONLY, rtype="AAAA")
+
+
+def test_both_families_fail_over_to_the_same_region(served: tuple[PowerDNS, Health]) -> None:
+    """London's order is eu-central > us-east > ap-southeast: with Frankfurt down, IPv4 goes
+    to us-east and IPv6 has no answer (us-east has none), not ap-southeast's."""
+    pdns, health = served
+    answers(pdns, LONDON, [V6[EU]], name=US_V4_ONLY, rtype="AAAA")
+    health.down.add(EU)
+    try:
+        answers(pdns, LONDON, [ADDRESSES[US]], CHECK_INTERVAL_S + 4, name=US_V4_ONLY)
+        answers(pdns, LONDON, [], CHECK_INTERVAL_S + 4, name=US_V4_ONLY, rtype="AAAA")
+        assert pdns.dig(SINGAPORE, US_V4_ONLY, "AAAA") == ("NOERROR", [V6[AP]])
+    finally:
+        health.down.discard(EU)
+    answers(pdns, LONDON, [V6[EU]], CHECK_INTERVAL_S + 4, name=US_V4_ONLY, rtype="AAAA")
+
+
+def test_residency_holds_in_both_families(served: tuple[PowerDNS, Health]) -> None:
+    """Europe's clients are kept in eu-central, which has no IPv6 entry: London gets its IPv4
+    address and no AAAA, never another region's IPv6 address."""
+    pdns, _ = served
+    answers(pdns, LONDON, [ADDRESSES[EU]], name=EU_RESIDENT)
+    answers(pdns, LONDON, [], name=EU_RESIDENT, rtype="AAAA")
+    answers(pdns, NEW_YORK, [V6[US]], name=EU_RESIDENT, rtype="AAAA")
+    answers(pdns, SINGAPORE, [V6[AP]], name=EU_RESIDENT, rtype="AAAA")

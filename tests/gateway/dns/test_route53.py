@@ -4,22 +4,33 @@ last is health-checked on its region's /readyz, and the shapes are Route 53's.""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
+
+import pytest
 
 from gateway.dns.options import options
 from gateway.dns.route53 import health_check, record_sets
-from gateway.dns.tables import compute, entries
-from tests.gateway.dns.configs import ADDRESSES, dns_config, region_tables
+from gateway.dns.tables import Order, compute, entries
+from geodb.countries import data_rows
+from tests.gateway.dns.configs import (
+    ADDRESSES,
+    EU_RESIDENCY,
+    V6,
+    dns_config,
+    region_tables,
+    stacks,
+)
 
 EU, US, AP = "eu-central", "us-east", "ap-southeast"
 URLS = {EU: "https://eu-central.api.example.com", US: "https://us-east.api.example.com:8443"}
 
 
-def export(**region_changes: Any) -> dict[str, Any]:
+def export(residency: Sequence[dict[str, Any]] = (), **region_changes: Any) -> dict[str, Any]:
     regions = region_tables(URLS)
     for r in regions:
         r.update(region_changes.get(r["id"].replace("-", "_"), {}))
-    cfg = dns_config(regions=regions)
+    cfg = dns_config(regions=regions, residency=residency)
     found = entries(cfg)
     opt = options("example.com", "api", ttl=30, check_interval_s=5)
     return record_sets(compute(cfg, found), found, opt, "gw.toml")
@@ -36,8 +47,9 @@ def chain(doc: dict[str, Any], first: str, rtype: str = "A") -> list[str]:
         links = by_name[name]
         primary = next(s for s in links if s.get("Failover", "PRIMARY") == "PRIMARY")
         out.append(primary["GeogateRegion"])
+        addresses = ADDRESSES if rtype == "A" else V6
         assert [v["Value"] for v in primary["ResourceRecords"]] == [
-            ADDRESSES[primary["GeogateRegion"]]
+            addresses[primary["GeogateRegion"]]
         ]
         assert primary["TTL"] == 30
         secondary = [s for s in links if s.get("Failover") == "SECONDARY"]
@@ -59,6 +71,19 @@ def geo_records(doc: dict[str, Any], rtype: str = "A") -> dict[str, dict[str, An
             key = where.get("ContinentCode") or where["CountryCode"]
             out[key if "ContinentCode" in where or key == "*" else f"country-{key}"] = s
     return out
+
+
+def answer(
+    doc: dict[str, Any], rtype: str, country: str | None = None, continent: str | None = None
+) -> list[str] | None:
+    """What Route 53 answers a client there (both None: an address it cannot place) while every
+    region is up: the regions of the chain it aliases, None for no record of the type (NODATA).
+    Route 53 takes the record of the smallest place that has one, for the query's type."""
+    geo = geo_records(doc, rtype)
+    for key in [f"country-{country}", continent, "*"]:
+        if key in geo:
+            return chain(doc, geo[key]["AliasTarget"]["DNSName"], rtype)
+    return None
 
 
 def test_every_place_aliases_its_order_as_a_health_checked_chain() -> None:
@@ -107,9 +132,79 @@ def test_each_region_has_a_health_check_on_its_readyz() -> None:
 
 
 def test_ipv6_addresses_get_aaaa_chains_of_their_own() -> None:
-    doc = export(us_east={"addresses": ["127.0.0.12", "::1"]})
-    geo6 = geo_records(doc, "AAAA")
-    assert set(geo6) == set(geo_records(doc, "A"))
-    first = geo6["EU"]["AliasTarget"]["DNSName"]
-    links = [s for s in doc["record_sets"] if s["Name"] == first and s["Type"] == "AAAA"]
-    assert [v["Value"] for v in links[0]["ResourceRecords"]] == ["::1"]
+    doc = export(**{r.replace("-", "_"): {"addresses": a} for r, a in stacks().items()})
+    assert set(geo_records(doc, "AAAA")) == set(geo_records(doc, "A"))
+    assert answer(doc, "AAAA", "GB", "EU") == [EU, US, AP]
+    assert answer(doc, "AAAA", "ZA", "AF") == [AP, EU, US]
+    assert answer(doc, "AAAA") == [EU, US, AP]
+
+
+def export_stacks(*ipv4_only: str, residency: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Every region dual-stack but ``ipv4_only``."""
+    changes = {r.replace("-", "_"): {"addresses": a} for r, a in stacks(*ipv4_only).items()}
+    return export(residency, **changes)
+
+
+def test_a_dual_stack_client_gets_one_region_in_both_families() -> None:
+    """us-east has no IPv6 entry: North America gets no AAAA (NODATA), so a dual-stack client
+    connects to us-east over IPv4, not to Frankfurt over IPv6 (Happy Eyeballs prefers it)."""
+    doc = export_stacks(US)
+    assert answer(doc, "A", "US", "NA") == [US, EU, AP]
+    assert answer(doc, "AAAA", "US", "NA") is None
+    assert answer(doc, "AAAA", "GB", "EU") == [EU, AP]
+    assert answer(doc, "AAAA", "SG", "AS") == [AP, EU]
+    # No default AAAA record: North America would fall through to it.
+    assert "*" not in geo_records(doc, "AAAA") and answer(doc, "AAAA") is None
+
+
+def test_residency_holds_in_both_families() -> None:
+    """Europe's clients are kept in eu-central, which has no IPv6 entry: no AAAA for them,
+    never another region's IPv6 address."""
+    doc = export_stacks(EU, residency=EU_RESIDENCY)
+    assert answer(doc, "A", "GB", "EU") == [EU]
+    assert answer(doc, "AAAA", "GB", "EU") is None
+    assert answer(doc, "AAAA", "US", "NA") == [US, AP]
+
+
+def test_a_country_without_ipv6_inside_a_continent_with_it() -> None:
+    """Johannesburg's first region is ap-southeast, IPv4-only here, Africa's is eu-central: an
+    AAAA record for Africa would answer South Africa too, so Africa's countries get their own."""
+    doc = export_stacks(AP)
+    assert answer(doc, "AAAA", "ZA", "AF") is None
+    assert answer(doc, "A", "ZA", "AF") == [AP, EU, US]
+    assert "AF" not in geo_records(doc, "AAAA")
+    assert answer(doc, "AAAA", "NG", "AF") == [EU, US]  # Lagos: an exception already
+    assert answer(doc, "AAAA", "KE", "AF") == [EU, US]  # Nairobi: Africa's order, its own record
+
+
+def family(order: Order, has: Sequence[str]) -> list[str] | None:
+    """What a place of ``order`` should get in a family ``has`` regions have addresses of: those
+    regions of its order, none at all when its first region has none (the other family's
+    answer is the one to use)."""
+    return [r for r in order if r in has] if order[0] in has else None
+
+
+@pytest.mark.parametrize(
+    ("ipv4_only", "residency"),
+    [((), ()), ((US,), ()), ((EU,), EU_RESIDENCY), ((AP,), ()), ((EU, AP), ())],
+)
+def test_every_country_gets_its_order_in_each_family(
+    ipv4_only: tuple[str, ...], residency: Sequence[dict[str, Any]]
+) -> None:
+    doc = export_stacks(*ipv4_only, residency=residency)
+    regions = region_tables(URLS)
+    for r in regions:
+        r["addresses"] = stacks(*ipv4_only)[r["id"]]
+    cfg = dns_config(regions=regions, residency=residency)
+    t = compute(cfg, entries(cfg))
+    has = {"A": list(ADDRESSES), "AAAA": [r for r in ADDRESSES if r not in ipv4_only]}
+    for row in data_rows("countries.csv"):
+        c, k = row["country"], row["continent"]
+        for rtype in ("A", "AAAA"):
+            assert answer(doc, rtype, c, k) == family(t.order_for(c, k), has[rtype]), (c, rtype)
+    # An address Route 53 cannot place: the default's answer, or none in a family that must
+    # leave a place below it unanswered.
+    assert answer(doc, "A") == family(t.default, has["A"])
+    assert answer(doc, "AAAA") in (family(t.default, has["AAAA"]), None)
+    ids = [(s["Name"], s["Type"], s.get("SetIdentifier")) for s in doc["record_sets"]]
+    assert len(ids) == len(set(ids))
