@@ -33,17 +33,19 @@ def member_url(base: str, host: str, port: int) -> str:
 def split_member(url: str) -> tuple[str, Address | None]:
     """``url`` as its upstream names it (for the Host header, the TLS server name and the
     credentials), and the address a member's URL is dialled at (None: not a member's URL,
-    dialled at its own host)."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
+    dialled at its own host). Split as text, never by urlsplit: "name|[fd00::5]:443" has
+    text before a bracket, which newer CPythons' urlsplit refuses (CVE-2025-0938's fix)."""
+    scheme, slashes, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
     authority, sep, address = hostport.partition(MEMBER_SEP)
-    if not sep:
+    if not (slashes and sep):
         return url, None
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"not a member's address: {address!r}")
-    named = parts._replace(netloc=f"{userinfo}{at}{authority}")
-    return urlunsplit(named), (host.removeprefix("[").removesuffix("]"), int(port))
+    named = f"{scheme}://{userinfo}{at}{authority}{slash}{path}"
+    return named, (host.removeprefix("[").removesuffix("]"), int(port))
 
 
 def default_port(url: str) -> int:

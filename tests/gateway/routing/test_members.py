@@ -44,3 +44,26 @@ def test_a_url_that_is_no_members_is_dialled_at_its_own_host() -> None:
         assert split_member(url) == (url, None)
     with pytest.raises(ValueError, match="not a member's address"):
         split_member("https://llm.internal|10.0.0.5")
+
+
+def test_a_v6_members_url_is_split_without_urlsplit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Newer CPythons' urlsplit refuses text before a "[" in the host ("No data is allowed
+    # before a bracket"), which "name|[fd00::5]:443" has: splitting must not depend on it.
+    import urllib.parse
+
+    from gateway.routing import members as members_module
+
+    real = urllib.parse.urlsplit
+
+    def strict(url: str, *args: object, **kw: object) -> urllib.parse.SplitResult:
+        netloc = url.partition("://")[2].partition("/")[0].rpartition("@")[2]
+        if "[" in netloc and not netloc.startswith("["):
+            raise ValueError("No data is allowed before a bracket")
+        return real(url)
+
+    monkeypatch.setattr(members_module, "urlsplit", strict)
+    url = member_url("https://llm.internal:8443/v1", "fd00::5", 8443)
+    assert split_member(url + "/health") == (
+        "https://llm.internal:8443/v1/health",
+        ("fd00::5", 8443),
+    )
