@@ -30,6 +30,11 @@ from gateway.routing.members import default_port, split_member
 # written on a connection the server is closing as idle) is retried once on a new connection
 # in Client.request, which costs a local connect only when it happens.
 POOL_KEEPALIVE_S: Final = 60.0
+# A pooled connection lost this soon after the request was written, before any byte of an
+# answer, was closed by its server as idle while the request was on its way (the close
+# arrives within a round trip: 300 ms across an ocean): the request is sent once more. Later,
+# the upstream failed while it may have been running the request: not retried.
+STALE_RETRY_WINDOW_S: Final = 1.0
 # A body read whole (a health answer, a /metrics or /load scrape) larger than this is refused:
 # vLLM's /metrics is a few hundred KiB; nothing the gateway reads whole needs more.
 MAX_READ_BYTES: Final = 16 * 1024 * 1024
@@ -201,8 +206,10 @@ class Client:
         was on its way, and never ran it. The request goes once more, on a new connection,
         within what is left of ``timeout_s``. Go's net/http does so for idempotent requests;
         a POST too here, as the proxy would otherwise fail it over and send it again anyway
-        (elsewhere, with a health failure recorded). Not after a byte of an answer, nor on a
-        new connection, nor on a timeout: those are the upstream's own failures."""
+        (elsewhere, with a health failure recorded). Only within STALE_RETRY_WINDOW_S of the
+        write (a close already on its way arrives within a round trip; one later is the
+        upstream dying mid-work, which may have run it), and not after a byte of an answer,
+        nor on a new connection, nor on a timeout: those are the upstream's own failures."""
         split = url.find("/", url.find("//") + 2)
         base, target = (url, "/") if split < 0 else (url[:split], url[split:])
         origin = self._origins.get(base) or self._origin(base)
@@ -211,7 +218,7 @@ class Client:
         head = self._head(method, target, origin, headers, body)
         conn = self._take(origin)
         pooled = conn is not None
-        t0 = 0.0 if conn is None or timeout_s is None else conn.loop.time()
+        t0 = 0.0 if conn is None else conn.loop.time()  # the write's time, near enough
         if conn is None:
             conn, timeout_s = await self._connect_within(origin, timeout_s)
         while True:
@@ -223,7 +230,8 @@ class Client:
                 return Response(self, origin, conn)
             except BaseException as exc:
                 conn.close()
-                if not (pooled and isinstance(exc, ConnectionLost) and not conn.heard):
+                stale = pooled and isinstance(exc, ConnectionLost) and not conn.heard
+                if not (stale and conn.loop.time() - t0 <= STALE_RETRY_WINDOW_S):
                     raise
             # The stale connection's request ran nowhere: until a new connection is held,
             # it has reached nobody (a connect that times out may fail over, as any other).

@@ -220,3 +220,26 @@ def test_a_retry_that_cannot_connect_has_reached_nobody() -> None:
 
     srv = Scripted(answer)
     run(main())
+
+
+def test_a_pooled_connection_lost_long_after_the_write_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past the window, the loss is the upstream dying while it may have run the request (a
+    # crash in prefill): sent again, a POST could run twice.
+    from gateway.client import pool
+
+    monkeypatch.setattr(pool, "STALE_RETRY_WINDOW_S", 0.2)
+    srv: list[Scripted] = []
+    srv.append(Scripted(_second_dropped(srv, wait_s=0.5)))
+
+    async def main() -> None:
+        async with srv[0]:
+            client = Client(1.0)
+            assert await (await client.request("GET", srv[0].url + "/")).read() == b"ok"
+            with pytest.raises(ConnectionLost):
+                await client.request("POST", srv[0].url + "/", [], b"x", timeout_s=5.0)
+            await client.close()
+        assert (srv[0].connections, len(srv[0].heads)) == (1, 2)
+
+    run(main())
