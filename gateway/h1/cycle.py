@@ -198,10 +198,11 @@ class Cycle:
         if bodiless:
             self.chunked = False  # a HEAD's Content-Length stays in its head, as the GET's
             self._remaining = -1
-        if self.waiting_100:
-            # Answered before the 100 Continue its client waits for: the body may still come,
-            # or never; read as the next request's bytes, it would be taken for one. Go's
-            # server closes here too.
+        if self.waiting_100 and self.more_body:
+            # Answered before the 100 Continue its client waits for, the body not all in: it
+            # may still come, or never; read as the next request's bytes, it would be taken
+            # for one. Go's server closes here too. (A client that sent it without waiting,
+            # and the proxy read it whole, keeps its connection.)
             self.keep_alive = False
         if not self.keep_alive and not has_close:
             parts.append(b"connection: close\r\n")

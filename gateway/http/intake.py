@@ -274,10 +274,10 @@ class Proxy:
             # Not the client leaving (forward makes that ClientGone): the drain's cut past
             # server.drain_timeout_s, or the server stopping. The client is still there: an
             # answer it can retry on, not the server's plain-text 500.
-            ex.status = 503
             task = asyncio.current_task()
             if ex.response_started or task is None:
-                raise  # the server cuts the response: the client sees it end early
+                raise  # the server cuts the response (its status stays the head's)
+            ex.status = 503
             task.uncancel()
             await send_error(ex.tracking(send), _shutting_down(ex), _request_id_header(ex))
         except StreamAborted:

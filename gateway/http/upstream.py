@@ -62,10 +62,11 @@ async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> in
 
     The attempts run in this task: a task of their own plus ``asyncio.wait`` cost a few
     percent of a request's CPU (bench/results/profile.md). The watch cancels this task when
-    the client leaves; a cancellation from outside (the drain's cut) ends the same way, as
-    ClientGone, as it did when the attempts ran in a task of their own. Both engines run each
-    request in an asyncio Task (granian's default task_impl, "asyncio": its "rust" one ignores
-    cancel(), and the drain's cut in gateway.http.gate would not work either)."""
+    the client leaves, which ends as ClientGone; a cancellation from outside (the drain's cut)
+    stays a cancellation, which gateway.http.intake answers (503) if nothing was sent yet.
+    Both engines run each request in an asyncio Task (granian's default task_impl, "asyncio":
+    its "rust" one ignores cancel(), and the drain's cut in gateway.http.gate would not work
+    either)."""
     task = rt.current_task()
     assert task is not None, "forward runs in the request's task"
     active, gone = True, False
@@ -287,6 +288,7 @@ class _Attempts:
         sse = (resp.header(b"content-type") or "").startswith(SSE_TYPE)
         resp.raw_headers = []
         ex = self.ex
+        ex.status = resp.status  # what the client got, should the stream be cut later on
         ex.response_starts()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         del headers

@@ -326,6 +326,11 @@ def test_an_answer_before_the_100_continue_closes_the_connection() -> None:
         got = await _read(peer, b"no")
         assert got.startswith(b"HTTP/1.1 404") and b"connection: close" in got, got
         assert CONTINUE not in got and not c.keep_alive
+        sent = cycle("POST")  # a client that sent its body without waiting for the 100
+        sent.waiting_100 = True
+        sent.more_body = False
+        await sent.send(_start(200, (b"content-length", b"2")))
+        assert sent.keep_alive
 
     _run(case)
 
