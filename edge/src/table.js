@@ -356,11 +356,10 @@ export class TableCache {
   /**
    * One more refresh for each region known: its own table answered (no misses), or its source
    * failed (one more). A failed source is the region's it last answered for; one never heard
-   * from could be any region's, so then every region without its own table this time misses
-   * (a gateway dead since the isolate started). A region whose table is absent while no
-   * source failed has no source of its own (ROUTING_TABLE_URLS lists some gateways of a
-   * fleet that shares its view): nothing says it is down. Counted when nothing answered too,
-   * so that a region still down when the others come back is down at once.
+   * from, the region whose gateway URL has its host name (dead since the isolate started),
+   * else none's: a mistyped URL must not mark healthy regions down. A region with no source
+   * of its own (ROUTING_TABLE_URLS lists some gateways of a fleet sharing Redis) is never
+   * down for it. Counted when nothing answered too: a region still down is down at once.
    * @param {ReturnType<typeof normalizeTable>[]} fresh @param {string[]} answered  their URLs
    * @param {string[]} failed @param {Table | null} fallback
    */
@@ -369,15 +368,33 @@ export class TableCache {
       if (t.selfRegion) this.sourceRegion.set(answered[i], t.selfRegion);
     }
     const own = new Set(fresh.map((t) => t.selfRegion));
-    const unknown = failed.some((url) => !this.sourceRegion.has(url));
-    const suspects = new Set(failed.map((url) => this.sourceRegion.get(url)));
-    const known = [...fresh, this.table, fallback].flatMap((t) => (t ? [...t.regions.keys()] : []));
+    const tables = [...fresh, this.table, fallback].flatMap((t) => (t ? [t] : []));
+    /** @type {Map<string, string>} a region gateway's host name -> the region */
+    const byHost = new Map();
+    for (const t of tables) {
+      for (const [id, r] of t.regions) {
+        const host = r.url ? hostName(r.url) : "";
+        if (host) byHost.set(host, byHost.has(host) && byHost.get(host) !== id ? "" : id);
+      }
+    }
+    const suspects = new Set(
+      failed.map((url) => this.sourceRegion.get(url) ?? byHost.get(hostName(url))),
+    );
     /** @type {Map<string, number>} */
     const misses = new Map();
-    for (const id of new Set(known)) {
-      const missed = !own.has(id) && (unknown || suspects.has(id));
+    for (const id of new Set(tables.flatMap((t) => [...t.regions.keys()]))) {
+      const missed = !own.has(id) && suspects.has(id);
       misses.set(id, missed ? (this.seen.misses.get(id) ?? 0) + 1 : 0);
     }
     this.seen.misses = misses; // regions no longer known are forgotten
+  }
+}
+
+/** @param {string} url @returns {string} its host name, "" when it is no URL */
+function hostName(url) {
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return "";
   }
 }
