@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,9 @@ from backend.sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+# torch.Generator.manual_seed takes any 64-bit value, signed or unsigned; beyond, it raised
+# in the engine's submit, a 500.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,10 @@ def _number(
         return default
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise InvalidParameter(f"{key} must be a number, got {v!r}", param=key)
+    # json.loads takes NaN and Infinity; NaN passes every range check below (all False).
+    # Only floats: math.isfinite overflows on an int too big for a float.
+    if isinstance(v, float) and not math.isfinite(v):
+        raise InvalidParameter(f"{key} must be a finite number, got {v}", param=key)
     if v < lo or v > hi or (lo_open and v == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
         raise InvalidParameter(f"{key} must be in {bound}, got {v}", param=key)
@@ -50,15 +58,63 @@ def _chat_prompt(tok: Any, messages: Any) -> str:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise InvalidParameter(f"messages[{i}] must be an object with a role", param="messages")
-        content = m.get("content", "")
+        content = m.get("content")
+        if content is None:  # an assistant message that only calls tools has null content
+            content = ""
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(_part_text(i, j, p) for j, p in enumerate(content))
         if not isinstance(content, str):
             raise InvalidParameter(f"messages[{i}].content must be a string", param="messages")
         clean.append({"role": m["role"], "content": content})
     if getattr(tok, "chat_template", None):
-        return str(tok.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
+        return _apply_template(tok, clean)
     return "\n".join(f"{m['role']}: {m['content']}" for m in clean) + "\nassistant:"
+
+
+def _part_text(i: int, j: int, part: Any) -> str:
+    if not isinstance(part, dict):
+        return ""
+    text = part.get("text", "")  # image and audio parts have none: skipped
+    if not isinstance(text, str):
+        raise InvalidParameter(
+            f"messages[{i}].content[{j}].text must be a string, got {text!r}", param="messages"
+        )
+    return text
+
+
+def _apply_template(tok: Any, messages: list[dict[str, str]]) -> str:
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    try:
+        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    except TemplateSyntaxError:
+        raise  # the model's template itself is broken: the server's fault, a 500 and its log
+    except TemplateError as exc:
+        # A template refusing these messages (raise_exception: "roles must alternate", a
+        # role it does not know) is the client's to fix.
+        raise InvalidParameter(
+            f"the model's chat template refuses these messages: {exc}", param="messages"
+        ) from None
+
+
+def _max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
+    """max_completion_tokens (the current name) before max_tokens; 0 is refused, not absent."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = _int(body, key)
+        if v is not None:
+            if v < 1:
+                raise InvalidParameter(f"{key} must be at least 1, got {v}", param=key)
+            return v, key
+    return None, "max_tokens"
+
+
+def _seed(body: dict[str, Any]) -> int | None:
+    seed = _int(body, "seed")
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise InvalidParameter(
+            f"seed must be in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {seed}", param="seed"
+        )
+    return seed
 
 
 def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Parsed:
@@ -80,21 +136,21 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
             raise InvalidParameter("prompt must be a string", param="prompt")
         text = prompt
     ids: list[int] = tok(text, add_special_tokens=not chat)["input_ids"]
+    if not ids:  # nothing to prefill: the engine's forward pass would fail
+        raise InvalidParameter(
+            "the prompt has no tokens; send some text", param="messages" if chat else "prompt"
+        )
     n = _int(body, "n")
     if n not in (None, 1):
         raise InvalidParameter("only n=1 is supported", param="n")
-    max_tokens = _int(body, "max_completion_tokens") or _int(body, "max_tokens")
-    if max_tokens is not None and max_tokens < 1:
-        raise InvalidParameter(
-            f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens"
-        )
+    max_tokens, max_key = _max_tokens(body)
     room = context_len - len(ids)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         asked = max_tokens or 1
         raise ContextTooLong(
             f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
-            f"tokens and max_tokens {asked}, {len(ids) + asked} in all. Shorten the prompt "
-            "or lower max_tokens",
+            f"tokens and {max_key} {asked}, {len(ids) + asked} in all. Shorten the prompt "
+            f"or lower {max_key}",
             param="messages" if chat else "prompt",
         )
     stop = body.get("stop")
@@ -121,7 +177,7 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=tuple(stop or ()),
-        seed=_int(body, "seed"),
+        seed=_seed(body),
         ignore_eos=body.get("ignore_eos") is True,
     )
     return Parsed(ids, params, stream, bool(opts.get("include_usage")))

@@ -25,8 +25,19 @@ def _serve(argv: Sequence[str]) -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--served-model-name", help="model name in the API (default: dir name)")
     p.add_argument("--max-batch", type=int, default=None, help="running sequences (16)")
-    p.add_argument("--max-waiting", type=int, default=None, help="queued requests (64)")
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=None,
+        help="queued requests beyond what the batch takes at once (64; 0: no queue)",
+    )
     a = p.parse_args(argv)
+    # Before the model loads (minutes for a big one): -1 spun the engine thread at 100% CPU,
+    # 0 silently became the default.
+    if a.max_batch is not None and a.max_batch < 1:
+        raise BackendError(f"--max-batch must be at least 1, got {a.max_batch}")
+    if a.max_waiting is not None and a.max_waiting < 0:
+        raise BackendError(f"--max-waiting must be at least 0, got {a.max_waiting}")
 
     from aiohttp import web
 
@@ -43,7 +54,7 @@ def _serve(argv: Sequence[str]) -> None:
         loaded.model,
         loaded.tokenizer,
         loaded.device,
-        max_batch=a.max_batch or DEFAULT_MAX_BATCH,
+        max_batch=a.max_batch if a.max_batch is not None else DEFAULT_MAX_BATCH,
         max_waiting=a.max_waiting if a.max_waiting is not None else DEFAULT_MAX_WAITING,
         observer=metrics,
     )
@@ -58,6 +69,8 @@ def _serve(argv: Sequence[str]) -> None:
         print=None,
         handler_cancellation=True,
     )
+    if server.failure:  # the warm-up failed and stopped the server: say why, exit non-zero
+        raise BackendError(server.failure)
 
 
 def _make_tiny(argv: Sequence[str]) -> None:

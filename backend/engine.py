@@ -64,7 +64,7 @@ class EngineObserver:
 
     def queue(self, waiting: int, running: int) -> None: ...
     def first_token(self, seconds: float) -> None: ...
-    def finished(self, seq: Sequence, seconds: float) -> None: ...
+    def finished(self, seq: Sequence, seconds: float, reason: str) -> None: ...
     def tokens(self, prompt: int, generated: int) -> None: ...
 
 
@@ -115,37 +115,51 @@ class Engine:
 
     def submit(self, seq: Sequence) -> None:
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
+            # Sequences cancelled while queued leave at the next step; until then they hold
+            # no place. A request that a free batch slot takes at the next step is not
+            # "waiting": max_waiting=0 refuses only when the batch is full.
+            waiting = sum(not s.cancelled for s in self._waiting)
+            if waiting >= self.max_waiting and len(self._running) + waiting >= self.max_batch:
                 raise QueueFull(
                     f"the server has {len(self._running)} requests running and "
-                    f"{len(self._waiting)} waiting, its limit; retry in "
+                    f"{waiting} waiting, its limit; retry in "
                     f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
                 )
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
             self._waiting.append(seq)
-            self.obs.queue(len(self._waiting), len(self._running))
+            self.obs.queue(waiting + 1, len(self._running))
             self._cond.notify()
 
     # --- the engine thread ----------------------------------------------------------------
     def step(self) -> None:
         """One iteration on the engine thread: admit what fits, one decode step, deliver."""
         with self._cond:
+            # A client that gave up while queued leaves now, not when a batch slot frees up.
+            gone = [s for s in self._waiting if s.cancelled]
+            if gone:
+                self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+            for seq in gone:
+                self._finish(seq, "cancelled")
             admit: list[Sequence] = []
             while self._waiting and len(self._running) + len(admit) < self.max_batch:
                 admit.append(self._waiting.popleft())
-        try:
-            with torch.inference_mode():
-                for seq in admit:
+        with torch.inference_mode():
+            for seq in admit:
+                try:
                     self._join(seq)
-                if self._running:
+                except Exception as exc:  # its own prefill or first token: it alone fails
+                    log.exception("request %d failed joining the batch", seq.id)
+                    self._fail(seq, exc)
+            if self._running:
+                try:
                     self._decode()
-        except Exception as exc:  # a model failure fails its requests, not the server
-            log.exception("engine step failed")
-            for seq in [*admit, *self._running]:
-                self._out.append((seq, Event("error", text=f"generation failed: {exc}")))
-            self._running, self._cache, self._mask = [], None, None
+                except Exception as exc:  # the shared forward: the batch's cache is lost
+                    log.exception("decode step failed: its %d requests fail", len(self._running))
+                    for seq in self._running:
+                        self._fail(seq, exc)
+                    self._running, self._cache, self._mask = [], None, None
         self.obs.queue(len(self._waiting), len(self._running))
         if self._out:
             out, self._out = self._out, []
@@ -204,10 +218,11 @@ class Engine:
             k = torch.cat([_left_pad(a.keys, length), _left_pad(b.keys, length)])
             v = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
             layers.append((k, v))
-        self._cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        self._mask = torch.cat(
-            [_left_pad(self._mask, length, dim=1), _left_pad(mask, length, dim=1)]
-        )
+        merged = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        both = torch.cat([_left_pad(self._mask, length, dim=1), _left_pad(mask, length, dim=1)])
+        # Only now, all together: a failure above (out of memory) leaves the batch as it was,
+        # so only the joining sequence fails.
+        self._cache, self._mask = merged, both
         self._running.append(seq)
 
     def _decode(self) -> None:
@@ -222,7 +237,13 @@ class Engine:
         keep = []
         for i, seq in enumerate(seqs):
             seq.position += 1
-            if self._accept(seq, logits[i]):
+            try:
+                going = self._accept(seq, logits[i])
+            except Exception as exc:  # its sampling or decoding: its row leaves, alone
+                log.exception("request %d failed", seq.id)
+                self._fail(seq, exc)
+                going = False
+            if going:
                 keep.append(i)
         if len(keep) < len(seqs):
             self._shrink(keep)
@@ -254,6 +275,8 @@ class Engine:
             self.obs.first_token(seq.t_first - seq.t_submit)
         self.obs.tokens(0, 1)
         if token in self.eos and not seq.params.ignore_eos:
+            if seq.out_ids:  # what was held back for a stop string that never came
+                self._emit_text(seq, self.tok.decode(seq.out_ids, skip_special_tokens=True), 0)
             self._finish(seq, "stop")
             return False
         seq.out_ids.append(token)
@@ -280,8 +303,11 @@ class Engine:
             self._out.append((seq, Event("token", text=text[len(seq.sent) : upto])))
             seq.sent = text[:upto]
 
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        self._out.append((seq, Event("error", text=f"generation failed: {exc}")))
+
     def _finish(self, seq: Sequence, reason: str) -> None:
-        self.obs.finished(seq, time.perf_counter() - seq.t_submit)
+        self.obs.finished(seq, time.perf_counter() - seq.t_submit, reason)
         self._out.append(
             (
                 seq,

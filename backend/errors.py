@@ -32,6 +32,10 @@ class InvalidParameter(BackendError):
     status, type, code = 400, "invalid_request_error", "invalid_parameter"
 
 
+class BodyTooLarge(BackendError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"  # as the gateway's
+
+
 class ContextTooLong(BackendError):
     status, type, code = 400, "invalid_request_error", "context_length_exceeded"
 

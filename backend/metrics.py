@@ -105,7 +105,9 @@ class BackendMetrics(EngineObserver):
     def first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 
-    def finished(self, seq: Sequence, seconds: float) -> None:
+    def finished(self, seq: Sequence, seconds: float, reason: str) -> None:
+        if reason == "cancelled":  # the client's choice to leave, not how long serving took
+            return
         self.e2e.observe(seconds)
         n = len(seq.out_ids)
         if seq.t_first is not None and n > 1:

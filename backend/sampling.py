@@ -1,12 +1,17 @@
-"""Per-sequence token choice: greedy at temperature 0, else temperature + nucleus sampling
-with the sequence's own seeded generator, so a seed reproduces its text whatever else shares
-the batch."""
+"""Per-sequence token choice: greedy at temperature 0 (or nearly), else temperature +
+nucleus sampling with the sequence's own seeded generator, so a seed reproduces its text
+whatever else shares the batch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+# Below this temperature sampling is greedy: logits / 1e-40 overflow float32 to inf and
+# softmax gives NaN, which multinomial refuses; long before that (a 1e-3 gap in logits is
+# already e^-100 apart at 1e-5) the draw is the argmax anyway.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ def new_generator(seed: int | None) -> torch.Generator:
 
 def choose(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
     """``logits``: [vocab] on any device; the draw happens on the CPU generator."""
-    if p.temperature == 0:
+    if p.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float().cpu() / p.temperature, dim=-1)
     if p.top_p < 1.0:

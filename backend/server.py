@@ -11,7 +11,7 @@ from aiohttp import web
 
 from backend.api import parse
 from backend.engine import Engine, Event, Sequence
-from backend.errors import BackendError, InvalidParameter
+from backend.errors import BackendError, BodyTooLarge, InvalidParameter
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
@@ -19,6 +19,7 @@ from backend.shapes import Shape
 
 log = logging.getLogger("geogate.backend")
 MAX_BODY_BYTES = 8 * 1024 * 1024
+WARM_UP: web.AppKey[asyncio.Task[None]] = web.AppKey("warm_up")  # held: tasks are weak refs
 
 
 def _error(err: BackendError) -> web.Response:
@@ -35,6 +36,7 @@ class BackendServer:
         self.engine = engine
         self.metrics = metrics
         self.ready = False
+        self.failure: str | None = None  # why the warm-up failed; the CLI exits with it
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -58,17 +60,30 @@ class BackendServer:
         self.engine.dispatch = dispatch
         self.engine.start()
 
-        async def warm() -> None:
+        app[WARM_UP] = asyncio.create_task(self._warm())
+
+    async def _warm(self) -> None:
+        try:
             ids = self.m.tokenizer("hello", add_special_tokens=True)["input_ids"]
             q: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(ids, SamplingParams(max_tokens=2, temperature=0), q.put_nowait)
             self.engine.submit(seq)
-            while (await q.get()).kind == "token":
+            while (end := await q.get()).kind == "token":
                 pass
+        except Exception as exc:  # the tokenizer or submit: no generation either
+            log.exception("warm-up failed")
+            end = Event("error", text=str(exc))
+        if end.kind == "finish":
             self.ready = True
             log.info("warm-up generation done: ready")
-
-        app["warm"] = asyncio.ensure_future(warm())
+            return
+        # A server that cannot generate stops rather than sit unready behind a /health that
+        # says ok: a supervisor restarts it and shows why, and whoever waits for /ready
+        # (geogate's own launchers watch the process) learns at once instead of timing out.
+        why = end.text.removeprefix("generation failed: ").splitlines()[:1] or ["no reason"]
+        self.failure = f"warm-up generation failed: {why[0]}; the server stops"
+        log.error("%s", self.failure)
+        asyncio.get_running_loop().call_soon(_graceful_exit)
 
     async def _shutdown(self, app: web.Application) -> None:
         await asyncio.to_thread(self.engine.stop)
@@ -113,6 +128,10 @@ class BackendServer:
                 body = json.loads(await request.read())
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
+            except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
+                raise BodyTooLarge(
+                    f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
+                ) from None
             p = parse(body, self.m.tokenizer, self.m.name, self.m.context_len, chat)
             q: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(p.prompt_ids, p.params, q.put_nowait)
@@ -162,6 +181,11 @@ class BackendServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _graceful_exit() -> None:
+    """run_app's own way out (its SIGTERM handler raises the same): a clean shutdown."""
+    raise web.GracefulExit()
 
 
 def _deliver(events: list[tuple[Sequence, Event]]) -> None:

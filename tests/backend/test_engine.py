@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from backend.engine import Engine, Event, Sequence
+from backend.engine import Engine, EngineObserver, Event, Sequence
 from backend.errors import QueueFull
-from backend.sampling import SamplingParams
+from backend.sampling import SamplingParams, choose
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +95,91 @@ def test_queue_bound(loaded: Any) -> None:
     with pytest.raises(QueueFull) as err:  # not started: nothing leaves the queue
         e.submit(Sequence(ids, params, Collector()))
     assert err.value.headers["Retry-After"] == "1"
+
+
+def drain(engine: Engine, *runs: Collector) -> None:
+    """Step an engine that was not started (on this thread) until every run has ended."""
+    while not all(r.done.is_set() for r in runs):
+        engine.step()
+
+
+def test_a_failing_sequence_fails_alone(loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    alone = submit(e, tok, "the quick brown fox", max_tokens=24)
+    drain(e, alone)
+    calls = 0
+
+    def flaky(logits: Any, p: SamplingParams, gen: Any) -> int:
+        nonlocal calls
+        if p.seed == 13:  # the third token of this one fails (a decode step, not its join)
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("sampling blew up")
+        return choose(logits, p, gen)
+
+    monkeypatch.setattr("backend.engine.choose", flaky)
+    good = submit(e, tok, "the quick brown fox", max_tokens=24)
+    e.step()
+    e.step()
+    bad = [Collector() for _ in range(3)]
+    e.submit(Sequence([], SamplingParams(max_tokens=4), bad[0]))  # prefill raises
+    nan = SamplingParams(max_tokens=4, temperature=math.nan)  # its first sample raises
+    e.submit(Sequence(tok("hello")["input_ids"], nan, bad[1]))
+    e.submit(Sequence(tok("a")["input_ids"], SamplingParams(max_tokens=9, seed=13), bad[2]))
+    drain(e, good, *bad)
+    assert [b.events[-1].kind for b in bad] == ["error"] * 3
+    assert good.events[-1].finish_reason == "length" and good.text() == alone.text()
+    assert e._running == [] and e._cache is None  # all rows left: nothing stuck in the batch
+
+
+def test_an_answer_ending_at_eos_keeps_the_text_held_for_stop_strings(loaded: Any) -> None:
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    first = Collector()
+    seq = Sequence(tok("hello")["input_ids"], SamplingParams(max_tokens=20, temperature=0), first)
+    e.submit(seq)
+    drain(e, first)
+    # A random model rarely says EOS: make EOS a token it says after a few others.
+    k = next(i for i in range(3, len(seq.out_ids)) if seq.out_ids[i] not in seq.out_ids[:i])
+    e.eos = {*e.eos, seq.out_ids[k]}
+    never = "~never said~"  # held back: len - 1 characters at every step
+    for max_tokens, reason in ((20, "stop"), (k - 1, "length")):
+        plain = submit(e, tok, "hello", max_tokens=max_tokens, ignore_eos=False)
+        held = submit(e, tok, "hello", max_tokens=max_tokens, ignore_eos=False, stop=(never,))
+        drain(e, plain, held)
+        assert held.events[-1].finish_reason == plain.events[-1].finish_reason == reason
+        assert held.text() == plain.text() and len(plain.text()) > len(never)
+
+
+class Gauges(EngineObserver):
+    def __init__(self) -> None:
+        self.waiting: list[int] = []
+
+    def queue(self, waiting: int, running: int) -> None:
+        self.waiting.append(waiting)
+
+
+def test_a_request_cancelled_while_queued_leaves_the_queue(loaded: Any) -> None:
+    gauges = Gauges()
+    e = Engine(
+        loaded.model, loaded.tokenizer, loaded.device, max_batch=1, max_waiting=1, observer=gauges
+    )
+    running = submit(e, loaded.tokenizer, "hi", max_tokens=50)
+    e.step()
+    queued = Collector()
+    seq = Sequence(loaded.tokenizer("hi")["input_ids"], SamplingParams(max_tokens=4), queued)
+    e.submit(seq)
+    seq.cancelled = True  # its client gave up
+    submit(e, loaded.tokenizer, "hi")  # takes its place: no 429 for a queue of ghosts
+    e.step()
+    assert queued.events[-1].finish_reason == "cancelled"  # now, not when a slot frees up
+    assert not running.done.is_set() and gauges.waiting[-1] == 1
+
+
+def test_max_waiting_zero_refuses_only_when_the_batch_is_full(loaded: Any) -> None:
+    e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=2, max_waiting=0)
+    submit(e, loaded.tokenizer, "hi")
+    submit(e, loaded.tokenizer, "hi")  # both are admitted at the next step
+    with pytest.raises(QueueFull):
+        submit(e, loaded.tokenizer, "hi")

@@ -21,3 +21,10 @@ def test_seeded_sampling_repeats_and_top_p_cuts_the_tail() -> None:
         choose(logits, SamplingParams(4, temperature=1.0), new_generator(s)) for s in range(200)
     }
     assert wide == {0, 1, 2, 3}
+
+
+def test_a_vanishing_temperature_is_greedy() -> None:
+    # logits / 1e-40 overflow to inf, softmax gives NaN and multinomial raised.
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    for t in (1e-40, 1e-6):
+        assert choose(logits, SamplingParams(4, temperature=t), new_generator(1)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import subprocess
 import time
@@ -12,7 +13,10 @@ import httpx
 import openai
 import pytest
 
-from gateway.cli.procs import geogate_cmd, stop
+from backend import cli
+from backend.engine import Engine
+from backend.server import MAX_BODY_BYTES
+from gateway.cli.procs import free_port, geogate_cmd, stop
 from tests.backend.conftest import MODEL, Backend, start_backend
 
 MESSAGES = [{"role": "user", "content": "hello, how are you?"}]
@@ -130,14 +134,19 @@ def test_batching_gives_the_same_greedy_text_as_alone(backend: Backend) -> None:
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": []}, "messages"),
         ({"messages": [{"content": "no role"}]}, "messages"),
+        # These reached the engine and failed every request in its batch, or gave a 500.
+        ({"temperature": float("nan")}, "temperature"),
+        ({"seed": 2**64}, "seed"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, "messages"),
     ],
 )
 def test_bad_parameters_name_the_parameter(
     backend: Backend, body: dict[str, object], param: str
 ) -> None:
-    r = httpx.post(
-        f"{backend.url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, **body}
-    )
+    # json.dumps, not httpx's json=: it writes NaN, as JavaScript clients do not but Python
+    # ones can, and the server's json.loads reads it.
+    doc = json.dumps({"model": MODEL, "messages": MESSAGES, **body})
+    r = httpx.post(f"{backend.url}/v1/chat/completions", content=doc)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error"
@@ -287,3 +296,34 @@ def test_metrics_answers_only_the_samples_a_scrape_names(backend: Backend) -> No
     for nothing in ("nope", ""):  # none of its own, and an empty name (as the sim's test)
         none = httpx.get(f"{backend.url}/metrics", params={"name[]": nothing})
         assert none.status_code == 200 and none.text == "", nothing
+
+
+def test_an_empty_prompt_and_a_body_over_the_limit_are_4xx(backend: Backend) -> None:
+    r = httpx.post(f"{backend.url}/v1/completions", json={"model": MODEL, "prompt": ""})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = httpx.post(
+        f"{backend.url}/v1/completions",
+        content=b" " * (MAX_BODY_BYTES + 1),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 413, r.text
+    err = r.json()["error"]
+    assert err["code"] == "request_too_large" and str(MAX_BODY_BYTES) in err["message"]
+
+
+@pytest.mark.timeout(60)  # before the fix the server served on, unready, until killed
+def test_a_failed_warm_up_stops_the_server_with_one_line(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not ready for ever behind a /health that says ok: the process ends and says why."""
+
+    def broken(self: Engine, *args: object) -> None:
+        raise RuntimeError("CUDA out of memory (as if)")
+
+    monkeypatch.setattr(Engine, "_forward", broken)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(model_dir), "--port", str(free_port())])
+    assert e.value.code == cli.EXIT_USAGE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("geogate backend: warm-up generation failed")
+    assert "CUDA out of memory (as if)" in last

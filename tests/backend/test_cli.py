@@ -1,0 +1,27 @@
+"""``geogate backend`` arguments, refused before the model loads (so no model here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend import cli
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--max-batch", "-1", "--max-batch must be at least 1, got -1"),  # spun at 100% CPU
+        ("--max-batch", "0", "--max-batch must be at least 1, got 0"),  # became the default
+        ("--max-waiting", "-1", "--max-waiting must be at least 0, got -1"),
+    ],
+)
+def test_batch_and_queue_bounds_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, words: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tmp_path / "none"), "--port", "1", flag, value])
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err == f"geogate backend: {words}"
