@@ -97,7 +97,7 @@ def apply_result(
     rate of ``failure_rate_threshold`` over at least ``failure_rate_min_requests`` requests in
     the current window. ``may_eject`` is False when the pool's ejected share is at its cap.
     """
-    if h.ejected(now):
+    if now < h.ejected_until:  # h.ejected(now), inline: this runs once per request
         # Outcomes while ejected do not count: they are the requests that were in flight when
         # it went out (or retries of them), failing for the reason it was ejected. Counted,
         # they made one failure after the return eject again, for longer. The run and the
