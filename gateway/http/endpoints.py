@@ -77,11 +77,18 @@ class Endpoints:
     async def load(self, request: Request) -> Response:
         """The region's load as one figure in Prometheus text, for the gateways in front of
         this one: two numbers, nothing about upstream ids or errors. No TTFT line while none
-        is measured: the reader then treats this region as unmeasured, not as fast."""
+        is measured: the reader then treats this region as unmeasured, not as fast.
+
+        ``?model=NAME``: over the upstreams serving that model only. Without it, over all,
+        the best of them: a region serving a small and a large model would advertise the
+        small one's TTFT for both, so an edge that sends it several models lists it once per
+        model, each with ``load_path = "/load?model=NAME"``."""
         snap = self.rt.store.snapshot(time.monotonic())
         region = self.rt.config.gateway.region
-        ttft = expected_ttft_ms(snap.upstreams)
-        routable = len(routable_views(snap.upstreams))
+        model = request.query_params.get("model")
+        views = [u for u in snap.upstreams if model is None or model in u.models]
+        ttft = expected_ttft_ms(views)
+        routable = len(routable_views(views))
         lines = [
             f"# HELP {REGION_ROUTABLE} Upstreams this gateway can route to now",
             f"# TYPE {REGION_ROUTABLE} gauge",

@@ -115,3 +115,45 @@ def test_a_load_path_without_its_slash_is_one_line(tmp_path: Path) -> None:
     print(msg)
     assert "load_path 'load' must start with \"/\"" in msg and str(path) in msg
     assert "\n" not in msg
+
+
+async def test_load_for_one_model_is_over_that_models_upstreams_only() -> None:
+    # A region serving a small fast model and a large slow one: without ?model= it advertises
+    # its best upstream (the small one's); an edge sending it the large model asks for that.
+    import time
+
+    from starlette.applications import Starlette
+
+    from gateway.config import Config
+    from gateway.http.endpoints import Endpoints
+    from gateway.routing.load import LoadReading
+    from gateway.runtime import build_runtime
+
+    rt = build_runtime(
+        Config.model_validate(
+            {
+                "gateway": {"region": "eu"},
+                "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+                "upstreams": [
+                    {"id": "s", "region": "eu", "url": "http://127.0.0.1:1", "models": ["small"]},
+                    {"id": "b", "region": "eu", "url": "http://127.0.0.1:2", "models": ["big"]},
+                ],
+            }
+        )
+    )
+    rt.store.record_loads(
+        {"s": LoadReading(queue_depth=0.0, ttft_ms=40.0), "b": LoadReading(ttft_ms=4000.0)},
+        time.monotonic(),
+    )
+    app = Starlette(routes=Endpoints(rt).routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
+
+        async def ttft(query: str) -> float | None:
+            return parse_load((await c.get(f"/load{query}")).text).ttft_ms
+
+        assert await ttft("") == 40.0
+        assert await ttft("?model=big") == 4000.0
+        assert await ttft("?model=small") == 40.0
+        nobody = (await c.get("/load?model=none")).text
+        assert await ttft("?model=none") is None
+        assert 'geogate_region_routable_upstreams{region="eu"} 0' in nobody
