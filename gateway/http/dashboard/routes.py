@@ -29,9 +29,10 @@ from importlib import resources
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from gateway.defaults import DASHBOARD_SESSION_S
 from gateway.errors import GatewayError, RequestInvalid
@@ -66,6 +67,16 @@ def _page() -> bytes:
     return resources.files(PACKAGE).joinpath("static", "index.html").read_bytes()
 
 
+class _Assets(StaticFiles):
+    """The page's scripts, styles and vendored libraries; not the page itself, which is
+    served at /dashboard only, with its security headers (CSP, no frames, no-store)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if path.endswith(".html"):
+            return PlainTextResponse("Not Found", status_code=404)
+        return await super().get_response(path, scope)
+
+
 class Dashboard:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -88,7 +99,7 @@ class Dashboard:
         ]
         return [
             Route("/dashboard", self.page),
-            Mount("/dashboard/static", app=StaticFiles(packages=[(PACKAGE, "static")])),
+            Mount("/dashboard/static", app=_Assets(packages=[(PACKAGE, "static")])),
             Route("/dashboard/login", self.login, methods=["POST"]),
             Route("/dashboard/logout", self.logout, methods=["POST"]),
             Route("/dashboard/api/session", self.whoami),
@@ -138,6 +149,8 @@ class Dashboard:
         return resp
 
     async def logout(self, request: Request) -> Response:
+        if not session.same_origin(request):  # another site logging the operator out
+            return json_error(RequestInvalid("log out from the dashboard page itself"))
         resp = JSONResponse({"operator": None})
         resp.delete_cookie(session.cookie_name(request), path="/dashboard")
         return resp
@@ -156,9 +169,8 @@ class Dashboard:
 
     async def events(self, request: Request) -> Response:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(
-            self.sampler.frames(), media_type="text/event-stream", headers=headers
-        )
+        frames = self.sampler.frames(session.expiry_of(request))
+        return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
 
     async def state(self, request: Request) -> Response:
         return JSONResponse(self.sampler.look())

@@ -223,14 +223,15 @@ class Sampler:
     def hello(self) -> bytes:
         return sse("hello", {"state": self.state, "history": list(self.history)})
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """What one page receives: the history and state first, then each new frame."""
+    async def frames(self, until: float | None = None) -> AsyncIterator[bytes]:
+        """What one page receives: the history and state first, then each new frame, until
+        ``until`` (unix time: its session's end; the page then finds itself logged out)."""
         self.look()
         self._pages += 1
         try:
             seen = self._seq
             yield f"retry: {RETRY_MS}\n\n".encode() + self.hello()
-            while True:
+            while until is None or time.time() < until:
                 # The newest frame, at once if one came out while the page was busy sending
                 # the last: frames in between are skipped, never queued.
                 while self._seq == seen:

@@ -76,11 +76,23 @@ def verify(value: str | None, operators: Mapping[str, str], now: float) -> str |
     token = operators.get(name)
     # isascii: "²".isdigit() holds and int() refuses it; bytes: compare_digest refuses a str
     # that is not ASCII. A forged cookie is no session, not an error.
-    if token is None or not (expiry.isascii() and expiry.isdigit()) or int(expiry) <= now:
+    # At most 12 digits: int() refuses over 4,300 (a ValueError), and no expiry needs more.
+    if token is None or not _digits(expiry, 12) or int(expiry) <= now:
         return None
     body = value[: -len(sig) - 1]
     expected = _mac(token, "session|" + body).encode()
     return name if hmac.compare_digest(sig.encode("utf-8", "replace"), expected) else None
+
+
+def _digits(text: str, most: int) -> bool:
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def expiry_of(request: Request) -> float | None:
+    """When the request's session cookie expires (unix time), None without one: a page's live
+    stream ends then, as every other request of that session is refused from then on."""
+    parts = (request.cookies.get(cookie_name(request)) or "").rsplit(".", 3)
+    return float(parts[1]) if len(parts) == 4 and _digits(parts[1], 12) else None
 
 
 def _operators(rt: Runtime) -> dict[str, str]:
@@ -146,4 +158,7 @@ def same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    try:
+        return urlsplit(origin).netloc == request.headers.get("host", "")
+    except ValueError:  # "http://[": not an origin at all, so not this one
+        return False

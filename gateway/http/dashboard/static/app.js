@@ -117,8 +117,11 @@ function render(next) {
   renderAudit();
   for (const c of charts) c.render(points, state.regions);
   const models = $("explain-model");
-  if (models.options.length !== state.models.length) {
+  const listed = Array.from(models.options, (o) => o.value).join("\n");
+  if (listed !== state.models.join("\n")) {  // another set of models, not only another count
+    const chosen = models.value;
     models.replaceChildren(...state.models.map((m) => h("option", { value: m }, m)));
+    if (state.models.includes(chosen)) models.value = chosen;
   }
 }
 

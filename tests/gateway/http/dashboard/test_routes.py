@@ -153,3 +153,35 @@ async def test_the_ops_token_does_not_stand_in_front_of_the_dashboard() -> None:
         assert (await c.get("/dashboard")).status_code == 200
         assert (await c.post("/dashboard/login", json={"token": TOKEN})).status_code == 200
         assert (await c.get("/dashboard/api/session")).json()["operator"] == "alice"
+
+
+async def test_the_page_is_not_served_from_the_assets_without_its_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    assert (await client.get("/dashboard/static/index.html")).status_code == 404
+
+
+async def test_a_malformed_origin_or_expiry_is_refused_not_an_error(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post("/dashboard/login", json={"token": TOKEN}, headers={"Origin": "http://["})
+    assert r.status_code == 400 and "dashboard page itself" in r.json()["error"]["message"]
+    client.cookies.set("geogate-dashboard-9180", "alice." + "9" * 4301 + ".n.x")
+    assert (await client.get("/dashboard/api/session")).json()["operator"] is None
+    assert (await client.get("/dashboard/api/state")).status_code == 401
+
+
+async def test_logout_from_another_site_is_refused(client: httpx.AsyncClient) -> None:
+    await login(client)
+    r = await client.post("/dashboard/logout", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 400
+    assert (await client.get("/dashboard/api/session")).json()["operator"] == "alice"
+
+
+async def test_the_live_stream_ends_with_its_session(rt: Runtime) -> None:
+    from gateway.http.dashboard.sampler import Sampler
+
+    sampler = Sampler(rt)
+    sampler.sample()
+    frames = [f async for f in sampler.frames(until=0.0)]  # a session already over
+    assert len(frames) == 1 and b"event: hello" in frames[0]  # the hello, then the end
