@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -130,6 +131,40 @@ def unreadable(path: Path) -> str | None:
         path.open("rb").close()
     except OSError as exc:
         return exc.strerror or str(exc)
+    return None
+
+
+class _Encrypted(Exception):
+    """The key asked for its passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    # Called only for an encrypted key. Without a callback OpenSSL would prompt on the
+    # terminal, here and in every worker (the servers are given no passphrase).
+    raise _Encrypted
+
+
+def tls_unusable(cert: Path, key: Path) -> tuple[str, str] | None:
+    """Why a server could not load this certificate and key, as (the config key at fault, why), or
+    None when it can: checked at load, not an ssl.SSLError traceback from each worker. Both
+    files are readable (``unreadable``)."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            cert, key, password=_no_passphrase
+        )
+    except _Encrypted:
+        return "tls_key", f"{key} is encrypted: give it without a passphrase"
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return "tls_key", f"{key} is not the key of the certificate in {cert}"
+        # OpenSSL says "PEM lib" for either file: a PEM certificate in ``cert`` clears it.
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            return "tls_cert", f"{cert} holds no PEM certificate"
+        return "tls_key", f"{key} holds no PEM private key"
+    except ValueError as exc:
+        return "tls_cert/tls_key", f"cannot load {cert} and {key}: {exc}"
     return None
 
 

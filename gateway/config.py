@@ -344,6 +344,17 @@ class Config(_Model):
         return self
 
     @model_validator(mode="after")
+    def _workers_the_engine_runs(self) -> Config:
+        # gateway.server runs hypercorn in this process alone (no SO_REUSEPORT sockets or
+        # supervisor for it): more workers would be silently one.
+        if self.server.workers > 1 and self.server.engine == "hypercorn":
+            raise ValueError(
+                f'server.workers = {self.server.workers} with server.engine = "hypercorn": '
+                'hypercorn runs one worker here; use engine = "uvicorn" or "granian" for more'
+            )
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> Config:
         region_ids = [r.id for r in self.regions]
         _unique("regions", region_ids)

@@ -141,12 +141,24 @@ def parse_config(
         prefix = f"{key}: " if key else ""
         raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
     cfg = _resolve_paths(cfg, base)
-    for key in ("tls_cert", "tls_key"):
-        # Read at start-up by the server, in a worker, as a traceback: check here, in one line.
-        if (p := getattr(cfg.server, key)) is not None and (why := checks.unreadable(p)):
-            where = _origin(origins, f"server.{key}", source)
-            raise ConfigError(f"config error in {where}: server.{key}: cannot read {p}: {why}")
+    _check_tls(cfg, origins, source)
     return cfg
+
+
+def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:
+    """The TLS files are read by the server at start, in each worker, where a bad one is an
+    ssl.SSLError traceback: checked here instead, in one line naming the file at fault."""
+    cert, key = cfg.server.tls_cert, cfg.server.tls_key
+    if cert is None or key is None:  # both or neither (ServerSection)
+        return
+    for name, p in (("tls_cert", cert), ("tls_key", key)):
+        if why := checks.unreadable(p):
+            where = _origin(origins, f"server.{name}", source)
+            raise ConfigError(f"config error in {where}: server.{name}: cannot read {p}: {why}")
+    if unusable := checks.tls_unusable(cert, key):
+        name, why = unusable
+        where = _origin(origins, f"server.{name.partition('/')[0]}", source)
+        raise ConfigError(f"config error in {where}: server.{name}: {why}")
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -154,6 +166,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # TOML is UTF-8 (a file saved as Latin-1 or UTF-16, say)
+        raise ConfigError(f"config error: {path} is not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

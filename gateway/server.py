@@ -28,7 +28,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -40,6 +40,8 @@ from gateway.errors import CannotListen
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import ENV_OPS_FD
 from gateway.runtime import log
+
+Listeners = Sequence[socket.socket]  # Forked's: worker i's own listening socket at i
 
 
 def granian_app() -> Starlette:
@@ -134,17 +136,14 @@ def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> Non
     # A listening socket per worker, all on the port with SO_REUSEPORT: the kernel spreads new
     # connections across them, where workers sharing one socket would all wake for each one
     # and the least busy would not be the one that takes it. This process keeps them open, so
-    # connections queued for a worker that died wait for its replacement.
-    first = bind(s.host, s.port, "server.port", reuse_port=True)
-    port = first.getsockname()[1]  # server.port 0: the others join the port the first got
-    socks = [
-        first,
-        *(bind(s.host, port, "server.port", reuse_port=True) for _ in range(1, s.workers)),
-    ]
+    # connections queued for a worker that died wait for its replacement (Forked's socks).
+    socks = [bind(s.host, s.port, "server.port", reuse_port=True)]
+    port = socks[0].getsockname()[1]  # server.port 0: the others join the port the first got
+    socks += [bind(s.host, port, "server.port", reuse_port=True) for _ in range(1, s.workers)]
     for sock in socks:
         sock.listen(s.backlog)
-    kill_after_s = s.drain_timeout_s + d.WORKER_EXIT_GRACE_S  # granian's backstop, too
-    Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap), kill_after_s).run()
+    kill_s = s.drain_timeout_s + d.WORKER_EXIT_GRACE_S  # granian's backstop, too
+    Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap), kill_s, socks).run()
 
 
 def _serve_uvicorn(
@@ -200,10 +199,13 @@ class Forked:
     are passed on to every worker (each drains on its own, as under granian), and this process
     exits when they all have; a worker still alive ``kill_after_s`` later is killed. A worker
     that dies later is replaced; one that dies in its first WORKER_START_GRACE_S stops them all
-    (a worker that cannot start would only fail again)."""
+    (a worker that cannot start would only fail again). Worker i's listening socket, socks[i],
+    is closed in the others, and here once stopping: else connections would queue for no one."""
 
-    def __init__(self, n: int, serve: Callable[[int], None], kill_after_s: float) -> None:
-        self.n, self.serve, self.kill_after_s = n, serve, kill_after_s
+    def __init__(
+        self, n: int, serve: Callable[[int], None], kill_after_s: float, socks: Listeners = ()
+    ) -> None:
+        self.n, self.serve, self.kill_after_s, self.socks = n, serve, kill_after_s, socks
         self.started: dict[int, tuple[int, float]] = {}  # pid -> (its index, when forked)
         self.stopping = False
         self.failed = False
@@ -249,6 +251,8 @@ class Forked:
                 # passes it on once (a second SIGINT makes uvicorn skip its graceful stop).
                 os.setpgid(0, 0)
                 _term_with_parent(parent)
+                for other in (s for i, s in enumerate(self.socks) if i != index):
+                    other.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
                 self.serve(index)
             except SystemExit as exc:
@@ -265,6 +269,9 @@ class Forked:
     def _pass_on(self, sig: int, _frame: object) -> None:
         if not self.stopping:
             self.stopping = True
+            # None is replaced now: each socket is its worker's alone, gone when it stops listening.
+            for sock in self.socks:
+                sock.close()
             signal.signal(signal.SIGALRM, self._kill)
             signal.setitimer(signal.ITIMER_REAL, self.kill_after_s)
         for pid in self.started:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from gateway import defaults
 from gateway.config_file import load_config
 from gateway.errors import ConfigError
+from tests.support import self_signed_cert
 
 GOOD = """
 [gateway]
@@ -153,6 +155,10 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t + '[server]\nworkers = 2\n[admin]\ntoken = "t"\n',
             "server.workers = 2 with the admin API on needs redis.url",
         ),
+        (
+            lambda t: t + '[server]\nworkers = 4\nengine = "hypercorn"\n',
+            'server.workers = 4 with server.engine = "hypercorn": hypercorn runs one worker here',
+        ),
     ],
 )
 def test_errors_are_one_line_naming_file_and_key(
@@ -174,8 +180,52 @@ def test_a_missing_tls_file_is_one_line_naming_it(tmp_path: Path) -> None:
         f"config error in {tmp_path / 'gw.toml'}: server.tls_cert: cannot read "
         f"{tmp_path / 'cert.pem'}: No such file or directory"
     )
-    (tmp_path / "cert.pem").write_text("c")
+    self_signed_cert(tmp_path)  # cert.pem and key.pem
     assert load_config(write(tmp_path, text), env={}).server.tls_cert == tmp_path / "cert.pem"
+
+
+def test_an_unusable_tls_pair_is_one_line_naming_the_file_at_fault(tmp_path: Path) -> None:
+    """Readable but not a certificate and its key: said at load, not as an ssl.SSLError
+    traceback from each worker at start."""
+    cert, key = self_signed_cert(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_key = self_signed_cert(other)[1]
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.pem"
+    subprocess.run(
+        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:x", "-out", encrypted],
+        check=True,
+    )
+    gw = tmp_path / "gw.toml"
+    for c, k, expect in [
+        (garbage, key, f"server.tls_cert: {garbage} holds no PEM certificate"),
+        (cert, other_key, f"server.tls_key: {other_key} is not the key of the certificate in"),
+        (cert, garbage, f"server.tls_key: {garbage} holds no PEM private key"),
+        (cert, encrypted, f"server.tls_key: {encrypted} is encrypted: give it without a"),
+    ]:
+        text = GOOD + f'[server]\ntls_cert = "{c}"\ntls_key = "{k}"\n'
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text), env={})
+        msg = str(info.value)
+        assert msg.startswith(f"config error in {gw}: {expect}") and "\n" not in msg, msg
+    env = {"GEOGATE_SERVER__TLS_KEY": str(other_key)}
+    text = GOOD + f'[server]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    with pytest.raises(
+        ConfigError,
+        match=r"^config error in GEOGATE_SERVER__TLS_KEY: server\.tls_key: .* is not the",
+    ):
+        load_config(write(tmp_path, text), env=env)
+    assert load_config(write(tmp_path, text), env={}).server.tls_key == key
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_bytes(GOOD.replace("eu-central", "eu-zentral-\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == f"config error: {path} is not UTF-8 text"
 
 
 def test_a_redis_password_is_never_printed(tmp_path: Path) -> None:

@@ -318,6 +318,38 @@ def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
+def test_uvicorn_workers_draining_leave_no_socket_that_nobody_serves(tmp_path: Path) -> None:
+    """A worker that drained and exited takes its SO_REUSEPORT socket with it: new connections
+    go to the worker still draining (503) or are refused, not queued for nobody to answer."""
+    gw, sim = start_fleet(
+        tmp_path, "--tokens-per-s", "2", server_extra='engine = "uvicorn"\nworkers = 2'
+    )
+    try:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        lines: list[str] = []
+        t = _stream_in_thread(gw.url, lines, tokens=20)  # 10 s: held through the checks
+        eventually(lambda: bool(lines), what="the stream to start")
+        gw.proc.send_signal(signal.SIGTERM)
+        eventually(lambda: len(_workers(gw.proc.pid)) == 1, what="the idle worker to exit")
+        answers = []
+        for _ in range(12):  # each lands on either socket, by the kernel's hash of its port
+            try:
+                r = httpx.get(f"{gw.url}/readyz", timeout=1)
+                answers.append((r.status_code, r.text))
+            except httpx.ConnectError:
+                answers.append((0, "refused"))
+            except httpx.TimeoutException:
+                answers.append((-1, "hung"))
+        assert set(answers) <= {(503, "draining"), (0, "refused")}, answers
+        assert lines[-1:] != ["data: [DONE]"], "the stream ended before the checks: too slow"
+        t.join(15)
+        assert "data: [DONE]" in lines, lines[-3:]
+        assert gw.proc.wait(10) == 0
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
 def test_uvicorn_worker_dying_at_start_stops_the_gateway(tmp_path: Path) -> None:
     gw, sim = start_fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
     try:
