@@ -61,3 +61,21 @@ def test_the_provider_reads_where_compose_mounts_the_dashboards() -> None:
     path = provider["providers"][0]["options"]["path"]
     compose = (DEPLOY / "docker" / "compose.yaml").read_text()
     assert f"../grafana/dashboards:{path}:ro" in compose
+
+
+def test_error_ratios_by_region_leave_out_the_unrouted() -> None:
+    """A request refused before routing carries region="-" (gateway.http.exchange): a ratio
+    by region that kept it would show "-" at 100 % for a handful of overload 503s. The alert
+    rule and the panel both leave it out of the per-region ratio."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    panels = _dashboard()["panels"]
+    assert isinstance(panels, list)
+    exprs += [t["expr"] for p in panels for t in p.get("targets", [])]
+    per_region = [
+        e for e in exprs if "geogate_requests_total" in e and "by (region)" in e and " / " in e
+    ]
+    assert len(per_region) == 2, per_region  # GeogateErrorRatioHigh and the panel
+    for e in per_region:
+        numerator, denominator = e.split(" / ")
+        assert 'region!="-"' in numerator and 'region!="-"' in denominator, e

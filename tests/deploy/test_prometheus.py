@@ -3,6 +3,7 @@ and runs the rules' unit tests; every alert must have a test in which it fires."
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -57,3 +58,48 @@ def test_a_wrong_expectation_fails(tmp_path: Path) -> None:
     p = _promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert p.returncode != 0
     assert "GeogateGPUBusy" in p.stdout + p.stderr
+
+
+def test_the_absence_alert_lists_the_fleets_regions() -> None:
+    """GeogateRegionAbsent names each region (a region with no target left has no series to
+    find it by): the same as the model servers' fleet_region in prometheus.yml and as the
+    Terraform example's regions, so a region added to one is not forgotten in the rule."""
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    (rule,) = [
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "GeogateRegionAbsent"
+    ]
+    listed = re.findall(
+        r'label_replace\(vector\(1\), "fleet_region", "([a-z0-9-]+)", "", ""\)', rule["expr"]
+    )
+    assert len(listed) == len(set(listed)) >= 3
+    prom = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    (backend,) = [j for j in prom["scrape_configs"] if j["job_name"] == "geogate-backend"]
+    scraped = {sc["labels"]["fleet_region"] for sc in backend["static_configs"]}
+    terraform = set(
+        re.findall(
+            r'region_id\s*=\s*"([a-z0-9-]+)"',
+            (DEPLOY / "terraform" / "aws" / "example" / "main.tf").read_text(),
+        )
+    )
+    assert set(listed) == scraped == terraform
+
+
+def test_the_aws_scrape_sketch_is_a_valid_config(tmp_path: Path) -> None:
+    """prometheus.yml's commented AWS jobs (ec2_sd_configs, running instances only, the ops
+    token as bearer token), uncommented, pass `promtool check config`."""
+    lines = (PROM / "prometheus.yml").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  # - job_name: "))
+    sketch = [re.sub(r"^  # ", "  ", ln) for ln in lines[start:] if ln.startswith("  #")]
+    token = tmp_path / "geogate-ops-token"
+    token.write_text("x" * 16)
+    text = "scrape_configs:\n" + "\n".join(sketch) + "\n"
+    text = text.replace("/etc/prometheus/geogate-ops-token", str(token))
+    (tmp_path / "aws.yml").write_text(text)
+    jobs = {j["job_name"]: j for j in yaml.safe_load(text)["scrape_configs"]}
+    assert set(jobs) == {"geogate-backend", "geogate-gateway"}
+    assert jobs["geogate-gateway"]["authorization"]["credentials_file"] == str(token)
+    for job in jobs.values():
+        (sd,) = job["ec2_sd_configs"]
+        assert {"name": "instance-state-name", "values": ["running"]} in sd["filters"]
+    p = _promtool("check", "config", "aws.yml", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr

@@ -19,28 +19,32 @@ module "eu_central" {
   source    = "../modules/region"
   providers = { aws = aws.eu }
 
-  region_id          = "eu-central"
-  vpc_id             = var.regions["eu-central"].vpc_id
-  public_subnet_ids  = var.regions["eu-central"].public_subnet_ids
-  private_subnet_ids = var.regions["eu-central"].private_subnet_ids
-  certificate_arn    = var.regions["eu-central"].certificate_arn
-  kms_key_arn        = var.regions["eu-central"].kms_key_arn
-  min_size           = var.regions["eu-central"].min_size
-  max_size           = var.regions["eu-central"].max_size
-  desired_capacity   = var.regions["eu-central"].desired_capacity
-  instance_type      = var.instance_type
-  model_name         = var.model_name
-  model_path         = var.model_path
-  model_s3_uri       = var.model_s3_uri
-  gateway_image      = var.gateway_image
-  backend_image      = var.backend_image
-  gateway_config     = local.gateway_config["eu-central"]
-  alb_logs_bucket    = var.alb_logs_buckets["eu-central"]
-  monitoring_cidrs   = var.monitoring_cidrs
-  redis_client_cidrs = local.redis_client_cidrs
+  region_id                    = "eu-central"
+  vpc_id                       = var.regions["eu-central"].vpc_id
+  public_subnet_ids            = var.regions["eu-central"].public_subnet_ids
+  private_subnet_ids           = var.regions["eu-central"].private_subnet_ids
+  certificate_arn              = var.regions["eu-central"].certificate_arn
+  kms_key_arn                  = var.regions["eu-central"].kms_key_arn
+  ami_id                       = var.regions["eu-central"].ami_id
+  min_size                     = var.regions["eu-central"].min_size
+  max_size                     = var.regions["eu-central"].max_size
+  desired_capacity             = var.regions["eu-central"].desired_capacity
+  instance_type                = var.instance_type
+  model_name                   = var.model_name
+  model_path                   = var.model_path
+  model_s3_uri                 = var.model_s3_uri
+  gateway_image                = var.gateway_image
+  backend_image                = var.backend_image
+  gateway_config               = local.gateway_config["eu-central"]
+  alb_logs_bucket              = var.alb_logs_buckets["eu-central"]
+  prometheus_cidrs             = var.prometheus_cidrs
+  prometheus_security_group_id = lookup(var.prometheus_security_group_ids, "eu-central", null)
+  redis_client_cidrs           = local.redis_client_cidrs
   # The primary of the Global Datastore: no global id, its own endpoint.
   redis_auth_token         = var.redis_auth_token
   redis_auth_ssm_parameter = var.redis_auth_ssm_parameter
+  ops_token                = var.ops_token
+  ops_token_ssm_parameter  = var.ops_token_ssm_parameter
   tags                     = var.tags
 }
 
@@ -61,6 +65,7 @@ module "us_east" {
   private_subnet_ids                = var.regions["us-east"].private_subnet_ids
   certificate_arn                   = var.regions["us-east"].certificate_arn
   kms_key_arn                       = var.regions["us-east"].kms_key_arn
+  ami_id                            = var.regions["us-east"].ami_id
   min_size                          = var.regions["us-east"].min_size
   max_size                          = var.regions["us-east"].max_size
   desired_capacity                  = var.regions["us-east"].desired_capacity
@@ -72,12 +77,15 @@ module "us_east" {
   backend_image                     = var.backend_image
   gateway_config                    = local.gateway_config["us-east"]
   alb_logs_bucket                   = var.alb_logs_buckets["us-east"]
-  monitoring_cidrs                  = var.monitoring_cidrs
+  prometheus_cidrs                  = var.prometheus_cidrs
+  prometheus_security_group_id      = lookup(var.prometheus_security_group_ids, "us-east", null)
   redis_client_cidrs                = local.redis_client_cidrs
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token
   redis_auth_ssm_parameter          = var.redis_auth_ssm_parameter
+  ops_token                         = var.ops_token
+  ops_token_ssm_parameter           = var.ops_token_ssm_parameter
   tags                              = var.tags
 }
 
@@ -91,6 +99,7 @@ module "ap_southeast" {
   private_subnet_ids                = var.regions["ap-southeast"].private_subnet_ids
   certificate_arn                   = var.regions["ap-southeast"].certificate_arn
   kms_key_arn                       = var.regions["ap-southeast"].kms_key_arn
+  ami_id                            = var.regions["ap-southeast"].ami_id
   min_size                          = var.regions["ap-southeast"].min_size
   max_size                          = var.regions["ap-southeast"].max_size
   desired_capacity                  = var.regions["ap-southeast"].desired_capacity
@@ -102,11 +111,14 @@ module "ap_southeast" {
   backend_image                     = var.backend_image
   gateway_config                    = local.gateway_config["ap-southeast"]
   alb_logs_bucket                   = var.alb_logs_buckets["ap-southeast"]
-  monitoring_cidrs                  = var.monitoring_cidrs
+  prometheus_cidrs                  = var.prometheus_cidrs
+  prometheus_security_group_id      = lookup(var.prometheus_security_group_ids, "ap-southeast", null)
   redis_client_cidrs                = local.redis_client_cidrs
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token
   redis_auth_ssm_parameter          = var.redis_auth_ssm_parameter
+  ops_token                         = var.ops_token
+  ops_token_ssm_parameter           = var.ops_token_ssm_parameter
   tags                              = var.tags
 }

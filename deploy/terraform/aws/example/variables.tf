@@ -5,7 +5,7 @@ variable "instance_type" {
 }
 
 variable "regions" {
-  description = "Per geogate region: the AWS region, its network, certificate and GPU host counts"
+  description = "Per geogate region: the AWS region, its network, certificate, KMS key (its policy must grant AWSServiceRoleForAutoScaling), pinned Deep Learning AMI and GPU host counts"
   type = map(object({
     aws_region         = string
     latitude           = number
@@ -16,6 +16,7 @@ variable "regions" {
     private_subnet_ids = list(string)
     certificate_arn    = string
     kms_key_arn        = string
+    ami_id             = string
     min_size           = number
     max_size           = number
     desired_capacity   = number
@@ -71,9 +72,27 @@ variable "alb_logs_buckets" {
   type        = map(string)
 }
 
-variable "monitoring_cidrs" {
-  description = "Where Prometheus scrapes from"
+variable "prometheus_cidrs" {
+  description = "Prometheus's addresses (IPv4, /24 or narrower; [] for none), allowed to every region's ports 9180 (gateway ops) and 8000 (model server: its whole API, unauthenticated)"
   type        = list(string)
+}
+
+variable "prometheus_security_group_ids" {
+  description = "Per geogate region, the security group of a Prometheus in that region's VPC (regions left out: none)"
+  type        = map(string)
+  default     = {}
+}
+
+variable "ops_token" {
+  description = "The gateways' ops.token (16 characters or more; Prometheus's bearer token for /metrics), stored as the SSM parameter below; pass with TF_VAR_ops_token"
+  type        = string
+  sensitive   = true
+}
+
+variable "ops_token_ssm_parameter" {
+  description = "Name of the SecureString SSM parameter the hosts read the ops token from (in each region)"
+  type        = string
+  default     = "/geogate/ops-token"
 }
 
 variable "redis_auth_token" {

@@ -7,8 +7,14 @@ resource "aws_lb" "gateway" {
   subnets                    = var.public_subnet_ids
   drop_invalid_header_fields = true
   enable_deletion_protection = true
-  # SSE streams: an idle connection between tokens must outlive the gateway's idle_s (60 s).
-  idle_timeout = 600
+  # Below the gateway's HTTP keep-alive (75 s, gateway/defaults.py SERVER_KEEPALIVE_S): the
+  # ALB closes an idle connection to a target before the target does, so it never sends a
+  # request on one the gateway is closing (a 502; AWS's ALB docs ask for a target keep-alive
+  # longer than the idle timeout). Streams lose nothing: the gateway itself ends a stream
+  # silent for timeouts.idle_s (60 s), and a wait for the first byte at timeouts.first_byte_s
+  # (60 s); 5 s above those, its own error (an SSE error event, or a 504) reaches the client
+  # before the ALB would cut the connection.
+  idle_timeout = 65
   access_logs {
     bucket  = var.alb_logs_bucket
     prefix  = local.name

@@ -29,9 +29,12 @@ resource "aws_iam_role_policy_attachment" "ecr" {
 
 data "aws_iam_policy_document" "boot" {
   statement {
-    sid       = "RedisAuthToken"
-    actions   = ["ssm:GetParameter"]
-    resources = ["arn:aws:ssm:*:*:parameter${var.redis_auth_ssm_parameter}"]
+    sid     = "RedisAndOpsTokens"
+    actions = ["ssm:GetParameter"]
+    resources = [
+      "arn:aws:ssm:*:*:parameter${var.redis_auth_ssm_parameter}",
+      "arn:aws:ssm:*:*:parameter${var.ops_token_ssm_parameter}",
+    ]
   }
   statement {
     sid       = "DecryptIt"
@@ -57,6 +60,16 @@ resource "aws_iam_role_policy" "boot" {
   policy = data.aws_iam_policy_document.boot.json
 }
 
+# The gateways' ops.token where the hosts read it at boot (user_data.sh.tftpl), as the Redis
+# token: Prometheus scrapes 9180 with it (Authorization: Bearer).
+resource "aws_ssm_parameter" "ops_token" {
+  name   = var.ops_token_ssm_parameter
+  type   = "SecureString"
+  key_id = var.kms_key_arn
+  value  = var.ops_token
+  tags   = local.tags
+}
+
 resource "aws_iam_instance_profile" "gpu" {
   name = "${local.name}-gpu"
   role = aws_iam_role.gpu.name
@@ -65,7 +78,7 @@ resource "aws_iam_instance_profile" "gpu" {
 
 resource "aws_launch_template" "gpu" {
   name_prefix   = "${local.name}-gpu-"
-  image_id      = data.aws_ssm_parameter.ami.value
+  image_id      = var.ami_id # pinned: see variables.tf
   instance_type = var.instance_type
   ebs_optimized = true
   iam_instance_profile {
@@ -94,16 +107,17 @@ resource "aws_launch_template" "gpu" {
     }
   }
   user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
-    aws_region     = data.aws_region.current.name
-    gateway_image  = var.gateway_image
-    backend_image  = var.backend_image
-    gateway_config = var.gateway_config
-    model_path     = var.model_path
-    model_s3_uri   = var.model_s3_uri
-    model_name     = var.model_name
-    redis_host     = local.redis_host
-    redis_param    = aws_ssm_parameter.redis_auth.name
-    region_id      = var.region_id
+    aws_region      = data.aws_region.current.name
+    gateway_image   = var.gateway_image
+    backend_image   = var.backend_image
+    gateway_config  = var.gateway_config
+    model_path      = var.model_path
+    model_s3_uri    = var.model_s3_uri
+    model_name      = var.model_name
+    redis_host      = local.redis_host
+    redis_param     = aws_ssm_parameter.redis_auth.name
+    ops_token_param = aws_ssm_parameter.ops_token.name
+    region_id       = var.region_id
   }))
   tag_specifications {
     resource_type = "instance"
@@ -127,10 +141,16 @@ resource "aws_autoscaling_group" "gpu" {
     id      = aws_launch_template.gpu.id
     version = aws_launch_template.gpu.latest_version
   }
+  # A launch template change (AMI, images, config) replaces the hosts: launch before
+  # terminate, so a region of one host keeps it until its replacement passes the ELB check
+  # (min 100 %: never below the desired count; max 200 %: up to twice it while replacing). With
+  # min 50 / max 100 the only host went first. Every region's group refreshes on the same
+  # apply: roll one region at a time (README, Deploying on AWS).
   instance_refresh {
     strategy = "Rolling"
     preferences {
-      min_healthy_percentage = 50
+      min_healthy_percentage = 100
+      max_healthy_percentage = 200
     }
   }
   dynamic "tag" {

@@ -10,10 +10,6 @@ locals {
   redis_host = coalesce(var.redis_write_endpoint, aws_elasticache_replication_group.fleet.primary_endpoint_address)
 }
 
-data "aws_ssm_parameter" "ami" {
-  name = var.ami_ssm_parameter
-}
-
 data "aws_region" "current" {}
 
 # --- Security groups --------------------------------------------------------------------
@@ -59,14 +55,26 @@ resource "aws_vpc_security_group_ingress_rule" "gpu_from_alb" {
   to_port                      = 8080
 }
 
+# Prometheus only: 9180 is the gateway's ops listener (ops.token), 8000 the model server's
+# whole API, unauthenticated; the gateways reach it on the host's loopback, nobody else needs it.
 resource "aws_vpc_security_group_ingress_rule" "gpu_metrics" {
-  for_each          = toset(flatten([for cidr in var.monitoring_cidrs : ["${cidr} 9180", "${cidr} 8000"]]))
+  for_each          = toset(flatten([for cidr in var.prometheus_cidrs : ["${cidr} 9180", "${cidr} 8000"]]))
   security_group_id = aws_security_group.gpu.id
   description       = "Prometheus: gateway ops listener (9180) and backend metrics (8000)"
   cidr_ipv4         = split(" ", each.value)[0]
   ip_protocol       = "tcp"
   from_port         = tonumber(split(" ", each.value)[1])
   to_port           = tonumber(split(" ", each.value)[1])
+}
+
+resource "aws_vpc_security_group_ingress_rule" "gpu_metrics_from_prometheus_sg" {
+  for_each                     = var.prometheus_security_group_id == null ? toset([]) : toset(["9180", "8000"])
+  security_group_id            = aws_security_group.gpu.id
+  description                  = "Prometheus (its security group): gateway ops listener (9180) and backend metrics (8000)"
+  referenced_security_group_id = var.prometheus_security_group_id
+  ip_protocol                  = "tcp"
+  from_port                    = tonumber(each.value)
+  to_port                      = tonumber(each.value)
 }
 
 resource "aws_vpc_security_group_egress_rule" "gpu_https" {

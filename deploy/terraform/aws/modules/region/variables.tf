@@ -48,10 +48,19 @@ variable "desired_capacity" {
   default     = 1
 }
 
-variable "ami_ssm_parameter" {
-  description = "Public SSM parameter holding the Deep Learning AMI id (NVIDIA driver + Docker + NVIDIA Container Toolkit)"
+variable "ami_id" {
+  # Pinned, not read from the DLAMI's `latest` SSM parameter at plan time: a new AMI there
+  # would change the launch template on an ordinary apply and replace every host (an instance
+  # refresh). Changing this is the reviewed, per-region step that rolls the hosts. Look the
+  # current one up in the host's AWS region with
+  #   aws ssm get-parameter --region <aws-region> --query Parameter.Value --output text \
+  #     --name /aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id
+  description = "Deep Learning AMI (NVIDIA driver + Docker + NVIDIA Container Toolkit) of this AWS region, e.g. ami-0123456789abcdef0"
   type        = string
-  default     = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "ami_id: an AMI id of this region (ami-...)."
+  }
 }
 
 variable "root_volume_gb" {
@@ -101,9 +110,21 @@ variable "alb_logs_bucket" {
   type        = string
 }
 
-variable "monitoring_cidrs" {
-  description = "Where Prometheus scrapes from: the gateways' ops port (9180) and the backends' port (8000)"
+variable "prometheus_cidrs" {
+  # 8000 is the model server's whole API (/v1 unauthenticated, besides /metrics) and 9180 the
+  # gateway's ops listener: Prometheus's own addresses only, no broad range.
+  description = "Prometheus's addresses (IPv4, /24 or narrower; [] for none) allowed to the gateways' ops port (9180) and the model servers' port (8000)"
   type        = list(string)
+  validation {
+    condition     = alltrue([for c in var.prometheus_cidrs : can(cidrhost(c, 0)) && try(tonumber(split("/", c)[1]) >= 24, false)])
+    error_message = "prometheus_cidrs: IPv4 CIDRs of /24 or narrower (Prometheus's own hosts or subnet); port 8000 serves the model server's unauthenticated API."
+  }
+}
+
+variable "prometheus_security_group_id" {
+  description = "Security group of a Prometheus in this region's VPC (or a peered VPC of the same AWS region) allowed to 9180 and 8000; null for none"
+  type        = string
+  default     = null
 }
 
 variable "redis_global_replication_group_id" {
@@ -130,7 +151,22 @@ variable "redis_auth_ssm_parameter" {
 }
 
 variable "kms_key_arn" {
-  description = "Customer-managed KMS key for EBS, Redis at rest and the SSM parameter"
+  description = "Customer-managed KMS key for EBS, Redis at rest and the SSM parameters; its key policy must let the role AWSServiceRoleForAutoScaling use it (README, Deploying on AWS), or the autoscaling group cannot launch hosts with the encrypted root volume"
+  type        = string
+}
+
+variable "ops_token" {
+  description = "The gateways' ops.token (16 characters or more): Prometheus sends it as bearer token to /metrics on 9180; the gateways read it from the SSM parameter below"
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = length(var.ops_token) >= 16
+    error_message = "ops_token: 16 characters or more."
+  }
+}
+
+variable "ops_token_ssm_parameter" {
+  description = "Name of the SecureString SSM parameter this module stores the ops token in, read by the hosts at boot"
   type        = string
 }
 

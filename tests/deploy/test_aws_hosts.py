@@ -1,0 +1,330 @@
+"""deploy/terraform/aws, the GPU hosts: what a plan would do to them, read from the .tf files
+(python-hcl2), and their boot script, user_data.sh.tftpl, rendered as templatefile() renders
+it and run by bash with stand-ins for `aws` and `docker` (the host's real tools), so the
+ECR logins, the tokens and the containers' environment are checked by running them.
+
+Not exercised here (no AWS): the instance refresh itself, the ALB's timeouts, the security
+groups' effect, the real `aws`/`docker` CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import hcl2
+import pytest
+from redis.connection import parse_url
+
+from gateway import defaults as d
+from tests.deploy.conftest import DEPLOY
+
+AWS = DEPLOY / "terraform" / "aws"
+REGION = AWS / "modules" / "region"
+EXAMPLE = AWS / "example"
+USER_DATA = REGION / "user_data.sh.tftpl"
+
+
+def _resources(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(type, name) -> body of every resource in the module's .tf files."""
+    out = {}
+    for p in sorted(path.glob("*.tf")):
+        for block in hcl2.loads(p.read_text()).get("resource", []):
+            for kind, named in block.items():
+                for name, body in named.items():
+                    out[(kind.strip('"'), name.strip('"'))] = body
+    return out
+
+
+# --- item: instance refresh, AMI ------------------------------------------------------------
+
+
+def test_a_refresh_launches_the_new_host_before_it_ends_the_old() -> None:
+    """One host per region: min 100 % keeps it until its replacement is healthy, max 200 %
+    lets the replacement start beside it (min 50 / max 100 ended the only host first)."""
+    asg = _resources(REGION)[("aws_autoscaling_group", "gpu")]
+    (refresh,) = asg["instance_refresh"]
+    (prefs,) = refresh["preferences"]
+    assert prefs["min_healthy_percentage"] == 100
+    assert prefs["max_healthy_percentage"] == 200
+    # AWS's rule: max - min at most 100.
+    assert prefs["max_healthy_percentage"] - prefs["min_healthy_percentage"] <= 100
+
+
+def test_the_ami_is_pinned_not_read_from_latest() -> None:
+    """An AMI read from the DLAMI's `latest` SSM parameter at plan time changes the launch
+    template, and so replaces every host, on an ordinary apply."""
+    lt = _resources(REGION)[("aws_launch_template", "gpu")]
+    assert lt["image_id"] == "${var.ami_id}"
+    text = "\n".join(p.read_text() for p in REGION.glob("*.tf"))
+    assert 'data "aws_ssm_parameter"' not in text
+    # Each region's own AMI in the example (AMI ids are regional).
+    example = (EXAMPLE / "main.tf").read_text()
+    for rid in ("eu-central", "us-east", "ap-southeast"):
+        assert f'ami_id = var.regions["{rid}"].ami_id' in re.sub(r" +", " ", example), rid
+
+
+# --- item: ALB idle timeout -----------------------------------------------------------------
+
+
+def test_the_alb_lets_go_of_a_connection_before_the_gateway_does() -> None:
+    """An ALB idle timeout at or above the target's keep-alive reuses connections the gateway
+    is closing: intermittent 502s. Above the gateway's own stream timeouts, so that its error
+    event (or 504) reaches the client before the ALB cuts the connection."""
+    alb = _resources(REGION)[("aws_lb", "gateway")]
+    idle = alb["idle_timeout"]
+    assert idle < d.SERVER_KEEPALIVE_S
+    assert idle > max(d.IDLE_TIMEOUT_S, d.FIRST_BYTE_TIMEOUT_S)
+
+
+# --- item: who reaches 8000 and 9180 --------------------------------------------------------
+
+
+def test_ports_8000_and_9180_only_from_prometheus() -> None:
+    rules = {
+        name: body
+        for (kind, name), body in _resources(REGION).items()
+        if kind == "aws_vpc_security_group_ingress_rule"
+        and "aws_security_group.gpu.id" in str(body["security_group_id"])
+    }
+    sources = {}
+    for name, body in rules.items():
+        if name == "gpu_from_alb":
+            assert body["from_port"] == body["to_port"] == 8080
+            continue
+        sources[name] = str(body.get("for_each")) + str(body.get("referenced_security_group_id"))
+    assert set(sources) == {"gpu_metrics", "gpu_metrics_from_prometheus_sg"}
+    assert "var.prometheus_cidrs" in sources["gpu_metrics"]
+    assert "var.prometheus_security_group_id" in sources["gpu_metrics_from_prometheus_sg"]
+    variables = (REGION / "variables.tf").read_text()
+    block = variables[variables.index('variable "prometheus_cidrs"') :]
+    block = block[: block.index("\n}\n")]
+    assert "default" not in block  # no broad default: the operator names Prometheus
+    assert ">= 24" in block  # the validation refuses anything wider than a /24
+    example = (EXAMPLE / "terraform.tfvars.example").read_text()
+    (line,) = [ln for ln in example.splitlines() if ln.startswith("prometheus_cidrs")]
+    assert all(int(c.split("/")[1]) >= 24 for c in re.findall(r'"([0-9./]+)"', line)), line
+
+
+# --- the boot script, run -------------------------------------------------------------------
+
+IDENT = "[a-z_][a-z0-9_]*"
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """templatefile() for user_data.sh.tftpl: `%{ if x != "" ~}...%{ endif ~}` (the `~`
+    strips the directive's line break), `${x}`, and `$${` for a literal `${`.
+    test_the_renderer_matches_terraform compares it with Terraform's own."""
+
+    def cond(m: re.Match[str]) -> str:
+        return m.group(2) if values[m.group(1)] != "" else ""
+
+    text = re.sub(
+        rf'%\{{ if ({IDENT}) != "" ~\}}\n(.*?)%\{{ endif ~\}}\n', cond, template, flags=re.S
+    )
+    assert "%{" not in text, "a template directive this renderer does not know"
+    text = re.sub(rf"(?<!\$)\$\{{({IDENT})\}}", lambda m: values[m.group(1)], text)
+    return text.replace("$${", "${")
+
+
+SSM = {
+    "/geogate/redis-auth-token": "Tk#1%41?x:y&z+w!$~^=&p",  # ElastiCache allows all of these
+    "/geogate/ops-token": "ops-0123456789abcdef",
+}
+
+
+def _values(**over: str) -> dict[str, str]:
+    return {
+        "aws_region": "ap-southeast-1",
+        "gateway_image": "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate-gateway:0.1.0",
+        "backend_image": "210987654321.dkr.ecr.us-east-1.amazonaws.com/geogate-backend:0.1.0",
+        "gateway_config": '[gateway]\nregion = "ap-southeast"',
+        "model_path": "/opt/models/m",
+        "model_s3_uri": "",
+        "model_name": "m",
+        "redis_host": "geogate-eu-central-redis.abc.euc1.cache.amazonaws.com",
+        "redis_param": "/geogate/redis-auth-token",
+        "ops_token_param": "/geogate/ops-token",
+        "region_id": "ap-southeast",
+        **over,
+    }
+
+
+AWS_STUB = """
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "aws", "args": args}) + "\\n")
+def opt(name):
+    return args[args.index(name) + 1]
+if args[:2] == ["ssm", "get-parameter"]:
+    print(json.loads(os.environ["STUB_SSM"])[opt("--name")])
+elif args[:2] == ["ecr", "get-login-password"]:
+    if opt("--region") in os.environ.get("STUB_ECR_FAIL", "").split(","):
+        sys.exit("An error occurred (UnrecognizedClientException): GetAuthorizationToken")
+    print("pw-" + opt("--region"))
+elif args[:2] != ["s3", "sync"]:
+    sys.exit(f"aws stub: unexpected {args}")
+"""
+
+DOCKER_STUB = """
+import json, os, sys
+args = sys.argv[1:]
+entry = {"cmd": "docker", "args": args}
+if args[:1] == ["login"]:
+    entry["stdin"] = sys.stdin.read()
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps(entry) + "\\n")
+"""
+
+
+def boot(
+    tmp: Path, values: dict[str, str], ecr_fail: str = ""
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """Run the rendered user data with `aws` and `docker` stand-ins; /etc/geogate under tmp."""
+    bash = shutil.which("bash")
+    assert bash
+    bin_ = tmp / "bin"
+    bin_.mkdir(exist_ok=True)
+    for name, body in (("aws", AWS_STUB), ("docker", DOCKER_STUB)):
+        (bin_ / name).write_text(f"#!{sys.executable}\n{body}")
+        (bin_ / name).chmod(0o755)
+    if not (bin_ / "python3").exists():
+        (bin_ / "python3").symlink_to(sys.executable)  # the host's python3 (percent-encoding)
+    script = render(USER_DATA.read_text(), values).replace("/etc/geogate", str(tmp / "etc"))
+    (tmp / "user-data.sh").write_text(script)
+    log = tmp / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_SSM": json.dumps(SSM),
+        "STUB_ECR_FAIL": ecr_fail,
+    }
+    p = subprocess.run(
+        [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return p.returncode, p.stderr, calls
+
+
+def _env_of(run_args: list[str]) -> dict[str, str]:
+    return dict(run_args[i + 1].split("=", 1) for i, a in enumerate(run_args) if a == "-e")
+
+
+def test_ecr_login_in_each_registrys_own_region(tmp_path: Path) -> None:
+    """A host in ap-southeast-1 pulling from eu-central-1's and us-east-1's ECR logs in to
+    each registry with that registry's region, before any container is started."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    ecr = [c["args"] for c in calls if c["cmd"] == "aws" and c["args"][0] == "ecr"]
+    assert sorted(a[a.index("--region") + 1] for a in ecr) == ["eu-central-1", "us-east-1"]
+    logins = {c["args"][-1]: c["stdin"].strip() for c in calls if c["args"][:1] == ["login"]}
+    assert logins == {
+        "123456789012.dkr.ecr.eu-central-1.amazonaws.com": "pw-eu-central-1",
+        "210987654321.dkr.ecr.us-east-1.amazonaws.com": "pw-us-east-1",
+    }
+    kinds = [c["args"][0] for c in calls if c["cmd"] == "docker"]
+    assert kinds == ["login", "login", "run", "run"]
+
+
+def test_one_login_per_registry_and_none_for_a_public_one(tmp_path: Path) -> None:
+    same = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate-backend:0.1.0"
+    rc, err, calls = boot(tmp_path, _values(backend_image=same))
+    assert rc == 0, err
+    assert [c["args"][-1] for c in calls if c["args"][:1] == ["login"]] == [same.split("/")[0]]
+    public = _values(
+        gateway_image="public.ecr.aws/geogate/gateway:0.1.0", backend_image="ghcr.io/x/b:1"
+    )
+    rc, err, calls = boot(tmp_path, public)
+    assert rc == 0, err
+    assert not [c for c in calls if c["args"][:1] == ["login"] or c["args"][0] == "ecr"]
+
+
+def test_a_failed_login_stops_the_boot_loudly(tmp_path: Path) -> None:
+    """`|| true` hid it: the containers then failed to pull, or ran stale images."""
+    rc, err, calls = boot(tmp_path, _values(), ecr_fail="us-east-1")
+    assert rc != 0
+    assert "geogate boot: failed at line" in err
+    assert not [c for c in calls if c["args"][:1] == ["run"]]
+
+
+def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
+    tmp_path: Path,
+) -> None:
+    """The Redis token percent-encoded in the URL ('#' would end the URL's password, '%41'
+    would be read as 'A'), decoded back by redis-py as geogate hands it the URL; the ops
+    token as GEOGATE_OPS__TOKEN, which geogate reads as ops.token."""
+    from gateway.config_file import load_config
+
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    (gateway,) = [
+        c["args"] for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]
+    ]
+    env = _env_of(gateway)
+    url = env["GEOGATE_REDIS__URL"]
+    assert urlsplit(url).hostname == _values()["redis_host"]
+    assert urlsplit(url).port == 6379
+    assert parse_url(url)["password"] == SSM["/geogate/redis-auth-token"]
+    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    # The config the host wrote, with that environment, as the container loads it.
+    example = render_example_config()
+    (tmp_path / "gateway.toml").write_text(example)
+    cfg = load_config(tmp_path / "gateway.toml", env=env)
+    assert cfg.ops.token == SSM["/geogate/ops-token"]
+    assert cfg.redis.url == url
+
+
+def render_example_config() -> str:
+    from tests.deploy.test_terraform import _render
+
+    template = (EXAMPLE / "gateway.toml.tftpl").read_text()
+    regions = {"ap-southeast": {"latitude": 1.35, "longitude": 103.82}}
+    return _render(
+        template,
+        {
+            "region_id": "ap-southeast",
+            "vpc_cidr": "10.30.0.0/16",
+            "regions": regions,
+            "domain": "example.com",
+            "model_name": "m",
+        },
+    )
+
+
+def test_the_boot_script_passes_bash_n_and_copies_the_model_when_asked(tmp_path: Path) -> None:
+    rc, err, calls = boot(tmp_path, _values(model_s3_uri="s3://models/m/"))
+    assert rc == 0, err
+    assert ["s3", "sync", "--only-show-errors", "s3://models/m/", "/opt/models/m"] in [
+        c["args"] for c in calls if c["cmd"] == "aws"
+    ]
+
+
+def test_the_renderer_matches_terraform(tmp_path: Path) -> None:
+    """The renderer above against Terraform's own templatefile() (`terraform console` needs
+    no provider), where terraform is installed; scripts/dev does not install it."""
+    terraform = shutil.which("terraform")
+    if not terraform:
+        pytest.skip("terraform is not installed: the renderer is checked against it elsewhere")
+    shutil.copy(USER_DATA, tmp_path / "t.tftpl")
+    for values in (_values(), _values(model_s3_uri="s3://models/m/")):
+        hcl = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        p = subprocess.run(
+            [terraform, "console"],
+            input=f'jsonencode(templatefile("t.tftpl", {{{hcl}}}))\n',
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "CHECKPOINT_DISABLE": "1"},
+        )
+        assert p.returncode == 0, p.stderr
+        assert json.loads(json.loads(p.stdout)) == render(USER_DATA.read_text(), values)

@@ -1,0 +1,149 @@
+"""deploy/docker/Dockerfile.gateway builds the C extension (gateway._splice) and fails
+without it; its .dockerignore keeps the context small and host-built files out. No engine
+runs here: the Dockerfile is read, and its build stage's wheel is built from exactly the files
+that stage copies (the context as the .dockerignore leaves it), offline, with this machine's
+gcc and CPython headers where the image has build-essential and python:3.11's."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.deploy.conftest import DEPLOY, ROOT
+
+DOCKER = DEPLOY / "docker"
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments left out."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in dockerfile.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            word, _, args = pending.strip().partition(" ")
+            out.append((word.upper(), args.strip()))
+            pending = ""
+    return out
+
+
+def _stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    stages: list[list[tuple[str, str]]] = []
+    for ins in _instructions(dockerfile):
+        if ins[0] == "FROM":
+            stages.append([])
+        stages[-1].append(ins)
+    return stages
+
+
+def _ignored(patterns: list[str], path: str) -> bool:
+    """Whether a .dockerignore's patterns leave `path` (relative to the context) out: a
+    pattern matches the path or a folder above it; `*` within a name, `**` across folders."""
+
+    def regex(p: str) -> re.Pattern[str]:
+        out = ""
+        for part in re.split(r"(\*\*/|\*\*|\*|\?)", p.strip("/")):
+            out += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(
+                part, re.escape(part)
+            )
+        return re.compile(out)
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(regex(p).fullmatch(pre) for p in patterns for pre in prefixes)
+
+
+def _ignore_patterns(dockerfile: Path) -> list[str]:
+    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    assert ignore.exists(), f"{ignore.name}: BuildKit's ignore file for {dockerfile.name}"
+    lines = ignore.read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def _copied(stage: list[tuple[str, str]]) -> list[str]:
+    sources = []
+    for word, args in stage:
+        if word == "COPY" and not args.startswith("--from"):
+            sources += args.split()[:-1]
+    return sources
+
+
+def test_the_build_stage_compiles_the_extension_and_the_image_requires_it() -> None:
+    build, runtime = _stages(DOCKER / "Dockerfile.gateway")
+    assert build[0][1].endswith(" AS build")
+    build_runs = " ".join(a for w, a in build if w == "RUN")
+    assert "build-essential" in build_runs  # the slim image has no gcc
+    assert {"setup.py", "pyproject.toml", "gateway"} <= set(_copied(build))
+    assert "pip wheel" in build_runs
+    # The image that runs: the wheel from the build stage, no compiler, and a build that
+    # fails when the extension is missing (setup.py marks it optional).
+    assert ("COPY", "--from=build /wheels /tmp/wheels") in runtime
+    runtime_runs = [a for w, a in runtime if w == "RUN"]
+    assert not [a for a in runtime_runs if "build-essential" in a or "gcc" in a]
+    (install,) = [a for a in runtime_runs if "pip install" in a]
+    assert 'python -c "import gateway._splice"' in install
+    assert install.index("pip install") < install.index("import gateway._splice")
+    assert [w for w, _ in runtime][-2:] == ["ENTRYPOINT", "CMD"]
+
+
+def test_the_build_stages_files_make_a_wheel_with_the_extension(tmp_path: Path) -> None:
+    """What the build stage copies, less what the .dockerignore leaves out (a host-built
+    .so in particular), is enough for `pip wheel` to build gateway._splice into the wheel.
+    Without setup.py, as before, the wheel was pure Python and every stream took the
+    Python relay."""
+    dockerfile = DOCKER / "Dockerfile.gateway"
+    patterns = _ignore_patterns(dockerfile)
+    src = tmp_path / "src"
+    src.mkdir()
+    for source in _copied(_stages(dockerfile)[0]):
+        path = ROOT / source
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in files:
+            rel = f.relative_to(ROOT).as_posix()
+            if not _ignored(patterns, rel):
+                (src / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, src / rel)
+    assert not list(src.rglob("*.so")), "a host-built extension would reach the image"
+    p = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
+            *("--wheel-dir", str(tmp_path / "wheels"), str(src)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    (wheel,) = (tmp_path / "wheels").glob("geogate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if re.fullmatch(r"gateway/_splice\..*\.so", n)], names
+    assert "-py3-none-any" not in wheel.name
+
+
+def test_the_dockerignore_keeps_the_context_small_and_what_copy_needs() -> None:
+    for name in ("Dockerfile.gateway", "Dockerfile.backend"):
+        dockerfile = DOCKER / name
+        patterns = _ignore_patterns(dockerfile)
+        for path in (
+            ".git/HEAD",
+            ".venv/bin/python",
+            ".venv-checkov/bin/checkov",
+            "bench/results/round14/x.json",
+            "node_modules/x/index.js",
+            "edge/node_modules/x/index.js",
+            "build/lib/gateway/_splice.so",
+            "gateway/_splice.cpython-311-x86_64-linux-gnu.so",
+            "gateway/__pycache__/config.cpython-311.pyc",
+        ):
+            assert _ignored(patterns, path), f"{name}: {path} reaches the build context"
+        copied = [s for stage in _stages(dockerfile) for s in _copied(stage)]
+        for source in copied:
+            assert not _ignored(patterns, source), f"{name}: COPY {source} is ignored"
+        for kept in ("gateway/_splice.c", "gateway/http/splice.py", "bench/peers.py"):
+            assert not _ignored(patterns, kept), kept
