@@ -2,15 +2,23 @@
 
 For private networks, overrides and test fixtures. The output reads with geoip2's ``city()``
 exactly like a MaxMind City database.
+
+Rows may overlap: the most specific network wins for the addresses it covers, whatever the
+order of the rows (``10.1.0.0/16`` inside ``10.0.0.0/8`` answers for 10.1.x.x, the /8 for the
+rest), as an override file is meant to read. The same network twice is refused: which of the
+two was meant is not ours to guess. An IPv4 network is the same network as its IPv4-compatible
+IPv6 form (``10.0.0.0/8`` and ``::a00:0/104``): that is where the database stores it.
 """
 
 from __future__ import annotations
 
 import csv
 import ipaddress
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import pycountry
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
@@ -19,21 +27,45 @@ from geodb.errors import BuildError
 
 DATABASE_TYPE = "GeoLite2-City"  # geoip2 accepts city() lookups on this type
 ROW_ACCURACY_KM = 50  # accuracy_radius written for every row: a city-level guess
+# Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
+EXTRA_COUNTRIES = frozenset({"XK"})
+
+Network = ipaddress.IPv6Network  # where a row's network sits in the database's IPv6 tree
 
 
-def _record(row: Sequence[str], where: str) -> tuple[str, dict[str, object]]:
+def _tree_network(network: str, where: str) -> Network:
+    """The row's network as the database stores it: IPv4 in the IPv4-compatible ``::/96``.
+    Host bits are refused, not cleared: ``10.0.0.5/8`` is a typo for a /8 or for a /32."""
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError as exc:
+        raise BuildError(f"{where}: {network!r} is not a network (CIDR)") from exc
+    if net.network_address != ipaddress.ip_interface(network).ip:
+        raise BuildError(f"{where}: {network} has host bits set (the network is {net})")
+    if isinstance(net, ipaddress.IPv4Network):
+        return ipaddress.IPv6Network((int(net.network_address), net.prefixlen + 96))
+    return net
+
+
+def _country(country: str, where: str) -> str:
+    up = country.upper()
+    # isascii: pycountry matches without regard to case, and "ÄÖ".upper() is no ISO code
+    if up.isascii() and (up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up)):
+        return up
+    raise BuildError(
+        f"{where}: country {country!r} is not an ISO 3166-1 alpha-2 code (such as DE, GB, US)"
+    )
+
+
+def _record(row: Sequence[str], where: str) -> tuple[Network, dict[str, object]]:
     if len(row) not in (5, 6):
         raise BuildError(
             f"{where}: expected network,country,continent,latitude,longitude[,city], "
             f"got {len(row)} fields"
         )
     network, country, continent, lat_s, lon_s = (f.strip() for f in row[:5])
-    try:
-        ipaddress.ip_network(network, strict=False)
-    except ValueError as exc:
-        raise BuildError(f"{where}: {network!r} is not a network (CIDR)") from exc
-    if len(country) != 2 or not country.isalpha():
-        raise BuildError(f"{where}: country {country!r} is not an ISO 3166 alpha-2 code")
+    net = _tree_network(network, where)
+    country = _country(country, where)
     if continent.upper() not in CONTINENT_NAMES:
         raise BuildError(
             f"{where}: continent {continent!r} is not one of {', '.join(CONTINENT_NAMES)}"
@@ -45,7 +77,7 @@ def _record(row: Sequence[str], where: str) -> tuple[str, dict[str, object]]:
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         raise BuildError(f"{where}: latitude {lat} / longitude {lon} out of range")
     record: dict[str, object] = {
-        "country": {"iso_code": country.upper(), "names": {"en": country.upper()}},
+        "country": {"iso_code": country, "names": {"en": country}},
         "continent": {
             "code": continent.upper(),
             "names": {"en": CONTINENT_NAMES[continent.upper()]},
@@ -56,9 +88,47 @@ def _record(row: Sequence[str], where: str) -> tuple[str, dict[str, object]]:
             "accuracy_radius": ROW_ACCURACY_KM,
         },
     }
-    if len(row) == 6 and row[5].strip():
-        record["city"] = {"names": {"en": row[5].strip()}}
-    return network, record
+    city = row[5].strip() if len(row) == 6 else ""
+    # A NUL or an escape sequence would reach every log line and page that names the city.
+    if any(unicodedata.category(c) == "Cc" for c in city):
+        raise BuildError(f"{where}: city {city!r} holds a control character")
+    if city:
+        record["city"] = {"names": {"en": city}}
+    return net, record
+
+
+def _line(where: str) -> str:
+    """``line 2`` for ``nets.csv:2`` (the second row of a duplicate is in the same file); a
+    row a caller labelled otherwise by its label."""
+    _, sep, n = where.rpartition(":")
+    return f"line {n}" if sep and n.isdigit() else f"row {where!r}"
+
+
+def _records(rows: Iterable[tuple[str, Sequence[str]]]) -> list[tuple[Network, dict[str, object]]]:
+    """Every row checked, duplicates refused, broadest network first: each later insert
+    overwrites what it covers, so the most specific row ends up answering for its addresses."""
+    seen: dict[Network, str] = {}
+    out = []
+    for where, row in rows:
+        net, record = _record(row, where)
+        if net in seen:
+            raise BuildError(f"{where}: network {row[0].strip()} is already on {_line(seen[net])}")
+        seen[net] = where
+        out.append((net, record))
+    out.sort(key=lambda x: x[0].prefixlen)  # stable: equal lengths cannot overlap anyway
+    return out
+
+
+def _write(writer: MMDBWriter, out: Path) -> None:
+    if out.is_dir():  # else the rename below fails only after the whole file is written
+        raise BuildError(f"cannot write {out}: Is a directory")
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        writer.to_db_file(str(tmp))
+        tmp.replace(out)  # atomic: a gateway hot-reloading `out` never sees half a file
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BuildError(f"cannot write {out}: {exc.strerror}") from None
 
 
 def build_from_rows(rows: Iterable[tuple[str, Sequence[str]]], out: Path) -> int:
@@ -70,24 +140,31 @@ def build_from_rows(rows: Iterable[tuple[str, Sequence[str]]], out: Path) -> int
         languages=["en"],
         description="geogate geodb build",
     )
-    count = 0
-    for where, row in rows:
-        network, record = _record(row, where)
-        writer.insert_network(IPSet([network]), record)
-        count += 1
-    if count == 0:
+    records = _records(rows)
+    if not records:
         raise BuildError("no rows: nothing to build")
-    tmp = out.with_name(out.name + ".tmp")
-    writer.to_db_file(str(tmp))
-    tmp.replace(out)  # atomic: a gateway hot-reloading `out` never sees half a file
-    return count
+    for net, record in records:
+        # The writer cannot insert a /0 (its tree has no bit to hang it on): two halves can,
+        # one at a time (an IPSet would merge them back into the /0).
+        for part in net.subnets() if net.prefixlen == 0 else [net]:
+            writer.insert_network(IPSet([str(part)]), record)
+    _write(writer, out)
+    return len(records)
 
 
 def build_from_csv(csv_path: Path, out: Path) -> int:
     try:
-        text = csv_path.read_text(encoding="utf-8")
+        # Bytes, decoded whole: the error's offset is then the file's. A BOM (spreadsheets
+        # write one) is not part of the header.
+        text = csv_path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise BuildError(f"cannot read {csv_path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise BuildError(
+            f"{csv_path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
+            "save the file as UTF-8"
+        ) from None
     rows = []
     for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or row[0].lstrip().startswith("#") or row[0].strip() == "network":

@@ -20,14 +20,17 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.cli.errors import CLIError
 from gateway.cli.procs import (
-    free_port,
+    PortPicker,
     geogate_cmd,
+    interruptible,
     kill,
     regions_toml,
     route_field,
     spawn,
     stop_all,
+    uninterrupted,
     wait_http,
 )
 from gateway.http.headers import ROUTE_HEADER
@@ -198,7 +201,7 @@ async def _until_unhealthy(ops: str, region: str, within_s: float = 10.0) -> Non
             if not any(x["healthy"] for x in table["regions"] if x["id"] == region):
                 return
             await asyncio.sleep(0.05)
-    raise TimeoutError(f"the gateway still sees {region} as healthy after {within_s:g} s")
+    raise CLIError(f"demo: the gateway still sees {region} as healthy after {within_s:g} s")
 
 
 async def _scenario(gw: str, ops: str, sims: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -246,12 +249,29 @@ async def _trickle(gw: str, gw_proc: subprocess.Popen[bytes], seconds: float) ->
         await asyncio.sleep(1.0)
 
 
-def run_demo(keep_running: bool = False, port: int = 0) -> None:
-    # Ctrl-C is how the demo is stopped. A shell starts background jobs with SIGINT ignored,
-    # and Python keeps an inherited "ignore": take it back, or the demo cannot be stopped.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _sim(port: int, rid: str, *knobs: str) -> list[str]:
+    return geogate_cmd(
+        "sim-backend", "--port", str(port), "--region", rid, "--model", MODEL, *knobs
+    )
+
+
+def _still_up(gw: str, ops: str, token: str) -> None:
+    print(
+        f"\nThe gateway is still up at {gw} (Ctrl-C stops it). Try, as a Londoner:\n"
+        f"  curl --interface 127.0.0.2 -i {gw}/v1/chat/completions \\\n"
+        f'       -d \'{{"model": "{MODEL}", "messages": '
+        '[{"role": "user", "content": "hi"}]}\'\n'
+        f"  curl {ops}/routing-table   # the ops listener: loopback only\n"
+        + _dashboard_login(ops, token),
+        flush=True,
+    )
+
+
+def _run(
+    work: Path, procs: dict[str, subprocess.Popen[bytes]], keep_running: bool, port: int
+) -> None:
+    """Everything the demo starts goes into ``procs`` as it starts: the caller stops them."""
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
     db = work / "demo-cities.mmdb"
     build_from_rows(
         [
@@ -260,67 +280,55 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
         ],
         db,
     )
-    ports = {rid: free_port() for rid in REGIONS}
-    gw_port = port or free_port()
-    ops_port = next(p for p in iter(free_port, 0) if p != gw_port)
-    sims = {
-        rid: spawn(
-            geogate_cmd(
-                "sim-backend",
-                "--port",
-                str(p),
-                "--region",
-                rid,
-                "--model",
-                MODEL,
-                "--ttft-ms",
-                "20",
-                "--tokens-per-s",
-                "400",
-            ),
-            work / f"sim-{rid}.log",
+    pick = PortPicker(given={port})  # --port is not handed to a backend, nor to ops
+    ports = {rid: pick() for rid in REGIONS}
+    gw_port, ops_port = port or pick(), pick()
+    for rid, p in ports.items():
+        procs[rid] = spawn(
+            _sim(p, rid, "--ttft-ms", "20", "--tokens-per-s", "400"), work / f"sim-{rid}.log"
         )
-        for rid, p in ports.items()
-    }
     cfg = work / "gateway.toml"
     token = secrets.token_urlsafe(18)  # per run: a demo left running is not open to anyone
     cfg.write_text(_config(ports, gw_port, ops_port, db, token))
-    gw_proc = None
-    try:
-        for rid, p in ports.items():
-            wait_http(f"http://127.0.0.1:{p}/health", proc=sims[rid])
-        gw_proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), work / "gateway.log")
-        gw, ops = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ops_port}"
-        wait_http(f"{gw}/readyz", proc=gw_proc)
-        print(
-            f"geogate demo: 3 simulated regions, gateway at {gw} (origin=client), "
-            f"GeoIP {db.name}; logs in {work}"
-        )
-        if keep_running:  # open it now and watch the failover below happen on the map
-            print(_dashboard_login(ops, token), flush=True)
-        asyncio.run(_scenario(gw, ops, sims))
-        print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
-        if keep_running:
-            print(
-                f"\nThe gateway is still up at {gw} (Ctrl-C stops it). Try, as a Londoner:\n"
-                f"  curl --interface 127.0.0.2 -i {gw}/v1/chat/completions \\\n"
-                f'       -d \'{{"model": "{MODEL}", "messages": '
-                '[{"role": "user", "content": "hi"}]}\'\n'
-                f"  curl {ops}/routing-table   # the ops listener: loopback only\n"
-                + _dashboard_login(ops, token),
-                flush=True,
-            )
-            for rid in ("us-east", "eu-central"):  # bring the killed regions back
-                sims[rid] = spawn(
-                    geogate_cmd(
-                        "sim-backend", "--port", str(ports[rid]), "--region", rid, "--model", MODEL
-                    ),
-                    work / f"sim-{rid}.log",
-                )
-            asyncio.run(_trickle(gw, gw_proc, TRICKLE_S))
-            while gw_proc.poll() is None:
-                time.sleep(0.5)
-    finally:
-        # The end, or Ctrl-C: no client is left to drain for, so SIGINT (no drain), and all
-        # together rather than one after another.
-        stop_all([p for p in (gw_proc, *sims.values()) if p is not None], signal.SIGINT)
+    for rid, p in ports.items():
+        wait_http(f"http://127.0.0.1:{p}/health", proc=procs[rid], log=work / f"sim-{rid}.log")
+    log = work / "gateway.log"
+    procs["gateway"] = gw_proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), log)
+    gw, ops = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ops_port}"
+    wait_http(f"{gw}/readyz", proc=gw_proc, log=log)
+    print(
+        f"geogate demo: 3 simulated regions, gateway at {gw} (origin=client), "
+        f"GeoIP {db.name}; logs in {work}"
+    )
+    if keep_running:  # open it now and watch the failover below happen on the map
+        print(_dashboard_login(ops, token), flush=True)
+    sims = {rid: procs[rid] for rid in REGIONS}
+    asyncio.run(_scenario(gw, ops, sims))
+    print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
+    if not keep_running:
+        return
+    # The regions the story killed back up, a trickle of requests for the dashboard, and the
+    # gateway up until Ctrl-C (or SIGTERM, SIGHUP), or until it exits.
+    _still_up(gw, ops, token)
+    for rid in ("us-east", "eu-central"):  # bring the killed regions back
+        procs[rid] = spawn(_sim(ports[rid], rid), work / f"sim-{rid}.log")
+    asyncio.run(_trickle(gw, gw_proc, TRICKLE_S))
+    while gw_proc.poll() is None:
+        time.sleep(0.5)
+
+
+def run_demo(keep_running: bool = False, port: int = 0) -> None:
+    # Ctrl-C is how the demo is stopped. A shell starts background jobs with SIGINT ignored,
+    # and Python keeps an inherited "ignore": take it back, or the demo cannot be stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    # SIGTERM and SIGHUP (kill, a closed terminal) as Ctrl-C: the `finally:` runs
+    with interruptible():
+        try:
+            _run(work, procs, keep_running, port)
+        finally:
+            # The end, or Ctrl-C: no client is left to drain for, so SIGINT (no drain), and
+            # all together rather than one after another, a second Ctrl-C ignored meanwhile.
+            with uninterrupted():
+                stop_all(list(procs.values()), signal.SIGINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,23 @@ from gateway.errors import GatewayError
 from geodb.errors import GeoDBError
 
 EXIT_USAGE = 2
+AUDIT_COUNT_MAX = 1000  # what the admin API serves at most (gateway.http.admin.MAX_AUDIT_COUNT)
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, refused while the arguments
+    are parsed, not later by whatever it is handed to (the kernel, Redis) in its own words."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the quickstart: three regions, five cities, a failover")
     d.add_argument("--keep-running", action="store_true", help="leave the gateway up")
-    d.add_argument("--port", type=int, default=0, help="gateway port (0 = any free port)")
+    d.add_argument(
+        "--port", type=_whole(0, 65535), default=0, help="gateway port (0 = any free port)"
+    )
 
     ctl = sub.add_parser(
         "ctl", help="operate a fleet: drain, undrain, weight, top, show, set, audit"
@@ -72,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--drain", dest="drained", action="store_const", const=True)
     st.add_argument("--undrain", dest="drained", action="store_const", const=False)
     au = csub.add_parser("audit", help="operator changes, newest first")
-    au.add_argument("--count", type=int, default=20)
+    au.add_argument(
+        "--count", type=_whole(1, AUDIT_COUNT_MAX), default=20, help="how many, newest first"
+    )
     au.add_argument("--json", action="store_true")
 
     geo = sub.add_parser("geodb", help="GeoIP tools")
@@ -83,7 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     lk.add_argument("--config", type=Path, help="gateway config, to show the routing choice")
     lk.add_argument("--model", help="model to route (default: the first one configured)")
     lk.add_argument("--json", action="store_true", help="machine-readable output")
-    b = gsub.add_parser("build", help="build a City .mmdb from CSV")
+    b = gsub.add_parser(
+        "build",
+        help="build a City .mmdb from CSV",
+        description="Build a City-format .mmdb from CSV rows. Networks may overlap: the most "
+        "specific row wins for the addresses it covers, whatever the order of the rows. The "
+        "same network twice, host bits (10.0.0.5/8), a country that is not an ISO 3166-1 "
+        "alpha-2 code and control characters in the city are refused, each by line number.",
+    )
     b.add_argument("csv", type=Path, help="rows: network,country,continent,lat,lon[,city]")
     b.add_argument("out", type=Path)
 
@@ -149,8 +178,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (GatewayError, GeoDBError, CLIError) as exc:
         print(f"geogate: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: 130; SIGTERM or SIGHUP, raised as procs.Terminated: 128 + its number, as a
+        # shell reports a process the signal ended
+        sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

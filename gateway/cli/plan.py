@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError
+from gateway.cli.files import not_utf8, output_dir, read_text, writing
 from gateway.errors import PlanInvalid
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
 from gateway.plan.model import Placement, choose
@@ -29,10 +30,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def load(path: Path) -> PlanInput:
+    text = read_text(path, "plan")
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CLIError(f"plan: cannot read {path}: {exc.strerror}") from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CLIError(f"plan: {path} is not valid TOML: {exc}") from None
     given = section(doc, "settings").get("backend_results")  # checked: a table, or absent
@@ -51,6 +51,8 @@ def read_results(path: Path) -> dict[str, Any]:
             f"plan: a region takes its tokens_per_s from {path}, which cannot be read "
             f"({exc.strerror}): run bench/backend.py there, or give tokens_per_s"
         ) from None
+    except UnicodeDecodeError as exc:  # a ValueError too: this first
+        raise PlanInvalid(f"plan: {not_utf8(path, exc)}") from None
     except ValueError as exc:
         raise PlanInvalid(f"plan: {path} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -128,6 +130,8 @@ def chart(out: Path, placements: list[Placement]) -> Path | None:
 
 def run_command(args: argparse.Namespace) -> None:
     p = load(args.file)
+    if args.out:  # before the search: its results are lost if they cannot be written
+        output_dir(args.out, "plan")
     placements = plan(p)
     continents = sorted({d.continent for d in p.demand})
     shown = placements if args.all else [x for x in placements if x.pareto or x.meets]
@@ -142,17 +146,26 @@ def run_command(args: argparse.Namespace) -> None:
     print()
     print(detail(best, p) if best else "no placement meets every objective", end="")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "plan.md").write_text(table(placements, continents), encoding="utf-8")
-        doc = {
-            "chosen": None if best is None else list(best.regions),
-            "search": "every subset" if exhaustive(p) else "beam search",
-            "tokens_per_s": {
-                c.id: {"value": c.tokens_per_s, "source": c.tokens_per_s_source}
-                for c in p.candidates
-            },
-            "placements": [asdict(x) | {"monthly_usd": x.monthly_usd} for x in placements],
-        }
-        (args.out / "plan.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        png = chart(args.out, placements)
-        print(f"\nwritten to {args.out}/: plan.md, plan.json" + (", plan.png" if png else ""))
+        with writing(args.out, "plan"):
+            _write(args.out, p, placements, continents, best)
+
+
+def _write(
+    out: Path,
+    p: PlanInput,
+    placements: list[Placement],
+    continents: list[str],
+    best: Placement | None,
+) -> None:
+    (out / "plan.md").write_text(table(placements, continents), encoding="utf-8")
+    doc = {
+        "chosen": None if best is None else list(best.regions),
+        "search": "every subset" if exhaustive(p) else "beam search",
+        "tokens_per_s": {
+            c.id: {"value": c.tokens_per_s, "source": c.tokens_per_s_source} for c in p.candidates
+        },
+        "placements": [asdict(x) | {"monthly_usd": x.monthly_usd} for x in placements],
+    }
+    (out / "plan.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    png = chart(out, placements)
+    print(f"\nwritten to {out}/: plan.md, plan.json" + (", plan.png" if png else ""))

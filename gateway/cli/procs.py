@@ -1,21 +1,32 @@
-"""Start and stop geogate processes (sim backends, gateways) for the demo, tests and benches."""
+"""Start and stop geogate processes (sim backends, gateways) for the demo, tests and benches.
+
+Children start in sessions of their own (a terminal's Ctrl-C reaches only the parent, which
+stops them in order) and, on Linux, die with the parent however it dies (PR_SET_PDEATHSIG): a
+parent killed with SIGKILL runs no ``finally:`` and would leave them serving. SIGTERM and SIGHUP
+do run it once ``interruptible()`` turns them into KeyboardInterrupt."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
+from gateway.cli.errors import CLIError
 from geodb.regions import known_region
 
 READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp, starlette, granian: seconds, not more
@@ -23,6 +34,78 @@ READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp, starlette, granian: seco
 # between free_port() and its bind: started again on a fresh port, up to START_TRIES times
 ADDRESS_IN_USE = "address already in use"  # strerror(EADDRINUSE), as every server words it
 START_TRIES = 5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill's default; a closed terminal
+LAST_LINE_CHARS = 300  # of a child's log, in an error: a server's own one-line error fits
+
+
+class ExitedAtStart(CLIError, RuntimeError):
+    """A child exited before it served. A RuntimeError too, as it was before it was a CLIError:
+    callers (tests, benches) catch it as one."""
+
+
+class NotReady(CLIError, TimeoutError):
+    """A child did not answer in time. A TimeoutError too, for the same callers."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt, so the same ``finally:``
+    blocks stop the children; the command then exits with 128 + ``signum``, as a shell reports
+    a process that the signal ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt) until the block ends; the
+    handlers there before come back after. Only the main thread may set handlers: elsewhere
+    this does nothing."""
+    if not _in_main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP ignored while the block runs: the children are being stopped,
+    and a second Ctrl-C there would leave those not yet stopped running."""
+    if not _in_main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def log_tail(log: Path) -> str:
+    """``see LOG (last line: ...)``: where a child's output went and the last thing it said,
+    which is why it stopped more often than not (a server's start-up error is one line)."""
+    try:
+        lines = log.read_bytes().decode(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    last = lines[-1].strip()[:LAST_LINE_CHARS] if lines else ""
+    return f"see {log}" + (f" (last line: {last})" if last else " (empty)")
 
 
 def route_field(header: str, key: str) -> str:
@@ -91,13 +174,15 @@ def start_all(
         for attempt in range(1, START_TRIES + 1):
             s = live[name]
             try:
-                wait_http(s.ready_url, timeout=timeout, proc=s.proc)
+                wait_http(s.ready_url, timeout=timeout, proc=s.proc, log=s.log)
                 break
-            except RuntimeError:
+            except ExitedAtStart:
                 if not s.lost_its_port():
-                    raise RuntimeError(f"{name} exited at start; see {s.log}") from None
+                    raise ExitedAtStart(
+                        f"{name} exited at start with status {s.proc.returncode}; {log_tail(s.log)}"
+                    ) from None
                 if attempt == START_TRIES:
-                    raise RuntimeError(
+                    raise ExitedAtStart(
                         f"{name}: {ADDRESS_IN_USE} on {START_TRIES} fresh ports; see {s.log}"
                     ) from None
                 live[name] = starters[name]()
@@ -110,13 +195,19 @@ def wait_http(
     proc: subprocess.Popen[bytes] | None = None,
     ok: Sequence[int] = (200,),
     context: ssl.SSLContext | None = None,
+    log: Path | None = None,
 ) -> None:
-    """Poll ``url`` until it answers with one of ``ok``; fail early if ``proc`` died."""
+    """Poll ``url`` until it answers with one of ``ok``; fail early if ``proc`` died. The
+    errors are one line, naming ``log`` and its last line when given."""
     deadline = time.monotonic() + timeout
     last = "no answer"
+
+    def see() -> str:
+        return "" if log is None else f"; {log_tail(log)}"
+
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with status {proc.returncode}")
+            raise ExitedAtStart(f"process for {url} exited with status {proc.returncode}{see()}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status in ok:
@@ -127,27 +218,84 @@ def wait_http(
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout:g} s ({last})")
+    raise NotReady(f"{url} not ready after {timeout:g} s ({last}){see()}")
+
+
+def wait_json(
+    url: str,
+    done: Callable[[Any], bool],
+    what: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = READY_TIMEOUT_S,
+) -> None:
+    """Poll ``url`` until ``done`` likes its JSON (``what`` it is waited for); one line naming
+    ``log`` if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ExitedAtStart(
+                f"process for {url} exited with status {proc.returncode}; {log_tail(log)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if done(json.loads(r.read())):
+                    return
+        except (OSError, ValueError):  # not listening yet, or dying: the next round says which
+            pass
+        time.sleep(0.1)
+    raise NotReady(f"{url}: {what} not there after {timeout:g} s; {log_tail(log)}")
 
 
 def geogate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "gateway", *args]
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    """prctl(2), looked up here: not in the forked child, where only the thread that forked
+    runs and a lock another thread held (dlopen's) would never be released."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn: SIGTERM the child when this process dies, however it dies. The signal
+    comes when the *thread* that forked it ends, so only children of the main thread get it:
+    one spawned from a worker thread would be stopped when that thread is done. (The gateway's
+    server._term_with_parent does the same for its workers; it is not imported from there as
+    it loads libc in the child, and as gateway.server pulls in the whole server.)"""
+    prctl = _PRCTL
+    if prctl is None or not _in_main_thread():
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
 def spawn(args: Sequence[str], log: Path | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if log is None:
+    # The child gets its own copy of the descriptor; ours closes when Popen returns.
+    with contextlib.ExitStack() as stack:
+        out = subprocess.DEVNULL if log is None else stack.enter_context(open(log, "ab"))
         return subprocess.Popen(
             list(args),
-            stdout=subprocess.DEVNULL,
+            stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-        )
-    # The child gets its own copy of the descriptor; ours closes when Popen returns.
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            list(args), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            preexec_fn=_dies_with_parent(),
         )
 
 

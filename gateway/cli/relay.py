@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.cli.procs import ExitedAtStart, NotReady, log_tail
+
 CHUNK = 65536
 HOST = "127.0.0.1"
 
@@ -150,16 +152,25 @@ def read_ports(path: Path) -> list[int] | None:
         return None
 
 
-def wait_ports(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> list[int]:
-    """The relays' ports, once the relay process has bound them all and written the list."""
+def wait_ports(
+    path: Path, proc: subprocess.Popen[bytes], log: Path | None = None, timeout: float = 30.0
+) -> list[int]:
+    """The relays' ports, once the relay process has bound them all and written the list; one
+    line naming ``log`` (the relay's output) and its last line if it does not."""
     deadline = time.monotonic() + timeout
+
+    def see() -> str:
+        return "see its log" if log is None else log_tail(log)
+
     while time.monotonic() < deadline:
         if (ports := read_ports(path)) is not None:
             return ports
         if proc.poll() is not None:
-            raise RuntimeError("the relay process exited at start; see its log")
+            raise ExitedAtStart(
+                f"the relay process exited at start with status {proc.returncode}; {see()}"
+            )
         time.sleep(0.05)
-    raise TimeoutError(f"the relay process wrote no {path.name} in {timeout:g} s")
+    raise NotReady(f"the relay process wrote no {path.name} in {timeout:g} s; {see()}")
 
 
 async def _main(specs: list[RelaySpec], ports_file: Path | None) -> None:

@@ -176,15 +176,14 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
     routable = sum(1 for u in ups if u.get("healthy") and not u.get("drained"))
     p50, p99 = ttfb_ms(old, new, rid)
     req_s = _rate(old, new, "geogate_requests_total", region=rid)
-    err_s = (
-        None
-        if req_s is None
-        else sum(
-            _rate(old, new, "geogate_requests_total", region=rid, code=str(c)) or 0.0
-            for c in _codes(new, rid)
-            if c >= 500
-        )
-    )
+    # Per 5xx code: one that went back (another worker's counters) makes the sum unknown,
+    # "?", not a rate that leaves that code out
+    errs = [
+        _rate(old, new, "geogate_requests_total", region=rid, code=str(c))
+        for c in _codes(new, rid)
+        if c >= 500
+    ]
+    err_s = None if req_s is None or None in errs else sum(e for e in errs if e is not None)
     t.add_row(
         Text(f"{rid} {r.get('name') or ''}".strip(), style="bold"),
         Text(f"{routable}/{len(ups)} routable", style="green" if routable else "bold red"),

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.cli import world_report as wr
 from gateway.cli.procs import (
@@ -42,8 +43,9 @@ from gateway.cli.procs import (
     spawn,
     spawn_server,
     start_all,
-    stop,
     stop_all,
+    uninterrupted,
+    wait_json,
 )
 from gateway.cli.relay import RelaySpec, wait_ports
 from gateway.cli.world_backends import KINDS, backend_cmd, tiny_model
@@ -192,6 +194,9 @@ class World:
     def _nearest(self, site: Site) -> str:
         return nearest(site, self.spec.regions, self.spec.rtt_table)
 
+    def gateway_log(self, name: str) -> Path:
+        return self.work / f"gateway-{name.replace(' ', '_')}.log"
+
     def _gateway(
         self,
         name: str,
@@ -204,11 +209,11 @@ class World:
         def start() -> Started:  # each try on fresh ports, recorded for whoever points here
             port, ops = self.ports(), self.ports()
             self.gateway_ups[name] = ups = upstreams()
-            cfg = self.work / f"gateway-{name.replace(' ', '_')}.toml"
+            cfg = self.gateway_log(name).with_suffix(".toml")
             text = gateway_config(region, port, ops, self.spec.regions, ups, health, load)
             cfg.write_text(text, encoding="utf-8")
             cmd = geogate_cmd("gateway", "--config", str(cfg))
-            st = spawn_server(cmd, cfg.with_suffix(".log"), f"http://127.0.0.1:{port}{ready}")
+            st = spawn_server(cmd, self.gateway_log(name), f"http://127.0.0.1:{port}{ready}")
             self.gateways[name] = (st.proc, port, ops)
             return st
 
@@ -246,9 +251,7 @@ class World:
         relays bind ports of the kernel's choosing and say which."""
         s = self.spec
         kind = KINDS[s.backend]
-        model_dir = s.model_dir
-        if s.backend == "model" and model_dir is None:
-            model_dir = tiny_model(self.work)
+        model_dir = s.model_dir or (tiny_model(self.work) if s.backend == "model" else None)
         first = {rid: self._backend(rid, model_dir) for rid in s.regions}
         if s.regional_gateways:  # beside its backends: no WAN between them. Alive is enough
             # here (ready needs its backend); the edges wait for ready, through the relays
@@ -269,8 +272,11 @@ class World:
             region = self._nearest(site)
             edges[site.name] = self._gateway(site.name, region, ups.copy, health, load)
         start_all(edges, GATEWAY_READY_TIMEOUT_S)
-        for _, _, ops in self.edges:
-            _wait_measured(f"http://127.0.0.1:{ops}/routing-table", len(s.regions))
+        for site in s.sites:
+            proc, _, ops = self.gateways[site.name]
+            url = f"http://127.0.0.1:{ops}/routing-table"
+            rtts = "a measured RTT for every region"
+            wait_json(url, _measured(len(s.regions)), rtts, proc, self.gateway_log(site.name))
 
     def _start_relays(self) -> None:
         """One process for every relay: site -> backend (topologies (a) and (b)) and, with
@@ -288,21 +294,20 @@ class World:
                     keys.append((self.edge_relays, (site.name, rid)))
         ports_file = self.work / "relays.ports"
         args = ["--ports-file", str(ports_file), *(x.arg() for x in specs)]
-        self.relay_proc = spawn(
-            [sys.executable, "-m", "gateway.cli.relay", *args], self.work / "relays.log"
-        )
-        for (table, key), port in zip(keys, wait_ports(ports_file, self.relay_proc), strict=True):
+        log = self.work / "relays.log"
+        self.relay_proc = spawn([sys.executable, "-m", "gateway.cli.relay", *args], log)
+        ports = wait_ports(ports_file, self.relay_proc, log)
+        for (table, key), port in zip(keys, ports, strict=True):
             table[key] = port
         if not s.regional_gateways:  # the edge's upstreams are the backends, same WAN
             self.edge_relays.update(self.relay_ports)
 
     def stop(self) -> None:
-        for proc, _, _ in self.gateways.values():
-            stop(proc)
-        if self.relay_proc is not None:
-            stop(self.relay_proc)
-        for sim in self.sims.values():
-            stop(sim)
+        """Every process at once (a gateway may take seconds to drain), with Ctrl-C ignored
+        meanwhile: one after another, a second Ctrl-C left the rest running."""
+        procs = [g[0] for g in self.gateways.values()] + [*self.sims.values(), self.relay_proc]
+        with uninterrupted():
+            stop_all([p for p in procs if p is not None])
 
     # events
     def overload(self, region: str, ttft_ms: float) -> None:
@@ -327,18 +332,15 @@ def _post(url: str, body: dict[str, object], method: str = "POST") -> None:
         pass
 
 
-def _wait_measured(url: str, regions: int, timeout: float = 30.0) -> None:
-    """Until the edge has probed every region through its relay: routing then starts on
-    measured RTTs, not on the distance guess."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            table = json.loads(r.read())
+def _measured(regions: int) -> Callable[[Any], bool]:
+    """An edge's routing table once it has probed every region through its relay: routing
+    then starts on measured RTTs, not on the distance guess."""
+
+    def done(table: Any) -> bool:
         rtts = [u["rtt_ms"] for reg in table["regions"] for u in reg["upstreams"]]
-        if len(rtts) >= regions and all(x is not None for x in rtts):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url}: no measured RTT for every region after {timeout:g} s")
+        return len(rtts) >= regions and all(x is not None for x in rtts)
+
+    return done
 
 
 def combos(world: World) -> Iterator[tuple[str, Site, str, str]]:

@@ -9,11 +9,13 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
 from gateway.cli import world_report as wr
-from gateway.cli.procs import route_field
+from gateway.cli.errors import CLIError
+from gateway.cli.procs import log_tail, route_field
 from gateway.http.headers import ROUTE_HEADER
 
 MODEL = "world-llm"
@@ -84,12 +86,16 @@ async def ask(
     )
 
 
-async def backend_ttft_ms(url: str, site: Site, n: int = BACKEND_TTFT_SAMPLES) -> float:
+async def backend_ttft_ms(
+    url: str, site: Site, n: int = BACKEND_TTFT_SAMPLES, log: Path | None = None
+) -> float:
     """The median TTFT of ``n`` requests straight to a backend on loopback (after one not
-    counted): what the backend itself takes, with no network in front of it."""
+    counted): what the backend itself takes, with no network in front of it. ``log``: the
+    backend's output, named in the error if it never answers."""
     await ask(url, "-", "warm-up", "backend", site, 0.0)
     samples = [await ask(url, "-", "backend", "backend", site, 0.0) for _ in range(n)]
     ttfts = [x.ttft_ms for x in samples if x.ok and x.ttft_ms is not None]
     if not ttfts:
-        raise RuntimeError(f"{url}: no streamed answer with content from the backend")
+        see = "" if log is None else f"; {log_tail(log)}"
+        raise CLIError(f"world: {url}: no streamed answer with content from the backend{see}")
     return statistics.median(ttfts)

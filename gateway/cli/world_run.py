@@ -13,6 +13,8 @@ from rich.progress import Progress
 
 from gateway.cli import world_report as wr
 from gateway.cli.errors import CLIError
+from gateway.cli.files import output_dir, read_text, writing
+from gateway.cli.procs import interruptible
 from gateway.cli.world import (
     DEFAULT_REGIONS,
     SITES,
@@ -61,25 +63,33 @@ async def _measure(world: World, progress: Progress | None) -> list[wr.Sample]:
     return samples
 
 
+def _run(world: World) -> list[wr.Sample]:
+    spec = world.spec
+    if spec.progress:  # the bar starts with the requests; start-up takes a few seconds
+        n = len(spec.regions) * (1 + spec.regional_gateways) + len(spec.sites) + 1
+        print(f"starting {n} processes (backends, gateways, relays) in {world.work}")
+    world.start()
+    if spec.backend == "model":  # its TTFT is what it takes here: measured, for the floor
+        rid = spec.regions[0]
+        first = f"http://127.0.0.1:{world.sim_ports[rid]}"
+        ttft = asyncio.run(backend_ttft_ms(first, spec.sites[0], log=world.work / f"{rid}.log"))
+        world.spec = replace(spec, backend_ttft_ms=ttft)
+    if not spec.progress:
+        return asyncio.run(_measure(world, None))
+    with Progress(transient=True) as progress:
+        return asyncio.run(_measure(world, progress))
+
+
 def run_world(spec: WorldSpec) -> WorldResult:
-    work = Path(tempfile.mkdtemp(prefix="geogate-world-"))
-    world = World(spec, work)
-    try:
-        if spec.progress:  # the bar starts with the requests; start-up takes a few seconds
-            n = len(spec.regions) * (1 + spec.regional_gateways) + len(spec.sites) + 1
-            print(f"starting {n} processes (backends, gateways, relays) in {work}")
-        world.start()
-        if spec.backend == "model":  # its TTFT is what it takes here: measured, for the floor
-            first = f"http://127.0.0.1:{world.sim_ports[spec.regions[0]]}"
-            ttft = asyncio.run(backend_ttft_ms(first, spec.sites[0]))
-            spec = world.spec = replace(spec, backend_ttft_ms=ttft)
-        if spec.progress:
-            with Progress(transient=True) as progress:
-                samples = asyncio.run(_measure(world, progress))
-        else:
-            samples = asyncio.run(_measure(world, None))
-    finally:
-        world.stop()
+    output_dir(spec.out, "world")  # before any process starts: a run takes minutes
+    world = World(spec, Path(tempfile.mkdtemp(prefix="geogate-world-")))
+    # SIGTERM and SIGHUP as Ctrl-C: the `finally:` stops the dozen processes started
+    with interruptible():
+        try:
+            samples = _run(world)
+        finally:
+            world.stop()
+    spec = world.spec
     table = spec.rtt_table
     floors = {
         s.name: min(rtt(s, r, table) for r in spec.regions) + spec.backend_ttft_ms
@@ -121,8 +131,9 @@ def run_world(spec: WorldSpec) -> WorldResult:
             for r in spec.regions
         },
     }
-    wr.write(spec.out, rows, events, meta)
-    return WorldResult(rows, events, samples, wr.chart(spec.out, rows), spec.out)
+    with writing(spec.out, "world"):
+        wr.write(spec.out, rows, events, meta)
+        return WorldResult(rows, events, samples, wr.chart(spec.out, rows), spec.out)
 
 
 def read_rtt_table(text: str, where: str) -> Table:
@@ -177,10 +188,7 @@ def rtt_tables(
     pair: it is the user's own measurement."""
     table, source = published_pairs(sites, regions) if published else ({}, {})
     if user is not None:
-        try:
-            mine = read_rtt_table(user.read_text(encoding="utf-8"), str(user))
-        except OSError as exc:
-            raise CLIError(f"world: cannot read {user}: {exc.strerror}") from None
+        mine = read_rtt_table(read_text(user, "world"), str(user))
         table |= mine
         source |= dict.fromkeys(mine, f"--rtt-table {user}")
     return table, source
@@ -194,7 +202,15 @@ def pick_sites(names: list[str] | None) -> tuple[Site, ...]:
     if unknown:
         known = ", ".join(s.name for s in SITES)
         raise CLIError(f"world: unknown site {unknown[0]!r}; known: {known}")
+    _no_twice("--sites", [n.lower() for n in names], names)
     return tuple(by_name[n.lower()] for n in names)
+
+
+def _no_twice(option: str, keys: list[str], given: list[str]) -> None:
+    """A site or region named twice would be measured twice and counted twice."""
+    twice = next((g for k, g in zip(keys, given, strict=True) if keys.count(k) > 1), None)
+    if twice is not None:
+        raise CLIError(f"world: {option} names {twice!r} more than once")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -251,6 +267,7 @@ def run_command(args: argparse.Namespace) -> None:
     bad = [r for r in [*args.regions, args.origin] if r not in known_regions()]
     if bad:
         raise CLIError(f"world: unknown region {bad[0]!r}; known: {', '.join(known_regions())}")
+    _no_twice("--regions", args.regions, args.regions)
     if args.origin not in args.regions:
         raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
     if args.requests < 1:

@@ -48,3 +48,77 @@ def test_bad_rows_name_the_line(tmp_path: Path, row: str, message: str) -> None:
         build_from_csv(src, tmp_path / "o.mmdb")
     assert f"{src}:2" in str(info.value)
     assert not (tmp_path / "o.mmdb").exists()
+
+
+def _csv(tmp_path: Path, *rows: str) -> Path:
+    src = tmp_path / "nets.csv"
+    src.write_text("network,country,continent,latitude,longitude,city\n" + "\n".join(rows) + "\n")
+    return src
+
+
+@pytest.mark.parametrize("broad_first", [True, False])
+def test_a_more_specific_row_wins_whatever_the_order(tmp_path: Path, broad_first: bool) -> None:
+    broad = "10.0.0.0/8,FR,EU,48.86,2.35,Paris"
+    specific = "10.1.0.0/16,DE,EU,52.52,13.40,Berlin"
+    v6_all = "::/0,US,NA,40.71,-74.01,New York"  # covers IPv4 too (::/96): the broadest
+    rows = [v6_all, broad, specific] if broad_first else [specific, broad, v6_all]
+    out = tmp_path / "out.mmdb"
+    assert build_from_csv(_csv(tmp_path, *rows), out) == 3
+    with geoip2.database.Reader(str(out)) as r:
+        assert r.city("10.1.2.3").city.name == "Berlin"
+        assert r.city("10.2.0.1").city.name == "Paris"
+        assert r.city("192.0.2.1").city.name == "New York"
+        assert r.city("2001:db8::1").city.name == "New York"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            ["10.0.0.0/8,DE,EU,1,2", "10.0.0.0/8,FR,EU,1,2"],
+            r"nets\.csv:3: network 10\.0\.0\.0/8 is already on line 2",
+        ),
+        (  # the same network, written another way: still one network
+            ["10.0.0.0/8,DE,EU,1,2", "::a00:0/104,FR,EU,1,2"],
+            r"nets\.csv:3: network ::a00:0/104 is already on line 2",
+        ),
+        (
+            ["10.0.0.5/8,DE,EU,1,2"],
+            r"nets\.csv:2: 10\.0\.0\.5/8 has host bits set \(the network is 10\.0\.0\.0/8\)",
+        ),
+        (["10.0.0.0/8,ZZ,EU,1,2"], r"nets\.csv:2: country 'ZZ' is not an ISO 3166-1 alpha-2"),
+        (["10.0.0.0/8,ÄÖ,EU,1,2"], r"nets\.csv:2: country 'ÄÖ' is not an ISO 3166-1 alpha-2"),
+        (["10.0.0.0/8,DE,EU,1,2,Ber\x00lin"], r"nets\.csv:2: city 'Ber\\x00lin' holds a control"),
+        (["10.0.0.0/8,DE,EU,1,2,Ber\x1blin"], r"nets\.csv:2: city 'Ber\\x1blin' holds a control"),
+    ],
+)
+def test_conflicting_or_bad_rows_are_refused_by_line(
+    tmp_path: Path, rows: list[str], message: str
+) -> None:
+    out = tmp_path / "o.mmdb"
+    with pytest.raises(BuildError, match=message) as info:
+        build_from_csv(_csv(tmp_path, *rows), out)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+def test_kosovo_as_geoip_databases_write_it(tmp_path: Path) -> None:
+    assert build_from_csv(_csv(tmp_path, "10.0.0.0/8,xk,EU,42.66,21.17"), tmp_path / "o") == 1
+
+
+def test_a_csv_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "latin1.csv"
+    src.write_bytes("# office\n10.0.0.0/8,DE,EU,1,2,Köln\n".encode("latin-1"))
+    with pytest.raises(BuildError, match=rf"^{src}:2: not UTF-8 text \(byte 0xf6\): save"):
+        build_from_csv(src, tmp_path / "o.mmdb")
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    src = _csv(tmp_path, "10.0.0.0/8,DE,EU,1,2")
+    with pytest.raises(BuildError, match=r"^cannot write /nonexistent/out\.mmdb: No such file"):
+        build_from_csv(src, Path("/nonexistent/out.mmdb"))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(BuildError, match=rf"^cannot write {folder}: Is a directory$"):
+        build_from_csv(src, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "nets.csv"]  # no .tmp

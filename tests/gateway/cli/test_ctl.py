@@ -181,3 +181,27 @@ def test_mistakes_are_one_line(
     assert rc == 2 and not out
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert upstream(gw, "a1")["drained"] is False  # nothing changed
+
+
+@pytest.mark.parametrize(
+    ("count", "message"),
+    [
+        ("0", "argument --count: must be from 1 to 1000, got 0"),
+        ("1001", "argument --count: must be from 1 to 1000, got 1001"),
+        ("many", "argument --count: not a whole number: 'many'"),
+    ],
+)
+def test_audit_count_is_checked_with_the_arguments(
+    capsys: pytest.CaptureFixture[str], count: str, message: str
+) -> None:
+    """Not by Redis, whose error read as if Redis could not be reached."""
+    rc, out, err = ctl(capsys, "--redis", "redis://127.0.0.1:1", "audit", "--count", count)
+    assert rc == 2 and not out
+    assert message in err and "Redis" not in err, err
+
+
+def test_the_audit_count_limit_is_the_admin_apis() -> None:
+    from gateway.cli.main import AUDIT_COUNT_MAX
+    from gateway.http.admin import MAX_AUDIT_COUNT
+
+    assert AUDIT_COUNT_MAX == MAX_AUDIT_COUNT

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -189,3 +191,102 @@ def test_demo_runs_the_whole_story_and_leaves_the_dashboard_up(tmp_path: Path) -
     assert re.search(r"London \(127\.0\.0\.2\)\s+HTTP 503", last)
     assert "residency rule eu-stays-in-eu" in last
     assert re.search(r"New York \(127\.0\.0\.4\)\s+ap-southeast", last)
+
+
+def test_geodb_build_output_errors_are_one_line(tmp_path: Path) -> None:
+    csv = tmp_path / "ok.csv"
+    csv.write_text("10.0.0.0/8,DE,EU,52.52,13.40\n")
+    p = geogate("geodb", "build", str(csv), "/nonexistent/out.mmdb")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr == "geogate: cannot write /nonexistent/out.mmdb: No such file or directory\n"
+    p = geogate("geodb", "build", str(csv), str(tmp_path))
+    assert p.stderr == f"geogate: cannot write {tmp_path}: Is a directory\n"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ok.csv"]  # no .tmp left behind
+
+
+def test_demo_port_out_of_range_is_refused_with_the_arguments() -> None:
+    p = geogate("demo", "--port", "70000")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "argument --port: must be from 0 to 65535, got 70000" in p.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (the gateway's workers included)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        above = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == above]
+        out += kids
+        todo += kids
+    return out
+
+
+def test_a_demo_that_cannot_start_its_gateway_says_why_in_one_line() -> None:
+    """The gateway's own one-line error (its port is taken) from its log, not a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = geogate("demo", "--port", str(port))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert re.match(
+        rf"geogate: process for http://127.0.0.1:{port}/readyz exited with status 2; "
+        rf"see \S+/gateway.log \(last line: geogate: cannot listen on 127.0.0.1:{port}",
+        p.stderr,
+    ), p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_demo_stopped_by_sigterm_or_sighup_stops_everything_it_started(
+    sig: signal.Signals,
+) -> None:
+    """kill, or a terminal closed: the demo stops its children as Ctrl-C does (they are in
+    sessions of their own, so nothing else would), and exits as the signal's."""
+    proc = subprocess.Popen(
+        geogate_cmd("demo", "--keep-running"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    children: dict[int, bytes] = {}
+    try:
+        _demo_until(proc, "made for this run", 1, timeout=120)  # gateway and backends serve
+        children = {p: _cmdline(p) for p in _descendants(proc.pid)}
+        assert len(children) >= 4, children  # 3 backends, a gateway (and its workers)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 128 + sig
+        deadline = time.monotonic() + 15
+        while (left := [p for p in children if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == [], left
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid, cmdline in children.items():  # whatever a failed run left behind
+            if _alive(pid) and _cmdline(pid) == cmdline:  # not another process by now
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""

@@ -144,6 +144,41 @@ def test_unusable_backend_results_are_one_line(
     assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1
 
 
+def _plan_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", *argv])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.count("\n") == 1 and not out, err
+    return err
+
+
+def test_files_that_are_not_utf8_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "plan.toml"
+    f.write_bytes("# Köln\n[[demand]]\n".encode("latin-1"))
+    assert _plan_error(capsys, str(f)) == (
+        f"geogate: plan: {f}:1: not UTF-8 text (byte 0xf6): save it as UTF-8\n"
+    )
+    f.write_text(MEASURED_PLAN)
+    (tmp_path / "results.json").write_bytes(b'{"device": "\xff"}')
+    assert _plan_error(capsys, str(f)) == (
+        f"geogate: plan: {tmp_path / 'results.json'}:1: not UTF-8 text (byte 0xff): "
+        "save it as UTF-8\n"
+    )
+
+
+def test_an_out_that_is_a_file_is_one_line_before_the_search(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    err = _plan_error(capsys, str(EXAMPLE), "--out", str(taken))
+    assert err == f"geogate: plan: --out {taken} is a file, not a folder\n"
+    err = _plan_error(capsys, str(EXAMPLE), "--out", str(taken / "sub"))
+    assert err == f"geogate: plan: cannot write to --out {taken / 'sub'}: Not a directory\n"
+
+
 SMALL_PLAN = textwrap.dedent("""
     [settings]
     backend_ttft_ms = 100

@@ -1,11 +1,17 @@
 """Starting servers on picked ports: a port taken between the pick and the child's bind costs
-a retry on a fresh port, not the run; the picker never hands out a port twice."""
+a retry on a fresh port, not the run; the picker never hands out a port twice. A child that
+will not start is one line naming its log and the log's last line; children die with their
+parent, and SIGTERM and SIGHUP interrupt the parent as Ctrl-C does."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,16 +19,21 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import procs
+from gateway.cli.errors import CLIError
 from gateway.cli.procs import (
     ADDRESS_IN_USE,
     START_TRIES,
     PortPicker,
     Started,
+    Terminated,
     free_port,
     geogate_cmd,
+    interruptible,
     spawn_server,
     start_all,
     stop_all,
+    uninterrupted,
+    wait_http,
 )
 
 
@@ -93,6 +104,95 @@ def test_a_server_that_fails_for_another_reason_is_not_started_again(tmp_path: P
         cmd = geogate_cmd("sim-backend", "--port", "not-a-port")
         return spawn_server(cmd, tmp_path / "bad.log", "http://127.0.0.1:9/health")
 
-    with pytest.raises(RuntimeError, match=r"^bad exited at start; see .*bad\.log$"):
+    with pytest.raises(RuntimeError, match=r"^bad exited at start with status 2; see .*bad\.log"):
         start_all({"bad": start}, timeout=10)
     assert tries == [0]
+
+
+def test_a_child_that_exits_at_start_is_one_line_with_its_last_words(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+
+    def start() -> Started:
+        code = "import sys; print('starting'); sys.exit('c: cannot open model.bin: no such file')"
+        return spawn_server([sys.executable, "-c", code], log, "http://127.0.0.1:9/health")
+
+    with pytest.raises(CLIError) as info:
+        start_all({"c": start}, timeout=10)
+    assert str(info.value) == (
+        f"c exited at start with status 1; see {log} "
+        "(last line: c: cannot open model.bin: no such file)"
+    )
+
+
+def test_a_child_that_never_answers_is_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "quiet.log"
+    log.write_text("")
+    proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(30)"], log)
+    try:
+        url = f"http://127.0.0.1:{free_port()}/health"
+        with pytest.raises(
+            CLIError, match=rf"^{url} not ready after 0.3 s \(.*\); see {log} \(empty\)$"
+        ):
+            wait_http(url, timeout=0.3, proc=proc, log=log)
+        with pytest.raises(TimeoutError):  # as it was, for the callers that catch that
+            wait_http(url, timeout=0.1, proc=proc, log=log)
+    finally:
+        stop_all([proc])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _until_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
+    """No ``finally:`` runs in a parent killed with SIGKILL: the kernel stops its children."""
+    code = (
+        "import sys, time\n"
+        "from gateway.cli.procs import spawn\n"
+        "print(spawn([sys.executable, '-c', 'import time; time.sleep(60)']).pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        assert _until_gone([child]) == []
+    finally:
+        if _alive(child):  # a failed run: gone within the test's seconds, not another's pid
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_interrupt_as_ctrl_c_does(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
+    with pytest.raises(KeyboardInterrupt) as info, interruptible():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the handler runs at once: never reached
+    assert isinstance(info.value, Terminated) and info.value.signum == sig
+    assert signal.getsignal(sig) is before
+
+
+def test_nothing_interrupts_the_stopping() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with uninterrupted():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            assert signal.getsignal(sig) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: nothing happens
+        time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -98,3 +98,16 @@ def test_the_relay_process_binds_its_own_ports_and_writes_them(tmp_path: Path) -
             echo.close()
 
     asyncio.run(go())
+
+
+def test_a_relay_process_that_exits_at_start_is_one_line_with_its_log(tmp_path: Path) -> None:
+    from gateway.cli.errors import CLIError
+
+    log = tmp_path / "relays.log"
+    cmd = [sys.executable, "-m", "gateway.cli.relay", "--ports-file", str(tmp_path / "p"), "x"]
+    proc = spawn(cmd, log)
+    with pytest.raises(CLIError) as info:
+        wait_ports(tmp_path / "p", proc, log)
+    assert str(info.value).startswith(
+        f"the relay process exited at start with status 1; see {log} (last line: ValueError"
+    )

@@ -106,6 +106,18 @@ def test_without_a_window_rates_are_unknown_not_zero() -> None:
     assert ttfb_ms(sample(101.0, 30, 0, 20), new, "eu") == (None, None)  # counters went back
 
 
+def test_an_error_counter_that_went_back_is_unknown_not_zero() -> None:
+    """Another worker's scrape: the 502s counted fewer than before. The region's requests/s
+    still add up (9/s), its errors/s cannot be known: "?", as the module promises."""
+    old, new = sample(100.0, 10, 4, 10), sample(102.0, 30, 2, 20)
+    rows = {
+        line.split()[0]: line.split()
+        for line in render("u", TABLE, old, new).splitlines()
+        if line.strip()
+    }
+    assert rows["eu"][-2:] == ["9.0", "?"]
+
+
 def test_votes() -> None:
     assert votes_cell({}) == "local"
     assert votes_cell({"gw0": True, "gw1": True}) == "2/2 up"

@@ -96,6 +96,11 @@ def test_unknown_site_is_one_line() -> None:
         (["--sites", "Atlantis"], "geogate: world: unknown site 'Atlantis'"),
         (["--event-s", "0"], "geogate: world: --event-s must be a positive number of seconds"),
         (["--event-s", "nan"], "geogate: world: --event-s must be a positive number of seconds"),
+        (
+            ["--regions", "eu-central", "us-east", "eu-central"],
+            "geogate: world: --regions names 'eu-central' more than once",
+        ),
+        (["--sites", "London", "london"], "geogate: world: --sites names 'London' more than once"),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -251,3 +256,73 @@ def test_ports_taken_before_their_process_binds_them_cost_a_retry_not_the_run(
     assert len(picks) >= 10  # 2 backends, 2 regional gateways, 1 edge, 2 retries
     cells = result.rows[0].cells
     assert all(cells[t].failed == 0 and cells[t].p50 is not None for t in wr.TOPOLOGIES)
+
+
+def _world_fails_before_it_starts(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """``geogate world ARGV``'s one error line; no process was started."""
+    from gateway.cli import world
+    from gateway.cli.main import main
+
+    def no_start(self: world.World) -> None:
+        raise AssertionError("started processes")
+
+    monkeypatch.setattr(world.World, "start", no_start)
+    with pytest.raises(SystemExit) as exit_:
+        main(["world", "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+def test_an_out_folder_that_cannot_be_written_fails_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    err = _world_fails_before_it_starts(["--out", str(taken)], capsys, monkeypatch)
+    assert err == f"geogate: world: --out {taken} is a file, not a folder\n"
+    err = _world_fails_before_it_starts(["--out", str(taken / "sub")], capsys, monkeypatch)
+    assert err == f"geogate: world: cannot write to --out {taken / 'sub'}: Not a directory\n"
+
+
+def test_an_rtt_table_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = tmp_path / "rtt.csv"
+    table.write_bytes("# measured in Málaga\nLondon,us-east,70\n".encode("latin-1"))
+    err = _world_fails_before_it_starts(["--rtt-table", str(table)], capsys, monkeypatch)
+    assert err == f"geogate: world: {table}:1: not UTF-8 text (byte 0xe1): save it as UTF-8\n"
+
+
+SLOW_STOP = (  # a process that takes a second to stop, as a draining gateway does
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_the_world_stops_its_processes_all_at_once(tmp_path: Path) -> None:
+    """One after another, four processes that take a second each took four; and a second
+    Ctrl-C in those seconds left the rest running."""
+    import sys
+
+    from gateway.cli.procs import spawn
+    from gateway.cli.world import World
+
+    world = World(WorldSpec(), tmp_path)
+    logs = [tmp_path / f"p{i}.log" for i in range(4)]
+    p = [spawn([sys.executable, "-c", SLOW_STOP], log) for log in logs]
+    world.gateways = {"London": (p[0], 0, 0), "regional-eu-central": (p[1], 0, 0)}
+    world.sims, world.relay_proc = {"eu-central": p[2]}, p[3]
+    deadline = time.monotonic() + 30
+    while not all(log.exists() and "ready" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    world.stop()
+    took = time.monotonic() - t0
+    assert all(x.returncode == 0 for x in p)  # each stopped as asked, none killed
+    assert 1.0 <= took < 2.5, took

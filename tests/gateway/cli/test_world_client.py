@@ -50,3 +50,19 @@ def test_a_dead_backend_is_a_failed_sample() -> None:
     london = pick_sites(["London"])[0]
     s = asyncio.run(ask(f"http://127.0.0.1:{free_port()}", "x", "fail", "dns", london, 0.0))
     assert not s.ok and s.ttft_ms is None and s.total_ms is None
+
+
+def test_a_backend_that_never_streams_is_one_line_naming_its_log(tmp_path: Path) -> None:
+    from gateway.cli.errors import CLIError
+    from gateway.cli.procs import free_port
+
+    log = tmp_path / "eu-central.log"
+    log.write_text("loading model\nout of memory\n")
+    london = pick_sites(["London"])[0]
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(CLIError) as info:
+        asyncio.run(backend_ttft_ms(url, london, n=1, log=log))
+    assert str(info.value) == (
+        f"world: {url}: no streamed answer with content from the backend; "
+        f"see {log} (last line: out of memory)"
+    )

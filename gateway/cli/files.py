@@ -1,0 +1,52 @@
+"""The files the CLI's commands read and write: inputs read as UTF-8 text, output folders
+checked before the work starts, every failure one line (``CLIError``), never a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.cli.errors import CLIError
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is: a file saved as Latin-1 or UTF-16 by an
+    editor or a spreadsheet looks fine on screen."""
+    line = exc.object[: exc.start].count(b"\n") + 1
+    return f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"
+
+
+def read_text(path: Path, who: str) -> str:
+    """The file's text, decoded whole (the error's offset is then the file's)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CLIError(f"{who}: cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{who}: {not_utf8(path, exc)}") from None
+
+
+def output_dir(path: Path, who: str) -> None:
+    """Make the folder ``path`` (and its parents) and check that a file can be written in it:
+    before the work, as a run can take minutes, and its results would be lost at the end."""
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{who}: --out {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{who}: cannot write to --out {path}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def writing(path: Path, who: str) -> Iterator[None]:
+    """What goes wrong while the results are written (a full disk) is one line too."""
+    try:
+        yield
+    except OSError as exc:
+        raise CLIError(f"{who}: cannot write to {path}: {exc.strerror}") from None
