@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,6 +25,7 @@ from gateway.cli.procs import (
     stop,
     wait_http,
 )
+from gateway.config import Config
 
 # Cloud regions used by the tests (from the package's table of known regions).
 REGIONS = ("eu-central", "us-east", "ap-southeast", "sa-east")
@@ -290,3 +292,23 @@ async def until(check: Callable[[], bool], within_s: float = 2.0, what: str = "c
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def pool_config(*more: dict[str, Any], **sections: Any) -> Config:
+    """One region "eu", a DNS-discovered upstream "pool" (members "pool@<addr>:<port>")
+    serving model "m", then ``more`` upstreams and ``sections`` (e.g. health=...)."""
+    pool = {
+        "id": "pool",
+        "region": "eu",
+        "url": "http://pool.test:8000",
+        "models": ["m"],
+        "discovery": "dns",
+    }
+    return Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+            "upstreams": [pool, *more],
+            **sections,
+        }
+    )

@@ -6,6 +6,7 @@ from gateway.routing.load import LoadReading
 from gateway.routing.model import Outcome, Reason, RequestFacts
 from gateway.routing.router import rank
 from geodb.location import Location, LocationSource
+from tests.support import pool_config
 
 CFG = Config.model_validate(
     {
@@ -102,20 +103,7 @@ def test_a_polling_round_is_applied_at_once() -> None:
 # --- members that join at run time ---------------------------------------------------------
 
 # A DNS-discovered pool ("pool@<addr>:<port>" members) serving "m".
-POOL = Config.model_validate(
-    {
-        **CFG.model_dump(),
-        "upstreams": [
-            {
-                "id": "pool",
-                "region": "eu",
-                "url": "http://pool.test:8000",
-                "models": ["m"],
-                "discovery": "dns",
-            },
-        ],
-    }
-)
+POOL = pool_config()
 ONE, TWO, THREE = (("10.0.0.1", 8000), ("10.0.0.2", 8000), ("10.0.0.3", 8000))
 LONDON = Location(51.51, -0.13, "GB", "EU", "London", 50, LocationSource.GEOIP)
 

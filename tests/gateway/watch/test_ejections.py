@@ -25,6 +25,7 @@ from tests.support import (
     UpstreamSpec,
     eventually,
     gateway_toml,
+    pool_config,
     start_gateway,
     start_sim,
 )
@@ -118,22 +119,7 @@ def test_ejections_are_counted_and_healthy_upstreams_per_model_follow() -> None:
 
 # A DNS-discovered pool ("pool@<addr>:<port>" members) serving "m", and a fixed upstream
 # serving "n".
-POOL = Config.model_validate(
-    {
-        "gateway": {"region": "eu"},
-        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
-        "upstreams": [
-            {
-                "id": "pool",
-                "region": "eu",
-                "url": "http://pool.test:8000",
-                "models": ["m"],
-                "discovery": "dns",
-            },
-            {"id": "s", "region": "eu", "url": "http://127.0.0.1:1", "models": ["n"]},
-        ],
-    }
-)
+POOL = pool_config({"id": "s", "region": "eu", "url": "http://127.0.0.1:1", "models": ["n"]})
 ONE, TWO = "pool@10.0.0.1:8000", "pool@10.0.0.2:8000"
 PER_UPSTREAM = ("geogate_upstream_healthy", "geogate_upstream_rtt_ms", "geogate_upstream_in_flight")
 

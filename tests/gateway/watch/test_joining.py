@@ -10,28 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.config import Config, Upstream
+from gateway.config import Upstream
 from gateway.runtime import Runtime, build_runtime
 from gateway.watch import prober
+from tests.support import pool_config
 
-POOL = Config.model_validate(
-    {
-        "gateway": {"region": "eu"},
-        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
-        "upstreams": [
-            {
-                "id": "pool",
-                "region": "eu",
-                "url": "http://pool.test:8000",
-                "models": ["m"],
-                "discovery": "dns",
-            },
-        ],
-        # Rounds far apart, and every round's probes at its start: a probe soon after a
-        # member joins can only be the early one.
-        "health": {"interval_s": 30.0, "jitter": 0.0},
-    }
-)
+# Rounds far apart, and every round's probes at its start: a probe soon after a member joins
+# can only be the early one.
+POOL = pool_config(health={"interval_s": 30.0, "jitter": 0.0})
 ONE, TWO = ("10.0.0.1", 8000), ("10.0.0.2", 8000)
 ID_ONE, ID_TWO = "pool@10.0.0.1:8000", "pool@10.0.0.2:8000"
 
