@@ -90,7 +90,7 @@ class Sampler:
         self._pages = 0
         self._asked = -float("inf")  # when the state was last read (monotonic)
         self._wake = asyncio.Event()  # someone looks: the watch starts again
-        self._last_take = time.time()
+        self._last_take = time.monotonic()  # spans on the monotonic clock: a clock step is no rate
         self._audit_at = -float("inf")
         self._audit_version = -1
         self._audit_task: asyncio.Task[None] | None = None
@@ -169,9 +169,10 @@ class Sampler:
         """Take the counts and append a point; while someone looks, build the state and
         publish it. While nobody does, only the point's figures are read (state.point_rows):
         the state is built at the next look instead."""
-        at = time.time()
-        tick = Tick(at, max(at - self._last_take, 1e-3), self.rt.traffic.take())
-        self._last_take = at
+        taken = time.monotonic()
+        span = max(taken - self._last_take, 1e-3)
+        tick = Tick(time.time(), span, self.rt.traffic.take())  # at: the chart's wall time
+        self._last_take = taken
         self.window.add(tick)
         if self.watched():
             self._refresh_state(tick=tick)

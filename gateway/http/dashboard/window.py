@@ -34,11 +34,17 @@ class Window:
         self._ticks.append(tick)
 
     def last(self, seconds: float) -> list[Tick]:
-        """The ticks of the last ``seconds`` (at least the newest one)."""
-        if not self._ticks:
-            return []
-        since = self._ticks[-1].at - seconds
-        return [t for t in self._ticks if t.at > since]
+        """The newest ticks whose spans cover ``seconds`` (at least the newest one). By their
+        spans, which the sampler measures on the monotonic clock, not by their wall-clock
+        times: an NTP step back would have put a minute of ticks in the last ten seconds."""
+        out: list[Tick] = []
+        covered = 0.0
+        for t in reversed(self._ticks):
+            if out and covered >= seconds:
+                break
+            out.append(t)
+            covered += t.span_s
+        return out[::-1]
 
     @staticmethod
     def span(ticks: Iterable[Tick]) -> float:

@@ -47,5 +47,14 @@ def test_the_window_keeps_its_seconds_and_answers_for_the_last_ones() -> None:
     assert total == 72  # the requests past the place cap count in the total
 
 
+def test_the_last_seconds_are_counted_by_span_not_by_wall_clock() -> None:
+    # The wall clock stepped back an hour between ticks (NTP): the last 2 s are still the
+    # last two one-second ticks, not everything since the earlier wall time.
+    w = Window(10)
+    for at in (5000.0, 5001.0, 5002.0, 1403.0, 1404.0):
+        w.add(tick(at))
+    assert [t.at for t in w.last(2)] == [1403.0, 1404.0]
+
+
 def test_an_empty_window() -> None:
     assert Window(60).last(10) == []
