@@ -26,6 +26,7 @@ from gateway.cli.procs import (
     geogate_cmd,
     interruptible,
     kill,
+    log_tail,
     regions_toml,
     route_field,
     spawn,
@@ -303,7 +304,10 @@ def _run(
     if keep_running:  # open it now and watch the failover below happen on the map
         print(_dashboard_login(ops, token), flush=True)
     sims = {rid: procs[rid] for rid in REGIONS}
-    asyncio.run(_scenario(gw, ops, sims))
+    try:
+        asyncio.run(_scenario(gw, ops, sims))
+    except (aiohttp.ClientError, OSError) as exc:  # the gateway gone in the middle of it
+        raise CLIError(f"demo: the gateway stopped answering ({exc}); {log_tail(log)}") from None
     print(f"\ndemo finished in {time.monotonic() - t0:.1f} s")
     if not keep_running:
         return

@@ -23,11 +23,9 @@ failed (its backend killed).
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,7 @@ from gateway.cli.procs import (
 )
 from gateway.cli.relay import RelaySpec, wait_ports
 from gateway.cli.world_backends import KINDS, backend_cmd, tiny_model
-from gateway.cli.world_client import MODEL, Site, ask
+from gateway.cli.world_client import MODEL, Site, ask, send_json
 from gateway.http.endpoints import LOAD_PATH
 from geodb.distance import est_rtt_ms
 from geodb.regions import known_region
@@ -311,25 +309,15 @@ class World:
 
     # events
     def overload(self, region: str, ttft_ms: float) -> None:
-        _post(f"http://127.0.0.1:{self.sim_ports[region]}/sim/config", {"ttft_ms": ttft_ms})
+        send_json(f"http://127.0.0.1:{self.sim_ports[region]}/sim/config", {"ttft_ms": ttft_ms})
 
     def drain(self, region: str, drained: bool) -> None:
         for _, _, ops in self.edges:
-            _post(f"http://127.0.0.1:{ops}/admin/regions/{region}", {"drained": drained}, "PATCH")
+            url = f"http://127.0.0.1:{ops}/admin/regions/{region}"
+            send_json(url, {"drained": drained}, "PATCH", ADMIN_TOKEN)
 
     def fail(self, region: str) -> None:
         kill(self.sims[region])
-
-
-def _post(url: str, body: dict[str, object], method: str = "POST") -> None:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method=method,
-        headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_TOKEN}"},
-    )
-    with urllib.request.urlopen(req, timeout=5):
-        pass
 
 
 def _measured(regions: int) -> Callable[[Any], bool]:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import statistics
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from gateway.cli import world_report as wr
 from gateway.cli.errors import CLIError
 from gateway.cli.procs import log_tail, route_field
 from gateway.http.headers import ROUTE_HEADER
+
+SEND_TIMEOUT_S = 5.0  # an event's request to a local process
 
 MODEL = "world-llm"
 MAX_TOKENS = 8
@@ -99,3 +102,18 @@ async def backend_ttft_ms(
         see = "" if log is None else f"; {log_tail(log)}"
         raise CLIError(f"world: {url}: no streamed answer with content from the backend{see}")
     return statistics.median(ttfts)
+
+
+def send_json(url: str, body: dict[str, object], method: str = "POST", token: str = "") -> None:
+    """An event's request to a process of the world (a sim's config, a gateway's drain): one
+    line naming it when the process does not take it (it died, or refused), not a traceback
+    in the middle of the run."""
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=SEND_TIMEOUT_S):
+            pass
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        raise CLIError(f"world: {method} {url} failed: {exc}") from None

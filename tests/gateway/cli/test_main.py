@@ -245,6 +245,25 @@ def test_a_demo_that_cannot_start_its_gateway_says_why_in_one_line() -> None:
     ), p.stderr
 
 
+def test_a_demo_whose_gateway_stops_answering_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aiohttp
+
+    from gateway.cli import demo
+    from gateway.cli.main import main
+
+    async def lost(*_: object) -> None:
+        raise aiohttp.ClientConnectionError("Server disconnected")
+
+    monkeypatch.setattr(demo, "_scenario", lost)  # the gateway gone in the middle of the story
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("geogate: demo: the gateway stopped answering (Server disconnected)")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_demo_stopped_by_sigterm_or_sighup_stops_everything_it_started(
     sig: signal.Signals,

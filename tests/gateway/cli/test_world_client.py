@@ -66,3 +66,16 @@ def test_a_backend_that_never_streams_is_one_line_naming_its_log(tmp_path: Path)
         f"world: {url}: no streamed answer with content from the backend; "
         f"see {log} (last line: out of memory)"
     )
+
+
+def test_an_events_request_that_fails_is_one_line() -> None:
+    # A drain sent to an edge gateway that died, or one that refuses it: not a traceback.
+    from gateway.cli.errors import CLIError
+    from gateway.cli.procs import free_port
+    from gateway.cli.world_client import send_json
+
+    url = f"http://127.0.0.1:{free_port()}/admin/regions/eu"
+    with pytest.raises(
+        CLIError, match=r"^world: PATCH http://127\.0\.0\.1:\d+/admin/regions/eu failed: "
+    ):
+        send_json(url, {"drained": True}, "PATCH", "token")
