@@ -279,6 +279,10 @@ class OpsSection(_Model):
     host: str = d.OPS_HOST
     port: int = Field(default=d.OPS_PORT, ge=0, le=65535)  # 0: no ops listener
     token: str = ""
+    # The dashboard's address as browsers see it behind a proxy that terminates TLS (e.g.
+    # "https://ops.example.com"): logins and changes must come from its origin (a proxy may
+    # rewrite Host), and an https one makes the session cookie Secure. Empty: the request's.
+    public_url: str = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
 
 
 class EdgeSection(_Model):

@@ -125,7 +125,7 @@ class Dashboard:
 
     async def login(self, request: Request) -> Response:
         try:
-            if not session.same_origin(request):
+            if not session.same_origin(request, self.rt.config.ops.public_url):
                 raise RequestInvalid("log in from the dashboard page itself")
             body = await json_body(request, self.rt.config.server.body_timeout_s)
             token = body.get("token") if isinstance(body, dict) else None
@@ -144,12 +144,13 @@ class Dashboard:
             path="/dashboard",
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            # Behind a proxy that terminates TLS the request itself is plain http.
+            secure="https" in (request.url.scheme, self.rt.config.ops.public_url[:5]),
         )
         return resp
 
     async def logout(self, request: Request) -> Response:
-        if not session.same_origin(request):  # another site logging the operator out
+        if not session.same_origin(request, self.rt.config.ops.public_url):  # another site
             return json_error(RequestInvalid("log out from the dashboard page itself"))
         resp = JSONResponse({"operator": None})
         resp.delete_cookie(session.cookie_name(request), path="/dashboard")

@@ -144,7 +144,8 @@ def operator(rt: Runtime, request: Request) -> str:
     who, csrf = session
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), csrf.encode()) or not same_origin(request):
+        ours = same_origin(request, rt.config.ops.public_url)
+        if not hmac.compare_digest(sent.encode(), csrf.encode()) or not ours:
             raise Forbidden(
                 "this change did not come from the dashboard page (CSRF check failed): reload "
                 "the dashboard and try again"
@@ -152,13 +153,17 @@ def operator(rt: Runtime, request: Request) -> str:
     return who
 
 
-def same_origin(request: Request) -> bool:
+def same_origin(request: Request, public_url: str = "") -> bool:
     """No Origin (an older browser, a same-origin GET) passes; one that names another site
-    does not."""
+    does not: another than ``public_url``'s (ops.public_url) where set, else than the Host."""
     origin = request.headers.get("origin")
     if origin is None:
         return True
     try:
-        return urlsplit(origin).netloc == request.headers.get("host", "")
+        sent = urlsplit(origin)
+        if public_url:
+            mine = urlsplit(public_url)
+            return (sent.scheme, sent.netloc) == (mine.scheme, mine.netloc)
+        return sent.netloc == request.headers.get("host", "")
     except ValueError:  # "http://[": not an origin at all, so not this one
         return False

@@ -185,3 +185,32 @@ async def test_the_live_stream_ends_with_its_session(rt: Runtime) -> None:
     sampler.sample()
     frames = [f async for f in sampler.frames(until=0.0)]  # a session already over
     assert len(frames) == 1 and b"event: hello" in frames[0]  # the hello, then the end
+
+
+async def test_behind_a_tls_proxy_the_public_url_is_the_origin_and_the_cookie_is_secure() -> None:
+    # A proxy terminates TLS at https://ops.example.com and rewrites Host to the listener's.
+    rt = build_runtime(
+        Config.model_validate({**CONFIG, "ops": {"public_url": "https://ops.example.com"}})
+    )
+    app = Starlette(routes=Dashboard(rt).routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OPS) as c:
+        body = {"token": TOKEN}
+        r = await c.post("/dashboard/login", json=body, headers={"Origin": OPS})
+        assert r.status_code == 400  # the listener's own origin is not the page's here
+        r = await c.post(
+            "/dashboard/login", json=body, headers={"Origin": "https://ops.example.com"}
+        )
+        assert r.status_code == 200, r.text
+        cookie = r.headers["set-cookie"]
+        assert "secure" in cookie.lower()
+        # httpx keeps a Secure cookie from this plain-http client: send it as the browser
+        # (on https) does
+        headers = {
+            "X-Geogate-CSRF": r.json()["csrf"],
+            "Origin": "https://ops.example.com",
+            "Cookie": cookie.split(";", 1)[0],
+        }
+        r = await c.patch(
+            "/dashboard/api/admin/upstreams/eu-1", json={"drained": True}, headers=headers
+        )
+        assert r.status_code == 200, r.text
