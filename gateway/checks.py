@@ -157,6 +157,8 @@ def tls_unusable(cert: Path, key: Path) -> tuple[str, str] | None:
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             return "tls_key", f"{key} is not the key of the certificate in {cert}"
+        if exc.reason not in (None, "PEM_LIB"):  # a key too small, a weak digest: OpenSSL's word
+            return "tls_cert/tls_key", f"cannot use {cert} and {key}: {exc.reason}"
         # OpenSSL says "PEM lib" for either file: a PEM certificate in ``cert`` clears it.
         try:
             ssl.create_default_context().load_verify_locations(cafile=cert)

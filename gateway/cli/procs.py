@@ -74,7 +74,9 @@ def interruptible() -> Iterator[None]:
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise Terminated(signum)
 
-    old = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    # A signal ignored on purpose stays ignored: under nohup, SIGHUP must not end the run.
+    chosen = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    old = {sig: signal.signal(sig, interrupt) for sig in chosen}
     try:
         yield
     finally:

@@ -198,8 +198,16 @@ def test_an_unusable_tls_pair_is_one_line_naming_the_file_at_fault(tmp_path: Pat
         ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:x", "-out", encrypted],
         check=True,
     )
+    small = tmp_path / "small"  # an RSA-1024 pair: OpenSSL refuses the key's size
+    small.mkdir()
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=x", "-days",
+         "1", "-keyout", small / "k.pem", "-out", small / "c.pem"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     gw = tmp_path / "gw.toml"
     for c, k, expect in [
+        (small / "c.pem", small / "k.pem", "server.tls_cert/tls_key: cannot use "),
         (garbage, key, f"server.tls_cert: {garbage} holds no PEM certificate"),
         (cert, other_key, f"server.tls_key: {other_key} is not the key of the certificate in"),
         (cert, garbage, f"server.tls_key: {garbage} holds no PEM private key"),

@@ -188,6 +188,19 @@ def test_sigterm_and_sighup_interrupt_as_ctrl_c_does(sig: signal.Signals) -> Non
     assert signal.getsignal(sig) is before
 
 
+def test_a_signal_ignored_on_purpose_stays_ignored() -> None:
+    # nohup starts the command with SIGHUP ignored: logging out must not end a long run.
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with interruptible():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # nothing happens
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_nothing_interrupts_the_stopping() -> None:
     before = signal.getsignal(signal.SIGINT)
     with uninterrupted():
