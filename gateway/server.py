@@ -183,7 +183,7 @@ def _serve_uvicorn(
             # idle connections, are what is too many. It keeps accepting: unlike granian's
             # backpressure it does not bound descriptors (the worker's limit does).
             limit_concurrency=cap.connections,
-            timeout_keep_alive=math.ceil(d.SERVER_KEEPALIVE_S),
+            timeout_keep_alive=math.ceil(s.keepalive_s),
             timeout_graceful_shutdown=math.ceil(d.WORKER_EXIT_GRACE_S),
             ssl_certfile=s.tls_cert,
             ssl_keyfile=s.tls_key,

@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tests.support import (
     UpstreamSpec,
     eventually,
     gateway_toml,
+    read_to_eof,
     self_signed_cert,
     start_fleet,
     start_sim,
@@ -78,6 +80,20 @@ def test_an_idle_keep_alive_connection_outlives_uvicorns_own_5_s(tmp_path: Path)
         assert conn.sock is not None and conn.sock.getsockname() == local  # not reconnected
     finally:
         conn.close()
+        gw.stop()
+        sim.proc.kill()
+
+
+def test_server_keepalive_s_sets_how_long_an_idle_connection_is_kept(tmp_path: Path) -> None:
+    gw, sim = start_fleet(tmp_path, server_extra="keepalive_s = 1")
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            t0 = time.monotonic()
+            got = read_to_eof(s)  # the answer, then the close after a second idle
+            took = time.monotonic() - t0
+        assert got.startswith(b"HTTP/1.1 200") and 0.8 < took < 3.5, (got[:40], took)
+    finally:
         gw.stop()
         sim.proc.kill()
 

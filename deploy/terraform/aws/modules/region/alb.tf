@@ -7,14 +7,13 @@ resource "aws_lb" "gateway" {
   subnets                    = var.public_subnet_ids
   drop_invalid_header_fields = true
   enable_deletion_protection = true
-  # Below the gateway's HTTP keep-alive (75 s, gateway/defaults.py SERVER_KEEPALIVE_S): the
-  # ALB closes an idle connection to a target before the target does, so it never sends a
+  # Above the longest silence a good request has: a non-streaming answer arrives whole, up to
+  # timeouts.response_s (600 s) after the request, with nothing sent before it. Below the
+  # gateway's keep-alive (server.keepalive_s = 630 in example/gateway.toml.tftpl): the ALB
+  # lets go of an idle connection to a target before the target does, so it never sends a
   # request on one the gateway is closing (a 502; AWS's ALB docs ask for a target keep-alive
-  # longer than the idle timeout). Streams lose nothing: the gateway itself ends a stream
-  # silent for timeouts.idle_s (60 s), and a wait for the first byte at timeouts.first_byte_s
-  # (60 s); 5 s above those, its own error (an SSE error event, or a 504) reaches the client
-  # before the ALB would cut the connection.
-  idle_timeout = 65
+  # longer than the idle timeout).
+  idle_timeout = 620
   access_logs {
     bucket  = var.alb_logs_bucket
     prefix  = local.name
