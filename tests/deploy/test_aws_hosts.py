@@ -111,6 +111,7 @@ def test_ports_8000_and_9180_only_from_prometheus() -> None:
     block = block[: block.index("\n}\n")]
     assert "default" not in block  # no broad default: the operator names Prometheus
     assert ">= 24" in block  # the validation refuses anything wider than a /24
+    assert '!strcontains(c, ":")' in block  # and IPv6 (the rules are cidr_ipv4)
     example = (EXAMPLE / "terraform.tfvars.example").read_text()
     (line,) = [ln for ln in example.splitlines() if ln.startswith("prometheus_cidrs")]
     assert all(int(c.split("/")[1]) >= 24 for c in re.findall(r'"([0-9./]+)"', line)), line

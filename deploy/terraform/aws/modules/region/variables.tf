@@ -116,7 +116,7 @@ variable "prometheus_cidrs" {
   description = "Prometheus's addresses (IPv4, /24 or narrower; [] for none) allowed to the gateways' ops port (9180) and the model servers' port (8000)"
   type        = list(string)
   validation {
-    condition     = alltrue([for c in var.prometheus_cidrs : can(cidrhost(c, 0)) && try(tonumber(split("/", c)[1]) >= 24, false)])
+    condition     = alltrue([for c in var.prometheus_cidrs : !strcontains(c, ":") && can(cidrhost(c, 0)) && try(tonumber(split("/", c)[1]) >= 24, false)])
     error_message = "prometheus_cidrs: IPv4 CIDRs of /24 or narrower (Prometheus's own hosts or subnet); port 8000 serves the model server's unauthenticated API."
   }
 }
