@@ -268,6 +268,10 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args = ap.parse_args()
+    # This process is the streaming load's client (bench/paced_load.py runs in it): on the
+    # load CPU with the sim, off the proxies' (as bench/overhead.py puts it).
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
     targets = check_targets(ap, args.targets)
     check_positive(ap, args, "rounds", "requests", "conc", "tokens", "window", "tokens_per_s")
     check_positive(ap, args, "idle")

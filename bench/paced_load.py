@@ -74,6 +74,11 @@ class PacedResult:
     total_ms: list[float] = field(default_factory=list)
     started: int = 0  # requests sent inside the window
     completed_in_window: int = 0  # requests that ended, complete, inside the window
+    # Complete streams, each counted by the share of its life inside the window. What the
+    # window's CPU paid for: streams started together end together (the paced clock), so a
+    # count of ends moves in steps of the concurrency as the window's edges fall between two
+    # bursts, and one target can sit a step above another in every round (bench/ab.py).
+    streams_in_window: float = 0.0
     failures: Counter[str] = field(default_factory=Counter)
     window_s: float = 0.0
 
@@ -258,6 +263,9 @@ def _summarise(samples: list[Sample], t0: float, t1: float) -> PacedResult:
     for s in samples:
         if t0 <= s.ended < t1 and not s.failure:
             res.completed_in_window += 1
+        if not s.failure and s.ended > s.sent:
+            inside = min(s.ended, t1) - max(s.sent, t0)
+            res.streams_in_window += max(0.0, inside) / (s.ended - s.sent)
         if not t0 <= s.sent < t1:
             continue
         res.started += 1

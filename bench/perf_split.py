@@ -63,7 +63,7 @@ from bench.ab import (  # noqa: E402
     rig,
 )
 from bench.overhead import PACED_TOKENS_PER_S, PACED_TTFT_MS  # noqa: E402
-from bench.overhead_cells import WARMUP_S, run_loop  # noqa: E402
+from bench.overhead_cells import LOAD_CPU, WARMUP_S, run_loop  # noqa: E402
 from bench.paced_load import run_paced  # noqa: E402
 from bench.proc_cpu import CpuReading, cpu_between, fine_between, read_cpu  # noqa: E402
 from bench.results_io import params, write_results  # noqa: E402
@@ -158,7 +158,7 @@ def shares(data: Path, sort: str) -> list[tuple[int, str, str]]:
 class Tally:
     """One target's sums over its windows: a figure per stream is a sum over a sum."""
 
-    streams: int = 0
+    streams: float = 0.0  # by share of life in the windows (paced_load), or requests
     proc_s: float = 0.0  # /proc's CPU seconds (schedstat nanoseconds where kept, else ticks)
     parts: collections.Counter[str] = field(default_factory=collections.Counter)
     symbols: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
@@ -231,7 +231,7 @@ def measure(
 
 def load_window(
     target: str, port: int, body: Path, args: argparse.Namespace, marks: Callable[[], None]
-) -> int:
+) -> float:
     """One window of load on ``target``, ``marks()`` at both ends: paced streams for
     ``--window`` s, or ``--requests`` non-streaming requests (h2load). Returns how many ended
     in the window; exits, in one line, if any failed."""
@@ -239,10 +239,9 @@ def load_window(
     if args.mode == "streaming":
         run = run_paced(url, "h1", args.conc, body.read_bytes(), WARMUP_S, args.window, marks)
         res = run_loop(run)
-        done = res.completed_in_window
-        if sum(res.failures.values()) or not done:
+        if sum(res.failures.values()) or not res.completed_in_window:
             raise SystemExit(f"streams through {target}: failures {dict(res.failures)}")
-        return done
+        return res.streams_in_window  # by share of life in the window (paced_load)
     marks()
     requests(url, body, args.requests, args.conc)
     marks()
@@ -303,6 +302,10 @@ def main() -> None:
         help="split geogate targets by Python function (they must run on CPython 3.12+)",
     )
     args = ap.parse_args()
+    # This process is the streaming load's client (bench/paced_load.py runs in it): on the
+    # load CPU with the sim, off the proxies' (as bench/overhead.py puts it).
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
     if shutil.which("perf") is None:
         raise SystemExit("perf_split: needs `perf` (apt-get install linux-perf)")
     targets = check_targets(ap, args.targets)

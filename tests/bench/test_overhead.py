@@ -53,8 +53,9 @@ def test_the_granian_target_differs_in_the_engine_only(tmp_path: Path) -> None:
     assert default.model_dump(exclude=same) == granian.model_dump(exclude=same)
 
 
-def test_nginx_peer_logs_as_nginx_does_by_default(tmp_path: Path) -> None:
-    assert f"access_log {tmp_path}/nginx-access.log;" in nginx_conf(tmp_path, 1, 2, 3).read_text()
+def test_nginx_peer_logs_in_batches_as_geogate_does(tmp_path: Path) -> None:
+    conf = nginx_conf(tmp_path, 1, 2, 3).read_text()
+    assert f"access_log {tmp_path}/nginx-access.log combined buffer=64k flush=1s;" in conf
     assert "access_log off;" in nginx_conf(tmp_path, 1, 2, 3, access_log=False).read_text()
 
 

@@ -111,3 +111,20 @@ def test_chunked_body_split_anywhere() -> None:
     probe = Probe()
     probe.feed(role + token, 1.0)
     assert probe.sample("").failure == "no [DONE] at the end"
+
+
+def test_streams_count_by_their_share_of_life_in_the_window() -> None:
+    # Streams started together end together: counting ends moves in steps of them as the
+    # window's edges fall between two bursts. By share of life the count is the work done.
+    from bench.paced_load import Sample, _summarise
+
+    samples = [
+        Sample(0.0, 1.0, 0.1, ""),  # wholly before the window
+        Sample(0.5, 1.5, 0.1, ""),  # half inside
+        Sample(1.2, 1.8, 0.1, ""),  # wholly inside
+        Sample(1.9, 2.3, 0.1, ""),  # a quarter inside
+        Sample(1.1, 1.3, 0.0, "reset"),  # failed: not counted
+    ]
+    res = _summarise(samples, 1.0, 2.0)
+    assert res.completed_in_window == 3  # ends at 1.0, 1.5 and 1.8: a whole stream each
+    assert abs(res.streams_in_window - 1.75) < 1e-9
