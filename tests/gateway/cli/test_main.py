@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.proc_cpu import process_tree
 from gateway.cli.procs import free_port, geogate_cmd
 from tests.support import UpstreamSpec, gateway_toml
 
@@ -210,25 +211,6 @@ def test_demo_port_out_of_range_is_refused_with_the_arguments() -> None:
     assert "argument --port: must be from 0 to 65535, got 70000" in p.stderr
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc (the gateway's workers included)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [pid]
-    while todo:
-        above = todo.pop()
-        kids = [p for p, pp in parent.items() if pp == above]
-        out += kids
-        todo += kids
-    return out
-
-
 def test_a_demo_that_cannot_start_its_gateway_says_why_in_one_line() -> None:
     """The gateway's own one-line error (its port is taken) from its log, not a traceback."""
     with socket.socket() as taken:
@@ -279,7 +261,7 @@ def test_a_demo_stopped_by_sigterm_or_sighup_stops_everything_it_started(
     children: dict[int, bytes] = {}
     try:
         _demo_until(proc, "made for this run", 1, timeout=120)  # gateway and backends serve
-        children = {p: _cmdline(p) for p in _descendants(proc.pid)}
+        children = {p: _cmdline(p) for p in process_tree(proc.pid)[1:]}  # below the demo
         assert len(children) >= 4, children  # 3 backends, a gateway (and its workers)
         proc.send_signal(sig)
         assert proc.wait(30) == 128 + sig
