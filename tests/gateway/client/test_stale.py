@@ -5,9 +5,11 @@ once, on a new connection, within what is left of the wait; nothing else is retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -41,14 +43,24 @@ def _second_dropped(srv: list[Scripted], how: str = "close", wait_s: float = 0.0
     return answer
 
 
+@contextlib.asynccontextmanager
+async def _pooled(srv: Scripted) -> AsyncIterator[Client]:
+    """A client whose first request to ``srv`` was answered, its connection now pooled."""
+    async with srv:
+        client = Client(1.0)
+        assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
 @pytest.mark.parametrize("how", ["close", "reset"])
 def test_a_pooled_connection_dropped_on_the_next_request_is_retried_on_a_new_one(
     how: str,
 ) -> None:
     async def main() -> None:
-        async with srv[0]:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv[0].url + "/")).read() == b"ok"
+        async with _pooled(srv[0]) as client:
             assert client.idle_count() == 1
             reach = Reach()
             resp = await client.request(
@@ -57,7 +69,6 @@ def test_a_pooled_connection_dropped_on_the_next_request_is_retried_on_a_new_one
             assert reach.connected  # the retry's connection holds the request now
             assert (resp.status, await resp.read()) == (200, b"ok")
             assert client.idle_count() == 1  # the new connection, pooled in turn
-            await client.close()
         assert srv[0].connections == 2  # the retry went on a new connection
         assert srv[0].heads[1] == srv[0].heads[2]  # the same request, body and all
         assert srv[0].bodies[1:] == [b'{"a":1}', b'{"a":1}']
@@ -133,12 +144,9 @@ def test_a_pooled_connection_closed_in_the_middle_of_an_answer_is_not_retried() 
         await w.drain()
 
     async def main() -> None:
-        async with srv:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
+        async with _pooled(srv) as client:
             with pytest.raises(ConnectionLost):
                 await client.request("POST", srv.url + "/", [], b"x", timeout_s=2.0)
-            await client.close()
         assert (srv.connections, len(srv.heads)) == (1, 2)
 
     srv = Scripted(answer)
@@ -153,12 +161,9 @@ def test_a_pooled_connection_that_times_out_is_not_retried() -> None:
         await w.drain()
 
     async def main() -> None:
-        async with srv:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
+        async with _pooled(srv) as client:
             with pytest.raises(TimeoutError):
                 await client.request("GET", srv.url + "/", timeout_s=0.2)
-            await client.close()
         assert (srv.connections, len(srv.heads)) == (1, 2)
 
     srv = Scripted(answer)
@@ -179,16 +184,13 @@ def test_the_retry_waits_what_is_left_of_the_first_byte_wait() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        async with srv:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
+        async with _pooled(srv) as client:
             t0 = loop.time()
             reach = Reach()
             with pytest.raises(TimeoutError):
                 await client.request("GET", srv.url + "/", reach=reach, timeout_s=0.6)
             assert 0.5 < loop.time() - t0 < 0.85  # one budget in all, not 0.6 s twice
             assert reach.connected  # the retry's request was out: it may run there
-            await client.close()
         assert (srv.connections, len(srv.heads)) == (2, 3)
 
     srv = Scripted(answer)
@@ -207,16 +209,13 @@ def test_a_retry_that_cannot_connect_has_reached_nobody() -> None:
         await w.drain()
 
     async def main() -> None:
-        async with srv:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv.url + "/")).read() == b"ok"
+        async with _pooled(srv) as client:
             reach = Reach()
             with pytest.raises(ConnectFailed):
                 await client.request("GET", srv.url + "/", reach=reach, timeout_s=2.0)
             # The first request went on a connection the upstream was closing (it ran
             # nowhere), the second found no connection: a timeout here may fail over.
             assert not reach.connected
-            await client.close()
 
     srv = Scripted(answer)
     run(main())
@@ -234,12 +233,9 @@ def test_a_pooled_connection_lost_long_after_the_write_is_not_retried(
     srv.append(Scripted(_second_dropped(srv, wait_s=0.5)))
 
     async def main() -> None:
-        async with srv[0]:
-            client = Client(1.0)
-            assert await (await client.request("GET", srv[0].url + "/")).read() == b"ok"
+        async with _pooled(srv[0]) as client:
             with pytest.raises(ConnectionLost):
                 await client.request("POST", srv[0].url + "/", [], b"x", timeout_s=5.0)
-            await client.close()
         assert (srv[0].connections, len(srv[0].heads)) == (1, 2)
 
     run(main())
