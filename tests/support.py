@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from bench.proc_cpu import stat_fields
 from gateway.cli.procs import (
     PortPicker,
     free_port,
@@ -312,3 +313,11 @@ def pool_config(*more: dict[str, Any], **sections: Any) -> Config:
             **sections,
         }
     )
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever inherited it to reap it."""
+    try:
+        return stat_fields(pid)[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

@@ -18,7 +18,7 @@ import pytest
 
 from bench.proc_cpu import process_tree
 from gateway.cli.procs import free_port, geogate_cmd
-from tests.support import UpstreamSpec, gateway_toml
+from tests.support import UpstreamSpec, alive, gateway_toml
 
 
 def geogate(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -266,23 +266,15 @@ def test_a_demo_stopped_by_sigterm_or_sighup_stops_everything_it_started(
         proc.send_signal(sig)
         assert proc.wait(30) == 128 + sig
         deadline = time.monotonic() + 15
-        while (left := [p for p in children if _alive(p)]) and time.monotonic() < deadline:
+        while (left := [p for p in children if alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert left == [], left
     finally:
         proc.kill()
         proc.wait()
         for pid, cmdline in children.items():  # whatever a failed run left behind
-            if _alive(pid) and _cmdline(pid) == cmdline:  # not another process by now
+            if alive(pid) and _cmdline(pid) == cmdline:  # not another process by now
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def _cmdline(pid: int) -> bytes:

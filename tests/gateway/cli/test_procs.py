@@ -35,6 +35,7 @@ from gateway.cli.procs import (
     uninterrupted,
     wait_http,
 )
+from tests.support import alive
 
 
 @pytest.fixture
@@ -140,18 +141,9 @@ def test_a_child_that_never_answers_is_one_line(tmp_path: Path) -> None:
         stop_all([proc])
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for whoever inherited it to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-
-
 def _until_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    while (left := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -169,12 +161,12 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
-        assert _alive(child)
+        assert alive(child)
         parent.kill()
         parent.wait()
         assert _until_gone([child]) == []
     finally:
-        if _alive(child):  # a failed run: gone within the test's seconds, not another's pid
+        if alive(child):  # a failed run: gone within the test's seconds, not another's pid
             os.kill(child, signal.SIGKILL)
 
 
