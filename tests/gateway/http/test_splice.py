@@ -133,6 +133,15 @@ def rig() -> Iterator[Rig]:
     r.close()
 
 
+@pytest.fixture
+def reported(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What the relay reported through sys.unraisablehook (a callback's error it does not
+    pass on), in order."""
+    got: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", got.append)
+    return got
+
+
 def _wait_readable(sock: socket.socket) -> None:
     assert select.select([sock], [], [], 5)[0], "nothing came"
 
@@ -488,12 +497,10 @@ def test_a_relay_in_a_cycle_with_its_transport_is_collected() -> None:
 
 
 def test_an_error_in_the_owners_callback_is_reported_and_the_relay_still_ends(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, reported: list[Any]
 ) -> None:
     """Not raised into the transport, which would close the upstream's connection behind an
     owner that was never told."""
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
 
     def boom() -> None:
         raise RuntimeError("owner failed")
@@ -507,11 +514,7 @@ def test_an_error_in_the_owners_callback_is_reported_and_the_relay_still_ends(
         r.close()
 
 
-def test_a_pause_that_raises_is_reported_and_the_end_stands(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+def test_a_pause_that_raises_is_reported_and_the_end_stands(rig: Rig, reported: list[Any]) -> None:
 
     def broken() -> None:
         raise RuntimeError("pause failed")
@@ -523,10 +526,8 @@ def test_a_pause_that_raises_is_reported_and_the_end_stands(
 
 
 def test_an_is_closing_that_raises_cuts_the_stream_and_is_reported(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, reported: list[Any]
 ) -> None:
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
 
     class Odd:
         def __bool__(self) -> bool:
@@ -543,12 +544,10 @@ def test_an_is_closing_that_raises_cuts_the_stream_and_is_reported(
 
 
 def test_a_resume_that_fails_ends_the_relay_instead_of_raising_into_the_client(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, reported: list[Any]
 ) -> None:
     # resume() is the client connection's callback (h1 calls it from connection_lost too):
     # raising there would skip that connection's clean-up and leave the upstream paused.
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     rig.pipe.flow.write_paused = True  # the client's transport is full: the upstream pauses
@@ -565,10 +564,8 @@ def test_a_resume_that_fails_ends_the_relay_instead_of_raising_into_the_client(
 
 
 def test_a_client_check_that_raises_in_resume_ends_the_relay_too(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, reported: list[Any]
 ) -> None:
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
 
     def broken() -> bool:
         raise ValueError("no answer")
@@ -605,10 +602,8 @@ def test_a_relay_never_set_up_is_closed_to_every_call() -> None:
 
 
 def test_a_failing_client_write_cuts_the_stream_and_is_reported(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, reported: list[Any]
 ) -> None:
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
@@ -624,10 +619,8 @@ def test_a_failing_client_write_cuts_the_stream_and_is_reported(
 
 
 def test_a_first_token_callback_that_raises_is_reported_and_the_stream_goes_on(
-    monkeypatch: pytest.MonkeyPatch,
+    reported: list[Any],
 ) -> None:
-    reported: list[Any] = []
-    monkeypatch.setattr(sys, "unraisablehook", reported.append)
 
     def broken() -> None:
         raise RuntimeError("dashboard bookkeeping failed")
