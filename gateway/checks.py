@@ -89,6 +89,13 @@ def api_path(path: str) -> str:
     return path
 
 
+def is_decimal(text: str, most: int = 18) -> bool:
+    """ASCII digits only, at most ``most`` of them: what int() reads as a plain count.
+    str.isdigit alone takes "²", which int() refuses, and int() refuses over 4,300 digits:
+    checked this way, untrusted text (a header, a query, a cookie) is a 400, never a 500."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 def url_path(path: str) -> str:
     """A path the gateway appends to an upstream's URL (health, load): without its leading
     "/", "http://host:9000" + "health" is a URL whose port is "9000health"."""
@@ -109,7 +116,7 @@ def nameserver(server: str) -> str:
         host, _, port = server.partition(":")
     try:
         ipaddress.ip_address(host)
-        if port is not None and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        if port is not None and not (is_decimal(port, 5) and 0 < int(port) < 65536):
             raise ValueError
     except ValueError:
         raise ValueError(

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
+from gateway import checks
 from gateway.checks import redact_url
 from gateway.errors import ConfigError
 
@@ -66,13 +67,13 @@ def connect(url: str, timeout_s: float) -> Redis:
         hosts = []
         for hp in parts.netloc.rpartition("@")[2].split(","):
             host, _, port = hp.rpartition(":")
-            if not host or not (port.isascii() and port.isdigit()):
+            if not host or not checks.is_decimal(port, 5):
                 raise ConfigError(f"config error: redis.url: bad sentinel address {hp!r}")
             hosts.append((host.strip("[]"), int(port)))
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ConfigError("config error: redis.url: a sentinel URL needs /master-name")
-        db = int(path[1]) if len(path) > 1 and path[1].isascii() and path[1].isdigit() else 0
+        db = int(path[1]) if len(path) > 1 and checks.is_decimal(path[1]) else 0
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, **opts)  # type: ignore[no-untyped-call]
         master: Redis = sentinel.master_for(path[0], db=db, password=password, **opts)

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import checks
 from gateway.defaults import ADMIN_MAX_BODY_BYTES
 from gateway.errors import (
     AdminDisabled,
@@ -104,8 +105,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     async def audit(request: Request, who: str) -> Response:
         raw = request.query_params.get("count", "50")
-        digits = len(raw) <= 6 and raw.isascii() and raw.isdigit()  # int() refuses 4,301+
-        if not digits or not 0 < int(raw) <= MAX_AUDIT_COUNT:
+        if not checks.is_decimal(raw, 6) or not 0 < int(raw) <= MAX_AUDIT_COUNT:
             raise RequestInvalid(f"count must be 1..{MAX_AUDIT_COUNT}")
         return JSONResponse({"entries": await rt.store.audit(int(raw))})
 

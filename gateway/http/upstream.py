@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from gateway import checks
 from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S, NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
@@ -369,7 +370,7 @@ class _Attempts:
         if failures and all(f.status == 429 for f in failures):
             waits = [f.retry_after for f in failures]
             after = max(
-                (int(w) for w in waits if w is not None and w.isascii() and w.isdigit()), default=1
+                (int(w) for w in waits if w is not None and checks.is_decimal(w)), default=1
             )
             return UpstreamBusy(
                 f"every upstream tried is at capacity: {tried}{tail}. Retry after {after} s",

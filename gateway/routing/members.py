@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway import checks
 from gateway.config import Upstream
 
 Address = tuple[str, int]
@@ -42,7 +43,7 @@ def split_member(url: str) -> tuple[str, Address | None]:
     if not (slashes and sep):
         return url, None
     host, _, port = address.rpartition(":")
-    if not host or not (port.isascii() and port.isdigit()):
+    if not host or not checks.is_decimal(port, 5):
         raise ValueError(f"not a member's address: {address!r}")
     named = f"{scheme}://{userinfo}{at}{authority}{slash}{path}"
     return named, (host.removeprefix("[").removesuffix("]"), int(port))

@@ -90,3 +90,14 @@ def test_unreadable_says_why(tmp_path: Path) -> None:
     assert checks.unreadable(tmp_path / "cert.pem") is None
     assert checks.unreadable(tmp_path / "none.pem") == "No such file or directory"
     assert checks.unreadable(tmp_path) == "Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("text", "most", "ok"),
+    [("42", 18, True), ("", 18, False), ("\u00b2", 18, False), ("-1", 18, False),
+     (" 5", 18, False), ("9" * 19, 18, False), ("99999", 5, True), ("999999", 5, False)],
+)  # fmt: skip
+def test_is_decimal_is_what_int_reads_as_a_plain_count(text: str, most: int, ok: bool) -> None:
+    assert checks.is_decimal(text, most) is ok
+    if ok:
+        assert int(text) >= 0

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+from gateway import checks
 from gateway.defaults import DASHBOARD_SESSION_S
 from gateway.errors import AdminDisabled, Forbidden, Unauthorized
 from gateway.http.admin import operator_of
@@ -85,7 +86,7 @@ def verify(value: str | None, operators: Mapping[str, str], now: float) -> str |
 
 
 def _digits(text: str, most: int) -> bool:
-    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+    return checks.is_decimal(text, most)
 
 
 def expiry_of(request: Request) -> float | None:
