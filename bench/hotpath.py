@@ -99,6 +99,7 @@ def _access_line(rt: Any, work: Path, batched: bool) -> Callable[[], None]:
         "127.0.0.1", [], "bench-model", time.monotonic(), edge_header=None, host="h:1"
     )
     ex.status, ex.model, ex.upstream, ex.attempts = 200, "bench-model", "sim", 1
+    ex.served_region = ex.region
 
     def one() -> None:
         saved = access_log.handlers[:]

@@ -170,7 +170,8 @@ class Runtime:
         header; ``host`` is the Host the request was sent to), else the one behind ``peer``
         (trusted proxies' X-Forwarded-For walked from the right); its location, and the
         routing decision for ``model``."""
-        trusted = peer is not None and is_trusted(peer, self.trusted)
+        # No trusted proxies (the default): nothing to look up, here or in client_ip.
+        trusted = peer is not None and bool(self.trusted) and is_trusted(peer, self.trusted)
         edge = self.edge_client(edge_header, host) if edge_header is not None else None
         if edge is not None:
             return self.route(edge.ip, trusted, edge.location, model, now)

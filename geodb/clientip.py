@@ -65,8 +65,8 @@ def client_ip(
     more than once). Returns None only when the peer itself is unparseable (a Unix socket).
     """
     peer_ip = _parse(peer) if peer else None
-    if peer_ip is None or not _trusted(peer_ip, trusted):
-        return peer_ip
+    if peer_ip is None or not trusted or not _trusted(peer_ip, trusted):
+        return peer_ip  # no call for the default, no trusted proxies: one less per request
     hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
     current = peer_ip
     for hop in reversed(hops):

@@ -25,6 +25,9 @@ class Exchange:
     routed: Routed | None = None  # client, location, decision
     attempts: int = 0  # upstream attempts made
     upstream: str = "-"  # the upstream that answered
+    # Its region (after failover, not the first choice), set with ``upstream`` where it
+    # answered: a search of the decision's order for it cost the access line four calls.
+    served_region: str | None = None
     status: int = 0  # what the client got (499: it left first)
     response_started: bool = False  # a byte went out: no failover, no error response
     first_byte_s: float | None = None  # when the response started (seconds after arrival)
@@ -40,12 +43,6 @@ class Exchange:
         """The chosen region (the metrics label); "-" before routing or when none."""
         chosen = self.routed.decision.chosen if self.routed else None
         return chosen.upstream.region if chosen else "-"
-
-    @property
-    def served_region(self) -> str | None:
-        """The region of the upstream that answered (after failover, not the first choice)."""
-        order = self.routed.decision.order if self.routed else ()
-        return next((c.upstream.region for c in order if c.upstream.id == self.upstream), None)
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
@@ -75,7 +72,10 @@ class Exchange:
         "text": one JSON object per line; every field is escaped by json.dumps (ASCII only),
         so no path, request id or header a client sends can end the line or fake a field.
         "ecs": the same facts as ECS fields (``gateway.logs``), escaped the same way."""
-        if not access_log.isEnabledFor(logging.INFO):
+        # The sink, when there is one, is only there while the logger writes INFO: then that is
+        # not asked twice.
+        sink = direct_sink(access_log) if fmt != "ecs" else None
+        if sink is None and not access_log.isEnabledFor(logging.INFO):
             return
         if fmt == "ecs":
             scope = self.scope
@@ -102,7 +102,6 @@ class Exchange:
                 "country": r.location.country if r else None,
             }
         )
-        sink = direct_sink(access_log)
         if sink is not None:
             sink.add(line)
         else:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.config import Config
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     BodyTimeout,
@@ -267,11 +268,14 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         heads = read_heads(scope["headers"])
         ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+        # One config for the whole request, looked up once (a property chain per lookup): a
+        # reload while it runs applies from the next request on.
+        config = self.rt.config
         # The served path keeps the exchange's record itself (upstream._stream, the relay):
         # a wrapper around ``send`` cost every request a coroutine frame per message. The
         # error answers, built here, go through the wrapper (Exchange.tracking).
         try:
-            await self._serve(ex, heads, receive, send)
+            await self._serve(ex, config, heads, receive, send)
         except GatewayError as err:
             ex.status = status_of(err)
             await send_error(ex.tracking(send), err, _request_id_header(ex))
@@ -306,11 +310,13 @@ class Proxy:
                 _request_id_header(ex),
             )
         finally:
-            self._record(ex)
+            self._record(ex, config)
 
-    async def _serve(self, ex: Exchange, heads: Heads, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, ex: Exchange, config: Config, heads: Heads, receive: Receive, send: Send
+    ) -> None:
         rt, scope = self.rt, ex.scope
-        server = rt.config.server
+        server = config.server
         check_headers(scope, server.max_header_bytes)
         raw_path = scope.get("raw_path") or scope["path"].encode()
         # Checked on the path as sent: it is what the upstream gets (see upstream.py).
@@ -350,9 +356,9 @@ class Proxy:
         try:
             await send_error(ex.tracking(send), err, _request_id_header(ex))
         finally:
-            self._record(ex)
+            self._record(ex, self.rt.config)
 
-    def _record(self, ex: Exchange) -> None:
+    def _record(self, ex: Exchange, config: Config) -> None:
         m = self.rt.metrics
         region = ex.region
         m.requests.count(str(ex.status), region)
@@ -365,6 +371,5 @@ class Proxy:
             # a client sent.
             served = ex.upstream != NOT_SERVED
             self.rt.traffic.request(loc, ex.upstream, ex.model if served else "")
-        config = self.rt.config
         if config.server.access_log:
             ex.log(config.log.format)

@@ -157,8 +157,7 @@ class _Attempts:
                 rt.metrics.retries.inc()
             ex.attempts = i + 1
             status = await self._attempt(cand, i)
-            if status is not None:
-                ex.upstream = cand.upstream.id
+            if status is not None:  # ex.upstream is the answer's (_attempt)
                 return status
             if self.held is not None:
                 break
@@ -191,7 +190,7 @@ class _Attempts:
             rt.metrics.attempts.count(uid, "ok")
             # Its answer goes to the client from here: a stream cut later (StreamAborted, a
             # client gone) is still this upstream's in the access line and traffic counts.
-            self.ex.upstream = uid
+            self.ex.upstream, self.ex.served_region = uid, cand.upstream.region
             done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort)
                 # A 4xx is the client's request, never the upstream's failure.
