@@ -98,6 +98,44 @@ def test_response_headers() -> None:
     assert out == [(b"content-type", b"text/event-stream"), (b"x-request-id", b"r1")]
 
 
+def test_fields_named_in_connection_are_dropped_wherever_they_stand() -> None:
+    """Connection's tokens are read in the filtering pass itself: a field named there is
+    dropped whether it comes before or after the Connection header, from every Connection
+    header of the message, in any case and spacing; nothing else is."""
+    response = [
+        (b"x-before", b"1"),
+        (b"connection", b"X-Before ,keep-alive"),
+        (b"content-type", b"text/event-stream"),
+        (b"connection", b" x-after"),
+        (b"x-after", b"2"),
+        (b"x-kept", b"3"),
+    ]
+    out = client_response_headers(response, [(b"x-request-id", b"r1")])
+    assert out == [
+        (b"content-type", b"text/event-stream"),
+        (b"x-kept", b"3"),
+        (b"x-request-id", b"r1"),
+    ]
+    request = [
+        (b"X-Before", b"1"),
+        (b"Connection", b"x-before"),
+        (b"connection", b"X-AFTER, x-forwarded-proto"),
+        (b"x-after", b"2"),
+        (b"x-kept", b"3"),
+    ]
+    sent = upstream_text(
+        request, peer="9.9.9.9", client="9.9.9.9", peer_trusted=False, scheme="http", rid="r1"
+    )
+    assert sent == [
+        ("x-kept", "3"),
+        ("X-Forwarded-For", "9.9.9.9"),
+        ("X-Real-IP", "9.9.9.9"),
+        # Named in Connection or not, the forwarding headers are this gateway's own.
+        ("X-Forwarded-Proto", "http"),
+        ("X-Request-Id", "r1"),
+    ]
+
+
 def test_request_id_kept_only_when_safe() -> None:
     for good in ("abc-123", "x" * 128, "01HZX3Q9.trace_id~1", "a!#$%&'*+-.^_`|~z"):
         assert request_id(good) == good
