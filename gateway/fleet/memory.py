@@ -37,6 +37,7 @@ class MemoryStateStore:
         self._in_flight: dict[str, int] = {}
         self._load: dict[str, LoadState] = {}
         self._members: dict[str, tuple[Address, ...]] = {}  # discovery: id -> addresses
+        self._shares: dict[str, dict[Address, float]] = {}  # their SRV weights' shares
         self._snap: Snapshot | None = None
         self.version = 1
         self.stale_since: float | None = None
@@ -95,7 +96,7 @@ class MemoryStateStore:
         DNS change). Health and in-flight counts of upstreams that stay are kept."""
         self._config = config
         self._policy = policy_from(config)
-        self._upstreams = expand(config.upstreams, self._members)
+        self._upstreams = expand(config.upstreams, self._members, self._shares)
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
@@ -124,11 +125,21 @@ class MemoryStateStore:
     def policy(self) -> Policy:
         return self._policy
 
-    def set_members(self, upstream_id: str, addresses: tuple[Address, ...]) -> bool:
-        """New DNS answer for a discovery upstream; True when the pool changed."""
-        if self._members.get(upstream_id) == addresses:
+    def set_members(
+        self,
+        upstream_id: str,
+        addresses: tuple[Address, ...],
+        shares: Mapping[Address, float] | None = None,
+    ) -> bool:
+        """New DNS answer for a discovery upstream, with each member's share of its weight
+        (SRV's weights; none: equal); True when the pool changed."""
+        weights = dict(shares or {})
+        if self._members.get(upstream_id) == addresses and self._shares.get(upstream_id) == (
+            weights
+        ):
             return False
         self._members[upstream_id] = addresses
+        self._shares[upstream_id] = weights
         self.replace_config(self._config)
         return True
 

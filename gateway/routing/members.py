@@ -54,16 +54,39 @@ def default_port(url: str) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def srv_shares(records: Sequence[tuple[int, Sequence[Address]]]) -> dict[Address, float]:
+    """Each member's share of its upstream's weight, from the SRV records of one priority:
+    (the record's weight, the addresses its target resolved to). RFC 2782: a target is chosen
+    in proportion to its weight, so a target's weight is split over its addresses, and an
+    address that two records name gets both parts. The shares average 1, so the members of an
+    upstream weigh as much together as with equal shares: the upstream's own weight (and an
+    operator's change of it) applies as before. A member of weight 0 gets 0, the router's
+    standby: the RFC's "very small chance", taken when no weighted member can serve. Records
+    all of weight 0 (the RFC's "no weighting") share equally."""
+    weights: dict[Address, float] = {}
+    for weight, addresses in records:
+        for address in addresses:
+            weights[address] = weights.get(address, 0.0) + weight / len(addresses)
+    total = sum(weights.values())
+    if total <= 0:
+        return dict.fromkeys(weights, 1.0)
+    return {address: w * len(weights) / total for address, w in weights.items()}
+
+
 def expand(
-    declared: Sequence[Upstream], members: Mapping[str, Sequence[Address]]
+    declared: Sequence[Upstream],
+    members: Mapping[str, Sequence[Address]],
+    shares: Mapping[str, Mapping[Address, float]] | None = None,
 ) -> tuple[Upstream, ...]:
     """Declared upstreams, with each discovery one replaced by its current members (none
-    until its name has been resolved once)."""
+    until its name has been resolved once), each weighing its share (``srv_shares``; 1 where
+    none is given) of its upstream's weight."""
     out: list[Upstream] = []
     for u in declared:
         if u.discovery == "none":
             out.append(u)
             continue
+        share = (shares or {}).get(u.id, {})
         for host, port in sorted(members.get(u.id, ())):
             out.append(
                 u.model_copy(
@@ -71,6 +94,7 @@ def expand(
                         "id": f"{u.id}@{host}:{port}",
                         "url": member_url(u.url, host, port),
                         "discovery": "none",
+                        "weight": u.weight * share.get((host, port), 1.0),
                     }
                 )
             )

@@ -19,7 +19,7 @@ from aiodns.error import DNSError
 
 from gateway.config import Upstream
 from gateway.logs import event
-from gateway.routing.members import Address, default_port
+from gateway.routing.members import Address, default_port, srv_shares
 from gateway.runtime import Runtime
 from gateway.ticks import Beat
 
@@ -47,26 +47,38 @@ async def _addresses(resolver: aiodns.DNSResolver, host: str) -> list[str]:
     return [r.data.addr for r in [*a, *aaaa] if getattr(r.data, "addr", None)]
 
 
-async def resolve(resolver: aiodns.DNSResolver, u: Upstream) -> tuple[Address, ...]:
-    """The upstream's members. SRV: the targets of the lowest priority (RFC 2782: a client
-    uses a higher one only when none of the lower is there) that has any address; a backup
-    at priority 20 does not share the load of the primaries at 10. SRV weights are not
-    applied: members of one upstream share its weight."""
+async def resolve(
+    resolver: aiodns.DNSResolver, u: Upstream
+) -> tuple[tuple[Address, ...], dict[Address, float]]:
+    """The upstream's members, and each one's share of its weight (empty: equal shares).
+    SRV: the targets of the lowest priority (RFC 2782: a client uses a higher one only when
+    none of the lower is there) that has any address; a backup at priority 20 does not share
+    the load of the primaries at 10. Within it, the records' weights (routing.members'
+    srv_shares)."""
     if u.discovery == "srv":
         records = await _query(resolver, u.srv, "SRV")
-        groups: dict[int, list[tuple[str, int]]] = {}
+        groups: dict[int, list[tuple[str, int, int]]] = {}
         for r in records:
-            groups.setdefault(r.data.priority, []).append((r.data.target, r.data.port))
+            groups.setdefault(r.data.priority, []).append(
+                (r.data.target, r.data.port, r.data.weight)
+            )
         tiers = [groups[p] for p in sorted(groups)]
     else:
-        tiers = [[(urlsplit(u.url).hostname or "", default_port(u.url))]]
+        tiers = [[(urlsplit(u.url).hostname or "", default_port(u.url), 0)]]
     for targets in tiers:
-        found: set[Address] = set()
-        for host, port in targets:
-            found.update((addr, port) for addr in await _addresses(resolver, host))
+        found: list[tuple[int, list[Address]]] = []
+        for host, port, weight in targets:
+            addresses = [(addr, port) for addr in await _addresses(resolver, host)]
+            if addresses:
+                found.append((weight, addresses))
         if found:
-            return tuple(sorted(found))
-    return ()
+            members = tuple(sorted({a for _, addresses in found for a in addresses}))
+            shares = srv_shares(found) if u.discovery == "srv" else {}
+            # Equal shares are no shares: the pool's members compare as they did.
+            if all(share == 1.0 for share in shares.values()):
+                shares = {}
+            return members, shares
+    return (), {}
 
 
 async def discover_once(rt: Runtime) -> None:
@@ -80,12 +92,12 @@ async def discover_once(rt: Runtime) -> None:
     for u in named:
         try:
             async with asyncio.timeout(rt.config.discovery.timeout_s * 2):
-                members = await resolve(resolver, u)
+                members, shares = await resolve(resolver, u)
         except (ResolveFailed, TimeoutError) as exc:
             log.warning("cannot resolve upstream %s (%s); keeping its current members", u.id, exc)
             continue
-        if rt.store.set_members(u.id, members):
-            shown = ", ".join(f"{h}:{p}" for h, p in members) or "none"
+        if rt.store.set_members(u.id, members, shares):
+            shown = ", ".join(_shown(m, shares) for m in members) or "none"
             log.log(
                 logging.WARNING if not members else logging.INFO,
                 "upstream %s now resolves to: %s",
@@ -93,6 +105,12 @@ async def discover_once(rt: Runtime) -> None:
                 shown,
                 extra=event("members-changed", upstream=u.id, members=shown),
             )
+
+
+def _shown(member: Address, shares: dict[Address, float]) -> str:
+    host, port = member
+    share = shares.get(member)
+    return f"{host}:{port}" if share is None else f"{host}:{port} (weight x{share:.3g})"
 
 
 def make_resolver(rt: Runtime) -> aiodns.DNSResolver:

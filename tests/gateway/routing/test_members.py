@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Upstream
-from gateway.routing.members import default_port, expand, member_url, split_member
+from gateway.routing.members import default_port, expand, member_url, split_member, srv_shares
 
 
 def test_discovery_upstreams_become_one_member_per_address() -> None:
@@ -18,6 +18,27 @@ def test_discovery_upstreams_become_one_member_per_address() -> None:
     assert [u.id for u in got] == ["s", "d@127.0.0.3:8000", "d@::1:8000"]
     assert [u.url for u in got[1:]] == ["http://127.0.0.3:8000/base", "http://[::1]:8000/base"]
     assert all(u.discovery == "none" for u in got)
+
+
+def test_srv_weights_become_shares_of_the_upstreams_weight() -> None:
+    """RFC 2782's weights: a target in proportion to its weight, split over its addresses;
+    the shares average 1, so the upstream's weight is kept; 0 is standby unless all are 0."""
+    a, b, c = ("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)
+    assert srv_shares([(3, [a]), (1, [b])]) == {a: 1.5, b: 0.5}
+    # a target of weight 2 with two addresses: 1 each, as much as the weight-1 target's one
+    assert srv_shares([(2, [a, b]), (1, [c])]) == {a: 1.0, b: 1.0, c: 1.0}
+    assert srv_shares([(1, [a]), (1, [a]), (2, [b])]) == {a: 1.0, b: 1.0}  # named twice: both
+    assert srv_shares([(5, [a]), (0, [b])]) == {a: 2.0, b: 0.0}  # the router's standby
+    assert srv_shares([(0, [a]), (0, [b])]) == {a: 1.0, b: 1.0}  # no weighting at all
+    named = Upstream(
+        id="d", region="eu", url="http://pool.local", models=("m",), discovery="dns", weight=2
+    )
+    got = expand([named], {"d": [a, b, c]}, {"d": {a: 1.5, b: 0.5}})
+    assert [(u.id, u.weight) for u in got] == [
+        ("d@10.0.0.1:80", 3.0),
+        ("d@10.0.0.2:80", 1.0),
+        ("d@10.0.0.3:80", 2.0),  # no share given: its upstream's weight
+    ]
 
 
 def test_ports() -> None:

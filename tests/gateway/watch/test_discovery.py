@@ -30,6 +30,7 @@ class Zone(BaseResolver):  # type: ignore[misc]
         self.a: dict[str, list[str]] = {}
         self.srv: dict[str, list[tuple[str, int]]] = {}
         self.priority: dict[int, int] = {}  # an SRV target's priority, by its port (else 0)
+        self.weight: dict[int, int] = {}  # and its weight (else 0)
 
     def resolve(self, request: Any, handler: Any) -> Any:
         reply = request.reply()
@@ -48,7 +49,12 @@ class Zone(BaseResolver):  # type: ignore[misc]
                             q.qname,
                             QTYPE.SRV,
                             ttl=1,
-                            rdata=SRV(self.priority.get(port, 0), 0, port, target + "."),
+                            rdata=SRV(
+                                self.priority.get(port, 0),
+                                self.weight.get(port, 0),
+                                port,
+                                target + ".",
+                            ),
                         )
                     )
         if not reply.rr:
@@ -213,6 +219,48 @@ def test_a_higher_srv_priority_is_a_backup_used_only_when_the_lower_has_no_addre
             del zone.a["primary.pool.test"]  # the primary's host is gone from DNS
         eventually(lambda: members(gw, True) == {backup}, what="the backup to take over")
         assert served_by(gw.url, 3) == Counter({backup: 3})
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+
+
+def test_srv_weights_set_each_members_share_and_weight_0_is_standby(
+    tmp_path: Path, dns: tuple[Zone, int]
+) -> None:
+    zone, dns_port = dns
+    sims = [start_sim(tmp_path, f"w{i}", "eu", ["m"]) for i in range(2)]
+    with zone.lock:
+        zone.a["heavy.pool.test"] = ["127.0.0.1"]
+        zone.a["light.pool.test"] = ["127.0.0.1"]
+        zone.srv[SRV_NAME] = [
+            ("heavy.pool.test", sims[0].port),
+            ("light.pool.test", sims[1].port),
+        ]
+        zone.weight = {sims[0].port: 30, sims[1].port: 10}
+    gw = gateway_with(
+        tmp_path,
+        dns_port,
+        (
+            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://pool.test"\n'
+            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\nweight = 2\n'
+        ),
+    )
+    heavy, light = (f"pool@127.0.0.1:{s.port}" for s in sims)
+
+    def weights() -> dict[str, float]:
+        table: Any = get_json(f"{gw.ops_url}/routing-table")
+        return {u["id"]: u["weight"] for r in table["regions"] for u in r["upstreams"]}
+
+    try:
+        # 3:1 of the upstream's weight of 2 a member, 4 in all as with equal shares
+        eventually(lambda: weights() == {heavy: 3.0, light: 1.0}, what="the SRV weights")
+        with zone.lock:
+            zone.weight = {sims[0].port: 10, sims[1].port: 0}
+        eventually(lambda: weights() == {heavy: 4.0, light: 0.0}, what="weight 0")
+        eventually(lambda: members(gw, True) == {heavy, light}, what="both healthy")
+        # Weight 0 is the router's standby: no share while the weighted member can serve.
+        assert served_by(gw.url, 6) == Counter({heavy: 6})
     finally:
         gw.stop()
         for s in sims:
