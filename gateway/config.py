@@ -229,7 +229,11 @@ class RedisSection(_Model):
     # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
     url: Annotated[str, AfterValidator(checks.redis_url)] = ""
     deployment: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
-    gateway_id: str = ""  # empty: hostname-pid
+    gateway_id: str = ""  # empty: hostname-pid (of the `geogate gateway` process)
+    # false: upstream health is this gateway's own, neither given to the fleet nor taken from
+    # it; only the routing config is shared. For gateways whose upstream of one id is a
+    # different server on each host (127.0.0.1: deploy/terraform's per-host gateways).
+    share_health: bool = True
     refresh_interval_s: PositiveFloat = d.FLEET_REFRESH_INTERVAL_S
     observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S

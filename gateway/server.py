@@ -11,7 +11,7 @@ stops.
 Before any starts, this process checks that the public address is free (granian and uvicorn's
 workers bind with SO_REUSEPORT, so a second gateway on a taken port would start and share its
 traffic), binds the ops listener's socket for the workers to inherit, and raises its
-descriptor limit.
+descriptor limit. Its pid names the gateway to the fleet (ENV_GATEWAY_PID).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.errors import CannotListen
+from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import ENV_OPS_FD
 from gateway.runtime import log
@@ -103,8 +104,7 @@ def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
     hc.accesslog = None
     hc.backlog = s.backlog
     hc.h2_max_concurrent_streams = s.h2_max_concurrent_streams
-    # hypercorn closes a connection after 1000 requests by default; granian does not, and a
-    # long-lived multiplexed h2 connection from an edge tier is exactly what we want to keep.
+    # Not closed after 1000 requests (hypercorn's default): an edge tier's h2 connection stays.
     hc.keep_alive_max_requests = 2**31
     if s.tls_cert and s.tls_key:
         hc.certfile, hc.keyfile = str(s.tls_cert), str(s.tls_key)
@@ -391,6 +391,7 @@ def run(config: Config, config_path: Path) -> None:
         os.environ[ENV_OPS_FD] = str(ops.fileno())  # granian's workers inherit it (fork)
     cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
     _log_listeners(config, cap)
+    os.environ[ENV_GATEWAY_PID] = str(os.getpid())
     if s.engine == "hypercorn":
         run_hypercorn(config, ops)
     elif s.engine == "uvicorn":

@@ -42,8 +42,15 @@ log = logging.getLogger("geogate.fleet")
 INITIAL_BACKOFF_S = 0.1
 
 
+# Set by ``geogate gateway`` (gateway.server) to its own pid before its workers start: they
+# are one gateway, so one observer with one vote, not one per worker.
+ENV_GATEWAY_PID = "GEOGATE_GATEWAY_PID"
+
+
 def default_gateway_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """hostname-pid of the gateway: of the ``geogate gateway`` process that forked this worker,
+    else of this process."""
+    return f"{socket.gethostname()}-{os.environ.get(ENV_GATEWAY_PID) or os.getpid()}"
 
 
 class RedisStateStore(MemoryStateStore):
@@ -52,6 +59,9 @@ class RedisStateStore(MemoryStateStore):
         rc = config.redis
         self.keys = Keys(rc.deployment)
         self.gateway_id = rc.gateway_id or default_gateway_id()
+        # Each worker writes its own view (its own probes), under a key of its own; the views
+        # of one gateway's workers make one vote (_merge).
+        self.observer = f"{self.gateway_id}/{os.getpid()}"
         self.version = 0
         # The fleet document at ``version`` as Redis held it (None: never seen one): what we
         # put back if Redis loses it, exactly, even one this gateway refused to apply.
@@ -83,7 +93,7 @@ class RedisStateStore(MemoryStateStore):
                 await self._task
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
-                await self._redis.zrem(self.keys.observers, self.gateway_id)
+                await self._redis.zrem(self.keys.observers, self.observer)
             await self._redis.aclose()
 
     def redis(self) -> Redis:
@@ -225,11 +235,14 @@ class RedisStateStore(MemoryStateStore):
         (plus one MGET for the observations). Returns the version (None: no config)."""
         r = self.redis()
         rc = self.config.redis
+        if not rc.share_health:  # the config alone is shared (README, "One fleet")
+            raw = await r.hget(self.keys.config, "version")
+            return None if raw is None else int(raw)
         now = time.time()
         ttl_ms = max(1, math.ceil(rc.observation_ttl_s * 1000))
         async with r.pipeline(transaction=False) as pipe:  # one round trip for all of it
-            pipe.set(self.keys.obs(self.gateway_id), json.dumps(self._my_view()), px=ttl_ms)
-            pipe.zadd(self.keys.observers, {self.gateway_id: now})
+            pipe.set(self.keys.obs(self.observer), json.dumps(self._my_view()), px=ttl_ms)
+            pipe.zadd(self.keys.observers, {self.observer: now})
             pipe.zremrangebyscore(self.keys.observers, "-inf", now - rc.observation_ttl_s)
             pipe.zrangebyscore(self.keys.observers, now - rc.observation_ttl_s, "+inf")
             pipe.hget(self.keys.config, "version")
@@ -242,10 +255,13 @@ class RedisStateStore(MemoryStateStore):
         return version
 
     def _merge(self, views: list[dict[str, Any]]) -> None:
+        """Each gateway's vote on each upstream (its workers': healthy if any of them reached
+        it, the same host's probes), and the upstreams most gateways see down."""
         seen: dict[str, dict[str, bool]] = {}
         for v in views:
             for uid, o in v.get("upstreams", {}).items():
-                seen.setdefault(uid, {})[v["gateway"]] = bool(o.get("healthy"))
+                votes = seen.setdefault(uid, {})
+                votes[v["gateway"]] = votes.get(v["gateway"], False) or bool(o.get("healthy"))
         down = frozenset(
             uid
             for uid, votes in seen.items()

@@ -1,0 +1,95 @@
+"""Who votes on the fleet's health: one vote per gateway however many workers it has, and none
+from a gateway that keeps its health to itself (``redis.share_health = false``); against a real
+redis-server where the keys matter."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config
+from gateway.fleet import redis_store
+from gateway.fleet.redis_store import ENV_GATEWAY_PID, RedisStateStore
+from tests.gateway.fleet.test_redis_store import CFG, healthy, view
+from tests.support import start_redis
+
+
+def store(url: str, gid: str, share_health: bool = True) -> RedisStateStore:
+    data = CFG.model_dump(mode="json")
+    data["redis"] = {"url": url, "gateway_id": gid, "share_health": share_health}
+    return RedisStateStore(Config.model_validate(data))
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = start_redis(tmp_path)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_the_workers_of_one_gateway_are_one_vote() -> None:
+    """Three workers of one gateway that see "a" down, against two gateways that see it up:
+    one vote against two, not three against two. A gateway's workers probe from one host, so
+    it votes up when any of them reached the upstream."""
+    s = RedisStateStore(CFG)
+    workers = [view("gw-big", a=False, b=False) for _ in range(3)]
+    s._merge([*workers, view("gw1", a=True, b=False), view("gw2", a=True, b=False)])
+    assert healthy(s) == {"a": True, "b": False}
+    assert s.observations["a"] == {"gw-big": False, "gw1": True, "gw2": True}
+    s._merge([view("gw-big", a=False), view("gw-big", a=True), view("gw1", a=False)])
+    assert s.observations["a"] == {"gw-big": True, "gw1": False}  # one worker got through
+
+
+def test_a_forked_worker_names_its_gateway_by_the_gateway_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ENV_GATEWAY_PID, raising=False)
+    assert redis_store.default_gateway_id() == f"{socket.gethostname()}-{os.getpid()}"
+    monkeypatch.setenv(ENV_GATEWAY_PID, "4242")  # set by `geogate gateway` before it forks
+    assert redis_store.default_gateway_id() == f"{socket.gethostname()}-4242"
+    s = RedisStateStore(CFG)
+    # The vote is the gateway's; the key each worker writes its view under is its own.
+    assert (s.gateway_id, s.observer) == ("me", f"me/{os.getpid()}")
+
+
+async def test_workers_write_their_views_under_keys_of_their_own(redis_url: str) -> None:
+    one, two = store(redis_url, "gw"), store(redis_url, "gw")
+    two.observer = "gw/other-worker"  # a second worker of the same gateway (another pid)
+    try:
+        for s in (one, two):
+            await s._exchange_observations()
+        observers = await one.redis().zrange(one.keys.observers, 0, -1)
+        assert sorted(observers) == sorted([one.observer, two.observer])
+        assert set(one.observations["a"]) == {"gw"}  # and they count as one observer
+    finally:
+        for s in (one, two):
+            await s.stop()
+
+
+async def test_a_gateway_that_keeps_its_health_neither_gives_nor_takes_votes(
+    redis_url: str,
+) -> None:
+    """Per-host gateways whose one upstream, "a", is each host's own model server: another
+    host's failure says nothing about this one's. The routing config is still shared."""
+    local, others = store(redis_url, "host-1", share_health=False), store(redis_url, "host-2")
+    try:
+        for _ in range(5):  # past any unhealthy threshold
+            others.record_probe("a", False, None, "connection refused")
+        await others._exchange_observations()
+        await local._sync_config()
+        assert await local._exchange_observations() == 1  # the version, still read
+        assert healthy(local) == {"a": True, "b": True}  # host-2's verdict is not taken
+        assert await local.redis().zrange(local.keys.observers, 0, -1) == [others.observer]
+        await others.update_upstream("b", {"drained": True}, "alice")
+        assert await local._exchange_observations() == 2  # a change it then adopts
+        await local._sync_config()
+        assert {u.id: u.drained for u in local.config.upstreams} == {"a": False, "b": True}
+    finally:
+        for s in (local, others):
+            await s.stop()
