@@ -44,7 +44,7 @@ INITIAL_BACKOFF_S = 0.1
 
 # Set by ``geogate gateway`` (gateway.server) to its own pid before its workers start: they
 # are one gateway, so one observer with one vote, not one per worker.
-ENV_GATEWAY_PID = "GEOGATE_GATEWAY_PID"
+ENV_GATEWAY_PID = "_GEOGATE_GATEWAY_PID"  # not GEOGATE_: that prefix is a config override
 
 
 def default_gateway_id() -> str:

@@ -93,3 +93,17 @@ async def test_a_gateway_that_keeps_its_health_neither_gives_nor_takes_votes(
     finally:
         for s in (local, others):
             await s.stop()
+
+
+def test_the_gateway_pid_handed_to_workers_is_no_config_override(tmp_path: Path) -> None:
+    """Workers load the config with the environment's overrides (GEOGATE_SECTION__KEY): the
+    pid `geogate gateway` hands them must not read as one (granian's workers failed so)."""
+    from gateway.config_file import ENV_PREFIX, load_config
+
+    assert not ENV_GATEWAY_PID.startswith(ENV_PREFIX)
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[gateway]\nregion = "eu"\n[[regions]]\nid = "eu"\nlatitude = 50\nlongitude = 8\n'
+        '[[upstreams]]\nid = "a"\nregion = "eu"\nurl = "http://127.0.0.1:1"\nmodels = ["m"]\n'
+    )
+    assert load_config(path, env={ENV_GATEWAY_PID: "4242"}).gateway.region == "eu"
