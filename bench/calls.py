@@ -64,10 +64,10 @@ def child(target: str, window: float, conc: int) -> None:
 
     import uvicorn
 
-    from bench.overhead import MODEL, PACED_TOKENS_PER_S, PACED_TTFT_MS, free_port, wait_http
+    from bench.overhead import MODEL, PACED_TOKENS_PER_S, PACED_TTFT_MS
     from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned
     from gateway import defaults as d
-    from gateway.cli.procs import geogate_cmd
+    from gateway.cli.procs import free_port, geogate_cmd, wait_http
     from gateway.h1 import capped
     from gateway.h1.server import Server
 
@@ -140,8 +140,9 @@ def _drive(
 ) -> None:
     """The paced load from a process of its own, once the server answers; its window marks
     switch the profiler."""
-    from bench.overhead import MODEL, wait_http
+    from bench.overhead import MODEL
     from bench.overhead_cells import LOAD_CPU, pinned
+    from gateway.cli.procs import wait_http
 
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     body = json.dumps(chat | {"max_tokens": TOKENS})

@@ -137,7 +137,8 @@ class Rnet:
     async def get(self, url: str) -> bytes:
         r = await self.s.get(url)
         try:
-            return await r.bytes()
+            body: bytes = await r.bytes()
+            return body
         finally:
             await r.close()
 

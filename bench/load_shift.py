@@ -80,8 +80,8 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{gw_port}/readyz", proc=procs[-1])
         windows = asyncio.run(run(f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{ports['b']}"))
     finally:
-        for p in procs:
-            stop(p)
+        for proc in procs:
+            stop(proc)
     lines = [
         "# Load-aware routing: traffic share when a backend slows down",
         "",

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace, work: Path, backend: int, gateway_conf: Any) -
         sink = (work / "access.log").open("w")
         for handler in access.handlers:
             handler.setStream(sink)  # type: ignore[attr-defined]
-        apps = {"geogate": app, "floor": floor_proxy.asgi}
+        apps: dict[str, App] = {"geogate": app, "floor": floor_proxy.asgi}
         for mode, stream in (("non-streaming", False), ("streaming", True)):
             doc = {"model": MODEL, "max_tokens": 16, "stream": stream}
             body = json.dumps({**doc, "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -170,7 +171,7 @@ def install() -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *BENCH_ONLY], check=True)
 
 
-def serve(work: Path) -> tuple[list[object], int, int]:
+def serve(work: Path) -> tuple[list[subprocess.Popen[bytes]], int, int]:
     port, sse = free_port(), free_port()
     cfg = work / "gw.toml"
     cfg.write_text(
@@ -205,8 +206,8 @@ def serve(work: Path) -> tuple[list[object], int, int]:
             work / "sse.log",
         ),
     ]
-    wait_http(f"http://127.0.0.1:{port}/readyz", proc=procs[0])  # type: ignore[arg-type]
-    wait_http(f"http://127.0.0.1:{sse}/v1/models", proc=procs[1])  # type: ignore[arg-type]
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc=procs[0])
+    wait_http(f"http://127.0.0.1:{sse}/v1/models", proc=procs[1])
     return procs, port, sse
 
 
@@ -258,8 +259,8 @@ def main() -> None:
         results = uvloop.run(run(gw, sse, names))
     finally:
         for p in procs:
-            stop(p)  # type: ignore[arg-type]
-    this = {
+            stop(p)
+    this: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}",

@@ -188,7 +188,8 @@ def _app(args: argparse.Namespace, work: Path) -> Any:
     from gateway.http import app as app_module
     from gateway.runtime import access_log
 
-    app = app_module.create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
+    # Any: the app of whichever tree is measured; this tree's is a GatewayApp (.proxy).
+    app: Any = app_module.create_app(load_config(gateway_conf(work, 8000, 9000, "uvicorn")))
     app.proxy.rt.session = UpstreamClient(d.CONNECT_TIMEOUT_S)
     freeze_heap = getattr(app_module, "freeze_heap", None)  # not on trees from before it
     if freeze_heap is not None:

@@ -4,6 +4,7 @@ and the file itself, with only its port numbers moved to free ones."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,7 @@ def test_the_example_config_serves_a_chat_completion(tmp_path: Path) -> None:
     # free one; nothing else changes.
     text = re.sub(r"(?m)^port = \d+", lambda m: f"port = {free_port()}", text)
     gw_port = int(re.findall(r"(?m)^port = (\d+)", text)[0])
-    sims = []
+    sims: list[subprocess.Popen[bytes]] = []
     try:
         for old in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text))):
             port = free_port()

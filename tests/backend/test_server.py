@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from backend import cli
 from backend.engine import Engine
@@ -19,7 +20,7 @@ from backend.server import MAX_BODY_BYTES
 from gateway.cli.procs import free_port, geogate_cmd, stop
 from tests.backend.conftest import MODEL, Backend, start_backend
 
-MESSAGES = [{"role": "user", "content": "hello, how are you?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello, how are you?"}]
 
 
 def client(b: Backend) -> openai.OpenAI:
@@ -155,7 +156,7 @@ def test_bad_parameters_name_the_parameter(
 
 def test_unknown_model_malformed_json_and_context_window(backend: Backend) -> None:
     with pytest.raises(openai.NotFoundError, match="not served here"):
-        client(backend).chat.completions.create(model="gpt-9", messages=MESSAGES)  # type: ignore[arg-type]
+        client(backend).chat.completions.create(model="gpt-9", messages=MESSAGES)
     r = httpx.post(f"{backend.url}/v1/chat/completions", content=b"{nope")
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     long = [{"role": "user", "content": "london singapore " * 400}]

@@ -14,8 +14,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import hcl2
@@ -24,6 +25,10 @@ from redis.connection import parse_url
 
 from gateway import defaults as d
 from tests.deploy.conftest import DEPLOY
+
+# redis-py's parse_url is unannotated: typed here as what it returns, Redis's connection
+# keyword arguments by name.
+redis_url_parts = cast("Callable[[str], dict[str, Any]]", parse_url)
 
 AWS = DEPLOY / "terraform" / "aws"
 REGION = AWS / "modules" / "region"
@@ -278,7 +283,7 @@ def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
     url = env["GEOGATE_REDIS__URL"]
     assert urlsplit(url).hostname == _values()["redis_host"]
     assert urlsplit(url).port == 6379
-    assert parse_url(url)["password"] == SSM["/geogate/redis-auth-token"]
+    assert redis_url_parts(url)["password"] == SSM["/geogate/redis-auth-token"]
     assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
     # The config the host wrote, with that environment, as the container loads it.
     example = render_example_config()

@@ -6,6 +6,7 @@ test_metric_names.py."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import yaml
 
@@ -14,8 +15,8 @@ from tests.deploy.conftest import DEPLOY
 GRAFANA = DEPLOY / "grafana"
 
 
-def _dashboard() -> dict[str, object]:
-    data: dict[str, object] = json.loads((GRAFANA / "dashboards" / "geogate.json").read_text())
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GRAFANA / "dashboards" / "geogate.json").read_text())
     return data
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
@@ -49,8 +49,8 @@ def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
 
         def b_is_slow() -> bool:
             served_by(gw.url, 5)  # traffic goes on, as it would: b's TTFT needs requests
-            table = get_json(f"{gw.ops_url}/routing-table")
-            ups = {u["id"]: u for r in table["regions"] for u in r["upstreams"]}  # type: ignore[union-attr,index]
+            table: Any = get_json(f"{gw.ops_url}/routing-table")
+            ups = {u["id"]: u for r in table["regions"] for u in r["upstreams"]}
             return (ups["b"]["ttft_ms"] or 0) > 50
 
         eventually(b_is_slow, timeout=15, what="the gateway to see b's TTFT rise")

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from geoip2.models import City
+from geoip2.types import IPAddress
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
@@ -110,9 +112,9 @@ def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: P
     reads: list[str] = []
     real = src._db.reader.city
 
-    def counting(addr: object) -> object:
-        reads.append(str(addr))
-        return real(addr)  # type: ignore[arg-type]
+    def counting(ip_address: IPAddress) -> City:
+        reads.append(str(ip_address))
+        return real(ip_address)
 
     src._db.reader.city = counting  # type: ignore[method-assign]
     assert src.locate(ip("192.0.2.1")).city == "Paris"

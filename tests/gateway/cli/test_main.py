@@ -144,8 +144,9 @@ def _demo_until(proc: subprocess.Popen[str], marker: str, count: int, timeout: f
     """The demo's output up to the ``count``-th line holding ``marker`` (read by a thread:
     a kept-running demo never closes its output)."""
     lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    stdout = proc.stdout
+    assert stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")))
     reader.daemon = True
     reader.start()
     deadline = time.monotonic() + timeout

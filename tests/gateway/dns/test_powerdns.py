@@ -87,7 +87,9 @@ class Health:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                region = next(r for r, a in ADDRESSES.items() if a == self.server.server_address[0])
+                address = self.server.server_address
+                assert isinstance(address, tuple)  # an AF_INET server's: (host, port)
+                region = next(r for r, a in ADDRESSES.items() if a == address[0])
                 ok = region not in health.down
                 body = b'{"ready": true}' if ok else b'{"ready": false}'
                 self.send_response(200 if ok else 503)
@@ -105,6 +107,7 @@ class Health:
 
     def url(self, region: str) -> str:
         host, port = self.servers[region].server_address[:2]
+        assert isinstance(host, str)  # bound to a text address above
         return f"http://{host}:{port}"
 
     def close(self) -> None:

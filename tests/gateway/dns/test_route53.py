@@ -132,7 +132,7 @@ def test_each_region_has_a_health_check_on_its_readyz() -> None:
 
 
 def test_ipv6_addresses_get_aaaa_chains_of_their_own() -> None:
-    doc = export(**{r.replace("-", "_"): {"addresses": a} for r, a in stacks().items()})
+    doc = export((), **{r.replace("-", "_"): {"addresses": a} for r, a in stacks().items()})
     assert set(geo_records(doc, "AAAA")) == set(geo_records(doc, "A"))
     assert answer(doc, "AAAA", "GB", "EU") == [EU, US, AP]
     assert answer(doc, "AAAA", "ZA", "AF") == [AP, EU, US]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,18 @@ def fleet(tmp_path: Path) -> Iterator[tuple[RedisServer, list[Gateway], list[Sim
     redis = start_redis(tmp_path)
     sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
     ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
-    gws = [
-        start_gateway(
-            tmp_path, lambda p, i=i: fleet_toml(p, ups, redis.url, f"gw{i}"), name=f"gw{i}"
-        )
-        for i in range(3)
-    ]
+
+    def toml_for(i: int) -> Callable[[int], str]:
+        return lambda p: fleet_toml(p, ups, redis.url, f"gw{i}")
+
+    gws = [start_gateway(tmp_path, toml_for(i), name=f"gw{i}") for i in range(3)]
     try:
         for gw in gws:
-            eventually(lambda gw=gw: table(gw)["shared_state"] == "fresh", what="fresh state")
+
+            def fresh(gw: Gateway = gw) -> bool:
+                return bool(table(gw)["shared_state"] == "fresh")
+
+            eventually(fresh, what="fresh state")
         yield redis, gws, sims
     finally:
         for gw in gws:
@@ -85,16 +88,24 @@ def test_a_change_on_one_gateway_is_obeyed_by_all(fleet: Any) -> None:
     assert r.status_code == 200, r.text
     version = r.json()["version"]
     for gw in gws:
+
+        def changed(gw: Gateway = gw) -> bool:
+            return bool(table(gw)["version"] == version)
+
         eventually(
-            lambda gw=gw: table(gw)["version"] == version,
+            changed,
             timeout=1.0,
             what="the change to reach every gateway within a second",
         )
         assert served_by(gw.url, 20) == Counter({"b1": 20})
     r = admin(gws[1], "PATCH", "/admin/upstreams/b0", json={"drained": False, "weight": 3})
     for gw in gws:
+
+        def weighted(gw: Gateway = gw) -> bool:
+            return bool(upstream(gw, "b0")["weight"] == 3)
+
         eventually(
-            lambda gw=gw: upstream(gw, "b0")["weight"] == 3,
+            weighted,
             timeout=1.0,
             what="the weight change everywhere",
         )
@@ -161,8 +172,12 @@ def test_a_killed_backend_leaves_every_rotation(fleet: Any) -> None:
     _, gws, sims = fleet
     kill(sims[0].proc)
     for gw in gws:
+
+        def down(gw: Gateway = gw) -> bool:
+            return bool(upstream(gw, "b0")["fleet_down"])
+
         eventually(
-            lambda gw=gw: upstream(gw, "b0")["fleet_down"],
+            down,
             timeout=5,
             what="the fleet to agree b0 is down",
         )
@@ -208,20 +223,28 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
         await asyncio.sleep(0.3)
         await asyncio.to_thread(redis.stop)
         for gw in gws[:2]:
+
+            def degraded(gw: Gateway = gw) -> bool:
+                return httpx.get(f"{gw.url}/readyz").text.startswith(
+                    "degraded: shared state stale since"
+                )
+
             await asyncio.to_thread(
                 eventually,
-                lambda gw=gw: httpx.get(f"{gw.url}/readyz").text.startswith(
-                    "degraded: shared state stale since"
-                ),
+                degraded,
                 5.0,
                 "readyz to say degraded",
             )
         await asyncio.sleep(0.5)
         await asyncio.to_thread(redis.start)
         for gw in gws[:2]:
+
+            def fresh(gw: Gateway = gw) -> bool:
+                return bool(table(gw)["shared_state"] == "fresh")
+
             await asyncio.to_thread(
                 eventually,
-                lambda gw=gw: table(gw)["shared_state"] == "fresh",
+                fresh,
                 10.0,
                 "the gateway to re-sync",
             )
@@ -234,8 +257,12 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
     r = admin(gws[0], "PATCH", "/admin/upstreams/b1", json={"weight": 2})
     assert r.status_code == 200, r.text
     for gw in gws[:2]:
+
+        def weighted(gw: Gateway = gw) -> bool:
+            return bool(upstream(gw, "b1")["weight"] == 2)
+
         eventually(
-            lambda gw=gw: upstream(gw, "b1")["weight"] == 2,
+            weighted,
             timeout=2,
             what="the post-outage change everywhere",
         )

@@ -184,7 +184,9 @@ def test_a_pipe_sends_a_held_head_first_and_once_then_is_the_transports_own_writ
         head, _, body = got.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and got.count(b"HTTP/1.1") == 1
         assert body == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
-        assert pipe.flow is conn and not pipe.is_closing()  # the relay reads conn's flag
+        # The relay reads conn's flag (conn: the fake standing in for a Connection, so the
+        # types do not overlap).
+        assert pipe.flow is conn and not pipe.is_closing()  # type: ignore[comparison-overlap]
         assert c.pipe() is None  # the response has ended: nothing more to pipe into
         called: list[int] = []
         pipe.on_writable(lambda: called.append(1))

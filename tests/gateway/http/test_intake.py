@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Config
 from gateway.errors import BodyTooLarge, RequestInvalid
-from gateway.http.asgi import BODY
+from gateway.http.asgi import BODY, Message
 from gateway.http.intake import Proxy, model_of, read_body
 from gateway.runtime import build_runtime
 
@@ -38,12 +38,12 @@ async def test_an_unexpected_error_is_a_json_500_naming_the_request(
 
     rt.store.snapshot = broken  # type: ignore[method-assign]
     body = json.dumps({"model": "m"}).encode()
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {

@@ -20,6 +20,8 @@ import uvloop
 from gateway.cli.procs import free_port
 from gateway.config_file import load_config
 from gateway.http.app import create_app
+from gateway.http.asgi import Message
+from gateway.http.dispatch import GatewayApp
 from tests.support import (
     Gateway,
     Sim,
@@ -132,7 +134,7 @@ def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> 
 
 def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, sims = fleet
-    before = sims["tick"].stats()["cancelled"]
+    before: Any = sims["tick"].stats()["cancelled"]  # a count, in the sim's JSON
     with httpx.stream(
         "POST",
         f"{gw.url}/v1/chat/completions",
@@ -294,10 +296,12 @@ def test_unknown_model_is_404(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
 
 def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
-    eventually(
-        lambda: not get_json(f"{gw.ops_url}/routing-table")["regions"][1]["healthy"],
-        what="probes to mark the dead upstream down",
-    )
+
+    def marked_down() -> bool:
+        table: Any = get_json(f"{gw.ops_url}/routing-table")
+        return not table["regions"][1]["healthy"]
+
+    eventually(marked_down, what="probes to mark the dead upstream down")
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gone"))
     assert_openai_error(r, 503, "no_healthy_upstream", "gone")
     assert int(r.headers["retry-after"]) > 0
@@ -339,7 +343,8 @@ def test_models_lists_healthy_union(fleet: tuple[Gateway, dict[str, Sim]]) -> No
         lambda: "gone" not in str(get_json(f"{gw.url}/v1/models")),
         what="the dead upstream's model to leave /v1/models",
     )
-    ids = {m["id"] for m in get_json(f"{gw.url}/v1/models")["data"]}  # type: ignore[index]
+    models: Any = get_json(f"{gw.url}/v1/models")
+    ids = {m["id"] for m in models["data"]}
     assert {"m", "tick", "slow", "dies"} <= ids
     assert "gone" not in ids
     one = httpx.get(f"{gw.url}/v1/models/m")
@@ -394,6 +399,7 @@ def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path:
     up = UpstreamSpec("a", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])
     conf.write_text(gateway_toml(free_port(), [up]))
     app = create_app(load_config(conf))
+    assert isinstance(app, GatewayApp)  # its proxy (the stream gate) holds the runtime
     rt = app.proxy.rt
     seen: list[int] = []
     loops: list[bool] = []
@@ -404,7 +410,7 @@ def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path:
         async def receive() -> dict[str, Any]:
             return next(messages)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             assert not message["type"].endswith(".failed"), message
             seen.append(gc.get_freeze_count())
             here = rt.loop is asyncio.get_running_loop() and rt.loop_thread == threading.get_ident()

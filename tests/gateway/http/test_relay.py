@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from gateway.client import Client
-from gateway.http.asgi import PIPE
+from gateway.client.conn import Conn
+from gateway.http.asgi import PIPE, Message
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from tests.gateway.client.scripted import Scripted, run
@@ -239,7 +240,11 @@ def test_a_pipe_full_at_the_last_chunk_leaves_the_connection_ready_for_the_next_
                 assert conn is not None
                 with Watchdog(5, 5) as dog:
                     task = asyncio.ensure_future(relay(resp, _no_send, ex, dog, None))
-                    await until(lambda c=conn: c.paused, what="a pause after the first chunk")
+
+                    def paused(c: Conn = conn) -> bool:
+                        return c.paused
+
+                    await until(paused, what="a pause after the first chunk")
                     go.set()
                     await wrote.wait()  # the rest waits in the socket while reading is paused
                     wrote.clear()
@@ -264,7 +269,7 @@ def test_the_request_loops_path_counts_what_it_sends() -> None:
 
     sent: list[bytes] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message["body"])
 
     resp: Any = SimpleNamespace(reader=lambda: read)

@@ -65,7 +65,7 @@ async def send(message: Any) -> None:
 async def test_the_client_leaving_cancels_the_attempts() -> None:
     FakeAttempts.run_s = 5
     with pytest.raises(ClientGone):
-        await forward(RT, EX, receive_after(0.01), send)  # type: ignore[arg-type]
+        await forward(RT, EX, receive_after(0.01), send)
     assert FakeAttempts.cancelled == 1
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # our cancellation ended there
@@ -75,7 +75,7 @@ async def test_the_client_leaving_cancels_the_attempts() -> None:
 async def test_an_answer_before_the_client_leaves_is_returned_and_nothing_cancels_later() -> None:
     FakeAttempts.run_s = 0.0
     _asked.clear()
-    assert await forward(RT, EX, receive_after(0.0), send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, EX, receive_after(0.0), send) == 200
     assert _asked == [asyncio.current_task()]  # asked of the runtime, once
     # The watch may finish in the same loop turn: it must not cancel this task afterwards.
     await asyncio.sleep(0.05)
@@ -89,7 +89,7 @@ async def test_a_cut_from_outside_stays_a_cancellation() -> None:
 
     async def request() -> str:
         try:
-            await forward(RT, EX, receive_after(60), send)  # type: ignore[arg-type]
+            await forward(RT, EX, receive_after(60), send)
         except ClientGone:
             return "gone"
         except asyncio.CancelledError:
@@ -114,13 +114,13 @@ async def test_the_watch_starts_after_its_delay(monkeypatch: pytest.MonkeyPatch)
         return {"type": "http.disconnect"}  # the client is already gone
 
     FakeAttempts.run_s = 0.0
-    assert await forward(RT, EX, receive, send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, EX, receive, send) == 200
     assert calls == 0
     FakeAttempts.run_s = 5
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     with pytest.raises(ClientGone):
-        await forward(RT, EX, receive, send)  # type: ignore[arg-type]
+        await forward(RT, EX, receive, send)
     assert calls == 1 and FakeAttempts.cancelled == 1
     assert 0.1 <= loop.time() - t0 < 1.0
 
@@ -153,12 +153,12 @@ async def test_a_server_that_reports_the_disconnect_needs_no_watch() -> None:
 
     hook = Hook()
     FakeAttempts.run_s = 0.0
-    assert await forward(RT, hook.ex(), receive, send) == 200  # type: ignore[arg-type]
+    assert await forward(RT, hook.ex(), receive, send) == 200
     assert hook.calls == [True, False] and hook.callback is None
     FakeAttempts.run_s = 5
     asyncio.get_running_loop().call_later(0.05, lambda: hook.callback())
     with pytest.raises(ClientGone):
-        await forward(RT, hook.ex(), receive, send)  # type: ignore[arg-type]
+        await forward(RT, hook.ex(), receive, send)
     assert FakeAttempts.cancelled == 1 and hook.calls == [True, False, True, False]
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import pytest
@@ -48,6 +48,12 @@ async def next_tick(frames: AsyncIterator[bytes], within_s: float) -> bytes:
             return frame
 
 
+async def close(frames: AsyncIterator[bytes]) -> None:
+    """A page leaving: Sampler.frames is an async generator (typed as the iterator it is)."""
+    assert isinstance(frames, AsyncGenerator)
+    await frames.aclose()
+
+
 async def test_pages_get_the_history_then_one_shared_frame_a_second() -> None:
     rt = runtime()
     sampler = Sampler(rt)
@@ -70,8 +76,8 @@ async def test_pages_get_the_history_then_one_shared_frame_a_second() -> None:
         assert data["point"]["u"]["a"][0] > 0  # this second's requests/s
         assert data["state"]["places"][0]["country"] == "GB"
         assert len(sampler.history) == 2
-        await first.aclose()
-        await second.aclose()
+        await close(first)
+        await close(second)
         assert sampler._pages == 0
     finally:
         await sampler.stop()
@@ -93,7 +99,7 @@ async def test_a_health_change_is_pushed_within_a_tenth_of_a_second() -> None:
         assert data["state"]["upstreams"][0]["state"] == "down"
         assert data["state"]["regions"][0]["state"] == "down"
     finally:
-        await frames.aclose()
+        await close(frames)
         await sampler.stop()
 
 
@@ -112,7 +118,7 @@ async def test_the_audit_is_read_again_after_a_change() -> None:
                 break
         assert audit[0]["who"] == "alice" and audit[0]["what"] == "upstream a"
     finally:
-        await frames.aclose()
+        await close(frames)
         await sampler.stop()
 
 

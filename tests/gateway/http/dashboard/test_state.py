@@ -122,7 +122,7 @@ def test_a_point_from_the_point_rows_is_the_point_from_the_whole_state() -> None
     point as the whole state would."""
     rt = runtime()
     rt.store.record_probe("eu-1", True, 12.345, None)
-    rt.store.record_load("us-1", LoadReading(queue_depth=4.0, running=2.0), time.monotonic())
+    rt.store.record_loads({"us-1": LoadReading(queue_depth=4.0, running=2.0)}, time.monotonic())
     rt.store.acquire("eu-2")
     rt.traffic.attempt("eu-1", False)
     rt.traffic.first_token("eu-1", 25.0)
