@@ -168,10 +168,14 @@ class Metrics:
             r,
             LATENCY_BUCKETS,
         )
+        # stream="true": a streamed answer's first byte, its first token (the TTFT objective
+        # of deploy/prometheus). "false": a whole answer's, which is its end: seconds of
+        # generation that must not count against time to first token.
         self.first_byte = RequestHistogram(
             "geogate_time_to_first_byte_seconds",
-            "Time from request to the first body byte sent to the client",
-            ["region"],
+            "Time from request to the first body byte sent to the client, by whether the "
+            "client asked for a stream",
+            ["region", "stream"],
             r,
             LATENCY_BUCKETS,
         )

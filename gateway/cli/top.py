@@ -64,10 +64,13 @@ def _rate(old: Sample | None, new: Sample, name: str, **match: str) -> float | N
 
 
 def _buckets(sample: Sample, name: str, region: str) -> dict[float, float]:
+    """``region``'s cumulative buckets of histogram ``name``: of its streams where it counts
+    them apart (the first byte's ``stream`` label: a whole answer's first byte is its end),
+    else of all its requests."""
     out: dict[float, float] = {}
     for (n, labels), v in sample.values.items():
         d = dict(labels)
-        if n == name and d.get("region") == region:
+        if n == name and d.get("region") == region and d.get("stream", "true") == "true":
             out[float(d["le"])] = out.get(float(d["le"]), 0.0) + v
     return out
 

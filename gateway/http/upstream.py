@@ -47,6 +47,7 @@ NOT_A_HEALTH_FAILURE = frozenset({429})
 SSE_TYPE = "text/event-stream"
 _ROUTE = ROUTE_HEADER.encode()
 _PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
+_STREAM_LABEL = ("false", "true")  # by ex.stream: the first-byte histogram's stream label
 
 
 class ClientGone(Exception):
@@ -295,7 +296,7 @@ class _Attempts:
         first = await resp.readany()  # there already (_open waited for it)
         ex.body_bytes += len(first)
         m = self.rt.metrics
-        m.first_byte.observe_at(ex.elapsed_s(), cand.upstream.region)
+        m.first_byte.observe_at(ex.elapsed_s(), cand.upstream.region, _STREAM_LABEL[ex.stream])
         # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
         found = not ex.stream
         if not found and carries_token(first):

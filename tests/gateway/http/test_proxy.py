@@ -358,11 +358,27 @@ def test_unknown_paths_get_openai_errors(fleet: tuple[Gateway, dict[str, Sim]]) 
     assert_openai_error(httpx.get(f"{gw.url}/v1/files"), 404, "unknown_url")
 
 
+def first_bytes(text: str, stream: str) -> float:
+    """geogate_time_to_first_byte_seconds_count for eu-central's ``stream`` label."""
+    name = f'geogate_time_to_first_byte_seconds_count{{region="eu-central",stream="{stream}"}}'
+    return next((float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(name)), 0.0)
+
+
 def test_metrics_and_readiness(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
+    before = httpx.get(f"{gw.ops_url}/metrics").text
     httpx.post(f"{gw.url}/v1/chat/completions", json=chat("m"))
     text = httpx.get(f"{gw.ops_url}/metrics").text
     assert 'geogate_requests_total{code="200",region="eu-central"}' in text
+    # A whole answer's first byte is counted apart from a stream's (the TTFT objective's).
+    assert first_bytes(text, "false") == first_bytes(before, "false") + 1
+    assert first_bytes(text, "true") == first_bytes(before, "true")
+    with httpx.stream(
+        "POST", f"{gw.url}/v1/chat/completions", json=chat("m") | {"stream": True}
+    ) as r:
+        r.read()
+    after = httpx.get(f"{gw.ops_url}/metrics").text
+    assert first_bytes(after, "true") == first_bytes(text, "true") + 1
     assert 'geogate_upstream_healthy{region="us-east",upstream="gone"} 0.0' in text
     assert httpx.get(f"{gw.url}/readyz").status_code == 200
     params = {"model": "m", "ip": "127.0.0.1"}
