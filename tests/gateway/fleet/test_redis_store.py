@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from gateway.config import Config
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.redis_store import RedisStateStore
-from tests.support import start_redis
 
 CFG = Config.model_validate(
     {
@@ -71,20 +69,12 @@ def test_a_tie_is_not_a_majority() -> None:
 # --- the config version over a real redis-server --------------------------------------------
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = start_redis(tmp_path)
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def gateway(url: str, gid: str) -> RedisStateStore:
-    """A gateway's store holding only its file config, on the real Redis at ``url``."""
+def gateway(url: str, gid: str, **redis: object) -> RedisStateStore:
+    """A gateway's store holding only its file config, on the real Redis at ``url`` (the
+    ``redis_url`` fixture's, tests/gateway/fleet/conftest.py); ``redis``: more of its keys."""
     data = CFG.model_dump(mode="json")
     # A slow timer: a change is heard on the events channel, not on the next poll.
-    data["redis"] = {"url": url, "gateway_id": gid, "refresh_interval_s": 0.5}
+    data["redis"] = {"url": url, "gateway_id": gid, "refresh_interval_s": 0.5, **redis}
     return RedisStateStore(Config.model_validate(data))
 
 

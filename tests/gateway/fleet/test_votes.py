@@ -6,31 +6,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.config import Config
 from gateway.fleet import redis_store
 from gateway.fleet.redis_store import ENV_GATEWAY_PID, RedisStateStore
-from tests.gateway.fleet.test_redis_store import CFG, healthy, view
-from tests.support import start_redis
-
-
-def store(url: str, gid: str, share_health: bool = True) -> RedisStateStore:
-    data = CFG.model_dump(mode="json")
-    data["redis"] = {"url": url, "gateway_id": gid, "share_health": share_health}
-    return RedisStateStore(Config.model_validate(data))
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = start_redis(tmp_path)
-    try:
-        yield server.url
-    finally:
-        server.stop()
+from tests.gateway.fleet.test_redis_store import CFG, gateway, healthy, view
 
 
 def test_the_workers_of_one_gateway_are_one_vote() -> None:
@@ -59,7 +41,7 @@ def test_a_forked_worker_names_its_gateway_by_the_gateway_process(
 
 
 async def test_workers_write_their_views_under_keys_of_their_own(redis_url: str) -> None:
-    one, two = store(redis_url, "gw"), store(redis_url, "gw")
+    one, two = gateway(redis_url, "gw"), gateway(redis_url, "gw")
     two.observer = "gw/other-worker"  # a second worker of the same gateway (another pid)
     try:
         for s in (one, two):
@@ -77,7 +59,8 @@ async def test_a_gateway_that_keeps_its_health_neither_gives_nor_takes_votes(
 ) -> None:
     """Per-host gateways whose one upstream, "a", is each host's own model server: another
     host's failure says nothing about this one's. The routing config is still shared."""
-    local, others = store(redis_url, "host-1", share_health=False), store(redis_url, "host-2")
+    local = gateway(redis_url, "host-1", share_health=False)
+    others = gateway(redis_url, "host-2")
     try:
         for _ in range(5):  # past any unhealthy threshold
             others.record_probe("a", False, None, "connection refused")

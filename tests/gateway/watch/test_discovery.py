@@ -98,6 +98,25 @@ def members(gw: Gateway, healthy_only: bool = False) -> set[str]:
     return {u["id"] for u in ups if u["healthy"] or not healthy_only}
 
 
+def srv_gateway(tmp: Path, dns_port: int, host: str = "pool.test", more: str = "") -> Gateway:
+    """A gateway whose one upstream, "pool", is SRV_NAME's members (``more``: its other keys)."""
+    return gateway_with(
+        tmp,
+        dns_port,
+        f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://{host}"\n'
+        f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\n{more}',
+    )
+
+
+def two_targets(tmp: Path, zone: Zone, prefix: str, hosts: tuple[str, str]) -> list[Sim]:
+    """Two sims, each the one SRV target ``hosts[i]`` (both names at 127.0.0.1) of SRV_NAME."""
+    sims = [start_sim(tmp, f"{prefix}{i}", "eu", ["m"]) for i in range(2)]
+    with zone.lock:
+        zone.a.update({host: ["127.0.0.1"] for host in hosts})
+        zone.srv[SRV_NAME] = [(host, sim.port) for host, sim in zip(hosts, sims, strict=True)]
+    return sims
+
+
 def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> None:
     zone, dns_port = dns
     sims: list[Sim] = [
@@ -106,14 +125,7 @@ def test_srv_members_join_and_leave(tmp_path: Path, dns: tuple[Zone, int]) -> No
     with zone.lock:
         zone.a["hosts.pool.test"] = ["127.0.0.1"]
         zone.srv[SRV_NAME] = [("hosts.pool.test", sims[0].port)]
-    gw = gateway_with(
-        tmp_path,
-        dns_port,
-        (
-            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://hosts.pool.test"\n'
-            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\n'
-        ),
-    )
+    gw = srv_gateway(tmp_path, dns_port, "hosts.pool.test")
     one, two = (f"pool@127.0.0.1:{s.port}" for s in sims)
     try:
         assert members(gw) == {one}
@@ -195,23 +207,10 @@ def test_a_higher_srv_priority_is_a_backup_used_only_when_the_lower_has_no_addre
     tmp_path: Path, dns: tuple[Zone, int]
 ) -> None:
     zone, dns_port = dns
-    sims = [start_sim(tmp_path, f"p{i}", "eu", ["m"]) for i in range(2)]
+    sims = two_targets(tmp_path, zone, "p", ("primary.pool.test", "backup.pool.test"))
     with zone.lock:
-        zone.a["primary.pool.test"] = ["127.0.0.1"]
-        zone.a["backup.pool.test"] = ["127.0.0.1"]
-        zone.srv[SRV_NAME] = [
-            ("primary.pool.test", sims[0].port),
-            ("backup.pool.test", sims[1].port),
-        ]
         zone.priority = {sims[0].port: 10, sims[1].port: 20}
-    gw = gateway_with(
-        tmp_path,
-        dns_port,
-        (
-            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://pool.test"\n'
-            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\n'
-        ),
-    )
+    gw = srv_gateway(tmp_path, dns_port)
     primary, backup = (f"pool@127.0.0.1:{s.port}" for s in sims)
     try:
         assert members(gw) == {primary}  # the backup takes no share of the load
@@ -229,23 +228,10 @@ def test_srv_weights_set_each_members_share_and_weight_0_is_standby(
     tmp_path: Path, dns: tuple[Zone, int]
 ) -> None:
     zone, dns_port = dns
-    sims = [start_sim(tmp_path, f"w{i}", "eu", ["m"]) for i in range(2)]
+    sims = two_targets(tmp_path, zone, "w", ("heavy.pool.test", "light.pool.test"))
     with zone.lock:
-        zone.a["heavy.pool.test"] = ["127.0.0.1"]
-        zone.a["light.pool.test"] = ["127.0.0.1"]
-        zone.srv[SRV_NAME] = [
-            ("heavy.pool.test", sims[0].port),
-            ("light.pool.test", sims[1].port),
-        ]
         zone.weight = {sims[0].port: 30, sims[1].port: 10}
-    gw = gateway_with(
-        tmp_path,
-        dns_port,
-        (
-            f'[[upstreams]]\nid = "pool"\nregion = "eu"\nurl = "http://pool.test"\n'
-            f'models = ["m"]\ndiscovery = "srv"\nsrv = "{SRV_NAME}"\nweight = 2\n'
-        ),
-    )
+    gw = srv_gateway(tmp_path, dns_port, more="weight = 2\n")
     heavy, light = (f"pool@127.0.0.1:{s.port}" for s in sims)
 
     def weights() -> dict[str, float]:
