@@ -117,9 +117,10 @@ class Engine:
         with self._cond:
             # Sequences cancelled while queued leave at the next step; until then they hold
             # no place. A request that a free batch slot takes at the next step is not
-            # "waiting": max_waiting=0 refuses only when the batch is full.
+            # "waiting": up to max_waiting beyond a full batch, whatever the engine thread has
+            # admitted yet (max_waiting=0 refuses only when the batch is full).
             waiting = sum(not s.cancelled for s in self._waiting)
-            if waiting >= self.max_waiting and len(self._running) + waiting >= self.max_batch:
+            if len(self._running) + waiting >= self.max_batch + self.max_waiting:
                 raise QueueFull(
                     f"the server has {len(self._running)} requests running and "
                     f"{waiting} waiting, its limit; retry in "

@@ -90,8 +90,8 @@ def test_queue_bound(loaded: Any) -> None:
     e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=1, max_waiting=2)
     params = SamplingParams(max_tokens=4, temperature=0)
     ids = loaded.tokenizer("hi")["input_ids"]
-    e.submit(Sequence(ids, params, Collector()))
-    e.submit(Sequence(ids, params, Collector()))
+    for _ in range(3):  # one for the batch's slot at the next step, two beyond it
+        e.submit(Sequence(ids, params, Collector()))
     with pytest.raises(QueueFull) as err:  # not started: nothing leaves the queue
         e.submit(Sequence(ids, params, Collector()))
     assert err.value.headers["Retry-After"] == "1"
@@ -175,6 +175,17 @@ def test_a_request_cancelled_while_queued_leaves_the_queue(loaded: Any) -> None:
     e.step()
     assert queued.events[-1].finish_reason == "cancelled"  # now, not when a slot frees up
     assert not running.done.is_set() and gauges.waiting[-1] == 1
+
+
+def test_max_waiting_counts_beyond_a_full_batch_before_any_is_admitted(loaded: Any) -> None:
+    """Three requests queued before the engine's next step, with two batch slots free: two of
+    them take the slots, so one waits beyond a full batch, which max_waiting=1 allows; a fourth
+    would be the second."""
+    e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=2, max_waiting=1)
+    for _ in range(3):
+        submit(e, loaded.tokenizer, "hi")
+    with pytest.raises(QueueFull):
+        submit(e, loaded.tokenizer, "hi")
 
 
 def test_max_waiting_zero_refuses_only_when_the_batch_is_full(loaded: Any) -> None:
