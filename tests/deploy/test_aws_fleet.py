@@ -1,10 +1,21 @@
-"""The example's per-host gateways in Redis: one fleet per region, health kept per host."""
+"""The example's per-host gateways in Redis: one fleet per region and config, health kept per
+host, and no drain of the region's one upstream through the fleet."""
 
 from __future__ import annotations
 
+import re
 import tomllib
+from pathlib import Path
 
-from tests.deploy.test_aws_hosts import render_example_config
+from gateway.config_file import load_config
+from tests.deploy.test_aws_hosts import (
+    EXAMPLE,
+    _env_of,
+    _gateway_run,
+    _values,
+    boot,
+    render_example_config,
+)
 
 
 def test_each_region_is_a_fleet_of_its_own_and_each_host_keeps_its_health() -> None:
@@ -14,5 +25,40 @@ def test_each_region_is_a_fleet_of_its_own_and_each_host_keeps_its_health() -> N
     hosts. That upstream is another server on each host: no host may vote on another's."""
     config = tomllib.loads(render_example_config())
     assert [u["id"] for u in config["upstreams"]] == ["ap-southeast-local"]
-    assert config["redis"]["deployment"] == "aws-ap-southeast"
+    assert config["redis"]["deployment"] == "aws-ap-southeast"  # the base; see below
     assert config["redis"]["share_health"] is False
+
+
+def _loaded_deployment(tmp_path: Path, model_name: str) -> str:
+    """The redis.deployment a host's gateway runs with: the file the user data wrote, loaded
+    with the environment it gave the container."""
+    rc, err, calls = boot(tmp_path, _values(gateway_config=render_example_config(model_name)))
+    assert rc == 0, err
+    cfg = load_config(tmp_path / "etc" / "gateway.toml", env=_env_of(_gateway_run(calls)))
+    assert cfg.redis.share_health is False
+    return cfg.redis.deployment
+
+
+def test_a_new_config_is_a_new_fleet_as_the_gateway_loads_it(tmp_path: Path) -> None:
+    """The first gateway of a fleet seeds Redis with its file, every later one adopts Redis's
+    document: a host whose file changed (a new model here) must not join the old fleet, or its
+    change never takes effect. The environment's name wins over the file's."""
+    names = []
+    for run, model in (("a", "m"), ("a-again", "m"), ("b", "another-model")):
+        (tmp_path / run).mkdir()
+        names.append(_loaded_deployment(tmp_path / run, model))
+    assert all(re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", n) for n in names), names
+    assert names[0] == names[1]
+    assert names[2] != names[0]
+
+
+def test_the_template_warns_against_draining_the_region_through_the_fleet() -> None:
+    """A drain of ``<region>-local`` turns every host's /readyz 503: the ALB fails them all,
+    the autoscaling group (ELB checks) replaces them, and the replacements adopt the
+    still-drained document, again and again. The template once recommended it."""
+    template = (EXAMPLE / "gateway.toml.tftpl").read_text()
+    redis = template[template.index("[redis]") : template.index("share_health")]
+    comment = " ".join(ln.lstrip("# ") for ln in redis.splitlines() if ln.startswith("#"))
+    assert "Do NOT drain ${region_id}-local" in comment
+    assert "Route 53" in comment
+    assert "takes the whole region out" not in comment

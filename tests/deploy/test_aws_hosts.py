@@ -8,6 +8,7 @@ groups' effect, the real `aws`/`docker` CLIs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import hcl2
 import pytest
@@ -90,6 +91,30 @@ def test_the_alb_lets_go_of_a_connection_before_the_gateway_does() -> None:
     # A non-streaming answer comes whole, up to timeouts.response_s after the request: the
     # ALB must not cut that silence (nor a stream's first-byte wait, nor its idle gaps).
     assert idle > max(d.IDLE_TIMEOUT_S, d.FIRST_BYTE_TIMEOUT_S, d.RESPONSE_TIMEOUT_S)
+
+
+def test_the_alb_waits_for_the_longest_request_before_the_host_goes(tmp_path: Path) -> None:
+    """The autoscaling group deregisters a host, waits the target group's deregistration
+    delay, and only then terminates it (the gateway's SIGTERM drain comes after): a request
+    still in flight when the delay ends is cut. 35 s (the drain's 30 s) cut every stream and
+    non-streaming answer that ran longer; the gateway allows a request timeouts.total_s, a
+    non-streaming answer timeouts.response_s after its body (server.body_timeout_s) and its
+    connects."""
+    from gateway.config_file import load_config
+
+    tg = _resources(REGION)[("aws_lb_target_group", "gateway")]
+    delay = tg["deregistration_delay"]
+    assert delay <= 3600  # the ALB's maximum
+    # The example's hosts run the defaults (no [timeouts] in gateway.toml.tftpl): checked
+    # against the config they load, and against the defaults themselves.
+    (tmp_path / "gateway.toml").write_text(render_example_config())
+    cfg = load_config(tmp_path / "gateway.toml", env={})
+    t = cfg.timeouts
+    assert (t.total_s, t.response_s) == (d.TOTAL_TIMEOUT_S, d.RESPONSE_TIMEOUT_S)
+    answer = cfg.server.body_timeout_s + cfg.retry.max_attempts * t.connect_s + t.response_s
+    assert delay >= max(t.total_s, answer)
+    asg = _resources(REGION)[("aws_autoscaling_group", "gpu")]
+    assert asg["target_group_arns"] == ["${aws_lb_target_group.gateway.arn}"]
 
 
 # --- item: who reaches 8000 and 9180 --------------------------------------------------------
@@ -184,18 +209,24 @@ elif args[:2] != ["s3", "sync"]:
 """
 
 DOCKER_STUB = """
-import json, os, sys
+import json, os, stat, sys
 args = sys.argv[1:]
 entry = {"cmd": "docker", "args": args}
 if args[:1] == ["login"]:
     entry["stdin"] = sys.stdin.read()
+if "--env-file" in args:
+    # What the real CLI reads when it is called: the file may be gone once it returns.
+    path = args[args.index("--env-file") + 1]
+    with open(path) as f:
+        entry["env_file"] = {"path": path, "text": f.read(),
+                             "mode": stat.S_IMODE(os.stat(path).st_mode)}
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps(entry) + "\\n")
 """
 
 
 def boot(
-    tmp: Path, values: dict[str, str], ecr_fail: str = ""
+    tmp: Path, values: dict[str, str], ecr_fail: str = "", ssm: dict[str, str] | None = None
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the rendered user data with `aws` and `docker` stand-ins; /etc/geogate under tmp."""
     bash = shutil.which("bash")
@@ -208,6 +239,7 @@ def boot(
     if not (bin_ / "python3").exists():
         (bin_ / "python3").symlink_to(sys.executable)  # the host's python3 (percent-encoding)
     script = render(USER_DATA.read_text(), values).replace("/etc/geogate", str(tmp / "etc"))
+    script = script.replace("/run/geogate", str(tmp / "run"))
     (tmp / "user-data.sh").write_text(script)
     log = tmp / "calls.jsonl"
     log.unlink(missing_ok=True)
@@ -215,7 +247,7 @@ def boot(
         **os.environ,
         "PATH": f"{bin_}:{os.environ['PATH']}",
         "STUB_LOG": str(log),
-        "STUB_SSM": json.dumps(SSM),
+        "STUB_SSM": json.dumps(SSM if ssm is None else ssm),
         "STUB_ECR_FAIL": ecr_fail,
     }
     p = subprocess.run(
@@ -225,8 +257,25 @@ def boot(
     return p.returncode, p.stderr, calls
 
 
-def _env_of(run_args: list[str]) -> dict[str, str]:
-    return dict(run_args[i + 1].split("=", 1) for i, a in enumerate(run_args) if a == "-e")
+def _env_of(call: dict[str, Any]) -> dict[str, str]:
+    """A `docker run`'s environment: its --env-file's lines (NAME=value, taken literally, as
+    docker reads them), then its -e NAME=value arguments."""
+    env: dict[str, str] = {}
+    if "env_file" in call:
+        for line in call["env_file"]["text"].splitlines():
+            name, _, value = line.partition("=")
+            env[name] = value
+    args: list[str] = call["args"]
+    for i, a in enumerate(args):
+        if a == "-e":
+            name, _, value = args[i + 1].partition("=")
+            env[name] = value
+    return env
+
+
+def _gateway_run(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    (gateway,) = [c for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]]
+    return gateway
 
 
 def test_ecr_login_in_each_registrys_own_region(tmp_path: Path) -> None:
@@ -276,10 +325,7 @@ def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
 
     rc, err, calls = boot(tmp_path, _values())
     assert rc == 0, err
-    (gateway,) = [
-        c["args"] for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]
-    ]
-    env = _env_of(gateway)
+    env = _env_of(_gateway_run(calls))
     url = env["GEOGATE_REDIS__URL"]
     assert urlsplit(url).hostname == _values()["redis_host"]
     assert urlsplit(url).port == 6379
@@ -293,7 +339,66 @@ def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
     assert cfg.redis.url == url
 
 
-def render_example_config() -> str:
+def test_a_changed_gateway_config_is_a_new_fleet(tmp_path: Path) -> None:
+    """The first gateway of a fleet seeds Redis with its file's routing config and every later
+    one adopts Redis's: under one name for every config, the hosts of a refresh adopted the old
+    document and a change (a model, slots, the regions' URLs) never took effect. The name is
+    aws-<region>-<the first 12 hex digits of the SHA-256 of the file the gateway mounts>."""
+    a = render_example_config()
+    b = render_example_config(model_name="another-model")
+
+    def deployment(config: str, run: str) -> str:
+        rc, err, calls = boot(tmp_path / run, _values(gateway_config=config))
+        assert rc == 0, err
+        written = (tmp_path / run / "etc" / "gateway.toml").read_bytes()
+        name = _env_of(_gateway_run(calls))["GEOGATE_REDIS__DEPLOYMENT"]
+        assert name == f"aws-ap-southeast-{hashlib.sha256(written).hexdigest()[:12]}"
+        return name
+
+    for run in ("a1", "a2", "b"):
+        (tmp_path / run).mkdir()
+    first = deployment(a, "a1")
+    assert deployment(a, "a2") == first  # a host of the same config joins the same fleet
+    assert deployment(b, "b") != first
+    assert re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", first)
+
+
+def test_the_tokens_are_not_on_the_docker_command_line(tmp_path: Path) -> None:
+    """`docker run -e NAME=value` put both tokens in the docker CLI's argv, which any user of
+    the host reads in /proc/<pid>/cmdline: they go in an env file on /run (tmpfs), mode 0600,
+    removed once `docker run` returns."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    secrets = [*SSM.values(), quote(SSM["/geogate/redis-auth-token"], safe="")]
+    for call in calls:
+        for arg in call["args"]:
+            assert not [t for t in secrets if t in arg], f"a token in {call['cmd']}'s argv"
+    gateway = _gateway_run(calls)
+    env_file = gateway["env_file"]
+    assert env_file["path"].startswith(str(tmp_path / "run") + "/")  # /run/geogate on a host
+    assert env_file["mode"] == 0o600
+    assert not Path(env_file["path"]).exists()  # removed after `docker run`
+    assert not list((tmp_path / "run").iterdir())
+    env = _env_of(gateway)
+    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    assert (
+        redis_url_parts(env["GEOGATE_REDIS__URL"])["password"] == SSM["/geogate/redis-auth-token"]
+    )
+    # The user data itself runs no command with a token in its arguments: printf is bash's.
+    script = USER_DATA.read_text()
+    assert "-e GEOGATE_OPS__TOKEN" not in script and "-e GEOGATE_REDIS__URL" not in script
+
+
+def test_a_token_with_a_line_break_stops_the_boot(tmp_path: Path) -> None:
+    """An env file holds one NAME=value a line: a line break would cut the token there."""
+    ssm = {**SSM, "/geogate/ops-token": "ops-0123\nGEOGATE_OPS__HOST=0.0.0.0"}
+    rc, err, calls = boot(tmp_path, _values(), ssm=ssm)
+    assert rc != 0
+    assert "a token holds a line break" in err
+    assert not [c for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]]
+
+
+def render_example_config(model_name: str = "m") -> str:
     from tests.deploy.test_terraform import _render
 
     template = (EXAMPLE / "gateway.toml.tftpl").read_text()
@@ -305,7 +410,7 @@ def render_example_config() -> str:
             "vpc_cidr": "10.30.0.0/16",
             "regions": regions,
             "domain": "example.com",
-            "model_name": "m",
+            "model_name": model_name,
         },
     )
 

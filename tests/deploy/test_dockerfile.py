@@ -2,20 +2,24 @@
 without it; its .dockerignore keeps the context small and host-built files out. No engine
 runs here: the Dockerfile is read, and its build stage's wheel is built from exactly the files
 that stage copies (the context as the .dockerignore leaves it), offline, with this machine's
-gcc and CPython headers where the image has build-essential and python:3.11's."""
+gcc and CPython headers where the image has build-essential and python:3.11's. Where the
+gateway listens is its config file's say, never the image's environment."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from gateway.config_file import load_config
 from tests.deploy.conftest import DEPLOY, ROOT
 
 DOCKER = DEPLOY / "docker"
+TF_EXAMPLE = DEPLOY / "terraform" / "aws" / "example"
 
 
 def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -147,3 +151,49 @@ def test_the_dockerignore_keeps_the_context_small_and_what_copy_needs() -> None:
             assert not _ignored(patterns, source), f"{name}: COPY {source} is ignored"
         for kept in ("gateway/_splice.c", "gateway/http/splice.py", "bench/peers.py"):
             assert not _ignored(patterns, kept), kept
+
+
+def _env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    """The variables a stage's ENV lines set (NAME=value forms)."""
+    env: dict[str, str] = {}
+    for word, args in stage:
+        if word == "ENV":
+            for item in shlex.split(args):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+def test_a_mounted_config_says_where_the_gateway_listens(tmp_path: Path) -> None:
+    """GEOGATE_* variables win over the config file: the image's ENV GEOGATE_SERVER__HOST /
+    GEOGATE_OPS__HOST=0.0.0.0 made a mounted config's `[ops] host = "127.0.0.1"` listen on
+    every interface (under --network host, the host's: the ops endpoints exposed). The image
+    sets no GEOGATE_* variable; its own config says 0.0.0.0, and the configs that compose and
+    the AWS hosts mount say it themselves."""
+    dockerfile = DOCKER / "Dockerfile.gateway"
+    runtime = _stages(dockerfile)[-1]
+    env = _env(runtime)
+    assert not [k for k in env if k.startswith("GEOGATE_")], env
+    # A config mounted over the image's, loaded with the image's environment, keeps its hosts.
+    (tmp_path / "gateway.toml").write_text((ROOT / "examples" / "gateway.toml").read_text())
+    mounted = load_config(tmp_path / "gateway.toml", env=env)
+    assert (mounted.server.host, mounted.ops.host) == ("127.0.0.1", "127.0.0.1")
+    # The image's own config: the example's, listening beyond the container's loopback.
+    (copy,) = [a for w, a in runtime if w == "COPY" and a.endswith(" /etc/geogate/gateway.toml")]
+    source = copy.split()[0]
+    assert not _ignored(_ignore_patterns(dockerfile), source)
+    image = load_config(ROOT / source, env=env)
+    example = load_config(ROOT / "examples" / "gateway.toml", env={})
+    assert image == example.model_copy(
+        update={
+            "server": example.server.model_copy(update={"host": "0.0.0.0"}),
+            "ops": example.ops.model_copy(update={"host": "0.0.0.0"}),
+        }
+    )
+    # The configs mounted over it say where they listen, in the file.
+    for path in (DOCKER / "gateway.compose.toml", TF_EXAMPLE / "gateway.toml.tftpl"):
+        text = path.read_text()
+        for section in ("server", "ops"):
+            block = text[text.index(f"[{section}]\n") :]
+            block = block[: block.index("\n[")]
+            assert re.search(r'^host = "0\.0\.0\.0"', block, re.M), f"{path.name} [{section}]"

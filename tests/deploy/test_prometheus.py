@@ -89,3 +89,25 @@ def test_the_aws_scrape_sketch_is_a_valid_config(tmp_path: Path) -> None:
         assert {"name": "instance-state-name", "values": ["running"]} in sd["filters"]
     p = _promtool("check", "config", "aws.yml", cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_new_target_gets_the_autoscaling_groups_grace() -> None:
+    """GeogateTargetDown leaves a target alone until it has been up or has been a target for
+    its warm-up: with EC2 service discovery a host is a target from its first second, and it
+    listens only once its images are pulled and its model loaded, which the autoscaling group
+    allows health_check_grace_period for. The unit tests (alerts_test.yml) show both sides: a
+    booting host never fires, one that was up and went down fires after 2 minutes."""
+    from tests.deploy.test_aws_hosts import REGION, _resources
+
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    (rule,) = [
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "GeogateTargetDown"
+    ]
+    expr = rule["expr"]
+    (offset,) = re.findall(r"\boffset (\d+)m\b", expr)
+    (window,) = re.findall(r"max_over_time\(up\{[^}]*\}\[(\d+)m\]\)", expr)
+    grace = _resources(REGION)[("aws_autoscaling_group", "gpu")]["health_check_grace_period"]
+    assert int(offset) * 60 >= grace
+    # Up within the window, or a target since before it: no gap between the two.
+    assert int(window) >= int(offset)
+    assert rule["for"] == "2m"

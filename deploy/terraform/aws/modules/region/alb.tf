@@ -27,8 +27,14 @@ resource "aws_lb_target_group" "gateway" {
   port     = 8080
   protocol = "HTTP"
   vpc_id   = var.vpc_id
-  # The gateway answers /readyz 503 from SIGTERM on and drains in server.drain_timeout_s (30 s).
-  deregistration_delay = 35
+  # The autoscaling group ends a host (scale-in, refresh, replacement) by deregistering it here,
+  # waiting this delay, and only then terminating it (the gateway's own SIGTERM drain,
+  # server.drain_timeout_s = 30 s, starts after the delay): what is still in flight when the
+  # delay ends is cut. A request may run timeouts.total_s (600 s) after it arrived, a
+  # non-streaming answer timeouts.response_s (600 s) after it was sent upstream, behind a body
+  # of up to server.body_timeout_s (30 s) and connects: 660 s. The ALB ends the wait as soon
+  # as the target has no request in flight, so an idle host goes at once (ALB maximum 3600 s).
+  deregistration_delay = 660
   health_check {
     path                = "/readyz"
     port                = "traffic-port"

@@ -134,18 +134,22 @@ resource "aws_autoscaling_group" "gpu" {
   desired_capacity    = var.desired_capacity
   target_group_arns   = [aws_lb_target_group.gateway.arn]
   # ELB: a host whose gateway is not ready is replaced; the grace covers pulling the images
-  # and loading the model (minutes for an 8B model from S3).
+  # and loading the model (minutes for an 8B model from S3). So never drain <region>-local
+  # through the fleet: every host would be replaced, and the replacements adopt the drain
+  # (example/gateway.toml.tftpl, [redis]); take a region out in Route 53.
   health_check_type         = "ELB"
   health_check_grace_period = 900
   launch_template {
     id      = aws_launch_template.gpu.id
     version = aws_launch_template.gpu.latest_version
   }
-  # A launch template change (AMI, images, config) replaces the hosts: launch before
-  # terminate, so a region of one host keeps it until its replacement passes the ELB check
-  # (min 100 %: never below the desired count; max 200 %: up to twice it while replacing). With
-  # min 50 / max 100 the only host went first. Every region's group refreshes on the same
-  # apply: roll one region at a time (README, Deploying on AWS).
+  # A launch template change (AMI, images, config: a new config is a new fleet in Redis, see
+  # user_data.sh.tftpl) replaces the hosts: launch before terminate, so a region of one host
+  # keeps it until its replacement passes the ELB check (min 100 %: never below the desired
+  # count; max 200 %: up to twice it while replacing). With min 50 / max 100 the only host
+  # went first. Each old host leaves after the target group's deregistration delay (alb.tf).
+  # Every region's group refreshes on the same apply: roll one region at a time (README,
+  # Deploying on AWS).
   instance_refresh {
     strategy = "Rolling"
     preferences {
