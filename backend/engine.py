@@ -95,6 +95,9 @@ class Engine:
             self.eos.update(e if isinstance(e, list) else [e] if e is not None else [])
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
+        # Taken from the queue by the step running now, not yet in the batch (each joins
+        # after its own prefill, outside the lock): submit counts them as running.
+        self._admitting = 0
         self._cache: Any = None  # DynamicCache with one row per running sequence
         self._mask: torch.Tensor | None = None  # [batch, cache length], 0 = left padding
         self._cond = threading.Condition()
@@ -120,9 +123,10 @@ class Engine:
             # "waiting": up to max_waiting beyond a full batch, whatever the engine thread has
             # admitted yet (max_waiting=0 refuses only when the batch is full).
             waiting = sum(not s.cancelled for s in self._waiting)
-            if len(self._running) + waiting >= self.max_batch + self.max_waiting:
+            running = len(self._running) + self._admitting
+            if running + waiting >= self.max_batch + self.max_waiting:
                 raise QueueFull(
-                    f"the server has {len(self._running)} requests running and "
+                    f"the server has {running} requests running and "
                     f"{waiting} waiting, its limit; retry in "
                     f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
@@ -146,6 +150,7 @@ class Engine:
             admit: list[Sequence] = []
             while self._waiting and len(self._running) + len(admit) < self.max_batch:
                 admit.append(self._waiting.popleft())
+            self._admitting = len(admit)
         with torch.inference_mode():
             for seq in admit:
                 try:
@@ -153,6 +158,9 @@ class Engine:
                 except Exception as exc:  # its own prefill or first token: it alone fails
                     log.exception("request %d failed joining the batch", seq.id)
                     self._fail(seq, exc)
+                finally:
+                    with self._cond:
+                        self._admitting -= 1
             if self._running:
                 try:
                     self._decode()

@@ -50,6 +50,8 @@ def main() -> None:
     bound = hasattr(m, "child")  # trees with Metrics.child (round two to five); else labels()
     older: Any = m  # this tree's Metrics has no child(): typed as any tree's
 
+    stream_label = "stream" in getattr(m.first_byte, "labelnames", ())
+
     def child(metric: Any, *values: str) -> Any:
         return older.child(metric, *values) if bound else metric.labels(*values)
 
@@ -58,7 +60,8 @@ def main() -> None:
         child(m.duration, "eu").observe(0.01)
         child(m.by_country, "DE", "geoip").inc()
         child(m.attempts, "sim", "ok").inc()
-        child(m.first_byte, "eu").observe(0.01)
+        # The stream label since round sixteen; older trees' histogram has the region alone.
+        child(m.first_byte, "eu", *(["true"] if stream_label else [])).observe(0.01)
 
     pieces: dict[str, Callable[[], Any]] = {
         "locate_and_route (client ip, GeoIP, router)": lambda: rt.locate_and_route(

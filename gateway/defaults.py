@@ -22,6 +22,8 @@ HEAD_TIMEOUT_S = 30.0  # the request line and headers, from the connection or th
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
 MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
 # share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule
+SRV_ZERO_WEIGHT_SHARE = 1 / MAX_WEIGHT  # an SRV record of weight 0 beside weighted ones: the
+# RFC 2782 "very small chance", the smallest share a weight expresses (routing.members)
 MAX_BIAS_MS = 10_000.0  # |bias_ms|: 10 s outweighs any RTT plus time to first token, so every
 # ordering is expressible; more is a typo
 

@@ -5,8 +5,10 @@ live in one slot and MULTI/EXEC over them works:
 
   {geogate:D}:config           hash: doc (JSON: regions, upstreams, residency), version (int)
   {geogate:D}:events           pub/sub channel: the new version after each config change
-  {geogate:D}:obs:<gateway>    string (JSON), TTL: one gateway's view of every upstream
-  {geogate:D}:observers        sorted set: gateway id -> unix time of its last observation
+  {geogate:D}:obs:<observer>   string (JSON), TTL: one worker's view of every upstream, its
+                               gateway named inside ("<gateway id>/<worker pid>": a gateway's
+                               workers are one vote, gateway.fleet.redis_store._merge)
+  {geogate:D}:observers        sorted set: observer -> unix time of its last observation
   {geogate:D}:audit            stream: who, what, before, after, when of operator changes
 """
 

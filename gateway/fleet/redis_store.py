@@ -4,7 +4,8 @@ The request path never waits for Redis. This store *is* the in-memory store (the
 snapshot routing reads), plus a background task that every ``refresh_interval_s``:
   - writes this gateway's observations (health, RTT of each upstream) with a TTL, batched in
     one pipeline, and reads every fresh observer's;
-  - marks an upstream down for the fleet when most fresh observers see it down. A gateway
+  - marks an upstream down for the fleet when most fresh gateways see it down (a gateway's
+    workers are one vote; with redis.share_health = false, none of this). A gateway
     that alone cannot reach a backend (a partition) routes around it on its own view,
     without taking it away from everyone else;
   - checks the config version, and on a published change reloads the routing config at once.

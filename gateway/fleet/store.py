@@ -53,7 +53,7 @@ class RoutingState(Protocol):
 
     version: int
     stale_since: float | None  # unix time shared state went stale; None = fresh or local
-    fleet_down: frozenset[str]  # upstreams most fresh observers see down
+    fleet_down: frozenset[str]  # upstreams most fresh gateways see down
     observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
     joined: asyncio.Event  # set when replace_config adds an upstream (the prober's cue)
 

@@ -268,8 +268,8 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         heads = read_heads(scope["headers"])
         ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
-        # One config for the whole request, looked up once (a property chain per lookup): a
-        # reload while it runs applies from the next request on.
+        # The config for the request's checks and its record, looked up once (a property chain
+        # per lookup); the attempts take theirs as they start (gateway.http.upstream).
         config = self.rt.config
         # The served path keeps the exchange's record itself (upstream._stream, the relay):
         # a wrapper around ``send`` cost every request a coroutine frame per message. The

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway import checks
+from gateway import defaults as d
 from gateway.config import Upstream
 
 Address = tuple[str, int]
@@ -60,17 +62,22 @@ def srv_shares(records: Sequence[tuple[int, Sequence[Address]]]) -> dict[Address
     in proportion to its weight, so a target's weight is split over its addresses, and an
     address that two records name gets both parts. The shares average 1, so the members of an
     upstream weigh as much together as with equal shares: the upstream's own weight (and an
-    operator's change of it) applies as before. A member of weight 0 gets 0, the router's
-    standby: the RFC's "very small chance", taken when no weighted member can serve. Records
-    all of weight 0 (the RFC's "no weighting") share equally."""
-    weights: dict[Address, float] = {}
+    operator's change of it) applies as before. Weight 0 is the RFC's "very small chance"
+    (SRV_ZERO_WEIGHT_SHARE), not the router's standby, which would rank it behind every
+    weighted upstream of every region; records all of weight 0 share equally. Exact sums and
+    rounded shares: a DNS server that rotates its records must not change them."""
+    parts: dict[Address, list[float]] = {}
     for weight, addresses in records:
         for address in addresses:
-            weights[address] = weights.get(address, 0.0) + weight / len(addresses)
-    total = sum(weights.values())
+            parts.setdefault(address, []).append(weight / len(addresses))
+    weights = {address: math.fsum(p) for address, p in parts.items()}
+    total = math.fsum(weights.values())
     if total <= 0:
         return dict.fromkeys(weights, 1.0)
-    return {address: w * len(weights) / total for address, w in weights.items()}
+    return {
+        address: round(w * len(weights) / total, 9) if w > 0 else d.SRV_ZERO_WEIGHT_SHARE
+        for address, w in weights.items()
+    }
 
 
 def expand(

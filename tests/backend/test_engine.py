@@ -188,6 +188,29 @@ def test_max_waiting_counts_beyond_a_full_batch_before_any_is_admitted(loaded: A
         submit(e, loaded.tokenizer, "hi")
 
 
+def test_a_request_admitted_but_still_prefilling_holds_its_batch_slot(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between leaving the queue and joining the batch (its prefill, outside the lock) a
+    request is counted as running: a submit meanwhile finds the one-slot batch full."""
+    e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=1, max_waiting=0)
+    first = submit(e, loaded.tokenizer, "hi", max_tokens=2)
+    join, refused = e._join, []
+
+    def join_while_another_comes(seq: Sequence) -> None:
+        try:
+            submit(e, loaded.tokenizer, "hi")
+        except QueueFull:
+            refused.append(True)
+        join(seq)
+
+    monkeypatch.setattr(e, "_join", join_while_another_comes)
+    drain(e, first)
+    assert refused == [True]
+    monkeypatch.undo()
+    submit(e, loaded.tokenizer, "hi")  # the slot is free again once it has finished
+
+
 def test_max_waiting_zero_refuses_only_when_the_batch_is_full(loaded: Any) -> None:
     e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=2, max_waiting=0)
     submit(e, loaded.tokenizer, "hi")

@@ -8,14 +8,14 @@ import tomllib
 from pathlib import Path
 
 from gateway.config_file import load_config
-from tests.deploy.test_aws_hosts import (
-    EXAMPLE,
+from tests.deploy.test_aws_boot import (
     _env_of,
     _gateway_run,
     _values,
     boot,
     render_example_config,
 )
+from tests.deploy.test_aws_hosts import EXAMPLE
 
 
 def test_each_region_is_a_fleet_of_its_own_and_each_host_keeps_its_health() -> None:

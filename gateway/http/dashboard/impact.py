@@ -33,12 +33,25 @@ def member_of(view_id: str, uid: str) -> bool:
     return view_id == uid or view_id.startswith(uid + "@")
 
 
-def changed_snapshot(snap: Snapshot, changes: Mapping[str, Mapping[str, Any]]) -> Snapshot:
-    """``snap`` with ``changes`` (upstream id -> {weight, bias_ms, drained}) applied."""
+def changed_snapshot(
+    snap: Snapshot,
+    changes: Mapping[str, Mapping[str, Any]],
+    declared: Mapping[str, float] | None = None,
+) -> Snapshot:
+    """``snap`` with ``changes`` (upstream id -> {weight, bias_ms, drained}) applied. A DNS
+    member weighs its share of its upstream's weight (SRV weights: routing.members), so a new
+    weight reaches it scaled by that share, its weight over the upstream's ``declared`` one."""
     views: list[UpstreamView] = []
     for v in snap.upstreams:
-        change = next((c for uid, c in changes.items() if member_of(v.id, uid)), None)
-        views.append(replace(v, **change) if change else v)
+        found = next(((uid, c) for uid, c in changes.items() if member_of(v.id, uid)), None)
+        if found is None:
+            views.append(v)
+            continue
+        uid, change = found
+        base = (declared or {}).get(uid)
+        if "weight" in change and v.id != uid and base:
+            change = {**change, "weight": change["weight"] * v.weight / base}
+        views.append(replace(v, **change))
     return Snapshot(tuple(views), snap.regions, snap.in_flight)
 
 
@@ -90,12 +103,14 @@ def what_if(
     policy: Policy,
     targets: list[str],
     changes: Mapping[str, Mapping[str, Any]],
+    declared: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The traffic ``changes`` would move, over the last minute; ``targets`` name what the
-    operator changes (upstreams, or a region's upstreams)."""
+    operator changes (upstreams, or a region's upstreams); ``declared``: their weights as
+    configured (changed_snapshot)."""
     served, total = Window.served(window.last(DASHBOARD_SHARE_WINDOW_S))
     carried = sum(n for (_, uid, _), n in served.items() if any(member_of(uid, t) for t in targets))
-    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes), policy)
+    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes, declared), policy)
     moving = sum(arriving.values())
     names = ", ".join(targets)
     verb = "carries" if len(targets) == 1 else "carry"

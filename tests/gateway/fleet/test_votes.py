@@ -60,21 +60,25 @@ async def test_a_gateway_that_keeps_its_health_neither_gives_nor_takes_votes(
     """Per-host gateways whose one upstream, "a", is each host's own model server: another
     host's failure says nothing about this one's. The routing config is still shared."""
     local = gateway(redis_url, "host-1", share_health=False)
-    others = gateway(redis_url, "host-2")
+    others = [gateway(redis_url, f"host-{i}") for i in (2, 3)]
     try:
-        for _ in range(5):  # past any unhealthy threshold
-            others.record_probe("a", False, None, "connection refused")
-        await others._exchange_observations()
+        for o in others:
+            for _ in range(5):  # past any unhealthy threshold
+                o.record_probe("a", False, None, "connection refused")
+            await o._exchange_observations()
+        await others[0]._exchange_observations()
+        assert others[0].fleet_down == {"a"}  # two of two sharing gateways: down for them
         await local._sync_config()
         assert await local._exchange_observations() == 1  # the version, still read
-        assert healthy(local) == {"a": True, "b": True}  # host-2's verdict is not taken
-        assert await local.redis().zrange(local.keys.observers, 0, -1) == [others.observer]
-        await others.update_upstream("b", {"drained": True}, "alice")
+        assert healthy(local) == {"a": True, "b": True}  # their verdict is not taken
+        observers = await local.redis().zrange(local.keys.observers, 0, -1)
+        assert sorted(observers) == sorted(o.observer for o in others)  # nor one given
+        await others[0].update_upstream("b", {"drained": True}, "alice")
         assert await local._exchange_observations() == 2  # a change it then adopts
         await local._sync_config()
         assert {u.id: u.drained for u in local.config.upstreams} == {"a": False, "b": True}
     finally:
-        for s in (local, others):
+        for s in (local, *others):
             await s.stop()
 
 

@@ -243,10 +243,10 @@ def test_srv_weights_set_each_members_share_and_weight_0_is_standby(
         eventually(lambda: weights() == {heavy: 3.0, light: 1.0}, what="the SRV weights")
         with zone.lock:
             zone.weight = {sims[0].port: 10, sims[1].port: 0}
-        eventually(lambda: weights() == {heavy: 4.0, light: 0.0}, what="weight 0")
+        # Weight 0 beside a weighted record: RFC 2782's "very small chance", a thousandth.
+        eventually(lambda: weights() == {heavy: 4.0, light: 0.002}, what="weight 0")
         eventually(lambda: members(gw, True) == {heavy, light}, what="both healthy")
-        # Weight 0 is the router's standby: no share while the weighted member can serve.
-        assert served_by(gw.url, 6) == Counter({heavy: 6})
+        assert served_by(gw.url, 6)[heavy] >= 5  # one in ~2,000 requests goes to light
     finally:
         gw.stop()
         for s in sims:

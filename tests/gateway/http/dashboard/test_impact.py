@@ -94,6 +94,21 @@ def test_changes_reach_discovered_members_too() -> None:
     assert [v.weight for v in snap.upstreams] == [0.0, 1.0]
 
 
+def test_a_new_weight_reaches_srv_weighted_members_in_their_shares() -> None:
+    """Members weighing 3 and 1 of a pool declared at weight 2 (SRV weights 30:10): a new
+    weight of 4 makes them 6 and 2, as the store's expand would, not 4 and 4."""
+    members = tuple(
+        UpstreamView(f"eu-1@127.0.0.{i}:80", "eu", frozenset({"m"}), weight=w, url="http://x")
+        for i, w in ((2, 3.0), (3, 1.0))
+    )
+    snap = Snapshot(members, snapshot().regions)
+    after = changed_snapshot(snap, {"eu-1": {"weight": 4.0}}, {"eu-1": 2.0})
+    assert [v.weight for v in after.upstreams] == [6.0, 2.0]
+    # the pool itself, named by the operator, takes the weight as given
+    plain = changed_snapshot(snapshot(), {"eu-1": {"weight": 4.0}}, {"eu-1": 2.0})
+    assert [v.weight for v in plain.upstreams] == [4.0, 1.0]
+
+
 def test_draining_a_discovered_pool_says_where_its_members_traffic_goes() -> None:
     # A DNS pool is routed as its members (``pool@addr``) while the operator names the pool:
     # what leaves the members is what the pool carried, not traffic "routed as now".

@@ -32,8 +32,10 @@ resource "aws_lb_target_group" "gateway" {
   # server.drain_timeout_s = 30 s, starts after the delay): what is still in flight when the
   # delay ends is cut. A request may run timeouts.total_s (600 s) after it arrived, a
   # non-streaming answer timeouts.response_s (600 s) after it was sent upstream, behind a body
-  # of up to server.body_timeout_s (30 s) and connects: 660 s. The ALB ends the wait as soon
-  # as the target has no request in flight, so an idle host goes at once (ALB maximum 3600 s).
+  # of up to server.body_timeout_s (30 s) and connects: 660 s (ALB maximum 3600 s). AWS ends
+  # the wait early for a target with no request in flight and no active connection; whether
+  # the ALB's own idle keep-alive connections count is not documented, so a scale-in or
+  # refresh step may take the whole 660 s per host: the price of not cutting answers.
   deregistration_delay = 660
   health_check {
     path                = "/readyz"

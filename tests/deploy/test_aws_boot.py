@@ -1,0 +1,324 @@
+"""deploy/terraform/aws, the GPU hosts' boot script, user_data.sh.tftpl: rendered as
+templatefile() renders it and run by bash with stand-ins for `aws` and `docker` (the host's real
+tools), so the ECR logins, the tokens, the fleet's name and the containers' environment are
+checked by running them. What a plan would do to the hosts is test_aws_hosts.py's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import pytest
+from redis.connection import parse_url
+
+from tests.deploy.test_aws_hosts import EXAMPLE, USER_DATA
+
+# redis-py's parse_url is unannotated: typed here as what it returns, Redis's connection
+# keyword arguments by name.
+redis_url_parts = cast("Callable[[str], dict[str, Any]]", parse_url)
+
+# --- the boot script, run -------------------------------------------------------------------
+
+IDENT = "[a-z_][a-z0-9_]*"
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """templatefile() for user_data.sh.tftpl: `%{ if x != "" ~}...%{ endif ~}` (the `~`
+    strips the directive's line break), `${x}`, and `$${` for a literal `${`.
+    test_the_renderer_matches_terraform compares it with Terraform's own."""
+
+    def cond(m: re.Match[str]) -> str:
+        return m.group(2) if values[m.group(1)] != "" else ""
+
+    text = re.sub(
+        rf'%\{{ if ({IDENT}) != "" ~\}}\n(.*?)%\{{ endif ~\}}\n', cond, template, flags=re.S
+    )
+    assert "%{" not in text, "a template directive this renderer does not know"
+    text = re.sub(rf"(?<!\$)\$\{{({IDENT})\}}", lambda m: values[m.group(1)], text)
+    return text.replace("$${", "${")
+
+
+SSM = {
+    "/geogate/redis-auth-token": "Tk#1%41?x:y&z+w!$~^=&p",  # ElastiCache allows all of these
+    "/geogate/ops-token": "ops-0123456789abcdef",
+}
+
+
+def _values(**over: str) -> dict[str, str]:
+    return {
+        "aws_region": "ap-southeast-1",
+        "gateway_image": "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate-gateway:0.1.0",
+        "backend_image": "210987654321.dkr.ecr.us-east-1.amazonaws.com/geogate-backend:0.1.0",
+        "gateway_config": '[gateway]\nregion = "ap-southeast"',
+        "model_path": "/opt/models/m",
+        "model_s3_uri": "",
+        "model_name": "m",
+        "redis_host": "geogate-eu-central-redis.abc.euc1.cache.amazonaws.com",
+        "redis_param": "/geogate/redis-auth-token",
+        "ops_token_param": "/geogate/ops-token",
+        "region_id": "ap-southeast",
+        **over,
+    }
+
+
+AWS_STUB = """
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "aws", "args": args}) + "\\n")
+def opt(name):
+    return args[args.index(name) + 1]
+if args[:2] == ["ssm", "get-parameter"]:
+    print(json.loads(os.environ["STUB_SSM"])[opt("--name")])
+elif args[:2] == ["ecr", "get-login-password"]:
+    if opt("--region") in os.environ.get("STUB_ECR_FAIL", "").split(","):
+        sys.exit("An error occurred (UnrecognizedClientException): GetAuthorizationToken")
+    print("pw-" + opt("--region"))
+elif args[:2] != ["s3", "sync"]:
+    sys.exit(f"aws stub: unexpected {args}")
+"""
+
+DOCKER_STUB = """
+import json, os, stat, sys
+args = sys.argv[1:]
+entry = {"cmd": "docker", "args": args}
+if args[:1] == ["login"]:
+    entry["stdin"] = sys.stdin.read()
+if "--env-file" in args:
+    # What the real CLI reads when it is called: the file may be gone once it returns.
+    path = args[args.index("--env-file") + 1]
+    with open(path) as f:
+        entry["env_file"] = {"path": path, "text": f.read(),
+                             "mode": stat.S_IMODE(os.stat(path).st_mode)}
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps(entry) + "\\n")
+"""
+
+
+def boot(
+    tmp: Path, values: dict[str, str], ecr_fail: str = "", ssm: dict[str, str] | None = None
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """Run the rendered user data with `aws` and `docker` stand-ins; /etc/geogate under tmp."""
+    bash = shutil.which("bash")
+    assert bash
+    bin_ = tmp / "bin"
+    bin_.mkdir(exist_ok=True)
+    for name, body in (("aws", AWS_STUB), ("docker", DOCKER_STUB)):
+        (bin_ / name).write_text(f"#!{sys.executable}\n{body}")
+        (bin_ / name).chmod(0o755)
+    if not (bin_ / "python3").exists():
+        (bin_ / "python3").symlink_to(sys.executable)  # the host's python3 (percent-encoding)
+    script = render(USER_DATA.read_text(), values).replace("/etc/geogate", str(tmp / "etc"))
+    script = script.replace("/run/geogate", str(tmp / "run"))
+    (tmp / "user-data.sh").write_text(script)
+    log = tmp / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_SSM": json.dumps(SSM if ssm is None else ssm),
+        "STUB_ECR_FAIL": ecr_fail,
+    }
+    p = subprocess.run(
+        [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return p.returncode, p.stderr, calls
+
+
+def _env_of(call: dict[str, Any]) -> dict[str, str]:
+    """A `docker run`'s environment: its --env-file's lines (NAME=value, taken literally, as
+    docker reads them), then its -e NAME=value arguments."""
+    env: dict[str, str] = {}
+    if "env_file" in call:
+        for line in call["env_file"]["text"].splitlines():
+            name, _, value = line.partition("=")
+            env[name] = value
+    args: list[str] = call["args"]
+    for i, a in enumerate(args):
+        if a == "-e":
+            name, _, value = args[i + 1].partition("=")
+            env[name] = value
+    return env
+
+
+def _gateway_run(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    (gateway,) = [c for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]]
+    return gateway
+
+
+def test_ecr_login_in_each_registrys_own_region(tmp_path: Path) -> None:
+    """A host in ap-southeast-1 pulling from eu-central-1's and us-east-1's ECR logs in to
+    each registry with that registry's region, before any container is started."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    ecr = [c["args"] for c in calls if c["cmd"] == "aws" and c["args"][0] == "ecr"]
+    assert sorted(a[a.index("--region") + 1] for a in ecr) == ["eu-central-1", "us-east-1"]
+    logins = {c["args"][-1]: c["stdin"].strip() for c in calls if c["args"][:1] == ["login"]}
+    assert logins == {
+        "123456789012.dkr.ecr.eu-central-1.amazonaws.com": "pw-eu-central-1",
+        "210987654321.dkr.ecr.us-east-1.amazonaws.com": "pw-us-east-1",
+    }
+    kinds = [c["args"][0] for c in calls if c["cmd"] == "docker"]
+    assert kinds == ["login", "login", "run", "run"]
+
+
+def test_one_login_per_registry_and_none_for_a_public_one(tmp_path: Path) -> None:
+    same = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate-backend:0.1.0"
+    rc, err, calls = boot(tmp_path, _values(backend_image=same))
+    assert rc == 0, err
+    assert [c["args"][-1] for c in calls if c["args"][:1] == ["login"]] == [same.split("/")[0]]
+    public = _values(
+        gateway_image="public.ecr.aws/geogate/gateway:0.1.0", backend_image="ghcr.io/x/b:1"
+    )
+    rc, err, calls = boot(tmp_path, public)
+    assert rc == 0, err
+    assert not [c for c in calls if c["args"][:1] == ["login"] or c["args"][0] == "ecr"]
+
+
+def test_a_failed_login_stops_the_boot_loudly(tmp_path: Path) -> None:
+    """`|| true` hid it: the containers then failed to pull, or ran stale images."""
+    rc, err, calls = boot(tmp_path, _values(), ecr_fail="us-east-1")
+    assert rc != 0
+    assert "geogate boot: failed at line" in err
+    assert not [c for c in calls if c["args"][:1] == ["run"]]
+
+
+def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
+    tmp_path: Path,
+) -> None:
+    """The Redis token percent-encoded in the URL ('#' would end the URL's password, '%41'
+    would be read as 'A'), decoded back by redis-py as geogate hands it the URL; the ops
+    token as GEOGATE_OPS__TOKEN, which geogate reads as ops.token."""
+    from gateway.config_file import load_config
+
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    env = _env_of(_gateway_run(calls))
+    url = env["GEOGATE_REDIS__URL"]
+    assert urlsplit(url).hostname == _values()["redis_host"]
+    assert urlsplit(url).port == 6379
+    assert redis_url_parts(url)["password"] == SSM["/geogate/redis-auth-token"]
+    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    # The config the host wrote, with that environment, as the container loads it.
+    example = render_example_config()
+    (tmp_path / "gateway.toml").write_text(example)
+    cfg = load_config(tmp_path / "gateway.toml", env=env)
+    assert cfg.ops.token == SSM["/geogate/ops-token"]
+    assert cfg.redis.url == url
+
+
+def test_a_changed_gateway_config_is_a_new_fleet(tmp_path: Path) -> None:
+    """The first gateway of a fleet seeds Redis with its file's routing config and every later
+    one adopts Redis's: under one name for every config, the hosts of a refresh adopted the old
+    document and a change (a model, slots, the regions' URLs) never took effect. The name is
+    aws-<region>-<the first 12 hex digits of the SHA-256 of the file the gateway mounts>."""
+    a = render_example_config()
+    b = render_example_config(model_name="another-model")
+
+    def deployment(config: str, run: str) -> str:
+        rc, err, calls = boot(tmp_path / run, _values(gateway_config=config))
+        assert rc == 0, err
+        written = (tmp_path / run / "etc" / "gateway.toml").read_bytes()
+        name = _env_of(_gateway_run(calls))["GEOGATE_REDIS__DEPLOYMENT"]
+        assert name == f"aws-ap-southeast-{hashlib.sha256(written).hexdigest()[:12]}"
+        return name
+
+    for run in ("a1", "a2", "b"):
+        (tmp_path / run).mkdir()
+    first = deployment(a, "a1")
+    assert deployment(a, "a2") == first  # a host of the same config joins the same fleet
+    assert deployment(b, "b") != first
+    assert re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", first)
+
+
+def test_the_tokens_are_not_on_the_docker_command_line(tmp_path: Path) -> None:
+    """`docker run -e NAME=value` put both tokens in the docker CLI's argv, which any user of
+    the host reads in /proc/<pid>/cmdline: they go in an env file on /run (tmpfs), mode 0600,
+    removed once `docker run` returns."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    secrets = [*SSM.values(), quote(SSM["/geogate/redis-auth-token"], safe="")]
+    for call in calls:
+        for arg in call["args"]:
+            assert not [t for t in secrets if t in arg], f"a token in {call['cmd']}'s argv"
+    gateway = _gateway_run(calls)
+    env_file = gateway["env_file"]
+    assert env_file["path"].startswith(str(tmp_path / "run") + "/")  # /run/geogate on a host
+    assert env_file["mode"] == 0o600
+    assert not Path(env_file["path"]).exists()  # removed after `docker run`
+    assert not list((tmp_path / "run").iterdir())
+    env = _env_of(gateway)
+    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    assert (
+        redis_url_parts(env["GEOGATE_REDIS__URL"])["password"] == SSM["/geogate/redis-auth-token"]
+    )
+    # The user data itself runs no command with a token in its arguments: printf is bash's.
+    script = USER_DATA.read_text()
+    assert "-e GEOGATE_OPS__TOKEN" not in script and "-e GEOGATE_REDIS__URL" not in script
+
+
+def test_a_token_with_a_line_break_stops_the_boot(tmp_path: Path) -> None:
+    """An env file holds one NAME=value a line: a line break would cut the token there."""
+    ssm = {**SSM, "/geogate/ops-token": "ops-0123\nGEOGATE_OPS__HOST=0.0.0.0"}
+    rc, err, calls = boot(tmp_path, _values(), ssm=ssm)
+    assert rc != 0
+    assert "a token holds a line break" in err
+    assert not [c for c in calls if c["args"][:1] == ["run"] and "geogate-gateway" in c["args"]]
+
+
+def render_example_config(model_name: str = "m") -> str:
+    from tests.deploy.test_terraform import _render
+
+    template = (EXAMPLE / "gateway.toml.tftpl").read_text()
+    regions = {"ap-southeast": {"latitude": 1.35, "longitude": 103.82}}
+    return _render(
+        template,
+        {
+            "region_id": "ap-southeast",
+            "vpc_cidr": "10.30.0.0/16",
+            "regions": regions,
+            "domain": "example.com",
+            "model_name": model_name,
+        },
+    )
+
+
+def test_the_boot_script_passes_bash_n_and_copies_the_model_when_asked(tmp_path: Path) -> None:
+    rc, err, calls = boot(tmp_path, _values(model_s3_uri="s3://models/m/"))
+    assert rc == 0, err
+    assert ["s3", "sync", "--only-show-errors", "s3://models/m/", "/opt/models/m"] in [
+        c["args"] for c in calls if c["cmd"] == "aws"
+    ]
+
+
+def test_the_renderer_matches_terraform(tmp_path: Path) -> None:
+    """The renderer above against Terraform's own templatefile() (`terraform console` needs
+    no provider), where terraform is installed; scripts/dev does not install it."""
+    terraform = shutil.which("terraform")
+    if not terraform:
+        pytest.skip("terraform is not installed: the renderer is checked against it elsewhere")
+    shutil.copy(USER_DATA, tmp_path / "t.tftpl")
+    for values in (_values(), _values(model_s3_uri="s3://models/m/")):
+        hcl = ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        p = subprocess.run(
+            [terraform, "console"],
+            input=f'jsonencode(templatefile("t.tftpl", {{{hcl}}}))\n',
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "CHECKPOINT_DISABLE": "1"},
+        )
+        assert p.returncode == 0, p.stderr
+        assert json.loads(json.loads(p.stdout)) == render(USER_DATA.read_text(), values)
