@@ -258,6 +258,9 @@ def test_a_demo_stopped_by_sigterm_or_sighup_stops_everything_it_started(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # As from a terminal: under nohup (a suite run so) SIGHUP comes ignored, and the demo
+        # keeps a signal ignored on purpose (test_procs).
+        preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL),
     )
     children: dict[int, bytes] = {}
     try:

@@ -172,12 +172,18 @@ def test_children_die_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_interrupt_as_ctrl_c_does(sig: signal.Signals) -> None:
-    before = signal.getsignal(sig)
-    with pytest.raises(KeyboardInterrupt) as info, interruptible():
-        os.kill(os.getpid(), sig)
-        time.sleep(5)  # the handler runs at once: never reached
-    assert isinstance(info.value, Terminated) and info.value.signum == sig
-    assert signal.getsignal(sig) is before
+    # As from a terminal: a suite run under nohup has SIGHUP ignored, which interruptible
+    # keeps (the test after this one).
+    inherited = signal.signal(sig, signal.SIG_DFL)
+    try:
+        before = signal.getsignal(sig)
+        with pytest.raises(KeyboardInterrupt) as info, interruptible():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler runs at once: never reached
+        assert isinstance(info.value, Terminated) and info.value.signum == sig
+        assert signal.getsignal(sig) is before
+    finally:
+        signal.signal(sig, inherited)
 
 
 def test_a_signal_ignored_on_purpose_stays_ignored() -> None:
