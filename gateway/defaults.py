@@ -32,6 +32,8 @@ MAX_STREAMS = 10_000  # /v1 requests in flight per worker: an LLM gateway holds 
 # streams, and one uvloop worker holds 10,000 (bench/streams.py); beyond, a fast 503, no queue
 CONNECTION_HEADROOM = 1024  # max_connections = max_streams + this: idle keep-alive connections,
 # health checks and the 503s for streams over the limit need a connection too
+HEADROOM_SHARE_MAX = 32  # with descriptors short, that headroom is at most 1/32 of them, taken
+# from the streams (gateway.http.gate.capacity)
 BACKLOG = 4096  # kernel accept queue: a reconnect storm after a deploy (1,000+ new
 # connections/s) without SYN drops; Linux caps it at net.core.somaxconn (4096 since 5.4)
 H2_MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection: an edge tier multiplexes many
