@@ -16,6 +16,10 @@ MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx'
 BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this: a 4 MiB body (max_body_bytes)
 # needs ~1.1 Mbit/s, a chat request of kilobytes a slow phone line; a client trickling one
 # byte a second holds its connection this long, not forever
+LINGER_S = 2.0  # an answer sent before its request's body was all in (a 408, a 413): the
+# connection half-closes and drops what still comes this long before it closes, so the close
+# meets no unread bytes whose RST could wipe the answer from the client (nginx's lingering
+# close); long enough to read an answer across any RTT, short enough that a trickler is gone
 HEAD_TIMEOUT_S = 30.0  # the request line and headers, from the connection or the request's first
 # byte: a few hundred bytes; a client that trickles them (slowloris) is cut, as nginx's
 # client_header_timeout does (60 s there); the uvicorn engine's, which has none of its own

@@ -67,6 +67,7 @@ class H1(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self.on_writable: Callable[[], None] | None = None  # a Pipe's, while the buffer is full
         self.read_paused = False
+        self.lingering = False  # answered, the request's body still coming (Cycle._linger)
         self.lost = False
         self._on_lost: Callable[[], None] | None = None  # the running request's hook
         self._extensions: dict[str, object] = {
@@ -168,9 +169,8 @@ class H1(asyncio.Protocol):
             self._closing_seen = True
             self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
             return
-        self._idle_timer = self.loop.call_later(
-            self.keepalive_s if busy else left, self._idle_check
-        )
+        wait = self.keepalive_s if busy else left
+        self._idle_timer = self.loop.call_later(wait, self._idle_check)
 
     def default_head(self) -> bytes:
         """The server's default header lines (uvicorn refreshes its list each second)."""
@@ -183,6 +183,8 @@ class H1(asyncio.Protocol):
 
     # --- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self.lingering:  # the rest of a request already answered: dropped, unparsed
+            return
         self._idle_since = self.loop.time()  # bytes still coming: not idle
         if self._upgrade_left is not None:
             left, data, pause = feed_body(self.cycle, self._upgrade_left, data)
@@ -205,11 +207,9 @@ class H1(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             stop = exc.__context__  # what a callback raised, if one did
-            self._refuse(
-                stop
-                if isinstance(stop, Refused)
-                else refuse.malformed(f"malformed HTTP/1.1 request: {exc}")
-            )
+            if not isinstance(stop, Refused):
+                stop = refuse.malformed(f"malformed HTTP/1.1 request: {exc}")
+            self._refuse(stop)
             return
         if not self.in_head or self.transport.is_closing():
             return

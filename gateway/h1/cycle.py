@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from gateway.defaults import LINGER_S
 from gateway.http.asgi import CHUNK, Message, Scope
 from gateway.runtime import log
 
@@ -31,6 +32,7 @@ class Connection(Protocol):
     loop: asyncio.AbstractEventLoop
     write_paused: bool
     read_paused: bool
+    lingering: bool
     on_writable: Callable[[], None] | None
 
     @property
@@ -198,11 +200,11 @@ class Cycle:
         if bodiless:
             self.chunked = False  # a HEAD's Content-Length stays in its head, as the GET's
             self._remaining = -1
-        if self.waiting_100 and self.more_body:
-            # Answered before the 100 Continue its client waits for, the body not all in: it
-            # may still come, or never; read as the next request's bytes, it would be taken
-            # for one. Go's server closes here too. (A client that sent it without waiting,
-            # and the proxy read it whole, keeps its connection.)
+        if self.more_body:
+            # Answered before the body was all in (a 408 for a trickle, a 413 by Content-Length,
+            # a refusal before the 100 Continue): the rest may come slowly, or never, and the
+            # connection cannot be reused; it ends after the answer (_linger), as nginx's and
+            # Go's do. (A body read whole, Expect or not, keeps its connection.)
             self.keep_alive = False
         if not self.keep_alive and not has_close:
             parts.append(b"connection: close\r\n")
@@ -246,9 +248,27 @@ class Cycle:
             raise RuntimeError("response body shorter than its Content-Length")
         self.response_complete = True
         self.wake()
-        if not self.keep_alive:
+        if self.more_body:
+            self._linger()
+        elif not self.keep_alive:
             self._conn.transport.close()
         self._conn.response_done(self)
+
+    def _linger(self) -> None:
+        """End a connection whose request body is still coming. A close with its bytes unread
+        would send an RST, which can wipe the answer from the client's buffers before it is
+        read: the write side ends instead (a FIN after the answer; TLS has none), what still
+        comes is dropped (gateway.h1.conn), and the close follows LINGER_S later, or at once
+        at the client's own end (nginx's lingering close)."""
+        conn = self._conn
+        transport = conn.transport
+        if transport.is_closing():
+            return
+        conn.lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered: the answer
+        conn.resume_reading()
+        conn.loop.call_later(LINGER_S, transport.close)
 
     def pipe(self) -> Pipe | None:
         """A Pipe for this response (gateway.http.asgi.PIPE) once it has started, chunked. A

@@ -40,6 +40,13 @@ class Recording:
         self.calls.append(("close", 0))
         self.transport.close()
 
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.calls.append(("write_eof", 0))
+        self.transport.write_eof()
+
 
 class Conn:
     """What a Cycle asks of its connection (gateway.h1.conn.H1)."""
@@ -50,6 +57,7 @@ class Conn:
         self.transport = transport
         self.loop = loop
         self.write_paused = False
+        self.lingering = False
         self.on_writable: Callable[[], None] | None = None
         self.done: list[Cycle] = []
         self.closed_now = 0
@@ -80,7 +88,9 @@ def _run(case: Case) -> None:
 
         def cycle(method: str = "GET", version: str = "1.1", keep_alive: bool = True) -> Cycle:
             scope = {"method": method, "http_version": version}
-            return Cycle(conn, scope, keep_alive, False)  # type: ignore[arg-type]
+            c = Cycle(conn, scope, keep_alive, False)  # type: ignore[arg-type]
+            c.more_body = method == "POST"  # a GET's end comes with its head (H1)
+            return c
 
         theirs.setblocking(False)
         try:
@@ -328,6 +338,8 @@ def test_an_answer_before_the_100_continue_closes_the_connection() -> None:
         got = await _read(peer, b"no")
         assert got.startswith(b"HTTP/1.1 404") and b"connection: close" in got, got
         assert CONTINUE not in got and not c.keep_alive
+        assert conn.lingering and ("write_eof", 0) in conn.transport.calls
+        assert await _read(peer, b"never") == b""  # the answer, then the end (a FIN)
         sent = cycle("POST")  # a client that sent its body without waiting for the 100
         sent.waiting_100 = True
         sent.more_body = False
@@ -352,5 +364,22 @@ def test_the_whole_body_is_handed_over_once_and_only_when_all_in() -> None:
         c.disconnected = True
         c.wake()
         assert await waiting == {"type": "http.disconnect"}
+
+    _run(case)
+
+
+def test_an_answer_before_the_body_is_all_in_ends_the_connection_without_a_reset() -> None:
+    """No Expect this time (a 408 for a trickle, a 413 by Content-Length): the connection
+    is not reused; its write side ends after the answer, reading goes on (a close with the
+    body's bytes unread would be an RST), and it closes LINGER_S later."""
+
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle("POST")
+        await c.send(_start(413, (b"content-length", b"2")))
+        await c.send(_body(b"no"))
+        got = await _read(peer, b"never")
+        assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got, got
+        assert got.endswith(b"no") and not c.keep_alive and conn.lingering
+        assert ("close", 0) not in conn.transport.calls  # not yet: the body still comes
 
     _run(case)
