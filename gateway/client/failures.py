@@ -49,6 +49,9 @@ class Failure:
     detail: str
     status: int | None = None
     retry_after: str | None = None
+    # A TIMEOUT while connecting (ConnectTimeout): nothing was sent, so not an answer that
+    # was late; the proxy answers it as a refused connection (502), not a 504.
+    connecting: bool = False
 
     @property
     def label(self) -> str:

@@ -13,20 +13,21 @@ import json
 import time
 from typing import Any
 
-from gateway import checks
-from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
-from gateway.defaults import DISCONNECT_WATCH_DELAY_S, NO_CANDIDATE_RETRY_AFTER_S
-from gateway.errors import (
-    GatewayError,
-    NoHealthyUpstream,
-    StreamInterrupted,
-    UpstreamBusy,
-    UpstreamFailed,
-    UpstreamTimeout,
+from gateway.client import (
+    CLIENT_ERRORS,
+    ConnectTimeout,
+    Failure,
+    FailureKind,
+    Reach,
+    Response,
+    classify,
 )
+from gateway.defaults import DISCONNECT_WATCH_DELAY_S
+from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
 from gateway.http.errors import error_body
 from gateway.http.exchange import Exchange
+from gateway.http.final_error import final_error, timeout_hint
 from gateway.http.headers import (
     PREFERRED_REGION_HEADER,
     ROUTE_HEADER,
@@ -34,8 +35,8 @@ from gateway.http.headers import (
     upstream_request_headers,
 )
 from gateway.http.relay import relay
-from gateway.http.watchdog import Watchdog
-from gateway.routing.model import Candidate, Reason
+from gateway.http.watchdog import TotalTimeout, Watchdog
+from gateway.routing.model import Candidate
 from gateway.runtime import Runtime
 from gateway.traffic import carries_token
 from gateway.watch import ejections
@@ -48,6 +49,15 @@ SSE_TYPE = "text/event-stream"
 _ROUTE = ROUTE_HEADER.encode()
 _PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
 _STREAM_LABEL = ("false", "true")  # by ex.stream: the first-byte histogram's stream label
+TOTAL_TIMEOUT = "total_timeout"  # geogate_stream_aborted's cause: timeouts.total_s passed
+
+
+def _abort_cause(exc: BaseException) -> str:
+    """geogate_stream_aborted's cause for what cut a stream: this gateway's total limit, a
+    silence of idle_s (the upstream's failure), or the upstream's connection."""
+    if isinstance(exc, TotalTimeout):
+        return TOTAL_TIMEOUT
+    return "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
 
 
 class ClientGone(Exception):
@@ -245,7 +255,8 @@ class _Attempts:
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             what = "first byte" if self.ex.stream else "answer"
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
-            self._fail(Failure(uid, kind, detail), cand)
+            connecting = isinstance(exc, ConnectTimeout)
+            self._fail(Failure(uid, kind, detail, connecting=connecting), cand)
             if kind is FailureKind.TIMEOUT and reach.connected and not self.config.retry.on_timeout:
                 self.held = uid
             return None
@@ -314,31 +325,39 @@ class _Attempts:
         # into a deadline on the loop's clock.
         t = self.config.timeouts
         token_seen = None if found else functools.partial(self._token_seen, cand)
+        left_s = t.total_s - ex.elapsed_s()
         try:
+            if left_s <= 0:  # a body that began after total_s (a non-streaming answer's can)
+                raise TotalTimeout
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            left_s = t.total_s - ex.elapsed_s()
             with Watchdog(t.idle_s, left_s, self.task) as watchdog:
                 path = await relay(resp, send, ex, watchdog, token_seen, self.config.server.splice)
             m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            await self._abort(cand, isinstance(exc, TimeoutError), sse)
+            await self._abort(cand, _abort_cause(exc), sse)
             return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
-    async def _abort(self, cand: Candidate, timed_out: bool, sse: bool) -> None:
-        """The upstream failed mid-response. SSE clients get a final error event they can act
-        on (the OpenAI SDKs raise it); other clients get a reset stream, never a response that
-        looks complete but is not."""
-        m = self.rt.metrics
-        m.stream_aborted.count("timeout" if timed_out else "upstream_error")
-        self._record(cand, False)
-        uid = cand.upstream.id
-        what = "stopped answering" if timed_out else "failed"
-        message = (
-            f"upstream {uid} {what} in the middle of the response; the output is incomplete — "
-            "retry the request"
-        )
+    async def _abort(self, cand: Candidate, cause: str, sse: bool) -> None:
+        """The response is cut mid-way (``cause``: _abort_cause's). SSE clients get a final
+        error event they can act on (the OpenAI SDKs raise it); other clients get a reset
+        stream, never a response that looks complete but is not."""
+        self.rt.metrics.stream_aborted.count(cause)
+        if cause == TOTAL_TIMEOUT:
+            # This gateway's own limit on a response still coming: the upstream did its part.
+            self._record(cand, True)
+            message = (
+                f"the response reached this gateway's limit of {self.config.timeouts.total_s:g} "
+                "s (timeouts.total_s); the output is incomplete — ask for a shorter answer"
+            )
+        else:
+            self._record(cand, False)
+            what = "stopped answering" if cause == "timeout" else "failed"
+            message = (
+                f"upstream {cand.upstream.id} {what} in the middle of the response; the output "
+                "is incomplete — retry the request"
+            )
         if sse:
             event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
             event += b"\n\n"
@@ -348,42 +367,5 @@ class _Attempts:
         raise StreamAborted(message)
 
     def _final_error(self) -> GatewayError:
-        failures, decision = self.failures, self.ex.decision
-        tried = ", ".join(f.describe() for f in failures)
-        more = len(decision.order) - len(failures)
-        tail = f"; {more} more candidate(s) not tried (retry limit/budget)" if more > 0 else ""
-        if self.held is not None:
-            return UpstreamTimeout(
-                f"upstream timed out: {tried}. {self.held} had accepted the request, so it was "
-                "not sent to another upstream: the work may still be running there "
-                f"(retry.on_timeout changes this). Retry; {self._timeout_hint()}"
-            )
-        if decision.reason is Reason.PANIC:
-            # Every allowed upstream was already known to be down; we tried them anyway in
-            # case health checks lagged. That is "nothing healthy", not a surprise failure.
-            rule = f" (residency rule {decision.residency})" if decision.residency else ""
-            return NoHealthyUpstream(
-                f"no healthy upstream is allowed for this client{rule}; tried the unhealthy "
-                f"ones anyway: {tried}. Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
-                retry_after_s=NO_CANDIDATE_RETRY_AFTER_S,
-            )
-        if failures and all(f.status == 429 for f in failures):
-            waits = [f.retry_after for f in failures]
-            after = max(
-                (int(w) for w in waits if w is not None and checks.is_decimal(w)), default=1
-            )
-            return UpstreamBusy(
-                f"every upstream tried is at capacity: {tried}{tail}. Retry after {after} s",
-                retry_after_s=after,
-            )
-        if failures and failures[-1].kind is FailureKind.TIMEOUT:
-            return UpstreamTimeout(
-                f"upstream timed out: {tried}{tail}. Retry; {self._timeout_hint()}"
-            )
-        return UpstreamFailed(f"upstream request failed: {tried}{tail}. Retry the request")
-
-    def _timeout_hint(self) -> str:
-        _, key = self._wait()
-        if self.ex.stream:
-            return f"for very long prompts the operator can raise {key}"
-        return f"for very long answers ask for a stream, or the operator can raise {key}"
+        hint = timeout_hint(self.ex.stream, self._wait()[1])
+        return final_error(self.failures, self.ex.decision, self.held, hint)

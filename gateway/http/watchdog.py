@@ -21,6 +21,11 @@ from gateway.defaults import CLIENT_PROBE_S
 EARLY_S = 0.001
 
 
+class TotalTimeout(TimeoutError):
+    """The total deadline (``left_s``) passed: the caller's own limit on the whole stream,
+    not a silence of its source (a plain TimeoutError)."""
+
+
 class Stamped(Protocol):
     """What else may stamp activity: gateway._splice's Relay, while it carries a stream (its
     ``last`` is CLOCK_MONOTONIC, the clock of both asyncio's and uvloop's ``loop.time()``).
@@ -36,8 +41,9 @@ class Stamped(Protocol):
 class Watchdog:
     """Cancel the current task when no ``touch()`` came for ``idle_s`` seconds, or ``left_s``
     seconds from now, whichever comes first; on leaving the ``with`` block, that
-    cancellation becomes TimeoutError, as with ``asyncio.timeout``. A cancellation from
-    elsewhere (the client leaving, a drain) passes through unchanged."""
+    cancellation becomes TimeoutError, as with ``asyncio.timeout`` (TotalTimeout, a
+    TimeoutError, where it was the ``left_s`` deadline). A cancellation from elsewhere (the
+    client leaving, a drain) passes through unchanged."""
 
     __slots__ = (
         "_cancelling",
@@ -48,6 +54,7 @@ class Watchdog:
         "_loop",
         "_probe_s",
         "_task",
+        "_total",
         "clock",
         "held",
         "last",
@@ -72,6 +79,7 @@ class Watchdog:
         self._probe_s = probe_s
         self._deadline = self._loop.time() + left_s
         self._expired = False
+        self._total = False  # the deadline that fired was left_s's, not idle_s's
         self._handle: asyncio.TimerHandle | None = None
         self._cancelling = 0
         self.clock = self._loop.time  # the loop's clock: a per-chunk caller may stamp ``last``
@@ -103,6 +111,7 @@ class Watchdog:
         due = min(last + self._idle_s, self._deadline)
         if now + EARLY_S >= due:
             self._expired = True
+            self._total = now + EARLY_S >= self._deadline
             self._handle = None
             self._task.cancel()
             return
@@ -156,4 +165,4 @@ class Watchdog:
             and exc_type is asyncio.CancelledError
             and self._task.uncancel() <= self._cancelling
         ):
-            raise TimeoutError from exc
+            raise (TotalTimeout if self._total else TimeoutError) from exc

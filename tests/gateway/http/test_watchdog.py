@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway.http.watchdog import Watchdog
+from gateway.http.watchdog import TotalTimeout, Watchdog
 
 
 async def _stream(wd: Watchdog, gaps: list[float]) -> int:
@@ -226,3 +226,21 @@ def test_a_silence_the_client_holds_back_is_not_idle_but_the_deadline_still_coun
 
     quiet, capped = asyncio.run(main())
     assert quiet >= 0.3 and 0.19 <= capped < 1.5
+
+
+def test_the_total_deadline_says_so_and_a_silence_does_not() -> None:
+    async def main() -> tuple[type[BaseException], type[BaseException], type[BaseException]]:
+        kinds: list[type[BaseException]] = []
+        for idle_s, left_s, gaps in ((10, 0.1, [0.02] * 50), (0.05, 10, [0.5]), (10, -1, [0.5])):
+            try:
+                with Watchdog(idle_s, left_s) as wd:
+                    await _stream(wd, gaps)
+            except TimeoutError as exc:
+                kinds.append(type(exc))
+        total, idle, past = kinds
+        return total, idle, past
+
+    total, idle, past = asyncio.run(main())
+    assert total is TotalTimeout  # chunks kept coming, then total_s (the caller's own limit)
+    assert idle is TimeoutError  # a silence: the source's failure
+    assert past is TotalTimeout  # a deadline already passed is the total one too

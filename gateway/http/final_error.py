@@ -1,0 +1,62 @@
+"""The error a client gets when every attempt of its request failed before any byte reached it:
+which one, and what the message says (each upstream tried, and what to do about it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway import checks
+from gateway.client import Failure, FailureKind
+from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
+from gateway.errors import (
+    GatewayError,
+    NoHealthyUpstream,
+    UpstreamBusy,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
+from gateway.routing.model import Decision, Reason
+
+
+def final_error(
+    failures: Sequence[Failure], decision: Decision, held: str | None, hint: str
+) -> GatewayError:
+    """``held``: the upstream that accepted the request and then timed out, so that no other
+    was tried; ``hint``: timeout_hint's, for an answer that was late."""
+    tried = ", ".join(f.describe() for f in failures)
+    more = len(decision.order) - len(failures)
+    tail = f"; {more} more candidate(s) not tried (retry limit/budget)" if more > 0 else ""
+    if held is not None:
+        return UpstreamTimeout(
+            f"upstream timed out: {tried}. {held} had accepted the request, so it was "
+            "not sent to another upstream: the work may still be running there "
+            f"(retry.on_timeout changes this). Retry; {hint}"
+        )
+    if decision.reason is Reason.PANIC:
+        # Every allowed upstream was already known to be down; we tried them anyway in
+        # case health checks lagged. That is "nothing healthy", not a surprise failure.
+        rule = f" (residency rule {decision.residency})" if decision.residency else ""
+        return NoHealthyUpstream(
+            f"no healthy upstream is allowed for this client{rule}; tried the unhealthy "
+            f"ones anyway: {tried}. Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
+            retry_after_s=NO_CANDIDATE_RETRY_AFTER_S,
+        )
+    if failures and all(f.status == 429 for f in failures):
+        waits = [f.retry_after for f in failures]
+        after = max((int(w) for w in waits if w is not None and checks.is_decimal(w)), default=1)
+        return UpstreamBusy(
+            f"every upstream tried is at capacity: {tried}{tail}. Retry after {after} s",
+            retry_after_s=after,
+        )
+    # A wait for the answer that ran out, not a connect timeout: that one is a connection not
+    # made (a region dropping packets), answered as a refused one is, not as a slow prefill.
+    if failures and failures[-1].kind is FailureKind.TIMEOUT and not failures[-1].connecting:
+        return UpstreamTimeout(f"upstream timed out: {tried}{tail}. Retry; {hint}")
+    return UpstreamFailed(f"upstream request failed: {tried}{tail}. Retry the request")
+
+
+def timeout_hint(stream: bool, key: str) -> str:
+    """What may help an answer that was late: ``key`` is the wait's setting."""
+    if stream:
+        return f"for very long prompts the operator can raise {key}"
+    return f"for very long answers ask for a stream, or the operator can raise {key}"

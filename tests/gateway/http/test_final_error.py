@@ -1,0 +1,53 @@
+"""The error a client gets when every attempt failed before any byte reached it: a 504 only
+for an answer that was late, never for a connection that was not made."""
+
+from __future__ import annotations
+
+from gateway.client import Failure, FailureKind
+from gateway.errors import UpstreamBusy, UpstreamFailed, UpstreamTimeout
+from gateway.http.final_error import final_error, timeout_hint
+from gateway.routing.model import Candidate, Decision, Outcome, Reason, UpstreamView
+
+HINT = timeout_hint(True, "timeouts.first_byte_s")
+LATE = Failure("a", FailureKind.TIMEOUT, "no first byte in 60 s")
+NO_CONNECT = Failure("b", FailureKind.TIMEOUT, "connect timed out", connecting=True)
+REFUSED = Failure("b", FailureKind.REFUSED, "connect failed: Connection refused")
+
+
+def decision(*ids: str) -> Decision:
+    order = tuple(
+        Candidate(
+            UpstreamView(id=uid, region="eu", models=frozenset({"m"})),
+            *(10.0, 10.0, "distance", 0.0, True, False, "unknown"),
+        )
+        for uid in ids
+    )
+    return Decision(Outcome.ROUTED, order, (), Reason.LOWEST_SCORE)
+
+
+def test_a_connect_timeout_is_a_connection_not_made() -> None:
+    err = final_error([NO_CONNECT], decision("b"), None, HINT)
+    assert type(err) is UpstreamFailed, err
+    assert "b (connect timed out)" in str(err)
+    assert "first_byte_s" not in str(err)
+
+
+def test_the_status_does_not_depend_on_the_order_of_connect_failures() -> None:
+    # A refused connection and a silently dropped one are both "no connection", either way.
+    for failures in ([REFUSED, NO_CONNECT], [NO_CONNECT, REFUSED]):
+        assert type(final_error(failures, decision("b", "b"), None, HINT)) is UpstreamFailed
+
+
+def test_a_late_answer_is_a_timeout_with_its_hint() -> None:
+    err = final_error([NO_CONNECT, LATE], decision("b", "a"), None, HINT)
+    assert type(err) is UpstreamTimeout, err
+    assert str(err).endswith("for very long prompts the operator can raise timeouts.first_byte_s")
+    held = final_error([LATE], decision("a", "b"), "a", HINT)
+    assert type(held) is UpstreamTimeout and "not sent to another upstream" in str(held)
+
+
+def test_every_upstream_at_capacity_is_busy() -> None:
+    busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, "7")
+    err = final_error([busy], decision("a", "b"), None, HINT)
+    assert isinstance(err, UpstreamBusy) and err.retry_after_s == 7
+    assert "1 more candidate(s) not tried" in str(err)
