@@ -178,11 +178,18 @@ def test_a_mounted_config_says_where_the_gateway_listens(tmp_path: Path) -> None
     (tmp_path / "gateway.toml").write_text((ROOT / "examples" / "gateway.toml").read_text())
     mounted = load_config(tmp_path / "gateway.toml", env=env)
     assert (mounted.server.host, mounted.ops.host) == ("127.0.0.1", "127.0.0.1")
-    # The image's own config: the example's, listening beyond the container's loopback.
+    # The image's own config: the example, copied and its listeners moved beyond the
+    # container's loopback by the stage's own RUN line, run here on a copy.
     (copy,) = [a for w, a in runtime if w == "COPY" and a.endswith(" /etc/geogate/gateway.toml")]
     source = copy.split()[0]
+    assert source == "examples/gateway.toml"
     assert not _ignored(_ignore_patterns(dockerfile), source)
-    image = load_config(ROOT / source, env=env)
+    (edit,) = [a for w, a in runtime if w == "RUN" and "/etc/geogate/gateway.toml" in a]
+    baked = tmp_path / "image.toml"
+    baked.write_text((ROOT / source).read_text())
+    cmd = edit.replace("/etc/geogate/gateway.toml", str(baked))
+    subprocess.run(["bash", "-c", cmd], check=True)
+    image = load_config(baked, env=env)
     example = load_config(ROOT / "examples" / "gateway.toml", env={})
     assert image == example.model_copy(
         update={
