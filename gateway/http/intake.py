@@ -143,15 +143,13 @@ async def read_body(
         if heads is not None
         else header(scope, CONTENT_LENGTH)
     )
-    # checks.is_decimal, inline: once per request (a call there is a Python frame more)
-    if (
-        declared is not None
-        and len(declared) <= 18
-        and declared.isascii()
-        and declared.isdigit()
-        and int(declared) > limit
-    ):
-        raise too_large(int(declared), limit)
+    # A count of ASCII digits (checks.is_decimal's rule, inline: once per request): more than
+    # 18 of them is over any limit, and int() is not asked to read thousands.
+    if declared is not None and declared.isascii() and declared.isdigit():
+        if len(declared) > 18:
+            raise too_large(None, limit)
+        if int(declared) > limit:
+            raise too_large(int(declared), limit)
     whole: WholeBody | None = scope.get("extensions", {}).get(BODY)
     body = whole() if whole is not None else None
     if body is not None:  # all in already (gateway.h1): no receive, no deadline to keep

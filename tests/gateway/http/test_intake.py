@@ -281,12 +281,27 @@ async def test_a_body_the_server_already_holds_is_taken_without_receive() -> Non
         await read_body(scope(b" " * 101), receive, 100, 5.0)
 
 
-@pytest.mark.parametrize("declared", [b"9" * 5000, b"\xc2\xb2"])  # int() refuses both
-async def test_a_content_length_int_cannot_read_is_not_taken_for_a_size(declared: bytes) -> None:
-    # Not a 500: the body is read as it comes, and its real size is what the limit holds to.
-    scope = {"headers": [(b"content-length", declared)], "extensions": {BODY: lambda: b"{}"}}
+async def test_a_content_length_int_cannot_read_is_not_taken_for_a_size() -> None:
+    # "²" is a digit to str.isdigit and not to int(): not a 500, the body is read as it comes,
+    # and its real size is what the limit holds to.
+    scope = {"headers": [(b"content-length", b"\xc2\xb2")], "extensions": {BODY: lambda: b"{}"}}
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("the server holds the body")
 
     assert await read_body(scope, receive, 100, 5.0) == b"{}"
+
+
+@pytest.mark.parametrize("declared", [b"9" * 19, b"1" + b"0" * 18, b"9" * 5000])
+async def test_a_content_length_of_more_digits_than_a_count_is_too_large_at_once(
+    declared: bytes,
+) -> None:
+    # Over 18 digits is over any limit: a 413 before any of the body is waited for (a
+    # 19-digit length was once waited on until the body timeout), and no int() of 5,000 digits.
+    scope = {"headers": [(b"content-length", declared)]}
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("refused before the body")
+
+    with pytest.raises(BodyTooLarge, match="over"):
+        await read_body(scope, receive, 100, 5.0)
