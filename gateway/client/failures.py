@@ -49,8 +49,8 @@ class Failure:
     detail: str
     status: int | None = None
     retry_after: str | None = None
-    # A TIMEOUT while connecting (ConnectTimeout): nothing was sent, so not an answer that
-    # was late; the proxy answers it as a refused connection (502), not a 504.
+    # No connection was made (the attempt's Reach): a TIMEOUT then is no answer that was late,
+    # and the proxy answers it as a refused connection (502), not a 504.
     connecting: bool = False
 
     @property

@@ -15,7 +15,6 @@ from typing import Any
 
 from gateway.client import (
     CLIENT_ERRORS,
-    ConnectTimeout,
     Failure,
     FailureKind,
     Reach,
@@ -255,8 +254,8 @@ class _Attempts:
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             what = "first byte" if self.ex.stream else "answer"
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
-            connecting = isinstance(exc, ConnectTimeout)
-            self._fail(Failure(uid, kind, detail, connecting=connecting), cand)
+            # Reach, as for held below: a connection never made is answered as refused (502).
+            self._fail(Failure(uid, kind, detail, connecting=not reach.connected), cand)
             if kind is FailureKind.TIMEOUT and reach.connected and not self.config.retry.on_timeout:
                 self.held = uid
             return None
