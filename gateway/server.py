@@ -355,7 +355,7 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
             "open %d: each worker holds %d streams and answers 503 beyond; raise the hard "
             "limit (ulimit -Hn, systemd LimitNOFILE=, docker --ulimit nofile=) to hold more",
             s.max_streams,
-            s.max_streams * d.FDS_PER_STREAM + cap.headroom + d.FD_RESERVE,
+            s.max_streams * d.FDS_PER_STREAM + cap.wanted_headroom + d.FD_RESERVE,
             cap.fds,
             cap.streams,
         )

@@ -54,7 +54,7 @@ class Capacity:
     connections: int  # the server's connection limit, within the descriptors left
     # Connections wanted above the streams (max_connections - max_streams: idle keep-alive
     # ones, the 503s over the limit); with descriptors short, fewer are kept
-    headroom: int
+    wanted_headroom: int
 
 
 def capacity(fds: int, max_streams: int, max_connections: int = 0) -> Capacity:

@@ -65,7 +65,8 @@ def srv_shares(records: Sequence[tuple[int, Sequence[Address]]]) -> dict[Address
     operator's change of it) applies as before. Weight 0 is the RFC's "very small chance"
     (SRV_ZERO_WEIGHT_SHARE), not the router's standby, which would rank it behind every
     weighted upstream of every region; records all of weight 0 share equally. Exact sums and
-    rounded shares: a DNS server that rotates its records must not change them."""
+    rounded shares: a DNS server that rotates its records must not change them. Equal shares
+    are none ({}): the pool's members then compare as an A/AAAA pool's do."""
     parts: dict[Address, list[float]] = {}
     for weight, addresses in records:
         for address in addresses:
@@ -73,11 +74,12 @@ def srv_shares(records: Sequence[tuple[int, Sequence[Address]]]) -> dict[Address
     weights = {address: math.fsum(p) for address, p in parts.items()}
     total = math.fsum(weights.values())
     if total <= 0:
-        return dict.fromkeys(weights, 1.0)
-    return {
+        return {}
+    shares = {
         address: round(w * len(weights) / total, 9) if w > 0 else d.SRV_ZERO_WEIGHT_SHARE
         for address, w in weights.items()
     }
+    return {} if all(math.isclose(s, 1.0) for s in shares.values()) else shares
 
 
 def expand(

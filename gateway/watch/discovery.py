@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,11 +73,7 @@ async def resolve(
                 found.append((weight, addresses))
         if found:
             members = tuple(sorted({a for _, addresses in found for a in addresses}))
-            shares = srv_shares(found) if u.discovery == "srv" else {}
-            # Equal shares are no shares: the pool's members compare as they did.
-            if all(math.isclose(share, 1.0) for share in shares.values()):
-                shares = {}
-            return members, shares
+            return members, srv_shares(found) if u.discovery == "srv" else {}
     return (), {}
 
 

@@ -24,14 +24,14 @@ CFG = Config.model_validate(
 
 def test_capacity_follows_the_descriptor_limit() -> None:
     plenty = capacity(1_000_000, 10_000, 11_024)
-    assert (plenty.streams, plenty.connections, plenty.headroom) == (10_000, 11_024, 1_024)
+    assert (plenty.streams, plenty.connections, plenty.wanted_headroom) == (10_000, 11_024, 1_024)
     # 20,000 descriptors (this machine's hard limit): two per stream and one per connection
     # beyond them, less the reserve; a headroom of connections is kept (a 32nd of them), so a
     # request over the stream limit still finds a connection and gets the gate's counted 503.
     tight = capacity(20_000, 10_000, 11_024)
     budget = 20_000 - FD_RESERVE
     assert tight.fd_streams == (budget - budget // 32) // 2 == tight.streams == 9_639
-    assert tight.connections - tight.streams >= budget // 32 and tight.headroom == 1_024
+    assert tight.connections - tight.streams >= budget // 32 and tight.wanted_headroom == 1_024
     assert tight.streams + tight.connections <= budget
     # However few, a worker takes at least the connections its streams need.
     starved = capacity(FD_RESERVE + 10, 10_000, 11_024)

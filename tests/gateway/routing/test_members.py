@@ -29,11 +29,11 @@ def test_srv_weights_become_shares_of_the_upstreams_weight() -> None:
     a, b, c = ("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)
     assert srv_shares([(3, [a]), (1, [b])]) == {a: 1.5, b: 0.5}
     # a target of weight 2 with two addresses: 1 each, as much as the weight-1 target's one
-    assert srv_shares([(2, [a, b]), (1, [c])]) == {a: 1.0, b: 1.0, c: 1.0}
-    assert srv_shares([(1, [a]), (1, [a]), (2, [b])]) == {a: 1.0, b: 1.0}  # named twice: both
+    assert srv_shares([(2, [a, b]), (1, [c])]) == {}  # equal shares: none
+    assert srv_shares([(1, [a]), (1, [a]), (3, [b])]) == {a: 0.8, b: 1.2}  # named twice: both
     # weight 0 beside weighted ones: RFC 2782's "very small chance", not the router's standby
     assert srv_shares([(5, [a]), (0, [b])]) == {a: 2.0, b: d.SRV_ZERO_WEIGHT_SHARE}
-    assert srv_shares([(0, [a]), (0, [b])]) == {a: 1.0, b: 1.0}  # no weighting at all
+    assert srv_shares([(0, [a]), (0, [b])]) == {}  # no weighting at all: equal
     # a DNS server that rotates its records does not change the shares, to the last bit
     records = [(7, [a, b, c]), (3, [b]), (5, [c, a]), (1, [a])]
     assert len({tuple(sorted(srv_shares(p).items())) for p in itertools.permutations(records)}) == 1
