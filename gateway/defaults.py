@@ -23,6 +23,7 @@ LINGER_S = 2.0  # an answer sent before its request's body was all in (a 408, a 
 HEAD_TIMEOUT_S = 30.0  # the request line and headers, from the connection or the request's first
 # byte: a few hundred bytes; a client that trickles them (slowloris) is cut, as nginx's
 # client_header_timeout does (60 s there); the uvicorn engine's, which has none of its own
+AUDIT_MAX_COUNT = 1000  # audit entries one request may ask for (admin API, geogate ctl audit)
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
 MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
 # share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule

@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.cli.errors import CLIError
+from gateway.defaults import AUDIT_MAX_COUNT
 from gateway.errors import GatewayError
 from geodb.errors import GeoDBError
 
 EXIT_USAGE = 2
-AUDIT_COUNT_MAX = 1000  # what the admin API serves at most (gateway.http.admin.MAX_AUDIT_COUNT)
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--undrain", dest="drained", action="store_const", const=False)
     au = csub.add_parser("audit", help="operator changes, newest first")
     au.add_argument(
-        "--count", type=_whole(1, AUDIT_COUNT_MAX), default=20, help="how many, newest first"
+        "--count", type=_whole(1, AUDIT_MAX_COUNT), default=20, help="how many, newest first"
     )
     au.add_argument("--json", action="store_true")
 

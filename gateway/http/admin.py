@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import checks
-from gateway.defaults import ADMIN_MAX_BODY_BYTES
+from gateway.defaults import ADMIN_MAX_BODY_BYTES, AUDIT_MAX_COUNT
 from gateway.errors import (
     AdminDisabled,
     BodyTooLarge,
@@ -41,8 +41,6 @@ from gateway.http.intake import read_body
 from gateway.http.upstream import ClientGone
 from gateway.logs import event
 from gateway.runtime import Runtime, log
-
-MAX_AUDIT_COUNT = 1000
 
 Handler = Callable[[Request], Awaitable[Response]]
 # A store's update_upstream or update_region: (id, changes, who) -> audit entry.
@@ -105,8 +103,8 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     async def audit(request: Request, who: str) -> Response:
         raw = request.query_params.get("count", "50")
-        if not checks.is_decimal(raw, 6) or not 0 < int(raw) <= MAX_AUDIT_COUNT:
-            raise RequestInvalid(f"count must be 1..{MAX_AUDIT_COUNT}")
+        if not checks.is_decimal(raw, 6) or not 0 < int(raw) <= AUDIT_MAX_COUNT:
+            raise RequestInvalid(f"count must be 1..{AUDIT_MAX_COUNT}")
         return JSONResponse({"entries": await rt.store.audit(int(raw))})
 
     return [

@@ -198,10 +198,3 @@ def test_audit_count_is_checked_with_the_arguments(
     rc, out, err = ctl(capsys, "--redis", "redis://127.0.0.1:1", "audit", "--count", count)
     assert rc == 2 and not out
     assert message in err and "Redis" not in err, err
-
-
-def test_the_audit_count_limit_is_the_admin_apis() -> None:
-    from gateway.cli.main import AUDIT_COUNT_MAX
-    from gateway.http.admin import MAX_AUDIT_COUNT
-
-    assert AUDIT_COUNT_MAX == MAX_AUDIT_COUNT
