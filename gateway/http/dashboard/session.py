@@ -78,22 +78,18 @@ def verify(value: str | None, operators: Mapping[str, str], now: float) -> str |
     # isascii: "²".isdigit() holds and int() refuses it; bytes: compare_digest refuses a str
     # that is not ASCII. A forged cookie is no session, not an error.
     # At most 12 digits: int() refuses over 4,300 (a ValueError), and no expiry needs more.
-    if token is None or not _digits(expiry, 12) or int(expiry) <= now:
+    if token is None or not checks.is_decimal(expiry, 12) or int(expiry) <= now:
         return None
     body = value[: -len(sig) - 1]
     expected = _mac(token, "session|" + body).encode()
     return name if hmac.compare_digest(sig.encode("utf-8", "replace"), expected) else None
 
 
-def _digits(text: str, most: int) -> bool:
-    return checks.is_decimal(text, most)
-
-
 def expiry_of(request: Request) -> float | None:
     """When the request's session cookie expires (unix time), None without one: a page's live
     stream ends then, as every other request of that session is refused from then on."""
     parts = (request.cookies.get(cookie_name(request)) or "").rsplit(".", 3)
-    return float(parts[1]) if len(parts) == 4 and _digits(parts[1], 12) else None
+    return float(parts[1]) if len(parts) == 4 and checks.is_decimal(parts[1], 12) else None
 
 
 def _operators(rt: Runtime) -> dict[str, str]:

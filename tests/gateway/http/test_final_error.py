@@ -3,6 +3,8 @@ for an answer that was late, never for a connection that was not made."""
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.client import Failure, FailureKind
 from gateway.errors import UpstreamBusy, UpstreamFailed, UpstreamTimeout
 from gateway.http.final_error import final_error, timeout_hint
@@ -51,3 +53,11 @@ def test_every_upstream_at_capacity_is_busy() -> None:
     err = final_error([busy], decision("a", "b"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 7
     assert "1 more candidate(s) not tried" in str(err)
+
+
+@pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", ""])
+def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> None:
+    # The upstream's header, untrusted: not a 500 (int() of 5,000 digits was one), 1 s.
+    busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
+    err = final_error([busy], decision("a"), None, HINT)
+    assert isinstance(err, UpstreamBusy) and err.retry_after_s == 1

@@ -25,7 +25,8 @@ def test_discovery_upstreams_become_one_member_per_address() -> None:
 
 def test_srv_weights_become_shares_of_the_upstreams_weight() -> None:
     """RFC 2782's weights: a target in proportion to its weight, split over its addresses;
-    the shares average 1, so the upstream's weight is kept; 0 is standby unless all are 0."""
+    the shares average 1, so the upstream's weight is kept; 0 is a very small share unless
+    all are 0."""
     a, b, c = ("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)
     assert srv_shares([(3, [a]), (1, [b])]) == {a: 1.5, b: 0.5}
     # a target of weight 2 with two addresses: 1 each, as much as the weight-1 target's one

@@ -224,7 +224,7 @@ def test_a_higher_srv_priority_is_a_backup_used_only_when_the_lower_has_no_addre
             s.proc.kill()
 
 
-def test_srv_weights_set_each_members_share_and_weight_0_is_standby(
+def test_srv_weights_set_each_members_share_and_weight_0_a_very_small_one(
     tmp_path: Path, dns: tuple[Zone, int]
 ) -> None:
     zone, dns_port = dns

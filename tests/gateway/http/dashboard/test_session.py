@@ -103,3 +103,21 @@ def test_scripts_use_the_admin_token_and_no_cookie() -> None:
         session.operator(rt, request("GET", {"authorization": "Bearer wrong"}))
     with pytest.raises(Unauthorized, match="log in"):
         session.operator(rt, request("GET"))
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expiry"),
+    [
+        ("bob.ops.1800000000.nonce.sig", 1800000000.0),  # a dotted name: split from the right
+        (None, None),
+        ("alice.1800000000.sig", None),  # a part missing
+        ("alice.1" + "0" * 12 + ".nonce.sig", None),  # 13 digits: no expiry needs more
+        ("alice.\u00b2.nonce.sig", None),
+    ],
+)
+def test_a_live_streams_end_is_its_sessions_expiry(
+    cookie: str | None, expiry: float | None
+) -> None:
+    """expiry_of: when the page's live stream ends (routes.py hands it to the sampler)."""
+    headers = {} if cookie is None else {"cookie": f"geogate-dashboard-9180={cookie}"}
+    assert session.expiry_of(request(headers=headers)) == expiry
