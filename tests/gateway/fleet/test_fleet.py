@@ -13,8 +13,10 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from redis import Redis
 
 from gateway.cli.procs import geogate_cmd, kill
+from gateway.fleet.keys import Keys
 from tests.support import (
     Gateway,
     RedisServer,
@@ -275,3 +277,35 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
         timeout=5,
         what="the staleness gauge back at 0",
     )
+
+
+def test_a_gateway_with_two_workers_is_one_observer(tmp_path: Path) -> None:
+    """Without redis.gateway_id, `geogate gateway` names the fleet observer by its own pid for
+    all its workers (gateway.server hands it to them): two workers, one vote in seen_by."""
+    server = start_redis(tmp_path)
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    extra = f'[redis]\nurl = "{server.url}"\nrefresh_interval_s = 0.1\nobservation_ttl_s = 1.0\n'
+    gw = start_gateway(
+        tmp_path,
+        lambda p: gateway_toml(p, ups, extra=extra).replace(
+            "[server]", '[server]\nengine = "uvicorn"\nworkers = 2'
+        ),
+    )
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        observers: list[str] = []
+
+        def both_workers_observe() -> bool:
+            observers[:] = [str(o) for o in client.zrange(Keys("default").observers, 0, -1)]
+            return len(observers) == 2
+
+        eventually(both_workers_observe, what="both workers' views in Redis")
+        gateways = {o.rpartition("/")[0] for o in observers}
+        assert len(gateways) == 1, observers  # one gateway id, two worker keys
+        assert list(upstream(gw, "s")["seen_by"]) == [gateways.pop()]
+    finally:
+        client.close()
+        gw.stop()
+        sim.proc.kill()
+        server.stop()
