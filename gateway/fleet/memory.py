@@ -26,7 +26,7 @@ from gateway.routing.health import (
     end_ejection,
 )
 from gateway.routing.load import LoadReading, LoadState, next_load
-from gateway.routing.members import Address, expand
+from gateway.routing.members import Address, expand, member_id
 from gateway.routing.model import RegionPoint, Snapshot, UpstreamView
 from gateway.routing.policy import Policy, policy_from
 
@@ -142,6 +142,15 @@ class MemoryStateStore:
         self._shares[upstream_id] = weights
         self.replace_config(self._config)
         return True
+
+    def member_shares(self) -> dict[str, float]:
+        """Each DNS member's share of its upstream's weight (SRV weights), by member id; a
+        member not here has an equal share (1)."""
+        return {
+            member_id(uid, host, port): share
+            for uid, shares in self._shares.items()
+            for (host, port), share in shares.items()
+        }
 
     def upstreams(self) -> tuple[Upstream, ...]:
         return self._upstreams

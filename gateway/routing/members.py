@@ -82,6 +82,10 @@ def srv_shares(records: Sequence[tuple[int, Sequence[Address]]]) -> dict[Address
     return {} if all(math.isclose(s, 1.0) for s in shares.values()) else shares
 
 
+def member_id(upstream_id: str, host: str, port: int) -> str:
+    return f"{upstream_id}@{host}:{port}"
+
+
 def expand(
     declared: Sequence[Upstream],
     members: Mapping[str, Sequence[Address]],
@@ -100,7 +104,7 @@ def expand(
             out.append(
                 u.model_copy(
                     update={
-                        "id": f"{u.id}@{host}:{port}",
+                        "id": member_id(u.id, host, port),
                         "url": member_url(u.url, host, port),
                         "discovery": "none",
                         "weight": u.weight * share.get((host, port), 1.0),

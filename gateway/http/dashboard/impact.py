@@ -36,11 +36,11 @@ def member_of(view_id: str, uid: str) -> bool:
 def changed_snapshot(
     snap: Snapshot,
     changes: Mapping[str, Mapping[str, Any]],
-    declared: Mapping[str, float] | None = None,
+    shares: Mapping[str, float] | None = None,
 ) -> Snapshot:
     """``snap`` with ``changes`` (upstream id -> {weight, bias_ms, drained}) applied. A DNS
-    member weighs its share of its upstream's weight (SRV weights: routing.members), so a new
-    weight reaches it scaled by that share, its weight over the upstream's ``declared`` one."""
+    member weighs its share of its upstream's weight (SRV weights: the store's
+    member_shares), so a new weight reaches it times that share, as the store's expand does."""
     views: list[UpstreamView] = []
     for v in snap.upstreams:
         found = next(((uid, c) for uid, c in changes.items() if member_of(v.id, uid)), None)
@@ -48,9 +48,8 @@ def changed_snapshot(
             views.append(v)
             continue
         uid, change = found
-        base = (declared or {}).get(uid)
-        if "weight" in change and v.id != uid and base:
-            change = {**change, "weight": change["weight"] * v.weight / base}
+        if "weight" in change and v.id != uid:
+            change = {**change, "weight": change["weight"] * (shares or {}).get(v.id, 1.0)}
         views.append(replace(v, **change))
     return Snapshot(tuple(views), snap.regions, snap.in_flight)
 
@@ -103,14 +102,14 @@ def what_if(
     policy: Policy,
     targets: list[str],
     changes: Mapping[str, Mapping[str, Any]],
-    declared: Mapping[str, float] | None = None,
+    shares: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The traffic ``changes`` would move, over the last minute; ``targets`` name what the
-    operator changes (upstreams, or a region's upstreams); ``declared``: their weights as
-    configured (changed_snapshot)."""
+    operator changes (upstreams, or a region's upstreams); ``shares``: their DNS members'
+    (changed_snapshot)."""
     served, total = Window.served(window.last(DASHBOARD_SHARE_WINDOW_S))
     carried = sum(n for (_, uid, _), n in served.items() if any(member_of(uid, t) for t in targets))
-    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes, declared), policy)
+    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes, shares), policy)
     moving = sum(arriving.values())
     names = ", ".join(targets)
     verb = "carries" if len(targets) == 1 else "carry"

@@ -220,7 +220,7 @@ class Dashboard:
             store.policy,
             targets,
             {t: changes for t in targets},
-            {u.id: u.weight for u in self.rt.config.upstreams},
+            store.member_shares(),
         )
         return JSONResponse(result)
 

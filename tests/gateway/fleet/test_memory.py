@@ -157,3 +157,16 @@ def test_a_pool_of_only_unprobed_members_is_routed_in_panic_not_refused() -> Non
     s.set_members("pool", (ONE, TWO))
     d = rank(RequestFacts("m", LONDON), s.snapshot(0.0), s.policy)
     assert d.outcome is Outcome.ROUTED and d.reason is Reason.PANIC
+
+
+def test_members_weigh_their_srv_shares_and_the_store_names_them() -> None:
+    s = MemoryStateStore(POOL)
+    s.set_members("pool", (ONE, TWO), {ONE: 1.5, TWO: 0.5})
+    assert {u.id: u.weight for u in s.upstreams()} == {
+        "pool@10.0.0.1:8000": 1.5,
+        "pool@10.0.0.2:8000": 0.5,
+    }
+    assert s.member_shares() == {"pool@10.0.0.1:8000": 1.5, "pool@10.0.0.2:8000": 0.5}
+    assert not s.set_members("pool", (ONE, TWO), {ONE: 1.5, TWO: 0.5})  # no change
+    assert s.set_members("pool", (ONE, TWO))  # equal again: a change
+    assert s.member_shares() == {}

@@ -95,17 +95,18 @@ def test_changes_reach_discovered_members_too() -> None:
 
 
 def test_a_new_weight_reaches_srv_weighted_members_in_their_shares() -> None:
-    """Members weighing 3 and 1 of a pool declared at weight 2 (SRV weights 30:10): a new
-    weight of 4 makes them 6 and 2, as the store's expand would, not 4 and 4."""
+    """Members with shares 1.5 and 0.5 of a pool (SRV weights 30:10): a new weight of 4 makes
+    them 6 and 2, as the store's expand would, not 4 and 4; also from a pool at weight 0."""
     members = tuple(
         UpstreamView(f"eu-1@127.0.0.{i}:80", "eu", frozenset({"m"}), weight=w, url="http://x")
-        for i, w in ((2, 3.0), (3, 1.0))
+        for i, w in ((2, 3.0), (3, 0.0))
     )
     snap = Snapshot(members, snapshot().regions)
-    after = changed_snapshot(snap, {"eu-1": {"weight": 4.0}}, {"eu-1": 2.0})
+    shares = {"eu-1@127.0.0.2:80": 1.5, "eu-1@127.0.0.3:80": 0.5}
+    after = changed_snapshot(snap, {"eu-1": {"weight": 4.0}}, shares)
     assert [v.weight for v in after.upstreams] == [6.0, 2.0]
     # the pool itself, named by the operator, takes the weight as given
-    plain = changed_snapshot(snapshot(), {"eu-1": {"weight": 4.0}}, {"eu-1": 2.0})
+    plain = changed_snapshot(snapshot(), {"eu-1": {"weight": 4.0}}, shares)
     assert [v.weight for v in plain.upstreams] == [4.0, 1.0]
 
 
