@@ -297,9 +297,16 @@ def render_example_config(model_name: str = "m") -> str:
 def test_the_boot_script_passes_bash_n_and_copies_the_model_when_asked(tmp_path: Path) -> None:
     rc, err, calls = boot(tmp_path, _values(model_s3_uri="s3://models/m/"))
     assert rc == 0, err
+    syntax = subprocess.run(["bash", "-n", str(tmp_path / "user-data.sh")], capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
     assert ["s3", "sync", "--only-show-errors", "s3://models/m/", "/opt/models/m"] in [
         c["args"] for c in calls if c["cmd"] == "aws"
     ]
+    # ...and only then: without model_s3_uri the model is the AMI's or the volume's
+    (tmp_path / "none").mkdir()
+    rc, err, calls = boot(tmp_path / "none", _values(model_s3_uri=""))
+    assert rc == 0, err
+    assert not [c for c in calls if c["cmd"] == "aws" and c["args"][:1] == ["s3"]]
 
 
 def test_the_renderer_matches_terraform(tmp_path: Path) -> None:

@@ -106,6 +106,9 @@ def test_env_overrides(tmp_path: Path) -> None:
         (lambda t: t + '[admin]\ntoken = "t"\ntokens = {admin = "u"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntokens = {"a b" = "t"}\n', "admin.tokens"),
         (lambda t: t + '[log]\nformat = "json"\n', "log.format: Input should be 'text' or 'ecs'"),
+        # The dashboard's origin behind a proxy: scheme and host only.
+        (lambda t: t + '[ops]\npublic_url = "ops.example.com"\n', "ops.public_url"),
+        (lambda t: t + '[ops]\npublic_url = "https://x/dashboard"\n', "ops.public_url"),
         (
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["127.0.0.11", "127.0.0.300"]\n'),
             "regions[0].addresses[1]: '127.0.0.300' is not an IP address",

@@ -169,8 +169,12 @@ def test_files_that_are_not_utf8_are_one_line(
 
 
 def test_an_out_that_is_a_file_is_one_line_before_the_search(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_search(*_: object) -> None:
+        raise AssertionError("searched before --out was checked")
+
+    monkeypatch.setattr("gateway.cli.plan.plan", no_search)
     taken = tmp_path / "taken"
     taken.write_text("")
     err = _plan_error(capsys, str(EXAMPLE), "--out", str(taken))
