@@ -278,6 +278,8 @@ class Metrics:
         )
         self.overloaded = Counter(
             "geogate_overload_rejected",
-            "/v1 requests answered 503 at once because max_streams were in flight",
+            "Requests answered 503 at once: limit=max_streams, /v1 requests over the streams in "
+            "flight; limit=max_connections, any request over the open connections (gateway.h1)",
+            ["limit"],
             registry=r,
         )

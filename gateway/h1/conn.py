@@ -279,7 +279,7 @@ class H1(asyncio.Protocol):
         if limit is not None and (
             len(self.state.connections) > limit or len(self.state.tasks) >= limit
         ):
-            app = refuse.connection_limit_reached(limit)
+            app = refuse.connection_limit_reached(limit, app)
             log.warning("connection limit reached: refused a request from %s", self.client_text())
         self.cycle = cycle
         if self.running is None or self.running.response_complete:

@@ -78,18 +78,27 @@ def refusal(err: GatewayError) -> bytes:
     return STATUS_LINES[status] + head.encode() + body
 
 
-def connection_limit_reached(limit: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def connection_limit_reached(
+    limit: int, app: object
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The app a request gets past ``limit`` open connections (server.max_connections, passed
-    as uvicorn's limit_concurrency)."""
+    as uvicorn's limit_concurrency). An ``app`` with ``over_connection_limit`` (the gateway's,
+    gateway.http.dispatch) answers it itself, counted and with its access line; any other gets
+    the plain JSON 503."""
+    answer: Callable[[Scope, Send, GatewayError], Awaitable[None]] | None = getattr(
+        app, "over_connection_limit", None
+    )
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def refusal(scope: Scope, receive: Receive, send: Send) -> None:
         retry = d.CONNECTION_LIMIT_RETRY_AFTER_S
         err = GatewayOverloaded(
             f"this gateway's connection limit of {limit} open connections was "
             f"reached (server.max_connections); retry in {retry} s",
             retry_after_s=retry,
         )
-        # Closed: a connection over the limit should not stay open.
-        await send_error(send, err, [(b"connection", b"close")])
+        if answer is not None:
+            await answer(scope, send, err)
+        else:  # closed: a connection over the limit should not stay open
+            await send_error(send, err, [(b"connection", b"close")])
 
-    return app
+    return refusal

@@ -19,12 +19,15 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from gateway.errors import GatewayError
 from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.errors import send_error
 
 PROXIED_PREFIX = "/v1/"
 MODELS = "/v1/models"
 MODEL_ONE = "/v1/models/"
 MODEL_METHODS = ("GET", "HEAD")
+CLOSE = ((b"connection", b"close"),)  # a connection over the limit should not stay open
 
 
 def proxied(scope: Scope) -> bool:
@@ -51,3 +54,14 @@ class GatewayApp(Starlette):
             await self.proxy(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    async def over_connection_limit(self, scope: Scope, send: Send, err: GatewayError) -> None:
+        """gateway.h1's answer to a request past ``server.max_connections``, given here so it
+        is counted as the gate's 503s are (``geogate_overload_rejected_total``, and a ``/v1``
+        request's access line and request metrics), its connection closed."""
+        gate = self.proxy
+        gate.rt.metrics.overloaded.labels("max_connections").inc()
+        if proxied(scope):
+            await gate.refuse(scope, send, err, CLOSE)
+        else:  # the gateway's own endpoints (health checks, /metrics): no access line
+            await send_error(send, err, list(CLOSE))

@@ -63,8 +63,8 @@ def capacity(fds: int, max_streams: int, max_connections: int = 0) -> Capacity:
     max_connections = max_connections or max_streams + d.CONNECTION_HEADROOM
     budget = max(0, fds - d.FD_RESERVE)
     # The headroom is kept first, out of the streams, when the descriptors are short: with the
-    # connection limit at the stream limit, the server's own refusal (no access line, no
-    # count) came before this gate's counted 503 (round sixteen's review). A 32nd of the
+    # connection limit at the stream limit, the server's refusal (on granian: its backpressure,
+    # no answer at all) came before this gate's 503 (round sixteen's review). A 32nd of the
     # budget at most (621 connections of 20,000 descriptors, which still hold 9,639 streams),
     # so that a short budget goes to streams first.
     wanted = max(0, max_connections - max_streams)
@@ -103,7 +103,7 @@ class StreamGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.rt.metrics
         if self.in_flight >= self.limit:
-            m.overloaded.inc()
+            m.overloaded.labels("max_streams").inc()
             retry = d.OVERLOAD_RETRY_AFTER_S
             await self.refuse(
                 scope,

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -345,14 +345,21 @@ class Proxy:
         rt.budget.record_request(now)
         ex.status = await forward(rt, ex, receive, send)
 
-    async def refuse(self, scope: Scope, send: Send, err: GatewayError) -> None:
-        """Answer ``err`` before serving (the gate's stream limit), with the access line and
-        the request metrics every answer gets."""
+    async def refuse(
+        self,
+        scope: Scope,
+        send: Send,
+        err: GatewayError,
+        extra: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Answer ``err`` before serving (the gate's stream limit, gateway.h1's connection
+        limit), with the access line and the request metrics every answer gets; ``extra``:
+        more response headers (Connection: close)."""
         heads = read_heads(scope["headers"])
         ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
         ex.status = status_of(err)
         try:
-            await send_error(ex.tracking(send), err, _request_id_header(ex))
+            await send_error(ex.tracking(send), err, [*_request_id_header(ex), *extra])
         finally:
             self._record(ex, self.rt.config)
 

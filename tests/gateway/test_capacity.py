@@ -132,7 +132,7 @@ def test_streams_beyond_max_streams_get_a_fast_503_and_the_rest_finish(tmp_path:
         r = httpx.post(f"{gw.url}/v1/chat/completions", json={**STREAM, "stream": False})
         assert r.status_code == 200
         metrics = httpx.get(f"{gw.ops_url}/metrics").text
-        assert "geogate_overload_rejected_total 1.0" in metrics
+        assert 'geogate_overload_rejected_total{limit="max_streams"} 1.0' in metrics
         # Refused, and still one access line and one request counted, as every answer.
         assert re.search(r'^geogate_requests_total\{code="503",region="-"\} 1\.0$', metrics, re.M)
         rid = over.headers["x-request-id"]

@@ -9,6 +9,7 @@ import asyncio
 import gc
 import http.client
 import json
+import re
 import socket
 import time
 import weakref
@@ -217,6 +218,14 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = read_to_eof(s)  # read to the end: the gateway closes this connection
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            body = json.dumps({"model": "m", "messages": []}).encode()
+            s.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: over-the-limit\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            proxied = read_to_eof(s)
     finally:
         for conn in idle:
             conn.close()
@@ -228,8 +237,17 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     head = answer.partition(b"\r\n\r\n")[0].lower()
     assert b"content-type: application/json" in head and b"connection: close" in head
     assert f"retry-after: {d.CONNECTION_LIMIT_RETRY_AFTER_S}".encode() in head
+    # A /v1 request over the limit: the same answer, with its access line and counted.
+    assert _json_error(proxied)[0] == 503, proxied[:300]
+    assert b"x-request-id: over-the-limit" in proxied.partition(b"\r\n\r\n")[0].lower()
     # With the idle connection gone, there is room again.
     eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert 'geogate_overload_rejected_total{limit="max_connections"} 2.0' in metrics, metrics
+    assert re.search(r'^geogate_requests_total\{code="503",region="-"\} 1\.0$', metrics, re.M)
+    eventually(
+        lambda: '"over-the-limit"' in gw.log_text(), what="the refused request's access line"
+    )
 
 
 def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:

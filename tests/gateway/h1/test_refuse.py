@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from gateway import defaults as d
-from gateway.errors import HeadersTooLarge, HeadTimeout, RequestInvalid
+from gateway.errors import (
+    GatewayError,
+    GatewayOverloaded,
+    HeadersTooLarge,
+    HeadTimeout,
+    RequestInvalid,
+)
 from gateway.h1.refuse import (
     Refused,
     connection_limit_reached,
@@ -69,7 +75,7 @@ def test_past_the_connection_limit_the_app_answers_a_json_503_with_retry_after()
     async def receive() -> dict[str, Any]:
         raise AssertionError("the body is not read")
 
-    app = connection_limit_reached(2)  # server.max_connections
+    app = connection_limit_reached(2, object())  # server.max_connections, an app without the hook
     asyncio.run(app({"type": "http"}, receive, send))  # type: ignore[arg-type]
     start, body = sent
     headers = dict(start["headers"])
@@ -78,3 +84,28 @@ def test_past_the_connection_limit_the_app_answers_a_json_503_with_retry_after()
     err = json.loads(body["body"])["error"]
     assert err["code"] == "gateway_at_capacity"
     assert "connection limit of 2 open connections" in err["message"]
+
+
+def test_past_the_connection_limit_an_app_with_the_hook_answers_itself() -> None:
+    """The gateway's app (gateway.http.dispatch) counts and logs the refusal: h1 hands it the
+    request and the error instead of answering on its own."""
+    got: list[tuple[dict[str, Any], GatewayError]] = []
+
+    class App:
+        async def over_connection_limit(
+            self, scope: dict[str, Any], send: Any, err: GatewayError
+        ) -> None:
+            got.append((scope, err))
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("h1 sent an answer of its own")
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body is not read")
+
+    refusal = connection_limit_reached(3, App())
+    asyncio.run(refusal({"type": "http", "path": "/v1/x"}, receive, send))  # type: ignore[arg-type]
+    [(scope, err)] = got
+    assert scope["path"] == "/v1/x" and isinstance(err, GatewayOverloaded)
+    assert err.retry_after_s == d.CONNECTION_LIMIT_RETRY_AFTER_S
+    assert "connection limit of 3 open connections" in str(err)

@@ -87,13 +87,17 @@ async def test_past_the_limit_a_fast_503_with_retry_after() -> None:
         }
         assert [x.status_code for x in await asyncio.gather(*held)] == [200, 200]
         assert (await c.post("/v1/sleep/0")).status_code == 200  # room again
-    assert rt.metrics.overloaded._value.get() == 1
+    assert _sample(rt, "geogate_overload_rejected_total", {"limit": "max_streams"}) == 1
     assert gate.in_flight == 0
     assert _gauge(rt, "geogate_requests_in_flight") == 0
 
 
 def _gauge(rt: Runtime, name: str) -> float | None:
     return rt.metrics.registry.get_sample_value(name)
+
+
+def _sample(rt: Runtime, name: str, labels: dict[str, str]) -> float | None:
+    return rt.metrics.registry.get_sample_value(name, labels)
 
 
 async def test_drain_waits_for_requests_in_flight_and_serves_new_ones() -> None:
