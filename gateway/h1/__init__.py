@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from gateway.h1.conn import H1
-from gateway.h1.cycle import Pipe
+from gateway.h1.pipe import Pipe
 
 __all__ = ["H1", "Pipe", "capped"]
 

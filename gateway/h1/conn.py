@@ -382,9 +382,9 @@ class H1(asyncio.Protocol):
         self._refuse(refuse.timed_out(self.head_timeout_s))
 
     def _refuse(self, stop: Refused) -> None:
-        """Answer ``stop`` (Connection: close) and close: nothing more is read. Behind a
-        response still going out it would land inside that response: the connection is
-        closed instead, and the request running on it told at once."""
+        """Answer ``stop`` (Connection: close) and close. A running request's own malformed
+        body is the app's to answer (Cycle.refuse); behind a response still going out the
+        answer would land inside it: the connection is closed instead, the request told."""
         log.warning("%s from %s", stop.line, self.client_text())
         self.in_head = False
         if self.head_timer is not None:
@@ -392,7 +392,8 @@ class H1(asyncio.Protocol):
             self.head_timer = None
         running = self.running
         if running is not None and not running.response_complete:
-            self.close_now()
+            if not running.refuse(stop.err):
+                self.close_now()
             return
         if running is not None:
             running.flush_head()  # a response still held goes first

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway.defaults import LINGER_S
+from gateway.h1.pipe import Pipe
 from gateway.http.asgi import CHUNK, Message, Scope
 from gateway.runtime import log
 
@@ -82,6 +83,7 @@ class Cycle:
         "keep_alive",
         "last_written",
         "more_body",
+        "refused",
         "response_complete",
         "response_started",
         "scope",
@@ -106,6 +108,7 @@ class Cycle:
         self._head: bytes | None = None
         self._bodiless = False  # HEAD, 204, 304: body bytes the app sends are not written
         self.last_written = False  # a pipe's owner wrote the last chunk (Pipe.body_ended)
+        self.refused: Exception | None = None  # the request's body was malformed: refuse()
 
     # --- the request's side, fed by the connection ---------------------------------------
     def feed(self, body: bytes) -> bool:
@@ -119,6 +122,17 @@ class Cycle:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def refuse(self, err: Exception) -> bool:
+        """The request's own body could not be parsed (bad chunk framing): if the app has not
+        answered yet, ``receive`` raises ``err`` (a RequestInvalid, which the app answers as
+        any 400, with its access line) and True; no more is read. Else False."""
+        if not self.more_body or self.response_started or self.response_complete:
+            return False
+        self.refused = err
+        self._conn.pause_reading()  # the parser failed: what follows is dropped at the close
+        self.wake()
+        return True
 
     def whole_body(self) -> bytes | None:
         """The whole request body if it is all in and none of it was handed over yet
@@ -145,6 +159,8 @@ class Cycle:
         while not (self.disconnected or self.response_complete) and (
             (self.more_body and not self._body) or (not self.more_body and self._handed_over)
         ):
+            if self.refused is not None:
+                raise self.refused
             conn.resume_reading()
             if self._waiter is None:  # a second receive() waits on the same future
                 self._waiter = conn.loop.create_future()
@@ -344,50 +360,3 @@ class Cycle:
             }
         )
         await self.send({"type": "http.response.body", "body": SERVER_ERROR})
-
-
-class Pipe:
-    """gateway.http.asgi.ClientPipe on this protocol: the transport's own write and is_closing
-    (the cycle's head is out: Cycle.pipe), and the connection as its flow flag."""
-
-    __slots__ = ("_cycle", "_paused_here", "buffered", "flow", "is_closing", "write")
-
-    def __init__(self, conn: Connection, cycle: Cycle) -> None:
-        self.flow = conn
-        self._cycle = cycle
-        self._paused_here = False  # lend() paused the connection's reading
-        transport = conn.transport
-        self.write = transport.write
-        # uvloop raises on a write to a closed transport; the request's task learns of the
-        # loss a loop turn later (the disconnect hook), while upstream reads may still come.
-        # The connection's loss closes the transport before connection_lost runs.
-        self.is_closing = transport.is_closing
-        self.buffered = transport.get_write_buffer_size
-
-    def on_writable(self, callback: Callable[[], None] | None) -> None:
-        self.flow.on_writable = callback
-
-    def lend(self) -> int | None:
-        conn = self.flow
-        transport = conn.transport
-        if transport.is_closing() or transport.get_write_buffer_size():
-            return None
-        if transport.get_extra_info("sslcontext") is not None:
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        self._paused_here = not conn.read_paused
-        conn.pause_reading()
-        return int(sock.fileno())
-
-    def give_back(self) -> None:
-        if self._paused_here:
-            self._paused_here = False
-            self.flow.resume_reading()
-
-    def abort(self) -> None:
-        self.flow.close_now()
-
-    def body_ended(self) -> None:
-        self._cycle.last_written = True

@@ -184,6 +184,45 @@ def test_a_malformed_request_gets_a_json_400(gw: Gateway) -> None:
     assert "malformed HTTP/1.1 request" in str(err["message"])
 
 
+CHUNKED_POST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: %s\r\n"
+    b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "after-a-good-chunk"])
+def test_a_malformed_chunked_body_gets_the_apps_json_400(gw: Gateway, split: bool) -> None:
+    """Bad chunk framing in the running request's own body: the app answers it as any 400,
+    with its access line, not a close with no answer logged as the client leaving (499)."""
+    rid = b"bad-chunks-%d" % split
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        if split:  # a good chunk the app has read first, then the bad size line
+            s.sendall(CHUNKED_POST % rid + b'2\r\n{"\r\n')
+            time.sleep(0.2)
+            s.sendall(b"zz\r\n}\r\n0\r\n\r\n")
+        else:
+            s.sendall(CHUNKED_POST % rid + b"zz\r\n{}\r\n0\r\n\r\n")
+        answer = read_to_eof(s)  # to the end: the connection closes after the answer
+    status, err = _json_error(answer)
+    assert status == 400 and err["code"] == "invalid_request", answer[:300]
+    assert "malformed HTTP/1.1 request" in str(err["message"])
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"connection: close" in head and b"x-request-id: " + rid in head
+    eventually(lambda: _access_line(gw, rid.decode()) is not None, what="the access line")
+    line = _access_line(gw, rid.decode())
+    assert line is not None and line["status"] == 400, line
+    assert "the app raised" not in gw.log_text()
+    assert httpx.get(f"{gw.url}/healthz").status_code == 200  # the worker serves on
+
+
+def _access_line(gw: Gateway, rid: str) -> dict[str, object] | None:
+    for text in gw.log_text().splitlines():
+        if text.startswith("{") and json.loads(text).get("rid") == rid:
+            line: dict[str, object] = json.loads(text)
+            return line
+    return None
+
+
 def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
     """One line per refused head, the gateway's, with the client (uvicorn's protocol logged
     "Invalid HTTP request received." before it: one event, two lines)."""
