@@ -64,6 +64,9 @@ def create_app(
         exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, too
     )
     app.router.default = not_found
+    # Starlette would answer "/v1" or "/healthz/" with a 307 to a Location built from the
+    # request's Host (any client's to choose): a JSON 404 instead, as any other unknown path.
+    app.router.redirect_slashes = False
     return app
 
 

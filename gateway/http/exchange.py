@@ -32,6 +32,9 @@ class Exchange:
     response_started: bool = False  # a byte went out: no failover, no error response
     first_byte_s: float | None = None  # when the response started (seconds after arrival)
     body_bytes: int = 0  # response body bytes sent to the client
+    # The client of a request answered before it was routed (Proxy._record): then ``routed``
+    # does not say, and the access line still names who sent it.
+    client: str | None = None
 
     @property
     def decision(self) -> Decision:
@@ -91,14 +94,14 @@ class Exchange:
                 "method": self.scope["method"],
                 "path": self.scope["path"],
                 "status": self.status,
-                "model": self.model,
+                "model": logged_text(self.model),
                 "region": self.served_region,
                 "upstream": self.upstream,
                 "attempts": self.attempts,
                 "ttfb_ms": _ms(self.first_byte_s),
                 "ms": _ms(self.elapsed_s()),
                 "bytes": self.body_bytes,
-                "client": r.client_text if r else None,
+                "client": r.client_text if r else self.client,
                 "country": r.location.country if r else None,
             }
         )
@@ -125,18 +128,27 @@ class Exchange:
             "http.response.status_code": self.status,
             "http.response.body.bytes": self.body_bytes,
             # None: left out of the line (a request refused before it was routed)
-            "geogate.model": self.model or None,
+            "geogate.model": logged_text(self.model) or None,
             "geogate.region": self.served_region,
             "geogate.upstream": None if self.upstream == "-" else self.upstream,
             "geogate.attempts": self.attempts,
             "geogate.ttfb_ms": _ms(self.first_byte_s),
         }
-        if r is not None:
-            if r.client_text is not None:
-                fields["client.ip"] = r.client_text
-            if r.location.country:
-                fields["client.geo.country_iso_code"] = r.location.country
+        client = r.client_text if r is not None else self.client
+        if client is not None:
+            fields["client.ip"] = client
+        if r is not None and r.location.country:
+            fields["client.geo.country_iso_code"] = r.location.country
         return fields
+
+
+LOGGED_TEXT_MAX = 200  # characters of a client's string (the model) kept in a line or message
+
+
+def logged_text(text: str) -> str:
+    """A client's string cut to LOGGED_TEXT_MAX: a 4 MiB body may name a 4 MiB model, which
+    would otherwise become a 4 MB access line and error message."""
+    return text if len(text) <= LOGGED_TEXT_MAX else text[:LOGGED_TEXT_MAX] + "..."
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -35,13 +35,14 @@ from gateway.http.asgi import (
 )
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
-from gateway.http.exchange import Exchange
+from gateway.http.exchange import Exchange, logged_text
 from gateway.http.headers import request_id
 from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
 from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
+from geodb.clientip import client_ip
 from geodb.edge import HEADER as EDGE_HEADER
 
 
@@ -223,12 +224,12 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
         empty = [u.id for u in rt.config.upstreams if model in u.models and u.discovery != "none"]
         if empty:
             raise NoHealthyUpstream(
-                f"no upstream can serve model {model!r} now: {', '.join(empty)} resolve "
-                f"to no addresses (DNS discovery). Retry in {retry} s",
+                f"no upstream can serve model {logged_text(model)!r} now: {', '.join(empty)} "
+                f"resolve to no addresses (DNS discovery). Retry in {retry} s",
                 retry_after_s=retry,
             )
         raise ModelNotFound(
-            f"model {model!r} is not served by any upstream of this gateway; "
+            f"model {logged_text(model)!r} is not served by any upstream of this gateway; "
             "GET /v1/models lists the models available"
         )
     if decision.outcome is Outcome.NO_CANDIDATE:
@@ -240,7 +241,7 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
             else ""
         )
         raise NoHealthyUpstream(
-            f"no upstream can serve model {model!r} now ({', '.join(why)}).{rule} "
+            f"no upstream can serve model {logged_text(model)!r} now ({', '.join(why)}).{rule} "
             f"Retry in {retry} s",
             retry_after_s=retry,
         )
@@ -377,4 +378,9 @@ class Proxy:
             served = ex.upstream != NOT_SERVED
             self.rt.traffic.request(loc, ex.upstream, ex.model if served else "")
         if config.server.access_log:
+            if ex.routed is None:  # answered before routing: the client as routing sees it
+                peer = ex.scope.get("client")
+                xff = read_heads(ex.scope["headers"]).get(_FORWARDED_FOR, ())
+                ip = client_ip(peer[0] if peer else None, xff, self.rt.trusted)
+                ex.client = str(ip) if ip is not None else None
             ex.log(config.log.format)

@@ -67,6 +67,7 @@ def ops_app(rt: Runtime) -> Starlette | OpsAuth:
         lifespan=dashboard.lifespan,
     )
     app.router.default = not_found
+    app.router.redirect_slashes = False  # as the public app's (gateway.http.app)
     token = rt.config.ops.token
     return OpsAuth(app, token) if token else app
 

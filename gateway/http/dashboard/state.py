@@ -34,7 +34,7 @@ def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str |
     store = rt.store
     h = store.health(v.id)
     if v.drained:
-        return "drained", "drained by an operator"
+        return "drained", _drain_why(rt, v)
     ejected = (
         f"ejected after {h.ejection_cause or 'failed requests'}; back in "
         f"{h.ejected_until - now:.0f} s"
@@ -55,6 +55,22 @@ def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str |
     return "healthy", None
 
 
+def _declared_drain(rt: Runtime, v: UpstreamView) -> bool:
+    """The upstream's own drain flag (``v.drained`` is its own or its region's); a DNS
+    member ("uid@addr") has its upstream's."""
+    uid = v.id.partition("@")[0]
+    return any(u.drained for u in rt.config.upstreams if u.id == uid)
+
+
+def _drain_why(rt: Runtime, v: UpstreamView) -> str:
+    # Which drain holds it says which undrain brings it back: its own, its region's, or both.
+    if not any(r.drained for r in rt.config.regions if r.id == v.region):
+        return "drained by an operator"
+    if _declared_drain(rt, v):
+        return f"drained by an operator, and its region {v.region} too"
+    return f"its region {v.region} is drained"
+
+
 def upstream_row(
     rt: Runtime, v: UpstreamView, rates: list[Tick], ttft: dict[str, list[float]], now: float
 ) -> dict[str, Any]:
@@ -70,6 +86,9 @@ def upstream_row(
         "region": v.region,
         "state": state,
         "why": why,
+        # Its own flag, what its Drain / Undrain button changes (state says drained with
+        # its region's drain too).
+        "drained": _declared_drain(rt, v),
         "models": sorted(v.models),
         "weight": v.weight,
         "bias_ms": v.bias_ms,
@@ -122,6 +141,9 @@ def region_rows(
                 "latitude": r.latitude,
                 "longitude": r.longitude,
                 "state": region_state(ups),
+                # What the region's Drain / Undrain button changes: the region's own flag, or
+                # every upstream drained (a region drained before regions had a flag).
+                "drained": r.drained or (bool(ups) and all(u["drained"] for u in ups)),
                 "upstreams": [u["id"] for u in ups],
                 "rps": round(rps, 2),
                 "error_rate": round(failed / rps, 3) if rps else None,

@@ -139,6 +139,19 @@ def test_unknown_v1_paths_are_answered_here_in_json(
     assert "/v1/load_lora_adapter" not in sim_paths(sim)
 
 
+@pytest.mark.parametrize("path", ["/v1", "/healthz/", "/readyz/"])
+def test_a_near_miss_path_is_a_json_404_not_a_redirect_to_the_clients_host(
+    fleet: tuple[Gateway, Sim], path: str
+) -> None:
+    """Starlette's slash redirect would send the client to a Location made of its own Host."""
+    gw, _ = fleet
+    r = httpx.get(f"{gw.url}{path}", headers={"host": "evil.example"})
+    message = error_of(r.status_code, r.content, 404, "unknown_url")
+    assert "location" not in r.headers and path in message
+    ops = httpx.get(f"{gw.ops_url}/metrics/", headers={"host": "evil.example"})
+    assert ops.status_code == 404 and "location" not in ops.headers
+
+
 def test_json_that_is_not_an_object_or_too_deep_is_400(fleet: tuple[Gateway, Sim]) -> None:
     gw, _ = fleet
     url = f"{gw.url}/v1/chat/completions"
@@ -307,3 +320,42 @@ def test_a_lone_surrogate_in_the_model_is_answered_and_logged(fleet: tuple[Gatew
         what="the access line with the model escaped",
     )
     assert "Traceback" not in gw.log_text()
+
+
+def _line_of(gw: Gateway, rid: str) -> dict[str, object] | None:
+    for line in access_lines(gw):
+        doc: dict[str, object] = json.loads(line)
+        if doc.get("rid") == rid:
+            return doc
+    return None
+
+
+def test_a_request_refused_before_routing_names_its_client_in_the_access_line(
+    fleet: tuple[Gateway, Sim],
+) -> None:
+    """A 400 before the body was read has no routing decision: the line still says who sent it."""
+    gw, _ = fleet
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions", content=b"{not json", headers={"x-request-id": "bad-json"}
+    )
+    assert r.status_code == 400
+    eventually(lambda: _line_of(gw, "bad-json") is not None, what="the access line")
+    line = _line_of(gw, "bad-json")
+    assert line is not None and line["client"] == "127.0.0.1" and line["status"] == 400, line
+
+
+def test_a_huge_model_name_is_cut_short_in_the_answer_and_the_access_line(
+    fleet: tuple[Gateway, Sim],
+) -> None:
+    gw, _ = fleet
+    model = "Z" * 90_000
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": model, "messages": []},
+        headers={"x-request-id": "huge-model"},
+    )
+    message = error_of(r.status_code, r.content, 404, "model_not_found")
+    assert len(r.content) < 1000 and "Z" * 200 + "..." in message
+    eventually(lambda: _line_of(gw, "huge-model") is not None, what="the access line")
+    line = _line_of(gw, "huge-model")
+    assert line is not None and line["model"] == "Z" * 200 + "...", str(line)[:300]

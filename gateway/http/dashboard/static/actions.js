@@ -10,7 +10,9 @@ let asked = 0;       // the newest impact request: an older answer that arrives 
 
 function describe(target) {
   if (target.region) {
-    return `${target.changes.drained ? "Drain" : "Undrain"} every upstream of region ${target.region}?`;
+    if (target.changes.drained) return `Drain every upstream of region ${target.region}?`;
+    // The region's drain only: an upstream an operator drained on its own stays drained.
+    return `Undrain region ${target.region} (upstreams drained on their own stay drained)?`;
   }
   if (target.field === "weight") return `Set the weight of ${target.upstream}`;
   if (target.field === "bias_ms") return `Set the bias of ${target.upstream} (ms)`;

@@ -128,7 +128,8 @@ function render(next) {
 function renderRegions() {
   $("regions").replaceChildren(...state.regions.map((r) => {
     const all = r.upstreams.map((id) => state.upstreams.find((u) => u.id === id));
-    const drained = all.length > 0 && all.every((u) => u?.state === "drained");
+    // The region's own drain (an upstream drained on its own is not the region drained).
+    const drained = r.drained ?? (all.length > 0 && all.every((u) => u?.state === "drained"));
     return h("div", { class: `region-card ${r.state}`, "data-region": r.id, "data-state": r.state },
       h("div", { class: "row" },
         h("span", { class: "name" }, r.id), h("span", { class: "muted" }, r.name),
@@ -154,7 +155,8 @@ function votes(u) {
 
 function renderUpstreams() {
   const rows = state.upstreams.map((u) => {
-    const drained = u.state === "drained";
+    // Its own drain: the state also says drained when its region is.
+    const drained = u.drained ?? u.state === "drained";
     return h("tr", { class: `state-${u.state}`, "data-upstream": u.id, "data-state": u.state },
       h("td", {}, h("b", {}, u.id), h("div", { class: "muted small" }, u.region)),
       h("td", {}, h("span", { class: `badge ${u.state}` }, u.state),

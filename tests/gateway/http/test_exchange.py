@@ -1,0 +1,25 @@
+"""gateway.http.exchange: what the access line says of a request refused before routing."""
+
+from __future__ import annotations
+
+from gateway.http.exchange import LOGGED_TEXT_MAX, Exchange, logged_text
+
+
+def _refused() -> Exchange:
+    scope = {"method": "POST", "path": "/v1/chat/completions", "http_version": "1.1"}
+    ex = Exchange("rid-1", scope, 0.0, model="m" * 5000, status=400)
+    ex.client = "203.0.113.7"
+    return ex
+
+
+def test_ecs_fields_name_the_client_of_an_unrouted_request_and_cut_the_model() -> None:
+    fields = _refused().ecs_fields()
+    assert fields["client.ip"] == "203.0.113.7"
+    assert "client.geo.country_iso_code" not in fields  # not located: not routed
+    assert fields["geogate.model"] == "m" * LOGGED_TEXT_MAX + "..."
+
+
+def test_logged_text_keeps_a_short_string_as_it_is() -> None:
+    assert logged_text("gpt-4o") == "gpt-4o"
+    assert logged_text("x" * LOGGED_TEXT_MAX) == "x" * LOGGED_TEXT_MAX
+    assert logged_text("x" * (LOGGED_TEXT_MAX + 1)) == "x" * LOGGED_TEXT_MAX + "..."
