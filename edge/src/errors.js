@@ -24,7 +24,8 @@ const CODES = {
  */
 export function errorResponse(code, message, headers = {}) {
   const [status, type] = CODES[code];
-  return new Response(JSON.stringify({ error: { message, type, code } }), {
+  // param: null, as OpenAI's own errors carry it (the edge's errors name no parameter).
+  return new Response(JSON.stringify({ error: { message, type, param: null, code } }), {
     status,
     headers: { "content-type": "application/json", ...headers },
   });

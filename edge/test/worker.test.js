@@ -27,7 +27,7 @@ function fallback(urls) {
 async function errorOf(resp) {
   assert.equal(resp.headers.get("content-type"), "application/json");
   const doc = await resp.json();
-  assert.deepEqual(Object.keys(doc.error).sort(), ["code", "message", "type"]);
+  assert.deepEqual(Object.keys(doc.error).sort(), ["code", "message", "param", "type"]);
   return doc.error;
 }
 
@@ -67,6 +67,7 @@ describe("every gateway unreachable, on a cold start", () => {
     assert.equal(resp.status, 502);
     const err = await errorOf(resp);
     assert.equal(err.code, "upstream_failed");
+    assert.equal(err.param, null); // as OpenAI's errors carry it
     const order = [...err.message.matchAll(/(eu-central|us-east|ap-southeast) \(connect error/g)];
     assert.deepEqual(
       order.map((m) => m[1]),

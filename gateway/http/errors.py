@@ -57,7 +57,8 @@ def status_of(err: e.GatewayError) -> int:
 
 def error_body(err: e.GatewayError) -> dict[str, Any]:
     _, type_, code = _row(err)
-    return {"error": {"message": err.message, "type": type_, "code": code}}
+    # "param": null as OpenAI's own errors carry it (the gateway's errors name no parameter).
+    return {"error": {"message": err.message, "type": type_, "param": None, "code": code}}
 
 
 def error_headers(err: e.GatewayError) -> dict[str, str]:
@@ -93,6 +94,12 @@ async def http_exception(request: Request, exc: Exception) -> Response:
         return json_error(
             e.MethodNotAllowed(f"{where} is not allowed; use {', '.join(allow)}", allow)
         )
-    body = {"error": {"message": f"{where}: {exc.detail}", "type": "invalid_request_error"}}
-    body["error"]["code"] = f"http_{exc.status_code}"
+    body: dict[str, dict[str, str | None]] = {
+        "error": {
+            "message": f"{where}: {exc.detail}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": f"http_{exc.status_code}",
+        }
+    }
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)

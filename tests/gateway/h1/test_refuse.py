@@ -37,6 +37,7 @@ def test_a_refusal_is_a_whole_json_response_that_closes() -> None:
     assert err == {
         "message": "too many headers",
         "type": "invalid_request_error",
+        "param": None,
         "code": "request_headers_too_large",
     }
 

@@ -74,7 +74,8 @@ def post_head(path: bytes, length: int) -> bytes:
 def error_of(status: int, body: bytes, want: int, code: str) -> str:
     assert status == want, body
     err = json.loads(body)["error"]
-    assert set(err) == {"message", "type", "code"} and err["code"] == code, err
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, err
+    assert err["param"] is None  # as OpenAI's errors carry it
     return str(err["message"])
 
 

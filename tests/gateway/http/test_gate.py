@@ -83,6 +83,7 @@ async def test_past_the_limit_a_fast_503_with_retry_after() -> None:
             "message": "this gateway is serving its maximum of 2 concurrent requests "
             "(server.max_streams); retry in 1 s",
             "type": "service_unavailable",
+            "param": None,
             "code": "gateway_at_capacity",
         }
         assert [x.status_code for x in await asyncio.gather(*held)] == [200, 200]

@@ -257,7 +257,7 @@ def test_request_id_generated_and_logged(fleet: tuple[Gateway, dict[str, Sim]]) 
 def assert_openai_error(r: httpx.Response, status: int, code: str, *words: str) -> str:
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type", "code"}
+    assert set(err) == {"message", "type", "param", "code"}
     assert err["code"] == code
     for w in words:
         assert w in err["message"], err["message"]
