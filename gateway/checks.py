@@ -9,7 +9,7 @@ import ipaddress
 import re
 import ssl
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pycountry
 
@@ -24,6 +24,12 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 # "/v1/" and segments of unreserved characters, none starting with "." (no dot-segments).
 API_PATH = re.compile(r"/v1(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
+# A URL's scheme and "//" (group 1) and its authority (group 2), as urlsplit finds them.
+URL_AUTHORITY = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)([^/?#]*)")
+QUERY_PASSWORD = re.compile(r"([?&])(password=)[^&#]*", re.IGNORECASE)
+# Not in a URL's host (RFC 3986): "|" also separates a member's name from its address in
+# gateway.routing.members, and a quote would break out of a zone file's string.
+NOT_IN_HOST = frozenset("|<>\"'{}\\^`")
 
 
 def network(cidr: str) -> str:
@@ -69,15 +75,80 @@ def continent_code(code: str) -> str:
     raise ValueError(f"not a continent code{said}: one of {codes}")
 
 
+def _http_url(url: str) -> SplitResult:
+    """``url`` split, when it is an http:// or https:// URL the gateway can dial: checked here,
+    a bad port or host is a one-line error at load, not a ValueError traceback where the URL
+    is first used (the member's port, the DNS export's health check)."""
+    if not url.startswith(("http://", "https://")):
+        if url[:8].lower().startswith(("http://", "https://")):
+            raise ValueError("use http:// or https:// in lower case")
+        raise ValueError("use http:// or https:// (such as http://host:8000)")
+    # urlsplit drops tabs and line breaks and keeps spaces: a URL with either would be one
+    # URL in the config and another (or a broken request line) on the wire.
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("it has a space or control character: percent-encode it (%20)")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "[::1:80" (a bracket left open), "[x]" (no IPv6 address in brackets)
+        raise ValueError(
+            "not a valid host (an IPv6 address goes in brackets: [::1]:8000)"
+        ) from None
+    try:
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        port = 0
+    if not parts.hostname:
+        raise ValueError("needs a host (such as http://host:8000)")
+    if NOT_IN_HOST.intersection(parts.hostname):
+        raise ValueError(f"not a valid host: {parts.hostname!r}")
+    # 0 or "host:" (no digits): dialled at port 80 or 443 (members.default_port), unsaid.
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("port must be a number from 1 to 65535")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError("it has a query or fragment (? or #): give the URL without them")
+    return parts
+
+
 def upstream_url(url: str) -> str:
+    """An upstream's base URL. Its user:password, if any, is sent as Basic auth
+    (gateway.client.pool): allowed here, unlike in a region's URL."""
+    parts = _http_url(url)
     # OpenAI clients are configured with ".../v1"; an upstream is not: the client's path
     # (/v1/chat/completions) is appended to it, and ".../v1/v1/..." is a 404 everywhere.
-    if urlsplit(url).path.rstrip("/").endswith("/v1"):
+    if parts.path.rstrip("/").endswith("/v1"):
         raise ValueError(
             "ends in /v1: give the server's root (e.g. http://host:8000); the gateway "
             "appends the client's path, /v1/... included"
         )
     return url
+
+
+def region_url(url: str) -> str:
+    """Empty, or the region gateway's public URL: the edge Worker proxies to it and GeoDNS
+    checks its url + /readyz (gateway.dns), where a bad port was a traceback and anything
+    else went into the zone as it was."""
+    if url and "@" in _http_url(url).netloc:
+        raise ValueError(
+            "a public URL carries no credentials: GeoDNS health checks send none, and the "
+            "exported zone would show them"
+        )
+    return url
+
+
+def listen_host(host: str) -> str:
+    # The servers bind every interface for an empty host, and an empty variable
+    # (GEOGATE_SERVER__HOST= in a compose file) is easily set by mistake: said, not silent.
+    if not host.strip():
+        raise ValueError(
+            "empty: use 0.0.0.0 to listen on all interfaces (127.0.0.1: this machine only)"
+        )
+    return host
+
+
+def model_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError('empty model name: clients ask for a model by its name ("model": ...)')
+    return name
 
 
 def api_path(path: str) -> str:
@@ -213,16 +284,20 @@ def _check_redis_url(url: str) -> None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password masked (``redis://:****@host``), for messages and logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hosts = netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        netloc = f"{user}:****@{hosts}" if colon else f"{user}@{hosts}"
-    query = "&".join(
-        "password=****" if kv.lower().startswith("password=") else kv
-        for kv in parts.query.split("&")
-    )
+    """``url`` with its password masked (``redis://:****@host``), for messages and logs, and
+    the rest as given. By regex, not urlsplit: urlsplit raises ValueError on a bad host
+    ("http://[::1:80", the URL a config error is about), lower-cases the scheme and drops
+    line breaks, and a message must show the URL as the operator wrote it."""
+
+    def mask(m: re.Match[str]) -> str:
+        netloc = m.group(2)
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}:****@{hosts}" if colon else f"{user}@{hosts}"
+        return m.group(1) + netloc
+
+    masked = URL_AUTHORITY.sub(mask, url, count=1)
+    masked = QUERY_PASSWORD.sub(r"\1\2****", masked)
     # What did not parse as user:password@host (a "redis:/:pw@host" typo) is masked too.
-    return re.sub(r":[^:@/]*@", ":****@", parts._replace(netloc=netloc, query=query).geturl())
+    return re.sub(r":[^:@/]*@", ":****@", masked)

@@ -12,6 +12,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -22,12 +24,23 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 CountryCode = Annotated[str, AfterValidator(checks.country_code)]
 ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
+ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
 
 
 class _Model(BaseModel):
     # No NaN or infinity anywhere (TOML has both): a NaN weight or bias poisons every score
     # it touches, and an infinite timeout is no timeout.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
+        # Lax mode takes TOML's true as 1 (port = true: port 1). Text still passes: environment
+        # overrides arrive as "9000".
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("a number, not true or false")
+        return value
 
 
 class Region(_Model):
@@ -37,16 +50,20 @@ class Region(_Model):
     longitude: float = Field(ge=-180, le=180)
     # The region gateway's public URL (e.g. https://eu-central.api.example.com): the edge
     # Worker proxies to it, and GeoDNS checks its /readyz.
-    url: str = ""
+    url: Annotated[str, AfterValidator(checks.region_url)] = ""
     # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
     addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
+    # The region's own drain, apart from each upstream's: undraining the region must not
+    # undrain an upstream an operator drained on its own. An upstream is routable only when
+    # neither is set.
+    drained: bool = False
 
 
 class Upstream(_Model):
     id: str = Field(min_length=1)
     region: str
-    url: Annotated[str, Field(pattern=r"^https?://[^/]+"), AfterValidator(checks.upstream_url)]
-    models: tuple[str, ...] = Field(min_length=1)
+    url: Annotated[str, AfterValidator(checks.upstream_url)]
+    models: tuple[Annotated[str, AfterValidator(checks.model_name)], ...] = Field(min_length=1)
     # The same bounds as the admin API's (fleet.config_doc): file and API agree.
     weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
     bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
@@ -61,6 +78,14 @@ class Upstream(_Model):
     # record `srv` gives hosts and ports. Each address becomes a member "<id>@<addr>:<port>".
     discovery: Literal["none", "dns", "srv"] = "none"
     srv: str = ""
+
+    @model_validator(mode="after")
+    def _each_model_once(self) -> Upstream:
+        # A typo'd copy of a name is the usual cause; the other name was probably meant.
+        twice = next((m for i, m in enumerate(self.models) if m in self.models[:i]), None)
+        if twice is not None:
+            raise ValueError(f"models: {twice!r} is listed twice")
+        return self
 
     @model_validator(mode="after")
     def _srv_name(self) -> Upstream:
@@ -103,7 +128,7 @@ class GatewaySection(_Model):
 
 
 class ServerSection(_Model):
-    host: str = d.HOST
+    host: ListenHost = d.HOST
     port: int = Field(default=d.PORT, ge=0, le=65535)
     workers: int = Field(default=d.WORKERS, ge=1)
     engine: Literal["uvicorn", "granian", "hypercorn"] = "uvicorn"
@@ -284,7 +309,7 @@ class AdminSection(_Model):
 class OpsSection(_Model):
     """The ops listener (gateway.http.ops); ``token`` guards all but /admin/*."""
 
-    host: str = d.OPS_HOST
+    host: ListenHost = d.OPS_HOST
     port: int = Field(default=d.OPS_PORT, ge=0, le=65535)  # 0: no ops listener
     token: str = ""
     # The dashboard's address as browsers see it behind a proxy that terminates TLS (e.g.

@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -52,6 +52,19 @@ def _key_path(name: str) -> list[str]:
     return path
 
 
+def _is_list(path: list[str]) -> bool:
+    """Whether the schema has a list (a TOML array of values or tables) at ``path``."""
+    model: Any = Config
+    kind: Any = None
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        kind = field.annotation
+        model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return get_origin(kind) in (tuple, list)
+
+
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
     """Apply overrides in place; returns key path -> variable name, for error messages."""
     origins: dict[str, str] = {}
@@ -66,10 +79,20 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config error in {name}: not valid JSON: {exc.msg}") from exc
         node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"config error in {name}: {'.'.join(path)} is not a table")
+        for i, part in enumerate(path[:-1]):
+            above = path[: i + 1]
+            child = node.get(part)
+            # A list's items have no names to override one by one (upstreams.0.weight).
+            if isinstance(child, list) or (child is None and _is_list(above)):
+                whole = ENV_PREFIX + "__".join(above).upper()
+                raise ConfigError(
+                    f"config error in {name}: {'.'.join(above)} is a list: override it whole "
+                    f"as JSON ({whole}='[...]')"
+                )
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"config error in {name}: {'.'.join(above)} is not a table")
             node = child
         node[path[-1]] = value
         origins[".".join(path)] = name
@@ -123,6 +146,12 @@ def parse_config(
         first = errors[0]
         key = _loc(first["loc"])
         where = _origin(origins, key, source)
+        if where == source:
+            # A check across keys (a section's, or the whole config's: key "") that overrides
+            # took part in: the file alone may be right, so they are named too.
+            applied = [n for p, n in origins.items() if not key or p.startswith(f"{key}.")]
+            if applied:
+                where = f"{source} with {', '.join(applied)}"
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
@@ -163,7 +192,8 @@ def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark (as some Windows editors save UTF-8) is not TOML's.
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:  # TOML is UTF-8 (a file saved as Latin-1 or UTF-16, say)

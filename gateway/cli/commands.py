@@ -6,8 +6,10 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
 from typing import Any
 
+from gateway.checks import redis_url
 from gateway.cli.errors import CLIError
 from gateway.config import Config
 from gateway.config_file import load_config
@@ -19,6 +21,13 @@ def gateway(args: argparse.Namespace) -> None:
     from gateway import server
     from gateway.runtime import build_runtime, setup_logging
 
+    if args.redis:
+        # Checked here, so that a bad one is said as the flag given, not as the variable it
+        # becomes (GEOGATE_REDIS__URL); the message masks its password.
+        try:
+            redis_url(args.redis)
+        except ValueError as exc:
+            raise CLIError(f"--redis {exc}") from None
     setup_logging()
     if args.redis:
         # An override like any other: worker processes read it from the environment too.
@@ -26,7 +35,20 @@ def gateway(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     setup_logging(config.log)
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: ignored still
+        signal.signal(signal.SIGHUP, _hup_drains)  # forked workers inherit it
     server.run(config, args.config)
+
+
+def _hup_drains(_sig: int, _frame: object) -> None:
+    """geogate has no reload (routing changes go through the admin API, or the fleet's
+    Redis): SIGHUP (a closed terminal, or a reload out of habit) drains and stops as SIGTERM
+    does, said in the log, instead of Python's default, which ends the process at once with
+    every stream cut."""
+    from gateway.runtime import log
+
+    log.warning("SIGHUP: geogate has no reload; draining and stopping as on SIGTERM")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _route(

@@ -16,7 +16,6 @@ import ipaddress
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.defaults import DNS_READY_PATH
@@ -83,9 +82,8 @@ def answered(order: Order, addrs: Mapping[str, object]) -> Order:
 
 
 def health_url(region_url: str) -> str:
-    parts = urlsplit(region_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("is not an http:// or https:// URL with a host")
+    """The region gateway's /readyz. ``region_url`` is one the config took: an http(s) URL
+    with a host and a valid port, and no query (checks.region_url)."""
     return region_url.rstrip("/") + DNS_READY_PATH
 
 
@@ -101,10 +99,7 @@ def entries(config: Config) -> dict[str, Entry]:
                 f"{where}: addresses without url: GeoDNS checks each region's health at its "
                 f"url + {DNS_READY_PATH}; set url to the region gateway's public URL"
             )
-        try:
-            out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: url {r.url!r} {exc}") from None
+        out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
     if not out:
         raise ConfigError(
             "no region has addresses: set regions[].addresses (the IPs of each region's "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,15 @@ from gateway import checks
         ("redis://127.0.0.1", "redis://127.0.0.1"),
         ("redis:/:hunter2@127.0.0.1", "redis:/:****@127.0.0.1"),  # a typo is masked too
         ("redis://:pa:ss@127.0.0.1", "redis://:****@127.0.0.1"),
+        # What urlsplit refuses (a bracket left open, no IPv6 address in brackets) is masked
+        # too: the message about the bad URL must not be a traceback instead.
+        ("http://[::1:21713", "http://[::1:21713"),
+        ("http://u:hunter2@[::1:21713/x", "http://u:****@[::1:21713/x"),
+        ("http://:hunter2@[x]:1", "http://:****@[x]:1"),
+        ("http://[x]:1/?password=hunter2", "http://[x]:1/?password=****"),
+        # Shown as given: "HTTP://" is not "http://" in a message about its case.
+        ("HTTP://u:hunter2@127.0.0.1:80", "HTTP://u:****@127.0.0.1:80"),
+        ("http://127.0.0.1:80/a\r\nb", "http://127.0.0.1:80/a\r\nb"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
@@ -101,3 +111,72 @@ def test_is_decimal_is_what_int_reads_as_a_plain_count(text: str, most: int, ok:
     assert checks.is_decimal(text, most) is ok
     if ok:
         assert int(text) >= 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000",
+        "https://llm.internal",
+        "http://[::1]:8000/",
+        "https://user:pw@llm.internal:8443/base",  # credentials: sent as Basic auth
+        "http://127.0.0.1:65535/prefix/",
+    ],
+)
+def test_good_upstream_urls(url: str) -> None:
+    assert checks.upstream_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:99999", "port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:abc", "port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:0", "port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:", "port must be a number from 1 to 65535"),
+        ("http://127.0.0.1:80\r\nX: y", "a space or control character"),
+        ("http://127.0.0.1 :80", "a space or control character"),
+        ("http://127.0.0.1:80/a b", "a space or control character"),
+        ("http://127.0.0.1:80/?a=b", "a query or fragment"),
+        ("http://127.0.0.1:80/#x", "a query or fragment"),
+        ("HTTP://127.0.0.1:80", "use http:// or https:// in lower case"),
+        ("ftp://127.0.0.1", "use http:// or https://"),
+        ("127.0.0.1:8000", "use http:// or https://"),
+        ("http://:80", "needs a host"),
+        ("http://", "needs a host"),
+        ("http://[::1:80", "not a valid host"),
+        ("http://[x]:1", "not a valid host"),
+        ("http://a|b:80", "not a valid host"),
+        ("http://127.0.0.1:8000/v1", "ends in /v1"),
+    ],
+)
+def test_bad_upstream_urls_say_why(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        checks.upstream_url(url)
+
+
+def test_region_urls_are_empty_or_public_http_urls() -> None:
+    for good in ("", "https://eu.api.example.com", "http://127.0.0.11:8080/", "https://x/gw"):
+        assert checks.region_url(good) == good
+    for bad, message in [
+        ("not a url", "use http:// or https://"),
+        ("https://eu.example.com:99999/x", "port must be a number from 1 to 65535"),
+        ("ftp://127.0.0.11", "use http:// or https://"),
+        ("http://", "needs a host"),
+        ("https://eu.example.com/?x=1", "a query or fragment"),
+        ('https://eu"x.example.com/', "not a valid host"),
+        ("https://u:pw@eu.example.com", "no credentials"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            checks.region_url(bad)
+
+
+def test_listen_hosts_and_model_names_are_never_empty() -> None:
+    assert checks.listen_host("0.0.0.0") == "0.0.0.0"
+    for bad in ("", " "):
+        with pytest.raises(ValueError, match=r"use 0\.0\.0\.0 to listen on all interfaces"):
+            checks.listen_host(bad)
+    assert checks.model_name("llama-3.1-8b-instruct") == "llama-3.1-8b-instruct"
+    for bad in ("", "  "):
+        with pytest.raises(ValueError, match="empty model name"):
+            checks.model_name(bad)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway import defaults
+from gateway.cli import commands
+from gateway.cli.errors import CLIError
 from gateway.config_file import load_config
 from gateway.errors import ConfigError
 from tests.support import self_signed_cert
@@ -161,6 +165,52 @@ def test_env_overrides(tmp_path: Path) -> None:
         (
             lambda t: t + '[server]\nworkers = 4\nengine = "hypercorn"\n',
             'server.workers = 4 with server.engine = "hypercorn": hypercorn runs one worker here',
+        ),
+        # An upstream's URL the gateway could not dial: said at load, not a traceback at start.
+        (
+            lambda t: t.replace(":9000", ":99999"),
+            "upstreams[0].url: port must be a number from 1 to 65535 (got "
+            "'http://127.0.0.1:99999')",
+        ),
+        (lambda t: t.replace(":9000", ":abc"), "upstreams[0].url: port must be a number"),
+        (lambda t: t.replace(":9000", ":9000\\r\\nX: y"), "upstreams[0].url: it has a space"),
+        (lambda t: t.replace(":9000", ":9000/a b"), "upstreams[0].url: it has a space"),
+        (lambda t: t.replace(":9000", ":9000/?key=x"), "upstreams[0].url: it has a query"),
+        (lambda t: t.replace(":9000", ":9000#x"), "upstreams[0].url: it has a query"),
+        (
+            lambda t: t.replace('"http://127', '"HTTP://127'),
+            "use http:// or https:// in lower case (got 'HTTP://127.0.0.1:9000')",
+        ),
+        (lambda t: t.replace("127.0.0.1:9000", "[::1:9000"), "upstreams[0].url: not a valid"),
+        (
+            lambda t: t.replace("127.0.0.1:9000", "u:hunter2@[x]:1"),
+            "upstreams[0].url: not a valid host (an IPv6 address goes in brackets: [::1]:8000) "
+            "(got 'http://u:****@[x]:1')",
+        ),
+        # A listener on every interface is said as such, never an empty value.
+        (lambda t: t + '[server]\nhost = ""\n', "server.host: empty: use 0.0.0.0 to listen"),
+        (lambda t: t + '[ops]\nhost = ""\n', "ops.host: empty: use 0.0.0.0 to listen"),
+        # A region's URL is checked at load, not by geogate dns export's traceback.
+        (
+            lambda t: t.replace("8.68\n", '8.68\nurl = "not a url"\n'),
+            "regions[0].url: use http:// or https://",
+        ),
+        (
+            lambda t: t.replace("8.68\n", '8.68\nurl = "https://eu.example.com:99999/x"\n'),
+            "regions[0].url: port must be a number from 1 to 65535",
+        ),
+        # TOML's true is no number (pydantic's lax mode would take it as 1).
+        (lambda t: t + "[server]\nport = true\n", "server.port: a number, not true or false"),
+        (lambda t: t + "[server]\nmax_body_bytes = true\n", "server.max_body_bytes: a number"),
+        (lambda t: t + "weight = true\n", "upstreams[0].weight: a number, not true or false"),
+        (lambda t: t + "[timeouts]\nconnect_s = false\n", "timeouts.connect_s: a number"),
+        (
+            lambda t: t.replace('models = ["m"]', 'models = ["m", ""]'),
+            "upstreams[0].models[1]: empty model name",
+        ),
+        (
+            lambda t: t.replace('models = ["m"]', 'models = ["m", "n", "m"]'),
+            "upstreams[0]: models: 'm' is listed twice",
         ),
     ],
 )
@@ -335,3 +385,62 @@ def test_an_error_inside_a_json_override_names_its_variable_and_hides_credential
     msg = str(info.value)
     assert msg.startswith("config error in GEOGATE_UPSTREAMS: upstreams[0].url: ends in /v1"), msg
     assert "s3cret-key" not in msg and "bob:****@127.0.0.1" in msg
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())  # as Windows editors save UTF-8
+    assert load_config(path, env={}).gateway.region == "eu-central"
+
+
+def test_an_env_override_into_a_list_says_to_give_the_list_whole(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_UPSTREAMS__0__WEIGHT": "-1"})
+    assert str(info.value) == (
+        "config error in GEOGATE_UPSTREAMS__0__WEIGHT: upstreams is a list: override it "
+        "whole as JSON (GEOGATE_UPSTREAMS='[...]')"
+    )
+    # The same without upstreams in the file: the schema says it is a list.
+    no_upstreams = GOOD.partition("[[upstreams]]")[0]
+    with pytest.raises(ConfigError, match=r"upstreams is a list: override it whole as JSON"):
+        load_config(write(tmp_path, no_upstreams), env={"GEOGATE_UPSTREAMS__0__WEIGHT": "-1"})
+    with pytest.raises(ConfigError, match=r"in GEOGATE_SERVER__PORT__X: server\.port is not a"):
+        load_config(
+            write(tmp_path, GOOD + "[server]\nport = 1\n"), env={"GEOGATE_SERVER__PORT__X": "1"}
+        )
+
+
+def test_numbers_from_the_environment_are_still_taken_as_text(tmp_path: Path) -> None:
+    env = {"GEOGATE_SERVER__MAX_BODY_BYTES": "1024", "GEOGATE_UPSTREAMS": (
+        '[{"id": "u", "region": "eu-central", "url": "http://127.0.0.1:1", "models": ["m"],'
+        ' "weight": "2.5"}]'
+    )}  # fmt: skip
+    cfg = load_config(write(tmp_path, GOOD), env=env)
+    assert (cfg.server.max_body_bytes, cfg.upstreams[0].weight) == (1024, 2.5)
+    with pytest.raises(ConfigError, match=r"GEOGATE_SERVER__PORT: server\.port"):
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_SERVER__PORT": "true"})
+
+
+def test_an_error_across_keys_names_the_variables_that_were_applied(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '[admin]\ntoken = "t"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"GEOGATE_SERVER__WORKERS": "2", "GEOGATE_LOG__LEVEL": "info"})
+    assert str(info.value).startswith(
+        f"config error in {path} with GEOGATE_LOG__LEVEL, GEOGATE_SERVER__WORKERS: "
+        "server.workers = 2 with the admin API on needs redis.url"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_LOAD__POLL_INTERVAL_S": "5"})
+    assert str(info.value).startswith(
+        f"config error in {path} with GEOGATE_LOAD__POLL_INTERVAL_S: load: max_age_s (2)"
+    )
+
+
+def test_a_bad_redis_flag_is_named_as_the_flag(tmp_path: Path) -> None:
+    args = argparse.Namespace(config=write(tmp_path, GOOD), redis="http://:hunter2@127.0.0.1:1")
+    with pytest.raises(CLIError) as info:
+        commands.gateway(args)
+    assert str(info.value) == "--redis http://:****@127.0.0.1:1: use redis://, rediss://, " + (
+        "unix:// or redis+sentinel://"
+    )
+    assert "GEOGATE_REDIS__URL" not in os.environ

@@ -181,6 +181,26 @@ def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine:
         sim.proc.kill()
 
 
+def test_sighup_drains_and_stops_as_sigterm_does(tmp_path: Path) -> None:
+    """No reload to run: a HUP (a closed terminal, a reload out of habit) is not the default
+    death with every stream cut."""
+    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5")
+    try:
+        lines: list[str] = []
+        t = _stream_in_thread(gw.url, lines, tokens=10)
+        eventually(lambda: bool(lines), what="the stream to start")
+        gw.proc.send_signal(signal.SIGHUP)
+        t.join(15)
+        assert "data: [DONE]" in lines, lines[-3:]  # the stream in flight finished
+        assert gw.proc.wait(10) == 0
+        log = gw.log_text()
+        assert "SIGHUP: geogate has no reload; draining and stopping as on SIGTERM" in log
+        assert "drained: no request in flight" in log
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: str) -> None:
     gw, sim = start_fleet(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from collections.abc import Mapping
 
 import pytest
+from pydantic import ValidationError
 
 from gateway.dns.tables import compute, entries, health_url
 from gateway.errors import ConfigError
@@ -102,20 +104,31 @@ def test_only_regions_with_addresses_are_answered() -> None:
     assert compute(cfg, entries(cfg)).order_for("US", "NA") == (EU, AP)
 
 
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"url": ""}, "regions[0] (eu-central): addresses without url"),
-        ({"url": "ftp://127.0.0.11"}, "regions[0] (eu-central): url 'ftp://127.0.0.11' is not"),
-        ({"url": "http://"}, "is not an http:// or https:// URL with a host"),
-    ],
-)
-def test_bad_entries_are_one_line(change: dict[str, str], message: str) -> None:
+def test_an_entry_without_a_url_is_one_line() -> None:
     regions = region_tables()
-    regions[0].update(change)
+    regions[0]["url"] = ""
     with pytest.raises(ConfigError) as info:
         entries(dns_config(regions=regions))
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert "regions[0] (eu-central): addresses without url" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://127.0.0.11", "use http:// or https://"),
+        ("http://", "needs a host"),
+        ("not a url", "use http:// or https://"),
+        # Route 53's health check reads the port: it was a traceback at export.
+        ("https://eu.example.com:99999/x", "port must be a number from 1 to 65535"),
+        ("https://eu.example.com/?x=1", "it has a query or fragment"),
+    ],
+)
+def test_a_region_url_dns_could_not_check_is_refused_at_load(url: str, message: str) -> None:
+    regions = region_tables({EU: url})
+    with pytest.raises(ValidationError, match=re.escape(message)) as info:
+        dns_config(regions=regions)
+    assert info.value.errors()[0]["loc"] == ("regions", 0, "url")
 
 
 def test_no_addresses_anywhere_says_what_to_set() -> None:
