@@ -319,7 +319,7 @@ class Cycle:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 log.info("request cancelled (the server's graceful stop timed out)")
-            else:
+            elif not getattr(exc, "logged", False):  # the app said why (StreamAborted)
                 log.error("the app raised while answering a request", exc_info=exc)
             if not self.response_started and not self.disconnected:
                 await self._server_error()

@@ -66,6 +66,10 @@ class ClientGone(Exception):
 class StreamAborted(Exception):
     """The upstream failed after bytes reached the client: the response must be cut."""
 
+    # Logged by the proxy, with the request id, before it is raised on for the server to cut
+    # the response: gateway.h1's Cycle.run logs no traceback for it (it is no bug).
+    logged = True
+
 
 async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> int:
     """Run the attempts while watching for the client to leave; cancel them if it does.

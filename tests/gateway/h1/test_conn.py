@@ -9,6 +9,7 @@ import asyncio
 import gc
 import http.client
 import json
+import logging
 import re
 import socket
 import time
@@ -462,6 +463,31 @@ def test_a_response_cut_mid_way_never_reads_as_whole(version: str) -> None:
             assert b"transfer-encoding: chunked" in got and not got.endswith(b"0\r\n\r\n")
 
     _on_protocol(case, keepalive_s=5, app=_cut_app)
+
+
+class _Said(Exception):
+    logged = True  # as gateway.http.upstream.StreamAborted: the app logged why itself
+
+
+@pytest.mark.parametrize("said", [False, True], ids=["a-bug", "a-cut-the-app-logged"])
+def test_a_cut_the_app_logged_itself_is_no_error_with_a_traceback(
+    said: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise _Said("cut") if said else RuntimeError("a bug")
+
+    async def case(port: int, state: ServerState) -> None:
+        got, _ = await _exchange(port, b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"partial" in got and not got.endswith(b"0\r\n\r\n")  # cut either way
+
+    with caplog.at_level(logging.INFO):
+        _on_protocol(case, keepalive_s=5, app=app)
+    raised = [r for r in caplog.records if "the app raised" in r.getMessage()]
+    assert len(raised) == (0 if said else 1), caplog.text
 
 
 def test_a_head_held_back_behind_a_pipelined_response_is_not_timed_out() -> None:
