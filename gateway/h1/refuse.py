@@ -44,8 +44,9 @@ def too_large(head_limit: int, max_header_bytes: int) -> Refused:
     """A head over the cap: a JSON 431, before it is held whole."""
     return Refused(
         HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
-            f"request headers are over this gateway's limit of {max_header_bytes} "
-            "bytes (server.max_header_bytes); send fewer or shorter headers"
+            f"the request line and headers are over this gateway's limit of "
+            f"{max_header_bytes} bytes (server.max_header_bytes); send a shorter URL or "
+            "fewer, shorter headers"
         ),
         f"refused a request head over {head_limit} bytes",
     )

@@ -87,6 +87,15 @@ def test_a_head_past_the_cap_is_refused_with_431_and_not_read_to_the_end(gw: Gat
     assert httpx.get(f"{gw.url}/healthz").status_code == 200  # the worker serves on
 
 
+def test_a_url_past_the_cap_gets_a_431_that_names_the_url_too(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /healthz?q=" + b"a" * (LIMIT + 1000) + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_to_eof(s)
+    status, err = _json_error(answer)
+    assert status == 431 and "request line and headers" in str(err["message"]), answer[:300]
+    assert "shorter URL" in str(err["message"])
+
+
 def test_a_head_under_the_cap_but_over_max_header_bytes_gets_the_apps_431(gw: Gateway) -> None:
     big = {f"x-pad-{i}": "a" * 1000 for i in range(d.MAX_HEADER_BYTES // 1000 + 2)}
     r = httpx.post(f"{gw.url}/v1/chat/completions", headers=big, json={"model": "m"})
