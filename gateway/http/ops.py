@@ -18,13 +18,14 @@ import logging
 import socket
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 
 from gateway.errors import OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.dashboard.routes import Dashboard
 from gateway.http.endpoints import Endpoints, not_found
-from gateway.http.errors import send_error
+from gateway.http.errors import http_exception, send_error
 from gateway.runtime import Runtime, log
 
 # The inherited listening socket's descriptor, from the parent to its workers (the name has
@@ -65,6 +66,7 @@ def ops_app(rt: Runtime) -> Starlette | OpsAuth:
     app = Starlette(
         routes=[*Endpoints(rt).ops_routes(), *admin_routes(rt), *dashboard.routes()],
         lifespan=dashboard.lifespan,
+        exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, with Allow
     )
     app.router.default = not_found
     app.router.redirect_slashes = False  # as the public app's (gateway.http.app)

@@ -78,6 +78,9 @@ async def test_without_a_token_the_ops_app_is_open_to_who_reaches_it() -> None:
         assert (await c.get("/routing-table")).json()["self_region"] == "eu"
         r = await c.get("/v1/models")  # the API is the public listener's
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+        r = await c.post("/metrics")  # a wrong method: JSON as on the public port, with Allow
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+        assert "GET" in r.headers["allow"]
 
 
 def test_ops_listener_defaults_to_loopback_and_needs_a_port_of_its_own() -> None:
