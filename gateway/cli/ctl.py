@@ -4,6 +4,12 @@ region or an upstream, set a weight, read the audit trail, watch it live (``top`
 Through a gateway's admin API (``--gateway URL --token T``: the audit names the operator the
 token belongs to) or straight to Redis (``--redis URL``: no gateway needed; ``--who`` names
 the operator). ``ctl_fleet`` has the two; ``top`` the live view.
+
+A change through a gateway first asks it what the change would move (the dashboard's impact
+API: the router itself, on the last minute's traffic) and says so; one that would leave
+clients with no upstream at all (a residency rule, say: 503 for them) is made only with
+``--yes``. Without that answer (``--redis``, or a gateway that cannot say), ctl says nothing
+about where the clients go: only the router knows.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 from gateway.cli.ctl_fleet import (
     GATEWAY_ENV,
+    NOWHERE,
     OPS_TOKEN_ENV,
     TOKEN_ENV,
     Fleet,
@@ -24,6 +31,11 @@ from gateway.cli.ctl_fleet import (
     RedisFleet,
 )
 from gateway.cli.errors import CLIError
+
+TTFB_NOTE = (
+    "a region's TTFT ms is the p50/p99 time to first byte of its streaming requests only "
+    "(blank while it serves none)"
+)
 
 
 def _from_env(args: argparse.Namespace) -> None:
@@ -83,29 +95,38 @@ async def set_upstream(fleet: Fleet, args: argparse.Namespace) -> None:
     }
     if not changes:
         raise CLIError("say what to change: --weight W, --bias-ms MS, --drain or --undrain")
+    said = await _impact_first(fleet, args, "upstream", args.upstream, changes)
     _told(args.upstream, await fleet.change("upstream", args.upstream, changes))
+    _say(said)
 
 
 async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
     doc, _ = await fleet.config()
     if _kind(doc, args.upstream) != "upstream":
         raise CLIError(f"{args.upstream!r} is a region: a weight belongs to one upstream")
-    entry = await fleet.change("upstream", args.upstream, {"weight": args.weight}, doc)
-    _told(args.upstream, entry)
+    changes = {"weight": args.weight}
+    said = await _impact_first(fleet, args, "upstream", args.upstream, changes)
+    _told(args.upstream, await fleet.change("upstream", args.upstream, changes, doc))
+    _say(said)
 
 
 async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     drained = args.ctl_command == "drain"
     doc, _ = await fleet.config()
     kind = _kind(doc, args.target)
+    said = await _impact_first(fleet, args, kind, args.target, {"drained": drained})
     entry = await fleet.change(kind, args.target, {"drained": drained}, doc)
     by = f"fleet config version {entry['version']}, audited as {entry['who']}"
+    # Where the clients go is the router's to say (policy, residency, health): said below when
+    # the gateway could tell, never guessed here.
     if kind == "region":
-        ups = ", ".join(json.loads(entry["after"]))
+        names = list(json.loads(entry["after"]))
+        ups = ", ".join(names)
         if drained:
+            take = "takes" if len(names) == 1 else "take"
             print(
-                f"region {args.target} drained: {ups} take no new requests; their clients go "
-                f"to the next region, requests in flight finish ({by})"
+                f"region {args.target} drained: {ups} {take} no new requests, requests in "
+                f"flight finish ({by})"
             )
         else:
             print(f"region {args.target} undrained: {ups} back in rotation ({by})")
@@ -113,6 +134,41 @@ async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
         print(f"upstream {args.target} drained: no new requests, those in flight finish ({by})")
     else:
         print(f"upstream {args.target} undrained: back in rotation ({by})")
+    _say(said)
+
+
+async def _impact_first(
+    fleet: Fleet, args: argparse.Namespace, kind: str, target: str, changes: dict[str, Any]
+) -> str | None:
+    """The gateway's word on what the change would move, asked before it is made; a change
+    that leaves some clients with no upstream at all (503) is refused without --yes, as that
+    is an outage for them, not a move."""
+    impact = await fleet.impact(kind, target, changes)
+    if impact is None:
+        return None
+    text = str(impact["text"])
+    try:
+        nowhere = float(impact["arriving"].get(NOWHERE, 0.0))
+    except (TypeError, ValueError):
+        nowhere = 0.0
+    if nowhere > 0 and not args.yes:
+        raise CLIError(
+            f"not applied: {text.rstrip('.')}; pass --yes to {_verb(args, target)} anyway"
+        )
+    return text
+
+
+def _verb(args: argparse.Namespace, target: str) -> str:
+    if args.ctl_command in ("drain", "undrain"):
+        return f"{args.ctl_command} {target}"
+    if args.ctl_command == "weight":
+        return f"set {target}'s weight to {args.weight:g}"
+    return f"change {target}"
+
+
+def _say(said: str | None) -> None:
+    if said:
+        print(f"impact, as routed just before the change: {said}")
 
 
 def _kind(doc: dict[str, Any], name: str) -> str:
@@ -145,6 +201,10 @@ async def top(fleet: Fleet, args: argparse.Namespace) -> None:
 
     assert isinstance(fleet, GatewayFleet)
     await run_top(fleet, once=args.once, interval_s=args.interval)
+    if args.once:
+        # A whole (non-streaming) answer's first byte is its end, so the histogram counts
+        # streams only: say why a region with only such traffic shows no percentiles.
+        print(TTFB_NOTE)
 
 
 COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], Awaitable[None]]] = {

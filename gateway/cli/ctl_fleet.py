@@ -3,7 +3,8 @@
 - ``GatewayFleet`` (``--gateway URL --token T``): a gateway's ops listener. Changes go through
   its admin API, so the audit's "who" is the operator whose token was sent (issue 9's rule);
   it works without Redis too (one gateway, in-memory state), and ``top`` reads the live
-  ``/routing-table`` and ``/metrics`` there.
+  ``/routing-table`` and ``/metrics`` there, and asks the dashboard's impact API what a change
+  would move before it is made (``impact``).
 - ``RedisFleet`` (``--redis URL``): the fleet's document in Redis, directly. For when no
   gateway is up, or before any is; whoever holds the Redis URL is trusted with everything, so
   ``--who`` is taken as said.
@@ -17,7 +18,7 @@ import json
 import os
 from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from redis.exceptions import RedisError
@@ -33,6 +34,9 @@ CTL_TIMEOUT_S = 3.0
 GATEWAY_ENV = "GEOGATE_CTL_GATEWAY"
 TOKEN_ENV = "GEOGATE_CTL_TOKEN"
 OPS_TOKEN_ENV = "GEOGATE_CTL_OPS_TOKEN"
+# Where the impact API sends clients left with no upstream (503): its ``REFUSED``, repeated
+# here so that ctl does not import the dashboard's server side; a test holds the two equal.
+NOWHERE = "nowhere"
 # What to do about the gateway's error codes (gateway.http.errors), besides its own message.
 HINTS = {
     "invalid_admin_token": f"give your operator token: --token or {TOKEN_ENV}",
@@ -47,6 +51,13 @@ class Fleet(Protocol):
     ) -> dict[str, Any]:
         """Apply ``changes`` to ``target``; ``doc`` is the fleet document when the caller has
         just read it (config()), so it is not read again."""
+        ...
+
+    async def impact(
+        self, kind: str, target: str, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """What ``changes`` to ``target`` would move (the impact API's answer: ``text``,
+        ``arriving``...), asked before making them; None when nobody can say."""
         ...
 
     async def audit(self, count: int) -> list[dict[str, str]]: ...
@@ -84,6 +95,11 @@ class RedisFleet:
         _, _, entry = await self._io(update(self.r, self.keys, base, target, changes, self.who))
         return dict(entry)
 
+    async def impact(
+        self, kind: str, target: str, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        return None  # the traffic is counted by gateways; Redis holds no window of it
+
     async def audit(self, count: int) -> list[dict[str, str]]:
         return await self._io(config_io.read_audit(self.r, self.keys, count))
 
@@ -103,20 +119,36 @@ def _why(exc: BaseException) -> str:
     """A connection failure in a few words ("connection refused"), not aiohttp's repr."""
     if isinstance(exc, TimeoutError):
         return f"no answer in {CTL_TIMEOUT_S:g} s"
+    if isinstance(exc, ValueError):  # aiohttp's InvalidURL too, whose text is the URL alone
+        return "not a valid URL"
     err = getattr(exc, "os_error", exc)
     if isinstance(err, OSError) and err.errno:
         return os.strerror(err.errno).lower()
     return str(exc) or type(exc).__name__
 
 
+def gateway_url(url: str) -> str:
+    """``url`` without its trailing slash, or a CLIError naming what is wrong with it: checked
+    before any request, as aiohttp's own words for a bad URL are the URL alone."""
+    example = "give a gateway's ops listener, such as http://127.0.0.1:9180"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise CLIError(f"--gateway {url!r} is not an http(s) URL; {example}")
+    try:
+        port = parts.port
+    except ValueError:  # "Port out of range 0-65535", or not a number
+        port = 0
+    if port == 0 or not parts.hostname:
+        what = "a port from 1 to 65535" if parts.hostname else "a host"
+        raise CLIError(f"--gateway {url!r} is not a valid URL: it needs {what}; {example}")
+    if parts.query or parts.fragment:  # ctl appends the API's paths to it
+        raise CLIError(f"--gateway {url!r} is not a valid URL: no ?query or #fragment; {example}")
+    return url.rstrip("/")
+
+
 class GatewayFleet:
     def __init__(self, url: str, token: str | None, ops_token: str | None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise CLIError(
-                f"--gateway {url!r} is not an http(s) URL; give a gateway's ops listener, "
-                "such as http://127.0.0.1:9180"
-            )
-        self.url = url.rstrip("/")
+        self.url = gateway_url(url)
         self.token = token
         self.ops_token = ops_token
         self.session = aiohttp.ClientSession(
@@ -134,6 +166,23 @@ class GatewayFleet:
         body = await self._json("PATCH", path, admin=True, data=json.dumps(changes))
         entry: dict[str, Any] = body["audit"]
         return entry
+
+    async def impact(
+        self, kind: str, target: str, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The dashboard's answer (GET /dashboard/api/impact, with the admin token), or None
+        when it cannot be had: a gateway without the dashboard, or one that does not answer.
+        Never a CLIError: the change itself then says what is wrong, in its own words."""
+        query = {kind: target, **{k: _query_value(v) for k, v in changes.items()}}
+        try:
+            body = await self._json("GET", "/dashboard/api/impact?" + urlencode(query), admin=True)
+        except CLIError:
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            return None
+        if not isinstance(body.get("arriving"), dict):
+            return None
+        return body
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         body = await self._json("GET", f"/admin/audit?count={count}", admin=True)
@@ -175,7 +224,7 @@ class GatewayFleet:
             ) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise CLIError(
                 f"cannot reach the gateway at {self.url}: {_why(exc)}; is it running, and is "
                 "--gateway its ops listener (ops.port, 9180 by default)?"
@@ -192,3 +241,10 @@ class GatewayFleet:
             return f"{self.url} answered HTTP {status}: is --gateway a geogate ops listener?"
         hint = HINTS.get(code)
         return f"the gateway refused: {message}" + (f" ({hint})" if hint else "")
+
+
+def _query_value(value: object) -> str:
+    """The impact API's spelling: drained=true|false, numbers as numbers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.cli.errors import CLIError
 from gateway.defaults import AUDIT_MAX_COUNT
@@ -14,6 +16,7 @@ from gateway.errors import GatewayError
 from geodb.errors import GeoDBError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's number: what a shell reports for `... | head`
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -73,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
     who = argparse.ArgumentParser(add_help=False)
     who.add_argument("--who", help="with --redis: operator name for the audit (default $USER)")
+    who.add_argument(
+        "--yes",
+        action="store_true",
+        help="make the change even if the gateway says it leaves clients with no upstream (503)",
+    )
     for name, verb in (("drain", "take out of"), ("undrain", "put back into")):
         dr = csub.add_parser(
             name, parents=[who], help=f"{verb} rotation a region (all its upstreams) or upstream"
@@ -89,8 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("upstream")
     st.add_argument("--weight", type=float)
     st.add_argument("--bias-ms", type=float)
-    st.add_argument("--drain", dest="drained", action="store_const", const=True)
-    st.add_argument("--undrain", dest="drained", action="store_const", const=False)
+    # One or the other: both would have been taken as whichever came last.
+    drain_or_not = st.add_mutually_exclusive_group()
+    drain_or_not.add_argument("--drain", dest="drained", action="store_const", const=True)
+    drain_or_not.add_argument("--undrain", dest="drained", action="store_const", const=False)
     au = csub.add_parser("audit", help="operator changes, newest first")
     au.add_argument(
         "--count", type=_whole(1, AUDIT_MAX_COUNT), default=20, help="how many, newest first"
@@ -175,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         args = _parser().parse_args(argv)
         _command(args)(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        _reader_gone()
     except (GatewayError, GeoDBError, CLIError) as exc:
         print(f"geogate: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -182,6 +195,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Ctrl-C: 130; SIGTERM or SIGHUP, raised as procs.Terminated: 128 + its number, as a
         # shell reports a process the signal ended
         sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
+
+
+def _reader_gone() -> NoReturn:
+    """Whoever read our output stopped (``geogate ctl audit | head -2``): end quietly, as a
+    process SIGPIPE ended would, with 128 + 13. Output still buffered goes to /dev/null, or
+    flushing it at exit would raise again (the Python docs' recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 if __name__ == "__main__":

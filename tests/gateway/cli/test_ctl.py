@@ -5,14 +5,21 @@ every upstream, and every mistake is one line with exit status 2."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway.cli.ctl_fleet import GatewayFleet
+from gateway.cli.errors import CLIError
 from gateway.cli.main import main
+from gateway.cli.procs import geogate_cmd
 from tests.support import (
+    CHAT_BODY,
     Gateway,
     RedisServer,
     UpstreamSpec,
@@ -94,6 +101,9 @@ def test_drain_a_region_then_undrain_it(
     assert rc == 0, err
     assert out.startswith("region eu-central drained: a1, a2 take no new requests")
     assert "audited as alice" in out
+    # Where the clients go is the gateway's answer (its impact API), never a guess of ctl's.
+    assert "next region" not in out
+    assert out.splitlines()[1].startswith("impact, as routed just before the change: a1, a2")
     assert served_by(gw.url, 6) == Counter({"b": 6})  # applied by this gateway at once
     rc, out, _ = ctl(capsys, *via(gw), "audit", "--json")
     entry = json.loads(out)[0]
@@ -104,6 +114,7 @@ def test_drain_a_region_then_undrain_it(
     rc, out, err = ctl(capsys, "--redis", redis.url, "undrain", "eu-central", "--who", "bob")
     assert rc == 0, err
     assert out.startswith("region eu-central undrained: a1, a2 back in rotation")
+    assert len(out.splitlines()) == 1  # Redis has no traffic to tell the impact by
     eventually(lambda: regions_served(gw) == {"a"}, timeout=5, what="eu-central back")
     rc, out, _ = ctl(capsys, "--redis", redis.url, "audit")
     assert out.splitlines()[0].split()[2:5] == ["bob", "region", "eu-central:"]
@@ -116,6 +127,7 @@ def test_weight_and_upstream_drain(
     rc, out, err = ctl(capsys, *via(gw), "weight", "b", "3")
     assert rc == 0, err
     assert '{"weight": 1.0} -> {"weight": 3.0}' in out and upstream(gw, "b")["weight"] == 3
+    assert out.splitlines()[1].startswith("impact, as routed just before the change: b carries")
     rc, out, err = ctl(capsys, *via(gw), "drain", "a1")
     assert rc == 0 and out.startswith("upstream a1 drained"), err
     assert upstream(gw, "a1")["drained"] and served_by(gw.url, 6) == Counter({"a2": 6})
@@ -164,6 +176,10 @@ def test_environment_names_the_gateway_and_token(
         (["--token", "", "show"], "give your operator token: --token or GEOGATE_CTL_TOKEN"),
         (["--gateway", "http://127.0.0.1:1", "top", "--once"], "cannot reach the gateway"),
         (["--gateway", "127.0.0.1:9180", "show"], "is not an http(s) URL"),
+        (["--gateway", "http://127.0.0.1:99999", "show"], "not a valid URL: it needs a port"),
+        (["--gateway", "http://127.0.0.1:x", "show"], "not a valid URL: it needs a port"),
+        (["--gateway", "http://:9180", "show"], "not a valid URL: it needs a host"),
+        (["--gateway", "http://127.0.0.1:9180?x=1", "show"], "no ?query or #fragment"),
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "drain", "a1"], "cannot reach Redis"),
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "top"], "a gateway's live view"),
         (["--redis", "redis://127.0.0.1:1", "show"], "--gateway URL or --redis URL, not both"),
@@ -198,3 +214,129 @@ def test_audit_count_is_checked_with_the_arguments(
     rc, out, err = ctl(capsys, "--redis", "redis://127.0.0.1:1", "audit", "--count", count)
     assert rc == 2 and not out
     assert message in err and "Redis" not in err, err
+
+
+def test_set_takes_drain_or_undrain_not_both(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both used to be taken, as whichever came last."""
+    rc, out, err = ctl(
+        capsys, "--redis", "redis://127.0.0.1:1", "set", "a1", "--drain", "--undrain"
+    )
+    assert rc == 2 and not out
+    assert "argument --undrain: not allowed with argument --drain" in err
+
+
+def test_the_nowhere_of_ctl_is_the_impact_apis() -> None:
+    from gateway.cli.ctl_fleet import NOWHERE
+    from gateway.http.dashboard.impact import REFUSED
+
+    assert NOWHERE == REFUSED
+
+
+@pytest.fixture(scope="module")
+def resident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Clients here are in Germany, and a residency rule keeps EU clients in eu-central (e1):
+    us-east (u1) may not serve them, so draining eu-central leaves them with no upstream."""
+    tmp = tmp_path_factory.mktemp("ctl-residency")
+    sims = [start_sim(tmp, "e1", "eu-central", ["m"]), start_sim(tmp, "u1", "us-east", ["m"])]
+    ups = [UpstreamSpec(s.name, s.region, s.url, ["m"]) for s in sims]
+    extra = (
+        f'[admin]\ntokens = {{alice = "{TOKEN}"}}\n\n'
+        '[geoip.default]\ncountry = "DE"\ncontinent = "EU"\n\n'
+        '[[residency]]\nname = "eu-only"\ncontinents = ["EU"]\nregions = ["eu-central"]\n\n'
+    )
+    gw = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=extra))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+
+
+def impact_total(gw: Gateway) -> int:
+    r = httpx.get(
+        f"{gw.ops_url}/dashboard/api/impact?region=eu-central&drained=true",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    return int(r.json()["total"])
+
+
+def test_a_drain_that_leaves_clients_nowhere_needs_yes(
+    resident: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw = resident
+    served_by(gw.url, 4)
+    eventually(lambda: impact_total(gw) >= 4, what="the dashboard's window to count them")
+    for args in (["drain", "eu-central"], ["drain", "e1"], ["set", "e1", "--drain"]):
+        rc, out, err = ctl(capsys, *via(gw), *args)
+        assert rc == 2 and not out, (args, out)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "would find NO upstream and get 503" in err, err
+        assert "pass --yes to" in err and "next region" not in err, err
+        assert upstream(gw, "e1")["drained"] is False  # nothing changed
+
+    rc, out, err = ctl(capsys, *via(gw), "drain", "eu-central", "--yes")
+    assert rc == 0, err
+    assert out.startswith("region eu-central drained: e1 takes no new requests")
+    assert "would find NO upstream and get 503" in out.splitlines()[1]
+    assert upstream(gw, "e1")["drained"] is True
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT_BODY)
+    assert r.status_code == 503  # as the gateway said
+    rc, out, err = ctl(capsys, *via(gw), "undrain", "eu-central")
+    assert rc == 0 and upstream(gw, "e1")["drained"] is False, err
+    assert "to e1 (100 %)" in out, out  # from nowhere, back
+
+
+def test_without_the_impact_api_the_change_is_made_and_claims_nothing(
+    fleet: tuple[Gateway, RedisServer],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway without the dashboard (an older one), or one that does not answer the
+    impact question: the change is made, and ctl says nothing of where the clients go."""
+    gw, _ = fleet
+
+    monkeypatch.setattr(GatewayFleet, "_json", _without_impact(GatewayFleet._json))
+    rc, out, err = ctl(capsys, *via(gw), "drain", "a1")
+    assert rc == 0 and upstream(gw, "a1")["drained"] is True, err
+    assert len(out.splitlines()) == 1 and out.startswith("upstream a1 drained: no new"), out
+    rc, out, err = ctl(capsys, *via(gw), "undrain", "a1")
+    assert rc == 0 and upstream(gw, "a1")["drained"] is False, err
+
+
+def _without_impact(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The gateway's answer to the impact API, as a gateway without the dashboard gives it."""
+
+    async def json_(self: GatewayFleet, method: str, path: str, **kw: Any) -> Any:
+        if path.startswith("/dashboard/api/impact"):
+            raise CLIError("the gateway refused: /dashboard/api/impact is not an endpoint")
+        return await real(self, method, path, **kw)
+
+    return json_
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["audit", "--json"], 141),  # 128 + SIGPIPE, as a shell reports for `... | head`
+        (["show"], 141),
+        # rich ends it itself, as quietly, with 1 (rich.console.Console.on_broken_pipe)
+        (["top", "--once", "--interval", "0.1"], 1),
+    ],
+)
+def test_a_reader_that_stops_early_ends_it_quietly(
+    fleet: tuple[Gateway, RedisServer], args: list[str], status: int
+) -> None:
+    """``geogate ctl audit | head -2``: the reader closes the pipe, the next write fails; that
+    is the end of the output, not an error with a traceback. Here the reader is gone before
+    the first write, so every write fails."""
+    gw, _ = fleet
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run(
+            geogate_cmd("ctl", *via(gw), *args), stdout=write, stderr=subprocess.PIPE, timeout=30
+        )
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr.decode()) == (status, ""), p

@@ -59,6 +59,25 @@ def test_lookup_shows_location_and_route(tmp_path: Path, city_db: Path) -> None:
     assert "source=default" in p.stdout and "routes to" not in p.stdout
 
 
+def test_a_reader_that_closed_its_end_ends_the_output_quietly(city_db: Path) -> None:
+    """``geogate ... | head -1``: once the reader is gone, a write fails with EPIPE; that ends
+    the output, as SIGPIPE would (128 + 13), with no traceback. Here the reader is gone before
+    the first write, which makes it certain (``head`` races the writer)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run(
+            geogate_cmd("geodb", "lookup", "192.0.2.1", "--db", str(city_db)),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (p.returncode, p.stderr) == (141, "")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
