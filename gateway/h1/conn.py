@@ -382,9 +382,8 @@ class H1(asyncio.Protocol):
         self._refuse(refuse.timed_out(self.head_timeout_s))
 
     def _refuse(self, stop: Refused) -> None:
-        """Answer ``stop`` (Connection: close) and close. A running request's own malformed
-        body is the app's to answer (Cycle.refuse); behind a response still going out the
-        answer would land inside it: the connection is closed instead, the request told."""
+        """Answer ``stop`` and close; a running request's own bad body: the app's to answer
+        (Cycle.refuse); behind a response going out: closed instead, the request told."""
         log.warning("%s from %s", stop.line, self.client_text())
         self.in_head = False
         if self.head_timer is not None:

@@ -3,11 +3,28 @@ straight to the client's transport: gateway.http.asgi.ClientPipe on a gateway.h1
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # gateway.h1.cycle makes the pipes: imported there, not here
-    from gateway.h1.cycle import Connection, Cycle
+
+class Flow(Protocol):
+    """What a Pipe uses of its connection (gateway.h1.cycle.Connection has it all)."""
+
+    transport: asyncio.Transport
+    read_paused: bool
+    write_paused: bool  # read by the pipe's owner (gateway.http.asgi.PipeFlow)
+    on_writable: Callable[[], None] | None
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close_now(self) -> None: ...
+
+
+class Ends(Protocol):
+    """What a Pipe tells its response (gateway.h1.cycle.Cycle)."""
+
+    last_written: bool
 
 
 class Pipe:
@@ -16,7 +33,7 @@ class Pipe:
 
     __slots__ = ("_cycle", "_paused_here", "buffered", "flow", "is_closing", "write")
 
-    def __init__(self, conn: Connection, cycle: Cycle) -> None:
+    def __init__(self, conn: Flow, cycle: Ends) -> None:
         self.flow = conn
         self._cycle = cycle
         self._paused_here = False  # lend() paused the connection's reading
