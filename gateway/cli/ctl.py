@@ -32,11 +32,6 @@ from gateway.cli.ctl_fleet import (
 )
 from gateway.cli.errors import CLIError
 
-TTFB_NOTE = (
-    "a region's TTFT ms is the p50/p99 time to first byte of its streaming requests only "
-    "(blank while it serves none)"
-)
-
 
 def _from_env(args: argparse.Namespace) -> None:
     """Options not given come from GEOGATE_CTL_*; an explicit --redis wins over a gateway
@@ -201,10 +196,6 @@ async def top(fleet: Fleet, args: argparse.Namespace) -> None:
 
     assert isinstance(fleet, GatewayFleet)
     await run_top(fleet, once=args.once, interval_s=args.interval)
-    if args.once:
-        # A whole (non-streaming) answer's first byte is its end, so the histogram counts
-        # streams only: say why a region with only such traffic shows no percentiles.
-        print(TTFB_NOTE)
 
 
 COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], Awaitable[None]]] = {

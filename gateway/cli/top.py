@@ -146,6 +146,22 @@ COLUMNS = (
 )
 
 
+# A whole (non-streaming) answer's first byte is its end, so the histogram counts streams
+# only: said under the table, so that a region with only such traffic showing no percentiles
+# is not read as a fault.
+TTFB_NOTE = (
+    "note: a region's TTFT ms is the p50/p99 time to first byte of its streaming requests "
+    "only (blank while it serves none)"
+)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # Rich's own ends the process with status 1; raised instead, it ends as every ctl
+        # command's output into a closed pipe does (gateway.cli.main: quietly, 141).
+        raise BrokenPipeError
+
+
 def frame(
     url: str, table: dict[str, Any], old: Sample | None, new: Sample, problem: str = ""
 ) -> Group:
@@ -169,7 +185,7 @@ def frame(
     lines: list[Text | Table] = [head]
     if problem:
         lines.append(Text(problem, style="bold red"))
-    lines.append(t)
+    lines += [t, Text(TTFB_NOTE, style="dim")]
     return Group(*lines)
 
 
@@ -236,9 +252,9 @@ async def _scrape(fleet: GatewayFleet) -> tuple[dict[str, Any], Sample]:
 async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None:
     if not 0 < interval_s <= 60:
         raise CLIError(f"--interval must be more than 0 and at most 60 s (got {interval_s:g})")
-    console = Console()
+    console = _Console()
     if not console.is_terminal:
-        console = Console(width=160)  # piped (--once in a script): no row cut at 80 columns
+        console = _Console(width=160)  # piped (--once in a script): no row cut at 80 columns
     samples: deque[Sample] = deque()
     table, sample = await _scrape(fleet)  # the first failure is one line and exit status 2
     samples.append(sample)

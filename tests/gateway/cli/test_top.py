@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from gateway.cli.top import Sample, frame, parse_metrics, quantile, ttfb_ms, votes_cell
+from gateway.cli.top import (
+    TTFB_NOTE,
+    Sample,
+    frame,
+    parse_metrics,
+    quantile,
+    ttfb_ms,
+    votes_cell,
+)
 
 METRICS = """\
 # TYPE geogate_upstream_attempts counter
@@ -98,6 +106,7 @@ def test_frame_shows_rates_percentiles_health_and_votes() -> None:
     assert rows["eu"][:4] == ["eu", "Frankfurt", "1/2", "routable"]
     assert "p50 100 p99" in " ".join(rows["eu"]) and rows["eu"][-2:] == ["12.0", "2.0"]
     assert rows["empty"][:2] == ["empty", "0/0"]
+    assert " ".join(rows["note:"]) == TTFB_NOTE  # why a region's p50 may be blank
 
 
 def test_without_a_window_rates_are_unknown_not_zero() -> None:
