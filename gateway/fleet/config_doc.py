@@ -1,8 +1,9 @@
 """The fleet's routing document and its pure rules: what it holds, how an operator's change is
 validated and applied, and the audit entry that records it. No I/O: ``config_io`` stores it.
 
-Only the routing part is shared (regions, upstreams with weights, biases and drain flags,
-residency rules); timeouts, ports and the like stay per gateway in its file.
+Only the routing part is shared (regions with their drain flags, upstreams with weights,
+biases and drain flags, residency rules); timeouts, ports and the like stay per gateway in
+its file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +26,12 @@ CHANGEABLE = {"weight": float, "bias_ms": float, "drained": bool}
 
 def routing_doc(config: Config) -> dict[str, Any]:
     dump = config.model_dump(mode="json")
+    # A region's drain flag only where it is set: a gateway of a version before it refuses
+    # the key (extra="forbid"), so while a fleet rolls onto this one, a document with no
+    # drained region stays one that every gateway applies.
+    for r in dump["regions"]:
+        if not r["drained"]:
+            del r["drained"]
     return {k: dump[k] for k in ROUTING_KEYS}
 
 
@@ -79,27 +87,102 @@ def change_upstream(
     return {**doc, "upstreams": new_ups}, before, dict(changes)
 
 
+def effective_change(doc: dict[str, Any], uid: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` to upstream ``uid`` as its routing sees them: undraining an upstream of a
+    drained region leaves it drained (the region's drain holds it)."""
+    if "drained" not in changes:
+        return dict(changes)
+    region = next((u["region"] for u in doc.get("upstreams", []) if u["id"] == uid), None)
+    held = any(r.get("drained", False) for r in doc.get("regions", []) if r["id"] == region)
+    return {**changes, "drained": bool(changes["drained"]) or held}
+
+
+def _region_drain(region: dict[str, Any], drain: bool) -> dict[str, Any]:
+    # Unset rather than false, as routing_doc writes it: readable by a gateway before the flag.
+    if drain:
+        return {**region, "drained": True}
+    return {k: v for k, v in region.items() if k != "drained"}
+
+
 def change_region(
     doc: dict[str, Any], rid: str, changes: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Drain or undrain every upstream of region ``rid`` in one change: one version, one audit
-    entry naming the region, so no gateway ever routes on a half-drained region. Before and
-    after hold each upstream's drain flag: {"a1": {"drained": false}, ...}."""
+    """Drain or undrain region ``rid`` in one change: one version, one audit entry naming the
+    region, so no gateway ever routes on a half-drained region. The flag is the region's own
+    (regions[].drained): an upstream an operator drained on its own stays drained when its
+    region is undrained. Before and after hold each member's effective drain (its own or its
+    region's): {"a1": {"drained": false}, ...}."""
     if set(changes) != {"drained"}:
         got = ", ".join(sorted(set(changes) - {"drained"})) or "nothing"
         raise FleetConfigInvalid(f"a region change sets drained (true or false); got {got}")
     _check_value("drained", bool, changes["drained"])
-    regions = [r["id"] for r in doc.get("regions", [])]
-    if rid not in regions:
-        raise FleetConfigInvalid(f"no region {rid!r}; known: {', '.join(regions)}")
+    drain: bool = changes["drained"]
+    regions = doc.get("regions", [])
+    region = next((r for r in regions if r["id"] == rid), None)
+    if region is None:
+        raise FleetConfigInvalid(f"no region {rid!r}; known: {', '.join(r['id'] for r in regions)}")
     ups = doc.get("upstreams", [])
     members = [u for u in ups if u["region"] == rid]
     if not members:
         raise FleetConfigInvalid(f"region {rid!r} has no upstreams to drain or undrain")
-    before = {u["id"]: {"drained": bool(u.get("drained", False))} for u in members}
-    after = {u["id"]: dict(changes) for u in members}
-    new_ups = [{**u, **changes} if u["region"] == rid else u for u in ups]
-    return {**doc, "upstreams": new_ups}, before, after
+    was = bool(region.get("drained", False))
+    before = {u["id"]: {"drained": was or bool(u.get("drained", False))} for u in members}
+    new_ups = ups
+    if not drain and not was and all(d["drained"] for d in before.values()):
+        # A region drained before regions had a flag of their own (every member's flag set,
+        # as this change used to do): undrained as it was drained, or the operator's undrain
+        # would leave the whole region out with nothing to say why.
+        new_ups = [{**u, "drained": False} if u["region"] == rid else u for u in ups]
+    after = {
+        u["id"]: {"drained": drain or bool(u.get("drained", False))}
+        for u in new_ups
+        if u["region"] == rid
+    }
+    new_regions = [_region_drain(r, drain) if r["id"] == rid else r for r in regions]
+    return {**doc, "regions": new_regions, "upstreams": new_ups}, before, after
+
+
+# What operators change at run time (CHANGEABLE, a region's drain): a fleet's document parts
+# from its seed file there by design, so those differences are not the file's.
+OPERATED = ("weight", "bias_ms", "drained")
+
+
+def _keyed(
+    items: list[dict[str, Any]], name: Callable[[dict[str, Any]], str]
+) -> dict[str, dict[str, Any]]:
+    return {name(i): {k: v for k, v in i.items() if k not in OPERATED} for i in items}
+
+
+def _id(item: dict[str, Any]) -> str:
+    return str(item["id"])
+
+
+def _rule_name(rule: dict[str, Any]) -> str:
+    # As policy_from names a rule, so the warning and /routing-table use the same names.
+    where = "+".join([*rule.get("countries", ()), *rule.get("continents", ())])
+    return str(rule.get("name") or where + "->" + "+".join(rule.get("regions", ())))
+
+
+def file_differences(file_doc: dict[str, Any], fleet_doc: dict[str, Any]) -> list[str]:
+    """How a gateway's file (its routing part) differs from the fleet's document, both as
+    ``routing_doc`` writes them, leaving out what operators change (weights, biases, drains):
+    e.g. ["upstreams only in the file: c", "residency rules that differ: eu-only"]."""
+    out = []
+    for kind, field, name in (
+        ("regions", "regions", _id),
+        ("upstreams", "upstreams", _id),
+        ("residency rules", "residency", _rule_name),
+    ):
+        mine = _keyed(file_doc.get(field, []), name)
+        fleet = _keyed(fleet_doc.get(field, []), name)
+        for what, ids in (
+            ("only in the file", mine.keys() - fleet.keys()),
+            ("only in Redis", fleet.keys() - mine.keys()),
+            ("that differ", {i for i in mine.keys() & fleet.keys() if mine[i] != fleet[i]}),
+        ):
+            if ids:
+                out.append(f"{kind} {what}: {', '.join(sorted(ids))}")
+    return out
 
 
 def audit_entry(

@@ -92,14 +92,16 @@ class MemoryStateStore:
 
     # --- the routing config ----------------------------------------------------------------
     def replace_config(self, config: Config) -> None:
-        """Take new regions, upstreams, weights, drains, residency (a fleet config change, a
-        DNS change). Health and in-flight counts of upstreams that stay are kept."""
+        """Take new regions, upstreams, weights, drains (of upstreams and regions), residency
+        (a fleet config change, a DNS change). Health and in-flight counts of upstreams that
+        stay are kept."""
         self._config = config
         self._policy = policy_from(config)
         self._upstreams = expand(config.upstreams, self._members, self._shares)
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
+        self._drained_regions = frozenset(r.id for r in config.regions if r.drained)
         # One that appears now (a DNS member, an upstream a fleet config change adds) may have
         # been published before its server finished loading: not routable until a probe has
         # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.
@@ -195,7 +197,10 @@ class MemoryStateStore:
                     models=frozenset(u.models),
                     weight=u.weight,
                     bias_ms=u.bias_ms,
-                    drained=u.drained,
+                    # Effective: its own drain or its region's (both are kept apart in the
+                    # config so undraining one never undoes the other); every reader of the
+                    # snapshot (router, /readyz, /routing-table, dashboard) sees this one.
+                    drained=u.drained or u.region in self._drained_regions,
                     healthy=h.healthy(now),
                     rtt_ms=h.rtt_ms,
                     ttft_ms=ls.ttft_ms if fresh and ls and now < ls.ttft_at + max_age else None,

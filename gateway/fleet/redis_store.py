@@ -67,6 +67,8 @@ class RedisStateStore(MemoryStateStore):
         # The fleet document at ``version`` as Redis held it (None: never seen one): what we
         # put back if Redis loses it, exactly, even one this gateway refused to apply.
         self._doc: dict[str, Any] | None = None
+        # The file's routing part: what a fleet document adopted at start is compared with.
+        self._file_doc = config_doc.routing_doc(config)
         self.stale_since: float | None = time.time()  # until the first sync succeeds
         self._synced_once = False
         self._redis: Redis | None = None
@@ -142,11 +144,22 @@ class RedisStateStore(MemoryStateStore):
                         type(exc).__name__,
                         extra=event("shared-state-stale", reason=type(exc).__name__),
                     )
+                await self._drop_idle_connections()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.redis.max_backoff_s)
             finally:
                 if listener is not None:
                     listener.cancel()
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pool's idle connections: after Redis restarts they are sockets it already
+        closed, and redis-py 8 hands them out unchecked (its pool skips the check while
+        maintenance notifications are "auto", the default). A command retries on a fresh one;
+        the listener's SUBSCRIBE does not: it read "closed by server" just after the sync,
+        a false "Redis unreachable" 0.5 s after "in sync again"."""
+        if self._redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     # --- config ----------------------------------------------------------------------------
     async def _sync_config(self) -> None:
@@ -178,6 +191,7 @@ class RedisStateStore(MemoryStateStore):
             self._adopt(doc, version)
 
     def _adopt(self, doc: dict[str, Any], version: int) -> None:
+        first = self._doc is None  # the file's routing is what this gateway had until now
         try:
             new = config_doc.apply_doc(self.config, doc)
         except Exception as exc:  # a bad document must not take the gateway down
@@ -195,6 +209,32 @@ class RedisStateStore(MemoryStateStore):
             "applied fleet config version %d",
             version,
             extra=event("config-applied", change=True, config_version=version),
+        )
+        if first:
+            self._warn_if_file_differs(config_doc.routing_doc(new), version)
+
+    def _warn_if_file_differs(self, fleet_doc: dict[str, Any], version: int) -> None:
+        """The fleet's document wins over the file (the file only seeds a fleet without one),
+        so a changed file has no effect: say so once, and what differs, rather than let the
+        start-up line's upstream count (the file's) stand for what is routed."""
+        differs = config_doc.file_differences(self._file_doc, fleet_doc)
+        if not differs:
+            return
+        deployment = self.config.redis.deployment
+        log.warning(
+            "the config file's routing differs from the fleet's in Redis (deployment %r, "
+            "version %d), which this gateway follows: %s. The file only seeds a fleet that "
+            "has none; to apply a changed file, start its gateways as a new fleet under a new "
+            "redis.deployment (GEOGATE_REDIS__DEPLOYMENT, e.g. named after the file's hash)",
+            deployment,
+            version,
+            "; ".join(differs),
+            extra=event(
+                "config-file-ignored",
+                reason="; ".join(differs),
+                config_version=version,
+                deployment=deployment,
+            ),
         )
 
     async def _listen(self) -> None:

@@ -2,8 +2,10 @@
 
   GET   /admin/config                  the routing config and its version
   PATCH /admin/upstreams/{id}          {"weight": 2, "bias_ms": 10, "drained": true}
-  PATCH /admin/regions/{id}            {"drained": true}: every upstream of the region, as
-                                       one change (one version, one audit entry)
+  PATCH /admin/regions/{id}            {"drained": true}: the region's own drain, which takes
+                                       every upstream of it out as one change (one version,
+                                       one audit entry of each upstream's effective drain);
+                                       undraining it leaves one drained on its own drained
   GET   /admin/audit?count=50          newest changes first
 
 ``Authorization: Bearer <token>``: each operator has a token of their own (``admin.tokens``,

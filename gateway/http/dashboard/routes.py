@@ -205,21 +205,26 @@ class Dashboard:
         q = request.query_params
         changes = _changes(q)
         doc = config_doc.routing_doc(self.rt.config)
+        # The views' drained flags are effective (an upstream's own or its region's), so what
+        # a change does is compared as its effective after: undraining a region leaves an
+        # upstream drained on its own where it is, as the change itself does.
         if q.get("region"):
             rid = q["region"]
-            _, before, _ = config_doc.change_region(doc, rid, changes)  # validates
+            _, before, after = config_doc.change_region(doc, rid, changes)  # validates
             targets = list(before)
+            effective = {t: {**changes, **after[t]} for t in targets}
         else:
             uid = q.get("upstream", "")
             config_doc.change_upstream(doc, uid, changes)  # validates, names the known ones
             targets = [uid]
+            effective = {uid: config_doc.effective_change(doc, uid, changes)}
         store = self.rt.store
         result = what_if(
             self.sampler.window,
             store.snapshot(time.monotonic()),
             store.policy,
             targets,
-            {t: changes for t in targets},
+            effective,
             store.member_shares(),
         )
         return JSONResponse(result)

@@ -15,6 +15,8 @@ from gateway.fleet.config_doc import (
     base_config,
     change_region,
     change_upstream,
+    effective_change,
+    file_differences,
     routing_doc,
 )
 
@@ -104,8 +106,10 @@ def test_a_region_drains_all_its_upstreams_in_one_change() -> None:
     doc, before, after = change_region(routing_doc(cfg), "eu", {"drained": True})
     assert before == {"eu1": {"drained": False}, "eu2": {"drained": False}}
     assert after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
-    drained = {u.id: u.drained for u in apply_doc(cfg, doc).upstreams}
-    assert drained == {"eu1": True, "eu2": True, "us1": False}
+    applied = apply_doc(cfg, doc)
+    # The region's own flag: each upstream's stays what the operator made it.
+    assert {r.id: r.drained for r in applied.regions} == {"eu": True, "us": False, "ap": False}
+    assert not any(u.drained for u in applied.upstreams)
     for rid, changes, message in (
         ("nope", {"drained": True}, "no region 'nope'; known: eu, us, ap"),
         ("ap", {"drained": True}, "region 'ap' has no upstreams"),
@@ -114,3 +118,85 @@ def test_a_region_drains_all_its_upstreams_in_one_change() -> None:
     ):
         with pytest.raises(FleetConfigInvalid, match=re.escape(message)):
             change_region(routing_doc(cfg), rid, changes)
+
+
+def _fleet() -> Config:
+    return Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [
+                {"id": "eu", "latitude": 50, "longitude": 8},
+                {"id": "us", "latitude": 40, "longitude": -74},
+            ],
+            "upstreams": [
+                {"id": f"{r}{i}", "region": r, "url": "http://127.0.0.1:1", "models": ["m"]}
+                for r, i in (("eu", 1), ("eu", 2), ("us", 1))
+            ],
+        }
+    )
+
+
+def test_undraining_a_region_leaves_an_upstream_drained_on_its_own() -> None:
+    doc = routing_doc(_fleet())
+    doc, _, _ = change_upstream(doc, "eu1", {"drained": True})  # maintenance
+    doc, before, after = change_region(doc, "eu", {"drained": True})
+    assert before == {"eu1": {"drained": True}, "eu2": {"drained": False}}
+    assert after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
+    doc, before, after = change_region(doc, "eu", {"drained": False})
+    # The audit names every upstream of the region, each with its effective drain after.
+    assert before == {"eu1": {"drained": True}, "eu2": {"drained": True}}
+    assert after == {"eu1": {"drained": True}, "eu2": {"drained": False}}
+    own = {u["id"]: u["drained"] for u in doc["upstreams"]}
+    assert own == {"eu1": True, "eu2": False, "us1": False}
+    assert not any(r.drained for r in apply_doc(_fleet(), doc).regions)
+    # No region drained, no region flag written: a gateway of a version before the flag
+    # (which refuses the key) still applies the fleet's document while the fleet rolls.
+    for written in (doc, routing_doc(apply_doc(_fleet(), doc))):
+        assert all("drained" not in r for r in written["regions"])
+
+
+def test_a_region_drained_before_regions_had_a_flag_is_undrained_whole() -> None:
+    doc = routing_doc(_fleet())
+    for uid in ("eu1", "eu2"):  # as a region drain wrote it before
+        doc, _, _ = change_upstream(doc, uid, {"drained": True})
+    doc, before, after = change_region(doc, "eu", {"drained": False})
+    assert before == {"eu1": {"drained": True}, "eu2": {"drained": True}}
+    assert after == {"eu1": {"drained": False}, "eu2": {"drained": False}}
+    assert not any(u.drained for u in apply_doc(_fleet(), doc).upstreams)
+
+
+def test_undraining_an_upstream_of_a_drained_region_leaves_it_drained_for_routing() -> None:
+    doc = routing_doc(_fleet())
+    doc, _, _ = change_region(doc, "eu", {"drained": True})
+    assert effective_change(doc, "eu1", {"drained": False}) == {"drained": True}
+    assert effective_change(doc, "us1", {"drained": False, "weight": 2}) == {
+        "drained": False,
+        "weight": 2,
+    }
+    assert effective_change(doc, "eu1", {"weight": 2}) == {"weight": 2}
+
+
+def test_a_file_differs_from_the_fleet_in_ids_and_rules_not_in_operator_changes() -> None:
+    fleet = routing_doc(_fleet())
+    fleet, _, _ = change_upstream(fleet, "eu1", {"weight": 3, "drained": True})
+    fleet, _, _ = change_region(fleet, "us", {"drained": True})
+    assert file_differences(routing_doc(_fleet()), fleet) == []  # only operators' changes
+    data = _fleet().model_dump(mode="json")
+    data["upstreams"] = [u for u in data["upstreams"] if u["id"] != "us1"]
+    data["upstreams"].append({**data["upstreams"][0], "id": "eu3"})
+    data["upstreams"][0]["url"] = "http://127.0.0.1:9"
+    data["regions"].append({"id": "ap", "latitude": 1, "longitude": 103})
+    data["residency"] = [
+        {"name": "eu-only", "continents": ["EU"], "regions": ["eu"]},
+        {"countries": ["SG"], "regions": ["ap"]},
+    ]
+    fleet["residency"] = [{"name": "eu-only", "continents": ["EU"], "regions": ["eu", "us"]}]
+    mine = routing_doc(Config.model_validate(data))
+    assert file_differences(mine, fleet) == [
+        "regions only in the file: ap",
+        "upstreams only in the file: eu3",
+        "upstreams only in Redis: us1",
+        "upstreams that differ: eu1",
+        "residency rules only in the file: SG->ap",
+        "residency rules that differ: eu-only",
+    ]

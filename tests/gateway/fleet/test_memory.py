@@ -170,3 +170,41 @@ def test_members_weigh_their_srv_shares_and_the_store_names_them() -> None:
     assert not s.set_members("pool", (ONE, TWO), {ONE: 1.5, TWO: 0.5})  # no change
     assert s.set_members("pool", (ONE, TWO))  # equal again: a change
     assert s.member_shares() == {}
+
+
+# --- drains: an upstream's own and its region's --------------------------------------------
+
+TWO_REGIONS = Config.model_validate(
+    {
+        "gateway": {"region": "eu"},
+        "regions": [
+            {"id": "eu", "latitude": 50, "longitude": 8},
+            {"id": "us", "latitude": 40, "longitude": -74},
+        ],
+        "upstreams": [
+            {"id": uid, "region": rid, "url": "http://127.0.0.1:1", "models": ["m"]}
+            for uid, rid in (("fra-1", "eu"), ("fra-2", "eu"), ("nyc-1", "us"))
+        ],
+    }
+)
+
+
+def chosen_region(s: MemoryStateStore) -> str:
+    c = rank(RequestFacts("m", LONDON), s.snapshot(0.0), s.policy).chosen
+    assert c is not None
+    return c.upstream.region
+
+
+async def test_undraining_a_region_leaves_an_upstream_drained_on_its_own_out() -> None:
+    s = MemoryStateStore(TWO_REGIONS)
+    await s.update_upstream("fra-1", {"drained": True}, "alice")  # maintenance
+    await s.update_region("eu", {"drained": True}, "bob")
+    assert chosen_region(s) == "us"  # the region's drain moves its traffic away
+    await s.update_region("eu", {"drained": False}, "bob")
+    drained = {u.id: u.drained for u in s.snapshot(0.0).upstreams}
+    assert drained == {"fra-1": True, "fra-2": False, "nyc-1": False}
+    assert chosen_region(s) == "eu"  # and its undrain brings it back, to fra-2 alone
+    # An upstream's undrain inside a drained region: the region's drain still holds it.
+    await s.update_region("eu", {"drained": True}, "bob")
+    await s.update_upstream("fra-1", {"drained": False}, "alice")
+    assert [u.id for u in s.snapshot(0.0).upstreams if u.drained] == ["fra-1", "fra-2"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from gateway.config import Config
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.redis_store import RedisStateStore
+from tests.support import start_redis
 
 CFG = Config.model_validate(
     {
@@ -206,3 +209,68 @@ async def test_a_change_right_after_redis_lost_the_document_builds_on_ours(
         assert [e["who"] for e in await gw.audit(10)] == ["carol"]  # the trail went with Redis
     finally:
         await gw.stop()
+
+
+async def test_redis_coming_back_raises_no_false_alarm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis(tmp_path)
+    gw = gateway(server.url, "gw0")
+    try:
+        await gw.start()
+        await until(lambda: gw.stale_since is None, "the first sync")
+        # Idle connections in the pool, as a busy gateway's (admin changes, the listener's
+        # syncs) has: after the restart each is a socket Redis closed.
+        await asyncio.gather(*(gw.redis().ping() for _ in range(8)))
+        server.stop()
+        await until(lambda: gw.stale_since is not None, "the outage to be seen")
+        server.start()
+        await until(lambda: gw.stale_since is None, "the sync after Redis came back")
+        await asyncio.sleep(1.2)  # two refresh intervals: a listener's error shows by then
+        alarms = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
+        ]
+        assert alarms == ["Redis unreachable (ConnectionError); routing on the last snapshot"]
+        assert gw.stale_since is None
+    finally:
+        await gw.stop()
+        server.stop()
+
+
+async def test_a_file_that_differs_from_the_fleet_is_followed_no_more_and_said_so(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = gateway(redis_url, "gw0")
+    data = CFG.model_dump(mode="json")
+    data["redis"] = {"url": redis_url, "gateway_id": "gw1"}
+    data["upstreams"] = [data["upstreams"][0], {**data["upstreams"][1], "id": "c"}]
+    data["residency"] = [{"name": "de-only", "countries": ["DE"], "regions": ["eu"]}]
+    changed = RedisStateStore(Config.model_validate(data))  # a new file, the same fleet
+    try:
+        await first._sync_config()  # seeds version 1 from its file
+        await operate(first)  # operators' changes: no difference of the file's
+        caplog.clear()
+        await changed._sync_config()
+        assert changed.version == 3 and [u.id for u in changed.upstreams()] == ["a", "b"]
+        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        text = warning.getMessage()
+        assert "upstreams only in the file: c; upstreams only in Redis: b; " in text
+        assert "residency rules only in the file: de-only" in text
+        assert "deployment 'default', version 3" in text and "new redis.deployment" in text
+        # Once: a later document (an operator's change) is the fleet's own business.
+        await first.update_upstream("a", {"weight": 2}, "alice")
+        await changed._sync_config()
+        assert changed.version == 4
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+        # A gateway whose file is the fleet's seed says nothing.
+        caplog.clear()
+        same = gateway(redis_url, "gw2")
+        await same._sync_config()
+        assert same.version == 4
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+        await same.stop()
+    finally:
+        await first.stop()
+        await changed.stop()

@@ -76,13 +76,44 @@ async def test_a_region_drain_is_one_audited_change_of_its_upstreams() -> None:
         assert r.status_code == 200, r.text
         assert r.json()["version"] == 2 and r.json()["audit"]["what"] == "region eu"
         shown = (await c.get("/admin/config", headers=bearer(ALICE))).json()
-        assert shown["config"]["upstreams"][0]["drained"] is True
+        # The region's own flag, apart from the upstream's (which an undrain must not touch).
+        assert shown["config"]["regions"][0]["drained"] is True
+        assert shown["config"]["upstreams"][0]["drained"] is False
         [entry] = (await c.get("/admin/audit", headers=bearer(ALICE))).json()["entries"]
         assert entry["who"] == "alice" and json.loads(entry["after"]) == {"a": {"drained": True}}
         r = await c.patch("/admin/regions/nope", json={"drained": True}, headers=bearer(ALICE))
         assert r.status_code == 400 and "no region 'nope'" in r.json()["error"]["message"]
         r = await c.patch("/admin/regions/eu", json={"drained": True})
         assert r.status_code == 401
+
+
+async def test_undraining_a_region_leaves_an_upstream_drained_on_its_own_drained() -> None:
+    cfg = config(tokens={"alice": ALICE}).model_dump(mode="json")
+    cfg["upstreams"].append({**cfg["upstreams"][0], "id": "b", "url": "http://127.0.0.1:2"})
+    rt = build_runtime(Config.model_validate(cfg))
+    app = Starlette(routes=admin_routes(rt))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+
+        async def patch(path: str, drained: bool) -> dict[str, Any]:
+            r = await c.patch(path, json={"drained": drained}, headers=bearer(ALICE))
+            assert r.status_code == 200, r.text
+            audit: dict[str, Any] = r.json()["audit"]
+            return audit
+
+        def drained() -> dict[str, bool]:
+            return {u.id: u.drained for u in rt.store.snapshot(0).upstreams}
+
+        await patch("/admin/upstreams/a", True)  # maintenance on a alone
+        await patch("/admin/regions/eu", True)
+        assert drained() == {"a": True, "b": True}
+        entry = await patch("/admin/regions/eu", False)
+        assert drained() == {"a": True, "b": False}  # a stays out; b takes traffic again
+        # The audit still names each upstream of the region, with its drain after the change.
+        assert json.loads(entry["before"]) == {"a": {"drained": True}, "b": {"drained": True}}
+        assert json.loads(entry["after"]) == {"a": {"drained": True}, "b": {"drained": False}}
+        await patch("/admin/upstreams/a", False)
+        assert drained() == {"a": False, "b": False}
 
 
 async def test_no_token_configured_means_the_api_is_off() -> None:

@@ -11,6 +11,7 @@ import pytest
 from starlette.applications import Starlette
 
 from gateway.config import Config
+from gateway.http.dashboard import routes
 from gateway.http.dashboard.routes import Dashboard
 from gateway.http.ops import ops_app
 from gateway.runtime import Runtime, build_runtime
@@ -143,6 +144,37 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
     ]:
         r = await client.get("/dashboard/api/impact", params=params)
         assert r.status_code == 400 and message in r.json()["error"]["message"], params
+
+
+async def test_impact_of_an_undrain_keeps_what_another_drain_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = {**CONFIG, "upstreams": [*CONFIG["upstreams"], {**CONFIG["upstreams"][0], "id": "eu-2"}]}
+    rt = build_runtime(Config.model_validate(cfg))
+    await rt.store.update_upstream("eu-1", {"drained": True}, "alice")  # maintenance
+    await rt.store.update_region("eu", {"drained": True}, "bob")
+    asked: list[dict[str, Any]] = []
+
+    def what_if(*args: Any) -> dict[str, Any]:
+        asked.append(args[4])  # the snapshot changes the impact is computed on
+        return {}
+
+    monkeypatch.setattr(routes, "what_if", what_if)
+    app = Starlette(routes=Dashboard(rt).routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OPS) as c:
+        await login(c)
+        for params in (
+            {"region": "eu", "drained": "false"},
+            {"upstream": "eu-2", "drained": "false"},
+        ):
+            r = await c.get("/dashboard/api/impact", params=params)
+            assert r.status_code == 200, r.text
+    # Undraining the region brings eu-2 back, not eu-1 (drained on its own); undraining eu-2
+    # while its region is drained moves nothing.
+    assert asked == [
+        {"eu-1": {"drained": True}, "eu-2": {"drained": False}},
+        {"eu-2": {"drained": True}},
+    ]
 
 
 async def test_the_ops_token_does_not_stand_in_front_of_the_dashboard() -> None:

@@ -87,6 +87,39 @@ def test_down_drained_and_ejected_upstreams_say_why() -> None:
     s = state.build(drained, Window(60), time.monotonic())
     assert {r["id"]: r["state"] for r in s["regions"]}["eu"] == "drained"
     assert s["upstreams"][0]["why"] == "drained by an operator"
+    # Every upstream drained on its own (a region drained before regions had a flag): the
+    # region's button undrains it (config_doc.change_region).
+    assert {r["id"]: r["drained"] for r in s["regions"]}["eu"] is True
+
+
+async def test_a_drained_region_says_which_drain_holds_each_upstream() -> None:
+    rt = runtime()
+    await rt.store.update_upstream("eu-1", {"drained": True}, "alice")  # maintenance
+    await rt.store.update_region("eu", {"drained": True}, "bob")
+    s = state.build(rt, Window(60), time.monotonic())
+    rows = {u["id"]: u for u in s["upstreams"]}
+    assert {u: r["state"] for u, r in rows.items()} == {
+        "eu-1": "drained",
+        "eu-2": "drained",
+        "us-1": "healthy",
+    }
+    assert rows["eu-1"]["why"] == "drained by an operator, and its region eu too"
+    assert rows["eu-2"]["why"] == "its region eu is drained"
+    # The buttons' flags: each upstream's own, the region's own.
+    assert {u: r["drained"] for u, r in rows.items()} == {
+        "eu-1": True,
+        "eu-2": False,
+        "us-1": False,
+    }
+    regions = {r["id"]: r for r in s["regions"]}
+    assert regions["eu"]["state"] == "drained" and regions["eu"]["drained"] is True
+    await rt.store.update_region("eu", {"drained": False}, "bob")
+    s = state.build(rt, Window(60), time.monotonic())
+    assert [(u["id"], u["state"]) for u in s["upstreams"]][:2] == [
+        ("eu-1", "drained"),
+        ("eu-2", "healthy"),
+    ]
+    assert s["regions"][0]["state"] == "healthy" and s["regions"][0]["drained"] is False
 
 
 def test_places_are_grouped_by_city_with_the_regions_that_served_them() -> None:
