@@ -7,127 +7,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, model_validator
 
 from gateway import checks
 from gateway import defaults as d
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-CountryCode = Annotated[str, AfterValidator(checks.country_code)]
-ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
-Ratio = Annotated[float, Field(ge=0, le=1)]
-ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
+# The routing part, re-exported: the schema is read from here (``from gateway.config import``).
+from gateway.config_routing import ContinentCode as ContinentCode
+from gateway.config_routing import CountryCode as CountryCode
+from gateway.config_routing import DefaultLocation as DefaultLocation
+from gateway.config_routing import ListenHost as ListenHost
+from gateway.config_routing import PositiveFloat as PositiveFloat
+from gateway.config_routing import Ratio as Ratio
+from gateway.config_routing import Region as Region
+from gateway.config_routing import ResidencyRule as ResidencyRule
+from gateway.config_routing import StrictModel as StrictModel
+from gateway.config_routing import Upstream as Upstream
 
 
-class _Model(BaseModel):
-    # No NaN or infinity anywhere (TOML has both): a NaN weight or bias poisons every score
-    # it touches, and an infinite timeout is no timeout.
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
-        # Lax mode takes TOML's true as 1 (port = true: port 1). Text still passes: environment
-        # overrides arrive as "9000".
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-            raise ValueError("a number, not true or false")
-        return value
-
-
-class Region(_Model):
-    id: str = Field(min_length=1)
-    name: str = ""
-    latitude: float = Field(ge=-90, le=90)
-    longitude: float = Field(ge=-180, le=180)
-    # The region gateway's public URL (e.g. https://eu-central.api.example.com): the edge
-    # Worker proxies to it, and GeoDNS checks its /readyz.
-    url: Annotated[str, AfterValidator(checks.region_url)] = ""
-    # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
-    addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
-    # The region's own drain, apart from each upstream's: undraining the region must not
-    # undrain an upstream an operator drained on its own. An upstream is routable only when
-    # neither is set.
-    drained: bool = False
-
-
-class Upstream(_Model):
-    id: str = Field(min_length=1)
-    region: str
-    url: Annotated[str, AfterValidator(checks.upstream_url)]
-    models: tuple[Annotated[str, AfterValidator(checks.model_name)], ...] = Field(min_length=1)
-    # The same bounds as the admin API's (fleet.config_doc): file and API agree.
-    weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
-    bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
-    slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
-    health_path: Annotated[str, AfterValidator(checks.url_path)] = d.HEALTH_PATH
-    # Where the load poller reads this upstream's load; empty: [load] path. An upstream that
-    # is a regional geogate gateway publishes its region's load on its public "/load" (its
-    # /metrics is on the ops listener, which an edge elsewhere does not reach).
-    load_path: str = ""
-    drained: bool = False
-    # "dns": the url's host is a name whose A/AAAA records are the pool; "srv": the SRV
-    # record `srv` gives hosts and ports. Each address becomes a member "<id>@<addr>:<port>".
-    discovery: Literal["none", "dns", "srv"] = "none"
-    srv: str = ""
-
-    @model_validator(mode="after")
-    def _each_model_once(self) -> Upstream:
-        # A typo'd copy of a name is the usual cause; the other name was probably meant.
-        twice = next((m for i, m in enumerate(self.models) if m in self.models[:i]), None)
-        if twice is not None:
-            raise ValueError(f"models: {twice!r} is listed twice")
-        return self
-
-    @model_validator(mode="after")
-    def _srv_name(self) -> Upstream:
-        if self.discovery == "srv" and not self.srv:
-            raise ValueError('discovery = "srv" needs srv = "_service._tcp.name"')
-        if self.load_path and not self.load_path.startswith("/"):
-            raise ValueError(
-                f'load_path {self.load_path!r} must start with "/" (a regional gateway\'s is '
-                '"/load"), or be empty for [load] path'
-            )
-        return self
-
-
-class ResidencyRule(_Model):
-    """Clients from these countries or continents may only be served in these regions."""
-
-    name: str = ""
-    countries: tuple[CountryCode, ...] = ()
-    continents: tuple[ContinentCode, ...] = ()
-    regions: tuple[str, ...] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _matches_something(self) -> ResidencyRule:
-        if not self.countries and not self.continents:
-            raise ValueError("a residency rule needs countries or continents to match")
-        return self
-
-
-class DefaultLocation(_Model):
-    latitude: float = Field(default=d.DEFAULT_LATITUDE, ge=-90, le=90)
-    longitude: float = Field(default=d.DEFAULT_LONGITUDE, ge=-180, le=180)
-    country: CountryCode | None = None
-    continent: ContinentCode | None = None
-
-
-class GatewaySection(_Model):
+class GatewaySection(StrictModel):
     region: str
     origin: Literal["client", "self"] = "self"
     trusted_proxies: tuple[Annotated[str, AfterValidator(checks.network)], ...] = ()
 
 
-class ServerSection(_Model):
+class ServerSection(StrictModel):
     host: ListenHost = d.HOST
     port: int = Field(default=d.PORT, ge=0, le=65535)
     workers: int = Field(default=d.WORKERS, ge=1)
@@ -164,7 +68,7 @@ class ServerSection(_Model):
         return self
 
 
-class Timeouts(_Model):
+class Timeouts(StrictModel):
     connect_s: PositiveFloat = d.CONNECT_TIMEOUT_S
     first_byte_s: PositiveFloat = d.FIRST_BYTE_TIMEOUT_S  # streaming requests ("stream": true)
     response_s: PositiveFloat = d.RESPONSE_TIMEOUT_S  # non-streaming: the whole answer
@@ -172,7 +76,7 @@ class Timeouts(_Model):
     total_s: PositiveFloat = d.TOTAL_TIMEOUT_S
 
 
-class RetrySection(_Model):
+class RetrySection(StrictModel):
     max_attempts: int = Field(default=d.MAX_ATTEMPTS, ge=1)
     budget_ratio: Ratio = d.RETRY_BUDGET_RATIO
     budget_min_per_s: float = Field(default=d.RETRY_BUDGET_MIN_PER_S, ge=0)
@@ -180,13 +84,13 @@ class RetrySection(_Model):
     on_timeout: bool = False  # fail over a timeout at an upstream that accepted the request
 
 
-class RouterSection(_Model):
+class RouterSection(StrictModel):
     tolerance_ms: float = Field(default=d.TOLERANCE_MS, ge=0)
     tolerance_ratio: float = Field(default=d.TOLERANCE_RATIO, ge=0)
     panic_threshold: Ratio = d.PANIC_THRESHOLD
 
 
-class HealthSection(_Model):
+class HealthSection(StrictModel):
     interval_s: PositiveFloat = d.HEALTH_INTERVAL_S
     timeout_s: PositiveFloat = d.HEALTH_TIMEOUT_S
     healthy_threshold: int = Field(default=d.HEALTHY_THRESHOLD, ge=1)
@@ -199,7 +103,7 @@ class HealthSection(_Model):
     completion_probe_timeout_s: PositiveFloat = d.COMPLETION_PROBE_TIMEOUT_S
 
 
-class OutlierSection(_Model):
+class OutlierSection(StrictModel):
     consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1)
     base_ejection_s: PositiveFloat = d.BASE_EJECTION_S
     max_ejection_s: PositiveFloat = d.MAX_EJECTION_S
@@ -218,7 +122,7 @@ class OutlierSection(_Model):
         return self
 
 
-class LoadSection(_Model):
+class LoadSection(StrictModel):
     enabled: bool = True
     poll_interval_s: PositiveFloat = d.LOAD_POLL_INTERVAL_S
     max_age_s: PositiveFloat = d.LOAD_MAX_AGE_S
@@ -237,20 +141,20 @@ class LoadSection(_Model):
         return self
 
 
-class DiscoverySection(_Model):
+class DiscoverySection(StrictModel):
     interval_s: PositiveFloat = d.DISCOVERY_INTERVAL_S
     timeout_s: PositiveFloat = d.DISCOVERY_TIMEOUT_S
     # "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolvers
     nameservers: tuple[Annotated[str, AfterValidator(checks.nameserver)], ...] = ()
 
 
-class GeoIPSection(_Model):
+class GeoIPSection(StrictModel):
     database: Path | None = None
     reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
     default: DefaultLocation = DefaultLocation()
 
 
-class RedisSection(_Model):
+class RedisSection(StrictModel):
     # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
     url: Annotated[str, AfterValidator(checks.redis_url)] = ""
     deployment: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
@@ -281,14 +185,14 @@ OBSERVATION_TTL_REFRESHES = 2  # redis.observation_ttl_s spans at least this man
 LEGACY_OPERATOR = "admin"  # who the single admin.token is
 
 
-class AdminSection(_Model):
+class AdminSection(StrictModel):
     """The admin API's operators, each with a token of their own (the audit's "who" is the
     name whose token was sent); ``token``, the one shared token of old, is "admin"."""
 
     token: str = ""
     tokens: dict[
         Annotated[str, AfterValidator(checks.operator_name)], Annotated[str, Field(min_length=1)]
-    ] = {}
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _distinct(self) -> AdminSection:
@@ -306,7 +210,7 @@ class AdminSection(_Model):
         return {**self.tokens, **legacy}
 
 
-class OpsSection(_Model):
+class OpsSection(StrictModel):
     """The ops listener (gateway.http.ops); ``token`` guards all but /admin/*."""
 
     host: ListenHost = d.OPS_HOST
@@ -318,7 +222,7 @@ class OpsSection(_Model):
     public_url: str = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
 
 
-class EdgeSection(_Model):
+class EdgeSection(StrictModel):
     """The edge Worker's signed client location (geodb.edge): believed only when signed with
     one of ``keys`` (key id -> shared secret; two during a rotation), within ``max_skew_s``,
     for one of ``audiences`` (hosts; empty: the request's own Host)."""
@@ -326,12 +230,12 @@ class EdgeSection(_Model):
     keys: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")],
         Annotated[str, Field(min_length=d.EDGE_MIN_SECRET_CHARS)],
-    ] = {}
+    ] = Field(default_factory=dict)
     max_skew_s: PositiveFloat = d.EDGE_MAX_SKEW_S
     audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
 
 
-class LogSection(_Model):
+class LogSection(StrictModel):
     """Event and access logs on stderr (gateway.logs): "text", or "ecs" (Elastic Common
     Schema JSON, both kinds). ``level`` is the events'; the access log is server.access_log."""
 
@@ -339,7 +243,7 @@ class LogSection(_Model):
     level: Literal["debug", "info", "warning", "error"] = d.LOG_LEVEL
 
 
-class Config(_Model):
+class Config(StrictModel):
     gateway: GatewaySection
     server: ServerSection = ServerSection()
     timeouts: Timeouts = Timeouts()

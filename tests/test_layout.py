@@ -19,6 +19,7 @@ MAX_FUNCTION_LINES = 80
 COVERED_BY_FEATURE_TESTS = {
     "gateway/defaults.py": "tests/gateway/test_config.py",  # constants, checked with the config
     "gateway/config_file.py": "tests/gateway/test_config.py",  # the schema is tested through it
+    "gateway/config_routing.py": "tests/gateway/test_config.py",  # the schema's routing part
     "gateway/errors.py": "tests/gateway/http/test_errors.py",  # the tree, mapped to HTTP there
     "gateway/cli/commands.py": "tests/gateway/cli/test_main.py",
     "gateway/cli/ctl_fleet.py": "tests/gateway/cli/test_ctl.py",  # both ways, real processes

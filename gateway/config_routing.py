@@ -1,0 +1,120 @@
+"""The routing part of the config schema, the part a fleet shares (gateway.fleet.config_doc):
+regions, upstreams, residency rules, and the default location; and what every section of the
+schema is built on (a strict model, checked field types). gateway.config has the rest."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway import checks
+from gateway import defaults as d
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+CountryCode = Annotated[str, AfterValidator(checks.country_code)]
+ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
+Ratio = Annotated[float, Field(ge=0, le=1)]
+ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
+
+
+class StrictModel(BaseModel):
+    # No NaN or infinity anywhere (TOML has both): a NaN weight or bias poisons every score
+    # it touches, and an infinite timeout is no timeout.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: object, info: ValidationInfo) -> object:
+        # Lax mode takes TOML's true as 1 (port = true: port 1). Text still passes: environment
+        # overrides arrive as "9000".
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError("a number, not true or false")
+        return value
+
+
+class Region(StrictModel):
+    id: str = Field(min_length=1)
+    name: str = ""
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    # The region gateway's public URL (e.g. https://eu-central.api.example.com): the edge
+    # Worker proxies to it, and GeoDNS checks its /readyz.
+    url: Annotated[str, AfterValidator(checks.region_url)] = ""
+    # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
+    addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
+    # The region's own drain, apart from each upstream's: undraining the region must not
+    # undrain an upstream an operator drained on its own. An upstream is routable only when
+    # neither is set.
+    drained: bool = False
+
+
+class Upstream(StrictModel):
+    id: str = Field(min_length=1)
+    region: str
+    url: Annotated[str, AfterValidator(checks.upstream_url)]
+    models: tuple[Annotated[str, AfterValidator(checks.model_name)], ...] = Field(min_length=1)
+    # The same bounds as the admin API's (fleet.config_doc): file and API agree.
+    weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
+    bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
+    slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
+    health_path: Annotated[str, AfterValidator(checks.url_path)] = d.HEALTH_PATH
+    # Where the load poller reads this upstream's load; empty: [load] path. An upstream that
+    # is a regional geogate gateway publishes its region's load on its public "/load" (its
+    # /metrics is on the ops listener, which an edge elsewhere does not reach).
+    load_path: str = ""
+    drained: bool = False
+    # "dns": the url's host is a name whose A/AAAA records are the pool; "srv": the SRV
+    # record `srv` gives hosts and ports. Each address becomes a member "<id>@<addr>:<port>".
+    discovery: Literal["none", "dns", "srv"] = "none"
+    srv: str = ""
+
+    @model_validator(mode="after")
+    def _each_model_once(self) -> Upstream:
+        # A typo'd copy of a name is the usual cause; the other name was probably meant.
+        twice = next((m for i, m in enumerate(self.models) if m in self.models[:i]), None)
+        if twice is not None:
+            raise ValueError(f"models: {twice!r} is listed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _srv_name(self) -> Upstream:
+        if self.discovery == "srv" and not self.srv:
+            raise ValueError('discovery = "srv" needs srv = "_service._tcp.name"')
+        if self.load_path and not self.load_path.startswith("/"):
+            raise ValueError(
+                f'load_path {self.load_path!r} must start with "/" (a regional gateway\'s is '
+                '"/load"), or be empty for [load] path'
+            )
+        return self
+
+
+class ResidencyRule(StrictModel):
+    """Clients from these countries or continents may only be served in these regions."""
+
+    name: str = ""
+    countries: tuple[CountryCode, ...] = ()
+    continents: tuple[ContinentCode, ...] = ()
+    regions: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> ResidencyRule:
+        if not self.countries and not self.continents:
+            raise ValueError("a residency rule needs countries or continents to match")
+        return self
+
+
+class DefaultLocation(StrictModel):
+    latitude: float = Field(default=d.DEFAULT_LATITUDE, ge=-90, le=90)
+    longitude: float = Field(default=d.DEFAULT_LONGITUDE, ge=-180, le=180)
+    country: CountryCode | None = None
+    continent: ContinentCode | None = None
