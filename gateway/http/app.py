@@ -93,7 +93,7 @@ async def lifespan(
         "gateway region=%s origin=%s upstreams=%d geoip=%s",
         config.gateway.region,
         config.gateway.origin,
-        len(config.upstreams),
+        len(rt.config.upstreams),  # the store's: a fleet's document may differ from the file
         config.geoip.database or "none (default location)",
     )
     freeze_heap()
