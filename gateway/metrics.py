@@ -276,6 +276,13 @@ class Metrics:
             "descriptor limit allows fewer)",
             registry=r,
         )
+        self.protocol_refused = Counter(
+            "geogate_protocol_refused",
+            "Requests the HTTP/1.1 protocol refused before the app (no access line): 400 "
+            "malformed, 408 head not complete in time, 431 head over the cap",
+            ["code"],
+            registry=r,
+        )
         self.overloaded = Counter(
             "geogate_overload_rejected",
             "Requests answered 503 at once: limit=max_streams, /v1 requests over the streams in "

@@ -384,7 +384,7 @@ class H1(asyncio.Protocol):
     def _refuse(self, stop: Refused) -> None:
         """Answer ``stop`` and close; a running request's own bad body: the app's to answer
         (Cycle.refuse); behind a response going out: closed instead, the request told."""
-        log.warning("%s from %s", stop.line, self.client_text())
+        refuse.said(self.app, stop, self.client_text())
         self.in_head = False
         if self.head_timer is not None:
             self.head_timer.cancel()

@@ -55,6 +55,11 @@ class GatewayApp(Starlette):
             return
         await super().__call__(scope, receive, send)
 
+    def count_refusal(self, status: int) -> None:
+        """gateway.h1 refused a request before this app saw it (a malformed request, a head
+        too slow or too large): ``geogate_protocol_refused_total{code}``."""
+        self.proxy.rt.metrics.protocol_refused.labels(str(status)).inc()
+
     async def over_connection_limit(self, scope: Scope, send: Send, err: GatewayError) -> None:
         """gateway.h1's answer to a request past ``server.max_connections``, given here so it
         is counted as the gate's 503s are (``geogate_overload_rejected_total``, and a ``/v1``

@@ -244,6 +244,10 @@ def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:
     assert log.count(f"refused a request head over {LIMIT} bytes") == 1, log[-2000:]
     assert log.count("refused a malformed HTTP/1.1 request from 127.0.0.1:") == 1, log[-2000:]
     assert "Invalid HTTP request received." not in log
+    # No access line for what never reached the app: counted instead, by status.
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert 'geogate_protocol_refused_total{code="431"} 1.0' in metrics, metrics
+    assert 'geogate_protocol_refused_total{code="400"} 1.0' in metrics
 
 
 @pytest.fixture
