@@ -63,10 +63,15 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             except ClientGone:
                 return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             except (RedisError, OSError) as exc:
+                # A read changes nothing: "not applied" would send the operator looking for
+                # a change that was never asked for.
+                what = (
+                    "nothing was read" if request.method == "GET" else "the change was not applied"
+                )
                 return json_error(
                     SharedStateUnavailable(
-                        f"shared state (Redis) is unreachable ({type(exc).__name__}); the "
-                        "change was not applied — retry when /readyz no longer says degraded"
+                        f"shared state (Redis) is unreachable ({type(exc).__name__}); {what} "
+                        "— retry when /readyz no longer says degraded"
                     )
                 )
 

@@ -197,3 +197,24 @@ async def test_an_audit_count_out_of_bounds_is_400(count: str) -> None:
     async with client(config(tokens={"alice": ALICE})) as c:
         r = await c.get("/admin/audit", params={"count": count}, headers=bearer(ALICE))
         assert r.status_code == 400 and "count must be 1..1000" in r.json()["error"]["message"]
+
+
+async def test_redis_away_says_whether_a_change_was_lost_or_only_a_read() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    rt = build_runtime(config(tokens={"alice": ALICE}))
+
+    async def away(*_: Any) -> Any:
+        raise RedisConnectionError("gone")
+
+    rt.store.audit = away  # type: ignore[method-assign,assignment]
+    rt.store.update_upstream = away  # type: ignore[method-assign,assignment]
+    app = Starlette(routes=admin_routes(rt))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        read = await c.get("/admin/audit", headers=bearer(ALICE))
+        change = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
+    for r in (read, change):
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shared_state_unavailable"
+    assert "nothing was read" in read.json()["error"]["message"]
+    assert "the change was not applied" in change.json()["error"]["message"]
