@@ -94,7 +94,10 @@ class Exchange:
                 "method": self.scope["method"],
                 "path": self.scope["path"],
                 "status": self.status,
-                "model": logged_text(self.model),
+                # Inline, not logged_text(): a Python call per request on the served path.
+                "model": model
+                if len(model := self.model) <= LOGGED_TEXT_MAX
+                else logged_text(model),
                 "region": self.served_region,
                 "upstream": self.upstream,
                 "attempts": self.attempts,
