@@ -115,21 +115,47 @@ async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     # Where the clients go is the router's to say (policy, residency, health): said below when
     # the gateway could tell, never guessed here.
     if kind == "region":
-        names = list(json.loads(entry["after"]))
-        ups = ", ".join(names)
-        if drained:
-            take = "takes" if len(names) == 1 else "take"
-            print(
-                f"region {args.target} drained: {ups} {take} no new requests, requests in "
-                f"flight finish ({by})"
-            )
-        else:
-            print(f"region {args.target} undrained: {ups} back in rotation ({by})")
+        print(_region_told(args.target, drained, json.loads(entry["after"]), by))
     elif drained:
         print(f"upstream {args.target} drained: no new requests, those in flight finish ({by})")
+    elif held := _held_by(doc, args.target):
+        # The upstream's own flag is cleared, yet its region's drain still keeps it out: saying
+        # "back in rotation" would send the operator looking for traffic that cannot come.
+        print(
+            f"upstream {args.target} undrained, but its region {held} is drained: it takes no "
+            f"requests until `ctl undrain {held}` ({by})"
+        )
     else:
         print(f"upstream {args.target} undrained: back in rotation ({by})")
     _say(said)
+
+
+def _region_told(rid: str, drained: bool, after: dict[str, Any], by: str) -> str:
+    """What a region's drain or undrain did to each upstream: the audit's ``after`` holds each
+    one's effective drain, so an upstream drained on its own shows there as still drained."""
+    if drained:
+        take = "takes" if len(after) == 1 else "take"
+        return (
+            f"region {rid} drained: {', '.join(after)} {take} no new requests, requests in "
+            f"flight finish ({by})"
+        )
+    back = [uid for uid, state in after.items() if not state.get("drained")]
+    held = [uid for uid in after if uid not in back]
+    said = [f"{', '.join(back)} back in rotation" if back else "no upstream back in rotation"]
+    if held:
+        stay, own = ("stays", "its") if len(held) == 1 else ("stay", "their")
+        fix = ", ".join(f"ctl undrain {uid}" for uid in held)
+        said.append(f"{', '.join(held)} {stay} drained (drained on {own} own: {fix})")
+    return f"region {rid} undrained: {'; '.join(said)} ({by})"
+
+
+def _held_by(doc: dict[str, Any], uid: str) -> str | None:
+    """The region, as of ``doc``, whose own drain holds upstream ``uid`` out, if any."""
+    region = next((u.get("region") for u in doc.get("upstreams", []) if u["id"] == uid), None)
+    for r in doc.get("regions", []):
+        if r["id"] == region and r.get("drained", False):
+            return str(region)
+    return None
 
 
 async def _impact_first(

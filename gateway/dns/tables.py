@@ -109,12 +109,16 @@ def entries(config: Config) -> dict[str, Entry]:
 
 
 def _views(config: Config, regions: Mapping[str, Entry]) -> list[UpstreamView]:
-    """One candidate per region: drained when all its upstreams are, standby when all active
-    ones are, biased by the least bias among them (the gateway there would pick that one)."""
+    """One candidate per region: drained when the region is (its own regions[].drained) or all
+    its upstreams are, standby when all active ones are, biased by the least bias among them
+    (the gateway there would pick that one)."""
     views = []
     for rid in regions:
         ups = [u for u in config.upstreams if u.region == rid]
-        active = [u for u in ups if not u.drained] or ups
+        # The region's drain holds every upstream of it, whatever their own flags say (as the
+        # gateways route): a drained region is one whose upstreams are all drained.
+        held = any(r.drained for r in config.regions if r.id == rid)
+        active = ([] if held else [u for u in ups if not u.drained]) or ups
         views.append(
             UpstreamView(
                 id=rid,
@@ -122,7 +126,7 @@ def _views(config: Config, regions: Mapping[str, Entry]) -> list[UpstreamView]:
                 models=frozenset({ANY_MODEL}),
                 weight=max((u.weight for u in active), default=1.0),
                 bias_ms=min((u.bias_ms for u in active), default=0.0),
-                drained=bool(ups) and all(u.drained for u in ups),
+                drained=held or (bool(ups) and all(u.drained for u in ups)),
             )
         )
     return views

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.cli.ctl import _region_told
 from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 from gateway.cli.main import main
@@ -133,6 +134,62 @@ def test_weight_and_upstream_drain(
     assert upstream(gw, "a1")["drained"] and served_by(gw.url, 6) == Counter({"a2": 6})
     rc, out, err = ctl(capsys, *via(gw), "undrain", "a1")
     assert rc == 0 and not upstream(gw, "a1")["drained"], err
+
+
+def test_an_upstream_drained_on_its_own_stays_drained_through_its_regions_undrain(
+    fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ctl says what routing does: undraining an upstream of a drained region leaves it out
+    (the region's drain holds it), and undraining the region leaves out one drained on its own;
+    each names the undrain that would bring it back."""
+    gw, redis = fleet
+    try:
+        for target in ("a1", "eu-central"):
+            rc, _, err = ctl(capsys, *via(gw), "drain", target)
+            assert rc == 0, err
+        rc, out, err = ctl(capsys, *via(gw), "undrain", "a1")
+        assert rc == 0, err
+        assert out.startswith(
+            "upstream a1 undrained, but its region eu-central is drained: it takes no requests "
+            "until `ctl undrain eu-central` (fleet config version "
+        ), out
+        assert "back in rotation" not in out
+        assert upstream(gw, "a1")["drained"] and served_by(gw.url, 6) == Counter({"b": 6})
+
+        rc, _, err = ctl(capsys, *via(gw), "drain", "a1")
+        assert rc == 0, err
+        rc, out, err = ctl(capsys, *via(gw), "undrain", "eu-central")
+        assert rc == 0, err
+        assert out.startswith(
+            "region eu-central undrained: a2 back in rotation; a1 stays drained (drained on its "
+            "own: ctl undrain a1) (fleet config version "
+        ), out
+        assert served_by(gw.url, 6) == Counter({"a2": 6})
+
+        # Straight to Redis: the same words (the region's flag is in the document ctl reads).
+        rc, _, err = ctl(capsys, "--redis", redis.url, "drain", "eu-central", "--who", "bob")
+        assert rc == 0, err
+        rc, out, err = ctl(capsys, "--redis", redis.url, "undrain", "a1", "--who", "bob")
+        assert rc == 0, err
+        assert out.startswith("upstream a1 undrained, but its region eu-central is drained"), out
+    finally:  # the module's gateway serves the tests after this one
+        for target in ("eu-central", "a1"):
+            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+        eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
+
+
+def test_a_regions_undrain_names_each_upstream_left_drained() -> None:
+    by = "fleet config version 7, audited as bob"
+    after = {"a1": {"drained": True}, "a2": {"drained": True}, "a3": {"drained": False}}
+    assert _region_told("eu", False, after, by) == (
+        "region eu undrained: a3 back in rotation; a1, a2 stay drained (drained on their own: "
+        f"ctl undrain a1, ctl undrain a2) ({by})"
+    )
+    after = {"a1": {"drained": True}}
+    assert _region_told("eu", False, after, by) == (
+        "region eu undrained: no upstream back in rotation; a1 stays drained (drained on its "
+        f"own: ctl undrain a1) ({by})"
+    )
 
 
 def test_top_once_shows_every_region_and_upstream(

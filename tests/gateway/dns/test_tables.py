@@ -10,6 +10,10 @@ from collections.abc import Mapping
 import pytest
 from pydantic import ValidationError
 
+from gateway.config import Config
+from gateway.dns.options import options
+from gateway.dns.powerdns import zone_file
+from gateway.dns.route53 import record_sets
 from gateway.dns.tables import compute, entries, health_url
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
@@ -46,10 +50,18 @@ def test_each_place_gets_its_nearest_region_first() -> None:
     assert t.orders()[0] == t.default and len(set(t.orders())) == len(t.orders())
 
 
-def test_the_tables_lose_nothing_against_the_edge_router() -> None:
+def drained_region(rid: str) -> list[dict[str, object]]:
+    """The regions with ``rid``'s own drain set (regions[].drained, as `ctl drain` sets it)."""
+    return [{**r, "drained": True} if r["id"] == rid else r for r in region_tables()]
+
+
+@pytest.mark.parametrize("drained", [(), (EU,)], ids=["none-drained", "eu-region-drained"])
+def test_the_tables_lose_nothing_against_the_edge_router(drained: tuple[str, ...]) -> None:
     """Every country of geodb's table gets what a gateway at the edge (origin "client", no
-    tolerance band) would route it to: the continent-plus-exceptions form is exact."""
-    cfg = dns_config(upstreams=one_upstream_per_region())
+    tolerance band) would route it to: the continent-plus-exceptions form is exact, and a
+    region's own drain counts as the gateway counts it."""
+    regions = [{**r, "drained": r["id"] in drained} for r in region_tables()]
+    cfg = dns_config(regions=regions, upstreams=one_upstream_per_region())
     t = compute(cfg, entries(cfg))
     store = MemoryStateStore(cfg)
     policy = dataclasses.replace(
@@ -94,6 +106,45 @@ def test_with_every_region_drained_dns_still_answers() -> None:
     cfg = dns_config(upstreams=ups)
     t = compute(cfg, entries(cfg))
     assert t.order_for("SG", "AS") == (AP, EU, US)
+
+
+def export(cfg: Config) -> tuple[str, dict[str, object]]:
+    """What `geogate dns export` writes for ``cfg``: the PowerDNS zone and Route 53's sets."""
+    found = entries(cfg)
+    opt = options("example.com", "api")
+    tables = compute(cfg, found)
+    return zone_file(tables, found, opt, "gw.toml"), record_sets(tables, found, opt, "gw.toml")
+
+
+def test_a_drained_region_exports_as_one_whose_upstreams_are_all_drained() -> None:
+    """regions[].drained holds every upstream of the region, whatever their own flags say: the
+    export is the one the same region gets with every upstream drained."""
+    own: dict[str, dict[str, object]] = {EU: {"drained": True}}  # eu-central-1's, not -2's
+    eu2: dict[str, object] = {
+        "id": "eu-central-2",
+        "region": EU,
+        "url": "http://127.0.0.1:9100",
+        "models": ["m"],
+    }
+    ups: list[dict[str, object]] = [*one_upstream_per_region(own), eu2]
+    by_region = dns_config(regions=drained_region(EU), upstreams=ups)
+    every = [u | {"drained": True} if u["region"] == EU else u for u in ups]
+    by_upstreams = dns_config(upstreams=every)
+    assert export(by_region) == export(by_upstreams)
+    assert export(by_region) != export(dns_config(upstreams=ups))  # the drain moves something
+    t = compute(by_region, entries(by_region))
+    assert t.order_for("GB", "EU") == (US, AP)
+
+
+def test_a_drained_region_without_upstreams_moves_out_of_the_answers() -> None:
+    """A DNS config may name only regions and their entries: the region's own flag is then
+    the one way to drain it."""
+    cfg = dns_config(regions=drained_region(EU))
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("GB", "EU") == t.default == (US, AP)
+    every = dns_config(regions=[{**r, "drained": True} for r in region_tables()])
+    # Nothing left undrained: DNS still answers, each place its nearest (the fallback).
+    assert compute(every, entries(every)).order_for("SG", "AS") == (AP, EU, US)
 
 
 def test_only_regions_with_addresses_are_answered() -> None:
