@@ -290,3 +290,9 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        # Each child made now, at 0: an increase() alert sees the first refusal, not a series
+        # that appears with its value already 1.
+        for limit in ("max_streams", "max_connections"):
+            self.overloaded.labels(limit)
+        for code in (400, 408, 431):
+            self.protocol_refused.labels(str(code))

@@ -384,7 +384,7 @@ class H1(asyncio.Protocol):
     def _refuse(self, stop: Refused) -> None:
         """Answer ``stop`` and close; a running request's own bad body: the app's to answer
         (Cycle.refuse); behind a response going out: closed instead, the request told."""
-        refuse.said(self.app, stop, self.client_text())
+        log.warning("%s from %s", stop.line, self.client_text())
         self.in_head = False
         if self.head_timer is not None:
             self.head_timer.cancel()
@@ -396,5 +396,5 @@ class H1(asyncio.Protocol):
             return
         if running is not None:
             running.flush_head()  # a response still held goes first
-        self.transport.write(refuse.refusal(stop.err))
+        self.transport.write(refuse.answered(self.app, stop.err))
         self.transport.close()

@@ -130,7 +130,9 @@ class Cycle:
         if not self.more_body or self.response_started or self.response_complete:
             return False
         self.refused = err
-        self._conn.pause_reading()  # the parser failed: what follows is dropped at the close
+        # The parser failed: whatever the client still sends is dropped unparsed, as after
+        # an early answer (_linger), so that it cannot fail again and cut the app's 400.
+        self._conn.lingering = True
         self.wake()
         return True
 

@@ -27,7 +27,6 @@ from gateway.errors import (
 from gateway.h1.cycle import STATUS_LINES
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import error_body, send_error, status_of
-from gateway.runtime import log
 
 
 class Refused(Exception):
@@ -41,14 +40,16 @@ class Refused(Exception):
         self.line = line
 
 
-def said(app: object, stop: Refused, client: str) -> None:
-    """A refusal's one log line, and its count where the app keeps one (the gateway's:
-    ``count_refusal``, gateway.http.dispatch): no access line comes for what never reached
-    the app, so without it an operator would see these only in the log."""
-    log.warning("%s from %s", stop.line, client)
+def answered(app: object, err: GatewayError) -> bytes:
+    """``refusal(err)``, counted where the app keeps a count (the gateway's: ``count_refusal``,
+    gateway.http.dispatch): no access line comes for what never reached the app, so without
+    it an operator would see these only in the log. Only what is answered here is counted:
+    a request's own bad body is the app's to answer (and count), a connection cut is no
+    answer."""
     count: Callable[[int], None] | None = getattr(app, "count_refusal", None)
     if count is not None:
-        count(status_of(stop.err))
+        count(status_of(err))
+    return refusal(err)
 
 
 def too_large(head_limit: int, max_header_bytes: int) -> Refused:

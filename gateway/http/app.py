@@ -93,7 +93,9 @@ async def lifespan(
         "gateway region=%s origin=%s upstreams=%d geoip=%s",
         config.gateway.region,
         config.gateway.origin,
-        len(rt.config.upstreams),  # the store's: a fleet's document may differ from the file
+        # The file's: a fleet's document is adopted later, by the store's task, and logged
+        # then (config-applied; config-file-ignored where it differs from this file).
+        len(config.upstreams),
         config.geoip.database or "none (default location)",
     )
     freeze_heap()

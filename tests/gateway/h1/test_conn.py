@@ -206,10 +206,12 @@ def test_a_malformed_chunked_body_gets_the_apps_json_400(gw: Gateway, split: boo
     with its access line, not a close with no answer logged as the client leaving (499)."""
     rid = b"bad-chunks-%d" % split
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
-        if split:  # a good chunk the app has read first, then the bad size line
+        if split:  # a good chunk the app has read first, the bad size line, then more
             s.sendall(CHUNKED_POST % rid + b'2\r\n{"\r\n')
             time.sleep(0.2)
-            s.sendall(b"zz\r\n}\r\n0\r\n\r\n")
+            s.sendall(b"zz\r\n}\r\n")
+            time.sleep(0.1)
+            s.sendall(b"more bytes after the bad ones\r\n0\r\n\r\n")
         else:
             s.sendall(CHUNKED_POST % rid + b"zz\r\n{}\r\n0\r\n\r\n")
         answer = read_to_eof(s)  # to the end: the connection closes after the answer
@@ -221,8 +223,13 @@ def test_a_malformed_chunked_body_gets_the_apps_json_400(gw: Gateway, split: boo
     eventually(lambda: _access_line(gw, rid.decode()) is not None, what="the access line")
     line = _access_line(gw, rid.decode())
     assert line is not None and line["status"] == 400, line
-    assert "the app raised" not in gw.log_text()
+    log = gw.log_text()
+    assert "the app raised" not in log
+    assert log.count("refused a malformed HTTP/1.1 request") == 1, log[-2000:]  # parsed once
     assert httpx.get(f"{gw.url}/healthz").status_code == 200  # the worker serves on
+    # The app answered it, with its access line: not a refusal of the protocol's own.
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert 'geogate_protocol_refused_total{code="400"} 0.0' in metrics, metrics
 
 
 def _access_line(gw: Gateway, rid: str) -> dict[str, object] | None:
