@@ -52,10 +52,8 @@ class Region(StrictModel):
     url: Annotated[str, AfterValidator(checks.region_url)] = ""
     # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
     addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
-    # The region's own drain, apart from each upstream's: undraining the region must not
-    # undrain an upstream an operator drained on its own. An upstream is routable only when
-    # neither is set.
-    drained: bool = False
+    # No drain flag here: a region's drain is Config.drained_regions, a top-level key that a
+    # gateway of a release before it ignores (this model is extra="forbid" there too).
 
 
 class Upstream(StrictModel):

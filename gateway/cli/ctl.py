@@ -150,12 +150,10 @@ def _region_told(rid: str, drained: bool, after: dict[str, Any], by: str) -> str
 
 
 def _held_by(doc: dict[str, Any], uid: str) -> str | None:
-    """The region, as of ``doc``, whose own drain holds upstream ``uid`` out, if any."""
+    """The region, as of ``doc``, whose drain (drained_regions) holds upstream ``uid`` out,
+    if any."""
     region = next((u.get("region") for u in doc.get("upstreams", []) if u["id"] == uid), None)
-    for r in doc.get("regions", []):
-        if r["id"] == region and r.get("drained", False):
-            return str(region)
-    return None
+    return str(region) if region in doc.get("drained_regions", {}) else None
 
 
 async def _impact_first(

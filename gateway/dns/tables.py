@@ -109,15 +109,15 @@ def entries(config: Config) -> dict[str, Entry]:
 
 
 def _views(config: Config, regions: Mapping[str, Entry]) -> list[UpstreamView]:
-    """One candidate per region: drained when the region is (its own regions[].drained) or all
-    its upstreams are, standby when all active ones are, biased by the least bias among them
+    """One candidate per region: drained when the region is (drained_regions) or all its
+    upstreams are, standby when all active ones are, biased by the least bias among them
     (the gateway there would pick that one)."""
     views = []
     for rid in regions:
         ups = [u for u in config.upstreams if u.region == rid]
         # The region's drain holds every upstream of it, whatever their own flags say (as the
         # gateways route): a drained region is one whose upstreams are all drained.
-        held = any(r.drained for r in config.regions if r.id == rid)
+        held = rid in config.drained_regions
         active = ([] if held else [u for u in ups if not u.drained]) or ups
         views.append(
             UpstreamView(

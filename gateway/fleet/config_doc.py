@@ -1,9 +1,14 @@
 """The fleet's routing document and its pure rules: what it holds, how an operator's change is
 validated and applied, and the audit entry that records it. No I/O: ``config_io`` stores it.
 
-Only the routing part is shared (regions with their drain flags, upstreams with weights,
-biases and drain flags, residency rules); timeouts, ports and the like stay per gateway in
-its file.
+Only the routing part is shared (regions, upstreams with weights, biases and drain flags,
+residency rules, the regions drained as a whole); timeouts, ports and the like stay per
+gateway in its file.
+
+A region's drain is written as a gateway of the release before ``drained_regions`` wrote it,
+every upstream of the region drained, so one of those gateways in a fleet that rolls routes
+around the region too; ``drained_regions`` (a top-level key, which that release ignores) adds
+which of them were drained on their own, so undraining the region leaves those drained.
 """
 
 from __future__ import annotations
@@ -20,31 +25,38 @@ from gateway.config import Config
 from gateway.defaults import MAX_BIAS_MS, MAX_WEIGHT
 from gateway.errors import FleetConfigInvalid
 
-ROUTING_KEYS = ("regions", "upstreams", "residency")
+DRAINED_REGIONS = "drained_regions"
+ROUTING_KEYS = ("regions", "upstreams", "residency", DRAINED_REGIONS)
 CHANGEABLE = {"weight": float, "bias_ms": float, "drained": bool}
 
 
 def routing_doc(config: Config) -> dict[str, Any]:
     dump = config.model_dump(mode="json")
-    # A region's drain flag only where it is set: a gateway of a version before it refuses
-    # the key (extra="forbid"), so while a fleet rolls onto this one, a document with no
-    # drained region stays one that every gateway applies.
-    for r in dump["regions"]:
-        if not r["drained"]:
-            del r["drained"]
-    return {k: dump[k] for k in ROUTING_KEYS}
+    # Every upstream of a drained region drained, even where a file listed the region alone:
+    # the one drain a gateway of the release before drained_regions sees.
+    for u in dump["upstreams"]:
+        u["drained"] = u["drained"] or u["region"] in dump[DRAINED_REGIONS]
+    # drained_regions only while a region is drained: a document without one is then, byte for
+    # byte, what a gateway of the release before the key writes and reads.
+    return {k: dump[k] for k in ROUTING_KEYS if k != DRAINED_REGIONS or dump[k]}
 
 
 def apply_doc(config: Config, doc: dict[str, Any]) -> Config:
     """``config`` with the routing part replaced by ``doc``, validated as a whole."""
     data = config.model_dump(mode="json")
     data.update({k: doc[k] for k in ROUTING_KEYS if k in doc})
+    # A document without the key has no region drained (routing_doc leaves it out then): the
+    # file's drained_regions, if it set any, is not the fleet's.
+    data[DRAINED_REGIONS] = doc.get(DRAINED_REGIONS, {})
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise FleetConfigInvalid(f"invalid fleet config: {where}: {first['msg']}") from None
+        msg = first["msg"].removeprefix("Value error, ")  # a check across keys names its own
+        raise FleetConfigInvalid(
+            f"invalid fleet config: {where}: {msg}" if where else f"invalid fleet config: {msg}"
+        ) from None
 
 
 # The numbers' bounds: the same as the config file's (config.Upstream), so file and API agree.
@@ -68,7 +80,9 @@ def _check_value(key: str, kind: type, v: Any) -> None:
 def change_upstream(
     doc: dict[str, Any], uid: str, changes: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Returns (new doc, before, after) where before/after hold only the changed fields."""
+    """Returns (new doc, before, after) where before/after hold only the changed fields, its
+    drain as routing sees it: an upstream of a drained region is drained in both (whether it
+    was drained on its own, which its drain or undrain changes, is in drained_regions)."""
     unknown = set(changes) - set(CHANGEABLE)
     if unknown or not changes:
         raise FleetConfigInvalid(
@@ -82,35 +96,60 @@ def change_upstream(
     target = next((u for u in ups if u["id"] == uid), None)
     if target is None:
         raise FleetConfigInvalid(f"no upstream {uid!r}; known: {', '.join(u['id'] for u in ups)}")
+    drained_regions = _drained_regions(doc)
+    held = target["region"] in drained_regions
     before = {k: target.get(k) for k in changes}
-    new_ups = [{**u, **changes} if u["id"] == uid else u for u in ups]
-    return {**doc, "upstreams": new_ups}, before, dict(changes)
+    after = dict(changes)
+    if held and "drained" in changes:
+        # Its region's drain holds its flag true (as the release before drained_regions reads
+        # it); its own drain or undrain is whether it stays drained when the region is undrained.
+        own = drained_regions[target["region"]]
+        if changes["drained"] and uid not in own:
+            own.append(uid)
+        elif not changes["drained"] and uid in own:
+            own.remove(uid)
+        before["drained"] = after["drained"] = True
+    new_ups = [{**u, **after} if u["id"] == uid else u for u in ups]
+    return _with_drained_regions({**doc, "upstreams": new_ups}, drained_regions), before, after
 
 
-def effective_change(doc: dict[str, Any], uid: str, changes: dict[str, Any]) -> dict[str, Any]:
-    """``changes`` to upstream ``uid`` as its routing sees them: undraining an upstream of a
-    drained region leaves it drained (the region's drain holds it)."""
-    if "drained" not in changes:
-        return dict(changes)
-    region = next((u["region"] for u in doc.get("upstreams", []) if u["id"] == uid), None)
-    held = any(r.get("drained", False) for r in doc.get("regions", []) if r["id"] == region)
-    return {**changes, "drained": bool(changes["drained"]) or held}
+def _drained_regions(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """A copy of ``doc``'s drained_regions, to change."""
+    return {rid: list(own) for rid, own in doc.get(DRAINED_REGIONS, {}).items()}
 
 
-def _region_drain(region: dict[str, Any], drain: bool) -> dict[str, Any]:
-    # Unset rather than false, as routing_doc writes it: readable by a gateway before the flag.
-    if drain:
-        return {**region, "drained": True}
-    return {k: v for k, v in region.items() if k != "drained"}
+def _with_drained_regions(doc: dict[str, Any], drained: dict[str, list[str]]) -> dict[str, Any]:
+    # Left out when empty, as routing_doc writes it.
+    out = {k: v for k, v in doc.items() if k != DRAINED_REGIONS}
+    return {**out, DRAINED_REGIONS: drained} if drained else out
+
+
+def _not_drained(rid: str, members: list[dict[str, Any]]) -> str:
+    """Why region ``rid``, not drained as a region, cannot be undrained, and what would."""
+    if not all(u.get("drained", False) for u in members):
+        return f"region {rid} is not drained"
+    ids = [u["id"] for u in members]
+    them = (
+        f"its upstream {ids[0]} is drained on its own"
+        if len(ids) == 1
+        else f"its upstreams {', '.join(ids)} are drained on their own"
+    )
+    # Undrained whole, it could undrain one an operator drained on purpose: nothing tells
+    # those apart from the region's in a drain written before drained_regions.
+    return (
+        f"region {rid} is not drained as a region: {them} (a region drained before this "
+        f"version included); undrain each: {', '.join(f'ctl undrain {i}' for i in ids)}"
+    )
 
 
 def change_region(
     doc: dict[str, Any], rid: str, changes: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Drain or undrain region ``rid`` in one change: one version, one audit entry naming the
-    region, so no gateway ever routes on a half-drained region. The flag is the region's own
-    (regions[].drained): an upstream an operator drained on its own stays drained when its
-    region is undrained. Before and after hold each member's effective drain (its own or its
+    region, so no gateway ever routes on a half-drained region. Draining sets every member's
+    flag and lists the region in drained_regions with the members already drained (on their
+    own); undraining clears the flags of the others, so an upstream an operator drained on its
+    own stays drained. Before and after hold each member's effective drain (its own or its
     region's): {"a1": {"drained": false}, ...}."""
     if set(changes) != {"drained"}:
         got = ", ".join(sorted(set(changes) - {"drained"})) or "nothing"
@@ -125,25 +164,26 @@ def change_region(
     members = [u for u in ups if u["region"] == rid]
     if not members:
         raise FleetConfigInvalid(f"region {rid!r} has no upstreams to drain or undrain")
-    was = bool(region.get("drained", False))
+    drained_regions = _drained_regions(doc)
+    was = rid in drained_regions
     before = {u["id"]: {"drained": was or bool(u.get("drained", False))} for u in members}
-    new_ups = ups
-    if not drain and not was and all(d["drained"] for d in before.values()):
-        # A region drained before regions had a flag of their own (every member's flag set,
-        # as this change used to do): undrained as it was drained, or the operator's undrain
-        # would leave the whole region out with nothing to say why.
-        new_ups = [{**u, "drained": False} if u["region"] == rid else u for u in ups]
-    after = {
-        u["id"]: {"drained": drain or bool(u.get("drained", False))}
-        for u in new_ups
-        if u["region"] == rid
-    }
-    new_regions = [_region_drain(r, drain) if r["id"] == rid else r for r in regions]
-    return {**doc, "regions": new_regions, "upstreams": new_ups}, before, after
+    if drain:
+        # Drained again: its list stays (each member's flag is already the region's).
+        drained_regions.setdefault(rid, [u["id"] for u in members if u.get("drained", False)])
+        out = {u["id"] for u in members}
+    elif not was:
+        raise FleetConfigInvalid(_not_drained(rid, members))
+    else:
+        out = set(drained_regions.pop(rid))  # those drained on their own stay out
+    new_ups = [{**u, "drained": u["id"] in out} if u["region"] == rid else u for u in ups]
+    after = {u["id"]: {"drained": u["drained"]} for u in new_ups if u["region"] == rid}
+    new_doc = _with_drained_regions({**doc, "upstreams": new_ups}, drained_regions)
+    return new_doc, before, after
 
 
-# What operators change at run time (CHANGEABLE, a region's drain): a fleet's document parts
-# from its seed file there by design, so those differences are not the file's.
+# What operators change at run time (CHANGEABLE; a region's drain is drained_regions, which is
+# not compared): a fleet's document parts from its seed file there by design, so those
+# differences are not the file's.
 OPERATED = ("weight", "bias_ms", "drained")
 
 

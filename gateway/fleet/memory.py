@@ -101,7 +101,9 @@ class MemoryStateStore:
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         )
-        self._drained_regions = frozenset(r.id for r in config.regions if r.drained)
+        # Its members' flags already say drained (config_doc writes them so); read as well in
+        # case a file lists a region without them.
+        self._drained_regions = frozenset(config.drained_regions)
         # One that appears now (a DNS member, an upstream a fleet config change adds) may have
         # been published before its server finished loading: not routable until a probe has
         # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.

@@ -49,6 +49,14 @@ def test_example_config_in_the_repo_is_valid() -> None:
     assert len(cfg.regions) >= 3 and cfg.upstreams
 
 
+def test_drained_regions_map_a_drained_region_to_its_upstreams_drained_on_their_own(
+    tmp_path: Path,
+) -> None:
+    assert load_config(write(tmp_path, GOOD), env={}).drained_regions == {}
+    text = 'drained_regions = {eu-central = ["eu-1"]}\n' + GOOD
+    assert load_config(write(tmp_path, text), env={}).drained_regions == {"eu-central": ("eu-1",)}
+
+
 def test_env_overrides(tmp_path: Path) -> None:
     env = {
         "GEOGATE_SERVER__PORT": "9999",
@@ -211,6 +219,18 @@ def test_env_overrides(tmp_path: Path) -> None:
         (
             lambda t: t.replace('models = ["m"]', 'models = ["m", "n", "m"]'),
             "upstreams[0]: models: 'm' is listed twice",
+        ),
+        # A region's drain is the top-level drained_regions (a key in regions[] would make a
+        # gateway of the release before it refuse the fleet's document).
+        (lambda t: t.replace("8.68\n", "8.68\ndrained = true\n"), "regions[0].drained: unknown"),
+        (
+            lambda t: "drained_regions = {us-east = []}\n" + t,
+            "drained_regions: 'us-east' is not among regions (eu-central)",
+        ),
+        (
+            lambda t: 'drained_regions = {eu-central = ["eu-2"]}\n' + t,
+            "drained_regions.eu-central: 'eu-2' is not an upstream of region eu-central (its "
+            "upstreams: eu-1)",
         ),
     ],
 )

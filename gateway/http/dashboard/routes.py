@@ -215,9 +215,10 @@ class Dashboard:
             effective = {t: {**changes, **after[t]} for t in targets}
         else:
             uid = q.get("upstream", "")
-            config_doc.change_upstream(doc, uid, changes)  # validates, names the known ones
+            # Validates, names the known ones; its after is effective too.
+            _, _, after = config_doc.change_upstream(doc, uid, changes)
             targets = [uid]
-            effective = {uid: config_doc.effective_change(doc, uid, changes)}
+            effective = {uid: after}
         store = self.rt.store
         result = what_if(
             self.sampler.window,

@@ -56,15 +56,19 @@ def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str |
 
 
 def _declared_drain(rt: Runtime, v: UpstreamView) -> bool:
-    """The upstream's own drain flag (``v.drained`` is its own or its region's); a DNS
-    member ("uid@addr") has its upstream's."""
+    """The upstream's own drain (``v.drained`` is its own or its region's); a DNS member
+    ("uid@addr") has its upstream's. In a drained region every flag is set (the region's drain
+    as the release before drained_regions wrote it): its own is whether the region lists it."""
     uid = v.id.partition("@")[0]
+    held = rt.config.drained_regions.get(v.region)
+    if held is not None:
+        return uid in held
     return any(u.drained for u in rt.config.upstreams if u.id == uid)
 
 
 def _drain_why(rt: Runtime, v: UpstreamView) -> str:
     # Which drain holds it says which undrain brings it back: its own, its region's, or both.
-    if not any(r.drained for r in rt.config.regions if r.id == v.region):
+    if v.region not in rt.config.drained_regions:
         return "drained by an operator"
     if _declared_drain(rt, v):
         return f"drained by an operator, and its region {v.region} too"
@@ -141,9 +145,9 @@ def region_rows(
                 "latitude": r.latitude,
                 "longitude": r.longitude,
                 "state": region_state(ups),
-                # What the region's Drain / Undrain button changes: the region's own flag, or
-                # every upstream drained (a region drained before regions had a flag).
-                "drained": r.drained or (bool(ups) and all(u["drained"] for u in ups)),
+                # What the region's Drain / Undrain button changes: its drain as a region (one
+                # whose upstreams were each drained on their own is not; its state says so).
+                "drained": r.id in rt.config.drained_regions,
                 "upstreams": [u["id"] for u in ups],
                 "rps": round(rps, 2),
                 "error_rate": round(failed / rps, 3) if rps else None,

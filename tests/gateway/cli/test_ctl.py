@@ -166,7 +166,7 @@ def test_an_upstream_drained_on_its_own_stays_drained_through_its_regions_undrai
         ), out
         assert served_by(gw.url, 6) == Counter({"a2": 6})
 
-        # Straight to Redis: the same words (the region's flag is in the document ctl reads).
+        # Straight to Redis: the same words (drained_regions is in the document ctl reads).
         rc, _, err = ctl(capsys, "--redis", redis.url, "drain", "eu-central", "--who", "bob")
         assert rc == 0, err
         rc, out, err = ctl(capsys, "--redis", redis.url, "undrain", "a1", "--who", "bob")
@@ -174,6 +174,34 @@ def test_an_upstream_drained_on_its_own_stays_drained_through_its_regions_undrai
         assert out.startswith("upstream a1 undrained, but its region eu-central is drained"), out
     finally:  # the module's gateway serves the tests after this one
         for target in ("eu-central", "a1"):
+            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+        eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
+
+
+def test_a_region_drained_the_old_way_is_undrained_upstream_by_upstream(
+    fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every upstream drained and the region not (as a drain of the release before
+    drained_regions left it): nothing says which were drained on purpose, so `undrain REGION`
+    is refused in one line naming the undrains that would do, and nothing changes."""
+    gw, redis = fleet
+    said = (
+        "region eu-central is not drained as a region: its upstreams a1, a2 are drained on "
+        "their own (a region drained before this version included); undrain each: "
+        "ctl undrain a1, ctl undrain a2"
+    )
+    try:
+        for target in ("a1", "a2"):
+            rc, _, err = ctl(capsys, "--redis", redis.url, "drain", target, "--who", "bob")
+            assert rc == 0, err
+        eventually(lambda: served_by(gw.url, 6) == Counter({"b": 6}), timeout=5)
+        for how in (via(gw), ["--redis", redis.url]):
+            rc, out, err = ctl(capsys, *how, "undrain", "eu-central")
+            assert rc == 2 and not out and len(err.strip().splitlines()) == 1, (out, err)
+            assert said in err, err
+        assert upstream(gw, "a1")["drained"] and upstream(gw, "a2")["drained"]
+    finally:  # the module's gateway serves the tests after this one
+        for target in ("a1", "a2"):
             ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
         eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
 

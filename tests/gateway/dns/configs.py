@@ -35,6 +35,7 @@ def dns_config(
     regions: Sequence[dict[str, Any]] | None = None,
     upstreams: Sequence[dict[str, Any]] = (),
     residency: Sequence[dict[str, Any]] = (),
+    drained_regions: Mapping[str, Sequence[str]] | None = None,
 ) -> Config:
     return Config.model_validate(
         {
@@ -42,6 +43,7 @@ def dns_config(
             "regions": list(regions if regions is not None else region_tables()),
             "upstreams": list(upstreams),
             "residency": list(residency),
+            "drained_regions": dict(drained_regions or {}),
         }
     )
 

@@ -50,18 +50,14 @@ def test_each_place_gets_its_nearest_region_first() -> None:
     assert t.orders()[0] == t.default and len(set(t.orders())) == len(t.orders())
 
 
-def drained_region(rid: str) -> list[dict[str, object]]:
-    """The regions with ``rid``'s own drain set (regions[].drained, as `ctl drain` sets it)."""
-    return [{**r, "drained": True} if r["id"] == rid else r for r in region_tables()]
-
-
 @pytest.mark.parametrize("drained", [(), (EU,)], ids=["none-drained", "eu-region-drained"])
 def test_the_tables_lose_nothing_against_the_edge_router(drained: tuple[str, ...]) -> None:
     """Every country of geodb's table gets what a gateway at the edge (origin "client", no
     tolerance band) would route it to: the continent-plus-exceptions form is exact, and a
-    region's own drain counts as the gateway counts it."""
-    regions = [{**r, "drained": r["id"] in drained} for r in region_tables()]
-    cfg = dns_config(regions=regions, upstreams=one_upstream_per_region())
+    region's drain (drained_regions) counts as the gateway counts it."""
+    cfg = dns_config(
+        upstreams=one_upstream_per_region(), drained_regions={rid: () for rid in drained}
+    )
     t = compute(cfg, entries(cfg))
     store = MemoryStateStore(cfg)
     policy = dataclasses.replace(
@@ -117,8 +113,9 @@ def export(cfg: Config) -> tuple[str, dict[str, object]]:
 
 
 def test_a_drained_region_exports_as_one_whose_upstreams_are_all_drained() -> None:
-    """regions[].drained holds every upstream of the region, whatever their own flags say: the
-    export is the one the same region gets with every upstream drained."""
+    """drained_regions holds every upstream of the region, whatever their own flags say (a
+    file may list it alone; a fleet's change sets the flags too): the export is the one the
+    same region gets with every upstream drained."""
     own: dict[str, dict[str, object]] = {EU: {"drained": True}}  # eu-central-1's, not -2's
     eu2: dict[str, object] = {
         "id": "eu-central-2",
@@ -127,7 +124,7 @@ def test_a_drained_region_exports_as_one_whose_upstreams_are_all_drained() -> No
         "models": ["m"],
     }
     ups: list[dict[str, object]] = [*one_upstream_per_region(own), eu2]
-    by_region = dns_config(regions=drained_region(EU), upstreams=ups)
+    by_region = dns_config(upstreams=ups, drained_regions={EU: ["eu-central-1"]})
     every = [u | {"drained": True} if u["region"] == EU else u for u in ups]
     by_upstreams = dns_config(upstreams=every)
     assert export(by_region) == export(by_upstreams)
@@ -137,12 +134,12 @@ def test_a_drained_region_exports_as_one_whose_upstreams_are_all_drained() -> No
 
 
 def test_a_drained_region_without_upstreams_moves_out_of_the_answers() -> None:
-    """A DNS config may name only regions and their entries: the region's own flag is then
-    the one way to drain it."""
-    cfg = dns_config(regions=drained_region(EU))
+    """A DNS config may name only regions and their entries: drained_regions is then the one
+    way to drain one."""
+    cfg = dns_config(drained_regions={EU: ()})
     t = compute(cfg, entries(cfg))
     assert t.order_for("GB", "EU") == t.default == (US, AP)
-    every = dns_config(regions=[{**r, "drained": True} for r in region_tables()])
+    every = dns_config(drained_regions={rid: () for rid in ADDRESSES})
     # Nothing left undrained: DNS still answers, each place its nearest (the fallback).
     assert compute(every, entries(every)).order_for("SG", "AS") == (AP, EU, US)
 

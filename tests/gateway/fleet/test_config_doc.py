@@ -15,7 +15,6 @@ from gateway.fleet.config_doc import (
     base_config,
     change_region,
     change_upstream,
-    effective_change,
     file_differences,
     routing_doc,
 )
@@ -107,14 +106,14 @@ def test_a_region_drains_all_its_upstreams_in_one_change() -> None:
     assert before == {"eu1": {"drained": False}, "eu2": {"drained": False}}
     assert after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
     applied = apply_doc(cfg, doc)
-    # The region's own flag: each upstream's stays what the operator made it.
-    assert {r.id: r.drained for r in applied.regions} == {"eu": True, "us": False, "ap": False}
-    assert not any(u.drained for u in applied.upstreams)
+    assert applied.drained_regions == {"eu": ()}  # none of them drained on its own
+    assert {u.id: u.drained for u in applied.upstreams} == {"eu1": True, "eu2": True, "us1": False}
     for rid, changes, message in (
         ("nope", {"drained": True}, "no region 'nope'; known: eu, us, ap"),
         ("ap", {"drained": True}, "region 'ap' has no upstreams"),
         ("eu", {"weight": 2}, "a region change sets drained (true or false); got weight"),
         ("eu", {"drained": "yes"}, "drained must be true or false"),
+        ("us", {"drained": False}, "region us is not drained"),
     ):
         with pytest.raises(FleetConfigInvalid, match=re.escape(message)):
             change_region(routing_doc(cfg), rid, changes)
@@ -136,44 +135,133 @@ def _fleet() -> Config:
     )
 
 
+# The document as the release before drained_regions wrote it (its routing_doc): what a
+# gateway of that release reads (only these keys; its models refuse any key they lack).
+PREVIOUS_KEYS = ("regions", "upstreams", "residency")
+PREVIOUS_REGION = {"id", "name", "latitude", "longitude", "url", "addresses"}
+
+
+def test_a_region_drain_is_written_as_the_previous_release_wrote_it() -> None:
+    """A gateway of the previous release, in a fleet that rolls, applies the document and
+    routes around the drained region: every member drained=true, nothing new in regions[],
+    and the one new key top-level (which it ignores)."""
+    undrained = routing_doc(_fleet())
+    assert tuple(undrained) == PREVIOUS_KEYS  # no region drained: no drained_regions key
+    assert all(set(r) == PREVIOUS_REGION for r in undrained["regions"])
+    doc, _, _ = change_upstream(undrained, "eu1", {"drained": True})  # maintenance
+    doc, _, _ = change_region(doc, "eu", {"drained": True})
+    assert all(set(r) == PREVIOUS_REGION for r in doc["regions"])
+    assert {u["id"]: u["drained"] for u in doc["upstreams"]} == {
+        "eu1": True,
+        "eu2": True,
+        "us1": False,
+    }
+    assert doc["drained_regions"] == {"eu": ["eu1"]}
+    assert (doc["regions"], doc["residency"]) == (undrained["regions"], undrained["residency"])
+    # Stored and read back (routing_doc of the applied config) it is the same document.
+    assert routing_doc(apply_doc(_fleet(), doc)) == doc
+    # Undrained, byte for byte the document without region drains (eu1 stays drained).
+    doc, _, _ = change_region(doc, "eu", {"drained": False})
+    expected, _, _ = change_upstream(undrained, "eu1", {"drained": True})
+    assert json.dumps(doc) == json.dumps(expected)
+    assert json.dumps(routing_doc(apply_doc(_fleet(), doc))) == json.dumps(expected)
+
+
+def test_a_file_that_lists_a_drained_region_alone_is_written_with_its_upstreams_drained() -> None:
+    cfg = Config.model_validate({**_fleet().model_dump(), "drained_regions": {"eu": ["eu1"]}})
+    doc = routing_doc(cfg)  # what a gateway seeds the fleet with
+    assert {u["id"]: u["drained"] for u in doc["upstreams"]} == {
+        "eu1": True,
+        "eu2": True,
+        "us1": False,
+    }
+    doc, _, _ = change_region(doc, "eu", {"drained": False})
+    assert {u["id"]: u["drained"] for u in doc["upstreams"]}["eu1"] is True  # listed: its own
+
+
 def test_undraining_a_region_leaves_an_upstream_drained_on_its_own() -> None:
     doc = routing_doc(_fleet())
     doc, _, _ = change_upstream(doc, "eu1", {"drained": True})  # maintenance
     doc, before, after = change_region(doc, "eu", {"drained": True})
     assert before == {"eu1": {"drained": True}, "eu2": {"drained": False}}
     assert after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
+    again, before, after = change_region(doc, "eu", {"drained": True})  # idempotent
+    assert again == doc and before == after == {"eu1": {"drained": True}, "eu2": {"drained": True}}
     doc, before, after = change_region(doc, "eu", {"drained": False})
     # The audit names every upstream of the region, each with its effective drain after.
     assert before == {"eu1": {"drained": True}, "eu2": {"drained": True}}
     assert after == {"eu1": {"drained": True}, "eu2": {"drained": False}}
     own = {u["id"]: u["drained"] for u in doc["upstreams"]}
     assert own == {"eu1": True, "eu2": False, "us1": False}
-    assert not any(r.drained for r in apply_doc(_fleet(), doc).regions)
-    # No region drained, no region flag written: a gateway of a version before the flag
-    # (which refuses the key) still applies the fleet's document while the fleet rolls.
-    for written in (doc, routing_doc(apply_doc(_fleet(), doc))):
-        assert all("drained" not in r for r in written["regions"])
+    assert "drained_regions" not in doc
+    assert apply_doc(_fleet(), doc).drained_regions == {}
 
 
-def test_a_region_drained_before_regions_had_a_flag_is_undrained_whole() -> None:
+def test_a_region_drained_the_old_way_is_not_undrained_as_a_region() -> None:
+    """Every member drained and no drained_regions entry (a drain of a release before it, or
+    each upstream drained on its own): nothing says which were drained on purpose, so the
+    region's undrain is refused with what to do instead, and nothing changes."""
     doc = routing_doc(_fleet())
-    for uid in ("eu1", "eu2"):  # as a region drain wrote it before
+    for uid in ("eu1", "eu2"):
         doc, _, _ = change_upstream(doc, uid, {"drained": True})
-    doc, before, after = change_region(doc, "eu", {"drained": False})
-    assert before == {"eu1": {"drained": True}, "eu2": {"drained": True}}
-    assert after == {"eu1": {"drained": False}, "eu2": {"drained": False}}
-    assert not any(u.drained for u in apply_doc(_fleet(), doc).upstreams)
+    with pytest.raises(FleetConfigInvalid) as refused:
+        change_region(doc, "eu", {"drained": False})
+    assert str(refused.value) == (
+        "region eu is not drained as a region: its upstreams eu1, eu2 are drained on their own "
+        "(a region drained before this version included); undrain each: ctl undrain eu1, "
+        "ctl undrain eu2"
+    )
+    one = routing_doc(_fleet())
+    one, _, _ = change_upstream(one, "us1", {"drained": True})
+    with pytest.raises(FleetConfigInvalid, match=re.escape("its upstream us1 is drained on its")):
+        change_region(one, "us", {"drained": False})
 
 
-def test_undraining_an_upstream_of_a_drained_region_leaves_it_drained_for_routing() -> None:
-    doc = routing_doc(_fleet())
-    doc, _, _ = change_region(doc, "eu", {"drained": True})
-    assert effective_change(doc, "eu1", {"drained": False}) == {"drained": True}
-    assert effective_change(doc, "us1", {"drained": False, "weight": 2}) == {
-        "drained": False,
-        "weight": 2,
-    }
-    assert effective_change(doc, "eu1", {"weight": 2}) == {"weight": 2}
+def test_an_upstream_drained_and_undrained_inside_a_drained_region() -> None:
+    """Its flag stays true (the region holds it, as the previous release reads it); its own
+    drain is recorded in the region's list, and decides whether the region's undrain brings
+    it back."""
+    doc, _, _ = change_region(routing_doc(_fleet()), "eu", {"drained": True})
+    doc, before, after = change_upstream(doc, "eu1", {"drained": True, "weight": 2})
+    assert (before, after) == ({"drained": True, "weight": 1.0}, {"drained": True, "weight": 2})
+    assert doc["drained_regions"] == {"eu": ["eu1"]}
+    again, _, _ = change_upstream(doc, "eu1", {"drained": True})
+    assert again["drained_regions"] == {"eu": ["eu1"]}  # listed once
+    undrained, before, after = change_upstream(doc, "eu1", {"drained": False})
+    assert (before, after) == ({"drained": True}, {"drained": True})  # effective: still out
+    assert undrained["drained_regions"] == {"eu": []}
+    assert all(u["drained"] for u in undrained["upstreams"] if u["region"] == "eu")
+    # Out of a drained region an undrain is one.
+    _, before, after = change_upstream(doc, "us1", {"drained": False})
+    assert (before, after) == ({"drained": False}, {"drained": False})
+    # The region's undrain: eu1 drained on its own stays out; undrained on its own, it is back.
+    back, _, _ = change_region(doc, "eu", {"drained": False})
+    assert {u["id"]: u["drained"] for u in back["upstreams"]}["eu1"] is True
+    back, _, _ = change_region(undrained, "eu", {"drained": False})
+    assert not any(u["drained"] for u in back["upstreams"])
+
+
+@pytest.mark.parametrize(
+    ("drained_regions", "message"),
+    [
+        (
+            {"ap": []},
+            "invalid fleet config: drained_regions: 'ap' is not among regions (eu, us)",
+        ),
+        (
+            {"eu": ["us1"]},
+            "invalid fleet config: drained_regions.eu: 'us1' is not an upstream of region eu "
+            "(its upstreams: eu1, eu2)",
+        ),
+    ],
+)
+def test_drained_regions_name_regions_and_their_upstreams(
+    drained_regions: dict[str, list[str]], message: str
+) -> None:
+    doc = {**routing_doc(_fleet()), "drained_regions": drained_regions}
+    with pytest.raises(FleetConfigInvalid) as refused:
+        apply_doc(_fleet(), doc)
+    assert str(refused.value) == message  # one line
 
 
 def test_a_file_differs_from_the_fleet_in_ids_and_rules_not_in_operator_changes() -> None:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import pytest
+
 from gateway.config import Config
+from gateway.errors import FleetConfigInvalid
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.load import LoadReading
 from gateway.routing.model import Outcome, Reason, RequestFacts
@@ -208,3 +211,26 @@ async def test_undraining_a_region_leaves_an_upstream_drained_on_its_own_out() -
     await s.update_region("eu", {"drained": True}, "bob")
     await s.update_upstream("fra-1", {"drained": False}, "alice")
     assert [u.id for u in s.snapshot(0.0).upstreams if u.drained] == ["fra-1", "fra-2"]
+    # ...which, undrained on its own, the region's undrain brings back with the rest.
+    await s.update_region("eu", {"drained": False}, "bob")
+    assert not any(u.drained for u in s.snapshot(0.0).upstreams)
+    assert s.config.drained_regions == {}
+
+
+async def test_a_region_drained_the_old_way_is_refused_an_undrain_and_stays_out() -> None:
+    s = MemoryStateStore(TWO_REGIONS)
+    for uid in ("fra-1", "fra-2"):  # as a region drain of the release before wrote it
+        await s.update_upstream(uid, {"drained": True}, "alice")
+    version = s.version
+    with pytest.raises(FleetConfigInvalid, match="region eu is not drained as a region"):
+        await s.update_region("eu", {"drained": False}, "bob")
+    assert s.version == version and chosen_region(s) == "us"
+
+
+def test_a_region_listed_in_drained_regions_is_drained_whatever_its_flags_say() -> None:
+    """A file may list a region without setting its upstreams' flags (config_doc sets both):
+    the region's drain still holds them."""
+    data = TWO_REGIONS.model_dump(mode="json")
+    s = MemoryStateStore(Config.model_validate({**data, "drained_regions": {"eu": []}}))
+    assert [u.id for u in s.snapshot(0.0).upstreams if u.drained] == ["fra-1", "fra-2"]
+    assert chosen_region(s) == "us"

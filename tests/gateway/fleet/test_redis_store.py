@@ -274,3 +274,42 @@ async def test_a_file_that_differs_from_the_fleet_is_followed_no_more_and_said_s
     finally:
         await first.stop()
         await changed.stop()
+
+
+def previous_release_apply(config: Config, doc: dict[str, Any]) -> Config:
+    """What a gateway of the release before drained_regions makes of a fleet document: its
+    apply_doc takes regions, upstreams and residency alone (its models refuse any key they
+    lack, so regions[] must hold none it does not know)."""
+    data = config.model_dump(mode="json")
+    del data["drained_regions"]  # a key its Config has not
+    data.update({k: doc[k] for k in ("regions", "upstreams", "residency") if k in doc})
+    return Config.model_validate(data)
+
+
+async def test_a_region_drain_in_redis_is_one_the_previous_release_routes_around(
+    redis_url: str,
+) -> None:
+    gw, other = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        await gw._sync_config()  # seeds version 1 from its file
+        await gw.update_upstream("a", {"drained": True}, "alice")  # maintenance
+        await gw.update_region("eu", {"drained": True}, "bob")
+        await other._sync_config()
+        assert other.version == 3 and other.config.drained_regions == {"eu": ("a",)}
+        assert [u.drained for u in other.snapshot(0.0).upstreams] == [True, True]
+        doc, _ = await in_redis(gw)
+        assert doc is not None and doc["drained_regions"] == {"eu": ["a"]}
+        assert all(u.drained for u in previous_release_apply(CFG, doc).upstreams)
+        await gw.update_region("eu", {"drained": False}, "bob")
+        await other._sync_config()
+        assert [u.drained for u in other.snapshot(0.0).upstreams] == [True, False]
+        # No region drained: the document is, byte for byte, one the previous release wrote.
+        raw = await gw.redis().hget(gw.keys.config, "doc")
+        expected, _, _ = config_doc.change_upstream(
+            config_doc.routing_doc(CFG), "a", {"drained": True}
+        )
+        assert raw is not None
+        assert (raw.decode() if isinstance(raw, bytes) else raw) == json.dumps(expected)
+    finally:
+        await gw.stop()
+        await other.stop()

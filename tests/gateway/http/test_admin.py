@@ -76,9 +76,11 @@ async def test_a_region_drain_is_one_audited_change_of_its_upstreams() -> None:
         assert r.status_code == 200, r.text
         assert r.json()["version"] == 2 and r.json()["audit"]["what"] == "region eu"
         shown = (await c.get("/admin/config", headers=bearer(ALICE))).json()
-        # The region's own flag, apart from the upstream's (which an undrain must not touch).
-        assert shown["config"]["regions"][0]["drained"] is True
-        assert shown["config"]["upstreams"][0]["drained"] is False
+        # Written as the release before drained_regions wrote a region drain (every upstream
+        # drained, regions[] as it was), with the region's entry beside: none drained on its own.
+        assert "drained" not in shown["config"]["regions"][0]
+        assert shown["config"]["upstreams"][0]["drained"] is True
+        assert shown["config"]["drained_regions"] == {"eu": []}
         [entry] = (await c.get("/admin/audit", headers=bearer(ALICE))).json()["entries"]
         assert entry["who"] == "alice" and json.loads(entry["after"]) == {"a": {"drained": True}}
         r = await c.patch("/admin/regions/nope", json={"drained": True}, headers=bearer(ALICE))
@@ -114,6 +116,17 @@ async def test_undraining_a_region_leaves_an_upstream_drained_on_its_own_drained
         assert json.loads(entry["after"]) == {"a": {"drained": True}, "b": {"drained": False}}
         await patch("/admin/upstreams/a", False)
         assert drained() == {"a": False, "b": False}
+        shown = (await c.get("/admin/config", headers=bearer(ALICE))).json()["config"]
+        assert "drained_regions" not in shown  # no region drained: not a key of the document
+        # Drained the old way (each upstream on its own): the region's undrain is refused,
+        # with what to do instead, and nothing changes.
+        await patch("/admin/upstreams/b", True)
+        await patch("/admin/upstreams/a", True)
+        r = await c.patch("/admin/regions/eu", json={"drained": False}, headers=bearer(ALICE))
+        message = r.json()["error"]["message"]
+        assert r.status_code == 400 and message.startswith("region eu is not drained as a region")
+        assert message.endswith("undrain each: ctl undrain a, ctl undrain b")
+        assert drained() == {"a": True, "b": True}
 
 
 async def test_no_token_configured_means_the_api_is_off() -> None:

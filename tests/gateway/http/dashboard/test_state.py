@@ -87,9 +87,11 @@ def test_down_drained_and_ejected_upstreams_say_why() -> None:
     s = state.build(drained, Window(60), time.monotonic())
     assert {r["id"]: r["state"] for r in s["regions"]}["eu"] == "drained"
     assert s["upstreams"][0]["why"] == "drained by an operator"
-    # Every upstream drained on its own (a region drained before regions had a flag): the
-    # region's button undrains it (config_doc.change_region).
-    assert {r["id"]: r["drained"] for r in s["regions"]}["eu"] is True
+    # Every upstream drained on its own (or a region drained before drained_regions): the
+    # region is not drained as a region (its undrain is refused: config_doc.change_region);
+    # each upstream's own button undrains it.
+    assert {r["id"]: r["drained"] for r in s["regions"]}["eu"] is False
+    assert [u["drained"] for u in s["upstreams"]] == [True, True, False]
 
 
 async def test_a_drained_region_says_which_drain_holds_each_upstream() -> None:
@@ -113,6 +115,12 @@ async def test_a_drained_region_says_which_drain_holds_each_upstream() -> None:
     }
     regions = {r["id"]: r for r in s["regions"]}
     assert regions["eu"]["state"] == "drained" and regions["eu"]["drained"] is True
+    # Undrained on its own inside the drained region: still out, held by the region alone.
+    await rt.store.update_upstream("eu-1", {"drained": False}, "alice")
+    rows = {u["id"]: u for u in state.build(rt, Window(60), time.monotonic())["upstreams"]}
+    assert (rows["eu-1"]["state"], rows["eu-1"]["drained"]) == ("drained", False)
+    assert rows["eu-1"]["why"] == "its region eu is drained"
+    await rt.store.update_upstream("eu-1", {"drained": True}, "alice")  # and drained again
     await rt.store.update_region("eu", {"drained": False}, "bob")
     s = state.build(rt, Window(60), time.monotonic())
     assert [(u["id"], u["state"]) for u in s["upstreams"]][:2] == [
