@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
+from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound, UnsupportedParameter
 from backend.sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
@@ -14,6 +15,35 @@ MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 # torch.Generator.manual_seed takes any 64-bit value, signed or unsigned; beyond, it raised
 # in the engine's submit, a 500.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# The most characters one token can stand for, with a wide margin: BPE vocabularies' longest
+# tokens are runs of spaces or punctuation some dozens of characters long. A prompt whose
+# text alone is longer than the context window times this cannot fit whatever it tokenizes
+# to, so it is refused before the tokenizer spends seconds on megabytes of it.
+MAX_CHARS_PER_TOKEN = 256
+# Parameters this server cannot honour, each with the values that ask for nothing: any
+# other value is refused, as silently ignoring it gives a wrong answer (no logprobs, no
+# echoed prompt). Harmless ones (presence_penalty, logit_bias, tools...) stay ignored.
+UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "logprobs": lambda v: v is None or v is False,  # completions' 0 still asks for them
+    "top_logprobs": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
+    "echo": lambda v: v is None or v is False,
+    "best_of": lambda v: v is None or (v == 1 and not isinstance(v, bool)),
+    "suffix": lambda v: v is None or v == "",
+}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request with every check but the tokenizer's done: cheap, on the event loop."""
+
+    chat: bool
+    messages: list[dict[str, str]]  # chat: the messages, each content a string
+    prompt: str  # completions: the prompt
+    max_tokens: int | None
+    max_key: str  # the name max_tokens came under, for the error that names it
+    params: SamplingParams  # max_tokens is a placeholder until the prompt is tokenized
+    stream: bool
+    include_usage: bool
 
 
 @dataclass(frozen=True)
@@ -51,7 +81,7 @@ def _int(body: dict[str, Any], key: str) -> int | None:
     return v
 
 
-def _chat_prompt(tok: Any, messages: Any) -> str:
+def _messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise InvalidParameter("messages must be a non-empty list", param="messages")
     clean = []
@@ -66,14 +96,25 @@ def _chat_prompt(tok: Any, messages: Any) -> str:
         if not isinstance(content, str):
             raise InvalidParameter(f"messages[{i}].content must be a string", param="messages")
         clean.append({"role": m["role"], "content": content})
+    return clean
+
+
+def _chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
     if getattr(tok, "chat_template", None):
-        return _apply_template(tok, clean)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in clean) + "\nassistant:"
+        return _apply_template(tok, messages)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
 
 def _part_text(i: int, j: int, part: Any) -> str:
+    if isinstance(part, str):
+        # OpenAI's SDK types allow only objects; a bare string is taken as the text part it
+        # plainly means rather than dropped, which answered an empty message with a 200.
+        return part
     if not isinstance(part, dict):
-        return ""
+        raise InvalidParameter(
+            f"messages[{i}].content[{j}] must be a content part object or a string, got {part!r}",
+            param="messages",
+        )
     text = part.get("text", "")  # image and audio parts have none: skipped
     if not isinstance(text, str):
         raise InvalidParameter(
@@ -117,42 +158,31 @@ def _seed(body: dict[str, Any]) -> int | None:
     return seed
 
 
-def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Parsed:
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
+def _model(body: dict[str, Any], served: str) -> None:
     model = body.get("model")
+    if model is None:  # a missing field is the request's fault, not an unknown model
+        raise InvalidParameter(
+            f"the model field is required; this server serves {served!r}", param="model"
+        )
+    if not isinstance(model, str):
+        raise InvalidParameter(f"model must be a string, got {model!r}", param="model")
     if model != served:
         raise ModelNotFound(
             f"model {model!r} is not served here; this server serves {served!r} (GET /v1/models)",
             param="model",
         )
-    if chat:
-        text = _chat_prompt(tok, body.get("messages"))
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise InvalidParameter("prompt must be a string", param="prompt")
-        text = prompt
-    ids: list[int] = tok(text, add_special_tokens=not chat)["input_ids"]
-    if not ids:  # nothing to prefill: the engine's forward pass would fail
-        raise InvalidParameter(
-            "the prompt has no tokens; send some text", param="messages" if chat else "prompt"
-        )
-    n = _int(body, "n")
-    if n not in (None, 1):
-        raise InvalidParameter("only n=1 is supported", param="n")
-    max_tokens, max_key = _max_tokens(body)
-    room = context_len - len(ids)
-    if room < 1 or (max_tokens is not None and max_tokens > room):
-        asked = max_tokens or 1
-        raise ContextTooLong(
-            f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
-            f"tokens and {max_key} {asked}, {len(ids) + asked} in all. Shorten the prompt "
-            f"or lower {max_key}",
-            param="messages" if chat else "prompt",
-        )
+
+
+def _unsupported(body: dict[str, Any]) -> None:
+    for key, harmless in UNSUPPORTED.items():
+        v = body.get(key)
+        if not harmless(v):
+            raise UnsupportedParameter(
+                f"{key} is not supported by this server, got {v!r}; leave it out", param=key
+            )
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
@@ -165,6 +195,10 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
             f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings",
             param="stop",
         )
+    return tuple(stop or ())
+
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidParameter("stream must be true or false", param="stream")
@@ -172,12 +206,87 @@ def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Par
     opts = {} if opts is None else opts
     if not isinstance(opts, dict):
         raise InvalidParameter("stream_options must be an object", param="stream_options")
+    return stream, bool(opts.get("include_usage"))
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidParameter("prompt must be a string", param="prompt")
+    return prompt
+
+
+def _fits_at_all(c: Checked, context_len: int) -> None:
+    """Refuse, untokenized, a prompt whose characters alone need more tokens than there are."""
+    chars = sum(len(m["content"]) for m in c.messages) + len(c.prompt)
+    asked = c.max_tokens or 1
+    if asked >= context_len:  # a prompt has a token at least
+        raise ContextTooLong(
+            f"this model's context window is {context_len} tokens; {c.max_key} {asked} "
+            f"leaves no room for the prompt. Lower {c.max_key}",
+            param=c.max_key,
+        )
+    if chars > (context_len - asked) * MAX_CHARS_PER_TOKEN:
+        raise ContextTooLong(
+            f"this model's context window is {context_len} tokens; the prompt is {chars} "
+            f"characters, more than {context_len - asked} tokens can hold (at most "
+            f"{MAX_CHARS_PER_TOKEN} characters a token) with {c.max_key} {asked}. Shorten "
+            f"the prompt or lower {c.max_key}",
+            param="messages" if c.chat else "prompt",
+        )
+
+
+def check(body: Any, served: str, context_len: int, chat: bool) -> Checked:
+    """Every check that needs no tokenizer: run on the event loop before the costly part."""
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    _model(body, served)
+    _unsupported(body)
+    messages = _messages(body.get("messages")) if chat else []
+    prompt = "" if chat else _prompt(body)
+    n = _int(body, "n")
+    if n not in (None, 1):
+        raise InvalidParameter("only n=1 is supported", param="n")
+    max_tokens, max_key = _max_tokens(body)
+    stream, include_usage = _stream(body)
     params = SamplingParams(
-        max_tokens=max_tokens or min(DEFAULT_MAX_TOKENS, room),
+        max_tokens=max_tokens or 1,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        stop=tuple(stop or ()),
+        stop=_stop(body),
         seed=_seed(body),
         ignore_eos=body.get("ignore_eos") is True,
     )
-    return Parsed(ids, params, stream, bool(opts.get("include_usage")))
+    c = Checked(chat, messages, prompt, max_tokens, max_key, params, stream, include_usage)
+    _fits_at_all(c, context_len)
+    return c
+
+
+def tokenize(c: Checked, tok: Any, context_len: int) -> Parsed:
+    """The chat template and the tokenizer: seconds on a prompt of megabytes, so the server
+    runs this in a thread (the fast tokenizer releases the GIL) and the event loop, /health
+    and every stream with it, goes on meanwhile."""
+    text = _chat_prompt(tok, c.messages) if c.chat else c.prompt
+    ids: list[int] = tok(text, add_special_tokens=not c.chat)["input_ids"]
+    if not ids:  # nothing to prefill: the engine's forward pass would fail
+        raise InvalidParameter(
+            "the prompt has no tokens; send some text", param="messages" if c.chat else "prompt"
+        )
+    room = context_len - len(ids)
+    if room < 1 or (c.max_tokens is not None and c.max_tokens > room):
+        asked = c.max_tokens or 1
+        raise ContextTooLong(
+            f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
+            f"tokens and {c.max_key} {asked}, {len(ids) + asked} in all. Shorten the prompt "
+            f"or lower {c.max_key}",
+            param="messages" if c.chat else "prompt",
+        )
+    params = replace(c.params, max_tokens=c.max_tokens or min(DEFAULT_MAX_TOKENS, room))
+    return Parsed(ids, params, c.stream, c.include_usage)
+
+
+def parse(body: Any, tok: Any, served: str, context_len: int, chat: bool) -> Parsed:
+    """Both steps at once, for callers that are not on an event loop."""
+    return tokenize(check(body, served, context_len, chat), tok, context_len)

@@ -116,7 +116,11 @@ class Engine:
             self._cond.notify()
         self._thread.join(timeout=10)
 
-    def submit(self, seq: Sequence) -> None:
+    def check_room(self) -> int:
+        """Raise QueueFull if a request submitted now would be refused; else the number
+        waiting. The server asks before tokenizing, so a full server refuses at once rather
+        than after seconds of tokenizing a long prompt; submit asks again, as the queue may
+        have filled meanwhile."""
         with self._cond:
             # Sequences cancelled while queued leave at the next step; until then they hold
             # no place. A request that a free batch slot takes at the next step is not
@@ -131,6 +135,11 @@ class Engine:
                     f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
                 )
+            return waiting
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:  # a Condition's default lock is an RLock: check_room takes it again
+            waiting = self.check_room()
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
             self._waiting.append(seq)

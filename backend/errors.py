@@ -46,3 +46,9 @@ class ModelNotFound(BackendError):
 
 class QueueFull(BackendError):
     status, type, code = 429, "rate_limit_error", "queue_full"
+
+
+class UnsupportedParameter(InvalidParameter):
+    """A parameter this server cannot honour; ignoring it would give a wrong answer."""
+
+    code = "unsupported_parameter"  # OpenAI's own, for a parameter a model does not take

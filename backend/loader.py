@@ -203,7 +203,9 @@ def load_model(
         weight_bytes(model),
         load_s,
         ctx,
-        name or path.name,
+        # The resolved path's: "--model ." (or "models/tiny/") has an empty last part, and
+        # the model was served under the name "".
+        name or path.resolve().name,
     )
     log.info(
         "loaded %s: weights %d bytes, load %.2f s, device %s, dtype %s, quantize %s, context %d",

@@ -42,6 +42,10 @@ def choose(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int
         sorted_p, idx = torch.sort(probs, descending=True)
         cum = torch.cumsum(sorted_p, dim=-1)
         keep = cum - sorted_p < p.top_p  # the smallest prefix whose mass reaches top_p
+        # The most probable token always: a top_p below float32's smallest value (1e-46)
+        # rounds to 0.0 in that comparison and kept none, and multinomial raised on the
+        # all-zero row, a 500 for a valid request. Such a nucleus is that one token: greedy.
+        keep[0] = True
         sorted_p = sorted_p * keep
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=gen)
         return int(idx[choice].item())

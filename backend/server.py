@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from backend.api import parse
+from backend.api import check, tokenize
 from backend.engine import Engine, Event, Sequence
 from backend.errors import BackendError, BodyTooLarge, InvalidParameter
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
-from backend.shapes import Shape
+from backend.shapes import Shape, error_body
 
 log = logging.getLogger("geogate.backend")
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -39,7 +40,7 @@ class BackendServer:
         self.failure: str | None = None  # why the warm-up failed; the CLI exits with it
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_openai_errors])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
@@ -132,7 +133,13 @@ class BackendServer:
                 raise BodyTooLarge(
                     f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
                 ) from None
-            p = parse(body, self.m.tokenizer, self.m.name, self.m.context_len, chat)
+            # The cheap checks and the queue's room first, on the loop; then the chat
+            # template and the tokenizer in a thread: on a prompt of megabytes they take
+            # seconds, which on the loop stalled /health (the gateway's probe gives up after
+            # 1 s and ejects the backend) and every stream.
+            checked = check(body, self.m.name, self.m.context_len, chat)
+            self.engine.check_room()
+            p = await asyncio.to_thread(tokenize, checked, self.m.tokenizer, self.m.context_len)
             q: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(p.prompt_ids, p.params, q.put_nowait)
             self.engine.submit(seq)
@@ -181,6 +188,33 @@ class BackendServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (an unknown route, a wrong method) as OpenAI-shaped JSON, as
+    every other error here: clients parse the body, and aiohttp's is plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and successes raised as exceptions: as they are
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        elif isinstance(exc, web.HTTPNotFound):
+            message = f"no such endpoint: {request.method} {request.path}"
+        else:
+            message = f"{exc.status} {exc.reason}"
+        type_ = "invalid_request_error" if exc.status < 500 else "server_error"
+        code = exc.reason.lower().replace(" ", "_")  # "method_not_allowed", "not_found"
+        return web.json_response(
+            error_body(message, type_, code), status=exc.status, headers=headers
+        )
 
 
 def _graceful_exit() -> None:

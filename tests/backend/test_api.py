@@ -5,8 +5,13 @@ from typing import Any
 
 import pytest
 
-from backend.api import DEFAULT_MAX_TOKENS, parse
-from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound
+from backend.api import DEFAULT_MAX_TOKENS, MAX_CHARS_PER_TOKEN, check, parse
+from backend.errors import (
+    ContextTooLong,
+    InvalidParameter,
+    ModelNotFound,
+    UnsupportedParameter,
+)
 from backend.shapes import Shape
 
 
@@ -141,3 +146,80 @@ def test_a_template_that_refuses_the_messages_is_a_400(
     with pytest.raises(InvalidParameter) as e:
         parse(body(), tok, "m", 512, chat=True)
     assert e.value.param == "messages" and "roles must alternate" in e.value.message
+
+
+def test_a_missing_or_non_string_model_is_a_400_naming_the_field(tok: Any) -> None:
+    # A missing model was a 404 "model None is not served here".
+    for doc, says in (({"messages": body()["messages"]}, "is required"), (body(model=5), "5")):
+        with pytest.raises(InvalidParameter) as e:
+            parse(doc, tok, "m", 512, chat=True)
+        assert not isinstance(e.value, ModelNotFound)
+        assert e.value.status == 400 and e.value.param == "model" and says in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("kw", "chat"),
+    [
+        ({"logprobs": True}, True),
+        ({"top_logprobs": 3}, True),
+        ({"logprobs": 0}, False),  # completions' integer form: 0 still asks for logprobs
+        ({"echo": True}, False),
+        ({"best_of": 2}, False),
+        ({"suffix": "and then"}, False),
+    ],
+)
+def test_parameters_that_would_be_ignored_are_refused(
+    tok: Any, kw: dict[str, Any], chat: bool
+) -> None:
+    # They were silently ignored: an answer without the logprobs or echo it asked for.
+    doc = body(**kw) if chat else {"model": "m", "prompt": "hi", **kw}
+    with pytest.raises(UnsupportedParameter) as e:
+        parse(doc, tok, "m", 512, chat=chat)
+    (key,) = kw
+    assert e.value.status == 400 and e.value.param == key and key in e.value.message
+    assert e.value.body()["error"]["code"] == "unsupported_parameter"
+
+
+def test_values_that_ask_for_nothing_and_harmless_parameters_pass(tok: Any) -> None:
+    harmless: dict[str, Any] = {
+        "logprobs": False,
+        "top_logprobs": 0,
+        "echo": False,
+        "best_of": 1,
+        "suffix": None,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.5,
+        "logit_bias": {"1": 5},
+        "response_format": {"type": "text"},
+        "tools": [],
+        "user": "u",
+    }
+    assert parse(body(**harmless), tok, "m", 512, chat=True).prompt_ids
+
+
+def test_string_content_parts_are_text_and_other_parts_are_refused(tok: Any) -> None:
+    # ["hello"] became an empty message answered with a 200.
+    parts = ["hel", {"type": "text", "text": "lo"}, {"type": "image_url", "image_url": {}}]
+    mixed = parse(body(messages=[{"role": "user", "content": parts}]), tok, "m", 512, chat=True)
+    plain = parse(body(messages=[{"role": "user", "content": "hello"}]), tok, "m", 512, chat=True)
+    assert mixed.prompt_ids == plain.prompt_ids
+    for bad in (5, None, ["x"]):
+        with pytest.raises(InvalidParameter) as e:
+            parse(body(messages=[{"role": "user", "content": [bad]}]), tok, "m", 512, chat=True)
+        assert e.value.param == "messages" and "content[0]" in e.value.message
+
+
+def test_a_prompt_too_long_to_fit_is_refused_before_tokenizing() -> None:
+    # check() has no tokenizer: a prompt of megabytes is refused without seconds of it.
+    room = 512 - 10
+    fits = "x" * (room * MAX_CHARS_PER_TOKEN)
+    check({"model": "m", "prompt": fits, "max_tokens": 10}, "m", 512, chat=False)
+    with pytest.raises(ContextTooLong) as e:
+        check({"model": "m", "prompt": fits + "x", "max_tokens": 10}, "m", 512, chat=False)
+    assert e.value.param == "prompt" and "context window is 512 tokens" in e.value.message
+    msgs = [{"role": "user", "content": fits}, {"role": "user", "content": "x"}]
+    with pytest.raises(ContextTooLong):
+        check(body(messages=msgs, max_tokens=10), "m", 512, chat=True)
+    with pytest.raises(ContextTooLong) as e:  # no room for a prompt at all
+        check(body(max_tokens=512), "m", 512, chat=True)
+    assert e.value.param == "max_tokens"

@@ -31,3 +31,12 @@ def test_weight_memory_and_int8_dynamic(model_dir: Path) -> None:
 def test_int8_dynamic_refused_on_cuda_request(model_dir: Path) -> None:
     with pytest.raises(ModelLoadError):
         load_model(model_dir, quantize="int8-dynamic", device="cuda")
+
+
+def test_a_path_with_an_empty_last_part_is_named_by_its_directory(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "--model ." served the model under the name "".
+    monkeypatch.chdir(model_dir)
+    assert load_model(Path(".")).name == model_dir.name
+    assert load_model(Path("."), name="alias").name == "alias"

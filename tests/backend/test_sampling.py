@@ -28,3 +28,12 @@ def test_a_vanishing_temperature_is_greedy() -> None:
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
     for t in (1e-40, 1e-6):
         assert choose(logits, SamplingParams(4, temperature=t), new_generator(1)) == 1
+
+
+def test_a_vanishing_top_p_keeps_the_most_probable_token() -> None:
+    # 1e-46 rounds to 0.0 against float32 probabilities: no token was kept and multinomial
+    # raised "probability tensor contains either inf, nan or element < 0" (a 500).
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    for top_p in (1e-46, 1e-300, 1e-30):
+        p = SamplingParams(4, temperature=1.0, top_p=top_p)
+        assert {choose(logits, p, new_generator(s)) for s in range(20)} == {1}

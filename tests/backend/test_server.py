@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -328,3 +329,117 @@ def test_a_failed_warm_up_stops_the_server_with_one_line(
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("geogate backend: warm-up generation failed")
     assert "CUDA out of memory (as if)" in last
+
+
+def test_a_vanishing_top_p_is_greedy_not_a_500(backend: Backend) -> None:
+    # 1e-46 rounded to 0.0 against float32 probabilities: no token was kept, a 500 with a
+    # traceback, and a gateway counting 5xx ejected a healthy backend.
+    greedy = chat_text(backend, max_tokens=8, temperature=0)
+    for top_p in (1e-46, 1e-300):
+        assert chat_text(backend, max_tokens=8, temperature=1.0, top_p=top_p) == greedy
+
+
+def test_health_answers_while_a_prompt_of_megabytes_is_tokenized(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The tokenizer ran on the event loop: a 7 MB prompt held /health for seconds, past the
+    gateway's 1 s probe timeout. A context large enough that the prompt is tokenized, not
+    refused on its length alone; over the window once tokenized, so nothing generates."""
+    big = tmp_path / "big-context"
+    shutil.copytree(model_dir, big)
+    config = json.loads((big / "config.json").read_text())
+    config["max_position_embeddings"] = 200_000
+    (big / "config.json").write_text(json.dumps(config))
+    b = start_backend(big, tmp_path)
+    prompt = "london singapore " * 400_000  # 6.8 MB, some 800 000 tokens here
+
+    def send() -> tuple[httpx.Response, float]:
+        t0 = time.monotonic()
+        doc = {"model": big.name, "prompt": prompt, "max_tokens": 1}
+        r = httpx.post(f"{b.url}/v1/completions", json=doc, timeout=120)
+        return r, time.monotonic() - t0
+
+    try:
+        worst = 0.0
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(send)
+            while not sent.done():
+                t0 = time.monotonic()
+                assert httpx.get(f"{b.url}/health", timeout=60).text == "ok"
+                worst = max(worst, time.monotonic() - t0)
+            r, took = sent.result()
+    finally:
+        stop(b.proc)
+    print(f"/health at worst {worst * 1000:.0f} ms during a {took:.2f} s request")  # pytest -s
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]  # refused once tokenized: the request was really tokenized
+    assert err["code"] == "context_length_exceeded"
+    assert re.search(r"the prompt is \d{6} tokens", err["message"]), err
+    # Relative to the request's own time, so a slow machine does not fail it: on the loop,
+    # the parse held one /health for nearly all of it.
+    assert worst < max(0.5, took / 4), f"/health took {worst:.2f} s; the request {took:.2f} s"
+
+
+def test_a_prompt_that_cannot_fit_is_refused_on_its_length(backend: Backend) -> None:
+    r = httpx.post(
+        f"{backend.url}/v1/completions",
+        json={"model": MODEL, "prompt": "london singapore " * 60_000},  # 1 MB
+    )
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and "1020000 characters" in err["message"]
+
+
+def test_a_missing_model_and_unsupported_parameters_are_400s(backend: Backend) -> None:
+    url = f"{backend.url}/v1/chat/completions"
+    r = httpx.post(url, json={"messages": MESSAGES})  # was 404 "model None is not served"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    for key, value in (("logprobs", True), ("top_logprobs", 2)):
+        r = httpx.post(url, json={"model": MODEL, "messages": MESSAGES, key: value})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == key
+    url = f"{backend.url}/v1/completions"
+    legacy: tuple[tuple[str, object], ...] = (
+        ("echo", True),
+        ("best_of", 3),
+        ("suffix", "end"),
+        ("logprobs", 2),
+    )
+    for key, bad in legacy:
+        r = httpx.post(url, json={"model": MODEL, "prompt": "hi", key: bad})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == key
+    harmless = {"presence_penalty": 1.0, "logit_bias": {"5": 1}, "tools": [], "max_tokens": 2}
+    r = httpx.post(url, json={"model": MODEL, "prompt": "hi", **harmless})
+    assert r.status_code == 200, r.text
+
+
+def test_string_content_parts_are_text(backend: Backend) -> None:
+    # ["hello"] became an empty message answered with a 200.
+    def prompt_tokens(content: object) -> int:
+        doc = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+        r = httpx.post(f"{backend.url}/v1/chat/completions", json=doc)
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    assert prompt_tokens(["hello, how ", "are you?"]) == prompt_tokens("hello, how are you?")
+    assert prompt_tokens(["hello"]) > prompt_tokens("")
+    doc = {"model": MODEL, "messages": [{"role": "user", "content": [7]}]}
+    r = httpx.post(f"{backend.url}/v1/chat/completions", json=doc)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Backend) -> None:
+    # aiohttp's own answers were plain text ("405: Method Not Allowed").
+    r = httpx.get(f"{backend.url}/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "method_not_allowed"
+    assert "POST" in err["message"]
+    r = httpx.post(f"{backend.url}/health")
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
+    r = httpx.get(f"{backend.url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert "/v1/nothing" in r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        client(backend).embeddings.create(model=MODEL, input="x")
