@@ -32,6 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway import checks
 from gateway.config import Config
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.keys import Keys, connect
@@ -71,6 +72,7 @@ class RedisStateStore(MemoryStateStore):
         self._file_doc = config_doc.routing_doc(config)
         self.stale_since: float | None = time.time()  # until the first sync succeeds
         self._synced_once = False
+        self._down_said = False  # this outage is in the log (at start too: stale_since is set)
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -128,6 +130,7 @@ class RedisStateStore(MemoryStateStore):
                         )
                     self._synced_once = True
                     self.stale_since = None
+                    self._down_said = False
                     backoff = INITIAL_BACKOFF_S
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -139,9 +142,18 @@ class RedisStateStore(MemoryStateStore):
             except (RedisError, OSError) as exc:
                 if self.stale_since is None:
                     self.stale_since = time.time()
+                # Said once per outage, the first at start too (stale_since is set from the
+                # start until the first sync): a wrong URL or password was otherwise silent,
+                # the fleet quietly one gateway per host.
+                if not self._down_said:
+                    self._down_said = True
                     log.error(
-                        "Redis unreachable (%s); routing on the last snapshot",
+                        "Redis at %s unreachable (%s); %s",
+                        checks.redact_url(self.config.redis.url),
                         type(exc).__name__,
+                        "routing on the last snapshot"
+                        if self._synced_once
+                        else "routing on this gateway's own file and view until it answers",
                         extra=event("shared-state-stale", reason=type(exc).__name__),
                     )
                 await self._drop_idle_connections()

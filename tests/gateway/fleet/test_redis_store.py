@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.redis_store import RedisStateStore
@@ -232,11 +233,36 @@ async def test_redis_coming_back_raises_no_false_alarm(
             for r in caplog.records
             if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
         ]
-        assert alarms == ["Redis unreachable (ConnectionError); routing on the last snapshot"]
+        assert alarms == [
+            f"Redis at {server.url} unreachable (ConnectionError); routing on the last snapshot"
+        ]
         assert gw.stale_since is None
     finally:
         await gw.stop()
         server.stop()
+
+
+async def test_redis_unreachable_from_the_start_is_said_once_with_its_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong URL or password: the gateway routes on its own file and view, and says why,
+    its password masked (stale_since is set from the start, which used to keep it silent)."""
+    dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    gw = gateway(dead, "gw0")
+    try:
+        await gw.start()
+        await asyncio.sleep(1.0)  # several reconnect attempts
+        alarms = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
+        ]
+        assert len(alarms) == 1, alarms
+        assert "Redis at redis://:****@127.0.0.1:" in alarms[0] and "hunter2" not in alarms[0]
+        assert "routing on this gateway's own file and view until it answers" in alarms[0]
+        assert gw.stale_since is not None
+    finally:
+        await gw.stop()
 
 
 async def test_a_file_that_differs_from_the_fleet_is_followed_no_more_and_said_so(
