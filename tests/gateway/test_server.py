@@ -184,7 +184,13 @@ def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine:
 def test_sighup_drains_and_stops_as_sigterm_does(tmp_path: Path) -> None:
     """No reload to run: a HUP (a closed terminal, a reload out of habit) is not the default
     death with every stream cut."""
-    gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5")
+    # The gateway inherits this process's disposition: under nohup (CI's) SIGHUP is ignored,
+    # and an ignored one it keeps ignoring (the next test).
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5")
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     try:
         lines: list[str] = []
         t = _stream_in_thread(gw.url, lines, tokens=10)
@@ -196,6 +202,22 @@ def test_sighup_drains_and_stops_as_sigterm_does(tmp_path: Path) -> None:
         log = gw.log_text()
         assert "SIGHUP: geogate has no reload; draining and stopping as on SIGTERM" in log
         assert "drained: no request in flight" in log
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+def test_under_nohup_sighup_stays_ignored(tmp_path: Path) -> None:
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        gw, sim = start_fleet(tmp_path)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    try:
+        gw.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert gw.proc.poll() is None and httpx.get(f"{gw.url}/healthz").status_code == 200
+        assert "SIGHUP" not in gw.log_text()
     finally:
         gw.stop()
         sim.proc.kill()
