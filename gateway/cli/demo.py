@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -299,7 +300,7 @@ def _run(
     wait_http(f"{gw}/readyz", proc=gw_proc, log=log)
     print(
         f"geogate demo: 3 simulated regions, gateway at {gw} (origin=client), "
-        f"GeoIP {db.name}; logs in {work}"
+        f"GeoIP {db.name}; logs in {work} (removed if the demo ends well)"
     )
     if keep_running:  # open it now and watch the failover below happen on the map
         print(_dashboard_login(ops, token), flush=True)
@@ -328,11 +329,17 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
     work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     # SIGTERM and SIGHUP (kill, a closed terminal) as Ctrl-C: the `finally:` runs
+    ended_well = False
     with interruptible():
         try:
             _run(work, procs, keep_running, port)
+            ended_well = True
         finally:
             # The end, or Ctrl-C: no client is left to drain for, so SIGINT (no drain), and
             # all together rather than one after another, a second Ctrl-C ignored meanwhile.
             with uninterrupted():
                 stop_all(list(procs.values()), signal.SIGINT)
+            # Its logs and database kept only when something went wrong or it was stopped:
+            # every run left a folder in /tmp.
+            if ended_well:
+                shutil.rmtree(work, ignore_errors=True)

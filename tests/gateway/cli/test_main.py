@@ -261,9 +261,32 @@ def test_a_demo_whose_gateway_stops_answering_says_so_in_one_line(
     monkeypatch.setattr(demo, "_scenario", lost)  # the gateway gone in the middle of the story
     with pytest.raises(SystemExit) as exit_:
         main(["demo"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("geogate: demo: the gateway stopped answering (Server disconnected)")
+    assert _demo_folder(out).is_dir()  # kept: its logs say what went wrong
+
+
+def _demo_folder(out: str) -> Path:
+    found = re.search(r"logs in (\S+) \(removed if the demo ends well\)", out)
+    assert found is not None, out
+    return Path(found[1])
+
+
+def test_a_demo_that_ends_well_leaves_no_folder_behind(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import demo
+    from gateway.cli.main import main
+
+    async def told(*_: object) -> None:
+        print("the story")  # the story itself: test_demo_runs_the_whole_story_...
+
+    monkeypatch.setattr(demo, "_scenario", told)
+    main(["demo"])
+    out = capsys.readouterr().out
+    assert "demo finished in" in out
+    assert not _demo_folder(out).exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
