@@ -131,6 +131,15 @@ def what_if(
             text += f"; routed as now, about {moving:,.0f} a minute will move from {src} to {dest}"
         if REFUSED in arriving:
             text += f" — {arriving[REFUSED]:,.0f} a minute would find NO upstream and get 503"
+    elif carried:
+        # What it carried in the last minute, routing no longer sends it: an ejection, a
+        # failed health check or a drain since (said, or "no request moves" beside a share
+        # it carried reads as a contradiction), or the change keeps those requests where
+        # they are.
+        text += "; routed as now, none of it moves"
+        ours = [v for v in snap.upstreams if any(member_of(v.id, t) for t in targets)]
+        if ours and not any(v.healthy and not v.drained for v in ours):
+            text += f" ({names} {'is' if len(targets) == 1 else 'are'} out of rotation already)"
     else:
         text += "; at the last minute's traffic, no request moves"
     return {

@@ -4,6 +4,7 @@ minute's traffic."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from gateway.config import Config
 from gateway.http.dashboard.impact import REFUSED, changed_snapshot, member_of, what_if
@@ -85,6 +86,23 @@ def test_a_change_that_moves_nothing_says_so() -> None:
     assert out["arriving"] == {} and "no request moves" in out["text"]
     empty = what_if(Window(60), snapshot(), POLICY, ["eu-1"], {"eu-1": {"drained": True}})
     assert empty["total"] == 0 and empty["text"].startswith("eu-1 carries 0 %")
+
+
+def test_a_share_routing_no_longer_sends_there_is_said_not_contradicted() -> None:
+    """eu-1 carried London's requests in the last minute and has been ejected since (its
+    view unhealthy): draining it moves nothing, and the text says why."""
+    w = window({(LONDON, "eu-1", "m"): 30, (NEW_YORK, "us-1", "m"): 60})
+    snap = snapshot()
+    views = tuple(replace(v, healthy=False) if v.id == "eu-1" else v for v in snap.upstreams)
+    out = what_if(w, Snapshot(views, snap.regions), POLICY, ["eu-1"], {"eu-1": {"drained": True}})
+    assert out["carried"] == 30 and out["arriving"] == {}
+    assert out["text"] == (
+        "eu-1 carries 33 % of requests in the last minute (30 of 90); routed as now, none of "
+        "it moves (eu-1 is out of rotation already)."
+    )
+    # Carried and in rotation, a change that keeps it there: no claim of why.
+    kept = what_if(w, snapshot(), POLICY, ["eu-1"], {"eu-1": {"bias_ms": 1.0}})
+    assert kept["text"].endswith("; routed as now, none of it moves.")
 
 
 def test_changes_reach_discovered_members_too() -> None:
