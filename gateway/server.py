@@ -360,10 +360,10 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
             cap.streams,
         )
     if not ops.port:
-        log.info("ops listener off (ops.port = 0): no /metrics, /routing-table, /explain, /admin")
+        log.info("ops listener off (ops.port = 0): no /metrics, /routing-table, /admin, /dashboard")
         return
     log.info(
-        "ops listener: http://%s (/metrics /routing-table /explain /admin/*)%s",
+        "ops listener: http://%s (/metrics /routing-table /explain /admin/* /dashboard)%s",
         _address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )

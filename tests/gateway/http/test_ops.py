@@ -49,6 +49,10 @@ def test_the_public_port_serves_no_ops_endpoint(gw: Gateway, path: str) -> None:
 
 
 def test_the_ops_listener_wants_the_ops_token(gw: Gateway) -> None:
+    # The start-up line names what it serves, the dashboard too, and that a token guards it.
+    assert "(/metrics /routing-table /explain /admin/* /dashboard), token required" in (
+        gw.log_text()
+    )
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": OPS_TOKEN}):
         r = httpx.get(f"{gw.ops_url}/routing-table", headers=headers)
         assert r.status_code == 401, headers
