@@ -228,11 +228,7 @@ async def test_redis_coming_back_raises_no_false_alarm(
         server.start()
         await until(lambda: gw.stale_since is None, "the sync after Redis came back")
         await asyncio.sleep(1.2)  # two refresh intervals: a listener's error shows by then
-        alarms = [
-            r.getMessage()
-            for r in caplog.records
-            if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
-        ]
+        alarms = _fleet_errors(caplog)
         assert alarms == [
             f"Redis at {server.url} unreachable (ConnectionError); routing on the last snapshot"
         ]
@@ -252,11 +248,7 @@ async def test_redis_unreachable_from_the_start_is_said_once_with_its_url(
     try:
         await gw.start()
         await asyncio.sleep(1.0)  # several reconnect attempts
-        alarms = [
-            r.getMessage()
-            for r in caplog.records
-            if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
-        ]
+        alarms = _fleet_errors(caplog)
         assert len(alarms) == 1, alarms
         assert "Redis at redis://:****@127.0.0.1:" in alarms[0] and "hunter2" not in alarms[0]
         assert "routing on this gateway's own file and view until it answers" in alarms[0]
@@ -339,3 +331,11 @@ async def test_a_region_drain_in_redis_is_one_the_previous_release_routes_around
     finally:
         await gw.stop()
         await other.stop()
+
+
+def _fleet_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
+    ]
