@@ -215,9 +215,12 @@ def test_under_nohup_sighup_stays_ignored(tmp_path: Path) -> None:
         signal.signal(signal.SIGHUP, previous)
     try:
         gw.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
-        assert gw.proc.poll() is None and httpx.get(f"{gw.url}/healthz").status_code == 200
-        assert "SIGHUP" not in gw.log_text()
+        assert httpx.get(f"{gw.url}/healthz").status_code == 200
+        # Then SIGTERM: a clean drain (status 0) and no word of the HUP, which a default
+        # disposition would have answered with death (-1) and our handler with a log line.
+        gw.proc.send_signal(signal.SIGTERM)
+        assert gw.proc.wait(10) == 0
+        assert "SIGHUP" not in gw.log_text() and "drained" in gw.log_text()
     finally:
         gw.stop()
         sim.proc.kill()

@@ -245,9 +245,18 @@ async def test_redis_unreachable_from_the_start_is_said_once_with_its_url(
     its password masked (stale_since is set from the start, which used to keep it silent)."""
     dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     gw = gateway(dead, "gw0")
+    failed = 0
+    drop = gw._drop_idle_connections
+
+    async def counted() -> None:  # called once per failed round, before its backoff
+        nonlocal failed
+        failed += 1
+        await drop()
+
+    gw._drop_idle_connections = counted  # type: ignore[method-assign]
     try:
         await gw.start()
-        await asyncio.sleep(1.0)  # several reconnect attempts
+        await until(lambda: failed >= 3, "three failed rounds")  # said after the first only
         alarms = _fleet_errors(caplog)
         assert len(alarms) == 1, alarms
         assert "Redis at redis://:****@127.0.0.1:" in alarms[0] and "hunter2" not in alarms[0]
