@@ -104,7 +104,7 @@ def _http_url(url: str) -> SplitResult:
     # 0 or "host:" (no digits): dialled at port 80 or 443 (members.default_port), unsaid.
     if port == 0 or (port is None and parts.netloc.endswith(":")):
         raise ValueError("port must be a number from 1 to 65535")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
+    if "?" in url or "#" in url:  # a query or a fragment, even an empty one
         raise ValueError("it has a query or fragment (? or #): give the URL without them")
     return parts
 

@@ -5,7 +5,7 @@ up front by pydantic. Reading it from a TOML file with ``GEOGATE_*`` environment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -318,6 +318,21 @@ class Config(StrictModel):
                     raise ValueError(f"residency[{i}]: region {r!r} is not defined")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drained_regions_hold_their_upstreams(cls, data: Any) -> Any:
+        # Every upstream of a drained region drained, as a region drain writes it
+        # (gateway.fleet.config_doc) and a gateway of the release before drained_regions
+        # reads it: made so here, once, even where a file lists the region alone, so that
+        # every reader (the snapshot, dns export, the fleet's document) reads the flags alone.
+        if not isinstance(data, dict) or not isinstance(data.get("upstreams"), list | tuple):
+            return data
+        held = data.get("drained_regions")
+        if not isinstance(held, dict) or not held:
+            return data
+        ups = [_drained(u) if _region_of(u) in held else u for u in data["upstreams"]]
+        return {**data, "upstreams": ups}
+
     @model_validator(mode="after")
     def _drained_regions_known(self) -> Config:
         # After _references: the ids it checks are unique and every upstream's region known.
@@ -346,3 +361,15 @@ def _unique(what: str, ids: list[str]) -> None:
         if i in seen:
             raise ValueError(f"{what}: id {i!r} appears twice")
         seen.add(i)
+
+
+def _region_of(upstream: Any) -> Any:
+    return (
+        upstream.get("region") if isinstance(upstream, dict) else getattr(upstream, "region", None)
+    )
+
+
+def _drained(upstream: Any) -> Any:
+    if isinstance(upstream, Upstream):
+        return upstream.model_copy(update={"drained": True})
+    return {**upstream, "drained": True} if isinstance(upstream, dict) else upstream

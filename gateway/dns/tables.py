@@ -115,10 +115,10 @@ def _views(config: Config, regions: Mapping[str, Entry]) -> list[UpstreamView]:
     views = []
     for rid in regions:
         ups = [u for u in config.upstreams if u.region == rid]
-        # The region's drain holds every upstream of it, whatever their own flags say (as the
-        # gateways route): a drained region is one whose upstreams are all drained.
+        # A drained region's upstreams are all drained (Config sets their flags); the
+        # region's own entry still drains one listed with no upstreams.
         held = rid in config.drained_regions
-        active = ([] if held else [u for u in ups if not u.drained]) or ups
+        active = [u for u in ups if not u.drained] or ups
         views.append(
             UpstreamView(
                 id=rid,

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from gateway.config import Config
 from gateway.defaults import MAX_BIAS_MS, MAX_WEIGHT
 from gateway.errors import FleetConfigInvalid
+from gateway.routing.policy import rule_name
 
 DRAINED_REGIONS = "drained_regions"
 ROUTING_KEYS = ("regions", "upstreams", "residency", DRAINED_REGIONS)
@@ -31,11 +32,9 @@ CHANGEABLE = {"weight": float, "bias_ms": float, "drained": bool}
 
 
 def routing_doc(config: Config) -> dict[str, Any]:
+    # Every upstream of a drained region is drained in the config itself (Config's
+    # _drained_regions_hold_their_upstreams): the one drain the release before sees.
     dump = config.model_dump(mode="json")
-    # Every upstream of a drained region drained, even where a file listed the region alone:
-    # the one drain a gateway of the release before drained_regions sees.
-    for u in dump["upstreams"]:
-        u["drained"] = u["drained"] or u["region"] in dump[DRAINED_REGIONS]
     # drained_regions only while a region is drained: a document without one is then, byte for
     # byte, what a gateway of the release before the key writes and reads.
     return {k: dump[k] for k in ROUTING_KEYS if k != DRAINED_REGIONS or dump[k]}
@@ -157,8 +156,7 @@ def change_region(
     _check_value("drained", bool, changes["drained"])
     drain: bool = changes["drained"]
     regions = doc.get("regions", [])
-    region = next((r for r in regions if r["id"] == rid), None)
-    if region is None:
+    if not any(r["id"] == rid for r in regions):
         raise FleetConfigInvalid(f"no region {rid!r}; known: {', '.join(r['id'] for r in regions)}")
     ups = doc.get("upstreams", [])
     members = [u for u in ups if u["region"] == rid]
@@ -184,7 +182,7 @@ def change_region(
 # What operators change at run time (CHANGEABLE; a region's drain is drained_regions, which is
 # not compared): a fleet's document parts from its seed file there by design, so those
 # differences are not the file's.
-OPERATED = ("weight", "bias_ms", "drained")
+OPERATED = tuple(CHANGEABLE)
 
 
 def _keyed(
@@ -198,9 +196,13 @@ def _id(item: dict[str, Any]) -> str:
 
 
 def _rule_name(rule: dict[str, Any]) -> str:
-    # As policy_from names a rule, so the warning and /routing-table use the same names.
-    where = "+".join([*rule.get("countries", ()), *rule.get("continents", ())])
-    return str(rule.get("name") or where + "->" + "+".join(rule.get("regions", ())))
+    # policy_from's name for it: the warning and /routing-table use the same names.
+    return rule_name(
+        rule.get("name", ""),
+        rule.get("countries", ()),
+        rule.get("continents", ()),
+        rule.get("regions", ()),
+    )
 
 
 def file_differences(file_doc: dict[str, Any], fleet_doc: dict[str, Any]) -> list[str]:

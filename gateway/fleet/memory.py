@@ -103,7 +103,6 @@ class MemoryStateStore:
         )
         # Its members' flags already say drained (config_doc writes them so); read as well in
         # case a file lists a region without them.
-        self._drained_regions = frozenset(config.drained_regions)
         # One that appears now (a DNS member, an upstream a fleet config change adds) may have
         # been published before its server finished loading: not routable until a probe has
         # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.
@@ -199,10 +198,9 @@ class MemoryStateStore:
                     models=frozenset(u.models),
                     weight=u.weight,
                     bias_ms=u.bias_ms,
-                    # Effective: its own drain or its region's (both are kept apart in the
-                    # config so undraining one never undoes the other); every reader of the
-                    # snapshot (router, /readyz, /routing-table, dashboard) sees this one.
-                    drained=u.drained or u.region in self._drained_regions,
+                    # Its region's drain included: Config sets the flag of every upstream
+                    # of a region in drained_regions.
+                    drained=u.drained,
                     healthy=h.healthy(now),
                     rtt_ms=h.rtt_ms,
                     ttft_ms=ls.ttft_ms if fresh and ls and now < ls.ttft_at + max_age else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.config import Config
@@ -38,10 +39,17 @@ class Policy:
         return next((i for i, r in enumerate(self.residency) if r.matches(loc)), None)
 
 
+def rule_name(
+    name: str, countries: Sequence[str], continents: Sequence[str], regions: Sequence[str]
+) -> str:
+    """A residency rule's name: its own, else made of what it matches and where it keeps."""
+    return name or "+".join([*countries, *continents]) + "->" + "+".join(regions)
+
+
 def policy_from(config: Config) -> Policy:
     rules = tuple(
         Residency(
-            name=r.name or "+".join([*r.countries, *r.continents]) + "->" + "+".join(r.regions),
+            name=rule_name(r.name, r.countries, r.continents, r.regions),
             countries=frozenset(c.upper() for c in r.countries),
             continents=frozenset(c.upper() for c in r.continents),
             regions=frozenset(r.regions),
