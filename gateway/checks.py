@@ -75,7 +75,7 @@ def continent_code(code: str) -> str:
     raise ValueError(f"not a continent code{said}: one of {codes}")
 
 
-def _http_url(url: str) -> SplitResult:
+def http_url(url: str) -> SplitResult:
     """``url`` split, when it is an http:// or https:// URL the gateway can dial: checked here,
     a bad port or host is a one-line error at load, not a ValueError traceback where the URL
     is first used (the member's port, the DNS export's health check)."""
@@ -112,7 +112,7 @@ def _http_url(url: str) -> SplitResult:
 def upstream_url(url: str) -> str:
     """An upstream's base URL. Its user:password, if any, is sent as Basic auth
     (gateway.client.pool): allowed here, unlike in a region's URL."""
-    parts = _http_url(url)
+    parts = http_url(url)
     # OpenAI clients are configured with ".../v1"; an upstream is not: the client's path
     # (/v1/chat/completions) is appended to it, and ".../v1/v1/..." is a 404 everywhere.
     if parts.path.rstrip("/").endswith("/v1"):
@@ -127,7 +127,7 @@ def region_url(url: str) -> str:
     """Empty, or the region gateway's public URL: the edge Worker proxies to it and GeoDNS
     checks its url + /readyz (gateway.dns), where a bad port was a traceback and anything
     else went into the zone as it was."""
-    if url and "@" in _http_url(url).netloc:
+    if url and "@" in http_url(url).netloc:
         raise ValueError(
             "a public URL carries no credentials: GeoDNS health checks send none, and the "
             "exported zone would show them"

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -321,3 +321,18 @@ def alive(pid: int) -> bool:
         return stat_fields(pid)[0] not in ("Z", "X")
     except FileNotFoundError:
         return False
+
+
+def access_line(gw: Gateway, rid: str) -> dict[str, Any]:
+    """The access log's line for request ``rid`` (the log is JSON lines), once written."""
+
+    def line_of() -> dict[str, Any] | None:
+        for ln in gw.log_text().splitlines():
+            if ln.startswith("{") and json.loads(ln).get("rid") == rid:
+                return cast("dict[str, Any]", json.loads(ln))
+        return None
+
+    eventually(lambda: line_of() is not None, timeout=5, what="the access log line")
+    doc = line_of()
+    assert doc is not None
+    return doc

@@ -18,11 +18,12 @@ import json
 import os
 from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from redis.exceptions import RedisError
 
+from gateway import checks
 from gateway.checks import redact_url, redis_url
 from gateway.cli.errors import CLIError
 from gateway.errors import FleetConfigInvalid
@@ -129,20 +130,15 @@ def _why(exc: BaseException) -> str:
 
 def gateway_url(url: str) -> str:
     """``url`` without its trailing slash, or a CLIError naming what is wrong with it: checked
-    before any request, as aiohttp's own words for a bad URL are the URL alone."""
-    example = "give a gateway's ops listener, such as http://127.0.0.1:9180"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise CLIError(f"--gateway {url!r} is not an http(s) URL; {example}")
+    before any request (as an upstream's URL is, checks.http_url), as aiohttp's own words for
+    a bad URL are the URL alone."""
     try:
-        port = parts.port
-    except ValueError:  # "Port out of range 0-65535", or not a number
-        port = 0
-    if port == 0 or not parts.hostname:
-        what = "a port from 1 to 65535" if parts.hostname else "a host"
-        raise CLIError(f"--gateway {url!r} is not a valid URL: it needs {what}; {example}")
-    if parts.query or parts.fragment:  # ctl appends the API's paths to it
-        raise CLIError(f"--gateway {url!r} is not a valid URL: no ?query or #fragment; {example}")
+        checks.http_url(url)
+    except ValueError as exc:
+        raise CLIError(
+            f"--gateway {url!r} is not a valid URL: {exc}; give a gateway's ops listener, such "
+            "as http://127.0.0.1:9180"
+        ) from None
     return url.rstrip("/")
 
 

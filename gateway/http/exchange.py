@@ -131,7 +131,10 @@ class Exchange:
             "http.response.status_code": self.status,
             "http.response.body.bytes": self.body_bytes,
             # None: left out of the line (a request refused before it was routed)
-            "geogate.model": logged_text(self.model) or None,
+            "geogate.model": (
+                model if len(model := self.model) <= LOGGED_TEXT_MAX else logged_text(model)
+            )
+            or None,
             "geogate.region": self.served_region,
             "geogate.upstream": None if self.upstream == "-" else self.upstream,
             "geogate.attempts": self.attempts,

@@ -212,7 +212,7 @@ class Dashboard:
             rid = q["region"]
             _, before, after = config_doc.change_region(doc, rid, changes)  # validates
             targets = list(before)
-            effective = {t: {**changes, **after[t]} for t in targets}
+            effective = after  # each member's drain as it would be: change_region says
         else:
             uid = q.get("upstream", "")
             # Validates, names the known ones; its after is effective too.

@@ -29,6 +29,7 @@ from gateway.h1 import capped
 from tests.support import (
     Gateway,
     Sim,
+    access_line,
     eventually,
     read_to_eof,
     start_fleet,
@@ -220,9 +221,8 @@ def test_a_malformed_chunked_body_gets_the_apps_json_400(gw: Gateway, split: boo
     assert "malformed HTTP/1.1 request" in str(err["message"])
     head = answer.partition(b"\r\n\r\n")[0].lower()
     assert b"connection: close" in head and b"x-request-id: " + rid in head
-    eventually(lambda: _access_line(gw, rid.decode()) is not None, what="the access line")
-    line = _access_line(gw, rid.decode())
-    assert line is not None and line["status"] == 400, line
+    line = access_line(gw, rid.decode())
+    assert line["status"] == 400, line
     log = gw.log_text()
     assert "the app raised" not in log
     assert log.count("refused a malformed HTTP/1.1 request") == 1, log[-2000:]  # parsed once
@@ -230,14 +230,6 @@ def test_a_malformed_chunked_body_gets_the_apps_json_400(gw: Gateway, split: boo
     # The app answered it, with its access line: not a refusal of the protocol's own.
     metrics = httpx.get(f"{gw.ops_url}/metrics").text
     assert 'geogate_protocol_refused_total{code="400"} 0.0' in metrics, metrics
-
-
-def _access_line(gw: Gateway, rid: str) -> dict[str, object] | None:
-    for text in gw.log_text().splitlines():
-        if text.startswith("{") and json.loads(text).get("rid") == rid:
-            line: dict[str, object] = json.loads(text)
-            return line
-    return None
 
 
 def test_a_refused_head_is_one_log_line_the_gateways(gw: Gateway) -> None:

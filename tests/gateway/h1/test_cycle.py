@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from gateway.errors import RequestInvalid
 from gateway.h1.cycle import CONTINUE, Cycle
 from gateway.http.asgi import CHUNK
 
@@ -381,5 +382,24 @@ def test_an_answer_before_the_body_is_all_in_ends_the_connection_without_a_reset
         assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got, got
         assert got.endswith(b"no") and not c.keep_alive and conn.lingering
         assert ("close", 0) not in conn.transport.calls  # not yet: the body still comes
+
+    _run(case)
+
+
+def test_a_body_refused_mid_way_raises_at_the_next_receive_after_what_was_read() -> None:
+    """gateway.h1 found the request's own chunk framing bad after a good chunk: the app gets
+    that chunk, then the error at its next receive (the 400 is its to answer), and what the
+    client still sends is dropped (lingering); once the response started, no longer."""
+
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle("POST")
+        c.feed(b'{"')
+        assert await c.receive() == {"type": "http.request", "body": b'{"', "more_body": True}
+        err = RequestInvalid("malformed HTTP/1.1 request: invalid chunk size")
+        assert c.refuse(err) and conn.lingering
+        with pytest.raises(RequestInvalid):
+            await c.receive()
+        await c.send(_start(400))
+        assert not c.refuse(err)  # an answer started: the connection's to cut, not the app's
 
     _run(case)

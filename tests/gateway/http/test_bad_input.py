@@ -17,6 +17,7 @@ from tests.support import (
     Gateway,
     Sim,
     UpstreamSpec,
+    access_line,
     eventually,
     gateway_toml,
     start_gateway,
@@ -323,14 +324,6 @@ def test_a_lone_surrogate_in_the_model_is_answered_and_logged(fleet: tuple[Gatew
     assert "Traceback" not in gw.log_text()
 
 
-def _line_of(gw: Gateway, rid: str) -> dict[str, object] | None:
-    for line in access_lines(gw):
-        doc: dict[str, object] = json.loads(line)
-        if doc.get("rid") == rid:
-            return doc
-    return None
-
-
 def test_a_request_refused_before_routing_names_its_client_in_the_access_line(
     fleet: tuple[Gateway, Sim],
 ) -> None:
@@ -340,9 +333,8 @@ def test_a_request_refused_before_routing_names_its_client_in_the_access_line(
         f"{gw.url}/v1/chat/completions", content=b"{not json", headers={"x-request-id": "bad-json"}
     )
     assert r.status_code == 400
-    eventually(lambda: _line_of(gw, "bad-json") is not None, what="the access line")
-    line = _line_of(gw, "bad-json")
-    assert line is not None and line["client"] == "127.0.0.1" and line["status"] == 400, line
+    line = access_line(gw, "bad-json")
+    assert line["client"] == "127.0.0.1" and line["status"] == 400, line
 
 
 def test_a_huge_model_name_is_cut_short_in_the_answer_and_the_access_line(
@@ -357,6 +349,5 @@ def test_a_huge_model_name_is_cut_short_in_the_answer_and_the_access_line(
     )
     message = error_of(r.status_code, r.content, 404, "model_not_found")
     assert len(r.content) < 1000 and "Z" * 200 + "..." in message
-    eventually(lambda: _line_of(gw, "huge-model") is not None, what="the access line")
-    line = _line_of(gw, "huge-model")
-    assert line is not None and line["model"] == "Z" * 200 + "...", str(line)[:300]
+    line = access_line(gw, "huge-model")
+    assert line["model"] == "Z" * 200 + "...", str(line)[:300]

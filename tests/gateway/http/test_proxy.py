@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import openai
@@ -26,6 +26,7 @@ from tests.support import (
     Gateway,
     Sim,
     UpstreamSpec,
+    access_line,
     eventually,
     gateway_toml,
     get_json,
@@ -198,21 +199,6 @@ def test_forwarding_headers(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     assert seen["authorization"] == "Bearer k"
     for hop in ("keep-alive", "x-secret"):
         assert hop not in seen
-
-
-def access_line(gw: Gateway, rid: str) -> dict[str, Any]:
-    """The access log's line for request ``rid`` (the log is JSON lines), once written."""
-
-    def line_of() -> dict[str, Any] | None:
-        for ln in gw.log_text().splitlines():
-            if ln.startswith("{") and json.loads(ln).get("rid") == rid:
-                return cast("dict[str, Any]", json.loads(ln))
-        return None
-
-    eventually(lambda: line_of() is not None, timeout=5, what="the access log line")
-    doc = line_of()
-    assert doc is not None
-    return doc
 
 
 def test_access_line_counts_the_bytes_the_client_got(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
