@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.defaults import QUEUED_REQUEST_MS
@@ -280,7 +280,10 @@ def test_without_any_ttft_a_queue_still_ranks_upstreams() -> None:
     assert rows["idle"]["load_ms"] == 0.0 and d.band == ("idle",), d.explain()
 
 
-@settings(max_examples=300, deadline=None)
+# The far region must be farther by more than the band: most region pairs for a place are not,
+# so the filter below discards many draws (Hypothesis's filter_too_much check failed CI once
+# in several runs); the pair is ordered by distance first, which halves the discards.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(
     locations,
     st.lists(region_ids, min_size=2, max_size=2, unique=True),
@@ -291,11 +294,11 @@ def test_without_any_ttft_a_queue_still_ranks_upstreams() -> None:
 def test_idle_far_backend_gets_no_traffic_while_a_near_one_is_fine(
     loc: Location, regions: list[str], ttft: float, far_queue: float | None, seed: int
 ) -> None:
-    near_region, far_region = regions
     net = {
         r: est_rtt_ms(loc.latitude, loc.longitude, REGIONS[r].latitude, REGIONS[r].longitude)
         for r in regions
     }
+    near_region, far_region = sorted(regions, key=net.__getitem__)
     p = Policy("client", "eu-central")
     best = net[near_region] + ttft  # the near one's score: healthy, known TTFT, queue 0
     assume(net[far_region] - net[near_region] > max(p.tolerance_ms, p.tolerance_ratio * best))
