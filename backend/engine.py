@@ -98,6 +98,10 @@ class Engine:
         # Taken from the queue by the step running now, not yet in the batch (each joins
         # after its own prefill, outside the lock): submit counts them as running.
         self._admitting = 0
+        # Requests given a place by reserve() and not yet submitted (their prompt is being
+        # tokenized, in a thread, for seconds on a long one): each holds its place in the
+        # queue meanwhile, so a burst of long prompts cannot all pass the room check at once.
+        self._reserved = 0
         self._cache: Any = None  # DynamicCache with one row per running sequence
         self._mask: torch.Tensor | None = None  # [batch, cache length], 0 = left padding
         self._cond = threading.Condition()
@@ -118,15 +122,13 @@ class Engine:
 
     def check_room(self) -> int:
         """Raise QueueFull if a request submitted now would be refused; else the number
-        waiting. The server asks before tokenizing, so a full server refuses at once rather
-        than after seconds of tokenizing a long prompt; submit asks again, as the queue may
-        have filled meanwhile."""
+        waiting (reserved places included)."""
         with self._cond:
             # Sequences cancelled while queued leave at the next step; until then they hold
             # no place. A request that a free batch slot takes at the next step is not
             # "waiting": up to max_waiting beyond a full batch, whatever the engine thread has
             # admitted yet (max_waiting=0 refuses only when the batch is full).
-            waiting = sum(not s.cancelled for s in self._waiting)
+            waiting = self._waiting_now()
             running = len(self._running) + self._admitting
             if running + waiting >= self.max_batch + self.max_waiting:
                 raise QueueFull(
@@ -137,9 +139,34 @@ class Engine:
                 )
             return waiting
 
-    def submit(self, seq: Sequence) -> None:
-        with self._cond:  # a Condition's default lock is an RLock: check_room takes it again
+    def _waiting_now(self) -> int:  # under the lock
+        return sum(not s.cancelled for s in self._waiting) + self._reserved
+
+    def reserve(self) -> None:
+        """Take a place in the queue for a request still to be tokenized, or raise QueueFull:
+        the server asks before tokenizing, so a full server refuses at once rather than
+        after seconds of tokenizing a long prompt. ``submit(seq, reserved=True)`` uses the
+        place; ``unreserve()`` gives it back when the request fails before that."""
+        with self._cond:
             waiting = self.check_room()
+            self._reserved += 1
+            # Counted as waiting for the load gauges too: a gateway routing on them sees it.
+            self.obs.queue(waiting + 1, len(self._running))
+
+    def unreserve(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+            self.obs.queue(self._waiting_now(), len(self._running))
+
+    def submit(self, seq: Sequence, reserved: bool = False) -> None:
+        """Queue ``seq``: in the place ``reserve()`` took, or, without one, if there is room
+        (else QueueFull)."""
+        with self._cond:  # a Condition's default lock is an RLock: check_room takes it again
+            if reserved:
+                self._reserved -= 1
+                waiting = self._waiting_now()
+            else:
+                waiting = self.check_room()
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
             self._waiting.append(seq)
@@ -178,7 +205,9 @@ class Engine:
                     for seq in self._running:
                         self._fail(seq, exc)
                     self._running, self._cache, self._mask = [], None, None
-        self.obs.queue(len(self._waiting), len(self._running))
+        with self._cond:
+            waiting = self._waiting_now()
+        self.obs.queue(waiting, len(self._running))
         if self._out:
             out, self._out = self._out, []
             self.dispatch(out)

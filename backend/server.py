@@ -138,11 +138,15 @@ class BackendServer:
             # seconds, which on the loop stalled /health (the gateway's probe gives up after
             # 1 s and ejects the backend) and every stream.
             checked = check(body, self.m.name, self.m.context_len, chat)
-            self.engine.check_room()
-            p = await asyncio.to_thread(tokenize, checked, self.m.tokenizer, self.m.context_len)
+            self.engine.reserve()  # its place is held while the thread tokenizes
+            try:
+                p = await asyncio.to_thread(tokenize, checked, self.m.tokenizer, self.m.context_len)
+            except BaseException:  # refused by the tokenizer's checks, or the client left
+                self.engine.unreserve()
+                raise
             q: asyncio.Queue[Event] = asyncio.Queue()
             seq = Sequence(p.prompt_ids, p.params, q.put_nowait)
-            self.engine.submit(seq)
+            self.engine.submit(seq, reserved=True)
         except BackendError as err:
             return _error(err)
         except Exception:  # a bug (tokenizer, template): still an OpenAI-shaped answer

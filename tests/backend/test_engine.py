@@ -217,3 +217,23 @@ def test_max_waiting_zero_refuses_only_when_the_batch_is_full(loaded: Any) -> No
     submit(e, loaded.tokenizer, "hi")  # both are admitted at the next step
     with pytest.raises(QueueFull):
         submit(e, loaded.tokenizer, "hi")
+
+
+def test_a_reserved_place_counts_until_submitted_or_given_back(loaded: Any) -> None:
+    """The server reserves a place before tokenizing (seconds on a long prompt): reserved
+    places count against the queue's bound, a reserved submit always finds its place, and
+    unreserve gives it back."""
+    e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=1, max_waiting=1)
+    params = SamplingParams(max_tokens=4, temperature=0)
+    ids = loaded.tokenizer("hi")["input_ids"]
+    e.reserve()
+    e.reserve()
+    with pytest.raises(QueueFull):  # two places in all, both held by requests tokenizing
+        e.reserve()
+    with pytest.raises(QueueFull):
+        e.submit(Sequence(ids, params, Collector()))
+    e.submit(Sequence(ids, params, Collector()), reserved=True)  # its own place
+    e.unreserve()  # the other's tokenizer refused it
+    e.submit(Sequence(ids, params, Collector()))  # the place it gave back
+    with pytest.raises(QueueFull):
+        e.reserve()

@@ -344,13 +344,17 @@ def test_health_answers_while_a_prompt_of_megabytes_is_tokenized(
 ) -> None:
     """The tokenizer ran on the event loop: a 7 MB prompt held /health for seconds, past the
     gateway's 1 s probe timeout. A context large enough that the prompt is tokenized, not
-    refused on its length alone; over the window once tokenized, so nothing generates."""
+    refused on its length alone; over the window once tokenized, so nothing generates.
+    With one place in all (--max-batch 1 --max-waiting 0), the request being tokenized holds
+    it: a short one sent meanwhile is refused (it used to pass, as tokenizing requests were
+    not counted), and once the long one is refused, its place is free again."""
     big = tmp_path / "big-context"
     shutil.copytree(model_dir, big)
     config = json.loads((big / "config.json").read_text())
     config["max_position_embeddings"] = 200_000
     (big / "config.json").write_text(json.dumps(config))
-    b = start_backend(big, tmp_path)
+    b = start_backend(big, tmp_path, "--max-batch", "1", "--max-waiting", "0")
+    short = {"model": big.name, "prompt": "hi", "max_tokens": 1}
     prompt = "london singapore " * 400_000  # 6.8 MB, some 800 000 tokens here
 
     def send() -> tuple[httpx.Response, float]:
@@ -361,13 +365,18 @@ def test_health_answers_while_a_prompt_of_megabytes_is_tokenized(
 
     try:
         worst = 0.0
+        meanwhile: list[int] = []
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             sent = pool.submit(send)
             while not sent.done():
                 t0 = time.monotonic()
                 assert httpx.get(f"{b.url}/health", timeout=60).text == "ok"
                 worst = max(worst, time.monotonic() - t0)
+                if not meanwhile and took_place(b.url):
+                    r = httpx.post(f"{b.url}/v1/completions", json=short, timeout=60)
+                    meanwhile.append(r.status_code)
             r, took = sent.result()
+        after = httpx.post(f"{b.url}/v1/completions", json=short, timeout=60)
     finally:
         stop(b.proc)
     print(f"/health at worst {worst * 1000:.0f} ms during a {took:.2f} s request")  # pytest -s
@@ -378,6 +387,17 @@ def test_health_answers_while_a_prompt_of_megabytes_is_tokenized(
     # Relative to the request's own time, so a slow machine does not fail it: on the loop,
     # the parse held one /health for nearly all of it.
     assert worst < max(0.5, took / 4), f"/health took {worst:.2f} s; the request {took:.2f} s"
+    assert meanwhile == [429], meanwhile  # the tokenizing request held the one place
+    assert after.status_code == 200, after.text  # and gave it back when it was refused
+
+
+def took_place(url: str) -> bool:
+    """The server's queue gauge shows a request waiting: the long one holds its place."""
+    text = httpx.get(f"{url}/metrics", timeout=60).text
+    return any(
+        line.startswith("vllm:num_requests_waiting{") and not line.endswith(" 0.0")
+        for line in text.splitlines()
+    )
 
 
 def test_a_prompt_that_cannot_fit_is_refused_on_its_length(backend: Backend) -> None:
