@@ -25,6 +25,9 @@ class Exchange:
     routed: Routed | None = None  # client, location, decision
     attempts: int = 0  # upstream attempts made
     upstream: str = "-"  # the upstream that answered
+    # The last one tried when none answered (a 502/503/504 after attempts): the access line
+    # names it, as nginx's $upstream_addr does; ``upstream`` stays "-" (nothing was served).
+    tried: str | None = None
     # Its region (after failover, not the first choice), set with ``upstream`` where it
     # answered: a search of the decision's order for it cost the access line four calls.
     served_region: str | None = None
@@ -99,7 +102,7 @@ class Exchange:
                 if len(model := self.model) <= LOGGED_TEXT_MAX
                 else logged_text(model),
                 "region": self.served_region,
-                "upstream": self.upstream,
+                "upstream": self.tried or self.upstream,
                 "attempts": self.attempts,
                 "ttfb_ms": _ms(self.first_byte_s),
                 "ms": _ms(self.elapsed_s()),
@@ -136,7 +139,7 @@ class Exchange:
             )
             or None,
             "geogate.region": self.served_region,
-            "geogate.upstream": None if self.upstream == "-" else self.upstream,
+            "geogate.upstream": self.tried or (None if self.upstream == "-" else self.upstream),
             "geogate.attempts": self.attempts,
             "geogate.ttfb_ms": _ms(self.first_byte_s),
         }

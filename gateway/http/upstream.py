@@ -175,6 +175,8 @@ class _Attempts:
                 return status
             if self.held is not None:
                 break
+        if self.failures:
+            ex.tried = self.failures[-1].upstream
         raise self._final_error()
 
     def _wait(self) -> tuple[float, str]:

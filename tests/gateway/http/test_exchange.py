@@ -1,4 +1,4 @@
-"""gateway.http.exchange: what the access line says of a request refused before routing."""
+"""gateway.http.exchange: what the access line says of a request refused or failed."""
 
 from __future__ import annotations
 
@@ -23,3 +23,11 @@ def test_logged_text_keeps_a_short_string_as_it_is() -> None:
     assert logged_text("gpt-4o") == "gpt-4o"
     assert logged_text("x" * LOGGED_TEXT_MAX) == "x" * LOGGED_TEXT_MAX
     assert logged_text("x" * (LOGGED_TEXT_MAX + 1)) == "x" * LOGGED_TEXT_MAX + "..."
+
+
+def test_ecs_fields_name_the_upstream_tried_when_none_answered() -> None:
+    ex = _refused()
+    assert "geogate.upstream" not in {k for k, v in ex.ecs_fields().items() if v is not None}
+    ex.status, ex.tried = 504, "us-1"  # it timed out: the error answer is the gateway's
+    assert ex.ecs_fields()["geogate.upstream"] == "us-1"
+    assert ex.upstream == "-"  # nothing was served: traffic counts stay without it

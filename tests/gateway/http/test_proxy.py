@@ -306,6 +306,9 @@ def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     body = {"model": "slow", "prompt": "hi", "stream": True}
     r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=10)
     assert_openai_error(r, 504, "upstream_timeout", "timeouts.first_byte_s")
+    # The access line names the upstream that timed out, though none served the request.
+    doc = access_line(gw, r.headers["x-request-id"])
+    assert (doc["status"], doc["upstream"], doc["region"]) == (504, "slow", None), doc
 
 
 def test_backend_dying_mid_stream_gives_an_error_event(
