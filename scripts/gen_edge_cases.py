@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Cases that hold the edge Worker (edge/src) to the Python router and signer.
+"""Cases that hold the edge Worker (edge/src) to the Python router and signer, and the
+reference points it locates a client by when Cloudflare gives a country but no coordinates.
 
-    scripts/gen_edge_cases.py            rewrite edge/test/route-cases.json and sign-cases.json
+    scripts/gen_edge_cases.py            rewrite edge/test/route-cases.json, sign-cases.json
+                                         and edge/src/points.js
     scripts/gen_edge_cases.py --check    exit 1 when they differ from what the code says now
 
 Each route case is a routing table in ``GET /routing-table``'s shape, a client location and a
@@ -11,7 +13,9 @@ band the choice is random (weighted), so the Worker's tests compare the band as 
 order after it exactly. Each sign case is the fields of a signed client header and the header
 ``geodb.edge.sign`` makes of them. tests/edge/test_edge_cases.py runs ``--check``'s
 comparison, so the files cannot fall behind the Python code; the Worker's tests in workerd
-(edge/test/route-cases.test.js) check its router and signer against them.
+(edge/test/route-cases.test.js) check its router and signer against them. edge/src/points.js is
+geodb/data/countries.csv and continents.csv as the Worker imports them (a Worker reads no
+files), read as geodb.countries reads them.
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ from gateway.routing.model import (  # noqa: E402
 )
 from gateway.routing.policy import Policy, Residency  # noqa: E402
 from gateway.routing.router import route  # noqa: E402
+from geodb.countries import data_rows  # noqa: E402
 from geodb.edge import sign  # noqa: E402
 from geodb.location import Location  # noqa: E402
 from geodb.regions import known_regions  # noqa: E402
 
 ROUTE_CASES = ROOT / "edge" / "test" / "route-cases.json"
 SIGN_CASES = ROOT / "edge" / "test" / "sign-cases.json"
+POINTS = ROOT / "edge" / "src" / "points.js"
 SEED = 20260101
 RANDOM_CASES = 80
 TIE_EPS = 1e-6  # scores this close could order differently by a last-bit libm difference
@@ -338,13 +344,45 @@ def sign_cases() -> list[Json]:
     return out
 
 
+def points_module() -> str:
+    """geodb's country and continent reference points as an ES module for the Worker."""
+    countries = {
+        r["country"].upper(): [r["continent"].upper(), float(r["latitude"]), float(r["longitude"])]
+        for r in data_rows("countries.csv")
+    }
+    continents = {
+        r["continent"].upper(): [float(r["latitude"]), float(r["longitude"])]
+        for r in data_rows("continents.csv")
+    }
+
+    def entries(d: dict[str, list[Any]]) -> str:
+        return "".join(f"  {k}: {json.dumps(v)},\n" for k, v in sorted(d.items()))
+
+    return (
+        "// @ts-check\n"
+        "// Written by scripts/gen_edge_cases.py from geodb/data/countries.csv and\n"
+        "// continents.csv: do not edit (tests/edge/test_edge_cases.py and\n"
+        "// edge/test/points.test.js fail when it is out of date). Where a client is when\n"
+        "// Cloudflare gives its country but no coordinates, as the gateway's GeoIP places it\n"
+        "// (geodb/countries.py): the country's network hub, else its continent's.\n\n"
+        "/** @type {Readonly<Record<string, [string, number, number]>>} continent, lat, lon */\n"
+        f"export const COUNTRY_POINTS = Object.freeze({{\n{entries(countries)}}});\n\n"
+        "/** @type {Readonly<Record<string, [number, number]>>} lat, lon */\n"
+        f"export const CONTINENT_POINTS = Object.freeze({{\n{entries(continents)}}});\n"
+    )
+
+
 def render(items: list[Json]) -> str:
     """A JSON list with one item per line: small, and a change shows as the cases it moved."""
     return "[\n" + ",\n".join(json.dumps(i, ensure_ascii=False) for i in items) + "\n]\n"
 
 
 def outputs() -> dict[Path, str]:
-    return {ROUTE_CASES: render(route_cases()), SIGN_CASES: render(sign_cases())}
+    return {
+        ROUTE_CASES: render(route_cases()),
+        SIGN_CASES: render(sign_cases()),
+        POINTS: points_module(),
+    }
 
 
 def main() -> int:

@@ -4,11 +4,12 @@
  * each with a named default and the reason for it.
  */
 
-import { normalizeTable, TableError } from "./table.js";
+import { isObject, normalizeTable, TableError, urlProblem } from "./tabledoc.js";
 
 /**
  * @typedef {object} Env
- * @property {string | string[]} [ROUTING_TABLE_URLS]  the gateways' ops /routing-table URLs
+ * @property {string | string[] | Record<string, string>} [ROUTING_TABLE_URLS]  the gateways'
+ *   ops /routing-table URLs: a list, or by region id
  * @property {string | object} [FALLBACK_TABLE]  a routing table for a cold start with none
  * @property {string} [OPS_TOKEN]      secret: the gateways' ops.token
  * @property {string} [EDGE_SECRET]    secret: the key the gateways list in edge.keys
@@ -35,11 +36,15 @@ export const DEFAULTS = Object.freeze({
   // timeouts.first_byte_s (60) and timeouts.response_s (600), so its 504, which says what
   // timed out, reaches the client first; the Worker's is for a gateway that hangs.
   FIRST_BYTE_TIMEOUT_S: 65, // streaming requests
-  RESPONSE_TIMEOUT_S: 605, // non-streaming: the whole answer comes at once
+  // Non-streaming: the whole answer comes at once. On Cloudflare this one does not bind:
+  // Cloudflare answers 524 after 100 s without response headers (src/proxy.js), so a
+  // non-streaming request gets about 100 s there (a long generation should stream); 605 holds
+  // where nothing cuts in first (a local run, a zone whose proxy read timeout was raised).
+  RESPONSE_TIMEOUT_S: 605,
   MAX_ATTEMPTS: 3, // the nearest region, then a second, then a third (as retry.max_attempts)
   MAX_BODY_BYTES: 4 * 1024 * 1024, // the gateway's server.max_body_bytes: kept for failover
-  DEFAULT_LATITUDE: 50.11, // where a request without request.cf coordinates is routed from:
-  DEFAULT_LONGITUDE: 8.68, // Frankfurt, the gateway's geoip.default
+  DEFAULT_LATITUDE: 50.11, // Frankfurt, the gateway's geoip.default: where a request is
+  DEFAULT_LONGITUDE: 8.68, // routed from when request.cf has no coordinates, country or continent
   EDGE_KEY_ID: "k1",
 });
 
@@ -76,27 +81,49 @@ function num(env, name, bounds = {}) {
   return v;
 }
 
-/** @param {Env} env */
+/**
+ * The table sources: a list of URLs, or an object naming each URL's region
+ * (`{"eu-central": "https://ops.eu-central.example.com/routing-table", ...}`), as a JSON
+ * value or JSON text (a plain string: URLs separated by commas). The region matters while a
+ * gateway has never answered: its region is marked down by it only if it is known, and the
+ * list form can tell only by the region URL's host name, which an ops host rarely shares.
+ * @param {Env} env
+ * @returns {{urls: string[], regionOf: Map<string, string>}}
+ */
 function sources(env) {
   const raw = env.ROUTING_TABLE_URLS ?? [];
-  let list = raw;
+  const want = 'want ["https://...", ...] or {"<region>": "https://...", ...}';
+  let doc = raw;
   if (typeof raw === "string") {
+    const text = raw.trim();
     try {
-      list = raw.trim().startsWith("[") ? JSON.parse(raw) : raw.split(",");
+      doc = /^[[{]/.test(text) ? JSON.parse(text) : text.split(",");
     } catch {
-      throw new ConfigError("ROUTING_TABLE_URLS: not a JSON list; want [\"https://...\", ...]");
+      throw new ConfigError(`ROUTING_TABLE_URLS: not JSON; ${want}`);
     }
   }
-  if (!Array.isArray(list) || !list.every((u) => typeof u === "string")) {
-    throw new ConfigError("ROUTING_TABLE_URLS: want a list of URLs");
-  }
-  const urls = list.map((u) => u.trim()).filter(Boolean);
-  for (const u of urls) {
-    if (!/^https?:\/\/[^/]+/.test(u)) {
-      throw new ConfigError(`ROUTING_TABLE_URLS: ${u} is not a URL`);
+  if (!Array.isArray(doc) && !isObject(doc)) throw new ConfigError(`ROUTING_TABLE_URLS: ${want}`);
+  /** @type {[string | null, unknown][]} */
+  const entries = Array.isArray(doc) ? doc.map((u) => [null, u]) : Object.entries(doc);
+  /** @type {Map<string, string>} */
+  const regionOf = new Map();
+  /** @type {string[]} */
+  const urls = [];
+  for (const [region, u] of entries) {
+    const name = region === null ? "" : `[${JSON.stringify(region)}]`;
+    if (typeof u !== "string") {
+      throw new ConfigError(`ROUTING_TABLE_URLS${name} = ${JSON.stringify(u)}: ${want}`);
     }
+    const url = u.trim();
+    if (!url && region === null) continue; // "a,b," or an empty variable
+    if (region === "") throw new ConfigError("ROUTING_TABLE_URLS: a region id is empty");
+    const why = urlProblem(url);
+    if (why) throw new ConfigError(`ROUTING_TABLE_URLS${name}: ${JSON.stringify(url)} ${why}`);
+    if (urls.includes(url)) throw new ConfigError(`ROUTING_TABLE_URLS: ${url} is listed twice`);
+    urls.push(url);
+    if (region !== null) regionOf.set(url, region);
   }
-  return urls;
+  return { urls, regionOf };
 }
 
 /** @param {Env} env */
@@ -104,7 +131,7 @@ function fallback(env) {
   const raw = env.FALLBACK_TABLE;
   if (raw === undefined || raw === "") return null;
   try {
-    return normalizeTable(typeof raw === "string" ? JSON.parse(raw) : raw);
+    return normalizeTable(typeof raw === "string" ? JSON.parse(raw) : raw, { strict: true });
   } catch (err) {
     const why = err instanceof TableError || err instanceof SyntaxError ? err.message : String(err);
     throw new ConfigError(`FALLBACK_TABLE: ${why}`);
@@ -122,9 +149,11 @@ const cache = new WeakMap();
 export function settings(env) {
   let s = cache.get(env);
   if (s === undefined) {
+    const { urls, regionOf } = sources(env);
     s = {
       table: {
-        sources: sources(env),
+        sources: urls,
+        regionOf,
         token: env.OPS_TOKEN ?? "",
         ttlMs: num(env, "TABLE_TTL_S") * 1000,
         timeoutMs: num(env, "TABLE_TIMEOUT_S", { min: 0.001 }) * 1000,

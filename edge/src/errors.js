@@ -4,6 +4,10 @@
  * client cannot tell from an error's shape whether the Worker or a gateway answered.
  */
 
+// Seconds a client is asked to wait when no region can take its request now, as the gateway's
+// (gateway/defaults.py NO_CANDIDATE_RETRY_AFTER_S).
+export const NO_CANDIDATE_RETRY_AFTER_S = 5;
+
 /** @type {Record<string, [number, string]>} code -> [HTTP status, OpenAI error type] */
 const CODES = {
   unknown_url: [404, "invalid_request_error"],

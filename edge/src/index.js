@@ -8,136 +8,29 @@
  *
  * Response headers: `geogate-route` is the Worker's decision (`tier=edge; region=..;
  * reason=..; table=fresh|stale|fallback[; colo=..][; attempts=N]`); the gateway's own
- * decision, which upstream in the region, comes as `geogate-region-route`.
+ * decision, which upstream in the region, comes as `geogate-region-route`. `GET /v1/models`
+ * is the Worker's own answer, from every region's table (src/models.js).
  */
 
+import { bodyFacts, readBody } from "./body.js";
+import { clientOf, signed } from "./client.js";
 import { ConfigError, settings } from "./config.js";
-import { errorResponse } from "./errors.js";
-import { finalError, tryRegions, upstreamHeaders } from "./proxy.js";
+import { errorResponse, NO_CANDIDATE_RETRY_AFTER_S } from "./errors.js";
+import { isModelList, modelInPath, modelList } from "./models.js";
+import { downstreamHeaders, finalError, tryRegions, upstreamHeaders } from "./proxy.js";
 import { Outcome, Reason, regionOrder, route } from "./router.js";
-import { clientFields, signClient } from "./sign.js";
 import { TableCache, TableError } from "./table.js";
 
 /** @typedef {import("./config.js").Env} Env */
-/** @typedef {import("./config.js").Settings} Settings */
 /** @typedef {import("./router.js").Region} Region */
 
 const cache = new TableCache(); // one per isolate
 const REQUEST_ID = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$/; // the gateway's rule (RFC 9110 token)
-const NO_CANDIDATE_RETRY_AFTER_S = "5"; // as the gateway's
 const PREFERRED_REGION_HEADER = "geogate-preferred-region"; // gateway/http/headers.py
 
 /** @param {string | null} sent */
 export function requestId(sent) {
   return sent !== null && REQUEST_ID.test(sent) ? sent : crypto.randomUUID().replaceAll("-", "");
-}
-
-/**
- * The body, up to `limit` bytes (kept whole: a failover sends it again).
- * @param {Request} request @param {number} limit
- * @returns {Promise<ArrayBuffer | "too large">}
- */
-async function readBody(request, limit) {
-  const declared = Number(request.headers.get("content-length") ?? "0");
-  if (declared > limit || request.body === null) {
-    return declared > limit ? "too large" : new ArrayBuffer(0);
-  }
-  const chunks = [];
-  let size = 0;
-  const reader = request.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel();
-      return "too large";
-    }
-    chunks.push(value);
-  }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out.buffer;
-}
-
-/**
- * The model the body names and whether it asks for a stream. A body the Worker cannot read
- * (not JSON, compressed) names none: the request is routed on location alone, and the gateway
- * answers it in its own words.
- * @param {Request} request @param {ArrayBuffer | null} body
- */
-function modelOf(request, body) {
-  const coding = (request.headers.get("content-encoding") ?? "identity").toLowerCase();
-  if (body === null || body.byteLength === 0 || coding !== "identity") {
-    return { model: null, stream: false };
-  }
-  try {
-    const doc = JSON.parse(new TextDecoder().decode(body));
-    const model = typeof doc?.model === "string" && doc.model ? doc.model : null;
-    return { model, stream: doc?.stream === true };
-  } catch {
-    return { model: null, stream: false };
-  }
-}
-
-/**
- * Where the client is: request.cf's coordinates (strings, as Cloudflare gives them), or the
- * default location when there are none (a request from inside Cloudflare, a local run).
- * @param {Request} request @param {Settings} s
- */
-function clientOf(request, s) {
-  const cf = /** @type {Record<string, unknown>} */ (request.cf ?? {});
-  const str = (/** @type {string} */ k) =>
-    typeof cf[k] === "string" && cf[k] ? String(cf[k]) : null;
-  const lat = Number.parseFloat(str("latitude") ?? "");
-  const lon = Number.parseFloat(str("longitude") ?? "");
-  const located = Number.isFinite(lat) && Number.isFinite(lon);
-  return {
-    latitude: located ? lat : s.defaultLatitude,
-    longitude: located ? lon : s.defaultLongitude,
-    country: str("country"),
-    continent: str("continent"),
-    // What the signed header carries: only what the edge really knows.
-    facts: located
-      ? {
-          ip: request.headers.get("cf-connecting-ip") ?? "",
-          latitude: /** @type {string} */ (str("latitude")),
-          longitude: /** @type {string} */ (str("longitude")),
-          country: str("country"),
-          continent: str("continent"),
-          city: str("city"),
-          colo: str("colo"),
-        }
-      : null,
-  };
-}
-
-/**
- * The signed client header for a request to `region`, or null: no secret, no client facts
- * (no request.cf coordinates, no connecting IP), or facts that do not fit the format. Then
- * the gateway locates the client itself (GeoIP on the Worker's address: a poor guess, but
- * the request is served).
- *
- * Signed when the attempt is sent, not when the request came: a failover may start long
- * after (a 522 comes after Cloudflare's connect timeout, a 502 after the gateway's own
- * retries; two of them can pass 30 s), and a gateway believes a `ts` only within its
- * edge.max_skew_s (30 s). workerd's clock moves on at each I/O, so this is the send's time.
- * @param {Settings} s @param {Region} region
- * @param {import("./sign.js").ClientFacts | null} facts
- */
-async function signed(s, region, facts) {
-  if (!s.secret || !facts?.ip) return null;
-  const ts = Math.floor(Date.now() / 1000);
-  try {
-    return await signClient(s.secret, clientFields(s.keyId, ts, new URL(region.url).host, facts));
-  } catch (err) {
-    console.warn(JSON.stringify({ msg: "client header not signed", error: String(err) }));
-    return null;
-  }
 }
 
 /**
@@ -153,65 +46,46 @@ function routeHeader(d, region, attempt, state, colo) {
 }
 
 /**
- * @param {Request} request @param {Env} env @param {ExecutionContext} ctx @param {string} rid
- * @returns {Promise<Response>}
+ * The Worker's own answer when no region can be tried for the request, or null.
+ * @param {import("./router.js").Decision} d @param {string | null} model
+ * @param {Region[]} regions  the regions to try
  */
-async function serve(request, env, ctx, rid) {
-  const url = new URL(request.url);
-  if (url.pathname === "/healthz") return new Response("ok");
-  if (!url.pathname.startsWith("/v1/")) {
-    return errorResponse(
-      "unknown_url",
-      `${url.pathname} is not an endpoint of this API; the API is under /v1/`,
-    );
-  }
-  const s = settings(env);
-  const hasBody = request.method !== "GET" && request.method !== "HEAD";
-  const body = hasBody ? await readBody(request, s.maxBodyBytes) : null;
-  if (body === "too large") {
-    return errorResponse(
-      "request_too_large",
-      `request body is over this API's limit of ${s.maxBodyBytes} bytes; send a shorter request`,
-    );
-  }
-  const { model, stream } = modelOf(request, body);
-  const client = clientOf(request, s);
-  const { table, state } = await cache.get(s.table, ctx);
-  const decision = route(model, client, table);
-  if (decision.outcome === Outcome.MODEL_NOT_FOUND) {
+function unroutable(d, model, regions) {
+  const what = model === null ? "this request" : `model ${JSON.stringify(model)}`;
+  const wait = { "retry-after": String(NO_CANDIDATE_RETRY_AFTER_S) };
+  if (d.outcome === Outcome.MODEL_NOT_FOUND && model !== null) {
     return errorResponse(
       "model_not_found",
-      `model ${JSON.stringify(model)} is not served in any region; GET /v1/models lists ` +
-        "the models available",
+      `${what} is not served in any region; GET /v1/models lists the models available`,
     );
   }
-  const regions = regionOrder(decision, table);
-  if (regions.length === 0) {
-    const why = [...new Set(decision.excluded.map((e) => e.reason))].sort().join(", ");
+  if (d.outcome === Outcome.MODEL_NOT_FOUND) {
+    // A request that names no model, and a table that lists no upstream at all.
+    const message = `no region lists an upstream for ${what}`;
     return errorResponse(
       "no_healthy_upstream",
-      `no region can serve model ${JSON.stringify(model)} now ` +
-        `(${why || "no region has a gateway URL"}). Retry in ${NO_CANDIDATE_RETRY_AFTER_S} s`,
-      { "retry-after": NO_CANDIDATE_RETRY_AFTER_S },
+      `${message}. Retry in ${NO_CANDIDATE_RETRY_AFTER_S} s`,
+      wait,
     );
   }
-  const facts = client.facts;
-  const result = await tryRegions(
-    {
-      method: request.method,
-      target: url.pathname + url.search,
-      headers: upstreamHeaders(request.headers, rid),
-      body: hasBody ? /** @type {ArrayBuffer} */ (body) : null,
-      timeoutMs: stream ? s.firstByteMs : s.responseMs,
-      signFor: (region) => signed(s, region, facts),
-    },
-    regions.slice(0, s.maxAttempts),
+  if (regions.length > 0) return null;
+  const why = [...new Set(d.excluded.map((e) => e.reason))].sort().join(", ");
+  return errorResponse(
+    "no_healthy_upstream",
+    `no region can serve ${what} now (${why || "no region has a gateway URL"}). ` +
+      `Retry in ${NO_CANDIDATE_RETRY_AFTER_S} s`,
+    wait,
   );
-  if ("failures" in result) {
-    return finalError(result.failures, Math.max(0, regions.length - s.maxAttempts));
-  }
-  const { response, index } = result;
-  const headers = new Headers(response.headers);
+}
+
+/**
+ * The gateway's response as the client gets it: its own route header renamed, the Worker's
+ * added, the body passed on as a stream (each chunk reaches the client as the gateway sends
+ * it).
+ * @param {Response} response @param {string} route  the Worker's geogate-route
+ */
+function relayed(response, route) {
+  const headers = downstreamHeaders(response.headers);
   const regional = headers.get("geogate-route");
   headers.delete("geogate-route");
   // A regional gateway's hint to a client that came straight to the wrong region. This one
@@ -220,10 +94,63 @@ async function serve(request, env, ctx, rid) {
   // gateway, which drops it too).
   headers.delete(PREFERRED_REGION_HEADER);
   if (regional) headers.set("geogate-region-route", regional);
-  const colo = client.facts?.colo ?? null;
-  headers.set("geogate-route", routeHeader(decision, regions[index], index, state, colo));
-  // The body is passed on as a stream: each chunk reaches the client as the gateway sends it.
+  headers.set("geogate-route", route);
   return new Response(response.body, { status: response.status, headers });
+}
+
+/**
+ * @param {Request} request @param {Env} env @param {ExecutionContext} ctx @param {string} rid
+ * @returns {Promise<Response>}
+ */
+async function serve(request, env, ctx, rid) {
+  const url = new URL(request.url);
+  // Read first, for /healthz too: a misconfigured Worker is not healthy.
+  const s = settings(env);
+  if (url.pathname === "/healthz") return new Response("ok");
+  if (!url.pathname.startsWith("/v1/")) {
+    return errorResponse(
+      "unknown_url",
+      `${url.pathname} is not an endpoint of this API; the API is under /v1/`,
+    );
+  }
+  const lookup = request.method === "GET" || request.method === "HEAD";
+  if (lookup && isModelList(url.pathname)) {
+    const { table, state } = await cache.get(s.table, ctx);
+    return modelList(table, request.method, { "geogate-route": `tier=edge; table=${state}` });
+  }
+  const body = lookup ? null : await readBody(request, s.maxBodyBytes);
+  const facts = body === "too large" ? body : await bodyFacts(request, body, s.maxBodyBytes);
+  if (body === "too large" || facts === "too large") {
+    const what = body === "too large" ? "request body is" : "request body decodes to";
+    return errorResponse(
+      "request_too_large",
+      `${what} over this API's limit of ${s.maxBodyBytes} bytes; send a shorter request`,
+    );
+  }
+  const model = (lookup ? modelInPath(url.pathname) : null) ?? facts.model;
+  const client = clientOf(request, s);
+  const { table, state } = await cache.get(s.table, ctx);
+  const decision = route(model, client, table);
+  const regions = regionOrder(decision, table);
+  const refused = unroutable(decision, model, regions);
+  if (refused) return refused;
+  const result = await tryRegions(
+    {
+      method: request.method,
+      target: url.pathname + url.search,
+      headers: upstreamHeaders(request.headers, rid),
+      body,
+      timeoutMs: facts.stream ? s.firstByteMs : s.responseMs,
+      signFor: (region) => signed(s, region, client.facts),
+    },
+    regions.slice(0, s.maxAttempts),
+  );
+  if ("failures" in result) {
+    return finalError(result.failures, Math.max(0, regions.length - s.maxAttempts));
+  }
+  const { response, index } = result;
+  const colo = client.facts?.colo ?? null;
+  return relayed(response, routeHeader(decision, regions[index], index, state, colo));
 }
 
 export default {
@@ -243,7 +170,7 @@ export default {
       } else if (err instanceof TableError) {
         const message = `${err.message}. Retry in ${NO_CANDIDATE_RETRY_AFTER_S} s`;
         response = errorResponse("no_healthy_upstream", message, {
-          "retry-after": NO_CANDIDATE_RETRY_AFTER_S,
+          "retry-after": String(NO_CANDIDATE_RETRY_AFTER_S),
         });
       } else {
         console.error(JSON.stringify({ msg: "unexpected error", rid, error: String(err) }));

@@ -9,7 +9,7 @@
  * client as a stream, chunk by chunk as the gateway sends it.
  */
 
-import { errorResponse } from "./errors.js";
+import { errorResponse, NO_CANDIDATE_RETRY_AFTER_S } from "./errors.js";
 
 // "This region cannot take it now, another may": the gateway's own RETRYABLE_STATUS, and the
 // 52x Cloudflare answers a subrequest with when the origin is down: in production a refused
@@ -63,13 +63,28 @@ const MAX_DETAIL = 300; // characters of a gateway's error message repeated in o
  * @param {Headers} incoming @param {string} requestId
  */
 export function upstreamHeaders(incoming, requestId) {
+  const out = withoutHopByHop(incoming);
+  const cf = [...out.keys()].filter((k) => k.startsWith("cf-"));
+  for (const name of [...cf, "host", "content-length", "geogate-client"]) out.delete(name);
+  out.set("x-request-id", requestId);
+  return out;
+}
+
+/**
+ * A gateway's response headers as the client should get them: the fields of the Worker's
+ * connection to the gateway, and those its Connection header names, describe that hop only
+ * (RFC 9110 §7.6.1), as the client's do on the way in.
+ * @param {Headers} incoming
+ */
+export function downstreamHeaders(incoming) {
+  return withoutHopByHop(incoming);
+}
+
+/** @param {Headers} incoming */
+function withoutHopByHop(incoming) {
   const out = new Headers(incoming);
   const named = (out.get("connection") ?? "").split(",").map((t) => t.trim().toLowerCase());
-  const cf = [...out.keys()].filter((k) => k.startsWith("cf-"));
-  for (const name of [...HOP_BY_HOP, ...named, ...cf, "host", "content-length", "geogate-client"]) {
-    if (name) out.delete(name);
-  }
-  out.set("x-request-id", requestId);
+  for (const name of [...HOP_BY_HOP, ...named]) if (name) out.delete(name);
   return out;
 }
 
@@ -153,8 +168,24 @@ export async function tryRegions(a, regions) {
 }
 
 /**
+ * The largest Retry-After (seconds) among `failures`, or `otherwise` when none gave one (an
+ * HTTP date is not read: the gateway sends seconds).
+ * @param {Failure[]} failures @param {number} otherwise
+ */
+function longestWait(failures, otherwise) {
+  const waits = failures
+    .map((f) => f.retryAfter ?? "")
+    .filter((w) => /^\d+$/.test(w))
+    .map(Number);
+  return waits.length ? Math.max(...waits) : otherwise;
+}
+
+/**
  * The client's answer when every region tried failed (or none was tried), or the last one
- * timed out.
+ * timed out. Codes as the gateway's for its upstreams (gateway/http/final_error.py): every
+ * region at capacity (429) is a 429; every region refusing for now (503, or 429 for some) is
+ * the gateway's "nothing can serve it now", a 503, with the longest wait a region asked for;
+ * anything else a 502.
  * @param {Failure[]} failures @param {number} untried  candidates left out by MAX_ATTEMPTS
  */
 export function finalError(failures, untried) {
@@ -168,11 +199,20 @@ export function finalError(failures, untried) {
     );
   }
   const tail = untried > 0 ? `; ${untried} more region(s) not tried (MAX_ATTEMPTS)` : "";
-  if (failures.length > 0 && failures.every((f) => f.status === 429)) {
-    const after = Math.max(1, ...failures.map((f) => Number.parseInt(f.retryAfter ?? "", 10) || 1));
+  const busy = failures.length > 0 && failures.every((f) => f.status === 429 || f.status === 503);
+  if (busy && failures.every((f) => f.status === 429)) {
+    const after = Math.max(1, longestWait(failures, 1));
     return errorResponse(
       "upstreams_at_capacity",
       `every region tried is at capacity: ${tried}${tail}. Retry after ${after} s`,
+      { "retry-after": String(after) },
+    );
+  }
+  if (busy) {
+    const after = longestWait(failures, NO_CANDIDATE_RETRY_AFTER_S);
+    return errorResponse(
+      "no_healthy_upstream",
+      `no region tried can serve the request now: ${tried}${tail}. Retry in ${after} s`,
       { "retry-after": String(after) },
     );
   }

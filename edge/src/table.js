@@ -10,27 +10,21 @@
  * gateway's table stops answering is marked unhealthy after MAX_OWN_MISSES refreshes, whatever
  * other views of its backends say; what is last known of a region is used for at most
  * MAX_LAST_KNOWN_AGE_MS; and the fallback, which knows nothing of health, counts only while
- * no gateway answers at all.
- *
- * The JSON is `/routing-table`'s (gateway/http/endpoints.py): `{self_region, policy,
- * regions: [{id, latitude, longitude, url, upstreams: [{id, models, weight, bias_ms,
- * drained, healthy, ttft_ms, queue_depth, slots}]}]}`; absent fields take the gateway's
- * defaults, so a hand-written fallback needs only ids, coordinates, urls and models.
+ * no gateway answers at all. One document's shape and checks are src/tabledoc.js's.
  */
+
+import { normalizeTable, policyOf, TableError } from "./tabledoc.js";
+
+// Re-exported: what the rest of the Worker and its tests know as the table's.
+export { DEFAULT_POLICY, normalizeTable, TableError } from "./tabledoc.js";
 
 /** @typedef {import("./router.js").Table} Table */
 /** @typedef {import("./router.js").Region} Region */
 /** @typedef {import("./router.js").Upstream} Upstream */
 /** @typedef {import("./router.js").Policy} Policy */
 /** @typedef {"fresh" | "stale" | "fallback"} TableState */
+/** @typedef {ReturnType<typeof normalizeTable>} TableDoc */
 
-// gateway/defaults.py's, for fields a table leaves out
-export const DEFAULT_POLICY = Object.freeze({
-  tolerance_ms: 15,
-  tolerance_ratio: 0.15,
-  panic_threshold: 0.5,
-});
-const DEFAULT_SLOTS = 16;
 // Refreshes in a row without a region's own table (the one whose self_region it is) before
 // its backends count as down: another gateway's view of them says nothing of the gateway the
 // Worker must go through. Two, as the gateway's own UNHEALTHY_THRESHOLD: one lost read is
@@ -42,126 +36,6 @@ export const MAX_OWN_MISSES = 2;
 // says (down, as a source answers), or gone. Long enough to ride out a TTL or two of any
 // setting; the region is marked down long before, by MAX_OWN_MISSES.
 export const MAX_LAST_KNOWN_AGE_MS = 5 * 60 * 1000;
-
-export class TableError extends Error {}
-
-/** @param {unknown} v @returns {v is Record<string, any>} */
-function isObject(v) {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-/** @param {unknown} v @param {string} what */
-function finite(v, what) {
-  if (typeof v !== "number" || !Number.isFinite(v)) throw new TableError(`${what} is not a number`);
-  return v;
-}
-
-/** @param {unknown} v @param {number} fallback @param {string} what */
-function numberOr(v, fallback, what) {
-  return v === undefined || v === null ? fallback : finite(v, what);
-}
-
-/** @param {unknown} v @param {string} what @returns {number | null} */
-function numberOrNull(v, what) {
-  return v === undefined || v === null ? null : finite(v, what);
-}
-
-/** @param {unknown} v @param {string} what @returns {string[]} */
-function strings(v, what) {
-  if (v === undefined || v === null) return [];
-  if (!Array.isArray(v) || !v.every((s) => typeof s === "string")) {
-    throw new TableError(`${what} is not a list of strings`);
-  }
-  return v;
-}
-
-/**
- * @param {Record<string, any>} raw @param {string} region @param {string} where
- * @returns {Upstream}
- */
-function upstreamOf(raw, region, where) {
-  if (typeof raw.id !== "string" || !raw.id) throw new TableError(`${where}.id is missing`);
-  return {
-    id: raw.id,
-    region,
-    models: new Set(strings(raw.models, `${where}.models`)),
-    weight: numberOr(raw.weight, 1, `${where}.weight`),
-    bias_ms: numberOr(raw.bias_ms, 0, `${where}.bias_ms`),
-    drained: raw.drained === true,
-    healthy: raw.healthy !== false,
-    ttft_ms: numberOrNull(raw.ttft_ms, `${where}.ttft_ms`),
-    queue_depth: numberOrNull(raw.queue_depth, `${where}.queue_depth`),
-    slots: numberOr(raw.slots, DEFAULT_SLOTS, `${where}.slots`) || DEFAULT_SLOTS,
-  };
-}
-
-/** @param {unknown} raw @returns {Policy} */
-function policyOf(raw) {
-  const p = isObject(raw) ? raw : {};
-  const rules = Array.isArray(p.residency) ? p.residency : [];
-  return {
-    tolerance_ms: numberOr(p.tolerance_ms, DEFAULT_POLICY.tolerance_ms, "policy.tolerance_ms"),
-    tolerance_ratio: numberOr(
-      p.tolerance_ratio,
-      DEFAULT_POLICY.tolerance_ratio,
-      "policy.tolerance_ratio",
-    ),
-    panic_threshold: numberOr(
-      p.panic_threshold,
-      DEFAULT_POLICY.panic_threshold,
-      "policy.panic_threshold",
-    ),
-    residency: rules.map((r, i) => {
-      if (!isObject(r)) throw new TableError(`policy.residency[${i}] is not an object`);
-      const up = (/** @type {string} */ s) => s.toUpperCase();
-      return {
-        name: typeof r.name === "string" ? r.name : `rule ${i}`,
-        countries: new Set(strings(r.countries, `policy.residency[${i}].countries`).map(up)),
-        continents: new Set(strings(r.continents, `policy.residency[${i}].continents`).map(up)),
-        regions: new Set(strings(r.regions, `policy.residency[${i}].regions`)),
-      };
-    }),
-  };
-}
-
-/**
- * A routing-table document as the router takes it. Throws TableError naming the bad field.
- * @param {unknown} doc
- * @returns {Table & {selfRegion: string | null, explicitPolicy: boolean}}
- */
-export function normalizeTable(doc) {
-  if (!isObject(doc) || !Array.isArray(doc.regions)) {
-    throw new TableError("not a routing table: no regions list");
-  }
-  /** @type {Map<string, Region>} */
-  const regions = new Map();
-  /** @type {Upstream[]} */
-  const upstreams = [];
-  doc.regions.forEach((/** @type {unknown} */ r, /** @type {number} */ i) => {
-    const where = `regions[${i}]`;
-    if (!isObject(r) || typeof r.id !== "string" || !r.id) {
-      throw new TableError(`${where} has no id`);
-    }
-    regions.set(r.id, {
-      id: r.id,
-      latitude: finite(r.latitude, `${where}.latitude`),
-      longitude: finite(r.longitude, `${where}.longitude`),
-      url: typeof r.url === "string" ? r.url.replace(/\/+$/, "") : "",
-    });
-    const ups = Array.isArray(r.upstreams) ? r.upstreams : [];
-    ups.forEach((/** @type {unknown} */ u, /** @type {number} */ j) => {
-      if (!isObject(u)) throw new TableError(`${where}.upstreams[${j}] is not an object`);
-      upstreams.push(upstreamOf(u, r.id, `${where}.upstreams[${j}]`));
-    });
-  });
-  return {
-    regions,
-    upstreams,
-    policy: policyOf(doc.policy),
-    selfRegion: typeof doc.self_region === "string" ? doc.self_region : null,
-    explicitPolicy: isObject(doc.policy),
-  };
-}
 
 /**
  * What one isolate has seen of each region's sources, by region id.
@@ -242,10 +116,11 @@ export function mergeTables(fresh, previous, fallback, seen = noSightings(), now
 /**
  * @typedef {object} TableSettings
  * @property {string[]} sources        the gateways' /routing-table URLs
+ * @property {Map<string, string>} [regionOf]  source URL -> its region, where the setting names it
  * @property {string} token            the ops token
  * @property {number} ttlMs
  * @property {number} timeoutMs
- * @property {ReturnType<typeof normalizeTable> | null} fallback
+ * @property {TableDoc | null} fallback
  */
 
 /**
@@ -333,7 +208,7 @@ export class TableCache {
     if (errors.length) console.warn(JSON.stringify({ msg: "routing table read failed", errors }));
     const now = this.now();
     this.refreshingSince = -Infinity;
-    this.countMisses(fresh, answered, failed, s.fallback);
+    this.countMisses(fresh, answered, failed, s.fallback, s.regionOf);
     if (fresh.length > 0) {
       this.table = mergeTables(fresh, this.table, s.fallback, this.seen, now);
       this.state = "fresh";
@@ -356,16 +231,26 @@ export class TableCache {
   /**
    * One more refresh for each region known: its own table answered (no misses), or its source
    * failed (one more). A failed source is the region's it last answered for; one never heard
-   * from, the region whose gateway URL has its host name (dead since the isolate started),
-   * else none's: a mistyped URL must not mark healthy regions down. A region with no source
-   * of its own (ROUTING_TABLE_URLS lists some gateways of a fleet sharing Redis) is never
-   * down for it. Counted when nothing answered too: a region still down is down at once.
-   * @param {ReturnType<typeof normalizeTable>[]} fresh @param {string[]} answered  their URLs
+   * from (dead since the isolate started), the region ROUTING_TABLE_URLS names for it, else
+   * the region whose gateway URL has its host name, else none's: a mistyped URL must not mark
+   * healthy regions down. A region with no source of its own (ROUTING_TABLE_URLS lists some
+   * gateways of a fleet sharing Redis) is never down for it. Counted when nothing answered
+   * too: a region still down is down at once.
+   * @param {TableDoc[]} fresh @param {string[]} answered  their URLs
    * @param {string[]} failed @param {Table | null} fallback
+   * @param {Map<string, string>} [declared]  source URL -> region, as ROUTING_TABLE_URLS names it
    */
-  countMisses(fresh, answered, failed, fallback) {
+  countMisses(fresh, answered, failed, fallback, declared = new Map()) {
     for (const [i, t] of fresh.entries()) {
-      if (t.selfRegion) this.sourceRegion.set(answered[i], t.selfRegion);
+      if (!t.selfRegion) continue;
+      const said = declared.get(answered[i]);
+      if (said && said !== t.selfRegion && this.sourceRegion.get(answered[i]) !== t.selfRegion) {
+        // What it answers is what it is; the setting is only for before it first answered.
+        const msg = "ROUTING_TABLE_URLS names another region for this source";
+        const url = answered[i];
+        console.warn(JSON.stringify({ msg, url, named: said, self_region: t.selfRegion }));
+      }
+      this.sourceRegion.set(answered[i], t.selfRegion);
     }
     const own = new Set(fresh.map((t) => t.selfRegion));
     const tables = [...fresh, this.table, fallback].flatMap((t) => (t ? [t] : []));
@@ -378,7 +263,9 @@ export class TableCache {
       }
     }
     const suspects = new Set(
-      failed.map((url) => this.sourceRegion.get(url) ?? byHost.get(hostName(url))),
+      failed.map(
+        (url) => this.sourceRegion.get(url) ?? declared.get(url) ?? byHost.get(hostName(url)),
+      ),
     );
     /** @type {Map<string, number>} */
     const misses = new Map();

@@ -112,6 +112,24 @@ describe("the Worker in front of real regional gateways", { skip: SKIP }, () => 
     }
   });
 
+  test("a client known by its country only reaches its region, which sees its IP", async () => {
+    // No coordinates: Brazil's point (geodb/data/countries.csv), not the default location.
+    const ip = "203.0.113.60";
+    const cf = { latitude: null, longitude: null, country: "BR", continent: "SA", city: null };
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/echo", {
+      method: "POST",
+      body: JSON.stringify({ model: SPEC.model }),
+      headers: { "content-type": "application/json", "cf-connecting-ip": ip },
+      cf: { ...cf, colo: "GRU" },
+    });
+    const body = await resp.json();
+    assert.equal(resp.status, 200, JSON.stringify(body));
+    assert.equal(routeFields(resp.headers.get("geogate-route")).region, "sa-east");
+    assert.equal(body.region, "sa-east");
+    // The gateway believed the signed header: the backend sees the client, not the Worker.
+    assert.equal(header(body.headers, "x-real-ip"), ip);
+  });
+
   test("an SSE stream arrives event by event", async () => {
     const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
       method: "POST",

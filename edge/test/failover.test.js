@@ -161,3 +161,65 @@ test("a regional gateway's geogate-preferred-region is not passed to the client"
   assert.equal(resp.headers.get("geogate-preferred-region"), null);
   assert.equal(resp.headers.get("geogate-region-route"), "tier=region; upstream=eu-central-1");
 });
+
+describe("every region refusing for now", () => {
+  test("503s with Retry-After: a 503 asking for the longest wait, as the gateway's", async () => {
+    const refuse = (after, message) => () => ({
+      status: 503,
+      headers: after ? { "retry-after": after } : {},
+      body: { error: { message, code: "no_healthy_upstream" } },
+    });
+    const eu = await gateway(refuse("7", "no upstream can serve model 'm' now (unhealthy)"));
+    const us = await gateway(refuse("12", "draining"));
+    const resp = await fromLondon(await worker(eu.url, us.url));
+    assert.equal(resp.status, 503);
+    assert.equal(resp.headers.get("retry-after"), "12");
+    const { error } = await resp.json();
+    assert.deepEqual([error.code, error.type], ["no_healthy_upstream", "service_unavailable"]);
+    assert.match(
+      error.message,
+      /eu-central \(HTTP 503: no upstream .*\), us-east \(HTTP 503: draining\)/,
+    );
+    assert.match(error.message, /Retry in 12 s$/);
+  });
+
+  test("a 503 and a 429: a 503 too; none with a Retry-After: the gateway's 5 s", async () => {
+    const eu = await gateway(() => ({ status: 503, body: {} }));
+    const us = await gateway(() => ({ status: 429, body: {} }));
+    const resp = await fromLondon(await worker(eu.url, us.url));
+    assert.equal(resp.status, 503);
+    assert.equal(resp.headers.get("retry-after"), "5");
+    await resp.arrayBuffer();
+  });
+
+  test("a 503 and a connect error: a 502, the request failed", async () => {
+    const eu = await gateway(() => ({ status: 503, headers: { "retry-after": "7" }, body: {} }));
+    const resp = await fromLondon(await worker(eu.url, await closedUrl()));
+    assert.equal(resp.status, 502);
+    assert.equal((await resp.json()).error.code, "upstream_failed");
+  });
+});
+
+test("a gateway's hop-by-hop response headers are not passed to the client", async () => {
+  const region = await gateway(() => ({
+    status: 200,
+    body: { region: "eu-central" },
+    headers: {
+      connection: "x-internal, keep-alive",
+      "keep-alive": "timeout=5",
+      "x-internal": "for the Worker's connection only",
+      "proxy-authenticate": "Basic",
+      upgrade: "h2c",
+      trailer: "x-t",
+      "x-kept": "yes",
+    },
+  }));
+  const mf = await worker(region.url, await closedUrl());
+  const resp = await fromLondon(mf);
+  assert.equal(resp.status, 200);
+  await resp.arrayBuffer();
+  for (const name of ["keep-alive", "x-internal", "proxy-authenticate", "upgrade", "trailer"]) {
+    assert.equal(resp.headers.get(name), null, name);
+  }
+  assert.equal(resp.headers.get("x-kept"), "yes");
+});

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import * as tables from "../src/table.js";
-import { CITIES, fakeGateway, routeFields, startWorker } from "./support/harness.js";
+import { CITIES, closedUrl, fakeGateway, routeFields, startWorker } from "./support/harness.js";
 
 // Named in src/table.js; the defaults are for a run against a table.js that lacks them.
 const MISSES = tables.MAX_OWN_MISSES ?? 2;
@@ -115,6 +115,45 @@ test("a region whose own table stops answering is not first after MAX_OWN_MISSES
   assert.equal(back.at(-1).served, "us-east");
 });
 
+test("a gateway dead from the start, on an ops host of its own: down by region name", async () => {
+  // wrangler.jsonc's layout: each region's ops listener has a host of its own
+  // (ops.eu-central.api... vs eu-central.api...), so the host rule cannot tell which region a
+  // source that never answered is for; ROUTING_TABLE_URLS names it. us-east's gateway shows
+  // eu-central's backends healthy (it probes them), eu-central's gateway is dead.
+  const euUrl = (await closedUrl()).replace("127.0.0.1", "127.0.0.2");
+  const euOps = `${await closedUrl()}/routing-table`;
+  const us = await gateway("us-east", () => ({
+    regions: [
+      region("eu-central", 50.11, 8.68, euUrl, [up("eu-central-1")]),
+      region("us-east", 37.37, -79.82, us.url, [up("us-east-1")]),
+    ],
+  }));
+  const mf = await startWorker({
+    ROUTING_TABLE_URLS: { "us-east": `${us.url}/routing-table`, "eu-central": euOps },
+    TABLE_TTL_S: 0.05,
+  });
+  started.push(mf);
+  const seen = [];
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/completions", {
+      method: "POST",
+      body: JSON.stringify({ model: "m", prompt: "hi" }),
+      cf: CITIES.London,
+    });
+    assert.equal(resp.status, 200);
+    await resp.arrayBuffer();
+    const { region: r, reason } = routeFields(resp.headers.get("geogate-route"));
+    seen.push(`${r}/${reason}`);
+    if (seen.at(-1) === "us-east/lowest-score") break;
+    await new Promise((resolve) => setTimeout(resolve, 60));
+  }
+  // First tried eu-central and failed over; once its source missed MAX_OWN_MISSES reads,
+  // London goes to us-east directly.
+  assert.equal(seen[0], "us-east/failover");
+  assert.equal(seen.at(-1), "us-east/lowest-score", seen.join(" "));
+});
+
 describe("the cache on its own", () => {
   /** A cache on a clock the test moves, and settings for `sources`. */
   function cacheOn(sources, fallback = null) {
@@ -193,6 +232,61 @@ describe("the cache on its own", () => {
     }
     await cache.refresh(s);
     assert.deepEqual(health(), [false]);
+  });
+
+  test("a source never heard from counts against the region ROUTING_TABLE_URLS names", async () => {
+    // As the test above, on the cache alone: the dead source's host is no region URL's host.
+    const gw = {};
+    const doc = () => ({
+      regions: [
+        region("eu-central", 50.11, 8.68, "http://eu.example", [up("eu-central-1")]),
+        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
+      ],
+    });
+    gw.eu = await gateway("eu-central", doc);
+    gw.us = await gateway("us-east", doc);
+    gw.us.dead = true;
+    const health = () => upsOf(cache.table, "us-east").map((u) => u.healthy);
+    const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
+    for (let i = 0; i <= MISSES; i++) {
+      await cache.refresh(s);
+      clock.t += s.ttlMs;
+    }
+    assert.deepEqual(health(), [true], "a plain list: its host says nothing");
+
+    const named = cacheOn([gw.eu, gw.us]);
+    named.s.regionOf = new Map([[named.s.sources[1], "us-east"]]);
+    for (let i = 1; i < MISSES; i++) {
+      await named.cache.refresh(named.s);
+      assert.deepEqual(upsOf(named.cache.table, "us-east").map((u) => u.healthy), [true]);
+      named.clock.t += named.s.ttlMs;
+    }
+    await named.cache.refresh(named.s);
+    assert.deepEqual(upsOf(named.cache.table, "us-east").map((u) => u.healthy), [false]);
+  });
+
+  test("what a source answers for outweighs the region named for it", async () => {
+    // Named for us-east by mistake, it is eu-central's gateway: when it dies, eu-central is
+    // the region that has lost its gateway.
+    const gw = {};
+    const doc = () => ({
+      regions: [
+        region("eu-central", 50.11, 8.68, "http://eu.example", [up("eu-central-1")]),
+        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
+      ],
+    });
+    gw.eu = await gateway("eu-central", doc);
+    gw.us = await gateway("us-east", doc);
+    const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
+    s.regionOf = new Map([[s.sources[0], "us-east"]]);
+    await cache.refresh(s);
+    gw.eu.dead = true;
+    for (let i = 0; i < MISSES; i++) {
+      clock.t += s.ttlMs;
+      await cache.refresh(s);
+    }
+    assert.deepEqual(upsOf(cache.table, "eu-central").map((u) => u.healthy), [false]);
+    assert.deepEqual(upsOf(cache.table, "us-east").map((u) => u.healthy), [true]);
   });
 
   test("a region with no table source of its own is not marked down for it", async () => {

@@ -3,7 +3,7 @@
 // answers. The tests against real gateways are in e2e.test.js.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { CITIES, blackhole, closedUrl, startWorker } from "./support/harness.js";
+import { CITIES, blackhole, closedUrl, startWorker, wranglerConfig } from "./support/harness.js";
 
 const CHAT = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
 
@@ -221,4 +221,37 @@ test("a bad setting is a 500 that names it", async () => {
   const err = await errorOf(resp);
   assert.equal(err.code, "edge_misconfigured");
   assert.match(err.message, /MAX_ATTEMPTS = "zero": want a whole number from 1 up/);
+  // A load balancer's health check must see it too: a misconfigured Worker is not healthy.
+  const health = await mf.dispatchFetch("https://api.example.com/healthz");
+  assert.equal(health.status, 500);
+  assert.match((await errorOf(health)).message, /MAX_ATTEMPTS = "zero"/);
+});
+
+test("a bad FALLBACK_TABLE is named, on /healthz as on a request", async () => {
+  const table = fallback({
+    "eu-central": "https://eu.example.com/v1",
+    "us-east": "https://us.example.com",
+    "ap-southeast": "https://ap.example.com",
+  });
+  const mf = await worker({ FALLBACK_TABLE: table });
+  const resp = await mf.dispatchFetch("https://api.example.com/healthz");
+  assert.equal(resp.status, 500);
+  const err = await errorOf(resp);
+  assert.equal(err.code, "edge_misconfigured");
+  assert.match(
+    err.message,
+    /FALLBACK_TABLE: regions\[0\]\.url "https:\/\/eu.example.com\/v1" has a path/,
+  );
+});
+
+test("wrangler.jsonc's own settings are healthy", async () => {
+  // Its URLs are examples: nothing here reaches them, /healthz only reads the settings.
+  const { vars } = wranglerConfig();
+  const mf = await worker({
+    ROUTING_TABLE_URLS: vars.ROUTING_TABLE_URLS,
+    FALLBACK_TABLE: vars.FALLBACK_TABLE,
+  });
+  const resp = await mf.dispatchFetch("https://api.example.com/healthz");
+  assert.equal(resp.status, 200);
+  assert.equal(await resp.text(), "ok");
 });

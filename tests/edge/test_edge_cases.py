@@ -1,5 +1,6 @@
 """The case files the edge Worker's tests check it against (edge/test/*-cases.json) are what
-the Python router and signer say today: regenerated here and compared, so they cannot rot."""
+the Python router and signer say today, and the Worker's country and continent points
+(edge/src/points.js) are geodb/data's CSVs: regenerated here and compared, so they cannot rot."""
 
 from __future__ import annotations
 

@@ -1,0 +1,65 @@
+// @ts-check
+/**
+ * `/v1/models` through the Worker. A region's gateway lists only the models of its own
+ * snapshot (in a fleet without shared state, its own region's), so the Worker answers the list
+ * itself, from the merged table of every region, in the gateway's shape
+ * (gateway/http/endpoints.py); `/v1/models/{id}` is routed as a request for model `id`, so it
+ * reaches a region that serves it.
+ */
+
+/** @typedef {import("./router.js").Table} Table */
+
+const LIST = "/v1/models";
+const ONE = "/v1/models/";
+
+/**
+ * What `GET /v1/models` lists: the models of the upstreams the gateway would list (healthy,
+ * not drained: a weight-0 standby too) in a region the Worker can send to (it has a URL).
+ * Sorted, as the gateway's.
+ * @param {Table} table
+ * @returns {string[]}
+ */
+export function servedModels(table) {
+  const ids = new Set();
+  for (const u of table.upstreams) {
+    if (!u.healthy || u.drained || !table.regions.get(u.region)?.url) continue;
+    for (const m of u.models) ids.add(m);
+  }
+  return [...ids].sort();
+}
+
+/**
+ * The model `/v1/models/{id}` names (percent-decoded, as the gateway's router decodes it; a
+ * name may hold "/"), or null for any other path.
+ * @param {string} pathname
+ * @returns {string | null}
+ */
+export function modelInPath(pathname) {
+  if (!pathname.startsWith(ONE) || pathname.length === ONE.length) return null;
+  const raw = pathname.slice(ONE.length);
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw; // a stray "%": the name as sent
+  }
+}
+
+/** @param {string} pathname */
+export function isModelList(pathname) {
+  return pathname === LIST;
+}
+
+/**
+ * The Worker's own answer to `GET` (or `HEAD`) `/v1/models`.
+ * @param {Table} table @param {string} method @param {Record<string, string>} headers
+ */
+export function modelList(table, method, headers) {
+  const data = servedModels(table).map((id) => ({
+    id,
+    object: "model",
+    created: 0,
+    owned_by: "geogate",
+  }));
+  const body = method === "HEAD" ? null : JSON.stringify({ object: "list", data });
+  return new Response(body, { headers: { "content-type": "application/json", ...headers } });
+}

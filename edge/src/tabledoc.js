@@ -1,0 +1,221 @@
+// @ts-check
+/**
+ * One routing-table document as the router takes it: `/routing-table`'s JSON
+ * (gateway/http/endpoints.py), `{self_region, policy, regions: [{id, latitude, longitude, url,
+ * upstreams: [{id, models, weight, bias_ms, drained, healthy, ttft_ms, queue_depth, slots}]}]}`;
+ * absent fields take the gateway's defaults, so a hand-written fallback needs only ids,
+ * coordinates, urls and models.
+ *
+ * A gateway's table comes from a config the gateway checked; the Worker's FALLBACK_TABLE was
+ * written by hand and nothing checked it, so it is read `strict`: the checks of the gateway's
+ * own config (gateway/config_routing.py) that the router depends on, each error naming the field.
+ */
+
+/** @typedef {import("./router.js").Region} Region */
+/** @typedef {import("./router.js").Upstream} Upstream */
+/** @typedef {import("./router.js").Policy} Policy */
+/** @typedef {import("./router.js").Table} Table */
+
+// gateway/defaults.py's, for fields a table leaves out
+export const DEFAULT_POLICY = Object.freeze({
+  tolerance_ms: 15,
+  tolerance_ratio: 0.15,
+  panic_threshold: 0.5,
+});
+const DEFAULT_SLOTS = 16;
+
+export class TableError extends Error {}
+
+/**
+ * Why `text` is not a URL the Worker can fetch, or null when it is one. `origin`: a region
+ * gateway's URL, to which the client's path is appended, so a scheme, host and port alone (as
+ * the gateway's own check, gateway/config.py public_url). Credentials are refused: fetch()
+ * throws on a URL that carries them, and the ops token is the gateways' authentication.
+ * @param {string} text @param {{origin?: boolean}} [opts]
+ * @returns {string | null}
+ */
+export function urlProblem(text, { origin = false } = {}) {
+  let u;
+  try {
+    u = new URL(text);
+  } catch {
+    return "is not a URL";
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") return "is not http:// or https://";
+  if (!u.hostname) return "has no host";
+  if (u.username || u.password) return "carries credentials";
+  if (origin && (u.pathname !== "/" || u.search || u.hash)) {
+    return "has a path; want the gateway's origin alone (https://host[:port])";
+  }
+  return null;
+}
+
+/** @param {unknown} v @returns {v is Record<string, any>} */
+export function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** @param {unknown} v @param {string} what @param {[number, number]} [range] */
+function finite(v, what, range = [-Infinity, Infinity]) {
+  if (typeof v !== "number" || !Number.isFinite(v)) throw new TableError(`${what} is not a number`);
+  if (v < range[0] || v > range[1]) {
+    const [lo, hi] = range;
+    const want = hi === Infinity ? `${lo} or more` : `from ${lo} to ${hi}`;
+    throw new TableError(`${what} = ${v}: want ${want}`);
+  }
+  return v;
+}
+
+/**
+ * @param {unknown} v @param {number} fallback @param {string} what
+ * @param {[number, number]} [range]
+ */
+function numberOr(v, fallback, what, range) {
+  return v === undefined || v === null ? fallback : finite(v, what, range);
+}
+
+/** @param {unknown} v @param {string} what @returns {number | null} */
+function numberOrNull(v, what) {
+  return v === undefined || v === null ? null : finite(v, what);
+}
+
+/** @param {unknown} v @param {string} what @returns {string[]} */
+function strings(v, what) {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v) || !v.every((s) => typeof s === "string")) {
+    throw new TableError(`${what} is not a list of strings`);
+  }
+  return v;
+}
+
+/**
+ * @param {Record<string, any>} raw @param {string} region @param {string} where
+ * @param {boolean} strict
+ * @returns {Upstream}
+ */
+function upstreamOf(raw, region, where, strict) {
+  if (typeof raw.id !== "string" || !raw.id) throw new TableError(`${where}.id is missing`);
+  // A negative weight breaks the weighted pick, and slots under 1 make a queue cost nothing
+  // or less: the gateway's config refuses both (weight >= 0, slots >= 1).
+  /** @type {[number, number] | undefined} */
+  const weightRange = strict ? [0, Infinity] : undefined;
+  /** @type {[number, number] | undefined} */
+  const slotRange = strict ? [1, Infinity] : undefined;
+  return {
+    id: raw.id,
+    region,
+    models: new Set(strings(raw.models, `${where}.models`)),
+    weight: numberOr(raw.weight, 1, `${where}.weight`, weightRange),
+    bias_ms: numberOr(raw.bias_ms, 0, `${where}.bias_ms`),
+    drained: raw.drained === true,
+    healthy: raw.healthy !== false,
+    ttft_ms: numberOrNull(raw.ttft_ms, `${where}.ttft_ms`),
+    queue_depth: numberOrNull(raw.queue_depth, `${where}.queue_depth`),
+    slots: numberOr(raw.slots, DEFAULT_SLOTS, `${where}.slots`, slotRange) || DEFAULT_SLOTS,
+  };
+}
+
+/** @param {unknown} raw @returns {Policy} */
+export function policyOf(raw) {
+  const p = isObject(raw) ? raw : {};
+  const rules = Array.isArray(p.residency) ? p.residency : [];
+  const num = (/** @type {keyof typeof DEFAULT_POLICY} */ k) =>
+    numberOr(p[k], DEFAULT_POLICY[k], `policy.${k}`);
+  return {
+    tolerance_ms: num("tolerance_ms"),
+    tolerance_ratio: num("tolerance_ratio"),
+    panic_threshold: num("panic_threshold"),
+    residency: rules.map((r, i) => {
+      if (!isObject(r)) throw new TableError(`policy.residency[${i}] is not an object`);
+      const up = (/** @type {string} */ s) => s.toUpperCase();
+      return {
+        name: typeof r.name === "string" ? r.name : `rule ${i}`,
+        countries: new Set(strings(r.countries, `policy.residency[${i}].countries`).map(up)),
+        continents: new Set(strings(r.continents, `policy.residency[${i}].continents`).map(up)),
+        regions: new Set(strings(r.regions, `policy.residency[${i}].regions`)),
+      };
+    }),
+  };
+}
+
+/**
+ * @param {Record<string, any>} r @param {string} where @param {boolean} strict
+ * @returns {Region}
+ */
+function regionOf(r, where, strict) {
+  const url = typeof r.url === "string" ? r.url.replace(/\/+$/, "") : "";
+  if (strict && r.url !== undefined && r.url !== null && r.url !== "") {
+    const why = typeof r.url === "string" ? urlProblem(r.url, { origin: true }) : "is not a string";
+    if (why) throw new TableError(`${where}.url ${JSON.stringify(r.url)} ${why}`);
+  }
+  return {
+    id: r.id,
+    latitude: finite(r.latitude, `${where}.latitude`, strict ? [-90, 90] : undefined),
+    longitude: finite(r.longitude, `${where}.longitude`, strict ? [-180, 180] : undefined),
+    url,
+  };
+}
+
+/**
+ * A routing-table document as the router takes it. Throws TableError naming the bad field.
+ * `strict` (FALLBACK_TABLE): also the ranges, URLs, unique ids and residency regions.
+ * @param {unknown} doc
+ * @param {{strict?: boolean}} [opts]
+ * @returns {Table & {selfRegion: string | null, explicitPolicy: boolean}}
+ */
+export function normalizeTable(doc, { strict = false } = {}) {
+  if (!isObject(doc) || !Array.isArray(doc.regions)) {
+    throw new TableError("not a routing table: no regions list");
+  }
+  /** @type {Map<string, Region>} */
+  const regions = new Map();
+  /** @type {Upstream[]} */
+  const upstreams = [];
+  doc.regions.forEach((/** @type {unknown} */ r, /** @type {number} */ i) => {
+    const where = `regions[${i}]`;
+    if (!isObject(r) || typeof r.id !== "string" || !r.id) {
+      throw new TableError(`${where} has no id`);
+    }
+    if (strict && regions.has(r.id)) {
+      throw new TableError(`${where}.id ${JSON.stringify(r.id)} is listed twice`);
+    }
+    regions.set(r.id, regionOf(r, where, strict));
+    const ups = Array.isArray(r.upstreams) ? r.upstreams : [];
+    ups.forEach((/** @type {unknown} */ u, /** @type {number} */ j) => {
+      const at = `${where}.upstreams[${j}]`;
+      if (!isObject(u)) throw new TableError(`${at} is not an object`);
+      const upstream = upstreamOf(u, r.id, at, strict);
+      if (strict && upstreams.some((x) => x.id === upstream.id)) {
+        throw new TableError(`${at}.id ${JSON.stringify(upstream.id)} is listed twice`);
+      }
+      upstreams.push(upstream);
+    });
+  });
+  const policy = policyOf(doc.policy);
+  if (strict) checkResidency(policy, regions);
+  return {
+    regions,
+    upstreams,
+    policy,
+    selfRegion: typeof doc.self_region === "string" ? doc.self_region : null,
+    explicitPolicy: isObject(doc.policy),
+  };
+}
+
+/**
+ * A rule naming a region the table lacks keeps its clients from it for good: a misspelt
+ * region would leave them nowhere to go (the gateway's config refuses it too).
+ * @param {Policy} policy @param {Map<string, Region>} regions
+ */
+function checkResidency(policy, regions) {
+  policy.residency.forEach((rule, i) => {
+    for (const id of rule.regions) {
+      if (!regions.has(id)) {
+        throw new TableError(
+          `policy.residency[${i}].regions names ${JSON.stringify(id)}, which is not among ` +
+            `the regions (${[...regions.keys()].join(", ")})`,
+        );
+      }
+    }
+  });
+}

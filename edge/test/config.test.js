@@ -1,0 +1,149 @@
+// The Worker's settings (src/config.js) on their own, in Node: what each bad value says. A bad
+// setting must be one clear error naming the variable, not a Worker that routes to nowhere.
+// In workerd, /healthz and every request then answer 500 edge_misconfigured (worker.test.js).
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { ConfigError, settings } from "../src/config.js";
+import { wranglerConfig } from "./support/harness.js";
+
+const region = (id, extra = {}, upstream = {}) => ({
+  id,
+  latitude: 50.11,
+  longitude: 8.68,
+  url: `https://${id}.example.com`,
+  upstreams: [{ id: `${id}-1`, models: ["m"], ...upstream }],
+  ...extra,
+});
+
+/** The ConfigError's message for `env`, or "" when it is a good config. */
+function problem(env) {
+  try {
+    settings(env);
+    return "";
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.message;
+  }
+}
+
+test("wrangler.jsonc's own vars are a good config, with the region of each source", () => {
+  const s = settings({ ...wranglerConfig().vars });
+  assert.equal(s.table.sources.length, 3);
+  // The ops hosts are not the regions' hosts: the region each source is for is named.
+  const eu = s.table.sources.find((u) => u.includes("eu-central"));
+  assert.equal(s.table.regionOf?.get(eu), "eu-central");
+  assert.ok(s.table.fallback?.regions.get("eu-central")?.url);
+});
+
+describe("ROUTING_TABLE_URLS", () => {
+  test("a list, a JSON list, comma-separated text, or an object by region", () => {
+    const a = "https://ops.a.example.com/routing-table";
+    const b = "http://10.0.0.2:9090/routing-table";
+    for (const raw of [[a, b], JSON.stringify([a, b]), `${a}, ${b}`]) {
+      const s = settings({ ROUTING_TABLE_URLS: raw });
+      assert.deepEqual(s.table.sources, [a, b]);
+      assert.equal(s.table.regionOf?.size, 0);
+    }
+    for (const raw of [
+      { "eu-central": a, "us-east": b },
+      JSON.stringify({ "eu-central": a, "us-east": b }),
+    ]) {
+      const s = settings({ ROUTING_TABLE_URLS: raw });
+      assert.deepEqual(s.table.sources, [a, b]);
+      assert.deepEqual(
+        [...(s.table.regionOf ?? [])],
+        [
+          [a, "eu-central"],
+          [b, "us-east"],
+        ],
+      );
+    }
+  });
+
+  const bad = {
+    "not JSON": ["[not json", /ROUTING_TABLE_URLS: not JSON/],
+    "a list of numbers": ["[1,2]", /ROUTING_TABLE_URLS = 1: want/],
+    "ftp://": [
+      ["ftp://x/routing-table"],
+      /ROUTING_TABLE_URLS: "ftp:\/\/x\/routing-table" is not http/,
+    ],
+    "a space in the host": [["https://exa mple.com/t"], /"https:\/\/exa mple.com\/t" is not a URL/],
+    "port 99999": [["https://example.com:99999/t"], /is not a URL/],
+    "no scheme": [["ops.example.com/t"], /"ops.example.com\/t" is not a URL/],
+    credentials: [["https://u:p@ops.example.com/t"], /carries credentials/],
+    "a region's URL not a string": [{ eu: 1 }, /ROUTING_TABLE_URLS\["eu"\] = 1: want/],
+    "a region's URL bad": [{ eu: "nope" }, /ROUTING_TABLE_URLS\["eu"\]: "nope" is not a URL/],
+    "an empty region id": [{ "": "https://ops.example.com/t" }, /a region id is empty/],
+    "a number": ["7", /ROUTING_TABLE_URLS: "7" is not a URL/],
+    "a URL twice": [["https://a.example/t", "https://a.example/t"], /listed twice/],
+  };
+  for (const [name, [raw, want]] of Object.entries(bad)) {
+    test(`refused: ${name}`, () => {
+      assert.match(problem({ ROUTING_TABLE_URLS: raw }), want);
+    });
+  }
+});
+
+describe("FALLBACK_TABLE", () => {
+  const eu = region("eu-central");
+  const bad = {
+    "a region URL with no scheme": [
+      [region("eu", { url: "eu.example.com" })],
+      /regions\[0\]\.url "eu.example.com" is not a URL/,
+    ],
+    "a region URL with no host": [
+      [region("eu", { url: "http://" })],
+      /regions\[0\]\.url "http:\/\/" is not a URL/,
+    ],
+    "a region URL with a path": [
+      [region("eu", { url: "https://eu.example.com/v1" })],
+      /regions\[0\]\.url .* has a path/,
+    ],
+    "a region URL not http": [[region("eu", { url: "ftp://eu.example.com" })], /is not http/],
+    "a latitude past 90": [
+      [region("eu", { latitude: 500 })],
+      /regions\[0\]\.latitude = 500: want from -90 to 90/,
+    ],
+    "a longitude past 180": [
+      [region("eu", { longitude: -181 })],
+      /regions\[0\]\.longitude = -181: want from -180 to 180/,
+    ],
+    "a negative weight": [
+      [region("eu", {}, { weight: -1 })],
+      /regions\[0\]\.upstreams\[0\]\.weight = -1: want 0 or more/,
+    ],
+    "slots under 1": [
+      [region("eu", {}, { slots: -5 })],
+      /regions\[0\]\.upstreams\[0\]\.slots = -5: want 1 or more/,
+    ],
+    "a region id twice": [
+      [eu, region("eu-central", { url: "https://us.example.com" })],
+      /regions\[1\]\.id "eu-central" is listed twice/,
+    ],
+    "an upstream id twice": [
+      [eu, region("us-east", {}, { id: "eu-central-1" })],
+      /regions\[1\]\.upstreams\[0\]\.id "eu-central-1" is listed twice/,
+    ],
+  };
+  for (const [name, [regions, want]] of Object.entries(bad)) {
+    test(`refused: ${name}`, () => {
+      const message = problem({ FALLBACK_TABLE: JSON.stringify({ regions }) });
+      assert.match(message, /^FALLBACK_TABLE: /);
+      assert.match(message, want);
+    });
+  }
+
+  test("refused: a residency rule for a region it does not have", () => {
+    const rule = { name: "eu", countries: ["DE"], regions: ["eu-centrl"] };
+    const doc = { policy: { residency: [rule] }, regions: [eu] };
+    assert.match(
+      problem({ FALLBACK_TABLE: doc }),
+      /^FALLBACK_TABLE: policy\.residency\[0\]\.regions names "eu-centrl", which is not among/,
+    );
+  });
+
+  test("a region with no URL is allowed: the gateways' tables may give it", () => {
+    const s = settings({ FALLBACK_TABLE: { regions: [region("eu", { url: undefined })] } });
+    assert.equal(s.table.fallback?.regions.get("eu")?.url, "");
+  });
+});

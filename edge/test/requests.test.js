@@ -1,0 +1,274 @@
+// What the Worker reads of a request to route it: where the client is when Cloudflare has no
+// coordinates for it, the model in a compressed body, the model a /v1/models/{id} names; and
+// /v1/models, which it answers itself from every region's table. The Worker in workerd, in
+// front of regional gateways played on loopback.
+import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
+import { deflateRawSync, deflateSync, gzipSync } from "node:zlib";
+import { after, before, describe, test } from "node:test";
+import { CITIES, fakeGateway, routeFields, startWorker } from "./support/harness.js";
+
+const SECRET = "s".repeat(32);
+const IP = "198.51.100.77";
+const COORDS = {
+  "eu-central": [50.11, 8.68],
+  "us-east": [37.37, -79.82],
+  "ap-southeast": [1.35, 103.82],
+};
+
+const started = [];
+after(async () => {
+  await Promise.all(started.map((x) => ("dispose" in x ? x.dispose() : x.close())));
+});
+
+/** One gateway per region, each answering 200 with its region; the Worker on them. */
+let gw;
+let mf;
+before(async () => {
+  gw = {};
+  for (const id of Object.keys(COORDS)) {
+    gw[id] = await fakeGateway(() => ({ status: 200, body: { region: id } }));
+    started.push(gw[id]);
+  }
+  // eu-central serves m and big; us-east m and "org/model-x"; ap-southeast m and a drained n.
+  const models = {
+    "eu-central": ["m", "big"],
+    "us-east": ["m", "org/model-x"],
+    "ap-southeast": ["m"],
+  };
+  const regions = Object.entries(COORDS).map(([id, [latitude, longitude]]) => ({
+    id,
+    latitude,
+    longitude,
+    url: gw[id].url,
+    upstreams: [
+      { id: `${id}-1`, models: models[id] },
+      ...(id === "ap-southeast" ? [{ id: `${id}-2`, models: ["n"], drained: true }] : []),
+    ],
+  }));
+  mf = await startWorker({
+    FALLBACK_TABLE: { regions },
+    EDGE_SECRET: SECRET,
+    MAX_BODY_BYTES: 4096,
+  });
+  started.push(mf);
+});
+
+/** Which region got the request; its signed client header's fields when it has one. */
+async function send(init, path = "/v1/chat/completions") {
+  const before = Object.fromEntries(Object.entries(gw).map(([id, g]) => [id, g.requests.length]));
+  const resp = await mf.dispatchFetch(`https://api.example.com${path}`, {
+    method: "POST",
+    ...init,
+    headers: { "cf-connecting-ip": IP, ...init.headers },
+  });
+  const body = await resp.text();
+  const hit = Object.keys(gw).find((id) => gw[id].requests.length > before[id]);
+  const req = hit ? gw[hit].requests.at(-1) : null;
+  const header = req?.headers["geogate-client"] ?? null;
+  let fields = null;
+  if (header) {
+    const [value, sig] = header.split(";sig=");
+    assert.equal(sig, createHmac("sha256", SECRET).update(value).digest("base64url"));
+    fields = Object.fromEntries(
+      value
+        .split(";")
+        .slice(1)
+        .map((p) => p.split("=")),
+    );
+  }
+  return { resp, body, region: hit ?? null, req, fields };
+}
+
+describe("a client Cloudflare knows by country or continent only", () => {
+  const CHAT = JSON.stringify({ model: "m", messages: [] });
+  // Miniflare fills a request.cf field left out from its own (a place in Texas): each is set.
+  const nowhere = { latitude: null, longitude: null, country: null, continent: null, city: null };
+  const only = (fields) => ({ ...nowhere, ...fields });
+
+  test("routes from its country's point, and the gateway is told the client's IP", async () => {
+    for (const [cf, region, lat, lon] of [
+      [{ country: "US", continent: "NA", colo: "EWR" }, "us-east", "39.83", "-98.58"],
+      [
+        { country: "JP", continent: "AS", latitude: "", longitude: "" },
+        "ap-southeast",
+        "35.68",
+        "139.77",
+      ],
+      [{ country: "DE" }, "eu-central", "50.11", "8.68"],
+    ]) {
+      const { resp, region: hit, fields } = await send({ body: CHAT, cf: only(cf) });
+      assert.equal(resp.status, 200);
+      assert.equal(hit, region, JSON.stringify(cf));
+      assert.equal(routeFields(resp.headers.get("geogate-route")).reason, "lowest-score");
+      // Signed with the client's address and the point the router used, as the gateway's
+      // GeoIP would place a country-only address (geodb/data/countries.csv).
+      assert.deepEqual(
+        [fields.ip, fields.lat, fields.lon, fields.country],
+        [IP, lat, lon, cf.country],
+      );
+      // The country's continent when Cloudflare gives none (as the gateway's GeoIP).
+      assert.equal(fields.continent, cf.continent ?? "EU");
+    }
+  });
+
+  test("a country not in the table: its continent's point", async () => {
+    const { region, fields } = await send({
+      body: CHAT,
+      cf: only({ country: "XX", continent: "OC" }),
+    });
+    assert.equal(region, "ap-southeast"); // Sydney's point is nearer Singapore than Virginia
+    assert.deepEqual(
+      [fields.ip, fields.lat, fields.lon, fields.continent],
+      [IP, "-33.87", "151.21", "OC"],
+    );
+  });
+
+  test("nothing known: the default location, no header (the gateway locates it)", async () => {
+    const { region, fields } = await send({ body: CHAT, cf: only({ colo: null }) });
+    assert.equal(region, "eu-central");
+    assert.equal(fields, null);
+  });
+});
+
+describe("a compressed body", () => {
+  // "big" is served in eu-central only: a client in Singapore reaches it only by its model.
+  const doc = { model: "big", messages: [{ role: "user", content: "hi" }] };
+  const raw = Buffer.from(JSON.stringify(doc));
+  for (const [coding, bytes] of [
+    ["gzip", gzipSync(raw)],
+    ["x-gzip", gzipSync(raw)],
+    ["deflate", deflateSync(raw)],
+    ["deflate", deflateRawSync(raw)], // raw deflate, as some clients send it
+    ["gzip, deflate", deflateSync(gzipSync(raw))],
+  ]) {
+    test(`${coding}: routed by its model, sent on as it came`, async () => {
+      const init = { body: bytes, headers: { "content-encoding": coding }, cf: CITIES.Singapore };
+      const { resp, region, req } = await send(init);
+      assert.equal(resp.status, 200);
+      assert.equal(region, "eu-central");
+      assert.equal(req.headers["content-encoding"], coding);
+      assert.equal(req.body, bytes.toString(), "the bytes the client sent");
+    });
+  }
+
+  test("a stream asked for in a gzip body waits FIRST_BYTE_TIMEOUT_S, not more", async () => {
+    // Read only if the Worker reads the body: with stream: true, the shorter wait applies.
+    const hung = await fakeGateway(() => null);
+    started.push(hung);
+    const regions = [
+      {
+        id: "eu-central",
+        latitude: 50.11,
+        longitude: 8.68,
+        url: hung.url,
+        upstreams: [{ id: "e", models: ["m"] }],
+      },
+    ];
+    const w = await startWorker({
+      FALLBACK_TABLE: { regions },
+      FIRST_BYTE_TIMEOUT_S: 0.2,
+      RESPONSE_TIMEOUT_S: 30,
+    });
+    started.push(w);
+    const resp = await w.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: gzipSync(JSON.stringify({ model: "m", stream: true, messages: [] })),
+      headers: { "content-encoding": "gzip" },
+      cf: CITIES.London,
+    });
+    assert.equal(resp.status, 504);
+    assert.match((await resp.json()).error.message, /no response in 0\.2 s/);
+  });
+
+  test("decoding past MAX_BODY_BYTES is a 413, as the gateway's", async () => {
+    const bomb = gzipSync(JSON.stringify({ model: "m", pad: "x".repeat(100_000) }));
+    assert.ok(bomb.length < 4096);
+    const init = { body: bomb, headers: { "content-encoding": "gzip" }, cf: CITIES.London };
+    const { resp, body, region } = await send(init);
+    assert.equal(resp.status, 413);
+    assert.equal(region, null);
+    const { error } = JSON.parse(body);
+    assert.equal(error.code, "request_too_large");
+    assert.match(error.message, /decodes to over this API's limit of 4096 bytes/);
+  });
+
+  test("not what its header says, or a coding it cannot undo: routed on location", async () => {
+    for (const [coding, body] of [
+      ["gzip", "not gzip"],
+      ["br", "\x0b\x02\x80{}\x03"],
+    ]) {
+      const init = { body, headers: { "content-encoding": coding }, cf: CITIES.Singapore };
+      const { resp, region, req } = await send(init);
+      assert.equal(resp.status, 200);
+      assert.equal(region, "ap-southeast", "the nearest region: it answers in its own words");
+      assert.equal(req.headers["content-encoding"], coding);
+    }
+  });
+});
+
+describe("/v1/models", () => {
+  test("lists every region's models, in the gateway's shape", async () => {
+    const before = Object.values(gw).reduce((n, g) => n + g.requests.length, 0);
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/models", {
+      cf: CITIES.Singapore,
+    });
+    assert.equal(resp.status, 200);
+    assert.equal(resp.headers.get("content-type"), "application/json");
+    const doc = await resp.json();
+    assert.deepEqual(doc, {
+      object: "list",
+      // Sorted; n's only upstream is drained, so it is not listed (as the gateway's list).
+      data: ["big", "m", "org/model-x"].map((id) => ({
+        id,
+        object: "model",
+        created: 0,
+        owned_by: "geogate",
+      })),
+    });
+    assert.equal(
+      Object.values(gw).reduce((n, g) => n + g.requests.length, 0),
+      before,
+      "answered by the Worker",
+    );
+    assert.equal(routeFields(resp.headers.get("geogate-route")).table, "fallback");
+  });
+
+  test("/v1/models/{id} goes to a region that serves the model", async () => {
+    for (const [path, region] of [
+      ["/v1/models/big", "eu-central"],
+      ["/v1/models/org/model-x", "us-east"],
+      ["/v1/models/org%2Fmodel-x", "us-east"],
+    ]) {
+      const { resp, region: hit } = await send({ method: "GET", cf: CITIES.Singapore }, path);
+      assert.equal(resp.status, 200, path);
+      assert.equal(hit, region, path);
+    }
+    const { resp } = await send({ method: "GET", cf: CITIES.Singapore }, "/v1/models/nope");
+    assert.equal(resp.status, 404);
+  });
+});
+
+test("a request that names no model is worded without one", async () => {
+  const regions = [
+    {
+      id: "eu-central",
+      latitude: 50.11,
+      longitude: 8.68,
+      url: gw["eu-central"].url,
+      upstreams: [{ id: "e", models: ["m"], healthy: false }],
+    },
+  ];
+  const w = await startWorker({ FALLBACK_TABLE: { regions, policy: { panic_threshold: 0 } } });
+  started.push(w);
+  const resp = await w.dispatchFetch("https://api.example.com/v1/files", {
+    method: "POST",
+    body: "x",
+    cf: CITIES.London,
+  });
+  assert.equal(resp.status, 503);
+  const { error } = await resp.json();
+  assert.equal(error.code, "no_healthy_upstream");
+  assert.match(error.message, /^no region can serve this request now \(unhealthy\)/);
+  assert.doesNotMatch(error.message, /null/);
+});
