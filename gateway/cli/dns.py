@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -73,21 +75,19 @@ def export(args: argparse.Namespace) -> None:
         raise CLIError(f"dns export: {exc}") from None
     try:
         entries = tables.entries(config)
+        computed = tables.compute(config, entries)
+        if args.format == "powerdns":
+            text = powerdns.zone_file(computed, entries, opt, str(args.config))
+        else:
+            doc = route53.record_sets(computed, entries, opt, str(args.config))
+            text = json.dumps(doc, indent=2) + "\n"
     except ConfigError as exc:
         raise ConfigError(f"config error in {args.config}: {exc}") from None
-    computed = tables.compute(config, entries)
-    if args.format == "powerdns":
-        text = powerdns.zone_file(computed, entries, opt, str(args.config))
-    else:
-        doc = route53.record_sets(computed, entries, opt, str(args.config))
-        text = json.dumps(doc, indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)
         return
     try:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.out)  # atomic: a DNS server reloading the zone never sees half of it
+        _write(args.out, text)
     except OSError as exc:
         raise CLIError(f"cannot write {args.out}: {exc.strerror}") from None
     orders = len(computed.orders())
@@ -95,3 +95,23 @@ def export(args: argparse.Namespace) -> None:
         f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s), {orders} order(s)",
         file=sys.stderr,
     )
+
+
+def _write(out: Path, text: str) -> None:
+    """Write ``text`` to ``out``: a regular file (or none yet) is replaced whole, through a
+    temporary file renamed over it, so a DNS server reloading the zone never sees half of it.
+    The rename goes to where ``out`` points: through a symlink (a zone file linked into the
+    server's directory) it replaces the file, not the link. Anything else that exists (a
+    pipe, /dev/stdout) is written as it is: renaming over it would replace the device node."""
+    try:
+        regular = stat.S_ISREG(os.stat(out).st_mode)
+    except FileNotFoundError:
+        regular = True  # nothing there yet, or a link to a file still to be made
+    if not regular:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    real = Path(os.path.realpath(out))
+    tmp = real.with_name(real.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(real)

@@ -9,6 +9,12 @@ from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_
 
 # A DNS label as zones use them (RFC 1035's letters, digits and hyphens; "_" for service names).
 LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# RFC 2181 §8: a TTL is at most 2^31 - 1; PowerDNS fails the whole zone (SERVFAIL) over one above.
+MAX_TTL_S = 2**31 - 1
+# A check less often than hourly would leave a dead region answered for that long: a larger
+# value is a mistake (milliseconds for seconds, most likely), as is a check waiting a minute.
+MAX_CHECK_INTERVAL_S = 3600
+MAX_CHECK_TIMEOUT_S = 60
 
 
 def domain(name: str, what: str) -> str:
@@ -53,16 +59,34 @@ def options(
 ) -> Options:
     """Checked options; ValueError with the words to fix the argument."""
     fq_zone = domain(zone, "zone")
-    if name != "@":
-        name = domain(name, "name").rstrip(".")
-        if name.endswith("." + fq_zone.rstrip(".")):  # "api.example.com" in zone example.com
-            name = name[: -len(fq_zone)]
-    for value, what, low in (
-        (ttl, "ttl", 1),
-        (check_interval_s, "check interval", 1),
-        (check_timeout_s, "check timeout", 1),
+    name = _relative(name, fq_zone)
+    for value, what, low, high in (
+        (ttl, "ttl", 1, MAX_TTL_S),
+        (check_interval_s, "check interval", 1, MAX_CHECK_INTERVAL_S),
+        (check_timeout_s, "check timeout", 1, MAX_CHECK_TIMEOUT_S),
     ):
         if value < low:
             raise ValueError(f"{what} {value} must be at least {low} s")
+        if value > high:
+            raise ValueError(f"{what} {value} must be at most {high} s")
     ns = tuple(domain(n, "nameserver") for n in nameservers)
     return Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns)
+
+
+def _relative(name: str, fq_zone: str) -> str:
+    """``name`` relative to the zone: "@" for the zone itself (however written), "api" for
+    api.example.com; a fully qualified name (trailing dot) outside the zone is refused, where
+    it would have become a name under the zone (api.example.org.example.com.)."""
+    if name == "@":
+        return name
+    fq = domain(name, "name")
+    if fq == fq_zone:
+        return "@"
+    if fq.endswith("." + fq_zone):
+        return fq[: -len(fq_zone) - 1]
+    if name.endswith("."):
+        raise ValueError(
+            f"name {name!r} is not in zone {fq_zone}: give a name in it (api, or "
+            f"api.{fq_zone}), or the zone it is in (--zone)"
+        )
+    return fq.rstrip(".")

@@ -5,7 +5,9 @@ place's order whose ``/readyz`` answers 200, through ``ifurlextup``.
 Both records choose among the same regions with all their addresses, so they choose the same
 region, and each keeps that region's addresses of its own family: an AAAA query for a region
 with no IPv6 address gets no record (NODATA) and the client uses the A answer, never another
-region's IPv6 address (see ``tables.answered``; here it holds through failover too).
+region's IPv6 address (see ``tables.answered``; here it holds through failover too). PowerDNS
+(4.7) gives such an answer an EDNS client-subnet scope of /0, and a LUA record has no way to
+set one: a resolver may cache that NODATA for all its clients for the SOA minimum (the TTL).
 
 Why ``ifurlextup`` and not ``ifurlup``: ``ifurlup`` fetches one URL from every address, so
 every region would need the same URL and port; ``ifurlextup`` checks each region at its own
@@ -13,8 +15,10 @@ gateway URL, and its groups are tried in order, which is the failover order. Pow
 checks in the background (every ``lua-health-checks-interval`` seconds; PowerDNS 5 also takes
 the per-check ``interval`` written here) and shares one check per URL across all records.
 
-LUA record text is split into strings of at most 255 bytes: a zone transfer would split longer
-ones anyway, possibly inside a token (PowerDNS's docs warn of it).
+LUA record text is split into strings of at most 255 bytes, between tokens: a zone transfer
+would split longer ones anyway, every 255 bytes, inside a token as likely as not (PowerDNS's
+docs warn of it), and the secondary's Lua breaks. So each health URL is named once (``h``),
+not once per address, and a region's addresses may go over several strings.
 """
 
 from __future__ import annotations
@@ -36,19 +40,56 @@ def _zone_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _chunks(items: list[str], head: str, tail: str) -> list[str]:
-    """``head`` + items joined by "," + ``tail``, cut between items into lines that fit."""
-    lines, line = [], head
-    for i, item in enumerate(items):
-        piece = item + ("," if i < len(items) - 1 else tail)
-        if len(line) + len(piece) > MAX_STRING - 1 and line:
+def _size(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def _lines(tokens: list[str]) -> list[str]:
+    """``tokens`` joined, cut between tokens into lines of at most 254 bytes (each ends in a
+    space when joined, so a cut is a space in the Lua: every token boundary must allow one)."""
+    lines, line = [], ""
+    for token in tokens:
+        if line and _size(line) + _size(token) > MAX_STRING - 1:
             lines.append(line)
             line = ""
-        line += piece
-    if not items:
-        line += tail
-    lines.append(line)
-    return lines
+        line += token
+    return [*lines, line]
+
+
+def _listed(items: list[str], head: str, tail: str) -> list[str]:
+    """The tokens of ``head`` + items joined by "," + ``tail``."""
+    tokens = [head, *(item + "," for item in items[:-1]), *items[-1:]]
+    tokens[-1] += tail
+    return tokens
+
+
+def _lua_pieces(s: str, budget: int = 200) -> list[str]:
+    """``s`` as Lua string literals joined by "..", each of at most ``budget`` bytes: a URL may
+    be longer than one DNS string, and a cut inside a literal would put a space in it."""
+    pieces, piece = [], ""
+    for ch in s:
+        if piece and _size(_lua(piece + ch)) > budget:
+            pieces.append(_lua(piece) + "..")
+            piece = ""
+        piece += ch
+    return [*pieces, _lua(piece)]
+
+
+def _region_tokens(entries: Mapping[str, Entry]) -> tuple[list[str], list[str]]:
+    """Each region's health URL once (h[i]), then its group for ifurlextup: every address of
+    the region, both families, checked at that URL. One token per address: a region with many
+    addresses is cut between them, never inside one."""
+    urls = [";local h={"]
+    for i, e in enumerate(entries.values(), start=1):
+        urls += _lua_pieces(e.health_url)
+        urls[-1] += "," if i < len(entries) else "}"
+    tokens = ["local r={"]
+    for i, e in enumerate(entries.values(), start=1):
+        for j, a in enumerate(e.addresses):
+            first, last = j == 0, j == len(e.addresses) - 1
+            tail = ("}" + ("," if i < len(entries) else "}")) if last else ","
+            tokens.append(("{" if first else "") + f"[{_lua(a)}]=h[{i}]" + tail)
+    return urls, tokens
 
 
 def lua_script(
@@ -57,12 +98,6 @@ def lua_script(
     """The Lua of the record of IP ``version``, as lines of at most 254 bytes (each ends in a
     space when joined)."""
     index = {rid: i + 1 for i, rid in enumerate(entries)}  # Lua tables count from 1
-    # Every address of a region, both families: the check is per URL, so the A and the AAAA
-    # record see the same regions up and choose the same one.
-    units = [
-        "{" + ",".join(f"[{_lua(a)}]={_lua(e.health_url)}" for a in e.addresses) + "}"
-        for e in entries.values()
-    ]
     orders: list[Order] = []
     order_no: dict[Order, int] = {}
 
@@ -75,31 +110,40 @@ def lua_script(
     default = number(tables.default)
     by_continent = {c: number(o) for c, o in sorted(tables.continents.items())}
     continents = [f"{c}={n}" for c, n in by_continent.items()]
-    # Only the countries whose order is not their continent's.
+    # Only the countries whose order is not their continent's; one geodb cannot place gets a
+    # table by continent when its order depends on it (tables.Tables.unplaced).
     countries = [
         f"{c}={n}"
         for c, n in ((c, number(o)) for c, o in sorted(tables.countries.items()))
         if n != by_continent.get(country_continent(c) or "")
+    ]
+    countries += [
+        f"{c}={{" + ",".join(f"{k}={number(o)}" for k, o in sorted(per.items())) + "}"
+        for c, per in sorted(tables.unplaced.items())
     ]
     ordered = ["{" + ",".join(str(index[r]) for r in o) + "}" for o in orders]
     checks = (
         f"selector='all',backupSelector='all',timeout='{opt.check_timeout_s}',"
         f"interval='{opt.check_interval_s}'"
     )
-    return [
-        *_chunks(units, ";local r={", "}"),
-        *_chunks(ordered, "local o={", "}"),
-        *_chunks(continents, "local c={", "}"),
-        *_chunks(countries, "local t={", "}"),
+    sections = [
+        # Every address of a region, both families: the check is per URL, so the A and the
+        # AAAA record see the same regions up and choose the same one.
+        *_region_tokens(entries),
+        _listed(ordered, "local o={", "}"),
+        _listed(continents, "local c={", "}"),
+        _listed(countries, "local t={", "}"),
         # PowerDNS answers codes in lower case ("sg", "as"); the tables are upper case.
-        f"local k=t[countryCode():upper()] or c[continentCode():upper()] or {default}",
-        "local u={} for i,x in ipairs(o[k]) do u[i]=r[x] end",
+        ["local n=continentCode():upper() local k=t[countryCode():upper()]"],
+        [f"if type(k)=='table' then k=k[n] end k=k or c[n] or {default}"],
+        ["local u={} for i,x in ipairs(o[k]) do u[i]=r[x] end"],
         # The chosen region's addresses of this family (PowerDNS writes IPv6 ones with ":"):
         # none, an answer without records (NODATA), when it has none.
-        f"local a={{}} for _,x in ipairs(ifurlextup(u,{{{checks}}})) do",
-        f"if {'' if version == 6 else 'not '}x:find(':',1,true) then a[#a+1]=x end end",
-        "return a",
+        [f"local a={{}} for _,x in ipairs(ifurlextup(u,{{{checks}}})) do"],
+        [f"if {'' if version == 6 else 'not '}x:find(':',1,true) then a[#a+1]=x end end"],
+        ["return a"],
     ]
+    return [line for tokens in sections for line in _lines(tokens)]
 
 
 def _legend(tables: Tables, entries: Mapping[str, Entry]) -> list[str]:
@@ -109,6 +153,9 @@ def _legend(tables: Tables, entries: Mapping[str, Entry]) -> list[str]:
         places = ["default"] if order == tables.default else []
         continents = [c for c, o in sorted(tables.continents.items()) if o == order]
         countries = [c for c, o in sorted(tables.countries.items()) if o == order]
+        for c, per in sorted(tables.unplaced.items()):  # "XK on AF AS": by GeoIP's continent
+            on = [k for k, o in sorted(per.items()) if o == order]
+            countries += [f"{c} on {' '.join(on)}"] if on else []
         places += [f"continents {' '.join(continents)}"] if continents else []
         places += [f"countries {' '.join(countries)}"] if countries else []
         out.append(f";   {' > '.join(order)}: {'; '.join(places)}")
@@ -136,6 +183,10 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
         if not family(entries, version):
             continue
         script = lua_script(tables, entries, version, opt)
+        # A zone transfer cuts a longer string every 255 bytes, wherever that falls in the Lua.
+        too_long = [s for s in script if _size(s + " ") > MAX_STRING]
+        if too_long:
+            raise RuntimeError(f"LUA string of {_size(too_long[0] + ' ')} bytes: {too_long[0]}")
         lines.append(f"{opt.name} {opt.ttl} IN LUA {rtype} (")
         lines.extend(f"  {_zone_string(s + ' ')}" for s in script)
         lines.append(")")

@@ -16,10 +16,20 @@ outside a residency rule's regions. A place left without a record of a family mu
 answer (NODATA) there, and Route 53 has no empty record: it answers a country without one with
 its continent's, then with the default's. So the records above such a place are left out too,
 and a continent left out for one of its countries gives each of its others a record of its
-own. What a chain cannot say is "no answer while the next region is up": with the first
+own: each of the others geodb's countries.csv lists. One it does not list has no record, so
+on a continent left out it gets no answer of the family (its clients use the other family's,
+their continent's order); and the default goes whenever anything is left out, so clients
+Route 53 cannot place get none of the family either. Giving every ISO country its own record
+would need each one's continent, which geodb does not have.
+
+A and AAAA therefore send a place to the same region while its first region is up, not in
+failover. What a chain cannot say is "no answer while the next region is up": with the first
 region down, a family skips the regions without its addresses (eu-central > us-east >
 ap-southeast, us-east IPv4-only: AAAA goes on to ap-southeast while A answers us-east), still
 a region of the order; PowerDNS answers no AAAA there (``gateway.dns.powerdns``).
+
+A country a residency rule names that geodb cannot place (``tables.Tables.unplaced``: its
+regions depend on its continent) is refused: Route 53 has one record per country.
 
 The shapes are the Route 53 API's ``ResourceRecordSet`` and ``HealthCheckConfig`` with two
 references Terraform resolves: ``HealthCheck`` names a key of ``health_checks`` (becomes
@@ -36,6 +46,7 @@ from urllib.parse import urlsplit
 
 from gateway.dns.options import Options
 from gateway.dns.tables import Entry, Order, Tables, answered, family
+from gateway.errors import ConfigError
 from geodb.countries import data_rows
 
 FAILURE_THRESHOLD = 3  # Route 53's default: three failed checks in a row mark a region down
@@ -118,6 +129,8 @@ def _places(
         k = CONTINENT_OF.get(code)
         left_out |= {k} if k else set(tables.continents)
     out: list[tuple[str, dict[str, str], Order]] = []
+    # The default answers whoever has no record: with a continent left out, that is a place
+    # that must get no answer (a country left out, or the continent itself), so it goes too.
     if has(tables.default) and not left_out:
         out.append(("default", {"CountryCode": "*"}, tables.default))
     for code, order in sorted(tables.continents.items()):
@@ -131,6 +144,22 @@ def _places(
         # "country-SA" (Saudi Arabia) and "continent-SA" (South America): one code, two places.
         out.append((f"country-{code}", {"CountryCode": code}, order))
     return out
+
+
+def _one_record_per_country(tables: Tables) -> None:
+    """Route 53 has one record per country, whatever continent it puts the country on: a
+    country geodb cannot place whose regions depend on its continent cannot be written."""
+    for code, per in sorted(tables.unplaced.items()):
+        by_order: dict[Order, list[str]] = {}
+        for k in sorted(tables.continents):
+            by_order.setdefault(per.get(k) or tables.continents[k], []).append(k)
+        on = "; ".join(f"{' > '.join(o)} on {' '.join(ks)}" for o, ks in by_order.items())
+        raise ConfigError(
+            f"route53: country {code} is not in geodb's country table, and its regions depend "
+            f"on the continent GeoIP gives it ({on}), which Route 53's one record per country "
+            f"cannot follow: use --format powerdns, or order the residency rules so that "
+            f"{code} gets the same regions on every continent"
+        )
 
 
 def _family_sets(
@@ -157,6 +186,7 @@ def _family_sets(
 def record_sets(
     tables: Tables, entries: Mapping[str, Entry], opt: Options, source: str
 ) -> dict[str, Any]:
+    _one_record_per_country(tables)
     sets: list[dict[str, Any]] = []
     for rtype, version, tag in FAMILIES:
         addrs = family(entries, version)

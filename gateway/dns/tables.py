@@ -5,6 +5,8 @@ entry addresses is one candidate, placed at the region; a country is its referen
 (geodb's countries.csv), a continent its hub, an unknown client the config's default location.
 Residency rules, drained regions and operator biases count as they do in the gateway. What a
 zone file cannot know is left to the DNS server: health (each region's ``/readyz``) and load.
+A country geodb has no row for (one a residency rule names) is placed as the gateway places it
+with a Country database: at its continent's hub, on each continent GeoIP may give it.
 The tolerance band is 0 here: P2C spreads requests by in-flight counts, which a cached DNS
 answer cannot see, so DNS names one region per place and the gateways spread the load.
 """
@@ -21,7 +23,7 @@ from gateway.config import Config
 from gateway.defaults import DNS_READY_PATH
 from gateway.errors import ConfigError
 from gateway.routing.model import RegionPoint, RequestFacts, Snapshot, UpstreamView
-from gateway.routing.policy import Policy, policy_from
+from gateway.routing.policy import Policy, policy_from, rule_name
 from gateway.routing.router import route
 from geodb.countries import data_rows
 from geodb.location import Location
@@ -44,16 +46,23 @@ class Tables:
     default: Order  # a client nobody can place
     continents: Mapping[str, Order]  # GeoIP2 continent code -> order
     countries: Mapping[str, Order]  # only the countries whose order is not their continent's
+    # A country geodb has no row for, whose order depends on the continent GeoIP gives it (a
+    # rule that matches its continent before the one naming it): continent -> order, only
+    # where that is not the continent's own order.
+    unplaced: Mapping[str, Mapping[str, Order]] = dataclasses.field(default_factory=dict)
 
     def order_for(self, country: str | None, continent: str | None) -> Order:
-        """The lookup the zone's LUA record does: country, else continent, else default."""
-        found = self.countries.get((country or "").upper())
-        return found or self.continents.get((continent or "").upper()) or self.default
+        """The lookup the zone's LUA record does: country (on its continent, for one geodb
+        cannot place), else continent, else default."""
+        code, cont = (country or "").upper(), (continent or "").upper()
+        found = self.unplaced.get(code, {}).get(cont) or self.countries.get(code)
+        return found or self.continents.get(cont) or self.default
 
     def orders(self) -> list[Order]:
         """The distinct orders, default first: the zone names each once."""
         seen: dict[Order, None] = {self.default: None}
-        for o in [*self.continents.values(), *self.countries.values()]:
+        per_continent = [o for m in self.unplaced.values() for o in m.values()]
+        for o in [*self.continents.values(), *self.countries.values(), *per_continent]:
             seen.setdefault(o, None)
         return list(seen)
 
@@ -99,13 +108,42 @@ def entries(config: Config) -> dict[str, Entry]:
                 f"{where}: addresses without url: GeoDNS checks each region's health at its "
                 f"url + {DNS_READY_PATH}; set url to the region gateway's public URL"
             )
+        _each_address_once(where, r.addresses)
         out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
     if not out:
         raise ConfigError(
             "no region has addresses: set regions[].addresses (the IPs of each region's "
             "entry, e.g. its load balancer) for the regions DNS may answer"
         )
+    _each_rule_answered(config, out)
     return out
+
+
+def _each_address_once(where: str, addresses: tuple[str, ...]) -> None:
+    """An address listed twice (perhaps written two ways, 2001:db8::1 and 2001:DB8:0::1) would
+    be answered twice; a typo'd copy is the usual cause, and another address was meant."""
+    seen: dict[object, str] = {}
+    for a in addresses:
+        ip = ipaddress.ip_address(a)
+        if ip in seen:
+            same = "" if seen[ip] == a else f" (as {seen[ip]!r})"
+            raise ConfigError(f"{where}: addresses: {a!r} is listed twice{same}")
+        seen[ip] = a
+
+
+def _each_rule_answered(config: Config, regions: Mapping[str, Entry]) -> None:
+    """A residency rule none of whose regions has addresses is refused: DNS could only answer
+    its clients with a region outside the rule (their traffic, TLS and all, would cross it
+    before the gateway there refused it) or with nothing (an outage for all of them). Either
+    is the operator's choice to make, not the export's to make silently."""
+    for i, rule in enumerate(config.residency):
+        if not any(r in regions for r in rule.regions):
+            name = rule_name(rule.name, rule.countries, rule.continents, rule.regions)
+            raise ConfigError(
+                f"residency[{i}] ({name}): none of its regions ({', '.join(rule.regions)}) has "
+                "addresses, so DNS could answer its clients only outside the rule: set "
+                "regions[].addresses for one of them"
+            )
 
 
 def _views(config: Config, regions: Mapping[str, Entry]) -> list[UpstreamView]:
@@ -137,8 +175,10 @@ class _Router:
         points = {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
         views = _views(config, regions)
         self.snap = Snapshot(tuple(views), points)
-        # Nothing may be left out of the fallback: a region that residency or a drain excludes
-        # still beats no answer, and the regional gateway enforces residency itself.
+        # The fallback when every region a place may use is drained: the gateway answers 503
+        # there, and DNS has no 503 to give. A drained region still beats no answer (its
+        # gateway still enforces the drain), so the drains go; the residency rules stay, as
+        # the gateway keeps them "even when that means a 503": never a region outside them.
         undrained = tuple(dataclasses.replace(v, drained=False) for v in views)
         self.open_snap = Snapshot(undrained, points)
         self.policy: Policy = dataclasses.replace(
@@ -147,11 +187,15 @@ class _Router:
 
     def order(self, loc: Location) -> Order:
         facts = RequestFacts(ANY_MODEL, loc)
-        decision = route(facts, self.snap, self.policy, random.Random(0))
-        if not decision.order:
-            open_policy = dataclasses.replace(self.policy, residency=())
-            decision = route(facts, self.open_snap, open_policy, random.Random(0))
-        return tuple(c.upstream.region for c in decision.order)
+        for snap in (self.snap, self.open_snap):
+            decision = route(facts, snap, self.policy, random.Random(0))
+            if decision.order:
+                return tuple(c.upstream.region for c in decision.order)
+        # Only a rule without a region with addresses leaves nothing (entries refuses one).
+        raise ConfigError(
+            f"residency rule {decision.residency}: none of its regions has addresses, so DNS "
+            "could answer its clients only outside the rule: set regions[].addresses"
+        )
 
 
 def compute(config: Config, regions: Mapping[str, Entry]) -> Tables:
@@ -172,9 +216,25 @@ def compute(config: Config, regions: Mapping[str, Entry]) -> Tables:
         order = router.order(Location(lat, lon, code, continent))
         if order != continents.get(continent):
             countries[code] = order
-    # A residency rule may name a country geodb has no point for: place it at the default.
-    for rule in config.residency:
-        for code in (c.upper() for c in rule.countries):
-            if code not in known:
-                countries[code] = router.order(Location(d.latitude, d.longitude, code))
-    return Tables(default, continents, countries)
+    unplaced: dict[str, dict[str, Order]] = {}
+    for code in sorted({c.upper() for rule in config.residency for c in rule.countries} - known):
+        per = _on_each_continent(router, code)
+        if len(set(per.values())) == 1:  # the same wherever GeoIP puts it: one entry
+            order = next(iter(per.values()))
+            if any(order != continents[k] for k in per):
+                countries[code] = order
+        else:
+            unplaced[code] = {k: o for k, o in per.items() if o != continents[k]}
+    return Tables(default, continents, countries, unplaced)
+
+
+def _on_each_continent(router: _Router, code: str) -> dict[str, Order]:
+    """The order of a country geodb has no row for (so no point and no continent), on each
+    continent GeoIP may put it, at that continent's hub: where the gateway places such a
+    client with a Country database, and where a rule matching the continent applies to it
+    (XK, Kosovo: GeoIP says Europe, and a continents = ["EU"] rule before its own decides)."""
+    out = {}
+    for row in data_rows("continents.csv"):
+        k, lat, lon = row["continent"], float(row["latitude"]), float(row["longitude"])
+        out[k] = router.order(Location(lat, lon, code, k))
+    return out

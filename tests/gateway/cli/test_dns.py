@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,18 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
     [
         (["--format", "powerdns", "--ttl", "0"], "geogate: dns export: ttl 0 must be at least 1 s"),
         (["--format", "bind"], "invalid choice: 'bind'"),
+        (
+            ["--format", "powerdns", "--ttl", "99999999999"],
+            "geogate: dns export: ttl 99999999999 must be at most 2147483647 s",
+        ),
+        (
+            ["--format", "route53", "--check-interval", "5000"],
+            "geogate: dns export: check interval 5000 must be at most 3600 s",
+        ),
+        (
+            ["--format", "powerdns", "--name", "api.example.org."],
+            "geogate: dns export: name 'api.example.org.' is not in zone example.com.",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -54,7 +69,73 @@ def test_bad_arguments_are_one_line(
     with pytest.raises(SystemExit) as info:
         main(export(cfg, *args))
     assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 or not message.startswith("geogate:")  # argparse's: usage too
+
+
+def test_the_zone_as_the_name_is_the_apex(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = export(cfg, "--format", "powerdns")
+    args[args.index("--name") + 1] = "example.com"
+    main(args)
+    text = capsys.readouterr().out
+    assert "@ 30 IN LUA A (" in text and "example.com.example.com" not in text
+
+
+def test_out_through_a_symlink_writes_the_file_it_points_to(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zone file linked into the server's directory stays linked: the new zone replaces
+    the file the link points to, not the link."""
+    target = tmp_path / "zones" / "example.com.zone"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "example.com.zone"
+    link.symlink_to(target)
+    main(export(cfg, "--format", "powerdns", "--out", str(link)))
+    assert link.is_symlink() and link.resolve() == target
+    assert "$ORIGIN example.com." in target.read_text()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["example.com.zone"]  # no .tmp
+
+
+def test_out_to_a_pipe_writes_into_it(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Something not a regular file (a pipe here; /dev/stdout, a device, for a user) is
+    written as it is: renamed over, it would be replaced by a file (as root, /dev/stdout)."""
+    fifo = tmp_path / "zone.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    try:
+        main(export(cfg, "--format", "powerdns", "--out", str(fifo)))
+    finally:
+        if not got:  # the reader still waits for a writer: give it one, empty
+            with open(fifo, "w"):
+                pass
+        reader.join(5)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and "$ORIGIN example.com." in got[0]
+
+
+def test_a_country_route53_cannot_place_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "gw.toml"
+    rules = [
+        {"name": "eu", "continents": ["EU"], "regions": ["eu-central"]},
+        {"name": "xk", "countries": ["XK"], "regions": ["us-east"]},
+    ]
+    cfg.write_text(toml(URLS, residency=rules))
+    with pytest.raises(SystemExit) as info:
+        main(export(cfg, "--format", "route53"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"geogate: config error in {cfg}: route53: country XK is not in")
+    assert err.count("\n") == 1
+    main(export(cfg, "--format", "powerdns"))  # PowerDNS looks the continent up per query
+    assert "XK={" in capsys.readouterr().out
 
 
 def test_a_config_without_addresses_says_what_to_set(

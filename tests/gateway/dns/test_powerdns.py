@@ -5,6 +5,7 @@ region whose /readyz fails drops out of the answers within the check interval.""
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import shutil
 import socket
@@ -36,13 +37,23 @@ from tests.support import eventually
 EU, US, AP = "eu-central", "us-east", "ap-southeast"
 CHECK_INTERVAL_S = 1  # the export's --check-interval and pdns's lua-health-checks-interval
 # The zones the server holds: every region IPv4-only; us-east alone IPv4-only; Europe's
-# clients kept in eu-central, which is IPv4-only.
+# clients kept in eu-central, which is IPv4-only, and Kosovo's (XK: not in geodb's country
+# table) in us-east, unless GeoIP puts them in Europe, whose rule comes first; eu-central with
+# eight addresses and a long health URL.
 V4, US_V4_ONLY, EU_RESIDENT = "api.example.com", "api.example.net", "api.example.org"
-# Client networks placed in cities by the test's GeoIP database (documentation ranges).
+MANY = "api.example.info"
+XK_RESIDENCY = [*EU_RESIDENCY, {"name": "xk", "countries": ["XK"], "regions": ["us-east"]}]
+MANY_V4 = ["127.0.0.11", "127.0.0.21", "127.0.0.31", "127.0.0.41"]
+MANY_V6 = [f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{n}" for n in (11, 21, 31, 41)]
+# Client networks placed in cities by the test's GeoIP database (documentation ranges). The
+# second Kosovo is in Asia: no GeoIP says so, but a country geodb cannot place may be anywhere.
 LONDON, SINGAPORE, NEW_YORK = "203.0.113.7", "198.51.100.7", "192.0.2.7"
+PRISTINA, XK_IN_ASIA = "203.0.113.135", "198.51.100.135"
 CITIES = [
-    ("203.0.113.0/24", "GB", "EU", "51.51", "-0.13", "London"),
-    ("198.51.100.0/24", "SG", "AS", "1.29", "103.85", "Singapore"),
+    ("203.0.113.0/25", "GB", "EU", "51.51", "-0.13", "London"),
+    ("203.0.113.128/25", "XK", "EU", "42.66", "21.16", "Pristina"),
+    ("198.51.100.0/25", "SG", "AS", "1.29", "103.85", "Singapore"),
+    ("198.51.100.128/25", "XK", "AS", "1.29", "103.85", "Kosovo in Asia"),
     ("192.0.2.0/24", "US", "NA", "40.71", "-74.01", "New York"),
 ]
 
@@ -62,8 +73,9 @@ def test_the_zone_has_soa_ns_and_a_lua_record_per_family() -> None:
     assert strings and all(len(s) - 2 <= MAX_STRING for s in strings)  # quotes aside
     a, aaaa = text.split("LUA A (")[1].split("\n)\n")[0], text.split("LUA AAAA (")[1]
     # Both choose a region by all its addresses (the same one), then keep their family's.
-    us = "['127.0.0.12']='http://127.0.0.12:8080/readyz',['::1']='http://127.0.0.12:8080/readyz'"
-    assert us in a and us in aaaa
+    urls = "local h={'http://127.0.0.11:8080/readyz','http://127.0.0.12:8080/readyz',"
+    us = "{['127.0.0.12']=h[2],['::1']=h[2]}"
+    assert urls in a and us in a and urls in aaaa and us in aaaa
     assert "if not x:find(':',1,true)" in a and "if x:find(':',1,true)" in aaaa
     # The legend an operator reviews: each order and who gets it.
     assert ";   ap-southeast > eu-central > us-east: continents AS" in text
@@ -75,6 +87,40 @@ def test_quotes_in_a_url_cannot_break_out_of_the_record() -> None:
     found = entries(cfg)
     text = zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
     assert "'http://127.0.0.11:8080/a\\\\'b\\\"c\\\\\\\\d/readyz'" in text
+
+
+def strings_of(text: str, rtype: str) -> list[str]:
+    """The character-strings of the zone's LUA record of ``rtype``, as the server stores them
+    (each ends in the space that joins it to the next)."""
+    body = text.split(f"IN LUA {rtype} (\n")[1].split("\n)\n")[0]
+    return [json.loads(line.strip()) for line in body.splitlines()]  # no escapes in these
+
+
+def test_many_addresses_and_a_long_url_fit_in_dns_strings() -> None:
+    """A zone transfer cuts a string over 255 bytes every 255 bytes, inside a token as likely
+    as not: each health URL is named once, and a region's addresses go over several strings."""
+    regions = region_tables({EU: "http://127.0.0.11:8080/" + "x" * 36})  # a 60-character URL
+    regions[0]["addresses"] = [*MANY_V4, *MANY_V6]
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    assert len(found[EU].health_url) > 60
+    text = zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
+    for rtype in ("A", "AAAA"):
+        strings = strings_of(text, rtype)
+        assert all(len(s.encode()) <= MAX_STRING for s in strings), strings
+        script = "".join(strings)
+        assert script.count(found[EU].health_url) == 1
+        assert all(f"['{a}']=h[1]" in script for a in [*MANY_V4, *MANY_V6])
+    # A URL longer than a string itself is cut into Lua literals joined by "..".
+    regions[0]["url"] = "http://127.0.0.11:8080/" + "y" * 400
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    text = zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
+    strings = strings_of(text, "A")
+    assert all(len(s.encode()) <= MAX_STRING for s in strings)
+    script = "".join(strings)
+    assert "y" * 400 not in script
+    assert "y" * 400 + "/readyz" in re.sub(r"'\.\. ?'", "", script)
 
 
 class Health:
@@ -134,6 +180,7 @@ def free_udp_and_tcp_port() -> int:
 class PowerDNS:
     def __init__(self, tmp: Path, zones: dict[str, Path], mmdb: Path) -> None:
         self.port = free_udp_and_tcp_port()
+        self.zones = zones
         (tmp / "named.conf").write_text(
             "".join(f'zone "{z}" {{ type master; file "{f}"; }};\n' for z, f in zones.items())
         )
@@ -192,6 +239,27 @@ class PowerDNS:
         found = sorted(r[4] for r in rows if len(r) == 5 and r[3] == rtype)
         return (status[1] if status else p.stdout.strip() or p.stderr.strip()), found
 
+    def axfr_lua(self, zone: str) -> dict[int, list[str]]:
+        """The zone's LUA records as a secondary receives them (dig AXFR): record type -> its
+        character-strings. dig knows no LUA type: it prints the RDATA in hex (RFC 3597), the
+        type (2 bytes) then each string, its length (1 byte) first."""
+        p = subprocess.run(
+            ["dig", "+noall", "+answer", "-p", str(self.port), "@127.0.0.1", zone, "AXFR"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        out: dict[int, list[str]] = {}
+        for line in p.stdout.splitlines():
+            if "TYPE65402" in line:
+                data = bytes.fromhex("".join(line.split("\\#")[1].split()[1:]))
+                strings, i = [], 2
+                while i < len(data):
+                    strings.append(data[i + 1 : i + 1 + data[i]].decode())
+                    i += 1 + data[i]
+                out[int.from_bytes(data[:2], "big")] = strings
+        return out
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS, Health]]:
@@ -202,11 +270,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
     tmp = tmp_path_factory.mktemp("pdns")
     health = Health()
     urls = {r: health.url(r) for r in ADDRESSES}
+    long_url = {**urls, EU: urls[EU] + "/" + "x" * (59 - len(urls[EU]))}  # 60 characters
     zones = {}
     for fqdn, text in (
         (V4, toml(urls)),
         (US_V4_ONLY, toml(urls, stacks(US))),
-        (EU_RESIDENT, toml(urls, stacks(EU), EU_RESIDENCY)),
+        (EU_RESIDENT, toml(urls, stacks(EU), XK_RESIDENCY)),
+        (MANY, toml(long_url, {**stacks(), EU: [*MANY_V4, *MANY_V6]})),
     ):
         zone = fqdn.split(".", 1)[1]
         cfg = tmp / f"{zone}.toml"
@@ -331,3 +401,35 @@ def test_residency_holds_in_both_families(served: tuple[PowerDNS, Health]) -> No
     answers(pdns, LONDON, [], name=EU_RESIDENT, rtype="AAAA")
     answers(pdns, NEW_YORK, [V6[US]], name=EU_RESIDENT, rtype="AAAA")
     answers(pdns, SINGAPORE, [V6[AP]], name=EU_RESIDENT, rtype="AAAA")
+
+
+def test_a_country_geodb_cannot_place_follows_its_continent_rule(
+    served: tuple[PowerDNS, Health],
+) -> None:
+    """Kosovo (XK) is not in geodb's country table. The gateway's router applies the first
+    rule that matches: Europe's for a Kosovar client GeoIP puts in Europe, Kosovo's own
+    anywhere else; the record looks the country up by continent and does the same."""
+    pdns, _ = served
+    answers(pdns, PRISTINA, [ADDRESSES[EU]], name=EU_RESIDENT)
+    answers(pdns, XK_IN_ASIA, [ADDRESSES[US]], name=EU_RESIDENT)
+    answers(pdns, SINGAPORE, [ADDRESSES[AP]], name=EU_RESIDENT)
+
+
+def test_many_addresses_and_a_long_url_answer_and_transfer_whole(
+    served: tuple[PowerDNS, Health], tmp_path: Path
+) -> None:
+    """Eight addresses and a 60-character health URL: every string of the record fits in
+    255 bytes, so a zone transfer hands a secondary the same strings, and the server answers
+    the region's addresses and fails over from it as for a short record."""
+    pdns, health = served
+    answers(pdns, LONDON, MANY_V4, name=MANY)
+    answers(pdns, LONDON, MANY_V6, name=MANY, rtype="AAAA")
+    zone = (pdns.zones["example.info"]).read_text()
+    transferred = pdns.axfr_lua("example.info")
+    assert transferred == {1: strings_of(zone, "A"), 28: strings_of(zone, "AAAA")}
+    health.down.add(EU)
+    try:
+        answers(pdns, LONDON, [ADDRESSES[US]], CHECK_INTERVAL_S + 4, name=MANY)
+    finally:
+        health.down.discard(EU)
+    answers(pdns, LONDON, MANY_V4, CHECK_INTERVAL_S + 4, name=MANY)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from gateway.dns.options import options
-from gateway.dns.route53 import health_check, record_sets
+from gateway.dns.route53 import CONTINENT_OF, health_check, record_sets
 from gateway.dns.tables import Order, compute, entries
+from gateway.errors import ConfigError
 from geodb.countries import data_rows
 from tests.gateway.dns.configs import (
     ADDRESSES,
@@ -175,6 +176,28 @@ def test_a_country_without_ipv6_inside_a_continent_with_it() -> None:
     assert "AF" not in geo_records(doc, "AAAA")
     assert answer(doc, "AAAA", "NG", "AF") == [EU, US]  # Lagos: an exception already
     assert answer(doc, "AAAA", "KE", "AF") == [EU, US]  # Nairobi: Africa's order, its own record
+    # The limit: Senegal, which geodb does not list, gets no record of its own, and neither
+    # Africa nor the default may answer it: no AAAA (its IPv4 answer is Africa's order's).
+    assert answer(doc, "AAAA", "SN", "AF") is None and answer(doc, "A", "SN", "AF") == [EU, AP, US]
+
+
+def test_a_country_geodb_cannot_place_gets_one_record_when_its_continent_does_not_matter() -> None:
+    """Kosovo's rule first: us-east wherever GeoIP puts it, one country record."""
+    doc = export([{"countries": ["XK"], "regions": [US]}, *EU_RESIDENCY])
+    assert answer(doc, "A", "XK", "EU") == answer(doc, "A", "XK", "AS") == [US]
+    assert answer(doc, "A", "GB", "EU") == [EU]
+
+
+def test_a_country_whose_regions_depend_on_its_continent_is_refused() -> None:
+    """Europe's rule first: Kosovo in Europe gets eu-central, elsewhere us-east. Route 53 puts
+    a country on one continent the export does not know (geodb does not list it), and has
+    one record per country: it cannot be written, and the export says why in one line."""
+    with pytest.raises(ConfigError) as info:
+        export([*EU_RESIDENCY, {"countries": ["XK"], "regions": [US]}])
+    message = str(info.value)
+    assert message.startswith("route53: country XK is not in geodb's country table")
+    assert "(us-east on AF AN AS NA OC SA; eu-central on EU)" in message
+    assert "use --format powerdns" in message and "\n" not in message
 
 
 def family(order: Order, has: Sequence[str]) -> list[str] | None:
@@ -202,9 +225,19 @@ def test_every_country_gets_its_order_in_each_family(
         c, k = row["country"], row["continent"]
         for rtype in ("A", "AAAA"):
             assert answer(doc, rtype, c, k) == family(t.order_for(c, k), has[rtype]), (c, rtype)
-    # An address Route 53 cannot place: the default's answer, or none in a family that must
-    # leave a place below it unanswered.
-    assert answer(doc, "A") == family(t.default, has["A"])
-    assert answer(doc, "AAAA") in (family(t.default, has["AAAA"]), None)
+    for rtype in ("A", "AAAA"):
+        default = family(t.default, has[rtype])
+        geo = geo_records(doc, rtype)
+        # A country geodb does not list ("XX") has no record: its continent's answers it, and
+        # on a continent left out nothing does (NODATA: the other family's answer is used),
+        # never another order's answer.
+        for k in t.continents:
+            want = family(t.order_for("XX", k), has[rtype]) if k in geo else None
+            assert answer(doc, rtype, "XX", k) == want, (k, rtype)
+        # An address Route 53 cannot place: the default's answer, or none where anything is
+        # left out (the default would answer that too).
+        left_out = any(answer(doc, rtype, c, k) is None for c, k in CONTINENT_OF.items())
+        want_default = None if left_out or set(t.continents) - set(geo) else default
+        assert answer(doc, rtype) == want_default, rtype
     ids = [(s["Name"], s["Type"], s.get("SetIdentifier")) for s in doc["record_sets"]]
     assert len(ids) == len(set(ids))

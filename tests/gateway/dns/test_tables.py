@@ -85,8 +85,98 @@ def test_residency_rules_hold_in_dns() -> None:
     t = compute(cfg, entries(cfg))
     assert t.order_for("GB", "EU") == (EU,)
     assert t.order_for("SG", "AS") == (AP, US)
-    assert t.order_for("XK", "EU") == (US,)
+    # Kosovo in Europe: the first rule that matches is Europe's, as in the router.
+    assert t.order_for("XK", "EU") == (EU,)
+    assert t.order_for("XK", "AS") == t.order_for("XK", "NA") == (US,)
     assert t.order_for("JP", "AS") == (AP, EU, US)  # no rule: all regions
+
+
+def router_orders(cfg: Config, loc: Location) -> tuple[str, ...]:
+    """What a gateway at the edge (origin "client", no tolerance band) routes ``loc`` to."""
+    policy = dataclasses.replace(
+        policy_from(cfg), origin="client", tolerance_ms=0.0, tolerance_ratio=0.0
+    )
+    snap = MemoryStateStore(cfg).snapshot(0.0)
+    decision = route(RequestFacts("m", loc), snap, policy, random.Random(0))
+    return tuple(c.upstream.region for c in decision.order)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        # Europe's rule first: Kosovo's own applies only off Europe.
+        [{"continents": ["EU"], "regions": [EU]}, {"countries": ["XK"], "regions": [US]}],
+        # Kosovo's first: the same everywhere.
+        [{"countries": ["XK"], "regions": [US]}, {"continents": ["EU"], "regions": [EU]}],
+        # Malta (not in the table either) in two regions: the nearer first, continent by
+        # continent, as the gateway places a client at its continent's hub.
+        [{"countries": ["MT", "XK"], "regions": [EU, US]}],
+    ],
+)
+def test_a_country_geodb_cannot_place_gets_the_routers_order_on_every_continent(
+    rules: list[dict[str, object]],
+) -> None:
+    cfg = dns_config(upstreams=one_upstream_per_region(), residency=rules)
+    t = compute(cfg, entries(cfg))
+    for row in data_rows("continents.csv"):
+        k, lat, lon = row["continent"], float(row["latitude"]), float(row["longitude"])
+        for code in ("XK", "MT"):
+            want = router_orders(cfg, Location(lat, lon, code, k))
+            assert t.order_for(code, k) == want, (code, k)
+    assert set(t.orders()) >= {t.order_for("XK", "AS"), t.order_for("XK", "EU")}
+
+
+def test_a_drained_residency_region_keeps_its_clients() -> None:
+    """eu-central drained, Europe's clients kept there: the gateway answers them 503, and DNS,
+    which has no 503, answers eu-central (its gateway enforces the drain), never a region
+    outside the rule. Everyone else moves off the drained region."""
+    cfg = dns_config(
+        residency=[{"name": "eu", "continents": ["EU"], "regions": [EU]}],
+        drained_regions={EU: ()},
+    )
+    t = compute(cfg, entries(cfg))
+    assert t.order_for("GB", "EU") == (EU,)
+    assert t.order_for("XX", "EU") == (EU,)
+    assert t.order_for("US", "NA") == (US, AP)
+    assert t.order_for("ZA", "AF")[0] != EU and EU not in t.default
+    two = dns_config(
+        residency=[{"name": "eu", "continents": ["EU"], "regions": [EU, US]}],
+        drained_regions={EU: ()},
+    )
+    # A region of the rule that is not drained takes them; the drained one stays out.
+    assert compute(two, entries(two)).order_for("GB", "EU") == (US,)
+
+
+def test_a_rule_whose_regions_have_no_addresses_is_refused_in_one_line() -> None:
+    """DNS could answer its clients only outside the rule, or nothing: the operator chooses."""
+    regions = region_tables()
+    regions[0]["addresses"] = []  # eu-central: no entry
+    cfg = dns_config(
+        regions=regions, residency=[{"name": "eu", "continents": ["EU"], "regions": [EU]}]
+    )
+    with pytest.raises(ConfigError) as info:
+        entries(cfg)
+    assert str(info.value).startswith(
+        "residency[0] (eu): none of its regions (eu-central) has addresses"
+    )
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("addresses", "message"),
+    [
+        (["127.0.0.11", "127.0.0.11"], "addresses: '127.0.0.11' is listed twice"),
+        (
+            ["2001:db8::1", "2001:DB8:0::1"],
+            "addresses: '2001:DB8:0::1' is listed twice (as '2001:db8::1')",
+        ),
+    ],
+)
+def test_an_address_listed_twice_is_refused(addresses: list[str], message: str) -> None:
+    regions = region_tables()
+    regions[0]["addresses"] = addresses
+    with pytest.raises(ConfigError, match=re.escape(f"regions[0] (eu-central): {message}")):
+        entries(dns_config(regions=regions))
 
 
 def test_drained_and_biased_regions_move_down_or_out() -> None:
