@@ -104,30 +104,77 @@ with open(os.environ["STUB_LOG"], "a") as f:
 """
 
 
+# iptables: `-C` (is the rule there?) answers no, so the script inserts it; STUB_IPTABLES_FAIL
+# makes the insert fail. systemctl: logged only.
+IPTABLES_STUB = """
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "iptables", "args": args}) + "\\n")
+if "-C" in args:
+    sys.exit(0 if os.environ.get("STUB_IPTABLES_HAS_RULE") else 1)
+if os.environ.get("STUB_IPTABLES_FAIL"):
+    sys.exit("iptables: Permission denied")
+"""
+
+SYSTEMCTL_STUB = """
+import json, os, sys
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "systemctl", "args": sys.argv[1:]}) + "\\n")
+"""
+
+
 def boot(
-    tmp: Path, values: dict[str, str], ecr_fail: str = "", ssm: dict[str, str] | None = None
+    tmp: Path,
+    values: dict[str, str],
+    ecr_fail: str = "",
+    ssm: dict[str, str] | None = None,
+    iptables_fail: bool = False,
+    iptables: bool = True,
 ) -> tuple[int, str, list[dict[str, Any]]]:
-    """Run the rendered user data with `aws` and `docker` stand-ins; /etc/geogate under tmp."""
+    """Run the rendered user data with `aws`, `docker`, `iptables` and `systemctl` stand-ins;
+    /etc/geogate, /etc/systemd/system and /run/geogate under tmp. `iptables=False`: a PATH
+    with no iptables at all (this machine's tools, less any iptables*)."""
     bash = shutil.which("bash")
     assert bash
     bin_ = tmp / "bin"
     bin_.mkdir(exist_ok=True)
-    for name, body in (("aws", AWS_STUB), ("docker", DOCKER_STUB)):
+    stubs = {
+        "aws": AWS_STUB,
+        "docker": DOCKER_STUB,
+        "iptables": IPTABLES_STUB,
+        "systemctl": SYSTEMCTL_STUB,
+    }
+    if not iptables:
+        del stubs["iptables"]
+    for name, body in stubs.items():
         (bin_ / name).write_text(f"#!{sys.executable}\n{body}")
         (bin_ / name).chmod(0o755)
+    path = os.environ["PATH"]
+    if not iptables:
+        tools = tmp / "tools"
+        tools.mkdir(exist_ok=True)
+        for d in path.split(os.pathsep):
+            for tool in Path(d).glob("*") if Path(d).is_dir() else []:
+                if not tool.name.startswith("ip") and not (tools / tool.name).exists():
+                    (tools / tool.name).symlink_to(tool)
+        path = str(tools)
     if not (bin_ / "python3").exists():
         (bin_ / "python3").symlink_to(sys.executable)  # the host's python3 (percent-encoding)
     script = render(USER_DATA.read_text(), values).replace("/etc/geogate", str(tmp / "etc"))
     script = script.replace("/run/geogate", str(tmp / "run"))
+    script = script.replace("/etc/systemd/system", str(tmp / "systemd"))
+    (tmp / "systemd").mkdir(exist_ok=True)
     (tmp / "user-data.sh").write_text(script)
     log = tmp / "calls.jsonl"
     log.unlink(missing_ok=True)
     env = {
         **os.environ,
-        "PATH": f"{bin_}:{os.environ['PATH']}",
+        "PATH": f"{bin_}:{path}",
         "STUB_LOG": str(log),
         "STUB_SSM": json.dumps(SSM if ssm is None else ssm),
         "STUB_ECR_FAIL": ecr_fail,
+        "STUB_IPTABLES_FAIL": "1" if iptables_fail else "",
     }
     p = subprocess.run(
         [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
@@ -329,3 +376,111 @@ def test_the_renderer_matches_terraform(tmp_path: Path) -> None:
         )
         assert p.returncode == 0, p.stderr
         assert json.loads(json.loads(p.stdout)) == render(USER_DATA.read_text(), values)
+
+
+# --- no IMDS for the containers -------------------------------------------------------------
+
+IMDS_RULE = "OUTPUT -d 169.254.169.254/32 -m owner --uid-owner {uid} -j REJECT"
+
+
+def _image_uid(dockerfile: Path) -> int:
+    """The uid the image's last stage runs as: its USER, created by `useradd --uid N`."""
+    text = dockerfile.read_text()
+    (user,) = re.findall(r"^USER (\S+)$", text, re.M)
+    (uid,) = re.findall(rf"useradd [^\n]*--uid (\d+)[^\n]* {re.escape(user)}$", text, re.M)
+    return int(uid)
+
+
+def test_the_containers_cannot_reach_imds_from_before_they_start(tmp_path: Path) -> None:
+    """Both containers run with --network host, where the hop limit of 1 does not stop them:
+    the instance role's credentials were theirs for a GET on 169.254.169.254. The boot rejects
+    their uid's packets to IMDS before either `docker run`, runs them as that uid (not
+    whatever an image says) without new privileges, and sets the rule again on every boot
+    before docker.service restarts them. Root's boot steps keep IMDS (the rule's uid only)."""
+    from tests.deploy.test_dockerfile import DOCKER
+
+    uids = {_image_uid(DOCKER / f"Dockerfile.{n}") for n in ("gateway", "backend")}
+    assert uids == {10001}
+    rule = IMDS_RULE.format(uid=10001).split()
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    order = [(c["cmd"], c["args"]) for c in calls]
+    inserted = order.index(("iptables", ["-w", "-I", *rule]))
+    runs = [i for i, (cmd, args) in enumerate(order) if cmd == "docker" and args[0] == "run"]
+    assert len(runs) == 2 and inserted < min(runs)
+    images = (_values()["gateway_image"], _values()["backend_image"])
+    for i in runs:
+        args = order[i][1]
+        (image,) = [j for j, a in enumerate(args) if a in images]
+        head = args[:image]  # docker's options, not the container's arguments
+        assert head[head.index("--user") + 1] == "10001:10001", args
+        assert head[head.index("--security-opt") + 1] == "no-new-privileges", args
+        assert head[head.index("--network") + 1] == "host"
+    # Every later boot: a unit ordered before docker.service, required by it, running the
+    # same script; enabled.
+    (unit,) = (tmp_path / "systemd").glob("*.service")
+    text = unit.read_text()
+    assert "Before=docker.service" in text and "RequiredBy=docker.service" in text
+    assert "Type=oneshot" in text and "RemainAfterExit=yes" in text
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", text, re.M)
+    assert ("systemctl", ["enable", unit.name]) in order
+    # The script adds the rule once, however often it runs.
+    script = exec_start.split()[-1]
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    log = tmp_path / "again.jsonl"
+    for has_rule in ("1", ""):
+        p = subprocess.run(
+            exec_start.split(),
+            env={**env, "STUB_LOG": str(log), "STUB_IPTABLES_HAS_RULE": has_rule},
+            capture_output=True,
+            text=True,
+        )
+        assert p.returncode == 0, p.stderr
+    again = [json.loads(line)["args"] for line in log.read_text().splitlines()]
+    assert again == [["-w", "-C", *rule], ["-w", "-C", *rule], ["-w", "-I", *rule]]
+    assert script.startswith(str(tmp_path / "etc"))  # /etc/geogate on a host
+
+
+def test_a_failed_imds_rule_stops_the_boot_before_any_container(tmp_path: Path) -> None:
+    rc, err, calls = boot(tmp_path, _values(), iptables_fail=True)
+    assert rc != 0
+    assert "geogate boot: failed at line" in err
+    assert not [c for c in calls if c["cmd"] == "docker" and c["args"][0] == "run"]
+    # A host without iptables (not the Deep Learning AMI's Docker) stops too.
+    (tmp_path / "none").mkdir()
+    rc, err, calls = boot(tmp_path / "none", _values(), iptables=False)
+    assert rc != 0
+    assert "geogate boot: no iptables" in err
+    assert not [c for c in calls if c["cmd"] == "docker" and c["args"][0] == "run"]
+
+
+def test_the_backend_serves_the_configured_model_name(tmp_path: Path) -> None:
+    """The backend's `docker run` as the user data gives it, run through the image's own
+    entrypoint (Dockerfile.backend): the model is served as model_name, the name the
+    gateway's upstream lists."""
+    from tests.deploy.test_dockerfile import DOCKER, run_image, served_model_name
+
+    rc, err, calls = boot(tmp_path, _values(model_name="llama-3.1-8b-instruct"))
+    assert rc == 0, err
+    (run,) = [
+        c["args"] for c in calls if c["args"][:1] == ["run"] and "geogate-backend" in c["args"]
+    ]
+    image = run.index(_values()["backend_image"])
+    env = _env_of({"args": run[:image]})
+    argv, execd = run_image(
+        DOCKER / "Dockerfile.backend", tmp_path / "image", env, run[image + 1 :]
+    )
+    assert served_model_name(argv) == "llama-3.1-8b-instruct" and execd
+    assert argv[argv.index("--model") + 1] == "/model"
+
+
+def test_the_user_data_stays_under_ec2s_16_kb(tmp_path: Path) -> None:
+    """EC2 refuses user data over 16 KB (before base64): rendered as the example renders it,
+    with its gateway config and the longest values it is likely to get."""
+    values = _values(
+        gateway_config=render_example_config("llama-3.1-8b-instruct"),
+        model_s3_uri="s3://my-models/llama-3.1-8b-instruct/",
+        model_path="/opt/models/llama-3.1-8b-instruct",
+    )
+    size = len(render(USER_DATA.read_text(), values).encode())
+    assert size < 16 * 1024 - 2048, size  # with room for a longer config

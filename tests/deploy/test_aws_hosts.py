@@ -6,11 +6,16 @@ groups' effect, the real `aws`/`docker` CLIs."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 
 from gateway import defaults as d
 from tests.deploy.conftest import DEPLOY
@@ -130,3 +135,239 @@ def test_ports_8000_and_9180_only_from_prometheus() -> None:
     example = (EXAMPLE / "terraform.tfvars.example").read_text()
     (line,) = [ln for ln in example.splitlines() if ln.startswith("prometheus_cidrs")]
     assert all(int(c.split("/")[1]) >= 24 for c in re.findall(r'"([0-9./]+)"', line)), line
+
+
+# --- item: the instance role: no IMDS for the containers, no broad grants -------------------
+
+
+def _unquote(value: Any) -> Any:
+    """python-hcl2 keeps a string literal's quotes ('"x"'); expressions come as '${...}'."""
+    if isinstance(value, str) and len(value) > 1 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _data(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(type, name) -> body of every data block in the module's .tf files."""
+    out = {}
+    for p in sorted(path.glob("*.tf")):
+        for block in hcl2.loads(p.read_text()).get("data", []):
+            for kind, named in block.items():
+                for name, body in named.items():
+                    out[(kind.strip('"'), name.strip('"'))] = body
+    return out
+
+
+def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """A policy document's statements, its dynamic ones' content included."""
+    out = list(document.get("statement", []))
+    for dynamic in document.get("dynamic", []):
+        for body in dynamic.values():
+            out += body["content"]
+    return out
+
+
+# Managed policies that grant ssm:GetParameter(s) on "*" (every parameter of the account),
+# AWS's own documents (aws-managed-policy reference).
+BROAD_SSM_POLICIES = (
+    "AmazonSSMManagedInstanceCore",
+    "AmazonEC2RoleforSSM",
+    "AmazonSSMReadOnlyAccess",
+    "AmazonSSMFullAccess",
+)
+
+
+def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
+    """AmazonSSMManagedInstanceCore gave the role ssm:GetParameter(s) on "*", so the boot
+    statement's two names limited nothing; Session Manager needs only the agent's own
+    actions (AWS's minimal Session Manager instance policy). kms:Decrypt with the key that
+    also encrypts EBS and Redis: through SSM in this region only."""
+    resources = _resources(REGION)
+    attached = [
+        _unquote(body["policy_arn"])
+        for (kind, _), body in resources.items()
+        if kind == "aws_iam_role_policy_attachment"
+    ]
+    assert attached == ["arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"]
+    assert not [a for a in attached if a.rsplit("/", 1)[-1] in BROAD_SSM_POLICIES]
+    docs = {name: body for (kind, name), body in _data(REGION).items()}
+    inline = {
+        _unquote(body["name"]): body["policy"]
+        for (kind, _), body in resources.items()
+        if kind == "aws_iam_role_policy"
+    }
+    assert inline == {
+        "boot": "${data.aws_iam_policy_document.boot.json}",
+        "session-manager": "${data.aws_iam_policy_document.session_manager.json}",
+    }
+    session = _statements(docs["session_manager"])
+    assert sorted(_unquote(a) for s in session for a in s["actions"]) == sorted(
+        [
+            "ssm:UpdateInstanceInformation",
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+        ]
+    )
+    # Every parameter read names its parameter: no wildcard action, no "*" resource.
+    boot = _statements(docs["boot"])
+    for s in boot + session:
+        actions = [_unquote(a) for a in s["actions"]]
+        assert not [a for a in actions if "*" in a], actions
+        if [a for a in actions if a.startswith("ssm:Get")]:
+            assert actions == ["ssm:GetParameter"]
+            assert [_unquote(r) for r in s["resources"]] == [
+                "arn:aws:ssm:*:*:parameter${var.redis_auth_ssm_parameter}",
+                "arn:aws:ssm:*:*:parameter${var.ops_token_ssm_parameter}",
+            ]
+    (decrypt,) = [s for s in boot if [_unquote(a) for a in s["actions"]] == ["kms:Decrypt"]]
+    (condition,) = decrypt["condition"]
+    assert _unquote(condition["test"]) == "StringEquals"
+    assert _unquote(condition["variable"]) == "kms:ViaService"
+    assert [_unquote(v) for v in condition["values"]] == [
+        "ssm.${data.aws_region.current.name}.amazonaws.com"
+    ]
+
+
+def test_imds_is_ipv4_only_the_address_the_boot_blocks() -> None:
+    """The user data's iptables rule covers 169.254.169.254; IMDS's IPv6 endpoint would be
+    another way in for the containers."""
+    lt = _resources(REGION)[("aws_launch_template", "gpu")]
+    (meta,) = lt["metadata_options"]
+    assert _unquote(meta["http_tokens"]) == "required"
+    assert _unquote(meta["http_protocol_ipv6"]) == "disabled"
+    assert "169.254.169.254/32" in USER_DATA.read_text()
+
+
+# --- Terraform itself, on the module's variables (no provider needed) -----------------------
+
+TF_ENV = {"TF_CLI_CONFIG_FILE": os.devnull, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+DUMMY = {"string": "x", "number": 1, "list(string)": []}
+VALID = {
+    "ami_id": "ami-0123456789abcdef0",
+    "ops_token": "0123456789abcdef",
+    "redis_auth_token": "0123456789abcdef",
+    "redis_auth_ssm_parameter": "/geogate/redis-auth-token",
+    "ops_token_ssm_parameter": "/geogate/ops-token",
+}
+
+
+def _region_variables() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for block in hcl2.loads((REGION / "variables.tf").read_text())["variable"]:
+        out.update({k.strip('"'): v for k, v in block.items()})
+    return out
+
+
+def terraform_with_region_variables(
+    tmp: Path, values: dict[str, Any], *command: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Terraform in a root module made of the region module's variables.tf alone (no
+    resource, so no provider to download): its validations run on `plan`, and `console`
+    evaluates the module's own expressions with these values. Required variables not in
+    `values` get a valid stand-in. Skips where terraform is not installed."""
+    terraform = shutil.which("terraform")
+    if not terraform:
+        pytest.skip("terraform is not installed")
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REGION / "variables.tf", tmp / "variables.tf")
+    given = {
+        name: VALID.get(name, DUMMY[str(v["type"]).strip("${}")])
+        for name, v in _region_variables().items()
+        if "default" not in v
+    }
+    (tmp / "terraform.tfvars.json").write_text(json.dumps({**given, **values}))
+    env = {**os.environ, **TF_ENV}
+    if command[0] == "plan":
+        init = [terraform, "init", "-input=false", "-no-color"]
+        p = subprocess.run(init, cwd=tmp, capture_output=True, text=True, timeout=120, env=env)
+        assert p.returncode == 0, p.stdout + p.stderr
+    return subprocess.run(
+        [terraform, *command],
+        cwd=tmp,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+SSM_NAMES_OK = ("/geogate/redis-auth-token", "/geogate/ops-token", "/a", "/prod.eu/geo_gate-1")
+SSM_NAMES_REFUSED = ("geogate/ops-token", "ops-token", "", "/geogate/*", "/geogate/", "//x", "/a b")
+
+
+def test_an_ssm_parameter_name_must_be_a_path_without_wildcards() -> None:
+    """The boot statement grants "arn:aws:ssm:*:*:parameter<name>": without the leading "/"
+    it names no parameter (the boot fails on AccessDenied), with a wildcard it grants more
+    than one. The validation's own regex, as RE2 and Python read it alike (a character class
+    and groups only)."""
+    variables = _region_variables()
+    for name in ("redis_auth_ssm_parameter", "ops_token_ssm_parameter"):
+        (validation,) = variables[name]["validation"]
+        m = re.fullmatch(rf'\$\{{can\(regex\("(.+)", var\.{name}\)\)\}}', validation["condition"])
+        assert m, validation["condition"]
+        pattern = re.compile(m.group(1))
+        assert [n for n in SSM_NAMES_OK if not pattern.search(n)] == [], name
+        assert [n for n in SSM_NAMES_REFUSED if pattern.search(n)] == [], name
+
+
+@pytest.mark.parametrize("name", ["redis_auth_ssm_parameter", "ops_token_ssm_parameter"])
+def test_terraform_refuses_an_ssm_parameter_name_without_the_slash(
+    tmp_path: Path, name: str
+) -> None:
+    ok = terraform_with_region_variables(tmp_path / "ok", {}, "plan", "-input=false", "-no-color")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = terraform_with_region_variables(
+        tmp_path / "bad", {name: "geogate/token"}, "plan", "-input=false", "-no-color"
+    )
+    assert bad.returncode != 0
+    assert "Invalid value for variable" in bad.stderr
+    assert f"{name}: a parameter path" in " ".join(bad.stderr.split())
+
+
+# --- item: scale-out ------------------------------------------------------------------------
+
+
+def _scaling(tmp: Path, target: int | None) -> list[Any]:
+    """[the policy's count, the group's desired_capacity], as Terraform evaluates the
+    module's own expressions for them with target_requests_per_host = target."""
+    policy = _resources(REGION)[("aws_autoscaling_policy", "requests_per_host")]
+    asg = _resources(REGION)[("aws_autoscaling_group", "gpu")]
+    exprs = [policy["count"], asg["desired_capacity"]]
+    assert all(e.startswith("${") and e.endswith("}") for e in exprs), exprs
+    inner = ", ".join(e[2:-1] for e in exprs)
+    values = {"target_requests_per_host": target, "desired_capacity": 2}
+    p = terraform_with_region_variables(tmp, values, "console", stdin=f"jsonencode([{inner}])\n")
+    assert p.returncode == 0, p.stdout + p.stderr
+    return list(json.loads(json.loads(p.stdout.strip().splitlines()[-1])))
+
+
+def test_a_target_tracking_policy_only_when_a_target_is_set(tmp_path: Path) -> None:
+    """README and the alerts speak of scale-out: a target-tracking policy on the ALB's
+    requests per host when target_requests_per_host is set; none by default (the count is
+    the operator's). With the policy, Terraform leaves the count to it."""
+    policy = _resources(REGION)[("aws_autoscaling_policy", "requests_per_host")]
+    assert policy["autoscaling_group_name"] == "${aws_autoscaling_group.gpu.name}"
+    assert _unquote(policy["policy_type"]) == "TargetTrackingScaling"
+    (tracking,) = policy["target_tracking_configuration"]
+    assert tracking["target_value"] == "${var.target_requests_per_host}"
+    (metric,) = tracking["predefined_metric_specification"]
+    assert _unquote(metric["predefined_metric_type"]) == "ALBRequestCountPerTarget"
+    assert _unquote(metric["resource_label"]) == (
+        "${aws_lb.gateway.arn_suffix}/${aws_lb_target_group.gateway.arn_suffix}"
+    )
+    # A new host counts once it could serve: after the images and the model (the grace).
+    assert policy["estimated_instance_warmup"] == (
+        "${aws_autoscaling_group.gpu.health_check_grace_period}"
+    )
+    assert _region_variables()["target_requests_per_host"]["default"] is None
+    # The comment says why requests are a rough proxy, and what would be better.
+    hosts = (REGION / "hosts.tf").read_text()
+    comment = hosts[: hosts.index('resource "aws_autoscaling_policy"')]
+    comment = comment[comment.rindex("\n\n") :]
+    assert "rough proxy" in comment and "vllm:num_requests_waiting" in comment
+    # Terraform's own reading of the module's expressions.
+    assert _scaling(tmp_path / "none", None) == [0, 2]
+    assert _scaling(tmp_path / "set", 120) == [1, None]

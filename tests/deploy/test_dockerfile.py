@@ -7,6 +7,8 @@ gateway listens is its config file's say, never the image's environment."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import shlex
 import shutil
@@ -14,6 +16,9 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import hcl2
+import pytest
 
 from gateway.config_file import load_config
 from tests.deploy.conftest import DEPLOY, ROOT
@@ -204,3 +209,114 @@ def test_a_mounted_config_says_where_the_gateway_listens(tmp_path: Path) -> None
             block = text[text.index(f"[{section}]\n") :]
             block = block[: block.index("\n[")]
             assert re.search(r'^host = "0\.0\.0\.0"', block, re.M), f"{path.name} [{section}]"
+
+
+# --- Dockerfile.backend: the model's name in the API ----------------------------------------
+
+GEOGATE_STUB = """
+import json, os, sys
+with open(os.environ["STUB_OUT"], "w") as f:
+    json.dump({"argv": sys.argv[1:], "pid": os.getpid()}, f)
+"""
+# `docker run` options that take a value (the rest used here are flags).
+DOCKER_RUN_VALUES = {
+    *("-e", "-p", "-v", "--gpus", "--name", "--user", "--security-opt", "--ulimit"),
+    *("--stop-timeout", "--restart", "--network", "--env-file"),
+}
+
+
+def docker_run(argv: list[str]) -> tuple[dict[str, str], str, list[str]]:
+    """A `docker run ...` command line's -e variables, image, and arguments after the image."""
+    assert argv[:2] == ["docker", "run"], argv
+    env: dict[str, str] = {}
+    i = 2
+    while argv[i].startswith("-"):
+        if argv[i] in DOCKER_RUN_VALUES:
+            if argv[i] == "-e":
+                name, _, value = argv[i + 1].partition("=")
+                env[name] = value
+            i += 2
+        else:
+            i += 1
+    return env, argv[i], argv[i + 1 :]
+
+
+def run_image(
+    dockerfile: Path, tmp: Path, env: dict[str, str], args: list[str]
+) -> tuple[list[str], bool]:
+    """The image's last stage run as docker runs it: ENTRYPOINT (exec form), then docker
+    run's arguments or else CMD, in the stage's ENV with docker run's -e over it; the
+    `geogate` it starts is a stand-in recording its argv and pid. Returns that argv and
+    whether it is the process docker started (exec'd: PID 1 in the container, SIGTERM's)."""
+    stage = _stages(dockerfile)[-1]
+    (entrypoint,) = [json.loads(a) for w, a in stage if w == "ENTRYPOINT"]
+    (cmd,) = [json.loads(a) for w, a in stage if w == "CMD"]
+    bin_ = tmp / "bin"
+    bin_.mkdir(parents=True, exist_ok=True)
+    (bin_ / "geogate").write_text(f"#!{sys.executable}\n{GEOGATE_STUB}")
+    (bin_ / "geogate").chmod(0o755)
+    image_env = {k: v for k, v in _env(stage).items() if k != "PATH"}
+    out = tmp / "argv.json"
+    out.unlink(missing_ok=True)
+    full_env = {**image_env, **env, "PATH": f"{bin_}:/usr/bin:/bin", "STUB_OUT": str(out)}
+    p = subprocess.Popen([*entrypoint, *(args or cmd)], env=full_env, stderr=subprocess.PIPE)
+    _, err = p.communicate(timeout=30)
+    if p.returncode != 0:
+        raise RuntimeError(err.decode())
+    seen = json.loads(out.read_text())
+    return seen["argv"], seen["pid"] == p.pid
+
+
+def served_model_name(argv: list[str]) -> str | None:
+    """--served-model-name as `geogate backend`'s argparse reads it (the last one wins)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--served-model-name")
+    assert argv[0] == "backend", argv
+    name: str | None = p.parse_known_args(argv[1:])[0].served_model_name
+    return name
+
+
+def _example_model_name() -> str:
+    for block in hcl2.loads((TF_EXAMPLE / "variables.tf").read_text())["variable"]:
+        if '"model_name"' in block:
+            return str(block['"model_name"']["default"]).strip('"')
+    raise AssertionError("aws/example declares no model_name")
+
+
+def _documented_run(dockerfile: Path) -> list[str]:
+    """The `docker run` of the Dockerfile's header comment (lines joined at `\\`)."""
+    lines = [ln.lstrip("#").strip() for ln in dockerfile.read_text().splitlines()]
+    (start,) = [i for i, ln in enumerate(lines) if ln.startswith("docker run")]
+    end = start
+    while lines[end].endswith("\\"):
+        end += 1
+    return shlex.split(" ".join(ln.rstrip("\\") for ln in lines[start : end + 1]))
+
+
+def test_the_backend_serves_the_model_under_the_name_clients_ask_for(tmp_path: Path) -> None:
+    """Without --served-model-name the server names the model after its directory, "model"
+    (/model): the documented run answered requests for llama-3.1-8b-instruct, the examples'
+    model, with 404. MODEL_NAME names it (default the examples'), through a shell that execs
+    the server (SIGTERM reaches it); a --served-model-name argument still wins."""
+    dockerfile = DOCKER / "Dockerfile.backend"
+    assert _env(_stages(dockerfile)[-1])["MODEL_NAME"] == _example_model_name()
+    documented = _documented_run(dockerfile)
+    env, image, args = docker_run(documented)
+    assert image == "geogate-backend" and "-v" in documented
+    argv, execd = run_image(dockerfile, tmp_path, env, args)
+    assert served_model_name(argv) == "llama-3.1-8b-instruct"
+    assert execd, "the shell must exec the server"
+    assert argv[argv.index("--model") + 1] == "/model"
+    # README's run (no -e): the image's default name.
+    readme = (ROOT / "README.md").read_text()
+    (quoted,) = re.findall(r"`(docker run --gpus all [^`]*geogate-backend)`", readme)
+    argv, _ = run_image(dockerfile, tmp_path, *docker_run(shlex.split(quoted))[::2])
+    assert served_model_name(argv) == "llama-3.1-8b-instruct"
+    # Another name, by MODEL_NAME or by the argument; none at all refuses to start.
+    argv, _ = run_image(dockerfile, tmp_path, {"MODEL_NAME": "qwen2.5-7b"}, [])
+    assert served_model_name(argv) == "qwen2.5-7b"
+    args = ["--model", "/model", "--served-model-name", "mine", "--port", "8000"]
+    argv, _ = run_image(dockerfile, tmp_path, {}, args)
+    assert served_model_name(argv) == "mine"
+    with pytest.raises(RuntimeError, match="MODEL_NAME"):
+        run_image(dockerfile, tmp_path, {"MODEL_NAME": ""}, [])

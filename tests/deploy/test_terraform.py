@@ -5,12 +5,14 @@ and reads only outputs it declares; every templatefile() gets what its template 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import hcl2
 import pytest
+from pydantic import BaseModel
 
 from tests.deploy.conftest import DEPLOY
 
@@ -179,3 +181,57 @@ def test_the_rendered_gateway_config_is_one_geogate_loads(tmp_path: Path) -> Non
     assert [r.id for r in cfg.regions] == list(regions)
     assert cfg.regions[0].url == "https://eu-central.api.example.com"
     assert [(u.url, u.health_path) for u in cfg.upstreams] == [("http://127.0.0.1:8000", "/ready")]
+
+
+# --- what README's "Deploying on AWS" tells an operator to set ------------------------------
+
+AWS_EXAMPLE = TF / "aws" / "example"
+AWS_REGION = TF / "aws" / "modules" / "region"
+
+
+def _readme_deploy_section() -> str:
+    text = (DEPLOY.parent / "README.md").read_text()
+    start = text.index("\n## Deploying on AWS")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _config_fields(model: type[BaseModel]) -> set[str]:
+    """Every field name of geogate's config, nested sections and lists of them included."""
+    out = set()
+    for name, field in model.model_fields.items():
+        out.add(name)
+        for t in (field.annotation, *typing.get_args(field.annotation)):
+            for u in (t, *typing.get_args(t)):
+                if isinstance(u, type) and issubclass(u, BaseModel):
+                    out |= _config_fields(u)
+    return out
+
+
+def test_every_setting_the_readme_quotes_can_be_set_in_the_example() -> None:
+    """README advised `redis_node_type = "cache.m7g.large"`, which only the region module
+    declared: aws/example, the root module an operator runs, had no such variable, and
+    terraform refused the setting. Every `name = value` the section quotes is a variable of
+    aws/example when the region module has it, and otherwise a key of geogate's config."""
+    from gateway.config import Config
+
+    quoted = set(re.findall(r"`([a-z_][a-z0-9_.]*) = [^`]+`", _readme_deploy_section()))
+    assert "redis_node_type" in quoted  # the check reads what it should
+    example, region = Module(AWS_EXAMPLE), Module(AWS_REGION)
+    config = _config_fields(Config)
+    for name in sorted(quoted):
+        if name in region.variables or ("." not in name and name not in config):
+            assert name in example.variables, f"README sets {name}: aws/example lacks it"
+        else:
+            assert name.rsplit(".", 1)[-1] in config, f"README sets {name}: no such key"
+
+
+def test_the_example_hands_each_region_what_it_declares_for_it() -> None:
+    """A variable of aws/example named as a region module input reaches every region
+    (root_volume_gb, redis_node_type and target_requests_per_host were the module's alone)."""
+    example, region = Module(AWS_EXAMPLE), Module(AWS_REGION)
+    shared = set(example.variables) & set(region.variables)
+    assert {"redis_node_type", "root_volume_gb", "target_requests_per_host"} <= shared
+    assert set(example.calls) == {"eu_central", "us_east", "ap_southeast"}
+    for call, args in example.calls.items():
+        for name in sorted(shared):
+            assert args.get(name) == f"${{var.{name}}}", f"module {call}: {name}"

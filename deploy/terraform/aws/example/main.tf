@@ -30,6 +30,8 @@ module "eu_central" {
   max_size                     = var.regions["eu-central"].max_size
   desired_capacity             = var.regions["eu-central"].desired_capacity
   instance_type                = var.instance_type
+  root_volume_gb               = var.root_volume_gb
+  target_requests_per_host     = var.target_requests_per_host
   model_name                   = var.model_name
   model_path                   = var.model_path
   model_s3_uri                 = var.model_s3_uri
@@ -40,6 +42,7 @@ module "eu_central" {
   prometheus_cidrs             = var.prometheus_cidrs
   prometheus_security_group_id = lookup(var.prometheus_security_group_ids, "eu-central", null)
   redis_client_cidrs           = local.redis_client_cidrs
+  redis_node_type              = var.redis_node_type
   # The primary of the Global Datastore: no global id, its own endpoint.
   redis_auth_token         = var.redis_auth_token
   redis_auth_ssm_parameter = var.redis_auth_ssm_parameter
@@ -70,6 +73,8 @@ module "us_east" {
   max_size                          = var.regions["us-east"].max_size
   desired_capacity                  = var.regions["us-east"].desired_capacity
   instance_type                     = var.instance_type
+  root_volume_gb                    = var.root_volume_gb
+  target_requests_per_host          = var.target_requests_per_host
   model_name                        = var.model_name
   model_path                        = var.model_path
   model_s3_uri                      = var.model_s3_uri
@@ -80,6 +85,7 @@ module "us_east" {
   prometheus_cidrs                  = var.prometheus_cidrs
   prometheus_security_group_id      = lookup(var.prometheus_security_group_ids, "us-east", null)
   redis_client_cidrs                = local.redis_client_cidrs
+  redis_node_type                   = var.redis_node_type
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token
@@ -104,6 +110,8 @@ module "ap_southeast" {
   max_size                          = var.regions["ap-southeast"].max_size
   desired_capacity                  = var.regions["ap-southeast"].desired_capacity
   instance_type                     = var.instance_type
+  root_volume_gb                    = var.root_volume_gb
+  target_requests_per_host          = var.target_requests_per_host
   model_name                        = var.model_name
   model_path                        = var.model_path
   model_s3_uri                      = var.model_s3_uri
@@ -114,6 +122,7 @@ module "ap_southeast" {
   prometheus_cidrs                  = var.prometheus_cidrs
   prometheus_security_group_id      = lookup(var.prometheus_security_group_ids, "ap-southeast", null)
   redis_client_cidrs                = local.redis_client_cidrs
+  redis_node_type                   = var.redis_node_type
   redis_global_replication_group_id = aws_elasticache_global_replication_group.fleet.global_replication_group_id
   redis_write_endpoint              = module.eu_central.redis_endpoint
   redis_auth_token                  = var.redis_auth_token

@@ -4,6 +4,18 @@ variable "instance_type" {
   default     = "g5.xlarge"
 }
 
+variable "root_volume_gb" {
+  description = "gp3 root volume of every GPU host: the AMI, the images and the model (an 8B model is 16 GB in bf16)"
+  type        = number
+  default     = 500
+}
+
+variable "target_requests_per_host" {
+  description = "Scale-out: ALB requests a minute per GPU host each region's autoscaling group keeps to, between its min_size and max_size (null: no scaling policy, desired_capacity hosts)"
+  type        = number
+  default     = null
+}
+
 variable "regions" {
   description = "Per geogate region: the AWS region, its network, certificate, KMS key (its policy must grant AWSServiceRoleForAutoScaling), pinned Deep Learning AMI and GPU host counts"
   type = map(object({
@@ -93,6 +105,12 @@ variable "ops_token_ssm_parameter" {
   description = "Name of the SecureString SSM parameter the hosts read the ops token from (in each region)"
   type        = string
   default     = "/geogate/ops-token"
+}
+
+variable "redis_node_type" {
+  description = "ElastiCache node type of every region's Redis (Global Datastore: r or m families); the fleet's state is a few MB, so cache.m7g.large is plenty"
+  type        = string
+  default     = "cache.r7g.large"
 }
 
 variable "redis_auth_token" {

@@ -16,12 +16,44 @@ resource "aws_iam_role" "gpu" {
   tags               = local.tags
 }
 
-# Session Manager instead of SSH (no port 22 open), and image pulls from ECR.
-resource "aws_iam_role_policy_attachment" "ssm" {
-  role       = aws_iam_role.gpu.name
-  policy_arn = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+# Session Manager instead of SSH (no port 22 open): the SSM Agent's own actions only, AWS's
+# minimal Session Manager instance policy (Systems Manager User Guide, "Create a custom IAM
+# instance profile for Session Manager"). Not AmazonSSMManagedInstanceCore: it also grants
+# ssm:GetParameter(s) on every parameter ("*"), which made the "boot" statement's two names
+# meaningless. No ec2messages:* either: AWS's minimal policy leaves it out (the agent's channel
+# for Run Command, which this deployment does not use). Session logs to S3 with enforced
+# encryption (s3:GetEncryptionConfiguration) or KMS-encrypted sessions (kms:Decrypt on that
+# key) would need more: neither is set up here.
+data "aws_iam_policy_document" "session_manager" {
+  # The agent's heartbeat, about its own instance (an EC2 instance's ARN; a hybrid node's is
+  # a managed-instance's).
+  statement {
+    sid     = "AgentHeartbeat"
+    actions = ["ssm:UpdateInstanceInformation"]
+    resources = [
+      "arn:aws:ec2:${data.aws_region.current.name}:*:instance/*",
+      "arn:aws:ssm:${data.aws_region.current.name}:*:managed-instance/*",
+    ]
+  }
+  statement {
+    sid = "SessionChannels"
+    actions = [
+      "ssmmessages:CreateControlChannel",
+      "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel",
+      "ssmmessages:OpenDataChannel",
+    ]
+    resources = ["*"] # ssmmessages takes no resource ARN
+  }
 }
 
+resource "aws_iam_role_policy" "session_manager" {
+  name   = "session-manager"
+  role   = aws_iam_role.gpu.id
+  policy = data.aws_iam_policy_document.session_manager.json
+}
+
+# Image pulls from ECR.
 resource "aws_iam_role_policy_attachment" "ecr" {
   role       = aws_iam_role.gpu.name
   policy_arn = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
@@ -36,10 +68,18 @@ data "aws_iam_policy_document" "boot" {
       "arn:aws:ssm:*:*:parameter${var.ops_token_ssm_parameter}",
     ]
   }
+  # The key also encrypts EBS and Redis: the role may decrypt with it only through SSM in this
+  # region, i.e. the two SecureStrings above (get-parameter --with-decryption), not any
+  # ciphertext made with the key that it gets hold of.
   statement {
     sid       = "DecryptIt"
     actions   = ["kms:Decrypt"]
     resources = [var.kms_key_arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ssm.${data.aws_region.current.name}.amazonaws.com"]
+    }
   }
   dynamic "statement" {
     for_each = var.model_s3_uri == "" ? [] : [1]
@@ -85,12 +125,15 @@ resource "aws_launch_template" "gpu" {
     arn = aws_iam_instance_profile.gpu.arn
   }
   vpc_security_group_ids = [aws_security_group.gpu.id]
-  # IMDSv2 only; one hop: the containers have no business with the instance's credentials
-  # (the host reads the Redis token before starting them).
+  # IMDSv2 only, one hop. The hop limit keeps bridge-networked containers away from the
+  # instance role's credentials, not these: both run with --network host, where they are the
+  # host to 169.254.169.254. The user data rejects their uid's packets to IMDS with iptables
+  # (user_data.sh.tftpl); that rule is IPv4 only, so IMDS's IPv6 endpoint stays off.
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
+    http_protocol_ipv6          = "disabled"
     instance_metadata_tags      = "enabled"
   }
   monitoring {
@@ -131,8 +174,10 @@ resource "aws_autoscaling_group" "gpu" {
   vpc_zone_identifier = var.private_subnet_ids
   min_size            = var.min_size
   max_size            = var.max_size
-  desired_capacity    = var.desired_capacity
-  target_group_arns   = [aws_lb_target_group.gateway.arn]
+  # With a scaling policy the policy sets the count: Terraform leaves it be (null), or every
+  # apply would reset what the policy scaled to.
+  desired_capacity  = var.target_requests_per_host == null ? var.desired_capacity : null
+  target_group_arns = [aws_lb_target_group.gateway.arn]
   # ELB: a host whose gateway is not ready is replaced; the grace covers pulling the images
   # and loading the model (minutes for an 8B model from S3). So never drain <region>-local
   # through the fleet: every host would be replaced, and the replacements adopt the drain
@@ -164,5 +209,30 @@ resource "aws_autoscaling_group" "gpu" {
       value               = tag.value
       propagate_at_launch = true
     }
+  }
+}
+
+# Scale-out, when target_requests_per_host is set (null: the count stays min/max/desired, as
+# set): target tracking on the ALB's requests per host a minute, between min_size and max_size.
+# Requests are a rough proxy for GPU load: one is a 20-token answer, another a 4,000-token
+# stream that holds a batch slot for a minute, so the same count may idle or saturate a GPU;
+# set the target from a load test of your own traffic (requests a minute at which TTFT still
+# meets its objective). A better signal is the model server's own: its queue
+# (vllm:num_requests_waiting) or GPU utilisation (geogate_backend_gpu_utilization_perc),
+# published to CloudWatch (the CloudWatch agent's Prometheus scraping) and tracked with a
+# customized metric specification. The warm-up is the group's health check grace: a new host
+# pulls the images and loads the model before it takes requests.
+resource "aws_autoscaling_policy" "requests_per_host" {
+  count                     = var.target_requests_per_host == null ? 0 : 1
+  name                      = "${local.name}-requests-per-host"
+  autoscaling_group_name    = aws_autoscaling_group.gpu.name
+  policy_type               = "TargetTrackingScaling"
+  estimated_instance_warmup = aws_autoscaling_group.gpu.health_check_grace_period
+  target_tracking_configuration {
+    predefined_metric_specification {
+      predefined_metric_type = "ALBRequestCountPerTarget"
+      resource_label         = "${aws_lb.gateway.arn_suffix}/${aws_lb_target_group.gateway.arn_suffix}"
+    }
+    target_value = var.target_requests_per_host
   }
 }

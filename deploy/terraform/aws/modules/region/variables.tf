@@ -43,9 +43,19 @@ variable "max_size" {
 }
 
 variable "desired_capacity" {
-  description = "GPU hosts to start with"
+  description = "GPU hosts to run (without target_requests_per_host; with it the scaling policy sets the count)"
   type        = number
   default     = 1
+}
+
+variable "target_requests_per_host" {
+  description = "Target tracking: ALB requests a minute per GPU host the autoscaling group keeps to, between min_size and max_size (null: no scaling policy, desired_capacity hosts)"
+  type        = number
+  default     = null
+  validation {
+    condition     = var.target_requests_per_host == null ? true : var.target_requests_per_host > 0
+    error_message = "target_requests_per_host: null, or requests a minute per host above 0."
+  }
 }
 
 variable "ami_id" {
@@ -148,6 +158,13 @@ variable "redis_auth_token" {
 variable "redis_auth_ssm_parameter" {
   description = "Name of the SecureString SSM parameter this module stores the Redis AUTH token in, read by the hosts at boot"
   type        = string
+  # The role's GetParameter grant is the ARN "parameter<name>": a name without the leading "/"
+  # gives an ARN that is not the parameter's (the boot fails), and a wildcard would widen the
+  # grant ("/geogate/*": every parameter under it). A hierarchy path of plain characters only.
+  validation {
+    condition     = can(regex("^(/[A-Za-z0-9_.-]+)+$", var.redis_auth_ssm_parameter))
+    error_message = "redis_auth_ssm_parameter: a parameter path such as /geogate/redis-auth-token: a leading \"/\", then letters, digits, _ . - and /, no wildcard."
+  }
 }
 
 variable "kms_key_arn" {
@@ -168,6 +185,13 @@ variable "ops_token" {
 variable "ops_token_ssm_parameter" {
   description = "Name of the SecureString SSM parameter this module stores the ops token in, read by the hosts at boot"
   type        = string
+  # The role's GetParameter grant is the ARN "parameter<name>": a name without the leading "/"
+  # gives an ARN that is not the parameter's (the boot fails), and a wildcard would widen the
+  # grant ("/geogate/*": every parameter under it). A hierarchy path of plain characters only.
+  validation {
+    condition     = can(regex("^(/[A-Za-z0-9_.-]+)+$", var.ops_token_ssm_parameter))
+    error_message = "ops_token_ssm_parameter: a parameter path such as /geogate/ops-token: a leading \"/\", then letters, digits, _ . - and /, no wildcard."
+  }
 }
 
 variable "tags" {
