@@ -51,6 +51,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="NAME",
         help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only)",
     )
+    ex.add_argument(
+        "--alias-regions",
+        action="store_true",
+        help="Route 53 only: a region with a url and no addresses gets A links with no "
+        "addresses (GeogateRegion), which Terraform makes aliases to its load balancer "
+        "(deploy/terraform/aws/example)",
+    )
     ex.add_argument("--out", type=Path, help="file to write (default: stdout)")
 
 
@@ -73,8 +80,13 @@ def export(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise CLIError(f"dns export: {exc}") from None
+    if args.alias_regions and args.format != "route53":
+        raise CLIError(
+            f"dns export: --alias-regions is for --format route53 (an alias to a load "
+            f"balancer); {args.format} answers addresses: set regions[].addresses"
+        )
     try:
-        entries = tables.entries(config)
+        entries = tables.entries(config, alias_regions=args.alias_regions)
         computed = tables.compute(config, entries)
         if args.format == "powerdns":
             text = powerdns.zone_file(computed, entries, opt, str(args.config))
@@ -91,8 +103,10 @@ def export(args: argparse.Namespace) -> None:
     except OSError as exc:
         raise CLIError(f"cannot write {args.out}: {exc.strerror}") from None
     orders = len(computed.orders())
+    aliases = sum(e.alias for e in entries.values())
+    aliased = f" ({aliases} as load balancer aliases)" if aliases else ""
     print(
-        f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s), {orders} order(s)",
+        f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s){aliased}, {orders} order(s)",
         file=sys.stderr,
     )
 

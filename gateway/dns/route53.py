@@ -35,6 +35,13 @@ The shapes are the Route 53 API's ``ResourceRecordSet`` and ``HealthCheckConfig`
 references Terraform resolves: ``HealthCheck`` names a key of ``health_checks`` (becomes
 ``health_check_id``), an ``AliasTarget`` is in the same hosted zone (its ``zone_id``), and
 ``GeogateRegion`` says whose addresses a record holds (to swap them for a load balancer alias).
+
+A region exported as an alias (``tables.Entry.alias``, ``--alias-regions``: a ``url`` and no
+``addresses``, as deploy/'s regions behind an ALB whose addresses change) has A links with
+``GeogateRegion`` and neither ``TTL`` nor ``ResourceRecords``: the Terraform that reads the
+export makes each an alias to that region's load balancer, which answers A only (an ALB's
+default ``ip_address_type``, ``ipv4``, deploy/'s), so such a region has no AAAA: a place it
+comes first for gets none (NODATA), as a region without IPv6 addresses does.
 """
 
 from __future__ import annotations
@@ -82,7 +89,9 @@ def _chain(
     """The failover links of one order; the first link's name is ``name.format(1)``."""
     out: list[dict[str, Any]] = []
     for i, rid in enumerate(order, start=1):
+        # A region without addresses is an alias region's: Terraform makes the link an alias.
         values = {"TTL": ttl, "ResourceRecords": [{"Value": a} for a in addrs[rid]]}
+        values = values if addrs[rid] else {}
         link = {"Name": name.format(i), "Type": rtype, "GeogateRegion": rid, **values}
         if i == len(order):
             out.append(link)
@@ -187,15 +196,25 @@ def record_sets(
     tables: Tables, entries: Mapping[str, Entry], opt: Options, source: str
 ) -> dict[str, Any]:
     _one_record_per_country(tables)
+    aliases: dict[str, tuple[str, ...]] = {r: () for r, e in entries.items() if e.alias}
     sets: list[dict[str, Any]] = []
     for rtype, version, tag in FAMILIES:
         addrs = family(entries, version)
+        if rtype == "A":  # an alias region's links: A, with no addresses of their own
+            addrs = {**aliases, **addrs}
         if addrs:
             sets.extend(_family_sets(tables, addrs, opt, rtype, tag))
+    note = (
+        " An A record with GeogateRegion and no ResourceRecords is an alias to that region's "
+        "load balancer, for Terraform to fill in."
+        if aliases
+        else ""
+    )
     return {
         "comment": (
             f"geogate dns export --format route53, from {source}: do not edit, export again. "
             "HealthCheck names a key of health_checks; AliasTarget is in the same hosted zone."
+            + note
         ),
         "zone": opt.zone,
         "name": opt.fqdn,

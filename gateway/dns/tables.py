@@ -39,6 +39,9 @@ class Entry:
     region: str
     addresses: tuple[str, ...]
     health_url: str  # the region gateway's /readyz
+    # No addresses of its own: Route 53 answers it by an alias to its load balancer, which
+    # the Terraform reading the export fills in (``geogate dns export --alias-regions``).
+    alias: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +99,15 @@ def health_url(region_url: str) -> str:
     return region_url.rstrip("/") + DNS_READY_PATH
 
 
-def entries(config: Config) -> dict[str, Entry]:
-    """The regions with addresses, in config order; each needs its gateway's URL to check."""
+def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
+    """The regions with addresses, in config order; each needs its gateway's URL to check.
+    With ``alias_regions`` (Route 53 only), a region with a URL and no addresses is one too,
+    answered by an alias to its load balancer (``Entry.alias``)."""
     out: dict[str, Entry] = {}
     for i, r in enumerate(config.regions):
         if not r.addresses:
+            if alias_regions and r.url:
+                out[r.id] = Entry(r.id, (), health_url(r.url), alias=True)
             continue
         where = f"regions[{i}] ({r.id})"
         if not r.url:
@@ -110,10 +117,17 @@ def entries(config: Config) -> dict[str, Entry]:
             )
         _each_address_once(where, r.addresses)
         out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
+    if not out and alias_regions:
+        raise ConfigError(
+            "no region has addresses or a url: set regions[].url (each region gateway's "
+            "public URL, checked at /readyz) for the regions DNS may answer"
+        )
     if not out:
         raise ConfigError(
             "no region has addresses: set regions[].addresses (the IPs of each region's "
-            "entry, e.g. its load balancer) for the regions DNS may answer"
+            "entry, e.g. its load balancer) for the regions DNS may answer, or, for Route 53 "
+            "with an alias to each region's load balancer (deploy/'s Terraform), export with "
+            "--format route53 --alias-regions"
         )
     _each_rule_answered(config, out)
     return out

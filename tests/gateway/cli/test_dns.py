@@ -152,4 +152,28 @@ def test_a_config_without_addresses_says_what_to_set(
         main(export(cfg, "--format", "powerdns"))
     err = capsys.readouterr().err
     assert err.startswith(f"geogate: config error in {cfg}: no region has addresses")
+    assert "--format route53 --alias-regions" in err
+    assert err.count("\n") == 1
+
+
+def test_alias_regions_export_a_config_without_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """deploy/'s gateways list their regions with a url and no addresses (an ALB's change):
+    Route 53 with --alias-regions answers each by an A link its Terraform makes an alias to
+    the region's ALB. PowerDNS needs addresses: the option is refused there, in one line."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(toml(URLS, addresses={r: [] for r in ("eu-central", "us-east", "ap-southeast")}))
+    out = tmp_path / "route53.json"
+    main(export(cfg, "--format", "route53", "--alias-regions", "--out", str(out)))
+    assert "over 3 region(s) (3 as load balancer aliases)" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    links = [s for s in doc["record_sets"] if "GeogateRegion" in s]
+    assert {s["GeogateRegion"] for s in links} == {"eu-central", "us-east", "ap-southeast"}
+    assert all(s["Type"] == "A" and "ResourceRecords" not in s for s in links)
+    with pytest.raises(SystemExit) as info:
+        main(export(cfg, "--format", "powerdns", "--alias-regions"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("geogate: dns export: --alias-regions is for --format route53")
     assert err.count("\n") == 1

@@ -28,11 +28,20 @@ URLS = {EU: "https://eu-central.api.example.com", US: "https://us-east.api.examp
 
 
 def export(residency: Sequence[dict[str, Any]] = (), **region_changes: Any) -> dict[str, Any]:
+    return export_with(residency, region_changes)
+
+
+def export_with(
+    residency: Sequence[dict[str, Any]],
+    region_changes: dict[str, Any],
+    *,
+    alias_regions: bool = False,
+) -> dict[str, Any]:
     regions = region_tables(URLS)
     for r in regions:
         r.update(region_changes.get(r["id"].replace("-", "_"), {}))
     cfg = dns_config(regions=regions, residency=residency)
-    found = entries(cfg)
+    found = entries(cfg, alias_regions=alias_regions)
     opt = options("example.com", "api", ttl=30, check_interval_s=5)
     return record_sets(compute(cfg, found), found, opt, "gw.toml")
 
@@ -49,10 +58,13 @@ def chain(doc: dict[str, Any], first: str, rtype: str = "A") -> list[str]:
         primary = next(s for s in links if s.get("Failover", "PRIMARY") == "PRIMARY")
         out.append(primary["GeogateRegion"])
         addresses = ADDRESSES if rtype == "A" else V6
-        assert [v["Value"] for v in primary["ResourceRecords"]] == [
-            addresses[primary["GeogateRegion"]]
-        ]
-        assert primary["TTL"] == 30
+        if "ResourceRecords" not in primary:  # an alias region's: Terraform makes it an alias
+            assert rtype == "A" and "TTL" not in primary and "AliasTarget" not in primary
+        else:
+            assert [v["Value"] for v in primary["ResourceRecords"]] == [
+                addresses[primary["GeogateRegion"]]
+            ]
+            assert primary["TTL"] == 30
         secondary = [s for s in links if s.get("Failover") == "SECONDARY"]
         if not secondary:
             assert "Failover" not in primary and "HealthCheck" not in primary  # the last link
@@ -241,3 +253,26 @@ def test_every_country_gets_its_order_in_each_family(
         assert answer(doc, rtype) == want_default, rtype
     ids = [(s["Name"], s["Type"], s.get("SetIdentifier")) for s in doc["record_sets"]]
     assert len(ids) == len(set(ids))
+
+
+def test_alias_regions_get_a_links_without_addresses() -> None:
+    """--alias-regions: eu-central and us-east behind load balancers (a url, no addresses),
+    ap-southeast dual-stack with addresses. Every place's A chain is its whole order; an alias
+    region's links hold no addresses (the Terraform makes them aliases) and it has no AAAA,
+    so a place it comes first for gets none, as a region without IPv6 addresses."""
+    lb: dict[str, Any] = {"addresses": []}
+    changes = {"eu_central": lb, "us_east": lb, "ap_southeast": {"addresses": stacks()[AP]}}
+    doc = export_with((), changes, alias_regions=True)
+    for s in doc["record_sets"]:
+        if s.get("GeogateRegion") in (EU, US):
+            assert s["Type"] == "A" and "ResourceRecords" not in s and "TTL" not in s, s
+    assert answer(doc, "A", "GB", "EU") == [EU, US, AP]
+    assert answer(doc, "A", "US", "NA") == [US, EU, AP]
+    assert answer(doc, "A", "SG", "AS") == [AP, EU, US]
+    assert answer(doc, "AAAA", "SG", "AS") == [AP]
+    assert answer(doc, "AAAA", "GB", "EU") is None and answer(doc, "AAAA") is None
+    assert set(doc["health_checks"]) == {EU, US, AP}
+    assert "alias to that region's load balancer" in doc["comment"]
+    # Without the option they are not answered, and the comment says nothing of aliases.
+    plain = export(eu_central=lb, us_east=lb)
+    assert answer(plain, "A", "GB", "EU") == [AP] and "load balancer" not in plain["comment"]

@@ -278,3 +278,29 @@ def test_no_addresses_anywhere_says_what_to_set() -> None:
 def test_health_url_is_the_gateways_readyz() -> None:
     assert health_url("https://eu.api.example.com/") == "https://eu.api.example.com/readyz"
     assert health_url("http://127.0.0.11:8080") == "http://127.0.0.11:8080/readyz"
+
+
+def test_alias_regions_are_the_regions_with_a_url_and_no_addresses() -> None:
+    """Route 53 behind load balancers (--alias-regions): a region with a url and no addresses
+    is answered by an alias to its load balancer; one with neither is still left out, and one
+    with addresses keeps them. The order is the router's, as for addresses."""
+    regions = region_tables()
+    regions[0]["addresses"] = []  # eu-central: its load balancer's alias
+    regions[1].update(url="", addresses=[])  # us-east: nothing DNS could check
+    cfg = dns_config(regions=regions)
+    found = entries(cfg, alias_regions=True)
+    assert list(found) == [EU, AP]
+    assert found[EU].alias and found[EU].addresses == ()
+    assert found[EU].health_url == "http://127.0.0.11:8080/readyz"
+    assert not found[AP].alias and found[AP].addresses == (ADDRESSES[AP],)
+    assert compute(cfg, found).order_for("US", "NA") == (EU, AP)
+    assert list(entries(cfg)) == [AP]  # without the option: addresses only
+
+
+def test_no_addresses_anywhere_names_the_route53_way_out() -> None:
+    regions = [{**r, "addresses": []} for r in region_tables()]
+    with pytest.raises(ConfigError, match="export with --format route53 --alias-regions"):
+        entries(dns_config(regions=regions))
+    nothing = [{**r, "url": ""} for r in regions]
+    with pytest.raises(ConfigError, match=r"no region has addresses or a url: set regions\[\].url"):
+        entries(dns_config(regions=nothing), alias_regions=True)

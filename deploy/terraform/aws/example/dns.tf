@@ -1,8 +1,17 @@
 # DNS: <region>.api.<domain> for each region's ALB (the gateways' regions[].url, checked by
 # Route 53 on /readyz), and api.<domain> from `geogate dns export --format route53`: geolocation
 # records into chains of failover records in the router's region order (README, One global
-# hostname). A link's addresses (GeogateRegion) are swapped for an alias to that region's ALB,
-# whose addresses change.
+# hostname). A region's A link (GeogateRegion) becomes an alias to that region's ALB, whose
+# addresses change: the regions have no addresses in the gateways' config, and the export,
+# with --alias-regions, writes their links without any, for this file to fill in. The ALBs
+# are IPv4 only (modules/region/alb.tf sets no ip_address_type), so A links only.
+#
+# route53.json is made from the output dns_export_config (the gateways' config, rendered):
+#   terraform apply -var geodns_file=     # the first time: everything but api.<domain>
+#   terraform output -raw dns_export_config > dns-export.toml
+#   geogate dns export --config dns-export.toml --format route53 --alias-regions \
+#     --zone <domain> --name api --out route53.json
+#   terraform apply
 
 locals {
   albs = {
@@ -10,7 +19,8 @@ locals {
     "us-east"      = { dns_name = module.us_east.alb_dns_name, zone_id = module.us_east.alb_zone_id }
     "ap-southeast" = { dns_name = module.ap_southeast.alb_dns_name, zone_id = module.ap_southeast.alb_zone_id }
   }
-  geodns = jsondecode(file("${path.module}/${var.geodns_file}"))
+  # geodns_file = "": no global name yet (the first apply, before the export).
+  geodns = jsondecode(var.geodns_file == "" ? "{\"health_checks\": {}, \"record_sets\": []}" : file("${path.module}/${var.geodns_file}"))
 }
 
 resource "aws_route53_record" "regional" {
@@ -81,6 +91,14 @@ resource "aws_route53_record" "geodns" {
       name                   = alias.value.dns_name
       zone_id                = alias.value.zone_id
       evaluate_target_health = true
+    }
+  }
+
+  lifecycle {
+    # An alias region's link has no addresses: only an ALB of this example can answer it.
+    precondition {
+      condition     = can(each.value.ResourceRecords) || can(each.value.AliasTarget) || (try(local.albs[each.value.GeogateRegion], null) != null && each.value.Type == "A")
+      error_message = "${var.geodns_file}: ${each.value.Name} ${each.value.Type} has no addresses and no ALB here to alias (its region: ${try(each.value.GeogateRegion, "none")}; this example's: ${join(", ", keys(local.albs))}): export again from the output dns_export_config."
     }
   }
 }

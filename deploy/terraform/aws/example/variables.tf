@@ -74,9 +74,14 @@ variable "domain" {
 }
 
 variable "geodns_file" {
-  description = "Output of: geogate dns export --format route53 --zone <domain> --name api (README, One global hostname)"
+  description = "Output of: geogate dns export --config dns-export.toml --format route53 --alias-regions --zone <domain> --name api, dns-export.toml being the output dns_export_config (dns.tf; README, Deploying on AWS); \"\" for a first apply without api.<domain>"
   type        = string
   default     = "route53.json"
+  validation {
+    # Relative to the working directory, the root module's path.module.
+    condition     = var.geodns_file == "" ? true : fileexists(var.geodns_file)
+    error_message = "geodns_file: no such file. Make it with geogate dns export from the output dns_export_config (dns.tf), or pass -var geodns_file= for a first apply without api.<domain>."
+  }
 }
 
 variable "alb_logs_buckets" {
