@@ -79,8 +79,16 @@ def table(placements: list[Placement], continents: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def detail(x: Placement, p: PlanInput) -> str:
-    out = [f"cheapest placement meeting the objectives: {' + '.join(x.regions)}"]
+def detail(x: Placement, p: PlanInput, evaluated: int | None = None) -> str:
+    """The chosen placement, line by line. ``evaluated``: how many placements a beam search
+    evaluated (None: every subset was), so the choice is only the cheapest of those found."""
+    if evaluated is None:
+        out = [f"cheapest placement meeting the objectives: {' + '.join(x.regions)}"]
+    else:
+        out = [
+            f"cheapest found meeting the objectives (among the {evaluated:,} placements "
+            f"evaluated): {' + '.join(x.regions)}"
+        ]
     for r in x.lines:
         out.append(
             f"  {r.id}: {r.instances} x {r.instance} (sized for {r.sized_for}: "
@@ -97,6 +105,29 @@ def detail(x: Placement, p: PlanInput) -> str:
     ttft = ", ".join(f"{c} {v:.0f} ms" for c, v in x.ttft_ms(p.backend_ttft_ms).items())
     out.append(f"  predicted TTFT p50 per continent: {ttft}")
     return "\n".join(out) + "\n"
+
+
+def choice(best: Placement | None, p: PlanInput, placements: list[Placement]) -> str:
+    """The detail of the chosen placement, or why there is none. Under a beam search "none"
+    is about what was evaluated, not about every placement."""
+    evaluated = None if exhaustive(p) else len(placements)
+    if best is not None:
+        return detail(best, p, evaluated)
+    if evaluated is None:
+        return "no placement meets every objective\n"
+    return (
+        f"no placement meeting every objective: none found among the {evaluated:,} "
+        "evaluated (search budget)\n"
+    )
+
+
+def searched(p: PlanInput, placements: list[Placement]) -> str:
+    """Under a beam search, what its table is: not every placement."""
+    n = len(p.candidates)
+    return (
+        f"{n} candidates: {2**n - 1:,} placements, too many to list; a beam search evaluated "
+        f"{len(placements):,} (gateway/plan/search.py), so the front is the front of those\n"
+    )
 
 
 def chart(out: Path, placements: list[Placement]) -> Path | None:
@@ -136,36 +167,64 @@ def run_command(args: argparse.Namespace) -> None:
     continents = sorted({d.continent for d in p.demand})
     shown = placements if args.all else [x for x in placements if x.pareto or x.meets]
     if not exhaustive(p):
-        print(
-            f"{len(p.candidates)} candidates: {2 ** len(p.candidates) - 1:,} placements, too many "
-            f"to list; a beam search evaluated {len(placements):,} (gateway/plan/search.py), "
-            "so the front is the front of those\n"
-        )
+        print(searched(p, placements))
     print(table(shown, continents), end="")
     best = choose(placements)
     print()
-    print(detail(best, p) if best else "no placement meets every objective", end="")
+    print(choice(best, p, placements), end="")
     if args.out:
         with writing(args.out, "plan"):
-            _write(args.out, p, placements, continents, best)
+            _write(args.out, args.file, p, placements, best)
+
+
+def header(file: Path, p: PlanInput, placements: list[Placement]) -> str:
+    """plan.md's first lines: what was planned, against which objectives, how TTFT is
+    predicted, and (beam search) that the table is not every placement."""
+    goals = ", ".join(f"{c} {ms:g}" for c, ms in sorted(p.objectives_p95_ms.items()))
+    how = "every subset" if exhaustive(p) else "a beam search"
+    lines = [
+        f"geogate plan {file}: {len(p.candidates)} candidate regions, {how}; "
+        f"p95 RTT objectives (ms): {goals or 'none'}; "
+        f"predicted TTFT = RTT + the backend's {p.backend_ttft_ms:g} ms",
+        "",
+    ]
+    return "\n".join(lines) + "\n" + ("" if exhaustive(p) else searched(p, placements) + "\n")
+
+
+def _kind(p: PlanInput) -> str:
+    """What the chosen placement is: the cheapest of every subset, or of those found."""
+    if exhaustive(p):
+        return "cheapest meeting the objectives"
+    return "cheapest found meeting the objectives (beam search: not every placement)"
 
 
 def _write(
-    out: Path,
-    p: PlanInput,
-    placements: list[Placement],
-    continents: list[str],
-    best: Placement | None,
+    out: Path, file: Path, p: PlanInput, placements: list[Placement], best: Placement | None
 ) -> None:
-    (out / "plan.md").write_text(table(placements, continents), encoding="utf-8")
+    continents = sorted({d.continent for d in p.demand})
+    md = header(file, p, placements) + table(placements, continents) + "\n"
+    (out / "plan.md").write_text(md + choice(best, p, placements), encoding="utf-8")
+    ttft = p.backend_ttft_ms
     doc = {
         "chosen": None if best is None else list(best.regions),
+        "choice": None if best is None else _kind(p),
+        "predicted_ttft_p50_ms": None if best is None else best.ttft_ms(ttft),
+        "objectives_p95_ms": p.objectives_p95_ms,
+        "backend_ttft_ms": ttft,
         "search": "every subset" if exhaustive(p) else "beam search",
+        "evaluated": len(placements),
         "tokens_per_s": {
             c.id: {"value": c.tokens_per_s, "source": c.tokens_per_s_source} for c in p.candidates
         },
-        "placements": [asdict(x) | {"monthly_usd": x.monthly_usd} for x in placements],
+        "placements": [
+            asdict(x) | {"monthly_usd": x.monthly_usd, "predicted_ttft_p50_ms": x.ttft_ms(ttft)}
+            for x in placements
+        ],
     }
-    (out / "plan.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    try:  # every figure is finite (gateway/plan/model.py checks them): JSON has no inf or nan
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise PlanInvalid(f"plan: plan.json: {exc}") from None
+    (out / "plan.json").write_text(text + "\n", encoding="utf-8")
     png = chart(out, placements)
     print(f"\nwritten to {out}/: plan.md, plan.json" + (", plan.png" if png else ""))

@@ -7,7 +7,8 @@ Client sites on every continent talk to simulated regional backends through WAN 
 (geodb.published_rtt) where both ends are near a listed region; a user's --rtt-table wins over
 both. Topologies, all measured at the same time against the same backends:
 
-  (a) origin:  every site straight to one European region (the field report's start);
+  (a) origin:  every site straight to one region (--origin; by default eu-central, the field
+               report's start);
   (b) dns:     every site straight to its nearest region by distance: no health, no load;
   (c) geogate: an edge gateway per site (at the site: no WAN between client and edge), with
                origin "self", whose upstreams are a regional gateway per region (beside its
@@ -54,6 +55,7 @@ from geodb.regions import known_region
 
 ADMIN_TOKEN = "world-admin"  # loopback-only gateways that live for one run
 PACE_S = 0.1  # during events: each site sends a request at most every 100 ms per topology
+LEAD_S = 0.5  # requests run this long before each event (world.json's event_lead_in_s)
 GATEWAY_READY_TIMEOUT_S = 60.0  # a dozen processes starting on a shared two-core machine
 
 
@@ -92,6 +94,7 @@ class WorldSpec:
     # (c) through a regional gateway per region (edge -> WAN -> regional gateway -> backend),
     # as deployed; False: the edges' upstreams are the backends themselves (one gateway hop)
     regional_gateways: bool = True
+    keep_work: bool = False  # keep the run's folder of logs and configs even when it ends well
 
 
 Table = dict[tuple[str, str], float]
@@ -110,7 +113,7 @@ def nearest(site: Site, regions: tuple[str, ...], table: Table | None = None) ->
 
 def event_regions(spec: WorldSpec) -> dict[str, str]:
     """Which region each event hits: the failure and the drain hit a region that serves some
-    sites but is not the European origin (topology (a) would otherwise just be down); the
+    sites but is not the origin (topology (a) would otherwise just be down); the
     overload the region nearest to the most sites."""
     served = [nearest(s, spec.regions, spec.rtt_table) for s in spec.sites]
     busiest = [r for r in sorted(spec.regions, key=lambda r: -served.count(r)) if r in served]
@@ -357,8 +360,7 @@ async def event_phase(
     """Requests run from every site and topology; the event happens after a short lead-in
     and they keep running ``event_s`` after it."""
     out: list[wr.Sample] = []
-    lead_s = 0.5
-    t_event = time.perf_counter() + lead_s
+    t_event = time.perf_counter() + LEAD_S
     end = t_event + world.spec.event_s
 
     async def loop(topo: str, site: Site, url: str, home: str) -> None:
@@ -371,7 +373,7 @@ async def event_phase(
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
 
     async def trigger() -> None:
-        await asyncio.sleep(lead_s)
+        await asyncio.sleep(LEAD_S)
         act = {
             "overload": lambda: world.overload(region, world.spec.overload_ttft_ms),
             "drain": lambda: world.drain(region, True),

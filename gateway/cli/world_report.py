@@ -7,14 +7,22 @@ import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gateway.cli.charts import use_agg
+from gateway.cli.errors import CLIError
 
 TOPOLOGIES = {
-    "origin": "(a) one European origin",
+    "origin": "(a) one origin",
     "dns": "(b) DNS nearest region",
     "geogate": "(c) geogate edge",
 }
+
+
+def labels(origin: str) -> dict[str, str]:
+    """Each topology's name in the table and the chart: (a) named after its region (--origin),
+    which need not be the European one."""
+    return TOPOLOGIES | {"origin": f"{TOPOLOGIES['origin']} ({origin})"}
 
 
 @dataclass(frozen=True)
@@ -145,9 +153,11 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
-def markdown(rows: list[SiteRow], events: list[EventRow]) -> str:
+def markdown(rows: list[SiteRow], events: list[EventRow], origin: str, intro: str = "") -> str:
+    """The tables, after ``intro`` (what was run: world_run.intro)."""
+    names = labels(origin)
     head = ["site", "cont.", "floor ms"]
-    for name in TOPOLOGIES.values():
+    for name in names.values():
         head += [f"{name} p50/p95 ms", "x floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -175,22 +185,29 @@ def markdown(rows: list[SiteRow], events: list[EventRow]) -> str:
             )
             cols = [
                 f"{e.event} ({e.region})",
-                TOPOLOGIES[e.topology],
+                names[e.topology],
                 f"{e.failed} ({e.failed_before_first_byte})",
                 moved,
             ] + [_ms(e.ttft_p50_by_continent.get(c)) for c in conts]
             lines.append("| " + " | ".join(cols) + " |")
-    return "\n".join(lines) + "\n"
+    return (intro + "\n" if intro else "") + "\n".join(lines) + "\n"
 
 
-def write(out: Path, rows: list[SiteRow], events: list[EventRow], meta: dict[str, object]) -> None:
+def write(
+    out: Path, rows: list[SiteRow], events: list[EventRow], meta: dict[str, Any], md: str
+) -> None:
+    """world.md (``md``: markdown()'s), world.json."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "world.md").write_text(markdown(rows, events), encoding="utf-8")
+    (out / "world.md").write_text(md, encoding="utf-8")
     doc = {"meta": meta, "sites": [asdict(r) for r in rows], "events": [asdict(e) for e in events]}
-    (out / "world.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    try:  # no NaN or Infinity: they are not JSON (every figure here is a finite time)
+        text = json.dumps(doc, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise CLIError(f"world: world.json: {exc}") from None
+    (out / "world.json").write_text(text + "\n", encoding="utf-8")
 
 
-def chart(out: Path, rows: list[SiteRow]) -> Path | None:
+def chart(out: Path, rows: list[SiteRow], origin: str) -> Path | None:
     """TTFT p50 per site per topology, with the floor; None when matplotlib is not installed
     (it is an optional extra: ``pip install geogate[charts]``)."""
     if not use_agg():
@@ -200,7 +217,7 @@ def chart(out: Path, rows: list[SiteRow]) -> Path | None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / (len(TOPOLOGIES) + 1)
     xs = range(len(rows))
-    for i, (topo, name) in enumerate(TOPOLOGIES.items()):
+    for i, (topo, name) in enumerate(labels(origin).items()):
         ys = [r.cells[topo].p50 or 0.0 for r in rows]
         ax.bar([x + i * width for x in xs], ys, width, label=name)
     floors = [r.floor_ms for r in rows]

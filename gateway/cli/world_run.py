@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 
@@ -15,15 +16,18 @@ from gateway.cli import world_report as wr
 from gateway.cli.errors import CLIError
 from gateway.cli.files import output_dir, read_text, writing
 from gateway.cli.procs import interruptible
+from gateway.cli.workdir import work_folder
 from gateway.cli.world import (
     DEFAULT_REGIONS,
+    LEAD_S,
+    PACE_S,
     SITES,
     Table,
     World,
     WorldSpec,
-    combos,
     event_phase,
     event_regions,
+    nearest,
     rtt,
     steady,
 )
@@ -33,6 +37,7 @@ from geodb.published_rtt import AWS_2017, MATCH_KM, aws_2017
 from geodb.regions import known_region, known_regions
 
 EVENTS = ("overload", "drain", "fail")
+MAX_EVENT_S = 3600.0  # an hour of traffic per event: --event-s inf ran for ever
 
 
 @dataclass
@@ -42,6 +47,8 @@ class WorldResult:
     samples: list[wr.Sample]
     chart: Path | None
     out: Path
+    work: Path  # the run's folder of logs and configs: gone unless kept (--keep-work)
+    md: str  # world.md: what was run, then the tables
 
 
 async def _measure(world: World, progress: Progress | None) -> list[wr.Sample]:
@@ -67,7 +74,10 @@ def _run(world: World) -> list[wr.Sample]:
     spec = world.spec
     if spec.progress:  # the bar starts with the requests; start-up takes a few seconds
         n = len(spec.regions) * (1 + spec.regional_gateways) + len(spec.sites) + 1
-        print(f"starting {n} processes (backends, gateways, relays) in {world.work}")
+        print(
+            f"starting {n} processes (backends, gateways, relays); logs in {world.work} "
+            "(removed if the run ends well)"
+        )
     world.start()
     if spec.backend == "model":  # its TTFT is what it takes here: measured, for the floor
         rid = spec.regions[0]
@@ -82,21 +92,33 @@ def _run(world: World) -> list[wr.Sample]:
 
 def run_world(spec: WorldSpec) -> WorldResult:
     output_dir(spec.out, "world")  # before any process starts: a run takes minutes
-    world = World(spec, Path(tempfile.mkdtemp(prefix="geogate-world-")))
-    # SIGTERM and SIGHUP as Ctrl-C: the `finally:` stops the dozen processes started
-    with interruptible():
-        try:
-            samples = _run(world)
-        finally:
-            world.stop()
+    # its processes' logs and configs: gone when the run ends well, else kept and named
+    with work_folder("geogate-world-", spec.keep_work, "world: logs and configs") as work:
+        world = World(spec, work)
+        # SIGTERM and SIGHUP as Ctrl-C: the `finally:` stops the dozen processes started
+        with interruptible():
+            try:
+                samples = _run(world)
+            finally:
+                world.stop()
+    return _report(world, samples)
+
+
+def _report(world: World, samples: list[wr.Sample]) -> WorldResult:
     spec = world.spec
-    table = spec.rtt_table
     floors = {
-        s.name: min(rtt(s, r, table) for r in spec.regions) + spec.backend_ttft_ms
+        s.name: min(rtt(s, r, spec.rtt_table) for r in spec.regions) + spec.backend_ttft_ms
         for s in spec.sites
     }
     rows = wr.site_rows(samples, floors, "steady")
-    home = {t: {s.name: r for t2, s, _, r in combos(world) if t2 == t} for t in wr.TOPOLOGIES}
+    # where each topology sends each site before the events: (a) its origin, else the nearest
+    home = {
+        t: {
+            s.name: spec.origin if t == "origin" else nearest(s, spec.regions, spec.rtt_table)
+            for s in spec.sites
+        }
+        for t in wr.TOPOLOGIES
+    }
     for row in rows:  # geogate's home: where its steady-state requests went
         mine = [
             x.region
@@ -106,10 +128,59 @@ def run_world(spec: WorldSpec) -> WorldResult:
         if mine:
             home["geogate"][row.site] = max(set(mine), key=mine.count)
     events = []
-    for event, region in event_regions(spec).items():
-        if event in spec.events:
-            events += wr.event_rows(samples, event, region, home)
-    meta = {
+    for event, region in staged(spec).items():
+        events += wr.event_rows(samples, event, region, home)
+    md = wr.markdown(rows, events, spec.origin, intro(spec))
+    with writing(spec.out, "world"):
+        wr.write(spec.out, rows, events, meta(spec), md)
+        chart = wr.chart(spec.out, rows, spec.origin)
+        return WorldResult(rows, events, samples, chart, spec.out, world.work, md)
+
+
+def staged(spec: WorldSpec) -> dict[str, str]:
+    """The events this run stages, in their order, each with the region it hits."""
+    return {e: r for e, r in event_regions(spec).items() if e in spec.events}
+
+
+def rtt_sources(spec: WorldSpec) -> dict[str, int]:
+    """Where the site-region RTTs came from, with how many pairs each."""
+    out: dict[str, int] = {}
+    for s in spec.sites:
+        for r in spec.regions:
+            src = spec.rtt_source.get((s.name, r), "model")
+            name = {
+                "model": "the distance model (geodb.distance.est_rtt_ms)",
+                "published": f"published AWS figures (--published-rtt, geodb/data/{AWS_2017})",
+            }.get(src.split(" ")[0], src)
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def intro(spec: WorldSpec) -> str:
+    """world.md's first lines: what was run, where its RTTs came from, which events."""
+    n = len(spec.sites) * len(spec.regions)
+    rtts = "; ".join(
+        f"{name} for {k} of {n} site-region pairs" for name, k in rtt_sources(spec).items()
+    )
+    ttft = "set" if spec.backend == "sim" else "measured before the run"
+    c = "edge + regional gateways" if spec.regional_gateways else "edges straight to the backends"
+    events = ", ".join(f"{e} ({r})" for e, r in staged(spec).items())
+    overload = f"; overload: TTFT {spec.overload_ttft_ms:g} ms" if "overload" in spec.events else ""
+    lines = [
+        f"geogate world: {len(spec.sites)} sites, regions {', '.join(spec.regions)}; "
+        f"(a) origin {spec.origin}; (c) {c}; requests per site and topology: {spec.requests}",
+        f"- RTTs: {rtts}",
+        f"- backend: {spec.backend}, TTFT {spec.backend_ttft_ms:.1f} ms ({ttft})",
+        f"- events: {events}; {spec.event_s:g} s of traffic after each{overload}"
+        if events
+        else "- events: none (steady state only)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def meta(spec: WorldSpec) -> dict[str, Any]:
+    table = spec.rtt_table
+    return {
         "sites": [s.name for s in spec.sites],
         "regions": list(spec.regions),
         "origin": spec.origin,
@@ -120,8 +191,14 @@ def run_world(spec: WorldSpec) -> WorldResult:
         if spec.backend == "sim"
         else "measured: median of direct requests on loopback before the run",
         "regional_gateways": spec.regional_gateways,
+        "events": [{"event": e, "region": r} for e, r in staged(spec).items()],
+        "event_s": spec.event_s,
+        "event_lead_in_s": LEAD_S,
+        "event_pace_s": PACE_S,
+        "overload_ttft_ms": spec.overload_ttft_ms if "overload" in spec.events else None,
         "rtt_model": "geodb.distance.est_rtt_ms (fitted to published inter-region P50 RTTs)"
-        + (", replaced per pair as site_region_rtt_source says" if spec.rtt_table else ""),
+        + (", replaced per pair as site_region_rtt_source says" if table else ""),
+        "rtt_sources": rtt_sources(spec),
         "site_region_rtt_ms": {
             f"{s.name}->{r}": round(rtt(s, r, table), 1) for s in spec.sites for r in spec.regions
         },
@@ -131,9 +208,6 @@ def run_world(spec: WorldSpec) -> WorldResult:
             for r in spec.regions
         },
     }
-    with writing(spec.out, "world"):
-        wr.write(spec.out, rows, events, meta)
-        return WorldResult(rows, events, samples, wr.chart(spec.out, rows), spec.out)
 
 
 def read_rtt_table(text: str, where: str) -> Table:
@@ -241,6 +315,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     w.add_argument("--out", type=Path, default=Path("world-results"), help="output folder")
     w.add_argument("--no-progress", action="store_true")
     w.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the run's folder of logs and configs (removed when the run ends well; kept, "
+        "and named, when it fails)",
+    )
+    w.add_argument(
         "--regional-gateways",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -272,8 +352,11 @@ def run_command(args: argparse.Namespace) -> None:
         raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
     if args.requests < 1:
         raise CLIError("world: --requests must be at least 1")
-    if not args.event_s > 0:  # also NaN
-        raise CLIError(f"world: --event-s must be a positive number of seconds, got {args.event_s}")
+    if not (math.isfinite(args.event_s) and 0 < args.event_s <= MAX_EVENT_S):  # NaN, inf
+        raise CLIError(
+            f"world: --event-s must be a positive number of seconds, at most {MAX_EVENT_S:g}, "
+            f"got {args.event_s}"
+        )
     events = tuple(args.events) if args.events is not None else KINDS[args.backend].events
     check_events(args.backend, events)
     if args.model_dir is not None and (args.backend != "model" or not args.model_dir.is_dir()):
@@ -294,9 +377,10 @@ def run_command(args: argparse.Namespace) -> None:
         event_s=args.event_s,
         out=args.out,
         progress=not args.no_progress,
+        keep_work=args.keep_work,
     )
     result = run_world(spec)
-    print(wr.markdown(result.rows, result.events), end="")
+    print(result.md, end="")
     written = ["world.md", "world.json"] + ([result.chart.name] if result.chart else [])
     print(f"\nwritten to {spec.out}/: {', '.join(written)}")
     if result.chart is None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import PlanInvalid
+from gateway.plan.checks import MOST, OBJECTIVE_MOST_MS, as_table, coordinate, number, shape
 from geodb.countries import continent_point, country_continent, country_point
 from geodb.regions import known_regions
 
@@ -76,64 +77,12 @@ class PlanInput:
     backend_ttft_ms: float = BACKEND_TTFT_MS
 
 
-def _num(
-    table: dict[str, Any],
-    key: str,
-    where: str,
-    default: float | None = None,
-    positive: bool = False,
-) -> float:
-    value = table.get(key, default)
-    if value is None:
-        raise PlanInvalid(f"plan: {where} has no {key}")
-    # TOML reads nan and inf as floats; either would pass the sign test below and turn every
-    # cost and count of the plan into nan or inf.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PlanInvalid(f"plan: {where}: {key} must be a number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        sign = "greater than 0" if positive else "0 or more"
-        raise PlanInvalid(f"plan: {where}: {key} must be {sign}, got {value!r}")
-    return float(value)
-
-
-def _coordinate(row: dict[str, Any], key: str, where: str, bound: float) -> float:
-    """Degrees, west and south negative (the 0-or-more rule of the other numbers is wrong here)."""
-    value = row.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PlanInvalid(f"plan: {where}: {key} must be a number, got {value!r}")
-    if not -bound <= value <= bound:
-        raise PlanInvalid(
-            f"plan: {where}: {key} must be between {-bound} and {bound}, got {value!r}"
-        )
-    return float(value)
-
-
-def _shape(value: object) -> str:
-    """How a wrong value is named in a message: a table's repr can be long, and "a table" is
-    what the file's author wrote, not what Python made of it."""
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
-def _table(value: object, where: str) -> dict[str, Any]:
-    """A section or row that must be a TOML table: ``settings = 5`` would otherwise end in an
-    AttributeError far from the line at fault."""
-    if not isinstance(value, dict):
-        raise PlanInvalid(f"plan: {where} must be a table, got {_shape(value)}")
-    return value
-
-
 def _rows(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
     """An array of tables (``[[demand]]``), each of them a table."""
     value = doc.get(key, [])
     if not isinstance(value, list):
-        raise PlanInvalid(
-            f"plan: {key} must be an array of tables ([[{key}]]), got {_shape(value)}"
-        )
-    return [_table(row, f"{key}[{i}]") for i, row in enumerate(value)]
+        raise PlanInvalid(f"plan: {key} must be an array of tables ([[{key}]]), got {shape(value)}")
+    return [as_table(row, f"{key}[{i}]") for i, row in enumerate(value)]
 
 
 def _known(table: dict[str, Any], keys: frozenset[str], where: str = "") -> None:
@@ -173,11 +122,31 @@ def _demand(i: int, row: dict[str, Any], defaults: dict[str, Any]) -> Demand:
         continent=cont,
         lat=point[0],
         lon=point[1],
-        requests_per_day=_num(merged, "requests_per_day", where),
-        input_tokens=_num(merged, "input_tokens", where),
-        output_tokens=_num(merged, "output_tokens", where),
-        peak_factor=_num(merged, "peak_factor", where, 1.0, positive=True),
+        requests_per_day=number(merged, "requests_per_day", where),
+        input_tokens=number(merged, "input_tokens", where),
+        output_tokens=number(merged, "output_tokens", where),
+        peak_factor=number(merged, "peak_factor", where, 1.0, positive=True),
     )
+
+
+def _runs(results: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The results' quantization table: its runs (objects), each one of bench/backend.py."""
+    runs = results.get("quantization", [])
+    if not isinstance(runs, list):
+        raise PlanInvalid(
+            f"plan: {where}: quantization must be an array of runs, got {shape(runs)}"
+        )
+    return [r for r in runs if isinstance(r, dict)]
+
+
+def _run_number(row: dict[str, Any], key: str, where: str, default: float | None) -> float:
+    """A run's figure: a finite number (JSON's NaN and Infinity read as floats, a figure
+    written as text as a string: each used to end in a traceback or a plan of nonsense)."""
+    value = row.get(key, default)
+    run = f"{where}: run {row.get('model')}/{row.get('quantize')}"
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PlanInvalid(f"plan: {run}: {key} must be a number, got {shape(value)}")
+    return float(value)
 
 
 def measured_rate(
@@ -185,22 +154,25 @@ def measured_rate(
 ) -> Measured:
     """One run of bench/backend.py's quantization table: ``model`` (default: the largest
     measured) at ``quantize``; its batched output tokens/s."""
-    rows = [r for r in results.get("quantization", []) if isinstance(r, dict)]
-    rows = [r for r in rows if r.get("quantize") == quantize and r.get(BENCH_MEASURE)]
+    every = _runs(results, where)
+    # a run whose figure is null was not measured: skipped, as one without the key
+    rows = [r for r in every if r.get("quantize") == quantize and r.get(BENCH_MEASURE) is not None]
     if model is not None:
         rows = [r for r in rows if r.get("model") == model]
     if not rows:
-        every = [r for r in results.get("quantization", []) if isinstance(r, dict)]
         runs = sorted({f"{r.get('model')}/{r.get('quantize')}" for r in every})
         want = f"model {model!r} at quantize {quantize!r}" if model else f"quantize {quantize!r}"
         raise PlanInvalid(f"plan: {where} has no run of {want}; it has {', '.join(runs) or 'none'}")
-    row = max(rows, key=lambda r: float(r.get("weight_bytes") or 0))
-    value = row[BENCH_MEASURE]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise PlanInvalid(f"plan: {where}: {BENCH_MEASURE} must be a positive number")
+    row = max(rows, key=lambda r: _run_number(r, "weight_bytes", where, 0.0))
+    value = _run_number(row, BENCH_MEASURE, where, None)
+    if not 0 < value <= MOST["tokens_per_s"]:
+        raise PlanInvalid(
+            f"plan: {where}: run {row.get('model')}/{quantize}: {BENCH_MEASURE} must be greater "
+            f"than 0 and at most {MOST['tokens_per_s']:,g}, got {value!r}"
+        )
     device = results.get("device", "?")
     return Measured(
-        float(value),
+        value,
         f"{where}: {row.get('model')}, quantize {quantize}, batch 16, on {device}",
     )
 
@@ -210,7 +182,7 @@ def _rate(
 ) -> tuple[float, str]:
     given = merged.get("tokens_per_s")
     if given is not None and given != MEASURED:
-        return _num(merged, "tokens_per_s", where, positive=True), "given"
+        return number(merged, "tokens_per_s", where, positive=True), "given"
     if measured is None:
         raise PlanInvalid(f"plan: {where} has no tokens_per_s")
     m = measured()
@@ -238,8 +210,8 @@ def _candidate(
     _known(row, REGION_KEYS, where)
     if "latitude" in row or "longitude" in row:
         lat, lon = (
-            _coordinate(row, "latitude", where, 90),
-            _coordinate(row, "longitude", where, 180),
+            coordinate(row, "latitude", where, 90),
+            coordinate(row, "longitude", where, 180),
         )
     elif rid in known_regions():
         k = known_regions()[rid]
@@ -250,7 +222,7 @@ def _candidate(
             f"or one of {', '.join(known_regions())}"
         )
     merged = {**defaults, **row}
-    usd_per_hour = _num(row, "usd_per_hour", where, positive=True)  # never defaulted
+    usd_per_hour = number(row, "usd_per_hour", where, positive=True)  # never defaulted
     tokens_per_s, source = _rate(where, merged, measured)
     return Candidate(
         id=rid,
@@ -260,9 +232,9 @@ def _candidate(
         usd_per_hour=usd_per_hour,
         tokens_per_s=tokens_per_s,
         tokens_per_s_source=source,
-        egress_usd_per_tb=_num(merged, "egress_usd_per_tb", where),
-        storage_gb=_num(merged, "storage_gb", where, 0.0),
-        storage_usd_per_gb_month=_num(merged, "storage_usd_per_gb_month", where, 0.0),
+        egress_usd_per_tb=number(merged, "egress_usd_per_tb", where),
+        storage_gb=number(merged, "storage_gb", where, 0.0),
+        storage_usd_per_gb_month=number(merged, "storage_usd_per_gb_month", where, 0.0),
     )
 
 
@@ -296,7 +268,7 @@ SETTINGS_KEYS = frozenset(
 
 def section(doc: dict[str, Any], key: str) -> dict[str, Any]:
     """One of the document's tables (``[settings]``), empty when absent."""
-    return _table(doc.get(key, {}), key)
+    return as_table(doc.get(key, {}), key)
 
 
 def _sections(
@@ -340,19 +312,19 @@ def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> Pla
     for cont, ms in objectives_in.items():
         if continent_point(cont) is None:
             raise PlanInvalid(f"plan: objectives_p95_ms: unknown continent {cont!r}")
-        objectives[cont.upper()] = _num({cont: ms}, cont, "objectives_p95_ms", positive=True)
-    util = _num(settings, "target_utilisation", "settings", TARGET_UTILISATION, positive=True)
-    if util > 1:
-        raise PlanInvalid(f"plan: settings: target_utilisation must be at most 1, got {util}")
+        objectives[cont.upper()] = number(
+            {cont: ms}, cont, "objectives_p95_ms", positive=True, most=OBJECTIVE_MOST_MS
+        )
+    util = number(settings, "target_utilisation", "settings", TARGET_UTILISATION, positive=True)
     return PlanInput(
         demand=demand,
         candidates=cands,
         objectives_p95_ms=objectives,
         target_utilisation=util,
-        hours_per_month=_num(settings, "hours_per_month", "settings", HOURS_PER_MONTH, True),
-        bytes_per_output_token=_num(
+        hours_per_month=number(settings, "hours_per_month", "settings", HOURS_PER_MONTH, True),
+        bytes_per_output_token=number(
             settings, "bytes_per_output_token", "settings", BYTES_PER_OUTPUT_TOKEN
         ),
-        input_token_weight=_num(settings, "input_token_weight", "settings", INPUT_TOKEN_WEIGHT),
-        backend_ttft_ms=_num(settings, "backend_ttft_ms", "settings", BACKEND_TTFT_MS),
+        input_token_weight=number(settings, "input_token_weight", "settings", INPUT_TOKEN_WEIGHT),
+        backend_ttft_ms=number(settings, "backend_ttft_ms", "settings", BACKEND_TTFT_MS),
     )

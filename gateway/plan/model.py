@@ -15,11 +15,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from gateway.errors import PlanInvalid
 from gateway.plan.inputs import Candidate, Demand, PlanInput
 from geodb.distance import est_rtt_ms
 
 MAX_PLACEMENTS = 4096  # every subset of up to 12 candidates; beyond, gateway.plan.search
 TB = 1e12
+MAX_INSTANCES = 1_000_000  # in one region: no cloud region holds a million GPU instances
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class Placement:
 
     @property
     def monthly_usd(self) -> float:
-        return sum(x.total_usd for x in self.lines)
+        # fsum: exact, so the same placement costs the same whatever order its regions are
+        # listed in (a last-digit difference would break a tie one way or the other)
+        return math.fsum(x.total_usd for x in self.lines)
 
     def ttft_ms(self, backend_ttft_ms: float) -> dict[str, float]:
         """Predicted TTFT p50 per continent: network round trip plus the backend's TTFT."""
@@ -115,7 +119,78 @@ def _sizing(
     return worst
 
 
+def _finite(value: float, what: str, inputs: str) -> float:
+    """A computed figure, checked: the inputs' bounds keep every figure finite, but a
+    PlanInput built in code has none, and inf or nan would print as a bill or end in an
+    OverflowError (math.ceil) far from its cause."""
+    if not math.isfinite(value):
+        raise PlanInvalid(f"plan: {what} is {value}, not a finite number: check {inputs}")
+    return value
+
+
+def _big(x: float) -> str:
+    return f"{x:,.0f}" if x < 1e9 else f"{x:.3g}"
+
+
+def _instances(p: PlanInput, c: Candidate, peak: float, where: str) -> int:
+    """Instances to serve ``peak`` tokens/s at the target utilisation, at least one."""
+    capacity = c.tokens_per_s * p.target_utilisation
+    need = peak / capacity if capacity > 0 else math.inf
+    if not need <= MAX_INSTANCES:  # also nan
+        raise PlanInvalid(
+            f"plan: {where} would need {_big(need)} instances for {_big(peak)} tokens/s at peak "
+            f"({c.tokens_per_s:g} tokens/s each at {p.target_utilisation:g} utilisation), more "
+            f"than {MAX_INSTANCES:,} in one region: check the demand's requests_per_day, "
+            "tokens and peak_factor, and the region's tokens_per_s"
+        )
+    return max(1, math.ceil(need - 1e-9))
+
+
+def _line(p: PlanInput, c: Candidate, peak: float, why: str, egress_tb: float) -> RegionLine:
+    where = f"regions[{p.candidates.index(c)}] ({c.id})"
+    n = _instances(p, c, peak, where)
+    return RegionLine(
+        id=c.id,
+        instance=c.instance,
+        instances=n,
+        peak_tokens_per_s=peak,
+        sized_for=why,
+        compute_usd=_finite(
+            n * c.usd_per_hour * p.hours_per_month,
+            f"{where}: compute $/month",
+            "its usd_per_hour and hours_per_month",
+        ),
+        egress_tb=egress_tb,
+        egress_usd=_finite(
+            egress_tb * c.egress_usd_per_tb,
+            f"{where}: egress $/month",
+            "its egress_usd_per_tb and the demand's requests_per_day and output_tokens",
+        ),
+        storage_usd=_finite(
+            c.storage_gb * c.storage_usd_per_gb_month,
+            f"{where}: storage $/month",
+            "its storage_gb and storage_usd_per_gb_month",
+        ),
+    )
+
+
+def _check_demand(p: PlanInput) -> None:
+    for i, d in enumerate(p.demand):
+        where = f"demand[{i}] ({d.label})"
+        _finite(
+            load_tokens_per_s(d, p),
+            f"{where}: peak tokens/s",
+            "its requests_per_day, input_tokens, output_tokens and peak_factor",
+        )
+        _finite(
+            egress_tb_per_month(d, p),
+            f"{where}: egress TB/month",
+            "its requests_per_day and output_tokens, and bytes_per_output_token",
+        )
+
+
 def evaluate(p: PlanInput, cands: Sequence[Candidate]) -> Placement:
+    _check_demand(p)
     sizing = _sizing(p.demand, cands, p)
     egress = {c.id: 0.0 for c in cands}
     per_cont: dict[str, list[tuple[float, float]]] = {}
@@ -128,23 +203,7 @@ def evaluate(p: PlanInput, cands: Sequence[Candidate]) -> Placement:
         pair = (rtt(d, c), d.requests_per_day)
         per_cont.setdefault(d.continent, []).append(pair)
         everyone.append(pair)
-    lines = []
-    for c in cands:
-        peak, why = sizing[c.id]
-        n = max(1, math.ceil(peak / (c.tokens_per_s * p.target_utilisation) - 1e-9))
-        lines.append(
-            RegionLine(
-                id=c.id,
-                instance=c.instance,
-                instances=n,
-                peak_tokens_per_s=peak,
-                sized_for=why,
-                compute_usd=n * c.usd_per_hour * p.hours_per_month,
-                egress_tb=egress[c.id],
-                egress_usd=egress[c.id] * c.egress_usd_per_tb,
-                storage_usd=c.storage_gb * c.storage_usd_per_gb_month,
-            )
-        )
+    lines = [_line(p, c, *sizing[c.id], egress[c.id]) for c in cands]
     p50 = {k: weighted_percentile(v, 0.5) for k, v in sorted(per_cont.items())}
     p95 = {k: weighted_percentile(v, 0.95) for k, v in sorted(per_cont.items())}
     misses = tuple(
@@ -203,4 +262,6 @@ def _with_pareto(a: Placement, flag: bool) -> Placement:
 def choose(placements: Sequence[Placement]) -> Placement | None:
     """The cheapest placement that meets every objective (None when none does)."""
     meeting = [x for x in placements if x.meets]
-    return min(meeting, key=lambda x: (x.monthly_usd, x.overall_p95_ms)) if meeting else None
+    # a tie on cost and p95 goes to the region ids, never to the order of the input
+    key = lambda x: (x.monthly_usd, x.overall_p95_ms, sorted(x.regions))  # noqa: E731
+    return min(meeting, key=key) if meeting else None

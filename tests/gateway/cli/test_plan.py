@@ -4,19 +4,22 @@ emulated one."""
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import world_report as wr
 from gateway.cli.main import main
-from gateway.cli.plan import load
+from gateway.cli.plan import _write, load
 from gateway.cli.world import WorldSpec
 from gateway.cli.world_client import Site
 from gateway.cli.world_run import run_world
+from gateway.errors import PlanInvalid
 from gateway.plan.model import choose
 from gateway.plan.search import plan
+from tests.gateway.plan.test_search import hundred
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
 
@@ -28,8 +31,111 @@ def test_example_prints_the_front_and_the_choice(
     out = capsys.readouterr().out
     print(out)
     assert out.startswith("| placement | instances | $/month |")
-    assert "cheapest placement meeting the objectives:" in out
-    assert (tmp_path / "plan.json").exists() and (tmp_path / "plan.md").exists()
+    chosen = "cheapest placement meeting the objectives: ap-southeast + us-east + eu-central"
+    assert chosen in out
+    # plan.md says what it is: the objectives, how TTFT is predicted, the choice and its TTFT
+    # (it was the bare table)
+    md = (tmp_path / "plan.md").read_text()
+    assert md.startswith(f"geogate plan {EXAMPLE}: 5 candidate regions, every subset; ")
+    assert "p95 RTT objectives (ms): AF 250, AS 120, EU 60, NA 80, OC 140, SA 140" in md
+    assert "predicted TTFT = RTT + the backend's 40 ms" in md
+    assert "\n| placement | instances |" in md and chosen in md
+    assert "  predicted TTFT p50 per continent: AF 147 ms, AS 110 ms, EU 50 ms" in md
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["chosen"] == ["ap-southeast", "us-east", "eu-central"]
+    assert doc["choice"] == "cheapest meeting the objectives" and doc["evaluated"] == 31
+    assert doc["backend_ttft_ms"] == 40.0 and doc["objectives_p95_ms"]["EU"] == 60.0
+    assert round(doc["predicted_ttft_p50_ms"]["EU"]) == 50
+    assert all("predicted_ttft_p50_ms" in x for x in doc["placements"])
+
+
+def hundred_toml() -> str:
+    """The example with 95 more regions (tests/gateway/plan/test_search.py's case)."""
+    rows = [
+        f'[[regions]]\nid = "{r["id"]}"\nlatitude = {r["latitude"]}\n'
+        f"longitude = {r['longitude']}\nusd_per_hour = {r['usd_per_hour']}\n"
+        for r in hundred()["regions"][5:]
+    ]
+    return EXAMPLE.read_text(encoding="utf-8") + "".join(rows)
+
+
+def test_a_beam_search_says_its_choice_is_the_cheapest_found(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Not every placement was evaluated: the choice is the cheapest found, and "none" is
+    about those evaluated. It said "cheapest placement meeting the objectives" (and, with 100
+    candidates, "no placement meets every objective", though one does)."""
+    f = tmp_path / "plan.toml"
+    f.write_text(hundred_toml())
+    main(["plan", str(f), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    found = re.search(
+        r"\ncheapest found meeting the objectives \(among the ([\d,]+) placements evaluated\): "
+        r"(.+)\n(?:.*\n)*?  total \$([\d,.]+)/month",
+        out,
+    )
+    assert found is not None, out
+    assert float(found[3].replace(",", "")) <= 2428
+    assert "cheapest placement meeting" not in out
+    md = (tmp_path / "out" / "plan.md").read_text()
+    assert "a beam search" in md.splitlines()[0] and found[0] in md
+    doc = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert doc["search"] == "beam search" and doc["choice"].startswith("cheapest found")
+    f.write_text(hundred_toml().replace("\nEU = 60", "\nEU = 1"))  # out of anyone's reach
+    main(["plan", str(f)])
+    out = capsys.readouterr().out
+    none = r"\nno placement meeting every objective: none found among the [\d,]+ evaluated "
+    assert re.search(none + r"\(search budget\)\n$", out), out
+
+
+# Extreme numbers: tracebacks (OverflowError from math.ceil(inf)) or nonsense with exit 0 ($inf
+# a month, Infinity in plan.json, instance counts 170 digits long).
+EXTREME = {
+    "requests_per_day = 90000": ("requests_per_day = 1e308",
+        "geogate: plan: demand[0] (US): requests_per_day must be at most 1e+12, got 1e+308"),
+    "target_utilisation = 0.7 ": ("target_utilisation = 1e-320 ",
+        "geogate: plan: settings: target_utilisation must be at least 0.01, got 1e-320"),
+    "hours_per_month = 730 ": ("hours_per_month = 1e307 ",
+        "geogate: plan: settings: hours_per_month must be at most 744, got 1e+307"),
+    "usd_per_hour = 1.006 ": ("usd_per_hour = 1e308 ",
+        "geogate: plan: regions[0] (ap-southeast): usd_per_hour must be at most 100,000"),
+    "peak_factor = 1.5 ": ("peak_factor = 1e300 ",
+        "geogate: plan: demand[0] (US): peak_factor must be at most 1,000, got 1e+300"),
+    "tokens_per_s = 3300 ": ("tokens_per_s = 1e-300 ",
+        "geogate: plan: regions[0] (ap-southeast) would need 3.2e+303 instances for 2,240 "
+        "tokens/s at peak"),
+    "output_tokens = 400\npeak_factor = 1.5 ": (  # every input within its bounds
+        "output_tokens = 1e8\npeak_factor = 1000 ",
+        "geogate: plan: regions[0] (ap-southeast) would need 150,312,695 instances for "
+        "3.47e+11 tokens/s at peak (3300 tokens/s each at 0.7 utilisation), more than "
+        "1,000,000 in one region"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("line", list(EXTREME))
+def test_extreme_numbers_are_one_line(
+    line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new, message = EXTREME[line]
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert line in text
+    f = tmp_path / "plan.toml"
+    f.write_text(text.replace(line, new, 1))
+    err = _plan_error(capsys, str(f), "--out", str(tmp_path / "out"))
+    assert err.startswith(message), err
+    assert not (tmp_path / "out" / "plan.json").exists()
+
+
+def test_plan_json_never_holds_infinity(tmp_path: Path) -> None:
+    """A PlanInput built in code has no input bounds: a figure that is not finite is one
+    line, not Infinity in a file that JSON parsers refuse."""
+    import dataclasses
+    import math
+
+    p = dataclasses.replace(load(EXAMPLE), backend_ttft_ms=math.inf)
+    placements = plan(p)
+    with pytest.raises(PlanInvalid, match=r"^plan: plan\.json: Out of range float values"):
+        _write(tmp_path, EXAMPLE, p, placements, choose(placements))
 
 
 BAD = {
@@ -99,8 +205,6 @@ def test_tokens_per_s_from_the_backend_results(
 ) -> None:
     """A region without tokens_per_s takes bench/backend.py's batched figure (the largest
     unquantised model by default); one that gives its own keeps it."""
-    import json
-
     (tmp_path / "results.json").write_text(json.dumps(RESULTS))
     f = tmp_path / "plan.toml"
     f.write_text(MEASURED_PLAN)
@@ -128,8 +232,25 @@ def test_tokens_per_s_from_the_backend_results(
         (None, "geogate: plan: a region takes its tokens_per_s from "),
         ("{not json", "geogate: plan: "),
         ('{"quantization": []}', "geogate: plan: results.json has no run of quantize 'none'"),
+        # wrong shapes and figures: tracebacks, or (Infinity) every region sized at 1 instance
+        ('{"quantization": 5}',
+         "geogate: plan: results.json: quantization must be an array of runs, got 5"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": 100, "model": "m", '
+         '"weight_bytes": "big"}]}',
+         "geogate: plan: results.json: run m/none: weight_bytes must be a number, got 'big'"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": NaN, "model": "m"}]}',
+         "geogate: plan: results.json: run m/none: tok_s_batch16 must be a number, got nan"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": Infinity, "model": "m"}]}',
+         "geogate: plan: results.json: run m/none: tok_s_batch16 must be a number, got inf"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": "fast", "model": "m"}]}',
+         "geogate: plan: results.json: run m/none: tok_s_batch16 must be a number, got 'fast'"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": -3, "model": "m"}]}',
+         "geogate: plan: results.json: run m/none: tok_s_batch16 must be greater than 0"),
+        ('{"quantization": [{"quantize": "none", "tok_s_batch16": 1e300, "model": "m"}]}',
+         "geogate: plan: results.json: run m/none: tok_s_batch16 must be greater than 0 and "
+         "at most 1e+09, got 1e+300"),
     ],
-)
+)  # fmt: skip
 def test_unusable_backend_results_are_one_line(
     results: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -235,7 +356,7 @@ def test_world_confirms_the_plan(tmp_path: Path) -> None:
                      progress=False)  # fmt: skip
     result = run_world(spec)
     predicted = best.ttft_ms(p.backend_ttft_ms)
-    print(wr.markdown(result.rows, []))
+    print(result.md)
     for row in result.rows:
         got = row.cells["geogate"].p50
         want = predicted[row.continent]

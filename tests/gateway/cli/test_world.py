@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import world_report as wr
-from gateway.cli.world import WorldSpec, event_regions, nearest
+from gateway.cli.world import World, WorldSpec, event_regions, nearest
 from gateway.cli.world_run import WorldResult, pick_sites, run_world
 
 
@@ -29,7 +30,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> WorldResult:
     t0 = time.monotonic()
     result = run_world(spec)
     took = time.monotonic() - t0
-    print(wr.markdown(result.rows, result.events))
+    print(result.md)
     print(f"small world took {took:.1f} s")
     assert took < 60
     return result
@@ -57,8 +58,18 @@ def test_region_failure_costs_geogate_nothing_and_dns_its_clients(small: WorldRe
 
 
 def test_outputs_are_written(small: WorldResult) -> None:
-    assert (small.out / "world.md").read_text().startswith("| site |")
+    md = (small.out / "world.md").read_text()
+    assert md == small.md
+    # what was run, first: where the RTTs came from, the events and their seconds
+    assert md.startswith("geogate world: 3 sites, regions eu-central, us-east, ap-southeast; ")
+    assert "\n- RTTs: the distance model (geodb.distance.est_rtt_ms) for 9 of 9 site-region " in md
+    fail = event_regions(WorldSpec(sites=pick_sites(["London", "New York", "Singapore"])))["fail"]
+    assert f"\n- events: fail ({fail}); 1.5 s of traffic after each\n\n| site |" in md
     doc = json.loads((small.out / "world.json").read_text())
+    meta = doc["meta"]
+    assert meta["events"] == [{"event": "fail", "region": fail}]
+    assert meta["event_s"] == 1.5 and meta["overload_ttft_ms"] is None
+    assert meta["rtt_sources"] == {"the distance model (geodb.distance.est_rtt_ms)": 9}
     assert [s["site"] for s in doc["sites"]] == ["London", "New York", "Singapore"]
     assert (
         doc["sites"][0]["cells"]["geogate"]["total_p50"]
@@ -69,6 +80,95 @@ def test_outputs_are_written(small: WorldResult) -> None:
     assert set(doc["meta"]["site_region_rtt_source"].values()) == {"model"}  # the default
     if small.chart is not None:  # matplotlib is a dev dependency: present in the test venv
         assert small.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_that_ends_well_leaves_no_folder_behind(small: WorldResult) -> None:
+    """Every run left /tmp/geogate-world-* (with --backend model, a 600 KB model in it)."""
+    assert small.work.name.startswith("geogate-world-") and not small.work.exists()
+
+
+def _no_processes(seen: list[Path], fail: bool = False) -> Callable[[World], list[wr.Sample]]:
+    """world_run._run without the processes: no samples, or the failure of a run."""
+    from gateway.cli.errors import CLIError
+
+    def run(world: World) -> list[wr.Sample]:
+        seen.append(world.work)
+        if fail:
+            raise CLIError("world: a backend did not start")
+        return []
+
+    return run
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_work_keeps_the_folder_and_says_where(
+    keep: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import world_run
+    from gateway.cli.main import main
+
+    seen: list[Path] = []
+    monkeypatch.setattr(world_run, "_run", _no_processes(seen))
+    argv = ["world", "--no-progress", "--events", "--out", str(tmp_path / "out")]
+    main(argv + (["--keep-work"] if keep else []))
+    out = capsys.readouterr().out
+    (work,) = seen
+    assert work.exists() == keep
+    assert (f"world: logs and configs kept in {work}\n" in out) == keep
+    if keep:
+        (work / "x.log").write_text("")  # a folder of its own, removed here
+        import shutil
+
+        shutil.rmtree(work)
+
+
+def test_a_run_that_fails_keeps_its_folder_and_says_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from gateway.cli import world_run
+    from gateway.cli.main import main
+
+    seen: list[Path] = []
+    monkeypatch.setattr(world_run, "_run", _no_processes(seen, fail=True))
+    with pytest.raises(SystemExit) as exit_:
+        main(["world", "--no-progress", "--events", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    (work,) = seen
+    assert exit_.value.code == 2 and err == "geogate: world: a backend did not start\n"
+    assert work.is_dir() and out.endswith(f"world: logs and configs kept in {work}\n")
+    shutil.rmtree(work)
+
+
+def _rows() -> tuple[list[wr.SiteRow], list[wr.EventRow]]:
+    cell = wr.Cell(n=1, failed=0, p50=100.0, p95=110.0, ratio=1.5)
+    rows = [wr.SiteRow("New York", "NA", 60.0, {t: cell for t in wr.TOPOLOGIES})]
+    events = [wr.EventRow("fail", "us-east", "origin", 0, 0, None, [], {"NA": 100.0})]
+    return rows, events
+
+
+def test_topology_a_is_named_after_its_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was "(a) one European origin" whatever --origin said, in the tables and the chart."""
+    rows, events = _rows()
+    md = wr.markdown(rows, events, "us-east", "intro line\n")
+    assert md.startswith("intro line\n\n| site |")
+    assert "| (a) one origin (us-east) p50/p95 ms |" in md
+    assert "| fail (us-east) | (a) one origin (us-east) |" in md and "European" not in md
+    import matplotlib.figure
+
+    legends: list[list[str]] = []
+
+    def savefig(fig: matplotlib.figure.Figure, *_: object, **__: object) -> None:
+        legend = fig.axes[0].get_legend()
+        assert legend is not None
+        legends.append([t.get_text() for t in legend.get_texts()])
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    assert wr.chart(tmp_path, rows, "us-east") is not None
+    assert legends[0][0] == "(a) one origin (us-east)"
 
 
 @pytest.mark.parametrize("sites", [None, ["London", "Tokyo"], ["Sydney", "Singapore"]])
@@ -96,6 +196,14 @@ def test_unknown_site_is_one_line() -> None:
         (["--sites", "Atlantis"], "geogate: world: unknown site 'Atlantis'"),
         (["--event-s", "0"], "geogate: world: --event-s must be a positive number of seconds"),
         (["--event-s", "nan"], "geogate: world: --event-s must be a positive number of seconds"),
+        # a run that never ended
+        (["--event-s", "inf"], "geogate: world: --event-s must be a positive number of seconds"),
+        (
+            ["--event-s", "1e308"],
+            "geogate: world: --event-s must be a positive number of seconds"
+            ", at most 3600, got 1e+308",
+        ),
+        (["--event-s", "3601"], "geogate: world: --event-s must be a positive number of seconds"),
         (
             ["--regions", "eu-central", "us-east", "eu-central"],
             "geogate: world: --regions names 'eu-central' more than once",
@@ -189,7 +297,7 @@ def test_flat_edges_without_regional_gateways(tmp_path: Path) -> None:
         regional_gateways=False,
     )
     result = run_world(spec)
-    print(wr.markdown(result.rows, result.events))
+    print(result.md)
     ny = next(r for r in result.rows if r.site == "New York")
     assert ny.cells["geogate"].failed == 0
     assert ny.cells["geogate"].p50 is not None and ny.cells["geogate"].p50 < 1.5 * ny.floor_ms
@@ -213,7 +321,7 @@ def test_overload_moves_geogate_traffic_through_regional_gateways(tmp_path: Path
     )
     assert spec.regional_gateways and event_regions(spec)["overload"] == "eu-central"
     result = run_world(spec)
-    print(wr.markdown(result.rows, result.events))
+    print(result.md)
     by_topo = {e.topology: e for e in result.events}
     geogate, dns = by_topo["geogate"], by_topo["dns"]
     assert geogate.affected_sites == ["London"] and geogate.failed == 0
@@ -310,7 +418,6 @@ def test_the_world_stops_its_processes_all_at_once(tmp_path: Path) -> None:
     import sys
 
     from gateway.cli.procs import spawn
-    from gateway.cli.world import World
 
     world = World(WorldSpec(), tmp_path)
     logs = [tmp_path / f"p{i}.log" for i in range(4)]

@@ -31,7 +31,7 @@ def test_a_small_world_on_the_real_model_server(tmp_path: Path) -> None:
         backend="model",
     )
     result = run_world(spec)
-    print(wr.markdown(result.rows, result.events))
+    print(result.md)
     (row,) = result.rows
     assert all(row.cells[t].failed == 0 and row.cells[t].p50 is not None for t in wr.TOPOLOGIES)
     meta = json.loads((tmp_path / "world.json").read_text())["meta"]

@@ -52,6 +52,19 @@ def test_defaults_and_points() -> None:
          "plan: demand[0] (BR): requests_per_day must be a number, got nan"),
         ({"regions": [{"id": "sa-east", "usd_per_hour": float("inf")}]},
          "plan: regions[0] (sa-east): usd_per_hour must be a number, got inf"),
+        # extreme but finite: tracebacks (OverflowError) or a bill of $inf with exit 0
+        ({"demand": [{"country": "BR", "requests_per_day": 1e308}]},
+         "plan: demand[0] (BR): requests_per_day must be at most 1e+12, got 1e+308"),
+        ({"demand": [{"country": "BR", "requests_per_day": 1, "peak_factor": 1e300}]},
+         "plan: demand[0] (BR): peak_factor must be at most 1,000, got 1e+300"),
+        ({"settings": {"hours_per_month": 1e307}},
+         "plan: settings: hours_per_month must be at most 744, got 1e+307"),
+        ({"settings": {"target_utilisation": 1e-320}},
+         "plan: settings: target_utilisation must be at least 0.01, got 1e-320"),
+        ({"regions": [{"id": "sa-east", "usd_per_hour": 1e308}]},
+         "plan: regions[0] (sa-east): usd_per_hour must be at most 100,000, got 1e+308"),
+        ({"objectives_p95_ms": {"EU": 1e308}},
+         "plan: objectives_p95_ms: EU must be at most 100,000, got 1e+308"),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_one_line(changes: dict[str, Any], message: str) -> None:

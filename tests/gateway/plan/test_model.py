@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.errors import PlanInvalid
 from gateway.plan.inputs import parse
 from gateway.plan.model import choose, evaluate, weighted_percentile
 from gateway.plan.search import plan
@@ -94,3 +97,45 @@ def test_pareto_front_and_choice() -> None:
     # more regions never raise any continent's RTT
     one = next(x for x in placements if x.regions == ("us-east",))
     assert all(best.rtt_p95_ms[c] <= one.rtt_p95_ms[c] + 1e-9 for c in one.rtt_p95_ms)
+
+
+# A PlanInput built in code has no input bounds (gateway/plan/checks.py): the model checks what
+# it computes, and says which input made it so, instead of an OverflowError from math.ceil(inf)
+# or a bill of $inf with exit status 0.
+@pytest.mark.parametrize(
+    ("demand", "region", "settings", "message"),
+    [
+        ({"requests_per_day": 1e308}, {}, {},
+         "plan: demand[0] (DE): peak tokens/s is inf, not a finite number: check its "
+         "requests_per_day"),
+        ({"output_tokens": 1e300}, {}, {"bytes_per_output_token": 1e10},
+         "plan: demand[0] (DE): egress TB/month is inf, not a finite number: check its "
+         "requests_per_day and output_tokens, and bytes_per_output_token"),
+        ({"peak_factor": 1e300}, {}, {},
+         "plan: regions[0] (eu-central) would need 2e+300 instances for 1e+301 tokens/s"),
+        ({}, {}, {"target_utilisation": 1e-320},
+         "plan: regions[0] (eu-central) would need inf instances for 10 tokens/s at peak"),
+        ({}, {"tokens_per_s": 1e-300}, {"target_utilisation": 1e-30},
+         "plan: regions[0] (eu-central) would need inf instances"),
+        ({}, {"usd_per_hour": 1e308}, {},
+         "plan: regions[0] (eu-central): compute $/month is inf, not a finite number: check "
+         "its usd_per_hour and hours_per_month"),
+        ({}, {"egress_usd_per_tb": 1e308}, {"bytes_per_output_token": 1e30},
+         "plan: regions[0] (eu-central): egress $/month is inf"),
+        ({}, {"storage_gb": 1e308, "storage_usd_per_gb_month": 10.0}, {},
+         "plan: regions[0] (eu-central): storage $/month is inf"),
+    ],
+)  # fmt: skip
+def test_figures_that_are_not_finite_are_one_line_naming_the_input(
+    demand: dict[str, Any], region: dict[str, Any], settings: dict[str, Any], message: str
+) -> None:
+    p = parse(_two_regions(peak=1.0, tps=10))
+    p = replace(
+        p,
+        demand=(replace(p.demand[0], **demand),),
+        candidates=(replace(p.candidates[0], **region),),
+        **settings,
+    )
+    with pytest.raises(PlanInvalid) as err:
+        evaluate(p, p.candidates)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
