@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from gateway.cli.procs import (
     uninterrupted,
     wait_http,
 )
+from gateway.cli.workdir import work_folder
 from gateway.http.headers import ROUTE_HEADER
 from geodb.build import build_from_rows
 from geodb.distance import est_rtt_ms
@@ -326,20 +325,15 @@ def run_demo(keep_running: bool = False, port: int = 0) -> None:
     # Ctrl-C is how the demo is stopped. A shell starts background jobs with SIGINT ignored,
     # and Python keeps an inherited "ignore": take it back, or the demo cannot be stopped.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    work = Path(tempfile.mkdtemp(prefix="geogate-demo-"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    # SIGTERM and SIGHUP (kill, a closed terminal) as Ctrl-C: the `finally:` runs
-    ended_well = False
-    with interruptible():
+    # SIGTERM and SIGHUP (kill, a closed terminal) as Ctrl-C: the `finally:` runs. Its logs
+    # and database are kept only when something went wrong or it was stopped (every run left
+    # a folder in /tmp), and then it says where.
+    with interruptible(), work_folder("geogate-demo-") as work:
         try:
             _run(work, procs, keep_running, port)
-            ended_well = True
         finally:
             # The end, or Ctrl-C: no client is left to drain for, so SIGINT (no drain), and
             # all together rather than one after another, a second Ctrl-C ignored meanwhile.
             with uninterrupted():
                 stop_all(list(procs.values()), signal.SIGINT)
-            # Its logs and database kept only when something went wrong or it was stopped:
-            # every run left a folder in /tmp.
-            if ended_well:
-                shutil.rmtree(work, ignore_errors=True)
