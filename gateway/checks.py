@@ -30,6 +30,11 @@ QUERY_PASSWORD = re.compile(r"([?&])(password=)[^&#]*", re.IGNORECASE)
 # Not in a URL's host (RFC 3986): "|" also separates a member's name from its address in
 # gateway.routing.members, and a quote would break out of a zone file's string.
 NOT_IN_HOST = frozenset("|<>\"'{}\\^`")
+# A region's or upstream's id: one segment of an admin URL (/admin/upstreams/{id}: "/" would
+# end it), left of "@" in a DNS member's name (id@host:port), a word `geogate ctl` takes as an
+# argument (not starting with "-", an option's sign, nor "." : ".." is a path's parent) and
+# part of a Route 53 SetIdentifier (GeoDNS export).
+FLEET_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def network(cidr: str) -> str:
@@ -197,6 +202,16 @@ def nameserver(server: str) -> str:
     return server
 
 
+def fleet_id(value: str) -> str:
+    if not FLEET_ID.fullmatch(value):
+        raise ValueError(
+            f"id {value!r}: use letters, digits and _.- (first a letter, digit or _), as ids "
+            "are path segments of the admin API, DNS members' names (id@host:port) and "
+            "arguments of geogate ctl"
+        )
+    return value
+
+
 def operator_name(name: str) -> str:
     if not OPERATOR_NAME.fullmatch(name):
         raise ValueError(f"operator name {name!r}: use 1-64 letters, digits and _.@-")
@@ -251,7 +266,9 @@ def tls_unusable(cert: Path, key: Path) -> tuple[str, str] | None:
 def redis_url(url: str) -> str:
     """Empty (no Redis) or a URL ``fleet.keys.connect`` can use: checked at load, a bad one is
     a one-line start-up error, not a sync task that dies later and leaves /readyz degraded.
-    The message shows the URL with its password masked."""
+    The message shows the URL with its password masked. Its query (?db=, ?ssl_ca_certs=...)
+    is redis-py's to read: ``fleet.keys.check_url`` has redis-py read it when the gateway
+    starts, before any worker (this layer imports no I/O library)."""
     if url:
         try:
             _check_redis_url(url)
@@ -279,8 +296,14 @@ def _check_redis_url(url: str) -> None:
             raise ValueError(f"bad host:port {hp!r}")
         if parts.scheme == "redis+sentinel" and port is None:
             raise ValueError(f"sentinel address {hp!r} needs a port")
-    if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
-        raise ValueError("a sentinel URL needs /master-name")
+    if parts.scheme == "redis+sentinel":
+        if not parts.path.strip("/"):
+            raise ValueError("a sentinel URL needs /master-name")
+        return
+    db = parts.path.strip("/")
+    if db and not is_decimal(db, 5):
+        # redis-py ignores a path that is no number: the gateway would use database 0, unsaid.
+        raise ValueError(f"the path /{db} is not a database number (such as /0)")
 
 
 def redact_url(url: str) -> str:
@@ -301,3 +324,10 @@ def redact_url(url: str) -> str:
     masked = QUERY_PASSWORD.sub(r"\1\2****", masked)
     # What did not parse as user:password@host (a "redis:/:pw@host" typo) is masked too.
     return re.sub(r":[^:@/]*@", ":****@", masked)
+
+
+def error_text(exc: BaseException) -> str:
+    """An error in a few words for a log line or a message: its type, then its own words (a
+    TLS certificate not verified, a read-only replica say which), any URL's password masked."""
+    said = redact_url(str(exc)).strip()
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__

@@ -24,6 +24,7 @@ CountryCode = Annotated[str, AfterValidator(checks.country_code)]
 ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
+FleetId = Annotated[str, AfterValidator(checks.fleet_id)]
 
 
 class StrictModel(BaseModel):
@@ -43,7 +44,7 @@ class StrictModel(BaseModel):
 
 
 class Region(StrictModel):
-    id: str = Field(min_length=1)
+    id: FleetId
     name: str = ""
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
@@ -57,7 +58,7 @@ class Region(StrictModel):
 
 
 class Upstream(StrictModel):
-    id: str = Field(min_length=1)
+    id: FleetId
     region: str
     url: Annotated[str, AfterValidator(checks.upstream_url)]
     models: tuple[Annotated[str, AfterValidator(checks.model_name)], ...] = Field(min_length=1)

@@ -26,9 +26,10 @@ from redis.exceptions import RedisError
 from gateway import checks
 from gateway.checks import redact_url, redis_url
 from gateway.cli.errors import CLIError
-from gateway.errors import FleetConfigInvalid
+from gateway.config import Config
+from gateway.errors import FleetConfigInvalid, FleetError
 from gateway.fleet import config_doc, config_io
-from gateway.fleet.keys import Keys, connect
+from gateway.fleet.keys import Keys, connect, url_problem
 
 T = TypeVar("T")
 CTL_TIMEOUT_S = 3.0
@@ -71,19 +72,37 @@ class RedisFleet:
             redis_url(url)
         except ValueError as exc:
             raise CLIError(f"--redis {exc}") from None  # the URL in it has its password masked
+        if why := url_problem(url):  # the query, as redis-py reads it
+            raise CLIError(f"--redis {redact_url(url)}: {why}")
         self.url = url
         self.keys = Keys(deployment)
         self.who = who or os.environ.get("USER") or "ctl"
         self.r = connect(url, CTL_TIMEOUT_S)
 
     async def config(self) -> tuple[dict[str, Any], int]:
+        """The fleet's document, checked as a gateway checks it: one a gateway refuses (not
+        JSON, a weight of -5) is said in one line, not a traceback."""
         doc, version = await self._io(config_io.load(self.r, self.keys))
         if doc is None:
             raise CLIError(
                 f"no fleet config in Redis for deployment {self.keys.deployment!r}: "
                 "start a gateway with --redis first (it seeds the config)"
             )
+        self._base(doc, version)
         return doc, version
+
+    def _base(self, doc: dict[str, Any], version: int | None = None) -> Config:
+        try:
+            return config_doc.base_config(doc)
+        except FleetConfigInvalid as exc:
+            at = f", version {version}" if version is not None else ""
+            where = f"deployment {self.keys.deployment!r}{at}"
+            raise CLIError(
+                str(exc).replace(
+                    "invalid fleet config:", f"invalid fleet config in Redis ({where}):"
+                )
+                + "; the gateways refuse it too and route on the one before"
+            ) from None
 
     async def change(
         self, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None = None
@@ -91,7 +110,7 @@ class RedisFleet:
         if doc is None:
             doc, _ = await self.config()
         # Only a template: the update reads the document again, under WATCH.
-        base = config_doc.base_config(doc)
+        base = self._base(doc)
         update = config_io.update_region if kind == "region" else config_io.update_upstream
         _, _, entry = await self._io(update(self.r, self.keys, base, target, changes, self.who))
         return dict(entry)
@@ -110,10 +129,16 @@ class RedisFleet:
     async def _io(self, call: Awaitable[T]) -> T:
         try:
             return await call
-        except FleetConfigInvalid as exc:
+        except FleetError as exc:  # a change refused; Redis lost data (the gateways say so)
             raise CLIError(str(exc)) from None
         except (RedisError, OSError) as exc:
-            raise CLIError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
+            raise CLIError(
+                f"cannot reach Redis at {redact_url(self.url)}: {checks.error_text(exc)}"
+            ) from None
+        except (ValueError, TypeError) as exc:  # redis-py's own words for what it cannot use
+            raise CLIError(
+                f"cannot use Redis at {redact_url(self.url)}: {checks.error_text(exc)}"
+            ) from None
 
 
 def _why(exc: BaseException) -> str:

@@ -50,12 +50,16 @@ def apply_doc(config: Config, doc: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")  # a check across keys names its own
-        raise FleetConfigInvalid(
-            f"invalid fleet config: {where}: {msg}" if where else f"invalid fleet config: {msg}"
-        ) from None
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> FleetConfigInvalid:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")  # a check across keys names its own
+    return FleetConfigInvalid(
+        f"invalid fleet config: {where}: {msg}" if where else f"invalid fleet config: {msg}"
+    )
 
 
 # The numbers' bounds: the same as the config file's (config.Upstream), so file and API agree.
@@ -242,6 +246,11 @@ def audit_entry(
 
 def base_config(doc: dict[str, Any]) -> Config:
     """A Config around a fleet document, for validation where there is no gateway file
-    (``geogate ctl``)."""
-    first = doc["regions"][0]["id"] if doc.get("regions") else "none"
-    return Config.model_validate({"gateway": {"region": first}, **doc})
+    (``geogate ctl``): FleetConfigInvalid, saying where, for one a gateway would refuse."""
+    regions = doc.get("regions")
+    first = regions[0] if isinstance(regions, list) and regions else None
+    region = first.get("id") if isinstance(first, dict) else None
+    try:
+        return Config.model_validate({"gateway": {"region": region or "none"}, **doc})
+    except ValidationError as exc:
+        raise _invalid(exc) from None

@@ -2,12 +2,19 @@
 
 A change bumps the version in the same MULTI/EXEC that writes the document, appends the audit
 entry, and publishes the version, so every gateway either sees the whole change or none of it.
-The rules for what a valid change is live in ``config_doc``.
+The rules for what a valid change is live in ``config_doc``; which of two documents the fleet
+keeps, in ``settle``.
+
+The config hash: ``doc`` and ``version``, as every release reads and writes them, and beside
+them ``digest`` (of ``doc``) and ``changed_at`` (when the change that made it was made, Redis's
+clock). A gateway of an earlier release rewrites ``doc`` and ``version`` only: a ``digest``
+that is not the document's says so, and its ``changed_at`` is then another document's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +23,8 @@ from redis.exceptions import WatchError
 
 from gateway import defaults as d
 from gateway.config import Config
+from gateway.errors import FleetConfigInvalid, SharedStateUnavailable
+from gateway.fleet import observations
 from gateway.fleet.config_doc import (
     apply_doc,
     audit_entry,
@@ -24,43 +33,108 @@ from gateway.fleet.config_doc import (
     routing_doc,
 )
 from gateway.fleet.keys import Keys
+from gateway.fleet.settle import Settled, Stored
+from gateway.fleet.settle import settle as settle_rule
 
 # A change to the fleet document: doc -> (new doc, before, after), pure (``config_doc``).
 Change = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]
+FIELDS = ["doc", "version", "digest", "changed_at"]
+# A change is stamped at least this much after the one it replaces: see update().
+STEP_S = 0.001
+
+
+def parse(values: list[Any]) -> Stored:
+    """The config hash's FIELDS as a Stored; FleetConfigInvalid when no gateway can read them
+    (a hand edit, most likely): said as such, never a JSONDecodeError traceback."""
+    raw, version, digest, changed_at = (_text(v) for v in values)
+    try:
+        v = int(version or 0)
+    except ValueError:
+        raise FleetConfigInvalid(
+            f"invalid fleet config in Redis: its version {version!r} is not a number"
+        ) from None
+    if not raw:
+        return Stored(None, v, stored_digest=digest)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise FleetConfigInvalid(
+            f"invalid fleet config in Redis (version {v}): the document is not JSON ({exc})"
+        ) from None
+    if not isinstance(doc, dict):
+        raise FleetConfigInvalid(
+            f"invalid fleet config in Redis (version {v}): the document is not a JSON object"
+        )
+    held = Stored(doc, v, stored_digest=digest)
+    if digest != held.digest:  # an earlier release wrote it: changed_at is not this one's
+        return held
+    return Stored(doc, v, _time(changed_at), digest)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _time(raw: str | None) -> float | None:
+    try:
+        t = float(raw) if raw else None
+    except ValueError:
+        return None
+    return t if t is not None and math.isfinite(t) else None
+
+
+def fields(s: Stored) -> Any:  # redis-py's mapping typing is narrower than what it takes
+    """What the hash holds for ``s``: changed_at empty where it is not known."""
+    return {
+        "doc": json.dumps(s.doc),
+        "version": s.version,
+        "digest": s.digest,
+        "changed_at": "" if s.changed_at is None else repr(s.changed_at),
+    }
+
+
+async def read(r: Redis, keys: Keys) -> Stored:
+    return parse(await r.hmget(keys.config, FIELDS))
+
+
+async def mark(r: Redis, keys: Keys) -> tuple[str | None, str | None]:
+    """The hash's version and digest as held: what tells one document from another without
+    reading it."""
+    version, digest = await r.hmget(keys.config, ["version", "digest"])
+    return _text(version), _text(digest)
 
 
 async def load(r: Redis, keys: Keys) -> tuple[dict[str, Any] | None, int]:
-    doc, version = await r.hmget(keys.config, ["doc", "version"])
-    return (json.loads(doc) if doc else None), int(version or 0)
+    held = await read(r, keys)
+    return held.doc, held.version
 
 
-async def put_back(r: Redis, keys: Keys, doc: dict[str, Any], version: int) -> bool:
-    """Write ``doc`` as ``version`` only if Redis holds no document or an older version (the
-    first gateway seeding it; Redis restarted empty and a newer one goes back), and publish
-    it; True if written. Compare and write in one WATCH/MULTI, retried when another writer (a
-    gateway putting its own back, an operator's change) got in between: two gateways at once
-    leave the higher version, never a lower one over it. No audit entry: putting a document
-    back is no operator change (and a Redis that lost the document lost the trail too)."""
+async def settle(r: Redis, keys: Keys, mine: Stored) -> Settled:
+    """Compare ``mine`` with Redis's document and write what ``settle.settle`` decides, in one
+    WATCH/MULTI retried when another writer (a gateway settling too, an operator's change) got
+    in between: the loser compares again, so two gateways at once write once. A write is
+    published. No audit entry: putting a document back is no operator change (and a Redis
+    that lost the document lost the trail too); a conflict is logged by the caller."""
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(keys.config)
-                held = await pipe.hget(keys.config, "version")
-                if held is not None and int(held) >= version:
-                    return False
+                out = settle_rule(mine, parse(await pipe.hmget(keys.config, FIELDS)))
+                if out.write is None:
+                    return out
                 pipe.multi()
-                pipe.hset(keys.config, mapping={"doc": json.dumps(doc), "version": version})
-                pipe.publish(keys.events, str(version))
+                pipe.hset(keys.config, mapping=fields(out.write))
+                pipe.publish(keys.events, str(out.write.version))
                 await pipe.execute()
-                return True
+                return out
             except WatchError:
                 continue  # someone wrote between our read and write: compare again
 
 
 async def update_upstream(
     r: Redis, keys: Keys, base: Config, uid: str, changes: dict[str, Any], who: str
-) -> tuple[int, Config, dict[str, Any]]:
-    """Change one upstream fleet-wide. Returns (new version, new config, audit entry)."""
+) -> tuple[Stored, Config, dict[str, Any]]:
+    """Change one upstream fleet-wide. Returns (what Redis holds now, new config, audit entry)."""
     return await update(
         r, keys, base, f"upstream {uid}", lambda doc: change_upstream(doc, uid, changes), who
     )
@@ -68,7 +142,7 @@ async def update_upstream(
 
 async def update_region(
     r: Redis, keys: Keys, base: Config, rid: str, changes: dict[str, Any], who: str
-) -> tuple[int, Config, dict[str, Any]]:
+) -> tuple[Stored, Config, dict[str, Any]]:
     """Drain or undrain a region's upstreams fleet-wide, as one change (``change_region``)."""
     return await update(
         r, keys, base, f"region {rid}", lambda doc: change_region(doc, rid, changes), who
@@ -77,34 +151,54 @@ async def update_region(
 
 async def update(
     r: Redis, keys: Keys, base: Config, what: str, change: Change, who: str
-) -> tuple[int, Config, dict[str, Any]]:
+) -> tuple[Stored, Config, dict[str, Any]]:
     """Apply ``change`` (doc -> new doc, before, after) to the fleet document atomically and
-    audit it as ``what``. Returns (new version, new config, audit entry)."""
+    audit it as ``what``. Returns (what Redis holds now, new config, audit entry).
+
+    Refused while a gateway routes on a version above Redis's (Redis lost data and the
+    gateways have not put theirs back yet): a change made on the older copy would be one of
+    two documents, and the one dropped when they settle (``settle``) is said only in a log."""
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(keys.config)
-                raw, ver = await pipe.hmget(keys.config, ["doc", "version"])
-                doc = json.loads(raw) if raw else routing_doc(base)
+                held = parse(await pipe.hmget(keys.config, FIELDS))
+                await _refuse_if_behind(pipe, keys, held.version)
+                doc = held.doc if held.doc is not None else routing_doc(base)
                 new_doc, before, after = change(doc)
                 new_config = apply_doc(base, new_doc)
-                version = int(ver or 0) + 1
-                entry = audit_entry(who, what, before, after, version)
+                secs, usecs = await pipe.time()
+                # Later than the change it replaces, even if Redis's clock stepped back (a
+                # failover to a replica behind): changes made one after another keep their
+                # order when two documents are settled on the newer change.
+                since = held.changed_at or 0.0
+                stored = Stored(new_doc, held.version + 1, max(secs + usecs / 1e6, since + STEP_S))
+                entry = audit_entry(who, what, before, after, stored.version)
                 pipe.multi()
-                pipe.hset(keys.config, mapping={"doc": json.dumps(new_doc), "version": version})
-                fields: Any = entry  # redis-py's field typing is narrower than what it takes
-                pipe.xadd(keys.audit, fields, maxlen=d.AUDIT_MAX_LEN, approximate=True)
-                pipe.publish(keys.events, str(version))
+                pipe.hset(keys.config, mapping=fields(stored))
+                audited: Any = entry  # redis-py's field typing is narrower than what it takes
+                pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
+                pipe.publish(keys.events, str(stored.version))
                 await pipe.execute()
-                return version, new_config, entry
+                return stored, new_config, entry
             except WatchError:
                 continue  # someone changed the config between our read and write: redo
+
+
+async def _refuse_if_behind(r: Redis, keys: Keys, version: int) -> None:
+    ahead = {gw: v for gw, v in (await observations.versions(r, keys)).items() if v > version}
+    if ahead:
+        top = max(ahead.values())
+        who = ", ".join(sorted(gw for gw, v in ahead.items() if v == top))
+        raise SharedStateUnavailable(
+            f"Redis lost data: gateways hold version {top} ({who}), Redis {version}; wait for "
+            "them to put it back (within a refresh, redis.refresh_interval_s), then retry"
+        )
 
 
 async def read_audit(r: Redis, keys: Keys, count: int) -> list[dict[str, str]]:
     """Newest first."""
     rows = await r.xrevrange(keys.audit, count=count) or []
     return [
-        {"id": str(rid), **{str(k): str(v) for k, v in (fields or {}).items()}}
-        for rid, fields in rows
+        {"id": str(rid), **{str(k): str(v) for k, v in (row or {}).items()}} for rid, row in rows
     ]

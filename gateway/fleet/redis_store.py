@@ -8,12 +8,13 @@ snapshot routing reads), plus a background task that every ``refresh_interval_s`
     workers are one vote; with redis.share_health = false, none of this). A gateway
     that alone cannot reach a backend (a partition) routes around it on its own view,
     without taking it away from everyone else;
-  - checks the config version, and on a published change reloads the routing config at once.
-    Only a newer version is adopted; a gateway that finds an older one (or none) puts its own
-    back, so a Redis that lost the document ends on the newest one, not on a fresh gateway's.
-Redis unreachable: routing goes on with the last snapshot, ``stale_since`` says since when,
-reconnects back off, and on return the config is re-read (or put back if Redis came back
-empty or older).
+  - checks the config's version and digest, and on a published change reloads the routing
+    config at once. Only a newer document is adopted; a gateway that finds an older one (or
+    none) puts its own back, so a Redis that lost the document ends on the newest one, not on
+    a fresh gateway's; two different documents are settled on the newer change (``settle``).
+Redis unreachable, or any other error of the sync: routing goes on with the last snapshot,
+``stale_since`` says since when, the sync backs off and retries, and on return the config is
+re-read (or put back if Redis came back empty or older).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -32,11 +32,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import checks
 from gateway.config import Config
-from gateway.fleet import config_doc, config_io
-from gateway.fleet.keys import Keys, connect
+from gateway.errors import FleetConfigInvalid
+from gateway.fleet import config_doc, config_io, observations, sync_log
+from gateway.fleet.keys import Keys, check_url, connect
 from gateway.fleet.memory import MemoryStateStore
+from gateway.fleet.settle import Stored
 from gateway.logs import event
 from gateway.routing.model import Snapshot, UpstreamView
 
@@ -59,20 +60,31 @@ class RedisStateStore(MemoryStateStore):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         rc = config.redis
+        # A URL redis-py cannot use is said here, in one line, as the gateway starts (its
+        # preflight builds this store before any worker), not by the sync task later.
+        check_url(rc.url)
         self.keys = Keys(rc.deployment)
         self.gateway_id = rc.gateway_id or default_gateway_id()
         # Each worker writes its own view (its own probes), under a key of its own; the views
         # of one gateway's workers make one vote (_merge).
         self.observer = f"{self.gateway_id}/{os.getpid()}"
         self.version = 0
-        # The fleet document at ``version`` as Redis held it (None: never seen one): what we
-        # put back if Redis loses it, exactly, even one this gateway refused to apply.
-        self._doc: dict[str, Any] | None = None
+        # The fleet document at ``version`` as Redis held it, with its digest and change time
+        # (None: never seen one): what we compare with Redis's and put back if Redis loses
+        # it, exactly, even one this gateway refused to apply.
+        self._held: Stored | None = None
+        # The config hash's (version, digest) as the last sync left them: a refresh that reads
+        # others syncs again (a change not heard, Redis lost it, another document at our
+        # version).
+        self._seen: tuple[str | None, str | None] = (None, None)
         # The file's routing part: what a fleet document adopted at start is compared with.
         self._file_doc = config_doc.routing_doc(config)
+        self.clock = observations.RedisClock()
         self.stale_since: float | None = time.time()  # until the first sync succeeds
-        self._synced_once = False
-        self._down_said = False  # this outage is in the log (at start too: stale_since is set)
+        self.synced_once = False  # until then, stale means routing on the file's own config
+        # What this outage's log line named (the error's type; at start too, stale_since is
+        # set): said once per outage and cause.
+        self._said: str | None = None
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -90,11 +102,13 @@ class RedisStateStore(MemoryStateStore):
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(self._ended)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # An error it ended with is _ended's to say, not the shutdown's to raise.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
@@ -107,6 +121,14 @@ class RedisStateStore(MemoryStateStore):
             self._redis = connect(rc.url, rc.connect_timeout_s)
         return self._redis
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """_run retries every error, so it ends only when stop() cancels it. Should it end
+        otherwise, say so, and say stale: /readyz and the metric would say "fresh" forever of
+        a fleet this gateway no longer follows."""
+        if not task.cancelled():
+            self.stale_since = self.stale_since or time.time()
+            sync_log.ended(task.exception())
+
     async def _run(self) -> None:
         backoff = INITIAL_BACKOFF_S
         while True:
@@ -115,22 +137,12 @@ class RedisStateStore(MemoryStateStore):
                 await self._sync_config()
                 listener = asyncio.create_task(self._listen())
                 while True:
-                    version = await self._exchange_observations()
-                    # Not equal: a published change we did not hear, or Redis holds an older
-                    # version or none (it lost the document): the sync puts ours back.
-                    if version != self.version:
+                    # Not what the last sync left: a published change we did not hear, Redis
+                    # holds an older version or none (it lost the document), or another
+                    # document at our version: the sync settles it.
+                    if await self._exchange_observations() != self._seen:
                         await self._sync_config()
-                    if self.stale_since is not None:
-                        again = " again" if self._synced_once else ""
-                        log.info(
-                            "shared state in sync%s (version %d)",
-                            again,
-                            self.version,
-                            extra=event("shared-state-fresh", config_version=self.version),
-                        )
-                    self._synced_once = True
-                    self.stale_since = None
-                    self._down_said = False
+                    self._in_sync()
                     backoff = INITIAL_BACKOFF_S
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -139,29 +151,33 @@ class RedisStateStore(MemoryStateStore):
                         )
                     if listener.done():
                         listener.result()  # re-raise the listener's connection error
-            except (RedisError, OSError) as exc:
-                if self.stale_since is None:
-                    self.stale_since = time.time()
-                # Said once per outage, the first at start too (stale_since is set from the
-                # start until the first sync): a wrong URL or password was otherwise silent,
-                # the fleet quietly one gateway per host.
-                if not self._down_said:
-                    self._down_said = True
-                    log.error(
-                        "Redis at %s unreachable (%s); %s",
-                        checks.redact_url(self.config.redis.url),
-                        type(exc).__name__,
-                        "routing on the last snapshot"
-                        if self._synced_once
-                        else "routing on this gateway's own file and view until it answers",
-                        extra=event("shared-state-stale", reason=type(exc).__name__),
-                    )
+            # Any error, not only Redis's: a bug, or data in Redis no reader expected, must not
+            # end the sync for good while /readyz says ready.
+            except Exception as exc:
+                self._out_of_sync(exc)
                 await self._drop_idle_connections()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.config.redis.max_backoff_s)
             finally:
                 if listener is not None:
                     listener.cancel()
+
+    def _in_sync(self) -> None:
+        if self.stale_since is not None:
+            sync_log.fresh(self.version, again=self.synced_once)
+        self.synced_once = True
+        self.stale_since = None
+        self._said = None
+
+    def _out_of_sync(self, exc: Exception) -> None:
+        if self.stale_since is None:
+            self.stale_since = time.time()
+        # Said once per outage and cause, the first at start too (stale_since is set from the
+        # start until the first sync): a wrong URL or password was otherwise silent, the fleet
+        # quietly one gateway per host.
+        if self._said != type(exc).__name__:
+            self._said = type(exc).__name__
+            sync_log.stale(exc, self.config.redis.url, self.synced_once)
 
     async def _drop_idle_connections(self) -> None:
         """Close the pool's idle connections: after Redis restarts they are sockets it already
@@ -175,79 +191,75 @@ class RedisStateStore(MemoryStateStore):
 
     # --- config ----------------------------------------------------------------------------
     async def _sync_config(self) -> None:
-        """Adopt the fleet document only if Redis holds a newer version than ours. An older one
-        (or none) means Redis lost it (restarted empty, failed over, flushed) and someone, or
-        no one yet, seeded an older document: we put ours back, so the fleet converges on the
-        newest operator state rather than on a fresh gateway's file. The same rule keeps a read
-        that completes late (the listener and the loop both sync) from re-applying an older
-        document."""
+        """Settle this gateway's document and Redis's on one (``settle``): adopt Redis's when
+        it is the newer change; put ours back when Redis holds an older one or none (it lost
+        it: restarted empty, failed over, flushed, restored), so the fleet converges on the
+        newest operator state rather than on a fresh gateway's file; two different documents
+        are settled on the newer change, at a version above both, the other one named in the
+        log. Adopting only a higher version keeps a sync that completes late (the listener and
+        the loop both sync) from re-applying an older document."""
         r = self.redis()
-        doc, version = await config_io.load(r, self.keys)
-        if doc is not None and version >= self.version:
-            if version > self.version:
-                self._adopt(doc, version)
-            return
-        # Ours is the newest we know of; version 1 and our file's routing if we never had one.
-        mine = max(self.version, 1)
-        ours = self._doc if self._doc is not None else config_doc.routing_doc(self.config)
-        if await config_io.put_back(r, self.keys, ours, mine):
-            why = "none" if doc is None else f"older (version {version})"
-            log.info(
-                "seeded the fleet config in Redis (version %d; Redis held %s)",
-                mine,
-                why,
-                extra=event("config-seeded", reason=why, change=True, config_version=mine),
-            )
-        doc, version = await config_io.load(r, self.keys)
-        if doc is not None and version > self.version:  # ours, or a newer one written since
-            self._adopt(doc, version)
-
-    def _adopt(self, doc: dict[str, Any], version: int) -> None:
-        first = self._doc is None  # the file's routing is what this gateway had until now
+        mine = self._mine()
         try:
-            new = config_doc.apply_doc(self.config, doc)
+            out = await config_io.settle(r, self.keys, mine)
+        except FleetConfigInvalid as exc:
+            await self._unreadable(r, exc)
+            return
+        holds = out.holds
+        if out.write is not None:
+            sync_log.wrote(out, mine)
+        # The digest beside it now: ours if we wrote, else as read (an earlier release leaves
+        # another document's there: compared as it is, it syncs no more than once).
+        field = holds.digest if out.write is not None else holds.stored_digest
+        self._seen = (str(holds.version), field)
+        if self._held is None or holds.version > self.version:
+            self._adopt(holds)
+
+    def _mine(self) -> Stored:
+        if self._held is None:
+            # Never synced: the file's routing, no operator's change, at version 0: whatever
+            # Redis holds wins over it, and with nothing there it seeds version 1.
+            return Stored(self._file_doc, 0, 0.0)
+        return self._held
+
+    async def _unreadable(self, r: Redis, exc: FleetConfigInvalid) -> None:
+        """Redis holds a document or version no gateway can read (a hand edit): route on
+        ours, say so once per such document, and do not read it again each refresh."""
+        seen = await config_io.mark(r, self.keys)
+        if seen != self._seen:
+            log.error(
+                "ignoring the fleet config in Redis: %s",
+                exc,
+                extra=event("config-refused", reason=str(exc)),
+            )
+        self._seen = seen
+
+    def _adopt(self, holds: Stored) -> None:
+        first = self._held is None  # the file's routing is what this gateway had until now
+        same = self._held is not None and self._held.digest == holds.digest
+        self._held, self.version = holds, holds.version
+        if same:  # the same document at another version (put back, or settled our way)
+            return
+        try:
+            new = config_doc.apply_doc(self.config, holds.doc or {})
         except Exception as exc:  # a bad document must not take the gateway down
             log.error(
                 "ignoring fleet config version %d: %s",
-                version,
+                holds.version,
                 exc,
-                extra=event("config-refused", reason=str(exc), config_version=version),
+                extra=event("config-refused", reason=str(exc), config_version=holds.version),
             )
-            self.version, self._doc = version, doc
             return
-        self.version, self._doc = version, doc
         self.replace_config(new)
         log.info(
             "applied fleet config version %d",
-            version,
-            extra=event("config-applied", change=True, config_version=version),
+            holds.version,
+            extra=event("config-applied", change=True, config_version=holds.version),
         )
-        if first:
-            self._warn_if_file_differs(config_doc.routing_doc(new), version)
-
-    def _warn_if_file_differs(self, fleet_doc: dict[str, Any], version: int) -> None:
-        """The fleet's document wins over the file (the file only seeds a fleet without one),
-        so a changed file has no effect: say so once, and what differs, rather than let the
-        start-up line's upstream count (the file's) stand for what is routed."""
-        differs = config_doc.file_differences(self._file_doc, fleet_doc)
-        if not differs:
-            return
-        deployment = self.config.redis.deployment
-        log.warning(
-            "the config file's routing differs from the fleet's in Redis (deployment %r, "
-            "version %d), which this gateway follows: %s. The file only seeds a fleet that "
-            "has none; to apply a changed file, start its gateways as a new fleet under a new "
-            "redis.deployment (GEOGATE_REDIS__DEPLOYMENT, e.g. named after the file's hash)",
-            deployment,
-            version,
-            "; ".join(differs),
-            extra=event(
-                "config-file-ignored",
-                reason="; ".join(differs),
-                config_version=version,
-                deployment=deployment,
-            ),
-        )
+        # Compared as this release writes it (defaults filled in), not as Redis holds it.
+        differs = config_doc.file_differences(self._file_doc, config_doc.routing_doc(new))
+        if first and differs:
+            sync_log.file_ignored(differs, self.config.redis.deployment, holds.version)
 
     async def _listen(self) -> None:
         pubsub = self.redis().pubsub()
@@ -262,64 +274,26 @@ class RedisStateStore(MemoryStateStore):
 
     # --- observations ----------------------------------------------------------------------
     def _my_view(self) -> dict[str, Any]:
-        ups = {}
-        for u in self.upstreams():
-            h = self.health(u.id)
-            if h.probed_healthy is None and h.await_probe:
-                continue  # joined while running, not probed yet: no opinion to give the fleet
-            load = self.load(u.id)
-            ups[u.id] = {
-                "healthy": h.probed_healthy is not False,
-                "rtt_ms": h.rtt_ms,
-                "error": h.last_probe_error,
-                "queue_depth": load.queue_depth if load else None,
-                "ttft_ms": load.ttft_ms if load else None,
-                "kv_usage": load.kv_usage if load else None,
-            }
-        return {
-            "gateway": self.gateway_id,
-            "region": self.config.gateway.region,
-            "ts": time.time(),
-            "upstreams": ups,
-        }
+        return observations.view(self, self.gateway_id, self.config.gateway.region, self.version)
 
-    async def _exchange_observations(self) -> int | None:
-        """Write ours, read everyone's, and read the config version, in one round trip
-        (plus one MGET for the observations). Returns the version (None: no config)."""
+    async def _exchange_observations(self) -> tuple[str | None, str | None]:
+        """Write ours, read everyone's (a vote each), and read the config's version and digest
+        as Redis holds them (None: no config)."""
         r = self.redis()
-        rc = self.config.redis
-        if not rc.share_health:  # the config alone is shared (README, "One fleet")
-            raw = await r.hget(self.keys.config, "version")
-            return None if raw is None else int(raw)
-        now = time.time()
-        ttl_ms = max(1, math.ceil(rc.observation_ttl_s * 1000))
-        async with r.pipeline(transaction=False) as pipe:  # one round trip for all of it
-            pipe.set(self.keys.obs(self.observer), json.dumps(self._my_view()), px=ttl_ms)
-            pipe.zadd(self.keys.observers, {self.observer: now})
-            pipe.zremrangebyscore(self.keys.observers, "-inf", now - rc.observation_ttl_s)
-            pipe.zrangebyscore(self.keys.observers, now - rc.observation_ttl_s, "+inf")
-            pipe.hget(self.keys.config, "version")
-            results = await pipe.execute()
-        observers: list[str] = results[-2]
-        version = None if results[-1] is None else int(results[-1])
-        raws = await r.mget([self.keys.obs(g) for g in observers]) if observers else []
-        views = [json.loads(raw) for raw in raws if raw]
+        if not self.config.redis.share_health:  # the config alone is shared (README, "One fleet")
+            return await config_io.mark(r, self.keys)
+        mine = json.dumps(self._my_view())
+        ttl_s = self.config.redis.observation_ttl_s
+        views, version, digest = await observations.exchange(
+            r, self.keys, self.observer, mine, ttl_s, self.clock
+        )
         self._merge(views)
-        return version
+        return version, digest
 
     def _merge(self, views: list[dict[str, Any]]) -> None:
-        """Each gateway's vote on each upstream (its workers': healthy if any of them reached
-        it, the same host's probes), and the upstreams most gateways see down."""
-        seen: dict[str, dict[str, bool]] = {}
-        for v in views:
-            for uid, o in v.get("upstreams", {}).items():
-                votes = seen.setdefault(uid, {})
-                votes[v["gateway"]] = votes.get(v["gateway"], False) or bool(o.get("healthy"))
-        down = frozenset(
-            uid
-            for uid, votes in seen.items()
-            if sum(1 for ok in votes.values() if not ok) * 2 > len(votes)
-        )
+        """Each gateway's vote on each upstream, and the upstreams most gateways see down."""
+        seen = observations.votes(views)
+        down = observations.down(seen)
         self.observations = seen
         if down != self.fleet_down:
             if down - self.fleet_down:
@@ -350,9 +324,10 @@ class RedisStateStore(MemoryStateStore):
             *await config_io.update_region(self.redis(), self.keys, self.config, rid, changes, who)
         )
 
-    def _applied(self, version: int, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
-        if version > self.version:  # apply here at once; the others hear it published
-            self.version, self._doc = version, config_doc.routing_doc(new)
+    def _applied(self, stored: Stored, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
+        if stored.version > self.version:  # apply here at once; the others hear it published
+            self._held, self.version = stored, stored.version
+            self._seen = (str(stored.version), stored.digest)
             self.replace_config(new)
         return dict(entry)
 

@@ -54,6 +54,9 @@ class RoutingState(Protocol):
 
     version: int
     stale_since: float | None  # unix time shared state went stale; None = fresh or local
+    # False while a fleet's gateway never synced: stale, it routes on its own file's config,
+    # not on a snapshot of the fleet's (/readyz says which).
+    synced_once: bool
     fleet_down: frozenset[str]  # upstreams most fresh gateways see down
     observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
     joined: asyncio.Event  # set when replace_config adds an upstream (the prober's cue)

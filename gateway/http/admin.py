@@ -68,9 +68,11 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
                 what = (
                     "nothing was read" if request.method == "GET" else "the change was not applied"
                 )
+                # Redis's own words say why (a TLS certificate not verified, a read-only
+                # replica), not its error's type alone.
                 return json_error(
                     SharedStateUnavailable(
-                        f"shared state (Redis) is unreachable ({type(exc).__name__}); {what} "
+                        f"shared state (Redis) is unreachable ({checks.error_text(exc)}); {what} "
                         "— retry when /readyz no longer says degraded"
                     )
                 )

@@ -66,11 +66,17 @@ class Endpoints:
             return PlainTextResponse("not ready: no healthy upstream", status_code=503)
         stale = self.rt.store.stale_since
         if stale is not None:
-            # Still serving on the last snapshot: ready, but say so.
+            # Still serving on the last snapshot: ready, but say so, and on which (a gateway
+            # that never reached Redis routes on its own file).
             since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stale))
+            basis = (
+                "the last snapshot"
+                if self.rt.store.synced_once
+                else "this gateway's own file (never in sync with the fleet)"
+            )
             return PlainTextResponse(
                 f"degraded: shared state stale since {since}; "
-                f"routing on the last snapshot ({n} healthy upstream(s))"
+                f"routing on {basis} ({n} healthy upstream(s))"
             )
         return PlainTextResponse(f"ready: {n} healthy upstream(s)")
 

@@ -67,6 +67,8 @@ def test_good_redis_urls(url: str) -> None:
         ("unix://", "socket's path"),
         ("redis+sentinel://127.0.0.1:1,127.0.0.2/m", "sentinel address '127.0.0.2' needs a port"),
         ("redis+sentinel://127.0.0.1:1", "needs /master-name"),
+        # redis-py ignores a path that is no number: database 0, unsaid.
+        ("redis://:hunter2@127.0.0.1:6379/x", "the path /x is not a database number"),
     ],
 )
 def test_bad_redis_urls_say_why_without_the_password(url: str, message: str) -> None:
@@ -93,6 +95,14 @@ def test_networks_paths_and_names() -> None:
     for bad in ("http://127.0.0.1:8000/v1", "http://127.0.0.1/llm/v1/"):
         with pytest.raises(ValueError, match="ends in /v1"):
             checks.upstream_url(bad)
+
+
+def test_fleet_ids_are_url_segments_member_names_and_ctl_arguments() -> None:
+    for good in ("eu-central", "fra-gpu-1", "us_east.2", "_x", "9"):
+        assert checks.fleet_id(good) == good
+    for bad in ("", "a/b", "a@b", "a b", "a|b", "..", ".x", "-x", "é", "a:b", "a%2Fb"):
+        with pytest.raises(ValueError, match=f"id {re.escape(repr(bad))}: use letters"):
+            checks.fleet_id(bad)
 
 
 def test_unreadable_says_why(tmp_path: Path) -> None:
@@ -180,3 +190,11 @@ def test_listen_hosts_and_model_names_are_never_empty() -> None:
     for bad in ("", "  "):
         with pytest.raises(ValueError, match="empty model name"):
             checks.model_name(bad)
+
+
+def test_error_text_is_the_type_and_the_words_with_passwords_masked() -> None:
+    exc = ConnectionError("Error 111 connecting to redis://:hunter2@10.0.0.5:6379. Refused.")
+    assert checks.error_text(exc) == (
+        "ConnectionError: Error 111 connecting to redis://:****@10.0.0.5:6379. Refused."
+    )
+    assert checks.error_text(KeyError()) == "KeyError"

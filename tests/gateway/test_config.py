@@ -220,6 +220,23 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t.replace('models = ["m"]', 'models = ["m", "n", "m"]'),
             "upstreams[0]: models: 'm' is listed twice",
         ),
+        # Ids are admin URL segments (/admin/upstreams/{id}), DNS members' names (id@host:port)
+        # and ctl's arguments: "/" could not be operated at all.
+        (
+            lambda t: t.replace('id = "eu-1"', 'id = "eu/1"'),
+            "upstreams[0].id: id 'eu/1': use letters, digits and _.-",
+        ),
+        (
+            lambda t: t.replace('id = "eu-1"', 'id = "gpu@fra"'),
+            "upstreams[0].id: id 'gpu@fra': use letters, digits and _.-",
+        ),
+        (
+            lambda t: t.replace('id = "eu-central"', 'id = "eu central"'),
+            "regions[0].id: id 'eu central': use letters",
+        ),
+        (lambda t: t.replace('id = "eu-1"', 'id = ".."'), "upstreams[0].id: id '..'"),
+        (lambda t: t.replace('id = "eu-1"', 'id = "-x"'), "upstreams[0].id: id '-x'"),
+        (lambda t: t.replace('id = "eu-1"', 'id = ""'), "upstreams[0].id: id ''"),
         # A region's drain is the top-level drained_regions (a key in regions[] would make a
         # gateway of the release before it refuse the fleet's document).
         (lambda t: t.replace("8.68\n", "8.68\ndrained = true\n"), "regions[0].drained: unknown"),

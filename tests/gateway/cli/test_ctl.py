@@ -9,10 +9,12 @@ import os
 import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 
 from gateway.cli.ctl import _region_told
 from gateway.cli.ctl_fleet import GatewayFleet
@@ -427,3 +429,85 @@ def test_a_reader_that_stops_early_ends_it_quietly(
     finally:
         os.close(write)
     assert (p.returncode, p.stderr.decode()) == (status, ""), p
+
+
+# --- straight to a Redis that holds what a gateway would refuse, or lost data ----------------
+
+UPSTREAM: dict[str, Any] = {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}
+DOC = {"regions": [{"id": "eu", "latitude": 50, "longitude": 8}], "upstreams": [UPSTREAM]}
+CONFIG_KEY = "{geogate:default}:config"
+
+
+@pytest.fixture
+def bare_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, Redis]]:
+    server = start_redis(tmp_path)
+    client = Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_document_a_gateway_refuses_is_one_line_not_a_traceback(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, r = bare_redis
+    bad = {**DOC, "upstreams": [{**UPSTREAM, "weight": -5}]}
+    for doc, said in [
+        (
+            json.dumps(bad),
+            "geogate: invalid fleet config in Redis (deployment 'default', version 4): "
+            "upstreams.0.weight: Input should be greater than or equal to 0; the gateways "
+            "refuse it too and route on the one before",
+        ),
+        (
+            "not json",
+            "geogate: invalid fleet config in Redis (version 4): the document is not JSON",
+        ),
+    ]:
+        r.hset(CONFIG_KEY, mapping={"doc": doc, "version": 4})
+        for args in (["drain", "a"], ["show"], ["weight", "a", "2"]):
+            rc, out, err = ctl(capsys, "--redis", server.url, *args)
+            assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+            assert err.startswith(said), err
+    assert r.hget(CONFIG_KEY, "version") == "4"  # nothing written
+
+
+def test_a_change_while_redis_lost_data_is_refused_until_the_gateways_put_it_back(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis holds version 1 (restored from an older snapshot), a gateway routes on version 3
+    and says so in its observation (fresh for its TTL): a change now would be made on the
+    older copy."""
+    server, r = bare_redis
+    r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
+    seen = {"gateway": "gw0", "upstreams": {}, "config_version": 3}
+    r.set("{geogate:default}:obs:gw0/1", json.dumps(seen), px=5000)
+    r.zadd("{geogate:default}:observers", {"gw0/1": 0})
+    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    assert rc == 2 and not out
+    assert err.strip() == (
+        "geogate: Redis lost data: gateways hold version 3 (gw0), Redis 1; wait for them to "
+        "put it back (within a refresh, redis.refresh_interval_s), then retry"
+    )
+    assert r.hget(CONFIG_KEY, "version") == "1"
+    r.delete("{geogate:default}:obs:gw0/1")  # that gateway's observation expired
+    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    assert rc == 0 and "fleet config version 2, audited as bob" in out, err
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:1/0?db=x", "Invalid value for 'db' in connection URL"),
+        ("redis://127.0.0.1:1?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis://127.0.0.1:1?ssl_cert_reqs=none", "?ssl_cert_reqs= is for rediss://"),
+    ],
+)
+def test_a_redis_url_redis_py_refuses_is_one_line(
+    capsys: pytest.CaptureFixture[str], url: str, said: str
+) -> None:
+    rc, out, err = ctl(capsys, "--redis", url, "show")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"geogate: --redis {url}: {said}"), err

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from gateway.cli.procs import geogate_cmd, kill
+from gateway.cli.procs import free_port, geogate_cmd, kill
 from gateway.fleet.keys import Keys
 from tests.support import (
     Gateway,
@@ -309,3 +309,25 @@ def test_a_gateway_with_two_workers_is_one_observer(tmp_path: Path) -> None:
         gw.stop()
         sim.proc.kill()
         server.stop()
+
+
+def test_a_gateway_that_never_reached_redis_says_it_routes_on_its_own_file(
+    tmp_path: Path,
+) -> None:
+    """/readyz said "routing on the last snapshot" though there was none: a gateway that has
+    not synced once routes on its own file's config, and says so."""
+    sim = start_sim(tmp_path, "b0", "eu-central", ["m"])
+    ups = [UpstreamSpec(sim.name, "eu-central", sim.url, ["m"])]
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    gw = start_gateway(tmp_path, lambda p: fleet_toml(p, ups, nowhere, "gw0"), name="gw0")
+    try:
+        eventually(
+            lambda: "own file" in httpx.get(f"{gw.url}/readyz").text,
+            what="readyz to name the gateway's own file",
+        )
+        text = httpx.get(f"{gw.url}/readyz").text
+        assert text.startswith("degraded: shared state stale since"), text
+        assert "this gateway's own file (never in sync with the fleet)" in text, text
+    finally:
+        gw.stop()
+        sim.proc.kill()

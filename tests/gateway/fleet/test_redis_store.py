@@ -14,8 +14,10 @@ import pytest
 
 from gateway.cli.procs import free_port
 from gateway.config import Config
+from gateway.errors import ConfigError, SharedStateUnavailable
 from gateway.fleet import config_doc, config_io
 from gateway.fleet.redis_store import RedisStateStore
+from gateway.fleet.settle import Settled, Stored
 from tests.support import start_redis
 
 CFG = Config.model_validate(
@@ -134,14 +136,14 @@ async def test_a_late_read_of_an_older_version_is_not_applied(
     gw = gateway(redis_url, "gw0")
     try:
         await gw._sync_config()
-        old = await in_redis(gw)  # version 1, read before the changes, answered after
+        old = await config_io.read(gw.redis(), gw.keys)  # version 1, answered after the changes
         await operate(gw)
 
-        async def late(r: Any, keys: Any) -> tuple[dict[str, Any] | None, int]:
+        async def late(r: Any, keys: Any, mine: Stored) -> Settled:
             monkeypatch.undo()
-            return old
+            return Settled(old)
 
-        monkeypatch.setattr(config_io, "load", late)
+        monkeypatch.setattr(config_io, "settle", late)
         await gw._sync_config()
         assert (gw.version, routing(gw)) == (3, OPERATED)
         assert (await in_redis(gw))[1] == 3
@@ -184,14 +186,14 @@ async def test_a_flushed_redis_and_a_fresh_gateway_do_not_roll_the_fleet_back(
 
 async def test_two_gateways_putting_back_at_once_leave_the_higher_version(redis_url: str) -> None:
     gw = gateway(redis_url, "gw0")
-    docs: dict[int, dict[str, Any]] = {v: {"upstreams": [], "v": v} for v in (3, 5)}
+    docs = {v: Stored({"upstreams": [], "v": v}, v, None) for v in (3, 5)}
     try:
         r = gw.redis()
         for i in range(20):  # either one first: the loser of the race compares again
             await r.delete(gw.keys.config)
             order = sorted(docs.items(), reverse=i % 2 == 1)
-            await asyncio.gather(*(config_io.put_back(r, gw.keys, doc, v) for v, doc in order))
-            assert await in_redis(gw) == (docs[5], 5)
+            await asyncio.gather(*(config_io.settle(r, gw.keys, mine) for _, mine in order))
+            assert await in_redis(gw) == (docs[5].doc, 5)
     finally:
         await gw.stop()
 
@@ -228,10 +230,11 @@ async def test_redis_coming_back_raises_no_false_alarm(
         server.start()
         await until(lambda: gw.stale_since is None, "the sync after Redis came back")
         await asyncio.sleep(1.2)  # two refresh intervals: a listener's error shows by then
-        alarms = _fleet_errors(caplog)
-        assert alarms == [
-            f"Redis at {server.url} unreachable (ConnectionError); routing on the last snapshot"
-        ]
+        [alarm] = _fleet_errors(caplog)
+        # The error's own words too (a refused connection here; a TLS certificate not
+        # verified, a read-only replica elsewhere), not its type alone.
+        assert alarm.startswith(f"Redis at {server.url} unreachable (ConnectionError: ")
+        assert alarm.endswith("); routing on the last snapshot")
         assert gw.stale_since is None
     finally:
         await gw.stop()
@@ -301,6 +304,201 @@ async def test_a_file_that_differs_from_the_fleet_is_followed_no_more_and_said_s
     finally:
         await first.stop()
         await changed.stop()
+
+
+# --- Redis lost data: two documents settled on the newer change ------------------------------
+
+
+def conflicts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event.action", None) == "config-conflict"]
+
+
+async def hold(r: Any, store: RedisStateStore, held: Stored) -> None:
+    """Redis holds ``held``, written at once (one MULTI): no gateway reads anything between."""
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.delete(store.keys.config)
+        pipe.hset(store.keys.config, mapping=config_io.fields(held))
+        await pipe.execute()
+
+
+async def test_a_change_made_on_a_restored_redis_at_the_fleets_version_is_settled(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis is restored from an older snapshot (version 2) and ctl changes it there before
+    any gateway puts its version 3 back: version 3 twice, two documents, which the version
+    alone never told apart. Every gateway and Redis end on the newer change, above both."""
+    fleet = [gateway(redis_url, f"gw{i}") for i in range(3)]
+    r = fleet[0].redis()
+    try:
+        for gw in fleet:
+            await gw.start()
+        await until(lambda: all(gw.version == 1 for gw in fleet), "the fleet to sync")
+        await fleet[0].update_upstream("a", {"drained": True}, "alice")
+        snapshot = await config_io.read(r, fleet[0].keys)  # version 2: the RDB file
+        await fleet[0].update_upstream("b", {"weight": 3}, "bob")
+        await until(lambda: all(gw.version == 3 for gw in fleet), "version 3 everywhere")
+        assert snapshot.doc is not None
+        ctl_doc, _, _ = config_doc.change_upstream(snapshot.doc, "b", {"weight": 5})
+        secs, usecs = await r.time()
+        await hold(r, fleet[0], Stored(ctl_doc, 3, secs + usecs / 1e6))
+        kept = {"a": (1.0, True), "b": (5.0, False)}  # ctl's, the newer change
+        await until(
+            lambda: all((gw.version, routing(gw)) == (4, kept) for gw in fleet),
+            "every gateway on the newer change, as version 4",
+        )
+        doc, version = await in_redis(fleet[0])
+        assert (doc, version) == (ctl_doc, 4)
+        [error] = conflicts(caplog)  # said once, by the gateway that settled it
+        text = error.getMessage()
+        assert error.levelno == logging.ERROR
+        assert "kept the newer change, Redis's, as version 4" in text
+        assert "dropped this gateway's version 3: upstream b: weight 3 (kept: 5)" in text
+    finally:
+        for gw in fleet:
+            await gw.stop()
+
+
+async def test_a_gateway_cut_off_puts_no_older_change_back_over_a_newer_one(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway cut off from Redis holds version 3; Redis comes back empty, a new gateway
+    seeds version 1 and an operator's change makes it 2, confirmed. The cut-off gateway's
+    return must not put its version 3, the older change, back over it."""
+    cut, fresh = gateway(redis_url, "gw-cut"), gateway(redis_url, "gw-new")
+    try:
+        await cut._sync_config()
+        await operate(cut)  # version 3; then it is cut off: no sync, no observation
+        await cut.redis().flushall()
+        await fresh.start()
+        await until(lambda: fresh.version == 1, "the new gateway's seed")
+        await fresh.update_upstream("b", {"weight": 2}, "carol")  # version 2, the newest change
+        await cut.start()  # back
+        kept = {"a": (1.0, False), "b": (2.0, False)}
+        await until(
+            lambda: all((gw.version, routing(gw)) == (4, kept) for gw in (cut, fresh)),
+            "both gateways on carol's change, above the cut-off gateway's version",
+        )
+        doc, version = await in_redis(fresh)
+        assert version == 4 and doc is not None
+        assert {u["id"]: (u["weight"], u["drained"]) for u in doc["upstreams"]} == kept
+        [error] = conflicts(caplog)
+        text = error.getMessage()
+        assert "dropped this gateway's version 3: upstream a: drained true (kept: false); " in text
+        assert "upstream b: weight 3 (kept: 2)" in text
+    finally:
+        await cut.stop()
+        await fresh.stop()
+
+
+async def test_a_change_is_refused_while_a_gateway_holds_a_version_above_redis(
+    redis_url: str,
+) -> None:
+    """Redis restored to version 1 while a gateway routes on version 3 (its observation says
+    so): a change made now, on the older copy, would be dropped or drop the newer one. Refused
+    until the gateway has put its document back, then made on top of it."""
+    ahead, behind = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        await ahead._sync_config()
+        snapshot = await config_io.read(ahead.redis(), ahead.keys)
+        await operate(ahead)
+        await ahead._exchange_observations()  # "gw0 routes on version 3", fresh for 5 s
+        await hold(ahead.redis(), ahead, snapshot)  # the restore
+        await behind._sync_config()  # a gateway that knows no better: version 1
+        with pytest.raises(
+            SharedStateUnavailable,
+            match=r"Redis lost data: gateways hold version 3 \(gw0\), Redis 1; wait for them",
+        ):
+            await behind.update_upstream("b", {"weight": 2}, "carol")
+        assert (await in_redis(behind))[1] == 1  # nothing written
+        await ahead._sync_config()  # its refresh puts version 3 back
+        entry = await behind.update_upstream("b", {"weight": 2}, "carol")
+        assert entry["version"] == "4" and routing(behind) == {**OPERATED, "b": (2.0, False)}
+    finally:
+        await ahead.stop()
+        await behind.stop()
+
+
+# --- errors that are not Redis's -------------------------------------------------------------
+
+
+async def test_a_bug_in_the_sync_is_logged_and_retried_not_fatal(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = gateway(redis_url, "gw0", refresh_interval_s=0.05)
+    exchange = gw._exchange_observations
+    failures = 0
+
+    async def once() -> tuple[str | None, str | None]:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise KeyError("gateway")  # as a malformed observation raised it before
+        return await exchange()
+
+    try:
+        await gw.start()
+        await until(lambda: gw.stale_since is None, "the first sync")
+        monkeypatch.setattr(gw, "_exchange_observations", once)
+        await until(lambda: failures == 1, "the failure")
+        assert gw.stale_since is not None  # /readyz says degraded meanwhile
+        await until(lambda: gw.stale_since is None, "the sync to go on")
+        [error] = _fleet_errors(caplog)
+        assert error.startswith("shared-state sync failed (KeyError: 'gateway'); routing on")
+        [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert record.exc_info is not None  # a bug: its traceback is in the log
+    finally:
+        await gw.stop()
+
+
+async def test_a_sync_task_that_ends_says_so_and_reads_stale(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """_run retries every error; should its task end anyway, /readyz must not say "fresh"."""
+    gw = gateway(redis_url, "gw0")
+
+    async def broken() -> None:
+        raise RuntimeError("not expected")
+
+    gw._run = broken  # type: ignore[method-assign]
+    gw.stale_since = None  # as after a sync
+    await gw.start()
+    await until(lambda: gw.stale_since is not None, "the task's end to read stale")
+    [error] = _fleet_errors(caplog)
+    assert error.startswith("the shared-state sync stopped (RuntimeError: not expected)")
+    await gw.stop()
+
+
+async def test_a_document_no_gateway_can_read_is_refused_once_and_routed_around(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        await operate(gw)
+        await gw.redis().hset(gw.keys.config, mapping={"doc": "not json", "version": 7})
+        for _ in range(2):
+            seen = await gw._exchange_observations()
+            if seen != gw._seen:
+                await gw._sync_config()
+        [error] = _fleet_errors(caplog)
+        assert error.startswith(
+            "ignoring the fleet config in Redis: invalid fleet config in Redis (version 7): "
+            "the document is not JSON"
+        )
+        assert (gw.version, routing(gw)) == (3, OPERATED)
+    finally:
+        await gw.stop()
+
+
+def test_a_redis_url_redis_py_cannot_use_is_a_config_error_at_start() -> None:
+    for url, message in [
+        ("redis://127.0.0.1:1/0?db=x", "Invalid value for 'db' in connection URL"),
+        ("redis://127.0.0.1:1?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+        ("redis://127.0.0.1:1?ssl_cert_reqs=none", "?ssl_cert_reqs= is for rediss://"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            gateway(url, "gw0")
+        assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def previous_release_apply(config: Config, doc: dict[str, Any]) -> Config:

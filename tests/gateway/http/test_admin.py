@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 
 from gateway.config import Config
 from gateway.defaults import ADMIN_MAX_BODY_BYTES
+from gateway.errors import SharedStateUnavailable
 from gateway.http.admin import admin_routes, operator_of
 from gateway.runtime import build_runtime
 
@@ -218,7 +219,7 @@ async def test_redis_away_says_whether_a_change_was_lost_or_only_a_read() -> Non
     rt = build_runtime(config(tokens={"alice": ALICE}))
 
     async def away(*_: Any) -> Any:
-        raise RedisConnectionError("gone")
+        raise RedisConnectionError("Error 1 connecting to redis://:hunter2@cache:6380: refused")
 
     rt.store.audit = away  # type: ignore[method-assign,assignment]
     rt.store.update_upstream = away  # type: ignore[method-assign,assignment]
@@ -231,3 +232,22 @@ async def test_redis_away_says_whether_a_change_was_lost_or_only_a_read() -> Non
         assert r.status_code == 503 and r.json()["error"]["code"] == "shared_state_unavailable"
     assert "nothing was read" in read.json()["error"]["message"]
     assert "the change was not applied" in change.json()["error"]["message"]
+    # Redis's own words, not its error's type alone (a TLS certificate not verified, a
+    # read-only replica), any password in them masked.
+    said = change.json()["error"]["message"]
+    assert "(ConnectionError: Error 1 connecting to redis://:****@cache:6380: refused)" in said
+
+
+async def test_a_change_while_redis_lost_data_is_503_and_says_to_wait() -> None:
+    rt = build_runtime(config(tokens={"alice": ALICE}))
+
+    async def behind(*_: Any) -> Any:
+        raise SharedStateUnavailable("Redis lost data: gateways hold version 3 (gw0), Redis 1")
+
+    rt.store.update_upstream = behind  # type: ignore[method-assign,assignment]
+    app = Starlette(routes=admin_routes(rt))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        r = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shared_state_unavailable"
+    assert r.json()["error"]["message"].startswith("Redis lost data: gateways hold version 3")

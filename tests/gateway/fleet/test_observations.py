@@ -1,0 +1,112 @@
+"""Observations in Redis: a malformed one is skipped, not fatal; the observers' set is scored by
+Redis's clock, so a gateway whose clock runs ahead trims nobody; the config version each
+gateway routes on is read from them (against a real redis-server)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from gateway.fleet import observations
+from gateway.fleet.observations import RedisClock
+from tests.gateway.fleet.test_redis_store import gateway, view
+
+
+def test_malformed_observations_are_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = view("gw1", a=True)
+    raws = [
+        json.dumps(good),
+        json.dumps({"upstreams": {}}),  # no gateway: it stopped every reader (KeyError)
+        json.dumps({"gateway": "gw2", "upstreams": []}),
+        json.dumps({"gateway": "gw3", "upstreams": {"a": "up", "b": {"healthy": False}}}),
+        "not json",
+        json.dumps([1]),
+        None,  # expired between the set's read and the MGET: no warning
+    ]
+    views = observations.parse(raws)
+    assert [v["gateway"] for v in views] == ["gw1", "gw3"]
+    assert views[1]["upstreams"] == {"b": {"healthy": False}}  # its bad entry left out
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == "skipped 4 observation(s) in Redis that are not a gateway's view"
+    assert observations.votes(views) == {"a": {"gw1": True}, "b": {"gw3": False}}
+
+
+def test_down_is_a_majority_not_a_tie() -> None:
+    assert observations.down({"a": {"g1": False, "g2": True}, "b": {"g1": False}}) == {"b"}
+
+
+def test_the_clock_is_redis_time_from_the_round_trips_midpoint() -> None:
+    clock = RedisClock(lambda: 1_000.0)
+    assert clock.now() is None
+    clock.heard((990, 500_000), sent=999.0, answered=1_001.0)  # Redis 10.5 s behind us
+    assert clock.now() == pytest.approx(990.5)
+
+
+async def test_a_gateway_whose_clock_runs_ahead_trims_no_one(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One host's clock 10 s ahead, observation_ttl_s 5 (as /tmp/r18/fleet/skew.py runs a
+    gateway): it trimmed every other gateway from the observers' set, so they had no vote."""
+    ahead, other = gateway(redis_url, "gw-ahead"), gateway(redis_url, "gw-other")
+    real = time.time
+    try:
+        for _ in range(3):
+            with monkeypatch.context() as m:
+                m.setattr(time, "time", lambda: real() + 10.0)
+                await ahead._exchange_observations()
+            await other._exchange_observations()
+        with monkeypatch.context() as m:
+            m.setattr(time, "time", lambda: real() + 10.0)
+            await ahead._exchange_observations()
+        for store in (ahead, other):
+            assert set(store.observations["a"]) == {"gw-ahead", "gw-other"}
+        r = other.redis()
+        secs, usecs = await r.time()
+        now = secs + usecs / 1e6
+        for observer in (ahead.observer, other.observer):  # both scored by Redis's time
+            assert abs((await r.zscore(other.keys.observers, observer) or 0) - now) < 2
+    finally:
+        for s in (ahead, other):
+            await s.stop()
+
+
+async def test_a_malformed_observation_in_redis_stops_no_reader(redis_url: str) -> None:
+    gw, other = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        r = gw.redis()
+        await r.set(gw.keys.obs("junk"), json.dumps({"upstreams": {}}), px=5000)
+        await r.zadd(gw.keys.observers, {"junk": (await r.time())[0]})
+        await other._exchange_observations()
+        await gw._exchange_observations()
+        assert gw.observations["a"] == {"gw0": True, "gw1": True}
+    finally:
+        await gw.stop()
+        await other.stop()
+
+
+async def test_each_observation_says_the_version_its_gateway_routes_on(redis_url: str) -> None:
+    one, two = gateway(redis_url, "gw0"), gateway(redis_url, "gw0")
+    two.observer = "gw0/other-worker"  # a second worker of gw0, a version behind
+    try:
+        await one._sync_config()
+        await one.update_upstream("a", {"weight": 2}, "alice")
+        await two._sync_config()
+        two.version = 1
+        for s in (one, two):
+            await s._exchange_observations()
+        assert one._my_view()["config_version"] == 2
+        # The highest of a gateway's workers; an earlier release's observation has none.
+        r = one.redis()
+        await r.set(one.keys.obs("old/1"), json.dumps(view("old", a=True)), px=5000)
+        await r.zadd(one.keys.observers, {"old/1": (await r.time())[0]})
+        assert await observations.versions(r, one.keys) == {"gw0": 2}
+        await r.delete(one.keys.obs(one.observer), one.keys.obs(two.observer))
+        assert await observations.versions(r, one.keys) == {}  # expired: not fresh
+    finally:
+        await one.stop()
+        await two.stop()
