@@ -39,7 +39,7 @@ from gateway.config_file import ENV_CONFIG_FILE
 from gateway.errors import CannotListen
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
-from gateway.http.ops import ENV_OPS_FD
+from gateway.http.ops import ENV_OPS_FD, shared
 from gateway.runtime import log
 
 Listeners = Sequence[socket.socket]  # Forked's: worker i's own listening socket at i
@@ -386,15 +386,13 @@ def run(config: Config, config_path: Path) -> None:
     s, o = config.server, config.ops
     bind(s.host, s.port, "server.port").close()  # the server binds it again, in a moment
     ops = bind(o.host, o.port, "ops.port") if o.port else None
-    if ops is not None:
-        ops.listen(d.BACKLOG)
-        os.environ[ENV_OPS_FD] = str(ops.fileno())  # granian's workers inherit it (fork)
-    cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
-    _log_listeners(config, cap)
-    os.environ[ENV_GATEWAY_PID] = str(os.getpid())
-    if s.engine == "hypercorn":
-        run_hypercorn(config, ops)
-    elif s.engine == "uvicorn":
-        run_uvicorn(config, ops, cap)
-    else:
-        run_granian(config, config_path, cap)
+    with shared(ops, s.workers):  # the ops socket for the workers, and their /metrics' sockets
+        cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
+        _log_listeners(config, cap)
+        os.environ[ENV_GATEWAY_PID] = str(os.getpid())
+        if s.engine == "hypercorn":
+            run_hypercorn(config, ops)
+        elif s.engine == "uvicorn":
+            run_uvicorn(config, ops, cap)
+        else:
+            run_granian(config, config_path, cap)

@@ -7,25 +7,32 @@ public port.
 tier reading the routing table, a Prometheus scraping metrics) may be let in. The listener is
 hypercorn on the worker's own event loop, so it reads the very Runtime the proxy writes; its
 socket is bound once by the parent process (``gateway.server``), which hands its descriptor
-to each worker.
+to each worker (``shared``). With several workers, whichever one the kernel hands a scrape
+answers ``/metrics`` with the whole gateway's numbers (``gateway.http.worker_metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import os
 import socket
+from collections.abc import Iterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
+from gateway import defaults as d
 from gateway.errors import OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.dashboard.routes import Dashboard
 from gateway.http.endpoints import Endpoints, not_found
 from gateway.http.errors import http_exception, send_error
+from gateway.http.worker_metrics import WorkerMetrics, runtime_dir
 from gateway.runtime import Runtime, log
 
 # The inherited listening socket's descriptor, from the parent to its workers (the name has
@@ -61,10 +68,27 @@ def _own_login(path: str) -> bool:
     return path.startswith(("/admin/", "/dashboard/")) or path == "/dashboard"
 
 
-def ops_app(rt: Runtime) -> Starlette | OpsAuth:
+@contextlib.contextmanager
+def shared(ops: socket.socket | None, workers: int) -> Iterator[None]:
+    """In the parent, around its workers' lives: the ops listener's socket listening, its
+    descriptor named for the workers to inherit (fork), and with several workers the directory
+    where each serves its numbers to the others (``worker_metrics.runtime_dir``)."""
+    if ops is None:  # ops.port = 0: no listener, no /metrics to merge
+        yield
+        return
+    ops.listen(d.BACKLOG)
+    os.environ[ENV_OPS_FD] = str(ops.fileno())
+    with runtime_dir(workers):
+        yield
+
+
+def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> Starlette | OpsAuth:
+    """``workers``: this worker's part in a gateway of several; its /metrics, the whole
+    gateway's, comes before the one worker's of ``Endpoints`` (the first route matching wins)."""
     dashboard = Dashboard(rt)
+    merged = [Route("/metrics", workers.metrics)] if workers is not None else []
     app = Starlette(
-        routes=[*Endpoints(rt).ops_routes(), *admin_routes(rt), *dashboard.routes()],
+        routes=[*merged, *Endpoints(rt).ops_routes(), *admin_routes(rt), *dashboard.routes()],
         lifespan=dashboard.lifespan,
         exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, with Allow
     )
@@ -80,6 +104,7 @@ class OpsListener:
     def __init__(self, rt: Runtime, fd: int) -> None:
         self.rt = rt
         self.fd = fd
+        self.workers = WorkerMetrics.from_env(rt)  # None with one worker: no socket made
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -100,7 +125,9 @@ class OpsListener:
         hc.accesslog = None
         hc.errorlog = _server_log
         hc.graceful_timeout = STOP_TIMEOUT_S
-        app = ops_app(self.rt)
+        if self.workers is not None:
+            await self.workers.start()
+        app = ops_app(self.rt, self.workers)
         # shutdown_trigger given: hypercorn installs no signal handlers of its own.
         self._task = asyncio.get_running_loop().create_task(
             serve(app, hc, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
@@ -109,6 +136,8 @@ class OpsListener:
     async def stop(self) -> None:
         if self._task is None:
             return
+        if self.workers is not None:  # its siblings' scrapes leave it out from now on
+            await self.workers.stop()
         self._stop.set()
         try:
             await asyncio.wait_for(self._task, STOP_TIMEOUT_S * 2)

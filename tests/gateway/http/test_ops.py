@@ -4,6 +4,8 @@ the public port, on a loopback listener of their own, and behind ops.token when 
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 from gateway.config import Config
 from gateway.config_file import parse_config
 from gateway.errors import ConfigError
-from gateway.http.ops import ops_app
+from gateway.http.ops import ENV_OPS_FD, OpsListener, ops_app, shared
+from gateway.http.worker_metrics import ENV_METRICS_DIR, WorkerMetrics, runtime_dir
 from gateway.runtime import build_runtime
 from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
 
@@ -95,3 +98,36 @@ def test_ops_listener_defaults_to_loopback_and_needs_a_port_of_its_own() -> None
     with pytest.raises(ConfigError) as err:  # the token is never echoed back
         parse_config({**BASE, "ops": {"token": 12345}}, "gw.toml", env={})
     assert "12345" not in str(err.value)
+
+
+def test_shared_hands_the_workers_the_socket_and_with_several_a_metrics_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_OPS_FD, "")  # restored afterwards: shared() names the socket here
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        with shared(sock, 2):
+            assert os.environ[ENV_OPS_FD] == str(sock.fileno())
+            socket.create_connection(sock.getsockname(), timeout=1).close()  # listening
+            directory = Path(os.environ[ENV_METRICS_DIR])
+            assert directory.is_dir()
+        assert not directory.exists() and ENV_METRICS_DIR not in os.environ
+    with shared(None, 2):  # ops.port = 0: no /metrics to merge
+        assert ENV_METRICS_DIR not in os.environ
+
+
+async def test_with_several_workers_the_ops_metrics_is_the_merged_one() -> None:
+    rt = build_runtime(Config.model_validate(BASE))
+    assert OpsListener(rt, 0).workers is None  # one worker: no socket, /metrics as it was
+    with runtime_dir(2) as directory:
+        assert directory is not None
+        assert isinstance(OpsListener(rt, 0).workers, WorkerMetrics)
+        for app, merged in (
+            (ops_app(rt, WorkerMetrics(rt, directory)), True),
+            (ops_app(rt), False),
+        ):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
+                text = (await c.get("/metrics")).text
+            assert "geogate_requests_in_flight" in text
+            assert ("geogate_workers_scraped 1.0" in text) is merged
