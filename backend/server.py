@@ -178,15 +178,17 @@ class BackendServer:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        if shape.chat:
-            await resp.write(_sse(shape.chunk(None, None, role=True)))
+        # The role chunk goes with the first token, in one write, as vLLM sends it: not at once,
+        # before the prompt is processed, where a proxy would take it for the first token.
+        role = _sse(shape.chunk(None, None, role=True)) if shape.chat else b""
         while (e := await q.get()).kind == "token":
-            await resp.write(_sse(shape.chunk(e.text, None)))
+            await resp.write(role + _sse(shape.chunk(e.text, None)))
+            role = b""
         if e.kind == "error":
             err = BackendError(e.text)
-            await resp.write(_sse(err.body()))
+            await resp.write(role + _sse(err.body()))
             return resp
-        await resp.write(_sse(shape.chunk(None, e.finish_reason)))
+        await resp.write(role + _sse(shape.chunk(None, e.finish_reason)))
         if include_usage:
             await resp.write(_sse(shape.usage_chunk(_usage(e))))
         await resp.write(b"data: [DONE]\n\n")

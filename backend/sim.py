@@ -54,6 +54,9 @@ class SimConfig:
     # ignore comments, and a test on the same machine can compare emission with arrival.
     stamp: bool = False
     clock: str = "stream"  # one of CLOCKS
+    # Send a chat stream's role chunk at once, before the first token, as some servers do
+    # (vLLM, and this simulator by default, send it with the first token): POST /sim/config.
+    role_first: bool = False
 
     def __post_init__(self) -> None:
         """Knobs that would break streams mid-answer (a lockstep step of 1/inf) are refused."""
@@ -166,7 +169,15 @@ class SimBackend:
     async def reconfigure(self, request: web.Request) -> web.Response:
         """Change knobs at run time (slow a backend down mid-benchmark): {"ttft_ms": 200}."""
         changes = await request.json()
-        allowed = {"ttft_ms", "tokens_per_s", "clock", "delay_ms", "error_rate", "error_status"}
+        allowed = {
+            "ttft_ms",
+            "tokens_per_s",
+            "clock",
+            "delay_ms",
+            "error_rate",
+            "error_status",
+            "role_first",
+        }
         if not isinstance(changes, dict) or not set(changes) <= allowed:
             return _error(
                 400, f"knobs: {', '.join(sorted(allowed))}", "invalid_request_error", "bad_knob"
@@ -324,17 +335,24 @@ class SimBackend:
             return stamp + sse(doc)
 
         origin = self._origin(time.perf_counter())
+        # A chat stream's role chunk goes with the first token, as vLLM sends it (after the
+        # prefill, --ttft-ms): sent at once, a proxy would take it for the first token.
+        role = shape.chunk(None, None, role=True) if chat else None
         try:
-            if chat:
-                await resp.write(event(shape.chunk(None, None, role=True)))
+            if role is not None and self.cfg.role_first:
+                await resp.write(event(role))
+                role = None
             for i in range(n):
                 await self._pace(i, origin)
                 if self.cfg.abort_after and i >= self.cfg.abort_after:
                     assert request.transport is not None
                     request.transport.abort()  # die mid-stream, as a crashed server would
                     return resp
-                await resp.write(event(shape.chunk(self._token(i), None)))
-            await resp.write(event(shape.chunk(None, "length")))
+                head = b"" if role is None else event(role)  # stamped as it is sent
+                role = None
+                await resp.write(head + event(shape.chunk(self._token(i), None)))
+            head = b"" if role is None else event(role)
+            await resp.write(head + event(shape.chunk(None, "length")))
             opts = req.get("stream_options") or {}
             if isinstance(opts, dict) and opts.get("include_usage"):
                 await resp.write(sse(shape.usage_chunk(self._usage(req, n))))

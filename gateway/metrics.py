@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from itertools import pairwise
 from typing import Generic, TypeVar
 
@@ -27,6 +27,23 @@ from prometheus_client.utils import INF, floatToGoString
 
 # Buckets reach minutes: an LLM response can legitimately stream that long.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Every outcome of geogate_upstream_attempts (gateway.http.upstream): an answer passed on
+# ("ok" below 500, "status_5xx" from 500), a status failed over (gateway.client's Failure
+# label of upstream.RETRYABLE_STATUS) or a failure kind. Bounded, so each upstream's series
+# are made at 0 before its first attempt (gateway.watch.ejections.reconcile_gauges): an
+# increase() sees the first one.
+ATTEMPT_OUTCOMES = (
+    "ok",
+    "status_5xx",
+    "status_429",
+    "status_502",
+    "status_503",
+    "refused",
+    "reset",
+    "timeout",
+)
+# geogate_stream_aborted's causes (gateway.http.final_error.abort_cause), made at 0 likewise.
+ABORT_CAUSES = ("upstream_error", "timeout", "total_timeout")
 
 
 class CountChild:
@@ -84,6 +101,13 @@ class _Family(Collector, Generic[Child]):
     def describe(self) -> Iterable[Metric]:
         """What the registry checks names against: a second metric of this name is refused."""
         return self.collect()
+
+    def keep(self, index: int, values: Set[str]) -> None:
+        """Remove the series whose ``index``-th label value is not in ``values`` (an upstream
+        gone): at a scrape, never on the request path. A request still in flight to it makes
+        its series again, until the next scrape."""
+        for key in [k for k in self._children if k[index] not in values]:
+            del self._children[key]
 
 
 class RequestCounter(_Family[CountChild]):
@@ -181,7 +205,9 @@ class Metrics:
         )
         self.attempts = RequestCounter(
             "geogate_upstream_attempts",
-            "Attempts per upstream by outcome (ok, refused, reset, status_503, timeout, ...)",
+            "Attempts per upstream by outcome: ok (an answer under 500 passed on), status_5xx (an "
+            "answer from 500 passed on), status_429/502/503 (failed over), refused, reset, "
+            "timeout",
             ["upstream", "outcome"],
             r,
         )
@@ -189,10 +215,14 @@ class Metrics:
         self.budget_exhausted = Counter(
             "geogate_retry_budget_exhausted", "Failovers refused by the retry budget", registry=r
         )
+        # By the region that served it: a region whose backends die mid-answer (each a 200 in
+        # geogate_requests_total) is what the cut-streams alert names.
         self.stream_aborted = RequestCounter(
             "geogate_stream_aborted",
-            "Responses cut short after bytes reached the client",
-            ["cause"],
+            "Responses cut short after bytes reached the client, by cause (upstream_error; "
+            "timeout: a silence of idle_s, or no first token within first_byte_s; "
+            "total_timeout: this gateway's timeouts.total_s) and serving region",
+            ["cause", "region"],
             r,
         )
         # Streams are counted by the path their body took past the first token: "splice" (C,
@@ -232,14 +262,19 @@ class Metrics:
             ["result"],
             r,
         )
+        # A drain does not change it: a drained region is not down (GeogateRegionDown).
         self.healthy = Gauge(
-            "geogate_upstream_healthy", "1 when routable", ["upstream", "region"], registry=r
+            "geogate_upstream_healthy",
+            "1 when probed healthy, not ejected and not down for the fleet (drained or not)",
+            ["upstream", "region"],
+            registry=r,
         )
         # Per model, so an alert can name the model nobody can serve any more (per-upstream
         # health alone cannot say which models an upstream served).
         self.model_healthy = Gauge(
             "geogate_model_healthy_upstreams",
-            "Routable upstreams serving the model, as this gateway sees them",
+            "Routable upstreams serving the model (healthy and not drained), as this gateway "
+            "sees them",
             ["model"],
             registry=r,
         )

@@ -38,6 +38,9 @@ class Exchange:
     # The client of a request answered before it was routed (Proxy._record): then ``routed``
     # does not say, and the access line still names who sent it.
     client: str | None = None
+    # What cut the response after bytes reached the client (geogate_stream_aborted's cause);
+    # None when it ended whole. An SSE stream's status stays its head's 200: this says it broke.
+    aborted: str | None = None
 
     @property
     def decision(self) -> Decision:
@@ -46,7 +49,11 @@ class Exchange:
 
     @property
     def region(self) -> str:
-        """The chosen region (the metrics label); "-" before routing or when none."""
+        """The serving region, the metrics label: the answering upstream's (after a failover,
+        not the first choice); where none answered, the chosen one (its clients' first
+        choice, whose failure it is); "-" before routing or when none was chosen."""
+        if self.served_region is not None:
+            return self.served_region
         chosen = self.routed.decision.chosen if self.routed else None
         return chosen.upstream.region if chosen else "-"
 
@@ -109,6 +116,7 @@ class Exchange:
                 "bytes": self.body_bytes,
                 "client": r.client_text if r else self.client,
                 "country": r.location.country if r else None,
+                "aborted": self.aborted,
             }
         )
         if sink is not None:
@@ -125,7 +133,10 @@ class Exchange:
             "event.category": ["web"],
             "event.type": ["access"],
             "event.dataset": ACCESS_DATASET,
-            "event.outcome": "success" if 0 < self.status < 400 else "failure",
+            # A response cut mid-way failed, whatever status its head said.
+            "event.outcome": (
+                "success" if 0 < self.status < 400 and self.aborted is None else "failure"
+            ),
             "event.duration": int(self.elapsed_s() * 1e9),  # ECS: nanoseconds
             "http.request.id": self.id,
             "http.request.method": scope["method"],
@@ -142,6 +153,7 @@ class Exchange:
             "geogate.upstream": self.tried or (None if self.upstream == "-" else self.upstream),
             "geogate.attempts": self.attempts,
             "geogate.ttfb_ms": _ms(self.first_byte_s),
+            "geogate.aborted": self.aborted,  # None: left out
         }
         client = r.client_text if r is not None else self.client
         if client is not None:

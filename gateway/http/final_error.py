@@ -1,5 +1,6 @@
 """The error a client gets when every attempt of its request failed before any byte reached it:
-which one, and what the message says (each upstream tried, and what to do about it)."""
+which one, and what the message says (each upstream tried, and what to do about it); and what
+a response cut after bytes reached the client says, to the client and to the log."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from gateway.http.watchdog import TotalTimeout
+from gateway.logs import event
 from gateway.routing.model import Decision, Reason
+from gateway.runtime import log
+
+TOTAL_TIMEOUT = "total_timeout"  # geogate_stream_aborted's cause: timeouts.total_s passed
 
 
 def final_error(
@@ -60,3 +66,41 @@ def timeout_hint(stream: bool, key: str) -> str:
     if stream:
         return f"for very long prompts the operator can raise {key}"
     return f"for very long answers ask for a stream, or the operator can raise {key}"
+
+
+def abort_cause(exc: BaseException) -> str:
+    """geogate_stream_aborted's cause for what cut a stream: this gateway's total limit, a
+    silence of idle_s (the upstream's failure), or the upstream's connection."""
+    if isinstance(exc, TotalTimeout):
+        return TOTAL_TIMEOUT
+    return "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
+
+
+def cut_message(cause: str, upstream: str, total_s: float) -> str:
+    """What the client's error event (or the log, for a reset stream) says of a cut."""
+    if cause == TOTAL_TIMEOUT:
+        return (
+            f"the response reached this gateway's limit of {total_s:g} s (timeouts.total_s); "
+            "the output is incomplete — ask for a shorter answer"
+        )
+    what = "stopped answering" if cause == "timeout" else "failed"
+    return (
+        f"upstream {upstream} {what} in the middle of the response; the output is incomplete "
+        "— retry the request"
+    )
+
+
+def log_cut(rid: str, upstream: str, region: str, cause: str, message: str) -> None:
+    """The one warning of a cut response, SSE or not: its status alone (an SSE stream's stays
+    the 200 its head said) tells nobody that the answer broke off."""
+    log.warning(
+        "request %s cut (upstream %s, %s): %s",
+        rid,
+        upstream,
+        cause,
+        message,
+        extra={
+            **event("stream-aborted", reason=cause, upstream=upstream, region=region),
+            "http.request.id": rid,
+        },
+    )

@@ -290,9 +290,8 @@ class Proxy:
             ex.status = 503
             task.uncancel()
             await send_error(ex.tracking(send), _shutting_down(ex), _request_id_header(ex))
-        except StreamAborted as exc:
-            ex.status = 502
-            log.warning("request %s cut: %s", ex.id, exc)
+        except StreamAborted:
+            ex.status = 502  # logged where it was cut (gateway.http.final_error.log_cut)
             raise  # the ASGI server resets the stream: the client sees a truncated response
         except Exception:
             # A bug, not a condition we know: log it with the request id, and if nothing

@@ -22,11 +22,18 @@ from gateway.client import (
     classify,
 )
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S
-from gateway.errors import GatewayError, StreamInterrupted
+from gateway.errors import GatewayError, StreamInterrupted, UpstreamBusy
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
 from gateway.http.errors import error_body
 from gateway.http.exchange import Exchange
-from gateway.http.final_error import final_error, timeout_hint
+from gateway.http.final_error import (
+    TOTAL_TIMEOUT,
+    abort_cause,
+    cut_message,
+    final_error,
+    log_cut,
+    timeout_hint,
+)
 from gateway.http.headers import (
     PREFERRED_REGION_HEADER,
     ROUTE_HEADER,
@@ -47,16 +54,6 @@ NOT_A_HEALTH_FAILURE = frozenset({429})
 SSE_TYPE = "text/event-stream"
 _ROUTE = ROUTE_HEADER.encode()
 _PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
-_STREAM_LABEL = ("false", "true")  # by ex.stream: the first-byte histogram's stream label
-TOTAL_TIMEOUT = "total_timeout"  # geogate_stream_aborted's cause: timeouts.total_s passed
-
-
-def _abort_cause(exc: BaseException) -> str:
-    """geogate_stream_aborted's cause for what cut a stream: this gateway's total limit, a
-    silence of idle_s (the upstream's failure), or the upstream's connection."""
-    if isinstance(exc, TotalTimeout):
-        return TOTAL_TIMEOUT
-    return "timeout" if isinstance(exc, TimeoutError) else "upstream_error"
 
 
 class ClientGone(Exception):
@@ -143,6 +140,7 @@ class _Attempts:
         # running there, so (unless retry.on_timeout) no other upstream is tried.
         self.held: str | None = None
         self.opened_at = 0.0  # perf_counter when the attempt that answered began
+        self.tokened = False  # the stream's first token was seen (_token_seen)
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
@@ -177,7 +175,10 @@ class _Attempts:
                 break
         if self.failures:
             ex.tried = self.failures[-1].upstream
-        raise self._final_error()
+        err = self._final_error()
+        if ex.stream:  # no token at all: a 502, 503 or 504 is slow (_no_token); a 429 is load
+            self._no_token(ex.region, not isinstance(err, UpstreamBusy))
+        raise err
 
     def _wait(self) -> tuple[float, str]:
         """How long to wait for the upstream's first byte, and the key that says so. A
@@ -203,7 +204,8 @@ class _Attempts:
             # open stream: bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
-            rt.metrics.attempts.count(uid, "ok")
+            # A 5xx passed on is no success (the bounded label: metrics.ATTEMPT_OUTCOMES).
+            rt.metrics.attempts.count(uid, "ok" if resp.status < 500 else "status_5xx")
             # Its answer goes to the client from here: a stream cut later (StreamAborted, a
             # client gone) is still this upstream's in the access line and traffic counts.
             self.ex.upstream, self.ex.served_region = uid, cand.upstream.region
@@ -269,9 +271,26 @@ class _Attempts:
             if resp is not None and not opened:
                 resp.close()
 
-    def _token_seen(self, cand: Candidate) -> None:
-        ms = (time.perf_counter() - self.opened_at) * 1000
-        self.rt.traffic.first_token(cand.upstream.id, ms)
+    def _token_seen(self, cand: Candidate, watchdog: Watchdog | None = None) -> None:
+        """The stream's first token (once a stream; the relay's sink or gateway._splice's C
+        calls it): its time to first token from the request's arrival, the TTFT objective's
+        (deploy/prometheus; a role chunk ahead of the token is not it), and from the attempt's
+        start, the dashboard's. From now on a silence of idle_s cuts the stream."""
+        now = time.perf_counter()
+        self.tokened = True
+        self.rt.metrics.first_byte.observe_at(now - self.ex.started, cand.upstream.region, "true")
+        self.rt.traffic.first_token(cand.upstream.id, (now - self.opened_at) * 1000)
+        if watchdog is not None:
+            watchdog.token()
+
+    def _no_token(self, region: str, failed: bool) -> None:
+        """A stream that ends with no token: its time to first token is its end; one that
+        ``failed`` (a 5xx, or cut) never got a token, and counts at least as slow as
+        timeouts.first_byte_s, the longest wait for one, whatever its elapsed time (a 502
+        from refused connections takes milliseconds): slow under any objective below it."""
+        s = self.ex.elapsed_s()
+        s = max(s, self.config.timeouts.first_byte_s) if failed else s
+        self.rt.metrics.first_byte.observe_at(s, region, "true")
 
     def _record(self, cand: Candidate, ok: bool) -> None:
         self.rt.traffic.attempt(cand.upstream.id, ok)
@@ -312,61 +331,66 @@ class _Attempts:
         first = await resp.readany()  # there already (_open waited for it)
         ex.body_bytes += len(first)
         m = self.rt.metrics
-        m.first_byte.observe_at(ex.elapsed_s(), cand.upstream.region, _STREAM_LABEL[ex.stream])
-        # The stream's first token, for the dashboard's TTFT (a role-only chunk may come first).
-        found = not ex.stream
-        if not found and carries_token(first):
+        region = cand.upstream.region
+        # A whole answer's first byte is its end (stream="false"); a stream's time to first
+        # byte is its first token's (_token_seen), and a role-only chunk may come first.
+        if not ex.stream:
+            m.first_byte.observe_at(ex.elapsed_s(), region, "false")
+        elif carries_token(first):
             self._token_seen(cand)
-            found = True
         if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
             # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
             await send({"type": "http.response.body", "body": first, "more_body": False})
+            if ex.stream and not self.tokened:
+                self._no_token(region, resp.status >= 500)
             return True
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
         # What is left of timeouts.total_s since the request's start; the watchdog turns it
-        # into a deadline on the loop's clock.
+        # into a deadline on the loop's clock. Until a stream's first token, first_byte_s from
+        # the attempt's start bounds the wait as it did the first byte's, not idle_s: a role
+        # chunk sent ahead of a long prefill carries no token.
         t = self.config.timeouts
-        token_seen = None if found else functools.partial(self._token_seen, cand)
+        waiting = ex.stream and not self.tokened
+        first_s = t.first_byte_s - (time.perf_counter() - self.opened_at) if waiting else None
         left_s = t.total_s - ex.elapsed_s()
         try:
             if left_s <= 0:  # a body that began after total_s (a non-streaming answer's can)
                 raise TotalTimeout
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
-            with Watchdog(t.idle_s, left_s, self.task) as watchdog:
-                path = await relay(resp, send, ex, watchdog, token_seen, self.config.server.splice)
+            with Watchdog(t.idle_s, left_s, self.task, first_s=first_s) as watchdog:
+                seen = functools.partial(self._token_seen, cand, watchdog) if waiting else None
+                path = await relay(resp, send, ex, watchdog, seen, self.config.server.splice)
             m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            await self._abort(cand, _abort_cause(exc), sse)
+            await self._abort(cand, abort_cause(exc), sse)
             return False
+        if waiting and not self.tokened:  # a stream that ended with no token
+            self._no_token(region, resp.status >= 500)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
     async def _abort(self, cand: Candidate, cause: str, sse: bool) -> None:
-        """The response is cut mid-way (``cause``: _abort_cause's). SSE clients get a final
+        """The response is cut mid-way (``cause``: abort_cause's). SSE clients get a final
         error event they can act on (the OpenAI SDKs raise it); other clients get a reset
-        stream, never a response that looks complete but is not."""
-        self.rt.metrics.stream_aborted.count(cause)
-        if cause == TOTAL_TIMEOUT:
-            # This gateway's own limit on a response still coming: the upstream did its part.
-            self._record(cand, True)
-            message = (
-                f"the response reached this gateway's limit of {self.config.timeouts.total_s:g} "
-                "s (timeouts.total_s); the output is incomplete — ask for a shorter answer"
-            )
-        else:
-            self._record(cand, False)
-            what = "stopped answering" if cause == "timeout" else "failed"
-            message = (
-                f"upstream {cand.upstream.id} {what} in the middle of the response; the output "
-                "is incomplete — retry the request"
-            )
+        stream, never a response that looks complete but is not. Either way one warning names
+        the request, the upstream and the cause, and the access line carries the cause: the
+        status stays the head's 200 for SSE, which says nothing of the cut."""
+        ex, region = self.ex, cand.upstream.region
+        self.rt.metrics.stream_aborted.count(cause, region)
+        ex.aborted = cause
+        if ex.stream and not self.tokened:
+            self._no_token(region, True)
+        # This gateway's own limit on a response still coming: the upstream did its part.
+        self._record(cand, cause == TOTAL_TIMEOUT)
+        message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)
+        log_cut(ex.id, cand.upstream.id, region, cause, message)
         if sse:
             event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
             event += b"\n\n"
-            self.ex.body_bytes += len(event)
+            ex.body_bytes += len(event)
             await self.send({"type": "http.response.body", "body": event})
             return
         raise StreamAborted(message)

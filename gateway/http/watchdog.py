@@ -5,6 +5,10 @@ chunk.
 and asks for the running loop, which in CPython 3.11 is a ``getpid()`` system call each time:
 per streamed chunk, on the path every token takes. Here a chunk costs one ``loop.time()`` (the
 loop's cached clock), and the timer fires at most once per ``idle_s`` to look at the stamp.
+
+Until a stream's first token (``first_s``, ``token()``), a silence is not cut before the first
+token's own deadline: a server may send its role chunk (no token) at once and then prefill a
+long prompt, which is ``timeouts.first_byte_s``'s wait, not a silence of ``idle_s``.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ class Watchdog:
     seconds from now, whichever comes first; on leaving the ``with`` block, that
     cancellation becomes TimeoutError, as with ``asyncio.timeout`` (TotalTimeout, a
     TimeoutError, where it was the ``left_s`` deadline). A cancellation from elsewhere (the
-    client leaving, a drain) passes through unchanged."""
+    client leaving, a drain) passes through unchanged.
+
+    ``first_s``: seconds from now within which a stream's first token is due; until
+    ``token()`` says it came, no silence is cut before then. The later of the two deadlines
+    applies, not the first one: a chunk the token test does not recognise (a tool call's
+    arguments, reasoning text) keeps the stream alive as any chunk does."""
 
     __slots__ = (
         "_cancelling",
         "_deadline",
         "_expired",
+        "_first",
         "_handle",
         "_idle_s",
         "_loop",
@@ -67,6 +77,7 @@ class Watchdog:
         left_s: float,
         task: asyncio.Task[Any] | None = None,
         probe_s: float = CLIENT_PROBE_S,
+        first_s: float | None = None,
     ) -> None:
         # ``task``: the current one, where the caller knows it (gateway.runtime's
         # current_task): each lookup of the running loop is a getpid() in CPython 3.11.
@@ -78,6 +89,8 @@ class Watchdog:
         self._idle_s = idle_s
         self._probe_s = probe_s
         self._deadline = self._loop.time() + left_s
+        # The first token's deadline on the loop's clock, until token(); None: none to wait for
+        self._first = None if first_s is None else self._loop.time() + first_s
         self._expired = False
         self._total = False  # the deadline that fired was left_s's, not idle_s's
         self._handle: asyncio.TimerHandle | None = None
@@ -98,6 +111,17 @@ class Watchdog:
         piped sink does the same inline)."""
         self.last = self.clock()
 
+    def token(self) -> None:
+        """The stream's first token came (once a stream, not per chunk): from now on a silence
+        of idle_s is cut. The timer may stand at the first token's later deadline: re-armed."""
+        if self._first is None:
+            return
+        self._first = None
+        self.last = self.clock()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._arm()
+
     def _last(self) -> float:
         return self.last if self.source is None else max(self.last, self.source.last)
 
@@ -108,7 +132,10 @@ class Watchdog:
             # (which would count against its health). A client that never reads again is cut
             # by its connection's own stall limit (gateway.h1: a keep-alive time).
             self.last = last = now
-        due = min(last + self._idle_s, self._deadline)
+        due = last + self._idle_s
+        if self._first is not None and self._first > due:  # no cut before the first token's
+            due = self._first
+        due = min(due, self._deadline)
         if now + EARLY_S >= due:
             self._expired = True
             self._total = now + EARLY_S >= self._deadline
@@ -140,7 +167,10 @@ class Watchdog:
     def _arm(self) -> None:
         """The timer at the idle or total deadline, or at the source's probe if sooner."""
         last = self._last()
-        due = min(last + self._idle_s, self._deadline)
+        due = last + self._idle_s  # inline, as in _check: once per stream, no call
+        if self._first is not None and self._first > due:
+            due = self._first
+        due = min(due, self._deadline)
         if self.source is not None:
             due = min(due, last + self._probe_s)
         self._handle = self._loop.call_at(due, self._check)

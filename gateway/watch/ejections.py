@@ -8,7 +8,10 @@ the clock, with nobody to notice: whichever of the two next looks at that upstre
 
 Each ``/metrics`` scrape first calls ``reconcile_gauges``: the upstream set changes under the
 gauges (an admin change, the fleet's config from Redis, DNS discovery's members), and a series
-nobody sets any more would be exposed at its last value for ever.
+nobody sets any more would be exposed at its last value for ever. The per-upstream counters
+(attempts, ejections) follow the same set: made at 0 for each upstream there is, so that an
+``increase()`` sees an upstream's first event, and removed with the upstream, so that DNS
+members (``pool@10.0.0.7:8000``) that come and go do not pile up series.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Set
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from gateway.logs import event
+from gateway.metrics import ABORT_CAUSES, ATTEMPT_OUTCOMES
 from gateway.runtime import Runtime
 
 log = logging.getLogger("geogate.health")
@@ -46,7 +50,10 @@ def set_model_gauges(rt: Runtime, now: float) -> None:
     model no upstream declares any more has nothing to alert on: its series goes."""
     per_model = dict.fromkeys((m for u in rt.store.config.upstreams for m in u.models), 0)
     for u in rt.store.upstreams():
-        up = routable(rt, u.id, now)
+        # Drained: healthy, but the router sends it nothing (geogate_upstream_healthy keeps it
+        # 1, so a drained region does not page as down; a model left with drained upstreams
+        # only gets 503, and pages here).
+        up = not u.drained and routable(rt, u.id, now)
         for model in u.models:
             per_model[model] = per_model.get(model, 0) + up
     for model, count in per_model.items():
@@ -55,9 +62,10 @@ def set_model_gauges(rt: Runtime, now: float) -> None:
 
 
 def reconcile_gauges(rt: Runtime, now: float) -> None:
-    """The per-upstream and per-model gauges against the upstreams there are now, before a
-    scrape: the series of an upstream gone (or moved to another region) are removed, so an
-    alert on it resolves and member churn does not grow the label sets without bound.
+    """The per-upstream and per-model gauges, and the per-upstream and per-region counters,
+    against the upstreams there are now, before a scrape: the series of an upstream gone (or
+    moved to another region) are removed, so an alert on it resolves and member churn does not
+    grow the label sets without bound; the counters of those there are exist from 0.
 
     At scrape time rather than where the set changes: it changes in several places (the
     store's ``replace_config``, from the admin API, the fleet's Redis sync or DNS
@@ -65,14 +73,25 @@ def reconcile_gauges(rt: Runtime, now: float) -> None:
     the change; before each exposition catches all of them."""
     m = rt.metrics
     current = {(u.id, u.region) for u in rt.store.upstreams()}
-    for gauge in (m.healthy, m.rtt, m.in_flight):
+    for gauge in (m.healthy, m.rtt, m.in_flight, m.ejections):
         _prune(gauge, ("upstream", "region"), current)
+    m.attempts.keep(0, {uid for uid, _ in current})
+    regions = {region for _, region in current}
+    m.stream_aborted.keep(1, regions)
+    # Counters at 0 before their first event (a lookup each when they are there already).
+    for uid, region in current:
+        m.ejections.labels(uid, region)
+        for outcome in ATTEMPT_OUTCOMES:
+            m.attempts.labels(uid, outcome)
+    for region in regions:
+        for cause in ABORT_CAUSES:
+            m.stream_aborted.labels(cause, region)
     set_model_gauges(rt, now)
 
 
-def _prune(gauge: Gauge, names: tuple[str, ...], keep: Set[tuple[str, ...]]) -> None:
-    """Remove the gauge's series whose label values (``names``, in the gauge's own label
-    order, as ``remove`` takes them) are not in ``keep``."""
+def _prune(gauge: Gauge | Counter, names: tuple[str, ...], keep: Set[tuple[str, ...]]) -> None:
+    """Remove the series whose label values (``names``, in the metric's own label order, as
+    ``remove`` takes them) are not in ``keep``."""
     for metric in gauge.collect():
         for sample in metric.samples:
             values = tuple(sample.labels[n] for n in names)

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -74,6 +75,28 @@ def test_chat_streaming_exact_chunk_format(backend: Backend) -> None:
         json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": True},
     ).text
     assert raw.endswith("data: [DONE]\n\n")
+
+
+def test_the_role_chunk_is_sent_with_the_first_token(backend: Backend) -> None:
+    """As vLLM: in one write with the first token, not at once before the prompt is processed,
+    where a proxy timing the first byte would take it for the first token."""
+    body = json.dumps(
+        {"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "stream": True}
+    ).encode()
+    with socket.create_connection(("127.0.0.1", backend.port), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        got = b""
+        while data := s.recv(1 << 16):
+            got += data
+    size, rest = got.split(b"\r\n\r\n", 1)[1].split(b"\r\n", 1)
+    first = rest[: int(size, 16)]  # the body's first HTTP chunk: one write of the server's
+    events = [json.loads(e[6:]) for e in first.split(b"\n\n") if e.startswith(b"data: {")]
+    assert len(events) == 2, first
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "role" not in events[1]["choices"][0]["delta"]
 
 
 def test_completions_streaming_and_not(backend: Backend) -> None:

@@ -86,7 +86,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, S
     try:
         wait_http(f"{backend.url}/ready", timeout=120, proc=proc)
         up = UpstreamSpec("fra-gpu-1", "eu-central", backend.url, ["tiny"])
-        gw = start_gateway(tmp, lambda p: gateway_toml(p, [up]))
+        # Two workers: /metrics is then merged, with the workers' own gauges, which an alert
+        # reads (GeogateWorkerMissingFromScrape).
+        two = "[server]\nworkers = 2"
+        gw = start_gateway(tmp, lambda p: gateway_toml(p, [up]).replace("[server]", two))
         try:
             yield gw, backend
         finally:

@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.metrics import LATENCY_BUCKETS, Metrics, RequestCounter, RequestHistogram
+from gateway.client import FailureKind
+from gateway.http.upstream import RETRYABLE_STATUS
+from gateway.metrics import (
+    ATTEMPT_OUTCOMES,
+    LATENCY_BUCKETS,
+    Metrics,
+    RequestCounter,
+    RequestHistogram,
+)
 
 
 def test_labels_gives_each_label_set_one_child_that_counts_into_the_registry() -> None:
@@ -94,3 +102,25 @@ def test_histogram_buckets_must_increase_and_inf_is_implied() -> None:
     h.labels().observe(2.0)
     assert r.get_sample_value("t_seconds_bucket", {"le": "0.5"}) == 0
     assert r.get_sample_value("t_seconds_bucket", {"le": "+Inf"}) == 1
+
+
+def test_keep_removes_the_series_of_label_values_gone() -> None:
+    m = Metrics()
+    for uid in ("a", "b@10.0.0.1:80"):
+        m.attempts.count(uid, "ok")
+    m.attempts.keep(0, {"a"})
+    get = m.registry.get_sample_value
+    assert get("geogate_upstream_attempts_total", {"upstream": "a", "outcome": "ok"}) == 1
+    assert (
+        get("geogate_upstream_attempts_total", {"upstream": "b@10.0.0.1:80", "outcome": "ok"})
+        is None
+    )
+
+
+def test_the_attempt_outcomes_made_at_0_are_every_one_the_proxy_counts() -> None:
+    """ATTEMPT_OUTCOMES (made at 0 per upstream) against what gateway.http.upstream labels
+    attempts with: an answer passed on (ok, status_5xx), a failed-over status, a failure kind."""
+    statuses = {f"status_{s}" for s in RETRYABLE_STATUS}
+    kinds = {str(k) for k in FailureKind if k is not FailureKind.STATUS}
+    assert set(ATTEMPT_OUTCOMES) == {"ok", "status_5xx"} | statuses | kinds
+    assert len(ATTEMPT_OUTCOMES) == len(set(ATTEMPT_OUTCOMES))

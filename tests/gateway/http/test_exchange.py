@@ -1,8 +1,17 @@
-"""gateway.http.exchange: what the access line says of a request refused or failed."""
+"""gateway.http.exchange: what the access line says of a request refused, failed or cut, and
+the region its metrics name."""
 
 from __future__ import annotations
 
+import json
+import logging
+
+import pytest
+
 from gateway.http.exchange import LOGGED_TEXT_MAX, Exchange, logged_text
+from gateway.routing.model import Candidate, Decision, Outcome, Reason, UpstreamView
+from gateway.runtime import Routed
+from geodb.location import Location
 
 
 def _refused() -> Exchange:
@@ -31,3 +40,42 @@ def test_ecs_fields_name_the_upstream_tried_when_none_answered() -> None:
     ex.status, ex.tried = 504, "us-1"  # it timed out: the error answer is the gateway's
     assert ex.ecs_fields()["geogate.upstream"] == "us-1"
     assert ex.upstream == "-"  # nothing was served: traffic counts stay without it
+
+
+def _routed(ex: Exchange) -> Exchange:
+    """``ex`` routed to "eu-1" (eu-central) first, then "us-1" (us-east)."""
+    order = tuple(
+        Candidate(
+            UpstreamView(id=uid, region=region, models=frozenset({"m"})),
+            *(10.0, 10.0, "distance", 0.0, True, False, "unknown"),
+        )
+        for uid, region in (("eu-1", "eu-central"), ("us-1", "us-east"))
+    )
+    decision = Decision(Outcome.ROUTED, order, (), Reason.LOWEST_SCORE)
+    ex.routed = Routed(None, False, Location(50.1, 8.7, "DE"), decision)
+    return ex
+
+
+def test_the_metrics_region_is_the_one_that_served_after_a_failover() -> None:
+    ex = _routed(_refused())
+    assert ex.region == "eu-central"  # nothing answered: the first choice's failure
+    ex.upstream, ex.served_region = "us-1", "us-east"
+    assert ex.region == "us-east"
+    assert Exchange("r", {}, 0.0).region == "-"  # before routing
+
+
+def test_a_cut_response_says_so_in_its_access_line(caplog: pytest.LogCaptureFixture) -> None:
+    ex = _routed(_refused())
+    ex.status, ex.upstream, ex.served_region, ex.model = 200, "us-1", "us-east", "m"
+    fields = ex.ecs_fields()
+    assert fields["event.outcome"] == "success" and fields["geogate.aborted"] is None
+    caplog.set_level(logging.INFO, logger="geogate.access")
+    ex.log("text")
+    assert json.loads(caplog.records[-1].getMessage())["aborted"] is None
+    ex.aborted = "upstream_error"  # an SSE stream cut: its status stays the head's 200
+    fields = ex.ecs_fields()
+    assert fields["event.outcome"] == "failure" and fields["geogate.aborted"] == "upstream_error"
+    assert fields["http.response.status_code"] == 200
+    ex.log("text")
+    line = json.loads(caplog.records[-1].getMessage())
+    assert (line["status"], line["aborted"]) == (200, "upstream_error")

@@ -1,4 +1,5 @@
-"""Kill one of three upstreams while 500 requests run at concurrency 20: zero may fail."""
+"""Kill one of three upstreams while 500 requests run at concurrency 20: zero may fail; and
+after a failover, the metrics name the region that served."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli.procs import kill
 from tests.support import UpstreamSpec, gateway_toml, get_json, start_gateway, start_sim
@@ -81,4 +84,52 @@ def test_kill_one_of_three_under_load_loses_nothing(tmp_path: Path) -> None:
     finally:
         gw.stop()
         for s in sims:
+            kill(s.proc)
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def test_the_metrics_name_the_region_that_served_and_a_5xx_is_no_ok_attempt(
+    tmp_path: Path,
+) -> None:
+    """ "near" (eu-central, the client's region) answers 503 to everything: requests for "m"
+    fail over to "far" (us-east), whose region the request metrics name, as the panels and
+    alerts that read them say ("by serving region"). "broken" answers 500, which is passed
+    on: its attempt is no "ok"."""
+    sims = {
+        "near": start_sim(
+            tmp_path, "near", "eu-central", ["m"], "--error-rate", "1", "--error-status", "503"
+        ),
+        "far": start_sim(tmp_path, "far", "us-east", ["m"]),
+        "broken": start_sim(tmp_path, "broken", "eu-central", ["b"], "--error-rate", "1"),
+    }
+    ups = [
+        UpstreamSpec(n, s.region, s.url, ["b" if n == "broken" else "m"]) for n, s in sims.items()
+    ]
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+    try:
+        body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
+        assert r.status_code == 200 and "upstream=far" in r.headers["geogate-route"], r.text
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body | {"model": "b"}, timeout=10)
+        assert r.status_code == 500, r.text
+        text = httpx.get(f"{gw.ops_url}/metrics").text
+        assert _sample(text, "geogate_requests_total", code="200", region="us-east") == 1
+        assert _sample(text, "geogate_requests_total", code="200", region="eu-central") is None
+        assert _sample(text, "geogate_request_duration_seconds_count", region="us-east") == 1
+        assert _sample(text, "geogate_requests_total", code="500", region="eu-central") == 1
+        attempts = "geogate_upstream_attempts_total"
+        assert _sample(text, attempts, upstream="near", outcome="status_503") == 1
+        assert _sample(text, attempts, upstream="far", outcome="ok") == 1
+        assert _sample(text, attempts, upstream="broken", outcome="status_5xx") == 1
+        assert _sample(text, attempts, upstream="broken", outcome="ok") == 0
+    finally:
+        gw.stop()
+        for s in sims.values():
             kill(s.proc)

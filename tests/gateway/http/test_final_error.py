@@ -3,11 +3,22 @@ for an answer that was late, never for a connection that was not made."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from gateway.client import Failure, FailureKind
+from gateway.client import ConnectionLost, Failure, FailureKind
 from gateway.errors import UpstreamBusy, UpstreamFailed, UpstreamTimeout
-from gateway.http.final_error import final_error, timeout_hint
+from gateway.http.final_error import (
+    TOTAL_TIMEOUT,
+    abort_cause,
+    cut_message,
+    final_error,
+    log_cut,
+    timeout_hint,
+)
+from gateway.http.watchdog import TotalTimeout
+from gateway.metrics import ABORT_CAUSES
 from gateway.routing.model import Candidate, Decision, Outcome, Reason, UpstreamView
 
 HINT = timeout_hint(True, "timeouts.first_byte_s")
@@ -61,3 +72,27 @@ def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> N
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
     err = final_error([busy], decision("a"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 1
+
+
+def test_a_cut_is_one_warning_naming_the_request_the_upstream_and_the_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="geogate")
+    message = cut_message("upstream_error", "us-1", 600)
+    log_cut("rid-7", "us-1", "us-east", "upstream_error", message)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == f"request rid-7 cut (upstream us-1, upstream_error): {message}"
+    fields = record.__dict__
+    assert fields["event.action"] == "stream-aborted" and fields["event.reason"] == "upstream_error"
+    assert (fields["geogate.upstream"], fields["geogate.region"]) == ("us-1", "us-east")
+    assert fields["http.request.id"] == "rid-7"
+
+
+def test_what_a_cut_says_and_its_cause() -> None:
+    assert "limit of 1.5 s (timeouts.total_s)" in cut_message(TOTAL_TIMEOUT, "a", 1.5)
+    assert "upstream a stopped answering" in cut_message("timeout", "a", 1.5)
+    assert "upstream a failed" in cut_message("upstream_error", "a", 1.5)
+    causes = [abort_cause(e) for e in (TotalTimeout(), TimeoutError(), ConnectionLost("x"))]
+    assert causes == [TOTAL_TIMEOUT, "timeout", "upstream_error"]
+    assert set(causes) == set(ABORT_CAUSES)  # each made at 0 before its first (metrics)

@@ -24,6 +24,8 @@ from tests.support import (
     Gateway,
     Sim,
     UpstreamSpec,
+    access_line,
+    eventually,
     gateway_toml,
     get_json,
     start_gateway,
@@ -142,14 +144,15 @@ def _upstream_row(gw: Gateway, uid: str) -> dict[str, Any]:
 
 
 def _aborted(gw: Gateway, cause: str) -> float:
-    prefix = f'geogate_stream_aborted_total{{cause="{cause}"}} '
+    prefix = f'geogate_stream_aborted_total{{cause="{cause}",region="eu-central"}} '
     lines = httpx.get(f"{gw.ops_url}/metrics").text.splitlines()
     return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
 
 
-def _last_event(gw: Gateway, model: str) -> dict[str, Any]:
+def _last_event(gw: Gateway, model: str, rid: str = "") -> dict[str, Any]:
     body = {"model": model, "prompt": "hi", "max_tokens": 200, "stream": True}
-    r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=10)
+    headers = {"x-request-id": rid} if rid else {}
+    r = httpx.post(f"{gw.url}/v1/completions", json=body, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
     events = [e for e in r.text.split("\n\n") if e.startswith("data: {")]
     last: dict[str, Any] = json.loads(events[-1][len("data: ") :])
@@ -170,14 +173,25 @@ def test_a_stream_past_total_s_is_cut_by_the_gateways_limit_not_the_upstreams(
     assert steady["times_ejected"] == 0, steady  # one failure would have ejected it
 
 
+def _cut_lines(gw: Gateway, rid: str) -> list[str]:
+    eventually(lambda: f"request {rid} cut" in gw.log_text(), timeout=5, what="the cut's line")
+    return [ln for ln in gw.log_text().splitlines() if rid in ln and '"rid"' not in ln]
+
+
 def test_a_silence_of_idle_s_is_still_the_upstreams_failure(cuts: Gateway) -> None:
     before = _aborted(cuts, "timeout")
-    err = _last_event(cuts, "gaps")["error"]
+    err = _last_event(cuts, "gaps", rid="gappy-cut-1")["error"]
     assert err["code"] == "upstream_stream_interrupted"
     assert "upstream gappy stopped answering" in err["message"], err
     assert _aborted(cuts, "timeout") == before + 1
     gappy = _upstream_row(cuts, "gappy")
     assert gappy["times_ejected"] == 1, gappy
+    # Its status is the head's 200: the access line says it was cut, and one warning says by
+    # whom and why.
+    line = access_line(cuts, "gappy-cut-1")
+    assert (line["status"], line["aborted"], line["upstream"]) == (200, "timeout", "gappy")
+    (cut,) = _cut_lines(cuts, "gappy-cut-1")
+    assert " WARNING geogate: request gappy-cut-1 cut (upstream gappy, timeout): " in cut, cut
 
 
 def test_a_body_that_begins_after_total_s_is_the_gateways_limit_too(cuts: Gateway) -> None:
@@ -185,11 +199,16 @@ def test_a_body_that_begins_after_total_s_is_the_gateways_limit_too(cuts: Gatewa
     # arrive in one read: the relay would start with its deadline already passed.
     before = _aborted(cuts, "total_timeout")
     body = {"model": "late", "max_tokens": 300_000, "messages": [{"role": "user", "content": "x"}]}
+    rid = {"x-request-id": "late-cut-1"}
     with pytest.raises(httpx.HTTPError):  # a reset, not an answer that looks complete
-        httpx.post(f"{cuts.url}/v1/chat/completions", json=body, timeout=10).read()
+        httpx.post(f"{cuts.url}/v1/chat/completions", json=body, headers=rid, timeout=10).read()
     assert _aborted(cuts, "total_timeout") == before + 1
     late = _upstream_row(cuts, "late")
     assert late["times_ejected"] == 0, late
+    line = access_line(cuts, "late-cut-1")
+    assert (line["status"], line["aborted"]) == (502, "total_timeout"), line
+    (cut,) = _cut_lines(cuts, "late-cut-1")  # one line, as for an SSE stream
+    assert "request late-cut-1 cut (upstream late, total_timeout): " in cut, cut
 
 
 @pytest.fixture

@@ -244,3 +244,45 @@ def test_the_total_deadline_says_so_and_a_silence_does_not() -> None:
     assert total is TotalTimeout  # chunks kept coming, then total_s (the caller's own limit)
     assert idle is TimeoutError  # a silence: the source's failure
     assert past is TotalTimeout  # a deadline already passed is the total one too
+
+
+def test_before_the_first_token_a_silence_waits_for_the_first_tokens_deadline() -> None:
+    """A role chunk, then a prefill longer than idle_s: no cut before first_s (the stream's
+    first_byte_s); a silence past it is cut, as a silence of idle_s is once the token came."""
+
+    async def main() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with Watchdog(0.05, 10, first_s=0.3) as wd:
+            await asyncio.sleep(0.2)  # four idle_s of prefill: not cut
+            wd.token()
+            await asyncio.sleep(0.03)  # tokens then flow as usual
+            wd.touch()
+        served = loop.time() - t0
+        t0 = loop.time()
+        with pytest.raises(TimeoutError), Watchdog(0.05, 10, first_s=0.3):
+            await asyncio.sleep(5)  # no token ever: cut at first_s
+        stuck = loop.time() - t0
+        t0 = loop.time()
+        with pytest.raises(TimeoutError), Watchdog(0.05, 10, first_s=5) as wd:
+            await asyncio.sleep(0.01)
+            wd.token()  # the timer stood at first_s: re-armed at idle_s from the token
+            await asyncio.sleep(5)
+        after_token = loop.time() - t0
+        return served, stuck, after_token
+
+    served, stuck, after_token = asyncio.run(main())
+    assert served >= 0.23
+    assert 0.29 <= stuck < 1.5
+    assert 0.05 <= after_token < 1.0
+
+
+def test_chunks_the_token_test_misses_keep_a_stream_alive_past_the_first_tokens_deadline() -> None:
+    """The later of the two deadlines: a tool call's arguments (no "content") flow past first_s
+    and are not cut as long as none of their silences reaches idle_s."""
+
+    async def main() -> int:
+        with Watchdog(0.1, 10, first_s=0.05) as wd:
+            return await _stream(wd, [0.04] * 8)  # 0.32 s of chunks, none a token
+
+    assert asyncio.run(main()) == 8

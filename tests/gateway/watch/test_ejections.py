@@ -16,6 +16,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.http.ops import ops_app
+from gateway.metrics import ABORT_CAUSES, ATTEMPT_OUTCOMES
 from gateway.runtime import Runtime, build_runtime
 from gateway.watch import ejections
 from tests.support import (
@@ -186,6 +187,60 @@ async def test_a_model_whose_upstreams_all_went_reads_0_until_it_leaves_the_conf
     # Once no upstream in the config declares "m", there is nothing to alert on: it goes.
     rt.store.replace_config(POOL.model_copy(update={"upstreams": POOL.upstreams[1:]}))
     assert (await _scrape(rt))["geogate_model_healthy_upstreams"] == {'model="n"': "1.0"}
+
+
+def test_a_model_whose_only_upstream_is_drained_has_none_routable() -> None:
+    """Every request for it gets a 503 (the router skips drained upstreams), so the count
+    that GeogateNoHealthyUpstream reads is 0; the upstream's own gauge stays 1 (healthy, and
+    a drained region is not down: GeogateRegionDown stays quiet)."""
+    cfg = CFG.model_copy(
+        update={
+            "upstreams": (
+                CFG.upstreams[0],
+                CFG.upstreams[1].model_copy(update={"models": ("n",), "drained": True}),
+            )
+        }
+    )
+    rt = build_runtime(cfg)
+    sample = rt.metrics.registry.get_sample_value
+    ejections.set_gauge(rt, "b", "eu", 0.0)
+    assert sample("geogate_model_healthy_upstreams", {"model": "n"}) == 0
+    assert sample("geogate_model_healthy_upstreams", {"model": "m"}) == 1
+    assert _gauge(rt, "b") == 1
+
+
+async def test_counters_exist_from_0_for_each_upstream_and_go_with_it() -> None:
+    """An increase() misses a counter's first event when its series appears at 1: each
+    current upstream's ejections and bounded attempt outcomes, and each region's stream cuts,
+    are there at 0 from the first scrape. A DNS member that left takes its counters with it
+    (labelled by member, as its gauges are): churn does not pile up series."""
+    rt = build_runtime(POOL)
+    rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
+    rt.metrics.attempts.count(ONE, "ok")
+    scraped = await _scrape(rt)
+    ups = (ONE, TWO, "s")
+    assert scraped["geogate_upstream_ejections_total"] == {
+        f'region="eu",upstream="{uid}"': "0.0" for uid in ups
+    }
+    attempts = scraped["geogate_upstream_attempts_total"]
+    assert attempts == {
+        f'outcome="{o}",upstream="{uid}"': "1.0" if (uid, o) == (ONE, "ok") else "0.0"
+        for uid in ups
+        for o in ATTEMPT_OUTCOMES
+    }
+    assert scraped["geogate_stream_aborted_total"] == {
+        f'cause="{c}",region="eu"': "0.0" for c in ABORT_CAUSES
+    }
+    for _ in range(POOL.outlier.consecutive_failures):  # ONE is ejected, then leaves
+        ejections.record_result(rt, ONE, "eu", False, 1.0)
+    assert (await _scrape(rt))["geogate_upstream_ejections_total"][
+        f'region="eu",upstream="{ONE}"'
+    ] == "1.0"
+    rt.store.set_members("pool", (("10.0.0.2", 8000),))
+    scraped = await _scrape(rt)
+    for name in ("geogate_upstream_ejections_total", "geogate_upstream_attempts_total"):
+        assert not [labels for labels in scraped[name] if ONE in labels], name
+        assert [labels for labels in scraped[name] if TWO in labels], name
 
 
 # --- end to end ---------------------------------------------------------------------------
