@@ -161,9 +161,15 @@ async def update(
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
+                # The observations first, then the hash: a gateway routes only on a version
+                # Redis had, and Redis's version only rises unless it lost data, so one read
+                # before can be above the version read after only where Redis lost data. Read
+                # after it, another operator's change committed between the two reads (and
+                # adopted by a gateway) would be taken for a loss, and refused.
+                seen = await observations.versions(r, keys)
                 await pipe.watch(keys.config)
                 held = parse(await pipe.hmget(keys.config, FIELDS))
-                await _refuse_if_behind(pipe, keys, held.version)
+                _refuse_if_behind(seen, held.version)
                 doc = held.doc if held.doc is not None else routing_doc(base)
                 new_doc, before, after = change(doc)
                 new_config = apply_doc(base, new_doc)
@@ -185,8 +191,10 @@ async def update(
                 continue  # someone changed the config between our read and write: redo
 
 
-async def _refuse_if_behind(r: Redis, keys: Keys, version: int) -> None:
-    ahead = {gw: v for gw, v in (await observations.versions(r, keys)).items() if v > version}
+def _refuse_if_behind(seen: dict[str, int], version: int) -> None:
+    """SharedStateUnavailable if a gateway (``seen``: gateway -> the version it routes on)
+    holds a version above Redis's ``version``."""
+    ahead = {gw: v for gw, v in seen.items() if v > version}
     if ahead:
         top = max(ahead.values())
         who = ", ".join(sorted(gw for gw, v in ahead.items() if v == top))

@@ -45,6 +45,11 @@ class RedisClock:
         """Redis's time now, or None until an exchange has read it."""
         return None if self.offset is None else self.local() + self.offset
 
+    def forget(self) -> None:
+        """The connection was lost: the next exchange asks for the offset again (Redis may be
+        another node now, a failover's, with a clock of its own)."""
+        self.offset = None
+
     def heard(self, redis_time: tuple[int, int], sent: float, answered: float) -> None:
         """TIME's answer to a round trip sent and answered at these local times."""
         secs, usecs = redis_time

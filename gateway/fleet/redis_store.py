@@ -137,11 +137,7 @@ class RedisStateStore(MemoryStateStore):
                 await self._sync_config()
                 listener = asyncio.create_task(self._listen())
                 while True:
-                    # Not what the last sync left: a published change we did not hear, Redis
-                    # holds an older version or none (it lost the document), or another
-                    # document at our version: the sync settles it.
-                    if await self._exchange_observations() != self._seen:
-                        await self._sync_config()
+                    await self._refresh()
                     self._in_sync()
                     backoff = INITIAL_BACKOFF_S
                     self._wake.clear()
@@ -162,6 +158,13 @@ class RedisStateStore(MemoryStateStore):
                 if listener is not None:
                     listener.cancel()
 
+    async def _refresh(self) -> None:
+        """One round: observations exchanged, and the config synced when Redis's hash is not
+        what the last sync left: a published change we did not hear, Redis holds an older
+        version or none (it lost the document), or another document at our version."""
+        if await self._exchange_observations() != self._seen:
+            await self._sync_config()
+
     def _in_sync(self) -> None:
         if self.stale_since is not None:
             sync_log.fresh(self.version, again=self.synced_once)
@@ -172,6 +175,9 @@ class RedisStateStore(MemoryStateStore):
     def _out_of_sync(self, exc: Exception) -> None:
         if self.stale_since is None:
             self.stale_since = time.time()
+        # Redis's clock is read again on return: it may be another node's (a Sentinel
+        # failover), whose offset, taken for the old one's, would trim the others' entries.
+        self.clock.forget()
         # Said once per outage and cause, the first at start too (stale_since is set from the
         # start until the first sync): a wrong URL or password was otherwise silent, the fleet
         # quietly one gateway per host.
@@ -208,12 +214,19 @@ class RedisStateStore(MemoryStateStore):
         holds = out.holds
         if out.write is not None:
             sync_log.wrote(out, mine)
-        # The digest beside it now: ours if we wrote, else as read (an earlier release leaves
-        # another document's there: compared as it is, it syncs no more than once).
-        field = holds.digest if out.write is not None else holds.stored_digest
-        self._seen = (str(holds.version), field)
         if self._held is None or holds.version > self.version:
             self._adopt(holds)
+        # What the loop compares Redis's hash with, only while it is what we route on: a sync
+        # that read before another adopted a newer version leaves the newer one's, so a Redis
+        # back at what it read (restored) still differs and is synced. The digest beside it:
+        # ours if we wrote, else as read (an earlier release leaves another document's there:
+        # compared as it is, it syncs no more than once).
+        if self._held is not None and (self._held.version, self._held.digest) == (
+            holds.version,
+            holds.digest,
+        ):
+            field = holds.digest if out.write is not None else holds.stored_digest
+            self._seen = (str(holds.version), field)
 
     def _mine(self) -> Stored:
         if self._held is None:

@@ -88,7 +88,9 @@ def settle(mine: Stored, held: Stored) -> Settled:
       - Redis's the newer change: adopted; written above our version if it is not above it
         already (a change made on an older copy Redis was restored to): ours dropped;
       - ours the newer change and the higher version: Redis went back to an older copy (a
-        snapshot, a fresh gateway's seed): ours put back, nothing dropped;
+        snapshot, a fresh gateway's seed): ours put back, nothing dropped; but where either
+        change's time is unknown (an earlier release made it) and Redis's is no file's seed,
+        Redis's may be a change made on an older copy: ours put back, Redis's dropped;
       - ours the newer change, Redis's version as high (a gateway cut off while the fleet
         moved on put its older change back, higher): ours above it, Redis's dropped."""
     if held.doc is None:
@@ -103,7 +105,10 @@ def settle(mine: Stored, held: Stored) -> Settled:
             return Settled(held)
         return Settled(held, write=held.at(mine.version + 1), dropped=mine)
     if mine.version > held.version:
-        return Settled(held, write=mine)
+        # Redis's an older copy only where the times say so (or it is a file's seed): where
+        # one is unknown, it may be a change made on an older copy, dropped and said.
+        older = held.changed_at == 0.0 or None not in (held.changed_at, mine.changed_at)
+        return Settled(held, write=mine, dropped=None if older else held)
     return Settled(held, write=mine.at(held.version + 1), dropped=held)
 
 
@@ -120,7 +125,10 @@ def conflict_reason(out: Settled, mine: Stored) -> str:
     kept, dropped = out.write, out.dropped
     assert kept is not None and dropped is not None
     ours = dropped is mine
-    lost = differences(dropped.doc or {}, kept.doc or {}) or ["no routing difference"]
+    try:
+        lost = differences(dropped.doc or {}, kept.doc or {}) or ["no routing difference"]
+    except Exception as exc:  # a document no reader expected: the conflict is said all the same
+        lost = [f"its differences not listed ({type(exc).__name__}: {exc})"]
     return (
         f"two documents: Redis's version {out.held.version} ({when(out.held.changed_at)}) and "
         f"this gateway's version {mine.version} ({when(mine.changed_at)}); kept the newer "
@@ -141,13 +149,19 @@ def _id(item: dict[str, Any]) -> str:
     return str(item.get("id"))
 
 
+def _names(items: object) -> list[str]:
+    """A list's items (a dict's keys) as text; what is neither, none: the documents compared
+    here may be ones a gateway refused."""
+    return [str(i) for i in items] if isinstance(items, list | dict) else []
+
+
 def _rule(rule: dict[str, Any]) -> str:
     # policy_from's name for it: the names the log and /routing-table use.
     return rule_name(
-        str(rule.get("name", "")),
-        [str(c) for c in rule.get("countries", ())],
-        [str(c) for c in rule.get("continents", ())],
-        [str(r) for r in rule.get("regions", ())],
+        str(rule.get("name") or ""),
+        _names(rule.get("countries")),
+        _names(rule.get("continents")),
+        _names(rule.get("regions")),
     )
 
 
@@ -175,8 +189,13 @@ def differences(dropped: dict[str, Any], kept: dict[str, Any]) -> list[str]:
                 ]
     drained, kept_drained = dropped.get(DRAINED_REGIONS) or {}, kept.get(DRAINED_REGIONS) or {}
     if drained != kept_drained:
-        out.append(
-            f"regions drained: {', '.join(sorted(drained)) or 'none'} "
-            f"(kept: {', '.join(sorted(kept_drained)) or 'none'})"
-        )
+        out.append(f"regions drained: {_drained(drained)} (kept: {_drained(kept_drained)})")
     return out
+
+
+def _drained(regions: object) -> str:
+    """drained_regions' regions: its keys (a list's items, as a refused document may hold
+    them), else the value as it is."""
+    if isinstance(regions, dict | list):
+        return ", ".join(sorted(_names(regions))) or "none"
+    return json.dumps(regions)

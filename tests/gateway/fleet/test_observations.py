@@ -9,6 +9,7 @@ import logging
 import time
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.fleet import observations
 from gateway.fleet.observations import RedisClock
@@ -73,6 +74,25 @@ async def test_a_gateway_whose_clock_runs_ahead_trims_no_one(
     finally:
         for s in (ahead, other):
             await s.stop()
+
+
+async def test_redis_clock_is_read_again_after_the_connection_is_lost(redis_url: str) -> None:
+    """A Sentinel failover to a node whose clock is 60 s behind the old one's: the offset
+    taken from the old node would score this gateway 60 s ahead and trim every other
+    gateway's entry, a round without their votes. Lost with the connection, it is read anew."""
+    gw, other = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        await other._exchange_observations()
+        await gw._exchange_observations()
+        assert gw.clock.offset is not None
+        gw.clock.offset += 60.0  # what the old node's clock said
+        gw._out_of_sync(RedisConnectionError("Connection closed by server."))  # the failover
+        await gw._exchange_observations()  # the first round on the new node
+        assert set(gw.observations["a"]) == {"gw0", "gw1"}
+        assert await other.redis().zscore(other.keys.observers, other.observer) is not None
+    finally:
+        await gw.stop()
+        await other.stop()
 
 
 async def test_a_malformed_observation_in_redis_stops_no_reader(redis_url: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.errors import ConfigError, SharedStateUnavailable
-from gateway.fleet import config_doc, config_io
+from gateway.fleet import config_doc, config_io, observations
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
 from tests.support import start_redis
@@ -418,6 +418,127 @@ async def test_a_change_is_refused_while_a_gateway_holds_a_version_above_redis(
         await behind.stop()
 
 
+async def test_a_change_racing_another_operators_change_is_made_not_refused(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another operator's change commits, and a gateway adopts it and says so in its
+    observation, while ctl makes its own: Redis lost nothing, so ctl's change is made on top
+    of the other one, not refused as "Redis lost data"."""
+    gw = gateway(redis_url, "gw0")
+    real = observations.versions
+
+    async def racing(r: Any, keys: Any) -> dict[str, int]:  # bob's change, as ctl reads
+        monkeypatch.undo()
+        await gw.update_upstream("a", {"weight": 3}, "bob")
+        await gw._exchange_observations()  # "gw0 routes on version 2"
+        return await real(r, keys)
+
+    try:
+        await gw._sync_config()
+        await gw._exchange_observations()
+        r = gw.redis()
+        base = config_doc.base_config((await config_io.read(r, gw.keys)).doc or {})
+        monkeypatch.setattr(observations, "versions", racing)
+        stored, _, entry = await config_io.update_upstream(
+            r, gw.keys, base, "b", {"weight": 2}, "alice"
+        )
+        assert (stored.version, entry["version"]) == (3, "3")
+        doc, version = await in_redis(gw)
+        assert version == 3 and doc is not None
+        assert {u["id"]: u["weight"] for u in doc["upstreams"]} == {"a": 3, "b": 2}
+    finally:
+        await gw.stop()
+
+
+async def test_a_late_sync_does_not_hide_redis_going_back_to_what_it_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that read version 1 and finished after the gateway moved on to version 3: were
+    version 1 what the refresh compares Redis's hash with, a Redis restored to exactly it
+    would read as nothing new, and version 3 never put back."""
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        old = await config_io.read(gw.redis(), gw.keys)  # version 1, answered after the changes
+        await operate(gw)
+
+        async def late(r: Any, keys: Any, mine: Stored) -> Settled:
+            monkeypatch.undo()
+            return Settled(old)
+
+        monkeypatch.setattr(config_io, "settle", late)
+        await gw._sync_config()
+        await hold(gw.redis(), gw, old)  # the restore: version 1 as it was
+        await gw._refresh()  # the next round
+        assert (gw.version, routing(gw)) == (3, OPERATED)
+        doc, version = await in_redis(gw)
+        assert version == 3 and doc is not None
+        assert {u["id"]: (u["weight"], u["drained"]) for u in doc["upstreams"]} == OPERATED
+    finally:
+        await gw.stop()
+
+
+async def test_an_earlier_releases_change_at_a_lower_version_is_dropped_and_said(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restored to version 1 and a gateway or ctl of an earlier release changes it there
+    (doc and version only, no change time): the gateway routing on version 3 puts its own
+    back, the higher version, and says what it dropped: the other change's time is unknown,
+    so it may be the newer one."""
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        snapshot = await config_io.read(gw.redis(), gw.keys)
+        await operate(gw)
+        await hold(gw.redis(), gw, snapshot)  # the restore
+        assert snapshot.doc is not None
+        earlier, _, _ = config_doc.change_upstream(snapshot.doc, "b", {"weight": 5})
+        await gw.redis().hset(gw.keys.config, mapping={"doc": json.dumps(earlier), "version": 2})
+        caplog.clear()
+        await gw._sync_config()
+        assert (gw.version, routing(gw)) == (3, OPERATED)
+        assert (await in_redis(gw))[1] == 3
+        [error] = conflicts(caplog)
+        text = error.getMessage()
+        assert error.levelno == logging.ERROR
+        assert "Redis's version 2 (its change's time not recorded" in text
+        assert "kept the newer change, this gateway's, as version 3" in text
+        assert "dropped Redis's version 2: upstream a: drained false (kept: true); " in text
+        assert "upstream b: weight 5 (kept: 3)" in text
+    finally:
+        await gw.stop()
+
+
+async def test_a_conflict_with_a_document_no_gateway_applies_is_still_said(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis's document, at version 3 like ours, is one every gateway refuses (a residency
+    rule's countries a number, drained_regions a list): settled all the same, and the ERROR
+    names what was dropped, not a traceback after the write."""
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        await operate(gw)
+        doc, _ = await in_redis(gw)
+        assert doc is not None
+        bad = {
+            **doc,
+            "residency": [{"countries": 5, "regions": ["eu"]}],
+            "drained_regions": [1, "a"],
+        }
+        await hold(gw.redis(), gw, Stored(bad, 3, 1.0))  # an older change than ours
+        caplog.clear()
+        await gw._sync_config()
+        assert (gw.version, routing(gw)) == (4, OPERATED)
+        assert len(_fleet_errors(caplog)) == 1  # the conflict's, and no failed sync's
+        [error] = conflicts(caplog)
+        text = error.getMessage()
+        assert "kept the newer change, this gateway's, as version 4" in text
+        assert "residency rule ->eu (not kept); regions drained: 1, a (kept: none)" in text
+    finally:
+        await gw.stop()
+
+
 # --- errors that are not Redis's -------------------------------------------------------------
 
 
@@ -477,9 +598,7 @@ async def test_a_document_no_gateway_can_read_is_refused_once_and_routed_around(
         await operate(gw)
         await gw.redis().hset(gw.keys.config, mapping={"doc": "not json", "version": 7})
         for _ in range(2):
-            seen = await gw._exchange_observations()
-            if seen != gw._seen:
-                await gw._sync_config()
+            await gw._refresh()
         [error] = _fleet_errors(caplog)
         assert error.startswith(
             "ignoring the fleet config in Redis: invalid fleet config in Redis (version 7): "

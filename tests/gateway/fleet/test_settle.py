@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.fleet import settle as settle_module
 from gateway.fleet.settle import Settled, Stored, conflict_reason, differences, newer, settle
 
 
@@ -51,6 +52,12 @@ def test_newer_is_the_later_change_then_the_higher_version_then_the_digest() -> 
         # Redis went back to an older copy (a snapshot, a file's seed): ours back.
         (Stored(A, 5, 7.0), Stored(B, 2, 3.0), Stored(A, 5, 7.0), None),
         (Stored(A, 5, 7.0), Stored(B, 1, 0.0), Stored(A, 5, 7.0), None),
+        (Stored(A, 5, None), Stored(B, 1, 0.0), Stored(A, 5, None), None),
+        # ...or, where a change's time is unknown (an earlier release's), a change made on an
+        # older copy: ours back all the same, and Redis's dropped, said.
+        (Stored(A, 5, 7.0), Stored(B, 2, None), Stored(A, 5, 7.0), "held"),
+        (Stored(A, 5, None), Stored(B, 2, 3.0), Stored(A, 5, None), "held"),
+        (Stored(A, 5, None), Stored(B, 2, None), Stored(A, 5, None), "held"),
         # A change on a restored Redis at the version we hold: the newer one, above both.
         (Stored(A, 3, 7.0), Stored(B, 3, 9.0), Stored(B, 4, 9.0), "mine"),
         (Stored(A, 3, 9.0), Stored(B, 3, 7.0), Stored(A, 4, 9.0), "held"),
@@ -107,3 +114,34 @@ def test_differences_by_region_upstream_rule_and_drained_region() -> None:
         "region eu (kept, not in the dropped one)",
         "upstream a (kept, not in the dropped one)",
     ]
+
+
+def test_a_refused_documents_rules_and_drained_regions_are_compared_not_raised() -> None:
+    """A document every gateway refuses (a rule's countries a number, drained_regions a list
+    of mixed items) is compared all the same: its conflict's ERROR line is still said."""
+    dropped = {
+        **doc(a=1),
+        "residency": [{"name": None, "countries": 5, "continents": "EU", "regions": ["eu"]}],
+        "drained_regions": [1, "a"],
+    }
+    assert differences(dropped, doc(a=1)) == [
+        "residency rule ->eu (not kept)",
+        "regions drained: 1, a (kept: none)",
+    ]
+    assert differences({**doc(a=1), "drained_regions": 7}, doc(a=1)) == [
+        "regions drained: 7 (kept: none)"
+    ]
+
+
+def test_a_conflict_is_said_even_where_its_differences_cannot_be_listed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(dropped: dict[str, Any], kept: dict[str, Any]) -> list[str]:
+        raise TypeError("not expected")
+
+    monkeypatch.setattr(settle_module, "differences", broken)
+    mine, held = Stored(A, 3, 9.0), Stored(B, 3, 7.0)
+    reason = conflict_reason(settle(mine, held), mine)
+    assert reason.endswith(
+        "dropped Redis's version 3: its differences not listed (TypeError: not expected)"
+    )

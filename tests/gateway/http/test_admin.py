@@ -1,10 +1,12 @@
 """The admin API in-process (httpx over ASGI, the in-memory store): who an operator is, what a
-change may hold, how big its body may be. Fleet-wide behaviour is tests/gateway/fleet/."""
+change may hold, how big its body may be; a change refused while Redis lost data, over a real
+redis-server. Fleet-wide behaviour is tests/gateway/fleet/."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,9 +15,11 @@ from starlette.applications import Starlette
 
 from gateway.config import Config
 from gateway.defaults import ADMIN_MAX_BODY_BYTES
-from gateway.errors import SharedStateUnavailable
+from gateway.fleet import config_io
+from gateway.fleet.redis_store import RedisStateStore
 from gateway.http.admin import admin_routes, operator_of
 from gateway.runtime import build_runtime
+from tests.support import start_redis
 
 ALICE, BOB, LEGACY = "alice-token-0123456789", "bob-token-9876543210", "old-shared-token"
 
@@ -238,16 +242,32 @@ async def test_redis_away_says_whether_a_change_was_lost_or_only_a_read() -> Non
     assert "(ConnectionError: Error 1 connecting to redis://:****@cache:6380: refused)" in said
 
 
-async def test_a_change_while_redis_lost_data_is_503_and_says_to_wait() -> None:
-    rt = build_runtime(config(tokens={"alice": ALICE}))
-
-    async def behind(*_: Any) -> Any:
-        raise SharedStateUnavailable("Redis lost data: gateways hold version 3 (gw0), Redis 1")
-
-    rt.store.update_upstream = behind  # type: ignore[method-assign,assignment]
-    app = Starlette(routes=admin_routes(rt))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-        r = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
-    assert r.status_code == 503 and r.json()["error"]["code"] == "shared_state_unavailable"
-    assert r.json()["error"]["message"].startswith("Redis lost data: gateways hold version 3")
+async def test_a_change_while_redis_lost_data_is_503_and_says_to_wait(tmp_path: Path) -> None:
+    """The real refusal (config_io.update), over a real redis-server: Redis holds version 1
+    while a gateway's fresh observation says it routes on version 3."""
+    server = start_redis(tmp_path)
+    data = config(tokens={"alice": ALICE}).model_dump(mode="json")
+    data["redis"] = {"url": server.url, "gateway_id": "gw1"}
+    rt = build_runtime(Config.model_validate(data))
+    assert isinstance(rt.store, RedisStateStore)
+    store = rt.store
+    try:
+        r = store.redis()
+        ahead = {"gateway": "gw0", "region": "eu", "upstreams": {}, "config_version": 3}
+        await r.set(store.keys.obs("gw0/1"), json.dumps(ahead), px=60_000)
+        await r.zadd(store.keys.observers, {"gw0/1": (await r.time())[0]})
+        app = Starlette(routes=admin_routes(rt))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            # The change syncs first: Redis, empty, is seeded with version 1 from the file.
+            r0 = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
+        assert r0.status_code == 503 and r0.json()["error"]["code"] == "shared_state_unavailable"
+        assert r0.json()["error"]["message"].startswith(
+            "Redis lost data: gateways hold version 3 (gw0), Redis 1; wait for them to put it back"
+        )
+        held = await config_io.read(r, store.keys)
+        assert held.version == 1  # nothing written
+        assert [u["weight"] for u in (held.doc or {})["upstreams"]] == [1]
+    finally:
+        await store.stop()
+        server.stop()
