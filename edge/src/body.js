@@ -6,9 +6,16 @@
  * bytes and the Content-Encoding the client sent.
  */
 
-// Compressed input is fed to the decoder this much at a time, so the output of one write,
-// which the decoder hands over whole, stays small next to the limit it is counted against.
-const SLICE_BYTES = 16 * 1024;
+// Compressed input is fed to the decoder this much at a time, and the next slice only once
+// the output of this one is read and counted. Deflate data unpacks to at most about 1032
+// times its size: what one write makes is at most about 4 MB (MAX_BODY_BYTES's default), so
+// a bomb costs the isolate that much, a slice or two in, whatever its size.
+const SLICE_BYTES = 4 * 1024;
+// The decoder's output is read this much at a time, into one buffer that is used again.
+const READ_BYTES = 64 * 1024;
+// The places a gzip member could start (1f 8b 08) that a body's writes are cut at, at most:
+// honest bodies hold one per member (and, by chance, one per 16 MB of deflate data or so).
+const MAX_MEMBER_STARTS = 64;
 // Content codings the Worker can undo (DecompressionStream's names); "x-gzip" is gzip
 // (RFC 9110 §8.4.1.3). Any other (br, zstd) leaves the model unread: the gateway answers 415.
 /** @typedef {"gzip" | "deflate" | "deflate-raw"} Format  DecompressionStream's */
@@ -61,29 +68,144 @@ export async function readBody(request, limit) {
   return body === "too large" ? body : /** @type {ArrayBuffer} */ (body.buffer);
 }
 
+const IDLE = Symbol("idle");
+
+/**
+ * A decoder fed in lockstep. workerd's DecompressionStream does not hold writes back: a write
+ * settles at once and the decoder keeps all it made of it, so input written ahead of the reads
+ * is decoded whole, a bomb included, before a read can count it. Here each write's output is
+ * read before the next write: after a write, reads are taken while they answer before a
+ * zero-delay timer does (workerd's event loop fires timers only once nothing else is ready to
+ * run, so a read that loses has nothing to return yet). The read in flight is kept for the
+ * next write's output: no byte is lost or moved, whichever wins.
+ */
+class Decoder {
+  /** @param {Format} format */
+  constructor(format) {
+    const stream = new DecompressionStream(format);
+    this.writer = stream.writable.getWriter();
+    this.reader = stream.readable.getReader({ mode: "byob" });
+    this.buffer = new ArrayBuffer(READ_BYTES);
+    /** @type {Promise<ReadableStreamReadResult<Uint8Array>> | null} the read in flight */
+    this.reading = null;
+    /** @type {Uint8Array[]} */
+    this.chunks = [];
+    this.size = 0;
+  }
+
+  /**
+   * Feed `bytes` (null: the end of the input) and read all the output it gives; false once
+   * that is more than `limit` bytes in all. Throws what the decoder says of bad input.
+   * @param {Uint8Array | null} bytes @param {number} limit
+   */
+  async put(bytes, limit) {
+    await (bytes ? this.writer.write(bytes) : this.writer.close());
+    for (;;) {
+      this.reading ??= this.reader.read(new Uint8Array(this.buffer));
+      // After the end every read answers: the rest of the output, then done.
+      const got = bytes ? await Promise.race([this.reading, idle()]) : await this.reading;
+      if (got === IDLE) return true;
+      this.reading = null;
+      if (got.done) return true;
+      this.buffer = /** @type {ArrayBuffer} */ (got.value.buffer);
+      this.size += got.value.byteLength;
+      if (this.size > limit) return false;
+      this.chunks.push(got.value.slice());
+    }
+  }
+
+  /** Drop the decoder and what it holds (nothing happens to one that ended). */
+  async stop() {
+    await this.reader.cancel().catch(() => {});
+    await this.writer.abort().catch(() => {});
+  }
+}
+
+/** @returns {Promise<typeof IDLE>} */
+function idle() {
+  return new Promise((resolve) => setTimeout(resolve, 0, IDLE));
+}
+
+/**
+ * Where a gzip member could start after the first (its magic and method, 1f 8b 08), at most
+ * MAX_MEMBER_STARTS of them.
+ * @param {Uint8Array} data
+ */
+function memberStarts(data) {
+  const starts = [];
+  for (let i = data.indexOf(0x1f, 1); i >= 0 && starts.length < MAX_MEMBER_STARTS; ) {
+    if (data[i + 1] === 0x8b && data[i + 2] === 8) starts.push(i);
+    i = data.indexOf(0x1f, i + 1);
+  }
+  return starts;
+}
+
+/**
+ * One gzip member (or zlib or raw deflate stream) from `data[from]` on, decoded to at most
+ * `limit` bytes, and where it ends: the end of `data`, or a member start (`starts`) that the
+ * decoder refuses to go past and that the bytes before it end a member there (gzip's trailer
+ * ends with the member's decoded size, mod 2^32). workerd's DecompressionStream takes one
+ * member only and fails the write that carries bytes after it (strict_compression_checks, on
+ * from compatibility date 2023-08-01), dropping what it had not handed over yet: the writes
+ * are cut at each possible start for that.
+ * @param {Uint8Array} data @param {number} from @param {Format} format @param {number} limit
+ * @param {number[]} starts
+ * @returns {Promise<{chunks: Uint8Array[], size: number, end: number} | "too large" | null>}
+ */
+async function inflateMember(data, from, format, limit, starts) {
+  const decoder = new Decoder(format);
+  let at = from;
+  try {
+    while (at < data.byteLength) {
+      const cut = starts.find((s) => s > at) ?? data.byteLength;
+      const next = Math.min(at + SLICE_BYTES, cut, data.byteLength);
+      try {
+        if (!(await decoder.put(data.subarray(at, next), limit))) return "too large";
+      } catch (err) {
+        const { chunks, size } = decoder;
+        const ended = at > from && starts.includes(at) && sizeBefore(data, at) === size % 2 ** 32;
+        if (ended) return { chunks, size, end: at };
+        throw err;
+      }
+      at = next;
+    }
+    if (!(await decoder.put(null, limit))) return "too large";
+    return { chunks: decoder.chunks, size: decoder.size, end: at };
+  } catch {
+    return null;
+  } finally {
+    await decoder.stop();
+  }
+}
+
+/**
+ * The little-endian 32-bit number just before `at` (a gzip trailer's last field, ISIZE).
+ * @param {Uint8Array} data @param {number} at
+ */
+function sizeBefore(data, at) {
+  if (at < 4) return -1;
+  return new DataView(data.buffer, data.byteOffset + at - 4, 4).getUint32(0, true);
+}
+
 /**
  * `data` decoded from `format`, at most `limit` bytes of it; null when it is not valid data.
+ * A gzip body may hold several members, one after another, as the gateway reads it.
  * @param {Uint8Array} data @param {Format} format @param {number} limit
  * @returns {Promise<Uint8Array | "too large" | null>}
  */
 async function inflate(data, format, limit) {
-  const decoder = new DecompressionStream(format);
-  const writer = decoder.writable.getWriter();
-  // Written while the output is read (a write waits for its output to be taken); a failed
-  // write is the read's failure too, and a cancelled read ends the writes.
-  const feeding = (async () => {
-    for (let at = 0; at < data.byteLength; at += SLICE_BYTES) {
-      await writer.write(data.subarray(at, at + SLICE_BYTES));
-    }
-    await writer.close();
-  })().catch(() => {});
-  try {
-    return await readAll(decoder.readable, limit);
-  } catch {
-    return null;
-  } finally {
-    await feeding;
-  }
+  const starts = format === "gzip" ? memberStarts(data) : [];
+  const chunks = [];
+  let size = 0;
+  let from = 0;
+  do {
+    const member = await inflateMember(data, from, format, limit - size, starts);
+    if (member === null || member === "too large") return member;
+    for (const c of member.chunks) chunks.push(c);
+    size += member.size;
+    from = member.end;
+  } while (from < data.byteLength);
+  return joined(chunks, size);
 }
 
 /**
@@ -93,7 +215,7 @@ async function inflate(data, format, limit) {
  * @param {number} limit
  * @returns {Promise<Uint8Array | "too large" | null>}
  */
-async function decoded(body, header, limit) {
+export async function decoded(body, header, limit) {
   const codings = header
     .split(",")
     .map((c) => c.trim().toLowerCase())

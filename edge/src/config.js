@@ -138,6 +138,24 @@ function fallback(env) {
   }
 }
 
+/**
+ * Each region ROUTING_TABLE_URLS names must be one of FALLBACK_TABLE's, where that is set:
+ * a misspelt one would count its gateway's misses against a region no table has, and the
+ * region that gateway serves would never be marked down for it (src/table.js).
+ * @param {Map<string, string>} regionOf @param {import("./table.js").TableDoc | null} table
+ */
+function checkRegionsNamed(regionOf, table) {
+  if (table === null) return;
+  for (const id of regionOf.values()) {
+    if (!table.regions.has(id)) {
+      throw new ConfigError(
+        `ROUTING_TABLE_URLS[${JSON.stringify(id)}]: FALLBACK_TABLE has no region ` +
+          `${JSON.stringify(id)} (its regions: ${[...table.regions.keys()].join(", ")})`,
+      );
+    }
+  }
+}
+
 /** @type {WeakMap<object, Settings>} */
 const cache = new WeakMap();
 
@@ -168,6 +186,7 @@ export function settings(env) {
       defaultLatitude: num(env, "DEFAULT_LATITUDE", { min: -90, max: 90 }),
       defaultLongitude: num(env, "DEFAULT_LONGITUDE", { min: -180, max: 180 }),
     };
+    checkRegionsNamed(regionOf, s.table.fallback);
     if (!/^[A-Za-z0-9_.-]+$/.test(s.keyId)) {
       throw new ConfigError(`EDGE_KEY_ID = ${JSON.stringify(s.keyId)}: letters, digits, _ . -`);
     }

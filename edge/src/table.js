@@ -174,6 +174,8 @@ export class TableCache {
     this.seen = noSightings();
     /** @type {Map<string, string>} source URL -> the self_region it last answered with */
     this.sourceRegion = new Map();
+    /** @type {Set<string>} source URLs named for a region no table has (warned of once) */
+    this.misnamed = new Set();
   }
 
   /**
@@ -235,7 +237,9 @@ export class TableCache {
    * the region whose gateway URL has its host name, else none's: a mistyped URL must not mark
    * healthy regions down. A region with no source of its own (ROUTING_TABLE_URLS lists some
    * gateways of a fleet sharing Redis) is never down for it. Counted when nothing answered
-   * too: a region still down is down at once.
+   * too: a region still down is down at once. A region named that no table has (a misspelt
+   * key: FALLBACK_TABLE's regions, where set, refuse it) is warned of, once a URL, and the
+   * host rule used instead: counted against no region, the source could never mark its own.
    * @param {TableDoc[]} fresh @param {string[]} answered  their URLs
    * @param {string[]} failed @param {Table | null} fallback
    * @param {Map<string, string>} [declared]  source URL -> region, as ROUTING_TABLE_URLS names it
@@ -262,14 +266,24 @@ export class TableCache {
         if (host) byHost.set(host, byHost.has(host) && byHost.get(host) !== id ? "" : id);
       }
     }
+    const known = new Set(tables.flatMap((t) => [...t.regions.keys()]));
+    /** @param {string} url */
+    const named = (url) => {
+      const id = declared.get(url);
+      if (id === undefined || known.size === 0 || known.has(id)) return id;
+      if (!this.misnamed.has(url)) {
+        this.misnamed.add(url);
+        const msg = "ROUTING_TABLE_URLS names a region no table has; its host name is used";
+        console.warn(JSON.stringify({ msg, url, named: id, regions: [...known] }));
+      }
+      return undefined;
+    };
     const suspects = new Set(
-      failed.map(
-        (url) => this.sourceRegion.get(url) ?? declared.get(url) ?? byHost.get(hostName(url)),
-      ),
+      failed.map((url) => this.sourceRegion.get(url) ?? named(url) ?? byHost.get(hostName(url))),
     );
     /** @type {Map<string, number>} */
     const misses = new Map();
-    for (const id of new Set(tables.flatMap((t) => [...t.regions.keys()]))) {
+    for (const id of known) {
       const missed = !own.has(id) && suspects.has(id);
       misses.set(id, missed ? (this.seen.misses.get(id) ?? 0) + 1 : 0);
     }

@@ -142,6 +142,22 @@ describe("FALLBACK_TABLE", () => {
     );
   });
 
+  test("refused: a region ROUTING_TABLE_URLS names that it does not have", () => {
+    const urls = {
+      "eu-central": "https://ops.eu.example.com/routing-table",
+      "us-eats": "https://ops.us.example.com/routing-table",
+    };
+    const doc = { regions: [eu, region("us-east")] };
+    const message = problem({ ROUTING_TABLE_URLS: urls, FALLBACK_TABLE: doc });
+    assert.match(message, /^ROUTING_TABLE_URLS\["us-eats"\]: FALLBACK_TABLE has no region /);
+    assert.match(message, /\(its regions: eu-central, us-east\)$/);
+    urls["us-east"] = urls["us-eats"];
+    delete urls["us-eats"];
+    assert.equal(problem({ ROUTING_TABLE_URLS: urls, FALLBACK_TABLE: doc }), "");
+    // With no FALLBACK_TABLE there is nothing to check them against here (src/table.js warns).
+    assert.equal(problem({ ROUTING_TABLE_URLS: { "us-eats": urls["us-east"] } }), "");
+  });
+
   test("a region with no URL is allowed: the gateways' tables may give it", () => {
     const s = settings({ FALLBACK_TABLE: { regions: [region("eu", { url: undefined })] } });
     assert.equal(s.table.fallback?.regions.get("eu")?.url, "");

@@ -135,14 +135,20 @@ describe("a compressed body", () => {
   // "big" is served in eu-central only: a client in Singapore reaches it only by its model.
   const doc = { model: "big", messages: [{ role: "user", content: "hi" }] };
   const raw = Buffer.from(JSON.stringify(doc));
-  for (const [coding, bytes] of [
+  for (const [coding, bytes, what = coding] of [
     ["gzip", gzipSync(raw)],
     ["x-gzip", gzipSync(raw)],
     ["deflate", deflateSync(raw)],
-    ["deflate", deflateRawSync(raw)], // raw deflate, as some clients send it
+    ["deflate", deflateRawSync(raw), "raw deflate"], // as some clients send it
     ["gzip, deflate", deflateSync(gzipSync(raw))],
+    // Two members, one after the other (RFC 1952 §2.2), read whole as the gateway reads them.
+    [
+      "gzip",
+      Buffer.concat([gzipSync(raw.subarray(0, 9)), gzipSync(raw.subarray(9))]),
+      "gzip, two members",
+    ],
   ]) {
-    test(`${coding}: routed by its model, sent on as it came`, async () => {
+    test(`${what}: routed by its model, sent on as it came`, async () => {
       const init = { body: bytes, headers: { "content-encoding": coding }, cf: CITIES.Singapore };
       const { resp, region, req } = await send(init);
       assert.equal(resp.status, 200);
@@ -193,9 +199,29 @@ describe("a compressed body", () => {
     assert.match(error.message, /decodes to over this API's limit of 4096 bytes/);
   });
 
+  test("a bomb is a 413 before it is decoded", async () => {
+    // 256 MiB of zeros in 260 KB: decoded whole, it took some 265 ms and 256 MiB of the
+    // isolate's 128 MB; fed a slice at a time, the first slices are over the limit.
+    const w = await startWorker({ FALLBACK_TABLE: { regions: [] } }); // MAX_BODY_BYTES: 4 MiB
+    started.push(w);
+    const bomb = gzipSync(Buffer.alloc(256 << 20));
+    const t0 = performance.now();
+    const resp = await w.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: bomb,
+      headers: { "content-encoding": "gzip" },
+      cf: CITIES.London,
+    });
+    const ms = performance.now() - t0;
+    assert.equal(resp.status, 413);
+    assert.match((await resp.json()).error.message, /decodes to over this API's limit/);
+    assert.ok(ms < 150, `${ms.toFixed(0)} ms`);
+  });
+
   test("not what its header says, or a coding it cannot undo: routed on location", async () => {
     for (const [coding, body] of [
       ["gzip", "not gzip"],
+      ["gzip", Buffer.concat([gzipSync(raw), Buffer.from("junk")])], // the gateway's 400
       ["br", "\x0b\x02\x80{}\x03"],
     ]) {
       const init = { body, headers: { "content-encoding": coding }, cf: CITIES.Singapore };

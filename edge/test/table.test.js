@@ -265,6 +265,38 @@ describe("the cache on its own", () => {
     assert.deepEqual(upsOf(named.cache.table, "us-east").map((u) => u.healthy), [false]);
   });
 
+  test("a region named that no table has: warned of once, and the host rule used", async (t) => {
+    // "eu-centrla" for eu-central: counted against it, the dead gateway's misses marked no
+    // region down. Its host is eu-central's gateway's host, so that rule finds the region.
+    const warn = t.mock.method(console, "warn", () => {});
+    const gw = {};
+    const doc = () => ({
+      regions: [
+        region("eu-central", 50.11, 8.68, "http://localhost:8443", [up("eu-central-1")]),
+        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
+      ],
+    });
+    gw.eu = await gateway("eu-central", doc);
+    gw.us = await gateway("us-east", doc);
+    gw.eu.dead = true;
+    const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
+    s.sources[0] = s.sources[0].replace("127.0.0.1", "localhost");
+    s.regionOf = new Map([[s.sources[0], "eu-centrla"]]);
+    for (let i = 1; i <= MISSES; i++) {
+      await cache.refresh(s);
+      const want = i < MISSES;
+      assert.deepEqual(upsOf(cache.table, "eu-central").map((u) => u.healthy), [want]);
+      clock.t += s.ttlMs;
+    }
+    const said = warn.mock.calls.map((c) => JSON.parse(c.arguments[0]));
+    const misnamed = said.filter((w) => /names a region no table has/.test(w.msg));
+    assert.deepEqual(
+      misnamed.map((w) => [w.url, w.named]),
+      [[s.sources[0], "eu-centrla"]],
+      "once, however many refreshes",
+    );
+  });
+
   test("what a source answers for outweighs the region named for it", async () => {
     // Named for us-east by mistake, it is eu-central's gateway: when it dies, eu-central is
     // the region that has lost its gateway.
