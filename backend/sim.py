@@ -59,9 +59,13 @@ class SimConfig:
     role_first: bool = False
 
     def __post_init__(self) -> None:
-        """Knobs that would break streams mid-answer (a lockstep step of 1/inf) are refused."""
+        """Knobs that would break streams mid-answer (a lockstep step of 1/inf) are refused, and
+        a switch that is no bool: POST /sim/config {"role_first": "false"} was taken as true
+        (a non-empty string), the opposite of what was asked."""
         if self.clock not in CLOCKS:
             raise ValueError(f"clock: one of {', '.join(CLOCKS)}, not {self.clock!r}")
+        if not isinstance(self.role_first, bool):
+            raise ValueError(f"role_first: true or false, not {self.role_first!r}")
         for knob in ("ttft_ms", "tokens_per_s", "delay_ms"):
             value = getattr(self, knob)
             if not isinstance(value, int | float) or not 0 <= value < math.inf:

@@ -219,25 +219,54 @@ static int scan(Relay *r, char *buf, size_t n, size_t *out, size_t *used) {
     return 0;
 }
 
+/* The keys whose non-empty string value is generated (gateway.traffic's _TOKEN says which
+ * and why), and their lengths. */
+static const struct { const char *name; size_t len; } token_keys[] = {
+    {"content", 7}, {"text", 4}, {"delta", 5}, {"reasoning_content", 17},
+    {"reasoning", 9}, {"refusal", 7}, {"arguments", 9}};
+
+static const char *skip_blanks(const char *c, const char *end) {
+    while (c < end && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == '\f' ||
+                       *c == '\v'))
+        c++;
+    return c;
+}
+
+/* c: just past an opening quote. Where the value starts (past its blanks) when c..end begins
+ * with key":, else NULL. */
+static const char *value_of(const char *c, const char *end, const char *key, size_t kl) {
+    if ((size_t)(end - c) < kl + 2 || c[0] != key[0] || memcmp(c, key, kl) != 0) return NULL;
+    c += kl;
+    if (c[0] != '"' || c[1] != ':') return NULL;
+    return skip_blanks(c + 2, end);
+}
+
+/* Whether v..end starts a non-empty string: a quote and a character that is not one. */
+static int nonempty_string(const char *v, const char *end) {
+    return end - v >= 2 && v[0] == '"' && v[1] != '"';
+}
+
 /* Whether data[0:n] carries generated text: gateway.traffic.carries_token's pattern,
- * "(?:content|text|delta)":\s*"[^"], matched the same way (tests/gateway/http/test_splice.py
- * holds the two equal). */
+ * "(?:content|text|delta|reasoning_content|reasoning|refusal|arguments)":\s*"[^"] or
+ * "function":\s*\{\s*"name":\s*"[^"], matched the same way (tests/gateway/test_traffic.py
+ * runs the same cases through both, tests/gateway/http/test_splice.py random data). The relay
+ * runs it only until a read carries a token: one pass over each read before, none after. */
 static int has_token(const char *data, size_t n) {
-    static const char *const keys[] = {"content", "text", "delta"};
     const char *end = data + n;
     for (const char *q = memchr(data, '"', n); q != NULL;
          q = memchr(q + 1, '"', (size_t)(end - q - 1))) {
-        for (int k = 0; k < 3; k++) {
-            size_t kl = strlen(keys[k]);
-            const char *c = q + 1;
-            if ((size_t)(end - c) < kl + 2 || memcmp(c, keys[k], kl) != 0) continue;
-            c += kl;
-            if (c[0] != '"' || c[1] != ':') continue;
-            c += 2;
-            while (c < end && (*c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' ||
-                               *c == '\f' || *c == '\v'))
-                c++;
-            if (c + 1 < end && c[0] == '"' && c[1] != '"') return 1;
+        const char *c = q + 1;
+        for (size_t k = 0; k < sizeof token_keys / sizeof token_keys[0]; k++) {
+            const char *v = value_of(c, end, token_keys[k].name, token_keys[k].len);
+            if (v != NULL && nonempty_string(v, end)) return 1;
+        }
+        const char *f = value_of(c, end, "function", 8);  /* a tool call's function's name */
+        if (f != NULL && f < end && *f == '{') {
+            f = skip_blanks(f + 1, end);
+            if (f < end && *f == '"') {
+                f = value_of(f + 1, end, "name", 4);
+                if (f != NULL && nonempty_string(f, end)) return 1;
+            }
         }
         if (q + 1 >= end) break;
     }

@@ -13,7 +13,9 @@ CLIENT_GONE: Final[int]
 CLOSED: Final[int]
 LOCAL_FAILED: Final[int]
 
-def carries_token(data: bytes, /) -> bool: ...
+def carries_token(data: bytes, /) -> bool:
+    """The relay's first-token test (has_token) on one read's data: gateway.traffic's
+    carries_token in C, exposed so that tests hold the two equal."""
 
 class Upstream(Protocol):
     """What the relay calls on the upstream's transport."""

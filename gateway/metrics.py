@@ -193,12 +193,15 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         # stream="true": a streamed answer's first byte, its first token (the TTFT objective
-        # of deploy/prometheus). "false": a whole answer's, which is its end: seconds of
-        # generation that must not count against time to first token.
+        # of deploy/prometheus; gateway.http.ttft for a stream that ended with none). "false":
+        # a whole answer's, which is its end: seconds of generation that must not count
+        # against time to first token.
         self.first_byte = RequestHistogram(
             "geogate_time_to_first_byte_seconds",
-            "Time from request to the first body byte sent to the client, by whether the "
-            "client asked for a stream",
+            'Time from request to a stream\'s first token (stream="true": a role chunk sent '
+            "ahead of it is none; a stream that failed before any counts at least "
+            "timeouts.first_byte_s, one that carried none at its end, one answered with a 4xx "
+            'not at all) or to a whole answer\'s first body byte, its end (stream="false")',
             ["region", "stream"],
             r,
             LATENCY_BUCKETS,
@@ -216,13 +219,16 @@ class Metrics:
             "geogate_retry_budget_exhausted", "Failovers refused by the retry budget", registry=r
         )
         # By the region that served it: a region whose backends die mid-answer (each a 200 in
-        # geogate_requests_total) is what the cut-streams alert names.
+        # geogate_requests_total) is what the cut-streams alert names. By whether the client
+        # asked for a stream: the alert weighs stream="true" against the streams served, and
+        # a whole answer cut mid-body (a non-SSE 502) is no stream.
         self.stream_aborted = RequestCounter(
             "geogate_stream_aborted",
             "Responses cut short after bytes reached the client, by cause (upstream_error; "
             "timeout: a silence of idle_s, or no first token within first_byte_s; "
-            "total_timeout: this gateway's timeouts.total_s) and serving region",
-            ["cause", "region"],
+            "total_timeout: this gateway's timeouts.total_s), serving region and whether the "
+            "client asked for a stream",
+            ["cause", "region", "stream"],
             r,
         )
         # Streams are counted by the path their body took past the first token: "splice" (C,

@@ -40,6 +40,7 @@ from gateway.errors import CannotListen
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import ENV_OPS_FD, shared
+from gateway.http.worker_metrics import ENV_WORKER
 from gateway.runtime import log
 
 Listeners = Sequence[socket.socket]  # Forked's: worker i's own listening socket at i
@@ -254,6 +255,7 @@ class Forked:
                 for other in (s for i, s in enumerate(self.socks) if i != index):
                     other.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+                os.environ[ENV_WORKER] = str(index)  # its replacement's too: /metrics' label
                 self.serve(index)
             except SystemExit as exc:
                 code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1

@@ -19,10 +19,20 @@ NOT_SERVED = "-"  # the upstream of a request nothing served (refused, failed, c
 
 # (where the client is, the upstream that served it or NOT_SERVED, the model or "")
 ServedKey = tuple[Location, str, str]
-# A streamed chunk that carries generated text: chat ("content"), completions ("text") or
-# responses ("delta") with a non-empty value. The first chunk of a stream is often the role
-# alone, sent before any token: its time is not the time to first token.
-_TOKEN = re.compile(rb'"(?:content|text|delta)":\s*"[^"]')
+# A streamed chunk that carries something generated: a non-empty string in a field the model
+# writes. Chat's "content", completions' "text", the responses API's "delta" (its text, its
+# reasoning and its tool calls' arguments); a reasoning model's thinking ("reasoning_content",
+# vLLM's and DeepSeek's, and "reasoning"), a "refusal", a tool call's "arguments" or its
+# function's "name" (chat's "function":{"name":..., so that the tools a responses API stream
+# echoes in its response.created event are none). Any of them ends the wait for a first token:
+# on "content" alone, a reasoning stream was timed at the end of its thinking and a stream of
+# tool calls only at its end. A stream's first chunk is often the role alone, sent before any
+# token: its time is not the time to first token. gateway/_splice.c's has_token is this test in
+# C (tests/gateway/test_traffic.py runs the same cases through both).
+_TOKEN = re.compile(
+    rb'"(?:content|text|delta|reasoning_content|reasoning|refusal|arguments)":\s*"[^"]'
+    rb'|"function":\s*\{\s*"name":\s*"[^"]'
+)
 
 
 def carries_token(chunk: bytes) -> bool:

@@ -8,7 +8,8 @@ tier reading the routing table, a Prometheus scraping metrics) may be let in. Th
 hypercorn on the worker's own event loop, so it reads the very Runtime the proxy writes; its
 socket is bound once by the parent process (``gateway.server``), which hands its descriptor
 to each worker (``shared``). With several workers, whichever one the kernel hands a scrape
-answers ``/metrics`` with the whole gateway's numbers (``gateway.http.worker_metrics``).
+answers ``/metrics`` with every worker's series, each labelled with its worker
+(``gateway.http.worker_metrics``).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def shared(ops: socket.socket | None, workers: int) -> Iterator[None]:
 
 
 def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> Starlette | OpsAuth:
-    """``workers``: this worker's part in a gateway of several; its /metrics, the whole
-    gateway's, comes before the one worker's of ``Endpoints`` (the first route matching wins)."""
+    """``workers``: this worker's part in a gateway of several; its /metrics, all the workers'
+    series, comes before the one worker's of ``Endpoints`` (the first route matching wins)."""
     dashboard = Dashboard(rt)
     merged = [Route("/metrics", workers.metrics)] if workers is not None else []
     app = Starlette(

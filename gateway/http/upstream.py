@@ -22,9 +22,9 @@ from gateway.client import (
     classify,
 )
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S
-from gateway.errors import GatewayError, StreamInterrupted, UpstreamBusy
+from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
-from gateway.http.errors import error_body
+from gateway.http.errors import error_body, status_of
 from gateway.http.exchange import Exchange
 from gateway.http.final_error import (
     TOTAL_TIMEOUT,
@@ -41,6 +41,7 @@ from gateway.http.headers import (
     upstream_request_headers,
 )
 from gateway.http.relay import relay
+from gateway.http.ttft import no_token_s
 from gateway.http.watchdog import TotalTimeout, Watchdog
 from gateway.routing.model import Candidate
 from gateway.runtime import Runtime
@@ -176,8 +177,8 @@ class _Attempts:
         if self.failures:
             ex.tried = self.failures[-1].upstream
         err = self._final_error()
-        if ex.stream:  # no token at all: a 502, 503 or 504 is slow (_no_token); a 429 is load
-            self._no_token(ex.region, not isinstance(err, UpstreamBusy))
+        if ex.stream:  # no token at all: a 502, 503 or 504 is slow; a 429 is left out
+            self._no_token(ex.region, status_of(err))
         raise err
 
     def _wait(self) -> tuple[float, str]:
@@ -283,14 +284,11 @@ class _Attempts:
         if watchdog is not None:
             watchdog.token()
 
-    def _no_token(self, region: str, failed: bool) -> None:
-        """A stream that ends with no token: its time to first token is its end; one that
-        ``failed`` (a 5xx, or cut) never got a token, and counts at least as slow as
-        timeouts.first_byte_s, the longest wait for one, whatever its elapsed time (a 502
-        from refused connections takes milliseconds): slow under any objective below it."""
-        s = self.ex.elapsed_s()
-        s = max(s, self.config.timeouts.first_byte_s) if failed else s
-        self.rt.metrics.first_byte.observe_at(s, region, "true")
+    def _no_token(self, region: str, status: int, cut: bool = False) -> None:
+        """A stream that ends with no token: gateway.http.ttft says what it counts as."""
+        s = no_token_s(status, self.ex.elapsed_s(), self.config.timeouts.first_byte_s, cut)
+        if s is not None:  # not a 4xx
+            self.rt.metrics.first_byte.observe_at(s, region, "true")
 
     def _record(self, cand: Candidate, ok: bool) -> None:
         self.rt.traffic.attempt(cand.upstream.id, ok)
@@ -332,18 +330,19 @@ class _Attempts:
         ex.body_bytes += len(first)
         m = self.rt.metrics
         region = cand.upstream.region
-        # A whole answer's first byte is its end (stream="false"); a stream's time to first
-        # byte is its first token's (_token_seen), and a role-only chunk may come first.
+        # A whole answer's first byte is its end (stream="false"); a stream's, its first token's
+        # (_token_seen): not a role chunk's, nor in an error's body, which may echo the prompt.
+        seek = ex.stream and resp.status < 400
         if not ex.stream:
             m.first_byte.observe_at(ex.elapsed_s(), region, "false")
-        elif carries_token(first):
+        elif seek and carries_token(first):
             self._token_seen(cand)
         if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
             # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
             await send({"type": "http.response.body", "body": first, "more_body": False})
             if ex.stream and not self.tokened:
-                self._no_token(region, resp.status >= 500)
+                self._no_token(region, resp.status)
             return True
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -361,14 +360,15 @@ class _Attempts:
                 raise TotalTimeout
             # A time stamp per chunk, not a timer per chunk (gateway.http.watchdog).
             with Watchdog(t.idle_s, left_s, self.task, first_s=first_s) as watchdog:
-                seen = functools.partial(self._token_seen, cand, watchdog) if waiting else None
+                tell = functools.partial(self._token_seen, cand, watchdog)
+                seen = tell if waiting and seek else None  # an error's body: no token sought
                 path = await relay(resp, send, ex, watchdog, seen, self.config.server.splice)
             m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, abort_cause(exc), sse)
             return False
         if waiting and not self.tokened:  # a stream that ended with no token
-            self._no_token(region, resp.status >= 500)
+            self._no_token(region, resp.status)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return True
 
@@ -379,10 +379,10 @@ class _Attempts:
         the request, the upstream and the cause, and the access line carries the cause: the
         status stays the head's 200 for SSE, which says nothing of the cut."""
         ex, region = self.ex, cand.upstream.region
-        self.rt.metrics.stream_aborted.count(cause, region)
+        self.rt.metrics.stream_aborted.count(cause, region, "true" if ex.stream else "false")
         ex.aborted = cause
         if ex.stream and not self.tokened:
-            self._no_token(region, True)
+            self._no_token(region, ex.status, cut=True)
         # This gateway's own limit on a response still coming: the upstream did its part.
         self._record(cand, cause == TOTAL_TIMEOUT)
         message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)

@@ -10,8 +10,10 @@ worst single failure (or for normal load if that is more): N+1 across regions, n
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -93,30 +95,85 @@ def egress_tb_per_month(d: Demand, p: PlanInput) -> float:
     return d.requests_per_day * d.output_tokens * p.bytes_per_output_token * days / TB
 
 
-def _nearest(d: Demand, cands: Sequence[Candidate]) -> Candidate:
-    return min(cands, key=lambda c: (rtt(d, c), c.id))
+Near = list[tuple[int, int]]  # per demand row: the ranks of its nearest and next-nearest region
 
 
-def _loads(demand: Sequence[Demand], cands: Sequence[Candidate], p: PlanInput) -> dict[str, float]:
-    out = {c.id: 0.0 for c in cands}
-    for d in demand:
-        out[_nearest(d, cands).id] += load_tokens_per_s(d, p)
-    return out
+class Table:
+    """What every evaluation of one input shares, computed once (a search evaluates thousands
+    of placements, each of which recomputed every RTT for every failover case): each demand
+    row's load and egress (checked), each candidate's RTT to each row, and each row's order of
+    the candidates by RTT, then id. A placement's nearest region for a row is its member of
+    lowest rank there, the one its demand fails over to the next: the same choice as taking
+    the least (RTT, id) among the regions left, so the same figures to the last digit."""
+
+    def __init__(self, p: PlanInput, cands: Sequence[Candidate] | None = None) -> None:
+        _check_demand(p)
+        rows = range(len(p.demand))
+        self.cands = p.candidates if cands is None else tuple(cands)
+        self.by_id = {c.id: c for c in self.cands}
+        self.load = [load_tokens_per_s(d, p) for d in p.demand]
+        self.egress = [egress_tb_per_month(d, p) for d in p.demand]
+        self.rtt = {c.id: [rtt(d, c) for d in p.demand] for c in self.cands}
+        self.where = {c.id: f"regions[{p.candidates.index(c)}] ({c.id})" for c in self.cands}
+        self.order = [[c for _, c in sorted((v[i], c) for c, v in self.rtt.items())] for i in rows]
+        self.rank = {c.id: [0] * len(rows) for c in self.cands}
+        for i, row in enumerate(self.order):
+            for r, cid in enumerate(row):
+                self.rank[cid][i] = r
+        self.none = len(self.cands)  # the next-nearest of a placement of one region: none
+
+    def nearest(self, ids: Sequence[str]) -> Near:
+        """Per demand row, the ranks of the placement's nearest and next-nearest region."""
+        if len(ids) == 1:
+            return [(r, self.none) for r in self.rank[ids[0]]]
+        return [(t[0], t[1]) for t in map(sorted, zip(*(self.rank[c] for c in ids), strict=True))]
 
 
-def _sizing(
-    demand: Sequence[Demand], cands: Sequence[Candidate], p: PlanInput
-) -> dict[str, tuple[float, str]]:
-    """Per region: the peak tokens/s it must serve and which case sets it."""
-    worst = {rid: (v, "normal") for rid, v in _loads(demand, cands, p).items()}
-    if len(cands) < 2:
+def _served(t: Table, ids: Sequence[str], near: Near) -> dict[str, list[int]]:
+    """Per region, the demand rows it serves (in demand order)."""
+    served: dict[str, list[int]] = {c: [] for c in ids}
+    for i, (f, _) in enumerate(near):
+        served[t.order[i][f]].append(i)
+    return served
+
+
+def ordered_sum(values: Sequence[float], rows: Iterable[int]) -> float:
+    """The values of these rows added one at a time, in order: the figure to the last digit
+    whatever computes it (not sum(), which compensates from Python 3.12)."""
+    return functools.reduce(operator.add, [values[i] for i in rows], 0.0)
+
+
+def _sizing(t: Table, ids: Sequence[str], near: Near) -> dict[str, tuple[float, str]]:
+    """Per region: the peak tokens/s it must serve and which case sets it. When a region
+    fails only the rows it served move, each to its next-nearest, so a failover case changes
+    the load of the regions they move to; each of those is summed anew over its rows in
+    demand order (the additions, and so the figure, of summing each row's nearest survivor)."""
+    served = _served(t, ids, near)
+    worst = {c: (ordered_sum(t.load, rows), "normal") for c, rows in served.items()}
+    if len(ids) < 2:
         return worst  # one region: nowhere to fail over to
-    for failed in cands:
-        rest = [c for c in cands if c.id != failed.id]
-        for rid, v in _loads(demand, rest, p).items():
-            if v > worst[rid][0]:
-                worst[rid] = (v, f"failover of {failed.id}")
+    for failed in ids:
+        moved: dict[str, list[int]] = {}
+        for i in served[failed]:
+            moved.setdefault(t.order[i][near[i][1]], []).append(i)
+        for cid, rows in moved.items():
+            v = ordered_sum(t.load, sorted(served[cid] + rows))
+            if v > worst[cid][0]:
+                worst[cid] = (v, f"failover of {failed}")
     return worst
+
+
+def _egress(t: Table, ids: Sequence[str], near: Near) -> dict[str, float]:
+    egress = {c: 0.0 for c in ids}
+    for i, (f, _) in enumerate(near):
+        egress[t.order[i][f]] += t.egress[i]
+    return egress
+
+
+def line_usd(p: PlanInput, c: Candidate, peak: float, egress_tb: float, where: str) -> float:
+    """A region's line of the bill (RegionLine.total_usd, to the last digit) without the line."""
+    compute = _instances(p, c, peak, where) * c.usd_per_hour * p.hours_per_month
+    return compute + egress_tb * c.egress_usd_per_tb + c.storage_gb * c.storage_usd_per_gb_month
 
 
 def _finite(value: float, what: str, inputs: str) -> float:
@@ -146,8 +203,9 @@ def _instances(p: PlanInput, c: Candidate, peak: float, where: str) -> int:
     return max(1, math.ceil(need - 1e-9))
 
 
-def _line(p: PlanInput, c: Candidate, peak: float, why: str, egress_tb: float) -> RegionLine:
-    where = f"regions[{p.candidates.index(c)}] ({c.id})"
+def _line(
+    p: PlanInput, c: Candidate, peak: float, why: str, egress_tb: float, where: str
+) -> RegionLine:
     n = _instances(p, c, peak, where)
     return RegionLine(
         id=c.id,
@@ -189,21 +247,23 @@ def _check_demand(p: PlanInput) -> None:
         )
 
 
-def evaluate(p: PlanInput, cands: Sequence[Candidate]) -> Placement:
-    _check_demand(p)
-    sizing = _sizing(p.demand, cands, p)
-    egress = {c.id: 0.0 for c in cands}
+def evaluate(p: PlanInput, cands: Sequence[Candidate], t: Table | None = None) -> Placement:
+    """One placement's bill and latencies; ``t``, a Table of (at least) these candidates,
+    saves recomputing RTTs across evaluations."""
+    t = Table(p, cands) if t is None else t
+    ids = [c.id for c in cands]
+    near = t.nearest(ids)
+    sizing, egress = _sizing(t, ids, near), _egress(t, ids, near)
     per_cont: dict[str, list[tuple[float, float]]] = {}
     everyone: list[tuple[float, float]] = []
     assignment = {}
-    for d in p.demand:
-        c = _nearest(d, cands)
-        assignment[d.label] = c.id
-        egress[c.id] += egress_tb_per_month(d, p)
-        pair = (rtt(d, c), d.requests_per_day)
+    for i, d in enumerate(p.demand):
+        cid = t.order[i][near[i][0]]
+        assignment[d.label] = cid
+        pair = (t.rtt[cid][i], d.requests_per_day)
         per_cont.setdefault(d.continent, []).append(pair)
         everyone.append(pair)
-    lines = [_line(p, c, *sizing[c.id], egress[c.id]) for c in cands]
+    lines = [_line(p, c, *sizing[c.id], egress[c.id], t.where[c.id]) for c in cands]
     p50 = {k: weighted_percentile(v, 0.5) for k, v in sorted(per_cont.items())}
     p95 = {k: weighted_percentile(v, 0.95) for k, v in sorted(per_cont.items())}
     misses = tuple(

@@ -85,7 +85,8 @@ def reconcile_gauges(rt: Runtime, now: float) -> None:
             m.attempts.labels(uid, outcome)
     for region in regions:
         for cause in ABORT_CAUSES:
-            m.stream_aborted.labels(cause, region)
+            for stream in ("true", "false"):  # streams, and whole answers cut mid-body
+                m.stream_aborted.labels(cause, region, stream)
     set_model_gauges(rt, now)
 
 

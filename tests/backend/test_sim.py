@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
+
 from tests.support import Sim, start_sim
 
 TTFT_S = 0.3
@@ -57,5 +59,19 @@ def test_the_role_chunk_goes_with_the_first_token(tmp_path: Path) -> None:
         role_at, chunks = _stream(sim)
         assert role_at < TTFT_S - 0.1, role_at  # at once, ahead of the prefill
         assert b'"content": "the"' not in chunks[0], chunks
+    finally:
+        sim.proc.kill()
+
+
+def test_role_first_is_a_bool_or_refused(tmp_path: Path) -> None:
+    """The string "false" was taken as true (a non-empty string): the role chunk went first."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    try:
+        for bad in ("false", "true", 0, 1, None):
+            r = httpx.post(f"{sim.url}/sim/config", json={"role_first": bad}, timeout=5)
+            assert r.status_code == 400, (bad, r.text)
+            assert r.json()["error"]["message"] == f"role_first: true or false, not {bad!r}"
+        ok = httpx.post(f"{sim.url}/sim/config", json={"ttft_ms": 1}, timeout=5)
+        assert ok.status_code == 200 and ok.json()["role_first"] is False  # none of them stuck
     finally:
         sim.proc.kill()

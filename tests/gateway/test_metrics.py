@@ -124,3 +124,21 @@ def test_the_attempt_outcomes_made_at_0_are_every_one_the_proxy_counts() -> None
     kinds = {str(k) for k in FailureKind if k is not FailureKind.STATUS}
     assert set(ATTEMPT_OUTCOMES) == {"ok", "status_5xx"} | statuses | kinds
     assert len(ATTEMPT_OUTCOMES) == len(set(ATTEMPT_OUTCOMES))
+
+
+def test_the_first_byte_histograms_help_says_what_a_stream_is_timed_at() -> None:
+    """What an operator reads beside the TTFT objective's series: a stream's sample is its first
+    token, not the first body byte (a role chunk sent ahead of it); at least first_byte_s for
+    one that failed before any, its end for one that carried none, nothing for a 4xx
+    (gateway.http.ttft); a whole answer's is its end."""
+    doc = Metrics().first_byte.doc
+    assert "first body byte sent to the client" not in doc
+    for said in (
+        "a stream's first token",
+        "a role chunk sent ahead of it is none",
+        "at least timeouts.first_byte_s",
+        "one that carried none at its end",
+        "4xx not at all",
+        "a whole answer's first body byte, its end",
+    ):
+        assert said in doc, said

@@ -431,16 +431,19 @@ import os, signal, sys
 from gateway import defaults, server
 defaults.WORKER_START_GRACE_S = 0.0
 marks = sys.argv[1]
+def mark() -> None:  # its index, as its /metrics finds it (gateway.http.worker_metrics)
+    with open(os.path.join(marks, str(os.getpid())), "w") as f:
+        f.write(os.environ["_GEOGATE_WORKER"])
 def serve(index: int) -> None:
     try:
         os.close(os.open(os.path.join(marks, "first"), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         if index == 1:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker that will not stop
-        open(os.path.join(marks, str(os.getpid())), "w").close()  # set up: the test may go on
+        mark()  # set up: the test may go on
         signal.pause()  # until SIGTERM, passed on by the parent
     else:
-        open(os.path.join(marks, str(os.getpid())), "w").close()
+        mark()
         raise SystemExit(3)  # the first worker dies once it ran
 server.Forked(2, serve, kill_after_s=1.0).run()
 """
@@ -467,6 +470,10 @@ def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
         assert "exited (status 3): starting another" in err
         assert "did not stop within 1 s: killed" in err
         assert "Traceback" not in err  # SystemExit(3) is an exit status, not a failure
+        # Each worker's index, the one that died's again in its replacement: a worker's
+        # /metrics series are labelled with it, and restart from 0 rather than begin anew.
+        indexes = sorted(p.read_text() for p in tmp_path.iterdir() if p.name != "first")
+        assert indexes in (["0", "0", "1"], ["0", "1", "1"]), indexes
     finally:
         proc.kill()
 

@@ -46,17 +46,50 @@ def test_places_and_samples_are_capped_until_taken() -> None:
     assert tally.ttft_ms == {"a": [1.0, 2.0]}
 
 
-@pytest.mark.parametrize(
-    ("chunk", "token"),
-    [
-        (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n', False),
-        (b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n', False),
-        (b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n', True),
-        (b'data: {"choices":[{"text":"lo","index":0}]}\n\n', True),  # completions
-        (b'data: {"type":"response.output_text.delta","delta":"Hi"}\n\n', True),  # responses
-        (b'data: {"choices":[{"delta":{"content":"\\n"}}]}\n\n', True),
-        (b"", False),
-    ],
-)
-def test_a_first_token_is_a_chunk_with_text_not_the_role_alone(chunk: bytes, token: bool) -> None:
+# Chunks as servers send them, through the Python test and its C twin (gateway._splice's,
+# which the splice relay runs): a case that only one of them got right would time streams
+# apart by the path their body took.
+FIRST_TOKEN_CASES = [
+    (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n', False),
+    (b'data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n', False),
+    (b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n', True),
+    (b'data: {"choices":[{"text":"lo","index":0}]}\n\n', True),  # completions
+    (b'data: {"type":"response.output_text.delta","delta":"Hi"}\n\n', True),  # responses
+    (b'data: {"choices":[{"delta":{"content":"\\n"}}]}\n\n', True),
+    (b"", False),
+    # OpenAI's role chunk: an empty content and a null refusal are nothing generated.
+    (b'data: {"choices":[{"delta":{"role":"assistant","content":"","refusal":null}}]}\n\n', False),
+    # A reasoning model's thinking comes first, content only after it (vLLM, DeepSeek).
+    (b'data: {"choices":[{"delta":{"reasoning_content":"Let"},"index":0}]}\n\n', True),
+    (b'data: {"choices":[{"delta":{"reasoning":"Let"}}]}\n\n', True),
+    (b'data: {"choices":[{"delta":{"reasoning_content":"","content":null}}]}\n\n', False),
+    (b'data: {"choices":[{"delta":{"refusal":"I can\'t"}}]}\n\n', True),
+    # A tool call's first chunk names its function (arguments still empty), then arguments.
+    (
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":'
+        b'"function","function":{"name":"get_weather","arguments":""}}]}}]}\n\n',
+        True,
+    ),
+    (b'data: {"choices":[{"delta":{"tool_calls":[{"function": { "name": "f"}}]}}]}\n\n', True),
+    (b'data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\\""}}]}}]}', True),
+    (b'{"choices":[{"delta":{"tool_calls":[{"function":{"name":"","arguments":""}}]}}]}', False),
+    # The tools a responses API stream echoes in response.created: named, nothing generated.
+    (
+        b'data: {"type":"response.created","response":{"tools":[{"type":"function",'
+        b'"name":"get_weather","parameters":{}}],"reasoning":{"effort":null},'
+        b'"text":{"format":{"type":"text"}},"output":[]}}\n\n',
+        False,
+    ),
+    (b'data: {"type":"response.function_call_arguments.delta","delta":"{\\"a"}\n\n', True),
+    # A key that only ends like one, or a value that is no string, is none.
+    (b'{"my_name":"x","pretext":"y","content_filter":"z","content":7}', False),
+    (b'{"function":"name"}', False),
+    (b'{"content":\n\t "x"}', True),  # blanks between the colon and the value, as JSON allows
+]
+
+
+@pytest.mark.parametrize(("chunk", "token"), FIRST_TOKEN_CASES)
+def test_a_first_token_is_anything_generated_in_python_and_in_c(chunk: bytes, token: bool) -> None:
     assert carries_token(chunk) is token
+    splice = pytest.importorskip("gateway._splice")  # optional (setup.py): where it is built
+    assert splice.carries_token(chunk) is token

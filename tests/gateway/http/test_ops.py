@@ -121,13 +121,16 @@ async def test_with_several_workers_the_ops_metrics_is_the_merged_one() -> None:
     assert OpsListener(rt, 0).workers is None  # one worker: no socket, /metrics as it was
     with runtime_dir(2) as directory:
         assert directory is not None
-        assert isinstance(OpsListener(rt, 0).workers, WorkerMetrics)
+        workers = OpsListener(rt, 0).workers
+        assert isinstance(workers, WorkerMetrics) and workers.worker == "0"  # claimed: granian's
+        await workers.stop()  # its claim given back
         for app, merged in (
-            (ops_app(rt, WorkerMetrics(rt, directory)), True),
+            (ops_app(rt, WorkerMetrics(rt, directory, "0")), True),
             (ops_app(rt), False),
         ):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
                 text = (await c.get("/metrics")).text
             assert "geogate_requests_in_flight" in text
+            assert ('geogate_requests_in_flight{worker="0"}' in text) is merged
             assert ("geogate_workers_scraped 1.0" in text) is merged

@@ -210,13 +210,19 @@ def test_any_chunked_body_cut_anywhere_reaches_the_client_whole(
         r.close()
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     st.lists(
         st.sampled_from(
-            [b'"', b"content", b"text", b"delta", b":", b" ", b"\t", b"\n", b"x", b"\\", b"'"]
+            # Whole keys and pieces of them, so that matches and near misses of each branch
+            # (a tool call's "function":{"name":... too) come up, not just stray bytes.
+            [
+                *(b'"', b'"content"', b'"text"', b'"delta', b'"reasoning', b'_content"'),
+                *(b'"refusal"', b'"arguments"', b'"function"', b'"function":{', b'"name"'),
+                *(b'"name":', b"name", b"{", b":", b'":', b" ", b"\t", b"\n", b"x", b"\\", b"'"),
+            ]
         ),
-        max_size=14,
+        max_size=16,
     ).map(b"".join)
 )
 def test_the_c_first_token_test_is_the_dashboards(data: bytes) -> None:

@@ -143,8 +143,9 @@ def _upstream_row(gw: Gateway, uid: str) -> dict[str, Any]:
     return row
 
 
-def _aborted(gw: Gateway, cause: str) -> float:
-    prefix = f'geogate_stream_aborted_total{{cause="{cause}",region="eu-central"}} '
+def _aborted(gw: Gateway, cause: str, stream: str = "true") -> float:
+    labels = f'cause="{cause}",region="eu-central",stream="{stream}"'
+    prefix = f"geogate_stream_aborted_total{{{labels}}} "
     lines = httpx.get(f"{gw.ops_url}/metrics").text.splitlines()
     return sum(float(line[len(prefix) :]) for line in lines if line.startswith(prefix))
 
@@ -197,12 +198,14 @@ def test_a_silence_of_idle_s_is_still_the_upstreams_failure(cuts: Gateway) -> No
 def test_a_body_that_begins_after_total_s_is_the_gateways_limit_too(cuts: Gateway) -> None:
     # A non-streaming answer within response_s (10 s) but after total_s (1.2 s), too big to
     # arrive in one read: the relay would start with its deadline already passed.
-    before = _aborted(cuts, "total_timeout")
+    before = [_aborted(cuts, "total_timeout", stream) for stream in ("true", "false")]
     body = {"model": "late", "max_tokens": 300_000, "messages": [{"role": "user", "content": "x"}]}
     rid = {"x-request-id": "late-cut-1"}
     with pytest.raises(httpx.HTTPError):  # a reset, not an answer that looks complete
         httpx.post(f"{cuts.url}/v1/chat/completions", json=body, headers=rid, timeout=10).read()
-    assert _aborted(cuts, "total_timeout") == before + 1
+    # A whole answer, no stream: the cut-streams alert weighs stream="true" against streams.
+    after = [_aborted(cuts, "total_timeout", stream) for stream in ("true", "false")]
+    assert after == [before[0], before[1] + 1], (before, after)
     late = _upstream_row(cuts, "late")
     assert late["times_ejected"] == 0, late
     line = access_line(cuts, "late-cut-1")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import tomllib
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,15 @@ from typing import Any
 import pytest
 
 from gateway.errors import PlanInvalid
-from gateway.plan.inputs import parse
-from gateway.plan.model import choose, evaluate, weighted_percentile
+from gateway.plan.inputs import Candidate, PlanInput, parse
+from gateway.plan.model import (
+    Table,
+    choose,
+    evaluate,
+    load_tokens_per_s,
+    rtt,
+    weighted_percentile,
+)
 from gateway.plan.search import plan
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
@@ -66,6 +75,48 @@ def test_n_plus_one_sizes_each_region_for_the_other_failing() -> None:
     assert both.monthly_usd == pytest.approx(8 * 1.0 * 730 + 8 * 2.0 * 730)
     alone = evaluate(p, p.candidates[:1])  # one region: no failover, sized for normal load
     assert alone.lines[0].instances == 8 and alone.lines[0].sized_for == "normal"
+
+
+def _sized_by_rescanning(p: PlanInput, cands: Sequence[Candidate]) -> dict[str, tuple[float, str]]:
+    """N+1 sizing as first written: every row's nearest survivor found anew, with its RTT,
+    for each failure (k + 1 passes over every row and region)."""
+
+    def loads(cs: Sequence[Candidate]) -> dict[str, float]:
+        out = {c.id: 0.0 for c in cs}
+        for d in p.demand:
+            out[min(cs, key=lambda c: (rtt(d, c), c.id)).id] += load_tokens_per_s(d, p)
+        return out
+
+    worst = {rid: (v, "normal") for rid, v in loads(cands).items()}
+    for failed in cands if len(cands) > 1 else ():
+        for rid, v in loads([c for c in cands if c is not failed]).items():
+            if v > worst[rid][0]:
+                worst[rid] = (v, f"failover of {failed.id}")
+    return worst
+
+
+def test_sizing_from_the_rtt_table_is_rescanning_s_to_the_last_digit() -> None:
+    """Each row's nearest and next-nearest region read from the Table's ranks: the same loads,
+    cases and labels as finding every row's nearest survivor anew for each failure."""
+    doc = _example()
+    assert isinstance(doc["regions"], list)
+    doc["regions"] += [
+        {"id": f"r{i}", "latitude": (37 * i) % 140 - 60, "longitude": (71 * i) % 360 - 180,
+         "usd_per_hour": 1.0}
+        for i in range(1, 16)
+    ]  # fmt: skip
+    p = parse(doc)
+    t = Table(p)
+    rng = random.Random(7)
+    failovers = 0
+    for _ in range(200):
+        cands = rng.sample(p.candidates, rng.randint(1, 12))
+        x = evaluate(p, cands, t)
+        assert x == evaluate(p, cands)  # a Table of these candidates only: the same
+        sized = {line.id: (line.peak_tokens_per_s, line.sized_for) for line in x.lines}
+        assert sized == _sized_by_rescanning(p, cands)
+        failovers += sum(line.sized_for != "normal" for line in x.lines)
+    assert failovers > 100
 
 
 def test_peak_factor_scales_instances() -> None:

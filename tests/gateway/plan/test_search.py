@@ -1,7 +1,9 @@
 """The placement search for many candidates: 20 candidates (a million placements) in well
 under a second of evaluations, the known optimum of a constructed case found, a Pareto front
 returned, and the same answer as listing every subset where both can run; 100 candidates
-reach placements of every size worth trying, whatever order they are listed in."""
+reach placements of every size worth trying, whatever order they are listed in; a round ranks
+growths as the beam ranks placements; with 40 demand rows the work is bounded (each RTT
+computed once, no round past the size a found placement's bill affords)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,24 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gateway.plan import grow, model
+from gateway.plan import search as searching
 from gateway.plan.inputs import parse
-from gateway.plan.model import Placement, choose, evaluate, pareto, subsets
-from gateway.plan.search import MAX_EVALUATIONS, exhaustive, largest_size, plan, search
+from gateway.plan.model import Placement, Table, choose, evaluate, pareto, subsets
+from gateway.plan.search import (
+    BEAM_WIDTH,
+    MAX_EVALUATIONS,
+    _Floor,
+    _Screen,
+    exhaustive,
+    largest_size,
+    plan,
+    search,
+    select,
+)
+from geodb.countries import data_rows
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
 
@@ -121,3 +138,88 @@ def test_the_order_of_the_candidates_changes_nothing() -> None:
         assert _found(found) == _found(first)
         a, b = choose(found), choose(first)
         assert a is not None and b is not None and set(a.regions) == set(b.regions)
+
+
+def test_a_round_ranks_growths_as_the_beam_ranks_placements() -> None:
+    """The screen prices growths exactly (no floor: adding a region can lower the others'
+    failover sizing), so its ranking is select's over the same placements evaluated; what it
+    leaves out costs more than a beam placement it grows, and is no faster."""
+    p = parse(_case())
+    t = Table(p)
+    order = {c.id: i for i, c in enumerate(p.candidates)}
+
+    def evaluated(ids: frozenset[str]) -> Placement:
+        cands = sorted((c for c in p.candidates if c.id in ids), key=lambda c: order[c.id])
+        return evaluate(p, cands, t)
+
+    beam = select([evaluated(frozenset({c.id})) for c in p.candidates], p, BEAM_WIDTH)
+    left_out = 0
+    for _ in range(2):  # pairs (from one region every other is a failover), then triples
+        ranked = _Screen(p, t).grow(beam, {}, share=10**6)
+        every = [evaluated(ids) for ids in ranked]
+        assert [frozenset(x.regions) for x in select(every, p, len(every))] == ranked
+        for x in beam:
+            for c in p.candidates:
+                ids = frozenset({*x.regions, c.id})
+                if c.id not in x.regions and ids not in ranked:
+                    y = evaluated(ids)
+                    assert any(
+                        set(z.regions) < ids
+                        and z.rtt_p95_ms == y.rtt_p95_ms
+                        and z.monthly_usd < y.monthly_usd
+                        for z in beam
+                    )
+                    left_out += 1
+        beam = select(every, p, BEAM_WIDTH)
+    assert left_out > 0
+
+
+def _forty_rows() -> dict[str, Any]:
+    doc = hundred()
+    codes = [r["country"] for r in data_rows("countries.csv")][:40]
+    doc["demand"] = [{"country": c, "requests_per_day": 1000 + i} for i, c in enumerate(codes)]
+    return doc
+
+
+def test_forty_demand_rows_bound_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reviewer's case: 100 candidates and a row for each of 40 countries took 53 s, most
+    of it evaluating placements of 30 to 40 regions, each sized for every failover by
+    recomputing RTTs (84 million). Now each RTT is computed once, the evaluations stay
+    within the budget, and no round grows past the size whose floor costs more than the
+    placement of every row's nearest candidate (the lowest p95 there is): 26 here, not 40."""
+    calls = {"rtt": 0, "evaluate": 0, "priced": 0}
+
+    def counted(name: str, f: Any) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name] += 1
+            return f(*args)
+
+        return call
+
+    monkeypatch.setattr(model, "rtt", counted("rtt", model.rtt))
+    monkeypatch.setattr(searching, "evaluate", counted("evaluate", model.evaluate))
+    monkeypatch.setattr(grow.Growths, "rows", counted("priced", grow.Growths.rows))
+    p = parse(_forty_rows())
+    found = search(p)
+    assert calls["rtt"] == len(p.candidates) * len(p.demand) == 4000
+    assert calls["evaluate"] == len(found) <= MAX_EVALUATIONS
+    floor = _Floor(p, Table(p))
+    nearest = next(x for x in found if frozenset(x.regions) == floor.nearest)
+    assert nearest.overall_p95_ms == floor.ideal_p95
+    biggest = max(len(x.regions) for x in found)
+    assert biggest <= sum(c <= nearest.monthly_usd for c in floor.cost) == 26
+    assert biggest < largest_size(p) == 40
+    # a round prices at most the beam's width times the candidates
+    assert calls["priced"] <= (biggest - 1) * BEAM_WIDTH * len(p.candidates)
+    best = choose(found)
+    assert best is not None and best.meets
+
+
+def test_no_placement_beats_the_floor() -> None:
+    """Every placement found costs at least the floor of its size, and none has a lower p95
+    than every row's nearest candidate gives."""
+    p = parse(hundred())
+    floor = _Floor(p, Table(p))
+    for x in search(p):
+        assert x.monthly_usd >= floor.cost[len(x.regions) - 1]
+        assert x.overall_p95_ms >= floor.ideal_p95

@@ -229,7 +229,9 @@ async def test_counters_exist_from_0_for_each_upstream_and_go_with_it() -> None:
         for o in ATTEMPT_OUTCOMES
     }
     assert scraped["geogate_stream_aborted_total"] == {
-        f'cause="{c}",region="eu"': "0.0" for c in ABORT_CAUSES
+        f'cause="{c}",region="eu",stream="{s}"': "0.0"
+        for c in ABORT_CAUSES
+        for s in ("true", "false")
     }
     for _ in range(POOL.outlier.consecutive_failures):  # ONE is ejected, then leaves
         ejections.record_result(rt, ONE, "eu", False, 1.0)
