@@ -27,6 +27,7 @@ from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.steering import preferred_region
 from gateway.traffic import Traffic
 from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
+from geodb.countries import place
 from geodb.edge import EdgeClient, verify
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
@@ -67,9 +68,8 @@ def setup_logging(section: LogSection | None = None) -> None:
 
 def default_location(config: Config) -> Location:
     d = config.geoip.default
-    return Location(
-        d.latitude, d.longitude, d.country, d.continent, None, None, LocationSource.DEFAULT
-    )
+    country, continent = place(d.country, d.continent)  # a country alone: its continent
+    return Location(d.latitude, d.longitude, country, continent, None, None, LocationSource.DEFAULT)
 
 
 def open_geo(config: Config) -> GeoSource:

@@ -26,6 +26,24 @@ def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
 PARSE_CACHE_SIZE = 16384
 
 
+def normalise(ip: IPAddress) -> IPAddress:
+    """The one form of an address every path uses: an IPv4-mapped IPv6 address (::ffff:a.b.c.d,
+    what a dual-stack socket reports) is the IPv4 address. A scoped IPv6 address (fe80::1%eth0)
+    names a link on some host, not a client: ValueError."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"{ip} has a scope id: it is no client's address")
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+    return ip
+
+
+def parse_ip(text: str) -> IPAddress:
+    """An address given as text (an explain query, a lookup, a signed header), normalised as a
+    client's is; ValueError when it is not one."""
+    return normalise(ipaddress.ip_address(text))
+
+
 @functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _parse(addr: str) -> IPAddress | None:
     addr = addr.strip()
@@ -34,12 +52,9 @@ def _parse(addr: str) -> IPAddress | None:
     elif addr.count(":") == 1:  # "1.2.3.4:5678"
         addr = addr.split(":", 1)[0]
     try:
-        ip = ipaddress.ip_address(addr)
+        return parse_ip(addr)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def _trusted(ip: IPAddress, trusted: Sequence[IPNetwork]) -> bool:

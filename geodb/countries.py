@@ -54,5 +54,14 @@ def country_continent(country: str) -> str | None:
     return None if found is None else found[0]
 
 
+def place(country: str | None, continent: str | None) -> tuple[str | None, str | None]:
+    """(country, continent) with the continent filled in from the country where it is missing:
+    GeoIP records, edge headers and the configured default can name a country alone."""
+    country = country.upper() if country else None
+    if continent:
+        return country, continent.upper()
+    return country, country_continent(country) if country else None
+
+
 def continent_point(continent: str) -> tuple[float, float] | None:
     return _continents().get(continent.upper())

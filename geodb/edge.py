@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import math
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -30,7 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import quote, unquote
 
-from geodb.clientip import IPAddress
+from geodb.clientip import IPAddress, parse_ip
+from geodb.countries import place
 from geodb.location import Location, LocationSource
 
 HEADER = "geogate-client"
@@ -120,23 +120,15 @@ def _coordinate(text: str, bound: float) -> float | None:
 
 def _client(fields: Mapping[str, str], key_id: str) -> EdgeClient | None:
     try:
-        ip = ipaddress.ip_address(fields["ip"])
+        ip = parse_ip(fields["ip"])
     except ValueError:
         return None
     lat, lon = _coordinate(fields["lat"], 90), _coordinate(fields["lon"], 180)
     if lat is None or lon is None:
         return None
-    country, continent = fields.get("country"), fields.get("continent")
+    country, continent = place(fields.get("country"), fields.get("continent"))
     city = unquote(fields["city"]) if "city" in fields else None
-    loc = Location(
-        lat,
-        lon,
-        country.upper() if country else None,
-        continent.upper() if continent else None,
-        city,
-        None,
-        LocationSource.EDGE,
-    )
+    loc = Location(lat, lon, country, continent, city, None, LocationSource.EDGE)
     return EdgeClient(ip, loc, key_id, fields.get("colo"))
 
 

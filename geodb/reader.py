@@ -27,8 +27,8 @@ from geodb.countries import (
     CONTINENT_ACCURACY_KM,
     COUNTRY_ACCURACY_KM,
     continent_point,
-    country_continent,
     country_point,
+    place,
 )
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
@@ -55,6 +55,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Addresses looked up once when a file is opened: a corrupt search tree or data section
 # shows up here instead of on the request path.
 _PROBE_ADDRESSES = ("1.1.1.1", "8.8.8.8", "81.2.69.160", "2001:4860:4860::8888", "127.0.0.1")
+# What a lookup in a file whose data section is partly corrupt raises (the probe at open time
+# reads only a few records): the address gets the default location instead of a 500.
+_CORRUPT_RECORD = (
+    maxminddb.errors.InvalidDatabaseError,
+    KeyError,
+    TypeError,
+    ValueError,
+    UnicodeDecodeError,
+)
 # Addresses whose location a GeoIPSource remembers (least recently used out first). A lookup
 # decodes a whole City record into geoip2 objects (~50 us, bench/results/profile.md); a client
 # sends many requests from one address, so a hit saves nearly all of it. 16,384 entries are a
@@ -84,6 +93,7 @@ class _Loaded:
     kind: str  # "city" or "country"
     stamp: _FileStamp
     database_type: str
+    ip_version: int  # 4: an IPv4-only file
 
 
 def open_database(path: Path) -> _Loaded:
@@ -112,7 +122,7 @@ def open_database(path: Path) -> _Loaded:
     except (maxminddb.errors.InvalidDatabaseError, KeyError, TypeError) as exc:
         reader.close()
         raise DatabaseError(f"GeoIP database {path} is corrupt: {exc}") from exc
-    return _Loaded(reader, kind, stamp, db_type)
+    return _Loaded(reader, kind, stamp, db_type, reader.metadata().ip_version)
 
 
 class Reload(StrEnum):
@@ -133,6 +143,10 @@ class GeoIPSource:
         self._db = open_database(path)
         self._cached = self._cache_for(self._db)
         self._refused: _FileStamp | None = None
+        self._lookup_failed: _FileStamp | None = None  # the file a failed lookup was logged for
+        # The file could not be stat'ed at the last poll: "seen" once (geoipupdate renames a
+        # new file into place, so a poll can fall in between), "warned" once logged.
+        self._missing: str | None = None
 
     def _cache_for(self, db: _Loaded) -> Callable[[IPAddress], Location | None]:
         """The lookup cache of one loaded file: a reload builds a new one with the new file,
@@ -152,8 +166,18 @@ class GeoIPSource:
         """
         try:
             stamp = _stamp(self.path)
+        except (FileNotFoundError, PermissionError) as exc:
+            return self._gone(exc)
         except OSError:
-            return Reload.UNCHANGED  # mid-replacement or deleted: keep serving what we have
+            return Reload.UNCHANGED  # keep serving what we have
+        if self._missing is not None:
+            if self._missing == "warned":
+                log.info(
+                    "GeoIP database %s is back",
+                    self.path,
+                    extra=_event("geoip-database-back", self.path),
+                )
+            self._missing = None
         if stamp in (self._db.stamp, self._refused):
             return Reload.UNCHANGED
         try:
@@ -177,41 +201,72 @@ class GeoIPSource:
         )
         return Reload.RELOADED
 
+    def _gone(self, exc: OSError) -> Reload:
+        """The file is missing or unreadable: the previous one keeps serving. Still so at the
+        next poll: one warning, counted as refused; not again until it has come back."""
+        if self._missing is None:
+            self._missing = "seen"  # perhaps mid-replacement: look again at the next poll
+            return Reload.UNCHANGED
+        if self._missing == "warned":
+            return Reload.UNCHANGED
+        self._missing = "warned"
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else "is not readable"
+        log.warning(
+            "GeoIP database %s %s, still serving the previous file: %s",
+            self.path,
+            reason,
+            exc,
+            extra=_event("geoip-reload-refused", self.path, f"{self.path} {reason}"),
+        )
+        return Reload.REFUSED
+
     def locate(self, ip: IPAddress | None) -> Location:
         if ip is None:
             return self.default
-        try:
-            return self._cached(ip) or self.default
-        except maxminddb.errors.InvalidDatabaseError as exc:  # not cached: logged every time
-            log.error("GeoIP lookup of %s failed in %s: %s", ip, self.path, exc)
-            return self.default
+        return self._cached(ip) or self.default
 
     def _lookup(self, db: _Loaded, ip: IPAddress) -> Location | None:
-        """The file's answer; None: not in it (cached too, so a miss is as cheap as a hit)."""
+        """The file's answer; None: not in it, or its record is unreadable (cached too, so a
+        miss is as cheap as a hit)."""
+        if ip.version == 6 and db.ip_version == 4:
+            return None  # an IPv4-only file has no IPv6 addresses
         try:
             if db.kind == "city":
                 return self._from_city(db.reader.city(ip))
             return self._from_country(db.reader.country(ip))
-        except (geoip2.errors.AddressNotFoundError, ValueError):
+        except geoip2.errors.AddressNotFoundError:
+            return None
+        except _CORRUPT_RECORD as exc:
+            if self._lookup_failed != db.stamp:  # once per file, not per request
+                self._lookup_failed = db.stamp
+                log.error(
+                    "GeoIP lookup of %s failed in %s (a corrupt record; such addresses get the "
+                    "default location): %s: %s",
+                    ip,
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                    extra=_event("geoip-lookup-failed", self.path, str(exc)),
+                )
             return None
 
     def _from_city(self, rec: geoip2.models.City) -> Location:
         lat, lon = rec.location.latitude, rec.location.longitude
         if lat is None or lon is None:
             return self._from_country(rec)
+        country, continent = _place(rec)
         return Location(
             latitude=lat,
             longitude=lon,
-            country=rec.country.iso_code,
-            continent=rec.continent.code,
+            country=country,
+            continent=continent,
             city=rec.city.name,
             accuracy_km=float(rec.location.accuracy_radius or COUNTRY_ACCURACY_KM),
             source=LocationSource.GEOIP,
         )
 
     def _from_country(self, rec: geoip2.models.Country) -> Location:
-        country = rec.country.iso_code or rec.registered_country.iso_code
-        continent = rec.continent.code or (country_continent(country) if country else None)
+        country, continent = _place(rec)
         point = country_point(country) if country else None
         accuracy = COUNTRY_ACCURACY_KM
         if point is None and continent:
@@ -226,6 +281,12 @@ class GeoIPSource:
             accuracy_km=accuracy,
             source=LocationSource.GEOIP,
         )
+
+
+def _place(rec: geoip2.models.Country) -> tuple[str | None, str | None]:
+    """(country, continent) of a City or Country record: the country where the address is,
+    else where its block is registered; the continent as given, else the country's."""
+    return place(rec.country.iso_code or rec.registered_country.iso_code, rec.continent.code)
 
 
 class DefaultSource:

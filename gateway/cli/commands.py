@@ -13,6 +13,7 @@ from gateway.checks import redis_url
 from gateway.cli.errors import CLIError
 from gateway.config import Config
 from gateway.config_file import load_config
+from geodb.clientip import parse_ip
 from geodb.location import Location
 from geodb.reader import GeoIPSource, GeoSource
 
@@ -35,9 +36,26 @@ def gateway(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     setup_logging(config.log)
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
+    _warn_open_audience(config)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: ignored still
         signal.signal(signal.SIGHUP, _hup_drains)  # forked workers inherit it
     server.run(config, args.config)
+
+
+def _warn_open_audience(config: Config) -> None:
+    """Edge keys without ``edge.audiences``: a header is then checked against the Host the
+    client itself sends, so one captured on its way to one gateway sharing the key can be
+    replayed at another with that Host. Said once at start; not refused, so that a
+    deployment that upgrades keeps starting."""
+    from gateway.runtime import log
+
+    if config.edge.keys and not config.edge.audiences:
+        log.warning(
+            "edge.keys without edge.audiences: a signed edge header is checked against the "
+            "Host the client sends, so one captured for another gateway that shares the key "
+            "can be replayed here with that Host; set edge.audiences to this gateway's "
+            "public host names"
+        )
 
 
 def _hup_drains(_sig: int, _frame: object) -> None:
@@ -83,7 +101,7 @@ def lookup(args: argparse.Namespace) -> None:
     from gateway.runtime import default_location, open_geo
 
     try:
-        ip = ipaddress.ip_address(args.ip)
+        ip = parse_ip(args.ip)
     except ValueError:
         raise CLIError(f"{args.ip!r} is not an IP address") from None
     config: Config | None = load_config(args.config) if args.config else None

@@ -189,3 +189,5 @@ async def json_body(request: Request, timeout_s: float) -> Any:
         raise RequestInvalid(
             'body is nested too deeply; send an object such as {"weight": 2}'
         ) from None
+    except ValueError as exc:  # an integer of over 4300 digits (CPython's int limit)
+        raise RequestInvalid(f"body is not JSON this server reads: {exc}") from None

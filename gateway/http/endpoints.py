@@ -3,7 +3,6 @@ the routing table and the explain view of one routing decision."""
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +17,7 @@ from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms,
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
 from gateway.watch import ejections
+from geodb.clientip import parse_ip
 from geodb.edge import HEADER as EDGE_HEADER
 
 # Public, as /readyz is: an edge gateway in front of this one (upstream load_path = "/load")
@@ -219,7 +219,7 @@ class Endpoints:
         ip_text = request.query_params.get("ip")
         if ip_text:
             try:
-                ip = ipaddress.ip_address(ip_text)
+                ip = parse_ip(ip_text)
             except ValueError:
                 return json_error(
                     RequestInvalid(
@@ -242,7 +242,7 @@ class Endpoints:
         return JSONResponse(
             {
                 "model": model,
-                "ip": ip_text or (str(routed.client) if routed.client else ""),
+                "ip": routed.client_text or ip_text or "",  # normalised (::ffff:a.b.c.d: a.b.c.d)
                 "location": routed.location.as_dict(),
                 "decision": decision.explain(),
                 "header": decision.header(),

@@ -51,12 +51,14 @@ class OpsAuth:
 
     def __init__(self, app: Starlette, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _own_login(scope["path"]):
-            sent = (header(scope, b"authorization") or "").encode("latin-1")
-            if not hmac.compare_digest(sent, self.expected):
+            # The scheme in any case, as RFC 9110 has it ("bearer" was refused).
+            scheme, _, sent = (header(scope, b"authorization") or "").partition(" ")
+            ok = scheme.lower() == "bearer"
+            if not hmac.compare_digest(sent.strip().encode("latin-1"), self.expected) or not ok:
                 err = OpsUnauthorized(
                     "missing or wrong ops token: send Authorization: Bearer <ops.token>"
                 )

@@ -142,3 +142,12 @@ def test_another_threads_loop_in_the_middle_of_a_step_is_not_taken_for_this_one(
         release.set()
         thread.join(5)
         other.close()
+
+
+def test_a_default_country_without_continent_gets_the_countrys() -> None:
+    from gateway.runtime import default_location
+
+    d = CFG.geoip.default.model_copy(update={"country": "JP"})
+    cfg = CFG.model_copy(update={"geoip": CFG.geoip.model_copy(update={"default": d})})
+    loc = default_location(cfg)
+    assert (loc.country, loc.continent) == ("JP", "AS")

@@ -44,3 +44,19 @@ def test_parsed_addresses_are_remembered_and_answers_unchanged() -> None:
     info = _parse.cache_info()
     assert info.misses == 3 and info.hits == 6  # each string parsed once
     assert info.maxsize is not None and info.maxsize > 0  # bounded: client strings are input
+
+
+def test_one_normal_form_mapped_unmapped_and_scoped_refused() -> None:
+    import pytest
+
+    from geodb.clientip import normalise, parse_ip
+
+    assert parse_ip("::ffff:203.0.113.9") == ip("203.0.113.9")
+    assert normalise(ip("::ffff:198.51.100.1")) == ip("198.51.100.1")
+    assert parse_ip("2001:db8::1") == ip("2001:db8::1")
+    with pytest.raises(ValueError, match="scope"):
+        parse_ip("fe80::1%eth0")
+    # A trusted proxy's hop with a zone id is no client: the walk stops at the last good hop.
+    assert client_ip("10.0.0.3", ["fe80::1%eth0"], TRUSTED) == ip("10.0.0.3")
+    assert client_ip("10.0.0.3", ["[fe80::1%eth0]:443"], TRUSTED) == ip("10.0.0.3")
+    assert client_ip("fe80::1%eth0", [], TRUSTED) is None

@@ -122,3 +122,15 @@ def test_signed_but_unreadable_values_are_malformed(bad: dict[str, str]) -> None
 def test_sign_refuses_values_that_would_break_the_format() -> None:
     with pytest.raises(ValueError, match="colo"):
         sign(SECRET, fields(colo="L;HR"))
+
+
+def test_the_signed_ip_is_normalised_and_a_scoped_one_is_malformed() -> None:
+    v = verify(sign(SECRET, fields(ip="::ffff:203.0.113.7")), KEYS, AUD, NOW, 30.0)
+    assert v.client is not None and v.client.ip == ipaddress.ip_address("203.0.113.7")
+    assert check(sign(SECRET, fields(ip="fe80::1%eth0"))) is EdgeResult.MALFORMED
+
+
+def test_a_country_without_continent_gets_the_countrys() -> None:
+    v = verify(sign(SECRET, fields(country="jp", continent="")), KEYS, AUD, NOW, 30.0)
+    assert v.client is not None
+    assert (v.client.location.country, v.client.location.continent) == ("JP", "AS")

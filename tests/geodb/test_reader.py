@@ -129,3 +129,76 @@ def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: P
     os.replace(city_db(tmp_path / "new.mmdb", "Lyon", 45.76), db)
     assert src.maybe_reload() is Reload.RELOADED
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
+
+
+def test_a_corrupt_record_gets_the_default_logged_once_and_cached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The probe at open time reads a few addresses only: a bad record elsewhere loads.
+    path = tmp_path / "bad.mmdb"
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City")
+    w.insert_network(
+        IPSet(["198.51.100.0/24"]),
+        {"continent": "EU", "location": {"latitude": 51.0, "longitude": 9.0}},
+    )
+    w.to_db_file(str(path))
+    src = GeoIPSource(path, DEFAULT)
+    reads: list[str] = []
+    real = src._db.reader.city
+
+    def counting(ip_address: IPAddress) -> City:
+        reads.append(str(ip_address))
+        return real(ip_address)
+
+    src._db.reader.city = counting  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="geodb"):
+        for _ in range(2):
+            assert src.locate(ip("198.51.100.1")) == DEFAULT  # geoip2 raises TypeError
+            assert src.locate(ip("198.51.100.2")) == DEFAULT
+    assert reads == ["198.51.100.1", "198.51.100.2"]  # the fallback is cached like a miss
+    assert len(caplog.records) == 1 and str(path) in caplog.records[0].getMessage()
+
+
+def test_a_city_record_without_country_places_it_as_a_country_record_does(
+    tmp_path: Path,
+) -> None:
+    # MaxMind City records can have a location and a registered_country but no country.
+    record = {"registered_country": {"iso_code": "DE"}}
+    located = {**record, "location": {"latitude": 51.0, "longitude": 9.0, "accuracy_radius": 50}}
+    paths = []
+    for kind, rec in (("GeoIP2-City", located), ("GeoIP2-Country", record)):
+        paths.append(tmp_path / f"{kind}.mmdb")
+        w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=kind)
+        w.insert_network(IPSet(["203.0.113.0/24"]), rec)
+        w.to_db_file(str(paths[-1]))
+    city = GeoIPSource(paths[0], DEFAULT).locate(ip("203.0.113.1"))
+    country = GeoIPSource(paths[1], DEFAULT).locate(ip("203.0.113.1"))
+    assert (city.country, city.continent) == (country.country, country.continent) == ("DE", "EU")
+    assert (city.latitude, city.accuracy_km) == (51.0, 50)
+
+
+def test_a_missing_file_is_warned_of_once_counted_refused_and_its_return_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = city_db(tmp_path / "c.mmdb")
+    src = GeoIPSource(db, DEFAULT)
+    db.unlink()
+    with caplog.at_level(logging.INFO, logger="geodb"):
+        # The first poll may fall between geoipupdate's unlink and rename: nothing yet.
+        assert src.maybe_reload() is Reload.UNCHANGED
+        assert not caplog.records
+        assert src.maybe_reload() is Reload.REFUSED  # still gone: one warning, one count
+        assert src.maybe_reload() is Reload.UNCHANGED
+        assert src.maybe_reload() is Reload.UNCHANGED
+        assert [r.levelno for r in caplog.records] == [logging.WARNING]
+        assert "does not exist" in caplog.records[0].getMessage()
+        assert caplog.records[0].__dict__["event.action"] == "geoip-reload-refused"
+        assert src.locate(ip("192.0.2.1")).city == "Paris"
+        os.replace(city_db(tmp_path / "new.mmdb", "Lyon", 45.76), db)
+        assert src.maybe_reload() is Reload.RELOADED
+        back = [r.getMessage() for r in caplog.records if "is back" in r.getMessage()]
+        assert len(back) == 1
+        db.unlink()  # gone again: warned again
+        assert src.maybe_reload() is Reload.UNCHANGED
+        assert src.maybe_reload() is Reload.REFUSED
+    assert [r.levelno for r in caplog.records].count(logging.WARNING) == 2

@@ -21,7 +21,6 @@ and audited under the operator's name exactly as ``PATCH /admin/...`` is.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
@@ -44,6 +43,7 @@ from gateway.http.dashboard.sampler import Sampler
 from gateway.http.errors import json_error
 from gateway.http.upstream import ClientGone
 from gateway.runtime import Runtime
+from geodb.clientip import parse_ip
 from geodb.countries import country_continent, country_point
 from geodb.location import Location, LocationSource
 
@@ -182,7 +182,7 @@ class Dashboard:
         now = time.monotonic()
         if q.get("ip"):
             try:
-                ip = ipaddress.ip_address(q["ip"])
+                ip = parse_ip(q["ip"])  # as the proxy reads it: unmapped, no scope
             except ValueError:
                 raise RequestInvalid(
                     f"{q['ip']!r} is not an IP address; give one such as 203.0.113.7"

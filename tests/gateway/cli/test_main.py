@@ -57,6 +57,10 @@ def test_lookup_shows_location_and_route(tmp_path: Path, city_db: Path) -> None:
     assert doc["route"]["region"] == "eu-central"
     p = geogate("geodb", "lookup", "203.0.113.1", "--db", str(city_db))
     assert "source=default" in p.stdout and "routes to" not in p.stdout
+    # An IPv4-mapped address is the IPv4 address, as a client's is.
+    p = geogate("geodb", "lookup", "::ffff:198.51.100.7", "--db", str(city_db), "--json")
+    doc = json.loads(p.stdout)
+    assert doc["ip"] == "198.51.100.7" and doc["location"]["city"] == "Singapore"
 
 
 def test_a_reader_that_closed_its_end_ends_the_output_quietly(city_db: Path) -> None:
@@ -82,6 +86,7 @@ def test_a_reader_that_closed_its_end_ends_the_output_quietly(city_db: Path) -> 
     ("args", "message"),
     [
         (["geodb", "lookup", "not-an-ip", "--db", "x.mmdb"], "is not an IP address"),
+        (["geodb", "lookup", "fe80::1%eth0", "--db", "x.mmdb"], "is not an IP address"),
         (["geodb", "lookup", "1.2.3.4", "--db", "/nonexistent.mmdb"], "does not exist"),
         (["geodb", "lookup", "1.2.3.4"], "give --db PATH or --config FILE"),
         (["geodb", "build", "/nonexistent.csv", "/tmp/o.mmdb"], "cannot read /nonexistent.csv"),

@@ -149,6 +149,7 @@ async def test_no_token_configured_means_the_api_is_off() -> None:
         (b'{"weight": -1}', "weight must be between 0 and 1000"),
         (b"[" * 100_000 + b"]" * 100_000, "over 65536 bytes"),
         (b"[" * 60_000 + b"]" * 60, "nested too deeply"),
+        (b'{"weight": ' + b"1" * 5000 + b"}", "not JSON this server reads"),  # int over 4300 digits
         (b'{"weight": ', "not valid JSON"),
         (b"[1]", "send a JSON object"),
     ],

@@ -303,6 +303,10 @@ def test_ops_errors(fleet: tuple[Gateway, Sim]) -> None:
     assert "'notanip' is not an IP address" in error_of(
         r.status_code, r.content, 400, "invalid_request"
     )
+    r = httpx.get(f"{gw.ops_url}/explain", params={"model": "m", "ip": "fe80::1%eth0"})
+    assert "is not an IP address" in error_of(r.status_code, r.content, 400, "invalid_request")
+    r = httpx.get(f"{gw.ops_url}/explain", params={"model": "m", "ip": "::ffff:127.0.0.1"})
+    assert r.status_code == 200 and r.json()["ip"] == "127.0.0.1", r.text
     r = httpx.get(f"{gw.ops_url}/admin/upstream/a")
     message = error_of(r.status_code, r.content, 404, "unknown_url")
     assert "admin API" in message and "/v1/" not in message

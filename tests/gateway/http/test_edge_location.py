@@ -162,3 +162,10 @@ def test_the_routing_table_has_what_the_edge_routes_on(setup: tuple[Gateway, Sim
             {"name": "eu-only", "countries": [], "continents": ["EU"], "regions": ["eu-central"]}
         ],
     }
+
+
+def test_keys_without_audiences_are_warned_of_at_start(setup: tuple[Gateway, Sim]) -> None:
+    """With no edge.audiences the audience is the Host the client sends: a header captured for
+    another gateway sharing the key passes here with that Host. Said once, at start."""
+    gw, _ = setup
+    assert gw.log_text().count("edge.keys without edge.audiences") == 1

@@ -67,6 +67,9 @@ def test_the_ops_listener_wants_the_ops_token(gw: Gateway) -> None:
     assert "geogate_requests_in_flight" in httpx.get(f"{gw.ops_url}/metrics", headers=edge).text
     r = httpx.get(f"{gw.ops_url}/explain", params={"model": "m", "ip": "127.0.0.1"}, headers=edge)
     assert r.status_code == 200 and r.json()["model"] == "m"
+    # The scheme in any case (RFC 9110): "bearer" was refused.
+    lower = {"Authorization": f"bearer {OPS_TOKEN}"}
+    assert httpx.get(f"{gw.ops_url}/routing-table", headers=lower).status_code == 200
 
 
 def test_admin_on_the_ops_listener_keeps_its_own_tokens(gw: Gateway) -> None:
