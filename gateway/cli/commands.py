@@ -37,6 +37,7 @@ def gateway(args: argparse.Namespace) -> None:
     setup_logging(config.log)
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
     _warn_open_audience(config)
+    _warn_short_tokens(config)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: ignored still
         signal.signal(signal.SIGHUP, _hup_drains)  # forked workers inherit it
     server.run(config, args.config)
@@ -55,6 +56,29 @@ def _warn_open_audience(config: Config) -> None:
             "Host the client sends, so one captured for another gateway that shares the key "
             "can be replayed here with that Host; set edge.audiences to this gateway's "
             "public host names"
+        )
+
+
+# Shorter tokens are said at start: /dashboard/login takes a token with no limit on tries, so
+# a short one can be guessed (16 random characters of [A-Za-z0-9] are ~95 bits).
+SHORT_TOKEN_CHARS = 16
+
+
+def _warn_short_tokens(config: Config) -> None:
+    """Names (never values) of the admin operators and the ops listener whose token is short.
+    Not refused: a deployment that upgrades keeps starting."""
+    from gateway.runtime import log
+
+    operators = config.admin.operators().items()
+    short = [f"admin operator {n!r}" for n, tok in operators if len(tok) < SHORT_TOKEN_CHARS]
+    if config.ops.token and len(config.ops.token) < SHORT_TOKEN_CHARS:
+        short.append("ops.token")
+    if short:
+        log.warning(
+            "tokens shorter than %d characters (%s): /dashboard/login has no limit on tries, "
+            "so a short token can be guessed; use long random ones (openssl rand -hex 16)",
+            SHORT_TOKEN_CHARS,
+            ", ".join(short),
         )
 
 

@@ -56,6 +56,10 @@ def test_the_ops_listener_wants_the_ops_token(gw: Gateway) -> None:
     assert "(/metrics /routing-table /explain /admin/* /dashboard), token required" in (
         gw.log_text()
     )
+    # A token under 16 characters is said at start, by name, never by value: the admin one
+    # here (15), not the ops one (16).
+    [short] = [line for line in gw.log_text().splitlines() if "tokens shorter than" in line]
+    assert "(admin operator 'admin')" in short and ADMIN_TOKEN not in short
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": OPS_TOKEN}):
         r = httpx.get(f"{gw.ops_url}/routing-table", headers=headers)
         assert r.status_code == 401, headers
