@@ -200,22 +200,20 @@ describe("a compressed body", () => {
   });
 
   test("a bomb is a 413 before it is decoded", async () => {
-    // 256 MiB of zeros in 260 KB: decoded whole, it took some 265 ms and 256 MiB of the
-    // isolate's 128 MB; fed a slice at a time, the first slices are over the limit.
+    // 256 MiB of zeros in 260 KB: decoded whole, it took 256 MiB of the isolate's 128 MB; fed
+    // a slice at a time, the first slices are over the limit (body.test.js counts the bytes
+    // fed: work bounded, not timed).
     const w = await startWorker({ FALLBACK_TABLE: { regions: [] } }); // MAX_BODY_BYTES: 4 MiB
     started.push(w);
     const bomb = gzipSync(Buffer.alloc(256 << 20));
-    const t0 = performance.now();
     const resp = await w.dispatchFetch("https://api.example.com/v1/chat/completions", {
       method: "POST",
       body: bomb,
       headers: { "content-encoding": "gzip" },
       cf: CITIES.London,
     });
-    const ms = performance.now() - t0;
     assert.equal(resp.status, 413);
     assert.match((await resp.json()).error.message, /decodes to over this API's limit/);
-    assert.ok(ms < 150, `${ms.toFixed(0)} ms`);
   });
 
   test("not what its header says, or a coding it cannot undo: routed on location", async () => {
