@@ -48,6 +48,17 @@ const region = (id, latitude, longitude, url, upstreams) => ({
 });
 const up = (id, extra = {}) => ({ id, models: ["m"], ...extra });
 
+/** eu-central's and us-east's gateways, each listing both regions, with these gateway URLs. */
+async function twoGateways(euUrl, usUrl) {
+  const doc = () => ({
+    regions: [
+      region("eu-central", 50.11, 8.68, euUrl, [up("eu-central-1")]),
+      region("us-east", 37.37, -79.82, usUrl, [up("us-east-1")]),
+    ],
+  });
+  return { eu: await gateway("eu-central", doc), us: await gateway("us-east", doc) };
+}
+
 test("a region whose own table stops answering is not first after MAX_OWN_MISSES", async () => {
   // Both gateways list both regions' backends as healthy (each probes them all, as the
   // gateway does for spill-over): us-east's entry can come from eu-central's view.
@@ -212,15 +223,7 @@ describe("the cache on its own", () => {
     // eu-central probes us-east's backends and shows them healthy; us-east's gateway never
     // answers, so its source was never heard from.
     // Its source is known for us-east's by its host name, the one in us-east's gateway URL.
-    const gw = {};
-    const doc = () => ({
-      regions: [
-        region("eu-central", 50.11, 8.68, "http://eu.example", [up("eu-central-1")]),
-        region("us-east", 37.37, -79.82, "http://localhost", [up("us-east-1")]),
-      ],
-    });
-    gw.eu = await gateway("eu-central", doc);
-    gw.us = await gateway("us-east", doc);
+    const gw = await twoGateways("http://eu.example", "http://localhost");
     gw.us.dead = true;
     const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
     s.sources[1] = s.sources[1].replace("127.0.0.1", "localhost");
@@ -236,15 +239,7 @@ describe("the cache on its own", () => {
 
   test("a source never heard from counts against the region ROUTING_TABLE_URLS names", async () => {
     // As the test above, on the cache alone: the dead source's host is no region URL's host.
-    const gw = {};
-    const doc = () => ({
-      regions: [
-        region("eu-central", 50.11, 8.68, "http://eu.example", [up("eu-central-1")]),
-        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
-      ],
-    });
-    gw.eu = await gateway("eu-central", doc);
-    gw.us = await gateway("us-east", doc);
+    const gw = await twoGateways("http://eu.example", "http://us.example");
     gw.us.dead = true;
     const health = () => upsOf(cache.table, "us-east").map((u) => u.healthy);
     const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
@@ -269,15 +264,7 @@ describe("the cache on its own", () => {
     // "eu-centrla" for eu-central: counted against it, the dead gateway's misses marked no
     // region down. Its host is eu-central's gateway's host, so that rule finds the region.
     const warn = t.mock.method(console, "warn", () => {});
-    const gw = {};
-    const doc = () => ({
-      regions: [
-        region("eu-central", 50.11, 8.68, "http://localhost:8443", [up("eu-central-1")]),
-        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
-      ],
-    });
-    gw.eu = await gateway("eu-central", doc);
-    gw.us = await gateway("us-east", doc);
+    const gw = await twoGateways("http://localhost:8443", "http://us.example");
     gw.eu.dead = true;
     const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
     s.sources[0] = s.sources[0].replace("127.0.0.1", "localhost");
@@ -300,15 +287,7 @@ describe("the cache on its own", () => {
   test("what a source answers for outweighs the region named for it", async () => {
     // Named for us-east by mistake, it is eu-central's gateway: when it dies, eu-central is
     // the region that has lost its gateway.
-    const gw = {};
-    const doc = () => ({
-      regions: [
-        region("eu-central", 50.11, 8.68, "http://eu.example", [up("eu-central-1")]),
-        region("us-east", 37.37, -79.82, "http://us.example", [up("us-east-1")]),
-      ],
-    });
-    gw.eu = await gateway("eu-central", doc);
-    gw.us = await gateway("us-east", doc);
+    const gw = await twoGateways("http://eu.example", "http://us.example");
     const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
     s.regionOf = new Map([[s.sources[0], "us-east"]]);
     await cache.refresh(s);
