@@ -61,8 +61,7 @@ _CORRUPT_RECORD = (
     maxminddb.errors.InvalidDatabaseError,
     KeyError,
     TypeError,
-    ValueError,
-    UnicodeDecodeError,
+    ValueError,  # UnicodeDecodeError among them
 )
 # Addresses whose location a GeoIPSource remembers (least recently used out first). A lookup
 # decodes a whole City record into geoip2 objects (~50 us, bench/results/profile.md); a client
@@ -115,14 +114,17 @@ def open_database(path: Path) -> _Loaded:
         raise DatabaseError(
             f"GeoIP database {path} is of type {db_type!r}; use a City or Country database"
         )
+    ip_version = reader.metadata().ip_version
     try:
         for addr in _PROBE_ADDRESSES:
-            with contextlib.suppress(geoip2.errors.AddressNotFoundError, ValueError):
+            if ip_version == 4 and ":" in addr:
+                continue  # an IPv6 address asked of an IPv4 file: a ValueError, no corruption
+            with contextlib.suppress(geoip2.errors.AddressNotFoundError):
                 reader.city(addr) if kind == "city" else reader.country(addr)
-    except (maxminddb.errors.InvalidDatabaseError, KeyError, TypeError) as exc:
+    except _CORRUPT_RECORD as exc:  # what a lookup on the request path would meet too
         reader.close()
         raise DatabaseError(f"GeoIP database {path} is corrupt: {exc}") from exc
-    return _Loaded(reader, kind, stamp, db_type, reader.metadata().ip_version)
+    return _Loaded(reader, kind, stamp, db_type, ip_version)
 
 
 class Reload(StrEnum):

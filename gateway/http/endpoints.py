@@ -13,10 +13,10 @@ from starlette.routing import Route
 from gateway.errors import ModelNotFound, RequestInvalid, UnknownEndpoint
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
+from gateway.http.worker_metrics import refresh
 from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
-from gateway.watch import ejections
 from geodb.clientip import parse_ip
 from geodb.edge import HEADER as EDGE_HEADER
 
@@ -128,15 +128,8 @@ class Endpoints:
         return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "geogate"})
 
     async def metrics(self, request: Request) -> Response:
-        rt = self.rt
-        stale = rt.store.stale_since
-        rt.metrics.state_stale.set(0 if stale is None else time.time() - stale)
-        rt.metrics.config_version.set(rt.store.version)
-        ejections.reconcile_gauges(rt, time.monotonic())  # no series of upstreams gone
-        in_flight = rt.store.in_flight()
-        for u in rt.store.upstreams():
-            rt.metrics.in_flight.labels(u.id, u.region).set(in_flight.get(u.id, 0))
-        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        refresh(self.rt)  # the gauges, as each worker of several brings its own up to date
+        return Response(generate_latest(self.rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def _upstream_row(self, u: UpstreamView, in_flight: int) -> dict[str, object]:
         store = self.rt.store

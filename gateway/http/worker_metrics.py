@@ -91,8 +91,8 @@ def claim(directory: Path) -> tuple[int, int]:
 
 
 def refresh(rt: Runtime) -> None:
-    """The gauges brought up to date before a scrape, as ``Endpoints.metrics`` does for one
-    worker (a test compares the two)."""
+    """The gauges brought up to date before a scrape: a worker's own (``Endpoints.metrics``)
+    and each worker's part of the gateway's (``WorkerMetrics``)."""
     m, store = rt.metrics, rt.store
     stale = store.stale_since
     m.state_stale.set(0 if stale is None else time.time() - stale)
