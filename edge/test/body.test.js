@@ -61,7 +61,7 @@ describe("decoding", () => {
     const bomb = gzipSync(Buffer.alloc(256 << 20)); // about 260 KB
     const { result, fed } = await decode(bomb, "gzip", 4 << 20);
     assert.equal(result, "too large");
-    // Written ahead of the reads, all of it was fed (and decoded) before the limit stopped it.
+    // Fed ahead of the reads (the old way), all of it was decoded before the limit could stop it.
     assert.ok(fed <= 4 * SLICE, `${fed} of ${bomb.length} bytes fed`);
   });
 
