@@ -31,6 +31,12 @@ def _serve(argv: Sequence[str]) -> None:
         default=None,
         help="queued requests beyond what the batch takes at once (64; 0: no queue)",
     )
+    p.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="let torch run attention on cuDNN (CUDA; off by default: it plans every new "
+        "shape, and decoding makes one each token; see bench/results/gpu_attention.md)",
+    )
     a = p.parse_args(argv)
     # Before the model loads (minutes for a big one): -1 spun the engine thread at 100% CPU,
     # 0 silently became the default.
@@ -46,7 +52,9 @@ def _serve(argv: Sequence[str]) -> None:
     from backend.metrics import BackendMetrics
     from backend.server import BackendServer
 
-    loaded = load_model(a.model, a.quantize, a.dtype, a.device, a.served_model_name)
+    loaded = load_model(
+        a.model, a.quantize, a.dtype, a.device, a.served_model_name, a.cudnn_attention
+    )
     metrics = BackendMetrics(loaded.name)
     if loaded.device == "cuda":
         metrics.enable_gpu()

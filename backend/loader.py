@@ -152,17 +152,34 @@ def _load_kwargs(quantize: Quantize, dev: str, torch_dtype: Any) -> dict[str, An
     return kwargs
 
 
+def choose_attention(dev: str, cudnn: bool) -> None:
+    """Keep torch's scaled-dot-product attention off cuDNN on CUDA unless ``cudnn``.
+
+    cuDNN's attention builds an execution plan for every shape it has not seen, and a decode
+    step's shape is new at every token (the KV length grows; the batch changes as requests
+    come and go), so with it a server spends its time building plans: bench/gpu_attention.py
+    measures that. Flash and memory-efficient attention need no plan. The setting is the
+    process's (torch's global flags), which is the model server's whole process.
+    """
+    if dev == "cuda":
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(cudnn)
+
+
 def load_model(
     path: Path,
     quantize: Quantize = "none",
     dtype: DType = "auto",
     device: Device = "auto",
     name: str | None = None,
+    cudnn_attention: bool = False,
 ) -> Loaded:
     os.environ["HF_HUB_OFFLINE"] = "1"
     check_model_dir(path)
     dev = _device(device)
     _check_quantize(quantize, dev)
+    choose_attention(dev, cudnn_attention)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -33,6 +33,8 @@ def test_cuda_engine_greedy_equals_generate(model_dir: Path, quantize: str) -> N
     from backend.sampling import SamplingParams
 
     loaded = load_model(model_dir, quantize, device="cuda")  # type: ignore[arg-type]
+    # The default: no cuDNN plan built per new shape (bench/results/gpu_attention.md).
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
     engine = Engine(loaded.model, loaded.tokenizer, "cuda")
     ids = loaded.tokenizer("the quick brown fox")["input_ids"]
     events: list[object] = []

@@ -40,3 +40,27 @@ def test_a_path_with_an_empty_last_part_is_named_by_its_directory(
     monkeypatch.chdir(model_dir)
     assert load_model(Path(".")).name == model_dir.name
     assert load_model(Path("."), name="alias").name == "alias"
+
+
+def test_cuda_attention_stays_off_cudnn_unless_asked() -> None:
+    # torch's flag is global and settable without a GPU: what the model server sets on CUDA
+    # (bench/results/gpu_attention.md: cuDNN plans every new shape, and decoding makes one a
+    # token), and that a CPU load leaves it alone.
+    import torch
+
+    from backend.loader import choose_attention
+
+    def on() -> bool:
+        return bool(torch.backends.cuda.cudnn_sdp_enabled())  # type: ignore[no-untyped-call]
+
+    before = on()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        choose_attention("cpu", False)
+        assert on()
+        choose_attention("cuda", False)
+        assert not on()
+        choose_attention("cuda", True)
+        assert on()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
