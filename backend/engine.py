@@ -1,9 +1,10 @@
 """Iteration-level (continuous) batching on one model.
 
-One thread owns the model. Between two decode steps it admits waiting requests (each is
-prefilled alone, then its KV cache is merged into the running batch, left-padded to a common
-length) and drops finished or cancelled ones (their rows are cut out of the cache). Each decode
-step runs every running sequence in one forward pass.
+One thread owns the model. Between two decode steps it admits waiting requests (those that
+left the queue together are prefilled together, left-padded, then their KV cache is merged
+into the running batch, left-padded to a common length: ``backend.batchkv``) and drops
+finished or cancelled ones (their rows are cut out of the cache). Each decode step runs every
+running sequence in one forward pass.
 
 Why not transformers' own ContinuousBatchingManager: on transformers 5.24 it runs on the CPU
 and takes per-request temperature/top_p, but has one sampling seed and one do_sample flag per
@@ -14,7 +15,6 @@ greedy and sampled requests cannot be mixed.
 from __future__ import annotations
 
 import collections
-import inspect
 import itertools
 import logging
 import threading
@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from backend import batchkv as kv
 from backend.errors import QueueFull
 from backend.sampling import SamplingParams, choose, new_generator
 
@@ -79,8 +80,10 @@ class Engine:
         max_waiting: int = DEFAULT_MAX_WAITING,
         observer: EngineObserver | None = None,
         dispatch: Callable[[list[tuple[Sequence, Event]]], None] | None = None,
+        prefill_tokens: int = kv.PREFILL_TOKEN_BUDGET,  # 1: each prompt prefilled alone
     ) -> None:
         self.model = model
+        self.prefill_tokens = prefill_tokens
         self.tok = tokenizer
         self.device = device
         self.max_batch = max_batch
@@ -107,7 +110,8 @@ class Engine:
         self._cond = threading.Condition()
         self._stop = False
         self._ids = itertools.count(1)
-        self._cache_kw = cache_keyword(model)
+        self._cache_kw = kv.cache_keyword(model)
+        self._keep_last = kv.keeps_last_logits(model)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
     # --- API for the HTTP side (any thread) -----------------------------------------------
@@ -188,15 +192,7 @@ class Engine:
                 admit.append(self._waiting.popleft())
             self._admitting = len(admit)
         with torch.inference_mode():
-            for seq in admit:
-                try:
-                    self._join(seq)
-                except Exception as exc:  # its own prefill or first token: it alone fails
-                    log.exception("request %d failed joining the batch", seq.id)
-                    self._fail(seq, exc)
-                finally:
-                    with self._cond:
-                        self._admitting -= 1
+            self._admit(admit)
             if self._running:
                 try:
                     self._decode()
@@ -228,7 +224,9 @@ class Engine:
 
         if cache is None:
             cache = DynamicCache(config=self.model.config)
-        kw = {self._cache_kw: cache}
+        kw: dict[str, Any] = {self._cache_kw: cache}
+        if self._keep_last:
+            kw["logits_to_keep"] = 1
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kw
         )
@@ -236,41 +234,72 @@ class Engine:
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
-    def _join(self, seq: Sequence) -> None:
-        """Prefill alone, sample the first token, merge the cache into the running batch."""
-        if seq.cancelled:
-            self._finish(seq, "cancelled")
-            return
-        n = len(seq.prompt_ids)
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
-        mask = torch.ones((1, n), dtype=torch.long, device=self.device)
-        logits = self._forward(ids, mask, torch.arange(n, device=self.device)[None], None)
-        cache = self._last_cache
-        seq.position = n
-        self.obs.tokens(n, 0)
-        if not self._accept(seq, logits[0]):
-            return
-        self._merge(seq, cache, mask)
+    def _admit(self, admit: list[Sequence]) -> None:
+        """Prefill what left the queue into the batch: in groups (``prefill_groups``), so a
+        burst's last request waits for one prefill, not for one per request before it."""
+        for group in kv.prefill_groups([len(s.prompt_ids) for s in admit], self.prefill_tokens):
+            live = []
+            for seq in (admit[i] for i in group):
+                if seq.cancelled:
+                    self._finish(seq, "cancelled")
+                else:
+                    live.append(seq)
+            try:
+                self._join_safely(live)
+            finally:
+                with self._cond:
+                    self._admitting -= len(group)
 
-    def _merge(self, seq: Sequence, cache: Any, mask: torch.Tensor) -> None:
-        from transformers import DynamicCache
+    def _join_safely(self, seqs: list[Sequence]) -> None:
+        if not seqs:
+            return
+        try:
+            self._join(seqs)
+        except Exception as exc:  # the prefill they share: retried alone, so one fails alone
+            if len(seqs) == 1:
+                log.exception("request %d failed joining the batch", seqs[0].id)
+                self._fail(seqs[0], exc)
+                return
+            log.warning("prefilling %d requests together failed; each alone", len(seqs))
+            for seq in seqs:
+                self._join_safely([seq])
 
+    def _join(self, seqs: list[Sequence]) -> None:
+        """Prefill in one forward pass (left-padded), sample each first token, merge the rows
+        that go on into the running batch."""
+        ids, mask, positions = kv.left_padded([s.prompt_ids for s in seqs], self.device)
+        logits = self._forward(ids, mask, positions, None)
+        cache, keep = self._last_cache, []
+        for i, seq in enumerate(seqs):
+            seq.position = len(seq.prompt_ids)
+            self.obs.tokens(seq.position, 0)
+            try:
+                going = self._accept(seq, logits[i])
+            except Exception as exc:  # its first token: it alone fails
+                log.exception("request %d failed joining the batch", seq.id)
+                self._fail(seq, exc)
+                going = False
+            if going:
+                keep.append(i)
+        if not keep:
+            return
+        if len(keep) < len(seqs):
+            mask = kv.keep_rows(cache, mask, keep)
+        try:
+            self._merge([seqs[i] for i in keep], cache, mask)
+        except Exception as exc:  # out of memory: the batch is as it was; these fail
+            log.exception("%d requests failed joining the batch", len(keep))
+            for i in keep:
+                self._fail(seqs[i], exc)
+
+    def _merge(self, seqs: list[Sequence], cache: Any, mask: torch.Tensor) -> None:
         if self._cache is None or self._mask is None:
-            self._cache, self._mask, self._running = cache, mask, [seq]
+            self._cache, self._mask, self._running = cache, mask, list(seqs)
             return
-        cur, new = self._mask.shape[1], mask.shape[1]
-        length = max(cur, new)
-        layers = []
-        for a, b in zip(self._cache.layers, cache.layers, strict=True):
-            k = torch.cat([_left_pad(a.keys, length), _left_pad(b.keys, length)])
-            v = torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)])
-            layers.append((k, v))
-        merged = DynamicCache(ddp_cache_data=layers, config=self.model.config)
-        both = torch.cat([_left_pad(self._mask, length, dim=1), _left_pad(mask, length, dim=1)])
-        # Only now, all together: a failure above (out of memory) leaves the batch as it was,
-        # so only the joining sequence fails.
-        self._cache, self._mask = merged, both
-        self._running.append(seq)
+        # Only once merged: a failure in merged() (out of memory) leaves the batch as it
+        # was, so only the joining sequences fail.
+        self._cache, self._mask = kv.merged(self.model.config, self._cache, self._mask, cache, mask)
+        self._running.extend(seqs)
 
     def _decode(self) -> None:
         assert self._mask is not None
@@ -301,14 +330,8 @@ class Engine:
             self._running, self._cache, self._mask = [], None, None
             return
         assert self._mask is not None
-        idx = torch.tensor(keep, device=self.device)
         self._running = [self._running[i] for i in keep]
-        mask = self._mask.index_select(0, idx)
-        drop = int((mask.sum(0) == 0).long().cumprod(0).sum().item())  # all-pad columns
-        self._mask = mask[:, drop:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, drop:]
-            layer.values = layer.values.index_select(0, idx)[:, :, drop:]
+        self._mask = kv.keep_rows(self._cache, self._mask, keep)
 
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> bool:
         """Sample, emit, and say whether the sequence goes on."""
@@ -368,28 +391,6 @@ class Engine:
         )
 
 
-def cache_keyword(model: Any) -> str:
-    """The name under which this model's forward() takes the KV cache.
-
-    transformers renamed ``past_key_values`` to ``cache`` in 5.2x (5.17 still has the old name;
-    5.24 has the new one and accepts the old until 5.40). Given the name it does not know, a
-    model ignores the cache it was handed, so every decode step would run without the past:
-    on 5.17 the engine failed every request. Ask the signature, which the deprecation wrapper
-    passes through.
-    """
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _deliver_here(events: list[tuple[Sequence, Event]]) -> None:
     for seq, event in events:
         seq.emit(event)
-
-
-def _left_pad(t: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
-    missing = length - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from backend import cli
-from backend.engine import Engine, Event, Sequence, cache_keyword
+from backend.batchkv import cache_keyword
+from backend.engine import Engine, Event, Sequence
 from backend.errors import ModelLoadError
 from backend.loader import Loaded, load_model
 from backend.sampling import SamplingParams

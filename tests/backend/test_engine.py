@@ -197,12 +197,12 @@ def test_a_request_admitted_but_still_prefilling_holds_its_batch_slot(
     first = submit(e, loaded.tokenizer, "hi", max_tokens=2)
     join, refused = e._join, []
 
-    def join_while_another_comes(seq: Sequence) -> None:
+    def join_while_another_comes(seqs: list[Sequence]) -> None:
         try:
             submit(e, loaded.tokenizer, "hi")
         except QueueFull:
             refused.append(True)
-        join(seq)
+        join(seqs)
 
     monkeypatch.setattr(e, "_join", join_while_another_comes)
     drain(e, first)
@@ -237,3 +237,65 @@ def test_a_reserved_place_counts_until_submitted_or_given_back(loaded: Any) -> N
     e.submit(Sequence(ids, params, Collector()))  # the place it gave back
     with pytest.raises(QueueFull):
         e.reserve()
+
+
+def prefill_widths(e: Engine, monkeypatch: pytest.MonkeyPatch, fail_wider: bool) -> list[int]:
+    """Rows of each prefill (a forward with no cache) ``e`` runs from now on; with
+    ``fail_wider``, a prefill of several rows raises, as one out of memory would."""
+    widths: list[int] = []
+    forward = e._forward
+
+    def counting(ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        if cache is None:
+            widths.append(ids.shape[0])
+            if fail_wider and ids.shape[0] > 1:
+                raise RuntimeError("CUDA out of memory (a test's)")
+        return forward(ids, mask, positions, cache)
+
+    monkeypatch.setattr(e, "_forward", counting)
+    return widths
+
+
+PROMPTS = ["hello", "the quick brown fox", "a", "users in london, singapore and sydney"]
+
+
+def solo_texts(e: Engine, tok: Any) -> list[str]:
+    out = []
+    for p in PROMPTS:
+        c = submit(e, tok, p)
+        drain(e, c)
+        out.append(c.text())
+    return out
+
+
+def test_requests_that_leave_the_queue_together_are_prefilled_together(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One prefill for a burst instead of one per request: the last one's first token does not
+    # wait for every prefill before it. Left-padded, each gets the text it gets alone.
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    solo = solo_texts(e, tok)
+    widths = prefill_widths(e, monkeypatch, fail_wider=False)
+    runs = [submit(e, tok, p) for p in PROMPTS]
+    cancelled = Collector()
+    e.submit(Sequence(tok("sydney")["input_ids"], SamplingParams(max_tokens=4), cancelled))
+    e._waiting[-1].cancelled = True  # its client left before the step: it leaves, alone
+    drain(e, *runs, cancelled)
+    assert widths == [len(PROMPTS)]
+    assert [r.text() for r in runs] == solo
+    assert cancelled.events[-1].finish_reason == "cancelled"
+    assert e._running == [] and e._cache is None
+
+
+def test_a_failed_shared_prefill_is_retried_one_by_one(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    solo = solo_texts(e, tok)
+    widths = prefill_widths(e, monkeypatch, fail_wider=True)
+    runs = [submit(e, tok, p) for p in PROMPTS]
+    drain(e, *runs)
+    assert widths == [len(PROMPTS)] + [1] * len(PROMPTS)
+    assert [r.text() for r in runs] == solo  # nobody failed, no first token sent twice

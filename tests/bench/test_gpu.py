@@ -1,6 +1,7 @@
-"""bench/gpu.py and bench/gpu_attention.py, dry on the CPU with the tiny model: the GPU runs
-are a few minutes of a lent machine, so a script that breaks here (as gpu.py did once, when
-bench/profile.py came to shadow the standard library's profile) must not be found there."""
+"""bench/gpu.py, bench/gpu_attention.py and bench/burst_ttft.py, dry on the CPU with the tiny
+model: the GPU runs are a few minutes of a lent machine, so a script that breaks here (as
+gpu.py did once, when bench/profile.py came to shadow the standard library's profile) must not
+be found there."""
 
 from __future__ import annotations
 
@@ -43,3 +44,15 @@ def test_attention_bench_compares_both_settings_on_the_cpu(tmp_path: Path) -> No
     # On the CPU (float32, no cuDNN) the setting changes nothing: the same greedy text.
     assert doc["same_greedy"] is True
     assert "| False |" in (tmp_path / "gpu_attention.md").read_text()
+
+
+def test_burst_bench_compares_one_by_one_with_grouped_prefill(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench" / "burst_ttft.py"), "--preset", "tiny"]
+    p = subprocess.run(
+        [*cmd, "--rounds", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    doc = json.loads((tmp_path / "burst_ttft.json").read_text())
+    assert list(doc["summary"]) == ["one by one", "grouped"]
+    assert all(s["ttft_ms_max"] > 0 and s["tok_s"] > 0 for s in doc["summary"].values())
+    assert "one by one over grouped" in (tmp_path / "burst_ttft.md").read_text()
