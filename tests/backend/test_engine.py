@@ -259,13 +259,20 @@ def prefill_widths(e: Engine, monkeypatch: pytest.MonkeyPatch, fail_wider: bool)
 PROMPTS = ["hello", "the quick brown fox", "a", "users in london, singapore and sydney"]
 
 
-def solo_texts(e: Engine, tok: Any) -> list[str]:
-    out = []
+def burst_after_solo(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch, fail_wider: bool
+) -> tuple[Engine, list[str], list[int], list[Collector]]:
+    """Each of PROMPTS run alone (their texts), then all submitted at once and counted by
+    ``prefill_widths``: (engine, solo texts, prefill widths, the burst's runs, undrained)."""
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    solo = []
     for p in PROMPTS:
         c = submit(e, tok, p)
         drain(e, c)
-        out.append(c.text())
-    return out
+        solo.append(c.text())
+    widths = prefill_widths(e, monkeypatch, fail_wider)
+    return e, solo, widths, [submit(e, tok, p) for p in PROMPTS]
 
 
 def test_requests_that_leave_the_queue_together_are_prefilled_together(
@@ -273,13 +280,10 @@ def test_requests_that_leave_the_queue_together_are_prefilled_together(
 ) -> None:
     # One prefill for a burst instead of one per request: the last one's first token does not
     # wait for every prefill before it. Left-padded, each gets the text it gets alone.
-    tok = loaded.tokenizer
-    e = Engine(loaded.model, tok, loaded.device)
-    solo = solo_texts(e, tok)
-    widths = prefill_widths(e, monkeypatch, fail_wider=False)
-    runs = [submit(e, tok, p) for p in PROMPTS]
+    e, solo, widths, runs = burst_after_solo(loaded, monkeypatch, fail_wider=False)
     cancelled = Collector()
-    e.submit(Sequence(tok("sydney")["input_ids"], SamplingParams(max_tokens=4), cancelled))
+    ids = loaded.tokenizer("sydney")["input_ids"]
+    e.submit(Sequence(ids, SamplingParams(max_tokens=4), cancelled))
     e._waiting[-1].cancelled = True  # its client left before the step: it leaves, alone
     drain(e, *runs, cancelled)
     assert widths == [len(PROMPTS)]
@@ -291,11 +295,7 @@ def test_requests_that_leave_the_queue_together_are_prefilled_together(
 def test_a_failed_shared_prefill_is_retried_one_by_one(
     loaded: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tok = loaded.tokenizer
-    e = Engine(loaded.model, tok, loaded.device)
-    solo = solo_texts(e, tok)
-    widths = prefill_widths(e, monkeypatch, fail_wider=True)
-    runs = [submit(e, tok, p) for p in PROMPTS]
+    e, solo, widths, runs = burst_after_solo(loaded, monkeypatch, fail_wider=True)
     drain(e, *runs)
     assert widths == [len(PROMPTS)] + [1] * len(PROMPTS)
     assert [r.text() for r in runs] == solo  # nobody failed, no first token sent twice
