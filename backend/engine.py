@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from backend import batchkv as kv
+from backend.detok import Detokenizer
 from backend.errors import QueueFull
 from backend.sampling import SamplingParams, choose, new_generator
 
@@ -55,6 +56,7 @@ class Sequence:
     cancelled: bool = False  # set by the HTTP side when the client leaves
     sent: str = ""  # text already emitted
     generator: torch.Generator | None = None
+    detok: Detokenizer | None = None  # the text of out_ids, a window at a time
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
     position: int = 0  # next position id
@@ -173,6 +175,7 @@ class Engine:
                 waiting = self.check_room()
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
+            seq.detok = Detokenizer(self.tok)
             self._waiting.append(seq)
             self.obs.queue(waiting + 1, len(self._running))
             self._cond.notify()
@@ -338,7 +341,7 @@ class Engine:
         if seq.cancelled:
             self._finish(seq, "cancelled")
             return False
-        assert seq.generator is not None
+        assert seq.generator is not None and seq.detok is not None
         token = choose(logits, seq.params, seq.generator)
         if seq.t_first is None:
             seq.t_first = time.perf_counter()
@@ -346,11 +349,11 @@ class Engine:
         self.obs.tokens(0, 1)
         if token in self.eos and not seq.params.ignore_eos:
             if seq.out_ids:  # what was held back for a stop string that never came
-                self._emit_text(seq, self.tok.decode(seq.out_ids, skip_special_tokens=True), 0)
+                self._emit_text(seq, seq.detok.final(seq.out_ids), 0)
             self._finish(seq, "stop")
             return False
         seq.out_ids.append(token)
-        text = self.tok.decode(seq.out_ids, skip_special_tokens=True)
+        text = seq.detok.add(seq.out_ids)  # a partial UTF-8 character waits
         for stop in seq.params.stop:
             at = text.find(stop)
             if at >= 0:
@@ -358,13 +361,12 @@ class Engine:
                 self._finish(seq, "stop")
                 return False
         if len(seq.out_ids) >= seq.params.max_tokens:
-            self._emit_text(seq, text, hold=0)
+            self._emit_text(seq, seq.detok.final(seq.out_ids), hold=0)
             self._finish(seq, "length")
             return False
-        # Hold back what could still turn out to be the start of a stop string, and a
-        # partial UTF-8 character the decoder shows as U+FFFD.
+        # Hold back what could still turn out to be the start of a stop string.
         hold = max((len(s) - 1 for s in seq.params.stop), default=0)
-        self._emit_text(seq, text.rstrip("\ufffd") if text.endswith("\ufffd") else text, hold)
+        self._emit_text(seq, text, hold)
         return True
 
     def _emit_text(self, seq: Sequence, text: str, hold: int) -> None:
