@@ -84,6 +84,13 @@ def left_pad(t: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
+# Full caches: the engine makes every DynamicCache without the model's config, so every layer
+# keeps every column, also a sliding-window model's (Mistral's, Gemma's), whose window the
+# attention mask applies. Given the config, those layers keep only the window's last columns,
+# and cutting or padding columns by the batch's mask (keep_rows, merged) cut the wrong ones:
+# the whole batch failed when a long row left it.
+
+
 def keep_rows(cache: Any, mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
     """Cut ``cache`` (in place) and ``mask`` down to the rows ``keep``, and the left padding
     no row needs any more; returns the new mask."""
@@ -96,9 +103,7 @@ def keep_rows(cache: Any, mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
     return mask[:, drop:]
 
 
-def merged(
-    config: Any, a: Any, a_mask: torch.Tensor, b: Any, b_mask: torch.Tensor
-) -> tuple[Any, torch.Tensor]:
+def merged(a: Any, a_mask: torch.Tensor, b: Any, b_mask: torch.Tensor) -> tuple[Any, torch.Tensor]:
     """Caches ``a`` and ``b`` as one (``a``'s rows first), both left-padded to the longer;
     returns (cache, mask). Builds new tensors: a failure here (out of memory) leaves both."""
     from transformers import DynamicCache
@@ -109,6 +114,6 @@ def merged(
         k = torch.cat([left_pad(x.keys, length), left_pad(y.keys, length)])
         v = torch.cat([left_pad(x.values, length), left_pad(y.values, length)])
         layers.append((k, v))
-    cache = DynamicCache(ddp_cache_data=layers, config=config)
+    cache = DynamicCache(ddp_cache_data=layers)  # no config: see below
     mask = torch.cat([left_pad(a_mask, length, dim=1), left_pad(b_mask, length, dim=1)])
     return cache, mask

@@ -100,8 +100,8 @@ class Engine:
             self.eos.update(e if isinstance(e, list) else [e] if e is not None else [])
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
-        # Taken from the queue by the step running now, not yet in the batch (each joins
-        # after its own prefill, outside the lock): submit counts them as running.
+        # Taken from the queue by the step running now, not yet in the batch (they join after
+        # their group's prefill, outside the lock): submit counts them as running.
         self._admitting = 0
         # Requests given a place by reserve() and not yet submitted (their prompt is being
         # tokenized, in a thread, for seconds on a long one): each holds its place in the
@@ -225,8 +225,8 @@ class Engine:
     ) -> torch.Tensor:
         from transformers import DynamicCache
 
-        if cache is None:
-            cache = DynamicCache(config=self.model.config)
+        if cache is None:  # no config: every layer keeps every column (batchkv: full caches)
+            cache = DynamicCache()
         kw: dict[str, Any] = {self._cache_kw: cache}
         if self._keep_last:
             kw["logits_to_keep"] = 1
@@ -254,11 +254,14 @@ class Engine:
                     self._admitting -= len(group)
 
     def _join_safely(self, seqs: list[Sequence]) -> None:
+        """Prefill ``seqs`` in one pass (left-padded), then ``_join``. Only a failed pass (out
+        of memory) is retried, a prompt at a time: nothing is sent yet; one fails alone."""
         if not seqs:
             return
         try:
-            self._join(seqs)
-        except Exception as exc:  # the prefill they share: retried alone, so one fails alone
+            ids, mask, positions = kv.left_padded([s.prompt_ids for s in seqs], self.device)
+            logits = self._forward(ids, mask, positions, None)
+        except Exception as exc:
             if len(seqs) == 1:
                 log.exception("request %d failed joining the batch", seqs[0].id)
                 self._fail(seqs[0], exc)
@@ -266,12 +269,11 @@ class Engine:
             log.warning("prefilling %d requests together failed; each alone", len(seqs))
             for seq in seqs:
                 self._join_safely([seq])
+            return
+        self._join(seqs, logits, mask)
 
-    def _join(self, seqs: list[Sequence]) -> None:
-        """Prefill in one forward pass (left-padded), sample each first token, merge the rows
-        that go on into the running batch."""
-        ids, mask, positions = kv.left_padded([s.prompt_ids for s in seqs], self.device)
-        logits = self._forward(ids, mask, positions, None)
+    def _join(self, seqs: list[Sequence], logits: torch.Tensor, mask: torch.Tensor) -> None:
+        """Sample each first token, merge the rows that go on into the running batch."""
         cache, keep = self._last_cache, []
         for i, seq in enumerate(seqs):
             seq.position = len(seq.prompt_ids)
@@ -286,22 +288,22 @@ class Engine:
                 keep.append(i)
         if not keep:
             return
-        if len(keep) < len(seqs):
-            mask = kv.keep_rows(cache, mask, keep)
-        try:
+        try:  # first tokens are out: from here a failure (out of memory) fails these rows
+            if len(keep) < len(seqs):
+                mask = kv.keep_rows(cache, mask, keep)
             self._merge([seqs[i] for i in keep], cache, mask)
-        except Exception as exc:  # out of memory: the batch is as it was; these fail
+        except Exception as exc:  # the batch is as it was
             log.exception("%d requests failed joining the batch", len(keep))
             for i in keep:
                 self._fail(seqs[i], exc)
 
     def _merge(self, seqs: list[Sequence], cache: Any, mask: torch.Tensor) -> None:
-        if self._cache is None or self._mask is None:
+        if self._cache is None or self._mask is None:  # the first rows: the batch is theirs
             self._cache, self._mask, self._running = cache, mask, list(seqs)
             return
         # Only once merged: a failure in merged() (out of memory) leaves the batch as it
         # was, so only the joining sequences fail.
-        self._cache, self._mask = kv.merged(self.model.config, self._cache, self._mask, cache, mask)
+        self._cache, self._mask = kv.merged(self._cache, self._mask, cache, mask)
         self._running.extend(seqs)
 
     def _decode(self) -> None:

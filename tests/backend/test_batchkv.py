@@ -49,11 +49,9 @@ def test_keep_rows_cuts_rows_and_the_padding_no_row_needs() -> None:
 
 
 def test_merged_left_pads_the_shorter_cache() -> None:
-    from transformers import LlamaConfig
-
     a: Any = Cache(Layer(kv_rows([[1, 2, 3]])))
     b: Any = Cache(Layer(kv_rows([[4], [5]])))
-    cache, mask = merged(LlamaConfig(num_hidden_layers=1), a, torch.ones(1, 3), b, torch.ones(2, 1))
+    cache, mask = merged(a, torch.ones(1, 3), b, torch.ones(2, 1))
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 1]]
     keys = cache.layers[0].keys[:, 0, :, 0].tolist()
     assert keys == [[1, 2, 3], [0, 0, 4], [0, 0, 5]]

@@ -195,7 +195,7 @@ def test_a_request_admitted_but_still_prefilling_holds_its_batch_slot(
     request is counted as running: a submit meanwhile finds the one-slot batch full."""
     e = Engine(loaded.model, loaded.tokenizer, loaded.device, max_batch=1, max_waiting=0)
     first = submit(e, loaded.tokenizer, "hi", max_tokens=2)
-    join, refused = e._join, []
+    join, refused = e._join_safely, []
 
     def join_while_another_comes(seqs: list[Sequence]) -> None:
         try:
@@ -204,7 +204,7 @@ def test_a_request_admitted_but_still_prefilling_holds_its_batch_slot(
             refused.append(True)
         join(seqs)
 
-    monkeypatch.setattr(e, "_join", join_while_another_comes)
+    monkeypatch.setattr(e, "_join_safely", join_while_another_comes)
     drain(e, first)
     assert refused == [True]
     monkeypatch.undo()
@@ -299,3 +299,90 @@ def test_a_failed_shared_prefill_is_retried_one_by_one(
     drain(e, *runs)
     assert widths == [len(PROMPTS)] + [1] * len(PROMPTS)
     assert [r.text() for r in runs] == solo  # nobody failed, no first token sent twice
+
+
+def ends(c: Collector) -> list[str]:
+    return [e.kind for e in c.events if e.kind != "token"]
+
+
+def test_a_failure_after_first_tokens_are_out_fails_those_rows_once(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cutting the rows that already ended out of a group's cache can run out of memory too:
+    # the first tokens are sent by then, so those requests fail; no prefill again, which sent
+    # each first token twice.
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+
+    def out_of_memory(*_: Any) -> Any:
+        raise RuntimeError("CUDA out of memory (a test's)")
+
+    monkeypatch.setattr("backend.batchkv.keep_rows", out_of_memory)
+    widths = prefill_widths(e, monkeypatch, fail_wider=False)
+    short, going = submit(e, tok, "hello", max_tokens=1), submit(e, tok, "a b c", max_tokens=3)
+    drain(e, short, going)
+    assert ends(short) == ["finish"] and ends(going) == ["error"]
+    assert widths == [2]  # one prefill: none again after the first tokens went out
+    assert len([x for x in going.events if x.kind == "token"]) <= 1
+    assert e._running == [] and e._cache is None
+
+
+def test_a_request_cancelled_while_an_earlier_group_prefills_leaves_once(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device, prefill_tokens=1)  # a group a prompt
+    widths = prefill_widths(e, monkeypatch, fail_wider=False)
+    first = submit(e, tok, "the quick brown fox", max_tokens=2)
+    later = Collector()
+    e.submit(Sequence(tok("users in london")["input_ids"], SamplingParams(max_tokens=2), later))
+    seq = e._waiting[-1]
+    forward = e._forward
+
+    def cancel_the_later_one(*args: Any) -> Any:
+        seq.cancelled = True  # its client leaves during the first group's prefill
+        return forward(*args)
+
+    monkeypatch.setattr(e, "_forward", cancel_the_later_one)
+    drain(e, first, later)
+    assert ends(later) == ["finish"] and later.events[-1].finish_reason == "cancelled"
+    assert widths == [1] and ends(first) == ["finish"] and e._admitting == 0
+
+
+def test_a_sliding_window_model_keeps_its_batch_when_a_long_row_leaves(loaded: Any) -> None:
+    # Mistral-style layers kept only their window's last columns, and cutting columns by the
+    # batch's mask cut the wrong ones: the whole batch failed once a long row left it.
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=loaded.model.config.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=16,
+        max_position_embeddings=512,
+    )
+    model = MistralForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    tok = loaded.tokenizer
+    prompts = [list(range(10, 50)), [9, 10, 11], [12, 13, 14, 15, 16]]
+
+    def run(e: Engine, which: list[int], long_tokens: int) -> list[Collector]:
+        runs = []
+        for i in which:
+            c = Collector()
+            n = long_tokens if i == 0 else 12
+            params = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+            e.submit(Sequence(prompts[i], params, c))
+            runs.append(c)
+        drain(e, *runs)
+        return runs
+
+    solo = [run(Engine(model, tok, "cpu"), [i], 1)[0].text() for i in (1, 2)]
+    for long_tokens in (1, 3):  # it leaves at its first token (at the join) or a decode step
+        runs = run(Engine(model, tok, "cpu"), [0, 1, 2], long_tokens)
+        assert [ends(r) for r in runs] == [["finish"]] * 3
+        assert [r.text() for r in runs[1:]] == solo
