@@ -98,6 +98,10 @@ class UnknownEndpoint(RequestInvalid):
     pass
 
 
+class TransferCodingUnsupported(RequestInvalid):
+    pass
+
+
 class MethodNotAllowed(RequestInvalid):
     def __init__(self, message: str, allow: tuple[str, ...]) -> None:
         super().__init__(message)

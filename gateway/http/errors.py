@@ -28,6 +28,8 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.HeadTimeout: (408, "invalid_request_error", "request_timeout"),
     e.HeadersTooLarge: (431, "invalid_request_error", "request_headers_too_large"),
     e.UnknownEndpoint: (404, "invalid_request_error", "unknown_url"),
+    # RFC 9112 6.1: a transfer coding the server does not know: 501, as nginx answers it.
+    e.TransferCodingUnsupported: (501, "invalid_request_error", "unsupported_transfer_coding"),
     e.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     e.AdminDisabled: (404, "invalid_request_error", "admin_disabled"),

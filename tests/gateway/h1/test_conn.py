@@ -195,6 +195,41 @@ def test_a_malformed_request_gets_a_json_400(gw: Gateway) -> None:
     assert "malformed HTTP/1.1 request" in str(err["message"])
 
 
+@pytest.mark.parametrize(
+    ("head", "status", "code", "says"),
+    [
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400, "invalid_request", "this one has 0"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "invalid_request", "has 2"),
+        (b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "invalid_request", "has 2"),
+        (b"GET /healthz HTTP/1.1\r\nHost: u@a/b\r\n\r\n", 400, "invalid_request", "not a host"),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "unsupported_transfer_coding",
+            "chunked alone",
+        ),
+    ],
+    ids=["no-host", "two-hosts", "two-hosts-1.0", "not-a-host", "gzip-chunked"],
+)
+def test_hosts_and_transfer_codings_rfc_9112_refuses(
+    gw: Gateway, head: bytes, status: int, code: str, says: str
+) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(head)
+        answer = read_to_eof(s)
+    got, err = _json_error(answer)
+    assert (got, err["code"]) == (status, code), answer[:300]
+    assert says in str(err["message"])
+
+
+def test_an_http_1_0_request_may_come_without_a_host(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        answer = read_to_eof(s)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
 CHUNKED_POST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: %s\r\n"
     b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.h1.scope import ASGI_VERSIONS, Addresses, addresses, request_scope
+import pytest
+
+from gateway.errors import RequestInvalid, TransferCodingUnsupported
+from gateway.h1.refuse import Refused
+from gateway.h1.scope import ASGI_VERSIONS, Addresses, addresses, check_framing, request_scope
 
 
 class Transport:
@@ -40,3 +44,31 @@ def test_addresses_of_a_tls_ipv6_connection_and_of_none() -> None:
     assert tls.client_text() == "::1:5000"
     unix = addresses(Transport(peername="", sockname="/run/geogate.sock"))  # type: ignore[arg-type]
     assert unix == Addresses(None, None, "http") and unix.client_text() == "?"
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "refused"),
+    [
+        ("1.1", [(b"host", b"api.example.com:443")], None),
+        ("1.1", [(b"host", b"[::1]:8080"), (b"transfer-encoding", b"Chunked ")], None),
+        ("1.1", [(b"host", b"")], None),  # RFC 9112 3.2: a target without an authority
+        ("1.0", [], None),
+        ("1.1", [], RequestInvalid),
+        ("1.1", [(b"host", b"a"), (b"host", b"a")], RequestInvalid),
+        ("1.1", [(b"host", b"a b")], RequestInvalid),
+        (
+            "1.1",
+            [(b"host", b"a"), (b"transfer-encoding", b"gzip, chunked")],
+            TransferCodingUnsupported,
+        ),
+    ],
+)
+def test_check_framing_takes_one_host_and_chunked_alone(
+    version: str, headers: list[tuple[bytes, bytes]], refused: type[Exception] | None
+) -> None:
+    if refused is None:
+        check_framing(version, headers)
+        return
+    with pytest.raises(Refused) as got:
+        check_framing(version, headers)
+    assert type(got.value.err) is refused
