@@ -352,20 +352,17 @@ def test_a_request_cancelled_while_an_earlier_group_prefills_leaves_once(
 def test_a_sliding_window_model_keeps_its_batch_when_a_long_row_leaves(loaded: Any) -> None:
     # Mistral-style layers kept only their window's last columns, and cutting columns by the
     # batch's mask cut the wrong ones: the whole batch failed once a long row left it.
+    import dataclasses
+
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
+    from backend.tiny import TinySpec
+
     torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=loaded.model.config.vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=16,
-        max_position_embeddings=512,
-    )
+    shape = {k: v for k, v in dataclasses.asdict(TinySpec()).items() if k != "seed"}
+    shape["vocab_size"] = loaded.model.config.vocab_size
+    config = MistralConfig(**shape, sliding_window=16)
     model = MistralForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     tok = loaded.tokenizer
     prompts = [list(range(10, 50)), [9, 10, 11], [12, 13, 14, 15, 16]]
