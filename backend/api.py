@@ -10,7 +10,6 @@ from typing import Any
 from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound, UnsupportedParameter
 from backend.sampling import SamplingParams
 
-DEFAULT_MAX_TOKENS = 256  # when the request names none (capped by the context window)
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 # torch.Generator.manual_seed takes any 64-bit value, signed or unsigned; beyond, it raised
 # in the engine's submit, a 500.
@@ -22,14 +21,24 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 MAX_CHARS_PER_TOKEN = 256
 # Parameters this server cannot honour, each with the values that ask for nothing: any
 # other value is refused, as silently ignoring it gives a wrong answer (no logprobs, no
-# echoed prompt). Harmless ones (presence_penalty, logit_bias, tools...) stay ignored.
+# echoed prompt, plain text where JSON was asked for, no tool call where one was required).
+# Clients that send the neutral values (a 0 penalty, an empty logit_bias) are served.
 UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "logprobs": lambda v: v is None or v is False,  # completions' 0 still asks for them
     "top_logprobs": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
     "echo": lambda v: v is None or v is False,
     "best_of": lambda v: v is None or (v == 1 and not isinstance(v, bool)),
     "suffix": lambda v: v is None or v == "",
+    "presence_penalty": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
+    "frequency_penalty": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
+    "logit_bias": lambda v: v is None or v == {},
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "tool_choice": lambda v: v in (None, "none", "auto"),
+    "function_call": lambda v: v in (None, "none", "auto"),
 }
+# Tools the model may call, unless told not to: this server parses no tool calls (vLLM
+# refuses them too without a tool-call parser), so the client would get text, not a call.
+TOOL_LISTS = {"tools": "tool_choice", "functions": "function_call"}
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,12 @@ def _messages(messages: Any) -> list[dict[str, str]]:
         content = m.get("content")
         if content is None:  # an assistant message that only calls tools has null content
             content = ""
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(_part_text(i, j, p) for j, p in enumerate(content))
+        if isinstance(content, list):  # content parts, text only: joined as vLLM joins them
+            content = "\n".join(_part_text(i, j, p) for j, p in enumerate(content))
         if not isinstance(content, str):
             raise InvalidParameter(f"messages[{i}].content must be a string", param="messages")
+        _unicode(content, f"messages[{i}].content", "messages")
+        _unicode(m["role"], f"messages[{i}].role", "messages")
         clean.append({"role": m["role"], "content": content})
     return clean
 
@@ -115,12 +126,32 @@ def _part_text(i: int, j: int, part: Any) -> str:
             f"messages[{i}].content[{j}] must be a content part object or a string, got {part!r}",
             param="messages",
         )
-    text = part.get("text", "")  # image and audio parts have none: skipped
+    kind = part.get("type", "text")
+    if kind != "text":  # an image the model would never see: a wrong answer, not a 200
+        raise UnsupportedParameter(
+            f"messages[{i}].content[{j}] is a {kind!r} part; this server's model reads text "
+            "alone: send text parts",
+            param="messages",
+        )
+    text = part.get("text", "")
     if not isinstance(text, str):
         raise InvalidParameter(
             f"messages[{i}].content[{j}].text must be a string, got {text!r}", param="messages"
         )
     return text
+
+
+def _unicode(text: str, where: str, param: str) -> None:
+    """JSON can carry half of a UTF-16 surrogate pair ("\\ud83d": a JavaScript string cut
+    inside an emoji), which no tokenizer takes: a 400 naming it, where it was a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameter(
+            f"{where} holds an unpaired UTF-16 surrogate at character {exc.start}: not "
+            "text; send whole characters",
+            param=param,
+        ) from None
 
 
 def _apply_template(tok: Any, messages: list[dict[str, str]]) -> str:
@@ -180,6 +211,13 @@ def _unsupported(body: dict[str, Any]) -> None:
             raise UnsupportedParameter(
                 f"{key} is not supported by this server, got {v!r}; leave it out", param=key
             )
+    for key, choice in TOOL_LISTS.items():
+        if body.get(key) and body.get(choice) != "none":
+            raise UnsupportedParameter(
+                f"{key}: this server parses no tool calls, so the model could not call one; "
+                f'leave {key} out, or send {choice}: "none"',
+                param=key,
+            )
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -199,7 +237,8 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    stream = False if stream is None else stream  # null: the default, as OpenAI's spec has it
     if not isinstance(stream, bool):
         raise InvalidParameter("stream must be true or false", param="stream")
     opts = body.get("stream_options")
@@ -215,6 +254,7 @@ def _prompt(body: dict[str, Any]) -> str:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise InvalidParameter("prompt must be a string", param="prompt")
+    _unicode(prompt, "prompt", "prompt")
     return prompt
 
 
@@ -283,7 +323,8 @@ def tokenize(c: Checked, tok: Any, context_len: int) -> Parsed:
             f"or lower {c.max_key}",
             param="messages" if c.chat else "prompt",
         )
-    params = replace(c.params, max_tokens=c.max_tokens or min(DEFAULT_MAX_TOKENS, room))
+    # None asked for: what the context window leaves, as vLLM answers (EOS ends it sooner).
+    params = replace(c.params, max_tokens=c.max_tokens or room)
     return Parsed(ids, params, c.stream, c.include_usage)
 
 

@@ -44,3 +44,10 @@ class Detokenizer:
         """The whole text at the sequence's end, a partial character included (as U+FFFD, as
         a whole decode shows it)."""
         return self.text + self._new(ids)
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int:
+    """Where the earliest of ``stops`` begins in ``text``, or -1: the earliest in the text,
+    not the first in the list (with stops ("b", "a") the text "ab" ends before "a")."""
+    found = [at for at in (text.find(s) for s in stops) if at >= 0]
+    return min(found, default=-1)

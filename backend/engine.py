@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from backend import batchkv as kv
-from backend.detok import Detokenizer
+from backend.detok import Detokenizer, first_stop
 from backend.errors import QueueFull
 from backend.sampling import SamplingParams, choose, new_generator
 
@@ -349,22 +349,17 @@ class Engine:
             seq.t_first = time.perf_counter()
             self.obs.first_token(seq.t_first - seq.t_submit)
         self.obs.tokens(0, 1)
-        if token in self.eos and not seq.params.ignore_eos:
-            if seq.out_ids:  # what was held back for a stop string that never came
-                self._emit_text(seq, seq.detok.final(seq.out_ids), 0)
-            self._finish(seq, "stop")
-            return False
-        seq.out_ids.append(token)
-        text = seq.detok.add(seq.out_ids)  # a partial UTF-8 character waits
-        for stop in seq.params.stop:
-            at = text.find(stop)
-            if at >= 0:
-                self._emit_text(seq, text[:at], hold=0)
-                self._finish(seq, "stop")
-                return False
-        if len(seq.out_ids) >= seq.params.max_tokens:
-            self._emit_text(seq, seq.detok.final(seq.out_ids), hold=0)
-            self._finish(seq, "length")
+        eos = token in self.eos and not seq.params.ignore_eos
+        if not eos:
+            seq.out_ids.append(token)
+        last = eos or len(seq.out_ids) >= seq.params.max_tokens
+        # Going on, a partial UTF-8 character waits; at the end it is out, and a stop string
+        # it completes is searched for too (else the answer could end with one).
+        text = seq.detok.final(seq.out_ids) if last else seq.detok.add(seq.out_ids)
+        at = first_stop(text, seq.params.stop)
+        if at >= 0 or last:
+            self._emit_text(seq, text if at < 0 else text[:at], hold=0)
+            self._finish(seq, "length" if at < 0 and not eos else "stop")
             return False
         # Hold back what could still turn out to be the start of a stop string.
         hold = max((len(s) - 1 for s in seq.params.stop), default=0)

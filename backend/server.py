@@ -12,7 +12,7 @@ from aiohttp import web
 
 from backend.api import check, tokenize
 from backend.engine import Engine, Event, Sequence
-from backend.errors import BackendError, BodyTooLarge, InvalidParameter
+from backend.errors import BackendError, BodyTooLarge, InvalidParameter, ModelNotFound
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
@@ -44,6 +44,7 @@ class BackendServer:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)  # a name may hold "/"
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready_view)
         app.router.add_get("/metrics", self.prom)
@@ -101,21 +102,29 @@ class BackendServer:
         names = request.query.getall("name[]", [])  # only those samples, as prometheus_client's
         return web.Response(body=self.metrics.render(names), content_type="text/plain")
 
+    def _card(self) -> dict[str, Any]:
+        return {
+            "id": self.m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "geogate",
+            "max_model_len": self.m.context_len,
+        }
+
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "id": self.m.name,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "geogate",
-                        "max_model_len": self.m.context_len,
-                    }
-                ],
-            }
-        )
+        return web.json_response({"object": "list", "data": [self._card()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """GET /v1/models/{model}: the SDKs' models.retrieve, as the gateway answers it."""
+        name = request.match_info["model"]
+        if name != self.m.name:
+            return _error(
+                ModelNotFound(
+                    f"model {name!r} is not served here; this server serves {self.m.name!r}",
+                    param="model",
+                )
+            )
+        return web.json_response(self._card())
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from backend.api import DEFAULT_MAX_TOKENS, MAX_CHARS_PER_TOKEN, check, parse
+from backend.api import MAX_CHARS_PER_TOKEN, check, parse
 from backend.errors import (
     ContextTooLong,
     InvalidParameter,
@@ -28,7 +28,8 @@ def body(**kw: Any) -> dict[str, Any]:
 
 def test_defaults_and_chat_template(tok: Any) -> None:
     p = parse(body(), tok, "m", 512, chat=True)
-    assert p.params.max_tokens == DEFAULT_MAX_TOKENS and p.params.temperature == 1.0
+    # No max_tokens: what the context window leaves (vLLM's default), not a fixed 256.
+    assert p.params.max_tokens == 512 - len(p.prompt_ids) and p.params.temperature == 1.0
     text = tok.decode(p.prompt_ids)
     assert text.startswith("<|user|>") and text.endswith("<|assistant|>\n")
     assert not p.stream
@@ -166,6 +167,13 @@ def test_a_missing_or_non_string_model_is_a_400_naming_the_field(tok: Any) -> No
         ({"echo": True}, False),
         ({"best_of": 2}, False),
         ({"suffix": "and then"}, False),
+        ({"presence_penalty": 0.5}, True),
+        ({"frequency_penalty": -1}, False),
+        ({"logit_bias": {"389": -100}}, True),
+        ({"response_format": {"type": "json_object"}}, True),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, True),
+        ({"tool_choice": "required"}, True),
+        ({"functions": [{"name": "f"}]}, True),
     ],
 )
 def test_parameters_that_would_be_ignored_are_refused(
@@ -187,22 +195,34 @@ def test_values_that_ask_for_nothing_and_harmless_parameters_pass(tok: Any) -> N
         "echo": False,
         "best_of": 1,
         "suffix": None,
-        "presence_penalty": 0.5,
-        "frequency_penalty": 0.5,
-        "logit_bias": {"1": 5},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logit_bias": {},
         "response_format": {"type": "text"},
         "tools": [],
+        "tool_choice": "auto",
+        "stream": None,  # OpenAI's spec: nullable, default false (a wrapper's kwargs.get)
         "user": "u",
     }
-    assert parse(body(**harmless), tok, "m", 512, chat=True).prompt_ids
+    assert not parse(body(**harmless), tok, "m", 512, chat=True).stream
+    told_not_to = {
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "none",
+    }
+    assert parse(body(**told_not_to), tok, "m", 512, chat=True).prompt_ids
 
 
 def test_string_content_parts_are_text_and_other_parts_are_refused(tok: Any) -> None:
-    # ["hello"] became an empty message answered with a 200.
-    parts = ["hel", {"type": "text", "text": "lo"}, {"type": "image_url", "image_url": {}}]
+    # ["hello"] became an empty message answered with a 200; parts join as vLLM joins them.
+    parts = ["hel", {"type": "text", "text": "lo"}]
     mixed = parse(body(messages=[{"role": "user", "content": parts}]), tok, "m", 512, chat=True)
-    plain = parse(body(messages=[{"role": "user", "content": "hello"}]), tok, "m", 512, chat=True)
+    plain = parse(body(messages=[{"role": "user", "content": "hel\nlo"}]), tok, "m", 512, chat=True)
     assert mixed.prompt_ids == plain.prompt_ids
+    # An image the model would never see was dropped, and the text answered with a 200.
+    image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {}}]
+    with pytest.raises(UnsupportedParameter) as refused:
+        parse(body(messages=[{"role": "user", "content": image}]), tok, "m", 512, chat=True)
+    assert "'image_url' part" in refused.value.message and refused.value.param == "messages"
     for bad in (5, None, ["x"]):
         with pytest.raises(InvalidParameter) as e:
             parse(body(messages=[{"role": "user", "content": [bad]}]), tok, "m", 512, chat=True)
@@ -223,3 +243,21 @@ def test_a_prompt_too_long_to_fit_is_refused_before_tokenizing() -> None:
     with pytest.raises(ContextTooLong) as e:  # no room for a prompt at all
         check(body(max_tokens=512), "m", 512, chat=True)
     assert e.value.param == "max_tokens"
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_an_unpaired_surrogate_is_a_400_not_a_500(tok: Any, chat: bool) -> None:
+    # A JavaScript string cut inside an emoji: "hi \ud83d" on the wire, which json.loads
+    # takes and the tokenizer raised on (TypeError): a 500, retried by the JS SDK.
+    import json
+
+    text = json.loads('"hi \\ud83d"')
+    doc = (
+        body(messages=[{"role": "user", "content": text}])
+        if chat
+        else {"model": "m", "prompt": text}
+    )
+    with pytest.raises(InvalidParameter) as e:
+        parse(doc, tok, "m", 512, chat=chat)
+    assert e.value.param == ("messages" if chat else "prompt")
+    assert "unpaired UTF-16 surrogate at character 3" in e.value.message

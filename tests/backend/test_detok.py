@@ -91,3 +91,10 @@ def test_each_token_costs_a_window_not_the_whole_sequence(byte_level: Any) -> No
     feed(counting, ids)
     # Decoding every id at each token would be len(ids)² / 2 = 2,000,000 here.
     assert counting.decoded < 10 * MAX_PENDING * len(ids)
+
+
+def test_the_earliest_stop_string_in_the_text_wins_not_the_first_listed() -> None:
+    from backend.detok import first_stop
+
+    assert first_stop("ab", ("b", "a")) == 0
+    assert first_stop("xyz", ("q",)) == -1 and first_stop("xyz", ()) == -1

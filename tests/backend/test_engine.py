@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Iterator
@@ -383,3 +384,26 @@ def test_a_sliding_window_model_keeps_its_batch_when_a_long_row_leaves(loaded: A
         runs = run(Engine(model, tok, "cpu"), [0, 1, 2], long_tokens)
         assert [ends(r) for r in runs] == [["finish"]] * 3
         assert [r.text() for r in runs[1:]] == solo
+
+
+def test_an_answer_cut_at_max_tokens_mid_character_still_stops_at_a_stop_string(
+    loaded: Any,
+) -> None:
+    # At the end the text held back for a partial UTF-8 character goes out; a stop string in
+    # it was never searched for, so the answer ended with one (here U+FFFD, what a decode
+    # shows for the partial character; on real vocabularies, tokens such as " \xe2").
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    greedy = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    cuts = []
+    for prompt in PROMPTS:
+        seq = Sequence(tok(prompt)["input_ids"], greedy, Collector())
+        e.submit(seq)
+        drain(e, seq.emit)  # type: ignore[arg-type]
+        ends = (n for n in range(1, 49) if tok.decode(seq.out_ids[:n]).endswith("\ufffd"))
+        cuts += [(prompt, n) for n in itertools.islice(ends, 1)]
+    assert cuts, "no greedy answer to PROMPTS ends in a partial character: pick others"
+    prompt, n = cuts[0]
+    run = submit(e, tok, prompt, max_tokens=n, stop="\ufffd")
+    drain(e, run)
+    assert "\ufffd" not in run.text() and run.events[-1].finish_reason == "stop"
