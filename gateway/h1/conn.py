@@ -8,7 +8,7 @@ bench/results/round5/h1_floor*.md), and what the gateway added on top of uvicorn
 JSON refusals, the extensions) no longer reaches into its internals.
 
 The caps on a request's head and the protocol's own answers: gateway.h1.refuse; upgrade
-offers: gateway.h1.upgrade; the scope: gateway.h1.scope.
+offers: gateway.h1.upgrade; the scope: gateway.h1.scope; flow control: gateway.h1.flow.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import httptools
 
 from gateway.h1 import refuse
 from gateway.h1.cycle import Cycle
+from gateway.h1.flow import Flow
 from gateway.h1.refuse import Refused
 from gateway.h1.scope import Addresses, addresses, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
@@ -31,7 +32,7 @@ from gateway.runtime import log
 App = Callable[..., Any]
 
 
-class H1(asyncio.Protocol):
+class H1(Flow, asyncio.Protocol):
     """Set ``head_limit``, ``max_header_bytes`` and ``head_timeout_s`` on a subclass
     (gateway.h1.capped): uvicorn builds the protocol itself, with its four arguments."""
 
@@ -92,6 +93,7 @@ class H1(asyncio.Protocol):
         self._upgrade_left: int | None = None
         self._write_paused_at = 0.0
         self._closing_seen = False  # the idle timer found the transport closing (draining)
+        self._refusal: Refused | None = None  # a later request's, answered after those before
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -240,6 +242,7 @@ class H1(asyncio.Protocol):
         if not self.in_head:  # a chunked body's trailer field: not a header (RFC 9110 6.5.1)
             return
         name = name.lower()
+        value = value.rstrip(b" \t")  # whitespace after a value is not in it (RFC 9112 5)
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         self._headers.append((name, value))
@@ -271,7 +274,7 @@ class H1(asyncio.Protocol):
                 self._extensions,
             ),
             version != "1.0" and parser.should_keep_alive(),
-            self._expect_100,
+            self._expect_100 and version == "1.1",  # no 1xx to HTTP/1.0 (RFC 9110 15.2)
         )
         limit = self.limit
         app = self.app
@@ -315,6 +318,11 @@ class H1(asyncio.Protocol):
         self._idle_since = self.loop.time()
         if self._queued:
             self._start(*self._queued.popleft())
+        elif self._refusal is not None:  # every response before it is out: now its answer
+            stop, self._refusal = self._refusal, None
+            self.transport.write(refuse.answered(self.app, stop.err))
+            self.transport.close()
+            return
         self.resume_reading()
 
     def addresses(self) -> Addresses:
@@ -335,35 +343,6 @@ class H1(asyncio.Protocol):
         else:
             running.keep_alive = False
 
-    # --- flow control ----------------------------------------------------------------------
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        # Not while a pipelined request waits its turn: its body would pile up unread.
-        if self.read_paused and not self._queued:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self._write_paused_at = self.loop.time()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-        if self.on_writable is not None:
-            self.on_writable()
-
-    async def drain(self) -> None:
-        if self._drained is None:
-            self._drained = self.loop.create_future()
-        await asyncio.shield(self._drained)
-
     # --- the extensions (gateway.http.asgi) ------------------------------------------------
     def _pipe(self) -> ClientPipe | None:  # typed so: mypy checks that a Pipe is one
         return None if self.running is None else self.running.pipe()
@@ -382,8 +361,8 @@ class H1(asyncio.Protocol):
         self._refuse(refuse.timed_out(self.head_timeout_s))
 
     def _refuse(self, stop: Refused) -> None:
-        """Answer ``stop`` and close; a running request's own bad body: the app's to answer
-        (Cycle.refuse); behind a response going out: closed instead, the request told."""
+        """Answer ``stop`` and close; a request's own bad body: the app's to answer
+        (Cycle.refuse); a later request's: answered after those before it."""
         log.warning("%s from %s", stop.line, self.client_text())
         self.in_head = False
         if self.head_timer is not None:
@@ -391,8 +370,17 @@ class H1(asyncio.Protocol):
             self.head_timer = None
         running = self.running
         if running is not None and not running.response_complete:
-            if not running.refuse(stop.err):
+            if running.refuse(stop.err):
+                return  # its own body: the app answers it
+            if running.more_body:  # its own body, with its answer going out: cut
                 self.close_now()
+                return
+            newest = self.cycle
+            if newest is not running and newest is not None and newest.refuse(stop.err):
+                return  # a queued request's own body: the app answers it in turn
+            # A later request's head: answered in turn, after every response before it
+            # (RFC 9112 9.3.2), as nginx does; it closed the connection, losing them all.
+            self.lingering, self._refusal = True, stop
             return
         if running is not None:
             running.flush_head()  # a response still held goes first

@@ -50,11 +50,12 @@ _HOST_VALUE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*")
 def check_framing(version: str, headers: list[tuple[bytes, bytes]]) -> None:
     """What llhttp lets through and RFC 9112 does not. One Host (3.2: a server MUST answer 400
     to an HTTP/1.1 request without one, to any with two, to an invalid one: two Hosts are two
-    readings of one request, which routing or a signed edge header could be played with).
-    No transfer coding but chunked (6.1: "gzip, chunked" was dechunked and its gzip sent on
-    as the body; 501, as nginx answers it)."""
+    readings of one request, which routing or a signed edge header could be played with;
+    only HTTP/1.0 may leave it out). No transfer coding but chunked (6.1: "gzip, chunked" was
+    dechunked and its gzip sent on as the body; 501, as nginx answers it), and none at all
+    in HTTP/1.0, which has none."""
     hosts = [v for n, v in headers if n == b"host"]
-    if len(hosts) > 1 or (not hosts and version == "1.1"):
+    if len(hosts) > 1 or (not hosts and version != "1.0"):
         raise malformed(
             f"an HTTP/{version} request needs exactly one Host header (RFC 9112 section "
             f"3.2); this one has {len(hosts)}"
@@ -62,6 +63,9 @@ def check_framing(version: str, headers: list[tuple[bytes, bytes]]) -> None:
     if hosts and _HOST_VALUE.fullmatch(hosts[0]) is None:
         raise malformed("the Host header is not a host name or address with an optional port")
     for name, value in headers:
+        if name == b"transfer-encoding" and version == "1.0":
+            # RFC 9112 6.1: framing to treat as faulty, Content-Length or not, as nginx does.
+            raise malformed("Transfer-Encoding in an HTTP/1.0 request: send Content-Length")
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             shown = value.decode("latin-1")[:64]
             raise Refused(
@@ -88,7 +92,7 @@ def request_scope(
     # Any: httptools' stubs type ``query`` as bytes, and it is None without one; code built
     # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
     parsed: Any = httptools.parse_url(url)
-    raw_path: bytes = parsed.path
+    raw_path: bytes = parsed.path or b"/"  # "http://h": an empty path is "/" (RFC 9110 4.2.3)
     query: bytes | None = parsed.query
     path = raw_path.decode("ascii")
     if "%" in path:

@@ -13,15 +13,14 @@ import zlib
 
 from gateway.errors import BodyTooLarge, RequestInvalid, UnsupportedEncoding
 
-# Content coding -> zlib window bits. "x-gzip" is gzip (RFC 9110 §8.4.1.3); "deflate" is the
-# zlib format, though some clients send raw deflate: that is tried when the zlib header is not
-# there, as browsers do.
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Content coding -> zlib window bits. "deflate" is the zlib format, though some clients send
+# raw deflate: that is tried when the zlib header is not there, as browsers do.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 ACCEPTED = ("gzip", "deflate", "identity")
 
 
 def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
-    """The body with its content codings undone (last applied, first undone)."""
+    """The body with its content coding undone: one of gzip, deflate, identity."""
     if not content_encoding:
         return body
     codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
@@ -32,9 +31,17 @@ def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
                 f"uncompressed, or compressed with gzip or deflate",
                 ACCEPTED,
             )
-    for coding in reversed(codings):
-        if coding != "identity":
-            body = _inflate(body, coding, limit)
+    if len(codings) > 1:
+        # The body goes on as sent, header too: one coding is what every backend decodes.
+        # "x-gzip" (gzip's old name), "gzip, identity" or two headers were answered 500 by
+        # a backend that could not, which counted as its failure and, five requests later,
+        # ejected it, a client's mistake.
+        raise UnsupportedEncoding(
+            f"Content-Encoding {content_encoding!r}: send one coding, gzip or deflate",
+            ACCEPTED,
+        )
+    if codings and codings[0] != "identity":
+        body = _inflate(body, codings[0], limit)
     return body
 
 
