@@ -461,8 +461,12 @@ def test_a_missing_model_and_unsupported_parameters_are_400s(backend: Backend) -
     assert r.status_code == 200, r.text
     # Asked of an answer this server cannot give (a tool call, JSON): refused, not ignored.
     chat = f"{backend.url}/v1/chat/completions"
-    for key, value in (("tool_choice", "required"), ("response_format", {"type": "json_object"})):
-        r = httpx.post(chat, json={"model": MODEL, "messages": MESSAGES, key: value})
+    asks: tuple[tuple[str, object], ...] = (
+        ("tool_choice", "required"),
+        ("response_format", {"type": "json_object"}),
+    )
+    for key, ask in asks:
+        r = httpx.post(chat, json={"model": MODEL, "messages": MESSAGES, key: ask})
         assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_parameter"
 
 
