@@ -32,7 +32,9 @@ UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "presence_penalty": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
     "frequency_penalty": lambda v: v is None or (v == 0 and not isinstance(v, bool)),
     "logit_bias": lambda v: v is None or v == {},
-    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "response_format": lambda v: (
+        v is None or (isinstance(v, dict) and v.get("type", "text") == "text")
+    ),
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
 }
@@ -127,7 +129,9 @@ def _part_text(i: int, j: int, part: Any) -> str:
             param="messages",
         )
     kind = part.get("type", "text")
-    if kind != "text":  # an image the model would never see: a wrong answer, not a 200
+    if kind == "refusal":  # an assistant's earlier refusal, in the history: text, as vLLM reads it
+        part = {"text": part.get("refusal", "")}
+    elif kind != "text":  # an image the model would never see: a wrong answer, not a 200
         raise UnsupportedParameter(
             f"messages[{i}].content[{j}] is a {kind!r} part; this server's model reads text "
             "alone: send text parts",

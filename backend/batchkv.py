@@ -114,6 +114,6 @@ def merged(a: Any, a_mask: torch.Tensor, b: Any, b_mask: torch.Tensor) -> tuple[
         k = torch.cat([left_pad(x.keys, length), left_pad(y.keys, length)])
         v = torch.cat([left_pad(x.values, length), left_pad(y.values, length)])
         layers.append((k, v))
-    cache = DynamicCache(ddp_cache_data=layers)  # no config: see below
+    cache = DynamicCache(ddp_cache_data=layers)  # no config: see above (full caches)
     mask = torch.cat([left_pad(a_mask, length, dim=1), left_pad(b_mask, length, dim=1)])
     return cache, mask

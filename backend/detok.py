@@ -20,30 +20,38 @@ MAX_PENDING = 4
 
 
 class Detokenizer:
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, special: frozenset[int] = frozenset()) -> None:
         self.tok = tokenizer
+        # What a decode skips (skip_special_tokens): kept out of the window, which a run of
+        # them (an EOS after EOS, with ignore_eos) would otherwise grow without end.
+        self.special = special
+        self.ids: list[int] = []  # the tokens with text, so far
         self.text = ""  # the whole characters decoded so far
         self.prefix = 0  # the window's context starts here...
         self.read = 0  # ...and its new tokens here: ids[read:] are not in ``text`` yet
 
-    def _new(self, ids: list[int]) -> str:
+    def _new(self) -> str:
+        ids = self.ids
         context: str = self.tok.decode(ids[self.prefix : self.read], skip_special_tokens=True)
         window: str = self.tok.decode(ids[self.prefix :], skip_special_tokens=True)
         return window[len(context) :]
 
-    def add(self, ids: list[int]) -> str:
-        """The text of ``ids`` (every token so far, this step's last), without a character
-        whose bytes are not all here yet: those wait for the next token."""
-        new = self._new(ids)
-        if new and (not new.endswith(PARTIAL) or len(ids) - self.read >= MAX_PENDING):
+    def add(self, token: int) -> str:
+        """The text so far, ``token`` the newest, without a character whose bytes are not all
+        here yet: those wait for the next token."""
+        if token in self.special:
+            return self.text
+        self.ids.append(token)
+        new = self._new()
+        if new and (not new.endswith(PARTIAL) or len(self.ids) - self.read >= MAX_PENDING):
             self.text += new
-            self.prefix, self.read = self.read, len(ids)
+            self.prefix, self.read = self.read, len(self.ids)
         return self.text
 
-    def final(self, ids: list[int]) -> str:
+    def final(self) -> str:
         """The whole text at the sequence's end, a partial character included (as U+FFFD, as
         a whole decode shows it)."""
-        return self.text + self._new(ids)
+        return self.text + self._new()
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int:

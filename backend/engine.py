@@ -114,6 +114,7 @@ class Engine:
         self._ids = itertools.count(1)
         self._cache_kw = kv.cache_keyword(model)
         self._keep_last = kv.keeps_last_logits(model)
+        self._special = frozenset(getattr(tokenizer, "all_special_ids", None) or ())
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
     # --- API for the HTTP side (any thread) -----------------------------------------------
@@ -175,7 +176,7 @@ class Engine:
                 waiting = self.check_room()
             seq.id = next(self._ids)
             seq.generator = new_generator(seq.params.seed)
-            seq.detok = Detokenizer(self.tok)
+            seq.detok = Detokenizer(self.tok, self._special)
             self._waiting.append(seq)
             self.obs.queue(waiting + 1, len(self._running))
             self._cond.notify()
@@ -352,11 +353,12 @@ class Engine:
         eos = token in self.eos and not seq.params.ignore_eos
         if not eos:
             seq.out_ids.append(token)
+            seq.detok.add(token)
         last = eos or len(seq.out_ids) >= seq.params.max_tokens
         # Going on, a partial UTF-8 character waits; at the end it is out, and a stop string
         # it completes is searched for too (else the answer could end with one).
-        text = seq.detok.final(seq.out_ids) if last else seq.detok.add(seq.out_ids)
-        at = first_stop(text, seq.params.stop)
+        text = seq.detok.final() if last else seq.detok.text
+        at = first_stop(text, seq.params.stop) if seq.params.stop else -1
         if at >= 0 or last:
             self._emit_text(seq, text if at < 0 else text[:at], hold=0)
             self._finish(seq, "length" if at < 0 and not eos else "stop")

@@ -8,7 +8,8 @@ bench/results/round5/h1_floor*.md), and what the gateway added on top of uvicorn
 JSON refusals, the extensions) no longer reaches into its internals.
 
 The caps on a request's head and the protocol's own answers: gateway.h1.refuse; upgrade
-offers: gateway.h1.upgrade; the scope: gateway.h1.scope; flow control: gateway.h1.flow.
+offers: gateway.h1.upgrade; the scope: gateway.h1.scope; flow control and the keep-alive
+timer: gateway.h1.flow.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from typing import Any, ClassVar
 
 import httptools
 
+from gateway.defaults import LINGER_S
 from gateway.h1 import refuse
 from gateway.h1.cycle import Cycle
 from gateway.h1.flow import Flow
 from gateway.h1.refuse import Refused
-from gateway.h1.scope import Addresses, addresses, request_scope
+from gateway.h1.scope import Addresses, addresses, check_framing, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
 from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE, ClientPipe
 from gateway.runtime import log
 
 App = Callable[..., Any]
+_OWS = (b" ", b"\t")
 
 
 class H1(Flow, asyncio.Protocol):
@@ -68,7 +71,9 @@ class H1(Flow, asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self.on_writable: Callable[[], None] | None = None  # a Pipe's, while the buffer is full
         self.read_paused = False
-        self.lingering = False  # answered, the request's body still coming (Cycle._linger)
+        # Answered, the request's body still coming (Cycle._linger), or a later request refused
+        # and waiting for the answers before it: what still comes is dropped unparsed.
+        self.lingering = False
         self.lost = False
         self._on_lost: Callable[[], None] | None = None  # the running request's hook
         self._extensions: dict[str, object] = {
@@ -85,7 +90,8 @@ class H1(Flow, asyncio.Protocol):
         self.in_head = False  # between a request's first byte and its head's end
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._expect_100 = False
+        self._expect_100 = self._framing = False  # _framing: a request check_framing must see
+        self._hosts = 0
         self._head_bytes = 0  # URL and complete headers, as the parser hands them over
         self._raw_head = 0  # bytes read while a head was unfinished
         self._began_in_read = False  # the head began in the read being fed
@@ -94,6 +100,7 @@ class H1(Flow, asyncio.Protocol):
         self._write_paused_at = 0.0
         self._closing_seen = False  # the idle timer found the transport closing (draining)
         self._refusal: Refused | None = None  # a later request's, answered after those before
+        self._good_host: bytes | None = None  # the last Host check_framing took, unchanged since
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -147,32 +154,6 @@ class H1(Flow, asyncio.Protocol):
             callback()
             return
         self._on_lost = callback
-
-    def _idle_check(self) -> None:
-        """One timer per connection: it fires keep-alive seconds after it was armed and closes
-        the connection if no request has run since; otherwise it waits out the rest."""
-        self._idle_timer = None
-        now = self.loop.time()
-        stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
-        closing = self.transport.is_closing()
-        if (closing and self._closing_seen) or stalled:
-            # A close waits for the send buffer to drain, and a client that reads nothing
-            # never lets it: after a keep-alive time of that, the connection is dropped, and
-            # a response waiting to write learns it is gone.
-            self.transport.abort()
-            return
-        busy = self.in_head or (self.running is not None and not self.running.response_complete)
-        left = self.keepalive_s - (now - self._idle_since)
-        if closing or (not busy and left <= 0):
-            # Closed here, idle, or by an answer (Connection: close, whose last bytes may still
-            # be draining): a full keep-alive time from now, not what was left of this timer's.
-            if not closing:
-                self.transport.close()
-            self._closing_seen = True
-            self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
-            return
-        wait = self.keepalive_s if busy else left
-        self._idle_timer = self.loop.call_later(wait, self._idle_check)
 
     def default_head(self) -> bytes:
         """The server's default header lines (uvicorn refreshes its list each second)."""
@@ -229,7 +210,8 @@ class H1(Flow, asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._expect_100 = False
+        self._expect_100 = self._framing = False
+        self._hosts = 0
         self._head_bytes = self._raw_head = 0
         self._began_in_read = self.in_head = True
 
@@ -242,8 +224,14 @@ class H1(Flow, asyncio.Protocol):
         if not self.in_head:  # a chunked body's trailer field: not a header (RFC 9110 6.5.1)
             return
         name = name.lower()
-        value = value.rstrip(b" \t")  # whitespace after a value is not in it (RFC 9112 5)
-        if name == b"expect" and value.lower() == b"100-continue":
+        if value[-1:] in _OWS:  # whitespace after a value is not in it (RFC 9112 5)
+            value = value.rstrip(b" \t")
+        if name == b"host":
+            self._hosts += 1
+            self._framing |= value != self._good_host  # not the last one checked: check it
+        elif name == b"transfer-encoding":
+            self._framing = True
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_100 = True
         self._headers.append((name, value))
 
@@ -261,6 +249,11 @@ class H1(Flow, asyncio.Protocol):
         if parser.should_upgrade():
             self._upgrade_left = declared_length(self._headers)
         version = parser.get_http_version()
+        # The connection's usual request (its Host checked before, no transfer coding) is
+        # not checked again: a call per request fewer (bench/calls.py counts them).
+        if self._framing or self._hosts != 1 or version != "1.1":
+            check_framing(version, self._headers)
+            self._good_host = next((v for n, v in self._headers if n == b"host"), None)
         cycle = Cycle(
             self,
             request_scope(
@@ -321,7 +314,11 @@ class H1(Flow, asyncio.Protocol):
         elif self._refusal is not None:  # every response before it is out: now its answer
             stop, self._refusal = self._refusal, None
             self.transport.write(refuse.answered(self.app, stop.err))
-            self.transport.close()
+            # A FIN after it, not a close that the client's unread bytes turn into an RST,
+            # which can wipe every answer before it from the client's buffers (Cycle._linger).
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
             return
         self.resume_reading()
 

@@ -1,14 +1,18 @@
 """Flow control of a gateway.h1 connection, apart from its parsing: reading paused while a
 pipelined request waits its turn or a body's taker is full, writing paused while the
-client's socket buffer is (asyncio calls pause_writing and resume_writing), and ``drain``
-for whoever writes. A mixin: gateway.h1.conn.H1 holds the state."""
+client's socket buffer is (asyncio calls pause_writing and resume_writing), ``drain`` for
+whoever writes, and the keep-alive timer that closes an idle or stalled connection. A mixin:
+gateway.h1.conn.H1 holds the state."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.h1.cycle import Cycle
 
 
 class Flow:
@@ -20,6 +24,12 @@ class Flow:
     _drained: asyncio.Future[None] | None
     on_writable: Callable[[], None] | None  # a Pipe's, while the buffer is full
     _queued: deque[Any]  # pipelined requests waiting their turn
+    keepalive_s: float
+    _idle_timer: asyncio.TimerHandle | None
+    _idle_since: float
+    _closing_seen: bool
+    in_head: bool
+    running: Cycle | None
 
     def pause_reading(self) -> None:
         if not self.read_paused:
@@ -48,3 +58,29 @@ class Flow:
         if self._drained is None:
             self._drained = self.loop.create_future()
         await asyncio.shield(self._drained)
+
+    def _idle_check(self) -> None:
+        """One timer per connection: it fires keep-alive seconds after it was armed and closes
+        the connection if no request has run since; otherwise it waits out the rest."""
+        self._idle_timer = None
+        now = self.loop.time()
+        stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
+        closing = self.transport.is_closing()
+        if (closing and self._closing_seen) or stalled:
+            # A close waits for the send buffer to drain, and a client that reads nothing
+            # never lets it: after a keep-alive time of that, the connection is dropped, and
+            # a response waiting to write learns it is gone.
+            self.transport.abort()
+            return
+        busy = self.in_head or (self.running is not None and not self.running.response_complete)
+        left = self.keepalive_s - (now - self._idle_since)
+        if closing or (not busy and left <= 0):
+            # Closed here, idle, or by an answer (Connection: close, whose last bytes may still
+            # be draining): a full keep-alive time from now, not what was left of this timer's.
+            if not closing:
+                self.transport.close()
+            self._closing_seen = True
+            self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
+            return
+        wait = self.keepalive_s if busy else left
+        self._idle_timer = self.loop.call_later(wait, self._idle_check)

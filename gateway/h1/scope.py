@@ -87,8 +87,8 @@ def request_scope(
     state: dict[str, Any],
     extensions: dict[str, object],
 ) -> Scope:
-    """The scope as uvicorn builds it: the path percent-decoded, ``raw_path`` as sent."""
-    check_framing(version, headers)
+    """The scope as uvicorn builds it: the path percent-decoded, ``raw_path`` as sent (the
+    framing checked before: check_framing)."""
     # Any: httptools' stubs type ``query`` as bytes, and it is None without one; code built
     # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
     parsed: Any = httptools.parse_url(url)

@@ -261,3 +261,17 @@ def test_an_unpaired_surrogate_is_a_400_not_a_500(tok: Any, chat: bool) -> None:
         parse(doc, tok, "m", 512, chat=chat)
     assert e.value.param == ("messages" if chat else "prompt")
     assert "unpaired UTF-16 surrogate at character 3" in e.value.message
+
+
+def test_an_assistants_refusal_part_is_history_text(tok: Any) -> None:
+    # openai-python's assistant message may hold a refusal part: it was refused as a non-text
+    # part. vLLM reads it as text; so does this server. An empty response_format is text too.
+    refusal = {"type": "refusal", "refusal": "I cannot help with that."}
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [refusal]},
+        {"role": "user", "content": "why?"},
+    ]
+    as_text = [*history[:1], {"role": "assistant", "content": refusal["refusal"]}, history[2]]
+    got = parse(body(messages=history, response_format={}), tok, "m", 512, chat=True)
+    assert got.prompt_ids == parse(body(messages=as_text), tok, "m", 512, chat=True).prompt_ids
