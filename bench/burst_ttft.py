@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not this folder, whose profile.py would shadow the stdlib's
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 

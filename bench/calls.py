@@ -268,9 +268,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # This script's folder, which Python puts first on the path, holds bench/profile.py: it
-    # would stand in for the standard library's profile, which cProfile imports.
-    sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    if "--child" not in sys.argv:
+    if "--child" not in sys.argv:  # a child imports its own tree, from PYTHONPATH
         sys.path.insert(0, str(ROOT))
     main()

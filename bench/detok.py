@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not this folder, whose profile.py would shadow the stdlib's
+sys.path.insert(0, str(ROOT))
 
 from backend.detok import Detokenizer  # noqa: E402
 from backend.tiny import make_tiny_model  # noqa: E402

@@ -43,9 +43,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# In place of this script's own folder, whose profile.py would shadow the standard library's
-# (transformers' model imports reach torch._dynamo, which imports cProfile, which imports it).
-sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 

@@ -31,9 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# In place of this script's own folder, whose profile.py would shadow the standard library's
-# (torch.profiler imports it).
-sys.path[0] = str(ROOT)
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 

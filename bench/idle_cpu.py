@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.overhead import MODEL, TOKENS, gateway_conf  # noqa: E402
 from bench.overhead_cells import LOAD_CPU, PROXY_CPU, pinned  # noqa: E402
 from bench.proc_cpu import CLK_TCK, cpu_between, fine_between, process_tree, read_cpu  # noqa: E402
-from bench.profile import summarize  # noqa: E402
+from bench.pyspy_profile import summarize  # noqa: E402
 from bench.results_io import write_results  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 

@@ -1,7 +1,7 @@
 """bench/gpu.py, bench/gpu_attention.py and bench/burst_ttft.py, dry on the CPU with the tiny
 model: the GPU runs are a few minutes of a lent machine, so a script that breaks here (as
-gpu.py did once, when bench/profile.py came to shadow the standard library's profile) must not
-be found there."""
+gpu.py did once, when bench/profile.py, now pyspy_profile.py, shadowed the standard library's
+profile module) must not be found there."""
 
 from __future__ import annotations
 

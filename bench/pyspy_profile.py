@@ -9,7 +9,7 @@ prometheus_client, logging, json, asyncio ...) and the top functions by own and 
 samples. py-spy sees Python frames only: time in granian's Rust threads outside Python is the
 difference between the process CPU and the sampled share, reported as such.
 
-Run: .venv/bin/python bench/profile.py [--mode non-streaming|streaming] [--conc 16]
+Run: .venv/bin/python bench/pyspy_profile.py [--mode non-streaming|streaming] [--conc 16]
      [--tokens 16] [--tokens-per-s 50] [--duration 6] [--lean] [--label before]
      (needs py-spy: pip install py-spy)
 """
