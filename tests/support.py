@@ -295,6 +295,20 @@ async def until(check: Callable[[], bool], within_s: float = 2.0, what: str = "c
         await asyncio.sleep(0.005)
 
 
+def eu_config(**sections: Any) -> Config:
+    """One region "eu" and one upstream "a" (model "m") where nothing listens, then
+    ``sections`` (e.g. server={"workers": 3}): a config for code that never sends to it."""
+    upstream = {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}
+    return Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+            "upstreams": [upstream],
+            **sections,
+        }
+    )
+
+
 def pool_config(*more: dict[str, Any], **sections: Any) -> Config:
     """One region "eu", a DNS-discovered upstream "pool" (members "pool@<addr>:<port>")
     serving model "m", then ``more`` upstreams and ``sections`` (e.g. health=...)."""

@@ -106,9 +106,8 @@ def test_hot_reload_swaps_and_refuses_corrupt(
     assert src.locate(ip("192.0.2.1")).city == "Lyon"
 
 
-def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: Path) -> None:
-    db = city_db(tmp_path / "c.mmdb")
-    src = GeoIPSource(db, DEFAULT, cache_size=2)
+def count_reads(src: GeoIPSource) -> list[str]:
+    """The addresses ``src`` reads from its file from now on, in order."""
     reads: list[str] = []
     real = src._db.reader.city
 
@@ -117,6 +116,13 @@ def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: P
         return real(ip_address)
 
     src._db.reader.city = counting  # type: ignore[method-assign]
+    return reads
+
+
+def test_lookups_are_cached_per_address_and_a_reload_drops_the_cache(tmp_path: Path) -> None:
+    db = city_db(tmp_path / "c.mmdb")
+    src = GeoIPSource(db, DEFAULT, cache_size=2)
+    reads = count_reads(src)
     assert src.locate(ip("192.0.2.1")).city == "Paris"
     assert src.locate(ip("192.0.2.1")).city == "Paris"
     assert src.locate(ip("10.0.0.1")) == DEFAULT  # a miss is remembered too
@@ -143,14 +149,7 @@ def test_a_corrupt_record_gets_the_default_logged_once_and_cached(
     )
     w.to_db_file(str(path))
     src = GeoIPSource(path, DEFAULT)
-    reads: list[str] = []
-    real = src._db.reader.city
-
-    def counting(ip_address: IPAddress) -> City:
-        reads.append(str(ip_address))
-        return real(ip_address)
-
-    src._db.reader.city = counting  # type: ignore[method-assign]
+    reads = count_reads(src)
     with caplog.at_level(logging.ERROR, logger="geodb"):
         for _ in range(2):
             assert src.locate(ip("198.51.100.1")) == DEFAULT  # geoip2 raises TypeError

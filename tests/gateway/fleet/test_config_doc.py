@@ -18,14 +18,9 @@ from gateway.fleet.config_doc import (
     file_differences,
     routing_doc,
 )
+from tests.support import eu_config
 
-CFG = Config.model_validate(
-    {
-        "gateway": {"region": "eu"},
-        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
-        "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}],
-    }
-)
+CFG = eu_config()
 
 
 def test_a_change_names_before_and_after_and_applies() -> None:

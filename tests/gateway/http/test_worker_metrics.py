@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 
 from gateway import defaults as d
-from gateway.config import Config
 from gateway.http.endpoints import Endpoints
 from gateway.http.worker_metrics import (
     END,
@@ -38,16 +37,9 @@ from gateway.http.worker_metrics import (
     runtime_dir,
 )
 from gateway.runtime import build_runtime
-from tests.support import CHAT_BODY, Gateway, eventually, start_fleet
+from tests.support import CHAT_BODY, Gateway, eu_config, eventually, start_fleet
 
-CONFIG = Config.model_validate(
-    {
-        "gateway": {"region": "eu"},
-        "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
-        "upstreams": [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}],
-        "server": {"workers": 3},
-    }
-)
+CONFIG = eu_config(server={"workers": 3})
 SCRAPE = Request({"type": "http", "method": "GET", "path": "/metrics", "headers": []})
 COUNTS = ("_total", "_count", "_bucket", "_sum")
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
