@@ -101,6 +101,7 @@ class H1(Flow, asyncio.Protocol):
         self._closing_seen = False  # the idle timer found the transport closing (draining)
         self._refusal: Refused | None = None  # a later request's, answered after those before
         self._good_host: bytes | None = None  # the last Host check_framing took, unchanged since
+        self._host = b""  # the request's Host, as on_header saw it
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -228,6 +229,7 @@ class H1(Flow, asyncio.Protocol):
             value = value.rstrip(b" \t")
         if name == b"host":
             self._hosts += 1
+            self._host = value
             self._framing |= value != self._good_host  # not the last one checked: check it
         elif name == b"transfer-encoding":
             self._framing = True
@@ -253,7 +255,7 @@ class H1(Flow, asyncio.Protocol):
         # not checked again: a call per request fewer (bench/calls.py counts them).
         if self._framing or self._hosts != 1 or version != "1.1":
             check_framing(version, self._headers)
-            self._good_host = next((v for n, v in self._headers if n == b"host"), None)
+            self._good_host = self._host if self._hosts == 1 else None
         cycle = Cycle(
             self,
             request_scope(

@@ -278,6 +278,30 @@ def test_expect_100_with_trailing_space_and_never_to_http_1_0(
     assert (b"100 Continue" in answer) is continues
 
 
+@pytest.mark.parametrize(
+    ("second", "status"),
+    [
+        (b"Host: u@a/b\r\n", b"400"),
+        (b"Host: x\r\nHost: y\r\n", b"400"),
+        (b"Host: x\r\nTransfer-Encoding: gzip, chunked\r\n", b"501"),
+    ],
+    ids=["new-bad-host", "two-hosts", "transfer-coding"],
+)
+def test_a_keep_alive_connection_checks_what_changed_since_its_last_checked_request(
+    gw: Gateway, second: bytes, status: bytes
+) -> None:
+    # The framing check is skipped for a request like the connection's last checked one
+    # (same Host, no transfer coding): one that differs is checked.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same: skipped, served
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET /healthz HTTP/1.1\r\n" + second + b"\r\n")
+        answer = read_to_eof(s)
+    assert answer.split(b" ", 2)[1] == status, answer[:300]
+
+
 def test_an_http_1_0_request_may_come_without_a_host(gw: Gateway) -> None:
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
