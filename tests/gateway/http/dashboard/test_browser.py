@@ -249,16 +249,26 @@ def test_killing_a_backend_turns_it_red_within_two_health_intervals(
     page = browser.page
     t0 = time.monotonic()
     kill(world.sims["us-1"].proc)
-    page.wait_for_selector(".region-card[data-region='us-east'][data-state='down']", timeout=10_000)
-    seen_after_s = time.monotonic() - t0
-    colour = page.eval_on_selector(
-        ".region-card[data-region='us-east'] .badge", "e => getComputedStyle(e).backgroundColor"
+    # Polled to the red badge itself: the card's state changes as the page redraws it, and a
+    # badge read at that moment could be the node being replaced (a detached node's colour
+    # reads '').
+    badge = ".region-card[data-region='us-east'][data-state='down'] .badge"
+    red = "rgb(240, 62, 62)"
+    page.wait_for_function(
+        "([sel, red]) => { const e = document.querySelector(sel);"
+        " const r = document.querySelector(\"tr[data-upstream='us-1']\");"
+        " return e !== null && getComputedStyle(e).backgroundColor === red"
+        " && r !== null && r.dataset.state === 'down'; }",
+        arg=[badge, red],
+        timeout=10_000,
     )
+    seen_after_s = time.monotonic() - t0
+    colour = page.eval_on_selector(badge, "e => getComputedStyle(e).backgroundColor")
     row = page.eval_on_selector("tr[data-upstream='us-1']", "r => r.dataset.state")
     _shot(browser, "backend-down.png")
     _note(step="kill us-1", red_after_s=round(seen_after_s, 2), colour=colour, row=row)
     assert seen_after_s <= 2 * HEALTH_INTERVAL_S
-    assert colour == "rgb(240, 62, 62)" and row == "down"
+    assert colour == red and row == "down"
 
 
 def test_drain_from_the_page_moves_traffic_and_audits_the_operator(
