@@ -36,7 +36,7 @@ from gateway.http.asgi import (
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange, logged_text
-from gateway.http.headers import request_id
+from gateway.http.headers import ROUTE_HEADER, request_id
 from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
@@ -258,6 +258,16 @@ def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
     return [(b"x-request-id", ex.id.encode())]
 
 
+def _error_headers(ex: Exchange) -> list[tuple[bytes, bytes]]:
+    """An error answer's own headers: the request id, and after routing what was tried (the
+    ``geogate-route`` a served answer carries, so a 502 or 504 names the upstream to look at)."""
+    headers = _request_id_header(ex)
+    if ex.routed is not None:
+        route = ex.routed.decision.failure_header(ex.attempts)
+        headers.append((ROUTE_HEADER.encode(), route.encode()))
+    return headers
+
+
 class Proxy:
     """ASGI app for ``/v1/*`` requests that carry a body."""
 
@@ -277,7 +287,7 @@ class Proxy:
             await self._serve(ex, config, heads, receive, send)
         except GatewayError as err:
             ex.status = status_of(err)
-            await send_error(ex.tracking(send), err, _request_id_header(ex))
+            await send_error(ex.tracking(send), err, _error_headers(ex))
         except ClientGone:
             ex.status = 499  # nginx's "client closed request"
         except asyncio.CancelledError:

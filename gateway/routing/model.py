@@ -134,6 +134,19 @@ class Decision:
             h += f"; residency={self.residency}"
         return h + (f"; attempts={index + 1}" if index else "")
 
+    def failure_header(self, attempts: int) -> str:
+        """Summary for the ``geogate-route`` header of the gateway's own error answer after
+        routing: the outcome alone where no upstream was tried (model not found, nothing
+        usable), else the last one tried and how many were: whom to look at for a 502/504."""
+        if not self.order or attempts < 1:
+            h = f"outcome={self.outcome}"
+        else:
+            c = self.order[min(attempts, len(self.order)) - 1]
+            h = f"outcome=failed; region={c.upstream.region}; upstream={c.upstream.id}"
+        if self.residency:
+            h += f"; residency={self.residency}"
+        return h + (f"; attempts={attempts}" if attempts else "")
+
     def explain(self) -> dict[str, Any]:
         return {
             "outcome": str(self.outcome),

@@ -278,6 +278,7 @@ def test_unknown_model_is_404(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gpt-17"))
     assert_openai_error(r, 404, "model_not_found", "gpt-17", "/v1/models")
+    assert r.headers["geogate-route"] == "outcome=model_not_found"  # routed, nothing tried
 
 
 def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
@@ -291,12 +292,18 @@ def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str,
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gone"))
     assert_openai_error(r, 503, "no_healthy_upstream", "gone")
     assert int(r.headers["retry-after"]) > 0
+    # The panic path tried the unhealthy one anyway: the header names it.
+    route = r.headers["geogate-route"]
+    assert route == "outcome=failed; region=us-east; upstream=gone; attempts=1", route
 
 
 def test_upstream_failure_is_502(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("flaky"))
     assert_openai_error(r, 502, "upstream_failed", "flaky", "HTTP 503")
+    # What was tried, as a served answer's route header says what served it.
+    route = r.headers["geogate-route"]
+    assert route == "outcome=failed; region=eu-central; upstream=flaky; attempts=1", route
 
 
 def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
@@ -309,6 +316,8 @@ def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     # The access line names the upstream that timed out, though none served the request.
     doc = access_line(gw, r.headers["x-request-id"])
     assert (doc["status"], doc["upstream"], doc["region"]) == (504, "slow", None), doc
+    route = r.headers["geogate-route"]
+    assert route == "outcome=failed; region=eu-central; upstream=slow; attempts=1", route
 
 
 def test_backend_dying_mid_stream_gives_an_error_event(

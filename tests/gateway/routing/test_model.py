@@ -32,3 +32,13 @@ def test_no_candidate_header_and_explain() -> None:
         {"upstream": "a", "region": "eu", "reason": "residency rule eu-only"}
     ]
     assert Exclusion("a", "eu", ExclusionKind.DRAINED).reason == "drained"
+
+
+def test_failure_header_names_the_last_one_tried() -> None:
+    d = Decision(Outcome.ROUTED, (cand("a", "eu"), cand("b", "us")), (), Reason.P2C_IN_BAND, "eu")
+    assert d.failure_header(1) == "outcome=failed; region=eu; upstream=a; residency=eu; attempts=1"
+    assert d.failure_header(2) == "outcome=failed; region=us; upstream=b; residency=eu; attempts=2"
+    # Routed, but refused before an attempt (a retry budget spent at once): what was routed.
+    assert d.failure_header(0) == "outcome=routed; residency=eu"
+    none = Decision(Outcome.NO_CANDIDATE, (), (), Reason.NOTHING_USABLE, "eu-only")
+    assert none.failure_header(0) == "outcome=no_candidate; residency=eu-only"
