@@ -183,7 +183,8 @@ async def _load(gw: str, cities: list[City], total: int) -> tuple[int, dict[str,
             queue.pop()
             r = await _ask(gw, city)
             if r.status != 200:
-                failed += 1
+                failed += 1  # its route header names the region that failed it: not served
+                continue
             region = r.field("region")
             served[region] = served.get(region, 0) + 1
 
