@@ -79,6 +79,12 @@ DASHBOARD_RATE_WINDOW_S = 10  # requests/s and error rate over 10 s: steady, yet
 # shows within seconds
 DASHBOARD_SHARE_WINDOW_S = 60  # "carries 42 % of requests in the last minute"; TTFT p50/p99
 DASHBOARD_SESSION_S = 12 * 3600  # a dashboard login lasts a shift and its handover
+# Wrong tokens on the ops listener (ops token, admin API, dashboard login) per client address
+# and worker: an operator's typos fit, a guesser gets 10 tries a minute instead of thousands
+# a second (gateway.http.auth_throttle); the addresses kept are bounded against a scan.
+AUTH_FAILURES_MAX = 10
+AUTH_FAILURE_WINDOW_S = 60.0
+AUTH_TRACKED_ADDRESSES = 4096
 DASHBOARD_AUDIT_REFRESH_S = 5.0  # the audit list is re-read this often (and on each change)
 TRAFFIC_MAX_PLACES = 2000  # distinct (place, upstream, model) counted per second; past it a
 # request is counted in the totals only, so a scan from a million addresses costs no memory

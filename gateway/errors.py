@@ -6,6 +6,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      ├── CannotListen                 an address to listen on is taken or not here (start-up)
      ├── PlanInvalid                  a ``geogate plan`` input file is wrong (one line: where, why)
      ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
+     ├── AuthThrottled                too many wrong tokens from one address: wait and retry
      ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
      ├── GatewayShuttingDown          cut by the drain's deadline (server.drain_timeout_s): retry
      ├── RequestInvalid               the client's request cannot be served as sent
@@ -57,6 +58,10 @@ class PlanInvalid(GatewayError):
 
 
 class OpsUnauthorized(GatewayError):
+    pass
+
+
+class AuthThrottled(GatewayError):
     pass
 
 

@@ -59,8 +59,9 @@ def _warn_open_audience(config: Config) -> None:
         )
 
 
-# Shorter tokens are said at start: /dashboard/login takes a token with no limit on tries, so
-# a short one can be guessed (16 random characters of [A-Za-z0-9] are ~95 bits).
+# Shorter tokens are said at start: the ops listener takes 10 wrong tokens a minute per address
+# and worker (gateway.http.auth_throttle), enough for a short or a dictionary word to fall to a
+# patient guesser from many addresses (16 random characters of [A-Za-z0-9] are ~95 bits).
 SHORT_TOKEN_CHARS = 16
 
 
@@ -75,8 +76,9 @@ def _warn_short_tokens(config: Config) -> None:
         short.append("ops.token")
     if short:
         log.warning(
-            "tokens shorter than %d characters (%s): /dashboard/login has no limit on tries, "
-            "so a short token can be guessed; use long random ones (openssl rand -hex 16)",
+            "tokens shorter than %d characters (%s): the ops listener takes a few wrong tokens "
+            "a minute per address, so a short token can still be guessed from many; use long "
+            "random ones (openssl rand -hex 16)",
             SHORT_TOKEN_CHARS,
             ", ".join(short),
         )

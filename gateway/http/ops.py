@@ -30,6 +30,7 @@ from gateway import defaults as d
 from gateway.errors import OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
+from gateway.http.auth_throttle import AuthThrottle
 from gateway.http.dashboard.routes import Dashboard
 from gateway.http.endpoints import Endpoints, not_found
 from gateway.http.errors import http_exception, send_error
@@ -85,7 +86,7 @@ def shared(ops: socket.socket | None, workers: int) -> Iterator[None]:
         yield
 
 
-def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> Starlette | OpsAuth:
+def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> AuthThrottle:
     """``workers``: this worker's part in a gateway of several; its /metrics, all the workers'
     series, comes before the one worker's of ``Endpoints`` (the first route matching wins)."""
     dashboard = Dashboard(rt)
@@ -98,7 +99,7 @@ def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> Starlette | Op
     app.router.default = not_found
     app.router.redirect_slashes = False  # as the public app's (gateway.http.app)
     token = rt.config.ops.token
-    return OpsAuth(app, token) if token else app
+    return AuthThrottle(OpsAuth(app, token) if token else app)
 
 
 class OpsListener:

@@ -1,0 +1,136 @@
+"""Wrong tokens on the ops listener, counted per address: the window itself (a clock passed in),
+the middleware over the ops app in process (every surface that checks a token), and a real
+gateway's ops listener over sockets from two loopback addresses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import Config
+from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX
+from gateway.http.auth_throttle import FailureWindow
+from gateway.http.ops import ops_app
+from gateway.runtime import build_runtime
+from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
+
+ALICE = "alice-token-0123456789"
+OPS = "ops-token-0123456789ab"
+
+
+def test_the_window_holds_an_address_back_until_its_oldest_failure_is_old() -> None:
+    w = FailureWindow(limit=3, window_s=60.0)
+    assert [w.failed("a", t) for t in (0.0, 10.0, 20.0)] == [False, False, True]
+    assert w.wait_s("a", 20.0) == pytest.approx(40.0)  # the first failure leaves at 60 s
+    assert w.wait_s("b", 20.0) == 0.0  # another address is not held back
+    assert w.wait_s("a", 59.0) == pytest.approx(1.0)
+    assert w.wait_s("a", 60.0) == 0.0  # two left in the window: it may try again
+    assert w.failed("a", 61.0) is True  # and a third failure holds it back again
+    assert w.wait_s("a", 61.0) == pytest.approx(9.0)
+    assert w.wait_s("a", 200.0) == 0.0  # all aged out: forgotten
+
+
+def test_the_window_keeps_a_bounded_number_of_addresses() -> None:
+    w = FailureWindow(limit=2, window_s=60.0, max_addresses=3)
+    for i in range(3):
+        w.failed(f"old{i}", 0.0)
+    w.failed("x", 1.0)
+    w.failed("x", 1.0)
+    assert w.wait_s("x", 1.0) > 0
+    for i in range(10):  # a scan from many addresses: old ones go, the memory stays bounded
+        w.failed(f"scan{i}", 100.0)
+    assert len(w._failures) <= 3
+
+
+def _ops(client: tuple[str, int]) -> httpx.AsyncClient:
+    cfg = Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+            "upstreams": [
+                {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}
+            ],
+            "admin": {"tokens": {"alice": ALICE}},
+            "ops": {"token": OPS},
+        }
+    )
+    transport = httpx.ASGITransport(app=ops_app(build_runtime(cfg)), client=client)
+    return httpx.AsyncClient(transport=transport, base_url="http://ops")
+
+
+async def test_every_surface_that_checks_a_token_counts_and_is_held_back() -> None:
+    async with _ops(("198.51.100.7", 4000)) as c:
+        wrong = {"Authorization": "Bearer guess"}
+        # The ops token, an operator's token and the dashboard's login each answer 401.
+        r = await c.get("/routing-table", headers=wrong)
+        assert r.json()["error"]["code"] == "invalid_ops_token"
+        r = await c.get("/admin/config", headers=wrong)
+        assert r.json()["error"]["code"] == "invalid_admin_token"
+        for _ in range(AUTH_FAILURES_MAX - 2):
+            r = await c.post("/dashboard/login", json={"token": "guess"})
+            assert r.status_code == 401, r.text
+        # The tenth wrong token was the last checked: the right ones are now refused
+        # unchecked, on every surface.
+        for r in (
+            await c.get("/admin/config", headers={"Authorization": f"Bearer {ALICE}"}),
+            await c.get("/routing-table", headers={"Authorization": f"Bearer {OPS}"}),
+            await c.post("/dashboard/login", json={"token": ALICE}),
+        ):
+            path = r.request.url.path
+            assert r.status_code == 429, (path, r.text)
+            err = r.json()["error"]
+            assert (err["code"], err["type"]) == ("too_many_auth_failures", "rate_limit_error")
+            assert "198.51.100.7" in err["message"] and "try again in" in err["message"]
+            assert 0 < int(r.headers["retry-after"]) <= AUTH_FAILURE_WINDOW_S
+        # What carries no token is not held back: the page, and who is logged in (nobody).
+        assert (await c.get("/dashboard")).status_code == 200
+        assert (await c.get("/dashboard/api/session")).json() == {"operator": None, "csrf": None}
+
+
+async def test_right_tokens_and_missing_ones_are_not_counted() -> None:
+    async with _ops(("198.51.100.8", 4000)) as c:
+        for _ in range(AUTH_FAILURES_MAX * 2):
+            r = await c.get("/admin/config", headers={"Authorization": f"Bearer {ALICE}"})
+            assert r.status_code == 200
+            r = await c.get("/dashboard/api/state")  # no cookie: a 401 with nothing guessed
+            assert r.status_code == 401
+        r = await c.post("/dashboard/login", json={"token": ALICE})
+        assert r.status_code == 200 and r.json()["operator"] == "alice"
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    sim: Sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    extra = f'[admin]\ntokens = {{ alice = "{ALICE}" }}\n'
+    try:
+        g = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra=extra))
+        try:
+            yield g
+        finally:
+            g.stop()
+    finally:
+        sim.proc.kill()
+
+
+def _from(address: str) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address))
+
+
+def test_a_real_ops_listener_holds_back_one_address_not_another(gw: Gateway) -> None:
+    with _from("127.0.0.2") as guesser, _from("127.0.0.3") as operator:
+        for _ in range(AUTH_FAILURES_MAX):
+            r = guesser.post(f"{gw.ops_url}/dashboard/login", json={"token": "guess"})
+            assert r.status_code == 401, r.text
+        r = guesser.post(f"{gw.ops_url}/dashboard/login", json={"token": ALICE})
+        assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_auth_failures"
+        # Another address logs in with the right token, and a wrong one is still a 401.
+        r = operator.post(f"{gw.ops_url}/dashboard/login", json={"token": ALICE})
+        assert r.status_code == 200 and r.json()["operator"] == "alice"
+        r = operator.get(f"{gw.ops_url}/admin/config", headers={"Authorization": "Bearer x"})
+        assert r.status_code == 401
+    [line] = [x for x in gw.log_text().splitlines() if "wrong tokens from" in x]
+    assert "127.0.0.2" in line and "127.0.0.3" not in line
