@@ -268,7 +268,9 @@ class H1(Flow, asyncio.Protocol):
                 self.app_state,
                 self._extensions,
             ),
-            version != "1.0" and parser.should_keep_alive(),
+            # HTTP/1.0 keeps its connection only when it asks (Connection: keep-alive), as
+            # nginx's does; llhttp's answer says that for either version.
+            parser.should_keep_alive(),
             self._expect_100 and version == "1.1",  # no 1xx to HTTP/1.0 (RFC 9110 15.2)
         )
         limit = self.limit

@@ -227,6 +227,10 @@ class Cycle:
         if not self.keep_alive and not has_close:
             parts.append(b"connection: close\r\n")
             lines += 1
+        elif self.keep_alive and self.scope["http_version"] == "1.0":
+            # An HTTP/1.0 client closes unless told otherwise (RFC 9112 9.3, Appendix C.2.2).
+            parts.append(b"connection: keep-alive\r\n")
+            lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
         # A line break inside a name or value would end the head early or add a header of the

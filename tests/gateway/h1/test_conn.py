@@ -309,6 +309,21 @@ def test_an_http_1_0_request_may_come_without_a_host(gw: Gateway) -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
 
 
+def test_an_http_1_0_client_keeps_its_connection_when_it_asks(gw: Gateway) -> None:
+    # As nginx: "Connection: keep-alive" from an HTTP/1.0 client (ab -k) is answered with it,
+    # and the connection serves the next request; without it the answer ends the connection.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        for _ in range(2):
+            s.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            head = s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert b"\r\nconnection: keep-alive\r\n" in head.lower(), head
+            assert b"content-length: " in head.lower(), head
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        answer = read_to_eof(s)  # the close: read_to_eof returns
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+
+
 CHUNKED_POST = (
     b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-request-id: %s\r\n"
     b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"

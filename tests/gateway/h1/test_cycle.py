@@ -252,6 +252,25 @@ def test_http_1_0_without_a_length_ends_its_body_by_closing() -> None:
     _run(case)
 
 
+def test_http_1_0_keep_alive_is_said_in_the_head_where_the_length_is_known() -> None:
+    async def case(conn: Conn, cycle: Callable[..., Cycle], peer: socket.socket) -> None:
+        c = cycle(version="1.0", keep_alive=True)
+        await c.send(_start(200, (b"content-length", b"2")))
+        await c.send(_body(b"ok"))
+        got = await _read(peer, b"\r\n\r\nok")
+        assert b"connection: keep-alive\r\n" in got and b"close" not in got, got
+        assert c.keep_alive
+        # No length: an HTTP/1.0 body ends with the close, whatever the client asked.
+        d = cycle(version="1.0", keep_alive=True)
+        await d.send(_start(200))
+        await d.send(_body(b"all"))
+        got = await _read(peer, b"never")
+        assert b"connection: close\r\n" in got and b"keep-alive" not in got, got
+        assert not d.keep_alive
+
+    _run(case)
+
+
 @pytest.mark.parametrize(
     ("headers", "says"),
     [
