@@ -82,6 +82,9 @@ DASHBOARD_SESSION_S = 12 * 3600  # a dashboard login lasts a shift and its hando
 # Wrong tokens on the ops listener (ops token, admin API, dashboard login) per client address
 # and worker: an operator's typos fit, a guesser gets 10 tries a minute instead of thousands
 # a second (gateway.http.auth_throttle); the addresses kept are bounded against a scan.
+# Dashboard sessions ended by a logout, kept until they would have expired (gateway.fleet.
+# sessions): far above a fleet's logouts in one session's life, a bound against a flood.
+ENDED_SESSIONS_MAX = 10000
 AUTH_FAILURES_MAX = 10
 AUTH_FAILURE_WINDOW_S = 60.0
 AUTH_TRACKED_ADDRESSES = 4096

@@ -12,6 +12,8 @@ live in one slot and MULTI/EXEC over them works:
                                pid>": a gateway's workers are one vote, fleet.observations)
   {geogate:D}:observers        sorted set: observer -> Redis's time of its last observation
   {geogate:D}:audit            stream: who, what, before, after, when of operator changes
+  {geogate:D}:sessions-ended   sorted set: dashboard session id -> its expiry (unix time),
+                               for each logout (fleet.sessions)
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.tag}:audit"
+
+    @property
+    def ended_sessions(self) -> str:
+        return f"{self.tag}:sessions-ended"
 
     def obs(self, gateway_id: str) -> str:
         return f"{self.tag}:obs:{gateway_id}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
 from gateway.fleet import config_doc
+from gateway.fleet.sessions import EndedSessions
 from gateway.routing.health import (
     UpstreamHealth,
     apply_probe,
@@ -45,6 +47,7 @@ class MemoryStateStore:
         self.fleet_down: frozenset[str] = frozenset()  # one gateway: no fleet opinion
         self.observations: dict[str, dict[str, bool]] = {}
         self._audit: collections.deque[dict[str, str]] = collections.deque(maxlen=AUDIT_MAX_LEN)
+        self.sessions = EndedSessions()  # dashboard logouts (fleet.sessions)
         # The upstreams of the first config may take traffic before their first probe (the
         # start-up's first look probes them before serving); any added later wait for one.
         self._starting = True
@@ -90,6 +93,13 @@ class MemoryStateStore:
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         return list(self._audit)[:count]
+
+    async def end_session(self, sid: str, until: float) -> None:
+        """A dashboard logout: the session is no session from now on (fleet.sessions)."""
+        self.sessions.end(sid, until, time.time())
+
+    def session_ended(self, sid: str) -> bool:
+        return self.sessions.ended(sid)
 
     # --- the routing config ----------------------------------------------------------------
     def replace_config(self, config: Config) -> None:

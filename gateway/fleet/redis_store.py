@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway.config import Config
 from gateway.errors import FleetConfigInvalid
-from gateway.fleet import config_doc, config_io, observations, sync_log
+from gateway.fleet import config_doc, config_io, observations, sessions, sync_log
 from gateway.fleet.keys import Keys, check_url, connect
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.settle import Stored
@@ -164,6 +164,8 @@ class RedisStateStore(MemoryStateStore):
         version or none (it lost the document), or another document at our version."""
         if await self._exchange_observations() != self._seen:
             await self._sync_config()
+        now = time.time()
+        self.sessions.merge(await sessions.read(self.redis(), self.keys, now), now)
 
     def _in_sync(self) -> None:
         if self.stale_since is not None:
@@ -346,6 +348,12 @@ class RedisStateStore(MemoryStateStore):
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         return await config_io.read_audit(self.redis(), self.keys, count)
+
+    async def end_session(self, sid: str, until: float) -> None:
+        """Here at once; the fleet at its next refresh. Raises RedisError or OSError when
+        Redis is away: ended here only, which the logout says."""
+        await super().end_session(sid, until)
+        await sessions.end(self.redis(), self.keys, sid, until, time.time())
 
 
 def _with_health(v: UpstreamView, healthy: bool) -> UpstreamView:

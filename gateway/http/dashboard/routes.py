@@ -27,14 +27,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from gateway import checks
 from gateway.defaults import DASHBOARD_SESSION_S
-from gateway.errors import GatewayError, RequestInvalid
+from gateway.errors import GatewayError, RequestInvalid, SharedStateUnavailable
 from gateway.fleet import config_doc
 from gateway.http.admin import admin_routes, json_body
 from gateway.http.dashboard import session
@@ -152,6 +154,21 @@ class Dashboard:
     async def logout(self, request: Request) -> Response:
         if not session.same_origin(request, self.rt.config.ops.public_url):  # another site
             return json_error(RequestInvalid("log out from the dashboard page itself"))
+        ending = session.ending(self.rt, request)
+        if ending is not None:
+            try:
+                await self.rt.store.end_session(*ending)
+            except (RedisError, OSError) as exc:
+                # Ended on this gateway; the cookie stays, so that the logout can be retried
+                # once Redis is back and end it on the others too.
+                return json_error(
+                    SharedStateUnavailable(
+                        f"logged out on this gateway only: shared state (Redis) is "
+                        f"unreachable ({checks.error_text(exc)}), and other gateways accept "
+                        "the session until it ends there too; log out again when /readyz no "
+                        "longer says degraded"
+                    )
+                )
         resp = JSONResponse({"operator": None})
         resp.delete_cookie(session.cookie_name(request), path="/dashboard")
         return resp
@@ -170,7 +187,9 @@ class Dashboard:
 
     async def events(self, request: Request) -> Response:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        frames = self.sampler.frames(session.expiry_of(request))
+        sid = session.id_of(request)
+        ended = (lambda: self.rt.store.session_ended(sid)) if sid else None
+        frames = self.sampler.frames(session.expiry_of(request), ended)
         return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
 
     async def state(self, request: Request) -> Response:

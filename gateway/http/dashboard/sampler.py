@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -224,15 +224,18 @@ class Sampler:
     def hello(self) -> bytes:
         return sse("hello", {"state": self.state, "history": list(self.history)})
 
-    async def frames(self, until: float | None = None) -> AsyncIterator[bytes]:
+    async def frames(
+        self, until: float | None = None, ended: Callable[[], bool] | None = None
+    ) -> AsyncIterator[bytes]:
         """What one page receives: the history and state first, then each new frame, until
-        ``until`` (unix time: its session's end; the page then finds itself logged out)."""
+        ``until`` (unix time: its session's end; the page then finds itself logged out), or
+        until ``ended`` says its session was logged out of (a copied cookie's stream too)."""
         self.look()
         self._pages += 1
         try:
             seen = self._seq
             yield f"retry: {RETRY_MS}\n\n".encode() + self.hello()
-            while until is None or time.time() < until:
+            while (until is None or time.time() < until) and not (ended and ended()):
                 # The newest frame, at once if one came out while the page was busy sending
                 # the last: frames in between are skipped, never queued.
                 while self._seq == seen:

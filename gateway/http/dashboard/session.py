@@ -9,9 +9,11 @@ storage), and a reload or a second tab needs no new login. The cookie is scoped 
 it, nor forward it to a backend) and named after the listener's port (two gateways on one
 host keep their own).
 
-The session is stateless, so every worker of a gateway accepts it: ``name.expiry.nonce.sig``
+The session is signed, so every worker of a gateway accepts it: ``name.expiry.nonce.sig``
 with ``sig`` an HMAC keyed by the operator's own token. Changing or removing that token ends
-the operator's sessions.
+the operator's sessions; a logout ends its own: the nonce is the session's id, named in the
+store until its expiry (gateway.fleet.sessions, fleet-wide with Redis), and a session named
+there is refused, a copied cookie too.
 
 Changes are CSRF-safe twice over: the cookie is ``SameSite=Strict`` (a cross-site request
 carries none), and a change made with the cookie must also send ``X-Geogate-CSRF``, a value
@@ -27,7 +29,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -65,15 +67,21 @@ def csrf_token(value: str, token: str) -> str:
     return _mac(token, "csrf|" + value)
 
 
-def verify(value: str | None, operators: Mapping[str, str], now: float) -> str | None:
-    """The operator whose unexpired session ``value`` is, or None. Operator names may hold
-    dots: the fixed fields are split off from the right."""
+def verify(
+    value: str | None,
+    operators: Mapping[str, str],
+    now: float,
+    ended: Callable[[str], bool] = lambda sid: False,
+) -> str | None:
+    """The operator whose unexpired session ``value`` is, or None; ``ended``: whether a
+    session id was logged out of. Operator names may hold dots: the fixed fields are split off
+    from the right."""
     if not value:
         return None
     parts = value.rsplit(".", 3)
     if len(parts) != 4:
         return None
-    name, expiry, _, sig = parts
+    name, expiry, sid, sig = parts
     token = operators.get(name)
     # isascii: "²".isdigit() holds and int() refuses it; bytes: compare_digest refuses a str
     # that is not ASCII. A forged cookie is no session, not an error.
@@ -82,7 +90,25 @@ def verify(value: str | None, operators: Mapping[str, str], now: float) -> str |
         return None
     body = value[: -len(sig) - 1]
     expected = _mac(token, "session|" + body).encode()
-    return name if hmac.compare_digest(sig.encode("utf-8", "replace"), expected) else None
+    if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected) or ended(sid):
+        return None
+    return name
+
+
+def ending(rt: Runtime, request: Request) -> tuple[str, float] | None:
+    """(session id, expiry) of the request's valid session cookie, for its logout; None
+    without one (nothing to end: a forged or expired cookie is no session)."""
+    value = request.cookies.get(cookie_name(request))
+    if session_of(rt, request) is None or value is None:
+        return None
+    _, expiry, sid, _ = value.rsplit(".", 3)
+    return sid, float(expiry)
+
+
+def id_of(request: Request) -> str | None:
+    """The session id its cookie names (unchecked): what a live stream watches for a logout."""
+    parts = (request.cookies.get(cookie_name(request)) or "").rsplit(".", 3)
+    return parts[2] if len(parts) == 4 else None
 
 
 def expiry_of(request: Request) -> float | None:
@@ -118,7 +144,7 @@ def session_of(rt: Runtime, request: Request) -> tuple[str, str] | None:
     """(operator, CSRF value) of the request's session cookie, or None."""
     operators = _operators(rt)
     value = request.cookies.get(cookie_name(request))
-    who = verify(value, operators, time.time())
+    who = verify(value, operators, time.time(), rt.store.session_ended)
     if who is None or value is None:
         return None
     return who, csrf_token(value, operators[who])

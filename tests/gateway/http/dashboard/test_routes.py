@@ -204,6 +204,58 @@ async def test_a_malformed_origin_or_expiry_is_refused_not_an_error(
     assert (await client.get("/dashboard/api/state")).status_code == 401
 
 
+async def test_a_logout_ends_the_session_for_a_copy_of_its_cookie_too(
+    client: httpx.AsyncClient,
+) -> None:
+    await login(client)
+    copied = dict(client.cookies)  # what a stolen or second copy of the cookie would send
+    r = await client.post("/dashboard/logout")
+    assert r.status_code == 200 and "max-age=0" in r.headers["set-cookie"].lower()
+    # The browser's copy is gone; a copy kept elsewhere is refused from now on.
+    transport = client._transport
+    async with httpx.AsyncClient(transport=transport, base_url=OPS, cookies=copied) as thief:
+        assert (await thief.get("/dashboard/api/session")).json()["operator"] is None
+        r = await thief.get("/dashboard/api/state")
+        assert r.status_code == 401, r.text
+        r = await thief.get("/dashboard/api/admin/config")
+        assert r.status_code == 401, r.text
+    # A new login is a new session: it works.
+    await login(client)
+    assert (await client.get("/dashboard/api/state")).status_code == 200
+
+
+async def test_a_logout_with_redis_away_says_so_and_keeps_the_cookie_for_a_retry() -> None:
+    cfg = {**CONFIG, "redis": {"url": "redis://127.0.0.1:1"}}  # nothing listens there
+    rt = build_runtime(Config.model_validate(cfg))
+    app = Starlette(routes=Dashboard(rt).routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=OPS) as c:
+        await login(c)
+        r = await c.post("/dashboard/logout")
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "shared_state_unavailable"
+        assert "logged out on this gateway only" in err["message"]
+        assert "set-cookie" not in r.headers  # kept: the logout can be sent again
+        # Ended here already.
+        assert (await c.get("/dashboard/api/state")).status_code == 401
+
+
+async def test_a_live_stream_ends_when_its_session_is_logged_out(rt: Runtime) -> None:
+    from gateway.http.dashboard.sampler import Sampler
+
+    sampler = Sampler(rt)
+    sampler.sample()
+    ended = False
+    frames = sampler.frames(until=None, ended=lambda: ended)
+    assert b"event: hello" in await anext(frames)
+    sampler.sample()
+    await anext(frames)  # a frame while the session lives
+    ended = True  # logged out
+    sampler.sample()
+    with pytest.raises(StopAsyncIteration):
+        await anext(frames)
+
+
 async def test_logout_from_another_site_is_refused(client: httpx.AsyncClient) -> None:
     await login(client)
     r = await client.post("/dashboard/logout", headers={"Origin": "https://evil.example"})

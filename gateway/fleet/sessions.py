@@ -1,0 +1,72 @@
+"""Dashboard sessions ended before their time (a logout): the one piece of session state.
+
+A session is a signed cookie that every worker and gateway accepts on its own
+(gateway.http.dashboard.session), so a logout that only deleted the browser's copy left a copied
+cookie valid for the rest of its 12 hours. The logout now names the session here, until its
+expiry, and a session named here is no session. In memory for one gateway; with Redis in a
+sorted set (session id -> expiry, unix time) that every worker reads back at each refresh, so
+a logout ends the session fleet-wide within ``redis.refresh_interval_s``. Entries leave as
+their sessions expire: the set holds at most the logouts of one session lifetime.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.defaults import ENDED_SESSIONS_MAX
+from gateway.fleet.keys import Keys
+
+
+class EndedSessions:
+    """Session id -> the unix time it would have expired; pure (the clock is passed in)."""
+
+    def __init__(self, limit: int = ENDED_SESSIONS_MAX) -> None:
+        self.limit = limit
+        self._until: dict[str, float] = {}
+
+    def end(self, sid: str, until: float, now: float) -> None:
+        if len(self._until) >= self.limit:
+            self.prune(now)
+        if len(self._until) >= self.limit:  # still full of live ones: the soonest to end goes
+            del self._until[min(self._until, key=self._until.__getitem__)]
+        self._until[sid] = until
+
+    def ended(self, sid: str) -> bool:
+        return sid in self._until
+
+    def merge(self, ended: dict[str, float], now: float) -> None:
+        """What the fleet holds (Redis), added to what is known here: an ended session never
+        starts again, so a read that missed a logout made here meanwhile, or a Redis that lost
+        the set, forgets none."""
+        self.prune(now)
+        for sid, until in ended.items():
+            if sid not in self._until:
+                self.end(sid, until, now)
+
+    def prune(self, now: float) -> None:
+        self._until = {s: t for s, t in self._until.items() if t > now}
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+async def end(r: Redis, keys: Keys, sid: str, until: float, now: float) -> None:
+    """Name the session ended for the fleet, and drop the entries whose sessions expired."""
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.ended_sessions, {sid: until})
+        pipe.zremrangebyscore(keys.ended_sessions, "-inf", now)
+        await pipe.execute()
+
+
+async def read(r: Redis, keys: Keys, now: float) -> dict[str, float]:
+    """The fleet's ended sessions that have not expired yet, at most ENDED_SESSIONS_MAX (a
+    bound on one read, far above what a fleet's operators log out of in a session's life)."""
+    found: list[Any] = await r.zrangebyscore(
+        keys.ended_sessions, now, "+inf", start=0, num=ENDED_SESSIONS_MAX, withscores=True
+    )
+    ended: dict[str, float] = {}
+    for sid, until in found:  # (member, score) pairs, withscores
+        ended[sid.decode() if isinstance(sid, bytes) else str(sid)] = float(until)
+    return ended
