@@ -96,10 +96,11 @@ def verify(
 
 
 def ending(rt: Runtime, request: Request) -> tuple[str, float] | None:
-    """(session id, expiry) of the request's valid session cookie, for its logout; None
+    """(session id, expiry) of the request's signed, unexpired session cookie, for its logout,
+    even one already ended here (a logout sent again, to reach a Redis that was away); None
     without one (nothing to end: a forged or expired cookie is no session)."""
     value = request.cookies.get(cookie_name(request))
-    if session_of(rt, request) is None or value is None:
+    if value is None or verify(value, _operators(rt), time.time()) is None:
         return None
     _, expiry, sid, _ = value.rsplit(".", 3)
     return sid, float(expiry)

@@ -1,7 +1,7 @@
 // The dashboard page: log in, follow the live stream (one server-sent event a second, the same
 // for every page), draw, and act through the admin API with a confirmation that names the
 // traffic that will move.
-import { api, fmt, h, pct, setCsrf } from "./util.js";
+import { api, fmt, h, pct, setCsrf, toast } from "./util.js";
 import { WorldMap } from "./map.js";
 import { RegionChart, REGION, UPSTREAM, sparkline } from "./charts.js";
 import { confirmChange } from "./actions.js";
@@ -50,7 +50,12 @@ $("login").addEventListener("submit", async (ev) => {
 });
 
 $("logout").addEventListener("click", async () => {
-  await api("/dashboard/logout", { method: "POST" }).catch(() => {});
+  try {
+    await api("/dashboard/logout", { method: "POST" });
+  } catch (err) {
+    // Ended on this gateway only (Redis away): say so, and stay, so that it can be sent again.
+    if (err.status === 503) { toast(err.message, true); return; }
+  }
   stream?.close();
   setCsrf(null);
   location.reload();

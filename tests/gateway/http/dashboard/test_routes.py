@@ -236,8 +236,10 @@ async def test_a_logout_with_redis_away_says_so_and_keeps_the_cookie_for_a_retry
         assert err["code"] == "shared_state_unavailable"
         assert "logged out on this gateway only" in err["message"]
         assert "set-cookie" not in r.headers  # kept: the logout can be sent again
-        # Ended here already.
+        # Ended here already; sent again (Redis still away), it still tries to end it there.
         assert (await c.get("/dashboard/api/state")).status_code == 401
+        r = await c.post("/dashboard/logout")
+        assert r.status_code == 503 and "set-cookie" not in r.headers, r.text
 
 
 async def test_a_live_stream_ends_when_its_session_is_logged_out(rt: Runtime) -> None:
