@@ -16,11 +16,12 @@ const READ_BYTES = 64 * 1024;
 // The places a gzip member could start (1f 8b 08) that a body's writes are cut at, at most:
 // honest bodies hold one per member (and, by chance, one per 16 MB of deflate data or so).
 const MAX_MEMBER_STARTS = 64;
-// Content codings the Worker can undo (DecompressionStream's names); "x-gzip" is gzip
-// (RFC 9110 §8.4.1.3). Any other (br, zstd) leaves the model unread: the gateway answers 415.
+// Content codings the Worker undoes (DecompressionStream's names): those the gateway reads, one
+// at a time (gateway/http/encoding.py). Any other (br, zstd, gzip's old name x-gzip) or more
+// than one leaves the model unread: routed on location, and the gateway answers 415.
 /** @typedef {"gzip" | "deflate" | "deflate-raw"} Format  DecompressionStream's */
 /** @type {Record<string, Format>} */
-const FORMATS = { gzip: "gzip", "x-gzip": "gzip", deflate: "deflate" };
+const FORMATS = { gzip: "gzip", deflate: "deflate" };
 
 /** @param {Uint8Array[]} chunks @param {number} size */
 function joined(chunks, size) {
@@ -209,8 +210,8 @@ async function inflate(data, format, limit) {
 }
 
 /**
- * The body with its content codings undone (the last applied first); null when a coding is
- * one the Worker cannot undo or the data is not what its header says.
+ * The body with its content coding undone; null when the header names one the gateway
+ * refuses (not gzip, deflate or identity, or more than one) or the data is not what it says.
  * @param {ArrayBuffer} body @param {string} header  Content-Encoding
  * @param {number} limit
  * @returns {Promise<Uint8Array | "too large" | null>}
@@ -219,18 +220,16 @@ export async function decoded(body, header, limit) {
   const codings = header
     .split(",")
     .map((c) => c.trim().toLowerCase())
-    .filter((c) => c && c !== "identity");
-  /** @type {Uint8Array | "too large" | null} */
-  let data = new Uint8Array(body);
-  for (const coding of codings.reverse()) {
-    if (!Object.hasOwn(FORMATS, coding)) return null;
-    const input = data;
-    data = await inflate(input, FORMATS[coding], limit);
-    // "deflate" is the zlib format, but some clients send raw deflate: tried as the gateway
-    // tries it, so both read the same bodies.
-    if (data === null && coding === "deflate") data = await inflate(input, "deflate-raw", limit);
-    if (data === null || data === "too large") return data;
-  }
+    .filter((c) => c);
+  if (codings.length > 1) return null; // "gzip, deflate", or two header lines: the gateway's 415
+  const coding = codings[0] ?? "identity";
+  const input = new Uint8Array(body);
+  if (coding === "identity") return input;
+  if (!Object.hasOwn(FORMATS, coding)) return null;
+  const data = await inflate(input, FORMATS[coding], limit);
+  // "deflate" is the zlib format, but some clients send raw deflate: tried as the gateway
+  // tries it, so both read the same bodies.
+  if (data === null && coding === "deflate") return inflate(input, "deflate-raw", limit);
   return data;
 }
 

@@ -137,10 +137,9 @@ describe("a compressed body", () => {
   const raw = Buffer.from(JSON.stringify(doc));
   for (const [coding, bytes, what = coding] of [
     ["gzip", gzipSync(raw)],
-    ["x-gzip", gzipSync(raw)],
     ["deflate", deflateSync(raw)],
     ["deflate", deflateRawSync(raw), "raw deflate"], // as some clients send it
-    ["gzip, deflate", deflateSync(gzipSync(raw))],
+    ["identity", raw],
     // Two members, one after the other (RFC 1952 §2.2), read whole as the gateway reads them.
     [
       "gzip",
@@ -221,6 +220,10 @@ describe("a compressed body", () => {
       ["gzip", "not gzip"],
       ["gzip", Buffer.concat([gzipSync(raw), Buffer.from("junk")])], // the gateway's 400
       ["br", "\x0b\x02\x80{}\x03"],
+      // Those the gateway refuses with a 415 (gateway/http/encoding.py) are not read either.
+      ["x-gzip", gzipSync(raw)],
+      ["gzip, deflate", deflateSync(gzipSync(raw))],
+      ["gzip, identity", gzipSync(raw)],
     ]) {
       const init = { body, headers: { "content-encoding": coding }, cf: CITIES.Singapore };
       const { resp, region, req } = await send(init);
