@@ -28,7 +28,7 @@ import torch
 from backend import batchkv as kv
 from backend.detok import Detokenizer, first_stop
 from backend.errors import QueueFull
-from backend.sampling import SamplingParams, choose, new_generator
+from backend.sampling import SamplingParams, choose_rows, new_generator
 
 log = logging.getLogger("geogate.backend")
 
@@ -276,11 +276,12 @@ class Engine:
     def _join(self, seqs: list[Sequence], logits: torch.Tensor, mask: torch.Tensor) -> None:
         """Sample each first token, merge the rows that go on into the running batch."""
         cache, keep = self._last_cache, []
+        tokens = choose_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for i, seq in enumerate(seqs):
             seq.position = len(seq.prompt_ids)
             self.obs.tokens(seq.position, 0)
             try:
-                going = self._accept(seq, logits[i])
+                going = self._accept(seq, tokens[i])
             except Exception as exc:  # its first token: it alone fails
                 log.exception("request %d failed joining the batch", seq.id)
                 self._fail(seq, exc)
@@ -317,10 +318,11 @@ class Engine:
         logits = self._forward(ids, mask, positions, self._cache)
         self._mask = mask
         keep = []
+        tokens = choose_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for i, seq in enumerate(seqs):
             seq.position += 1
             try:
-                going = self._accept(seq, logits[i])
+                going = self._accept(seq, tokens[i])
             except Exception as exc:  # its sampling or decoding: its row leaves, alone
                 log.exception("request %d failed", seq.id)
                 self._fail(seq, exc)
@@ -339,13 +341,14 @@ class Engine:
         self._running = [self._running[i] for i in keep]
         self._mask = kv.keep_rows(self._cache, self._mask, keep)
 
-    def _accept(self, seq: Sequence, logits: torch.Tensor) -> bool:
-        """Sample, emit, and say whether the sequence goes on."""
+    def _accept(self, seq: Sequence, token: int | Exception) -> bool:
+        """Take the token (its row's failure is raised), emit, say whether the row goes on."""
         if seq.cancelled:
             self._finish(seq, "cancelled")
             return False
-        assert seq.generator is not None and seq.detok is not None
-        token = choose(logits, seq.params, seq.generator)
+        if isinstance(token, Exception):
+            raise token
+        assert seq.detok is not None
         if seq.t_first is None:
             seq.t_first = time.perf_counter()
             self.obs.first_token(seq.t_first - seq.t_submit)

@@ -13,7 +13,7 @@ import pytest
 
 from backend.engine import Engine, EngineObserver, Event, Sequence
 from backend.errors import QueueFull
-from backend.sampling import SamplingParams, choose
+from backend.sampling import SamplingParams, draw
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +117,9 @@ def test_a_failing_sequence_fails_alone(loaded: Any, monkeypatch: pytest.MonkeyP
             calls += 1
             if calls == 3:
                 raise RuntimeError("sampling blew up")
-        return choose(logits, p, gen)
+        return draw(logits, p, gen)
 
-    monkeypatch.setattr("backend.engine.choose", flaky)
+    monkeypatch.setattr("backend.sampling.draw", flaky)
     good = submit(e, tok, "the quick brown fox", max_tokens=24)
     e.step()
     e.step()

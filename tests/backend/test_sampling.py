@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import torch
 
-from backend.sampling import SamplingParams, choose, new_generator
+from backend.sampling import SamplingParams, choose, choose_rows, new_generator
 
 
 def test_greedy_takes_the_argmax() -> None:
@@ -37,3 +39,26 @@ def test_a_vanishing_top_p_keeps_the_most_probable_token() -> None:
     for top_p in (1e-46, 1e-300, 1e-30):
         p = SamplingParams(4, temperature=1.0, top_p=top_p)
         assert {choose(logits, p, new_generator(s)) for s in range(20)} == {1}
+
+
+def test_rows_chosen_together_are_the_tokens_each_row_gets_alone() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50)
+    params = [
+        SamplingParams(4, temperature=0),
+        SamplingParams(4, temperature=0.8, seed=1),
+        SamplingParams(4, temperature=0),
+        SamplingParams(4, temperature=1.2, top_p=0.5, seed=2),
+        SamplingParams(4, temperature=math.nan, seed=3),  # its draw raises: it fails alone
+        SamplingParams(4, temperature=1e-6),  # greedy below GREEDY_BELOW
+    ]
+    together = choose_rows(logits, params, [new_generator(p.seed) for p in params])
+    alone: list[int | type[Exception]] = []
+    for row, p in zip(logits, params, strict=True):
+        try:
+            alone.append(choose(row, p, new_generator(p.seed)))
+        except RuntimeError:
+            alone.append(RuntimeError)
+    assert [type(t) if isinstance(t, Exception) else t for t in together] == alone
+    assert alone[4] is RuntimeError and all(isinstance(t, int) for t in alone[:4])
+    assert choose_rows(logits[:0], [], []) == []  # an empty step picks nothing
