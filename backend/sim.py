@@ -33,6 +33,9 @@ CLOCKS = {
     "lockstep": "one clock for all streams (a model server's decode steps: with continuous "
     "batching, vLLM's and TGI's, every running sequence gets its next token in the same pass)",
 }
+# A cut mid-event waits this long after the half it sent, so that the proxy has read and
+# relayed it before the reset (a reset drops whatever the receiver has not read yet).
+MID_EVENT_PAUSE_S = 0.05
 WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
 
 
@@ -48,6 +51,7 @@ class SimConfig:
     max_concurrency: int = 0  # 0 = unlimited; beyond it 429
     default_tokens: int = 16
     abort_after: int = 0  # >0: drop the connection after this many content chunks
+    abort_mid_event: bool = False  # ...after the first half of the next one (a cut mid-event)
     seed: int | None = None
     name: str = ""
     # Put the emission time (time.time()) in an SSE comment line before each event: clients
@@ -350,6 +354,10 @@ class SimBackend:
                 await self._pace(i, origin)
                 if self.cfg.abort_after and i >= self.cfg.abort_after:
                     assert request.transport is not None
+                    if self.cfg.abort_mid_event:  # sent, and read there, before the reset
+                        half = event(shape.chunk(self._token(i), None))
+                        await resp.write(half[: len(half) // 2])
+                        await asyncio.sleep(MID_EVENT_PAUSE_S)
                     request.transport.abort()  # die mid-stream, as a crashed server would
                     return resp
                 head = b"" if role is None else event(role)  # stamped as it is sent

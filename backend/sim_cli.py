@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrency", type=int, default=0, help="429 beyond (0 = no cap)")
     s.add_argument("--tokens", type=int, default=16, help="tokens when max_tokens is absent")
     s.add_argument("--abort-after", type=int, default=0, help="die after N streamed tokens")
+    s.add_argument(
+        "--abort-mid-event",
+        action="store_true",
+        help="with --abort-after: send half of the next event before dying",
+    )
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stamp", action="store_true", help="SSE comment with emission time")
     s.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog")
@@ -75,6 +80,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
         max_concurrency=args.max_concurrency,
         default_tokens=args.tokens,
         abort_after=args.abort_after,
+        abort_mid_event=args.abort_mid_event,
         seed=args.seed,
         name=args.name,
         stamp=args.stamp,

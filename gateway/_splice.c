@@ -55,6 +55,11 @@
 #define SCRATCH_BYTES 65536
 /* A chunk size past 2^40 bytes is no streamed body: refused as bad framing. */
 #define MAX_CHUNK ((uint64_t)1 << 40)
+/* An SSE stream's bytes after its last complete event wait for the rest of it (a cut then
+ * drops them, and the client's error event is not glued to half an event), up to this much:
+ * past it, everything goes (an upstream whose events never end with a blank line still
+ * streams). gateway.http.events.HOLD_MAX_BYTES says the same for the Python paths. */
+#define HOLD_MAX ((size_t)64 * 1024)
 
 static char *scratch;
 static size_t scratch_len;
@@ -101,6 +106,9 @@ typedef struct {
     int end_body;           /* at END or END_EXTRA, write the client's last chunk too (the owner
                                will not) */
     int body_ended;         /* it was sent, or queued behind what the client's transport holds */
+    int sse;                /* hold back a partial event (held) until it is whole */
+    char *held;             /* an SSE stream's bytes after its last blank line, not yet sent */
+    size_t held_len, held_cap;
     uint64_t size;          /* the chunk size being read, then what is left of its data */
     unsigned long long total; /* payload bytes written to the client */
     unsigned long long reads;
@@ -435,6 +443,35 @@ static void local_failure(Relay *r, PyObject *where, int error) {
     finish_paused(r, LOCAL_FAILED);
 }
 
+/* Where the last complete SSE event of data[0:n] ends (after its blank line: "\n\n",
+ * "\n\r\n" of CRLF lines, "\r\r" of CR ones); 0 when none does. */
+static size_t event_end(const char *data, size_t n) {
+    for (size_t i = n; i >= 2; i--) {
+        char a = data[i - 2], b = data[i - 1];
+        if ((b == '\n' && (a == '\n' || (a == '\r' && i >= 3 && data[i - 3] == '\n'))) ||
+            (a == '\r' && b == '\r'))
+            return i;
+    }
+    return 0;
+}
+
+/* Appends data[0:n] to the held bytes. -1 with an exception set. */
+static int hold(Relay *r, const char *data, size_t n) {
+    if (r->held_len + n > r->held_cap) {
+        size_t cap = (r->held_len + n) * 2;
+        char *grown = PyMem_Realloc(r->held, cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        r->held = grown;
+        r->held_cap = cap;
+    }
+    memcpy(r->held + r->held_len, data, n);
+    r->held_len += n;
+    return 0;
+}
+
 /* --- the protocol: what the upstream transport calls ------------------------------------ */
 
 static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
@@ -464,9 +501,26 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
         Py_RETURN_NONE;
     }
     int ended = r->state == S_DONE ? (used < n ? END_EXTRA : END) : 0;
-    int token = r->on_token != NULL && out > 0 && has_token(scratch, out);
     int last = ended && r->end_body;  /* the client's body ends with this send */
-    int sent = out > 0 || last ? send_chunk(r, scratch, out, last) : 0;
+    const char *data = scratch;
+    size_t len = out, keep = 0;  /* keep: held bytes that stay held after this send */
+    /* An SSE stream sends up to its last blank line and holds the rest; at the body's end, or
+     * past HOLD_MAX, all of it. As a rule a read ends an event: it goes straight out. */
+    if (r->sse && (r->held_len > 0 || (!last && event_end(scratch, out) != out))) {
+        if (hold(r, scratch, out) < 0) {
+            local_failure(r, (PyObject *)r, ENOMEM);
+            Py_RETURN_NONE;
+        }
+        data = r->held;
+        len = last || r->held_len > HOLD_MAX ? r->held_len : event_end(r->held, r->held_len);
+        keep = r->held_len - len;
+    }
+    int token = r->on_token != NULL && len > 0 && has_token(data, len);
+    int sent = len > 0 || last ? send_chunk(r, data, len, last) : 0;
+    if (data == r->held) {
+        memmove(r->held, r->held + len, keep);
+        r->held_len = keep;
+    }
     if (last && sent == 0) r->body_ended = 1;
     if (sent < 0) {
         local_failure(r, r->client, EIO);
@@ -549,26 +603,35 @@ static PyObject *Relay_close(Relay *r, PyObject *Py_UNUSED(ignored)) {
 
 static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"client_fd", "upstream", "client", "on_done", "on_token", "end_body",
-                             NULL};
+                             "sse", "held", NULL};
     PyObject *upstream, *client, *on_done, *on_token = Py_None;
-    int cl, end_body = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOO|O$p", kwlist, &cl, &upstream, &client,
-                                     &on_done, &on_token, &end_body))
+    int cl, end_body = 0, sse = 0;
+    Py_buffer held = {0};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iOOO|O$ppy*", kwlist, &cl, &upstream, &client,
+                                     &on_done, &on_token, &end_body, &sse, &held))
         return -1;
+    const char *refused = NULL;
+    PyObject *kind = PyExc_ValueError;
     if (!PyCallable_Check(on_done) || (on_token != Py_None && !PyCallable_Check(on_token))) {
-        PyErr_SetString(PyExc_TypeError, "on_done (and on_token, unless None) must be callable");
-        return -1;
+        refused = "on_done (and on_token, unless None) must be callable";
+        kind = PyExc_TypeError;
+    } else if (r->upstream != NULL) {
+        refused = "a Relay is set up once";
+        kind = PyExc_RuntimeError;
+    } else if (cl < 0) {
+        refused = "the client's descriptor must be open (>= 0)";
+    } else if (held.buf != NULL && held.len > 0 && !sse) {
+        refused = "held bytes are an SSE stream's: they need sse=True";
     }
-    if (r->upstream != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "a Relay is set up once");
-        return -1;
-    }
-    if (cl < 0) {
-        PyErr_SetString(PyExc_ValueError, "the client's descriptor must be open (>= 0)");
-        return -1;
-    }
+    /* What the Python side held of an SSE stream when it handed the stream over. */
+    int failed = refused == NULL && held.buf != NULL && held.len > 0 &&
+                 hold(r, held.buf, (size_t)held.len) < 0;
+    if (held.buf != NULL) PyBuffer_Release(&held);
+    if (refused != NULL) PyErr_SetString(kind, refused);
+    if (refused != NULL || failed) return -1;
     r->client_fd = cl;
     r->end_body = end_body;
+    r->sse = sse;
     Py_INCREF(upstream);
     r->upstream = upstream;
     Py_INCREF(client);
@@ -614,6 +677,7 @@ static int Relay_clear(Relay *r) {
 static void Relay_dealloc(Relay *r) {
     PyObject_GC_UnTrack(r);
     Relay_clear(r);
+    PyMem_Free(r->held);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 

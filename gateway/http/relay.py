@@ -20,6 +20,7 @@ from collections.abc import Callable
 from gateway.client import Response
 from gateway.http import splice
 from gateway.http.asgi import CHUNK, PIPE, ClientPipe, Send
+from gateway.http.events import EventFramer
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token
@@ -36,17 +37,19 @@ async def relay(
     watchdog: Watchdog,
     token_seen: TokenSeen | None,
     splice_ok: bool = True,
+    framer: EventFramer | None = None,
 ) -> str:
     """The rest of ``resp``'s body to the client, touching ``watchdog`` per chunk, and calling
-    ``token_seen`` at the first chunk that carries a token. Raises what the upstream's
-    connection raises (the caller cuts the stream); the final empty send that ends the
-    response is the caller's. Returns the path the body took: "splice" where gateway._splice
-    carried it (gateway.http.splice; only with ``splice_ok``, the config's server.splice),
-    else "python"."""
+    ``token_seen`` at the first chunk that carries a token; an event stream's on whole events
+    through ``framer`` (gateway.http.events), whose rest the caller sends at the end. Raises
+    what the upstream's connection raises (the caller cuts the stream); the final send that
+    ends the response is the caller's. Returns the path the body took: "splice" where
+    gateway._splice carried it (gateway.http.splice; only with ``splice_ok``, the config's
+    server.splice), else "python"."""
     pipe_for: Callable[[], ClientPipe | None] | None = ex.scope.get("extensions", {}).get(PIPE)
     pipe = pipe_for() if pipe_for is not None else None
     if pipe is not None:
-        return await _piped(resp, pipe, ex, watchdog, token_seen, splice_ok)
+        return await _piped(resp, pipe, ex, watchdog, token_seen, splice_ok, framer)
     read = resp.reader()
     sending = False  # a send waits while the client reads nothing: not the upstream's silence
     watchdog.held = lambda: sending
@@ -59,6 +62,9 @@ async def relay(
             token_seen()
             token_seen = None
         ex.body_bytes += len(chunk)  # the access line's count: the proxy's send is the server's
+        if framer is not None and not (chunk := framer.take(chunk)):
+            watchdog.touch()  # half an event came: the upstream is not silent
+            continue
         sending = True
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
         sending = False
@@ -72,6 +78,7 @@ async def _piped(
     watchdog: Watchdog,
     token_seen: TokenSeen | None,
     splice_ok: bool,
+    framer: EventFramer | None,
 ) -> str:
     # Bound once: this runs per streamed token, from the upstream connection's read callback,
     # and each Python call on the way costs (bench/perf_split.py: under load a stream's Python
@@ -90,6 +97,8 @@ async def _piped(
         ex.body_bytes += len(chunk)  # the access line's count, as the Python path's
         if token_seen is not None and carries_token(chunk):
             seen()
+        if framer is not None and not (chunk := framer.take(chunk)):
+            return not flow.write_paused  # half an event: held (an empty chunk would end it)
         write(CHUNK % (len(chunk), chunk))
         return not flow.write_paused
 
@@ -114,7 +123,8 @@ async def _piped(
             if handed:
                 pipe.on_writable(None)  # the client's writability is the splice's meanwhile
         if handed:
-            if await splice.carry(resp, pipe, ex, watchdog, None if token_seen is None else seen):
+            on_token = None if token_seen is None else seen
+            if await splice.carry(resp, pipe, ex, watchdog, on_token, framer):
                 return "splice"
             # Not lent (the client's TLS, bytes still buffered for it, the upstream closing), or
             # the relay could not start: the rest in Python, from the same boundary.

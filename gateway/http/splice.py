@@ -37,6 +37,7 @@ from typing import Final
 
 from gateway.client import BadResponse, ConnectionLost, Response
 from gateway.http.asgi import ClientPipe
+from gateway.http.events import EventFramer
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
 from gateway.runtime import log
@@ -55,12 +56,14 @@ async def carry(
     ex: Exchange,
     watchdog: Watchdog,
     token_seen: Callable[[], None] | None,
+    framer: EventFramer | None = None,
 ) -> bool:
     """The body's rest, once ``resp`` was handed off at a chunk boundary. True once the body
     went whole; False when the caller is to go on in Python, from that boundary: either side
     could not be lent. ``token_seen`` is called at the first read that carries a token
-    (gateway.traffic.carries_token's test, in C). Raises ConnectionLost or BadResponse as the
-    Python relay does."""
+    (gateway.traffic.carries_token's test, in C). An event stream's ``framer``: the C holds
+    back a partial event as it does (gateway.http.events), from what it holds. Raises
+    ConnectionLost or BadResponse as the Python relay does."""
     upstream = resp.lend()
     if upstream is None:
         return False
@@ -70,12 +73,21 @@ async def carry(
     done = watchdog.loop.create_future()
     try:
         relay = _splice.Relay(
-            client_fd, upstream, pipe, functools.partial(_set, done), token_seen, end_body=True
+            client_fd,
+            upstream,
+            pipe,
+            functools.partial(_set, done),
+            token_seen,
+            end_body=True,
+            sse=framer is not None,
+            held=framer.held if framer is not None else b"",
         )
     except Exception as exc:  # no memory: the Python relay goes on
         log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
         pipe.give_back()
         return False
+    if framer is not None:
+        framer.held = b""  # the relay's now: sent with the rest, or dropped at a cut
     own = upstream.get_protocol()
     try:
         upstream.set_protocol(relay)  # type: ignore[arg-type]  # a Protocol in C, duck-typed

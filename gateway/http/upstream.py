@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import time
 from typing import Any
 
@@ -22,9 +21,10 @@ from gateway.client import (
     classify,
 )
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S
-from gateway.errors import GatewayError, StreamInterrupted
+from gateway.errors import GatewayError
+from gateway.http import events
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
-from gateway.http.errors import error_body, status_of
+from gateway.http.errors import status_of
 from gateway.http.exchange import Exchange
 from gateway.http.final_error import (
     TOTAL_TIMEOUT,
@@ -52,7 +52,6 @@ from gateway.watch import ejections
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 # 429 is load, not sickness: it must not eject a backend that is merely full.
 NOT_A_HEALTH_FAILURE = frozenset({429})
-SSE_TYPE = "text/event-stream"
 _ROUTE = ROUTE_HEADER.encode()
 _PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
 
@@ -71,15 +70,12 @@ class StreamAborted(Exception):
 
 async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> int:
     """Run the attempts while watching for the client to leave; cancel them if it does.
-    Returns the status the client got.
-
-    The attempts run in this task: a task of their own plus ``asyncio.wait`` cost a few
-    percent of a request's CPU (bench/results/profile.md). The watch cancels this task when
-    the client leaves, which ends as ClientGone; a cancellation from outside (the drain's cut)
-    stays a cancellation, which gateway.http.intake answers (503) if nothing was sent yet.
-    Both engines run each request in an asyncio Task (granian's default task_impl, "asyncio":
-    its "rust" one ignores cancel(), and the drain's cut in gateway.http.gate would not work
-    either)."""
+    Returns the status the client got. The attempts run in this task: a task of their own
+    plus ``asyncio.wait`` cost a few percent of a request's CPU (bench/results/profile.md).
+    The watch cancels this task when the client leaves (ClientGone); a cancellation from
+    outside (the drain's cut) stays one, answered (503) by gateway.http.intake if nothing was
+    sent yet. Both engines run a request in an asyncio Task (granian's default task_impl:
+    its "rust" one ignores cancel(), nor would gateway.http.gate's drain cut work)."""
     task = rt.current_task()
     assert task is not None, "forward runs in the request's task"
     active, gone = True, False
@@ -319,7 +315,7 @@ class _Attempts:
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
         send = self.send
         headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
-        sse = (resp.header(b"content-type") or "").startswith(SSE_TYPE)
+        sse = events.open_ended(resp.header(b"content-type"), resp.header(b"content-length"))
         resp.raw_headers = []
         ex = self.ex
         ex.status = resp.status  # what the client got, should the stream be cut later on
@@ -344,6 +340,8 @@ class _Attempts:
             if ex.stream and not self.tokened:
                 self._no_token(region, resp.status)
             return True
+        framer = events.EventFramer() if sse else None  # whole events only: gateway.http.events
+        first = framer.take(first) if framer is not None else first
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
@@ -362,14 +360,17 @@ class _Attempts:
             with Watchdog(t.idle_s, left_s, self.task, first_s=first_s) as watchdog:
                 tell = functools.partial(self._token_seen, cand, watchdog)
                 seen = tell if waiting and seek else None  # an error's body: no token sought
-                path = await relay(resp, send, ex, watchdog, seen, self.config.server.splice)
+                path = await relay(
+                    resp, send, ex, watchdog, seen, self.config.server.splice, framer
+                )
             m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, abort_cause(exc), sse)
             return False
         if waiting and not self.tokened:  # a stream that ended with no token
             self._no_token(region, resp.status)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        rest = framer.rest() if framer is not None else b""  # an end with no blank line
+        await send({"type": "http.response.body", "body": rest, "more_body": False})
         return True
 
     async def _abort(self, cand: Candidate, cause: str, sse: bool) -> None:
@@ -388,8 +389,7 @@ class _Attempts:
         message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)
         log_cut(ex.id, cand.upstream.id, region, cause, message)
         if sse:
-            event = b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode()
-            event += b"\n\n"
+            event = events.error_event(message)
             ex.body_bytes += len(event)
             await self.send({"type": "http.response.body", "body": event})
             return

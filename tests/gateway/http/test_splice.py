@@ -353,6 +353,81 @@ def test_asked_to_it_writes_the_bodys_last_chunk_with_its_last_data() -> None:
         alone.close()
 
 
+def _sse_rig(held: bytes = b"", on_token: Any = None) -> Rig:
+    rig = Rig()
+    rig.relay.close()
+    rig.relay = _splice.Relay(
+        rig.cl.fileno(),
+        rig.upstream,
+        rig.pipe,
+        rig._done,
+        on_token,
+        end_body=True,
+        sse=True,
+        held=held,
+    )
+    return rig
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def test_an_event_stream_sends_whole_events_and_holds_the_rest() -> None:
+    told: list[int] = []
+    rig = _sse_rig(held=b'data: {"a', on_token=lambda: told.append(1))  # from the Python side
+    try:
+        rig.feed(_chunk(b'": 1}\n\ndata: {"content": "b'))
+        assert _dechunk(rig.received()) == [b'data: {"a": 1}\n\n']
+        assert told == []  # the token's event is held: not told yet
+        rig.feed(_chunk(b'"}\n\n'))  # its rest: the whole event, then
+        assert _dechunk(rig.received()) == [b'data: {"content": "b"}\n\n'] and told == [1]
+        rig.feed(_chunk(b"data: 1\r\n\r\n"))  # a read that ends an event: straight out
+        assert _dechunk(rig.received()) == [b"data: 1\r\n\r\n"]
+        rig.feed(_chunk(b"data: [DONE]"))  # no blank line before the body's end: sent at it
+        assert rig.received() == b""
+        rig.feed(b"0\r\n\r\n")
+        assert rig.relay.status == _splice.END and rig.relay.body_ended
+        assert rig.received() == _chunk(b"data: [DONE]") + b"0\r\n\r\n"
+        assert rig.relay.total == len(b'data: {"a": 1}\n\ndata: {"content": "b"}\n\n') + len(
+            b"data: 1\r\n\r\ndata: [DONE]"
+        )
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("end", ["reset", "close"])
+def test_a_cut_drops_the_half_event_it_held(end: str) -> None:
+    rig = _sse_rig()
+    try:
+        rig.feed(_chunk(b'data: 1\n\ndata: {"half'))
+        if end == "reset":
+            rig.relay.connection_lost(ConnectionResetError(errno.ECONNRESET, "reset"))
+        else:
+            rig.relay.eof_received()
+        assert rig.relay.status != _splice.RUNNING
+        # The client's stream stands after a whole event, for the error event that follows.
+        assert _dechunk(rig.received()) == [b"data: 1\n\n"]
+    finally:
+        rig.close()
+
+
+def test_an_event_stream_that_never_ends_an_event_still_streams() -> None:
+    rig = _sse_rig()
+    try:
+        rig.feed(_chunk(b"x" * 60_000))
+        assert rig.received() == b""
+        rig.feed(_chunk(b"y" * 6_000))  # past 64 KiB held: all of it goes
+        assert _dechunk(rig.received()) == [b"x" * 60_000 + b"y" * 6_000]
+    finally:
+        rig.close()
+
+
+def test_held_bytes_need_an_event_stream(rig: Rig) -> None:
+    with pytest.raises(ValueError, match="sse=True"):
+        _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print, held=b"x")
+
+
 @pytest.mark.parametrize(
     ("wire", "status"),
     [

@@ -1,0 +1,69 @@
+"""An SSE stream sent on whole events: the bytes after the last complete event wait for the
+rest of it.
+
+Why: when an upstream fails mid-stream, an SSE client gets a last ``data: {"error": ...}``
+event (gateway.http.upstream's ``_abort``). Sent after half an event, it was glued to it: the
+client's parser read one broken ``data:`` line, and the OpenAI SDKs raised a JSON decode error
+instead of the APIError the event is for. A reset drops whatever the upstream's socket still
+held unread, so a cut lands mid-event as often as not. So the relay sends up to the last blank
+line it has, and a cut drops the partial event instead of sending it.
+
+As a rule an upstream's write is one event and a read ends on its blank line: it goes out
+whole, untouched (``take``'s first test). ``HOLD_MAX_BYTES`` bounds what waits: past it all
+goes, so an upstream whose events never end with a blank line still streams. gateway/_splice.c
+holds back the same way (its ``HOLD_MAX``, ``event_end``) and takes over what is held here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from gateway.errors import StreamInterrupted
+from gateway.http.errors import error_body
+
+SSE_TYPE: Final = "text/event-stream"
+HOLD_MAX_BYTES: Final = 64 * 1024  # as gateway/_splice.c's HOLD_MAX
+# An event ends at a blank line: LF LF, CRLF CRLF (its last three bytes), CR CR (WHATWG's
+# event stream: a line ends at CRLF, LF or CR).
+_ENDS: Final = (b"\n\n", b"\n\r\n", b"\r\r")
+
+
+def open_ended(content_type: str | None, content_length: str | None) -> bool:
+    """An event stream framed by chunks or by the close: where an error event can follow a
+    cut. One with a Content-Length has no room for it, and is reset as any other cut body."""
+    return (content_type or "").startswith(SSE_TYPE) and content_length is None
+
+
+def error_event(message: str) -> bytes:
+    """The stream's last event after a cut: ``upstream_stream_interrupted`` (the SDKs'
+    APIError)."""
+    return b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode() + b"\n\n"
+
+
+def event_end(data: bytes) -> int:
+    """Where the last complete event of ``data`` ends (after its blank line); 0: none does."""
+    return max((at + len(end) for end in _ENDS if (at := data.rfind(end)) >= 0), default=0)
+
+
+class EventFramer:
+    """One stream's held bytes: ``take`` each piece, send what it returns; ``rest`` at the
+    body's end (what is held is sent then, as it is)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = b""
+
+    def take(self, data: bytes) -> bytes:
+        """What of ``data`` (after what is held) may go now: up to the last event's end."""
+        if not self.held and data.endswith(_ENDS):
+            return data
+        data = self.held + data
+        end = len(data) if len(data) > HOLD_MAX_BYTES else event_end(data)
+        self.held = data[end:]
+        return data[:end]
+
+    def rest(self) -> bytes:
+        held, self.held = self.held, b""
+        return held
