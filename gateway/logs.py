@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
+import stat
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import ecs_logging
 import msgspec
@@ -56,6 +60,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self.lines: list[str] = []
         self.max_lines = max_lines
+        self._fd: int | bool | None = False  # _pipe_fd's answer; False: not looked up yet
         # Called when a line starts a new batch: what wakes the app's flush task, which then
         # sleeps for nothing while nobody is served (gateway.http.app.flush_access_log).
         self.on_batch: list[Callable[[], object]] = []
@@ -82,8 +87,50 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
             if self.lines:
                 lines, self.lines = self.lines, []
-                self.stream.write("\n".join(lines) + "\n")
+                fd = self._pipe_fd()
+                if fd is None:
+                    self.stream.write("\n".join(lines) + "\n")
+                else:
+                    self.stream.flush()  # what other handlers wrote to it goes first
+                    for piece in pieces(lines, select.PIPE_BUF):
+                        os.write(fd, piece)
             super().flush()
+
+    def _pipe_fd(self) -> int | None:
+        """The stream's descriptor when it is a pipe or a socket (a log shipper's, a
+        container runtime's): there the workers of one gateway share it, and only a write of
+        at most PIPE_BUF bytes is never interleaved with another's. A batch went in one
+        write, and two workers' lines came out spliced mid-line. None for a file (O_APPEND
+        writes are whole) or a stream with no descriptor."""
+        if self._fd is False:
+            try:
+                fd = self.stream.fileno()
+                kind = os.fstat(fd).st_mode
+                self._fd = fd if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind) else None
+            except (AttributeError, OSError, ValueError):
+                self._fd = None
+        return self._fd
+
+    def setStream(self, stream: Any) -> Any:  # logging's name
+        self._fd = False  # looked up again for the new stream
+        return super().setStream(stream)
+
+
+def pieces(lines: list[str], limit: int) -> list[bytes]:
+    """``lines`` as newline-ended bytes, joined into pieces of at most ``limit`` bytes that end
+    at a line's end; a line longer than ``limit`` is a piece of its own (it cannot be whole
+    in one pipe write, but no other line is cut)."""
+    out: list[bytes] = []
+    piece = bytearray()
+    for line in lines:
+        data = line.encode("utf-8", "backslashreplace") + b"\n"
+        if piece and len(piece) + len(data) > limit:
+            out.append(bytes(piece))
+            piece.clear()
+        piece += data
+    if piece:
+        out.append(bytes(piece))
+    return out
 
 
 def direct_sink(logger: logging.Logger) -> BatchingStreamHandler | None:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
 import re
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +27,7 @@ from gateway.logs import (
     event,
     formatters,
     json_line,
+    pieces,
     utc_ms,
 )
 from tests.support import (
@@ -234,6 +239,50 @@ def test_access_lines_are_written_in_batches_in_order() -> None:
         assert out.getvalue().count("four") == 1
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_batch_into_a_pipe_goes_in_writes_that_end_at_a_line() -> None:
+    lines = [f"line {i} " + "x" * random.randint(50, 900) for i in range(200)]
+    got = pieces(lines, 4096)
+    assert all(len(p) <= 4096 and p.endswith(b"\n") for p in got)
+    assert b"".join(got).decode().splitlines() == lines
+    long = "y" * 5000  # longer than a pipe write can keep whole: alone, nothing else cut
+    assert pieces(["a", long, "b"], 4096) == [b"a\n", long.encode() + b"\n", b"b\n"]
+
+
+_WRITER = """
+import logging, sys
+from gateway.logs import BatchingStreamHandler
+h = BatchingStreamHandler(max_lines=256)
+h.setStream(sys.stderr)
+h.setFormatter(logging.Formatter("%(message)s"))
+log = logging.getLogger("w")
+log.addHandler(h)
+log.setLevel(logging.INFO)
+for i in range(3000):
+    log.info('{"w": %s, "i": %d, "pad": "%s"}', sys.argv[1], i, "x" * 200)
+h.flush()
+"""
+
+
+def test_workers_sharing_a_slow_pipe_never_splice_each_others_lines() -> None:
+    # Two workers' handlers on one pipe (stderr to a log shipper that reads in bursts): a
+    # batch in one write came out cut by the other's, two half lines glued together.
+    read_end, write_end = os.pipe()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(w)], stderr=write_end)
+        for w in (1, 2)
+    ]
+    os.close(write_end)
+    data = bytearray()
+    with os.fdopen(read_end, "rb", buffering=0) as r:
+        while chunk := r.read(8192):
+            data += chunk
+            time.sleep(0.001)  # a reader slower than the writers: the pipe fills
+    for p in procs:
+        assert p.wait(timeout=30) == 0
+    docs = [json.loads(line) for line in data.decode().splitlines()]  # each line whole
+    assert sorted((d["w"], d["i"]) for d in docs) == [(w, i) for w in (1, 2) for i in range(3000)]
 
 
 def _access_logger(name: str, handler: logging.Handler) -> logging.Logger:

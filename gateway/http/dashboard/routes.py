@@ -163,10 +163,10 @@ class Dashboard:
                 # once Redis is back and end it on the others too.
                 return json_error(
                     SharedStateUnavailable(
-                        f"logged out on this gateway only: shared state (Redis) is "
-                        f"unreachable ({checks.error_text(exc)}), and other gateways accept "
-                        "the session until it ends there too; log out again when /readyz no "
-                        "longer says degraded"
+                        f"logged out on this worker only: shared state (Redis) is "
+                        f"unreachable ({checks.error_text(exc)}), and this gateway's other "
+                        "workers and the other gateways accept the session until it ends "
+                        "there too; log out again when /readyz no longer says degraded"
                     )
                 )
         resp = JSONResponse({"operator": None})

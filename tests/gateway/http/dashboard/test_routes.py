@@ -234,7 +234,7 @@ async def test_a_logout_with_redis_away_says_so_and_keeps_the_cookie_for_a_retry
         assert r.status_code == 503, r.text
         err = r.json()["error"]
         assert err["code"] == "shared_state_unavailable"
-        assert "logged out on this gateway only" in err["message"]
+        assert "logged out on this worker only" in err["message"]
         assert "set-cookie" not in r.headers  # kept: the logout can be sent again
         # Ended here already; sent again (Redis still away), it still tries to end it there.
         assert (await c.get("/dashboard/api/state")).status_code == 401
