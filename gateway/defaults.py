@@ -191,6 +191,10 @@ FLEET_REFRESH_INTERVAL_S = 0.5  # observations written and read twice a second: 
 # per gateway is nothing to Redis
 OBSERVATION_TTL_S = 5.0  # a dead gateway's opinion stops counting after 5 s (10 refreshes)
 REDIS_TIMEOUT_S = 1.0  # a Redis call slower than this counts as Redis being away
+# A worker waits up to this for its first sync with Redis before it serves (a worker started in
+# place of one that died then routes on the fleet's state); Redis away is known sooner, at a
+# refused connection or the connect timeout, and the worker serves on what it has.
+FIRST_SYNC_WAIT_S = 3.0
 REDIS_MAX_BACKOFF_S = 5.0  # reconnect attempts back off 0.1 s doubling up to 5 s
 AUDIT_MAX_LEN = 10000  # operator changes kept in the audit stream (approximate trim)
 

@@ -8,10 +8,9 @@ Python engine. All behave alike on SIGTERM: each worker drains (``gateway.http.g
 answers 503 while the requests in flight finish, up to server.drain_timeout_s), then its server
 stops.
 
-Before any starts, this process checks that the public address is free (granian and uvicorn's
-workers bind with SO_REUSEPORT, so a second gateway on a taken port would start and share its
-traffic), binds the ops listener's socket for the workers to inherit, and raises its
-descriptor limit. Its pid names the gateway to the fleet (ENV_GATEWAY_PID).
+Before any starts, this process checks that the public address is free (the workers bind with
+SO_REUSEPORT: a second gateway on a taken port would share its traffic), binds the ops socket
+for the workers, and raises its descriptor limit. Its pid names it to the fleet.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.errors import CannotListen
+from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import ENV_OPS_FD, shared
@@ -55,8 +55,7 @@ def granian_app() -> Starlette:
 
 
 def _stop_granian_worker() -> None:
-    # granian's worker stops on SIGINT or SIGTERM alike; the app took SIGTERM over for its
-    # drain, and hands granian the SIGINT when the drain is done.
+    # granian's worker stops on SIGINT or SIGTERM; the app took SIGTERM for its drain.
     os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -388,7 +387,8 @@ def run(config: Config, config_path: Path) -> None:
     s, o = config.server, config.ops
     bind(s.host, s.port, "server.port").close()  # the server binds it again, in a moment
     ops = bind(o.host, o.port, "ops.port") if o.port else None
-    with shared(ops, s.workers):  # the ops socket for the workers, and their /metrics' sockets
+    # The ops socket for the workers and their /metrics' sockets; a replaced worker's fleet.
+    with shared(ops, s.workers), last_known.kept(s.workers, bool(config.redis.url)):
         cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
         _log_listeners(config, cap)
         os.environ[ENV_GATEWAY_PID] = str(os.getpid())

@@ -33,8 +33,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.config import Config
+from gateway.defaults import FIRST_SYNC_WAIT_S
 from gateway.errors import FleetConfigInvalid
-from gateway.fleet import config_doc, config_io, observations, sessions, sync_log
+from gateway.fleet import config_doc, config_io, last_known, observations, sessions, sync_log
 from gateway.fleet.keys import Keys, check_url, connect
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.settle import Stored
@@ -88,6 +89,13 @@ class RedisStateStore(MemoryStateStore):
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._first = asyncio.Event()  # the first sync's outcome, either way (start waits)
+        # A worker started while the gateway runs (in place of one that died) starts on the
+        # fleet document its siblings last routed on, not on the file (fleet.last_known).
+        cached = last_known.load()
+        if cached is not None:
+            self._adopt(cached)
+            self.synced_once = True  # routing on the fleet's state, if not a fresh one
 
     # --- routing view ----------------------------------------------------------------------
     def _build(self, now: float) -> Snapshot:
@@ -101,8 +109,13 @@ class RedisStateStore(MemoryStateStore):
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        """The sync's task, and its first round's outcome before serving: a worker started
+        while the fleet runs routes on the fleet's state from its first request (it served
+        the file's while it synced). Redis away is known within the connect timeout."""
         self._task = asyncio.create_task(self._run())
         self._task.add_done_callback(self._ended)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first.wait(), FIRST_SYNC_WAIT_S)
 
     async def stop(self) -> None:
         if self._task:
@@ -173,8 +186,10 @@ class RedisStateStore(MemoryStateStore):
         self.synced_once = True
         self.stale_since = None
         self._said = None
+        self._first.set()
 
     def _out_of_sync(self, exc: Exception) -> None:
+        self._first.set()
         if self.stale_since is None:
             self.stale_since = time.time()
         # Redis's clock is read again on return: it may be another node's (a Sentinel
@@ -253,6 +268,7 @@ class RedisStateStore(MemoryStateStore):
         first = self._held is None  # the file's routing is what this gateway had until now
         same = self._held is not None and self._held.digest == holds.digest
         self._held, self.version = holds, holds.version
+        last_known.save(holds)
         if same:  # the same document at another version (put back, or settled our way)
             return
         try:
@@ -342,6 +358,7 @@ class RedisStateStore(MemoryStateStore):
     def _applied(self, stored: Stored, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
         if stored.version > self.version:  # apply here at once; the others hear it published
             self._held, self.version = stored, stored.version
+            last_known.save(stored)
             self._seen = (str(stored.version), stored.digest)
             self.replace_config(new)
         return dict(entry)

@@ -1,0 +1,83 @@
+"""The fleet document a gateway's workers last routed on, kept where a worker started later
+reads it: one that replaces a worker that died starts on the fleet's state, not on the file.
+
+Why: a worker is forked from the parent, which holds only the config file. A replacement used
+to route on the file's routing (an operator's drain or weight undone for its share of the
+traffic) until its first sync, and with Redis away until Redis came back; and seeding an
+empty Redis it put the file's document there. With this it adopts the last fleet document at
+once, and settles it with Redis as any document it holds (``RedisStateStore._mine``).
+
+The parent (gateway.server) names the file in ``ENV_FLEET_CACHE``, in a directory of its own
+(mode 0700) that lives as long as the gateway: a gateway started anew starts from its file, as
+before. Writes go to a temporary file renamed over the last, so a reader never sees half of
+one; a file that does not read as one (or none) is no document, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.fleet.settle import Stored
+
+log = logging.getLogger("geogate.fleet")
+ENV_FLEET_CACHE = "_GEOGATE_FLEET_CACHE"  # not GEOGATE_: that prefix is a config override
+FILE_NAME = "fleet.json"
+
+
+@contextlib.contextmanager
+def kept(workers: int, shared: bool) -> Iterator[Path | None]:
+    """In the parent, around its workers' lives: the file, named for them, where there are
+    several sharing a fleet (Redis); else none."""
+    os.environ.pop(ENV_FLEET_CACHE, None)  # not one inherited from whoever started us
+    if workers <= 1 or not shared:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="geogate-fleet-"))
+    os.environ[ENV_FLEET_CACHE] = str(directory / FILE_NAME)
+    try:
+        yield directory / FILE_NAME
+    finally:
+        os.environ.pop(ENV_FLEET_CACHE, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _path() -> Path | None:
+    named = os.environ.get(ENV_FLEET_CACHE)
+    return Path(named) if named else None
+
+
+def save(stored: Stored) -> None:
+    """Keep ``stored`` for workers started later; a failure is logged, never raised."""
+    path = _path()
+    if path is None or stored.doc is None:
+        return
+    data = {"doc": stored.doc, "version": stored.version, "changed_at": stored.changed_at}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("could not keep the fleet config for later workers (%s): %s", path, exc)
+
+
+def load() -> Stored | None:
+    """What the gateway's workers last routed on, or None."""
+    path = _path()
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        doc, version, changed_at = data["doc"], data["version"], data["changed_at"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(version, int) or version < 1:
+        return None
+    when = float(changed_at) if isinstance(changed_at, int | float) else None
+    return Stored(doc, version, when)

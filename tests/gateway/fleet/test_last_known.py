@@ -1,0 +1,126 @@
+"""The fleet document a gateway's workers last routed on: kept by the parent's directory,
+adopted by a worker started later (one in place of a worker that died), also where Redis is
+away or came back empty, and then by a real gateway whose worker is killed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.defaults import WORKER_START_GRACE_S
+from gateway.fleet import config_doc, config_io, last_known
+from gateway.fleet.settle import Stored
+from tests.gateway.fleet.test_fleet import TOKEN, admin, fleet_toml, upstream
+from tests.gateway.fleet.test_redis_store import CFG, gateway, routing
+from tests.gateway.test_server import _workers
+from tests.support import (
+    UpstreamSpec,
+    eventually,
+    start_gateway,
+    start_redis,
+    start_sim,
+)
+
+
+def _drained_doc() -> dict[str, object]:
+    doc, _, _ = config_doc.change_upstream(config_doc.routing_doc(CFG), "a", {"drained": True})
+    return doc
+
+
+def test_kept_only_for_several_workers_sharing_a_fleet() -> None:
+    with last_known.kept(1, True) as one:
+        assert one is None and last_known.ENV_FLEET_CACHE not in os.environ
+    with last_known.kept(2, False) as alone:
+        assert alone is None
+    with last_known.kept(2, True) as path:
+        assert path is not None and os.environ[last_known.ENV_FLEET_CACHE] == str(path)
+        assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+        last_known.save(Stored(_drained_doc(), 7, 123.0))
+        got = last_known.load()
+        assert got is not None and (got.version, got.changed_at) == (7, 123.0)
+        assert got.doc == _drained_doc()
+    assert not path.parent.exists() and last_known.ENV_FLEET_CACHE not in os.environ
+    assert last_known.load() is None  # none named: none read
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{", "[]", '{"doc": [], "version": 3, "changed_at": 0}', '{"doc": {}}']
+)
+def test_a_file_that_is_no_document_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    path = tmp_path / "fleet.json"
+    path.write_text(text)
+    monkeypatch.setenv(last_known.ENV_FLEET_CACHE, str(path))
+    assert last_known.load() is None
+
+
+async def test_a_later_worker_starts_on_it_and_seeds_it_in_an_empty_redis(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(last_known.ENV_FLEET_CACHE, str(tmp_path / "fleet.json"))
+    first = gateway(redis_url, "gw0")
+    try:
+        await first.start()  # waits for its first sync: seeded, version 1
+        assert first.version == 1
+        await first.update_upstream("a", {"drained": True}, "alice")  # version 2, kept
+        assert routing(first)["a"] == (1.0, True)
+    finally:
+        await first.stop()
+    await first.redis().flushall()  # Redis comes back empty
+    later = gateway(redis_url, "gw0")  # a worker started in place of one that died
+    try:
+        assert (later.version, routing(later)["a"]) == (2, (1.0, True))  # before any sync
+        assert later.synced_once  # it routes on the fleet's state, and /readyz says so
+        await later.start()
+        doc, version = await config_io.load(later.redis(), later.keys)
+        assert version == 2 and doc is not None  # the fleet's, not its file's seed
+        assert {u["id"]: u["drained"] for u in doc["upstreams"]} == {"a": True, "b": False}
+    finally:
+        await later.stop()
+
+
+def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
+    tmp_path: Path,
+) -> None:
+    redis = start_redis(tmp_path)
+    sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
+    ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
+    started = time.monotonic()
+    gw = start_gateway(
+        tmp_path,
+        lambda p: fleet_toml(p, ups, redis.url, "gw0").replace(
+            "[server]", '[server]\nengine = "uvicorn"\nworkers = 2'
+        ),
+    )
+    try:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
+        assert r.status_code == 200, r.text
+        eventually(lambda: upstream(gw, "b0")["drained"], what="the drain")
+        redis.stop()  # the replacement cannot sync: what it routes on is what it kept
+        # A worker that dies in its first seconds stops the gateway (it would fail again):
+        # this one dies later, and is replaced.
+        time.sleep(max(0.0, started + WORKER_START_GRACE_S + 0.5 - time.monotonic()))
+        victim = min(_workers(gw.proc.pid))
+        os.kill(victim, 9)
+        eventually(
+            lambda: len(_workers(gw.proc.pid) - {victim}) == 2, what="a worker in its place"
+        )
+        # New connections, spread over both workers by SO_REUSEPORT: every answer says drained.
+        seen = set()
+        for _ in range(30):
+            with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+                doc = c.get(f"{gw.ops_url}/routing-table").json()
+            b0 = next(u for reg in doc["regions"] for u in reg["upstreams"] if u["id"] == "b0")
+            seen.add((doc["version"], b0["drained"]))
+        assert seen == {(2, True)}, seen
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+        redis.stop()
