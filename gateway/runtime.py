@@ -124,6 +124,10 @@ class Runtime:
     # (two or three per request).
     loop: asyncio.AbstractEventLoop | None = None
     loop_thread: int = 0
+    # This worker's index where the gateway has several (its /metrics label, set by the ops
+    # listener): /routing-table, /explain and the dashboard answer from one worker and say
+    # which. None with one worker.
+    worker: str | None = None
 
     def current_task(self) -> asyncio.Task[Any] | None:
         """asyncio.current_task() of the calling thread. On the thread whose loop the lifespan

@@ -56,9 +56,30 @@ class RedisClock:
         self.offset = secs + usecs / 1e6 - (sent + answered) / 2
 
 
+def sibling_ejections(
+    views: list[dict[str, Any]], gateway: str, max_s: float, now: float
+) -> dict[str, float]:
+    """upstream -> until when (monotonic) one of gateway ``gateway``'s workers has it
+    ejected: its other workers eject it too, so that one gateway routes as one (each worker
+    counting its own requests, one ejected what the others kept serving, and the dashboard
+    and /routing-table said either, by the worker that answered). One host, one monotonic
+    clock; a deadline past ``max_s`` (outlier.max_ejection_s) from ``now`` is another host's
+    clock (two hosts under one redis.gateway_id), and is ignored."""
+    out: dict[str, float] = {}
+    for v in views:
+        if v.get("gateway") != gateway or not isinstance(v.get("upstreams"), dict):
+            continue
+        for uid, seen in v["upstreams"].items():
+            until = seen.get("ejected_until") if isinstance(seen, dict) else None
+            if isinstance(until, int | float) and now < until <= now + max_s:
+                out[uid] = max(float(until), out.get(uid, 0.0))
+    return out
+
+
 def view(state: RoutingState, gateway: str, region: str, version: int) -> dict[str, Any]:
     """This worker's observation: its view of every upstream it has an opinion on."""
     ups = {}
+    now = time.monotonic()
     for u in state.upstreams():
         h = state.health(u.id)
         if h.probed_healthy is None and h.await_probe:
@@ -71,6 +92,9 @@ def view(state: RoutingState, gateway: str, region: str, version: int) -> dict[s
             "queue_depth": load.queue_depth if load else None,
             "ttft_ms": load.ttft_ms if load else None,
             "kv_usage": load.kv_usage if load else None,
+            # For this gateway's other workers only (sibling_ejections): this host's
+            # monotonic clock, which means nothing on another host.
+            "ejected_until": h.ejected_until if h.ejected(now) else None,
         }
     return {
         "gateway": gateway,

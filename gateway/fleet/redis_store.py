@@ -322,7 +322,17 @@ class RedisStateStore(MemoryStateStore):
         return version, digest
 
     def _merge(self, views: list[dict[str, Any]]) -> None:
-        """Each gateway's vote on each upstream, and the upstreams most gateways see down."""
+        """Each gateway's vote on each upstream, and the upstreams most gateways see down; and
+        the ejections of this gateway's other workers, taken here too."""
+        now = time.monotonic()
+        max_s = self.config.outlier.max_ejection_s
+        for uid, until in observations.sibling_ejections(
+            views, self.gateway_id, max_s, now
+        ).items():
+            h = self._health.get(uid)
+            if h is not None and h.ejected_until < until:
+                h.ejected_until = until  # its cause and return are told by the one that ejected
+                self._snap = None
         seen = observations.votes(views)
         down = observations.down(seen)
         self.observations = seen

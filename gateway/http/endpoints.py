@@ -183,6 +183,7 @@ class Endpoints:
                 "shared_state": shared,
                 "policy": self._policy(),
                 "regions": regions,
+                "worker": self.rt.worker,  # which one answered (several: ejections are each's)
             }
         )
 
@@ -239,6 +240,7 @@ class Endpoints:
                 "location": routed.location.as_dict(),
                 "decision": decision.explain(),
                 "header": decision.header(),
+                "worker": self.rt.worker,
             }
         )
 

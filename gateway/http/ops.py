@@ -109,6 +109,7 @@ class OpsListener:
         self.rt = rt
         self.fd = fd
         self.workers = WorkerMetrics.from_env(rt)  # None with one worker: no socket made
+        rt.worker = self.workers.worker if self.workers is not None else None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

@@ -238,6 +238,10 @@ def build(rt: Runtime, window: Window, now: float) -> dict[str, Any]:
             "origin": config.gateway.origin,
             "version": store.version,
             "draining": rt.draining,
+            # The worker this page's numbers are from (requests/s, shares, ejections): each
+            # worker counts its own traffic. None with one worker.
+            "worker": rt.worker,
+            "workers": config.server.workers,
         },
         "shared": shared_state(rt),
         "models": sorted({m for u in snap.upstreams for m in u.models}),

@@ -130,3 +130,44 @@ async def test_each_observation_says_the_version_its_gateway_routes_on(redis_url
     finally:
         await one.stop()
         await two.stop()
+
+
+def test_a_siblings_ejection_is_taken_only_from_this_gateways_workers() -> None:
+    def v(gw: str, **until: float | None) -> dict[str, object]:
+        return {"gateway": gw, "upstreams": {u: {"ejected_until": t} for u, t in until.items()}}
+
+    views = [
+        v("gw0", a=130.0, b=None),  # a sibling ejected a until t=130
+        v("gw0", a=110.0, c=100.0),  # another ejected a sooner; c's time is over
+        v("gw1", b=140.0),  # another gateway's: its host's clock, not ours
+        v("gw0", d=1000.0),  # past max_s from now: a clock that is not this host's
+        {"gateway": "gw0", "upstreams": "junk"},
+        {"gateway": "gw0", "upstreams": {"e": "junk", "f": {"ejected_until": "soon"}}},
+    ]
+    assert observations.sibling_ejections(views, "gw0", max_s=300.0, now=100.0) == {"a": 130.0}
+
+
+async def test_an_upstream_one_worker_ejected_is_ejected_by_its_siblings(redis_url: str) -> None:
+    # Two workers of gateway gw0 (their observer keys apart, as their pids make them), and a
+    # worker of gw1, on one Redis: five failures on one worker eject "a" there; after a
+    # refresh its sibling routes around it too, and the other gateway does not.
+    ejecting, sibling, other = (gateway(redis_url, g) for g in ("gw0", "gw0", "gw1"))
+    ejecting.observer, sibling.observer = "gw0/1", "gw0/2"
+    try:
+        for store in (ejecting, sibling, other):
+            await store._sync_config()
+        now = time.monotonic()
+        for _ in range(5):
+            ejecting.record_result("a", False, now)
+        assert ejecting.health("a").ejected(now)
+        for store in (ejecting, sibling, other):
+            await store._refresh()
+        later = time.monotonic()
+        assert sibling.health("a").ejected(later)
+        assert sibling.health("a").ejected_until == ejecting.health("a").ejected_until
+        assert [u.id for u in sibling.snapshot(later).upstreams if not u.healthy] == ["a"]
+        assert not other.health("a").ejected(later)  # its own requests decide there
+        assert sibling.health("a").ejection_cause is None  # told once, by the one that ejected
+    finally:
+        for store in (ejecting, sibling, other):
+            await store.stop()

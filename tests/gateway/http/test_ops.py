@@ -11,12 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from gateway.config import Config
 from gateway.config_file import parse_config
 from gateway.errors import ConfigError
 from gateway.http.ops import ENV_OPS_FD, OpsListener, ops_app, shared
-from gateway.http.worker_metrics import ENV_METRICS_DIR, WorkerMetrics, runtime_dir
+from gateway.http.worker_metrics import ENV_METRICS_DIR, ENV_WORKER, WorkerMetrics, runtime_dir
 from gateway.runtime import build_runtime
 from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
 
@@ -141,3 +142,19 @@ async def test_with_several_workers_the_ops_metrics_is_the_merged_one() -> None:
             assert "geogate_requests_in_flight" in text
             assert ('geogate_requests_in_flight{worker="0"}' in text) is merged
             assert ("geogate_workers_scraped 1.0" in text) is merged
+
+
+def test_with_several_workers_the_views_name_the_worker_that_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /routing-table, /explain and the dashboard answer from one worker (its ejections, its
+    # traffic): they say which, as the worker's /metrics label does.
+    rt = build_runtime(Config.model_validate(BASE))
+    client = TestClient(ops_app(rt))
+    assert client.get("/routing-table").json()["worker"] is None  # one worker: none named
+    monkeypatch.setenv(ENV_METRICS_DIR, str(tmp_path))
+    monkeypatch.setenv(ENV_WORKER, "1")
+    OpsListener(rt, fd=-1)  # as a worker's lifespan makes it
+    assert rt.worker == "1"
+    assert client.get("/routing-table").json()["worker"] == "1"
+    assert client.get("/explain", params={"model": "m", "ip": "192.0.2.1"}).json()["worker"] == "1"

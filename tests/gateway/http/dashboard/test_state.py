@@ -59,6 +59,9 @@ def test_every_region_with_its_upstreams_rates_and_percentiles() -> None:
     assert row["state"] == "healthy" and row["why"] is None
     assert s["models"] == ["m", "n"]
     assert s["shared"] == {"mode": "local", "stale_since": None}
+    assert (s["gateway"]["worker"], s["gateway"]["workers"]) == (None, 1)  # one: none named
+    rt.worker = "2"  # one of several: the page says whose numbers these are
+    assert state.build(rt, windowed(rt), time.monotonic())["gateway"]["worker"] == "2"
 
 
 def test_down_drained_and_ejected_upstreams_say_why() -> None:
