@@ -137,6 +137,7 @@ class Sampler:
                 elif (now := self._fingerprint()) != seen:
                     seen = now
                     self._refresh_state(event="state")
+                    self._maybe_refresh_audit()  # a new version: its audit entry, not a sample later
             except Exception:  # a bug here must not end the dashboard for good
                 log.exception("dashboard sample failed")
 
@@ -151,6 +152,7 @@ class Sampler:
         if not self.watched():
             self._refresh_state(event="state")
             self._wake.set()
+        self._maybe_refresh_audit()  # a version the audit read has not seen: read at once
         self._asked = time.monotonic()
         return self.state
 

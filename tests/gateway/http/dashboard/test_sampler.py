@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
+from gateway.http.dashboard import sampler as sampler_module
 from gateway.http.dashboard import state as state_module
 from gateway.http.dashboard.sampler import Sampler
 from gateway.runtime import Runtime, build_runtime
@@ -119,6 +120,27 @@ async def test_the_audit_is_read_again_after_a_change() -> None:
         assert audit[0]["who"] == "alice" and audit[0]["what"] == "upstream a"
     finally:
         await close(frames)
+        await sampler.stop()
+
+
+async def test_a_look_after_a_change_has_its_audit_entry_without_waiting_for_a_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ctl top and /dashboard/api/state read with look(): a new version with no audit entry
+    # for it lasted until the next sample, up to a second. No sample comes in this test.
+    monkeypatch.setattr(sampler_module, "DASHBOARD_SAMPLE_S", 60.0)
+    rt = runtime()
+    sampler = Sampler(rt)
+    sampler.start()
+    try:
+        sampler.look()  # watched from now on: the state follows changes within 0.1 s
+        await asyncio.sleep(0.05)  # the first audit read, of nothing yet
+        await rt.store.update_upstream("a", {"weight": 2}, "alice")
+        await asyncio.sleep(0.3)
+        got = sampler.look()
+        assert got["gateway"]["version"] == rt.store.version
+        assert [e["who"] for e in got["audit"]] == ["alice"], got["audit"]
+    finally:
         await sampler.stop()
 
 
