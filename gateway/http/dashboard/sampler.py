@@ -137,7 +137,7 @@ class Sampler:
                 elif (now := self._fingerprint()) != seen:
                     seen = now
                     self._refresh_state(event="state")
-                    self._maybe_refresh_audit()  # a new version: its audit entry, not a sample later
+                    self._maybe_refresh_audit()  # a new version: its audit now, not at a sample
             except Exception:  # a bug here must not end the dashboard for good
                 log.exception("dashboard sample failed")
 
