@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -240,6 +243,37 @@ def start_redis(tmp: Path) -> RedisServer:
     r = RedisServer(free_port(), tmp / "redis.log")
     r.start()
     return r
+
+
+@contextlib.contextmanager
+def one_sim_gateway(tmp: Path, extra: str) -> Iterator[Gateway]:
+    """A gateway whose config has ``extra`` (its own sections), in front of one simulated
+    backend ("s", model "m"); both stopped after."""
+    sim = start_sim(tmp, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    try:
+        g = start_gateway(tmp, lambda p: gateway_toml(p, ups, extra=extra))
+        try:
+            yield g
+        finally:
+            g.stop()
+    finally:
+        sim.proc.kill()
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on a threaded HTTP server on 127.0.0.1 (a scripted upstream); its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def start_fleet(tmp: Path, *sim_knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:

@@ -270,8 +270,7 @@ def test_workers_sharing_a_slow_pipe_never_splice_each_others_lines() -> None:
     # batch in one write came out cut by the other's, two half lines glued together.
     read_end, write_end = os.pipe()
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(w)], stderr=write_end)
-        for w in (1, 2)
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(w)], stderr=write_end) for w in (1, 2)
     ]
     os.close(write_end)
     data = bytearray()

@@ -108,9 +108,7 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
         time.sleep(max(0.0, started + WORKER_START_GRACE_S + 0.5 - time.monotonic()))
         victim = min(_workers(gw.proc.pid))
         os.kill(victim, 9)
-        eventually(
-            lambda: len(_workers(gw.proc.pid) - {victim}) == 2, what="a worker in its place"
-        )
+        eventually(lambda: len(_workers(gw.proc.pid) - {victim}) == 2, what="a worker in its place")
         # New connections, spread over both workers by SO_REUSEPORT: every answer says drained.
         seen = set()
         for _ in range(30):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -133,10 +134,10 @@ async def test_each_observation_says_the_version_its_gateway_routes_on(redis_url
 
 
 def test_a_siblings_ejection_is_taken_only_from_this_gateways_workers() -> None:
-    def v(gw: str, **until: float | None) -> dict[str, object]:
+    def v(gw: str, **until: float | None) -> dict[str, Any]:
         return {"gateway": gw, "upstreams": {u: {"ejected_until": t} for u, t in until.items()}}
 
-    views = [
+    views: list[dict[str, Any]] = [
         v("gw0", a=130.0, b=None),  # a sibling ejected a until t=130
         v("gw0", a=110.0, c=100.0),  # another ejected a sooner; c's time is over
         v("gw1", b=140.0),  # another gateway's: its host's clock, not ours

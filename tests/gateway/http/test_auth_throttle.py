@@ -15,7 +15,7 @@ from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX
 from gateway.http.auth_throttle import FailureWindow
 from gateway.http.ops import ops_app
 from gateway.runtime import build_runtime
-from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
+from tests.support import Gateway, one_sim_gateway
 
 ALICE = "alice-token-0123456789"
 OPS = "ops-token-0123456789ab"
@@ -103,17 +103,8 @@ async def test_right_tokens_and_missing_ones_are_not_counted() -> None:
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    sim: Sim = start_sim(tmp_path, "s", "eu-central", ["m"])
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
-    extra = f'[admin]\ntokens = {{ alice = "{ALICE}" }}\n'
-    try:
-        g = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra=extra))
-        try:
-            yield g
-        finally:
-            g.stop()
-    finally:
-        sim.proc.kill()
+    with one_sim_gateway(tmp_path, f'[admin]\ntokens = {{ alice = "{ALICE}" }}\n') as g:
+        yield g
 
 
 def _from(address: str) -> httpx.Client:

@@ -8,7 +8,6 @@ import http.server
 import json
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support import (
     UpstreamSpec,
     access_line,
     gateway_toml,
+    serve_http,
     start_fleet,
     start_gateway,
 )
@@ -138,16 +138,8 @@ class _LengthFramed(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def length_framed() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LengthFramed)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(_LengthFramed) as url:
+        yield url
 
 
 def test_an_event_stream_with_a_length_cut_short_is_reset_not_a_500(

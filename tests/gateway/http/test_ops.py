@@ -19,7 +19,7 @@ from gateway.errors import ConfigError
 from gateway.http.ops import ENV_OPS_FD, OpsListener, ops_app, shared
 from gateway.http.worker_metrics import ENV_METRICS_DIR, ENV_WORKER, WorkerMetrics, runtime_dir
 from gateway.runtime import build_runtime
-from tests.support import Gateway, Sim, UpstreamSpec, gateway_toml, start_gateway, start_sim
+from tests.support import Gateway, one_sim_gateway
 
 OPS_TOKEN = "edge-tier-secret"
 ADMIN_TOKEN = "operator-secret"
@@ -32,17 +32,9 @@ BASE = {
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    sim: Sim = start_sim(tmp_path, "s", "eu-central", ["m"])
-    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
     extra = f'[ops]\ntoken = "{OPS_TOKEN}"\n\n[admin]\ntoken = "{ADMIN_TOKEN}"\n'
-    try:
-        g = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra=extra))
-        try:
-            yield g
-        finally:
-            g.stop()
-    finally:
-        sim.proc.kill()
+    with one_sim_gateway(tmp_path, extra) as g:
+        yield g
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/routing-table", "/explain", "/admin/config"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from tests.support import (
     UpstreamSpec,
     access_line,
     gateway_toml,
+    serve_http,
     start_gateway,
     start_sim,
 )
@@ -145,16 +145,8 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(_Scripted) as url:
+        yield url
 
 
 def _role_first(sim: Sim) -> None:
