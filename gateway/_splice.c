@@ -507,18 +507,26 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
     /* An SSE stream sends up to its last blank line and holds the rest; at the body's end, or
      * past HOLD_MAX, all of it. As a rule a read ends an event: it goes straight out. */
     if (r->sse && (r->held_len > 0 || (!last && event_end(scratch, out) != out))) {
+        /* What was held ends no event (else it had gone): only the new bytes, and the two
+         * before them, can complete one. */
+        size_t from = r->held_len > 2 ? r->held_len - 2 : 0;
         if (hold(r, scratch, out) < 0) {
             local_failure(r, (PyObject *)r, ENOMEM);
             Py_RETURN_NONE;
         }
         data = r->held;
-        len = last || r->held_len > HOLD_MAX ? r->held_len : event_end(r->held, r->held_len);
+        if (last || r->held_len > HOLD_MAX) {
+            len = r->held_len;
+        } else {
+            size_t end = event_end(r->held + from, r->held_len - from);
+            len = end > 0 ? from + end : 0;
+        }
         keep = r->held_len - len;
     }
     int token = r->on_token != NULL && len > 0 && has_token(data, len);
     int sent = len > 0 || last ? send_chunk(r, data, len, last) : 0;
-    if (data == r->held) {
-        memmove(r->held, r->held + len, keep);
+    if (data == r->held && len > 0) {
+        if (keep > 0) memmove(r->held, r->held + len, keep);
         r->held_len = keep;
     }
     if (last && sent == 0) r->body_ended = 1;
@@ -622,6 +630,9 @@ static int Relay_init(Relay *r, PyObject *args, PyObject *kwds) {
         refused = "the client's descriptor must be open (>= 0)";
     } else if (held.buf != NULL && held.len > 0 && !sse) {
         refused = "held bytes are an SSE stream's: they need sse=True";
+    } else if (sse && !end_body) {
+        /* The held rest goes with the body's last chunk, which only end_body writes here. */
+        refused = "sse=True needs end_body=True";
     }
     /* What the Python side held of an SSE stream when it handed the stream over. */
     int failed = refused == NULL && held.buf != NULL && held.len > 0 &&

@@ -25,7 +25,12 @@ from typing import Final
 
 from starlette.types import ASGIApp
 
-from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX, AUTH_TRACKED_ADDRESSES
+from gateway.defaults import (
+    AUTH_FAILURE_WINDOW_S,
+    AUTH_FAILURES_MAX,
+    AUTH_PENDING_WAIT_S,
+    AUTH_TRACKED_ADDRESSES,
+)
 from gateway.errors import AuthThrottled
 from gateway.http.asgi import Message, Receive, Scope, Send, header
 from gateway.http.errors import send_error
@@ -52,27 +57,34 @@ class FailureWindow:
         self.max_addresses = max_addresses
         self._failures: dict[str, deque[float]] = {}
 
-    def wait_s(self, address: str, now: float) -> float:
-        """Seconds until ``address`` may present a credential again: 0 when it may now."""
+    def wait_s(self, address: str, now: float, pending: int = 0) -> float:
+        """Seconds until ``address`` may present a credential again: 0 when it may now.
+        ``pending``: its checks still running, each a failure to come, maybe: without them, a
+        guesser's requests sent at once all passed before the first failure was counted."""
         times = self._failures.get(address)
-        if times is None:
+        if times is not None:
+            while times and times[0] <= now - self.window_s:
+                times.popleft()
+            if not times:
+                del self._failures[address]
+                times = None
+        count = len(times) if times is not None else 0
+        if count + pending < self.limit:
             return 0.0
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        if not times:
-            del self._failures[address]
-            return 0.0
-        return times[0] + self.window_s - now if len(times) >= self.limit else 0.0
+        if times is not None and count >= self.limit:
+            return times[0] + self.window_s - now
+        return AUTH_PENDING_WAIT_S  # the running checks decide: ask again in a moment
 
     def failed(self, address: str, now: float) -> bool:
-        """Counts a failure; True when it is the one that reaches the limit."""
+        """Counts a failure; True when it is the one that reaches the limit (said once)."""
+        held_back = self.wait_s(address, now) > 0  # and the old ones pruned
         times = self._failures.get(address)
         if times is None:
             if len(self._failures) >= self.max_addresses:
                 self._evict(now)
             times = self._failures[address] = deque(maxlen=self.limit)
         times.append(now)
-        return len(times) == self.limit
+        return not held_back and len(times) >= self.limit
 
     def _evict(self, now: float) -> None:
         stale = [a for a, t in self._failures.items() if not t or t[-1] <= now - self.window_s]
@@ -95,6 +107,7 @@ class AuthThrottle:
     def __init__(self, app: ASGIApp, window: FailureWindow | None = None) -> None:
         self.app = app
         self.window = window or FailureWindow()
+        self._checking: dict[str, int] = {}  # address -> its credential checks running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.app
@@ -103,7 +116,8 @@ class AuthThrottle:
             return
         client = scope.get("client")
         address = client[0] if client else "-"
-        wait = self.window.wait_s(address, time.monotonic())
+        checking = self._checking
+        wait = self.window.wait_s(address, time.monotonic(), checking.get(address, 0))
         if wait > 0:
             after = max(1, int(wait + 0.999))
             err = AuthThrottled(
@@ -121,9 +135,14 @@ class AuthThrottle:
                 status = message["status"]
             await send(message)
 
+        checking[address] = checking.get(address, 0) + 1
         try:
             await app(scope, receive, watched)
         finally:
+            if (left := checking[address] - 1) > 0:
+                checking[address] = left
+            else:
+                del checking[address]
             if status == _UNAUTHORIZED and self.window.failed(address, time.monotonic()):
                 log.warning(
                     "%d wrong tokens from %s within %g s: its credentials are refused "

@@ -58,13 +58,13 @@ async def relay(
         chunk = await read()
         if not chunk:
             return "python"
+        if framer is not None and not (chunk := framer.take(chunk)):
+            watchdog.touch()  # half an event came: the upstream is not silent
+            continue
         if token_seen is not None and carries_token(chunk):
             token_seen()
             token_seen = None
         ex.body_bytes += len(chunk)  # the access line's count: the proxy's send is the server's
-        if framer is not None and not (chunk := framer.take(chunk)):
-            watchdog.touch()  # half an event came: the upstream is not silent
-            continue
         sending = True
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
         sending = False
@@ -94,11 +94,11 @@ async def _piped(
         if closing():
             return False  # the disconnect hook ends this task; nothing is counted as sent
         watchdog.last = clock()  # watchdog.touch(), inline: keep the two the same
-        ex.body_bytes += len(chunk)  # the access line's count, as the Python path's
-        if token_seen is not None and carries_token(chunk):
-            seen()
         if framer is not None and not (chunk := framer.take(chunk)):
             return not flow.write_paused  # half an event: held (an empty chunk would end it)
+        ex.body_bytes += len(chunk)  # the access line's count: what is sent, as the C's
+        if token_seen is not None and carries_token(chunk):
+            seen()
         write(CHUNK % (len(chunk), chunk))
         return not flow.write_paused
 

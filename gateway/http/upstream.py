@@ -196,9 +196,8 @@ class _Attempts:
             resp = await self._open(cand)
             if resp is None:
                 return None
-            # The upstream answered: no other attempt follows, so the request's body and
-            # headers need not live as long as the stream (a 16 KiB prompt kept 16 KiB per
-            # open stream: bench/results/stream_memory_prompt16k.md).
+            # The upstream answered: no other attempt follows, so the request's body and headers
+            # need not live as long as the stream (bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
             # A 5xx passed on is no success (the bounded label: metrics.ATTEMPT_OUTCOMES).
@@ -323,7 +322,6 @@ class _Attempts:
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         del headers
         first = await resp.readany()  # there already (_open waited for it)
-        ex.body_bytes += len(first)
         m = self.rt.metrics
         region = cand.upstream.region
         # A whole answer's first byte is its end (stream="false"); a stream's, its first token's
@@ -331,7 +329,11 @@ class _Attempts:
         seek = ex.stream and resp.status < 400
         if not ex.stream:
             m.first_byte.observe_at(ex.elapsed_s(), region, "false")
-        elif seek and carries_token(first):
+        # Whole events only (gateway.http.events): what waits is not sent, counted or sought.
+        framer = events.EventFramer() if sse and not resp.at_eof() else None
+        first = framer.take(first) if framer is not None else first
+        ex.body_bytes += len(first)
+        if seek and carries_token(first):
             self._token_seen(cand)
         if resp.at_eof():
             # The whole answer came with the first read (a non-streaming answer usually does):
@@ -340,15 +342,12 @@ class _Attempts:
             if ex.stream and not self.tokened:
                 self._no_token(region, resp.status)
             return True
-        framer = events.EventFramer() if sse else None  # whole events only: gateway.http.events
-        first = framer.take(first) if framer is not None else first
         if first:
             await send({"type": "http.response.body", "body": first, "more_body": True})
             first = b""
-        # What is left of timeouts.total_s since the request's start; the watchdog turns it
-        # into a deadline on the loop's clock. Until a stream's first token, first_byte_s from
-        # the attempt's start bounds the wait as it did the first byte's, not idle_s: a role
-        # chunk sent ahead of a long prefill carries no token.
+        # What is left of timeouts.total_s since the request's start (a deadline on the loop's
+        # clock); until a stream's first token, first_byte_s from the attempt's start bounds
+        # the wait, not idle_s: a role chunk sent ahead of a long prefill carries no token.
         t = self.config.timeouts
         waiting = ex.stream and not self.tokened
         first_s = t.first_byte_s - (time.perf_counter() - self.opened_at) if waiting else None
@@ -370,6 +369,7 @@ class _Attempts:
         if waiting and not self.tokened:  # a stream that ended with no token
             self._no_token(region, resp.status)
         rest = framer.rest() if framer is not None else b""  # an end with no blank line
+        ex.body_bytes += len(rest)
         await send({"type": "http.response.body", "body": rest, "more_body": False})
         return True
 

@@ -4,15 +4,19 @@ gateway's ops listener over sockets from two loopback addresses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from gateway.config import Config
-from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX
-from gateway.http.auth_throttle import FailureWindow
+from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX, AUTH_PENDING_WAIT_S
+from gateway.http.auth_throttle import AuthThrottle, FailureWindow
 from gateway.http.ops import ops_app
 from gateway.runtime import build_runtime
 from tests.support import Gateway, one_sim_gateway
@@ -33,6 +37,16 @@ def test_the_window_holds_an_address_back_until_its_oldest_failure_is_old() -> N
     assert w.wait_s("a", 200.0) == 0.0  # all aged out: forgotten
 
 
+def test_checks_still_running_count_and_the_limit_is_said_once() -> None:
+    w = FailureWindow(limit=3, window_s=60.0)
+    # Sent at once, none failed yet: the checks running count as failures to come.
+    assert w.wait_s("a", 0.0, pending=2) == 0.0
+    assert w.wait_s("a", 0.0, pending=3) == AUTH_PENDING_WAIT_S
+    w.failed("a", 0.0)
+    assert w.wait_s("a", 0.0, pending=2) == AUTH_PENDING_WAIT_S
+    assert [w.failed("a", 1.0), w.failed("a", 2.0), w.failed("a", 3.0)] == [False, True, False]
+
+
 def test_the_window_keeps_a_bounded_number_of_addresses() -> None:
     w = FailureWindow(limit=2, window_s=60.0, max_addresses=3)
     for i in range(3):
@@ -45,7 +59,7 @@ def test_the_window_keeps_a_bounded_number_of_addresses() -> None:
     assert len(w._failures) <= 3
 
 
-def _ops(client: tuple[str, int]) -> httpx.AsyncClient:
+def _app() -> AuthThrottle:
     cfg = Config.model_validate(
         {
             "gateway": {"region": "eu"},
@@ -57,7 +71,11 @@ def _ops(client: tuple[str, int]) -> httpx.AsyncClient:
             "ops": {"token": OPS},
         }
     )
-    transport = httpx.ASGITransport(app=ops_app(build_runtime(cfg)), client=client)
+    return ops_app(build_runtime(cfg))
+
+
+def _ops(client: tuple[str, int]) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=_app(), client=client)
     return httpx.AsyncClient(transport=transport, base_url="http://ops")
 
 
@@ -99,6 +117,43 @@ async def test_right_tokens_and_missing_ones_are_not_counted() -> None:
             assert r.status_code == 401
         r = await c.post("/dashboard/login", json={"token": ALICE})
         assert r.status_code == 200 and r.json()["operator"] == "alice"
+
+
+async def test_wrong_tokens_sent_at_once_are_not_all_checked() -> None:
+    # Logins whose bodies come late all passed the check before the first failure was
+    # counted: 60 at once were 60 tries (and 51 log lines).
+    app = _app()
+
+    async def login(i: int) -> int:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/dashboard/login",
+            "raw_path": b"/dashboard/login",
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "http",
+            "http_version": "1.1",
+            "server": ("ops", 80),
+            "client": ("198.51.100.9", 4000),
+            "headers": [(b"host", b"ops"), (b"content-type", b"application/json")],
+        }
+        body = json.dumps({"token": f"guess{i}"}).encode()
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0.05)  # the body comes late: every check starts first
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+        return statuses[0]
+
+    statuses = Counter(await asyncio.gather(*(login(i) for i in range(60))))
+    assert statuses[401] <= AUTH_FAILURES_MAX and statuses[429] >= 60 - AUTH_FAILURES_MAX, statuses
 
 
 @pytest.fixture

@@ -5,9 +5,11 @@ path its streams took."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import http.client
+import itertools
 import json
 import os
 import select
@@ -29,6 +31,7 @@ from gateway import _splice
 from gateway.client import BadResponse, Client, ConnectionLost
 from gateway.http import splice
 from gateway.http.asgi import PIPE
+from gateway.http.events import EventFramer
 from gateway.http.relay import relay
 from gateway.http.watchdog import Watchdog
 from gateway.traffic import carries_token
@@ -423,9 +426,48 @@ def test_an_event_stream_that_never_ends_an_event_still_streams() -> None:
         rig.close()
 
 
-def test_held_bytes_need_an_event_stream(rig: Rig) -> None:
+def test_held_bytes_need_an_event_stream_that_ends_its_body(rig: Rig) -> None:
     with pytest.raises(ValueError, match="sse=True"):
         _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print, held=b"x")
+    with pytest.raises(ValueError, match="end_body"):  # the held rest goes with the last chunk
+        _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print, sse=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.text(alphabet="ab{}: ", max_size=12),
+            st.sampled_from(["\n", "\r\n", "\r", "\n\n", "\r\n\r\n", "\r\r"]),
+        ),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=300), max_size=8),
+)
+def test_the_c_holds_back_as_the_python_framer_does(
+    lines: list[tuple[str, str]], cuts: list[int]
+) -> None:
+    wire = "".join(t + end for t, end in lines).encode()
+    bounds = [0, *sorted({c for c in cuts if c < len(wire)}), len(wire)]
+    reads = [wire[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    framer = EventFramer()
+    expected = [out for r in reads if (out := framer.take(r))]
+    if framer.held:
+        expected.append(framer.rest())
+    rig = _sse_rig()
+    try:
+        for r in reads:
+            rig.feed(_chunk(r))
+        rig.feed(b"0\r\n\r\n")
+        assert rig.relay.status == _splice.END
+        got = bytearray()
+        rig.client.setblocking(False)  # loopback: what the relay sent is queued here already
+        with contextlib.suppress(BlockingIOError):
+            while chunk := rig.client.recv(1 << 16):
+                got += chunk
+        assert _dechunk(bytes(got), last=True) == expected
+    finally:
+        rig.close()
 
 
 @pytest.mark.parametrize(
@@ -808,13 +850,14 @@ async def _relay_once(
     idle_s: float = 5,
     token_seen: Any = None,
     probe_s: float = 5,
+    framer: EventFramer | None = None,
 ) -> tuple[str, Any]:
     ex: Any = SimpleNamespace(scope={"extensions": {PIPE: lambda: pipe}}, body_bytes=0)
     resp = await client.request("GET", srv.url + "/")
     await resp.wait_body()
     try:
         with Watchdog(idle_s, 30, probe_s=probe_s) as dog:
-            path = await relay(resp, _no_send, ex, dog, token_seen)
+            path = await relay(resp, _no_send, ex, dog, token_seen, True, framer)
     except BaseException:
         resp.close()
         raise
@@ -845,6 +888,39 @@ def test_a_stream_goes_by_the_splice_and_its_connection_serves_the_next_request(
             assert b"".join(_dechunk(got, last=True)) == b"".join(tokens) and pipe.ended == 1
             path, _ = await _relay_once(srv, client, pipe)  # the same upstream connection
             assert path == "splice" and srv.connections == 1
+        server.close()
+
+    run(main())
+
+
+def test_an_event_stream_handed_to_the_splice_counts_and_tells_what_it_sends() -> None:
+    # The Python sink holds half an event and hands it to the C, which sends it whole: counted
+    # once (it was counted at the read and again as sent), its token told when sent.
+    events = [
+        b'data: 1\n\ndata: {"co',  # each read but the last ends in half an event
+        b'ntent": "x"}\n\ndata: {"co',
+        b'ntent": "y"}\n\ndata: {"co',
+        b'ntent": "z"}\n\n',
+        b"data: 2\n\n",
+    ]
+
+    async def main() -> None:
+        pipe, reader, server = await _client_side()
+        parts = [b"%x\r\n%b\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        async with Scripted(_answer(*parts, gap_s=0.05)) as srv:
+            told: list[int] = []
+            framer = EventFramer()
+            path, ex = await _relay_once(
+                srv, Client(1.0), pipe, token_seen=lambda: told.append(1), framer=framer
+            )
+            got = await reader.read(1 << 16)
+            while not got.endswith(b"0\r\n\r\n"):
+                got += await asyncio.wait_for(reader.read(1 << 16), 5)
+            sent = _dechunk(got, last=True)
+            assert path == "splice" and b"".join(sent) == b"".join(events)
+            assert all(s.endswith(b"\n\n") for s in sent)  # whole events only
+            assert ex.body_bytes == sum(map(len, events))  # each byte once
+            assert told == [1] and framer.held == b""
         server.close()
 
     run(main())

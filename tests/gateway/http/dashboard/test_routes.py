@@ -242,6 +242,18 @@ async def test_a_logout_with_redis_away_says_so_and_keeps_the_cookie_for_a_retry
         assert r.status_code == 503 and "set-cookie" not in r.headers, r.text
 
 
+async def test_a_logout_with_the_admin_api_off_just_clears_the_cookie() -> None:
+    # A browser still holding a cookie after the operators' tokens were removed: a 200, where
+    # the session check raised (admin_disabled) as a 500.
+    rt = build_runtime(Config.model_validate({**CONFIG, "admin": {}}))
+    app = Starlette(routes=Dashboard(rt).routes())
+    transport = httpx.ASGITransport(app=app)
+    cookie = {"geogate-dashboard-9180": "x.1.2.3"}
+    async with httpx.AsyncClient(transport=transport, base_url=OPS, cookies=cookie) as c:
+        r = await c.post("/dashboard/logout")
+        assert r.status_code == 200 and r.json() == {"operator": None}
+
+
 async def test_a_live_stream_ends_when_its_session_is_logged_out(rt: Runtime) -> None:
     from gateway.http.dashboard.sampler import Sampler
 
