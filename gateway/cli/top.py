@@ -114,7 +114,8 @@ def health_cell(u: dict[str, Any]) -> Text:
     if u.get("drained"):
         return Text("drained", style="yellow")
     if u.get("ejected_s"):
-        return Text(f"ejected {u['ejected_s']:.0f}s: {u.get('ejection_cause')}", style="red")
+        why = u.get("ejection_cause") or "by another worker of this gateway"
+        return Text(f"ejected {u['ejected_s']:.0f}s: {why}", style="red")
     if u.get("fleet_down") or not u.get("healthy"):
         # This gateway's own probe error when it has one; else most of the fleet sees it down.
         why = u.get("last_error") or ("the fleet's votes" if u.get("fleet_down") else "failing")

@@ -246,6 +246,31 @@ class MemoryStateStore:
             self._snap = None
         return ejected
 
+    def adopt_ejection(self, upstream_id: str, until: float, now: float) -> bool:
+        """A sibling worker's ejection of ``upstream_id``, to ``until`` (monotonic), taken here
+        too, within the pool's cap as one made here would be (outlier.max_ejected_share).
+        Its cause stays None: the one that ejected tells it, probes it and tells its return
+        (fleet.redis_store). False where it is not taken."""
+        h = self._health.get(upstream_id)
+        if h is None or h.ejected_until >= until:
+            return False
+        if not h.ejected(now):
+            out = sum(1 for x in self._health.values() if x.ejected(now))
+            cap = self._config.outlier.max_ejected_share * len(self._health)
+            if out >= max(1, math.floor(cap)):
+                return False
+        h.ejected_until = until
+        self._snap = None
+        return True
+
+    def release_ejection(self, upstream_id: str, until: float, now: float) -> None:
+        """The sibling's ejection to ``until`` ended before its time (its completion probe):
+        here too, unless this worker has since ejected it itself."""
+        h = self._health.get(upstream_id)
+        if h is not None and h.ejection_cause is None and h.ejected_until == until > now:
+            h.ejected_until = now
+            self._snap = None
+
     def end_ejection(self, upstream_id: str, now: float) -> bool:
         h = self._health.get(upstream_id)
         if h is None or not end_ejection(h, now):

@@ -92,9 +92,10 @@ def view(state: RoutingState, gateway: str, region: str, version: int) -> dict[s
             "queue_depth": load.queue_depth if load else None,
             "ttft_ms": load.ttft_ms if load else None,
             "kv_usage": load.kv_usage if load else None,
-            # For this gateway's other workers only (sibling_ejections): this host's
-            # monotonic clock, which means nothing on another host.
-            "ejected_until": h.ejected_until if h.ejected(now) else None,
+            # An ejection this worker made (its cause is set; not one taken from a sibling),
+            # for this gateway's other workers only (sibling_ejections): this host's monotonic
+            # clock, which means nothing on another host.
+            "ejected_until": h.ejected_until if h.ejected(now) and h.ejection_cause else None,
         }
     return {
         "gateway": gateway,

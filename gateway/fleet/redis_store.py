@@ -90,6 +90,7 @@ class RedisStateStore(MemoryStateStore):
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._first = asyncio.Event()  # the first sync's outcome, either way (start waits)
+        self._adopted: dict[str, float] = {}  # upstream -> a sibling worker's ejection taken
         # A worker started while the gateway runs (in place of one that died) starts on the
         # fleet document its siblings last routed on, not on the file (fleet.last_known).
         cached = last_known.load()
@@ -326,13 +327,14 @@ class RedisStateStore(MemoryStateStore):
         the ejections of this gateway's other workers, taken here too."""
         now = time.monotonic()
         max_s = self.config.outlier.max_ejection_s
-        for uid, until in observations.sibling_ejections(
-            views, self.gateway_id, max_s, now
-        ).items():
-            h = self._health.get(uid)
-            if h is not None and h.ejected_until < until:
-                h.ejected_until = until  # its cause and return are told by the one that ejected
-                self._snap = None
+        siblings = observations.sibling_ejections(views, self.gateway_id, max_s, now)
+        for uid, until in list(self._adopted.items()):
+            if siblings.get(uid) != until:  # ended early (or ended, or ejected anew) there
+                self.release_ejection(uid, until, now)
+                del self._adopted[uid]
+        for uid, until in siblings.items():
+            if self.adopt_ejection(uid, until, now):
+                self._adopted[uid] = until
         seen = observations.votes(views)
         down = observations.down(seen)
         self.observations = seen

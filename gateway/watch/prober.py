@@ -160,7 +160,10 @@ def _start_completion_probes(
     for uid in [uid for uid, task in deep.items() if task.done()]:
         del deep[uid]
     for u in ups:
-        if u.id not in deep and rt.store.health(u.id).ejected(now):
+        h = rt.store.health(u.id)
+        # Ejected here: one taken from a sibling worker (no cause) is that worker's to probe,
+        # and ends here when it ends there (fleet.redis_store).
+        if u.id not in deep and h.ejected(now) and h.ejection_cause is not None:
             deep[u.id] = asyncio.create_task(completion_probe(rt, u))
 
 

@@ -169,6 +169,39 @@ async def test_an_upstream_one_worker_ejected_is_ejected_by_its_siblings(redis_u
         assert [u.id for u in sibling.snapshot(later).upstreams if not u.healthy] == ["a"]
         assert not other.health("a").ejected(later)  # its own requests decide there
         assert sibling.health("a").ejection_cause is None  # told once, by the one that ejected
+        # The sibling publishes no ejection it took (else the one that ejected would take it
+        # back after its own probe ended it), and does not probe it.
+        assert sibling._my_view()["upstreams"]["a"]["ejected_until"] is None
+        # The ejecting worker's completion probe ends it early: its siblings end it too.
+        assert ejecting.end_ejection("a", time.monotonic())
+        for store in (ejecting, sibling):
+            await store._refresh()
+        assert not sibling.health("a").ejected(time.monotonic())
+        for store in (ejecting, sibling):  # and it stays ended: nothing brings it back
+            await store._refresh()
+        assert not sibling.health("a").ejected(time.monotonic())
     finally:
         for store in (ejecting, sibling, other):
             await store.stop()
+
+
+async def test_a_siblings_ejection_is_taken_within_the_pools_cap(redis_url: str) -> None:
+    # A pool of two: at most one out (max(1, 10 % of 2)). Two workers each eject another
+    # upstream in the same refresh: neither takes the other's, so neither routes on none.
+    one, two = gateway(redis_url, "gw0"), gateway(redis_url, "gw0")
+    one.observer, two.observer = "gw0/1", "gw0/2"
+    try:
+        now = time.monotonic()
+        for _ in range(5):
+            one.record_result("a", False, now)
+            two.record_result("b", False, now)
+        for store in (one, two):
+            await store._sync_config()
+        for store in (one, two, one, two):  # each has read the other's view
+            await store._refresh()
+        later = time.monotonic()
+        assert [u for u in "ab" if one.health(u).ejected(later)] == ["a"]
+        assert [u for u in "ab" if two.health(u).ejected(later)] == ["b"]
+    finally:
+        await one.stop()
+        await two.stop()
