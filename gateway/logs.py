@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import select
+import socket
 import stat
 import time
 from collections.abc import Callable, Mapping
@@ -93,20 +94,23 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 else:
                     self.stream.flush()  # what other handlers wrote to it goes first
                     for piece in pieces(lines, select.PIPE_BUF):
-                        os.write(fd, piece)
+                        view = memoryview(piece)
+                        while view:  # a line over PIPE_BUF may go in parts: all of it goes
+                            view = view[os.write(fd, view) :]
             super().flush()
 
     def _pipe_fd(self) -> int | None:
-        """The stream's descriptor when it is a pipe or a socket (a log shipper's, a
-        container runtime's): there the workers of one gateway share it, and only a write of
-        at most PIPE_BUF bytes is never interleaved with another's. A batch went in one
-        write, and two workers' lines came out spliced mid-line. None for a file (O_APPEND
-        writes are whole) or a stream with no descriptor."""
+        """The stream's descriptor when it is a pipe or a Unix socket (a log shipper's, a
+        container runtime's, journald's): there the workers of one gateway share it, and a
+        write of at most PIPE_BUF bytes is never interleaved with another's. A batch went in
+        one write, and two workers' lines came out spliced mid-line. None for a file
+        (O_APPEND writes are whole), a TCP socket (no write is whole there; ship logs through
+        a pipe or a Unix socket) or a stream with no descriptor."""
         if self._fd is False:
             try:
                 fd = self.stream.fileno()
                 kind = os.fstat(fd).st_mode
-                self._fd = fd if stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind) else None
+                self._fd = fd if stat.S_ISFIFO(kind) or _unix_socket(fd, kind) else None
             except (AttributeError, OSError, ValueError):
                 self._fd = None
         return self._fd
@@ -114,6 +118,13 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def setStream(self, stream: Any) -> Any:  # logging's name
         self._fd = False  # looked up again for the new stream
         return super().setStream(stream)
+
+
+def _unix_socket(fd: int, mode: int) -> bool:
+    if not stat.S_ISSOCK(mode):
+        return False
+    with socket.socket(fileno=os.dup(fd)) as sock:  # a copy: closing it leaves ``fd`` open
+        return sock.family == socket.AF_UNIX
 
 
 def pieces(lines: list[str], limit: int) -> list[bytes]:

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from gateway import checks
 from gateway.fleet.settle import Stored
 
 log = logging.getLogger("geogate.fleet")
@@ -53,12 +54,18 @@ def _path() -> Path | None:
     return Path(named) if named else None
 
 
-def save(stored: Stored) -> None:
-    """Keep ``stored`` for workers started later; a failure is logged, never raised."""
+def save(stored: Stored, fleet: str) -> None:
+    """Keep ``stored``, the document of ``fleet`` (its Redis and deployment: ``fleet_of``), for
+    workers started later; a failure is logged, never raised."""
     path = _path()
     if path is None or stored.doc is None:
         return
-    data = {"doc": stored.doc, "version": stored.version, "changed_at": stored.changed_at}
+    data = {
+        "fleet": fleet,
+        "doc": stored.doc,
+        "version": stored.version,
+        "changed_at": stored.changed_at,
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         tmp.write_text(json.dumps(data))
@@ -67,14 +74,23 @@ def save(stored: Stored) -> None:
         log.warning("could not keep the fleet config for later workers (%s): %s", path, exc)
 
 
-def load() -> Stored | None:
-    """What the gateway's workers last routed on, or None."""
+def fleet_of(redis_url: str, deployment: str) -> str:
+    """Which fleet a document is of: a worker started after a reload whose config names
+    another Redis or deployment (a new fleet, as README has one made) must not carry the old
+    fleet's document into it."""
+    return f"{checks.redact_url(redis_url)} {deployment}"
+
+
+def load(fleet: str) -> Stored | None:
+    """What the gateway's workers last routed on in ``fleet``, or None."""
     path = _path()
     if path is None:
         return None
     try:
         data = json.loads(path.read_text())
         doc, version, changed_at = data["doc"], data["version"], data["changed_at"]
+        if data["fleet"] != fleet:
+            return None
     except (OSError, ValueError, TypeError, KeyError):
         return None
     if not isinstance(doc, dict) or not isinstance(version, int) or version < 1:

@@ -93,7 +93,8 @@ class RedisStateStore(MemoryStateStore):
         self._adopted: dict[str, float] = {}  # upstream -> a sibling worker's ejection taken
         # A worker started while the gateway runs (in place of one that died) starts on the
         # fleet document its siblings last routed on, not on the file (fleet.last_known).
-        cached = last_known.load()
+        self._fleet = last_known.fleet_of(rc.url, rc.deployment)
+        cached = last_known.load(self._fleet)
         if cached is not None:
             self._adopt(cached)
             self.synced_once = True  # routing on the fleet's state, if not a fresh one
@@ -269,7 +270,7 @@ class RedisStateStore(MemoryStateStore):
         first = self._held is None  # the file's routing is what this gateway had until now
         same = self._held is not None and self._held.digest == holds.digest
         self._held, self.version = holds, holds.version
-        last_known.save(holds)
+        last_known.save(holds, self._fleet)
         if same:  # the same document at another version (put back, or settled our way)
             return
         try:
@@ -370,7 +371,7 @@ class RedisStateStore(MemoryStateStore):
     def _applied(self, stored: Stored, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
         if stored.version > self.version:  # apply here at once; the others hear it published
             self._held, self.version = stored, stored.version
-            last_known.save(stored)
+            last_known.save(stored, self._fleet)
             self._seen = (str(stored.version), stored.digest)
             self.replace_config(new)
         return dict(entry)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -250,6 +251,26 @@ def test_a_batch_into_a_pipe_goes_in_writes_that_end_at_a_line() -> None:
     assert pieces(["a", long, "b"], 4096) == [b"a\n", long.encode() + b"\n", b"b\n"]
 
 
+def test_a_file_or_a_tcp_socket_gets_the_batch_in_one_write(tmp_path: Path) -> None:
+    def pipe_fd(stream: Any) -> int | None:
+        handler = BatchingStreamHandler(max_lines=10)
+        handler.setStream(stream)
+        return handler._pipe_fd()
+
+    with open(tmp_path / "access.log", "w") as f:
+        assert pipe_fd(f) is None  # a file: one write is whole
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        socket.create_connection(srv.getsockname()) as tcp,
+        os.fdopen(os.dup(tcp.fileno()), "w") as stream,
+    ):
+        assert pipe_fd(stream) is None  # TCP keeps no write whole: not pieces either
+    r, w = os.pipe()
+    with os.fdopen(w, "w") as stream:
+        assert pipe_fd(stream) == w
+    os.close(r)
+
+
 _WRITER = """
 import logging, sys
 from gateway.logs import BatchingStreamHandler
@@ -265,10 +286,15 @@ h.flush()
 """
 
 
-def test_workers_sharing_a_slow_pipe_never_splice_each_others_lines() -> None:
+@pytest.mark.parametrize("kind", ["pipe", "unix-socket"])
+def test_workers_sharing_a_slow_pipe_never_splice_each_others_lines(kind: str) -> None:
     # Two workers' handlers on one pipe (stderr to a log shipper that reads in bursts): a
     # batch in one write came out cut by the other's, two half lines glued together.
-    read_end, write_end = os.pipe()
+    if kind == "pipe":
+        read_end, write_end = os.pipe()
+    else:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        read_end, write_end = ours.detach(), theirs.detach()
     procs = [
         subprocess.Popen([sys.executable, "-c", _WRITER, str(w)], stderr=write_end) for w in (1, 2)
     ]

@@ -39,12 +39,18 @@ def test_kept_only_for_several_workers_sharing_a_fleet() -> None:
     with last_known.kept(2, True) as path:
         assert path is not None and os.environ[last_known.ENV_FLEET_CACHE] == str(path)
         assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
-        last_known.save(Stored(_drained_doc(), 7, 123.0))
-        got = last_known.load()
+        fleet = last_known.fleet_of("redis://:secret@127.0.0.1:6379/0", "prod")
+        last_known.save(Stored(_drained_doc(), 7, 123.0), fleet)
+        assert "secret" not in path.read_text()
+        got = last_known.load(fleet)
         assert got is not None and (got.version, got.changed_at) == (7, 123.0)
         assert got.doc == _drained_doc()
+        # A worker whose config names another fleet (a reload onto a new deployment or
+        # Redis) does not carry this one's document into it.
+        assert last_known.load(last_known.fleet_of("redis://127.0.0.1:6379/0", "new")) is None
+        assert last_known.load(last_known.fleet_of("redis://127.0.0.1:6380/0", "prod")) is None
     assert not path.parent.exists() and last_known.ENV_FLEET_CACHE not in os.environ
-    assert last_known.load() is None  # none named: none read
+    assert last_known.load(fleet) is None  # none named: none read
 
 
 @pytest.mark.parametrize(
@@ -56,7 +62,7 @@ def test_a_file_that_is_no_document_is_none(
     path = tmp_path / "fleet.json"
     path.write_text(text)
     monkeypatch.setenv(last_known.ENV_FLEET_CACHE, str(path))
-    assert last_known.load() is None
+    assert last_known.load("redis://127.0.0.1:6379 default") is None
 
 
 async def test_a_later_worker_starts_on_it_and_seeds_it_in_an_empty_redis(
