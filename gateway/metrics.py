@@ -43,7 +43,7 @@ ATTEMPT_OUTCOMES = (
     "timeout",
 )
 # geogate_stream_aborted's causes (gateway.http.final_error.abort_cause), made at 0 likewise.
-ABORT_CAUSES = ("upstream_error", "timeout", "total_timeout")
+ABORT_CAUSES = ("upstream_error", "timeout", "total_timeout", "drain")
 
 
 class CountChild:

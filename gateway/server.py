@@ -15,7 +15,6 @@ for the workers, and raises its descriptor limit. Its pid names it to the fleet.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -30,96 +29,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from starlette.applications import Starlette
-
 from gateway import defaults as d
+from gateway import engines
 from gateway.config import Config
-from gateway.config_file import ENV_CONFIG_FILE
+from gateway.engines import address
 from gateway.errors import CannotListen
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
-from gateway.http.ops import ENV_OPS_FD, shared
+from gateway.http.ops import shared
 from gateway.http.worker_metrics import ENV_WORKER
 from gateway.runtime import log
 
 Listeners = Sequence[socket.socket]  # Forked's: worker i's own listening socket at i
-
-
-def granian_app() -> Starlette:
-    """granian's factory, called in each worker process."""
-    from gateway.http.app import create_app
-
-    fd = os.environ.get(ENV_OPS_FD)
-    return create_app(stop=_stop_granian_worker, ops_fd=int(fd) if fd else None)
-
-
-def _stop_granian_worker() -> None:
-    # granian's worker stops on SIGINT or SIGTERM; the app took SIGTERM for its drain.
-    os.kill(os.getpid(), signal.SIGINT)
-
-
-def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
-    from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP2Settings
-    from granian.server import Server
-
-    s = config.server
-    # Workers are separate processes: they load the same file, overrides included.
-    os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
-    server = Server(
-        "gateway.server:granian_app",
-        address=s.host,
-        port=s.port,
-        interface=Interfaces.ASGI,
-        workers=s.workers,
-        loop=Loops.uvloop,
-        http=HTTPModes.auto,  # HTTP/1.1, h2c prior knowledge, and ALPN on TLS
-        factory=True,
-        ssl_cert=s.tls_cert,
-        ssl_key=s.tls_key,
-        # The workers drain for up to drain_timeout_s themselves; this is the backstop.
-        workers_kill_timeout=math.ceil(s.drain_timeout_s + d.WORKER_EXIT_GRACE_S),
-        log_access=False,  # the app writes its own access line, with request id and route
-        backlog=s.backlog,
-        # Connections a worker holds open; granian's default (backlog / workers) capped a
-        # worker at 2,048 streams and queued the rest unseen in the accept queue.
-        backpressure=cap.connections,
-        http2_settings=HTTP2Settings(max_concurrent_streams=s.h2_max_concurrent_streams),
-    )
-    server.serve()
-
-
-def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
-    import uvloop
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config as HConfig
-
-    from gateway.http.app import create_app
-
-    s = config.server
-    hc = HConfig()
-    hc.bind = [_address(s.host, s.port)]
-    hc.graceful_timeout = d.WORKER_EXIT_GRACE_S  # after the app's own drain (http.gate)
-    hc.accesslog = None
-    hc.backlog = s.backlog
-    hc.h2_max_concurrent_streams = s.h2_max_concurrent_streams
-    # Not closed after 1000 requests (hypercorn's default): an edge tier's h2 connection stays.
-    hc.keep_alive_max_requests = 2**31
-    if s.tls_cert and s.tls_key:
-        hc.certfile, hc.keyfile = str(s.tls_cert), str(s.tls_key)
-        hc.alpn_protocols = ["h2", "http/1.1"]
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        app = create_app(config, stop=stop.set, ops_fd=ops.fileno() if ops else None)
-        loop = asyncio.get_running_loop()
-        # Until the app's lifespan takes SIGTERM over (to drain first), both stop at once.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    uvloop.run(main())
 
 
 def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> None:
@@ -302,10 +224,6 @@ def _term_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.socket:
     """A socket bound to host:port, by default without SO_REUSEPORT, so that a port another
     process listens on (with or without it) is refused; CannotListen says which, in one line.
@@ -325,10 +243,10 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
             errno.EADDRNOTAVAIL: "no such address on this machine",
             errno.EACCES: "permission denied (ports under 1024 need privileges)",
         }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
-        raise CannotListen(f"cannot listen on {_address(host, port)} ({key}): {why}") from None
+        raise CannotListen(f"cannot listen on {address(host, port)} ({key}): {why}") from None
     except (socket.gaierror, UnicodeError) as exc:
         sock.close()
-        raise CannotListen(f"cannot listen on {_address(host, port)} ({key}): {exc}") from None
+        raise CannotListen(f"cannot listen on {address(host, port)} ({key}): {exc}") from None
     return sock
 
 
@@ -365,7 +283,7 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         return
     log.info(
         "ops listener: http://%s (/metrics /routing-table /explain /admin/* /dashboard)%s",
-        _address(ops.host, ops.port),
+        address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )
     if not ops.token and not _loopback(ops.host):
@@ -393,8 +311,8 @@ def run(config: Config, config_path: Path) -> None:
         _log_listeners(config, cap)
         os.environ[ENV_GATEWAY_PID] = str(os.getpid())
         if s.engine == "hypercorn":
-            run_hypercorn(config, ops)
+            engines.run_hypercorn(config, ops)
         elif s.engine == "uvicorn":
             run_uvicorn(config, ops, cap)
         else:
-            run_granian(config, config_path, cap)
+            engines.run_granian(config, config_path, cap)

@@ -32,7 +32,6 @@ COVERED_BY_FEATURE_TESTS = {
     "gateway/http/app.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/asgi.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/endpoints.py": "tests/gateway/http/test_proxy.py",
-    "gateway/watch/prober.py": "tests/gateway/http/test_failover.py",
     "gateway/watch/load_poller.py": "tests/gateway/test_load_routing.py",
     "gateway/watch/geoip_reload.py": "tests/gateway/test_geo_routing.py",
 }

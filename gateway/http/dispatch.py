@@ -19,9 +19,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, HeadersTooLarge
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import send_error
+from gateway.http.intake import check_headers
 
 PROXIED_PREFIX = "/v1/"
 MODELS = "/v1/models"
@@ -53,6 +54,12 @@ class GatewayApp(Starlette):
             scope["app"] = self  # as Starlette sets it
             await self.proxy(scope, receive, send)
             return
+        if scope["type"] == "http":  # the proxy checks its own (intake), after its body
+            try:
+                check_headers(scope, self.proxy.rt.config.server.max_header_bytes)
+            except HeadersTooLarge as err:  # granian and hypercorn have no cap of this size
+                await send_error(send, err)
+                return
         await super().__call__(scope, receive, send)
 
     def count_refusal(self, status: int) -> None:

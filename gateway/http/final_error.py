@@ -22,6 +22,7 @@ from gateway.routing.model import Decision, Reason
 from gateway.runtime import log
 
 TOTAL_TIMEOUT = "total_timeout"  # geogate_stream_aborted's cause: timeouts.total_s passed
+DRAIN_CUT = "drain"  # ...and the drain's cut of a response under way (server.drain_timeout_s)
 
 
 def final_error(

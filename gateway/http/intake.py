@@ -36,6 +36,7 @@ from gateway.http.asgi import (
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange, logged_text
+from gateway.http.final_error import DRAIN_CUT
 from gateway.http.headers import ROUTE_HEADER, request_id
 from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
@@ -259,8 +260,7 @@ def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
 
 
 def _error_headers(ex: Exchange) -> list[tuple[bytes, bytes]]:
-    """An error answer's own headers: the request id, and after routing what was tried (the
-    ``geogate-route`` a served answer carries, so a 502 or 504 names the upstream to look at)."""
+    """The request id, and after routing what was tried: a 502 names the upstream to look at."""
     headers = _request_id_header(ex)
     if ex.routed is not None:
         route = ex.routed.decision.failure_header(ex.attempts)
@@ -291,12 +291,15 @@ class Proxy:
         except ClientGone:
             ex.status = 499  # nginx's "client closed request"
         except asyncio.CancelledError:
-            # Not the client leaving (forward makes that ClientGone): the drain's cut past
-            # server.drain_timeout_s, or the server stopping. The client is still there: an
-            # answer it can retry on, not the server's plain-text 500.
+            # Not the client leaving (that is ClientGone): the drain's cut past drain_timeout_s,
+            # or the server stopping. The client is still there: an answer it can retry on.
             task = asyncio.current_task()
             if ex.response_started or task is None:
-                raise  # the server cuts the response (its status stays the head's)
+                if ex.response_started:  # a cut, said as any other (its status is the head's)
+                    ex.aborted = DRAIN_CUT
+                    cut = self.rt.metrics.stream_aborted.count
+                    cut(DRAIN_CUT, ex.region, "true" if ex.stream else "false")
+                raise  # the server cuts the response
             ex.status = 503
             task.uncancel()
             await send_error(ex.tracking(send), _shutting_down(ex), _request_id_header(ex))

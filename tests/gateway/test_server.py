@@ -245,6 +245,9 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: st
         assert time.monotonic() - t0 < 4
         assert "data: [DONE]" not in lines
         assert "cutting 1 request(s) in flight" in gw.log_text()
+        # Its access line says it was cut, and by what (it said a clean 200).
+        [access] = [json.loads(ln) for ln in gw.log_text().splitlines() if ln.startswith("{")]
+        assert (access["status"], access["aborted"]) == (200, "drain"), access
     finally:
         gw.stop()
         sim.proc.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from gateway.http.endpoints import Endpoints
 class Proxy:
     """Stands for the StreamGate: an ASGI app that is not a function, which Starlette's Route
     gives every method (a function endpoint would get GET and HEAD only)."""
+
+    rt = SimpleNamespace(config=SimpleNamespace(server=SimpleNamespace(max_header_bytes=8192)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 299, "headers": []})
@@ -73,7 +77,9 @@ def test_fast_path_agrees_with_starlettes_router(method: str, path: str, root: s
         assert proxied(scope) == starlette_picks_proxy(scope), (method, path)
 
 
-def call(app: GatewayApp, method: str, path: str) -> list[Message]:
+def call(
+    app: GatewayApp, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -89,7 +95,7 @@ def call(app: GatewayApp, method: str, path: str) -> list[Message]:
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [],
+        "headers": headers or [],
         "scheme": "http",
         "server": ("127.0.0.1", 80),
         "client": ("127.0.0.1", 1),
@@ -103,3 +109,15 @@ def test_the_app_sends_proxied_requests_to_the_proxy_and_the_rest_to_starlette()
     app = GatewayApp(proxy_marker, routes=routes())
     assert call(app, "POST", "/v1/chat/completions")[0]["status"] == 299
     assert call(app, "GET", "/nowhere")[0]["status"] == 404  # Starlette's router
+
+
+def test_the_gateways_own_endpoints_keep_the_header_cap_too() -> None:
+    # granian and hypercorn have no cap of server.max_header_bytes' size (uvicorn's gateway.h1
+    # has): /healthz and /v1/models took 10 MB of headers. The proxy checks its own.
+    app = GatewayApp(proxy_marker, routes=routes())
+    big = [(b"x-big", b"x" * 9000)]
+    start, body = call(app, "GET", "/healthz", big)
+    assert start["status"] == 431
+    assert json.loads(body["body"])["error"]["code"] == "request_headers_too_large"
+    assert call(app, "GET", "/healthz", [(b"x-small", b"x" * 100)])[0]["status"] == 200
+    assert call(app, "POST", "/v1/chat/completions", big)[0]["status"] == 299  # the proxy's

@@ -1,0 +1,109 @@
+"""The engines beside uvicorn (gateway.server): granian, for HTTP/2 (h2c with prior knowledge,
+TLS with ALPN h2), and hypercorn, the pure-Python one. Each runs the same app, drains as
+uvicorn's workers do on SIGTERM, and is given the settings of the config that it has."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import socket
+from pathlib import Path
+
+from starlette.applications import Starlette
+
+from gateway import defaults as d
+from gateway.config import Config
+from gateway.config_file import ENV_CONFIG_FILE
+from gateway.http.gate import Capacity
+from gateway.http.ops import ENV_OPS_FD
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def granian_app() -> Starlette:
+    """granian's factory, called in each worker process."""
+    from gateway.http.app import create_app
+
+    fd = os.environ.get(ENV_OPS_FD)
+    return create_app(stop=_stop_granian_worker, ops_fd=int(fd) if fd else None)
+
+
+def _stop_granian_worker() -> None:
+    # granian's worker stops on SIGINT or SIGTERM; the app took SIGTERM for its drain.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP2Settings
+    from granian.server import Server
+
+    s = config.server
+    # Workers are separate processes: they load the same file, overrides included.
+    os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
+    server = Server(
+        "gateway.engines:granian_app",
+        address=s.host,
+        port=s.port,
+        interface=Interfaces.ASGI,
+        workers=s.workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.auto,  # HTTP/1.1, h2c prior knowledge, and ALPN on TLS
+        factory=True,
+        ssl_cert=s.tls_cert,
+        ssl_key=s.tls_key,
+        # The workers drain for up to drain_timeout_s themselves; this is the backstop.
+        workers_kill_timeout=math.ceil(s.drain_timeout_s + d.WORKER_EXIT_GRACE_S),
+        log_access=False,  # the app writes its own access line, with request id and route
+        backlog=s.backlog,
+        # Connections a worker holds open; granian's default (backlog / workers) capped a
+        # worker at 2,048 streams and queued the rest unseen in the accept queue.
+        backpressure=cap.connections,
+        http2_settings=HTTP2Settings(
+            max_concurrent_streams=s.h2_max_concurrent_streams,
+            # Headers past twice server.max_header_bytes are refused by granian before they
+            # are held (its default: 16 MiB a request); the app answers 431 in JSON over
+            # the limit itself (HPACK counts 32 bytes a field more than the app does).
+            max_headers_size=2 * s.max_header_bytes,
+        ),
+    )
+    server.serve()
+
+
+def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
+    import uvloop
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config as HConfig
+
+    from gateway.http.app import create_app
+
+    s = config.server
+    hc = HConfig()
+    hc.bind = [address(s.host, s.port)]
+    hc.graceful_timeout = d.WORKER_EXIT_GRACE_S  # after the app's own drain (http.gate)
+    hc.accesslog = None
+    hc.backlog = s.backlog
+    hc.h2_max_concurrent_streams = s.h2_max_concurrent_streams
+    # Not closed after 1000 requests (hypercorn's default): an edge tier's h2 connection stays.
+    hc.keep_alive_max_requests = 2**31
+    # An idle connection kept as server.keepalive_s says (hypercorn's own default is 5 s: a
+    # load balancer's pooled connection closed under it, and on h2 with no GOAWAY).
+    hc.keep_alive_timeout = s.keepalive_s
+    if s.tls_cert and s.tls_key:
+        hc.certfile, hc.keyfile = str(s.tls_cert), str(s.tls_key)
+        hc.alpn_protocols = ["h2", "http/1.1"]
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        app = create_app(config, stop=stop.set, ops_fd=ops.fileno() if ops else None)
+        loop = asyncio.get_running_loop()
+        # Until the app's lifespan takes SIGTERM over (to drain first), both stop at once.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+    uvloop.run(main())
