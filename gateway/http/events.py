@@ -29,12 +29,6 @@ HOLD_MAX_BYTES: Final = 64 * 1024  # as gateway/_splice.c's HOLD_MAX
 _ENDS: Final = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
-def open_ended(content_type: str | None, content_length: str | None) -> bool:
-    """An event stream framed by chunks or by the close: where an error event can follow a
-    cut. One with a Content-Length has no room for it, and is reset as any other cut body."""
-    return (content_type or "").startswith(SSE_TYPE) and content_length is None
-
-
 def error_event(message: str) -> bytes:
     """The stream's last event after a cut: ``upstream_stream_interrupted`` (the SDKs'
     APIError)."""

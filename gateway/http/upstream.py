@@ -314,7 +314,9 @@ class _Attempts:
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
         send = self.send
         headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
-        sse = events.open_ended(resp.header(b"content-type"), resp.header(b"content-length"))
+        sse = (resp.header(b"content-type") or "").startswith(events.SSE_TYPE) and (
+            resp.header(b"content-length") is None  # else no room for an error event: a reset
+        )
         resp.raw_headers = []
         ex = self.ex
         ex.status = resp.status  # what the client got, should the stream be cut later on
@@ -330,14 +332,14 @@ class _Attempts:
         if not ex.stream:
             m.first_byte.observe_at(ex.elapsed_s(), region, "false")
         # Whole events only (gateway.http.events): what waits is not sent, counted or sought.
-        framer = events.EventFramer() if sse and not resp.at_eof() else None
+        eof = resp.at_eof()
+        sse = sse and not eof
+        framer = events.EventFramer() if sse else None
         first = framer.take(first) if framer is not None else first
         ex.body_bytes += len(first)
         if seek and carries_token(first):
             self._token_seen(cand)
-        if resp.at_eof():
-            # The whole answer came with the first read (a non-streaming answer usually does):
-            # one send instead of two, and no idle timer (bench/results/overhead.md, floor).
+        if eof:  # the whole answer with the first read: one send, no idle timer (overhead.md)
             await send({"type": "http.response.body", "body": first, "more_body": False})
             if ex.stream and not self.tokened:
                 self._no_token(region, resp.status)
@@ -368,17 +370,16 @@ class _Attempts:
             return False
         if waiting and not self.tokened:  # a stream that ended with no token
             self._no_token(region, resp.status)
-        rest = framer.rest() if framer is not None else b""  # an end with no blank line
+        rest = framer.held if framer is not None else b""  # an end with no blank line
         ex.body_bytes += len(rest)
         await send({"type": "http.response.body", "body": rest, "more_body": False})
         return True
 
     async def _abort(self, cand: Candidate, cause: str, sse: bool) -> None:
-        """The response is cut mid-way (``cause``: abort_cause's). SSE clients get a final
-        error event they can act on (the OpenAI SDKs raise it); other clients get a reset
-        stream, never a response that looks complete but is not. Either way one warning names
-        the request, the upstream and the cause, and the access line carries the cause: the
-        status stays the head's 200 for SSE, which says nothing of the cut."""
+        """The response is cut mid-way (``cause``: abort_cause's). An open event stream gets
+        a final error event (the OpenAI SDKs raise it), others a reset: never a response that
+        looks complete. One warning names request, upstream and cause; so does the access line
+        (an SSE stream's status stays the head's 200, which says nothing of the cut)."""
         ex, region = self.ex, cand.upstream.region
         self.rt.metrics.stream_aborted.count(cause, region, "true" if ex.stream else "false")
         ex.aborted = cause
@@ -388,12 +389,11 @@ class _Attempts:
         self._record(cand, cause == TOTAL_TIMEOUT)
         message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)
         log_cut(ex.id, cand.upstream.id, region, cause, message)
-        if sse:
-            event = events.error_event(message)
-            ex.body_bytes += len(event)
-            await self.send({"type": "http.response.body", "body": event})
-            return
-        raise StreamAborted(message)
+        if not sse:
+            raise StreamAborted(message)
+        event = events.error_event(message)
+        ex.body_bytes += len(event)
+        await self.send({"type": "http.response.body", "body": event})
 
     def _final_error(self) -> GatewayError:
         hint = timeout_hint(self.ex.stream, self._wait()[1])

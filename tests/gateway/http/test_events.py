@@ -62,11 +62,7 @@ def test_what_never_ends_an_event_still_streams_past_the_bound() -> None:
     assert f.held == b""
 
 
-def test_only_an_open_ended_event_stream_gets_an_error_event() -> None:
-    assert events.open_ended("text/event-stream; charset=utf-8", None)
-    assert not events.open_ended("text/event-stream", "1000")  # no room after a length
-    assert not events.open_ended("application/json", None)
-    assert not events.open_ended(None, None)
+def test_the_error_event_is_one_whole_event() -> None:
     event = events.error_event("cut")
     assert event.startswith(b"data: ") and event.endswith(b"\n\n")
     assert json.loads(event[6:])["error"]["code"] == "upstream_stream_interrupted"
