@@ -1,6 +1,6 @@
 """Run the app on an ASGI server, all on uvloop: uvicorn (default), granian or hypercorn.
 
-uvicorn was chosen by measurement (bench/overhead.py, README "Performance"): with httptools its
+uvicorn was chosen by measurement (bench/overhead.py, docs/performance.md): with httptools its
 HTTP/1.1 runs on the worker's event loop thread, and costs less CPU per request and per stream
 than granian, whose Rust HTTP stack hands every request and write over between threads.
 granian stays for HTTP/2 (h2c with prior knowledge, TLS with ALPN h2); hypercorn as the pure-
