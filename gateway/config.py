@@ -48,7 +48,7 @@ class ServerSection(StrictModel):
     max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
     body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S
     head_timeout_s: PositiveFloat = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own
-    # How long an idle client connection is kept (the uvicorn engine's). Behind a load
+    # How long an idle client connection is kept (uvicorn's and hypercorn's). Behind a load
     # balancer, longer than its idle timeout (an ALB's), so it never sends a request on a
     # connection this side is closing (a 502).
     keepalive_s: PositiveFloat = d.SERVER_KEEPALIVE_S

@@ -39,7 +39,7 @@ def _stop_granian_worker() -> None:
 
 def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP2Settings
+    from granian.http import HTTP1Settings, HTTP2Settings
     from granian.server import Server
 
     s = config.server
@@ -63,6 +63,8 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
         # Connections a worker holds open; granian's default (backlog / workers) capped a
         # worker at 2,048 streams and queued the rest unseen in the accept queue.
         backpressure=cap.connections,
+        # HTTP/1.1's head buffer at twice the cap too (granian's own: about 400 KiB).
+        http1_settings=HTTP1Settings(max_buffer_size=max(8192, 2 * s.max_header_bytes)),
         http2_settings=HTTP2Settings(
             max_concurrent_streams=s.h2_max_concurrent_streams,
             # Headers past twice server.max_header_bytes are refused by granian before they

@@ -226,7 +226,8 @@ class Metrics:
             "geogate_stream_aborted",
             "Responses cut short after bytes reached the client, by cause (upstream_error; "
             "timeout: a silence of idle_s, or no first token within first_byte_s; "
-            "total_timeout: this gateway's timeouts.total_s), serving region and whether the "
+            "total_timeout: this gateway's timeouts.total_s; drain: cut at a drain's "
+            "server.drain_timeout_s), serving region and whether the "
             "client asked for a stream",
             ["cause", "region", "stream"],
             r,

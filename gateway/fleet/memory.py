@@ -252,7 +252,10 @@ class MemoryStateStore:
         Its cause stays None: the one that ejected tells it, probes it and tells its return
         (fleet.redis_store). False where it is not taken."""
         h = self._health.get(upstream_id)
-        if h is None or h.ejected_until >= until:
+        # Not over one made here (its cause set): that one is this worker's to publish, probe
+        # and end, and a sibling's later deadline published as its own came back after the
+        # sibling's probe had ended it.
+        if h is None or h.ejected_until >= until or h.ejection_cause is not None:
             return False
         if not h.ejected(now):
             out = sum(1 for x in self._health.values() if x.ejected(now))

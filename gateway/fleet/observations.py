@@ -57,17 +57,20 @@ class RedisClock:
 
 
 def sibling_ejections(
-    views: list[dict[str, Any]], gateway: str, max_s: float, now: float
+    views: list[dict[str, Any]], gateway: str, max_s: float, now: float, observer: str = ""
 ) -> dict[str, float]:
     """upstream -> until when (monotonic) one of gateway ``gateway``'s workers has it
     ejected: its other workers eject it too, so that one gateway routes as one (each worker
     counting its own requests, one ejected what the others kept serving, and the dashboard
     and /routing-table said either, by the worker that answered). One host, one monotonic
     clock; a deadline past ``max_s`` (outlier.max_ejection_s) from ``now`` is another host's
-    clock (two hosts under one redis.gateway_id), and is ignored."""
+    clock (two hosts under one redis.gateway_id), and is ignored. ``observer``'s own view is
+    left out: read back, it may be older than an ejection this worker has ended since."""
     out: dict[str, float] = {}
     for v in views:
         if v.get("gateway") != gateway or not isinstance(v.get("upstreams"), dict):
+            continue
+        if observer and v.get("observer") == observer:
             continue
         for uid, seen in v["upstreams"].items():
             until = seen.get("ejected_until") if isinstance(seen, dict) else None
@@ -76,7 +79,9 @@ def sibling_ejections(
     return out
 
 
-def view(state: RoutingState, gateway: str, region: str, version: int) -> dict[str, Any]:
+def view(
+    state: RoutingState, gateway: str, region: str, version: int, observer: str = ""
+) -> dict[str, Any]:
     """This worker's observation: its view of every upstream it has an opinion on."""
     ups = {}
     now = time.monotonic()
@@ -99,6 +104,7 @@ def view(state: RoutingState, gateway: str, region: str, version: int) -> dict[s
         }
     return {
         "gateway": gateway,
+        "observer": observer,  # the worker's key: its siblings tell their views from its own
         "region": region,
         "ts": time.time(),
         "upstreams": ups,

@@ -192,6 +192,12 @@ class RedisStateStore(MemoryStateStore):
 
     def _out_of_sync(self, exc: Exception) -> None:
         self._first.set()
+        # A sibling's ejection taken here ends with the sync: its end could not be heard, and
+        # only the sibling probes it. Meanwhile each worker ejects on its own, as without Redis.
+        now = time.monotonic()
+        for uid, until in self._adopted.items():
+            self.release_ejection(uid, until, now)
+        self._adopted.clear()
         if self.stale_since is None:
             self.stale_since = time.time()
         # Redis's clock is read again on return: it may be another node's (a Sentinel
@@ -307,7 +313,8 @@ class RedisStateStore(MemoryStateStore):
 
     # --- observations ----------------------------------------------------------------------
     def _my_view(self) -> dict[str, Any]:
-        return observations.view(self, self.gateway_id, self.config.gateway.region, self.version)
+        region = self.config.gateway.region
+        return observations.view(self, self.gateway_id, region, self.version, self.observer)
 
     async def _exchange_observations(self) -> tuple[str | None, str | None]:
         """Write ours, read everyone's (a vote each), and read the config's version and digest
@@ -328,7 +335,7 @@ class RedisStateStore(MemoryStateStore):
         the ejections of this gateway's other workers, taken here too."""
         now = time.monotonic()
         max_s = self.config.outlier.max_ejection_s
-        siblings = observations.sibling_ejections(views, self.gateway_id, max_s, now)
+        siblings = observations.sibling_ejections(views, self.gateway_id, max_s, now, self.observer)
         for uid, until in list(self._adopted.items()):
             if siblings.get(uid) != until:  # ended early (or ended, or ejected anew) there
                 self.release_ejection(uid, until, now)

@@ -295,7 +295,7 @@ class Proxy:
             # or the server stopping. The client is still there: an answer it can retry on.
             task = asyncio.current_task()
             if ex.response_started or task is None:
-                if ex.response_started:  # a cut, said as any other (its status is the head's)
+                if ex.response_started and ex.aborted is None:  # a cut (not one said already)
                     ex.aborted = DRAIN_CUT
                     cut = self.rt.metrics.stream_aborted.count
                     cut(DRAIN_CUT, ex.region, "true" if ex.stream else "false")

@@ -57,5 +57,6 @@ def test_granian_is_given_the_header_cap_and_an_importable_factory(
     config_file.write_text("")
     engines.run_granian(Config.model_validate(CFG), config_file, capacity(1000, 400))
     assert given["http2_settings"].max_headers_size == 2 * 8192
+    assert given["http1_settings"].max_buffer_size == 2 * 8192
     module, name = given["target"].split(":")
     assert getattr(importlib.import_module(module), name) is engines.granian_app

@@ -14,7 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.fleet import observations
 from gateway.fleet.observations import RedisClock
-from tests.gateway.fleet.test_redis_store import gateway, view
+from gateway.fleet.redis_store import RedisStateStore
+from tests.gateway.fleet.test_redis_store import CFG, gateway, view
 
 
 def test_malformed_observations_are_skipped_with_a_warning(
@@ -205,3 +206,34 @@ async def test_a_siblings_ejection_is_taken_within_the_pools_cap(redis_url: str)
     finally:
         await one.stop()
         await two.stop()
+
+
+def test_a_workers_own_view_read_back_is_no_siblings() -> None:
+    # Read back, a worker's own view may be older than an ejection it has ended since: taken
+    # as a sibling's, the ejection came back with no one to probe it.
+    mine = {"gateway": "gw0", "observer": "gw0/1", "upstreams": {"a": {"ejected_until": 130.0}}}
+    other = {"gateway": "gw0", "observer": "gw0/2", "upstreams": {"b": {"ejected_until": 120.0}}}
+    got = observations.sibling_ejections([mine, other], "gw0", 300.0, 100.0, observer="gw0/1")
+    assert got == {"b": 120.0}
+
+
+def test_a_taken_ejection_ends_with_the_sync_and_never_extends_ones_own() -> None:
+    def sibling(uid: str, until: float) -> dict[str, Any]:
+        return {"gateway": "me", "observer": "me/2", "upstreams": {uid: {"ejected_until": until}}}
+
+    store = RedisStateStore(CFG)  # gateway_id "me"
+    now = time.monotonic()
+    store._merge([sibling("a", now + 60)])
+    assert store.health("a").ejected(now + 1)  # the sibling's, taken
+    # Redis away: the sibling's end could not be heard, and only it probes: released.
+    store._out_of_sync(ConnectionError("gone"))
+    assert not store.health("a").ejected(time.monotonic())
+    # One made here is not extended to a sibling's later deadline: it would publish that as
+    # its own, and bring the sibling's back after the sibling's own probe ended it.
+    later = time.monotonic()
+    for _ in range(5):
+        store.record_result("b", False, later)
+    own_until = store.health("b").ejected_until
+    assert own_until > later and store.health("b").ejection_cause is not None
+    store._merge([sibling("b", later + 60)])
+    assert store.health("b").ejected_until == own_until
