@@ -117,7 +117,13 @@ class AuthThrottle:
         client = scope.get("client")
         address = client[0] if client else "-"
         checking = self._checking
-        wait = self.window.wait_s(address, time.monotonic(), checking.get(address, 0))
+        # Logins still reading their bodies count as failures to come: sent at once, they all
+        # passed before the first was counted. A Bearer check is decided before any wait,
+        # and a client's concurrent good ones (a scrape, the edge tier's reads) must not count.
+        login = scope["path"] == _LOGIN
+        wait = self.window.wait_s(
+            address, time.monotonic(), checking.get(address, 0) if login else 0
+        )
         if wait > 0:
             after = max(1, int(wait + 0.999))
             err = AuthThrottled(
@@ -135,13 +141,14 @@ class AuthThrottle:
                 status = message["status"]
             await send(message)
 
-        checking[address] = checking.get(address, 0) + 1
+        if login:
+            checking[address] = checking.get(address, 0) + 1
         try:
             await app(scope, receive, watched)
         finally:
-            if (left := checking[address] - 1) > 0:
+            if login and (left := checking[address] - 1) > 0:
                 checking[address] = left
-            else:
+            elif login:
                 del checking[address]
             if status == _UNAUTHORIZED and self.window.failed(address, time.monotonic()):
                 log.warning(

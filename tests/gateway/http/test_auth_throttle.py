@@ -156,6 +156,40 @@ async def test_wrong_tokens_sent_at_once_are_not_all_checked() -> None:
     assert statuses[401] <= AUTH_FAILURES_MAX and statuses[429] >= 60 - AUTH_FAILURES_MAX, statuses
 
 
+async def test_good_tokens_sent_at_once_are_not_held_back() -> None:
+    # A scrape and the edge tier's reads from one address, at once, each answered after a
+    # moment: none is a wrong token to come, and none may be refused for the others.
+    async def slow_ok(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    throttle = AuthThrottle(slow_ok)
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/routing-table",
+        "client": ("198.51.100.10", 4000),
+        "headers": [(b"authorization", f"Bearer {OPS}".encode())],
+    }
+
+    async def scrape() -> int:
+        statuses: list[int] = []
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await throttle(dict(scope), _no_body, send)
+        return statuses[0]
+
+    assert set(await asyncio.gather(*(scrape() for _ in range(40)))) == {200}
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
     with one_sim_gateway(tmp_path, f'[admin]\ntokens = {{ alice = "{ALICE}" }}\n') as g:
