@@ -96,13 +96,14 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
     redis = start_redis(tmp_path)
     sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
     ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
-    started = time.monotonic()
     gw = start_gateway(
         tmp_path,
         lambda p: fleet_toml(p, ups, redis.url, "gw0").replace(
             "[server]", '[server]\nengine = "uvicorn"\nworkers = 2'
         ),
     )
+    # Its workers were forked before it answered: their start-up grace counts from before this.
+    started = time.monotonic()
     try:
         eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
         r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
@@ -111,7 +112,7 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
         redis.stop()  # the replacement cannot sync: what it routes on is what it kept
         # A worker that dies in its first seconds stops the gateway (it would fail again):
         # this one dies later, and is replaced.
-        time.sleep(max(0.0, started + WORKER_START_GRACE_S + 0.5 - time.monotonic()))
+        time.sleep(max(0.0, started + WORKER_START_GRACE_S + 1.0 - time.monotonic()))
         victim = min(_workers(gw.proc.pid))
         os.kill(victim, 9)
         eventually(lambda: len(_workers(gw.proc.pid) - {victim}) == 2, what="a worker in its place")
