@@ -134,10 +134,16 @@ async def test_a_look_after_a_change_has_its_audit_entry_without_waiting_for_a_s
     sampler.start()
     try:
         sampler.look()  # watched from now on: the state follows changes within 0.1 s
-        await asyncio.sleep(0.05)  # the first audit read, of nothing yet
+        first = sampler._audit_task  # the start's audit read, of nothing yet
+        assert first is not None
+        await first
         await rt.store.update_upstream("a", {"weight": 2}, "alice")
-        await asyncio.sleep(0.3)
         got = sampler.look()
+        for _ in range(50):  # well within a second, and no sample comes for 60 s
+            if [e["who"] for e in got["audit"]] == ["alice"]:
+                break
+            await asyncio.sleep(0.02)
+            got = sampler.look()
         assert got["gateway"]["version"] == rt.store.version
         assert [e["who"] for e in got["audit"]] == ["alice"], got["audit"]
     finally:
