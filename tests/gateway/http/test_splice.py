@@ -246,7 +246,7 @@ def test_the_first_read_that_carries_a_token_is_told_once(reads: list[bytes], at
     rig = Rig(on_token=lambda: seen.append(rig.relay.reads))
     try:
         for data in [*reads, b'{"content": "more"}']:
-            rig.feed(b"%x\r\n%b\r\n" % (len(data), data))
+            rig.feed(_chunk(data))
         assert seen == [at]
     finally:
         rig.close()
@@ -374,6 +374,11 @@ def _sse_rig(held: bytes = b"", on_token: Any = None) -> Rig:
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _chunked(pieces: list[bytes]) -> list[bytes]:
+    """Each piece as one chunk, then the body's last chunk: an upstream's writes, in order."""
+    return [*map(_chunk, pieces), b"0\r\n\r\n"]
 
 
 def test_an_event_stream_sends_whole_events_and_holds_the_rest() -> None:
@@ -511,7 +516,7 @@ def test_a_last_chunk_behind_bytes_the_transport_holds_goes_there_too() -> None:
         rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         while not rig.pipe.held:
-            rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+            rig.feed(_chunk(b"x" * 30_000))
         writes = rig.pipe.writes
         rig.feed(b"1\r\nz\r\n0\r\n\r\n")
         assert rig.relay.body_ended and rig.pipe.writes == writes + 1
@@ -534,7 +539,7 @@ def test_a_client_whose_transport_closed_is_gone_before_anything_more_is_written
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     while not rig.pipe.held:
-        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        rig.feed(_chunk(b"x" * 30_000))
     rig.pipe.closing = True  # its write failed: the transport closes the connection
     writes = rig.pipe.writes
     rig.feed(b"1\r\nz\r\n")
@@ -550,7 +555,7 @@ def test_a_full_client_holds_the_upstream_back_and_gets_every_byte_in_order(rig:
 
     def chunk(payload: bytes) -> None:
         sent.append(payload)
-        rig.feed(b"%x\r\n%b\r\n" % (len(payload), payload))
+        rig.feed(_chunk(payload))
 
     while not rig.pipe.held:  # till the socket takes no more: the rest went to the transport
         chunk(os.urandom(30_000))
@@ -666,7 +671,7 @@ def test_an_is_closing_that_raises_cuts_the_stream_and_is_reported(
     rig.cl.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     while not rig.pipe.held:
-        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        rig.feed(_chunk(b"x" * 30_000))
     rig.pipe.is_closing = lambda: Odd()  # type: ignore[assignment,method-assign,return-value]
     rig.feed(b"1\r\nz\r\n")  # bytes wait in the transport: the send asks is_closing() first
     assert rig.relay.status == _splice.LOCAL_FAILED and not rig.upstream.reading
@@ -682,7 +687,7 @@ def test_a_resume_that_fails_ends_the_relay_instead_of_raising_into_the_client(
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     rig.pipe.flow.write_paused = True  # the client's transport is full: the upstream pauses
     while rig.upstream.reading:
-        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        rig.feed(_chunk(b"x" * 30_000))
 
     def refuse() -> None:
         raise OSError("resume failed")
@@ -715,7 +720,7 @@ def test_a_send_that_closes_the_relay_does_not_tell_the_first_token(rig: Rig) ->
     rig.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     filler = _splice.Relay(rig.cl.fileno(), rig.upstream, rig.pipe, print)
     while not rig.pipe.held:  # the socket full: the next send goes to the pipe's write()
-        filler.data_received(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        filler.data_received(_chunk(b"x" * 30_000))
     filler.close()
     rig.pipe.write = lambda _: relay.close()  # type: ignore[method-assign,assignment]
     relay.data_received(b'a\r\n"text":"a"\r\n')
@@ -742,7 +747,7 @@ def test_a_failing_client_write_cuts_the_stream_and_is_reported(
 
     rig.pipe.write = refuse  # type: ignore[method-assign]
     while rig.relay.status == _splice.RUNNING:
-        rig.feed(b"%x\r\n%b\r\n" % (30_000, b"x" * 30_000))
+        rig.feed(_chunk(b"x" * 30_000))
     assert rig.relay.status == _splice.LOCAL_FAILED and rig.done == 1
     assert [type(r.exc_value) for r in reported] == [MemoryError]
     assert not rig.upstream.reading
@@ -875,9 +880,7 @@ def test_a_stream_goes_by_the_splice_and_its_connection_serves_the_next_request(
 
     async def main() -> None:
         pipe, reader, server = await _client_side()
-        async with Scripted(
-            _answer(*(b"%x\r\n%b\r\n" % (len(t), t) for t in tokens), b"0\r\n\r\n")
-        ) as srv:
+        async with Scripted(_answer(*_chunked(tokens))) as srv:
             client = Client(1.0)
             path, ex = await _relay_once(srv, client, pipe)
             assert path == "splice" and pipe.lent == 1 and pipe.aborted == 0
@@ -906,7 +909,7 @@ def test_an_event_stream_handed_to_the_splice_counts_and_tells_what_it_sends() -
 
     async def main() -> None:
         pipe, reader, server = await _client_side()
-        parts = [b"%x\r\n%b\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        parts = _chunked(events)
         async with Scripted(_answer(*parts, gap_s=0.05)) as srv:
             told: list[int] = []
             framer = EventFramer()
@@ -939,7 +942,7 @@ def test_a_stream_from_an_https_upstream_goes_by_the_splice_too(
 
     async def main() -> None:
         pipe, reader, server = await _client_side()
-        parts = [b"%x\r\n%b\r\n" % (len(t), t) for t in tokens] + [b"0\r\n\r\n"]
+        parts = _chunked(tokens)
         async with Scripted(_answer(*parts, gap_s=0.002), tls=tls) as srv:
             client = Client(2.0)
             for _ in range(2):  # the second on the same TLS connection, back from the pool
@@ -1083,7 +1086,7 @@ def test_the_first_token_is_told_from_the_splice_as_from_python() -> None:
 
     async def main() -> None:
         pipe, _, server = await _client_side()
-        parts = [b"%x\r\n%b\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        parts = _chunked(events)
         async with Scripted(_answer(*parts)) as srv:
             seen: list[int] = []
             path, ex = await _relay_once(srv, Client(1.0), pipe, token_seen=lambda: seen.append(1))
