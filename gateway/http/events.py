@@ -41,8 +41,8 @@ def event_end(data: bytes) -> int:
 
 
 class EventFramer:
-    """One stream's held bytes: ``take`` each piece, send what it returns; ``rest`` at the
-    body's end (what is held is sent then, as it is)."""
+    """One stream's held bytes: ``take`` each piece, send what it returns; at the body's end
+    send ``held`` as it is (the splice takes it over, and empties it, where it goes on)."""
 
     __slots__ = ("held",)
 
@@ -57,7 +57,3 @@ class EventFramer:
         end = len(data) if len(data) > HOLD_MAX_BYTES else event_end(data)
         self.held = data[end:]
         return data[:end]
-
-    def rest(self) -> bytes:
-        held, self.held = self.held, b""
-        return held

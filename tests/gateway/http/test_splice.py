@@ -458,7 +458,7 @@ def test_the_c_holds_back_as_the_python_framer_does(
     framer = EventFramer()
     expected = [out for r in reads if (out := framer.take(r))]
     if framer.held:
-        expected.append(framer.rest())
+        expected.append(framer.held)
     rig = _sse_rig()
     try:
         for r in reads:
