@@ -236,11 +236,9 @@ class MemoryStateStore:
     def record_result(self, upstream_id: str, ok: bool, now: float) -> bool:
         if upstream_id not in self._health:
             return False
+        # Only a failure can eject: a success need not count the pool's ejected.
+        may_eject = not ok and self._room_to_eject(now)
         cfg = self._config.outlier
-        may_eject = False
-        if not ok:  # only a failure can eject: a success need not count the pool's ejected
-            out = sum(1 for h in self._health.values() if h.ejected(now))
-            may_eject = out < max(1, math.floor(cfg.max_ejected_share * len(self._health)))
         ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=may_eject)
         if ejected:
             self._snap = None
@@ -257,14 +255,18 @@ class MemoryStateStore:
         # sibling's probe had ended it.
         if h is None or h.ejected_until >= until or h.ejection_cause is not None:
             return False
-        if not h.ejected(now):
-            out = sum(1 for x in self._health.values() if x.ejected(now))
-            cap = self._config.outlier.max_ejected_share * len(self._health)
-            if out >= max(1, math.floor(cap)):
-                return False
+        if not h.ejected(now) and not self._room_to_eject(now):
+            return False
         h.ejected_until = until
         self._snap = None
         return True
+
+    def _room_to_eject(self, now: float) -> bool:
+        """Whether one more upstream may go out: at most outlier.max_ejected_share of the pool
+        (always at least one) is ejected at once."""
+        out = sum(1 for h in self._health.values() if h.ejected(now))
+        share = self._config.outlier.max_ejected_share * len(self._health)
+        return out < max(1, math.floor(share))
 
     def release_ejection(self, upstream_id: str, until: float, now: float) -> None:
         """The sibling's ejection to ``until`` ended before its time (its completion probe):

@@ -146,10 +146,10 @@ class AuthThrottle:
         try:
             await app(scope, receive, watched)
         finally:
-            if login and (left := checking[address] - 1) > 0:
-                checking[address] = left
-            elif login:
-                del checking[address]
+            if login:
+                left = checking.pop(address) - 1
+                if left:
+                    checking[address] = left
             if status == _UNAUTHORIZED and self.window.failed(address, time.monotonic()):
                 log.warning(
                     "%d wrong tokens from %s within %g s: its credentials are refused "
