@@ -7,16 +7,23 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from backend.errors import BackendError
 
 EXIT_USAGE = 2
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, exit status 2, not after its usage block (the gateway's
+    CLI has its own, gateway.cli.errors: this package imports nothing of the gateway)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _serve(argv: Sequence[str]) -> None:
-    p = argparse.ArgumentParser(
-        prog="geogate backend", description="Serve a local Hugging Face causal LM."
-    )
+    p = OneLineParser(prog="geogate backend", description="Serve a local Hugging Face causal LM.")
     p.add_argument("--model", type=Path, required=True, help="local model directory")
     p.add_argument("--quantize", choices=["none", "int8", "nf4", "int8-dynamic"], default="none")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
@@ -82,7 +89,7 @@ def _serve(argv: Sequence[str]) -> None:
 
 
 def _make_tiny(argv: Sequence[str]) -> None:
-    p = argparse.ArgumentParser(prog="geogate backend make-tiny-model")
+    p = OneLineParser(prog="geogate backend make-tiny-model")
     p.add_argument("dir", type=Path)
     p.add_argument(
         "--preset",

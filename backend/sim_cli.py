@@ -6,16 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from backend.cli import EXIT_USAGE, OneLineParser
 from backend.sim import CLOCKS, SimConfig, run
 
-EXIT_USAGE = 2
 # The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
 # retries then cost clients seconds); Linux caps it at net.core.somaxconn (4096 since 5.4).
 DEFAULT_BACKLOG = 4096
 
 
 def _parser() -> argparse.ArgumentParser:
-    s = argparse.ArgumentParser(
+    s = OneLineParser(
         prog="geogate sim-backend", description="A simulated OpenAI-compatible model server."
     )
     s.add_argument("--host", default="127.0.0.1")

@@ -10,12 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from gateway.cli.errors import CLIError
+from gateway.cli.errors import EXIT_USAGE, CLIError, OneLineParser
 from gateway.defaults import AUDIT_MAX_COUNT
 from gateway.errors import GatewayError
 from geodb.errors import GeoDBError
 
-EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's number: what a shell reports for `... | head`
 
 
@@ -36,7 +35,7 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="geogate", description="Geo-aware inference gateway.")
+    p = OneLineParser(prog="geogate", description="Geo-aware inference gateway.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("backend", help="the model server: geogate backend --help", add_help=False)
     sub.add_parser(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from backend import cli
+from backend import cli, sim_cli
 
 
 @pytest.mark.parametrize(
@@ -25,3 +26,24 @@ def test_batch_and_queue_bounds_are_one_line(
     assert e.value.code == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err == f"geogate backend: {words}"
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "line"),
+    [
+        (cli.main, ["--port", "1"], "geogate backend: error: the following arguments are"),
+        (cli.main, ["make-tiny-model"], "geogate backend make-tiny-model: error: the following"),
+        (sim_cli.main, ["--port", "x"], "geogate sim-backend: error: argument --port: invalid"),
+    ],
+)
+def test_argument_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str],
+    main: Callable[[list[str]], None],
+    argv: list[str],
+    line: str,
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line), err

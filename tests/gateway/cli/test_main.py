@@ -334,3 +334,29 @@ def _cmdline(pid: int) -> bytes:
             return f.read()
     except FileNotFoundError:
         return b""
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["nosuch"], "geogate: error: argument COMMAND: invalid choice: 'nosuch'"),
+        (["gateway"], "geogate gateway: error: the following arguments are required: --config"),
+        (
+            ["ctl", "--gateway", "http://127.0.0.1:1", "weight", "eu-1", "abc"],
+            "geogate ctl weight: error: argument weight: invalid float value: 'abc'",
+        ),
+        (["dns", "export", "--ttl", "abc"], "geogate dns export: error: argument --ttl"),
+    ],
+)
+def test_argument_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    """argparse's own way printed its usage block (five lines for dns export) first."""
+    from gateway.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(line), err
+    assert err.rstrip().endswith("--help)")
