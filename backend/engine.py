@@ -205,9 +205,8 @@ class Engine:
                     for seq in self._running:
                         self._fail(seq, exc)
                     self._running, self._cache, self._mask = [], None, None
-        with self._cond:
-            waiting = self._waiting_now()
-        self.obs.queue(waiting, len(self._running))
+        with self._cond:  # under the lock, as reserve() writes them: a stale write never last
+            self.obs.queue(self._waiting_now(), len(self._running))
         if self._out:
             out, self._out = self._out, []
             self.dispatch(out)
@@ -223,7 +222,7 @@ class Engine:
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, Any]:
         from transformers import DynamicCache
 
         if cache is None:  # no config: every layer keeps every column (batchkv: full caches)
@@ -234,9 +233,8 @@ class Engine:
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kw
         )
-        self._last_cache = cache
         logits: torch.Tensor = out.logits[:, -1, :]
-        return logits
+        return logits, cache  # not kept on self: it held a drained batch's memory while idle
 
     def _admit(self, admit: list[Sequence]) -> None:
         """Prefill what left the queue into the batch: in groups (``prefill_groups``), so a
@@ -261,7 +259,7 @@ class Engine:
             return
         try:
             ids, mask, positions = kv.left_padded([s.prompt_ids for s in seqs], self.device)
-            logits = self._forward(ids, mask, positions, None)
+            logits, cache = self._forward(ids, mask, positions, None)
         except Exception as exc:
             if len(seqs) == 1:
                 log.exception("request %d failed joining the batch", seqs[0].id)
@@ -271,11 +269,13 @@ class Engine:
             for seq in seqs:
                 self._join_safely([seq])
             return
-        self._join(seqs, logits, mask)
+        self._join(seqs, logits, mask, cache)
 
-    def _join(self, seqs: list[Sequence], logits: torch.Tensor, mask: torch.Tensor) -> None:
+    def _join(
+        self, seqs: list[Sequence], logits: torch.Tensor, mask: torch.Tensor, cache: Any
+    ) -> None:
         """Sample each first token, merge the rows that go on into the running batch."""
-        cache, keep = self._last_cache, []
+        keep = []
         tokens = choose_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for i, seq in enumerate(seqs):
             seq.position = len(seq.prompt_ids)
@@ -315,7 +315,7 @@ class Engine:
         ones = torch.ones((len(seqs), 1), dtype=self._mask.dtype, device=self.device)
         mask = torch.cat([self._mask, ones], dim=1)
         positions = torch.tensor([[s.position] for s in seqs], device=self.device)
-        logits = self._forward(ids, mask, positions, self._cache)
+        logits, _ = self._forward(ids, mask, positions, self._cache)  # the cache grew in place
         self._mask = mask
         keep = []
         tokens = choose_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -407,3 +408,41 @@ def test_an_answer_cut_at_max_tokens_mid_character_still_stops_at_a_stop_string(
     run = submit(e, tok, prompt, max_tokens=n, stop="\ufffd")
     drain(e, run)
     assert "\ufffd" not in run.text() and run.events[-1].finish_reason == "stop"
+
+
+def caches_made(e: Engine, monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref[Any]]:
+    """A weak reference to each KV cache ``e``'s forward passes make or grow from now on."""
+    made: list[weakref.ref[Any]] = []
+    forward = e._forward
+
+    def noting(ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        logits, cache = forward(ids, mask, positions, cache)
+        made.append(weakref.ref(cache))
+        return logits, cache
+
+    monkeypatch.setattr(e, "_forward", noting)
+    return made
+
+
+@pytest.mark.parametrize("decode_fails", [False, True])
+def test_an_idle_engine_holds_no_kv_cache(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch, decode_fails: bool
+) -> None:
+    # The last forward's cache was kept on the engine: a drained batch's whole cache (32 GiB
+    # of a 7B model's 16 rows at 4,096 tokens) held while idle, and after an out-of-memory
+    # decode the very cache that ran out, in the way of the next prefill.
+    tok = loaded.tokenizer
+    e = Engine(loaded.model, tok, loaded.device)
+    made = caches_made(e, monkeypatch)
+    if decode_fails:
+        original = e._decode
+
+        def failing() -> None:
+            original()
+            raise RuntimeError("CUDA out of memory (a test's)")
+
+        monkeypatch.setattr(e, "_decode", failing)
+    runs = [submit(e, tok, p, max_tokens=n) for p, n in zip(PROMPTS, (2, 5, 3, 4), strict=True)]
+    drain(e, *runs)
+    assert e._running == [] and e._cache is None
+    assert made and all(ref() is None for ref in made)
