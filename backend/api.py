@@ -318,14 +318,19 @@ def tokenize(c: Checked, tok: Any, context_len: int) -> Parsed:
         raise InvalidParameter(
             "the prompt has no tokens; send some text", param="messages" if c.chat else "prompt"
         )
-    room = context_len - len(ids)
-    if room < 1 or (c.max_tokens is not None and c.max_tokens > room):
-        asked = c.max_tokens or 1
+    room, window = context_len - len(ids), f"this model's context window is {context_len} tokens"
+    if room < 1:  # the prompt alone: whatever max_tokens says, the prompt is what must change
         raise ContextTooLong(
-            f"this model's context window is {context_len} tokens; the prompt is {len(ids)} "
-            f"tokens and {c.max_key} {asked}, {len(ids) + asked} in all. Shorten the prompt "
-            f"or lower {c.max_key}",
+            f"{window}; the prompt is {len(ids)} tokens, which leaves no room for an answer. "
+            "Shorten the prompt",
             param="messages" if c.chat else "prompt",
+        )
+    if c.max_tokens is not None and c.max_tokens > room:  # the prompt fits: the ask does not
+        raise ContextTooLong(
+            f"{window}; the prompt is {len(ids)} tokens and {c.max_key} {c.max_tokens}, "
+            f"{len(ids) + c.max_tokens} in all. Lower {c.max_key} to {room} or less, or "
+            "shorten the prompt",
+            param=c.max_key,
         )
     # None asked for: what the context window leaves, as vLLM answers (EOS ends it sooner).
     params = replace(c.params, max_tokens=c.max_tokens or room)

@@ -7,6 +7,7 @@ request instead of carving a fixed pool, so there is no meaningful "share used".
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -61,6 +62,7 @@ class BackendMetrics(EngineObserver):
             "vllm:generation_tokens", "Tokens generated", labels, registry=r
         ).labels(model_name)
         self._nvml: Any = None
+        self._nvml_failed = False  # said once that a read failed
         self._gpu_util: Any = None
         self._gpu_mem: Any = None
 
@@ -85,14 +87,27 @@ class BackendMetrics(EngineObserver):
             registry=self.registry,
         )
 
+    def _read_gpu(self) -> None:
+        """NVML's two numbers; a read it refuses (a MIG instance has no utilization) leaves
+        them unknown (NaN), said once, and never fails the scrape: the waiting and running
+        gauges a gateway routes on come with the same scrape."""
+        import pynvml
+
+        try:
+            self._gpu_util.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
+            self._gpu_mem.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+        except pynvml.NVMLError as exc:
+            self._gpu_util.set(math.nan)
+            self._gpu_mem.set(math.nan)
+            if not self._nvml_failed:
+                log.warning("GPU metrics unknown: NVML refused a read (%s)", exc)
+            self._nvml_failed = True
+
     def render(self, names: Collection[str] = ()) -> bytes:
         """The exposition text; with ``names``, only those samples (a scrape's ``name[]``
         query, as prometheus_client's own /metrics handler honors it)."""
         if self._nvml is not None:
-            import pynvml
-
-            self._gpu_util.set(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
-            self._gpu_mem.set(pynvml.nvmlDeviceGetMemoryInfo(self._nvml).used)
+            self._read_gpu()
         if names:
             return generate_latest(self.registry.restricted_registry(names))
         return generate_latest(self.registry)

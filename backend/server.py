@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from backend.shapes import Shape, error_body
 
 log = logging.getLogger("geogate.backend")
 MAX_BODY_BYTES = 8 * 1024 * 1024
+LOOP_PARSE_MAX_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 WARM_UP: web.AppKey[asyncio.Task[None]] = web.AppKey("warm_up")  # held: tasks are weak refs
 
 
@@ -29,6 +31,24 @@ def _error(err: BackendError) -> web.Response:
 
 def _sse(doc: Any) -> bytes:
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON; its errors as OpenAI-shaped 400s and 413s. A large body is parsed
+    in a thread: 8 MB take 0.14 s, which on the loop held /health and every stream."""
+    try:
+        raw = await request.read()
+        if len(raw) > LOOP_PARSE_MAX_BYTES:
+            return await asyncio.to_thread(json.loads, raw)
+        return json.loads(raw)
+    # ValueError: JSONDecodeError, and an integer past Python's 4,300 digits; RecursionError:
+    # arrays nested too deep. Both were 500s, which a gateway counts against this server.
+    except (ValueError, RecursionError) as exc:
+        raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
+        raise BodyTooLarge(
+            f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
+        ) from None
 
 
 class BackendServer:
@@ -133,15 +153,9 @@ class BackendServer:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        arrived = time.perf_counter()  # TTFT counts from here, parsing and tokenizing too
         try:
-            try:
-                body = json.loads(await request.read())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
-            except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
-                raise BodyTooLarge(
-                    f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
-                ) from None
+            body = await _json_body(request)
             # The cheap checks and the queue's room first, on the loop; then the chat
             # template and the tokenizer in a thread: on a prompt of megabytes they take
             # seconds, which on the loop stalled /health (the gateway's probe gives up after
@@ -154,7 +168,7 @@ class BackendServer:
                 self.engine.unreserve()
                 raise
             q: asyncio.Queue[Event] = asyncio.Queue()
-            seq = Sequence(p.prompt_ids, p.params, q.put_nowait)
+            seq = Sequence(p.prompt_ids, p.params, q.put_nowait, t_submit=arrived)
             self.engine.submit(seq, reserved=True)
         except BackendError as err:
             return _error(err)
@@ -190,18 +204,20 @@ class BackendServer:
         # The role chunk goes with the first token, in one write, as vLLM sends it: not at once,
         # before the prompt is processed, where a proxy would take it for the first token.
         role = _sse(shape.chunk(None, None, role=True)) if shape.chat else b""
-        while (e := await q.get()).kind == "token":
-            await resp.write(role + _sse(shape.chunk(e.text, None)))
-            role = b""
-        if e.kind == "error":
-            err = BackendError(e.text)
-            await resp.write(role + _sse(err.body()))
-            return resp
-        await resp.write(role + _sse(shape.chunk(None, e.finish_reason)))
-        if include_usage:
-            await resp.write(_sse(shape.usage_chunk(_usage(e))))
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        try:
+            while (e := await q.get()).kind == "token":
+                await resp.write(role + _sse(shape.chunk(e.text, None)))
+                role = b""
+            if e.kind == "error":
+                await resp.write(role + _sse(BackendError(e.text).body()))
+                return resp
+            await resp.write(role + _sse(shape.chunk(None, e.finish_reason)))
+            if include_usage:
+                await resp.write(_sse(shape.usage_chunk(_usage(e))))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client left
+            pass  # the engine drops the sequence (_generate's finally); nothing to log
         return resp
 
 

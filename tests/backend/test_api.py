@@ -275,3 +275,20 @@ def test_an_assistants_refusal_part_is_history_text(tok: Any) -> None:
     as_text = [*history[:1], {"role": "assistant", "content": refusal["refusal"]}, history[2]]
     got = parse(body(messages=history, response_format={}), tok, "m", 512, chat=True)
     assert got.prompt_ids == parse(body(messages=as_text), tok, "m", 512, chat=True).prompt_ids
+
+
+def test_a_context_overflow_names_what_to_change(tok: Any) -> None:
+    # It named the prompt where max_tokens was too big, and quoted a max_tokens of 1 that
+    # nobody sent where the prompt alone filled the window.
+    n = len(parse(body(), tok, "m", 512, chat=True).prompt_ids)
+    with pytest.raises(ContextTooLong) as e:
+        parse(body(max_tokens=512 - n + 1), tok, "m", 512, chat=True)
+    assert e.value.param == "max_tokens"
+    assert f"Lower max_tokens to {512 - n} or less" in e.value.message
+    with pytest.raises(ContextTooLong) as e:
+        parse(body(max_completion_tokens=512 - n + 1), tok, "m", 512, chat=True)
+    assert e.value.param == "max_completion_tokens"
+    with pytest.raises(ContextTooLong) as e:  # the prompt alone fills the window
+        parse(body(), tok, "m", n, chat=True)
+    assert e.value.param == "messages" and "max_tokens" not in e.value.message
+    assert f"the prompt is {n} tokens, which leaves no room for an answer" in e.value.message

@@ -181,8 +181,16 @@ def test_bad_parameters_name_the_parameter(
 def test_unknown_model_malformed_json_and_context_window(backend: Backend) -> None:
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client(backend).chat.completions.create(model="gpt-9", messages=MESSAGES)
-    r = httpx.post(f"{backend.url}/v1/chat/completions", content=b"{nope")
-    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    # An integer past Python's 4,300 digits, and arrays nested past its recursion limit, were
+    # 500s (their errors are no JSONDecodeError), which a gateway counts against the server.
+    prefix = b'{"model": "%s", "prompt": "hi", ' % MODEL.encode()
+    for body in (
+        b"{nope",
+        prefix + b'"max_tokens": ' + b"9" * 5000 + b"}",
+        prefix + b'"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # parsed off the loop too
+    ):
+        r = httpx.post(f"{backend.url}/v1/completions", content=body)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"], r.text
     long = [{"role": "user", "content": "london singapore " * 400}]
     r = httpx.post(
         f"{backend.url}/v1/chat/completions",
