@@ -10,15 +10,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import ModelNotFound, RequestInvalid, UnknownEndpoint
+from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
+from gateway.errors import (
+    GatewayError,
+    ModelNotFound,
+    NoHealthyUpstream,
+    RequestInvalid,
+    UnknownEndpoint,
+)
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
+from gateway.http.exchange import logged_text
+from gateway.http.headers import request_id
 from gateway.http.worker_metrics import refresh
 from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
 from gateway.runtime import Runtime
 from geodb.clientip import parse_ip
 from geodb.edge import HEADER as EDGE_HEADER
+
+
+def _request_id(request: Request) -> dict[str, str]:
+    """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
+    ``_request_id``)."""
+    return {"x-request-id": request_id(request.headers.get("x-request-id"))}
+
 
 # Public, as /readyz is: an edge gateway in front of this one (upstream load_path = "/load")
 # reads the region's load here; the ops listener with the full /metrics is not for it to reach.
@@ -63,7 +79,13 @@ class Endpoints:
             return PlainTextResponse("draining", status_code=503)
         n = len(self._healthy_upstreams())
         if n == 0:
-            return PlainTextResponse("not ready: no healthy upstream", status_code=503)
+            snap = self.rt.store.snapshot(time.monotonic())
+            drained = sum(u.healthy and u.drained for u in snap.upstreams)
+            # Drained by an operator is no outage to chase: say which it is.
+            why = f" ({drained} healthy but drained)" if drained else ""
+            return PlainTextResponse(
+                f"not ready: no healthy, undrained upstream{why}", status_code=503
+            )
         stale = self.rt.store.stale_since
         if stale is not None:
             # Still serving on the last snapshot: ready, but say so, and on which (a gateway
@@ -114,18 +136,37 @@ class Endpoints:
             {"id": m, "object": "model", "created": 0, "owned_by": "geogate"}
             for m in self._model_list()
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": data}, headers=_request_id(request))
 
     async def model_one(self, request: Request) -> Response:
         name = request.path_params["model"]
-        if name not in self._model_list():
-            return json_error(
-                ModelNotFound(
-                    f"model {name!r} is not served by any healthy upstream; "
-                    "GET /v1/models lists the models available"
-                )
+        headers = _request_id(request)
+        if name in self._model_list():
+            card = {"id": name, "object": "model", "created": 0, "owned_by": "geogate"}
+            return JSONResponse(card, headers=headers)
+        if name in self._models_configured():
+            # Served here, by nothing healthy and undrained now: the 503 a request for it
+            # gets, not a 404, which the SDKs raise as NotFoundError, a model gone for good.
+            retry = NO_CANDIDATE_RETRY_AFTER_S
+            err: GatewayError = NoHealthyUpstream(
+                f"model {logged_text(name)!r} is served here, but by no healthy, undrained "
+                f"upstream now. Retry in {retry} s",
+                retry_after_s=retry,
             )
-        return JSONResponse({"id": name, "object": "model", "created": 0, "owned_by": "geogate"})
+        else:
+            err = ModelNotFound(
+                f"model {logged_text(name)!r} is not served by any upstream of this gateway; "
+                "GET /v1/models lists the models available"
+            )
+        response = json_error(err)
+        response.headers.update(headers)
+        return response
+
+    def _models_configured(self) -> set[str]:
+        """Every upstream's models, whatever its state; DNS-discovered pools' too."""
+        snap = self.rt.store.snapshot(time.monotonic())
+        listed = {m for u in snap.upstreams for m in u.models}
+        return listed | {m for u in self.rt.config.upstreams for m in u.models}
 
     async def metrics(self, request: Request) -> Response:
         refresh(self.rt)  # the gauges, as each worker of several brings its own up to date
@@ -246,7 +287,22 @@ class Endpoints:
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    path = scope["path"]
+    """The public listener's unknown path."""
+    await _not_found(
+        scope["path"], "is not an endpoint of this gateway; the API is under /v1/", send
+    )
+
+
+async def ops_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ops listener's: it has no /v1/, which the public one's words pointed at."""
+    what = (
+        "is not an endpoint of the ops listener, which serves /metrics, /routing-table, "
+        "/explain, /dashboard and /admin/; the model API (/v1/) is on the public listener"
+    )
+    await _not_found(scope["path"], what, send)
+
+
+async def _not_found(path: str, what: str, send: Send) -> None:
     if path == "/admin" or path.startswith("/admin/"):
         # An operator with a typo: point at the admin API, not at the model API.
         what = (
@@ -254,6 +310,4 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
             "PATCH /admin/upstreams/{id}, PATCH /admin/regions/{id} and GET /admin/audit (on "
             "the ops listener)"
         )
-    else:
-        what = "is not an endpoint of this gateway; the API is under /v1/"
     await send_error(send, UnknownEndpoint(f"{path} {what}"))

@@ -70,6 +70,11 @@ def error_headers(err: e.GatewayError) -> dict[str, str]:
         out["Allow"] = ", ".join(err.allow)  # RFC 9110 §15.5.6: a 405 must say what is allowed
     if isinstance(err, e.UnsupportedEncoding):
         out["Accept-Encoding"] = ", ".join(err.accepted)  # RFC 7694: what a 415 would take
+    if isinstance(err, e.UpstreamTimeout):
+        # The OpenAI SDKs retry a 5xx twice unless told not to: a 504 the gateway chose not to
+        # fail over (the work may still run where it timed out) was run three times. The
+        # retry policy was applied here; whether to run the work again is the client's call.
+        out["x-should-retry"] = "false"
     return out
 
 

@@ -37,7 +37,7 @@ def final_error(
         return UpstreamTimeout(
             f"upstream timed out: {tried}. {held} had accepted the request, so it was "
             "not sent to another upstream: the work may still be running there "
-            f"(retry.on_timeout changes this). Retry; {hint}"
+            f"(retry.on_timeout changes this). Retry only if running it twice is safe; {hint}"
         )
     if decision.reason is Reason.PANIC:
         # Every allowed upstream was already known to be down; we tried them anyway in

@@ -320,6 +320,25 @@ def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     assert route == "outcome=failed; region=eu-central; upstream=slow; attempts=1", route
 
 
+def test_the_sdk_does_not_run_again_what_the_gateway_would_not(
+    fleet: tuple[Gateway, dict[str, Sim]],
+) -> None:
+    # The OpenAI SDKs retry a 5xx twice unless the answer says x-should-retry: false: the
+    # 504 of an upstream that accepted the work, not failed over so as not to run it twice,
+    # was run three times by a client at its defaults.
+    gw, sims = fleet
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")  # max_retries: 2
+    before = sims["slow"].stats()["requests"]
+    with pytest.raises(openai.InternalServerError) as e:
+        client.completions.create(model="slow", prompt="hi", stream=True, timeout=30)
+    assert e.value.status_code == 504
+    assert e.value.response.headers["x-should-retry"] == "false"
+    assert sims["slow"].stats()["requests"] == before + 1
+    # A 502 (no upstream could have started the work) leaves the SDK its retries.
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("flaky"))
+    assert r.status_code == 502 and "x-should-retry" not in r.headers
+
+
 def test_backend_dying_mid_stream_gives_an_error_event(
     fleet: tuple[Gateway, dict[str, Sim]],
 ) -> None:
@@ -345,9 +364,16 @@ def test_models_lists_healthy_union(fleet: tuple[Gateway, dict[str, Sim]]) -> No
     ids = {m["id"] for m in models["data"]}
     assert {"m", "tick", "slow", "dies"} <= ids
     assert "gone" not in ids
-    one = httpx.get(f"{gw.url}/v1/models/m")
+    one = httpx.get(f"{gw.url}/v1/models/m", headers={"x-request-id": "mine-1"})
     assert one.status_code == 200 and one.json()["id"] == "m"
+    assert one.headers["x-request-id"] == "mine-1"  # the SDKs' _request_id, as on every /v1
+    assert len(httpx.get(f"{gw.url}/v1/models").headers["x-request-id"]) == 32
     assert_openai_error(httpx.get(f"{gw.url}/v1/models/nope"), 404, "model_not_found")
+    # Served here, by no healthy upstream now: the 503 a request gets, not a 404, which the
+    # SDKs raise as NotFoundError, the model gone for good.
+    down = httpx.get(f"{gw.url}/v1/models/gone")
+    assert_openai_error(down, 503, "no_healthy_upstream", "no healthy, undrained upstream")
+    assert down.headers["retry-after"] == "5" and "x-request-id" in down.headers
 
 
 def test_unknown_paths_get_openai_errors(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
@@ -437,3 +463,39 @@ def test_a_serving_worker_keeps_its_start_up_heap_out_of_the_collector(tmp_path:
     assert seen[0] > 1000  # at startup.complete: the app, its config, the modules behind them
     assert seen[-1] == 0 and gc.get_freeze_count() == 0
     assert loops == [True, False] and rt.loop is None  # set while serving, cleared at the end
+
+
+async def test_readyz_and_models_tell_drained_from_down() -> None:
+    # In process: /readyz said "no healthy upstream" of upstreams an operator drained, and
+    # /v1/models/{id} a 404 (NotFoundError in the SDKs) of a model served here, though by
+    # nothing routable now.
+    from starlette.applications import Starlette
+
+    from gateway.config import Config
+    from gateway.http.endpoints import Endpoints
+    from gateway.runtime import build_runtime
+
+    ups = [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}]
+    rt = build_runtime(
+        Config.model_validate(
+            {
+                "gateway": {"region": "eu"},
+                "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
+                "upstreams": ups,
+            }
+        )
+    )
+    app = Starlette(routes=Endpoints(rt).routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
+        assert (await c.get("/readyz")).text == "ready: 1 healthy upstream(s)"
+        await rt.store.update_upstream("a", {"drained": True}, "test")
+        r = await c.get("/readyz")
+        assert (r.status_code, r.text) == (
+            503,
+            "not ready: no healthy, undrained upstream (1 healthy but drained)",
+        )
+        assert (await c.get("/v1/models")).json()["data"] == []
+        r = await c.get("/v1/models/m")
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "no_healthy_upstream")
+        r = await c.get("/v1/models/other")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
