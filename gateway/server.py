@@ -53,6 +53,7 @@ def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> Non
     if s.workers == 1:
         sock = bind(s.host, s.port, "server.port")
         sock.listen(s.backlog)
+        _log_public(config, sock.getsockname()[1])
         _serve_uvicorn(config, sock, ops, cap)
         return
     # A listening socket per worker, all on the port with SO_REUSEPORT: the kernel spreads new
@@ -64,6 +65,7 @@ def run_uvicorn(config: Config, ops: socket.socket | None, cap: Capacity) -> Non
     socks += [bind(s.host, port, "server.port", reuse_port=True) for _ in range(1, s.workers)]
     for sock in socks:
         sock.listen(s.backlog)
+    _log_public(config, port)
     kill_s = s.drain_timeout_s + d.WORKER_EXIT_GRACE_S  # granian's backstop, too
     Forked(s.workers, lambda i: _serve_uvicorn(config, socks[i], ops, cap), kill_s, socks).run()
 
@@ -294,6 +296,20 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         )
 
 
+def _log_public(config: Config, port: int) -> None:
+    """The API's address, as the ops listener's is said: with server.port = 0 the only
+    place to learn the port the kernel gave."""
+    s = config.server
+    scheme = "https" if s.tls_cert else "http"
+    log.info(
+        "public listener: %s://%s (/v1/ /healthz /readyz /load), %d worker(s) on %s",
+        scheme,
+        address(s.host, port),
+        s.workers,
+        s.engine,
+    )
+
+
 def _loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -310,6 +326,8 @@ def run(config: Config, config_path: Path) -> None:
         cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
         _log_listeners(config, cap)
         os.environ[ENV_GATEWAY_PID] = str(os.getpid())
+        if s.engine != "uvicorn":  # run_uvicorn's binds its own, and says the port it got
+            _log_public(config, s.port)
         if s.engine == "hypercorn":
             engines.run_hypercorn(config, ops)
         elif s.engine == "uvicorn":

@@ -145,7 +145,8 @@ class StreamGate:
     async def drain(self, timeout_s: float) -> None:
         self.rt.draining = True
         log.info(
-            "SIGTERM: draining (/readyz answers 503); %d request(s) in flight get up to %g s",
+            # No signal named: SIGHUP drains too (the parent relays it as SIGTERM).
+            "draining (/readyz answers 503); %d request(s) in flight get up to %g s",
             self.in_flight,
             timeout_s,
             extra=event("drain-started", in_flight=self.in_flight),

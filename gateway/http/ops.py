@@ -32,7 +32,7 @@ from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.auth_throttle import AuthThrottle
 from gateway.http.dashboard.routes import Dashboard
-from gateway.http.endpoints import Endpoints, not_found
+from gateway.http.endpoints import Endpoints, ops_not_found
 from gateway.http.errors import http_exception, send_error
 from gateway.http.worker_metrics import WorkerMetrics, runtime_dir
 from gateway.runtime import Runtime, log
@@ -96,7 +96,7 @@ def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> AuthThrottle:
         lifespan=dashboard.lifespan,
         exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, with Allow
     )
-    app.router.default = not_found
+    app.router.default = ops_not_found
     app.router.redirect_slashes = False  # as the public app's (gateway.http.app)
     token = rt.config.ops.token
     return AuthThrottle(OpsAuth(app, token) if token else app)

@@ -202,6 +202,8 @@ def test_sighup_drains_and_stops_as_sigterm_does(tmp_path: Path) -> None:
         log = gw.log_text()
         assert "SIGHUP: geogate has no reload; draining and stopping as on SIGTERM" in log
         assert "drained: no request in flight" in log
+        assert "SIGTERM: draining" not in log  # it named a signal nobody sent
+        assert "draining (/readyz answers 503); 1 request(s) in flight" in log
     finally:
         gw.stop()
         sim.proc.kill()
@@ -376,7 +378,7 @@ def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
         t.join(15)
         assert "data: [DONE]" in lines, lines[-3:]
         assert gw.proc.wait(10) == 0
-        assert gw.log_text().count("SIGTERM: draining") == 2  # each worker drained
+        assert gw.log_text().count(": draining (/readyz answers 503)") == 2  # each worker drained
     finally:
         gw.stop()
         sim.proc.kill()
@@ -495,4 +497,29 @@ def test_uvicorn_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> Non
         eventually(gone, timeout=15, what="the orphaned workers to stop")
     finally:
         gw.stop()
+        sim.proc.kill()
+
+
+def test_server_port_0_says_the_port_it_got(tmp_path: Path) -> None:
+    """The log named the ops listener's address, never the API's: with port 0 the port the
+    kernel gave could not be found."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    cfg = tmp_path / "gw.toml"
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    cfg.write_text(gateway_toml(0, ups, extra="[ops]\nport = 0\n"))
+    log = tmp_path / "gw.log"
+    proc = spawn(geogate_cmd("gateway", "--config", str(cfg)), log)
+    try:
+        found: list[str] = []
+
+        def said() -> bool:
+            found[:] = re.findall(r"public listener: (http://127\.0\.0\.1:\d+) ", log.read_text())
+            return bool(found)
+
+        eventually(said, what="the public listener's line")
+        assert not found[0].endswith(":0")
+        wait_http(f"{found[0]}/healthz", 30)
+        assert httpx.get(f"{found[0]}/v1/models").json()["data"][0]["id"] == "m"
+    finally:
+        stop(proc)
         sim.proc.kill()

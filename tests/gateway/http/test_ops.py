@@ -83,8 +83,11 @@ async def test_without_a_token_the_ops_app_is_open_to_who_reaches_it() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
         assert (await c.get("/metrics")).status_code == 200
         assert (await c.get("/routing-table")).json()["self_region"] == "eu"
-        r = await c.get("/v1/models")  # the API is the public listener's
+        r = await c.get("/v1/models")  # the API is the public listener's, and it says so
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+        message = r.json()["error"]["message"]  # it said "the API is under /v1/", here
+        assert "not an endpoint of the ops listener" in message, message
+        assert "the model API (/v1/) is on the public listener" in message
         r = await c.post("/metrics")  # a wrong method: JSON as on the public port, with Allow
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
         assert "GET" in r.headers["allow"]
