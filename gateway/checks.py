@@ -11,14 +11,8 @@ import ssl
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-import pycountry
-
 from geodb.countries import CONTINENT_NAMES
 
-# Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
-EXTRA_COUNTRIES = frozenset({"XK"})
-# Codes operators write for a country whose ISO code is another (the EU's own usage).
-NOT_ISO = {"UK": "GB", "EL": "GR"}
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 # An operator's name goes into the audit trail and logs as it is: a short plain word.
 OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -51,22 +45,6 @@ def ip_address(address: str) -> str:
     except ValueError:
         raise ValueError(f"{address!r} is not an IP address (such as 192.0.2.10)") from None
     return address
-
-
-def country_code(code: str) -> str:
-    """An ISO 3166-1 alpha-2 code, as GeoIP gives a client's country, in upper case: a rule
-    naming "UK" or "Germany" would never match a client (GeoIP says GB, DE)."""
-    up = code.upper()
-    if up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up) is not None:
-        return up
-    hint = NOT_ISO.get(up)
-    if hint is None:
-        try:  # a name or an alpha-3 code: say which alpha-2 code it has
-            hint = pycountry.countries.lookup(code).alpha_2
-        except LookupError:
-            hint = None
-    said = f"; use {hint}" if hint else " (such as DE, GB, US)"
-    raise ValueError(f"not an ISO 3166-1 alpha-2 country code{said}")
 
 
 def continent_code(code: str) -> str:

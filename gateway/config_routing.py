@@ -18,9 +18,10 @@ from pydantic import (
 
 from gateway import checks
 from gateway import defaults as d
+from geodb.countries import country_code
 
 PositiveFloat = Annotated[float, Field(gt=0)]
-CountryCode = Annotated[str, AfterValidator(checks.country_code)]
+CountryCode = Annotated[str, AfterValidator(country_code)]
 ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 ListenHost = Annotated[str, AfterValidator(checks.listen_host)]

@@ -18,17 +18,14 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pycountry
 from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
-from geodb.countries import CONTINENT_NAMES
+from geodb.countries import CONTINENT_NAMES, country_code
 from geodb.errors import BuildError
 
 DATABASE_TYPE = "GeoLite2-City"  # geoip2 accepts city() lookups on this type
 ROW_ACCURACY_KM = 50  # accuracy_radius written for every row: a city-level guess
-# Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
-EXTRA_COUNTRIES = frozenset({"XK"})
 
 Network = ipaddress.IPv6Network  # where a row's network sits in the database's IPv6 tree
 
@@ -48,13 +45,10 @@ def _tree_network(network: str, where: str) -> Network:
 
 
 def _country(country: str, where: str) -> str:
-    up = country.upper()
-    # isascii: pycountry matches without regard to case, and "ÄÖ".upper() is no ISO code
-    if up.isascii() and (up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up)):
-        return up
-    raise BuildError(
-        f"{where}: country {country!r} is not an ISO 3166-1 alpha-2 code (such as DE, GB, US)"
-    )
+    try:
+        return country_code(country)
+    except ValueError as exc:  # the same words as the gateway's config ("UK": use GB)
+        raise BuildError(f"{where}: country {country!r} is {exc}") from None
 
 
 def _record(row: Sequence[str], where: str) -> tuple[Network, dict[str, object]]:

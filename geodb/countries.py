@@ -6,6 +6,12 @@ import csv
 from functools import cache
 from importlib import resources
 
+import pycountry
+
+# Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
+EXTRA_COUNTRIES = frozenset({"XK"})
+# Codes people write for a country whose ISO code is another (the EU's own usage).
+NOT_ISO = {"UK": "GB", "EL": "GR"}
 # How far off a country-level guess typically is: half the span of a mid-sized country.
 COUNTRY_ACCURACY_KM = 500.0
 CONTINENT_ACCURACY_KM = 2500.0
@@ -65,3 +71,21 @@ def place(country: str | None, continent: str | None) -> tuple[str | None, str |
 
 def continent_point(continent: str) -> tuple[float, float] | None:
     return _continents().get(continent.upper())
+
+
+def country_code(code: str) -> str:
+    """An ISO 3166-1 alpha-2 code, as GeoIP gives a client's country, in upper case; else
+    ValueError naming the code to use where one is known ("UK": GB, "Germany": DE): a rule
+    or a database row naming "UK" would never match a client (GeoIP says GB)."""
+    up = code.upper()
+    # isascii: pycountry matches without regard to case, and "ÄÖ".upper() is no ISO code
+    if up.isascii() and (up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up)):
+        return up
+    hint = NOT_ISO.get(up)
+    if hint is None:
+        try:  # a name or an alpha-3 code: say which alpha-2 code it has
+            hint = pycountry.countries.lookup(code).alpha_2
+        except LookupError:
+            hint = None
+    said = f"; use {hint}" if hint else " (such as DE, GB, US)"
+    raise ValueError(f"not an ISO 3166-1 alpha-2 country code{said}")

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ex.add_argument(
         "--check-timeout",
         type=int,
-        default=DNS_CHECK_TIMEOUT_S,
+        default=None,  # DNS_CHECK_TIMEOUT_S: None tells one not given
         help=f"seconds a /readyz check may take (default {DNS_CHECK_TIMEOUT_S}; PowerDNS only)",
     )
     ex.add_argument(
@@ -74,12 +74,23 @@ def export(args: argparse.Namespace) -> None:
             args.name,
             ttl=args.ttl,
             check_interval_s=args.check_interval,
-            check_timeout_s=args.check_timeout,
+            check_timeout_s=DNS_CHECK_TIMEOUT_S
+            if args.check_timeout is None
+            else args.check_timeout,
             serial=int(time.time()),  # grows with each export: secondaries see a new zone
             nameservers=tuple(args.ns),
         )
     except ValueError as exc:
         raise CLIError(f"dns export: {exc}") from None
+    powerdns_only = [
+        f for f, v in (("--check-timeout", args.check_timeout), ("--ns", args.ns)) if v
+    ]
+    if args.format == "route53" and powerdns_only:  # was taken and silently ignored
+        raise CLIError(
+            f"dns export: {' and '.join(powerdns_only)} "
+            f"{'are' if len(powerdns_only) > 1 else 'is'} for --format powerdns; Route 53 "
+            "times its own health checks and names the zone's name servers itself"
+        )
     if args.alias_regions and args.format != "route53":
         raise CLIError(
             f"dns export: --alias-regions is for --format route53 (an alias to a load "

@@ -88,6 +88,9 @@ def test_a_more_specific_row_wins_whatever_the_order(tmp_path: Path, broad_first
         ),
         (["10.0.0.0/8,ZZ,EU,1,2"], r"nets\.csv:2: country 'ZZ' is not an ISO 3166-1 alpha-2"),
         (["10.0.0.0/8,ÄÖ,EU,1,2"], r"nets\.csv:2: country 'ÄÖ' is not an ISO 3166-1 alpha-2"),
+        # The code to use, as the gateway's config says it (it said "such as DE, GB, US")
+        (["10.0.0.0/8,UK,EU,1,2"], r"nets\.csv:2: country 'UK' is not an ISO .* code; use GB$"),
+        (["10.0.0.0/8,DEU,EU,1,2"], r"nets\.csv:2: country 'DEU' is not an ISO .* code; use DE$"),
         (["10.0.0.0/8,DE,EU,1,2,Ber\x00lin"], r"nets\.csv:2: city 'Ber\\x00lin' holds a control"),
         (["10.0.0.0/8,DE,EU,1,2,Ber\x1blin"], r"nets\.csv:2: city 'Ber\\x1blin' holds a control"),
     ],
