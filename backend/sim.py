@@ -16,14 +16,15 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
+from backend.sim_metrics import SimMetrics, SimStats
 
 # SimConfig.clock: whose clock paces the tokens (tokens_per_s > 0), and what it stands for.
 CLOCKS = {
@@ -76,31 +77,14 @@ class SimConfig:
                 raise ValueError(f"{knob}: a finite number of at least 0, not {value!r}")
 
 
-@dataclass
-class SimStats:
-    requests: int = 0
-    active: int = 0
-    cancelled: int = 0  # streams whose client went away before the end
-    completed: int = 0
-    rejected: int = 0
-    last_headers: dict[str, str] = field(default_factory=dict)
-    paths: dict[str, int] = field(default_factory=dict)  # every request's path as received
-    scrapes: int = 0  # /metrics answered: how often a gateway polls this backend's load
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.running = Gauge("vllm:num_requests_running", "Requests running", registry=r)
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", registry=r)
-        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage (0-1)", registry=r)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", registry=r)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency", registry=r)
-        self.itl = Histogram(
-            "vllm:time_per_output_token_seconds", "Mean inter-token latency", registry=r
-        )
-        self.prompt = Counter("vllm:prompt_tokens", "Prompt tokens", registry=r)
-        self.gen = Counter("vllm:generation_tokens", "Generated tokens", registry=r)
+def _max_tokens(req: dict[str, Any], default: int) -> int:
+    """max_completion_tokens first, as the model server reads them: a whole number, 1 or more."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        if (value := req.get(key)) is not None:
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+            return value
+    return default
 
 
 def _error(status: int, message: str, type_: str, code: str, **headers: str) -> web.Response:
@@ -111,7 +95,7 @@ class SimBackend:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.stats = SimStats()
-        self.metrics = _Metrics()
+        self.metrics = SimMetrics()
         self.rng = random.Random(cfg.seed)
         # The random clock's offsets, from a generator of their own (a seeded run's errors stay
         # put) and seeded apart from the other one.
@@ -134,7 +118,15 @@ class SimBackend:
     async def _seen(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count each path as it arrived, unnormalised: a test can tell what a proxy sent."""
         self.stats.paths[request.raw_path] = self.stats.paths.get(request.raw_path, 0) + 1
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:  # aiohttp's are plain text
+            return _error(
+                exc.status,
+                f"{request.method} {request.path}: {exc.reason}",
+                "invalid_request_error",
+                "unknown_url",
+            )
 
     # --- plain endpoints ----------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -248,9 +240,10 @@ class SimBackend:
             )
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             return _error(self.cfg.error_status, "simulated failure", "server_error", "simulated")
-        n = int(
-            req.get("max_tokens") or req.get("max_completion_tokens") or self.cfg.default_tokens
-        )
+        try:
+            n = _max_tokens(req, self.cfg.default_tokens)
+        except ValueError as exc:  # was a 500 (int("x")), which a gateway counts as a failure
+            return _error(400, str(exc), "invalid_request_error", "invalid_parameter")
         self.stats.active += 1
         try:
             if self.cfg.delay_ms:
@@ -390,4 +383,7 @@ def run(cfg: SimConfig, host: str, port: int, backlog: int = 128) -> None:
         loop=uvloop.new_event_loop(),
         handle_signals=True,
         backlog=backlog,
+        # A client gone cancels its handler, as in the model server: a non-streaming answer
+        # held its place (/stats active, the load a gateway routes on) to its end.
+        handler_cancellation=True,
     )

@@ -119,10 +119,10 @@ def _scrape() -> Callable[[], Any]:
     vLLM's gauges and TTFT histogram, with prometheus_client's _created samples)."""
     from prometheus_client import generate_latest
 
-    from backend.sim import _Metrics
+    from backend.sim_metrics import SimMetrics
     from gateway.routing.load import parse_load
 
-    text = generate_latest(_Metrics().registry).decode()
+    text = generate_latest(SimMetrics().registry).decode()
     return lambda: parse_load(text)
 
 

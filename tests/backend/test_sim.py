@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Sim, start_sim
+from tests.support import Sim, eventually, start_sim
 
 TTFT_S = 0.3
 
@@ -73,5 +73,44 @@ def test_role_first_is_a_bool_or_refused(tmp_path: Path) -> None:
             assert r.json()["error"]["message"] == f"role_first: true or false, not {bad!r}"
         ok = httpx.post(f"{sim.url}/sim/config", json={"ttft_ms": 1}, timeout=5)
         assert ok.status_code == 200 and ok.json()["role_first"] is False  # none of them stuck
+    finally:
+        sim.proc.kill()
+
+
+def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
+    # A client's bad max_tokens was a plain-text 500 (int("x"), a negative count), which a
+    # gateway counts against the upstream: five of them ejected it.
+    sim = start_sim(tmp_path, "s", "eu", ["m"])
+    try:
+        url = f"{sim.url}/v1/completions"
+        for value in ("x", -1, 0, 2.5, True):
+            r = httpx.post(url, json={"model": "m", "prompt": "hi", "max_tokens": value})
+            err = r.json()["error"]
+            assert (r.status_code, err["code"]) == (400, "invalid_parameter"), r.text
+            assert err["message"].startswith("max_tokens must be a whole number"), err
+        # max_completion_tokens first, as the model server reads them
+        doc = {"model": "m", "prompt": "hi", "max_tokens": 9, "max_completion_tokens": 2}
+        assert httpx.post(url, json=doc).json()["usage"]["completion_tokens"] == 2
+        for r, status in ((httpx.get(f"{sim.url}/v1/nope"), 404), (httpx.get(url), 405)):
+            assert r.status_code == status
+            assert r.json()["error"]["code"] == "unknown_url", r.text  # was aiohttp's text
+    finally:
+        sim.proc.kill()
+
+
+def test_a_client_that_leaves_a_whole_answer_frees_its_place(tmp_path: Path) -> None:
+    # The handler ran to its end without the client: /stats active, and the load a gateway
+    # reads from /metrics, held for the whole generation (minutes at 100,000 tokens).
+    sim = start_sim(tmp_path, "s", "eu", ["m"], "--tokens-per-s", "50")
+    try:
+        body = b'{"model": "m", "prompt": "hi", "max_tokens": 100000}'
+        with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json"
+                b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            eventually(lambda: sim.stats()["active"] == 1, what="the request to start")
+        # The client left: so does its request, long before its 2,000 s of tokens.
+        eventually(lambda: sim.stats()["active"] == 0, what="the request to end")
     finally:
         sim.proc.kill()
