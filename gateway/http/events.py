@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from gateway.errors import StreamInterrupted
+from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.errors import error_body
 
 SSE_TYPE: Final = "text/event-stream"
@@ -29,10 +29,10 @@ HOLD_MAX_BYTES: Final = 64 * 1024  # as gateway/_splice.c's HOLD_MAX
 _ENDS: Final = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
-def error_event(message: str) -> bytes:
-    """The stream's last event after a cut: ``upstream_stream_interrupted`` (the SDKs'
-    APIError)."""
-    return b"data: " + json.dumps(error_body(StreamInterrupted(message))).encode() + b"\n\n"
+def error_event(message: str, kind: type[GatewayError] = StreamInterrupted) -> bytes:
+    """The stream's last event after a cut (the SDKs' APIError): ``upstream_stream_interrupted``,
+    or ``gateway_shutting_down`` for the drain's."""
+    return b"data: " + json.dumps(error_body(kind(message))).encode() + b"\n\n"
 
 
 def event_end(data: bytes) -> int:

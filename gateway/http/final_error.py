@@ -84,6 +84,11 @@ def cut_message(cause: str, upstream: str, total_s: float) -> str:
             f"the response reached this gateway's limit of {total_s:g} s (timeouts.total_s); "
             "the output is incomplete — ask for a shorter answer"
         )
+    if cause == DRAIN_CUT:
+        return (
+            "this gateway is shutting down and its drain time (server.drain_timeout_s) ran "
+            "out; the output is incomplete — retry the request"
+        )
     what = "stopped answering" if cause == "timeout" else "failed"
     return (
         f"upstream {upstream} {what} in the middle of the response; the output is incomplete "

@@ -26,6 +26,7 @@ from gateway import defaults as d
 from gateway.errors import GatewayError, GatewayOverloaded
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.errors import send_error
+from gateway.http.final_error import DRAIN_CUT
 from gateway.logs import event
 from gateway.runtime import Runtime, log
 
@@ -162,6 +163,6 @@ class StreamGate:
                 extra=event("drain-timeout", in_flight=self.in_flight),
             )
             for task in list(self._tasks):
-                task.cancel()
+                task.cancel(DRAIN_CUT)  # the message tells the proxy's stream what cut it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), CUT_WAIT_S)

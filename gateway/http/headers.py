@@ -47,6 +47,8 @@ ROUTE_HEADER = "geogate-route"
 PREFERRED_REGION_HEADER = "geogate-preferred-region"
 # Response headers this gateway sets: an upstream's (another gateway's) are dropped, since the
 # client's request id, route and entry region are this gateway's to tell.
+_ROUTE = ROUTE_HEADER.encode()
+_PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
 _SET_HERE = frozenset({b"x-request-id", ROUTE_HEADER.encode(), PREFERRED_REGION_HEADER.encode()})
 MAX_REQUEST_ID_LEN = 128
 # The sets each message is filtered by, built once: a union per request cost a copy of each.
@@ -153,3 +155,12 @@ def client_response_headers(
         out = [(n, v) for n, v in out if n not in named]
     out += extra
     return out
+
+
+def gateway_headers(rid: str, route: str, hint: str | None) -> list[tuple[bytes, bytes]]:
+    """The response headers this gateway sets on a proxied answer: the request id, the route
+    (``geogate-route``), and the region hint where there is one."""
+    extra = [(b"x-request-id", rid.encode()), (_ROUTE, route.encode())]
+    if hint:
+        extra.append((_PREFERRED_REGION, hint.encode()))
+    return extra

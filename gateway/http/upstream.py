@@ -21,12 +21,13 @@ from gateway.client import (
     classify,
 )
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, GatewayShuttingDown, StreamInterrupted
 from gateway.http import events
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
 from gateway.http.errors import status_of
 from gateway.http.exchange import Exchange
 from gateway.http.final_error import (
+    DRAIN_CUT,
     TOTAL_TIMEOUT,
     abort_cause,
     cut_message,
@@ -34,12 +35,7 @@ from gateway.http.final_error import (
     log_cut,
     timeout_hint,
 )
-from gateway.http.headers import (
-    PREFERRED_REGION_HEADER,
-    ROUTE_HEADER,
-    client_response_headers,
-    upstream_request_headers,
-)
+from gateway.http.headers import client_response_headers, gateway_headers, upstream_request_headers
 from gateway.http.relay import relay
 from gateway.http.ttft import no_token_s
 from gateway.http.watchdog import TotalTimeout, Watchdog
@@ -52,8 +48,6 @@ from gateway.watch import ejections
 RETRYABLE_STATUS = frozenset({429, 502, 503})
 # 429 is load, not sickness: it must not eject a backend that is merely full.
 NOT_A_HEALTH_FAILURE = frozenset({429})
-_ROUTE = ROUTE_HEADER.encode()
-_PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
 
 
 class ClientGone(Exception):
@@ -297,28 +291,19 @@ class _Attempts:
         m.attempts.count(failure.upstream, failure.label)
         self._record(cand, ok)
 
-    def _extra_headers(self, index: int) -> list[tuple[bytes, bytes]]:
-        """The response headers this gateway sets: the request id, the route, the hint."""
-        extra = [
-            (b"x-request-id", self.ex.id.encode()),
-            (_ROUTE, self.ex.decision.header(index).encode()),
-        ]
-        hint = self.ex.routed.preferred_region if self.ex.routed else None
-        if hint:
-            extra.append((_PREFERRED_REGION, hint.encode()))
-        return extra
-
     async def _stream(self, resp: Response, index: int, cand: Candidate) -> bool:
         """Stream the response to the client; False when the upstream failed mid-way. Nothing
         of the head or the first chunk stays referenced once sent: a frame here lives as long
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
         send = self.send
-        headers = client_response_headers(resp.raw_headers, self._extra_headers(index))
+        ex = self.ex
+        hint = ex.routed.preferred_region if ex.routed else None
+        extra = gateway_headers(ex.id, ex.decision.header(index), hint)
+        headers = client_response_headers(resp.raw_headers, extra)
         sse = (resp.header(b"content-type") or "").startswith(events.SSE_TYPE) and (
             resp.header(b"content-length") is None  # else no room for an error event: a reset
         )
         resp.raw_headers = []
-        ex = self.ex
         ex.status = resp.status  # what the client got, should the stream be cut later on
         ex.response_starts()
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -368,6 +353,14 @@ class _Attempts:
         except (TimeoutError, *CLIENT_ERRORS) as exc:
             await self._abort(cand, abort_cause(exc), sse)
             return False
+        except asyncio.CancelledError as exc:
+            if not (sse and exc.args == (DRAIN_CUT,)):  # gateway.http.gate's cut says so
+                raise  # a reset (gateway.http.intake): no event stream to end, or no drain
+            # The drain's cut (server.drain_timeout_s) ends an event stream with an event that
+            # says so, as an upstream's cut does: a reset read as a connection error.
+            self.task.uncancel()
+            await self._abort(cand, DRAIN_CUT, sse)
+            return False
         if waiting and not self.tokened:  # a stream that ended with no token
             self._no_token(region, resp.status)
         rest = framer.held if framer is not None else b""  # an end with no blank line
@@ -385,13 +378,15 @@ class _Attempts:
         ex.aborted = cause
         if ex.stream and not self.tokened:
             self._no_token(region, ex.status, cut=True)
-        # This gateway's own limit on a response still coming: the upstream did its part.
-        self._record(cand, cause == TOTAL_TIMEOUT)
+        # This gateway's own limit or drain, on a response still coming: the upstream did its
+        # part.
+        self._record(cand, cause in (TOTAL_TIMEOUT, DRAIN_CUT))
         message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)
         log_cut(ex.id, cand.upstream.id, region, cause, message)
         if not sse:
             raise StreamAborted(message)
-        event = events.error_event(message)
+        drain = cause == DRAIN_CUT
+        event = events.error_event(message, GatewayShuttingDown if drain else StreamInterrupted)
         ex.body_bytes += len(event)
         await self.send({"type": "http.response.body", "body": event})
 

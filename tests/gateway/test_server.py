@@ -246,6 +246,11 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: st
         t.join(10)
         assert time.monotonic() - t0 < 4
         assert "data: [DONE]" not in lines
+        # It ends with an event that says why (the SDKs raise it), not with a reset, which
+        # the SDKs read as a connection error.
+        last = json.loads([ln for ln in lines if ln][-1].removeprefix("data: "))
+        assert last.get("error", {}).get("code") == "gateway_shutting_down", lines[-3:]
+        assert "server.drain_timeout_s" in last["error"]["message"]
         assert "cutting 1 request(s) in flight" in gw.log_text()
         # Its access line says it was cut, and by what (it said a clean 200).
         [access] = [json.loads(ln) for ln in gw.log_text().splitlines() if ln.startswith("{")]
