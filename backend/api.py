@@ -273,11 +273,13 @@ def _fits_at_all(c: Checked, context_len: int) -> None:
             param=c.max_key,
         )
     if chars > (context_len - asked) * MAX_CHARS_PER_TOKEN:
+        # The ask only where one was sent: none quoted "max_tokens 1" that nobody wrote.
+        ask = f" with {c.max_key} {asked}" if c.max_tokens is not None else ""
+        lower = f" or lower {c.max_key}" if c.max_tokens is not None else ""
         raise ContextTooLong(
             f"this model's context window is {context_len} tokens; the prompt is {chars} "
             f"characters, more than {context_len - asked} tokens can hold (at most "
-            f"{MAX_CHARS_PER_TOKEN} characters a token) with {c.max_key} {asked}. Shorten "
-            f"the prompt or lower {c.max_key}",
+            f"{MAX_CHARS_PER_TOKEN} characters a token){ask}. Shorten the prompt{lower}",
             param="messages" if c.chat else "prompt",
         )
 

@@ -33,11 +33,19 @@ def _sse(doc: Any) -> bytes:
     return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
-async def _json_body(request: web.Request) -> Any:
-    """The request's JSON; its errors as OpenAI-shaped 400s and 413s. A large body is parsed
-    in a thread: 8 MB take 0.14 s, which on the loop held /health and every stream."""
+async def _read(request: web.Request) -> bytes:
     try:
-        raw = await request.read()
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
+        raise BodyTooLarge(
+            f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
+        ) from None
+
+
+async def _parse(raw: bytes) -> Any:
+    """The body's JSON, or an OpenAI-shaped 400. A large body is parsed in a thread: 8 MB
+    take 0.14 s, which on the loop held /health and every stream."""
+    try:
         if len(raw) > LOOP_PARSE_MAX_BYTES:
             return await asyncio.to_thread(json.loads, raw)
         return json.loads(raw)
@@ -45,10 +53,6 @@ async def _json_body(request: web.Request) -> Any:
     # arrays nested too deep. Both were 500s, which a gateway counts against this server.
     except (ValueError, RecursionError) as exc:
         raise InvalidParameter(f"request body is not valid JSON: {exc}") from None
-    except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
-        raise BodyTooLarge(
-            f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
-        ) from None
 
 
 class BackendServer:
@@ -153,9 +157,10 @@ class BackendServer:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        arrived = time.perf_counter()  # TTFT counts from here, parsing and tokenizing too
         try:
-            body = await _json_body(request)
+            raw = await _read(request)
+            arrived = time.perf_counter()  # TTFT from here: parsing and tokenizing, no upload
+            body = await _parse(raw)
             # The cheap checks and the queue's room first, on the loop; then the chat
             # template and the tokenizer in a thread: on a prompt of megabytes they take
             # seconds, which on the loop stalled /health (the gateway's probe gives up after

@@ -121,12 +121,10 @@ class SimBackend:
         try:
             return await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:  # aiohttp's are plain text
-            return _error(
-                exc.status,
-                f"{request.method} {request.path}: {exc.reason}",
-                "invalid_request_error",
-                "unknown_url",
-            )
+            code = "method_not_allowed" if exc.status == 405 else "unknown_url"
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+            message = f"{request.method} {request.path}: {exc.reason}"
+            return _error(exc.status, message, "invalid_request_error", code, **allow)
 
     # --- plain endpoints ----------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:

@@ -192,10 +192,13 @@ export function finalError(failures, untried) {
   const tried = failures.map((f) => `${f.region} (${f.what})`).join(", ");
   const last = failures.at(-1);
   if (last?.timedOut) {
+    // x-should-retry: false, as the gateway's 504 says it: the OpenAI SDKs retry a 5xx twice
+    // on their own, and would run again what this Worker chose not to send elsewhere.
     return errorResponse(
       "upstream_timeout",
       `no response in time: ${tried}. The request was not sent to another region, since ` +
-        `${last.region} may still be running it. Retry the request`,
+        `${last.region} may still be running it. Retry only if running it twice is safe`,
+      { "x-should-retry": "false" },
     );
   }
   const tail = untried > 0 ? `; ${untried} more region(s) not tried (MAX_ATTEMPTS)` : "";

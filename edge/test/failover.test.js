@@ -116,6 +116,8 @@ describe("what does not: the region may still be running the request", () => {
     assert.equal(error.type, "upstream_error");
     assert.match(error.message, /eu-central \(no response in 0\.3 s\)/);
     assert.match(error.message, /not sent to another region/);
+    // Nor again by an OpenAI SDK on its own, which retries a 5xx unless told not to.
+    assert.equal(resp.headers.get("x-should-retry"), "false");
     assert.equal(hung.requests.length, 1, "the hung region got the request");
     assert.equal(next.requests.length, 0, "and it was sent again elsewhere");
   });
@@ -139,6 +141,7 @@ describe("what does not: the region may still be running the request", () => {
     const { error } = await resp.json();
     assert.equal(error.code, "upstream_timeout");
     assert.match(error.message, /eu-central \(HTTP 524/);
+    assert.equal(resp.headers.get("x-should-retry"), "false");
     assert.equal(next.requests.length, 0);
   });
 });

@@ -58,7 +58,10 @@ def final_error(
     # A wait for the answer that ran out, not a connect timeout: that one is a connection not
     # made (a region dropping packets), answered as a refused one is, not as a slow prefill.
     if failures and failures[-1].kind is FailureKind.TIMEOUT and not failures[-1].connecting:
-        return UpstreamTimeout(f"upstream timed out: {tried}{tail}. Retry; {hint}")
+        # retry.on_timeout: failed over already; running it again may run it twice
+        return UpstreamTimeout(
+            f"upstream timed out: {tried}{tail}. Retry only if running it twice is safe; {hint}"
+        )
     return UpstreamFailed(f"upstream request failed: {tried}{tail}. Retry the request")
 
 

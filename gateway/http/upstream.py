@@ -357,8 +357,11 @@ class _Attempts:
             if not (sse and exc.args == (DRAIN_CUT,)):  # gateway.http.gate's cut says so
                 raise  # a reset (gateway.http.intake): no event stream to end, or no drain
             # The drain's cut (server.drain_timeout_s) ends an event stream with an event that
-            # says so, as an upstream's cut does: a reset read as a connection error.
-            self.task.uncancel()
+            # says so, as an upstream's cut does: a reset read as a connection error. Another
+            # cancel in the same turn (the client gone) is one error with the first's message:
+            # that one goes on, as asyncio.timeout leaves a cancel not its own.
+            if self.task.uncancel() > 0:
+                raise
             await self._abort(cand, DRAIN_CUT, sse)
             return False
         if waiting and not self.tokened:  # a stream that ended with no token

@@ -237,6 +237,10 @@ def test_a_prompt_too_long_to_fit_is_refused_before_tokenizing() -> None:
     with pytest.raises(ContextTooLong) as e:
         check({"model": "m", "prompt": fits + "x", "max_tokens": 10}, "m", 512, chat=False)
     assert e.value.param == "prompt" and "context window is 512 tokens" in e.value.message
+    assert e.value.message.endswith("with max_tokens 10. Shorten the prompt or lower max_tokens")
+    with pytest.raises(ContextTooLong) as e:  # no max_tokens sent: none quoted ("max_tokens 1")
+        check({"model": "m", "prompt": "x" * 600 * MAX_CHARS_PER_TOKEN}, "m", 512, chat=False)
+    assert e.value.message.endswith("characters a token). Shorten the prompt"), e.value.message
     msgs = [{"role": "user", "content": fits}, {"role": "user", "content": "x"}]
     with pytest.raises(ContextTooLong):
         check(body(messages=msgs, max_tokens=10), "m", 512, chat=True)

@@ -91,9 +91,11 @@ def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
         # max_completion_tokens first, as the model server reads them
         doc = {"model": "m", "prompt": "hi", "max_tokens": 9, "max_completion_tokens": 2}
         assert httpx.post(url, json=doc).json()["usage"]["completion_tokens"] == 2
-        for r, status in ((httpx.get(f"{sim.url}/v1/nope"), 404), (httpx.get(url), 405)):
-            assert r.status_code == status
-            assert r.json()["error"]["code"] == "unknown_url", r.text  # was aiohttp's text
+        r = httpx.get(f"{sim.url}/v1/nope")  # both were aiohttp's plain text
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_url"), r.text
+        r = httpx.get(url)
+        assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed"), r.text
+        assert r.headers["allow"] == "POST"
     finally:
         sim.proc.kill()
 
