@@ -98,6 +98,7 @@ class H1(Flow, asyncio.Protocol):
         # An upgrade offer's body bytes still to come (gateway.h1.upgrade)
         self._upgrade_left: int | None = None
         self._write_paused_at = 0.0
+        self._pending_mark = -1
         self._closing_seen = False  # the idle timer found the transport closing (draining)
         self._refusal: Refused | None = None  # a later request's, answered after those before
         self._good_host: bytes | None = None  # the last Host check_framing took, unchanged since

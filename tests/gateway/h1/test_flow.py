@@ -4,8 +4,12 @@ paused and drained."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections import deque
 from typing import Any
+
+import pytest
 
 from gateway.h1.flow import Flow
 
@@ -50,3 +54,66 @@ async def test_reading_waits_for_the_queue_and_writing_drains() -> None:
     c.resume_writing()
     await asyncio.wait_for(waiter, 1)
     assert woke == [True] and not c.write_paused
+
+
+class SocketTransport(Transport):
+    """A transport over a real TCP socket whose send buffer the test fills."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+def stuck_pair() -> tuple[socket.socket, socket.socket]:
+    """A loopback TCP connection whose sender's buffers are full: the receiver reads nothing."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sender.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sender.send(b"x" * 65536)
+    return sender, receiver
+
+
+@pytest.mark.parametrize("reads", [False, True])
+async def test_a_client_still_reading_is_slow_not_stalled(reads: bool) -> None:
+    # A slowly reading client kept writing paused past keepalive_s (the kernel says writable
+    # only once a third of its send buffer is free) and was cut as stalled, logged as a 499.
+    sender, receiver = stuck_pair()
+    try:
+        c = Conn(asyncio.get_running_loop())
+        c.transport = SocketTransport(sender)  # type: ignore[assignment]
+        c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
+        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
+        c.pause_writing()
+        mark = c._pending_mark
+        assert mark > 0
+        if reads:
+            receiver.recv(65536)
+            for _ in range(200):  # the window update, the send, the ACK: on the loop's time
+                if c._pending() < mark:
+                    break
+                await asyncio.sleep(0.01)
+        c._write_paused_at -= c.keepalive_s  # a keep-alive time paused
+        c._idle_check()
+        cut = "abort" in c.transport.calls  # type: ignore[attr-defined]
+        assert cut is not reads
+        if c._idle_timer is not None:
+            c._idle_timer.cancel()
+    finally:
+        sender.close()
+        receiver.close()
