@@ -129,6 +129,18 @@ RESPONSE_TIMEOUT_S = 600.0  # a non-streaming answer arrives whole when generati
 # its wait is the whole generation: as long as total_s allows any response (4,000 tokens at
 # 10 tokens/s plus queueing); first_byte_s (a prefill) would cut long answers off
 
+# Reading from the upstream pauses while this much of the body waits for the consumer (a
+# slow client), counted by the reads that brought it (chunk framing included): memory per
+# stream stays bounded whatever the upstream's pace. aiohttp's StreamReader paused at
+# 2 x 64 KiB. One socket read past this is the most it holds (uvloop reads up to 256 000
+# bytes at a time: UV_STREAM_RECV_BUF_SIZE).
+PAUSE_BYTES: Final = 64 * 1024
+# An upstream's response head still unfinished after this much was read is a 502
+# (BadResponse), not held on: a 100 MB header was held whole and stalled the loop 3 s. A head
+# that ends within one read (up to 256,000 bytes) passes: its memory is the read's anyway.
+# Envoy's max_response_headers_kb is 60 KiB; a model server's head is a few hundred bytes.
+UPSTREAM_HEAD_MAX_BYTES: Final = 64 * 1024
+
 # --- retries --------------------------------------------------------------------------------
 MAX_ATTEMPTS = 3  # first try + 2 failovers: a second region, then a third
 RETRY_BUDGET_RATIO = 0.2  # retries may add at most 20 % to recent request volume

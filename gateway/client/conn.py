@@ -17,18 +17,12 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import Final, cast
+from typing import cast
 
 import httptools
 
 from gateway.client.failures import BadResponse, ConnectionLost
-
-# Reading from the upstream pauses while this much of the body waits for the consumer (a
-# slow client), counted by the reads that brought it (chunk framing included): memory per
-# stream stays bounded whatever the upstream's pace. aiohttp's StreamReader paused at
-# 2 x 64 KiB. One socket read past this is the most it holds (uvloop reads up to 256 000
-# bytes at a time: UV_STREAM_RECV_BUF_SIZE).
-PAUSE_BYTES: Final = 64 * 1024
+from gateway.defaults import PAUSE_BYTES, UPSTREAM_HEAD_MAX_BYTES
 
 
 class Conn(asyncio.Protocol):
@@ -46,6 +40,7 @@ class Conn(asyncio.Protocol):
         "error",
         "framed",
         "handed_off",
+        "head_bytes",
         "head_done",
         "headers",
         "heard",
@@ -104,6 +99,7 @@ class Conn(asyncio.Protocol):
         self.error: BaseException | None = None
         self.lost = self.paused = False
         self.heard = False  # a byte of this request's answer came (pool.py: the stale retry)
+        self.head_bytes = 0  # read while the answer's head was unfinished
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
         # While set, the body goes to sink() from data_received, each read's chunks joined;
@@ -131,7 +127,7 @@ class Conn(asyncio.Protocol):
         self.chunked = self.wants_hand_off = self.handed_off = False
         self.chunks.clear()
         self.open_chunks.clear()
-        self.buffered, self.error, self.heard = 0, None, False
+        self.buffered, self.error, self.heard, self.head_bytes = 0, None, False, 0
         self.transport.writelines((head, body) if body else (head,))
         if timeout_s is not None:
             self.timer = self.loop.call_later(timeout_s, self._expire)
@@ -263,6 +259,10 @@ class Conn(asyncio.Protocol):
                 self.close()
             else:
                 self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
+        if not self.head_done:  # llhttp holds a header until its end: bound what it holds
+            self.head_bytes += len(read)
+            if self.head_bytes > UPSTREAM_HEAD_MAX_BYTES and self.error is None:
+                self._fail(BadResponse(f"a response head over {UPSTREAM_HEAD_MAX_BYTES} bytes"))
         chunks = self.chunks
         if not chunks:
             return
@@ -365,8 +365,9 @@ class Conn(asyncio.Protocol):
         self.headers.append((lname, value))  # in lower case, as ASGI's: readers compare them
         if lname == b"content-length":
             self.framed = True
-        elif lname == b"transfer-encoding" and value.lower().endswith(b"chunked"):
-            self.framed = self.chunked = True
+        elif lname == b"transfer-encoding":  # chunked only as the last coding, as llhttp
+            self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"  # reads it
+            self.framed = self.framed or self.chunked  # (RFC 9112 6.3: "xchunked" is none)
 
     def on_message_begin(self) -> None:
         if not self.busy:  # a response nobody asked for, after the one that was: stop here

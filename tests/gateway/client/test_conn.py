@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from gateway.client import BadResponse, Client, ConnectionLost, FailureKind, classify
+from gateway.defaults import UPSTREAM_HEAD_MAX_BYTES
 from tests.gateway.client.scripted import Scripted, ok, raw, run
 
 
@@ -151,3 +152,34 @@ def test_bytes_after_a_response_keep_its_connection_out_of_the_pool() -> None:
             await client.close()
 
     run(main())
+
+
+@pytest.mark.parametrize("coding", [b"xchunked", b"chunked, gzip", b"gzip"])
+def test_a_body_whose_last_coding_is_not_chunked_ends_at_the_close(coding: bytes) -> None:
+    # llhttp reads such a body to the close (RFC 9112 6.3); "xchunked" ended with "chunked"
+    # and was taken for chunked: the close was a failure, and a stream's splice parsed the
+    # raw bytes as chunks.
+    async def main() -> None:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %b\r\n\r\n" % coding
+        async with Scripted(raw(head + b"5\r\nhello\r\n0\r\n\r\n", True)) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            assert await asyncio.wait_for(resp.read(), 2) == b"5\r\nhello\r\n0\r\n\r\n"
+            assert client.idle_count() == 0
+            await client.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("shape", ["many", "one"])
+def test_a_response_head_past_the_cap_is_a_bad_response(shape: str) -> None:
+    # It was held whole: a 100 MB header grew the worker by 100 MB and stalled its loop 3 s.
+    # Past one socket read (uvloop's 256,000 bytes), so that the head is unfinished after one.
+    size = 300_000
+    headers = (
+        b"X-A: %b\r\n" % (b"a" * 1000) * (size // 1000)
+        if shape == "many"
+        else b"X: %b\r\n" % (b"a" * size)
+    )
+    got = run(_fails(b"HTTP/1.1 200 OK\r\n" + headers + b"\r\n", False, BadResponse))
+    assert got == f"bad response: a response head over {UPSTREAM_HEAD_MAX_BYTES} bytes", got
