@@ -29,13 +29,6 @@ from gateway.runtime import Runtime
 from geodb.clientip import parse_ip
 from geodb.edge import HEADER as EDGE_HEADER
 
-
-def _request_id(request: Request) -> dict[str, str]:
-    """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
-    ``_request_id``)."""
-    return {"x-request-id": request_id(request.headers.get("x-request-id"))}
-
-
 # Public, as /readyz is: an edge gateway in front of this one (upstream load_path = "/load")
 # reads the region's load here; the ops listener with the full /metrics is not for it to reach.
 LOAD_PATH = "/load"
@@ -284,6 +277,12 @@ class Endpoints:
                 "worker": self.rt.worker,
             }
         )
+
+
+def _request_id(request: Request) -> dict[str, str]:
+    """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
+    ``_request_id``)."""
+    return {"x-request-id": request_id(request.headers.get("x-request-id"))}
 
 
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
