@@ -38,7 +38,7 @@ def _stop_granian_worker() -> None:
 
 
 def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
-    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings, HTTP2Settings
     from granian.server import Server
 
@@ -56,6 +56,9 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
         factory=True,
         ssl_cert=s.tls_cert,
         ssl_key=s.tls_key,
+        # TLS 1.2 and up, as on uvicorn and hypercorn: granian's own floor is 1.3, which
+        # refused every TLS 1.2 client or proxy.
+        ssl_protocol_min=SSLProtocols.tls12,
         # The workers drain for up to drain_timeout_s themselves; this is the backstop.
         workers_kill_timeout=math.ceil(s.drain_timeout_s + d.WORKER_EXIT_GRACE_S),
         log_access=False,  # the app writes its own access line, with request id and route

@@ -39,6 +39,9 @@ class H1(Flow, asyncio.Protocol):
     """Set ``head_limit``, ``max_header_bytes`` and ``head_timeout_s`` on a subclass
     (gateway.h1.capped): uvicorn builds the protocol itself, with its four arguments."""
 
+    # uvicorn offers its protocol class's ALPN list on TLS; none was offered, where README
+    # (and a strict client) expects http/1.1 (a client that would take h2 gets HTTP/1.1).
+    alpn_protocols: ClassVar[list[str]] = ["http/1.1"]
     head_limit: ClassVar[int] = 0
     max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0

@@ -114,6 +114,18 @@ def test_tls_with_alpn(tmp_path: Path, engine: str, negotiated: str) -> None:
     ctx = ssl.create_default_context(cafile=str(cert))
     try:
         wait_http(f"{url}/healthz", proc=proc, context=ctx)
+        # TLS 1.2 on every engine (granian's own floor of 1.3 refused it), and ALPN agreed
+        # on every engine (uvicorn's agreed none: the protocol class offered no list).
+        raw = ssl.create_default_context(cafile=str(cert))
+        raw.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw.set_alpn_protocols(["h2", "http/1.1"])
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+            raw.wrap_socket(sock, server_hostname="127.0.0.1") as tls_sock,
+        ):
+            assert tls_sock.version() == "TLSv1.2"
+            agreed = "h2" if negotiated == "HTTP/2" else "http/1.1"
+            assert tls_sock.selected_alpn_protocol() == agreed
         with httpx.Client(http2=True, verify=ctx) as c:
             r = c.post(f"{url}/v1/chat/completions", json=BODY)
         assert (r.status_code, r.http_version) == (200, negotiated)  # by ALPN
