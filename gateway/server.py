@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway import checks, engines
 from gateway import defaults as d
-from gateway import engines
 from gateway.config import Config
 from gateway.engines import address
-from gateway.errors import CannotListen
+from gateway.errors import CannotListen, ConfigError, GatewayError
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
@@ -81,6 +81,9 @@ def _serve_uvicorn(
 
     s = config.server
     server: Server | None = None
+    if s.tls_cert and s.tls_key and (unusable := _tls_now(s.tls_cert, s.tls_key)):
+        # Read again by each worker: a replacement's may have changed since the start's check
+        raise ConfigError(f"server.{unusable[0]}: {unusable[1]}")
 
     def stop() -> None:  # the app's drain is done (gateway.http.gate)
         assert server is not None
@@ -123,14 +126,17 @@ class Forked:
     are passed on to every worker (each drains on its own, as under granian), and this process
     exits when they all have; a worker still alive ``kill_after_s`` later is killed. A worker
     that dies later is replaced; one that dies in its first WORKER_START_GRACE_S stops them all
-    (a worker that cannot start would only fail again). Worker i's listening socket, socks[i],
-    is closed in the others, and here once stopping: else connections would queue for no one."""
+    (a worker that cannot start would only fail again), unless it was a replacement and others
+    serve: they go on without it (a TLS file changed mid-rotation stopped a serving gateway).
+    Worker i's listening socket, socks[i], is closed in the others, and here once stopping or
+    given up: else connections would queue for no one."""
 
     def __init__(
         self, n: int, serve: Callable[[int], None], kill_after_s: float, socks: Listeners = ()
     ) -> None:
         self.n, self.serve, self.kill_after_s, self.socks = n, serve, kill_after_s, socks
         self.started: dict[int, tuple[int, float]] = {}  # pid -> (its index, when forked)
+        self.replacements: set[int] = set()  # pids forked to replace a worker that died
         self.stopping = False
         self.failed = False
 
@@ -149,17 +155,32 @@ class Forked:
                 continue
             index, born = worker
             code = os.waitstatus_to_exitcode(status)
-            if time.monotonic() - born < d.WORKER_START_GRACE_S:
+            starting = time.monotonic() - born < d.WORKER_START_GRACE_S
+            replacing = pid in self.replacements
+            self.replacements.discard(pid)
+            if starting and replacing and self.started:
+                # The others serve on; its socket goes (connections queued on it are reset).
+                log.error(
+                    "worker %d, a replacement, exited during start-up (status %d): %d "
+                    "worker(s) serve on without it; restart the gateway once fixed",
+                    pid,
+                    code,
+                    len(self.started),
+                )
+                if self.socks:
+                    self.socks[index].close()
+                continue
+            if starting:
                 log.error("worker %d exited during start-up (status %d): stopping", pid, code)
                 self.failed = True
                 self._pass_on(signal.SIGTERM, None)
                 continue
             log.error("worker %d exited (status %d): starting another", pid, code)
-            self._fork(index)
+            self.replacements.add(self._fork(index))
         if self.failed:
             raise SystemExit(1)
 
-    def _fork(self, index: int) -> None:
+    def _fork(self, index: int) -> int:
         stop_signals = {signal.SIGTERM, signal.SIGINT}
         # Held until the worker has its own handlers: one arriving in between would run this
         # process's _pass_on in the worker.
@@ -182,6 +203,9 @@ class Forked:
                 self.serve(index)
             except SystemExit as exc:
                 code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+            except GatewayError as exc:  # one line, as at start (a TLS file changed since)
+                log.error("worker %d cannot start: %s", os.getpid(), exc)
+                code = 2
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
@@ -190,6 +214,7 @@ class Forked:
                 os._exit(code)
         self.started[pid] = (index, time.monotonic())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
+        return pid
 
     def _pass_on(self, sig: int, _frame: object) -> None:
         if not self.stopping:
@@ -294,6 +319,14 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
             "errors and GeoIP lookups; set ops.token or keep ops.host on loopback",
             ops.host,
         )
+
+
+def _tls_now(cert: Path, key: Path) -> tuple[str, str] | None:
+    """What is wrong with the TLS files as they are now: (the key, why), or None."""
+    for name, p in (("tls_cert", cert), ("tls_key", key)):
+        if why := checks.unreadable(p):
+            return name, f"cannot read {p}: {why}"
+    return checks.tls_unusable(cert, key)
 
 
 def _log_public(config: Config, port: int) -> None:

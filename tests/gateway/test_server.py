@@ -540,3 +540,43 @@ def test_server_port_0_says_the_port_it_got(tmp_path: Path) -> None:
     finally:
         stop(proc)
         sim.proc.kill()
+
+
+RETIRED = """
+import os, signal, sys, time
+from gateway import defaults, server
+from gateway.errors import ConfigError
+defaults.WORKER_START_GRACE_S = 1.0
+marks = sys.argv[1]
+def serve(index: int) -> None:
+    if index == 1:
+        signal.pause()  # serves on, until SIGTERM
+    elif os.path.exists(os.path.join(marks, "died")):  # worker 0's replacement cannot start
+        open(os.path.join(marks, "replacement"), "w").close()
+        raise ConfigError("server.tls_key: not the key of the certificate (a test's)")
+    else:  # worker 0 serves past its start-up grace, then dies
+        time.sleep(1.5)
+        open(os.path.join(marks, "died"), "w").close()
+        raise SystemExit(3)
+server.Forked(2, serve, kill_after_s=1.0).run()
+"""
+
+
+def test_a_replacement_that_cannot_start_leaves_the_others_serving(tmp_path: Path) -> None:
+    # A TLS file changed mid-rotation: the replacement of a worker that died failed at start,
+    # and that stopped the whole gateway, the worker still serving with it.
+    marks, log = tmp_path / "marks", tmp_path / "log"
+    marks.mkdir()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", RETIRED, str(marks)], stderr=out)
+    try:
+        said = "a replacement, exited during start-up (status 2): 1 worker(s) serve on"
+        eventually(lambda: said in log.read_text(), what="the parent's word on it")
+        assert proc.poll() is None, "the gateway stopped"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        err = log.read_text()
+        assert "cannot start: server.tls_key: not the key of the certificate" in err
+        assert "Traceback" not in err
+    finally:
+        proc.kill()
