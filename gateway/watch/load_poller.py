@@ -116,6 +116,15 @@ def next_round_s(
     return max(fast, slow)
 
 
+def scraped(rt: Runtime) -> tuple[Upstream, ...]:
+    """The upstreams a round scrapes: those the probes do not hold down. A down one routes
+    nothing, and its failed scrape kept every round at the fast interval: four TLS
+    handshakes a second to an upstream whose certificate was refused, against the probe's
+    one every interval. Its sample expires (load.max_age_s); the round after its probe
+    answers scrapes it again."""
+    return tuple(u for u in rt.store.upstreams() if rt.store.health(u.id).probe_ok())
+
+
 async def load_loop(rt: Runtime) -> None:
     """A round every poll interval (slower while idle: ``next_round_s``), or when the slowest
     scrape of the last one is done; on the worker's tick where the interval allows
@@ -125,7 +134,7 @@ async def load_loop(rt: Runtime) -> None:
     beat = Beat(loop.time())  # on the worker's tick (gateway.ticks), with the background work
     whole: set[str] = set()  # upstreams scraped whole (poll_once)
     while rt.config.load.enabled:
-        ups = rt.store.upstreams()
+        ups = scraped(rt)
         readings = await poll_all(rt, ups, whole)
         before = [rt.store.load(u.id) for u in ups]  # each upstream's sample, until now
         rt.store.record_loads(

@@ -19,7 +19,7 @@ from gateway.client import Client
 from gateway.config import Config, LoadSection, Upstream
 from gateway.routing.load import SCRAPE_QUERY, LoadReading, LoadState, parse_load
 from gateway.runtime import build_runtime
-from gateway.watch.load_poller import next_round_s, poll_once, scrape_url
+from gateway.watch.load_poller import next_round_s, poll_once, scrape_url, scraped
 from tests.support import (
     Sim,
     UpstreamSpec,
@@ -275,3 +275,16 @@ def _one_upstream(url: str) -> dict[str, object]:
         "regions": [{"id": "eu", "latitude": 50, "longitude": 8}],
         "upstreams": [{"id": "a", "region": "eu", "url": url, "models": ["m"]}],
     }
+
+
+def test_an_upstream_the_probes_hold_down_is_not_scraped() -> None:
+    # Its failed scrape kept every round at the fast interval: four TLS handshakes a second
+    # to an upstream whose certificate was refused, against one probe every interval.
+    rt = build_runtime(Config.model_validate(_one_upstream("http://127.0.0.1:1")))
+    assert [u.id for u in scraped(rt)] == ["a"]  # not probed yet: healthy until told
+    for _ in range(rt.config.health.unhealthy_threshold):
+        rt.store.record_probe("a", False, None, "connect failed: CERTIFICATE_VERIFY_FAILED")
+    assert scraped(rt) == ()
+    for _ in range(rt.config.health.healthy_threshold):
+        rt.store.record_probe("a", True, 12.0, None)
+    assert [u.id for u in scraped(rt)] == ["a"]
