@@ -205,6 +205,16 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
+def tls_problem(cert: Path, key: Path) -> tuple[str, str] | None:
+    """What keeps a server from this certificate and key, as (the config key at fault,
+    why), or None: read at start (gateway.config_file) and again by each worker as it starts
+    (gateway.server), where a replacement's files may have changed since."""
+    for name, p in (("tls_cert", cert), ("tls_key", key)):
+        if why := unreadable(p):
+            return name, f"cannot read {p}: {why}"
+    return tls_unusable(cert, key)
+
+
 class _Encrypted(Exception):
     """The key asked for its passphrase."""
 

@@ -180,12 +180,8 @@ def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:
     cert, key = cfg.server.tls_cert, cfg.server.tls_key
     if cert is None or key is None:  # both or neither (ServerSection)
         return
-    for name, p in (("tls_cert", cert), ("tls_key", key)):
-        if why := checks.unreadable(p):
-            where = _origin(origins, f"server.{name}", source)
-            raise ConfigError(f"config error in {where}: server.{name}: cannot read {p}: {why}")
-    if unusable := checks.tls_unusable(cert, key):
-        name, why = unusable
+    if problem := checks.tls_problem(cert, key):
+        name, why = problem
         where = _origin(origins, f"server.{name.partition('/')[0]}", source)
         raise ConfigError(f"config error in {where}: server.{name}: {why}")
 

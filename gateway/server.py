@@ -81,7 +81,7 @@ def _serve_uvicorn(
 
     s = config.server
     server: Server | None = None
-    if s.tls_cert and s.tls_key and (unusable := _tls_now(s.tls_cert, s.tls_key)):
+    if s.tls_cert and s.tls_key and (unusable := checks.tls_problem(s.tls_cert, s.tls_key)):
         # Read again by each worker: a replacement's may have changed since the start's check
         raise ConfigError(f"server.{unusable[0]}: {unusable[1]}")
 
@@ -319,14 +319,6 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
             "errors and GeoIP lookups; set ops.token or keep ops.host on loopback",
             ops.host,
         )
-
-
-def _tls_now(cert: Path, key: Path) -> tuple[str, str] | None:
-    """What is wrong with the TLS files as they are now: (the key, why), or None."""
-    for name, p in (("tls_cert", cert), ("tls_key", key)):
-        if why := checks.unreadable(p):
-            return name, f"cannot read {p}: {why}"
-    return checks.tls_unusable(cert, key)
 
 
 def _log_public(config: Config, port: int) -> None:
