@@ -37,6 +37,7 @@ CLOCKS = {
 # A cut mid-event waits this long after the half it sent, so that the proxy has read and
 # relayed it before the reset (a reset drops whatever the receiver has not read yet).
 MID_EVENT_PAUSE_S = 0.05
+SIM_MAX_TOKENS = 1_000_000  # a simulated answer's longest
 WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
 
 
@@ -78,11 +79,14 @@ class SimConfig:
 
 
 def _max_tokens(req: dict[str, Any], default: int) -> int:
-    """max_completion_tokens first, as the model server reads them: a whole number, 1 or more."""
+    """max_completion_tokens first, as the model server reads them: a whole number from 1 to
+    SIM_MAX_TOKENS (10**31 of them, at once, held the loop for good)."""
     for key in ("max_completion_tokens", "max_tokens"):
         if (value := req.get(key)) is not None:
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{key} must be a whole number of at least 1, not {value!r}")
+            if type(value) is not int or not 1 <= value <= SIM_MAX_TOKENS:
+                raise ValueError(
+                    f"{key} must be a whole number from 1 to {SIM_MAX_TOKENS}, not {value!r}"
+                )
             return value
     return default
 

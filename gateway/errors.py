@@ -39,10 +39,13 @@ from __future__ import annotations
 
 
 class GatewayError(Exception):
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # when the client may usefully try again
+        self.param = param  # the request's field at fault, as OpenAI's errors name it
 
 
 class ConfigError(GatewayError):

@@ -28,8 +28,10 @@ const CODES = {
  */
 export function errorResponse(code, message, headers = {}) {
   const [status, type] = CODES[code];
-  // param: null, as OpenAI's own errors carry it (the edge's errors name no parameter).
-  return new Response(JSON.stringify({ error: { message, type, param: null, code } }), {
+  // param: the field at fault (the model, as the gateway's model_not_found names it), else
+  // null, as OpenAI's own errors carry it.
+  const param = code === "model_not_found" ? "model" : null;
+  return new Response(JSON.stringify({ error: { message, type, param, code } }), {
     status,
     headers: { "content-type": "application/json", ...headers },
   });

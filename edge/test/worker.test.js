@@ -93,7 +93,9 @@ describe("every gateway unreachable, on a cold start", () => {
       cf: CITIES.London,
     });
     assert.equal(resp.status, 404);
-    assert.equal((await errorOf(resp)).code, "model_not_found");
+    const err = await errorOf(resp);
+    assert.equal(err.code, "model_not_found");
+    assert.equal(err.param, "model"); // the field at fault, as the gateway's error names it
   });
 });
 

@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.cli.errors import CLIError
+from gateway.cli.errors import CLIError, OneLineParser
 from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_S
 from gateway.errors import ConfigError
 
 FORMATS = ("powerdns", "route53")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     dns = sub.add_parser("dns", help="GeoDNS: the global hostname's records")
     dsub = dns.add_subparsers(dest="dns_command", required=True, metavar="SUBCOMMAND")
     ex = dsub.add_parser(

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--redis", metavar="URL", help="or straight to the fleet's Redis")
     ctl.add_argument("--deployment", default="default", help="with --redis: redis.deployment")
     csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
-    who = argparse.ArgumentParser(add_help=False)
+    who = OneLineParser(add_help=False)
     who.add_argument("--who", help="with --redis: operator name for the audit (default $USER)")
     who.add_argument(
         "--yes",

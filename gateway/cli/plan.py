@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.charts import use_agg
-from gateway.cli.errors import CLIError
+from gateway.cli.errors import CLIError, OneLineParser
 from gateway.cli.files import not_utf8, output_dir, read_text, writing
 from gateway.errors import PlanInvalid
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
@@ -22,7 +22,7 @@ from gateway.plan.model import Placement, choose
 from gateway.plan.search import exhaustive, plan
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("plan", help="where to put GPUs: cost against latency per placement")
     p.add_argument("file", type=Path, help="plan input (see examples/plan.toml)")
     p.add_argument("--all", action="store_true", help="every placement, not only the front")

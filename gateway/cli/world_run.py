@@ -13,7 +13,7 @@ from typing import Any
 from rich.progress import Progress
 
 from gateway.cli import world_report as wr
-from gateway.cli.errors import CLIError
+from gateway.cli.errors import CLIError, OneLineParser
 from gateway.cli.files import output_dir, read_text, writing
 from gateway.cli.procs import interruptible
 from gateway.cli.workdir import work_folder
@@ -287,7 +287,7 @@ def _no_twice(option: str, keys: list[str], given: list[str]) -> None:
         raise CLIError(f"world: {option} names {twice!r} more than once")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     w = sub.add_parser(
         "world", help="emulated world on loopback: three topologies, events, TTFT per site"
     )

@@ -149,7 +149,8 @@ class Endpoints:
         else:
             err = ModelNotFound(
                 f"model {logged_text(name)!r} is not served by any upstream of this gateway; "
-                "GET /v1/models lists the models available"
+                "GET /v1/models lists the models available",
+                param="model",
             )
         response = json_error(err)
         response.headers.update(headers)

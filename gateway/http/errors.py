@@ -60,8 +60,8 @@ def status_of(err: e.GatewayError) -> int:
 
 def error_body(err: e.GatewayError) -> dict[str, Any]:
     _, type_, code = _row(err)
-    # "param": null as OpenAI's own errors carry it (the gateway's errors name no parameter).
-    return {"error": {"message": err.message, "type": type_, "param": None, "code": code}}
+    # "param": the field at fault (the model), else null, as OpenAI's own errors carry it.
+    return {"error": {"message": err.message, "type": type_, "param": err.param, "code": code}}
 
 
 def error_headers(err: e.GatewayError) -> dict[str, str]:

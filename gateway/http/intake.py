@@ -81,7 +81,8 @@ def model_of(body: bytes) -> tuple[str, bool]:
     if not isinstance(model, str) or not model:
         raise RequestInvalid(
             'request body has no "model" field (a non-empty string); name the model to use — '
-            "GET /v1/models lists them"
+            "GET /v1/models lists them",
+            param="model",
         )
     return model, stream is True
 
@@ -231,7 +232,8 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
             )
         raise ModelNotFound(
             f"model {logged_text(model)!r} is not served by any upstream of this gateway; "
-            "GET /v1/models lists the models available"
+            "GET /v1/models lists the models available",
+            param="model",
         )
     if decision.outcome is Outcome.NO_CANDIDATE:
         why = sorted({e.reason for e in decision.excluded})
@@ -280,9 +282,8 @@ class Proxy:
         # The config for the request's checks and its record, looked up once (a property chain
         # per lookup); the attempts take theirs as they start (gateway.http.upstream).
         config = self.rt.config
-        # The served path keeps the exchange's record itself (upstream._stream, the relay):
-        # a wrapper around ``send`` cost every request a coroutine frame per message. The
-        # error answers, built here, go through the wrapper (Exchange.tracking).
+        # The served path keeps the exchange's record itself (upstream._stream, the relay): a
+        # wrapper around ``send`` cost a coroutine frame per message. Errors use it (tracking).
         try:
             await self._serve(ex, config, heads, receive, send)
         except GatewayError as err:

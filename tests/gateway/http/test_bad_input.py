@@ -76,7 +76,8 @@ def error_of(status: int, body: bytes, want: int, code: str) -> str:
     assert status == want, body
     err = json.loads(body)["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, err
-    assert err["param"] is None  # as OpenAI's errors carry it
+    # The field at fault where there is one (the model), else null, as OpenAI's errors say.
+    assert err["param"] == ("model" if code == "model_not_found" else None), err
     return str(err["message"])
 
 

@@ -268,8 +268,10 @@ def test_malformed_json_and_missing_model_are_400(fleet: tuple[Gateway, dict[str
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", content=b'{"model": "m",')
     assert_openai_error(r, 400, "invalid_request", "not valid JSON", "line 1")
+    assert r.json()["error"]["param"] is None
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"messages": []})
     assert_openai_error(r, 400, "invalid_request", '"model"')
+    assert r.json()["error"]["param"] == "model"  # the field at fault, as OpenAI names it
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=["m"])
     assert_openai_error(r, 400, "invalid_request", "must be a JSON object, not an array")
 
@@ -278,6 +280,7 @@ def test_unknown_model_is_404(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("gpt-17"))
     assert_openai_error(r, 404, "model_not_found", "gpt-17", "/v1/models")
+    assert r.json()["error"]["param"] == "model"
     assert r.headers["geogate-route"] == "outcome=model_not_found"  # routed, nothing tried
 
 
@@ -329,6 +332,7 @@ def test_the_sdk_does_not_run_again_what_the_gateway_would_not(
     gw, sims = fleet
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")  # max_retries: 2
     before = sims["slow"].stats()["requests"]
+    assert isinstance(before, int)
     with pytest.raises(openai.InternalServerError) as e:
         client.completions.create(model="slow", prompt="hi", stream=True, timeout=30)
     assert e.value.status_code == 504
