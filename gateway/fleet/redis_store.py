@@ -275,19 +275,21 @@ class RedisStateStore(MemoryStateStore):
     def _adopt(self, holds: Stored) -> None:
         first = self._held is None  # the file's routing is what this gateway had until now
         same = self._held is not None and self._held.digest == holds.digest
+        if not same:  # else the same document at another version (put back, or settled ours)
+            try:
+                new = config_doc.apply_doc(self.config, holds.doc or {})
+            except Exception as exc:  # a bad document must not take the gateway down
+                # Nor pass for what it routes on: the version, /admin/config and the parent's
+                # last-known document (a replaced worker's start) stay the routed one's. Said
+                # once: the loop's mark is this document's until Redis holds another.
+                mark = (str(holds.version), holds.stored_digest)
+                if self._seen != mark:
+                    sync_log.refused(holds.version, exc)
+                self._seen = mark
+                return
         self._held, self.version = holds, holds.version
         last_known.save(holds, self._fleet)
-        if same:  # the same document at another version (put back, or settled our way)
-            return
-        try:
-            new = config_doc.apply_doc(self.config, holds.doc or {})
-        except Exception as exc:  # a bad document must not take the gateway down
-            log.error(
-                "ignoring fleet config version %d: %s",
-                holds.version,
-                exc,
-                extra=event("config-refused", reason=str(exc), config_version=holds.version),
-            )
+        if same:
             return
         self.replace_config(new)
         log.info(

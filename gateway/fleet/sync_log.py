@@ -100,3 +100,13 @@ def file_ignored(differs: list[str], deployment: str, version: int) -> None:
             deployment=deployment,
         ),
     )
+
+
+def refused(version: int, exc: Exception) -> None:
+    """A fleet document this gateway cannot route on (it stays on the one it has)."""
+    log.error(
+        "ignoring fleet config version %d: %s; routing on the version before",
+        version,
+        exc,
+        extra=event("config-refused", reason=str(exc), config_version=version),
+    )

@@ -72,6 +72,10 @@ class Flow:
         stalled = self.write_paused and now - self._write_paused_at >= self.keepalive_s
         if stalled and self._client_read():  # slow, not stalled: a keep-alive time from now
             self._write_paused_at, stalled = now, False
+        elif self.write_paused and not stalled:
+            # What the client's kernel took just after the pause (its receive buffer filling)
+            # is no reading: a client that reads nothing was given a keep-alive time more.
+            self._pending_mark = self._pending()
         closing = self.transport.is_closing()
         if (closing and self._closing_seen) or stalled:
             # A close waits for the send buffer to drain, and a client that reads nothing

@@ -280,11 +280,22 @@ def _one_upstream(url: str) -> dict[str, object]:
 def test_an_upstream_the_probes_hold_down_is_not_scraped() -> None:
     # Its failed scrape kept every round at the fast interval: four TLS handshakes a second
     # to an upstream whose certificate was refused, against one probe every interval.
-    rt = build_runtime(Config.model_validate(_one_upstream("http://127.0.0.1:1")))
-    assert [u.id for u in scraped(rt)] == ["a"]  # not probed yet: healthy until told
-    for _ in range(rt.config.health.unhealthy_threshold):
-        rt.store.record_probe("a", False, None, "connect failed: CERTIFICATE_VERIFY_FAILED")
-    assert scraped(rt) == ()
-    for _ in range(rt.config.health.healthy_threshold):
-        rt.store.record_probe("a", True, 12.0, None)
-    assert [u.id for u in scraped(rt)] == ["a"]
+    doc = _one_upstream("http://127.0.0.1:1")
+    ups = [
+        {"id": u, "region": "eu", "url": f"http://127.0.0.1:{p}", "models": ["m"]}
+        for u, p in (("a", 1), ("b", 2), ("c", 3))
+    ]
+    rt = build_runtime(Config.model_validate({**doc, "upstreams": ups}))
+    assert [u.id for u in scraped(rt)] == ["a", "b", "c"]  # not probed yet: up until told
+
+    def probes(uid: str, ok: bool) -> None:
+        h = rt.config.health
+        for _ in range(h.healthy_threshold if ok else h.unhealthy_threshold):
+            rt.store.record_probe(uid, ok, 12.0 if ok else None, None if ok else "refused")
+
+    probes("a", False)
+    assert [u.id for u in scraped(rt)] == ["b", "c"]
+    probes("b", False)  # one of three up, under the panic threshold: the router tries all,
+    assert [u.id for u in scraped(rt)] == ["a", "b", "c"]  # and scores them on their queues
+    probes("a", True)
+    assert [u.id for u in scraped(rt)] == ["a", "c"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.errors import ConfigError, SharedStateUnavailable
-from gateway.fleet import config_doc, config_io, observations
+from gateway.fleet import config_doc, config_io, last_known, observations
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
 from tests.support import start_redis
@@ -646,3 +647,30 @@ def _fleet_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.levelno >= logging.ERROR and r.name == "geogate.fleet"
     ]
+
+
+async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_routed_one(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer document apply_doc refuses (drained_regions naming an upstream of another
+    region) became the version, /admin/config's and the metric's, and the parent's kept
+    document, which a replaced worker then started on: the operators' drains undone there."""
+    saved: list[int] = []
+    monkeypatch.setattr(last_known, "save", lambda stored, fleet: saved.append(stored.version))
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        await operate(gw)
+        doc, version = await in_redis(gw)
+        assert doc is not None and version == 3 and saved[-1] == 3
+        bad = {**doc, "drained_regions": {"eu": ["nope"]}}
+        await hold(gw.redis(), gw, Stored(bad, 4, time.time() + 60))  # newer than ours
+        caplog.clear()
+        for _ in range(3):
+            await gw._refresh()
+        assert (gw.version, routing(gw), saved[-1]) == (3, OPERATED, 3)
+        [error] = _fleet_errors(caplog)  # once, not at each refresh
+        assert error.startswith("ignoring fleet config version 4: ")
+        assert error.endswith("; routing on the version before")
+    finally:
+        await gw.stop()

@@ -117,3 +117,25 @@ async def test_a_client_still_reading_is_slow_not_stalled(reads: bool) -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> None:
+    # Its receive buffer fills just after the pause: counted as reading, that gave a client
+    # that reads nothing a keep-alive time more (150 s for 75 at the default).
+    sender, receiver = stuck_pair()
+    try:
+        c = Conn(asyncio.get_running_loop())
+        c.transport = SocketTransport(sender)  # type: ignore[assignment]
+        c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
+        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
+        c.pause_writing()
+        c._pending_mark += 4096  # as if 4 KiB more was unsent at the pause, taken since
+        c._idle_check()  # a check before the keep-alive time: the mark is taken again
+        assert "abort" not in c.transport.calls  # type: ignore[attr-defined]
+        c._idle_timer.cancel()  # type: ignore[union-attr]
+        c._write_paused_at -= c.keepalive_s
+        c._idle_check()  # nothing taken since that look: cut
+        assert "abort" in c.transport.calls  # type: ignore[attr-defined]
+    finally:
+        sender.close()
+        receiver.close()
