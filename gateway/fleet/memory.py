@@ -38,6 +38,7 @@ class MemoryStateStore:
         self._health: dict[str, UpstreamHealth] = {}
         self._in_flight: dict[str, int] = {}
         self._load: dict[str, LoadState] = {}
+        self._upstreams: tuple[Upstream, ...] = ()
         self._members: dict[str, tuple[Address, ...]] = {}  # discovery: id -> addresses
         self._shares: dict[str, dict[Address, float]] = {}  # their SRV weights' shares
         self._snap: Snapshot | None = None
@@ -108,6 +109,7 @@ class MemoryStateStore:
         stay are kept."""
         self._config = config
         self._policy = policy_from(config)
+        urls = {u.id: u.url for u in self._upstreams}
         self._upstreams = expand(config.upstreams, self._members, self._shares)
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
@@ -117,7 +119,12 @@ class MemoryStateStore:
         # One that appears now (a DNS member, an upstream a fleet config change adds) may have
         # been published before its server finished loading: not routable until a probe has
         # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.
-        before = self._health
+        # One whose URL changed is another server: its health, RTT, ejection and load samples
+        # were the old one's (it kept an ejection the new URL never earned).
+        moved = {u.id for u in self._upstreams if urls.get(u.id, u.url) != u.url}
+        before = {uid: h for uid, h in self._health.items() if uid not in moved}
+        for uid in moved:
+            self._load.pop(uid, None)
         self._health = {
             u.id: before.get(u.id) or UpstreamHealth(await_probe=not self._starting)
             for u in self._upstreams
@@ -168,6 +175,11 @@ class MemoryStateStore:
 
     def upstreams(self) -> tuple[Upstream, ...]:
         return self._upstreams
+
+    def takes_new_work(self, upstream_id: str) -> bool:
+        """Configured and not drained (its region neither), now: what a failover checks, its
+        order made when the request was routed."""
+        return any(u.id == upstream_id and not u.drained for u in self._upstreams)
 
     # --- the read side ---------------------------------------------------------------------
     def health(self, upstream_id: str) -> UpstreamHealth:

@@ -153,6 +153,8 @@ class _Attempts:
         rt, ex = self.rt, self.ex
         candidates = ex.decision.order[: self.config.retry.max_attempts]
         for i, cand in enumerate(candidates):
+            if i > 0 and not rt.store.takes_new_work(cand.upstream.id):
+                continue  # drained or removed since the request was routed: no new work there
             if i > 0:
                 if not rt.budget.try_retry(time.monotonic()):
                     rt.metrics.budget_exhausted.inc()
@@ -381,8 +383,7 @@ class _Attempts:
         ex.aborted = cause
         if ex.stream and not self.tokened:
             self._no_token(region, ex.status, cut=True)
-        # This gateway's own limit or drain, on a response still coming: the upstream did its
-        # part.
+        # This gateway's own limit or drain cut a response still coming: not the upstream.
         self._record(cand, cause in (TOTAL_TIMEOUT, DRAIN_CUT))
         message = cut_message(cause, cand.upstream.id, self.config.timeouts.total_s)
         log_cut(ex.id, cand.upstream.id, region, cause, message)

@@ -44,6 +44,23 @@ def test_config_replacement_keeps_health_and_url_is_normalised() -> None:
     assert not u.healthy and u.url == "http://127.0.0.1:1"
 
 
+def test_an_upstream_whose_url_changed_starts_over() -> None:
+    # Another server: it kept the old one's health, RTT, ejection and load, and took traffic
+    # before any probe of the new URL; back at the fixed URL it stayed ejected.
+    s = MemoryStateStore(CFG)
+    s.record_probe("a", False, None, "refused")
+    s.record_load("a", LoadReading(queue_depth=3), now=0.0)
+    doc = CFG.model_dump(mode="json")
+    doc["upstreams"][0]["url"] = "http://127.0.0.1:2"
+    s.replace_config(Config.model_validate(doc))
+    assert s.health("a").await_probe and s.health("a").last_probe_error is None
+    assert s.load("a") is None
+    assert not s.snapshot(0.0).upstreams[0].healthy  # not before a probe of the new URL
+    assert s.joined.is_set()  # the prober probes it at once
+    s.record_probe("a", True, 5.0, None)
+    assert s.snapshot(0.0).upstreams[0].healthy
+
+
 def test_an_unconfirmed_ttft_expires_so_a_shunned_backend_is_retried() -> None:
     s = MemoryStateStore(CFG)
     s.record_load("a", LoadReading(ttft_sum_s=0.0, ttft_count=0), now=0.0)

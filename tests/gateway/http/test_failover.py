@@ -4,6 +4,10 @@ after a failover, the metrics name the region that served."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import http.server
+import threading
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -14,7 +18,14 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli.procs import kill
-from tests.support import UpstreamSpec, gateway_toml, get_json, start_gateway, start_sim
+from tests.support import (
+    UpstreamSpec,
+    gateway_toml,
+    get_json,
+    serve_http,
+    start_gateway,
+    start_sim,
+)
 
 TOTAL = 500
 CONCURRENCY = 20
@@ -133,3 +144,67 @@ def test_the_metrics_name_the_region_that_served_and_a_5xx_is_no_ok_attempt(
         gw.stop()
         for s in sims.values():
             kill(s.proc)
+
+
+class _SlowRefusal(http.server.BaseHTTPRequestHandler):
+    """Healthy to probes; a request waits REFUSE_AFTER_S and then gets a 503 (failed over)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._answer(200)
+
+    arrived = threading.Event()  # a request is held here (routed, its order made)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.arrived.set()
+        time.sleep(REFUSE_AFTER_S)
+        self._answer(503)
+
+    def _answer(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+REFUSE_AFTER_S = 1.0
+ADMIN = "failover-test-operator-token"
+
+
+def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
+    tmp_path: Path,
+) -> None:
+    # The order is made as the request is routed; a drain that came while its first upstream
+    # held it still got the failover: new work on an upstream its operator was emptying.
+    far = start_sim(tmp_path, "far", "us-east", ["m"])
+    with serve_http(_SlowRefusal) as near:
+        ups = [
+            UpstreamSpec("near", "eu-central", near, ["m"]),
+            UpstreamSpec("far", "us-east", far.url, ["m"]),
+        ]
+        extra = f'[admin]\ntoken = "{ADMIN}"\n'
+        gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups, extra=extra))
+        try:
+            body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                sent = pool.submit(
+                    httpx.post, f"{gw.url}/v1/chat/completions", json=body, timeout=10
+                )
+                assert _SlowRefusal.arrived.wait(10)  # the drain comes after the routing
+                r = httpx.patch(
+                    f"{gw.ops_url}/admin/upstreams/far",
+                    json={"drained": True},
+                    headers={"Authorization": f"Bearer {ADMIN}"},
+                )
+                assert r.status_code == 200, r.text
+                answer = sent.result()
+            assert answer.status_code == 502, answer.text
+            assert answer.headers["geogate-route"].endswith("upstream=near; attempts=1")
+            assert far.stats()["requests"] == 0
+        finally:
+            gw.stop()
+            kill(far.proc)
