@@ -17,7 +17,7 @@ members (``pool@10.0.0.7:8000``) that come and go do not pile up series.
 from __future__ import annotations
 
 import logging
-from collections.abc import Set
+from collections.abc import Mapping, Set
 
 from prometheus_client import Counter, Gauge
 
@@ -73,8 +73,9 @@ def reconcile_gauges(rt: Runtime, now: float) -> None:
     the change; before each exposition catches all of them."""
     m = rt.metrics
     current = {(u.id, u.region) for u in rt.store.upstreams()}
-    for gauge in (m.healthy, m.rtt, m.in_flight, m.ejections):
+    for gauge in (m.healthy, m.rtt, m.ejections):
         _prune(gauge, ("upstream", "region"), current)
+    _in_flight_of_removed(m.in_flight, current, rt.store.in_flight())
     m.attempts.keep(0, {uid for uid, _ in current})
     regions = {region for _, region in current}
     m.stream_aborted.keep(1, regions)
@@ -98,6 +99,22 @@ def _prune(gauge: Gauge | Counter, names: tuple[str, ...], keep: Set[tuple[str, 
             values = tuple(sample.labels[n] for n in names)
             if values not in keep:
                 gauge.remove(*values)
+
+
+def _in_flight_of_removed(
+    gauge: Gauge, current: Set[tuple[str, str]], n: Mapping[str, int]
+) -> None:
+    """A removed upstream's series stays at its requests still running until they end: the
+    per-upstream sum stays geogate_requests_in_flight's (it dropped them at once)."""
+    for metric in gauge.collect():
+        for sample in metric.samples:
+            key = (sample.labels["upstream"], sample.labels["region"])
+            if key in current:
+                continue  # set by the caller (worker_metrics.refresh)
+            if n.get(key[0]):
+                gauge.labels(*key).set(n[key[0]])
+            else:
+                gauge.remove(*key)
 
 
 def record_result(rt: Runtime, upstream_id: str, region: str, ok: bool, now: float) -> None:

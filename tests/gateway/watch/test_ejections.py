@@ -166,6 +166,27 @@ async def test_a_member_that_left_has_no_gauge_series_left() -> None:
         assert set(scraped[name]) == {f'region="eu",upstream="{uid}"' for uid in (TWO, "s")}, name
 
 
+async def test_a_removed_upstream_keeps_its_in_flight_series_until_its_requests_end() -> None:
+    # Its series went at once while 17 of its requests still ran: the per-upstream sum read
+    # 33 where geogate_requests_in_flight read 50.
+    rt = build_runtime(POOL)
+    rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
+    _probed(rt)
+    for _ in range(2):
+        rt.store.acquire(ONE)
+    await _scrape(rt)
+    rt.store.set_members("pool", (("10.0.0.2", 8000),))
+    flight = "geogate_upstream_in_flight"
+    assert (await _scrape(rt))[flight][f'region="eu",upstream="{ONE}"'] == "2.0"
+    rt.store.release(ONE)
+    assert (await _scrape(rt))[flight][f'region="eu",upstream="{ONE}"'] == "1.0"
+    rt.store.release(ONE)
+    assert f'region="eu",upstream="{ONE}"' not in (await _scrape(rt))[flight]
+    assert (await _scrape(rt))["geogate_upstream_healthy"].keys() == {
+        f'region="eu",upstream="{uid}"' for uid in (TWO, "s")
+    }
+
+
 async def test_a_model_whose_upstreams_all_went_reads_0_until_it_leaves_the_config() -> None:
     rt = build_runtime(POOL)
     rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
