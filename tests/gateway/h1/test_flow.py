@@ -132,7 +132,9 @@ async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> N
         c._pending_mark += 4096  # as if 4 KiB more was unsent at the pause, taken since
         c._idle_check()  # a check before the keep-alive time: the mark is taken again
         assert "abort" not in c.transport.calls  # type: ignore[attr-defined]
-        c._idle_timer.cancel()  # type: ignore[union-attr]
+        timer = c._idle_timer
+        assert timer is not None  # re-armed for the rest of the keep-alive time
+        timer.cancel()
         c._write_paused_at -= c.keepalive_s
         c._idle_check()  # nothing taken since that look: cut
         assert "abort" in c.transport.calls  # type: ignore[attr-defined]
