@@ -137,7 +137,7 @@ async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> N
         timer.cancel()
         c._write_paused_at -= c.keepalive_s
         c._idle_check()  # nothing taken since that look: cut
-        assert "abort" in c.transport.calls  # type: ignore[attr-defined]
+        assert "abort" in c.transport.calls
     finally:
         sender.close()
         receiver.close()
