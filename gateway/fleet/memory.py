@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
@@ -109,7 +110,7 @@ class MemoryStateStore:
         stay are kept."""
         self._config = config
         self._policy = policy_from(config)
-        urls = {u.id: u.url for u in self._upstreams}
+        servers = {u.id: _server(u.url) for u in self._upstreams}
         self._upstreams = expand(config.upstreams, self._members, self._shares)
         self._regions = MappingProxyType(
             {r.id: RegionPoint(r.id, r.latitude, r.longitude) for r in config.regions}
@@ -121,7 +122,9 @@ class MemoryStateStore:
         # seen it answer (UpstreamHealth.await_probe), so its first requests are not refused.
         # One whose URL changed is another server: its health, RTT, ejection and load samples
         # were the old one's (it kept an ejection the new URL never earned).
-        moved = {u.id for u in self._upstreams if urls.get(u.id, u.url) != u.url}
+        moved = {
+            u.id for u in self._upstreams if servers.get(u.id, _server(u.url)) != _server(u.url)
+        }
         before = {uid: h for uid, h in self._health.items() if uid not in moved}
         for uid in moved:
             self._load.pop(uid, None)
@@ -325,3 +328,10 @@ class MemoryStateStore:
             self._in_flight[upstream_id] = left
         else:
             del self._in_flight[upstream_id]  # removed upstream, last request done
+
+
+def _server(url: str) -> tuple[str, str, int | None, str]:
+    """The server a URL names: not its credentials (a rotated password is the same server),
+    nor a trailing slash."""
+    p = urlsplit(url)
+    return p.scheme, p.hostname or "", p.port, p.path.rstrip("/")

@@ -71,12 +71,12 @@ class RedisStateStore(MemoryStateStore):
         self.observer = f"{self.gateway_id}/{os.getpid()}"
         self.version = 0
         # The fleet document at ``version`` as Redis held it, with its digest and change time
-        # (None: never seen one): what we compare with Redis's and put back if Redis loses
-        # it, exactly, even one this gateway refused to apply.
+        # (None: never seen one): what we route on, compare with Redis's and put back, exactly,
+        # if Redis loses it. Never one this gateway refused to apply (_adopt): Redis losing a
+        # document every gateway refused puts back the one before it.
         self._held: Stored | None = None
         # The config hash's (version, digest) as the last sync left them: a refresh that reads
-        # others syncs again (a change not heard, Redis lost it, another document at our
-        # version).
+        # others syncs again (a change not heard, Redis lost it, another document at ours).
         self._seen: tuple[str | None, str | None] = (None, None)
         # The file's routing part: what a fleet document adopted at start is compared with.
         self._file_doc = config_doc.routing_doc(config)
@@ -97,7 +97,8 @@ class RedisStateStore(MemoryStateStore):
         cached = last_known.load(self._fleet)
         if cached is not None:
             self._adopt(cached)
-            self.synced_once = True  # routing on the fleet's state, if not a fresh one
+            # Routing on the fleet's state, if not a fresh one (unless this file refused it)
+            self.synced_once = self._held is not None
 
     # --- routing view ----------------------------------------------------------------------
     def _build(self, now: float) -> Snapshot:
@@ -241,7 +242,7 @@ class RedisStateStore(MemoryStateStore):
             sync_log.wrote(out, mine)
         if self._held is None or holds.version > self.version:
             self._adopt(holds)
-        # What the loop compares Redis's hash with, only while it is what we route on: a sync
+        # What the loop compares Redis's hash with (else a refused document's, _adopt): a sync
         # that read before another adopted a newer version leaves the newer one's, so a Redis
         # back at what it read (restored) still differs and is synced. The digest beside it:
         # ours if we wrote, else as read (an earlier release leaves another document's there:
@@ -284,7 +285,7 @@ class RedisStateStore(MemoryStateStore):
                 # once: the loop's mark is this document's until Redis holds another.
                 mark = (str(holds.version), holds.stored_digest)
                 if self._seen != mark:
-                    sync_log.refused(holds.version, exc)
+                    sync_log.refused(holds.version, exc, self.version)
                 self._seen = mark
                 return
         self._held, self.version = holds, holds.version

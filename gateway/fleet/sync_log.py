@@ -102,11 +102,14 @@ def file_ignored(differs: list[str], deployment: str, version: int) -> None:
     )
 
 
-def refused(version: int, exc: Exception) -> None:
-    """A fleet document this gateway cannot route on (it stays on the one it has)."""
+def refused(version: int, exc: Exception, routed: int) -> None:
+    """A fleet document this gateway cannot route on (it stays on the one it has: ``routed``,
+    0 for its own file)."""
+    on = f"version {routed}" if routed else "this gateway's own file"
     log.error(
-        "ignoring fleet config version %d: %s; routing on the version before",
+        "ignoring fleet config version %d: %s; routing on %s",
         version,
         exc,
+        on,
         extra=event("config-refused", reason=str(exc), config_version=version),
     )

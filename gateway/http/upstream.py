@@ -151,10 +151,11 @@ class _Attempts:
 
     async def run(self) -> int:
         rt, ex = self.rt, self.ex
-        candidates = ex.decision.order[: self.config.retry.max_attempts]
-        for i, cand in enumerate(candidates):
-            if i > 0 and not rt.store.takes_new_work(cand.upstream.id):
-                continue  # drained or removed since the request was routed: no new work there
+        made, limit = 0, self.config.retry.max_attempts  # attempts made, not candidates passed
+        for i, cand in enumerate(ex.decision.order):
+            if made == limit or (made and not rt.store.takes_new_work(cand.upstream.id)):
+                continue  # the limit's reached; or drained or removed since it was routed
+            made += 1
             if i > 0:
                 if not rt.budget.try_retry(time.monotonic()):
                     rt.metrics.budget_exhausted.inc()

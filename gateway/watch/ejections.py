@@ -64,8 +64,9 @@ def set_model_gauges(rt: Runtime, now: float) -> None:
 def reconcile_gauges(rt: Runtime, now: float) -> None:
     """The per-upstream and per-model gauges, and the per-upstream and per-region counters,
     against the upstreams there are now, before a scrape: the series of an upstream gone (or
-    moved to another region) are removed, so an alert on it resolves and member churn does not
-    grow the label sets without bound; the counters of those there are exist from 0.
+    moved to another region) are removed (a gone one's in-flight series once its requests
+    end), so an alert on it resolves and member churn does not grow the label sets without
+    bound; the counters of those there are exist from 0.
 
     At scrape time rather than where the set changes: it changes in several places (the
     store's ``replace_config``, from the admin API, the fleet's Redis sync or DNS
@@ -105,13 +106,15 @@ def _in_flight_of_removed(
     gauge: Gauge, current: Set[tuple[str, str]], n: Mapping[str, int]
 ) -> None:
     """A removed upstream's series stays at its requests still running until they end: the
-    per-upstream sum stays geogate_requests_in_flight's (it dropped them at once)."""
+    per-upstream sum stays geogate_requests_in_flight's (it dropped them at once). One still
+    there under another region goes: its count is the current series' (refresh sets it)."""
+    ids = {uid for uid, _ in current}
     for metric in gauge.collect():
         for sample in metric.samples:
             key = (sample.labels["upstream"], sample.labels["region"])
             if key in current:
-                continue  # set by the caller (worker_metrics.refresh)
-            if n.get(key[0]):
+                continue
+            if n.get(key[0]) and key[0] not in ids:
                 gauge.labels(*key).set(n[key[0]])
             else:
                 gauge.remove(*key)

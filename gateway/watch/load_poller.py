@@ -117,16 +117,23 @@ def next_round_s(
 
 
 def scraped(rt: Runtime) -> tuple[Upstream, ...]:
-    """The upstreams a round scrapes: those the probes do not hold down, or all of them in
-    panic (fewer up than router.panic_threshold of them, when the router tries the down ones
-    too: probes that time out under overload, whose queues the score then still needs). A
-    down one's failed scrape kept every round at the fast interval: four TLS handshakes a
-    second to an upstream whose certificate was refused, against the probe's one every
-    interval. Its sample expires (load.max_age_s); the round after its probe answers scrapes
-    it again."""
+    """The upstreams a round scrapes: those the probes do not hold down, and the down ones of
+    a model in panic (fewer of its undrained upstreams up than router.panic_threshold, when
+    the router tries the down ones too: probes that time out under overload, whose queues
+    the score then still needs). A down one's failed scrape kept every round at the fast
+    interval: four TLS handshakes a second to an upstream whose certificate was refused,
+    against the probe's one every interval. Its sample expires (load.max_age_s); the round
+    after its probe answers scrapes it again."""
     every = rt.store.upstreams()
-    up = tuple(u for u in every if rt.store.health(u.id).probe_ok())
-    return every if len(up) < rt.config.router.panic_threshold * len(every) else up
+    up = {u.id for u in every if rt.store.health(u.id).probe_ok()}
+    if len(up) == len(every):
+        return every
+    threshold, wanted = rt.config.router.panic_threshold, set(up)
+    for model in {m for u in every for m in u.models}:
+        pool = [u.id for u in every if model in u.models and not u.drained]
+        if sum(uid in up for uid in pool) < threshold * len(pool):
+            wanted.update(pool)
+    return tuple(u for u in every if u.id in wanted)
 
 
 async def load_loop(rt: Runtime) -> None:

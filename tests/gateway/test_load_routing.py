@@ -299,3 +299,13 @@ def test_an_upstream_the_probes_hold_down_is_not_scraped() -> None:
     assert [u.id for u in scraped(rt)] == ["a", "b", "c"]  # and scores them on their queues
     probes("a", True)
     assert [u.id for u in scraped(rt)] == ["a", "c"]
+    # Per model, as the router decides it: "n"'s one upstream down is its panic, whatever
+    # "m"'s are; a drained upstream is none of a pool's.
+    ups.append({"id": "d", "region": "eu", "url": "http://127.0.0.1:4", "models": ["n"]})
+    ups[2] = ups[2] | {"drained": True}  # c
+    rt.store.replace_config(Config.model_validate({**doc, "upstreams": ups}))
+    probes("d", False)
+    # "m": a up of {a, b} (c drained) is half, no panic: b left out; "n": none up, d scraped.
+    assert [u.id for u in scraped(rt)] == ["a", "c", "d"]
+    probes("a", False)  # "m": none of {a, b} up: both scraped
+    assert [u.id for u in scraped(rt)] == ["a", "b", "c", "d"]

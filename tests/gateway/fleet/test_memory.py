@@ -51,6 +51,9 @@ def test_an_upstream_whose_url_changed_starts_over() -> None:
     s.record_probe("a", False, None, "refused")
     s.record_load("a", LoadReading(queue_depth=3), now=0.0)
     doc = CFG.model_dump(mode="json")
+    doc["upstreams"][0]["url"] = "http://user:rotated@127.0.0.1:1"  # the same server
+    s.replace_config(Config.model_validate(doc))
+    assert s.health("a").last_probe_error == "refused" and s.load("a") is not None
     doc["upstreams"][0]["url"] = "http://127.0.0.1:2"
     s.replace_config(Config.model_validate(doc))
     assert s.health("a").await_probe and s.health("a").last_probe_error is None

@@ -671,6 +671,6 @@ async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_route
         assert (gw.version, routing(gw), saved[-1]) == (3, OPERATED, 3)
         [error] = _fleet_errors(caplog)  # once, not at each refresh
         assert error.startswith("ignoring fleet config version 4: ")
-        assert error.endswith("; routing on the version before")
+        assert error.endswith("; routing on version 3")
     finally:
         await gw.stop()

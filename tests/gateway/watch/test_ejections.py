@@ -187,6 +187,21 @@ async def test_a_removed_upstream_keeps_its_in_flight_series_until_its_requests_
     }
 
 
+async def test_an_upstream_moved_to_another_region_is_counted_in_flight_once() -> None:
+    rt = build_runtime(POOL)
+    _probed(rt)
+    rt.store.acquire("s")
+    await _scrape(rt)
+    doc = POOL.model_dump(mode="json")
+    doc["regions"].append({"id": "us", "latitude": 40, "longitude": -75})
+    doc["upstreams"] = [u | {"region": "us"} if u["id"] == "s" else u for u in doc["upstreams"]]
+    rt.store.replace_config(Config.model_validate(doc))
+    flight = (await _scrape(rt))["geogate_upstream_in_flight"]
+    assert flight['region="us",upstream="s"'] == "1.0"
+    assert 'region="eu",upstream="s"' not in flight  # not its count a second time
+    rt.store.release("s")
+
+
 async def test_a_model_whose_upstreams_all_went_reads_0_until_it_leaves_the_config() -> None:
     rt = build_runtime(POOL)
     rt.store.set_members("pool", (("10.0.0.1", 8000), ("10.0.0.2", 8000)))
