@@ -281,7 +281,7 @@ def test_an_upstream_the_probes_hold_down_is_not_scraped() -> None:
     # Its failed scrape kept every round at the fast interval: four TLS handshakes a second
     # to an upstream whose certificate was refused, against one probe every interval.
     doc = _one_upstream("http://127.0.0.1:1")
-    ups = [
+    ups: list[dict[str, object]] = [
         {"id": u, "region": "eu", "url": f"http://127.0.0.1:{p}", "models": ["m"]}
         for u, p in (("a", 1), ("b", 2), ("c", 3))
     ]
