@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -76,30 +77,37 @@ class SocketTransport(Transport):
         self.calls.append("abort")
 
 
-def stuck_pair() -> tuple[socket.socket, socket.socket]:
-    """A loopback TCP connection whose sender's buffers are full: the receiver reads nothing."""
+@contextlib.contextmanager
+def paused_on_a_stuck_socket() -> Iterator[tuple[Conn, socket.socket]]:
+    """A connection whose writing just paused, over a loopback TCP connection whose sender's
+    buffers are full (the receiver reads nothing yet); and that receiver."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         sender = socket.create_connection(server.getsockname())
         receiver, _ = server.accept()
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sender.setblocking(False)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            sender.send(b"x" * 65536)
-    return sender, receiver
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sender.send(b"x" * 65536)
+        c = Conn(asyncio.get_running_loop())
+        c.transport = SocketTransport(sender)  # type: ignore[assignment]
+        c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
+        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
+        c.pause_writing()
+        yield c, receiver
+        if c._idle_timer is not None:
+            c._idle_timer.cancel()
+    finally:
+        sender.close()
+        receiver.close()
 
 
 @pytest.mark.parametrize("reads", [False, True])
 async def test_a_client_still_reading_is_slow_not_stalled(reads: bool) -> None:
     # A slowly reading client kept writing paused past keepalive_s (the kernel says writable
     # only once a third of its send buffer is free) and was cut as stalled, logged as a 499.
-    sender, receiver = stuck_pair()
-    try:
-        c = Conn(asyncio.get_running_loop())
-        c.transport = SocketTransport(sender)  # type: ignore[assignment]
-        c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
-        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
-        c.pause_writing()
+    with paused_on_a_stuck_socket() as (c, receiver):
         mark = c._pending_mark
         assert mark > 0
         if reads:
@@ -112,23 +120,12 @@ async def test_a_client_still_reading_is_slow_not_stalled(reads: bool) -> None:
         c._idle_check()
         cut = "abort" in c.transport.calls  # type: ignore[attr-defined]
         assert cut is not reads
-        if c._idle_timer is not None:
-            c._idle_timer.cancel()
-    finally:
-        sender.close()
-        receiver.close()
 
 
 async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> None:
     # Its receive buffer fills just after the pause: counted as reading, that gave a client
     # that reads nothing a keep-alive time more (150 s for 75 at the default).
-    sender, receiver = stuck_pair()
-    try:
-        c = Conn(asyncio.get_running_loop())
-        c.transport = SocketTransport(sender)  # type: ignore[assignment]
-        c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
-        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
-        c.pause_writing()
+    with paused_on_a_stuck_socket() as (c, _):
         c._pending_mark += 4096  # as if 4 KiB more was unsent at the pause, taken since
         c._idle_check()  # a check before the keep-alive time: the mark is taken again
         assert "abort" not in c.transport.calls  # type: ignore[attr-defined]
@@ -137,7 +134,4 @@ async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> N
         timer.cancel()
         c._write_paused_at -= c.keepalive_s
         c._idle_check()  # nothing taken since that look: cut
-        assert "abort" in c.transport.calls
-    finally:
-        sender.close()
-        receiver.close()
+        assert "abort" in c.transport.calls  # type: ignore[attr-defined]
