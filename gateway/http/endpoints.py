@@ -4,6 +4,7 @@ the routing table and the explain view of one routing decision."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -58,8 +59,7 @@ class Endpoints:
         ]
 
     def _healthy_upstreams(self) -> list[UpstreamView]:
-        snap = self.rt.store.snapshot(time.monotonic())
-        return [u for u in snap.upstreams if u.healthy and not u.drained]
+        return _healthy(self.rt.store.snapshot(time.monotonic()).upstreams)
 
     def _model_list(self) -> list[str]:
         return sorted({m for u in self._healthy_upstreams() for m in u.models})
@@ -70,10 +70,10 @@ class Endpoints:
     async def readyz(self, request: Request) -> Response:
         if self.rt.draining:
             return PlainTextResponse("draining", status_code=503)
-        n = len(self._healthy_upstreams())
+        views = self.rt.store.snapshot(time.monotonic()).upstreams
+        n = len(_healthy(views))
         if n == 0:
-            snap = self.rt.store.snapshot(time.monotonic())
-            drained = sum(u.healthy and u.drained for u in snap.upstreams)
+            drained = sum(u.healthy and u.drained for u in views)
             # Drained by an operator is no outage to chase: say which it is.
             why = f" ({drained} healthy but drained)" if drained else ""
             return PlainTextResponse(
@@ -157,10 +157,9 @@ class Endpoints:
         return response
 
     def _models_configured(self) -> set[str]:
-        """Every upstream's models, whatever its state; DNS-discovered pools' too."""
-        snap = self.rt.store.snapshot(time.monotonic())
-        listed = {m for u in snap.upstreams for m in u.models}
-        return listed | {m for u in self.rt.config.upstreams for m in u.models}
+        """Every declared upstream's models, whatever its state: a DNS pool's members carry
+        its models (routing.members.expand), and a pool with none yet is declared too."""
+        return {m for u in self.rt.config.upstreams for m in u.models}
 
     async def metrics(self, request: Request) -> Response:
         refresh(self.rt)  # the gauges, as each worker of several brings its own up to date
@@ -278,6 +277,10 @@ class Endpoints:
                 "worker": self.rt.worker,
             }
         )
+
+
+def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:
+    return [u for u in views if u.healthy and not u.drained]
 
 
 def _request_id(request: Request) -> dict[str, str]:
