@@ -49,7 +49,9 @@ class Flow:
     def pause_writing(self) -> None:
         self.write_paused = True
         self._write_paused_at = self.loop.time()
-        self._pending_mark = self._pending()
+        # No look yet (no system call here, on the write path): the idle timer's next check
+        # comes within a keep-alive time of now, before any can find a stall, and takes it.
+        self._pending_mark = -1
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -97,7 +99,7 @@ class Flow:
         self._idle_timer = self.loop.call_later(wait, self._idle_check)
 
     def _client_read(self) -> bool:
-        """The client took bytes since the pause or the last look. Writing stays paused for
+        """The client took bytes since the last look after the pause. Writing stays paused for
         long while a slow client reads: the kernel says writable only once a third of the send
         buffer is free, and an autotuned one of 4 MiB read at 38 KB/s is 35 s of that."""
         pending = self._pending()

@@ -103,11 +103,22 @@ def paused_on_a_stuck_socket() -> Iterator[tuple[Conn, socket.socket]]:
         receiver.close()
 
 
+def look(c: Conn) -> None:
+    """The idle timer's check before a keep-alive time of pause: no cut, the timer re-armed
+    (cancelled here, the test's own checks follow)."""
+    c._idle_check()
+    assert "abort" not in c.transport.calls  # type: ignore[attr-defined]
+    timer = c._idle_timer
+    assert timer is not None
+    timer.cancel()
+
+
 @pytest.mark.parametrize("reads", [False, True])
 async def test_a_client_still_reading_is_slow_not_stalled(reads: bool) -> None:
     # A slowly reading client kept writing paused past keepalive_s (the kernel says writable
     # only once a third of its send buffer is free) and was cut as stalled, logged as a 499.
     with paused_on_a_stuck_socket() as (c, receiver):
+        look(c)  # the look the timer takes within a keep-alive time of the pause
         mark = c._pending_mark
         assert mark > 0
         if reads:
@@ -126,12 +137,17 @@ async def test_what_the_clients_kernel_took_after_the_pause_is_no_reading() -> N
     # Its receive buffer fills just after the pause: counted as reading, that gave a client
     # that reads nothing a keep-alive time more (150 s for 75 at the default).
     with paused_on_a_stuck_socket() as (c, _):
-        c._pending_mark += 4096  # as if 4 KiB more was unsent at the pause, taken since
-        c._idle_check()  # a check before the keep-alive time: the mark is taken again
-        assert "abort" not in c.transport.calls  # type: ignore[attr-defined]
-        timer = c._idle_timer
-        assert timer is not None  # re-armed for the rest of the keep-alive time
-        timer.cancel()
+        c._pending_mark = c._pending() + 4096  # as if 4 KiB more was unsent then, taken since
+        look(c)  # a check before the keep-alive time: the mark is taken again
         c._write_paused_at -= c.keepalive_s
         c._idle_check()  # nothing taken since that look: cut
+        assert "abort" in c.transport.calls  # type: ignore[attr-defined]
+
+
+async def test_a_stall_found_before_any_look_is_cut() -> None:
+    # The timer's check comes within a keep-alive time of a pause; should one come later
+    # (a late timer), there is no mark to read progress from: cut, as a stall always was.
+    with paused_on_a_stuck_socket() as (c, _):
+        c._write_paused_at -= c.keepalive_s
+        c._idle_check()
         assert "abort" in c.transport.calls  # type: ignore[attr-defined]
