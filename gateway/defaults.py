@@ -24,6 +24,11 @@ HEAD_TIMEOUT_S = 30.0  # the request line and headers, from the connection or th
 # byte: a few hundred bytes; a client that trickles them (slowloris) is cut, as nginx's
 # client_header_timeout does (60 s there); the uvicorn engine's, which has none of its own
 AUDIT_MAX_COUNT = 1000  # audit entries one request may ask for (admin API, geogate ctl audit)
+# A compressed body is decoded in pieces of this many bytes (encoding.py: what zlib copies at
+# each member's end is bounded by it), and a gzip body of more members than this is refused:
+# bgzip's 64 KiB blocks make 64 members of a 4 MiB body; nothing real sends a thousand.
+INFLATE_PIECE_BYTES = 16 * 1024
+INFLATE_MAX_MEMBERS = 1024
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
 MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
 # share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule
