@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gateway.h1.conn import H1
 from gateway.h1.pipe import Pipe
+from gateway.h1.reclaim import Reclaimer
 
 __all__ = ["H1", "Pipe", "capped"]
 
@@ -16,5 +17,6 @@ def capped(max_header_bytes: int, url_bytes: int, head_timeout_s: float) -> type
         "head_limit": max_header_bytes + url_bytes,
         "max_header_bytes": max_header_bytes,
         "head_timeout_s": head_timeout_s,
+        "reclaimer": Reclaimer(),
     }
     return type("H1", (H1,), limits)

@@ -3,13 +3,12 @@ uvicorn's server (sockets, workers, TLS, lifespan, graceful stop), which builds 
 ``http=``. Requests go to the ASGI app through gateway.h1.cycle.
 
 Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy costs a little less CPU on
-this one (bench/ab.py, alternating rounds: 0.99x and 0.94x at c = 16, 0.93x at c = 1:
-bench/results/round5/h1_floor*.md), and what the gateway added on top of uvicorn's (head caps,
-JSON refusals, the extensions) no longer reaches into its internals.
+this one (0.99x and 0.94x at c = 16, 0.93x at c = 1: bench/results/round5/h1_floor*.md), and
+what the gateway adds (head caps, JSON refusals, the extensions) reaches into no internals.
 
-The caps on a request's head and the protocol's own answers: gateway.h1.refuse; upgrade
-offers: gateway.h1.upgrade; the scope: gateway.h1.scope; flow control and the keep-alive
-timer: gateway.h1.flow.
+Head caps and own answers: gateway.h1.refuse; upgrade offers: gateway.h1.upgrade; the scope:
+gateway.h1.scope; flow control and the keep-alive timer: gateway.h1.flow; room made past
+server.max_connections: gateway.h1.reclaim.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from gateway.defaults import LINGER_S
 from gateway.h1 import refuse
 from gateway.h1.cycle import Cycle
 from gateway.h1.flow import Flow
+from gateway.h1.reclaim import Reclaimer
 from gateway.h1.refuse import Refused
 from gateway.h1.scope import Addresses, addresses, check_framing, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
@@ -39,17 +39,16 @@ class H1(Flow, asyncio.Protocol):
     """Set ``head_limit``, ``max_header_bytes`` and ``head_timeout_s`` on a subclass
     (gateway.h1.capped): uvicorn builds the protocol itself, with its four arguments."""
 
-    # uvicorn offers its protocol class's ALPN list on TLS; none was offered, where README
-    # (and a strict client) expects http/1.1 (a client that would take h2 gets HTTP/1.1).
+    # uvicorn offers its class's ALPN list on TLS: README (and strict clients) expect http/1.1.
     alpn_protocols: ClassVar[list[str]] = ["http/1.1"]
     head_limit: ClassVar[int] = 0
     max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0
-    # The server's default headers (Date, refreshed each second by uvicorn), joined: shared by
-    # the worker's connections, rejoined when uvicorn replaces the list.
+    # uvicorn's default headers (Date, each second), joined, shared, rejoined when replaced.
     _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None
     _defaults: ClassVar[bytes] = b""
     default_lines: ClassVar[int] = 0
+    reclaimer: ClassVar[Reclaimer] = Reclaimer()  # capped() gives each server its own
 
     def __init__(
         self,
@@ -117,6 +116,7 @@ class H1(Flow, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.state.connections.add(self)
         self.transport = transport  # type: ignore[assignment]
+        self.reclaimer.arrived(self, len(self.state.connections), self.limit)  # idle, for now
         # Before any byte a connection is idle, as between requests: closed quietly after the
         # keep-alive time, never answered (a pool may open one ahead of its first request).
         self._idle_since = self.loop.time()
@@ -124,6 +124,7 @@ class H1(Flow, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
+        self.reclaimer.gone(self)
         self.lost = True
         for timer in (self._idle_timer, self.head_timer):
             if timer is not None:
@@ -213,6 +214,7 @@ class H1(Flow, asyncio.Protocol):
             self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def on_message_begin(self) -> None:
+        self.reclaimer.conns.pop(self, None)  # busy: no longer one to close for room
         self._url = b""
         self._headers = []
         self._expect_100 = self._framing = False
@@ -277,11 +279,14 @@ class H1(Flow, asyncio.Protocol):
             parser.should_keep_alive(),
             self._expect_100 and version == "1.1",  # no 1xx to HTTP/1.0 (RFC 9110 15.2)
         )
-        limit = self.limit
-        app = self.app
-        # The asking connection is among the open ones; its request is not yet a task.
-        if limit is not None and (
-            len(self.state.connections) > limit or len(self.state.tasks) >= limit
+        limit, app = self.limit, self.app
+        # The asking connection is among the open ones; its request is not yet a task. Idle
+        # ones make room first (gateway.h1.reclaim).
+        conns, tasks = len(self.state.connections), len(self.state.tasks)
+        if (
+            limit is not None
+            and (conns > limit or tasks >= limit)
+            and self.reclaimer.full(conns, tasks, limit)
         ):
             app = refuse.connection_limit_reached(limit, app)
             log.warning("connection limit reached: refused a request from %s", self.client_text())
@@ -328,6 +333,8 @@ class H1(Flow, asyncio.Protocol):
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
             return
+        if not self.in_head:  # idle again, unless the next request's head is coming
+            self.reclaimer.conns[self] = None
         self.resume_reading()
 
     def addresses(self) -> Addresses:

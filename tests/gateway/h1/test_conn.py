@@ -390,12 +390,13 @@ def two_connections(tmp_path: Path) -> Iterator[Gateway]:
 
 def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Gateway) -> None:
     gw = two_connections
-    # Two connections, the limit, are served; kept alive and idle, they still count.
-    idle = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5) for _ in range(2)]
+    # Two connections, the limit, each with a request's head on its way: busy, so not closed
+    # to make room (gateway.h1.reclaim), they hold the limit.
+    busy = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(2)]
     try:
-        for conn in idle:
-            conn.request("GET", "/healthz")
-            assert conn.getresponse().status == 200
+        for conn in busy:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)  # their first bytes read before the next connection's
         with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             answer = read_to_eof(s)  # read to the end: the gateway closes this connection
@@ -408,7 +409,7 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
             )
             proxied = read_to_eof(s)
     finally:
-        for conn in idle:
+        for conn in busy:
             conn.close()
     status, err = _json_error(answer)
     assert status == 503, answer[:300]
@@ -421,7 +422,7 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     # A /v1 request over the limit: the same answer, with its access line and counted.
     assert _json_error(proxied)[0] == 503, proxied[:300]
     assert b"x-request-id: over-the-limit" in proxied.partition(b"\r\n\r\n")[0].lower()
-    # With the idle connection gone, there is room again.
+    # With the busy connections gone, there is room again.
     eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")
     metrics = httpx.get(f"{gw.ops_url}/metrics").text
     assert 'geogate_overload_rejected_total{limit="max_connections"} 2.0' in metrics, metrics
@@ -429,6 +430,33 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     eventually(
         lambda: '"over-the-limit"' in gw.log_text(), what="the refused request's access line"
     )
+
+
+def test_idle_connections_make_room_past_the_connection_limit(two_connections: Gateway) -> None:
+    """Sockets that send nothing, and connections kept alive between requests, do not hold
+    the limit: one client's 10,700 silent sockets answered every other client's request 503
+    (a security review). The oldest idle ones close as new ones come; busy ones stay."""
+    gw = two_connections
+    kept = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
+    kept.request("GET", "/healthz")
+    assert kept.getresponse().status == 200  # kept alive: idle, the oldest
+    silent = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(10)]
+    try:
+        assert httpx.get(f"{gw.url}/healthz").status_code == 200  # a new client, served
+        assert kept.sock is not None
+        for s in [kept.sock, *silent[:8]]:  # closed for the ones after them: their end
+            s.settimeout(5)
+            assert s.recv(1) == b""
+    finally:
+        kept.close()
+        for s in silent:
+            s.close()
+    eventually(
+        lambda: "closed" in gw.log_text() and "idle connection(s) to make room" in gw.log_text(),
+        what="the reclaim's warning",
+    )
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert 'geogate_overload_rejected_total{limit="max_connections"} 0.0' in metrics
 
 
 def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:

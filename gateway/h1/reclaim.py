@@ -1,0 +1,93 @@
+"""Past server.max_connections the oldest idle connections make room, as nginx reuses its
+"reusable" ones (a connection waiting for its first request, or kept alive between two).
+
+Counting idle connections against the limit let one client hold every slot: 10,700 sockets
+that sent nothing, reopened as the keep-alive time closed them, and every other client got
+the 503 (a security review's scratch run). A connection with no request in progress costs the
+client nothing to lose: it reconnects, as it would after the keep-alive time. Only
+connections with a request running, or its head arriving, count against the limit for good.
+
+The idle ones are kept in a dict, oldest first (insertion order), on the protocol class that
+``gateway.h1.capped`` makes per server: H1 adds a connection as it becomes idle and takes it
+out at its request's first byte, both C calls with no Python frame on a request's path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from gateway.defaults import RECLAIM_LOG_EVERY_S
+from gateway.runtime import log
+
+
+class Idle(Protocol):
+    """What reclaiming needs of a connection: to close it (idle, it closes now)."""
+
+    def shutdown(self) -> None: ...
+
+
+class Reclaimer:
+    """One server's idle connections and the warning that says they were closed."""
+
+    __slots__ = ("_closed", "_logged_at", "closing", "conns")
+
+    def __init__(self) -> None:
+        self.conns: dict[Idle, None] = {}
+        # Closed here, not yet lost (connection_lost comes a loop turn later): still among the
+        # server's connections, but no longer over the limit, or a burst of accepts in one
+        # turn would close one more idle connection for each closed before it.
+        self.closing: set[Idle] = set()
+        self._closed = 0  # since the last warning
+        self._logged_at = -RECLAIM_LOG_EVERY_S
+
+    def arrived(self, conn: Idle, connections: int, limit: int | None) -> None:
+        """A new connection: idle until its first byte; past ``limit`` open ``connections``
+        older idle ones close, so that one client's sockets cannot fill the descriptors."""
+        self.conns[conn] = None
+        if limit is not None and connections - len(self.closing) > limit:
+            self.make_room(connections - len(self.closing) - limit, conn)
+
+    def gone(self, conn: Idle) -> None:
+        self.conns.pop(conn, None)
+        self.closing.discard(conn)
+
+    def full(self, connections: int, running: int, limit: int) -> bool:
+        """Whether a request must be refused: ``running`` requests at ``limit``, or more than
+        ``limit`` ``connections`` open once idle ones made room."""
+        over = connections - len(self.closing) - limit
+        if over > 0:
+            over -= self.make_room(over)
+        return over > 0 or running >= limit
+
+    def make_room(self, over: int, spare: Idle | None = None) -> int:
+        """Closes up to ``over`` idle connections, oldest first, never ``spare`` (the one
+        asking); returns how many it closed."""
+        closed = 0
+        conns = self.conns
+        while closed < over and conns:
+            conn = next(iter(conns))
+            del conns[conn]
+            if conn is spare:
+                conns[spare] = None  # the newest again: the next one is older
+                if len(conns) == 1:
+                    break
+                continue
+            conn.shutdown()  # H1.shutdown: an idle one closes now
+            self.closing.add(conn)
+            closed += 1
+        if closed:
+            self._tell(closed)
+        return closed
+
+    def _tell(self, closed: int) -> None:
+        # Once in a while, not per connection: a flood of them would flood the log too.
+        self._closed += closed
+        now = time.monotonic()
+        if now - self._logged_at >= RECLAIM_LOG_EVERY_S:
+            log.warning(
+                "connection limit reached (server.max_connections): closed %d idle "
+                "connection(s) to make room",
+                self._closed,
+            )
+            self._closed, self._logged_at = 0, now
