@@ -13,24 +13,28 @@ guess), and the limit holds a guesser to a few tries a minute instead of thousan
 Per worker, in memory: with ``server.workers = N`` a guesser gets N times the tries, still a
 handful a minute, while a shared store would put a Redis round trip in front of every admin
 call. The address is the socket's peer: the ops listener is not behind the public listener's
-trusted proxies. A client behind the same address as a guesser (one NAT) is held back with it
-meanwhile; that is the price of counting by address, which is all a token guess brings.
+trusted proxies; an IPv6 address counts as its /64, which one host commonly holds whole. A
+client behind the same address as a guesser (one NAT) is held back with it meanwhile; that is
+the price of counting by address, which is all a token guess brings.
+
+Guesses sent at once: a failure is counted as its 401 starts, before the answer's send can
+wait, and a request with a body is checked again once the body is in, right before its
+credential is (a login's body may come late). So each check sees every failure decided before
+it, and a burst of 3,000 wrong Bearer tokens is not 1,700 tries (a review's scratch run: the
+failure was counted after the answer's send, which hypercorn's can wait on). Nothing is
+counted for what has not been checked: ten logins that never send their bodies lock nobody out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from typing import Final
 
 from starlette.types import ASGIApp
 
-from gateway.defaults import (
-    AUTH_FAILURE_WINDOW_S,
-    AUTH_FAILURES_MAX,
-    AUTH_PENDING_WAIT_S,
-    AUTH_TRACKED_ADDRESSES,
-)
+from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX, AUTH_TRACKED_ADDRESSES
 from gateway.errors import AuthThrottled
 from gateway.http.asgi import Message, Receive, Scope, Send, header
 from gateway.http.errors import send_error
@@ -44,7 +48,9 @@ _UNAUTHORIZED: Final = 401
 class FailureWindow:
     """The failures of each address in the last ``window_s``; pure (the clock is passed in).
     At most ``max_addresses`` are kept: past that, those with no failure in the window go
-    first, then the oldest kept, so a scan from many addresses costs bounded memory."""
+    first, then those not held back, oldest first, and only then held-back ones: a scan from
+    many addresses costs bounded memory, and 4,096 addresses with a failure each do not set a
+    held-back guesser free (they did)."""
 
     def __init__(
         self,
@@ -57,10 +63,8 @@ class FailureWindow:
         self.max_addresses = max_addresses
         self._failures: dict[str, deque[float]] = {}
 
-    def wait_s(self, address: str, now: float, pending: int = 0) -> float:
-        """Seconds until ``address`` may present a credential again: 0 when it may now.
-        ``pending``: its checks still running, each a failure to come, maybe: without them, a
-        guesser's requests sent at once all passed before the first failure was counted."""
+    def wait_s(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may present a credential again: 0 when it may now."""
         times = self._failures.get(address)
         if times is not None:
             while times and times[0] <= now - self.window_s:
@@ -68,12 +72,9 @@ class FailureWindow:
             if not times:
                 del self._failures[address]
                 times = None
-        count = len(times) if times is not None else 0
-        if count + pending < self.limit:
+        if times is None or len(times) < self.limit:
             return 0.0
-        if times is not None and count >= self.limit:
-            return times[0] + self.window_s - now
-        return AUTH_PENDING_WAIT_S  # the running checks decide: ask again in a moment
+        return times[0] + self.window_s - now
 
     def failed(self, address: str, now: float) -> bool:
         """Counts a failure; True when it is the one that reaches the limit (said once)."""
@@ -87,11 +88,32 @@ class FailureWindow:
         return not held_back and len(times) >= self.limit
 
     def _evict(self, now: float) -> None:
-        stale = [a for a, t in self._failures.items() if not t or t[-1] <= now - self.window_s]
-        for address in stale:
-            del self._failures[address]
-        while len(self._failures) >= self.max_addresses:
-            del self._failures[next(iter(self._failures))]  # the oldest kept (insertion order)
+        # An eighth at a time: a scan from many addresses sweeps the table once per that many
+        # new ones, not once for each.
+        keep = self.max_addresses - max(1, self.max_addresses // 8)
+        failures = self._failures
+        for address in [a for a, t in failures.items() if not t or t[-1] <= now - self.window_s]:
+            del failures[address]
+        for address in [a for a, t in failures.items() if len(t) < self.limit]:
+            if len(failures) <= keep:
+                return
+            del failures[address]  # not held back, oldest first (insertion order)
+        while len(failures) > keep:
+            del failures[next(iter(failures))]  # held back, all of them: the oldest
+
+
+def address_key(address: str) -> str:
+    """What failures count against: the address, or an IPv6 one's /64 (an IPv4-mapped one's
+    IPv4 address)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def presents_credential(scope: Scope) -> bool:
@@ -107,7 +129,6 @@ class AuthThrottle:
     def __init__(self, app: ASGIApp, window: FailureWindow | None = None) -> None:
         self.app = app
         self.window = window or FailureWindow()
-        self._checking: dict[str, int] = {}  # address -> its credential checks running
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.app
@@ -115,48 +136,43 @@ class AuthThrottle:
             await app(scope, receive, send)
             return
         client = scope.get("client")
-        address = client[0] if client else "-"
-        checking = self._checking
-        # Logins still reading their bodies count as failures to come: sent at once, they all
-        # passed before the first was counted. A Bearer check is decided before any wait,
-        # and a client's concurrent good ones (a scrape, the edge tier's reads) must not count.
-        login = scope["path"] == _LOGIN
-        wait = self.window.wait_s(
-            address, time.monotonic(), checking.get(address, 0) if login else 0
-        )
+        key = address_key(client[0] if client else "-")
+        wait = self.window.wait_s(key, time.monotonic())
         if wait > 0:
-            after = max(1, int(wait + 0.999))
-            err = AuthThrottled(
-                f"too many wrong tokens from {address}: try again in {after} s "
-                f"(at most {self.window.limit} a {self.window.window_s:g} s window)",
-                retry_after_s=after,
-            )
-            await send_error(send, err)
+            await send_error(send, self._throttled(key, wait))
             return
-        status = 0
 
-        async def watched(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+        async def checked(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == _UNAUTHORIZED:
+                self._failed(key)  # before the send, which may wait (see the module's doc)
             await send(message)
 
-        if login:
-            checking[address] = checking.get(address, 0) + 1
-        try:
-            await app(scope, receive, watched)
-        finally:
-            if login:
-                left = checking.pop(address) - 1
-                if left:
-                    checking[address] = left
-            if status == _UNAUTHORIZED and self.window.failed(address, time.monotonic()):
-                log.warning(
-                    "%d wrong tokens from %s within %g s: its credentials are refused "
-                    "unchecked until the first of them is %g s old",
-                    self.window.limit,
-                    address,
-                    self.window.window_s,
-                    self.window.window_s,
-                    extra=event("auth-throttled", client=address),
-                )
+        async def body_then_check() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                late = self.window.wait_s(key, time.monotonic())
+                if late > 0:  # the surfaces answer a GatewayError from the body's read
+                    raise self._throttled(key, late)
+            return message
+
+        await app(scope, body_then_check, checked)
+
+    def _throttled(self, key: str, wait: float) -> AuthThrottled:
+        after = max(1, int(wait + 0.999))
+        return AuthThrottled(
+            f"too many wrong tokens from {key}: try again in {after} s "
+            f"(at most {self.window.limit} a {self.window.window_s:g} s window)",
+            retry_after_s=after,
+        )
+
+    def _failed(self, key: str) -> None:
+        if self.window.failed(key, time.monotonic()):
+            log.warning(
+                "%d wrong tokens from %s within %g s: its credentials are refused "
+                "unchecked until the first of them is %g s old",
+                self.window.limit,
+                key,
+                self.window.window_s,
+                self.window.window_s,
+                extra=event("auth-throttled", client=key),
+            )
