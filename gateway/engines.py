@@ -59,6 +59,9 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
         # TLS 1.2 and up, as on uvicorn and hypercorn: granian's own floor is 1.3, which
         # refused every TLS 1.2 client or proxy.
         ssl_protocol_min=SSLProtocols.tls12,
+        # A worker that dies (an OOM kill) is replaced, as uvicorn's are: granian's default
+        # stopped the whole gateway, the other workers' streams and ports with it.
+        respawn_failed_workers=True,
         # The workers drain for up to drain_timeout_s themselves; this is the backstop.
         workers_kill_timeout=math.ceil(s.drain_timeout_s + d.WORKER_EXIT_GRACE_S),
         log_access=False,  # the app writes its own access line, with request id and route

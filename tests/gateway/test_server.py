@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -43,6 +44,40 @@ def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
         with httpx.Client(http1=False, http2=True) as c:  # prior knowledge, as h2load does
             rs = [c.post(f"{gw.url}/v1/chat/completions", json=BODY) for _ in range(3)]
             assert {(r.status_code, r.http_version) for r in rs} == {(200, "HTTP/2")}
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def test_a_granian_worker_that_dies_is_replaced_and_the_gateway_serves_on(
+    tmp_path: Path,
+) -> None:
+    # granian's default stopped the whole gateway when one worker died (exit 1, both ports
+    # closed): an OOM kill of one worker was an outage.
+    gw, sim = start_fleet(tmp_path, server_extra='engine = "granian"\nworkers = 2')
+    try:
+        eventually(lambda: len(_children(gw.proc.pid)) == 2, what="two workers")
+        victim = min(_children(gw.proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        eventually(
+            lambda: len(_children(gw.proc.pid) - {victim}) == 2,
+            timeout=15,
+            what="a worker in the dead one's place",
+        )
+        assert gw.proc.poll() is None, gw.log_text()[-2000:]
+        with httpx.Client() as c:  # both workers serve: each a new connection
+            for _ in range(6):
+                r = c.post(
+                    f"{gw.url}/v1/chat/completions", json=BODY, headers={"connection": "close"}
+                )
+                assert r.status_code == 200, r.text
     finally:
         gw.stop()
         sim.proc.kill()
