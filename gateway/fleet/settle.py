@@ -92,7 +92,12 @@ def settle(mine: Stored, held: Stored) -> Settled:
         change's time is unknown (an earlier release made it) and Redis's is no file's seed,
         Redis's may be a change made on an older copy: ours put back, Redis's dropped;
       - ours the newer change, Redis's version as high (a gateway cut off while the fleet
-        moved on put its older change back, higher): ours above it, Redis's dropped."""
+        moved on put its older change back, higher): ours above it, Redis's dropped;
+      - both a config file's seed, at one version: Redis lost its data and a gateway started
+        meanwhile seeded it from its own file before the running ones put theirs back. Ours,
+        the document this gateway routed on, goes back above it (the newcomer then adopts the
+        higher version): which one the fleet kept went by the digests' order, and a newcomer's
+        file without a residency rule took the rule off every gateway."""
     if held.doc is None:
         return Settled(held, write=mine.at(max(mine.version, 1)))
     if mine.version == 0 or mine.digest == held.digest:
@@ -100,6 +105,8 @@ def settle(mine: Stored, held: Stored) -> Settled:
             known = mine.changed_at if mine.changed_at is not None else held.changed_at
             return Settled(held, write=Stored(mine.doc, mine.version, known, mine.digest))
         return Settled(held)
+    if held.changed_at == 0.0 == mine.changed_at and held.version == mine.version:
+        return Settled(held, write=mine.at(held.version + 1), dropped=held)
     if newer(held, mine):
         if held.version > mine.version:
             return Settled(held)
@@ -125,14 +132,21 @@ def conflict_reason(out: Settled, mine: Stored) -> str:
     kept, dropped = out.write, out.dropped
     assert kept is not None and dropped is not None
     ours = dropped is mine
+    seeds = out.held.changed_at == 0.0 == mine.changed_at and not ours
+    why = (
+        "the one this gateway routed on (both are files' seeds: Redis lost its data and a "
+        "gateway started meanwhile seeded it)"
+        if seeds
+        else "the newer change"
+    )
     try:
         lost = differences(dropped.doc or {}, kept.doc or {}) or ["no routing difference"]
     except Exception as exc:  # a document no reader expected: the conflict is said all the same
         lost = [f"its differences not listed ({type(exc).__name__}: {exc})"]
     return (
         f"two documents: Redis's version {out.held.version} ({when(out.held.changed_at)}) and "
-        f"this gateway's version {mine.version} ({when(mine.changed_at)}); kept the newer "
-        f"change, {'Redis' if ours else 'this gateway'}'s, as version {kept.version}; dropped "
+        f"this gateway's version {mine.version} ({when(mine.changed_at)}); kept {why}, "
+        f"{'Redis' if ours else 'this gateway'}'s, as version {kept.version}; dropped "
         f"{'this gateway' if ours else 'Redis'}'s version {dropped.version}: {'; '.join(lost)}"
     )
 

@@ -164,6 +164,42 @@ async def test_a_flushed_redis_and_a_fresh_gateway_do_not_roll_the_fleet_back(
             await gw.stop()
 
 
+async def test_a_fresh_gateways_other_file_does_not_replace_what_the_fleet_routes_on(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No operator change since the fleet seeded its file; Redis loses everything and a gateway
+    # with another file (a residency rule less, a review's run) seeds it before the others put
+    # theirs back. Two seeds at one version went by the digests' order: the newcomer's file
+    # could take the rule off every gateway. Here its digest is the greater, as it was there.
+    fleet = [gateway(redis_url, f"gw{i}") for i in range(2)]
+    routed = routing(fleet[0])
+    seeded = Stored(config_doc.routing_doc(CFG), 1, 0.0).digest
+    for weight in range(2, 50):  # another file: upstream b's weight, with a greater digest
+        data = CFG.model_dump(mode="json")
+        data["upstreams"][1]["weight"] = weight
+        other = Config.model_validate(data)
+        if Stored(config_doc.routing_doc(other), 1, 0.0).digest > seeded:
+            break
+    data["redis"] = {"url": redis_url, "gateway_id": "gw2", "refresh_interval_s": 0.5}
+    fresh = RedisStateStore(Config.model_validate(data))
+    try:
+        for gw in fleet:
+            await gw.start()
+        await until(lambda: all(gw.version == 1 for gw in fleet), "the fleet to sync")
+        await fleet[0].redis().flushall()
+        with caplog.at_level(logging.ERROR, logger="geogate"):
+            await fresh.start()  # seeds version 1 from its own file
+            everyone = [*fleet, fresh]
+            await until(
+                lambda: all((gw.version, routing(gw)) == (2, routed) for gw in everyone),
+                "the whole fleet on the document it routed on",
+            )
+        assert "kept the one this gateway routed on" in caplog.text
+    finally:
+        for gw in [*fleet, fresh]:
+            await gw.stop()
+
+
 async def test_two_gateways_putting_back_at_once_leave_the_higher_version(redis_url: str) -> None:
     gw = gateway(redis_url, "gw0")
     docs = {v: Stored({"upstreams": [], "v": v}, v, None) for v in (3, 5)}

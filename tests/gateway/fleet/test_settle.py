@@ -65,6 +65,12 @@ def test_newer_is_the_later_change_then_the_higher_version_then_the_digest() -> 
         (Stored(A, 5, 7.0), Stored(B, 2, 9.0), Stored(B, 6, 9.0), "mine"),
         # A higher version of an older change (a cut-off gateway put it back): ours above it.
         (Stored(A, 2, 9.0), Stored(B, 5, 7.0), Stored(A, 6, 9.0), "held"),
+        # Two files' seeds at one version (Redis lost its data, a gateway started meanwhile
+        # seeded its own file): the one this gateway routed on, above it, whatever the
+        # digests' order; the newcomer adopts it, a higher version (the case above this one).
+        (Stored(A, 1, 0.0), Stored(B, 1, 0.0), Stored(A, 2, 0.0), "held"),
+        (Stored(B, 1, 0.0), Stored(A, 1, 0.0), Stored(B, 2, 0.0), "held"),
+        (Stored(B, 1, 0.0), Stored(A, 2, 0.0), None, None),
     ],
 )
 def test_settle(mine: Stored, held: Stored, write: Stored | None, dropped: str | None) -> None:
@@ -131,6 +137,19 @@ def test_a_refused_documents_rules_and_drained_regions_are_compared_not_raised()
     assert differences({**doc(a=1), "drained_regions": 7}, doc(a=1)) == [
         "regions drained: 7 (kept: none)"
     ]
+
+
+def test_two_seeds_say_which_was_kept_and_why() -> None:
+    rule = {"name": "eu-stays-in-eu", "continents": ["EU"], "regions": ["eu"]}
+    mine, held = Stored({**A, "residency": [rule]}, 1, 0.0), Stored(A, 1, 0.0)
+    out = settle(mine, held)
+    assert conflict_reason(out, mine) == (
+        "two documents: Redis's version 1 (a config file's seed) and this gateway's version 1 "
+        "(a config file's seed); kept the one this gateway routed on (both are files' seeds: "
+        "Redis lost its data and a gateway started meanwhile seeded it), this gateway's, as "
+        "version 2; dropped Redis's version 1: residency rule eu-stays-in-eu (kept, not in the "
+        "dropped one)"
+    )
 
 
 def test_a_conflict_is_said_even_where_its_differences_cannot_be_listed(
