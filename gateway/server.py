@@ -38,7 +38,7 @@ from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import shared
-from gateway.http.worker_metrics import ENV_WORKER
+from gateway.http.worker_metrics import ENV_WORKER, forget
 from gateway.runtime import log
 
 Listeners = Sequence[socket.socket]  # Forked's: worker i's own listening socket at i
@@ -159,7 +159,11 @@ class Forked:
             replacing = pid in self.replacements
             self.replacements.discard(pid)
             if starting and replacing and self.started:
-                # The others serve on; its socket goes (connections queued on it are reset).
+                # The others serve on; its socket goes (connections queued on it are reset),
+                # and its /metrics socket (no sibling's scrape asks it again).
+                if self.socks:
+                    self.socks[index].close()
+                forget(index)
                 log.error(
                     "worker %d, a replacement, exited during start-up (status %d): %d "
                     "worker(s) serve on without it; restart the gateway once fixed",
@@ -167,8 +171,6 @@ class Forked:
                     code,
                     len(self.started),
                 )
-                if self.socks:
-                    self.socks[index].close()
                 continue
             if starting:
                 log.error("worker %d exited during start-up (status %d): stopping", pid, code)

@@ -72,6 +72,16 @@ def runtime_dir(workers: int) -> Iterator[Path | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def forget(index: int) -> None:
+    """In the parent: worker ``index`` is not replaced (its replacement could not start, and
+    the others serve on). Its socket goes, else every scrape after tried it and logged that it
+    did not answer, and counted it among the workers."""
+    directory = os.environ.get(ENV_METRICS_DIR)
+    if directory:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(directory) / f"{index}.sock").unlink()
+
+
 def claim(directory: Path) -> tuple[int, int]:
     """The lowest worker index that no live process holds, and the descriptor that holds it:
     an exclusive flock on ``<index>.lock``, which the kernel lets go of when this process ends

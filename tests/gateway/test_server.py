@@ -583,6 +583,9 @@ from gateway import defaults, server
 from gateway.errors import ConfigError
 defaults.WORKER_START_GRACE_S = 1.0
 marks = sys.argv[1]
+os.environ["_GEOGATE_METRICS_DIR"] = marks  # the workers' /metrics sockets: stand-ins here
+for i in (0, 1):
+    open(os.path.join(marks, f"{i}.sock"), "w").close()
 def serve(index: int) -> None:
     if index == 1:
         signal.pause()  # serves on, until SIGTERM
@@ -608,6 +611,8 @@ def test_a_replacement_that_cannot_start_leaves_the_others_serving(tmp_path: Pat
         said = "a replacement, exited during start-up (status 2): 1 worker(s) serve on"
         eventually(lambda: said in log.read_text(), what="the parent's word on it")
         assert proc.poll() is None, "the gateway stopped"
+        # Its /metrics socket is gone (every scrape tried it, and warned), the other's stays.
+        assert not (marks / "0.sock").exists() and (marks / "1.sock").exists()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         err = log.read_text()
