@@ -46,7 +46,10 @@ async def probe_once(rt: Runtime, u: Upstream) -> None:
     h = rt.store.health(u.id)
     after = h.probe_ok()
     if before != after:
-        log.warning(
+        # A recovery is news, not a warning: ejections' "back in rotation" is INFO too, and
+        # a log alert on WARNING paged for every upstream that came back.
+        log.log(
+            logging.WARNING if not after else logging.INFO,
             "upstream %s (%s) is now %s%s",
             u.id,
             u.region,

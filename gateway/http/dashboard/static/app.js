@@ -104,7 +104,8 @@ function render(next) {
   const g = state.gateway;
   $("gateway").textContent =
     `gateway ${g.region} · origin ${g.origin} · config v${g.version}` +
-    (g.worker === null ? "" : ` · worker ${g.worker} of ${g.workers}: its own traffic`) +
+    // The worker's label (its /metrics `worker`), not a rank: "worker 2 of 2" read wrong.
+    (g.worker === null ? "" : ` · worker ${g.worker} (one of ${g.workers}): its own traffic`) +
     (g.draining ? " · DRAINING" : "");
   $("updated").textContent = `updated ${state.at.slice(11, 19)} UTC`;
   const sh = state.shared;
