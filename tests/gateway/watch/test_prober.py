@@ -61,7 +61,8 @@ async def test_unhealthy_is_a_warning_and_healthy_again_is_info(
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    cfg = {**CFG, "upstreams": [{**CFG["upstreams"][0], "url": f"http://127.0.0.1:{port}"}]}
+    one = {"id": "a", "region": "eu", "url": f"http://127.0.0.1:{port}", "models": ["m"]}
+    cfg = {**CFG, "upstreams": [one]}
     rt = build_runtime(Config.model_validate(cfg))
     rt.session = Client(1.0)
     u = rt.store.upstreams()[0]
