@@ -330,7 +330,6 @@ class SimBackend:
                 "x-sim-region": self.cfg.region,
             }
         )
-        await resp.prepare(request)
         shape = Shape(model, chat)
 
         def event(doc: dict[str, Any]) -> bytes:
@@ -342,6 +341,7 @@ class SimBackend:
         # prefill, --ttft-ms): sent at once, a proxy would take it for the first token.
         role = shape.chunk(None, None, role=True) if chat else None
         try:
+            await resp.prepare(request)
             if role is not None and self.cfg.role_first:
                 await resp.write(event(role))
                 role = None
@@ -365,9 +365,12 @@ class SimBackend:
                 await resp.write(sse(shape.usage_chunk(self._usage(req, n))))
             await resp.write(SSE_DONE)
             await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             self.stats.cancelled += 1
             raise
+        except ConnectionResetError:  # the client left as a write went out: counted, no
+            self.stats.cancelled += 1  # aiohttp traceback ("Cannot write to closing transport")
+            return resp
         self._record(req, n, t0, self._due(0, origin))
         self.stats.completed += 1
         return resp

@@ -116,3 +116,28 @@ def test_a_client_that_leaves_a_whole_answer_frees_its_place(tmp_path: Path) -> 
         eventually(lambda: sim.stats()["active"] == 0, what="the request to end")
     finally:
         sim.proc.kill()
+
+
+def test_clients_that_reset_mid_stream_are_counted_without_a_traceback(tmp_path: Path) -> None:
+    # A write racing the client's reset raised aiohttp's "Cannot write to closing transport"
+    # out of the handler: a 25-line traceback in the sim's log for one client gone (9 in about
+    # 1,000 disconnects in a soak).
+    sim = start_sim(tmp_path, "s", "eu", ["m"], "--tokens-per-s", "2000", "--ttft-ms", "0")
+    try:
+        body = b'{"model": "m", "prompt": "hi", "max_tokens": 5000, "stream": true}'
+        for _ in range(60):
+            with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as s:
+                s.sendall(
+                    b"POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: "
+                    b"application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+                )
+                assert s.recv(1 << 16)
+                # A reset, not a FIN: close at once with the stream still coming.
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+        eventually(lambda: sim.stats()["active"] == 0, what="every stream to end")
+        assert sim.stats()["cancelled"] == 60
+        assert "Traceback" not in (tmp_path / "sim-s.log").read_text()
+    finally:
+        sim.proc.kill()
