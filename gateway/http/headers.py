@@ -30,14 +30,26 @@ _REQUEST_DROP |= {EDGE_HEADER.encode()}
 _REQUEST_DROP |= {b"x-request-id", b"x-real-ip"}
 # Claims about the client or the request at the edge. Only a trusted proxy's are passed on;
 # anyone else's are the client speaking about itself, and a backend (or its logs, or a rate
-# limiter) that believed them would believe a forgery vouched for by the gateway.
+# limiter) that believed them would believe a forgery vouched for by the gateway. The less
+# common ones too (a security review saw them reach a backend): other proxies' client-address
+# headers, and the URL and method overrides some frameworks honour, past the /v1 allowlist.
 _EDGE_CLAIMS = frozenset(
     {
         b"forwarded",
         b"x-forwarded-host",
         b"x-forwarded-port",
+        b"x-forwarded-prefix",
         b"true-client-ip",
         b"cf-connecting-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"fastly-client-ip",
+        b"x-original-forwarded-for",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
 _RESPONSE_DROP = HOP_BY_HOP | {b"server", b"date"}
