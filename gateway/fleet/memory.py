@@ -100,8 +100,8 @@ class MemoryStateStore:
         """A dashboard logout: the session is no session from now on (fleet.sessions)."""
         self.sessions.end(sid, until, time.time())
 
-    def session_ended(self, sid: str) -> bool:
-        return self.sessions.ended(sid)
+    def session_ended(self, sid: str, until: float) -> bool:
+        return self.sessions.ended(sid, until)
 
     # --- the routing config ----------------------------------------------------------------
     def replace_config(self, config: Config) -> None:

@@ -25,16 +25,23 @@ class EndedSessions:
     def __init__(self, limit: int = ENDED_SESSIONS_MAX) -> None:
         self.limit = limit
         self._until: dict[str, float] = {}
+        # Full of live ones, the soonest to end goes, and every session that ends no later
+        # than it is ended from then on: a forgotten logout brought its session back (10,000
+        # logouts later, a copied cookie worked again), where now older sessions, ended or
+        # not, log in again. Sessions last alike, so these are the ones begun before it.
+        self._floor = 0.0
 
     def end(self, sid: str, until: float, now: float) -> None:
         if len(self._until) >= self.limit:
             self.prune(now)
         if len(self._until) >= self.limit:  # still full of live ones: the soonest to end goes
-            del self._until[min(self._until, key=self._until.__getitem__)]
+            soonest = min(self._until, key=self._until.__getitem__)
+            self._floor = max(self._floor, self._until.pop(soonest))
         self._until[sid] = until
 
-    def ended(self, sid: str) -> bool:
-        return sid in self._until
+    def ended(self, sid: str, until: float) -> bool:
+        """Whether the session ``sid``, which would expire at ``until``, was ended."""
+        return sid in self._until or until <= self._floor
 
     def merge(self, ended: dict[str, float], now: float) -> None:
         """What the fleet holds (Redis), added to what is known here: an ended session never

@@ -187,9 +187,13 @@ class Dashboard:
 
     async def events(self, request: Request) -> Response:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        sid = session.id_of(request)
-        ended = (lambda: self.rt.store.session_ended(sid)) if sid else None
-        frames = self.sampler.frames(session.expiry_of(request), ended)
+        sid, expiry = session.id_of(request), session.expiry_of(request)
+        ended = (
+            (lambda: self.rt.store.session_ended(sid, expiry))
+            if sid and expiry is not None
+            else None
+        )
+        frames = self.sampler.frames(expiry, ended)
         return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
 
     async def state(self, request: Request) -> Response:

@@ -71,7 +71,7 @@ def verify(
     value: str | None,
     operators: Mapping[str, str],
     now: float,
-    ended: Callable[[str], bool] = lambda sid: False,
+    ended: Callable[[str, float], bool] = lambda sid, until: False,
 ) -> str | None:
     """The operator whose unexpired session ``value`` is, or None; ``ended``: whether a
     session id was logged out of. Operator names may hold dots: the fixed fields are split off
@@ -90,7 +90,7 @@ def verify(
         return None
     body = value[: -len(sig) - 1]
     expected = _mac(token, "session|" + body).encode()
-    if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected) or ended(sid):
+    if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected) or ended(sid, int(expiry)):
         return None
     return name
 

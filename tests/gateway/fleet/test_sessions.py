@@ -18,29 +18,43 @@ from tests.gateway.fleet.test_redis_store import CFG, gateway
 def test_an_ended_session_stays_ended_until_it_would_have_expired() -> None:
     s = EndedSessions()
     s.end("a", until=100.0, now=0.0)
-    assert s.ended("a") and not s.ended("b")
+    assert s.ended("a", 1e12) and not s.ended("b", 1e12)
     s.merge({"b": 50.0}, now=10.0)  # the fleet's: added, never replacing what is known here
-    assert s.ended("a") and s.ended("b")
+    assert s.ended("a", 1e12) and s.ended("b", 1e12)
     s.merge({}, now=60.0)  # a Redis that lost the set forgets nothing unexpired
-    assert s.ended("a") and not s.ended("b")  # b's session is over anyway: dropped
+    assert s.ended("a", 1e12) and not s.ended("b", 1e12)  # b's session is over anyway: dropped
     s.prune(100.0)
     assert len(s) == 0
 
 
-def test_the_set_is_bounded_and_drops_the_soonest_to_end() -> None:
+def test_the_set_is_bounded_and_drops_the_soonest_to_end_by_its_id() -> None:
     s = EndedSessions(limit=3)
     for sid, until in (("x", 30.0), ("y", 10.0), ("z", 20.0)):
         s.end(sid, until, now=0.0)
-    s.end("w", 40.0, now=0.0)  # full of live ones: y, which ends first, goes
-    assert len(s) == 3 and not s.ended("y") and s.ended("w")
+    s.end("w", 40.0, now=0.0)  # full of live ones: y, which ends first, goes by its id...
+    assert len(s) == 3 and s.ended("w", 40.0)
+    assert s.ended("y", 10.0)  # ...and stays ended: no later than the floor it left
     s.end("v", 50.0, now=25.0)  # y and z are over by now: pruned before anything live goes
-    assert s.ended("x") and s.ended("w") and s.ended("v")
+    assert s.ended("x", 1e12) and s.ended("w", 1e12) and s.ended("v", 1e12)
+
+
+def test_a_logout_the_full_set_forgets_does_not_bring_its_session_back() -> None:
+    # 10,000 logouts later (a second's loop of one operator's logins and logouts), a copied
+    # cookie of a session logged out before them was accepted again.
+    s = EndedSessions(limit=3)
+    s.end("alice", until=100.0, now=0.0)
+    for i in range(10):
+        s.end(f"bob{i}", until=200.0 + i, now=1.0)
+    assert len(s) == 3
+    assert s.ended("alice", 100.0)  # forgotten by id, still ended: it ends before the floor
+    assert s.ended("carol-older", 150.0)  # begun before it: logs in again (fail closed)
+    assert not s.ended("carol-newer", 300.0)
 
 
 async def test_one_store_ended_is_ended_in_memory() -> None:
     store = MemoryStateStore(CFG)  # its redis section unread: this store is the whole truth
     await store.end_session("sid", time.time() + 60)
-    assert store.session_ended("sid") and not store.session_ended("other")
+    assert store.session_ended("sid", 1e12) and not store.session_ended("other", 1e12)
 
 
 async def test_a_logout_on_one_gateway_is_seen_by_another_at_its_refresh(redis_url: str) -> None:
@@ -48,10 +62,10 @@ async def test_a_logout_on_one_gateway_is_seen_by_another_at_its_refresh(redis_u
     try:
         until = time.time() + 3600
         await here.end_session("sid-1", until)
-        assert here.session_ended("sid-1")  # here at once
-        assert not there.session_ended("sid-1")
+        assert here.session_ended("sid-1", 1e12)  # here at once
+        assert not there.session_ended("sid-1", 1e12)
         await there._refresh()  # the next round of the sync
-        assert there.session_ended("sid-1")
+        assert there.session_ended("sid-1", 1e12)
         # Entries leave with their sessions: an expired one is trimmed at the next write.
         await here.end_session("old", time.time() - 1)
         found = await sessions.read(here.redis(), here.keys, time.time())
@@ -68,6 +82,6 @@ async def test_a_logout_with_redis_away_raises_and_ends_the_session_here() -> No
     try:
         with pytest.raises((RedisError, OSError)):
             await store.end_session("sid", time.time() + 60)
-        assert store.session_ended("sid")
+        assert store.session_ended("sid", 1e12)
     finally:
         await store.stop()
