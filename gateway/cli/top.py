@@ -4,8 +4,9 @@ second (rich's ``Live``: plain ANSI cursor moves, so it works in any terminal an
 Each frame reads the gateway's ``/routing-table`` (health with the fleet's votes, RTT, queue,
 TTFT, in-flight, ejections) and ``/metrics``; rates (requests/s, errors/s) and the time to
 first byte percentiles are the counters' and histogram's change over the last ``WINDOW_S``.
-With several workers, each scrape may reach another worker's counters: a rate that would be
-negative is shown as "?", never as a wrong number.
+In-flight counts come from ``/metrics``, whose gauges are every worker's (merged), where the
+routing table's are the answering worker's alone. A rate that would be negative (a counter
+that went back: a restart) is shown as "?", never as a wrong number.
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ def _sum(sample: Sample, name: str, **match: str) -> float:
         for (n, labels), v in sample.values.items()
         if n == name and all(dict(labels).get(k) == want for k, want in match.items())
     )
+
+
+def in_flight(sample: Sample, uid: str, table_says: object) -> int:
+    """``uid``'s requests in flight: every worker's (the merged gauge in /metrics); the routing
+    table's count, its one worker's, only where /metrics has none (a gateway of an earlier
+    release)."""
+    found = [
+        v
+        for (n, labels), v in sample.values.items()
+        if n == "geogate_upstream_in_flight" and dict(labels).get("upstream") == uid
+    ]
+    if found:
+        return int(sum(found))
+    return int(table_says) if isinstance(table_says, int | float) else 0
 
 
 def _rate(old: Sample | None, new: Sample, name: str, **match: str) -> float | None:
@@ -212,7 +227,7 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
         "",
         "",
         f"p50 {_num(p50)} p99 {_num(p99)}" if p50 is not None else "",
-        str(sum(int(u.get("in_flight") or 0) for u in ups)),
+        str(sum(in_flight(new, str(u["id"]), u.get("in_flight")) for u in ups)),
         _num(req_s, "{:.1f}"),
         _num(err_s, "{:.1f}"),
         "",
@@ -229,7 +244,7 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
             _num(u.get("rtt_ms"), "{:.1f}"),
             _num(u.get("queue_depth")),
             _num(u.get("ttft_ms")),
-            str(u.get("in_flight", 0)),
+            str(in_flight(new, uid, u.get("in_flight"))),
             _num(every, "{:.1f}"),
             _num(None if every is None or ok is None else max(every - ok, 0.0), "{:.1f}"),
             str(u.get("times_ejected", 0)),

@@ -109,6 +109,24 @@ def test_frame_shows_rates_percentiles_health_and_votes() -> None:
     assert " ".join(rows["note:"]) == TTFB_NOTE  # why a region's p50 may be blank
 
 
+def test_in_flight_is_every_workers_from_the_merged_metrics() -> None:
+    # The routing table's count is the answering worker's: 13 of 24 streams with two workers.
+    merged = (
+        METRICS.format(ok=30, failed=4, fast=20, slow=300)
+        + "# TYPE geogate_upstream_in_flight gauge\n"
+        + 'geogate_upstream_in_flight{upstream="a",region="eu",worker="0"} 11\n'
+        + 'geogate_upstream_in_flight{upstream="a",region="eu",worker="1"} 13\n'
+    )
+    old, new = sample(100.0, 10, 0, 10), Sample(102.0, parse_metrics(merged))
+    rows = {
+        line.split()[0]: line.split()
+        for line in render("u", TABLE, old, new).splitlines()
+        if line.strip()
+    }
+    assert rows["a"][-4] == "24"  # not the table's 4
+    assert rows["eu"][-3] == "24"  # the region's: its upstreams' sum
+
+
 def test_without_a_window_rates_are_unknown_not_zero() -> None:
     new = sample(100.0, 10, 0, 10)
     rows = {
