@@ -160,8 +160,10 @@ async def _impact_first(
     fleet: Fleet, args: argparse.Namespace, kind: str, target: str, changes: dict[str, Any]
 ) -> str | None:
     """The gateway's word on what the change would move, asked before it is made; a change
-    that leaves some clients with no upstream at all (503) is refused without --yes, as that
-    is an outage for them, not a move."""
+    that leaves some clients with no upstream at all (503), by the last minute's traffic or
+    by what the change leaves of a model's upstreams (``stranded``: every worker's clients,
+    not only the answering worker's traffic), is refused without --yes, as that is an outage
+    for them, not a move."""
     impact = await fleet.impact(kind, target, changes)
     if impact is None:
         return None
@@ -170,7 +172,7 @@ async def _impact_first(
         nowhere = float(impact["arriving"].get(NOWHERE, 0.0))
     except (TypeError, ValueError):
         nowhere = 0.0
-    if nowhere > 0 and not args.yes:
+    if (nowhere > 0 or impact.get("stranded")) and not args.yes:
         raise CLIError(
             f"not applied: {text.rstrip('.')}; pass --yes to {_verb(args, target)} anyway"
         )

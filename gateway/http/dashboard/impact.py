@@ -92,6 +92,32 @@ def flows(
     return leaving, arriving
 
 
+def _takes(snap: Snapshot, model: str, regions: frozenset[str] | None = None) -> bool:
+    return any(
+        model in v.models and not v.drained and (regions is None or v.region in regions)
+        for v in snap.upstreams
+    )
+
+
+def stranded(before: Snapshot, after: Snapshot, policy: Policy) -> list[str]:
+    """What the change leaves with no undrained upstream, whatever the last minute's traffic:
+    each model some upstream takes now and none would, everywhere or within a residency
+    rule's regions. Traffic alone missed it where the worker that answered had seen none of
+    those requests (each worker's window holds its own): a drain of the one EU region with a
+    residency rule passed as "no request moves", and the next EU request got a 503."""
+    out: list[str] = []
+    for model in sorted({m for v in before.upstreams for m in v.models}):
+        if _takes(before, model) and not _takes(after, model):
+            out.append(f"model {model}")
+            continue
+        out += [
+            f"model {model} for clients under residency rule {rule.name}"
+            for rule in policy.residency
+            if _takes(before, model, rule.regions) and not _takes(after, model, rule.regions)
+        ]
+    return out
+
+
 def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f} %" if whole else "0 %"
 
@@ -109,7 +135,9 @@ def what_if(
     (changed_snapshot)."""
     served, total = Window.served(window.last(DASHBOARD_SHARE_WINDOW_S))
     carried = sum(n for (_, uid, _), n in served.items() if any(member_of(uid, t) for t in targets))
-    leaving, arriving = flows(served, snap, changed_snapshot(snap, changes, shares), policy)
+    after = changed_snapshot(snap, changes, shares)
+    leaving, arriving = flows(served, snap, after, policy)
+    lost = stranded(snap, after, policy)
     moving = sum(arriving.values())
     names = ", ".join(targets)
     verb = "carries" if len(targets) == 1 else "carry"
@@ -142,6 +170,8 @@ def what_if(
             text += f" ({names} {'is' if len(targets) == 1 else 'are'} out of rotation already)"
     else:
         text += "; at the last minute's traffic, no request moves"
+    if lost:
+        text += f" — it leaves NO upstream for {'; '.join(lost)}: their requests get 503"
     return {
         "targets": targets,
         "total": total,
@@ -149,5 +179,6 @@ def what_if(
         "share": round(carried / total, 3) if total else 0.0,
         "leaving": {k: round(v, 1) for k, v in leaving.items()},
         "arriving": {k: round(v, 1) for k, v in arriving.items()},
+        "stranded": lost,
         "text": text + ".",
     }

@@ -377,6 +377,17 @@ def test_a_drain_that_leaves_clients_nowhere_needs_yes(
     assert "to e1 (100 %)" in out, out  # from nowhere, back
 
 
+def test_a_drain_that_strands_a_residency_rule_needs_yes_with_no_traffic_seen(
+    resident: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With two workers, the one answering had seen none of the EU requests: the drain passed.
+    gw = resident
+    rc, out, err = ctl(capsys, *via(gw), "drain", "eu-central")
+    assert rc == 2 and not out, out
+    assert "leaves NO upstream for model m for clients under residency rule eu-only" in err
+    assert upstream(gw, "e1")["drained"] is False
+
+
 def test_without_the_impact_api_the_change_is_made_and_claims_nothing(
     fleet: tuple[Gateway, RedisServer],
     capsys: pytest.CaptureFixture[str],

@@ -80,6 +80,30 @@ def test_draining_the_last_upstream_warns_of_refusals() -> None:
     assert out["text"].startswith("eu-1, us-1 carry 100 % of requests")
 
 
+def test_a_change_that_leaves_a_model_or_a_rule_no_upstream_says_so_without_traffic() -> None:
+    # A worker that saw none of those requests (each worker's window is its own) said "no
+    # request moves" for a drain that took a residency rule's last region, and ctl applied it.
+    ruled = Config.model_validate(
+        {
+            **CONFIG.model_dump(mode="json"),
+            "residency": [{"name": "eu-only", "continents": ["EU"], "regions": ["eu"]}],
+        }
+    )
+    policy = policy_from(ruled)
+    out = what_if(Window(60), snapshot(), policy, ["eu"], {"eu-1": {"drained": True}})
+    assert out["stranded"] == ["model m for clients under residency rule eu-only"]
+    assert out["text"].endswith(
+        "no request moves — it leaves NO upstream for model m for clients under residency "
+        "rule eu-only: their requests get 503."
+    )
+    both = {"eu-1": {"drained": True}, "us-1": {"drained": True}}
+    assert what_if(Window(60), snapshot(), policy, ["eu-1", "us-1"], both)["stranded"] == [
+        "model m"
+    ]
+    fine = what_if(Window(60), snapshot(), policy, ["us-1"], {"us-1": {"drained": True}})
+    assert fine["stranded"] == [] and "NO upstream" not in fine["text"]
+
+
 def test_a_change_that_moves_nothing_says_so() -> None:
     w = window({(LONDON, "eu-1", "m"): 30})
     out = what_if(w, snapshot(), POLICY, ["us-1"], {"us-1": {"bias_ms": 5.0}})
