@@ -20,7 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from gateway.errors import GatewayError, HeadersTooLarge
-from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.asgi import Message, Receive, Scope, Send
 from gateway.http.errors import send_error
 from gateway.http.intake import check_headers
 
@@ -50,6 +50,8 @@ class GatewayApp(Starlette):
         self.proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") == "HEAD":  # granian's HTTP/2 sent a HEAD answer's body
+            send = _headless(send)
         if proxied(scope):
             scope["app"] = self  # as Starlette sets it
             await self.proxy(scope, receive, send)
@@ -77,3 +79,17 @@ class GatewayApp(Starlette):
             await gate.refuse(scope, send, err, CLOSE)
         else:  # the gateway's own endpoints (health checks, /metrics): no access line
             await send_error(send, err, list(CLOSE))
+
+
+def _headless(send: Send) -> Send:
+    """``send`` for a HEAD request: the head as it is (its Content-Length included), the body
+    left out. HTTP/1.1 servers drop it themselves; granian's HTTP/2 sent it, and a client
+    (curl, h2) refused the stream as a protocol error: a load balancer's HEAD health check
+    over h2 failed on a healthy gateway."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return sending

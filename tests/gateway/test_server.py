@@ -83,6 +83,21 @@ def test_a_granian_worker_that_dies_is_replaced_and_the_gateway_serves_on(
         sim.proc.kill()
 
 
+def test_head_over_h2_on_granian_has_no_body(tmp_path: Path) -> None:
+    # A HEAD answer's body went out on granian's HTTP/2: curl and h2 refused the stream
+    # (PROTOCOL_ERROR), so a load balancer's HEAD health check failed on a healthy gateway.
+    gw, sim = start_fleet(tmp_path, server_extra='engine = "granian"')
+    try:
+        with httpx.Client(http1=False, http2=True) as c:
+            for path in ("/healthz", "/readyz", "/load", "/v1/models", "/v1/nothing"):
+                r = c.head(f"{gw.url}{path}")
+                assert r.http_version == "HTTP/2" and r.content == b"", (path, r)
+                assert r.status_code in (200, 404, 405), (path, r.status_code)
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
 def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
     tmp_path: Path,
 ) -> None:
