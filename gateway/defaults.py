@@ -71,6 +71,8 @@ WORKER_START_GRACE_S = 10.0  # uvicorn's forked workers: one that exits sooner f
 # --- ops listener ---------------------------------------------------------------------------
 OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public
 OPS_PORT = 9180  # not Prometheus's 9090 or node_exporter's 9100, which often share the host
+OPS_HEAD_TIMEOUT_S = 5.0  # a scraper's or an operator's request head comes at once (as hypercorn)
+OPS_MAX_CONNECTIONS = 256  # scrapes, ctl, a few dashboard pages: past it, idle ones close first
 
 # --- dashboard (/dashboard on the ops listener) --------------------------------------------
 DASHBOARD_SAMPLE_S = 1.0  # one snapshot a second, shared by every open page: live to a person,

@@ -5,11 +5,14 @@ public port.
 ``ops.token`` (``Authorization: Bearer <token>``) guards everything but ``/admin/*`` and
 ``/dashboard``, which have their operators' own tokens: with it set, another host (the edge
 tier reading the routing table, a Prometheus scraping metrics) may be let in. The listener is
-hypercorn on the worker's own event loop, so it reads the very Runtime the proxy writes; its
-socket is bound once by the parent process (``gateway.server``), which hands its descriptor
-to each worker (``shared``). With several workers, whichever one the kernel hands a scrape
-answers ``/metrics`` with every worker's series, each labelled with its worker
-(``gateway.http.worker_metrics``).
+gateway.h1, the public listener's HTTP/1.1, on the worker's own event loop, so it reads the
+very Runtime the proxy writes. It was hypercorn, whose HTTP/2 (prior knowledge, on any plain
+connection) turned a client opening and resetting streams in a loop into seconds of CPU a
+second, slowing the public API on the same loop (a security review's run: /healthz p50 0.5 s);
+the ops listener needs no HTTP/2. Its socket is bound once by the parent process
+(``gateway.server``), which hands its descriptor to each worker (``shared``). With several
+workers, whichever one the kernel hands a scrape answers ``/metrics`` with every worker's
+series, each labelled with its worker (``gateway.http.worker_metrics``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -25,9 +27,11 @@ from collections.abc import Iterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
+from uvicorn.server import ServerState
 
 from gateway import defaults as d
 from gateway.errors import OpsUnauthorized
+from gateway.h1 import capped
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.auth_throttle import AuthThrottle
@@ -41,9 +45,6 @@ from gateway.runtime import Runtime, log
 # no GEOGATE_ prefix: those are config overrides).
 ENV_OPS_FD = "_GEOGATE_OPS_FD"
 STOP_TIMEOUT_S = 2.0  # a scrape in progress finishes; an idle keep-alive connection does not wait
-# hypercorn's own lines ("Running on ... CTRL + C to quit") would mislead: warnings only.
-_server_log = logging.getLogger("geogate.ops.server")
-_server_log.setLevel(logging.WARNING)
 
 
 class OpsAuth:
@@ -86,10 +87,14 @@ def shared(ops: socket.socket | None, workers: int) -> Iterator[None]:
         yield
 
 
-def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> AuthThrottle:
+def ops_app(
+    rt: Runtime, workers: WorkerMetrics | None = None, dashboard: Dashboard | None = None
+) -> AuthThrottle:
     """``workers``: this worker's part in a gateway of several; its /metrics, all the workers'
-    series, comes before the one worker's of ``Endpoints`` (the first route matching wins)."""
-    dashboard = Dashboard(rt)
+    series, comes before the one worker's of ``Endpoints`` (the first route matching wins).
+    ``dashboard``: one whose lifespan the caller runs (OpsListener); else the app's own
+    lifespan runs it (an ASGI server's, a test client's)."""
+    dashboard = dashboard or Dashboard(rt)
     merged = [Route("/metrics", workers.metrics)] if workers is not None else []
     app = Starlette(
         routes=[*merged, *Endpoints(rt).ops_routes(), *admin_routes(rt), *dashboard.routes()],
@@ -102,6 +107,24 @@ def ops_app(rt: Runtime, workers: WorkerMetrics | None = None) -> AuthThrottle:
     return AuthThrottle(OpsAuth(app, token) if token else app)
 
 
+class _Served:
+    """What gateway.h1's protocol reads of uvicorn's Config, for the ops app."""
+
+    loaded = True
+    root_path = ""
+    timeout_keep_alive = d.SERVER_KEEPALIVE_S
+    # A bound on the ops listener's connections, past which idle ones make room
+    # (gateway.h1.reclaim): hypercorn had none, and one client's sockets could take the
+    # descriptors the public listener's streams need.
+    limit_concurrency = d.OPS_MAX_CONNECTIONS
+
+    def __init__(self, app: AuthThrottle) -> None:
+        self.loaded_app = app
+
+    def load(self) -> None:  # loaded already
+        pass
+
+
 class OpsListener:
     """Serves ``ops_app`` on an inherited listening socket, from the lifespan of the worker."""
 
@@ -110,41 +133,50 @@ class OpsListener:
         self.fd = fd
         self.workers = WorkerMetrics.from_env(rt)  # None with one worker: no socket made
         rt.worker = self.workers.worker if self.workers is not None else None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._server: asyncio.Server | None = None
+        self._state = ServerState()  # what gateway.h1 keeps of its connections, as uvicorn's
+        self._exit = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
-        from hypercorn.asyncio import serve
-        from hypercorn.config import Config as HConfig
-
         try:
             # The same descriptor in every worker: the kernel spreads connections among them.
-            socket.socket(fileno=self.fd).detach()
+            # A duplicate: closing the server closes it, not the one the parent handed down.
+            sock = socket.socket(fileno=os.dup(self.fd))
         except OSError as exc:
             log.error(
                 "ops listener off: descriptor %d from the parent is unusable (%s)", self.fd, exc
             )
             return
-        hc = HConfig()
-        hc.bind = [f"fd://{self.fd}"]
-        hc.accesslog = None
-        hc.errorlog = _server_log
-        hc.graceful_timeout = STOP_TIMEOUT_S
         if self.workers is not None:
             await self.workers.start()
-        app = ops_app(self.rt, self.workers)
-        # shutdown_trigger given: hypercorn installs no signal handlers of its own.
-        self._task = asyncio.get_running_loop().create_task(
-            serve(app, hc, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
+        dashboard = Dashboard(self.rt)
+        await self._exit.enter_async_context(dashboard.lifespan(None))  # the sampler
+        app = ops_app(self.rt, self.workers, dashboard)
+        protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.OPS_HEAD_TIMEOUT_S)
+        config = _Served(app)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: protocol(config, self._state, {}, loop), sock=sock
         )
 
     async def stop(self) -> None:
-        if self._task is None:
+        server, self._server = self._server, None
+        if server is None:
             return
         if self.workers is not None:  # its siblings' scrapes leave it out from now on
             await self.workers.stop()
-        self._stop.set()
-        try:
-            await asyncio.wait_for(self._task, STOP_TIMEOUT_S * 2)
-        except Exception as exc:  # stopping anyway: say so, do not fail the shutdown
-            log.warning("ops listener stopped uncleanly: %r", exc)
+        server.close()  # no new connection
+        for conn in list(self._state.connections):
+            conn.shutdown()  # idle ones close now, busy ones after their answer
+        running = list(self._state.tasks)
+        if running:
+            await asyncio.wait(running, timeout=STOP_TIMEOUT_S)
+        # What still runs (a dashboard page's live stream) is cut: its task sees the client go.
+        for conn in list(self._state.connections):
+            conn.transport.abort()
+        left = [t for t in running if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=STOP_TIMEOUT_S)
+        await self._exit.aclose()  # the dashboard's sampler

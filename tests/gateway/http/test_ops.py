@@ -19,7 +19,7 @@ from gateway.errors import ConfigError
 from gateway.http.ops import ENV_OPS_FD, OpsListener, ops_app, shared
 from gateway.http.worker_metrics import ENV_METRICS_DIR, ENV_WORKER, WorkerMetrics, runtime_dir
 from gateway.runtime import build_runtime
-from tests.support import Gateway, one_sim_gateway
+from tests.support import Gateway, one_sim_gateway, read_to_eof
 
 OPS_TOKEN = "edge-tier-secret"
 ADMIN_TOKEN = "operator-secret"
@@ -153,3 +153,24 @@ def test_with_several_workers_the_views_name_the_worker_that_answered(
     assert rt.worker == "1"
     assert client.get("/routing-table").json()["worker"] == "1"
     assert client.get("/explain", params={"model": "m", "ip": "192.0.2.1"}).json()["worker"] == "1"
+
+
+def test_the_ops_listener_speaks_no_http2(gw: Gateway) -> None:
+    # hypercorn served HTTP/2 with prior knowledge here: streams opened and reset in a loop
+    # cost seconds of CPU a second and slowed the public API on the same event loop. The ops
+    # listener is gateway.h1 now: the preface is a malformed HTTP/1.1 request, refused.
+    with socket.create_connection(("127.0.0.1", gw.ops_port), timeout=5) as s:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        answer = read_to_eof(s)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    with httpx.Client(http1=False, http2=True) as c, pytest.raises(httpx.TransportError):
+        c.get(f"http://127.0.0.1:{gw.ops_port}/healthz")
+    # HTTP/1.1 as ever, and the public API unaffected.
+    assert (
+        httpx.get(
+            f"http://127.0.0.1:{gw.ops_port}/metrics",
+            headers={"Authorization": f"Bearer {OPS_TOKEN}"},
+        ).status_code
+        == 200
+    )
+    assert httpx.get(f"{gw.url}/healthz").status_code == 200
