@@ -297,6 +297,13 @@ class Metrics:
         self.in_flight = Gauge(
             "geogate_upstream_in_flight", "Open requests", ["upstream", "region"], registry=r
         )
+        # A connection leak shows here (a soak review could count connections only by hooking
+        # the process): at rest, about one per upstream, the probes' and load polls'.
+        self.pool_idle = Gauge(
+            "geogate_upstream_pool_idle_connections",
+            "Kept-alive connections to upstreams idle in this worker's pool",
+            registry=r,
+        )
         self.state_stale = Gauge(
             "geogate_shared_state_stale_seconds",
             "Seconds since shared state (Redis) was last in sync; 0 when fresh",

@@ -78,6 +78,7 @@ async def lifespan(
     loop = asyncio.get_running_loop()
     rt.loop, rt.loop_thread = loop, threading.get_ident()
     rt.session = Client(config.timeouts.connect_s)
+    rt.metrics.pool_idle.set_function(rt.session.idle_count)  # read at each scrape
     await first_look(rt)
     await rt.store.start()
     tasks = [*start_watchers(rt), asyncio.create_task(flush_access_log())]

@@ -5,6 +5,7 @@ the public port, on a loopback listener of their own, and behind ops.token when 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,15 @@ def test_the_ops_listener_speaks_no_http2(gw: Gateway) -> None:
         == 200
     )
     assert httpx.get(f"{gw.url}/healthz").status_code == 200
+
+
+def test_metrics_count_the_pools_idle_connections(gw: Gateway) -> None:
+    # A soak review could count upstream connections only by hooking the process: a leak was
+    # invisible to Prometheus.
+    body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+    text = httpx.get(
+        f"http://127.0.0.1:{gw.ops_port}/metrics", headers={"Authorization": f"Bearer {OPS_TOKEN}"}
+    ).text
+    found = re.search(r"^geogate_upstream_pool_idle_connections (\S+)$", text, re.M)
+    assert found is not None and float(found.group(1)) >= 1, text[-2000:]
