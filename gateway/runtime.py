@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway import defaults as d
@@ -178,7 +178,14 @@ class Runtime:
         trusted = peer is not None and bool(self.trusted) and is_trusted(peer, self.trusted)
         edge = self.edge_client(edge_header, host) if edge_header is not None else None
         if edge is not None:
-            return self.route(edge.ip, trusted, edge.location, model, now)
+            loc = edge.location
+            if loc.country is None and loc.continent is None:
+                # The edge knew where, not which country (a Cloudflare location without
+                # one): GeoIP's country, or the default's, so that a residency rule still
+                # applies. Taken as signed, it confined the client to nothing.
+                found = self.geo.locate(edge.ip)
+                loc = replace(loc, country=found.country, continent=found.continent)
+            return self.route(edge.ip, trusted, loc, model, now)
         ip = client_ip(peer, forwarded_for, self.trusted)
         return self.route_ip(ip, trusted, model, now)
 

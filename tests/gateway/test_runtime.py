@@ -151,3 +151,34 @@ def test_a_default_country_without_continent_gets_the_countrys() -> None:
     cfg = CFG.model_copy(update={"geoip": CFG.geoip.model_copy(update={"default": d})})
     loc = default_location(cfg)
     assert (loc.country, loc.continent) == ("JP", "AS")
+
+
+def test_a_signed_location_without_a_country_takes_geoips_so_residency_applies() -> None:
+    # A signed header with coordinates but no country or continent confined its client to
+    # nothing: a London client was served in us-east with the EU region drained.
+    secret = "e" * 32
+    cfg = Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [
+                {"id": "eu", "latitude": 50, "longitude": 8},
+                {"id": "us", "latitude": 39, "longitude": -77},
+            ],
+            "upstreams": [
+                {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]},
+                {"id": "b", "region": "us", "url": "http://127.0.0.1:2", "models": ["m"]},
+            ],
+            "edge": {"keys": {"k1": secret}},
+            "geoip": {"default": {"country": "GB", "continent": "EU"}},
+            "residency": [{"name": "eu-only", "continents": ["EU"], "regions": ["eu"]}],
+        }
+    )
+    rt = build_runtime(cfg)
+    signed = {"kid": "k1", "ts": str(int(time.time())), "aud": "gw.example",
+              "ip": "198.51.100.4", "lat": "51.5", "lon": "-0.13"}  # fmt: skip
+    value = sign(secret, list(signed.items()))
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="gw.example")
+    loc = routed.location
+    assert (str(loc.source), loc.latitude, loc.country, loc.continent) == ("edge", 51.5, "GB", "EU")
+    assert routed.decision.residency == "eu-only"
+    assert routed.decision.chosen is not None and routed.decision.chosen.upstream.id == "a"
