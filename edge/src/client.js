@@ -42,6 +42,16 @@ export function referencePoint(country, continent) {
 }
 
 /**
+ * The country's continent (geodb/data/countries.csv), or null for a code it does not know.
+ * @param {string | null} country
+ * @returns {string | null}
+ */
+export function continentOf(country) {
+  const c = country?.toUpperCase() ?? "";
+  return Object.hasOwn(COUNTRY_POINTS, c) ? COUNTRY_POINTS[c][0] : null;
+}
+
+/**
  * Where the client is: request.cf's coordinates (strings, as Cloudflare gives them); without
  * them (Cloudflare has a country for nearly every address, coordinates for fewer) its
  * country's or continent's point; with none of these (a request from inside Cloudflare, a
@@ -58,7 +68,9 @@ export function clientOf(request, s) {
   const lon = Number.parseFloat(str("longitude") ?? "");
   const located = Number.isFinite(lat) && Number.isFinite(lon);
   const point = located ? null : referencePoint(country, str("continent"));
-  const continent = point ? point.continent : str("continent");
+  // Coordinates without a continent: the country's (a continents-only residency rule matched
+  // no such client here, where the gateway, which derives it, did).
+  const continent = point ? point.continent : (str("continent") ?? continentOf(country));
   if (!located && point === null) {
     const [latitude, longitude] = [s.defaultLatitude, s.defaultLongitude];
     return { latitude, longitude, country, continent, facts: null };

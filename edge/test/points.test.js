@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { referencePoint } from "../src/client.js";
+import { clientOf, continentOf, referencePoint } from "../src/client.js";
 import { CONTINENT_POINTS, COUNTRY_POINTS } from "../src/points.js";
 import { EDGE } from "./support/harness.js";
 
@@ -52,4 +52,20 @@ test("a country's point, else its continent's, as the gateway's GeoIP (geodb/rea
   assert.equal(referencePoint("T1", null), null);
   assert.equal(referencePoint(null, null), null);
   assert.equal(referencePoint("constructor", "__proto__"), null);
+});
+
+test("coordinates without a continent take the country's", () => {
+  assert.equal(continentOf("gb"), "EU");
+  assert.equal(continentOf("T1"), null);
+  assert.equal(continentOf(null), null);
+  const request = /** @type {Request} */ (
+    /** @type {unknown} */ ({
+      cf: { country: "GB", latitude: "51.5", longitude: "-0.13" },
+      headers: new Headers({ "cf-connecting-ip": "81.2.69.142" }),
+    })
+  );
+  const settings = /** @type {any} */ ({ defaultLatitude: 0, defaultLongitude: 0 });
+  const c = clientOf(request, settings);
+  assert.equal(c.continent, "EU");
+  assert.equal(c.facts?.continent, "EU");
 });
