@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
+from gateway.h1 import for_ops
 from gateway.http.gate import Capacity
 from gateway.http.ops import ENV_OPS_FD
 
@@ -29,7 +30,9 @@ def granian_app() -> Starlette:
     from gateway.http.app import create_app
 
     fd = os.environ.get(ENV_OPS_FD)
-    return create_app(stop=_stop_granian_worker, ops_fd=int(fd) if fd else None)
+    return create_app(
+        stop=_stop_granian_worker, ops_fd=int(fd) if fd else None, ops_protocol=for_ops()
+    )
 
 
 def _stop_granian_worker() -> None:
@@ -107,7 +110,9 @@ def run_hypercorn(config: Config, ops: socket.socket | None) -> None:
 
     async def main() -> None:
         stop = asyncio.Event()
-        app = create_app(config, stop=stop.set, ops_fd=ops.fileno() if ops else None)
+        app = create_app(
+            config, stop=stop.set, ops_fd=ops.fileno() if ops else None, ops_protocol=for_ops()
+        )
         loop = asyncio.get_running_loop()
         # Until the app's lifespan takes SIGTERM over (to drain first), both stop at once.
         for sig in (signal.SIGTERM, signal.SIGINT):

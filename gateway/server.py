@@ -75,7 +75,7 @@ def _serve_uvicorn(
 ) -> None:
     import uvicorn
 
-    from gateway.h1 import capped
+    from gateway.h1 import capped, for_ops
     from gateway.h1.server import Server
     from gateway.http.app import create_app
 
@@ -89,7 +89,9 @@ def _serve_uvicorn(
         assert server is not None
         server.should_exit = True
 
-    app = create_app(config, stop=stop, ops_fd=ops.fileno() if ops else None)
+    app = create_app(
+        config, stop=stop, ops_fd=ops.fileno() if ops else None, ops_protocol=for_ops()
+    )
     server = Server(  # uvicorn's, its main loop waking once a second (gateway.h1.server)
         uvicorn.Config(
             app,

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from gateway import defaults as d
 from gateway.h1.conn import H1
 from gateway.h1.pipe import Pipe
 from gateway.h1.reclaim import Reclaimer
 
-__all__ = ["H1", "Pipe", "capped"]
+__all__ = ["H1", "Pipe", "capped", "for_ops"]
 
 
 def capped(max_header_bytes: int, url_bytes: int, head_timeout_s: float) -> type[H1]:
@@ -20,3 +21,9 @@ def capped(max_header_bytes: int, url_bytes: int, head_timeout_s: float) -> type
         "reclaimer": Reclaimer(),
     }
     return type("H1", (H1,), limits)
+
+
+def for_ops() -> type[H1]:
+    """The ops listener's protocol (gateway.http.ops): the public one's caps on a head, which
+    must come within OPS_HEAD_TIMEOUT_S."""
+    return capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.OPS_HEAD_TIMEOUT_S)

@@ -20,8 +20,9 @@ from gateway import defaults as d
 from gateway.client import Client
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
+from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.dispatch import GatewayApp
-from gateway.http.endpoints import Endpoints, not_found
+from gateway.http.endpoints import Endpoints, not_found, unknown_public
 from gateway.http.errors import http_exception
 from gateway.http.gate import StreamGate, capacity, fd_limit
 from gateway.http.intake import Proxy
@@ -37,12 +38,14 @@ def create_app(
     *,
     stop: Callable[[], None] | None = None,
     ops_fd: int | None = None,
+    ops_protocol: Callable[..., asyncio.Protocol] | None = None,
 ) -> Starlette:
     """The public app; with no config, read the file named by $GEOGATE_CONFIG (how worker
     processes of the ASGI server get it).
 
     ``stop``: how this worker's server stops; given, SIGTERM drains first (``http.gate``).
-    ``ops_fd``: the ops listener's socket, bound by the parent (``http.ops``)."""
+    ``ops_fd``: the ops listener's socket, bound by the parent (``http.ops``), served with
+    ``ops_protocol`` (``gateway.h1.for_ops()``)."""
     if config is None:
         setup_logging()
         config = load_config(Path(os.environ[ENV_CONFIG_FILE]))
@@ -52,7 +55,9 @@ def create_app(
     proxy = Proxy(rt)
     streams = capacity(fd_limit(), s.max_streams, s.max_connections).streams
     gate = StreamGate(rt, proxy, streams, proxy.refuse)
-    ops = OpsListener(rt, ops_fd) if ops_fd is not None else None
+    ops = None
+    if ops_fd is not None and ops_protocol is not None:
+        ops = OpsListener(rt, ops_fd, ops_protocol)
     app = GatewayApp(
         gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below
         routes=[
@@ -63,7 +68,15 @@ def create_app(
         lifespan=lambda app: lifespan(rt, gate, ops, stop),
         exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, too
     )
-    app.router.default = not_found
+
+    async def unknown_path(scope: Scope, receive: Receive, send: Send) -> None:
+        # Answered as the proxy answers: with its access line, counted (404, region "-").
+        if scope["type"] == "http":
+            await proxy.refuse(scope, send, unknown_public(scope["path"]))
+        else:
+            await not_found(scope, receive, send)
+
+    app.router.default = unknown_path
     # Starlette would answer "/v1" or "/healthz/" with a 307 to a Location built from the
     # request's Host (any client's to choose): a JSON 404 instead, as any other unknown path.
     app.router.redirect_slashes = False

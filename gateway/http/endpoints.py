@@ -289,11 +289,15 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": request_id(request.headers.get("x-request-id"))}
 
 
+def unknown_public(path: str) -> UnknownEndpoint:
+    """The public listener's unknown path: its error (gateway.http.app answers it with an
+    access line and counted, as every request: a scanner's probes were invisible)."""
+    return _unknown(path, "is not an endpoint of this gateway; the API is under /v1/")
+
+
 async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    """The public listener's unknown path."""
-    await _not_found(
-        scope["path"], "is not an endpoint of this gateway; the API is under /v1/", send
-    )
+    """The public listener's unknown path, answered alone (no access line, not counted)."""
+    await send_error(send, unknown_public(scope["path"]))
 
 
 async def ops_not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -302,10 +306,10 @@ async def ops_not_found(scope: Scope, receive: Receive, send: Send) -> None:
         "is not an endpoint of the ops listener, which serves /metrics, /routing-table, "
         "/explain, /dashboard and /admin/; the model API (/v1/) is on the public listener"
     )
-    await _not_found(scope["path"], what, send)
+    await send_error(send, _unknown(scope["path"], what))
 
 
-async def _not_found(path: str, what: str, send: Send) -> None:
+def _unknown(path: str, what: str) -> UnknownEndpoint:
     if path == "/admin" or path.startswith("/admin/"):
         # An operator with a typo: point at the admin API, not at the model API.
         what = (
@@ -313,4 +317,4 @@ async def _not_found(path: str, what: str, send: Send) -> None:
             "PATCH /admin/upstreams/{id}, PATCH /admin/regions/{id} and GET /admin/audit (on "
             "the ops listener)"
         )
-    await send_error(send, UnknownEndpoint(f"{path} {what}"))
+    return UnknownEndpoint(f"{path} {what}")

@@ -22,7 +22,7 @@ import contextlib
 import hmac
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,7 +31,6 @@ from uvicorn.server import ServerState
 
 from gateway import defaults as d
 from gateway.errors import OpsUnauthorized
-from gateway.h1 import capped
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.auth_throttle import AuthThrottle
@@ -128,9 +127,12 @@ class _Served:
 class OpsListener:
     """Serves ``ops_app`` on an inherited listening socket, from the lifespan of the worker."""
 
-    def __init__(self, rt: Runtime, fd: int) -> None:
+    def __init__(self, rt: Runtime, fd: int, protocol: Callable[..., asyncio.Protocol]) -> None:
+        """``protocol``: gateway.h1's protocol class for this listener (``gateway.h1.for_ops``),
+        given by the server layer, as gateway.h1 sits above this one."""
         self.rt = rt
         self.fd = fd
+        self.protocol = protocol
         self.workers = WorkerMetrics.from_env(rt)  # None with one worker: no socket made
         rt.worker = self.workers.worker if self.workers is not None else None
         self._server: asyncio.Server | None = None
@@ -152,8 +154,7 @@ class OpsListener:
         dashboard = Dashboard(self.rt)
         await self._exit.enter_async_context(dashboard.lifespan(None))  # the sampler
         app = ops_app(self.rt, self.workers, dashboard)
-        protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.OPS_HEAD_TIMEOUT_S)
-        config = _Served(app)
+        protocol, config = self.protocol, _Served(app)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: protocol(config, self._state, {}, loop), sock=sock

@@ -5,6 +5,7 @@ the backend does not (the sim counts every path it received, as received)."""
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import time
@@ -370,3 +371,17 @@ def test_a_huge_model_name_is_cut_short_in_the_answer_and_the_access_line(
     assert len(r.content) < 1000 and "Z" * 200 + "..." in message
     line = access_line(gw, "huge-model")
     assert line["model"] == "Z" * 200 + "...", str(line)[:300]
+
+
+def test_an_unknown_path_is_answered_logged_and_counted(fleet: tuple[Gateway, Sim]) -> None:
+    # A scanner's probes of paths outside /v1 left no access line and no count: invisible.
+    gw, _ = fleet
+    before = len(access_lines(gw))
+    r = httpx.get(f"{gw.url}/wp-login.php", headers={"X-Request-Id": "a-scanner"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", r.text
+    assert r.headers["x-request-id"] == "a-scanner"
+    eventually(lambda: len(access_lines(gw)) > before, what="its access line")
+    line = json.loads(next(x for x in access_lines(gw) if '"a-scanner"' in x))
+    assert (line["path"], line["status"], line["upstream"]) == ("/wp-login.php", 404, "-")
+    metrics = httpx.get(f"{gw.ops_url}/metrics").text
+    assert re.search(r'^geogate_requests_total\{code="404",region="-"\} [1-9]', metrics, re.M)

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 from gateway.config import Config
 from gateway.config_file import parse_config
 from gateway.errors import ConfigError
+from gateway.h1 import for_ops
 from gateway.http.ops import ENV_OPS_FD, OpsListener, ops_app, shared
 from gateway.http.worker_metrics import ENV_METRICS_DIR, ENV_WORKER, WorkerMetrics, runtime_dir
 from gateway.runtime import build_runtime
@@ -122,10 +123,11 @@ def test_shared_hands_the_workers_the_socket_and_with_several_a_metrics_director
 
 async def test_with_several_workers_the_ops_metrics_is_the_merged_one() -> None:
     rt = build_runtime(Config.model_validate(BASE))
-    assert OpsListener(rt, 0).workers is None  # one worker: no socket, /metrics as it was
+    # One worker: no socket, /metrics as it was.
+    assert OpsListener(rt, 0, for_ops()).workers is None
     with runtime_dir(2) as directory:
         assert directory is not None
-        workers = OpsListener(rt, 0).workers
+        workers = OpsListener(rt, 0, for_ops()).workers
         assert isinstance(workers, WorkerMetrics) and workers.worker == "0"  # claimed: granian's
         await workers.stop()  # its claim given back
         for app, merged in (
@@ -150,7 +152,7 @@ def test_with_several_workers_the_views_name_the_worker_that_answered(
     assert client.get("/routing-table").json()["worker"] is None  # one worker: none named
     monkeypatch.setenv(ENV_METRICS_DIR, str(tmp_path))
     monkeypatch.setenv(ENV_WORKER, "1")
-    OpsListener(rt, fd=-1)  # as a worker's lifespan makes it
+    OpsListener(rt, fd=-1, protocol=for_ops())  # as a worker's lifespan makes it
     assert rt.worker == "1"
     assert client.get("/routing-table").json()["worker"] == "1"
     assert client.get("/explain", params={"model": "m", "ip": "192.0.2.1"}).json()["worker"] == "1"
