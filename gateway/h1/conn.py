@@ -86,7 +86,7 @@ class H1(Flow, asyncio.Protocol):
         self.cycle: Cycle | None = None  # the newest request's (its body is being read)
         self.running: Cycle | None = None  # the one whose app runs (pipelined: in turn)
         self._queued: deque[tuple[Cycle, App]] = deque()
-        self._idle_since = 0.0
+        self.idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.head_timer: asyncio.TimerHandle | None = None
         self.in_head = False  # between a request's first byte and its head's end
@@ -119,7 +119,7 @@ class H1(Flow, asyncio.Protocol):
         self.reclaimer.arrived(self, len(self.state.connections), self.limit)  # idle, for now
         # Before any byte a connection is idle, as between requests: closed quietly after the
         # keep-alive time, never answered (a pool may open one ahead of its first request).
-        self._idle_since = self.loop.time()
+        self.idle_since = self.loop.time()
         self._idle_timer = self.loop.call_later(self.keepalive_s, self._idle_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -174,7 +174,7 @@ class H1(Flow, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:  # the rest of a request already answered: dropped, unparsed
             return
-        self._idle_since = self.loop.time()  # bytes still coming: not idle
+        self.idle_since = self.loop.time()  # bytes still coming: not idle
         if self._upgrade_left is not None:
             left, data, pause = feed_body(self.cycle, self._upgrade_left, data)
             self._upgrade_left = left or None
@@ -321,7 +321,7 @@ class H1(Flow, asyncio.Protocol):
         self.state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._idle_since = self.loop.time()
+        self.idle_since = self.loop.time()
         if self._queued:
             self._start(*self._queued.popleft())
         elif self._refusal is not None:  # every response before it is out: now its answer
@@ -333,7 +333,7 @@ class H1(Flow, asyncio.Protocol):
                 self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
             return
-        if not self.in_head:  # idle again, unless the next request's head is coming
+        elif not (self.in_head or self.lingering):  # idle again: no next request, no linger
             self.reclaimer.conns[self] = None
         self.resume_reading()
 

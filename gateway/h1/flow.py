@@ -30,7 +30,7 @@ class Flow:
     _queued: deque[Any]  # pipelined requests waiting their turn
     keepalive_s: float
     _idle_timer: asyncio.TimerHandle | None
-    _idle_since: float
+    idle_since: float
     _closing_seen: bool
     in_head: bool
     running: Cycle | None
@@ -86,7 +86,7 @@ class Flow:
             self.transport.abort()
             return
         busy = self.in_head or (self.running is not None and not self.running.response_complete)
-        left = self.keepalive_s - (now - self._idle_since)
+        left = self.keepalive_s - (now - self.idle_since)
         if closing or (not busy and left <= 0):
             # Closed here, idle, or by an answer (Connection: close, whose last bytes may still
             # be draining): a full keep-alive time from now, not what was left of this timer's.

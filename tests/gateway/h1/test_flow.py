@@ -93,7 +93,7 @@ def paused_on_a_stuck_socket() -> Iterator[tuple[Conn, socket.socket]]:
         c = Conn(asyncio.get_running_loop())
         c.transport = SocketTransport(sender)  # type: ignore[assignment]
         c.keepalive_s, c._idle_timer, c._closing_seen = 5.0, None, False
-        c.in_head, c.running, c._idle_since = False, None, c.loop.time()
+        c.in_head, c.running, c.idle_since = False, None, c.loop.time()
         c.pause_writing()
         yield c, receiver
         if c._idle_timer is not None:

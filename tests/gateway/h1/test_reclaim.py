@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from gateway.h1.reclaim import Reclaimer
 
 
+class Running:
+    def __init__(self, complete: bool) -> None:
+        self.response_complete = complete
+
+
 class Conn:
-    def __init__(self, name: str) -> None:
+    """An idle connection as H1 has it, idle for ``age`` seconds."""
+
+    def __init__(self, name: str, age: float = 5.0) -> None:
         self.name = name
         self.closed = False
+        self.idle_since = time.monotonic() - age
+        self.in_head = self.lingering = False
+        self.running: Running | None = None
+        self.transport = None  # no socket to ask for unread bytes
 
     def shutdown(self) -> None:
         self.closed = True
@@ -58,3 +70,20 @@ def test_the_warning_comes_at_most_once_a_second(caplog: pytest.LogCaptureFixtur
         "connection limit reached (server.max_connections): closed 1 idle connection(s) "
         "to make room"
     ]
+
+
+def test_only_a_connection_idle_a_while_with_nothing_in_progress_is_closed() -> None:
+    r = Reclaimer()
+    young = Conn("young", age=0.0)  # accepted this loop turn: its request may be unread yet
+    r.conns[young] = None
+    assert r.make_room(1) == 0 and not young.closed and young in r.conns
+    busy, lingering, heading = Conn("busy"), Conn("lingering"), Conn("heading")
+    busy.running = Running(complete=False)  # a pipelined request started after the last one
+    lingering.lingering = True  # answered early, its body still coming (LINGER_S to go)
+    heading.in_head = True
+    r = Reclaimer()
+    for c in (busy, lingering, heading):
+        r.conns[c] = None
+    assert r.make_room(3) == 0
+    assert not any(c.closed for c in (busy, lingering, heading))
+    assert r.conns == {}  # not idle: out of the list
