@@ -13,9 +13,10 @@ guess), and the limit holds a guesser to a few tries a minute instead of thousan
 Per worker, in memory: with ``server.workers = N`` a guesser gets N times the tries, still a
 handful a minute, while a shared store would put a Redis round trip in front of every admin
 call. The address is the socket's peer: the ops listener is not behind the public listener's
-trusted proxies; an IPv6 address counts as its /64, which one host commonly holds whole. A
-client behind the same address as a guesser (one NAT) is held back with it meanwhile; that is
-the price of counting by address, which is all a token guess brings.
+trusted proxies; an IPv6 address counts alone and within its /64, which may fail ten times
+as often (a host holds a /64 to rotate through; one subnet's hosts share one). A client
+behind the same address as a guesser (one NAT) is held back with it meanwhile; that is the
+price of counting by address, which is all a token guess brings.
 
 Guesses sent at once: a failure is counted as its 401 starts, before the answer's send can
 wait, and a request with a body is checked again once the body is in, right before its
@@ -34,7 +35,12 @@ from typing import Final
 
 from starlette.types import ASGIApp
 
-from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX, AUTH_TRACKED_ADDRESSES
+from gateway.defaults import (
+    AUTH_FAILURE_WINDOW_S,
+    AUTH_FAILURES_MAX,
+    AUTH_PREFIX_FACTOR,
+    AUTH_TRACKED_ADDRESSES,
+)
 from gateway.errors import AuthThrottled
 from gateway.http.asgi import Message, Receive, Scope, Send, header
 from gateway.http.errors import send_error
@@ -48,9 +54,10 @@ _UNAUTHORIZED: Final = 401
 class FailureWindow:
     """The failures of each address in the last ``window_s``; pure (the clock is passed in).
     At most ``max_addresses`` are kept: past that, those with no failure in the window go
-    first, then those not held back, oldest first, and only then held-back ones: a scan from
-    many addresses costs bounded memory, and 4,096 addresses with a failure each do not set a
-    held-back guesser free (they did)."""
+    first, then those not held back, oldest first. Held-back ones are never dropped: with the
+    table full of them, an address not in it is held back too until the first of them ages
+    out (``full_until``): evicting them set guessers free (4,700 /64s of one /48 made 47,000
+    tries in a review's run), where this fails closed while such a scan lasts."""
 
     def __init__(
         self,
@@ -62,6 +69,7 @@ class FailureWindow:
         self.window_s = window_s
         self.max_addresses = max_addresses
         self._failures: dict[str, deque[float]] = {}
+        self.full_until = 0.0  # while later than now: full of held-back addresses
 
     def wait_s(self, address: str, now: float) -> float:
         """Seconds until ``address`` may present a credential again: 0 when it may now."""
@@ -72,20 +80,31 @@ class FailureWindow:
             if not times:
                 del self._failures[address]
                 times = None
-        if times is None or len(times) < self.limit:
+        if times is None:
+            return max(0.0, self.full_until - now)
+        if len(times) < self.limit:
             return 0.0
         return times[0] + self.window_s - now
 
     def failed(self, address: str, now: float) -> bool:
-        """Counts a failure; True when it is the one that reaches the limit (said once)."""
+        """Counts a failure; True when it is the one that reaches the limit (said once), or
+        the one that finds the table full of held-back addresses (said once too)."""
         held_back = self.wait_s(address, now) > 0  # and the old ones pruned
         times = self._failures.get(address)
         if times is None:
             if len(self._failures) >= self.max_addresses:
                 self._evict(now)
+            if len(self._failures) >= self.max_addresses:
+                first = min(t[0] for t in self._failures.values())
+                full = self.full_until <= now
+                self.full_until = first + self.window_s
+                return full
             times = self._failures[address] = deque(maxlen=self.limit)
         times.append(now)
         return not held_back and len(times) >= self.limit
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
     def _evict(self, now: float) -> None:
         # An eighth at a time: a scan from many addresses sweeps the table once per that many
@@ -98,22 +117,20 @@ class FailureWindow:
             if len(failures) <= keep:
                 return
             del failures[address]  # not held back, oldest first (insertion order)
-        while len(failures) > keep:
-            del failures[next(iter(failures))]  # held back, all of them: the oldest
 
 
-def address_key(address: str) -> str:
-    """What failures count against: the address, or an IPv6 one's /64 (an IPv4-mapped one's
-    IPv4 address)."""
+def address_keys(address: str) -> tuple[str, str | None]:
+    """What failures count against: the address (an IPv4-mapped one as its IPv4 address),
+    and an IPv6 one's /64 too, or None."""
     if ":" not in address:
-        return address
+        return address, None
     try:
         ip = ipaddress.IPv6Address(address.split("%", 1)[0])
     except ValueError:
-        return address
+        return address, None
     if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip.ipv4_mapped), None
+    return str(ip), str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 def presents_credential(scope: Scope) -> bool:
@@ -126,9 +143,18 @@ def presents_credential(scope: Scope) -> bool:
 class AuthThrottle:
     """ASGI middleware in front of the ops app (see the module's doc)."""
 
-    def __init__(self, app: ASGIApp, window: FailureWindow | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        window: FailureWindow | None = None,
+        prefixes: FailureWindow | None = None,
+    ) -> None:
         self.app = app
         self.window = window or FailureWindow()
+        # An IPv6 address's /64 counts too, at AUTH_PREFIX_FACTOR times the limit: a host
+        # holds a /64 and would rotate through it, where one subnet's hosts share one (an AWS
+        # VPC's): one scraper with a stale token holds back its address, not its neighbours.
+        self.prefixes = prefixes or FailureWindow(limit=AUTH_FAILURES_MAX * AUTH_PREFIX_FACTOR)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self.app
@@ -136,43 +162,53 @@ class AuthThrottle:
             await app(scope, receive, send)
             return
         client = scope.get("client")
-        key = address_key(client[0] if client else "-")
-        wait = self.window.wait_s(key, time.monotonic())
-        if wait > 0:
-            await send_error(send, self._throttled(key, wait))
+        keys = address_keys(client[0] if client else "-")
+        refusal = self._refusal(keys)
+        if refusal is not None:
+            await send_error(send, refusal)
             return
 
         async def checked(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == _UNAUTHORIZED:
-                self._failed(key)  # before the send, which may wait (see the module's doc)
+                self._failed(keys)  # before the send, which may wait (see the module's doc)
             await send(message)
 
         async def body_then_check() -> Message:
             message = await receive()
             if message["type"] == "http.request" and not message.get("more_body", False):
-                late = self.window.wait_s(key, time.monotonic())
-                if late > 0:  # the surfaces answer a GatewayError from the body's read
-                    raise self._throttled(key, late)
+                late = self._refusal(keys)
+                if late is not None:  # the surfaces answer a GatewayError from the body's read
+                    raise late
             return message
 
         await app(scope, body_then_check, checked)
 
-    def _throttled(self, key: str, wait: float) -> AuthThrottled:
-        after = max(1, int(wait + 0.999))
-        return AuthThrottled(
-            f"too many wrong tokens from {key}: try again in {after} s "
-            f"(at most {self.window.limit} a {self.window.window_s:g} s window)",
-            retry_after_s=after,
-        )
+    def _refusal(self, keys: tuple[str, str | None]) -> AuthThrottled | None:
+        now = time.monotonic()
+        address, prefix = keys
+        for window, key in ((self.window, address), (self.prefixes, prefix)):
+            wait = window.wait_s(key, now) if key is not None else 0.0
+            if wait > 0:
+                after = max(1, int(wait + 0.999))
+                return AuthThrottled(
+                    f"too many wrong tokens from {key}: try again in {after} s "
+                    f"(at most {window.limit} a {window.window_s:g} s window)",
+                    retry_after_s=after,
+                )
+        return None
 
-    def _failed(self, key: str) -> None:
-        if self.window.failed(key, time.monotonic()):
-            log.warning(
-                "%d wrong tokens from %s within %g s: its credentials are refused "
-                "unchecked until the first of them is %g s old",
-                self.window.limit,
-                key,
-                self.window.window_s,
-                self.window.window_s,
-                extra=event("auth-throttled", client=key),
-            )
+    def _failed(self, keys: tuple[str, str | None]) -> None:
+        now = time.monotonic()
+        address, prefix = keys
+        for window, key in ((self.window, address), (self.prefixes, prefix)):
+            if key is not None and window.failed(key, now):
+                full = window.full_until > now
+                log.warning(
+                    "%s: credentials from %s refused unchecked until %g s from now",
+                    f"wrong tokens from {len(window)} addresses hold the whole table"
+                    if full
+                    else f"{window.limit} wrong tokens from {key} within {window.window_s:g} s",
+                    "any address not in it" if full else key,
+                    (window.full_until - now) if full else window.window_s,
+                    extra=event("auth-throttled", client=key),
+                )

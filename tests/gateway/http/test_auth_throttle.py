@@ -16,7 +16,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.defaults import AUTH_FAILURE_WINDOW_S, AUTH_FAILURES_MAX
-from gateway.http.auth_throttle import AuthThrottle, FailureWindow, address_key
+from gateway.http.auth_throttle import AuthThrottle, FailureWindow, address_keys
 from gateway.http.ops import ops_app
 from gateway.runtime import build_runtime
 from tests.support import Gateway, one_sim_gateway
@@ -63,22 +63,55 @@ def test_many_addresses_with_a_failure_each_do_not_set_a_guesser_free() -> None:
     for i in range(1000):
         w.failed(f"other{i}", 1.0 + i / 1000)
     assert w.wait_s("guesser", 2.0) == pytest.approx(58.0)
-    assert len(w._failures) <= 64
+    assert len(w) <= 64
+
+
+def test_a_table_full_of_held_back_addresses_holds_back_new_ones_too() -> None:
+    # Evicting held-back addresses set guessers free: 4,700 /64s of one /48 at ten tries each
+    # made 47,000 tries. Full of held-back ones, the table holds back whoever is not in it.
+    w = FailureWindow(limit=2, window_s=60.0, max_addresses=8)
+    said = [w.failed(f"g{i}", float(i)) for i in range(8) for _ in range(2)]
+    assert said.count(True) == 8  # each said once
+    assert w.failed("newcomer", 10.0) is True  # the table is full: said once
+    assert w.failed("another", 11.0) is False
+    assert w.wait_s("newcomer", 11.0) == pytest.approx(49.0)  # until g0's first failure ages out
+    assert all(w.wait_s(f"g{i}", 11.0) > 0 for i in range(8))  # none set free
+    assert w.wait_s("newcomer", 61.0) == 0.0
 
 
 @pytest.mark.parametrize(
-    ("address", "key"),
+    ("address", "keys"),
     [
-        ("198.51.100.7", "198.51.100.7"),
-        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),  # the same host's other address
-        ("::ffff:198.51.100.7", "198.51.100.7"),
-        ("fe80::1%eth0", "fe80::/64"),
-        ("-", "-"),
+        ("198.51.100.7", ("198.51.100.7", None)),
+        ("2001:db8:1:2:aaaa::1", ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64")),
+        ("2001:0db8:1:2:bbbb::9", ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64")),
+        ("::ffff:198.51.100.7", ("198.51.100.7", None)),
+        ("fe80::1%eth0", ("fe80::1", "fe80::/64")),
+        ("-", ("-", None)),
     ],
 )
-def test_an_ipv6_address_counts_as_its_64(address: str, key: str) -> None:
-    assert address_key(address) == key
+def test_an_ipv6_address_counts_alone_and_in_its_64(
+    address: str, keys: tuple[str, str | None]
+) -> None:
+    assert address_keys(address) == keys
+
+
+async def test_an_ipv6_subnets_hosts_are_held_back_apart_and_its_64_at_ten_times() -> None:
+    app = _app()
+
+    async def guess(address: str) -> int:
+        async with _ops((address, 4000), app) as c:
+            r = await c.get("/admin/config", headers={"Authorization": "Bearer guess"})
+            return r.status_code
+
+    # One host's stale token holds back that host, not its subnet's others (an AWS VPC's /64).
+    assert [await guess("2001:db8::1") for _ in range(11)] == [401] * 10 + [429]
+    assert await guess("2001:db8::2") == 401
+    # A host rotating through its /64: ten addresses' worth of tries, then the /64 is held.
+    statuses = [await guess(f"2001:db8::{i:x}") for i in range(3, 200)]
+    assert statuses.count(401) == AUTH_FAILURES_MAX * 10 - 11
+    assert statuses[-1] == 429
+    assert await guess("2001:db8:0:1::1") == 401  # another /64
 
 
 def _app() -> AuthThrottle:
