@@ -181,7 +181,7 @@ class RedisStateStore(MemoryStateStore):
         if await self._exchange_observations() != self._seen:
             await self._sync_config()
         now = time.time()
-        self.sessions.merge(await sessions.read(self.redis(), self.keys, now), now)
+        self.sessions.merge(now, *await sessions.read(self.redis(), self.keys, now))
 
     def _in_sync(self) -> None:
         if self.stale_since is not None:

@@ -43,11 +43,12 @@ class EndedSessions:
         """Whether the session ``sid``, which would expire at ``until``, was ended."""
         return sid in self._until or until <= self._floor
 
-    def merge(self, ended: dict[str, float], now: float) -> None:
+    def merge(self, now: float, ended: dict[str, float], floor: float = 0.0) -> None:
         """What the fleet holds (Redis), added to what is known here: an ended session never
         starts again, so a read that missed a logout made here meanwhile, or a Redis that lost
-        the set, forgets none."""
+        the set, forgets none. ``floor``: the read's (``read``)."""
         self.prune(now)
+        self._floor = max(self._floor, floor)
         for sid, until in ended.items():
             if sid not in self._until:
                 self.end(sid, until, now)
@@ -67,13 +68,18 @@ async def end(r: Redis, keys: Keys, sid: str, until: float, now: float) -> None:
         await pipe.execute()
 
 
-async def read(r: Redis, keys: Keys, now: float) -> dict[str, float]:
-    """The fleet's ended sessions that have not expired yet, at most ENDED_SESSIONS_MAX (a
-    bound on one read, far above what a fleet's operators log out of in a session's life)."""
-    found: list[Any] = await r.zrangebyscore(
-        keys.ended_sessions, now, "+inf", start=0, num=ENDED_SESSIONS_MAX, withscores=True
+async def read(r: Redis, keys: Keys, now: float) -> tuple[dict[str, float], float]:
+    """The fleet's ended sessions that have not expired yet, the latest ENDED_SESSIONS_MAX (a
+    bound on one read, far above what a fleet's operators log out of in a session's life),
+    and a floor: with more in the set than that, those not read end no later than the last
+    read, and every session that ends no later than it is ended (as ``EndedSessions`` does
+    when full). The soonest to end were read before: the latest logouts were the ones
+    missed, and a session logged out past 10,000 worked on every other gateway."""
+    found: list[Any] = await r.zrevrangebyscore(
+        keys.ended_sessions, "+inf", now, start=0, num=ENDED_SESSIONS_MAX, withscores=True
     )
     ended: dict[str, float] = {}
     for sid, until in found:  # (member, score) pairs, withscores
         ended[sid.decode() if isinstance(sid, bytes) else str(sid)] = float(until)
-    return ended
+    floor = min(ended.values()) if len(found) >= ENDED_SESSIONS_MAX else 0.0
+    return ended, floor

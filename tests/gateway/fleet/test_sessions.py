@@ -19,9 +19,9 @@ def test_an_ended_session_stays_ended_until_it_would_have_expired() -> None:
     s = EndedSessions()
     s.end("a", until=100.0, now=0.0)
     assert s.ended("a", 1e12) and not s.ended("b", 1e12)
-    s.merge({"b": 50.0}, now=10.0)  # the fleet's: added, never replacing what is known here
+    s.merge(10.0, {"b": 50.0})  # the fleet's: added, never replacing what is known here
     assert s.ended("a", 1e12) and s.ended("b", 1e12)
-    s.merge({}, now=60.0)  # a Redis that lost the set forgets nothing unexpired
+    s.merge(60.0, {})  # a Redis that lost the set forgets nothing unexpired
     assert s.ended("a", 1e12) and not s.ended("b", 1e12)  # b's session is over anyway: dropped
     s.prune(100.0)
     assert len(s) == 0
@@ -68,7 +68,8 @@ async def test_a_logout_on_one_gateway_is_seen_by_another_at_its_refresh(redis_u
         assert there.session_ended("sid-1", 1e12)
         # Entries leave with their sessions: an expired one is trimmed at the next write.
         await here.end_session("old", time.time() - 1)
-        found = await sessions.read(here.redis(), here.keys, time.time())
+        found, floor = await sessions.read(here.redis(), here.keys, time.time())
+        assert floor == 0.0  # all of the set read
         assert set(found) == {"sid-1"} and abs(found["sid-1"] - until) < 1e-3
         members = await here.redis().zrange(here.keys.ended_sessions, 0, -1)
         assert [m.decode() if isinstance(m, bytes) else m for m in members] == ["sid-1"]
@@ -85,3 +86,23 @@ async def test_a_logout_with_redis_away_raises_and_ends_the_session_here() -> No
         assert store.session_ended("sid", 1e12)
     finally:
         await store.stop()
+
+
+async def test_past_the_read_bound_the_latest_logouts_are_read_and_the_rest_floored(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The read took the soonest-ending 10,000: the newest logouts were the ones missed, and
+    # a session logged out past them worked on every other gateway.
+    monkeypatch.setattr(sessions, "ENDED_SESSIONS_MAX", 3)
+    here, there = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        now = time.time()
+        ends = {f"s{i}": now + 100 + i for i in range(5)}
+        for sid, until in ends.items():
+            await here.end_session(sid, until)
+        await there._refresh()
+        assert all(there.session_ended(sid, until) for sid, until in ends.items())
+        assert not there.session_ended("live", now + 200)  # begun after: untouched
+    finally:
+        await here.stop()
+        await there.stop()
