@@ -39,6 +39,14 @@ _EDGE_CLAIMS = frozenset(
         b"x-forwarded-host",
         b"x-forwarded-port",
         b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-forwarded-uri",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"front-end-https",
+        b"x-host",
+        b"client-ip",
+        b"x-envoy-external-address",
         b"true-client-ip",
         b"cf-connecting-ip",
         b"x-client-ip",
@@ -127,7 +135,11 @@ def upstream_request_headers(
             xff.append(value)
         elif lname == b"x-forwarded-proto" and peer_trusted:
             proto = value
-        elif lname not in drop:
+        elif lname not in drop and not (
+            # X_Forwarded_For: a CGI or WSGI backend reads it as X-Forwarded-For (both are
+            # HTTP_X_FORWARDED_FOR); nginx drops every such name by default.
+            b"_" in lname and lname.replace(b"_", b"-") in _DROP_FROM_OTHERS
+        ):
             out.append((name, value))
         elif lname == b"connection":
             connection.append(value)
