@@ -28,7 +28,8 @@ AUDIT_MAX_COUNT = 1000  # audit entries one request may ask for (admin API, geog
 # each member's end is bounded by it), and a gzip body of more members than this is refused:
 # bgzip's 64 KiB blocks make 64 members of a 4 MiB body; nothing real sends a thousand.
 INFLATE_PIECE_BYTES = 16 * 1024
-INFLATE_MAX_MEMBERS = 1024
+INFLATE_MAX_MEMBERS = 1024  # at least; a member per 32 KiB of a raised max_body_bytes
+INFLATE_MEMBER_BYTES = 32 * 1024
 ADMIN_MAX_BODY_BYTES = 64 * 1024  # an admin change is a few fields; refused before read whole
 MAX_WEIGHT = 1000.0  # upstream weights: shares among near-equal upstreams; beyond 1000:1 a
 # share is indistinguishable from all-or-standby, and a bound keeps a typo from being a rule

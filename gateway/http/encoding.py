@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 
-from gateway.defaults import INFLATE_MAX_MEMBERS, INFLATE_PIECE_BYTES
+from gateway.defaults import INFLATE_MAX_MEMBERS, INFLATE_MEMBER_BYTES, INFLATE_PIECE_BYTES
 from gateway.errors import BodyTooLarge, RequestInvalid, UnsupportedEncoding
 
 # Content coding -> zlib window bits. "deflate" is the zlib format, though some clients send
@@ -50,11 +50,12 @@ def _inflate(data: bytes, coding: str, limit: int) -> bytes:
     out = bytearray()
     view = memoryview(data)
     at, members = 0, 0
+    most = max(INFLATE_MAX_MEMBERS, limit // INFLATE_MEMBER_BYTES)  # bgzip's, at any limit
     wbits = _WBITS[coding]
     while True:  # a gzip body may hold several members, one after another
         members += 1
-        if members > INFLATE_MAX_MEMBERS:
-            raise _invalid(coding, f"over {INFLATE_MAX_MEMBERS} gzip members")
+        if members > most:
+            raise _invalid(coding, f"over {most} gzip members")
         d = zlib.decompressobj(wbits)
         try:
             at = _member(d, view, at, out, coding, limit)
