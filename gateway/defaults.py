@@ -60,7 +60,7 @@ WORKER_EXIT_GRACE_S = 5.0  # after the drain: connections close and the lifespan
 # a worker still alive drain_timeout_s + this after SIGTERM is killed
 MAX_URL_BYTES = 8192  # a request line's URL (nginx's large header buffer): with
 # server.max_header_bytes, the most a request's head may hold before the uvicorn engine refuses
-RECLAIM_MIN_IDLE_S = 1.0  # an idle connection is closed for room only once idle this long
+RECLAIM_MIN_IDLE_S = 0.25  # an idle connection is closed for room only once idle this long
 RECLAIM_LOG_EVERY_S = 1.0  # idle connections closed past max_connections: one line a second
 SERVER_TICK_S = 1.0  # uvicorn's main loop wakes this often (its own: 0.1 s): the Date header's
 # refresh; an exit wakes it at once (gateway.h1.server)

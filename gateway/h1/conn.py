@@ -174,7 +174,6 @@ class H1(Flow, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:  # the rest of a request already answered: dropped, unparsed
             return
-        self.idle_since = self.loop.time()  # bytes still coming: not idle
         if self._upgrade_left is not None:
             left, data, pause = feed_body(self.cycle, self._upgrade_left, data)
             self._upgrade_left = left or None
@@ -214,7 +213,10 @@ class H1(Flow, asyncio.Protocol):
             self.head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def on_message_begin(self) -> None:
-        self.reclaimer.conns.pop(self, None)  # busy: no longer one to close for room
+        # Busy, none to close for room; idle from here, not from any read: CRLFs, which begin
+        # no request, kept a connection open and first among the idle, stopping every reclaim.
+        self.reclaimer.conns.pop(self, None)
+        self.idle_since = self.loop.time()
         self._url = b""
         self._headers = []
         self._expect_100 = self._framing = False
@@ -338,8 +340,7 @@ class H1(Flow, asyncio.Protocol):
         self.resume_reading()
 
     def addresses(self) -> Addresses:
-        if self._where is None:
-            self._where = addresses(self.transport)
+        self._where = self._where or addresses(self.transport)
         return self._where
 
     def client_text(self) -> str:
@@ -390,8 +391,7 @@ class H1(Flow, asyncio.Protocol):
             newest = self.cycle
             if newest is not running and newest is not None and newest.refuse(stop.err):
                 return  # a queued request's own body: the app answers it in turn
-            # A later request's head: answered in turn, after every response before it
-            # (RFC 9112 9.3.2), as nginx does; it closed the connection, losing them all.
+            # A later request's head: answered after every response before it (RFC 9112 9.3.2).
             self.lingering, self._refusal = True, stop
             return
         if running is not None:

@@ -14,7 +14,9 @@ is closed only once idle for RECLAIM_MIN_IDLE_S and with no bytes waiting in its
 burst of connections accepted in one loop turn looked idle, their requests read a turn
 later, and closing them dropped 297 of 300 requests unanswered where each had its 503 (the
 diff review's find); a connection whose request has come but not been read is not idle.
-A connection sending a head slowly is busy, as nginx's is: head_timeout_s bounds it.
+A connection sending a head slowly is busy, as nginx's is: head_timeout_s bounds it. A
+connection is idle from its last request's end (or its start), not from its last read: bytes
+that begin no request (CRLFs) do not keep it young.
 """
 
 from __future__ import annotations

@@ -460,6 +460,28 @@ def test_idle_connections_make_room_past_the_connection_limit(two_connections: G
     assert 'geogate_overload_rejected_total{limit="max_connections"} 0.0' in metrics
 
 
+def test_bytes_that_begin_no_request_do_not_keep_a_connection_from_being_reclaimed(
+    two_connections: Gateway,
+) -> None:
+    # A CRLF every 0.3 s kept its connection "just active" and first among the idle ones,
+    # which stopped every reclaim behind it: the silent sockets held the limit again.
+    gw = two_connections
+    crlf = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    silent = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(3)]
+    try:
+        for _ in range(6):  # the silent ones idle long enough meanwhile
+            crlf.sendall(b"\r\n")
+            time.sleep(d.RECLAIM_MIN_IDLE_S / 2)
+        crlf.sendall(b"\r\n")  # and one just now
+        time.sleep(0.02)
+        assert httpx.get(f"{gw.url}/healthz").status_code == 200
+        crlf.settimeout(5)
+        assert crlf.recv(1) == b""  # the oldest idle one, whatever it sent: closed for room
+    finally:
+        for s in [crlf, *silent]:
+            s.close()
+
+
 def test_a_burst_past_the_connection_limit_gets_answers_not_silence(
     two_connections: Gateway,
 ) -> None:
