@@ -99,6 +99,7 @@ AUTH_FAILURES_MAX = 10
 AUTH_FAILURE_WINDOW_S = 60.0
 AUTH_TRACKED_ADDRESSES = 4096
 AUTH_PREFIX_FACTOR = 10  # an IPv6 /64 may fail 10 times what one address may (its hosts)
+AUTH_KNOWN_S = 3600.0  # a good credential this recent: not held back by a table full of guessers
 DASHBOARD_AUDIT_REFRESH_S = 5.0  # the audit list is re-read this often (and on each change)
 TRAFFIC_MAX_PLACES = 2000  # distinct (place, upstream, model) counted per second; past it a
 # request is counted in the totals only, so a scan from a million addresses costs no memory

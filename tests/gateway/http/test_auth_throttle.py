@@ -333,3 +333,33 @@ def test_a_real_ops_listener_holds_back_one_address_not_another(gw: Gateway) -> 
         assert r.status_code == 401
     [line] = [x for x in gw.log_text().splitlines() if "wrong tokens from" in x]
     assert "127.0.0.2" in line and "127.0.0.3" not in line
+
+
+def test_old_failures_do_not_pass_for_a_full_table() -> None:
+    # Unpruned, entries with nine old failures and one new looked held back a window later:
+    # the table passed for full, and a newcomer's 300 wrong tokens went uncounted.
+    w = FailureWindow(limit=10, window_s=60.0, max_addresses=4)
+    for i in range(4):
+        for _ in range(9):
+            w.failed(f"old{i}", 0.0)
+        w.failed(f"old{i}", 59.0)
+    for _ in range(10):
+        w.failed("newcomer", 63.0)
+    assert w.wait_s("newcomer", 63.0) == pytest.approx(60.0)  # counted, and held back
+
+
+async def test_a_table_full_of_guessers_does_not_hold_back_a_known_good_address() -> None:
+    throttle = _app()
+    inner = AuthThrottle(throttle.app, window=FailureWindow(limit=2, max_addresses=4))
+    ok = {"Authorization": f"Bearer {ALICE}"}
+    wrong = {"Authorization": "Bearer guess"}
+    async with _ops(("198.51.100.20", 4000), inner) as operator:
+        assert (await operator.get("/admin/config", headers=ok)).status_code == 200
+    for i in range(5):  # four fill the table, held back; the fifth finds it full
+        async with _ops((f"203.0.113.{i}", 4000), inner) as guesser:
+            for _ in range(2):
+                await guesser.get("/admin/config", headers=wrong)
+    async with _ops(("198.51.100.20", 4000), inner) as operator:
+        assert (await operator.get("/admin/config", headers=ok)).status_code == 200
+    async with _ops(("198.51.100.21", 4000), inner) as stranger:  # fails closed meanwhile
+        assert (await stranger.get("/admin/config", headers=ok)).status_code == 429
