@@ -76,10 +76,11 @@ async def read(r: Redis, keys: Keys, now: float) -> tuple[dict[str, float], floa
     when full). The soonest to end were read before: the latest logouts were the ones
     missed, and a session logged out past 10,000 worked on every other gateway."""
     found: list[Any] = await r.zrevrangebyscore(
-        keys.ended_sessions, "+inf", now, start=0, num=ENDED_SESSIONS_MAX, withscores=True
+        keys.ended_sessions, "+inf", now, start=0, num=ENDED_SESSIONS_MAX + 1, withscores=True
     )
+    # One more than kept: only when it is there were some not read; the floor is its end.
+    floor = float(found.pop()[1]) if len(found) > ENDED_SESSIONS_MAX else 0.0
     ended: dict[str, float] = {}
     for sid, until in found:  # (member, score) pairs, withscores
         ended[sid.decode() if isinstance(sid, bytes) else str(sid)] = float(until)
-    floor = min(ended.values()) if len(found) >= ENDED_SESSIONS_MAX else 0.0
     return ended, floor

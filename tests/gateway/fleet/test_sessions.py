@@ -103,6 +103,12 @@ async def test_past_the_read_bound_the_latest_logouts_are_read_and_the_rest_floo
         await there._refresh()
         assert all(there.session_ended(sid, until) for sid, until in ends.items())
         assert not there.session_ended("live", now + 200)  # begun after: untouched
+        # Exactly as many as a read takes: nothing missed, no floor.
+        found, floor = await sessions.read(here.redis(), here.keys, now)
+        assert len(found) == 3 and floor == ends["s1"]
+        await here.redis().zremrangebyrank(here.keys.ended_sessions, 0, 1)  # s0 and s1 gone
+        found, floor = await sessions.read(here.redis(), here.keys, now)
+        assert set(found) == {"s2", "s3", "s4"} and floor == 0.0
     finally:
         await here.stop()
         await there.stop()
