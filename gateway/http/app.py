@@ -73,6 +73,8 @@ def create_app(
         # Answered as the proxy answers: with its access line, counted (404, region "-").
         if scope["type"] == "http":
             await proxy.refuse(scope, send, unknown_public(scope["path"]))
+        elif scope["type"] == "websocket":  # no WebSocket here: refused (HTTP 403 on most
+            await send({"type": "websocket.close", "code": 1008})  # servers), not a 500
         else:
             await not_found(scope, receive, send)
 

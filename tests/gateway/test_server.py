@@ -98,6 +98,28 @@ def test_head_over_h2_on_granian_has_no_body(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
+@pytest.mark.parametrize("engine", ["hypercorn", "granian"])
+def test_a_websocket_upgrade_is_refused_without_a_traceback(tmp_path: Path, engine: str) -> None:
+    # hypercorn handed it to the 404 answer as a websocket: a 500 and a traceback in the log
+    # for each (anyone's to flood); granian answered 404 with sec-websocket-accept.
+    gw, sim = start_fleet(tmp_path, server_extra=f'engine = "{engine}"')
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(
+                b"GET /nope HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13"
+                b"\r\n\r\n"
+            )
+            head = s.recv(4096).split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 403"), head
+        assert b"sec-websocket-accept" not in head
+        time.sleep(0.2)
+        assert "Traceback" not in gw.log_text()
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
 def test_the_default_engine_refuses_h2c_with_a_log_line_in_the_gateways_format(
     tmp_path: Path,
 ) -> None:
