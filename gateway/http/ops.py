@@ -22,7 +22,10 @@ import contextlib
 import hmac
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from typing import ClassVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -106,6 +109,27 @@ def ops_app(
     return AuthThrottle(OpsAuth(app, token) if token else app)
 
 
+class _OpsState(ServerState):
+    """uvicorn's ServerState for gateway.h1, with the Date header (RFC 9110 6.6.1: an origin
+    server with a clock sends one) that uvicorn's main loop keeps for the public listener,
+    made here at most once a second, as it is read."""
+
+    _at = -1
+    _date: ClassVar[list[tuple[bytes, bytes]]] = []
+
+    @property
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        now = int(time.time())
+        if now != _OpsState._at:
+            _OpsState._at = now
+            _OpsState._date = [(b"date", formatdate(now, usegmt=True).encode())]
+        return _OpsState._date
+
+    @default_headers.setter
+    def default_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        pass  # ServerState's own (an empty list) is not kept: the property is the list
+
+
 class _Served:
     """What gateway.h1's protocol reads of uvicorn's Config, for the ops app."""
 
@@ -136,7 +160,7 @@ class OpsListener:
         self.workers = WorkerMetrics.from_env(rt)  # None with one worker: no socket made
         rt.worker = self.workers.worker if self.workers is not None else None
         self._server: asyncio.Server | None = None
-        self._state = ServerState()  # what gateway.h1 keeps of its connections, as uvicorn's
+        self._state = _OpsState()  # what gateway.h1 keeps of its connections, as uvicorn's
         self._exit = contextlib.AsyncExitStack()
 
     async def start(self) -> None:

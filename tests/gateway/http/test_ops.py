@@ -189,3 +189,9 @@ def test_metrics_count_the_pools_idle_connections(gw: Gateway) -> None:
     ).text
     found = re.search(r"^geogate_upstream_pool_idle_connections (\S+)$", text, re.M)
     assert found is not None and float(found.group(1)) >= 1, text[-2000:]
+
+
+def test_the_ops_listeners_answers_carry_a_date(gw: Gateway) -> None:
+    # hypercorn sent one; gateway.h1's comes from uvicorn's main loop, the public listener's.
+    r = httpx.get(f"http://127.0.0.1:{gw.ops_port}/nothing")
+    assert r.status_code == 404 and r.headers["date"].endswith(" GMT"), r.headers
