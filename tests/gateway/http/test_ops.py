@@ -194,4 +194,4 @@ def test_metrics_count_the_pools_idle_connections(gw: Gateway) -> None:
 def test_the_ops_listeners_answers_carry_a_date(gw: Gateway) -> None:
     # hypercorn sent one; gateway.h1's comes from uvicorn's main loop, the public listener's.
     r = httpx.get(f"http://127.0.0.1:{gw.ops_port}/nothing")
-    assert r.status_code == 404 and r.headers["date"].endswith(" GMT"), r.headers
+    assert r.status_code == 401 and r.headers["date"].endswith(" GMT"), r.headers
