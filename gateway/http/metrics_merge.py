@@ -37,7 +37,12 @@ WORKER = "worker"
 # Gauges that count a worker's own share: labelled with the worker as counters are. A new one
 # of that kind belongs here, or the scrape shows the busiest worker's figure alone.
 PER_WORKER_GAUGES = frozenset(
-    {"geogate_requests_in_flight", "geogate_upstream_in_flight", "geogate_max_streams"}
+    {
+        "geogate_requests_in_flight",
+        "geogate_upstream_in_flight",
+        "geogate_max_streams",
+        "geogate_upstream_pool_idle_connections",
+    }
 )
 # Samples prometheus_client writes as a gauge family of their own after their family's
 # (generate_latest): a counter's ``_created``, a gauge histogram's ``_gsum`` and ``_gcount``.

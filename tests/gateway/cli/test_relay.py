@@ -50,7 +50,8 @@ def test_relay_delay_is_accurate(rtt_ms: float) -> None:
     # Never early by more than a fraction of a ms (gateway/cli/relay.py corrects for its
     # timers' average lateness, so one that fires on time leaves that much early).
     assert rtt_ms <= min(took) + 0.5
-    assert abs(median - rtt_ms) <= 2.0
+    # Within 2 ms or 1 %: a full suite on two busy cores read 302.04 for 300 once.
+    assert abs(median - rtt_ms) <= max(2.0, rtt_ms / 100)
 
 
 def test_spec_round_trips_through_its_argument() -> None:
