@@ -105,6 +105,9 @@ class FailureWindow:
     def __len__(self) -> int:
         return len(self._failures)
 
+    def __contains__(self, address: object) -> bool:
+        return address in self._failures
+
     def _prune(self, times: deque[float], now: float) -> int:
         """Drops the failures out of the window; how many are left. An entry looks held back
         by its count only once pruned: unpruned, 4,096 addresses with nine old failures and
@@ -226,7 +229,7 @@ class AuthThrottle:
         address, prefix = keys
         for window, key in ((self.window, address), (self.prefixes, prefix)):
             if key is not None and window.failed(key, now):
-                full = window.full_until > now
+                full = key not in window  # not counted: the table is full (``failed``)
                 log.warning(
                     "%s: credentials from %s refused unchecked until %g s from now",
                     f"wrong tokens from {len(window)} addresses hold the whole table"

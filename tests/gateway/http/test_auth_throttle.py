@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -363,3 +364,21 @@ async def test_a_table_full_of_guessers_does_not_hold_back_a_known_good_address(
         assert (await operator.get("/admin/config", headers=ok)).status_code == 200
     async with _ops(("198.51.100.21", 4000), inner) as stranger:  # fails closed meanwhile
         assert (await stranger.get("/admin/config", headers=ok)).status_code == 429
+
+
+async def test_the_warning_names_a_full_table_or_an_address_whichever_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner = AuthThrottle(_app().app, window=FailureWindow(limit=2, max_addresses=2))
+    wrong = {"Authorization": "Bearer guess"}
+    with caplog.at_level(logging.WARNING, logger="geogate"):
+        for i in range(3):
+            async with _ops((f"203.0.113.{i}", 4000), inner) as guesser:
+                for _ in range(2):
+                    await guesser.get("/admin/config", headers=wrong)
+    said = [r.getMessage() for r in caplog.records if "refused unchecked" in r.getMessage()]
+    assert [m.split(":")[0] for m in said] == [
+        "2 wrong tokens from 203.0.113.0 within 60 s",
+        "2 wrong tokens from 203.0.113.1 within 60 s",
+        "wrong tokens from 2 addresses hold the whole table",
+    ], said
