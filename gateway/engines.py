@@ -11,12 +11,13 @@ import signal
 import socket
 from pathlib import Path
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.h1 import for_ops
+from gateway.http.dispatch import headless
 from gateway.http.gate import Capacity
 from gateway.http.ops import ENV_OPS_FD
 
@@ -25,13 +26,15 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def granian_app() -> Starlette:
+def granian_app() -> ASGIApp:
     """granian's factory, called in each worker process."""
     from gateway.http.app import create_app
 
     fd = os.environ.get(ENV_OPS_FD)
-    return create_app(
-        stop=_stop_granian_worker, ops_fd=int(fd) if fd else None, ops_protocol=for_ops()
+    return headless(
+        create_app(
+            stop=_stop_granian_worker, ops_fd=int(fd) if fd else None, ops_protocol=for_ops()
+        )
     )
 
 

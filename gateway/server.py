@@ -106,8 +106,9 @@ def _serve_uvicorn(
             proxy_headers=False,
             server_header=False,
             backlog=s.backlog,
-            # With this many connections open (idle keep-alive ones count) every new request
-            # gets a JSON 503 (gateway.h1) and its connection closed; max_streams + 1,024 by
+            # Past this many connections open, idle ones close to make room
+            # (gateway.h1.reclaim); with none idle, a new request gets a JSON 503 and its
+            # connection closed; max_streams + 1,024 by
             # default, so the app's JSON 503 at max_streams comes first while requests, not
             # idle connections, are what is too many. It keeps accepting: unlike granian's
             # backpressure it does not bound descriptors (the worker's limit does).

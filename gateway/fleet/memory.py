@@ -29,7 +29,7 @@ from gateway.routing.health import (
     end_ejection,
 )
 from gateway.routing.load import LoadReading, LoadState, next_load
-from gateway.routing.members import Address, expand, member_id
+from gateway.routing.members import Address, expand, member_id, split_member
 from gateway.routing.model import RegionPoint, Snapshot, UpstreamView
 from gateway.routing.policy import Policy, policy_from
 
@@ -123,7 +123,7 @@ class MemoryStateStore:
         # One whose URL changed is another server: its health, RTT, ejection and load samples
         # were the old one's (it kept an ejection the new URL never earned).
         moved = {
-            u.id for u in self._upstreams if servers.get(u.id, _server(u.url)) != _server(u.url)
+            u.id for u in self._upstreams if u.id in servers and servers[u.id] != _server(u.url)
         }
         before = {uid: h for uid, h in self._health.items() if uid not in moved}
         for uid in moved:
@@ -330,8 +330,10 @@ class MemoryStateStore:
             del self._in_flight[upstream_id]  # removed upstream, last request done
 
 
-def _server(url: str) -> tuple[str, str, int | None, str]:
+def _server(url: str) -> tuple[str, str, int | None, str, Address | None]:
     """The server a URL names: not its credentials (a rotated password is the same server),
-    nor a trailing slash."""
-    p = urlsplit(url)
-    return p.scheme, p.hostname or "", p.port, p.path.rstrip("/")
+    nor a trailing slash; a DNS member's, its address too (split as text first: urlsplit
+    refuses "name|[fd00::5]:443" on CPythons with CVE-2025-0938's fix, routing.members)."""
+    named, address = split_member(url)
+    p = urlsplit(named)
+    return p.scheme, p.hostname or "", p.port, p.path.rstrip("/"), address

@@ -1,5 +1,6 @@
-"""The uvicorn engine's HTTP/1.1 protocol (gateway.h1.conn), its request cycle
-(gateway.h1.cycle) and its own answers (gateway.h1.refuse)."""
+"""The gateway's HTTP/1.1 protocol (gateway.h1.conn): the uvicorn engine's public listener and,
+on every engine, the ops listener (``for_ops``); its request cycle (gateway.h1.cycle) and its
+own answers (gateway.h1.refuse)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The uvicorn engine's HTTP/1.1 protocol: the gateway's own, on httptools (llhttp), run by
-uvicorn's server (sockets, workers, TLS, lifespan, graceful stop), which builds it as
-``http=``. Requests go to the ASGI app through gateway.h1.cycle.
+"""The gateway's HTTP/1.1 protocol, on httptools (llhttp): the uvicorn engine's (uvicorn's
+server builds it as ``http=``: sockets, workers, TLS, lifespan, graceful stop) and the ops
+listener's (gateway.http.ops). Requests go to the ASGI app through gateway.h1.cycle.
 
 Why not uvicorn's HttpToolsProtocol: bench/floor_proxy.py's proxy costs a little less CPU on
 this one (0.99x and 0.94x at c = 16, 0.93x at c = 1: bench/results/round5/h1_floor*.md), and
@@ -37,14 +37,14 @@ _OWS = (b" ", b"\t")
 
 class H1(Flow, asyncio.Protocol):
     """Set ``head_limit``, ``max_header_bytes`` and ``head_timeout_s`` on a subclass
-    (gateway.h1.capped): uvicorn builds the protocol itself, with its four arguments."""
+    (gateway.h1.capped): its server builds the protocol itself, with its four arguments."""
 
     # uvicorn offers its class's ALPN list on TLS: README (and strict clients) expect http/1.1.
     alpn_protocols: ClassVar[list[str]] = ["http/1.1"]
     head_limit: ClassVar[int] = 0
     max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0
-    # uvicorn's default headers (Date, each second), joined, shared, rejoined when replaced.
+    # The server's default headers (Date, each second), joined, shared, rejoined when replaced.
     _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None
     _defaults: ClassVar[bytes] = b""
     default_lines: ClassVar[int] = 0
@@ -163,12 +163,12 @@ class H1(Flow, asyncio.Protocol):
 
     def default_head(self) -> bytes:
         """The server's default header lines (uvicorn refreshes its list each second)."""
-        defaults = self.state.default_headers
-        if defaults is not H1._defaults_of:
-            H1._defaults = b"".join(b"%b: %b\r\n" % (k, v) for k, v in defaults)
-            H1.default_lines = len(defaults)
-            H1._defaults_of = defaults
-        return H1._defaults
+        defaults, cls = self.state.default_headers, type(self)  # per server (capped)
+        if defaults is not cls._defaults_of:
+            cls._defaults = b"".join(b"%b: %b\r\n" % (k, v) for k, v in defaults)
+            cls.default_lines = len(defaults)
+            cls._defaults_of = defaults
+        return cls._defaults
 
     # --- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -110,9 +110,17 @@ class Flow:
     def _pending(self) -> int:
         """Bytes not yet taken by the client: the transport's, and the kernel's unsent or
         unacknowledged ones (SIOCOUTQ, Linux's TIOCOUTQ); -1 where the socket cannot say."""
-        try:
-            sock = self.transport.get_extra_info("socket")
-            out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
-        except (AttributeError, OSError):  # no socket (a test's transport), or not TCP's
-            return -1
-        return self.transport.get_write_buffer_size() + int.from_bytes(out, sys.byteorder)
+        out = socket_queue(self.transport, termios.TIOCOUTQ)
+        return -1 if out < 0 else self.transport.get_write_buffer_size() + out
+
+
+def socket_queue(transport: Any, request: int) -> int:
+    """A TCP socket's queue as ``ioctl(request)`` gives it (TIOCOUTQ: bytes the client has
+    not taken; FIONREAD: bytes not yet read); -1 where the socket cannot say (a test's
+    transport, a socket that is not TCP's)."""
+    try:
+        sock = transport.get_extra_info("socket")
+        out = fcntl.ioctl(sock.fileno(), request, bytes(4))
+    except (AttributeError, OSError):
+        return -1
+    return int.from_bytes(out, sys.byteorder)

@@ -21,13 +21,12 @@ that begin no request (CRLFs) do not keep it young.
 
 from __future__ import annotations
 
-import fcntl
-import sys
 import termios
 import time
 from typing import Any, Protocol
 
 from gateway.defaults import RECLAIM_LOG_EVERY_S, RECLAIM_MIN_IDLE_S
+from gateway.h1.flow import socket_queue
 from gateway.runtime import log
 
 
@@ -46,12 +45,7 @@ class Idle(Protocol):
 
 def _unread(conn: Idle) -> bool:
     """Bytes wait in the connection's socket (a request the loop has not read yet)."""
-    try:
-        sock = conn.transport.get_extra_info("socket")
-        n = fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4))
-    except (AttributeError, OSError):  # no socket to ask (a test's transport): not known
-        return False
-    return int.from_bytes(n, sys.byteorder) > 0
+    return socket_queue(conn.transport, termios.FIONREAD) > 0
 
 
 def _idle(conn: Idle) -> bool:

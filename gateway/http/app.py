@@ -22,7 +22,7 @@ from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
 from gateway.http.asgi import Receive, Scope, Send
 from gateway.http.dispatch import GatewayApp
-from gateway.http.endpoints import Endpoints, not_found, unknown_public
+from gateway.http.endpoints import Endpoints, unknown_public
 from gateway.http.errors import http_exception
 from gateway.http.gate import StreamGate, capacity, fd_limit
 from gateway.http.intake import Proxy
@@ -73,10 +73,8 @@ def create_app(
         # Answered as the proxy answers: with its access line, counted (404, region "-").
         if scope["type"] == "http":
             await proxy.refuse(scope, send, unknown_public(scope["path"]))
-        elif scope["type"] == "websocket":  # no WebSocket here: refused (HTTP 403 on most
-            await send({"type": "websocket.close", "code": 1008})  # servers), not a 500
-        else:
-            await not_found(scope, receive, send)
+        else:  # a WebSocket (Starlette answers lifespan itself): refused, HTTP 403 on most
+            await send({"type": "websocket.close", "code": 1008})  # servers, not a 500
 
     app.router.default = unknown_path
     # Starlette would answer "/v1" or "/healthz/" with a 307 to a Location built from the

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway.errors import GatewayError, HeadersTooLarge
 from gateway.http.asgi import Message, Receive, Scope, Send
@@ -50,8 +51,6 @@ class GatewayApp(Starlette):
         self.proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("method") == "HEAD":  # granian's HTTP/2 sent a HEAD answer's body
-            send = _headless(send)
         if proxied(scope):
             scope["app"] = self  # as Starlette sets it
             await self.proxy(scope, receive, send)
@@ -81,11 +80,23 @@ class GatewayApp(Starlette):
             await send_error(send, err, list(CLOSE))
 
 
+def headless(app: ASGIApp) -> ASGIApp:
+    """``app`` with a HEAD request's answer sent without its body, for granian
+    (gateway.engines): its HTTP/2 sent the body, and a client (curl, h2) refused the stream as
+    a protocol error, so a load balancer's HEAD health check over h2 failed on a healthy
+    gateway. gateway.h1 and hypercorn drop the body themselves."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            send = _headless(send)
+        await app(scope, receive, send)
+
+    return serve
+
+
 def _headless(send: Send) -> Send:
     """``send`` for a HEAD request: the head as it is (its Content-Length included), the body
-    left out. HTTP/1.1 servers drop it themselves; granian's HTTP/2 sent it, and a client
-    (curl, h2) refused the stream as a protocol error: a load balancer's HEAD health check
-    over h2 failed on a healthy gateway."""
+    left out."""
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.body" and message.get("body"):

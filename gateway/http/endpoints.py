@@ -295,11 +295,6 @@ def unknown_public(path: str) -> UnknownEndpoint:
     return _unknown(path, "is not an endpoint of this gateway; the API is under /v1/")
 
 
-async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    """The public listener's unknown path, answered alone (no access line, not counted)."""
-    await send_error(send, unknown_public(scope["path"]))
-
-
 async def ops_not_found(scope: Scope, receive: Receive, send: Send) -> None:
     """The ops listener's: it has no /v1/, which the public one's words pointed at."""
     what = (

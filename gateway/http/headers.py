@@ -65,11 +65,11 @@ _RESPONSE_DROP = HOP_BY_HOP | {b"server", b"date"}
 ROUTE_HEADER = "geogate-route"
 # A regional gateway's hint to a client that entered the wrong region (routing.steering).
 PREFERRED_REGION_HEADER = "geogate-preferred-region"
-# Response headers this gateway sets: an upstream's (another gateway's) are dropped, since the
-# client's request id, route and entry region are this gateway's to tell.
 _ROUTE = ROUTE_HEADER.encode()
 _PREFERRED_REGION = PREFERRED_REGION_HEADER.encode()
-_SET_HERE = frozenset({b"x-request-id", ROUTE_HEADER.encode(), PREFERRED_REGION_HEADER.encode()})
+# Response headers this gateway sets: an upstream's (another gateway's) are dropped, since the
+# client's request id, route and entry region are this gateway's to tell.
+_SET_HERE = frozenset({b"x-request-id", _ROUTE, _PREFERRED_REGION})
 MAX_REQUEST_ID_LEN = 128
 # The sets each message is filtered by, built once: a union per request cost a copy of each.
 _DROP_FROM_OTHERS = _REQUEST_DROP | _EDGE_CLAIMS

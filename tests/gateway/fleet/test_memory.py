@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway.config import Config
 from gateway.errors import FleetConfigInvalid
+from gateway.fleet import memory
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.load import LoadReading
 from gateway.routing.model import Outcome, Reason, RequestFacts
@@ -254,3 +257,21 @@ def test_a_region_listed_in_drained_regions_is_drained_whatever_its_flags_say() 
     s = MemoryStateStore(Config.model_validate({**data, "drained_regions": {"eu": []}}))
     assert [u.id for u in s.snapshot(0.0).upstreams if u.drained] == ["fra-1", "fra-2"]
     assert chosen_region(s) == "us"
+
+
+def test_a_dns_members_url_is_split_as_text_before_urlsplit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CPythons with CVE-2025-0938's fix refuse text before a bracket in urlsplit: a member's
+    # "name|[fd00::5]:443" made each config replacement raise. As such a CPython would:
+    real = memory.urlsplit
+
+    def strict(url: str) -> Any:
+        if "|" in url:
+            raise ValueError("Invalid IPv6 URL")
+        return real(url)
+
+    monkeypatch.setattr(memory, "urlsplit", strict)
+    server = memory._server("https://name|[fd00::5]:443/v1")
+    assert server == ("https", "name", None, "/v1", ("fd00::5", 443))
+    assert memory._server("https://name|[fd00::6]:443/v1") != server  # another member
