@@ -15,8 +15,10 @@ EXIT_USAGE = 2
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse's errors as one line, exit status 2, not after its usage block (the gateway's
-    CLI has its own, gateway.cli.errors: this package imports nothing of the gateway)."""
+    """argparse's errors as one line, exit status 2: its own way prints the usage block
+    first, several lines (five for ``geogate dns export``) in front of the one that says
+    what is wrong. Subparsers are made of the parent's class, so the root's is enough. The
+    gateway's CLI uses this one too (gateway.cli.errors): this package imports nothing of it."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

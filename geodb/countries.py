@@ -6,8 +6,6 @@ import csv
 from functools import cache
 from importlib import resources
 
-import pycountry
-
 # Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
 EXTRA_COUNTRIES = frozenset({"XK"})
 # Codes people write for a country whose ISO code is another (the EU's own usage).
@@ -77,6 +75,8 @@ def country_code(code: str) -> str:
     """An ISO 3166-1 alpha-2 code, as GeoIP gives a client's country, in upper case; else
     ValueError naming the code to use where one is known ("UK": GB, "Germany": DE): a rule
     or a database row naming "UK" would never match a client (GeoIP says GB)."""
+    import pycountry  # here: about 50 ms to import, for a check that runs on config load only
+
     up = code.upper()
     # isascii: pycountry matches without regard to case, and "ÄÖ".upper() is no ISO code
     if up.isascii() and (up in EXTRA_COUNTRIES or pycountry.countries.get(alpha_2=up)):

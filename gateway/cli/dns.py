@@ -67,6 +67,21 @@ def export(args: argparse.Namespace) -> None:
     from gateway.dns import powerdns, route53, tables
     from gateway.dns.options import options
 
+    # The flags alone decide these: said before the file is read. ``is not None``: a
+    # --check-timeout of 0 is one given.
+    given = (("--check-timeout", args.check_timeout is not None), ("--ns", bool(args.ns)))
+    powerdns_only = [f for f, v in given if v]
+    if args.format == "route53" and powerdns_only:  # was taken and silently ignored
+        raise CLIError(
+            f"dns export: {' and '.join(powerdns_only)} "
+            f"{'are' if len(powerdns_only) > 1 else 'is'} for --format powerdns; Route 53 "
+            "times its own health checks and names the zone's name servers itself"
+        )
+    if args.alias_regions and args.format != "route53":
+        raise CLIError(
+            f"dns export: --alias-regions is for --format route53 (an alias to a load "
+            f"balancer); {args.format} answers addresses: set regions[].addresses"
+        )
     config = load_config(args.config)
     try:
         opt = options(
@@ -82,20 +97,6 @@ def export(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise CLIError(f"dns export: {exc}") from None
-    powerdns_only = [
-        f for f, v in (("--check-timeout", args.check_timeout), ("--ns", args.ns)) if v
-    ]
-    if args.format == "route53" and powerdns_only:  # was taken and silently ignored
-        raise CLIError(
-            f"dns export: {' and '.join(powerdns_only)} "
-            f"{'are' if len(powerdns_only) > 1 else 'is'} for --format powerdns; Route 53 "
-            "times its own health checks and names the zone's name servers itself"
-        )
-    if args.alias_regions and args.format != "route53":
-        raise CLIError(
-            f"dns export: --alias-regions is for --format route53 (an alias to a load "
-            f"balancer); {args.format} answers addresses: set regions[].addresses"
-        )
     try:
         entries = tables.entries(config, alias_regions=args.alias_regions)
         computed = tables.compute(config, entries)

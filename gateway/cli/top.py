@@ -59,13 +59,8 @@ def in_flight(sample: Sample, uid: str, table_says: object) -> int:
     """``uid``'s requests in flight: every worker's (the merged gauge in /metrics); the routing
     table's count, its one worker's, only where /metrics has none (a gateway of an earlier
     release)."""
-    found = [
-        v
-        for (n, labels), v in sample.values.items()
-        if n == "geogate_upstream_in_flight" and dict(labels).get("upstream") == uid
-    ]
-    if found:
-        return int(sum(found))
+    if any(n == "geogate_upstream_in_flight" for n, _ in sample.values):
+        return int(_sum(sample, "geogate_upstream_in_flight", upstream=uid))
     return int(table_says) if isinstance(table_says, int | float) else 0
 
 

@@ -72,6 +72,7 @@ class Settled:
     held: Stored
     write: Stored | None = None
     dropped: Stored | None = None
+    seeds: bool = False  # two files' seeds at one version: ours kept, the one routed on
 
     @property
     def holds(self) -> Stored:
@@ -106,7 +107,7 @@ def settle(mine: Stored, held: Stored) -> Settled:
             return Settled(held, write=Stored(mine.doc, mine.version, known, mine.digest))
         return Settled(held)
     if held.changed_at == 0.0 == mine.changed_at and held.version == mine.version:
-        return Settled(held, write=mine.at(held.version + 1), dropped=held)
+        return Settled(held, write=mine.at(held.version + 1), dropped=held, seeds=True)
     if newer(held, mine):
         if held.version > mine.version:
             return Settled(held)
@@ -132,11 +133,10 @@ def conflict_reason(out: Settled, mine: Stored) -> str:
     kept, dropped = out.write, out.dropped
     assert kept is not None and dropped is not None
     ours = dropped is mine
-    seeds = out.held.changed_at == 0.0 == mine.changed_at and not ours
     why = (
         "the one this gateway routed on (both are files' seeds: Redis lost its data and a "
         "gateway started meanwhile seeded it)"
-        if seeds
+        if out.seeds
         else "the newer change"
     )
     try:

@@ -56,7 +56,9 @@ def create_app(
     streams = capacity(fd_limit(), s.max_streams, s.max_connections).streams
     gate = StreamGate(rt, proxy, streams, proxy.refuse)
     ops = None
-    if ops_fd is not None and ops_protocol is not None:
+    if ops_fd is not None:
+        if ops_protocol is None:  # a caller's mistake, said, not an ops listener quietly off
+            raise TypeError("create_app: ops_fd needs ops_protocol (gateway.h1.for_ops())")
         ops = OpsListener(rt, ops_fd, ops_protocol)
     app = GatewayApp(
         gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below

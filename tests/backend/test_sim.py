@@ -96,6 +96,10 @@ def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
         r = httpx.get(url)
         assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed"), r.text
         assert r.headers["allow"] == "POST"
+        # Bodies json.loads refuses with other errors than JSONDecodeError: 500s before.
+        for body in (b"\xff\xfe", b'{"n": ' + b"9" * 5000 + b"}", b"[" * 100_000):
+            r = httpx.post(url, content=body, headers={"content-type": "application/json"})
+            assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
     finally:
         sim.proc.kill()
 

@@ -69,6 +69,10 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
             ["--format", "route53", "--ns", "ns1.example.com"],
             "geogate: dns export: --ns is for --format powerdns",
         ),
+        (  # 0 is a value given, not none
+            ["--format", "route53", "--check-timeout", "0"],
+            "geogate: dns export: --check-timeout is for --format powerdns",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(

@@ -180,6 +180,8 @@ async def test_a_fresh_gateways_other_file_does_not_replace_what_the_fleet_route
         other = Config.model_validate(data)
         if Stored(config_doc.routing_doc(other), 1, 0.0).digest > seeded:
             break
+    else:
+        pytest.fail("no other file's digest is the greater: the case is not set up")
     data["redis"] = {"url": redis_url, "gateway_id": "gw2", "refresh_interval_s": 0.5}
     fresh = RedisStateStore(Config.model_validate(data))
     try:

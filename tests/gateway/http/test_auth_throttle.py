@@ -253,9 +253,13 @@ async def test_logins_that_never_send_their_bodies_lock_nobody_out() -> None:
     # Counted as failures to come, ten logins left without their bodies (renewed every body
     # timeout) kept the operator's own login at 429 with no wrong token sent.
     app = _app()
-    never = asyncio.Event()
+    never, all_reading = asyncio.Event(), asyncio.Event()
+    reading: list[int] = []
 
     async def silent() -> dict[str, Any]:
+        reading.append(1)  # at its body's read: its check has begun
+        if len(reading) == 20:
+            all_reading.set()
         await never.wait()
         return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -265,7 +269,7 @@ async def test_logins_that_never_send_their_bodies_lock_nobody_out() -> None:
     json_type = (b"content-type", b"application/json")
     login = _scope("POST", "/dashboard/login", "198.51.100.12", json_type)
     waiting = [asyncio.create_task(app(dict(login), silent, quiet)) for _ in range(20)]
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(all_reading.wait(), 5)  # every one waiting for its body
     try:
         async with _ops(("198.51.100.12", 4000), app) as c:
             r = await c.post("/dashboard/login", json={"token": ALICE})
@@ -338,7 +342,8 @@ def test_a_real_ops_listener_holds_back_one_address_not_another(gw: Gateway) -> 
 
 def test_old_failures_do_not_pass_for_a_full_table() -> None:
     # Unpruned, entries with nine old failures and one new looked held back a window later:
-    # the table passed for full, and a newcomer's 300 wrong tokens went uncounted.
+    # the table passed for full, and a newcomer's 300 wrong tokens went uncounted (a bug of
+    # an earlier version of the full-table rule, not of the code before it).
     w = FailureWindow(limit=10, window_s=60.0, max_addresses=4)
     for i in range(4):
         for _ in range(9):

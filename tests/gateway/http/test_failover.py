@@ -183,6 +183,7 @@ def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
     # one skipped uses none of retry.max_attempts (2 here): the next one serves.
     far = start_sim(tmp_path, "far", "us-east", ["m"])
     other = start_sim(tmp_path, "other", "ap-southeast", ["m"])
+    _SlowRefusal.arrived.clear()  # a class's Event: a run before this one may have set it
     with serve_http(_SlowRefusal) as near:
         ups = [
             UpstreamSpec("near", "eu-central", near, ["m"]),

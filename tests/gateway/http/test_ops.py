@@ -183,12 +183,16 @@ def test_metrics_count_the_pools_idle_connections(gw: Gateway) -> None:
     # A soak review could count upstream connections only by hooking the process: a leak was
     # invisible to Prometheus.
     body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
-    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+    for _ in range(5):
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
     text = httpx.get(
         f"http://127.0.0.1:{gw.ops_port}/metrics", headers={"Authorization": f"Bearer {OPS_TOKEN}"}
     ).text
     found = re.search(r"^geogate_upstream_pool_idle_connections (\S+)$", text, re.M)
-    assert found is not None and float(found.group(1)) >= 1, text[-2000:]
+    assert found is not None, text[-2000:]
+    # Kept alive and reused: at least the requests' own, at most one per user of the pool
+    # that can overlap (the requests, the probes, the load polls), not one per request.
+    assert 1 <= float(found.group(1)) <= 3, found.group(0)
 
 
 def test_the_ops_listeners_answers_carry_a_date(gw: Gateway) -> None:
