@@ -24,6 +24,9 @@ class Exchange:
     stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
     routed: Routed | None = None  # client, location, decision
     attempts: int = 0  # upstream attempts made
+    # The decision's candidate tried last (its order's index): after one drained since the
+    # routing is passed by, not the same as ``attempts`` - 1.
+    index: int = -1
     upstream: str = "-"  # the upstream that answered
     # The last one tried when none answered (a 502/503/504 after attempts): the access line
     # names it, as nginx's $upstream_addr does; ``upstream`` stays "-" (nothing was served).

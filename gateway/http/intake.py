@@ -265,7 +265,7 @@ def _error_headers(ex: Exchange) -> list[tuple[bytes, bytes]]:
     """The request id, and after routing what was tried: a 502 names the upstream to look at."""
     headers = _request_id_header(ex)
     if ex.routed is not None:
-        route = ex.routed.decision.failure_header(ex.attempts)
+        route = ex.routed.decision.failure_header(ex.attempts, ex.index)
         headers.append((ROUTE_HEADER.encode(), route.encode()))
     return headers
 

@@ -12,14 +12,7 @@ import functools
 import time
 from typing import Any
 
-from gateway.client import (
-    CLIENT_ERRORS,
-    Failure,
-    FailureKind,
-    Reach,
-    Response,
-    classify,
-)
+from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
 from gateway.defaults import DISCONNECT_WATCH_DELAY_S
 from gateway.errors import GatewayError, GatewayShuttingDown, StreamInterrupted
 from gateway.http import events
@@ -153,15 +146,17 @@ class _Attempts:
         rt, ex = self.rt, self.ex
         made, limit = 0, self.config.retry.max_attempts  # attempts made, not candidates passed
         for i, cand in enumerate(ex.decision.order):
-            if made == limit or (made and not rt.store.takes_new_work(cand.upstream.id)):
-                continue  # the limit's reached; or drained or removed since it was routed
+            if made == limit:
+                break
+            if made and not rt.store.takes_new_work(cand.upstream.id):
+                continue  # drained or removed since it was routed
             made += 1
             if i > 0:
                 if not rt.budget.try_retry(time.monotonic()):
                     rt.metrics.budget_exhausted.inc()
                     break
                 rt.metrics.retries.inc()
-            ex.attempts = i + 1
+            ex.attempts, ex.index = made, i
             status = await self._attempt(cand, i)
             if status is not None:  # ex.upstream is the answer's (_attempt)
                 return status
@@ -301,7 +296,7 @@ class _Attempts:
         send = self.send
         ex = self.ex
         hint = ex.routed.preferred_region if ex.routed else None
-        extra = gateway_headers(ex.id, ex.decision.header(index), hint)
+        extra = gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
         headers = client_response_headers(resp.raw_headers, extra)
         sse = (resp.header(b"content-type") or "").startswith(events.SSE_TYPE) and (
             resp.header(b"content-length") is None  # else no room for an error event: a reset

@@ -122,9 +122,10 @@ class Decision:
     def chosen(self) -> Candidate | None:
         return self.order[0] if self.order else None
 
-    def header(self, index: int = 0) -> str:
+    def header(self, index: int = 0, attempts: int | None = None) -> str:
         """Summary for the ``geogate-route`` response header; ``index`` is the candidate that
-        answered (a failover when > 0)."""
+        answered (a failover when > 0), ``attempts`` how many were tried (default: each up to
+        it; fewer where ones drained since the routing were passed by)."""
         if not self.order:
             return f"outcome={self.outcome}"
         c = self.order[index]
@@ -132,16 +133,18 @@ class Decision:
         h = f"region={c.upstream.region}; upstream={c.upstream.id}; reason={reason}"
         if self.residency:
             h += f"; residency={self.residency}"
-        return h + (f"; attempts={index + 1}" if index else "")
+        return h + (f"; attempts={attempts or index + 1}" if index else "")
 
-    def failure_header(self, attempts: int) -> str:
+    def failure_header(self, attempts: int, index: int | None = None) -> str:
         """Summary for the ``geogate-route`` header of the gateway's own error answer after
         routing: the outcome alone where no upstream was tried (model not found, nothing
-        usable), else the last one tried and how many were: whom to look at for a 502/504."""
+        usable), else the last one tried (``index``; default: ``attempts`` - 1) and how many
+        were: whom to look at for a 502/504."""
         if not self.order or attempts < 1:
             h = f"outcome={self.outcome}"
         else:
-            c = self.order[min(attempts, len(self.order)) - 1]
+            last = attempts - 1 if index is None else index
+            c = self.order[min(last, len(self.order) - 1)]
             h = f"outcome=failed; region={c.upstream.region}; upstream={c.upstream.id}"
         if self.residency:
             h += f"; residency={self.residency}"

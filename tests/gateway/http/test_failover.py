@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cli.procs import kill
 from tests.support import (
     UpstreamSpec,
+    eventually,
     gateway_toml,
     get_json,
     serve_http,
@@ -207,8 +208,11 @@ def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
                 assert r.status_code == 200, r.text
                 answer = sent.result()
             assert answer.status_code == 200, answer.text
-            assert "upstream=other; reason=failover" in answer.headers["geogate-route"]
+            route = answer.headers["geogate-route"]
+            # Two attempts made (near, then other), not three: far was passed by untried.
+            assert "upstream=other; reason=failover" in route and route.endswith("attempts=2")
             assert (far.stats()["requests"], other.stats()["requests"]) == (0, 1)
+            eventually(lambda: '"attempts":2' in gw.log_text(), what="the access line")
         finally:
             gw.stop()
             kill(far.proc)

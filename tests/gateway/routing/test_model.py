@@ -40,5 +40,10 @@ def test_failure_header_names_the_last_one_tried() -> None:
     assert d.failure_header(2) == "outcome=failed; region=us; upstream=b; residency=eu; attempts=2"
     # Routed, but refused before an attempt (a retry budget spent at once): what was routed.
     assert d.failure_header(0) == "outcome=routed; residency=eu"
+    # One passed by (drained since the routing): the last tried is b, after one attempt.
+    assert d.failure_header(1, index=1) == (
+        "outcome=failed; region=us; upstream=b; residency=eu; attempts=1"
+    )
+    assert d.header(1, attempts=1).endswith("upstream=b; reason=failover; residency=eu; attempts=1")
     none = Decision(Outcome.NO_CANDIDATE, (), (), Reason.NOTHING_USABLE, "eu-only")
     assert none.failure_header(0) == "outcome=no_candidate; residency=eu-only"
