@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -264,14 +265,14 @@ def test_a_dns_members_url_is_split_as_text_before_urlsplit(
 ) -> None:
     # CPythons with CVE-2025-0938's fix refuse text before a bracket in urlsplit: a member's
     # "name|[fd00::5]:443" made each config replacement raise. As such a CPython would:
-    real = memory.urlsplit
+    real = urllib.parse.urlsplit
 
     def strict(url: str) -> Any:
         if "|" in url:
             raise ValueError("Invalid IPv6 URL")
         return real(url)
 
-    monkeypatch.setattr(memory, "urlsplit", strict)
+    monkeypatch.setattr("gateway.fleet.memory.urlsplit", strict)
     server = memory._server("https://name|[fd00::5]:443/v1")
     assert server == ("https", "name", None, "/v1", ("fd00::5", 443))
     assert memory._server("https://name|[fd00::6]:443/v1") != server  # another member
