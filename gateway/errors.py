@@ -6,6 +6,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      ├── CannotListen                 an address to listen on is taken or not here (start-up)
      ├── PlanInvalid                  a ``geogate plan`` input file is wrong (one line: where, why)
      ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
+     ├── OpsHostRefused               a tokenless loopback ops listener asked for by a name
      ├── AuthThrottled                too many wrong tokens from one address: wait and retry
      ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
      ├── GatewayShuttingDown          cut by the drain's deadline (server.drain_timeout_s): retry
@@ -61,6 +62,10 @@ class PlanInvalid(GatewayError):
 
 
 class OpsUnauthorized(GatewayError):
+    pass
+
+
+class OpsHostRefused(GatewayError):
     pass
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import ipaddress
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from gateway.errors import CannotListen, ConfigError, GatewayError
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
-from gateway.http.ops import shared
+from gateway.http.ops import loopback, shared
 from gateway.http.worker_metrics import ENV_WORKER, forget
 from gateway.runtime import log
 
@@ -318,7 +317,7 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )
-    if not ops.token and not _loopback(ops.host):
+    if not ops.token and not loopback(ops.host):
         log.warning(
             "ops listener on %s without ops.token: anyone who reaches it reads upstream ids, "
             "errors and GeoIP lookups; set ops.token or keep ops.host on loopback",
@@ -338,13 +337,6 @@ def _log_public(config: Config, port: int) -> None:
         s.workers,
         s.engine,
     )
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def run(config: Config, config_path: Path) -> None:

@@ -19,6 +19,8 @@ from gateway.http.asgi import Send, send_json
 HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.GatewayError: (500, "server_error", "internal_error"),
     e.OpsUnauthorized: (401, "invalid_request_error", "invalid_ops_token"),
+    # RFC 9110 15.5.20: the server is unwilling to answer for that authority.
+    e.OpsHostRefused: (421, "invalid_request_error", "ops_host_not_allowed"),
     e.AuthThrottled: (429, "rate_limit_error", "too_many_auth_failures"),
     e.GatewayOverloaded: (503, "service_unavailable", "gateway_at_capacity"),
     e.GatewayShuttingDown: (503, "service_unavailable", "gateway_shutting_down"),

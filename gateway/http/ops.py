@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,7 +35,7 @@ from starlette.routing import Route
 from uvicorn.server import ServerState
 
 from gateway import defaults as d
-from gateway.errors import OpsUnauthorized
+from gateway.errors import OpsHostRefused, OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
 from gateway.http.auth_throttle import AuthThrottle
@@ -75,6 +77,60 @@ def _own_login(path: str) -> bool:
     return path.startswith(("/admin/", "/dashboard/")) or path == "/dashboard"
 
 
+def loopback(host: str) -> bool:
+    """A listen host on this machine alone: a loopback address, or "localhost"."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class HostGuard:
+    """A loopback ops listener without ``ops.token`` answers only requests that name it by an
+    address, by localhost, or by ``ops.public_url``'s host.
+
+    Why: such a listener trusts whoever can connect, that is this machine's own programs, and
+    an operator's browser is one of them. A web page whose name its owner re-points at
+    127.0.0.1 after the page loaded (DNS rebinding) becomes same-origin with the listener, and
+    its script could read /metrics, /routing-table and /explain. Its requests carry that name in
+    Host, which no request meant for this listener does; an address cannot be re-pointed, and
+    browsers resolve localhost and *.localhost themselves. A request without Host (HTTP/1.0)
+    comes from no browser and passes."""
+
+    def __init__(self, app: Starlette, public_url: str) -> None:
+        self.app = app
+        self.named = (urlsplit(public_url).hostname or "") if public_url else ""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            sent = header(scope, b"host")
+            if sent is not None and not self.allowed(sent):
+                err = OpsHostRefused(
+                    f"this ops listener answers requests for its address or localhost, not "
+                    f"{sent[:100]!r}: use http://127.0.0.1:<ops.port>, or set ops.public_url "
+                    "(a proxy's name for it) or ops.token"
+                )
+                await send_error(send, err)
+                return
+        await self.app(scope, receive, send)
+
+    def allowed(self, host: str) -> bool:
+        try:
+            name = urlsplit(f"//{host}").hostname or ""
+        except ValueError:  # "[::1" and the like: no authority at all
+            return False
+        name = name.rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        if self.named and name == self.named:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+
 @contextlib.contextmanager
 def shared(ops: socket.socket | None, workers: int) -> Iterator[None]:
     """In the parent, around its workers' lives: the ops listener's socket listening, its
@@ -105,8 +161,11 @@ def ops_app(
     )
     app.router.default = ops_not_found
     app.router.redirect_slashes = False  # as the public app's (gateway.http.app)
-    token = rt.config.ops.token
-    return AuthThrottle(OpsAuth(app, token) if token else app)
+    ops = rt.config.ops
+    if ops.token:
+        return AuthThrottle(OpsAuth(app, ops.token))
+    # Off loopback without a token the listener answers anyone who reaches it (start-up warns).
+    return AuthThrottle(HostGuard(app, ops.public_url) if loopback(ops.host) else app)
 
 
 class _OpsState(ServerState):

@@ -82,7 +82,7 @@ def test_admin_on_the_ops_listener_keeps_its_own_tokens(gw: Gateway) -> None:
 async def test_without_a_token_the_ops_app_is_open_to_who_reaches_it() -> None:
     rt = build_runtime(Config.model_validate(BASE))
     transport = httpx.ASGITransport(app=ops_app(rt))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         assert (await c.get("/metrics")).status_code == 200
         assert (await c.get("/routing-table")).json()["self_region"] == "eu"
         r = await c.get("/v1/models")  # the API is the public listener's, and it says so
@@ -93,6 +93,74 @@ async def test_without_a_token_the_ops_app_is_open_to_who_reaches_it() -> None:
         r = await c.post("/metrics")  # a wrong method: JSON as on the public port, with Allow
         assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
         assert "GET" in r.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:9180", True),
+        ("127.0.0.1", True),
+        ("[::1]:9180", True),
+        ("LOCALHOST:9180", True),
+        ("localhost.:9180", True),
+        ("grafana.localhost:9180", True),
+        ("192.0.2.7:9180", True),  # an address is never re-pointed, loopback or not
+        ("ops.example.com", True),  # ops.public_url's host
+        ("OPS.example.com:443", True),
+        ("evil.example:9180", False),  # the rebinding page's own name
+        ("localhost.evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("ops.example.com.evil.example", False),
+        ("[::1", False),
+        ("", False),
+    ],
+)
+def test_a_tokenless_loopback_ops_listener_answers_its_own_names_only(
+    host: str, allowed: bool
+) -> None:
+    # DNS rebinding: a page re-points its own name at 127.0.0.1 and reads the listener as its
+    # own origin; its requests carry that name in Host, which no operator's does.
+    cfg = Config.model_validate({**BASE, "ops": {"public_url": "https://ops.example.com"}})
+    client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
+    r = client.get("/routing-table", headers={"host": host})
+    if allowed:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 421, r.text
+    assert r.json()["error"]["code"] == "ops_host_not_allowed"
+    assert "use http://127.0.0.1:<ops.port>" in r.json()["error"]["message"]
+
+
+def test_the_host_check_is_for_a_tokenless_loopback_listener_only() -> None:
+    name = {"host": "prometheus-target.internal:9180"}
+    # With ops.token set, the token is the guard: a scraper may use any name.
+    cfg = Config.model_validate({**BASE, "ops": {"token": OPS_TOKEN}})
+    client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
+    edge = {"authorization": f"Bearer {OPS_TOKEN}"}
+    assert client.get("/metrics", headers={**name, **edge}).status_code == 200
+    assert client.get("/metrics", headers=name).status_code == 401
+    # Off loopback without a token it answers whoever reaches it (start-up warns of that).
+    cfg = Config.model_validate({**BASE, "ops": {"host": "0.0.0.0"}})
+    client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
+    assert client.get("/metrics", headers=name).status_code == 200
+    # Without ops.public_url no name but localhost passes, an empty one neither.
+    client = TestClient(ops_app(build_runtime(Config.model_validate(BASE))))
+    assert client.get("/metrics", headers={"host": ""}).status_code == 421
+    assert client.get("/metrics", headers={"host": "ops.example.com"}).status_code == 421
+    assert client.get("/metrics", headers={"host": "localhost:9180"}).status_code == 200
+
+
+def test_a_tokenless_ops_listener_refuses_a_rebound_name_on_its_socket(tmp_path: Path) -> None:
+    with one_sim_gateway(tmp_path, "") as g:
+        assert httpx.get(f"{g.ops_url}/routing-table").status_code == 200
+        r = httpx.get(f"{g.ops_url}/routing-table", headers={"host": f"evil.example:{g.ops_port}"})
+        assert r.status_code == 421 and r.json()["error"]["code"] == "ops_host_not_allowed"
+        # The dashboard's page too, and a request with no Host (HTTP/1.0) is no browser's.
+        r = httpx.get(f"{g.ops_url}/dashboard", headers={"host": "evil.example"})
+        assert r.status_code == 421
+        with socket.create_connection(("127.0.0.1", g.ops_port), timeout=5) as s:
+            s.sendall(b"GET /routing-table HTTP/1.0\r\n\r\n")
+            assert read_to_eof(s).startswith(b"HTTP/1.1 200 ")
 
 
 def test_ops_listener_defaults_to_loopback_and_needs_a_port_of_its_own() -> None:
@@ -135,7 +203,7 @@ async def test_with_several_workers_the_ops_metrics_is_the_merged_one() -> None:
             (ops_app(rt), False),
         ):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
                 text = (await c.get("/metrics")).text
             assert "geogate_requests_in_flight" in text
             assert ('geogate_requests_in_flight{worker="0"}' in text) is merged
@@ -148,7 +216,7 @@ def test_with_several_workers_the_views_name_the_worker_that_answered(
     # /routing-table, /explain and the dashboard answer from one worker (its ejections, its
     # traffic): they say which, as the worker's /metrics label does.
     rt = build_runtime(Config.model_validate(BASE))
-    client = TestClient(ops_app(rt))
+    client = TestClient(ops_app(rt), base_url="http://127.0.0.1")
     assert client.get("/routing-table").json()["worker"] is None  # one worker: none named
     monkeypatch.setenv(ENV_METRICS_DIR, str(tmp_path))
     monkeypatch.setenv(ENV_WORKER, "1")

@@ -128,7 +128,7 @@ PER_UPSTREAM = ("geogate_upstream_healthy", "geogate_upstream_rtt_ms", "geogate_
 async def _scrape(rt: Runtime) -> dict[str, dict[str, str]]:
     """GET /metrics of the ops app: each gauge's sample lines, name -> labels -> value."""
     transport = httpx.ASGITransport(app=ops_app(rt))
-    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         text = (await c.get("/metrics")).text
     out: dict[str, dict[str, str]] = {}
     for line in text.splitlines():
