@@ -284,7 +284,8 @@ def test_full_queue_gives_429_with_retry_after(model_dir: Path, tmp_path: Path) 
 
 
 def test_int8_dynamic_serves(model_dir: Path, tmp_path: Path) -> None:
-    b = start_backend(model_dir, tmp_path, "--quantize", "int8-dynamic")
+    # The CPU path by name: on a GPU machine "auto" is CUDA, which int8-dynamic refuses.
+    b = start_backend(model_dir, tmp_path, "--quantize", "int8-dynamic", "--device", "cpu")
     try:
         text, _ = chat_text(b, max_tokens=5, temperature=0)
         assert text
