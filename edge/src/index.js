@@ -19,6 +19,7 @@ import { errorResponse, NO_CANDIDATE_RETRY_AFTER_S } from "./errors.js";
 import { isModelList, modelInPath, modelList } from "./models.js";
 import { downstreamHeaders, finalError, tryRegions, upstreamHeaders } from "./proxy.js";
 import { Outcome, Reason, regionOrder, route } from "./router.js";
+import { guardedBody } from "./stream.js";
 import { TableCache, TableError } from "./table.js";
 
 /** @typedef {import("./config.js").Env} Env */
@@ -81,10 +82,12 @@ function unroutable(d, model, regions) {
 /**
  * The gateway's response as the client gets it: its own route header renamed, the Worker's
  * added, the body passed on as a stream (each chunk reaches the client as the gateway sends
- * it).
+ * it; an event stream whole events at a time, and a cut one ends with an error event:
+ * stream.js).
  * @param {Response} response @param {string} route  the Worker's geogate-route
+ * @param {string} region  the region whose gateway answered
  */
-function relayed(response, route) {
+function relayed(response, route, region) {
   const headers = downstreamHeaders(response.headers);
   const regional = headers.get("geogate-route");
   headers.delete("geogate-route");
@@ -95,7 +98,9 @@ function relayed(response, route) {
   headers.delete(PREFERRED_REGION_HEADER);
   if (regional) headers.set("geogate-region-route", regional);
   headers.set("geogate-route", route);
-  return new Response(response.body, { status: response.status, headers });
+  const sse = (headers.get("content-type") ?? "").toLowerCase().startsWith("text/event-stream");
+  const body = guardedBody(response.body, sse, `region ${region}'s gateway`);
+  return new Response(body, { status: response.status, headers });
 }
 
 /**
@@ -150,7 +155,8 @@ async function serve(request, env, ctx, rid) {
   }
   const { response, index } = result;
   const colo = client.facts?.colo ?? null;
-  return relayed(response, routeHeader(decision, regions[index], index, state, colo));
+  const region = regions[index];
+  return relayed(response, routeHeader(decision, region, index, state, colo), region.id);
 }
 
 export default {

@@ -104,7 +104,9 @@ export async function blackhole() {
 /**
  * A regional gateway played on loopback: `answer(req)` says what to send for each request
  * (`{status, headers, body, delayMs}`; null: hold the request and never answer, as a hung
- * gateway), and every request is kept in `requests` with its headers, body and arrival time.
+ * gateway; `parts` instead of `body`: written one at a time, and with `cut` the connection is
+ * then destroyed, as a gateway that died mid-body), and every request is kept in `requests`
+ * with its headers, body and arrival time.
  */
 export async function fakeGateway(answer) {
   const requests = [];
@@ -122,9 +124,17 @@ export async function fakeGateway(answer) {
     const a = await answer(seen);
     if (a === null) return;
     if (a.delayMs) await new Promise((resolve) => setTimeout(resolve, a.delayMs));
-    const body = typeof a.body === "string" ? a.body : JSON.stringify(a.body ?? {});
     res.writeHead(a.status ?? 200, { "content-type": "application/json", ...a.headers });
-    res.end(body);
+    if (a.parts) {
+      for (const part of a.parts) {
+        res.write(part);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      if (a.cut) res.socket?.destroy();
+      else res.end();
+      return;
+    }
+    res.end(typeof a.body === "string" ? a.body : JSON.stringify(a.body ?? {}));
   });
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
