@@ -171,6 +171,36 @@ describe("the Worker in front of real regional gateways", { skip: SKIP }, () => 
     }
   });
 
+  test("a client that leaves mid-stream stops the backend's generation", async () => {
+    // The Worker relays the body through a stream of its own (src/stream.js): its cancel
+    // must reach the gateway's connection, or the backend generates for nobody.
+    const stats = async () => (await fetch(`${SPEC.regions["sa-east"].sim_url}/stats`)).json();
+    const before = await stats();
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: JSON.stringify({
+        model: SPEC.model,
+        stream: true,
+        max_tokens: 400, // 20 s at the backends' 20 tokens/s
+        messages: [{ role: "user", content: "hi" }],
+      }),
+      headers: { "content-type": "application/json", "cf-connecting-ip": IPS["São Paulo"] },
+      cf: CITIES["São Paulo"],
+    });
+    assert.equal(resp.status, 200);
+    const reader = resp.body.getReader();
+    for (let i = 0; i < 3; i++) await reader.read();
+    assert.equal((await stats()).active, before.active + 1);
+    await reader.cancel();
+    let now = await stats();
+    for (let i = 0; i < 50 && (now.active > before.active || now.cancelled === before.cancelled); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      now = await stats();
+    }
+    assert.equal(now.active, before.active, JSON.stringify(now));
+    assert.equal(now.cancelled, before.cancelled + 1, JSON.stringify(now));
+  });
+
   /** A Worker on a cold start whose table sources are all down: it routes on the fallback. */
   async function coldWorker(euUrl) {
     const regionOf = (id, url) => ({

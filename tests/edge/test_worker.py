@@ -114,6 +114,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 "url": f"http://127.0.0.1:{r.port}",
                 "ops_url": f"http://127.0.0.1:{r.ops_port}",
                 "sim_pid": sims[r.id].pid,  # its own process group (the e2e test kills one)
+                "sim_url": f"http://127.0.0.1:{r.sim_port}",  # its /stats
                 "latitude": known_region(r.id).latitude,
                 "longitude": known_region(r.id).longitude,
             }
