@@ -11,6 +11,7 @@ from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound, Unsu
 from backend.sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # /v1/completions without max_tokens (OpenAI, vLLM)
 # torch.Generator.manual_seed takes any 64-bit value, signed or unsigned; beyond, it raised
 # in the engine's submit, a 500.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
@@ -246,10 +247,20 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     if not isinstance(stream, bool):
         raise InvalidParameter("stream must be true or false", param="stream")
     opts = body.get("stream_options")
-    opts = {} if opts is None else opts
+    if opts is None:
+        return stream, False
     if not isinstance(opts, dict):
         raise InvalidParameter("stream_options must be an object", param="stream_options")
-    return stream, bool(opts.get("include_usage"))
+    if not stream:  # OpenAI's and vLLM's 400: options for a stream nobody asked for
+        raise InvalidParameter(
+            "stream_options is only allowed when stream is true", param="stream_options"
+        )
+    usage = opts.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):  # "false" was read as true
+        raise InvalidParameter(
+            "stream_options.include_usage must be true or false", param="stream_options"
+        )
+    return stream, usage is True
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -334,8 +345,12 @@ def tokenize(c: Checked, tok: Any, context_len: int) -> Parsed:
             "shorten the prompt",
             param=c.max_key,
         )
-    # None asked for: what the context window leaves, as vLLM answers (EOS ends it sooner).
-    params = replace(c.params, max_tokens=c.max_tokens or room)
+    # None asked for: a chat answer may fill what the context window leaves, as vLLM's (EOS
+    # ends it sooner); a legacy completion gets 16 tokens, OpenAI's documented default for
+    # /v1/completions and vLLM's (a client written for OpenAI that leaves it out held a batch
+    # slot to the end of the window).
+    default = room if c.chat else min(COMPLETION_DEFAULT_MAX_TOKENS, room)
+    params = replace(c.params, max_tokens=c.max_tokens or default)
     return Parsed(ids, params, c.stream, c.include_usage)
 
 

@@ -180,7 +180,7 @@ class BackendServer:
         except Exception:  # a bug (tokenizer, template): still an OpenAI-shaped answer
             log.exception("unexpected error preparing a request")
             return _error(BackendError("internal error in the model server; see its log"))
-        shape = Shape(self.m.name, chat)
+        shape = Shape(self.m.name, chat, p.stream and p.include_usage)
         try:
             if p.stream:
                 return await self._stream(request, q, shape, p.include_usage)

@@ -24,9 +24,12 @@ SSE_DONE = b"data: [DONE]\n\n"
 class Shape:
     """Builds OpenAI response objects for one request."""
 
-    def __init__(self, model: str, chat: bool) -> None:
+    def __init__(self, model: str, chat: bool, include_usage: bool = False) -> None:
+        """``include_usage``: a stream whose last chunk carries the usage; every other chunk
+        then has ``"usage": null``, as OpenAI's (its stream_options says so)."""
         self.model = model
         self.chat = chat
+        self.usage_key: dict[str, Any] = {"usage": None} if include_usage else {}
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.object = "chat.completion.chunk" if chat else "text_completion"
@@ -49,7 +52,7 @@ class Shape:
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
-        return {**self._base(self.object), "choices": [choice]}
+        return {**self._base(self.object), "choices": [choice], **self.usage_key}
 
     def usage_chunk(self, usage: dict[str, int]) -> dict[str, Any]:
         return {**self._base(self.object), "choices": [], "usage": usage}

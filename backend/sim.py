@@ -332,7 +332,9 @@ class SimBackend:
                 "x-sim-region": self.cfg.region,
             }
         )
-        shape = Shape(model, chat)
+        opts = req.get("stream_options") or {}
+        usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        shape = Shape(model, chat, usage)
 
         def event(doc: dict[str, Any]) -> bytes:
             stamp = f": t={time.time():.6f}\n".encode() if self.cfg.stamp else b""
@@ -362,8 +364,7 @@ class SimBackend:
                 await resp.write(head + event(shape.chunk(self._token(i), None)))
             head = b"" if role is None else event(role)
             await resp.write(head + event(shape.chunk(None, "length")))
-            opts = req.get("stream_options") or {}
-            if isinstance(opts, dict) and opts.get("include_usage"):
+            if usage:
                 await resp.write(sse(shape.usage_chunk(self._usage(req, n))))
             await resp.write(SSE_DONE)
             await resp.write_eof()

@@ -73,6 +73,35 @@ def test_invalid(tok: Any, kw: dict[str, Any], param: str) -> None:
     assert e.value.param == param
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"stream_options": {"include_usage": True}},  # OpenAI: only with stream true
+        {"stream": False, "stream_options": {}},
+        {"stream": True, "stream_options": {"include_usage": "false"}},  # read as true
+        {"stream": True, "stream_options": {"include_usage": 1}},
+    ],
+)
+def test_stream_options_must_go_with_a_stream_and_say_true_or_false(
+    tok: Any, kw: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidParameter) as e:
+        parse(body(**kw), tok, "m", 512, chat=True)
+    assert e.value.param == "stream_options"
+    on = parse(body(stream=True, stream_options={"include_usage": None}), tok, "m", 512, True)
+    assert on.stream and not on.include_usage
+
+
+def test_a_legacy_completion_without_max_tokens_gets_sixteen(tok: Any) -> None:
+    # OpenAI's documented default for /v1/completions, and vLLM's: it ran to the end of the
+    # context window (510 tokens on the tiny model) as a chat answer may.
+    prompt = {"model": "m", "prompt": "abc"}
+    assert parse(prompt, tok, "m", 512, chat=False).params.max_tokens == 16
+    assert parse({**prompt, "max_tokens": 40}, tok, "m", 512, chat=False).params.max_tokens == 40
+    small = parse(prompt, tok, "m", 8, chat=False)  # less room than 16: the room, no error
+    assert small.params.max_tokens == 8 - len(small.prompt_ids) < 16
+
+
 def test_model_and_context(tok: Any) -> None:
     with pytest.raises(ModelNotFound):
         parse(body(), tok, "other", 512, chat=True)
@@ -89,6 +118,12 @@ def test_shapes() -> None:
     }
     assert s.chunk("hi", None)["choices"][0]["delta"] == {"content": "hi"}
     assert s.usage_chunk({"prompt_tokens": 1})["choices"] == []
+    assert "usage" not in s.chunk("hi", None)
+    # With include_usage every chunk but the last says "usage": null (OpenAI's stream_options).
+    counted = Shape("m", chat=True, include_usage=True)
+    assert counted.chunk("hi", None)["usage"] is None
+    assert counted.chunk(None, "stop")["usage"] is None
+    assert counted.usage_chunk({"prompt_tokens": 1})["usage"] == {"prompt_tokens": 1}
     whole = Shape("m", chat=False).whole("t", "length", {})
     assert whole["object"] == "text_completion" and whole["choices"][0]["text"] == "t"
 
