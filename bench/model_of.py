@@ -10,7 +10,7 @@
   - bounded scan: a regex over the first 4 KB. Not correct (a "model" key nested in a message,
     a duplicate key, an escaped key, or a body that puts model after 4 KB of messages as the
     OpenAI SDKs do), measured as the floor of what skipping the parse could save;
-  - gateway.http.intake.model_of: the function of this tree, errors and all.
+  - gateway.http.body_model.model_of: the function of this tree, errors and all.
 
 Bodies are OpenAI chat requests in the SDKs' key order (messages, then model, then stream),
 of 90 B, 4 KB, 64 KB and 1 MB, ASCII, plus 4 KB with non-ASCII text (the UTF-8 check then
@@ -43,7 +43,7 @@ except ImportError:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.http.intake import model_of  # noqa: E402
+from gateway.http.body_model import model_of  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SCAN_BYTES = 4096

@@ -63,7 +63,7 @@ def create_app(
     app = GatewayApp(
         gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below
         routes=[
-            *Endpoints(rt).routes(),
+            *Endpoints(rt).routes(proxy.recorded),
             # Every method: the proxy answers a wrong one itself, in JSON (gateway.http.paths).
             Route("/v1/{path:path}", gate),
         ],

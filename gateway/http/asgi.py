@@ -10,8 +10,12 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
+# Where the proxy's ``recorded`` keeps a request's id in its scope, for the endpoint it wraps
+# to answer with the access line's (gateway.http.intake).
+REQUEST_ID_KEY = "geogate.request_id"
 # An ASGI extension of the gateway's own HTTP/1.1 protocol (gateway.h1), in
 # scope["extensions"]: ``hook(callback)`` has ``callback()`` called once if the client's
 # connection is lost (at once if it already is), ``hook(None)`` cancels it. What the proxy

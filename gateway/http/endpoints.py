@@ -4,12 +4,12 @@ the routing table and the explain view of one routing decision."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
@@ -19,7 +19,7 @@ from gateway.errors import (
     RequestInvalid,
     UnknownEndpoint,
 )
-from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.http.exchange import logged_text
 from gateway.http.headers import request_id
@@ -39,14 +39,21 @@ class Endpoints:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 
-    def routes(self) -> list[Route]:
-        """The public listener's: liveness, readiness, published load, the model list."""
+    def routes(self, recorded: Callable[[ASGIApp], ASGIApp]) -> list[Route]:
+        """The public listener's: liveness, readiness, published load, the model list.
+        ``recorded``: the proxy's (``Proxy.recorded``), which gives the model list and cards,
+        API answers, their access lines and request metrics; it must return no function, which
+        Starlette would take for a request handler. Another method than GET or HEAD finds the
+        proxy's route, which answers it (405) as for any /v1 path."""
+        api = ["GET", "HEAD"]
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route(LOAD_PATH, self.load),
-            Route("/v1/models", self.models),
-            Route("/v1/models/{model:path}", self.model_one),
+            Route("/v1/models", recorded(request_response(self.models)), methods=api),
+            Route(
+                "/v1/models/{model:path}", recorded(request_response(self.model_one)), methods=api
+            ),
         ]
 
     def ops_routes(self) -> list[Route]:
@@ -286,7 +293,8 @@ def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:
 def _request_id(request: Request) -> dict[str, str]:
     """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
     ``_request_id``)."""
-    return {"x-request-id": request_id(request.headers.get("x-request-id"))}
+    rid = request.scope.get(REQUEST_ID_KEY)  # the access line's (Proxy.recorded)
+    return {"x-request-id": rid or request_id(request.headers.get("x-request-id"))}
 
 
 def unknown_public(path: str) -> UnknownEndpoint:

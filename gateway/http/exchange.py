@@ -60,6 +60,12 @@ class Exchange:
         chosen = self.routed.decision.chosen if self.routed else None
         return chosen.upstream.region if chosen else "-"
 
+    def _chosen_region(self) -> str | None:
+        """The access line's region where no upstream answered: the one chosen (``region``'s
+        metrics label), None before routing or when none was chosen."""
+        region = self.region
+        return None if region == "-" else region
+
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started
 
@@ -111,7 +117,8 @@ class Exchange:
                 "model": model
                 if len(model := self.model) <= LOGGED_TEXT_MAX
                 else logged_text(model),
-                "region": self.served_region,
+                # Where none answered, the chosen one, as the metrics label it.
+                "region": self.served_region or self._chosen_region(),
                 "upstream": self.tried or self.upstream,
                 "attempts": self.attempts,
                 "ttfb_ms": _ms(self.first_byte_s),
@@ -152,7 +159,7 @@ class Exchange:
                 model if len(model := self.model) <= LOGGED_TEXT_MAX else logged_text(model)
             )
             or None,
-            "geogate.region": self.served_region,
+            "geogate.region": self.served_region or self._chosen_region(),
             "geogate.upstream": self.tried or (None if self.upstream == "-" else self.upstream),
             "geogate.attempts": self.attempts,
             "geogate.ttfb_ms": _ms(self.first_byte_s),

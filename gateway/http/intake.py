@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import msgspec
 
 from gateway.config import Config
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
@@ -23,16 +19,19 @@ from gateway.errors import (
     HeadersTooLarge,
     ModelNotFound,
     NoHealthyUpstream,
-    RequestInvalid,
 )
 from gateway.http.asgi import (
     BODY,
+    REQUEST_ID_KEY,
+    ASGIApp,
+    Message,
     Receive,
     Scope,
     Send,
     WholeBody,
     header,
 )
+from gateway.http.body_model import model_of
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange, logged_text
@@ -45,79 +44,6 @@ from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
 from geodb.clientip import client_ip
 from geodb.edge import HEADER as EDGE_HEADER
-
-
-class _ModelAndStream(msgspec.Struct):
-    """The two fields the gateway reads; msgspec skips the rest (checking its grammar) instead
-    of building it into Python objects: 5-30x cheaper than json.loads from 90 B to 1 MB
-    (bench/results/model_of.md)."""
-
-    model: Any = None
-    stream: Any = None
-
-
-_FIELDS = msgspec.json.Decoder(_ModelAndStream)
-
-
-def model_of(body: bytes) -> tuple[str, bool]:
-    """The model the body names, and whether it asks for a stream. Only ``"stream": true``
-    is a stream: a backend that took anything else as one is rarer than a long generation
-    cut off by the shorter streaming timeout.
-
-    The answer is json.loads' on every body (tests/gateway/http/test_intake.py holds the two
-    side by side): msgspec reads the body when it can; whatever it refuses (invalid JSON, and
-    the valid-for-json.loads rest: NaN, a BOM, UTF-16, surrogate escapes) goes to json.loads,
-    which gives the answer or the error message. msgspec does not check the UTF-8 of what it
-    skips, so a body that is not ASCII is decoded first (json.loads does the same)."""
-    try:
-        if not body.isascii():  # a C loop, word at a time: most request bodies are ASCII
-            body.decode("utf-8")
-        fields = _FIELDS.decode(body)
-    except (ValueError, RecursionError):  # msgspec.DecodeError and UnicodeDecodeError too
-        doc = _parse_whole(body)
-        model, stream = doc.get("model"), doc.get("stream")
-    else:
-        model, stream = fields.model, fields.stream
-    if not isinstance(model, str) or not model:
-        raise RequestInvalid(
-            'request body has no "model" field (a non-empty string); name the model to use — '
-            "GET /v1/models lists them",
-            param="model",
-        )
-    return model, stream is True
-
-
-def _parse_whole(body: bytes) -> dict[str, Any]:
-    """The body as json.loads reads it, or the one-line error that says what is wrong."""
-    try:
-        doc: Any = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise RequestInvalid(
-            f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
-            f'{exc.colno}); send a JSON object such as {{"model": "...", "messages": [...]}}'
-        ) from None
-    except UnicodeDecodeError:
-        raise RequestInvalid("request body is not UTF-8 text; send JSON encoded as UTF-8") from None
-    except RecursionError:  # json.loads recurses once per level: 100,000 "[" exhaust the stack
-        raise RequestInvalid(
-            "request body is nested too deeply to read; send a JSON object such as "
-            '{"model": "...", "messages": [...]}'
-        ) from None
-    except ValueError:  # an integer of over 4,300 digits (sys.int_info.default_max_str_digits)
-        raise RequestInvalid(
-            "request body is not valid JSON (a number of over 4300 digits); send shorter numbers"
-        ) from None
-    if not isinstance(doc, dict):
-        raise RequestInvalid(
-            f"request body must be a JSON object, not {_json_kind(doc)}; send one such as "
-            '{"model": "...", "messages": [...]}'
-        )
-    return doc
-
-
-def _json_kind(doc: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
-    return kinds.get(type(doc), "a number")
 
 
 def _too_large(size: int | None, limit: int) -> BodyTooLarge:
@@ -378,6 +304,12 @@ class Proxy:
         finally:
             self._record(ex, self.rt.config)
 
+    def recorded(self, app: ASGIApp) -> Recorded:
+        """``app`` (the gateway's own /v1 answers: the model list and cards) with the access
+        line and the request metrics every answer gets: a client polling
+        ``models.retrieve`` through an outage got 503s no operator could see."""
+        return Recorded(self, app)
+
     def _record(self, ex: Exchange, config: Config) -> None:
         m = self.rt.metrics
         region = ex.region
@@ -398,3 +330,29 @@ class Proxy:
                 ip = client_ip(peer[0] if peer else None, xff, self.rt.trusted)
                 ex.client = str(ip) if ip is not None else None
             ex.log(config.log.format)
+
+
+class Recorded:
+    """An ASGI app with the proxy's access line and request metrics (``Proxy.recorded``); its
+    request id is the line's (``scope[REQUEST_ID_KEY]``). A class, not a closure: Starlette
+    takes a function route's endpoint for a request handler."""
+
+    def __init__(self, proxy: Proxy, app: ASGIApp) -> None:
+        self.proxy, self.app = proxy, app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        heads = read_heads(scope["headers"])
+        rid = request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0])
+        ex = Exchange(rid, scope, time.perf_counter())
+        scope[REQUEST_ID_KEY] = rid
+        tracked = ex.tracking(send)
+
+        async def sent(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = message["status"]
+            await tracked(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            self.proxy._record(ex, self.proxy.rt.config)

@@ -157,7 +157,12 @@ class _Attempts:
                     break
                 rt.metrics.retries.inc()
             ex.attempts, ex.index = made, i
-            status = await self._attempt(cand, i)
+            try:
+                status = await self._attempt(cand, i)
+            except asyncio.CancelledError:  # the client left, or the drain's cut, while it
+                if ex.upstream == "-":  # worked on the answer: the access line names it
+                    ex.tried = cand.upstream.id
+                raise
             if status is not None:  # ex.upstream is the answer's (_attempt)
                 return status
             if self.held is not None:

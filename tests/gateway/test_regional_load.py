@@ -126,6 +126,7 @@ async def test_load_for_one_model_is_over_that_models_upstreams_only() -> None:
 
     from gateway.config import Config
     from gateway.http.endpoints import Endpoints
+    from gateway.http.intake import Proxy
     from gateway.routing.load import LoadReading
     from gateway.runtime import build_runtime
 
@@ -145,7 +146,7 @@ async def test_load_for_one_model_is_over_that_models_upstreams_only() -> None:
         {"s": LoadReading(queue_depth=0.0, ttft_ms=40.0), "b": LoadReading(ttft_ms=4000.0)},
         time.monotonic(),
     )
-    app = Starlette(routes=Endpoints(rt).routes())
+    app = Starlette(routes=Endpoints(rt).routes(Proxy(rt).recorded))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
 
         async def ttft(query: str) -> float | None:

@@ -316,11 +316,30 @@ def test_upstream_timeout_is_504(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     body = {"model": "slow", "prompt": "hi", "stream": True}
     r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=10)
     assert_openai_error(r, 504, "upstream_timeout", "timeouts.first_byte_s")
-    # The access line names the upstream that timed out, though none served the request.
+    # The access line names the upstream that timed out, though none served the request, and
+    # its region, as the metrics label the failure (it said null).
     doc = access_line(gw, r.headers["x-request-id"])
-    assert (doc["status"], doc["upstream"], doc["region"]) == (504, "slow", None), doc
+    assert (doc["status"], doc["upstream"], doc["region"]) == (504, "slow", "eu-central"), doc
     route = r.headers["geogate-route"]
     assert route == "outcome=failed; region=eu-central; upstream=slow; attempts=1", route
+
+
+def test_a_client_gone_before_the_answer_names_the_upstream_at_work(
+    fleet: tuple[Gateway, dict[str, Sim]],
+) -> None:
+    # A non-streaming request waits for the whole answer: its client left while "slow" was
+    # still working on it. The line said upstream "-" and region null, the metrics eu-central.
+    gw, _ = fleet
+    rid = "left-while-slow-works"
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{gw.url}/v1/completions",
+            json={"model": "slow", "prompt": "hi"},
+            headers={"x-request-id": rid},
+            timeout=0.5,
+        )
+    doc = access_line(gw, rid)  # waits for the line
+    assert (doc["status"], doc["upstream"], doc["region"]) == (499, "slow", "eu-central"), doc
 
 
 def test_the_sdk_does_not_run_again_what_the_gateway_would_not(
@@ -378,6 +397,29 @@ def test_models_lists_healthy_union(fleet: tuple[Gateway, dict[str, Sim]]) -> No
     down = httpx.get(f"{gw.url}/v1/models/gone")
     assert_openai_error(down, 503, "no_healthy_upstream", "no healthy, undrained upstream")
     assert down.headers["retry-after"] == "5" and "x-request-id" in down.headers
+
+
+def test_the_model_list_and_cards_get_access_lines(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
+    # They had none, and no count: a client polling models.retrieve through an outage got
+    # 503s no operator could see.
+    gw, _ = fleet
+    for path, rid, status in [
+        ("/v1/models", "list-1", 200),
+        ("/v1/models/m", "card-1", 200),
+        ("/v1/models/nope", "card-2", 404),
+        ("/v1/models/gone", "card-3", 503),
+    ]:
+        r = httpx.get(f"{gw.url}{path}", headers={"x-request-id": rid})
+        assert r.status_code == status, r.text
+        doc = access_line(gw, rid)
+        assert (doc["path"], doc["status"]) == (path, status), doc
+        assert doc["bytes"] == len(r.content) and doc["client"] == "127.0.0.1", doc
+    # A request id the client did not send (or sent invalid): the answer's is the line's.
+    r = httpx.get(f"{gw.url}/v1/models", headers={"x-request-id": "not valid!"})
+    assert access_line(gw, r.headers["x-request-id"])["path"] == "/v1/models"
+    # Another method finds the proxy, as before: its 405, logged.
+    r = httpx.post(f"{gw.url}/v1/models", headers={"x-request-id": "post-1"})
+    assert r.status_code == 405 and access_line(gw, "post-1")["status"] == 405
 
 
 def test_unknown_paths_get_openai_errors(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
@@ -477,6 +519,7 @@ async def test_readyz_and_models_tell_drained_from_down() -> None:
 
     from gateway.config import Config
     from gateway.http.endpoints import Endpoints
+    from gateway.http.intake import Proxy
     from gateway.runtime import build_runtime
 
     ups = [{"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]}]
@@ -489,7 +532,7 @@ async def test_readyz_and_models_tell_drained_from_down() -> None:
             }
         )
     )
-    app = Starlette(routes=Endpoints(rt).routes())
+    app = Starlette(routes=Endpoints(rt).routes(Proxy(rt).recorded))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
         assert (await c.get("/readyz")).text == "ready: 1 healthy upstream(s)"
         await rt.store.update_upstream("a", {"drained": True}, "test")
