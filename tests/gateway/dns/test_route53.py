@@ -188,9 +188,12 @@ def test_a_country_without_ipv6_inside_a_continent_with_it() -> None:
     assert "AF" not in geo_records(doc, "AAAA")
     assert answer(doc, "AAAA", "NG", "AF") == [EU, US]  # Lagos: an exception already
     assert answer(doc, "AAAA", "KE", "AF") == [EU, US]  # Nairobi: Africa's order, its own record
-    # The limit: Senegal, which geodb does not list, gets no record of its own, and neither
-    # Africa nor the default may answer it: no AAAA (its IPv4 answer is Africa's order's).
-    assert answer(doc, "AAAA", "SN", "AF") is None and answer(doc, "A", "SN", "AF") == [EU, AP, US]
+    assert answer(doc, "A", "SN", "AF") == [EU, US, AP]  # Dakar: nearer New York than Singapore
+    assert answer(doc, "AAAA", "SN", "AF") == [EU, US]
+    # The limit: a country geodb does not list ("XX"; of GeoIP's codes only XK, in Europe) gets
+    # no record of its own, and neither Africa nor the default may answer it: no AAAA (its IPv4
+    # answer is Africa's order's).
+    assert answer(doc, "AAAA", "XX", "AF") is None and answer(doc, "A", "XX", "AF") == [EU, AP, US]
 
 
 def test_a_country_geodb_cannot_place_gets_one_record_when_its_continent_does_not_matter() -> None:

@@ -30,7 +30,6 @@ from gateway.plan.search import (
     search,
     select,
 )
-from geodb.countries import data_rows
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "plan.toml"
 
@@ -174,9 +173,17 @@ def test_a_round_ranks_growths_as_the_beam_ranks_placements() -> None:
     assert left_out > 0
 
 
+# The reviewer's forty countries: the first 40 rows of geodb's country table when it listed
+# 78 (it lists every ISO code now, and its first 40 rows are another case).
+FORTY_COUNTRIES = ["AE", "AR", "AT", "AU", "BD", "BE", "BG", "BR", "BT", "BY",
+                   "CA", "CH", "CL", "CN", "CO", "CR", "CY", "CZ", "DE", "DK",
+                   "DZ", "EC", "EE", "EG", "ES", "FI", "FR", "GB", "GH", "GR",
+                   "HK", "HR", "HU", "ID", "IE", "IL", "IN", "IQ", "IR", "IS"]  # fmt: skip
+
+
 def _forty_rows() -> dict[str, Any]:
     doc = hundred()
-    codes = [r["country"] for r in data_rows("countries.csv")][:40]
+    codes = FORTY_COUNTRIES
     doc["demand"] = [{"country": c, "requests_per_day": 1000 + i} for i, c in enumerate(codes)]
     return doc
 
