@@ -118,6 +118,14 @@ def region_url(url: str) -> str:
     return url
 
 
+def loopback_host(host: str) -> bool:
+    """A host on this machine alone: a loopback address, or "localhost"."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def listen_host(host: str) -> str:
     # The servers bind every interface for an empty host, and an empty variable
     # (GEOGATE_SERVER__HOST= in a compose file) is easily set by mistake: said, not silent.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -299,6 +300,24 @@ class Config(StrictModel):
                 f'server.workers = {self.server.workers} with server.engine = "hypercorn": '
                 'hypercorn runs one worker here; use engine = "uvicorn" or "granian" for more'
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_upstream_is_this_gateway(self) -> Config:
+        # A typo of a port (the backend's 8000 written as the gateway's 8080) made one request
+        # into thousands: the gateway forwarded to itself until its stream limit (per request,
+        # geogate-hops stops any loop after MAX_HOPS gateways: gateway.http.intake).
+        s = self.server
+        for i, u in enumerate(self.upstreams):
+            parts = urlsplit(u.url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            host = (parts.hostname or "").rstrip(".")
+            if port == s.port and (host == s.host or checks.loopback_host(host)):
+                raise ValueError(
+                    f"upstreams[{i}] ({u.id}): url {u.url} is this gateway's own listener "
+                    f"(server.port {s.port}): a request would be forwarded to itself; name the "
+                    "backend's port"
+                )
         return self
 
     @model_validator(mode="after")

@@ -38,6 +38,12 @@ SRV_ZERO_WEIGHT_SHARE = 1 / MAX_WEIGHT  # an SRV record of weight 0 beside weigh
 MAX_BIAS_MS = 10_000.0  # |bias_ms|: 10 s outweighs any RTT plus time to first token, so every
 # ordering is expressible; more is a typo
 
+# A request that came through this many gateways (geogate-hops) is refused, 508: an upstream
+# that leads back to a gateway (its own port by a typo, two gateways listing each other) made
+# one request into thousands until the worker's stream limit. Real chains are short: the edge
+# Worker or an edge gateway, a regional gateway, the backend.
+MAX_HOPS = 8
+
 # --- capacity and drain (one worker) ----------------------------------------------------------
 MAX_STREAMS = 10_000  # /v1 requests in flight per worker: an LLM gateway holds long SSE
 # streams, and one uvloop worker holds 10,000 (bench/streams.py); beyond, a fast 503, no queue

@@ -8,6 +8,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      ├── OpsUnauthorized              missing or wrong ops.token on the ops listener
      ├── OpsHostRefused               a tokenless loopback ops listener asked for by a name
      ├── AuthThrottled                too many wrong tokens from one address: wait and retry
+     ├── LoopDetected                 a request came through MAX_HOPS gateways: a loop
      ├── GatewayOverloaded            this worker holds server.max_streams requests: retry soon
      ├── GatewayShuttingDown          cut by the drain's deadline (server.drain_timeout_s): retry
      ├── RequestInvalid               the client's request cannot be served as sent
@@ -70,6 +71,10 @@ class OpsHostRefused(GatewayError):
 
 
 class AuthThrottled(GatewayError):
+    pass
+
+
+class LoopDetected(GatewayError):
     pass
 
 

@@ -36,7 +36,7 @@ from gateway.errors import CannotListen, ConfigError, GatewayError
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
-from gateway.http.ops import loopback, shared
+from gateway.http.ops import shared
 from gateway.http.worker_metrics import ENV_WORKER, forget
 from gateway.runtime import log
 
@@ -317,7 +317,7 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )
-    if not ops.token and not loopback(ops.host):
+    if not ops.token and not checks.loopback_host(ops.host):
         log.warning(
             "ops listener on %s without ops.token: anyone who reaches it reads upstream ids, "
             "errors and GeoIP lookups; set ops.token or keep ops.host on loopback",

@@ -22,6 +22,9 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     # RFC 9110 15.5.20: the server is unwilling to answer for that authority.
     e.OpsHostRefused: (421, "invalid_request_error", "ops_host_not_allowed"),
     e.AuthThrottled: (429, "rate_limit_error", "too_many_auth_failures"),
+    # RFC 5842: an upstream that leads back here (a gateway listing itself, or two listing
+    # each other) would multiply one request until the worker's stream limit.
+    e.LoopDetected: (508, "server_error", "loop_detected"),
     e.GatewayOverloaded: (503, "service_unavailable", "gateway_at_capacity"),
     e.GatewayShuttingDown: (503, "service_unavailable", "gateway_shutting_down"),
     e.RequestInvalid: (400, "invalid_request_error", "invalid_request"),
@@ -72,6 +75,8 @@ def error_headers(err: e.GatewayError) -> dict[str, str]:
         out["Allow"] = ", ".join(err.allow)  # RFC 9110 §15.5.6: a 405 must say what is allowed
     if isinstance(err, e.UnsupportedEncoding):
         out["Accept-Encoding"] = ", ".join(err.accepted)  # RFC 7694: what a 415 would take
+    if isinstance(err, e.LoopDetected):
+        out["x-should-retry"] = "false"  # a config's loop: the same again would loop again
     if isinstance(err, e.UpstreamTimeout):
         # The OpenAI SDKs retry a 5xx twice unless told not to: a 504 the gateway chose not to
         # fail over (the work may still run where it timed out) was run three times. The

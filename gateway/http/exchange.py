@@ -22,6 +22,7 @@ class Exchange:
     body: bytes = b""
     model: str = ""
     stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
+    hops: int = 0  # the gateways it came through before this one (geogate-hops)
     routed: Routed | None = None  # client, location, decision
     attempts: int = 0  # upstream attempts made
     # The decision's candidate tried last (its order's index): after one drained since the

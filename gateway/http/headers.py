@@ -26,8 +26,10 @@ _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"
 # The edge's signed client location (geodb.edge) is for this gateway: what a backend needs of
 # it is in X-Real-IP, and a backend that kept it could replay it here within its time window.
 _REQUEST_DROP |= {EDGE_HEADER.encode()}
-# Set here, always: the request id (ours or the client's, checked) and X-Real-IP.
-_REQUEST_DROP |= {b"x-request-id", b"x-real-ip"}
+# Set here, always: the request id (ours or the client's, checked), X-Real-IP and the hop
+# count (HOPS_HEADER).
+HOPS_HEADER = b"geogate-hops"
+_REQUEST_DROP |= {b"x-request-id", b"x-real-ip", HOPS_HEADER}
 # Claims about the client or the request at the edge. Only a trusted proxy's are passed on;
 # anyone else's are the client speaking about itself, and a backend (or its logs, or a rate
 # limiter) that believed them would believe a forgery vouched for by the gateway. The less
@@ -114,9 +116,11 @@ def upstream_request_headers(
     peer_trusted: bool,
     scheme: str,
     rid: str,
+    hops: int = 0,
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request. ``peer`` is the socket peer, ``client`` the client
-    resolved from it (the trusted-proxy walk of X-Forwarded-For).
+    resolved from it (the trusted-proxy walk of X-Forwarded-For); ``hops``: the gateways the
+    request came through before this one (its ``geogate-hops``), one more is sent on.
 
     X-Forwarded-For from a trusted proxy is extended with the peer, the hop we received it
     from (as every proxy does: the balancer's own address stays in the chain); from anyone
@@ -157,7 +161,16 @@ def upstream_request_headers(
         out.append((b"X-Real-IP", client.encode()))
     out.append((b"X-Forwarded-Proto", proto or scheme.encode()))
     out.append((b"X-Request-Id", rid.encode()))
+    out.append((HOPS_HEADER, b"%d" % (hops + 1)))
     return out
+
+
+def hops_of(value: str | None) -> int:
+    """The gateways a request came through (its ``geogate-hops``); 0 without one, or with a
+    value that is no small count (a client's own header: it can only shorten its own way)."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 3:
+        return 0
+    return int(value)
 
 
 def client_response_headers(

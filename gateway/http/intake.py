@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from gateway.config import Config
-from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
+from gateway.defaults import MAX_HOPS, NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     BodyTimeout,
     BodyTooLarge,
     GatewayError,
     GatewayShuttingDown,
     HeadersTooLarge,
+    LoopDetected,
     ModelNotFound,
     NoHealthyUpstream,
 )
@@ -36,7 +37,7 @@ from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange, logged_text
 from gateway.http.final_error import DRAIN_CUT
-from gateway.http.headers import ROUTE_HEADER, request_id
+from gateway.http.headers import HOPS_HEADER, ROUTE_HEADER, hops_of, request_id
 from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
@@ -113,7 +114,10 @@ _CONTENT_ENCODING = b"content-encoding"
 _FORWARDED_FOR = b"x-forwarded-for"
 _EDGE = EDGE_HEADER.encode()
 _HOST = b"host"
-_READ = frozenset({_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST})
+_HOPS = HOPS_HEADER
+_READ = frozenset(
+    {_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST, _HOPS}
+)
 Heads = dict[bytes, list[str]]
 
 
@@ -257,6 +261,14 @@ class Proxy:
         rt, scope = self.rt, ex.scope
         server = config.server
         check_headers(scope, server.max_header_bytes)
+        if _HOPS in heads:
+            ex.hops = hops_of(heads[_HOPS][0])
+            if ex.hops >= MAX_HOPS:
+                raise LoopDetected(
+                    f"this request came through {ex.hops} gateways (geogate-hops): an upstream "
+                    "leads back to a gateway it passed; check the upstreams' URLs in the "
+                    "config of the gateways it went through"
+                )
         raw_path = scope.get("raw_path") or scope["path"].encode()
         # Checked on the path as sent: it is what the upstream gets (see upstream.py).
         check_api_request(scope["method"], raw_path.decode("latin-1"), server.extra_api_paths)

@@ -35,6 +35,7 @@ from starlette.routing import Route
 from uvicorn.server import ServerState
 
 from gateway import defaults as d
+from gateway.checks import loopback_host
 from gateway.errors import OpsHostRefused, OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
@@ -75,14 +76,6 @@ class OpsAuth:
 
 def _own_login(path: str) -> bool:
     return path.startswith(("/admin/", "/dashboard/")) or path == "/dashboard"
-
-
-def loopback(host: str) -> bool:
-    """A listen host on this machine alone: a loopback address, or "localhost"."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class HostGuard:
@@ -165,7 +158,7 @@ def ops_app(
     if ops.token:
         return AuthThrottle(OpsAuth(app, ops.token))
     # Off loopback without a token the listener answers anyone who reaches it (start-up warns).
-    return AuthThrottle(HostGuard(app, ops.public_url) if loopback(ops.host) else app)
+    return AuthThrottle(HostGuard(app, ops.public_url) if loopback_host(ops.host) else app)
 
 
 class _OpsState(ServerState):

@@ -136,6 +136,7 @@ class _Attempts:
             peer_trusted=ex.routed.peer_trusted,
             scheme=scope.get("scheme", "http"),
             rid=ex.id,
+            hops=ex.hops,
         )
         target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):
@@ -159,9 +160,8 @@ class _Attempts:
             ex.attempts, ex.index = made, i
             try:
                 status = await self._attempt(cand, i)
-            except asyncio.CancelledError:  # the client left, or the drain's cut, while it
-                if ex.upstream == "-":  # worked on the answer: the access line names it
-                    ex.tried = cand.upstream.id
+            except asyncio.CancelledError:  # the client left, or the drain's cut: the access
+                ex.tried = cand.upstream.id if ex.upstream == "-" else None  # line names it
                 raise
             if status is not None:  # ex.upstream is the answer's (_attempt)
                 return status

@@ -35,6 +35,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+def test_an_upstream_on_the_gateways_port_elsewhere_is_no_loop(tmp_path: Path) -> None:
+    # Another host on the same port (a gateway-to-gateway leg), this host's other ports.
+    for url in ("http://eu.gw.example:8080", "http://127.0.0.1:8081", "https://127.0.0.1"):
+        text = GOOD.replace("http://127.0.0.1:9000", url)
+        assert load_config(write(tmp_path, text), env={}).upstreams[0].url == url
+
+
 def test_defaults_are_the_named_ones(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD), env={})
     assert cfg.timeouts.first_byte_s == defaults.FIRST_BYTE_TIMEOUT_S
@@ -243,6 +250,20 @@ def test_env_overrides(tmp_path: Path) -> None:
         (
             lambda t: "drained_regions = {us-east = []}\n" + t,
             "drained_regions: 'us-east' is not among regions (eu-central)",
+        ),
+        # A port's typo: the gateway forwarding to itself made one request into thousands.
+        (
+            lambda t: t.replace("127.0.0.1:9000", "127.0.0.1:8080"),
+            "upstreams[0] (eu-1): url http://127.0.0.1:8080 is this gateway's own listener "
+            "(server.port 8080)",
+        ),
+        (
+            lambda t: t.replace("127.0.0.1:9000", "localhost:9000") + "[server]\nport = 9000\n",
+            "upstreams[0] (eu-1): url http://localhost:9000 is this gateway's own listener",
+        ),
+        (
+            lambda t: t.replace("http://127.0.0.1:9000", "http://[::1]") + "[server]\nport = 80\n",
+            "is this gateway's own listener (server.port 80)",
         ),
         (
             lambda t: 'drained_regions = {eu-central = ["eu-2"]}\n' + t,

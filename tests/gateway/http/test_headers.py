@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from gateway.http.headers import client_response_headers, request_id, upstream_request_headers
+from gateway.http.headers import (
+    client_response_headers,
+    hops_of,
+    request_id,
+    upstream_request_headers,
+)
 
 
 def upstream_text(raw: list[tuple[bytes, bytes]], **kw: object) -> list[tuple[str, str]]:
@@ -33,6 +38,7 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
         "X-Real-IP": "1.1.1.1",
         "X-Forwarded-Proto": "https",
         "X-Request-Id": "r1",
+        "geogate-hops": "1",  # this gateway's pass (a loop's count: gateway.http.intake)
     }
     untrusted = dict(
         upstream_text(
@@ -69,6 +75,7 @@ def test_an_untrusted_clients_claims_about_itself_are_dropped() -> None:
         ("X-Real-IP", "9.9.9.9"),
         ("X-Forwarded-Proto", "http"),
         ("X-Request-Id", "r1"),
+        ("geogate-hops", "1"),
     ]
 
 
@@ -133,6 +140,7 @@ def test_fields_named_in_connection_are_dropped_wherever_they_stand() -> None:
         # Named in Connection or not, the forwarding headers are this gateway's own.
         ("X-Forwarded-Proto", "http"),
         ("X-Request-Id", "r1"),
+        ("geogate-hops", "1"),
     ]
 
 
@@ -162,3 +170,17 @@ def test_new_request_ids_are_uuid4_hex() -> None:
     for rid in made:
         u = uuid.UUID(rid)
         assert u.hex == rid and u.version == 4 and u.variant == uuid.RFC_4122
+
+
+def test_the_hop_count_is_ours_one_more_than_it_came_with() -> None:
+    # A client's or a gateway's geogate-hops never passes as sent: the count goes on, one up.
+    raw = [(b"geogate-hops", b"3"), (b"Geogate-Hops", b"0"), (b"x-kept", b"1")]
+    out = upstream_text(raw, peer="9.9.9.9", client=None, peer_trusted=True, scheme="http", rid="r")
+    assert [v for n, v in out if n.lower() == "geogate-hops"] == ["1"]  # hops not given: 0
+    out = upstream_text(
+        raw, peer="9.9.9.9", client=None, peer_trusted=False, scheme="http", rid="r", hops=3
+    )
+    assert [v for n, v in out if n.lower() == "geogate-hops"] == ["4"]
+    assert [hops_of(v) for v in (None, "", "2", "007", "1234", "-1", "²", " 3", "x")] == [
+        0, 0, 2, 7, 0, 0, 0, 0, 0,
+    ]  # fmt: skip

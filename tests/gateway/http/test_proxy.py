@@ -17,8 +17,9 @@ import openai
 import pytest
 import uvloop
 
-from gateway.cli.procs import free_port
+from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http
 from gateway.config_file import load_config
+from gateway.defaults import MAX_HOPS
 from gateway.http.app import create_app
 from gateway.http.asgi import Message
 from gateway.http.dispatch import GatewayApp
@@ -33,6 +34,7 @@ from tests.support import (
     read_to_eof,
     start_gateway,
     start_sim,
+    with_ops_port,
 )
 
 MAX_BODY = 64 * 1024
@@ -546,3 +548,39 @@ async def test_readyz_and_models_tell_drained_from_down() -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (503, "no_healthy_upstream")
         r = await c.get("/v1/models/other")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+
+
+def test_two_gateways_that_list_each_other_refuse_the_loop(tmp_path: Path) -> None:
+    # Each forwards to the other: one request became thousands, to the stream limit (a review
+    # counted 9,639 in 3 s). geogate-hops counts the passes; at MAX_HOPS the loop is a 508.
+    a_port, b_port = free_port(), free_port()
+    while b_port == a_port:
+        b_port = free_port()
+    procs = []
+    try:
+        for name, port, other in (("a", a_port, b_port), ("b", b_port, a_port)):
+            up = UpstreamSpec(f"to-{name}", "eu-central", f"http://127.0.0.1:{other}", ["m"])
+            cfg = tmp_path / f"{name}.toml"
+            cfg.write_text(with_ops_port(gateway_toml(port, [up]), 0))
+            procs.append(spawn(geogate_cmd("gateway", "--config", str(cfg)), tmp_path / name))
+        for port, proc in zip((a_port, b_port), procs, strict=True):
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(f"http://127.0.0.1:{a_port}/v1/chat/completions", json=body, timeout=20)
+        assert_openai_error(r, 508, "loop_detected", "came through 8 gateways")
+        assert r.headers["x-should-retry"] == "false"
+        # MAX_HOPS + 1 passes in all (hops 0 to 8), not one per stream the workers could hold.
+
+        def passes() -> int:
+            return sum(
+                '"path":"/v1/chat/completions"' in ln.replace(" ", "")
+                for name in "ab"
+                for ln in (tmp_path / name).read_text().splitlines()
+            )
+
+        eventually(lambda: passes() >= MAX_HOPS + 1, timeout=5, what="the passes' access lines")
+        time.sleep(0.5)  # a line more would be flushed by now (ACCESS_LOG_FLUSH_S)
+        assert passes() == MAX_HOPS + 1
+    finally:
+        for proc in procs:
+            stop(proc)
