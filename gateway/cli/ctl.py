@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ from gateway.cli.ctl_fleet import (
     RedisFleet,
 )
 from gateway.cli.errors import CLIError
+from gateway.errors import FleetConfigInvalid
+from gateway.fleet import config_doc
 
 
 def _from_env(args: argparse.Namespace) -> None:
@@ -164,7 +167,9 @@ async def _impact_first(
     by what the change leaves of a model's upstreams (``stranded``: every worker's clients,
     not only the answering worker's traffic), is refused without --yes, as that is an outage
     for them, not a move."""
-    impact = await fleet.impact(kind, target, changes)
+    impact = await fleet.impact(kind, target, changes) or await _by_document(
+        fleet, kind, target, changes
+    )
     if impact is None:
         return None
     text = str(impact["text"])
@@ -177,6 +182,28 @@ async def _impact_first(
             f"not applied: {text.rstrip('.')}; pass --yes to {_verb(args, target)} anyway"
         )
     return text
+
+
+async def _by_document(
+    fleet: Fleet, kind: str, target: str, changes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Where no gateway says (``--redis``, or one that could not answer): what the fleet's
+    document alone says the change strands, drains without health or traffic. None when it
+    strands nothing, or when the change is one the store will refuse with its own words."""
+    doc, _ = await fleet.config()
+    change = config_doc.change_region if kind == "region" else config_doc.change_upstream
+    try:
+        after, _, _ = change(copy.deepcopy(doc), target, changes)
+    except FleetConfigInvalid:
+        return None
+    lost = config_doc.stranded(doc, after)
+    if not lost:
+        return None
+    text = (
+        f"by the fleet's document (no gateway said), it leaves NO upstream for "
+        f"{'; '.join(lost)}: their requests get 503"
+    )
+    return {"text": text, "arriving": {}, "stranded": lost}
 
 
 def _verb(args: argparse.Namespace, target: str) -> str:

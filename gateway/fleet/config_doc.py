@@ -116,6 +116,33 @@ def change_upstream(
     return _with_drained_regions({**doc, "upstreams": new_ups}, drained_regions), before, after
 
 
+def stranded(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What a change from document ``before`` to ``after`` leaves with no undrained upstream:
+    each model some upstream takes now and none would, everywhere or within a residency
+    rule's regions. The document's view (drains alone, no health, no traffic), for where no
+    gateway answers the impact query: ``ctl --redis`` drained a model's last upstream without
+    a word (gateway.http.dashboard.impact.stranded says the same of live snapshots)."""
+
+    def takes(doc: dict[str, Any], model: str, regions: tuple[str, ...] | None = None) -> bool:
+        return any(
+            model in u.get("models", ())
+            and not u.get("drained")
+            and (regions is None or u.get("region") in regions)
+            for u in doc.get("upstreams", [])
+        )
+
+    out: list[str] = []
+    for model in sorted({m for u in before.get("upstreams", []) for m in u.get("models", ())}):
+        if takes(before, model) and not takes(after, model):
+            out.append(f"model {model}")
+            continue
+        for rule in before.get("residency", []):
+            regions = tuple(rule.get("regions", ()))
+            if takes(before, model, regions) and not takes(after, model, regions):
+                out.append(f"model {model} for clients under residency rule {_rule_name(rule)}")
+    return out
+
+
 def _drained_regions(doc: dict[str, Any]) -> dict[str, list[str]]:
     """A copy of ``doc``'s drained_regions, to change."""
     return {rid: list(own) for rid, own in doc.get(DRAINED_REGIONS, {}).items()}

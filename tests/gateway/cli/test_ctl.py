@@ -180,6 +180,32 @@ def test_an_upstream_drained_on_its_own_stays_drained_through_its_regions_undrai
         eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
 
 
+def test_straight_to_redis_a_drain_of_a_models_last_upstream_wants_yes(
+    fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through a gateway the impact query refuses it; straight to Redis nobody said a word,
+    and every request for the model got a 503. The fleet's document says it alone now."""
+    gw, redis = fleet
+    try:
+        rc, _, err = ctl(capsys, "--redis", redis.url, "drain", "eu-central", "--who", "bob")
+        assert rc == 0, err
+        rc, out, err = ctl(capsys, "--redis", redis.url, "drain", "b", "--who", "bob")
+        assert rc == 2 and not out and len(err.strip().splitlines()) == 1, (out, err)
+        assert (
+            "not applied: by the fleet's document (no gateway said), it leaves NO upstream "
+            "for model m: their requests get 503; pass --yes to drain b anyway"
+        ) in err, err
+        assert not upstream(gw, "b")["drained"]
+        rc, out, err = ctl(capsys, "--redis", redis.url, "drain", "b", "--who", "bob", "--yes")
+        assert rc == 0 and out.startswith("upstream b drained"), (out, err)
+        assert "leaves NO upstream for model m" in out  # what it did, said after
+        eventually(lambda: upstream(gw, "b")["drained"], timeout=5)
+    finally:  # the module's gateway serves the tests after this one
+        for target in ("eu-central", "b"):
+            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+        eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2", "b")))
+
+
 def test_a_region_drained_the_old_way_is_undrained_upstream_by_upstream(
     fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
 ) -> None:

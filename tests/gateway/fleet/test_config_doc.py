@@ -17,6 +17,7 @@ from gateway.fleet.config_doc import (
     change_upstream,
     file_differences,
     routing_doc,
+    stranded,
 )
 from tests.support import eu_config
 
@@ -283,3 +284,20 @@ def test_a_file_differs_from_the_fleet_in_ids_and_rules_not_in_operator_changes(
         "residency rules only in the file: SG->ap",
         "residency rules that differ: eu-only",
     ]
+
+
+def test_stranded_names_a_models_last_upstream_everywhere_and_under_a_residency_rule() -> None:
+    # The fleet's document alone (ctl --redis): drains, no health, no traffic.
+    def up(uid: str, region: str, drained: bool = False) -> dict[str, object]:
+        return {"id": uid, "region": region, "models": ["m"], "drained": drained}
+
+    before = {
+        "upstreams": [up("e1", "eu"), up("u1", "us")],
+        "residency": [{"name": "eu-only", "continents": ["EU"], "regions": ["eu"]}],
+    }
+    eu_gone = {**before, "upstreams": [up("e1", "eu", True), up("u1", "us")]}
+    assert stranded(before, eu_gone) == ["model m for clients under residency rule eu-only"]
+    both = {**before, "upstreams": [up("e1", "eu", True), up("u1", "us", True)]}
+    assert stranded(before, both) == ["model m"]
+    assert stranded(before, {**before, "upstreams": [up("e1", "eu"), up("u1", "us", True)]}) == []
+    assert stranded(both, both) == []  # nothing took it before: nothing is left by the change
