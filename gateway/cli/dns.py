@@ -77,6 +77,13 @@ def export(args: argparse.Namespace) -> None:
             f"{'are' if len(powerdns_only) > 1 else 'is'} for --format powerdns; Route 53 "
             "times its own health checks and names the zone's name servers itself"
         )
+    if args.format == "route53" and args.check_interval > max(route53.INTERVALS):
+        # Route 53 checks every 10 or 30 s: a longer interval was quietly made 30.
+        raise CLIError(
+            f"dns export: --check-interval {args.check_interval}: Route 53 checks every "
+            f"{' or '.join(map(str, route53.INTERVALS))} s; give one of those (a shorter "
+            "interval is taken up to the next)"
+        )
     if args.alias_regions and args.format != "route53":
         raise CLIError(
             f"dns export: --alias-regions is for --format route53 (an alias to a load "

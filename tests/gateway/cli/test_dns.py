@@ -54,8 +54,13 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
             "geogate: dns export: ttl 99999999999 must be at most 2147483647 s",
         ),
         (
-            ["--format", "route53", "--check-interval", "5000"],
+            ["--format", "powerdns", "--check-interval", "5000"],
             "geogate: dns export: check interval 5000 must be at most 3600 s",
+        ),
+        (  # Route 53 checks every 10 or 30 s: 31 to 3600 were quietly made 30
+            ["--format", "route53", "--check-interval", "31"],
+            "geogate: dns export: --check-interval 31: Route 53 checks every 10 or 30 s; give "
+            "one of those (a shorter interval is taken up to the next)",
         ),
         (
             ["--format", "powerdns", "--name", "api.example.org."],
