@@ -12,6 +12,7 @@ that went back: a restart) is shown as "?", never as a wrong number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -275,13 +276,22 @@ async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None
         console.print(frame(fleet.url, table, samples[0], sample))
         return
     problem = ""
-    # Ctrl-C ends it (exit status 130); Live puts the cursor back on the way out.
-    with Live(console=console, auto_refresh=False, screen=False) as live:
+    # Ctrl-C ends it (exit status 130); Live puts the cursor back on the way out. Piped or
+    # redirected, a frame per interval is appended instead: Live draws only on a terminal, and
+    # `ctl top > file` wrote nothing until it was stopped.
+    piped = not console.is_terminal
+    live = Live(console=console, auto_refresh=False, screen=False)
+    with contextlib.nullcontext() if piped else live:
         while True:
             while sample.t - samples[0].t > WINDOW_S:
                 samples.popleft()
             old = samples[0] if samples[0] is not sample else None
-            live.update(frame(fleet.url, table, old, sample, problem), refresh=True)
+            shown = frame(fleet.url, table, old, sample, problem)
+            if piped:
+                console.print(shown)
+                console.file.flush()
+            else:
+                live.update(shown, refresh=True)
             await asyncio.sleep(interval_s)
             try:
                 table, sample = await _scrape(fleet)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -264,6 +265,26 @@ def test_top_once_shows_every_region_and_upstream(
     assert "time to first byte of its streaming requests" in out  # why a p50 is blank
 
 
+def test_top_into_a_file_writes_a_frame_per_interval(
+    fleet: tuple[Gateway, RedisServer], tmp_path: Path
+) -> None:
+    # rich's Live draws on a terminal only: `ctl top > file` (or `| tee`) wrote nothing until
+    # it was stopped. Piped, each interval's frame is appended.
+    gw, _ = fleet
+    out = tmp_path / "top.txt"
+    with out.open("wb") as f:
+        p = subprocess.Popen(
+            geogate_cmd("ctl", *via(gw), "top", "--interval", "0.2"), stdout=f, stderr=f
+        )
+        try:
+            eventually(lambda: out.read_text().count("geogate top ") >= 3, timeout=15)
+        finally:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=10)
+    text = out.read_text()
+    assert "a1" in text and "Traceback" not in text, text[-2000:]
+
+
 def test_environment_names_the_gateway_and_token(
     fleet: tuple[Gateway, RedisServer],
     capsys: pytest.CaptureFixture[str],
@@ -448,6 +469,7 @@ def _without_impact(real: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         (["audit", "--json"], 141),  # 128 + SIGPIPE, as a shell reports for `... | head`
         (["show"], 141),
         (["top", "--once", "--interval", "0.1"], 141),  # rich's own would end it with 1
+        (["top", "--interval", "0.1"], 141),  # piped, a frame each interval: the first fails
     ],
 )
 def test_a_reader_that_stops_early_ends_it_quietly(
