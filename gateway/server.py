@@ -267,6 +267,12 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
+    except (socket.gaierror, UnicodeError) as exc:  # before OSError, which gaierror is
+        sock.close()  # the host's fault, not the port's
+        why = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
+        raise CannotListen(
+            f"cannot listen on {address(host, port)} ({_host_key(key)}): {why}"
+        ) from None
     except OSError as exc:
         sock.close()
         why = {
@@ -274,11 +280,14 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
             errno.EADDRNOTAVAIL: "no such address on this machine",
             errno.EACCES: "permission denied (ports under 1024 need privileges)",
         }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
-        raise CannotListen(f"cannot listen on {address(host, port)} ({key}): {why}") from None
-    except (socket.gaierror, UnicodeError) as exc:
-        sock.close()
-        raise CannotListen(f"cannot listen on {address(host, port)} ({key}): {exc}") from None
+        at_fault = _host_key(key) if exc.errno == errno.EADDRNOTAVAIL else key
+        raise CannotListen(f"cannot listen on {address(host, port)} ({at_fault}): {why}") from None
     return sock
+
+
+def _host_key(port_key: str) -> str:
+    """``server.port`` -> ``server.host``: the setting at fault when the address is."""
+    return port_key.rsplit(".", 1)[0] + ".host"
 
 
 def raise_fd_limit() -> int:

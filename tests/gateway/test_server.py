@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway import server
 from gateway.cli.procs import free_port, geogate_cmd, kill, spawn, stop, wait_http
+from gateway.errors import CannotListen
 from tests.support import (
     UpstreamSpec,
     eventually,
@@ -659,3 +661,19 @@ def test_a_replacement_that_cannot_start_leaves_the_others_serving(tmp_path: Pat
         assert "Traceback" not in err
     finally:
         proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "said"),
+    [
+        ("not a host", "server.host", "cannot listen on not a host:"),
+        ("192.0.2.1", "ops.host", "no such address on this machine"),  # TEST-NET: not ours
+    ],
+)
+def test_an_address_that_cannot_be_listened_on_names_the_host_setting(
+    host: str, key: str, said: str
+) -> None:
+    # It named server.port for a host name that does not resolve, or an address not here.
+    with pytest.raises(CannotListen) as err:
+        server.bind(host, 0, key.replace(".host", ".port"))
+    assert said in str(err.value) and f"({key})" in str(err.value), err.value
