@@ -123,7 +123,19 @@ def loopback_host(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "localhost"
+        return host.lower().rstrip(".") == "localhost"
+
+
+# Labels of letters, digits, - and _ (a compose service's name may have one); no port.
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_][a-z0-9_-]*(\.[a-z0-9_][a-z0-9_-]*)*$")
+
+
+def host_name(name: str) -> str:
+    """A DNS name as a Host header names it, without a port; lower case, no final dot."""
+    canonical = name.lower().rstrip(".")
+    if not _HOST_NAME.match(canonical):
+        raise ValueError(f"{name!r} is not a host name (letters, digits, -, _ and ., no port)")
+    return canonical
 
 
 def listen_host(host: str) -> str:

@@ -221,6 +221,10 @@ class OpsSection(StrictModel):
     # "https://ops.example.com"): logins and changes must come from its origin (a proxy may
     # rewrite Host), and an https one makes the session cookie Secure. Empty: the request's.
     public_url: str = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
+    # Without a token the listener answers only requests that name it by an address,
+    # localhost, public_url's host or one of these (gateway.http.ops.HostGuard: a DNS-rebinding
+    # page names its own): the names Prometheus or a proxy reach it by, e.g. ["gateway-a"].
+    hosts: tuple[Annotated[str, AfterValidator(checks.host_name)], ...] = ()
 
 
 class EdgeSection(StrictModel):

@@ -98,8 +98,11 @@ function relayed(response, route, region) {
   headers.delete(PREFERRED_REGION_HEADER);
   if (regional) headers.set("geogate-region-route", regional);
   headers.set("geogate-route", route);
+  // An event stream only: another body gains nothing visible from it in workerd (it ends a
+  // cut body cleanly either way), and a JavaScript pass per chunk cost several times the CPU
+  // of workerd's own pipe (a review measured 210 against 40 ms for 2,000 events).
   const sse = (headers.get("content-type") ?? "").toLowerCase().startsWith("text/event-stream");
-  const body = guardedBody(response.body, sse, `region ${region}'s gateway`);
+  const body = sse ? guardedBody(response.body, true, `region ${region}'s gateway`) : response.body;
   return new Response(body, { status: response.status, headers });
 }
 

@@ -12,9 +12,11 @@
  * stream gets a last error event, which the SDKs raise as an APIError, and any other body a
  * reset. This does the same where the Worker can: an event stream is passed on whole events
  * at a time (bytes after the last blank line wait for the rest of their event, as
- * gateway/http/events.py's framer, so that the error event is never glued to half an event),
- * and a cut drops what waits and ends with the error event. Any other body is errored, which
- * Cloudflare's runtime can turn into a reset where workerd does not.
+ * gateway/http/events.py's framer, so that the error event is not glued to half an event;
+ * past HOLD_MAX_BYTES of one event it goes as it is, and a cut then glues, as the gateway's
+ * own framer does: a broken event either way), and a cut drops what waits and ends with the
+ * error event. The Worker relays only event streams through here (index.js): another body is
+ * workerd's own pipe. Given one (``sse`` false), a cut errors it.
  */
 
 // Past this much waiting for an event's end everything goes (an upstream whose events never
@@ -53,7 +55,8 @@ function joined(a, b) {
  * @param {string} message
  */
 export function cutEvent(message) {
-  const error = { message, type: "upstream_error", param: null, code: "upstream_stream_interrupted" };
+  const code = "upstream_stream_interrupted";
+  const error = { message, type: "upstream_error", param: null, code };
   return new TextEncoder().encode(`data: ${JSON.stringify({ error })}\n\n`);
 }
 
@@ -83,7 +86,7 @@ export function guardedBody(body, sse, where) {
             controller.error(err);
             return;
           }
-          held = new Uint8Array(0); // half an event: dropped, never glued to the error
+          held = new Uint8Array(0); // half an event: dropped, not glued to the error
           controller.enqueue(cutEvent(message));
           controller.close();
           return;

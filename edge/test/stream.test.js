@@ -57,10 +57,11 @@ describe("guardedBody", () => {
     assert.deepEqual(out, ['data: {"i":0}\n\n', 'data: {"i":1}\n\ndata: [DONE]\n\n', "tail"]);
   });
 
-  test("a cut event stream drops its half event and ends with the gateway's error event", async () => {
+  test("a cut event stream drops its half event and ends with the gateway's error", async () => {
     const parts = ['data: {"i":0}\n\n', 'data: {"i":1'];
     const cut = new Error("Network connection lost.");
-    const { out, failed } = await pieces(guardedBody(source(parts, cut), true, "region eu's gateway"));
+    const guarded = guardedBody(source(parts, cut), true, "region eu's gateway");
+    const { out, failed } = await pieces(guarded);
     assert.equal(failed, null);
     assert.equal(out[0], 'data: {"i":0}\n\n');
     assert.equal(out.length, 2);
@@ -104,7 +105,12 @@ describe("guardedBody", () => {
   test("the error event is the gateway's own shape", () => {
     const text = dec.decode(cutEvent("m"));
     assert.deepEqual(JSON.parse(text.slice("data: ".length)), {
-      error: { message: "m", type: "upstream_error", param: null, code: "upstream_stream_interrupted" },
+      error: {
+        message: "m",
+        type: "upstream_error",
+        param: null,
+        code: "upstream_stream_interrupted",
+      },
     });
   });
 });

@@ -28,7 +28,7 @@ def model_of(body: bytes) -> tuple[str, bool]:
     is a stream: a backend that took anything else as one is rarer than a long generation
     cut off by the shorter streaming timeout.
 
-    The answer is json.loads' on every body (tests/gateway/http/test_intake.py holds the two
+    The answer is json.loads' on every body (tests/gateway/http/test_body_model.py holds the two
     side by side): msgspec reads the body when it can; whatever it refuses (invalid JSON, and
     the valid-for-json.loads rest: NaN, a BOM, UTF-16, surrogate escapes) goes to json.loads,
     which gives the answer or the error message. msgspec does not check the UTF-8 of what it

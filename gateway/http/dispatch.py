@@ -74,7 +74,7 @@ class GatewayApp(Starlette):
         request's access line and request metrics), its connection closed."""
         gate = self.proxy
         gate.rt.metrics.overloaded.labels("max_connections").inc()
-        if proxied(scope):
+        if proxied(scope) or scope["path"].startswith("/v1/"):  # the model list's too
             await gate.refuse(scope, send, err, CLOSE)
         else:  # the gateway's own endpoints (health checks, /metrics): no access line
             await send_error(send, err, list(CLOSE))

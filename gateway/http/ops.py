@@ -35,7 +35,6 @@ from starlette.routing import Route
 from uvicorn.server import ServerState
 
 from gateway import defaults as d
-from gateway.checks import loopback_host
 from gateway.errors import OpsHostRefused, OpsUnauthorized
 from gateway.http.admin import admin_routes
 from gateway.http.asgi import Receive, Scope, Send, header
@@ -79,20 +78,22 @@ def _own_login(path: str) -> bool:
 
 
 class HostGuard:
-    """A loopback ops listener without ``ops.token`` answers only requests that name it by an
-    address, by localhost, or by ``ops.public_url``'s host.
+    """An ops listener without ``ops.token`` answers only requests that name it by an address,
+    by localhost, by ``ops.public_url``'s host or by one of ``ops.hosts``.
 
-    Why: such a listener trusts whoever can connect, that is this machine's own programs, and
-    an operator's browser is one of them. A web page whose name its owner re-points at
-    127.0.0.1 after the page loaded (DNS rebinding) becomes same-origin with the listener, and
-    its script could read /metrics, /routing-table and /explain. Its requests carry that name in
-    Host, which no request meant for this listener does; an address cannot be re-pointed, and
-    browsers resolve localhost and *.localhost themselves. A request without Host (HTTP/1.0)
-    comes from no browser and passes."""
+    Why: such a listener trusts whoever can connect, and an operator's browser is one of them
+    (on this machine, or through a port published on its loopback, as deploy/docker's compose
+    file does). A web page whose name its owner re-points at the listener's address after the
+    page loaded (DNS rebinding) becomes same-origin with the listener, and its script could
+    read /metrics, /routing-table and /explain. Its requests carry that name in Host, which no
+    request meant for this listener does; an address cannot be re-pointed, and browsers
+    resolve localhost and *.localhost themselves. A request without Host (HTTP/1.0) comes from
+    no browser and passes."""
 
-    def __init__(self, app: Starlette, public_url: str) -> None:
+    def __init__(self, app: Starlette, public_url: str, hosts: tuple[str, ...]) -> None:
         self.app = app
-        self.named = (urlsplit(public_url).hostname or "") if public_url else ""
+        named = urlsplit(public_url).hostname if public_url else None
+        self.named = frozenset(n.lower().rstrip(".") for n in (*hosts, *([named] if named else [])))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -100,8 +101,8 @@ class HostGuard:
             if sent is not None and not self.allowed(sent):
                 err = OpsHostRefused(
                     f"this ops listener answers requests for its address or localhost, not "
-                    f"{sent[:100]!r}: use http://127.0.0.1:<ops.port>, or set ops.public_url "
-                    "(a proxy's name for it) or ops.token"
+                    f"{sent[:100]!r}: use http://127.0.0.1:<ops.port>, or list the name in "
+                    "ops.hosts (or ops.public_url, a proxy's), or set ops.token"
                 )
                 await send_error(send, err)
                 return
@@ -113,9 +114,7 @@ class HostGuard:
         except ValueError:  # "[::1" and the like: no authority at all
             return False
         name = name.rstrip(".")
-        if name == "localhost" or name.endswith(".localhost"):
-            return True
-        if self.named and name == self.named:
+        if name == "localhost" or name.endswith(".localhost") or name in self.named:
             return True
         try:
             ipaddress.ip_address(name)
@@ -157,8 +156,7 @@ def ops_app(
     ops = rt.config.ops
     if ops.token:
         return AuthThrottle(OpsAuth(app, ops.token))
-    # Off loopback without a token the listener answers anyone who reaches it (start-up warns).
-    return AuthThrottle(HostGuard(app, ops.public_url) if loopback_host(ops.host) else app)
+    return AuthThrottle(HostGuard(app, ops.public_url, ops.hosts))
 
 
 class _OpsState(ServerState):

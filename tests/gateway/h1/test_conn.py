@@ -408,6 +408,9 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
                 % (len(body), body)
             )
             proxied = read_to_eof(s)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-request-id: models-over\r\n\r\n")
+            listed = read_to_eof(s)
     finally:
         for conn in busy:
             conn.close()
@@ -422,13 +425,15 @@ def test_a_request_past_the_connection_limit_gets_a_json_503(two_connections: Ga
     # A /v1 request over the limit: the same answer, with its access line and counted.
     assert _json_error(proxied)[0] == 503, proxied[:300]
     assert b"x-request-id: over-the-limit" in proxied.partition(b"\r\n\r\n")[0].lower()
+    assert _json_error(listed)[0] == 503, listed[:300]  # the model list's: logged, counted
     # With the busy connections gone, there is room again.
     eventually(lambda: httpx.get(f"{gw.url}/healthz").status_code == 200, what="a 200 again")
     metrics = httpx.get(f"{gw.ops_url}/metrics").text
-    assert 'geogate_overload_rejected_total{limit="max_connections"} 2.0' in metrics, metrics
-    assert re.search(r'^geogate_requests_total\{code="503",region="-"\} 1\.0$', metrics, re.M)
+    assert 'geogate_overload_rejected_total{limit="max_connections"} 3.0' in metrics, metrics
+    assert re.search(r'^geogate_requests_total\{code="503",region="-"\} 2\.0$', metrics, re.M)
     eventually(
-        lambda: '"over-the-limit"' in gw.log_text(), what="the refused request's access line"
+        lambda: '"over-the-limit"' in gw.log_text() and '"models-over"' in gw.log_text(),
+        what="the refused requests' access lines",
     )
 
 

@@ -128,10 +128,12 @@ def test_a_tokenless_loopback_ops_listener_answers_its_own_names_only(
         return
     assert r.status_code == 421, r.text
     assert r.json()["error"]["code"] == "ops_host_not_allowed"
-    assert "use http://127.0.0.1:<ops.port>" in r.json()["error"]["message"]
+    assert "use http://127.0.0.1:<ops.port>, or list the name in ops.hosts" in (
+        r.json()["error"]["message"]
+    )
 
 
-def test_the_host_check_is_for_a_tokenless_loopback_listener_only() -> None:
+def test_the_host_check_is_for_a_tokenless_listener_on_loopback_or_not() -> None:
     name = {"host": "prometheus-target.internal:9180"}
     # With ops.token set, the token is the guard: a scraper may use any name.
     cfg = Config.model_validate({**BASE, "ops": {"token": OPS_TOKEN}})
@@ -139,15 +141,36 @@ def test_the_host_check_is_for_a_tokenless_loopback_listener_only() -> None:
     edge = {"authorization": f"Bearer {OPS_TOKEN}"}
     assert client.get("/metrics", headers={**name, **edge}).status_code == 200
     assert client.get("/metrics", headers=name).status_code == 401
-    # Off loopback without a token it answers whoever reaches it (start-up warns of that).
+    # Off loopback without a token too: deploy/docker's compose file binds 0.0.0.0 in the
+    # container and publishes the port on the host's loopback, where the browser is. The
+    # names it is scraped by are listed in ops.hosts (any case, a final dot or not).
     cfg = Config.model_validate({**BASE, "ops": {"host": "0.0.0.0"}})
     client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
+    assert client.get("/metrics", headers=name).status_code == 421
+    assert client.get("/metrics", headers={"host": "10.1.2.3:9180"}).status_code == 200
+    hosts = ["Prometheus-Target.internal.", "gateway_a"]
+    cfg = Config.model_validate({**BASE, "ops": {"host": "0.0.0.0", "hosts": hosts}})
+    client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
     assert client.get("/metrics", headers=name).status_code == 200
+    assert client.get("/metrics", headers={"host": "GATEWAY_A:9180"}).status_code == 200
+    assert client.get("/metrics", headers={"host": "evil.example"}).status_code == 421
     # Without ops.public_url no name but localhost passes, an empty one neither.
     client = TestClient(ops_app(build_runtime(Config.model_validate(BASE))))
     assert client.get("/metrics", headers={"host": ""}).status_code == 421
     assert client.get("/metrics", headers={"host": "ops.example.com"}).status_code == 421
     assert client.get("/metrics", headers={"host": "localhost:9180"}).status_code == 200
+    # A public_url written with a final dot names the same host (everyone got 421).
+    cfg = Config.model_validate({**BASE, "ops": {"public_url": "https://ops.example.com./"}})
+    client = TestClient(ops_app(build_runtime(cfg)), base_url="http://127.0.0.1")
+    for host in ("ops.example.com", "ops.example.com."):
+        assert client.get("/metrics", headers={"host": host}).status_code == 200, host
+
+
+def test_ops_hosts_are_host_names() -> None:
+    with pytest.raises(ConfigError, match=r"ops\.hosts\[0\]: 'gw:9180' is not a host name"):
+        parse_config({**BASE, "ops": {"hosts": ["gw:9180"]}}, "gw.toml", env={})
+    ops = parse_config({**BASE, "ops": {"hosts": ["GW-A."]}}, "gw.toml", env={}).ops
+    assert ops.hosts == ("gw-a",)
 
 
 def test_a_tokenless_ops_listener_refuses_a_rebound_name_on_its_socket(tmp_path: Path) -> None:
