@@ -128,8 +128,9 @@ def test_a_tokenless_loopback_ops_listener_answers_its_own_names_only(
         return
     assert r.status_code == 421, r.text
     assert r.json()["error"]["code"] == "ops_host_not_allowed"
-    assert "use http://127.0.0.1:<ops.port>, or list the name in ops.hosts" in (
-        r.json()["error"]["message"]
+    assert (
+        "use http://127.0.0.1:<ops.port>, or list the name in ops.hosts"
+        in (r.json()["error"]["message"])
     )
 
 
