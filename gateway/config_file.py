@@ -166,12 +166,25 @@ def parse_config(
             if isinstance(got, str) and key.endswith(".url"):
                 got = checks.redact_url(got)  # an upstream's URL may carry credentials
             msg += f" (got {got!r})"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        more = _more(errors[1:])
         prefix = f"{key}: " if key else ""
         raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
     cfg = _resolve_paths(cfg, base)
     _check_tls(cfg, origins, source)
     return cfg
+
+
+MORE_KEYS_NAMED = 3  # of the errors after the first, the keys named in its line
+
+
+def _more(rest: list[Any]) -> str:
+    """The other errors' keys, after the first's message: "(and 1 more)" sent the operator
+    back to the file once per error without saying where the next one was."""
+    if not rest:
+        return ""
+    keys = [_loc(e["loc"]) or "the config as a whole" for e in rest[:MORE_KEYS_NAMED]]
+    also = ", ..." if len(rest) > MORE_KEYS_NAMED else ""
+    return f" (and {len(rest)} more, at {', '.join(keys)}{also})"
 
 
 def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:
