@@ -168,6 +168,11 @@ class RedisSection(StrictModel):
     observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
+    # Where the fleet document the gateway routes on is kept across restarts (relative: to the
+    # config file): a gateway started while Redis is away routes on it, not on its file, so an
+    # operator's drains and weights hold (gateway.fleet.last_known). None: kept only while
+    # the gateway runs, for the workers that replace others.
+    state_file: Path | None = None
 
     @model_validator(mode="after")
     def _observations_outlive_a_refresh(self) -> RedisSection:

@@ -128,6 +128,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             server[key] = p
     if server:
         updates["server"] = cfg.server.model_copy(update=server)
+    if (state := rel(cfg.redis.state_file)) is not None:
+        updates["redis"] = cfg.redis.model_copy(update={"state_file": state})
     return cfg.model_copy(update=updates) if updates else cfg
 
 

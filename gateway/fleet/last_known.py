@@ -9,8 +9,12 @@ once, and settles it with Redis as any document it holds (``RedisStateStore._min
 
 The parent (gateway.server) names the file in ``ENV_FLEET_CACHE``, in a directory of its own
 (mode 0700) that lives as long as the gateway: a gateway started anew starts from its file, as
-before. Writes go to a temporary file renamed over the last, so a reader never sees half of
-one; a file that does not read as one (or none) is no document, never an error.
+before. With ``redis.state_file`` the file is that one, kept after the gateway stops, one
+worker or several: a gateway restarted while Redis is away then routes on the fleet's last
+document, where it routed on its file (a region drained for maintenance took traffic again
+from every gateway restarted during a Redis outage). Writes go to a temporary file renamed
+over the last, so a reader never sees half of one; a file that does not read as one (or none)
+is no document, never an error.
 """
 
 from __future__ import annotations
@@ -33,10 +37,17 @@ FILE_NAME = "fleet.json"
 
 
 @contextlib.contextmanager
-def kept(workers: int, shared: bool) -> Iterator[Path | None]:
+def kept(workers: int, shared: bool, state_file: Path | None = None) -> Iterator[Path | None]:
     """In the parent, around its workers' lives: the file, named for them, where there are
-    several sharing a fleet (Redis); else none."""
+    several sharing a fleet (Redis), or ``state_file`` (kept after); else none."""
     os.environ.pop(ENV_FLEET_CACHE, None)  # not one inherited from whoever started us
+    if shared and state_file is not None:
+        os.environ[ENV_FLEET_CACHE] = str(state_file)
+        try:
+            yield state_file
+        finally:
+            os.environ.pop(ENV_FLEET_CACHE, None)
+        return
     if workers <= 1 or not shared:
         yield None
         return
@@ -68,7 +79,10 @@ def save(stored: Stored, fleet: str) -> None:
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data))
+        # 0600: an upstream's URL may carry its password, and redis.state_file outlives the
+        # gateway's own 0700 directory.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps(data))
         tmp.replace(path)
     except OSError as exc:
         log.warning("could not keep the fleet config for later workers (%s): %s", path, exc)

@@ -53,6 +53,53 @@ def test_kept_only_for_several_workers_sharing_a_fleet() -> None:
     assert last_known.load(fleet) is None  # none named: none read
 
 
+def test_a_state_file_is_named_for_one_worker_too_and_kept_after(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "fleet.json"
+    state.parent.mkdir()
+    with last_known.kept(2, False, state) as alone:  # no Redis: no fleet to keep
+        assert alone is None
+    fleet = last_known.fleet_of("redis://127.0.0.1:6379/0", "prod")
+    with last_known.kept(1, True, state) as path:
+        assert path == state and os.environ[last_known.ENV_FLEET_CACHE] == str(state)
+        last_known.save(Stored(_drained_doc(), 7, 123.0), fleet)
+    assert last_known.ENV_FLEET_CACHE not in os.environ and state.exists()  # kept after
+    assert oct(state.stat().st_mode & 0o777) == "0o600"  # a URL may carry a password
+    with last_known.kept(1, True, state):
+        got = last_known.load(fleet)
+        assert got is not None and (got.version, got.doc) == (7, _drained_doc())
+
+
+def test_a_gateway_restarted_with_redis_away_keeps_the_fleets_drain(tmp_path: Path) -> None:
+    # It routed on its file: a region drained for maintenance took traffic again from every
+    # gateway restarted during a Redis outage.
+    redis = start_redis(tmp_path)
+    sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
+    ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
+    state = tmp_path / "fleet-state.json"
+
+    def toml(p: int) -> str:
+        text = fleet_toml(p, ups, redis.url, "gw0")
+        return text.replace("[redis]", f'[redis]\nstate_file = "{state}"')
+
+    gw = start_gateway(tmp_path, toml)
+    try:
+        r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
+        assert r.status_code == 200, r.text
+        eventually(lambda: upstream(gw, "b0")["drained"], what="the drain")
+        gw.stop()
+        redis.stop()
+        gw = start_gateway(tmp_path, toml, name="again")  # Redis away: the file's routing
+        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+            doc = c.get(f"{gw.ops_url}/routing-table").json()
+        b0 = next(u for reg in doc["regions"] for u in reg["upstreams"] if u["id"] == "b0")
+        assert (doc["version"], b0["drained"]) == (2, True), doc
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+        redis.stop()
+
+
 @pytest.mark.parametrize(
     "text", ["", "{", "[]", '{"doc": [], "version": 3, "changed_at": 0}', '{"doc": {}}']
 )
