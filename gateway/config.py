@@ -175,6 +175,12 @@ class RedisSection(StrictModel):
     state_file: Path | None = None
 
     @model_validator(mode="after")
+    def _state_file_needs_a_fleet(self) -> RedisSection:
+        if self.state_file is not None and not self.url:
+            raise ValueError("state_file keeps a fleet's document: set redis.url, or drop it")
+        return self
+
+    @model_validator(mode="after")
     def _observations_outlive_a_refresh(self) -> RedisSection:
         # Each gateway rewrites its observations every refresh: with a TTL under two of them
         # they expire between writes (or after one late write), and the fleet's votes flicker.

@@ -173,6 +173,7 @@ def parse_config(
         raise ConfigError(f"config error in {where}: {prefix}{msg}{more}") from None
     cfg = _resolve_paths(cfg, base)
     _check_tls(cfg, origins, source)
+    _check_state_file(cfg, origins, source)
     return cfg
 
 
@@ -187,6 +188,23 @@ def _more(rest: list[Any]) -> str:
     keys = [_loc(e["loc"]) or "the config as a whole" for e in rest[:MORE_KEYS_NAMED]]
     also = ", ..." if len(rest) > MORE_KEYS_NAMED else ""
     return f" (and {len(rest)} more, at {', '.join(keys)}{also})"
+
+
+def _check_state_file(cfg: Config, origins: Mapping[str, str], source: str) -> None:
+    """redis.state_file's directory, at start: a missing one was a warning at every change,
+    and the restart it was set for routed on the file."""
+    path = cfg.redis.state_file
+    if path is None:
+        return
+    where = _origin(origins, "redis.state_file", source)
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"config error in {where}: redis.state_file: no directory {path.parent}; make it"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"config error in {where}: redis.state_file: cannot write in {path.parent}"
+        )
 
 
 def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:

@@ -43,6 +43,7 @@ MAX_BIAS_MS = 10_000.0  # |bias_ms|: 10 s outweighs any RTT plus time to first t
 # one request into thousands until the worker's stream limit. Real chains are short: the edge
 # Worker or an edge gateway, a regional gateway, the backend.
 MAX_HOPS = 8
+LOOP_STATUS = 508  # its answer (RFC 5842 Loop Detected): no upstream's failure, nor a slow token
 
 # --- capacity and drain (one worker) ----------------------------------------------------------
 MAX_STREAMS = 10_000  # /v1 requests in flight per worker: an LLM gateway holds long SSE

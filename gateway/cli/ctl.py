@@ -199,10 +199,7 @@ async def _by_document(
     lost = config_doc.stranded(doc, after)
     if not lost:
         return None
-    text = (
-        f"by the fleet's document (no gateway said), it leaves NO upstream for "
-        f"{'; '.join(lost)}: their requests get 503"
-    )
+    text = f"{BY_DOCUMENT}, it leaves NO upstream for {'; '.join(lost)}: their requests get 503"
     return {"text": text, "arriving": {}, "stranded": lost}
 
 
@@ -214,9 +211,13 @@ def _verb(args: argparse.Namespace, target: str) -> str:
     return f"change {target}"
 
 
+BY_DOCUMENT = "by the fleet's document (no gateway said)"
+
+
 def _say(said: str | None) -> None:
-    if said:
-        print(f"impact, as routed just before the change: {said}")
+    if said:  # the router's words, or the document's alone (nothing was routed to say it)
+        how = "" if said.startswith(BY_DOCUMENT) else ", as routed just before the change"
+        print(f"impact{how}: {said}")
 
 
 def _kind(doc: dict[str, Any], name: str) -> str:

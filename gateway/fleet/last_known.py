@@ -83,9 +83,16 @@ def save(stored: Stored, fleet: str) -> None:
         # gateway's own 0700 directory.
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(json.dumps(data))
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it is named: it is to outlive a crash
         tmp.replace(path)
     except OSError as exc:
-        log.warning("could not keep the fleet config for later workers (%s): %s", path, exc)
+        log.warning(
+            "could not keep the fleet config in %s (a worker or gateway started later routes "
+            "on the file's config until Redis answers): %s",
+            path,
+            exc,
+        )
 
 
 def fleet_of(redis_url: str, deployment: str) -> str:

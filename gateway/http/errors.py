@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import errors as e
+from gateway.defaults import LOOP_STATUS
 from gateway.http.asgi import Send, send_json
 
 # class -> (HTTP status, OpenAI error type, code)
@@ -24,7 +25,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.AuthThrottled: (429, "rate_limit_error", "too_many_auth_failures"),
     # RFC 5842: an upstream that leads back here (a gateway listing itself, or two listing
     # each other) would multiply one request until the worker's stream limit.
-    e.LoopDetected: (508, "server_error", "loop_detected"),
+    e.LoopDetected: (LOOP_STATUS, "server_error", "loop_detected"),
     e.GatewayOverloaded: (503, "service_unavailable", "gateway_at_capacity"),
     e.GatewayShuttingDown: (503, "service_unavailable", "gateway_shutting_down"),
     e.RequestInvalid: (400, "invalid_request_error", "invalid_request"),

@@ -5,6 +5,8 @@ carries one (gateway.traffic.carries_token) of an answer under 400; every other 
 
 from __future__ import annotations
 
+from gateway.defaults import LOOP_STATUS
+
 
 def no_token_s(
     status: int, elapsed_s: float, first_byte_s: float, cut: bool = False
@@ -24,8 +26,10 @@ def no_token_s(
     - A 5xx, or a cut: the stream failed before any token and counts at least as slow as
       timeouts.first_byte_s, the longest wait for one, whatever its elapsed time (a 502 from
       refused connections takes milliseconds): slow under any objective below it.
+    - A 508 (a request looping between gateways, gateway.http.intake) is left out as a 4xx
+      is: no model was asked, and a client's own geogate-hops header can make one.
     - Otherwise (a 2xx that carried nothing generated): its end."""
-    if 400 <= status < 500:
+    if 400 <= status < 500 or status == LOOP_STATUS:
         return None
     if cut or status >= 500:
         return max(elapsed_s, first_byte_s)

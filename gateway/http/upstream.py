@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
-from gateway.defaults import DISCONNECT_WATCH_DELAY_S
+from gateway.defaults import DISCONNECT_WATCH_DELAY_S, LOOP_STATUS
 from gateway.errors import GatewayError, GatewayShuttingDown, StreamInterrupted
 from gateway.http import events
 from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
@@ -197,15 +197,15 @@ class _Attempts:
             # need not live as long as the stream (bench/results/stream_memory_prompt16k.md).
             self.ex.body = b""
             self.headers = []
-            # A 5xx passed on is no success (the bounded label: metrics.ATTEMPT_OUTCOMES).
-            rt.metrics.attempts.count(uid, "ok" if resp.status < 500 else "status_5xx")
+            # A 5xx passed on is no success (metrics.ATTEMPT_OUTCOMES), but a 508, a loop's
+            failed = resp.status >= 500 and resp.status != LOOP_STATUS  # (a client's hops)
+            rt.metrics.attempts.count(uid, "status_5xx" if failed else "ok")
             # Its answer goes to the client from here: a stream cut later (StreamAborted, a
             # client gone) is still this upstream's in the access line and traffic counts.
             self.ex.upstream, self.ex.served_region = uid, cand.upstream.region
             done = await self._stream(resp, index, cand)
-            if done:  # a cut stream was recorded as a failure where it broke (_abort)
-                # A 4xx is the client's request, never the upstream's failure.
-                self._record(cand, resp.status < 500)
+            if done:  # a cut stream was recorded as a failure where it broke (_abort); a 4xx
+                self._record(cand, not failed)  # is the client's request, not the upstream's
             return resp.status
         finally:
             rt.store.release(uid)

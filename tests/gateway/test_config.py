@@ -251,6 +251,16 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: "drained_regions = {us-east = []}\n" + t,
             "drained_regions: 'us-east' is not among regions (eu-central)",
         ),
+        # redis.state_file: only with a fleet, and in a directory there is (checked at start:
+        # a warning at each change said so before, and the restart routed on the file).
+        (
+            lambda t: t + '[redis]\nstate_file = "fleet.json"\n',
+            "redis: state_file keeps a fleet's document: set redis.url, or drop it",
+        ),
+        (
+            lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "no/fleet.json"\n',
+            "redis.state_file: no directory ",
+        ),
         # A port's typo: the gateway forwarding to itself made one request into thousands.
         (
             lambda t: t.replace("127.0.0.1:9000", "127.0.0.1:8080"),

@@ -199,7 +199,7 @@ def test_straight_to_redis_a_drain_of_a_models_last_upstream_wants_yes(
         assert not upstream(gw, "b")["drained"]
         rc, out, err = ctl(capsys, "--redis", redis.url, "drain", "b", "--who", "bob", "--yes")
         assert rc == 0 and out.startswith("upstream b drained"), (out, err)
-        assert "leaves NO upstream for model m" in out  # what it did, said after
+        assert "impact: by the fleet's document (no gateway said), it leaves NO upstream" in out
         eventually(lambda: upstream(gw, "b")["drained"], timeout=5)
     finally:  # the module's gateway serves the tests after this one
         for target in ("eu-central", "b"):

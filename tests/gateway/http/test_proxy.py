@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import socket
 import threading
 import time
@@ -584,3 +585,37 @@ def test_two_gateways_that_list_each_other_refuse_the_loop(tmp_path: Path) -> No
     finally:
         for proc in procs:
             stop(proc)
+
+
+def test_a_clients_hop_count_does_not_make_its_gateway_fail_the_next(tmp_path: Path) -> None:
+    # An edge gateway in front of a regional one: a client's own geogate-hops: 7 made the
+    # regional gateway answer 508, which the edge counted as that upstream failing: five such
+    # requests ejected it for 30 s, and each stream counted as a slow first token.
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    regional = start_gateway(
+        tmp_path, lambda p: gateway_toml(p, [UpstreamSpec("s", "eu-central", sim.url, ["m"])])
+    )
+    up = UpstreamSpec("regional", "eu-central", regional.url, ["m"])
+    edge = start_gateway(tmp_path, lambda p: gateway_toml(p, [up]), name="edge")
+    try:
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(6):
+            r = httpx.post(
+                f"{edge.url}/v1/chat/completions", json=body, headers={"geogate-hops": "7"}
+            )
+            assert r.status_code == 508, r.text
+        table = get_json(f"{edge.ops_url}/routing-table")
+        [view] = [u for reg in table["regions"] for u in reg["upstreams"]]
+        assert view["times_ejected"] == 0 and not view.get("ejected_s"), view
+        metrics = httpx.get(f"{edge.ops_url}/metrics").text
+        slow = re.findall(
+            r'^geogate_time_to_first_byte_seconds_count\{[^}]*stream="true"[^}]*\} (\S+)$',
+            metrics,
+            re.M,
+        )
+        assert all(float(n) == 0 for n in slow), slow  # none counted as a slow first token
+        assert httpx.post(f"{edge.url}/v1/chat/completions", json=body).status_code == 200
+    finally:
+        edge.stop()
+        regional.stop()
+        sim.proc.kill()

@@ -305,3 +305,9 @@ def test_what_a_stream_with_no_token_counts_as(
     status: int, cut: bool, counted: float | None
 ) -> None:
     assert no_token_s(status, 0.2, 1.5, cut) == counted
+
+
+def test_a_loops_508_is_left_out_as_a_4xx_is() -> None:
+    # A client's own geogate-hops can make one: no model was asked, nothing was slow.
+    assert no_token_s(508, 0.003, 60.0) is None
+    assert no_token_s(502, 0.003, 60.0) == 60.0  # a failure still counts as slow
