@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import sys
 import tempfile
@@ -36,7 +37,12 @@ def main() -> None:
     from bench.overhead import gateway_conf
     from gateway.config_file import load_config
     from gateway.http.headers import request_id
-    from gateway.http.intake import model_of
+
+    # model_of lives in gateway.http.body_model since round twenty-three; a tree from before
+    # (--tree) has it in gateway.http.intake.
+    moved = (args.tree / "gateway" / "http" / "body_model.py").exists()
+    where = "gateway.http.body_model" if moved else "gateway.http.intake"
+    model_of = importlib.import_module(where).model_of
     from gateway.runtime import build_runtime
 
     work = Path(tempfile.mkdtemp(prefix="geogate-hotpath-"))

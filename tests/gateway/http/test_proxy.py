@@ -604,7 +604,7 @@ def test_a_clients_hop_count_does_not_make_its_gateway_fail_the_next(tmp_path: P
                 f"{edge.url}/v1/chat/completions", json=body, headers={"geogate-hops": "7"}
             )
             assert r.status_code == 508, r.text
-        table = get_json(f"{edge.ops_url}/routing-table")
+        table: Any = get_json(f"{edge.ops_url}/routing-table")
         [view] = [u for reg in table["regions"] for u in reg["upstreams"]]
         assert view["times_ejected"] == 0 and not view.get("ejected_s"), view
         metrics = httpx.get(f"{edge.ops_url}/metrics").text
