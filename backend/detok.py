@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 PARTIAL = "\ufffd"  # what a decoder shows for the bytes of a character not all here yet
-# A character is at most 4 bytes and a token carries at least one, so a U+FFFD still at the
-# end after this many new tokens is bytes that are not UTF-8 (a random model's), not a
-# character on its way: it goes out, and the window stays short.
-MAX_PENDING = 4
+# Pending tokens after which bytes that still end in U+FFFD go out as it: not UTF-8 (a random
+# model's), not a character on its way. Not sooner: a byte-level BPE token can end inside one
+# character and begin the next (the tail of a CJK character and the head of another), so a run
+# of such tokens ends in a partial character token after token. A cap of 4 tokens, taken as
+# "a character is at most 4 bytes", put a U+FFFD into valid text for good (a review: 1 text in
+# 505 of CJK and emoji on a byte-level BPE). The window stays bounded for a random model.
+MAX_PENDING = 32
 
 
 class Detokenizer:
@@ -28,7 +31,8 @@ class Detokenizer:
         self.ids: list[int] = []  # the tokens with text, so far
         self.text = ""  # the whole characters decoded so far
         self.prefix = 0  # the window's context starts here...
-        self.read = 0  # ...and its new tokens here: ids[read:] are not in ``text`` yet
+        self.read = 0  # ...and its new tokens here: ids[read:] are not all in ``text`` yet
+        self.sent = 0  # characters of the open window's text already in ``text``
 
     def _new(self) -> str:
         ids = self.ids
@@ -38,20 +42,28 @@ class Detokenizer:
 
     def add(self, token: int) -> str:
         """The text so far, ``token`` the newest, without a character whose bytes are not all
-        here yet: those wait for the next token."""
+        here yet: that one waits for the next tokens, and the characters before it go now."""
         if token in self.special:
             return self.text
         self.ids.append(token)
         new = self._new()
-        if new and (not new.endswith(PARTIAL) or len(self.ids) - self.read >= MAX_PENDING):
-            self.text += new
+        if not new:  # nothing yet (a lone space a SentencePiece decoder drops): the window stays
+            return self.text
+        whole = new.rstrip(PARTIAL)
+        if len(whole) == len(new) or len(self.ids) - self.read >= MAX_PENDING:
+            # The window's text is whole (or its bytes never made a character): it closes.
+            self.text += new[self.sent :]
+            self.sent = 0
             self.prefix, self.read = self.read, len(self.ids)
+        elif len(whole) > self.sent:  # the characters before the partial one
+            self.text += whole[self.sent :]
+            self.sent = len(whole)
         return self.text
 
     def final(self) -> str:
         """The whole text at the sequence's end, a partial character included (as U+FFFD, as
         a whole decode shows it)."""
-        return self.text + self._new()
+        return self.text + self._new()[self.sent :]
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int:

@@ -6,9 +6,8 @@ into the running batch, left-padded to a common length: ``backend.batchkv``) and
 finished or cancelled ones (their rows are cut out of the cache). Each decode step runs every
 running sequence in one forward pass.
 
-Why not transformers' own ContinuousBatchingManager: on transformers 5.24 it runs on the CPU
-and takes per-request temperature/top_p, but has one sampling seed and one do_sample flag per
-manager, so "same seed, same text" cannot hold while other requests share the batch, and
+Not transformers' ContinuousBatchingManager: on 5.24 it has one sampling seed and one
+do_sample flag per manager, so "same seed, same text" cannot hold in a shared batch, and
 greedy and sampled requests cannot be mixed.
 """
 
@@ -136,7 +135,7 @@ class Engine:
             # "waiting": up to max_waiting beyond a full batch, whatever the engine thread has
             # admitted yet (max_waiting=0 refuses only when the batch is full).
             waiting = self._waiting_now()
-            running = len(self._running) + self._admitting
+            running = self._running_now()
             if running + waiting >= self.max_batch + self.max_waiting:
                 raise QueueFull(
                     f"the server has {running} requests running and "
@@ -149,25 +148,26 @@ class Engine:
     def _waiting_now(self) -> int:  # under the lock
         return sum(not s.cancelled for s in self._waiting) + self._reserved
 
+    def _running_now(self) -> int:  # under the lock; with what is being prefilled (gauges too)
+        return len(self._running) + self._admitting
+
     def reserve(self) -> None:
-        """Take a place in the queue for a request still to be tokenized, or raise QueueFull:
-        the server asks before tokenizing, so a full server refuses at once rather than
-        after seconds of tokenizing a long prompt. ``submit(seq, reserved=True)`` uses the
-        place; ``unreserve()`` gives it back when the request fails before that."""
+        """Take a place in the queue for a request still to be tokenized, or raise QueueFull
+        (a full server refuses before seconds of tokenizing a long prompt); ``submit(seq,
+        reserved=True)`` uses it, ``unreserve()`` gives it back if the request fails first."""
         with self._cond:
             waiting = self.check_room()
             self._reserved += 1
             # Counted as waiting for the load gauges too: a gateway routing on them sees it.
-            self.obs.queue(waiting + 1, len(self._running))
+            self.obs.queue(waiting + 1, self._running_now())
 
     def unreserve(self) -> None:
         with self._cond:
             self._reserved -= 1
-            self.obs.queue(self._waiting_now(), len(self._running))
+            self.obs.queue(self._waiting_now(), self._running_now())
 
     def submit(self, seq: Sequence, reserved: bool = False) -> None:
-        """Queue ``seq``: in the place ``reserve()`` took, or, without one, if there is room
-        (else QueueFull)."""
+        """Queue ``seq`` in the place ``reserve()`` took, or if there is room (else QueueFull)."""
         with self._cond:  # a Condition's default lock is an RLock: check_room takes it again
             if reserved:
                 self._reserved -= 1
@@ -178,7 +178,7 @@ class Engine:
             seq.generator = new_generator(seq.params.seed)
             seq.detok = Detokenizer(self.tok, self._special)
             self._waiting.append(seq)
-            self.obs.queue(waiting + 1, len(self._running))
+            self.obs.queue(waiting + 1, self._running_now())
             self._cond.notify()
 
     # --- the engine thread ----------------------------------------------------------------
@@ -206,7 +206,7 @@ class Engine:
                         self._fail(seq, exc)
                     self._running, self._cache, self._mask = [], None, None
         with self._cond:  # under the lock, as reserve() writes them: a stale write never last
-            self.obs.queue(self._waiting_now(), len(self._running))
+            self.obs.queue(self._waiting_now(), self._running_now())
         if self._out:
             out, self._out = self._out, []
             self.dispatch(out)

@@ -205,11 +205,12 @@ class BackendServer:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await resp.prepare(request)
         # The role chunk goes with the first token, in one write, as vLLM sends it: not at once,
         # before the prompt is processed, where a proxy would take it for the first token.
         role = _sse(shape.chunk(None, None, role=True)) if shape.chat else b""
         try:
+            # Inside: a client gone before the head went out was an ERROR with a traceback.
+            await resp.prepare(request)
             while (e := await q.get()).kind == "token":
                 await resp.write(role + _sse(shape.chunk(e.text, None)))
                 role = b""

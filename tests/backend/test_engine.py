@@ -157,9 +157,11 @@ def test_an_answer_ending_at_eos_keeps_the_text_held_for_stop_strings(loaded: An
 class Gauges(EngineObserver):
     def __init__(self) -> None:
         self.waiting: list[int] = []
+        self.running: list[int] = []
 
     def queue(self, waiting: int, running: int) -> None:
         self.waiting.append(waiting)
+        self.running.append(running)
 
 
 def test_a_request_cancelled_while_queued_leaves_the_queue(loaded: Any) -> None:
@@ -211,6 +213,30 @@ def test_a_request_admitted_but_still_prefilling_holds_its_batch_slot(
     assert refused == [True]
     monkeypatch.undo()
     submit(e, loaded.tokenizer, "hi")  # the slot is free again once it has finished
+
+
+def test_the_gauges_count_a_request_still_prefilling_as_running(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An arrival during a prefill wrote running = the batch alone: a long prefill's requests
+    were counted nowhere, and a gateway routing on the gauges sent more to the busiest."""
+    gauges = Gauges()
+    e = Engine(
+        loaded.model, loaded.tokenizer, loaded.device, max_batch=4, max_waiting=4, observer=gauges
+    )
+    first = submit(e, loaded.tokenizer, "hi", max_tokens=2)
+    join, seen = e._join_safely, []
+
+    def join_while_another_comes(seqs: list[Sequence]) -> None:
+        e.reserve()  # a request arrives while these prefill
+        seen.append(gauges.running[-1])
+        e.unreserve()
+        seen.append(gauges.running[-1])
+        join(seqs)
+
+    monkeypatch.setattr(e, "_join_safely", join_while_another_comes)
+    drain(e, first)
+    assert seen == [1, 1]
 
 
 def test_max_waiting_zero_refuses_only_when_the_batch_is_full(loaded: Any) -> None:

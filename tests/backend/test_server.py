@@ -253,6 +253,27 @@ def test_disconnect_stops_generation_within_a_few_steps(backend: Backend) -> Non
     assert generated - 3 <= 12, f"{generated} tokens generated for a client that read 3"
 
 
+def test_clients_that_leave_before_the_head_log_no_error(backend: Backend) -> None:
+    # The stream's head was written outside the handler's guard: a client gone by then was an
+    # aiohttp ERROR with a 30-line traceback (a review's soak: 129 of them), in logs that
+    # alert on ERROR.
+    body = json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": True})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    before = backend.log.read_text()
+    for i in range(150):
+        with socket.create_connection(("127.0.0.1", backend.port), timeout=5) as s:
+            s.sendall(request)
+            time.sleep(i % 5 / 1000)  # gone 0 to 4 ms after asking
+    deadline = time.monotonic() + 10
+    while metric(backend, "vllm:num_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    added = backend.log.read_text()[len(before) :]
+    assert "Traceback" not in added and " ERROR " not in added, added[-3000:]
+
+
 def test_full_queue_gives_429_with_retry_after(model_dir: Path, tmp_path: Path) -> None:
     b = start_backend(model_dir, tmp_path, "--max-batch", "1", "--max-waiting", "1")
     try:
