@@ -138,6 +138,14 @@ def host_name(name: str) -> str:
     return canonical
 
 
+def own_listener(url: str, host: str, port: int) -> bool:
+    """Whether ``url`` names the listener at ``host``:``port`` (loopback, or that host)."""
+    parts = urlsplit(url)
+    at = parts.port or (443 if parts.scheme == "https" else 80)
+    name = (parts.hostname or "").rstrip(".")
+    return at == port and (name == host.lower() or loopback_host(name))
+
+
 def listen_host(host: str) -> str:
     # The servers bind every interface for an empty host, and an empty variable
     # (GEOGATE_SERVER__HOST= in a compose file) is easily set by mistake: said, not silent.

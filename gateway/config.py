@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -168,20 +167,14 @@ class RedisSection(StrictModel):
     observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
-    # Where the fleet document the gateway routes on is kept across restarts (relative: to the
-    # config file): a gateway started while Redis is away routes on it, not on its file, so an
-    # operator's drains and weights hold (gateway.fleet.last_known). None: kept only while
-    # the gateway runs, for the workers that replace others.
+    # The fleet document kept across restarts, for a start while Redis is away (relative: to
+    # the config file; gateway.fleet.last_known). None: kept while the gateway runs.
     state_file: Path | None = None
 
     @model_validator(mode="after")
-    def _state_file_needs_a_fleet(self) -> RedisSection:
+    def _observations_outlive_a_refresh(self) -> RedisSection:
         if self.state_file is not None and not self.url:
             raise ValueError("state_file keeps a fleet's document: set redis.url, or drop it")
-        return self
-
-    @model_validator(mode="after")
-    def _observations_outlive_a_refresh(self) -> RedisSection:
         # Each gateway rewrites its observations every refresh: with a TTL under two of them
         # they expire between writes (or after one late write), and the fleet's votes flicker.
         if self.observation_ttl_s < OBSERVATION_TTL_REFRESHES * self.refresh_interval_s:
@@ -232,9 +225,8 @@ class OpsSection(StrictModel):
     # "https://ops.example.com"): logins and changes must come from its origin (a proxy may
     # rewrite Host), and an https one makes the session cookie Secure. Empty: the request's.
     public_url: str = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
-    # Without a token the listener answers only requests that name it by an address,
-    # localhost, public_url's host or one of these (gateway.http.ops.HostGuard: a DNS-rebinding
-    # page names its own): the names Prometheus or a proxy reach it by, e.g. ["gateway-a"].
+    # Without a token, the names answered besides addresses, localhost and public_url's host
+    # (gateway.http.ops.HostGuard: DNS rebinding), e.g. ["gateway-a"], Prometheus's target.
     hosts: tuple[Annotated[str, AfterValidator(checks.host_name)], ...] = ()
 
 
@@ -319,15 +311,11 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _no_upstream_is_this_gateway(self) -> Config:
-        # A typo of a port (the backend's 8000 written as the gateway's 8080) made one request
-        # into thousands: the gateway forwarded to itself until its stream limit (per request,
-        # geogate-hops stops any loop after MAX_HOPS gateways: gateway.http.intake).
+        # A port's typo made one request into thousands, forwarded to itself to the stream
+        # limit (per request, geogate-hops stops any loop: gateway.http.intake).
         s = self.server
         for i, u in enumerate(self.upstreams):
-            parts = urlsplit(u.url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            host = (parts.hostname or "").rstrip(".")
-            if port == s.port and (host == s.host or checks.loopback_host(host)):
+            if checks.own_listener(u.url, s.host, s.port):
                 raise ValueError(
                     f"upstreams[{i}] ({u.id}): url {u.url} is this gateway's own listener "
                     f"(server.port {s.port}): a request would be forwarded to itself; name the "

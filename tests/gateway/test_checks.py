@@ -198,3 +198,13 @@ def test_error_text_is_the_type_and_the_words_with_passwords_masked() -> None:
         "ConnectionError: Error 111 connecting to redis://:****@10.0.0.5:6379. Refused."
     )
     assert checks.error_text(KeyError()) == "KeyError"
+
+
+def test_own_listener_is_the_gateways_port_on_loopback_or_its_own_host() -> None:
+    assert checks.own_listener("http://127.0.0.1:8080", "0.0.0.0", 8080)
+    assert checks.own_listener("http://LOCALHOST.:8080/v1", "127.0.0.1", 8080)
+    assert checks.own_listener("http://[::1]", "::1", 80)
+    assert checks.own_listener("https://gw.example:443", "GW.example", 443)  # any case
+    assert not checks.own_listener("http://127.0.0.1:8000", "127.0.0.1", 8080)
+    assert not checks.own_listener("http://eu.gw.example:8080", "0.0.0.0", 8080)
+    assert not checks.own_listener("https://127.0.0.1", "127.0.0.1", 8080)  # 443
