@@ -502,8 +502,10 @@ def test_a_burst_past_the_connection_limit_gets_answers_not_silence(
         for s in socks:
             s.close()
     statuses = [a.split(b" ", 2)[1] if a.startswith(b"HTTP/1.1 ") else a[:20] for a in answers]
-    assert set(statuses) <= {b"200", b"503"}, statuses
-    assert b"200" in statuses
+    # An answer for each: a 200, or the limit's 503. Which ones are served is the burst's
+    # timing: a request read while 40 connections are open is past the limit of 2, so every
+    # one can be a 503 (about 1 run in 6 here, on the code before this round as well).
+    assert len(statuses) == 40 and set(statuses) <= {b"200", b"503"}, statuses
 
 
 def test_pipelined_requests_get_whole_answers_in_order(gw: Gateway) -> None:
