@@ -17,8 +17,8 @@ PARTIAL = "\ufffd"  # what a decoder shows for the bytes of a character not all 
 # model's), not a character on its way. Not sooner: a byte-level BPE token can end inside one
 # character and begin the next (the tail of a CJK character and the head of another), so a run
 # of such tokens ends in a partial character token after token. A cap of 4 tokens, taken as
-# "a character is at most 4 bytes", put a U+FFFD into valid text for good (a review: 1 text in
-# 505 of CJK and emoji on a byte-level BPE). The window stays bounded for a random model.
+# "a character is at most 4 bytes", put a U+FFFD into valid text for good (CJK and emoji on a
+# byte-level BPE: tests/backend/test_detok.py). The window stays bounded for a random model.
 MAX_PENDING = 32
 
 

@@ -143,7 +143,7 @@ def own_listener(url: str, host: str, port: int) -> bool:
     parts = urlsplit(url)
     at = parts.port or (443 if parts.scheme == "https" else 80)
     name = (parts.hostname or "").rstrip(".")
-    return at == port and (name == host.lower() or loopback_host(name))
+    return at == port and (name == host.lower().rstrip(".") or loopback_host(name))
 
 
 def listen_host(host: str) -> str:

@@ -100,9 +100,9 @@ function relayed(response, route, region) {
   headers.set("geogate-route", route);
   // An event stream only: another body gains nothing visible from it in workerd (it ends a
   // cut body cleanly either way), and a JavaScript pass per chunk cost several times the CPU
-  // of workerd's own pipe (a review measured 210 against 40 ms for 2,000 events).
+  // of workerd's own pipe (in a review's scratch run).
   const sse = (headers.get("content-type") ?? "").toLowerCase().startsWith("text/event-stream");
-  const body = sse ? guardedBody(response.body, true, `region ${region}'s gateway`) : response.body;
+  const body = sse ? guardedBody(response.body, `region ${region}'s gateway`) : response.body;
   return new Response(body, { status: response.status, headers });
 }
 

@@ -16,7 +16,7 @@
  * past HOLD_MAX_BYTES of one event it goes as it is, and a cut then glues, as the gateway's
  * own framer does: a broken event either way), and a cut drops what waits and ends with the
  * error event. The Worker relays only event streams through here (index.js): another body is
- * workerd's own pipe. Given one (``sse`` false), a cut errors it.
+ * workerd's own pipe.
  */
 
 // Past this much waiting for an event's end everything goes (an upstream whose events never
@@ -61,12 +61,12 @@ export function cutEvent(message) {
 }
 
 /**
- * `body` for the client. `sse`: it is an event stream (whole events, an error event at a
- * cut); `where` names the gateway in the error event and the log line.
- * @param {ReadableStream<Uint8Array> | null} body @param {boolean} sse @param {string} where
+ * An event stream's `body` for the client: whole events, and an error event at a cut;
+ * `where` names the gateway in the error event and the log line.
+ * @param {ReadableStream<Uint8Array> | null} body @param {string} where
  * @returns {ReadableStream<Uint8Array> | null}
  */
-export function guardedBody(body, sse, where) {
+export function guardedBody(body, where) {
   if (body === null) return null;
   const reader = body.getReader();
   let held = new Uint8Array(0);
@@ -82,10 +82,6 @@ export function guardedBody(body, sse, where) {
         } catch (err) {
           const message = `the stream from ${where} was cut before its end (${String(err)})`;
           console.warn(JSON.stringify({ msg: "stream cut", where, error: String(err) }));
-          if (!sse) {
-            controller.error(err);
-            return;
-          }
           held = new Uint8Array(0); // half an event: dropped, not glued to the error
           controller.enqueue(cutEvent(message));
           controller.close();
@@ -94,10 +90,6 @@ export function guardedBody(body, sse, where) {
         if (read.done) {
           if (held.length) controller.enqueue(held);
           controller.close();
-          return;
-        }
-        if (!sse) {
-          controller.enqueue(read.value);
           return;
         }
         const data = joined(held, read.value);

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -103,7 +102,7 @@ async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
     if _kind(doc, args.upstream) != "upstream":
         raise CLIError(f"{args.upstream!r} is a region: a weight belongs to one upstream")
     changes = {"weight": args.weight}
-    said = await _impact_first(fleet, args, "upstream", args.upstream, changes)
+    said = await _impact_first(fleet, args, "upstream", args.upstream, changes, doc)
     _told(args.upstream, await fleet.change("upstream", args.upstream, changes, doc))
     _say(said)
 
@@ -112,7 +111,7 @@ async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     drained = args.ctl_command == "drain"
     doc, _ = await fleet.config()
     kind = _kind(doc, args.target)
-    said = await _impact_first(fleet, args, kind, args.target, {"drained": drained})
+    said = await _impact_first(fleet, args, kind, args.target, {"drained": drained}, doc)
     entry = await fleet.change(kind, args.target, {"drained": drained}, doc)
     by = f"fleet config version {entry['version']}, audited as {entry['who']}"
     # Where the clients go is the router's to say (policy, residency, health): said below when
@@ -160,7 +159,12 @@ def _held_by(doc: dict[str, Any], uid: str) -> str | None:
 
 
 async def _impact_first(
-    fleet: Fleet, args: argparse.Namespace, kind: str, target: str, changes: dict[str, Any]
+    fleet: Fleet,
+    args: argparse.Namespace,
+    kind: str,
+    target: str,
+    changes: dict[str, Any],
+    doc: dict[str, Any] | None = None,
 ) -> str | None:
     """The gateway's word on what the change would move, asked before it is made; a change
     that leaves some clients with no upstream at all (503), by the last minute's traffic or
@@ -168,7 +172,7 @@ async def _impact_first(
     not only the answering worker's traffic), is refused without --yes, as that is an outage
     for them, not a move."""
     impact = await fleet.impact(kind, target, changes) or await _by_document(
-        fleet, kind, target, changes
+        fleet, kind, target, changes, doc
     )
     if impact is None:
         return None
@@ -185,15 +189,17 @@ async def _impact_first(
 
 
 async def _by_document(
-    fleet: Fleet, kind: str, target: str, changes: dict[str, Any]
+    fleet: Fleet, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """Where no gateway says (``--redis``, or one that could not answer): what the fleet's
     document alone says the change strands, drains without health or traffic. None when it
-    strands nothing, or when the change is one the store will refuse with its own words."""
-    doc, _ = await fleet.config()
+    strands nothing, or when the change is one the store will refuse with its own words.
+    ``doc``: the document the caller read already, if it did."""
+    if doc is None:
+        doc, _ = await fleet.config()
     change = config_doc.change_region if kind == "region" else config_doc.change_upstream
     try:
-        after, _, _ = change(copy.deepcopy(doc), target, changes)
+        after, _, _ = change(doc, target, changes)  # a new document; doc stays as it was
     except FleetConfigInvalid:
         return None
     lost = config_doc.stranded(doc, after)

@@ -22,7 +22,6 @@ from gateway.errors import (
 from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.http.exchange import logged_text
-from gateway.http.headers import request_id
 from gateway.http.worker_metrics import refresh
 from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
@@ -293,8 +292,7 @@ def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:
 def _request_id(request: Request) -> dict[str, str]:
     """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
     ``_request_id``)."""
-    rid = request.scope.get(REQUEST_ID_KEY)  # the access line's (Proxy.recorded)
-    return {"x-request-id": rid or request_id(request.headers.get("x-request-id"))}
+    return {"x-request-id": request.scope[REQUEST_ID_KEY]}  # the access line's (recorded)
 
 
 def unknown_public(path: str) -> UnknownEndpoint:

@@ -61,9 +61,9 @@ class Exchange:
         chosen = self.routed.decision.chosen if self.routed else None
         return chosen.upstream.region if chosen else "-"
 
-    def _chosen_region(self) -> str | None:
-        """The access line's region where no upstream answered: the one chosen (``region``'s
-        metrics label), None before routing or when none was chosen."""
+    def _region_or_none(self) -> str | None:
+        """The access line's region: ``region`` (the serving one, else the chosen one, as the
+        metrics label it), None before routing or when none was chosen."""
         region = self.region
         return None if region == "-" else region
 
@@ -84,6 +84,7 @@ class Exchange:
             if message["type"] == "http.response.body":
                 self.body_bytes += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
+                self.status = message["status"]  # as sent (the gateway's own model list's)
                 self.response_starts()
             await send(message)
 
@@ -119,7 +120,7 @@ class Exchange:
                 if len(model := self.model) <= LOGGED_TEXT_MAX
                 else logged_text(model),
                 # Where none answered, the chosen one, as the metrics label it.
-                "region": self.served_region or self._chosen_region(),
+                "region": self._region_or_none(),
                 "upstream": self.tried or self.upstream,
                 "attempts": self.attempts,
                 "ttfb_ms": _ms(self.first_byte_s),
@@ -160,7 +161,7 @@ class Exchange:
                 model if len(model := self.model) <= LOGGED_TEXT_MAX else logged_text(model)
             )
             or None,
-            "geogate.region": self.served_region or self._chosen_region(),
+            "geogate.region": self._region_or_none(),
             "geogate.upstream": self.tried or (None if self.upstream == "-" else self.upstream),
             "geogate.attempts": self.attempts,
             "geogate.ttfb_ms": _ms(self.first_byte_s),

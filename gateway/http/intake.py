@@ -25,7 +25,6 @@ from gateway.http.asgi import (
     BODY,
     REQUEST_ID_KEY,
     ASGIApp,
-    Message,
     Receive,
     Scope,
     Send,
@@ -114,9 +113,8 @@ _CONTENT_ENCODING = b"content-encoding"
 _FORWARDED_FOR = b"x-forwarded-for"
 _EDGE = EDGE_HEADER.encode()
 _HOST = b"host"
-_HOPS = HOPS_HEADER
 _READ = frozenset(
-    {_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST, _HOPS}
+    {_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST, HOPS_HEADER}
 )
 Heads = dict[bytes, list[str]]
 
@@ -185,6 +183,12 @@ def _shutting_down(ex: Exchange) -> GatewayShuttingDown:
         f"this gateway is shutting down and could not finish request {ex.id} in time "
         "(server.drain_timeout_s); retry it: another gateway serves it"
     )
+
+
+def _exchange(scope: Scope, heads: Heads) -> Exchange:
+    """A request's record from its arrival, with its id (the client's when valid, else new).
+    Proxy.__call__ writes the same inline: one call less on the served path."""
+    return Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
 
 
 def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
@@ -261,8 +265,8 @@ class Proxy:
         rt, scope = self.rt, ex.scope
         server = config.server
         check_headers(scope, server.max_header_bytes)
-        if _HOPS in heads:
-            ex.hops = hops_of(heads[_HOPS][0])
+        if HOPS_HEADER in heads:
+            ex.hops = hops_of(heads[HOPS_HEADER][0])
             if ex.hops >= MAX_HOPS:
                 raise LoopDetected(
                     f"this request came through {ex.hops} gateways (geogate-hops): an upstream "
@@ -308,8 +312,7 @@ class Proxy:
         """Answer ``err`` before serving (the gate's stream limit, gateway.h1's connection
         limit), with the access line and the request metrics every answer gets; ``extra``:
         more response headers (Connection: close)."""
-        heads = read_heads(scope["headers"])
-        ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+        ex = _exchange(scope, read_heads(scope["headers"]))
         ex.status = status_of(err)
         try:
             await send_error(ex.tracking(send), err, [*_request_id_header(ex), *extra])
@@ -353,18 +356,9 @@ class Recorded:
         self.proxy, self.app = proxy, app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        heads = read_heads(scope["headers"])
-        rid = request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0])
-        ex = Exchange(rid, scope, time.perf_counter())
-        scope[REQUEST_ID_KEY] = rid
-        tracked = ex.tracking(send)
-
-        async def sent(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                ex.status = message["status"]
-            await tracked(message)
-
+        ex = _exchange(scope, read_heads(scope["headers"]))
+        scope[REQUEST_ID_KEY] = ex.id
         try:
-            await self.app(scope, receive, sent)
+            await self.app(scope, receive, ex.tracking(send))
         finally:
             self.proxy._record(ex, self.proxy.rt.config)

@@ -92,8 +92,9 @@ class HostGuard:
 
     def __init__(self, app: Starlette, public_url: str, hosts: tuple[str, ...]) -> None:
         self.app = app
-        named = urlsplit(public_url).hostname if public_url else None
-        self.named = frozenset(n.lower().rstrip(".") for n in (*hosts, *([named] if named else [])))
+        # ops.hosts come lower case with no final dot (checks.host_name); hostname is lower.
+        named = (urlsplit(public_url).hostname or "").rstrip(".") if public_url else ""
+        self.named = frozenset([*hosts, named] if named else hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -522,3 +522,17 @@ def test_an_error_line_names_the_keys_of_the_errors_after_it(tmp_path: Path) -> 
     msg = str(info.value)
     assert "geoip.default.latitude:" in msg and "(and 1 more, at geoip.default.country)" in msg
     assert "\n" not in msg
+
+
+def test_a_state_file_in_a_directory_it_cannot_write_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root writes anywhere: os.access answers for a directory this user could not write.
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode)
+    )
+    text = GOOD + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "fleet.json"\n'
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert f"redis.state_file: cannot write in {tmp_path}" in str(info.value)
