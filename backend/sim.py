@@ -24,6 +24,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import generate_latest
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
+from backend.sim_audio import AUDIO_PATHS, transcribe
 from backend.sim_metrics import SimMetrics, SimStats
 
 # SimConfig.clock: whose clock paces the tokens (tokens_per_s > 0), and what it stands for.
@@ -111,6 +112,8 @@ class SimBackend:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/echo", self.echo)
+        for path in AUDIO_PATHS:
+            app.router.add_post(path, transcribe)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.prom)

@@ -247,11 +247,41 @@ export async function bodyFacts(request, body, limit) {
   const coding = request.headers.get("content-encoding") ?? "";
   const data = coding ? await decoded(body, coding, limit) : new Uint8Array(body);
   if (data === null || data === "too large") return data ?? none;
+  const type = request.headers.get("content-type") ?? "";
+  if (type.trimStart().slice(0, FORM_TYPE.length).toLowerCase() === FORM_TYPE) {
+    return formFacts(data, type);
+  }
   try {
     const doc = JSON.parse(new TextDecoder().decode(data));
     const model = typeof doc?.model === "string" && doc.model ? doc.model : null;
     return { model, stream: doc?.stream === true };
   } catch {
     return none;
+  }
+}
+
+// An upload (audio transcriptions and translations, image edits) is a multipart form: its
+// parameters are fields beside the file, read here as the gateway reads them
+// (gateway/http/body_form.py). A form the Worker cannot read names no model, as a body that
+// is not JSON: routed on location, and the gateway answers it in its own words.
+const FORM_TYPE = "multipart/form-data";
+// The strings FastAPI's forms (pydantic) read as true, as the gateway does; the SDK sends "true".
+const TRUE = new Set(["1", "on", "t", "true", "y", "yes"]);
+
+/**
+ * @param {Uint8Array} data @param {string} type the request's Content-Type, with its boundary
+ * @returns {Promise<{model: string | null, stream: boolean}>}
+ */
+async function formFacts(data, type) {
+  try {
+    const form = await new Response(data, { headers: { "content-type": type } }).formData();
+    const model = form.get("model");
+    const stream = form.get("stream");
+    return {
+      model: typeof model === "string" && model ? model : null,
+      stream: typeof stream === "string" && TRUE.has(stream.trim().toLowerCase()),
+    };
+  } catch {
+    return { model: null, stream: false };
   }
 }

@@ -157,6 +157,29 @@ describe("a compressed body", () => {
     });
   }
 
+  test("an upload's form (audio transcription): routed by its model field, sent as it came", async () => {
+    const form = (fields) =>
+      Buffer.concat([
+        ...Object.entries(fields).map(([k, v]) =>
+          Buffer.from(`--B\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`),
+        ),
+        Buffer.from('--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'),
+        Buffer.from("Content-Type: audio/wav\r\n\r\nRIFF\r\n--\r\nmodel\r\n--B--\r\n"),
+      ]);
+    const headers = { "content-type": "multipart/form-data; boundary=B" };
+    const path = "/v1/audio/transcriptions";
+    const upload = form({ model: "big", language: "en" });
+    const { resp, region, req } = await send({ body: upload, headers, cf: CITIES.Singapore }, path);
+    assert.equal(resp.status, 200);
+    assert.equal(region, "eu-central", "the only region that serves big");
+    assert.equal(req.body, upload.toString(), "the bytes the client sent");
+    // No model field, or a form that does not parse: routed on location, the gateway answers.
+    for (const body of [form({ language: "en" }), Buffer.from("--B\r\nnot a form")]) {
+      const { region: near } = await send({ body, headers, cf: CITIES.Singapore }, path);
+      assert.equal(near, "ap-southeast");
+    }
+  });
+
   test("a stream asked for in a gzip body waits FIRST_BYTE_TIMEOUT_S, not more", async () => {
     // Read only if the Worker reads the body: with stream: true, the shorter wait applies.
     const hung = await fakeGateway(() => null);

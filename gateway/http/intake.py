@@ -31,6 +31,7 @@ from gateway.http.asgi import (
     WholeBody,
     header,
 )
+from gateway.http.body_form import form_model, is_form
 from gateway.http.body_model import model_of
 from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
@@ -110,11 +111,21 @@ async def read_body(
 CONTENT_LENGTH = b"content-length"
 _REQUEST_ID = b"x-request-id"
 _CONTENT_ENCODING = b"content-encoding"
+_CONTENT_TYPE = b"content-type"
 _FORWARDED_FOR = b"x-forwarded-for"
 _EDGE = EDGE_HEADER.encode()
 _HOST = b"host"
 _READ = frozenset(
-    {_REQUEST_ID, CONTENT_LENGTH, _CONTENT_ENCODING, _FORWARDED_FOR, _EDGE, _HOST, HOPS_HEADER}
+    {
+        _REQUEST_ID,
+        CONTENT_LENGTH,
+        _CONTENT_ENCODING,
+        _CONTENT_TYPE,
+        _FORWARDED_FOR,
+        _EDGE,
+        _HOST,
+        HOPS_HEADER,
+    }
 )
 Heads = dict[bytes, list[str]]
 
@@ -280,7 +291,12 @@ class Proxy:
         ex.body = await read_body(scope, receive, limit, server.body_timeout_s, heads=heads)
         # Read the model from the decoded body; the upstream gets the bytes as sent.
         encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
-        ex.model, ex.stream = model_of(decoded(ex.body, encoding, limit))
+        data = decoded(ex.body, encoding, limit)
+        ctype = heads.get(_CONTENT_TYPE, _NO_VALUE)[0]
+        if ctype is not None and is_form(ctype):
+            ex.model, ex.stream = form_model(data, ctype)
+        else:
+            ex.model, ex.stream = model_of(data)
         peer = scope.get("client")
         now = time.monotonic()
         edge = heads.get(_EDGE, _NO_VALUE)[0]  # the Host only matters to a signed edge header

@@ -17,9 +17,10 @@ from urllib.parse import unquote
 
 from gateway.errors import MethodNotAllowed, RequestInvalid, UnknownEndpoint
 
-# POST endpoints whose body is a JSON object naming the model (OpenAI's, and the rerank/score
-# ones vLLM, TGI and others serve beside them). Multipart uploads (audio transcriptions) are
-# not here: the model is read from a JSON body.
+# POST endpoints whose body names the model (OpenAI's, and the rerank/score ones vLLM, TGI
+# and others serve beside them): a JSON object, or for OpenAI's uploads (audio transcriptions
+# and translations, image edits and variations) a multipart form with a "model" field
+# (gateway.http.body_form). Either body goes to any of them: the Content-Type says which it is.
 API_PATHS = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -28,6 +29,10 @@ API_PATHS = (
     "/v1/moderations",
     "/v1/images/generations",
     "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/images/edits",
+    "/v1/images/variations",
     "/v1/rerank",
     "/v1/score",
 )
