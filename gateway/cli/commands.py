@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from gateway.checks import redis_url
@@ -38,9 +39,30 @@ def gateway(args: argparse.Namespace) -> None:
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
     _warn_open_audience(config)
     _warn_short_tokens(config)
+    if args.check:
+        # What a start checks before it binds: the file, its values, and the files it names
+        # (GeoIP, TLS, state_file's directory). Not the ports: the gateway being reloaded
+        # holds them.
+        print(checked(config, args.config))
+        return
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: ignored still
         signal.signal(signal.SIGHUP, _hup_drains)  # forked workers inherit it
     server.run(config, args.config)
+
+
+def checked(config: Config, path: Path) -> str:
+    """``gateway --check``'s line: what the config describes, so that a wrong file (the
+    staging one, an old copy) shows as well as a bad one."""
+    s, o = config.server, config.ops
+    models = sorted({m for u in config.upstreams for m in u.models})
+    ops = f"ops on {o.host}:{o.port}" if o.port else "no ops listener"
+    state = "shared in Redis" if config.redis.url else "in memory"
+    return (
+        f"{path}: ok: gateway in {config.gateway.region}, {len(config.upstreams)} upstream(s) "
+        f"in {len({u.region for u in config.upstreams})} of {len(config.regions)} region(s), "
+        f"{len(models)} model(s); listens on {s.host}:{s.port} ({s.engine}, {s.workers} "
+        f"worker(s)), {ops}; state {state}"
+    )
 
 
 def _warn_open_audience(config: Config) -> None:

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gateway", help="run the gateway")
     g.add_argument("--config", type=Path, required=True, help="TOML config file")
     g.add_argument("--redis", metavar="URL", help="shared state (same as redis.url)")
+    g.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config (and the files it names) as a start would, say what it "
+        "describes, and exit: 0 if it would start, 2 with the first error",
+    )
 
     d = sub.add_parser("demo", help="the quickstart: three regions, five cities, a failover")
     d.add_argument("--keep-running", action="store_true", help="leave the gateway up")

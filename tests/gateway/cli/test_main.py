@@ -164,6 +164,43 @@ def test_corrupt_geoip_file_stops_the_gateway_in_one_line(tmp_path: Path) -> Non
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_check_says_what_a_config_describes_without_taking_its_ports(
+    tmp_path: Path, city_db: Path
+) -> None:
+    # The gateway being reloaded holds its port: --check must not need it.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        ups = [
+            UpstreamSpec("a", "eu-central", "http://127.0.0.1:1", ["m", "n"]),
+            UpstreamSpec("b", "us-east", "http://127.0.0.1:2", ["m"]),
+        ]
+        cfg = tmp_path / "gw.toml"
+        geo = f'[geoip]\ndatabase = "{city_db}"\n'
+        cfg.write_text(
+            gateway_toml(port, ups, extra=geo).replace("[server]", "[server]\nworkers = 2")
+        )
+        p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == (
+        f"{cfg}: ok: gateway in eu-central, 2 upstream(s) in 2 of 4 region(s), 2 model(s); "
+        f"listens on 127.0.0.1:{port} (uvicorn, 2 worker(s)), ops on 127.0.0.1:9180; "
+        "state in memory"
+    )
+    # What a start would stop on, --check stops on, in the same one line.
+    bad = tmp_path / "bad.mmdb"
+    bad.write_bytes(b"garbage" * 100)
+    cfg.write_text(gateway_toml(port, ups, extra=f'[geoip]\ndatabase = "{bad}"\n'))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 2 and p.stdout == ""
+    assert f"geoip.database: GeoIP database {bad} is corrupt" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    cfg.write_text(gateway_toml(port, ups).replace("[server]", "[server]\nworkers = 0"))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 2 and "server.workers" in p.stderr and "Traceback" not in p.stderr
+
+
 def _demo_until(proc: subprocess.Popen[str], marker: str, count: int, timeout: float) -> str:
     """The demo's output up to the ``count``-th line holding ``marker`` (read by a thread:
     a kept-running demo never closes its output)."""
