@@ -158,6 +158,29 @@ def test_the_dockerignore_keeps_the_context_small_and_what_copy_needs() -> None:
             assert not _ignored(patterns, kept), kept
 
 
+def _pattern_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_builders_without_per_dockerfile_ignores_read_the_same_patterns() -> None:
+    # The classic builder (DOCKER_BUILDKIT=0, Debian 12's docker.io) reads only the context's
+    # .dockerignore: without one it sent .venv and .git and copied a host-built .so.
+    root = _pattern_lines(DOCKER.parents[1] / ".dockerignore")
+    for name in ("Dockerfile.gateway", "Dockerfile.backend"):
+        assert _pattern_lines(DOCKER / f"{name}.dockerignore") == root, name
+
+
+def test_the_image_has_a_directory_the_gateway_can_keep_its_state_file_in() -> None:
+    # redis.state_file needs a writable directory at start (gateway.config_file), and the
+    # gateway runs as geogate, which could write nowhere but /tmp.
+    text = (DOCKER / "Dockerfile.gateway").read_text()
+    line = "RUN install -d -o geogate -g geogate -m 0700 /var/lib/geogate"
+    assert line in text and text.index(line) < text.index("USER geogate")
+    assert (
+        "/var/lib/geogate/fleet.json" in (DOCKER.parents[1] / "examples/gateway.toml").read_text()
+    )
+
+
 def _env(stage: list[tuple[str, str]]) -> dict[str, str]:
     """The variables a stage's ENV lines set (NAME=value forms)."""
     env: dict[str, str] = {}

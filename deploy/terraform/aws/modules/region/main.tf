@@ -79,7 +79,7 @@ resource "aws_vpc_security_group_ingress_rule" "gpu_metrics_from_prometheus_sg" 
 
 resource "aws_vpc_security_group_egress_rule" "gpu_https" {
   security_group_id = aws_security_group.gpu.id
-  description       = "HTTPS: other regions' gateways (failover), image registry, SSM, S3"
+  description       = "HTTPS: image registry, SSM, S3"
   cidr_ipv4         = "0.0.0.0/0"
   ip_protocol       = "tcp"
   from_port         = 443
