@@ -11,6 +11,9 @@ WORKERS = 1  # state is per process until Redis (issue 5); one worker keeps one 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
+# Peers warned of once each for sending another gateway's requests untrusted (runtime's
+# unlocated_hop): enough for any fleet's edge gateways, bounded against a client's spoofing.
+UNLOCATED_HOPS_KEPT = 64
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: streams in flight get this long to finish
 MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx's default
 # (4 buffers of 8 KiB) order of magnitude; an API request needs ~1 KiB, and what we accept

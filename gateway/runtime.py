@@ -118,6 +118,7 @@ class Runtime:
     # down only over a round in which this did not move (gateway.watch.load_poller). /route,
     # /explain and the CLI's route do not count: they send nothing.
     proxied: int = 0
+    hops_warned: set[str | None] = field(default_factory=set)  # unlocated_hop's peers
     # The worker's event loop and its thread, set as it starts (gateway.http.app's lifespan)
     # and cleared as it stops. Given to asyncio.current_task() on the request path: without
     # it each call asks for the running loop, which in CPython 3.11 is a getpid() system call
@@ -179,15 +180,38 @@ class Runtime:
         edge = self.edge_client(edge_header, host) if edge_header is not None else None
         if edge is not None:
             loc = edge.location
-            if loc.country is None and loc.continent is None:
-                # The edge knew where, not which country (a Cloudflare location without
-                # one): GeoIP's country, or the default's, so that a residency rule still
-                # applies. Taken as signed, it confined the client to nothing.
+            if loc.country is None or loc.continent is None:
+                # The edge knew where, not which country or continent (a Cloudflare location
+                # without one, or with a code that is none: geodb.edge): GeoIP's, or the
+                # default's, for the one missing, so that a residency rule still applies.
+                # Taken as signed, it confined the client to nothing (a continent-only header
+                # skipped a country's rule). A rule that then matches though the edge's facts
+                # alone would not is the safer mistake.
                 found = self.geo.locate(edge.ip)
-                loc = replace(loc, country=found.country, continent=found.continent)
+                country = loc.country or found.country
+                continent = loc.continent or place(country, None)[1] or found.continent
+                loc = replace(loc, country=country, continent=continent)
             return self.route(edge.ip, trusted, loc, model, now)
         ip = client_ip(peer, forwarded_for, self.trusted)
         return self.route_ip(ip, trusted, model, now)
+
+    def unlocated_hop(self, peer: str | None) -> None:
+        """A request another gateway sent (geogate-hops) from a peer this one does not trust,
+        with no signed client header: it is located as that gateway, not as its client, so
+        its client's residency rule cannot apply here and its country counts as the edge
+        gateway's. Warned once per peer (up to ``UNLOCATED_HOPS_KEPT``): a misconfiguration,
+        not a request's fault."""
+        if not self.config.residency or peer in self.hops_warned:
+            return
+        if len(self.hops_warned) < d.UNLOCATED_HOPS_KEPT:
+            self.hops_warned.add(peer)
+            log.warning(
+                "a request came through another gateway (geogate-hops) from %s, which is not "
+                "in gateway.trusted_proxies: its client is located as that gateway, so no "
+                "residency rule applies to it here; list the edge gateways' addresses in "
+                "gateway.trusted_proxies (or sign the client as the edge Worker does)",
+                peer,
+            )
 
     def edge_client(self, value: str, host: str | None) -> EdgeClient | None:
         """The client in a signed edge header, or None when it is not to be believed: then

@@ -30,7 +30,7 @@ from enum import StrEnum
 from urllib.parse import quote, unquote
 
 from geodb.clientip import IPAddress, parse_ip
-from geodb.countries import place
+from geodb.countries import CONTINENT_NAMES, EXTRA_COUNTRIES, country_continent, place
 from geodb.location import Location, LocationSource
 
 HEADER = "geogate-client"
@@ -118,6 +118,20 @@ def _coordinate(text: str, bound: float) -> float | None:
     return v if math.isfinite(v) and -bound <= v <= bound else None
 
 
+def _known_country(code: str | None) -> str | None:
+    """A country code a residency rule could name (ISO 3166-1, or Kosovo's XK as MaxMind
+    writes it), else None. Cloudflare also says T1 (Tor) and XX (unknown): taken as a
+    country, such a code matched no rule, and the client was confined to nothing."""
+    if code is None or code.upper() in EXTRA_COUNTRIES or country_continent(code) is not None:
+        return code
+    return None
+
+
+def _known_continent(fields: Mapping[str, str]) -> str | None:
+    code = fields.get("continent")
+    return code if code is not None and code.upper() in CONTINENT_NAMES else None
+
+
 def _client(fields: Mapping[str, str], key_id: str) -> EdgeClient | None:
     try:
         ip = parse_ip(fields["ip"])
@@ -126,7 +140,7 @@ def _client(fields: Mapping[str, str], key_id: str) -> EdgeClient | None:
     lat, lon = _coordinate(fields["lat"], 90), _coordinate(fields["lon"], 180)
     if lat is None or lon is None:
         return None
-    country, continent = place(fields.get("country"), fields.get("continent"))
+    country, continent = place(_known_country(fields.get("country")), _known_continent(fields))
     city = unquote(fields["city"]) if "city" in fields else None
     loc = Location(lat, lon, country, continent, city, None, LocationSource.EDGE)
     return EdgeClient(ip, loc, key_id, fields.get("colo"))

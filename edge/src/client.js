@@ -41,6 +41,19 @@ export function referencePoint(country, continent) {
   return null;
 }
 
+// A country GeoIP names that has no ISO code: Kosovo, as MaxMind writes it (geodb/countries.py).
+const EXTRA_COUNTRIES = new Set(["XK"]);
+
+/**
+ * The code as a country (upper case), or null for one that names none.
+ * @param {string | null} code
+ * @returns {string | null}
+ */
+function knownCountry(code) {
+  const c = code?.toUpperCase() ?? "";
+  return Object.hasOwn(COUNTRY_POINTS, c) || EXTRA_COUNTRIES.has(c) ? c : null;
+}
+
 /**
  * The country's continent (geodb/data/countries.csv), or null for a code it does not know.
  * @param {string | null} country
@@ -63,14 +76,19 @@ export function clientOf(request, s) {
   const cf = /** @type {Record<string, unknown>} */ (request.cf ?? {});
   const str = (/** @type {string} */ k) =>
     typeof cf[k] === "string" && cf[k] ? String(cf[k]) : null;
-  const country = str("country");
+  // A code that is no country or continent (Cloudflare's T1 for Tor, XX for unknown) is
+  // none: taken as one it matched no residency rule here or at the gateway, which fills what
+  // is missing from its GeoIP (gateway/runtime.py).
+  const country = knownCountry(str("country"));
   const lat = Number.parseFloat(str("latitude") ?? "");
   const lon = Number.parseFloat(str("longitude") ?? "");
   const located = Number.isFinite(lat) && Number.isFinite(lon);
-  const point = located ? null : referencePoint(country, str("continent"));
+  const given = str("continent")?.toUpperCase() ?? null;
+  const known = given !== null && Object.hasOwn(CONTINENT_POINTS, given) ? given : null;
+  const point = located ? null : referencePoint(country, known);
   // Coordinates without a continent: the country's (a continents-only residency rule matched
   // no such client here, where the gateway, which derives it, did).
-  const continent = point ? point.continent : (str("continent") ?? continentOf(country));
+  const continent = point ? point.continent : (known ?? continentOf(country));
   if (!located && point === null) {
     const [latitude, longitude] = [s.defaultLatitude, s.defaultLongitude];
     return { latitude, longitude, country, continent, facts: null };

@@ -122,6 +122,19 @@ describe("a client Cloudflare knows by country or continent only", () => {
       [fields.ip, fields.lat, fields.lon, fields.continent],
       [IP, "-33.87", "151.21", "OC"],
     );
+    // XX is no country: not signed as one, or the gateway's residency rules matched nothing.
+    assert.equal(fields.country, undefined);
+  });
+
+  test("Tor (T1 for country and continent): signed with neither, the gateway's GeoIP fills them", async () => {
+    const { fields } = await send({
+      body: CHAT,
+      cf: only({ country: "T1", continent: "T1", latitude: "48.86", longitude: "2.35" }),
+    });
+    assert.deepEqual(
+      [fields.ip, fields.lat, fields.lon, fields.country, fields.continent],
+      [IP, "48.86", "2.35", undefined, undefined],
+    );
   });
 
   test("nothing known: the default location, no header (the gateway locates it)", async () => {

@@ -45,6 +45,7 @@ from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
 from geodb.clientip import client_ip
 from geodb.edge import HEADER as EDGE_HEADER
+from geodb.location import LocationSource
 
 
 def _too_large(size: int | None, limit: int) -> BodyTooLarge:
@@ -310,6 +311,8 @@ class Proxy:
         )
         rt.proxied += 1
         loc = ex.routed.location
+        if ex.hops and not ex.routed.peer_trusted and loc.source is not LocationSource.EDGE:
+            rt.unlocated_hop(peer[0] if peer else None)
         m = rt.metrics
         m.by_country.count(loc.country or "unknown", str(loc.source))
         if ex.routed.preferred_region:

@@ -182,3 +182,48 @@ def test_a_signed_location_without_a_country_takes_geoips_so_residency_applies()
     assert (str(loc.source), loc.latitude, loc.country, loc.continent) == ("edge", 51.5, "GB", "EU")
     assert routed.decision.residency == "eu-only"
     assert routed.decision.chosen is not None and routed.decision.chosen.upstream.id == "a"
+
+
+@pytest.mark.parametrize(
+    ("signed", "country", "continent", "rule"),
+    [
+        ({"country": "T1", "continent": "T1"}, "GB", "EU", "gb-in-eu-1"),  # Tor: GeoIP's both
+        ({"continent": "EU"}, "GB", "EU", "gb-in-eu-1"),  # no country: GeoIP's
+        ({"country": "XX"}, "GB", "EU", "gb-in-eu-1"),
+        ({"country": "FR"}, "FR", "EU", "eu-only"),  # the country's own continent, not GeoIP's
+    ],
+)
+def test_a_signed_location_missing_a_field_takes_it_from_geoip(
+    signed: dict[str, str], country: str, continent: str, rule: str
+) -> None:
+    # Filled field by field: a continent-only header skipped the country's rule, and a code
+    # that is no country (Cloudflare's T1, XX) matched none at all.
+    secret = "e" * 32
+    cfg = Config.model_validate(
+        {
+            "gateway": {"region": "eu"},
+            "regions": [
+                {"id": "eu", "latitude": 50, "longitude": 8},
+                {"id": "eu-1", "latitude": 51, "longitude": 0},
+                {"id": "us", "latitude": 39, "longitude": -77},
+            ],
+            "upstreams": [
+                {"id": "a", "region": "eu", "url": "http://127.0.0.1:1", "models": ["m"]},
+                {"id": "c", "region": "eu-1", "url": "http://127.0.0.1:3", "models": ["m"]},
+                {"id": "b", "region": "us", "url": "http://127.0.0.1:2", "models": ["m"]},
+            ],
+            "edge": {"keys": {"k1": secret}},
+            "geoip": {"default": {"country": "GB", "continent": "EU"}},
+            "residency": [
+                {"name": "gb-in-eu-1", "countries": ["GB"], "regions": ["eu-1"]},
+                {"name": "eu-only", "continents": ["EU"], "regions": ["eu", "eu-1"]},
+            ],
+        }
+    )
+    rt = build_runtime(cfg)
+    fields = {"kid": "k1", "ts": str(int(time.time())), "aud": "gw.example",
+              "ip": "198.51.100.4", "lat": "40.7", "lon": "-74.0", **signed}  # fmt: skip
+    value = sign(secret, list(fields.items()))
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="gw.example")
+    assert (routed.location.country, routed.location.continent) == (country, continent)
+    assert routed.decision.residency == rule

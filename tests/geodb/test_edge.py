@@ -134,3 +134,14 @@ def test_a_country_without_continent_gets_the_countrys() -> None:
     v = verify(sign(SECRET, fields(country="jp", continent="")), KEYS, AUD, NOW, 30.0)
     assert v.client is not None
     assert (v.client.location.country, v.client.location.continent) == ("JP", "AS")
+
+
+@pytest.mark.parametrize("code", ["T1", "XX", "A1", "ZZ"])
+def test_a_country_code_that_is_none_is_dropped_not_believed(code: str) -> None:
+    # Cloudflare says T1 for Tor and XX for unknown: taken as a country it matched no
+    # residency rule, so the client was confined to nothing.
+    v = verify(sign(SECRET, fields(country=code, continent=code)), KEYS, AUD, NOW, 30.0)
+    assert v.client is not None
+    assert (v.client.location.country, v.client.location.continent) == (None, None)
+    v = verify(sign(SECRET, fields(country="xk", continent="EU")), KEYS, AUD, NOW, 30.0)
+    assert v.client is not None and v.client.location.country == "XK"  # MaxMind's, not ISO's

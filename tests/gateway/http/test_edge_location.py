@@ -169,3 +169,22 @@ def test_keys_without_audiences_are_warned_of_at_start(setup: tuple[Gateway, Sim
     another gateway sharing the key passes here with that Host. Said once, at start."""
     gw, _ = setup
     assert gw.log_text().count("edge.keys without edge.audiences") == 1
+
+
+def test_another_gateways_request_from_an_untrusted_peer_is_warned_of_once(
+    setup: tuple[Gateway, Sim],
+) -> None:
+    # An edge gateway (origin client) in front of this one sends geogate-hops and no signed
+    # client: with residency rules and the edge not in trusted_proxies, the client was
+    # located as the edge gateway and its rule silently did not apply.
+    gw, _ = setup
+    warning = "which is not in gateway.trusted_proxies"
+    hop = {"geogate-hops": "1"}
+    signed = {**hop, "geogate-client": header(gw)}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT_BODY, headers=signed).is_success
+    assert warning not in gw.log_text()  # located by the signed header: nothing lost
+    for _ in range(2):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT_BODY, headers=hop)
+        assert r.status_code == 200
+    lines = [ln for ln in gw.log_text().splitlines() if warning in ln]
+    assert len(lines) == 1 and "from 127.0.0.1" in lines[0], lines
