@@ -16,8 +16,22 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+    """The networks, normalised as addresses are (``normalise``): one written in the IPv4-mapped
+    IPv6 form (``::ffff:10.0.0.0/104``) is its IPv4 network, or it could never hold a peer,
+    which is compared as IPv4."""
+    return tuple(_network(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+
+
+def _network(net: IPNetwork) -> IPNetwork:
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        first = net.network_address.ipv4_mapped
+        assert first is not None  # inside ::ffff:0:0/96
+        return ipaddress.IPv4Network((first, net.prefixlen - 96))
+    return net
 
 
 # Peer addresses parsed, remembered (least recently used out first): ipaddress.ip_address costs

@@ -39,6 +39,7 @@ def gateway(args: argparse.Namespace) -> None:
     build_runtime(config)  # fail here, in one line, on a bad GeoIP file — not in a worker
     _warn_open_audience(config)
     _warn_short_tokens(config)
+    _warn_shadowed_rules(config)
     if args.check:
         # What a start checks before it binds: the file, its values, and the files it names
         # (GeoIP, TLS, state_file's directory). Not the ports: the gateway being reloaded
@@ -63,6 +64,17 @@ def checked(config: Config, path: Path) -> str:
         f"{len(models)} model(s); listens on {s.host}:{s.port} ({s.engine}, {s.workers} "
         f"worker(s)), {ops}; state {state}"
     )
+
+
+def _warn_shadowed_rules(config: Config) -> None:
+    """A residency rule's country or continent that an earlier rule takes first: said at
+    start (not refused, so that a deployment that upgrades keeps starting), since the rule
+    the operator wrote for it never decides."""
+    from gateway.routing.policy import policy_from, shadowed
+    from gateway.runtime import log
+
+    for line in shadowed(policy_from(config).residency):
+        log.warning("%s: the first rule that matches a client applies; put it first", line)
 
 
 def _warn_open_audience(config: Config) -> None:

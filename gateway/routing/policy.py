@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.routing.model import Origin
+from geodb.countries import country_continent
 from geodb.location import Location
 
 
@@ -64,3 +65,30 @@ def policy_from(config: Config) -> Policy:
         tolerance_ratio=config.router.tolerance_ratio,
         panic_threshold=config.router.panic_threshold,
     )
+
+
+def shadowed(rules: Sequence[Residency]) -> list[str]:
+    """What each rule names that an earlier rule already takes (the first rule that matches a
+    client applies, so a country listed after its continent's rule never decides), in words:
+    a rule written for one country after a continent-wide one silently keeps those clients
+    where the continent's rule says, which may be somewhere else."""
+    said = []
+    for i, rule in enumerate(rules):
+        for country in sorted(rule.countries):
+            continent = country_continent(country)
+            first = next((r for r in rules[:i] if _takes_country(r, country, continent)), None)
+            if first is not None:
+                said.append(_shadow(country, rule, first))
+        for continent in sorted(rule.continents):
+            first = next((r for r in rules[:i] if continent in r.continents), None)
+            if first is not None:
+                said.append(_shadow(continent, rule, first))
+    return said
+
+
+def _takes_country(rule: Residency, country: str, continent: str | None) -> bool:
+    return country in rule.countries or (continent is not None and continent in rule.continents)
+
+
+def _shadow(name: str, rule: Residency, first: Residency) -> str:
+    return f"{name} in residency rule {rule.name!r} is matched first by {first.name!r}"

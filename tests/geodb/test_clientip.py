@@ -60,3 +60,12 @@ def test_one_normal_form_mapped_unmapped_and_scoped_refused() -> None:
     assert client_ip("10.0.0.3", ["fe80::1%eth0"], TRUSTED) == ip("10.0.0.3")
     assert client_ip("10.0.0.3", ["[fe80::1%eth0]:443"], TRUSTED) == ip("10.0.0.3")
     assert client_ip("fe80::1%eth0", [], TRUSTED) is None
+
+
+def test_a_trusted_network_in_ipv4_mapped_form_matches_ipv4_peers() -> None:
+    # Peers are compared as IPv4 (normalise): written ::ffff:..., a network could never hold
+    # one, and the operator's setting silently did nothing.
+    nets = parse_networks(["::ffff:127.0.0.21/128", "::ffff:10.0.0.0/104", "::1"])
+    assert [str(n) for n in nets] == ["127.0.0.21/32", "10.0.0.0/8", "::1/128"]
+    assert str(client_ip("127.0.0.21", ["127.0.0.2"], nets)) == "127.0.0.2"
+    assert str(client_ip("::ffff:10.1.2.3", ["127.0.0.3"], nets)) == "127.0.0.3"

@@ -397,3 +397,15 @@ def test_argument_errors_are_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line), err
     assert err.rstrip().endswith("--help)")
+
+
+def test_a_rule_shadowed_by_an_earlier_one_is_warned_of_at_start(tmp_path: Path) -> None:
+    rules = (
+        '[[residency]]\nname = "eu-only"\ncontinents = ["EU"]\nregions = ["eu-central"]\n\n'
+        '[[residency]]\nname = "gb-in-us"\ncountries = ["GB"]\nregions = ["us-east"]\n'
+    )
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(gateway_toml(free_port(), [], extra=rules))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 0, p.stderr
+    assert "GB in residency rule 'gb-in-us' is matched first by 'eu-only'" in p.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import Config
-from gateway.routing.policy import policy_from
+from gateway.routing.policy import Residency, policy_from, shadowed
 from geodb.location import Location
 
 
@@ -30,3 +30,27 @@ def test_rules_are_named_and_match_country_or_continent() -> None:
     assert p.rule_index(Location(0, 0, "DE", "EU")) == 0
     assert p.rule_index(Location(0, 0, "FR", "EU")) == 1
     assert p.rule_index(Location(0, 0, "US", "NA")) is None
+
+
+def test_a_rule_an_earlier_one_takes_first_is_named() -> None:
+    def rule(
+        name: str, countries: tuple[str, ...] = (), continents: tuple[str, ...] = ()
+    ) -> Residency:
+        return Residency(name, frozenset(countries), frozenset(continents), frozenset({"eu"}))
+
+    eu, gb, af_country = (
+        rule("eu-only", continents=("EU",)),
+        rule("gb", ("GB",)),
+        rule("af", ("AF",)),
+    )
+    assert shadowed([gb, eu]) == []  # the country's rule first: it decides for GB
+    assert shadowed([eu, gb]) == ["GB in residency rule 'gb' is matched first by 'eu-only'"]
+    assert shadowed([eu, rule("eu-2", continents=("EU", "AS"))]) == [
+        "EU in residency rule 'eu-2' is matched first by 'eu-only'"
+    ]
+    # Afghanistan's code is Africa's: a country rule does not take a continent, nor the reverse.
+    assert shadowed([af_country, rule("africa", continents=("AF",))]) == []
+    assert shadowed([rule("africa", continents=("AF",)), af_country]) == []  # AF is in Asia
+    assert shadowed([gb, rule("gb-again", ("GB", "XK"))]) == [
+        "GB in residency rule 'gb-again' is matched first by 'gb'"
+    ]
