@@ -61,6 +61,7 @@ def _values(**over: str) -> dict[str, str]:
         "gateway_config": '[gateway]\nregion = "ap-southeast"',
         "model_path": "/opt/models/m",
         "model_s3_uri": "",
+        "geoip_s3_uri": "",
         "model_name": "m",
         "redis_host": "geogate-eu-central-redis.abc.euc1.cache.amazonaws.com",
         "redis_param": "/geogate/redis-auth-token",
@@ -83,6 +84,9 @@ elif args[:2] == ["ecr", "get-login-password"]:
     if opt("--region") in os.environ.get("STUB_ECR_FAIL", "").split(","):
         sys.exit("An error occurred (UnrecognizedClientException): GetAuthorizationToken")
     print("pw-" + opt("--region"))
+elif args[:2] == ["s3", "cp"]:
+    with open(args[-1], "wb") as f:
+        f.write(b"mmdb from " + args[-2].encode())
 elif args[:2] != ["s3", "sync"]:
     sys.exit(f"aws stub: unexpected {args}")
 """
@@ -484,3 +488,31 @@ def test_the_user_data_stays_under_ec2s_16_kb(tmp_path: Path) -> None:
     )
     size = len(render(USER_DATA.read_text(), values).encode())
     assert size < 16 * 1024 - 2048, size  # with room for a longer config
+
+
+def test_the_gateway_gets_the_geoip_database_when_one_is_named(tmp_path: Path) -> None:
+    # Without one, every client on AWS was at the default location: no residency rule could
+    # apply, and the per-country panels said "unknown".
+    uri = "s3://my-geoip/GeoLite2-City.mmdb"
+    rc, err, calls = boot(tmp_path, _values(geoip_s3_uri=uri))
+    assert rc == 0, err
+    db = tmp_path / "etc" / "geoip" / "City.mmdb"
+    assert db.read_bytes() == b"mmdb from " + uri.encode()
+    assert oct(db.stat().st_mode & 0o777) == "0o644"  # the gateway runs as uid 10001
+    assert not list(db.parent.glob(".*")), "copied to a new name, then renamed over"
+    copies = [c["args"] for c in calls if c["cmd"] == "aws" and c["args"][:2] == ["s3", "cp"]]
+    assert copies == [["s3", "cp", "--only-show-errors", uri, f"{db.parent}/.City.mmdb.new"]]
+    assert ["enable", "--now", "geogate-geoip.timer"] in [
+        c["args"] for c in calls if c["cmd"] == "systemctl"
+    ]
+    gateway = _gateway_run(calls)
+    assert _env_of(gateway)["GEOGATE_GEOIP__DATABASE"] == "/etc/geogate/geoip/City.mmdb".replace(
+        "/etc/geogate", str(tmp_path / "etc")
+    )
+    assert f"{db.parent}:{db.parent}:ro" in gateway["args"]
+    # None named: no copy, no timer, no variable, and the boot still runs.
+    (tmp_path / "none").mkdir()
+    rc, err, calls = boot(tmp_path / "none", _values())
+    assert rc == 0, err
+    assert not [c for c in calls if c["cmd"] == "aws" and c["args"][:2] == ["s3", "cp"]]
+    assert "GEOGATE_GEOIP__DATABASE" not in _env_of(_gateway_run(calls))

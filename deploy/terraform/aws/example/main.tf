@@ -35,6 +35,7 @@ module "eu_central" {
   model_name                   = var.model_name
   model_path                   = var.model_path
   model_s3_uri                 = var.model_s3_uri
+  geoip_s3_uri                 = var.geoip_s3_uri
   gateway_image                = var.gateway_image
   backend_image                = var.backend_image
   gateway_config               = local.gateway_config["eu-central"]
@@ -78,6 +79,7 @@ module "us_east" {
   model_name                        = var.model_name
   model_path                        = var.model_path
   model_s3_uri                      = var.model_s3_uri
+  geoip_s3_uri                      = var.geoip_s3_uri
   gateway_image                     = var.gateway_image
   backend_image                     = var.backend_image
   gateway_config                    = local.gateway_config["us-east"]
@@ -115,6 +117,7 @@ module "ap_southeast" {
   model_name                        = var.model_name
   model_path                        = var.model_path
   model_s3_uri                      = var.model_s3_uri
+  geoip_s3_uri                      = var.geoip_s3_uri
   gateway_image                     = var.gateway_image
   backend_image                     = var.backend_image
   gateway_config                    = local.gateway_config["ap-southeast"]

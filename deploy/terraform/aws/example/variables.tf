@@ -53,6 +53,12 @@ variable "model_s3_uri" {
   default     = ""
 }
 
+variable "geoip_s3_uri" {
+  description = "s3://bucket/key.mmdb of a MaxMind GeoIP2/GeoLite2 City database the hosts copy at boot and daily (empty: no GeoIP: residency rules and per-country metrics see no country)"
+  type        = string
+  default     = ""
+}
+
 variable "gateway_image" {
   description = "Gateway image (deploy/docker/Dockerfile.gateway) in a registry every region can pull from"
   type        = string

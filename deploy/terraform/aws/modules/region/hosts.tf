@@ -92,6 +92,14 @@ data "aws_iam_policy_document" "boot" {
       ]
     }
   }
+  dynamic "statement" {
+    for_each = var.geoip_s3_uri == "" ? [] : [1]
+    content {
+      sid       = "GeoIPDatabase"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:aws:s3:::${trimprefix(var.geoip_s3_uri, "s3://")}"]
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "boot" {
@@ -156,6 +164,7 @@ resource "aws_launch_template" "gpu" {
     gateway_config  = var.gateway_config
     model_path      = var.model_path
     model_s3_uri    = var.model_s3_uri
+    geoip_s3_uri    = var.geoip_s3_uri
     model_name      = var.model_name
     redis_host      = local.redis_host
     redis_param     = aws_ssm_parameter.redis_auth.name

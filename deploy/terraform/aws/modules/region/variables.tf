@@ -90,6 +90,16 @@ variable "model_s3_uri" {
   default     = ""
 }
 
+variable "geoip_s3_uri" {
+  description = "s3://bucket/key.mmdb of a MaxMind GeoIP2/GeoLite2 City or Country database, copied at boot and daily (empty: no GeoIP; clients are at the default location, so residency rules and per-country metrics see no country)"
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.geoip_s3_uri == "" || can(regex("^s3://[a-z0-9][a-z0-9.-]+/[A-Za-z0-9!_.*'()/-]+\\.mmdb$", var.geoip_s3_uri))
+    error_message = "geoip_s3_uri: s3://bucket/key.mmdb (a key of plain characters), or empty."
+  }
+}
+
 variable "model_name" {
   description = "Model name in the API (the backend's --served-model-name and the gateway's upstream models)"
   type        = string
