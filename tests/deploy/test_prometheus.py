@@ -3,6 +3,7 @@ and runs the rules' unit tests; every alert must have a test in which it fires."
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -111,3 +112,25 @@ def test_a_new_target_gets_the_autoscaling_groups_grace() -> None:
     # Up within the window, or a target since before it: no gap between the two.
     assert int(window) >= int(offset)
     assert rule["for"] == "2m"
+
+
+def test_every_alert_says_what_to_do_with_commands_that_exist() -> None:
+    # The page at 3 a.m. carries its first steps (a `runbook` annotation); each `geogate ctl`
+    # subcommand and option it names must be one the CLI has.
+    from gateway.cli.main import _parser
+
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+
+    def choices(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return sub.choices
+
+    subcommands = set(choices(choices(_parser())["ctl"]))
+    named = []
+    for alert in alerts:
+        notes = alert["annotations"]
+        assert notes.get("summary") and notes.get("description"), alert["alert"]
+        assert len(notes.get("runbook", "")) > 40, f"{alert['alert']} has no runbook"
+        named += re.findall(r"geogate ctl (\w+)", notes["runbook"])
+    assert named and set(named) <= subcommands, set(named) - subcommands
