@@ -80,6 +80,10 @@ def flows(
     scale = sum(demand.values()) / counted if counted else 1.0
     leaving: dict[str, float] = {}
     arriving: dict[str, float] = {}
+    # The shares the weights set, as over a minute: with the live in-flight counts, every
+    # trial's two choices went to whichever upstream was idle at that instant (power of two
+    # choices), and the preview named a different destination at each look.
+    before, after = replace(before, in_flight={}), replace(after, in_flight={})
     for seed, ((loc, model), n) in enumerate(busiest[:MAX_KEYS]):
         b = _shares(loc, model, before, policy, seed)
         a = _shares(loc, model, after, policy, seed)

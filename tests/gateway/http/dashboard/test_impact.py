@@ -168,3 +168,15 @@ def test_draining_a_discovered_pool_says_where_its_members_traffic_goes() -> Non
         "eu-1 carries 33 % of requests in the last minute (30 of 90); they will move to "
         "us-1 (100 %)."
     )
+
+
+def test_the_shares_moved_follow_the_weights_not_the_instants_in_flight() -> None:
+    # Two upstreams in one region: where New York's requests go when us-1 is drained is their
+    # weights' split, whatever each had in flight at the look (it named the idle one alone).
+    eu1, us1 = snapshot().upstreams
+    views = (replace(eu1, weight=3.0), replace(eu1, id="eu-2", weight=1.0), us1)
+    w = window({(NEW_YORK, "us-1", "m"): 64})
+    for busy in ({"eu-1": 5}, {"eu-2": 5}, {}):
+        snap = Snapshot(views, snapshot().regions, busy)
+        out = what_if(w, snap, POLICY, ["us-1"], {"us-1": {"drained": True}})
+        assert out["arriving"]["eu-1"] > out["arriving"]["eu-2"] > 0, (busy, out["arriving"])
