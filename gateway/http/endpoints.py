@@ -248,9 +248,24 @@ class Endpoints:
     async def explain(self, request: Request) -> Response:
         """The decision for a request from ``ip`` (default: this request's own client, found
         the way the proxy finds it, trusted-proxy rule included)."""
-        model = request.query_params.get("model", "")
+        params = request.query_params
+        model = params.get("model", "")
+        if unknown := sorted(set(params) - _EXPLAIN_PARAMS):
+            return json_error(
+                RequestInvalid(
+                    f"/explain takes model= and ip=, not {', '.join(unknown)} (a country is "
+                    "the dashboard's: /dashboard/api/explain?country=)"
+                )
+            )
+        if not model:
+            return json_error(
+                RequestInvalid(
+                    "give the model to route, model=NAME (GET /v1/models lists them); without "
+                    "one every upstream is ruled out as not serving it"
+                )
+            )
         now = time.monotonic()
-        ip_text = request.query_params.get("ip")
+        ip_text = params.get("ip")
         if ip_text:
             try:
                 ip = parse_ip(ip_text)
@@ -283,6 +298,9 @@ class Endpoints:
                 "worker": self.rt.worker,
             }
         )
+
+
+_EXPLAIN_PARAMS = frozenset({"model", "ip"})
 
 
 def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:

@@ -339,6 +339,11 @@ def test_ops_errors(fleet: tuple[Gateway, Sim]) -> None:
     assert "is not an IP address" in error_of(r.status_code, r.content, 400, "invalid_request")
     r = httpx.get(f"{gw.ops_url}/explain", params={"model": "m", "ip": "::ffff:127.0.0.1"})
     assert r.status_code == 200 and r.json()["ip"] == "127.0.0.1", r.text
+    # No model: every upstream was ruled out as "not serving it", a 200 that explained nothing.
+    r = httpx.get(f"{gw.ops_url}/explain", params={"ip": "127.0.0.1"})
+    assert "model=NAME" in error_of(r.status_code, r.content, 400, "invalid_request")
+    r = httpx.get(f"{gw.ops_url}/explain", params={"model": "m", "country": "GB"})
+    assert "not country" in error_of(r.status_code, r.content, 400, "invalid_request")
     r = httpx.get(f"{gw.ops_url}/admin/upstream/a")
     message = error_of(r.status_code, r.content, 404, "unknown_url")
     assert "admin API" in message and "/v1/" not in message
