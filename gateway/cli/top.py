@@ -30,6 +30,7 @@ from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 
 WINDOW_S = 10.0  # rates and percentiles over the last 10 s: steady to read, quick to follow
+UNROUTED = "-"  # the region label of a request refused before routing (gateway.http.exchange)
 HEALTH_WIDTH = 50  # "ejected 300s: failure rate 12/20 requests in 10 s" fits; longer is cut
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
 
@@ -143,11 +144,18 @@ def votes_cell(seen_by: dict[str, bool]) -> str:
     return f"{up}/{len(seen_by)} up" + (f" (down: {', '.join(down)})" if down else "")
 
 
+def weight_cell(u: dict[str, Any]) -> str:
+    """The weight, and the bias beside it when there is one: an upstream biased away took no
+    traffic with nothing on its row to say why."""
+    bias = u.get("bias_ms") or 0
+    return f"{u.get('weight', 1):g}" + (f" {bias:+g}ms" if bias else "")
+
+
 COLUMNS = (
     "region / upstream",
     "health",
     "fleet votes",
-    "weight",
+    "weight bias",
     "RTT ms",
     "queue",
     "TTFT ms",
@@ -187,6 +195,7 @@ def frame(
     health.no_wrap, health.overflow, health.max_width = True, "ellipsis", HEALTH_WIDTH
     for r in table.get("regions", []):
         _region_rows(t, r, old, new)
+    _unrouted_row(t, old, new)
     shared = table.get("shared_state", "?")
     head = Text.assemble(
         ("geogate top ", "bold"),
@@ -236,7 +245,7 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
             f"  {uid}",
             health_cell(u),
             votes_cell(u.get("seen_by") or {}),
-            f"{u.get('weight', 1):g}",
+            weight_cell(u),
             _num(u.get("rtt_ms"), "{:.1f}"),
             _num(u.get("queue_depth")),
             _num(u.get("ttft_ms")),
@@ -245,6 +254,35 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
             _num(None if every is None or ok is None else max(every - ok, 0.0), "{:.1f}"),
             str(u.get("times_ejected", 0)),
         )
+
+
+def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
+    """Requests answered before any region was chosen (``region="-"``: no upstream allowed
+    for the model or the client's residency rule, the gateway full): a drained region's
+    clients refused showed nowhere in the table."""
+    if not any(True for _ in _codes(new, UNROUTED)):
+        return
+    req_s = _rate(old, new, "geogate_requests_total", region=UNROUTED)
+    errs = [
+        _rate(old, new, "geogate_requests_total", region=UNROUTED, code=str(c))
+        for c in _codes(new, UNROUTED)
+        if c >= 500
+    ]
+    err_s = None if req_s is None or None in errs else sum(e for e in errs if e is not None)
+    busy = bool(err_s)
+    t.add_row(
+        Text("not routed (no candidate, full)", style="bold red" if busy else "bold"),
+        *[""] * 7,
+        _num(req_s, "{:.1f}"),
+        Text(_num(err_s, "{:.1f}"), style="bold red" if busy else ""),
+        "",
+    )
+
+
+def restarted(old: Sample, new: Sample) -> bool:
+    """Whether the gateway's counters went back between two samples (it restarted): the
+    samples before are then no base for a rate, only "?" for the whole window."""
+    return _sum(new, "geogate_requests_total") < _sum(old, "geogate_requests_total")
 
 
 def _codes(sample: Sample, region: str) -> Iterable[int]:
@@ -295,6 +333,8 @@ async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None
             await asyncio.sleep(interval_s)
             try:
                 table, sample = await _scrape(fleet)
+                if restarted(samples[-1], sample):
+                    samples.clear()
                 samples.append(sample)
                 problem = ""
             except CLIError as exc:  # keep the last frame; say what is wrong, and retry

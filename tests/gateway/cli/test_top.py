@@ -15,8 +15,10 @@ from gateway.cli.top import (
     frame,
     parse_metrics,
     quantile,
+    restarted,
     ttfb_ms,
     votes_cell,
+    weight_cell,
 )
 
 METRICS = """\
@@ -154,3 +156,41 @@ def test_an_error_counter_that_went_back_is_unknown_not_zero() -> None:
 def test_votes() -> None:
     assert votes_cell({}) == "local"
     assert votes_cell({"gw0": True, "gw1": True}) == "2/2 up"
+
+
+def test_a_bias_shows_beside_the_weight() -> None:
+    # An upstream biased away took no traffic with nothing on its row to say why.
+    assert weight_cell({"weight": 1, "bias_ms": 200.0}) == "1 +200ms"
+    assert weight_cell({"weight": 2, "bias_ms": -50}) == "2 -50ms"
+    assert weight_cell({"weight": 0.5, "bias_ms": 0}) == "0.5"
+
+
+UNROUTED_METRICS = """\
+# TYPE geogate_requests counter
+geogate_requests_total{{code="200",region="eu"}} {ok}
+geogate_requests_total{{code="503",region="-"}} {refused}
+"""
+
+
+def test_requests_refused_before_routing_get_a_row() -> None:
+    # A drained region's clients, refused with no candidate, showed nowhere: 0 req/s, 0 err/s.
+    def at(t: float, ok: int, refused: int) -> Sample:
+        return Sample(t, parse_metrics(UNROUTED_METRICS.format(ok=ok, refused=refused)))
+
+    text = render("u", {"regions": []}, at(100.0, 10, 0), at(102.0, 10, 8))
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("not routed")]
+    assert row[-2:] == ["4.0", "4.0"]
+    quiet = render("u", {"regions": []}, at(100.0, 10, 0), at(102.0, 30, 0))
+    assert "not routed" in quiet  # the series exists: shown, at 0.0
+    none = Sample(
+        102.0,
+        parse_metrics(
+            '# TYPE geogate_requests counter\ngeogate_requests_total{code="200",region="eu"} 3\n'
+        ),
+    )
+    assert "not routed" not in render("u", {"regions": []}, None, none)
+
+
+def test_a_restarted_gateways_counters_start_a_new_window() -> None:
+    assert restarted(sample(100.0, 30, 4, 20), sample(101.0, 2, 0, 1))
+    assert not restarted(sample(100.0, 10, 4, 10), sample(102.0, 30, 2, 20))
