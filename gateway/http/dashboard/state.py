@@ -248,4 +248,14 @@ def build(rt: Runtime, window: Window, now: float) -> dict[str, Any]:
         "regions": region_rows(rt, rows, ttft),
         "upstreams": rows,
         "places": place_rows(rt, rates),
+        "unrouted_rps": unrouted_rps(rates),
     }
+
+
+def unrouted_rps(ticks: list[Tick]) -> float:
+    """Requests/s answered before any region was chosen (no upstream allowed for the model or
+    the client's residency rule, a model none serves, the gateway full): a drained region's
+    clients, refused, showed nowhere on the page."""
+    served, _ = Window.served(ticks)
+    refused = sum(n for (_loc, uid, _model), n in served.items() if uid == NOT_SERVED)
+    return round(refused / (Window.span(ticks) or 1.0), 2)

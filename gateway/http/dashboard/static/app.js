@@ -133,6 +133,17 @@ function render(next) {
 }
 
 function renderRegions() {
+  // Requests refused before any region was chosen (a drained region's clients, a model with
+  // no upstream left): counted in no region's card, so a card of their own while there are any.
+  const unrouted = state.unrouted_rps > 0
+    ? h("div", { class: "region-card down", "data-region": "-", "data-state": "down" },
+      h("div", { class: "row" },
+        h("span", { class: "name" }, "not routed"),
+        h("span", { class: "muted" }, "no upstream allowed or none serves the model, or full"),
+        h("span", { class: "badge down" }, "refused")),
+      h("div", { class: "stats" },
+        `${fmt(state.unrouted_rps, 1)} req/s answered before any region was chosen`))
+    : null;
   $("regions").replaceChildren(...state.regions.map((r) => {
     const all = r.upstreams.map((id) => state.upstreams.find((u) => u.id === id));
     // The region's own drain (an upstream drained on its own is not the region drained).
@@ -147,7 +158,7 @@ function renderRegions() {
         `${fmt(r.rps, 1)} req/s · errors ${pct(r.error_rate)} · TTFT p50 ${fmt(r.ttft_p50_ms, 0, " ms")}` +
         ` / p99 ${fmt(r.ttft_p99_ms, 0, " ms")} · in-flight ${r.in_flight} · ` +
         `${r.upstreams.length} upstream(s)`));
-  }));
+  }), ...(unrouted ? [unrouted] : []));
 }
 
 function votes(u) {

@@ -318,6 +318,22 @@ def test_redis_away_says_shared_state_stale_and_stays_live(world: World, browser
     _note(step="redis away", banner=banner)
 
 
+def test_requests_no_region_took_show_as_refused(world: World, browser: Browser) -> None:
+    # Answered before routing (here a model no upstream serves; a drained region's clients
+    # alike): in no region's card, so the page showed nothing failing.
+    page = browser.page
+    transport = httpx.HTTPTransport(local_address=LONDON.addr)
+    with httpx.Client(transport=transport, timeout=10) as c:
+        for _ in range(5):
+            body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+            assert c.post(f"{world.gw.url}/v1/chat/completions", json=body).status_code == 404
+    page.wait_for_selector(".region-card[data-region='-'][data-state='down']", timeout=10_000)
+    page.wait_for_selector("#map circle.place.refused", state="attached", timeout=10_000)
+    card = page.inner_text(".region-card[data-region='-']")
+    _note(step="not routed", card=card)
+    assert "req/s answered before any region was chosen" in card
+
+
 def test_no_console_errors_and_no_token_in_any_url(browser: Browser) -> None:
     _note(step="end", console_errors=browser.errors, requests=len(browser.urls))
     assert browser.errors == []

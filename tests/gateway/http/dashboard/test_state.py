@@ -153,6 +153,18 @@ def test_places_are_grouped_by_city_with_the_regions_that_served_them() -> None:
     ]
 
 
+def test_requests_refused_before_routing_are_counted_apart() -> None:
+    # A drained region's clients, refused with no candidate, were in no region's rate: the
+    # page showed the region grey at 0 req/s and nothing failing.
+    rt = runtime()
+    rt.traffic.request(LONDON, "eu-1", "m")
+    for _ in range(4):
+        rt.traffic.request(LONDON, "-", "")
+    doc = state.build(rt, windowed(rt), time.monotonic())
+    assert doc["unrouted_rps"] == 0.4
+    assert state.build(runtime(), windowed(runtime()), time.monotonic())["unrouted_rps"] == 0.0
+
+
 def test_shared_state_stale_since_is_said() -> None:
     # A Redis store that never reached Redis is stale from its start.
     rt = runtime(redis={"url": "redis://127.0.0.1:1"})
