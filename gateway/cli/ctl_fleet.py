@@ -85,8 +85,9 @@ class RedisFleet:
         doc, version = await self._io(config_io.load(self.r, self.keys))
         if doc is None:
             raise CLIError(
-                f"no fleet config in Redis for deployment {self.keys.deployment!r}: "
-                "start a gateway with --redis first (it seeds the config)"
+                f"no fleet config in Redis for deployment {self.keys.deployment!r}: a running "
+                "gateway puts its own back within seconds of a Redis restart (retry then); "
+                "with none running, start a gateway with --redis first (it seeds the config)"
             )
         self._base(doc, version)
         return doc, version
@@ -261,6 +262,8 @@ class GatewayFleet:
         except (json.JSONDecodeError, KeyError, TypeError):
             return f"{self.url} answered HTTP {status}: is --gateway a geogate ops listener?"
         hint = HINTS.get(code)
+        if code == "unknown_url" and "/v1/" in message:  # the public listener's own 404
+            hint = "is --gateway the public listener? ctl talks to the ops listener, ops.port"
         return f"the gateway refused: {message}" + (f" ({hint})" if hint else "")
 
 

@@ -350,13 +350,7 @@ class RedisStateStore(MemoryStateStore):
         down = observations.down(seen)
         self.observations = seen
         if down != self.fleet_down:
-            if down - self.fleet_down:
-                newly = sorted(down - self.fleet_down)
-                log.warning(
-                    "down for the fleet: %s",
-                    ", ".join(newly),
-                    extra=event("fleet-down", upstreams=newly),
-                )
+            sync_log.fleet_votes(self.fleet_down, down)
             self.fleet_down = down
             self._snap = None
 

@@ -113,3 +113,14 @@ def refused(version: int, exc: Exception, routed: int) -> None:
         on,
         extra=event("config-refused", reason=str(exc), config_version=version),
     )
+
+
+def fleet_votes(before: frozenset[str] | set[str], after: frozenset[str] | set[str]) -> None:
+    """The upstreams most gateways newly see down, and those they see up again: the log had
+    an outage's start and no end."""
+    if newly := sorted(after - before):
+        log.warning(
+            "down for the fleet: %s", ", ".join(newly), extra=event("fleet-down", upstreams=newly)
+        )
+    if back := sorted(before - after):
+        log.info("back for the fleet: %s", ", ".join(back), extra=event("fleet-up", upstreams=back))

@@ -42,7 +42,13 @@ def upstream_state(rt: Runtime, v: UpstreamView, now: float) -> tuple[str, str |
         else None
     )
     if h.probed_healthy is False:
-        probe = f"health probe: {h.last_probe_error or 'failed'}"
+        if h.consecutive_ok and h.last_probe_error is None:
+            # Back, waiting for health.healthy_threshold good probes in a row: "failed" said
+            # the opposite of what the last probe found.
+            need = rt.config.health.healthy_threshold
+            probe = f"recovering: {h.consecutive_ok} of {need} good health probes"
+        else:
+            probe = f"health probe: {h.last_probe_error or 'failed'}"
         return "down", f"{probe}; {ejected}" if ejected else probe
     if not h.probe_ok():
         return "joining", "added while running: routed once its first health probe answers"

@@ -249,6 +249,15 @@ def test_a_regions_undrain_names_each_upstream_left_drained() -> None:
     )
 
 
+def test_the_public_listener_given_as_gateway_is_named(
+    fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw, _ = fleet
+    rc, out, err = ctl(capsys, "--gateway", gw.url, "top", "--once", "--interval", "0.1")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "is --gateway the public listener? ctl talks to the ops listener, ops.port" in err
+
+
 def test_top_once_shows_every_region_and_upstream(
     fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -554,6 +563,17 @@ def test_a_change_while_redis_lost_data_is_refused_until_the_gateways_put_it_bac
     r.delete("{geogate:default}:obs:gw0/1")  # that gateway's observation expired
     rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
     assert rc == 0 and "fleet config version 2, audited as bob" in out, err
+
+
+def test_an_empty_redis_says_the_gateways_put_theirs_back(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Right after a Redis restart it told the operator to start a gateway, with gateways
+    # running that put their document back seconds later.
+    server, _ = bare_redis
+    rc, out, err = ctl(capsys, "--redis", server.url, "show")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "a running gateway puts its own back within seconds of a Redis restart" in err
 
 
 @pytest.mark.parametrize(

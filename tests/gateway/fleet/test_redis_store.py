@@ -50,6 +50,16 @@ def test_majority_down_is_down_for_everyone() -> None:
     assert s.observations["a"] == {"me": True, "g2": False, "g3": False}
 
 
+def test_down_and_back_for_the_fleet_are_both_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # The log had an outage's start ("down for the fleet") and never its end.
+    s = RedisStateStore(CFG)
+    caplog.set_level(logging.INFO, "geogate.fleet")
+    s._merge([view("me", a=True, b=True), view("g2", a=False, b=True), view("g3", a=False, b=True)])
+    s._merge([view("me", a=True, b=True), view("g2", a=True, b=True), view("g3", a=False, b=True)])
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", "down for the fleet: a"), ("INFO", "back for the fleet: a")]
+
+
 def test_a_partition_routes_around_locally_only() -> None:
     s = RedisStateStore(CFG)
     s.record_probe("a", False, None, "refused")  # only this gateway cannot reach a

@@ -97,6 +97,19 @@ def test_down_drained_and_ejected_upstreams_say_why() -> None:
     assert [u["drained"] for u in s["upstreams"]] == [True, True, False]
 
 
+def test_a_recovering_upstream_says_so_not_failed() -> None:
+    # Its first good probe cleared the error: "health probe: failed" said the opposite of
+    # what the last probe found while it waited for the next.
+    rt = runtime(health={"healthy_threshold": 3})
+    rt.store.record_probe("eu-1", False, None, "connection refused")
+    rt.store.record_probe("eu-1", True, 1.0, None)
+    row = state.build(rt, Window(60), time.monotonic())["upstreams"][0]
+    assert (row["state"], row["why"]) == ("down", "recovering: 1 of 3 good health probes")
+    rt.store.record_probe("eu-1", False, None, "timeout")
+    row = state.build(rt, Window(60), time.monotonic())["upstreams"][0]
+    assert (row["state"], row["why"]) == ("down", "health probe: timeout")
+
+
 async def test_a_drained_region_says_which_drain_holds_each_upstream() -> None:
     rt = runtime()
     await rt.store.update_upstream("eu-1", {"drained": True}, "alice")  # maintenance
