@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,6 +78,13 @@ async def audit(fleet: Fleet, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    if not rows:
+        # On stderr: stdout stays what a script parses (nothing), the operator reads why.
+        print(
+            "no operator changes recorded: none made since the fleet started, or Redis lost "
+            "them (the audit lives in Redis only: give it persistence, appendonly)",
+            file=sys.stderr,
+        )
     for row in rows:
         print(
             f"{row['when']}  v{row['version']:<4} {row['who']:<12} {row['what']}: "

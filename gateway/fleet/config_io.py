@@ -109,12 +109,14 @@ async def load(r: Redis, keys: Keys) -> tuple[dict[str, Any] | None, int]:
     return held.doc, held.version
 
 
-async def settle(r: Redis, keys: Keys, mine: Stored) -> Settled:
+async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
     """Compare ``mine`` with Redis's document and write what ``settle.settle`` decides, in one
     WATCH/MULTI retried when another writer (a gateway settling too, an operator's change) got
     in between: the loser compares again, so two gateways at once write once. A write is
-    published. No audit entry: putting a document back is no operator change (and a Redis
-    that lost the document lost the trail too); a conflict is logged by the caller."""
+    published; a conflict is logged by the caller. Putting back a document newer than Redis's
+    (Redis lost data: restarted empty, restored older) is no operator change, but the audit
+    lost its trail with it: an entry by gateway ``who`` says so, or ``ctl audit`` began after
+    the loss without a word (a first seed, version 1, is the fleet's start: nothing lost)."""
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -124,6 +126,17 @@ async def settle(r: Redis, keys: Keys, mine: Stored) -> Settled:
                     return out
                 pipe.multi()
                 pipe.hset(keys.config, mapping=fields(out.write))
+                if out.dropped is None and out.write.version > max(out.held.version, 1):
+                    held = "none" if out.held.doc is None else f"version {out.held.version}"
+                    lost: Any = audit_entry(
+                        f"gateway {who}".strip(),
+                        f"fleet config put back: Redis held {held} (lost data; changes before "
+                        "this may be missing here)",
+                        {"version": out.held.version},
+                        {"version": out.write.version},
+                        out.write.version,
+                    )
+                    pipe.xadd(keys.audit, lost, maxlen=d.AUDIT_MAX_LEN, approximate=True)
                 pipe.publish(keys.events, str(out.write.version))
                 await pipe.execute()
                 return out

@@ -233,7 +233,7 @@ class RedisStateStore(MemoryStateStore):
         r = self.redis()
         mine = self._mine()
         try:
-            out = await config_io.settle(r, self.keys, mine)
+            out = await config_io.settle(r, self.keys, mine, self.gateway_id)
         except FleetConfigInvalid as exc:
             await self._unreadable(r, exc)
             return

@@ -565,6 +565,17 @@ def test_a_change_while_redis_lost_data_is_refused_until_the_gateways_put_it_bac
     assert rc == 0 and "fleet config version 2, audited as bob" in out, err
 
 
+def test_an_empty_audit_says_why_on_stderr(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # After Redis lost its data the audit printed nothing with status 0: no trail, no word.
+    server, r = bare_redis
+    r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
+    rc, out, err = ctl(capsys, "--redis", server.url, "audit")
+    assert rc == 0 and out == ""
+    assert "no operator changes recorded" in err and "appendonly" in err
+
+
 def test_an_empty_redis_says_the_gateways_put_theirs_back(
     bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -162,6 +162,10 @@ async def test_a_flushed_redis_and_a_fresh_gateway_do_not_roll_the_fleet_back(
         doc, version = await in_redis(fresh)
         assert version == 3 and doc is not None
         assert {u["id"]: (u["weight"], u["drained"]) for u in doc["upstreams"]} == OPERATED
+        # The audit lost its trail with the data: the put-back says so, once, by a gateway.
+        (marker,) = await config_io.read_audit(fresh.redis(), fresh.keys, 10)
+        assert marker["what"].startswith("fleet config put back: Redis held ")
+        assert marker["who"].startswith("gateway gw") and marker["version"] == "3"
         # And it stays there: a change made now builds on it.
         await fresh.update_upstream("b", {"weight": 2}, "carol")
         await until(
@@ -237,7 +241,8 @@ async def test_a_change_right_after_redis_lost_the_document_builds_on_ours(
         await gw.update_upstream("b", {"weight": 2}, "carol")  # before any sync noticed
         assert (gw.version, routing(gw)) == (4, {**OPERATED, "b": (2.0, False)})
         assert (await in_redis(gw))[1] == 4
-        assert [e["who"] for e in await gw.audit(10)] == ["carol"]  # the trail went with Redis
+        # The trail went with Redis; the put-back says so, under the change made after it.
+        assert [e["who"] for e in await gw.audit(10)] == ["carol", "gateway gw0"]
     finally:
         await gw.stop()
 
@@ -490,7 +495,7 @@ async def test_a_late_sync_does_not_hide_redis_going_back_to_what_it_read(
         old = await config_io.read(gw.redis(), gw.keys)  # version 1, answered after the changes
         await operate(gw)
 
-        async def late(r: Any, keys: Any, mine: Stored) -> Settled:
+        async def late(r: Any, keys: Any, mine: Stored, who: str = "") -> Settled:
             monkeypatch.undo()
             return Settled(old)
 
