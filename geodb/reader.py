@@ -230,6 +230,10 @@ class GeoIPSource:
     def _lookup(self, db: _Loaded, ip: IPAddress) -> Location | None:
         """The file's answer; None: not in it, or its record is unreadable (cached too, so a
         miss is as cheap as a hit)."""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.sixtofour is not None:
+            # A 6to4 address (2002:a.b.c.d::/48) is its IPv4 site's: MaxMind's files alias it
+            # so, files that geodb.build wrote or an IPv4-only one have no such record.
+            ip = ip.sixtofour
         if ip.version == 6 and db.ip_version == 4:
             return None  # an IPv4-only file has no IPv6 addresses
         try:

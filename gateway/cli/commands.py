@@ -152,7 +152,10 @@ def _route(
         "region": chosen.upstream.region if chosen else None,
         "upstream": chosen.upstream.id if chosen else None,
         "header": decision.header(),
-        "note": "offline view: assumes every configured upstream is healthy",
+        "note": (
+            "offline view: every configured upstream healthy and idle, RTTs from the distance "
+            "model; a running gateway's /explain uses what it measured"
+        ),
         "decision": decision.explain(),
     }
 

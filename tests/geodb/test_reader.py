@@ -47,6 +47,14 @@ def test_city_database(tmp_path: Path) -> None:
     assert loc.source is LocationSource.GEOIP
 
 
+def test_a_6to4_address_is_its_ipv4_sites(tmp_path: Path) -> None:
+    # MaxMind's files alias 2002::/16 to IPv4; one geodb.build wrote did not, so the same client
+    # was GB with MaxMind's file and unplaced (no residency rule) with a built one.
+    src = GeoIPSource(city_db(tmp_path / "c.mmdb"), DEFAULT)
+    assert src.locate(ip("2002:c000:20a::1")).city == "Paris"  # 192.0.2.10's site
+    assert src.locate(ip("2001:db8::1")).source is not LocationSource.GEOIP
+
+
 def test_unknown_private_and_missing_go_to_default(tmp_path: Path) -> None:
     src = GeoIPSource(city_db(tmp_path / "c.mmdb"), DEFAULT)
     for addr in ("8.8.8.8", "10.1.2.3", "::1"):
