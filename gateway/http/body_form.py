@@ -13,6 +13,7 @@ the two fields it reads.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError, MultipartParseError
@@ -35,9 +36,9 @@ logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
 _EXAMPLE = "send the fields as the OpenAI SDK does, such as model=whisper-1 beside file=@audio.wav"
 
 
-def is_form(content_type: str) -> bool:
-    """Whether a request's Content-Type says its body is a multipart form."""
-    return content_type.lstrip()[:19].lower() == FORM_TYPE
+# Whether a request's Content-Type says its body is a multipart form: a compiled pattern's
+# match, a C call where a function would be one more Python frame on every request's path.
+is_form = re.compile(r"\s*multipart/form-data\s*(?:;|$)", re.IGNORECASE).match
 
 
 def form_model(body: bytes, content_type: str) -> tuple[str, bool]:

@@ -87,6 +87,7 @@ def test_is_form_reads_the_media_type_not_its_case_or_parameters() -> None:
     assert is_form(" Multipart/Form-Data;boundary=x")
     assert not is_form("application/json")
     assert not is_form("multipart/mixed; boundary=x")
+    assert not is_form("multipart/form-data-x; boundary=x")
 
 
 def test_bad_forms_are_refused_with_what_is_wrong() -> None:
