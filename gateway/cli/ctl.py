@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -71,6 +72,13 @@ def _open(args: argparse.Namespace) -> Fleet:
 async def show(fleet: Fleet, args: argparse.Namespace) -> None:
     doc, version = await fleet.config()
     print(json.dumps({"version": version, **doc}, indent=2))
+    if stale := getattr(fleet, "stale_since", None):
+        when = time.strftime("%H:%M:%S UTC", time.gmtime(stale))
+        print(
+            f"note: this is the gateway's last snapshot: its shared state (Redis) has been "
+            f"unreachable since {when}, and the fleet's document may have changed since",
+            file=sys.stderr,
+        )
 
 
 async def audit(fleet: Fleet, args: argparse.Namespace) -> None:

@@ -173,12 +173,14 @@ class GatewayFleet:
         self.url = gateway_url(url)
         self.token = token
         self.ops_token = ops_token
+        self.stale_since: float | None = None  # the gateway's answer to config(): see show
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=CTL_TIMEOUT_S), raise_for_status=False
         )
 
     async def config(self) -> tuple[dict[str, Any], int]:
         body = await self._json("GET", "/admin/config", admin=True)
+        self.stale_since = body.get("stale_since")
         return body["config"], int(body["version"])
 
     async def change(

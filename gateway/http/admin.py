@@ -80,8 +80,11 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
         return endpoint
 
     async def show(request: Request, who: str) -> Response:
+        # stale_since: this gateway's copy is its last snapshot while Redis is away (unix
+        # time), said so that a reader does not take it for the fleet's current document.
+        doc = config_doc.routing_doc(rt.config)
         return JSONResponse(
-            {"version": rt.store.version, "config": config_doc.routing_doc(rt.config)}
+            {"version": rt.store.version, "config": doc, "stale_since": rt.store.stale_since}
         )
 
     async def _patch(

@@ -4,6 +4,8 @@ every upstream, and every mistake is one line with exit status 2."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from gateway.cli.ctl import _region_told
+from gateway.cli.ctl import _region_told, show
 from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 from gateway.cli.main import main
@@ -601,3 +603,22 @@ def test_a_redis_url_redis_py_refuses_is_one_line(
     rc, out, err = ctl(capsys, "--redis", url, "show")
     assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"geogate: --redis {url}: {said}"), err
+
+
+def test_show_says_when_the_gateways_copy_is_a_stale_snapshot(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # With Redis away, `ctl show` through a gateway printed its last snapshot as if current.
+    class Stale:
+        stale_since = 1_700_000_000.0
+
+        async def config(self) -> tuple[dict[str, Any], int]:
+            return {"upstreams": []}, 15
+
+    asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"version": 15, "upstreams": []}
+    assert err.startswith("note: this is the gateway's last snapshot") and "22:13:20 UTC" in err
+    Stale.stale_since = 0.0  # fresh (None, or no such attribute: Redis): nothing said
+    asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
