@@ -129,6 +129,12 @@ async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     kind = _kind(doc, args.target)
     said = await _impact_first(fleet, args, kind, args.target, {"drained": drained}, doc)
     entry = await fleet.change(kind, args.target, {"drained": drained}, doc)
+    if entry.get("changed") == "false":
+        state = "drained" if drained else "not drained"
+        print(f"{kind} {args.target}: already {state}; nothing changed ({_same(entry)})")
+        if not drained and kind == "upstream" and (held := _held_by(doc, args.target)):
+            print(f"its region {held} is drained: `ctl undrain {held}` brings it back")
+        return
     by = f"fleet config version {entry['version']}, audited as {entry['who']}"
     # Where the clients go is the router's to say (policy, residency, health): said below when
     # the gateway could tell, never guessed here.
@@ -260,7 +266,14 @@ def _kind(doc: dict[str, Any], name: str) -> str:
     )
 
 
+def _same(entry: dict[str, Any]) -> str:
+    return f"fleet config version {entry['version']} unchanged, nothing audited"
+
+
 def _told(uid: str, entry: dict[str, Any]) -> None:
+    if entry.get("changed") == "false":
+        print(f"upstream {uid}: already {entry['after']}; nothing changed ({_same(entry)})")
+        return
     print(
         f"upstream {uid}: {entry['before']} -> {entry['after']} "
         f"(fleet config version {entry['version']}, audited as {entry['who']})"

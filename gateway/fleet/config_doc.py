@@ -106,14 +106,27 @@ def change_upstream(
     if held and "drained" in changes:
         # Its region's drain holds its flag true (as the release before drained_regions reads
         # it); its own drain or undrain is whether it stays drained when the region is undrained.
+        # The audit says both: "drained" as routed, and its own ("drained": true -> true alone
+        # read as nothing done).
         own = drained_regions[target["region"]]
+        before["own_drain"] = uid in own
         if changes["drained"] and uid not in own:
             own.append(uid)
         elif not changes["drained"] and uid in own:
             own.remove(uid)
         before["drained"] = after["drained"] = True
-    new_ups = [{**u, **after} if u["id"] == uid else u for u in ups]
+        after["own_drain"] = uid in own
+    fields = {k: v for k, v in after.items() if k != "own_drain"}  # the audit's alone
+    new_ups = [{**u, **fields} if u["id"] == uid else u for u in ups]
     return _with_drained_regions({**doc, "upstreams": new_ups}, drained_regions), before, after
+
+
+def unchanged(who: str, what: str, before: dict[str, Any], version: int) -> dict[str, str]:
+    """The answer to a change that changes nothing (a drain of a drained upstream, a weight
+    it has): no new version, no audit entry, said as such (``changed``: "false"); it bumped
+    the version and audited "{"weight": 1.0} -> {"weight": 1.0}", which scripts that drain
+    idempotently filled the trail with."""
+    return {**audit_entry(who, what, before, before, version), "changed": "false"}
 
 
 def stranded(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -31,6 +31,7 @@ from gateway.fleet.config_doc import (
     change_region,
     change_upstream,
     routing_doc,
+    unchanged,
 )
 from gateway.fleet.keys import Keys
 from gateway.fleet.settle import Settled, Stored
@@ -186,6 +187,9 @@ async def update(
                 doc = held.doc if held.doc is not None else routing_doc(base)
                 new_doc, before, after = change(doc)
                 new_config = apply_doc(base, new_doc)
+                if held.doc is not None and new_doc == held.doc:
+                    await pipe.reset()
+                    return held, new_config, unchanged(who, what, before, held.version)
                 secs, usecs = await pipe.time()
                 # Later than the change it replaces, even if Redis's clock stepped back (a
                 # failover to a replica behind): changes made one after another keep their

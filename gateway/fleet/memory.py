@@ -68,25 +68,26 @@ class MemoryStateStore:
 
     async def update_upstream(self, uid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
         # The same validation as the fleet's.
-        doc, before, after = config_doc.change_upstream(
-            config_doc.routing_doc(self._config), uid, changes
-        )
-        return self._changed(f"upstream {uid}", doc, before, after, who)
+        now = config_doc.routing_doc(self._config)
+        doc, before, after = config_doc.change_upstream(now, uid, changes)
+        return self._changed(f"upstream {uid}", now, doc, before, after, who)
 
     async def update_region(self, rid: str, changes: dict[str, Any], who: str) -> dict[str, Any]:
-        doc, before, after = config_doc.change_region(
-            config_doc.routing_doc(self._config), rid, changes
-        )
-        return self._changed(f"region {rid}", doc, before, after, who)
+        now = config_doc.routing_doc(self._config)
+        doc, before, after = config_doc.change_region(now, rid, changes)
+        return self._changed(f"region {rid}", now, doc, before, after, who)
 
     def _changed(
         self,
         what: str,
+        now: dict[str, Any],
         doc: dict[str, Any],
         before: dict[str, Any],
         after: dict[str, Any],
         who: str,
     ) -> dict[str, Any]:
+        if doc == now:
+            return dict(config_doc.unchanged(who, what, before, self.version))
         self.replace_config(config_doc.apply_doc(self._config, doc))
         self.version += 1
         entry = config_doc.audit_entry(who, what, before, after, self.version)

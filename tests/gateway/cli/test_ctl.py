@@ -622,3 +622,27 @@ def test_show_says_when_the_gateways_copy_is_a_stale_snapshot(
     Stale.stale_since = 0.0  # fresh (None, or no such attribute: Redis): nothing said
     asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
+
+
+def test_a_change_that_changes_nothing_writes_nothing(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A weight an upstream has, a drain of a drained one: a new version and an audit entry
+    # "{"weight": 1.0} -> {"weight": 1.0}" each time, which idempotent scripts filled the trail with.
+    server, r = bare_redis
+    r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
+    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    assert rc == 0 and "fleet config version 2, audited as bob" in out, err
+    for args in (["weight", "a", "2"], ["set", "a", "--weight", "2"]):
+        rc, out, err = ctl(capsys, "--redis", server.url, *args, "--who", "bob")
+        assert rc == 0, err
+        assert out.strip() == (
+            'upstream a: already {"weight": 2.0}; nothing changed (fleet config version 2 '
+            "unchanged, nothing audited)"
+        )
+    rc, out, err = ctl(capsys, "--redis", server.url, "drain", "a", "--who", "bob", "--yes")
+    assert rc == 0, err
+    rc, out, err = ctl(capsys, "--redis", server.url, "drain", "a", "--who", "bob", "--yes")
+    assert rc == 0 and "upstream a: already drained; nothing changed (fleet config version 3" in out
+    assert r.hget(CONFIG_KEY, "version") == "3"
+    assert r.xlen("{geogate:default}:audit") == 2

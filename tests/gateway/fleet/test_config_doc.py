@@ -219,12 +219,20 @@ def test_an_upstream_drained_and_undrained_inside_a_drained_region() -> None:
     it back."""
     doc, _, _ = change_region(routing_doc(_fleet()), "eu", {"drained": True})
     doc, before, after = change_upstream(doc, "eu1", {"drained": True, "weight": 2})
-    assert (before, after) == ({"drained": True, "weight": 1.0}, {"drained": True, "weight": 2})
+    # "drained" as routed (true either way) and its own drain, which is what changed.
+    assert (before, after) == (
+        {"drained": True, "own_drain": False, "weight": 1.0},
+        {"drained": True, "own_drain": True, "weight": 2},
+    )
     assert doc["drained_regions"] == {"eu": ["eu1"]}
     again, _, _ = change_upstream(doc, "eu1", {"drained": True})
     assert again["drained_regions"] == {"eu": ["eu1"]}  # listed once
     undrained, before, after = change_upstream(doc, "eu1", {"drained": False})
-    assert (before, after) == ({"drained": True}, {"drained": True})  # effective: still out
+    # Effective: still out; its own drain is gone.
+    assert (before, after) == (
+        {"drained": True, "own_drain": True},
+        {"drained": True, "own_drain": False},
+    )
     assert undrained["drained_regions"] == {"eu": []}
     assert all(u["drained"] for u in undrained["upstreams"] if u["region"] == "eu")
     # Out of a drained region an undrain is one.

@@ -72,8 +72,10 @@ $("confirm-form").addEventListener("submit", async (ev) => {
     const result = await api(path, { method: "PATCH", body: changesOf(target) });
     dialog.close("ok");
     pending = null;
-    toast(`Applied as ${result.audit.who}: ${result.audit.what} ${result.audit.before} → ` +
-      `${result.audit.after} (config v${result.version})`);
+    toast(result.changed === false
+      ? `Nothing to change: ${result.audit.what} is already ${result.audit.after} (config v${result.version})`
+      : `Applied as ${result.audit.who}: ${result.audit.what} ${result.audit.before} → ` +
+        `${result.audit.after} (config v${result.version})`);
   } catch (err) {
     $("confirm-error").textContent = err.message;
   }
