@@ -628,7 +628,8 @@ def test_a_change_that_changes_nothing_writes_nothing(
     bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A weight an upstream has, a drain of a drained one: a new version and an audit entry
-    # "{"weight": 1.0} -> {"weight": 1.0}" each time, which idempotent scripts filled the trail with.
+    # "{"weight": 1.0} -> {"weight": 1.0}" each time, which idempotent scripts filled the
+    # trail with.
     server, r = bare_redis
     r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
     rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
