@@ -11,6 +11,9 @@ WORKERS = 1  # state is per process until Redis (issue 5); one worker keeps one 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
+# Parts of an upload's form read at most (Starlette's max_fields + max_files, aiohttp's 1000):
+# an upload is a few fields and a file; each part costs Python calls on the event loop.
+FORM_MAX_PARTS = 1000
 # Peers warned of once each for sending another gateway's requests untrusted (runtime's
 # unlocated_hop): enough for any fleet's edge gateways, bounded against a client's spoofing.
 UNLOCATED_HOPS_KEPT = 64

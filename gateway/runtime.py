@@ -181,19 +181,29 @@ class Runtime:
         if edge is not None:
             loc = edge.location
             if loc.country is None or loc.continent is None:
-                # The edge knew where, not which country or continent (a Cloudflare location
-                # without one, or with a code that is none: geodb.edge): GeoIP's, or the
-                # default's, for the one missing, so that a residency rule still applies.
-                # Taken as signed, it confined the client to nothing (a continent-only header
-                # skipped a country's rule). A rule that then matches though the edge's facts
-                # alone would not is the safer mistake.
-                found = self.geo.locate(edge.ip)
-                country = loc.country or found.country
-                continent = loc.continent or place(country, None)[1] or found.continent
-                loc = replace(loc, country=country, continent=continent)
+                loc = self._filled(loc, edge.ip)
             return self.route(edge.ip, trusted, loc, model, now)
         ip = client_ip(peer, forwarded_for, self.trusted)
         return self.route_ip(ip, trusted, model, now)
+
+    def _filled(self, loc: Location, ip: IPAddress) -> Location:
+        """A signed location missing its country or continent (a Cloudflare location without
+        one, or a code that is none: geodb.edge), completed so that a residency rule still
+        applies: taken as signed, it confined the client to nothing. Neither: GeoIP's (or the
+        default's) both. A continent alone: GeoIP's country only where GeoIP itself places the
+        client on that continent; a country from anywhere else (the default's) put an EU
+        client under a US rule. A country alone: its continent."""
+        country, continent = loc.country, loc.continent
+        if country is None and continent is None:
+            found = self.geo.locate(ip)
+            country, continent = found.country, found.continent
+        elif country is None:
+            found = self.geo.locate(ip)
+            if found.source is LocationSource.GEOIP and found.continent == continent:
+                country = found.country
+        else:
+            continent = place(country, None)[1] or self.geo.locate(ip).continent
+        return replace(loc, country=country, continent=continent)
 
     def unlocated_hop(self, peer: str | None) -> None:
         """A request another gateway sent (geogate-hops) from a peer this one does not trust,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.defaults import FORM_FIELD_MAX_BYTES
+from gateway.defaults import FORM_FIELD_MAX_BYTES, FORM_MAX_PARTS
 from gateway.errors import RequestInvalid
 
 if TYPE_CHECKING:  # a TypedDict the module defines for type checkers only
@@ -45,13 +45,7 @@ def form_model(body: bytes, content_type: str) -> tuple[str, bool]:
     """The model the form names, and whether it asks for a stream; a form that cannot be read
     (no boundary, bad framing, cut short) or names no model is the client's mistake (400),
     as a JSON body that cannot be read is (gateway.http.body_model)."""
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise RequestInvalid(
-            "Content-Type multipart/form-data has no boundary parameter; send the one "
-            "that separates the body's parts, as HTTP clients do for a form"
-        )
+    boundary = _boundary(content_type)
     fields = _Fields()
     try:
         parser = MultipartParser(boundary, fields.callbacks())
@@ -77,10 +71,43 @@ def form_model(body: bytes, content_type: str) -> tuple[str, bool]:
     return model, fields.values.get(b"stream", "").strip().lower() in _TRUE
 
 
+# A Content-Type parameter's name, for what parsers read differently (python-multipart takes
+# the last of two boundaries, aiohttp the first: the model routed on would not be the one the
+# backend reads). Quoted values are not skipped: a name inside one is refused too.
+_PARAM_NAME = re.compile(r";\s*([^\s;=]+)\s*=")
+# A part header's RFC 2231 name (name*=UTF-8''...), which python-multipart does not read and
+# other parsers do: refused rather than read one way here and another at the backend.
+_EXTENDED_NAME = re.compile(rb"(?:^|;)\s*name\*\s*=", re.IGNORECASE)
+_UTF8 = (b"utf-8", b"utf8")
+
+
+def _boundary(content_type: str) -> bytes:
+    names = [n.lower() for n in _PARAM_NAME.findall(content_type)]
+    if names.count("boundary") > 1 or "boundary*" in names:
+        raise RequestInvalid(
+            "Content-Type multipart/form-data names its boundary more than once (or as "
+            "boundary*=): parsers take different ones; send one boundary=..."
+        )
+    _, params = parse_options_header(content_type)
+    charset = params.get(b"charset")
+    if charset is not None and charset.lower() not in _UTF8:
+        raise RequestInvalid(
+            f"Content-Type charset={charset.decode('latin-1')} is not supported for a form: "
+            "send its fields as UTF-8"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise RequestInvalid(
+            "Content-Type multipart/form-data has no boundary parameter; send the one "
+            "that separates the body's parts, as HTTP clients do for a form"
+        )
+    return boundary
+
+
 class _Fields:
     """python-multipart's callbacks, keeping the fields in ``_READ`` (as text) and no more."""
 
-    __slots__ = ("ended", "filename", "header", "name", "value", "values")
+    __slots__ = ("disposed", "ended", "filename", "header", "name", "parts", "value", "values")
 
     def __init__(self) -> None:
         self.values: dict[bytes, str] = {}
@@ -89,6 +116,8 @@ class _Fields:
         self.filename = False  # the current part is a file
         self.header = (bytearray(), bytearray())  # the current part header's name and value
         self.value: bytearray | None = None  # the current part's bytes, while it is one kept
+        self.parts = 0
+        self.disposed = False  # the current part's Content-Disposition was seen
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -103,7 +132,15 @@ class _Fields:
         }
 
     def _begin(self) -> None:
-        self.name, self.filename, self.value = None, False, None
+        self.parts += 1
+        if self.parts > FORM_MAX_PARTS:
+            # Each part costs Python calls on the event loop: a 4 MiB body of tiny parts (8 KB
+            # gzipped) held it for seconds, and every other request and health probe with it.
+            raise RequestInvalid(
+                f"the form has more than {FORM_MAX_PARTS} parts; send the upload's fields "
+                "and its file, not thousands of parts"
+            )
+        self.name, self.filename, self.value, self.disposed = None, False, None, False
 
     def _header_name(self, data: bytes, start: int, end: int) -> None:
         self.header[0].extend(data[start:end])
@@ -114,6 +151,12 @@ class _Fields:
     def _header_end(self) -> None:
         name, value = self.header
         if name.strip().lower() == b"content-disposition":
+            if self.disposed or _EXTENDED_NAME.search(value):
+                raise RequestInvalid(
+                    "a part of the form has two Content-Disposition headers, or names its "
+                    'field as name*=: parsers read these differently; send one name="..."'
+                )
+            self.disposed = True
             _, params = parse_options_header(bytes(value))
             self.name = params.get(b"name")
             self.filename = b"filename" in params

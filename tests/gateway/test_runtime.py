@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,13 +189,15 @@ def test_a_signed_location_without_a_country_takes_geoips_so_residency_applies()
     ("signed", "country", "continent", "rule"),
     [
         ({"country": "T1", "continent": "T1"}, "GB", "EU", "gb-in-eu-1"),  # Tor: GeoIP's both
-        ({"continent": "EU"}, "GB", "EU", "gb-in-eu-1"),  # no country: GeoIP's
+        # A continent alone: no GeoIP hit here, only the default's GB, which is no evidence.
+        ({"continent": "EU"}, None, "EU", "eu-only"),
+        ({"country": "XX", "continent": "EU"}, None, "EU", "eu-only"),
         ({"country": "XX"}, "GB", "EU", "gb-in-eu-1"),
         ({"country": "FR"}, "FR", "EU", "eu-only"),  # the country's own continent, not GeoIP's
     ],
 )
 def test_a_signed_location_missing_a_field_takes_it_from_geoip(
-    signed: dict[str, str], country: str, continent: str, rule: str
+    signed: dict[str, str], country: str | None, continent: str, rule: str
 ) -> None:
     # Filled field by field: a continent-only header skipped the country's rule, and a code
     # that is no country (Cloudflare's T1, XX) matched none at all.
@@ -227,3 +230,28 @@ def test_a_signed_location_missing_a_field_takes_it_from_geoip(
     routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="gw.example")
     assert (routed.location.country, routed.location.continent) == (country, continent)
     assert routed.decision.residency == rule
+
+
+@pytest.mark.parametrize(("continent", "country"), [("EU", "FR"), ("NA", None)])
+def test_a_continent_alone_takes_geoips_country_only_on_that_continent(
+    tmp_path: Path, continent: str, country: str | None
+) -> None:
+    # GeoIP (a built file) places 192.0.2.10 in France: a header signed "EU" gets FR; one
+    # signed "NA" keeps no country, rather than one GeoIP puts on another continent.
+    from geodb.build import build_from_rows
+
+    db = tmp_path / "city.mmdb"
+    build_from_rows([("r", ["192.0.2.0/24", "FR", "EU", "48.86", "2.35", "Paris"])], db)
+    secret = "e" * 32
+    cfg = CFG.model_copy(
+        update={
+            "edge": CFG.edge.model_copy(update={"keys": {"k1": secret}}),
+            "geoip": CFG.geoip.model_copy(update={"database": db}),
+        }
+    )
+    rt = build_runtime(cfg)
+    fields = {"kid": "k1", "ts": str(int(time.time())), "aud": "gw.example",
+              "ip": "192.0.2.10", "lat": "40.7", "lon": "-74", "continent": continent}  # fmt: skip
+    value = sign(secret, list(fields.items()))
+    routed = rt.locate_and_route("127.0.0.2", [], "m", 0.0, edge_header=value, host="gw.example")
+    assert (routed.location.country, routed.location.continent) == (country, continent)
