@@ -14,9 +14,14 @@ FORM_FIELD_MAX_BYTES = 4096
 # Parts of an upload's form read at most (Starlette's max_fields + max_files, aiohttp's 1000):
 # an upload is a few fields and a file; each part costs Python calls on the event loop.
 FORM_MAX_PARTS = 1000
-# Peers warned of once each for sending another gateway's requests untrusted (runtime's
-# unlocated_hop): enough for any fleet's edge gateways, bounded against a client's spoofing.
-UNLOCATED_HOPS_KEPT = 64
+# Another gateway's request from an untrusted peer (runtime's unlocated_hop) is warned of at
+# most this often: a misconfigured edge is said within a minute, a client that sends the
+# header itself cannot fill the log.
+UNLOCATED_HOP_WARN_S = 60.0
+# Trusted proxy networks wider than these prefixes are warned of at start: no balancer's
+# addresses span an IPv4 /8 or an IPv6 /32 (0.0.0.0/0, or ::ffff:0:0/96 as IPv4, trusts all).
+BROAD_V4_PREFIX = 8
+BROAD_V6_PREFIX = 32
 DRAIN_TIMEOUT_S = 30.0  # SIGTERM: streams in flight get this long to finish
 MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx's default
 # (4 buffers of 8 KiB) order of magnitude; an API request needs ~1 KiB, and what we accept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import threading
 import time
@@ -118,7 +119,7 @@ class Runtime:
     # down only over a round in which this did not move (gateway.watch.load_poller). /route,
     # /explain and the CLI's route do not count: they send nothing.
     proxied: int = 0
-    hops_warned: set[str | None] = field(default_factory=set)  # unlocated_hop's peers
+    hop_warned_at: float = -math.inf  # time.monotonic() of unlocated_hop's last warning
     # The worker's event loop and its thread, set as it starts (gateway.http.app's lifespan)
     # and cleared as it stops. Given to asyncio.current_task() on the request path: without
     # it each call asks for the running loop, which in CPython 3.11 is a getpid() system call
@@ -206,22 +207,23 @@ class Runtime:
         return replace(loc, country=country, continent=continent)
 
     def unlocated_hop(self, peer: str | None) -> None:
-        """A request another gateway sent (geogate-hops) from a peer this one does not trust,
-        with no signed client header: it is located as that gateway, not as its client, so
-        its client's residency rule cannot apply here and its country counts as the edge
-        gateway's. Warned once per peer (up to ``UNLOCATED_HOPS_KEPT``): a misconfiguration,
-        not a request's fault."""
-        if not self.config.residency or peer in self.hops_warned:
+        """A request marked as another gateway's (geogate-hops) from a peer this one does not
+        trust, with no signed client header: if the peer is an edge gateway, its clients are
+        located as it, and their residency rule cannot apply here. Warned at most once per
+        ``UNLOCATED_HOP_WARN_S``, naming the peer: a client can send the header itself, so a
+        set of peers warned of once each was theirs to fill."""
+        now = time.monotonic()
+        if not self.config.residency or now - self.hop_warned_at < d.UNLOCATED_HOP_WARN_S:
             return
-        if len(self.hops_warned) < d.UNLOCATED_HOPS_KEPT:
-            self.hops_warned.add(peer)
-            log.warning(
-                "a request came through another gateway (geogate-hops) from %s, which is not "
-                "in gateway.trusted_proxies: its client is located as that gateway, so no "
-                "residency rule applies to it here; list the edge gateways' addresses in "
-                "gateway.trusted_proxies (or sign the client as the edge Worker does)",
-                peer,
-            )
+        self.hop_warned_at = now
+        log.warning(
+            "a request marked as sent by another gateway (geogate-hops) came from %s, which is "
+            "not in gateway.trusted_proxies, with no signed client header: if %s is an edge "
+            "gateway, its clients are located as it here and no residency rule applies to "
+            "them; list it in gateway.trusted_proxies (a client may also send the header)",
+            peer,
+            peer,
+        )
 
     def edge_client(self, value: str, host: str | None) -> EdgeClient | None:
         """The client in a signed edge header, or None when it is not to be believed: then

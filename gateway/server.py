@@ -255,6 +255,19 @@ def _term_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+IN_USE = "address already in use (is another gateway running?)"
+
+
+def can_listen(host: str, port: int, key: str) -> None:
+    """Raise CannotListen where a start could not bind host:port, but for a port in use: a
+    config is checked (``gateway --check``) while the gateway it replaces holds its ports."""
+    try:
+        bind(host, port, key).close()
+    except CannotListen as exc:
+        if IN_USE not in exc.message:
+            raise
+
+
 def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.socket:
     """A socket bound to host:port, by default without SO_REUSEPORT, so that a port another
     process listens on (with or without it) is refused; CannotListen says which, in one line.
@@ -276,7 +289,7 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
     except OSError as exc:
         sock.close()
         why = {
-            errno.EADDRINUSE: "address already in use (is another gateway running?)",
+            errno.EADDRINUSE: IN_USE,
             errno.EADDRNOTAVAIL: "no such address on this machine",
             errno.EACCES: "permission denied (ports under 1024 need privileges)",
         }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())

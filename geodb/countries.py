@@ -8,6 +8,9 @@ from importlib import resources
 
 # Country codes GeoIP databases give that ISO 3166-1 has not assigned (MaxMind: Kosovo).
 EXTRA_COUNTRIES = frozenset({"XK"})
+# Their continents, as GeoIP gives them (GeoNames'), for what must know one without a GeoIP
+# answer at hand (which residency rule would take the country first); no row: no point.
+NO_ROW_CONTINENTS = {"XK": "EU"}
 # Codes people write for a country whose ISO code is another (the EU's own usage).
 NOT_ISO = {"UK": "GB", "EL": "GR"}
 # How far off a country-level guess typically is: half the span of a mid-sized country.

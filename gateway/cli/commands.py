@@ -14,6 +14,8 @@ from gateway.checks import redis_url
 from gateway.cli.errors import CLIError
 from gateway.config import Config
 from gateway.config_file import load_config
+from gateway.defaults import BROAD_V4_PREFIX, BROAD_V6_PREFIX
+from gateway.engines import address
 from geodb.clientip import parse_ip
 from geodb.location import Location
 from geodb.reader import GeoIPSource, GeoSource
@@ -40,10 +42,14 @@ def gateway(args: argparse.Namespace) -> None:
     _warn_open_audience(config)
     _warn_short_tokens(config)
     _warn_shadowed_rules(config)
+    _warn_broad_trust(config)
     if args.check:
-        # What a start checks before it binds: the file, its values, and the files it names
-        # (GeoIP, TLS, state_file's directory). Not the ports: the gateway being reloaded
-        # holds them.
+        # What a start checks: the file, its values, the files it names (GeoIP, TLS,
+        # state_file's directory) and its listen addresses, but for a port in use: the
+        # gateway being replaced holds it.
+        server.can_listen(config.server.host, config.server.port, "server.port")
+        if config.ops.port:
+            server.can_listen(config.ops.host, config.ops.port, "ops.port")
         print(checked(config, args.config))
         return
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup: ignored still
@@ -56,12 +62,12 @@ def checked(config: Config, path: Path) -> str:
     staging one, an old copy) shows as well as a bad one."""
     s, o = config.server, config.ops
     models = sorted({m for u in config.upstreams for m in u.models})
-    ops = f"ops on {o.host}:{o.port}" if o.port else "no ops listener"
+    ops = f"ops on {address(o.host, o.port)}" if o.port else "no ops listener"
     state = "shared in Redis" if config.redis.url else "in memory"
     return (
         f"{path}: ok: gateway in {config.gateway.region}, {len(config.upstreams)} upstream(s) "
         f"in {len({u.region for u in config.upstreams})} of {len(config.regions)} region(s), "
-        f"{len(models)} model(s); listens on {s.host}:{s.port} ({s.engine}, {s.workers} "
+        f"{len(models)} model(s); listens on {address(s.host, s.port)} ({s.engine}, {s.workers} "
         f"worker(s)), {ops}; state {state}"
     )
 
@@ -75,6 +81,24 @@ def _warn_shadowed_rules(config: Config) -> None:
 
     for line in shadowed(policy_from(config).residency):
         log.warning("%s: the first rule that matches a client applies; put it first", line)
+
+
+def _warn_broad_trust(config: Config) -> None:
+    """A trusted proxy network wider than any balancer's (an IPv4 /8, an IPv6 /32): every
+    client in it may set its own address (X-Forwarded-For), and so its location and residency
+    rule. Said at start, not refused: some deployments do trust a whole private range."""
+    from gateway.runtime import log
+    from geodb.clientip import parse_networks
+
+    for net in parse_networks(config.gateway.trusted_proxies):
+        if net.prefixlen < (BROAD_V4_PREFIX if net.version == 4 else BROAD_V6_PREFIX):
+            log.warning(
+                "gateway.trusted_proxies includes %s (%d addresses): any client in it may set "
+                "its own address, and so its location and residency rule, with "
+                "X-Forwarded-For; list your load balancers' addresses",
+                net,
+                net.num_addresses,
+            )
 
 
 def _warn_open_audience(config: Config) -> None:

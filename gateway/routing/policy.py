@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.routing.model import Origin
-from geodb.countries import country_continent
+from geodb.countries import NO_ROW_CONTINENTS, country_continent
 from geodb.location import Location
 
 
@@ -74,13 +74,15 @@ def shadowed(rules: Sequence[Residency]) -> list[str]:
     where the continent's rule says, which may be somewhere else."""
     said = []
     for i, rule in enumerate(rules):
+        # An earlier rule that keeps the same regions takes nothing away: not said.
+        earlier = [r for r in rules[:i] if r.regions != rule.regions]
         for country in sorted(rule.countries):
-            continent = country_continent(country)
-            first = next((r for r in rules[:i] if _takes_country(r, country, continent)), None)
+            continent = country_continent(country) or NO_ROW_CONTINENTS.get(country)
+            first = next((r for r in earlier if _takes_country(r, country, continent)), None)
             if first is not None:
                 said.append(_shadow(country, rule, first))
         for continent in sorted(rule.continents):
-            first = next((r for r in rules[:i] if continent in r.continents), None)
+            first = next((r for r in earlier if continent in r.continents), None)
             if first is not None:
                 said.append(_shadow(continent, rule, first))
     return said

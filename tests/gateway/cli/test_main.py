@@ -199,6 +199,13 @@ def test_check_says_what_a_config_describes_without_taking_its_ports(
     cfg.write_text(gateway_toml(port, ups).replace("[server]", "[server]\nworkers = 0"))
     p = geogate("gateway", "--config", str(cfg), "--check")
     assert p.returncode == 2 and "server.workers" in p.stderr and "Traceback" not in p.stderr
+    # A listen address no start could bind: refused as the start refuses it.
+    cfg.write_text(gateway_toml(port, ups).replace("[server]", '[server]\nhost = "192.0.2.1"'))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 2 and p.stdout == "", p.stdout
+    assert (
+        "cannot listen on 192.0.2.1" in p.stderr and "no such address on this machine" in p.stderr
+    )
 
 
 def _demo_until(proc: subprocess.Popen[str], marker: str, count: int, timeout: float) -> str:
@@ -409,3 +416,15 @@ def test_a_rule_shadowed_by_an_earlier_one_is_warned_of_at_start(tmp_path: Path)
     p = geogate("gateway", "--config", str(cfg), "--check")
     assert p.returncode == 0, p.stderr
     assert "GB in residency rule 'gb-in-us' is matched first by 'eu-only'" in p.stderr
+
+
+def test_a_trusted_network_wider_than_any_balancer_is_warned_of(tmp_path: Path) -> None:
+    # ::ffff:0:0/96 is every IPv4 address once normalised: each client could set its own.
+    cfg = tmp_path / "gw.toml"
+    text = gateway_toml(free_port(), [])
+    trust = 'trusted_proxies = ["::ffff:0:0/96", "10.0.0.0/16", "2001:db8::/16"]\n'
+    cfg.write_text(text.replace("[gateway]\n", "[gateway]\n" + trust, 1))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 0, p.stderr
+    assert "trusted_proxies includes 0.0.0.0/0 (4294967296 addresses)" in p.stderr
+    assert "includes 2001::/16" in p.stderr and "10.0.0.0/16" not in p.stderr
