@@ -48,6 +48,9 @@ class Tally:
     ttft_ms: dict[str, list[float]] = field(default_factory=dict)  # upstream -> samples
     served: dict[ServedKey, int] = field(default_factory=dict)
     unplaced: int = 0  # requests past TRAFFIC_MAX_PLACES distinct places: counted here only
+    # 5xx answered before any region was chosen (region "-": no upstream allowed, the gateway
+    # full), what the dashboard's "not routed" card shows; a client's 4xx is no outage.
+    unrouted: int = 0
 
 
 class Traffic:
@@ -84,6 +87,10 @@ class Traffic:
             served[key] = 1
         else:
             self._t.unplaced += 1
+
+    def unrouted(self) -> None:
+        """One request refused with a 5xx before any region was chosen."""
+        self._t.unrouted += 1
 
     def take(self) -> Tally:
         """Everything counted since the last take; counting starts afresh."""

@@ -122,7 +122,10 @@ class RedisFleet:
         return None  # the traffic is counted by gateways; Redis holds no window of it
 
     async def audit(self, count: int) -> list[dict[str, str]]:
-        return await self._io(config_io.read_audit(self.r, self.keys, count))
+        rows = await self._io(config_io.read_audit(self.r, self.keys, count))
+        if not rows:
+            await self.config()  # no fleet under that name (a mistyped --deployment): said so
+        return rows
 
     async def close(self) -> None:
         await self.r.aclose()

@@ -280,9 +280,22 @@ def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
 
 
 def restarted(old: Sample, new: Sample) -> bool:
-    """Whether the gateway's counters went back between two samples (it restarted): the
-    samples before are then no base for a rate, only "?" for the whole window."""
-    return _sum(new, "geogate_requests_total") < _sum(old, "geogate_requests_total")
+    """Whether a worker's counters went back between two samples (the gateway or the worker
+    restarted): the samples before are then no base for a rate, only "?" for the whole
+    window. Per worker (the merged /metrics' ``worker`` label): a scrape a slow worker missed
+    is lower in sum but restarted nothing, and taken for a restart it became the base, so
+    the next full scrape counted that worker's whole life as new requests."""
+    before, after = _by_worker(old), _by_worker(new)
+    return any(after[w] < n for w, n in before.items() if w in after)
+
+
+def _by_worker(sample: Sample) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for (name, labels), v in sample.values.items():
+        if name == "geogate_requests_total":
+            worker = dict(labels).get("worker", "")
+            out[worker] = out.get(worker, 0.0) + v
+    return out
 
 
 def _codes(sample: Sample, region: str) -> Iterable[int]:

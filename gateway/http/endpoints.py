@@ -253,15 +253,19 @@ class Endpoints:
         if unknown := sorted(set(params) - _EXPLAIN_PARAMS):
             return json_error(
                 RequestInvalid(
-                    f"/explain takes model= and ip=, not {', '.join(unknown)} (a country is "
-                    "the dashboard's: /dashboard/api/explain?country=)"
+                    f"/explain takes model= and ip=, not {', '.join(unknown)}"
+                    + (
+                        "; a country is the dashboard's: /dashboard/api/explain?country="
+                        if "country" in unknown
+                        else ""
+                    )
                 )
             )
         if not model:
             return json_error(
                 RequestInvalid(
-                    "give the model to route, model=NAME (GET /v1/models lists them); without "
-                    "one every upstream is ruled out as not serving it"
+                    "give the model to route, model=NAME (the public listener's GET /v1/models "
+                    "lists them); without one every upstream is ruled out as not serving it"
                 )
             )
         now = time.monotonic()

@@ -349,6 +349,8 @@ class Proxy:
         region = ex.region
         m.requests.count(str(ex.status), region)
         m.duration.observe_at(ex.elapsed_s(), region)
+        if region == "-" and ex.status >= 500:
+            self.rt.traffic.unrouted()
         if ex.routed is not None:
             loc = ex.routed.location
             if ex.status >= 500:  # errors by country: deploy/grafana

@@ -259,9 +259,9 @@ def build(rt: Runtime, window: Window, now: float) -> dict[str, Any]:
 
 
 def unrouted_rps(ticks: list[Tick]) -> float:
-    """Requests/s answered before any region was chosen (no upstream allowed for the model or
-    the client's residency rule, a model none serves, the gateway full): a drained region's
-    clients, refused, showed nowhere on the page."""
-    served, _ = Window.served(ticks)
-    refused = sum(n for (_loc, uid, _model), n in served.items() if uid == NOT_SERVED)
+    """5xx/s answered before any region was chosen (no upstream allowed for the model or the
+    client's residency rule, the gateway full: ``region="-"`` in the metrics): a drained
+    region's clients, refused, showed nowhere on the page. A client's 4xx (a model none
+    serves) is no outage, and a failure at an upstream is its region's."""
+    refused = sum(t.tally.unrouted for t in ticks)
     return round(refused / (Window.span(ticks) or 1.0), 2)

@@ -576,6 +576,9 @@ def test_an_empty_audit_says_why_on_stderr(
     rc, out, err = ctl(capsys, "--redis", server.url, "audit")
     assert rc == 0 and out == ""
     assert "no operator changes recorded" in err and "appendonly" in err
+    # A deployment Redis holds nothing for (a typo): that, not an empty trail.
+    rc, out, err = ctl(capsys, "--redis", server.url, "--deployment", "defualt", "audit")
+    assert rc == 2 and not out and "no fleet config in Redis for deployment 'defualt'" in err
 
 
 def test_an_empty_redis_says_the_gateways_put_theirs_back(

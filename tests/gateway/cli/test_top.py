@@ -194,3 +194,20 @@ def test_requests_refused_before_routing_get_a_row() -> None:
 def test_a_restarted_gateways_counters_start_a_new_window() -> None:
     assert restarted(sample(100.0, 30, 4, 20), sample(101.0, 2, 0, 1))
     assert not restarted(sample(100.0, 10, 4, 10), sample(102.0, 30, 2, 20))
+
+
+def test_a_worker_missing_from_one_scrape_is_no_restart() -> None:
+    # Two workers' series (the merged /metrics); one missed a scrape (over its time to
+    # answer): the sum went down, nothing restarted. Taken for a restart, that scrape became
+    # the base and the next one read ~70x the real rate.
+    def at(t: float, w1: int, w2: int | None) -> Sample:
+        lines = ["# TYPE geogate_requests counter"]
+        lines.append(f'geogate_requests_total{{code="200",region="eu",worker="1"}} {w1}')
+        if w2 is not None:
+            lines.append(f'geogate_requests_total{{code="200",region="eu",worker="2"}} {w2}')
+        return Sample(t, parse_metrics("\n".join(lines) + "\n"))
+
+    full, partial = at(100.0, 500, 600), at(101.0, 510, None)
+    assert not restarted(full, partial)
+    assert not restarted(partial, at(102.0, 520, 620))
+    assert restarted(full, at(103.0, 530, 3))  # worker 2 restarted: its count went back

@@ -139,10 +139,10 @@ function renderRegions() {
     ? h("div", { class: "region-card down", "data-region": "-", "data-state": "down" },
       h("div", { class: "row" },
         h("span", { class: "name" }, "not routed"),
-        h("span", { class: "muted" }, "no upstream allowed or none serves the model, or full"),
+        h("span", { class: "muted" }, "no upstream allowed for the model or rule, or full"),
         h("span", { class: "badge down" }, "refused")),
       h("div", { class: "stats" },
-        `${fmt(state.unrouted_rps, 1)} req/s answered before any region was chosen`))
+        `${fmt(state.unrouted_rps, 1)} req/s refused (5xx) before any region was chosen`))
     : null;
   $("regions").replaceChildren(...state.regions.map((r) => {
     const all = r.upstreams.map((id) => state.upstreams.find((u) => u.id === id));

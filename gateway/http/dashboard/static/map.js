@@ -86,13 +86,13 @@ export class WorldMap {
         }));
       }
       const label = [p.city, p.country].filter(Boolean).join(", ") || "unknown place";
-      // Refused before routing ("-": no region took them): red, and said in its title.
+      // Not served ("-": refused, failed everywhere, or the client left): red, and said.
       const refused = p.to["-"] ?? 0;
       dots.push(s("circle", {
         class: refused > 0 ? "place refused" : "place",
         cx: px, cy: py, r: Math.min(14, 2.5 + 2 * Math.sqrt(p.rps)),
         "data-place": label,
-      }, s("title", {}, `${label}: ${p.rps} req/s` + (refused > 0 ? `, ${refused} refused` : ""))));
+      }, s("title", {}, `${label}: ${p.rps} req/s` + (refused > 0 ? `, ${refused} not served` : ""))));
     }
     this.flows.replaceChildren(...flows);
     this.places.replaceChildren(...dots);

@@ -50,6 +50,7 @@ RESULTS = Path(__file__).resolve().parents[3] / "results" / "dashboard"
 TOKEN = "alice-dashboard-test-token-7f3a"
 HEALTH_INTERVAL_S = 1.0
 MODEL = "m"
+PARKED = "parked-model"
 SIMS = (("eu-1", "eu-central"), ("us-1", "us-east"), ("ap-1", "ap-southeast"))
 LONDON = next(c for c in CITIES if c.name == "London")
 
@@ -102,6 +103,11 @@ def _toml(port: int, db: Path, redis_url: str, sims: dict[str, Sim]) -> str:
             f'url = "{sim.url}"',
             f'models = ["{MODEL}"]',
         ]
+    # A model whose only upstream is drained: its requests are refused before any region is
+    # chosen (503, region "-"), what the page's "not routed" card is for.
+    eu = next(sim for sim in sims.values() if sim.region == "eu-central")
+    lines += ["[[upstreams]]", 'id = "parked"', 'region = "eu-central"', f'url = "{eu.url}"']
+    lines += [f'models = ["{PARKED}"]', "drained = true"]
     return "\n".join(lines) + "\n"
 
 
@@ -319,19 +325,19 @@ def test_redis_away_says_shared_state_stale_and_stays_live(world: World, browser
 
 
 def test_requests_no_region_took_show_as_refused(world: World, browser: Browser) -> None:
-    # Answered before routing (here a model no upstream serves; a drained region's clients
-    # alike): in no region's card, so the page showed nothing failing.
+    # Refused before routing (a model whose upstreams are all drained; a drained region's
+    # clients alike): in no region's card, so the page showed nothing failing.
     page = browser.page
     transport = httpx.HTTPTransport(local_address=LONDON.addr)
     with httpx.Client(transport=transport, timeout=10) as c:
         for _ in range(5):
-            body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
-            assert c.post(f"{world.gw.url}/v1/chat/completions", json=body).status_code == 404
+            body = {"model": PARKED, "messages": [{"role": "user", "content": "hi"}]}
+            assert c.post(f"{world.gw.url}/v1/chat/completions", json=body).status_code == 503
     page.wait_for_selector(".region-card[data-region='-'][data-state='down']", timeout=10_000)
     page.wait_for_selector("#map circle.place.refused", state="attached", timeout=10_000)
     card = page.inner_text(".region-card[data-region='-']")
     _note(step="not routed", card=card)
-    assert "req/s answered before any region was chosen" in card
+    assert "req/s refused (5xx) before any region was chosen" in card
 
 
 def test_no_console_errors_and_no_token_in_any_url(browser: Browser) -> None:

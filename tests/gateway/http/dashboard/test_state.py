@@ -171,8 +171,9 @@ def test_requests_refused_before_routing_are_counted_apart() -> None:
     # page showed the region grey at 0 req/s and nothing failing.
     rt = runtime()
     rt.traffic.request(LONDON, "eu-1", "m")
+    rt.traffic.request(LONDON, "-", "")  # not served: failed at an upstream, its region's
     for _ in range(4):
-        rt.traffic.request(LONDON, "-", "")
+        rt.traffic.unrouted()
     doc = state.build(rt, windowed(rt), time.monotonic())
     assert doc["unrouted_rps"] == 0.4
     assert state.build(runtime(), windowed(runtime()), time.monotonic())["unrouted_rps"] == 0.0

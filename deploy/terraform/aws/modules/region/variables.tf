@@ -95,7 +95,7 @@ variable "geoip_s3_uri" {
   type        = string
   default     = ""
   validation {
-    condition     = var.geoip_s3_uri == "" || can(regex("^s3://[a-z0-9][a-z0-9.-]+/[A-Za-z0-9!_.*'()/-]+\\.mmdb$", var.geoip_s3_uri))
+    condition     = var.geoip_s3_uri == "" || can(regex("^s3://[a-z0-9][a-z0-9.-]+/[A-Za-z0-9!_.'()/-]+\\.mmdb$", var.geoip_s3_uri))
     error_message = "geoip_s3_uri: s3://bucket/key.mmdb (a key of plain characters), or empty."
   }
 }
