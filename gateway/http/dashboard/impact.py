@@ -10,7 +10,6 @@ difference is the change's alone), and the requests follow the difference.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -19,11 +18,10 @@ from gateway.defaults import DASHBOARD_SHARE_WINDOW_S
 from gateway.http.dashboard.window import Window
 from gateway.routing.model import RequestFacts, Snapshot, UpstreamView
 from gateway.routing.policy import Policy
-from gateway.routing.router import route
+from gateway.routing.router import rank
 from gateway.traffic import NOT_SERVED, ServedKey
 from geodb.location import Location
 
-TRIALS = 16  # draws per place: P2C picks at random among near-equal upstreams
 MAX_KEYS = 200  # the busiest (place, model) pairs; the rest follow them in proportion
 REFUSED = "nowhere"  # no upstream left for them: 503
 
@@ -54,15 +52,22 @@ def changed_snapshot(
     return Snapshot(tuple(views), snap.regions, snap.in_flight)
 
 
-def _shares(
-    loc: Location, model: str, snap: Snapshot, policy: Policy, seed: int
-) -> dict[str, float]:
-    rng = random.Random(seed)
+def _shares(loc: Location, model: str, snap: Snapshot, policy: Policy) -> dict[str, float]:
+    """Where a place's requests for ``model`` go, as shares: the router's order, and within
+    its tolerance band each upstream's share of the band's weight, which is what the power of
+    two choices gives when no load tips it (gateway.routing.router._p2c). Exact: 16 random
+    draws a place named a different split at each look, 7 to 10 of 16 for a 50/50 pair."""
+    ranked = rank(RequestFacts(model, loc), snap, policy)
+    band = ranked.order[: len(ranked.band)]
+    if len(band) < 2:
+        chosen = ranked.chosen
+        return {chosen.upstream.id if chosen else REFUSED: 1.0}
+    total = sum(c.upstream.weight for c in band)
+    if total <= 0:  # standbys alone (weight 0): the router's draw ends on the last
+        return {band[-1].upstream.id: 1.0}
     out: dict[str, float] = {}
-    for _ in range(TRIALS):
-        chosen = route(RequestFacts(model, loc), snap, policy, rng).chosen
-        where = chosen.upstream.id if chosen else REFUSED
-        out[where] = out.get(where, 0.0) + 1 / TRIALS
+    for c in band:
+        out[c.upstream.id] = out.get(c.upstream.id, 0.0) + c.upstream.weight / total
     return out
 
 
@@ -80,13 +85,9 @@ def flows(
     scale = sum(demand.values()) / counted if counted else 1.0
     leaving: dict[str, float] = {}
     arriving: dict[str, float] = {}
-    # The shares the weights set, as over a minute: with the live in-flight counts, every
-    # trial's two choices went to whichever upstream was idle at that instant (power of two
-    # choices), and the preview named a different destination at each look.
-    before, after = replace(before, in_flight={}), replace(after, in_flight={})
-    for seed, ((loc, model), n) in enumerate(busiest[:MAX_KEYS]):
-        b = _shares(loc, model, before, policy, seed)
-        a = _shares(loc, model, after, policy, seed)
+    for (loc, model), n in busiest[:MAX_KEYS]:
+        b = _shares(loc, model, before, policy)
+        a = _shares(loc, model, after, policy)
         for where in b.keys() | a.keys():
             delta = (a.get(where, 0.0) - b.get(where, 0.0)) * n * scale
             if delta < 0:
