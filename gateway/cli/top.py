@@ -215,15 +215,7 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
     rid = str(r["id"])
     routable = sum(1 for u in ups if u.get("healthy") and not u.get("drained"))
     p50, p99 = ttfb_ms(old, new, rid)
-    req_s = _rate(old, new, "geogate_requests_total", region=rid)
-    # Per 5xx code: one that went back (another worker's counters) makes the sum unknown,
-    # "?", not a rate that leaves that code out
-    errs = [
-        _rate(old, new, "geogate_requests_total", region=rid, code=str(c))
-        for c in _codes(new, rid)
-        if c >= 500
-    ]
-    err_s = None if req_s is None or None in errs else sum(e for e in errs if e is not None)
+    req_s, err_s = _region_rates(old, new, rid)
     t.add_row(
         Text(f"{rid} {r.get('name') or ''}".strip(), style="bold"),
         Text(f"{routable}/{len(ups)} routable", style="green" if routable else "bold red"),
@@ -262,13 +254,7 @@ def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
     clients refused showed nowhere in the table."""
     if not any(True for _ in _codes(new, UNROUTED)):
         return
-    req_s = _rate(old, new, "geogate_requests_total", region=UNROUTED)
-    errs = [
-        _rate(old, new, "geogate_requests_total", region=UNROUTED, code=str(c))
-        for c in _codes(new, UNROUTED)
-        if c >= 500
-    ]
-    err_s = None if req_s is None or None in errs else sum(e for e in errs if e is not None)
+    req_s, err_s = _region_rates(old, new, UNROUTED)
     busy = bool(err_s)
     t.add_row(
         Text("not routed (no candidate, full)", style="bold red" if busy else "bold"),
@@ -277,6 +263,21 @@ def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
         Text(_num(err_s, "{:.1f}"), style="bold red" if busy else ""),
         "",
     )
+
+
+def _region_rates(
+    old: Sample | None, new: Sample, region: str
+) -> tuple[float | None, float | None]:
+    """(requests/s, 5xx/s) of ``region``'s label. Per 5xx code: one that went back (another
+    worker's counters) makes the sum unknown, "?", not a rate that leaves that code out."""
+    req_s = _rate(old, new, "geogate_requests_total", region=region)
+    errs = [
+        _rate(old, new, "geogate_requests_total", region=region, code=str(c))
+        for c in _codes(new, region)
+        if c >= 500
+    ]
+    err_s = None if req_s is None or None in errs else sum(e for e in errs if e is not None)
+    return req_s, err_s
 
 
 def restarted(old: Sample, new: Sample) -> bool:
