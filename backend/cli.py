@@ -12,6 +12,8 @@ from typing import NoReturn
 from backend.errors import BackendError
 
 EXIT_USAGE = 2
+DRAIN_TIMEOUT_S = 25.0  # SIGTERM: requests in flight get this long, then are cut
+MAX_DRAIN_TIMEOUT_S = 3600.0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,7 +48,18 @@ def _serve(argv: Sequence[str]) -> None:
         help="let torch run attention on cuDNN (CUDA; off by default: it plans every new "
         "shape, and decoding makes one each token; see bench/results/gpu_attention.md)",
     )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help=f"on SIGTERM, seconds requests in flight get to finish before they are cut "
+        f"({DRAIN_TIMEOUT_S:g}: under Kubernetes' 30 s grace; give docker stop -t more)",
+    )
     a = p.parse_args(argv)
+    if not 0 <= a.drain_timeout <= MAX_DRAIN_TIMEOUT_S:
+        raise BackendError(
+            f"--drain-timeout must be 0 to {MAX_DRAIN_TIMEOUT_S:g} seconds, got {a.drain_timeout:g}"
+        )
     # Before the model loads (minutes for a big one): -1 spun the engine thread at 100% CPU,
     # 0 silently became the default.
     if a.max_batch is not None and a.max_batch < 1:
@@ -85,6 +98,9 @@ def _serve(argv: Sequence[str]) -> None:
         access_log=None,
         print=None,
         handler_cancellation=True,
+        # aiohttp's own default, 60 s, outlasted every supervisor's grace (Docker 10 s,
+        # Kubernetes 30 s): a SIGKILL then cut the streams before the server could.
+        shutdown_timeout=a.drain_timeout,
     )
     if server.failure:  # the warm-up failed and stopped the server: say why, exit non-zero
         raise BackendError(server.failure)

@@ -530,3 +530,28 @@ def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Bac
     assert "/v1/nothing" in r.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError):
         client(backend).embeddings.create(model=MODEL, input="x")
+
+
+def test_sigterm_cuts_what_is_still_running_after_the_drain_timeout(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # aiohttp's own 60 s outlasted every supervisor's grace (Docker's 10 s, Kubernetes' 30):
+    # a SIGKILL then cut the streams before the server could. A request still in its
+    # handler here (its body half sent) holds the drain until --drain-timeout.
+    b = start_backend(model_dir, tmp_path, "--drain-timeout", "1", "--device", "cpu")
+    try:
+        with socket.create_connection(("127.0.0.1", b.port), timeout=10) as held:
+            held.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Type: "
+                b'application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+            )
+            time.sleep(0.3)  # the handler is reading the body
+            t0 = time.monotonic()
+            b.proc.terminate()
+            b.proc.wait(timeout=30)
+            took = time.monotonic() - t0
+        assert took < 10, f"exited {took:.1f} s after SIGTERM with --drain-timeout 1"
+    finally:
+        stop(b.proc)
+    p = _cli("--model", str(model_dir), "--port", "1", "--drain-timeout", "-1")
+    assert p.returncode == 2 and "--drain-timeout must be 0 to 3600 seconds, got -1" in p.stderr
