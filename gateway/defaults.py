@@ -14,6 +14,9 @@ FORM_FIELD_MAX_BYTES = 4096
 # Parts of an upload's form read at most (Starlette's max_fields + max_files, aiohttp's 1000):
 # an upload is a few fields and a file; each part costs Python calls on the event loop.
 FORM_MAX_PARTS = 1000
+# The form's part headers in all (names and values): an upload's need a few hundred bytes;
+# each is parsed in Python on the event loop, so their total bounds the time a form costs.
+FORM_MAX_HEADER_BYTES = 64 * 1024
 # Another gateway's request from an untrusted peer (runtime's unlocated_hop) is warned of at
 # most this often: a misconfigured edge is said within a minute, a client that sends the
 # header itself cannot fill the log.

@@ -5,6 +5,7 @@ uvicorn's workers do on SIGTERM, and is given the settings of the config that it
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import os
 import signal
@@ -43,6 +44,16 @@ def _stop_granian_worker() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def ip_literal(host: str) -> str:
+    """``host`` as an address: granian takes IP literals only, and a name (``localhost``),
+    which the start's own bind resolved and passed (and ``--check`` with it), stopped granian
+    with a traceback. Its first address, as socket.bind takes it on the other engines."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+
+
 def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings, HTTP2Settings
@@ -53,7 +64,7 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
     server = Server(
         "gateway.engines:granian_app",
-        address=s.host,
+        address=ip_literal(s.host),
         port=s.port,
         interface=Interfaces.ASGI,
         workers=s.workers,

@@ -109,8 +109,8 @@ async def set_upstream(fleet: Fleet, args: argparse.Namespace) -> None:
     if not changes:
         raise CLIError("say what to change: --weight W, --bias-ms MS, --drain or --undrain")
     said = await _impact_first(fleet, args, "upstream", args.upstream, changes)
-    _told(args.upstream, await fleet.change("upstream", args.upstream, changes))
-    _say(said)
+    if _told(args.upstream, await fleet.change("upstream", args.upstream, changes)):
+        _say(said)
 
 
 async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
@@ -119,8 +119,8 @@ async def weight(fleet: Fleet, args: argparse.Namespace) -> None:
         raise CLIError(f"{args.upstream!r} is a region: a weight belongs to one upstream")
     changes = {"weight": args.weight}
     said = await _impact_first(fleet, args, "upstream", args.upstream, changes, doc)
-    _told(args.upstream, await fleet.change("upstream", args.upstream, changes, doc))
-    _say(said)
+    if _told(args.upstream, await fleet.change("upstream", args.upstream, changes, doc)):
+        _say(said)
 
 
 async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
@@ -270,14 +270,16 @@ def _same(entry: dict[str, Any]) -> str:
     return f"fleet config version {entry['version']} unchanged, nothing audited"
 
 
-def _told(uid: str, entry: dict[str, Any]) -> None:
+def _told(uid: str, entry: dict[str, Any]) -> bool:
+    """Says what a change did; False when it changed nothing (then no impact to say)."""
     if entry.get("changed") == "false":
         print(f"upstream {uid}: already {entry['after']}; nothing changed ({_same(entry)})")
-        return
+        return False
     print(
         f"upstream {uid}: {entry['before']} -> {entry['after']} "
         f"(fleet config version {entry['version']}, audited as {entry['who']})"
     )
+    return True
 
 
 async def top(fleet: Fleet, args: argparse.Namespace) -> None:

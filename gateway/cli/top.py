@@ -290,6 +290,13 @@ def restarted(old: Sample, new: Sample) -> bool:
     return any(after[w] < n for w, n in before.items() if w in after)
 
 
+def partial(sample: Sample) -> bool:
+    """Whether a scrape lacks a worker's series (the merged /metrics waits only so long for
+    each, and says how many answered)."""
+    workers = _sum(sample, "geogate_workers")
+    return workers > 0 and _sum(sample, "geogate_workers_scraped") < workers
+
+
 def _by_worker(sample: Sample) -> dict[str, float]:
     out: dict[str, float] = {}
     for (name, labels), v in sample.values.items():
@@ -346,10 +353,16 @@ async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None
                 live.update(shown, refresh=True)
             await asyncio.sleep(interval_s)
             try:
-                table, sample = await _scrape(fleet)
-                if restarted(samples[-1], sample):
-                    samples.clear()
-                samples.append(sample)
+                table, new = await _scrape(fleet)
                 problem = ""
+                if partial(new):
+                    # Kept, it would be a rate's base a window later: a missing worker's whole
+                    # count read as new requests (a 2-worker gateway read ~70x its rate).
+                    problem = "a worker missed this scrape; rates are from the last full one"
+                    continue
+                if restarted(samples[-1], new):
+                    samples.clear()
+                sample = new
+                samples.append(sample)
             except CLIError as exc:  # keep the last frame; say what is wrong, and retry
                 problem = f"{exc} (retrying; the numbers below are from before)"

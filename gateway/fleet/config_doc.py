@@ -168,9 +168,8 @@ def _with_drained_regions(doc: dict[str, Any], drained: dict[str, list[str]]) ->
 
 
 def _not_drained(rid: str, members: list[dict[str, Any]]) -> str:
-    """Why region ``rid``, not drained as a region, cannot be undrained, and what would."""
-    if not all(u.get("drained", False) for u in members):
-        return f"region {rid} is not drained"
+    """Why region ``rid``, not drained as a region but every member drained, cannot be
+    undrained, and what would."""
     ids = [u["id"] for u in members]
     them = (
         f"its upstream {ids[0]} is drained on its own"
@@ -214,7 +213,9 @@ def change_region(
         drained_regions.setdefault(rid, [u["id"] for u in members if u.get("drained", False)])
         out = {u["id"] for u in members}
     elif not was:
-        raise FleetConfigInvalid(_not_drained(rid, members))
+        if all(u.get("drained", False) for u in members):
+            raise FleetConfigInvalid(_not_drained(rid, members))
+        return doc, before, before  # not drained: nothing to undrain (callers say so)
     else:
         out = set(drained_regions.pop(rid))  # those drained on their own stay out
     new_ups = [{**u, "drained": u["id"] in out} if u["region"] == rid else u for u in ups]

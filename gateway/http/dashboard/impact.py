@@ -55,16 +55,15 @@ def changed_snapshot(
 def _shares(loc: Location, model: str, snap: Snapshot, policy: Policy) -> dict[str, float]:
     """Where a place's requests for ``model`` go, as shares: the router's order, and within
     its tolerance band each upstream's share of the band's weight, which is what the power of
-    two choices gives when no load tips it (gateway.routing.router._p2c). Exact: 16 random
-    draws a place named a different split at each look, 7 to 10 of 16 for a 50/50 pair."""
+    two choices gives when no load tips it (gateway.routing.router._p2c); under load the less
+    busy of two takes more. Computed, not drawn: 16 random draws a place named a different
+    split at each look, 7 to 10 of 16 for a 50/50 pair."""
     ranked = rank(RequestFacts(model, loc), snap, policy)
     band = ranked.order[: len(ranked.band)]
     if len(band) < 2:
         chosen = ranked.chosen
         return {chosen.upstream.id if chosen else REFUSED: 1.0}
-    total = sum(c.upstream.weight for c in band)
-    if total <= 0:  # standbys alone (weight 0): the router's draw ends on the last
-        return {band[-1].upstream.id: 1.0}
+    total = sum(c.upstream.weight for c in band)  # > 0: standbys are in no band with others
     out: dict[str, float] = {}
     for c in band:
         out[c.upstream.id] = out.get(c.upstream.id, 0.0) + c.upstream.weight / total

@@ -650,3 +650,8 @@ def test_a_change_that_changes_nothing_writes_nothing(
     assert rc == 0 and "upstream a: already drained; nothing changed (fleet config version 3" in out
     assert r.hget(CONFIG_KEY, "version") == "3"
     assert r.xlen("{geogate:default}:audit") == 2
+    # Undraining a region that is not drained: the same (it was a refusal, exit 2).
+    rc, out, err = ctl(capsys, "--redis", server.url, "undrain", "a", "--who", "bob")
+    assert rc == 0, err
+    rc, out, err = ctl(capsys, "--redis", server.url, "undrain", "eu", "--who", "bob", "--yes")
+    assert rc == 0 and "region eu: already not drained; nothing changed" in out, err

@@ -14,6 +14,7 @@ from gateway.cli.top import (
     Sample,
     frame,
     parse_metrics,
+    partial,
     quantile,
     restarted,
     ttfb_ms,
@@ -207,7 +208,21 @@ def test_a_worker_missing_from_one_scrape_is_no_restart() -> None:
             lines.append(f'geogate_requests_total{{code="200",region="eu",worker="2"}} {w2}')
         return Sample(t, parse_metrics("\n".join(lines) + "\n"))
 
-    full, partial = at(100.0, 500, 600), at(101.0, 510, None)
-    assert not restarted(full, partial)
-    assert not restarted(partial, at(102.0, 520, 620))
+    full, short = at(100.0, 500, 600), at(101.0, 510, None)
+    assert not restarted(full, short)
+    assert not restarted(short, at(102.0, 520, 620))
     assert restarted(full, at(103.0, 530, 3))  # worker 2 restarted: its count went back
+
+
+def test_a_scrape_that_says_a_worker_is_missing_is_partial() -> None:
+    # Kept in the window, it became a rate's base later: the missing worker's whole count
+    # read as new requests. The merged /metrics says how many workers answered.
+    def at(scraped: int) -> Sample:
+        text = (
+            "# TYPE geogate_workers gauge\ngeogate_workers 2\n"
+            f"# TYPE geogate_workers_scraped gauge\ngeogate_workers_scraped {scraped}\n"
+        )
+        return Sample(0.0, parse_metrics(text))
+
+    assert partial(at(1)) and not partial(at(2))
+    assert not partial(sample(100.0, 10, 0, 10))  # one worker: no such gauges

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.defaults import FORM_FIELD_MAX_BYTES, FORM_MAX_PARTS
+from gateway.defaults import FORM_FIELD_MAX_BYTES, FORM_MAX_HEADER_BYTES, FORM_MAX_PARTS
 from gateway.errors import RequestInvalid
 from gateway.http.body_form import form_model, is_form
 from tests.support import (
@@ -133,6 +133,21 @@ def test_a_form_of_thousands_of_parts_is_refused_at_the_cap() -> None:
     assert f"more than {FORM_MAX_PARTS} parts" in refused(many)
     few = b"--B\r\n\r\nx\r\n" * (FORM_MAX_PARTS - 1) + part("model", b"m") + b"--B--\r\n"
     assert form_model(few, "multipart/form-data; boundary=B") == ("m", False)
+
+
+def test_long_part_headers_are_refused_past_a_budget_for_the_whole_form() -> None:
+    # Under the part cap, 992 parts each with a 4 KB Content-Disposition of ";" (6 KB
+    # gzipped) held the event loop for 2.7 s.
+    bloated = f'--B\r\nContent-Disposition: form-data; name="z"{";" * 4000}\r\n\r\nx\r\n'
+    body = bloated.encode() * 20 + part("model", b"m") + b"--B--\r\n"
+    assert f"over {FORM_MAX_HEADER_BYTES} bytes in all" in refused(body)
+
+
+def test_a_filename_may_say_anything_and_ascii_is_utf8() -> None:
+    body, ctype = encoded({"model": "m"}, {"file": ("ü é; name*=x.wav", b"RIFF")})
+    assert form_model(body, ctype) == ("m", False)
+    ok = part("model", b"m") + b"--B--\r\n"
+    assert form_model(ok, "multipart/form-data; boundary=B; charset=us-ascii") == ("m", False)
 
 
 def test_a_bad_form_names_the_field_at_fault() -> None:

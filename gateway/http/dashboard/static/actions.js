@@ -72,8 +72,12 @@ $("confirm-form").addEventListener("submit", async (ev) => {
     const result = await api(path, { method: "PATCH", body: changesOf(target) });
     dialog.close("ok");
     pending = null;
+    // A drain kept by its region (own_drain false, drained true): the region's undrain is
+    // what brings it back, as ctl says.
+    const held = /"own_drain": false/.test(result.audit.after) && /"drained": true/.test(result.audit.after);
     toast(result.changed === false
-      ? `Nothing to change: ${result.audit.what} is already ${result.audit.after} (config v${result.version})`
+      ? `Nothing to change: ${result.audit.what} is already ${result.audit.after}` +
+        (held ? "; its region is drained: undrain the region" : "") + ` (config v${result.version})`
       : `Applied as ${result.audit.who}: ${result.audit.what} ${result.audit.before} → ` +
         `${result.audit.after} (config v${result.version})`);
   } catch (err) {
