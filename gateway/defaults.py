@@ -11,8 +11,8 @@ WORKERS = 1  # state is per process until Redis (issue 5); one worker keeps one 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
-# Parts of an upload's form read at most (Starlette's max_fields + max_files, aiohttp's 1000):
-# an upload is a few fields and a file; each part costs Python calls on the event loop.
+# Parts of an upload's form read at most (aiohttp's limit; Starlette's is 1000 fields and
+# 1000 files): an upload is a few fields and a file; each part costs Python calls on the loop.
 FORM_MAX_PARTS = 1000
 # The form's part headers in all (names and values): an upload's need a few hundred bytes;
 # each is parsed in Python on the event loop, so their total bounds the time a form costs.

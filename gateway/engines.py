@@ -47,11 +47,13 @@ def _stop_granian_worker() -> None:
 def ip_literal(host: str) -> str:
     """``host`` as an address: granian takes IP literals only, and a name (``localhost``),
     which the start's own bind resolved and passed (and ``--check`` with it), stopped granian
-    with a traceback. Its first address, as socket.bind takes it on the other engines."""
+    with a traceback. Its first address in the family server.bind uses for it (IPv4 for a
+    name), so granian listens where the check and the other engines would."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
-        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as server.bind chooses
+        return str(socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)[0][4][0])
 
 
 def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:

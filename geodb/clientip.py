@@ -107,3 +107,15 @@ def client_ip(
         if not _trusted(ip, trusted):
             return ip
     return current
+
+
+def stops_short(
+    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> bool:
+    """Whether the client ``client_ip`` finds is not the first address the chain names: a
+    proxy not in ``trusted`` stands between, and the client is located as it (a regional
+    gateway that does not trust the edge gateway in front of it, behind a trusted balancer
+    too)."""
+    hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
+    first = _parse(hops[0]) if hops else None
+    return first is not None and client_ip(peer, forwarded_for, trusted) != first

@@ -248,9 +248,7 @@ export async function bodyFacts(request, body, limit) {
   const data = coding ? await decoded(body, coding, limit) : new Uint8Array(body);
   if (data === null || data === "too large") return data ?? none;
   const type = request.headers.get("content-type") ?? "";
-  if (type.trimStart().slice(0, FORM_TYPE.length).toLowerCase() === FORM_TYPE) {
-    return formFacts(data, type);
-  }
+  if (FORM_TYPE.test(type)) return formFacts(data, type);
   try {
     const doc = JSON.parse(new TextDecoder().decode(data));
     const model = typeof doc?.model === "string" && doc.model ? doc.model : null;
@@ -264,7 +262,8 @@ export async function bodyFacts(request, body, limit) {
 // parameters are fields beside the file, read here as the gateway reads them
 // (gateway/http/body_form.py). A form the Worker cannot read names no model, as a body that
 // is not JSON: routed on location, and the gateway answers it in its own words.
-const FORM_TYPE = "multipart/form-data";
+// As the gateway's is_form: the media type, then a parameter or nothing ("-x" is another).
+const FORM_TYPE = /^\s*multipart\/form-data\s*(;|$)/i;
 // The strings FastAPI's forms (pydantic) read as true, as the gateway does; the SDK sends "true".
 const TRUE = new Set(["1", "on", "t", "true", "y", "yes"]);
 

@@ -73,7 +73,7 @@ async def show(fleet: Fleet, args: argparse.Namespace) -> None:
     doc, version = await fleet.config()
     print(json.dumps({"version": version, **doc}, indent=2))
     if stale := getattr(fleet, "stale_since", None):
-        when = time.strftime("%H:%M:%S UTC", time.gmtime(stale))
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stale))
         print(
             f"note: this is the gateway's last snapshot: its shared state (Redis) has been "
             f"unreachable since {when}, and the fleet's document may have changed since",

@@ -30,6 +30,7 @@ from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 
 WINDOW_S = 10.0  # rates and percentiles over the last 10 s: steady to read, quick to follow
+FULL_SCRAPE_TRIES = 3  # a base sample that lacks a worker is scraped again, this often at most
 UNROUTED = "-"  # the region label of a request refused before routing (gateway.http.exchange)
 HEALTH_WIDTH = 50  # "ejected 300s: failure rate 12/20 requests in 10 s" fits; longer is cut
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
@@ -249,15 +250,16 @@ def _region_rows(t: Table, r: dict[str, Any], old: Sample | None, new: Sample) -
 
 
 def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
-    """Requests answered before any region was chosen (``region="-"``: no upstream allowed
-    for the model or the client's residency rule, the gateway full): a drained region's
-    clients refused showed nowhere in the table."""
+    """Requests the gateway answered before any region was chosen (``region="-"``): req/s
+    all of them (the model list, a client's 404 or 400 too), err/s its 5xx refusals (no
+    upstream allowed for the model or the client's rule, the gateway full). A drained
+    region's refused clients showed nowhere in the table."""
     if not any(True for _ in _codes(new, UNROUTED)):
         return
     req_s, err_s = _region_rates(old, new, UNROUTED)
     busy = bool(err_s)
     t.add_row(
-        Text("not routed (no candidate, full)", style="bold red" if busy else "bold"),
+        Text("before routing (err/s: refused)", style="bold red" if busy else "bold"),
         *[""] * 7,
         _num(req_s, "{:.1f}"),
         Text(_num(err_s, "{:.1f}"), style="bold red" if busy else ""),
@@ -320,6 +322,17 @@ async def _scrape(fleet: GatewayFleet) -> tuple[dict[str, Any], Sample]:
     return table, Sample(time.monotonic(), parse_metrics(metrics))
 
 
+async def _full_scrape(fleet: GatewayFleet) -> tuple[dict[str, Any], Sample]:
+    """A scrape every worker answered, where one comes within a few tries: a rate's base (the
+    first sample, --once's two) missing a worker counts its whole life as new requests."""
+    for _ in range(FULL_SCRAPE_TRIES - 1):
+        table, sample = await _scrape(fleet)
+        if not partial(sample):
+            return table, sample
+        await asyncio.sleep(0.2)
+    return await _scrape(fleet)
+
+
 async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None:
     if not 0 < interval_s <= 60:
         raise CLIError(f"--interval must be more than 0 and at most 60 s (got {interval_s:g})")
@@ -327,11 +340,11 @@ async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None
     if not console.is_terminal:
         console = _Console(width=160)  # piped (--once in a script): no row cut at 80 columns
     samples: deque[Sample] = deque()
-    table, sample = await _scrape(fleet)  # the first failure is one line and exit status 2
+    table, sample = await _full_scrape(fleet)  # a first failure: one line, exit status 2
     samples.append(sample)
     if once:
         await asyncio.sleep(interval_s)  # two samples: rates need a window
-        table, sample = await _scrape(fleet)
+        table, sample = await _full_scrape(fleet)
         console.print(frame(fleet.url, table, samples[0], sample))
         return
     problem = ""
@@ -357,7 +370,7 @@ async def run_top(fleet: GatewayFleet, *, once: bool, interval_s: float) -> None
                 problem = ""
                 if partial(new):
                     # Kept, it would be a rate's base a window later: a missing worker's whole
-                    # count read as new requests (a 2-worker gateway read ~70x its rate).
+                    # count read as new requests.
                     problem = "a worker missed this scrape; rates are from the last full one"
                     continue
                 if restarted(samples[-1], new):

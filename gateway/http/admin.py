@@ -107,7 +107,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             entry["version"],
             extra=_changed(f"{kind}-changed", who, entry, **{kind: target}),
         )
-        return JSONResponse({"version": rt.store.version, "audit": entry})
+        return JSONResponse({"version": rt.store.version, "audit": entry, "changed": True})
 
     async def patch_upstream(request: Request, who: str) -> Response:
         return await _patch(request, who, "upstream", '{"weight": 2}', rt.store.update_upstream)

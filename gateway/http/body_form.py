@@ -79,6 +79,7 @@ _PARAM_NAME = re.compile(r";\s*([^\s;=]+)\s*=")
 # other parsers do: refused rather than read one way here and another at the backend.
 _EXTENDED_NAME = re.compile(rb"(?:^|;)\s*name\*\s*=", re.IGNORECASE)
 _QUOTED = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a quoted string: a filename may hold "name*="
+_NAME = re.compile(rb"(?:^|;)\s*name\s*=", re.IGNORECASE)  # a disposition's name parameter
 _UTF8 = (b"utf-8", b"utf8", b"us-ascii", b"ascii")  # ASCII is UTF-8's subset
 
 
@@ -110,6 +111,7 @@ class _Fields:
 
     __slots__ = (
         "disposed",
+        "encoded",
         "ended",
         "filename",
         "header",
@@ -129,6 +131,7 @@ class _Fields:
         self.value: bytearray | None = None  # the current part's bytes, while it is one kept
         self.parts = self.header_bytes = 0
         self.disposed = False  # the current part's Content-Disposition was seen
+        self.encoded = False  # the current part has a Content-Transfer-Encoding
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -145,13 +148,14 @@ class _Fields:
     def _begin(self) -> None:
         self.parts += 1
         if self.parts > FORM_MAX_PARTS:
-            # Each part costs Python calls on the event loop: a 4 MiB body of tiny parts (8 KB
-            # gzipped) held it for seconds, and every other request and health probe with it.
+            # Each part costs Python calls on the event loop: a 4 MiB body of tiny parts, a
+            # few KB gzipped, held it, and every other request and health probe with it.
             raise RequestInvalid(
                 f"the form has more than {FORM_MAX_PARTS} parts; send the upload's fields "
                 "and its file, not thousands of parts"
             )
         self.name, self.filename, self.value, self.disposed = None, False, None, False
+        self.encoded = False
 
     def _header_name(self, data: bytes, start: int, end: int) -> None:
         self._spend(end - start)
@@ -162,8 +166,8 @@ class _Fields:
         self.header[1].extend(data[start:end])
 
     def _spend(self, n: int) -> None:
-        # The parts' headers are parsed here, in Python, on the event loop: 992 parts of a
-        # 4 KB Content-Disposition of ";" (6 KB gzipped) held it for 2.7 s under the part cap.
+        # The parts' headers are parsed here, in Python, on the event loop: under the part cap,
+        # parts with 4 KB Content-Dispositions of ";" (a few KB gzipped) held it for seconds.
         self.header_bytes += n
         if self.header_bytes > FORM_MAX_HEADER_BYTES:
             raise RequestInvalid(
@@ -173,16 +177,20 @@ class _Fields:
 
     def _header_end(self) -> None:
         name, value = self.header
-        if name.strip().lower() == b"content-disposition":
-            if self.disposed or _EXTENDED_NAME.search(_QUOTED.sub(b'""', value)):
+        lname = name.strip().lower()
+        if lname == b"content-disposition":
+            bare = _QUOTED.sub(b'""', value)
+            if self.disposed or _EXTENDED_NAME.search(bare) or len(_NAME.findall(bare)) > 1:
                 raise RequestInvalid(
                     "a part of the form has two Content-Disposition headers, or names its "
-                    'field as name*=: parsers read these differently; send one name="..."'
+                    'field twice or as name*=: parsers read these differently; send one name="..."'
                 )
             self.disposed = True
             _, params = parse_options_header(bytes(value))
             self.name = params.get(b"name")
             self.filename = b"filename" in params
+        elif lname == b"content-transfer-encoding":
+            self.encoded = True  # a field in base64 is read decoded by some parsers, not here
         name.clear()
         value.clear()
 
@@ -190,6 +198,12 @@ class _Fields:
         if self.name not in _READ:
             return
         shown = self.name.decode("latin-1")
+        if self.encoded:
+            raise RequestInvalid(
+                f'the form\'s "{shown}" field has a Content-Transfer-Encoding: parsers read '
+                "it differently; send it as plain text",
+                param=shown,
+            )
         if self.filename:
             raise RequestInvalid(
                 f'the form\'s "{shown}" is a file; send it as a text field, {shown}=...',

@@ -43,7 +43,7 @@ from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
 from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
-from geodb.clientip import client_ip
+from geodb.clientip import client_ip, stops_short
 from geodb.edge import HEADER as EDGE_HEADER
 from geodb.location import LocationSource
 
@@ -311,8 +311,10 @@ class Proxy:
         )
         rt.proxied += 1
         loc = ex.routed.location
-        if ex.hops and not ex.routed.peer_trusted and loc.source is not LocationSource.EDGE:
-            rt.unlocated_hop(peer[0] if peer else None)
+        if ex.hops and loc.source is not LocationSource.EDGE:  # another gateway's request
+            forwarded = heads.get(_FORWARDED_FOR, ())
+            if stops_short(peer[0] if peer else None, forwarded, rt.trusted):
+                rt.unlocated_hop(str(ex.routed.client))
         m = rt.metrics
         m.by_country.count(loc.country or "unknown", str(loc.source))
         if ex.routed.preferred_region:

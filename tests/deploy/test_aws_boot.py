@@ -85,6 +85,8 @@ elif args[:2] == ["ecr", "get-login-password"]:
         sys.exit("An error occurred (UnrecognizedClientException): GetAuthorizationToken")
     print("pw-" + opt("--region"))
 elif args[:2] == ["s3", "cp"]:
+    if os.environ.get("STUB_S3_FAIL"):
+        sys.exit("fatal error: An error occurred (404) when calling the HeadObject operation")
     with open(args[-1], "wb") as f:
         f.write(b"mmdb from " + args[-2].encode())
 elif args[:2] != ["s3", "sync"]:
@@ -135,6 +137,7 @@ def boot(
     ssm: dict[str, str] | None = None,
     iptables_fail: bool = False,
     iptables: bool = True,
+    s3_fail: bool = False,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the rendered user data with `aws`, `docker`, `iptables` and `systemctl` stand-ins;
     /etc/geogate, /etc/systemd/system and /run/geogate under tmp. `iptables=False`: a PATH
@@ -179,6 +182,7 @@ def boot(
         "STUB_SSM": json.dumps(SSM if ssm is None else ssm),
         "STUB_ECR_FAIL": ecr_fail,
         "STUB_IPTABLES_FAIL": "1" if iptables_fail else "",
+        "STUB_S3_FAIL": "1" if s3_fail else "",
     }
     p = subprocess.run(
         [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
@@ -516,3 +520,9 @@ def test_the_gateway_gets_the_geoip_database_when_one_is_named(tmp_path: Path) -
     assert rc == 0, err
     assert not [c for c in calls if c["cmd"] == "aws" and c["args"][:2] == ["s3", "cp"]]
     assert "GEOGATE_GEOIP__DATABASE" not in _env_of(_gateway_run(calls))
+
+
+def test_a_geoip_copy_that_fails_stops_the_boot_before_any_container(tmp_path: Path) -> None:
+    rc, err, calls = boot(tmp_path, _values(geoip_s3_uri="s3://my-geoip/x.mmdb"), s3_fail=True)
+    assert rc != 0 and "geogate boot: failed at line" in err
+    assert not [c for c in calls if c["cmd"] == "docker" and c["args"][:1] == ["run"]]

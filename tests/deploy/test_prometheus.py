@@ -126,11 +126,15 @@ def test_every_alert_says_what_to_do_with_commands_that_exist() -> None:
         (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         return sub.choices
 
-    subcommands = set(choices(choices(_parser())["ctl"]))
+    ctl = choices(_parser())["ctl"]
+    subcommands = set(choices(ctl))
+    options = {o for sub in choices(ctl).values() for a in sub._actions for o in a.option_strings}
     named = []
     for alert in alerts:
         notes = alert["annotations"]
         assert notes.get("summary") and notes.get("description"), alert["alert"]
         assert len(notes.get("runbook", "")) > 40, f"{alert['alert']} has no runbook"
         named += re.findall(r"geogate ctl (\w+)", notes["runbook"])
+        flags = re.findall(r"geogate ctl \w+[^;,)]*?(--[a-z-]+)", notes["runbook"])
+        assert set(flags) <= options, (alert["alert"], set(flags) - options)
     assert named and set(named) <= subcommands, set(named) - subcommands

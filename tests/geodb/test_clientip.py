@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from geodb.clientip import client_ip, is_trusted, parse_networks
+from geodb.clientip import client_ip, is_trusted, parse_networks, stops_short
 
 TRUSTED = parse_networks(["10.0.0.0/8", "::1/128"])
 
@@ -69,3 +69,13 @@ def test_a_trusted_network_in_ipv4_mapped_form_matches_ipv4_peers() -> None:
     assert [str(n) for n in nets] == ["127.0.0.21/32", "10.0.0.0/8", "::1/128"]
     assert str(client_ip("127.0.0.21", ["127.0.0.2"], nets)) == "127.0.0.2"
     assert str(client_ip("::ffff:10.1.2.3", ["127.0.0.3"], nets)) == "127.0.0.3"
+
+
+def test_a_chain_that_stops_at_an_untrusted_proxy_stops_short() -> None:
+    # An edge gateway (10.0.0.5) behind a trusted balancer (10.1.0.1), itself not trusted: the
+    # client found is the edge gateway, not the first address the chain names.
+    lb = parse_networks(["10.1.0.0/16"])
+    assert stops_short("10.1.0.1", ["203.0.113.9, 10.0.0.5"], lb)
+    assert not stops_short("10.1.0.1", ["203.0.113.9, 10.0.0.5"], parse_networks(["10.0.0.0/8"]))
+    assert stops_short("10.0.0.5", ["203.0.113.9"], ())  # the peer itself untrusted
+    assert not stops_short("10.0.0.5", [], ())  # nothing named: nothing to stop short of

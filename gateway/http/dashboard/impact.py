@@ -57,7 +57,7 @@ def _shares(loc: Location, model: str, snap: Snapshot, policy: Policy) -> dict[s
     its tolerance band each upstream's share of the band's weight, which is what the power of
     two choices gives when no load tips it (gateway.routing.router._p2c); under load the less
     busy of two takes more. Computed, not drawn: 16 random draws a place named a different
-    split at each look, 7 to 10 of 16 for a 50/50 pair."""
+    split at each look."""
     ranked = rank(RequestFacts(model, loc), snap, policy)
     band = ranked.order[: len(ranked.band)]
     if len(band) < 2:

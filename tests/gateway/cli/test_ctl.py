@@ -621,7 +621,10 @@ def test_show_says_when_the_gateways_copy_is_a_stale_snapshot(
     asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     assert json.loads(out) == {"version": 15, "upstreams": []}
-    assert err.startswith("note: this is the gateway's last snapshot") and "22:13:20 UTC" in err
+    assert (
+        err.startswith("note: this is the gateway's last snapshot")
+        and "2023-11-14 22:13:20 UTC" in err
+    )
     Stale.stale_since = 0.0  # fresh (None, or no such attribute: Redis): nothing said
     asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
@@ -655,3 +658,4 @@ def test_a_change_that_changes_nothing_writes_nothing(
     assert rc == 0, err
     rc, out, err = ctl(capsys, "--redis", server.url, "undrain", "eu", "--who", "bob", "--yes")
     assert rc == 0 and "region eu: already not drained; nothing changed" in out, err
+    assert r.hget(CONFIG_KEY, "version") == "4" and r.xlen("{geogate:default}:audit") == 3

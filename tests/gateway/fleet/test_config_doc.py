@@ -114,8 +114,8 @@ def test_a_region_drains_all_its_upstreams_in_one_change() -> None:
             change_region(routing_doc(cfg), rid, changes)
     # Undraining a region that is not drained changes nothing (the callers say so): it was a
     # refusal, so a script that undrains twice failed where one that drains twice did not.
-    same = routing_doc(cfg)
-    assert change_region(same, "us", {"drained": False})[0] == same
+    same, before, after = change_region(routing_doc(cfg), "us", {"drained": False})
+    assert same == routing_doc(cfg) and before == after
 
 
 def _fleet() -> Config:

@@ -54,7 +54,7 @@ variable "model_s3_uri" {
 }
 
 variable "geoip_s3_uri" {
-  description = "s3://bucket/key.mmdb of a MaxMind GeoIP2/GeoLite2 City database the hosts copy at boot and daily (empty: no GeoIP: residency rules and per-country metrics see no country)"
+  description = "s3://bucket/key.mmdb of a MaxMind GeoIP2/GeoLite2 City (or Country) database the hosts copy at boot and daily (empty: no GeoIP: residency rules and per-country metrics see no country)"
   type        = string
   default     = ""
 }
