@@ -210,12 +210,13 @@ class Runtime:
                 continent = found.continent
         return replace(loc, country=country, continent=continent)
 
-    def unlocated_hop(self, peer: str | None) -> None:
-        """A request marked as another gateway's (geogate-hops) from a peer this one does not
-        trust, with no signed client header: if the peer is an edge gateway, its clients are
-        located as it, and their residency rule cannot apply here. Warned at most once per
-        ``UNLOCATED_HOP_WARN_S``, naming the peer: a client can send the header itself, so a
-        set of peers warned of once each was theirs to fill."""
+    def unlocated_hop(self, proxy: str) -> None:
+        """A request marked as another gateway's (geogate-hops), with no signed client header,
+        whose X-Forwarded-For chain stopped at ``proxy``, an address this gateway does not
+        trust, short of the first one it names: if ``proxy`` is an edge gateway, its clients
+        are located as it, and their residency rule cannot apply here. Warned at most once
+        per ``UNLOCATED_HOP_WARN_S``: a client can send the header itself, so a set of
+        addresses warned of once each was theirs to fill."""
         now = time.monotonic()
         if not self.config.residency or now - self.hop_warned_at < d.UNLOCATED_HOP_WARN_S:
             return
@@ -225,8 +226,8 @@ class Runtime:
             "not in gateway.trusted_proxies, with no signed client header: if %s is an edge "
             "gateway, its clients are located as it here and no residency rule applies to "
             "them; list it in gateway.trusted_proxies (a client may also send the header)",
-            peer,
-            peer,
+            proxy,
+            proxy,
         )
 
     def edge_client(self, value: str, host: str | None) -> EdgeClient | None:
