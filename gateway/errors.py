@@ -58,6 +58,11 @@ class CannotListen(GatewayError):
     pass
 
 
+class PortInUse(CannotListen):
+    """Another process listens there: a start's failure, but no fault of a config checked
+    while the gateway it replaces runs (``gateway --check``)."""
+
+
 class PlanInvalid(GatewayError):
     pass
 

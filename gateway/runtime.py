@@ -28,7 +28,7 @@ from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.steering import preferred_region
 from gateway.traffic import Traffic
 from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
-from geodb.countries import NO_ROW_CONTINENTS, place
+from geodb.countries import continent_of, place
 from geodb.edge import EdgeClient, verify
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
@@ -202,7 +202,7 @@ class Runtime:
             found = self.geo.locate(ip)
             if found.source is LocationSource.GEOIP and found.continent == continent:
                 country = found.country
-        elif (continent := place(country, None)[1] or NO_ROW_CONTINENTS.get(country)) is None:
+        elif (continent := continent_of(country)) is None:
             # A country with no known continent: GeoIP's, where GeoIP itself places the client
             # in that country; the default location's continent is no evidence.
             found = self.geo.locate(ip)

@@ -32,7 +32,7 @@ from gateway import checks, engines
 from gateway import defaults as d
 from gateway.config import Config
 from gateway.engines import address
-from gateway.errors import CannotListen, ConfigError, GatewayError
+from gateway.errors import CannotListen, ConfigError, GatewayError, PortInUse
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
@@ -255,17 +255,11 @@ def _term_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-IN_USE = "address already in use (is another gateway running?)"
-
-
 def can_listen(host: str, port: int, key: str) -> None:
     """Raise CannotListen where a start could not bind host:port, but for a port in use: a
     config is checked (``gateway --check``) while the gateway it replaces holds its ports."""
-    try:
+    with contextlib.suppress(PortInUse):
         bind(host, port, key).close()
-    except CannotListen as exc:
-        if IN_USE not in exc.message:
-            raise
 
 
 def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.socket:
@@ -289,12 +283,13 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
     except OSError as exc:
         sock.close()
         why = {
-            errno.EADDRINUSE: IN_USE,
+            errno.EADDRINUSE: "address already in use (is another gateway running?)",
             errno.EADDRNOTAVAIL: "no such address on this machine",
             errno.EACCES: "permission denied (ports under 1024 need privileges)",
         }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
         at_fault = _host_key(key) if exc.errno == errno.EADDRNOTAVAIL else key
-        raise CannotListen(f"cannot listen on {address(host, port)} ({at_fault}): {why}") from None
+        error = PortInUse if exc.errno == errno.EADDRINUSE else CannotListen
+        raise error(f"cannot listen on {address(host, port)} ({at_fault}): {why}") from None
     return sock
 
 

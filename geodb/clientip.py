@@ -109,13 +109,10 @@ def client_ip(
     return current
 
 
-def stops_short(
-    peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
-) -> bool:
-    """Whether the client ``client_ip`` finds is not the first address the chain names: a
-    proxy not in ``trusted`` stands between, and the client is located as it (a regional
-    gateway that does not trust the edge gateway in front of it, behind a trusted balancer
-    too)."""
+def stops_short(client: IPAddress | None, forwarded_for: Sequence[str]) -> bool:
+    """Whether ``client`` (what ``client_ip`` found) is not the first address the chain names:
+    a proxy not trusted stands between, and the client is located as it (a regional gateway
+    that does not trust the edge gateway in front of it, behind a trusted balancer too)."""
     hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
     first = _parse(hops[0]) if hops else None
-    return first is not None and client_ip(peer, forwarded_for, trusted) != first
+    return first is not None and client != first

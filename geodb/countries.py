@@ -61,6 +61,12 @@ def country_continent(country: str) -> str | None:
     return None if found is None else found[0]
 
 
+def continent_of(country: str) -> str | None:
+    """The country's continent: its row's, or for a code with no row (XK) GeoIP's."""
+    up = country.upper()
+    return country_continent(up) or NO_ROW_CONTINENTS.get(up)
+
+
 def place(country: str | None, continent: str | None) -> tuple[str | None, str | None]:
     """(country, continent) with the continent filled in from the country where it is missing:
     GeoIP records, edge headers and the configured default can name a country alone."""

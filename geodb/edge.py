@@ -127,8 +127,8 @@ def _known_country(code: str | None) -> str | None:
     return None
 
 
-def _known_continent(fields: Mapping[str, str]) -> str | None:
-    code = fields.get("continent")
+def _known_continent(code: str | None) -> str | None:
+    """One of GeoIP's seven continent codes, else None (Cloudflare's T1 for Tor is none)."""
     return code if code is not None and code.upper() in CONTINENT_NAMES else None
 
 
@@ -140,7 +140,8 @@ def _client(fields: Mapping[str, str], key_id: str) -> EdgeClient | None:
     lat, lon = _coordinate(fields["lat"], 90), _coordinate(fields["lon"], 180)
     if lat is None or lon is None:
         return None
-    country, continent = place(_known_country(fields.get("country")), _known_continent(fields))
+    country = _known_country(fields.get("country"))
+    country, continent = place(country, _known_continent(fields.get("continent")))
     city = unquote(fields["city"]) if "city" in fields else None
     loc = Location(lat, lon, country, continent, city, None, LocationSource.EDGE)
     return EdgeClient(ip, loc, key_id, fields.get("colo"))

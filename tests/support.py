@@ -145,6 +145,17 @@ def with_ops_port(toml: str, ops_port: int) -> str:
     return f"{toml}\n[ops]\nport = {ops_port}\n"
 
 
+@contextlib.contextmanager
+def serving(gw: Gateway, sims: dict[str, Sim]) -> Iterator[tuple[Gateway, dict[str, Sim]]]:
+    """A module's gateway and its simulated backends, stopped and killed on the way out."""
+    try:
+        yield gw, sims
+    finally:
+        gw.stop()
+        for s in sims.values():
+            s.proc.kill()
+
+
 def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "gw") -> Gateway:
     pick = PortPicker()  # two different ports
     port, ops_port = pick(), pick()

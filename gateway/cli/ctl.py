@@ -129,7 +129,7 @@ async def drain(fleet: Fleet, args: argparse.Namespace) -> None:
     kind = _kind(doc, args.target)
     said = await _impact_first(fleet, args, kind, args.target, {"drained": drained}, doc)
     entry = await fleet.change(kind, args.target, {"drained": drained}, doc)
-    if entry.get("changed") == "false":
+    if config_doc.is_unchanged(entry):
         state = "drained" if drained else "not drained"
         print(f"{kind} {args.target}: already {state}; nothing changed ({_same(entry)})")
         if not drained and kind == "upstream" and (held := _held_by(doc, args.target)):
@@ -272,7 +272,7 @@ def _same(entry: dict[str, Any]) -> str:
 
 def _told(uid: str, entry: dict[str, Any]) -> bool:
     """Says what a change did; False when it changed nothing (then no impact to say)."""
-    if entry.get("changed") == "false":
+    if config_doc.is_unchanged(entry):
         print(f"upstream {uid}: already {entry['after']}; nothing changed ({_same(entry)})")
         return False
     print(

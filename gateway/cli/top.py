@@ -16,7 +16,6 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from gateway.cli.errors import CLIError
 
 WINDOW_S = 10.0  # rates and percentiles over the last 10 s: steady to read, quick to follow
 FULL_SCRAPE_TRIES = 3  # a base sample that lacks a worker is scraped again, this often at most
+FULL_SCRAPE_WAIT_S = 0.2  # ...this long apart: a slow worker's answer is the next scrape's
 UNROUTED = "-"  # the region label of a request refused before routing (gateway.http.exchange)
 HEALTH_WIDTH = 50  # "ejected 300s: failure rate 12/20 requests in 10 s" fits; longer is cut
 Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
@@ -254,7 +254,7 @@ def _unrouted_row(t: Table, old: Sample | None, new: Sample) -> None:
     all of them (the model list, a client's 404 or 400 too), err/s its 5xx refusals (no
     upstream allowed for the model or the client's rule, the gateway full). A drained
     region's refused clients showed nowhere in the table."""
-    if not any(True for _ in _codes(new, UNROUTED)):
+    if not _codes(new, UNROUTED):
         return
     req_s, err_s = _region_rates(old, new, UNROUTED)
     busy = bool(err_s)
@@ -308,7 +308,7 @@ def _by_worker(sample: Sample) -> dict[str, float]:
     return out
 
 
-def _codes(sample: Sample, region: str) -> Iterable[int]:
+def _codes(sample: Sample, region: str) -> set[int]:
     return {
         int(dict(labels)["code"])
         for (n, labels), _ in sample.values.items()
@@ -329,7 +329,7 @@ async def _full_scrape(fleet: GatewayFleet) -> tuple[dict[str, Any], Sample]:
         table, sample = await _scrape(fleet)
         if not partial(sample):
             return table, sample
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(FULL_SCRAPE_WAIT_S)
     return await _scrape(fleet)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -116,9 +116,18 @@ def change_upstream(
             own.remove(uid)
         before["drained"] = after["drained"] = True
         after["own_drain"] = uid in own
-    fields = {k: v for k, v in after.items() if k != "own_drain"}  # the audit's alone
-    new_ups = [{**u, **fields} if u["id"] == uid else u for u in ups]
+    new_ups = [{**u, **routed(after)} if u["id"] == uid else u for u in ups]
     return _with_drained_regions({**doc, "upstreams": new_ups}, drained_regions), before, after
+
+
+def routed(after: dict[str, Any]) -> dict[str, Any]:
+    """A change's fields as an upstream holds them: ``own_drain`` is the audit's alone."""
+    return {k: v for k, v in after.items() if k != "own_drain"}
+
+
+def is_unchanged(entry: Mapping[str, str]) -> bool:
+    """Whether a change's answer is ``unchanged``'s: nothing was written."""
+    return entry.get("changed") == "false"
 
 
 def unchanged(who: str, what: str, before: dict[str, Any], version: int) -> dict[str, str]:

@@ -95,7 +95,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             raise RequestInvalid(f"send a JSON object such as {example}")
         target = request.path_params["id"]
         entry = await update(target, changes, who)
-        if entry.get("changed") == "false":  # a drain of a drained one: no version, no audit
+        if config_doc.is_unchanged(entry):  # a drain of a drained one: no version, no audit
             return JSONResponse({"version": rt.store.version, "audit": entry, "changed": False})
         log.info(
             "operator %s changed %s %s: %s -> %s (version %s)",

@@ -25,7 +25,6 @@ from gateway.errors import RequestInvalid
 if TYPE_CHECKING:  # a TypedDict the module defines for type checkers only
     from python_multipart.multipart import MultipartCallbacks
 
-FORM_TYPE = "multipart/form-data"
 _READ = frozenset({b"model", b"stream"})
 # A form's "stream" is a string: these are the ones pydantic (FastAPI's forms) reads as true,
 # so that a stream here is one to the backend too. The OpenAI SDK sends "true".

@@ -311,10 +311,12 @@ class Proxy:
         )
         rt.proxied += 1
         loc = ex.routed.location
-        if ex.hops and loc.source is not LocationSource.EDGE:  # another gateway's request
-            forwarded = heads.get(_FORWARDED_FOR, ())
-            if stops_short(peer[0] if peer else None, forwarded, rt.trusted):
-                rt.unlocated_hop(str(ex.routed.client))
+        # Another gateway's request (ex.hops is 0 for a client's) whose client is not the first
+        # the chain names: located as a proxy this gateway does not trust.
+        client = ex.routed.client
+        hop = ex.hops and loc.source is not LocationSource.EDGE
+        if hop and stops_short(client, heads.get(_FORWARDED_FOR, ())):
+            rt.unlocated_hop(str(client))
         m = rt.metrics
         m.by_country.count(loc.country or "unknown", str(loc.source))
         if ex.routed.preferred_region:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.routing.model import Origin
-from geodb.countries import NO_ROW_CONTINENTS, country_continent
+from geodb.countries import continent_of
 from geodb.location import Location
 
 
@@ -77,7 +77,7 @@ def shadowed(rules: Sequence[Residency]) -> list[str]:
         # An earlier rule that keeps the same regions takes nothing away: not said.
         earlier = [r for r in rules[:i] if r.regions != rule.regions]
         for country in sorted(rule.countries):
-            continent = country_continent(country) or NO_ROW_CONTINENTS.get(country)
+            continent = continent_of(country)
             first = next((r for r in earlier if _takes_country(r, country, continent)), None)
             if first is not None:
                 said.append(_shadow(country, rule, first))

@@ -74,8 +74,10 @@ def test_a_trusted_network_in_ipv4_mapped_form_matches_ipv4_peers() -> None:
 def test_a_chain_that_stops_at_an_untrusted_proxy_stops_short() -> None:
     # An edge gateway (10.0.0.5) behind a trusted balancer (10.1.0.1), itself not trusted: the
     # client found is the edge gateway, not the first address the chain names.
+    chain = ["203.0.113.9, 10.0.0.5"]
     lb = parse_networks(["10.1.0.0/16"])
-    assert stops_short("10.1.0.1", ["203.0.113.9, 10.0.0.5"], lb)
-    assert not stops_short("10.1.0.1", ["203.0.113.9, 10.0.0.5"], parse_networks(["10.0.0.0/8"]))
-    assert stops_short("10.0.0.5", ["203.0.113.9"], ())  # the peer itself untrusted
-    assert not stops_short("10.0.0.5", [], ())  # nothing named: nothing to stop short of
+    assert stops_short(client_ip("10.1.0.1", chain, lb), chain)
+    both = parse_networks(["10.0.0.0/8"])
+    assert not stops_short(client_ip("10.1.0.1", chain, both), chain)
+    assert stops_short(client_ip("10.0.0.5", ["203.0.113.9"], ()), ["203.0.113.9"])  # the peer
+    assert not stops_short(client_ip("10.0.0.5", [], ()), [])  # nothing named: nothing to miss

@@ -241,8 +241,7 @@ class Dashboard:
             # Validates, names the known ones; its after is effective too.
             _, _, after = config_doc.change_upstream(doc, uid, changes)
             targets = [uid]
-            # own_drain is the audit's (a drain inside a drained region): routing has none.
-            effective = {uid: {k: v for k, v in after.items() if k != "own_drain"}}
+            effective = {uid: config_doc.routed(after)}
         store = self.rt.store
         result = what_if(
             self.sampler.window,

@@ -24,6 +24,7 @@ from tests.support import (
     UpstreamSpec,
     access_line,
     gateway_toml,
+    serving,
     start_gateway,
     start_sim,
 )
@@ -183,13 +184,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, d
         UpstreamSpec("eu", "eu-central", sims["eu"].url, ["whisper"]),
         UpstreamSpec("us", "us-east", sims["us"].url, ["whisper-us"]),
     ]
-    gw = start_gateway(tmp, lambda port: gateway_toml(port, ups))
-    try:
-        yield gw, sims
-    finally:
-        gw.stop()
-        for s in sims.values():
-            s.proc.kill()
+    with serving(start_gateway(tmp, lambda port: gateway_toml(port, ups)), sims) as both:
+        yield both
 
 
 def described(data: bytes, name: str, model: str, region: str) -> str:

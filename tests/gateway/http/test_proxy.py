@@ -33,6 +33,7 @@ from tests.support import (
     gateway_toml,
     get_json,
     read_to_eof,
+    serving,
     start_gateway,
     start_sim,
     with_ops_port,
@@ -75,12 +76,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, d
             "[timeouts]\nfirst_byte_s = 1\n\n[health]",
         ),
     )
-    try:
-        yield gw, sims
-    finally:
-        gw.stop()
-        for s in sims.values():
-            s.proc.kill()
+    with serving(gw, sims) as both:
+        yield both
 
 
 def chat(model: str, **kw: object) -> dict[str, object]:

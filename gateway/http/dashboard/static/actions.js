@@ -74,7 +74,8 @@ $("confirm-form").addEventListener("submit", async (ev) => {
     pending = null;
     // A drain kept by its region (own_drain false, drained true): the region's undrain is
     // what brings it back, as ctl says.
-    const held = /"own_drain": false/.test(result.audit.after) && /"drained": true/.test(result.audit.after);
+    const after = JSON.parse(result.audit.after);
+    const held = after.own_drain === false && after.drained === true;
     toast(result.changed === false
       ? `Nothing to change: ${result.audit.what} is already ${result.audit.after}` +
         (held ? "; its region is drained: undrain the region" : "") + ` (config v${result.version})`
