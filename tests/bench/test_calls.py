@@ -21,8 +21,9 @@ def test_geogate_runs_more_python_per_stream_than_the_floor_under_it() -> None:
         assert r["profiled_us"] > 0 and r["top"]
     # geogate is the floor plus its own code (routing, metrics, access line...): more calls.
     assert floor["python_calls"] + 50 < ours["python_calls"] < 10 * floor["python_calls"]
-    assert any("gateway/http/intake.py" in f["function"] for f in ours["top"])
-    assert not any("gateway/http/intake.py" in f["function"] for f in floor["top"])
+    # which functions ran is exact; the top by own time is not (a busy machine reorders it)
+    assert any(f.startswith("gateway/http/intake.py") for f in ours["functions"])
+    assert not any(f.startswith("gateway/http/intake.py") for f in floor["functions"])
 
 
 @pytest.mark.parametrize(
