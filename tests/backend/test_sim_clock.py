@@ -11,9 +11,12 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gateway.cli.procs import free_port, geogate_cmd
 from tests.support import start_sim
+
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
 
 RATE = 5.0  # tokens/s: a 200 ms step, wide against a loaded machine's timer jitter
 STEP_S = 1 / RATE

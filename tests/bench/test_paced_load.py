@@ -14,6 +14,8 @@ import pytest
 from bench.paced_load import DONE, H1Connection, PacedResult, Probe, run_paced
 from tests.support import Sim, UpstreamSpec, eventually, gateway_toml, start_gateway, start_sim
 
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
+
 TTFT_MS, TOKENS, TOKENS_PER_S = 80, 4, 50
 BODY = json.dumps(
     {

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.proc_cpu import (
     CpuReading,
     cpu_between,
@@ -15,6 +17,8 @@ from bench.proc_cpu import (
     process_tree,
     read_cpu,
 )
+
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
 
 BUSY_S = 0.5
 # A parent that starts a child burning BUSY_S of CPU, reaps it, then idles until killed. The

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import pytest
 
 from tests.support import (
     Gateway,
@@ -21,6 +22,8 @@ from tests.support import (
     eventually,
     start_fleet,
 )
+
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
 
 STREAM = {
     "model": "m",

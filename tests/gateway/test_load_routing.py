@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
@@ -30,6 +31,8 @@ from tests.support import (
     start_gateway,
     start_sim,
 )
+
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
 
 
 def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:

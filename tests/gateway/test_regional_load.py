@@ -23,6 +23,8 @@ from tests.support import (
     start_sim,
 )
 
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
+
 FAST_POLL = "[load]\npoll_interval_s = 0.1\n"
 
 

@@ -285,13 +285,26 @@ def test_top_into_a_file_writes_a_frame_per_interval(
     out = tmp_path / "top.txt"
     with out.open("wb") as f:
         p = subprocess.Popen(
-            geogate_cmd("ctl", *via(gw), "top", "--interval", "0.2"), stdout=f, stderr=f
+            geogate_cmd("ctl", *via(gw), "top", "--interval", "0.2"),
+            stdout=f,
+            stderr=f,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT dumps every thread
+            # As from a terminal: a suite started in the background (`... &`) has SIGINT
+            # ignored, which Python keeps. A test that ran before this one in the same pytest
+            # process (the model server's in-process CLI) used to take it back by chance.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             eventually(lambda: out.read_text().count("geogate top ") >= 3, timeout=15)
         finally:
             p.send_signal(signal.SIGINT)
-            p.wait(timeout=10)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # say where it was
+                p.send_signal(signal.SIGABRT)
+                p.wait(timeout=10)
+                pytest.fail(f"ctl top outlived Ctrl-C by 10 s:\n{out.read_text()[-4000:]}")
+    assert p.returncode == 128 + signal.SIGINT
     text = out.read_text()
     assert "a1" in text and "Traceback" not in text, text[-2000:]
 

@@ -28,6 +28,8 @@ from tests.support import (
     until,
 )
 
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
+
 TOKENS = 60_000  # ~14 MB of SSE: more than the kernel's socket buffers hold between the two
 
 

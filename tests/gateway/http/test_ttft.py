@@ -33,6 +33,8 @@ from tests.support import (
     start_sim,
 )
 
+pytestmark = pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
+
 # idle_s well under the prefills below, first_byte_s over all but the stuck one's.
 TIMEOUTS = "[timeouts]\nfirst_byte_s = 1.5\nidle_s = 0.4\n"
 # model -> (its region, the sim's knobs, whether it sends its role chunk at once)
