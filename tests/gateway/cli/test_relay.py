@@ -40,6 +40,7 @@ async def _measure(rtt_ms: float, rounds: int) -> list[float]:
     return took
 
 
+@pytest.mark.serial  # timed: scripts/dev test runs it alone (pyproject)
 @pytest.mark.parametrize("rtt_ms", [10.0, 50.0, 150.0, 300.0])
 def test_relay_delay_is_accurate(rtt_ms: float) -> None:
     # Five round trips at every delay: the median of three at 300 ms was one late timer on a

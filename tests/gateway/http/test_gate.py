@@ -77,7 +77,8 @@ async def test_past_the_limit_a_fast_503_with_retry_after() -> None:
         assert _gauge(rt, "geogate_requests_in_flight") == 2  # read at the scrape
         t0 = time.monotonic()
         r = await c.post("/v1/sleep/0.5")
-        assert time.monotonic() - t0 < 0.2
+        # fast: not after a held request's 0.5 s (the suite's other workers load the cores)
+        assert time.monotonic() - t0 < 0.4
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"] == {
             "message": "this gateway is serving its maximum of 2 concurrent requests "

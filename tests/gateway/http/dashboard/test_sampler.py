@@ -94,8 +94,9 @@ async def test_a_health_change_is_pushed_within_a_tenth_of_a_second() -> None:
         await next_tick(frames, 2)  # the next second starts now
         t0 = time.monotonic()
         rt.store.record_probe("a", False, None, "connection refused")
-        event, data = parse(await next_frame(frames, 0.5))
-        assert time.monotonic() - t0 < 0.5
+        # at once, not at the next tick a second away (with slack for the suite's other workers)
+        event, data = parse(await next_frame(frames, 0.8))
+        assert time.monotonic() - t0 < 0.8
         assert event == "state"
         assert data["state"]["upstreams"][0]["state"] == "down"
         assert data["state"]["regions"][0]["state"] == "down"
