@@ -107,6 +107,8 @@ typedef struct {
                                will not) */
     int body_ended;         /* it was sent, or queued behind what the client's transport holds */
     int sse;                /* hold back a partial event (held) until it is whole */
+    int open_event;         /* the last send ended inside an event (one over HOLD_MAX): an
+                               error event after it would be glued to it */
     char *held;             /* an SSE stream's bytes after its last blank line, not yet sent */
     size_t held_len, held_cap;
     uint64_t size;          /* the chunk size being read, then what is left of its data */
@@ -444,12 +446,13 @@ static void local_failure(Relay *r, PyObject *where, int error) {
 }
 
 /* Where the last complete SSE event of data[0:n] ends (after its blank line: "\n\n",
- * "\n\r\n" of CRLF lines, "\r\r" of CR ones); 0 when none does. */
+ * "\n\r\n" of CRLF lines, "\r\r" of CR ones, "\n\r": a CR after a line's end is an empty
+ * line); 0 when none does. gateway.http.events's _ENDS says the same. */
 static size_t event_end(const char *data, size_t n) {
     for (size_t i = n; i >= 2; i--) {
         char a = data[i - 2], b = data[i - 1];
         if ((b == '\n' && (a == '\n' || (a == '\r' && i >= 3 && data[i - 3] == '\n'))) ||
-            (a == '\r' && b == '\r'))
+            (b == '\r' && (a == '\r' || a == '\n')))
             return i;
     }
     return 0;
@@ -524,6 +527,9 @@ static PyObject *Relay_data_received(Relay *r, PyObject *arg) {
         keep = r->held_len - len;
     }
     int token = r->on_token != NULL && len > 0 && has_token(data, len);
+    /* Before the send (it may move what is held): whether this send ends inside an event.
+     * Only a flush past HOLD_MAX can; the scan from the end stops at once on an event's end. */
+    if (r->sse && len > 0) r->open_event = event_end(data, len) != len;
     int sent = len > 0 || last ? send_chunk(r, data, len, last) : 0;
     if (data == r->held && len > 0) {
         if (keep > 0) memmove(r->held, r->held + len, keep);
@@ -699,6 +705,7 @@ static PyObject *Relay_get_reads(Relay *r, void *c) { return PyLong_FromUnsigned
 static PyObject *Relay_get_last(Relay *r, void *c) { return PyFloat_FromDouble(r->last); }
 static PyObject *Relay_get_paused(Relay *r, void *c) { return PyBool_FromLong(r->paused); }
 static PyObject *Relay_get_body_ended(Relay *r, void *c) { return PyBool_FromLong(r->body_ended); }
+static PyObject *Relay_get_open_event(Relay *r, void *c) { return PyBool_FromLong(r->open_event); }
 static PyObject *Relay_get_lost(Relay *r, void *c) {
     return Py_NewRef(r->lost != NULL ? r->lost : Py_None);
 }
@@ -715,6 +722,8 @@ static PyGetSetDef Relay_getset[] = {
     {"body_ended", (getter)Relay_get_body_ended, NULL,
      "the client's last chunk was sent or queued (end_body=True and the body's end reached)",
      NULL},
+    {"open_event", (getter)Relay_get_open_event, NULL,
+     "an SSE stream's last send ended inside an event (one longer than HOLD_MAX)", NULL},
     {NULL}};
 
 static PyMethodDef Relay_methods[] = {

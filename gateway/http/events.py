@@ -17,6 +17,7 @@ holds back the same way (its ``HOLD_MAX``, ``event_end``) and takes over what is
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Final
 
 from gateway.errors import GatewayError, StreamInterrupted
@@ -24,9 +25,23 @@ from gateway.http.errors import error_body
 
 SSE_TYPE: Final = "text/event-stream"
 HOLD_MAX_BYTES: Final = 64 * 1024  # as gateway/_splice.c's HOLD_MAX
-# An event ends at a blank line: LF LF, CRLF CRLF (its last three bytes), CR CR (WHATWG's
-# event stream: a line ends at CRLF, LF or CR).
-_ENDS: Final = (b"\n\n", b"\n\r\n", b"\r\r")
+# An event ends at a blank line: LF LF, CRLF CRLF (its last three bytes), CR CR, and LF CR
+# (CRLF CR too: WHATWG's event stream ends a line at CRLF, LF or CR, so a CR after a line's
+# end is an empty line; an LF after that CR is the same line end, whenever it comes).
+_ENDS: Final = (b"\n\n", b"\n\r\n", b"\r\r", b"\n\r")
+
+
+def framed(header: Callable[[bytes], str | None]) -> bool:
+    """An upstream's response the gateway sends on whole events, and ends with an error event
+    at a cut: an event stream with no Content-Length (no room for one more event) and no
+    Content-Encoding (its bytes are not the events: a plain event in a gzip body corrupts it).
+    The others are reset at a cut."""
+    coding = (header(b"content-encoding") or "identity").strip().lower()
+    return (
+        (header(b"content-type") or "").startswith(SSE_TYPE)
+        and header(b"content-length") is None
+        and coding == "identity"
+    )
 
 
 def error_event(message: str, kind: type[GatewayError] = StreamInterrupted) -> bytes:
@@ -42,18 +57,35 @@ def event_end(data: bytes) -> int:
 
 class EventFramer:
     """One stream's held bytes: ``take`` each piece, send what it returns; at the body's end
-    send ``held`` as it is (the splice takes it over, and empties it, where it goes on)."""
+    send ``held`` as it is (the splice takes it over, and empties it, where it goes on).
 
-    __slots__ = ("held",)
+    ``open``: what was sent so far ends inside an event, which only an event over
+    ``HOLD_MAX_BYTES`` does. An error event after it would be glued to it, so a cut then is a
+    reset (``ends_cleanly``)."""
+
+    __slots__ = ("held", "open")
 
     def __init__(self) -> None:
         self.held = b""
+        self.open = False
 
     def take(self, data: bytes) -> bytes:
         """What of ``data`` (after what is held) may go now: up to the last event's end."""
         if not self.held and data.endswith(_ENDS):
+            self.open = False
             return data
         data = self.held + data
-        end = len(data) if len(data) > HOLD_MAX_BYTES else event_end(data)
+        if len(data) > HOLD_MAX_BYTES:
+            self.held = b""
+            self.open = not data.endswith(_ENDS)
+            return data
+        end = event_end(data)
         self.held = data[end:]
+        if end:
+            self.open = False
         return data[:end]
+
+
+def ends_cleanly(framer: EventFramer | None) -> bool:
+    """An error event can end this stream: it is an event stream, not cut inside an event."""
+    return framer is not None and not framer.open

@@ -102,6 +102,8 @@ async def carry(
         upstream.set_protocol(own)
         watchdog.watch(None)  # the relay's last read stays counted as activity
         ex.body_bytes += relay.total
+        if framer is not None and relay.total:
+            framer.open = relay.open_event  # where its last send ended
         status = relay.status
         pipe.give_back()
         if status in _CLIENT_CUT:

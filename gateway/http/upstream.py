@@ -303,9 +303,7 @@ class _Attempts:
         hint = ex.routed.preferred_region if ex.routed else None
         extra = gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
         headers = client_response_headers(resp.raw_headers, extra)
-        sse = (resp.header(b"content-type") or "").startswith(events.SSE_TYPE) and (
-            resp.header(b"content-length") is None  # else no room for an error event: a reset
-        )
+        sse = events.framed(resp.header)  # else a cut is a reset
         resp.raw_headers = []
         ex.status = resp.status  # what the client got, should the stream be cut later on
         ex.response_starts()
@@ -354,7 +352,7 @@ class _Attempts:
                 )
             m.stream_path.count(path)
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            await self._abort(cand, abort_cause(exc), sse)
+            await self._abort(cand, abort_cause(exc), events.ends_cleanly(framer))
             return False
         except asyncio.CancelledError as exc:
             if not (sse and exc.args == (DRAIN_CUT,)):  # gateway.http.gate's cut says so
@@ -365,7 +363,7 @@ class _Attempts:
             # that one goes on, as asyncio.timeout leaves a cancel not its own.
             if self.task.uncancel() > 0:
                 raise
-            await self._abort(cand, DRAIN_CUT, sse)
+            await self._abort(cand, DRAIN_CUT, events.ends_cleanly(framer))
             return False
         if waiting and not self.tokened:  # a stream that ended with no token
             self._no_token(region, resp.status)

@@ -4,10 +4,12 @@ client's last event is the error event, whole, never glued to half of another.""
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from tests.support import (
         (b"data: a\n\ndata: b", 9),
         (b"data: a\r\n\r\ndata: b\r\n", 11),  # CRLF lines
         (b"data: a\r\rdata: b", 9),  # CR lines
+        (b"data: a\r\n\r", 10),  # CRLF, then a CR: an empty line (its LF may come later)
+        (b"data: a\n\r", 9),
         (b"data: a\n", 0),
         (b"", 0),
         (b"data: a\n\ndata: b\n\n", 18),
@@ -60,6 +64,38 @@ def test_what_never_ends_an_event_still_streams_past_the_bound() -> None:
     assert f.take(b"x" * HOLD_MAX_BYTES) == b""
     assert f.take(b"y") == b"x" * HOLD_MAX_BYTES + b"y"  # past the bound: all of it goes
     assert f.held == b""
+
+
+def test_a_flush_past_the_bound_leaves_the_stream_inside_an_event() -> None:
+    f = EventFramer()
+    assert events.ends_cleanly(f) and not events.ends_cleanly(None)
+    assert f.take(b"data: " + b"x" * HOLD_MAX_BYTES) != b""  # half of a long event went
+    assert not events.ends_cleanly(f)  # an error event now would be glued to it
+    assert f.take(b"x\n\n") == b"x\n\n"  # its end: whole events from here
+    assert events.ends_cleanly(f)
+    assert f.take(b"data: " + b"y" * HOLD_MAX_BYTES + b"\n\n")  # long but whole
+    assert events.ends_cleanly(f)
+
+
+@pytest.mark.parametrize(
+    ("headers", "framed"),
+    [
+        ({"content-type": "text/event-stream"}, True),
+        (
+            {"content-type": "text/event-stream; charset=utf-8", "content-encoding": "identity"},
+            True,
+        ),
+        ({"content-type": "text/event-stream", "content-length": "10"}, False),
+        ({"content-type": "text/event-stream", "content-encoding": "gzip"}, False),
+        ({"content-type": "text/event-stream", "content-encoding": " GZIP"}, False),
+        ({"content-type": "application/json"}, False),
+        ({}, False),
+    ],
+)
+def test_only_a_plain_unbounded_event_stream_is_framed(
+    headers: dict[str, str], framed: bool
+) -> None:
+    assert events.framed(lambda name: headers.get(name.decode())) is framed
 
 
 def test_the_error_event_is_one_whole_event() -> None:
@@ -165,3 +201,66 @@ def test_an_event_stream_with_a_length_cut_short_is_reset_not_a_500(
         assert 'geogate_requests_total{code="500"' not in metrics
     finally:
         gw.stop()
+
+
+class _CutInside(http.server.BaseHTTPRequestHandler):
+    """Two events, then (the request's "cut") "long": 150 KB of a 300 KB event, past the
+    gateway's hold, or "gzip": a gzip-encoded event stream's first bytes; then a reset."""
+
+    protocol_version = "HTTP/1.1"
+    do_GET = _LengthFramed.do_GET
+
+    def do_POST(self) -> None:
+        asked = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        gzipped = asked["cut"] == "gzip"
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.end_headers()
+        event = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'
+        part = gzip.compress(event * 2)[:30] if gzipped else event * 2
+        part += b"" if gzipped else b'data: {"x": "' + b"y" * 150_000
+        for at in range(0, len(part), 8192):
+            piece = part[at : at + 8192]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            time.sleep(0.01)
+        linger = struct.pack("ii", 1, 0)  # closed with a reset, as a crashed server's is
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        self.close_connection = True
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "python-relay"])
+@pytest.mark.parametrize("path", ["long", "gzip"])
+def test_a_cut_inside_what_was_sent_is_a_reset_not_a_glued_error_event(
+    tmp_path: Path, splice: bool, path: str
+) -> None:
+    # An event longer than the hold went out in part: an error event after it was glued to
+    # it, and the SDK raised a JSON decode error. A gzip body got a plain event in it. Both
+    # now end as a reset, as a body with a length does.
+    with serve_http(_CutInside) as url:
+        ups = [UpstreamSpec("cut", "eu-central", url, ["m"])]
+        extra = f"[server]\nsplice = {str(splice).lower()}"
+        gw = start_gateway(
+            tmp_path, lambda port: gateway_toml(port, ups).replace("[server]", extra)
+        )
+        try:
+            body = {"model": "m", "stream": True, "messages": [{"role": "user"}], "cut": path}
+            with (
+                httpx.Client(timeout=10) as c,
+                c.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r,
+            ):
+                assert r.status_code == 200
+                got = b""
+                with pytest.raises(httpx.RemoteProtocolError):
+                    for piece in r.iter_raw():
+                        got += piece
+            assert b"upstream_stream_interrupted" not in got
+            assert got.startswith(b"data: " if path == "long" else b"\x1f\x8b")
+        finally:
+            gw.stop()
