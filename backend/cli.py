@@ -14,6 +14,7 @@ from backend.errors import BackendError
 EXIT_USAGE = 2
 DRAIN_TIMEOUT_S = 25.0  # SIGTERM: requests in flight get this long, then are cut
 MAX_DRAIN_TIMEOUT_S = 3600.0
+MAX_PORT = 65535
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,6 +27,33 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def port(text: str) -> int:
+    """``--port``'s type: 1 to 65535 (70000 was listened on as 4464, -1 was a traceback)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port number") from None
+    if not 1 <= n <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{n} is no port: 1 to {MAX_PORT}")
+    return n
+
+
+def check_listen(host: str, port: int) -> None:
+    """BackendError naming why ``host:port`` cannot be listened on (in use, not this machine's
+    address), before the model loads: that was a traceback after minutes of loading."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own
+            s.bind(addr)
+    except OSError as exc:  # gaierror included: a host name that does not resolve
+        raise BackendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def _serve(argv: Sequence[str]) -> None:
     p = OneLineParser(prog="geogate backend", description="Serve a local Hugging Face causal LM.")
     p.add_argument("--model", type=Path, required=True, help="local model directory")
@@ -33,7 +61,7 @@ def _serve(argv: Sequence[str]) -> None:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=port, required=True)
     p.add_argument("--served-model-name", help="model name in the API (default: dir name)")
     p.add_argument("--max-batch", type=int, default=None, help="running sequences (16)")
     p.add_argument(
@@ -66,6 +94,7 @@ def _serve(argv: Sequence[str]) -> None:
         raise BackendError(f"--max-batch must be at least 1, got {a.max_batch}")
     if a.max_waiting is not None and a.max_waiting < 0:
         raise BackendError(f"--max-waiting must be at least 0, got {a.max_waiting}")
+    check_listen(a.host, a.port)
 
     from aiohttp import web
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from backend.cli import EXIT_USAGE, OneLineParser
+from backend.cli import EXIT_USAGE, OneLineParser, check_listen, port
+from backend.errors import BackendError
 from backend.sim import CLOCKS, SimConfig, run
 
 # The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
@@ -19,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="geogate sim-backend", description="A simulated OpenAI-compatible model server."
     )
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--port", type=port, required=True)
     s.add_argument("--region", default="local")
     s.add_argument("--model", action="append", help="model name served (repeatable)")
     s.add_argument("--name", default="", help="label shown in /stats")
@@ -50,21 +51,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> None:
     args = _parser().parse_args(list(argv))
-    if not 0 <= args.error_rate <= 1:
-        print("geogate: --error-rate must be between 0 and 1", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    if args.backlog < 1:
-        print("geogate: --backlog must be at least 1", file=sys.stderr)
+    problem = next((said for bad, said in _bounds(args) if bad), None)
+    if problem is not None:
+        print(f"geogate: {problem}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
         cfg = _config(args)
-    except ValueError as exc:  # SimConfig's own check: one line, as argparse's
+        check_listen(args.host, args.port)
+    except (ValueError, BackendError) as exc:  # SimConfig's own check: one line, as argparse's
         print(f"geogate: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
         run(cfg, args.host, args.port, backlog=args.backlog)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _bounds(args: argparse.Namespace) -> list[tuple[bool, str]]:
+    """(out of bounds, what to say) per option: -1 made every request a 429 (max
+    concurrency) or a 500 with a traceback (tokens); 99 dropped the connection, 200 sent an
+    error body as a success (error status)."""
+    return [
+        (not 0 <= args.error_rate <= 1, "--error-rate must be between 0 and 1"),
+        (args.backlog < 1, "--backlog must be at least 1"),
+        (args.max_concurrency < 0, "--max-concurrency must be at least 0 (0: no cap)"),
+        (args.tokens < 0, "--tokens must be at least 0"),
+        (not 400 <= args.error_status <= 599, "--error-status must be 400 to 599"),
+    ]
 
 
 def _config(args: argparse.Namespace) -> SimConfig:

@@ -58,8 +58,10 @@ class ServerSection(StrictModel):
     # One worker's capacity (gateway.http.gate); max_connections 0: max_streams + headroom.
     max_streams: int = Field(default=d.MAX_STREAMS, ge=1)
     max_connections: int = Field(default=0, ge=0)
-    backlog: int = Field(default=d.BACKLOG, ge=128)  # granian refuses less
-    h2_max_concurrent_streams: int = Field(default=d.H2_MAX_CONCURRENT_STREAMS, ge=1)
+    backlog: int = Field(default=d.BACKLOG, ge=128, le=d.BACKLOG_MAX)  # granian refuses less
+    h2_max_concurrent_streams: int = Field(
+        default=d.H2_MAX_CONCURRENT_STREAMS, ge=1, le=d.H2_MAX_CONCURRENT_STREAMS_MAX
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSection:
@@ -317,9 +319,9 @@ class Config(StrictModel):
         for i, u in enumerate(self.upstreams):
             if checks.own_listener(u.url, s.host, s.port):
                 raise ValueError(
-                    f"upstreams[{i}] ({u.id}): url {u.url} is this gateway's own listener "
-                    f"(server.port {s.port}): a request would be forwarded to itself; name the "
-                    "backend's port"
+                    f"upstreams[{i}] ({u.id}): url {checks.redact_url(u.url)} is this gateway's "
+                    f"own listener (server.port {s.port}): a request would be forwarded to "
+                    "itself; name the backend's port"
                 )
         return self
 

@@ -70,8 +70,11 @@ HEADROOM_SHARE_MAX = 32  # with descriptors short, that headroom is at most 1/32
 # from the streams (gateway.http.gate.capacity)
 BACKLOG = 4096  # kernel accept queue: a reconnect storm after a deploy (1,000+ new
 # connections/s) without SYN drops; Linux caps it at net.core.somaxconn (4096 since 5.4)
+BACKLOG_MAX = 65535  # what the kernel's somaxconn can be raised to on older kernels; more
+# overflowed listen()'s int (a traceback at start, after --check had passed)
 H2_MAX_CONCURRENT_STREAMS = 1000  # per HTTP/2 connection: an edge tier multiplexes many
 # clients' streams on a few connections, and granian's 200 would queue the rest
+H2_MAX_CONCURRENT_STREAMS_MAX = 2**31 - 1  # HTTP/2's SETTINGS value; more crashed granian
 OVERLOAD_RETRY_AFTER_S = 1  # Retry-After on the 503 beyond max_streams: at 10,000 streams of
 # ~30 s each, ~300 end every second, so a slot is free again within a second
 # Retry-After on the 503 past server.max_connections: the connections open are the streams'

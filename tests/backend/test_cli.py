@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def test_batch_and_queue_bounds_are_one_line(
     [
         (cli.main, ["--port", "1"], "geogate backend: error: the following arguments are"),
         (cli.main, ["make-tiny-model"], "geogate backend make-tiny-model: error: the following"),
-        (sim_cli.main, ["--port", "x"], "geogate sim-backend: error: argument --port: invalid"),
+        (sim_cli.main, ["--port", "x"], "geogate sim-backend: error: argument --port: 'x' is no"),
     ],
 )
 def test_argument_errors_are_one_line(
@@ -47,3 +48,51 @@ def test_argument_errors_are_one_line(
     assert e.value.code == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(line), err
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--port", "70000"], "error: argument --port: 70000 is no port: 1 to 65535"),  # was 4464
+        (["--port", "-1"], "error: argument --port: -1 is no port: 1 to 65535"),  # a traceback
+        (["--port", "1", "--max-concurrency", "-1"], "--max-concurrency must be at least 0"),
+        (["--port", "1", "--tokens", "-3"], "--tokens must be at least 0"),  # a 500 each
+        (["--port", "1", "--error-status", "99"], "--error-status must be 400 to 599"),
+        (["--port", "1", "--error-status", "200"], "--error-status must be 400 to 599"),
+        # TEST-NET-1 is on no machine: binding to it fails, nothing is sent.
+        (["--port", "8000", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000: "),
+    ],
+)
+def test_sim_bounds_and_listen_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        sim_cli.main(argv)
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.parametrize("main", [cli.main, sim_cli.main], ids=["backend", "sim-backend"])
+def test_a_port_in_use_is_one_line_before_any_model_loads(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    taken_port: int,
+    main: Callable[[list[str]], None],
+) -> None:
+    # The model server said so in a traceback after loading its model (minutes for a big one):
+    # no model directory here, and the port's error comes first.
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path / "none"), "--port", str(taken_port)])
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"cannot listen on 127.0.0.1:{taken_port}: Address already in use" in err

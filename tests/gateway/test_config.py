@@ -267,6 +267,19 @@ def test_env_overrides(tmp_path: Path) -> None:
             "upstreams[0] (eu-1): url http://127.0.0.1:8080 is this gateway's own listener "
             "(server.port 8080)",
         ),
+        (  # its password masked, as in every other message that shows a URL
+            lambda t: t.replace("http://127.0.0.1:9000", "http://user:s3cret@127.0.0.1:8080"),
+            "url http://user:****@127.0.0.1:8080 is this gateway's own listener",
+        ),
+        # Past what listen() and granian take: a traceback at start, after --check passed.
+        (
+            lambda t: t + "[server]\nbacklog = 3000000000\n",
+            "server.backlog: Input should be less than or equal to 65535 (got 3000000000)",
+        ),
+        (
+            lambda t: t + "[server]\nh2_max_concurrent_streams = 10000000000\n",
+            "server.h2_max_concurrent_streams: Input should be less than or equal to 2147483647",
+        ),
         (
             lambda t: t.replace("127.0.0.1:9000", "localhost:9000") + "[server]\nport = 9000\n",
             "upstreams[0] (eu-1): url http://localhost:9000 is this gateway's own listener",
