@@ -36,11 +36,11 @@ def framed(header: Callable[[bytes], str | None]) -> bool:
     at a cut: an event stream with no Content-Length (no room for one more event) and no
     Content-Encoding (its bytes are not the events: a plain event in a gzip body corrupts it).
     The others are reset at a cut."""
-    coding = (header(b"content-encoding") or "identity").strip().lower()
-    return (
-        (header(b"content-type") or "").startswith(SSE_TYPE)
-        and header(b"content-length") is None
-        and coding == "identity"
+    if not (header(b"content-type") or "").startswith(SSE_TYPE):
+        return False
+    coding = header(b"content-encoding")
+    return header(b"content-length") is None and (
+        coding is None or coding.strip().lower() == "identity"
     )
 
 
