@@ -205,6 +205,11 @@ def _check_state_file(cfg: Config, origins: Mapping[str, str], source: str) -> N
         raise ConfigError(
             f"config error in {where}: redis.state_file: cannot write in {path.parent}"
         )
+    if path.is_dir():  # an empty value names the config's own folder: never written, silently
+        raise ConfigError(
+            f"config error in {where}: redis.state_file: {path} is a directory; name a file "
+            "in it (fleet.json)"
+        )
 
 
 def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:

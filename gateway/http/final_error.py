@@ -43,9 +43,12 @@ def final_error(
         # Every allowed upstream was already known to be down; we tried them anyway in
         # case health checks lagged. That is "nothing healthy", not a surprise failure.
         rule = f" (residency rule {decision.residency})" if decision.residency else ""
+        # "allowed" only where a rule narrowed them: without one, it sent operators looking
+        # for a residency rule there is none of
+        whose = "is allowed for this client" if rule else "serves this model"
         return NoHealthyUpstream(
-            f"no healthy upstream is allowed for this client{rule}; tried the unhealthy "
-            f"ones anyway: {tried}. Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
+            f"no healthy upstream {whose}{rule}; tried the unhealthy ones anyway: {tried}. "
+            f"Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
             retry_after_s=NO_CANDIDATE_RETRY_AFTER_S,
         )
     if failures and all(f.status == 429 for f in failures):

@@ -261,6 +261,10 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "no/fleet.json"\n',
             "redis.state_file: no directory ",
         ),
+        (  # "" names the config's folder: passed, then never written (a warning per change)
+            lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = ""\n',
+            "redis.state_file: ",
+        ),
         # A port's typo: the gateway forwarding to itself made one request into thousands.
         (
             lambda t: t.replace("127.0.0.1:9000", "127.0.0.1:8080"),

@@ -3,12 +3,13 @@ for an answer that was late, never for a connection that was not made."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
 
 from gateway.client import ConnectionLost, Failure, FailureKind
-from gateway.errors import UpstreamBusy, UpstreamFailed, UpstreamTimeout
+from gateway.errors import NoHealthyUpstream, UpstreamBusy, UpstreamFailed, UpstreamTimeout
 from gateway.http.final_error import (
     DRAIN_CUT,
     TOTAL_TIMEOUT,
@@ -65,6 +66,22 @@ def test_every_upstream_at_capacity_is_busy() -> None:
     err = final_error([busy], decision("a", "b"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 7
     assert "1 more candidate(s) not tried" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("residency", "says"),
+    [
+        (None, "no healthy upstream serves this model; tried the unhealthy ones anyway: b ("),
+        ("eu", "no healthy upstream is allowed for this client (residency rule eu); tried"),
+    ],
+)
+def test_nothing_healthy_names_a_residency_rule_only_where_one_applied(
+    residency: str | None, says: str
+) -> None:
+    # "allowed for this client" with no rule sent operators looking for one.
+    panic = dataclasses.replace(decision("a"), reason=Reason.PANIC, residency=residency)
+    err = final_error([REFUSED], panic, None, HINT)
+    assert type(err) is NoHealthyUpstream and str(err).startswith(says), err
 
 
 @pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", ""])
