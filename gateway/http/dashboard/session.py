@@ -30,7 +30,8 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
+from typing import Final
+from urllib.parse import SplitResult, urlsplit
 
 from starlette.requests import Request
 
@@ -187,8 +188,18 @@ def same_origin(request: Request, public_url: str = "") -> bool:
     try:
         sent = urlsplit(origin)
         if public_url:
-            mine = urlsplit(public_url)
-            return (sent.scheme, sent.netloc) == (mine.scheme, mine.netloc)
+            return _site(sent) == _site(urlsplit(public_url))
         return sent.netloc == request.headers.get("host", "")
     except ValueError:  # "http://[": not an origin at all, so not this one
         return False
+
+
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def _site(url: SplitResult) -> tuple[str, str, int | None]:
+    """Scheme, host and port as a browser's Origin serialises them (lower case, the scheme's
+    default port left out): ops.public_url written https://Ops.Example.com:443 refused every
+    log-in. ValueError for a port that is no port."""
+    scheme = url.scheme.lower()
+    return scheme, (url.hostname or ""), url.port or DEFAULT_PORTS.get(scheme)

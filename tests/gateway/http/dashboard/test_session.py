@@ -121,3 +121,24 @@ def test_a_live_streams_end_is_its_sessions_expiry(
     """expiry_of: when the page's live stream ends (routes.py hands it to the sampler)."""
     headers = {} if cookie is None else {"cookie": f"geogate-dashboard-9180={cookie}"}
     assert session.expiry_of(request(headers=headers)) == expiry
+
+
+@pytest.mark.parametrize(
+    ("public_url", "origin", "ours"),
+    [
+        ("https://ops.example.com", "https://ops.example.com", True),
+        # Written with the default port or in capitals: every log-in was refused (a browser's
+        # Origin is lower case, without the scheme's default port).
+        ("https://ops.example.com:443", "https://ops.example.com", True),
+        ("https://Ops.Example.com", "https://ops.example.com", True),
+        ("http://ops.example.com:80/", "http://ops.example.com", True),
+        ("https://ops.example.com:8443", "https://ops.example.com:8443", True),
+        ("https://ops.example.com:8443", "https://ops.example.com", False),
+        ("https://ops.example.com", "http://ops.example.com", False),
+        ("https://ops.example.com", "https://evil.example.com", False),
+    ],
+)
+def test_the_public_urls_origin_is_compared_as_a_browser_sends_it(
+    public_url: str, origin: str, ours: bool
+) -> None:
+    assert session.same_origin(request("POST", {"Origin": origin}), public_url) is ours
