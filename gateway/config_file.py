@@ -29,7 +29,10 @@ ENV_CTL_PREFIX = "GEOGATE_CTL_"
 
 
 def _env_value(raw: str) -> Any:
-    if raw.startswith(("[", "{")):  # not an empty value: "" is a key set to nothing
+    # JSON for lists and tables, and a JSON string for a value that starts with [ or { (a
+    # token, "[::1]"), which could not be given otherwise. Not an empty value: "" is a key
+    # set to nothing.
+    if raw.startswith(("[", "{", '"')):
         return json.loads(raw)
     return raw  # pydantic's lax mode turns "9000" into 9000 and "true" into True
 
@@ -77,7 +80,13 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         try:
             value = _env_value(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"config error in {name}: not valid JSON: {exc.msg}") from exc
+            # A token or host that starts with "[" or "{" is read as JSON too: say how to
+            # give it as a string, or the operator is left guessing why a token is JSON.
+            raise ConfigError(
+                f"config error in {name}: not valid JSON: {exc.msg} (a value that starts with "
+                f'[, {{ or " is read as JSON; a string that does is written as one: '
+                f"{name}='\"{raw[:1]}...\"')"
+            ) from exc
         node = data
         for i, part in enumerate(path[:-1]):
             above = path[: i + 1]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -400,6 +401,16 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
         load_config(write(tmp_path, GOOD), env={"GEOGATE_UPSTREAMS": "[{oops"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml", env={})
+
+
+def test_a_value_that_starts_as_json_does_is_given_as_a_json_string(tmp_path: Path) -> None:
+    # A token starting with "[" could not be given at all: it was always read as JSON.
+    token = "[k3Yq9-0123456789abcdef"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={"GEOGATE_OPS__TOKEN": token})
+    assert "is read as JSON; a string that does is written as one" in str(info.value)
+    cfg = load_config(write(tmp_path, GOOD), env={"GEOGATE_OPS__TOKEN": json.dumps(token)})
+    assert cfg.ops.token == token
 
 
 def test_relative_paths_resolve_from_the_config_file(tmp_path: Path) -> None:
