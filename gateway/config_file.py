@@ -30,8 +30,8 @@ ENV_CTL_PREFIX = "GEOGATE_CTL_"
 
 def _env_value(raw: str) -> Any:
     # JSON for lists and tables, and a JSON string for a value that starts with [ or { (a
-    # token, "[::1]"), which could not be given otherwise. Not an empty value: "" is a key
-    # set to nothing.
+    # token), which could not be given otherwise. Not an empty value: "" is a key set to
+    # nothing.
     if raw.startswith(("[", "{", '"')):
         return json.loads(raw)
     return raw  # pydantic's lax mode turns "9000" into 9000 and "true" into True
