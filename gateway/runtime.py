@@ -27,7 +27,14 @@ from gateway.routing.model import Decision, RequestFacts
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.steering import preferred_region
 from gateway.traffic import Traffic
-from geodb.clientip import IPAddress, IPNetwork, client_ip, is_trusted, parse_networks
+from geodb.clientip import (
+    IPAddress,
+    IPNetwork,
+    client_ip,
+    is_trusted,
+    parse_networks,
+    stops_short,
+)
 from geodb.countries import continent_of, place
 from geodb.edge import EdgeClient, verify
 from geodb.errors import DatabaseError
@@ -210,15 +217,18 @@ class Runtime:
                 continent = found.continent
         return replace(loc, country=country, continent=continent)
 
-    def unlocated_hop(self, proxy: str) -> None:
-        """A request marked as another gateway's (geogate-hops), with no signed client header,
-        whose X-Forwarded-For chain stopped at ``proxy``, an address this gateway does not
-        trust, short of the first one it names: if ``proxy`` is an edge gateway, its clients
-        are located as it, and their residency rule cannot apply here. Warned at most once
-        per ``UNLOCATED_HOP_WARN_S``: a client can send the header itself, so a set of
-        addresses warned of once each was theirs to fill."""
+    def unlocated_hop(self, proxy: IPAddress | None, forwarded_for: Sequence[str]) -> None:
+        """A request marked as another gateway's (geogate-hops), with no signed client header:
+        where its X-Forwarded-For chain stopped at ``proxy`` (the client routing found), an
+        address this gateway does not trust, short of the first one it names, and ``proxy``
+        is an edge gateway, its clients are located as it, and their residency rule cannot
+        apply here. Warned at most once per ``UNLOCATED_HOP_WARN_S``: a client can send the
+        header itself, so a set of addresses warned of once each was theirs to fill. The
+        chain is read only when a warning could follow, not on every hop's request."""
         now = time.monotonic()
         if not self.config.residency or now - self.hop_warned_at < d.UNLOCATED_HOP_WARN_S:
+            return
+        if not stops_short(proxy, forwarded_for):
             return
         self.hop_warned_at = now
         log.warning(

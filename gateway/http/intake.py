@@ -43,7 +43,7 @@ from gateway.http.upstream import ClientGone, StreamAborted, forward
 from gateway.routing.model import Outcome
 from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
-from geodb.clientip import client_ip, stops_short
+from geodb.clientip import client_ip
 from geodb.edge import HEADER as EDGE_HEADER
 from geodb.location import LocationSource
 
@@ -311,12 +311,8 @@ class Proxy:
         )
         rt.proxied += 1
         loc = ex.routed.location
-        # Another gateway's request (ex.hops is 0 for a client's) whose client is not the first
-        # the chain names: located as a proxy this gateway does not trust.
-        client = ex.routed.client
-        hop = ex.hops and loc.source is not LocationSource.EDGE
-        if hop and stops_short(client, heads.get(_FORWARDED_FOR, ())):
-            rt.unlocated_hop(str(client))
+        if ex.hops and loc.source is not LocationSource.EDGE:  # another gateway's, unsigned
+            rt.unlocated_hop(ex.routed.client, heads.get(_FORWARDED_FOR, ()))
         m = rt.metrics
         m.by_country.count(loc.country or "unknown", str(loc.source))
         if ex.routed.preferred_region:

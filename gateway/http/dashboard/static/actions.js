@@ -72,16 +72,20 @@ $("confirm-form").addEventListener("submit", async (ev) => {
     const result = await api(path, { method: "PATCH", body: changesOf(target) });
     dialog.close("ok");
     pending = null;
-    // A drain kept by its region (own_drain false, drained true): the region's undrain is
-    // what brings it back, as ctl says.
-    const after = JSON.parse(result.audit.after);
-    const held = after.own_drain === false && after.drained === true;
     toast(result.changed === false
       ? `Nothing to change: ${result.audit.what} is already ${result.audit.after}` +
-        (held ? "; its region is drained: undrain the region" : "") + ` (config v${result.version})`
+        (heldByRegion(result.audit) ? "; its region is drained: undrain the region" : "") +
+        ` (config v${result.version})`
       : `Applied as ${result.audit.who}: ${result.audit.what} ${result.audit.before} → ` +
         `${result.audit.after} (config v${result.version})`);
   } catch (err) {
     $("confirm-error").textContent = err.message;
   }
 });
+
+// A no-op's audit of a drain kept by its region (own_drain false, drained true): the region's
+// undrain is what brings it back, as ctl says.
+function heldByRegion(audit) {
+  const after = JSON.parse(audit.after);
+  return after.own_drain === false && after.drained === true;
+}
