@@ -209,12 +209,8 @@ class Runtime:
             found = self.geo.locate(ip)
             if found.source is LocationSource.GEOIP and found.continent == continent:
                 country = found.country
-        elif (continent := continent_of(country)) is None:
-            # A country with no known continent: GeoIP's, where GeoIP itself places the client
-            # in that country; the default location's continent is no evidence.
-            found = self.geo.locate(ip)
-            if found.source is LocationSource.GEOIP and found.country == country:
-                continent = found.continent
+        else:  # every country geodb.edge passes has one (XK's from NO_ROW_CONTINENTS)
+            continent = continent_of(country)
         return replace(loc, country=country, continent=continent)
 
     def unlocated_hop(self, proxy: IPAddress | None, forwarded_for: Sequence[str]) -> None:

@@ -326,10 +326,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bad_model_dir_is_one_line(tmp_path: Path) -> None:
-    p = _cli("--model", str(tmp_path / "nope"), "--port", "1")
+    # A free port: the listen check comes first, and port 1 needs root.
+    p = _cli("--model", str(tmp_path / "nope"), "--port", str(free_port()))
     assert p.returncode == 2 and "does not exist" in p.stderr
     (tmp_path / "config.json").write_text("{}")
-    p = _cli("--model", str(tmp_path), "--port", "1")
+    p = _cli("--model", str(tmp_path), "--port", str(free_port()))
     assert p.returncode == 2
     line = p.stderr.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
@@ -341,7 +342,7 @@ def test_cuda_quantization_on_a_cpu_machine_names_the_cpu_choice(model_dir: Path
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the GPU tests cover int8/nf4")  # pragma: no cover
-    p = _cli("--model", str(model_dir), "--port", "1", "--quantize", "nf4")
+    p = _cli("--model", str(model_dir), "--port", str(free_port()), "--quantize", "nf4")
     assert p.returncode == 2
     assert "needs a CUDA GPU" in p.stderr and "int8-dynamic" in p.stderr
 
@@ -534,6 +535,7 @@ def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Bac
         client(backend).embeddings.create(model=MODEL, input="x")
 
 
+@pytest.mark.serial  # its request must be in the handler 0.3 s after it was sent
 def test_sigterm_cuts_what_is_still_running_after_the_drain_timeout(
     model_dir: Path, tmp_path: Path
 ) -> None:

@@ -264,7 +264,7 @@ def test_env_overrides(tmp_path: Path) -> None:
         ),
         (  # "" names the config's folder: passed, then never written (a warning per change)
             lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = ""\n',
-            "redis.state_file: ",
+            "is a directory; name a file in it (fleet.json)",
         ),
         # A port's typo: the gateway forwarding to itself made one request into thousands.
         (

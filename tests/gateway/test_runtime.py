@@ -194,7 +194,7 @@ def test_a_signed_location_without_a_country_takes_geoips_so_residency_applies()
         ({"country": "XX", "continent": "EU"}, None, "EU", "eu-only"),
         ({"country": "XX"}, "GB", "EU", "gb-in-eu-1"),
         ({"country": "FR"}, "FR", "EU", "eu-only"),  # the country's own continent, not GeoIP's
-        ({"country": "XK"}, "XK", "EU", "eu-only"),  # no row, GeoIP's continent for it
+        ({"country": "XK"}, "XK", "EU", "eu-only"),  # no row: NO_ROW_CONTINENTS's
     ],
 )
 def test_a_signed_location_missing_a_field_takes_it_from_geoip(
