@@ -44,6 +44,7 @@ from gateway.routing.model import Snapshot, UpstreamView
 
 log = logging.getLogger("geogate.fleet")
 INITIAL_BACKOFF_S = 0.1
+STOP_WAIT_S = 2.0  # stop(): the sync's task ends within this, or the shutdown goes on
 
 
 # Set by ``geogate gateway`` (gateway.server) to its own pid before its workers start: they
@@ -88,7 +89,6 @@ class RedisStateStore(MemoryStateStore):
         self._said: str | None = None
         self._redis: Redis | None = None
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._first = asyncio.Event()  # the first sync's outcome, either way (start waits)
         self._adopted: dict[str, float] = {}  # upstream -> a sibling worker's ejection taken
         # A worker started while the gateway runs (in place of one that died) starts on the
@@ -118,14 +118,16 @@ class RedisStateStore(MemoryStateStore):
         self._task = asyncio.create_task(self._run())
         self._task.add_done_callback(self._ended)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first.wait(), FIRST_SYNC_WAIT_S)
+            async with asyncio.timeout(FIRST_SYNC_WAIT_S):
+                await self._first.wait()
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            # An error it ended with is _ended's to say, not the shutdown's to raise.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # asyncio.wait neither raises the task's end (_ended says an error) nor absorbs a
+            # cancel of this caller, as suppressing CancelledError around the task did; bounded:
+            # a cancel lost in a library must not keep the worker from exiting.
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
         if self._redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._redis.zrem(self.keys.observers, self.observer)
@@ -156,11 +158,10 @@ class RedisStateStore(MemoryStateStore):
                     await self._refresh()
                     self._in_sync()
                     backoff = INITIAL_BACKOFF_S
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), self.config.redis.refresh_interval_s
-                        )
+                    # A sleep: an asyncio.wait_for on an event nothing set was here, and 3.11's
+                    # wait_for can swallow the cancel stop() sends (python/cpython#86296): the
+                    # sync went on, stop() waited on it, and the worker never exited.
+                    await asyncio.sleep(self.config.redis.refresh_interval_s)
                     if listener.done():
                         listener.result()  # re-raise the listener's connection error
             # Any error, not only Redis's: a bug, or data in Redis no reader expected, must not

@@ -152,8 +152,9 @@ class StreamGate:
             timeout_s,
             extra=event("drain-started", in_flight=self.in_flight),
         )
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        try:  # asyncio.timeout, not 3.11's wait_for, which can lose a cancel (redis_store)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
             log.info("drained: no request in flight", extra=event("drained"))
         except TimeoutError:
             log.warning(
@@ -165,4 +166,5 @@ class StreamGate:
             for task in list(self._tasks):
                 task.cancel(DRAIN_CUT)  # the message tells the proxy's stream what cut it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), CUT_WAIT_S)
+                async with asyncio.timeout(CUT_WAIT_S):
+                    await self._idle.wait()

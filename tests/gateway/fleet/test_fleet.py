@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -307,6 +310,43 @@ def test_a_gateway_with_two_workers_is_one_observer(tmp_path: Path) -> None:
     finally:
         client.close()
         gw.stop()
+        sim.proc.kill()
+        server.stop()
+
+
+def workers_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_gateway_told_to_stop_as_it_starts_stops(tmp_path: Path) -> None:
+    """A worker never exited: SIGTERM 50 ms after the gateway answered, its drain done, its
+    Redis sync lost the cancel (3.11's asyncio.wait_for, python/cpython#86296) and went on,
+    the shutdown waiting on it. It hung in a third to two thirds of starts: twelve here."""
+    server = start_redis(tmp_path)
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    extra = f'[redis]\nurl = "{server.url}"\nrefresh_interval_s = 0.1\n'
+    try:
+        for i in range(12):
+            gw = start_gateway(
+                tmp_path,
+                lambda p: gateway_toml(p, ups, extra=extra).replace(
+                    "[server]", '[server]\nengine = "uvicorn"\nworkers = 2'
+                ),
+                name=f"gw{i}",
+            )
+            workers = workers_of(gw.proc.pid)
+            time.sleep(0.05)
+            gw.proc.send_signal(signal.SIGTERM)
+            try:
+                assert gw.proc.wait(8) == 0, gw.log_text()[-2000:]
+            except subprocess.TimeoutExpired:
+                alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+                for pid in alive:  # each in its own process group
+                    os.kill(pid, signal.SIGKILL)
+                kill(gw.proc)
+                pytest.fail(f"start {i}: workers {alive} still running 8 s after SIGTERM")
+    finally:
         sim.proc.kill()
         server.stop()
 

@@ -4,6 +4,7 @@ newer one, put a newer one back) against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -16,7 +17,7 @@ import pytest
 from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.errors import ConfigError, SharedStateUnavailable
-from gateway.fleet import config_doc, config_io, last_known, observations
+from gateway.fleet import config_doc, config_io, last_known, observations, redis_store
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
 from tests.support import start_redis
@@ -727,3 +728,34 @@ async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_route
         assert error.endswith("; routing on version 3")
     finally:
         await gw.stop()
+
+
+async def test_stop_is_bounded_when_the_sync_ignores_its_cancel(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel lost inside the sync (3.11's asyncio.wait_for lost one) must not keep the
+    worker from exiting: stop() waits STOP_WAIT_S, then closes the connection anyway."""
+    monkeypatch.setattr(redis_store, "STOP_WAIT_S", 0.2)
+    gw = gateway(redis_url, "gw0")
+    ignoring = asyncio.Event()
+    deaf_to_cancels = True
+
+    async def deaf() -> None:
+        gw._first.set()  # start() waits for the first sync's outcome
+        while deaf_to_cancels:
+            with contextlib.suppress(asyncio.CancelledError):
+                ignoring.set()
+                await asyncio.sleep(3600)
+
+    gw._run = deaf  # type: ignore[method-assign]
+    await gw.start()
+    await ignoring.wait()
+    t0 = time.monotonic()
+    async with asyncio.timeout(5):
+        await gw.stop()
+    assert 0.2 <= time.monotonic() - t0 < 2
+    assert gw._task is not None and not gw._task.done()  # still deaf: stop() went on
+    deaf_to_cancels = False  # the test's own clean-up
+    gw._task.cancel()
+    await asyncio.wait({gw._task}, timeout=5)
+    assert gw._task.done()
