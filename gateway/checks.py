@@ -224,6 +224,14 @@ def operator_name(name: str) -> str:
     return name
 
 
+def named_path(value: object) -> object:
+    """A file setting given as text names something: an empty one (an environment override
+    left blank) read as the config's own directory, and GeoIP said it was corrupt."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty: give a file's path, or leave the setting out")
+    return value
+
+
 def unreadable(path: Path) -> str | None:
     """Why ``path`` cannot be read (``strerror``), or None when it can."""
     try:

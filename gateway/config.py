@@ -4,7 +4,6 @@ up front by pydantic. Reading it from a TOML file with ``GEOGATE_*`` environment
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -16,6 +15,7 @@ from gateway import defaults as d
 from gateway.config_routing import ContinentCode as ContinentCode
 from gateway.config_routing import CountryCode as CountryCode
 from gateway.config_routing import DefaultLocation as DefaultLocation
+from gateway.config_routing import FilePath
 from gateway.config_routing import ListenHost as ListenHost
 from gateway.config_routing import PositiveFloat as PositiveFloat
 from gateway.config_routing import Ratio as Ratio
@@ -36,8 +36,8 @@ class ServerSection(StrictModel):
     port: int = Field(default=d.PORT, ge=0, le=65535)
     workers: int = Field(default=d.WORKERS, ge=1)
     engine: Literal["uvicorn", "granian", "hypercorn"] = "uvicorn"
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
     max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
     drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
     access_log: bool = True
@@ -151,7 +151,7 @@ class DiscoverySection(StrictModel):
 
 
 class GeoIPSection(StrictModel):
-    database: Path | None = None
+    database: FilePath | None = None
     reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
     default: DefaultLocation = DefaultLocation()
 
@@ -171,7 +171,7 @@ class RedisSection(StrictModel):
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
     # The fleet document kept across restarts, for a start while Redis is away (relative: to
     # the config file; gateway.fleet.last_known). None: kept while the gateway runs.
-    state_file: Path | None = None
+    state_file: FilePath | None = None
 
     @model_validator(mode="after")
     def _observations_outlive_a_refresh(self) -> RedisSection:

@@ -4,11 +4,13 @@ schema is built on (a strict model, checked field types). gateway.config has the
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -26,6 +28,7 @@ ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
 ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
 FleetId = Annotated[str, AfterValidator(checks.fleet_id)]
+FilePath = Annotated[Path, BeforeValidator(checks.named_path)]
 
 
 class StrictModel(BaseModel):

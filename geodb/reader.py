@@ -102,6 +102,8 @@ def open_database(path: Path) -> _Loaded:
         reader = geoip2.database.Reader(str(path), mode=maxminddb.MODE_MEMORY)
     except FileNotFoundError as exc:
         raise DatabaseError(f"GeoIP database {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise DatabaseError(f"GeoIP database {path} is a directory, not a .mmdb file") from exc
     except (OSError, ValueError, maxminddb.errors.InvalidDatabaseError) as exc:
         raise DatabaseError(f"GeoIP database {path} is corrupt or truncated: {exc}") from exc
     db_type = reader.metadata().database_type

@@ -43,6 +43,7 @@ def gateway(args: argparse.Namespace) -> None:
     _warn_short_tokens(config)
     _warn_shadowed_rules(config)
     _warn_broad_trust(config)
+    _warn_unlocated_residency(config)
     if args.check:
         # What a start checks: the file, its values, the files it names (GeoIP, TLS,
         # state_file's directory) and its listen addresses, but for a port in use: the
@@ -99,6 +100,31 @@ def _warn_broad_trust(config: Config) -> None:
                 net,
                 net.num_addresses,
             )
+
+
+def _warn_unlocated_residency(config: Config) -> None:
+    """Residency rules with no GeoIP database: the clients no signed edge header locates are
+    all at geoip.default, so a rule applies to every one of them or to none, whatever their
+    country. Said at start, not refused: a gateway behind the edge Worker alone needs none."""
+    from gateway.runtime import log
+
+    if not config.residency or config.geoip.database is not None:
+        return
+    home = config.geoip.default
+    if home.country or home.continent:
+        code = home.country or home.continent
+        kind = "country" if home.country else "continent"
+        place, rules = f"{kind} {code}", f"the rules matching {code} apply to all of them"
+    else:
+        place, rules = "no country", "no rule applies to any of them"
+    who = "clients without a signed edge header are" if config.edge.keys else "every client is"
+    log.warning(
+        "residency rules without geoip.database: %s located at geoip.default (%s), so %s; "
+        "set geoip.database to apply the rules by each client's own country",
+        who,
+        place,
+        rules,
+    )
 
 
 def _warn_open_audience(config: Config) -> None:

@@ -403,6 +403,19 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", env={})
 
 
+@pytest.mark.parametrize(
+    "var", ["GEOGATE_GEOIP__DATABASE", "GEOGATE_SERVER__TLS_CERT", "GEOGATE_REDIS__STATE_FILE"]
+)
+def test_a_file_setting_left_empty_is_refused_by_name(tmp_path: Path, var: str) -> None:
+    """Blank, it read as the config's directory: GeoIP then said the database was corrupt."""
+    key = var.removeprefix("GEOGATE_").lower().replace("__", ".")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD), env={var: " "})
+    assert f"{var}: {key}: is empty: give a file's path, or leave the setting out" in str(
+        info.value
+    )
+
+
 def test_a_value_that_starts_as_json_does_is_given_as_a_json_string(tmp_path: Path) -> None:
     # A token starting with "[" could not be given at all: it was always read as JSON.
     token = "[k3Yq9-0123456789abcdef"

@@ -79,6 +79,8 @@ def test_bad_files_are_refused_with_the_name(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 1000)
     with pytest.raises(DatabaseError, match=f"{junk}.*corrupt or truncated"):
         GeoIPSource(junk, DEFAULT)
+    with pytest.raises(DatabaseError, match=f"{tmp_path} is a directory, not a .mmdb file"):
+        GeoIPSource(tmp_path, DEFAULT)
     asn = tmp_path / "asn.mmdb"
     w = MMDBWriter(database_type="GeoLite2-ASN")
     w.insert_network(IPSet(["1.0.0.0/8"]), {"autonomous_system_number": 1})

@@ -418,6 +418,34 @@ def test_a_rule_shadowed_by_an_earlier_one_is_warned_of_at_start(tmp_path: Path)
     assert "GB in residency rule 'gb-in-us' is matched first by 'eu-only'" in p.stderr
 
 
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [
+        ("", "every client is located at geoip.default (no country), so no rule applies to any"),
+        (
+            '[geoip.default]\ncountry = "DE"\n',
+            "every client is located at geoip.default (country DE), so the rules matching DE "
+            "apply to all of them",
+        ),
+        (
+            f'[edge]\nkeys = {{k1 = "{"k" * 32}"}}\naudiences = ["api.example.com"]\n',
+            "clients without a signed edge header are located at geoip.default (no country)",
+        ),
+    ],
+)
+def test_residency_rules_without_geoip_are_warned_of(tmp_path: Path, more: str, said: str) -> None:
+    """Without a database every client not located by the edge is at the default location:
+    a rule applies to all of them or to none. Silent before."""
+    rule = '[[residency]]\nname = "eu-only"\ncontinents = ["EU"]\nregions = ["eu-central"]\n'
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(gateway_toml(free_port(), [], extra=rule + more))
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 0, p.stderr
+    assert "WARNING geogate: residency rules without geoip.database: " + said in p.stderr
+    cfg.write_text(gateway_toml(free_port(), [], extra=more))  # no rule: nothing to say
+    assert "residency" not in geogate("gateway", "--config", str(cfg), "--check").stderr
+
+
 def test_a_trusted_network_wider_than_any_balancer_is_warned_of(tmp_path: Path) -> None:
     # ::ffff:0:0/96 is every IPv4 address once normalised: each client could set its own.
     cfg = tmp_path / "gw.toml"
