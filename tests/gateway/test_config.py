@@ -262,8 +262,12 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "no/fleet.json"\n',
             "redis.state_file: no directory ",
         ),
-        (  # "" names the config's folder: passed, then never written (a warning per change)
+        (  # "" named the config's folder: passed, then never written (a warning per change)
             lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = ""\n',
+            "redis.state_file: is empty: give a file's path, or leave the setting out",
+        ),
+        (  # a folder: passed, then never written
+            lambda t: t + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "."\n',
             "is a directory; name a file in it (fleet.json)",
         ),
         # A port's typo: the gateway forwarding to itself made one request into thousands.
