@@ -106,10 +106,11 @@ def upstream_url(url: str) -> str:
     return url
 
 
-def region_url(url: str) -> str:
-    """Empty, or the region gateway's public URL: the edge Worker proxies to it and GeoDNS
-    checks its url + /readyz (gateway.dns), where a bad port was a traceback and anything
-    else went into the zone as it was."""
+def public_url(url: str) -> str:
+    """Empty, or a public URL: a region gateway's (the edge Worker proxies to it and GeoDNS
+    checks its url + /readyz, gateway.dns, where a bad port was a traceback and anything
+    else went into the zone as it was), or the ops listener's (ops.public_url: a port out of
+    range passed, and no browser's Origin could ever match it)."""
     if url and "@" in http_url(url).netloc:
         raise ValueError(
             "a public URL carries no credentials: GeoDNS health checks send none, and the "

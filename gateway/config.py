@@ -15,7 +15,7 @@ from gateway import defaults as d
 from gateway.config_routing import ContinentCode as ContinentCode
 from gateway.config_routing import CountryCode as CountryCode
 from gateway.config_routing import DefaultLocation as DefaultLocation
-from gateway.config_routing import FilePath
+from gateway.config_routing import FilePath, PublicUrl
 from gateway.config_routing import ListenHost as ListenHost
 from gateway.config_routing import PositiveFloat as PositiveFloat
 from gateway.config_routing import Ratio as Ratio
@@ -226,7 +226,7 @@ class OpsSection(StrictModel):
     # The dashboard's address as browsers see it behind a proxy that terminates TLS (e.g.
     # "https://ops.example.com"): logins and changes must come from its origin (a proxy may
     # rewrite Host), and an https one makes the session cookie Secure. Empty: the request's.
-    public_url: str = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
+    public_url: PublicUrl = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
     # Without a token, the names answered besides addresses, localhost and public_url's host
     # (gateway.http.ops.HostGuard: DNS rebinding), e.g. ["gateway-a"], Prometheus's target.
     hosts: tuple[Annotated[str, AfterValidator(checks.host_name)], ...] = ()

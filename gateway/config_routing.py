@@ -29,6 +29,7 @@ Ratio = Annotated[float, Field(ge=0, le=1)]
 ListenHost = Annotated[str, AfterValidator(checks.listen_host)]
 FleetId = Annotated[str, AfterValidator(checks.fleet_id)]
 FilePath = Annotated[Path, BeforeValidator(checks.named_path)]
+PublicUrl = Annotated[str, AfterValidator(checks.public_url)]
 
 
 class StrictModel(BaseModel):
@@ -54,7 +55,7 @@ class Region(StrictModel):
     longitude: float = Field(ge=-180, le=180)
     # The region gateway's public URL (e.g. https://eu-central.api.example.com): the edge
     # Worker proxies to it, and GeoDNS checks its /readyz.
-    url: Annotated[str, AfterValidator(checks.region_url)] = ""
+    url: PublicUrl = ""
     # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
     addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
     # No drain flag here: a region's drain is Config.drained_regions, a top-level key that a

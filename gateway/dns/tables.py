@@ -95,7 +95,7 @@ def answered(order: Order, addrs: Mapping[str, object]) -> Order:
 
 def health_url(region_url: str) -> str:
     """The region gateway's /readyz. ``region_url`` is one the config took: an http(s) URL
-    with a host and a valid port, and no query (checks.region_url)."""
+    with a host and a valid port, and no query (checks.public_url)."""
     return region_url.rstrip("/") + DNS_READY_PATH
 
 

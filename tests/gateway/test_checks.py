@@ -165,9 +165,9 @@ def test_bad_upstream_urls_say_why(url: str, message: str) -> None:
         checks.upstream_url(url)
 
 
-def test_region_urls_are_empty_or_public_http_urls() -> None:
+def test_public_urls_are_empty_or_http_urls_without_credentials() -> None:
     for good in ("", "https://eu.api.example.com", "http://127.0.0.11:8080/", "https://x/gw"):
-        assert checks.region_url(good) == good
+        assert checks.public_url(good) == good
     for bad, message in [
         ("not a url", "use http:// or https://"),
         ("https://eu.example.com:99999/x", "port must be a number from 1 to 65535"),
@@ -178,7 +178,7 @@ def test_region_urls_are_empty_or_public_http_urls() -> None:
         ("https://u:pw@eu.example.com", "no credentials"),
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
-            checks.region_url(bad)
+            checks.public_url(bad)
 
 
 def test_listen_hosts_and_model_names_are_never_empty() -> None:

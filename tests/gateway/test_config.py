@@ -129,6 +129,10 @@ def test_env_overrides(tmp_path: Path) -> None:
         # The dashboard's origin behind a proxy: scheme and host only.
         (lambda t: t + '[ops]\npublic_url = "ops.example.com"\n', "ops.public_url"),
         (lambda t: t + '[ops]\npublic_url = "https://x/dashboard"\n', "ops.public_url"),
+        (  # passed: no browser's Origin could ever match it
+            lambda t: t + '[ops]\npublic_url = "https://ops.example.com:99999"\n',
+            "ops.public_url: port must be a number from 1 to 65535",
+        ),
         (
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["127.0.0.11", "127.0.0.300"]\n'),
             "regions[0].addresses[1]: '127.0.0.300' is not an IP address",
