@@ -322,8 +322,20 @@ def _check_redis_url(url: str) -> None:
         if parts.scheme == "redis+sentinel" and port is None:
             raise ValueError(f"sentinel address {hp!r} needs a port")
     if parts.scheme == "redis+sentinel":
-        if not parts.path.strip("/"):
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
             raise ValueError("a sentinel URL needs /master-name")
+        # fleet.keys reads no more than these: the rest was dropped, unsaid (database 0,
+        # no TLS), where a redis:// URL's query is redis-py's to read.
+        if len(path) > 2 or (len(path) == 2 and not is_decimal(path[1], 5)):
+            raise ValueError(
+                "a sentinel URL's path is /master-name or /master-name/db (db: 0-99999)"
+            )
+        if "?" in url:
+            raise ValueError(
+                "a sentinel URL takes no query (?...): the database goes in its path "
+                "(/master-name/db), and TLS to sentinels is not supported"
+            )
         return
     db = parts.path.strip("/")
     if db and not is_decimal(db, 5):

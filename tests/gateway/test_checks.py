@@ -67,6 +67,11 @@ def test_good_redis_urls(url: str) -> None:
         ("unix://", "socket's path"),
         ("redis+sentinel://127.0.0.1:1,127.0.0.2/m", "sentinel address '127.0.0.2' needs a port"),
         ("redis+sentinel://127.0.0.1:1", "needs /master-name"),
+        # fleet.keys read neither: database 0 and no TLS, unsaid
+        ("redis+sentinel://:hunter2@127.0.0.1:1/m?db=2", "takes no query"),
+        ("redis+sentinel://127.0.0.1:1/m?ssl=true", "TLS to sentinels is not supported"),
+        ("redis+sentinel://127.0.0.1:1/m/x", "path is /master-name or /master-name/db"),
+        ("redis+sentinel://127.0.0.1:1/m/1/2", "path is /master-name or /master-name/db"),
         # redis-py ignores a path that is no number: database 0, unsaid.
         ("redis://:hunter2@127.0.0.1:6379/x", "the path /x is not a database number"),
     ],
