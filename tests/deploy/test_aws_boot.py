@@ -264,7 +264,7 @@ def test_the_gateway_gets_both_tokens_and_a_url_that_keeps_the_redis_token(
     assert urlsplit(url).hostname == _values()["redis_host"]
     assert urlsplit(url).port == 6379
     assert redis_url_parts(url)["password"] == SSM["/geogate/redis-auth-token"]
-    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    assert json.loads(env["GEOGATE_OPS__TOKEN"]) == SSM["/geogate/ops-token"]  # (below)
     # The config the host wrote, with that environment, as the container loads it.
     example = render_example_config()
     (tmp_path / "gateway.toml").write_text(example)
@@ -314,13 +314,30 @@ def test_the_tokens_are_not_on_the_docker_command_line(tmp_path: Path) -> None:
     assert not Path(env_file["path"]).exists()  # removed after `docker run`
     assert not list((tmp_path / "run").iterdir())
     env = _env_of(gateway)
-    assert env["GEOGATE_OPS__TOKEN"] == SSM["/geogate/ops-token"]
+    assert json.loads(env["GEOGATE_OPS__TOKEN"]) == SSM["/geogate/ops-token"]
     assert (
         redis_url_parts(env["GEOGATE_REDIS__URL"])["password"] == SSM["/geogate/redis-auth-token"]
     )
     # The user data itself runs no command with a token in its arguments: printf is bash's.
     script = USER_DATA.read_text()
     assert "-e GEOGATE_OPS__TOKEN" not in script and "-e GEOGATE_REDIS__URL" not in script
+
+
+@pytest.mark.parametrize(
+    "token", ["[k3Yq9-0123456789abc", "{k3Yq9-0123456789abc", '"quoted" token 12']
+)
+def test_an_ops_token_that_starts_as_json_does_is_the_gateways_token(
+    tmp_path: Path, token: str
+) -> None:
+    """geogate reads an override starting with [ { or " as JSON: such a token, passed as it
+    was, stopped every gateway at start. The boot passes it as a JSON string."""
+    from gateway.config_file import load_config
+
+    rc, err, calls = boot(tmp_path, _values(), ssm={**SSM, "/geogate/ops-token": token})
+    assert rc == 0, err
+    (tmp_path / "gateway.toml").write_text(render_example_config())
+    cfg = load_config(tmp_path / "gateway.toml", env=_env_of(_gateway_run(calls)))
+    assert cfg.ops.token == token
 
 
 def test_a_token_with_a_line_break_stops_the_boot(tmp_path: Path) -> None:
