@@ -20,6 +20,7 @@ is no document, never an error.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from gateway import checks
 from gateway.fleet.settle import Stored
@@ -39,7 +41,8 @@ FILE_NAME = "fleet.json"
 @contextlib.contextmanager
 def kept(workers: int, shared: bool, state_file: Path | None = None) -> Iterator[Path | None]:
     """In the parent, around its workers' lives: the file, named for them, where there are
-    several sharing a fleet (Redis), or ``state_file`` (kept after); else none."""
+    several sharing a fleet (Redis), or ``state_file`` (kept after), or the state is in
+    memory (``memory_fleet``); else none (one worker on Redis: Redis has the document)."""
     os.environ.pop(ENV_FLEET_CACHE, None)  # not one inherited from whoever started us
     if shared and state_file is not None:
         os.environ[ENV_FLEET_CACHE] = str(state_file)
@@ -48,7 +51,7 @@ def kept(workers: int, shared: bool, state_file: Path | None = None) -> Iterator
         finally:
             os.environ.pop(ENV_FLEET_CACHE, None)
         return
-    if workers <= 1 or not shared:
+    if shared and workers <= 1:
         yield None
         return
     directory = Path(tempfile.mkdtemp(prefix="geogate-fleet-"))
@@ -100,6 +103,15 @@ def fleet_of(redis_url: str, deployment: str) -> str:
     another Redis or deployment (a new fleet, as README has one made) must not carry the old
     fleet's document into it."""
     return f"{checks.redact_url(redis_url)} {deployment}"
+
+
+def memory_fleet(file_doc: dict[str, Any]) -> str:
+    """The in-memory store's "fleet": its file's routing. A worker started in place of one
+    that died, or by granian's SIGHUP, takes the operator changes (admin API) the one before
+    made, which were lost with it: a drain undone, unsaid. Only while the file's routing is
+    what they were made on: an edited file (granian's SIGHUP reads it again) starts anew."""
+    digest = hashlib.sha256(json.dumps(file_doc, sort_keys=True).encode()).hexdigest()
+    return f"memory {digest[:16]}"
 
 
 def load(fleet: str) -> Stored | None:

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
-from gateway.fleet import config_doc
+from gateway.fleet import config_doc, last_known
 from gateway.fleet.sessions import EndedSessions
+from gateway.fleet.settle import Stored
 from gateway.routing.health import (
     UpstreamHealth,
     apply_probe,
@@ -57,7 +58,16 @@ class MemoryStateStore:
         # (gateway.watch.prober), with no polling while nothing joins.
         self.joined = asyncio.Event()
         self.replace_config(config)
+        self._kept_as = last_known.memory_fleet(config_doc.routing_doc(config))
+        self._resume()
         self._starting = False
+
+    def _resume(self) -> None:
+        """The operator changes of the worker this one replaces (fleet.last_known)."""
+        kept = last_known.load(self._kept_as)
+        if kept is not None and kept.doc is not None:
+            self.replace_config(config_doc.apply_doc(self._config, kept.doc))
+            self.version = kept.version
 
     # --- control side ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,6 +100,7 @@ class MemoryStateStore:
             return dict(config_doc.unchanged(who, what, before, self.version))
         self.replace_config(config_doc.apply_doc(self._config, doc))
         self.version += 1
+        last_known.save(Stored(doc, self.version, time.time()), self._kept_as)
         entry = config_doc.audit_entry(who, what, before, after, self.version)
         self._audit.appendleft({"id": str(self.version), **entry})
         return dict(entry)

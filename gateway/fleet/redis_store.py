@@ -100,6 +100,9 @@ class RedisStateStore(MemoryStateStore):
             # Routing on the fleet's state, if not a fresh one (unless this file refused it)
             self.synced_once = self._held is not None
 
+    def _resume(self) -> None:
+        """Not the in-memory store's way: the fleet's last document is taken above."""
+
     # --- routing view ----------------------------------------------------------------------
     def _build(self, now: float) -> Snapshot:
         snap = super()._build(now)

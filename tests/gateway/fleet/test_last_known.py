@@ -5,21 +5,24 @@ away or came back empty, and then by a real gateway whose worker is killed."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from gateway.cli.procs import wait_http
 from gateway.defaults import WORKER_START_GRACE_S
 from gateway.fleet import config_doc, config_io, last_known
 from gateway.fleet.settle import Stored
-from tests.gateway.fleet.test_fleet import TOKEN, admin, fleet_toml, upstream
+from tests.gateway.fleet.test_fleet import TOKEN, admin, fleet_toml, table, upstream
 from tests.gateway.fleet.test_redis_store import CFG, gateway, routing
 from tests.gateway.test_server import _workers
 from tests.support import (
     UpstreamSpec,
     eventually,
+    gateway_toml,
     start_gateway,
     start_redis,
     start_sim,
@@ -31,11 +34,14 @@ def _drained_doc() -> dict[str, object]:
     return doc
 
 
-def test_kept_only_for_several_workers_sharing_a_fleet() -> None:
-    with last_known.kept(1, True) as one:
+def test_kept_for_several_workers_sharing_a_fleet_and_for_state_in_memory() -> None:
+    with last_known.kept(1, True) as one:  # Redis has the document
         assert one is None and last_known.ENV_FLEET_CACHE not in os.environ
-    with last_known.kept(2, False) as alone:
-        assert alone is None
+    for workers in (1, 2):  # granian's one worker is a child it restarts (SIGHUP, a crash)
+        with last_known.kept(workers, False) as in_memory:
+            assert in_memory is not None
+            assert os.environ[last_known.ENV_FLEET_CACHE] == str(in_memory)
+        assert not in_memory.parent.exists()  # gone with the gateway: a start is anew
     with last_known.kept(2, True) as path:
         assert path is not None and os.environ[last_known.ENV_FLEET_CACHE] == str(path)
         assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
@@ -56,8 +62,8 @@ def test_kept_only_for_several_workers_sharing_a_fleet() -> None:
 def test_a_state_file_is_named_for_one_worker_too_and_kept_after(tmp_path: Path) -> None:
     state = tmp_path / "state" / "fleet.json"
     state.parent.mkdir()
-    with last_known.kept(2, False, state) as alone:  # no Redis: no fleet to keep
-        assert alone is None
+    with last_known.kept(2, False, state) as alone:  # no Redis: kept for the gateway's life
+        assert alone is not None and alone != state
     fleet = last_known.fleet_of("redis://127.0.0.1:6379/0", "prod")
     with last_known.kept(1, True, state) as path:
         assert path == state and os.environ[last_known.ENV_FLEET_CACHE] == str(state)
@@ -176,3 +182,36 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
         for s in sims:
             s.proc.kill()
         redis.stop()
+
+
+def test_granians_sighup_keeps_an_in_memory_gateways_drain(tmp_path: Path) -> None:
+    """granian restarts its workers on SIGHUP (README): without Redis, the operator's drain
+    was undone with the worker, unsaid, and traffic went back to the upstream taken out."""
+    sims = [start_sim(tmp_path, f"b{i}", "eu-central", ["m"]) for i in range(2)]
+    ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
+    extra = f'[admin]\ntokens = {{alice = "{TOKEN}"}}\n'
+    gw = start_gateway(
+        tmp_path,
+        lambda p: gateway_toml(p, ups, extra=extra).replace(
+            "[server]", '[server]\nengine = "granian"'
+        ),
+    )
+    try:
+        [before] = _workers(gw.proc.pid)
+        r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
+        assert r.status_code == 200, r.text
+        gw.proc.send_signal(signal.SIGHUP)
+
+        def replaced() -> bool:
+            now = _workers(gw.proc.pid)
+            return before not in now and len(now) == 1
+
+        eventually(replaced, what="granian's new worker in place of the old")
+        wait_http(f"{gw.ops_url}/routing-table", proc=gw.proc)
+        doc = table(gw)
+        b0 = next(u for reg in doc["regions"] for u in reg["upstreams"] if u["id"] == "b0")
+        assert (doc["version"], b0["drained"]) == (2, True)
+    finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.errors import FleetConfigInvalid
-from gateway.fleet import memory
+from gateway.fleet import last_known, memory
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.load import LoadReading
 from gateway.routing.model import Outcome, Reason, RequestFacts
@@ -276,3 +276,21 @@ def test_a_dns_members_url_is_split_as_text_before_urlsplit(
     server = memory._server("https://name|[fd00::5]:443/v1")
     assert server == ("https", "name", None, "/v1", ("fd00::5", 443))
     assert memory._server("https://name|[fd00::6]:443/v1") != server  # another member
+
+
+async def test_a_worker_started_in_place_of_another_keeps_its_operator_changes() -> None:
+    """granian restarts its workers on SIGHUP, and a worker that dies is replaced: the
+    in-memory store's drains and weights were lost with the worker, unsaid. The parent keeps
+    them (fleet.last_known) while the file's routing is the one they were made on."""
+    with last_known.kept(1, False):
+        first = MemoryStateStore(CFG)
+        await first.update_upstream("a", {"drained": True}, "alice")
+        await first.update_upstream("a", {"weight": 3}, "alice")
+        after = MemoryStateStore(CFG)
+        assert after.version == 3
+        [a] = after.config.upstreams
+        assert (a.drained, a.weight) == (True, 3.0)
+        more = (*CFG.upstreams, CFG.upstreams[0].model_copy(update={"id": "b"}))
+        fresh = MemoryStateStore(CFG.model_copy(update={"upstreams": more}))  # the file changed
+        assert fresh.version == 1 and not fresh.config.upstreams[0].drained
+    assert MemoryStateStore(CFG).version == 1  # a gateway started anew starts from its file
