@@ -214,11 +214,34 @@ def _check_state_file(cfg: Config, origins: Mapping[str, str], source: str) -> N
         raise ConfigError(
             f"config error in {where}: redis.state_file: cannot write in {path.parent}"
         )
-    if path.is_dir():  # an empty value names the config's own folder: never written, silently
+    if path.is_dir():  # never written, silently
         raise ConfigError(
             f"config error in {where}: redis.state_file: {path} is a directory; name a file "
             "in it (fleet.json)"
         )
+    # The first sync replaces the file whole: it replaced the gateway's own config file, and
+    # a device node with a regular file, when either was named here.
+    if path.exists() and not _a_state_file(path):
+        raise ConfigError(
+            f"config error in {where}: redis.state_file: {path} exists and is not a state "
+            "file geogate wrote, which the first sync would replace; name a file of its own "
+            "(fleet.json)"
+        )
+
+
+STATE_FILE_MAX_BYTES = 64 << 20  # a fleet document is kilobytes; a larger file is another's
+
+
+def _a_state_file(path: Path) -> bool:
+    """An empty regular file, or one holding a state file's JSON (fleet.last_known)."""
+    try:
+        if not path.is_file() or path.stat().st_size > STATE_FILE_MAX_BYTES:
+            return False
+        text = path.read_text()
+        data = json.loads(text) if text.strip() else {"fleet": "", "doc": None}
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"fleet", "doc"} <= data.keys()
 
 
 def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:

@@ -585,3 +585,27 @@ def test_a_state_file_in_a_directory_it_cannot_write_is_one_line(
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env={})
     assert f"redis.state_file: cannot write in {tmp_path}" in str(info.value)
+
+
+def test_a_state_file_that_names_another_file_is_refused(tmp_path: Path) -> None:
+    """The first sync replaced the file named whole: the gateway's own config, a device."""
+    text = GOOD + '[redis]\nurl = "redis://127.0.0.1:1"\nstate_file = "{}"\n'
+    config = write(tmp_path, text.format("gw.toml"))  # its own config (write's name)
+    assert config.name == "gw.toml"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # not a regular file: a device node reads the same
+    other = tmp_path / "notes.json"
+    other.write_text('{"fleet": 1}')  # JSON, not a state file
+    for name in (config.name, fifo.name, other.name):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text.format(name)), env={})
+        assert (
+            f"redis.state_file: {tmp_path / name} exists and is not a state file geogate wrote"
+            in str(info.value)
+        )
+    for fine in ("new.json", "empty.json", "kept.json"):  # none yet, empty, or one it wrote
+        (tmp_path / "empty.json").write_text("")
+        (tmp_path / "kept.json").write_text('{"fleet": "x", "doc": {}, "version": 2}')
+        assert load_config(write(tmp_path, text.format(fine)), env={}).redis.state_file == (
+            tmp_path / fine
+        )
