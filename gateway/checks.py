@@ -225,6 +225,17 @@ def operator_name(name: str) -> str:
     return name
 
 
+def header_token(token: str) -> str:
+    """A token a client can present: an HTTP header carries visible ASCII only (gateway.
+    config_ops). Its value is never said: the message is about its characters."""
+    if any(not "!" <= c <= "~" for c in token):
+        raise ValueError(
+            "has a space, line break or non-ASCII character, which an HTTP header cannot "
+            "carry: no request could present it (a file read into it may end in a line break)"
+        )
+    return token
+
+
 def named_path(value: object) -> object:
     """A file setting given as text names something: an empty one (an environment override
     left blank) read as the config's own directory, and GeoIP said it was corrupt."""

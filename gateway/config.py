@@ -10,12 +10,14 @@ from pydantic import AfterValidator, Field, model_validator
 
 from gateway import checks
 from gateway import defaults as d
+from gateway.config_ops import LEGACY_OPERATOR as LEGACY_OPERATOR
+from gateway.config_ops import AdminSection, EdgeSection, LogSection, OpsSection
 
 # The routing part, re-exported: the schema is read from here (``from gateway.config import``).
 from gateway.config_routing import ContinentCode as ContinentCode
 from gateway.config_routing import CountryCode as CountryCode
 from gateway.config_routing import DefaultLocation as DefaultLocation
-from gateway.config_routing import FilePath, PublicUrl
+from gateway.config_routing import FilePath
 from gateway.config_routing import ListenHost as ListenHost
 from gateway.config_routing import PositiveFloat as PositiveFloat
 from gateway.config_routing import Ratio as Ratio
@@ -189,68 +191,6 @@ class RedisSection(StrictModel):
 
 
 OBSERVATION_TTL_REFRESHES = 2  # redis.observation_ttl_s spans at least this many refreshes
-LEGACY_OPERATOR = "admin"  # who the single admin.token is
-
-
-class AdminSection(StrictModel):
-    """The admin API's operators, each with a token of their own (the audit's "who" is the
-    name whose token was sent); ``token``, the one shared token of old, is "admin"."""
-
-    token: str = ""
-    tokens: dict[
-        Annotated[str, AfterValidator(checks.operator_name)], Annotated[str, Field(min_length=1)]
-    ] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _distinct(self) -> AdminSection:
-        tokens = list(self.operators().values())
-        if len(set(tokens)) != len(self.tokens) + bool(self.token):
-            raise ValueError(
-                "two operators share a name or a token (token is the operator 'admin'): the "
-                "audit could not tell them apart"
-            )
-        return self
-
-    def operators(self) -> dict[str, str]:
-        """Operator name -> token; empty: the admin API is off."""
-        legacy = {LEGACY_OPERATOR: self.token} if self.token else {}
-        return {**self.tokens, **legacy}
-
-
-class OpsSection(StrictModel):
-    """The ops listener (gateway.http.ops); ``token`` guards all but /admin/*."""
-
-    host: ListenHost = d.OPS_HOST
-    port: int = Field(default=d.OPS_PORT, ge=0, le=65535)  # 0: no ops listener
-    token: str = ""
-    # The dashboard's address as browsers see it behind a proxy that terminates TLS (e.g.
-    # "https://ops.example.com"): logins and changes must come from its origin (a proxy may
-    # rewrite Host), and an https one makes the session cookie Secure. Empty: the request's.
-    public_url: PublicUrl = Field(default="", pattern=r"^(https?://[^/?#]+/?)?$")
-    # Without a token, the names answered besides addresses, localhost and public_url's host
-    # (gateway.http.ops.HostGuard: DNS rebinding), e.g. ["gateway-a"], Prometheus's target.
-    hosts: tuple[Annotated[str, AfterValidator(checks.host_name)], ...] = ()
-
-
-class EdgeSection(StrictModel):
-    """The edge Worker's signed client location (geodb.edge): believed only when signed with
-    one of ``keys`` (key id -> shared secret; two during a rotation), within ``max_skew_s``,
-    for one of ``audiences`` (hosts; empty: the request's own Host)."""
-
-    keys: dict[
-        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")],
-        Annotated[str, Field(min_length=d.EDGE_MIN_SECRET_CHARS)],
-    ] = Field(default_factory=dict)
-    max_skew_s: PositiveFloat = d.EDGE_MAX_SKEW_S
-    audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
-
-
-class LogSection(StrictModel):
-    """Event and access logs on stderr (gateway.logs): "text", or "ecs" (Elastic Common
-    Schema JSON, both kinds). ``level`` is the events'; the access log is server.access_log."""
-
-    format: Literal["text", "ecs"] = d.LOG_FORMAT
-    level: Literal["debug", "info", "warning", "error"] = d.LOG_LEVEL
 
 
 class Config(StrictModel):
@@ -292,11 +232,24 @@ class Config(StrictModel):
     def _one_state_for_the_workers(self) -> Config:
         # Without Redis each worker keeps its own state: a drain or weight set through the
         # admin API (or the dashboard) would reach the one worker that took the request.
-        if self.server.workers > 1 and not self.redis.url and self.admin.operators():
+        # The admin API is the ops listener's: none (ops.port = 0), no admin change either.
+        on = self.ops.port and self.admin.operators()
+        if self.server.workers > 1 and not self.redis.url and on:
             raise ValueError(
                 f"server.workers = {self.server.workers} with the admin API on needs redis.url: "
                 "without it each worker keeps its own state, and an admin change would reach "
                 "one worker of them (run one redis-server, or workers = 1)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ops_token_is_no_operators(self) -> Config:
+        # ops.token is handed to Prometheus and the edge Worker: as an operator's token too,
+        # it made audited admin changes in that operator's name.
+        if self.ops.token and self.ops.token in self.admin.operators().values():
+            raise ValueError(
+                "ops.token is an admin operator's token too: whoever holds it for /metrics "
+                "could make admin changes in that operator's name; give each its own"
             )
         return self
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway import defaults as d
 from gateway.client import Client
-from gateway.config import Config, LogSection
+from gateway.config import Config
+from gateway.config_ops import LogSection
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.redis_store import RedisStateStore

@@ -362,7 +362,8 @@ def run(config: Config, config_path: Path) -> None:
     bind(s.host, s.port, "server.port").close()  # the server binds it again, in a moment
     ops = bind(o.host, o.port, "ops.port") if o.port else None
     # The ops socket for the workers and their /metrics' sockets; a replaced worker's fleet.
-    kept = last_known.kept(s.workers, bool(config.redis.url), config.redis.state_file)
+    restarted = s.workers > 1 or s.engine == "granian"  # granian's one is a child it restarts
+    kept = last_known.kept(restarted, bool(config.redis.url), config.redis.state_file)
     with shared(ops, s.workers), kept:
         cap = capacity(raise_fd_limit(), s.max_streams, s.max_connections)
         _log_listeners(config, cap)

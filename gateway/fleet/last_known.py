@@ -39,10 +39,11 @@ FILE_NAME = "fleet.json"
 
 
 @contextlib.contextmanager
-def kept(workers: int, shared: bool, state_file: Path | None = None) -> Iterator[Path | None]:
-    """In the parent, around its workers' lives: the file, named for them, where there are
-    several sharing a fleet (Redis), or ``state_file`` (kept after), or the state is in
-    memory (``memory_fleet``); else none (one worker on Redis: Redis has the document)."""
+def kept(restarted: bool, shared: bool, state_file: Path | None = None) -> Iterator[Path | None]:
+    """In the parent, around its workers' lives: ``state_file`` (a fleet's, kept after), or
+    the file, named for them, where a worker may start while the gateway runs (``restarted``:
+    several workers, one replacing another that died; granian's, which SIGHUP restarts);
+    else none (one uvicorn or hypercorn worker: this process itself)."""
     os.environ.pop(ENV_FLEET_CACHE, None)  # not one inherited from whoever started us
     if shared and state_file is not None:
         os.environ[ENV_FLEET_CACHE] = str(state_file)
@@ -51,7 +52,7 @@ def kept(workers: int, shared: bool, state_file: Path | None = None) -> Iterator
         finally:
             os.environ.pop(ENV_FLEET_CACHE, None)
         return
-    if shared and workers <= 1:
+    if not restarted:
         yield None
         return
     directory = Path(tempfile.mkdtemp(prefix="geogate-fleet-"))

@@ -34,15 +34,15 @@ def _drained_doc() -> dict[str, object]:
     return doc
 
 
-def test_kept_for_several_workers_sharing_a_fleet_and_for_state_in_memory() -> None:
-    with last_known.kept(1, True) as one:  # Redis has the document
-        assert one is None and last_known.ENV_FLEET_CACHE not in os.environ
-    for workers in (1, 2):  # granian's one worker is a child it restarts (SIGHUP, a crash)
-        with last_known.kept(workers, False) as in_memory:
-            assert in_memory is not None
-            assert os.environ[last_known.ENV_FLEET_CACHE] == str(in_memory)
-        assert not in_memory.parent.exists()  # gone with the gateway: a start is anew
-    with last_known.kept(2, True) as path:
+def test_kept_where_a_worker_may_start_while_the_gateway_runs() -> None:
+    for shared in (True, False):  # one uvicorn worker is this process: nothing to keep
+        with last_known.kept(False, shared) as one:
+            assert one is None and last_known.ENV_FLEET_CACHE not in os.environ
+    with last_known.kept(True, False) as in_memory:  # the in-memory store's too (fleet.memory)
+        assert in_memory is not None
+        assert os.environ[last_known.ENV_FLEET_CACHE] == str(in_memory)
+    assert not in_memory.parent.exists()  # gone with the gateway: a start is anew
+    with last_known.kept(True, True) as path:
         assert path is not None and os.environ[last_known.ENV_FLEET_CACHE] == str(path)
         assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
         fleet = last_known.fleet_of("redis://:secret@127.0.0.1:6379/0", "prod")
@@ -62,15 +62,15 @@ def test_kept_for_several_workers_sharing_a_fleet_and_for_state_in_memory() -> N
 def test_a_state_file_is_named_for_one_worker_too_and_kept_after(tmp_path: Path) -> None:
     state = tmp_path / "state" / "fleet.json"
     state.parent.mkdir()
-    with last_known.kept(2, False, state) as alone:  # no Redis: kept for the gateway's life
+    with last_known.kept(True, False, state) as alone:  # no Redis: kept for the gateway's life
         assert alone is not None and alone != state
     fleet = last_known.fleet_of("redis://127.0.0.1:6379/0", "prod")
-    with last_known.kept(1, True, state) as path:
+    with last_known.kept(False, True, state) as path:
         assert path == state and os.environ[last_known.ENV_FLEET_CACHE] == str(state)
         last_known.save(Stored(_drained_doc(), 7, 123.0), fleet)
     assert last_known.ENV_FLEET_CACHE not in os.environ and state.exists()  # kept after
     assert oct(state.stat().st_mode & 0o777) == "0o600"  # a URL may carry a password
-    with last_known.kept(1, True, state):
+    with last_known.kept(False, True, state):
         got = last_known.load(fleet)
         assert got is not None and (got.version, got.doc) == (7, _drained_doc())
 

@@ -282,7 +282,7 @@ async def test_a_worker_started_in_place_of_another_keeps_its_operator_changes()
     """granian restarts its workers on SIGHUP, and a worker that dies is replaced: the
     in-memory store's drains and weights were lost with the worker, unsaid. The parent keeps
     them (fleet.last_known) while the file's routing is the one they were made on."""
-    with last_known.kept(1, False):
+    with last_known.kept(True, False):
         first = MemoryStateStore(CFG)
         await first.update_upstream("a", {"drained": True}, "alice")
         await first.update_upstream("a", {"weight": 3}, "alice")
