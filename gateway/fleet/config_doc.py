@@ -74,10 +74,25 @@ def _check_value(key: str, kind: type, v: Any) -> None:
     low, high = BOUNDS[key]
     # json.loads reads NaN, Infinity and 1e309 as floats: refused here, or one bad PATCH makes
     # every score NaN and the config unprintable as JSON.
-    if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-        raise FleetConfigInvalid(f"{key} must be a finite number (got {v!r})")
+    # An int is finite whatever its size (isfinite raised OverflowError on one past a float's
+    # range: a traceback and a plain-text 500 for a PATCH of weight 1e400 written out).
+    number = isinstance(v, int | float) and not isinstance(v, bool)
+    if not number or (isinstance(v, float) and not math.isfinite(v)):
+        raise FleetConfigInvalid(f"{key} must be a finite number (got {_shown(v)})")
     if not low <= v <= high:
-        raise FleetConfigInvalid(f"{key} must be between {low:g} and {high:g} (got {v!r})")
+        raise FleetConfigInvalid(f"{key} must be between {low:g} and {high:g} (got {_shown(v)})")
+
+
+def _shown(v: Any) -> str:
+    """``v`` for a message: an int of hundreds of digits is not written out (and one of
+    thousands cannot be: Python's int-to-text limit)."""
+    if isinstance(v, int) and v.bit_length() > SHOWN_INT_BITS:
+        return f"a number of about {v.bit_length() * math.log10(2):.0f} digits"
+    return repr(v)[:SHOWN_CHARS]
+
+
+SHOWN_INT_BITS = 100  # about 30 decimal digits
+SHOWN_CHARS = 80
 
 
 def change_upstream(

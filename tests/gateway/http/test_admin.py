@@ -147,6 +147,9 @@ async def test_no_token_configured_means_the_api_is_off() -> None:
         (b'{"weight": Infinity}', "weight must be a finite number"),
         (b'{"weight": 1e309}', "weight must be a finite number"),
         (b'{"weight": -1}', "weight must be between 0 and 1000"),
+        # past a float's range: isfinite raised OverflowError, a plain-text 500
+        (b'{"bias_ms": -1' + b"0" * 400 + b"}", "bias_ms must be between"),
+        (b'{"weight": 1' + b"0" * 400 + b"}", "(got a number of about 400 digits)"),
         (b"[" * 100_000 + b"]" * 100_000, "over 65536 bytes"),
         (b"[" * 60_000 + b"]" * 60, "nested too deeply"),
         (b'{"weight": ' + b"1" * 5000 + b"}", "not JSON this server reads"),  # int over 4300 digits
