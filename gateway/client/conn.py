@@ -2,14 +2,11 @@
 parses its response with httptools (llhttp, the parser uvicorn and Node use), handing the
 body on as it comes.
 
-Why not aiohttp (which this replaced): per proxied request aiohttp's client was the largest
-single layer of a worker's CPU, about a third of the samples (33.5 % and 36.3 % in
-bench/results/round4/profile.md, bench/profile.py --tree on the tree before): a
-ClientRequest and ClientResponse with their header multidicts, a URL object, a StreamReader,
-a connector lookup and a timer context per request. A proxy needs none of that: its request
-head is already a list of byte pairs, and its response body is bytes to pass on. What this
-keeps of aiohttp's behaviour: keep-alive pooling, flow control (reading pauses while the
-consumer lags), chunked and close-delimited bodies, interim 1xx answers skipped.
+It replaced aiohttp's client, the largest single layer of a worker's CPU per proxied request
+(a third of the samples: bench/results/round4/profile.md): its request and response objects,
+header multidicts, URL, StreamReader and timer context, none of which a proxy needs. Kept of
+aiohttp's behaviour: keep-alive pooling, flow control (reading pauses while the consumer
+lags), chunked and close-delimited bodies, interim 1xx answers skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +20,8 @@ import httptools
 
 from gateway.client.failures import BadResponse, ConnectionLost
 from gateway.defaults import PAUSE_BYTES, UPSTREAM_HEAD_MAX_BYTES
+
+HEAD_TOO_LONG = f"a response head over {UPSTREAM_HEAD_MAX_BYTES} bytes"
 
 
 class Conn(asyncio.Protocol):
@@ -38,6 +37,7 @@ class Conn(asyncio.Protocol):
         "complete",
         "ends_line",
         "error",
+        "field_bytes",
         "framed",
         "handed_off",
         "head_bytes",
@@ -72,10 +72,9 @@ class Conn(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        # llhttp's body callback is the list's own append: a C call per chunk, no frame. What a
-        # chunk's arrival sets off (timer, sink, reader) runs once per socket read, in
-        # data_received. httptools looks its callbacks up once, here: so the list is kept for
-        # the connection's life and emptied in place (clear()), never replaced.
+        # llhttp's body callback is the list's own append: a C call per chunk, no frame; what a
+        # chunk sets off runs once per socket read, in data_received. httptools looks its
+        # callbacks up once, here: the list is kept for good, emptied in place (clear()).
         self.on_body: Callable[[bytes], None] = self.chunks.append
         # Whether llhttp stands inside a chunk (its header seen, its data's CRLF not yet): a
         # stream is handed to gateway._splice only between chunks. C calls again, no frame.
@@ -89,17 +88,15 @@ class Conn(asyncio.Protocol):
         self.head_done = self.complete = False
         self.interim = False  # inside a 1xx answer, which a final one follows
         self.keep_alive = False  # read at the head: llhttp forgets it once the message ends
-        self.framed = False  # Content-Length or chunked: the end is in the bytes, not the close
-        self.chunked = False
+        self.framed = self.chunked = False  # Content-Length or chunked: no end by the close
         self.wants_hand_off = False  # hand_off(): stop at the next chunk boundary
         self.ends_line = False  # the last read ended in LF (a chunk's, or the head's)
         self.handed_off = False  # stopped there: the body's rest is read by gateway._splice
         self.no_body = False  # a HEAD request's response: headers only
         self.until_body = False  # head() waits for a 2xx answer's first body bytes too
         self.error: BaseException | None = None
-        self.lost = self.paused = False
-        self.heard = False  # a byte of this request's answer came (pool.py: the stale retry)
-        self.head_bytes = 0  # read while the answer's head was unfinished
+        self.lost = self.paused = self.heard = False  # heard: a byte of its answer (pool.py)
+        self.head_bytes = self.field_bytes = 0  # read while the head was unfinished; its fields
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None  # the wait for the first byte's deadline
         # While set, the body goes to sink() from data_received, each read's chunks joined;
@@ -205,9 +202,7 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
     def _expire(self) -> None:
-        # Never after the body's first bytes: the read that brings them (data_received) and
-        # on_message_complete cancel the timer before either is seen, and a cancelled handle
-        # does not run.
+        # Never after the body's first bytes: data_received and on_message_complete cancel it.
         self.timer = None
         if self.error is None:
             self.error = TimeoutError()
@@ -246,7 +241,7 @@ class Conn(asyncio.Protocol):
             self.lost = True  # not reused meanwhile: connection_lost comes a loop turn later
             self.close()
             return
-        self.heard, self.ends_line = True, read[-1] == 10
+        self.heard, self.ends_line, in_head = True, read[-1] == 10, not self.head_done
         try:
             self.parser.feed_data(read)
         except httptools.HttpParserUpgrade:
@@ -259,10 +254,11 @@ class Conn(asyncio.Protocol):
                 self.close()
             else:
                 self._fail(BadResponse(f"not an HTTP/1.1 response ({exc})"))
-        if not self.head_done:  # llhttp holds a header until its end: bound what it holds
-            self.head_bytes += len(read)
-            if self.head_bytes > UPSTREAM_HEAD_MAX_BYTES and self.error is None:
-                self._fail(BadResponse(f"a response head over {UPSTREAM_HEAD_MAX_BYTES} bytes"))
+        if in_head:  # llhttp holds a header until its end: bound what it holds; a head this
+            self.head_bytes += len(read)  # read ended, by its fields (the read was not counted)
+            held = self.field_bytes if self.head_done else self.head_bytes
+            if held > UPSTREAM_HEAD_MAX_BYTES and self.error is None:
+                return self._fail(BadResponse(HEAD_TOO_LONG))
         chunks = self.chunks
         if not chunks:
             return
@@ -361,6 +357,9 @@ class Conn(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:  # a chunked body's trailer: not the head's (they were merged in)
+            return
+        self.field_bytes += len(name) + len(value) + 4  # ": " and CRLF
         lname = name.lower()
         self.headers.append((lname, value))  # in lower case, as ASGI's: readers compare them
         if lname == b"content-length":
@@ -372,6 +371,7 @@ class Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if not self.busy:  # a response nobody asked for, after the one that was: stop here
             raise BadResponse("bytes after the end of the response")
+        self.field_bytes = 0  # each head's own (a 1xx answer's, then the final one's)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
