@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway import checks
 from gateway.cli.ctl_fleet import (
     GATEWAY_ENV,
     NOWHERE,
@@ -63,7 +64,13 @@ def _open(args: argparse.Namespace) -> Fleet:
             raise CLIError("--who is for --redis; through a gateway, your --token names you")
         return GatewayFleet(args.gateway, args.token, args.ops_token)
     if args.redis:
-        return RedisFleet(args.redis, args.deployment, getattr(args, "who", None))
+        who = getattr(args, "who", None)
+        if who is not None:  # the audit's name: one that spanned lines forged another's row
+            try:
+                checks.operator_name(who)
+            except ValueError as exc:
+                raise CLIError(f"--who: {exc}") from None
+        return RedisFleet(args.redis, args.deployment, who)
     raise CLIError(
         "give --gateway URL (a gateway's ops listener, with your --token) or --redis URL"
     )
@@ -94,10 +101,18 @@ async def audit(fleet: Fleet, args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     for row in rows:
-        print(
-            f"{row['when']}  v{row['version']:<4} {row['who']:<12} {row['what']}: "
-            f"{row['before']} -> {row['after']}"
+        # Escaped: an entry written by another tool (or an earlier ctl) may hold a line break
+        # that would print as a row of its own.
+        when, version, who, what, before, after = (
+            _shown(str(row.get(k, "?")))
+            for k in ("when", "version", "who", "what", "before", "after")
         )
+        print(f"{when}  v{version:<4} {who:<12} {what}: {before} -> {after}")
+
+
+def _shown(text: str) -> str:
+    """``text`` with its control characters escaped, one line whatever it holds."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 async def set_upstream(fleet: Fleet, args: argparse.Namespace) -> None:

@@ -76,7 +76,8 @@ class RedisFleet:
             raise CLIError(f"--redis {redact_url(url)}: {why}")
         self.url = url
         self.keys = Keys(deployment)
-        self.who = who or os.environ.get("USER") or "ctl"
+        user = os.environ.get("USER", "")  # as --who (gateway.cli.ctl checks it), or "ctl"
+        self.who = who or (user if checks.OPERATOR_NAME.fullmatch(user) else "ctl")
         self.r = connect(url, CTL_TIMEOUT_S)
 
     async def config(self) -> tuple[dict[str, Any], int]:

@@ -24,6 +24,7 @@ from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 from gateway.cli.main import main
 from gateway.cli.procs import geogate_cmd
+from gateway.fleet.keys import Keys
 from tests.support import (
     CHAT_BODY,
     Gateway,
@@ -124,6 +125,17 @@ def test_drain_a_region_then_undrain_it(
     eventually(lambda: regions_served(gw) == {"a"}, timeout=5, what="eu-central back")
     rc, out, _ = ctl(capsys, "--redis", redis.url, "audit")
     assert out.splitlines()[0].split()[2:5] == ["bob", "region", "eu-central:"]
+
+    # An entry another tool wrote, with a line break in it, prints as one row.
+    r = Redis.from_url(redis.url, decode_responses=True)
+    try:
+        entry = {"who": "eve\nv99  mallory", "what": "region eu-central", "version": "99"}
+        entry["when"] = "2026-11-28T00:00:00Z"
+        r.xadd(Keys("default").audit, {**entry, "before": "{}", "after": "{}"})
+    finally:
+        r.close()
+    rc, out, _ = ctl(capsys, "--redis", redis.url, "audit", "--count", "1")
+    assert out.splitlines() == [out.strip()] and "eve\\nv99  mallory" in out, out
 
 
 def test_weight_and_upstream_drain(
@@ -345,6 +357,19 @@ def test_environment_names_the_gateway_and_token(
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "top"], "a gateway's live view"),
         (["--redis", "redis://127.0.0.1:1", "show"], "--gateway URL or --redis URL, not both"),
         (["--gateway", "", "drain", "a1"], "give --gateway URL"),
+        # The audit's name: one spanning lines printed as a row of another operator's
+        (
+            ["--gateway", "", "--redis", "redis://127.0.0.1:1", "drain", "a1", "--who", "a\nb"],
+            "--who: operator name 'a\\nb': use 1-64 letters",
+        ),
+        (
+            ["--gateway", "", "--redis", "redis://127.0.0.1:1", "drain", "a1", "--who", ""],
+            "--who: operator name ''",
+        ),
+        (
+            ["--gateway", "", "--redis", "redis://127.0.0.1:1", "drain", "a1", "--who", "x" * 65],
+            "use 1-64 letters, digits and _.@-",
+        ),
     ],
 )
 def test_mistakes_are_one_line(
