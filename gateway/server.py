@@ -334,13 +334,6 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )
-    if not ops.token and not checks.loopback_host(ops.host):
-        log.warning(
-            "ops listener on %s without ops.token: anyone who reaches it (by an address, or a "
-            "name in ops.hosts) reads upstream ids, errors and GeoIP lookups; set ops.token or "
-            "keep ops.host on loopback",
-            ops.host,
-        )
 
 
 def _log_public(config: Config, port: int) -> None:

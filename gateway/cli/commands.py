@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gateway.checks import redis_url
+from gateway.checks import loopback_host, redis_url
 from gateway.cli.errors import CLIError
 from gateway.config import Config
 from gateway.config_file import load_config
@@ -44,6 +44,7 @@ def gateway(args: argparse.Namespace) -> None:
     _warn_shadowed_rules(config)
     _warn_broad_trust(config)
     _warn_unlocated_residency(config)
+    _warn_open_ops(config)
     if args.check:
         # What a start checks: the file, its values, the files it names (GeoIP, TLS,
         # state_file's directory) and its listen addresses, but for a port in use: the
@@ -100,6 +101,21 @@ def _warn_broad_trust(config: Config) -> None:
                 net,
                 net.num_addresses,
             )
+
+
+def _warn_open_ops(config: Config) -> None:
+    """An ops listener off loopback without a token. Said by ``--check`` too (it was said at
+    start only): the check is where a config is looked at before it runs."""
+    from gateway.runtime import log
+
+    ops = config.ops
+    if ops.port and not ops.token and not loopback_host(ops.host):
+        log.warning(
+            "ops listener on %s without ops.token: anyone who reaches it (by an address, or a "
+            "name in ops.hosts) reads upstream ids, errors and GeoIP lookups; set ops.token or "
+            "keep ops.host on loopback",
+            ops.host,
+        )
 
 
 def _warn_unlocated_residency(config: Config) -> None:

@@ -456,3 +456,16 @@ def test_a_trusted_network_wider_than_any_balancer_is_warned_of(tmp_path: Path) 
     assert p.returncode == 0, p.stderr
     assert "trusted_proxies includes 0.0.0.0/0 (4294967296 addresses)" in p.stderr
     assert "includes 2001::/16" in p.stderr and "10.0.0.0/16" not in p.stderr
+
+
+def test_an_ops_listener_off_loopback_without_a_token_is_warned_of_by_the_check(
+    tmp_path: Path,
+) -> None:
+    """Said at start only: `--check`, where a config is looked at before it runs, was silent."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(gateway_toml(free_port(), []) + '\n[ops]\nhost = "0.0.0.0"\n')
+    p = geogate("gateway", "--config", str(cfg), "--check")
+    assert p.returncode == 0, p.stderr
+    assert "WARNING geogate: ops listener on 0.0.0.0 without ops.token" in p.stderr
+    cfg.write_text(gateway_toml(free_port(), []) + '\n[ops]\nhost = "0.0.0.0"\nport = 0\n')
+    assert "ops listener on" not in geogate("gateway", "--config", str(cfg), "--check").stderr
