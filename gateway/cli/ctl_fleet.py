@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlencode
@@ -153,6 +154,9 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ValueError):  # aiohttp's InvalidURL too, whose text is the URL alone
         return "not a valid URL"
     err = getattr(exc, "os_error", exc)
+    if isinstance(err, ssl.SSLError):  # its errno is OpenSSL's code: 1 read "not permitted"
+        why = err.reason or err.strerror or "failed"
+        return f"TLS {why.lower().replace('_', ' ')} (is it http://, not https://?)"
     if isinstance(err, OSError) and err.errno:
         return os.strerror(err.errno).lower()
     return str(exc) or type(exc).__name__
@@ -175,6 +179,12 @@ def gateway_url(url: str) -> str:
 class GatewayFleet:
     def __init__(self, url: str, token: str | None, ops_token: str | None) -> None:
         self.url = gateway_url(url)
+        # Checked here: one with a line break (read from a file) failed as "not a valid URL".
+        for flag, value in (("--token", token), ("--ops-token", ops_token)):
+            try:
+                checks.header_token(value or "")
+            except ValueError as exc:
+                raise CLIError(f"{flag} {exc}") from None
         self.token = token
         self.ops_token = ops_token
         self.stale_since: float | None = None  # the gateway's answer to config(): see show
@@ -268,7 +278,7 @@ class GatewayFleet:
         except (json.JSONDecodeError, KeyError, TypeError):
             return f"{self.url} answered HTTP {status}: is --gateway a geogate ops listener?"
         hint = HINTS.get(code)
-        if code == "unknown_url" and "/v1/" in message:  # the public listener's own 404
+        if code == "unknown_url" and ("/v1/" in message or "public one" in message):
             hint = "is --gateway the public listener? ctl talks to the ops listener, ops.port"
         return f"the gateway refused: {message}" + (f" ({hint})" if hint else "")
 

@@ -320,6 +320,10 @@ def _request_id(request: Request) -> dict[str, str]:
 def unknown_public(path: str) -> UnknownEndpoint:
     """The public listener's unknown path: its error (gateway.http.app answers it with an
     access line and counted, as every request: a scanner's probes were invisible)."""
+    if path == "/admin" or path.startswith("/admin/"):  # not the admin API's words: not here
+        return UnknownEndpoint(
+            f"{path}: the admin API is on the ops listener (ops.port), not this public one"
+        )
     return _unknown(path, "is not an endpoint of this gateway; the API is under /v1/")
 
 

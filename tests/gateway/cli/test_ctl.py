@@ -270,6 +270,23 @@ def test_the_public_listener_given_as_gateway_is_named(
     rc, out, err = ctl(capsys, "--gateway", gw.url, "top", "--once", "--interval", "0.1")
     assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
     assert "is --gateway the public listener? ctl talks to the ops listener, ops.port" in err
+    # The admin API's own paths: the public listener said "/admin/config is not an endpoint
+    # of the admin API, which has GET /admin/config", and ctl gave no hint.
+    rc, out, err = ctl(capsys, *via(gw), "--gateway", gw.url, "show")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "/admin/config: the admin API is on the ops listener (ops.port), not this" in err
+    assert "is --gateway the public listener?" in err
+
+
+def test_https_to_the_plain_ops_listener_says_tls_not_permission(
+    fleet: tuple[Gateway, RedisServer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw, _ = fleet  # OpenSSL's error code 1 was read as errno EPERM: "operation not permitted"
+    https = gw.ops_url.replace("http://", "https://")
+    rc, out, err = ctl(capsys, *via(gw), "--gateway", https, "show")
+    assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
+    assert "cannot reach the gateway" in err and "(is it http://, not https://?)" in err
+    assert "not permitted" not in err
 
 
 def test_top_once_shows_every_region_and_upstream(
@@ -345,6 +362,9 @@ def test_environment_names_the_gateway_and_token(
         (["drain", "a1", "--who", "mallory"], "--who is for --redis"),
         (["--token", "wrong", "drain", "a1"], "missing or wrong admin token"),
         (["--token", "", "show"], "give your operator token: --token or GEOGATE_CTL_TOKEN"),
+        # a token read from a file ends in a line break: it said "not a valid URL"
+        (["--token", TOKEN + "\n", "show"], "--token has a space, line break or non-ASCII"),
+        (["--ops-token", "é" * 20, "show"], "--ops-token has a space, line break or non-ASCII"),
         (["--gateway", "http://127.0.0.1:1", "top", "--once"], "cannot reach the gateway"),
         (["--gateway", "127.0.0.1:9180", "show"], "not a valid URL: use http:// or https://"),
         (["--gateway", "http://127.0.0.1:99999", "show"], "port must be a number from 1 to"),
