@@ -12,20 +12,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, request_response
 
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
-from gateway.errors import (
-    GatewayError,
-    ModelNotFound,
-    NoHealthyUpstream,
-    RequestInvalid,
-    UnknownEndpoint,
-)
+from gateway.errors import GatewayError, NoHealthyUpstream, RequestInvalid, UnknownEndpoint
 from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.http.exchange import logged_text
+from gateway.http.intake import check_routed
 from gateway.http.worker_metrics import refresh
 from gateway.routing.load import REGION_ROUTABLE, REGION_TTFT, expected_ttft_ms, routable_views
 from gateway.routing.model import UpstreamView
-from gateway.runtime import Runtime
+from gateway.runtime import Routed, Runtime
 from geodb.clientip import parse_ip
 from geodb.edge import HEADER as EDGE_HEADER
 
@@ -63,12 +58,6 @@ class Endpoints:
             Route("/routing-table", self.routing_table),
             Route("/explain", self.explain),
         ]
-
-    def _healthy_upstreams(self) -> list[UpstreamView]:
-        return _healthy(self.rt.store.snapshot(time.monotonic()).upstreams)
-
-    def _model_list(self) -> list[str]:
-        return sorted({m for u in self._healthy_upstreams() for m in u.models})
 
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -131,36 +120,57 @@ class Endpoints:
         return Response("\n".join(lines) + "\n", media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
+        """The models the router would send this client's request for to a healthy upstream
+        now: residency rules included (one kept from this client was listed)."""
+        now = time.monotonic()
         data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "geogate"}
-            for m in self._model_list()
+            _card(m)
+            for m in sorted(self._models_configured())
+            if self._served(self._routed(request, m, now), m) is None
         ]
         return JSONResponse({"object": "list", "data": data}, headers=_request_id(request))
 
     async def model_one(self, request: Request) -> Response:
+        """The model's card, or the error a request for it gets (check_routed's: a 404 for a
+        model not served here, a 503 for one a residency rule keeps this client from), or a
+        503 while only a panic's unhealthy upstreams would be tried."""
         name = request.path_params["model"]
         headers = _request_id(request)
-        if name in self._model_list():
-            card = {"id": name, "object": "model", "created": 0, "owned_by": "geogate"}
-            return JSONResponse(card, headers=headers)
-        if name in self._models_configured():
-            # Served here, by nothing healthy and undrained now: the 503 a request for it
-            # gets, not a 404, which the SDKs raise as NotFoundError, a model gone for good.
-            retry = NO_CANDIDATE_RETRY_AFTER_S
-            err: GatewayError = NoHealthyUpstream(
-                f"model {logged_text(name)!r} is served here, but by no healthy, undrained "
-                f"upstream now. Retry in {retry} s",
-                retry_after_s=retry,
-            )
-        else:
-            err = ModelNotFound(
-                f"model {logged_text(name)!r} is not served by any upstream of this gateway; "
-                "GET /v1/models lists the models available",
-                param="model",
-            )
+        err = self._served(self._routed(request, name, time.monotonic()), name)
+        if err is None:
+            return JSONResponse(_card(name), headers=headers)
         response = json_error(err)
         response.headers.update(headers)
         return response
+
+    def _served(self, routed: Routed, model: str) -> GatewayError | None:
+        """None where the router sends the request to a healthy upstream. In a panic with
+        none healthy a request is still tried (fail open), but nothing says it will be
+        answered: not listed, and its card is a 503 an SDK retries, not a 404."""
+        try:
+            check_routed(self.rt, routed, model)
+        except GatewayError as err:
+            return err
+        if any(c.upstream.healthy for c in routed.decision.order):
+            return None
+        retry = NO_CANDIDATE_RETRY_AFTER_S
+        return NoHealthyUpstream(
+            f"model {logged_text(model)!r} is served here, but by no healthy, undrained "
+            f"upstream now. Retry in {retry} s",
+            retry_after_s=retry,
+        )
+
+    def _routed(self, request: Request, model: str, now: float) -> Routed:
+        """The decision for ``model`` for this request's client, located as a request is."""
+        peer = request.client.host if request.client else None
+        return self.rt.locate_and_route(
+            peer,
+            request.headers.getlist("x-forwarded-for"),
+            model,
+            now,
+            edge_header=request.headers.get(EDGE_HEADER),
+            host=request.headers.get("host"),
+        )
 
     def _models_configured(self) -> set[str]:
         """Every declared upstream's models, whatever its state: a DNS pool's members carry
@@ -282,15 +292,7 @@ class Endpoints:
                 )
             routed = self.rt.route_ip(ip, False, model, now)
         else:
-            peer = request.client.host if request.client else None
-            routed = self.rt.locate_and_route(
-                peer,
-                request.headers.getlist("x-forwarded-for"),
-                model,
-                now,
-                edge_header=request.headers.get(EDGE_HEADER),
-                host=request.headers.get("host"),
-            )
+            routed = self._routed(request, model, now)
         decision = routed.decision
         return JSONResponse(
             {
@@ -305,6 +307,10 @@ class Endpoints:
 
 
 _EXPLAIN_PARAMS = frozenset({"model", "ip"})
+
+
+def _card(model: str) -> dict[str, object]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": "geogate"}
 
 
 def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:
