@@ -12,7 +12,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, request_response
 
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
-from gateway.errors import GatewayError, NoHealthyUpstream, RequestInvalid, UnknownEndpoint
+from gateway.errors import (
+    GatewayError,
+    ModelNotFound,
+    NoHealthyUpstream,
+    RequestInvalid,
+    UnknownEndpoint,
+)
 from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.http.exchange import logged_text
@@ -323,9 +329,15 @@ def _request_id(request: Request) -> dict[str, str]:
     return {"x-request-id": request.scope[REQUEST_ID_KEY]}  # the access line's (recorded)
 
 
-def unknown_public(path: str) -> UnknownEndpoint:
+def unknown_public(path: str) -> GatewayError:
     """The public listener's unknown path: its error (gateway.http.app answers it with an
     access line and counted, as every request: a scanner's probes were invisible)."""
+    if path.startswith("/v1/models/"):  # an id with a line break, which {model:path} misses
+        return ModelNotFound(
+            f"model {logged_text(path.removeprefix('/v1/models/'))!r} is not served by any "
+            "upstream of this gateway; GET /v1/models lists the models available",
+            param="model",
+        )
     if path == "/admin" or path.startswith("/admin/"):  # not the admin API's words: not here
         return UnknownEndpoint(
             f"{path}: the admin API is on the ops listener (ops.port), not this public one"

@@ -349,6 +349,15 @@ def test_ops_errors(fleet: tuple[Gateway, Sim]) -> None:
     assert "admin API" in message and "/v1/" not in message
 
 
+def test_a_model_id_with_a_line_break_is_a_model_not_found(fleet: tuple[Gateway, Sim]) -> None:
+    """Starlette's {model:path} does not match a line break: the card fell through to the
+    unknown-path 404, which said the API is under /v1/ of a path under /v1/models/."""
+    gw, _ = fleet
+    r = httpx.get(f"{gw.url}/v1/models/m1%0d%0aX")
+    message = error_of(r.status_code, r.content, 404, "model_not_found")
+    assert "'m1\\r\\nX' is not served" in message and r.json()["error"]["param"] == "model"
+
+
 def test_a_lone_surrogate_in_the_model_is_answered_and_logged(fleet: tuple[Gateway, Sim]) -> None:
     """'\\ud800' is valid JSON text and a Python str, but has no UTF-8: the answer (a 404 that
     names it) and the access line (json.dumps's escape) must both still be written."""
