@@ -289,10 +289,17 @@ class Config(StrictModel):
         for i, u in enumerate(self.upstreams):
             if u.region not in known:
                 raise ValueError(f"upstreams[{i}] ({u.id}): region {u.region!r} is not defined")
+        names: set[str] = set()
         for i, rule in enumerate(self.residency):
             for r in rule.regions:
                 if r not in known:
                     raise ValueError(f"residency[{i}]: region {r!r} is not defined")
+            if rule.name and rule.name in names:  # the route header and messages name it
+                raise ValueError(
+                    f"residency[{i}]: name {rule.name!r} is another rule's too: which rule "
+                    "applied could not be told; give each its own"
+                )
+            names.add(rule.name)
         return self
 
     @model_validator(mode="before")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -16,6 +17,8 @@ from gateway.errors import GatewayError
 from geodb.errors import GeoDBError
 
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's number: what a shell reports for `... | head`
+EXIT_FAILED = 1  # the output could not be written
+FULL_OUTPUT = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _whole(low: int, high: int) -> Callable[[str], int]:
@@ -193,6 +196,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
     except BrokenPipeError:
         _reader_gone()
+    except OSError as exc:
+        if exc.errno not in FULL_OUTPUT:
+            raise
+        # `geogate ctl audit > /dev/full`, a full disk: one line, not a traceback
+        print(
+            f"geogate: cannot write the output: {os.strerror(exc.errno).lower()}", file=sys.stderr
+        )
+        _drop_stdout()
+        sys.exit(EXIT_FAILED)
     except (GatewayError, GeoDBError, CLIError) as exc:
         print(f"geogate: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -206,9 +218,13 @@ def _reader_gone() -> NoReturn:
     """Whoever read our output stopped (``geogate ctl audit | head -2``): end quietly, as a
     process SIGPIPE ended would, with 128 + 13. Output still buffered goes to /dev/null, or
     flushing it at exit would raise again (the Python docs' recipe for SIGPIPE)."""
+    _drop_stdout()
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _drop_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(EXIT_BROKEN_PIPE)
 
 
 if __name__ == "__main__":

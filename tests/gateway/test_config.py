@@ -129,6 +129,14 @@ def test_env_overrides(tmp_path: Path) -> None:
         # The dashboard's origin behind a proxy: scheme and host only.
         (lambda t: t + '[ops]\npublic_url = "ops.example.com"\n', "ops.public_url"),
         (lambda t: t + '[ops]\npublic_url = "https://x/dashboard"\n', "ops.public_url"),
+        (  # two rules of one name: which applied could not be told
+            lambda t: (
+                t
+                + '[[residency]]\nname = "eu"\ncontinents = ["EU"]\nregions = ["eu-central"]\n'
+                + '[[residency]]\nname = "eu"\ncountries = ["GB"]\nregions = ["eu-central"]\n'
+            ),
+            "residency[1]: name 'eu' is another rule's too",
+        ),
         (  # passed: no browser's Origin could ever match it
             lambda t: t + '[ops]\npublic_url = "https://ops.example.com:99999"\n',
             "ops.public_url: port must be a number from 1 to 65535",

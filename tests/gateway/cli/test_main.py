@@ -63,6 +63,22 @@ def test_lookup_shows_location_and_route(tmp_path: Path, city_db: Path) -> None:
     assert doc["ip"] == "198.51.100.7" and doc["location"]["city"] == "Singapore"
 
 
+def test_output_to_a_full_device_is_one_line(city_db: Path) -> None:
+    """``geogate ctl audit > /dev/full`` (a full disk) ended in a traceback."""
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            geogate_cmd("geodb", "lookup", "192.0.2.1", "--db", str(city_db)),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert (p.returncode, p.stderr) == (
+        1,
+        "geogate: cannot write the output: no space left on device\n",
+    )
+
+
 def test_a_reader_that_closed_its_end_ends_the_output_quietly(city_db: Path) -> None:
     """``geogate ... | head -1``: once the reader is gone, a write fails with EPIPE; that ends
     the output, as SIGPIPE would (128 + 13), with no traceback. Here the reader is gone before
