@@ -238,7 +238,9 @@ def _a_state_file(path: Path) -> bool:
         if not path.is_file() or path.stat().st_size > STATE_FILE_MAX_BYTES:
             return False
         text = path.read_text()
-        data = json.loads(text) if text.strip() else {"fleet": "", "doc": None}
+        if not text.strip():
+            return True
+        data = json.loads(text)
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and {"fleet", "doc"} <= data.keys()
