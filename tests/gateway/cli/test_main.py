@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -63,16 +64,21 @@ def test_lookup_shows_location_and_route(tmp_path: Path, city_db: Path) -> None:
     assert doc["ip"] == "198.51.100.7" and doc["location"]["city"] == "Singapore"
 
 
+def lookup_into(stdout: int | IO[str], city_db: Path) -> subprocess.CompletedProcess[str]:
+    """``geogate geodb lookup`` with its output into ``stdout``."""
+    return subprocess.run(
+        geogate_cmd("geodb", "lookup", "192.0.2.1", "--db", str(city_db)),
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_output_to_a_full_device_is_one_line(city_db: Path) -> None:
     """``geogate ctl audit > /dev/full`` (a full disk) ended in a traceback."""
     with open("/dev/full", "w") as full:
-        p = subprocess.run(
-            geogate_cmd("geodb", "lookup", "192.0.2.1", "--db", str(city_db)),
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
+        p = lookup_into(full, city_db)
     assert (p.returncode, p.stderr) == (
         1,
         "geogate: cannot write the output: no space left on device\n",
@@ -86,13 +92,7 @@ def test_a_reader_that_closed_its_end_ends_the_output_quietly(city_db: Path) -> 
     read, write = os.pipe()
     os.close(read)
     try:
-        p = subprocess.run(
-            geogate_cmd("geodb", "lookup", "192.0.2.1", "--db", str(city_db)),
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
+        p = lookup_into(write, city_db)
     finally:
         os.close(write)
     assert (p.returncode, p.stderr) == (141, "")
