@@ -324,7 +324,7 @@ def test_the_tokens_are_not_on_the_docker_command_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "token", ["[k3Yq9-0123456789abc", "{k3Yq9-0123456789abc", '"quoted" token 12']
+    "token", ["[k3Yq9-0123456789abc", "{k3Yq9-0123456789abc", '"quoted"-token-0123']
 )
 def test_an_ops_token_that_starts_as_json_does_is_the_gateways_token(
     tmp_path: Path, token: str
