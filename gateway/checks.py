@@ -225,6 +225,19 @@ def operator_name(name: str) -> str:
     return name
 
 
+def cors_origin(origin: str) -> str:
+    """An origin as a browser sends it (scheme://host[:port], no path), or "*" for any."""
+    if origin == "*":
+        return origin
+    parts = http_url(origin)
+    if parts.path.strip("/") or "@" in parts.netloc:
+        raise ValueError(
+            "an origin is scheme://host[:port] as a browser sends it, without a path or "
+            'credentials (or "*" for any)'
+        )
+    return origin
+
+
 def header_token(token: str) -> str:
     """A token a client can present: an HTTP header carries visible ASCII only (gateway.
     config_ops). Its value is never said: the message is about its characters."""

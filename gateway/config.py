@@ -56,6 +56,9 @@ class ServerSection(StrictModel):
     keepalive_s: PositiveFloat = d.SERVER_KEEPALIVE_S
     # Proxied besides the OpenAI endpoints (gateway.http.paths), e.g. a backend's "/v1/tokenize".
     extra_api_paths: tuple[Annotated[str, AfterValidator(checks.api_path)], ...] = ()
+    # Browser apps' origins allowed (CORS, gateway.http.cors), e.g. ["https://app.example.com"],
+    # or ["*"] for any; empty: no CORS headers, preflights refused (405) as any OPTIONS.
+    cors_origins: tuple[Annotated[str, AfterValidator(checks.cors_origin)], ...] = ()
 
     # One worker's capacity (gateway.http.gate); max_connections 0: max_streams + headroom.
     max_streams: int = Field(default=d.MAX_STREAMS, ge=1)

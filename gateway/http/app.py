@@ -21,6 +21,7 @@ from gateway.client import Client
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE, load_config
 from gateway.http.asgi import Receive, Scope, Send
+from gateway.http.cors import Cors
 from gateway.http.dispatch import GatewayApp
 from gateway.http.endpoints import Endpoints, unknown_public
 from gateway.http.errors import http_exception
@@ -62,6 +63,7 @@ def create_app(
         ops = OpsListener(rt, ops_fd, ops_protocol)
     app = GatewayApp(
         gate,  # /v1/* requests skip Starlette's stack (gateway.http.dispatch); same rule below
+        Cors(s.cors_origins) if s.cors_origins else None,
         routes=[
             *Endpoints(rt).routes(proxy.recorded),
             # Every method: the proxy answers a wrong one itself, in JSON (gateway.http.paths).

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 
 from gateway.errors import GatewayError, HeadersTooLarge
 from gateway.http.asgi import Message, Receive, Scope, Send
+from gateway.http.cors import Cors
 from gateway.http.errors import send_error
 from gateway.http.intake import check_headers
 
@@ -46,11 +47,17 @@ def proxied(scope: Scope) -> bool:
 class GatewayApp(Starlette):
     """Starlette, with the proxy's requests taken before its middleware stack."""
 
-    def __init__(self, proxy: Any, **kwargs: Any) -> None:
+    def __init__(self, proxy: Any, cors: Cors | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.proxy = proxy
+        self.cors = cors  # server.cors_origins set: browsers' preflights, allowed origins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cors is not None and scope["type"] == "http":
+            with_cors = await self.cors.handle(scope, send)
+            if with_cors is None:  # a preflight, answered
+                return
+            send = with_cors
         if proxied(scope):
             scope["app"] = self  # as Starlette sets it
             await self.proxy(scope, receive, send)
