@@ -4,6 +4,7 @@
  * each with a named default and the reason for it.
  */
 
+import { OriginError, parseOrigins } from "./cors.js";
 import { isObject, normalizeTable, TableError, urlProblem } from "./tabledoc.js";
 
 /**
@@ -22,6 +23,7 @@ import { isObject, normalizeTable, TableError, urlProblem } from "./tabledoc.js"
  * @property {string | number} [MAX_BODY_BYTES]
  * @property {string | number} [DEFAULT_LATITUDE]
  * @property {string | number} [DEFAULT_LONGITUDE]
+ * @property {string | string[]} [CORS_ORIGINS]  browser apps' origins allowed, or "*"
  */
 
 export const DEFAULTS = Object.freeze({
@@ -61,6 +63,7 @@ export class ConfigError extends Error {}
  * @property {number} maxBodyBytes
  * @property {number} defaultLatitude
  * @property {number} defaultLongitude
+ * @property {import("./cors.js").CorsOrigins | null} cors
  */
 
 /**
@@ -156,6 +159,16 @@ function checkRegionsNamed(regionOf, table) {
   }
 }
 
+/** @param {Env} env */
+function corsOrigins(env) {
+  try {
+    return parseOrigins(env.CORS_ORIGINS);
+  } catch (err) {
+    if (err instanceof OriginError) throw new ConfigError(`CORS_ORIGINS: ${err.message}`);
+    throw err;
+  }
+}
+
 /** @type {WeakMap<object, Settings>} */
 const cache = new WeakMap();
 
@@ -185,6 +198,7 @@ export function settings(env) {
       maxBodyBytes: num(env, "MAX_BODY_BYTES", { min: 1, integer: true }),
       defaultLatitude: num(env, "DEFAULT_LATITUDE", { min: -90, max: 90 }),
       defaultLongitude: num(env, "DEFAULT_LONGITUDE", { min: -180, max: 180 }),
+      cors: corsOrigins(env),
     };
     checkRegionsNamed(regionOf, s.table.fallback);
     if (!/^[A-Za-z0-9_.-]+$/.test(s.keyId)) {

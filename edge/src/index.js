@@ -15,6 +15,7 @@
 import { bodyFacts, readBody } from "./body.js";
 import { clientOf, signed } from "./client.js";
 import { ConfigError, settings } from "./config.js";
+import { allow, allowedOrigin, isPreflight, preflight } from "./cors.js";
 import { errorResponse, NO_CANDIDATE_RETRY_AFTER_S } from "./errors.js";
 import { isModelList, modelInPath, modelList } from "./models.js";
 import { downstreamHeaders, finalError, tryRegions, upstreamHeaders } from "./proxy.js";
@@ -162,6 +163,15 @@ async function serve(request, env, ctx, rid) {
   return relayed(response, routeHeader(decision, region, index, state, colo), region.id);
 }
 
+/** @param {Env} env */
+function settingsOrNull(env) {
+  try {
+    return settings(env);
+  } catch {
+    return null;
+  }
+}
+
 export default {
   /**
    * @param {Request} request @param {Env} env @param {ExecutionContext} ctx
@@ -169,6 +179,12 @@ export default {
    */
   async fetch(request, env, ctx) {
     const rid = requestId(request.headers.get("x-request-id"));
+    // A setting that cannot be read is serve's to say (edge_misconfigured), without CORS.
+    const cors = settingsOrNull(env)?.cors ?? null;
+    const origin = allowedOrigin(request, cors);
+    if (origin !== null && cors !== null && isPreflight(request)) {
+      return preflight(request, origin, cors);
+    }
     let response;
     try {
       response = await serve(request, env, ctx, rid);
@@ -192,6 +208,7 @@ export default {
     }
     // Every response here was built by the Worker, so its headers can still be changed.
     response.headers.set("x-request-id", rid);
+    if (origin !== null && cors !== null) allow(response.headers, origin, cors);
     return response;
   },
 };

@@ -257,3 +257,71 @@ test("wrangler.jsonc's own settings are healthy", async () => {
   assert.equal(resp.status, 200);
   assert.equal(await resp.text(), "ok");
 });
+
+describe("CORS, where CORS_ORIGINS allows an origin", () => {
+  const APP = "https://app.example";
+  let mf;
+  let urls;
+  before(async () => {
+    urls = {
+      "eu-central": await closedUrl(),
+      "us-east": await closedUrl(),
+      "ap-southeast": await closedUrl(),
+    };
+    mf = await worker({
+      ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+      FALLBACK_TABLE: fallback(urls),
+      TABLE_TIMEOUT_S: 1,
+      CORS_ORIGINS: `${APP}, https://other.example`,
+    });
+  });
+
+  test("a preflight is answered here, never sent to a region", async () => {
+    const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "OPTIONS",
+      headers: {
+        origin: APP,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+      },
+    });
+    assert.equal(resp.status, 204);
+    assert.equal(resp.headers.get("access-control-allow-origin"), APP);
+    assert.equal(resp.headers.get("access-control-allow-methods"), "GET, POST, OPTIONS");
+    assert.equal(resp.headers.get("access-control-allow-headers"), "authorization, content-type");
+    assert.equal(resp.headers.get("access-control-max-age"), "600");
+    assert.equal(resp.headers.get("access-control-allow-credentials"), null);
+  });
+
+  test("an allowed origin reads the answers, errors too; another does not", async () => {
+    const list = await mf.dispatchFetch("https://api.example.com/v1/models", {
+      headers: { origin: APP },
+    });
+    assert.equal(list.status, 200);
+    assert.equal(list.headers.get("access-control-allow-origin"), APP);
+    assert.match(list.headers.get("access-control-expose-headers") ?? "", /x-request-id/);
+    // Every region unreachable: the error a browser must be able to read.
+    const failed = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+      method: "POST",
+      body: CHAT,
+      headers: { origin: APP, "content-type": "application/json" },
+    });
+    assert.ok(failed.status >= 500, String(failed.status));
+    assert.equal(failed.headers.get("access-control-allow-origin"), APP);
+    await failed.text();
+    const other = await mf.dispatchFetch("https://api.example.com/v1/models", {
+      headers: { origin: "https://evil.example" },
+    });
+    assert.equal(other.headers.get("access-control-allow-origin"), null);
+    await other.text();
+  });
+
+  test("an origin no browser sends makes the Worker misconfigured, by name", async () => {
+    const bad = await worker({ ROUTING_TABLE_URLS: [], CORS_ORIGINS: "https://app.example/x" });
+    const resp = await bad.dispatchFetch("https://api.example.com/healthz");
+    assert.equal(resp.status, 500);
+    const err = await errorOf(resp);
+    assert.equal(err.code, "edge_misconfigured");
+    assert.match(err.message, /CORS_ORIGINS: "https:\/\/app.example\/x": an origin is/);
+  });
+});
