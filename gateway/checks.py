@@ -40,10 +40,17 @@ def network(cidr: str) -> str:
 
 
 def ip_address(address: str) -> str:
+    """A region's address, as GeoDNS answers it: a scoped IPv6 one (fe80::1%eth0) made
+    PowerDNS answer SERVFAIL, and 0.0.0.0 was answered to clients. Loopback passes: a local
+    zone (the tests', a laptop's) answers 127.0.0.N."""
     try:
-        ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         raise ValueError(f"{address!r} is not an IP address (such as 192.0.2.10)") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        raise ValueError(f"{address!r} has a zone (%{ip.scope_id}): give the address alone")
+    if ip.is_unspecified:
+        raise ValueError(f"{address!r} is no address a client could reach")
     return address
 
 

@@ -70,7 +70,13 @@ def options(
         if value > high:
             raise ValueError(f"{what} {value} must be at most {high} s")
     ns = tuple(domain(n, "nameserver") for n in nameservers)
-    return Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns)
+    chosen = Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns)
+    if chosen.fqdn in chosen.ns:  # the geo record on the nameserver's own name
+        raise ValueError(
+            f"name {chosen.fqdn} is a nameserver of the zone (--ns): the zone's NS records "
+            "would point at the geo answers; give the API another name (api)"
+        )
+    return chosen
 
 
 def _relative(name: str, fq_zone: str) -> str:

@@ -145,6 +145,14 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["127.0.0.11", "127.0.0.300"]\n'),
             "regions[0].addresses[1]: '127.0.0.300' is not an IP address",
         ),
+        (  # PowerDNS answered SERVFAIL for a scoped one; 0.0.0.0 was answered to clients
+            lambda t: t.replace("8.68\n", '8.68\naddresses = ["192.0.2.1", "fe80::1%eth0"]\n'),
+            "regions[0].addresses[1]: 'fe80::1%eth0' has a zone (%eth0): give the address alone",
+        ),
+        (
+            lambda t: t.replace("8.68\n", '8.68\naddresses = ["0.0.0.0"]\n'),
+            "regions[0].addresses[0]: '0.0.0.0' is no address a client could reach",
+        ),
         # Residency that GeoIP could never match: the rule would silently not apply.
         (
             lambda t: t + "[[residency]]\ncountries = ['DE', 'UK']\nregions = ['eu-central']\n",

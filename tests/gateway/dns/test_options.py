@@ -46,6 +46,12 @@ def test_bounds_are_inclusive() -> None:
         ({"zone": "example.com", "name": "-api"}, "name '-api' is not a domain name"),
         ({"zone": "", "name": "api"}, "zone '' is not a domain name"),
         ({"zone": "example.com", "name": "api", "ttl": 0}, "ttl 0 must be at least 1 s"),
+        # The geo record on the nameserver's own name: NS would point at the geo answers
+        ({"zone": "example.com", "name": "ns1"}, "name ns1.example.com. is a nameserver"),
+        (
+            {"zone": "example.com", "name": "api", "nameservers": ("api.example.com",)},
+            r"name api.example.com. is a nameserver of the zone \(--ns\)",
+        ),
         (
             {"zone": "example.com", "name": "api", "check_interval_s": 0},
             "check interval 0 must be at least 1 s",
