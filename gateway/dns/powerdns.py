@@ -27,9 +27,12 @@ from collections.abc import Mapping
 
 from gateway.dns.options import Options
 from gateway.dns.tables import Entry, Order, Tables, family
+from gateway.errors import ConfigError
 from geodb.countries import country_continent
 
 MAX_STRING = 255  # bytes in one DNS character-string
+MAX_RDATA = 65535  # bytes in one record's data (RFC 1035: RDLENGTH is 16 bits)
+LUA_TYPE_BYTES = 2  # a LUA record's data starts with the type it answers
 
 
 def _lua(s: str) -> str:
@@ -187,6 +190,15 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
         too_long = [s for s in script if _size(s + " ") > MAX_STRING]
         if too_long:
             raise RuntimeError(f"LUA string of {_size(too_long[0] + ' ')} bytes: {too_long[0]}")
+        # One record's data is at most 65,535 bytes (a length byte per string, and the type's
+        # two): past it PowerDNS served queries, but a zone transfer to a secondary failed.
+        rdata = LUA_TYPE_BYTES + sum(_size(s + " ") + 1 for s in script)
+        if rdata > MAX_RDATA:
+            raise ConfigError(
+                f"the {rtype} record's Lua would be {rdata} bytes, over the {MAX_RDATA} one DNS "
+                f"record holds (a zone transfer fails): {len(entries)} regions' addresses and "
+                "health URLs are too many for one record; export --format route53, or fewer"
+            )
         lines.append(f"{opt.name} {opt.ttl} IN LUA {rtype} (")
         lines.extend(f"  {_zone_string(s + ' ')}" for s in script)
         lines.append(")")

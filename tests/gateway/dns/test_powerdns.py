@@ -22,6 +22,7 @@ from gateway.cli.procs import spawn, stop
 from gateway.dns.options import options
 from gateway.dns.powerdns import MAX_STRING, zone_file
 from gateway.dns.tables import compute, entries
+from gateway.errors import ConfigError
 from geodb.build import build_from_rows
 from tests.gateway.dns.configs import (
     ADDRESSES,
@@ -94,6 +95,20 @@ def strings_of(text: str, rtype: str) -> list[str]:
     (each ends in the space that joins it to the next)."""
     body = text.split(f"IN LUA {rtype} (\n")[1].split("\n)\n")[0]
     return [json.loads(line.strip()) for line in body.splitlines()]  # no escapes in these
+
+
+
+def test_a_lua_record_past_what_one_record_holds_is_refused() -> None:
+    """Past 65,535 bytes of record data PowerDNS served queries, but a zone transfer to a
+    secondary failed ("attempt to write an oversized chunk"). Refused, naming the record."""
+    regions = region_tables({EU: "http://127.0.0.11:8080/" + "z" * 2000})
+    regions[0]["addresses"] = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(3000)]
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    with pytest.raises(ConfigError) as info:
+        zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
+    assert "the A record's Lua would be" in str(info.value)
+    assert "over the 65535 one DNS record holds (a zone transfer fails)" in str(info.value)
 
 
 def test_many_addresses_and_a_long_url_fit_in_dns_strings() -> None:
