@@ -232,6 +232,8 @@ def read_rtt_table(text: str, where: str) -> Table:
         if parts[1] not in known_regions():
             raise CLIError(f"world: {where}:{n}: unknown region {parts[1]!r}")
         site = next(s.name for s in SITES if s.name.lower() == parts[0].lower())
+        if (site, parts[1]) in out:  # the last of two was taken, unsaid
+            raise CLIError(f"world: {where}:{n}: {site},{parts[1]} is given twice")
         out[(site, parts[1])] = value
     return out
 

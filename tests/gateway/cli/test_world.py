@@ -272,6 +272,8 @@ def test_published_rtts_replace_the_model_where_both_ends_are_listed(tmp_path: P
         ("London,us-east,-3\n", "world: t.csv:1: rtt_ms must be between 0 and 2000"),
         ("Atlantis,us-east,3\n", "world: t.csv:1: unknown site 'Atlantis'"),
         ("London,mars-1,3\n", "world: t.csv:1: unknown region 'mars-1'"),
+        # the last of two was taken, unsaid
+        ("London,eu-central,10\nlondon,eu-central,20\n", "world: t.csv:2: London,eu-central is"),
     ],
 )
 def test_bad_rtt_table_rows_are_one_line(text: str, message: str) -> None:
