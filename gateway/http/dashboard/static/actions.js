@@ -19,13 +19,27 @@ function describe(target) {
   return `${target.changes.drained ? "Drain" : "Undrain"} upstream ${target.upstream}?`;
 }
 
+// An empty or unreadable field is no number: Number("") is 0, which made an upstream a
+// standby (weight 0) when the field was cleared and Apply pressed.
 function changesOf(target) {
   if (!target.field) return target.changes;
-  return { [target.field]: Number($("confirm-value").value) };
+  const raw = $("confirm-value").value.trim();
+  const value = Number(raw);
+  if (raw === "" || !Number.isFinite(value)) {
+    throw new Error(`give the new ${target.field === "weight" ? "weight" : "bias"} as a number`);
+  }
+  return { [target.field]: value };
 }
 
 async function showImpact(target) {
-  const changes = changesOf(target);
+  let changes;
+  try {
+    changes = changesOf(target);
+  } catch (err) {
+    $("confirm-text").textContent = "";
+    $("confirm-error").textContent = err.message;
+    return;
+  }
   const q = new URLSearchParams(target.region ? { region: target.region } : { upstream: target.upstream });
   for (const [k, v] of Object.entries(changes)) q.set(k, String(v));
   const mine = ++asked;

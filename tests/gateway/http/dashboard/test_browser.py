@@ -310,6 +310,25 @@ def test_drain_from_the_page_moves_traffic_and_audits_the_operator(
     _note(step="drain eu-1: done", london_now=sorted(served), audit=audit)
 
 
+
+def test_an_empty_weight_is_refused_in_the_page(world: World, browser: Browser) -> None:
+    """Number("") is 0: clearing the field and pressing Apply made the upstream a standby."""
+    page = browser.page
+    page.click("tr[data-upstream='ap-1'] button[data-action='weight']")
+    page.wait_for_selector("#confirm[open]")
+    page.fill("#confirm-value", "")
+    page.click("#confirm-ok")
+    page.wait_for_function(
+        "() => document.getElementById('confirm-error').textContent"
+        ".includes('give the new weight as a number')"
+    )
+    assert page.is_visible("#confirm[open]")  # not applied: the dialog stays
+    page.click("#confirm-cancel")
+    table = httpx.get(f"{world.gw.ops_url}/routing-table").json()
+    ap = next(u for r in table["regions"] for u in r["upstreams"] if u["id"] == "ap-1")
+    assert ap["weight"] == 1.0
+
+
 def test_redis_away_says_shared_state_stale_and_stays_live(world: World, browser: Browser) -> None:
     page = browser.page
     world.redis.stop()
