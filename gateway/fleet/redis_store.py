@@ -185,7 +185,7 @@ class RedisStateStore(MemoryStateStore):
         if await self._exchange_observations() != self._seen:
             await self._sync_config()
         now = time.time()
-        self.sessions.merge(now, *await sessions.read(self.redis(), self.keys, now))
+        await sessions.sync(self.redis(), self.keys, self.sessions, now)
 
     def _in_sync(self) -> None:
         if self.stale_since is not None:

@@ -53,6 +53,9 @@ class EndedSessions:
             if sid not in self._until:
                 self.end(sid, until, now)
 
+    def held(self) -> dict[str, float]:
+        return dict(self._until)
+
     def prune(self, now: float) -> None:
         self._until = {s: t for s, t in self._until.items() if t > now}
 
@@ -84,3 +87,15 @@ async def read(r: Redis, keys: Keys, now: float) -> tuple[dict[str, float], floa
     for sid, until in found:  # (member, score) pairs, withscores
         ended[sid.decode() if isinstance(sid, bytes) else str(sid)] = float(until)
     return ended, floor
+
+
+async def sync(r: Redis, keys: Keys, local: EndedSessions, now: float) -> None:
+    """A refresh's round: the fleet's ended sessions merged into ``local``, and those it holds
+    that Redis lacks (Redis lost the set: a restart without persistence, a flush) written
+    back, as the fleet's config is. Else a gateway started after the loss, which knew none of
+    them, took a logged-out cookie as a session again."""
+    found, floor = await read(r, keys, now)
+    local.merge(now, found, floor)
+    missing = {sid: until for sid, until in local.held().items() if sid not in found}
+    if missing:
+        await r.zadd(keys.ended_sessions, missing)

@@ -78,6 +78,26 @@ async def test_a_logout_on_one_gateway_is_seen_by_another_at_its_refresh(redis_u
         await there.stop()
 
 
+
+async def test_a_logout_redis_lost_is_written_back_for_gateways_started_after(
+    redis_url: str,
+) -> None:
+    """Redis came back empty (no persistence, a flush): a gateway started then knew none of
+    the logouts, and took a logged-out cookie as a session again. The gateways that hold them
+    write them back at their next refresh, as they do the fleet's config."""
+    here = gateway(redis_url, "gw0")
+    later = gateway(redis_url, "gw1")
+    try:
+        await here.end_session("sid-1", time.time() + 3600)
+        await here.redis().flushall()
+        await here._refresh()  # the sync's next round puts it back
+        await later._refresh()  # a gateway that never saw the logout
+        assert later.session_ended("sid-1", 1e12)
+    finally:
+        await here.stop()
+        await later.stop()
+
+
 async def test_a_logout_with_redis_away_raises_and_ends_the_session_here() -> None:
     store = RedisStateStore(CFG)  # redis://127.0.0.1:1: nothing listens
     try:
