@@ -35,9 +35,10 @@ class AdminSection(StrictModel):
     def _distinct(self) -> AdminSection:
         tokens = list(self.operators().values())
         if len(set(tokens)) != len(self.tokens) + bool(self.token):
+            legacy = " (token is the operator 'admin')" if self.token else ""
             raise ValueError(
-                "two operators share a name or a token (token is the operator 'admin'): the "
-                "audit could not tell them apart"
+                f"two operators share a name or a token{legacy}: the audit could not tell "
+                "them apart"
             )
         return self
 

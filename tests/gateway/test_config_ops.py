@@ -39,5 +39,8 @@ def test_a_token_no_header_can_carry_is_refused(
 def test_the_operators_are_the_tokens_and_the_one_of_old() -> None:
     admin = AdminSection.model_validate({"token": "t" * 16, "tokens": {"alice": "a" * 16}})
     assert admin.operators() == {"alice": "a" * 16, "admin": "t" * 16}
-    with pytest.raises(ValueError, match="two operators share a name or a token"):
+    with pytest.raises(ValueError, match=r"a token \(token is the operator 'admin'\): the"):
         AdminSection.model_validate({"token": "a" * 16, "tokens": {"alice": "a" * 16}})
+    with pytest.raises(ValueError, match="share a name or a token: the audit") as info:
+        AdminSection.model_validate({"tokens": {"alice": "a" * 16, "bob": "a" * 16}})
+    assert "'admin'" not in str(info.value)  # no admin.token: not named
