@@ -41,20 +41,27 @@ after(async () => {
   await Promise.all(workers.map((w) => w.dispose()));
 });
 
+/** A Worker on a cold start with every gateway unreachable: the fallback table's regions. */
+async function unreachable(vars = {}) {
+  const urls = {
+    "eu-central": await closedUrl(),
+    "us-east": await closedUrl(),
+    "ap-southeast": await closedUrl(),
+  };
+  const mf = await worker({
+    ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
+    FALLBACK_TABLE: fallback(urls),
+    TABLE_TIMEOUT_S: 1,
+    ...vars,
+  });
+  return { mf, urls };
+}
+
 describe("every gateway unreachable, on a cold start", () => {
   let mf;
   let urls;
   before(async () => {
-    urls = {
-      "eu-central": await closedUrl(),
-      "us-east": await closedUrl(),
-      "ap-southeast": await closedUrl(),
-    };
-    mf = await worker({
-      ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
-      FALLBACK_TABLE: fallback(urls),
-      TABLE_TIMEOUT_S: 1,
-    });
+    ({ mf, urls } = await unreachable());
   });
 
   test("the fallback table still routes: nearest region first, then the next", async () => {
@@ -261,19 +268,8 @@ test("wrangler.jsonc's own settings are healthy", async () => {
 describe("CORS, where CORS_ORIGINS allows an origin", () => {
   const APP = "https://app.example";
   let mf;
-  let urls;
   before(async () => {
-    urls = {
-      "eu-central": await closedUrl(),
-      "us-east": await closedUrl(),
-      "ap-southeast": await closedUrl(),
-    };
-    mf = await worker({
-      ROUTING_TABLE_URLS: [`${await closedUrl()}/routing-table`],
-      FALLBACK_TABLE: fallback(urls),
-      TABLE_TIMEOUT_S: 1,
-      CORS_ORIGINS: `${APP}, https://other.example`,
-    });
+    ({ mf } = await unreachable({ CORS_ORIGINS: `${APP}, https://other.example` }));
   });
 
   test("a preflight is answered here, never sent to a region", async () => {
