@@ -181,6 +181,7 @@ def load_model(
     _check_quantize(quantize, dev)
     choose_attention(dev, cudnn_attention)
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -191,10 +192,12 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
+    except (OSError, ValueError, KeyError, ImportError, RuntimeError, SafetensorError) as exc:
         # ImportError: transformers raises one by hand, with a message and no module name,
         # when a quantization backend is missing (bitsandbytes, or accelerate, which its
-        # bitsandbytes integration requires); the message is the useful part.
+        # bitsandbytes integration requires); the message is the useful part. RuntimeError:
+        # weights of other sizes than config.json says; SafetensorError: a truncated file.
+        # Both were a traceback and exit 1.
         raise ModelLoadError(f"cannot load the model in {path}: {exc}".splitlines()[0]) from None
     if dev == "cpu":
         model = model.to(dev)

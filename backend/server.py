@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from backend.api import check, tokenize
 from backend.engine import Engine, Event, Sequence
@@ -39,6 +40,12 @@ async def _read(request: web.Request) -> bytes:
     except web.HTTPRequestEntityTooLarge:  # aiohttp's own is plain text, and a 500 here
         raise BodyTooLarge(
             f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
+        ) from None
+    except RequestPayloadError:  # a body its Content-Encoding does not decode: was a 500
+        coding = request.headers.get("content-encoding", "")
+        raise InvalidParameter(
+            f"request body does not decode as its Content-Encoding ({coding[:40]!r}) says; "
+            "send it as it is encoded, or without the header"
         ) from None
 
 

@@ -66,3 +66,26 @@ def test_cuda_attention_stays_off_cudnn_unless_asked() -> None:
         assert on()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_weights_that_do_not_load_are_one_line(model_dir: Path, tmp_path: Path) -> None:
+    """A truncated weights file (SafetensorError) and weights of other sizes than config.json
+    says (RuntimeError) were a traceback and exit 1, where a bad config is one line."""
+    import json
+    import shutil
+
+    cut = tmp_path / "cut"
+    shutil.copytree(model_dir, cut)
+    (cut / "model.safetensors").write_bytes((cut / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=f"cannot load the model in {cut}: "):
+        load_model(cut, device="cpu")
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["hidden_size"] *= 2
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(other, device="cpu")
+    assert str(e.value).startswith(f"cannot load the model in {other}: ") and "\n" not in str(
+        e.value
+    )

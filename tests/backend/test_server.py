@@ -519,6 +519,17 @@ def test_string_content_parts_are_text(backend: Backend) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
 
 
+def test_a_body_its_content_encoding_does_not_decode_is_a_json_400(backend: Backend) -> None:
+    """A gzip header on a plain body was a 500 and a traceback, which a gateway counts
+    against this server."""
+    body = b'{"model": "%s", "prompt": "hi", "max_tokens": 1}' % MODEL.encode()
+    r = httpx.post(
+        f"{backend.url}/v1/completions", content=body, headers={"content-encoding": "gzip"}
+    )
+    assert r.status_code == 400, r.text
+    assert "does not decode as its Content-Encoding ('gzip') says" in r.json()["error"]["message"]
+
+
 def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Backend) -> None:
     # aiohttp's own answers were plain text ("405: Method Not Allowed").
     r = httpx.get(f"{backend.url}/v1/chat/completions")
