@@ -234,9 +234,7 @@ def operator_name(name: str) -> str:
 
 def cors_origin(origin: str) -> str:
     """An origin as a browser sends it (scheme://host[:port], no path), or "*" for any."""
-    if origin == "*":
-        return origin
-    parts = http_url(origin)
+    parts = urlsplit("") if origin == "*" else http_url(origin)
     if parts.path.strip("/") or "@" in parts.netloc:
         raise ValueError(
             "an origin is scheme://host[:port] as a browser sends it, without a path or "
