@@ -97,7 +97,6 @@ def strings_of(text: str, rtype: str) -> list[str]:
     return [json.loads(line.strip()) for line in body.splitlines()]  # no escapes in these
 
 
-
 def test_a_lua_record_past_what_one_record_holds_is_refused() -> None:
     """Past 65,535 bytes of record data PowerDNS served queries, but a zone transfer to a
     secondary failed ("attempt to write an oversized chunk"). Refused, naming the record."""

@@ -78,7 +78,6 @@ async def test_a_logout_on_one_gateway_is_seen_by_another_at_its_refresh(redis_u
         await there.stop()
 
 
-
 async def test_a_logout_redis_lost_is_written_back_for_gateways_started_after(
     redis_url: str,
 ) -> None:

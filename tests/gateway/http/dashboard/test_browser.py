@@ -310,7 +310,6 @@ def test_drain_from_the_page_moves_traffic_and_audits_the_operator(
     _note(step="drain eu-1: done", london_now=sorted(served), audit=audit)
 
 
-
 def test_an_empty_weight_is_refused_in_the_page(world: World, browser: Browser) -> None:
     """Number("") is 0: clearing the field and pressing Apply made the upstream a standby."""
     page = browser.page
