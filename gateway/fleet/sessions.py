@@ -96,6 +96,9 @@ async def sync(r: Redis, keys: Keys, local: EndedSessions, now: float) -> None:
     them, took a logged-out cookie as a session again."""
     found, floor = await read(r, keys, now)
     local.merge(now, found, floor)
-    missing = {sid: until for sid, until in local.held().items() if sid not in found}
+    # Past the read's bound (floor > 0) Redis holds more than was read: those ending no later
+    # than the floor are its, not missing, and were written back at every refresh.
+    held = local.held().items()
+    missing = {sid: until for sid, until in held if sid not in found and until > floor}
     if missing:
         await r.zadd(keys.ended_sessions, missing)

@@ -122,6 +122,18 @@ async def test_past_the_read_bound_the_latest_logouts_are_read_and_the_rest_floo
         await there._refresh()
         assert all(there.session_ended(sid, until) for sid, until in ends.items())
         assert not there.session_ended("live", now + 200)  # begun after: untouched
+        # here holds all five, Redis has them: the two past the read's bound are not
+        # written back (they were, at every refresh), only what Redis lacks.
+        writes: list[dict[str, float]] = []
+        real = here.redis().zadd
+
+        async def counted(key: str, mapping: dict[str, float]) -> object:
+            writes.append(mapping)
+            return await real(key, mapping)
+
+        monkeypatch.setattr(here.redis(), "zadd", counted)
+        await here._refresh()
+        assert writes == []
         # Exactly as many as a read takes: nothing missed, no floor.
         found, floor = await sessions.read(here.redis(), here.keys, now)
         assert len(found) == 3 and floor == ends["s1"]
