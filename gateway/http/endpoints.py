@@ -129,11 +129,16 @@ class Endpoints:
         """The models the router would send this client's request for to a healthy upstream
         now: residency rules included (one kept from this client was listed)."""
         now = time.monotonic()
-        data = [
-            _card(m)
-            for m in sorted(self._models_configured())
-            if self._served(self._routed(request, m, now), m) is None
-        ]
+        models = sorted(self._models_configured())
+        data = []
+        if models:
+            # Located once (its GeoIP lookup, a signed edge header's check and count), routed
+            # for each model from there.
+            first = self._routed(request, models[0], now)
+            for m in models:
+                routed = first if m == models[0] else self._route_as(first, m, now)
+                if self._served(routed, m) is None:
+                    data.append(_card(m))
         return JSONResponse({"object": "list", "data": data}, headers=_request_id(request))
 
     async def model_one(self, request: Request) -> Response:
@@ -165,6 +170,10 @@ class Endpoints:
             f"upstream now. Retry in {retry} s",
             retry_after_s=retry,
         )
+
+    def _route_as(self, located: Routed, model: str, now: float) -> Routed:
+        """The decision for ``model`` for the client ``located`` found."""
+        return self.rt.route(located.client, located.peer_trusted, located.location, model, now)
 
     def _routed(self, request: Request, model: str, now: float) -> Routed:
         """The decision for ``model`` for this request's client, located as a request is."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 
 from gateway.config import Config
@@ -84,3 +85,20 @@ async def test_a_model_served_by_no_healthy_upstream_is_a_503_card_and_unlisted(
         assert "is served here, but by no healthy, undrained upstream now" in r.text
         r = await c.get("/v1/models/x")
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+async def test_the_model_list_locates_its_client_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model was routed with the client located anew: its GeoIP lookup (and a signed
+    edge header's check, counted) once per model of the list."""
+    rt = runtime()
+    calls = []
+    real = rt.geo.locate
+
+    def counted(ip: Any) -> Any:
+        calls.append(ip)
+        return real(ip)
+
+    monkeypatch.setattr(rt.geo, "locate", counted)
+    async with client_of(rt) as c:
+        assert [m["id"] for m in (await c.get("/v1/models")).json()["data"]] == ["m", "n"]
+    assert len(calls) == 1
