@@ -5,6 +5,7 @@ uvicorn's workers do on SIGTERM, and is given the settings of the config that it
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ipaddress
 import math
 import os
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp
 from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
+from gateway.fleet.redis_store import ENV_GATEWAY_PID
 from gateway.h1 import for_ops
 from gateway.http.dispatch import headless
 from gateway.http.gate import Capacity
@@ -27,10 +29,33 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def term_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the process that forked it dies, however it dies (the OOM
+    killer, kill -9): else the workers would go on serving, and holding the port, with nothing
+    to stop or replace them. Linux only; elsewhere the workers outlive a killed parent. The
+    signal comes when the forking *thread* ends: uvicorn's and granian's workers are both
+    forked by their main process's main thread (granian respawns from its serve loop)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def granian_app() -> ASGIApp:
     """granian's factory, called in each worker process."""
     from gateway.http.app import create_app
 
+    # granian's workers had no such tie: a worker it respawned outlived a main killed in its
+    # stop, serving on the port with nothing left to stop it.
+    main = os.environ.get(ENV_GATEWAY_PID)
+    if main:
+        term_with_parent(int(main))
     fd = os.environ.get(ENV_OPS_FD)
     return headless(
         create_app(

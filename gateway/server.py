@@ -16,7 +16,6 @@ for the workers, and raises its descriptor limit. Its pid names it to the fleet.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import math
@@ -31,7 +30,7 @@ from pathlib import Path
 from gateway import checks, engines
 from gateway import defaults as d
 from gateway.config import Config
-from gateway.engines import address
+from gateway.engines import address, term_with_parent
 from gateway.errors import CannotListen, ConfigError, GatewayError, PortInUse
 from gateway.fleet import last_known
 from gateway.fleet.redis_store import ENV_GATEWAY_PID
@@ -199,7 +198,7 @@ class Forked:
                 # Its own process group: a terminal's Ctrl-C reaches this process only, which
                 # passes it on once (a second SIGINT makes uvicorn skip its graceful stop).
                 os.setpgid(0, 0)
-                _term_with_parent(parent)
+                term_with_parent(parent)
                 for other in (s for i, s in enumerate(self.socks) if i != index):
                     other.close()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
@@ -237,22 +236,6 @@ class Forked:
             log.warning("worker %d did not stop within %g s: killed", pid, self.kill_after_s)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _term_with_parent(parent: int) -> None:
-    """SIGTERM this worker when the process that forked it dies, however it dies (the OOM
-    killer, kill -9): else the workers would go on serving, and holding the port, with nothing
-    to stop or replace them. Linux only; elsewhere the workers outlive a killed parent."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def can_listen(host: str, port: int, key: str) -> None:

@@ -271,7 +271,7 @@ def _dies_with_parent() -> Callable[[], None] | None:
     """A preexec_fn: SIGTERM the child when this process dies, however it dies. The signal
     comes when the *thread* that forked it ends, so only children of the main thread get it:
     one spawned from a worker thread would be stopped when that thread is done. (The gateway's
-    server._term_with_parent does the same for its workers; it is not imported from there as
+    engines.term_with_parent does the same for its workers; it is not imported from there as
     it loads libc in the child, and as gateway.server pulls in the whole server.)"""
     prctl = _PRCTL
     if prctl is None or not _in_main_thread():

@@ -576,10 +576,19 @@ def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
         proc.kill()
 
 
-def test_uvicorn_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
-    gw, sim = start_fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
+@pytest.mark.parametrize("engine", ["uvicorn", "granian"])
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path, engine: str) -> None:
+    # granian's workers had no tie to their parent: one it had respawned went on serving the
+    # port after the main process was killed in its stop, with nothing left to stop it.
+    gw, sim = start_fleet(tmp_path, server_extra=f'engine = "{engine}"\nworkers = 2')
     try:
         eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        if engine == "granian":  # one of the two a replacement (uvicorn's: after its grace)
+            victim = min(_workers(gw.proc.pid))
+            os.kill(victim, signal.SIGKILL)
+            eventually(
+                lambda: len(_workers(gw.proc.pid) - {victim}) == 2, timeout=15, what="a new one"
+            )
         workers = _workers(gw.proc.pid)
         gw.proc.kill()  # SIGKILL: no chance to pass anything on
         gw.proc.wait(5)
