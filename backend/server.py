@@ -63,10 +63,14 @@ async def _parse(raw: bytes) -> Any:
 
 
 class BackendServer:
-    def __init__(self, loaded: Loaded, engine: Engine, metrics: BackendMetrics) -> None:
+    def __init__(
+        self, loaded: Loaded, engine: Engine, metrics: BackendMetrics, drain_s: float
+    ) -> None:
         self.m = loaded
         self.engine = engine
         self.metrics = metrics
+        self.drain_s = drain_s  # on SIGTERM, what runs past this is cut (_cut_at_drain_end)
+        self.serving: set[asyncio.Task[Any]] = set()  # the generations' handler tasks
         self.ready = False
         self.failure: str | None = None  # why the warm-up failed; the CLI exits with it
 
@@ -80,6 +84,7 @@ class BackendServer:
         app.router.add_get("/ready", self.ready_view)
         app.router.add_get("/metrics", self.prom)
         app.on_startup.append(self._warm_up)
+        app.on_shutdown.append(self._cut_at_drain_end)
         app.on_cleanup.append(self._shutdown)
         return app
 
@@ -117,6 +122,18 @@ class BackendServer:
         self.failure = f"warm-up generation failed: {why[0]}; the server stops"
         log.error("%s", self.failure)
         asyncio.get_running_loop().call_soon(_graceful_exit)
+
+    async def _cut_at_drain_end(self, app: web.Application) -> None:
+        """At the drain's end, cancel every generation still running. aiohttp's own cut
+        (shutdown_timeout) cancels the request's body reader, which a handler waiting for
+        tokens or writing a stream never awaits; it then waits as long again, and runs on:
+        --drain-timeout 1 exited after 3.5 s with the stream still going."""
+
+        def cut() -> None:
+            for task in self.serving:
+                task.cancel()
+
+        asyncio.get_running_loop().call_later(self.drain_s, cut)
 
     async def _shutdown(self, app: web.Application) -> None:
         await asyncio.to_thread(self.engine.stop)
@@ -164,6 +181,15 @@ class BackendServer:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self.serving.add(task)
+        try:
+            return await self._generate_in(request, chat)
+        finally:
+            self.serving.discard(task)
+
+    async def _generate_in(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
             raw = await _read(request)
             arrived = time.perf_counter()  # TTFT from here: parsing and tokenizing, no upload

@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -571,3 +572,41 @@ def test_sigterm_cuts_what_is_still_running_after_the_drain_timeout(
         stop(b.proc)
     p = _cli("--model", str(model_dir), "--port", "1", "--drain-timeout", "-1")
     assert p.returncode == 2 and "--drain-timeout must be 0 to 3600 seconds, got -1" in p.stderr
+
+
+@pytest.mark.serial  # it times the exit after SIGTERM
+def test_sigterm_cuts_streams_at_the_drain_timeout(model_dir: Path, tmp_path: Path) -> None:
+    # aiohttp's cut cancels the request's body reader, which a handler waiting for tokens
+    # never awaits; it then waited as long again and the streams ran on: --drain-timeout 1
+    # exited 3.5 s after SIGTERM (2.7 s of it the interpreter's teardown of torch).
+    b = start_backend(model_dir, tmp_path, "--drain-timeout", "1", "--max-batch", "1")
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 500, "stream": True, "ignore_eos": True}
+    first = threading.Event()
+
+    def stream() -> str:  # one at a time (--max-batch 1): 1,500 tokens, seconds on a CPU
+        text = ""
+        with httpx.stream("POST", f"{b.url}/v1/completions", json=body, timeout=30) as r:
+            try:
+                for part in r.iter_text():
+                    text += part
+                    first.set()
+            except httpx.RemoteProtocolError:  # cut: the chunked body never ended
+                pass
+        return text
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            streams = [pool.submit(stream) for _ in range(3)]
+            assert first.wait(30), b.log.read_text()[-2000:]
+            t0 = time.monotonic()
+            b.proc.terminate()
+            b.proc.wait(timeout=30)
+            took = time.monotonic() - t0
+            texts = [s.result(timeout=30) for s in streams]
+        assert 0.9 <= took < 1.9, f"exited {took:.1f} s after SIGTERM with --drain-timeout 1"
+        assert sum("[DONE]" not in t for t in texts) >= 1  # cut, not finished
+        log = b.log.read_text()
+        assert "Traceback" not in log and "Error" not in log, log[-2000:]
+        assert log.rstrip().endswith("geogate.backend: stopped")
+    finally:
+        stop(b.proc)
