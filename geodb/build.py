@@ -13,7 +13,11 @@ IPv6 form (``10.0.0.0/8`` and ``::a00:0/104``): that is where the database store
 from __future__ import annotations
 
 import csv
+import io
 import ipaddress
+import os
+import secrets
+import stat
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,6 +41,12 @@ def _tree_network(network: str, where: str) -> Network:
         net = ipaddress.ip_network(network, strict=False)
     except ValueError as exc:
         raise BuildError(f"{where}: {network!r} is not a network (CIDR)") from exc
+    scope = getattr(net.network_address, "scope_id", None)
+    if scope is not None:  # else compared with its unscoped interface: "host bits set"
+        raise BuildError(
+            f"{where}: {network} is a scoped address (%{scope}): a scope names a link on one "
+            "host, not a network; scoped networks are not allowed"
+        )
     if net.network_address != ipaddress.ip_interface(network).ip:
         raise BuildError(f"{where}: {network} has host bits set (the network is {net})")
     if isinstance(net, ipaddress.IPv4Network):
@@ -83,9 +93,10 @@ def _record(row: Sequence[str], where: str) -> tuple[Network, dict[str, object]]
         },
     }
     city = row[5].strip() if len(row) == 6 else ""
-    # A NUL or an escape sequence would reach every log line and page that names the city.
-    if any(unicodedata.category(c) == "Cc" for c in city):
-        raise BuildError(f"{where}: city {city!r} holds a control character")
+    # A NUL or an escape sequence would reach every log line and page that names the city;
+    # a line or paragraph separator (U+2028, U+2029) would break those lines as a newline does.
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in city):
+        raise BuildError(f"{where}: city {city!r} holds a control character or line break")
     if city:
         record["city"] = {"names": {"en": city}}
     return net, record
@@ -113,16 +124,55 @@ def _records(rows: Iterable[tuple[str, Sequence[str]]]) -> list[tuple[Network, d
     return out
 
 
-def _write(writer: MMDBWriter, out: Path) -> None:
-    if out.is_dir():  # else the rename below fails only after the whole file is written
-        raise BuildError(f"cannot write {out}: Is a directory")
-    tmp = out.with_name(out.name + ".tmp")
+_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_target(out: Path, target: str) -> None:
+    """Refuse a ``target`` that exists and is not a regular file: the rename would put the
+    database in place of a device node (/dev/null, as root), a FIFO or a socket."""
     try:
-        writer.to_db_file(str(tmp))
-        tmp.replace(out)  # atomic: a gateway hot-reloading `out` never sees half a file
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return  # a new file (or a dangling link's target): created by the rename
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise BuildError(f"cannot write {out}: {exc.strerror}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):  # else the rename fails only after the whole file is written
+        raise BuildError(f"cannot write {out}: Is a directory")
+    kind = next((k for test, k in _KINDS if test(mode)), "a special file")
+    via = "" if target == os.path.abspath(out) else f" ({target})"  # a link: where it led
+    raise BuildError(f"cannot write {out}: it is {kind}{via}, not a regular file")
+
+
+def _write(writer: MMDBWriter, out: Path) -> None:
+    # A symlink (current.mmdb -> releases/N.mmdb) is written through: the rename replaces its
+    # target, as writing to the link would, and the link stays a link. realpath, not
+    # resolve(): a symlink loop is then the open's ELOOP, one line, not a RuntimeError.
+    target = os.path.realpath(out)
+    _check_target(out, target)
+    # A fresh name beside the target, created exclusively (never a link or file already
+    # there: root following OUT.tmp -> /etc/passwd would write the database into it); the
+    # mode 0o666 less the umask, as a plain open would give.
+    tmp = f"{target}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+    except OSError as exc:
+        raise BuildError(f"cannot write {out}: {exc.strerror}") from None
+    try:
+        writer.to_db_file(tmp)
+        _check_target(out, target)  # again: writing a large file takes a while
+        os.replace(tmp, target)  # atomic: a gateway hot-reloading `out` never sees half a file
+    except OSError as exc:
+        raise BuildError(f"cannot write {out}: {exc.strerror}") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def build_from_rows(rows: Iterable[tuple[str, Sequence[str]]], out: Path) -> int:
@@ -159,9 +209,28 @@ def build_from_csv(csv_path: Path, out: Path) -> int:
             f"{csv_path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
             "save the file as UTF-8"
         ) from None
+    return build_from_rows(_csv_rows(csv_path, text), out)
+
+
+def _csv_rows(csv_path: Path, text: str) -> list[tuple[str, list[str]]]:
+    """(``path:line``, fields) of each row. Lines end where the csv module ends them (\\n,
+    \\r\\n, \\r), not at str.splitlines' U+2028 and kin, so a line number is the file's."""
     rows = []
-    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
-        if not row or row[0].lstrip().startswith("#") or row[0].strip() == "network":
-            continue
-        rows.append((f"{csv_path}:{lineno}", row))
-    return build_from_rows(rows, out)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start = 1
+    try:
+        for row in reader:
+            where = f"{csv_path}:{start}"
+            # A quoted field may span lines; a row is one line here: a line break in a city
+            # is no place name, and one elsewhere is a quote left open.
+            if any("\n" in f or "\r" in f for f in row):
+                raise BuildError(
+                    f"{where}: a line break inside a quoted field (is a quote left open?)"
+                )
+            start = reader.line_num + 1
+            if not row or row[0].lstrip().startswith("#") or row[0].strip() == "network":
+                continue
+            rows.append((where, row))
+    except csv.Error as exc:  # a field over the csv module's size limit
+        raise BuildError(f"{csv_path}:{reader.line_num}: {exc}") from None
+    return rows

@@ -28,10 +28,10 @@ from geodb.countries import (
     COUNTRY_ACCURACY_KM,
     continent_point,
     country_point,
-    place,
 )
 from geodb.errors import DatabaseError
 from geodb.location import Location, LocationSource
+from geodb.record import Fields, checked_fields
 
 log = logging.getLogger("geodb")
 
@@ -148,6 +148,7 @@ class GeoIPSource:
         self._cached = self._cache_for(self._db)
         self._refused: _FileStamp | None = None
         self._lookup_failed: _FileStamp | None = None  # the file a failed lookup was logged for
+        self._bad_fields: _FileStamp | None = None  # the file a record's bad fields were logged for
         # The file could not be stat'ed at the last poll: "seen" once (geoipupdate renames a
         # new file into place, so a poll can fall in between), "warned" once logged.
         self._missing: str | None = None
@@ -239,9 +240,7 @@ class GeoIPSource:
         if ip.version == 6 and db.ip_version == 4:
             return None  # an IPv4-only file has no IPv6 addresses
         try:
-            if db.kind == "city":
-                return self._from_city(db.reader.city(ip))
-            return self._from_country(db.reader.country(ip))
+            rec = db.reader.city(ip) if db.kind == "city" else db.reader.country(ip)
         except geoip2.errors.AddressNotFoundError:
             return None
         except _CORRUPT_RECORD as exc:
@@ -257,44 +256,47 @@ class GeoIPSource:
                     extra=_event("geoip-lookup-failed", self.path, str(exc)),
                 )
             return None
+        fields, bad = checked_fields(rec)
+        if bad and self._bad_fields != db.stamp:  # once per file, as a corrupt record is
+            self._bad_fields = db.stamp
+            reason = "; ".join(bad)
+            log.warning(
+                "GeoIP record of %s in %s has unusable fields, taken as absent (such records "
+                "are placed by their country or continent, else get the default location): %s",
+                ip,
+                self.path,
+                reason,
+                extra=_event("geoip-record-unusable", self.path, reason),
+            )
+        return self._located(fields)
 
-    def _from_city(self, rec: geoip2.models.City) -> Location:
-        lat, lon = rec.location.latitude, rec.location.longitude
-        if lat is None or lon is None:
-            return self._from_country(rec)
-        country, continent = _place(rec)
-        return Location(
-            latitude=lat,
-            longitude=lon,
-            country=country,
-            continent=continent,
-            city=rec.city.name,
-            accuracy_km=float(rec.location.accuracy_radius or COUNTRY_ACCURACY_KM),
-            source=LocationSource.GEOIP,
-        )
-
-    def _from_country(self, rec: geoip2.models.Country) -> Location:
-        country, continent = _place(rec)
-        point = country_point(country) if country else None
+    def _located(self, f: Fields) -> Location:
+        """A record with coordinates is where they say; without, its country's reference
+        point, else its continent's, else the default location."""
+        if f.point is not None:
+            return Location(
+                latitude=f.point[0],
+                longitude=f.point[1],
+                country=f.country,
+                continent=f.continent,
+                city=f.city,
+                accuracy_km=f.accuracy_km or COUNTRY_ACCURACY_KM,
+                source=LocationSource.GEOIP,
+            )
+        point = country_point(f.country) if f.country else None
         accuracy = COUNTRY_ACCURACY_KM
-        if point is None and continent:
-            point, accuracy = continent_point(continent), CONTINENT_ACCURACY_KM
+        if point is None and f.continent:
+            point, accuracy = continent_point(f.continent), CONTINENT_ACCURACY_KM
         if point is None:
             return self.default
         return Location(
             latitude=point[0],
             longitude=point[1],
-            country=country,
-            continent=continent,
+            country=f.country,
+            continent=f.continent,
             accuracy_km=accuracy,
             source=LocationSource.GEOIP,
         )
-
-
-def _place(rec: geoip2.models.Country) -> tuple[str | None, str | None]:
-    """(country, continent) of a City or Country record: the country where the address is,
-    else where its block is registered; the continent as given, else the country's."""
-    return place(rec.country.iso_code or rec.registered_country.iso_code, rec.continent.code)
 
 
 class DefaultSource:

@@ -233,6 +233,10 @@ def lookup(args: argparse.Namespace) -> None:
         ip = parse_ip(args.ip)
     except ValueError:
         raise CLIError(f"{args.ip!r} is not an IP address") from None
+    if args.model is not None and not args.config:
+        # The route, the only thing the model changes, comes from the config's upstreams:
+        # without one the flag would be silently ignored.
+        raise CLIError("--model needs --config FILE (the model is routed with its upstreams)")
     config: Config | None = load_config(args.config) if args.config else None
     if args.db:
         fallback = default_location(config) if config else Location(0.0, 0.0)

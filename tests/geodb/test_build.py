@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import csv
+import os
+import stat
 from pathlib import Path
 
 import geoip2.database
@@ -128,3 +131,101 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path: Path) -> No
     with pytest.raises(BuildError, match=rf"^cannot write {folder}: Is a directory$"):
         build_from_csv(src, folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "nets.csv"]  # no .tmp
+
+
+def test_a_symlinked_output_is_written_through(tmp_path: Path) -> None:
+    """``out.mmdb -> rel/current.mmdb``: the rename replaced the link with a plain file and
+    left the target, which the gateway may be reading, as it was."""
+    (tmp_path / "rel").mkdir()
+    target = city_db_at(tmp_path / "rel" / "current.mmdb", "Paris")
+    link = tmp_path / "link.mmdb"
+    link.symlink_to(Path("rel") / "current.mmdb")
+    assert build_from_csv(_csv(tmp_path, "10.0.0.0/8,DE,EU,52.52,13.40,Berlin"), link) == 1
+    assert link.is_symlink() and os.readlink(link) == str(Path("rel") / "current.mmdb")
+    with geoip2.database.Reader(str(target)) as r:
+        assert r.city("10.1.2.3").city.name == "Berlin"
+    dangling = tmp_path / "new.mmdb"
+    dangling.symlink_to("rel/next.mmdb")  # a link to a file yet to be: created
+    build_from_csv(tmp_path / "nets.csv", dangling)
+    assert dangling.is_symlink() and (tmp_path / "rel" / "next.mmdb").is_file()
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == ["current.mmdb", "next.mmdb"]
+
+
+def city_db_at(path: Path, city: str) -> Path:
+    src = path.with_suffix(".csv")
+    src.write_text(f"10.0.0.0/8,FR,EU,48.86,2.35,{city}\n")
+    build_from_csv(src, path)
+    src.unlink()
+    return path
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_untouched(tmp_path: Path) -> None:
+    """As root, ``geodb build nets.csv /dev/null`` renamed the database over the device node.
+    A FIFO stands in for it here (a test must not touch a real device)."""
+    src = _csv(tmp_path, "10.0.0.0/8,DE,EU,1,2")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(BuildError, match=rf"^cannot write {fifo}: it is a FIFO, not a regular"):
+        build_from_csv(src, fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    with pytest.raises(BuildError, match=rf"^cannot write {link}: it is a FIFO \({fifo}\), not"):
+        build_from_csv(src, link)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link", "nets.csv"]
+
+
+def test_a_planted_tmp_link_is_not_followed(tmp_path: Path) -> None:
+    """The temporary file was OUT.tmp, opened as it was found: a link there (to a file root
+    may write) got the database."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "out.mmdb.tmp").symlink_to(victim)
+    build_from_csv(_csv(tmp_path, "10.0.0.0/8,DE,EU,1,2"), tmp_path / "out.mmdb")
+    assert victim.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "nets.csv",
+        "out.mmdb",
+        "out.mmdb.tmp",
+        "victim",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (  # said it had host bits set
+            "fe80::%eth0/64,GB,EU,51,0\n",
+            r"nets\.csv:1: fe80::%eth0/64 is a scoped address \(%eth0\).*not allowed$",
+        ),
+        (  # str.splitlines broke the line at U+2028: the error was on line 3 of 2
+            "10.0.0.0/8,GB,EU,51,0,Lon\u2028don\n10.0.0.0/8,GB,EU,51,0\n",
+            r"nets\.csv:1: city 'Lon\\u2028don' holds a control character or line break$",
+        ),
+        (
+            "10.0.0.0/8,GB,EU,51,0\n11.0.0.0/8,GB,EU,51,0,Lon\u2029don\n",
+            r"nets\.csv:2: city 'Lon\\u2029don' holds",
+        ),
+        (  # a line break in a quoted city was dropped: "London"
+            '# offices\n10.0.0.0/8,GB,EU,51,0,"Lon\ndon"\n',
+            r"nets\.csv:2: a line break inside a quoted field \(is a quote left open\?\)$",
+        ),
+        ('10.0.0.0/8,GB,EU,51,0,"Lon\r\ndon"\n', r"nets\.csv:1: a line break inside a quoted"),
+        ('10.0.0.0/8,GB,EU,51,0,"London\n', r"nets\.csv:1: a line break inside a quoted"),
+        (  # the next row is then numbered as the file numbers it
+            "10.0.0.0/8,GB,EU,51,0\r11.0.0.0/8,GB,EU,91,0\r",
+            r"nets\.csv:2: latitude 91\.0 / longitude 0\.0 out of range$",
+        ),
+        (
+            '10.0.0.0/8,GB,EU,51,0,"' + "x" * (csv.field_size_limit() + 1) + '"\n',
+            r"nets\.csv:1: field larger than field limit",
+        ),
+    ],
+)
+def test_csv_lines_are_the_files(tmp_path: Path, text: str, message: str) -> None:
+    src = tmp_path / "nets.csv"
+    src.write_text(text, newline="")
+    with pytest.raises(BuildError, match=message) as info:
+        build_from_csv(src, tmp_path / "o.mmdb")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o.mmdb").exists()

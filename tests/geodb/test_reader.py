@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
 from pathlib import Path
@@ -211,3 +212,95 @@ def test_a_missing_file_is_warned_of_once_counted_refused_and_its_return_said(
         assert src.maybe_reload() is Reload.UNCHANGED
         assert src.maybe_reload() is Reload.REFUSED
     assert [r.levelno for r in caplog.records].count(logging.WARNING) == 2
+
+
+def one_record_db(path: Path, record: dict[str, object], kind: str = "GeoIP2-City") -> Path:
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=kind)
+    w.insert_network(IPSet(["198.51.100.0/24"]), record)
+    w.to_db_file(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("location", "bad"),
+    [
+        ({"latitude": float("nan"), "longitude": 1.0}, "latitude nan"),  # was JSON's NaN
+        ({"latitude": 999.0, "longitude": 5000.0}, "latitude 999.0; longitude 5000.0"),
+        ({"latitude": 51.5, "longitude": "abc"}, "longitude 'abc'"),  # describe() raised
+        ({"latitude": 51.5, "longitude": float("inf")}, "longitude inf"),
+        ({"latitude": True, "longitude": 2.5}, "latitude True"),  # a bool is an int
+    ],
+)
+def test_unusable_coordinates_are_taken_as_absent_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, location: dict[str, object], bad: str
+) -> None:
+    """The record keeps its country: placed at the country's reference point, as a record
+    without coordinates is, and still under the residency rules for GB and EU."""
+    record = {"country": {"iso_code": "GB"}, "city": {"names": {"en": "London"}}}
+    path = one_record_db(tmp_path / "c.mmdb", {**record, "location": location})
+    src = GeoIPSource(path, DEFAULT)
+    with caplog.at_level(logging.WARNING, logger="geodb"):
+        for addr in ("198.51.100.1", "198.51.100.1", "198.51.100.2"):
+            loc = src.locate(ip(addr))
+            assert (loc.country, loc.continent, loc.city) == ("GB", "EU", None)
+            assert (loc.latitude, loc.longitude, loc.accuracy_km) == (51.51, -0.13, 500)
+            assert loc.source is LocationSource.GEOIP
+            loc.describe()
+            assert json.loads(json.dumps(loc.as_dict(), allow_nan=False))
+    assert len(caplog.records) == 1, caplog.records  # once per file, as a corrupt record is
+    said = caplog.records[0]
+    assert str(path) in said.getMessage() and said.getMessage().endswith(bad)
+    assert said.__dict__["event.action"] == "geoip-record-unusable"
+    assert said.__dict__["event.reason"] == bad
+
+
+def test_unusable_coordinates_without_a_country_get_the_default(tmp_path: Path) -> None:
+    path = one_record_db(tmp_path / "c.mmdb", {"location": {"latitude": 999.0, "longitude": 1}})
+    assert GeoIPSource(path, DEFAULT).locate(ip("198.51.100.1")) == DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("record", "expected", "bad"),
+    [
+        (  # an AttributeError (iso_code.upper()) escaped to the request
+            {"country": {"iso_code": 5}, "registered_country": {"iso_code": "JP"}},
+            ("JP", "AS", 500.0),
+            "country 5",
+        ),
+        (
+            {"country": {"iso_code": "JP"}, "continent": {"code": 7}},
+            ("JP", "AS", 500.0),
+            "continent 7",
+        ),
+        (  # was country "JAPAN", which no residency rule names
+            {"country": {"iso_code": "Japan"}, "continent": {"code": "AS"}},
+            (None, "AS", 2500.0),
+            "country 'Japan'",
+        ),
+    ],
+)
+def test_unusable_country_or_continent_is_taken_as_absent(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    record: dict[str, object],
+    expected: tuple[object, ...],
+    bad: str,
+) -> None:
+    src = GeoIPSource(one_record_db(tmp_path / "k.mmdb", record, "GeoIP2-Country"), DEFAULT)
+    with caplog.at_level(logging.WARNING, logger="geodb"):
+        loc = src.locate(ip("198.51.100.1"))
+    assert (loc.country, loc.continent, loc.accuracy_km) == expected
+    assert [r.__dict__["event.reason"] for r in caplog.records] == [bad]
+
+
+def test_an_unusable_city_name_is_dropped_and_the_coordinates_kept(tmp_path: Path) -> None:
+    record = {
+        "country": {"iso_code": "DE"},
+        "city": {"names": {"en": 5}},  # describe() raised a TypeError
+        "location": {"latitude": 52.52, "longitude": 13.4, "accuracy_radius": float("nan")},
+    }
+    loc = GeoIPSource(one_record_db(tmp_path / "c.mmdb", record), DEFAULT).locate(
+        ip("198.51.100.1")
+    )
+    assert (loc.city, loc.latitude, loc.longitude, loc.accuracy_km) == (None, 52.52, 13.4, 500)
+    assert "DE" in loc.describe()
