@@ -15,7 +15,10 @@ from backend.errors import BackendError
 EXIT_USAGE = 2
 DRAIN_TIMEOUT_S = 25.0  # SIGTERM: requests in flight get this long, then are cut
 MAX_DRAIN_TIMEOUT_S = 3600.0
-DRAIN_BACKSTOP_S = 1.0  # aiohttp's own cut, after ours: see run_app below
+# aiohttp's own cut (shutdown_timeout), this long after BackendServer's: its default, 60 s,
+# outlasted every supervisor's grace (Docker 10 s, Kubernetes 30 s), and at the same moment as
+# ours the two raced inside aiohttp (its waiter cancelled, then set: an error logged).
+DRAIN_BACKSTOP_S = 1.0
 MAX_PORT = 65535
 
 log = logging.getLogger("geogate.backend")
@@ -131,18 +134,19 @@ def _serve(argv: Sequence[str]) -> None:
         access_log=None,
         print=None,
         handler_cancellation=True,
-        # aiohttp's own default, 60 s, outlasted every supervisor's grace (Docker 10 s,
-        # Kubernetes 30 s): a SIGKILL then cut the streams before the server could.
-        # Ours cuts at --drain-timeout (BackendServer._cut_at_drain_end); aiohttp's, a backstop
-        # a moment later, waits for that cut's handlers to end (the two at once raced inside
-        # aiohttp: its waiter cancelled, then set, an error logged).
+        # The cut at --drain-timeout is BackendServer's; aiohttp's, a backstop (see
+        # DRAIN_BACKSTOP_S), has to wait for that cut's handlers to end.
         shutdown_timeout=a.drain_timeout + DRAIN_BACKSTOP_S,
     )
     if server.failure:  # the warm-up failed and stopped the server: say why, exit non-zero
         raise BackendError(server.failure)
-    # Drained and stopped: the interpreter's own teardown (torch, the model) took another
-    # 2.7 s of a 3.7 s stop with --drain-timeout 1 on the tiny model, which a supervisor's
-    # grace counts too. Nothing is left to run; the log goes out first.
+    _exit_drained()
+
+
+def _exit_drained() -> NoReturn:
+    """Drained and stopped: the interpreter's own teardown (torch, the model) took another
+    2.7 s of a 3.7 s stop with --drain-timeout 1 on the tiny model, which a supervisor's grace
+    counts too. Nothing is left to run; the log goes out first."""
     log.info("stopped")
     logging.shutdown()
     sys.stdout.flush()

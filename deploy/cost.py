@@ -7,7 +7,10 @@ its table into README.md; tests/deploy/test_cost.py checks the two agree."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import argparse
+import os
+import sys
+from typing import NamedTuple, NoReturn
 
 
 class Price(NamedTuple):
@@ -167,5 +170,33 @@ def table() -> str:
     return "\n".join(lines)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line, exit status 2 (as geogate's own commands, backend.cli's
+    OneLineParser; not imported: this script runs without the repository on sys.path)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """It takes no arguments: each used to be ignored, --help included, and the table printed
+    with exit status 0 as if it had been understood."""
+    parser = _OneLineParser(
+        prog="deploy/cost.py",
+        description='Print README\'s "What it costs" table (markdown) from the hand-copied '
+        "price list in this file. It takes no arguments: change a price or a quantity here.",
+    )
+    parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        print(table(), flush=True)  # flushed here, so that a closed pipe is caught below
+    except OSError as exc:
+        # Output still buffered goes to /dev/null, or flushing it at exit raises again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(exc, BrokenPipeError):  # the reader stopped (| head): as SIGPIPE would
+            sys.exit(128 + 13)
+        print(f"deploy/cost.py: cannot write the table: {exc.strerror}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    print(table())
+    main()

@@ -113,8 +113,9 @@ def nearest(site: Site, regions: tuple[str, ...], table: Table | None = None) ->
 
 def event_regions(spec: WorldSpec) -> dict[str, str]:
     """Which region each event hits: the failure and the drain hit a region that serves some
-    sites but is not the origin (topology (a) would otherwise just be down); the
-    overload the region nearest to the most sites."""
+    sites but is not the origin (topology (a) would otherwise just be down), or the origin when
+    it alone serves any (another region can still take (c)'s traffic: geogate world refuses
+    events with one region, world_checks); the overload the region nearest to the most sites."""
     served = [nearest(s, spec.regions, spec.rtt_table) for s in spec.sites]
     busiest = [r for r in sorted(spec.regions, key=lambda r: -served.count(r)) if r in served]
     others = [r for r in busiest if r != spec.origin] or busiest

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
+from gateway.cli import world_checks as wcheck
 from gateway.cli import world_report as wr
 from gateway.cli.errors import CLIError, OneLineParser
 from gateway.cli.files import output_dir, read_text, writing
@@ -37,7 +37,6 @@ from geodb.published_rtt import AWS_2017, MATCH_KM, aws_2017
 from geodb.regions import known_region, known_regions
 
 EVENTS = ("overload", "drain", "fail")
-MAX_EVENT_S = 3600.0  # an hour of traffic per event: --event-s inf ran for ever
 
 
 @dataclass
@@ -296,7 +295,12 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     w.add_argument("--sites", nargs="+", metavar="SITE", help="client sites (default: all 8)")
     w.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="REGION")
     w.add_argument("--origin", default="eu-central", help="topology (a)'s single origin")
-    w.add_argument("--requests", type=int, default=10, help="per site and topology (steady)")
+    w.add_argument(
+        "--requests",
+        type=int,
+        default=10,
+        help=f"per site and topology (steady; at most {wcheck.MAX_REQUESTS:,})",
+    )
     w.add_argument(
         "--events",
         nargs="*",
@@ -352,15 +356,11 @@ def run_command(args: argparse.Namespace) -> None:
     _no_twice("--regions", args.regions, args.regions)
     if args.origin not in args.regions:
         raise CLIError(f"world: the origin {args.origin!r} is not one of --regions")
-    if args.requests < 1:
-        raise CLIError("world: --requests must be at least 1")
-    if not (math.isfinite(args.event_s) and 0 < args.event_s <= MAX_EVENT_S):  # NaN, inf
-        raise CLIError(
-            f"world: --event-s must be a positive number of seconds, at most {MAX_EVENT_S:g}, "
-            f"got {args.event_s}"
-        )
+    wcheck.check_requests(args.requests)
+    wcheck.check_event_s(args.event_s)
     events = tuple(args.events) if args.events is not None else KINDS[args.backend].events
     check_events(args.backend, events)
+    wcheck.check_event_regions(events, tuple(args.regions))
     if args.model_dir is not None and (args.backend != "model" or not args.model_dir.is_dir()):
         raise CLIError(f"world: --model-dir {args.model_dir} needs --backend model and a directory")
     sites = pick_sites(args.sites)

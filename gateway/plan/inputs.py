@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.checks import FLEET_ID
 from gateway.errors import PlanInvalid
 from gateway.plan.checks import MOST, OBJECTIVE_MOST_MS, as_table, coordinate, number, shape
 from geodb.countries import continent_point, country_continent, country_point
@@ -197,16 +198,41 @@ REGION_DEFAULTS = frozenset(
 REGION_KEYS = REGION_DEFAULTS | {"id", "latitude", "longitude", "usd_per_hour"}
 
 
+def _region_id(i: int, row: dict[str, Any]) -> str:
+    """A region's id, by the gateway config's rule for one (gateway.checks.FLEET_ID): a plan's
+    region becomes a [[regions]] entry of that config, and a "|" broke plan.md's table, an
+    empty id printed as nothing at all. Checked before it names the row in any message."""
+    rid = row.get("id")
+    if rid is None:
+        raise PlanInvalid(f"plan: regions[{i}] has no id")
+    if not isinstance(rid, str) or not FLEET_ID.fullmatch(rid):
+        raise PlanInvalid(
+            f"plan: regions[{i}]: id must be letters, digits and _.- (first a letter, digit "
+            f"or _), as a region's id in the gateway config, got {shape(rid)}"
+        )
+    return rid
+
+
+def _instance(merged: dict[str, Any], where: str) -> str:
+    """The instance type, printed as it is ("1 x g5.xlarge"): a table was printed as its
+    Python repr, and a line break would split the output's line."""
+    value = merged.get("instance", "?")  # not needed for the arithmetic: "?" when not given
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise PlanInvalid(
+            f'plan: {where}: instance must be an instance type such as "g5.xlarge", '
+            f"got {shape(value)}"
+        )
+    return value
+
+
 def _candidate(
     i: int,
     row: dict[str, Any],
     defaults: dict[str, Any],
     measured: Callable[[], Measured] | None = None,
 ) -> Candidate:
-    rid = row.get("id")
-    where = f"regions[{i}] ({rid or '?'})"
-    if not isinstance(rid, str):
-        raise PlanInvalid(f"plan: {where} has no id")
+    rid = _region_id(i, row)
+    where = f"regions[{i}] ({rid})"
     _known(row, REGION_KEYS, where)
     if "latitude" in row or "longitude" in row:
         lat, lon = (
@@ -228,7 +254,7 @@ def _candidate(
         id=rid,
         lat=lat,
         lon=lon,
-        instance=str(merged.get("instance", "?")),
+        instance=_instance(merged, where),
         usd_per_hour=usd_per_hour,
         tokens_per_s=tokens_per_s,
         tokens_per_s_source=source,
@@ -290,6 +316,27 @@ def _sections(
     return settings, section(doc, "objectives_p95_ms"), d_defaults, r_defaults
 
 
+def _objectives(table: dict[str, Any]) -> dict[str, float]:
+    """p95 RTT objectives per continent, keyed in upper case. TOML keys are case-sensitive,
+    so EU = 10 and eu = 500 are two keys for one continent: the later one used to win in
+    silence, and a placement "met" the objectives at 500 ms."""
+    objectives: dict[str, float] = {}
+    named: dict[str, str] = {}  # continent -> the key that gave it
+    for cont, ms in table.items():
+        if continent_point(cont) is None:
+            raise PlanInvalid(f"plan: objectives_p95_ms: unknown continent {cont!r}")
+        if cont.upper() in named:
+            raise PlanInvalid(
+                f"plan: objectives_p95_ms: {named[cont.upper()]!r} and {cont!r} are the same "
+                "continent: give one"
+            )
+        named[cont.upper()] = cont
+        objectives[cont.upper()] = number(
+            {cont: ms}, cont, "objectives_p95_ms", positive=True, most=OBJECTIVE_MOST_MS
+        )
+    return objectives
+
+
 def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> PlanInput:
     """``read_results``: the backend results document (bench/results/backend.json or the
     settings' ``backend_results``), for regions without a tokens_per_s of their own or with
@@ -308,13 +355,7 @@ def parse(doc: dict[str, Any], read_results: ResultsReader | None = None) -> Pla
     dup = next((x for x in ids if ids.count(x) > 1), None)
     if dup is not None:
         raise PlanInvalid(f"plan: region {dup!r} is listed twice")
-    objectives = {}
-    for cont, ms in objectives_in.items():
-        if continent_point(cont) is None:
-            raise PlanInvalid(f"plan: objectives_p95_ms: unknown continent {cont!r}")
-        objectives[cont.upper()] = number(
-            {cont: ms}, cont, "objectives_p95_ms", positive=True, most=OBJECTIVE_MOST_MS
-        )
+    objectives = _objectives(objectives_in)
     util = number(settings, "target_utilisation", "settings", TARGET_UTILISATION, positive=True)
     return PlanInput(
         demand=demand,

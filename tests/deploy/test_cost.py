@@ -5,12 +5,14 @@ the quantities are the Terraform's, and the line items the first table left out 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 from types import ModuleType
 
 import hcl2
+import pytest
 
 from gateway import defaults as d
 from gateway.dns.route53 import INTERVALS
@@ -87,3 +89,35 @@ def test_the_quantities_are_the_terraforms() -> None:
     # `geogate dns export`'s checks: HTTPS (the regions' https:// URLs), at the shortest
     # interval Route 53 has for the gateway's default check interval: the fast one.
     assert next(i for i in INTERVALS if i >= d.DNS_CHECK_INTERVAL_S) == 10
+
+
+def _script(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_help_says_what_it_prints() -> None:
+    """--help, like every argument, was ignored: the table printed with exit status 0."""
+    p = _script("--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: deploy/cost.py [-h]\n")
+    assert "What it costs" in p.stdout and "| item |" not in p.stdout
+
+
+def test_an_argument_it_does_not_take_is_one_line() -> None:
+    p = _script("--regions", "5")
+    assert (p.returncode, p.stdout) == (2, "")
+    assert p.stderr == (
+        "deploy/cost.py: error: unrecognized arguments: --regions 5 (see deploy/cost.py --help)\n"
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux only)")
+def test_a_full_disk_is_one_line() -> None:
+    with open("/dev/full", "w") as full:
+        p = subprocess.run(
+            [sys.executable, str(SCRIPT)], stdout=full, stderr=subprocess.PIPE, text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert p.returncode == 1
+    assert p.stderr == "deploy/cost.py: cannot write the table: No space left on device\n"

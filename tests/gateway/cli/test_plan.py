@@ -126,6 +126,34 @@ def test_extreme_numbers_are_one_line(
     assert not (tmp_path / "out" / "plan.json").exists()
 
 
+# Accepted in silence: a continent's objective given twice (the later won: plan.json held
+# EU 500 and a placement "met" EU 10), an id that split plan.md's table, an instance printed
+# as "1 x {'a': 1}".
+WRONG = {
+    "EU = 60\n": ("EU = 10\neu = 500\n",
+        "geogate: plan: objectives_p95_ms: 'EU' and 'eu' are the same continent: give one\n"),
+    'id = "ap-southeast"\n': ('id = "ap|southeast"\nlatitude = 1.35\nlongitude = 103.8\n',
+        "geogate: plan: regions[0]: id must be letters, digits and _.- (first a letter, digit "
+        "or _), as a region's id in the gateway config, got 'ap|southeast'\n"),
+    'instance = "g5.xlarge"': ("instance = {a = 1}",
+        "geogate: plan: regions[0] (ap-southeast): instance must be an instance type such as "
+        '"g5.xlarge", got a table\n'),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("line", list(WRONG))
+def test_inputs_once_taken_in_silence_are_one_line(
+    line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new, message = WRONG[line]
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert line in text
+    f = tmp_path / "plan.toml"
+    f.write_text(text.replace(line, new, 1))
+    assert _plan_error(capsys, str(f), "--out", str(tmp_path / "out")) == message
+    assert not (tmp_path / "out" / "plan.json").exists()
+
+
 def test_plan_json_never_holds_infinity(tmp_path: Path) -> None:
     """A PlanInput built in code has no input bounds: a figure that is not finite is one
     line, not Infinity in a file that JSON parsers refuse."""

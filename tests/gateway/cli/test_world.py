@@ -141,6 +141,26 @@ def test_a_run_that_fails_keeps_its_folder_and_says_where(
     shutil.rmtree(work)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--regions", "eu-central", "--events"],  # one region: the steady state only
+        ["--regions", "eu-central", "us-east", "--events", "drain", "fail"],  # London: origin
+        ["--requests", "10000", "--events"],  # the most
+    ],
+)
+def test_what_the_checks_let_through(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.cli import world_run
+    from gateway.cli.main import main
+
+    seen: list[Path] = []
+    monkeypatch.setattr(world_run, "_run", _no_processes(seen))
+    main(["world", "--no-progress", "--sites", "London", "--out", str(tmp_path), *argv])
+    assert len(seen) == 1
+
+
 def _rows() -> tuple[list[wr.SiteRow], list[wr.EventRow]]:
     cell = wr.Cell(n=1, failed=0, p50=100.0, p95=110.0, ratio=1.5)
     rows = [wr.SiteRow("New York", "NA", 60.0, {t: cell for t in wr.TOPOLOGIES})]
@@ -209,6 +229,24 @@ def test_unknown_site_is_one_line() -> None:
             "geogate: world: --regions names 'eu-central' more than once",
         ),
         (["--sites", "London", "london"], "geogate: world: --sites names 'London' more than once"),
+        # the events all hit the origin, the only region: every row read "never", exit 0
+        (
+            ["--sites", "London", "--regions", "eu-central", "--events", "drain", "fail"],
+            "geogate: world: --events drain fail: no region other than the origin 'eu-central' "
+            "to move traffic to: add one to --regions, or give --events with nothing after it "
+            "(the steady state only)\n",
+        ),
+        (
+            ["--regions", "us-east", "--origin", "us-east"],  # the default events, too
+            "geogate: world: --events overload drain fail: no region other than the origin "
+            "'us-east' to move traffic to",
+        ),
+        # unbounded: years of requests one after another, every sample kept in memory
+        (
+            ["--requests", "1000000000"],
+            "geogate: world: --requests must be at least 1 and at most 10,000, got 1000000000\n",
+        ),
+        (["--requests", "0"], "geogate: world: --requests must be at least 1 and at most 10,000"),
     ],
 )
 def test_bad_arguments_are_one_line(

@@ -65,6 +65,32 @@ def test_defaults_and_points() -> None:
          "plan: regions[0] (sa-east): usd_per_hour must be at most 100,000, got 1e+308"),
         ({"objectives_p95_ms": {"EU": 1e308}},
          "plan: objectives_p95_ms: EU must be at most 100,000, got 1e+308"),
+        # one continent twice: the later key won in silence (EU 500, not 10: "meets")
+        ({"objectives_p95_ms": {"EU": 10, "eu": 500}},
+         "plan: objectives_p95_ms: 'EU' and 'eu' are the same continent: give one"),
+        # ids the gateway config refuses: "" printed as nothing, "|" split plan.md's table
+        ({"regions": [{"id": "", "latitude": 1, "longitude": 2, "usd_per_hour": 1}]},
+         "plan: regions[0]: id must be letters, digits and _.- (first a letter, digit or _), "
+         "as a region's id in the gateway config, got ''"),
+        ({"regions": [{"id": "a|b", "latitude": 1, "longitude": 2, "usd_per_hour": 1}]},
+         "plan: regions[0]: id must be letters, digits and _.- (first a letter, digit or _), "
+         "as a region's id in the gateway config, got 'a|b'"),
+        ({"regions": [{"id": "a\nb", "latitude": 1, "longitude": 2, "usd_per_hour": 1}]},
+         "plan: regions[0]: id must be letters, digits and _.- "),
+        ({"regions": [{"id": 5, "usd_per_hour": 1}]},
+         "plan: regions[0]: id must be letters, digits and _.- "),
+        ({"regions": [{"usd_per_hour": 1}]}, "plan: regions[0] has no id"),
+        # an instance that is not a name was printed as its Python repr: "1 x {'a': 1}"
+        ({"regions": [{"id": "sa-east", "usd_per_hour": 1, "instance": {"a": 1}}]},
+         'plan: regions[0] (sa-east): instance must be an instance type such as "g5.xlarge", '
+         "got a table"),
+        ({"region_defaults": {"tokens_per_s": 500, "egress_usd_per_tb": 90, "instance": 5}},
+         'plan: regions[0] (sa-east): instance must be an instance type such as "g5.xlarge", '
+         "got 5"),
+        ({"regions": [{"id": "sa-east", "usd_per_hour": 1, "instance": "g5\nx"}]},
+         "plan: regions[0] (sa-east): instance must be an instance type "),
+        ({"regions": [{"id": "sa-east", "usd_per_hour": 1, "instance": " "}]},
+         "plan: regions[0] (sa-east): instance must be an instance type "),
     ],
 )  # fmt: skip
 def test_bad_inputs_are_one_line(changes: dict[str, Any], message: str) -> None:
@@ -126,3 +152,17 @@ def test_wrong_shapes_and_unknown_keys_are_one_line(toml: str, message: str) -> 
         parse(_doc(**tomllib.loads(toml)))
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_an_instance_and_an_id_as_the_gateway_config_takes_them() -> None:
+    row = {"id": "My_region.2", "latitude": 1, "longitude": 2, "usd_per_hour": 1}
+    (c,) = parse(_doc(regions=[row | {"instance": "Standard_NC24ads A100 v4"}])).candidates
+    assert (c.id, c.instance) == ("My_region.2", "Standard_NC24ads A100 v4")
+    assert parse(_doc()).candidates[0].instance == "?"  # not given: not needed for the sums
+
+
+def test_objectives_are_keyed_by_continent_in_upper_case() -> None:
+    assert parse(_doc(objectives_p95_ms={"eu": 60, "AS": 90})).objectives_p95_ms == {
+        "EU": 60,
+        "AS": 90,
+    }
