@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_
 from gateway.errors import ConfigError
 
 FORMATS = ("powerdns", "route53")
+# A file the export replaces is kept readable as it was; a new one is readable by all (0644,
+# whatever the umask): the DNS server reads it as its own user, and it holds what DNS
+# publishes anyway (the regions' addresses and public URLs).
+NEW_FILE_MODE = 0o644
+# The serial of the zone an export replaces (its own SOA line: "@ IN SOA mname rname serial").
+SOA_SERIAL = re.compile(r"^\S+(?:\s+\d+)?(?:\s+IN)?\s+SOA\s+\S+\s+\S+\s+\(?\s*(\d+)\b", re.M)
 
 
 def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
@@ -49,7 +57,9 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only)",
+        help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only): relative to "
+        "the zone, as --name and as a zone file reads it (ns2: ns2.ZONE), unless it ends with "
+        "'.' (ns1.example.net.); a host name, not an address",
     )
     ex.add_argument(
         "--alias-regions",
@@ -65,7 +75,7 @@ def export(args: argparse.Namespace) -> None:
     # Here, not at the top: the parser imports this module for every command.
     from gateway.config_file import load_config
     from gateway.dns import powerdns, route53, tables
-    from gateway.dns.options import options
+    from gateway.dns.options import OptionError, next_serial, options
 
     # The flags alone decide these: said before the file is read. ``is not None``: a
     # --check-timeout of 0 is one given.
@@ -99,7 +109,9 @@ def export(args: argparse.Namespace) -> None:
             check_timeout_s=DNS_CHECK_TIMEOUT_S
             if args.check_timeout is None
             else args.check_timeout,
-            serial=int(time.time()),  # grows with each export: secondaries see a new zone
+            # Grows with each export, past the serial of the zone it replaces: secondaries
+            # transfer a zone only when its serial is newer.
+            serial=next_serial(int(time.time()), _previous_serial(args.out)),
             nameservers=tuple(args.ns),
         )
     except ValueError as exc:
@@ -112,6 +124,8 @@ def export(args: argparse.Namespace) -> None:
         else:
             doc = route53.record_sets(computed, entries, opt, str(args.config))
             text = json.dumps(doc, indent=2) + "\n"
+    except OptionError as exc:  # a name the records make too long (Route 53's chain names)
+        raise CLIError(f"dns export: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"config error in {args.config}: {exc}") from None
     if args.out is None:
@@ -120,7 +134,7 @@ def export(args: argparse.Namespace) -> None:
     try:
         _write(args.out, text)
     except OSError as exc:
-        raise CLIError(f"cannot write {args.out}: {exc.strerror}") from None
+        raise CLIError(f"cannot write {args.out}: {_why(exc, args.out)}") from None
     orders = len(computed.orders())
     aliases = sum(e.alias for e in entries.values())
     aliased = f" ({aliases} as load balancer aliases)" if aliases else ""
@@ -130,21 +144,80 @@ def export(args: argparse.Namespace) -> None:
     )
 
 
+def _previous_serial(out: Path | None) -> int | None:
+    """The SOA serial of the zone file at ``out``, if there is one to read."""
+    if out is None:
+        return None
+    try:
+        # Non-blocking: opening a FIFO to read would wait for a writer (this export is it).
+        fd = os.open(out, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None  # none yet, or unreadable: writing it says what is wrong
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe or a device: not read
+            return None
+        found = SOA_SERIAL.search(f.read().decode("utf-8", "replace"))
+    return int(found[1]) % 2**32 if found else None
+
+
+def _why(exc: OSError, out: Path) -> str:
+    """The error, naming the file it is about when that is not ``out`` itself (the temporary
+    file's directory, or where a symlink points)."""
+    name = exc.filename
+    if name is None or os.fspath(name) == os.fspath(out):
+        return exc.strerror or str(exc)
+    return f"{name}: {exc.strerror or exc}"
+
+
 def _write(out: Path, text: str) -> None:
     """Write ``text`` to ``out``: a regular file (or none yet) is replaced whole, through a
     temporary file renamed over it, so a DNS server reloading the zone never sees half of it.
     The rename goes to where ``out`` points: through a symlink (a zone file linked into the
     server's directory) it replaces the file, not the link. Anything else that exists (a
-    pipe, /dev/stdout) is written as it is: renaming over it would replace the device node."""
+    pipe, /dev/stdout) is written as it is: renaming over it would replace the device node.
+
+    The new file takes the replaced one's mode, owner and group (as far as this process may
+    set them): a zone file 0640 root:pdns stays readable by the server, where a file made
+    afresh would have had this process's umask and group. A new file is NEW_FILE_MODE."""
     try:
-        regular = stat.S_ISREG(os.stat(out).st_mode)
+        st: os.stat_result | None = os.stat(out)
     except FileNotFoundError:
-        regular = True  # nothing there yet, or a link to a file still to be made
-    if not regular:
+        st = None  # nothing there yet, or a link to a file still to be made
+    if st is not None and not stat.S_ISREG(st.st_mode):
         with open(out, "w", encoding="utf-8") as f:
             f.write(text)
         return
     real = Path(os.path.realpath(out))
-    tmp = real.with_name(real.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(real)
+    # A name of its own (O_EXCL, unpredictable): a fixed "out.tmp" would follow a symlink left
+    # there, or fail on a directory of that name, and two exports would share it.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        exc.filename = f"a temporary file in {real.parent}"
+        raise
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            _keep_access(f.fileno(), st)
+            os.fsync(f.fileno())  # the data before the rename: no empty zone after a crash
+        os.replace(tmp, real)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _keep_access(fd: int, st: os.stat_result | None) -> None:
+    """Give the file at ``fd`` the mode, owner and group of ``st`` (the file it replaces), as
+    far as this process may: root sets both; another user may set a group it is in; else the
+    file keeps this process's. Owner first: a change of owner clears set-id bits."""
+    if st is None:
+        os.fchmod(fd, NEW_FILE_MODE)
+        return
+    for uid, gid in ((st.st_uid, st.st_gid), (-1, st.st_gid)):
+        try:
+            os.fchown(fd, uid, gid)
+            break
+        except PermissionError:
+            continue
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))

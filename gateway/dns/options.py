@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -15,17 +16,49 @@ MAX_TTL_S = 2**31 - 1
 # value is a mistake (milliseconds for seconds, most likely), as is a check waiting a minute.
 MAX_CHECK_INTERVAL_S = 3600
 MAX_CHECK_TIMEOUT_S = 60
+# RFC 1035 §3.1: a name is at most 255 bytes on the wire (each label's length byte and the
+# root's zero included), so "a.b." takes len + 1. PowerDNS refuses a zone holding a longer one
+# whole ("name too long to append"), and Route 53 the change.
+MAX_NAME_BYTES = 255
+SERIAL_MODULUS = 2**32  # an SOA serial is 32 bits and compares in serial arithmetic (RFC 1982)
 
 
-def domain(name: str, what: str) -> str:
-    """``name`` as a fully qualified domain name (trailing dot), or ValueError saying why not."""
+class OptionError(ValueError):
+    """An argument the export cannot write: the CLI says it in one line, naming the option."""
+
+
+def domain(name: str, what: str, fix: str = "") -> str:
+    """``name`` as a fully qualified domain name (trailing dot), or OptionError saying why not
+    (``fix``: what to shorten, when it is too long)."""
     labels = name.rstrip(".").split(".")
     if not name.rstrip(".") or not all(LABEL.fullmatch(x) for x in labels):
-        raise ValueError(
+        raise OptionError(
             f"{what} {name!r} is not a domain name (labels of letters, digits and hyphens, "
             "joined by dots)"
         )
-    return ".".join(labels).lower() + "."
+    return fits(".".join(labels).lower() + ".", what, fix or f"shorten the {what}")
+
+
+def fits(fqdn: str, what: str, fix: str) -> str:
+    """``fqdn`` (fully qualified), or OptionError when it is longer than a DNS name may be."""
+    size = len(fqdn.encode("ascii")) + 1  # the labels as LABEL allows them are ASCII
+    if size > MAX_NAME_BYTES:
+        raise OptionError(
+            f"{what} {fqdn} is {size} bytes as DNS sends it, over the {MAX_NAME_BYTES} a name "
+            f"may be: {fix}"
+        )
+    return fqdn
+
+
+def next_serial(now: int, previous: int | None) -> int:
+    """The SOA serial of a new export: the time (seconds), unless the zone it replaces has a
+    serial not before it (two exports in one second, a clock set back, a YYYYMMDDnn serial):
+    then that one plus one, so a secondary sees a newer zone and transfers it. Compared in
+    serial arithmetic (RFC 1982), as secondaries compare: past 2^32 - 1 comes 0."""
+    now %= SERIAL_MODULUS
+    if previous is None or 0 < (now - previous) % SERIAL_MODULUS < SERIAL_MODULUS // 2:
+        return now
+    return (previous + 1) % SERIAL_MODULUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +90,8 @@ def options(
     serial: int = 1,
     nameservers: tuple[str, ...] = (),
 ) -> Options:
-    """Checked options; ValueError with the words to fix the argument."""
-    fq_zone = domain(zone, "zone")
+    """Checked options; OptionError (a ValueError) with the words to fix the argument."""
+    fq_zone = domain(zone, "zone", "shorten --zone")
     name = _relative(name, fq_zone)
     for value, what, low, high in (
         (ttl, "ttl", 1, MAX_TTL_S),
@@ -66,13 +99,20 @@ def options(
         (check_timeout_s, "check timeout", 1, MAX_CHECK_TIMEOUT_S),
     ):
         if value < low:
-            raise ValueError(f"{what} {value} must be at least {low} s")
+            raise OptionError(f"{what} {value} must be at least {low} s")
         if value > high:
-            raise ValueError(f"{what} {value} must be at most {high} s")
-    ns = tuple(domain(n, "nameserver") for n in nameservers)
+            raise OptionError(f"{what} {value} must be at most {high} s")
+    ns = tuple(_nameserver(n, fq_zone) for n in nameservers)
+    twice = next((n for i, n in enumerate(ns) if n in ns[:i]), None)
+    if twice is not None:  # two NS records of one name: a typo'd copy, another was meant
+        raise OptionError(f"nameserver {twice} is given twice (--ns)")
     chosen = Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns)
+    # The zone's own names, in full: the name "api" under a long zone may not fit.
+    fits(chosen.fqdn, "name", "shorten --name or --zone")
+    for n in chosen.ns:
+        fits(n, "nameserver", "shorten --ns or --zone")
     if chosen.fqdn in chosen.ns:  # the geo record on the nameserver's own name
-        raise ValueError(
+        raise OptionError(
             f"name {chosen.fqdn} is a nameserver of the zone (--ns): the zone's NS records "
             "would point at the geo answers; give the API another name (api)"
         )
@@ -85,14 +125,34 @@ def _relative(name: str, fq_zone: str) -> str:
     it would have become a name under the zone (api.example.org.example.com.)."""
     if name == "@":
         return name
-    fq = domain(name, "name")
+    fq = domain(name, "name", "shorten --name")
     if fq == fq_zone:
         return "@"
     if fq.endswith("." + fq_zone):
         return fq[: -len(fq_zone) - 1]
     if name.endswith("."):
-        raise ValueError(
+        raise OptionError(
             f"name {name!r} is not in zone {fq_zone}: give a name in it (api, or "
             f"api.{fq_zone}), or the zone it is in (--zone)"
         )
     return fq.rstrip(".")
+
+
+def _nameserver(name: str, fq_zone: str) -> str:
+    """An --ns name as a zone file reads it, and as --name is: relative to the zone unless it
+    ends with "." (ns2 is ns2.example.com.; ns1.example.net. is itself), and one already
+    ending in the zone is not appended to again (ns2.example.com). An address is refused: an
+    NS record names a host, whose address its own A record gives (as glue, at the parent)."""
+    try:
+        ipaddress.ip_address(name.rstrip(".").strip("[]"))
+    except ValueError:
+        pass
+    else:
+        raise OptionError(
+            f"nameserver {name!r} is an address: --ns takes the name server's host name "
+            f"(ns1 for ns1.{fq_zone}, or ns1.example.net. outside the zone)"
+        )
+    fq = domain(name, "nameserver", "shorten --ns")
+    if name.endswith(".") or fq == fq_zone or fq.endswith("." + fq_zone):
+        return fq
+    return fq + fq_zone  # options checks its length, with the default's

@@ -46,12 +46,13 @@ comes first for gets none (NODATA), as a region without IPv6 addresses does.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from gateway.dns.options import Options
+from gateway.dns.options import Options, fits
 from gateway.dns.tables import Entry, Order, Tables, answered, family
 from gateway.errors import ConfigError
 from geodb.countries import data_rows
@@ -61,26 +62,73 @@ INTERVALS = (10, 30)  # the only request intervals Route 53 offers (seconds)
 FAMILIES = (("A", 4, "v4"), ("AAAA", 6, "v6"))
 # geodb's countries and their continents: those a continent left out answers one by one.
 CONTINENT_OF = {r["country"]: r["continent"] for r in data_rows("countries.csv")}
+# What the Route 53 API takes (HealthCheckConfig, ResourceRecordSet): longer is refused.
+MAX_RESOURCE_PATH = 255
+MAX_FQDN = 255  # FullyQualifiedDomainName, in characters
+MAX_SET_IDENTIFIER = 128
+# Printable ASCII a path may hold as it is; anything else (é, a space) is percent-encoded.
+PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>\\^`{|}')
 
 
-def health_check(url: str, interval_s: int) -> dict[str, Any]:
+def health_check(url: str, interval_s: int, region: str = "") -> dict[str, Any]:
+    """The HealthCheckConfig of a region's /readyz; ConfigError for a URL the API would refuse
+    (its path, or its host once written in ASCII, too long)."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host = parts.hostname or ""
+    where = f"region {region}: url" if region else "url"
+    # The API takes a path of ASCII: a URL's other characters go percent-encoded, as a
+    # client sends them.
+    path = quote(parts.path, safe=PATH_SAFE) + (f"?{parts.query}" if parts.query else "")
+    if len(path) > MAX_RESOURCE_PATH:
+        raise ConfigError(
+            f"{where}: its health check's path ({path[:40]}...) is {len(path)} characters, "
+            f"over the {MAX_RESOURCE_PATH} a Route 53 health check takes (ResourcePath): "
+            "give the region a shorter url"
+        )
     check: dict[str, Any] = {
         "Type": "HTTPS" if https else "HTTP",
         "Port": parts.port or (443 if https else 80),
-        "ResourcePath": parts.path + (f"?{parts.query}" if parts.query else ""),
+        "ResourcePath": path,
         "RequestInterval": next((i for i in INTERVALS if interval_s <= i), INTERVALS[-1]),
         "FailureThreshold": FAILURE_THRESHOLD,
     }
     try:
         check["IPAddress"] = str(ipaddress.ip_address(host))
     except ValueError:
-        check["FullyQualifiedDomainName"] = host
+        check["FullyQualifiedDomainName"] = _ascii_host(host, where)
     if https:
         check["EnableSNI"] = "IPAddress" not in check
     return check
+
+
+def _ascii_host(host: str, where: str) -> str:
+    """``host`` as DNS and the API name it: an internationalized name in IDNA (xn--)."""
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:  # a label too long, or characters IDNA has no form for
+        raise ConfigError(
+            f"{where}: its host {host!r} has no IDNA (xn--) form for Route 53's health check "
+            f"({exc}): give the region's url in ASCII"
+        ) from None
+    if len(name) > MAX_FQDN:
+        raise ConfigError(
+            f"{where}: its host is {len(name)} characters as Route 53 takes it, over the "
+            f"{MAX_FQDN} of a FullyQualifiedDomainName: give the region a shorter url"
+        )
+    return name
+
+
+def _set_identifier(tag: str, region: str) -> str:
+    """A link's identifier: ``tag-region``, but Route 53 takes at most 128 characters, and a
+    region named "next" would be its chain's SECONDARY's (``tag-next``). Then the region's id
+    is cut and a hash of it added after "~", which no region id holds: still one per region."""
+    plain = f"{tag}-{region}"
+    if len(plain) <= MAX_SET_IDENTIFIER and region != "next":
+        return plain
+    digest = hashlib.sha256(region.encode()).hexdigest()[:12]
+    room = MAX_SET_IDENTIFIER - len(tag) - len(digest) - 2
+    return f"{tag}-{region[:room]}~{digest}"
 
 
 def _chain(
@@ -88,6 +136,8 @@ def _chain(
 ) -> list[dict[str, Any]]:
     """The failover links of one order; the first link's name is ``name.format(1)``."""
     out: list[dict[str, Any]] = []
+    # The longest link name, in full: a long --name or --zone may leave no room for "_o12-3-v4.".
+    fits(name.format(len(order)), "Route 53's failover link", "shorten --name or --zone")
     for i, rid in enumerate(order, start=1):
         # A region without addresses is an alias region's: Terraform makes the link an alias.
         values = {"TTL": ttl, "ResourceRecords": [{"Value": a} for a in addrs[rid]]}
@@ -98,7 +148,12 @@ def _chain(
             break
         tag = f"{name.format(i).split('.')[0].lstrip('_')}"
         out.append(
-            {**link, "SetIdentifier": f"{tag}-{rid}", "Failover": "PRIMARY", "HealthCheck": rid}
+            {
+                **link,
+                "SetIdentifier": _set_identifier(tag, rid),
+                "Failover": "PRIMARY",
+                "HealthCheck": rid,
+            }
         )
         out.append(
             {
@@ -123,13 +178,13 @@ def _geo(opt: Options, rtype: str, key: str, where: dict[str, str], target: str)
 
 
 def _places(
-    tables: Tables, addrs: Mapping[str, tuple[str, ...]]
+    tables: Tables, addrs: Mapping[str, tuple[str, ...]], version: int
 ) -> list[tuple[str, dict[str, str], Order]]:
-    """The geolocation records of one family (``addrs``: its regions' addresses), as
-    (identifier, GeoLocation, order); a place left out gets no answer of the family."""
+    """The geolocation records of one family (IP ``version``; ``addrs``: its regions'
+    addresses), as (identifier, GeoLocation, order); a place left out gets no answer of it."""
 
     def has(order: Order) -> bool:
-        return bool(answered(order, addrs))
+        return bool(answered(order, addrs, version))
 
     unanswered = {c for c, o in tables.countries.items() if not has(o)}
     left_out = {k for k, o in tables.continents.items() if not has(o)}
@@ -172,13 +227,17 @@ def _one_record_per_country(tables: Tables) -> None:
 
 
 def _family_sets(
-    tables: Tables, addrs: Mapping[str, tuple[str, ...]], opt: Options, rtype: str, tag: str
+    tables: Tables,
+    addrs: Mapping[str, tuple[str, ...]],
+    opt: Options,
+    family_of: tuple[str, int, str],
 ) -> list[dict[str, Any]]:
+    rtype, version, tag = family_of
     firsts: dict[Order, str] = {}
     sets: list[dict[str, Any]] = []
 
     def first_link(order: Order) -> str:
-        mine = answered(order, addrs)
+        mine = answered(order, addrs, version)
         if mine not in firsts:
             name = f"_o{len(firsts) + 1}-{{}}-{tag}.{opt.fqdn}"
             firsts[mine] = name.format(1)
@@ -187,7 +246,7 @@ def _family_sets(
 
     geo = [
         _geo(opt, rtype, key, where, first_link(order))
-        for key, where, order in _places(tables, addrs)
+        for key, where, order in _places(tables, addrs, version)
     ]
     return geo + sets
 
@@ -198,12 +257,12 @@ def record_sets(
     _one_record_per_country(tables)
     aliases: dict[str, tuple[str, ...]] = {r: () for r, e in entries.items() if e.alias}
     sets: list[dict[str, Any]] = []
-    for rtype, version, tag in FAMILIES:
-        addrs = family(entries, version)
-        if rtype == "A":  # an alias region's links: A, with no addresses of their own
+    for family_of in FAMILIES:
+        addrs = family(entries, family_of[1])
+        if family_of[0] == "A":  # an alias region's links: A, with no addresses of their own
             addrs = {**aliases, **addrs}
         if addrs:
-            sets.extend(_family_sets(tables, addrs, opt, rtype, tag))
+            sets.extend(_family_sets(tables, addrs, opt, family_of))
     note = (
         " An A record with GeogateRegion and no ResourceRecords is an alias to that region's "
         "load balancer, for Terraform to fill in."
@@ -220,7 +279,7 @@ def record_sets(
         "name": opt.fqdn,
         "ttl": opt.ttl,
         "health_checks": {
-            rid: health_check(e.health_url, opt.check_interval_s) for rid, e in entries.items()
+            rid: health_check(e.health_url, opt.check_interval_s, rid) for rid, e in entries.items()
         },
         "record_sets": sets,
     }

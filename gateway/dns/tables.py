@@ -80,17 +80,27 @@ def family(entries: Mapping[str, Entry], version: int) -> dict[str, tuple[str, .
     return out
 
 
-def answered(order: Order, addrs: Mapping[str, object]) -> Order:
-    """The regions of ``order`` that one address family (``addrs``: its regions) answers, best
-    first; none at all when the order's first region has no address of the family.
+def answered(order: Order, addrs: Mapping[str, object], version: int) -> Order:
+    """The regions of ``order`` that the address family of IP ``version`` (``addrs``: its
+    regions) answers, best first.
 
-    Both families must send a place to the same region: a dual-stack client uses the AAAA
-    answer first (Happy Eyeballs), so an AAAA naming another region than A moves it there. A
-    family whose first region has none of its addresses answers nothing (NODATA) and the
-    client takes the other family's, that region's. And never a region outside the order:
-    a residency rule's order holds only the regions it allows.
+    IPv4 (A): every region of the order with IPv4 addresses, so its first one is the nearest
+    that has any. A client with IPv4 alone (most are) has no other way in: an empty A answer
+    while a region of its order has IPv4 would be an outage for it (an IPv6-only region first).
+    A dual-stack client still enters the first region: it prefers that one's AAAA answer.
+
+    IPv6 (AAAA): none at all when the order's first region has no IPv6 address. A dual-stack
+    client uses the AAAA answer first (Happy Eyeballs), so an AAAA naming another region than
+    A would move it off its nearest region; with none (NODATA) it takes A, the first region.
+    A client with IPv6 alone loses nothing: it reaches IPv4 through DNS64/NAT64, which makes
+    an AAAA answer from the A one exactly when there is no AAAA (RFC 6147).
+
+    Never a region outside the order: a residency rule's order holds only the regions it
+    allows, so a rule whose regions have no address of a family gets no answer of it.
     """
-    return tuple(r for r in order if r in addrs) if order and order[0] in addrs else ()
+    if version == 6 and order and order[0] not in addrs:
+        return ()
+    return tuple(r for r in order if r in addrs)
 
 
 def health_url(region_url: str) -> str:
@@ -116,6 +126,7 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
                 f"url + {DNS_READY_PATH}; set url to the region gateway's public URL"
             )
         _each_address_once(where, r.addresses)
+        _each_address_answerable(where, r.addresses)
         out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
     if not out and alias_regions:
         raise ConfigError(
@@ -143,6 +154,27 @@ def _each_address_once(where: str, addresses: tuple[str, ...]) -> None:
             same = "" if seen[ip] == a else f" (as {seen[ip]!r})"
             raise ConfigError(f"{where}: addresses: {a!r} is listed twice{same}")
         seen[ip] = a
+
+
+def _each_address_answerable(where: str, addresses: tuple[str, ...]) -> None:
+    """A client connects to the address DNS answers: a multicast or broadcast one (224.0.0.1,
+    ff02::1, 255.255.255.255) or one of IPv4's reserved 240/4 (which no host stack sends to)
+    is no region's entry, and every client sent there would fail. The config refuses the
+    unspecified ones (0.0.0.0) itself."""
+    for a in addresses:
+        ip = ipaddress.ip_address(a)
+        if ip.is_multicast:
+            what = "a multicast"
+        elif ip == ipaddress.IPv4Address("255.255.255.255"):
+            what = "the broadcast"
+        elif ip.version == 4 and ip.is_reserved:
+            what = "a reserved (240.0.0.0/4)"
+        else:
+            continue
+        raise ConfigError(
+            f"{where}: addresses: {a!r} is {what} address, which no client could connect "
+            "to: give the address of the region's entry (its load balancer)"
+        )
 
 
 def _each_rule_answered(config: Config, regions: Mapping[str, Entry]) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from gateway.cli import dns as dns_cli
 from gateway.cli.main import main
 from tests.gateway.dns.configs import toml
 
@@ -36,9 +39,14 @@ def test_route53_to_stdout(cfg: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "zone"
-    main(export(cfg, "--format", "powerdns", "--ns", "ns.example.net", "--out", str(out)))
+    main(
+        export(
+            cfg, "--format", "powerdns", "--ns", "ns.example.net.", "--ns", "ns2", "--out", str(out)
+        )
+    )
     text = out.read_text()
     assert "$ORIGIN example.com." in text and "@ IN NS ns.example.net." in text
+    assert "@ IN NS ns2.example.com." in text  # relative, as --name is: it was ns2. (the root)
     assert "https://eu-central.api.example.com/readyz" in text
     err = capsys.readouterr().err
     assert f"wrote {out}: api.example.com. over 3 region(s)" in err
@@ -73,6 +81,33 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
         (
             ["--format", "route53", "--ns", "ns1.example.com"],
             "geogate: dns export: --ns is for --format powerdns",
+        ),
+        (  # an NS record names a host; pdns took "192.0.2.53." for a name
+            ["--format", "powerdns", "--ns", "192.0.2.53"],
+            "geogate: dns export: nameserver '192.0.2.53' is an address: --ns takes the name",
+        ),
+        (
+            ["--format", "powerdns", "--ns", "ns2", "--ns", "NS2.example.com."],
+            "geogate: dns export: nameserver ns2.example.com. is given twice (--ns)",
+        ),
+        (  # pdns refused the whole zone ("name too long to append")
+            ["--format", "powerdns", "--name", ".".join(["a" * 63] * 4)],
+            "geogate: dns export: name aaaa",
+        ),
+        (  # the name fits; Route 53's chain names ("_o1-3-v4." before it) do not
+            [
+                "--format",
+                "route53",
+                "--zone",
+                ".".join(["a" * 63] * 3) + ".com",
+                "--name",
+                "d" * 50,
+            ],
+            "geogate: dns export: Route 53's failover link _o1-3-v4.ddd",
+        ),
+        (  # the zone, the name and ns1 fit; the SOA's hostmaster.ZONE does not
+            ["--format", "powerdns", "--zone", ".".join(["a" * 63] * 3 + ["b" * 52])],
+            "geogate: dns export: the SOA's mailbox hostmaster.aaa",
         ),
         (  # 0 is a value given, not none
             ["--format", "route53", "--check-timeout", "0"],
@@ -128,10 +163,11 @@ def test_out_to_a_pipe_writes_into_it(
     try:
         main(export(cfg, "--format", "powerdns", "--out", str(fifo)))
     finally:
-        if not got:  # the reader still waits for a writer: give it one, empty
+        reader.join(5)  # it reads to the writer's close
+        if reader.is_alive():  # still waiting for a writer (the export failed): give it one
             with open(fifo, "w"):
                 pass
-        reader.join(5)
+            reader.join(5)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert got and "$ORIGIN example.com." in got[0]
 
@@ -194,3 +230,67 @@ def test_alias_regions_export_a_config_without_addresses(
     err = capsys.readouterr().err
     assert err.startswith("geogate: dns export: --alias-regions is for --format route53")
     assert err.count("\n") == 1
+
+
+def test_a_replaced_zone_keeps_its_mode_owner_and_group(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """640 root:nogroup became 644 root:root (600 under umask 077): pdns, running as its own
+    user, could no longer read it. A new file is 644 whatever the umask."""
+    out = tmp_path / "example.com.zone"
+    out.write_text("old\n")
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    os.chown(out, *owner)
+    out.chmod(0o640)
+    main(export(cfg, "--format", "powerdns", "--out", str(out)))
+    st = out.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, *owner)
+    assert "$ORIGIN example.com." in out.read_text()
+    fresh = tmp_path / "fresh.zone"
+    old_umask = os.umask(0o077)
+    try:
+        main(export(cfg, "--format", "powerdns", "--out", str(fresh)))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+
+
+def test_the_temporary_file_is_not_out_dot_tmp(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory at blocked.zone.tmp made the export fail, saying "blocked.zone: Is a
+    directory". The temporary file has a name of its own now, and a failure names where."""
+    out = tmp_path / "blocked.zone"
+    (tmp_path / "blocked.zone.tmp").mkdir()
+    main(export(cfg, "--format", "powerdns", "--out", str(out)))
+    assert "$ORIGIN example.com." in out.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "blocked.zone",
+        "blocked.zone.tmp",
+        "gw.toml",
+    ]
+    missing = tmp_path / "nope" / "x.zone"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(export(cfg, "--format", "powerdns", "--out", str(missing)))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"geogate: cannot write {missing}: a temporary file in {missing.parent}: No such file "
+        "or directory\n"
+    )
+
+
+def test_the_serial_grows_though_two_exports_share_a_second(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both got the time as their serial: a secondary kept the first zone."""
+    out = tmp_path / "example.com.zone"
+    monkeypatch.setattr(dns_cli, "time", SimpleNamespace(time=lambda: 1_800_000_000.5))
+    serials = []
+    for ttl in ("30", "60"):
+        main(export(cfg, "--format", "powerdns", "--ttl", ttl, "--out", str(out)))
+        found = re.search(r"^@ IN SOA \S+ \S+ (\d+) ", out.read_text(), re.M)
+        assert found
+        serials.append(int(found[1]))
+    assert serials == [1_800_000_000, 1_800_000_001]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dns.options import domain, options
+from gateway.dns.options import OptionError, domain, next_serial, options
 
 
 def test_names_are_fully_qualified_and_relative_to_the_zone() -> None:
@@ -17,9 +17,72 @@ def test_names_are_fully_qualified_and_relative_to_the_zone() -> None:
     )
     assert options("example.com.", "api.example.com").name == "api"
     assert options("example.com", "@").fqdn == "example.com."
-    assert options("example.com", "api", nameservers=("a.ns.example.net",)).ns == (
+    assert options("example.com", "api", nameservers=("a.ns.example.net.",)).ns == (
         "a.ns.example.net.",
     )
+
+
+def test_nameservers_are_relative_to_the_zone_as_the_name_is() -> None:
+    """As a zone file reads them, and as --name: ns2 was ns2. at the root."""
+    ns = ("ns2", "ns3.example.com", "NS4.example.com.", "a.ns.example.net.", "ns.eu")
+    assert options("example.com", "api", nameservers=ns).ns == (
+        "ns2.example.com.",
+        "ns3.example.com.",
+        "ns4.example.com.",
+        "a.ns.example.net.",
+        "ns.eu.example.com.",
+    )
+
+
+L63 = "a" * 63
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        # An address as a name server: NS names a host (pdns took "192.0.2.53." as a name)
+        ({"nameservers": ("192.0.2.53",)}, "nameserver '192.0.2.53' is an address"),
+        ({"nameservers": ("2001:db8::53",)}, "nameserver '2001:db8::53' is an address"),
+        # The same one twice, however written
+        (
+            {"nameservers": ("ns2", "ns2.example.com.")},
+            "nameserver ns2.example.com. is given twice",
+        ),
+        # Over 255 bytes in full: pdns refused the whole zone ("name too long to append")
+        ({"name": f"{L63}.{L63}.{L63}.{L63}"}, "is 257 bytes as DNS sends it, over the 255"),
+        ({"name": f"{L63}.{L63}.{L63}.{'a' * 50}"}, "name aaa"),
+        ({"zone": f"{L63}.{L63}.{L63}.{'a' * 60}"}, "shorten --name or --zone"),
+        ({"nameservers": (f"{L63}.{L63}.{L63}.{'a' * 50}",)}, "shorten --ns or --zone"),
+    ],
+)
+def test_names_dns_cannot_hold_are_refused(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"zone": "example.com", "name": "api", **kwargs}
+    with pytest.raises(OptionError, match=message):
+        options(**args)  # type: ignore[arg-type]
+
+
+def test_a_name_of_255_bytes_is_a_name() -> None:
+    """The bound is inclusive: 253 characters and the final dot, 255 bytes on the wire."""
+    zone = f"{L63}.{L63}.{L63}.{'a' * 49}"  # 241 characters
+    o = options(zone, "a" * 11)  # 253 in all
+    assert len(o.fqdn) == 254
+
+
+@pytest.mark.parametrize(
+    ("now", "previous", "serial"),
+    [
+        (1000, None, 1000),  # no zone before: the time
+        (1000, 999, 1000),
+        (1000, 1000, 1001),  # two exports in one second: one more, not the same
+        (1000, 5000, 5001),  # a clock set back, or a YYYYMMDDnn serial: still one more
+        (2**32 - 5, 2**32 - 1, 0),  # serial arithmetic: 0 follows 2^32 - 1 (RFC 1982)
+        (1000, 2**32 - 1, 1000),  # and 1000 is newer than 2^32 - 1
+    ],
+)
+def test_the_serial_grows_past_the_zone_replaced(
+    now: int, previous: int | None, serial: int
+) -> None:
+    assert next_serial(now, previous) == serial
 
 
 @pytest.mark.parametrize("name", ["example.com", "example.com.", "Example.COM", "@"])

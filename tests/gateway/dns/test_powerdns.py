@@ -4,13 +4,9 @@ region whose /readyz fails drops out of the answers within the check interval.""
 
 from __future__ import annotations
 
-import http.server
-import json
+import functools
 import re
 import shutil
-import socket
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.main import main
-from gateway.cli.procs import spawn, stop
+from gateway.cli.procs import stop
 from gateway.dns.options import options
-from gateway.dns.powerdns import MAX_STRING, zone_file
-from gateway.dns.tables import compute, entries
+from gateway.dns.powerdns import MAX_MESSAGE, MAX_STRING, zone_file
+from gateway.dns.tables import Tables, compute, entries
 from gateway.errors import ConfigError
 from geodb.build import build_from_rows
 from tests.gateway.dns.configs import (
@@ -33,16 +29,17 @@ from tests.gateway.dns.configs import (
     stacks,
     toml,
 )
+from tests.gateway.dns.pdns import CHECK_INTERVAL_S, Health, PowerDNS, strings_of
 from tests.support import eventually
 
 EU, US, AP = "eu-central", "us-east", "ap-southeast"
-CHECK_INTERVAL_S = 1  # the export's --check-interval and pdns's lua-health-checks-interval
 # The zones the server holds: every region IPv4-only; us-east alone IPv4-only; Europe's
 # clients kept in eu-central, which is IPv4-only, and Kosovo's (XK: not in geodb's country
 # table) in us-east, unless GeoIP puts them in Europe, whose rule comes first; eu-central with
-# eight addresses and a long health URL.
+# eight addresses and a long health URL; eu-central IPv6-only; the largest zone the export
+# writes (the most addresses in eu-central).
 V4, US_V4_ONLY, EU_RESIDENT = "api.example.com", "api.example.net", "api.example.org"
-MANY = "api.example.info"
+MANY, EU_V6_ONLY, LARGEST = "api.example.info", "api.example.edu", "api.example.biz"
 XK_RESIDENCY = [*EU_RESIDENCY, {"name": "xk", "countries": ["XK"], "regions": ["us-east"]}]
 MANY_V4 = ["127.0.0.11", "127.0.0.21", "127.0.0.31", "127.0.0.41"]
 MANY_V6 = [f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{n}" for n in (11, 21, 31, 41)]
@@ -90,24 +87,81 @@ def test_quotes_in_a_url_cannot_break_out_of_the_record() -> None:
     assert "'http://127.0.0.11:8080/a\\\\'b\\\"c\\\\\\\\d/readyz'" in text
 
 
-def strings_of(text: str, rtype: str) -> list[str]:
-    """The character-strings of the zone's LUA record of ``rtype``, as the server stores them
-    (each ends in the space that joins it to the next)."""
-    body = text.split(f"IN LUA {rtype} (\n")[1].split("\n)\n")[0]
-    return [json.loads(line.strip()) for line in body.splitlines()]  # no escapes in these
-
-
-def test_a_lua_record_past_what_one_record_holds_is_refused() -> None:
-    """Past 65,535 bytes of record data PowerDNS served queries, but a zone transfer to a
-    secondary failed ("attempt to write an oversized chunk"). Refused, naming the record."""
+def test_a_lua_record_past_what_one_message_holds_is_refused() -> None:
     regions = region_tables({EU: "http://127.0.0.11:8080/" + "z" * 2000})
     regions[0]["addresses"] = [f"127.0.{i // 250}.{i % 250 + 1}" for i in range(3000)]
     cfg = dns_config(regions=regions)
     found = entries(cfg)
     with pytest.raises(ConfigError) as info:
         zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
-    assert "the A record's Lua would be" in str(info.value)
-    assert "over the 65535 one DNS record holds (a zone transfer fails)" in str(info.value)
+    assert "LUA records of api.example.com.: A " in str(info.value)
+    assert "over the 65023 a zone transfer's message holds" in str(info.value)
+
+
+def zone_with(n: int, tables: Tables | None = None) -> str:
+    """The zone of example.biz with ``n`` addresses of each family in eu-central."""
+    regions = region_tables()
+    v4 = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
+    regions[0]["addresses"] = v4 + [f"2001:db8::1:{i:x}" for i in range(n)]
+    cfg = dns_config(regions=regions)
+    found = entries(cfg)
+    return zone_file(tables or compute(cfg, found), found, options("example.biz", "api"), "gw")
+
+
+@functools.cache
+def largest() -> int:
+    """The most addresses of each family eu-central may have in zone_with: one more is refused."""
+    tables = compute(dns_config(), entries(dns_config()))  # the orders: addresses change none
+    fits, refused = 1, 2000
+    while refused - fits > 1:
+        mid = (fits + refused) // 2
+        try:
+            zone_with(mid, tables)
+            fits = mid
+        except ConfigError:
+            refused = mid
+    return fits
+
+
+def test_the_records_of_one_name_must_fit_one_message_together() -> None:
+    """PowerDNS sends the zone's records in one message of a transfer: each LUA record of
+    under 65,535 bytes, both over it, and the transfer failed ("attempt to write an oversized
+    chunk", 40 dual-stack regions). Refused, naming both; the served LARGEST zone, one
+    address fewer, transfers whole (test_the_largest_zone_transfers_whole)."""
+    with pytest.raises(ConfigError) as info:
+        zone_with(largest() + 1)
+    sizes = re.search(r"A (\d+) and AAAA (\d+)\)", str(info.value))
+    assert sizes, info.value
+    a, aaaa = int(sizes[1]), int(sizes[2])
+    assert max(a, aaaa) < MAX_MESSAGE < a + aaaa + 1000  # each fits a record; both, no message
+
+
+def test_a_config_file_name_cannot_write_a_record() -> None:
+    """A comment ends at the line break: one in the config file's name was a record."""
+    cfg = dns_config()
+    found = entries(cfg)
+    source = "inj/y\nevil 30 IN A 6.6.6.6\n;.toml\u2028x\udcff"
+    text = zone_file(compute(cfg, found), found, options("example.com", "api"), source)
+    assert "evil 30 IN A" not in text.split(";", 1)[0]
+    assert not any(line.startswith("evil") for line in text.splitlines())
+    assert "from inj/y\\nevil 30 IN A 6.6.6.6\\n;.toml\\u2028x\\udcff: do not edit" in text
+    text.encode("utf-8")  # all of it can be written
+
+
+def test_an_ipv6_only_region_sends_ipv4_clients_to_the_next_with_ipv4() -> None:
+    regions = region_tables()
+    regions[0]["addresses"] = [V6[EU]]
+    cfg = dns_config(regions=regions, residency=EU_RESIDENCY)
+    found = entries(cfg)
+    text = zone_file(compute(cfg, found), found, options("example.com", "api"), "gw.toml")
+    assert " " not in strings_of(text, "A") + strings_of(text, "AAAA")  # no empty strings
+    a, aaaa = "".join(strings_of(text, "A")), "".join(strings_of(text, "AAAA"))
+    # The orders, by region number (eu-central 1): A's skip it, AAAA's keep it (first: NODATA
+    # for the places whose first region has no IPv6 is the AAAA record's own filter).
+    assert "{2,3}" in a and "{1," not in a.split("local o=")[1].split("local c=")[0]
+    assert "{1,2,3}" in aaaa
+    # Europe's rule keeps its clients in eu-central: no IPv4 region there, so no A answer.
+    assert "{}" in a and "if #u==0 then return {} end" in a
 
 
 def test_many_addresses_and_a_long_url_fit_in_dns_strings() -> None:
@@ -137,144 +191,6 @@ def test_many_addresses_and_a_long_url_fit_in_dns_strings() -> None:
     assert "y" * 400 + "/readyz" in re.sub(r"'\.\. ?'", "", script)
 
 
-class Health:
-    """Each region's /readyz, on the region's own loopback address: 200 or 503 at will."""
-
-    def __init__(self) -> None:
-        self.down: set[str] = set()
-        self.servers: dict[str, http.server.ThreadingHTTPServer] = {}
-        health = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                address = self.server.server_address
-                assert isinstance(address, tuple)  # an AF_INET server's: (host, port)
-                region = next(r for r, a in ADDRESSES.items() if a == address[0])
-                ok = region not in health.down
-                body = b'{"ready": true}' if ok else b'{"ready": false}'
-                self.send_response(200 if ok else 503)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        for region, addr in ADDRESSES.items():
-            srv = http.server.ThreadingHTTPServer((addr, 0), Handler)
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
-            self.servers[region] = srv
-
-    def url(self, region: str) -> str:
-        host, port = self.servers[region].server_address[:2]
-        assert isinstance(host, str)  # bound to a text address above
-        return f"http://{host}:{port}"
-
-    def close(self) -> None:
-        for srv in self.servers.values():
-            srv.shutdown()
-            srv.server_close()
-
-
-def free_udp_and_tcp_port() -> int:
-    """A loopback port free for both UDP and TCP: DNS listens on both."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP")
-
-
-class PowerDNS:
-    def __init__(self, tmp: Path, zones: dict[str, Path], mmdb: Path) -> None:
-        self.port = free_udp_and_tcp_port()
-        self.zones = zones
-        (tmp / "named.conf").write_text(
-            "".join(f'zone "{z}" {{ type master; file "{f}"; }};\n' for z, f in zones.items())
-        )
-        self.log = tmp / "pdns.log"
-        self.proc = spawn(
-            [
-                "pdns_server",
-                "--no-config",
-                "--daemon=no",
-                "--guardian=no",
-                "--disable-syslog",
-                "--write-pid=no",
-                f"--socket-dir={tmp}",
-                "--local-address=127.0.0.1",
-                f"--local-port={self.port}",
-                "--launch=bind,geoip",  # geoip: countryCode() for the LUA records
-                f"--bind-config={tmp / 'named.conf'}",
-                f"--geoip-database-files=mmdb:{mmdb}",
-                "--enable-lua-records=yes",
-                "--edns-subnet-processing=yes",
-                f"--lua-health-checks-interval={CHECK_INTERVAL_S}",
-                # Nothing leaves the machine: no security-status query, no resolver, no cache
-                # that would hold an answer past a region's fall.
-                "--security-poll-suffix=",
-                "--resolver=no",
-                "--cache-ttl=0",
-                "--query-cache-ttl=0",
-                "--negquery-cache-ttl=0",
-            ],
-            self.log,
-        )
-
-    def dig(self, subnet: str, name: str = V4, rtype: str = "A") -> tuple[str, list[str]]:
-        """The status and the answers for a client in ``subnet``, as dig prints them."""
-        p = subprocess.run(
-            [
-                "dig",
-                "+noall",
-                "+comments",
-                "+answer",
-                "+tries=1",
-                "+time=2",
-                f"+subnet={subnet}/32",
-                "-p",
-                str(self.port),
-                "@127.0.0.1",
-                name,
-                rtype,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        status = re.search(r"status: (\w+)", p.stdout)
-        rows = [line.split() for line in p.stdout.splitlines() if line and line[0] != ";"]
-        found = sorted(r[4] for r in rows if len(r) == 5 and r[3] == rtype)
-        return (status[1] if status else p.stdout.strip() or p.stderr.strip()), found
-
-    def axfr_lua(self, zone: str) -> dict[int, list[str]]:
-        """The zone's LUA records as a secondary receives them (dig AXFR): record type -> its
-        character-strings. dig knows no LUA type: it prints the RDATA in hex (RFC 3597), the
-        type (2 bytes) then each string, its length (1 byte) first."""
-        p = subprocess.run(
-            ["dig", "+noall", "+answer", "-p", str(self.port), "@127.0.0.1", zone, "AXFR"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        out: dict[int, list[str]] = {}
-        for line in p.stdout.splitlines():
-            if "TYPE65402" in line:
-                data = bytes.fromhex("".join(line.split("\\#")[1].split()[1:]))
-                strings, i = [], 2
-                while i < len(data):
-                    strings.append(data[i + 1 : i + 1 + data[i]].decode())
-                    i += 1 + data[i]
-                out[int.from_bytes(data[:2], "big")] = strings
-        return out
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS, Health]]:
     assert shutil.which("pdns_server") and shutil.which("dig"), (
@@ -291,6 +207,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
         (US_V4_ONLY, toml(urls, stacks(US))),
         (EU_RESIDENT, toml(urls, stacks(EU), XK_RESIDENCY)),
         (MANY, toml(long_url, {**stacks(), EU: [*MANY_V4, *MANY_V6]})),
+        (EU_V6_ONLY, toml(urls, {**stacks(), EU: [V6[EU]]})),
     ):
         zone = fqdn.split(".", 1)[1]
         cfg = tmp / f"{zone}.toml"
@@ -316,6 +233,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
                 str(zones[zone]),
             ]
         )
+    zones["example.biz"] = tmp / "example.biz.zone"
+    zones["example.biz"].write_text(zone_with(largest()))
     mmdb = tmp / "cities.mmdb"
     build_from_rows([("test", row) for row in CITIES], mmdb)
     pdns = PowerDNS(tmp, zones, mmdb)
@@ -373,7 +292,7 @@ def test_a_region_whose_readyz_fails_drops_out_within_the_interval(
         # One interval to notice, the check's own time, and a margin for a loaded machine.
         moved = answers(pdns, SINGAPORE, [ADDRESSES[EU]], timeout=CHECK_INTERVAL_S + 4)
         assert moved <= CHECK_INTERVAL_S + 4
-        assert pdns.dig(LONDON) == ("NOERROR", [ADDRESSES[EU]])  # others are unaffected
+        assert pdns.dig(LONDON, V4) == ("NOERROR", [ADDRESSES[EU]])  # others are unaffected
     finally:
         health.down.discard(AP)
     answers(pdns, SINGAPORE, [ADDRESSES[AP]], timeout=CHECK_INTERVAL_S + 4)
@@ -447,3 +366,25 @@ def test_many_addresses_and_a_long_url_answer_and_transfer_whole(
     finally:
         health.down.discard(EU)
     answers(pdns, LONDON, MANY_V4, CHECK_INTERVAL_S + 4, name=MANY)
+
+
+def test_an_ipv6_only_region_leaves_no_ipv4_client_without_an_answer(
+    served: tuple[PowerDNS, Health],
+) -> None:
+    """eu-central has IPv6 alone: London's IPv4 clients get the next region of its order
+    with IPv4 (us-east), where they got NOERROR and no address; its dual-stack and IPv6
+    clients eu-central's IPv6 address (Happy Eyeballs prefers it)."""
+    pdns, _ = served
+    answers(pdns, LONDON, [ADDRESSES[US]], name=EU_V6_ONLY)
+    answers(pdns, LONDON, [V6[EU]], name=EU_V6_ONLY, rtype="AAAA")
+    answers(pdns, SINGAPORE, [ADDRESSES[AP]], name=EU_V6_ONLY)
+    answers(pdns, SINGAPORE, [V6[AP]], name=EU_V6_ONLY, rtype="AAAA")
+
+
+def test_the_largest_zone_transfers_whole(served: tuple[PowerDNS, Health]) -> None:
+    """The most the export writes (one address more is refused) is what a secondary gets."""
+    pdns, _ = served
+    zone = pdns.zones["example.biz"].read_text()
+    a, aaaa = strings_of(zone, "A"), strings_of(zone, "AAAA")
+    assert sum(len(x) + 1 for x in a + aaaa) > 64000  # near the limit, both records large
+    assert pdns.axfr_lua("example.biz") == {1: a, 28: aaaa}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.dns.options import options
+from gateway.dns.options import OptionError, options
 from gateway.dns.route53 import CONTINENT_OF, health_check, record_sets
 from gateway.dns.tables import Order, compute, entries
 from gateway.errors import ConfigError
@@ -152,10 +152,28 @@ def test_ipv6_addresses_get_aaaa_chains_of_their_own() -> None:
     assert answer(doc, "AAAA") == [EU, US, AP]
 
 
-def export_stacks(*ipv4_only: str, residency: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Every region dual-stack but ``ipv4_only``."""
-    changes = {r.replace("-", "_"): {"addresses": a} for r, a in stacks(*ipv4_only).items()}
-    return export(residency, **changes)
+def stacks_but(ipv4_only: Sequence[str], ipv6_only: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Every region dual-stack but ``ipv4_only`` and ``ipv6_only``."""
+    return {r: [V6[r]] if r in ipv6_only else a for r, a in stacks(*ipv4_only).items()}
+
+
+def export_stacks(
+    *ipv4_only: str, residency: Sequence[dict[str, Any]] = (), ipv6_only: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Every region dual-stack but ``ipv4_only`` and ``ipv6_only``."""
+    addrs = stacks_but(ipv4_only, ipv6_only)
+    return export(residency, **{r.replace("-", "_"): {"addresses": a} for r, a in addrs.items()})
+
+
+def test_an_ipv6_only_region_leaves_no_ipv4_client_without_an_answer() -> None:
+    """eu-central has IPv6 alone: Europe's A records were all left out (an IPv4 client there
+    got nothing); they alias the next regions of its order with IPv4, and AAAA eu-central."""
+    doc = export_stacks(ipv6_only=[EU])
+    assert answer(doc, "A", "GB", "EU") == [US, AP]
+    assert answer(doc, "AAAA", "GB", "EU") == [EU, US, AP]
+    assert answer(doc, "A", "SA", "AS") == [AP, US]  # Riyadh: eu-central first
+    assert answer(doc, "A") == [US, AP] and answer(doc, "AAAA") == [EU, US, AP]
+    assert {"*", "EU", "AF", "AS", "NA"} <= set(geo_records(doc, "A"))
 
 
 def test_a_dual_stack_client_gets_one_region_in_both_families() -> None:
@@ -215,39 +233,54 @@ def test_a_country_whose_regions_depend_on_its_continent_is_refused() -> None:
     assert "use --format powerdns" in message and "\n" not in message
 
 
-def family(order: Order, has: Sequence[str]) -> list[str] | None:
+def family(order: Order, has: Sequence[str], rtype: str) -> list[str] | None:
     """What a place of ``order`` should get in a family ``has`` regions have addresses of: those
-    regions of its order, none at all when its first region has none (the other family's
-    answer is the one to use)."""
-    return [r for r in order if r in has] if order[0] in has else None
+    regions of its order; for AAAA none at all when its first region has none (the A answer
+    is the one to use), for A none only when none of them has IPv4."""
+    mine = [r for r in order if r in has]
+    return mine if mine and (rtype == "A" or order[0] in has) else None
 
 
 @pytest.mark.parametrize(
-    ("ipv4_only", "residency"),
-    [((), ()), ((US,), ()), ((EU,), EU_RESIDENCY), ((AP,), ()), ((EU, AP), ())],
+    ("ipv4_only", "ipv6_only", "residency"),
+    [
+        ((), (), ()),
+        ((US,), (), ()),
+        ((EU,), (), EU_RESIDENCY),
+        ((AP,), (), ()),
+        ((EU, AP), (), ()),
+        ((), (EU,), ()),
+        ((US,), (EU,), ()),
+        ((), (EU,), EU_RESIDENCY),  # Europe's rule: no region with IPv4, no A there
+        ((AP,), (US,), ()),
+    ],
 )
 def test_every_country_gets_its_order_in_each_family(
-    ipv4_only: tuple[str, ...], residency: Sequence[dict[str, Any]]
+    ipv4_only: tuple[str, ...], ipv6_only: tuple[str, ...], residency: Sequence[dict[str, Any]]
 ) -> None:
-    doc = export_stacks(*ipv4_only, residency=residency)
+    doc = export_stacks(*ipv4_only, residency=residency, ipv6_only=ipv6_only)
     regions = region_tables(URLS)
     for r in regions:
-        r["addresses"] = stacks(*ipv4_only)[r["id"]]
+        r["addresses"] = stacks_but(ipv4_only, ipv6_only)[r["id"]]
     cfg = dns_config(regions=regions, residency=residency)
     t = compute(cfg, entries(cfg))
-    has = {"A": list(ADDRESSES), "AAAA": [r for r in ADDRESSES if r not in ipv4_only]}
+    has = {
+        "A": [r for r in ADDRESSES if r not in ipv6_only],
+        "AAAA": [r for r in ADDRESSES if r not in ipv4_only],
+    }
     for row in data_rows("countries.csv"):
         c, k = row["country"], row["continent"]
         for rtype in ("A", "AAAA"):
-            assert answer(doc, rtype, c, k) == family(t.order_for(c, k), has[rtype]), (c, rtype)
+            want = family(t.order_for(c, k), has[rtype], rtype)
+            assert answer(doc, rtype, c, k) == want, (c, rtype)
     for rtype in ("A", "AAAA"):
-        default = family(t.default, has[rtype])
+        default = family(t.default, has[rtype], rtype)
         geo = geo_records(doc, rtype)
         # A country geodb does not list ("XX") has no record: its continent's answers it, and
         # on a continent left out nothing does (NODATA: the other family's answer is used),
         # never another order's answer.
         for k in t.continents:
-            want = family(t.order_for("XX", k), has[rtype]) if k in geo else None
+            want = family(t.order_for("XX", k), has[rtype], rtype) if k in geo else None
             assert answer(doc, rtype, "XX", k) == want, (k, rtype)
         # An address Route 53 cannot place: the default's answer, or none where anything is
         # left out (the default would answer that too).
@@ -279,3 +312,31 @@ def test_alias_regions_get_a_links_without_addresses() -> None:
     # Without the option they are not answered, and the comment says nothing of aliases.
     plain = export(eu_central=lb, us_east=lb)
     assert answer(plain, "A", "GB", "EU") == [AP] and "load balancer" not in plain["comment"]
+
+
+def test_values_the_route53_api_would_refuse_are_made_to_fit_or_refused() -> None:
+    """A 200-character region id made a SetIdentifier over Route 53's 128; a region named
+    "next" one equal to its chain's SECONDARY's; a non-ASCII host went as it was."""
+    long_id = "r" * 200
+    doc = export(ap_southeast={"id": long_id}, us_east={"id": "next"})
+    ids = [(s["Name"], s["Type"], s.get("SetIdentifier")) for s in doc["record_sets"]]
+    assert len(ids) == len(set(ids)) and all(len(i[2] or "") <= 128 for i in ids)
+    links = [s for s in doc["record_sets"] if s.get("GeogateRegion") == long_id]
+    mine = {s["SetIdentifier"] for s in links if "SetIdentifier" in s}  # the last link: none
+    assert mine and all(i.startswith("o") and f"-{'r' * 100}" in i and "~" in i for i in mine)
+    check = health_check("https://b\u00fccher.example/x\u00e9/readyz", 10)
+    assert check["FullyQualifiedDomainName"] == "xn--bcher-kva.example"
+    assert check["ResourcePath"] == "/x%C3%A9/readyz"
+    with pytest.raises(ConfigError) as info:  # the API's ResourcePath is at most 255
+        export(eu_central={"url": "https://eu.example.com/" + "p" * 300})
+    assert str(info.value).startswith("region eu-central: url: its health check's path (/ppp")
+    assert "is 308 characters, over the 255" in str(info.value)
+
+
+def test_a_chain_name_dns_cannot_hold_is_refused() -> None:
+    """The name fits, "_o1-3-v4." before it does not: Route 53 would refuse the change."""
+    cfg = dns_config()
+    found = entries(cfg)
+    opt = options("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + ".com", "d" * 50)
+    with pytest.raises(OptionError, match=r"Route 53's failover link _o1-3-v4\.ddd.* is 257 bytes"):
+        record_sets(compute(cfg, found), found, opt, "gw.toml")

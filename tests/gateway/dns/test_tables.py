@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.dns.options import options
 from gateway.dns.powerdns import zone_file
 from gateway.dns.route53 import record_sets
-from gateway.dns.tables import compute, entries, health_url
+from gateway.dns.tables import answered, compute, entries, health_url
 from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.model import RequestFacts
@@ -239,6 +239,35 @@ def test_only_regions_with_addresses_are_answered() -> None:
     cfg = dns_config(regions=regions)
     assert list(entries(cfg)) == [EU, AP]
     assert compute(cfg, entries(cfg)).order_for("US", "NA") == (EU, AP)
+
+
+def test_each_family_is_answered_by_the_regions_that_have_it() -> None:
+    """IPv4: the order's regions with IPv4, so an IPv6-only first region sends IPv4 clients
+    to the next (an empty A was an outage for them). IPv6: nothing when the first region has
+    no IPv6 (its dual-stack clients take A, that region; IPv6-only ones get IPv4 by DNS64)."""
+    order, v4, v6 = (EU, US, AP), {US: 1, AP: 1}, {EU: 1, AP: 1}
+    assert answered(order, v4, 4) == (US, AP)  # was (): no A answer at all
+    assert answered(order, v6, 6) == (EU, AP)
+    assert answered((US, EU, AP), v6, 6) == ()  # us-east first and IPv4-only: NODATA
+    assert answered((EU,), v4, 4) == ()  # a rule's only region, IPv6-only: none outside it
+
+
+@pytest.mark.parametrize(
+    ("address", "what"),
+    [
+        ("255.255.255.255", "the broadcast address"),
+        ("224.0.0.1", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("240.0.0.1", "a reserved (240.0.0.0/4) address"),
+    ],
+)
+def test_an_address_no_client_could_connect_to_is_refused(address: str, what: str) -> None:
+    regions = region_tables()
+    regions[1]["addresses"] = ["127.0.0.12", address]
+    with pytest.raises(ConfigError) as info:
+        entries(dns_config(regions=regions))
+    assert str(info.value).startswith(f"regions[1] (us-east): addresses: {address!r} is {what}")
+    assert "\n" not in str(info.value)
 
 
 def test_an_entry_without_a_url_is_one_line() -> None:
