@@ -125,7 +125,8 @@ async function serve(request, env, ctx, rid) {
   const lookup = request.method === "GET" || request.method === "HEAD";
   if (lookup && isModelList(url.pathname)) {
     const { table, state } = await cache.get(s.table, ctx);
-    return modelList(table, request.method, { "geogate-route": `tier=edge; table=${state}` });
+    const headers = { "geogate-route": `tier=edge; table=${state}` };
+    return modelList(table, clientOf(request, s), request.method, headers);
   }
   const body = lookup ? null : await readBody(request, s.maxBodyBytes);
   const facts = body === "too large" ? body : await bodyFacts(request, body, s.maxBodyBytes);
@@ -147,7 +148,7 @@ async function serve(request, env, ctx, rid) {
     {
       method: request.method,
       target: url.pathname + url.search,
-      headers: upstreamHeaders(request.headers, rid),
+      headers: upstreamHeaders(request.headers, rid, url.protocol.slice(0, -1)),
       body,
       timeoutMs: facts.stream ? s.firstByteMs : s.responseMs,
       signFor: (region) => signed(s, region, client.facts),
@@ -155,7 +156,8 @@ async function serve(request, env, ctx, rid) {
     regions.slice(0, s.maxAttempts),
   );
   if ("failures" in result) {
-    return finalError(result.failures, Math.max(0, regions.length - s.maxAttempts));
+    const untried = Math.max(0, regions.length - s.maxAttempts);
+    return finalError(result.failures, untried, decision.reason === Reason.PANIC);
   }
   const { response, index } = result;
   const colo = client.facts?.colo ?? null;

@@ -7,25 +7,34 @@
  * reaches a region that serves it.
  */
 
+import { route } from "./router.js";
+
 /** @typedef {import("./router.js").Table} Table */
+/** @typedef {import("./router.js").Client} Client */
 
 const LIST = "/v1/models";
 const ONE = "/v1/models/";
 
 /**
- * What `GET /v1/models` lists: the models of the upstreams the gateway would list (healthy,
- * not drained: a weight-0 standby too) in a region the Worker can send to (it has a URL).
- * Sorted, as the gateway's.
- * @param {Table} table
+ * What `GET /v1/models` lists for `client`: the models the router would send its request for
+ * to a healthy upstream (not drained: a weight-0 standby too) in a region the Worker can send
+ * to (it has a URL), residency rules included, as the gateway's list (gateway/http/
+ * endpoints.py `models`). Without the rule a client whose rule keeps it from the only region
+ * serving a model saw it listed, and its request for it was a 503 here. Sorted, as the
+ * gateway's.
+ * @param {Table} table @param {Client} client
  * @returns {string[]}
  */
-export function servedModels(table) {
+export function servedModels(table, client) {
+  /** @type {Set<string>} */
   const ids = new Set();
-  for (const u of table.upstreams) {
-    if (!u.healthy || u.drained || !table.regions.get(u.region)?.url) continue;
-    for (const m of u.models) ids.add(m);
-  }
-  return [...ids].sort();
+  for (const u of table.upstreams) for (const m of u.models) ids.add(m);
+  return [...ids].sort().filter((model) =>
+    // A panic's candidates may all be unhealthy: such a model is not listed, as the gateway's.
+    route(model, client, table, () => 0).order.some(
+      (c) => c.healthy && Boolean(table.regions.get(c.upstream.region)?.url),
+    ),
+  );
 }
 
 /**
@@ -50,11 +59,12 @@ export function isModelList(pathname) {
 }
 
 /**
- * The Worker's own answer to `GET` (or `HEAD`) `/v1/models`.
- * @param {Table} table @param {string} method @param {Record<string, string>} headers
+ * The Worker's own answer to `GET` (or `HEAD`) `/v1/models` for `client`.
+ * @param {Table} table @param {Client} client @param {string} method
+ * @param {Record<string, string>} headers
  */
-export function modelList(table, method, headers) {
-  const data = servedModels(table).map((id) => ({
+export function modelList(table, client, method, headers) {
+  const data = servedModels(table, client).map((id) => ({
     id,
     object: "model",
     created: 0,

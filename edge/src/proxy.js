@@ -34,7 +34,47 @@ const HOP_BY_HOP = [
   "transfer-encoding",
   "upgrade",
 ];
+// What the client says of itself or of the request at the edge: the Worker is the proxy that
+// knows the client (Cloudflare's CF-Connecting-IP), so these are its to make, as the gateway
+// makes them for a peer it does not trust (gateway/http/headers.py _EDGE_CLAIMS). Passed on,
+// a gateway that trusts Cloudflare's addresses (gateway.trusted_proxies) took a client's
+// `X-Forwarded-For: 6.6.6.6` as the client whenever it did not believe the signed header (no
+// EDGE_SECRET, no location, a key being rotated): its location and residency rule were the
+// client's choice, and the rest reached its backends as claims vouched for.
+const CLIENT_CLAIMS = new Set([
+  "x-forwarded-for",
+  "x-forwarded-proto",
+  "x-real-ip",
+  "forwarded",
+  "x-forwarded-host",
+  "x-forwarded-port",
+  "x-forwarded-prefix",
+  "x-forwarded-server",
+  "x-forwarded-uri",
+  "x-forwarded-ssl",
+  "x-forwarded-scheme",
+  "front-end-https",
+  "x-host",
+  "client-ip",
+  "x-envoy-external-address",
+  "true-client-ip",
+  "x-client-ip",
+  "x-cluster-client-ip",
+  "fastly-client-ip",
+  "x-original-forwarded-for",
+  "x-original-url",
+  "x-rewrite-url",
+  "x-http-method-override",
+  "x-http-method",
+  "x-method-override",
+]);
 const MAX_DETAIL = 300; // characters of a gateway's error message repeated in ours
+// A refusal's body is read for its message only (the status already decided the failover):
+// this much of it, for at most this long. A gateway, or a box in front of one, that sent a
+// 503's headers and then stalled its body held the request there for good (the first-byte
+// timer ends with the headers), and a huge one was read whole.
+const MAX_DETAIL_BYTES = 16 * 1024;
+const DETAIL_WAIT_MS = 1000;
 
 /**
  * @typedef {import("./router.js").Region} Region
@@ -59,13 +99,20 @@ const MAX_DETAIL = 300; // characters of a gateway's error message repeated in o
  * The client's headers as a gateway should get them. The client's own `geogate-client` is a
  * forgery by definition: only ours is sent. Cloudflare's `cf-*` headers describe this hop:
  * what the gateway needs of them is in the signed header, and Cloudflare adds its own to the
- * subrequest.
- * @param {Headers} incoming @param {string} requestId
+ * subrequest. The client's claims about itself (CLIENT_CLAIMS, spelt with `_` too, as a CGI
+ * or WSGI backend reads them alike) are replaced by the Worker's: `X-Forwarded-For` is the
+ * address Cloudflare saw (none when it gave none), `X-Forwarded-Proto` the client's scheme.
+ * @param {Headers} incoming @param {string} requestId @param {string} [scheme]  "https", "http"
  */
-export function upstreamHeaders(incoming, requestId) {
+export function upstreamHeaders(incoming, requestId, scheme = "https") {
+  const ip = incoming.get("cf-connecting-ip");
   const out = withoutHopByHop(incoming);
-  const cf = [...out.keys()].filter((k) => k.startsWith("cf-"));
-  for (const name of [...cf, "host", "content-length", "geogate-client"]) out.delete(name);
+  const drop = [...out.keys()].filter(
+    (k) => k.startsWith("cf-") || CLIENT_CLAIMS.has(k.replaceAll("_", "-")),
+  );
+  for (const name of [...drop, "host", "content-length", "geogate-client"]) out.delete(name);
+  if (ip) out.set("x-forwarded-for", ip);
+  out.set("x-forwarded-proto", scheme);
   out.set("x-request-id", requestId);
   return out;
 }
@@ -88,15 +135,45 @@ function withoutHopByHop(incoming) {
   return out;
 }
 
-/** @param {Response} resp */
+/**
+ * The message of a refusal's JSON body, or "": at most MAX_DETAIL_BYTES of it, read for at
+ * most DETAIL_WAIT_MS; the rest is cancelled.
+ * @param {Response} resp
+ */
 async function errorDetail(resp) {
+  const reader = resp.body?.getReader();
+  if (!reader) return "";
+  const stop = () => reader.cancel().catch(() => {}); // a pending read then ends: done
+  const timer = setTimeout(stop, DETAIL_WAIT_MS);
+  /** @type {Uint8Array[]} */
+  const chunks = [];
+  let size = 0;
   try {
-    const text = await resp.text();
+    while (size < MAX_DETAIL_BYTES) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+    }
+  } catch {
+    return "";
+  } finally {
+    clearTimeout(timer);
+    await stop();
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.byteLength;
+  }
+  const text = new TextDecoder().decode(bytes);
+  try {
     const doc = JSON.parse(text);
     const msg = doc?.error?.message;
     return typeof msg === "string" ? msg.slice(0, MAX_DETAIL) : text.slice(0, MAX_DETAIL);
   } catch {
-    return "";
+    return ""; // not JSON (Cloudflare's HTML page), or cut short: nothing worth repeating
   }
 }
 
@@ -169,26 +246,30 @@ export async function tryRegions(a, regions) {
 
 /**
  * The largest Retry-After (seconds) among `failures`, or `otherwise` when none gave one (an
- * HTTP date is not read: the gateway sends seconds).
+ * HTTP date is not read: the gateway sends seconds). Compared as whole numbers of any size and
+ * written back in digits, as the gateway does: a Number wrote a gateway's
+ * `99999999999999999999999` as `1e+23`, which is no Retry-After.
  * @param {Failure[]} failures @param {number} otherwise
+ * @returns {string}
  */
 function longestWait(failures, otherwise) {
   const waits = failures
     .map((f) => f.retryAfter ?? "")
     .filter((w) => /^\d+$/.test(w))
-    .map(Number);
-  return waits.length ? Math.max(...waits) : otherwise;
+    .map(BigInt);
+  return String(waits.reduce((a, b) => (b > a ? b : a), waits[0] ?? BigInt(otherwise)));
 }
 
 /**
  * The client's answer when every region tried failed (or none was tried), or the last one
- * timed out. Codes as the gateway's for its upstreams (gateway/http/final_error.py): every
- * region at capacity (429) is a 429; every region refusing for now (503, or 429 for some) is
- * the gateway's "nothing can serve it now", a 503, with the longest wait a region asked for;
- * anything else a 502.
+ * timed out. Codes as the gateway's for its upstreams (gateway/http/final_error.py): a panic
+ * (every region left was marked down, and was tried anyway) is "nothing healthy", a 503, as
+ * is every region refusing for now (503, or 429 for some), with the longest wait a region
+ * asked for; every region at capacity (429) is a 429; anything else a 502.
  * @param {Failure[]} failures @param {number} untried  candidates left out by MAX_ATTEMPTS
+ * @param {boolean} [panic]  the router's reason was panic: no healthy candidate was left
  */
-export function finalError(failures, untried) {
+export function finalError(failures, untried, panic = false) {
   const tried = failures.map((f) => `${f.region} (${f.what})`).join(", ");
   const last = failures.at(-1);
   if (last?.timedOut) {
@@ -202,13 +283,26 @@ export function finalError(failures, untried) {
     );
   }
   const tail = untried > 0 ? `; ${untried} more region(s) not tried (MAX_ATTEMPTS)` : "";
+  if (panic) {
+    // The gateway's answer to a panic that failed: the regions were known to be down (their
+    // gateways' tables stopped answering) and tried in case that lagged. A 502 "retry the
+    // request" sent the SDKs straight back, with no wait asked for.
+    const after = longestWait(failures, NO_CANDIDATE_RETRY_AFTER_S);
+    return errorResponse(
+      "no_healthy_upstream",
+      `no healthy region can serve the request; tried the ones marked down anyway: ` +
+        `${tried}${tail}. Retry in ${after} s`,
+      { "retry-after": after },
+    );
+  }
   const busy = failures.length > 0 && failures.every((f) => f.status === 429 || f.status === 503);
   if (busy && failures.every((f) => f.status === 429)) {
-    const after = Math.max(1, longestWait(failures, 1));
+    const wait = longestWait(failures, 1);
+    const after = wait === "0" ? "1" : wait;
     return errorResponse(
       "upstreams_at_capacity",
       `every region tried is at capacity: ${tried}${tail}. Retry after ${after} s`,
-      { "retry-after": String(after) },
+      { "retry-after": after },
     );
   }
   if (busy) {
@@ -216,7 +310,7 @@ export function finalError(failures, untried) {
     return errorResponse(
       "no_healthy_upstream",
       `no region tried can serve the request now: ${tried}${tail}. Retry in ${after} s`,
-      { "retry-after": String(after) },
+      { "retry-after": after },
     );
   }
   return errorResponse(

@@ -176,6 +176,9 @@ export class TableCache {
     this.sourceRegion = new Map();
     /** @type {Set<string>} source URLs named for a region no table has (warned of once) */
     this.misnamed = new Set();
+    // Refreshes started, and the last of them whose reads were counted by one that ended.
+    this.started = 0;
+    this.counted = 0;
   }
 
   /**
@@ -204,13 +207,21 @@ export class TableCache {
 
   /** @param {TableSettings} s */
   async refresh(s) {
+    const round = ++this.started;
     const nothing = { fresh: [], answered: [], failed: [], errors: [] };
     const { fresh, answered, failed, errors } = s.sources.length ? await readSources(s) : nothing;
     this.lastErrors = errors;
     if (errors.length) console.warn(JSON.stringify({ msg: "routing table read failed", errors }));
     const now = this.now();
     this.refreshingSince = -Infinity;
-    this.countMisses(fresh, answered, failed, s.fallback, s.regionOf);
+    // Refreshes that ran at the same time saw the same moment: one miss between them. A cold
+    // isolate's requests each refresh (another request's promise cannot be awaited), and
+    // three at once made a single lost read MAX_OWN_MISSES: the region down at its first
+    // blip. Counted by the first to end; one that started before that ended counts nothing.
+    if (round > this.counted) {
+      this.counted = this.started;
+      this.countMisses(fresh, answered, failed, s.fallback, s.regionOf);
+    }
     if (fresh.length > 0) {
       this.table = mergeTables(fresh, this.table, s.fallback, this.seen, now);
       this.state = "fresh";

@@ -226,3 +226,86 @@ test("a gateway's hop-by-hop response headers are not passed to the client", asy
   }
   assert.equal(resp.headers.get("x-kept"), "yes");
 });
+
+describe("a refusal's body is read for its message only", () => {
+  test("a 503 whose body stalls still moves the request on, soon", { timeout: 15_000 }, async () => {
+    // The headers came, then nothing: the first-byte timer ended with the headers, and the
+    // Worker waited for the rest of the body for good, never trying us-east.
+    const stalled = await gateway(() => ({ status: 503, parts: ['{"error": {"mess'], hold: true }));
+    const next = await gateway(ok("us-east"));
+    const mf = await worker(stalled.url, next.url, { RESPONSE_TIMEOUT_S: 30 });
+    const t0 = Date.now();
+    const resp = await fromLondon(mf);
+    assert.equal(resp.status, 200);
+    assert.equal((await resp.json()).region, "us-east");
+    assert.ok(Date.now() - t0 < 5000, `${Date.now() - t0} ms`);
+  });
+
+  test("a Retry-After past a Number's digits is sent on in digits", async () => {
+    const long = "99999999999999999999999";
+    const eu = await gateway(() => ({ status: 503, headers: { "retry-after": long }, body: {} }));
+    const us = await gateway(() => ({ status: 503, headers: { "retry-after": "7" }, body: {} }));
+    const resp = await fromLondon(await worker(eu.url, us.url));
+    assert.equal(resp.status, 503);
+    // Not "1e+23": Retry-After is digits (RFC 9110 §10.2.3), and the gateway sends them so.
+    assert.equal(resp.headers.get("retry-after"), long);
+    assert.match((await resp.json()).error.message, new RegExp(`Retry in ${long} s$`));
+  });
+});
+
+test("a panic that failed is the gateway's 503 no_healthy_upstream, with a wait", async () => {
+  // Every region known down (healthy: false, as after its gateway's table stopped answering):
+  // tried anyway, in case that lagged, and each failed.
+  const down = (t) => ({
+    regions: t.regions.map((r) => ({
+      ...r,
+      upstreams: r.upstreams.map((u) => ({ ...u, healthy: false })),
+    })),
+  });
+  const eu = await gateway(() => ({ status: 502, body: { error: { message: "no backend" } } }));
+  const mf = await startWorker({
+    FALLBACK_TABLE: down(table(eu.url, await closedUrl())),
+    ROUTING_TABLE_URLS: [],
+  });
+  started.push(mf);
+  const resp = await fromLondon(mf);
+  assert.equal(resp.status, 503);
+  assert.equal(resp.headers.get("retry-after"), "5");
+  const { error } = await resp.json();
+  assert.deepEqual([error.code, error.type], ["no_healthy_upstream", "service_unavailable"]);
+  assert.match(error.message, /tried the ones marked down anyway: eu-central \(HTTP 502/);
+});
+
+test("the client's claims about itself are replaced by the Worker's", async () => {
+  const region = await gateway(ok("eu-central"));
+  const mf = await worker(region.url, await closedUrl());
+  const forged = {
+    "x-forwarded-for": "6.6.6.6",
+    "x-real-ip": "6.6.6.6",
+    forwarded: "for=6.6.6.6;proto=http",
+    "x-forwarded-host": "internal.example",
+    "x-forwarded-proto": "http",
+    "true-client-ip": "6.6.6.6",
+    "x-client-ip": "6.6.6.6",
+    "x-http-method-override": "DELETE",
+    "x-original-url": "/admin",
+    x_forwarded_for: "6.6.6.6",
+  };
+  const resp = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
+    method: "POST",
+    body: CHAT,
+    headers: { ...forged, "cf-connecting-ip": "192.0.2.10", authorization: "Bearer sk-1" },
+    cf: CITIES.London,
+  });
+  assert.equal(resp.status, 200);
+  await resp.arrayBuffer();
+  const seen = region.requests[0].headers;
+  // A gateway that trusts Cloudflare's addresses walks X-Forwarded-For from the right: the
+  // client's own entry would have been its client whenever the signed header is not believed.
+  assert.equal(seen["x-forwarded-for"], "192.0.2.10");
+  assert.equal(seen["x-forwarded-proto"], "https");
+  for (const name of Object.keys(forged).filter((n) => !/^x-forwarded-(for|proto)$/.test(n))) {
+    assert.equal(seen[name], undefined, name);
+  }
+  assert.equal(seen.authorization, "Bearer sk-1", "the API key is the gateway's to check");
+});

@@ -335,3 +335,28 @@ test("a request that names no model is worded without one", async () => {
   assert.match(error.message, /^no region can serve this request now \(unhealthy\)/);
   assert.doesNotMatch(error.message, /null/);
 });
+
+test("/v1/models leaves out what a residency rule keeps the client from, as the gateway's", async () => {
+  // GB's clients may use eu-central only; "us-only" is served in us-east alone.
+  const region = (id, models) => ({
+    id,
+    latitude: COORDS[id][0],
+    longitude: COORDS[id][1],
+    url: gw[id].url,
+    upstreams: [{ id: `${id}-1`, models }],
+  });
+  const w = await startWorker({
+    FALLBACK_TABLE: {
+      policy: { residency: [{ name: "uk", countries: ["GB"], regions: ["eu-central"] }] },
+      regions: [region("eu-central", ["m"]), region("us-east", ["m", "us-only"])],
+    },
+  });
+  started.push(w);
+  const list = async (city) => {
+    const resp = await w.dispatchFetch("https://api.example.com/v1/models", { cf: CITIES[city] });
+    return (await resp.json()).data.map((m) => m.id);
+  };
+  // Listed, a London client's request for it was a 503 (the rule leaves it no region).
+  assert.deepEqual(await list("London"), ["m"]);
+  assert.deepEqual(await list("New York"), ["m", "us-only"]);
+});

@@ -237,6 +237,24 @@ describe("the cache on its own", () => {
     assert.deepEqual(health(), [false]);
   });
 
+  test("refreshes at the same time count one miss between them", async () => {
+    // A cold isolate's requests each refresh (none can await another's): three at once with
+    // us-east's table lost once marked us-east down at once, not after MAX_OWN_MISSES.
+    const gw = await twoGateways("http://eu.example", "http://us.example");
+    gw.us.dead = true;
+    const { clock, cache, s } = cacheOn([gw.eu, gw.us]);
+    s.regionOf = new Map([[s.sources[1], "us-east"]]);
+    const health = () => upsOf(cache.table, "us-east").map((u) => u.healthy);
+    await Promise.all([cache.refresh(s), cache.refresh(s), cache.refresh(s)]);
+    assert.equal(cache.seen.misses.get("us-east"), 1);
+    for (let i = 2; i <= MISSES; i++) {
+      assert.deepEqual(health(), [true], `after ${i - 1} miss(es)`);
+      clock.t += s.ttlMs;
+      await cache.refresh(s);
+    }
+    assert.deepEqual(health(), [false]);
+  });
+
   test("a source never heard from counts against the region ROUTING_TABLE_URLS names", async () => {
     // As the test above, on the cache alone: the dead source's host is no region URL's host.
     const gw = await twoGateways("http://eu.example", "http://us.example");

@@ -105,7 +105,8 @@ export async function blackhole() {
  * A regional gateway played on loopback: `answer(req)` says what to send for each request
  * (`{status, headers, body, delayMs}`; null: hold the request and never answer, as a hung
  * gateway; `parts` instead of `body`: written one at a time, and with `cut` the connection is
- * then destroyed, as a gateway that died mid-body), and every request is kept in `requests`
+ * then destroyed, as a gateway that died mid-body, with `hold` the body then never ends, as a
+ * gateway that stalled mid-body), and every request is kept in `requests`
  * with its headers, body and arrival time.
  */
 export async function fakeGateway(answer) {
@@ -131,7 +132,7 @@ export async function fakeGateway(answer) {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       if (a.cut) res.socket?.destroy();
-      else res.end();
+      else if (!a.hold) res.end();
       return;
     }
     res.end(typeof a.body === "string" ? a.body : JSON.stringify(a.body ?? {}));
