@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from backend.errors import ContextTooLong, InvalidParameter, ModelNotFound, UnsupportedParameter
+from backend.errors import (
+    ContextTooLong,
+    InvalidParameter,
+    ModelNotFound,
+    UnsupportedParameter,
+    shown,
+)
 from backend.sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
@@ -42,6 +49,8 @@ UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
 # Tools the model may call, unless told not to: this server parses no tool calls (vLLM
 # refuses them too without a tool-call parser), so the client would get text, not a call.
 TOOL_LISTS = {"tools": "tool_choice", "functions": "function_call"}
+# OpenAI's message roles; "robot" or "" was read as a role (and "robot: hi" sent to the model).
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 @dataclass(frozen=True)
@@ -73,14 +82,14 @@ def _number(
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InvalidParameter(f"{key} must be a number, got {v!r}", param=key)
+        raise InvalidParameter(f"{key} must be a number, got {shown(v)}", param=key)
     # json.loads takes NaN and Infinity; NaN passes every range check below (all False).
     # Only floats: math.isfinite overflows on an int too big for a float.
     if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidParameter(f"{key} must be a finite number, got {v}", param=key)
+        raise InvalidParameter(f"{key} must be a finite number, got {shown(v)}", param=key)
     if v < lo or v > hi or (lo_open and v == lo):
         bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise InvalidParameter(f"{key} must be in {bound}, got {v}", param=key)
+        raise InvalidParameter(f"{key} must be in {bound}, got {shown(v)}", param=key)
     return float(v)
 
 
@@ -89,28 +98,47 @@ def _int(body: dict[str, Any], key: str) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidParameter(f"{key} must be an integer, got {v!r}", param=key)
+        raise InvalidParameter(f"{key} must be an integer, got {shown(v)}", param=key)
     return v
 
 
 def _messages(messages: Any) -> list[dict[str, str]]:
     if not isinstance(messages, list) or not messages:
         raise InvalidParameter("messages must be a non-empty list", param="messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidParameter(f"messages[{i}] must be an object with a role", param="messages")
-        content = m.get("content")
-        if content is None:  # an assistant message that only calls tools has null content
-            content = ""
-        if isinstance(content, list):  # content parts, text only: joined as vLLM joins them
-            content = "\n".join(_part_text(i, j, p) for j, p in enumerate(content))
-        if not isinstance(content, str):
-            raise InvalidParameter(f"messages[{i}].content must be a string", param="messages")
-        _unicode(content, f"messages[{i}].content", "messages")
-        _unicode(m["role"], f"messages[{i}].role", "messages")
-        clean.append({"role": m["role"], "content": content})
-    return clean
+    return [_message(i, m) for i, m in enumerate(messages)]
+
+
+def _message(i: int, m: Any) -> dict[str, str]:
+    """One message, as OpenAI checks it: a role of its own, and content (a string or a
+    non-empty list of parts) that only an assistant's may leave out or send as null (one that
+    calls tools); a user's without it was read as an empty message and answered."""
+    if not isinstance(m, dict) or "role" not in m:
+        raise InvalidParameter(f"messages[{i}] must be an object with a role", param="messages")
+    role = m["role"]
+    if role not in ROLES:
+        raise InvalidParameter(
+            f"messages[{i}].role must be one of {', '.join(ROLES)}; got {shown(role)}",
+            param="messages",
+        )
+    content = m.get("content")
+    if content is None and role != "assistant":
+        raise InvalidParameter(
+            f"messages[{i}].content is required in a {role} message (a string or a list of "
+            f"text parts); got {'null' if 'content' in m else 'none'}",
+            param="messages",
+        )
+    if content is None:  # an assistant message that only calls tools has null content
+        content = ""
+    if isinstance(content, list) and content:  # text parts: joined as vLLM joins them
+        content = "\n".join(_part_text(i, j, p) for j, p in enumerate(content))
+    if not isinstance(content, str):  # [] too, as OpenAI's
+        raise InvalidParameter(
+            f"messages[{i}].content must be a string or a non-empty list of parts, "
+            f"got {shown(content)}",
+            param="messages",
+        )
+    _unicode(content, f"messages[{i}].content", "messages")
+    return {"role": role, "content": content}
 
 
 def _chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
@@ -126,22 +154,25 @@ def _part_text(i: int, j: int, part: Any) -> str:
         return part
     if not isinstance(part, dict):
         raise InvalidParameter(
-            f"messages[{i}].content[{j}] must be a content part object or a string, got {part!r}",
+            f"messages[{i}].content[{j}] must be a content part object or a string, "
+            f"got {shown(part)}",
             param="messages",
         )
     kind = part.get("type", "text")
-    if kind == "refusal":  # an assistant's earlier refusal, in the history: text, as vLLM reads it
-        part = {"text": part.get("refusal", "")}
-    elif kind != "text":  # an image the model would never see: a wrong answer, not a 200
+    # An assistant's earlier refusal, in the history: its text, as vLLM reads it.
+    key = "refusal" if kind == "refusal" else "text"
+    if kind not in ("text", "refusal"):  # an image the model would never see: not a 200
         raise UnsupportedParameter(
-            f"messages[{i}].content[{j}] is a {kind!r} part; this server's model reads text "
-            "alone: send text parts",
+            f"messages[{i}].content[{j}] is a {shown(kind)} part; this server's model reads "
+            "text alone: send text parts",
             param="messages",
         )
-    text = part.get("text", "")
-    if not isinstance(text, str):
+    text = part.get(key)
+    if not isinstance(text, str):  # missing too: OpenAI's 400, where it was an empty text
         raise InvalidParameter(
-            f"messages[{i}].content[{j}].text must be a string, got {text!r}", param="messages"
+            f"messages[{i}].content[{j}].{key} must be a string, got "
+            f"{shown(text) if key in part else 'none'}",
+            param="messages",
         )
     return text
 
@@ -180,7 +211,7 @@ def _max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
         v = _int(body, key)
         if v is not None:
             if v < 1:
-                raise InvalidParameter(f"{key} must be at least 1, got {v}", param=key)
+                raise InvalidParameter(f"{key} must be at least 1, got {shown(v)}", param=key)
             return v, key
     return None, "max_tokens"
 
@@ -189,7 +220,7 @@ def _seed(body: dict[str, Any]) -> int | None:
     seed = _int(body, "seed")
     if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
         raise InvalidParameter(
-            f"seed must be in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {seed}", param="seed"
+            f"seed must be in [{SEED_MIN}, {SEED_MAX}] (64 bits), got {shown(seed)}", param="seed"
         )
     return seed
 
@@ -198,13 +229,14 @@ def _model(body: dict[str, Any], served: str) -> None:
     model = body.get("model")
     if model is None:  # a missing field is the request's fault, not an unknown model
         raise InvalidParameter(
-            f"the model field is required; this server serves {served!r}", param="model"
+            f"the model field is required; this server serves {json.dumps(served)}", param="model"
         )
     if not isinstance(model, str):
-        raise InvalidParameter(f"model must be a string, got {model!r}", param="model")
+        raise InvalidParameter(f"model must be a string, got {shown(model)}", param="model")
     if model != served:
         raise ModelNotFound(
-            f"model {model!r} is not served here; this server serves {served!r} (GET /v1/models)",
+            f"model {shown(model)} is not served here; this server serves {json.dumps(served)} "
+            "(GET /v1/models)",
             param="model",
         )
 
@@ -214,7 +246,7 @@ def _unsupported(body: dict[str, Any]) -> None:
         v = body.get(key)
         if not harmless(v):
             raise UnsupportedParameter(
-                f"{key} is not supported by this server, got {v!r}; leave it out", param=key
+                f"{key} is not supported by this server, got {shown(v)}; leave it out", param=key
             )
     for key, choice in TOOL_LISTS.items():
         if body.get(key) and body.get(choice) != "none":
@@ -261,6 +293,13 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
             "stream_options.include_usage must be true or false", param="stream_options"
         )
     return stream, usage is True
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    v = body.get(key)
+    if v is not None and not isinstance(v, bool):  # "yes" was read as false
+        raise InvalidParameter(f"{key} must be true or false, got {shown(v)}", param=key)
+    return v is True
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -314,7 +353,7 @@ def check(body: Any, served: str, context_len: int, chat: bool) -> Checked:
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         stop=_stop(body),
         seed=_seed(body),
-        ignore_eos=body.get("ignore_eos") is True,
+        ignore_eos=_bool(body, "ignore_eos"),
     )
     c = Checked(chat, messages, prompt, max_tokens, max_key, params, stream, include_usage)
     _fits_at_all(c, context_len)

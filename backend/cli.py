@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import NoReturn
 from backend.errors import BackendError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 DRAIN_TIMEOUT_S = 25.0  # SIGTERM: requests in flight get this long, then are cut
 MAX_DRAIN_TIMEOUT_S = 3600.0
 # aiohttp's own cut (shutdown_timeout), this long after BackendServer's: its default, 60 s,
@@ -147,6 +149,8 @@ def _exit_drained() -> NoReturn:
     """Drained and stopped: the interpreter's own teardown (torch, the model) took another
     2.7 s of a 3.7 s stop with --drain-timeout 1 on the tiny model, which a supervisor's grace
     counts too. Nothing is left to run; the log goes out first."""
+    for sig in (signal.SIGTERM, signal.SIGINT):  # one more now: the stop is as good as done
+        signal.signal(sig, signal.SIG_IGN)
     log.info("stopped")
     logging.shutdown()
     sys.stdout.flush()
@@ -166,10 +170,42 @@ def _make_tiny(argv: Sequence[str]) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to draw weights")
     a = p.parse_args(argv)
+    if a.device == "cuda":  # before the build: torch without CUDA asserted, in a traceback
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError("--device cuda: this machine has no CUDA GPU; use --device cpu")
+    _out_dir(a.dir)
     from backend.tiny import PRESETS, make_tiny_model
 
-    n = make_tiny_model(a.dir, PRESETS[a.preset], a.dtype, a.device)
+    try:
+        n = make_tiny_model(a.dir, PRESETS[a.preset], a.dtype, a.device)
+    except OSError as exc:  # the disk filled up, say
+        raise BackendError(f"cannot write the model to {a.dir}: {exc.strerror or exc}") from None
     print(f"wrote a random Llama model ({n:,} parameters) and its tokenizer to {a.dir}")
+
+
+def _out_dir(path: Path) -> None:
+    """Make the output directory before the model is built (minutes for 7b): where it could
+    not be made (/proc/x, an existing file), that was a traceback once the model was built."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BackendError(f"{path} exists and is not a directory") from None
+    except OSError as exc:
+        raise BackendError(f"cannot make the directory {path}: {exc.strerror or exc}") from None
+
+
+def _exit_interrupted() -> NoReturn:
+    """One line and status 130, as sim-backend's, where a traceback was. Straight out, as
+    _exit_drained: no teardown of a torch perhaps caught half imported (a review saw torch's
+    FakeTensor INFO lines after the traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the same way out
+    print("geogate backend: interrupted", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -186,6 +222,8 @@ def main(argv: Sequence[str]) -> None:
     except BackendError as exc:
         print(f"geogate backend: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:  # Ctrl-C before serving (the model loading): was a traceback
+        _exit_interrupted()
     except ImportError as exc:
         # An ImportError raised by hand (not by a failed import) has no module name.
         missing = f"{exc.name} is not installed" if exc.name else str(exc).splitlines()[0]

@@ -59,6 +59,7 @@ class Sequence:
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
     position: int = 0  # next position id
+    observed: bool = True  # False: kept out of the metrics (the server's warm-up)
 
 
 class EngineObserver:
@@ -68,6 +69,9 @@ class EngineObserver:
     def first_token(self, seconds: float) -> None: ...
     def finished(self, seq: Sequence, seconds: float, reason: str) -> None: ...
     def tokens(self, prompt: int, generated: int) -> None: ...
+
+
+QUIET = EngineObserver()  # what an unobserved sequence reports to
 
 
 class Engine:
@@ -279,7 +283,7 @@ class Engine:
         tokens = choose_rows(logits, [s.params for s in seqs], [s.generator for s in seqs])
         for i, seq in enumerate(seqs):
             seq.position = len(seq.prompt_ids)
-            self.obs.tokens(seq.position, 0)
+            self._obs(seq).tokens(seq.position, 0)
             try:
                 going = self._accept(seq, tokens[i])
             except Exception as exc:  # its first token: it alone fails
@@ -351,8 +355,8 @@ class Engine:
         assert seq.detok is not None
         if seq.t_first is None:
             seq.t_first = time.perf_counter()
-            self.obs.first_token(seq.t_first - seq.t_submit)
-        self.obs.tokens(0, 1)
+            self._obs(seq).first_token(seq.t_first - seq.t_submit)
+        self._obs(seq).tokens(0, 1)
         eos = token in self.eos and not seq.params.ignore_eos
         if not eos:
             seq.out_ids.append(token)
@@ -380,19 +384,14 @@ class Engine:
     def _fail(self, seq: Sequence, exc: Exception) -> None:
         self._out.append((seq, Event("error", text=f"generation failed: {exc}")))
 
+    def _obs(self, seq: Sequence) -> EngineObserver:
+        return self.obs if seq.observed else QUIET
+
     def _finish(self, seq: Sequence, reason: str) -> None:
-        self.obs.finished(seq, time.perf_counter() - seq.t_submit, reason)
-        self._out.append(
-            (
-                seq,
-                Event(
-                    "finish",
-                    finish_reason=reason,
-                    prompt_tokens=len(seq.prompt_ids),
-                    completion_tokens=len(seq.out_ids),
-                ),
-            )
-        )
+        self._obs(seq).finished(seq, time.perf_counter() - seq.t_submit, reason)
+        n, m = len(seq.prompt_ids), len(seq.out_ids)
+        end = Event("finish", finish_reason=reason, prompt_tokens=n, completion_tokens=m)
+        self._out.append((seq, end))
 
 
 def _deliver_here(events: list[tuple[Sequence, Event]]) -> None:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from backend.shapes import error_body
+
+SHOWN_CHARS = 40  # a value quoted in an error, at most: a 300-digit number was quoted whole
+
+
+def shown(v: Any) -> str:
+    """A request's value as an error quotes it: as JSON writes it (true, null, "text"; it was
+    Python's True, None, 'text'), and cut short."""
+    try:
+        text = json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # nothing json.loads gives; to be safe
+        return f"a {type(v).__name__}"
+    if len(text) > SHOWN_CHARS:
+        text = f"{text[: SHOWN_CHARS - 10]}... ({len(text)} characters)"
+    return text
 
 
 class BackendError(Exception):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,9 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+NAMED_WEIGHTS = 3  # a refusal names this many of the weights at fault
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LONG_LINE = 200  # an error's first line past this many characters: its first sentence only
 
 
 @dataclass
@@ -122,7 +128,7 @@ def _int8_dynamic(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def _check_quantize(quantize: Quantize, dev: str) -> None:
+def _check_quantize(quantize: Quantize, dev: str, dtype: DType = "auto") -> None:
     if quantize in ("int8", "nf4") and dev != "cuda":
         raise ModelLoadError(
             f"--quantize {quantize} uses bitsandbytes, which needs a CUDA GPU; this machine has "
@@ -130,6 +136,13 @@ def _check_quantize(quantize: Quantize, dev: str) -> None:
         )
     if quantize == "int8-dynamic" and dev != "cpu":
         raise ModelLoadError("--quantize int8-dynamic is the CPU path; on a GPU use int8 or nf4")
+    if quantize == "int8-dynamic" and dtype not in ("auto", "float32"):
+        # torch.ao's dynamic int8 Linear takes float32 activations: the model loaded, then its
+        # warm-up failed with a traceback.
+        raise ModelLoadError(
+            f"--quantize int8-dynamic computes in float32 (torch.ao), not --dtype {dtype}; "
+            "leave --dtype out (auto) or give float32"
+        )
 
 
 def _load_kwargs(quantize: Quantize, dev: str, torch_dtype: Any) -> dict[str, Any]:
@@ -150,6 +163,96 @@ def _load_kwargs(quantize: Quantize, dev: str, torch_dtype: Any) -> dict[str, An
         # model after holds a second full copy of the weights in host memory.
         kwargs["device_map"] = {"": 0}
     return kwargs
+
+
+def _read_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # a tokenizer.json of {} said only "'added_tokens'" (a KeyError)
+        raise ModelLoadError(
+            f"cannot load the model in {path}: its tokenizer could not be read: {_said(exc)}"
+        ) from None
+
+
+def _read_model(path: Path, kwargs: dict[str, Any]) -> Any:
+    """The model, or one line saying why not. Any exception: a pytorch_model.bin of garbage
+    raised UnpicklingError, EOFError, IndexError or struct.error from torch.load, each a
+    traceback of 33 lines and exit status 1."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        # Mismatched shapes reported, not raised: _check_weights names them, where the raise
+        # said "for details look at the above report".
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except Exception as exc:
+        said = _said(exc, sentence=True)
+        frames = traceback.extract_tb(exc.__traceback__)
+        if any(Path(f.filename).match("torch/serialization.py") for f in frames):  # torch.load
+            said = f"its pytorch_model*.bin weights could not be read ({_said(exc)})"
+        raise ModelLoadError(f"cannot load the model in {path}: {said}") from None
+    model, info = loaded
+    _check_weights(path, info)
+    return model
+
+
+def _check_weights(path: Path, info: dict[str, Any]) -> None:
+    """Refuse a model some of whose weights the checkpoint lacks, or has in other shapes than
+    config.json says: transformers drew those at random, and the server served the noise
+    (num_hidden_layers raised in config.json). Tied weights (lm_head with
+    tie_word_embeddings) are not missing: transformers leaves them out of missing_keys."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise ModelLoadError(
+            f"cannot load the model in {path}: its weights lack {len(missing)} that config.json "
+            f"asks for ({_few(missing)}); the checkpoint and config.json do not match"
+        )
+    mismatched = sorted((str(k), list(c), list(m)) for k, c, m in info.get("mismatched_keys") or ())
+    if mismatched:
+        shapes = [f"{k} is {c} in the weights, {m} by config.json" for k, c, m in mismatched]
+        raise ModelLoadError(
+            f"cannot load the model in {path}: {len(mismatched)} of its weights are not of the "
+            f"shapes config.json says ({_few(shapes, 2)})"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:  # every weight the model has was loaded: served, and said
+        log.warning(
+            "the weights in %s hold %d that the model has no place for, left unused (%s); "
+            "does config.json match the checkpoint?",
+            path,
+            len(unexpected),
+            _few(unexpected),
+        )
+
+
+def _few(items: list[str], n: int = NAMED_WEIGHTS) -> str:
+    more = len(items) - n
+    return "; ".join(items[:n]) + (f" and {more} more" if more > 0 else "")
+
+
+def _said(exc: BaseException, sentence: bool = False) -> str:
+    """An exception in one line that says what it is: its type and its first line (the first
+    sentence of a long one, as torch's are). With ``sentence``, transformers' and torch's own
+    errors (OSError, ValueError, RuntimeError, ImportError: a missing quantization backend is
+    one with a message and no module name) are their message alone, as they were."""
+    text = ANSI.sub("", str(exc))  # torch's messages have bold in them
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(first) > LONG_LINE and ". " in first:
+        first = first.split(". ")[0] + "."
+    detail = next((b for a, b in pairwise(lines) if a.endswith("Unpickler error:")), "")
+    if detail:  # torch's UnpicklingError says what is wrong on a line of its own
+        first = f"{first} {detail}"
+    if sentence and isinstance(exc, OSError | ValueError | RuntimeError | ImportError) and first:
+        return first
+    if isinstance(exc, KeyError):  # its text is the key alone: "'added_tokens'"
+        return f"KeyError {first}"
+    kind = type(exc).__name__
+    kind = f"{type(exc).__module__}.{kind}" if kind == "error" else kind  # struct.error
+    return f"{kind}: {first}" if first else kind
 
 
 def choose_attention(dev: str, cudnn: bool) -> None:
@@ -178,27 +281,20 @@ def load_model(
     os.environ["HF_HUB_OFFLINE"] = "1"
     check_model_dir(path)
     dev = _device(device)
-    _check_quantize(quantize, dev)
+    _check_quantize(quantize, dev, dtype)
     choose_attention(dev, cudnn_attention)
     import torch
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar per start-up is noise in service logs
+    # Its LOAD REPORT (a table of every weight at fault, 18 lines for a changed hidden_size)
+    # is a warning: _check_weights says it in one line, and refuses what it reports.
+    hf_logging.set_verbosity_error()
     torch_dtype = _dtype(dtype, dev, quantize)
     kwargs = _load_kwargs(quantize, dev, torch_dtype)
     t0 = time.perf_counter()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError, SafetensorError) as exc:
-        # ImportError: transformers raises one by hand, with a message and no module name,
-        # when a quantization backend is missing (bitsandbytes, or accelerate, which its
-        # bitsandbytes integration requires); the message is the useful part. RuntimeError:
-        # weights of other sizes than config.json says; SafetensorError: a truncated file.
-        # Both were a traceback and exit 1.
-        raise ModelLoadError(f"cannot load the model in {path}: {exc}".splitlines()[0]) from None
+    tokenizer = _read_tokenizer(path)
+    model = _read_model(path, kwargs)
     if dev == "cpu":
         model = model.to(dev)
     if quantize == "int8-dynamic":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -26,8 +27,15 @@ LOOP_PARSE_MAX_BYTES = 64 * 1024  # larger bodies are parsed off the event loop
 WARM_UP: web.AppKey[asyncio.Task[None]] = web.AppKey("warm_up")  # held: tasks are weak refs
 
 
+class Undecodable(InvalidParameter):
+    """A body that does not decode: the connection cannot carry another request."""
+
+
 def _error(err: BackendError) -> web.Response:
-    return web.json_response(err.body(), status=err.status, headers=err.headers)
+    resp = web.json_response(err.body(), status=err.status, headers=err.headers)
+    if isinstance(err, Undecodable):
+        resp.force_close()
+    return resp
 
 
 def _sse(doc: Any) -> bytes:
@@ -42,8 +50,12 @@ async def _read(request: web.Request) -> bytes:
             f"request body is over this server's limit of {MAX_BODY_BYTES} bytes"
         ) from None
     except RequestPayloadError:  # a body its Content-Encoding does not decode: was a 500
+        # What is left of it cannot be read: aiohttp drained it after the answer, raised the
+        # same error there and logged it as an "Unhandled exception", 30 lines of traceback.
+        # Nothing is left to drain, and the connection closes after the answer (_error).
+        request.content.feed_eof()
         coding = request.headers.get("content-encoding", "")
-        raise InvalidParameter(
+        raise Undecodable(
             f"request body does not decode as its Content-Encoding ({coding[:40]!r}) says; "
             "send it as it is encoded, or without the header"
         ) from None
@@ -73,6 +85,8 @@ class BackendServer:
         self.serving: set[asyncio.Task[Any]] = set()  # the generations' handler tasks
         self.ready = False
         self.failure: str | None = None  # why the warm-up failed; the CLI exits with it
+        self.stopping = False  # a signal (or a failed warm-up) began the drain
+        self.cut_now = False  # a second signal cut what was running
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_openai_errors])
@@ -83,19 +97,44 @@ class BackendServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready_view)
         app.router.add_get("/metrics", self.prom)
+        app.on_startup.append(self._take_signals)
         app.on_startup.append(self._warm_up)
         app.on_shutdown.append(self._cut_at_drain_end)
         app.on_cleanup.append(self._shutdown)
         return app
 
+    async def _take_signals(self, app: web.Application) -> None:
+        """SIGTERM and SIGINT (Ctrl-C) are this server's, in place of run_app's: its handler
+        raised GracefulExit at a second signal too, inside its own cleanup, which stopped that
+        cleanup half done: every stream cut, exit status 1, no "stopped", and the engine
+        thread's traceback as it handed tokens to a closed event loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """The first signal drains (run_app's way out); a second cuts what still runs at
+        once, as uvicorn and gunicorn do, and the stop goes on as a drained one."""
+        if not self.stopping:
+            self._stop()  # raises: run_app stops, as it did
+        if not self.cut_now:
+            self.cut_now = True
+            n = len(self.serving)
+            log.warning("%s during the drain: cutting now %d request(s) still running", sig.name, n)
+        self._cut()
+
+    def _stop(self) -> NoReturn:
+        """Begin the drain: run_app's own way out (its SIGTERM handler raises the same)."""
+        self.stopping = True
+        raise web.GracefulExit()
+
+    def _cut(self) -> None:
+        for task in self.serving:
+            task.cancel()
+
     async def _warm_up(self, app: web.Application) -> None:
         """One real generation before /ready says yes: first-call costs are paid here."""
-        loop = asyncio.get_running_loop()
-
-        def dispatch(events: list[tuple[Sequence, Event]]) -> None:
-            loop.call_soon_threadsafe(_deliver, events)  # one wake-up per engine step
-
-        self.engine.dispatch = dispatch
+        self.engine.dispatch = dispatcher(asyncio.get_running_loop())
         self.engine.start()
 
         app[WARM_UP] = asyncio.create_task(self._warm())
@@ -104,7 +143,9 @@ class BackendServer:
         try:
             ids = self.m.tokenizer("hello", add_special_tokens=True)["input_ids"]
             q: asyncio.Queue[Event] = asyncio.Queue()
-            seq = Sequence(ids, SamplingParams(max_tokens=2, temperature=0), q.put_nowait)
+            params = SamplingParams(max_tokens=2, temperature=0)
+            # Not observed: a fresh server's /metrics counted it as a request (TTFT, tokens).
+            seq = Sequence(ids, params, q.put_nowait, observed=False)
             self.engine.submit(seq)
             while (end := await q.get()).kind == "token":
                 pass
@@ -121,19 +162,14 @@ class BackendServer:
         why = end.text.removeprefix("generation failed: ").splitlines()[:1] or ["no reason"]
         self.failure = f"warm-up generation failed: {why[0]}; the server stops"
         log.error("%s", self.failure)
-        asyncio.get_running_loop().call_soon(_graceful_exit)
+        asyncio.get_running_loop().call_soon(self._stop)
 
     async def _cut_at_drain_end(self, app: web.Application) -> None:
         """At the drain's end, cancel every generation still running. aiohttp's own cut
         (shutdown_timeout) cancels the request's body reader, which a handler waiting for
         tokens or writing a stream never awaits; it then waits as long again, and runs on:
         --drain-timeout 1 exited after 3.5 s with the stream still going."""
-
-        def cut() -> None:
-            for task in self.serving:
-                task.cancel()
-
-        asyncio.get_running_loop().call_later(self.drain_s, cut)
+        asyncio.get_running_loop().call_later(self.drain_s, self._cut)
 
     async def _shutdown(self, app: web.Application) -> None:
         await asyncio.to_thread(self.engine.stop)
@@ -287,9 +323,19 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
         )
 
 
-def _graceful_exit() -> None:
-    """run_app's own way out (its SIGTERM handler raises the same): a clean shutdown."""
-    raise web.GracefulExit()
+def dispatcher(loop: asyncio.AbstractEventLoop) -> Callable[[list[tuple[Sequence, Event]]], None]:
+    """The engine thread's way to hand one step's events to the event loop (one wake-up a
+    step). Once the loop is closed nobody waits for them: dropped, where the engine thread
+    died with a traceback (RuntimeError: Event loop is closed)."""
+
+    def dispatch(events: list[tuple[Sequence, Event]]) -> None:
+        try:
+            loop.call_soon_threadsafe(_deliver, events)
+        except RuntimeError:
+            if not loop.is_closed():
+                raise
+
+    return dispatch
 
 
 def _deliver(events: list[tuple[Sequence, Event]]) -> None:

@@ -257,7 +257,7 @@ def test_string_content_parts_are_text_and_other_parts_are_refused(tok: Any) -> 
     image = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {}}]
     with pytest.raises(UnsupportedParameter) as refused:
         parse(body(messages=[{"role": "user", "content": image}]), tok, "m", 512, chat=True)
-    assert "'image_url' part" in refused.value.message and refused.value.param == "messages"
+    assert '"image_url" part' in refused.value.message and refused.value.param == "messages"
     for bad in (5, None, ["x"]):
         with pytest.raises(InvalidParameter) as e:
             parse(body(messages=[{"role": "user", "content": [bad]}]), tok, "m", 512, chat=True)
@@ -331,3 +331,55 @@ def test_a_context_overflow_names_what_to_change(tok: Any) -> None:
         parse(body(), tok, "m", n, chat=True)
     assert e.value.param == "messages" and "max_tokens" not in e.value.message
     assert f"the prompt is {n} tokens, which leaves no room for an answer" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user"},  # read as an empty message, and answered
+        {"role": "user", "content": None},
+        {"role": "system", "content": None},
+        {"role": "", "content": "hi"},
+        {"role": "robot", "content": "hi"},  # "robot: hi" went to the model
+        {"role": None, "content": "hi"},
+        {"role": "user", "content": [{"type": "text"}]},  # a part without its text
+        {"role": "user", "content": []},
+        {"role": "assistant", "content": [{"type": "refusal"}]},
+    ],
+)
+def test_messages_are_checked_as_openai_checks_them(message: dict[str, Any]) -> None:
+    with pytest.raises(InvalidParameter) as e:
+        check(body(messages=[message]), "m", 512, chat=True)
+    assert e.value.status == 400 and e.value.param == "messages"
+    assert "messages[0]" in e.value.message
+
+
+def test_only_an_assistant_message_may_leave_its_content_out() -> None:
+    # One that calls tools has none: OpenAI takes it, null or left out.
+    for assistant in ({"role": "assistant"}, {"role": "assistant", "content": None}):
+        msgs = [{"role": "user", "content": "hi"}, assistant, {"role": "user", "content": "so?"}]
+        c = check(body(messages=msgs), "m", 512, chat=True)
+        assert c.messages[1] == {"role": "assistant", "content": ""}
+
+
+def test_ignore_eos_is_a_boolean_and_errors_quote_values_as_json_cut_short() -> None:
+    with pytest.raises(InvalidParameter) as e:  # "yes" was read as false
+        check(body(ignore_eos="yes"), "m", 512, chat=True)
+    assert e.value.param == "ignore_eos" and e.value.message.endswith('got "yes"')
+    assert check(body(ignore_eos=True), "m", 512, chat=True).params.ignore_eos
+    assert not check(body(ignore_eos=None), "m", 512, chat=True).params.ignore_eos
+    big = 10**300  # each was quoted whole, 300 digits
+    bigs: list[dict[str, Any]] = [{"seed": big}, {"max_tokens": -big}, {"n": [big]}]
+    for kw in [*bigs, {"temperature": big}]:
+        with pytest.raises(InvalidParameter) as e:
+            check(body(**kw), "m", 512, chat=True)
+        assert len(e.value.message) < 200 and "characters)" in e.value.message, e.value.message
+    # JSON's words, not Python's: true, not True; "x", not 'x'.
+    json_words: list[tuple[dict[str, Any], str]] = [
+        ({"logprobs": True}, "got true"),
+        ({"temperature": "hot"}, 'got "hot"'),
+    ]
+    for kw, said in json_words:
+        with pytest.raises(InvalidParameter) as e:
+            check(body(**kw), "m", 512, chat=True)
+        assert said in e.value.message, e.value.message

@@ -96,3 +96,54 @@ def test_a_port_in_use_is_one_line_before_any_model_loads(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"cannot listen on 127.0.0.1:{taken_port}: Address already in use" in err
+
+
+@pytest.fixture
+def no_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make-tiny-model's errors must come before the build: minutes for a large preset."""
+    from backend import tiny
+
+    def never(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(tiny, "make_tiny_model", never)
+
+
+@pytest.mark.usefixtures("no_build")
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        (lambda tmp: "/proc/x", "cannot make the directory /proc/x: No such file or directory"),
+        (lambda tmp: tmp / "file", "exists and is not a directory"),  # FileExistsError
+        (lambda tmp: tmp / "file" / "sub", "cannot make the directory"),  # NotADirectoryError
+    ],
+)
+def test_a_tiny_model_directory_that_cannot_be_made_is_one_line_before_the_build(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    where: Callable[[Path], object],
+    words: str,
+) -> None:
+    # Each was a traceback, once the model was built.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["make-tiny-model", str(where(tmp_path))])
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+
+
+@pytest.mark.usefixtures("no_build")
+def test_a_tiny_model_on_cuda_without_it_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch built without CUDA asserted ("Torch not compiled with CUDA enabled"), a traceback.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["make-tiny-model", str(tmp_path / "m"), "--device", "cuda"])
+    assert e.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == "geogate backend: --device cuda: this machine has no CUDA GPU; use --device cpu\n"
+    assert not (tmp_path / "m").exists()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import ModelLoadError
-from backend.loader import check_model_dir, load_model
+from backend.loader import DType, check_model_dir, load_model
 
 
 def test_missing_pieces_are_named(tmp_path: Path) -> None:
@@ -89,3 +89,85 @@ def test_weights_that_do_not_load_are_one_line(model_dir: Path, tmp_path: Path) 
     assert str(e.value).startswith(f"cannot load the model in {other}: ") and "\n" not in str(
         e.value
     )
+
+
+def _copy(model_dir: Path, to: Path, **config: object) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, to)
+    cfg = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**cfg, **config}))
+    return to
+
+
+def test_weights_the_checkpoint_lacks_are_refused_in_one_line(
+    model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A layer more in config.json than in the weights: transformers drew it at random,
+    printed a LOAD REPORT, and the server served the noise. Shapes that differ were refused,
+    under transformers' table of 18 lines."""
+    import json
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    n, hidden, vocab = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["vocab_size"]
+    layers = _copy(model_dir, tmp_path / "layers", num_hidden_layers=n + 1)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(layers, device="cpu")
+    said = str(e.value)
+    assert said.startswith(f"cannot load the model in {layers}: its weights lack 9 ")
+    assert f"model.layers.{n}." in said and "and 6 more" in said and "\n" not in said
+    wide = _copy(model_dir, tmp_path / "wide", hidden_size=hidden * 2)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(wide, device="cpu")
+    shapes = f"is [{vocab}, {hidden}] in the weights, [{vocab}, {hidden * 2}] by config.json"
+    assert shapes in str(e.value) and "\n" not in str(e.value)
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+
+def test_tied_weights_absent_from_the_checkpoint_are_not_missing(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # lm_head with tie_word_embeddings is the embedding's: a checkpoint has no copy of it.
+    from safetensors.torch import load_file, save_file
+
+    tied = _copy(model_dir, tmp_path / "tied", tie_word_embeddings=True)
+    weights = load_file(tied / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, tied / "model.safetensors", metadata={"format": "pt"})
+    m = load_model(tied, device="cpu").model
+    assert m.lm_head.weight.data_ptr() == m.model.embed_tokens.weight.data_ptr()
+
+
+def test_unreadable_weights_and_tokenizer_say_what_is_wrong(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # A pytorch_model.bin of garbage was an UnpicklingError in 33 lines of traceback, exit 1;
+    # a tokenizer.json of {} said "cannot load the model in ...: 'added_tokens'".
+    garbage = _copy(model_dir, tmp_path / "bin")
+    (garbage / "model.safetensors").unlink()
+    (garbage / "pytorch_model.bin").write_bytes(b"garbage\n")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(garbage, device="cpu")
+    assert "its pytorch_model*.bin weights could not be read (UnpicklingError: " in str(e.value)
+    assert "\n" not in str(e.value)
+    tok = _copy(model_dir, tmp_path / "tok")
+    (tok / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(tok, device="cpu")
+    assert str(e.value).endswith(": its tokenizer could not be read: KeyError 'added_tokens'")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_int8_dynamic_in_half_precision_is_refused_before_loading(
+    model_dir: Path, dtype: DType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It loaded the model, then failed its warm-up: torch.ao's int8 Linear takes float32.
+    from transformers import AutoModelForCausalLM
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", never)
+    with pytest.raises(ModelLoadError, match=f"float32 .torch.ao., not --dtype {dtype}"):
+        load_model(model_dir, quantize="int8-dynamic", dtype=dtype, device="cpu")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -212,6 +215,7 @@ def test_models_health_ready_metrics(backend: Backend) -> None:
     assert missing.value.code == "model_not_found"
     assert httpx.get(f"{backend.url}/health").text == "ok"
     assert httpx.get(f"{backend.url}/ready").status_code == 200
+    chat_text(backend, max_tokens=3, temperature=0)  # the warm-up is not counted: one of ours
     for name in (
         "vllm:num_requests_waiting",
         "vllm:num_requests_running",
@@ -524,11 +528,19 @@ def test_a_body_its_content_encoding_does_not_decode_is_a_json_400(backend: Back
     """A gzip header on a plain body was a 500 and a traceback, which a gateway counts
     against this server."""
     body = b'{"model": "%s", "prompt": "hi", "max_tokens": 1}' % MODEL.encode()
+    seen = len(backend.log.read_text())
     r = httpx.post(
         f"{backend.url}/v1/completions", content=body, headers={"content-encoding": "gzip"}
     )
     assert r.status_code == 400, r.text
     assert "does not decode as its Content-Encoding ('gzip') says" in r.json()["error"]["message"]
+    # Nothing is left to read of it: the connection closes after the answer. aiohttp drained
+    # the body after it, met the same error and logged a 30-line "Unhandled exception".
+    assert r.headers["connection"] == "close"
+    assert httpx.get(f"{backend.url}/health").text == "ok"  # the answer above is all done
+    time.sleep(0.2)
+    new = backend.log.read_text()[seen:]
+    assert "Traceback" not in new and "ERROR" not in new, new[-3000:]
 
 
 def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Backend) -> None:
@@ -580,23 +592,12 @@ def test_sigterm_cuts_streams_at_the_drain_timeout(model_dir: Path, tmp_path: Pa
     # never awaits; it then waited as long again and the streams ran on: --drain-timeout 1
     # exited 3.5 s after SIGTERM (2.7 s of it the interpreter's teardown of torch).
     b = start_backend(model_dir, tmp_path, "--drain-timeout", "1", "--max-batch", "1")
-    body = {"model": MODEL, "prompt": "hi", "max_tokens": 500, "stream": True, "ignore_eos": True}
-    first = threading.Event()
-
-    def stream() -> str:  # one at a time (--max-batch 1): 1,500 tokens, seconds on a CPU
-        text = ""
-        with httpx.stream("POST", f"{b.url}/v1/completions", json=body, timeout=30) as r:
-            try:
-                for part in r.iter_text():
-                    text += part
-                    first.set()
-            except httpx.RemoteProtocolError:  # cut: the chunked body never ended
-                pass
-        return text
-
+    first, opened = threading.Event(), threading.Semaphore(0)
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            streams = [pool.submit(stream) for _ in range(3)]
+            streams = [pool.submit(long_stream, b, first, opened) for _ in range(3)]
+            # All three in: one started after SIGTERM was refused (the port closes at once).
+            assert all(opened.acquire(timeout=30) for _ in range(3)), b.log.read_text()[-2000:]
             assert first.wait(30), b.log.read_text()[-2000:]
             t0 = time.monotonic()
             b.proc.terminate()
@@ -610,3 +611,116 @@ def test_sigterm_cuts_streams_at_the_drain_timeout(model_dir: Path, tmp_path: Pa
         assert log.rstrip().endswith("geogate.backend: stopped")
     finally:
         stop(b.proc)
+
+
+def long_stream(b: Backend, first: threading.Event, opened: threading.Semaphore) -> str:
+    """A stream of 500 tokens (seconds on a CPU, one at a time with --max-batch 1): ``opened``
+    released once its head is in (the request is in its handler), ``first`` set at its first
+    bytes. Its text, as far as it came."""
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 500, "stream": True, "ignore_eos": True}
+    text = ""
+    with httpx.stream("POST", f"{b.url}/v1/completions", json=body, timeout=30) as r:
+        opened.release()
+        try:
+            for part in r.iter_text():
+                text += part
+                first.set()
+        except httpx.RemoteProtocolError:  # cut: the chunked body never ended
+            pass
+    return text
+
+
+@pytest.mark.serial  # it times the exit after the second signal
+def test_a_second_signal_cuts_at_once_and_the_stop_is_still_clean(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """As uvicorn's and gunicorn's: the first signal drains, a second (Ctrl-C here) cuts now.
+    run_app's handler raised GracefulExit again inside its cleanup: exit status 1 two seconds
+    later, no "stopped", and the engine thread's "RuntimeError: Event loop is closed"."""
+    b = start_backend(model_dir, tmp_path, "--drain-timeout", "20", "--max-batch", "1")
+    first, opened = threading.Event(), threading.Semaphore(0)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            streams = [pool.submit(long_stream, b, first, opened) for _ in range(3)]
+            # All three in: one started after SIGTERM was refused (the port closes at once).
+            assert all(opened.acquire(timeout=30) for _ in range(3)), b.log.read_text()[-2000:]
+            assert first.wait(30), b.log.read_text()[-2000:]
+            b.proc.send_signal(signal.SIGTERM)  # drains: 20 s
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            b.proc.send_signal(signal.SIGINT)
+            code = b.proc.wait(timeout=30)
+            took = time.monotonic() - t0
+            texts = [s.result(timeout=30) for s in streams]
+        log = b.log.read_text()
+        assert code == 0 and took < 3, (code, took, log[-2000:])
+        assert sum("[DONE]" not in t for t in texts) >= 1  # cut, not finished
+        assert "Traceback" not in log and "Error" not in log, log[-2000:]
+        assert "SIGINT during the drain: cutting now" in log
+        assert log.rstrip().endswith("geogate.backend: stopped")
+    finally:
+        stop(b.proc)
+
+
+def test_events_for_a_closed_event_loop_are_dropped() -> None:
+    # The engine thread handing a step's tokens to a loop that had closed died with a
+    # traceback (RuntimeError: Event loop is closed); nobody waits for them any more.
+    from backend.server import dispatcher
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    dispatcher(loop)([])
+
+
+def test_the_warm_up_is_not_in_the_metrics(model_dir: Path, tmp_path: Path) -> None:
+    # A fresh server reported a first token and 2 prompt tokens before any request.
+    b = start_backend(model_dir, tmp_path, "--device", "cpu")
+    try:
+        for name in (
+            "vllm:time_to_first_token_seconds_count",
+            "vllm:e2e_request_latency_seconds_count",
+            "vllm:prompt_tokens_total",
+            "vllm:generation_tokens_total",
+        ):
+            assert metric(b, name) == 0, name
+        r = httpx.post(
+            f"{b.url}/v1/completions", json={"model": MODEL, "prompt": "hi there", "max_tokens": 3}
+        )
+        usage = r.json()["usage"]
+        assert metric(b, "vllm:time_to_first_token_seconds_count") == 1
+        assert metric(b, "vllm:prompt_tokens_total") == usage["prompt_tokens"]
+        assert metric(b, "vllm:generation_tokens_total") == usage["completion_tokens"]
+    finally:
+        stop(b.proc)
+
+
+def _mapped(pid: int, name: str) -> bool:
+    try:
+        return name in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def test_ctrl_c_while_the_model_loads_is_one_line_and_130(model_dir: Path) -> None:
+    # A KeyboardInterrupt traceback (and torch's INFO lines from its teardown). SIGINT as a
+    # terminal's Ctrl-C delivers it, whatever this test process's own disposition is.
+    port = str(free_port())
+    p = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "--model", str(model_dir), "--port", port],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _mapped(p.pid, "libtorch") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.send_signal(signal.SIGINT)  # torch is in; transformers and the model are not yet
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert err == "geogate backend: interrupted\n" and out == ""
