@@ -34,7 +34,7 @@ from gateway.fleet.config_doc import (
     unchanged,
 )
 from gateway.fleet.keys import Keys
-from gateway.fleet.settle import Settled, Stored
+from gateway.fleet.settle import Settled, Stored, conflict_reason
 from gateway.fleet.settle import settle as settle_rule
 
 # A change to the fleet document: doc -> (new doc, before, after), pure (``config_doc``).
@@ -138,11 +138,32 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                         out.write.version,
                     )
                     pipe.xadd(keys.audit, lost, maxlen=d.AUDIT_MAX_LEN, approximate=True)
+                if out.dropped is not None:
+                    # Operators read the audit, not the one gateway's log that settled it: a
+                    # conflict dropped drains and weights there without a word.
+                    pipe.xadd(
+                        keys.audit,
+                        _dropped_entry(who, out, mine),
+                        maxlen=d.AUDIT_MAX_LEN,
+                        approximate=True,
+                    )
                 pipe.publish(keys.events, str(out.write.version))
                 await pipe.execute()
                 return out
             except WatchError:
                 continue  # someone wrote between our read and write: compare again
+
+
+def _dropped_entry(who: str, out: Settled, mine: Stored) -> Any:
+    """The audit entry of a conflict settled (the ERROR line's words, conflict_reason)."""
+    assert out.write is not None and out.dropped is not None
+    return audit_entry(
+        f"gateway {who}".strip(),
+        f"fleet config conflict: {conflict_reason(out, mine)}",
+        {"version": out.dropped.version},
+        {"version": out.write.version},
+        out.write.version,
+    )
 
 
 async def update_upstream(
