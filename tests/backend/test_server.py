@@ -592,13 +592,9 @@ def test_sigterm_cuts_streams_at_the_drain_timeout(model_dir: Path, tmp_path: Pa
     # never awaits; it then waited as long again and the streams ran on: --drain-timeout 1
     # exited 3.5 s after SIGTERM (2.7 s of it the interpreter's teardown of torch).
     b = start_backend(model_dir, tmp_path, "--drain-timeout", "1", "--max-batch", "1")
-    first, opened = threading.Event(), threading.Semaphore(0)
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            streams = [pool.submit(long_stream, b, first, opened) for _ in range(3)]
-            # All three in: one started after SIGTERM was refused (the port closes at once).
-            assert all(opened.acquire(timeout=30) for _ in range(3)), b.log.read_text()[-2000:]
-            assert first.wait(30), b.log.read_text()[-2000:]
+            streams = three_streams_in(b, pool)
             t0 = time.monotonic()
             b.proc.terminate()
             b.proc.wait(timeout=30)
@@ -611,6 +607,18 @@ def test_sigterm_cuts_streams_at_the_drain_timeout(model_dir: Path, tmp_path: Pa
         assert log.rstrip().endswith("geogate.backend: stopped")
     finally:
         stop(b.proc)
+
+
+def three_streams_in(
+    b: Backend, pool: concurrent.futures.ThreadPoolExecutor
+) -> list[concurrent.futures.Future[str]]:
+    """Three long streams (long_stream), each in its handler and the first one's bytes in:
+    one started after a SIGTERM would be refused (the port closes at once)."""
+    first, opened = threading.Event(), threading.Semaphore(0)
+    streams = [pool.submit(long_stream, b, first, opened) for _ in range(3)]
+    assert all(opened.acquire(timeout=30) for _ in range(3)), b.log.read_text()[-2000:]
+    assert first.wait(30), b.log.read_text()[-2000:]
+    return streams
 
 
 def long_stream(b: Backend, first: threading.Event, opened: threading.Semaphore) -> str:
@@ -638,13 +646,9 @@ def test_a_second_signal_cuts_at_once_and_the_stop_is_still_clean(
     run_app's handler raised GracefulExit again inside its cleanup: exit status 1 two seconds
     later, no "stopped", and the engine thread's "RuntimeError: Event loop is closed"."""
     b = start_backend(model_dir, tmp_path, "--drain-timeout", "20", "--max-batch", "1")
-    first, opened = threading.Event(), threading.Semaphore(0)
     try:
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            streams = [pool.submit(long_stream, b, first, opened) for _ in range(3)]
-            # All three in: one started after SIGTERM was refused (the port closes at once).
-            assert all(opened.acquire(timeout=30) for _ in range(3)), b.log.read_text()[-2000:]
-            assert first.wait(30), b.log.read_text()[-2000:]
+            streams = three_streams_in(b, pool)
             b.proc.send_signal(signal.SIGTERM)  # drains: 20 s
             time.sleep(0.3)
             t0 = time.monotonic()

@@ -117,13 +117,20 @@ def test_extreme_numbers_are_one_line(
     line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     new, message = EXTREME[line]
+    err = _plan_error(
+        capsys, str(_example_with(tmp_path, line, new)), "--out", str(tmp_path / "out")
+    )
+    assert err.startswith(message), err
+    assert not (tmp_path / "out" / "plan.json").exists()
+
+
+def _example_with(tmp_path: Path, line: str, new: str) -> Path:
+    """examples/plan.toml with ``line`` (which it must hold) replaced by ``new``."""
     text = EXAMPLE.read_text(encoding="utf-8")
     assert line in text
     f = tmp_path / "plan.toml"
     f.write_text(text.replace(line, new, 1))
-    err = _plan_error(capsys, str(f), "--out", str(tmp_path / "out"))
-    assert err.startswith(message), err
-    assert not (tmp_path / "out" / "plan.json").exists()
+    return f
 
 
 # Accepted in silence: a continent's objective given twice (the later won: plan.json held
@@ -146,10 +153,7 @@ def test_inputs_once_taken_in_silence_are_one_line(
     line: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     new, message = WRONG[line]
-    text = EXAMPLE.read_text(encoding="utf-8")
-    assert line in text
-    f = tmp_path / "plan.toml"
-    f.write_text(text.replace(line, new, 1))
+    f = _example_with(tmp_path, line, new)
     assert _plan_error(capsys, str(f), "--out", str(tmp_path / "out")) == message
     assert not (tmp_path / "out" / "plan.json").exists()
 
