@@ -48,7 +48,8 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 SSM = {
-    "/geogate/redis-auth-token": "Tk#1%41?x:y&z+w!$~^=&p",  # ElastiCache allows all of these
+    # ElastiCache allows # & $ ^ ! < > - (variables.tf); the encoding is checked on more.
+    "/geogate/redis-auth-token": "Tk#1%41?x:y&z+w!$~^=&p",
     "/geogate/ops-token": "ops-0123456789abcdef",
 }
 

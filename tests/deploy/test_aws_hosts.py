@@ -250,6 +250,7 @@ VALID = {
     "redis_auth_token": "0123456789abcdef",
     "redis_auth_ssm_parameter": "/geogate/redis-auth-token",
     "ops_token_ssm_parameter": "/geogate/ops-token",
+    "model_path": "/opt/models/m",
 }
 
 
@@ -325,6 +326,117 @@ def test_terraform_refuses_an_ssm_parameter_name_without_the_slash(
     assert bad.returncode != 0
     assert "Invalid value for variable" in bad.stderr
     assert f"{name}: a parameter path" in " ".join(bad.stderr.split())
+
+
+# What the plan refuses of the values written into the boot script (root's bash) or the
+# gateway's config, and of the two tokens: variable -> (values it takes, values it refuses).
+# Before these validations every refused value below passed `terraform plan`: an ops token
+# with a space stopped every host's gateway at start (the ALB failed them all, the
+# autoscaling group replaced them in a loop), s3://my-models granted the hosts every object of
+# every bucket named my-models*, a quote in model_name broke every host's gateway.toml, and a
+# Redis token ElastiCache refuses failed the apply halfway.
+VARIABLE_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "ops_token": (
+        ["0123456789abcdef", "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "[starts-like-json]"],
+        [
+            "correct horse battery staple",
+            "0123456789abcdefé",
+            "0123456789abcde",
+            "0123456789abcdef\n",
+        ],
+    ),
+    "redis_auth_token": (
+        ["0123456789abcdef", "Tk#1&x$y^z<w>v!-" + "a" * 112],
+        [
+            "0123456789abcde",
+            "0123456789abcdef%",
+            "0123456789abcdef?",
+            "a@b/0123456789abc",
+            "a" * 129,
+        ],
+    ),
+    "model_s3_uri": (
+        ["", "s3://my-models/", "s3://my-models/llama-3.1-8b-instruct/", "s3://a.b-c/x/y_z/"],
+        [
+            "s3://my-models",
+            "s3://my-models/llama",
+            "https://my-models.s3.amazonaws.com/m/",
+            's3://my-models/"$(id)"/',
+            "s3://my-models//",
+        ],
+    ),
+    "model_path": (
+        ["/opt/models/llama-3.1-8b-instruct", "/m"],
+        ["opt/models/m", "/opt/models/m:rw", "/opt/my models", "/opt/$(id)", "/"],
+    ),
+    "model_name": (
+        ["llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct", "qwen2.5:7b"],
+        ['llama"3', "llama 3", "$(id)", "", "-x"],
+    ),
+    "gateway_image": (
+        [
+            "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate-gateway:0.1.0",
+            "ghcr.io/acme/geogate-gateway@sha256:" + "0" * 64,
+        ],
+        ['geogate"; id; "', "geogate gateway", ""],
+    ),
+    "backend_image": (["geogate-backend:0.1.0"], ["$(id)", "a b", ""]),
+    "region_id": (
+        ["ap-southeast", "eu-central", "us-east-2"],
+        ["Ap-Southeast", "ap_southeast", "ap--southeast", "-ap", "ap-", "ap southeast", ""],
+    ),
+}
+
+
+def _validation_message(name: str) -> str:
+    (validation,) = _region_variables()[name]["validation"]
+    return str(_unquote(validation["error_message"])).split(":", 1)[0]
+
+
+def test_terraform_refuses_what_would_break_the_hosts(tmp_path: Path) -> None:
+    ok = {name: values[0] for name, (values, _) in VARIABLE_CASES.items()}
+    for i in range(max(len(v) for v, _ in VARIABLE_CASES.values())):
+        values = {name: v[min(i, len(v) - 1)] for name, (v, _) in VARIABLE_CASES.items()}
+        p = terraform_with_region_variables(
+            tmp_path / f"ok{i}", values, "plan", "-input=false", "-no-color"
+        )
+        assert p.returncode == 0, (values, p.stdout + p.stderr)
+    for i in range(max(len(r) for _, r in VARIABLE_CASES.values())):
+        bad = {name: r[i] for name, (_, r) in VARIABLE_CASES.items() if i < len(r)}
+        p = terraform_with_region_variables(
+            tmp_path / f"bad{i}", {**ok, **bad}, "plan", "-input=false", "-no-color"
+        )
+        assert p.returncode != 0, bad
+        err = " ".join(p.stderr.split())
+        # One error per variable, each its own validation's (not a stand-in's or another's).
+        assert err.count("Invalid value for variable") == len(bad), (bad, err)
+        for name in bad:
+            assert f"{_validation_message(name)}:" in err, (name, bad[name], err)
+
+
+def test_the_ops_tokens_terraform_takes_are_the_ones_the_gateway_takes() -> None:
+    """The gateway's own rule for ops.token (gateway.checks.header_token): the plan must take
+    none that the gateways then refuse at start."""
+    from gateway import checks
+
+    def gateway_takes(token: str) -> bool:
+        try:
+            checks.header_token(token)
+        except ValueError:
+            return False
+        return True
+
+    takes, refuses = VARIABLE_CASES["ops_token"]
+    assert all(gateway_takes(t) for t in takes)
+    assert all(not gateway_takes(t) or len(t) < 16 for t in refuses)
+    (validation,) = _region_variables()["ops_token"]["validation"]
+    m = re.fullmatch(r'\$\{can\(regex\("(.+)", var\.ops_token\)\)\}', validation["condition"])
+    assert m, validation["condition"]
+    # Every character the gateway takes, and none it refuses, as RE2 and Python read the class.
+    pattern = re.compile(m.group(1))
+    for code in range(0x250):  # ASCII, Latin-1 and beyond
+        c = chr(code)
+        assert bool(pattern.fullmatch(c * 16)) == gateway_takes(c), repr(c)
 
 
 # --- item: scale-out ------------------------------------------------------------------------

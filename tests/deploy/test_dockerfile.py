@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hcl2
 import pytest
+import yaml
 
 from gateway.config_file import load_config
 from tests.deploy.conftest import DEPLOY, ROOT
@@ -343,3 +344,64 @@ def test_the_backend_serves_the_model_under_the_name_clients_ask_for(tmp_path: P
     assert served_model_name(argv) == "mine"
     with pytest.raises(RuntimeError, match="MODEL_NAME"):
         run_image(dockerfile, tmp_path, {"MODEL_NAME": ""}, [])
+
+
+# --- stop timeouts: longer than the drain they end --------------------------------------------
+
+DOCKER_DEFAULT_STOP_S = 10.0  # docker stop without -t, docker run without --stop-timeout
+
+
+def _stop_timeout(run: list[str]) -> float:
+    if "--stop-timeout" in run:
+        return float(run[run.index("--stop-timeout") + 1])
+    return DOCKER_DEFAULT_STOP_S
+
+
+def _backend_drain_s(argv: list[str]) -> float:
+    """How long `geogate backend` with these arguments may take to stop after SIGTERM: its
+    --drain-timeout, then aiohttp's backstop."""
+    from backend.cli import DRAIN_BACKSTOP_S, DRAIN_TIMEOUT_S
+
+    drain = DRAIN_TIMEOUT_S
+    if "--drain-timeout" in argv:
+        drain = float(argv[argv.index("--drain-timeout") + 1])
+    return drain + DRAIN_BACKSTOP_S
+
+
+def test_every_stop_outlasts_the_drain_it_ends(tmp_path: Path) -> None:
+    """SIGTERM drains (the gateway for server.drain_timeout_s, the model server for its
+    --drain-timeout); the engine's SIGKILL comes after the stop timeout, docker's own 10 s
+    unless told otherwise, and cut every stream still in flight. The documented runs of the
+    model server (the Dockerfile's header, README's) gave it none."""
+    from tests.deploy.test_aws_boot import _values, boot, render_example_config
+
+    dockerfile = DOCKER / "Dockerfile.backend"
+    readme = (ROOT / "README.md").read_text()
+    (quoted,) = re.findall(r"`(docker run --gpus all [^`]*geogate-backend)`", readme)
+    for documented in (_documented_run(dockerfile), shlex.split(quoted)):
+        env, _, args = docker_run(documented)
+        argv, _ = run_image(dockerfile, tmp_path / "image", env, args)
+        assert _stop_timeout(documented) > _backend_drain_s(argv), documented
+    # The AWS hosts' two containers, as the boot script starts them.
+    (tmp_path / "boot").mkdir()
+    rc, err, calls = boot(tmp_path / "boot", _values(gateway_config=render_example_config()))
+    assert rc == 0, err
+    runs = {
+        c["args"][c["args"].index("--name") + 1]: c["args"]
+        for c in calls
+        if c["args"][:1] == ["run"]
+    }
+    backend = runs["geogate-backend"]
+    image = backend.index(_values()["backend_image"])
+    argv, _ = run_image(dockerfile, tmp_path / "image", {}, backend[image + 1 :])
+    assert _stop_timeout(backend) > _backend_drain_s(argv)
+    (tmp_path / "gateway.toml").write_text(render_example_config())
+    aws_drain = load_config(tmp_path / "gateway.toml", env={}).server.drain_timeout_s
+    assert _stop_timeout(runs["geogate-gateway"]) > aws_drain
+    # compose's gateways, with their own config.
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    compose_drain = load_config(DOCKER / "gateway.compose.toml", env={}).server.drain_timeout_s
+    for name in ("gateway-a", "gateway-b"):
+        grace = compose["services"][name]["stop_grace_period"]
+        assert re.fullmatch(r"\d+s", grace), grace
+        assert float(grace[:-1]) > compose_drain, name

@@ -1,11 +1,12 @@
 """deploy/grafana: the dashboard is one Grafana can provision (unique panel ids, panels on the
-grid without overlap, every query on the provisioned Prometheus data source) and covers what
-the issue asks for. Its metric names are checked against live processes in
+grid without overlap, every query on its data source variable, the provisioned Prometheus by
+default) and covers what the issue asks for. Its metric names are checked against live processes in
 test_metric_names.py."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import yaml
@@ -20,9 +21,21 @@ def _dashboard() -> dict[str, Any]:
     return data
 
 
-def test_panels_are_well_formed_and_on_the_provisioned_data_source() -> None:
+def _datasource_variable() -> str:
+    """The dashboard's data source, a variable of type datasource: compose's provisioned
+    Prometheus by default, and in a Grafana of one's own (the AWS deployment's, where the
+    JSON is imported) its default Prometheus, whatever its uid. A uid written into every
+    panel left each panel of an imported dashboard on a data source "not found"."""
     ds = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    uid = ds["datasources"][0]["uid"]
+    (provisioned,) = ds["datasources"]
+    (var,) = [v for v in _dashboard()["templating"]["list"] if v["type"] == "datasource"]
+    assert var["query"] == provisioned["type"] == "prometheus"
+    assert var["current"]["value"] == provisioned["uid"]
+    return "${" + str(var["name"]) + "}"
+
+
+def test_panels_are_well_formed_and_on_the_provisioned_data_source() -> None:
+    uid = _datasource_variable()
     panels = _dashboard()["panels"]
     assert isinstance(panels, list)
     assert len({p["id"] for p in panels}) == len(panels)
@@ -36,8 +49,13 @@ def test_panels_are_well_formed_and_on_the_provisioned_data_source() -> None:
         assert not cells & mine, f"{p['title']} overlaps another panel"
         cells |= mine
         if p["type"] != "row":
-            assert p["datasource"]["uid"] == uid, p["title"]
+            assert p["datasource"] == {"type": "prometheus", "uid": uid}, p["title"]
             assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+            for t in p["targets"]:
+                assert t.get("datasource", p["datasource"]) == p["datasource"], p["title"]
+    # No panel of another kind hides a data source of its own anywhere in the JSON.
+    uids = re.findall(r'"uid": "([^"]*)"', (GRAFANA / "dashboards" / "geogate.json").read_text())
+    assert set(uids) == {"geogate-fleet", uid}
 
 
 def test_it_shows_what_operators_asked_for() -> None:

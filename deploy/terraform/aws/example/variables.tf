@@ -48,7 +48,7 @@ variable "model_path" {
 }
 
 variable "model_s3_uri" {
-  description = "s3://bucket/prefix/ the hosts copy the model from at boot (empty: already on the AMI or a snapshot)"
+  description = "s3://bucket/prefix/ (ending in \"/\") the hosts copy the model from at boot (empty: already on the AMI or a snapshot)"
   type        = string
   default     = ""
 }
@@ -107,7 +107,7 @@ variable "prometheus_security_group_ids" {
 }
 
 variable "ops_token" {
-  description = "The gateways' ops.token (16 characters or more; Prometheus's bearer token for /metrics), stored as the SSM parameter below; pass with TF_VAR_ops_token"
+  description = "The gateways' ops.token (16 or more visible ASCII characters, no space; Prometheus's bearer token for /metrics), stored as the SSM parameter below; pass with TF_VAR_ops_token"
   type        = string
   sensitive   = true
 }
@@ -125,7 +125,7 @@ variable "redis_node_type" {
 }
 
 variable "redis_auth_token" {
-  description = "Redis AUTH token (16-128 printable characters); also stored as the SSM parameter below"
+  description = "Redis AUTH token (16-128 characters: letters, digits and ! & # $ ^ < > -, ElastiCache's rules); also stored as the SSM parameter below"
   type        = string
   sensitive   = true
 }

@@ -1,6 +1,12 @@
 variable "region_id" {
   description = "geogate's id of this region (a [[regions]] id in the gateway config), e.g. ap-southeast"
   type        = string
+  # It names the region's AWS resources (an ElastiCache id: lower case, no "--"), its
+  # gateways' fleet and upstream, and is written into the boot script.
+  validation {
+    condition     = can(regex("^[a-z0-9]+(-[a-z0-9]+)*$", var.region_id))
+    error_message = "region_id: lower-case letters and digits, words joined by single \"-\" (e.g. ap-southeast)."
+  }
 }
 
 variable "name_prefix" {
@@ -82,12 +88,26 @@ variable "root_volume_gb" {
 variable "model_path" {
   description = "Directory on the host holding the model (mounted read-only into the backend container)"
   type        = string
+  # Written into the boot script (root's bash) and `docker run -v <path>:/model:ro`, where a
+  # ":" ends the host path, and a quote, "$" or space would break or change the script.
+  validation {
+    condition     = can(regex("^(/[A-Za-z0-9._+@=-]+)+$", var.model_path))
+    error_message = "model_path: an absolute path of letters, digits and . _ + @ = - (no \":\", space, quote or $)."
+  }
 }
 
 variable "model_s3_uri" {
-  description = "Where the host copies the model from at boot into model_path (empty: the AMI or a snapshot already has it)"
+  description = "s3://bucket/prefix/ the host copies the model from at boot into model_path, ending in \"/\" (empty: the AMI or a snapshot already has it)"
   type        = string
   default     = ""
+  # The role may read "arn:aws:s3:::<bucket/prefix>*" (hosts.tf): without the closing "/",
+  # s3://my-models granted every object of every bucket whose name starts with my-models
+  # (my-models-private/...), and s3://my-models/llama every prefix starting with llama. It is
+  # also written into the boot script (root's bash): plain characters only.
+  validation {
+    condition     = var.model_s3_uri == "" || can(regex("^s3://[a-z0-9][a-z0-9.-]*[a-z0-9]/([A-Za-z0-9!_.'()-]+/)*$", var.model_s3_uri))
+    error_message = "model_s3_uri: s3://bucket/prefix/ ending in \"/\" (a prefix of plain characters), or empty."
+  }
 }
 
 variable "geoip_s3_uri" {
@@ -103,16 +123,31 @@ variable "geoip_s3_uri" {
 variable "model_name" {
   description = "Model name in the API (the backend's --served-model-name and the gateway's upstream models)"
   type        = string
+  # Written into the boot script (root's bash) and the gateway's TOML (example/gateway.toml.tftpl):
+  # a quote, backslash, "$" or space broke the boot or the config of every host.
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._:/@+=-]*$", var.model_name))
+    error_message = "model_name: letters, digits and . _ : / @ + = - (e.g. llama-3.1-8b-instruct)."
+  }
 }
 
 variable "gateway_image" {
   description = "Image of deploy/docker/Dockerfile.gateway in your registry"
   type        = string
+  # Written into the boot script (root's bash), as backend_image.
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", var.gateway_image))
+    error_message = "gateway_image: an image reference (registry/repository:tag or @sha256:digest)."
+  }
 }
 
 variable "backend_image" {
   description = "Image of deploy/docker/Dockerfile.backend in your registry"
   type        = string
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", var.backend_image))
+    error_message = "backend_image: an image reference (registry/repository:tag or @sha256:digest)."
+  }
 }
 
 variable "gateway_config" {
@@ -160,9 +195,15 @@ variable "redis_node_type" {
 }
 
 variable "redis_auth_token" {
-  description = "Redis AUTH token (16-128 characters); the gateways read it from the SSM parameter below"
+  description = "Redis AUTH token (16-128 characters: letters, digits and ! & # $ ^ < > -); the gateways read it from the SSM parameter below"
   type        = string
   sensitive   = true
+  # ElastiCache's AUTH token constraints (CreateReplicationGroup's AuthToken): any other was
+  # refused by AWS halfway through an apply, after the plan had passed.
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!&#$^<>-]{16,128}$", var.redis_auth_token))
+    error_message = "redis_auth_token: 16 to 128 characters, letters, digits and ! & # $ ^ < > - only (ElastiCache's AUTH token rules)."
+  }
 }
 
 variable "redis_auth_ssm_parameter" {
@@ -183,12 +224,15 @@ variable "kms_key_arn" {
 }
 
 variable "ops_token" {
-  description = "The gateways' ops.token (16 characters or more): Prometheus sends it as bearer token to /metrics on 9180; the gateways read it from the SSM parameter below"
+  description = "The gateways' ops.token (16 or more visible ASCII characters, no space): Prometheus sends it as bearer token to /metrics on 9180; the gateways read it from the SSM parameter below"
   type        = string
   sensitive   = true
+  # The gateway refuses at start an ops.token an HTTP header cannot carry (gateway.checks.
+  # header_token: a space, a line break, a non-ASCII character): with one, every host's gateway
+  # stopped at boot, the ALB failed them all, and the autoscaling group replaced them in a loop.
   validation {
-    condition     = length(var.ops_token) >= 16
-    error_message = "ops_token: 16 characters or more."
+    condition     = can(regex("^[!-~]{16,}$", var.ops_token))
+    error_message = "ops_token: 16 characters or more, visible ASCII only (no space): the gateways refuse any other."
   }
 }
 
