@@ -231,6 +231,10 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                # Its files (a test's SAVE) in the test's folder, not the working directory,
+                # from which a dump.rdb left there would be loaded at the next start.
+                "--dir",
+                str(self.log.parent),
             ],
             self.log,
         )

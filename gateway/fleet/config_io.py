@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from gateway import defaults as d
 from gateway.config import Config
@@ -193,6 +193,7 @@ async def update(
     Refused while a gateway routes on a version above Redis's (Redis lost data and the
     gateways have not put theirs back yet): a change made on the older copy would be one of
     two documents, and the one dropped when they settle (``settle``) is said only in a log."""
+    await _refuse_if_restored(r, base)
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -227,6 +228,29 @@ async def update(
                 return stored, new_config, entry
             except WatchError:
                 continue  # someone changed the config between our read and write: redo
+
+
+async def _refuse_if_restored(r: Redis, base: Config) -> None:
+    """SharedStateUnavailable while a Redis that started from a saved copy (a restart with
+    persistence, a restored snapshot) is younger than the gateways' reconnect and a refresh.
+    The observations that _refuse_if_behind reads are that copy's too, so a change made on it
+    was taken, and the gateways cut off meanwhile, back with a newer version, lost theirs
+    when the two were settled on the newer change. Not said for a Redis that started empty
+    (nothing tells it from a new fleet's: README says so), nor where INFO is refused."""
+    grace = base.redis.max_backoff_s + base.redis.refresh_interval_s + d.REDIS_RESTORED_MARGIN_S
+    try:
+        info = await r.info()
+    except ResponseError:  # INFO renamed or refused (a managed Redis): not known
+        return
+    up = float(info.get("uptime_in_seconds", grace))
+    loaded = int(info.get("rdb_last_load_keys_loaded", 0) or 0)
+    if loaded and up < grace:
+        raise SharedStateUnavailable(
+            f"Redis started {up:.0f} s ago from a saved copy ({loaded} keys): gateways cut off "
+            f"meanwhile may hold newer changes, which they put back within {grace:g} s "
+            f"(redis.max_backoff_s + redis.refresh_interval_s + {d.REDIS_RESTORED_MARGIN_S:g}); "
+            f"retry in {math.ceil(grace - up)} s"
+        )
 
 
 def _refuse_if_behind(seen: dict[str, int], version: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import exceptions as redis_errors
 
 from gateway.cli.procs import free_port
 from gateway.config import Config
@@ -432,6 +433,41 @@ async def test_a_gateway_cut_off_puts_no_older_change_back_over_a_newer_one(
     finally:
         await cut.stop()
         await fresh.stop()
+
+
+async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gateways(
+    tmp_path: Path,
+) -> None:
+    """Redis restarted from its dump (a restored snapshot), with gateways cut off meanwhile
+    holding newer versions: the observations that would refuse a change are the copy's own,
+    old ones, so a change made there was taken and the settle then dropped the fleet's newer
+    changes. Refused until the gateways can have reconnected: redis.max_backoff_s, a refresh
+    and REDIS_RESTORED_MARGIN_S (2 s here), then taken."""
+    server = start_redis(tmp_path)
+    gw = gateway(server.url, "gw0", max_backoff_s=0.5)
+    try:
+        await gw._sync_config()
+        await gw.update_upstream("a", {"weight": 2}, "alice")
+        await gw.redis().save()
+        server.stop()
+        server.start()
+        started = time.monotonic()
+        for _ in range(3):  # the client's pooled connection died with the server
+            with contextlib.suppress(redis_errors.ConnectionError):
+                await gw.redis().ping()
+                break
+        with pytest.raises(SharedStateUnavailable) as refused:
+            await gw.update_upstream("a", {"weight": 3}, "bob")
+        said = str(refused.value)
+        assert said.startswith("Redis started 0 s ago from a saved copy (")
+        assert "put back within 2 s (redis.max_backoff_s + redis.refresh_interval_s + 1)" in said
+        assert (await config_io.read(gw.redis(), gw.keys)).version == 2  # nothing written
+        await asyncio.sleep(max(0.0, started + 2.1 - time.monotonic()))
+        await gw.update_upstream("a", {"weight": 3}, "bob")
+        assert (await config_io.read(gw.redis(), gw.keys)).version == 3
+    finally:
+        await gw.stop()
+        server.stop()
 
 
 async def test_a_change_is_refused_while_a_gateway_holds_a_version_above_redis(
