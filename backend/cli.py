@@ -149,12 +149,22 @@ def _exit_drained() -> NoReturn:
     """Drained and stopped: the interpreter's own teardown (torch, the model) took another
     2.7 s of a 3.7 s stop with --drain-timeout 1 on the tiny model, which a supervisor's grace
     counts too. Nothing is left to run; the log goes out first."""
-    for sig in (signal.SIGTERM, signal.SIGINT):  # one more now: the stop is as good as done
-        signal.signal(sig, signal.SIG_IGN)
     log.info("stopped")
+    _exit_now(0)
+
+
+def _exit_now(status: int, line: str = "") -> NoReturn:
+    """Out at once, ``line`` on stderr and the log flushed first: no interpreter teardown (of
+    a torch perhaps caught half imported, whose INFO lines a review saw after a traceback).
+    A further SIGTERM or Ctrl-C now takes the same way out."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    if line:
+        print(line, file=sys.stderr)
     logging.shutdown()
     sys.stdout.flush()
-    os._exit(0)
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _make_tiny(argv: Sequence[str]) -> None:
@@ -196,18 +206,6 @@ def _out_dir(path: Path) -> None:
         raise BackendError(f"cannot make the directory {path}: {exc.strerror or exc}") from None
 
 
-def _exit_interrupted() -> NoReturn:
-    """One line and status 130, as sim-backend's, where a traceback was. Straight out, as
-    _exit_drained: no teardown of a torch perhaps caught half imported (a review saw torch's
-    FakeTensor INFO lines after the traceback)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: the same way out
-    print("geogate backend: interrupted", file=sys.stderr)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
-
-
 def main(argv: Sequence[str]) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -223,7 +221,7 @@ def main(argv: Sequence[str]) -> None:
         print(f"geogate backend: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:  # Ctrl-C before serving (the model loading): was a traceback
-        _exit_interrupted()
+        _exit_now(EXIT_INTERRUPTED, "geogate backend: interrupted")
     except ImportError as exc:
         # An ImportError raised by hand (not by a failed import) has no module name.
         missing = f"{exc.name} is not installed" if exc.name else str(exc).splitlines()[0]

@@ -287,14 +287,19 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a progress bar per start-up is noise in service logs
-    # Its LOAD REPORT (a table of every weight at fault, 18 lines for a changed hidden_size)
-    # is a warning: _check_weights says it in one line, and refuses what it reports.
-    hf_logging.set_verbosity_error()
     torch_dtype = _dtype(dtype, dev, quantize)
     kwargs = _load_kwargs(quantize, dev, torch_dtype)
     t0 = time.perf_counter()
     tokenizer = _read_tokenizer(path)
-    model = _read_model(path, kwargs)
+    # Its LOAD REPORT (a table of every weight at fault, 18 lines for a changed hidden_size)
+    # is a warning: _check_weights says it in one line, and refuses what it reports. For the
+    # load alone: transformers' later warnings (generation) are the log's as before.
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = _read_model(path, kwargs)
+    finally:
+        hf_logging.set_verbosity(was)
     if dev == "cpu":
         model = model.to(dev)
     if quantize == "int8-dynamic":

@@ -16,8 +16,9 @@ import csv
 import io
 import ipaddress
 import os
-import secrets
+import shutil
 import stat
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -156,23 +157,32 @@ def _write(writer: MMDBWriter, out: Path) -> None:
     # resolve(): a symlink loop is then the open's ELOOP, one line, not a RuntimeError.
     target = os.path.realpath(out)
     _check_target(out, target)
-    # A fresh name beside the target, created exclusively (never a link or file already
-    # there: root following OUT.tmp -> /etc/passwd would write the database into it); the
-    # mode 0o666 less the umask, as a plain open would give.
-    tmp = f"{target}.{secrets.token_hex(4)}.tmp"
+    # Written in a directory of its own beside the target (mkdtemp: mode 0700, a fresh name):
+    # nobody else can put a link where the writer opens its file by name, as a fixed or merely
+    # exclusive OUT.tmp allowed between its creation and the write (root following a link to
+    # /etc/passwd would write the database into it); the same filesystem, so the rename holds.
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        folder = tempfile.mkdtemp(prefix=".geodb-build.", dir=os.path.dirname(target))
     except OSError as exc:
         raise BuildError(f"cannot write {out}: {exc.strerror}") from None
+    tmp = os.path.join(folder, "db.mmdb")
     try:
         writer.to_db_file(tmp)
+        with open(tmp, "rb") as f:  # the data on disk before the rename: no empty file
+            os.fsync(f.fileno())  # in front of a hot-reloading gateway after a crash
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open would make it, not mkdtemp's 0700
         _check_target(out, target)  # again: writing a large file takes a while
         os.replace(tmp, target)  # atomic: a gateway hot-reloading `out` never sees half a file
     except OSError as exc:
         raise BuildError(f"cannot write {out}: {exc.strerror}") from None
     finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def build_from_rows(rows: Iterable[tuple[str, Sequence[str]]], out: Path) -> int:
