@@ -62,7 +62,14 @@ class Cors:
 
         async def with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                # Ours replace any the answer carries: an upstream's own (vLLM's default "*",
+                # a regional gateway's) made two values, which a browser refuses.
+                kept = [h for h in message.get("headers", ()) if not _is_cors(h[0])]
+                message = {**message, "headers": [*kept, *extra]}
             await send(message)
 
         return with_cors
+
+
+def _is_cors(name: bytes) -> bool:
+    return name.lower().startswith(b"access-control-")

@@ -102,6 +102,16 @@ async def test_any_origin_is_answered_with_a_star_and_headers_are_added_once() -
     await wrapped({"type": "http.response.body", "body": b"x"})
     assert sent[0]["headers"][:2] == [(b"a", b"1"), (b"access-control-allow-origin", b"*")]
     assert sent[1] == {"type": "http.response.body", "body": b"x"}
+    # An upstream's own (vLLM's "*", a regional gateway's): replaced, not a second value,
+    # which browsers refuse.
+    theirs = [(b"Access-Control-Allow-Origin", b"*"), (b"access-control-max-age", b"5")]
+    again = await Cors(("https://x.example",)).handle(scope, send)
+    assert again is not None
+    await again({"type": "http.response.start", "status": 200, "headers": theirs})
+    assert [h for h in sent[2]["headers"] if h[0].lower().startswith(b"access-control-")] == [
+        (b"access-control-allow-origin", b"https://x.example"),
+        (b"access-control-expose-headers", sent[0]["headers"][-1][1]),
+    ]
     none = await Cors(("https://y.example",)).handle(scope, send)
     assert none is send  # not allowed: the answer as it was
 
