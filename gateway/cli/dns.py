@@ -59,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         metavar="NAME",
         help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only): relative to "
         "the zone, as --name and as a zone file reads it (ns2: ns2.ZONE), unless it ends with "
-        "'.' (ns1.example.net.); a host name, not an address",
+        "'.' (ns1.example.net.; without it such a dotted name is refused); a host name, not "
+        "an address",
     )
     ex.add_argument(
         "--alias-regions",
@@ -210,7 +211,9 @@ def _write(out: Path, text: str) -> None:
 def _keep_access(fd: int, st: os.stat_result | None) -> None:
     """Give the file at ``fd`` the mode, owner and group of ``st`` (the file it replaces), as
     far as this process may: root sets both; another user may set a group it is in; else the
-    file keeps this process's. Owner first: a change of owner clears set-id bits."""
+    file keeps this process's. Owner first: a change of owner clears set-id bits. Where the
+    group could not be kept, the old mode would lock its readers out (root:pdns 0640 become
+    user:user 0640): it is widened to NEW_FILE_MODE's reads."""
     if st is None:
         os.fchmod(fd, NEW_FILE_MODE)
         return
@@ -220,4 +223,7 @@ def _keep_access(fd: int, st: os.stat_result | None) -> None:
             break
         except PermissionError:
             continue
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    mode = stat.S_IMODE(st.st_mode)
+    if os.fstat(fd).st_gid != st.st_gid:
+        mode |= NEW_FILE_MODE
+    os.fchmod(fd, mode)

@@ -141,7 +141,8 @@ def _relative(name: str, fq_zone: str) -> str:
 def _nameserver(name: str, fq_zone: str) -> str:
     """An --ns name as a zone file reads it, and as --name is: relative to the zone unless it
     ends with "." (ns2 is ns2.example.com.; ns1.example.net. is itself), and one already
-    ending in the zone is not appended to again (ns2.example.com). An address is refused: an
+    ending in the zone is not appended to again (ns2.example.com); a dotted name outside the
+    zone without the final "." is refused as ambiguous. An address is refused: an
     NS record names a host, whose address its own A record gives (as glue, at the parent)."""
     try:
         ipaddress.ip_address(name.rstrip(".").strip("[]"))
@@ -155,4 +156,12 @@ def _nameserver(name: str, fq_zone: str) -> str:
     fq = domain(name, "nameserver", "shorten --ns")
     if name.endswith(".") or fq == fq_zone or fq.endswith("." + fq_zone):
         return fq
+    if "." in name:
+        # ns1.example.net: an earlier release read it as that host, a zone file as
+        # ns1.example.net.ZONE, a name that exists nowhere. Which was meant cannot be told.
+        raise OptionError(
+            f"nameserver {name!r} is ambiguous: end it with '.' for that host "
+            f"({name}.), or give a name in the zone ({name.split('.')[0]} for "
+            f"{name.split('.')[0]}.{fq_zone})"
+        )
     return fq + fq_zone  # options checks its length, with the default's

@@ -232,6 +232,40 @@ def test_alias_regions_export_a_config_without_addresses(
     assert err.count("\n") == 1
 
 
+def test_a_zone_whose_group_cannot_be_kept_stays_readable(
+    cfg: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaced by a user outside the file's group (no chown allowed): root:pdns 0640 became
+    user:user 0640, which pdns could not read. The mode is widened to 0644's reads then."""
+    out = tmp_path / "example.com.zone"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    other_gid = os.stat(out).st_gid + 1  # a group the file, as written anew, does not get
+
+    def refused(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    real_stat = os.stat
+    monkeypatch.setattr(
+        os,
+        "stat",
+        lambda p, *a, **k: (
+            _with_gid(real_stat(p, *a, **k), other_gid)
+            if os.fspath(p) == os.fspath(out)
+            else real_stat(p, *a, **k)
+        ),
+    )
+    main(export(cfg, "--format", "powerdns", "--out", str(out)))
+    assert stat.S_IMODE(real_stat(out).st_mode) == 0o644
+
+
+def _with_gid(st: os.stat_result, gid: int) -> os.stat_result:
+    fields = list(st)
+    fields[stat.ST_GID] = gid
+    return os.stat_result(fields)
+
+
 def test_a_replaced_zone_keeps_its_mode_owner_and_group(
     cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
