@@ -181,10 +181,9 @@ def _make_tiny(argv: Sequence[str]) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to draw weights")
     a = p.parse_args(argv)
     if a.device == "cuda":  # before the build: torch without CUDA asserted, in a traceback
-        import torch
+        from backend.loader import check_device
 
-        if not torch.cuda.is_available():
-            raise BackendError("--device cuda: this machine has no CUDA GPU; use --device cpu")
+        check_device("cuda")
     _out_dir(a.dir)
     from backend.tiny import PRESETS, make_tiny_model
 

@@ -353,10 +353,11 @@ class Engine:
         if isinstance(token, Exception):
             raise token
         assert seq.detok is not None
+        obs = self._obs(seq)
         if seq.t_first is None:
             seq.t_first = time.perf_counter()
-            self._obs(seq).first_token(seq.t_first - seq.t_submit)
-        self._obs(seq).tokens(0, 1)
+            obs.first_token(seq.t_first - seq.t_submit)
+        obs.tokens(0, 1)
         eos = token in self.eos and not seq.params.ignore_eos
         if not eos:
             seq.out_ids.append(token)

@@ -59,7 +59,9 @@ def check_model_dir(path: Path) -> None:
         raise ModelLoadError(f"model directory {path} has no {', no '.join(missing)}")
 
 
-def _device(device: Device) -> str:
+def check_device(device: Device) -> str:
+    """The device ``device`` names (auto: cuda where there is one); ModelLoadError for cuda
+    without one."""
     import torch
 
     if device == "auto":
@@ -280,7 +282,7 @@ def load_model(
 ) -> Loaded:
     os.environ["HF_HUB_OFFLINE"] = "1"
     check_model_dir(path)
-    dev = _device(device)
+    dev = check_device(device)
     _check_quantize(quantize, dev, dtype)
     choose_attention(dev, cudnn_attention)
     import torch

@@ -272,7 +272,7 @@ def _dies_with_parent() -> Callable[[], None] | None:
     comes when the *thread* that forked it ends, so only children of the main thread get it:
     one spawned from a worker thread would be stopped when that thread is done. (The gateway's
     engines.term_with_parent does the same for its workers; it is not imported from there as
-    it loads libc in the child, and as gateway.server pulls in the whole server.)"""
+    it loads libc in the child, and as gateway.engines pulls in the HTTP app.)"""
     prctl = _PRCTL
     if prctl is None or not _in_main_thread():
         return None

@@ -9,10 +9,12 @@ per continent, one per country whose order differs from its continent's, and the
 ``*``) alias the first link of their place's order, so residency, drains and biases decide in
 DNS as they do in the gateway (see ``gateway.dns.tables``).
 
-Each address family has its own records, and a family answers a place only when the first
-region of its order has addresses of it, with a chain of the order's regions that have
-(``tables.answered``): otherwise a dual-stack client would take another region's AAAA, or one
-outside a residency rule's regions. A place left without a record of a family must get no
+Each address family has its own records, a chain of the order's regions that have addresses
+of it (``tables.answered``). AAAA answers a place only when the first region of its order has
+IPv6: otherwise a dual-stack client would take another region's AAAA. A answers from the
+first region with IPv4 (an IPv6-only first region): an IPv4-only client has no other way in.
+Neither answers with a region outside a residency rule's.
+A place left without a record of a family must get no
 answer (NODATA) there, and Route 53 has no empty record: it answers a country without one with
 its continent's, then with the default's. So the records above such a place are left out too,
 and a continent left out for one of its countries gives each of its others a record of its
@@ -22,8 +24,9 @@ their continent's order); and the default goes whenever anything is left out, so
 Route 53 cannot place get none of the family either. Giving every ISO country its own record
 would need each one's continent, which geodb does not have.
 
-A and AAAA therefore send a place to the same region while its first region is up, not in
-failover. What a chain cannot say is "no answer while the next region is up": with the first
+A and AAAA therefore send a place to the same region while its first region is up and has
+IPv4, not in failover.
+What a chain cannot say is "no answer while the next region is up": with the first
 region down, a family skips the regions without its addresses (eu-central > us-east >
 ap-southeast, us-east IPv4-only: AAAA goes on to ap-southeast while A answers us-east), still
 a region of the order; PowerDNS answers no AAAA there (``gateway.dns.powerdns``).

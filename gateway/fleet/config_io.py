@@ -129,21 +129,23 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                 pipe.hset(keys.config, mapping=fields(out.write))
                 if out.dropped is None and out.write.version > max(out.held.version, 1):
                     held = "none" if out.held.doc is None else f"version {out.held.version}"
-                    lost: Any = audit_entry(
-                        f"gateway {who}".strip(),
+                    what = (
                         f"fleet config put back: Redis held {held} (lost data; changes before "
-                        "this may be missing here)",
-                        {"version": out.held.version},
-                        {"version": out.write.version},
-                        out.write.version,
+                        "this may be missing here)"
                     )
-                    pipe.xadd(keys.audit, lost, maxlen=d.AUDIT_MAX_LEN, approximate=True)
+                    pipe.xadd(
+                        keys.audit,
+                        _settled_entry(who, what, out.held, out.write),
+                        maxlen=d.AUDIT_MAX_LEN,
+                        approximate=True,
+                    )
                 if out.dropped is not None:
                     # Operators read the audit, not the one gateway's log that settled it: a
                     # conflict dropped drains and weights there without a word.
+                    what = f"fleet config conflict: {conflict_reason(out, mine)}"
                     pipe.xadd(
                         keys.audit,
-                        _dropped_entry(who, out, mine),
+                        _settled_entry(who, what, out.dropped, out.write),
                         maxlen=d.AUDIT_MAX_LEN,
                         approximate=True,
                     )
@@ -154,15 +156,15 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                 continue  # someone wrote between our read and write: compare again
 
 
-def _dropped_entry(who: str, out: Settled, mine: Stored) -> Any:
-    """The audit entry of a conflict settled (the ERROR line's words, conflict_reason)."""
-    assert out.write is not None and out.dropped is not None
+def _settled_entry(who: str, what: str, before: Stored, after: Stored) -> Any:
+    """The audit entry of a settle that wrote (a put-back, a conflict): by gateway ``who``,
+    from the version it replaced (or dropped) to the one written."""
     return audit_entry(
         f"gateway {who}".strip(),
-        f"fleet config conflict: {conflict_reason(out, mine)}",
-        {"version": out.dropped.version},
-        {"version": out.write.version},
-        out.write.version,
+        what,
+        {"version": before.version},
+        {"version": after.version},
+        after.version,
     )
 
 
@@ -236,7 +238,8 @@ async def _refuse_if_restored(r: Redis, base: Config) -> None:
     The observations that _refuse_if_behind reads are that copy's too, so a change made on it
     was taken, and the gateways cut off meanwhile, back with a newer version, lost theirs
     when the two were settled on the newer change. Not said for a Redis that started empty
-    (nothing tells it from a new fleet's: README says so), nor where INFO is refused."""
+    (nothing tells it from a new fleet's: README says so), nor where INFO is refused or has
+    no rdb_last_load_keys_loaded (before Redis 7.0; an AOF-only load may not count there)."""
     grace = base.redis.max_backoff_s + base.redis.refresh_interval_s + d.REDIS_RESTORED_MARGIN_S
     try:
         info = await r.info()
