@@ -51,3 +51,21 @@ def test_every_sign_case_verifies() -> None:
         v = verify(c["header"], {f["kid"]: c["secret"]}, [f["aud"]], float(f["ts"]), 30.0)
         assert v.result is EdgeResult.OK and v.client is not None
         assert v.client.location.city == f["city"]
+
+
+def test_the_worker_replaces_every_claim_the_gateway_drops_from_an_untrusted_peer() -> None:
+    """edge/src/proxy.js's CLIENT_CLAIMS (a client's own words about itself, replaced by the
+    Worker's) is a copy of gateway/http/headers.py's _EDGE_CLAIMS and then some (the
+    forwarded-for family the gateway reads from a trusted proxy): a header added to one list
+    and not the other reached a gateway as a claim the edge vouched for."""
+    import re
+
+    from gateway.http.headers import _EDGE_CLAIMS
+
+    source = (ROOT / "edge/src/proxy.js").read_text(encoding="utf-8")
+    found = re.search(r"const CLIENT_CLAIMS = new Set\(\[(.*?)\]\);", source, re.S)
+    assert found is not None, "CLIENT_CLAIMS not found in edge/src/proxy.js"
+    worker = set(re.findall(r'"([a-z0-9-]+)"', found[1]))
+    gateway = {name.decode() for name in _EDGE_CLAIMS if not name.startswith(b"cf-")}
+    assert gateway <= worker, sorted(gateway - worker)  # cf-*: the Worker drops them all
+    assert {"x-forwarded-for", "x-forwarded-proto", "x-real-ip"} <= worker
