@@ -51,7 +51,20 @@ def ip_address(address: str) -> str:
         raise ValueError(f"{address!r} has a zone (%{ip.scope_id}): give the address alone")
     if ip.is_unspecified:
         raise ValueError(f"{address!r} is no address a client could reach")
-    return address
+    # Nor is a multicast or broadcast one (224.0.0.1, ff02::1, 255.255.255.255), or one of
+    # IPv4's reserved 240/4, which no host stack sends to: every client sent there failed.
+    if ip.is_multicast:
+        what = "a multicast"
+    elif ip == ipaddress.IPv4Address("255.255.255.255"):
+        what = "the broadcast"
+    elif ip.version == 4 and ip.is_reserved:
+        what = "a reserved (240.0.0.0/4)"
+    else:
+        return address
+    raise ValueError(
+        f"{address!r} is {what} address, which no client could connect to: give the address "
+        "of the region's entry (its load balancer)"
+    )
 
 
 def continent_code(code: str) -> str:

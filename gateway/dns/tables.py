@@ -126,7 +126,6 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
                 f"url + {DNS_READY_PATH}; set url to the region gateway's public URL"
             )
         _each_address_once(where, r.addresses)
-        _each_address_answerable(where, r.addresses)
         out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
     if not out and alias_regions:
         raise ConfigError(
@@ -154,27 +153,6 @@ def _each_address_once(where: str, addresses: tuple[str, ...]) -> None:
             same = "" if seen[ip] == a else f" (as {seen[ip]!r})"
             raise ConfigError(f"{where}: addresses: {a!r} is listed twice{same}")
         seen[ip] = a
-
-
-def _each_address_answerable(where: str, addresses: tuple[str, ...]) -> None:
-    """A client connects to the address DNS answers: a multicast or broadcast one (224.0.0.1,
-    ff02::1, 255.255.255.255) or one of IPv4's reserved 240/4 (which no host stack sends to)
-    is no region's entry, and every client sent there would fail. The config refuses the
-    unspecified ones (0.0.0.0) itself."""
-    for a in addresses:
-        ip = ipaddress.ip_address(a)
-        if ip.is_multicast:
-            what = "a multicast"
-        elif ip == ipaddress.IPv4Address("255.255.255.255"):
-            what = "the broadcast"
-        elif ip.version == 4 and ip.is_reserved:
-            what = "a reserved (240.0.0.0/4)"
-        else:
-            continue
-        raise ConfigError(
-            f"{where}: addresses: {a!r} is {what} address, which no client could connect "
-            "to: give the address of the region's entry (its load balancer)"
-        )
 
 
 def _each_rule_answered(config: Config, regions: Mapping[str, Entry]) -> None:

@@ -153,6 +153,18 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["0.0.0.0"]\n'),
             "regions[0].addresses[0]: '0.0.0.0' is no address a client could reach",
         ),
+        *(  # answered to clients by GeoDNS, which no client could connect to
+            (
+                lambda t, a=address: t.replace("8.68\n", f'8.68\naddresses = ["{a}"]\n'),
+                f"regions[0].addresses[0]: '{address}' is {what} address, which no client",
+            )
+            for address, what in (
+                ("255.255.255.255", "the broadcast"),
+                ("224.0.0.1", "a multicast"),
+                ("ff02::1", "a multicast"),
+                ("240.0.0.1", "a reserved (240.0.0.0/4)"),
+            )
+        ),
         # Residency that GeoIP could never match: the rule would silently not apply.
         (
             lambda t: t + "[[residency]]\ncountries = ['DE', 'UK']\nregions = ['eu-central']\n",

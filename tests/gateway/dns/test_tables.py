@@ -252,24 +252,6 @@ def test_each_family_is_answered_by_the_regions_that_have_it() -> None:
     assert answered((EU,), v4, 4) == ()  # a rule's only region, IPv6-only: none outside it
 
 
-@pytest.mark.parametrize(
-    ("address", "what"),
-    [
-        ("255.255.255.255", "the broadcast address"),
-        ("224.0.0.1", "a multicast address"),
-        ("ff02::1", "a multicast address"),
-        ("240.0.0.1", "a reserved (240.0.0.0/4) address"),
-    ],
-)
-def test_an_address_no_client_could_connect_to_is_refused(address: str, what: str) -> None:
-    regions = region_tables()
-    regions[1]["addresses"] = ["127.0.0.12", address]
-    with pytest.raises(ConfigError) as info:
-        entries(dns_config(regions=regions))
-    assert str(info.value).startswith(f"regions[1] (us-east): addresses: {address!r} is {what}")
-    assert "\n" not in str(info.value)
-
-
 def test_an_entry_without_a_url_is_one_line() -> None:
     regions = region_tables()
     regions[0]["url"] = ""
