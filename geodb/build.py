@@ -19,7 +19,6 @@ import os
 import shutil
 import stat
 import tempfile
-import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from netaddr import IPSet
 
 from geodb.countries import CONTINENT_NAMES, country_code
 from geodb.errors import BuildError
+from geodb.record import is_place_name
 
 DATABASE_TYPE = "GeoLite2-City"  # geoip2 accepts city() lookups on this type
 ROW_ACCURACY_KM = 50  # accuracy_radius written for every row: a city-level guess
@@ -96,7 +96,7 @@ def _record(row: Sequence[str], where: str) -> tuple[Network, dict[str, object]]
     city = row[5].strip() if len(row) == 6 else ""
     # A NUL or an escape sequence would reach every log line and page that names the city;
     # a line or paragraph separator (U+2028, U+2029) would break those lines as a newline does.
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in city):
+    if not is_place_name(city):
         raise BuildError(f"{where}: city {city!r} holds a control character or line break")
     if city:
         record["city"] = {"names": {"en": city}}

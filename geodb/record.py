@@ -52,7 +52,7 @@ def _is_continent(s: str) -> bool:
     return s.upper() in CONTINENT_NAMES
 
 
-def _is_name(s: str) -> bool:
+def is_place_name(s: str) -> bool:
     # A control character or a line break would reach every log line that names the city.
     return not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in s)
 
@@ -83,7 +83,7 @@ def checked_fields(rec: geoip2.models.Country) -> tuple[Fields, list[str]]:
     keep("longitude", loc.longitude, lon)
     accuracy = _number(loc.accuracy_radius, 0, EARTH_CIRCUMFERENCE_KM)
     keep("accuracy_radius", loc.accuracy_radius, accuracy)
-    city = _text(rec.city.name, _is_name)
+    city = _text(rec.city.name, is_place_name)
     keep("city", rec.city.name, city)
     point = (lat, lon) if lat is not None and lon is not None else None
     return Fields(country, continent, city if point else None, point, accuracy), bad
