@@ -4,6 +4,7 @@ schema is built on (a strict model, checked field types). gateway.config has the
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,6 +49,34 @@ class StrictModel(BaseModel):
         return value
 
 
+def region_address(address: str) -> str:
+    """A region's address, as GeoDNS answers it: a scoped IPv6 one (fe80::1%eth0) made
+    PowerDNS answer SERVFAIL, and 0.0.0.0 was answered to clients. Loopback passes: a local
+    zone (the tests', a laptop's) answers 127.0.0.N."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IP address (such as 192.0.2.10)") from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        raise ValueError(f"{address!r} has a zone (%{ip.scope_id}): give the address alone")
+    if ip.is_unspecified:
+        raise ValueError(f"{address!r} is no address a client could reach")
+    # Nor is a multicast or broadcast one (224.0.0.1, ff02::1, 255.255.255.255), or one of
+    # IPv4's reserved 240/4, which no host stack sends to: every client sent there failed.
+    if ip.is_multicast:
+        what = "a multicast"
+    elif ip == ipaddress.IPv4Address("255.255.255.255"):
+        what = "the broadcast"
+    elif ip.version == 4 and ip.is_reserved:
+        what = "a reserved (240.0.0.0/4)"
+    else:
+        return address
+    raise ValueError(
+        f"{address!r} is {what} address, which no client could connect to: give the address "
+        "of the region's entry (its load balancer)"
+    )
+
+
 class Region(StrictModel):
     id: FleetId
     name: str = ""
@@ -57,7 +86,7 @@ class Region(StrictModel):
     # Worker proxies to it, and GeoDNS checks its /readyz.
     url: PublicUrl = ""
     # The IPs of the region's entry (its load balancer): what GeoDNS answers (geogate dns export).
-    addresses: tuple[Annotated[str, AfterValidator(checks.ip_address)], ...] = ()
+    addresses: tuple[Annotated[str, AfterValidator(region_address)], ...] = ()
     # No drain flag here: a region's drain is Config.drained_regions, a top-level key that a
     # gateway of a release before it ignores (this model is extra="forbid" there too).
 
