@@ -42,6 +42,8 @@ access_log = false
 [redis]
 url = "redis://127.0.0.1:{redis_port}"
 gateway_id = "{gid}"
+# Its changes come within seconds of the run's Redis start: no wait after it.
+restart_grace_s = 0
 [admin]
 token = "{TOKEN}"
 [ops]

@@ -174,6 +174,10 @@ class RedisSection(StrictModel):
     observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
+    # How long after Redis starts an operator change waits where Redis holds a saved copy or
+    # no operator change yet (gateway.fleet.config_io.refuse_if_young). None: the gateways'
+    # reconnect and a refresh, max_backoff_s + refresh_interval_s + REDIS_RESTORED_MARGIN_S.
+    restart_grace_s: Annotated[float, Field(ge=0)] | None = None
     # The fleet document kept across restarts, for a start while Redis is away (relative: to
     # the config file; gateway.fleet.last_known). None: kept while the gateway runs.
     state_file: FilePath | None = None
@@ -191,6 +195,13 @@ class RedisSection(StrictModel):
                 f"({self.refresh_interval_s:g}): observations would expire between writes"
             )
         return self
+
+    @property
+    def change_grace_s(self) -> float:
+        """restart_grace_s, or what it defaults to."""
+        if self.restart_grace_s is not None:
+            return self.restart_grace_s
+        return self.max_backoff_s + self.refresh_interval_s + d.REDIS_RESTORED_MARGIN_S
 
 
 OBSERVATION_TTL_REFRESHES = 2  # redis.observation_ttl_s spans at least this many refreshes

@@ -246,8 +246,9 @@ REDIS_TIMEOUT_S = 1.0  # a Redis call slower than this counts as Redis being awa
 # refused connection or the connect timeout, and the worker serves on what it has.
 FIRST_SYNC_WAIT_S = 3.0
 REDIS_MAX_BACKOFF_S = 5.0  # reconnect attempts back off 0.1 s doubling up to 5 s
-# After a Redis started from a saved copy, changes wait this long past a gateway's reconnect
-# (redis.max_backoff_s) and one refresh: the gateways cut off meanwhile put back what they hold.
+# After Redis started (empty, or from a saved copy), changes wait this long past a gateway's
+# reconnect (redis.max_backoff_s) and one refresh: the gateways cut off meanwhile put back
+# what they hold (redis.restart_grace_s's default).
 REDIS_RESTORED_MARGIN_S = 1.0
 AUDIT_MAX_LEN = 10000  # operator changes kept in the audit stream (approximate trim)
 

@@ -62,6 +62,8 @@ def _open(args: argparse.Namespace) -> Fleet:
     if args.gateway:
         if getattr(args, "who", None):
             raise CLIError("--who is for --redis; through a gateway, your --token names you")
+        if args.restart_grace is not None:
+            raise CLIError("--restart-grace is for --redis; a gateway knows its own")
         return GatewayFleet(args.gateway, args.token, args.ops_token)
     if args.redis:
         who = getattr(args, "who", None)
@@ -70,7 +72,7 @@ def _open(args: argparse.Namespace) -> Fleet:
                 checks.operator_name(who)
             except ValueError as exc:
                 raise CLIError(f"--who: {exc}") from None
-        return RedisFleet(args.redis, args.deployment, who)
+        return RedisFleet(args.redis, args.deployment, who, args.restart_grace)
     raise CLIError(
         "give --gateway URL (a gateway's ops listener, with your --token) or --redis URL"
     )

@@ -68,7 +68,9 @@ class Fleet(Protocol):
 
 
 class RedisFleet:
-    def __init__(self, url: str, deployment: str, who: str | None) -> None:
+    def __init__(
+        self, url: str, deployment: str, who: str | None, restart_grace_s: float | None = None
+    ) -> None:
         try:
             redis_url(url)
         except ValueError as exc:
@@ -80,6 +82,8 @@ class RedisFleet:
         user = os.environ.get("USER", "")  # as --who (gateway.cli.ctl checks it), or "ctl"
         self.who = who or (user if checks.OPERATOR_NAME.fullmatch(user) else "ctl")
         self.r = connect(url, CTL_TIMEOUT_S)
+        # The fleet's redis.restart_grace_s: Redis's document holds no gateway's redis section.
+        self.restart_grace_s = restart_grace_s
 
     async def config(self) -> tuple[dict[str, Any], int]:
         """The fleet's document, checked as a gateway checks it: one a gateway refuses (not
@@ -114,6 +118,9 @@ class RedisFleet:
             doc, _ = await self.config()
         # Only a template: the update reads the document again, under WATCH.
         base = self._base(doc)
+        if self.restart_grace_s is not None:
+            grace = base.redis.model_copy(update={"restart_grace_s": self.restart_grace_s})
+            base = base.model_copy(update={"redis": grace})
         update = config_io.update_region if kind == "region" else config_io.update_upstream
         _, _, entry = await self._io(update(self.r, self.keys, base, target, changes, self.who))
         return dict(entry)

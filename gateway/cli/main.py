@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import sys
@@ -35,6 +36,17 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: seconds, finite and not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ctl.add_argument("--redis", metavar="URL", help="or straight to the fleet's Redis")
     ctl.add_argument("--deployment", default="default", help="with --redis: redis.deployment")
+    ctl.add_argument(
+        "--restart-grace",
+        type=_seconds,
+        metavar="S",
+        help="with --redis: the fleet's redis.restart_grace_s where not its default (a change "
+        "waits this long after Redis started)",
+    )
     csub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="SUBCOMMAND")
     who = OneLineParser(add_help=False)
     who.add_argument("--who", help="with --redis: operator name for the audit (default $USER)")

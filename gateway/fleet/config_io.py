@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -194,8 +195,10 @@ async def update(
 
     Refused while a gateway routes on a version above Redis's (Redis lost data and the
     gateways have not put theirs back yet): a change made on the older copy would be one of
-    two documents, and the one dropped when they settle (``settle``) is said only in a log."""
-    await _refuse_if_restored(r, base)
+    two documents, and the one dropped when they settle (``settle``) is said only in a log;
+    and, for a change that changes something, for a while after Redis started
+    (``refuse_if_young``)."""
+    start = await started(r)
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -214,6 +217,7 @@ async def update(
                 if held.doc is not None and new_doc == held.doc:
                     await pipe.reset()
                     return held, new_config, unchanged(who, what, before, held.version)
+                refuse_if_young(start, base)  # after the change's own checks: those said first
                 secs, usecs = await pipe.time()
                 # Later than the change it replaces, even if Redis's clock stepped back (a
                 # failover to a replica behind): changes made one after another keep their
@@ -232,28 +236,46 @@ async def update(
                 continue  # someone changed the config between our read and write: redo
 
 
-async def _refuse_if_restored(r: Redis, base: Config) -> None:
-    """SharedStateUnavailable while a Redis that started from a saved copy (a restart with
-    persistence, a restored snapshot) is younger than the gateways' reconnect and a refresh.
-    The observations that _refuse_if_behind reads are that copy's too, so a change made on it
-    was taken, and the gateways cut off meanwhile, back with a newer version, lost theirs
-    when the two were settled on the newer change. Not said for a Redis that started empty
-    (nothing tells it from a new fleet's: README says so), nor where INFO is refused or has
-    no rdb_last_load_keys_loaded (before Redis 7.0; an AOF-only load may not count there)."""
-    grace = base.redis.max_backoff_s + base.redis.refresh_interval_s + d.REDIS_RESTORED_MARGIN_S
+@dataclass(frozen=True)
+class Started:
+    """What INFO says of Redis's start: seconds up, and the keys it loaded from a saved copy
+    (a restart with its dump, a restored snapshot; 0: it started empty)."""
+
+    up: float
+    loaded: int
+
+
+async def started(r: Redis) -> Started | None:
+    """None where INFO is refused (renamed in a managed Redis): not known. Before Redis 7.0
+    INFO has no rdb_last_load_keys_loaded, and an AOF-only load may not count there: such a
+    start reads as an empty one."""
     try:
         info = await r.info()
-    except ResponseError:  # INFO renamed or refused (a managed Redis): not known
+    except ResponseError:
+        return None
+    return Started(
+        float(info.get("uptime_in_seconds", math.inf)),
+        int(info.get("rdb_last_load_keys_loaded", 0) or 0),
+    )
+
+
+def refuse_if_young(start: Started | None, base: Config) -> None:
+    """SharedStateUnavailable while Redis is younger than the gateways' reconnect and a
+    refresh (redis.restart_grace_s). A restart left Redis empty or with a saved copy, and its
+    observations are gone or old, so nothing there says that gateways cut off by it route on
+    a newer document, which they put back meanwhile: a change made before that was the newer
+    change when the two documents were settled (``settle``), and dropped what the fleet had
+    changed since. A new fleet's Redis waits as long for its first change: nothing tells an
+    empty restart from it."""
+    grace = base.redis.change_grace_s
+    if start is None or start.up >= grace:
         return
-    up = float(info.get("uptime_in_seconds", grace))
-    loaded = int(info.get("rdb_last_load_keys_loaded", 0) or 0)
-    if loaded and up < grace:
-        raise SharedStateUnavailable(
-            f"Redis started {up:.0f} s ago from a saved copy ({loaded} keys): gateways cut off "
-            f"meanwhile may hold newer changes, which they put back within {grace:g} s "
-            f"(redis.max_backoff_s + redis.refresh_interval_s + {d.REDIS_RESTORED_MARGIN_S:g}); "
-            f"retry in {math.ceil(grace - up)} s"
-        )
+    copy = f" from a saved copy ({start.loaded} keys)" if start.loaded else ""
+    raise SharedStateUnavailable(
+        f"Redis started {start.up:.0f} s ago{copy}: gateways cut off by its restart may hold "
+        f"newer changes, which they put back within {grace:g} s (redis.restart_grace_s); "
+        f"retry in {max(1, math.ceil(grace - start.up))} s"
+    )
 
 
 def _refuse_if_behind(seen: dict[str, int], version: int) -> None:

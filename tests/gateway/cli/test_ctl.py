@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 from collections import Counter
@@ -55,7 +56,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, R
     ]
     ups = [UpstreamSpec(s.name, s.region, s.url, ["m"]) for s in sims]
     extra = (
-        f'[redis]\nurl = "{redis.url}"\ngateway_id = "gw0"\nrefresh_interval_s = 0.1\n\n'
+        f'[redis]\nurl = "{redis.url}"\ngateway_id = "gw0"\nrefresh_interval_s = 0.1\n'
+        # Changes right after the test's Redis started: the wait after a start
+        # (redis.restart_grace_s) has tests of its own.
+        "restart_grace_s = 0\n\n"
         f'[admin]\ntokens = {{alice = "{TOKEN}"}}\n'
     )
     gw = start_gateway(
@@ -84,6 +88,12 @@ def ctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         rc = int(exc.code or 0)
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def straight(redis: RedisServer) -> list[str]:
+    """ctl's options for the fleet's Redis itself, whose start was moments ago here: no wait
+    after it (test_a_change_straight_to_a_young_redis_waits tests the wait)."""
+    return ["--redis", redis.url, "--restart-grace", "0"]
 
 
 def via(gw: Gateway, token: str = TOKEN) -> list[str]:
@@ -118,12 +128,12 @@ def test_drain_a_region_then_undrain_it(
     assert json.loads(entry["after"]) == {"a1": {"drained": True}, "a2": {"drained": True}}
 
     # Straight to Redis: the gateway hears it published.
-    rc, out, err = ctl(capsys, "--redis", redis.url, "undrain", "eu-central", "--who", "bob")
+    rc, out, err = ctl(capsys, *straight(redis), "undrain", "eu-central", "--who", "bob")
     assert rc == 0, err
     assert out.startswith("region eu-central undrained: a1, a2 back in rotation")
     assert len(out.splitlines()) == 1  # Redis has no traffic to tell the impact by
     eventually(lambda: regions_served(gw) == {"a"}, timeout=5, what="eu-central back")
-    rc, out, _ = ctl(capsys, "--redis", redis.url, "audit")
+    rc, out, _ = ctl(capsys, *straight(redis), "audit")
     assert out.splitlines()[0].split()[2:5] == ["bob", "region", "eu-central:"]
 
     # An entry another tool wrote, with a line break in it, prints as one row.
@@ -134,7 +144,7 @@ def test_drain_a_region_then_undrain_it(
         r.xadd(Keys("default").audit, {**entry, "before": "{}", "after": "{}"})
     finally:
         r.close()
-    rc, out, _ = ctl(capsys, "--redis", redis.url, "audit", "--count", "1")
+    rc, out, _ = ctl(capsys, *straight(redis), "audit", "--count", "1")
     assert out.splitlines() == [out.strip()] and "eve\\nv99  mallory" in out, out
 
 
@@ -184,14 +194,14 @@ def test_an_upstream_drained_on_its_own_stays_drained_through_its_regions_undrai
         assert served_by(gw.url, 6) == Counter({"a2": 6})
 
         # Straight to Redis: the same words (drained_regions is in the document ctl reads).
-        rc, _, err = ctl(capsys, "--redis", redis.url, "drain", "eu-central", "--who", "bob")
+        rc, _, err = ctl(capsys, *straight(redis), "drain", "eu-central", "--who", "bob")
         assert rc == 0, err
-        rc, out, err = ctl(capsys, "--redis", redis.url, "undrain", "a1", "--who", "bob")
+        rc, out, err = ctl(capsys, *straight(redis), "undrain", "a1", "--who", "bob")
         assert rc == 0, err
         assert out.startswith("upstream a1 undrained, but its region eu-central is drained"), out
     finally:  # the module's gateway serves the tests after this one
         for target in ("eu-central", "a1"):
-            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+            ctl(capsys, *straight(redis), "undrain", target, "--who", "bob")
         eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
 
 
@@ -202,22 +212,22 @@ def test_straight_to_redis_a_drain_of_a_models_last_upstream_wants_yes(
     and every request for the model got a 503. The fleet's document says it alone now."""
     gw, redis = fleet
     try:
-        rc, _, err = ctl(capsys, "--redis", redis.url, "drain", "eu-central", "--who", "bob")
+        rc, _, err = ctl(capsys, *straight(redis), "drain", "eu-central", "--who", "bob")
         assert rc == 0, err
-        rc, out, err = ctl(capsys, "--redis", redis.url, "drain", "b", "--who", "bob")
+        rc, out, err = ctl(capsys, *straight(redis), "drain", "b", "--who", "bob")
         assert rc == 2 and not out and len(err.strip().splitlines()) == 1, (out, err)
         assert (
             "not applied: by the fleet's document (no gateway said), it leaves NO upstream "
             "for model m: their requests get 503; pass --yes to drain b anyway"
         ) in err, err
         assert not upstream(gw, "b")["drained"]
-        rc, out, err = ctl(capsys, "--redis", redis.url, "drain", "b", "--who", "bob", "--yes")
+        rc, out, err = ctl(capsys, *straight(redis), "drain", "b", "--who", "bob", "--yes")
         assert rc == 0 and out.startswith("upstream b drained"), (out, err)
         assert "impact: by the fleet's document (no gateway said), it leaves NO upstream" in out
         eventually(lambda: upstream(gw, "b")["drained"], timeout=5)
     finally:  # the module's gateway serves the tests after this one
         for target in ("eu-central", "b"):
-            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+            ctl(capsys, *straight(redis), "undrain", target, "--who", "bob")
         eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2", "b")))
 
 
@@ -235,17 +245,17 @@ def test_a_region_drained_the_old_way_is_undrained_upstream_by_upstream(
     )
     try:
         for target in ("a1", "a2"):
-            rc, _, err = ctl(capsys, "--redis", redis.url, "drain", target, "--who", "bob")
+            rc, _, err = ctl(capsys, *straight(redis), "drain", target, "--who", "bob")
             assert rc == 0, err
         eventually(lambda: served_by(gw.url, 6) == Counter({"b": 6}), timeout=5)
-        for how in (via(gw), ["--redis", redis.url]):
+        for how in (via(gw), straight(redis)):
             rc, out, err = ctl(capsys, *how, "undrain", "eu-central")
             assert rc == 2 and not out and len(err.strip().splitlines()) == 1, (out, err)
             assert said in err, err
         assert upstream(gw, "a1")["drained"] and upstream(gw, "a2")["drained"]
     finally:  # the module's gateway serves the tests after this one
         for target in ("a1", "a2"):
-            ctl(capsys, "--redis", redis.url, "undrain", target, "--who", "bob")
+            ctl(capsys, *straight(redis), "undrain", target, "--who", "bob")
         eventually(lambda: not any(upstream(gw, u)["drained"] for u in ("a1", "a2")), timeout=5)
 
 
@@ -349,7 +359,7 @@ def test_environment_names_the_gateway_and_token(
     rc, out, err = ctl(capsys, "show")
     assert rc == 0 and json.loads(out)["upstreams"][0]["id"] == "a1", err
     # An explicit --redis wins over a gateway named only in the environment.
-    rc, out, err = ctl(capsys, "--redis", redis.url, "show")
+    rc, out, err = ctl(capsys, *straight(redis), "show")
     assert rc == 0 and json.loads(out)["version"] >= 1, err
 
 
@@ -377,6 +387,9 @@ def test_environment_names_the_gateway_and_token(
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "top"], "a gateway's live view"),
         (["--redis", "redis://127.0.0.1:1", "show"], "--gateway URL or --redis URL, not both"),
         (["--gateway", "", "drain", "a1"], "give --gateway URL"),
+        (["--restart-grace", "-1", "show"], "--restart-grace: must be 0 or more seconds, got -1"),
+        (["--restart-grace", "nan", "show"], "--restart-grace: must be 0 or more seconds, got nan"),
+        (["--restart-grace", "soon", "show"], "not a number of seconds: 'soon'"),
         # The audit's name: one spanning lines printed as a row of another operator's
         (
             ["--gateway", "", "--redis", "redis://127.0.0.1:1", "drain", "a1", "--who", "a\nb"],
@@ -596,7 +609,7 @@ def test_a_document_a_gateway_refuses_is_one_line_not_a_traceback(
     ]:
         r.hset(CONFIG_KEY, mapping={"doc": doc, "version": 4})
         for args in (["drain", "a"], ["show"], ["weight", "a", "2"]):
-            rc, out, err = ctl(capsys, "--redis", server.url, *args)
+            rc, out, err = ctl(capsys, *straight(server), *args)
             assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
             assert err.startswith(said), err
     assert r.hget(CONFIG_KEY, "version") == "4"  # nothing written
@@ -613,7 +626,7 @@ def test_a_change_while_redis_lost_data_is_refused_until_the_gateways_put_it_bac
     seen = {"gateway": "gw0", "upstreams": {}, "config_version": 3}
     r.set("{geogate:default}:obs:gw0/1", json.dumps(seen), px=5000)
     r.zadd("{geogate:default}:observers", {"gw0/1": 0})
-    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    rc, out, err = ctl(capsys, *straight(server), "weight", "a", "2", "--who", "bob")
     assert rc == 2 and not out
     assert err.strip() == (
         "geogate: Redis lost data: gateways hold version 3 (gw0), Redis 1; wait for them to "
@@ -621,7 +634,7 @@ def test_a_change_while_redis_lost_data_is_refused_until_the_gateways_put_it_bac
     )
     assert r.hget(CONFIG_KEY, "version") == "1"
     r.delete("{geogate:default}:obs:gw0/1")  # that gateway's observation expired
-    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    rc, out, err = ctl(capsys, *straight(server), "weight", "a", "2", "--who", "bob")
     assert rc == 0 and "fleet config version 2, audited as bob" in out, err
 
 
@@ -631,11 +644,11 @@ def test_an_empty_audit_says_why_on_stderr(
     # After Redis lost its data the audit printed nothing with status 0: no trail, no word.
     server, r = bare_redis
     r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
-    rc, out, err = ctl(capsys, "--redis", server.url, "audit")
+    rc, out, err = ctl(capsys, *straight(server), "audit")
     assert rc == 0 and out == ""
     assert "no operator changes recorded" in err and "appendonly" in err
     # A deployment Redis holds nothing for (a typo): that, not an empty trail.
-    rc, out, err = ctl(capsys, "--redis", server.url, "--deployment", "defualt", "audit")
+    rc, out, err = ctl(capsys, *straight(server), "--deployment", "defualt", "audit")
     assert rc == 2 and not out and "no fleet config in Redis for deployment 'defualt'" in err
 
 
@@ -645,7 +658,7 @@ def test_an_empty_redis_says_the_gateways_put_theirs_back(
     # Right after a Redis restart it told the operator to start a gateway, with gateways
     # running that put their document back seconds later.
     server, _ = bare_redis
-    rc, out, err = ctl(capsys, "--redis", server.url, "show")
+    rc, out, err = ctl(capsys, *straight(server), "show")
     assert rc == 2 and not out and len(err.strip().splitlines()) == 1, err
     assert "a running gateway puts its own back within seconds of a Redis restart" in err
 
@@ -688,6 +701,32 @@ def test_show_says_when_the_gateways_copy_is_a_stale_snapshot(
     assert capsys.readouterr().err == ""
 
 
+def test_a_change_straight_to_a_young_redis_waits(
+    bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redis started moments ago (empty, then seeded by a fresh gateway): gateways cut off by
+    the restart may hold the fleet's newer document, so a change waits the fleet's
+    redis.restart_grace_s (by default 5 + 0.5 + 1 s), exit status 2, nothing written; with
+    --restart-grace 0 (a fleet whose Redis never restarts empty) it is made."""
+    server, r = bare_redis
+    r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1, "changed_at": "0"})
+    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    assert rc == 2 and not out
+    assert re.fullmatch(
+        r"geogate: Redis started [01] s ago: gateways cut off by its restart may hold newer "
+        r"changes, which they put back within 6\.5 s \(redis\.restart_grace_s\); retry in [67] s",
+        err.strip(),
+    ), err
+    assert r.hget(CONFIG_KEY, "version") == "1" and r.xlen("{geogate:default}:audit") == 0
+    rc, out, err = ctl(capsys, *straight(server), "weight", "a", "2", "--who", "bob")
+    assert rc == 0 and "fleet config version 2, audited as bob" in out, err
+    # Not for a gateway: it knows its own redis.restart_grace_s.
+    rc, out, err = ctl(capsys, "--gateway", "http://127.0.0.1:1", "--restart-grace", "0", "show")
+    assert rc == 2 and err.strip() == (
+        "geogate: --restart-grace is for --redis; a gateway knows its own"
+    )
+
+
 def test_a_change_that_changes_nothing_writes_nothing(
     bare_redis: tuple[RedisServer, Redis], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -696,24 +735,24 @@ def test_a_change_that_changes_nothing_writes_nothing(
     # trail with.
     server, r = bare_redis
     r.hset(CONFIG_KEY, mapping={"doc": json.dumps(DOC), "version": 1})
-    rc, out, err = ctl(capsys, "--redis", server.url, "weight", "a", "2", "--who", "bob")
+    rc, out, err = ctl(capsys, *straight(server), "weight", "a", "2", "--who", "bob")
     assert rc == 0 and "fleet config version 2, audited as bob" in out, err
     for args in (["weight", "a", "2"], ["set", "a", "--weight", "2"]):
-        rc, out, err = ctl(capsys, "--redis", server.url, *args, "--who", "bob")
+        rc, out, err = ctl(capsys, *straight(server), *args, "--who", "bob")
         assert rc == 0, err
         assert out.strip() == (
             'upstream a: already {"weight": 2.0}; nothing changed (fleet config version 2 '
             "unchanged, nothing audited)"
         )
-    rc, out, err = ctl(capsys, "--redis", server.url, "drain", "a", "--who", "bob", "--yes")
+    rc, out, err = ctl(capsys, *straight(server), "drain", "a", "--who", "bob", "--yes")
     assert rc == 0, err
-    rc, out, err = ctl(capsys, "--redis", server.url, "drain", "a", "--who", "bob", "--yes")
+    rc, out, err = ctl(capsys, *straight(server), "drain", "a", "--who", "bob", "--yes")
     assert rc == 0 and "upstream a: already drained; nothing changed (fleet config version 3" in out
     assert r.hget(CONFIG_KEY, "version") == "3"
     assert r.xlen("{geogate:default}:audit") == 2
     # Undraining a region that is not drained: the same (it was a refusal, exit 2).
-    rc, out, err = ctl(capsys, "--redis", server.url, "undrain", "a", "--who", "bob")
+    rc, out, err = ctl(capsys, *straight(server), "undrain", "a", "--who", "bob")
     assert rc == 0, err
-    rc, out, err = ctl(capsys, "--redis", server.url, "undrain", "eu", "--who", "bob", "--yes")
+    rc, out, err = ctl(capsys, *straight(server), "undrain", "eu", "--who", "bob", "--yes")
     assert rc == 0 and "region eu: already not drained; nothing changed" in out, err
     assert r.hget(CONFIG_KEY, "version") == "4" and r.xlen("{geogate:default}:audit") == 3

@@ -41,7 +41,10 @@ BODY = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": 
 def fleet_toml(port: int, ups: list[UpstreamSpec], redis_url: str, gid: str) -> str:
     extra = (
         f'[redis]\nurl = "{redis_url}"\ngateway_id = "{gid}"\nrefresh_interval_s = 0.1\n'
-        f'observation_ttl_s = 1.0\n\n[admin]\ntokens = {{alice = "{TOKEN}"}}\n\n'
+        # Changes within seconds of the test's Redis start (redis.restart_grace_s's own
+        # tests: tests/gateway/fleet/test_redis_store.py).
+        "observation_ttl_s = 1.0\nrestart_grace_s = 0\n\n"
+        f'[admin]\ntokens = {{alice = "{TOKEN}"}}\n\n'
         "[router]\ntolerance_ms = 1000\n"
     )  # both upstreams near-equal: weights decide
     return gateway_toml(port, ups, extra=extra).replace("[server]", "[server]\naccess_log = false")
@@ -127,7 +130,7 @@ def test_ctl_show_set_and_audit(fleet: Any) -> None:
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            geogate_cmd("ctl", "--redis", redis.url, *args),
+            geogate_cmd("ctl", "--redis", redis.url, "--restart-grace", "0", *args),
             capture_output=True,
             text=True,
             timeout=30,

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,8 +93,16 @@ def gateway(url: str, gid: str, **redis: object) -> RedisStateStore:
     """A gateway's store holding only its file config, on the real Redis at ``url`` (the
     ``redis_url`` fixture's, tests/gateway/fleet/conftest.py); ``redis``: more of its keys."""
     data = CFG.model_dump(mode="json")
-    # A slow timer: a change is heard on the events channel, not on the next poll.
-    data["redis"] = {"url": url, "gateway_id": gid, "refresh_interval_s": 0.5, **redis}
+    # A slow timer: a change is heard on the events channel, not on the next poll. Changes
+    # right after the test's Redis started: the wait after a start (redis.restart_grace_s) is
+    # given where a test is about it.
+    data["redis"] = {
+        "url": url,
+        "gateway_id": gid,
+        "refresh_interval_s": 0.5,
+        "restart_grace_s": 0,
+        **redis,
+    }
     return RedisStateStore(Config.model_validate(data))
 
 
@@ -444,7 +453,8 @@ async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gatew
     changes. Refused until the gateways can have reconnected: redis.max_backoff_s, a refresh
     and REDIS_RESTORED_MARGIN_S (2 s here), then taken."""
     server = start_redis(tmp_path)
-    gw = gateway(server.url, "gw0", max_backoff_s=0.5)
+    gw = gateway(server.url, "gw0")
+    late = gateway(server.url, "gw1", max_backoff_s=0.5, restart_grace_s=None)
     try:
         await gw._sync_config()
         await gw.update_upstream("a", {"weight": 2}, "alice")
@@ -454,19 +464,62 @@ async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gatew
         started = time.monotonic()
         for _ in range(3):  # the client's pooled connection died with the server
             with contextlib.suppress(redis_errors.ConnectionError):
-                await gw.redis().ping()
+                await late.redis().ping()
                 break
         with pytest.raises(SharedStateUnavailable) as refused:
-            await gw.update_upstream("a", {"weight": 3}, "bob")
+            await late.update_upstream("a", {"weight": 3}, "bob")
         said = str(refused.value)
-        assert said.startswith("Redis started 0 s ago from a saved copy (")
-        assert "put back within 2 s (redis.max_backoff_s + redis.refresh_interval_s + 1)" in said
-        assert (await config_io.read(gw.redis(), gw.keys)).version == 2  # nothing written
+        # INFO's uptime is whole seconds: a slow restart reads 1
+        assert re.match(r"Redis started [01] s ago from a saved copy \(", said), said
+        assert "put back within 2 s (redis.restart_grace_s); retry in " in said
+        assert (await config_io.read(late.redis(), late.keys)).version == 2  # nothing written
         await asyncio.sleep(max(0.0, started + 2.1 - time.monotonic()))
-        await gw.update_upstream("a", {"weight": 3}, "bob")
-        assert (await config_io.read(gw.redis(), gw.keys)).version == 3
+        await late.update_upstream("a", {"weight": 3}, "bob")
+        assert (await config_io.read(late.redis(), late.keys)).version == 3
     finally:
         await gw.stop()
+        await late.stop()
+        server.stop()
+
+
+async def test_a_change_on_a_redis_restarted_empty_waits_for_the_gateways_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Redis restarted empty while a gateway was cut off, holding the fleet's two changes; a
+    fresh gateway seeded its file as version 1. A change made on that seed at once was the
+    newer change when the cut-off gateway came back, and the settle dropped the fleet's
+    drain of a (said in the audit only). Refused until the gateways can have reconnected
+    (redis.restart_grace_s, 2 s here), then made on top of the fleet's document."""
+    server = start_redis(tmp_path)
+    cut = gateway(server.url, "gw-cut")
+    fresh = gateway(server.url, "gw-fresh", max_backoff_s=0.5, restart_grace_s=None)
+    try:
+        await cut._sync_config()
+        await operate(cut)
+        server.stop()
+        server.start()  # empty: the test's Redis saves nothing
+        started = time.monotonic()
+        await fresh._sync_config()  # its file's seed, version 1
+        assert (await in_redis(fresh))[1] == 1
+        with pytest.raises(SharedStateUnavailable) as refused:
+            await fresh.update_upstream("b", {"weight": 2}, "carol")
+        said = str(refused.value)
+        assert re.match(r"Redis started [01] s ago: gateways cut off by its restart may hold", said)
+        assert "put back within 2 s (redis.restart_grace_s); retry in " in said
+        for _ in range(3):  # the cut-off gateway's pooled connection died with the server
+            with contextlib.suppress(redis_errors.ConnectionError):
+                await cut._sync_config()  # its reconnect puts version 3 back above the seed
+                break
+        assert (await in_redis(cut))[1] == 3
+        await asyncio.sleep(max(0.0, started + 2.1 - time.monotonic()))
+        entry = await fresh.update_upstream("b", {"weight": 2}, "carol")
+        assert entry["version"] == "4"
+        assert routing(fresh) == {**OPERATED, "b": (2.0, False)}  # a's drain kept
+        entries = await config_io.read_audit(fresh.redis(), fresh.keys, 10)
+        assert not [e for e in entries if e["what"].startswith("fleet config conflict: ")]
+    finally:
+        await cut.stop()
+        await fresh.stop()
         server.stop()
 
 
@@ -518,6 +571,8 @@ async def test_a_change_racing_another_operators_change_is_made_not_refused(
         await gw._exchange_observations()
         r = gw.redis()
         base = config_doc.base_config((await config_io.read(r, gw.keys)).doc or {})
+        # as ctl --restart-grace 0 makes it: the test's Redis started moments ago
+        base = base.model_copy(update={"redis": gw.config.redis})
         monkeypatch.setattr(observations, "versions", racing)
         stored, _, entry = await config_io.update_upstream(
             r, gw.keys, base, "b", {"weight": 2}, "alice"

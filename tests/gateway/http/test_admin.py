@@ -251,7 +251,7 @@ async def test_a_change_while_redis_lost_data_is_503_and_says_to_wait(tmp_path: 
     while a gateway's fresh observation says it routes on version 3."""
     server = start_redis(tmp_path)
     data = config(tokens={"alice": ALICE}).model_dump(mode="json")
-    data["redis"] = {"url": server.url, "gateway_id": "gw1"}
+    data["redis"] = {"url": server.url, "gateway_id": "gw1", "restart_grace_s": 0}
     rt = build_runtime(Config.model_validate(data))
     assert isinstance(rt.store, RedisStateStore)
     store = rt.store

@@ -91,6 +91,7 @@ def _toml(port: int, db: Path, redis_url: str, sims: dict[str, Sim]) -> str:
         f'url = "{redis_url}"',
         'deployment = "dashboard-test"',
         'gateway_id = "gw-frankfurt"',
+        "restart_grace_s = 0",  # its drains come within seconds of the test's Redis start
         "[admin]",
         f'tokens = {{ alice = "{TOKEN}" }}',
         regions_toml(*REGIONS),
