@@ -192,6 +192,14 @@ def test_env_overrides(tmp_path: Path) -> None:
             "load: max_age_s (2) must be longer than poll_interval_s (5)",
         ),
         (
+            lambda t: t + "[redis]\nrestart_grace_s = -1\n",
+            "redis.restart_grace_s: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            lambda t: t + "[redis]\nrestart_grace_s = nan\n",
+            "redis.restart_grace_s: Input should be a finite number (got nan)",
+        ),
+        (
             lambda t: t + "[redis]\nrefresh_interval_s = 3\n",
             "redis: observation_ttl_s (5) must be at least 2 x refresh_interval_s (3)",
         ),
