@@ -47,6 +47,7 @@ class MemoryStateStore:
         self.version = 1
         self.stale_since: float | None = None
         self.synced_once = True  # this store is the whole truth: nothing to sync with
+        self.refused: str | None = None  # no fleet document to refuse
         self.fleet_down: frozenset[str] = frozenset()  # one gateway: no fleet opinion
         self.observations: dict[str, dict[str, bool]] = {}
         self._audit: collections.deque[dict[str, str]] = collections.deque(maxlen=AUDIT_MAX_LEN)

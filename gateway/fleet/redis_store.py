@@ -40,7 +40,7 @@ from gateway.fleet.keys import Keys, check_url, connect
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.settle import Stored
 from gateway.logs import event
-from gateway.routing.model import Snapshot, UpstreamView
+from gateway.routing.model import Snapshot
 
 log = logging.getLogger("geogate.fleet")
 INITIAL_BACKOFF_S = 0.1
@@ -84,6 +84,7 @@ class RedisStateStore(MemoryStateStore):
         self.clock = observations.RedisClock()
         self.stale_since: float | None = time.time()  # until the first sync succeeds
         self.synced_once = False  # until then, stale means routing on the file's own config
+        self.refused: str | None = None  # why Redis's document is not routed on (/readyz)
         # What this outage's log line named (the error's type; at start too, stale_since is
         # set): said once per outage and cause.
         self._said: str | None = None
@@ -109,7 +110,7 @@ class RedisStateStore(MemoryStateStore):
         if not self.fleet_down:
             return snap
         views = tuple(
-            v if v.id not in self.fleet_down else _with_health(v, False) for v in snap.upstreams
+            v if v.id not in self.fleet_down else replace(v, healthy=False) for v in snap.upstreams
         )
         return Snapshot(views, snap.regions, snap.in_flight)
 
@@ -241,6 +242,7 @@ class RedisStateStore(MemoryStateStore):
         except FleetConfigInvalid as exc:
             await self._unreadable(r, exc)
             return
+        self.refused = None  # unless _adopt refuses what Redis holds now
         holds = out.holds
         if out.write is not None:
             sync_log.wrote(out, mine)
@@ -269,6 +271,7 @@ class RedisStateStore(MemoryStateStore):
         """Redis holds a document or version no gateway can read (a hand edit): route on
         ours, say so once per such document, and do not read it again each refresh."""
         seen = await config_io.mark(r, self.keys)
+        self.refused = str(exc)
         if seen != self._seen:
             log.error(
                 "ignoring the fleet config in Redis: %s",
@@ -288,6 +291,7 @@ class RedisStateStore(MemoryStateStore):
                 # last-known document (a replaced worker's start) stay the routed one's. Said
                 # once: the loop's mark is this document's until Redis holds another.
                 mark = (str(holds.version), holds.stored_digest)
+                self.refused = f"version {holds.version}: {exc}"
                 if self._seen != mark:
                     sync_log.refused(holds.version, exc, self.version)
                 self._seen = mark
@@ -378,7 +382,7 @@ class RedisStateStore(MemoryStateStore):
 
     def _applied(self, stored: Stored, new: Config, entry: dict[str, Any]) -> dict[str, Any]:
         if stored.version > self.version:  # apply here at once; the others hear it published
-            self._held, self.version = stored, stored.version
+            self._held, self.version, self.refused = stored, stored.version, None
             last_known.save(stored, self._fleet)
             self._seen = (str(stored.version), stored.digest)
             self.replace_config(new)
@@ -392,7 +396,3 @@ class RedisStateStore(MemoryStateStore):
         Redis is away: ended here only, which the logout says."""
         await super().end_session(sid, until)
         await sessions.end(self.redis(), self.keys, sid, until, time.time())
-
-
-def _with_health(v: UpstreamView, healthy: bool) -> UpstreamView:
-    return replace(v, healthy=healthy)

@@ -58,6 +58,9 @@ class RoutingState(Protocol):
     # False while a fleet's gateway never synced: stale, it routes on its own file's config,
     # not on a snapshot of the fleet's (/readyz says which).
     synced_once: bool
+    # Why the fleet's document in Redis is not routed on (a gateway refused it: a hand edit,
+    # a release that cannot read it); None: routed on, or none to route on.
+    refused: str | None
     fleet_down: frozenset[str]  # upstreams most fresh gateways see down
     observations: dict[str, dict[str, bool]]  # upstream -> gateway -> healthy (explain)
     joined: asyncio.Event  # set when replace_config adds an upstream (the prober's cue)

@@ -94,6 +94,15 @@ class Endpoints:
                 f"degraded: shared state stale since {since}; "
                 f"routing on {basis} ({n} healthy upstream(s))"
             )
+        refused = self.rt.store.refused
+        if refused is not None:
+            # Serving, on the document before (every gateway may refuse the same one: a 503
+            # here would take the fleet out of rotation), but not on the fleet's: say so.
+            on = f"version {self.rt.store.version}" if self.rt.store.version else "its own file"
+            return PlainTextResponse(
+                f"degraded: ignoring the fleet config in Redis ({refused}); "
+                f"routing on {on} ({n} healthy upstream(s))"
+            )
         return PlainTextResponse(f"ready: {n} healthy upstream(s)")
 
     async def load(self, request: Request) -> Response:

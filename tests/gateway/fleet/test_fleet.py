@@ -374,3 +374,37 @@ def test_a_gateway_that_never_reached_redis_says_it_routes_on_its_own_file(
     finally:
         gw.stop()
         sim.proc.kill()
+
+
+def test_readyz_says_when_the_gateway_ignores_the_fleets_document(tmp_path: Path) -> None:
+    """A document in Redis the gateway refuses (a hand edit): it serves on the one before,
+    and /readyz said "ready" as if it routed on the fleet's. Degraded, not 503 (every gateway
+    may refuse the same document), until Redis holds one it routes on again."""
+    server = start_redis(tmp_path)
+    sim = start_sim(tmp_path, "b0", "eu-central", ["m"])
+    ups = [UpstreamSpec(sim.name, "eu-central", sim.url, ["m"])]
+    gw = start_gateway(tmp_path, lambda p: fleet_toml(p, ups, server.url, "gw0"), name="gw0")
+    client = Redis.from_url(server.url, decode_responses=True)
+    key = Keys("default").config
+    try:
+        eventually(lambda: httpx.get(f"{gw.url}/readyz").text.startswith("ready: 1 healthy"))
+        good = client.hgetall(key)
+        client.hset(key, mapping={"doc": "not json", "version": 7})
+        client.publish(Keys("default").events, "7")
+        eventually(lambda: "ignoring" in httpx.get(f"{gw.url}/readyz").text, what="degraded")
+        r = httpx.get(f"{gw.url}/readyz")
+        assert r.status_code == 200
+        assert r.text == (
+            "degraded: ignoring the fleet config in Redis (invalid fleet config in Redis "
+            "(version 7): the document is not JSON (Expecting value: line 1 column 1 (char "
+            "0))); routing on version 1 (1 healthy upstream(s))"
+        )
+        assert served_by(gw.url, 2) == {"b0": 2}  # still served, on version 1
+        client.hset(key, mapping={**good, "version": 8})  # a document it can route on
+        client.publish(Keys("default").events, "8")
+        eventually(lambda: httpx.get(f"{gw.url}/readyz").text.startswith("ready: 1 healthy"))
+    finally:
+        client.close()
+        gw.stop()
+        sim.proc.kill()
+        server.stop()

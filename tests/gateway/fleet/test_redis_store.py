@@ -827,6 +827,10 @@ async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_route
         [error] = _fleet_errors(caplog)  # once, not at each refresh
         assert error.startswith("ignoring fleet config version 4: ")
         assert error.endswith("; routing on version 3")
+        assert gw.refused is not None and gw.refused.startswith("version 4: ")  # /readyz's
+        await hold(gw.redis(), gw, Stored(doc, 5, time.time() + 120))  # one it routes on
+        await gw._refresh()
+        assert (gw.version, gw.refused) == (5, None)
     finally:
         await gw.stop()
 
