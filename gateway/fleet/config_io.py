@@ -271,10 +271,12 @@ def refuse_if_young(start: Started | None, base: Config) -> None:
     if start is None or start.up >= grace:
         return
     copy = f" from a saved copy ({start.loaded} keys)" if start.loaded else ""
+    wait = max(1, math.ceil(grace - start.up))
     raise SharedStateUnavailable(
         f"Redis started {start.up:.0f} s ago{copy}: gateways cut off by its restart may hold "
         f"newer changes, which they put back within {grace:g} s (redis.restart_grace_s); "
-        f"retry in {max(1, math.ceil(grace - start.up))} s"
+        f"retry in {wait} s",
+        retry_after_s=wait,
     )
 
 

@@ -277,6 +277,31 @@ async def test_a_change_while_redis_lost_data_is_503_and_says_to_wait(tmp_path: 
         server.stop()
 
 
+async def test_a_change_right_after_redis_started_is_503_with_retry_after(tmp_path: Path) -> None:
+    """redis.restart_grace_s after Redis's start (30 s here): a change waits, with the
+    wait in Retry-After as in the message, and nothing is written."""
+    server = start_redis(tmp_path)
+    data = config(tokens={"alice": ALICE}).model_dump(mode="json")
+    data["redis"] = {"url": server.url, "gateway_id": "gw1", "restart_grace_s": 30}
+    rt = build_runtime(Config.model_validate(data))
+    assert isinstance(rt.store, RedisStateStore)
+    try:
+        app = Starlette(routes=admin_routes(rt))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            r0 = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
+        assert r0.status_code == 503 and r0.json()["error"]["code"] == "shared_state_unavailable"
+        said = r0.json()["error"]["message"]
+        assert said.startswith("Redis started ") and "(redis.restart_grace_s)" in said
+        assert said.endswith(f"; retry in {r0.headers['retry-after']} s")
+        assert 28 <= int(r0.headers["retry-after"]) <= 30
+        held = await config_io.read(rt.store.redis(), rt.store.keys)
+        assert held.version == 1  # the seed, nothing more
+    finally:
+        await rt.store.stop()
+        server.stop()
+
+
 async def test_a_change_that_changes_nothing_is_said_not_versioned() -> None:
     async with client(config(tokens={"alice": ALICE})) as c:
         first = await c.patch("/admin/upstreams/a", json={"weight": 2}, headers=bearer(ALICE))
