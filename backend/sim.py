@@ -380,21 +380,3 @@ class SimBackend:
         self._record(req, n, t0, self._due(0, origin))
         self.stats.completed += 1
         return resp
-
-
-def run(cfg: SimConfig, host: str, port: int, backlog: int = 128) -> None:
-    import uvloop
-
-    web.run_app(
-        SimBackend(cfg).app(),
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-        handle_signals=True,
-        backlog=backlog,
-        # A client gone cancels its handler, as in the model server: a non-streaming answer
-        # held its place (/stats active, the load a gateway routes on) to its end.
-        handler_cancellation=True,
-    )

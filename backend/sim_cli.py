@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from backend.cli import EXIT_USAGE, OneLineParser, check_listen, port
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from backend.cli import DRAIN_BACKSTOP_S, EXIT_USAGE, OneLineParser, check_listen, port
 from backend.errors import BackendError
-from backend.sim import CLOCKS, SimConfig, run
+from backend.sim import CLOCKS, SimBackend, SimConfig
 
 # The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
 # retries then cost clients seconds); Linux caps it at net.core.somaxconn (4096 since 5.4).
 DEFAULT_BACKLOG = 4096
+# SIGTERM: requests in flight get this long, then the process exits; aiohttp's own default,
+# 60 s, held a test's or a supervisor's stop for a minute behind a slow stream.
+DRAIN_TIMEOUT_S = 5.0
+MAX_DRAIN_TIMEOUT_S = 3600.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--stamp", action="store_true", help="SSE comment with emission time")
     s.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help="listen backlog")
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help="seconds requests in flight get after SIGTERM",
+    )
     return s
 
 
@@ -62,7 +77,7 @@ def main(argv: Sequence[str]) -> None:
         print(f"geogate: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
-        run(cfg, args.host, args.port, backlog=args.backlog)
+        run(cfg, args.host, args.port, args.backlog, args.drain_timeout)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -74,6 +89,10 @@ def _bounds(args: argparse.Namespace) -> list[tuple[bool, str]]:
     return [
         (not 0 <= args.error_rate <= 1, "--error-rate must be between 0 and 1"),
         (args.backlog < 1, "--backlog must be at least 1"),
+        (
+            not 0 <= args.drain_timeout <= MAX_DRAIN_TIMEOUT_S,  # NaN too
+            f"--drain-timeout must be 0 to {MAX_DRAIN_TIMEOUT_S:g} seconds",
+        ),
         (args.max_concurrency < 0, "--max-concurrency must be at least 0 (0: no cap)"),
         (args.tokens < 0, "--tokens must be at least 0"),
         (not 400 <= args.error_status <= 599, "--error-status must be 400 to 599"),
@@ -98,3 +117,51 @@ def _config(args: argparse.Namespace) -> SimConfig:
         name=args.name,
         stamp=args.stamp,
     )
+
+
+def run(cfg: SimConfig, host: str, port: int, backlog: int, drain_s: float) -> None:
+    import uvloop
+
+    app = SimBackend(cfg).app()
+    _cut_at(app, drain_s)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        handle_signals=True,
+        backlog=backlog,
+        shutdown_timeout=drain_s + DRAIN_BACKSTOP_S,  # a backstop: the cut is _cut_at's
+        # A client gone cancels its handler, as in the model server: a non-streaming answer
+        # held its place (/stats active, the load a gateway routes on) to its end.
+        handler_cancellation=True,
+    )
+
+
+def _cut_at(app: web.Application, drain_s: float) -> None:
+    """Requests still in flight ``drain_s`` after SIGTERM are cancelled: aiohttp's own cut
+    (shutdown_timeout) cancels the body reader, which a handler pacing tokens never awaits,
+    and then waits as long again (a 5 s drain took 12 s), as the model server found."""
+    handling: set[asyncio.Task[Any]] = set()
+
+    @web.middleware
+    async def tracked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp runs each request in a task of its own
+        handling.add(task)
+        try:
+            return await handler(request)
+        finally:
+            handling.discard(task)
+
+    async def shutting_down(app: web.Application) -> None:
+        def cut() -> None:
+            for task in handling:
+                task.cancel()
+
+        asyncio.get_running_loop().call_later(drain_s, cut)
+
+    app.middlewares.insert(0, tracked)
+    app.on_shutdown.append(shutting_down)

@@ -67,6 +67,8 @@ def taken_port() -> Iterator[int]:
         (["--port", "1", "--tokens", "-3"], "--tokens must be at least 0"),  # a 500 each
         (["--port", "1", "--error-status", "99"], "--error-status must be 400 to 599"),
         (["--port", "1", "--error-status", "200"], "--error-status must be 400 to 599"),
+        (["--port", "1", "--drain-timeout", "-1"], "--drain-timeout must be 0 to 3600 seconds"),
+        (["--port", "1", "--drain-timeout", "nan"], "--drain-timeout must be 0 to 3600 seconds"),
         # TEST-NET-1 is on no machine: binding to it fails, nothing is sent.
         (["--port", "8000", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000: "),
     ],

@@ -145,3 +145,28 @@ def test_clients_that_reset_mid_stream_are_counted_without_a_traceback(tmp_path:
         assert "Traceback" not in (tmp_path / "sim-s.log").read_text()
     finally:
         sim.proc.kill()
+
+
+def test_sigterm_cuts_a_stream_at_the_drain_timeout(tmp_path: Path) -> None:
+    """aiohttp's own cut (its shutdown_timeout, 60 s by default) came after twice the wait:
+    a slow stream held a stop for a minute, and a --drain-timeout of 5 s took 12."""
+    sim = start_sim(
+        tmp_path, "s", "eu", ["m"], "--tokens-per-s", "2", "--tokens", "100", "--drain-timeout", "1"
+    )
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    got = b""
+    with httpx.stream("POST", f"{sim.url}/v1/chat/completions", json=body, timeout=30) as r:
+        parts = r.iter_raw()
+        got += next(parts)  # the stream is in its handler
+        t0 = time.monotonic()
+        sim.proc.terminate()
+        try:
+            for part in parts:
+                got += part
+        except httpx.HTTPError:  # cut mid-body
+            pass
+        sim.proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    assert sim.proc.returncode == 0
+    assert 0.9 <= took < 1.9, f"exited {took:.1f} s after SIGTERM with --drain-timeout 1"
+    assert b"[DONE]" not in got  # cut, not finished: 100 tokens take 50 s
