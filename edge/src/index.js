@@ -29,6 +29,7 @@ import { TableCache, TableError } from "./table.js";
 const cache = new TableCache(); // one per isolate
 const REQUEST_ID = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$/; // the gateway's rule (RFC 9110 token)
 const PREFERRED_REGION_HEADER = "geogate-preferred-region"; // gateway/http/headers.py
+const CLIENT_GONE_STATUS = 499;
 
 /** @param {string | null} sent */
 export function requestId(sent) {
@@ -152,9 +153,16 @@ async function serve(request, env, ctx, rid) {
       body,
       timeoutMs: facts.stream ? s.firstByteMs : s.responseMs,
       signFor: (region) => signed(s, region, client.facts),
+      // A client gone before the region's response head: workerd cancels a request's fetches
+      // itself only once no waitUntil() work is left (a background table read, up to
+      // TABLE_TIMEOUT_S), and until then the region generated for nobody. Aborted only with
+      // wrangler.jsonc's enable_request_signal.
+      gone: request.signal,
     },
     regions.slice(0, s.maxAttempts),
   );
+  // nginx's "client closed request", as the gateway's: nobody reads it, the logs do.
+  if ("gone" in result) return new Response(null, { status: CLIENT_GONE_STATUS });
   if ("failures" in result) {
     const untried = Math.max(0, regions.length - s.maxAttempts);
     return finalError(result.failures, untried, decision.reason === Reason.PANIC);

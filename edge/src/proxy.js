@@ -93,6 +93,7 @@ const DETAIL_WAIT_MS = 1000;
  * @property {ArrayBuffer | null} body
  * @property {number} timeoutMs     for the response headers
  * @property {(region: Region) => Promise<string | null>} signFor  the signed client header
+ * @property {AbortSignal} [gone]  aborted when the client went away (its `request.signal`)
  */
 
 /**
@@ -179,18 +180,26 @@ async function errorDetail(resp) {
 
 /**
  * Try `regions` in order, until one answers, or one may be running the request (a timeout:
- * then the failures end with it, `timedOut`).
+ * then the failures end with it, `timedOut`), or the client went away (`gone`: no region is
+ * asked after that, and the one being asked is cancelled).
  * @param {Attempts} a @param {Region[]} regions
- * @returns {Promise<{response: Response, index: number} | {failures: Failure[]}>}
+ * @returns {Promise<{response: Response, index: number} | {failures: Failure[]} | {gone: true}>}
  */
 export async function tryRegions(a, regions) {
   /** @type {Failure[]} */
   const failures = [];
   for (const [index, region] of regions.entries()) {
+    if (a.gone?.aborted) return { gone: true };
     const headers = new Headers(a.headers);
     const signed = await a.signFor(region); // signed now, for this attempt
     if (signed) headers.set("geogate-client", signed);
     const abort = new AbortController();
+    // A gateway whose client left stops generating only when its connection closes, and a
+    // cancelled fetch is what closes it. The client's signal cannot be the fetch's own:
+    // workerd drops an incoming request's signal from a subrequest (unless
+    // request_signal_passthrough), so the attempt's follows it.
+    const follow = () => abort.abort();
+    a.gone?.addEventListener("abort", follow, { once: true });
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -207,6 +216,7 @@ export async function tryRegions(a, regions) {
         signal: abort.signal,
       });
     } catch (err) {
+      if (a.gone?.aborted) return { gone: true }; // not the region's failure: no failover
       const what = timedOut
         ? `no response in ${a.timeoutMs / 1000} s`
         : `connect error: ${err instanceof Error ? err.message : err}`;
@@ -239,6 +249,10 @@ export async function tryRegions(a, regions) {
       });
       continue;
     }
+    // The body is the client's now: one that leaves cancels it (stream.js), which closes the
+    // connection. workerd aborts request.signal then too, while an event stream is relayed,
+    // and an aborted read would log a cut for a client gone.
+    a.gone?.removeEventListener("abort", follow);
     return { response: resp, index };
   }
   return { failures };

@@ -5,7 +5,15 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import { CITIES, blackhole, closedUrl, routeFields, startWorker } from "./support/harness.js";
+import {
+  CITIES,
+  blackhole,
+  closedUrl,
+  fakeGateway,
+  routeFields,
+  startBehindClient,
+  startWorker,
+} from "./support/harness.js";
 
 const SPEC = process.env.GEOGATE_EDGE_E2E
   ? JSON.parse(readFileSync(process.env.GEOGATE_EDGE_E2E, "utf8"))
@@ -199,6 +207,55 @@ describe("the Worker in front of real regional gateways", { skip: SKIP }, () => 
     }
     assert.equal(now.active, before.active, JSON.stringify(now));
     assert.equal(now.cancelled, before.cancelled + 1, JSON.stringify(now));
+  });
+
+  test("a client that leaves before the first byte stops the backend's generation", async () => {
+    // Behind a client Worker that can leave (harness.js), with one more table source that
+    // fails at once and then hangs: the request the client leaves has a table read in the
+    // background, which kept it, and the region's request with it, running without the
+    // Worker's own cancel (src/proxy.js).
+    let reads = 0;
+    const slowTable = await fakeGateway(() => (reads++ === 0 ? { status: 503 } : null));
+    const stats = async () => (await fetch(`${SPEC.regions["sa-east"].sim_url}/stats`)).json();
+    const before = await stats();
+    const running = async () => {
+      for (let i = 0; i < 100 && (await stats()).active === before.active; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return { body: "now" };
+    };
+    const cue = await fakeGateway(running); // answers once the backend is generating
+    const vars = workerVars({ TABLE_TTL_S: 0, TABLE_TIMEOUT_S: 5 });
+    vars.ROUTING_TABLE_URLS = [...vars.ROUTING_TABLE_URLS, `${slowTable.url}/routing-table`];
+    const client = await startBehindClient(vars);
+    try {
+      const headers = { "content-type": "application/json", "cf-connecting-ip": IPS["São Paulo"] };
+      const call = async (doc) => {
+        const body = JSON.stringify({ headers, cf: CITIES["São Paulo"], ...doc });
+        return (await client.dispatchFetch("http://client/", { method: "POST", body })).json();
+      };
+      assert.equal((await call({ url: "https://api.example.com/v1/models" })).status, 200);
+      const gone = await call({
+        url: "https://api.example.com/v1/chat/completions",
+        method: "POST",
+        // Not a stream: the backend answers only once all 400 tokens are generated (20 s).
+        body: JSON.stringify({ model: SPEC.model, max_tokens: 400, messages: [] }),
+        leaveWhen: cue.url,
+      });
+      assert.equal(gone.left, true, JSON.stringify(gone));
+      for (let i = 0; i < 50 && reads < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(reads, 2, "no table read in the background");
+      let now = await stats();
+      for (let i = 0; i < 30 && now.active > before.active; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        now = await stats();
+      }
+      assert.equal(now.active, before.active, JSON.stringify(now)); // within 1.5 s
+      assert.equal(now.completed, before.completed, JSON.stringify(now));
+    } finally {
+      await client.dispose();
+      await Promise.all([slowTable.close(), cue.close()]);
+    }
   });
 
   /** A Worker on a cold start whose table sources are all down: it routes on the fallback. */

@@ -71,6 +71,42 @@ export async function startWorker(vars = {}) {
   );
 }
 
+/**
+ * The Worker (as startWorker makes it) behind a client played by another Worker in the same
+ * workerd (test/support/client-worker.js), which can go away mid-request. A client that
+ * disconnects from workerd's own HTTP listener is not noticed while the Worker has not
+ * answered (workerd's request is not cancelled, request.signal stays quiet: workerd PR #5062,
+ * "doesn't seem to work locally"); a caller Worker that aborts its call cancels the Worker's
+ * request as Cloudflare's front line does for a client gone (workerd's own
+ * request-signal-enabled test does the same). dispatchFetch reaches the client Worker.
+ */
+export async function startBehindClient(vars = {}) {
+  const cfg = wranglerConfig();
+  const bindings = { ...cfg.vars, ROUTING_TABLE_URLS: [], FALLBACK_TABLE: undefined, ...vars };
+  for (const [k, v] of Object.entries(bindings)) if (v === undefined) delete bindings[k];
+  return ready(
+    new Miniflare({
+      workers: [
+        {
+          ...MODULES,
+          name: "client",
+          scriptPath: join(EDGE, "test", "support", "client-worker.js"),
+          compatibilityDate: cfg.compatibility_date,
+          serviceBindings: { EDGE: "edge" },
+        },
+        {
+          ...MODULES,
+          name: "edge",
+          scriptPath: join(EDGE, cfg.main),
+          compatibilityDate: cfg.compatibility_date,
+          compatibilityFlags: cfg.compatibility_flags ?? [],
+          bindings,
+        },
+      ],
+    }),
+  );
+}
+
 /** A test-only Worker from edge/test/support (it imports the Worker's own modules). */
 export async function startHarness(script) {
   const cfg = wranglerConfig();
@@ -107,7 +143,8 @@ export async function blackhole() {
  * gateway; `parts` instead of `body`: written one at a time, and with `cut` the connection is
  * then destroyed, as a gateway that died mid-body, with `hold` the body then never ends, as a
  * gateway that stalled mid-body), and every request is kept in `requests`
- * with its headers, body and arrival time.
+ * with its headers, body, arrival time and `closedAt`: when its exchange ended (the answer
+ * sent, or the Worker's side of the connection gone), null while it lasts.
  */
 export async function fakeGateway(answer) {
   const requests = [];
@@ -120,14 +157,19 @@ export async function fakeGateway(answer) {
       headers: req.headers,
       body: Buffer.concat(chunks).toString(),
       at: Date.now(),
+      closedAt: null,
     };
     requests.push(seen);
+    res.on("close", () => {
+      seen.closedAt = Date.now();
+    });
     const a = await answer(seen);
     if (a === null) return;
     if (a.delayMs) await new Promise((resolve) => setTimeout(resolve, a.delayMs));
     res.writeHead(a.status ?? 200, { "content-type": "application/json", ...a.headers });
     if (a.parts) {
       for (const part of a.parts) {
+        if (seen.closedAt !== null) return; // the Worker went away: nobody to write to
         res.write(part);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
