@@ -70,6 +70,7 @@ export function guardedBody(body, where) {
   if (body === null) return null;
   const reader = body.getReader();
   let held = new Uint8Array(0);
+  let cancelled = false;
   return new ReadableStream({
     async pull(controller) {
       // Until something is enqueued or the body ends: a pull that enqueues nothing is not
@@ -80,6 +81,8 @@ export function guardedBody(body, where) {
         try {
           read = await reader.read();
         } catch (err) {
+          // The client's own cancel (below) fails the read in flight in workerd: no cut.
+          if (cancelled) return;
           const message = `the stream from ${where} was cut before its end (${String(err)})`;
           console.warn(JSON.stringify({ msg: "stream cut", where, error: String(err) }));
           held = new Uint8Array(0); // half an event: dropped, not glued to the error
@@ -104,6 +107,7 @@ export function guardedBody(body, where) {
     cancel(reason) {
       // The client left: the gateway's request is cancelled too, which it sees as its
       // client gone (its generation stops).
+      cancelled = true;
       return reader.cancel(reason);
     },
   });

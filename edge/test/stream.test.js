@@ -98,6 +98,27 @@ describe("guardedBody", () => {
     assert.equal(cancelled, "gone");
   });
 
+  test("a client that leaves mid-read is no cut: nothing logged", async (t) => {
+    // workerd fails the read in flight when the body is cancelled ("Stream was cancelled."),
+    // which was logged as the gateway's stream cut. A body of that kind: its read waits, and
+    // the cancel fails it.
+    let fail = () => {};
+    const body = {
+      getReader: () => ({
+        read: () => new Promise((_, reject) => (fail = reject)),
+        cancel: async () => fail(new Error("Stream was cancelled.")),
+      }),
+    };
+    const warn = t.mock.method(console, "warn", () => {});
+    const reader = guardedBody(/** @type {any} */ (body), "g").getReader();
+    const pending = reader.read();
+    await new Promise((r) => setTimeout(r, 10)); // the pull is waiting on its read
+    await reader.cancel("gone");
+    assert.deepEqual(await pending, { done: true, value: undefined });
+    await new Promise((r) => setTimeout(r, 10)); // the failed read's handler has run
+    assert.equal(warn.mock.callCount(), 0);
+  });
+
   test("the error event is the gateway's own shape", () => {
     const text = dec.decode(cutEvent("m"));
     assert.deepEqual(JSON.parse(text.slice("data: ".length)), {
