@@ -244,7 +244,7 @@ with open(os.environ["STUB_OUT"], "w") as f:
 """
 # `docker run` options that take a value (the rest used here are flags).
 DOCKER_RUN_VALUES = {
-    *("-e", "-p", "-v", "--gpus", "--name", "--user", "--security-opt", "--ulimit"),
+    *("-e", "-p", "-v", "--gpus", "--name", "--user", "--security-opt", "--ulimit", "--tmpfs"),
     *("--stop-timeout", "--restart", "--network", "--env-file"),
 }
 

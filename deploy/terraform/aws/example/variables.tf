@@ -33,6 +33,14 @@ variable "regions" {
     max_size           = number
     desired_capacity   = number
   }))
+  # Checked here too, not only by each region's autoscaling group (modules/region, hosts.tf):
+  # one message names every region whose sizes are out of order.
+  validation {
+    condition = alltrue([
+      for r in values(var.regions) : r.min_size <= r.desired_capacity && r.desired_capacity <= r.max_size
+    ])
+    error_message = "regions: each region's GPU hosts need min_size <= desired_capacity <= max_size; not so in ${join(", ", [for id, r in var.regions : "${id} (min_size ${r.min_size}, desired_capacity ${r.desired_capacity}, max_size ${r.max_size})" if !(r.min_size <= r.desired_capacity && r.desired_capacity <= r.max_size)])}."
+  }
 }
 
 variable "model_name" {

@@ -1,5 +1,11 @@
 # GPU hosts: one model server and one regional gateway on each (containers, host network).
 
+locals {
+  # model_s3_uri, s3://<bucket>/<prefix>/ (variables.tf; the prefix may be empty): its parts.
+  model_bucket = split("/", trimprefix(var.model_s3_uri, "s3://"))[0]
+  model_prefix = trimprefix(trimprefix(var.model_s3_uri, "s3://"), "${local.model_bucket}/")
+}
+
 data "aws_iam_policy_document" "assume_ec2" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -81,15 +87,32 @@ data "aws_iam_policy_document" "boot" {
       values   = ["ssm.${data.aws_region.current.name}.amazonaws.com"]
     }
   }
+  # The boot's `aws s3 sync` lists the model's prefix (ListObjectsV2: s3:ListBucket, on the
+  # bucket) and gets each object under it (s3:GetObject, on the objects). One statement with
+  # both actions on both ARNs let the hosts list the whole bucket (every other model's keys):
+  # the list is held to the model's prefix (s3:prefix); s3://bucket/ names the whole bucket.
   dynamic "statement" {
     for_each = var.model_s3_uri == "" ? [] : [1]
     content {
-      sid     = "ModelWeights"
-      actions = ["s3:GetObject", "s3:ListBucket"]
-      resources = [
-        "arn:aws:s3:::${split("/", trimprefix(var.model_s3_uri, "s3://"))[0]}",
-        "arn:aws:s3:::${trimprefix(var.model_s3_uri, "s3://")}*",
-      ]
+      sid       = "ModelWeightsList"
+      actions   = ["s3:ListBucket"]
+      resources = ["arn:aws:s3:::${local.model_bucket}"]
+      dynamic "condition" {
+        for_each = local.model_prefix == "" ? [] : [1]
+        content {
+          test     = "StringLike"
+          variable = "s3:prefix"
+          values   = ["${local.model_prefix}*"]
+        }
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = var.model_s3_uri == "" ? [] : [1]
+    content {
+      sid       = "ModelWeightsRead"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:aws:s3:::${local.model_bucket}/${local.model_prefix}*"]
     }
   }
   dynamic "statement" {
@@ -217,6 +240,16 @@ resource "aws_autoscaling_group" "gpu" {
       key                 = tag.key
       value               = tag.value
       propagate_at_launch = true
+    }
+  }
+  # AWS refuses sizes out of order only when the apply reaches the group, after the plan passed
+  # and other resources changed. desired_capacity is checked with a scaling policy too, where
+  # Terraform does not pass it: a value out of range would otherwise wait to fail until the
+  # policy is switched off (target_requests_per_host = null), in an apply about something else.
+  lifecycle {
+    precondition {
+      condition     = var.min_size <= var.desired_capacity && var.desired_capacity <= var.max_size
+      error_message = "GPU hosts of ${var.region_id}: min_size <= desired_capacity <= max_size is required; got min_size ${var.min_size}, desired_capacity ${var.desired_capacity}, max_size ${var.max_size}."
     }
   }
 }

@@ -36,22 +36,37 @@ variable "instance_type" {
   default     = "g5.xlarge"
 }
 
+# The three sizes together, min_size <= desired_capacity <= max_size, are the autoscaling
+# group's precondition (hosts.tf): a validation here may name only its own variable before
+# Terraform 1.9, and versions.tf takes 1.5. Each alone is a count of hosts.
 variable "min_size" {
-  description = "Fewest GPU hosts"
+  description = "Fewest GPU hosts (at most desired_capacity)"
   type        = number
   default     = 1
+  validation {
+    condition     = var.min_size >= 0 && floor(var.min_size) == var.min_size
+    error_message = "min_size: a whole number of hosts, 0 or more (got ${var.min_size})."
+  }
 }
 
 variable "max_size" {
-  description = "Most GPU hosts"
+  description = "Most GPU hosts (at least desired_capacity)"
   type        = number
   default     = 4
+  validation {
+    condition     = var.max_size >= 0 && floor(var.max_size) == var.max_size
+    error_message = "max_size: a whole number of hosts, 0 or more (got ${var.max_size})."
+  }
 }
 
 variable "desired_capacity" {
-  description = "GPU hosts to run (without target_requests_per_host; with it the scaling policy sets the count)"
+  description = "GPU hosts to run, between min_size and max_size (without target_requests_per_host; with it the scaling policy sets the count)"
   type        = number
   default     = 1
+  validation {
+    condition     = var.desired_capacity >= 0 && floor(var.desired_capacity) == var.desired_capacity
+    error_message = "desired_capacity: a whole number of hosts, 0 or more (got ${var.desired_capacity})."
+  }
 }
 
 variable "target_requests_per_host" {
