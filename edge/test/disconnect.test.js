@@ -9,7 +9,13 @@
 // only the Worker's own cancel ends the region's request in that time.
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { CITIES, fakeGateway, startBehindClient, startWorker } from "./support/harness.js";
+import {
+  CITIES,
+  fakeGateway,
+  regionEntry,
+  startBehindClient,
+  startWorker,
+} from "./support/harness.js";
 
 const CLOSE_WITHIN_MS = 1500;
 const TABLE_TIMEOUT_S = 5; // how long the background read hangs: past CLOSE_WITHIN_MS
@@ -27,13 +33,6 @@ async function until(cond, ms) {
   return cond();
 }
 
-const region = (id, latitude, longitude, url) => ({
-  id,
-  latitude,
-  longitude,
-  url,
-  upstreams: [{ id: `${id}-1`, models: ["m"] }],
-});
 
 /**
  * A region gateway on loopback (fakeGateway's `answer` for its API) whose own routing table
@@ -66,8 +65,8 @@ describe("a client gone before the region's response head", () => {
     const doc = () => ({
       self_region: "eu-central",
       regions: [
-        region("eu-central", 50.11, 8.68, eu.url),
-        region("us-east", 37.37, -79.82, us.url),
+        regionEntry("eu-central", 50.11, 8.68, eu.url),
+        regionEntry("us-east", 37.37, -79.82, us.url),
       ],
     });
     const eu = await regionGateway(doc, async (req) => {
@@ -122,7 +121,7 @@ describe("a client gone mid-body", () => {
     ["a JSON body", "application/json", '{"pad":"x"}\n', false],
   ]) {
     test(`${what}: the client's cancel closes the region's connection`, async () => {
-      const eu = () => region("eu-central", 50.11, 8.68, g.url);
+      const eu = () => regionEntry("eu-central", 50.11, 8.68, g.url);
       const doc = () => ({ self_region: "eu-central", regions: [eu()] });
       const g = await regionGateway(doc, endless(contentType, part));
       const mf = await startWorker(TABLE_VARS(g));

@@ -4,7 +4,14 @@
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { after, describe, test } from "node:test";
-import { CITIES, closedUrl, fakeGateway, routeFields, startWorker } from "./support/harness.js";
+import {
+  CITIES,
+  closedUrl,
+  fakeGateway,
+  regionEntry,
+  routeFields,
+  startWorker,
+} from "./support/harness.js";
 
 const SECRET = "s".repeat(32);
 const CHAT = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
@@ -12,15 +19,8 @@ const STREAM = JSON.stringify({ model: "m", stream: true, messages: [] });
 
 /** eu-central (nearest London), then us-east: a fallback table with the given gateway URLs. */
 function table(eu, us) {
-  const region = (id, latitude, longitude, url) => ({
-    id,
-    latitude,
-    longitude,
-    url,
-    upstreams: [{ id: `${id}-1`, models: ["m"] }],
-  });
   return {
-    regions: [region("eu-central", 50.11, 8.68, eu), region("us-east", 37.37, -79.82, us)],
+    regions: [regionEntry("eu-central", 50.11, 8.68, eu), regionEntry("us-east", 37.37, -79.82, us)],
   };
 }
 

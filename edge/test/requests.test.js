@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { deflateRawSync, deflateSync, gzipSync } from "node:zlib";
 import { after, before, describe, test } from "node:test";
-import { CITIES, fakeGateway, routeFields, startWorker } from "./support/harness.js";
+import { CITIES, fakeGateway, regionEntry, routeFields, startWorker } from "./support/harness.js";
 
 const SECRET = "s".repeat(32);
 const IP = "198.51.100.77";
@@ -338,13 +338,7 @@ test("a request that names no model is worded without one", async () => {
 
 test("/v1/models leaves out what a residency rule keeps the client from, as the gateway's", async () => {
   // GB's clients may use eu-central only; "us-only" is served in us-east alone.
-  const region = (id, models) => ({
-    id,
-    latitude: COORDS[id][0],
-    longitude: COORDS[id][1],
-    url: gw[id].url,
-    upstreams: [{ id: `${id}-1`, models }],
-  });
+  const region = (id, models) => regionEntry(id, ...COORDS[id], gw[id].url, models);
   const w = await startWorker({
     FALLBACK_TABLE: {
       policy: { residency: [{ name: "uk", countries: ["GB"], regions: ["eu-central"] }] },

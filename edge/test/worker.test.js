@@ -3,18 +3,19 @@
 // answers. The tests against real gateways are in e2e.test.js.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { CITIES, blackhole, closedUrl, startWorker, wranglerConfig } from "./support/harness.js";
+import {
+  CITIES,
+  blackhole,
+  closedUrl,
+  regionEntry,
+  startWorker,
+  wranglerConfig,
+} from "./support/harness.js";
 
 const CHAT = JSON.stringify({ model: "m", messages: [{ role: "user", content: "hi" }] });
 
 function fallback(urls) {
-  const region = (id, latitude, longitude) => ({
-    id,
-    latitude,
-    longitude,
-    url: urls[id],
-    upstreams: [{ id: `${id}-1`, models: ["m"] }],
-  });
+  const region = (id, latitude, longitude) => regionEntry(id, latitude, longitude, urls[id]);
   return {
     regions: [
       region("eu-central", 50.11, 8.68),

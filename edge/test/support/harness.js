@@ -221,3 +221,13 @@ export const CITIES = {
 export function routeFields(header) {
   return Object.fromEntries((header ?? "").split(";").map((p) => p.trim().split("=")));
 }
+
+/**
+ * A routing table's region as a gateway's /routing-table gives it: one upstream, `ID-1`,
+ * serving `models`.
+ * @param {string} id @param {number} latitude @param {number} longitude @param {string} url
+ * @param {string[]} [models]
+ */
+export function regionEntry(id, latitude, longitude, url, models = ["m"]) {
+  return { id, latitude, longitude, url, upstreams: [{ id: `${id}-1`, models }] };
+}
