@@ -83,6 +83,16 @@ async def show(fleet: Fleet, args: argparse.Namespace) -> None:
     print(json.dumps({"version": version, **doc}, indent=2))
     if stale := getattr(fleet, "stale_since", None):
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stale))
+        if version == 0:
+            # Version 0 is a gateway's own file before any sync (gateway.fleet.redis_store):
+            # "last snapshot" had the operator take it for the fleet's, drains and all.
+            print(
+                f"note: this is the gateway's own config file, not the fleet's document: its "
+                f"shared state (Redis) has been unreachable since {when} and it has not been "
+                "in sync since it started, so the fleet's drains and weights are not in it",
+                file=sys.stderr,
+            )
+            return
         print(
             f"note: this is the gateway's last snapshot: its shared state (Redis) has been "
             f"unreachable since {when}, and the fleet's document may have changed since",

@@ -165,7 +165,9 @@ class Sampler:
             (v.id, v.healthy, v.drained, v.weight, v.bias_ms, store.health(v.id).ejected(now))
             for v in store.snapshot(now).upstreams
         )
-        return views, store.version, store.stale_since, store.fleet_down, self.rt.draining
+        # refused, synced_once: the banner's words (state.shared_state), at once as stale's.
+        shared = store.stale_since, store.synced_once, store.refused
+        return views, store.version, shared, store.fleet_down, self.rt.draining
 
     def sample(self) -> None:
         """Take the counts and append a point; while someone looks, build the state and

@@ -196,6 +196,12 @@ def place_rows(rt: Runtime, ticks: list[Tick]) -> list[dict[str, Any]]:
 
 
 def shared_state(rt: Runtime) -> dict[str, Any]:
+    """What /readyz says after ``degraded:``, for the page's banner. Beside "stale since T":
+    on what the gateway routes meanwhile (``synced``: false, its own file, without the
+    fleet's drains and weights, not a last snapshot), and a fleet document in Redis it
+    refuses (``refused``: why; it routes on the one before). A page that said only "shared
+    state: fresh" while the gateway ignored the fleet's document hid that from the operator
+    whose changes the admin API then refused."""
     store = rt.store
     if not rt.config.redis.url:
         return {"mode": "local", "stale_since": None}
@@ -204,6 +210,8 @@ def shared_state(rt: Runtime) -> dict[str, Any]:
         "mode": "stale" if stale is not None else "fresh",
         "stale_since": None if stale is None else iso(stale),
         "gateway_id": getattr(store, "gateway_id", None),
+        "synced": store.synced_once,
+        "refused": store.refused,
     }
 
 

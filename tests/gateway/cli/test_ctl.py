@@ -24,7 +24,7 @@ from gateway.cli.ctl import _region_told, show
 from gateway.cli.ctl_fleet import GatewayFleet
 from gateway.cli.errors import CLIError
 from gateway.cli.main import main
-from gateway.cli.procs import geogate_cmd
+from gateway.cli.procs import free_port, geogate_cmd
 from gateway.fleet.keys import Keys
 from tests.support import (
     CHAT_BODY,
@@ -699,6 +699,25 @@ def test_show_says_when_the_gateways_copy_is_a_stale_snapshot(
     Stale.stale_since = 0.0  # fresh (None, or no such attribute: Redis): nothing said
     asyncio.run(show(Stale(), argparse.Namespace()))  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
+
+
+def test_show_says_a_gateway_never_in_sync_shows_its_own_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that has not reached Redis since it started routes on its own file (version
+    0): `ctl show` called that "the gateway's last snapshot", the fleet's as last seen, drains
+    and weights included, which it is not."""
+    ups = [UpstreamSpec("a1", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])]
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    extra = f'[redis]\nurl = "{nowhere}"\n\n[admin]\ntokens = {{alice = "{TOKEN}"}}\n'
+    gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups, extra=extra))
+    try:
+        rc, out, err = ctl(capsys, *via(gw), "show")
+    finally:
+        gw.stop()
+    assert rc == 0 and json.loads(out)["version"] == 0, err
+    assert err.startswith("note: this is the gateway's own config file, not the fleet's"), err
+    assert "last snapshot" not in err and "drains and weights are not in it" in err, err
 
 
 def test_a_change_straight_to_a_young_redis_waits(

@@ -110,14 +110,14 @@ function render(next) {
   $("updated").textContent = `updated ${state.at.slice(11, 19)} UTC`;
   const sh = state.shared;
   const shared = $("shared");
-  shared.textContent = sh.mode === "local" ? "state: this gateway only" : `shared state: ${sh.mode}`;
-  shared.className = sh.mode === "stale" ? "pill bad" : "pill ok";
+  shared.textContent = sh.mode === "local" ? "state: this gateway only"
+    : sh.mode === "fresh" && sh.refused ? "shared state: fleet config refused"
+      : `shared state: ${sh.mode}`;
+  shared.className = sh.mode === "stale" || sh.refused ? "pill bad" : "pill ok";
+  const banner = sharedBanner(sh, g.version);
   const stale = $("stale");
-  stale.hidden = sh.mode !== "stale";
-  stale.textContent = sh.mode === "stale"
-    ? `Shared state stale since ${sh.stale_since}: Redis is unreachable. This gateway routes on ` +
-      "its last snapshot; changes cannot be applied until it is back."
-    : "";
+  stale.hidden = !banner;
+  stale.textContent = banner;
   map.render(state);
   renderRegions();
   renderUpstreams();
@@ -130,6 +130,29 @@ function render(next) {
     models.replaceChildren(...state.models.map((m) => h("option", { value: m }, m)));
     if (state.models.includes(chosen)) models.value = chosen;
   }
+}
+
+// What /readyz says after "degraded:", in words an operator acts on: on what this gateway
+// routes while Redis is away (its own file until it first synced: none of the fleet's drains
+// and weights), and a fleet document in Redis it refuses (a hand edit), which left the page
+// saying "fresh" while every change was refused.
+function sharedBanner(sh, version) {
+  const said = [];
+  if (sh.mode === "stale") {
+    said.push(sh.synced === false
+      ? `Shared state stale since ${sh.stale_since}: Redis is unreachable, and this gateway has ` +
+        "not been in sync with the fleet since it started: it routes on its own config file, " +
+        "without the fleet's drains and weights; changes cannot be applied until Redis is back."
+      : `Shared state stale since ${sh.stale_since}: Redis is unreachable. This gateway routes ` +
+        "on its last snapshot; changes cannot be applied until it is back.");
+  }
+  if (sh.refused) {
+    said.push(`Ignoring the fleet config in Redis (${sh.refused}): this gateway routes on ` +
+      (version ? `config v${version}` : "its own config file") + ". Every gateway may refuse " +
+      "the same document (a hand edit in Redis); changes are refused until Redis holds one " +
+      "it can read.");
+  }
+  return said.join(" ");
 }
 
 function renderRegions() {

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright (its own browser
 download is never used), against a real gateway with three sim-backends, Redis, and clients
 in five cities. The tests run in order, as one operator's session: log in and see every
-region; a backend dies and turns red; drain a region's upstream from the page; Redis goes away.
+region; a backend dies and turns red; drain a region's upstream from the page; a fleet
+document the gateway refuses; Redis goes away.
 
 Screenshots go to tests/results/dashboard/ (not committed): look at them after a run.
 """
@@ -20,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 
 from gateway.cli.demo import CITIES, City
 from gateway.cli.procs import kill, regions_toml
+from gateway.fleet.keys import Keys
 from geodb.build import build_from_rows
 from tests.support import (
     REGIONS,
@@ -327,6 +330,36 @@ def test_an_empty_weight_is_refused_in_the_page(world: World, browser: Browser) 
     table = httpx.get(f"{world.gw.ops_url}/routing-table").json()
     ap = next(u for r in table["regions"] for u in r["upstreams"] if u["id"] == "ap-1")
     assert ap["weight"] == 1.0
+
+
+def test_a_fleet_document_the_gateway_refuses_shows_a_banner(
+    world: World, browser: Browser
+) -> None:
+    """A hand edit in Redis the gateway refuses (a weight of -5): /readyz said "degraded:
+    ignoring the fleet config in Redis" while the page said "shared state: fresh"."""
+    page = browser.page
+    keys = Keys("dashboard-test")
+    client = Redis.from_url(world.redis.url, decode_responses=True)
+    try:
+        good = client.hgetall(keys.config)
+        doc = json.loads(good["doc"])
+        doc["upstreams"][0]["weight"] = -5
+        bad = int(good["version"]) + 1
+        client.hset(keys.config, mapping={"doc": json.dumps(doc), "version": bad})
+        client.publish(keys.events, str(bad))
+        page.wait_for_selector("#shared:has-text('fleet config refused')", timeout=10_000)
+        page.wait_for_selector("#stale:has-text('Ignoring the fleet config in Redis')")
+        banner = page.inner_text("#stale")
+        _shot(browser, "fleet-config-refused.png")
+        _note(step="fleet config refused", banner=banner)
+        assert f"version {bad}: invalid fleet config" in banner
+        assert f"routes on config v{bad - 1}" in banner
+        client.hset(keys.config, mapping={**good, "version": bad + 1})  # one it can read
+        client.publish(keys.events, str(bad + 1))
+        page.wait_for_selector("#shared:has-text('shared state: fresh')", timeout=10_000)
+        assert not page.is_visible("#stale")
+    finally:
+        client.close()
 
 
 def test_redis_away_says_shared_state_stale_and_stays_live(world: World, browser: Browser) -> None:

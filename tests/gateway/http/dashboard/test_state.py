@@ -3,16 +3,31 @@ state."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
+from redis import Redis
+
+from gateway.cli.procs import free_port
 from gateway.config import Config
+from gateway.fleet.keys import Keys
 from gateway.http.dashboard import state
 from gateway.http.dashboard.sampler import point
 from gateway.http.dashboard.window import Tick, Window
 from gateway.routing.load import LoadReading
 from gateway.runtime import Runtime, build_runtime
 from geodb.location import Location, LocationSource
+from tests.support import (
+    Gateway,
+    UpstreamSpec,
+    eventually,
+    gateway_toml,
+    start_gateway,
+    start_redis,
+)
 
 LONDON = Location(51.5, -0.13, "GB", "EU", "London", 20.0, LocationSource.GEOIP)
 BASE: dict[str, Any] = {
@@ -185,6 +200,67 @@ def test_shared_state_stale_since_is_said() -> None:
     shared = state.build(rt, Window(60), time.monotonic())["shared"]
     assert shared["mode"] == "stale" and shared["stale_since"].endswith("Z")
     assert shared["gateway_id"]
+
+
+TOKEN = "alice-dashboard-state-token"
+
+
+def _fleet_gateway(tmp: Path, redis_url: str) -> Gateway:
+    """A gateway of a fleet in Redis at ``redis_url``, with an operator; nothing needs to
+    serve: the state is read, not routed."""
+    ups = [UpstreamSpec("eu-1", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])]
+    extra = (
+        f'[redis]\nurl = "{redis_url}"\ngateway_id = "gw0"\nrefresh_interval_s = 0.1\n'
+        f'restart_grace_s = 0\n\n[admin]\ntokens = {{alice = "{TOKEN}"}}\n'
+    )
+    return start_gateway(tmp, lambda p: gateway_toml(p, ups, extra=extra))
+
+
+def _shared(gw: Gateway) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.get(f"{gw.ops_url}/dashboard/api/state", headers=headers, timeout=5)
+    shared: dict[str, Any] = r.json()["shared"]
+    return shared
+
+
+def test_a_fleet_document_the_gateway_refuses_is_said(tmp_path: Path) -> None:
+    """A document in Redis the gateway refuses (a hand edit: a weight of -5): /readyz said
+    "degraded: ignoring the fleet config in Redis", the page "shared state: fresh", while
+    every change made from it was refused for that document."""
+    redis = start_redis(tmp_path)
+    gw = _fleet_gateway(tmp_path, redis.url)
+    client = Redis.from_url(redis.url, decode_responses=True)
+    keys = Keys("default")
+    try:
+        eventually(lambda: _shared(gw)["mode"] == "fresh", what="the first sync")
+        assert _shared(gw)["refused"] is None and _shared(gw)["synced"] is True
+        good = client.hgetall(keys.config)
+        doc = json.loads(good["doc"])
+        doc["upstreams"][0]["weight"] = -5
+        client.hset(keys.config, mapping={"doc": json.dumps(doc), "version": 7})
+        client.publish(keys.events, "7")
+        eventually(lambda: _shared(gw)["refused"] is not None, what="the refusal said")
+        shared = _shared(gw)
+        assert shared["mode"] == "fresh" and shared["refused"].startswith("version 7: invalid")
+        assert "weight" in shared["refused"], shared
+        client.hset(keys.config, mapping={**good, "version": 8})  # one it routes on
+        client.publish(keys.events, "8")
+        eventually(lambda: _shared(gw)["refused"] is None, what="the refusal gone")
+    finally:
+        client.close()
+        gw.stop()
+        redis.stop()
+
+
+def test_a_gateway_never_in_sync_says_it_routes_on_its_own_file(tmp_path: Path) -> None:
+    """Stale from its start: the page said "routes on its last snapshot", where the gateway
+    routes on its own file, without the fleet's drains (/readyz says which)."""
+    gw = _fleet_gateway(tmp_path, f"redis://127.0.0.1:{free_port()}/0")  # nothing there
+    try:
+        shared = _shared(gw)
+        assert shared["mode"] == "stale" and shared["synced"] is False, shared
+    finally:
+        gw.stop()
 
 
 def test_a_point_from_the_point_rows_is_the_point_from_the_whole_state() -> None:
