@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from gateway import defaults as d
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
-from gateway.fleet.redis_store import ENV_GATEWAY_PID
+from gateway.fleet.keys import ENV_GATEWAY_PID
 from gateway.h1 import for_ops
 from gateway.http.dispatch import headless
 from gateway.http.gate import Capacity

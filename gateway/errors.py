@@ -26,6 +26,7 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      │    └── Forbidden               a dashboard change without its CSRF token, or cross-site
      ├── FleetError
      │    ├── FleetConfigInvalid      an operator's change or a fleet document does not validate
+     │    ├── NothingToRestore        a restore where the gateway routes on Redis's document
      │    └── SharedStateUnavailable  Redis is unreachable for a change that needs it
      ├── NoHealthyUpstream            routing found nothing usable: retry later
      └── UpstreamError                the upstreams tried failed
@@ -156,6 +157,10 @@ class FleetError(GatewayError):
 
 
 class FleetConfigInvalid(FleetError):
+    pass
+
+
+class NothingToRestore(FleetError):
     pass
 
 

@@ -312,6 +312,14 @@ class Metrics:
         self.config_version = Gauge(
             "geogate_config_version", "Routing config version in use", registry=r
         )
+        # /readyz's "ignoring the fleet config in Redis" as a number an alert can page on:
+        # every gateway may refuse the same hand edit, and all of them serve on (a 200).
+        self.config_refused = Gauge(
+            "geogate_fleet_config_refused",
+            "1 while this gateway ignores the fleet's document in Redis (one it cannot route "
+            "on) and routes on the one before; else 0",
+            registry=r,
+        )
         self.geoip_reloads = Counter(
             "geogate_geoip_reloads", "GeoIP reloads by result", ["result"], registry=r
         )

@@ -33,7 +33,7 @@ from gateway.config import Config
 from gateway.engines import address, term_with_parent
 from gateway.errors import CannotListen, ConfigError, GatewayError, PortInUse
 from gateway.fleet import last_known
-from gateway.fleet.redis_store import ENV_GATEWAY_PID
+from gateway.fleet.keys import ENV_GATEWAY_PID
 from gateway.http.gate import Capacity, capacity, fd_limit
 from gateway.http.ops import shared
 from gateway.http.worker_metrics import ENV_WORKER, forget

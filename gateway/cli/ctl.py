@@ -81,6 +81,12 @@ def _open(args: argparse.Namespace) -> Fleet:
 async def show(fleet: Fleet, args: argparse.Namespace) -> None:
     doc, version = await fleet.config()
     print(json.dumps({"version": version, **doc}, indent=2))
+    if refused := getattr(fleet, "refused", None):
+        print(
+            f"note: the gateway ignores the fleet's document in Redis ({refused}) and routes "
+            f"on this one, version {version}; `geogate ctl restore` puts this one back",
+            file=sys.stderr,
+        )
     if stale := getattr(fleet, "stale_since", None):
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stale))
         if version == 0:
@@ -98,6 +104,11 @@ async def show(fleet: Fleet, args: argparse.Namespace) -> None:
             f"unreachable since {when}, and the fleet's document may have changed since",
             file=sys.stderr,
         )
+
+
+async def restore(fleet: Fleet, args: argparse.Namespace) -> None:
+    entry = await fleet.restore()
+    print(f"{entry['what']} (fleet config version {entry['version']}, audited as {entry['who']})")
 
 
 async def audit(fleet: Fleet, args: argparse.Namespace) -> None:
@@ -324,6 +335,7 @@ COMMANDS: dict[str, Callable[[Fleet, argparse.Namespace], Awaitable[None]]] = {
     "drain": drain,
     "undrain": drain,
     "top": top,
+    "restore": restore,
 }
 
 

@@ -64,6 +64,11 @@ class Fleet(Protocol):
         ...
 
     async def audit(self, count: int) -> list[dict[str, str]]: ...
+    async def restore(self) -> dict[str, Any]:
+        """Put the document the gateway routes on back over one in Redis it refuses; the
+        audit entry."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -129,6 +134,12 @@ class RedisFleet:
         self, kind: str, target: str, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
         return None  # the traffic is counted by gateways; Redis holds no window of it
+
+    async def restore(self) -> dict[str, Any]:
+        raise CLIError(
+            "restore goes through a gateway (--gateway URL): it puts back the document that "
+            "gateway routes on, which Redis alone does not hold"
+        )
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         rows = await self._io(config_io.read_audit(self.r, self.keys, count))
@@ -202,7 +213,13 @@ class GatewayFleet:
     async def config(self) -> tuple[dict[str, Any], int]:
         body = await self._json("GET", "/admin/config", admin=True)
         self.stale_since = body.get("stale_since")
+        self.refused = body.get("refused")  # a fleet document in Redis the gateway refuses
         return body["config"], int(body["version"])
+
+    async def restore(self) -> dict[str, Any]:
+        body = await self._json("POST", "/admin/config/restore", admin=True, data="")
+        entry: dict[str, Any] = body["audit"]
+        return entry
 
     async def change(
         self, kind: str, target: str, changes: dict[str, Any], doc: dict[str, Any] | None = None

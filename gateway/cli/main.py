@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
     drain_or_not = st.add_mutually_exclusive_group()
     drain_or_not.add_argument("--drain", dest="drained", action="store_const", const=True)
     drain_or_not.add_argument("--undrain", dest="drained", action="store_const", const=False)
+    csub.add_parser(
+        "restore",
+        help="put the document a gateway routes on back over one in Redis it refuses "
+        "(needs --gateway; audited)",
+    )
     au = csub.add_parser("audit", help="operator changes, newest first")
     au.add_argument(
         "--count", type=_whole(1, AUDIT_MAX_COUNT), default=20, help="how many, newest first"

@@ -198,10 +198,12 @@ def frame(
         _region_rows(t, r, old, new)
     _unrouted_row(t, old, new)
     shared = table.get("shared_state", "?")
+    if table.get("fleet_config_refused"):  # routing on the version before Redis's document
+        shared = "fresh, fleet config refused (ctl show says why)"
     head = Text.assemble(
         ("geogate top ", "bold"),
         f"{url}  region {table.get('self_region')}  config v{table.get('version')}  ",
-        ("shared state " + shared, "red" if shared == "stale" else ""),
+        ("shared state " + shared, "" if shared in ("fresh", "local") else "red"),
         f"  {time.strftime('%H:%M:%S')}",
     )
     lines: list[Text | Table] = [head]

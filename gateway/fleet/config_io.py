@@ -22,9 +22,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError, WatchError
 
+from gateway import checks
 from gateway import defaults as d
 from gateway.config import Config
-from gateway.errors import FleetConfigInvalid, SharedStateUnavailable
+from gateway.errors import FleetConfigInvalid, NothingToRestore, SharedStateUnavailable
 from gateway.fleet import observations
 from gateway.fleet.config_doc import (
     apply_doc,
@@ -291,6 +292,71 @@ def _refuse_if_behind(seen: dict[str, int], version: int) -> None:
             f"Redis lost data: gateways hold version {top} ({who}), Redis {version}; wait for "
             "them to put it back (within a refresh, redis.refresh_interval_s), then retry"
         )
+
+
+async def restore(
+    r: Redis, keys: Keys, base: Config, routed: Stored, who: str
+) -> tuple[Stored, dict[str, str]]:
+    """Put ``routed``, the document a gateway routes on, back over Redis's where no gateway
+    can route on that one (a hand edit, a document this release cannot read): a change
+    builds on Redis's document and was refused with that document's error, so nothing but
+    another hand edit got the fleet out. Written at a version above both, as an operator's
+    change (now), so every gateway adopts it; the audit names what it replaced.
+    NothingToRestore where Redis holds a document ``base`` routes on (never refused, or
+    mended meanwhile): nothing is written over it."""
+    async with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(keys.config)
+                raw = await pipe.hmget(keys.config, FIELDS)
+                why = _unroutable(base, raw)
+                if why is None:
+                    await pipe.reset()
+                    raise NothingToRestore(
+                        "nothing to restore: the fleet's document in Redis is one this gateway "
+                        "routes on; change it with drain, undrain, weight or set"
+                    )
+                replaced = _version(raw[1])
+                secs, usecs = await pipe.time()
+                now = secs + usecs / 1e6
+                stored = Stored(routed.doc, max(replaced, routed.version) + 1, now)
+                what = (
+                    f"fleet config restored: version {routed.version}, which this gateway "
+                    f"routed on, put back over a document no gateway could route on ({why})"
+                )
+                before, after = {"version": replaced}, {"version": stored.version}
+                entry = audit_entry(who, what, before, after, stored.version)
+                pipe.multi()
+                pipe.hset(keys.config, mapping=fields(stored))
+                audited: Any = entry  # redis-py's field typing is narrower than what it takes
+                pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
+                pipe.publish(keys.events, str(stored.version))
+                await pipe.execute()
+                return stored, entry
+            except WatchError:
+                continue  # written meanwhile (another restore, a mend): look again
+
+
+def _unroutable(base: Config, raw: list[Any]) -> str | None:
+    """Why no gateway of ``base`` can route on the config hash ``raw``; None where one can
+    (or Redis holds none: the gateways put theirs back themselves)."""
+    try:
+        held = parse(raw)
+    except FleetConfigInvalid as exc:
+        return str(exc)
+    if held.doc is None:
+        return None
+    try:
+        apply_doc(base, held.doc)
+    except FleetConfigInvalid as exc:
+        return f"version {held.version}: {exc}"
+    return None
+
+
+def _version(raw: str | bytes | None) -> int:
+    """The hash's version as a number; 0 where it is none (a hand edit's "seven")."""
+    text = _text(raw) or ""
+    return int(text) if checks.is_decimal(text, 18) else 0
 
 
 async def read_audit(r: Redis, keys: Keys, count: int) -> list[dict[str, str]]:

@@ -18,7 +18,9 @@ live in one slot and MULTI/EXEC over them works:
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,16 @@ from redis.exceptions import RedisError
 from gateway import checks
 from gateway.checks import redact_url
 from gateway.errors import ConfigError
+
+# Set by ``geogate gateway`` (gateway.server) to its own pid before its workers start: they
+# are one gateway, so one observer with one vote, not one per worker.
+ENV_GATEWAY_PID = "_GEOGATE_GATEWAY_PID"  # not GEOGATE_: that prefix is a config override
+
+
+def default_gateway_id() -> str:
+    """hostname-pid of the gateway: of the ``geogate gateway`` process that forked this worker,
+    else of this process."""
+    return f"{socket.gethostname()}-{os.environ.get(ENV_GATEWAY_PID) or os.getpid()}"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config, Upstream
 from gateway.defaults import AUDIT_MAX_LEN
+from gateway.errors import NothingToRestore
 from gateway.fleet import config_doc, last_known
 from gateway.fleet.sessions import EndedSessions
 from gateway.fleet.settle import Stored
@@ -108,6 +109,12 @@ class MemoryStateStore:
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         return list(self._audit)[:count]
+
+    async def restore(self, who: str) -> dict[str, Any]:
+        raise NothingToRestore(
+            "nothing to restore: this gateway keeps its state in memory (no redis.url), so "
+            "the document it routes on is the only one"
+        )
 
     async def end_session(self, sid: str, until: float) -> None:
         """A dashboard logout: the session is no session from now on (fleet.sessions)."""

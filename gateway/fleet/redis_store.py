@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import replace
 from typing import Any
@@ -34,9 +33,9 @@ from redis.exceptions import RedisError
 
 from gateway.config import Config
 from gateway.defaults import FIRST_SYNC_WAIT_S
-from gateway.errors import FleetConfigInvalid
+from gateway.errors import FleetConfigInvalid, NothingToRestore
 from gateway.fleet import config_doc, config_io, last_known, observations, sessions, sync_log
-from gateway.fleet.keys import Keys, check_url, connect
+from gateway.fleet.keys import Keys, check_url, connect, default_gateway_id
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.settle import Stored
 from gateway.logs import event
@@ -45,17 +44,6 @@ from gateway.routing.model import Snapshot
 log = logging.getLogger("geogate.fleet")
 INITIAL_BACKOFF_S = 0.1
 STOP_WAIT_S = 2.0  # stop(): the sync's task ends within this, or the shutdown goes on
-
-
-# Set by ``geogate gateway`` (gateway.server) to its own pid before its workers start: they
-# are one gateway, so one observer with one vote, not one per worker.
-ENV_GATEWAY_PID = "_GEOGATE_GATEWAY_PID"  # not GEOGATE_: that prefix is a config override
-
-
-def default_gateway_id() -> str:
-    """hostname-pid of the gateway: of the ``geogate gateway`` process that forked this worker,
-    else of this process."""
-    return f"{socket.gethostname()}-{os.environ.get(ENV_GATEWAY_PID) or os.getpid()}"
 
 
 class RedisStateStore(MemoryStateStore):
@@ -390,6 +378,13 @@ class RedisStateStore(MemoryStateStore):
 
     async def audit(self, count: int) -> list[dict[str, str]]:
         return await config_io.read_audit(self.redis(), self.keys, count)
+
+    async def restore(self, who: str) -> dict[str, Any]:
+        if self._held is None:  # its own file, never the fleet's: not one to impose on it
+            raise NothingToRestore("nothing to restore: this gateway never routed on the fleet's")
+        r, held = self.redis(), self._held
+        stored, entry = await config_io.restore(r, self.keys, self.config, held, who)
+        return self._applied(stored, self.config, entry)
 
     async def end_session(self, sid: str, until: float) -> None:
         """Here at once; the fleet at its next refresh. Raises RedisError or OSError when

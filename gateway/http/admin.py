@@ -56,36 +56,36 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     def guarded(handler: Callable[[Request, str], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            try:
-                return await handler(request, who_is(request))
-            except GatewayError as err:
-                return json_error(err)
-            except ClientGone:
-                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-            except (RedisError, OSError) as exc:
-                # A read changes nothing: "not applied" would send the operator looking for
-                # a change that was never asked for.
-                what = (
-                    "nothing was read" if request.method == "GET" else "the change was not applied"
-                )
-                # Redis's own words say why (a TLS certificate not verified, a read-only
-                # replica), not its error's type alone.
-                return json_error(
-                    SharedStateUnavailable(
-                        f"shared state (Redis) is unreachable ({checks.error_text(exc)}); {what} "
-                        "— retry when /readyz no longer says degraded"
-                    )
-                )
+            return await _answered(request, handler, who_is)
 
         return endpoint
 
     async def show(request: Request, who: str) -> Response:
         # stale_since: this gateway's copy is its last snapshot while Redis is away (unix
         # time), said so that a reader does not take it for the fleet's current document.
+        # refused: why the fleet's document in Redis is not this one (the gateway refuses it
+        # and routes on this version); ``POST /admin/config/restore`` puts this one back.
         doc = config_doc.routing_doc(rt.config)
+        store = rt.store
         return JSONResponse(
-            {"version": rt.store.version, "config": doc, "stale_since": rt.store.stale_since}
+            {
+                "version": store.version,
+                "config": doc,
+                "stale_since": store.stale_since,
+                "refused": store.refused,
+            }
         )
+
+    async def restore(request: Request, who: str) -> Response:
+        entry = await rt.store.restore(who)
+        log.warning(
+            "operator %s restored fleet config version %s: %s",
+            who,
+            entry["version"],
+            entry["what"],
+            extra=_changed("config-restored", who, entry),
+        )
+        return JSONResponse({"version": rt.store.version, "audit": entry, "changed": True})
 
     async def _patch(
         request: Request, who: str, kind: str, example: str, update: Updater
@@ -123,10 +123,37 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
 
     return [
         Route("/admin/config", guarded(show)),
+        Route("/admin/config/restore", guarded(restore), methods=["POST"]),
         Route("/admin/upstreams/{id}", guarded(patch_upstream), methods=["PATCH"]),
         Route("/admin/regions/{id}", guarded(patch_region), methods=["PATCH"]),
         Route("/admin/audit", guarded(audit)),
     ]
+
+
+async def _answered(
+    request: Request,
+    handler: Callable[[Request, str], Awaitable[Response]],
+    who_is: Callable[[Request], str],
+) -> Response:
+    """``handler``'s answer for the operator ``who_is`` names, its errors as JSON errors."""
+    try:
+        return await handler(request, who_is(request))
+    except GatewayError as err:
+        return json_error(err)
+    except ClientGone:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    except (RedisError, OSError) as exc:
+        # A read changes nothing: "not applied" would send the operator looking for a change
+        # that was never asked for.
+        what = "nothing was read" if request.method == "GET" else "the change was not applied"
+        # Redis's own words say why (a TLS certificate not verified, a read-only replica),
+        # not its error's type alone.
+        return json_error(
+            SharedStateUnavailable(
+                f"shared state (Redis) is unreachable ({checks.error_text(exc)}); {what} "
+                "— retry when /readyz no longer says degraded"
+            )
+        )
 
 
 def _changed(action: str, who: str, entry: Mapping[str, Any], **target: str) -> dict[str, object]:

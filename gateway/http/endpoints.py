@@ -255,6 +255,9 @@ class Endpoints:
                 "origin": config.gateway.origin,
                 "version": store.version,
                 "shared_state": shared,
+                # Why the fleet's document in Redis is not ``version`` (this gateway refuses
+                # it and routes on the one before; /readyz says degraded); None: it is.
+                "fleet_config_refused": store.refused,
                 "policy": self._policy(),
                 "regions": regions,
                 "worker": self.rt.worker,  # which one answered (several: ejections are each's)

@@ -43,6 +43,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.Unauthorized: (401, "invalid_request_error", "invalid_admin_token"),
     e.Forbidden: (403, "invalid_request_error", "csrf_check_failed"),
     e.FleetConfigInvalid: (400, "invalid_request_error", "invalid_request"),
+    e.NothingToRestore: (409, "invalid_request_error", "nothing_to_restore"),
     e.SharedStateUnavailable: (503, "service_unavailable", "shared_state_unavailable"),
     e.NoHealthyUpstream: (503, "service_unavailable", "no_healthy_upstream"),
     e.UpstreamBusy: (429, "rate_limit_error", "upstreams_at_capacity"),

@@ -107,6 +107,7 @@ def refresh(rt: Runtime) -> None:
     stale = store.stale_since
     m.state_stale.set(0 if stale is None else time.time() - stale)
     m.config_version.set(store.version)
+    m.config_refused.set(0 if store.refused is None else 1)
     ejections.reconcile_gauges(rt, time.monotonic())  # no series of upstreams gone
     in_flight = store.in_flight()
     for u in store.upstreams():

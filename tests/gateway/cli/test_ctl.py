@@ -387,6 +387,7 @@ def test_environment_names_the_gateway_and_token(
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "top"], "a gateway's live view"),
         (["--redis", "redis://127.0.0.1:1", "show"], "--gateway URL or --redis URL, not both"),
         (["--gateway", "", "drain", "a1"], "give --gateway URL"),
+        (["--gateway", "", "--redis", "redis://127.0.0.1:1", "restore"], "restore goes through"),
         (["--restart-grace", "-1", "show"], "--restart-grace: must be 0 or more seconds, got -1"),
         (["--restart-grace", "nan", "show"], "--restart-grace: must be 0 or more seconds, got nan"),
         (["--restart-grace", "soon", "show"], "not a number of seconds: 'soon'"),

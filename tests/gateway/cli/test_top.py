@@ -226,3 +226,15 @@ def test_a_scrape_that_says_a_worker_is_missing_is_partial() -> None:
 
     assert partial(at(1)) and not partial(at(2))
     assert not partial(sample(100.0, 10, 0, 10))  # one worker: no such gauges
+
+
+def test_frame_says_the_gateway_refuses_the_fleets_document() -> None:
+    # /routing-table's fleet_config_refused: top said "shared state fresh" while /readyz said
+    # degraded and every change was refused.
+    old, new = sample(100.0, 10, 0, 10), sample(102.0, 30, 4, 20)
+    table = {**TABLE, "shared_state": "fresh", "fleet_config_refused": "version 9: weight -5"}
+    text = render("http://127.0.0.1:9180", table, old, new)
+    assert "shared state fresh, fleet config refused (ctl show says why)" in text
+    assert "shared state fresh  " in render(
+        "http://127.0.0.1:9180", {**table, "fleet_config_refused": None}, old, new
+    )

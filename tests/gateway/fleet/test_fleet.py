@@ -379,30 +379,58 @@ def test_a_gateway_that_never_reached_redis_says_it_routes_on_its_own_file(
 def test_readyz_says_when_the_gateway_ignores_the_fleets_document(tmp_path: Path) -> None:
     """A document in Redis the gateway refuses (a hand edit): it serves on the one before,
     and /readyz said "ready" as if it routed on the fleet's. Degraded, not 503 (every gateway
-    may refuse the same document), until Redis holds one it routes on again."""
+    may refuse the same document), the metric an alert pages on, ctl show's note; and `ctl
+    restore` puts the routed one back (every change was refused with the document's error)."""
     server = start_redis(tmp_path)
     sim = start_sim(tmp_path, "b0", "eu-central", ["m"])
     ups = [UpstreamSpec(sim.name, "eu-central", sim.url, ["m"])]
     gw = start_gateway(tmp_path, lambda p: fleet_toml(p, ups, server.url, "gw0"), name="gw0")
     client = Redis.from_url(server.url, decode_responses=True)
     key = Keys("default").config
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = geogate_cmd("ctl", "--gateway", gw.ops_url, "--token", TOKEN, *args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+
     try:
         eventually(lambda: httpx.get(f"{gw.url}/readyz").text.startswith("ready: 1 healthy"))
-        good = client.hgetall(key)
+        assert ctl("restore").stderr.strip() == (
+            "geogate: the gateway refused: nothing to restore: the fleet's document in Redis is "
+            "one this gateway routes on; change it with drain, undrain, weight or set"
+        )
         client.hset(key, mapping={"doc": "not json", "version": 7})
         client.publish(Keys("default").events, "7")
         eventually(lambda: "ignoring" in httpx.get(f"{gw.url}/readyz").text, what="degraded")
         r = httpx.get(f"{gw.url}/readyz")
+        why = (
+            "invalid fleet config in Redis (version 7): the document is not JSON (Expecting "
+            "value: line 1 column 1 (char 0))"
+        )
         assert r.status_code == 200
         assert r.text == (
-            "degraded: ignoring the fleet config in Redis (invalid fleet config in Redis "
-            "(version 7): the document is not JSON (Expecting value: line 1 column 1 (char "
-            "0))); routing on version 1 (1 healthy upstream(s))"
+            f"degraded: ignoring the fleet config in Redis ({why}); routing on version 1 "
+            "(1 healthy upstream(s))"
         )
         assert served_by(gw.url, 2) == {"b0": 2}  # still served, on version 1
-        client.hset(key, mapping={**good, "version": 8})  # a document it can route on
-        client.publish(Keys("default").events, "8")
+        assert "\ngeogate_fleet_config_refused 1.0\n" in httpx.get(f"{gw.ops_url}/metrics").text
+        assert get_json(f"{gw.ops_url}/routing-table")["fleet_config_refused"] == why
+        shown = ctl("show")
+        assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == 1
+        assert f"note: the gateway ignores the fleet's document in Redis ({why})" in shown.stderr
+        drained = ctl("drain", "b0", "--yes")  # builds on Redis's document: refused
+        assert drained.returncode == 2 and "the document is not JSON" in drained.stderr
+        restored = ctl("restore")
+        assert restored.returncode == 0, restored.stderr
+        assert restored.stdout.strip() == (
+            "fleet config restored: version 1, which this gateway routed on, put back over a "
+            f"document no gateway could route on ({why}) (fleet config version 8, audited as "
+            "alice)"
+        )
+        assert client.hget(key, "version") == "8"
         eventually(lambda: httpx.get(f"{gw.url}/readyz").text.startswith("ready: 1 healthy"))
+        assert "\ngeogate_fleet_config_refused 0.0\n" in httpx.get(f"{gw.ops_url}/metrics").text
+        assert get_json(f"{gw.ops_url}/routing-table")["fleet_config_refused"] is None
+        assert ctl("drain", "b0", "--yes").returncode == 0  # changes are made again
     finally:
         client.close()
         gw.stop()

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
-from gateway.errors import FleetConfigInvalid
+from gateway.errors import FleetConfigInvalid, NothingToRestore
 from gateway.fleet import last_known, memory
 from gateway.fleet.memory import MemoryStateStore
 from gateway.routing.load import LoadReading
@@ -294,3 +294,8 @@ async def test_a_worker_started_in_place_of_another_keeps_its_operator_changes()
         fresh = MemoryStateStore(CFG.model_copy(update={"upstreams": more}))  # the file changed
         assert fresh.version == 1 and not fresh.config.upstreams[0].drained
     assert MemoryStateStore(CFG).version == 1  # a gateway started anew starts from its file
+
+
+async def test_a_restore_without_redis_is_nothing_to_restore() -> None:
+    with pytest.raises(NothingToRestore, match="keeps its state in memory"):
+        await MemoryStateStore(CFG).restore("alice")

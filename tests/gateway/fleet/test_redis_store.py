@@ -18,7 +18,7 @@ from redis import exceptions as redis_errors
 
 from gateway.cli.procs import free_port
 from gateway.config import Config
-from gateway.errors import ConfigError, SharedStateUnavailable
+from gateway.errors import ConfigError, FleetConfigInvalid, NothingToRestore, SharedStateUnavailable
 from gateway.fleet import config_doc, config_io, last_known, observations, redis_store
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
@@ -833,6 +833,45 @@ async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_route
         assert (gw.version, gw.refused) == (5, None)
     finally:
         await gw.stop()
+
+
+async def test_a_refused_document_is_restored_from_the_one_a_gateway_routes_on(
+    redis_url: str,
+) -> None:
+    """A document every gateway refuses (a weight of -5, a hand edit): each change builds on
+    it and was refused with its error, so only another hand edit got the fleet out. restore
+    puts back the one this gateway routes on, above both versions, audited; the other
+    gateways adopt it. Where nothing is refused: NothingToRestore, nothing written."""
+    gw, other = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
+    try:
+        await gw._sync_config()
+        with pytest.raises(NothingToRestore):
+            await gw.restore("alice")
+        await operate(gw)
+        await other._sync_config()
+        doc, _ = await in_redis(gw)
+        assert doc is not None
+        bad = {**doc, "upstreams": [{**doc["upstreams"][0], "weight": -5}, doc["upstreams"][1]]}
+        await hold(gw.redis(), gw, Stored(bad, 9, time.time()))
+        await gw._refresh()
+        assert gw.refused is not None and gw.refused.startswith("version 9: ")
+        with pytest.raises(FleetConfigInvalid):  # a change builds on Redis's
+            await gw.update_upstream("b", {"weight": 2}, "carol")
+        entry = await gw.restore("alice")
+        assert (entry["who"], entry["version"]) == ("alice", "10")
+        assert entry["what"].startswith(
+            "fleet config restored: version 3, which this gateway routed on, put back over a "
+            "document no gateway could route on (version 9: "
+        )
+        assert (entry["before"], entry["after"]) == ('{"version": 9}', '{"version": 10}')
+        assert (gw.version, gw.refused, routing(gw)) == (10, None, OPERATED)
+        assert await in_redis(gw) == (doc, 10)
+        await other._sync_config()
+        assert (other.version, routing(other)) == (10, OPERATED)
+        assert (await gw.audit(1))[0]["what"] == entry["what"]
+    finally:
+        await gw.stop()
+        await other.stop()
 
 
 async def test_stop_is_bounded_when_the_sync_ignores_its_cancel(

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.fleet import redis_store
-from gateway.fleet.redis_store import ENV_GATEWAY_PID, RedisStateStore
+from gateway.fleet import keys
+from gateway.fleet.keys import ENV_GATEWAY_PID
+from gateway.fleet.redis_store import RedisStateStore
 from tests.gateway.fleet.test_redis_store import CFG, gateway, healthy, view
 
 
@@ -32,9 +33,9 @@ def test_a_forked_worker_names_its_gateway_by_the_gateway_process(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(ENV_GATEWAY_PID, raising=False)
-    assert redis_store.default_gateway_id() == f"{socket.gethostname()}-{os.getpid()}"
+    assert keys.default_gateway_id() == f"{socket.gethostname()}-{os.getpid()}"
     monkeypatch.setenv(ENV_GATEWAY_PID, "4242")  # set by `geogate gateway` before it forks
-    assert redis_store.default_gateway_id() == f"{socket.gethostname()}-4242"
+    assert keys.default_gateway_id() == f"{socket.gethostname()}-4242"
     s = RedisStateStore(CFG)
     # The vote is the gateway's; the key each worker writes its view under is its own.
     assert (s.gateway_id, s.observer) == ("me", f"me/{os.getpid()}")

@@ -150,7 +150,7 @@ function sharedBanner(sh, version) {
     said.push(`Ignoring the fleet config in Redis (${sh.refused}): this gateway routes on ` +
       (version ? `config v${version}` : "its own config file") + ". Every gateway may refuse " +
       "the same document (a hand edit in Redis); changes are refused until Redis holds one " +
-      "it can read.");
+      "it can read: `geogate ctl restore` puts this gateway's back.");
   }
   return said.join(" ");
 }
