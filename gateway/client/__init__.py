@@ -1,6 +1,6 @@
 """The upstream HTTP client: HTTP/1.1 over pooled keep-alive connections (gateway.client.pool,
-gateway.client.conn), one per process, and the one place where its failures become failure
-kinds (gateway.client.failures)."""
+gateway.client.conn; gateway.client.discard pools those of answers nobody reads), one per
+process, and the one place where its failures become failure kinds (gateway.client.failures)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from gateway.client.conn import Conn
+from gateway.client.discard import drain
 from gateway.client.failures import (
     BadResponse,
     ConnectFailed,
@@ -168,6 +170,13 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def discard(self) -> None:
+        """Done with an answer nobody reads (a 429 or 503 failed over from): its body is
+        dropped and the connection pooled once it is in (gateway.client.discard), not closed."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            drain(conn, functools.partial(self._client.put, self._origin))
 
 
 class Client:

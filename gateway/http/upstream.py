@@ -247,6 +247,7 @@ class _Attempts:
                     resp.header(b"retry-after"),
                 )
                 self._fail(failure, cand, ok=resp.status in NOT_A_HEALTH_FAILURE)
+                resp.discard()  # kept for the next request: closed, each refusal cost one
                 return None
             await resp.wait_body()
             opened = True

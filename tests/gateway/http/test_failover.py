@@ -217,3 +217,59 @@ def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
             gw.stop()
             kill(far.proc)
             kill(other.proc)
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """Healthy to probes; answers every request 429 with a body, as a backend shedding load
+    does; counts its connections. (An answer in two writes is tests/gateway/client's.)"""
+
+    protocol_version = "HTTP/1.1"
+    connections = 0
+
+    def setup(self) -> None:
+        type(self).connections += 1
+        super().setup()
+
+    def do_GET(self) -> None:
+        self._answer(200, b"ok")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(429, b'{"error": {"message": "at capacity", "code": "at_capacity"}}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(body)))
+        self._headers_buffer.append(b"\r\n" + body)  # one write, as aiohttp and geogate send
+        self.flush_headers()
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+def test_an_upstream_answering_429_keeps_its_connections(tmp_path: Path) -> None:
+    """Each 429 failed over from closed its connection: a backend shedding load got a new
+    connection (a TLS handshake across regions) per request it refused, and the gateway a
+    port in TIME_WAIT for each, just when it had least to spare. The answer's few bytes are
+    read and the connection pooled."""
+    far = start_sim(tmp_path, "far", "us-east", ["m"])
+    _Busy.connections = 0
+    with serve_http(_Busy) as busy:
+        ups = [
+            UpstreamSpec("busy", "eu-central", busy, ["m"]),
+            UpstreamSpec("far", "us-east", far.url, ["m"], "bias_ms = 500"),
+        ]
+        gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+        try:
+            body = {"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(timeout=10) as c:
+                for _ in range(20):
+                    r = c.post(f"{gw.url}/v1/chat/completions", json=body)
+                    assert r.status_code == 200, r.text
+                    assert "upstream=far; reason=failover" in r.headers["geogate-route"]
+            # One connection, or two where a probe held it as a request came (it was 20).
+            assert _Busy.connections <= 2, _Busy.connections
+        finally:
+            gw.stop()
+            kill(far.proc)
