@@ -4,6 +4,10 @@ a response cut after bytes reached the client says, to the client and to the log
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
+import time
 from collections.abc import Sequence
 
 from gateway import checks
@@ -51,11 +55,21 @@ def final_error(
             f"Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
             retry_after_s=NO_CANDIDATE_RETRY_AFTER_S,
         )
-    if failures and all(f.status == 429 for f in failures):
-        waits = [f.retry_after for f in failures]
-        after = max((int(w) for w in waits if w is not None and checks.is_decimal(w)), default=1)
+    statuses = {f.status for f in failures}
+    if failures and statuses == {429}:
+        after = longest_wait(failures, 1)
         return UpstreamBusy(
             f"every upstream tried is at capacity: {tried}{tail}. Retry after {after} s",
+            retry_after_s=after,
+        )
+    if failures and statuses <= {429, 503}:
+        # Refused for now (a 503 among them: not ready, overloaded, a regional gateway at
+        # capacity), as the edge Worker says it: a 502 carried no Retry-After, and an SDK
+        # behind an edge gateway retried at once.
+        after = longest_wait(failures, NO_CANDIDATE_RETRY_AFTER_S)
+        return NoHealthyUpstream(
+            f"every upstream tried refused the request for now (503): {tried}{tail}. Retry "
+            f"after {after} s",
             retry_after_s=after,
         )
     # A wait for the answer that ran out, not a connect timeout: that one is a connection not
@@ -66,6 +80,28 @@ def final_error(
             f"upstream timed out: {tried}{tail}. Retry only if running it twice is safe; {hint}"
         )
     return UpstreamFailed(f"upstream request failed: {tried}{tail}. Retry the request")
+
+
+def longest_wait(failures: Sequence[Failure], default: int) -> int:
+    """The longest Retry-After the upstreams sent, in seconds (delay-seconds, or an HTTP
+    date: one was taken for none, and the client told 1 s); ``default`` where none did."""
+    waits = [wait_s(f.retry_after) for f in failures]
+    return max((w for w in waits if w is not None), default=default)
+
+
+def wait_s(value: str | None) -> int | None:
+    """A Retry-After's seconds from now (RFC 9110 10.2.3), None where it is neither form."""
+    if value is None:
+        return None
+    if checks.is_decimal(value):
+        return int(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": no zone said, where HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0, math.ceil(when.timestamp() - time.time()))
 
 
 def timeout_hint(stream: bool, key: str) -> str:

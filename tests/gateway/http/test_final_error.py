@@ -4,7 +4,9 @@ for an answer that was late, never for a connection that was not made."""
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import logging
+import time
 
 import pytest
 
@@ -18,6 +20,7 @@ from gateway.http.final_error import (
     final_error,
     log_cut,
     timeout_hint,
+    wait_s,
 )
 from gateway.http.watchdog import TotalTimeout
 from gateway.metrics import ABORT_CAUSES
@@ -90,6 +93,35 @@ def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> N
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
     err = final_error([busy], decision("a"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 1
+
+
+def test_every_upstream_refusing_for_now_is_503_with_the_longest_wait() -> None:
+    # Every attempt a 503 (or 503 and 429): a 502 without Retry-After, and an SDK behind an
+    # edge gateway retried at once; the edge Worker says the same as no_healthy_upstream.
+    down = Failure("a", FailureKind.STATUS, "HTTP 503", 503, "12")
+    quiet = Failure("b", FailureKind.STATUS, "HTTP 503", 503, None)
+    busy = Failure("c", FailureKind.STATUS, "HTTP 429", 429, "30")
+    err = final_error([down, quiet], decision("a", "b"), None, HINT)
+    assert type(err) is NoHealthyUpstream and err.retry_after_s == 12
+    assert str(err).startswith("every upstream tried refused the request for now (503): a (")
+    assert str(err).endswith(". Retry after 12 s")
+    assert final_error([quiet], decision("b"), None, HINT).retry_after_s == 5  # none said
+    mixed = final_error([busy, down], decision("c", "a"), None, HINT)
+    assert type(mixed) is NoHealthyUpstream and mixed.retry_after_s == 30
+    failed = Failure("d", FailureKind.STATUS, "HTTP 502", 502, None)
+    assert type(final_error([down, failed], decision("a", "d"), None, HINT)) is UpstreamFailed
+
+
+def test_a_retry_after_as_an_http_date_is_its_seconds_from_now() -> None:
+    # RFC 9110's other form: it was taken for none, and the client told 1 s.
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, when)
+    err = final_error([busy], decision("a"), None, HINT)
+    assert isinstance(err, UpstreamBusy) and err.retry_after_s is not None
+    assert 118 <= err.retry_after_s <= 121
+    assert wait_s(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0  # past: now
+    assert wait_s("Thu, 26 Nov 2026 12:00:00 -0000") is not None  # no zone said: GMT
+    assert wait_s("soon") is None and wait_s(None) is None
 
 
 def test_a_cut_is_one_warning_naming_the_request_the_upstream_and_the_cause(

@@ -22,6 +22,7 @@ SHARED = {
     "geogate_model_healthy_upstreams",
     "geogate_shared_state_stale_seconds",
     "geogate_config_version",
+    "geogate_fleet_config_refused",
 }
 
 

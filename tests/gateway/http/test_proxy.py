@@ -50,7 +50,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, d
         "tick": start_sim(tmp, "tick", "eu-central", ["tick"], "--tokens-per-s", "5", "--stamp"),
         "slow": start_sim(tmp, "slow", "eu-central", ["slow"], "--ttft-ms", "3000"),
         "flaky": start_sim(
-            tmp, "flaky", "eu-central", ["flaky"], "--error-rate", "1", "--error-status", "503"
+            tmp, "flaky", "eu-central", ["flaky"], "--error-rate", "1", "--error-status", "502"
         ),
         "dies": start_sim(
             tmp, "dies", "eu-central", ["dies"], "--abort-after", "3", "--tokens-per-s", "50"
@@ -303,7 +303,7 @@ def test_nothing_healthy_is_503_with_retry_after(fleet: tuple[Gateway, dict[str,
 def test_upstream_failure_is_502(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
     gw, _ = fleet
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=chat("flaky"))
-    assert_openai_error(r, 502, "upstream_failed", "flaky", "HTTP 503")
+    assert_openai_error(r, 502, "upstream_failed", "flaky", "HTTP 502")
     # What was tried, as a served answer's route header says what served it.
     route = r.headers["geogate-route"]
     assert route == "outcome=failed; region=eu-central; upstream=flaky; attempts=1", route
