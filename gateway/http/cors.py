@@ -51,8 +51,7 @@ class Cors:
                 *allow,
                 (b"access-control-allow-methods", _METHODS),
                 (b"access-control-max-age", b"%d" % PREFLIGHT_MAX_AGE_S),
-                (b"content-length", b"0"),
-            ]
+            ]  # no Content-Length: a 204 must not carry one (RFC 9110 8.6)
             if requested and len(requested) <= MAX_REQUESTED_HEADERS:
                 headers.append((b"access-control-allow-headers", requested))
             await send({"type": "http.response.start", "status": 204, "headers": headers})

@@ -5,6 +5,7 @@ goes by the splice), anything else as before."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,35 @@ def test_a_preflight_from_an_allowed_origin_is_answered_here(gw: Gateway) -> Non
         f"{gw.url}/v1/chat/completions", headers={**PREFLIGHT, "origin": "https://evil.example"}
     )
     assert other.status_code == 405 and "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("engine", ["uvicorn", "granian", "hypercorn"])
+def test_a_preflights_204_has_no_body_framing_and_keeps_its_connection(
+    tmp_path: Path, engine: str
+) -> None:
+    """RFC 9110 8.6: a 204 carries no Content-Length (it said 0); nor a chunked body, on any
+    engine, and the connection serves the next request."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    server = f'[server]\nengine = "{engine}"\ncors_origins = ["{APP}"]'
+    g = start_gateway(tmp_path, lambda p: gateway_toml(p, ups).replace("[server]", server, 1))
+    try:
+        asked = "".join(f"{k}: {v}\r\n" for k, v in PREFLIGHT.items())
+        preflight = f"OPTIONS /v1/chat/completions HTTP/1.1\r\nhost: x\r\n{asked}\r\n"
+        with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+            s.sendall(preflight.encode() + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while b"\r\n\r\nok" not in got:  # the second answer's body
+                part = s.recv(65536)
+                assert part, got
+                got += part
+        head = got.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 204"), head
+        assert b"content-length" not in head and b"transfer-encoding" not in head, head
+        assert got.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in got
+    finally:
+        g.stop()
+        sim.proc.kill()
 
 
 def test_an_allowed_origins_stream_is_readable_and_whole(gw: Gateway) -> None:
