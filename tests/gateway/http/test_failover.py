@@ -241,7 +241,8 @@ class _Busy(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Retry-After", "1")
         self.send_header("Content-Length", str(len(body)))
-        self._headers_buffer.append(b"\r\n" + body)  # one write, as aiohttp and geogate send
+        # One write, as aiohttp and geogate send: the body joins the head's buffer.
+        self._headers_buffer.append(b"\r\n" + body)  # type: ignore[attr-defined]
         self.flush_headers()
 
     def log_message(self, *_: object) -> None:

@@ -341,7 +341,7 @@ def test_a_fleet_document_the_gateway_refuses_shows_a_banner(
     keys = Keys("dashboard-test")
     client = Redis.from_url(world.redis.url, decode_responses=True)
     try:
-        good = client.hgetall(keys.config)
+        good: Any = client.hgetall(keys.config)  # redis-py types the hash loosely
         doc = json.loads(good["doc"])
         doc["upstreams"][0]["weight"] = -5
         bad = int(good["version"]) + 1
