@@ -82,6 +82,12 @@ def test_the_alb_lets_go_of_a_connection_before_the_gateway_does() -> None:
     assert idle > max(d.IDLE_TIMEOUT_S, d.FIRST_BYTE_TIMEOUT_S, d.RESPONSE_TIMEOUT_S)
 
 
+def test_the_alb_refuses_ambiguous_framing_itself() -> None:
+    # granian and hypercorn take framings gateway.h1 refuses (README): the ALB must not pass
+    # them on ("defensive", AWS's default, passes ambiguous ones).
+    assert _resources(REGION)[("aws_lb", "gateway")]["desync_mitigation_mode"] == '"strictest"'
+
+
 def test_the_alb_waits_for_the_longest_request_before_the_host_goes(tmp_path: Path) -> None:
     """The autoscaling group deregisters a host, waits the target group's deregistration
     delay, and only then terminates it (the gateway's SIGTERM drain comes after): a request

@@ -7,6 +7,11 @@ resource "aws_lb" "gateway" {
   subnets                    = var.public_subnet_ids
   drop_invalid_header_fields = true
   enable_deletion_protection = true
+  # Requests whose framing two parsers may read differently (Content-Length with
+  # Transfer-Encoding, and the like) are refused here: the gateway's own protocol refuses them
+  # too, but granian and hypercorn take some (README, Errors), and an ALB and a target that
+  # read one connection as different requests is a desync.
+  desync_mitigation_mode = "strictest"
   # Above the longest silence a good request has: a non-streaming answer arrives whole, up to
   # timeouts.response_s (600 s) after the request, with nothing sent before it. Below the
   # gateway's keep-alive (server.keepalive_s = 630 in example/gateway.toml.tftpl): the ALB
