@@ -167,7 +167,8 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
         if empty:
             raise NoHealthyUpstream(
                 f"no upstream can serve model {logged_text(model)!r} now: {', '.join(empty)} "
-                f"resolve to no addresses (DNS discovery). Retry in {retry} s",
+                f"{'resolves' if len(empty) == 1 else 'resolve'} to no addresses (DNS "
+                f"discovery). Retry in {retry} s",
                 retry_after_s=retry,
             )
         raise ModelNotFound(

@@ -193,7 +193,7 @@ def test_a_records_and_a_dns_outage_keeps_the_pool(tmp_path: Path, dns: tuple[Zo
         eventually(lambda: members(gw) == set(), what="the emptied pool")
         r = httpx.post(f"{gw.url}/v1/chat/completions", json=BODY)
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_upstream"
-        assert "resolve to no addresses" in r.json()["error"]["message"]
+        assert "now: pool resolves to no addresses (DNS" in r.json()["error"]["message"]
         with zone.lock:
             zone.a["pool.test"] = ["127.0.0.1"]
         eventually(lambda: len(members(gw)) == 1, what="the member to come back")
