@@ -31,7 +31,9 @@ class UpstreamHealth:
     # The ejection time's multiplier (Envoy's), apart from times_ejected: each ejection raises
     # it, each base_ejection_s back in rotation without one lowers it (next_backoff).
     backoff: int = 0
-    ejected_until: float = 0.0  # also when the last ejection ended: the decay counts from it
+    # Also when the last ejection ended, or the last one the pool's cap denied: the decay
+    # counts from it.
+    ejected_until: float = 0.0
     window_start: float = 0.0  # failure-rate window
     window_requests: int = 0
     window_failures: int = 0
@@ -118,6 +120,10 @@ def apply_result(
     if h.passive_failures < cfg.consecutive_failures and not rate_tripped:
         return False
     if not may_eject:
+        # Held in by the pool's cap, failing still: no quiet time in rotation, from which the
+        # multiplier's decay counts (next_backoff). It decayed meanwhile, and an upstream that
+        # failed every request for minutes was ejected again for one base_ejection_s.
+        h.ejected_until = now
         return False
     h.ejection_cause = (
         f"{h.passive_failures} consecutive failed requests"

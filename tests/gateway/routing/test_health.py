@@ -192,6 +192,20 @@ def test_from_the_cap_one_quiet_period_already_shortens_the_next() -> None:
     assert _burst(h, h.ejected_until + 60) == 270.0  # 10 - 2 + 1
 
 
+def test_failing_while_the_cap_holds_it_in_is_no_quiet_time() -> None:
+    # Kept in rotation by outlier.max_ejected_share, failing every request for minutes: the
+    # multiplier decayed all that time, and the next ejection was one base_ejection_s.
+    h = UpstreamHealth()
+    now = 0.0
+    for _ in range(2):  # 30, 60 s
+        _burst(h, now)
+        now = h.ejected_until
+    for t in range(0, 300, 10):  # five minutes of failures, the pool's cap full
+        assert not apply_result(h, False, now + t, DEFAULT_OUT, may_eject=False)
+    assert apply_result(h, False, now + 300, DEFAULT_OUT)  # room again: out
+    assert h.ejected_until - (now + 300) == 90.0  # 2 + 1, not 0 + 1
+
+
 def test_an_early_end_starts_the_quiet_time_then() -> None:
     h = UpstreamHealth()
     _burst(h, 0)
