@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ipaddress
+import logging
 import math
 import os
 import signal
@@ -65,6 +66,14 @@ def granian_app() -> ASGIApp:
 
 
 def _stop_granian_worker() -> None:
+    """The drain is over: the worker stops."""
+    main = os.environ.get(ENV_GATEWAY_PID)
+    if main and os.getppid() != int(main):
+        # Its main process is gone (killed; term_with_parent's signal began the drain): no
+        # granian is left to stop in step with, and a worker that main had just respawned,
+        # told before granian's own handler was in place, slept on forever after the SIGINT.
+        logging.shutdown()
+        os._exit(0)
     # granian's worker stops on SIGINT or SIGTERM; the app took SIGTERM for its drain.
     os.kill(os.getpid(), signal.SIGINT)
 
