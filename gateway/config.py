@@ -174,9 +174,9 @@ class RedisSection(StrictModel):
     observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
     connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
     max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
-    # How long after Redis starts an operator change waits where Redis holds a saved copy or
-    # no operator change yet (gateway.fleet.config_io.refuse_if_young). None: the gateways'
-    # reconnect and a refresh, max_backoff_s + refresh_interval_s + REDIS_RESTORED_MARGIN_S.
+    # How long after any start of Redis (empty, or from a saved copy) an operator change waits
+    # (gateway.fleet.config_io.refuse_if_young). None: the gateways' reconnect and a refresh,
+    # max_backoff_s + refresh_interval_s + REDIS_RESTORED_MARGIN_S.
     restart_grace_s: Annotated[float, Field(ge=0)] | None = None
     # The fleet document kept across restarts, for a start while Redis is away (relative: to
     # the config file; gateway.fleet.last_known). None: kept while the gateway runs.

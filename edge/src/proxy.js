@@ -200,60 +200,64 @@ export async function tryRegions(a, regions) {
     // request_signal_passthrough), so the attempt's follows it.
     const follow = () => abort.abort();
     a.gone?.addEventListener("abort", follow, { once: true });
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      abort.abort();
-    }, a.timeoutMs);
-    /** @type {Response} */
-    let resp;
+    if (a.gone?.aborted) abort.abort(); // gone while this attempt was signed: no event now
     try {
-      resp = await fetch(region.url + a.target, {
-        method: a.method,
-        headers,
-        body: a.body,
-        redirect: "manual",
-        signal: abort.signal,
-      });
-    } catch (err) {
-      if (a.gone?.aborted) return { gone: true }; // not the region's failure: no failover
-      const what = timedOut
-        ? `no response in ${a.timeoutMs / 1000} s`
-        : `connect error: ${err instanceof Error ? err.message : err}`;
-      failures.push({ region: region.id, what, status: null, retryAfter: null, timedOut });
-      // The gateway may have the whole request and be working on it: sending it to another
-      // region could run a completion twice (and bill it twice). A gateway Cloudflare cannot
-      // connect to is a 522 long before this timeout, and fails over below.
-      if (timedOut) break;
-      continue;
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        abort.abort();
+      }, a.timeoutMs);
+      /** @type {Response} */
+      let resp;
+      try {
+        resp = await fetch(region.url + a.target, {
+          method: a.method,
+          headers,
+          body: a.body,
+          redirect: "manual",
+          signal: abort.signal,
+        });
+      } catch (err) {
+        if (a.gone?.aborted) return { gone: true }; // not the region's failure: no failover
+        const what = timedOut
+          ? `no response in ${a.timeoutMs / 1000} s`
+          : `connect error: ${err instanceof Error ? err.message : err}`;
+        failures.push({ region: region.id, what, status: null, retryAfter: null, timedOut });
+        // The gateway may have the whole request and be working on it: sending it to another
+        // region could run a completion twice (and bill it twice). A gateway Cloudflare cannot
+        // connect to is a 522 long before this timeout, and fails over below.
+        if (timedOut) break;
+        continue;
+      } finally {
+        // Only the wait for the headers is bounded here: the body streams for as long as the
+        // gateway's own idle and total timeouts allow.
+        clearTimeout(timer);
+      }
+      if (resp.status === TIMEOUT_STATUS) {
+        await resp.body?.cancel();
+        const what = `HTTP ${resp.status}: Cloudflare had no response in time`;
+        const status = resp.status;
+        failures.push({ region: region.id, what, status, retryAfter: null, timedOut: true });
+        break; // as for our own timeout
+      }
+      if (RETRYABLE_STATUS.has(resp.status)) {
+        const detail = await errorDetail(resp);
+        failures.push({
+          region: region.id,
+          what: `HTTP ${resp.status}${detail ? `: ${detail}` : ""}`,
+          status: resp.status,
+          retryAfter: resp.headers.get("retry-after"),
+          timedOut: false,
+        });
+        continue;
+      }
+      return { response: resp, index };
     } finally {
-      // Only the wait for the headers is bounded here: the body streams for as long as the
-      // gateway's own idle and total timeouts allow.
-      clearTimeout(timer);
+      // Once answered, the body is the client's: one that leaves cancels it (stream.js),
+      // which closes the connection. workerd aborts request.signal then too, while an event
+      // stream is relayed, and an aborted read would log a cut for a client gone.
+      a.gone?.removeEventListener("abort", follow);
     }
-    if (resp.status === TIMEOUT_STATUS) {
-      await resp.body?.cancel();
-      const what = `HTTP ${resp.status}: Cloudflare had no response in time`;
-      const status = resp.status;
-      failures.push({ region: region.id, what, status, retryAfter: null, timedOut: true });
-      break; // as for our own timeout
-    }
-    if (RETRYABLE_STATUS.has(resp.status)) {
-      const detail = await errorDetail(resp);
-      failures.push({
-        region: region.id,
-        what: `HTTP ${resp.status}${detail ? `: ${detail}` : ""}`,
-        status: resp.status,
-        retryAfter: resp.headers.get("retry-after"),
-        timedOut: false,
-      });
-      continue;
-    }
-    // The body is the client's now: one that leaves cancels it (stream.js), which closes the
-    // connection. workerd aborts request.signal then too, while an event stream is relayed,
-    // and an aborted read would log a cut for a client gone.
-    a.gone?.removeEventListener("abort", follow);
-    return { response: resp, index };
   }
   return { failures };
 }

@@ -17,8 +17,8 @@ import {
   startWorker,
 } from "./support/harness.js";
 
-const CLOSE_WITHIN_MS = 1500;
-const TABLE_TIMEOUT_S = 5; // how long the background read hangs: past CLOSE_WITHIN_MS
+const CLOSE_WITHIN_MS = 4000;
+const TABLE_TIMEOUT_S = 10; // how long the background read hangs: past CLOSE_WITHIN_MS
 const HEADERS = { "content-type": "application/json", "cf-connecting-ip": "192.0.2.10" };
 
 const started = [];

@@ -206,6 +206,7 @@ class GatewayFleet:
         self.token = token
         self.ops_token = ops_token
         self.stale_since: float | None = None  # the gateway's answer to config(): see show
+        self.refused: str | None = None  # ...and why it ignores Redis's document, if it does
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=CTL_TIMEOUT_S), raise_for_status=False
         )

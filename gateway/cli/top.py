@@ -198,7 +198,7 @@ def frame(
         _region_rows(t, r, old, new)
     _unrouted_row(t, old, new)
     shared = table.get("shared_state", "?")
-    if table.get("fleet_config_refused"):  # routing on the version before Redis's document
+    if shared == "fresh" and table.get("fleet_config_refused"):  # on the version before Redis's
         shared = "fresh, fleet config refused (ctl show says why)"
     head = Text.assemble(
         ("geogate top ", "bold"),

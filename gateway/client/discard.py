@@ -1,5 +1,5 @@
-"""An answer nobody reads (a 429 or 503 the proxy fails over from): its body is dropped and its
-connection goes back to the pool, rather than closed.
+"""An answer nobody reads (a 429, 502 or 503 the proxy fails over from): its body is dropped
+and its connection goes back to the pool, rather than closed.
 
 Closed, every refusal cost a connection: a backend shedding load with 429s, or a regional
 gateway answering 503 at capacity to an edge one, got a new connection (across regions, a

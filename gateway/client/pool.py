@@ -172,7 +172,7 @@ class Response:
             conn.close()
 
     def discard(self) -> None:
-        """Done with an answer nobody reads (a 429 or 503 failed over from): its body is
+        """Done with an answer nobody reads (a 429, 502 or 503 failed over from): its body is
         dropped and the connection pooled once it is in (gateway.client.discard), not closed."""
         conn, self._conn = self._conn, None
         if conn is not None:

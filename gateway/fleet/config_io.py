@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
-from gateway import checks
 from gateway import defaults as d
 from gateway.config import Config
-from gateway.errors import FleetConfigInvalid, NothingToRestore, SharedStateUnavailable
+from gateway.errors import FleetConfigInvalid, SharedStateUnavailable
 from gateway.fleet import observations
 from gateway.fleet.config_doc import (
     apply_doc,
@@ -49,7 +49,7 @@ STEP_S = 0.001
 def parse(values: list[Any]) -> Stored:
     """The config hash's FIELDS as a Stored; FleetConfigInvalid when no gateway can read them
     (a hand edit, most likely): said as such, never a JSONDecodeError traceback."""
-    raw, version, digest, changed_at = (_text(v) for v in values)
+    raw, version, digest, changed_at = (text_of(v) for v in values)
     try:
         v = int(version or 0)
     except ValueError:
@@ -71,14 +71,14 @@ def parse(values: list[Any]) -> Stored:
     held = Stored(doc, v, stored_digest=digest)
     if digest != held.digest:  # an earlier release wrote it: changed_at is not this one's
         return held
-    return Stored(doc, v, _time(changed_at), digest)
+    return Stored(doc, v, time_of(changed_at), digest)
 
 
-def _text(value: str | bytes | None) -> str | None:
+def text_of(value: str | bytes | None) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _time(raw: str | None) -> float | None:
+def time_of(raw: str | None) -> float | None:
     try:
         t = float(raw) if raw else None
     except ValueError:
@@ -104,7 +104,7 @@ async def mark(r: Redis, keys: Keys) -> tuple[str | None, str | None]:
     """The hash's version and digest as held: what tells one document from another without
     reading it."""
     version, digest = await r.hmget(keys.config, ["version", "digest"])
-    return _text(version), _text(digest)
+    return text_of(version), text_of(digest)
 
 
 async def load(r: Redis, keys: Keys) -> tuple[dict[str, Any] | None, int]:
@@ -211,10 +211,13 @@ async def update(
                 seen = await observations.versions(r, keys)
                 await pipe.watch(keys.config)
                 held = parse(await pipe.hmget(keys.config, FIELDS))
-                _refuse_if_behind(seen, held.version)
+                refuse_if_behind(seen, held.version)
                 doc = held.doc if held.doc is not None else routing_doc(base)
                 new_doc, before, after = change(doc)
-                new_config = apply_doc(base, new_doc)
+                try:
+                    new_config = apply_doc(base, new_doc)
+                except FleetConfigInvalid as exc:
+                    raise _blamed(base, held, exc) from None
                 if held.doc is not None and new_doc == held.doc:
                     await pipe.reset()
                     return held, new_config, unchanged(who, what, before, held.version)
@@ -226,15 +229,34 @@ async def update(
                 since = held.changed_at or 0.0
                 stored = Stored(new_doc, held.version + 1, max(secs + usecs / 1e6, since + STEP_S))
                 entry = audit_entry(who, what, before, after, stored.version)
-                pipe.multi()
-                pipe.hset(keys.config, mapping=fields(stored))
-                audited: Any = entry  # redis-py's field typing is narrower than what it takes
-                pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
-                pipe.publish(keys.events, str(stored.version))
-                await pipe.execute()
+                await commit(pipe, keys, stored, entry)
                 return stored, new_config, entry
             except WatchError:
                 continue  # someone changed the config between our read and write: redo
+
+
+def _blamed(base: Config, held: Stored, exc: FleetConfigInvalid) -> FleetConfigInvalid:
+    """A change that does not validate: the operator's, unless Redis's document did not
+    either (a hand edit every gateway refuses), which the error named as the change's."""
+    try:
+        apply_doc(base, held.doc or {})
+    except FleetConfigInvalid as held_exc:
+        return FleetConfigInvalid(
+            f"the fleet's document in Redis (version {held.version}) is one this gateway "
+            f"cannot route on, and this change does not mend it ({held_exc}); `geogate ctl "
+            "restore` puts back the document this gateway routes on"
+        )
+    return exc
+
+
+async def commit(pipe: Pipeline, keys: Keys, stored: Stored, entry: dict[str, str]) -> None:
+    """Write ``stored`` and its audit entry and publish its version: the MULTI of a WATCH."""
+    pipe.multi()
+    pipe.hset(keys.config, mapping=fields(stored))
+    audited: Any = entry  # redis-py's field typing is narrower than what it takes
+    pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
+    pipe.publish(keys.events, str(stored.version))
+    await pipe.execute()
 
 
 @dataclass(frozen=True)
@@ -281,7 +303,7 @@ def refuse_if_young(start: Started | None, base: Config) -> None:
     )
 
 
-def _refuse_if_behind(seen: dict[str, int], version: int) -> None:
+def refuse_if_behind(seen: dict[str, int], version: int) -> None:
     """SharedStateUnavailable if a gateway (``seen``: gateway -> the version it routes on)
     holds a version above Redis's ``version``."""
     ahead = {gw: v for gw, v in seen.items() if v > version}
@@ -292,71 +314,6 @@ def _refuse_if_behind(seen: dict[str, int], version: int) -> None:
             f"Redis lost data: gateways hold version {top} ({who}), Redis {version}; wait for "
             "them to put it back (within a refresh, redis.refresh_interval_s), then retry"
         )
-
-
-async def restore(
-    r: Redis, keys: Keys, base: Config, routed: Stored, who: str
-) -> tuple[Stored, dict[str, str]]:
-    """Put ``routed``, the document a gateway routes on, back over Redis's where no gateway
-    can route on that one (a hand edit, a document this release cannot read): a change
-    builds on Redis's document and was refused with that document's error, so nothing but
-    another hand edit got the fleet out. Written at a version above both, as an operator's
-    change (now), so every gateway adopts it; the audit names what it replaced.
-    NothingToRestore where Redis holds a document ``base`` routes on (never refused, or
-    mended meanwhile): nothing is written over it."""
-    async with r.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                await pipe.watch(keys.config)
-                raw = await pipe.hmget(keys.config, FIELDS)
-                why = _unroutable(base, raw)
-                if why is None:
-                    await pipe.reset()
-                    raise NothingToRestore(
-                        "nothing to restore: the fleet's document in Redis is one this gateway "
-                        "routes on; change it with drain, undrain, weight or set"
-                    )
-                replaced = _version(raw[1])
-                secs, usecs = await pipe.time()
-                now = secs + usecs / 1e6
-                stored = Stored(routed.doc, max(replaced, routed.version) + 1, now)
-                what = (
-                    f"fleet config restored: version {routed.version}, which this gateway "
-                    f"routed on, put back over a document no gateway could route on ({why})"
-                )
-                before, after = {"version": replaced}, {"version": stored.version}
-                entry = audit_entry(who, what, before, after, stored.version)
-                pipe.multi()
-                pipe.hset(keys.config, mapping=fields(stored))
-                audited: Any = entry  # redis-py's field typing is narrower than what it takes
-                pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
-                pipe.publish(keys.events, str(stored.version))
-                await pipe.execute()
-                return stored, entry
-            except WatchError:
-                continue  # written meanwhile (another restore, a mend): look again
-
-
-def _unroutable(base: Config, raw: list[Any]) -> str | None:
-    """Why no gateway of ``base`` can route on the config hash ``raw``; None where one can
-    (or Redis holds none: the gateways put theirs back themselves)."""
-    try:
-        held = parse(raw)
-    except FleetConfigInvalid as exc:
-        return str(exc)
-    if held.doc is None:
-        return None
-    try:
-        apply_doc(base, held.doc)
-    except FleetConfigInvalid as exc:
-        return f"version {held.version}: {exc}"
-    return None
-
-
-def _version(raw: str | bytes | None) -> int:
-    """The hash's version as a number; 0 where it is none (a hand edit's "seven")."""
-    text = _text(raw) or ""
-    return int(text) if checks.is_decimal(text, 18) else 0
 
 
 async def read_audit(r: Redis, keys: Keys, count: int) -> list[dict[str, str]]:

@@ -37,6 +37,7 @@ from gateway.errors import FleetConfigInvalid, NothingToRestore
 from gateway.fleet import config_doc, config_io, last_known, observations, sessions, sync_log
 from gateway.fleet.keys import Keys, check_url, connect, default_gateway_id
 from gateway.fleet.memory import MemoryStateStore
+from gateway.fleet.restore import restore as put_back
 from gateway.fleet.settle import Stored
 from gateway.logs import event
 from gateway.routing.model import Snapshot
@@ -86,6 +87,7 @@ class RedisStateStore(MemoryStateStore):
         cached = last_known.load(self._fleet)
         if cached is not None:
             self._adopt(cached)
+            self.refused = None  # a refusal of the last-known copy is no fleet document's
             # Routing on the fleet's state, if not a fresh one (unless this file refused it)
             self.synced_once = self._held is not None
 
@@ -259,7 +261,12 @@ class RedisStateStore(MemoryStateStore):
         """Redis holds a document or version no gateway can read (a hand edit): route on
         ours, say so once per such document, and do not read it again each refresh."""
         seen = await config_io.mark(r, self.keys)
-        self.refused = str(exc)
+        try:  # mended since the read that failed (a hand fix publishes nothing): that mark
+            await config_io.read(r, self.keys)  # kept, no refresh would sync it
+        except FleetConfigInvalid:
+            self.refused = str(exc)
+        else:
+            return
         if seen != self._seen:
             log.error(
                 "ignoring the fleet config in Redis: %s",
@@ -383,7 +390,7 @@ class RedisStateStore(MemoryStateStore):
         if self._held is None:  # its own file, never the fleet's: not one to impose on it
             raise NothingToRestore("nothing to restore: this gateway never routed on the fleet's")
         r, held = self.redis(), self._held
-        stored, entry = await config_io.restore(r, self.keys, self.config, held, who)
+        stored, entry = await put_back(r, self.keys, self.config, held, who)
         return self._applied(stored, self.config, entry)
 
     async def end_session(self, sid: str, until: float) -> None:

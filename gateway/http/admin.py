@@ -7,6 +7,8 @@
                                        one audit entry of each upstream's effective drain);
                                        undraining it leaves one drained on its own drained
   GET   /admin/audit?count=50          newest changes first
+  POST  /admin/config/restore          put the document this gateway routes on back over one
+                                       in Redis it refuses (gateway.fleet.restore)
 
 ``Authorization: Bearer <token>``: each operator has a token of their own (``admin.tokens``,
 name -> token), and the audit's "who" is the name of the token sent; the single

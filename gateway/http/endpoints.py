@@ -380,7 +380,7 @@ def _unknown(path: str, what: str) -> UnknownEndpoint:
         # An operator with a typo: point at the admin API, not at the model API.
         what = (
             "is not an endpoint of the admin API, which has GET /admin/config, "
-            "PATCH /admin/upstreams/{id}, PATCH /admin/regions/{id} and GET /admin/audit (on "
-            "the ops listener)"
+            "PATCH /admin/upstreams/{id}, PATCH /admin/regions/{id}, GET /admin/audit and POST "
+            "/admin/config/restore (on the ops listener)"
         )
     return UnknownEndpoint(f"{path} {what}")

@@ -86,7 +86,8 @@ def longest_wait(failures: Sequence[Failure], default: int) -> int:
     """The longest Retry-After the upstreams sent, in seconds (delay-seconds, or an HTTP
     date: one was taken for none, and the client told 1 s); ``default`` where none did."""
     waits = [wait_s(f.retry_after) for f in failures]
-    return max((w for w in waits if w is not None), default=default)
+    # At least a second, as the edge Worker says it: a 0 had clients retry at once.
+    return max((max(1, w) for w in waits if w is not None), default=default)
 
 
 def wait_s(value: str | None) -> int | None:

@@ -96,6 +96,10 @@ def region_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of modules/region, initialised with the installed AWS provider."""
     if not shutil.which("terraform"):
         pytest.skip("terraform is not installed")
+    version = _terraform(Path.cwd(), "version", "-json")
+    found = json.loads(version.stdout or "{}").get("terraform_version", "0")
+    if tuple(int(n) for n in re.findall(r"\d+", found)[:2]) < (1, 6):  # `terraform test`'s
+        pytest.skip(f"terraform {found}: `terraform test` needs 1.6 or later")
     if not (PLUGIN_DIR / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
         pytest.skip(f"no AWS provider in {PLUGIN_DIR} (GEOGATE_TF_PLUGIN_DIR) to plan offline")
     tmp = tmp_path_factory.mktemp("plan")

@@ -423,7 +423,7 @@ def test_readyz_says_when_the_gateway_ignores_the_fleets_document(tmp_path: Path
         assert restored.returncode == 0, restored.stderr
         assert restored.stdout.strip() == (
             "fleet config restored: version 1, which this gateway routed on, put back over a "
-            f"document no gateway could route on ({why}) (fleet config version 8, audited as "
+            f"document it could not route on ({why}) (fleet config version 8, audited as "
             "alice)"
         )
         assert client.hget(key, "version") == "8"

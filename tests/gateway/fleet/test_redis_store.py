@@ -18,7 +18,7 @@ from redis import exceptions as redis_errors
 
 from gateway.cli.procs import free_port
 from gateway.config import Config
-from gateway.errors import ConfigError, FleetConfigInvalid, NothingToRestore, SharedStateUnavailable
+from gateway.errors import ConfigError, SharedStateUnavailable
 from gateway.fleet import config_doc, config_io, last_known, observations, redis_store
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
@@ -444,17 +444,22 @@ async def test_a_gateway_cut_off_puts_no_older_change_back_over_a_newer_one(
         await fresh.stop()
 
 
+# redis.restart_grace_s where a test is about it: long enough that a loaded machine's stall
+# does not let the change through before the test's refusal is asked for.
+GRACE_S = 4.0
+
+
 async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gateways(
     tmp_path: Path,
 ) -> None:
     """Redis restarted from its dump (a restored snapshot), with gateways cut off meanwhile
     holding newer versions: the observations that would refuse a change are the copy's own,
     old ones, so a change made there was taken and the settle then dropped the fleet's newer
-    changes. Refused until the gateways can have reconnected: redis.max_backoff_s, a refresh
-    and REDIS_RESTORED_MARGIN_S (2 s here), then taken."""
+    changes. Refused until the gateways can have reconnected (redis.restart_grace_s, GRACE_S
+    here), then taken."""
     server = start_redis(tmp_path)
     gw = gateway(server.url, "gw0")
-    late = gateway(server.url, "gw1", max_backoff_s=0.5, restart_grace_s=None)
+    late = gateway(server.url, "gw1", restart_grace_s=GRACE_S)
     try:
         await gw._sync_config()
         await gw.update_upstream("a", {"weight": 2}, "alice")
@@ -470,10 +475,10 @@ async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gatew
             await late.update_upstream("a", {"weight": 3}, "bob")
         said = str(refused.value)
         # INFO's uptime is whole seconds: a slow restart reads 1
-        assert re.match(r"Redis started [01] s ago from a saved copy \(", said), said
-        assert "put back within 2 s (redis.restart_grace_s); retry in " in said
+        assert re.match(r"Redis started \d+ s ago from a saved copy \(", said), said
+        assert f"put back within {GRACE_S:g} s (redis.restart_grace_s); retry in " in said
         assert (await config_io.read(late.redis(), late.keys)).version == 2  # nothing written
-        await asyncio.sleep(max(0.0, started + 2.1 - time.monotonic()))
+        await asyncio.sleep(max(0.0, started + GRACE_S + 0.1 - time.monotonic()))
         await late.update_upstream("a", {"weight": 3}, "bob")
         assert (await config_io.read(late.redis(), late.keys)).version == 3
     finally:
@@ -489,10 +494,10 @@ async def test_a_change_on_a_redis_restarted_empty_waits_for_the_gateways_cut_of
     fresh gateway seeded its file as version 1. A change made on that seed at once was the
     newer change when the cut-off gateway came back, and the settle dropped the fleet's
     drain of a (said in the audit only). Refused until the gateways can have reconnected
-    (redis.restart_grace_s, 2 s here), then made on top of the fleet's document."""
+    (redis.restart_grace_s, GRACE_S here), then made on top of the fleet's document."""
     server = start_redis(tmp_path)
     cut = gateway(server.url, "gw-cut")
-    fresh = gateway(server.url, "gw-fresh", max_backoff_s=0.5, restart_grace_s=None)
+    fresh = gateway(server.url, "gw-fresh", restart_grace_s=GRACE_S)
     try:
         await cut._sync_config()
         await operate(cut)
@@ -504,14 +509,14 @@ async def test_a_change_on_a_redis_restarted_empty_waits_for_the_gateways_cut_of
         with pytest.raises(SharedStateUnavailable) as refused:
             await fresh.update_upstream("b", {"weight": 2}, "carol")
         said = str(refused.value)
-        assert re.match(r"Redis started [01] s ago: gateways cut off by its restart may hold", said)
-        assert "put back within 2 s (redis.restart_grace_s); retry in " in said
+        assert re.match(r"Redis started \d+ s ago: gateways cut off by its restart may hold", said)
+        assert f"put back within {GRACE_S:g} s (redis.restart_grace_s); retry in " in said
         for _ in range(3):  # the cut-off gateway's pooled connection died with the server
             with contextlib.suppress(redis_errors.ConnectionError):
                 await cut._sync_config()  # its reconnect puts version 3 back above the seed
                 break
         assert (await in_redis(cut))[1] == 3
-        await asyncio.sleep(max(0.0, started + 2.1 - time.monotonic()))
+        await asyncio.sleep(max(0.0, started + GRACE_S + 0.1 - time.monotonic()))
         entry = await fresh.update_upstream("b", {"weight": 2}, "carol")
         assert entry["version"] == "4"
         assert routing(fresh) == {**OPERATED, "b": (2.0, False)}  # a's drain kept
@@ -833,45 +838,6 @@ async def test_a_newer_document_this_gateway_refuses_does_not_pass_for_the_route
         assert (gw.version, gw.refused) == (5, None)
     finally:
         await gw.stop()
-
-
-async def test_a_refused_document_is_restored_from_the_one_a_gateway_routes_on(
-    redis_url: str,
-) -> None:
-    """A document every gateway refuses (a weight of -5, a hand edit): each change builds on
-    it and was refused with its error, so only another hand edit got the fleet out. restore
-    puts back the one this gateway routes on, above both versions, audited; the other
-    gateways adopt it. Where nothing is refused: NothingToRestore, nothing written."""
-    gw, other = gateway(redis_url, "gw0"), gateway(redis_url, "gw1")
-    try:
-        await gw._sync_config()
-        with pytest.raises(NothingToRestore):
-            await gw.restore("alice")
-        await operate(gw)
-        await other._sync_config()
-        doc, _ = await in_redis(gw)
-        assert doc is not None
-        bad = {**doc, "upstreams": [{**doc["upstreams"][0], "weight": -5}, doc["upstreams"][1]]}
-        await hold(gw.redis(), gw, Stored(bad, 9, time.time()))
-        await gw._refresh()
-        assert (gw.refused or "").startswith("version 9: ")
-        with pytest.raises(FleetConfigInvalid):  # a change builds on Redis's
-            await gw.update_upstream("b", {"weight": 2}, "carol")
-        entry = await gw.restore("alice")
-        assert (entry["who"], entry["version"]) == ("alice", "10")
-        assert entry["what"].startswith(
-            "fleet config restored: version 3, which this gateway routed on, put back over a "
-            "document no gateway could route on (version 9: "
-        )
-        assert (entry["before"], entry["after"]) == ('{"version": 9}', '{"version": 10}')
-        assert (gw.version, gw.refused, routing(gw)) == (10, None, OPERATED)
-        assert await in_redis(gw) == (doc, 10)
-        await other._sync_config()
-        assert (other.version, routing(other)) == (10, OPERATED)
-        assert (await gw.audit(1))[0]["what"] == entry["what"]
-    finally:
-        await gw.stop()
-        await other.stop()
 
 
 async def test_stop_is_bounded_when_the_sync_ignores_its_cancel(

@@ -87,7 +87,7 @@ def test_nothing_healthy_names_a_residency_rule_only_where_one_applied(
     assert type(err) is NoHealthyUpstream and str(err).startswith(says), err
 
 
-@pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", ""])
+@pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", "", "0"])
 def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> None:
     # The upstream's header, untrusted: not a 500 (int() of 5,000 digits was one), 1 s.
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
