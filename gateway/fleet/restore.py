@@ -51,7 +51,7 @@ async def restore(
                 await pipe.watch(keys.config)
                 raw = await pipe.hmget(keys.config, FIELDS)
                 replaced = _version(raw[1])
-                _check(base, raw, seen, replaced)  # raised: the pipeline's exit resets it
+                _check(base, raw, seen, replaced, routed.version)  # raised: the exit resets
                 refuse_if_behind(seen, routed.version)
                 secs, usecs = await pipe.time()
                 since = time_of(text_of(raw[3])) or 0.0
@@ -70,7 +70,7 @@ async def restore(
                 continue  # written meanwhile (another restore, a mend): look again
 
 
-def _check(base: Config, raw: list[Any], seen: dict[str, int], replaced: int) -> None:
+def _check(base: Config, raw: list[Any], seen: dict[str, int], replaced: int, routed: int) -> None:
     """NothingToRestore where restoring is not what the fleet needs."""
     if not text_of(raw[0]):
         raise NothingToRestore(
@@ -82,7 +82,9 @@ def _check(base: Config, raw: list[Any], seen: dict[str, int], replaced: int) ->
             "nothing to restore: the fleet's document in Redis is one this gateway routes "
             "on; change it with drain, undrain, weight or set"
         )
-    on_it = sorted(gw for gw, v in seen.items() if v == replaced)
+    # A version says which document a gateway routes on only where the two differ: a hand
+    # edit of the document alone keeps the version this gateway (and the others) route on.
+    on_it = sorted(gw for gw, v in seen.items() if v == replaced != routed)
     if on_it:
         raise NothingToRestore(
             f"not restored: gateway {', '.join(on_it)} routes on the fleet's document in "

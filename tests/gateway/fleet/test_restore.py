@@ -91,3 +91,28 @@ async def test_no_restore_over_nothing_nor_from_a_gateway_behind(redis_url: str)
         assert (await r.hget(gw.keys.config, "version")) in (b"9", "9")  # nothing written
     finally:
         await gw.stop()
+
+
+async def test_a_hand_edit_that_kept_the_version_is_restored(redis_url: str) -> None:
+    """A hand edit of the document alone that no gateway can read (not JSON): Redis's version
+    is the one every gateway routes on (their observations say so), which does not make them
+    route on Redis's document: restored, where it answered that gw0 routed on it."""
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()
+        await operate(gw)
+        await gw._exchange_observations()  # "gw0 routes on version 3"
+        r = gw.redis()
+        doc, _ = await in_redis(gw)
+        assert doc is not None
+        # Version and digest as they were: no refresh sees it (they compare those two), and a
+        # change made now fails on it ("the document is not JSON").
+        await r.hset(gw.keys.config, "doc", "{not json")
+        entry = await gw.restore("alice")
+        assert (
+            "(invalid fleet config in Redis (version 3): the document is not JSON" in entry["what"]
+        )
+        assert entry["version"] == "4" and (gw.version, gw.refused) == (4, None)
+        assert await in_redis(gw) == (doc, 4)
+    finally:
+        await gw.stop()
