@@ -102,20 +102,22 @@ describe("guardedBody", () => {
     // workerd fails the read in flight when the body is cancelled ("Stream was cancelled."),
     // which was logged as the gateway's stream cut. A body of that kind: its read waits, and
     // the cancel fails it.
-    let fail = () => {};
+    /** @type {((err: Error) => void) | null} */
+    let fail = null;
     const body = {
       getReader: () => ({
         read: () => new Promise((_, reject) => (fail = reject)),
-        cancel: async () => fail(new Error("Stream was cancelled.")),
+        cancel: async () => fail?.(new Error("Stream was cancelled.")),
       }),
     };
     const warn = t.mock.method(console, "warn", () => {});
     const reader = guardedBody(/** @type {any} */ (body), "g").getReader();
     const pending = reader.read();
-    await new Promise((r) => setTimeout(r, 10)); // the pull is waiting on its read
+    const turn = () => new Promise((r) => setImmediate(r)); // every microtask before it has run
+    while (fail === null) await turn(); // until the pull waits on its read
     await reader.cancel("gone");
     assert.deepEqual(await pending, { done: true, value: undefined });
-    await new Promise((r) => setTimeout(r, 10)); // the failed read's handler has run
+    await turn(); // the failed read's handler is microtasks only: it has run by now
     assert.equal(warn.mock.callCount(), 0);
   });
 

@@ -34,20 +34,24 @@ def test_an_answer_come_whole_is_dropped_and_its_connection_reused() -> None:
 def test_a_body_after_its_head_is_read_in_the_background_then_pooled() -> None:
     # uvicorn (vLLM's server) writes an answer's head and its body in two writes: the head
     # may be read alone, and the failover must not wait for the rest.
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(HEAD % len(BUSY))
-        await w.drain()
-        await asyncio.sleep(0.05)
-        w.write(BUSY)
-        await w.drain()
-
     async def main() -> None:
+        discarded = asyncio.Event()  # the body goes once the answer was discarded: in two parts
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            w.write(HEAD % len(BUSY))
+            await w.drain()
+            await discarded.wait()
+            discarded.clear()
+            w.write(BUSY)
+            await w.drain()
+
         async with Scripted(answer) as srv:
             client = Client(1.0)
             for _ in range(2):
                 resp = await client.request("POST", srv.url + "/v1/x", body=b"{}")
                 resp.discard()
                 assert client.idle_count() == 0  # not yet: its body is on its way
+                discarded.set()
                 await until(lambda: client.idle_count() == 1, what="the connection pooled")
             await client.close()
         assert srv.connections == 1
@@ -78,18 +82,22 @@ def test_a_body_that_does_not_come_in_time_closes_the_connection(
 def test_a_body_over_the_bound_closes_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(discard, "DISCARD_MAX_BYTES", 10)
 
-    async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
-        w.write(HEAD % 1000)
-        await w.drain()
-        await asyncio.sleep(0.02)
-        w.write(b"x" * 1000)
-        await w.drain()
-
     async def main() -> None:
+        discarded = asyncio.Event()  # the body comes after the discard: read by its task
+
+        async def answer(_: bytes, __: bytes, w: asyncio.StreamWriter) -> None:
+            w.write(HEAD % 1000)
+            await w.drain()
+            await discarded.wait()
+            w.write(b"x" * 1000)
+            await w.drain()
+
         async with Scripted(answer) as srv:
             client = Client(1.0)
             resp = await client.request("POST", srv.url + "/v1/x", body=b"{}")
             resp.discard()
+            assert discard.draining() == 1  # not whole: read in the background, bounded
+            discarded.set()
             await until(lambda: not discard.draining(), what="the drain given up")
             assert client.idle_count() == 0
             await client.close()

@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,31 @@ async def test_a_gateway_cut_off_puts_no_older_change_back_over_a_newer_one(
 GRACE_S = 4.0
 
 
+async def refused_while_young(change: Awaitable[Any], after: str) -> None:
+    """``change``, made within GRACE_S of Redis's start, refused saying so (``after``: a
+    pattern for what follows "Redis started N s ago") and for how long."""
+    with pytest.raises(SharedStateUnavailable) as refused:
+        await change
+    said = str(refused.value)
+    assert re.match(r"Redis started \d+ s ago" + after, said), said
+    assert f"put back within {GRACE_S:g} s (redis.restart_grace_s); retry in " in said
+
+
+async def reconnected(call: Callable[[], Awaitable[object]]) -> None:
+    """``call`` once Redis is back: a pooled connection that died with the server fails the
+    first tries (one each), not the Redis that restarted."""
+    for _ in range(3):
+        with contextlib.suppress(redis_errors.ConnectionError):
+            await call()
+            return
+    await call()  # its own error, if Redis is not back
+
+
+async def past_grace(started: float) -> None:
+    """Until GRACE_S after Redis started (at ``started``, monotonic): the rule is a time."""
+    await asyncio.sleep(max(0.0, started + GRACE_S + 0.1 - time.monotonic()))
+
+
 async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gateways(
     tmp_path: Path,
 ) -> None:
@@ -467,18 +492,12 @@ async def test_a_change_on_a_redis_started_from_a_saved_copy_waits_for_the_gatew
         server.stop()
         server.start()
         started = time.monotonic()
-        for _ in range(3):  # the client's pooled connection died with the server
-            with contextlib.suppress(redis_errors.ConnectionError):
-                await late.redis().ping()
-                break
-        with pytest.raises(SharedStateUnavailable) as refused:
-            await late.update_upstream("a", {"weight": 3}, "bob")
-        said = str(refused.value)
-        # INFO's uptime is whole seconds: a slow restart reads 1
-        assert re.match(r"Redis started \d+ s ago from a saved copy \(", said), said
-        assert f"put back within {GRACE_S:g} s (redis.restart_grace_s); retry in " in said
+        await reconnected(late.redis().ping)
+        await refused_while_young(
+            late.update_upstream("a", {"weight": 3}, "bob"), r" from a saved copy \("
+        )
         assert (await config_io.read(late.redis(), late.keys)).version == 2  # nothing written
-        await asyncio.sleep(max(0.0, started + GRACE_S + 0.1 - time.monotonic()))
+        await past_grace(started)
         await late.update_upstream("a", {"weight": 3}, "bob")
         assert (await config_io.read(late.redis(), late.keys)).version == 3
     finally:
@@ -506,17 +525,13 @@ async def test_a_change_on_a_redis_restarted_empty_waits_for_the_gateways_cut_of
         started = time.monotonic()
         await fresh._sync_config()  # its file's seed, version 1
         assert (await in_redis(fresh))[1] == 1
-        with pytest.raises(SharedStateUnavailable) as refused:
-            await fresh.update_upstream("b", {"weight": 2}, "carol")
-        said = str(refused.value)
-        assert re.match(r"Redis started \d+ s ago: gateways cut off by its restart may hold", said)
-        assert f"put back within {GRACE_S:g} s (redis.restart_grace_s); retry in " in said
-        for _ in range(3):  # the cut-off gateway's pooled connection died with the server
-            with contextlib.suppress(redis_errors.ConnectionError):
-                await cut._sync_config()  # its reconnect puts version 3 back above the seed
-                break
+        await refused_while_young(
+            fresh.update_upstream("b", {"weight": 2}, "carol"),
+            ": gateways cut off by its restart may hold",
+        )
+        await reconnected(cut._sync_config)  # puts version 3 back above the seed
         assert (await in_redis(cut))[1] == 3
-        await asyncio.sleep(max(0.0, started + GRACE_S + 0.1 - time.monotonic()))
+        await past_grace(started)
         entry = await fresh.update_upstream("b", {"weight": 2}, "carol")
         assert entry["version"] == "4"
         assert routing(fresh) == {**OPERATED, "b": (2.0, False)}  # a's drain kept
