@@ -51,13 +51,13 @@ async def restore(
                 await pipe.watch(keys.config)
                 raw = await pipe.hmget(keys.config, FIELDS)
                 replaced = _version(raw[1])
-                _check(base, raw, seen, replaced, routed.version)  # raised: the exit resets
+                why = _unroutable(base, raw)
+                _check(raw, why, seen, replaced, routed.version)  # raised: the exit resets
                 refuse_if_behind(seen, routed.version)
                 secs, usecs = await pipe.time()
                 since = time_of(text_of(raw[3])) or 0.0
                 version = max(replaced, routed.version, *seen.values()) + 1
                 stored = Stored(routed.doc, version, max(secs + usecs / 1e6, since + STEP_S))
-                why = _unroutable(base, raw)
                 what = (
                     f"fleet config restored: version {routed.version}, which this gateway "
                     f"routed on, put back over a document it could not route on ({why})"
@@ -70,14 +70,16 @@ async def restore(
                 continue  # written meanwhile (another restore, a mend): look again
 
 
-def _check(base: Config, raw: list[Any], seen: dict[str, int], replaced: int, routed: int) -> None:
-    """NothingToRestore where restoring is not what the fleet needs."""
+def _check(
+    raw: list[Any], why: str | None, seen: dict[str, int], replaced: int, routed: int
+) -> None:
+    """NothingToRestore where restoring is not what the fleet needs (``why``: _unroutable's)."""
     if not text_of(raw[0]):
         raise NothingToRestore(
             "nothing to restore: Redis holds no fleet document; the gateways put theirs back "
             "within a refresh (redis.refresh_interval_s)"
         )
-    if _unroutable(base, raw) is None:
+    if why is None:
         raise NothingToRestore(
             "nothing to restore: the fleet's document in Redis is one this gateway routes "
             "on; change it with drain, undrain, weight or set"
