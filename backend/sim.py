@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
@@ -77,6 +78,13 @@ class SimConfig:
             value = getattr(self, knob)
             if not isinstance(value, int | float) or not 0 <= value < math.inf:
                 raise ValueError(f"{knob}: a finite number of at least 0, not {value!r}")
+        # As the CLI checks them: {"error_rate": "x"} by /sim/config made every request a 500.
+        rate = self.error_rate
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise ValueError(f"error_rate: a number from 0 to 1, not {rate!r}")
+        status = self.error_status
+        if type(status) is not int or not 400 <= status <= 599:
+            raise ValueError(f"error_status: a whole number from 400 to 599, not {status!r}")
 
 
 def _max_tokens(req: dict[str, Any], default: int) -> int:
@@ -132,6 +140,13 @@ class SimBackend:
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
             message = f"{request.method} {request.path}: {exc.reason}"
             return _error(exc.status, message, "invalid_request_error", code, **allow)
+        except RequestPayloadError:  # a body its Content-Encoding does not decode: was a 500
+            request.content.feed_eof()  # nothing more of it can be read (backend.server's way)
+            coding = request.headers.get("content-encoding", "")[:40]
+            message = f"request body does not decode as its Content-Encoding ({coding!r}) says"
+            resp = _error(400, message, "invalid_request_error", "invalid_body")
+            resp.force_close()
+            return resp
 
     # --- plain endpoints ----------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -173,7 +188,10 @@ class SimBackend:
 
     async def reconfigure(self, request: web.Request) -> web.Response:
         """Change knobs at run time (slow a backend down mid-benchmark): {"ttft_ms": 200}."""
-        changes = await request.json()
+        try:
+            changes = await request.json()
+        except (ValueError, RecursionError):  # a traceback and a 500 before
+            return _error(400, "body is not valid JSON", "invalid_request_error", "invalid_json")
         allowed = {
             "ttft_ms",
             "tokens_per_s",

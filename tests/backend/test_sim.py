@@ -71,8 +71,21 @@ def test_role_first_is_a_bool_or_refused(tmp_path: Path) -> None:
             r = httpx.post(f"{sim.url}/sim/config", json={"role_first": bad}, timeout=5)
             assert r.status_code == 400, (bad, r.text)
             assert r.json()["error"]["message"] == f"role_first: true or false, not {bad!r}"
+        # Knobs the CLI checks, and a body that is no JSON: 500s and tracebacks before (a bad
+        # error_rate then failed every request after it).
+        for knobs, said in (
+            ({"error_rate": "x"}, "error_rate: a number from 0 to 1, not 'x'"),
+            ({"error_rate": 1.5}, "error_rate: a number from 0 to 1, not 1.5"),
+            ({"error_status": 200}, "error_status: a whole number from 400 to 599, not 200"),
+            ({"error_status": "503"}, "error_status: a whole number from 400 to 599, not '503'"),
+        ):
+            r = httpx.post(f"{sim.url}/sim/config", json=knobs, timeout=5)
+            assert (r.status_code, r.json()["error"]["message"]) == (400, said), r.text
+        r = httpx.post(f"{sim.url}/sim/config", content=b"{nope", timeout=5)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
         ok = httpx.post(f"{sim.url}/sim/config", json={"ttft_ms": 1}, timeout=5)
         assert ok.status_code == 200 and ok.json()["role_first"] is False  # none of them stuck
+        assert ok.json()["error_rate"] == 0.0 and ok.json()["error_status"] == 500
     finally:
         sim.proc.kill()
 
@@ -100,6 +113,12 @@ def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
         for body in (b"\xff\xfe", b'{"n": ' + b"9" * 5000 + b"}", b"[" * 100_000):
             r = httpx.post(url, content=body, headers={"content-type": "application/json"})
             assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_json"), r.text
+        # A body its Content-Encoding does not decode: a 500 and a traceback before.
+        said = {"content-type": "application/json", "content-encoding": "deflate"}
+        r = httpx.post(url, content=b'{"model": "m"}', headers=said)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_body"), r.text
+        assert r.headers["connection"] == "close"  # the rest of it cannot be read
+        assert "Traceback" not in (tmp_path / "sim-s.log").read_text()
     finally:
         sim.proc.kill()
 
