@@ -100,6 +100,7 @@ WORKER_START_GRACE_S = 10.0  # uvicorn's forked workers: one that exits sooner f
 OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public
 OPS_PORT = 9180  # not Prometheus's 9090 or node_exporter's 9100, which often share the host
 OPS_HEAD_TIMEOUT_S = 5.0  # a scraper's or an operator's request head comes at once (as hypercorn)
+OPS_BODY_TIMEOUT_S = 5.0  # and so does an admin change's or a login's body: a few fields
 OPS_MAX_CONNECTIONS = 256  # scrapes, ctl, a few dashboard pages: past it, idle ones close first
 
 # --- dashboard (/dashboard on the ops listener) --------------------------------------------
@@ -144,6 +145,12 @@ LOG_FORMAT: Final = "text"  # what existed: readable event lines, one JSON objec
 # line; "ecs" is for a log pipeline (Filebeat, Elastic Agent) and hard to read on a terminal
 LOG_LEVEL: Final = "info"  # events an operator acts on (health, ejections, config changes);
 # "debug" adds each failed completion probe
+# A worker's event lines of one kind (one call's message: a malformed request, a failed
+# request) in a window, the rest counted and said after it (gateway.logs.RepeatLimit): a line a
+# second on average, where a flood of bad requests or an outage wrote thousands. ERROR lines
+# are never held back.
+LOG_MAX_REPEATS: Final = 10
+LOG_REPEAT_WINDOW_S: Final = 10.0
 
 # --- upstream timeouts ----------------------------------------------------------------------
 # How long a proxied request runs before the gateway watches for its client leaving (and then

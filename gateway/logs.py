@@ -34,6 +34,7 @@ EVENTS_DATASET = "geogate.events"
 # the thread (one asyncio thread per worker) say nothing an operator searches for.
 ECS_EXCLUDE = ("log.original", "log.origin", "process.thread", "process.name")
 ECS_SERVICE = {"service.name": "geogate"}
+REPEAT_KINDS_MAX = 4096  # kinds of event line RepeatLimit keeps counts of
 
 
 def formatters(fmt: str) -> tuple[logging.Formatter, logging.Formatter]:
@@ -142,6 +143,60 @@ def pieces(lines: list[str], limit: int) -> list[bytes]:
     if piece:
         out.append(bytes(piece))
     return out
+
+
+class RepeatLimit(logging.Filter):
+    """At most ``burst`` event lines of one kind (the logger and the call's message template)
+    in each ``window_s``: the last let through says so, and the first after a window that
+    dropped some says how many. ERROR and up always pass; ``burst`` 0: no limit. A client can
+    make a line per request (a malformed head, a refused connection) and an outage one per
+    failed request: at thousands a second they buried the lines an operator looks for and
+    filled the disk, where journald or a log shipper would have dropped lines of its own
+    choosing, unsaid. Per worker."""
+
+    def __init__(
+        self, burst: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.burst, self.window_s, self.clock = burst, window_s, clock
+        # kind -> [window's start, lines in it]; bounded: a message built per call (an
+        # f-string) is a kind of its own, and windows past their end are forgotten first.
+        self._kinds: dict[tuple[str, object], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or self.burst <= 0:
+            return True
+        now = self.clock()
+        msg = record.msg  # the call's template; anything else logged (a dict) by its type
+        key = (record.name, msg if isinstance(msg, str) else type(msg).__name__)
+        seen = self._kinds.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            if seen[1] == self.burst:  # the last one let through says what follows
+                _say(
+                    record,
+                    f"{self.burst} like it in {self.window_s:g} s: more are counted, not "
+                    "logged, until that time is up",
+                )
+            return seen[1] <= self.burst
+        if seen is not None and seen[1] > self.burst:
+            _say(record, f"{int(seen[1]) - self.burst} more like it were not logged before this")
+        if seen is None and len(self._kinds) >= REPEAT_KINDS_MAX:
+            self._forget(now)
+        self._kinds[key] = [now, 1.0]
+        return True
+
+    def _forget(self, now: float) -> None:
+        ended = [k for k, (start, _) in self._kinds.items() if now - start >= self.window_s]
+        for k in ended:
+            del self._kinds[k]
+        if len(self._kinds) >= REPEAT_KINDS_MAX:  # that many kinds within one window
+            self._kinds.clear()
+
+
+def _say(record: logging.LogRecord, note: str) -> None:
+    """``note`` added to ``record``'s message, in brackets."""
+    record.msg, record.args = f"{record.getMessage()} [{note}]", None
 
 
 def direct_sink(logger: logging.Logger) -> BatchingStreamHandler | None:

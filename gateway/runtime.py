@@ -21,7 +21,7 @@ from gateway.errors import ConfigError
 from gateway.fleet.memory import MemoryStateStore
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.store import StateStore
-from gateway.logs import BatchingStreamHandler, formatters
+from gateway.logs import BatchingStreamHandler, RepeatLimit, formatters
 from gateway.metrics import Metrics
 from gateway.routing.memo import RankMemo
 from gateway.routing.model import Decision, RequestFacts
@@ -57,6 +57,9 @@ def setup_logging(section: LogSection | None = None) -> None:
         root.propagate = False
     for handler in root.handlers:
         handler.setFormatter(events)
+        for old in [f for f in handler.filters if isinstance(f, RepeatLimit)]:
+            handler.removeFilter(old)  # called again: the config's limit replaces the default
+        handler.addFilter(RepeatLimit(section.max_repeats, d.LOG_REPEAT_WINDOW_S))
     root.setLevel(section.level.upper())
     logging.getLogger("geodb").handlers = root.handlers
     logging.getLogger("geodb").setLevel(section.level.upper())

@@ -126,6 +126,7 @@ def test_env_overrides(tmp_path: Path) -> None:
         (lambda t: t + '[admin]\ntoken = "t"\ntokens = {admin = "u"}\n', "share a name or a token"),
         (lambda t: t + '[admin]\ntokens = {"a b" = "t"}\n', "admin.tokens"),
         (lambda t: t + '[log]\nformat = "json"\n', "log.format: Input should be 'text' or 'ecs'"),
+        (lambda t: t + "[log]\nmax_repeats = -1\n", "log.max_repeats: Input should be greater"),
         # The dashboard's origin behind a proxy: scheme and host only.
         (lambda t: t + '[ops]\npublic_url = "ops.example.com"\n', "ops.public_url"),
         (lambda t: t + '[ops]\npublic_url = "https://x/dashboard"\n', "ops.public_url"),

@@ -1,0 +1,109 @@
+"""log.max_repeats (gateway.logs.RepeatLimit): a flood of event lines of one kind is held to a
+few per window and counted, in-process on a clock of the test's, then through a real gateway
+taking malformed requests."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway import logs
+from gateway.logs import RepeatLimit, formatters
+from tests.support import UpstreamSpec, gateway_toml, read_to_eof, start_gateway, start_sim
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _logger(limit: RepeatLimit) -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatters("text")[0])
+    handler.addFilter(limit)
+    logger = logging.getLogger(f"geogate.test-repeats.{id(limit)}")
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    return logger, out
+
+
+def test_a_kind_is_held_to_its_burst_per_window_and_the_rest_counted() -> None:
+    clock = Clock()
+    logger, out = _logger(RepeatLimit(3, 10.0, clock))
+    for i in range(8):
+        logger.warning("refused a malformed request from %s", f"127.0.0.{i}")
+        clock.now += 0.5
+    logger.warning("upstream %s ejected", "a")  # another kind: its own count
+    logger.error("the config file %s is unreadable", "x")  # ERROR: never held back
+    lines = out.getvalue().splitlines()
+    refused = [line for line in lines if "refused a malformed" in line]
+    assert [line.split("from ")[1] for line in refused] == [
+        "127.0.0.0",
+        "127.0.0.1",
+        "127.0.0.2 [3 like it in 10 s: more are counted, not logged, until that time is up]",
+    ]
+    assert any(line.endswith("upstream a ejected") for line in lines), lines
+    assert any("ERROR" in line and "unreadable" in line for line in lines), lines
+    for _ in range(30):  # errors of one kind all pass, however many
+        logger.error("the config file %s is unreadable", "x")
+    assert out.getvalue().count("unreadable") == 31
+    clock.now += 10.0  # the window is over: the next one passes and says what was not logged
+    logger.warning("refused a malformed request from %s", "127.0.0.9")
+    last = out.getvalue().splitlines()[-1]
+    assert last.endswith("from 127.0.0.9 [5 more like it were not logged before this]"), last
+    logger.warning("refused a malformed request from %s", "127.0.0.10")
+    assert out.getvalue().splitlines()[-1].endswith("from 127.0.0.10")  # a new window, unsaid
+
+
+def test_no_limit_at_zero() -> None:
+    logger, out = _logger(RepeatLimit(0, 10.0, Clock()))
+    for _ in range(50):
+        logger.warning("a line %d", 1)
+    assert out.getvalue().count("a line 1\n") == 50
+
+
+def test_the_kinds_counted_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message built per call (an f-string) is a kind of its own: past the bound, kinds
+    whose window is over are forgotten, then all of them."""
+    monkeypatch.setattr(logs, "REPEAT_KINDS_MAX", 4)
+    clock = Clock()
+    limit = RepeatLimit(1, 10.0, clock)
+    logger, out = _logger(limit)
+    for i in range(3):
+        logger.warning(f"old {i}")
+    clock.now += 11
+    logger.warning("new 0")
+    logger.warning("old 0")  # its window is over: a line of its own
+    assert len(limit._kinds) <= 4
+    for i in range(10):  # ten kinds within one window: the counts are dropped, not grown
+        logger.warning(f"burst {i}")
+        assert len(limit._kinds) <= 4
+    assert out.getvalue().count("burst") == 10
+
+
+def test_a_flood_of_malformed_requests_is_a_few_lines(tmp_path: Path) -> None:
+    """Each malformed request wrote a WARNING line: a client sending thousands a second
+    flooded the log. With log.max_repeats = 3, three lines, and every request still answered."""
+    sim = start_sim(tmp_path, "s", "eu-central", ["m"])
+    ups = [UpstreamSpec("s", "eu-central", sim.url, ["m"])]
+    gw = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra="[log]\nmax_repeats = 3\n"))
+    try:
+        for _ in range(12):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+                s.sendall(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_to_eof(s).startswith(b"HTTP/1.1 400 "), "every one is answered"
+        # Each line is written before its answer (gateway.h1.conn._refuse).
+        lines = [ln for ln in gw.log_text().splitlines() if "malformed HTTP/1.1" in ln]
+        assert len(lines) == 3, lines
+        assert lines[-1].endswith("more are counted, not logged, until that time is up]"), lines
+    finally:
+        gw.stop()
+        sim.proc.kill()
