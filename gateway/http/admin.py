@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import checks
+from gateway import defaults as d
 from gateway.defaults import ADMIN_MAX_BODY_BYTES, AUDIT_MAX_COUNT
 from gateway.errors import (
     AdminDisabled,
@@ -208,8 +209,11 @@ def _too_large(size: int | None, limit: int) -> BodyTooLarge:
 
 async def json_body(request: Request, timeout_s: float) -> Any:
     """The body as JSON, read up to ``ADMIN_MAX_BODY_BYTES`` within ``timeout_s``
-    (server.body_timeout_s): a bigger one is refused as it arrives, never held whole in
-    memory, and a slow one does not hold the request forever."""
+    (server.body_timeout_s) or OPS_BODY_TIMEOUT_S, the shorter: a bigger one is refused as it
+    arrives, never held whole in memory, and a slow one does not hold the request forever. A
+    change or a login is a few bytes: with the public API's 30 s, slow logins held the ops
+    listener's connections (OPS_MAX_CONNECTIONS) six times as long as their heads may."""
+    timeout_s = min(timeout_s, d.OPS_BODY_TIMEOUT_S)
     body = await read_body(
         request.scope, request.receive, ADMIN_MAX_BODY_BYTES, timeout_s, _too_large
     )

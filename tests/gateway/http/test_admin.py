@@ -13,6 +13,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from gateway import defaults as d
 from gateway.config import Config
 from gateway.defaults import ADMIN_MAX_BODY_BYTES
 from gateway.fleet import config_io
@@ -211,6 +212,24 @@ async def test_a_slow_body_is_refused_at_the_body_timeout() -> None:
         assert "within 0.3 s" in r.json()["error"]["message"]
         shown = await c.get("/admin/config", headers=bearer(ALICE))
         assert shown.json()["config"]["upstreams"][0]["weight"] == 1.0
+
+
+async def test_a_slow_body_is_refused_at_the_ops_bound_below_the_body_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # server.body_timeout_s (30 s) is the public API's: a change or a login is a few bytes,
+    # and slow ones held the ops listener's capped connections for as long.
+    async def trickle() -> Any:
+        for b in b'{"weight": 2}':
+            await asyncio.sleep(0.1)
+            yield bytes([b])
+
+    monkeypatch.setattr(d, "OPS_BODY_TIMEOUT_S", 0.3)
+    cfg = config(tokens={"alice": ALICE})
+    assert cfg.server.body_timeout_s == 30
+    async with client(cfg) as c:
+        r = await c.patch("/admin/upstreams/a", content=trickle(), headers=bearer(ALICE))
+        assert r.status_code == 408 and "within 0.3 s" in r.json()["error"]["message"], r.text
 
 
 @pytest.mark.parametrize("count", ["0", "1001", "x", "\u00b2", "-1", " 5", "9" * 4301])
