@@ -272,7 +272,7 @@ class MemoryStateStore:
         if upstream_id not in self._health:
             return False
         # Only a failure can eject: a success need not count the pool's ejected.
-        may_eject = not ok and self._room_to_eject(now)
+        may_eject = not ok and self._room_to_eject(upstream_id, now)
         cfg = self._config.outlier
         ejected = apply_result(self._health[upstream_id], ok, now, cfg, may_eject=may_eject)
         if ejected:
@@ -290,18 +290,26 @@ class MemoryStateStore:
         # sibling's probe had ended it.
         if h is None or h.ejected_until >= until or h.ejection_cause is not None:
             return False
-        if not h.ejected(now) and not self._room_to_eject(now):
+        if not h.ejected(now) and not self._room_to_eject(upstream_id, now):
             return False
         h.ejected_until = until
         self._snap = None
         return True
 
-    def _room_to_eject(self, now: float) -> bool:
-        """Whether one more upstream may go out: at most outlier.max_ejected_share of the pool
-        (always at least one) is ejected at once."""
-        out = sum(1 for h in self._health.values() if h.ejected(now))
-        share = self._config.outlier.max_ejected_share * len(self._health)
-        return out < max(1, math.floor(share))
+    def _room_to_eject(self, upstream_id: str, now: float) -> bool:
+        """Whether ``upstream_id`` may go out too: in the pool of each model it serves (its
+        upstreams not drained), at most outlier.max_ejected_share (always at least one) is
+        ejected at once, as Envoy caps each cluster. Counted over the whole gateway, one model's
+        ejected upstream kept another model's failing one in rotation, and drained upstreams,
+        which serve nothing, raised the cap."""
+        share = self._config.outlier.max_ejected_share
+        models = next((u.models for u in self._upstreams if u.id == upstream_id), ())
+        for model in models:
+            pool = [u.id for u in self._upstreams if model in u.models and not u.drained]
+            out = sum(1 for uid in pool if uid != upstream_id and self._health[uid].ejected(now))
+            if out >= max(1, math.floor(share * len(pool))):
+                return False
+        return True
 
     def release_ejection(self, upstream_id: str, until: float, now: float) -> None:
         """The sibling's ejection to ``until`` ended before its time (its completion probe):

@@ -99,6 +99,36 @@ def test_ejection_never_takes_more_than_the_capped_share() -> None:
     assert [u.healthy for u in s.snapshot(1.0).upstreams] == [False, True, True]
 
 
+def test_the_cap_is_each_models_pool_not_the_whole_gateway() -> None:
+    """One model's ejected upstream kept another model's failing one in rotation, and
+    drained upstreams, serving nothing, counted in the pool and raised its cap."""
+
+    served = [("a0", "m"), ("a1", "m"), ("w0", "w"), ("w1", "w")]
+    served += [(f"d{i}", "m") for i in range(6)]  # drained: ten upstreams in all
+    ups = [
+        {"id": uid, "region": "eu", "url": f"http://127.0.0.1:{i + 1}", "models": [model]}
+        | ({"drained": True} if uid.startswith("d") else {})
+        for i, (uid, model) in enumerate(served)
+    ]
+    cfg = Config.model_validate(
+        {
+            **CFG.model_dump(),
+            "upstreams": ups,
+            "outlier": {"consecutive_failures": 2, "max_ejected_share": 0.5},
+        }
+    )
+    s = MemoryStateStore(cfg)
+
+    def fail(uid: str) -> bool:
+        return s.record_result(uid, False, now=1.0) | s.record_result(uid, False, now=1.0)
+
+    assert fail("a0")  # m's pool: a0, a1 (the drained ones serve nothing): one of two
+    assert not fail("a1")  # 50 % of m's two: a1 stays in (ten counted, it went out)
+    assert fail("w0")  # w's pool has none out (the gateway's one counted took it)
+    healthy = {u.id: u.healthy for u in s.snapshot(1.0).upstreams}
+    assert [healthy[u] for u in ("a0", "a1", "w0", "w1")] == [False, True, False, True]
+
+
 def test_a_reconfirmed_estimate_restarts_from_the_new_measurement() -> None:
     s = MemoryStateStore(CFG)
     s.record_load("a", LoadReading(ttft_sum_s=0.0, ttft_count=0), now=0.0)
