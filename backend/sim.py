@@ -5,18 +5,20 @@ Imports no torch: it shares the OpenAI shapes with the real model server through
 
 For tests, demos and benchmarks: exact OpenAI response and chunk formats, vLLM's load metric
 names, and knobs for time to first token, tokens per second, added network delay, error rate,
-maximum concurrency (429 beyond it) and dying mid-stream. Built on aiohttp.web with no per-token
-work beyond one small JSON dump, so it outruns the gateway it is used to measure.
+maximum concurrency (429 beyond it, or a queue first) and dying mid-stream. Built on
+aiohttp.web with no per-token work beyond one small JSON dump, so it outruns the gateway it is
+used to measure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -26,78 +28,13 @@ from prometheus_client import generate_latest
 
 from backend.shapes import SSE_DONE, Shape, error_body, sse
 from backend.sim_audio import AUDIO_PATHS, transcribe
+from backend.sim_config import SimConfig, max_tokens
 from backend.sim_metrics import SimMetrics, SimStats
 
-# SimConfig.clock: whose clock paces the tokens (tokens_per_s > 0), and what it stands for.
-CLOCKS = {
-    "stream": "each stream's own clock from its start (streams started together stay together)",
-    "random": "each stream's own clock, started a random share of a token interval late "
-    "(streams that arrive at random times)",
-    "lockstep": "one clock for all streams (a model server's decode steps: with continuous "
-    "batching, vLLM's and TGI's, every running sequence gets its next token in the same pass)",
-}
 # A cut mid-event waits this long after the half it sent, so that the proxy has read and
 # relayed it before the reset (a reset drops whatever the receiver has not read yet).
 MID_EVENT_PAUSE_S = 0.05
-SIM_MAX_TOKENS = 1_000_000  # a simulated answer's longest
 WORDS = ("the", "quick", "geo", "gate", "routes", "every", "token", "to", "a", "nearby", "GPU")
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    region: str = "local"
-    models: tuple[str, ...] = ("sim-model",)
-    ttft_ms: float = 0.0
-    tokens_per_s: float = 0.0  # 0 = all tokens at once
-    delay_ms: float = 0.0  # emulated network delay, paid once before the response starts
-    error_rate: float = 0.0  # share of requests answered with error_status
-    error_status: int = 500
-    max_concurrency: int = 0  # 0 = unlimited; beyond it 429
-    default_tokens: int = 16
-    abort_after: int = 0  # >0: drop the connection after this many content chunks
-    abort_mid_event: bool = False  # ...after the first half of the next one (a cut mid-event)
-    seed: int | None = None
-    name: str = ""
-    # Put the emission time (time.time()) in an SSE comment line before each event: clients
-    # ignore comments, and a test on the same machine can compare emission with arrival.
-    stamp: bool = False
-    clock: str = "stream"  # one of CLOCKS
-    # Send a chat stream's role chunk at once, before the first token, as some servers do
-    # (vLLM, and this simulator by default, send it with the first token): POST /sim/config.
-    role_first: bool = False
-
-    def __post_init__(self) -> None:
-        """Knobs that would break streams mid-answer (a lockstep step of 1/inf) are refused, and
-        a switch that is no bool: POST /sim/config {"role_first": "false"} was taken as true
-        (a non-empty string), the opposite of what was asked."""
-        if self.clock not in CLOCKS:
-            raise ValueError(f"clock: one of {', '.join(CLOCKS)}, not {self.clock!r}")
-        if not isinstance(self.role_first, bool):
-            raise ValueError(f"role_first: true or false, not {self.role_first!r}")
-        for knob in ("ttft_ms", "tokens_per_s", "delay_ms"):
-            value = getattr(self, knob)
-            if not isinstance(value, int | float) or not 0 <= value < math.inf:
-                raise ValueError(f"{knob}: a finite number of at least 0, not {value!r}")
-        # As the CLI checks them: {"error_rate": "x"} by /sim/config made every request a 500.
-        rate = self.error_rate
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            raise ValueError(f"error_rate: a number from 0 to 1, not {rate!r}")
-        status = self.error_status
-        if type(status) is not int or not 400 <= status <= 599:
-            raise ValueError(f"error_status: a whole number from 400 to 599, not {status!r}")
-
-
-def _max_tokens(req: dict[str, Any], default: int) -> int:
-    """max_completion_tokens first, as the model server reads them: a whole number from 1 to
-    SIM_MAX_TOKENS (10**31 of them, at once, held the loop for good)."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        if (value := req.get(key)) is not None:
-            if type(value) is not int or not 1 <= value <= SIM_MAX_TOKENS:
-                raise ValueError(
-                    f"{key} must be a whole number from 1 to {SIM_MAX_TOKENS}, not {value!r}"
-                )
-            return value
-    return default
 
 
 def _error(status: int, message: str, type_: str, code: str, **headers: str) -> web.Response:
@@ -113,6 +50,7 @@ class SimBackend:
         # The random clock's offsets, from a generator of their own (a seeded run's errors stay
         # put) and seeded apart from the other one.
         self.phase_rng = random.Random(None if cfg.seed is None else cfg.seed + 1)
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._seen])
@@ -162,6 +100,7 @@ class SimBackend:
     async def prom(self, request: web.Request) -> web.Response:
         self.stats.scrapes += 1
         self.metrics.running.set(self.stats.active)
+        self.metrics.waiting.set(len(self._waiting))
         cap = self.cfg.max_concurrency
         self.metrics.kv.set(min(1.0, self.stats.active / cap) if cap else 0.0)
         registry = self.metrics.registry
@@ -177,6 +116,7 @@ class SimBackend:
                 "name": self.cfg.name,
                 "requests": s.requests,
                 "active": s.active,
+                "waiting": len(self._waiting),
                 "cancelled": s.cancelled,
                 "completed": s.completed,
                 "rejected": s.rejected,
@@ -254,7 +194,7 @@ class SimBackend:
                 "model_not_found",
             )
         cap = self.cfg.max_concurrency
-        if cap and self.stats.active >= cap:
+        if cap and self.stats.active >= cap and len(self._waiting) >= self.cfg.max_waiting:
             self.stats.rejected += 1
             return _error(
                 429,
@@ -266,10 +206,13 @@ class SimBackend:
         if self.cfg.error_rate and self.rng.random() < self.cfg.error_rate:
             return _error(self.cfg.error_status, "simulated failure", "server_error", "simulated")
         try:
-            n = _max_tokens(req, self.cfg.default_tokens)
+            n = max_tokens(req, self.cfg.default_tokens)
         except ValueError as exc:  # was a 500 (int("x")), which a gateway counts as a failure
             return _error(400, str(exc), "invalid_request_error", "invalid_parameter")
-        self.stats.active += 1
+        if cap and self.stats.active >= cap:
+            await self._queued()  # back with a running one's slot
+        else:
+            self.stats.active += 1
         try:
             if self.cfg.delay_ms:
                 await asyncio.sleep(self.cfg.delay_ms / 1000)
@@ -277,7 +220,30 @@ class SimBackend:
                 return await self._stream(request, req, chat, model, n, t0)
             return await self._whole(req, chat, model, n, t0)
         finally:
-            self.stats.active -= 1
+            self._release()
+
+    async def _queued(self) -> None:
+        """Wait for a running request to end (``--max-waiting``): its slot is handed over, not
+        freed, so that a request arriving meanwhile cannot take it first. The first token's
+        time counts from the request's arrival, as vLLM's does."""
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:  # the client left
+            if turn.done() and not turn.cancelled():
+                self._release()  # handed the slot as it left: the next one's
+            else:
+                self._waiting.remove(turn)
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.stats.active -= 1
 
     def _token(self, i: int) -> str:
         return ("" if i == 0 else " ") + WORDS[i % len(WORDS)]

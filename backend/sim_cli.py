@@ -13,7 +13,8 @@ from aiohttp.typedefs import Handler
 
 from backend.cli import DRAIN_BACKSTOP_S, EXIT_USAGE, OneLineParser, check_listen, port
 from backend.errors import BackendError
-from backend.sim import CLOCKS, SimBackend, SimConfig
+from backend.sim import SimBackend
+from backend.sim_config import CLOCKS, SimConfig
 
 # The listen backlog: aiohttp's default of 128 overflowed at 1,000 new connections/s (SYN
 # retries then cost clients seconds); Linux caps it at net.core.somaxconn (4096 since 5.4).
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--error-rate", type=float, default=0.0, help="share answered in error")
     s.add_argument("--error-status", type=int, default=500, help="status of those errors")
     s.add_argument("--max-concurrency", type=int, default=0, help="429 beyond (0 = no cap)")
+    s.add_argument(
+        "--max-waiting",
+        type=int,
+        default=0,
+        help="with --max-concurrency: this many more wait for a slot (vLLM's waiting "
+        "requests, in vllm:num_requests_waiting) before the 429s",
+    )
     s.add_argument("--tokens", type=int, default=16, help="tokens when max_tokens is absent")
     s.add_argument("--abort-after", type=int, default=0, help="die after N streamed tokens")
     s.add_argument(
@@ -94,6 +102,8 @@ def _bounds(args: argparse.Namespace) -> list[tuple[bool, str]]:
             f"--drain-timeout must be 0 to {MAX_DRAIN_TIMEOUT_S:g} seconds",
         ),
         (args.max_concurrency < 0, "--max-concurrency must be at least 0 (0: no cap)"),
+        (args.max_waiting < 0, "--max-waiting must be at least 0"),
+        (args.max_waiting and not args.max_concurrency, "--max-waiting needs --max-concurrency"),
         (args.tokens < 0, "--tokens must be at least 0"),
         (not 400 <= args.error_status <= 599, "--error-status must be 400 to 599"),
     ]
@@ -110,6 +120,7 @@ def _config(args: argparse.Namespace) -> SimConfig:
         error_rate=args.error_rate,
         error_status=args.error_status,
         max_concurrency=args.max_concurrency,
+        max_waiting=args.max_waiting,
         default_tokens=args.tokens,
         abort_after=args.abort_after,
         abort_mid_event=args.abort_mid_event,

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.sim import CLOCKS  # noqa: E402
+from backend.sim_config import CLOCKS  # noqa: E402
 from bench.overhead import (  # noqa: E402
     MODEL,
     PACED_TOKENS_PER_S,

@@ -52,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.sim import CLOCKS  # noqa: E402
+from backend.sim_config import CLOCKS  # noqa: E402
 from bench import perf_frames  # noqa: E402
 from bench.ab import (  # noqa: E402
     check_positive,

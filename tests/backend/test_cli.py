@@ -64,6 +64,8 @@ def taken_port() -> Iterator[int]:
         (["--port", "70000"], "error: argument --port: 70000 is no port: 1 to 65535"),  # was 4464
         (["--port", "-1"], "error: argument --port: -1 is no port: 1 to 65535"),  # a traceback
         (["--port", "1", "--max-concurrency", "-1"], "--max-concurrency must be at least 0"),
+        (["--port", "1", "--max-waiting", "-1"], "--max-waiting must be at least 0"),
+        (["--port", "1", "--max-waiting", "2"], "--max-waiting needs --max-concurrency"),
         (["--port", "1", "--tokens", "-3"], "--tokens must be at least 0"),  # a 500 each
         (["--port", "1", "--error-status", "99"], "--error-status must be 400 to 599"),
         (["--port", "1", "--error-status", "200"], "--error-status must be 400 to 599"),

@@ -4,6 +4,7 @@ first token); ``role_first`` (POST /sim/config) sends it at once, as some server
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import time
@@ -119,6 +120,54 @@ def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_body"), r.text
         assert r.headers["connection"] == "close"  # the rest of it cannot be read
         assert "Traceback" not in (tmp_path / "sim-s.log").read_text()
+    finally:
+        sim.proc.kill()
+
+
+def _held(port: int, tokens: int) -> socket.socket:
+    """A completion of ``tokens`` sent on a raw socket, left unread: closing it leaves."""
+    body = b'{"model": "m", "prompt": "hi", "max_tokens": %d}' % tokens
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json"
+        b"\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    return s
+
+
+def test_past_its_concurrency_a_request_waits_in_the_queue_then_429s(tmp_path: Path) -> None:
+    """--max-waiting: vLLM queues what its batch cannot take, and says so in
+    vllm:num_requests_waiting, which a gateway's routing weighs; the sim only refused."""
+    sim = start_sim(
+        tmp_path, "s", "eu", ["m"], "--tokens-per-s", "20", "--max-concurrency", "1",
+        "--max-waiting", "1",
+    )  # fmt: skip
+    url = f"{sim.url}/v1/completions"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, url, json={"model": "m", "max_tokens": 10}, timeout=10)
+            eventually(lambda: sim.stats()["active"] == 1, what="the first to run")
+            t0 = time.monotonic()
+            second = pool.submit(httpx.post, url, json={"model": "m", "max_tokens": 1}, timeout=10)
+            eventually(lambda: sim.stats()["waiting"] == 1, what="the second to wait")
+            scrape = httpx.get(f"{sim.url}/metrics").text
+            assert "vllm:num_requests_waiting 1.0" in scrape, scrape
+            third = httpx.post(url, json={"model": "m", "max_tokens": 1}, timeout=10)
+            assert (third.status_code, third.json()["error"]["code"]) == (429, "at_capacity")
+            assert first.result().status_code == 200
+            assert second.result().status_code == 200
+            assert time.monotonic() - t0 > 0.2, "the second waited for the first's end"
+        assert sim.stats()["active"] == 0 and sim.stats()["waiting"] == 0
+        # A client that leaves while it waits gives up its place, and leaks no slot.
+        running = _held(sim.port, 100_000)
+        eventually(lambda: sim.stats()["active"] == 1, what="a long one to run")
+        with _held(sim.port, 1):
+            eventually(lambda: sim.stats()["waiting"] == 1, what="another to wait")
+        eventually(lambda: sim.stats()["waiting"] == 0, what="the one that left to go")
+        running.close()
+        eventually(lambda: sim.stats()["active"] == 0, what="the long one to end")
+        r = httpx.post(url, json={"model": "m", "max_tokens": 1}, timeout=10)
+        assert r.status_code == 200, r.text
     finally:
         sim.proc.kill()
 

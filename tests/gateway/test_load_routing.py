@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,6 +61,53 @@ def test_traffic_moves_away_from_a_slowed_backend(tmp_path: Path) -> None:
         after = served_by(gw.url, 60)
         assert after["a"] >= 57, after  # b is out of the tolerance band
     finally:
+        gw.stop()
+        for s in sims:
+            s.proc.kill()
+
+
+def test_traffic_moves_away_from_a_backend_with_a_queue(tmp_path: Path) -> None:
+    """vllm:num_requests_waiting end to end: a backend whose batch is full, with requests
+    waiting (the sim's --max-waiting, as vLLM queues them), loses the gateway's traffic while
+    its queue lasts, though its first tokens, when they come, are as quick as ever."""
+    knobs = (
+        "--ttft-ms",
+        "20",
+        "--tokens-per-s",
+        "20",
+        "--max-concurrency",
+        "2",
+        "--max-waiting",
+        "64",
+    )
+    sims = [start_sim(tmp_path, n, "eu-central", ["m"], *knobs) for n in ("a", "b")]
+    ups = [UpstreamSpec(s.name, "eu-central", s.url, ["m"]) for s in sims]
+    extra = "[load]\npoll_interval_s = 0.1\n"
+    gw = start_gateway(tmp_path, lambda p: gateway_toml(p, ups, extra=extra))
+    held: list[socket.socket] = []
+    try:
+        before = served_by(gw.url, 40)
+        assert before["a"] > 8 and before["b"] > 8, before  # near-equal: both carry traffic
+        body = b'{"model": "m", "prompt": "hi", "max_tokens": 100000}'
+        for _ in range(32):  # b's own clients, not the gateway's: 2 running, 30 waiting
+            conn = socket.create_connection(("127.0.0.1", sims[1].port), timeout=10)
+            held.append(conn)
+            conn.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: b\r\nContent-Type: "
+                b"application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+
+        def b_has_a_queue() -> bool:
+            table: Any = get_json(f"{gw.ops_url}/routing-table")
+            ups = {u["id"]: u for r in table["regions"] for u in r["upstreams"]}
+            return (ups["b"]["queue_depth"] or 0) >= 30
+
+        eventually(b_has_a_queue, timeout=15, what="the gateway to see b's queue")
+        # 20 ms x (1 + 30 / 16 slots): 58 ms against a's 20, out of the tolerance band.
+        assert served_by(gw.url, 30) == {"a": 30}
+    finally:
+        for conn in held:
+            conn.close()
         gw.stop()
         for s in sims:
             s.proc.kill()
