@@ -170,24 +170,26 @@ class RepeatLimit(logging.Filter):
         msg = record.msg  # the call's template; anything else logged (a dict) by its type
         key = (record.name, msg if isinstance(msg, str) else type(msg).__name__)
         seen = self._kinds.get(key)
-        if seen is not None and now - seen[0] < self.window_s:
-            seen[1] += 1
-            if seen[1] == self.burst:  # the last one let through says what follows
-                _say(
-                    record,
-                    f"{self.burst} like it in {self.window_s:g} s: more are counted, not "
-                    "logged, until that time is up",
-                )
-            return seen[1] <= self.burst
-        if seen is not None and seen[1] > self.burst:
-            _say(record, f"{int(seen[1]) - self.burst} more like it were not logged before this")
-        if seen is None and len(self._kinds) >= REPEAT_KINDS_MAX:
-            self._forget(now)
-        self._kinds[key] = [now, 1.0]
-        return True
+        if seen is None or now - seen[0] >= self.window_s:  # a new window for this kind
+            if seen is not None and seen[1] > self.burst:
+                _say(record, f"{int(seen[1]) - self.burst} more like it were not logged before")
+            if seen is None and len(self._kinds) >= REPEAT_KINDS_MAX:
+                self._forget(now)
+            seen = self._kinds[key] = [now, 0.0]
+        seen[1] += 1
+        if seen[1] == self.burst:  # the last one let through says what follows
+            _say(
+                record,
+                f"{self.burst} like it in {self.window_s:g} s: more are counted, not logged, "
+                "until that time is up",
+            )
+        return seen[1] <= self.burst
 
     def _forget(self, now: float) -> None:
-        ended = [k for k, (start, _) in self._kinds.items() if now - start >= self.window_s]
+        # list(): a copy made at once (a line logged from another thread may add a kind; a
+        # handler's filter runs outside its lock)
+        kinds = list(self._kinds.items())
+        ended = [k for k, (start, _) in kinds if now - start >= self.window_s]
         for k in ended:
             del self._kinds[k]
         if len(self._kinds) >= REPEAT_KINDS_MAX:  # that many kinds within one window

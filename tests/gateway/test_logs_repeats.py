@@ -58,16 +58,27 @@ def test_a_kind_is_held_to_its_burst_per_window_and_the_rest_counted() -> None:
     clock.now += 10.0  # the window is over: the next one passes and says what was not logged
     logger.warning("refused a malformed request from %s", "127.0.0.9")
     last = out.getvalue().splitlines()[-1]
-    assert last.endswith("from 127.0.0.9 [5 more like it were not logged before this]"), last
+    assert last.endswith("from 127.0.0.9 [5 more like it were not logged before]"), last
     logger.warning("refused a malformed request from %s", "127.0.0.10")
     assert out.getvalue().splitlines()[-1].endswith("from 127.0.0.10")  # a new window, unsaid
 
 
-def test_no_limit_at_zero() -> None:
+def test_no_limit_at_zero_and_a_limit_of_one_says_so() -> None:
     logger, out = _logger(RepeatLimit(0, 10.0, Clock()))
     for _ in range(50):
         logger.warning("a line %d", 1)
     assert out.getvalue().count("a line 1\n") == 50
+    logger, out = _logger(RepeatLimit(1, 10.0, Clock()))
+    for _ in range(5):
+        logger.warning("a line %d", 1)
+    assert (
+        out.getvalue()
+        .splitlines()[-1]
+        .endswith(
+            "a line 1 [1 like it in 10 s: more are counted, not logged, until that time is up]"
+        )
+    )
+    assert out.getvalue().count("a line") == 1
 
 
 def test_the_kinds_counted_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
