@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import ipaddress
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -53,14 +56,18 @@ def granian_app() -> ASGIApp:
     from gateway.http.app import create_app
 
     # granian's workers had no such tie: a worker it respawned outlived a main killed in its
-    # stop, serving on the port with nothing left to stop it.
+    # stop, serving on the port with nothing left to stop it. Tied once the app's drain is
+    # SIGTERM's handler (its lifespan), not here: a signal before that went to granian's own
+    # handler, which a worker not yet serving lost, and it served on for good (1 in 8 tries).
     main = os.environ.get(ENV_GATEWAY_PID)
-    if main:
-        term_with_parent(int(main))
+    tie = functools.partial(term_with_parent, int(main)) if main else None
     fd = os.environ.get(ENV_OPS_FD)
     return headless(
         create_app(
-            stop=_stop_granian_worker, ops_fd=int(fd) if fd else None, ops_protocol=for_ops()
+            stop=_stop_granian_worker,
+            started=tie,
+            ops_fd=int(fd) if fd else None,
+            ops_protocol=for_ops(),
         )
     )
 
@@ -90,14 +97,51 @@ def ip_literal(host: str) -> str:
         return str(socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)[0][4][0])
 
 
+def one_listening_socket(base: type[Any]) -> type[Any]:
+    """granian's process server with one listening socket for all its workers, bound and
+    listening in this process before they start: granian's own way for a Unix socket and off
+    Linux. granian 2.8 on Linux has each worker bind a socket of its own, with SO_REUSEPORT
+    (granian/server/common.py _init_shared_socket; src/workers.rs tcp_listener): the kernel
+    queued each new connection on one of them, those on a worker that died (an OOM kill) were
+    reset with its socket, and while no worker listened (the first not yet up at the start,
+    or the only one up being replaced) a connect was refused. One socket's queue outlives its
+    workers: the others accept what a dead one left, and a connect waits for the first worker
+    up. granian's remedy, the tcp_migrate_req sysctl, is the host's to set, and leaves the
+    refusals. The cost: every worker wakes for each new connection and one accepts it, where
+    the kernel's hash woke one; an inference gateway's connections are few and long-lived."""
+    from granian.net import SocketSpec  # type: ignore[attr-defined]  # _granian's, renamed
+
+    class OneSocket(base):  # type: ignore[misc]
+        def _init_shared_socket(self) -> None:
+            # A Unix socket is one already. A worker uses the holder's descriptor number as
+            # it is: the same socket only in a forked child (Python 3.14's default, spawn in
+            # granian, leaves granian's sockets, and their resets, as they were).
+            if self.bind_uds or multiprocessing.get_start_method() != "fork":
+                super()._init_shared_socket()
+                return
+            holder = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
+            self._ssp, self._shd, self._sfd = None, holder, holder.get_fd()
+            # Listening now, not at the first worker's start; closed by granian's shutdown
+            # (_drop_shared_socket), the workers' copies as each of them stops.
+            self._sso = socket.socket(fileno=self._sfd)
+            self._sso.listen(self.backlog)
+
+    return OneSocket
+
+
 def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
+    from granian import server as granian_server
     from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings, HTTP2Settings
-    from granian.server import Server
 
     s = config.server
     # Workers are separate processes: they load the same file, overrides included.
     os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
+    # Workers as processes (MPServer: granian on a GIL build) share one listening socket;
+    # threads (MTServer, free-threaded) are one process, which a worker's death ends anyway.
+    Server = granian_server.Server
+    if Server is granian_server.MPServer:
+        Server = one_listening_socket(Server)
     server = Server(
         "gateway.engines:granian_app",
         address=ip_literal(s.host),

@@ -38,6 +38,7 @@ def create_app(
     config: Config | None = None,
     *,
     stop: Callable[[], None] | None = None,
+    started: Callable[[], None] | None = None,
     ops_fd: int | None = None,
     ops_protocol: Callable[..., asyncio.Protocol] | None = None,
 ) -> Starlette:
@@ -45,6 +46,8 @@ def create_app(
     processes of the ASGI server get it).
 
     ``stop``: how this worker's server stops; given, SIGTERM drains first (``http.gate``).
+    ``started``: called once that drain is SIGTERM's handler (gateway.engines ties granian's
+    workers to their main process there).
     ``ops_fd``: the ops listener's socket, bound by the parent (``http.ops``), served with
     ``ops_protocol`` (``gateway.h1.for_ops()``)."""
     if config is None:
@@ -69,7 +72,7 @@ def create_app(
             # Every method: the proxy answers a wrong one itself, in JSON (gateway.http.paths).
             Route("/v1/{path:path}", gate),
         ],
-        lifespan=lambda app: lifespan(rt, gate, ops, stop),
+        lifespan=lambda app: lifespan(rt, gate, ops, stop, started),
         exception_handlers={HTTPException: http_exception},  # a wrong method: JSON, too
     )
 
@@ -89,7 +92,11 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def lifespan(
-    rt: Runtime, gate: StreamGate, ops: OpsListener | None, stop: Callable[[], None] | None
+    rt: Runtime,
+    gate: StreamGate,
+    ops: OpsListener | None,
+    stop: Callable[[], None] | None,
+    started: Callable[[], None] | None = None,
 ) -> AsyncIterator[None]:
     config = rt.config
     loop = asyncio.get_running_loop()
@@ -105,6 +112,8 @@ async def lifespan(
         loop.add_signal_handler(
             signal.SIGTERM, gate.on_sigterm, config.server.drain_timeout_s, stop
         )
+    if started is not None:
+        started()
     if ops is not None:
         await ops.start()
     log.info(

@@ -1,20 +1,28 @@
 """The engines beside uvicorn are given the config's settings: hypercorn keeps an idle
 connection for server.keepalive_s (its own 5 s closed a balancer's pooled connections, on h2
 with no GOAWAY), granian refuses headers past twice server.max_header_bytes before holding
-them (its own limit was 16 MiB a request), and its factory is the one it imports."""
+them (its own limit was 16 MiB a request), and its factory is the one it imports. granian's
+workers share one listening socket, which outlives any of them."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import engines
+from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.http.gate import capacity
+from tests.support import Gateway, UpstreamSpec, eventually, gateway_toml, start_gateway
 
 CFG: dict[str, Any] = {
     "gateway": {"region": "eu"},
@@ -69,3 +77,110 @@ def test_granian_gets_an_address_for_a_host_name() -> None:
     # (and --check) and then stopped granian with a traceback.
     assert engines.ip_literal("localhost") == "127.0.0.1"  # a name: IPv4, as server.bind
     assert engines.ip_literal("::1") == "::1" and engines.ip_literal("0.0.0.0") == "0.0.0.0"
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+@contextlib.contextmanager
+def _granian_two_workers(tmp: Path) -> Iterator[Gateway]:
+    """A gateway on granian with two workers, serving /healthz; its upstream listens nowhere
+    (the tests ask /healthz only, which needs none)."""
+    ups = [UpstreamSpec("s", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])]
+    gw = start_gateway(
+        tmp,
+        lambda port: gateway_toml(port, ups).replace(
+            "[server]", '[server]\nengine = "granian"\nworkers = 2'
+        ),
+    )
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _workers(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _listening_on(port: int) -> set[str]:
+    """The inodes of the sockets listening on 127.0.0.1:``port`` (/proc/net/tcp)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    local = f"0100007F:{port:04X}"
+    return {f[9] for f in (r.split() for r in rows) if f[1] == local and f[3] == "0A"}
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/PID/stat): "T" once a SIGSTOP took effect."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _holds_listener(pid: int, port: int) -> bool:
+    inodes = {f"socket:[{i}]" for i in _listening_on(port)}
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
+def _ask(sock: socket.socket) -> bytes:
+    """The answer's status line, or how the connection failed."""
+    try:
+        sock.sendall(HEALTHZ)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data.split(b"\r\n", 1)[0]
+    except OSError as exc:
+        return repr(exc).encode()
+    finally:
+        sock.close()
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_connections_queued_for_a_granian_worker_that_dies_are_served_by_the_other(
+    tmp_path: Path,
+) -> None:
+    # granian 2.8 gives each worker, on Linux, a socket of its own (SO_REUSEPORT): the kernel
+    # queued about half the new connections on each, and those a worker had not accepted yet
+    # when it died (an OOM kill, a segfault) were reset. Here the victim is stopped first, so
+    # that its share waits in a queue, as under load, where a queue is seldom empty.
+    with _granian_two_workers(tmp_path) as gw:
+        eventually(
+            lambda: (
+                len(ws := _workers(gw.proc.pid)) == 2
+                and all(_holds_listener(w, gw.port) for w in ws)
+            ),
+            timeout=30,
+            what="both workers listening",
+        )
+        victim = min(_workers(gw.proc.pid))
+        os.kill(victim, signal.SIGSTOP)
+        # Stopped, not about to be: one it accepted still would be lost with it, rightly.
+        eventually(lambda: _state(victim) == "T", what="the victim stopped")
+        # 16 connections: with a socket per worker, all 16 missing the victim's is 1 in 65,536
+        socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(16)]
+        os.kill(victim, signal.SIGKILL)
+        answers = [_ask(s) for s in socks]
+        assert answers == [b"HTTP/1.1 200 OK"] * 16, answers
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_a_connect_while_every_granian_worker_is_replaced_waits_and_is_served(
+    tmp_path: Path,
+) -> None:
+    # With no worker listening (all died at once, or the first not yet up at the start, or the
+    # only one up replaced: the -n 2 flake of the worker-replacement test in test_server),
+    # the port refused connects: the main process held it bound but not listening.
+    with _granian_two_workers(tmp_path) as gw:
+        eventually(lambda: len(_workers(gw.proc.pid)) == 2, timeout=30, what="two workers")
+        dead = _workers(gw.proc.pid)
+        for pid in dead:
+            os.kill(pid, signal.SIGKILL)
+        eventually(lambda: not dead & _workers(gw.proc.pid), what="the workers reaped")
+        # Before either replacement serves (they take a second or more to import the app).
+        answer = _ask(socket.create_connection(("127.0.0.1", gw.port), timeout=30))
+        assert answer == b"HTTP/1.1 200 OK", answer
+        assert gw.proc.poll() is None
