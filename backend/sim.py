@@ -233,11 +233,12 @@ class SimBackend:
         except asyncio.CancelledError:  # the client left
             if turn.done() and not turn.cancelled():
                 self._release()  # handed the slot as it left: the next one's
-            else:
+            elif turn in self._waiting:  # not already passed over by a _release in between
                 self._waiting.remove(turn)
             raise
 
     def _release(self) -> None:
+        """A running request's end: its slot to the first still waiting, else free."""
         while self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():

@@ -82,6 +82,6 @@ class LogSection(StrictModel):
 
     format: Literal["text", "ecs"] = d.LOG_FORMAT
     level: Literal["debug", "info", "warning", "error"] = d.LOG_LEVEL
-    # Event lines of one kind a worker writes in LOG_REPEAT_WINDOW_S (gateway.logs.RepeatLimit);
-    # 0: every one.
+    # Lines of one kind that can come per request a worker writes in LOG_REPEAT_WINDOW_S
+    # (gateway.logs.RepeatLimit); 0: every one.
     max_repeats: int = Field(default=d.LOG_MAX_REPEATS, ge=0)

@@ -145,10 +145,10 @@ LOG_FORMAT: Final = "text"  # what existed: readable event lines, one JSON objec
 # line; "ecs" is for a log pipeline (Filebeat, Elastic Agent) and hard to read on a terminal
 LOG_LEVEL: Final = "info"  # events an operator acts on (health, ejections, config changes);
 # "debug" adds each failed completion probe
-# A worker's event lines of one kind (one call's message: a malformed request, a failed
-# request) in a window, the rest counted and said after it (gateway.logs.RepeatLimit): a line a
-# second on average, where a flood of bad requests or an outage wrote thousands. ERROR lines
-# are never held back.
+# A worker's lines of one kind that can come once per request (a malformed request, a cut
+# stream: gateway.logs.repeating) in a window, the rest counted and said after it
+# (gateway.logs.RepeatLimit): a line a second on average, where a flood of bad requests or an
+# outage wrote thousands. State changes and ERROR lines are never held back.
 LOG_MAX_REPEATS: Final = 10
 LOG_REPEAT_WINDOW_S: Final = 10.0
 

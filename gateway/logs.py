@@ -32,9 +32,10 @@ ACCESS_DATASET = "geogate.access"
 EVENTS_DATASET = "geogate.events"
 # Left out of ECS lines: log.original repeats message; log.origin (file, line, function) and
 # the thread (one asyncio thread per worker) say nothing an operator searches for.
-ECS_EXCLUDE = ("log.original", "log.origin", "process.thread", "process.name")
+REPEAT_KIND = "geogate_repeat_kind"  # a record's attribute: repeating()'s kind, not a field
+ECS_EXCLUDE = ("log.original", "log.origin", "process.thread", "process.name", REPEAT_KIND)
 ECS_SERVICE = {"service.name": "geogate"}
-REPEAT_KINDS_MAX = 4096  # kinds of event line RepeatLimit keeps counts of
+REPEAT_KINDS_MAX = 4096  # kinds of line RepeatLimit keeps counts of
 
 
 def formatters(fmt: str) -> tuple[logging.Formatter, logging.Formatter]:
@@ -145,12 +146,19 @@ def pieces(lines: list[str], limit: int) -> list[bytes]:
     return out
 
 
+def repeating(kind: str, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The ``extra`` of a line that can come once per request (a malformed request, a cut
+    stream): RepeatLimit holds back those of ``kind`` past its limit. Lines of state changes
+    (an upstream's health, an ejection, an operator's change) are not marked: each is one."""
+    return {**(extra or {}), REPEAT_KIND: kind}
+
+
 class RepeatLimit(logging.Filter):
-    """At most ``burst`` event lines of one kind (the logger and the call's message template)
-    in each ``window_s``: the last let through says so, and the first after a window that
-    dropped some says how many. ERROR and up always pass; ``burst`` 0: no limit. A client can
-    make a line per request (a malformed head, a refused connection) and an outage one per
-    failed request: at thousands a second they buried the lines an operator looks for and
+    """At most ``burst`` lines of each kind that ``repeating`` marks in each ``window_s``: the
+    last let through says so, and the first after a window that dropped some says how many,
+    from when. Unmarked lines, and ERROR and up, always pass; ``burst`` 0: no limit. A client
+    can make a line per request (a malformed head, a refused connection) and an outage one
+    per failed request: at thousands a second they buried the lines an operator looks for and
     filled the disk, where journald or a log shipper would have dropped lines of its own
     choosing, unsaid. Per worker."""
 
@@ -159,23 +167,28 @@ class RepeatLimit(logging.Filter):
     ) -> None:
         super().__init__()
         self.burst, self.window_s, self.clock = burst, window_s, clock
-        # kind -> [window's start, lines in it]; bounded: a message built per call (an
-        # f-string) is a kind of its own, and windows past their end are forgotten first.
-        self._kinds: dict[tuple[str, object], list[float]] = {}
+        # kind -> [window's start (clock), lines in it, its start (time.time())]; bounded:
+        # windows past their end are forgotten first.
+        self._kinds: dict[tuple[str, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR or self.burst <= 0:
+        kind = record.__dict__.pop(REPEAT_KIND, None)  # not a field of the line
+        if kind is None or record.levelno >= logging.ERROR or self.burst <= 0:
             return True
         now = self.clock()
-        msg = record.msg  # the call's template; anything else logged (a dict) by its type
-        key = (record.name, msg if isinstance(msg, str) else type(msg).__name__)
+        key = (record.name, str(kind))
         seen = self._kinds.get(key)
         if seen is None or now - seen[0] >= self.window_s:  # a new window for this kind
             if seen is not None and seen[1] > self.burst:
-                _say(record, f"{int(seen[1]) - self.burst} more like it were not logged before")
+                began = time.strftime("%H:%M:%S", time.gmtime(seen[2]))
+                _say(
+                    record,
+                    f"{int(seen[1]) - self.burst} more like it were not logged in the "
+                    f"{self.window_s:g} s from {began} UTC",
+                )
             if seen is None and len(self._kinds) >= REPEAT_KINDS_MAX:
                 self._forget(now)
-            seen = self._kinds[key] = [now, 0.0]
+            seen = self._kinds[key] = [now, 0.0, time.time()]
         seen[1] += 1
         if seen[1] == self.burst:  # the last one let through says what follows
             _say(
@@ -186,19 +199,24 @@ class RepeatLimit(logging.Filter):
         return seen[1] <= self.burst
 
     def _forget(self, now: float) -> None:
-        # list(): a copy made at once (a line logged from another thread may add a kind; a
-        # handler's filter runs outside its lock)
-        kinds = list(self._kinds.items())
-        ended = [k for k, (start, _) in kinds if now - start >= self.window_s]
-        for k in ended:
-            del self._kinds[k]
+        # list(): a copy made at once, and pop: a line logged from another thread (a filter
+        # runs outside its handler's lock) may add or forget a kind meanwhile.
+        for k, (start, _, _) in list(self._kinds.items()):
+            if now - start >= self.window_s:
+                self._kinds.pop(k, None)
         if len(self._kinds) >= REPEAT_KINDS_MAX:  # that many kinds within one window
             self._kinds.clear()
 
 
 def _say(record: logging.LogRecord, note: str) -> None:
-    """``note`` added to ``record``'s message, in brackets."""
-    record.msg, record.args = f"{record.getMessage()} [{note}]", None
+    """``note`` added to ``record``'s message, in brackets; a message whose arguments do not
+    format is left as it is, for logging to report as it would without this filter (an
+    exception here would reach the code that logged)."""
+    try:
+        text = record.getMessage()
+    except Exception:  # logging's own "--- Logging error ---" says it, at the emit
+        return
+    record.msg, record.args = f"{text} [{note}]", None
 
 
 def direct_sink(logger: logging.Logger) -> BatchingStreamHandler | None:

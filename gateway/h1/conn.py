@@ -29,6 +29,7 @@ from gateway.h1.refuse import Refused
 from gateway.h1.scope import Addresses, addresses, check_framing, request_scope
 from gateway.h1.upgrade import declared_length, feed_body
 from gateway.http.asgi import BODY, DISCONNECT_HOOK, PIPE, ClientPipe
+from gateway.logs import repeating
 from gateway.runtime import log
 
 App = Callable[..., Any]
@@ -137,8 +138,7 @@ class H1(Flow, asyncio.Protocol):
                 cycle.wake()
         self.resume_writing()
         self._tell_lost()
-        # The parser and the extensions hold bound methods of this protocol: cut, so that a
-        # closed connection is freed at once, not by the cyclic collector.
+        # The parser and extensions hold this protocol's bound methods: cut, freed at once.
         self.parser = None  # type: ignore[assignment]
         self._extensions.clear()
         self.running = self.cycle = None
@@ -282,8 +282,7 @@ class H1(Flow, asyncio.Protocol):
             self._expect_100 and version == "1.1",  # no 1xx to HTTP/1.0 (RFC 9110 15.2)
         )
         limit, app = self.limit, self.app
-        # The asking connection is among the open ones; its request is not yet a task. Idle
-        # ones make room first (gateway.h1.reclaim).
+        # The asker is among the open ones, its request not yet a task; idle ones make room.
         conns, tasks = len(self.state.connections), len(self.state.tasks)
         if (
             limit is not None
@@ -291,7 +290,8 @@ class H1(Flow, asyncio.Protocol):
             and self.reclaimer.full(conns, tasks, limit)
         ):
             app = refuse.connection_limit_reached(limit, app)
-            log.warning("connection limit reached: refused a request from %s", self.client_text())
+            line, extra = "connection limit reached: refused a request from %s", repeating("cap")
+            log.warning(line, self.client_text(), extra=extra)
         self.cycle = cycle
         if self.running is None or self.running.response_complete:
             self._start(cycle, app)
@@ -376,7 +376,7 @@ class H1(Flow, asyncio.Protocol):
     def _refuse(self, stop: Refused) -> None:
         """Answer ``stop`` and close; a request's own bad body: the app's to answer
         (Cycle.refuse); a later request's: answered after those before it."""
-        log.warning("%s from %s", stop.line, self.client_text())
+        log.warning("%s from %s", stop.line, self.client_text(), extra=repeating("refused"))
         self.in_head = False
         if self.head_timer is not None:
             self.head_timer.cancel()

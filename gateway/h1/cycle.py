@@ -22,6 +22,7 @@ from typing import Protocol
 from gateway.defaults import LINGER_S
 from gateway.h1.pipe import Pipe
 from gateway.http.asgi import CHUNK, Message, Scope
+from gateway.logs import repeating
 from gateway.runtime import log
 
 
@@ -251,7 +252,8 @@ class Cycle:
             # body ended) closes the connection rather than corrupt the next response.
             data = b""
             if body:
-                log.warning("a response part after its last chunk was dropped; closing")
+                line = "a response part after its last chunk was dropped; closing"
+                log.warning(line, extra=repeating("late-part"))
                 self.keep_alive = False
         elif self.chunked:
             data = CHUNK % (len(body), body) if body else b""
@@ -324,7 +326,8 @@ class Cycle:
             result = await app(self.scope, self.receive, self.send)  # type: ignore[misc]
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
-                log.info("request cancelled (the server's graceful stop timed out)")
+                line = "request cancelled (the server's graceful stop timed out)"
+                log.info(line, extra=repeating("cut-at-stop"))
             elif not getattr(exc, "logged", False):  # the app said why (StreamAborted)
                 log.error("the app raised while answering a request", exc_info=exc)
             if not self.response_started and not self.disconnected:

@@ -46,8 +46,8 @@ def create_app(
     processes of the ASGI server get it).
 
     ``stop``: how this worker's server stops; given, SIGTERM drains first (``http.gate``).
-    ``started``: called once that drain is SIGTERM's handler (gateway.engines ties granian's
-    workers to their main process there).
+    ``started``: called once the lifespan's signal handling is in place (with ``stop``, the
+    drain as SIGTERM's handler): gateway.engines ties granian's workers to their main there.
     ``ops_fd``: the ops listener's socket, bound by the parent (``http.ops``), served with
     ``ops_protocol`` (``gateway.h1.for_ops()``)."""
     if config is None:

@@ -21,7 +21,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.http.watchdog import TotalTimeout
-from gateway.logs import event
+from gateway.logs import event, repeating
 from gateway.routing.model import Decision, Reason
 from gateway.runtime import log
 
@@ -148,8 +148,11 @@ def log_cut(rid: str, upstream: str, region: str, cause: str, message: str) -> N
         upstream,
         cause,
         message,
-        extra={
-            **event("stream-aborted", reason=cause, upstream=upstream, region=region),
-            "http.request.id": rid,
-        },
+        extra=repeating(
+            "cut",
+            {
+                **event("stream-aborted", reason=cause, upstream=upstream, region=region),
+                "http.request.id": rid,
+            },
+        ),
     )

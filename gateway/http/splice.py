@@ -40,6 +40,7 @@ from gateway.http.asgi import ClientPipe
 from gateway.http.events import EventFramer
 from gateway.http.exchange import Exchange
 from gateway.http.watchdog import Watchdog
+from gateway.logs import repeating
 from gateway.runtime import log
 
 try:
@@ -83,7 +84,8 @@ async def carry(
             held=framer.held if framer is not None else b"",
         )
     except Exception as exc:  # no memory: the Python relay goes on
-        log.warning("the stream goes on in Python: the splice could not start (%s)", exc)
+        line = "the stream goes on in Python: the splice could not start (%s)"
+        log.warning(line, exc, extra=repeating("splice-start"))
         pipe.give_back()
         return False
     if framer is not None:
@@ -118,7 +120,8 @@ async def carry(
     if failure is None:
         return True
     if status == _splice.LOCAL_FAILED:
-        log.warning("a stream was cut: the splice failed here (%s)", os.strerror(relay.error))
+        line = "a stream was cut: the splice failed here (%s)"
+        log.warning(line, os.strerror(relay.error), extra=repeating("splice-failed"))
     if status in _CLIENT_CUT:
         await asyncio.sleep(0)  # the hook has cancelled this task: the cancellation lands here
     raise failure
