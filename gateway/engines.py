@@ -124,6 +124,7 @@ def one_listening_socket(base: type[Any]) -> type[Any]:
             # Listening now, not at the first worker's start; closed by granian's shutdown
             # (_drop_shared_socket), the workers' copies as each of them stops.
             self._sso = socket.socket(fileno=self._sfd)
+            self._sso.set_inheritable(True)  # as granian's own (fork keeps it either way)
             self._sso.listen(self.backlog)
 
     return OneSocket
