@@ -7,10 +7,12 @@ cells), loaded by h2load over HTTP/1.1 keep-alive connections (count-based runs 
 calibration run that is also the warm-up, as bench/overhead_cells). Per N: req/s, the
 gateway's CPU per request (utime + stime of its process tree, /proc), and the split between
 workers: each worker's share of the gateway's CPU in the measured run, and of the established
-client connections (sampled mid-run from /proc/PID/fd and /proc/net/tcp). Both uvicorn (the
-default engine, gateway.server.Forked) and granian give every worker a listening socket of its
-own on the same port (SO_REUSEPORT): the kernel picks a worker per new connection by a hash
-of its addresses and ports, and a keep-alive connection then stays with its worker.
+client connections (sampled mid-run from /proc/PID/fd and /proc/net/tcp). uvicorn (the default
+engine, gateway.server.Forked) gives every worker a listening socket of its own on the same
+port (SO_REUSEPORT): the kernel picks a worker per new connection by a hash of its addresses
+and ports. granian's workers share one listening socket since round twenty-nine
+(gateway.engines.one_listening_socket): each new connection goes to the worker that accepts it
+first. Either way a keep-alive connection then stays with its worker.
 Scaling efficiency = rps(N) / (N x rps(1)). Nothing is pinned by default: where the load
 generator and backend share the proxy's cores (a 2-core machine), req/s cannot scale and CPU
 per request at 1 vs N workers is the figure to read (flat CPU per request = linear scaling
