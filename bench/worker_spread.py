@@ -8,8 +8,10 @@ addresses and ports); granian's workers share one socket that the main process h
 connections are counted from /proc: the established sockets on the port that it holds.
 
 A keep-alive connection stays with the worker that took it, so an uneven split is uneven load
-for as long as the connections live. Both workers are given SETTLE_S after they appear to
-begin serving: a connection made while only one serves goes to that one on either engine.
+for as long as the connections live. The connections are made once every worker has logged
+its start-up line and SETTLE_S more have passed: on granian a connection made while only one
+worker serves goes to that one (uvicorn's wait in the queue of the worker they were hashed to).
+They are opened one after another, each request sent once all are open.
 
 Writes bench/results/worker_spread.{md,json} (or --out PREFIX).
 Run: .venv/bin/python bench/worker_spread.py [--workers 2] [--conns 64] [--runs 3]
@@ -37,7 +39,8 @@ from bench.workers import established_on, socket_inodes  # noqa: E402
 from gateway.cli.procs import free_port, geogate_cmd, spawn, stop, wait_http  # noqa: E402
 
 ENGINES = ("uvicorn", "granian")
-SETTLE_S = 3.0  # after the workers appear: each has imported the app and listens
+SETTLE_S = 1.0  # after the last worker's start-up line: granian's serve loop follows it
+STARTED = "gateway region="  # each worker's line at the end of its start-up (gateway.http.app)
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: spread\r\n\r\n"
 
 
@@ -51,8 +54,11 @@ def one_run(work: Path, engine: str, workers: int, conns: int) -> list[int]:
     socks: list[socket.socket] = []
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        deadline = time.monotonic() + 30
-        while len(process_tree(proc.pid)) < workers + 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        log = work / f"{engine}.log"
+        while time.monotonic() < deadline and (
+            len(process_tree(proc.pid)) < workers + 1 or log.read_text().count(STARTED) < workers
+        ):
             time.sleep(0.1)
         tree = process_tree(proc.pid)
         if len(tree) != workers + 1:
@@ -65,7 +71,10 @@ def one_run(work: Path, engine: str, workers: int, conns: int) -> list[int]:
             if not s.recv(65536).startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"bench: {engine} did not answer /healthz")
         accepted = established_on(port)
-        return sorted(len(socket_inodes(pid) & accepted) for pid in tree[1:])
+        split = sorted(len(socket_inodes(pid) & accepted) for pid in tree[1:])
+        if sum(split) != conns:
+            raise SystemExit(f"bench: {engine}'s workers hold {sum(split)} of {conns}")
+        return split
     finally:
         for s in socks:
             s.close()

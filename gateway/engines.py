@@ -27,6 +27,7 @@ from gateway.h1 import for_ops
 from gateway.http.dispatch import headless
 from gateway.http.gate import Capacity
 from gateway.http.ops import ENV_OPS_FD
+from gateway.runtime import log
 
 
 def address(host: str, port: int) -> str:
@@ -117,6 +118,12 @@ def one_listening_socket(base: type[Any]) -> type[Any]:
             # it is: the same socket only in a forked child (Python 3.14's default, spawn in
             # granian, leaves granian's sockets, and their resets, as they were).
             if self.bind_uds or multiprocessing.get_start_method() != "fork":
+                if not self.bind_uds:
+                    log.warning(
+                        "granian workers started by %r, not fork: each gets a socket of its "
+                        "own, and a worker that dies resets the connections queued on it",
+                        multiprocessing.get_start_method(),
+                    )
                 super()._init_shared_socket()
                 return
             holder = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
@@ -125,6 +132,9 @@ def one_listening_socket(base: type[Any]) -> type[Any]:
             # (_drop_shared_socket), the workers' copies as each of them stops.
             self._sso = socket.socket(fileno=self._sfd)
             self._sso.set_inheritable(True)  # as granian's own (fork keeps it either way)
+            # Out of SO_REUSEPORT (granian's spec sets it), before it listens: no later
+            # process can bind the port beside it and take a share of its connections.
+            self._sso.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
             self._sso.listen(self.backlog)
 
     return OneSocket
@@ -141,8 +151,12 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     # Workers as processes (MPServer: granian on a GIL build) share one listening socket;
     # threads (MTServer, free-threaded) are one process, which a worker's death ends anyway.
     Server = granian_server.Server
-    if Server is granian_server.MPServer:
+    # Overrides granian 2.8's private _init_shared_socket (pyproject pins granian < 2.9): a
+    # release without it starts with granian's own sockets, said.
+    if Server is granian_server.MPServer and hasattr(Server, "_init_shared_socket"):
         Server = one_listening_socket(Server)
+    elif Server is granian_server.MPServer:
+        log.warning("this granian has no _init_shared_socket: its workers get sockets of their own")
     server = Server(
         "gateway.engines:granian_app",
         address=ip_literal(s.host),

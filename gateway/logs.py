@@ -172,7 +172,9 @@ class RepeatLimit(logging.Filter):
         self._kinds: dict[tuple[str, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        kind = record.__dict__.pop(REPEAT_KIND, None)  # not a field of the line
+        # Read, not taken: another handler's limit sees it too (ECS_EXCLUDE keeps it out of
+        # the line).
+        kind = getattr(record, REPEAT_KIND, None)
         if kind is None or record.levelno >= logging.ERROR or self.burst <= 0:
             return True
         now = self.clock()

@@ -45,7 +45,7 @@ from gateway.defaults import (
 from gateway.errors import AuthThrottled
 from gateway.http.asgi import Message, Receive, Scope, Send, header
 from gateway.http.errors import send_error
-from gateway.logs import event
+from gateway.logs import event, repeating
 from gateway.runtime import log
 
 _LOGIN: Final = "/dashboard/login"
@@ -237,5 +237,6 @@ class AuthThrottle:
                     else f"{window.limit} wrong tokens from {key} within {window.window_s:g} s",
                     "any address not in it" if full else key,
                     (window.full_until - now) if full else window.window_s,
-                    extra=event("auth-throttled", client=key),
+                    # One per guessing address: a scan from many is limited as requests are.
+                    extra=repeating("auth-throttled", event("auth-throttled", client=key)),
                 )

@@ -176,6 +176,11 @@ def test_a_connect_while_every_granian_worker_is_replaced_waits_and_is_served(
     # the port refused connects: the main process held it bound but not listening.
     with _granian_two_workers(tmp_path) as gw:
         eventually(lambda: len(_workers(gw.proc.pid)) == 2, timeout=30, what="two workers")
+        # Nor can a later process join the port (SO_REUSEPORT) and take a share of it.
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError, match="in use"):
+                other.bind(("127.0.0.1", gw.port))
         dead = _workers(gw.proc.pid)
         for pid in dead:
             os.kill(pid, signal.SIGKILL)
