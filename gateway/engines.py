@@ -114,16 +114,7 @@ def one_listening_socket(base: type[Any]) -> type[Any]:
 
     class OneSocket(base):  # type: ignore[misc]
         def _init_shared_socket(self) -> None:
-            # A Unix socket is one already. A worker uses the holder's descriptor number as
-            # it is: the same socket only in a forked child (Python 3.14's default, spawn in
-            # granian, leaves granian's sockets, and their resets, as they were).
-            if self.bind_uds or multiprocessing.get_start_method() != "fork":
-                if not self.bind_uds:
-                    log.warning(
-                        "granian workers started by %r, not fork: each gets a socket of its "
-                        "own, and a worker that dies resets the connections queued on it",
-                        multiprocessing.get_start_method(),
-                    )
+            if self.bind_uds:  # one socket already
                 super()._init_shared_socket()
                 return
             holder = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
@@ -150,13 +141,20 @@ def run_granian(config: Config, config_path: Path, cap: Capacity) -> None:
     os.environ[ENV_CONFIG_FILE] = str(config_path.resolve())
     # Workers as processes (MPServer: granian on a GIL build) share one listening socket;
     # threads (MTServer, free-threaded) are one process, which a worker's death ends anyway.
+    # It overrides granian 2.8's private _init_shared_socket (pyproject pins granian < 2.9). A
+    # worker uses the holder's descriptor number as it is: the same socket only in a forked
+    # child (under Python 3.14's default start method, spawn in granian, it would not be).
     Server = granian_server.Server
-    # Overrides granian 2.8's private _init_shared_socket (pyproject pins granian < 2.9): a
-    # release without it starts with granian's own sockets, said.
-    if Server is granian_server.MPServer and hasattr(Server, "_init_shared_socket"):
-        Server = one_listening_socket(Server)
-    elif Server is granian_server.MPServer:
-        log.warning("this granian has no _init_shared_socket: its workers get sockets of their own")
+    if Server is granian_server.MPServer:
+        method = multiprocessing.get_start_method()
+        if method == "fork":
+            Server = one_listening_socket(Server)
+        else:
+            log.warning(
+                "granian workers started by %r, not fork: each gets a socket of its own, and a "
+                "worker that dies resets the connections queued on it",
+                method,
+            )
     server = Server(
         "gateway.engines:granian_app",
         address=ip_literal(s.host),

@@ -35,7 +35,6 @@ EVENTS_DATASET = "geogate.events"
 REPEAT_KIND = "geogate_repeat_kind"  # a record's attribute: repeating()'s kind, not a field
 ECS_EXCLUDE = ("log.original", "log.origin", "process.thread", "process.name", REPEAT_KIND)
 ECS_SERVICE = {"service.name": "geogate"}
-REPEAT_KINDS_MAX = 4096  # kinds of line RepeatLimit keeps counts of
 
 
 def formatters(fmt: str) -> tuple[logging.Formatter, logging.Formatter]:
@@ -167,9 +166,8 @@ class RepeatLimit(logging.Filter):
     ) -> None:
         super().__init__()
         self.burst, self.window_s, self.clock = burst, window_s, clock
-        # kind -> [window's start (clock), lines in it, its start (time.time())]; bounded:
-        # windows past their end are forgotten first.
-        self._kinds: dict[tuple[str, str], list[float]] = {}
+        # (logger, kind) -> its window: kinds are the few constants the calls name
+        self._kinds: dict[tuple[str, str], _Window] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         # Read, not taken: another handler's limit sees it too (ECS_EXCLUDE keeps it out of
@@ -180,34 +178,32 @@ class RepeatLimit(logging.Filter):
         now = self.clock()
         key = (record.name, str(kind))
         seen = self._kinds.get(key)
-        if seen is None or now - seen[0] >= self.window_s:  # a new window for this kind
-            if seen is not None and seen[1] > self.burst:
-                began = time.strftime("%H:%M:%S", time.gmtime(seen[2]))
+        if seen is None or now - seen.start >= self.window_s:  # a new window for this kind
+            if seen is not None and seen.lines > self.burst:
+                began = time.strftime("%H:%M:%S", time.gmtime(seen.wall))
                 _say(
                     record,
-                    f"{int(seen[1]) - self.burst} more like it were not logged in the "
+                    f"{seen.lines - self.burst} more like it were not logged in the "
                     f"{self.window_s:g} s from {began} UTC",
                 )
-            if seen is None and len(self._kinds) >= REPEAT_KINDS_MAX:
-                self._forget(now)
-            seen = self._kinds[key] = [now, 0.0, time.time()]
-        seen[1] += 1
-        if seen[1] == self.burst:  # the last one let through says what follows
+            seen = self._kinds[key] = _Window(now, time.time())
+        seen.lines += 1
+        if seen.lines == self.burst:  # the last one let through says what follows
             _say(
                 record,
                 f"{self.burst} like it in {self.window_s:g} s: more are counted, not logged, "
                 "until that time is up",
             )
-        return seen[1] <= self.burst
+        return seen.lines <= self.burst
 
-    def _forget(self, now: float) -> None:
-        # list(): a copy made at once, and pop: a line logged from another thread (a filter
-        # runs outside its handler's lock) may add or forget a kind meanwhile.
-        for k, (start, _, _) in list(self._kinds.items()):
-            if now - start >= self.window_s:
-                self._kinds.pop(k, None)
-        if len(self._kinds) >= REPEAT_KINDS_MAX:  # that many kinds within one window
-            self._kinds.clear()
+
+class _Window:
+    """One kind's window: its start on the filter's clock and on the wall's, its lines."""
+
+    __slots__ = ("lines", "start", "wall")
+
+    def __init__(self, start: float, wall: float) -> None:
+        self.start, self.wall, self.lines = start, wall, 0
 
 
 def _say(record: logging.LogRecord, note: str) -> None:

@@ -168,6 +168,14 @@ def start_gateway(tmp: Path, toml_for_port: Callable[[int], str], name: str = "g
     return gw
 
 
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` forked (every thread's: granian respawns from its serve loop)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -114,7 +114,8 @@ describe("guardedBody", () => {
     const reader = guardedBody(/** @type {any} */ (body), "g").getReader();
     const pending = reader.read();
     const turn = () => new Promise((r) => setImmediate(r)); // every microtask before it has run
-    while (fail === null) await turn(); // until the pull waits on its read
+    for (let i = 0; i < 1000 && fail === null; i++) await turn(); // until the pull reads
+    assert.ok(fail, "the pull never read its source");
     await reader.cancel("gone");
     assert.deepEqual(await pending, { done: true, value: undefined });
     await turn(); // the failed read's handler is microtasks only: it has run by now

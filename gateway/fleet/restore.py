@@ -56,7 +56,8 @@ async def restore(
                 refuse_if_behind(seen, routed.version)
                 secs, usecs = await pipe.time()
                 since = time_of(text_of(raw[3])) or 0.0
-                version = max(replaced, routed.version, *seen.values()) + 1
+                # Above every gateway's version: refuse_if_behind saw none above routed's.
+                version = max(replaced, routed.version) + 1
                 stored = Stored(routed.doc, version, max(secs + usecs / 1e6, since + STEP_S))
                 what = (
                     f"fleet config restored: version {routed.version}, which this gateway "

@@ -1,5 +1,5 @@
-"""The sim-backend's token clocks (backend.sim.SimConfig.clock), through its real socket: what
-bench/ab.py's ``--clock`` relies on to pace streams as a model server would."""
+"""The sim-backend's token clocks (backend.sim_config.SimConfig.clock), through its real
+socket: what bench/ab.py's ``--clock`` relies on to pace streams as a model server would."""
 
 from __future__ import annotations
 

@@ -17,12 +17,22 @@ from typing import Any
 
 import pytest
 
+from bench.proc_cpu import stat_fields
+from bench.workers import socket_inodes
 from gateway import engines
 from gateway.cli.procs import free_port
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.http.gate import capacity
-from tests.support import Gateway, UpstreamSpec, eventually, gateway_toml, start_gateway
+from tests.support import (
+    Gateway,
+    UpstreamSpec,
+    children,
+    eventually,
+    gateway_toml,
+    read_to_eof,
+    start_gateway,
+)
 
 CFG: dict[str, Any] = {
     "gateway": {"region": "eu"},
@@ -83,7 +93,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 
 
 @contextlib.contextmanager
-def _granian_two_workers(tmp: Path) -> Iterator[Gateway]:
+def _granian_twochildren(tmp: Path) -> Iterator[Gateway]:
     """A gateway on granian with two workers, serving /healthz; its upstream listens nowhere
     (the tests ask /healthz only, which needs none)."""
     ups = [UpstreamSpec("s", "eu-central", f"http://127.0.0.1:{free_port()}", ["m"])]
@@ -99,13 +109,6 @@ def _granian_two_workers(tmp: Path) -> Iterator[Gateway]:
         gw.stop()
 
 
-def _workers(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(c) for c in (task / "children").read_text().split())
-    return found
-
-
 def _listening_on(port: int) -> set[str]:
     """The inodes of the sockets listening on 127.0.0.1:``port`` (/proc/net/tcp)."""
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
@@ -113,26 +116,15 @@ def _listening_on(port: int) -> set[str]:
     return {f[9] for f in (r.split() for r in rows) if f[1] == local and f[3] == "0A"}
 
 
-def _state(pid: int) -> str:
-    """The process's state letter (/proc/PID/stat): "T" once a SIGSTOP took effect."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def _holds_listener(pid: int, port: int) -> bool:
-    inodes = {f"socket:[{i}]" for i in _listening_on(port)}
-    with contextlib.suppress(FileNotFoundError, PermissionError):
-        return any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
-    return False
+    return bool(socket_inodes(pid) & _listening_on(port))
 
 
 def _ask(sock: socket.socket) -> bytes:
     """The answer's status line, or how the connection failed."""
     try:
         sock.sendall(HEALTHZ)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-        return data.split(b"\r\n", 1)[0]
+        return read_to_eof(sock).split(b"\r\n", 1)[0]
     except OSError as exc:
         return repr(exc).encode()
     finally:
@@ -147,19 +139,20 @@ def test_connections_queued_for_a_granian_worker_that_dies_are_served_by_the_oth
     # queued about half the new connections on each, and those a worker had not accepted yet
     # when it died (an OOM kill, a segfault) were reset. Here the victim is stopped first, so
     # that its share waits in a queue, as under load, where a queue is seldom empty.
-    with _granian_two_workers(tmp_path) as gw:
+    with _granian_twochildren(tmp_path) as gw:
         eventually(
             lambda: (
-                len(ws := _workers(gw.proc.pid)) == 2
+                len(ws := children(gw.proc.pid)) == 2
                 and all(_holds_listener(w, gw.port) for w in ws)
             ),
             timeout=30,
             what="both workers listening",
         )
-        victim = min(_workers(gw.proc.pid))
+        victim = min(children(gw.proc.pid))
         os.kill(victim, signal.SIGSTOP)
         # Stopped, not about to be: one it accepted still would be lost with it, rightly.
-        eventually(lambda: _state(victim) == "T", what="the victim stopped")
+        stopped = lambda: stat_fields(victim)[0] == "T"  # noqa: E731 - its state letter
+        eventually(stopped, what="the victim stopped")
         # 16 connections: with a socket per worker, all 16 missing the victim's is 1 in 65,536
         socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(16)]
         os.kill(victim, signal.SIGKILL)
@@ -174,17 +167,17 @@ def test_a_connect_while_every_granian_worker_is_replaced_waits_and_is_served(
     # With no worker listening (all died at once, or the first not yet up at the start, or the
     # only one up replaced: the -n 2 flake of the worker-replacement test in test_server),
     # the port refused connects: the main process held it bound but not listening.
-    with _granian_two_workers(tmp_path) as gw:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, timeout=30, what="two workers")
+    with _granian_twochildren(tmp_path) as gw:
+        eventually(lambda: len(children(gw.proc.pid)) == 2, timeout=30, what="two workers")
         # Nor can a later process join the port (SO_REUSEPORT) and take a share of it.
         with socket.socket() as other:
             other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with pytest.raises(OSError, match="in use"):
                 other.bind(("127.0.0.1", gw.port))
-        dead = _workers(gw.proc.pid)
+        dead = children(gw.proc.pid)
         for pid in dead:
             os.kill(pid, signal.SIGKILL)
-        eventually(lambda: not dead & _workers(gw.proc.pid), what="the workers reaped")
+        eventually(lambda: not dead & children(gw.proc.pid), what="the workers reaped")
         # Before either replacement serves (they take a second or more to import the app).
         answer = _ask(socket.create_connection(("127.0.0.1", gw.port), timeout=30))
         assert answer == b"HTTP/1.1 200 OK", answer

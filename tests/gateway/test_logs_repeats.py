@@ -10,9 +10,6 @@ import re
 import socket
 from pathlib import Path
 
-import pytest
-
-from gateway import logs
 from gateway.logs import RepeatLimit, formatters, repeating
 from tests.support import UpstreamSpec, gateway_toml, read_to_eof, start_gateway, start_sim
 
@@ -99,24 +96,6 @@ def test_no_limit_at_zero_and_a_limit_of_one_says_so() -> None:
         )
     )
     assert out.getvalue().count("a line") == 1
-
-
-def test_the_kinds_counted_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the bound, kinds whose window is over are forgotten, then all of them."""
-    monkeypatch.setattr(logs, "REPEAT_KINDS_MAX", 4)
-    clock = Clock()
-    limit = RepeatLimit(1, 10.0, clock)
-    logger, out = _logger(limit)
-    for i in range(3):
-        logger.warning("old %d", i, extra=repeating(f"old {i}"))
-    clock.now += 11
-    logger.warning("new", extra=repeating("new"))
-    logger.warning("old %d", 0, extra=repeating("old 0"))  # its window is over: a line
-    assert len(limit._kinds) <= 4
-    for i in range(10):  # ten kinds within one window: the counts are dropped, not grown
-        logger.warning("burst %d", i, extra=repeating(f"burst {i}"))
-        assert len(limit._kinds) <= 4
-    assert out.getvalue().count("burst") == 10
 
 
 def test_a_flood_of_malformed_requests_is_a_few_lines(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from gateway.cli.procs import free_port, geogate_cmd, kill, spawn, stop, wait_ht
 from gateway.errors import CannotListen
 from tests.support import (
     UpstreamSpec,
+    children,
     eventually,
     gateway_toml,
     read_to_eof,
@@ -51,13 +52,6 @@ def test_granian_speaks_http1_and_h2c_prior_knowledge(tmp_path: Path) -> None:
         sim.proc.kill()
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(c) for c in (task / "children").read_text().split())
-    return found
-
-
 def test_a_granian_worker_that_dies_is_replaced_and_the_gateway_serves_on(
     tmp_path: Path,
 ) -> None:
@@ -65,11 +59,11 @@ def test_a_granian_worker_that_dies_is_replaced_and_the_gateway_serves_on(
     # closed): an OOM kill of one worker was an outage.
     gw, sim = start_fleet(tmp_path, server_extra='engine = "granian"\nworkers = 2')
     try:
-        eventually(lambda: len(_children(gw.proc.pid)) == 2, what="two workers")
-        victim = min(_children(gw.proc.pid))
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
+        victim = min(children(gw.proc.pid))
         os.kill(victim, signal.SIGKILL)
         eventually(
-            lambda: len(_children(gw.proc.pid) - {victim}) == 2,
+            lambda: len(children(gw.proc.pid) - {victim}) == 2,
             timeout=15,
             what="a worker in the dead one's place",
         )
@@ -432,11 +426,6 @@ def test_bad_config_is_one_line(tmp_path: Path, bad: str) -> None:
     assert str(cfg) in p.stderr
 
 
-def _workers(pid: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
-
-
 def _connection_owners(port: int) -> set[int]:
     """The pids holding the server side of established connections on ``port``."""
     out = subprocess.run(
@@ -453,7 +442,7 @@ def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
         tmp_path, "--tokens-per-s", "5", server_extra='engine = "uvicorn"\nworkers = 2'
     )
     try:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
         # Connections spread over both workers' sockets (SO_REUSEPORT): held open, then seen
         # from the server side, each owned by one worker.
         conns = [http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5) for _ in range(16)]
@@ -463,7 +452,7 @@ def test_uvicorn_workers_serve_and_drain_on_sigterm(tmp_path: Path) -> None:
         finally:
             for c in conns:
                 c.close()
-        assert owners == _workers(gw.proc.pid), owners
+        assert owners == children(gw.proc.pid), owners
         lines: list[str] = []
         t = _stream_in_thread(gw.url, lines, tokens=10)
         eventually(lambda: bool(lines), what="the stream to start")
@@ -484,12 +473,12 @@ def test_uvicorn_workers_draining_leave_no_socket_that_nobody_serves(tmp_path: P
         tmp_path, "--tokens-per-s", "2", server_extra='engine = "uvicorn"\nworkers = 2'
     )
     try:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
         lines: list[str] = []
         t = _stream_in_thread(gw.url, lines, tokens=20)  # 10 s: held through the checks
         eventually(lambda: bool(lines), what="the stream to start")
         gw.proc.send_signal(signal.SIGTERM)
-        eventually(lambda: len(_workers(gw.proc.pid)) == 1, what="the idle worker to exit")
+        eventually(lambda: len(children(gw.proc.pid)) == 1, what="the idle worker to exit")
         answers = []
         for _ in range(12):  # each lands on either socket, by the kernel's hash of its port
             try:
@@ -512,8 +501,8 @@ def test_uvicorn_workers_draining_leave_no_socket_that_nobody_serves(tmp_path: P
 def test_uvicorn_worker_dying_at_start_stops_the_gateway(tmp_path: Path) -> None:
     gw, sim = start_fleet(tmp_path, server_extra='engine = "uvicorn"\nworkers = 2')
     try:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
-        gone = min(_workers(gw.proc.pid))
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
+        gone = min(children(gw.proc.pid))
         subprocess.run(["kill", "-KILL", str(gone)], check=True)
         # Within WORKER_START_GRACE_S of its fork: a worker that cannot start would only fail
         # again, so the gateway stops (its supervisor, systemd or Kubernetes, restarts it).
@@ -582,14 +571,14 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path, engine: str) -
     # port after the main process was killed in its stop, with nothing left to stop it.
     gw, sim = start_fleet(tmp_path, server_extra=f'engine = "{engine}"\nworkers = 2')
     try:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
         if engine == "granian":  # one of the two a replacement (uvicorn's: after its grace)
-            victim = min(_workers(gw.proc.pid))
+            victim = min(children(gw.proc.pid))
             os.kill(victim, signal.SIGKILL)
             eventually(
-                lambda: len(_workers(gw.proc.pid) - {victim}) == 2, timeout=15, what="a new one"
+                lambda: len(children(gw.proc.pid) - {victim}) == 2, timeout=15, what="a new one"
             )
-        workers = _workers(gw.proc.pid)
+        workers = children(gw.proc.pid)
         gw.proc.kill()  # SIGKILL: no chance to pass anything on
         gw.proc.wait(5)
 

@@ -18,9 +18,9 @@ from gateway.fleet import config_doc, config_io, last_known
 from gateway.fleet.settle import Stored
 from tests.gateway.fleet.test_fleet import TOKEN, admin, fleet_toml, table, upstream
 from tests.gateway.fleet.test_redis_store import CFG, gateway, routing
-from tests.gateway.test_server import _workers
 from tests.support import (
     UpstreamSpec,
+    children,
     eventually,
     gateway_toml,
     start_gateway,
@@ -158,7 +158,7 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
     # Its workers were forked before it answered: their start-up grace counts from before this.
     started = time.monotonic()
     try:
-        eventually(lambda: len(_workers(gw.proc.pid)) == 2, what="two workers")
+        eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
         r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
         assert r.status_code == 200, r.text
         eventually(lambda: upstream(gw, "b0")["drained"], what="the drain")
@@ -166,9 +166,9 @@ def test_a_replaced_worker_of_a_real_gateway_keeps_the_drain_with_redis_away(
         # A worker that dies in its first seconds stops the gateway (it would fail again):
         # this one dies later, and is replaced.
         time.sleep(max(0.0, started + WORKER_START_GRACE_S + 1.0 - time.monotonic()))
-        victim = min(_workers(gw.proc.pid))
+        victim = min(children(gw.proc.pid))
         os.kill(victim, 9)
-        eventually(lambda: len(_workers(gw.proc.pid) - {victim}) == 2, what="a worker in its place")
+        eventually(lambda: len(children(gw.proc.pid) - {victim}) == 2, what="a worker in its place")
         # New connections, spread over both workers by SO_REUSEPORT: every answer says drained.
         seen = set()
         for _ in range(30):
@@ -197,13 +197,13 @@ def test_granians_sighup_keeps_an_in_memory_gateways_drain(tmp_path: Path) -> No
         ),
     )
     try:
-        [before] = _workers(gw.proc.pid)
+        [before] = children(gw.proc.pid)
         r = admin(gw, "PATCH", "/admin/upstreams/b0", json={"drained": True})
         assert r.status_code == 200, r.text
         gw.proc.send_signal(signal.SIGHUP)
 
         def replaced() -> bool:
-            now = _workers(gw.proc.pid)
+            now = children(gw.proc.pid)
             return before not in now and len(now) == 1
 
         eventually(replaced, what="granian's new worker in place of the old")

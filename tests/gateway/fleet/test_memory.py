@@ -127,6 +127,17 @@ def test_the_cap_is_each_models_pool_not_the_whole_gateway() -> None:
     assert fail("w0")  # w's pool has none out (the gateway's one counted took it)
     healthy = {u.id: u.healthy for u in s.snapshot(1.0).upstreams}
     assert [healthy[u] for u in ("a0", "a1", "w0", "w1")] == [False, True, False, True]
+    # Without drained ones: four upstreams at 25 %, one out in all under a gateway-wide cap,
+    # which kept w's failing upstream in because one of m's was out.
+    cfg = Config.model_validate(
+        {
+            **cfg.model_dump(),
+            "upstreams": ups[:4],
+            "outlier": {"consecutive_failures": 2, "max_ejected_share": 0.25},
+        }
+    )
+    s = MemoryStateStore(cfg)
+    assert fail("a0") and fail("w0")
 
 
 def test_a_reconfirmed_estimate_restarts_from_the_new_measurement() -> None:
