@@ -26,7 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import checks
@@ -41,6 +41,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.fleet import config_doc
+from gateway.http.asgi import JSONAnswer
 from gateway.http.errors import json_error
 from gateway.http.intake import read_body
 from gateway.http.upstream import ClientGone
@@ -70,7 +71,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
         # and routes on this version); ``POST /admin/config/restore`` puts this one back.
         doc = config_doc.routing_doc(rt.config)
         store = rt.store
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "version": store.version,
                 "config": doc,
@@ -88,7 +89,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             entry["what"],
             extra=_changed("config-restored", who, entry),
         )
-        return JSONResponse({"version": rt.store.version, "audit": entry, "changed": True})
+        return JSONAnswer({"version": rt.store.version, "audit": entry, "changed": True})
 
     async def _patch(
         request: Request, who: str, kind: str, example: str, update: Updater
@@ -99,7 +100,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
         target = request.path_params["id"]
         entry = await update(target, changes, who)
         if config_doc.is_unchanged(entry):  # a drain of a drained one: no version, no audit
-            return JSONResponse({"version": rt.store.version, "audit": entry, "changed": False})
+            return JSONAnswer({"version": rt.store.version, "audit": entry, "changed": False})
         log.info(
             "operator %s changed %s %s: %s -> %s (version %s)",
             who,
@@ -110,7 +111,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
             entry["version"],
             extra=_changed(f"{kind}-changed", who, entry, **{kind: target}),
         )
-        return JSONResponse({"version": rt.store.version, "audit": entry, "changed": True})
+        return JSONAnswer({"version": rt.store.version, "audit": entry, "changed": True})
 
     async def patch_upstream(request: Request, who: str) -> Response:
         return await _patch(request, who, "upstream", '{"weight": 2}', rt.store.update_upstream)
@@ -122,7 +123,7 @@ def admin_routes(rt: Runtime, operator: Callable[[Request], str] | None = None) 
         raw = request.query_params.get("count", "50")
         if not checks.is_decimal(raw, 6) or not 0 < int(raw) <= AUDIT_MAX_COUNT:
             raise RequestInvalid(f"count must be 1..{AUDIT_MAX_COUNT}")
-        return JSONResponse({"entries": await rt.store.audit(int(raw))})
+        return JSONAnswer({"entries": await rt.store.audit(int(raw))})
 
     return [
         Route("/admin/config", guarded(show)),
@@ -191,7 +192,9 @@ def operator_of(authorization: str, operators: Mapping[str, str]) -> str | None:
     Every token is compared, in constant time, whatever matched: how long the check takes
     says nothing about which token, or how much of one, was right."""
     scheme, _, credentials = authorization.partition(" ")
-    sent = credentials.encode()
+    # RFC 9110 §11.4: one or more spaces after the scheme. A lone surrogate (a login's JSON
+    # can carry "\ud800") matches no token, and must not raise on its way to saying so.
+    sent = credentials.lstrip(" ").encode("utf-8", "surrogatepass")
     found = None
     for name, token in operators.items():
         if hmac.compare_digest(sent, token.encode()):
@@ -213,19 +216,30 @@ async def json_body(request: Request, timeout_s: float) -> Any:
     arrives, never held whole in memory, and a slow one does not hold the request forever. A
     change or a login is a few bytes: with the public API's 30 s, slow logins held the ops
     listener's connections (OPS_MAX_CONNECTIONS) six times as long as their heads may."""
-    timeout_s = min(timeout_s, d.OPS_BODY_TIMEOUT_S)
+    bound, setting = timeout_s, "server.body_timeout_s"
+    if timeout_s > d.OPS_BODY_TIMEOUT_S:
+        bound, setting = d.OPS_BODY_TIMEOUT_S, "the ops listener's bound for a change or a login"
     body = await read_body(
-        request.scope, request.receive, ADMIN_MAX_BODY_BYTES, timeout_s, _too_large
+        request.scope,
+        request.receive,
+        ADMIN_MAX_BODY_BYTES,
+        bound,
+        _too_large,
+        timeout_from=setting,
     )
     try:
-        return json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
+        # Decoded here: json.loads would guess UTF-16 or -32 from bytes (RFC 8259: UTF-8), and
+        # say of such a body only "Expecting value".
+        return json.loads(body.decode())
     except UnicodeDecodeError:
         raise RequestInvalid("body is not UTF-8 text; send JSON") from None
+    except json.JSONDecodeError as exc:
+        raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
     except RecursionError:
         raise RequestInvalid(
             'body is nested too deeply; send an object such as {"weight": 2}'
         ) from None
-    except ValueError as exc:  # an integer of over 4300 digits (CPython's int limit)
-        raise RequestInvalid(f"body is not JSON this server reads: {exc}") from None
+    except ValueError:  # an integer of over 4300 digits (CPython's int limit): its message
+        raise RequestInvalid(  # tells a Python programmer what to call, not this client
+            'body has a number of over 4,300 digits; send one such as {"weight": 2}'
+        ) from None

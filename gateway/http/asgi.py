@@ -6,6 +6,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
+from starlette.responses import JSONResponse
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -13,6 +15,18 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
+
+
+class JSONAnswer(JSONResponse):
+    """Starlette's JSONResponse with everything past ASCII escaped, as ``send_json`` writes:
+    Starlette's (``ensure_ascii=False``, then UTF-8) cannot encode a lone surrogate, which
+    JSON's ``"\\ud800"`` decodes to, so an error that named a client's key or value answered
+    500 with a traceback in the log."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 # Where the proxy's ``recorded`` keeps a request's id in its scope, for the endpoint it wraps
 # to answer with the access line's (gateway.http.intake).
 REQUEST_ID_KEY = "geogate.request_id"

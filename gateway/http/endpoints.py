@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, request_response
 
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
@@ -19,7 +19,7 @@ from gateway.errors import (
     RequestInvalid,
     UnknownEndpoint,
 )
-from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
+from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, JSONAnswer, Receive, Scope, Send
 from gateway.http.errors import json_error, send_error
 from gateway.http.exchange import logged_text
 from gateway.http.intake import check_routed
@@ -148,7 +148,7 @@ class Endpoints:
                 routed = first if m == models[0] else self._route_as(first, m, now)
                 if self._served(routed, m) is None:
                     data.append(_card(m))
-        return JSONResponse({"object": "list", "data": data}, headers=_request_id(request))
+        return JSONAnswer({"object": "list", "data": data}, headers=_request_id(request))
 
     async def model_one(self, request: Request) -> Response:
         """The model's card, or the error a request for it gets (check_routed's: a 404 for a
@@ -158,7 +158,7 @@ class Endpoints:
         headers = _request_id(request)
         err = self._served(self._routed(request, name, time.monotonic()), name)
         if err is None:
-            return JSONResponse(_card(name), headers=headers)
+            return JSONAnswer(_card(name), headers=headers)
         response = json_error(err)
         response.headers.update(headers)
         return response
@@ -249,7 +249,7 @@ class Endpoints:
                 }
             )
         shared = "local" if not config.redis.url else ("stale" if store.stale_since else "fresh")
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "self_region": config.gateway.region,
                 "origin": config.gateway.origin,
@@ -321,7 +321,7 @@ class Endpoints:
         else:
             routed = self._routed(request, model, now)
         decision = routed.decision
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "model": model,
                 "ip": routed.client_text or ip_text or "",  # normalised (::ffff:a.b.c.d: a.b.c.d)

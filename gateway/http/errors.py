@@ -10,11 +10,11 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from gateway import errors as e
 from gateway.defaults import LOOP_STATUS
-from gateway.http.asgi import Send, send_json
+from gateway.http.asgi import JSONAnswer, Send, send_json
 
 # class -> (HTTP status, OpenAI error type, code)
 HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
@@ -87,9 +87,9 @@ def error_headers(err: e.GatewayError) -> dict[str, str]:
     return out
 
 
-def json_error(err: e.GatewayError) -> JSONResponse:
+def json_error(err: e.GatewayError) -> JSONAnswer:
     """For Starlette endpoints."""
-    return JSONResponse(error_body(err), status_code=status_of(err), headers=error_headers(err))
+    return JSONAnswer(error_body(err), status_code=status_of(err), headers=error_headers(err))
 
 
 async def send_error(
@@ -119,4 +119,4 @@ async def http_exception(request: Request, exc: Exception) -> Response:
             "code": f"http_{exc.status_code}",
         }
     }
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    return JSONAnswer(body, status_code=exc.status_code, headers=exc.headers)

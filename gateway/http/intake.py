@@ -63,11 +63,13 @@ async def read_body(
     timeout_s: float,
     too_large: Callable[[int | None, int], BodyTooLarge] = _too_large,
     heads: Heads | None = None,
+    timeout_from: str = "server.body_timeout_s",
 ) -> bytes:
     """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
     body as a whole, so a client sending a byte a second cannot hold a request forever.
     ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
-    names what sets the limit, which is not ``server.max_body_bytes`` for every caller.
+    names what sets the limit, which is not ``server.max_body_bytes`` for every caller;
+    ``timeout_from`` names what set ``timeout_s``, for the same reason.
     ``heads``: the request's headers already read (``read_heads``), else looked up here."""
     declared = (
         heads.get(CONTENT_LENGTH, _NO_VALUE)[0]
@@ -105,7 +107,7 @@ async def read_body(
     except TimeoutError:
         raise BodyTimeout(
             f"request body not received within {timeout_s:g} s ({size} bytes arrived; "
-            "server.body_timeout_s); send the whole request at once"
+            f"{timeout_from}); send the whole request at once"
         ) from None
 
 

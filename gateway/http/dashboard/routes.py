@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
@@ -39,6 +39,7 @@ from gateway.defaults import DASHBOARD_SESSION_S
 from gateway.errors import GatewayError, RequestInvalid, SharedStateUnavailable
 from gateway.fleet import config_doc
 from gateway.http.admin import admin_routes, json_body
+from gateway.http.asgi import JSONAnswer
 from gateway.http.dashboard import session
 from gateway.http.dashboard.impact import what_if
 from gateway.http.dashboard.sampler import Sampler
@@ -138,7 +139,7 @@ class Dashboard:
             return json_error(err)
         except ClientGone:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        resp = JSONResponse({"operator": who, "csrf": csrf})
+        resp = JSONAnswer({"operator": who, "csrf": csrf})
         resp.set_cookie(
             session.cookie_name(request),
             value,
@@ -169,7 +170,7 @@ class Dashboard:
                         "there too; log out again when /readyz no longer says degraded"
                     )
                 )
-        resp = JSONResponse({"operator": None})
+        resp = JSONAnswer({"operator": None})
         resp.delete_cookie(session.cookie_name(request), path="/dashboard")
         return resp
 
@@ -183,7 +184,7 @@ class Dashboard:
         except GatewayError as err:
             return json_error(err)
         who, csrf = found if found else (None, None)
-        return JSONResponse({"operator": who, "csrf": csrf})
+        return JSONAnswer({"operator": who, "csrf": csrf})
 
     async def events(self, request: Request) -> Response:
         headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
@@ -197,7 +198,7 @@ class Dashboard:
         return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
 
     async def state(self, request: Request) -> Response:
-        return JSONResponse(self.sampler.look())
+        return JSONAnswer(self.sampler.look())
 
     async def explain(self, request: Request) -> Response:
         q = request.query_params
@@ -215,7 +216,7 @@ class Dashboard:
             loc = country_location(q.get("country", ""))
             routed = self.rt.route(None, False, loc, model, now)
         decision = routed.decision
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "model": model,
                 "location": routed.location.as_dict(),
@@ -251,7 +252,7 @@ class Dashboard:
             effective,
             store.member_shares(),
         )
-        return JSONResponse(result)
+        return JSONAnswer(result)
 
 
 def _changes(q: Any) -> dict[str, Any]:

@@ -72,6 +72,10 @@ async def test_login_sets_an_httponly_strict_cookie_scoped_to_the_dashboard(
 ) -> None:
     r = await client.post("/dashboard/login", json={"token": "wrong"})
     assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
+    # JSON's "\ud800" is a lone surrogate, which str.encode() refused: a 500 and a traceback
+    # for anyone who could reach the ops listener, with no token at all
+    r = await client.post("/dashboard/login", content=b'{"token": "\\ud800"}')
+    assert r.status_code == 401 and "admin token" in r.json()["error"]["message"]
     r = await client.post("/dashboard/login", json={"token": TOKEN})
     assert r.json()["operator"] == "alice"
     cookie = r.headers["set-cookie"]
