@@ -19,7 +19,8 @@ type and code each becomes is decided in one place, ``gateway.http.errors``, at 
      │    ├── HeadersTooLarge
      │    ├── UnknownEndpoint
      │    ├── MethodNotAllowed        a known endpoint, another method (``allow`` lists them)
-     │    └── ModelNotFound
+     │    ├── ModelNotFound
+     │    └── ModelNotAllowedHere     a residency rule keeps the client from every region serving it
      ├── AdminError
      │    ├── AdminDisabled           no admin token is configured
      │    ├── Unauthorized            missing or wrong admin token
@@ -134,6 +135,11 @@ class MethodNotAllowed(RequestInvalid):
 
 class ModelNotFound(RequestInvalid):
     pass
+
+
+class ModelNotAllowedHere(RequestInvalid):
+    """Not "retry later": the config serves the model only outside the client's residency
+    regions, so every retry would be refused alike until an operator changes it."""
 
 
 class AdminError(GatewayError):

@@ -14,6 +14,7 @@ const CODES = {
   method_not_allowed: [405, "invalid_request_error"],
   request_too_large: [413, "invalid_request_error"],
   model_not_found: [404, "invalid_request_error"],
+  model_not_available_in_region: [403, "invalid_request_error"],
   no_healthy_upstream: [503, "service_unavailable"],
   upstreams_at_capacity: [429, "rate_limit_error"],
   upstream_failed: [502, "upstream_error"],
@@ -30,7 +31,7 @@ export function errorResponse(code, message, headers = {}) {
   const [status, type] = CODES[code];
   // param: the field at fault (the model, as the gateway's model_not_found names it), else
   // null, as OpenAI's own errors carry it.
-  const param = code === "model_not_found" ? "model" : null;
+  const param = code.startsWith("model_not_") ? "model" : null;
   return new Response(JSON.stringify({ error: { message, type, param, code } }), {
     status,
     headers: { "content-type": "application/json", ...headers },

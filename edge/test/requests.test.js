@@ -353,4 +353,17 @@ test("/v1/models leaves out what a residency rule keeps the client from, as the 
   // Listed, a London client's request for it was a 503 (the rule leaves it no region).
   assert.deepEqual(await list("London"), ["m"]);
   assert.deepEqual(await list("New York"), ["m", "us-only"]);
+  // Asked for anyway: refused for good (403), not a 503 whose Retry-After the SDKs wait out
+  // twice for the same answer, as the gateway refuses it.
+  const resp = await w.dispatchFetch("https://api.example.com/v1/chat/completions", {
+    method: "POST",
+    body: JSON.stringify({ model: "us-only", messages: [] }),
+    cf: CITIES.London,
+  });
+  assert.equal(resp.status, 403);
+  assert.equal(resp.headers.get("retry-after"), null);
+  const { error } = await resp.json();
+  assert.equal(error.code, "model_not_available_in_region");
+  assert.equal(error.param, "model");
+  assert.match(error.message, /^model "us-only" is not served to clients here: residency rule uk/);
 });

@@ -39,6 +39,8 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.TransferCodingUnsupported: (501, "invalid_request_error", "unsupported_transfer_coding"),
     e.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    # 403, as OpenAI answers a client where it does not serve (and its SDKs do not retry it).
+    e.ModelNotAllowedHere: (403, "invalid_request_error", "model_not_available_in_region"),
     e.AdminDisabled: (404, "invalid_request_error", "admin_disabled"),
     e.Unauthorized: (401, "invalid_request_error", "invalid_admin_token"),
     e.Forbidden: (403, "invalid_request_error", "csrf_check_failed"),

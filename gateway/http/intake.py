@@ -18,6 +18,7 @@ from gateway.errors import (
     GatewayShuttingDown,
     HeadersTooLarge,
     LoopDetected,
+    ModelNotAllowedHere,
     ModelNotFound,
     NoHealthyUpstream,
 )
@@ -40,7 +41,7 @@ from gateway.http.final_error import DRAIN_CUT
 from gateway.http.headers import HOPS_HEADER, ROUTE_HEADER, hops_of, request_id
 from gateway.http.paths import check_api_request
 from gateway.http.upstream import ClientGone, StreamAborted, forward
-from gateway.routing.model import Outcome
+from gateway.routing.model import ExclusionKind, Outcome
 from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED
 from geodb.clientip import client_ip
@@ -179,10 +180,20 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
             param="model",
         )
     if decision.outcome is Outcome.NO_CANDIDATE:
-        why = sorted({e.reason for e in decision.excluded})
+        where = loc.country or loc.continent
+        if all(e.kind is ExclusionKind.RESIDENCY for e in decision.excluded):
+            # None in the rule's regions serves it, drained or not: a retry is refused alike
+            # until the config changes, and a 503's Retry-After had the SDKs wait 10 s for it.
+            raise ModelNotAllowedHere(
+                f"model {logged_text(model)!r} is not served to clients in {where}: residency "
+                f"rule {decision.residency} keeps them in its regions, and no upstream there "
+                "serves it; ask the operator for the model in one of those regions",
+                param="model",
+            )
+        why = sorted({e.reason for e in decision.excluded if e.kind is not ExclusionKind.RESIDENCY})
         rule = (
-            f" residency rule {decision.residency} keeps clients from "
-            f"{loc.country or loc.continent} in its regions, and none there can serve."
+            f" residency rule {decision.residency} keeps clients from {where} in its regions,"
+            " and none there can serve now."
             if decision.residency
             else ""
         )

@@ -43,13 +43,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, P
     db = tmp / "cities.mmdb"
     build_from_rows(ROWS, db)
     eu = start_sim(tmp, "eu", "eu-central", ["m", "pinned"])
-    ap = start_sim(tmp, "ap", "ap-southeast", ["m", "pinned"])
+    ap = start_sim(tmp, "ap", "ap-southeast", ["m", "pinned", "ap-only"])
     ups = [
         UpstreamSpec("eu-1", "eu-central", eu.url, ["m"]),
         UpstreamSpec("ap-1", "ap-southeast", ap.url, ["m"]),
         # For "pinned", eu-central scores 5 s worse: only residency can put London there.
         UpstreamSpec("eu-pinned", "eu-central", eu.url, ["pinned"], "bias_ms = 5000"),
         UpstreamSpec("ap-pinned", "ap-southeast", ap.url, ["pinned"]),
+        UpstreamSpec("ap-only", "ap-southeast", ap.url, ["ap-only"]),
     ]
     extra = (
         f'[geoip]\ndatabase = "{db}"\nreload_interval_s = 0.1\n\n'
@@ -95,6 +96,21 @@ def test_residency_overrides_a_better_score(setup: tuple[Gateway, Path]) -> None
     gw, _ = setup
     assert region_for(gw, LONDON, model="pinned") == "eu-central"
     assert region_for(gw, SINGAPORE, model="pinned") == "ap-southeast"
+
+
+def test_residency_that_leaves_no_upstream_refuses_for_good(setup: tuple[Gateway, Path]) -> None:
+    # "ap-only" is served in ap-southeast alone, where eu-in-eu never sends London: a 503
+    # with Retry-After had the OpenAI SDKs wait 5 s twice for the same refusal; a 403 they
+    # do not retry.
+    gw, _ = setup
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=LONDON)) as c:
+        body = {"model": "ap-only", "messages": []}
+        r = c.post(f"{gw.url}/v1/chat/completions", json=body)
+    assert r.status_code == 403 and "retry-after" not in r.headers, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("model_not_available_in_region", "model")
+    assert "residency rule eu-in-eu keeps them in its regions" in error["message"]
+    assert region_for(gw, SINGAPORE, model="ap-only") == "ap-southeast"
 
 
 def test_hot_reload_and_corrupt_file_refused(setup: tuple[Gateway, Path]) -> None:

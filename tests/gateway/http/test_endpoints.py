@@ -63,12 +63,27 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
         listed = (await c.get("/v1/models")).json()["data"]
         assert [m["id"] for m in listed] == ["m"]  # n is served in us only
         assert (await c.get("/v1/models/m")).status_code == 200
+        # No upstream in eu serves n at all: refused for good, not a 503 an SDK retries
         r = await c.get("/v1/models/n")
-        assert r.status_code == 503 and r.headers["retry-after"] == "5"
-        message = r.json()["error"]["message"]
-        assert "residency rule eu-only keeps clients from DE in its regions" in message
+        assert r.status_code == 403 and "retry-after" not in r.headers, r.text
+        assert r.json()["error"]["code"] == "model_not_available_in_region"
+        assert "residency rule eu-only keeps them in its regions" in r.json()["error"]["message"]
     async with client() as c:  # no rule: both
         assert [m["id"] for m in (await c.get("/v1/models")).json()["data"]] == ["m", "n"]
+
+
+async def test_a_drain_within_the_residency_regions_is_a_503_to_retry() -> None:
+    # eu's only upstream of m drained (an operator's while), us's kept away by the rule:
+    # that passes, so a 503 with Retry-After, the rule named once
+    rule = [{"name": "eu-only", "continents": ["EU"], "regions": ["eu"]}]
+    rt = runtime(residency=rule)
+    await rt.store.update_upstream("a", {"drained": True}, "alice")
+    async with client_of(rt) as c:
+        r = await c.get("/v1/models/m")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    message = r.json()["error"]["message"]
+    assert "(drained). residency rule eu-only keeps clients from DE in its regions" in message
+    assert message.count("eu-only") == 1
 
 
 async def test_a_model_served_by_no_healthy_upstream_is_a_503_card_and_unlisted() -> None:
