@@ -1,5 +1,7 @@
-"""Request bodies sent compressed (``Content-Encoding``): decoded here only to read the model
-and the stream flag; the upstream gets the bytes and the header as the client sent them.
+"""Request bodies sent compressed (``Content-Encoding``): decoded here to read the model and
+the stream flag, and sent on decoded, without the header (gateway.http.intake): a model
+server on Starlette (vLLM's) or Go's net/http (Ollama's) reads no compressed request body, and
+one passed on as sent was its 400 for a request this gateway had read well.
 
 A body that does not decode as its header says is the client's mistake, answered 400 here: sent
 on, the backend answers 500, which would count as the backend failing and, five requests

@@ -20,6 +20,9 @@ class Exchange:
     scope: Scope
     started: float  # time.perf_counter() when the request arrived
     body: bytes = b""
+    # The client sent the body compressed (Content-Encoding): it goes on decoded, the header
+    # dropped (gateway.http.headers), as most model servers read no compressed body.
+    decoded: bool = False
     model: str = ""
     stream: bool = False  # the client asked for a stream ("stream": true): timeouts follow it
     hops: int = 0  # the gateways it came through before this one (geogate-hops)

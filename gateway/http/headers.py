@@ -117,10 +117,12 @@ def upstream_request_headers(
     scheme: str,
     rid: str,
     hops: int = 0,
+    decoded: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """Headers for the upstream request. ``peer`` is the socket peer, ``client`` the client
     resolved from it (the trusted-proxy walk of X-Forwarded-For); ``hops``: the gateways the
-    request came through before this one (its ``geogate-hops``), one more is sent on.
+    request came through before this one (its ``geogate-hops``), one more is sent on;
+    ``decoded``: the body goes on decoded, so its Content-Encoding does not.
 
     X-Forwarded-For from a trusted proxy is extended with the peer, the hop we received it
     from (as every proxy does: the balancer's own address stays in the chain); from anyone
@@ -129,6 +131,8 @@ def upstream_request_headers(
     and CF-Connecting-IP pass only from a trusted proxy.
     """
     drop = _REQUEST_DROP if peer_trusted else _DROP_FROM_OTHERS
+    if decoded:
+        drop = drop | {b"content-encoding"}
     out: list[tuple[bytes, bytes]] = []
     xff: list[bytes] = []
     proto: bytes | None = None

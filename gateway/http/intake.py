@@ -304,9 +304,10 @@ class Proxy:
         check_api_request(scope["method"], raw_path.decode("latin-1"), server.extra_api_paths)
         limit = server.max_body_bytes
         ex.body = await read_body(scope, receive, limit, server.body_timeout_s, heads=heads)
-        # Read the model from the decoded body; the upstream gets the bytes as sent.
         encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
         data = decoded(ex.body, encoding, limit)
+        if data is not ex.body:  # sent on decoded: vLLM and Ollama decode none
+            ex.body, ex.decoded = data, True
         ctype = heads.get(_CONTENT_TYPE, _NO_VALUE)[0]
         if ctype is not None and is_form(ctype):
             ex.model, ex.stream = form_model(data, ctype)

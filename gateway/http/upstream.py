@@ -137,6 +137,7 @@ class _Attempts:
             scheme=scope.get("scheme", "http"),
             rid=ex.id,
             hops=ex.hops,
+            decoded=ex.decoded,
         )
         target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         if scope.get("query_string"):

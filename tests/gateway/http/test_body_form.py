@@ -233,7 +233,7 @@ def test_a_streamed_transcription_is_a_stream(fleet: tuple[Gateway, dict[str, Si
     assert streams_seen(gw) == before + 1
 
 
-def test_a_compressed_form_is_read_and_sent_as_it_came(
+def test_a_compressed_form_is_read_and_sent_on_decoded(
     fleet: tuple[Gateway, dict[str, Sim]],
 ) -> None:
     gw, sims = fleet
