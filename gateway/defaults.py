@@ -286,3 +286,9 @@ DNS_TTL_S = 30  # answers a resolver may cache: a failed region leaves clients w
 DNS_CHECK_INTERVAL_S = 5  # PowerDNS's own default for LUA health checks (seconds, whole)
 DNS_CHECK_TIMEOUT_S = 2  # PowerDNS's default check timeout: a /readyz slower than 2 s is down
 DNS_READY_PATH = "/readyz"  # what a region's health check fetches: 503 while it drains
+
+# --- an upstream's refusal ------------------------------------------------------------------
+# A refusal's body (429, 502, 503) read for its message, whole with its head or not at all,
+# and the characters of that message kept in the answer's list of what was tried
+REFUSAL_BODY_MAX_BYTES = 4096
+REFUSAL_MESSAGE_MAX = 200

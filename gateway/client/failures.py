@@ -4,8 +4,12 @@ prober and the metrics share."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from gateway.defaults import REFUSAL_BODY_MAX_BYTES, REFUSAL_MESSAGE_MAX
 
 
 class ClientError(Exception):
@@ -60,6 +64,37 @@ class Failure:
 
     def describe(self) -> str:
         return f"{self.upstream} ({self.detail})"
+
+
+def status_detail(status: int, body: bytes | None) -> str:
+    """A refusal as the client's error lists it: "HTTP 429", and the upstream's own message
+    where its body has one (OpenAI's ``error.message``, vLLM's older ``message``, FastAPI's
+    ``detail``, else a plain text's first line). A quota's 429 ("insufficient_quota") said
+    only "at capacity", and the client had nothing to act on. ``body``: None where not all
+    of it came with the head (then nothing is waited for)."""
+    said = _message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
+    if not said:
+        return f"HTTP {status}"
+    if len(said) > REFUSAL_MESSAGE_MAX:
+        said = said[:REFUSAL_MESSAGE_MAX] + "..."
+    return f"HTTP {status}: {said}"
+
+
+def _message_of(body: bytes) -> str | None:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        doc: Any = json.loads(text)
+    except (ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        error = doc.get("error")
+        found = error.get("message") if isinstance(error, dict) else error
+        found = found if isinstance(found, str) else doc.get("message", doc.get("detail"))
+        text = found if isinstance(found, str) else ""
+    elif doc is not None or text.startswith("<"):  # a JSON scalar, or an HTML page
+        return None
+    line = text.split("\n", 1)[0]
+    return "".join(c if c.isprintable() else " " for c in line).strip() or None
 
 
 # What a request to an upstream can raise besides TimeoutError; classify() knows them all.

@@ -21,6 +21,7 @@ from gateway.client.failures import (
     ConnectionLost,
     ConnectTimeout,
     Reach,
+    status_detail,
 )
 from gateway.routing.members import default_port, split_member
 
@@ -170,6 +171,13 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    def refusal(self) -> str:
+        """This answer as a refusal's failure names it (``status_detail``), with its body's
+        message if all of it came (as a rule with the head): nothing is waited for or taken."""
+        conn = self._conn
+        whole = b"".join(conn.chunks) if conn is not None and conn.complete else None
+        return status_detail(self.status, whole)
 
     def discard(self) -> None:
         """Done with an answer nobody reads (a 429, 502 or 503 failed over from): its body is

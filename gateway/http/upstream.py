@@ -243,7 +243,7 @@ class _Attempts:
                 failure = Failure(
                     uid,
                     FailureKind.STATUS,
-                    f"HTTP {resp.status}",
+                    resp.refusal(),
                     resp.status,
                     resp.header(b"retry-after"),
                 )

@@ -1,4 +1,4 @@
-"""The one mapping of the client's exceptions to failure kinds."""
+"""The one mapping of the client's exceptions to failure kinds, and a refusal's detail."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from gateway.client import (
     FailureKind,
     classify,
 )
+from gateway.client.failures import status_detail
+from gateway.defaults import REFUSAL_MESSAGE_MAX
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,34 @@ def test_failure_labels_name_the_status() -> None:
     assert Failure("a", FailureKind.STATUS, "HTTP 503", 503).label == "status_503"
     assert Failure("a", FailureKind.REFUSED, "connect failed").label == "refused"
     assert Failure("a", FailureKind.TIMEOUT, "slow").describe() == "a (slow)"
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (None, "HTTP 429"),  # not all of it came with the head: nothing waited for
+        (b"", "HTTP 429"),
+        (
+            b'{"error": {"message": "You exceeded your quota", "code": "insufficient_quota"}}',
+            "HTTP 429: You exceeded your quota",
+        ),
+        (b'{"object": "error", "message": "queue full", "code": 429}', "HTTP 429: queue full"),
+        (b'{"detail": "Too many requests"}', "HTTP 429: Too many requests"),
+        (b'{"error": "slow down"}', "HTTP 429: slow down"),
+        (b"Too Many Requests\r\nsee /docs\n", "HTTP 429: Too Many Requests"),
+        (b"<html><body>429</body></html>", "HTTP 429"),  # a page is no message
+        (b"[1, 2]", "HTTP 429"),
+        (b'{"error": {"code": 1}}', "HTTP 429"),
+        (b'"quota"', "HTTP 429"),
+        (b"x" * 5000, "HTTP 429"),  # over REFUSAL_BODY_MAX_BYTES: not read
+        (b"a\x1b[31mred", "HTTP 429: a [31mred"),  # no terminal escapes into a log line
+        (b"\xff\xfe bad bytes", "HTTP 429: \ufffd\ufffd bad bytes"),
+    ],
+)
+def test_a_refusal_carries_the_upstreams_own_message(body: bytes | None, detail: str) -> None:
+    assert status_detail(429, body) == detail
+
+
+def test_a_long_message_is_cut() -> None:
+    said = status_detail(503, b'{"message": "' + b"m" * 1000 + b'"}')
+    assert said == "HTTP 503: " + "m" * REFUSAL_MESSAGE_MAX + "..."

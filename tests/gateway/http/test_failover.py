@@ -273,3 +273,19 @@ def test_an_upstream_answering_429_keeps_its_connections(tmp_path: Path) -> None
         finally:
             gw.stop()
             kill(far.proc)
+
+
+def test_a_refusal_names_the_upstreams_own_words(tmp_path: Path) -> None:
+    """A 429 (a quota's, say) was "every upstream tried is at capacity: busy (HTTP 429)": the
+    upstream's own message, which says what to do, was dropped with its body."""
+    with serve_http(_Busy) as busy:
+        ups = [UpstreamSpec("busy", "eu-central", busy, ["m"])]
+        gw = start_gateway(tmp_path, lambda port: gateway_toml(port, ups))
+        try:
+            r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "m"}, timeout=10)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1", r.text
+            error = r.json()["error"]
+            assert error["code"] == "upstreams_at_capacity"
+            assert "busy (HTTP 429: at capacity)" in error["message"], error["message"]
+        finally:
+            gw.stop()
