@@ -1,6 +1,7 @@
 """The upstream HTTP client: HTTP/1.1 over pooled keep-alive connections (gateway.client.pool,
-gateway.client.conn; gateway.client.discard pools those of answers nobody reads), one per
-process, and the one place where its failures become failure kinds (gateway.client.failures)."""
+gateway.client.conn; gateway.client.response an answer, and gateway.client.discard pools those
+nobody reads), one per process, and the one place where its failures become failure kinds
+(gateway.client.failures)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from gateway.client.failures import (
     Reach,
     classify,
 )
-from gateway.client.pool import POOL_KEEPALIVE_S, Client, Response
+from gateway.client.pool import POOL_KEEPALIVE_S, Client
+from gateway.client.response import Response
 
 __all__ = [
     "CLIENT_ERRORS",

@@ -72,7 +72,7 @@ def status_detail(status: int, body: bytes | None) -> str:
     ``detail``, else a plain text's first line). A quota's 429 ("insufficient_quota") said
     only "at capacity", and the client had nothing to act on. ``body``: None where not all
     of it came with the head (then nothing is waited for)."""
-    said = _message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
+    said = message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
     if not said:
         return f"HTTP {status}"
     if len(said) > REFUSAL_MESSAGE_MAX:
@@ -80,7 +80,9 @@ def status_detail(status: int, body: bytes | None) -> str:
     return f"HTTP {status}: {said}"
 
 
-def _message_of(body: bytes) -> str | None:
+def message_of(body: bytes) -> str | None:
+    """An error answer's message, for a person: the first of ``status_detail``'s sources
+    found, on one line of printable characters; None where it has none."""
     text = body.decode("utf-8", "replace").strip()
     try:
         doc: Any = json.loads(text)

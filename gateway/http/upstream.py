@@ -2,8 +2,7 @@
 before any byte reached the client and within the retry budget (and, unless
 ``retry.on_timeout``, not after an upstream accepted the request and then timed out: the
 generation may still be running there); stream the answer back chunk by chunk; cut it cleanly
-when the upstream fails mid-way; cancel it when the client leaves.
-"""
+when the upstream fails mid-way; cancel it when the client leaves."""
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from gateway.http.final_error import (
 )
 from gateway.http.headers import client_response_headers, gateway_headers, upstream_request_headers
 from gateway.http.relay import relay
+from gateway.http.reshape import openai_shaped
 from gateway.http.ttft import no_token_s
 from gateway.http.watchdog import TotalTimeout, Watchdog
 from gateway.routing.model import Candidate
@@ -304,7 +304,7 @@ class _Attempts:
         ex = self.ex
         hint = ex.routed.preferred_region if ex.routed else None
         extra = gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
-        headers = client_response_headers(resp.raw_headers, extra)
+        headers = client_response_headers(openai_shaped(resp), extra)
         sse = events.framed(resp.header)  # else a cut is a reset
         resp.raw_headers = []
         ex.status = resp.status  # what the client got, should the stream be cut later on

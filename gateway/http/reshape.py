@@ -1,0 +1,65 @@
+"""An upstream's error answer in OpenAI's error shape, where it is not in it already.
+
+The OpenAI SDKs take an error's text from ``{"error": {"message": ...}}`` alone: a plain-text
+500, an HTML page or Ollama's ``{"error": "model not found"}`` became "Error code: 500" and
+nothing more, so the upstream's reason never reached the code that catches the exception.
+Such an answer is rewritten here, status kept, its message kept as the upstream wrote it
+(``gateway.client.failures.message_of``: one line, at most REFUSAL_MESSAGE_MAX characters).
+One in OpenAI's shape (vLLM's, OpenAI's own, another geogate's) goes on untouched, and so does
+one that did not come whole with its head or is compressed: nothing is waited for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.client import Response
+from gateway.client.failures import message_of
+from gateway.defaults import REFUSAL_BODY_MAX_BYTES, REFUSAL_MESSAGE_MAX
+
+_REPLACED = frozenset({b"content-type", b"content-length", b"content-encoding"})
+_JSON = (b"content-type", b"application/json")
+
+
+def openai_shaped(resp: Response) -> list[tuple[bytes, bytes]]:
+    """``resp``'s headers, after its body was put in OpenAI's error shape where it was an
+    error answer not in it (``resp``'s body replaced)."""
+    if resp.status < 400:
+        return resp.raw_headers
+    body = resp.whole_body()
+    if body is None or len(body) > REFUSAL_BODY_MAX_BYTES or _encoded(resp):
+        return resp.raw_headers
+    doc = _json(body)
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return resp.raw_headers  # OpenAI's shape already
+    said = message_of(body) or f"the upstream answered HTTP {resp.status} with no message"
+    if len(said) > REFUSAL_MESSAGE_MAX:
+        said = said[:REFUSAL_MESSAGE_MAX] + "..."
+    code = doc.get("code") if isinstance(doc, dict) else None
+    shaped = {
+        "error": {
+            "message": said,
+            "type": "invalid_request_error" if resp.status < 500 else "upstream_error",
+            "param": None,
+            "code": code if isinstance(code, str) else f"upstream_http_{resp.status}",
+        }
+    }
+    new = json.dumps(shaped).encode()
+    headers = [(n, v) for n, v in resp.raw_headers if n not in _REPLACED]
+    headers += [_JSON, (b"content-length", b"%d" % len(new))]
+    resp.replace_whole(headers, new)
+    return headers
+
+
+def _encoded(resp: Response) -> bool:
+    coding = resp.header(b"content-encoding")
+    return coding is not None and coding.strip().lower() not in ("", "identity")
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None

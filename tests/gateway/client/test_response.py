@@ -1,0 +1,45 @@
+"""An answer's body looked at whole without being taken (a refusal's message, an error put in
+OpenAI's shape), and replaced: against a real socket, the connection still pooled after."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.client import Client
+from tests.gateway.client.scripted import Scripted, ok, raw, run
+
+
+def test_a_whole_body_is_looked_at_then_replaced_and_the_connection_pooled() -> None:
+    async def main() -> None:
+        async with Scripted(ok(b"slow down", b"Content-Type: text/plain\r\n")) as srv:
+            client = Client(1.0)
+            resp = await client.request("POST", srv.url + "/", [], b"{}", until_body=True)
+            assert resp.whole_body() == b"slow down"
+            assert resp.whole_body() == b"slow down"  # looked at, not taken
+            assert resp.refusal() == "HTTP 200: slow down"
+            resp.replace_whole([(b"content-type", b"application/json")], b'{"x": 1}')
+            assert resp.header(b"content-type") == "application/json"
+            assert await resp.readany() == b'{"x": 1}'
+            assert resp.at_eof() and await resp.readany() == b""
+            resp.release()
+            assert client.idle_count() == 1  # in step: the next request may use it
+            await client.close()
+
+    run(main())
+
+
+def test_a_body_still_coming_is_not_waited_for() -> None:
+    # The head and the first chunk; the rest never comes.
+    head = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbusy\r\n"
+
+    async def main() -> None:
+        async with Scripted(raw(head)) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert resp.whole_body() is None
+            assert resp.refusal() == "HTTP 503"  # no message from half a body
+            assert await asyncio.wait_for(resp.readany(), 2) == b"busy"  # nothing was taken
+            resp.close()
+            await client.close()
+
+    run(main())
