@@ -21,6 +21,7 @@ and audited under the operator's name exactly as ``PATCH /admin/...`` is.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
@@ -263,11 +264,17 @@ def _changes(q: Any) -> dict[str, Any]:
         out["drained"] = q["drained"] == "true"
     for key in ("weight", "bias_ms"):
         if key in q:
-            try:
-                out[key] = float(q[key])
-            except ValueError:
-                raise RequestInvalid(f"{key} must be a number (got {q[key]!r})") from None
+            # A number as an HTML form's number input gives it (ASCII digits, ".5" too), for
+            # the admin API to take: float() took "\uff15" (a fullwidth 5), "1_0" and " 2 ",
+            # so the preview answered for changes the API would refuse.
+            if not _NUMBER.fullmatch(q[key]):
+                shown = q[key][:40]
+                raise RequestInvalid(f"{key} must be a number such as 2 or 0.5 (got {shown!r})")
+            out[key] = float(q[key])
     return out
+
+
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def country_location(code: str) -> Location:

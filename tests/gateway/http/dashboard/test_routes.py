@@ -143,6 +143,11 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
     for params, message in [
         ({"upstream": "nope", "drained": "true"}, "no upstream 'nope'"),
         ({"upstream": "eu-1", "weight": "x"}, "weight must be a number"),
+        # float() took these, which the admin API refuses: a preview of no possible change
+        ({"upstream": "eu-1", "weight": "\uff15"}, "weight must be a number"),
+        ({"upstream": "eu-1", "weight": "1_0"}, "weight must be a number"),
+        ({"upstream": "eu-1", "bias_ms": " 2"}, "bias_ms must be a number"),
+        ({"upstream": "eu-1", "weight": "nan"}, "weight must be a number"),
         ({"upstream": "eu-1", "drained": "yes"}, "drained must be true or false"),
         ({"upstream": "eu-1", "weight": "1e9"}, "weight must be between"),
     ]:
