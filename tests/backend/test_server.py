@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import brotli
 import httpx
 import openai
 import pytest
@@ -26,6 +27,11 @@ from backend.server import MAX_BODY_BYTES
 from gateway.cli.procs import free_port, geogate_cmd, stop
 from tests.backend.conftest import MODEL, Backend, start_backend
 from tests.support import eventually, read_to_eof
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello, how are you?"}]
 
@@ -545,6 +551,20 @@ def test_a_body_its_content_encoding_does_not_decode_is_a_json_400(backend: Back
     assert b"\r\nConnection: close\r\n" in head + b"\r\n", head
     new = backend.log.read_text()[seen:]
     assert "Traceback" not in new and "ERROR" not in new, new[-3000:]
+
+
+def test_a_br_or_zstd_body_is_read(backend: Backend) -> None:
+    """aiohttp decodes them only with Brotli and backports.zstd installed: without, each was a
+    plain-text 400 asking the client to install a Python package, and a traceback in the log."""
+    body = b'{"model": "%s", "prompt": "hi", "max_tokens": 1}' % MODEL.encode()
+    seen = len(backend.log.read_text())
+    url = f"{backend.url}/v1/completions"
+    for coding, packed in (("br", brotli.compress(body)), ("zstd", zstd.compress(body))):
+        r = httpx.post(url, content=packed, headers={"content-encoding": coding})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1, r.text
+    r = httpx.post(url, content=body, headers={"content-encoding": "br"})  # not br at all
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_parameter"), r.text
+    assert "Traceback" not in backend.log.read_text()[seen:]
 
 
 def test_unknown_routes_and_wrong_methods_answer_openai_shaped_json(backend: Backend) -> None:
