@@ -16,6 +16,7 @@ from geodb.countries import CONTINENT_NAMES
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 # An operator's name goes into the audit trail and logs as it is: a short plain word.
 OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+DEPLOYMENT = re.compile(r"[A-Za-z0-9_.-]+")  # in Redis's keys: {geogate:<deployment>}
 # "/v1/" and segments of unreserved characters, none starting with "." (no dot-segments).
 API_PATH = re.compile(r"/v1(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+")
 # A URL's scheme and "//" (group 1) and its authority (group 2), as urlsplit finds them.
@@ -209,6 +210,16 @@ def fleet_id(value: str) -> str:
             "arguments of geogate ctl"
         )
     return value
+
+
+def deployment(name: str) -> str:
+    """redis.deployment (and geogate ctl's --deployment): the hash tag of the fleet's keys."""
+    if not DEPLOYMENT.fullmatch(name):
+        raise ValueError(
+            f"deployment {name!r}: use letters, digits and _.- (it is part of the fleet's keys "
+            "in Redis)"
+        )
+    return name
 
 
 def operator_name(name: str) -> str:

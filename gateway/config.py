@@ -12,14 +12,13 @@ from gateway import checks
 from gateway import defaults as d
 from gateway.config_ops import LEGACY_OPERATOR as LEGACY_OPERATOR
 from gateway.config_ops import AdminSection, EdgeSection, LogSection, OpsSection
+from gateway.config_routing import ConnectionWait, FilePath, Interval, Seconds
 
 # The routing part, re-exported: the schema is read from here (``from gateway.config import``).
 from gateway.config_routing import ContinentCode as ContinentCode
 from gateway.config_routing import CountryCode as CountryCode
 from gateway.config_routing import DefaultLocation as DefaultLocation
-from gateway.config_routing import FilePath
 from gateway.config_routing import ListenHost as ListenHost
-from gateway.config_routing import PositiveFloat as PositiveFloat
 from gateway.config_routing import Ratio as Ratio
 from gateway.config_routing import Region as Region
 from gateway.config_routing import ResidencyRule as ResidencyRule
@@ -36,24 +35,24 @@ class GatewaySection(StrictModel):
 class ServerSection(StrictModel):
     host: ListenHost = d.HOST
     port: int = Field(default=d.PORT, ge=0, le=65535)
-    workers: int = Field(default=d.WORKERS, ge=1)
+    workers: int = Field(default=d.WORKERS, ge=1, le=d.WORKERS_MAX)
     engine: Literal["uvicorn", "granian", "hypercorn"] = "uvicorn"
     tls_cert: FilePath | None = None
     tls_key: FilePath | None = None
-    max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1)
-    drain_timeout_s: PositiveFloat = d.DRAIN_TIMEOUT_S
+    max_body_bytes: int = Field(default=d.MAX_BODY_BYTES, ge=1, le=d.MAX_BODY_BYTES_MAX)
+    drain_timeout_s: Seconds = d.DRAIN_TIMEOUT_S
     access_log: bool = True
     # A stream's body past its first token from the upstream's connection to the client's
     # socket in C (gateway._splice), where the extension is built, the client's side is plain
     # TCP (the upstream's may be TLS) and the upstream's body is chunked.
     splice: bool = True
     max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
-    body_timeout_s: PositiveFloat = d.BODY_TIMEOUT_S
-    head_timeout_s: PositiveFloat = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own
+    body_timeout_s: ConnectionWait = d.BODY_TIMEOUT_S
+    head_timeout_s: ConnectionWait = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own
     # How long an idle client connection is kept (uvicorn's and hypercorn's). Behind a load
     # balancer, longer than its idle timeout (an ALB's), so it never sends a request on a
     # connection this side is closing (a 502).
-    keepalive_s: PositiveFloat = d.SERVER_KEEPALIVE_S
+    keepalive_s: ConnectionWait = d.SERVER_KEEPALIVE_S
     # Proxied besides the OpenAI endpoints (gateway.http.paths), e.g. a backend's "/v1/tokenize".
     extra_api_paths: tuple[Annotated[str, AfterValidator(checks.api_path)], ...] = ()
     # Browser apps' origins allowed (CORS, gateway.http.cors), e.g. ["https://app.example.com"],
@@ -61,8 +60,8 @@ class ServerSection(StrictModel):
     cors_origins: tuple[Annotated[str, AfterValidator(checks.cors_origin)], ...] = ()
 
     # One worker's capacity (gateway.http.gate); max_connections 0: max_streams + headroom.
-    max_streams: int = Field(default=d.MAX_STREAMS, ge=1)
-    max_connections: int = Field(default=0, ge=0)
+    max_streams: int = Field(default=d.MAX_STREAMS, ge=1, le=d.MAX_STREAMS_MAX)
+    max_connections: int = Field(default=0, ge=0, le=d.MAX_CONNECTIONS_MAX)
     backlog: int = Field(default=d.BACKLOG, ge=128, le=d.BACKLOG_MAX)  # granian refuses less
     h2_max_concurrent_streams: int = Field(
         default=d.H2_MAX_CONCURRENT_STREAMS, ge=1, le=d.H2_MAX_CONCURRENT_STREAMS_MAX
@@ -76,18 +75,18 @@ class ServerSection(StrictModel):
 
 
 class Timeouts(StrictModel):
-    connect_s: PositiveFloat = d.CONNECT_TIMEOUT_S
-    first_byte_s: PositiveFloat = d.FIRST_BYTE_TIMEOUT_S  # streaming requests ("stream": true)
-    response_s: PositiveFloat = d.RESPONSE_TIMEOUT_S  # non-streaming: the whole answer
-    idle_s: PositiveFloat = d.IDLE_TIMEOUT_S
-    total_s: PositiveFloat = d.TOTAL_TIMEOUT_S
+    connect_s: ConnectionWait = d.CONNECT_TIMEOUT_S
+    first_byte_s: Seconds = d.FIRST_BYTE_TIMEOUT_S  # streaming requests ("stream": true)
+    response_s: Seconds = d.RESPONSE_TIMEOUT_S  # non-streaming: the whole answer
+    idle_s: Seconds = d.IDLE_TIMEOUT_S
+    total_s: Seconds = d.TOTAL_TIMEOUT_S
 
 
 class RetrySection(StrictModel):
-    max_attempts: int = Field(default=d.MAX_ATTEMPTS, ge=1)
+    max_attempts: int = Field(default=d.MAX_ATTEMPTS, ge=1, le=d.MAX_ATTEMPTS_MAX)
     budget_ratio: Ratio = d.RETRY_BUDGET_RATIO
     budget_min_per_s: float = Field(default=d.RETRY_BUDGET_MIN_PER_S, ge=0)
-    budget_window_s: PositiveFloat = d.RETRY_BUDGET_WINDOW_S
+    budget_window_s: Seconds = d.RETRY_BUDGET_WINDOW_S
     on_timeout: bool = False  # fail over a timeout at an upstream that accepted the request
 
 
@@ -98,25 +97,27 @@ class RouterSection(StrictModel):
 
 
 class HealthSection(StrictModel):
-    interval_s: PositiveFloat = d.HEALTH_INTERVAL_S
-    timeout_s: PositiveFloat = d.HEALTH_TIMEOUT_S
+    interval_s: Interval = d.HEALTH_INTERVAL_S
+    timeout_s: Seconds = d.HEALTH_TIMEOUT_S
     healthy_threshold: int = Field(default=d.HEALTHY_THRESHOLD, ge=1)
     unhealthy_threshold: int = Field(default=d.UNHEALTHY_THRESHOLD, ge=1)
     jitter: Ratio = d.HEALTH_JITTER
     rtt_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.RTT_EWMA_ALPHA
     completion_probe: bool = False  # a tiny completion to each ejected upstream: may end it
     completion_probe_path: str = Field(default=d.COMPLETION_PROBE_PATH, pattern=r"^/")
-    completion_probe_max_tokens: int = Field(default=d.COMPLETION_PROBE_MAX_TOKENS, ge=1)
-    completion_probe_timeout_s: PositiveFloat = d.COMPLETION_PROBE_TIMEOUT_S
+    completion_probe_max_tokens: int = Field(
+        default=d.COMPLETION_PROBE_MAX_TOKENS, ge=1, le=d.COMPLETION_PROBE_MAX_TOKENS_MAX
+    )
+    completion_probe_timeout_s: Seconds = d.COMPLETION_PROBE_TIMEOUT_S
 
 
 class OutlierSection(StrictModel):
     consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1)
-    base_ejection_s: PositiveFloat = d.BASE_EJECTION_S
-    max_ejection_s: PositiveFloat = d.MAX_EJECTION_S
+    base_ejection_s: Seconds = d.BASE_EJECTION_S
+    max_ejection_s: Seconds = d.MAX_EJECTION_S
     failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] = d.FAILURE_RATE_THRESHOLD
     failure_rate_min_requests: int = Field(default=d.FAILURE_RATE_MIN_REQUESTS, ge=1)
-    failure_rate_window_s: PositiveFloat = d.FAILURE_RATE_WINDOW_S
+    failure_rate_window_s: Seconds = d.FAILURE_RATE_WINDOW_S
     max_ejected_share: Ratio = d.MAX_EJECTED_SHARE
 
     @model_validator(mode="after")
@@ -131,8 +132,8 @@ class OutlierSection(StrictModel):
 
 class LoadSection(StrictModel):
     enabled: bool = True
-    poll_interval_s: PositiveFloat = d.LOAD_POLL_INTERVAL_S
-    max_age_s: PositiveFloat = d.LOAD_MAX_AGE_S
+    poll_interval_s: Interval = d.LOAD_POLL_INTERVAL_S
+    max_age_s: Seconds = d.LOAD_MAX_AGE_S
     path: Annotated[str, AfterValidator(checks.url_path)] = d.LOAD_PATH
     ttft_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.TTFT_EWMA_ALPHA
 
@@ -149,35 +150,35 @@ class LoadSection(StrictModel):
 
 
 class DiscoverySection(StrictModel):
-    interval_s: PositiveFloat = d.DISCOVERY_INTERVAL_S
-    timeout_s: PositiveFloat = d.DISCOVERY_TIMEOUT_S
+    interval_s: Interval = d.DISCOVERY_INTERVAL_S
+    timeout_s: Seconds = d.DISCOVERY_TIMEOUT_S
     # "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolvers
     nameservers: tuple[Annotated[str, AfterValidator(checks.nameserver)], ...] = ()
 
 
 class GeoIPSection(StrictModel):
     database: FilePath | None = None
-    reload_interval_s: PositiveFloat = d.GEOIP_RELOAD_INTERVAL_S
+    reload_interval_s: Interval = d.GEOIP_RELOAD_INTERVAL_S
     default: DefaultLocation = DefaultLocation()
 
 
 class RedisSection(StrictModel):
     # empty: in-memory state, one gateway. redis://, rediss://, redis+sentinel://
     url: Annotated[str, AfterValidator(checks.redis_url)] = ""
-    deployment: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    deployment: Annotated[str, AfterValidator(checks.deployment)] = "default"
     gateway_id: str = ""  # empty: hostname-pid (of the `geogate gateway` process)
     # false: upstream health is this gateway's own, neither given to the fleet nor taken from
     # it; only the routing config is shared. For gateways whose upstream of one id is a
     # different server on each host (127.0.0.1: deploy/terraform's per-host gateways).
     share_health: bool = True
-    refresh_interval_s: PositiveFloat = d.FLEET_REFRESH_INTERVAL_S
-    observation_ttl_s: PositiveFloat = d.OBSERVATION_TTL_S
-    connect_timeout_s: PositiveFloat = d.REDIS_TIMEOUT_S
-    max_backoff_s: PositiveFloat = d.REDIS_MAX_BACKOFF_S
+    refresh_interval_s: Interval = d.FLEET_REFRESH_INTERVAL_S
+    observation_ttl_s: Seconds = d.OBSERVATION_TTL_S
+    connect_timeout_s: Seconds = d.REDIS_TIMEOUT_S
+    max_backoff_s: Seconds = d.REDIS_MAX_BACKOFF_S
     # How long after any start of Redis (empty, or from a saved copy) an operator change waits
     # (gateway.fleet.config_io.refuse_if_young). None: the gateways' reconnect and a refresh,
     # max_backoff_s + refresh_interval_s + REDIS_RESTORED_MARGIN_S.
-    restart_grace_s: Annotated[float, Field(ge=0)] | None = None
+    restart_grace_s: Annotated[float, Field(ge=0, le=d.DURATION_MAX_S)] | None = None
     # The fleet document kept across restarts, for a start while Redis is away (relative: to
     # the config file; gateway.fleet.last_known). None: kept while the gateway runs.
     state_file: FilePath | None = None

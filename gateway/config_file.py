@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any, get_origin
 from pydantic import BaseModel, ValidationError
 
 from gateway import checks
+from gateway import defaults as d
 from gateway.config import Config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, past_limits
 
 ENV_PREFIX = "GEOGATE_"
 ENV_CONFIG_FILE = "GEOGATE_CONFIG"  # the file path itself, not an override
@@ -87,6 +89,10 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
                 f'[, {{ or " is read as JSON; a string that does is written as one: '
                 f"{name}='\"{raw[:1]}...\"')"
             ) from exc
+        except (ValueError, RecursionError) as exc:  # valid JSON past the parser's limits
+            raise ConfigError(
+                f"config error in {name}: not valid JSON: {past_limits(exc)}"
+            ) from None
         node = data
         for i, part in enumerate(path[:-1]):
             above = path[: i + 1]
@@ -258,16 +264,36 @@ def _check_tls(cfg: Config, origins: Mapping[str, str], source: str) -> None:
         raise ConfigError(f"config error in {where}: server.{name}: {why}")
 
 
+def read_config_bytes(path: Path) -> bytes:
+    """The file's bytes, from a regular file of at most CONFIG_MAX_BYTES: /dev/zero was read
+    until memory ran out, and a FIFO waited for a writer forever. OSError: cannot be opened;
+    ValueError: what the file is instead, in words."""
+    # O_NONBLOCK: a FIFO opens without waiting for a writer (then refused); no effect on files.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError("is not a regular file (a directory, device or pipe)")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(d.CONFIG_MAX_BYTES + 1)
+    if len(data) > d.CONFIG_MAX_BYTES:
+        raise ValueError(f"is over {d.CONFIG_MAX_BYTES >> 20} MiB, past any config file")
+    return data
+
+
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     try:
         # utf-8-sig: a byte order mark (as some Windows editors save UTF-8) is not TOML's.
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_config_bytes(path).decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:  # TOML is UTF-8 (a file saved as Latin-1 or UTF-16, say)
         raise ConfigError(f"config error: {path} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ConfigError(f"config error: {path} {exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config error in {path}: invalid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # TOML that passes tomllib's own checks
+        raise ConfigError(f"config error in {path}: invalid TOML: {past_limits(exc)}") from None
     return parse_config(data, str(path), env, base=path.resolve().parent)

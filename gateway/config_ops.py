@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from gateway import checks
 from gateway import defaults as d
-from gateway.config_routing import ListenHost, PositiveFloat, PublicUrl, StrictModel
+from gateway.config_routing import ListenHost, PublicUrl, Seconds, StrictModel
 
 Token = Annotated[str, AfterValidator(checks.header_token)]
 
@@ -72,7 +72,7 @@ class EdgeSection(StrictModel):
         Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")],
         Annotated[str, Field(min_length=d.EDGE_MIN_SECRET_CHARS)],
     ] = Field(default_factory=dict)
-    max_skew_s: PositiveFloat = d.EDGE_MAX_SKEW_S
+    max_skew_s: Seconds = d.EDGE_MAX_SKEW_S
     audiences: tuple[Annotated[str, Field(min_length=1)], ...] = ()
 
 

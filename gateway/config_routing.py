@@ -5,8 +5,9 @@ schema is built on (a strict model, checked field types). gateway.config has the
 from __future__ import annotations
 
 import ipaddress
+import types
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -23,7 +24,10 @@ from gateway import checks
 from gateway import defaults as d
 from geodb.countries import country_code
 
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Durations in seconds: more than 0, and at most a bound (gateway.defaults: 1e300 was taken).
+Seconds = Annotated[float, Field(gt=0, le=d.DURATION_MAX_S)]
+ConnectionWait = Annotated[float, Field(gt=0, le=d.CONNECTION_WAIT_MAX_S)]
+Interval = Annotated[float, Field(gt=0, le=d.INTERVAL_MAX_S)]
 CountryCode = Annotated[str, AfterValidator(country_code)]
 ContinentCode = Annotated[str, AfterValidator(checks.continent_code)]
 Ratio = Annotated[float, Field(ge=0, le=1)]
@@ -44,9 +48,19 @@ class StrictModel(BaseModel):
         # Lax mode takes TOML's true as 1 (port = true: port 1). Text still passes: environment
         # overrides arrive as "9000".
         field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+        if isinstance(value, bool) and field is not None and takes_a_number(field.annotation):
             raise ValueError("a number, not true or false")
         return value
+
+
+def takes_a_number(annotation: object) -> bool:
+    """Whether a field's type is a number, also inside Annotated[...] and X | None: comparing
+    the annotation with int and float missed redis.restart_grace_s's, which took true as 1."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Annotated, Union, types.UnionType):
+        return any(takes_a_number(arg) for arg in get_args(annotation))
+    return False
 
 
 def region_address(address: str) -> str:
@@ -99,7 +113,7 @@ class Upstream(StrictModel):
     # The same bounds as the admin API's (fleet.config_doc): file and API agree.
     weight: float = Field(default=1.0, ge=0, le=d.MAX_WEIGHT)  # 0 = standby
     bias_ms: float = Field(default=0.0, ge=-d.MAX_BIAS_MS, le=d.MAX_BIAS_MS)
-    slots: int = Field(default=d.DEFAULT_SLOTS, ge=1)
+    slots: int = Field(default=d.DEFAULT_SLOTS, ge=1, le=d.SLOTS_MAX)
     health_path: Annotated[str, AfterValidator(checks.url_path)] = d.HEALTH_PATH
     # Where the load poller reads this upstream's load; empty: [load] path. An upstream that
     # is a regional geogate gateway publishes its region's load on its public "/load" (its

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Final
 
+# --- the config file ------------------------------------------------------------------------
+CONFIG_MAX_BYTES = 16 << 20  # 16 MiB: a config is kilobytes (a few MiB with thousands of
+# upstreams); more is another file, and --config /dev/zero was read until memory ran out
+
 # --- server ---------------------------------------------------------------------------------
 HOST = "127.0.0.1"
 PORT = 8080
 WORKERS = 1  # state is per process until Redis (issue 5); one worker keeps one view
+WORKERS_MAX = 1024  # processes forked: past the cores of any one host (the largest have a few
+# hundred); 100000 was taken, and would have forked 100,000 processes
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
+MAX_BODY_BYTES_MAX = 1 << 30  # 1 GiB: a body is held whole in memory, per request and worker;
+# far past any API request (OpenAI's own uploads stop at 25 MB), so a larger figure is a typo
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
 # Parts of an upload's form read at most (aiohttp's limit; Starlette's is 1000 fields and
@@ -66,6 +74,9 @@ MAX_STREAMS = 10_000  # /v1 requests in flight per worker: an LLM gateway holds 
 # streams, and one uvloop worker holds 10,000 (bench/streams.py); beyond, a fast 503, no queue
 CONNECTION_HEADROOM = 1024  # max_connections = max_streams + this: idle keep-alive connections,
 # health checks and the 503s for streams over the limit need a connection too
+MAX_STREAMS_MAX = 1_000_000  # 100 times what one worker holds, and past the descriptors a default
+# kernel lets one process open (fs.nr_open: 1,048,576; a stream holds two): a typo beyond it
+MAX_CONNECTIONS_MAX = MAX_STREAMS_MAX + CONNECTION_HEADROOM  # what 0 comes to at the most streams
 HEADROOM_SHARE_MAX = 32  # with descriptors short, that headroom is at most 1/32 of them, taken
 # from the streams (gateway.http.gate.capacity)
 BACKLOG = 4096  # kernel accept queue: a reconnect storm after a deploy (1,000+ new
@@ -95,6 +106,17 @@ SERVER_KEEPALIVE_S = 75.0  # an idle client connection is kept this long (nginx'
 # sends on a connection the gateway is closing; uvicorn's own default (5 s) is below them all
 WORKER_START_GRACE_S = 10.0  # uvicorn's forked workers: one that exits sooner failed to start,
 # and would again; later, a worker that dies is replaced (gateway.server.Forked)
+
+# --- durations: the most any of the config's may be ------------------------------------------
+# Infinity is refused (no timeout is no protection), and so is a finite figure past these:
+# timeouts.total_s = 1e300 was infinity by another name, health.interval_s = 1e300 silently
+# ended health checking. Each is far past any real setting, so what exceeds it is a typo.
+DURATION_MAX_S = 7 * 24 * 3600.0  # a week: any timeout, window or TTL; a request's whole life
+# (timeouts.total_s, the drain that waits for it) covers an agent's or a batch's long stream
+CONNECTION_WAIT_MAX_S = 24 * 3600.0  # a day: a wait on one connection (its connect, a request's
+# head or body, keep-alive), past any balancer's idle timeout keepalive_s must exceed (4,000 s)
+INTERVAL_MAX_S = 3600.0  # an hour: how often health, load, discovery, GeoIP and Redis are looked
+# at; checked less often than hourly they are not checked
 
 # --- ops listener ---------------------------------------------------------------------------
 OPS_HOST = "127.0.0.1"  # loopback: metrics, the routing table, explain and admin are not public
@@ -187,6 +209,8 @@ UPSTREAM_HEAD_MAX_BYTES: Final = 64 * 1024
 
 # --- retries --------------------------------------------------------------------------------
 MAX_ATTEMPTS = 3  # first try + 2 failovers: a second region, then a third
+MAX_ATTEMPTS_MAX = 100  # upstreams tried for one request, each with its own waits: its client
+# gave up long before the hundredth
 RETRY_BUDGET_RATIO = 0.2  # retries may add at most 20 % to recent request volume
 RETRY_BUDGET_MIN_PER_S = 10.0  # ...but a quiet gateway may always retry this often
 RETRY_BUDGET_WINDOW_S = 10.0  # "recent" for the budget
@@ -197,6 +221,7 @@ TOLERANCE_RATIO = 0.15
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
 NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
 DEFAULT_SLOTS = 16  # concurrent sequences a backend runs at full speed, when not reported
+SLOTS_MAX = 1_000_000  # a backend batches hundreds of sequences (vLLM's max_num_seqs: 256)
 ROUTE_MEMO_MAX_CANDIDATES = 65536  # candidates the rankings kept for one snapshot hold in
 # all (a ranking holds its pool's candidates: one per (served model, residency rule, client
 # place)). A snapshot lives a fraction of a second under load polling, and GeoIP places
@@ -215,6 +240,8 @@ HEALTH_JITTER = 0.1  # +-10 % on each interval so a fleet's probes do not synchr
 RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
 COMPLETION_PROBE_PATH = "/v1/chat/completions"  # what clients call, so what must work
 COMPLETION_PROBE_MAX_TOKENS = 1  # one token proves the model runs; costs one short prefill
+COMPLETION_PROBE_MAX_TOKENS_MAX = 1024  # a probe goes to each ejected upstream every interval:
+# past a short answer's tokens it is load on a backend already in trouble, not a check
 COMPLETION_PROBE_TIMEOUT_S = 10.0  # a one-token answer takes well under a second on a GPU;
 # 10 s allows a cold start or a prefill behind other gateways' requests
 

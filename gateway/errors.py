@@ -41,6 +41,41 @@ Each error's message must say what to do about it: for an API client it is all t
 
 from __future__ import annotations
 
+import re
+import sys
+
+# A value echoed in a one-line error is cut to this many characters and an ellipsis: a
+# 100,000-character --who or a 5,000-digit override was printed whole (as HostGuard cuts Host).
+SHOWN_MAX_CHARS = 100
+# What echoes a value: a Python repr in quotes, not right after a letter (the "'" of
+# "region's" opens none), or a run of digits (a number is echoed bare).
+_ECHOED = re.compile(r"""(?<!\w)('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\d+""")
+
+
+def clipped(line: str) -> str:
+    """``line`` with each value it echoes cut to SHOWN_MAX_CHARS characters and "…", where
+    errors are made into lines (a ConfigError, the CLI's output) rather than in each message.
+    Idempotent: a cut value is not cut again."""
+
+    def cut(m: re.Match[str]) -> str:
+        text = m.group()
+        quote = text[0] if m.group(1) else ""
+        if len(text) <= SHOWN_MAX_CHARS + 2 * len(quote):  # a cut one: "…" and its quote
+            return text
+        return f"{text[:SHOWN_MAX_CHARS]}…{quote}"
+
+    return _ECHOED.sub(cut, line)
+
+
+def past_limits(exc: ValueError | RecursionError) -> str:
+    """A TOML or JSON parser's limit that a document went past, in words: CPython's own message
+    advises calling sys.set_int_max_str_digits, of no help to whoever wrote the file."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    if "digits" in str(exc):  # int()'s limit on the digits it converts
+        return f"a number of over {sys.get_int_max_str_digits():,} digits"
+    return str(exc)
+
 
 class GatewayError(Exception):
     def __init__(
@@ -53,7 +88,10 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    pass
+    """One line; the values it echoes are cut (``clipped``), wherever it is shown."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(clipped(message))
 
 
 class CannotListen(GatewayError):

@@ -72,6 +72,10 @@ def _open(args: argparse.Namespace) -> Fleet:
                 checks.operator_name(who)
             except ValueError as exc:
                 raise CLIError(f"--who: {exc}") from None
+        try:  # as redis.deployment is: "a b" was looked for in Redis, and said to be no fleet
+            checks.deployment(args.deployment)
+        except ValueError as exc:
+            raise CLIError(f"--deployment: {exc}") from None
         return RedisFleet(args.redis, args.deployment, who, args.restart_grace)
     raise CLIError(
         "give --gateway URL (a gateway's ops listener, with your --token) or --redis URL"

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from gateway.cli.errors import EXIT_USAGE, CLIError, OneLineParser
 from gateway.defaults import AUDIT_MAX_COUNT
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, clipped
 from geodb.errors import GeoDBError
 
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's number: what a shell reports for `... | head`
@@ -230,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _drop_stdout()
         sys.exit(EXIT_FAILED)
     except (GatewayError, GeoDBError, CLIError) as exc:
-        print(f"geogate: {exc}", file=sys.stderr)
+        # Every one-line error is printed here: the values it echoes are cut here too.
+        print(f"geogate: {clipped(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as exc:
         # Ctrl-C: 130; SIGTERM or SIGHUP, raised as procs.Terminated: 128 + its number, as a

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError, OneLineParser
 from gateway.cli.files import not_utf8, output_dir, read_text, writing
-from gateway.errors import PlanInvalid
+from gateway.errors import PlanInvalid, past_limits
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
 from gateway.plan.model import Placement, choose
 from gateway.plan.search import exhaustive, plan
@@ -35,6 +35,8 @@ def load(path: Path) -> PlanInput:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CLIError(f"plan: {path} is not valid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # TOML that passes tomllib's own checks
+        raise CLIError(f"plan: {path} is not valid TOML: {past_limits(exc)}") from None
     given = section(doc, "settings").get("backend_results")  # checked: a table, or absent
     # A path in the plan file is the plan file's neighbour; the default is where
     # bench/backend.py writes, from the repository root (the current directory)

@@ -446,6 +446,18 @@ def test_set_takes_drain_or_undrain_not_both(capsys: pytest.CaptureFixture[str])
     assert "argument --undrain: not allowed with argument --drain" in err
 
 
+def test_a_deployment_is_checked_as_the_configs_before_redis_is_asked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ "a b" was looked for in Redis, and said to be no fleet: start a gateway."""
+    rc, out, err = ctl(capsys, "--redis", "redis://127.0.0.1:1", "--deployment", "a b", "show")
+    assert rc == 2 and not out
+    assert err == (
+        "geogate: --deployment: deployment 'a b': use letters, digits and _.- (it is part of "
+        "the fleet's keys in Redis)\n"
+    )
+
+
 def test_the_nowhere_of_ctl_is_the_impact_apis() -> None:
     from gateway.cli.ctl_fleet import NOWHERE
     from gateway.http.dashboard.impact import REFUSED

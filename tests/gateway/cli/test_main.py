@@ -422,6 +422,33 @@ def test_argument_errors_are_one_line(
     assert err.rstrip().endswith("--help)")
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["w" * 100_000], "geogate: error: argument COMMAND: invalid choice: '" + "w" * 99 + "…'"),
+        (
+            ["demo", "--port", "9" * 4000],
+            "geogate demo: error: argument --port: must be from 0 to 65535, got " + "9" * 100 + "…",
+        ),
+        (
+            ["ctl", "--redis", "redis://127.0.0.1:1", "drain", "x", "--who", "w " * 50_000],
+            "geogate: --who: operator name '" + ("w " * 50)[:99] + "…': use 1-64 letters",
+        ),
+    ],
+)
+def test_overlong_values_are_cut_in_their_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    """Echoed whole, they made a line of 100,000 characters (HostGuard cuts a Host the same)."""
+    from gateway.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(line), err[:300]
+    assert len(err) < 1000, err[:300]
+
+
 def test_a_rule_shadowed_by_an_earlier_one_is_warned_of_at_start(tmp_path: Path) -> None:
     rules = (
         '[[residency]]\nname = "eu-only"\ncontinents = ["EU"]\nregions = ["eu-central"]\n\n'

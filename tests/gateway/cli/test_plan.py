@@ -305,6 +305,22 @@ def _plan_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return err
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (f"[settings]\nx = {'9' * 5000}\n", "a number of over 4,300 digits"),
+        (f"x = {'[' * 3000}{']' * 3000}\n", "nested too deeply to read"),
+    ],
+)
+def test_toml_past_the_parsers_limits_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, why: str
+) -> None:
+    # tomllib's ValueError and RecursionError: tracebacks, where its TOMLDecodeError was not.
+    f = tmp_path / "plan.toml"
+    f.write_text(text)
+    assert _plan_error(capsys, str(f)) == f"geogate: plan: {f} is not valid TOML: {why}\n"
+
+
 def test_files_that_are_not_utf8_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
