@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.cli.errors import CLIError
+from gateway.config_file import read_config_bytes
 
 
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
@@ -19,11 +20,16 @@ def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
 
 
 def read_text(path: Path, who: str) -> str:
-    """The file's text, decoded whole (the error's offset is then the file's)."""
+    """The file's text, decoded whole (the error's offset is then the file's), from a regular
+    file of at most CONFIG_MAX_BYTES."""
     try:
-        data = path.read_bytes()
+        # As a config file is read (a plan's or an RTT table's is kilobytes): /dev/zero was
+        # read until memory ran out.
+        data = read_config_bytes(path)
     except OSError as exc:
         raise CLIError(f"{who}: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CLIError(f"{who}: {path} {exc}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -321,6 +321,15 @@ def test_toml_past_the_parsers_limits_is_one_line(
     assert _plan_error(capsys, str(f)) == f"geogate: plan: {f} is not valid TOML: {why}\n"
 
 
+def test_a_plan_that_is_no_regular_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/zero was read until memory ran out (a MemoryError's traceback), as a config was
+    err = _plan_error(capsys, "/dev/zero")
+    assert err == "geogate: plan: /dev/zero is not a regular file (a directory, device or pipe)\n"
+    assert "not a regular file" in _plan_error(capsys, str(tmp_path))
+
+
 def test_files_that_are_not_utf8_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
