@@ -92,11 +92,24 @@ def message_of(body: bytes) -> str | None:
         error = doc.get("error")
         found = error.get("message") if isinstance(error, dict) else error
         found = found if isinstance(found, str) else doc.get("message", doc.get("detail"))
-        text = found if isinstance(found, str) else ""
+        text = found if isinstance(found, str) else _validation(found)
     elif doc is not None or text.startswith("<"):  # a JSON scalar, or an HTML page
         return None
     line = text.split("\n", 1)[0]
     return "".join(c if c.isprintable() else " " for c in line).strip() or None
+
+
+def _validation(detail: Any) -> str:
+    """FastAPI's 422: ``detail`` a list of ``{"loc": [...], "msg": ...}``, said as
+    "body.messages: Field required; ..."."""
+    if not isinstance(detail, list):
+        return ""
+    said = [
+        f"{'.'.join(str(p) for p in e.get('loc', []))}: {e['msg']}".lstrip(": ")
+        for e in detail
+        if isinstance(e, dict) and isinstance(e.get("msg"), str)
+    ]
+    return "; ".join(said)
 
 
 # What a request to an upstream can raise besides TimeoutError; classify() knows them all.

@@ -67,6 +67,11 @@ def test_failure_labels_name_the_status() -> None:
         ),
         (b'{"object": "error", "message": "queue full", "code": 429}', "HTTP 429: queue full"),
         (b'{"detail": "Too many requests"}', "HTTP 429: Too many requests"),
+        (  # FastAPI's validation error
+            b'{"detail": [{"loc": ["body", "messages"], "msg": "Field required"}, {"msg": "x"}]}',
+            "HTTP 429: body.messages: Field required; x",
+        ),
+        (b'{"detail": [1, {"loc": ["q"]}]}', "HTTP 429"),
         (b'{"error": "slow down"}', "HTTP 429: slow down"),
         (b"Too Many Requests\r\nsee /docs\n", "HTTP 429: Too Many Requests"),
         (b"<html><body>429</body></html>", "HTTP 429"),  # a page is no message

@@ -20,7 +20,11 @@ from tests.support import Gateway, UpstreamSpec, gateway_toml, serve_http, start
 ANSWERS: dict[str, tuple[int, str, bytes]] = {
     "text500": (500, "text/plain", b"CUDA out of memory\ntraceback follows"),
     "ollama404": (404, "application/json", b'{"error": "model \\"llama9\\" not found"}'),
-    "fastapi422": (422, "application/json", b'{"detail": "messages: field required"}'),
+    "fastapi422": (
+        422,
+        "application/json",
+        b'{"detail": [{"loc": ["body", "messages"], "msg": "Field required", "type": "missing"}]}',
+    ),
     "html500": (500, "text/html", b"<html><body>Internal Server Error</body></html>"),
     "empty501": (501, "text/plain", b""),
     "coded400": (400, "application/json", b'{"message": "bad n", "code": "invalid_n"}'),
@@ -76,7 +80,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     [
         ("text500", 500, "CUDA out of memory", "upstream_http_500"),
         ("ollama404", 404, 'model "llama9" not found', "upstream_http_404"),
-        ("fastapi422", 422, "messages: field required", "upstream_http_422"),
+        ("fastapi422", 422, "body.messages: Field required", "upstream_http_422"),
         ("html500", 500, "the upstream answered HTTP 500 with no message", "upstream_http_500"),
         ("empty501", 501, "the upstream answered HTTP 501 with no message", "upstream_http_501"),
         ("coded400", 400, "bad n", "invalid_n"),
