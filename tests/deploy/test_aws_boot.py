@@ -298,6 +298,19 @@ def test_a_changed_gateway_config_is_a_new_fleet(tmp_path: Path) -> None:
     assert re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", first)
 
 
+def test_both_containers_log_to_rotated_files(tmp_path: Path) -> None:
+    """Docker's default driver (json-file) grows without a bound: a chatty or failing model
+    server filled the root volume, and the host stopped."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    runs = [c["args"] for c in calls if c["cmd"] == "docker" and c["args"][:1] == ["run"]]
+    assert len(runs) == 2
+    for args in runs:
+        opts = [args[i + 1] for i, a in enumerate(args) if a == "--log-opt"]
+        assert args[args.index("--log-driver") + 1] == "local", args
+        assert {"max-size=100m", "max-file=5"} <= set(opts), args
+
+
 def test_the_tokens_are_not_on_the_docker_command_line(tmp_path: Path) -> None:
     """`docker run -e NAME=value` put both tokens in the docker CLI's argv, which any user of
     the host reads in /proc/<pid>/cmdline: they go in an env file on /run (tmpfs), mode 0600,

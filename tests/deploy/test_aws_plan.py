@@ -150,9 +150,17 @@ def test_the_module_plans_sizes_in_order_and_refuses_the_others(region_copy: Pat
     ok.append({"target_requests_per_host": 120})
     refused = {f"refused{i}": dict(zip(sizes, s, strict=True)) for i, s in enumerate(SIZES_REFUSED)}
     refused["policy"] = {"target_requests_per_host": 120, "min_size": 2, "desired_capacity": 1}
-    results = _test_files(region_copy, {"ok": ok, **{k: [v] for k, v in refused.items()}})
+    # in order, but 0 hosts under target tracking: no requests per host to scale out on
+    zero = {"target_requests_per_host": 120, "min_size": 0, "desired_capacity": 0}
+    cases = {"ok": ok, "zero": [zero], **{k: [v] for k, v in refused.items()}}
+    results = _test_files(region_copy, cases)
     status, output = results["ok"]
     assert status == "pass" and output.count("... pass") == len(ok) + 1, output
+    status, output = results["zero"]
+    assert status == "fail" and (
+        "GPU hosts of ap-southeast: with target_requests_per_host, min_size must be 1 or more "
+        "(got 0)"
+    ) in _message(output), output
     for name, values in refused.items():
         status, output = results[name]
         assert status == "fail" and "Resource precondition failed" in output, (values, output)

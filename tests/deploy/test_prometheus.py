@@ -58,7 +58,7 @@ def test_every_alert_has_a_test_where_it_fires_and_one_where_it_does_not() -> No
 
 
 def test_a_wrong_expectation_fails(tmp_path: Path) -> None:
-    """The unit tests can fail: the same file expecting the GPU alert at 4 minutes (it is
+    """The unit tests can fail: the same file expecting the queue alert at 4 minutes (it is
     still pending then) is refused."""
     text = (PROM / "alerts_test.yml").read_text()
     firing = "eval_time: 6m\n        exp_alerts:\n          - exp_labels: {severity: warning"
@@ -67,7 +67,7 @@ def test_a_wrong_expectation_fails(tmp_path: Path) -> None:
     (tmp_path / "alerts_test.yml").write_text(text.replace(firing, firing.replace("6m", "4m")))
     p = _promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert p.returncode != 0
-    assert "GeogateGPUBusy" in p.stdout + p.stderr
+    assert "GeogateRequestsQueued" in p.stdout + p.stderr
 
 
 def test_the_absence_alert_lists_no_regions_of_its_own() -> None:

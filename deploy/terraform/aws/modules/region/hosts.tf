@@ -251,6 +251,12 @@ resource "aws_autoscaling_group" "gpu" {
       condition     = var.min_size <= var.desired_capacity && var.desired_capacity <= var.max_size
       error_message = "GPU hosts of ${var.region_id}: min_size <= desired_capacity <= max_size is required; got min_size ${var.min_size}, desired_capacity ${var.desired_capacity}, max_size ${var.max_size}."
     }
+    # Target tracking on the ALB's requests per host: with no host there is no target and no
+    # request count, so a group scaled to 0 never scales out again.
+    precondition {
+      condition     = var.target_requests_per_host == null || var.min_size >= 1
+      error_message = "GPU hosts of ${var.region_id}: with target_requests_per_host, min_size must be 1 or more (got ${var.min_size}): at 0 hosts the ALB counts no requests per host, and the group would never scale out again."
+    }
   }
 }
 
