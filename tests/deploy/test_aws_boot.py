@@ -5,6 +5,7 @@ checked by running them. What a plan would do to the hosts is test_aws_hosts.py'
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from redis.connection import parse_url
 
-from tests.deploy.test_aws_hosts import EXAMPLE, USER_DATA
+from tests.deploy.test_aws_hosts import EXAMPLE, REGION, USER_DATA
 
 # redis-py's parse_url is unannotated: typed here as what it returns, Redis's connection
 # keyword arguments by name.
@@ -68,6 +70,8 @@ def _values(**over: str) -> dict[str, str]:
         "redis_param": "/geogate/redis-auth-token",
         "ops_token_param": "/geogate/ops-token",
         "region_id": "ap-southeast",
+        "group_name": "geogate-ap-southeast-gpu",  # hosts.tf: <name_prefix>-<region_id>-gpu
+        "ready_hook": "ready",
         **over,
     }
 
@@ -90,7 +94,11 @@ elif args[:2] == ["s3", "cp"]:
         sys.exit("fatal error: An error occurred (404) when calling the HeadObject operation")
     with open(args[-1], "wb") as f:
         f.write(b"mmdb from " + args[-2].encode())
-elif args[:2] != ["s3", "sync"]:
+elif args[:2] not in (
+    ["s3", "sync"],
+    ["autoscaling", "set-instance-health"],
+    ["autoscaling", "complete-lifecycle-action"],
+):
     sys.exit(f"aws stub: unexpected {args}")
 """
 
@@ -131,6 +139,32 @@ with open(os.environ["STUB_LOG"], "a") as f:
 """
 
 
+# curl for the watchdog: /readyz answers as STUB_READYZ says ("ok", "503 <body>", or "refused":
+# no connection); IMDS gives a token and an instance id. With --fail-with-body a 503's body is
+# written and the exit status is 22, as curl's.
+CURL_STUB = """
+import json, os, sys
+args = sys.argv[1:]
+url = args[-1]
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "curl", "args": args}) + "\\n")
+if url.endswith("/api/token"):
+    print("imds-token", end="")
+elif url.endswith("/meta-data/instance-id"):
+    assert "X-aws-ec2-metadata-token: imds-token" in args, args
+    print("i-0123456789abcdef0", end="")
+else:
+    assert url == "http://127.0.0.1:8080/readyz" and "--fail-with-body" in args, args
+    answer = os.environ["STUB_READYZ"]
+    if answer == "refused":
+        sys.exit(7)
+    if answer != "ok":
+        print(answer.split(" ", 1)[1], end="")
+        sys.exit(22)
+    print("ok", end="")
+"""
+
+
 def boot(
     tmp: Path,
     values: dict[str, str],
@@ -139,8 +173,10 @@ def boot(
     iptables_fail: bool = False,
     iptables: bool = True,
     s3_fail: bool = False,
+    readyz: str = "ok",
 ) -> tuple[int, str, list[dict[str, Any]]]:
-    """Run the rendered user data with `aws`, `docker`, `iptables` and `systemctl` stand-ins;
+    """Run the rendered user data with `aws`, `docker`, `iptables`, `systemctl` and `curl`
+    stand-ins (``readyz``: what the gateway's /readyz answers, CURL_STUB);
     /etc/geogate, /etc/systemd/system and /run/geogate under tmp. `iptables=False`: a PATH
     with no iptables at all (this machine's tools, less any iptables*)."""
     bash = shutil.which("bash")
@@ -152,6 +188,7 @@ def boot(
         "docker": DOCKER_STUB,
         "iptables": IPTABLES_STUB,
         "systemctl": SYSTEMCTL_STUB,
+        "curl": CURL_STUB,
     }
     if not iptables:
         del stubs["iptables"]
@@ -184,6 +221,7 @@ def boot(
         "STUB_ECR_FAIL": ecr_fail,
         "STUB_IPTABLES_FAIL": "1" if iptables_fail else "",
         "STUB_S3_FAIL": "1" if s3_fail else "",
+        "STUB_READYZ": readyz,
     }
     p = subprocess.run(
         [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
@@ -296,6 +334,115 @@ def test_a_changed_gateway_config_is_a_new_fleet(tmp_path: Path) -> None:
     assert deployment(a, "a2") == first  # a host of the same config joins the same fleet
     assert deployment(b, "b") != first
     assert re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", first)
+
+
+def _watchdog(tmp: Path, readyz: str, failing_for_s: int | None) -> tuple[int, str, list[Any]]:
+    """The booted host's watchdog run once, /readyz answering ``readyz``, after it had been
+    failing for ``failing_for_s`` (None: it was not)."""
+    since = tmp / "run" / "watchdog-since"
+    since.unlink(missing_ok=True)
+    if failing_for_s is not None:
+        since.write_text(f"{int(time.time()) - failing_for_s}\n")
+    log = tmp / "watchdog.jsonl"
+    log.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_READYZ": readyz,
+    }
+    bash = shutil.which("bash")
+    assert bash
+    p = subprocess.run(
+        [bash, str(tmp / "etc" / "watchdog.sh")], env=env, capture_output=True, text=True
+    )
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return p.returncode, p.stderr, calls
+
+
+def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Path) -> None:
+    """The group checks EC2's status alone: the ALB's check replaced the whole host when its
+    model server restarted (/readyz 503 for the minute or two of a model's load). The watchdog
+    reports the host unhealthy after 15 minutes of failures, never for a drain."""
+    rc, err, calls = boot(tmp_path, _values())
+    assert rc == 0, err
+    order = [(c["cmd"], c["args"]) for c in calls]
+    enabled = order.index(("systemctl", ["enable", "--now", "geogate-watchdog.timer"]))
+    assert {cmd for cmd, _ in order[:enabled]} <= {"systemctl", "curl"}, order[:enabled]
+    timer = (tmp_path / "systemd" / "geogate-watchdog.timer").read_text()
+    assert "OnUnitActiveSec=30" in timer and "WantedBy=timers.target" in timer
+
+    def reported(calls: list[Any]) -> bool:
+        health = [c["args"] for c in calls if c["cmd"] == "aws"]
+        assert health in (
+            [],
+            [
+                [
+                    "autoscaling",
+                    "set-instance-health",
+                    "--region",
+                    "ap-southeast-1",
+                    "--instance-id",
+                    "i-0123456789abcdef0",
+                    "--health-status",
+                    "Unhealthy",
+                ]
+            ],
+        ), health
+        return bool(health)
+
+    since = tmp_path / "run" / "watchdog-since"
+    # Before the host is in service (the end of its boot) the launch hook governs: no report.
+    (tmp_path / "etc" / "in-service").rename(tmp_path / "etc" / "booting")
+    rc, err, calls = _watchdog(tmp_path, "refused", 3600)
+    assert rc == 0 and not reported(calls) and [c["cmd"] for c in calls] == [], err
+    (tmp_path / "etc" / "booting").rename(tmp_path / "etc" / "in-service")
+    for readyz, failing_for_s, report in [
+        ("ok", 2000, False),  # ready again: the streak ends
+        ("503 not ready: no healthy, undrained upstream", None, False),  # a streak begins
+        ("503 not ready: no healthy, undrained upstream", 120, False),  # a model's reload
+        ("refused", 899, False),
+        ("503 not ready: no healthy, undrained upstream", 900, True),
+        ("refused", 3600, True),  # a gateway that never started (a boot stopped half-way)
+        # an operator's drain, or the gateway's shutdown: no failure, and the streak ends
+        ("503 not ready: no healthy, undrained upstream (1 healthy but drained)", 3600, False),
+        ("503 draining", 3600, False),
+        # "undrained" is no drain: the word the first match took it for
+        ("503 not ready: no healthy, undrained upstream", 900, True),
+    ]:
+        rc, err, calls = _watchdog(tmp_path, readyz, failing_for_s)
+        assert rc == 0, err
+        assert reported(calls) is report, (readyz, failing_for_s)
+        ended = readyz == "ok" or readyz.endswith(("drained)", "draining"))
+        assert since.exists() is not ended, (readyz, since.exists())
+        if report:
+            assert "geogate watchdog: /readyz failing for" in err
+
+
+@pytest.mark.parametrize(
+    "readyz", ["ok", "503 not ready: no healthy, undrained upstream (1 healthy but drained)"]
+)
+def test_a_host_enters_service_once_its_gateway_is_ready(tmp_path: Path, readyz: str) -> None:
+    """The group's launch hook holds a new host out of service until the boot completes it,
+    at the gateway's first ready /readyz (or a drained one: the gateway is up, the fleet it
+    joined drained): under EC2 checks an instance refresh counted the new host at the end of
+    its grace and ended the old one, model loaded or not."""
+    rc, err, calls = boot(tmp_path, _values(), readyz=readyz)
+    assert rc == 0, err
+    order = [(c["cmd"], c["args"]) for c in calls]
+    runs = [i for i, (cmd, args) in enumerate(order) if cmd == "docker" and args[0] == "run"]
+    readied = [i for i, (cmd, args) in enumerate(order) if args[-1].endswith(":8080/readyz")]
+    assert readied and min(readied) > max(runs)
+    assert order[-1] == (
+        "aws",
+        [
+            "autoscaling", "complete-lifecycle-action", "--region", "ap-southeast-1",
+            "--auto-scaling-group-name", "geogate-ap-southeast-gpu",
+            "--lifecycle-hook-name", "ready",
+            "--instance-id", "i-0123456789abcdef0", "--lifecycle-action-result", "CONTINUE",
+        ],
+    )  # fmt: skip
+    assert (tmp_path / "etc" / "in-service").exists()  # the watchdog's from now on
 
 
 def test_both_containers_log_to_rotated_files(tmp_path: Path) -> None:
@@ -457,7 +604,7 @@ def test_the_containers_cannot_reach_imds_from_before_they_start(tmp_path: Path)
         assert head[head.index("--network") + 1] == "host"
     # Every later boot: a unit ordered before docker.service, required by it, running the
     # same script; enabled.
-    (unit,) = (tmp_path / "systemd").glob("*.service")
+    unit = tmp_path / "systemd" / "geogate-imds-block.service"
     text = unit.read_text()
     assert "Before=docker.service" in text and "RequiredBy=docker.service" in text
     assert "Type=oneshot" in text and "RemainAfterExit=yes" in text
@@ -515,14 +662,18 @@ def test_the_backend_serves_the_configured_model_name(tmp_path: Path) -> None:
 
 def test_the_user_data_stays_under_ec2s_16_kb(tmp_path: Path) -> None:
     """EC2 refuses user data over 16 KB (before base64): rendered as the example renders it,
-    with its gateway config and the longest values it is likely to get."""
+    with its gateway config and the longest values it is likely to get, and gzipped, as the
+    launch template sends it (cloud-init unpacks it): 15 KB before the watchdog's, plain."""
     values = _values(
         gateway_config=render_example_config("llama-3.1-8b-instruct"),
         model_s3_uri="s3://my-models/llama-3.1-8b-instruct/",
         model_path="/opt/models/llama-3.1-8b-instruct",
     )
-    size = len(render(USER_DATA.read_text(), values).encode())
-    assert size < 16 * 1024 - 2048, size  # with room for a longer config
+    rendered = render(USER_DATA.read_text(), values).encode()
+    size = len(gzip.compress(rendered, mtime=0))
+    assert size < 16 * 1024 - 8192, size  # with room for a much longer config
+    hosts = (REGION / "hosts.tf").read_text()
+    assert 'user_data = base64gzip(templatefile("${path.module}/user_data.sh.tftpl"' in hosts
 
 
 def test_the_gateway_gets_the_geoip_database_when_one_is_named(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from tests.deploy.test_aws_boot import (
     boot,
     render_example_config,
 )
-from tests.deploy.test_aws_hosts import EXAMPLE
+from tests.deploy.test_aws_hosts import EXAMPLE, REGION, _resources, _unquote
 
 
 def test_each_region_is_a_fleet_of_its_own_and_each_host_keeps_its_health() -> None:
@@ -52,13 +52,17 @@ def test_a_new_config_is_a_new_fleet_as_the_gateway_loads_it(tmp_path: Path) -> 
     assert names[2] != names[0]
 
 
-def test_the_template_warns_against_draining_the_region_through_the_fleet() -> None:
-    """A drain of ``<region>-local`` turns every host's /readyz 503: the ALB fails them all,
-    the autoscaling group (ELB checks) replaces them, and the replacements adopt the
-    still-drained document, again and again. The template once recommended it."""
+def test_the_template_says_what_a_drain_of_the_region_does() -> None:
+    """A drain of ``<region>-local`` turns every host's /readyz 503. Under the group's ELB
+    checks the group replaced them all, and the replacements adopted the still-drained
+    document, again and again: the template warned against it. The group checks EC2's status
+    now and the hosts' watchdog leaves a drain alone (test_aws_boot), so a drain takes the
+    region out, as the template says, and no host is replaced."""
     template = (EXAMPLE / "gateway.toml.tftpl").read_text()
     redis = template[template.index("[redis]") : template.index("share_health")]
     comment = " ".join(ln.lstrip("# ") for ln in redis.splitlines() if ln.startswith("#"))
-    assert "Do NOT drain ${region_id}-local" in comment
+    assert "A drain of ${region_id}-local through the fleet" in comment
+    assert "takes the region out" in comment and "No host is replaced" in comment
     assert "Route 53" in comment
-    assert "takes the whole region out" not in comment
+    group = _resources(REGION)[("aws_autoscaling_group", "gpu")]
+    assert _unquote(group["health_check_type"]) == "EC2"

@@ -227,6 +227,26 @@ def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
                 "arn:aws:ssm:*:*:parameter${var.redis_auth_ssm_parameter}",
                 "arn:aws:ssm:*:*:parameter${var.ops_token_ssm_parameter}",
             ]
+    # The boot's launch hook and the watchdog's report: its own group only (by name; the
+    # group's ARN comes after the launch template), EC2's status the group's own check.
+    (own,) = [s for s in boot if "autoscaling:SetInstanceHealth" in str(s["actions"])]
+    assert sorted(_unquote(a) for a in own["actions"]) == [
+        "autoscaling:CompleteLifecycleAction",
+        "autoscaling:SetInstanceHealth",
+    ]
+    assert [_unquote(r) for r in own["resources"]] == [
+        "arn:aws:autoscaling:${data.aws_region.current.name}:*:autoScalingGroup:*"
+        ":autoScalingGroupName/${local.group_name}"
+    ]
+    group = resources[("aws_autoscaling_group", "gpu")]
+    assert _unquote(group["name"]) == "${local.group_name}"
+    assert _unquote(group["health_check_type"]) == "EC2"
+    (hook,) = group["initial_lifecycle_hook"]
+    assert _unquote(hook["lifecycle_transition"]) == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert (_unquote(hook["name"]), _unquote(hook["default_result"])) == (
+        "${local.ready_hook}",
+        "ABANDON",
+    )
     (decrypt,) = [s for s in boot if [_unquote(a) for a in s["actions"]] == ["kms:Decrypt"]]
     (condition,) = decrypt["condition"]
     assert _unquote(condition["test"]) == "StringEquals"

@@ -66,6 +66,14 @@ resource "aws_iam_role_policy_attachment" "ecr" {
 }
 
 data "aws_iam_policy_document" "boot" {
+  # The host's watchdog (user_data.sh.tftpl) reports it unhealthy to its own group: this
+  # region's group, by name (the launch template cannot name the group's ARN, made after it).
+  # The boot completes the group's launch hook (ready) on it too.
+  statement {
+    sid       = "OwnGroup"
+    actions   = ["autoscaling:CompleteLifecycleAction", "autoscaling:SetInstanceHealth"]
+    resources = ["arn:aws:autoscaling:${data.aws_region.current.name}:*:autoScalingGroup:*:autoScalingGroupName/${local.group_name}"]
+  }
   statement {
     sid     = "RedisAndOpsTokens"
     actions = ["ssm:GetParameter"]
@@ -180,7 +188,9 @@ resource "aws_launch_template" "gpu" {
       delete_on_termination = true
     }
   }
-  user_data = base64encode(templatefile("${path.module}/user_data.sh.tftpl", {
+  # gzip: EC2 takes 16 KB of user data, which the script and its gateway config came near;
+  # cloud-init unpacks it (a third of the size).
+  user_data = base64gzip(templatefile("${path.module}/user_data.sh.tftpl", {
     aws_region      = data.aws_region.current.name
     gateway_image   = var.gateway_image
     backend_image   = var.backend_image
@@ -193,6 +203,8 @@ resource "aws_launch_template" "gpu" {
     redis_param     = aws_ssm_parameter.redis_auth.name
     ops_token_param = aws_ssm_parameter.ops_token.name
     region_id       = var.region_id
+    group_name      = local.group_name
+    ready_hook      = local.ready_hook
   }))
   tag_specifications {
     resource_type = "instance"
@@ -201,8 +213,15 @@ resource "aws_launch_template" "gpu" {
   tags = local.tags
 }
 
+locals {
+  # Named before the group: the launch template's user data and the role's grant name it,
+  # and the group comes after both.
+  group_name = "${local.name}-gpu"
+  ready_hook = "ready"
+}
+
 resource "aws_autoscaling_group" "gpu" {
-  name                = "${local.name}-gpu"
+  name                = local.group_name
   vpc_zone_identifier = var.private_subnet_ids
   min_size            = var.min_size
   max_size            = var.max_size
@@ -210,19 +229,31 @@ resource "aws_autoscaling_group" "gpu" {
   # apply would reset what the policy scaled to.
   desired_capacity  = var.target_requests_per_host == null ? var.desired_capacity : null
   target_group_arns = [aws_lb_target_group.gateway.arn]
-  # ELB: a host whose gateway is not ready is replaced; the grace covers pulling the images
-  # and loading the model (minutes for an 8B model from S3). So never drain <region>-local
-  # through the fleet: every host would be replaced, and the replacements adopt the drain
-  # (example/gateway.toml.tftpl, [redis]); take a region out in Route 53.
-  health_check_type         = "ELB"
+  # EC2, not ELB: the ALB's /readyz says whether to send a host requests, not whether it is
+  # lost. Under ELB checks a model server's restart (a minute or two to load the model again)
+  # replaced the whole host, and a drain of <region>-local through the fleet replaced every
+  # host, in a loop (the replacements adopted the drain). The host's watchdog
+  # (user_data.sh.tftpl) reports it unhealthy after 15 minutes of a /readyz that fails and is
+  # no drain; the grace covers pulling the images and loading the model (minutes for an 8B
+  # model from S3).
+  health_check_type         = "EC2"
   health_check_grace_period = 900
+  # A new host enters service (and an instance refresh counts it) once its gateway is ready:
+  # the boot completes this hook at its /readyz's first 200 (user_data.sh.tftpl). One not
+  # ready within the timeout (images, the model's copy and load) is abandoned and replaced.
+  initial_lifecycle_hook {
+    name                 = local.ready_hook
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+    heartbeat_timeout    = 1800
+    default_result       = "ABANDON"
+  }
   launch_template {
     id      = aws_launch_template.gpu.id
     version = aws_launch_template.gpu.latest_version
   }
   # A launch template change (AMI, images, config: a new config is a new fleet in Redis, see
   # user_data.sh.tftpl) replaces the hosts: launch before terminate, so a region of one host
-  # keeps it until its replacement passes the ELB check (min 100 %: never below the desired
+  # keeps it until its replacement is in service, ready (min 100 %: never below the desired
   # count; max 200 %: up to twice it while replacing). With min 50 / max 100 the only host
   # went first. Each old host leaves after the target group's deregistration delay (alb.tf).
   # Every region's group refreshes on the same apply: roll one region at a time (README,
