@@ -17,6 +17,10 @@ WORKERS_MAX = 1024  # processes forked: past the cores of any one host (the larg
 MAX_BODY_BYTES = 4 * 1024 * 1024  # 4 MiB: long chat histories fit, a runaway upload does not
 MAX_BODY_BYTES_MAX = 1 << 30  # 1 GiB: a body is held whole in memory, per request and worker;
 # far past any API request (OpenAI's own uploads stop at 25 MB), so a larger figure is a typo
+# A chunked body's bytes as read (sizes, extensions, trailers and data) may be this many times
+# server.max_body_bytes (plus a head's worth, for trailers): 4 KiB chunks add 0.2 %, 16-byte
+# ones under 40 %; a chunk extension with no end was read until the body's deadline.
+CHUNKED_OVERHEAD_MAX = 2
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
 # Parts of an upload's form read at most (aiohttp's limit; Starlette's is 1000 fields and

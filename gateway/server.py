@@ -95,7 +95,7 @@ def _serve_uvicorn(
             app,
             loop="uvloop",
             # httptools (the C parser, as production uvicorn runs), the head capped (gateway.h1)
-            http=capped(s.max_header_bytes, d.MAX_URL_BYTES, s.head_timeout_s),
+            http=capped(s.max_header_bytes, d.MAX_URL_BYTES, s.head_timeout_s, s.max_body_bytes),
             lifespan="on",
             access_log=False,  # the app writes its own access line, with request id and route
             log_config=None,  # the gateway's own logging set-up stays

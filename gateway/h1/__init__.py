@@ -12,13 +12,21 @@ from gateway.h1.reclaim import Reclaimer
 __all__ = ["H1", "Pipe", "capped", "for_ops"]
 
 
-def capped(max_header_bytes: int, url_bytes: int, head_timeout_s: float) -> type[H1]:
+def capped(
+    max_header_bytes: int,
+    url_bytes: int,
+    head_timeout_s: float,
+    max_body_bytes: int = d.MAX_BODY_BYTES,
+) -> type[H1]:
     """The protocol class for uvicorn's ``http=``: heads over ``max_header_bytes`` +
-    ``url_bytes``, or not complete within ``head_timeout_s``, are refused."""
+    ``url_bytes``, or not complete within ``head_timeout_s``, are refused, and so are bodies
+    whose bytes as read pass CHUNKED_OVERHEAD_MAX times ``max_body_bytes`` (the app refuses
+    those whose data alone pass it)."""
     limits = {
         "head_limit": max_header_bytes + url_bytes,
         "max_header_bytes": max_header_bytes,
         "head_timeout_s": head_timeout_s,
+        "raw_body_limit": d.CHUNKED_OVERHEAD_MAX * max_body_bytes + max_header_bytes,
         "reclaimer": Reclaimer(),
     }
     return type("H1", (H1,), limits)

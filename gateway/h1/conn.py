@@ -37,14 +37,15 @@ _OWS = (b" ", b"\t")
 
 
 class H1(Flow, asyncio.Protocol):
-    """Set ``head_limit``, ``max_header_bytes`` and ``head_timeout_s`` on a subclass
-    (gateway.h1.capped): its server builds the protocol itself, with its four arguments."""
+    """Set ``head_limit``, ``max_header_bytes``, ``head_timeout_s`` and ``raw_body_limit`` on a
+    subclass (gateway.h1.capped): its server builds the protocol itself, with its four arguments."""
 
     # uvicorn offers its class's ALPN list on TLS: README (and strict clients) expect http/1.1.
     alpn_protocols: ClassVar[list[str]] = ["http/1.1"]
     head_limit: ClassVar[int] = 0
     max_header_bytes: ClassVar[int] = 0  # what the 431 names: the configured limit
     head_timeout_s: ClassVar[float] = 0.0
+    raw_body_limit: ClassVar[int] = 0  # a body's bytes as read: its data and its framing
     # The server's default headers (Date, each second), joined, shared, rejoined when replaced.
     _defaults_of: ClassVar[list[tuple[bytes, bytes]] | None] = None
     _defaults: ClassVar[bytes] = b""
@@ -96,7 +97,7 @@ class H1(Flow, asyncio.Protocol):
         self._expect_100 = self._framing = False  # _framing: a request check_framing must see
         self._hosts = 0
         self._head_bytes = 0  # URL and complete headers, as the parser hands them over
-        self._raw_head = 0  # bytes read while a head was unfinished
+        self._raw = 0  # bytes read while a head was unfinished, then while its body is read
         self._began_in_read = False  # the head began in the read being fed
         # An upgrade offer's body bytes still to come (gateway.h1.upgrade)
         self._upgrade_left: int | None = None
@@ -143,24 +144,6 @@ class H1(Flow, asyncio.Protocol):
         self._extensions.clear()
         self.running = self.cycle = None
 
-    def close_now(self) -> None:
-        """Close from this side, and tell the running request at once: with a full send buffer
-        uvloop reports connection_lost only once it drains, which a client that stopped reading
-        never lets happen (the request would wait for its idle timeout)."""
-        self.transport.close()
-        self._tell_lost()
-
-    def _tell_lost(self) -> None:
-        on_lost, self._on_lost = self._on_lost, None
-        if on_lost is not None:
-            on_lost()
-
-    def _disconnect_hook(self, callback: Callable[[], None] | None) -> None:
-        if callback is not None and self.lost:
-            callback()
-            return
-        self._on_lost = callback
-
     def default_head(self) -> bytes:
         """The server's default header lines (uvicorn refreshes its list each second)."""
         defaults, cls = self.state.default_headers, type(self)  # per server (capped)
@@ -199,14 +182,20 @@ class H1(Flow, asyncio.Protocol):
                 stop = refuse.malformed(f"malformed HTTP/1.1 request: {exc}")
             self._refuse(stop)
             return
-        if not self.in_head or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not self.in_head:  # a body's chunk sizes, extensions and trailers reach no callback:
+            self._raw += len(data)  # a chunk extension with no end was read until the body's
+            cycle = self.cycle  # deadline, 30 GB in 30 s: its bytes as read count
+            if self._raw > self.raw_body_limit and cycle is not None and cycle.more_body:
+                self._refuse(refuse.framing_too_large(self.raw_body_limit))
             return
         # httptools keeps a header's bytes until the next one starts: one endless header is
         # never handed over, so what was read while the head is unfinished is counted too
         # (all of a read, except the one the head began in: memory stays within one read).
         if not self._began_in_read:
-            self._raw_head += len(data)
-            if self._raw_head > self.head_limit:
+            self._raw += len(data)
+            if self._raw > self.head_limit:
                 self._refuse(refuse.too_large(self.head_limit, self.max_header_bytes))
                 return
         if self.head_timer is None:
@@ -221,7 +210,7 @@ class H1(Flow, asyncio.Protocol):
         self._headers = []
         self._expect_100 = self._framing = False
         self._hosts = 0
-        self._head_bytes = self._raw_head = 0
+        self._head_bytes = self._raw = 0
         self._began_in_read = self.in_head = True
 
     def on_url(self, url: bytes) -> None:

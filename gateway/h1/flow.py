@@ -1,8 +1,9 @@
 """Flow control of a gateway.h1 connection, apart from its parsing: reading paused while a
 pipelined request waits its turn or a body's taker is full, writing paused while the
 client's socket buffer is (asyncio calls pause_writing and resume_writing), ``drain`` for
-whoever writes, and the keep-alive timer that closes an idle or stalled connection. A mixin:
-gateway.h1.conn.H1 holds the state."""
+whoever writes, the keep-alive timer that closes an idle or stalled connection, and a close
+from this side that tells the running request at once. A mixin: gateway.h1.conn.H1 holds the
+state."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ class Flow:
     _closing_seen: bool
     in_head: bool
     running: Cycle | None
+    lost: bool
+    _on_lost: Callable[[], None] | None  # the running request's hook
+
+    def close_now(self) -> None:
+        """Close from this side, and tell the running request at once: with a full send buffer
+        uvloop reports connection_lost only once it drains, which a client that stopped reading
+        never lets happen (the request would wait for its idle timeout)."""
+        self.transport.close()
+        self._tell_lost()
+
+    def _tell_lost(self) -> None:
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def _disconnect_hook(self, callback: Callable[[], None] | None) -> None:
+        if callback is not None and self.lost:
+            callback()
+            return
+        self._on_lost = callback
 
     def pause_reading(self) -> None:
         if not self.read_paused:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway import defaults as d
 from gateway.errors import (
+    BodyTooLarge,
     GatewayError,
     GatewayOverloaded,
     HeadersTooLarge,
@@ -61,6 +62,19 @@ def too_large(head_limit: int, max_header_bytes: int) -> Refused:
             "fewer, shorter headers"
         ),
         f"refused a request head over {head_limit} bytes",
+    )
+
+
+def framing_too_large(raw_body_limit: int) -> Refused:
+    """A chunked body whose bytes as read, framing and all, are past ``raw_body_limit``:
+    a JSON 413, where a chunk extension with no end was read until the body's deadline."""
+    return Refused(
+        BodyTooLarge(
+            f"request body is over {raw_body_limit} bytes as sent, its chunked framing "
+            f"counted ({d.CHUNKED_OVERHEAD_MAX}x server.max_body_bytes); send it in fewer, "
+            "larger chunks, without chunk extensions"
+        ),
+        f"refused a body over {raw_body_limit} bytes with its framing",
     )
 
 

@@ -184,6 +184,42 @@ def test_a_chunked_body_over_the_limit_says_so_plainly(fleet: tuple[Gateway, Sim
     assert message.startswith("request body is over this gateway's limit of 4194304 bytes")
 
 
+def test_a_chunk_extension_with_no_end_is_refused_at_twice_the_body_limit(
+    fleet: tuple[Gateway, Sim],
+) -> None:
+    """llhttp hands a chunk's extension to no callback, and the body's data was all that was
+    counted: "1;a=bbbb..." was read until body_timeout_s, 30 GB in 30 s at 26 CPU-seconds.
+    Its bytes as read count now: a 413 at twice server.max_body_bytes (4 MiB here)."""
+    gw, sim = fleet
+    before = sim.stats()["requests"]
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\n1;a="
+    )
+    sent, data = 0, b""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(head)
+        while sent < 64 * 2**20 and b"}}" not in data:
+            readable, writable, _ = select.select([s], [s], [], 1)
+            if readable:
+                chunk = s.recv(65536)
+                data += chunk
+                if not chunk:
+                    break
+            elif writable:
+                try:
+                    sent += s.send(b"b" * 65536)
+                except OSError:
+                    break
+    status, _, body = parse(data)
+    message = error_of(status, body, 413, "request_too_large")
+    assert "its chunked framing counted (2x server.max_body_bytes)" in message, message
+    # refused at 8 MiB read (what the sockets buffer besides was sent too), not read on to the
+    # deadline: the old code took all 64 MiB this sends at most
+    assert sent < 32 * 2**20, sent
+    assert sim.stats()["requests"] == before
+
+
 def test_headers_over_the_limit_are_431_and_not_forwarded(fleet: tuple[Gateway, Sim]) -> None:
     gw, sim = fleet
     before = sim.stats()["requests"]
