@@ -5,7 +5,6 @@ never sends one costs no look-ups."""
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
@@ -14,6 +13,7 @@ import httptools
 from gateway.errors import TransferCodingUnsupported
 from gateway.h1.refuse import Refused, malformed
 from gateway.http.asgi import Scope
+from gateway.http.framing import framing_error
 
 ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.3"}
 Address = tuple[str, int]
@@ -42,39 +42,13 @@ def addresses(transport: asyncio.BaseTransport) -> Addresses:
     )
 
 
-# RFC 3986's uri-host with an optional port: reg-name's characters, an IPv6 literal's
-# brackets and colons. Anything else (spaces, "/", "@") is no host.
-_HOST_VALUE = re.compile(rb"[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*")
-
-
 def check_framing(version: str, headers: list[tuple[bytes, bytes]]) -> None:
-    """What llhttp lets through and RFC 9112 does not. One Host (3.2: a server MUST answer 400
-    to an HTTP/1.1 request without one, to any with two, to an invalid one: two Hosts are two
-    readings of one request, which routing or a signed edge header could be played with;
-    only HTTP/1.0 may leave it out). No transfer coding but chunked (6.1: "gzip, chunked" was
-    dechunked and its gzip sent on as the body; 501, as nginx answers it), and none at all
-    in HTTP/1.0, which has none."""
-    hosts = [v for n, v in headers if n == b"host"]
-    if len(hosts) > 1 or (not hosts and version != "1.0"):
-        raise malformed(
-            f"an HTTP/{version} request needs exactly one Host header (RFC 9112 section "
-            f"3.2); this one has {len(hosts)}"
-        )
-    if hosts and _HOST_VALUE.fullmatch(hosts[0]) is None:
-        raise malformed("the Host header is not a host name or address with an optional port")
-    for name, value in headers:
-        if name == b"transfer-encoding" and version == "1.0":
-            # RFC 9112 6.1: framing to treat as faulty, Content-Length or not, as nginx does.
-            raise malformed("Transfer-Encoding in an HTTP/1.0 request: send Content-Length")
-        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            shown = value.decode("latin-1")[:64]
-            raise Refused(
-                TransferCodingUnsupported(
-                    f"Transfer-Encoding {shown!r}: this gateway takes chunked alone; send the "
-                    "body with Content-Length or chunked, and Content-Encoding for gzip"
-                ),
-                "refused a request with a transfer coding other than chunked",
-            )
+    """gateway.http.framing's check, as this protocol refuses: a 400 or a 501, and close."""
+    err = framing_error(version, headers)
+    if isinstance(err, TransferCodingUnsupported):
+        raise Refused(err, "refused a request with a transfer coding other than chunked")
+    if err is not None:
+        raise malformed(err.message)
 
 
 def request_scope(

@@ -84,6 +84,7 @@ def create_app(
             await send({"type": "websocket.close", "code": 1008})  # servers, not a 500
 
     app.router.default = unknown_path
+    app.check_framing = s.engine != "uvicorn"  # gateway.h1 checks its own
     # Starlette would answer "/v1" or "/healthz/" with a 307 to a Location built from the
     # request's Host (any client's to choose): a JSON 404 instead, as any other unknown path.
     app.router.redirect_slashes = False

@@ -24,6 +24,7 @@ from gateway.errors import GatewayError, HeadersTooLarge
 from gateway.http.asgi import Message, Receive, Scope, Send
 from gateway.http.cors import Cors
 from gateway.http.errors import send_error
+from gateway.http.framing import lax_framing_error
 from gateway.http.intake import check_headers
 
 PROXIED_PREFIX = "/v1/"
@@ -51,8 +52,13 @@ class GatewayApp(Starlette):
         super().__init__(**kwargs)
         self.proxy = proxy
         self.cors = cors  # server.cors_origins set: browsers' preflights, allowed origins
+        # Another engine than gateway.h1's (granian, hypercorn): HTTP/1.x framing is checked
+        # here (gateway.http.framing), as gateway.h1 checks it in its protocol.
+        self.check_framing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.check_framing and scope["type"] == "http" and await self._unframed(scope, send):
+            return
         if self.cors is not None and scope["type"] == "http":
             with_cors = await self.cors.handle(scope, send)
             if with_cors is None:  # a preflight, answered
@@ -69,6 +75,17 @@ class GatewayApp(Starlette):
                 await send_error(send, err)
                 return
         await super().__call__(scope, receive, send)
+
+    async def _unframed(self, scope: Scope, send: Send) -> bool:
+        """Whether an HTTP/1.x request's framing was refused (answered, Connection: close:
+        what follows it on the connection is never read as a request)."""
+        version = scope.get("http_version", "")
+        if version not in ("1.0", "1.1"):
+            return False
+        err = lax_framing_error(version, scope["headers"])
+        if err is not None:
+            await self.proxy.refuse(scope, send, err, CLOSE)  # its access line, counted
+        return err is not None
 
     def count_refusal(self, status: int) -> None:
         """gateway.h1 refused a request before this app saw it (a malformed request, a head
