@@ -42,8 +42,8 @@ from gateway.errors import (
 )
 from gateway.fleet import config_doc
 from gateway.http.asgi import JSONAnswer
+from gateway.http.body import read_body
 from gateway.http.errors import json_error
-from gateway.http.intake import read_body
 from gateway.http.upstream import ClientGone
 from gateway.logs import event
 from gateway.runtime import Runtime, log

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from gateway.config import Config
 from gateway.defaults import MAX_HOPS, NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
-    BodyTimeout,
-    BodyTooLarge,
     GatewayError,
     GatewayShuttingDown,
     HeadersTooLarge,
@@ -23,15 +21,13 @@ from gateway.errors import (
     NoHealthyUpstream,
 )
 from gateway.http.asgi import (
-    BODY,
     REQUEST_ID_KEY,
     ASGIApp,
     Receive,
     Scope,
     Send,
-    WholeBody,
-    header,
 )
+from gateway.http.body import CONTENT_LENGTH, NO_VALUE, Heads, read_body
 from gateway.http.body_form import form_model, is_form
 from gateway.http.body_model import model_of
 from gateway.http.encoding import decoded
@@ -48,71 +44,6 @@ from geodb.clientip import client_ip
 from geodb.edge import HEADER as EDGE_HEADER
 from geodb.location import LocationSource
 
-
-def _too_large(size: int | None, limit: int) -> BodyTooLarge:
-    what = f"request body is {size} bytes, over" if size is not None else "request body is over"
-    return BodyTooLarge(
-        f"{what} this gateway's limit of {limit} bytes (server.max_body_bytes); send a "
-        "shorter request or ask the operator to raise it"
-    )
-
-
-async def read_body(
-    scope: Scope,
-    receive: Receive,
-    limit: int,
-    timeout_s: float,
-    too_large: Callable[[int | None, int], BodyTooLarge] = _too_large,
-    heads: Heads | None = None,
-    timeout_from: str = "server.body_timeout_s",
-) -> bytes:
-    """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
-    body as a whole, so a client sending a byte a second cannot hold a request forever.
-    ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
-    names what sets the limit, which is not ``server.max_body_bytes`` for every caller;
-    ``timeout_from`` names what set ``timeout_s``, for the same reason.
-    ``heads``: the request's headers already read (``read_heads``), else looked up here."""
-    declared = (
-        heads.get(CONTENT_LENGTH, _NO_VALUE)[0]
-        if heads is not None
-        else header(scope, CONTENT_LENGTH)
-    )
-    # A count of ASCII digits (checks.is_decimal's rule, inline: once per request): more than
-    # 18 of them is over any limit, and int() is not asked to read thousands.
-    if declared is not None and declared.isascii() and declared.isdigit():
-        if len(declared) > 18:
-            raise too_large(None, limit)
-        if int(declared) > limit:
-            raise too_large(int(declared), limit)
-    whole: WholeBody | None = scope.get("extensions", {}).get(BODY)
-    body = whole() if whole is not None else None
-    if body is not None:  # all in already (gateway.h1): no receive, no deadline to keep
-        if len(body) > limit:
-            raise too_large(len(body), limit)
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(None, limit)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        raise BodyTimeout(
-            f"request body not received within {timeout_s:g} s ({size} bytes arrived; "
-            f"{timeout_from}); send the whole request at once"
-        ) from None
-
-
-CONTENT_LENGTH = b"content-length"
 _REQUEST_ID = b"x-request-id"
 _CONTENT_ENCODING = b"content-encoding"
 _CONTENT_TYPE = b"content-type"
@@ -131,7 +62,6 @@ _READ = frozenset(
         HOPS_HEADER,
     }
 )
-Heads = dict[bytes, list[str]]
 
 
 def read_heads(headers: list[tuple[bytes, bytes]]) -> Heads:
@@ -142,11 +72,6 @@ def read_heads(headers: list[tuple[bytes, bytes]]) -> Heads:
         if name in _READ:
             found.setdefault(name, []).append(value.decode("latin-1"))
     return found
-
-
-# ``heads.get(name, _NO_VALUE)[0]``: a header's first value, or None, without a Python call
-# per header looked up (four per request).
-_NO_VALUE: tuple[None] = (None,)
 
 
 def check_headers(scope: Scope, limit: int) -> None:
@@ -214,7 +139,7 @@ def _shutting_down(ex: Exchange) -> GatewayShuttingDown:
 def _exchange(scope: Scope, heads: Heads) -> Exchange:
     """A request's record from its arrival, with its id (the client's when valid, else new).
     Proxy.__call__ writes the same inline: one call less on the served path."""
-    return Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+    return Exchange(request_id(heads.get(_REQUEST_ID, NO_VALUE)[0]), scope, time.perf_counter())
 
 
 def _request_id_header(ex: Exchange) -> list[tuple[bytes, bytes]]:
@@ -238,7 +163,7 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         heads = read_heads(scope["headers"])
-        ex = Exchange(request_id(heads.get(_REQUEST_ID, _NO_VALUE)[0]), scope, time.perf_counter())
+        ex = Exchange(request_id(heads.get(_REQUEST_ID, NO_VALUE)[0]), scope, time.perf_counter())
         # The config for the request's checks and its record, looked up once (a property chain
         # per lookup); the attempts take theirs as they start (gateway.http.upstream).
         config = self.rt.config
@@ -308,21 +233,21 @@ class Proxy:
         data = decoded(ex.body, encoding, limit)
         if data is not ex.body:  # sent on decoded: vLLM and Ollama decode none
             ex.body, ex.decoded = data, True
-        ctype = heads.get(_CONTENT_TYPE, _NO_VALUE)[0]
+        ctype = heads.get(_CONTENT_TYPE, NO_VALUE)[0]
         if ctype is not None and is_form(ctype):
             ex.model, ex.stream = form_model(data, ctype)
         else:
             ex.model, ex.stream = model_of(data)
         peer = scope.get("client")
         now = time.monotonic()
-        edge = heads.get(_EDGE, _NO_VALUE)[0]  # the Host only matters to a signed edge header
+        edge = heads.get(_EDGE, NO_VALUE)[0]  # the Host only matters to a signed edge header
         ex.routed = rt.locate_and_route(
             peer[0] if peer else None,
             heads.get(_FORWARDED_FOR, ()),
             ex.model,
             now,
             edge_header=edge,
-            host=heads.get(_HOST, _NO_VALUE)[0] if edge is not None else None,
+            host=heads.get(_HOST, NO_VALUE)[0] if edge is not None else None,
         )
         rt.proxied += 1
         loc = ex.routed.location
