@@ -284,6 +284,22 @@ def one_sim_gateway(tmp: Path, extra: str) -> Iterator[Gateway]:
         sim.proc.kill()
 
 
+def answer_whole(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    body: bytes,
+    headers: Sequence[tuple[str, str]] = (("Content-Type", "application/json"),),
+) -> None:
+    """A scripted upstream's whole answer (``serve_http``'s handlers): ``headers``, then
+    Content-Length and ``body``."""
+    handler.send_response(status)
+    for name, value in headers:
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 @contextlib.contextmanager
 def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """``handler`` on a threaded HTTP server on 127.0.0.1 (a scripted upstream); its URL."""

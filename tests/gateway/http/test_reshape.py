@@ -14,7 +14,14 @@ import openai
 import pytest
 
 from gateway.defaults import REFUSAL_BODY_MAX_BYTES
-from tests.support import Gateway, UpstreamSpec, gateway_toml, serve_http, start_gateway
+from tests.support import (
+    Gateway,
+    UpstreamSpec,
+    answer_whole,
+    gateway_toml,
+    serve_http,
+    start_gateway,
+)
 
 # The model a request names -> what the upstream answers it: status, Content-Type, body
 ANSWERS: dict[str, tuple[int, str, bytes]] = {
@@ -51,13 +58,8 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         self._answer(status, ctype, body, gzip=model == "gzip500")
 
     def _answer(self, status: int, ctype: str, body: bytes, gzip: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        if gzip:
-            self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        coding = [("Content-Encoding", "gzip")] if gzip else []
+        answer_whole(self, status, body, [("Content-Type", ctype), *coding])
 
     def log_message(self, *_: object) -> None:
         return None

@@ -27,6 +27,7 @@ from tests.support import (
     Sim,
     UpstreamSpec,
     access_line,
+    answer_whole,
     gateway_toml,
     serve_http,
     start_gateway,
@@ -134,12 +135,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def _whole(self, status: int, body: bytes, *headers: tuple[str, str]) -> None:
-        self.send_response(status)
-        for name, value in (("Content-Type", "application/json"), *headers):
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_whole(self, status, body, (("Content-Type", "application/json"), *headers))
 
     def log_message(self, *_: object) -> None:
         return None
