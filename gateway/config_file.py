@@ -86,7 +86,7 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
             # give it as a string, or the operator is left guessing why a token is JSON.
             raise ConfigError(
                 f"config error in {name}: not valid JSON: {exc.msg} (a value that starts with "
-                f'[, {{ or " is read as JSON; a string that does is written as one: '
+                "[, { or a double quote is read as JSON; a string that does is written as one: "
                 f"{name}='\"{raw[:1]}...\"')"
             ) from exc
         except (ValueError, RecursionError) as exc:  # valid JSON past the parser's limits

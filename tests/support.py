@@ -253,6 +253,8 @@ class RedisServer:
             )
             if p.stdout.strip() == "PONG":
                 return
+            if self.proc.poll() is not None:  # gone: its port taken, say (start_redis)
+                raise TimeoutError(f"redis-server exited: {self.log.read_text()[-300:]}")
             time.sleep(0.02)
         raise TimeoutError("redis-server did not answer PING")
 
@@ -263,9 +265,18 @@ class RedisServer:
 
 
 def start_redis(tmp: Path) -> RedisServer:
-    r = RedisServer(free_port(), tmp / "redis.log")
-    r.start()
-    return r
+    """A redis-server on a free port. The port free_port found can be taken before redis binds
+    it (an outgoing connection of another test worker): then another port, twice at most."""
+    for attempt in range(3):
+        r = RedisServer(free_port(), tmp / "redis.log")
+        try:
+            r.start()
+            return r
+        except TimeoutError:
+            r.stop()
+            if attempt == 2 or "Address already in use" not in r.log.read_text():
+                raise
+    raise AssertionError("not reached")
 
 
 @contextlib.contextmanager

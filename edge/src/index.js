@@ -73,14 +73,16 @@ function unroutable(d, model, regions) {
   }
   if (regions.length > 0) return null;
   const rule = `residency rule ${d.residency}`;
-  if (d.residency !== null && d.excluded.every((e) => e.reason === rule)) {
+  const kept = d.outcome === Outcome.NO_CANDIDATE && d.excluded.length > 0;
+  if (kept && model !== null && d.excluded.every((e) => e.reason === rule)) {
     // None in the rule's regions serves it, drained or not: refused alike until the table
-    // changes, so not a 503 whose Retry-After the SDKs wait out (the gateway's 403).
-    const where = JSON.stringify(model === null ? "this request" : model);
+    // changes, so not a 503 whose Retry-After the SDKs wait out (the gateway's 403). Not for
+    // a decision routed to regions with no gateway URL: that is the table's to mend.
     return errorResponse(
       "model_not_available_in_region",
-      `model ${where} is not served to clients here: ${rule} keeps them in its regions, ` +
-        "and no upstream there serves it; ask the operator for the model in one of those regions",
+      `model ${JSON.stringify(model)} is not served to clients here: ${rule} keeps them in ` +
+        "its regions, and no upstream there serves it; ask the operator for the model in one " +
+        "of those regions",
     );
   }
   const why = [...new Set(d.excluded.map((e) => e.reason))].sort().join(", ");

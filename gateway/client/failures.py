@@ -73,16 +73,13 @@ def status_detail(status: int, body: bytes | None) -> str:
     only "at capacity", and the client had nothing to act on. ``body``: None where not all
     of it came with the head (then nothing is waited for)."""
     said = message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
-    if not said:
-        return f"HTTP {status}"
-    if len(said) > REFUSAL_MESSAGE_MAX:
-        said = said[:REFUSAL_MESSAGE_MAX] + "..."
-    return f"HTTP {status}: {said}"
+    return f"HTTP {status}: {said}" if said else f"HTTP {status}"
 
 
 def message_of(body: bytes) -> str | None:
     """An error answer's message, for a person: the first of ``status_detail``'s sources
-    found, on one line of printable characters; None where it has none."""
+    found, on one line of printable characters, at most REFUSAL_MESSAGE_MAX of them; None
+    where it has none."""
     text = body.decode("utf-8", "replace").strip()
     try:
         doc: Any = json.loads(text)
@@ -96,7 +93,11 @@ def message_of(body: bytes) -> str | None:
     elif doc is not None or text.startswith("<"):  # a JSON scalar, or an HTML page
         return None
     line = text.split("\n", 1)[0]
-    return "".join(c if c.isprintable() else " " for c in line).strip() or None
+    # No control bytes into a log line, nor what did not decode (U+FFFD)
+    said = "".join(c if c.isprintable() and c != "\ufffd" else " " for c in line).strip()
+    if len(said) > REFUSAL_MESSAGE_MAX:
+        said = said[:REFUSAL_MESSAGE_MAX] + "..."
+    return said or None
 
 
 def _validation(detail: Any) -> str:

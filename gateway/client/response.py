@@ -12,6 +12,7 @@ from typing import Any, Final, Protocol
 from gateway.client.conn import Conn
 from gateway.client.discard import drain
 from gateway.client.failures import BadResponse, status_detail
+from gateway.defaults import REFUSAL_BODY_MAX_BYTES
 
 # A body read whole (a health answer, a /metrics or /load scrape) larger than this is refused:
 # vLLM's /metrics is a few hundred KiB; nothing the gateway reads whole needs more.
@@ -155,10 +156,20 @@ class Response:
         conn.buffered = len(body)
         self.raw_headers = headers
 
+    def readable_body(self) -> bytes | None:
+        """``whole_body`` where it is a few bytes, at most REFUSAL_BODY_MAX_BYTES, that are
+        not compressed: an error's, to read its message (nothing is decoded here: a gzipped
+        429 behind nginx's gzip_types read as a message of replacement characters)."""
+        coding = self.header(b"content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            return None
+        body = self.whole_body()
+        return body if body is not None and len(body) <= REFUSAL_BODY_MAX_BYTES else None
+
     def refusal(self) -> str:
         """This answer as a refusal's failure names it (``status_detail``), with its body's
-        message where all of it came."""
-        return status_detail(self.status, self.whole_body())
+        message where it is readable."""
+        return status_detail(self.status, self.readable_body())
 
     def discard(self) -> None:
         """Done with an answer nobody reads (a 429, 502 or 503 failed over from): its body is

@@ -41,9 +41,8 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.fleet import config_doc
-from gateway.http.asgi import JSONAnswer
 from gateway.http.body import read_body
-from gateway.http.errors import json_error
+from gateway.http.errors import JSONAnswer, json_error
 from gateway.http.upstream import ClientGone
 from gateway.logs import event
 from gateway.runtime import Runtime, log
@@ -230,7 +229,7 @@ async def json_body(request: Request, timeout_s: float) -> Any:
     try:
         # Decoded here: json.loads would guess UTF-16 or -32 from bytes (RFC 8259: UTF-8), and
         # say of such a body only "Expecting value".
-        return json.loads(body.decode())
+        return json.loads(body.decode("utf-8-sig"))  # a BOM (Windows tools) is no error
     except UnicodeDecodeError:
         raise RequestInvalid("body is not UTF-8 text; send JSON") from None
     except json.JSONDecodeError as exc:

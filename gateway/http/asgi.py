@@ -6,8 +6,6 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
-from starlette.responses import JSONResponse
-
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -15,16 +13,13 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
-
-
-class JSONAnswer(JSONResponse):
-    """Starlette's JSONResponse with everything past ASCII escaped, as ``send_json`` writes:
-    Starlette's (``ensure_ascii=False``, then UTF-8) cannot encode a lone surrogate, which
-    JSON's ``"\\ud800"`` decodes to, so an error that named a client's key or value answered
-    500 with a traceback in the log."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+CONTENT_LENGTH = b"content-length"
+# A request's headers the proxy reads, each name's values in order (gateway.http.intake's
+# read_heads): gateway.http.body reads the Content-Length from them.
+Heads = dict[bytes, list[str]]
+# ``heads.get(name, NO_VALUE)[0]``: a header's first value, or None, without a Python call
+# per header looked up (four per request).
+NO_VALUE: tuple[None] = (None,)
 
 
 # Where the proxy's ``recorded`` keeps a request's id in its scope, for the endpoint it wraps

@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.defaults import BODY_MAX_PIECES
+from gateway.defaults import BODY_MAX_PIECES, BODY_SMALL_PIECE_BYTES
 from gateway.errors import BodyTimeout, BodyTooLarge
-from gateway.http.asgi import BODY, Receive, Scope, WholeBody, header
+from gateway.http.asgi import (
+    BODY,
+    CONTENT_LENGTH,
+    NO_VALUE,
+    Heads,
+    Receive,
+    Scope,
+    WholeBody,
+    header,
+)
 from gateway.http.upstream import ClientGone
-
-CONTENT_LENGTH = b"content-length"
-# A request's headers the proxy reads, each name's values in order (gateway.http.intake).
-Heads = dict[bytes, list[str]]
-# ``heads.get(name, NO_VALUE)[0]``: a header's first value, or None, without a Python call
-# per header looked up (four per request).
-NO_VALUE: tuple[None] = (None,)
 
 
 def too_large(size: int | None, limit: int) -> BodyTooLarge:
@@ -74,10 +76,14 @@ async def read_body(
                 if size > limit:
                     raise too_large(None, limit)
                 chunks.append(chunk)
-                if len(chunks) > BODY_MAX_PIECES:  # granian: a message per chunk sent
+                # granian hands on a message per chunk sent: many tiny ones are refused, not
+                # many of a socket read's size (a large upload arriving slowly)
+                n = len(chunks)
+                if n > BODY_MAX_PIECES and size < n * BODY_SMALL_PIECE_BYTES:
                     raise BodyTooLarge(
-                        f"request body came in over {BODY_MAX_PIECES} pieces: send it in "
-                        "fewer, larger chunks"
+                        f"request body came in over {BODY_MAX_PIECES} pieces of under "
+                        f"{BODY_SMALL_PIECE_BYTES} bytes on average: send it in fewer, larger "
+                        "chunks"
                     )
                 if not message.get("more_body", False):
                     return b"".join(chunks)

@@ -19,8 +19,8 @@ from gateway.errors import (
     RequestInvalid,
     UnknownEndpoint,
 )
-from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, JSONAnswer, Receive, Scope, Send
-from gateway.http.errors import json_error, send_error
+from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
+from gateway.http.errors import JSONAnswer, json_error, send_error
 from gateway.http.exchange import logged_text
 from gateway.http.intake import check_routed
 from gateway.http.worker_metrics import refresh

@@ -6,15 +6,16 @@ parent until it is given a row of its own.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from gateway import errors as e
 from gateway.defaults import LOOP_STATUS
-from gateway.http.asgi import JSONAnswer, Send, send_json
+from gateway.http.asgi import Send, send_json
 
 # class -> (HTTP status, OpenAI error type, code)
 HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
@@ -87,6 +88,16 @@ def error_headers(err: e.GatewayError) -> dict[str, str]:
         # retry policy was applied here; whether to run the work again is the client's call.
         out["x-should-retry"] = "false"
     return out
+
+
+class JSONAnswer(JSONResponse):
+    """Starlette's JSONResponse with everything past ASCII escaped, as ``send_json`` writes:
+    Starlette's (``ensure_ascii=False``, then UTF-8) cannot encode a lone surrogate, which
+    JSON's ``"\\ud800"`` decodes to, so an error that named a client's key or value answered
+    500 with a traceback in the log."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
 
 
 def json_error(err: e.GatewayError) -> JSONAnswer:

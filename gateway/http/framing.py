@@ -16,13 +16,14 @@ import re
 
 from gateway.errors import GatewayError, RequestInvalid, TransferCodingUnsupported
 
-# RFC 3986's uri-host with an optional port (1 to 65535): reg-name's characters, or an IPv6
-# literal in brackets. Anything else (spaces, "/", "@", a second colon outside brackets, a
-# port past 65535) is no host.
+# RFC 3986's uri-host with an optional port: reg-name's characters, or an IP literal in
+# brackets (IPv6, with a zone's "%25" (RFC 6874), or IPvFuture); the port digits (none too),
+# and a number to 65535. Anything else (spaces, "/", "@", a colon outside brackets but the
+# port's, a port past 65535) is no host.
 _HOST_VALUE = re.compile(
-    rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]*|\[[0-9A-Fa-f:.]+\])"
-    rb"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]*|\[[A-Za-z0-9\-._~%:!$&'()*+,;=]+\])(?::([0-9]*))?"
 )
+_PORT_MAX = 65535
 
 
 def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
@@ -38,7 +39,7 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayEr
             f"an HTTP/{version} request needs exactly one Host header (RFC 9112 section "
             f"3.2); this one has {len(hosts)}"
         )
-    if hosts and _HOST_VALUE.fullmatch(hosts[0]) is None:
+    if hosts and not _is_host(hosts[0]):
         return RequestInvalid("the Host header is not a host name or address with an optional port")
     for name, value in headers:
         if name == b"transfer-encoding" and version == "1.0":
@@ -51,6 +52,12 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayEr
                 "with Content-Length or chunked, and Content-Encoding for gzip"
             )
     return None
+
+
+def _is_host(value: bytes) -> bool:
+    m = _HOST_VALUE.fullmatch(value)
+    port = m.group(1) if m else None
+    return m is not None and (not port or (len(port) <= 5 and int(port) <= _PORT_MAX))
 
 
 def lax_framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:

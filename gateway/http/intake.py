@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from gateway.config import Config
 from gateway.defaults import MAX_HOPS, NO_CANDIDATE_RETRY_AFTER_S
@@ -21,13 +21,16 @@ from gateway.errors import (
     NoHealthyUpstream,
 )
 from gateway.http.asgi import (
+    CONTENT_LENGTH,
+    NO_VALUE,
     REQUEST_ID_KEY,
     ASGIApp,
+    Heads,
     Receive,
     Scope,
     Send,
 )
-from gateway.http.body import CONTENT_LENGTH, NO_VALUE, Heads, read_body
+from gateway.http.body import read_body
 from gateway.http.body_form import form_model, is_form
 from gateway.http.body_model import model_of
 from gateway.http.encoding import decoded
@@ -86,19 +89,34 @@ def check_headers(scope: Scope, limit: int) -> None:
         )
 
 
+def _unresolved(rt: Runtime, model: str, regions: Collection[str] | None = None) -> list[str]:
+    """The upstreams of ``model`` found by DNS (in ``regions``, where given): one that
+    resolves to no addresses is in no snapshot, for now."""
+    return [
+        u.id
+        for u in rt.config.upstreams
+        if model in u.models and u.discovery != "none" and (regions is None or u.region in regions)
+    ]
+
+
+def _no_addresses(model: str, empty: list[str]) -> NoHealthyUpstream:
+    retry = NO_CANDIDATE_RETRY_AFTER_S
+    return NoHealthyUpstream(
+        f"no upstream can serve model {logged_text(model)!r} now: {', '.join(empty)} "
+        f"{'resolves' if len(empty) == 1 else 'resolve'} to no addresses (DNS discovery). "
+        f"Retry in {retry} s",
+        retry_after_s=retry,
+    )
+
+
 def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
     """Raise the error a client gets when routing found nothing to send the request to."""
     decision, loc = routed.decision, routed.location
     retry = NO_CANDIDATE_RETRY_AFTER_S
     if decision.outcome is Outcome.MODEL_NOT_FOUND:
-        empty = [u.id for u in rt.config.upstreams if model in u.models and u.discovery != "none"]
+        empty = _unresolved(rt, model)
         if empty:
-            raise NoHealthyUpstream(
-                f"no upstream can serve model {logged_text(model)!r} now: {', '.join(empty)} "
-                f"{'resolves' if len(empty) == 1 else 'resolve'} to no addresses (DNS "
-                f"discovery). Retry in {retry} s",
-                retry_after_s=retry,
-            )
+            raise _no_addresses(model, empty)
         raise ModelNotFound(
             f"model {logged_text(model)!r} is not served by any upstream of this gateway; "
             "GET /v1/models lists the models available",
@@ -109,6 +127,12 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
         if all(e.kind is ExclusionKind.RESIDENCY for e in decision.excluded):
             # None in the rule's regions serves it, drained or not: a retry is refused alike
             # until the config changes, and a 503's Retry-After had the SDKs wait 10 s for it.
+            # Unless one there is found by DNS and resolves to nothing for now: a 503.
+            rules = rt.store.policy.residency
+            regions = next((r.regions for r in rules if r.name == decision.residency), ())
+            empty = _unresolved(rt, model, regions)
+            if empty:
+                raise _no_addresses(model, empty)
             raise ModelNotAllowedHere(
                 f"model {logged_text(model)!r} is not served to clients in {where}: residency "
                 f"rule {decision.residency} keeps them in its regions, and no upstream there "

@@ -37,6 +37,9 @@ API_PATHS = (
     "/v1/score",
 )
 _API_PATH_SET = frozenset(API_PATHS)
+# OpenAI's own, whose clients read OpenAI's error shape (gateway.http.reshape): not the
+# rerank and score APIs (TEI's errors carry an error_type of their own), nor extra_api_paths.
+OPENAI_PATHS = _API_PATH_SET - {"/v1/rerank", "/v1/score"}
 PROXIED_METHOD = "POST"
 # Answered by the gateway itself: a POST there is a wrong method, not an unknown URL.
 LOCAL_GET = ("/v1/models",)

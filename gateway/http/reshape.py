@@ -16,27 +16,26 @@ from typing import Any
 
 from gateway.client import Response
 from gateway.client.failures import message_of
-from gateway.defaults import REFUSAL_BODY_MAX_BYTES, REFUSAL_MESSAGE_MAX
+from gateway.http.paths import OPENAI_PATHS
 
 _REPLACED = frozenset({b"content-type", b"content-length", b"content-encoding"})
 _JSON = (b"content-type", b"application/json")
 
 
-def openai_shaped(resp: Response) -> list[tuple[bytes, bytes]]:
+def openai_shaped(resp: Response, path: str) -> list[tuple[bytes, bytes]]:
     """``resp``'s headers, after its body was put in OpenAI's error shape where it was an
-    error answer not in it (``resp``'s body replaced)."""
-    if resp.status < 400:
+    error answer not in it (``resp``'s body replaced), to a request for one of OpenAI's own
+    ``path``s (the rerank and score APIs, and extra_api_paths, have errors of their own)."""
+    if resp.status < 400 or path not in OPENAI_PATHS:
         return resp.raw_headers
-    body = resp.whole_body()
-    if body is None or len(body) > REFUSAL_BODY_MAX_BYTES or _encoded(resp):
-        return resp.raw_headers
+    body = resp.readable_body()
+    if body is None or (resp.header(b"content-type") or "").startswith("text/event-stream"):
+        return resp.raw_headers  # an error sent as an event stream: its client reads events
     doc = _json(body)
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return resp.raw_headers  # OpenAI's shape already
     said = message_of(body) or f"the upstream answered HTTP {resp.status} with no message"
-    if len(said) > REFUSAL_MESSAGE_MAX:
-        said = said[:REFUSAL_MESSAGE_MAX] + "..."
     code = doc.get("code") if isinstance(doc, dict) else None
     shaped = {
         "error": {
@@ -51,11 +50,6 @@ def openai_shaped(resp: Response) -> list[tuple[bytes, bytes]]:
     headers += [_JSON, (b"content-length", b"%d" % len(new))]
     resp.replace_whole(headers, new)
     return headers
-
-
-def _encoded(resp: Response) -> bool:
-    coding = resp.header(b"content-encoding")
-    return coding is not None and coding.strip().lower() not in ("", "identity")
 
 
 def _json(body: bytes) -> Any:

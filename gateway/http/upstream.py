@@ -304,7 +304,7 @@ class _Attempts:
         ex = self.ex
         hint = ex.routed.preferred_region if ex.routed else None
         extra = gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
-        headers = client_response_headers(openai_shaped(resp), extra)
+        headers = client_response_headers(openai_shaped(resp, ex.scope["path"]), extra)
         sse = events.framed(resp.header)  # else a cut is a reset
         resp.raw_headers = []
         ex.status = resp.status  # what the client got, should the stream be cut later on

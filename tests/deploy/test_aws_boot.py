@@ -149,13 +149,21 @@ url = args[-1]
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"cmd": "curl", "args": args}) + "\\n")
 if url.endswith("/api/token"):
+    if os.environ.get("STUB_IMDS_FAIL"):
+        sys.exit(22)
     print("imds-token", end="")
 elif url.endswith("/meta-data/instance-id"):
     assert "X-aws-ec2-metadata-token: imds-token" in args, args
     print("i-0123456789abcdef0", end="")
 else:
     assert url == "http://127.0.0.1:8080/readyz" and "--fail-with-body" in args, args
-    answer = os.environ["STUB_READYZ"]
+    # STUB_READYZ: one answer, or a "|"-separated sequence, one a call (the last repeats)
+    answers = os.environ["STUB_READYZ"].split("|")
+    count = os.environ["STUB_LOG"] + ".readyz"
+    n = int(open(count).read()) if os.path.exists(count) else 0
+    with open(count, "w") as f:
+        f.write(str(n + 1))
+    answer = answers[min(n, len(answers) - 1)]
     if answer == "refused":
         sys.exit(7)
     if answer != "ok":
@@ -174,6 +182,7 @@ def boot(
     iptables: bool = True,
     s3_fail: bool = False,
     readyz: str = "ok",
+    imds_fail: bool = False,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the rendered user data with `aws`, `docker`, `iptables`, `systemctl` and `curl`
     stand-ins (``readyz``: what the gateway's /readyz answers, CURL_STUB);
@@ -213,6 +222,7 @@ def boot(
     (tmp / "user-data.sh").write_text(script)
     log = tmp / "calls.jsonl"
     log.unlink(missing_ok=True)
+    Path(f"{log}.readyz").unlink(missing_ok=True)
     env = {
         **os.environ,
         "PATH": f"{bin_}:{path}",
@@ -222,6 +232,7 @@ def boot(
         "STUB_IPTABLES_FAIL": "1" if iptables_fail else "",
         "STUB_S3_FAIL": "1" if s3_fail else "",
         "STUB_READYZ": readyz,
+        "STUB_IMDS_FAIL": "1" if imds_fail else "",
     }
     p = subprocess.run(
         [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
@@ -401,9 +412,9 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
         ("ok", 2000, False),  # ready again: the streak ends
         ("503 not ready: no healthy, undrained upstream", None, False),  # a streak begins
         ("503 not ready: no healthy, undrained upstream", 120, False),  # a model's reload
-        ("refused", 899, False),
+        ("refused", 870, False),  # not 899: a second of a slow machine reported it
         ("503 not ready: no healthy, undrained upstream", 900, True),
-        ("refused", 3600, True),  # a gateway that never started (a boot stopped half-way)
+        ("refused", 3600, True),  # a gateway gone for good
         # an operator's drain, or the gateway's shutdown: no failure, and the streak ends
         ("503 not ready: no healthy, undrained upstream (1 healthy but drained)", 3600, False),
         ("503 draining", 3600, False),
@@ -420,7 +431,11 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "readyz", ["ok", "503 not ready: no healthy, undrained upstream (1 healthy but drained)"]
+    "readyz",
+    [
+        "refused|503 not ready: no healthy, undrained upstream|ok",  # waited for, then ready
+        "refused|503 not ready: no healthy, undrained upstream (1 healthy but drained)",
+    ],
 )
 def test_a_host_enters_service_once_its_gateway_is_ready(tmp_path: Path, readyz: str) -> None:
     """The group's launch hook holds a new host out of service until the boot completes it,
@@ -432,7 +447,8 @@ def test_a_host_enters_service_once_its_gateway_is_ready(tmp_path: Path, readyz:
     order = [(c["cmd"], c["args"]) for c in calls]
     runs = [i for i, (cmd, args) in enumerate(order) if cmd == "docker" and args[0] == "run"]
     readied = [i for i, (cmd, args) in enumerate(order) if args[-1].endswith(":8080/readyz")]
-    assert readied and min(readied) > max(runs)
+    # asked until ready (or drained), then no more
+    assert len(readied) == len(readyz.split("|")) and min(readied) > max(runs)
     assert order[-1] == (
         "aws",
         [
@@ -443,6 +459,15 @@ def test_a_host_enters_service_once_its_gateway_is_ready(tmp_path: Path, readyz:
         ],
     )  # fmt: skip
     assert (tmp_path / "etc" / "in-service").exists()  # the watchdog's from now on
+
+
+def test_a_boot_with_no_instance_id_stops_before_anything_runs(tmp_path: Path) -> None:
+    """The id names the host in its reports to its group: an IMDS that answered an error
+    page was written as the id, and every report failed. No id, no boot (the launch hook
+    then abandons the host, and the group replaces it)."""
+    rc, err, calls = boot(tmp_path, _values(), imds_fail=True)
+    assert rc != 0 and "geogate boot: failed at line" in err, err
+    assert not [c for c in calls if c["cmd"] == "docker"]
 
 
 def test_both_containers_log_to_rotated_files(tmp_path: Path) -> None:

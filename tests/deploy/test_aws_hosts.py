@@ -247,6 +247,12 @@ def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
         "${local.ready_hook}",
         "ABANDON",
     )
+    # as long as the ALB's check allowed a boot; Terraform does not wait for the hosts; a
+    # change to the hook does not replace the group (a new group: every host at once)
+    assert hook["heartbeat_timeout"] == group["health_check_grace_period"] == 900
+    assert _unquote(group["wait_for_capacity_timeout"]) == "0"
+    (lifecycle,) = group["lifecycle"]
+    assert lifecycle["ignore_changes"] == ["initial_lifecycle_hook"]
     (decrypt,) = [s for s in boot if [_unquote(a) for a in s["actions"]] == ["kms:Decrypt"]]
     (condition,) = decrypt["condition"]
     assert _unquote(condition["test"]) == "StringEquals"

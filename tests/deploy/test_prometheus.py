@@ -116,8 +116,9 @@ def test_a_new_target_gets_the_autoscaling_groups_grace() -> None:
     expr = rule["expr"]
     (offset,) = re.findall(r"\boffset (\d+)m\b", expr)
     (window,) = re.findall(r"max_over_time\(up\{[^}]*\}\[(\d+)m\]\)", expr)
-    grace = _resources(REGION)[("aws_autoscaling_group", "gpu")]["health_check_grace_period"]
-    assert int(offset) * 60 >= grace
+    group = _resources(REGION)[("aws_autoscaling_group", "gpu")]
+    (hook,) = group["initial_lifecycle_hook"]  # how long a boot may take before its host goes
+    assert int(offset) * 60 >= max(group["health_check_grace_period"], hook["heartbeat_timeout"])
     # Up within the window, or a target since before it: no gap between the two.
     assert int(window) >= int(offset)
     assert rule["for"] == "2m"

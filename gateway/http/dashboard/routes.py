@@ -40,11 +40,10 @@ from gateway.defaults import DASHBOARD_SESSION_S
 from gateway.errors import GatewayError, RequestInvalid, SharedStateUnavailable
 from gateway.fleet import config_doc
 from gateway.http.admin import admin_routes, json_body
-from gateway.http.asgi import JSONAnswer
 from gateway.http.dashboard import session
 from gateway.http.dashboard.impact import what_if
 from gateway.http.dashboard.sampler import Sampler
-from gateway.http.errors import json_error
+from gateway.http.errors import JSONAnswer, json_error
 from gateway.http.upstream import ClientGone
 from gateway.runtime import Runtime
 from geodb.clientip import parse_ip

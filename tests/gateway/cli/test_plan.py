@@ -281,6 +281,9 @@ def test_tokens_per_s_from_the_backend_results(
         ('{"quantization": [{"quantize": "none", "tok_s_batch16": 1e300, "model": "m"}]}',
          "geogate: plan: results.json: run m/none: tok_s_batch16 must be greater than 0 and "
          "at most 1e+09, got 1e+300"),
+        # past json's limits: a RecursionError's traceback, and advice to call a function
+        ("[" * 100_000 + "]" * 100_000, "geogate: plan: "),
+        ('{"n": ' + "9" * 5000 + "}", "geogate: plan: "),
     ],
 )  # fmt: skip
 def test_unusable_backend_results_are_one_line(
@@ -295,6 +298,18 @@ def test_unusable_backend_results_are_one_line(
     err = capsys.readouterr().err
     print(err, end="")
     assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+    assert "set_int_max_str_digits" not in err
+
+
+def test_backend_results_that_are_no_regular_file_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /dev/zero was read until memory ran out (the plan file itself was mended first)
+    f = tmp_path / "plan.toml"
+    f.write_text(MEASURED_PLAN.replace('"results.json"', '"/dev/zero"'))
+    assert _plan_error(capsys, str(f)) == (
+        "geogate: plan: /dev/zero is not a regular file (a directory, device or pipe)\n"
+    )
 
 
 def _plan_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

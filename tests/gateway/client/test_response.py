@@ -43,3 +43,16 @@ def test_a_body_still_coming_is_not_waited_for() -> None:
             await client.close()
 
     run(main())
+
+
+def test_a_compressed_body_is_not_read_for_its_message() -> None:
+    # nginx's gzip_types application/json on an upstream's 429: its bytes are no message
+    async def main() -> None:
+        async with Scripted(ok(b"\x1f\x8b\x08\x00busy", b"Content-Encoding: gzip\r\n")) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert resp.whole_body() is not None and resp.readable_body() is None
+            resp.close()
+            await client.close()
+
+    run(main())

@@ -176,6 +176,17 @@ async def test_bad_changes_are_400_and_change_nothing(body: bytes, message: str)
         assert shown.json()["version"] == 1
 
 
+async def test_a_change_with_a_byte_order_mark_is_taken() -> None:
+    # json.loads(bytes) took it; decoding first as UTF-8 answered CPython's advice to use
+    # utf-8-sig
+    async with client(config(tokens={"alice": ALICE})) as c:
+        body = "\ufeff" + '{"weight": 2}'
+        r = await c.patch("/admin/upstreams/a", content=body.encode(), headers=bearer(ALICE))
+        assert r.status_code == 200, r.text
+        shown = await c.get("/admin/config", headers=bearer(ALICE))
+        assert shown.json()["config"]["upstreams"][0]["weight"] == 2.0
+
+
 async def test_a_huge_body_is_refused_before_it_is_read_whole() -> None:
     sent = 0
 

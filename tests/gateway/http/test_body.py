@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.defaults import BODY_MAX_PIECES
+from gateway.defaults import BODY_MAX_PIECES, BODY_SMALL_PIECE_BYTES
 from gateway.errors import BodyTooLarge
 from gateway.http.asgi import BODY
 from gateway.http.body import read_body
@@ -63,14 +63,24 @@ async def test_a_body_in_too_many_pieces_is_refused() -> None:
         pieces += 1
         return {"type": "http.request", "body": b"x", "more_body": True}
 
-    with pytest.raises(BodyTooLarge, match=f"over {BODY_MAX_PIECES} pieces"):
+    with pytest.raises(BodyTooLarge, match=f"over {BODY_MAX_PIECES} pieces of under 64 bytes"):
         await read_body({"headers": []}, receive, 10**9, 60.0)
     assert pieces == BODY_MAX_PIECES + 1
 
-    async def few() -> dict[str, Any]:  # a body of as many pieces as allowed passes
+    async def few() -> dict[str, Any]:  # as many tiny pieces as allowed pass
         nonlocal pieces
         pieces += 1
         return {"type": "http.request", "body": b"x", "more_body": pieces < BODY_MAX_PIECES}
 
     pieces = 0
     assert await read_body({"headers": []}, few, 10**9, 60.0) == b"x" * BODY_MAX_PIECES
+
+    async def reads() -> dict[str, Any]:  # more pieces, each a socket read's size: no limit
+        nonlocal pieces
+        pieces += 1
+        body = b"x" * BODY_SMALL_PIECE_BYTES
+        return {"type": "http.request", "body": body, "more_body": pieces < 2 * BODY_MAX_PIECES}
+
+    pieces = 0
+    got = await read_body({"headers": []}, reads, 10**9, 60.0)
+    assert len(got) == 2 * BODY_MAX_PIECES * BODY_SMALL_PIECE_BYTES

@@ -72,6 +72,22 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
         assert [m["id"] for m in (await c.get("/v1/models")).json()["data"]] == ["m", "n"]
 
 
+async def test_a_residency_regions_upstream_found_by_dns_and_resolving_to_none_is_a_503() -> None:
+    # eu's upstream of m is a DNS pool with no addresses now (a redeploy): not in the
+    # snapshot, so only us's upstream was left, kept away by the rule. That passes: a 503 to
+    # retry, not the 403 that says no upstream there serves m
+    rule = [{"name": "eu-only", "continents": ["EU"], "regions": ["eu"]}]
+    pool = {"id": "a", "region": "eu", "url": "http://pool.invalid:8000", "models": ["m"]}
+    upstreams = [
+        {**pool, "discovery": "dns"},
+        {"id": "b", "region": "us", "url": "http://127.0.0.1:2", "models": ["m"]},
+    ]
+    async with client_of(runtime(residency=rule, upstreams=upstreams)) as c:
+        r = await c.get("/v1/models/m")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    assert "a resolves to no addresses (DNS discovery)" in r.json()["error"]["message"]
+
+
 async def test_a_drain_within_the_residency_regions_is_a_503_to_retry() -> None:
     # eu's only upstream of m drained (an operator's while), us's kept away by the rule:
     # that passes, so a 503 with Retry-After, the rule named once

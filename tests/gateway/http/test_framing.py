@@ -27,7 +27,13 @@ H = [(b"host", b"gw")]
         (b"gw:65535", True),
         (b"gw:65536", False),  # no port past 65535
         (b"gw:99999", False),
-        (b"gw:0", False),
+        (b"gw:0", True),  # RFC 3986: port = *DIGIT
+        (b"gw:", True),
+        (b"gw:080", True),
+        (b"[fe80::1%25eth0]:80", True),  # a zone (RFC 6874)
+        (b"Example.COM.", True),
+        (b"", True),
+        (b"gw:000065536", False),
         (b"a:b", False),  # a port is digits
         (b"a:1:2", False),
         (b"user:pw@gw", False),

@@ -43,6 +43,7 @@ ANSWERS: dict[str, tuple[int, str, bytes]] = {
     ),
     "gzip500": (500, "text/plain", gzip.compress(b"compressed")),
     "big500": (500, "text/plain", b"x" * 10_000),
+    "sse500": (500, "text/event-stream", b'data: {"error": "overloaded"}\n\n'),
 }
 
 
@@ -110,11 +111,20 @@ def test_an_error_not_in_openais_shape_is_put_in_it(
         ("openai400", "application/json"),  # OpenAI's shape already: as it came
         ("gzip500", "text/plain"),  # compressed: not decoded to be rewritten
         ("big500", "text/plain"),  # past REFUSAL_BODY_MAX_BYTES: not read whole
+        ("sse500", "text/event-stream"),  # an event stream: its client reads events
     ],
 )
-def test_other_answers_go_on_as_they_came(gw: Gateway, model: str, ctype: str) -> None:
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/rerank"])
+def test_other_answers_go_on_as_they_came(gw: Gateway, model: str, ctype: str, path: str) -> None:
     status, _, body = ANSWERS[model]
     assert model != "big500" or len(body) > REFUSAL_BODY_MAX_BYTES
-    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": model}, timeout=10)
+    r = httpx.post(f"{gw.url}{path}", json={"model": model}, timeout=10)
     assert (r.status_code, r.headers["content-type"]) == (status, ctype)
     assert r.content == (gzip.decompress(body) if model == "gzip500" else body)  # httpx decodes
+
+
+def test_the_rerank_and_score_apis_keep_their_own_errors(gw: Gateway) -> None:
+    # TEI's rerank errors carry an error_type of their own: not put in OpenAI's shape there
+    for path in ("/v1/rerank", "/v1/score"):
+        r = httpx.post(f"{gw.url}{path}", json={"model": "ollama404"}, timeout=10)
+        assert (r.status_code, r.content) == (404, ANSWERS["ollama404"][2]), r.text

@@ -234,19 +234,22 @@ resource "aws_autoscaling_group" "gpu" {
   # replaced the whole host, and a drain of <region>-local through the fleet replaced every
   # host, in a loop (the replacements adopted the drain). The host's watchdog
   # (user_data.sh.tftpl) reports it unhealthy after 15 minutes of a /readyz that fails and is
-  # no drain; the grace covers pulling the images and loading the model (minutes for an 8B
-  # model from S3).
+  # no drain; the grace (from in service on) holds its reports off a host just started.
   health_check_type         = "EC2"
   health_check_grace_period = 900
   # A new host enters service (and an instance refresh counts it) once its gateway is ready:
   # the boot completes this hook at its /readyz's first 200 (user_data.sh.tftpl). One not
-  # ready within the timeout (images, the model's copy and load) is abandoned and replaced.
+  # ready within the timeout (images, the model's copy and load: the grace, as the ALB's
+  # check allowed before) is abandoned and replaced.
   initial_lifecycle_hook {
     name                 = local.ready_hook
     lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
-    heartbeat_timeout    = 1800
+    heartbeat_timeout    = 900
     default_result       = "ABANDON"
   }
+  # Hosts wait in the hook for minutes: Terraform does not wait for them (its default, 10
+  # minutes for healthy hosts, failed an apply and tainted the group).
+  wait_for_capacity_timeout = "0"
   launch_template {
     id      = aws_launch_template.gpu.id
     version = aws_launch_template.gpu.latest_version
@@ -278,6 +281,10 @@ resource "aws_autoscaling_group" "gpu" {
   # Terraform does not pass it: a value out of range would otherwise wait to fail until the
   # policy is switched off (target_requests_per_host = null), in an apply about something else.
   lifecycle {
+    # The provider replaces a group whose initial_lifecycle_hook changes (a new group: every
+    # host at once). A group made before the hook gets it once, by hand (README, Deploying on
+    # AWS: aws autoscaling put-lifecycle-hook), not by a replacement.
+    ignore_changes = [initial_lifecycle_hook]
     precondition {
       condition     = var.min_size <= var.desired_capacity && var.desired_capacity <= var.max_size
       error_message = "GPU hosts of ${var.region_id}: min_size <= desired_capacity <= max_size is required; got min_size ${var.min_size}, desired_capacity ${var.desired_capacity}, max_size ${var.max_size}."
