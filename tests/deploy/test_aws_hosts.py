@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -173,16 +174,6 @@ def _statements(document: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-# Managed policies that grant ssm:GetParameter(s) on "*" (every parameter of the account),
-# AWS's own documents (aws-managed-policy reference).
-BROAD_SSM_POLICIES = (
-    "AmazonSSMManagedInstanceCore",
-    "AmazonEC2RoleforSSM",
-    "AmazonSSMReadOnlyAccess",
-    "AmazonSSMFullAccess",
-)
-
-
 def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
     """AmazonSSMManagedInstanceCore gave the role ssm:GetParameter(s) on "*", so the boot
     statement's two names limited nothing; Session Manager needs only the agent's own
@@ -194,8 +185,9 @@ def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
         for (kind, _), body in resources.items()
         if kind == "aws_iam_role_policy_attachment"
     ]
-    assert attached == ["arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"]
-    assert not [a for a in attached if a.rsplit("/", 1)[-1] in BROAD_SSM_POLICIES]
+    # No managed policy: AmazonSSMManagedInstanceCore and its like grant ssm:GetParameter(s)
+    # on "*", AmazonEC2ContainerRegistryReadOnly every repository; each grant names its own.
+    assert attached == []
     docs = {name: body for (kind, name), body in _data(REGION).items()}
     inline = {
         _unquote(body["name"]): body["policy"]
@@ -204,6 +196,7 @@ def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
     }
     assert inline == {
         "boot": "${data.aws_iam_policy_document.boot.json}",
+        "ecr-pull": "${data.aws_iam_policy_document.ecr.json}",
         "session-manager": "${data.aws_iam_policy_document.session_manager.json}",
     }
     session = _statements(docs["session_manager"])
@@ -515,3 +508,43 @@ def test_a_target_tracking_policy_only_when_a_target_is_set(tmp_path: Path) -> N
     # Terraform's own reading of the module's expressions.
     assert _scaling(tmp_path / "none", None) == [0, 2]
     assert _scaling(tmp_path / "set", 120) == [1, None]
+
+
+def test_the_hosts_pull_their_two_images_and_no_other() -> None:
+    """AmazonEC2ContainerRegistryReadOnly let every host list and pull every repository of
+    the account: the grant names the two images' repositories (their ARNs from the image
+    references, by Terraform itself where installed), and the login, which takes no
+    resource."""
+    docs = {name: body for (kind, name), body in _data(REGION).items()}
+    login, pull = _statements(docs["ecr"])
+    assert [_unquote(a) for a in login["actions"]] == ["ecr:GetAuthorizationToken"]
+    assert sorted(_unquote(a) for a in pull["actions"]) == [
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+    ]
+    assert _unquote(pull["resources"]) == "${local.ecr_repositories}"
+    (local,) = [
+        b["ecr_repositories"]
+        for b in hcl2.loads((REGION / "hosts.tf").read_text())["locals"]
+        if "ecr_repositories" in b
+    ]
+    images = {
+        "gateway_image": "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate/gateway:0.1.0",
+        "backend_image": "210987654321.dkr.ecr.us-east-1.amazonaws.com/backend@sha256:" + "0" * 64,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        p = terraform_with_region_variables(
+            Path(tmp), images, "console", stdin=f"jsonencode({local[2:-1]})\n"
+        )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert json.loads(json.loads(p.stdout)) == [
+        "arn:aws:ecr:eu-central-1:123456789012:repository/geogate/gateway",
+        "arn:aws:ecr:us-east-1:210987654321:repository/backend",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:  # another registry's images: no repository
+        others = {"gateway_image": "ghcr.io/acme/gateway:1", "backend_image": "backend:1"}
+        p = terraform_with_region_variables(
+            Path(tmp), others, "console", stdin=f"jsonencode({local[2:-1]})\n"
+        )
+    assert p.returncode == 0 and json.loads(json.loads(p.stdout)) == [], p.stdout + p.stderr

@@ -59,10 +59,40 @@ resource "aws_iam_role_policy" "session_manager" {
   policy = data.aws_iam_policy_document.session_manager.json
 }
 
-# Image pulls from ECR.
-resource "aws_iam_role_policy_attachment" "ecr" {
-  role       = aws_iam_role.gpu.name
-  policy_arn = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
+locals {
+  # The ECR repositories of the two images (<account>.dkr.ecr.<region>.amazonaws.com/<name>,
+  # then :tag or @digest), as ARNs; an image in another registry has none (no login either).
+  ecr_repositories = distinct([
+    for m in [
+      for image in [var.gateway_image, var.backend_image] :
+      regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", image)
+      if can(regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", image))
+    ] : "arn:aws:ecr:${m[1]}:${m[0]}:repository/${m[2]}"
+  ])
+}
+
+# Image pulls from ECR: the two repositories only. AmazonEC2ContainerRegistryReadOnly let the
+# hosts list and pull every repository of the account.
+data "aws_iam_policy_document" "ecr" {
+  statement {
+    sid       = "RegistryLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # GetAuthorizationToken takes no resource
+  }
+  dynamic "statement" {
+    for_each = length(local.ecr_repositories) > 0 ? [1] : []
+    content {
+      sid       = "PullTheImages"
+      actions   = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+      resources = local.ecr_repositories
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "ecr" {
+  name   = "ecr-pull"
+  role   = aws_iam_role.gpu.id
+  policy = data.aws_iam_policy_document.ecr.json
 }
 
 data "aws_iam_policy_document" "boot" {
