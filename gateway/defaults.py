@@ -24,7 +24,7 @@ CHUNKED_OVERHEAD_MAX = 2
 # ...and in at most this many pieces on the other engines (granian hands the app a message per
 # chunk sent: a 500 KB body in 1-byte chunks cost 17 CPU-seconds, growing faster than the body)
 BODY_MAX_PIECES = 65_536
-BODY_SMALL_PIECE_BYTES = 64  # ...when they average under this: a socket read's are kilobytes
+BODY_SMALL_PIECE_BYTES = 1024  # ...when they average under this: a TCP segment is 1,448
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.
 FORM_FIELD_MAX_BYTES = 4096
 # Parts of an upload's form read at most (aiohttp's limit; Starlette's is 1000 fields and

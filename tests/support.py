@@ -249,14 +249,17 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             p = subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
+                ["redis-cli", "-p", str(self.port), "info", "server"],
+                capture_output=True,
+                text=True,
             )
-            if p.stdout.strip() == "PONG":
+            # This server's answer, not another test worker's on a port taken meanwhile
+            if f"process_id:{self.proc.pid}\n" in p.stdout:
                 return
             if self.proc.poll() is not None:  # gone: its port taken, say (start_redis)
                 raise TimeoutError(f"redis-server exited: {self.log.read_text()[-300:]}")
             time.sleep(0.02)
-        raise TimeoutError("redis-server did not answer PING")
+        raise TimeoutError("redis-server did not answer")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -269,12 +272,13 @@ def start_redis(tmp: Path) -> RedisServer:
     it (an outgoing connection of another test worker): then another port, twice at most."""
     for attempt in range(3):
         r = RedisServer(free_port(), tmp / "redis.log")
+        seen = r.log.stat().st_size if r.log.exists() else 0  # the log is appended to
         try:
             r.start()
             return r
         except TimeoutError:
             r.stop()
-            if attempt == 2 or "Address already in use" not in r.log.read_text():
+            if attempt == 2 or "Address already in use" not in r.log.read_text()[seen:]:
                 raise
     raise AssertionError("not reached")
 

@@ -336,6 +336,41 @@ test("a request that names no model is worded without one", async () => {
   assert.doesNotMatch(error.message, /null/);
 });
 
+test("a residency refusal is a 403 only where nothing could be routed and a model is named", async () => {
+  const policy = { residency: [{ name: "uk", countries: ["GB"], regions: ["eu-central"] }] };
+  // eu-central, the rule's region, has no gateway URL: its request is routed there, and then
+  // has nowhere to go; the table's to mend, not a refusal of the model (a 503).
+  const noUrl = await startWorker({
+    FALLBACK_TABLE: {
+      policy,
+      regions: [
+        regionEntry("eu-central", ...COORDS["eu-central"], ""),
+        regionEntry("us-east", ...COORDS["us-east"], gw["us-east"].url),
+      ],
+    },
+  });
+  started.push(noUrl);
+  const chat = { method: "POST", body: JSON.stringify({ model: "m" }), cf: CITIES.London };
+  let resp = await noUrl.dispatchFetch("https://api.example.com/v1/chat/completions", chat);
+  assert.equal(resp.status, 503);
+  // No model named (a body the Worker cannot read): the rule keeps London from us-east, and
+  // that says nothing of a model: a 503, not "model ... is not served"
+  const usOnly = await startWorker({
+    FALLBACK_TABLE: {
+      policy,
+      regions: [
+        { ...regionEntry("eu-central", ...COORDS["eu-central"], gw["eu-central"].url), upstreams: [] },
+        regionEntry("us-east", ...COORDS["us-east"], gw["us-east"].url),
+      ],
+    },
+  });
+  started.push(usOnly);
+  const files = { method: "POST", body: "x", cf: CITIES.London };
+  resp = await usOnly.dispatchFetch("https://api.example.com/v1/files", files);
+  assert.equal(resp.status, 503);
+  assert.equal((await resp.json()).error.code, "no_healthy_upstream");
+});
+
 test("/v1/models leaves out what a residency rule keeps the client from, as the gateway's", async () => {
   // GB's clients may use eu-central only; "us-only" is served in us-east alone.
   const region = (id, models) => regionEntry(id, ...COORDS[id], gw[id].url, models);

@@ -1,6 +1,6 @@
 """A request's body, read whole: bounded in size (its declared length refused before a byte
-is read), in time (a deadline for the whole of it) and in pieces, on every engine; what
-gateway.h1 already read whole is taken at once."""
+is read), in time (a deadline for the whole of it) and, on granian and hypercorn, in pieces;
+what gateway.h1 already read whole is taken at once."""
 
 from __future__ import annotations
 
@@ -76,10 +76,11 @@ async def read_body(
                 if size > limit:
                     raise too_large(None, limit)
                 chunks.append(chunk)
-                # granian hands on a message per chunk sent: many tiny ones are refused, not
-                # many of a socket read's size (a large upload arriving slowly)
+                # granian hands on a message per chunk sent: many small ones are refused, not
+                # many of a socket read's size (a large upload arriving slowly). gateway.h1
+                # (its BODY extension) hands on a message per read: no limit there.
                 n = len(chunks)
-                if n > BODY_MAX_PIECES and size < n * BODY_SMALL_PIECE_BYTES:
+                if n > BODY_MAX_PIECES and size < n * BODY_SMALL_PIECE_BYTES and whole is None:
                     raise BodyTooLarge(
                         f"request body came in over {BODY_MAX_PIECES} pieces of under "
                         f"{BODY_SMALL_PIECE_BYTES} bytes on average: send it in fewer, larger "

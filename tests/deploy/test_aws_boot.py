@@ -94,6 +94,9 @@ elif args[:2] == ["s3", "cp"]:
         sys.exit("fatal error: An error occurred (404) when calling the HeadObject operation")
     with open(args[-1], "wb") as f:
         f.write(b"mmdb from " + args[-2].encode())
+elif args[:2] == ["autoscaling", "complete-lifecycle-action"]:
+    if os.environ.get("STUB_HOOK_FAIL"):
+        sys.exit("An error occurred (ValidationError): No active Lifecycle Action found")
 elif args[:2] not in (
     ["s3", "sync"],
     ["autoscaling", "set-instance-health"],
@@ -148,13 +151,17 @@ args = sys.argv[1:]
 url = args[-1]
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"cmd": "curl", "args": args}) + "\\n")
+failing = any(a.startswith("-") and not a.startswith("--") and "f" in a for a in args)
 if url.endswith("/api/token"):
-    if os.environ.get("STUB_IMDS_FAIL"):
-        sys.exit(22)
+    if os.environ.get("STUB_IMDS_FAIL"):  # a 401 page: with -f an exit status, else the page
+        if failing:
+            sys.exit(22)
+        print("<html>401 Unauthorized</html>", end="")
+        sys.exit(0)
     print("imds-token", end="")
 elif url.endswith("/meta-data/instance-id"):
     assert "X-aws-ec2-metadata-token: imds-token" in args, args
-    print("i-0123456789abcdef0", end="")
+    print(os.environ.get("STUB_INSTANCE_ID") or "i-0123456789abcdef0", end="")
 else:
     assert url == "http://127.0.0.1:8080/readyz" and "--fail-with-body" in args, args
     # STUB_READYZ: one answer, or a "|"-separated sequence, one a call (the last repeats)
@@ -173,6 +180,14 @@ else:
 """
 
 
+# sleep: logged, not slept (the boot's waits between tries)
+SLEEP_STUB = """
+import json, os, sys
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps({"cmd": "sleep", "args": sys.argv[1:]}) + "\\n")
+"""
+
+
 def boot(
     tmp: Path,
     values: dict[str, str],
@@ -183,6 +198,8 @@ def boot(
     s3_fail: bool = False,
     readyz: str = "ok",
     imds_fail: bool = False,
+    instance_id: str = "",
+    hook_fail: bool = False,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the rendered user data with `aws`, `docker`, `iptables`, `systemctl` and `curl`
     stand-ins (``readyz``: what the gateway's /readyz answers, CURL_STUB);
@@ -198,6 +215,7 @@ def boot(
         "iptables": IPTABLES_STUB,
         "systemctl": SYSTEMCTL_STUB,
         "curl": CURL_STUB,
+        "sleep": SLEEP_STUB,
     }
     if not iptables:
         del stubs["iptables"]
@@ -233,6 +251,8 @@ def boot(
         "STUB_S3_FAIL": "1" if s3_fail else "",
         "STUB_READYZ": readyz,
         "STUB_IMDS_FAIL": "1" if imds_fail else "",
+        "STUB_INSTANCE_ID": instance_id,
+        "STUB_HOOK_FAIL": "1" if hook_fail else "",
     }
     p = subprocess.run(
         [bash, str(tmp / "user-data.sh")], env=env, capture_output=True, text=True, timeout=60
@@ -403,10 +423,17 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
         return bool(health)
 
     since = tmp_path / "run" / "watchdog-since"
-    # Before the host is in service (the end of its boot) the launch hook governs: no report.
+    # Before the host is in service (the end of its boot) the launch hook governs: no report,
+    # and no /readyz asked; a group with no hook (made before it) gets one past 20 minutes.
     (tmp_path / "etc" / "in-service").rename(tmp_path / "etc" / "booting")
-    rc, err, calls = _watchdog(tmp_path, "refused", 3600)
-    assert rc == 0 and not reported(calls) and [c["cmd"] for c in calls] == [], err
+    started = tmp_path / "etc" / "boot-started"
+    assert abs(int(started.read_text()) - time.time()) < 60  # written by the boot
+    for booted_s, report in ((600, False), (1300, True)):
+        started.write_text(f"{int(time.time()) - booted_s}\n")
+        rc, err, calls = _watchdog(tmp_path, "refused", None)
+        assert rc == 0 and reported(calls) is report, err
+        assert not [c for c in calls if c["cmd"] == "curl"]
+        assert ("its boot has not finished" in err) is report
     (tmp_path / "etc" / "booting").rename(tmp_path / "etc" / "in-service")
     for readyz, failing_for_s, report in [
         ("ok", 2000, False),  # ready again: the streak ends
@@ -461,13 +488,29 @@ def test_a_host_enters_service_once_its_gateway_is_ready(tmp_path: Path, readyz:
     assert (tmp_path / "etc" / "in-service").exists()  # the watchdog's from now on
 
 
-def test_a_boot_with_no_instance_id_stops_before_anything_runs(tmp_path: Path) -> None:
-    """The id names the host in its reports to its group: an IMDS that answered an error
-    page was written as the id, and every report failed. No id, no boot (the launch hook
-    then abandons the host, and the group replaces it)."""
-    rc, err, calls = boot(tmp_path, _values(), imds_fail=True)
-    assert rc != 0 and "geogate boot: failed at line" in err, err
+@pytest.mark.parametrize(("imds_fail", "instance_id"), [(True, ""), (False, "<html>oops")])
+def test_a_boot_with_no_instance_id_stops_before_anything_runs(
+    tmp_path: Path, imds_fail: bool, instance_id: str
+) -> None:
+    """The id names the host in its reports to its group: an IMDS error page would be
+    written as the id (curl without -f takes any answer), and every report would fail. No
+    id, no boot (the launch hook then abandons the host, and the group replaces it)."""
+    rc, err, calls = boot(tmp_path, _values(), imds_fail=imds_fail, instance_id=instance_id)
+    assert rc != 0 and "geogate boot:" in err, err
     assert not [c for c in calls if c["cmd"] == "docker"]
+    assert not (tmp_path / "etc" / "instance-id").exists()
+
+
+def test_a_launch_hook_that_cannot_be_completed_is_no_boot_error(tmp_path: Path) -> None:
+    """A group made before the hook has none to complete: tried five times, then the host
+    serves and its watchdog takes over; the boot does not fail for it."""
+    rc, err, calls = boot(tmp_path, _values(), hook_fail=True)
+    assert rc == 0, err
+    hooks = [c for c in calls if c["args"][:2] == ["autoscaling", "complete-lifecycle-action"]]
+    assert len(hooks) == 5 and err.count("could not complete the launch hook") == 5
+    assert [c["args"] for c in calls if c["cmd"] == "sleep"][-4:] == [["5"], ["10"], ["15"], ["20"]]
+    assert calls[-1]["args"][:2] == ["autoscaling", "complete-lifecycle-action"]  # no last sleep
+    assert (tmp_path / "etc" / "in-service").exists()
 
 
 def test_both_containers_log_to_rotated_files(tmp_path: Path) -> None:

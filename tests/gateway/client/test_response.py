@@ -52,6 +52,7 @@ def test_a_compressed_body_is_not_read_for_its_message() -> None:
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/", until_body=True)
             assert resp.whole_body() is not None and resp.readable_body() is None
+            assert resp.refusal() == "HTTP 200"  # its bytes read for no message
             resp.close()
             await client.close()
 

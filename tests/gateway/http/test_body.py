@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.defaults import BODY_MAX_PIECES, BODY_SMALL_PIECE_BYTES
+from gateway.defaults import BODY_SMALL_PIECE_BYTES
 from gateway.errors import BodyTooLarge
+from gateway.http import body
 from gateway.http.asgi import BODY
 from gateway.http.body import read_body
 
@@ -53,34 +54,30 @@ async def test_a_content_length_of_more_digits_than_a_count_is_too_large_at_once
         await read_body(scope, receive, 100, 5.0)
 
 
-async def test_a_body_in_too_many_pieces_is_refused() -> None:
+async def test_a_body_in_too_many_pieces_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """granian hands the app a message per chunk sent: a 500 KB body in 1-byte chunks cost
-    17 CPU-seconds, more per byte the longer it was. Past BODY_MAX_PIECES: a 413."""
+    17 CPU-seconds, more per byte the longer it was. Past BODY_MAX_PIECES pieces averaging
+    under BODY_SMALL_PIECE_BYTES: a 413. (Made small here, 100 pieces.)"""
+    monkeypatch.setattr(body, "BODY_MAX_PIECES", 100)
+    small = BODY_SMALL_PIECE_BYTES - 1
     pieces = 0
 
-    async def receive() -> dict[str, Any]:
-        nonlocal pieces
-        pieces += 1
-        return {"type": "http.request", "body": b"x", "more_body": True}
+    def pieces_of(size: int, count: int) -> Any:
+        async def receive() -> dict[str, Any]:
+            nonlocal pieces
+            pieces += 1
+            return {"type": "http.request", "body": b"x" * size, "more_body": pieces < count}
 
-    with pytest.raises(BodyTooLarge, match=f"over {BODY_MAX_PIECES} pieces of under 64 bytes"):
-        await read_body({"headers": []}, receive, 10**9, 60.0)
-    assert pieces == BODY_MAX_PIECES + 1
+        return receive
 
-    async def few() -> dict[str, Any]:  # as many tiny pieces as allowed pass
-        nonlocal pieces
-        pieces += 1
-        return {"type": "http.request", "body": b"x", "more_body": pieces < BODY_MAX_PIECES}
-
-    pieces = 0
-    assert await read_body({"headers": []}, few, 10**9, 60.0) == b"x" * BODY_MAX_PIECES
-
-    async def reads() -> dict[str, Any]:  # more pieces, each a socket read's size: no limit
-        nonlocal pieces
-        pieces += 1
-        body = b"x" * BODY_SMALL_PIECE_BYTES
-        return {"type": "http.request", "body": body, "more_body": pieces < 2 * BODY_MAX_PIECES}
-
-    pieces = 0
-    got = await read_body({"headers": []}, reads, 10**9, 60.0)
-    assert len(got) == 2 * BODY_MAX_PIECES * BODY_SMALL_PIECE_BYTES
+    with pytest.raises(BodyTooLarge, match="over 100 pieces of under 1024 bytes"):
+        await read_body({"headers": []}, pieces_of(small, 10**9), 10**9, 60.0)
+    assert pieces == 101
+    pieces = 0  # as many small pieces as allowed pass
+    assert len(await read_body({"headers": []}, pieces_of(small, 100), 10**9, 60.0)) == 100 * small
+    pieces = 0  # more pieces, each a TCP segment's size (a slow upload): no limit
+    got = await read_body({"headers": []}, pieces_of(1448, 300), 10**9, 60.0)
+    assert len(got) == 300 * 1448
+    pieces = 0  # gateway.h1 hands on a piece per read, cheaply: no limit
+    scope = {"headers": [], "extensions": {BODY: lambda: None}}
+    assert len(await read_body(scope, pieces_of(1, 300), 10**9, 60.0)) == 300
