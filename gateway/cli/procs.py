@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -34,6 +35,13 @@ READY_TIMEOUT_S = 30.0  # a cold start imports aiohttp, starlette, granian: seco
 # between free_port() and its bind: started again on a fresh port, up to START_TRIES times
 ADDRESS_IN_USE = "address already in use"  # strerror(EADDRINUSE), as every server words it
 START_TRIES = 5
+# free_port's ports: from FREE_PORT_LOW (past the well-known and most registered services) to
+# the ephemeral range's start, where at least FREE_PORT_MIN_ROOM ports lie between
+FREE_PORT_LOW = 10_000
+FREE_PORT_MIN_ROOM = 1_000
+FREE_PORT_TRIES = 50
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+EPHEMERAL_LOW_DEFAULT = 32_768
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # kill's default; a closed terminal
 LAST_LINE_CHARS = 300  # of a child's log, in an error: a server's own one-line error fits
@@ -121,9 +129,30 @@ def route_field(header: str, key: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to, below the kernel's ephemeral range where there is room: a
+    port from that range (a bind to 0) is every outgoing connection's to take for its own end
+    before the server it was meant for binds it ("address already in use" in a test run with
+    thousands of connections beside it). Random, so that processes picking at once rarely
+    meet; a bind to 0 where none is found."""
+    low = _ephemeral_low()
+    for _ in range(FREE_PORT_TRIES if low - FREE_PORT_LOW >= FREE_PORT_MIN_ROOM else 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, random.randrange(FREE_PORT_LOW, low)))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default 32768)."""
+    try:
+        return int(Path(EPHEMERAL_RANGE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return EPHEMERAL_LOW_DEFAULT
 
 
 @dataclass

@@ -207,3 +207,18 @@ def test_nothing_interrupts_the_stopping() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: nothing happens
         time.sleep(0.1)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_free_port_lies_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port from the ephemeral range is any outgoing connection's to take before its server
+    binds it: a gateway of the edge test failed to start on one ("address already in use")."""
+    low = procs._ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(procs.FREE_PORT_LOW <= p < low for p in ports), (ports, low)
+    assert len(ports) > 1  # random: processes picking at once rarely meet
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free indeed
+    # No room below the range: the kernel's choice, as before
+    monkeypatch.setattr(procs, "_ephemeral_low", lambda: procs.FREE_PORT_LOW + 10)
+    assert free_port() >= procs.FREE_PORT_LOW + 10
