@@ -83,36 +83,39 @@ def test_a_config_file_past_its_size_bound_is_refused(
 BIG = "1e300"  # was taken: no timeout at all, or health checks that never came
 OUT_OF_RANGE = [
     ("[server]\nworkers = 100000\n", "server.workers", d.WORKERS_MAX),
-    ("[retry]\nmax_attempts = 99999999999999999999999\n", "retry.max_attempts", 100),
+    ("[retry]\nmax_attempts = 99999999999999999999999\n", "retry.max_attempts", d.MAX_ATTEMPTS_MAX),
     # Past 2**63 a float was refused already ("exceeded maximum size"); one under it was not.
     ("slots = 1e18\n", "upstreams[0].slots", d.SLOTS_MAX),  # appended to the upstream
     ("slots = 99999999999999999999999\n", "upstreams[0].slots", d.SLOTS_MAX),
     ("[server]\nmax_body_bytes = 1e18\n", "server.max_body_bytes", d.MAX_BODY_BYTES_MAX),
     ("[server]\nmax_streams = 1e18\n", "server.max_streams", d.MAX_STREAMS_MAX),
     ("[server]\nmax_connections = 1e18\n", "server.max_connections", d.MAX_CONNECTIONS_MAX),
-    ("[health]\ncompletion_probe_max_tokens = 1e18\n", "health.completion_probe_max_tokens", 1024),
-    *(
-        (f"[timeouts]\n{key} = {BIG}\n", f"timeouts.{key}", limit)
-        for key, limit in (
-            ("first_byte_s", d.DURATION_MAX_S),
-            ("total_s", d.DURATION_MAX_S),
-            ("response_s", d.DURATION_MAX_S),
-            ("idle_s", d.DURATION_MAX_S),
-            ("connect_s", d.CONNECTION_WAIT_MAX_S),
-        )
+    (
+        "[health]\ncompletion_probe_max_tokens = 1e18\n",
+        "health.completion_probe_max_tokens",
+        d.COMPLETION_PROBE_MAX_TOKENS_MAX,
     ),
     *(
-        (f"[server]\n{key} = {BIG}\n", f"server.{key}", limit)
-        for key, limit in (
-            ("keepalive_s", d.CONNECTION_WAIT_MAX_S),
-            ("head_timeout_s", d.CONNECTION_WAIT_MAX_S),
-            ("body_timeout_s", d.CONNECTION_WAIT_MAX_S),
-            ("drain_timeout_s", d.DURATION_MAX_S),
+        (f"[{section}]\n{also}{key} = {BIG}\n", f"{section}.{key}", limit)
+        for section, key, limit, also in (
+            ("timeouts", "first_byte_s", d.DURATION_MAX_S, ""),
+            ("timeouts", "total_s", d.DURATION_MAX_S, ""),
+            ("timeouts", "response_s", d.DURATION_MAX_S, ""),
+            ("timeouts", "idle_s", d.DURATION_MAX_S, ""),
+            ("timeouts", "connect_s", d.CONNECTION_WAIT_MAX_S, ""),
+            ("server", "keepalive_s", d.CONNECTION_WAIT_MAX_S, ""),
+            ("server", "head_timeout_s", d.CONNECTION_WAIT_MAX_S, ""),
+            ("server", "body_timeout_s", d.CONNECTION_WAIT_MAX_S, ""),
+            ("server", "drain_timeout_s", d.DURATION_MAX_S, ""),
+            ("health", "interval_s", d.INTERVAL_MAX_S, ""),
+            ("load", "poll_interval_s", d.INTERVAL_MAX_S, "max_age_s = 7200\n"),
+            ("discovery", "interval_s", d.INTERVAL_MAX_S, ""),
+            ("geoip", "reload_interval_s", d.INTERVAL_MAX_S, ""),
+            ("redis", "refresh_interval_s", d.INTERVAL_MAX_S, "observation_ttl_s = 7200\n"),
+            ("redis", "restart_grace_s", d.DURATION_MAX_S, ""),
+            ("edge", "max_skew_s", d.DURATION_MAX_S, ""),
         )
     ),
-    (f"[health]\ninterval_s = {BIG}\n", "health.interval_s", d.INTERVAL_MAX_S),
-    (f"[redis]\nrestart_grace_s = {BIG}\n", "redis.restart_grace_s", d.DURATION_MAX_S),
-    (f"[edge]\nmax_skew_s = {BIG}\n", "edge.max_skew_s", d.DURATION_MAX_S),
 ]
 
 
