@@ -22,7 +22,8 @@ MAX_BODY_BYTES_MAX = 1 << 30  # 1 GiB: a body is held whole in memory, per reque
 # ones under 40 %; a chunk extension with no end was read until the body's deadline.
 CHUNKED_OVERHEAD_MAX = 2
 # ...and in at most this many pieces on the other engines (granian hands the app a message per
-# chunk sent: a 500 KB body in 1-byte chunks cost 17 CPU-seconds, growing faster than the body)
+# chunk sent: in a reviewer's one-off run, a 500 KB body in 1-byte chunks cost 17 CPU-seconds,
+# growing faster than the body)
 BODY_MAX_PIECES = 65_536
 BODY_SMALL_PIECE_BYTES = 1024  # ...when they average under this: a TCP segment is 1,448
 # A form field the router reads (model, stream) past this is no model's name: refused, not kept.

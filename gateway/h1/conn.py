@@ -186,7 +186,7 @@ class H1(Flow, asyncio.Protocol):
             return
         if not self.in_head:  # a body's chunk sizes, extensions and trailers reach no callback:
             self._raw += len(data)  # a chunk extension with no end was read until the body's
-            cycle = self.cycle  # deadline, 30 GB in 30 s: its bytes as read count
+            cycle = self.cycle  # deadline (tens of GB, in a one-off run): its bytes as read count
             if self._raw > self.raw_body_limit and cycle is not None and cycle.more_body:
                 self._refuse(refuse.framing_too_large(self.raw_body_limit))
             return

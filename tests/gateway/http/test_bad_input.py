@@ -188,7 +188,8 @@ def test_a_chunk_extension_with_no_end_is_refused_at_twice_the_body_limit(
     fleet: tuple[Gateway, Sim],
 ) -> None:
     """llhttp hands a chunk's extension to no callback, and the body's data was all that was
-    counted: "1;a=bbbb..." was read until body_timeout_s, 30 GB in 30 s at 26 CPU-seconds.
+    counted: "1;a=bbbb..." was read until body_timeout_s (in a reviewer's one-off run, 30 GB
+    in 30 s at 26 CPU-seconds).
     Its bytes as read count now: a 413 at twice server.max_body_bytes (4 MiB here)."""
     gw, sim = fleet
     before = sim.stats()["requests"]

@@ -56,8 +56,9 @@ async def test_a_content_length_of_more_digits_than_a_count_is_too_large_at_once
 
 async def test_a_body_in_too_many_pieces_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """granian hands the app a message per chunk sent: a 500 KB body in 1-byte chunks cost
-    17 CPU-seconds, more per byte the longer it was. Past BODY_MAX_PIECES pieces averaging
-    under BODY_SMALL_PIECE_BYTES: a 413. (Made small here, 100 pieces.)"""
+    17 CPU-seconds in a reviewer's one-off run, more per byte the longer it was. Past
+    BODY_MAX_PIECES pieces averaging under BODY_SMALL_PIECE_BYTES: a 413. (Made small here,
+    100 pieces.)"""
     monkeypatch.setattr(body, "BODY_MAX_PIECES", 100)
     small = BODY_SMALL_PIECE_BYTES - 1
     pieces = 0

@@ -260,7 +260,7 @@ resource "aws_autoscaling_group" "gpu" {
   desired_capacity  = var.target_requests_per_host == null ? var.desired_capacity : null
   target_group_arns = [aws_lb_target_group.gateway.arn]
   # EC2, not ELB: the ALB's /readyz says whether to send a host requests, not whether it is
-  # lost. Under ELB checks a model server's restart (a minute or two to load the model again)
+  # lost. Under ELB checks a model server's restart (minutes to load the model again)
   # replaced the whole host, and a drain of <region>-local through the fleet replaced every
   # host, in a loop (the replacements adopted the drain). The host's watchdog
   # (user_data.sh.tftpl) reports it unhealthy after 15 minutes of a /readyz that fails and is
