@@ -104,7 +104,9 @@ def child(target: str, window: float, conc: int) -> None:
                 host="127.0.0.1",
                 port=port,
                 loop="uvloop",
-                http=capped(s.max_header_bytes, d.MAX_URL_BYTES, s.head_timeout_s),
+                http=capped(
+                    s.max_header_bytes, d.MAX_URL_BYTES, s.head_timeout_s, s.max_body_bytes
+                ),
                 lifespan="off" if target == FLOOR else "on",
                 access_log=False,
                 log_config=None,

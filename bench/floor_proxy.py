@@ -164,7 +164,7 @@ def _serve_on_gateway_h1() -> None:
     port = args.port
     global _SPLICE
     _SPLICE = args.splice
-    protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S)
+    protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S, d.MAX_BODY_BYTES)
     uvicorn.run(
         asgi,
         host="127.0.0.1",

@@ -235,7 +235,7 @@ async def _run(args: argparse.Namespace, app: Any) -> float:
         app, log_config=None, lifespan="off", proxy_headers=False, server_header=False
     )
     config.load()
-    proto = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S)
+    proto = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.HEAD_TIMEOUT_S, d.MAX_BODY_BYTES)
     body = request_body(args.tokens)
     request = REQUEST % len(body) + body
     left = owed = 0

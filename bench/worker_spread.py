@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How a gateway's workers share new connections: ``--conns`` connections opened at once to a
+"""How a gateway's workers share new connections: ``--conns`` connections opened together to a
 gateway with ``server.workers = --workers``, each sending one request and kept open, on each
 engine, runs taking turns. uvicorn (the default engine, gateway.server) gives every worker a
 listening socket of its own (SO_REUSEPORT: the kernel picks one by a hash of the connection's
@@ -113,7 +113,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, Linux {platform.release()}, Python "
         f"{platform.python_version()}. Command: `bench/worker_spread.py --workers "
         f"{args.workers} --conns {args.conns} --runs {args.runs}`. Each run: a gateway with "
-        f"server.workers = {args.workers}, {args.conns} connections opened at once, one "
+        f"server.workers = {args.workers}, {args.conns} connections opened in a row, one "
         "request each, connections per worker counted from /proc. Largest / even: the busiest "
         "worker's connections over an even share (1.00: even).",
         "",

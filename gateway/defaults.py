@@ -324,7 +324,8 @@ DNS_CHECK_TIMEOUT_S = 2  # PowerDNS's default check timeout: a /readyz slower th
 DNS_READY_PATH = "/readyz"  # what a region's health check fetches: 503 while it drains
 
 # --- an upstream's refusal ------------------------------------------------------------------
-# A refusal's body (429, 502, 503) read for its message, whole with its head or not at all,
-# and the characters of that message kept in the answer's list of what was tried
+# An error answer's body (a refusal's, 429, 502, 503, and any other from 400 put in OpenAI's
+# shape: gateway.http.reshape) read for its message, whole with its head or not at all, and the
+# characters of that message kept
 REFUSAL_BODY_MAX_BYTES = 4096
 REFUSAL_MESSAGE_MAX = 200

@@ -70,21 +70,28 @@ def status_detail(status: int, body: bytes | None) -> str:
     """A refusal as the client's error lists it: "HTTP 429", and the upstream's own message
     where its body has one (OpenAI's ``error.message``, vLLM's older ``message``, FastAPI's
     ``detail``, else a plain text's first line). A quota's 429 ("insufficient_quota") said
-    only "at capacity", and the client had nothing to act on. ``body``: None where not all
-    of it came with the head (then nothing is waited for)."""
+    only "at capacity", and the client had nothing to act on. ``body``: None where it is not
+    to be read (not all of it came with the head, compressed, over REFUSAL_BODY_MAX_BYTES:
+    gateway.client.response's ``readable_body``)."""
     said = message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
     return f"HTTP {status}: {said}" if said else f"HTTP {status}"
 
 
-def message_of(body: bytes) -> str | None:
-    """An error answer's message, for a person: the first of ``status_detail``'s sources
-    found, on one line of printable characters, at most REFUSAL_MESSAGE_MAX of them; None
-    where it has none."""
+def read_error(body: bytes) -> tuple[str, Any]:
+    """An error answer's body as text (what does not decode replaced) and its JSON document,
+    or None where it is none: read once, for ``message_of`` and whoever looks at both."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        doc: Any = json.loads(text)
+        return text, json.loads(text)
     except (ValueError, RecursionError):
-        doc = None
+        return text, None
+
+
+def message_of(body: bytes, read: tuple[str, Any] | None = None) -> str | None:
+    """An error answer's message, for a person: the first of ``status_detail``'s sources
+    found, on one line of printable characters, at most REFUSAL_MESSAGE_MAX of them; None
+    where it has none. ``read``: ``read_error(body)``, where the caller has it already."""
+    text, doc = read_error(body) if read is None else read
     if isinstance(doc, dict):
         error = doc.get("error")
         found = error.get("message") if isinstance(error, dict) else error

@@ -16,7 +16,7 @@ def capped(
     max_header_bytes: int,
     url_bytes: int,
     head_timeout_s: float,
-    max_body_bytes: int = d.MAX_BODY_BYTES,
+    max_body_bytes: int,
 ) -> type[H1]:
     """The protocol class for uvicorn's ``http=``: heads over ``max_header_bytes`` +
     ``url_bytes``, or not complete within ``head_timeout_s``, are refused, and so are bodies
@@ -34,5 +34,5 @@ def capped(
 
 def for_ops() -> type[H1]:
     """The ops listener's protocol (gateway.http.ops): the public one's caps on a head, which
-    must come within OPS_HEAD_TIMEOUT_S."""
-    return capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.OPS_HEAD_TIMEOUT_S)
+    must come within OPS_HEAD_TIMEOUT_S, and its bodies' (an admin change's) as read."""
+    return capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, d.OPS_HEAD_TIMEOUT_S, d.ADMIN_MAX_BODY_BYTES)

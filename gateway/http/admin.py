@@ -39,6 +39,7 @@ from gateway.errors import (
     RequestInvalid,
     SharedStateUnavailable,
     Unauthorized,
+    past_limits,
 )
 from gateway.fleet import config_doc
 from gateway.http.body import read_body
@@ -234,11 +235,8 @@ async def json_body(request: Request, timeout_s: float) -> Any:
         raise RequestInvalid("body is not UTF-8 text; send JSON") from None
     except json.JSONDecodeError as exc:
         raise RequestInvalid(f"body is not valid JSON: {exc.msg}") from None
-    except RecursionError:
+    except (ValueError, RecursionError) as exc:  # past the parser's limits, in words
         raise RequestInvalid(
-            'body is nested too deeply; send an object such as {"weight": 2}'
-        ) from None
-    except ValueError:  # an integer of over 4300 digits (CPython's int limit): its message
-        raise RequestInvalid(  # tells a Python programmer what to call, not this client
-            'body has a number of over 4,300 digits; send one such as {"weight": 2}'
+            f"body is not JSON this server reads: {past_limits(exc)}; send an object such as "
+            '{"weight": 2}'
         ) from None

@@ -35,10 +35,9 @@ def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
                 ACCEPTED,
             )
     if len(codings) > 1:
-        # One coding: "x-gzip" (gzip's old name), "gzip, identity" or two headers were sent
-        # on as they came (as every body was then) and answered 500 by a backend that could
-        # not decode them, which counted as its failure and, five requests later, ejected
-        # it, a client's mistake.
+        # One coding: "gzip, identity" or two headers were sent on as they came (as every
+        # body was then) and answered 500 by a backend that could not decode them, which
+        # counted as its failure and, five requests later, ejected it, a client's mistake.
         raise UnsupportedEncoding(
             f"Content-Encoding {content_encoding!r}: send one coding, gzip or deflate",
             ACCEPTED,

@@ -33,7 +33,43 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayEr
     only HTTP/1.0 may leave it out). No transfer coding but chunked (6.1: "gzip, chunked" was
     dechunked and its gzip sent on as the body; 501, as nginx answers it), and none at all
     in HTTP/1.0, which has none. None: the framing is sound."""
-    hosts = [v for n, v in headers if n == b"host"]
+    hosts, codings, _ = _framing(headers)
+    return _checked(version, hosts, codings)
+
+
+def lax_framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
+    """``framing_error``, and what llhttp refuses itself but another engine's parser takes:
+    Content-Length beside Transfer-Encoding (RFC 9112 6.3: framing to close on), and more than
+    one Content-Length, or one that is not a single number. One pass over the headers."""
+    hosts, codings, lengths = _framing(headers)
+    found = _checked(version, hosts, codings)
+    if found is not None:
+        return found
+    if lengths and codings:
+        return RequestInvalid(
+            "both Content-Length and Transfer-Encoding: send the body with one of them"
+        )
+    if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
+        return RequestInvalid("Content-Length must be one number, in one header")
+    return None
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The values of Host, Transfer-Encoding and Content-Length, in one pass."""
+    hosts: list[bytes] = []
+    codings: list[bytes] = []
+    lengths: list[bytes] = []
+    for name, value in headers:
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"transfer-encoding":
+            codings.append(value)
+        elif name == b"content-length":
+            lengths.append(value)
+    return hosts, codings, lengths
+
+
+def _checked(version: str, hosts: list[bytes], codings: list[bytes]) -> GatewayError | None:
     if len(hosts) > 1 or (not hosts and version != "1.0"):
         return RequestInvalid(
             f"an HTTP/{version} request needs exactly one Host header (RFC 9112 section "
@@ -41,11 +77,11 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayEr
         )
     if hosts and not _is_host(hosts[0]):
         return RequestInvalid("the Host header is not a host name or address with an optional port")
-    for name, value in headers:
-        if name == b"transfer-encoding" and version == "1.0":
-            # RFC 9112 6.1: framing to treat as faulty, Content-Length or not, as nginx does.
-            return RequestInvalid("Transfer-Encoding in an HTTP/1.0 request: send Content-Length")
-        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+    if codings and version == "1.0":
+        # RFC 9112 6.1: framing to treat as faulty, Content-Length or not, as nginx does.
+        return RequestInvalid("Transfer-Encoding in an HTTP/1.0 request: send Content-Length")
+    for value in codings:
+        if value.strip().lower() != b"chunked":
             shown = value.decode("latin-1")[:64]
             return TransferCodingUnsupported(
                 f"Transfer-Encoding {shown!r}: this gateway takes chunked alone; send the body "
@@ -58,21 +94,3 @@ def _is_host(value: bytes) -> bool:
     m = _HOST_VALUE.fullmatch(value)
     port = m.group(1) if m else None
     return m is not None and (not port or (len(port) <= 5 and int(port) <= _PORT_MAX))
-
-
-def lax_framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayError | None:
-    """``framing_error``, and what llhttp refuses itself but another engine's parser takes:
-    Content-Length beside Transfer-Encoding (RFC 9112 6.3: framing to close on), and more than
-    one Content-Length, or one that is not a single number."""
-    found = framing_error(version, headers)
-    if found is not None:
-        return found
-    lengths = [v for n, v in headers if n == b"content-length"]
-    chunked = any(n == b"transfer-encoding" for n, _ in headers)
-    if lengths and chunked:
-        return RequestInvalid(
-            "both Content-Length and Transfer-Encoding: send the body with one of them"
-        )
-    if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
-        return RequestInvalid("Content-Length must be one number, in one header")
-    return None

@@ -128,8 +128,8 @@ def check_routed(rt: Runtime, routed: Routed, model: str) -> None:
             # None in the rule's regions serves it, drained or not: a retry is refused alike
             # until the config changes, and a 503's Retry-After had the SDKs wait 10 s for it.
             # Unless one there is found by DNS and resolves to nothing for now: a 503.
-            rules = rt.store.policy.residency
-            regions = next((r.regions for r in rules if r.name == decision.residency), ())
+            policy, index = rt.store.policy, rt.store.policy.rule_index(loc)  # as rank found it
+            regions = policy.residency[index].regions if index is not None else frozenset()
             empty = _unresolved(rt, model, regions)
             if empty:
                 raise _no_addresses(model, empty)

@@ -12,10 +12,9 @@ one that did not come whole with its head or is compressed: nothing is waited fo
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from gateway.client import Response
-from gateway.client.failures import message_of
+from gateway.client.failures import message_of, read_error
 from gateway.http.paths import OPENAI_PATHS
 
 _REPLACED = frozenset({b"content-type", b"content-length", b"content-encoding"})
@@ -28,14 +27,17 @@ def openai_shaped(resp: Response, path: str) -> list[tuple[bytes, bytes]]:
     ``path``s (the rerank and score APIs, and extra_api_paths, have errors of their own)."""
     if resp.status < 400 or path not in OPENAI_PATHS:
         return resp.raw_headers
-    body = resp.readable_body()
-    if body is None or (resp.header(b"content-type") or "").startswith("text/event-stream"):
+    if (resp.header(b"content-type") or "").startswith("text/event-stream"):
         return resp.raw_headers  # an error sent as an event stream: its client reads events
-    doc = _json(body)
+    body = resp.readable_body()
+    if body is None:
+        return resp.raw_headers
+    read = read_error(body)
+    doc = read[1]
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return resp.raw_headers  # OpenAI's shape already
-    said = message_of(body) or f"the upstream answered HTTP {resp.status} with no message"
+    said = message_of(body, read) or f"the upstream answered HTTP {resp.status} with no message"
     code = doc.get("code") if isinstance(doc, dict) else None
     shaped = {
         "error": {
@@ -50,10 +52,3 @@ def openai_shaped(resp: Response, path: str) -> list[tuple[bytes, bytes]]:
     headers += [_JSON, (b"content-length", b"%d" % len(new))]
     resp.replace_whole(headers, new)
     return headers
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None

@@ -25,6 +25,7 @@ from tests.support import (
     RedisServer,
     Sim,
     UpstreamSpec,
+    children,
     eventually,
     gateway_toml,
     get_json,
@@ -317,10 +318,6 @@ def test_a_gateway_with_two_workers_is_one_observer(tmp_path: Path) -> None:
         server.stop()
 
 
-def workers_of(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def test_a_gateway_told_to_stop_as_it_starts_stops(tmp_path: Path) -> None:
     """A worker never exited: SIGTERM 50 ms after the gateway answered, its drain done, its
     Redis sync lost the cancel (3.11's asyncio.wait_for, python/cpython#86296) and went on,
@@ -338,7 +335,7 @@ def test_a_gateway_told_to_stop_as_it_starts_stops(tmp_path: Path) -> None:
                 ),
                 name=f"gw{i}",
             )
-            workers = workers_of(gw.proc.pid)
+            workers = children(gw.proc.pid)
             time.sleep(0.05)
             gw.proc.send_signal(signal.SIGTERM)
             try:

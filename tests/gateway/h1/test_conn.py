@@ -25,7 +25,8 @@ import uvloop
 from uvicorn.server import ServerState
 
 from gateway import defaults as d
-from gateway.h1 import capped
+from gateway.errors import BodyTooLarge
+from gateway.h1 import capped, for_ops
 from tests.support import (
     Gateway,
     Sim,
@@ -586,13 +587,14 @@ def _on_protocol(
     keepalive_s: float,
     head_timeout_s: float = 5.0,
     app: Callable[..., Awaitable[None]] = _slow_app,
+    max_body_bytes: int = d.MAX_BODY_BYTES,
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         config = uvicorn.Config(app, timeout_keep_alive=keepalive_s, log_config=None)  # type: ignore[arg-type]
         config.load()
         state = ServerState()
-        protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, head_timeout_s)
+        protocol = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, head_timeout_s, max_body_bytes)
         server = await loop.create_server(lambda: protocol(config, state, {}, loop), "127.0.0.1", 0)
         try:
             await case(server.sockets[0].getsockname()[1], state)
@@ -772,3 +774,52 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector() -> None:
             gc.enable()
 
     _on_protocol(case, keepalive_s=5)
+
+
+async def _counting_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers 200 and its body's size, or 413 where the protocol refused the body."""
+    if scope["type"] != "http":
+        return
+    size, status = 0, 200
+    try:
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+    except BodyTooLarge:
+        status = 413
+    body = b"%d" % size
+    length = (b"content-length", b"%d" % len(body))
+    await send({"type": "http.response.start", "status": status, "headers": [length]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_bodys_framing_counts_per_request_not_per_connection() -> None:
+    """raw_body_limit (2 x 1 KiB + a head's 32 KiB here) holds one request's bytes as read:
+    an endless chunk extension is refused, and keep-alive requests whose framing adds up past
+    it across the connection are each served (the count starts again at each request)."""
+    limit = capped(d.MAX_HEADER_BYTES, d.MAX_URL_BYTES, 5.0, 1024).raw_body_limit
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    small = head + b"1;" + b"e" * 3000 + b"\r\nx\r\n0\r\n\r\n"  # 3 KB of framing, 1 byte
+
+    async def case(port: int, state: ServerState) -> None:
+        got, _ = await _exchange(port, head + b"1;a=" + b"b" * (limit + 1) + b"\r\n")
+        assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(small * 20 + head + b"0\r\n\r\n")
+        answers = b""
+        while answers.count(b"HTTP/1.1 200 ") < 21:
+            answers += await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        assert answers.count(b"HTTP/1.1 200 ") == 21 and b"413" not in answers
+        assert len(small) * 20 > limit  # more than one request's bound on one connection
+
+    _on_protocol(case, keepalive_s=5, app=_counting_app, max_body_bytes=1024)
+
+
+def test_the_ops_listener_bounds_a_body_as_read_by_its_own_limit() -> None:
+    # The admin API's 64 KiB, not the public API's 4 MiB, which for_ops() took by default
+    assert for_ops().raw_body_limit == (
+        d.CHUNKED_OVERHEAD_MAX * d.ADMIN_MAX_BODY_BYTES + d.MAX_HEADER_BYTES
+    )

@@ -64,6 +64,8 @@ def test_what_llhttp_lets_through_is_refused() -> None:
         [(b"content-length", b"5"), (b"content-length", b"5")],
         [(b"content-length", b"5, 5")],
         [(b"content-length", b"-1")],
+        [(b"content-length", b"+5")],
+        [(b"content-length", b"")],
     ],
 )
 def test_what_other_parsers_let_through_is_refused_too(extra: list[tuple[bytes, bytes]]) -> None:

@@ -71,7 +71,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("reshape")
     with serve_http(_Scripted) as url:
         ups = [UpstreamSpec("up", "eu-central", url, list(ANSWERS))]
-        gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups))
+        extra = '[server]\nextra_api_paths = ["/v1/custom"]'  # an operator's own API path
+        gateway = start_gateway(
+            tmp, lambda port: gateway_toml(port, ups).replace("[server]", extra, 1)
+        )
         try:
             yield gateway
         finally:
@@ -114,7 +117,7 @@ def test_an_error_not_in_openais_shape_is_put_in_it(
         ("sse500", "text/event-stream"),  # an event stream: its client reads events
     ],
 )
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/rerank"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/rerank", "/v1/custom"])
 def test_other_answers_go_on_as_they_came(gw: Gateway, model: str, ctype: str, path: str) -> None:
     status, _, body = ANSWERS[model]
     assert model != "big500" or len(body) > REFUSAL_BODY_MAX_BYTES
@@ -123,8 +126,9 @@ def test_other_answers_go_on_as_they_came(gw: Gateway, model: str, ctype: str, p
     assert r.content == (gzip.decompress(body) if model == "gzip500" else body)  # httpx decodes
 
 
-def test_the_rerank_and_score_apis_keep_their_own_errors(gw: Gateway) -> None:
-    # TEI's rerank errors carry an error_type of their own: not put in OpenAI's shape there
-    for path in ("/v1/rerank", "/v1/score"):
+def test_the_rerank_score_and_extra_apis_keep_their_own_errors(gw: Gateway) -> None:
+    # TEI's rerank errors carry an error_type of their own, and an extra_api_paths API is
+    # the operator's: not put in OpenAI's shape there
+    for path in ("/v1/rerank", "/v1/score", "/v1/custom"):
         r = httpx.post(f"{gw.url}{path}", json={"model": "ollama404"}, timeout=10)
         assert (r.status_code, r.content) == (404, ANSWERS["ollama404"][2]), r.text

@@ -148,6 +148,9 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
         ({"upstream": "eu-1", "weight": "1_0"}, "weight must be a number"),
         ({"upstream": "eu-1", "bias_ms": " 2"}, "bias_ms must be a number"),
         ({"upstream": "eu-1", "weight": "nan"}, "weight must be a number"),
+        ({"upstream": "eu-1", "weight": "1."}, "weight must be a number"),
+        ({"upstream": "eu-1", "bias_ms": "-"}, "bias_ms must be a number"),
+        ({"upstream": "eu-1", "weight": ".5e"}, "weight must be a number"),
         ({"upstream": "eu-1", "drained": "yes"}, "drained must be true or false"),
         ({"upstream": "eu-1", "weight": "1e9"}, "weight must be between"),
     ]:

@@ -333,11 +333,12 @@ resource "aws_autoscaling_group" "gpu" {
 # Requests are a rough proxy for GPU load: one is a 20-token answer, another a 4,000-token
 # stream that holds a batch slot for a minute, so the same count may idle or saturate a GPU;
 # set the target from a load test of your own traffic (requests a minute at which TTFT still
-# meets its objective). A better signal is the model server's own: its queue
-# (vllm:num_requests_waiting) or GPU utilisation (geogate_backend_gpu_utilization_perc),
+# meets its objective). A better signal is the model server's own queue
+# (vllm:num_requests_waiting; not NVML's GPU utilization, high with one steady stream),
 # published to CloudWatch (the CloudWatch agent's Prometheus scraping) and tracked with a
-# customized metric specification. The warm-up is the group's health check grace: a new host
-# pulls the images and loads the model before it takes requests.
+# customized metric specification. The warm-up is the group's health check grace: with the
+# launch hook a host is in service once ready and could count sooner, but a group made before
+# the hook, until it is put by hand (README), counts its hosts before their model is loaded.
 resource "aws_autoscaling_policy" "requests_per_host" {
   count                     = var.target_requests_per_host == null ? 0 : 1
   name                      = "${local.name}-requests-per-host"
