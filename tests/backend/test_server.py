@@ -291,29 +291,45 @@ def test_clients_that_leave_before_the_head_log_no_error(backend: Backend) -> No
 def test_full_queue_gives_429_with_retry_after(model_dir: Path, tmp_path: Path) -> None:
     b = start_backend(model_dir, tmp_path, "--max-batch", "1", "--max-waiting", "1")
     try:
-        # ignore_eos: a random model may emit EOS early, and "long" must really be long.
+        # Each step waits for the state it needs rather than racing the model: a loaded CI
+        # machine timed out the older version, six long requests sent at once.
+        # ignore_eos: a random model may emit EOS early, and the first must stay running.
         long = {
             "model": MODEL,
             "messages": MESSAGES,
             "max_tokens": 400,
             "temperature": 0,
             "ignore_eos": True,
+            "stream": True,
         }
-        # Six at once against one running slot and one waiting slot: whatever the timing,
-        # most find both taken while the first is still generating.
-        with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            results = list(
-                pool.map(
-                    lambda _: httpx.post(f"{b.url}/v1/chat/completions", json=long, timeout=60),
-                    range(6),
-                )
+        short = {"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "temperature": 0}
+        with (
+            httpx.stream("POST", f"{b.url}/v1/chat/completions", json=long, timeout=60) as first,
+            concurrent.futures.ThreadPoolExecutor(1) as pool,
+        ):
+            assert first.status_code == 200
+            # Keep the iterator: one dropped closes the response, and the server ends the
+            # generation it was for.
+            chunks = first.iter_raw()
+            next(chunks)
+            eventually(
+                lambda: metric(b, "vllm:num_requests_running") == 1,
+                what="the first request to run",
             )
-        codes = sorted(r.status_code for r in results)
-        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
-        assert set(codes) == {200, 429}  # admitted requests finish; the rest are refused
-        refused = next(r for r in results if r.status_code == 429)
-        assert refused.headers["retry-after"] == "1"
-        assert refused.json()["error"]["code"] == "queue_full"
+            queued = pool.submit(httpx.post, f"{b.url}/v1/chat/completions", json=short, timeout=60)
+            eventually(
+                lambda: metric(b, "vllm:num_requests_waiting") == 1,
+                what="the second request to wait",
+            )
+            refused = httpx.post(f"{b.url}/v1/chat/completions", json=short, timeout=10)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "queue_full"
+            assert not queued.done()  # still waiting behind the first
+            first.close()  # the client leaves: its generation ends and frees the slot
+            served = queued.result(timeout=60)
+        assert served.status_code == 200, served.text  # the admitted one is not lost
+        assert served.json()["usage"]["completion_tokens"] <= 3
     finally:
         stop(b.proc)
 
