@@ -83,7 +83,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.overhead_cells import LOAD_CPU, PROXY_CPU, WARMUP_S, Row, h2load, paced, pinned  # noqa: E402
+from bench.overhead_cells import (  # noqa: E402
+    LOAD_CPU,
+    PROXY_CPU,
+    WARMUP_S,
+    Row,
+    h2load,
+    missing_tool,
+    paced,
+    pinned,
+)
 from bench.overhead_cells import pct as pct  # noqa: E402  (re-exported: bench/streams.py)
 from bench.overhead_report import write  # noqa: E402
 from bench.peers import (  # noqa: E402
@@ -436,10 +445,8 @@ def progress(r: Row) -> str:
 def main() -> None:
     args = parse_args()
     for tool in ("h2load", "nginx"):
-        if not shutil.which(tool):
-            sys.exit(
-                f"bench: {tool} not found; run it through scripts/dev bench, which installs it"
-            )
+        if problem := missing_tool(tool):
+            sys.exit(problem)
     # This process is the streaming cells' client: it belongs on the load CPU, off the proxies'.
     if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset"):
         os.sched_setaffinity(0, {int(LOAD_CPU)})

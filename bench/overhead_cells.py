@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -48,7 +49,18 @@ def pinned(cpu: str, args: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *args] if shutil.which("taskset") and os.cpu_count() else args
 
 
+def missing_tool(tool: str) -> str | None:
+    """The one line a benchmark exits with when ``tool`` is not on PATH, else None."""
+    if shutil.which(tool):
+        return None
+    return f"bench: {tool} not found; run it through scripts/dev bench, which installs it"
+
+
 def _h2load_once(url: str, body: Path, shape: list[str], n: int, log: Path) -> str:
+    # Checked here, for every script that measures with it: through taskset a missing h2load
+    # is not an exception but an exit status, and the cell read as every request failed.
+    if problem := missing_tool("h2load"):
+        sys.exit(problem)
     log.unlink(missing_ok=True)
     # Count-based runs: h2load 1.52's duration mode (-D) stalls at 0 requests on some h2c
     # servers (nginx, hypercorn), so a short calibration run sizes the measured one instead.

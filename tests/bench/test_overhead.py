@@ -6,6 +6,9 @@ from __future__ import annotations
 from ipaddress import ip_address
 from pathlib import Path
 
+import pytest
+
+from bench import overhead_cells
 from bench.overhead import TARGETS, gateway_conf, nginx_conf
 from bench.peers import FLOORS, PEERS
 from gateway.config import GeoIPSection, ServerSection
@@ -65,3 +68,18 @@ def test_every_peer_is_a_described_target() -> None:
     assert set(PEERS) <= set(TARGETS)
     assert set(FLOORS) <= set(PEERS)
     assert all(TARGETS[p] for p in PEERS)
+
+
+def test_a_missing_h2load_stops_the_cell_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through taskset a missing h2load was an exit status, not an exception: a profile read
+    every request as failed and went on to summarise a run that never happened."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    body = tmp_path / "body.json"
+    body.write_text("{}")
+    with pytest.raises(SystemExit) as stop:
+        overhead_cells.h2load("http://127.0.0.1:9/", body, "h1", 1, 1.0, tmp_path / "log", [])
+    assert stop.value.code == (
+        "bench: h2load not found; run it through scripts/dev bench, which installs it"
+    )
