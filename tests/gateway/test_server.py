@@ -162,7 +162,8 @@ def test_server_keepalive_s_sets_how_long_an_idle_connection_is_kept(tmp_path: P
             t0 = time.monotonic()
             got = read_to_eof(s)  # the answer, then the close after a second idle
             took = time.monotonic() - t0
-        assert got.startswith(b"HTTP/1.1 200") and 0.8 < took < 3.5, (got[:40], took)
+        # 75 s by default: 20 says the setting was taken, with room for a loaded machine.
+        assert got.startswith(b"HTTP/1.1 200") and 0.8 < took < 20, (got[:40], took)
     finally:
         gw.stop()
         sim.proc.kill()
@@ -233,7 +234,8 @@ def _readyz(conn: http.client.HTTPConnection) -> tuple[int, str]:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine: str) -> None:
-    # 15 tokens at 5/s: a 3 s stream, in flight when SIGTERM arrives.
+    # 40 tokens at 5/s: an 8 s stream, in flight when SIGTERM arrives and through the checks
+    # below on a loaded machine (15 left them about a second of a 3 s stream).
     gw, sim = start_fleet(tmp_path, "--tokens-per-s", "5", server_extra=f'engine = "{engine}"')
     kept = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)  # a balancer's check
     try:
@@ -241,21 +243,21 @@ def test_sigterm_drains_streams_while_readyz_answers_503(tmp_path: Path, engine:
         assert kept.sock is not None
         local = kept.sock.getsockname()
         lines: list[str] = []
-        t = _stream_in_thread(gw.url, lines, tokens=15)
+        t = _stream_in_thread(gw.url, lines, tokens=40)
         eventually(lambda: bool(lines), what="the stream to start")
         gw.proc.send_signal(signal.SIGTERM)
         # From the moment SIGTERM arrives, on the kept-alive connection and on new ones: the
         # balancer sees a draining target, not a dead one (before: connection refused).
-        eventually(lambda: _readyz(kept)[0] == 503, timeout=2, what="503 on the kept connection")
+        eventually(lambda: _readyz(kept)[0] == 503, timeout=5, what="503 on the kept connection")
         assert kept.sock is not None and kept.sock.getsockname() == local  # the same connection
         r = httpx.get(f"{gw.url}/readyz")  # a new connection
         assert (r.status_code, r.text) == (503, "draining")
         # The API still answers while the balancer catches up, as nginx and Envoy do.
         assert httpx.post(f"{gw.url}/v1/chat/completions", json=BODY).status_code == 200
         assert lines[-1:] != ["data: [DONE]"], "the stream ended before the checks: too slow"
-        t.join(15)
+        t.join(30)
         assert "data: [DONE]" in lines, lines[-3:]  # the stream in flight finished
-        assert gw.proc.wait(10) == 0
+        assert gw.proc.wait(20) == 0
         assert "drained: no request in flight" in gw.log_text()
     finally:
         kept.close()
@@ -278,9 +280,9 @@ def test_sighup_drains_and_stops_as_sigterm_does(tmp_path: Path) -> None:
         t = _stream_in_thread(gw.url, lines, tokens=10)
         eventually(lambda: bool(lines), what="the stream to start")
         gw.proc.send_signal(signal.SIGHUP)
-        t.join(15)
+        t.join(30)
         assert "data: [DONE]" in lines, lines[-3:]  # the stream in flight finished
-        assert gw.proc.wait(10) == 0
+        assert gw.proc.wait(20) == 0
         log = gw.log_text()
         assert "SIGHUP: geogate has no reload; draining and stopping as on SIGTERM" in log
         assert "drained: no request in flight" in log
@@ -320,13 +322,15 @@ def test_drain_timeout_cuts_streams_that_run_too_long(tmp_path: Path, engine: st
     )
     try:
         lines: list[str] = []
-        t = _stream_in_thread(gw.url, lines)  # 10 tokens at 2/s: 5 s, over the 1 s drain
+        t = _stream_in_thread(
+            gw.url, lines, tokens=40
+        )  # 40 tokens at 2/s: 20 s, over the 1 s drain
         eventually(lambda: bool(lines), what="the stream to start")
         t0 = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
-        gw.proc.wait(10)
-        t.join(10)
-        assert time.monotonic() - t0 < 4
+        gw.proc.wait(15)
+        t.join(15)
+        assert time.monotonic() - t0 < 12  # the 1 s drain's cut, not the stream's 20 s end
         assert "data: [DONE]" not in lines
         # It ends with an event that says why (the SDKs raise it), not with a reset, which
         # the SDKs read as a connection error.
@@ -475,14 +479,16 @@ def test_uvicorn_workers_draining_leave_no_socket_that_nobody_serves(tmp_path: P
     try:
         eventually(lambda: len(children(gw.proc.pid)) == 2, what="two workers")
         lines: list[str] = []
-        t = _stream_in_thread(gw.url, lines, tokens=20)  # 10 s: held through the checks
+        t = _stream_in_thread(gw.url, lines, tokens=40)  # 20 s: held through the checks
         eventually(lambda: bool(lines), what="the stream to start")
         gw.proc.send_signal(signal.SIGTERM)
         eventually(lambda: len(children(gw.proc.pid)) == 1, what="the idle worker to exit")
         answers = []
         for _ in range(12):  # each lands on either socket, by the kernel's hash of its port
             try:
-                r = httpx.get(f"{gw.url}/readyz", timeout=1)
+                # A connection queued for nobody hangs for good; a loaded machine's answer
+                # can take a second.
+                r = httpx.get(f"{gw.url}/readyz", timeout=5)
                 answers.append((r.status_code, r.text))
             except httpx.ConnectError:
                 answers.append((0, "refused"))
@@ -490,7 +496,7 @@ def test_uvicorn_workers_draining_leave_no_socket_that_nobody_serves(tmp_path: P
                 answers.append((-1, "hung"))
         assert set(answers) <= {(503, "draining"), (0, "refused")}, answers
         assert lines[-1:] != ["data: [DONE]"], "the stream ended before the checks: too slow"
-        t.join(15)
+        t.join(30)
         assert "data: [DONE]" in lines, lines[-3:]
         assert gw.proc.wait(10) == 0
     finally:
@@ -551,7 +557,7 @@ def test_a_worker_that_dies_later_is_replaced_and_one_that_hangs_is_killed(
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert 0.9 <= time.monotonic() - t0 < 5  # worker 1 ignored SIGTERM: killed after 1 s
+        assert 0.9 <= time.monotonic() - t0 < 9  # worker 1 ignored SIGTERM: killed after 1 s
         assert proc.stderr is not None
         err = proc.stderr.read()
         assert "exited (status 3): starting another" in err

@@ -11,7 +11,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from gateway.cli.procs import spawn
+from gateway.cli.procs import free_port, spawn
 from tests.gateway.dns.configs import ADDRESSES
 
 CHECK_INTERVAL_S = 1  # the export's --check-interval and pdns's lua-health-checks-interval
@@ -64,17 +64,17 @@ class Health:
 
 
 def free_udp_and_tcp_port() -> int:
-    """A loopback port free for both UDP and TCP: DNS listens on both."""
+    """A loopback port free for both UDP and TCP: DNS listens on both. Taken from free_port,
+    below the ephemeral range, where no outgoing connection of another test takes it for its
+    own end before pdns_server binds it."""
     for _ in range(50):
+        port = free_port()  # free for TCP
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     raise RuntimeError("no port free for both UDP and TCP")
 
 

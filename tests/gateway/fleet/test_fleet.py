@@ -101,10 +101,11 @@ def test_a_change_on_one_gateway_is_obeyed_by_all(fleet: Any) -> None:
         def changed(gw: Gateway = gw) -> bool:
             return bool(table(gw)["version"] == version)
 
+        # Pushed: under a second as a rule; 5 s leaves room for a loaded machine's Redis call.
         eventually(
             changed,
-            timeout=1.0,
-            what="the change to reach every gateway within a second",
+            timeout=5.0,
+            what="the change to reach every gateway",
         )
         assert served_by(gw.url, 20) == Counter({"b1": 20})
     r = admin(gws[1], "PATCH", "/admin/upstreams/b0", json={"drained": False, "weight": 3})
@@ -115,7 +116,7 @@ def test_a_change_on_one_gateway_is_obeyed_by_all(fleet: Any) -> None:
 
         eventually(
             weighted,
-            timeout=1.0,
+            timeout=5.0,
             what="the weight change everywhere",
         )
     share = served_by(gws[2].url, 400)
@@ -272,7 +273,7 @@ def test_redis_stops_and_returns_without_failed_requests(fleet: Any) -> None:
 
         eventually(
             weighted,
-            timeout=2,
+            timeout=10,
             what="the post-outage change everywhere",
         )
     # Polled: on a loaded machine one refresh can time out (redis.connect_timeout_s) and go

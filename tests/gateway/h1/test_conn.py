@@ -125,9 +125,9 @@ def test_a_head_not_complete_in_head_timeout_s_gets_408(
     with socket.create_connection(("127.0.0.1", quick.port), timeout=5) as s:
         s.sendall(sent)
         t0 = time.monotonic()
-        # A trickle, a byte every 0.25 s for up to 3 s: a clock that a byte reset would never
+        # A trickle, a byte every 0.25 s for up to 6 s: a clock that a byte reset would never
         # run out while it lasts, so the 408 has to come while it still trickles.
-        for _ in range(12):
+        for _ in range(24):
             time.sleep(0.25)
             try:
                 s.sendall(trickle)
@@ -138,7 +138,9 @@ def test_a_head_not_complete_in_head_timeout_s_gets_408(
     status, err = _json_error(answer)
     assert status == 408 and err["code"] == "request_timeout", answer[:200]
     assert "server.head_timeout_s" in str(err["message"])
-    assert 0.5 < took < 2.5  # head_timeout_s = 1 from the first byte, not from the last
+    # head_timeout_s = 1 from the first byte, not from the last (which would be 7 s); the
+    # rest of the bound is room for a loaded machine.
+    assert 0.5 < took < 5
 
 
 def test_a_kept_alive_connection_idle_between_requests_is_not_a_slow_head(quick: Gateway) -> None:
@@ -448,7 +450,9 @@ def test_idle_connections_make_room_past_the_connection_limit(two_connections: G
     assert kept.getresponse().status == 200  # kept alive: idle, the oldest
     silent = [socket.create_connection(("127.0.0.1", gw.port), timeout=5) for _ in range(10)]
     try:
-        time.sleep(d.RECLAIM_MIN_IDLE_S + 0.2)  # closed for room once idle that long
+        # Closed for room once idle that long; the second over it is for a loaded machine,
+        # which accepts the sockets (and starts their clocks) late.
+        time.sleep(d.RECLAIM_MIN_IDLE_S + 1.0)
         assert httpx.get(f"{gw.url}/healthz").status_code == 200  # a new client, served
         assert kept.sock is not None
         for s in [kept.sock, *silent[:8]]:  # closed for the ones after them: their end

@@ -7,7 +7,6 @@ import asyncio
 import concurrent.futures
 import http.server
 import threading
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -148,7 +147,8 @@ def test_the_metrics_name_the_region_that_served_and_a_5xx_is_no_ok_attempt(
 
 
 class _SlowRefusal(http.server.BaseHTTPRequestHandler):
-    """Healthy to probes; a request waits REFUSE_AFTER_S and then gets a 503 (failed over)."""
+    """Healthy to probes; a request is held until the test releases it, then gets a 503
+    (failed over)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -156,11 +156,12 @@ class _SlowRefusal(http.server.BaseHTTPRequestHandler):
         self._answer(200)
 
     arrived = threading.Event()  # a request is held here (routed, its order made)
+    release = threading.Event()  # set by the test once it has drained another upstream
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         self.arrived.set()
-        time.sleep(REFUSE_AFTER_S)
+        self.release.wait(RELEASE_WAIT_S)
         self._answer(503)
 
     def _answer(self, status: int) -> None:
@@ -172,7 +173,7 @@ class _SlowRefusal(http.server.BaseHTTPRequestHandler):
         return None
 
 
-REFUSE_AFTER_S = 1.0
+RELEASE_WAIT_S = 30.0  # a test that never releases still ends
 ADMIN = "failover-test-operator-token"
 
 
@@ -184,7 +185,9 @@ def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
     # one skipped uses none of retry.max_attempts (2 here): the next one serves.
     far = start_sim(tmp_path, "far", "us-east", ["m"])
     other = start_sim(tmp_path, "other", "ap-southeast", ["m"])
-    _SlowRefusal.arrived.clear()  # a class's Event: a run before this one may have set it
+    # The class's Events: a run before this one may have set them.
+    _SlowRefusal.arrived.clear()
+    _SlowRefusal.release.clear()
     with serve_http(_SlowRefusal) as near:
         ups = [
             UpstreamSpec("near", "eu-central", near, ["m"]),
@@ -206,6 +209,7 @@ def test_a_failover_skips_an_upstream_drained_since_the_request_was_routed(
                     headers={"Authorization": f"Bearer {ADMIN}"},
                 )
                 assert r.status_code == 200, r.text
+                _SlowRefusal.release.set()  # the refusal comes after the drain, however slow
                 answer = sent.result()
             assert answer.status_code == 200, answer.text
             route = answer.headers["geogate-route"]

@@ -116,7 +116,9 @@ def test_streaming_with_openai_client(fleet: tuple[Gateway, dict[str, Sim]]) -> 
 
 
 def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> None:
-    """The upstream emits an event every 200 ms; each must reach us within 50 ms."""
+    """The upstream emits an event every 200 ms; each must reach us before the next is sent:
+    an event held back until more bytes come (a buffering proxy) lags by 200 ms or more.
+    150 ms, not tighter: this test is not serial, and shares a loaded machine."""
     gw, _ = fleet
     lags = []
     with httpx.stream(
@@ -130,7 +132,7 @@ def test_sse_events_arrive_as_emitted(fleet: tuple[Gateway, dict[str, Sim]]) -> 
             if line.startswith(": t="):
                 lags.append(time.time() - float(line[4:]))
     assert len(lags) == 8  # role chunk, 6 tokens, finish chunk
-    assert max(lags) < 0.050, f"event lags (s): {lags}"
+    assert max(lags) < 0.150, f"event lags (s): {lags}"
 
 
 def test_client_disconnect_cancels_upstream(fleet: tuple[Gateway, dict[str, Sim]]) -> None:

@@ -332,19 +332,21 @@ def test_failed_completions_eject_for_the_whole_time_despite_good_health(
     pair: tuple[Path, Sim, Sim, list[UpstreamSpec]],
 ) -> None:
     tmp, _, _, ups = pair
-    outlier = "[outlier]\nconsecutive_failures = 3\nbase_ejection_s = 3\n"
+    outlier = "[outlier]\nconsecutive_failures = 3\nbase_ejection_s = 5\n"
     gw = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=outlier))
     try:
         with httpx.Client(timeout=10) as c:
             at = _eject(c, gw)
             assert _gauge_text(gw, "bad") == "0.0"
-            n = _stays_out(c, gw, at + 2.5)  # ~12 good /health probes of "bad" meanwhile
+            # ~17 good /health probes of "bad" meanwhile; the last 1.5 s of the ejection are
+            # left out: room for a request a loaded machine answers slowly.
+            n = _stays_out(c, gw, at + 3.5)
             eventually(
                 lambda: (
                     "upstream bad (eu-central) back in rotation: ejection time over"
                     in gw.log_text()
                 ),
-                timeout=5,
+                timeout=10,
                 what="the ejection to run out",
             )
             out_s = time.monotonic() - at
@@ -352,13 +354,13 @@ def test_failed_completions_eject_for_the_whole_time_despite_good_health(
             _eject(c, gw)  # still failing: out again, for twice as long
         # The third failure is recorded once its answer has gone out: the line may come
         # just after the client has read it.
-        again = "upstream bad (eu-central) ejected for 6 s after 3 consecutive failed"
+        again = "upstream bad (eu-central) ejected for 10 s after 3 consecutive failed"
         eventually(lambda: again in gw.log_text(), timeout=5, what="the second ejection")
         log = gw.log_text()
         print(f"stayed out {out_s:.1f} s ({n} requests to good); log lines:")
         print("\n".join(line for line in log.splitlines() if "upstream bad" in line))
-        assert "upstream bad (eu-central) ejected for 3 s after 3 consecutive failed" in log
-        assert "upstream bad (eu-central) ejected for 6 s after 3 consecutive failed" in log
+        assert "upstream bad (eu-central) ejected for 5 s after 3 consecutive failed" in log
+        assert again in log
     finally:
         gw.stop()
 
