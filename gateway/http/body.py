@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from gateway.defaults import BODY_MAX_PIECES, BODY_SMALL_PIECE_BYTES
-from gateway.errors import BodyTimeout, BodyTooLarge
+from gateway.errors import BodyTimeout, BodyTooLarge, RequestInvalid
 from gateway.http.asgi import (
     BODY,
     CONTENT_LENGTH,
@@ -20,6 +20,11 @@ from gateway.http.asgi import (
     header,
 )
 from gateway.http.upstream import ClientGone
+
+BODY_UNREADABLE = (
+    "request body could not be read: its chunked framing is malformed, or the connection "
+    "closed before its end"
+)
 
 
 def too_large(size: int | None, limit: int) -> BodyTooLarge:
@@ -38,13 +43,17 @@ async def read_body(
     too_large: Callable[[int | None, int], BodyTooLarge] = too_large,
     heads: Heads | None = None,
     timeout_from: str = "server.body_timeout_s",
+    gone_unreadable: bool = False,
 ) -> bytes:
     """The whole body, up to ``limit`` bytes, within ``timeout_s``: the deadline is for the
     body as a whole, so a client sending a byte a second cannot hold a request forever.
     ``too_large(declared size or None, limit)`` is the error for a body over ``limit``: it
     names what sets the limit, which is not ``server.max_body_bytes`` for every caller;
     ``timeout_from`` names what set ``timeout_s``, for the same reason.
-    ``heads``: the request's headers already read (``read_heads``), else looked up here."""
+    ``heads``: the request's headers already read (``read_heads``), else looked up here.
+    ``gone_unreadable``: the server's "http.disconnect" before the body's end may be a body it
+    could not read (granian's, for malformed chunked framing, after which it answers a plain
+    500 of its own): a 400 is answered, which a client that did leave never reads."""
     declared = (
         heads.get(CONTENT_LENGTH, NO_VALUE)[0]
         if heads is not None
@@ -70,6 +79,8 @@ async def read_body(
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    if gone_unreadable:
+                        raise RequestInvalid(BODY_UNREADABLE)
                     raise ClientGone
                 chunk = message.get("body", b"")
                 size += len(chunk)

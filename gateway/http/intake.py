@@ -252,7 +252,14 @@ class Proxy:
         # Checked on the path as sent: it is what the upstream gets (see upstream.py).
         check_api_request(scope["method"], raw_path.decode("latin-1"), server.extra_api_paths)
         limit = server.max_body_bytes
-        ex.body = await read_body(scope, receive, limit, server.body_timeout_s, heads=heads)
+        ex.body = await read_body(
+            scope,
+            receive,
+            limit,
+            server.body_timeout_s,
+            heads=heads,
+            gone_unreadable=server.engine == "granian",
+        )
         encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
         data = decoded(ex.body, encoding, limit)
         if data is not ex.body:  # sent on decoded: vLLM and Ollama decode none

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from gateway.defaults import BODY_SMALL_PIECE_BYTES
-from gateway.errors import BodyTooLarge
+from gateway.errors import BodyTooLarge, RequestInvalid
 from gateway.http import body
 from gateway.http.asgi import BODY
 from gateway.http.body import read_body
+from gateway.http.upstream import ClientGone
 
 
 async def test_a_body_the_server_already_holds_is_taken_without_receive() -> None:
@@ -82,3 +83,18 @@ async def test_a_body_in_too_many_pieces_is_refused(monkeypatch: pytest.MonkeyPa
     pieces = 0  # gateway.h1 hands on a piece per read, cheaply: no limit
     scope = {"headers": [], "extensions": {BODY: lambda: None}}
     assert len(await read_body(scope, pieces_of(1, 300), 10**9, 60.0)) == 300
+
+
+@pytest.mark.parametrize("gone_unreadable", [False, True])
+async def test_a_disconnect_before_the_body_s_end(gone_unreadable: bool) -> None:
+    """The client gone (nothing to answer), or on granian, which says "http.disconnect" for a
+    body it could not read as well, a 400 that names both causes."""
+    messages = iter([{"type": "http.request", "body": b"{", "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    with pytest.raises(RequestInvalid if gone_unreadable else ClientGone) as err:
+        await read_body({"headers": []}, receive, 100, 5.0, gone_unreadable=gone_unreadable)
+    if gone_unreadable:
+        assert str(err.value) == body.BODY_UNREADABLE

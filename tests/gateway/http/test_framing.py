@@ -4,6 +4,7 @@ smuggled behind another, a transfer coding dechunked and the connection kept).""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -112,6 +113,29 @@ def test_a_request_cannot_be_smuggled_behind_another(tmp_path: Path, engine: str
             assert data.count(b"HTTP/1.1 ") == 1, data  # one answer: the hidden GET never ran
             assert b"smuggled" not in data and b"connection: close" in data.lower()
         # answered by the app (hypercorn's h11 answers the coding's 501 itself): counted, logged
+        eventually(lambda: '"status":400' in gw.log_text(), what="its access line")
+        assert sim.stats()["requests"] == 0
+    finally:
+        gw.stop()
+        sim.proc.kill()
+
+
+# A chunk size that is not hexadecimal: gateway.h1 refuses it in its parser (a JSON 400);
+# granian says "http.disconnect" to the app and, with no answer from it, sent a plain 500.
+BAD_CHUNK = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("engine", ["uvicorn", "granian"])
+def test_malformed_chunks_get_a_json_400(tmp_path: Path, engine: str) -> None:
+    gw, sim = start_fleet(tmp_path, server_extra=f'engine = "{engine}"')
+    try:
+        head, _, body = _answers(gw.port, BAD_CHUNK).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), head
+        error = json.loads(body)["error"]
+        assert error["code"] == "invalid_request" and "chunk" in error["message"], error
         eventually(lambda: '"status":400' in gw.log_text(), what="its access line")
         assert sim.stats()["requests"] == 0
     finally:
