@@ -15,6 +15,7 @@ from backend.errors import (
     UnsupportedParameter,
     shown,
 )
+from backend.messages import chat_prompt, check_messages, check_unicode
 from backend.sampling import SamplingParams
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
@@ -49,8 +50,6 @@ UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
 # Tools the model may call, unless told not to: this server parses no tool calls (vLLM
 # refuses them too without a tool-call parser), so the client would get text, not a call.
 TOOL_LISTS = {"tools": "tool_choice", "functions": "function_call"}
-# OpenAI's message roles; "robot" or "" was read as a role (and "robot: hi" sent to the model).
-ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,7 @@ class Parsed:
     include_usage: bool
 
 
-def _number(
-    body: dict[str, Any], key: str, default: float, lo: float, hi: float, lo_open: bool = False
-) -> float:
+def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
     v = body.get(key)
     if v is None:
         return default
@@ -87,9 +84,8 @@ def _number(
     # Only floats: math.isfinite overflows on an int too big for a float.
     if isinstance(v, float) and not math.isfinite(v):
         raise InvalidParameter(f"{key} must be a finite number, got {shown(v)}", param=key)
-    if v < lo or v > hi or (lo_open and v == lo):
-        bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-        raise InvalidParameter(f"{key} must be in {bound}, got {shown(v)}", param=key)
+    if v < lo or v > hi:
+        raise InvalidParameter(f"{key} must be in [{lo}, {hi}], got {shown(v)}", param=key)
     return float(v)
 
 
@@ -102,116 +98,15 @@ def _int(body: dict[str, Any], key: str) -> int | None:
     return v
 
 
-def _messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise InvalidParameter("messages must be a non-empty list", param="messages")
-    return [_message(i, m) for i, m in enumerate(messages)]
-
-
-def _message(i: int, m: Any) -> dict[str, str]:
-    """One message, as OpenAI checks it: a role of its own, and content (a string or a
-    non-empty list of parts) that only an assistant's may leave out or send as null (one that
-    calls tools); a user's without it was read as an empty message and answered."""
-    if not isinstance(m, dict) or "role" not in m:
-        raise InvalidParameter(f"messages[{i}] must be an object with a role", param="messages")
-    role = m["role"]
-    if role not in ROLES:
-        raise InvalidParameter(
-            f"messages[{i}].role must be one of {', '.join(ROLES)}; got {shown(role)}",
-            param="messages",
-        )
-    content = m.get("content")
-    if content is None and role != "assistant":
-        raise InvalidParameter(
-            f"messages[{i}].content is required in a {role} message (a string or a list of "
-            f"text parts); got {'null' if 'content' in m else 'none'}",
-            param="messages",
-        )
-    if content is None:  # an assistant message that only calls tools has null content
-        content = ""
-    if isinstance(content, list) and content:  # text parts: joined as vLLM joins them
-        content = "\n".join(_part_text(i, j, p) for j, p in enumerate(content))
-    if not isinstance(content, str):  # [] too, as OpenAI's
-        raise InvalidParameter(
-            f"messages[{i}].content must be a string or a non-empty list of parts, "
-            f"got {shown(content)}",
-            param="messages",
-        )
-    _unicode(content, f"messages[{i}].content", "messages")
-    return {"role": role, "content": content}
-
-
-def _chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
-    if getattr(tok, "chat_template", None):
-        return _apply_template(tok, messages)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-
-
-def _part_text(i: int, j: int, part: Any) -> str:
-    if isinstance(part, str):
-        # OpenAI's SDK types allow only objects; a bare string is taken as the text part it
-        # plainly means rather than dropped, which answered an empty message with a 200.
-        return part
-    if not isinstance(part, dict):
-        raise InvalidParameter(
-            f"messages[{i}].content[{j}] must be a content part object or a string, "
-            f"got {shown(part)}",
-            param="messages",
-        )
-    kind = part.get("type", "text")
-    # An assistant's earlier refusal, in the history: its text, as vLLM reads it.
-    key = "refusal" if kind == "refusal" else "text"
-    if kind not in ("text", "refusal"):  # an image the model would never see: not a 200
-        raise UnsupportedParameter(
-            f"messages[{i}].content[{j}] is a {shown(kind)} part; this server's model reads "
-            "text alone: send text parts",
-            param="messages",
-        )
-    text = part.get(key)
-    if not isinstance(text, str):  # missing too: OpenAI's 400, where it was an empty text
-        raise InvalidParameter(
-            f"messages[{i}].content[{j}].{key} must be a string, got "
-            f"{shown(text) if key in part else 'none'}",
-            param="messages",
-        )
-    return text
-
-
-def _unicode(text: str, where: str, param: str) -> None:
-    """JSON can carry half of a UTF-16 surrogate pair ("\\ud83d": a JavaScript string cut
-    inside an emoji), which no tokenizer takes: a 400 naming it, where it was a 500."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidParameter(
-            f"{where} holds an unpaired UTF-16 surrogate at character {exc.start}: not "
-            "text; send whole characters",
-            param=param,
-        ) from None
-
-
-def _apply_template(tok: Any, messages: list[dict[str, str]]) -> str:
-    from jinja2 import TemplateError, TemplateSyntaxError
-
-    try:
-        return str(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    except TemplateSyntaxError:
-        raise  # the model's template itself is broken: the server's fault, a 500 and its log
-    except TemplateError as exc:
-        # A template refusing these messages (raise_exception: "roles must alternate", a
-        # role it does not know) is the client's to fix.
-        raise InvalidParameter(
-            f"the model's chat template refuses these messages: {exc}", param="messages"
-        ) from None
-
-
 def _max_tokens(body: dict[str, Any]) -> tuple[int | None, str]:
-    """max_completion_tokens (the current name) before max_tokens; 0 is refused, not absent."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        v = _int(body, key)
+    """max_completion_tokens (the current name) before max_tokens; 0 is refused, not absent.
+    Both are checked: a max_tokens of the wrong type was taken beside the other."""
+    given = {key: _int(body, key) for key in ("max_completion_tokens", "max_tokens")}
+    for key, v in given.items():
+        if v is not None and v < 1:
+            raise InvalidParameter(f"{key} must be at least 1, got {shown(v)}", param=key)
+    for key, v in given.items():
         if v is not None:
-            if v < 1:
-                raise InvalidParameter(f"{key} must be at least 1, got {shown(v)}", param=key)
             return v, key
     return None, "max_tokens"
 
@@ -306,9 +201,15 @@ def _prompt(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
+    if isinstance(prompt, list) and prompt:  # OpenAI's other forms: valid, not served here
+        raise UnsupportedParameter(
+            "prompt as token ids or as several prompts is not supported by this server; send "
+            "one string (one request per prompt)",
+            param="prompt",
+        )
     if not isinstance(prompt, str):
-        raise InvalidParameter("prompt must be a string", param="prompt")
-    _unicode(prompt, "prompt", "prompt")
+        raise InvalidParameter(f"prompt must be a string, got {shown(prompt)}", param="prompt")
+    check_unicode(prompt, "prompt", "prompt")
     return prompt
 
 
@@ -340,17 +241,22 @@ def check(body: Any, served: str, context_len: int, chat: bool) -> Checked:
         raise InvalidParameter("the request body must be a JSON object")
     _model(body, served)
     _unsupported(body)
-    messages = _messages(body.get("messages")) if chat else []
+    messages = check_messages(body.get("messages")) if chat else []
     prompt = "" if chat else _prompt(body)
     n = _int(body, "n")
-    if n not in (None, 1):
-        raise InvalidParameter("only n=1 is supported", param="n")
+    if n is not None and n < 1:
+        raise InvalidParameter(f"n must be at least 1, got {n}", param="n")
+    if n not in (None, 1):  # a valid ask this server cannot honour, as the ones above
+        raise UnsupportedParameter(
+            f"n is not supported by this server beyond 1, got {n}; send {n} requests", param="n"
+        )
     max_tokens, max_key = _max_tokens(body)
     stream, include_usage = _stream(body)
     params = SamplingParams(
         max_tokens=max_tokens or 1,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
+        # 0 as OpenAI takes it: the most probable token alone (sampling.draw keeps it).
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
         stop=_stop(body),
         seed=_seed(body),
         ignore_eos=_bool(body, "ignore_eos"),
@@ -364,7 +270,7 @@ def tokenize(c: Checked, tok: Any, context_len: int) -> Parsed:
     """The chat template and the tokenizer: seconds on a prompt of megabytes, so the server
     runs this in a thread (the fast tokenizer releases the GIL) and the event loop, /health
     and every stream with it, goes on meanwhile."""
-    text = _chat_prompt(tok, c.messages) if c.chat else c.prompt
+    text = chat_prompt(tok, c.messages) if c.chat else c.prompt
     ids: list[int] = tok(text, add_special_tokens=not c.chat)["input_ids"]
     if not ids:  # nothing to prefill: the engine's forward pass would fail
         raise InvalidParameter(

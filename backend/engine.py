@@ -359,8 +359,8 @@ class Engine:
             obs.first_token(seq.t_first - seq.t_submit)
         obs.tokens(0, 1)
         eos = token in self.eos and not seq.params.ignore_eos
+        seq.out_ids.append(token)  # an EOS too: generated, and counted as OpenAI's and vLLM's
         if not eos:
-            seq.out_ids.append(token)
             seq.detok.add(token)
         last = eos or len(seq.out_ids) >= seq.params.max_tokens
         # Going on, a partial UTF-8 character waits; at the end it is out, and a stop string

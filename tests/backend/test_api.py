@@ -164,14 +164,27 @@ def test_an_empty_prompt_is_refused(tok: Any) -> None:
     assert e.value.param == "prompt" and "no tokens" in e.value.message
 
 
-def test_assistant_tool_call_message_with_null_content(tok: Any) -> None:
-    messages = [
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
-        {"role": "user", "content": "thanks"},
-    ]
-    p = parse(body(messages=messages), tok, "m", 512, chat=True)
-    assert "<|assistant|>\n</s>" in tok.decode(p.prompt_ids)
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ({"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}, "tool_calls"),
+        ({"role": "assistant", "content": "", "function_call": {"name": "f"}}, "function_call"),
+        ({"role": "tool", "content": "18C", "tool_call_id": "c1"}, "tool_call_id"),
+        ({"role": "tool", "content": "18C"}, "a tool message"),
+        ({"role": "function", "content": "18C", "name": "f"}, "a function message"),
+    ],
+)
+def test_a_history_of_tool_calls_is_refused_not_dropped(message: dict[str, Any], said: str) -> None:
+    """Only each message's role and content reached the template: an assistant's calls became
+    an empty turn and their results answered nothing, a 200 on broken context."""
+    msgs = [{"role": "user", "content": "weather?"}, message, {"role": "user", "content": "so?"}]
+    with pytest.raises(UnsupportedParameter) as e:
+        check(body(messages=msgs, tool_choice="none"), "m", 512, chat=True)
+    assert e.value.param == "messages" and said in e.value.message
+    assert e.value.message.startswith("messages[1] ")
+    # The neutral values OpenAI's SDK may send are not a history of calls.
+    plain = {"role": "assistant", "content": "hi", "tool_calls": [], "function_call": None}
+    check(body(messages=[plain, {"role": "user", "content": "so?"}]), "m", 512, chat=True)
 
 
 def test_a_template_that_refuses_the_messages_is_a_400(
@@ -345,6 +358,9 @@ def test_a_context_overflow_names_what_to_change(tok: Any) -> None:
         {"role": "user", "content": [{"type": "text"}]},  # a part without its text
         {"role": "user", "content": []},
         {"role": "assistant", "content": [{"type": "refusal"}]},
+        # OpenAI's: content may be left out only with tool_calls, and those are refused.
+        {"role": "assistant"},
+        {"role": "assistant", "content": None},
     ],
 )
 def test_messages_are_checked_as_openai_checks_them(message: dict[str, Any]) -> None:
@@ -352,14 +368,6 @@ def test_messages_are_checked_as_openai_checks_them(message: dict[str, Any]) -> 
         check(body(messages=[message]), "m", 512, chat=True)
     assert e.value.status == 400 and e.value.param == "messages"
     assert "messages[0]" in e.value.message
-
-
-def test_only_an_assistant_message_may_leave_its_content_out() -> None:
-    # One that calls tools has none: OpenAI takes it, null or left out.
-    for assistant in ({"role": "assistant"}, {"role": "assistant", "content": None}):
-        msgs = [{"role": "user", "content": "hi"}, assistant, {"role": "user", "content": "so?"}]
-        c = check(body(messages=msgs), "m", 512, chat=True)
-        assert c.messages[1] == {"role": "assistant", "content": ""}
 
 
 def test_ignore_eos_is_a_boolean_and_errors_quote_values_as_json_cut_short() -> None:
@@ -383,3 +391,43 @@ def test_ignore_eos_is_a_boolean_and_errors_quote_values_as_json_cut_short() -> 
         with pytest.raises(InvalidParameter) as e:
             check(body(**kw), "m", 512, chat=True)
         assert said in e.value.message, e.value.message
+
+
+def test_a_developer_message_is_a_system_one_where_the_template_does_not_name_it(
+    tok: Any,
+) -> None:
+    """OpenAI's newer name for the system role; the tiny model's template made a role of it."""
+    dev = [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    sys = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    got = parse(body(messages=dev), tok, "m", 512, chat=True).prompt_ids
+    assert got == parse(body(messages=sys), tok, "m", 512, chat=True).prompt_ids
+    assert "<|system|>" in tok.decode(got) and "developer" not in tok.decode(got)
+
+
+def test_openai_s_other_forms_are_unsupported_not_invalid() -> None:
+    """Valid asks this server cannot honour: unsupported_parameter, as for logprobs."""
+    for kw, param in (({"n": 2}, "n"), ({"prompt": [1, 2, 3]}, "prompt")):
+        completions = "prompt" in kw
+        doc = {"model": "m", **kw} if completions else body(**kw)
+        with pytest.raises(UnsupportedParameter) as e:
+            check(doc, "m", 512, chat=not completions)
+        assert e.value.param == param
+    for doc in ({"model": "m", "prompt": ["a", "b"]}, {"model": "m", "prompt": [[1, 2]]}):
+        with pytest.raises(UnsupportedParameter):
+            check(doc, "m", 512, chat=False)
+    for kw in ({"n": 0}, {"n": -1}):
+        with pytest.raises(InvalidParameter):
+            check(body(**kw), "m", 512, chat=True)
+    with pytest.raises(InvalidParameter, match="prompt must be a string, got 5"):
+        check({"model": "m", "prompt": 5}, "m", 512, chat=False)
+
+
+def test_top_p_zero_is_taken_and_both_max_token_names_are_checked() -> None:
+    assert check(body(top_p=0), "m", 512, chat=True).params.top_p == 0.0
+    # max_completion_tokens was used and a max_tokens of the wrong type beside it taken.
+    for bad in ({"max_tokens": "x"}, {"max_tokens": 0}):
+        with pytest.raises(InvalidParameter) as e:
+            check(body(max_completion_tokens=2, **bad), "m", 512, chat=True)
+        assert e.value.param == "max_tokens"
+    c = check(body(max_completion_tokens=2, max_tokens=9), "m", 512, chat=True)
+    assert (c.max_tokens, c.max_key) == (2, "max_completion_tokens")

@@ -84,7 +84,8 @@ def generate(loaded: Loaded, prompt: str, n: int, eos: set[int]) -> list[int]:
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False
         )
     new: list[int] = out[0, ids.shape[1] :].tolist()
-    return new[: next((i for i, t in enumerate(new) if t in eos), len(new))]
+    # Up to its EOS, which the engine keeps in out_ids (usage counts it, as OpenAI's does).
+    return new[: next((i + 1 for i, t in enumerate(new) if t in eos), len(new))]
 
 
 @pytest.mark.parametrize("old_names", [False, True])

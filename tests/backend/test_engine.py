@@ -152,6 +152,10 @@ def test_an_answer_ending_at_eos_keeps_the_text_held_for_stop_strings(loaded: An
         drain(e, plain, held)
         assert held.events[-1].finish_reason == plain.events[-1].finish_reason == reason
         assert held.text() == plain.text() and len(plain.text()) > len(never)
+        # The EOS is counted, as OpenAI and vLLM count it (it was left out: 0 for an answer
+        # whose first token was EOS).
+        counted = k + 1 if reason == "stop" else max_tokens
+        assert held.events[-1].completion_tokens == plain.events[-1].completion_tokens == counted
 
 
 class Gauges(EngineObserver):

@@ -46,5 +46,6 @@ def test_cuda_engine_greedy_equals_generate(model_dir: Path, quantize: str) -> N
     out = loaded.model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False
     )[0, len(ids) :].tolist()
-    cut = next((i for i, t in enumerate(out) if t in engine.eos), len(out))
+    # Up to its EOS, which out_ids keeps (usage counts it, as OpenAI's does).
+    cut = next((i + 1 for i, t in enumerate(out) if t in engine.eos), len(out))
     assert seq.out_ids == out[:cut]
