@@ -200,6 +200,12 @@ export function settings(env) {
       defaultLongitude: num(env, "DEFAULT_LONGITUDE", { min: -180, max: 180 }),
       cors: corsOrigins(env),
     };
+    // Neither: /healthz said ok while every request was a retryable 503 that never ends.
+    if (urls.length === 0 && s.table.fallback === null) {
+      throw new ConfigError(
+        "no routing table: set ROUTING_TABLE_URLS (the regional gateways) or FALLBACK_TABLE",
+      );
+    }
     checkRegionsNamed(regionOf, s.table.fallback);
     if (!/^[A-Za-z0-9_.-]+$/.test(s.keyId)) {
       throw new ConfigError(`EDGE_KEY_ID = ${JSON.stringify(s.keyId)}: letters, digits, _ . -`);

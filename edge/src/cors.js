@@ -12,7 +12,9 @@
 export const PREFLIGHT_MAX_AGE_S = 600; // how long a browser may keep a preflight's answer
 const MAX_REQUESTED_HEADERS = 1024; // characters of Access-Control-Request-Headers echoed
 const METHODS = "GET, POST, OPTIONS";
-const EXPOSED = "x-request-id, retry-after, geogate-route";
+// x-should-retry: unexposed, a browser's SDK reads its "false" as absent and retries a 504
+// twice, running a generation again.
+const EXPOSED = "x-request-id, retry-after, x-should-retry, geogate-route, geogate-region-route";
 
 /** @typedef {{any: boolean, origins: Set<string>}} CorsOrigins */
 

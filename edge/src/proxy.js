@@ -263,19 +263,35 @@ export async function tryRegions(a, regions) {
 }
 
 /**
- * The largest Retry-After (seconds) among `failures`, or `otherwise` when none gave one (an
- * HTTP date is not read: the gateway sends seconds). Compared as whole numbers of any size and
- * written back in digits, as the gateway does: a Number wrote a gateway's
- * `99999999999999999999999` as `1e+23`, which is no Retry-After.
+ * A Retry-After's seconds from now (RFC 9110 10.2.3: digits or an HTTP date), null where it
+ * is neither, as the gateway's wait_s reads it: a balancer or CDN in front of a gateway may
+ * send a date. Digits as a BigInt, of any size. Date.parse alone is too lenient ("1" is the
+ * year 2001), so a date must have a day's name and a time of day.
+ * @param {string} value @returns {bigint | null}
+ */
+function waitOf(value) {
+  if (/^\d+$/.test(value)) return BigInt(value);
+  if (!/[A-Za-z]{3}/.test(value) || !/\d{2}:\d{2}:\d{2}/.test(value)) return null;
+  const when = Date.parse(value);
+  if (Number.isNaN(when)) return null;
+  return BigInt(Math.max(0, Math.ceil((when - Date.now()) / 1000)));
+}
+
+/**
+ * The largest Retry-After (seconds) among `failures`, or `otherwise` when none gave one; at
+ * least a second, as the gateway says it (a 0 from a box in front of a gateway had clients
+ * retry at once). Compared as whole numbers of any size and written back in digits, as the
+ * gateway does: a Number wrote a gateway's `99999999999999999999999` as `1e+23`, which is no
+ * Retry-After.
  * @param {Failure[]} failures @param {number} otherwise
  * @returns {string}
  */
 function longestWait(failures, otherwise) {
-  const waits = failures
-    .map((f) => f.retryAfter ?? "")
-    .filter((w) => /^\d+$/.test(w))
-    .map(BigInt);
-  return String(waits.reduce((a, b) => (b > a ? b : a), waits[0] ?? BigInt(otherwise)));
+  const waits = /** @type {bigint[]} */ (
+    failures.map((f) => waitOf(f.retryAfter ?? "")).filter((w) => w !== null)
+  );
+  const longest = waits.reduce((a, b) => (b > a ? b : a), waits[0] ?? BigInt(otherwise));
+  return String(longest < 1n ? 1n : longest);
 }
 
 /**
@@ -315,8 +331,7 @@ export function finalError(failures, untried, panic = false) {
   }
   const busy = failures.length > 0 && failures.every((f) => f.status === 429 || f.status === 503);
   if (busy && failures.every((f) => f.status === 429)) {
-    const wait = longestWait(failures, 1);
-    const after = wait === "0" ? "1" : wait;
+    const after = longestWait(failures, 1);
     return errorResponse(
       "upstreams_at_capacity",
       `every region tried is at capacity: ${tried}${tail}. Retry after ${after} s`,

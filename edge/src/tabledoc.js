@@ -180,6 +180,9 @@ export function normalizeTable(doc, { strict = false } = {}) {
       throw new TableError(`${where}.id ${JSON.stringify(r.id)} is listed twice`);
     }
     regions.set(r.id, regionOf(r, where, strict));
+    if (strict && r.upstreams !== undefined && !Array.isArray(r.upstreams)) {
+      throw new TableError(`${where}.upstreams is not a list`);
+    }
     const ups = Array.isArray(r.upstreams) ? r.upstreams : [];
     ups.forEach((/** @type {unknown} */ u, /** @type {number} */ j) => {
       const at = `${where}.upstreams[${j}]`;
@@ -191,8 +194,14 @@ export function normalizeTable(doc, { strict = false } = {}) {
       upstreams.push(upstream);
     });
   });
+  if (strict) checkPolicyShape(doc.policy);
   const policy = policyOf(doc.policy);
-  if (strict) checkResidency(policy, regions);
+  if (strict) {
+    // A misspelt "upstreams" left a fallback with none: /healthz said ok while every
+    // request was a 404 model_not_found, which the SDKs do not retry.
+    if (upstreams.length === 0) throw new TableError("no region lists any upstreams");
+    checkResidency(policy, regions);
+  }
   return {
     regions,
     upstreams,
@@ -202,13 +211,46 @@ export function normalizeTable(doc, { strict = false } = {}) {
   };
 }
 
+// The policy's numbers, as the gateway's config bounds them (RoutingPolicy).
+const POLICY_RANGES = Object.freeze({
+  tolerance_ms: [0, Infinity],
+  tolerance_ratio: [0, Infinity],
+  panic_threshold: [0, 1],
+});
+
+/**
+ * What policyOf takes silently (a table fetched from a gateway is the gateway's own
+ * document): in FALLBACK_TABLE, a policy or residency list of the wrong type and a number out
+ * of its range are an operator's mistakes, refused as the gateway's config refuses them.
+ * @param {unknown} raw
+ */
+function checkPolicyShape(raw) {
+  if (raw === undefined || raw === null) return;
+  if (!isObject(raw)) throw new TableError("policy is not an object");
+  if (raw.residency !== undefined && raw.residency !== null && !Array.isArray(raw.residency)) {
+    throw new TableError("policy.residency is not a list");
+  }
+  for (const [k, range] of Object.entries(POLICY_RANGES)) {
+    numberOr(raw[k], 0, `policy.${k}`, /** @type {[number, number]} */ (range));
+  }
+}
+
 /**
  * A rule naming a region the table lacks keeps its clients from it for good: a misspelt
- * region would leave them nowhere to go (the gateway's config refuses it too).
+ * region would leave them nowhere to go (the gateway's config refuses it too). A rule with
+ * no regions, or one that names no country and no continent, is refused as the gateway's
+ * config refuses it: the one keeps its clients from every region (a 403 for each request),
+ * the other applies to nobody.
  * @param {Policy} policy @param {Map<string, Region>} regions
  */
 function checkResidency(policy, regions) {
   policy.residency.forEach((rule, i) => {
+    if (rule.regions.size === 0) {
+      throw new TableError(`policy.residency[${i}] names no regions`);
+    }
+    if (rule.countries.size === 0 && rule.continents.size === 0) {
+      throw new TableError(`policy.residency[${i}] names no countries and no continents`);
+    }
     for (const id of rule.regions) {
       if (!regions.has(id)) {
         throw new TableError(

@@ -26,6 +26,11 @@ function problem(env) {
   }
 }
 
+test("no table source at all is refused: not a Worker whose every answer is a 503", () => {
+  assert.match(problem({}), /^no routing table: set ROUTING_TABLE_URLS .* or FALLBACK_TABLE$/);
+  assert.match(problem({ ROUTING_TABLE_URLS: "[]" }), /^no routing table/);
+});
+
 test("wrangler.jsonc's own vars are a good config, with the region of each source", () => {
   const s = settings({ ...wranglerConfig().vars });
   assert.equal(s.table.sources.length, 3);
@@ -156,6 +161,49 @@ describe("FALLBACK_TABLE", () => {
     assert.equal(problem({ ROUTING_TABLE_URLS: urls, FALLBACK_TABLE: doc }), "");
     // With no FALLBACK_TABLE there is nothing to check them against here (src/table.js warns).
     assert.equal(problem({ ROUTING_TABLE_URLS: { "us-eats": urls["us-east"] } }), "");
+  });
+
+  // Each passed, and left /healthz at 200 while every request was a 404 or a 403 for good.
+  const eu1 = region("eu-central");
+  const rule = { name: "eu", continents: ["EU"], regions: ["eu-central"] };
+  const policyBad = {
+    "upstreams misspelt": [
+      { regions: [{ ...region("eu"), upstreams: undefined, upstream: [{ id: "eu-1" }] }] },
+      /^FALLBACK_TABLE: no region lists any upstreams$/,
+    ],
+    "upstreams not a list": [
+      { regions: [{ ...region("eu"), upstreams: { id: "eu-1", models: ["m"] } }] },
+      /^FALLBACK_TABLE: regions\[0\]\.upstreams is not a list$/,
+    ],
+    "a rule with no regions (misspelt)": [
+      { regions: [eu1], policy: { residency: [{ ...rule, regions: undefined, region: ["x"] }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\] names no regions$/,
+    ],
+    "a rule for nobody": [
+      { regions: [eu1], policy: { residency: [{ name: "x", regions: ["eu-central"] }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\] names no countries and no continents$/,
+    ],
+    "residency not a list": [
+      { regions: [eu1], policy: { residency: rule } },
+      /^FALLBACK_TABLE: policy\.residency is not a list$/,
+    ],
+    "a policy not an object": [{ regions: [eu1], policy: [] }, /^FALLBACK_TABLE: policy is not/],
+    "a panic threshold past 1": [
+      { regions: [eu1], policy: { panic_threshold: 5 } },
+      /^FALLBACK_TABLE: policy\.panic_threshold = 5: want from 0 to 1$/,
+    ],
+    "a negative tolerance": [
+      { regions: [eu1], policy: { tolerance_ms: -3 } },
+      /^FALLBACK_TABLE: policy\.tolerance_ms = -3: want 0 or more$/,
+    ],
+  };
+  for (const [name, [doc, want]] of Object.entries(policyBad)) {
+    test(`refused: ${name}`, () => assert.match(problem({ FALLBACK_TABLE: doc }), want));
+  }
+
+  test("a good policy is taken", () => {
+    const doc = { regions: [eu1], policy: { residency: [rule], panic_threshold: 1 } };
+    assert.equal(problem({ FALLBACK_TABLE: doc }), "");
   });
 
   test("a region with no URL is allowed: the gateways' tables may give it", () => {

@@ -195,6 +195,22 @@ describe("every region refusing for now", () => {
     await resp.arrayBuffer();
   });
 
+  test("a wait of 0 is a second; an HTTP date is read as the seconds until it", async () => {
+    // A 0 (from a box in front of a gateway) had clients retry at once; a date was not read.
+    const zero = await gateway(() => ({ status: 503, headers: { "retry-after": "0" }, body: {} }));
+    const resp = await fromLondon(await worker(zero.url, zero.url));
+    assert.equal(resp.status, 503);
+    assert.equal(resp.headers.get("retry-after"), "1");
+    await resp.arrayBuffer();
+    const date = new Date(Date.now() + 60_000).toUTCString(); // "Sun, 29 Nov 2026 04:01:00 GMT"
+    const dated = await gateway(() => ({ status: 503, headers: { "retry-after": date }, body: {} }));
+    const other = await gateway(() => ({ status: 503, headers: { "retry-after": "7" }, body: {} }));
+    const after = await fromLondon(await worker(dated.url, other.url));
+    const wait = Number(after.headers.get("retry-after"));
+    assert.ok(wait > 50 && wait <= 61, `${wait}`); // the date's minute, not 7 or the 5 s default
+    await after.arrayBuffer();
+  });
+
   test("a 503 and a connect error: a 502, the request failed", async () => {
     const eu = await gateway(() => ({ status: 503, headers: { "retry-after": "7" }, body: {} }));
     const resp = await fromLondon(await worker(eu.url, await closedUrl()));

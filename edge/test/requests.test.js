@@ -238,7 +238,8 @@ describe("a compressed body", () => {
     // 256 MiB of zeros in 260 KB: decoded whole, it took 256 MiB of the isolate's 128 MB; fed
     // a slice at a time, the first slices are over the limit (body.test.js counts the bytes
     // fed: work bounded, not timed).
-    const w = await startWorker({ FALLBACK_TABLE: { regions: [] } }); // MAX_BODY_BYTES: 4 MiB
+    const regions = [regionEntry("eu-central", ...COORDS["eu-central"], "")]; // never reached
+    const w = await startWorker({ FALLBACK_TABLE: { regions } }); // MAX_BODY_BYTES: 4 MiB
     started.push(w);
     const bomb = gzipSync(Buffer.alloc(256 << 20));
     const resp = await w.dispatchFetch("https://api.example.com/v1/chat/completions", {

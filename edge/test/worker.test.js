@@ -171,7 +171,10 @@ test("no table anywhere and no fallback: a 503 that says why", async () => {
 describe("answered by the Worker itself", () => {
   let mf;
   before(async () => {
-    mf = await worker({ ROUTING_TABLE_URLS: [], MAX_BODY_BYTES: 1000 });
+    // A table the Worker needs no region of (none of these reaches one); with no table at
+    // all the Worker is misconfigured (config.test.js).
+    const regions = [regionEntry("eu-central", 50.11, 8.68, "")];
+    mf = await worker({ ROUTING_TABLE_URLS: [], FALLBACK_TABLE: { regions }, MAX_BODY_BYTES: 1000 });
   });
 
   test("/healthz", async () => {
@@ -296,7 +299,11 @@ describe("CORS, where CORS_ORIGINS allows an origin", () => {
     });
     assert.equal(list.status, 200);
     assert.equal(list.headers.get("access-control-allow-origin"), APP);
-    assert.match(list.headers.get("access-control-expose-headers") ?? "", /x-request-id/);
+    // The OpenAI SDKs read x-should-retry: unexposed, a browser's reads none and retries a 5xx.
+    const exposed = (list.headers.get("access-control-expose-headers") ?? "").split(", ");
+    for (const name of ["x-request-id", "retry-after", "x-should-retry", "geogate-route"]) {
+      assert.ok(exposed.includes(name), `${name} in ${exposed}`);
+    }
     // Every region unreachable: the error a browser must be able to read.
     const failed = await mf.dispatchFetch("https://api.example.com/v1/chat/completions", {
       method: "POST",

@@ -5,7 +5,9 @@ A browser sends a JSON POST with ``Authorization`` only after a preflight (``OPT
 ``Access-Control-Request-Method``): answered here, 204, never forwarded (a backend's own CORS
 would answer for the backend, not for this gateway's origins). Every other answer to an
 allowed origin carries ``Access-Control-Allow-Origin`` and the headers a client reads
-(``x-request-id``, ``retry-after``, ``geogate-route``) exposed. An origin not allowed gets
+(``x-request-id``, ``retry-after``, ``x-should-retry``, ``geogate-route``) exposed:
+unexposed, ``x-should-retry: false`` reads as absent to a browser's SDK, which then retries a
+504 twice, running a generation again. An origin not allowed gets
 the answers it got before: a preflight is the 405 of any ``OPTIONS``, which the browser
 takes as a refusal. No credentials (cookies) are allowed: the API's is a bearer token.
 """
@@ -18,7 +20,7 @@ ANY = "*"
 PREFLIGHT_MAX_AGE_S = 600  # how long a browser may keep a preflight's answer
 MAX_REQUESTED_HEADERS = 1024  # bytes of Access-Control-Request-Headers echoed back
 _METHODS = b"GET, POST, OPTIONS"
-_EXPOSED = b"x-request-id, retry-after, geogate-route"
+_EXPOSED = b"x-request-id, retry-after, x-should-retry, geogate-route"
 
 
 class Cors:

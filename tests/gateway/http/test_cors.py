@@ -110,6 +110,9 @@ def test_an_allowed_origins_stream_is_readable_and_whole(gw: Gateway) -> None:
     # Errors too: a browser reads an error's JSON only with the header.
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "nope"}, headers={"origin": APP})
     assert r.status_code == 404 and r.headers["access-control-allow-origin"] == APP
+    # The OpenAI SDKs read x-should-retry: unexposed, a browser's reads none and retries a 5xx.
+    exposed = r.headers["access-control-expose-headers"].split(", ")
+    assert {"x-request-id", "retry-after", "x-should-retry", "geogate-route"} <= set(exposed)
     models = httpx.get(f"{gw.url}/v1/models", headers={"origin": APP})
     assert models.headers["access-control-allow-origin"] == APP
 
