@@ -183,7 +183,12 @@ def test_a_history_of_tool_calls_is_refused_not_dropped(message: dict[str, Any],
     assert e.value.param == "messages" and said in e.value.message
     assert e.value.message.startswith("messages[1] ")
     # The neutral values OpenAI's SDK may send are not a history of calls.
-    plain = {"role": "assistant", "content": "hi", "tool_calls": [], "function_call": None}
+    plain: dict[str, Any] = {
+        "role": "assistant",
+        "content": "hi",
+        "tool_calls": [],
+        "function_call": None,
+    }
     check(body(messages=[plain, {"role": "user", "content": "so?"}]), "m", 512, chat=True)
 
 
