@@ -55,7 +55,7 @@ class Sequence:
     cancelled: bool = False  # set by the HTTP side when the client leaves
     sent: str = ""  # text already emitted
     generator: torch.Generator | None = None
-    detok: Detokenizer | None = None  # the text of out_ids, a window at a time
+    detok: Detokenizer | None = None  # out_ids' text (an EOS left out), a window at a time
     t_submit: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
     position: int = 0  # next position id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from backend.errors import InvalidParameter, UnsupportedParameter, shown
@@ -14,6 +15,9 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # a result answering nothing: a 200 on broken context, where a refusal says what to change.
 TOOL_FIELDS = ("tool_calls", "function_call", "tool_call_id")
 TOOL_ROLES = ("tool", "function")
+# A template names the developer role as a quoted string ('developer' or "developer"): a
+# mention in a comment or a default system prompt ("by its developers") is not that.
+DEVELOPER_NAMED = re.compile(r"""['"]developer['"]""")
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:
@@ -106,11 +110,13 @@ def check_unicode(text: str, where: str, param: str) -> None:
 
 def chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
     template = getattr(tok, "chat_template", None)
+    # Several named templates: "default" is the one applied to a request without tools.
+    applied = template.get("default", "") if isinstance(template, dict) else template or ""
     # "developer", OpenAI's newer name for the system role, is a system message to a model
     # whose template does not name it, as OpenAI treats it for such models: a template that
     # knows only system, user and assistant may drop a role it does not know, or refuse it,
     # and the tiny model's made it a role of its own.
-    if "developer" not in str(template or ""):
+    if not DEVELOPER_NAMED.search(str(applied)):
         messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
     if template:
         return _apply_template(tok, messages)

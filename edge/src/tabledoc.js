@@ -180,6 +180,7 @@ export function normalizeTable(doc, { strict = false } = {}) {
       throw new TableError(`${where}.id ${JSON.stringify(r.id)} is listed twice`);
     }
     regions.set(r.id, regionOf(r, where, strict));
+    if (strict) checkKeys(r, REGION_KEYS, where);
     if (strict && r.upstreams !== undefined && !Array.isArray(r.upstreams)) {
       throw new TableError(`${where}.upstreams is not a list`);
     }
@@ -211,6 +212,24 @@ export function normalizeTable(doc, { strict = false } = {}) {
   };
 }
 
+// The fields a region, a policy and a residency rule may have in FALLBACK_TABLE: the ones the
+// gateway's /routing-table writes. Another is a misspelling ("upstream", "region", "country")
+// that would quietly leave a region without upstreams or a rule without its regions.
+const REGION_KEYS = new Set(["id", "name", "latitude", "longitude", "url", "healthy", "upstreams"]);
+const POLICY_KEYS = new Set(["tolerance_ms", "tolerance_ratio", "panic_threshold", "residency"]);
+const RULE_KEYS = new Set(["name", "countries", "continents", "regions"]);
+
+/**
+ * @param {Record<string, unknown>} obj @param {Set<string>} known @param {string} where
+ */
+function checkKeys(obj, known, where) {
+  const unknown = Object.keys(obj).filter((k) => !known.has(k));
+  if (unknown.length > 0) {
+    const names = unknown.map((k) => JSON.stringify(k)).join(", ");
+    throw new TableError(`${where} has ${names}: not a field of it (${[...known].join(", ")})`);
+  }
+}
+
 // The policy's numbers, as the gateway's config bounds them (RoutingPolicy).
 const POLICY_RANGES = Object.freeze({
   tolerance_ms: [0, Infinity],
@@ -227,9 +246,13 @@ const POLICY_RANGES = Object.freeze({
 function checkPolicyShape(raw) {
   if (raw === undefined || raw === null) return;
   if (!isObject(raw)) throw new TableError("policy is not an object");
+  checkKeys(raw, POLICY_KEYS, "policy");
   if (raw.residency !== undefined && raw.residency !== null && !Array.isArray(raw.residency)) {
     throw new TableError("policy.residency is not a list");
   }
+  (raw.residency ?? []).forEach((/** @type {unknown} */ rule, /** @type {number} */ i) => {
+    if (isObject(rule)) checkKeys(rule, RULE_KEYS, `policy.residency[${i}]`);
+  });
   for (const [k, range] of Object.entries(POLICY_RANGES)) {
     numberOr(raw[k], 0, `policy.${k}`, /** @type {[number, number]} */ (range));
   }

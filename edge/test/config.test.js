@@ -168,16 +168,32 @@ describe("FALLBACK_TABLE", () => {
   const rule = { name: "eu", continents: ["EU"], regions: ["eu-central"] };
   const policyBad = {
     "upstreams misspelt": [
-      { regions: [{ ...region("eu"), upstreams: undefined, upstream: [{ id: "eu-1" }] }] },
+      { regions: [eu1, { ...region("us"), upstreams: undefined, upstream: [{ id: "us-1" }] }] },
+      /^FALLBACK_TABLE: regions\[1\] has "upstream": not a field of it \(id, name, /,
+    ],
+    "no upstreams anywhere": [
+      { regions: [{ ...region("eu"), upstreams: [] }] },
       /^FALLBACK_TABLE: no region lists any upstreams$/,
     ],
     "upstreams not a list": [
       { regions: [{ ...region("eu"), upstreams: { id: "eu-1", models: ["m"] } }] },
       /^FALLBACK_TABLE: regions\[0\]\.upstreams is not a list$/,
     ],
-    "a rule with no regions (misspelt)": [
-      { regions: [eu1], policy: { residency: [{ ...rule, regions: undefined, region: ["x"] }] } },
+    "a rule with no regions": [
+      { regions: [eu1], policy: { residency: [{ ...rule, regions: [] }] } },
       /^FALLBACK_TABLE: policy\.residency\[0\] names no regions$/,
+    ],
+    "a rule's regions misspelt": [
+      { regions: [eu1], policy: { residency: [{ ...rule, regions: undefined, region: ["x"] }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\] has "region": not a field of it/,
+    ],
+    "a rule's countries misspelt beside its continents": [
+      { regions: [eu1], policy: { residency: [{ ...rule, country: ["DE"] }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\] has "country"/,
+    ],
+    "a policy field misspelt": [
+      { regions: [eu1], policy: { panic: 0.5 } },
+      /^FALLBACK_TABLE: policy has "panic"/,
     ],
     "a rule for nobody": [
       { regions: [eu1], policy: { residency: [{ name: "x", regions: ["eu-central"] }] } },
@@ -201,9 +217,12 @@ describe("FALLBACK_TABLE", () => {
     test(`refused: ${name}`, () => assert.match(problem({ FALLBACK_TABLE: doc }), want));
   }
 
-  test("a good policy is taken", () => {
+  test("a good policy is taken, and a region as /routing-table writes it", () => {
     const doc = { regions: [eu1], policy: { residency: [rule], panic_threshold: 1 } };
     assert.equal(problem({ FALLBACK_TABLE: doc }), "");
+    const written = { ...eu1, name: "Frankfurt", healthy: true };
+    const other = { ...region("us-east"), upstreams: [] }; // served by another region's gateway
+    assert.equal(problem({ FALLBACK_TABLE: { regions: [written, other] } }), "");
   });
 
   test("a region with no URL is allowed: the gateways' tables may give it", () => {

@@ -22,8 +22,8 @@ from gateway.http.asgi import (
 from gateway.http.upstream import ClientGone
 
 BODY_UNREADABLE = (
-    "request body could not be read: its chunked framing is malformed, or the connection "
-    "closed before its end"
+    "request body could not be read to its end: malformed chunked framing, or the connection "
+    "(or HTTP/2 stream) closed first"
 )
 
 

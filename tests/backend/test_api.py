@@ -421,8 +421,9 @@ def test_openai_s_other_forms_are_unsupported_not_invalid() -> None:
         with pytest.raises(UnsupportedParameter):
             check(doc, "m", 512, chat=False)
     for kw in ({"n": 0}, {"n": -1}):
-        with pytest.raises(InvalidParameter):
+        with pytest.raises(InvalidParameter) as invalid:  # UnsupportedParameter's base class
             check(body(**kw), "m", 512, chat=True)
+        assert invalid.value.code == "invalid_parameter"
     with pytest.raises(InvalidParameter, match="prompt must be a string, got 5"):
         check({"model": "m", "prompt": 5}, "m", 512, chat=False)
 

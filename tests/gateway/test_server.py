@@ -157,7 +157,7 @@ def test_an_idle_keep_alive_connection_outlives_uvicorns_own_5_s(tmp_path: Path)
 def test_server_keepalive_s_sets_how_long_an_idle_connection_is_kept(tmp_path: Path) -> None:
     gw, sim = start_fleet(tmp_path, server_extra="keepalive_s = 1")
     try:
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as s:
             s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
             t0 = time.monotonic()
             got = read_to_eof(s)  # the answer, then the close after a second idle
