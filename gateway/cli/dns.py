@@ -154,9 +154,12 @@ def _previous_serial(out: Path | None) -> int | None:
         fd = os.open(out, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None  # none yet, or unreadable: writing it says what is wrong
+    # Looked at before open(): open() of a directory's descriptor raised IsADirectoryError, a
+    # traceback for --out DIR, where the write then says "Is a directory" in one line.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a pipe or a device: not read
+        os.close(fd)
+        return None
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe or a device: not read
-            return None
         found = SOA_SERIAL.search(f.read().decode("utf-8", "replace"))
     return int(found[1]) % 2**32 if found else None
 

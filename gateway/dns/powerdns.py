@@ -98,6 +98,18 @@ def _lua_pieces(s: str, budget: int = 200) -> list[str]:
     return [*pieces, _lua(piece)]
 
 
+def _orders(tokens: list[str]) -> list[str]:
+    """``local o={...}`` around orders given one token per region: "," after each order's
+    last region but the last order's."""
+    out = ["local o={"]
+    for tok in tokens:
+        if out[-1].endswith("}"):  # the order before ended
+            out[-1] += ","
+        out.append(tok)
+    out[-1] += "}"
+    return out
+
+
 def _region_tokens(entries: Mapping[str, Entry]) -> tuple[list[str], list[str]]:
     """Each region's health URL once (h[i]), then its group for ifurlextup: every address of
     the region, both families, checked at that URL. One token per address: a region with many
@@ -148,7 +160,9 @@ def lua_script(
         f"{c}={{" + ",".join(f"{k}={number(o)}" for k, o in sorted(per.items())) + "}"
         for c, per in sorted(tables.unplaced.items())
     ]
-    ordered = ["{" + ",".join(str(index[r]) for r in o) + "}" for o in orders]
+    # One token per region of an order, so an order of many regions (over a line's 254 bytes
+    # at 88 of them) is cut between two, never inside a number.
+    ordered = [tok for o in orders for tok in _listed([str(index[r]) for r in o], "{", "}")]
     checks = (
         f"selector='all',backupSelector='all',timeout='{opt.check_timeout_s}',"
         f"interval='{opt.check_interval_s}'"
@@ -157,7 +171,7 @@ def lua_script(
         # Every address of a region, both families: the check is per URL, so the A and the
         # AAAA record see the same regions up and choose the same one.
         *_region_tokens(entries),
-        _listed(ordered, "local o={", "}"),
+        _orders(ordered),
         _listed(continents, "local c={", "}"),
         _listed(countries, "local t={", "}"),
         # PowerDNS answers codes in lower case ("sg", "as"); the tables are upper case.
@@ -219,8 +233,11 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
         script = lua_script(tables, entries, version, opt)
         # A zone transfer cuts a longer string every 255 bytes, wherever that falls in the Lua.
         too_long = [s for s in script if _size(s + " ") > MAX_STRING]
-        if too_long:
-            raise RuntimeError(f"LUA string of {_size(too_long[0] + ' ')} bytes: {too_long[0]}")
+        if too_long:  # one token longer than a line (a region's URL is cut in pieces)
+            raise ConfigError(
+                f"dns: a piece of the LUA record is {_size(too_long[0] + ' ')} bytes, over "
+                f"a zone string's {MAX_STRING}: {too_long[0][:80]}"
+            )
         scripts[rtype] = script
     _fits_one_message(scripts, opt, rname, len(entries))
     for rtype, script in scripts.items():

@@ -328,3 +328,39 @@ def test_the_serial_grows_though_two_exports_share_a_second(
         assert found
         serials.append(int(found[1]))
     assert serials == [1_800_000_000, 1_800_000_001]
+
+
+@pytest.mark.parametrize("where", ["dir", "empty"])
+def test_out_to_a_directory_is_one_line(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """The previous serial was read with open() on the directory's descriptor: a traceback."""
+    out = str(tmp_path) if where == "dir" else ""
+    with pytest.raises(SystemExit) as info:
+        main(export(cfg, "--format", "powerdns", "--out", out))
+    assert info.value.code != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "directory" in err.lower(), err
+
+
+def test_an_order_of_ninety_regions_is_cut_between_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each failover order was one Lua token: at 88 regions its {1,2,...} passed a zone
+    string's 254 bytes, and the export ended in a RuntimeError's traceback."""
+    cfg = tmp_path / "gw.toml"
+    regions = [
+        # One place (a few orders, a zone that fits) and many regions: a long order.
+        f'[[regions]]\nid = "r{i:02}"\nlatitude = 50.1\nlongitude = 8.7\n'
+        f'url = "http://127.0.{i // 200 + 1}.{i % 200 + 1}:8080"\n'
+        f'addresses = ["127.0.{i // 200 + 1}.{i % 200 + 1}"]\n'
+        for i in range(90)
+    ]
+    cfg.write_text('[gateway]\nregion = "r00"\n\n' + "\n".join(regions))
+    main(export(cfg, "--format", "powerdns", "--ns", "ns.example.net."))
+    zone = capsys.readouterr().out
+    strings = re.findall(r'^  "(.*)"$', zone, re.M)
+    assert strings and all(len(s.encode()) <= 255 for s in strings)
+    lua = "".join(strings)
+    assert "local o={{" in lua and "90" in lua
