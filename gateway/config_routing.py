@@ -75,6 +75,13 @@ def region_address(address: str) -> str:
         raise ValueError(f"{address!r} has a zone (%{ip.scope_id}): give the address alone")
     if ip.is_unspecified:
         raise ValueError(f"{address!r} is no address a client could reach")
+    # ::ffff:192.0.2.10 is an IPv4 address in IPv6's notation, for a host's own sockets: as an
+    # AAAA record no IPv6-only client reaches it, and it passed beside its own IPv4 form.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        raise ValueError(
+            f"{address!r} is an IPv4-mapped IPv6 address: give the IPv4 address "
+            f"{str(ip.ipv4_mapped)!r} (an A record), or a real IPv6 one"
+        )
     # Nor is a multicast or broadcast one (224.0.0.1, ff02::1, 255.255.255.255), or one of
     # IPv4's reserved 240/4, which no host stack sends to: every client sent there failed.
     if ip.is_multicast:

@@ -117,7 +117,8 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
     for i, r in enumerate(config.regions):
         if not r.addresses:
             if alias_regions and r.url:
-                out[r.id] = Entry(r.id, (), health_url(r.url), alias=True)
+                where = f"regions[{i}] ({r.id})"
+                out[r.id] = Entry(r.id, (), _checkable(where, health_url(r.url)), alias=True)
             continue
         where = f"regions[{i}] ({r.id})"
         if not r.url:
@@ -126,7 +127,7 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
                 f"url + {DNS_READY_PATH}; set url to the region gateway's public URL"
             )
         _each_address_once(where, r.addresses)
-        out[r.id] = Entry(r.id, r.addresses, health_url(r.url))
+        out[r.id] = Entry(r.id, r.addresses, _checkable(where, health_url(r.url)))
     if not out and alias_regions:
         raise ConfigError(
             "no region has addresses or a url: set regions[].url (each region gateway's "
@@ -141,6 +142,18 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
         )
     _each_rule_answered(config, out)
     return out
+
+
+def _checkable(where: str, url: str) -> str:
+    """A health URL the PowerDNS record's Lua can carry: a quote ended its string literal (a
+    record that failed for every client), and a backslash reached the check doubled (another
+    path). Percent-encoded, each means the same to the gateway."""
+    if bad := sorted({c for c in url if c in "'\"\\"}):
+        raise ConfigError(
+            f"{where}: url has {' and '.join(repr(c) for c in bad)}, which a DNS health check "
+            "cannot carry; percent-encode it (%27, %22, %5C)"
+        )
+    return url
 
 
 def _each_address_once(where: str, addresses: tuple[str, ...]) -> None:

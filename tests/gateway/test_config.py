@@ -154,6 +154,11 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t.replace("8.68\n", '8.68\naddresses = ["0.0.0.0"]\n'),
             "regions[0].addresses[0]: '0.0.0.0' is no address a client could reach",
         ),
+        (  # an AAAA record no IPv6-only client reaches, beside its own IPv4 form
+            lambda t: t.replace("8.68\n", '8.68\naddresses = ["::ffff:192.0.2.10"]\n'),
+            "regions[0].addresses[0]: '::ffff:192.0.2.10' is an IPv4-mapped IPv6 address: give "
+            "the IPv4 address '192.0.2.10'",
+        ),
         *(  # answered to clients by GeoDNS, which no client could connect to
             (
                 lambda t, a=address: t.replace("8.68\n", f'8.68\naddresses = ["{a}"]\n'),

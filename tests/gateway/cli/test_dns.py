@@ -364,3 +364,22 @@ def test_an_order_of_ninety_regions_is_cut_between_them(
     assert strings and all(len(s.encode()) <= 255 for s in strings)
     lua = "".join(strings)
     assert "local o={{" in lua and "90" in lua
+
+
+@pytest.mark.parametrize("char", ["'", '"', "\\"])
+def test_a_region_url_the_lua_cannot_carry_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], char: str
+) -> None:
+    """A quote ended the health URL's Lua string (a record failing for every client); a
+    backslash reached the check doubled."""
+    cfg = tmp_path / "gw.toml"
+    url = f"https://eu-central.api.example.com/o{char}neil"
+    # A JSON string is a TOML basic string: the quote and the backslash escaped as TOML reads.
+    cfg.write_text(toml({**URLS, "eu-central": url}).replace(f'"{url}"', json.dumps(url)))
+    for fmt in ("powerdns", "route53"):
+        with pytest.raises(SystemExit) as info:
+            main(export(cfg, "--format", fmt))
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "regions[0] (eu-central): url has" in err and "percent-encode" in err, err
+        assert err.count("\n") == 1
