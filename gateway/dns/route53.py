@@ -73,9 +73,12 @@ MAX_SET_IDENTIFIER = 128
 PATH_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"<>\\^`{|}')
 
 
-def health_check(url: str, interval_s: int, region: str = "") -> dict[str, Any]:
+def health_check(
+    url: str, interval_s: int, region: str = "", addresses: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The HealthCheckConfig of a region's /readyz; ConfigError for a URL the API would refuse
-    (its path, or its host once written in ASCII, too long)."""
+    (its path, or its host once written in ASCII, too long). ``addresses``: the region's; one
+    with IPv6 alone is checked at its first, the URL's host name sent as Host (and SNI)."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host = parts.hostname or ""
@@ -100,8 +103,12 @@ def health_check(url: str, interval_s: int, region: str = "") -> dict[str, Any]:
         check["IPAddress"] = str(ipaddress.ip_address(host))
     except ValueError:
         check["FullyQualifiedDomainName"] = _ascii_host(host, where)
+        # By name, Route 53 checks an IPv4 address DNS gives for it: an IPv6-only region's
+        # name has none, and its check never passed (its clients always sent elsewhere).
+        if addresses and all(ipaddress.ip_address(a).version == 6 for a in addresses):
+            check["IPAddress"] = addresses[0]
     if https:
-        check["EnableSNI"] = "IPAddress" not in check
+        check["EnableSNI"] = "FullyQualifiedDomainName" in check
     return check
 
 
@@ -282,7 +289,8 @@ def record_sets(
         "name": opt.fqdn,
         "ttl": opt.ttl,
         "health_checks": {
-            rid: health_check(e.health_url, opt.check_interval_s, rid) for rid, e in entries.items()
+            rid: health_check(e.health_url, opt.check_interval_s, rid, e.addresses)
+            for rid, e in entries.items()
         },
         "record_sets": sets,
     }

@@ -340,3 +340,15 @@ def test_a_chain_name_dns_cannot_hold_is_refused() -> None:
     opt = options("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + ".com", "d" * 50)
     with pytest.raises(OptionError, match=r"Route 53's failover link _o1-3-v4\.ddd.* is 257 bytes"):
         record_sets(compute(cfg, found), found, opt, "gw.toml")
+
+
+def test_an_ipv6_only_region_is_checked_at_its_ipv6_address() -> None:
+    """By name alone Route 53 checks an IPv4 address DNS gives for it: an IPv6-only region's
+    name has none, and its check never passed (AWS's HealthCheckConfig, IPAddress)."""
+    url = "https://eu-central.api.example.com/readyz"
+    check = health_check(url, 10, "eu-central", ("2001:db8::10", "2001:db8::11"))
+    assert check["IPAddress"] == "2001:db8::10"
+    assert check["FullyQualifiedDomainName"] == "eu-central.api.example.com"  # its Host
+    assert check["EnableSNI"] is True
+    dual = health_check(url, 10, "eu-central", ("192.0.2.10", "2001:db8::10"))
+    assert "IPAddress" not in dual and dual["EnableSNI"] is True  # by name, as before
