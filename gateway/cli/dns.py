@@ -11,10 +11,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from gateway.cli.errors import CLIError, OneLineParser
 from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_S
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.dns.tables import Entry
 
 FORMATS = ("powerdns", "route53")
 # A file the export replaces is kept readable as it was; a new one is readable by all (0644,
@@ -119,6 +124,7 @@ def export(args: argparse.Namespace) -> None:
         raise CLIError(f"dns export: {exc}") from None
     try:
         entries = tables.entries(config, alias_regions=args.alias_regions)
+        _checked_apart(entries, opt.fqdn)
         computed = tables.compute(config, entries)
         if args.format == "powerdns":
             text = powerdns.zone_file(computed, entries, opt, str(args.config))
@@ -143,6 +149,19 @@ def export(args: argparse.Namespace) -> None:
         f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s){aliased}, {orders} order(s)",
         file=sys.stderr,
     )
+
+
+def _checked_apart(entries: dict[str, Entry], fqdn: str) -> None:
+    """A region checked at the global name itself is checked wherever these records send the
+    checker, not in that region: its gateway's fall would go unseen."""
+    name = fqdn.rstrip(".").lower()
+    for rid, e in entries.items():
+        if (urlsplit(e.health_url).hostname or "").rstrip(".") == name:
+            raise ConfigError(
+                f"region {rid}: its url's host is {name}, the name these records answer: its "
+                "health would be checked in whichever region DNS chose; give each region a "
+                "url of its own host (its load balancer's or a per-region name)"
+            )
 
 
 def _previous_serial(out: Path | None) -> int | None:

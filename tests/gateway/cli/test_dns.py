@@ -383,3 +383,18 @@ def test_a_region_url_the_lua_cannot_carry_is_one_line(
         err = capsys.readouterr().err
         assert "regions[0] (eu-central): url has" in err and "percent-encode" in err, err
         assert err.count("\n") == 1
+
+
+def test_a_region_checked_at_the_global_name_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its check went wherever the records sent the checker: the region's fall unseen."""
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(toml({**URLS, "eu-central": "https://API.example.com/eu"}))
+    for fmt in ("powerdns", "route53"):
+        with pytest.raises(SystemExit) as info:
+            main(export(cfg, "--format", fmt))
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "region eu-central: its url's host is api.example.com, the name" in err, err
+        assert err.count("\n") == 1
