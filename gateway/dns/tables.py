@@ -147,7 +147,7 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
 def _checkable(where: str, url: str) -> str:
     """A health URL the PowerDNS record's Lua can carry: a quote ended its string literal (a
     record that failed for every client), and a backslash reached the check doubled (another
-    path). Percent-encoded, each means the same to the gateway."""
+    path). Percent-encoded they are plain characters, which the record carries as they are."""
     if bad := sorted({c for c in url if c in "'\"\\"}):
         raise ConfigError(
             f"{where}: url has {' and '.join(repr(c) for c in bad)}, which a DNS health check "
