@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -116,11 +117,18 @@ def chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
     # whose template does not name it, as OpenAI treats it for such models: a template that
     # knows only system, user and assistant may drop a role it does not know, or refuse it,
     # and the tiny model's made it a role of its own.
-    if not DEVELOPER_NAMED.search(str(applied)):
+    if any(m["role"] == "developer" for m in messages) and not _names_developer(str(applied)):
         messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
     if template:
         return _apply_template(tok, messages)
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+
+
+@functools.lru_cache(maxsize=4)
+def _names_developer(template: str) -> bool:
+    """Once per template (a loaded model's does not change; a string keeps its hash), not a
+    search of some kilobytes on every chat request."""
+    return DEVELOPER_NAMED.search(template) is not None
 
 
 def _apply_template(tok: Any, messages: list[dict[str, str]]) -> str:

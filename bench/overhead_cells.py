@@ -57,10 +57,6 @@ def missing_tool(tool: str) -> str | None:
 
 
 def _h2load_once(url: str, body: Path, shape: list[str], n: int, log: Path) -> str:
-    # Checked here, for every script that measures with it: through taskset a missing h2load
-    # is not an exception but an exit status, and the cell read as every request failed.
-    if problem := missing_tool("h2load"):
-        sys.exit(problem)
     log.unlink(missing_ok=True)
     # Count-based runs: h2load 1.52's duration mode (-D) stalls at 0 requests on some h2c
     # servers (nginx, hypercorn), so a short calibration run sizes the measured one instead.
@@ -99,6 +95,10 @@ def h2load(
     url: str, body: Path, proto: str, conc: int, duration: float, log: Path, proxy: list[int]
 ) -> Row:
     """One non-streaming cell; the Row's target and mode are the caller's to fill in."""
+    # Checked here, for every script that measures with it: through taskset a missing h2load
+    # is not an exception but an exit status, and the cell read as every request failed.
+    if problem := missing_tool("h2load"):
+        sys.exit(problem)
     if proto == "h1":
         shape = ["--h1", "-c", str(conc), "-m", "1"]
     else:

@@ -21,6 +21,8 @@ import httpx
 
 from bench.proc_cpu import stat_fields
 from gateway.cli.procs import (
+    ADDRESS_IN_USE,
+    START_TRIES,
     PortPicker,
     free_port,
     geogate_cmd,
@@ -269,8 +271,9 @@ class RedisServer:
 
 def start_redis(tmp: Path) -> RedisServer:
     """A redis-server on a free port. The port free_port found can be taken before redis binds
-    it (an outgoing connection of another test worker): then another port, twice at most."""
-    for attempt in range(3):
+    it (an outgoing connection of another test worker): then another port, as start_all
+    tries one (gateway.cli.procs)."""
+    for attempt in range(1, START_TRIES + 1):
         r = RedisServer(free_port(), tmp / "redis.log")
         seen = r.log.stat().st_size if r.log.exists() else 0  # the log is appended to
         try:
@@ -278,9 +281,9 @@ def start_redis(tmp: Path) -> RedisServer:
             return r
         except TimeoutError:
             r.stop()
-            if attempt == 2 or "Address already in use" not in r.log.read_text()[seen:]:
+            if attempt == START_TRIES or ADDRESS_IN_USE not in r.log.read_text()[seen:].lower():
                 raise
-    raise AssertionError("not reached")
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ function unroutable(d, model, regions) {
     // a decision routed to regions with no gateway URL: that is the table's to mend.
     return errorResponse(
       "model_not_available_in_region",
-      `model ${JSON.stringify(model)} is not served to clients here: ${rule} keeps them in ` +
+      `${what} is not served to clients here: ${rule} keeps them in ` +
         "its regions, and no upstream there serves it; ask the operator for the model in one " +
         "of those regions",
     );

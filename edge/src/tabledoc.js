@@ -115,18 +115,39 @@ function upstreamOf(raw, region, where, strict) {
   };
 }
 
-/** @param {unknown} raw @returns {Policy} */
-export function policyOf(raw) {
+// The policy's numbers, as the gateway's config bounds them (RoutingPolicy).
+/** @type {Readonly<Record<keyof typeof DEFAULT_POLICY, [number, number]>>} */
+const POLICY_RANGES = Object.freeze({
+  tolerance_ms: [0, Infinity],
+  tolerance_ratio: [0, Infinity],
+  panic_threshold: [0, 1],
+});
+
+/**
+ * `strict` (FALLBACK_TABLE): what a gateway's own document is trusted with is an operator's
+ * mistake here, refused as the gateway's config refuses it: a policy or residency list of
+ * the wrong type, a field it does not have, a number out of its range.
+ * @param {unknown} raw @param {boolean} [strict] @returns {Policy}
+ */
+export function policyOf(raw, strict = false) {
+  if (strict && raw !== undefined && raw !== null) {
+    if (!isObject(raw)) throw new TableError("policy is not an object");
+    checkKeys(raw, POLICY_KEYS, "policy");
+    if (raw.residency !== undefined && raw.residency !== null && !Array.isArray(raw.residency)) {
+      throw new TableError("policy.residency is not a list");
+    }
+  }
   const p = isObject(raw) ? raw : {};
   const rules = Array.isArray(p.residency) ? p.residency : [];
   const num = (/** @type {keyof typeof DEFAULT_POLICY} */ k) =>
-    numberOr(p[k], DEFAULT_POLICY[k], `policy.${k}`);
+    numberOr(p[k], DEFAULT_POLICY[k], `policy.${k}`, strict ? POLICY_RANGES[k] : undefined);
   return {
     tolerance_ms: num("tolerance_ms"),
     tolerance_ratio: num("tolerance_ratio"),
     panic_threshold: num("panic_threshold"),
     residency: rules.map((r, i) => {
       if (!isObject(r)) throw new TableError(`policy.residency[${i}] is not an object`);
+      if (strict) checkKeys(r, RULE_KEYS, `policy.residency[${i}]`);
       const up = (/** @type {string} */ s) => s.toUpperCase();
       return {
         name: typeof r.name === "string" ? r.name : `rule ${i}`,
@@ -195,8 +216,7 @@ export function normalizeTable(doc, { strict = false } = {}) {
       upstreams.push(upstream);
     });
   });
-  if (strict) checkPolicyShape(doc.policy);
-  const policy = policyOf(doc.policy);
+  const policy = policyOf(doc.policy, strict);
   if (strict) {
     // A misspelt "upstreams" left a fallback with none: /healthz said ok while every
     // request was a 404 model_not_found, which the SDKs do not retry.
@@ -227,34 +247,6 @@ function checkKeys(obj, known, where) {
   if (unknown.length > 0) {
     const names = unknown.map((k) => JSON.stringify(k)).join(", ");
     throw new TableError(`${where} has ${names}: not a field of it (${[...known].join(", ")})`);
-  }
-}
-
-// The policy's numbers, as the gateway's config bounds them (RoutingPolicy).
-const POLICY_RANGES = Object.freeze({
-  tolerance_ms: [0, Infinity],
-  tolerance_ratio: [0, Infinity],
-  panic_threshold: [0, 1],
-});
-
-/**
- * What policyOf takes silently (a table fetched from a gateway is the gateway's own
- * document): in FALLBACK_TABLE, a policy or residency list of the wrong type and a number out
- * of its range are an operator's mistakes, refused as the gateway's config refuses them.
- * @param {unknown} raw
- */
-function checkPolicyShape(raw) {
-  if (raw === undefined || raw === null) return;
-  if (!isObject(raw)) throw new TableError("policy is not an object");
-  checkKeys(raw, POLICY_KEYS, "policy");
-  if (raw.residency !== undefined && raw.residency !== null && !Array.isArray(raw.residency)) {
-    throw new TableError("policy.residency is not a list");
-  }
-  (raw.residency ?? []).forEach((/** @type {unknown} */ rule, /** @type {number} */ i) => {
-    if (isObject(rule)) checkKeys(rule, RULE_KEYS, `policy.residency[${i}]`);
-  });
-  for (const [k, range] of Object.entries(POLICY_RANGES)) {
-    numberOr(raw[k], 0, `policy.${k}`, /** @type {[number, number]} */ (range));
   }
 }
 

@@ -354,6 +354,7 @@ test("a residency refusal is a 403 only where nothing could be routed and a mode
   const chat = { method: "POST", body: JSON.stringify({ model: "m" }), cf: CITIES.London };
   let resp = await noUrl.dispatchFetch("https://api.example.com/v1/chat/completions", chat);
   assert.equal(resp.status, 503);
+  assert.equal((await resp.json()).error.code, "no_healthy_upstream");
   // No model named (a body the Worker cannot read): the rule keeps London from us-east, and
   // that says nothing of a model: a 503, not "model ... is not served"
   const usOnly = await startWorker({

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import random
@@ -147,6 +148,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@functools.cache
 def _ephemeral_low() -> int:
     """The first port of the kernel's ephemeral range (Linux's default 32768)."""
     try:

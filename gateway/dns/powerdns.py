@@ -98,18 +98,6 @@ def _lua_pieces(s: str, budget: int = 200) -> list[str]:
     return [*pieces, _lua(piece)]
 
 
-def _orders(tokens: list[str]) -> list[str]:
-    """``local o={...}`` around orders given one token per region: "," after each order's
-    last region but the last order's."""
-    out = ["local o={"]
-    for tok in tokens:
-        if out[-1].endswith("}"):  # the order before ended
-            out[-1] += ","
-        out.append(tok)
-    out[-1] += "}"
-    return out
-
-
 def _region_tokens(entries: Mapping[str, Entry]) -> tuple[list[str], list[str]]:
     """Each region's health URL once (h[i]), then its group for ifurlextup: every address of
     the region, both families, checked at that URL. One token per address: a region with many
@@ -162,7 +150,11 @@ def lua_script(
     ]
     # One token per region of an order, so an order of many regions (over a line's 254 bytes
     # at 88 of them) is cut between two, never inside a number.
-    ordered = [tok for o in orders for tok in _listed([str(index[r]) for r in o], "{", "}")]
+    ordered = [
+        tok
+        for i, o in enumerate(orders, start=1)
+        for tok in _listed([str(index[r]) for r in o], "{", "}" if i == len(orders) else "},")
+    ]
     checks = (
         f"selector='all',backupSelector='all',timeout='{opt.check_timeout_s}',"
         f"interval='{opt.check_interval_s}'"
@@ -171,7 +163,7 @@ def lua_script(
         # Every address of a region, both families: the check is per URL, so the A and the
         # AAAA record see the same regions up and choose the same one.
         *_region_tokens(entries),
-        _orders(ordered),
+        ["local o={", *ordered[:-1], ordered[-1] + "}"],
         _listed(continents, "local c={", "}"),
         _listed(countries, "local t={", "}"),
         # PowerDNS answers codes in lower case ("sg", "as"); the tables are upper case.

@@ -115,12 +115,11 @@ def entries(config: Config, *, alias_regions: bool = False) -> dict[str, Entry]:
     answered by an alias to its load balancer (``Entry.alias``)."""
     out: dict[str, Entry] = {}
     for i, r in enumerate(config.regions):
+        where = f"regions[{i}] ({r.id})"
         if not r.addresses:
             if alias_regions and r.url:
-                where = f"regions[{i}] ({r.id})"
                 out[r.id] = Entry(r.id, (), _checkable(where, health_url(r.url)), alias=True)
             continue
-        where = f"regions[{i}] ({r.id})"
         if not r.url:
             raise ConfigError(
                 f"{where}: addresses without url: GeoDNS checks each region's health at its "

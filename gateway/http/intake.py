@@ -184,6 +184,9 @@ class Proxy:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        # granian says "http.disconnect" for a body it could not read too (read_body); the
+        # engine is fixed for the process's life, so this is decided once.
+        self.gone_unreadable = rt.config.server.engine == "granian"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         heads = read_heads(scope["headers"])
@@ -258,7 +261,7 @@ class Proxy:
             limit,
             server.body_timeout_s,
             heads=heads,
-            gone_unreadable=server.engine == "granian",
+            gone_unreadable=self.gone_unreadable,
         )
         encoding = ", ".join(heads.get(_CONTENT_ENCODING, ()))
         data = decoded(ex.body, encoding, limit)

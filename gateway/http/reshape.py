@@ -15,6 +15,7 @@ import json
 
 from gateway.client import Response
 from gateway.client.failures import message_of, read_error
+from gateway.http.events import SSE_TYPE
 from gateway.http.paths import OPENAI_PATHS
 
 _REPLACED = frozenset({b"content-type", b"content-length", b"content-encoding"})
@@ -27,7 +28,7 @@ def openai_shaped(resp: Response, path: str) -> list[tuple[bytes, bytes]]:
     ``path``s (the rerank and score APIs, and extra_api_paths, have errors of their own)."""
     if resp.status < 400 or path not in OPENAI_PATHS:
         return resp.raw_headers
-    if (resp.header(b"content-type") or "").startswith("text/event-stream"):
+    if (resp.header(b"content-type") or "").startswith(SSE_TYPE):
         return resp.raw_headers  # an error sent as an event stream: its client reads events
     body = resp.readable_body()
     if body is None:

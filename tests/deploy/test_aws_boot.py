@@ -376,6 +376,7 @@ def _watchdog(tmp: Path, readyz: str, failing_for_s: int | None) -> tuple[int, s
         since.write_text(f"{int(time.time()) - failing_for_s}\n")
     log = tmp / "watchdog.jsonl"
     log.unlink(missing_ok=True)
+    Path(f"{log}.readyz").unlink(missing_ok=True)  # the stub's count of /readyz answers
     env = {
         **os.environ,
         "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
