@@ -48,6 +48,10 @@ def _message(i: int, m: Any) -> dict[str, str]:
             param="messages",
         )
     content = m.get("content")
+    if content is None and role == "assistant" and isinstance(m.get("refusal"), str):
+        # An assistant turn that refused, as OpenAI's API returns it (content null, the text
+        # in "refusal") and the SDKs send it back in the history: its text, as a refusal part's.
+        content = m["refusal"]
     if content is None:
         raise InvalidParameter(
             f"messages[{i}].content is required in a {role} message (a string or a list of "

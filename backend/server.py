@@ -79,6 +79,9 @@ class BackendServer:
         self, loaded: Loaded, engine: Engine, metrics: BackendMetrics, drain_s: float
     ) -> None:
         self.m = loaded
+        # The model card's "created": when this server took the model up (OpenAI's is when the
+        # model was made; a constant 0 read as 1970 in clients that show it).
+        self.created = int(time.time())
         self.engine = engine
         self.metrics = metrics
         self.drain_s = drain_s  # on SIGTERM, what runs past this is cut (_cut_at_drain_end)
@@ -190,7 +193,7 @@ class BackendServer:
         return {
             "id": self.m.name,
             "object": "model",
-            "created": 0,
+            "created": self.created,
             "owned_by": "geogate",
             "max_model_len": self.m.context_len,
         }

@@ -336,8 +336,13 @@ class Endpoints:
 _EXPLAIN_PARAMS = frozenset({"model", "ip"})
 
 
+# A card's "created": when this worker's code was loaded, the nearest the gateway knows to
+# when the model came to be served here (a constant 0 read as 1970 in clients that show it).
+_LISTED_SINCE = int(time.time())
+
+
 def _card(model: str) -> dict[str, object]:
-    return {"id": model, "object": "model", "created": 0, "owned_by": "geogate"}
+    return {"id": model, "object": "model", "created": _LISTED_SINCE, "owned_by": "geogate"}
 
 
 def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:

@@ -334,6 +334,20 @@ def test_an_assistants_refusal_part_is_history_text(tok: Any) -> None:
     assert got.prompt_ids == parse(body(messages=as_text), tok, "m", 512, chat=True).prompt_ids
 
 
+def test_an_assistants_refusal_alone_is_history_text(tok: Any) -> None:
+    # OpenAI's API answers a refusal with content null and the text in "refusal"; the SDKs
+    # send that message back in the history as it came. It was refused as content missing.
+    said = "I cannot help with that."
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "refusal": said},
+        {"role": "user", "content": "why?"},
+    ]
+    as_text = [*history[:1], {"role": "assistant", "content": said}, history[2]]
+    got = parse(body(messages=history), tok, "m", 512, chat=True)
+    assert got.prompt_ids == parse(body(messages=as_text), tok, "m", 512, chat=True).prompt_ids
+
+
 def test_a_context_overflow_names_what_to_change(tok: Any) -> None:
     # It named the prompt where max_tokens was too big, and quoted a max_tokens of 1 that
     # nobody sent where the prompt alone filled the window.
@@ -366,6 +380,9 @@ def test_a_context_overflow_names_what_to_change(tok: Any) -> None:
         # OpenAI's: content may be left out only with tool_calls, and those are refused.
         {"role": "assistant"},
         {"role": "assistant", "content": None},
+        {"role": "assistant", "content": None, "refusal": None},
+        {"role": "assistant", "content": None, "refusal": ["no"]},
+        {"role": "user", "content": None, "refusal": "no"},  # only an assistant refuses
     ],
 )
 def test_messages_are_checked_as_openai_checks_them(message: dict[str, Any]) -> None:

@@ -216,6 +216,8 @@ def test_unknown_model_malformed_json_and_context_window(backend: Backend) -> No
 def test_models_health_ready_metrics(backend: Backend) -> None:
     models = client(backend).models.list()
     assert [m.id for m in models.data] == [MODEL]
+    # "created": when the server took the model up (it was 0, shown as 1970), not later.
+    assert 0 < time.time() - models.data[0].created < 3600
     assert client(backend).models.retrieve(MODEL).id == MODEL  # the SDKs' models.retrieve
     with pytest.raises(openai.NotFoundError) as missing:
         client(backend).models.retrieve("org/other")

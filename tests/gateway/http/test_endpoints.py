@@ -3,6 +3,7 @@ decision for the client that asks, as a request from it would be routed."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -62,6 +63,7 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
     async with client(residency=rule) as c:
         listed = (await c.get("/v1/models")).json()["data"]
         assert [m["id"] for m in listed] == ["m"]  # n is served in us only
+        assert 0 < time.time() - listed[0]["created"] < 3600  # was 0: 1970 in a client's list
         assert (await c.get("/v1/models/m")).status_code == 200
         # No upstream in eu serves n at all: refused for good, not a 503 an SDK retries
         r = await c.get("/v1/models/n")
