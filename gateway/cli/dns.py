@@ -19,6 +19,7 @@ from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    from gateway.dns.options import Options
     from gateway.dns.tables import Entry
 
 FORMATS = ("powerdns", "route53")
@@ -61,11 +62,12 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         "--ns",
         action="append",
         default=[],
-        metavar="NAME",
+        metavar="NAME[=ADDRESS,...]",
         help="the zone's name server (repeatable; default ns1.ZONE; PowerDNS only): relative to "
         "the zone, as --name and as a zone file reads it (ns2: ns2.ZONE), unless it ends with "
         "'.' (ns1.example.net.; without it such a dotted name is refused); a host name, not "
-        "an address",
+        "an address. A name in the zone takes its addresses after '=' (ns1=192.0.2.53), "
+        "written as its A and AAAA records: without them the export warns",
     )
     ex.add_argument(
         "--alias-regions",
@@ -137,11 +139,15 @@ def export(args: argparse.Namespace) -> None:
         raise ConfigError(f"config error in {args.config}: {exc}") from None
     if args.out is None:
         sys.stdout.write(text)
+    else:
+        try:
+            _write(args.out, text)
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.out}: {_why(exc, args.out)}") from None
+    if args.format == "powerdns":
+        _warn_unaddressed(opt)
+    if args.out is None:
         return
-    try:
-        _write(args.out, text)
-    except OSError as exc:
-        raise CLIError(f"cannot write {args.out}: {_why(exc, args.out)}") from None
     orders = len(computed.orders())
     aliases = sum(e.alias for e in entries.values())
     aliased = f" ({aliases} as load balancer aliases)" if aliases else ""
@@ -149,6 +155,18 @@ def export(args: argparse.Namespace) -> None:
         f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s){aliased}, {orders} order(s)",
         file=sys.stderr,
     )
+
+
+def _warn_unaddressed(opt: Options) -> None:
+    for ns in opt.unaddressed:
+        # Said, not refused: the parent's glue serves until a resolver asks the zone itself.
+        print(
+            f"dns export: warning: name server {ns} is in the zone and has no address in "
+            f"it: resolvers that ask the zone for it get none; give --ns "
+            f"{ns.removesuffix('.' + opt.zone)}=ADDRESS, or a name server outside the zone "
+            "(--ns ns1.example.net.)",
+            file=sys.stderr,
+        )
 
 
 def _checked_apart(entries: dict[str, Entry], fqdn: str) -> None:

@@ -70,6 +70,9 @@ class Options:
     check_timeout_s: int = DNS_CHECK_TIMEOUT_S
     serial: int = 1
     nameservers: tuple[str, ...] = ()  # fully qualified; empty: ns1.<zone>
+    # A name server's addresses, written in the zone (its own records; the parent holds the
+    # same as glue): (fully qualified name, address), for names in the zone only.
+    glue: tuple[tuple[str, str], ...] = ()
 
     @property
     def fqdn(self) -> str:
@@ -78,6 +81,13 @@ class Options:
     @property
     def ns(self) -> tuple[str, ...]:
         return self.nameservers or (f"ns1.{self.zone}",)
+
+    @property
+    def unaddressed(self) -> tuple[str, ...]:
+        """Name servers in the zone with no address in it: a resolver that asks the zone for
+        one's address (to check the parent's glue, or once that expired) gets none."""
+        glued = {n for n, _ in self.glue}
+        return tuple(n for n in self.ns if _in_zone(n, self.zone) and n not in glued)
 
 
 def options(
@@ -102,11 +112,13 @@ def options(
             raise OptionError(f"{what} {value} must be at least {low} s")
         if value > high:
             raise OptionError(f"{what} {value} must be at most {high} s")
-    ns = tuple(_nameserver(n, fq_zone) for n in nameservers)
+    named = [_addressed(n, fq_zone) for n in nameservers]
+    ns = tuple(n for n, _ in named)
     twice = next((n for i, n in enumerate(ns) if n in ns[:i]), None)
     if twice is not None:  # two NS records of one name: a typo'd copy, another was meant
         raise OptionError(f"nameserver {twice} is given twice (--ns)")
-    chosen = Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns)
+    glue = tuple((n, a) for n, addresses in named for a in addresses)
+    chosen = Options(fq_zone, name, ttl, check_interval_s, check_timeout_s, serial, ns, glue)
     # The zone's own names, in full: the name "api" under a long zone may not fit.
     fits(chosen.fqdn, "name", "shorten --name or --zone")
     for n in chosen.ns:
@@ -138,6 +150,47 @@ def _relative(name: str, fq_zone: str) -> str:
     return fq.rstrip(".")
 
 
+def _in_zone(fq: str, fq_zone: str) -> bool:
+    return fq == fq_zone or fq.endswith("." + fq_zone)
+
+
+def _addressed(given: str, fq_zone: str) -> tuple[str, tuple[str, ...]]:
+    """An --ns value, NAME or NAME=ADDRESS[,ADDRESS...]: the name fully qualified, and the
+    addresses the zone gives it (its A and AAAA records), each as ipaddress writes it."""
+    name, addressed, listed = given.partition("=")
+    fq = _nameserver(name, fq_zone)
+    if not addressed:
+        return fq, ()
+    if not _in_zone(fq, fq_zone):  # its own zone answers for it, not this one
+        raise OptionError(
+            f"nameserver {fq} is not in zone {fq_zone}: its addresses belong in its own zone; "
+            f"give --ns {name} without '=' (or a name in this zone, ns1=ADDRESS)"
+        )
+    addresses = tuple(_ns_address(a, fq) for a in listed.split(","))
+    twice = next((a for i, a in enumerate(addresses) if a in addresses[:i]), None)
+    if twice is not None:
+        raise OptionError(f"nameserver {fq}: address {twice} is given twice (--ns)")
+    return fq, addresses
+
+
+def _ns_address(text: str, fq: str) -> str:
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        raise OptionError(
+            f"nameserver {fq}: {text!r} is not an IP address (--ns NAME=ADDRESS[,ADDRESS])"
+        ) from None
+    if address.is_unspecified or address.is_multicast:
+        raise OptionError(f"nameserver {fq}: {address} is no host's address")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # An AAAA record of ::ffff:a.b.c.d sends IPv6 clients nowhere: it is an A record's.
+        raise OptionError(
+            f"nameserver {fq}: {text} is an IPv4 address written as IPv6; give "
+            f"{address.ipv4_mapped}"
+        )
+    return str(address)
+
+
 def _nameserver(name: str, fq_zone: str) -> str:
     """An --ns name as a zone file reads it, and as --name is: relative to the zone unless it
     ends with "." (ns2 is ns2.example.com.; ns1.example.net. is itself), and one already
@@ -154,7 +207,7 @@ def _nameserver(name: str, fq_zone: str) -> str:
             f"(ns1 for ns1.{fq_zone}, or ns1.example.net. outside the zone)"
         )
     fq = domain(name, "nameserver", "shorten --ns")
-    if name.endswith(".") or fq == fq_zone or fq.endswith("." + fq_zone):
+    if name.endswith(".") or _in_zone(fq, fq_zone):
         return fq
     if "." in name:
         # ns1.example.net: an earlier release read it as that host, a zone file as

@@ -217,6 +217,7 @@ def zone_file(tables: Tables, entries: Mapping[str, Entry], opt: Options, source
         f"$TTL {opt.ttl}",
         f"@ IN SOA {opt.ns[0]} {rname} {opt.serial} 10800 3600 604800 {opt.ttl}",
         *(f"@ IN NS {ns}" for ns in opt.ns),
+        *(f"{ns} IN {'AAAA' if ':' in a else 'A'} {a}" for ns, a in opt.glue),
     ]
     scripts: dict[str, list[str]] = {}
     for rtype, version in (("A", 4), ("AAAA", 6)):
@@ -258,6 +259,7 @@ def _fits_one_message(
     count accepts up to about 700 fewer.)"""
     soa = _wire(opt.zone) + RR_FIXED + _wire(opt.ns[0]) + _wire(rname) + 20
     ns = sum(_wire(opt.zone) + RR_FIXED + _wire(n) for n in opt.ns)
+    ns += sum(_wire(n) + RR_FIXED + (16 if ":" in a else 4) for n, a in opt.glue)
     lua = {rtype: _rdata(script) for rtype, script in scripts.items()}
     owners = len(lua) * (_wire(opt.fqdn) + RR_FIXED)
     total = HEADER + _wire(opt.zone) + 4 + 2 * soa + ns + owners + sum(lua.values())

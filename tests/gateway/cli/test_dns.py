@@ -50,6 +50,16 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "https://eu-central.api.example.com/readyz" in text
     err = capsys.readouterr().err
     assert f"wrote {out}: api.example.com. over 3 region(s)" in err
+    # ns2 is in the zone with no address: said once, in a line that says how to give one.
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == [
+        "dns export: warning: name server ns2.example.com. is in the zone and has no address "
+        "in it: resolvers that ask the zone for it get none; give --ns ns2=ADDRESS, or a name "
+        "server outside the zone (--ns ns1.example.net.)"
+    ]
+    main(export(cfg, "--format", "powerdns", "--ns", "ns2=192.0.2.53", "--out", str(out)))
+    assert "warning" not in capsys.readouterr().err
+    assert "ns2.example.com. IN A 192.0.2.53" in out.read_text()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gateway.dns.options import OptionError, domain, next_serial, options
@@ -161,6 +163,40 @@ def test_bounds_are_inclusive() -> None:
 def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         options(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_name_server_in_the_zone_takes_its_addresses() -> None:
+    o = options(
+        "example.com", "api", nameservers=("ns1=192.0.2.53,[2001:DB8::53]", "ns.example.net.")
+    )
+    assert o.ns == ("ns1.example.com.", "ns.example.net.")
+    assert o.glue == (("ns1.example.com.", "192.0.2.53"), ("ns1.example.com.", "2001:db8::53"))
+    assert o.unaddressed == ()  # ns.example.net.'s own zone gives its address
+    # The default ns1, and one named without addresses, would have none in the zone.
+    assert options("example.com", "api").unaddressed == ("ns1.example.com.",)
+    assert options("example.com", "api", nameservers=("ns2", "ns3=192.0.2.3")).unaddressed == (
+        "ns2.example.com.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("ns.example.net.=192.0.2.53", "nameserver ns.example.net. is not in zone example.com."),
+        ("ns1=ns.example.net", "nameserver ns1.example.com.: 'ns.example.net' is not an IP"),
+        ("ns1=", "nameserver ns1.example.com.: '' is not an IP address"),
+        ("ns1=192.0.2.53,", "nameserver ns1.example.com.: '' is not an IP address"),
+        ("ns1=::ffff:192.0.2.53", "written as IPv6; give 192.0.2.53"),
+        ("ns1=0.0.0.0", "0.0.0.0 is no host's address"),
+        ("ns1=ff02::1", "ff02::1 is no host's address"),
+        ("ns1=192.0.2.53,192.0.2.053", "is not an IP address"),  # octal-looking: refused
+        ("ns1=192.0.2.53,192.0.2.53", "address 192.0.2.53 is given twice"),
+        ("=192.0.2.53", "nameserver '' is not a domain name"),
+    ],
+)
+def test_a_name_servers_bad_address_is_refused(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        options("example.com", "api", nameservers=(given,))
 
 
 def test_domain_labels() -> None:

@@ -47,6 +47,7 @@ MANY_V6 = [f"2001:db8:aaaa:bbbb:cccc:dddd:eeee:{n}" for n in (11, 21, 31, 41)]
 # second Kosovo is in Asia: no GeoIP says so, but a country geodb cannot place may be anywhere.
 LONDON, SINGAPORE, NEW_YORK = "203.0.113.7", "198.51.100.7", "192.0.2.7"
 PRISTINA, XK_IN_ASIA = "203.0.113.135", "198.51.100.135"
+NS1_ADDRESS = "127.0.0.53"  # ns1.example.com's, given to the export (--ns ns1=ADDRESS)
 CITIES = [
     ("203.0.113.0/25", "GB", "EU", "51.51", "-0.13", "London"),
     ("203.0.113.128/25", "XK", "EU", "42.66", "21.16", "Pristina"),
@@ -65,6 +66,10 @@ def test_the_zone_has_soa_ns_and_a_lua_record_per_family() -> None:
     text = zone_file(compute(cfg, found), found, opt, "gw.toml")
     assert "@ IN SOA ns1.example.com. hostmaster.example.com. 42 " in text
     assert "@ IN NS ns1.example.com." in text
+    assert " IN A 192.0.2.53" not in text  # no address given for ns1, none written
+    glued = options("example.com", "api", nameservers=("ns1=192.0.2.53,2001:db8::53",))
+    with_glue = zone_file(compute(cfg, found), found, glued, "gw.toml")
+    assert "ns1.example.com. IN A 192.0.2.53\nns1.example.com. IN AAAA 2001:db8::53\n" in with_glue
     assert "api 30 IN LUA A (" in text and "api 30 IN LUA AAAA (" in text
     assert "interval='7'" in text and "lua-health-checks-interval seconds (set it to 7)" in text
     strings = [line.strip() for line in text.splitlines() if line.startswith('  "')]
@@ -233,6 +238,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PowerDNS,
                 str(CHECK_INTERVAL_S),
                 "--out",
                 str(zones[zone]),
+                *(["--ns", f"ns1={NS1_ADDRESS}"] if fqdn == V4 else []),
             ]
         )
     zones["example.biz"] = tmp / "example.biz.zone"
@@ -282,6 +288,15 @@ def test_each_client_gets_its_nearest_healthy_region(served: tuple[PowerDNS, Hea
     answers(pdns, LONDON, [ADDRESSES[EU]])
     answers(pdns, SINGAPORE, [ADDRESSES[AP]])
     answers(pdns, NEW_YORK, [ADDRESSES[US]])
+
+
+def test_the_zones_name_server_has_its_address_in_the_zone(
+    served: tuple[PowerDNS, Health],
+) -> None:
+    pdns, _ = served
+    assert pdns.dig(LONDON, "ns1.example.com") == ("NOERROR", [NS1_ADDRESS])
+    # Exported without one (the export warned): to a resolver that asks, no such name.
+    assert pdns.dig(LONDON, "ns1.example.net") == ("NXDOMAIN", [])
 
 
 def test_a_region_whose_readyz_fails_drops_out_within_the_interval(
