@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from backend.errors import BackendError
+from backend.errors import BackendError, clipped
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -33,7 +33,8 @@ class OneLineParser(argparse.ArgumentParser):
     gateway's CLI uses this one too (gateway.cli.errors): this package imports nothing of it."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # The values it echoes cut (clipped): a 300-digit --port was printed whole.
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {clipped(message)} (see {self.prog} --help)\n")
 
 
 def port(text: str) -> int:
@@ -217,7 +218,7 @@ def main(argv: Sequence[str]) -> None:
         else:
             _serve(argv)
     except BackendError as exc:
-        print(f"geogate backend: {exc}", file=sys.stderr)
+        print(f"geogate backend: {clipped(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:  # Ctrl-C before serving (the model loading): was a traceback
         _exit_now(EXIT_INTERRUPTED, "geogate backend: interrupted")

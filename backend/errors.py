@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from backend.shapes import error_body
@@ -20,6 +21,29 @@ def shown(v: Any) -> str:
     if len(text) > SHOWN_CHARS:
         text = f"{text[: SHOWN_CHARS - 10]}... ({len(text)} characters)"
     return text
+
+
+# A value echoed in a one-line error is cut to this many characters and an ellipsis: a
+# 100,000-character --who or a 5,000-digit override was printed whole (as HostGuard cuts Host).
+SHOWN_MAX_CHARS = 100
+# What echoes a value: a Python repr in quotes, not right after a letter (the "'" of
+# "region's" opens none), or a run of digits (a number is echoed bare).
+_ECHOED = re.compile(r"""(?<!\w)('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\d+""")
+
+
+def clipped(line: str) -> str:
+    """``line`` with each value it echoes cut to SHOWN_MAX_CHARS characters and "…", where
+    errors are made into lines (a ConfigError, the CLI's output) rather than in each message.
+    Idempotent: a cut value is not cut again."""
+
+    def cut(m: re.Match[str]) -> str:
+        text = m.group()
+        quote = text[0] if m.group(1) else ""
+        if len(text) <= SHOWN_MAX_CHARS + 2 * len(quote):  # a cut one: "…" and its quote
+            return text
+        return f"{text[:SHOWN_MAX_CHARS]}…{quote}"
+
+    return _ECHOED.sub(cut, line)
 
 
 class BackendError(Exception):

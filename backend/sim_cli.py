@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from backend.cli import DRAIN_BACKSTOP_S, EXIT_USAGE, OneLineParser, check_listen, port
-from backend.errors import BackendError
+from backend.errors import BackendError, clipped
 from backend.sim import SimBackend
 from backend.sim_config import CLOCKS, SimConfig
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str]) -> None:
         cfg = _config(args)
         check_listen(args.host, args.port)
     except (ValueError, BackendError) as exc:  # SimConfig's own check: one line, as argparse's
-        print(f"geogate: {exc}", file=sys.stderr)
+        print(f"geogate: {clipped(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     try:
         run(cfg, args.host, args.port, args.backlog, args.drain_timeout)

@@ -41,30 +41,12 @@ Each error's message must say what to do about it: for an API client it is all t
 
 from __future__ import annotations
 
-import re
 import sys
 
-# A value echoed in a one-line error is cut to this many characters and an ellipsis: a
-# 100,000-character --who or a 5,000-digit override was printed whole (as HostGuard cuts Host).
-SHOWN_MAX_CHARS = 100
-# What echoes a value: a Python repr in quotes, not right after a letter (the "'" of
-# "region's" opens none), or a run of digits (a number is echoed bare).
-_ECHOED = re.compile(r"""(?<!\w)('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\d+""")
-
-
-def clipped(line: str) -> str:
-    """``line`` with each value it echoes cut to SHOWN_MAX_CHARS characters and "…", where
-    errors are made into lines (a ConfigError, the CLI's output) rather than in each message.
-    Idempotent: a cut value is not cut again."""
-
-    def cut(m: re.Match[str]) -> str:
-        text = m.group()
-        quote = text[0] if m.group(1) else ""
-        if len(text) <= SHOWN_MAX_CHARS + 2 * len(quote):  # a cut one: "…" and its quote
-            return text
-        return f"{text[:SHOWN_MAX_CHARS]}…{quote}"
-
-    return _ECHOED.sub(cut, line)
+# clipped and SHOWN_MAX_CHARS live with the model server's errors, whose CLI parser this
+# package's subclasses: both packages' one-line errors cut what they echo the same way.
+from backend.errors import SHOWN_MAX_CHARS as SHOWN_MAX_CHARS
+from backend.errors import clipped as clipped
 
 
 def past_limits(exc: ValueError | RecursionError) -> str:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
+# The model server's parser: argparse's errors in one line, the values they echo cut
+# (``clipped``: ``geogate ctl`` followed by 100,000 characters was echoed whole as an invalid
+# choice). Subparsers are made of the root's class, so every geogate command's are too.
 from backend.cli import EXIT_USAGE
-from backend.cli import OneLineParser as BackendParser
-from gateway.errors import clipped
+from backend.cli import OneLineParser as OneLineParser
 
 __all__ = ["EXIT_USAGE", "CLIError", "OneLineParser"]
 
 
 class CLIError(Exception):
     pass
-
-
-class OneLineParser(BackendParser):
-    """argparse's errors in one line, the values they echo cut (``gateway.errors.clipped``):
-    ``geogate ctl`` followed by 100,000 characters was echoed whole as an invalid choice."""
-
-    def error(self, message: str) -> NoReturn:
-        super().error(clipped(message))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend import cli, sim_cli
+from backend.errors import SHOWN_MAX_CHARS
 
 
 @pytest.mark.parametrize(
@@ -35,6 +36,17 @@ def test_batch_and_queue_bounds_are_one_line(
         (cli.main, ["--port", "1"], "geogate backend: error: the following arguments are"),
         (cli.main, ["make-tiny-model"], "geogate backend make-tiny-model: error: the following"),
         (sim_cli.main, ["--port", "x"], "geogate sim-backend: error: argument --port: 'x' is no"),
+        # The value echoed is cut: a 300-digit port was printed whole.
+        (
+            sim_cli.main,
+            ["--port", "9" * 300],
+            f"geogate sim-backend: error: argument --port: {'9' * SHOWN_MAX_CHARS}… is no port",
+        ),
+        (
+            cli.main,
+            ["--port", "1", "--model", "m", "--dtype", "x" * 300],
+            f"geogate backend: error: argument --dtype: invalid choice: '{'x' * 99}…'",
+        ),
     ],
 )
 def test_argument_errors_are_one_line(
