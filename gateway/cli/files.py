@@ -19,15 +19,17 @@ def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     return f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"
 
 
-def read_text(path: Path, who: str) -> str:
+def read_text(path: Path, who: str, unreadable: str = "cannot read {path}: {why}") -> str:
     """The file's text, decoded whole (the error's offset is then the file's), from a regular
-    file of at most CONFIG_MAX_BYTES."""
+    file of at most CONFIG_MAX_BYTES. ``unreadable``: what an OSError says, with ``{path}``
+    and ``{why}`` (its strerror), for a file whose caller knows what to do about it."""
     try:
         # As a config file is read (a plan's or an RTT table's is kilobytes): /dev/zero was
         # read until memory ran out.
         data = read_config_bytes(path)
     except OSError as exc:
-        raise CLIError(f"{who}: cannot read {path}: {exc.strerror}") from None
+        said = unreadable.format(path=path, why=exc.strerror)
+        raise CLIError(f"{who}: {said}") from None
     except ValueError as exc:
         raise CLIError(f"{who}: {path} {exc}") from None
     try:

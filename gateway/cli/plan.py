@@ -15,8 +15,7 @@ from typing import Any
 
 from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError, OneLineParser
-from gateway.cli.files import not_utf8, output_dir, read_text, writing
-from gateway.config_file import read_config_bytes
+from gateway.cli.files import output_dir, read_text, writing
 from gateway.errors import PlanInvalid, past_limits
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
 from gateway.plan.model import Placement, choose
@@ -47,20 +46,18 @@ def load(path: Path) -> PlanInput:
 
 def read_results(path: Path) -> dict[str, Any]:
     """bench/backend.py's results, for the regions that take their tokens/s from them."""
-    try:  # as a config file is read: a regular file of at most CONFIG_MAX_BYTES
-        data = read_config_bytes(path)
-    except OSError as exc:
-        raise PlanInvalid(
-            f"plan: a region takes its tokens_per_s from {path}, which cannot be read "
-            f"({exc.strerror}): run bench/backend.py there, or give tokens_per_s"
-        ) from None
-    except ValueError as exc:  # what it is instead, in words
-        raise PlanInvalid(f"plan: {path} {exc}") from None
+    try:  # read as any CLI input is; PlanInvalid, as gateway.plan.inputs.parse documents
+        text = read_text(
+            path,
+            "plan",
+            "a region takes its tokens_per_s from {path}, which cannot be read ({why}): "
+            "run bench/backend.py there, or give tokens_per_s",
+        )
+    except CLIError as exc:
+        raise PlanInvalid(str(exc)) from None
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:  # a ValueError too: this first
-        raise PlanInvalid(f"plan: {not_utf8(path, exc)}") from None
-    except json.JSONDecodeError as exc:  # a ValueError too
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:  # a ValueError too: this first
         raise PlanInvalid(f"plan: {path} is not JSON: {exc}") from None
     except (ValueError, RecursionError) as exc:  # JSON past the parser's limits
         raise PlanInvalid(f"plan: {path} is not JSON: {past_limits(exc)}") from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from gateway.defaults import REFUSAL_BODY_MAX_BYTES, REFUSAL_MESSAGE_MAX
+from gateway.defaults import REFUSAL_MESSAGE_MAX
 
 
 class ClientError(Exception):
@@ -72,8 +72,8 @@ def status_detail(status: int, body: bytes | None) -> str:
     ``detail``, else a plain text's first line). A quota's 429 ("insufficient_quota") said
     only "at capacity", and the client had nothing to act on. ``body``: None where it is not
     to be read (not all of it came with the head, compressed, over REFUSAL_BODY_MAX_BYTES:
-    gateway.client.response's ``readable_body``)."""
-    said = message_of(body) if body and len(body) <= REFUSAL_BODY_MAX_BYTES else None
+    gateway.client.response's ``readable_body``, the one place that decides it)."""
+    said = message_of(*read_error(body)) if body else None
     return f"HTTP {status}: {said}" if said else f"HTTP {status}"
 
 
@@ -87,11 +87,10 @@ def read_error(body: bytes) -> tuple[str, Any]:
         return text, None
 
 
-def message_of(body: bytes, read: tuple[str, Any] | None = None) -> str | None:
+def message_of(text: str, doc: Any) -> str | None:
     """An error answer's message, for a person: the first of ``status_detail``'s sources
     found, on one line of printable characters, at most REFUSAL_MESSAGE_MAX of them; None
-    where it has none. ``read``: ``read_error(body)``, where the caller has it already."""
-    text, doc = read_error(body) if read is None else read
+    where it has none. ``text`` and ``doc``: the body as ``read_error`` read it."""
     if isinstance(doc, dict):
         error = doc.get("error")
         found = error.get("message") if isinstance(error, dict) else error

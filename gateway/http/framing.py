@@ -33,7 +33,7 @@ def framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> GatewayEr
     only HTTP/1.0 may leave it out). No transfer coding but chunked (6.1: "gzip, chunked" was
     dechunked and its gzip sent on as the body; 501, as nginx answers it), and none at all
     in HTTP/1.0, which has none. None: the framing is sound."""
-    hosts, codings, _ = _framing(headers)
+    hosts, codings, _ = _framing(headers, with_lengths=False)
     return _checked(version, hosts, codings)
 
 
@@ -41,7 +41,7 @@ def lax_framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> Gatew
     """``framing_error``, and what llhttp refuses itself but another engine's parser takes:
     Content-Length beside Transfer-Encoding (RFC 9112 6.3: framing to close on), and more than
     one Content-Length, or one that is not a single number. One pass over the headers."""
-    hosts, codings, lengths = _framing(headers)
+    hosts, codings, lengths = _framing(headers, with_lengths=True)
     found = _checked(version, hosts, codings)
     if found is not None:
         return found
@@ -54,8 +54,12 @@ def lax_framing_error(version: str, headers: list[tuple[bytes, bytes]]) -> Gatew
     return None
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """The values of Host, Transfer-Encoding and Content-Length, in one pass."""
+def _framing(
+    headers: list[tuple[bytes, bytes]], *, with_lengths: bool
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """The values of Host, Transfer-Encoding and Content-Length, in one pass. Content-Length's
+    only ``with_lengths`` (else none): ``framing_error``, on gateway.h1's every request, has
+    no use for them, llhttp having checked Content-Length itself."""
     hosts: list[bytes] = []
     codings: list[bytes] = []
     lengths: list[bytes] = []
@@ -64,7 +68,7 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[byte
             hosts.append(value)
         elif name == b"transfer-encoding":
             codings.append(value)
-        elif name == b"content-length":
+        elif with_lengths and name == b"content-length":
             lengths.append(value)
     return hosts, codings, lengths
 

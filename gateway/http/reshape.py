@@ -33,12 +33,11 @@ def openai_shaped(resp: Response, path: str) -> list[tuple[bytes, bytes]]:
     body = resp.readable_body()
     if body is None:
         return resp.raw_headers
-    read = read_error(body)
-    doc = read[1]
+    text, doc = read_error(body)
     error = doc.get("error") if isinstance(doc, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return resp.raw_headers  # OpenAI's shape already
-    said = message_of(body, read) or f"the upstream answered HTTP {resp.status} with no message"
+    said = message_of(text, doc) or f"the upstream answered HTTP {resp.status} with no message"
     code = doc.get("code") if isinstance(doc, dict) else None
     shaped = {
         "error": {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.client import Client
+from gateway.defaults import REFUSAL_BODY_MAX_BYTES
 from tests.gateway.client.scripted import Scripted, ok, raw, run
 
 
@@ -53,6 +54,23 @@ def test_a_compressed_body_is_not_read_for_its_message() -> None:
             resp = await client.request("GET", srv.url + "/", until_body=True)
             assert resp.whole_body() is not None and resp.readable_body() is None
             assert resp.refusal() == "HTTP 200"  # its bytes read for no message
+            resp.close()
+            await client.close()
+
+    run(main())
+
+
+def test_a_body_over_the_limit_is_not_read_for_its_message() -> None:
+    # readable_body is the one check of the size (status_detail reads what it is given):
+    # None whether or not all of it came with the head.
+    big = b"x" * (REFUSAL_BODY_MAX_BYTES + 1)
+
+    async def main() -> None:
+        async with Scripted(ok(big, b"Content-Type: text/plain\r\n")) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert resp.readable_body() is None
+            assert resp.refusal() == "HTTP 200"
             resp.close()
             await client.close()
 
