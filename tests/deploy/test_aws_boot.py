@@ -72,6 +72,7 @@ def _values(**over: str) -> dict[str, str]:
         "region_id": "ap-southeast",
         "group_name": "geogate-ap-southeast-gpu",  # hosts.tf: <name_prefix>-<region_id>-gpu
         "ready_hook": "ready",
+        "host_ready_timeout_s": "900",  # hosts.tf: local.host_ready_timeout_s
         **over,
     }
 
@@ -187,6 +188,15 @@ with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({"cmd": "sleep", "args": sys.argv[1:]}) + "\\n")
 """
 
+# date: `date +%s` only (the boot's start, the watchdog's now). STUB_NOW when set: the
+# watchdog's limits are tested to the second, not with room for a slow machine's seconds
+# between the test's clock and the script's; the real time otherwise.
+DATE_STUB = """
+import os, sys, time
+assert sys.argv[1:] == ["+%s"], sys.argv
+print(os.environ.get("STUB_NOW") or int(time.time()))
+"""
+
 
 def boot(
     tmp: Path,
@@ -201,8 +211,8 @@ def boot(
     instance_id: str = "",
     hook_fail: bool = False,
 ) -> tuple[int, str, list[dict[str, Any]]]:
-    """Run the rendered user data with `aws`, `docker`, `iptables`, `systemctl` and `curl`
-    stand-ins (``readyz``: what the gateway's /readyz answers, CURL_STUB);
+    """Run the rendered user data with `aws`, `docker`, `iptables`, `systemctl`, `curl`,
+    `sleep` and `date` stand-ins (``readyz``: what the gateway's /readyz answers, CURL_STUB);
     /etc/geogate, /etc/systemd/system and /run/geogate under tmp. `iptables=False`: a PATH
     with no iptables at all (this machine's tools, less any iptables*)."""
     bash = shutil.which("bash")
@@ -216,6 +226,7 @@ def boot(
         "systemctl": SYSTEMCTL_STUB,
         "curl": CURL_STUB,
         "sleep": SLEEP_STUB,
+        "date": DATE_STUB,
     }
     if not iptables:
         del stubs["iptables"]
@@ -367,13 +378,18 @@ def test_a_changed_gateway_config_is_a_new_fleet(tmp_path: Path) -> None:
     assert re.fullmatch(r"aws-ap-southeast-[0-9a-f]{12}", first)
 
 
+# The watchdog's clock (DATE_STUB): a fixed second, so that a streak or a boot begun N s
+# before it is N s old to the script, exactly.
+WATCHDOG_NOW = 1_700_000_000
+
+
 def _watchdog(tmp: Path, readyz: str, failing_for_s: int | None) -> tuple[int, str, list[Any]]:
-    """The booted host's watchdog run once, /readyz answering ``readyz``, after it had been
-    failing for ``failing_for_s`` (None: it was not)."""
+    """The booted host's watchdog run once at WATCHDOG_NOW, /readyz answering ``readyz``,
+    after it had been failing for ``failing_for_s`` (None: it was not)."""
     since = tmp / "run" / "watchdog-since"
     since.unlink(missing_ok=True)
     if failing_for_s is not None:
-        since.write_text(f"{int(time.time()) - failing_for_s}\n")
+        since.write_text(f"{WATCHDOG_NOW - failing_for_s}\n")
     log = tmp / "watchdog.jsonl"
     log.unlink(missing_ok=True)
     Path(f"{log}.readyz").unlink(missing_ok=True)  # the stub's count of /readyz answers
@@ -382,6 +398,7 @@ def _watchdog(tmp: Path, readyz: str, failing_for_s: int | None) -> tuple[int, s
         "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
         "STUB_LOG": str(log),
         "STUB_READYZ": readyz,
+        "STUB_NOW": str(WATCHDOG_NOW),
     }
     bash = shutil.which("bash")
     assert bash
@@ -425,12 +442,13 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
 
     since = tmp_path / "run" / "watchdog-since"
     # Before the host is in service (the end of its boot) the launch hook governs: no report,
-    # and no /readyz asked; a group with no hook (made before it) gets one past 20 minutes.
+    # and no /readyz asked; a group with no hook (made before it) gets one from 20 minutes on
+    # (BOOT_MAX_S: the hook's 900 s, host_ready_timeout_s, and 5 minutes more).
     (tmp_path / "etc" / "in-service").rename(tmp_path / "etc" / "booting")
     started = tmp_path / "etc" / "boot-started"
     assert abs(int(started.read_text()) - time.time()) < 60  # written by the boot
-    for booted_s, report in ((600, False), (1300, True)):
-        started.write_text(f"{int(time.time()) - booted_s}\n")
+    for booted_s, report in ((600, False), (1199, False), (1200, True)):
+        started.write_text(f"{WATCHDOG_NOW - booted_s}\n")
         rc, err, calls = _watchdog(tmp_path, "refused", None)
         assert rc == 0 and reported(calls) is report, err
         assert not [c for c in calls if c["cmd"] == "curl"]
@@ -440,8 +458,11 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
         ("ok", 2000, False),  # ready again: the streak ends
         ("503 not ready: no healthy, undrained upstream", None, False),  # a streak begins
         ("503 not ready: no healthy, undrained upstream", 120, False),  # a model's reload
-        ("refused", 870, False),  # not 899: a second of a slow machine reported it
-        ("503 not ready: no healthy, undrained upstream", 900, True),
+        # READYZ_FAILING_S (900 s) to the second: the streak's length is now - since, both
+        # from the stub's clock, reported from 900 on (-ge)
+        ("refused", 899, False),
+        ("refused", 900, True),
+        ("503 not ready: no healthy, undrained upstream", 901, True),
         ("refused", 3600, True),  # a gateway gone for good
         # an operator's drain, or the gateway's shutdown: no failure, and the streak ends
         ("503 not ready: no healthy, undrained upstream (1 healthy but drained)", 3600, False),

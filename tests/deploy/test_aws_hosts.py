@@ -38,6 +38,15 @@ def _resources(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def _locals(path: Path) -> dict[str, Any]:
+    """name -> value of every local in the module's .tf files (every `locals` block)."""
+    out: dict[str, Any] = {}
+    for p in sorted(path.glob("*.tf")):
+        for block in hcl2.loads(p.read_text()).get("locals", []):
+            out.update(block)
+    return out
+
+
 # --- item: instance refresh, AMI ------------------------------------------------------------
 
 
@@ -242,7 +251,9 @@ def test_the_role_reads_two_parameters_and_decrypts_only_through_ssm() -> None:
     )
     # as long as the ALB's check allowed a boot; Terraform does not wait for the hosts; a
     # change to the hook does not replace the group (a new group: every host at once)
-    assert hook["heartbeat_timeout"] == group["health_check_grace_period"] == 900
+    ready = "${local.host_ready_timeout_s}"  # one figure, also the boot's (test_aws_boot.py)
+    assert hook["heartbeat_timeout"] == group["health_check_grace_period"] == ready
+    assert _locals(REGION)["host_ready_timeout_s"] == 900
     assert _unquote(group["wait_for_capacity_timeout"]) == "0"
     (lifecycle,) = group["lifecycle"]
     assert lifecycle["ignore_changes"] == ["initial_lifecycle_hook"]
@@ -524,16 +535,17 @@ def test_the_hosts_pull_their_two_images_and_no_other() -> None:
         "ecr:GetDownloadUrlForLayer",
     ]
     assert _unquote(pull["resources"]) == "${local.ecr_repositories}"
-    (local,) = [
-        b["ecr_repositories"]
-        for b in hcl2.loads((REGION / "hosts.tf").read_text())["locals"]
-        if "ecr_repositories" in b
-    ]
+    locals_ = _locals(REGION)
+    local = locals_["ecr_repositories"]
+    # Its one pattern, a local of its own: given to the console beside variables.tf.
+    assert local.count("local.ecr_image_regex") == 2 and 'regex("' not in local
+    pattern = f"locals {{\n  ecr_image_regex = {locals_['ecr_image_regex']}\n}}\n"
     images = {
         "gateway_image": "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate/gateway:0.1.0",
         "backend_image": "210987654321.dkr.ecr.us-east-1.amazonaws.com/backend@sha256:" + "0" * 64,
     }
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "locals.tf").write_text(pattern)
         p = terraform_with_region_variables(
             Path(tmp), images, "console", stdin=f"jsonencode({local[2:-1]})\n"
         )
@@ -543,6 +555,7 @@ def test_the_hosts_pull_their_two_images_and_no_other() -> None:
         "arn:aws:ecr:us-east-1:210987654321:repository/backend",
     ]
     with tempfile.TemporaryDirectory() as tmp:  # another registry's images: no repository
+        (Path(tmp) / "locals.tf").write_text(pattern)
         others = {"gateway_image": "ghcr.io/acme/gateway:1", "backend_image": "backend:1"}
         p = terraform_with_region_variables(
             Path(tmp), others, "console", stdin=f"jsonencode({local[2:-1]})\n"

@@ -107,7 +107,7 @@ def test_a_new_target_gets_the_autoscaling_groups_grace() -> None:
     listens only once its images are pulled and its model loaded, which the autoscaling group
     allows health_check_grace_period for. The unit tests (alerts_test.yml) show both sides: a
     booting host never fires, one that was up and went down fires after 2 minutes."""
-    from tests.deploy.test_aws_hosts import REGION, _resources
+    from tests.deploy.test_aws_hosts import REGION, _locals, _resources
 
     rules = yaml.safe_load((PROM / "alerts.yml").read_text())
     (rule,) = [
@@ -118,7 +118,9 @@ def test_a_new_target_gets_the_autoscaling_groups_grace() -> None:
     (window,) = re.findall(r"max_over_time\(up\{[^}]*\}\[(\d+)m\]\)", expr)
     group = _resources(REGION)[("aws_autoscaling_group", "gpu")]
     (hook,) = group["initial_lifecycle_hook"]  # how long a boot may take before its host goes
-    assert int(offset) * 60 >= max(group["health_check_grace_period"], hook["heartbeat_timeout"])
+    boot = {group["health_check_grace_period"], hook["heartbeat_timeout"]}
+    assert boot == {"${local.host_ready_timeout_s}"}, boot
+    assert int(offset) * 60 >= _locals(REGION)["host_ready_timeout_s"]
     # Up within the window, or a target since before it: no gap between the two.
     assert int(window) >= int(offset)
     assert rule["for"] == "2m"

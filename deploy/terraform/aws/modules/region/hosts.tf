@@ -60,13 +60,16 @@ resource "aws_iam_role_policy" "session_manager" {
 }
 
 locals {
-  # The ECR repositories of the two images (<account>.dkr.ecr.<region>.amazonaws.com/<name>,
-  # then :tag or @digest), as ARNs; an image in another registry has none (no login either).
+  # An image in ECR (<account>.dkr.ecr.<region>.amazonaws.com/<name>, then :tag or @digest):
+  # its account, region and repository name. One pattern, so the test of an image (can) and
+  # the reading of its parts (regex) cannot drift apart.
+  ecr_image_regex = "^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)"
+  # The ECR repositories of the two images, as ARNs; an image in another registry has none (no
+  # login either).
   ecr_repositories = distinct([
     for m in [
       for image in [var.gateway_image, var.backend_image] :
-      regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", image)
-      if can(regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", image))
+      regex(local.ecr_image_regex, image) if can(regex(local.ecr_image_regex, image))
     ] : "arn:aws:ecr:${m[1]}:${m[0]}:repository/${m[2]}"
   ])
 }
@@ -221,20 +224,21 @@ resource "aws_launch_template" "gpu" {
   # gzip: EC2 takes 16 KB of user data, which the script and its gateway config came near;
   # cloud-init unpacks it (a third of the size).
   user_data = base64gzip(templatefile("${path.module}/user_data.sh.tftpl", {
-    aws_region      = data.aws_region.current.name
-    gateway_image   = var.gateway_image
-    backend_image   = var.backend_image
-    gateway_config  = var.gateway_config
-    model_path      = var.model_path
-    model_s3_uri    = var.model_s3_uri
-    geoip_s3_uri    = var.geoip_s3_uri
-    model_name      = var.model_name
-    redis_host      = local.redis_host
-    redis_param     = aws_ssm_parameter.redis_auth.name
-    ops_token_param = aws_ssm_parameter.ops_token.name
-    region_id       = var.region_id
-    group_name      = local.group_name
-    ready_hook      = local.ready_hook
+    aws_region           = data.aws_region.current.name
+    gateway_image        = var.gateway_image
+    backend_image        = var.backend_image
+    gateway_config       = var.gateway_config
+    model_path           = var.model_path
+    model_s3_uri         = var.model_s3_uri
+    geoip_s3_uri         = var.geoip_s3_uri
+    model_name           = var.model_name
+    redis_host           = local.redis_host
+    redis_param          = aws_ssm_parameter.redis_auth.name
+    ops_token_param      = aws_ssm_parameter.ops_token.name
+    region_id            = var.region_id
+    group_name           = local.group_name
+    ready_hook           = local.ready_hook
+    host_ready_timeout_s = local.host_ready_timeout_s
   }))
   tag_specifications {
     resource_type = "instance"
@@ -248,6 +252,12 @@ locals {
   # and the group comes after both.
   group_name = "${local.name}-gpu"
   ready_hook = "ready"
+  # How long a new host may take to be ready (its images pulled, its model copied and
+  # loaded): the launch hook's timeout and the group's health check grace (a group made
+  # before the hook has only the grace for a boot); the boot script's BOOT_MAX_S is derived
+  # from it (user_data.sh.tftpl), and README's put-lifecycle-hook command repeats it.
+  # 900 s: what the ALB's check allowed a boot before the hook.
+  host_ready_timeout_s = 900
 }
 
 resource "aws_autoscaling_group" "gpu" {
@@ -266,7 +276,7 @@ resource "aws_autoscaling_group" "gpu" {
   # (user_data.sh.tftpl) reports it unhealthy after 15 minutes of a /readyz that fails and is
   # no drain; the grace (from in service on) holds its reports off a host just started.
   health_check_type         = "EC2"
-  health_check_grace_period = 900
+  health_check_grace_period = local.host_ready_timeout_s
   # A new host enters service (and an instance refresh counts it) once its gateway is ready:
   # the boot completes this hook at its /readyz's first 200 (user_data.sh.tftpl). One not
   # ready within the timeout (images, the model's copy and load: the grace, as the ALB's
@@ -274,7 +284,7 @@ resource "aws_autoscaling_group" "gpu" {
   initial_lifecycle_hook {
     name                 = local.ready_hook
     lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
-    heartbeat_timeout    = 900
+    heartbeat_timeout    = local.host_ready_timeout_s
     default_result       = "ABANDON"
   }
   # Hosts wait in the hook for minutes: Terraform does not wait for them (its default, 10
