@@ -211,6 +211,125 @@ describe("every region refusing for now", () => {
     await after.arrayBuffer();
   });
 
+  /** A gateway refusing with `status` and the Retry-After `after()` says at the time. */
+  const refusing = (status, after) =>
+    gateway(() => ({ status, headers: { "retry-after": after() }, body: {} }));
+
+  test("an HTTP date in the past is a wait of a second, as 0 is, not the 5 s default", async () => {
+    // RFC 9110 §10.2.3: the date is when to retry, so one gone by says "now", which the
+    // gateway's wait_s reads as 0 and its final error sends as 1 s. It is still advice: the
+    // 5 s that stands for no Retry-After at all is not used, nor a negative count of seconds.
+    const OLD = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let value = "";
+    const past = await refusing(503, () => value);
+    const none = await gateway(() => ({ status: 503, body: {} }));
+    const mf = await worker(past.url, none.url);
+    for (value of [OLD, new Date(Date.now() - 86_400_000).toUTCString()]) {
+      const resp = await fromLondon(mf);
+      assert.equal(resp.status, 503, value);
+      assert.equal(resp.headers.get("retry-after"), "1", value);
+      assert.match((await resp.json()).error.message, /Retry in 1 s$/, value);
+    }
+    // Every region at capacity, with a past date: the 429's wait is a second too.
+    const full = await refusing(429, () => OLD);
+    const resp = await fromLondon(await worker(full.url, full.url));
+    assert.equal(resp.status, 429);
+    assert.equal(resp.headers.get("retry-after"), "1");
+    assert.match((await resp.json()).error.message, /Retry after 1 s$/);
+    // A past date does not cut a longer wait another region asked for.
+    value = OLD;
+    const seven = await refusing(503, () => "7");
+    const both = await fromLondon(await worker(past.url, seven.url));
+    assert.equal(both.headers.get("retry-after"), "7");
+    await both.arrayBuffer();
+  });
+
+  test("a Retry-After neither digits nor an HTTP date is ignored, not read as 0", async () => {
+    // Read as 0 (a second) these would ask for less than the 5 s a region that gave no advice
+    // gets; read by Date.parse alone, "-5" and "1.5" are dates in 2001, long past.
+    let value = "";
+    const junk = await refusing(503, () => value);
+    const mf = await worker(junk.url, junk.url);
+    const values = [
+      "soon",
+      "-5",
+      "1.5",
+      "",
+      "+5",
+      "1e3",
+      "0x10",
+      "7, 12",
+      "99999999999999999999999.5",
+      "in 30 s",
+      "12:00:00",
+      "Mon, 99 Foo 2026 99:99:99 GMT",
+      "Sun, 06 Nov 1994", // a date with no time of day
+    ];
+    for (value of values) {
+      const what = JSON.stringify(value);
+      const before = junk.requests.length;
+      const resp = await fromLondon(mf);
+      assert.equal(resp.status, 503, what);
+      assert.equal(junk.requests.length, before + 2, `${what}: both regions were tried`);
+      assert.equal(resp.headers.get("retry-after"), "5", what);
+      assert.match((await resp.json()).error.message, /Retry in 5 s$/, what);
+    }
+    // Beside another region's digits, junk is no wait at all: the digits are the answer.
+    const twelve = await refusing(503, () => "12");
+    const mixed = await worker(junk.url, twelve.url);
+    for (value of ["soon", "-5", "1.5", ""]) {
+      const resp = await fromLondon(mixed);
+      assert.equal(resp.headers.get("retry-after"), "12", JSON.stringify(value));
+      await resp.arrayBuffer();
+    }
+    // Every region at capacity, with junk: the 429's own default, a second.
+    const full = await refusing(429, () => "soon");
+    const resp = await fromLondon(await worker(full.url, full.url));
+    assert.equal(resp.status, 429);
+    assert.equal(resp.headers.get("retry-after"), "1");
+    await resp.arrayBuffer();
+  });
+
+  test("an HTTP date ahead is the seconds until it, in RFC 9110's three forms", async () => {
+    // An hour from now, on a whole second (an HTTP date has no finer part). The Worker reads
+    // its clock between t0 and t1, so the wait is ceil((when - now) / 1000) for a now in
+    // [t0, t1]: one value, or two a second apart, and far from the other region's 7.
+    const when = (Math.floor(Date.now() / 1000) + 3600) * 1000;
+    const d = new Date(when);
+    const [wd, dd, mon, year, time] = d.toUTCString().replace(",", "").split(" ");
+    const weekday = ["Sun", "Mon", "Tues", "Wednes", "Thurs", "Fri", "Satur"][d.getUTCDay()];
+    const forms = {
+      "IMF-fixdate": d.toUTCString(), // Sun, 06 Nov 1994 08:49:37 GMT
+      "RFC 850": `${weekday}day, ${dd}-${mon}-${year.slice(2)} ${time} GMT`,
+      asctime: `${wd} ${mon} ${String(Number(dd)).padStart(2, " ")} ${time} ${year}`,
+    };
+    let value = "";
+    const dated = await refusing(503, () => value);
+    const other = await refusing(503, () => "7");
+    const mf = await worker(dated.url, other.url);
+    for (const [form, v] of Object.entries(forms)) {
+      value = v;
+      const t0 = Date.now();
+      const resp = await fromLondon(mf);
+      const t1 = Date.now();
+      assert.equal(resp.status, 503, form);
+      const wait = resp.headers.get("retry-after") ?? "";
+      const lo = Math.ceil((when - t1) / 1000);
+      const hi = Math.ceil((when - t0) / 1000);
+      assert.ok(
+        /^\d+$/.test(wait) && Number(wait) >= lo && Number(wait) <= hi,
+        `${form} ${JSON.stringify(v)}: ${wait}, not in [${lo}, ${hi}]`,
+      );
+      assert.match((await resp.json()).error.message, new RegExp(`Retry in ${wait} s$`), form);
+    }
+    // Another region's digits, longer than the date's hour, win over it.
+    value = forms["IMF-fixdate"];
+    const longer = await refusing(503, () => "7200");
+    const resp = await fromLondon(await worker(dated.url, longer.url));
+    assert.equal(resp.headers.get("retry-after"), "7200");
+    await resp.arrayBuffer();
+  });
+
   test("a 503 and a connect error: a 502, the request failed", async () => {
     const eu = await gateway(() => ({ status: 503, headers: { "retry-after": "7" }, body: {} }));
     const resp = await fromLondon(await worker(eu.url, await closedUrl()));
