@@ -22,8 +22,8 @@ from gateway.plan.model import Placement, choose
 from gateway.plan.search import exhaustive, plan
 
 
-def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
-    p = sub.add_parser("plan", help="where to put GPUs: cost against latency per placement")
+def add_parser(sub: argparse._SubParsersAction[OneLineParser], said: str) -> None:
+    p = sub.add_parser("plan", help=said)
     p.add_argument("file", type=Path, help="plan input (see examples/plan.toml)")
     p.add_argument("--all", action="store_true", help="every placement, not only the front")
     p.add_argument("--out", type=Path, help="write plan.md, plan.json, plan.png here")

@@ -288,10 +288,8 @@ def _no_twice(option: str, keys: list[str], given: list[str]) -> None:
         raise CLIError(f"world: {option} names {twice!r} more than once")
 
 
-def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
-    w = sub.add_parser(
-        "world", help="emulated world on loopback: three topologies, events, TTFT per site"
-    )
+def add_parser(sub: argparse._SubParsersAction[OneLineParser], said: str) -> None:
+    w = sub.add_parser("world", help=said)
     w.add_argument("--sites", nargs="+", metavar="SITE", help="client sites (default: all 8)")
     w.add_argument("--regions", nargs="+", default=list(DEFAULT_REGIONS), metavar="REGION")
     w.add_argument("--origin", default="eu-central", help="topology (a)'s single origin")

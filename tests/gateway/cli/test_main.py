@@ -512,3 +512,31 @@ def test_an_ops_listener_off_loopback_without_a_token_is_warned_of_by_the_check(
     assert "WARNING geogate: ops listener on 0.0.0.0 without ops.token" in p.stderr
     cfg.write_text(gateway_toml(free_port(), []) + '\n[ops]\nhost = "0.0.0.0"\nport = 0\n')
     assert "ops listener on" not in geogate("gateway", "--config", str(cfg), "--check").stderr
+
+
+def test_world_and_plan_are_listed_but_imported_only_to_run_them() -> None:
+    """Their parsers were built for every command: each `geogate gateway` and `geogate ctl`
+    imported the emulated world's and the planner's modules (0.4 s) and used none of them."""
+    probe = (
+        "import sys\n"
+        "from gateway.cli.main import _parser\n"
+        "for command in (None, 'gateway', 'ctl', 'dns'):\n"
+        "    _parser(command)\n"
+        "heavy = [m for m in ('gateway.cli.world_run', 'gateway.cli.plan') if m in sys.modules]\n"
+        "print(heavy)\n"
+        "_parser('world').parse_args(['world', '--requests', '3'])\n"
+        "print('gateway.cli.world_run' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [*geogate_cmd()[:1], "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout + done.stderr
+    listed = subprocess.run(
+        [*geogate_cmd(), "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert re.search(r"world\s+emulated world on loopback", listed), listed
+    assert re.search(r"plan\s+where to put GPUs", listed), listed
+    own = subprocess.run(
+        [*geogate_cmd(), "world", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "--regional-gateways" in own and "--published-rtt" in own, own
