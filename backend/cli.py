@@ -106,16 +106,20 @@ def _serve(argv: Sequence[str]) -> None:
         raise BackendError(f"--max-waiting must be at least 0, got {a.max_waiting}")
     check_listen(a.host, a.port)
 
-    from aiohttp import web
-
-    from backend.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAITING, Engine
+    # The model's directory is checked (load_model's first step) before the engine's imports,
+    # torch's among them: a mistyped --model took seconds to say so.
     from backend.loader import load_model
-    from backend.metrics import BackendMetrics
-    from backend.server import BackendServer
 
     loaded = load_model(
         a.model, a.quantize, a.dtype, a.device, a.served_model_name, a.cudnn_attention
     )
+
+    from aiohttp import web
+
+    from backend.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAITING, Engine
+    from backend.metrics import BackendMetrics
+    from backend.server import BackendServer
+
     metrics = BackendMetrics(loaded.name)
     if loaded.device == "cuda":
         metrics.enable_gpu()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from backend import cli, sim_cli
 from backend.errors import SHOWN_MAX_CHARS
+from gateway.cli.procs import free_port
 
 
 @pytest.mark.parametrize(
@@ -163,3 +166,20 @@ def test_a_tiny_model_on_cuda_without_it_is_one_line(
     err = capsys.readouterr().err
     assert err == "geogate backend: --device cuda: this machine has no CUDA GPU; use --device cpu\n"
     assert not (tmp_path / "m").exists()
+
+
+def test_a_missing_model_directory_is_said_before_torch_is_imported(tmp_path: Path) -> None:
+    """The engine's imports (torch: seconds) came first, and then the directory's check."""
+    probe = (
+        "import sys\n"
+        "from backend import cli\n"
+        "try:\n"
+        f"    cli.main(['--model', {str(tmp_path / 'nope')!r}, '--port', '{free_port()}'])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == f"{cli.EXIT_USAGE} False", done.stdout + done.stderr
+    assert "does not exist" in done.stderr
