@@ -112,6 +112,11 @@ def public_url(url: str) -> str:
     return url
 
 
+def address(host: str, port: int) -> str:
+    """``host:port`` as a URL's authority writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def loopback_host(host: str) -> bool:
     """A host on this machine alone: a loopback address, or "localhost"."""
     try:

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from gateway import defaults as d
+from gateway.checks import address
 from gateway.config import Config
 from gateway.config_file import ENV_CONFIG_FILE
 from gateway.fleet.keys import ENV_GATEWAY_PID
@@ -28,11 +29,6 @@ from gateway.http.dispatch import headless
 from gateway.http.gate import Capacity
 from gateway.http.ops import ENV_OPS_FD
 from gateway.runtime import log
-
-
-def address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from gateway import checks, engines
 from gateway import defaults as d
+from gateway.checks import address
 from gateway.config import Config
-from gateway.engines import address, term_with_parent
+from gateway.engines import term_with_parent
 from gateway.errors import CannotListen, ConfigError, GatewayError, PortInUse
 from gateway.fleet import last_known
 from gateway.fleet.keys import ENV_GATEWAY_PID
