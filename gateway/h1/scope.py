@@ -66,6 +66,8 @@ def request_scope(
     # Any: httptools' stubs type ``query`` as bytes, and it is None without one; code built
     # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
     parsed: Any = httptools.parse_url(url)
+    if parsed.host is not None:  # absolute-form, "http://h/...": none but a proxy's client sends it
+        headers = target_host(headers, parsed.host, parsed.port)
     raw_path: bytes = parsed.path or b"/"  # "http://h": an empty path is "/" (RFC 9110 4.2.3)
     query: bytes | None = parsed.query
     path = raw_path.decode("ascii")
@@ -87,3 +89,15 @@ def request_scope(
         "state": state.copy(),
         "extensions": extensions,
     }
+
+
+def target_host(
+    headers: list[tuple[bytes, bytes]], host: bytes, port: int | None
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with Host as an absolute-form target names it: RFC 9112 3.2.2 has the
+    server ignore the Host sent and take the target's authority, so that the ops listener's
+    Host check and the edge header's host binding judge the host the request names."""
+    authority = b"[%s]" % host if b":" in host else host
+    if port is not None:
+        authority += b":%d" % port
+    return [(n, authority if n == b"host" else v) for n, v in headers]

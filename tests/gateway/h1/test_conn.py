@@ -259,6 +259,22 @@ def test_valid_forms_are_served_and_faulty_framing_refused(
     assert answer.split(b" ", 2)[1] == status, answer[:300]
 
 
+def test_an_absolute_form_targets_host_is_the_one_the_ops_listener_judges(gw: Gateway) -> None:
+    """RFC 9112 3.2.2: the server takes an absolute-form target's authority, not Host. The
+    ops listener's DNS-rebinding check judged the Host sent, whatever the target named."""
+    port = gw.ops_port
+
+    def status(target: bytes, host: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (target, host))
+            return read_to_eof(s).split(b" ", 2)[1]
+
+    assert status(b"/routing-table", b"evil.example") == b"421"  # origin-form: Host decides
+    assert status(b"http://127.0.0.1:%d/routing-table" % port, b"evil.example") == b"200"
+    assert status(b"http://[::1]/routing-table", b"evil.example") == b"200"
+    assert status(b"http://evil.example/routing-table", b"127.0.0.1") == b"421"
+
+
 @pytest.mark.parametrize(("version", "continues"), [(b"1.1", True), (b"1.0", False)])
 def test_expect_100_with_trailing_space_and_never_to_http_1_0(
     gw: Gateway, version: bytes, continues: bool

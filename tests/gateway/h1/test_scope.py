@@ -37,6 +37,22 @@ def test_the_scope_decodes_the_path_and_keeps_what_was_sent() -> None:
     assert plain["path"] == "/healthz" and plain["query_string"] == b""
 
 
+def test_an_absolute_form_targets_authority_is_the_host() -> None:
+    where = Addresses(None, None, "http")
+    sent = [(b"host", b"x"), (b"accept", b"*/*")]
+    for url, host in (
+        (b"http://api.example.com/v1/models?a=1", b"api.example.com"),
+        (b"http://API.example.com:8080/v1/models", b"API.example.com:8080"),
+        (b"http://[::1]:9180/metrics", b"[::1]:9180"),
+    ):
+        scope = request_scope("GET", "1.1", url, sent, where, "", {}, {})
+        assert scope["headers"] == [(b"host", host), (b"accept", b"*/*")]
+        assert scope["path"].startswith(("/v1/models", "/metrics"))
+    assert sent == [(b"host", b"x"), (b"accept", b"*/*")]  # the connection's own list untouched
+    origin = request_scope("GET", "1.1", b"/v1/models", sent, where, "", {}, {})
+    assert origin["headers"] is sent
+
+
 def test_addresses_of_a_tls_ipv6_connection_and_of_none() -> None:
     ipv6 = Transport(peername=("::1", 5000, 0, 0), sockname=("::1", 443, 0, 0), sslcontext=object())
     tls = addresses(ipv6)  # type: ignore[arg-type]
