@@ -64,10 +64,12 @@ export function isModelList(pathname) {
  * @param {Record<string, string>} headers
  */
 export function modelList(table, client, method, headers) {
+  // "created": now, as vLLM's cards have it (the Worker knows no better time); 0 read as 1970.
+  const created = Math.floor(Date.now() / 1000);
   const data = servedModels(table, client).map((id) => ({
     id,
     object: "model",
-    created: 0,
+    created,
     owned_by: "geogate",
   }));
   const body = method === "HEAD" ? null : JSON.stringify({ object: "list", data });

@@ -274,19 +274,24 @@ describe("a compressed body", () => {
 describe("/v1/models", () => {
   test("lists every region's models, in the gateway's shape", async () => {
     const before = Object.values(gw).reduce((n, g) => n + g.requests.length, 0);
+    const asked = Math.floor(Date.now() / 1000);
     const resp = await mf.dispatchFetch("https://api.example.com/v1/models", {
       cf: CITIES.Singapore,
     });
+    const answered = Math.ceil(Date.now() / 1000);
     assert.equal(resp.status, 200);
     assert.equal(resp.headers.get("content-type"), "application/json");
     const doc = await resp.json();
+    // "created": the answer's time (it was 0, 1970 in a client's list).
+    const created = doc.data[0]?.created;
+    assert.ok(created >= asked && created <= answered, `created ${created}`);
     assert.deepEqual(doc, {
       object: "list",
       // Sorted; n's only upstream is drained, so it is not listed (as the gateway's list).
       data: ["big", "m", "org/model-x"].map((id) => ({
         id,
         object: "model",
-        created: 0,
+        created,
         owned_by: "geogate",
       })),
     });
