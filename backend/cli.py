@@ -9,9 +9,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from backend.errors import BackendError, clipped
+
+if TYPE_CHECKING:
+    from backend.loader import Loaded
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -105,15 +108,20 @@ def _serve(argv: Sequence[str]) -> None:
     if a.max_waiting is not None and a.max_waiting < 0:
         raise BackendError(f"--max-waiting must be at least 0, got {a.max_waiting}")
     check_listen(a.host, a.port)
+    import aiohttp.web  # noqa: F401  (a missing dependency said before minutes of loading)
 
     # The model's directory is checked (load_model's first step) before the engine's imports,
     # torch's among them: a mistyped --model took seconds to say so.
     from backend.loader import load_model
 
-    loaded = load_model(
-        a.model, a.quantize, a.dtype, a.device, a.served_model_name, a.cudnn_attention
+    _run(
+        a,
+        load_model(a.model, a.quantize, a.dtype, a.device, a.served_model_name, a.cudnn_attention),
     )
 
+
+def _run(a: argparse.Namespace, loaded: Loaded) -> None:
+    """Serve ``loaded`` as the arguments ``a`` say, until a signal drains the server."""
     from aiohttp import web
 
     from backend.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAITING, Engine

@@ -44,6 +44,7 @@ def _error(status: int, message: str, type_: str, code: str, **headers: str) -> 
 class SimBackend:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
+        self.started = int(time.time())  # its model cards' "created", as the model server's
         self.stats = SimStats()
         self.metrics = SimMetrics()
         self.rng = random.Random(cfg.seed)
@@ -92,7 +93,12 @@ class SimBackend:
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": f"sim-{self.cfg.region}"}
+            {
+                "id": m,
+                "object": "model",
+                "created": self.started,
+                "owned_by": f"sim-{self.cfg.region}",
+            }
             for m in self.cfg.models
         ]
         return web.json_response({"object": "list", "data": data})

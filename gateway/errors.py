@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import sys
 
-# clipped and SHOWN_MAX_CHARS live with the model server's errors, whose CLI parser this
-# package's subclasses: both packages' one-line errors cut what they echo the same way.
+# clipped and SHOWN_MAX_CHARS live with the model server's errors, whose one-line CLI parser
+# this package's commands use too: both packages' errors cut what they echo the same way.
 from backend.errors import SHOWN_MAX_CHARS as SHOWN_MAX_CHARS
 from backend.errors import clipped as clipped
 

@@ -160,11 +160,13 @@ def export(args: argparse.Namespace) -> None:
 def _warn_unaddressed(opt: Options) -> None:
     for ns in opt.unaddressed:
         # Said, not refused: the parent's glue serves until a resolver asks the zone itself.
+        # The name as --ns takes it: relative where that is one label, else in full.
+        relative = ns.removesuffix("." + opt.zone)
+        named = relative if "." not in relative else ns
         print(
             f"dns export: warning: name server {ns} is in the zone and has no address in "
-            f"it: resolvers that ask the zone for it get none; give --ns "
-            f"{ns.removesuffix('.' + opt.zone)}=ADDRESS, or a name server outside the zone "
-            "(--ns ns1.example.net.)",
+            f"it: resolvers that ask the zone for it get none; give --ns {named}=ADDRESS, or "
+            "a name server outside the zone (--ns ns1.example.net.)",
             file=sys.stderr,
         )
 

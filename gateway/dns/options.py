@@ -180,7 +180,15 @@ def _ns_address(text: str, fq: str) -> str:
         raise OptionError(
             f"nameserver {fq}: {text!r} is not an IP address (--ns NAME=ADDRESS[,ADDRESS])"
         ) from None
-    if address.is_unspecified or address.is_multicast:
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # "fe80::1%eth0" in an AAAA record: no record at all, and pdns_server loads no zone
+        raise OptionError(f"nameserver {fq}: {text} names an interface; DNS gives no zone in it")
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address.is_link_local  # reachable on one link alone: no resolver's way to it
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    ):
         raise OptionError(f"nameserver {fq}: {address} is no host's address")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # An AAAA record of ::ffff:a.b.c.d sends IPv6 clients nowhere: it is an A record's.

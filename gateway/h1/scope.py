@@ -100,4 +100,5 @@ def target_host(
     authority = b"[%s]" % host if b":" in host else host
     if port is not None:
         authority += b":%d" % port
-    return [(n, authority if n == b"host" else v) for n, v in headers]
+    others = [(n, v) for n, v in headers if n != b"host"]
+    return [(b"host", authority), *others]  # an HTTP/1.0 request's too, which may send none

@@ -336,8 +336,9 @@ class Endpoints:
 _EXPLAIN_PARAMS = frozenset({"model", "ip"})
 
 
-# A card's "created": when this worker's code was loaded, the nearest the gateway knows to
-# when the model came to be served here (a constant 0 read as 1970 in clients that show it).
+# A card's "created": when the gateway's main process loaded this module (before it forks
+# its workers, so every worker's cards agree), the nearest it knows to when the model came to
+# be served here (a constant 0 read as 1970 in clients that show it).
 _LISTED_SINCE = int(time.time())
 
 

@@ -106,6 +106,9 @@ def test_bad_requests_are_openai_shaped_4xx_not_500s(tmp_path: Path) -> None:
         # max_completion_tokens first, as the model server reads them
         doc = {"model": "m", "prompt": "hi", "max_tokens": 9, "max_completion_tokens": 2}
         assert httpx.post(url, json=doc).json()["usage"]["completion_tokens"] == 2
+        # Model cards' "created": when the sim started (it was 0, 1970 in a client's list).
+        card = httpx.get(f"{sim.url}/v1/models").json()["data"][0]
+        assert card["id"] == "m" and 0 < time.time() - card["created"] < 600, card
         r = httpx.get(f"{sim.url}/v1/nope")  # both were aiohttp's plain text
         assert (r.status_code, r.json()["error"]["code"]) == (404, "unknown_url"), r.text
         r = httpx.get(url)

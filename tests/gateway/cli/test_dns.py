@@ -57,6 +57,15 @@ def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFix
         "in it: resolvers that ask the zone for it get none; give --ns ns2=ADDRESS, or a name "
         "server outside the zone (--ns ns1.example.net.)"
     ]
+    # Two labels under the zone: the warning names it in full, as --ns takes it.
+    main(export(cfg, "--format", "powerdns", "--ns", "ns1.dns.example.com", "--out", str(out)))
+    assert "give --ns ns1.dns.example.com.=ADDRESS" in capsys.readouterr().err
+    main(
+        export(
+            cfg, "--format", "powerdns", "--ns", "ns1.dns.example.com.=192.0.2.9", "--out", str(out)
+        )
+    )
+    assert "warning" not in capsys.readouterr().err
     main(export(cfg, "--format", "powerdns", "--ns", "ns2=192.0.2.53", "--out", str(out)))
     assert "warning" not in capsys.readouterr().err
     assert "ns2.example.com. IN A 192.0.2.53" in out.read_text()

@@ -69,6 +69,7 @@ def test_a_body_over_the_limit_is_not_read_for_its_message() -> None:
         async with Scripted(ok(big, b"Content-Type: text/plain\r\n")) as srv:
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert resp.whole_body() == big  # all of it came: its size alone is refused
             assert resp.readable_body() is None
             assert resp.refusal() == "HTTP 200"
             resp.close()

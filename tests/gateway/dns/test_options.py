@@ -189,6 +189,10 @@ def test_a_name_server_in_the_zone_takes_its_addresses() -> None:
         ("ns1=::ffff:192.0.2.53", "written as IPv6; give 192.0.2.53"),
         ("ns1=0.0.0.0", "0.0.0.0 is no host's address"),
         ("ns1=ff02::1", "ff02::1 is no host's address"),
+        ("ns1=fe80::1", "fe80::1 is no host's address"),
+        ("ns1=169.254.0.53", "169.254.0.53 is no host's address"),
+        ("ns1=255.255.255.255", "255.255.255.255 is no host's address"),
+        ("ns1=fe80::1%eth0", "fe80::1%eth0 names an interface"),
         ("ns1=192.0.2.53,192.0.2.053", "is not an IP address"),  # octal-looking: refused
         ("ns1=192.0.2.53,192.0.2.53", "address 192.0.2.53 is given twice"),
         ("=192.0.2.53", "nameserver '' is not a domain name"),

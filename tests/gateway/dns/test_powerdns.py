@@ -66,7 +66,7 @@ def test_the_zone_has_soa_ns_and_a_lua_record_per_family() -> None:
     text = zone_file(compute(cfg, found), found, opt, "gw.toml")
     assert "@ IN SOA ns1.example.com. hostmaster.example.com. 42 " in text
     assert "@ IN NS ns1.example.com." in text
-    assert " IN A 192.0.2.53" not in text  # no address given for ns1, none written
+    assert not re.search(r"^ns1\S* IN (A|AAAA) ", text, re.M)  # none given for ns1: none written
     glued = options("example.com", "api", nameservers=("ns1=192.0.2.53,2001:db8::53",))
     with_glue = zone_file(compute(cfg, found), found, glued, "gw.toml")
     assert "ns1.example.com. IN A 192.0.2.53\nns1.example.com. IN AAAA 2001:db8::53\n" in with_glue

@@ -49,6 +49,11 @@ def test_an_absolute_form_targets_authority_is_the_host() -> None:
         assert scope["headers"] == [(b"host", host), (b"accept", b"*/*")]
         assert scope["path"].startswith(("/v1/models", "/metrics"))
     assert sent == [(b"host", b"x"), (b"accept", b"*/*")]  # the connection's own list untouched
+    # HTTP/1.0 may send no Host: the target's names the host all the same.
+    bare = request_scope(
+        "GET", "1.0", b"http://h.example/x", [(b"accept", b"*/*")], where, "", {}, {}
+    )
+    assert bare["headers"] == [(b"host", b"h.example"), (b"accept", b"*/*")]
     origin = request_scope("GET", "1.1", b"/v1/models", sent, where, "", {}, {})
     assert origin["headers"] is sent
 

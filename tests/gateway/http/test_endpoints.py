@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from gateway.config import Config
 from gateway.http.asgi import REQUEST_ID_KEY, ASGIApp, Receive, Scope, Send
-from gateway.http.endpoints import Endpoints
+from gateway.http.endpoints import _LISTED_SINCE, Endpoints
 from gateway.runtime import Runtime, build_runtime
 
 
@@ -63,7 +63,9 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
     async with client(residency=rule) as c:
         listed = (await c.get("/v1/models")).json()["data"]
         assert [m["id"] for m in listed] == ["m"]  # n is served in us only
-        assert 0 < time.time() - listed[0]["created"] < 3600  # was 0: 1970 in a client's list
+        # When the gateway loaded the module; it was 0, 1970 in a client's list.
+        assert listed[0]["created"] == _LISTED_SINCE and time.time() >= _LISTED_SINCE
+        assert _LISTED_SINCE > 1_764_000_000  # 2025-11-24: this code's time, not 0
         assert (await c.get("/v1/models/m")).status_code == 200
         # No upstream in eu serves n at all: refused for good, not a 503 an SDK retries
         r = await c.get("/v1/models/n")
