@@ -67,6 +67,8 @@ def request_scope(
     # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
     parsed: Any = httptools.parse_url(url)
     if parsed.host is not None:  # absolute-form, "http://h/...": none but a proxy's client sends it
+        if parsed.userinfo is not None:  # RFC 9110 4.2.4: an error, not a host to judge by
+            raise malformed("a request target may not carry user information (user@host)")
         headers = target_host(headers, parsed.host, parsed.port)
     raw_path: bytes = parsed.path or b"/"  # "http://h": an empty path is "/" (RFC 9110 4.2.3)
     query: bytes | None = parsed.query

@@ -273,6 +273,7 @@ def test_an_absolute_form_targets_host_is_the_one_the_ops_listener_judges(gw: Ga
     assert status(b"http://127.0.0.1:%d/routing-table" % port, b"evil.example") == b"200"
     assert status(b"http://[::1]/routing-table", b"evil.example") == b"200"
     assert status(b"http://evil.example/routing-table", b"127.0.0.1") == b"421"
+    assert status(b"http://evil@127.0.0.1/routing-table", b"127.0.0.1") == b"400"  # userinfo
 
 
 @pytest.mark.parametrize(("version", "continues"), [(b"1.1", True), (b"1.0", False)])

@@ -49,6 +49,10 @@ def test_an_absolute_form_targets_authority_is_the_host() -> None:
         assert scope["headers"] == [(b"host", host), (b"accept", b"*/*")]
         assert scope["path"].startswith(("/v1/models", "/metrics"))
     assert sent == [(b"host", b"x"), (b"accept", b"*/*")]  # the connection's own list untouched
+    # User information in it is an error (RFC 9110 4.2.4): "evil@127.0.0.1" is no host.
+    with pytest.raises(Refused) as refused:
+        request_scope("GET", "1.1", b"http://evil@127.0.0.1/metrics", sent, where, "", {}, {})
+    assert "may not carry user information" in refused.value.err.message
     # HTTP/1.0 may send no Host: the target's names the host all the same.
     bare = request_scope(
         "GET", "1.0", b"http://h.example/x", [(b"accept", b"*/*")], where, "", {}, {}
