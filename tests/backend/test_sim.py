@@ -4,6 +4,7 @@ first token); ``role_first`` (POST /sim/config) sends it at once, as some server
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import socket
@@ -246,3 +247,34 @@ def test_sigterm_cuts_a_stream_at_the_drain_timeout(tmp_path: Path) -> None:
     assert 0.9 <= cut < 1.9, f"cut {cut:.1f} s after SIGTERM with --drain-timeout 1"
     assert took < 5, f"exited {took:.1f} s after SIGTERM"  # not aiohttp's 60 s, nor twice 1
     assert b"[DONE]" not in got  # cut, not finished: 100 tokens take 50 s
+
+
+def test_a_waiting_client_that_leaves_as_its_turn_comes_passes_the_slot_on() -> None:
+    """_queued's guard: a client cancelled in the moment between its turn being handed over
+    (a running request's end) and its task running again holds a slot it will never use; it
+    must hand that slot to the next one waiting, or the slot leaks and every later request
+    waits behind a request that is gone. One cancelled while still waiting just leaves."""
+    from backend.sim import SimBackend
+    from backend.sim_config import SimConfig
+
+    async def main() -> None:
+        sim = SimBackend(SimConfig(models=("m",), max_concurrency=1, max_waiting=3))
+        sim.stats.active = 1  # one request running
+        first = asyncio.create_task(sim._queued())
+        second = asyncio.create_task(sim._queued())
+        third = asyncio.create_task(sim._queued())
+        await asyncio.sleep(0)  # all three waiting
+        assert len(sim._waiting) == 3
+        third.cancel()  # still waiting: its place goes with it
+        sim._release()  # the running one ends: its slot handed to the first...
+        first.cancel()  # ...which leaves before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(second, 1)  # the slot went on to the second
+        with pytest.raises(asyncio.CancelledError):
+            await third
+        assert sim.stats.active == 1 and not sim._waiting  # the second's, nothing leaked
+        sim._release()
+        assert sim.stats.active == 0
+
+    asyncio.run(main())
