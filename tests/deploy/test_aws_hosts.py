@@ -542,7 +542,9 @@ def test_the_hosts_pull_their_two_images_and_no_other() -> None:
     pattern = f"locals {{\n  ecr_image_regex = {locals_['ecr_image_regex']}\n}}\n"
     images = {
         "gateway_image": "123456789012.dkr.ecr.eu-central-1.amazonaws.com/geogate/gateway:0.1.0",
-        "backend_image": "210987654321.dkr.ecr.us-east-1.amazonaws.com/backend@sha256:" + "0" * 64,
+        # By the FIPS endpoint, as the boot script logs in to it: the same repository.
+        "backend_image": "210987654321.dkr.ecr-fips.us-east-1.amazonaws.com/backend@sha256:"
+        + "0" * 64,
     }
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "locals.tf").write_text(pattern)

@@ -60,10 +60,12 @@ resource "aws_iam_role_policy" "session_manager" {
 }
 
 locals {
-  # An image in ECR (<account>.dkr.ecr.<region>.amazonaws.com/<name>, then :tag or @digest):
-  # its account, region and repository name. One pattern, so the test of an image (can) and
-  # the reading of its parts (regex) cannot drift apart.
-  ecr_image_regex = "^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)"
+  # An image in ECR (<account>.dkr.ecr.<region>.amazonaws.com/<name>, then :tag or @digest;
+  # dkr.ecr-fips.<region> is the same repository by a FIPS endpoint, as the boot script's
+  # login takes it): its account, region and repository name. One pattern, so the test of an
+  # image (can) and the reading of its parts (regex) cannot drift apart. (A .cn registry is
+  # another partition, which this module's ARNs, all "arn:aws:", do not serve.)
+  ecr_image_regex = "^([0-9]{12})\\.dkr\\.ecr(?:-fips)?\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)"
   # The ECR repositories of the two images, as ARNs; an image in another registry has none (no
   # login either).
   ecr_repositories = distinct([
