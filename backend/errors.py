@@ -8,7 +8,7 @@ from typing import Any
 
 from backend.shapes import error_body
 
-SHOWN_CHARS = 40  # a value quoted in an error, at most: a 300-digit number was quoted whole
+API_SHOWN_CHARS = 40  # a value an API error quotes, at most: a 300-digit number was quoted whole
 
 
 def shown(v: Any) -> str:
@@ -18,13 +18,14 @@ def shown(v: Any) -> str:
         text = json.dumps(v, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):  # nothing json.loads gives; to be safe
         return f"a {type(v).__name__}"
-    if len(text) > SHOWN_CHARS:
-        text = f"{text[: SHOWN_CHARS - 10]}... ({len(text)} characters)"
+    if len(text) > API_SHOWN_CHARS:
+        text = f"{text[: API_SHOWN_CHARS - 10]}... ({len(text)} characters)"
     return text
 
 
-# A value echoed in a one-line error is cut to this many characters and an ellipsis: a
-# 100,000-character --who or a 5,000-digit override was printed whole (as HostGuard cuts Host).
+# A value echoed in a one-line CLI or config error is cut to this many characters and an
+# ellipsis (an API error's, to API_SHOWN_CHARS, by shown): a 100,000-character --who or a
+# 5,000-digit override was printed whole (as HostGuard cuts Host).
 SHOWN_MAX_CHARS = 100
 # What echoes a value: a Python repr in quotes, not right after a letter (the "'" of
 # "region's" opens none), or a run of digits (a number is echoed bare).
