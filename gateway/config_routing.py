@@ -64,9 +64,14 @@ def takes_a_number(annotation: object) -> bool:
 
 
 def region_address(address: str) -> str:
-    """A region's address, as GeoDNS answers it: a scoped IPv6 one (fe80::1%eth0) made
-    PowerDNS answer SERVFAIL, and 0.0.0.0 was answered to clients. Loopback passes: a local
-    zone (the tests', a laptop's) answers 127.0.0.N."""
+    """A region's address, as GeoDNS answers it (``dns_address``)."""
+    return dns_address(address, "the region's entry (its load balancer)")
+
+
+def dns_address(address: str, whose: str) -> str:
+    """An address GeoDNS answers, ``whose`` it is (a region's entry, a name server): a scoped
+    IPv6 one (fe80::1%eth0) made PowerDNS answer SERVFAIL, and 0.0.0.0 was answered to
+    clients. Loopback passes: a local zone (the tests', a laptop's) answers 127.0.0.N."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -82,19 +87,22 @@ def region_address(address: str) -> str:
             f"{address!r} is an IPv4-mapped IPv6 address: give the IPv4 address "
             f"{str(ip.ipv4_mapped)!r} (an A record), or a real IPv6 one"
         )
-    # Nor is a multicast or broadcast one (224.0.0.1, ff02::1, 255.255.255.255), or one of
-    # IPv4's reserved 240/4, which no host stack sends to: every client sent there failed.
+    # Nor is a multicast or broadcast one (224.0.0.1, ff02::1, 255.255.255.255), one of IPv4's
+    # reserved 240/4, which no host stack sends to, or a link-local one (169.254/16, fe80::/10),
+    # reachable on one link alone: every client sent there failed.
     if ip.is_multicast:
         what = "a multicast"
     elif ip == ipaddress.IPv4Address("255.255.255.255"):
         what = "the broadcast"
     elif ip.version == 4 and ip.is_reserved:
         what = "a reserved (240.0.0.0/4)"
+    elif ip.is_link_local:
+        what = "a link-local"
     else:
         return address
     raise ValueError(
         f"{address!r} is {what} address, which no client could connect to: give the address "
-        "of the region's entry (its load balancer)"
+        f"of {whose}"
     )
 
 

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from gateway.config_routing import dns_address
 from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_S
 
 # A DNS label as zones use them (RFC 1035's letters, digits and hyphens; "_" for service names).
@@ -174,29 +175,12 @@ def _addressed(given: str, fq_zone: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _ns_address(text: str, fq: str) -> str:
+    """A name server's address as the zone writes it (ipaddress's form), checked as a region's
+    (``dns_address``)."""
     try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        raise OptionError(
-            f"nameserver {fq}: {text!r} is not an IP address (--ns NAME=ADDRESS[,ADDRESS])"
-        ) from None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        # "fe80::1%eth0" in an AAAA record: no record at all, and pdns_server loads no zone
-        raise OptionError(f"nameserver {fq}: {text} names an interface; DNS gives no zone in it")
-    if (
-        address.is_unspecified
-        or address.is_multicast
-        or address.is_link_local  # reachable on one link alone: no resolver's way to it
-        or address == ipaddress.IPv4Address("255.255.255.255")
-    ):
-        raise OptionError(f"nameserver {fq}: {address} is no host's address")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        # An AAAA record of ::ffff:a.b.c.d sends IPv6 clients nowhere: it is an A record's.
-        raise OptionError(
-            f"nameserver {fq}: {text} is an IPv4 address written as IPv6; give "
-            f"{address.ipv4_mapped}"
-        )
-    return str(address)
+        return str(ipaddress.ip_address(dns_address(text.strip().strip("[]"), "the name server")))
+    except ValueError as exc:
+        raise OptionError(f"nameserver {fq}: {exc} (--ns NAME=ADDRESS[,ADDRESS])") from None
 
 
 def _nameserver(name: str, fq_zone: str) -> str:

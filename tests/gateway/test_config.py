@@ -169,6 +169,8 @@ def test_env_overrides(tmp_path: Path) -> None:
                 ("224.0.0.1", "a multicast"),
                 ("ff02::1", "a multicast"),
                 ("240.0.0.1", "a reserved (240.0.0.0/4)"),
+                ("169.254.0.10", "a link-local"),
+                ("fe80::10", "a link-local"),
             )
         ),
         # Residency that GeoIP could never match: the rule would silently not apply.
