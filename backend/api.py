@@ -245,10 +245,12 @@ def check(body: Any, served: str, context_len: int, chat: bool) -> Checked:
     prompt = "" if chat else _prompt(body)
     n = _int(body, "n")
     if n is not None and n < 1:
-        raise InvalidParameter(f"n must be at least 1, got {n}", param="n")
+        raise InvalidParameter(f"n must be at least 1, got {shown(n)}", param="n")
     if n not in (None, 1):  # a valid ask this server cannot honour, as the ones above
         raise UnsupportedParameter(
-            f"n is not supported by this server beyond 1, got {n}; send {n} requests", param="n"
+            f"n is not supported by this server beyond 1, got {shown(n)}; send one request "
+            "per completion",
+            param="n",
         )
     max_tokens, max_key = _max_tokens(body)
     stream, include_usage = _stream(body)

@@ -441,6 +441,11 @@ def test_openai_s_other_forms_are_unsupported_not_invalid() -> None:
         with pytest.raises(InvalidParameter) as invalid:  # UnsupportedParameter's base class
             check(body(**kw), "m", 512, chat=True)
         assert invalid.value.code == "invalid_parameter"
+    for n in (10**300, -(10**300)):  # quoted cut short, as every value an error quotes
+        with pytest.raises(InvalidParameter) as big:
+            check(body(n=n), "m", 512, chat=True)
+        said = f"({len(str(n))} characters)"
+        assert len(big.value.message) < 140 and said in big.value.message, big.value.message
     with pytest.raises(InvalidParameter, match="prompt must be a string, got 5"):
         check({"model": "m", "prompt": 5}, "m", 512, chat=False)
 
