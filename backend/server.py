@@ -19,7 +19,7 @@ from backend.errors import BackendError, BodyTooLarge, InvalidParameter, ModelNo
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
-from backend.shapes import Shape, error_body
+from backend.shapes import Shape, error_body, model_card
 
 log = logging.getLogger("geogate.backend")
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -190,13 +190,7 @@ class BackendServer:
         return web.Response(body=self.metrics.render(names), content_type="text/plain")
 
     def _card(self) -> dict[str, Any]:
-        return {
-            "id": self.m.name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "geogate",
-            "max_model_len": self.m.context_len,
-        }
+        return model_card(self.m.name, self.created, "geogate", max_model_len=self.m.context_len)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [self._card()]})

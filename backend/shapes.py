@@ -13,6 +13,12 @@ def error_body(message: str, type_: str, code: str, param: str | None = None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def model_card(model: str, created: int, owned_by: str, **more: Any) -> dict[str, Any]:
+    """A /v1/models entry, as the model server, the sim and the gateway answer it (``more``:
+    vLLM's extra fields, max_model_len)."""
+    return {"id": model, "object": "model", "created": created, "owned_by": owned_by, **more}
+
+
 def sse(doc: dict[str, Any]) -> bytes:
     """One server-sent event carrying ``doc``."""
     return b"data: " + json.dumps(doc).encode() + b"\n\n"

@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
 
-from backend.shapes import SSE_DONE, Shape, error_body, sse
+from backend.shapes import SSE_DONE, Shape, error_body, model_card, sse
 from backend.sim_audio import AUDIO_PATHS, transcribe
 from backend.sim_config import SimConfig, max_tokens
 from backend.sim_metrics import SimMetrics, SimStats
@@ -92,15 +92,8 @@ class SimBackend:
         return web.Response(text="ok")
 
     async def models(self, request: web.Request) -> web.Response:
-        data = [
-            {
-                "id": m,
-                "object": "model",
-                "created": self.started,
-                "owned_by": f"sim-{self.cfg.region}",
-            }
-            for m in self.cfg.models
-        ]
+        owner = f"sim-{self.cfg.region}"
+        data = [model_card(m, self.started, owner) for m in self.cfg.models]
         return web.json_response({"object": "list", "data": data})
 
     async def prom(self, request: web.Request) -> web.Response:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from gateway import checks, engines
 from gateway import defaults as d
-from gateway.checks import address
 from gateway.config import Config
 from gateway.engines import term_with_parent
 from gateway.errors import CannotListen, ConfigError, GatewayError, PortInUse
@@ -262,7 +261,7 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
         sock.close()  # the host's fault, not the port's
         why = (exc.strerror or str(exc)).lower() if isinstance(exc, OSError) else str(exc)
         raise CannotListen(
-            f"cannot listen on {address(host, port)} ({_host_key(key)}): {why}"
+            f"cannot listen on {checks.address(host, port)} ({_host_key(key)}): {why}"
         ) from None
     except OSError as exc:
         sock.close()
@@ -273,7 +272,7 @@ def bind(host: str, port: int, key: str, reuse_port: bool = False) -> socket.soc
         }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
         at_fault = _host_key(key) if exc.errno == errno.EADDRNOTAVAIL else key
         error = PortInUse if exc.errno == errno.EADDRINUSE else CannotListen
-        raise error(f"cannot listen on {address(host, port)} ({at_fault}): {why}") from None
+        raise error(f"cannot listen on {checks.address(host, port)} ({at_fault}): {why}") from None
     return sock
 
 
@@ -315,7 +314,7 @@ def _log_listeners(config: Config, cap: Capacity) -> None:
         return
     log.info(
         "ops listener: http://%s (/metrics /routing-table /explain /admin/* /dashboard)%s",
-        address(ops.host, ops.port),
+        checks.address(ops.host, ops.port),
         ", token required" if ops.token else "",
     )
 
@@ -328,7 +327,7 @@ def _log_public(config: Config, port: int) -> None:
     log.info(
         "public listener: %s://%s (/v1/ /healthz /readyz /load), %d worker(s) on %s",
         scheme,
-        address(s.host, port),
+        checks.address(s.host, port),
         s.workers,
         s.engine,
     )

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, request_response
 
+from backend.shapes import model_card
 from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     GatewayError,
@@ -343,7 +344,7 @@ _LISTED_SINCE = int(time.time())
 
 
 def _card(model: str) -> dict[str, object]:
-    return {"id": model, "object": "model", "created": _LISTED_SINCE, "owned_by": "geogate"}
+    return model_card(model, _LISTED_SINCE, "geogate")
 
 
 def _healthy(views: Sequence[UpstreamView]) -> list[UpstreamView]:

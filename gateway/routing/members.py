@@ -26,7 +26,7 @@ def member_url(base: str, host: str, port: int) -> str:
     """``base`` (an upstream's URL) dialled at ``host``:``port``; its userinfo is kept, as the
     client makes its credentials an Authorization header."""
     parts = urlsplit(base)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = checks.address(host, port)
     userinfo, at, authority = parts.netloc.rpartition("@")
     if parts.scheme == "https":
         address = f"{authority}{MEMBER_SEP}{address}"
