@@ -301,7 +301,8 @@ describe("CORS, where CORS_ORIGINS allows an origin", () => {
     assert.equal(list.headers.get("access-control-allow-origin"), APP);
     // The OpenAI SDKs read x-should-retry: unexposed, a browser's reads none and retries a 5xx.
     const exposed = (list.headers.get("access-control-expose-headers") ?? "").split(", ");
-    for (const name of ["x-request-id", "retry-after", "x-should-retry", "geogate-route"]) {
+    const names = ["x-request-id", "retry-after", "x-should-retry", "geogate-route"];
+    for (const name of [...names, "geogate-region-route"]) {
       assert.ok(exposed.includes(name), `${name} in ${exposed}`);
     }
     // Every region unreachable: the error a browser must be able to read.

@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from redis.connection import parse_url
 
-from tests.deploy.test_aws_hosts import EXAMPLE, REGION, USER_DATA
+from tests.deploy.test_aws_hosts import EXAMPLE, REGION, USER_DATA, _locals
 
 # redis-py's parse_url is unannotated: typed here as what it returns, Redis's connection
 # keyword arguments by name.
@@ -56,6 +56,11 @@ SSM = {
 }
 
 
+# hosts.tf's local, as Terraform hands it to the template: the test reads it, not a copy.
+HOST_READY_TIMEOUT_S = int(_locals(REGION)["host_ready_timeout_s"])
+BOOT_MARGIN_S = 300  # the template's BOOT_MAX_S: the hook's timeout and 5 minutes more
+
+
 def _values(**over: str) -> dict[str, str]:
     return {
         "aws_region": "ap-southeast-1",
@@ -72,7 +77,7 @@ def _values(**over: str) -> dict[str, str]:
         "region_id": "ap-southeast",
         "group_name": "geogate-ap-southeast-gpu",  # hosts.tf: <name_prefix>-<region_id>-gpu
         "ready_hook": "ready",
-        "host_ready_timeout_s": "900",  # hosts.tf: local.host_ready_timeout_s
+        "host_ready_timeout_s": str(HOST_READY_TIMEOUT_S),
         **over,
     }
 
@@ -447,7 +452,8 @@ def test_the_watchdog_reports_a_host_whose_readyz_fails_15_minutes(tmp_path: Pat
     (tmp_path / "etc" / "in-service").rename(tmp_path / "etc" / "booting")
     started = tmp_path / "etc" / "boot-started"
     assert abs(int(started.read_text()) - time.time()) < 60  # written by the boot
-    for booted_s, report in ((600, False), (1199, False), (1200, True)):
+    boot_max_s = HOST_READY_TIMEOUT_S + BOOT_MARGIN_S
+    for booted_s, report in ((600, False), (boot_max_s - 1, False), (boot_max_s, True)):
         started.write_text(f"{WATCHDOG_NOW - booted_s}\n")
         rc, err, calls = _watchdog(tmp_path, "refused", None)
         assert rc == 0 and reported(calls) is report, err

@@ -3,7 +3,6 @@ decision for the client that asks, as a request from it would be routed."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -64,8 +63,7 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
         listed = (await c.get("/v1/models")).json()["data"]
         assert [m["id"] for m in listed] == ["m"]  # n is served in us only
         # When the gateway loaded the module; it was 0, 1970 in a client's list.
-        assert listed[0]["created"] == _LISTED_SINCE and time.time() >= _LISTED_SINCE
-        assert _LISTED_SINCE > 1_764_000_000  # 2025-11-24: this code's time, not 0
+        assert listed[0]["created"] == _LISTED_SINCE > 1_764_000_000  # 2025-11-24, not 0
         assert (await c.get("/v1/models/m")).status_code == 200
         # No upstream in eu serves n at all: refused for good, not a 503 an SDK retries
         r = await c.get("/v1/models/n")
