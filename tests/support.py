@@ -174,7 +174,11 @@ def children(pid: int) -> set[int]:
     """The processes ``pid`` forked (every thread's: granian respawns from its serve loop)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(c) for c in (task / "children").read_text().split())
+        try:
+            listed = (task / "children").read_text()
+        except FileNotFoundError:  # the thread ended after iterdir() listed it
+            continue
+        found.update(int(c) for c in listed.split())
     return found
 
 
