@@ -66,15 +66,21 @@ def test_tree_cpu_counts_a_reaped_child() -> None:
 def test_idle_cpu_is_per_second_of_wall_time_for_each_tree() -> None:
     # One process burning a core, one asleep, read over the same wait.
     burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    sleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleep = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        # Past the interpreter's start: its 60-120 ms of CPU is not the sleeper's idle.
+        assert sleep.stdout is not None and sleep.stdout.readline() == "up\n"
         idle, _ = idle_ms_per_s({"burn": [burn.pid], "sleep": [sleep.pid]}, 0.5)
         ticks, fine = idle_ms_per_s({"burn": [burn.pid]}, 0.5, fine=False)
     finally:
         burn.kill()
         sleep.kill()
         burn.wait()
-        sleep.wait()
+        sleep.communicate()  # and closes its pipe
     assert set(idle) == {"burn", "sleep"}
     assert idle["sleep"] < 100  # ms of CPU a second: asleep is near 0
     assert idle["burn"] > 300  # a busy loop gets most of a core, on this 2-core VM too
