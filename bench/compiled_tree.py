@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOT_MODULES = (
     "gateway/http/relay.py",
     "gateway/http/upstream.py",
+    "gateway/http/forward.py",
     "gateway/http/intake.py",
     "gateway/http/exchange.py",
     "gateway/http/headers.py",

@@ -22,8 +22,9 @@ the disconnect watch's timer): its geogate-minus-floor is larger by those fallba
 
 The scope carries what gateway.h1 adds: the body, the disconnect hook and the pipe. Since round
 seven the hook is given in both modes, so a whole answer no longer arms the disconnect watch's
-timer (gateway.http.upstream.forward): its figure is a few µs under round six's for the same
-code (28.6 in bench/results/round7/own_path_whole.md against 35.2 and 36.3 in round six).
+timer (gateway.http.forward, then in gateway.http.upstream): its figure is a few µs under
+round six's for the same code (28.6 in bench/results/round7/own_path_whole.md against 35.2
+and 36.3 in round six).
 
 Each tree runs in a fresh interpreter with that tree first on sys.path, in rounds that take
 turns (the order reversed each round); the median of the rounds' best-of-3 is reported. The

@@ -31,6 +31,7 @@ COVERED_BY_FEATURE_TESTS = {
     "gateway/fleet/config_io.py": "tests/gateway/fleet/test_fleet.py",  # real redis-server
     "gateway/http/app.py": "tests/gateway/http/test_proxy.py",
     "gateway/http/asgi.py": "tests/gateway/http/test_proxy.py",
+    "gateway/http/upstream.py": "tests/gateway/http/test_failover.py",  # the attempts, for real
     "gateway/watch/load_poller.py": "tests/gateway/test_load_routing.py",
     "gateway/watch/geoip_reload.py": "tests/gateway/test_geo_routing.py",
 }

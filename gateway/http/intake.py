@@ -37,9 +37,10 @@ from gateway.http.encoding import decoded
 from gateway.http.errors import send_error, status_of
 from gateway.http.exchange import Exchange, logged_text
 from gateway.http.final_error import DRAIN_CUT
+from gateway.http.forward import forward
 from gateway.http.headers import HOPS_HEADER, ROUTE_HEADER, hops_of, request_id
 from gateway.http.paths import check_api_request
-from gateway.http.upstream import ClientGone, StreamAborted, forward
+from gateway.http.upstream import ClientGone, StreamAborted
 from gateway.routing.model import ExclusionKind, Outcome
 from gateway.runtime import Routed, Runtime, log
 from gateway.traffic import NOT_SERVED

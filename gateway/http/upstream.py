@@ -2,7 +2,8 @@
 before any byte reached the client and within the retry budget (and, unless
 ``retry.on_timeout``, not after an upstream accepted the request and then timed out: the
 generation may still be running there); stream the answer back chunk by chunk; cut it cleanly
-when the upstream fails mid-way; cancel it when the client leaves."""
+when the upstream fails mid-way. gateway.http.forward runs them, and cancels them when the
+client leaves."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import time
 from typing import Any
 
 from gateway.client import CLIENT_ERRORS, Failure, FailureKind, Reach, Response, classify
-from gateway.defaults import DISCONNECT_WATCH_DELAY_S, LOOP_STATUS
+from gateway.defaults import LOOP_STATUS
 from gateway.errors import GatewayError, GatewayShuttingDown, StreamInterrupted
-from gateway.http import events
-from gateway.http.asgi import DISCONNECT_HOOK, DisconnectHook, Message, Receive, Send
+from gateway.http import events, restream
+from gateway.http.asgi import Send
 from gateway.http.errors import status_of
 from gateway.http.exchange import Exchange
 from gateway.http.final_error import (
@@ -55,60 +56,7 @@ class StreamAborted(Exception):
     logged = True
 
 
-async def forward(rt: Runtime, ex: Exchange, receive: Receive, send: Send) -> int:
-    """Run the attempts while watching for the client to leave; cancel them if it does.
-    Returns the status the client got. The attempts run in this task: a task of their own
-    plus ``asyncio.wait`` cost a few percent of a request's CPU (bench/results/profile.md).
-    The watch cancels this task when the client leaves (ClientGone); a cancellation from
-    outside (the drain's cut) stays one, answered (503) by gateway.http.intake if nothing was
-    sent yet. Both engines run a request in an asyncio Task (granian's default task_impl:
-    its "rust" one ignores cancel(), nor would gateway.http.gate's drain cut work)."""
-    task = rt.current_task()
-    assert task is not None, "forward runs in the request's task"
-    active, gone = True, False
-    watch: asyncio.Future[Message] | None = None
-    later: asyncio.TimerHandle | None = None
-
-    def left(_: object = None) -> None:
-        nonlocal gone
-        # Only while the attempts run: a callback that fires later (the watch cancelled
-        # below, or a disconnect in the same loop turn as the end) must not cancel what
-        # this task does next.
-        if active:
-            gone = True
-            task.cancel()
-
-    def start_watch() -> None:
-        nonlocal watch
-        watch = asyncio.ensure_future(receive(), loop=task.get_loop())  # any awaitable; no lookup
-        watch.add_done_callback(left)
-
-    hook: DisconnectHook | None = ex.scope.get("extensions", {}).get(DISCONNECT_HOOK)
-    if hook is not None:  # the server tells us itself (gateway.h1): no task, no timer
-        hook(left)
-    else:
-        # The watch starts after DISCONNECT_WATCH_DELAY_S: a task wrapping the server's
-        # receive costs about 4 % of a fast request's CPU, and most answers come sooner than
-        # that (a client that leaves meanwhile is noticed then, before any long generation).
-        later = task.get_loop().call_later(DISCONNECT_WATCH_DELAY_S, start_watch)
-    try:
-        return await _Attempts(rt, ex, send, task).run()
-    except asyncio.CancelledError:
-        if not gone:
-            raise  # from elsewhere (the drain's cut): gateway.http.intake answers it
-        task.uncancel()  # the cancellation was ours, and ends here
-        raise ClientGone from None
-    finally:
-        active = False
-        if hook is not None:
-            hook(None)
-        if later is not None:
-            later.cancel()
-        if watch is not None:
-            watch.cancel()
-
-
-class _Attempts:
+class Attempts:
     """The attempts of one exchange, and the failures they met."""
 
     def __init__(self, rt: Runtime, ex: Exchange, send: Send, task: asyncio.Task[Any]) -> None:
@@ -125,6 +73,7 @@ class _Attempts:
         self.held: str | None = None
         self.opened_at = 0.0  # perf_counter when the attempt that answered began
         self.tokened = False  # the stream's first token was seen (_token_seen)
+        self.whole: tuple[list[tuple[bytes, bytes]], bytes] | None = None  # gateway.http.restream
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
@@ -204,7 +153,10 @@ class _Attempts:
             # Its answer goes to the client from here: a stream cut later (StreamAborted, a
             # client gone) is still this upstream's in the access line and traffic counts.
             self.ex.upstream, self.ex.served_region = uid, cand.upstream.region
-            done = await self._stream(resp, index, cand)
+            if self.whole is not None:
+                done = await self._send_whole(resp.status, index, cand)
+            else:
+                done = await self._stream(resp, index, cand)
             if done:  # a cut stream was recorded as a failure where it broke (_abort); a 4xx
                 self._record(cand, not failed)  # is the client's request, not the upstream's
             return resp.status
@@ -251,6 +203,11 @@ class _Attempts:
                 resp.discard()  # kept for the next request: closed, each refusal cost one
                 return None
             await resp.wait_body()
+            if self.ex.stream and restream.applies(resp, self.ex.scope["path"]):
+                # Read whole within the first byte's wait: its first token is in it.
+                async with asyncio.timeout(max(wait_s - (time.perf_counter() - t0), 0.0)):
+                    body = await resp.read()
+                self.whole = restream.answer(resp.raw_headers, body, self.ex.body)
             opened = True
             self.opened_at = t0
             return resp
@@ -302,9 +259,7 @@ class _Attempts:
         as the stream (bench/stream_memory.py counts what each open stream holds)."""
         send = self.send
         ex = self.ex
-        hint = ex.routed.preferred_region if ex.routed else None
-        extra = gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
-        headers = client_response_headers(openai_shaped(resp, ex.scope["path"]), extra)
+        headers = client_response_headers(openai_shaped(resp, ex.scope["path"]), self._ours(index))
         sse = events.framed(resp.header)  # else a cut is a reset
         resp.raw_headers = []
         ex.status = resp.status  # what the client got, should the stream be cut later on
@@ -372,6 +327,28 @@ class _Attempts:
         rest = framer.held if framer is not None else b""  # an end with no blank line
         ex.body_bytes += len(rest)
         await send({"type": "http.response.body", "body": rest, "more_body": False})
+        return True
+
+    def _ours(self, index: int) -> list[tuple[bytes, bytes]]:
+        ex = self.ex
+        hint = ex.routed.preferred_region if ex.routed else None
+        return gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
+
+    async def _send_whole(self, status: int, index: int, cand: Candidate) -> bool:
+        """The answer ``_open`` read whole (``self.whole``: a JSON answer to a stream request,
+        as events where it was a completion) in one send."""
+        assert self.whole is not None
+        ex, (raw, body) = self.ex, self.whole
+        ex.status = status
+        ex.response_starts()
+        headers = client_response_headers(raw, self._ours(index))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        if carries_token(body):
+            self._token_seen(cand)
+        else:
+            self._no_token(cand.upstream.region, status)
+        ex.body_bytes += len(body)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
         return True
 
     async def _abort(self, cand: Candidate, cause: str, sse: bool) -> None:

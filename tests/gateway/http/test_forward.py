@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.http import upstream
+from gateway.http import forward as forwarding
 from gateway.http.asgi import DISCONNECT_HOOK
-from gateway.http.upstream import ClientGone, forward
+from gateway.http.forward import forward
+from gateway.http.upstream import ClientGone
 
 EX: Any = SimpleNamespace(scope={})  # a server without the disconnect hook: receive is watched
 _asked: list[object] = []  # forward's calls of RT.current_task, each the task it got
@@ -25,7 +26,7 @@ RT: Any = SimpleNamespace(current_task=_current_task)  # what forward asks of Ru
 
 
 class FakeAttempts:
-    """Stands for _Attempts: runs for ``run_s``, then answers 200; notes a cancellation."""
+    """Stands for Attempts: runs for ``run_s``, then answers 200; notes a cancellation."""
 
     run_s = 0.0
     cancelled = 0
@@ -44,9 +45,9 @@ class FakeAttempts:
 
 @pytest.fixture(autouse=True)
 def fake(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream, "_Attempts", FakeAttempts)
+    monkeypatch.setattr(forwarding, "Attempts", FakeAttempts)
     # The watch at once, as the tests below were written for; its delay is tested last.
-    monkeypatch.setattr(upstream, "DISCONNECT_WATCH_DELAY_S", 0.0)
+    monkeypatch.setattr(forwarding, "DISCONNECT_WATCH_DELAY_S", 0.0)
     FakeAttempts.cancelled = 0
 
 
@@ -105,7 +106,7 @@ async def test_a_cut_from_outside_stays_a_cancellation() -> None:
 async def test_the_watch_starts_after_its_delay(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fast answer never calls receive (no watch task); a client that left at once is
     noticed when the delay ends, and the attempts are cancelled then."""
-    monkeypatch.setattr(upstream, "DISCONNECT_WATCH_DELAY_S", 0.1)
+    monkeypatch.setattr(forwarding, "DISCONNECT_WATCH_DELAY_S", 0.1)
     calls = 0
 
     async def receive() -> dict[str, Any]:

@@ -1,0 +1,218 @@
+"""An upstream that answers a stream request with the whole completion as JSON: the client
+gets the event stream it asked for (the OpenAI SDK read the JSON as a stream of no events,
+silently empty), through a real gateway, as the SDK reads it."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.http.restream import answer, as_events, include_usage
+from tests.support import (
+    Gateway,
+    UpstreamSpec,
+    answer_whole,
+    gateway_toml,
+    serve_http,
+    start_gateway,
+)
+
+USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+CHAT: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1_700_000_000,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Bonjour, le monde"},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": USAGE,
+}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+TOOLS = {
+    **CHAT,
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            "finish_reason": "tool_calls",
+        }
+    ],
+}
+TEXT = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 1_700_000_000,
+    "model": "m",
+    "choices": [{"index": 0, "text": " jumps over", "logprobs": None, "finish_reason": "length"}],
+    "usage": USAGE,
+}
+# The model a request names -> the JSON its upstream answers, whatever "stream" said
+ANSWERS: dict[str, bytes] = {
+    "chat": json.dumps(CHAT).encode(),
+    "tools": json.dumps(TOOLS).encode(),
+    "text": json.dumps(TEXT).encode(),
+    "other": b'{"object": "list", "data": []}',  # no completion: as it came
+    "gzip": gzip.compress(json.dumps(CHAT).encode()),
+}
+
+
+class _IgnoresStream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # health probes
+        answer_whole(self, 200, b"ok", [("Content-Type", "text/plain")])
+
+    def do_POST(self) -> None:
+        model = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["model"]
+        headers = [("Content-Type", "application/json; charset=utf-8")]
+        if model == "gzip":
+            headers.append(("Content-Encoding", "gzip"))
+        answer_whole(self, 200, ANSWERS[model], headers)
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("restream")
+    with serve_http(_IgnoresStream) as url:
+        ups = [UpstreamSpec("up", "eu-central", url, list(ANSWERS))]
+        gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups))
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+
+
+def client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_a_chat_completion_answered_whole_reaches_a_streaming_client_whole(gw: Gateway) -> None:
+    chunks = list(client(gw).chat.completions.create(model="chat", messages=[], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Bonjour, le monde"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"]
+    assert {c.id for c in chunks} == {"chatcmpl-1"} and chunks[0].object == "chat.completion.chunk"
+    assert all(c.usage is None for c in chunks)  # not asked for
+
+
+def test_the_usage_chunk_comes_when_the_request_asked_for_it(gw: Gateway) -> None:
+    chunks = list(
+        client(gw).chat.completions.create(
+            model="chat", messages=[], stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == 12
+
+
+def test_tool_calls_arrive_with_their_index(gw: Gateway) -> None:
+    chunks = list(client(gw).chat.completions.create(model="tools", messages=[], stream=True))
+    (call,) = chunks[0].choices[0].delta.tool_calls or []
+    assert (call.index, call.id, call.function and call.function.arguments) == (
+        0,
+        "call_1",
+        '{"x": 1}',
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_text_completion_streams_too(gw: Gateway) -> None:
+    chunks = list(client(gw).completions.create(model="text", prompt="the fox", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == " jumps over"
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_the_event_stream_is_framed_and_ends_with_done(gw: Gateway) -> None:
+    body = {"model": "chat", "messages": [], "stream": True}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+    assert r.headers["x-request-id"] and "content-encoding" not in r.headers
+    assert int(r.headers["content-length"]) == len(r.content)
+    events = r.content.split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    assert all(e.startswith(b"data: ") for e in events[:-1])
+
+
+@pytest.mark.parametrize("model", ["other", "gzip"])
+def test_what_is_no_plain_completion_goes_on_as_it_came(gw: Gateway, model: str) -> None:
+    body = {"model": model, "messages": [], "stream": True}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.content == (gzip.decompress(ANSWERS[model]) if model == "gzip" else ANSWERS[model])
+
+
+def test_a_request_not_streaming_gets_the_json(gw: Gateway) -> None:
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "chat", "messages": []})
+    assert r.status_code == 200 and r.json() == CHAT
+
+
+# --- the conversion itself --------------------------------------------------------------
+
+
+def _events(data: bytes) -> list[Any]:
+    return [json.loads(e[6:]) for e in data.split(b"\n\n")[:-2]]
+
+
+def test_each_choice_gets_its_delta_then_its_finish_reason() -> None:
+    (choice,) = CHAT["choices"]
+    two = {**CHAT, "choices": [{**choice, "index": 1}, choice]}
+    got = as_events(two, usage=False)
+    assert got is not None
+    indexes = [(e["choices"][0]["index"], e["choices"][0]["finish_reason"]) for e in _events(got)]
+    assert indexes == [(1, None), (1, "stop"), (0, None), (0, "stop")]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"object": "chat.completion", "choices": "x"},
+        {"object": "chat.completion", "choices": [1]},
+        {"object": "embedding"},
+        ["chat.completion"],
+        None,
+    ],
+)
+def test_what_is_not_a_completion_is_not_converted(doc: Any) -> None:
+    assert as_events(doc, usage=True) is None
+
+
+def test_no_usage_chunk_without_a_usage_to_send() -> None:
+    got = as_events({k: v for k, v in CHAT.items() if k != "usage"}, usage=True)
+    assert got is not None and all(e["choices"] for e in _events(got))
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000])
+def test_an_answer_that_is_not_json_goes_on_as_it_came(body: bytes) -> None:
+    raw = [(b"content-type", b"application/json")]
+    assert answer(raw, body, b"[" * 100_000) == (raw, body)
+
+
+@pytest.mark.parametrize(
+    ("request_body", "asked"),
+    [
+        (b'{"stream_options": {"include_usage": true}}', True),
+        (b'{"stream_options": {"include_usage": false}}', False),
+        (b'{"stream_options": {"include_usage": 1}}', False),
+        (b'{"stream_options": null}', False),
+        (b"[]", False),
+        (b"\xff", False),
+    ],
+)
+def test_include_usage_reads_the_requests_stream_options(request_body: bytes, asked: bool) -> None:
+    assert include_usage(request_body) is asked
