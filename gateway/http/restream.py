@@ -86,15 +86,18 @@ def as_events(doc: Any, usage: bool) -> bytes | None:
     chunks: list[dict[str, Any]] = []
     for i, choice in enumerate(choices):
         index = choice.get("index", i)
-        first, last = _delta(choice, index) if chat else _text(choice, index)
-        chunks += [{**base, "choices": [first]}, {**base, "choices": [last]}]
+        if chat:
+            pair = _pair(choice, index, "delta", _delta(choice), {})
+        else:
+            pair = _pair(choice, index, "text", choice.get("text", ""), "")
+        chunks += [{**base, "choices": [c]} for c in pair]
     if usage and "usage" in doc:
         chunks.append({**base, "choices": [], "usage": doc["usage"]})
     return b"".join(b"data: %b\n\n" % json.dumps(c).encode() for c in chunks) + _DONE
 
 
-def _delta(choice: dict[str, Any], index: object) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A chat choice's two chunks: its whole message as one delta, then its finish_reason."""
+def _delta(choice: dict[str, Any]) -> dict[str, Any]:
+    """A chat choice's whole message as one delta."""
     message = choice.get("message")
     delta = dict(message) if isinstance(message, dict) else {}
     calls = delta.get("tool_calls")
@@ -102,34 +105,16 @@ def _delta(choice: dict[str, Any], index: object) -> tuple[dict[str, Any], dict[
         delta["tool_calls"] = [
             {"index": n, **c} if isinstance(c, dict) else c for n, c in enumerate(calls)
         ]
-    first = {
-        "index": index,
-        "delta": delta,
-        "logprobs": choice.get("logprobs"),
-        "finish_reason": None,
-    }
-    last = {
-        "index": index,
-        "delta": {},
-        "logprobs": None,
-        "finish_reason": choice.get("finish_reason"),
-    }
-    return first, last
+    return delta
 
 
-def _text(choice: dict[str, Any], index: object) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A text completion's two chunks: its whole text, then its finish_reason."""
-    text = choice.get("text", "")
-    first = {
-        "index": index,
-        "text": text,
-        "logprobs": choice.get("logprobs"),
-        "finish_reason": None,
-    }
-    last = {
-        "index": index,
-        "text": "",
-        "logprobs": None,
-        "finish_reason": choice.get("finish_reason"),
-    }
-    return first, last
+def _pair(
+    choice: dict[str, Any], index: object, key: str, whole: object, empty: object
+) -> list[Any]:
+    """A choice's two chunk choices: ``whole`` under ``key`` (a chat's "delta", a text
+    completion's "text"), then ``empty`` there with the choice's finish_reason."""
+    reason = choice.get("finish_reason")
+    return [
+        {"index": index, key: whole, "logprobs": choice.get("logprobs"), "finish_reason": None},
+        {"index": index, key: empty, "logprobs": None, "finish_reason": reason},
+    ]
