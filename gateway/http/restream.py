@@ -14,6 +14,7 @@ chunk shapes are OpenAI's; an answer that is not a completion object goes on as 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 from gateway.client import Response
@@ -21,6 +22,7 @@ from gateway.http.events import SSE_TYPE
 
 # The endpoints whose streamed chunks this module writes.
 RESTREAMED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+_JSON_TYPE: Final = re.compile(r"\s*application/json\s*(?:;|$)", re.IGNORECASE)
 # What the client's answer needs no longer: the event stream's own are added.
 _REPLACED: Final = frozenset({b"content-type", b"content-length", b"content-encoding"})
 _EVENTS_HEADERS: Final = ((b"content-type", SSE_TYPE.encode()), (b"cache-control", b"no-cache"))
@@ -38,9 +40,12 @@ def applies(resp: Response, path: str) -> bool:
     JSON to a chat or text completion, not compressed (its bytes would not be the JSON)."""
     if not 200 <= resp.status < 300 or path not in RESTREAMED_PATHS:
         return False
-    ctype = (resp.header(b"content-type") or "").split(";")[0].strip().lower()
+    # One match and no more for an event stream (what a stream request gets, as a rule).
+    ctype = resp.header(b"content-type")
+    if ctype is None or _JSON_TYPE.match(ctype) is None:
+        return False
     coding = (resp.header(b"content-encoding") or "identity").strip().lower()
-    return ctype == "application/json" and coding in ("", "identity")
+    return coding in ("", "identity")
 
 
 def answer(

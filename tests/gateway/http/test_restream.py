@@ -8,13 +8,15 @@ import gzip
 import http.server
 import json
 from collections.abc import Iterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 
-from gateway.http.restream import answer, as_events, include_usage
+from gateway.client import Response
+from gateway.http.restream import answer, applies, as_events, include_usage
 from tests.support import (
     Gateway,
     UpstreamSpec,
@@ -216,3 +218,34 @@ def test_an_answer_that_is_not_json_goes_on_as_it_came(body: bytes) -> None:
 )
 def test_include_usage_reads_the_requests_stream_options(request_body: bytes, asked: bool) -> None:
     assert include_usage(request_body) is asked
+
+
+@pytest.mark.parametrize(
+    ("status", "path", "headers", "converted"),
+    [
+        (200, "/v1/chat/completions", {b"content-type": "application/json"}, True),
+        (201, "/v1/completions", {b"content-type": "Application/JSON; charset=utf-8"}, True),
+        (200, "/v1/chat/completions", {b"content-type": "text/event-stream"}, False),
+        (200, "/v1/chat/completions", {b"content-type": "application/jsonl"}, False),
+        (200, "/v1/chat/completions", {}, False),
+        (400, "/v1/chat/completions", {b"content-type": "application/json"}, False),
+        (200, "/v1/responses", {b"content-type": "application/json"}, False),
+        (
+            200,
+            "/v1/chat/completions",
+            {b"content-type": "application/json", b"content-encoding": "br"},
+            False,
+        ),
+        (
+            200,
+            "/v1/chat/completions",
+            {b"content-type": "application/json", b"content-encoding": "Identity"},
+            True,
+        ),
+    ],
+)
+def test_which_answers_are_turned_into_events(
+    status: int, path: str, headers: dict[bytes, str], converted: bool
+) -> None:
+    resp = cast(Response, SimpleNamespace(status=status, header=headers.get))
+    assert applies(resp, path) is converted
