@@ -58,6 +58,11 @@ class Response:
         assert self._conn is not None, "read after release"
         return await self._conn.read()
 
+    def peek(self) -> bytes:
+        """The first piece of the body that came (b"" while none has), leaving it unread."""
+        conn = self._conn
+        return conn.chunks[0] if conn is not None and conn.chunks else b""
+
     def reader(self) -> Callable[[], Awaitable[bytes]]:
         """``readany`` bound to the connection: a stream's loop calls it once per chunk, and
         this saves a coroutine frame each time. Not to be called after release or close."""

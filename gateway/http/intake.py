@@ -1,5 +1,6 @@
 """The ``/v1/*`` proxy, front half: read and check the body, locate the client, route; then
-hand the exchange to ``upstream`` and turn whatever went wrong into an OpenAI-shaped answer.
+hand the exchange to ``forward`` (gateway.http.forward) and turn whatever went wrong into an
+OpenAI-shaped answer.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ adapter, a cache in front of one) and answer the whole completion as JSON. The O
 read a 200 to a stream request as an event stream whatever its Content-Type: a JSON body is a
 stream of no events, so the client got an empty answer and no error, and the completion the
 upstream made was lost. The gateway reads such an answer whole (it is one write, as a rule
-with its head) and sends it as OpenAI streams one: per choice a chunk with the whole delta,
-then one with its finish_reason, a usage chunk when the request asked for one
+with its head) and sends it as OpenAI streams one: per chat choice a chunk with the role alone,
+one with the rest of the message, one with the finish_reason (a text completion's: its text,
+then its finish_reason), a usage chunk when the request asked for one
 (``stream_options.include_usage``), then ``[DONE]``. Only for chat and text completions, whose
-chunk shapes are OpenAI's; an answer that is not a completion object goes on as it came.
+chunk shapes are OpenAI's; an answer that is not a completion object goes on as it came, and so
+does one whose body begins with no ``{`` (an event stream mislabelled as JSON: it streams on).
 """
 
 from __future__ import annotations
@@ -22,9 +24,25 @@ from gateway.http.events import SSE_TYPE
 
 # The endpoints whose streamed chunks this module writes.
 RESTREAMED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+# A larger JSON answer goes on as it came: parsing and writing it again holds the event loop,
+# and every other stream of the worker with it (a completion is a few KiB, as a rule).
+MAX_BYTES: Final = 4 * 1024 * 1024
 _JSON_TYPE: Final = re.compile(r"\s*application/json\s*(?:;|$)", re.IGNORECASE)
-# What the client's answer needs no longer: the event stream's own are added.
-_REPLACED: Final = frozenset({b"content-type", b"content-length", b"content-encoding"})
+# What the client's answer needs no longer: the event stream's own are added, and these
+# describe the JSON's bytes (a cache in front of the upstream sets them), not the events'.
+_REPLACED: Final = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"cache-control",
+        b"etag",
+        b"last-modified",
+        b"content-md5",
+        b"digest",
+        b"accept-ranges",
+    }
+)
 _EVENTS_HEADERS: Final = ((b"content-type", SSE_TYPE.encode()), (b"cache-control", b"no-cache"))
 _DONE: Final = b"data: [DONE]\n\n"
 _CHUNK_OBJECT: Final = {
@@ -33,11 +51,15 @@ _CHUNK_OBJECT: Final = {
 }
 # Fields of a completion that every chunk repeats, as OpenAI's do.
 _CHUNK_FIELDS: Final = ("id", "created", "model", "system_fingerprint", "service_tier")
+# A choice's fields its chunks carry in their own places; the others (vLLM's stop_reason) go
+# on the chunk with the finish_reason.
+_PLACED: Final = frozenset({"index", "message", "text", "logprobs", "finish_reason"})
 
 
 def applies(resp: Response, path: str) -> bool:
     """``resp`` (to a stream request) is a whole answer this module turns into events: a 2xx
-    JSON to a chat or text completion, not compressed (its bytes would not be the JSON)."""
+    JSON to a chat or text completion, not compressed (its bytes would not be the JSON), at
+    most MAX_BYTES, whose first bytes begin an object."""
     if not 200 <= resp.status < 300 or path not in RESTREAMED_PATHS:
         return False
     # One match and no more for an event stream (what a stream request gets, as a rule).
@@ -45,7 +67,12 @@ def applies(resp: Response, path: str) -> bool:
     if ctype is None or _JSON_TYPE.match(ctype) is None:
         return False
     coding = (resp.header(b"content-encoding") or "identity").strip().lower()
-    return coding in ("", "identity")
+    length = resp.header(b"content-length")
+    if coding not in ("", "identity"):
+        return False
+    if length is not None and not (length.strip().isdigit() and int(length) <= MAX_BYTES):
+        return False
+    return resp.peek().lstrip()[:1] == b"{"
 
 
 def answer(
@@ -79,7 +106,8 @@ def include_usage(request: bytes) -> bool:
 
 def as_events(doc: Any, usage: bool) -> bytes | None:
     """The event stream OpenAI would have sent for the completion ``doc``; None where ``doc``
-    is not a chat or text completion with a list of choices."""
+    is not a chat or text completion with a list of choices. With ``usage``, every chunk has
+    a "usage" (null but in the last), as OpenAI's have."""
     if not isinstance(doc, dict) or doc.get("object") not in _CHUNK_OBJECT:
         return None
     choices = doc.get("choices")
@@ -88,38 +116,59 @@ def as_events(doc: Any, usage: bool) -> bytes | None:
     chat = doc["object"] == "chat.completion"
     base = {k: doc[k] for k in _CHUNK_FIELDS if k in doc}
     base["object"] = _CHUNK_OBJECT[doc["object"]]
+    if usage:
+        base["usage"] = None
     chunks: list[dict[str, Any]] = []
     for i, choice in enumerate(choices):
-        index = choice.get("index", i)
-        if chat:
-            pair = _pair(choice, index, "delta", _delta(choice), {})
-        else:
-            pair = _pair(choice, index, "text", choice.get("text", ""), "")
-        chunks += [{**base, "choices": [c]} for c in pair]
-    if usage and "usage" in doc:
+        parts = (
+            _chat(choice, choice.get("index", i)) if chat else _text(choice, choice.get("index", i))
+        )
+        chunks += [{**base, "choices": [c]} for c in parts]
+    if usage and doc.get("usage") is not None:
         chunks.append({**base, "choices": [], "usage": doc["usage"]})
     return b"".join(b"data: %b\n\n" % json.dumps(c).encode() for c in chunks) + _DONE
 
 
-def _delta(choice: dict[str, Any]) -> dict[str, Any]:
-    """A chat choice's whole message as one delta."""
+def _chat(choice: dict[str, Any], index: object) -> list[dict[str, Any]]:
+    """A chat choice's chunk choices: the role alone (as OpenAI's first, which carries no
+    logprobs: the SDK's stream helper counted a first chunk's twice), the rest of the message
+    with the logprobs, then the finish_reason."""
     message = choice.get("message")
     delta = dict(message) if isinstance(message, dict) else {}
+    role = delta.pop("role", "assistant")
     calls = delta.get("tool_calls")
-    if isinstance(calls, list):  # a chunk's tool call says its place in the list
+    if isinstance(calls, list):  # a chunk's tool call says its place, which is the list's
         delta["tool_calls"] = [
-            {"index": n, **c} if isinstance(c, dict) else c for n, c in enumerate(calls)
+            {**c, "index": n} if isinstance(c, dict) else c for n, c in enumerate(calls)
         ]
-    return delta
-
-
-def _pair(
-    choice: dict[str, Any], index: object, key: str, whole: object, empty: object
-) -> list[Any]:
-    """A choice's two chunk choices: ``whole`` under ``key`` (a chat's "delta", a text
-    completion's "text"), then ``empty`` there with the choice's finish_reason."""
-    reason = choice.get("finish_reason")
     return [
-        {"index": index, key: whole, "logprobs": choice.get("logprobs"), "finish_reason": None},
-        {"index": index, key: empty, "logprobs": None, "finish_reason": reason},
+        {
+            "index": index,
+            "delta": {"role": role, "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        },
+        {"index": index, "delta": delta, "logprobs": choice.get("logprobs"), "finish_reason": None},
+        _last(choice, index, "delta", {}),
     ]
+
+
+def _text(choice: dict[str, Any], index: object) -> list[dict[str, Any]]:
+    """A text completion's chunk choices: its whole text with the logprobs, then the
+    finish_reason."""
+    text = choice.get("text", "")
+    first = {
+        "index": index,
+        "text": text,
+        "logprobs": choice.get("logprobs"),
+        "finish_reason": None,
+    }
+    return [first, _last(choice, index, "text", "")]
+
+
+def _last(choice: dict[str, Any], index: object, key: str, empty: object) -> dict[str, Any]:
+    """A choice's last chunk choice: ``empty`` under ``key``, the finish_reason, and the
+    choice's fields no other chunk placed."""
+    extra = {k: v for k, v in choice.items() if k not in _PLACED}
+    reason = choice.get("finish_reason")
+    return {"index": index, key: empty, "logprobs": None, "finish_reason": reason, **extra}

@@ -178,6 +178,7 @@ class Attempts:
         wait_s = self._wait()[0]
         resp: Response | None = None
         opened = False
+        whole = ""  # what a failure did not get, once reading a JSON answer whole
         t0 = time.perf_counter()
         reach = Reach()
         try:
@@ -204,15 +205,17 @@ class Attempts:
                 return None
             await resp.wait_body()
             if self.ex.stream and restream.applies(resp, self.ex.scope["path"]):
-                # Read whole within the first byte's wait: its first token is in it.
+                # Read whole within the first byte's wait: its first token is in it. Failing,
+                # it is a late or lost answer as any (below): the same failover rules.
+                whole = "whole JSON answer (to send as events)"
                 async with asyncio.timeout(max(wait_s - (time.perf_counter() - t0), 0.0)):
-                    body = await resp.read()
+                    body = await resp.read(restream.MAX_BYTES)
                 self.whole = restream.answer(resp.raw_headers, body, self.ex.body)
             opened = True
             self.opened_at = t0
             return resp
         except (TimeoutError, *CLIENT_ERRORS) as exc:
-            what = "first byte" if self.ex.stream else "answer"
+            what = whole or ("first byte" if self.ex.stream else "answer")
             kind, detail = classify(exc, f"no {what} in {wait_s:g} s")
             # Reach, as for held below: a connection never made is answered as refused (502).
             self._fail(Failure(uid, kind, detail, connecting=not reach.connected), cand)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any, cast
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from gateway.client import Response
-from gateway.http.restream import answer, applies, as_events, include_usage
+from gateway.http.restream import MAX_BYTES, answer, applies, as_events, include_usage
 from tests.support import (
     Gateway,
     UpstreamSpec,
@@ -68,7 +69,14 @@ ANSWERS: dict[str, bytes] = {
     "text": json.dumps(TEXT).encode(),
     "other": b'{"object": "list", "data": []}',  # no completion: as it came
     "gzip": gzip.compress(json.dumps(CHAT).encode()),
+    # an event stream mislabelled as JSON: it streams on as it came
+    "mislabelled": b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n',
+    "two": json.dumps(
+        {**CHAT, "choices": [{**CHAT["choices"][0], "index": i} for i in (0, 1)]}
+    ).encode(),
 }
+STALLED = b'{"object": "chat.completion", '  # then nothing, past timeouts.first_byte_s
+FIRST_BYTE_S = 1.5
 
 
 class _IgnoresStream(http.server.BaseHTTPRequestHandler):
@@ -82,7 +90,21 @@ class _IgnoresStream(http.server.BaseHTTPRequestHandler):
         headers = [("Content-Type", "application/json; charset=utf-8")]
         if model == "gzip":
             headers.append(("Content-Encoding", "gzip"))
+        if model == "stalled":
+            self._stall(headers)
+            return
         answer_whole(self, 200, ANSWERS[model], headers)
+
+    def _stall(self, headers: list[tuple[str, str]]) -> None:
+        self.send_response(200)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(STALLED)
+        self.wfile.flush()
+        time.sleep(FIRST_BYTE_S + 2)  # the gateway gave up meanwhile
+        self.close_connection = True
 
     def log_message(self, *_: object) -> None:
         return None
@@ -92,8 +114,9 @@ class _IgnoresStream(http.server.BaseHTTPRequestHandler):
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("restream")
     with serve_http(_IgnoresStream) as url:
-        ups = [UpstreamSpec("up", "eu-central", url, list(ANSWERS))]
-        gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups))
+        ups = [UpstreamSpec("up", "eu-central", url, [*ANSWERS, "stalled"])]
+        extra = f"[timeouts]\nfirst_byte_s = {FIRST_BYTE_S}\n"
+        gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=extra))
         try:
             yield gateway
         finally:
@@ -107,8 +130,12 @@ def client(gw: Gateway) -> openai.OpenAI:
 def test_a_chat_completion_answered_whole_reaches_a_streaming_client_whole(gw: Gateway) -> None:
     chunks = list(client(gw).chat.completions.create(model="chat", messages=[], stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Bonjour, le monde"
-    assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"]
+    # the role alone first, as OpenAI's streams begin
+    assert (chunks[0].choices[0].delta.role, chunks[0].choices[0].delta.content) == (
+        "assistant",
+        "",
+    )
+    assert [c.choices[0].finish_reason for c in chunks] == [None, None, "stop"]
     assert {c.id for c in chunks} == {"chatcmpl-1"} and chunks[0].object == "chat.completion.chunk"
     assert all(c.usage is None for c in chunks)  # not asked for
 
@@ -125,7 +152,7 @@ def test_the_usage_chunk_comes_when_the_request_asked_for_it(gw: Gateway) -> Non
 
 def test_tool_calls_arrive_with_their_index(gw: Gateway) -> None:
     chunks = list(client(gw).chat.completions.create(model="tools", messages=[], stream=True))
-    (call,) = chunks[0].choices[0].delta.tool_calls or []
+    (call,) = chunks[1].choices[0].delta.tool_calls or []
     assert (call.index, call.id, call.function and call.function.arguments) == (
         0,
         "call_1",
@@ -135,9 +162,32 @@ def test_tool_calls_arrive_with_their_index(gw: Gateway) -> None:
 
 
 def test_a_text_completion_streams_too(gw: Gateway) -> None:
-    chunks = list(client(gw).completions.create(model="text", prompt="the fox", stream=True))
-    assert "".join(c.choices[0].text for c in chunks) == " jumps over"
-    assert chunks[-1].choices[0].finish_reason == "length"
+    chunks = list(
+        client(gw).completions.create(
+            model="text", prompt="the fox", stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == " jumps over"
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage and chunks[-1].usage.total_tokens == 12
+
+
+def test_each_of_several_choices_is_whole(gw: Gateway) -> None:
+    chunks = list(client(gw).chat.completions.create(model="two", messages=[], n=2, stream=True))
+    for i in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == i]
+        assert "".join(c.delta.content or "" for c in mine) == "Bonjour, le monde"
+        assert mine[-1].finish_reason == "stop"
+
+
+def test_an_answer_not_whole_within_first_byte_s_is_a_504_that_says_so(gw: Gateway) -> None:
+    body = {"model": "stalled", "messages": [], "stream": True}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=FIRST_BYTE_S + 5)
+    assert r.status_code == 504, r.text
+    assert (
+        f"no whole JSON answer (to send as events) in {FIRST_BYTE_S:g} s"
+        in r.json()["error"]["message"]
+    )
 
 
 def test_the_event_stream_is_framed_and_ends_with_done(gw: Gateway) -> None:
@@ -151,7 +201,7 @@ def test_the_event_stream_is_framed_and_ends_with_done(gw: Gateway) -> None:
     assert all(e.startswith(b"data: ") for e in events[:-1])
 
 
-@pytest.mark.parametrize("model", ["other", "gzip"])
+@pytest.mark.parametrize("model", ["other", "gzip", "mislabelled"])
 def test_what_is_no_plain_completion_goes_on_as_it_came(gw: Gateway, model: str) -> None:
     body = {"model": model, "messages": [], "stream": True}
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
@@ -177,7 +227,33 @@ def test_each_choice_gets_its_delta_then_its_finish_reason() -> None:
     got = as_events(two, usage=False)
     assert got is not None
     indexes = [(e["choices"][0]["index"], e["choices"][0]["finish_reason"]) for e in _events(got)]
-    assert indexes == [(1, None), (1, "stop"), (0, None), (0, "stop")]
+    assert indexes == [(1, None), (1, None), (1, "stop"), (0, None), (0, None), (0, "stop")]
+
+
+def test_the_role_chunk_has_no_logprobs_and_the_last_keeps_the_choices_own_fields() -> None:
+    logprobs = {"content": [{"token": "B", "logprob": -0.1, "top_logprobs": []}]}
+    choice = {**CHAT["choices"][0], "logprobs": logprobs, "stop_reason": None}
+    got = as_events({**CHAT, "choices": [choice]}, usage=False)
+    assert got is not None
+    role, content, last = (e["choices"][0] for e in _events(got))
+    assert (role["logprobs"], content["logprobs"], last["logprobs"]) == (None, logprobs, None)
+    assert "stop_reason" in last and "stop_reason" not in content
+
+
+def test_a_tool_calls_index_is_its_place_in_the_list() -> None:
+    calls = [{**CALL, "index": None}, {**CALL, "id": "call_2"}]
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    got = as_events({**TOOLS, "choices": [{"message": message}]}, usage=False)
+    assert got is not None
+    sent = _events(got)[1]["choices"][0]["delta"]["tool_calls"]
+    assert [(c["index"], c["id"]) for c in sent] == [(0, "call_1"), (1, "call_2")]
+
+
+def test_with_usage_asked_every_chunk_has_one_and_a_null_usage_gets_no_chunk() -> None:
+    got = as_events({**CHAT, "usage": None}, usage=True)
+    assert got is not None
+    events = _events(got)
+    assert all(e["choices"] and "usage" in e and e["usage"] is None for e in events)
 
 
 @pytest.mark.parametrize(
@@ -199,10 +275,27 @@ def test_no_usage_chunk_without_a_usage_to_send() -> None:
     assert got is not None and all(e["choices"] for e in _events(got))
 
 
+def test_the_headers_that_describe_the_json_are_not_sent_with_the_events() -> None:
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"etag", b'"abc"'),
+        (b"cache-control", b"max-age=60"),
+        (b"x-upstream", b"kept"),
+    ]
+    headers, _ = answer(raw, json.dumps(CHAT).encode(), b"{}")
+    assert [n for n, _ in headers] == [
+        b"x-upstream",
+        b"content-type",
+        b"cache-control",
+        b"content-length",
+    ]
+    assert dict(headers)[b"cache-control"] == b"no-cache"
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000])
 def test_an_answer_that_is_not_json_goes_on_as_it_came(body: bytes) -> None:
     raw = [(b"content-type", b"application/json")]
-    assert answer(raw, body, b"[" * 100_000) == (raw, body)
+    assert answer(raw, body, b"{}") == (raw, body)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +307,7 @@ def test_an_answer_that_is_not_json_goes_on_as_it_came(body: bytes) -> None:
         (b'{"stream_options": null}', False),
         (b"[]", False),
         (b"\xff", False),
+        (b"[" * 100_000, False),  # past the parser's depth
     ],
 )
 def test_include_usage_reads_the_requests_stream_options(request_body: bytes, asked: bool) -> None:
@@ -223,6 +317,18 @@ def test_include_usage_reads_the_requests_stream_options(request_body: bytes, as
 @pytest.mark.parametrize(
     ("status", "path", "headers", "converted"),
     [
+        (
+            200,
+            "/v1/chat/completions",
+            {b"content-type": "application/json", b"content-length": str(MAX_BYTES + 1)},
+            False,
+        ),
+        (
+            200,
+            "/v1/chat/completions",
+            {b"content-type": "application/json", b"content-length": "x"},
+            False,
+        ),
         (200, "/v1/chat/completions", {b"content-type": "application/json"}, True),
         (201, "/v1/completions", {b"content-type": "Application/JSON; charset=utf-8"}, True),
         (200, "/v1/chat/completions", {b"content-type": "text/event-stream"}, False),
@@ -247,5 +353,26 @@ def test_include_usage_reads_the_requests_stream_options(request_body: bytes, as
 def test_which_answers_are_turned_into_events(
     status: int, path: str, headers: dict[bytes, str], converted: bool
 ) -> None:
-    resp = cast(Response, SimpleNamespace(status=status, header=headers.get))
+    first = b' {"object": "chat.completion"'
+    resp = cast(Response, SimpleNamespace(status=status, header=headers.get, peek=lambda: first))
     assert applies(resp, path) is converted
+
+
+@pytest.mark.parametrize(
+    ("first", "converted"), [(b"\n{", True), (b"data: {", False), (b"", False)]
+)
+def test_only_a_body_that_begins_an_object_is_read_whole(first: bytes, converted: bool) -> None:
+    headers = {b"content-type": "application/json"}
+    resp = cast(Response, SimpleNamespace(status=200, header=headers.get, peek=lambda: first))
+    assert applies(resp, "/v1/chat/completions") is converted
+
+
+def test_the_sdks_stream_helper_rebuilds_the_completion(gw: Gateway) -> None:
+    # ChatCompletionStreamState: what client.chat.completions.stream() accumulates
+    with client(gw).chat.completions.stream(model="chat", messages=[]) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "Bonjour, le monde"
+    assert final.choices[0].finish_reason == "stop"
+    with client(gw).chat.completions.stream(model="tools", messages=[]) as stream:
+        (call,) = stream.get_final_completion().choices[0].message.tool_calls or []
+    assert (call.id, call.function.name, call.function.arguments) == ("call_1", "f", '{"x": 1}')
