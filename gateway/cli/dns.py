@@ -146,6 +146,15 @@ def export(args: argparse.Namespace) -> None:
             raise CLIError(f"cannot write {args.out}: {_why(exc, args.out)}") from None
     if args.format == "powerdns":
         _warn_unaddressed(opt)
+    else:
+        for region, address in route53.unreachable_checks(doc["health_checks"]):
+            print(
+                f"dns export: warning: region {region}'s health check is at {address}, an "
+                "address Route 53's checkers cannot reach (local, private, shared or "
+                "reserved): AWS refuses that health check; give the region a public address "
+                "or host name",
+                file=sys.stderr,
+            )
     if args.out is None:
         return
     orders = len(computed.orders())

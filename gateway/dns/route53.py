@@ -112,6 +112,21 @@ def health_check(
     return check
 
 
+def unreachable_checks(checks: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (region, address) of each health check at an address Route 53's checkers cannot
+    reach, whose health check AWS refuses to create: a local, private, shared (100.64/10),
+    documentation, reserved or multicast one (HealthCheckConfig's IPAddress: RFC 5735, 6598,
+    5156). Said, not refused: an export of a loopback test config is still one to read."""
+    out = []
+    for region, check in checks.items():
+        address = check.get("IPAddress")
+        if address is not None:
+            ip = ipaddress.ip_address(address)
+            if not ip.is_global or ip.is_multicast:
+                out.append((region, address))
+    return out
+
+
 def _ascii_host(host: str, where: str) -> str:
     """``host`` as DNS and the API name it: an internationalized name in IDNA (xn--)."""
     try:

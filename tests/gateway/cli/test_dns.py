@@ -32,9 +32,18 @@ def export(cfg: Path, *args: str) -> list[str]:
 
 def test_route53_to_stdout(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(export(cfg, "--format", "route53", "--ttl", "60"))
-    doc = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
     assert doc["name"] == "api.example.com." and doc["ttl"] == 60
     assert set(doc["health_checks"]) == {"eu-central", "us-east", "ap-southeast"}
+    # Checked at loopback addresses, which AWS refuses: said, one line each, after the export.
+    # eu-central is checked by its host name: nothing to say.
+    assert err.splitlines() == [
+        f"dns export: warning: region {region}'s health check is at {address}, an address "
+        "Route 53's checkers cannot reach (local, private, shared or reserved): AWS refuses "
+        "that health check; give the region a public address or host name"
+        for region, address in (("us-east", "127.0.0.12"), ("ap-southeast", "127.0.0.13"))
+    ]
 
 
 def test_powerdns_to_a_file(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

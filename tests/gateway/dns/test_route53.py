@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.dns.options import OptionError, options
-from gateway.dns.route53 import CONTINENT_OF, health_check, record_sets
+from gateway.dns.route53 import CONTINENT_OF, health_check, record_sets, unreachable_checks
 from gateway.dns.tables import Order, compute, entries
 from gateway.errors import ConfigError
 from geodb.countries import data_rows
@@ -352,3 +352,24 @@ def test_an_ipv6_only_region_is_checked_at_its_ipv6_address() -> None:
     assert check["EnableSNI"] is True
     dual = health_check(url, 10, "eu-central", ("192.0.2.10", "2001:db8::10"))
     assert "IPAddress" not in dual and dual["EnableSNI"] is True  # by name, as before
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.13", True),  # loopback
+        ("10.1.2.3", True),  # RFC 1918
+        ("100.64.0.1", True),  # RFC 6598, shared
+        ("169.254.0.1", True),  # link-local
+        ("192.0.2.1", True),  # documentation (RFC 5737)
+        ("240.0.0.1", True),  # reserved
+        ("fd00::1", True),  # unique local
+        ("2001:db8::10", True),  # documentation
+        ("ff0e::1", True),  # multicast
+        ("8.8.8.8", False),  # written, never sent to
+        ("2606:4700::1111", False),
+    ],
+)
+def test_a_check_at_an_address_aws_refuses_is_named(address: str, refused: bool) -> None:
+    checks = {"r": {"IPAddress": address}, "by-name": {"FullyQualifiedDomainName": "a.example"}}
+    assert unreachable_checks(checks) == ([("r", address)] if refused else [])
