@@ -333,6 +333,7 @@ class Attempts:
         return True
 
     def _ours(self, index: int) -> list[tuple[bytes, bytes]]:
+        """The headers this gateway adds to the answer of candidate ``index``."""
         ex = self.ex
         hint = ex.routed.preferred_region if ex.routed else None
         return gateway_headers(ex.id, ex.decision.header(index, ex.attempts), hint)
