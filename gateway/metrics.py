@@ -242,6 +242,13 @@ class Metrics:
             ["path"],
             r,
         )
+        self.answered_whole = RequestCounter(
+            "geogate_stream_answered_whole",
+            "Stream requests an upstream answered with a whole JSON completion (it ignored "
+            "stream: true), sent to the client as events, by upstream",
+            ["upstream"],
+            r,
+        )
         self.by_country = RequestCounter(
             "geogate_client_requests",
             "Requests by client country and location source",

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from gateway.client import Response
 from gateway.http.events import SSE_TYPE
+from gateway.logs import event, repeating
+from gateway.runtime import log
 
 # The endpoints whose streamed chunks this module writes.
 RESTREAMED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -75,23 +77,47 @@ def applies(resp: Response, path: str) -> bool:
     return resp.peek().lstrip()[:1] == b"{"
 
 
-def answer(
-    raw: list[tuple[bytes, bytes]], body: bytes, request: bytes
-) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The headers and body to send for the JSON answer ``raw`` and ``body`` to the stream
-    request whose body was ``request``: the events, or the answer as it came where it is no
-    completion object."""
+class Whole(NamedTuple):
+    """What to send for a whole JSON answer to a stream request: its headers and body, and
+    whether they are the events made of it (else the answer as it came)."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    events: bool
+
+
+def answer(raw: list[tuple[bytes, bytes]], body: bytes, request: bytes) -> Whole:
+    """What to send for the JSON answer ``raw`` and ``body`` to the stream request whose body
+    was ``request``: the events, or the answer as it came where it is no completion object."""
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):  # not JSON after all (or nested past the parser's
         # depth): the client gets what the upstream said
-        return raw, body
+        return Whole(raw, body, False)
     events = as_events(doc, include_usage(request))
     if events is None:
-        return raw, body
+        return Whole(raw, body, False)
     headers = [(n, v) for n, v in raw if n not in _REPLACED]
     headers += [*_EVENTS_HEADERS, (b"content-length", b"%d" % len(events))]
-    return headers, events
+    return Whole(headers, events, True)
+
+
+def said(rid: str, upstream: str, region: str) -> None:
+    """The warning of an answer sent as events: the upstream's streaming is off or broken,
+    which costs its clients every token's latency but the last's (they wait for the whole)."""
+    log.warning(
+        "request %s: upstream %s answered a stream request with a whole JSON completion (it "
+        'ignored "stream": true), sent to the client as events; check its streaming',
+        rid,
+        upstream,
+        extra=repeating(
+            "answered-whole",
+            {
+                **event("stream-answered-whole", upstream=upstream, region=region),
+                "http.request.id": rid,
+            },
+        ),
+    )
 
 
 def include_usage(request: bytes) -> bool:

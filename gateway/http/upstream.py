@@ -73,7 +73,7 @@ class Attempts:
         self.held: str | None = None
         self.opened_at = 0.0  # perf_counter when the attempt that answered began
         self.tokened = False  # the stream's first token was seen (_token_seen)
-        self.whole: tuple[list[tuple[bytes, bytes]], bytes] | None = None  # gateway.http.restream
+        self.whole: restream.Whole | None = None  # a JSON answer to a stream request, read whole
         scope = ex.scope
         assert ex.routed is not None
         peer = scope.get("client")
@@ -342,7 +342,10 @@ class Attempts:
         """The answer ``_open`` read whole (``self.whole``: a JSON answer to a stream request,
         as events where it was a completion) in one send."""
         assert self.whole is not None
-        ex, (raw, body) = self.ex, self.whole
+        ex, (raw, body, events) = self.ex, self.whole
+        if events:
+            self.rt.metrics.answered_whole.count(cand.upstream.id)
+            restream.said(ex.id, cand.upstream.id, cand.upstream.region)
         ex.status = status
         ex.response_starts()
         headers = client_response_headers(raw, self._ours(index))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import re
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from tests.support import (
     Gateway,
     UpstreamSpec,
     answer_whole,
+    eventually,
     gateway_toml,
     serve_http,
     start_gateway,
@@ -138,6 +140,25 @@ def test_a_chat_completion_answered_whole_reaches_a_streaming_client_whole(gw: G
     assert [c.choices[0].finish_reason for c in chunks] == [None, None, "stop"]
     assert {c.id for c in chunks} == {"chatcmpl-1"} and chunks[0].object == "chat.completion.chunk"
     assert all(c.usage is None for c in chunks)  # not asked for
+
+
+def test_the_operator_is_told_which_upstream_ignored_stream(gw: Gateway) -> None:
+    def counted() -> float:
+        text = httpx.get(f"{gw.ops_url}/metrics", timeout=10).text
+        found = re.search(
+            r'^geogate_stream_answered_whole_total\{upstream="up"\} (\S+)$', text, re.M
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = counted()
+    list(client(gw).chat.completions.create(model="chat", messages=[], stream=True))
+    assert counted() == before + 1
+    # not for an answer that went on as it came
+    body = {"model": "other", "messages": [], "stream": True}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10).status_code == 200
+    assert counted() == before + 1
+    said = "upstream up answered a stream request with a whole JSON completion (it ignored"
+    eventually(lambda: said in gw.log.read_text(), what="the warning in the gateway's log")
 
 
 def test_the_usage_chunk_comes_when_the_request_asked_for_it(gw: Gateway) -> None:
@@ -282,7 +303,8 @@ def test_the_headers_that_describe_the_json_are_not_sent_with_the_events() -> No
         (b"cache-control", b"max-age=60"),
         (b"x-upstream", b"kept"),
     ]
-    headers, _ = answer(raw, json.dumps(CHAT).encode(), b"{}")
+    headers, _, events = answer(raw, json.dumps(CHAT).encode(), b"{}")
+    assert events
     assert [n for n, _ in headers] == [
         b"x-upstream",
         b"content-type",
@@ -295,7 +317,7 @@ def test_the_headers_that_describe_the_json_are_not_sent_with_the_events() -> No
 @pytest.mark.parametrize("body", [b"{not json", b"[" * 100_000])
 def test_an_answer_that_is_not_json_goes_on_as_it_came(body: bytes) -> None:
     raw = [(b"content-type", b"application/json")]
-    assert answer(raw, body, b"{}") == (raw, body)
+    assert answer(raw, body, b"{}") == (raw, body, False)
 
 
 @pytest.mark.parametrize(
