@@ -1,12 +1,9 @@
 """One HTTP/1.1 connection to an upstream: an asyncio protocol that writes a request and
 parses its response with httptools (llhttp, the parser uvicorn and Node use), handing the
-body on as it comes.
-
-It replaced aiohttp's client, the largest single layer of a worker's CPU per proxied request
-(a third of the samples: bench/results/round4/profile.md): its request and response objects,
-header multidicts, URL, StreamReader and timer context, none of which a proxy needs. Kept of
-aiohttp's behaviour: keep-alive pooling, flow control (reading pauses while the consumer
-lags), chunked and close-delimited bodies, interim 1xx answers skipped.
+body on as it comes. It replaced aiohttp's client, a third of a worker's CPU per proxied
+request (bench/results/round4/profile.md), and kept its keep-alive pooling, flow control
+(reading pauses while the consumer lags), chunked and close-delimited bodies, and skipping of
+interim 1xx answers.
 """
 
 from __future__ import annotations
@@ -72,9 +69,8 @@ class Conn(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        # llhttp's body callback is the list's own append: a C call per chunk, no frame; what a
-        # chunk sets off runs once per socket read, in data_received. httptools looks its
-        # callbacks up once, here: the list is kept for good, emptied in place (clear()).
+        # llhttp's body callback is the list's own append (a C call per chunk, no frame),
+        # looked up once by httptools: the list is kept for good, emptied in place (clear()).
         self.on_body: Callable[[bytes], None] = self.chunks.append
         # Whether llhttp stands inside a chunk (its header seen, its data's CRLF not yet): a
         # stream is handed to gateway._splice only between chunks. C calls again, no frame.
@@ -110,11 +106,10 @@ class Conn(asyncio.Protocol):
         self, head: bytes, body: bytes, no_body: bool, timeout_s: float | None, until_body: bool
     ) -> None:
         """Write one request (head and body in one writev). With ``timeout_s``, ``head`` and
-        ``wait_body`` raise TimeoutError once that long has passed without the body's first
-        bytes: one timer handle, not an ``asyncio.timeout`` around the caller (whose
-        ``get_running_loop`` is a getpid() system call in CPython 3.11). ``until_body``: ``head``
-        returns at a 2xx head only with the body's first bytes (or its end), a stream's first
-        event coming apart from its head: one wake-up of the task, not two."""
+        ``wait_body`` raise TimeoutError once that long passed without the body's first bytes
+        (one timer handle, not an ``asyncio.timeout``: its ``get_running_loop`` is a getpid()
+        in CPython 3.11). ``until_body``: ``head`` returns at a 2xx head only with the body's
+        first bytes (or its end): a stream's head and first event, one wake-up, not two."""
         assert self.transport is not None and not self.busy
         if self.lost:
             raise ConnectionLost("closed by the upstream before the request was sent")
@@ -168,6 +163,9 @@ class Conn(asyncio.Protocol):
                 await self._wait()
         finally:
             self.sink = None
+
+    def replace_unread(self, data: bytes) -> None:  # what is left to read becomes ``data``
+        self.chunks[:], self.buffered = ([data] if data else []), len(data)
 
     def _take_chunks(self) -> bytes:
         chunks = self.chunks
@@ -380,7 +378,8 @@ class Conn(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
-        self.keep_alive = self.parser.should_keep_alive()
+        # A 204 with framing breaks RFC 9110 15.3.5: its body's bytes may follow, not reused.
+        self.keep_alive = self.parser.should_keep_alive() and not (status == 204 and self.framed)
         if self.no_body:
             # llhttp cannot be told the request was HEAD: it would wait for the body the
             # headers announce. The response ends here; the connection is not reused.

@@ -133,6 +133,20 @@ class Response:
         self.release()
         return b"".join(parts)
 
+    async def read_whole(self, limit: int) -> bytes | None:
+        """The whole body where it is at most ``limit`` bytes, the connection kept (``release``
+        as after any read to the end); else None, what was read left to read again."""
+        assert self._conn is not None, "read after release"
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self._conn.read():
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:  # read() took all there was: nothing unread is behind these
+                self._conn.replace_unread(b"".join(parts))
+                return None
+        return b"".join(parts)
+
     def at_eof(self) -> bool:
         return self._conn is not None and self._conn.at_eof()
 
@@ -157,8 +171,7 @@ class Response:
         (``whole_body``): the rest of the gateway reads them as if the upstream had sent them."""
         conn = self._conn
         assert conn is not None and conn.complete, "replaced before the body came whole"
-        conn.chunks[:] = [body]  # in place: the connection's parser appends to this list
-        conn.buffered = len(body)
+        conn.replace_unread(body)
         self.raw_headers = headers
 
     def readable_body(self) -> bytes | None:

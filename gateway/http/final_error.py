@@ -50,10 +50,11 @@ def final_error(
         # "allowed" only where a rule narrowed them: without one, it sent operators looking
         # for a residency rule there is none of
         whose = "is allowed for this client" if rule else "serves this model"
+        after = longest_wait(failures, NO_CANDIDATE_RETRY_AFTER_S)  # an upstream's own first
         return NoHealthyUpstream(
             f"no healthy upstream {whose}{rule}; tried the unhealthy ones anyway: {tried}. "
-            f"Retry in {NO_CANDIDATE_RETRY_AFTER_S} s",
-            retry_after_s=NO_CANDIDATE_RETRY_AFTER_S,
+            f"Retry in {after} s",
+            retry_after_s=after,
         )
     statuses = {f.status for f in failures}
     if failures and statuses == {429}:

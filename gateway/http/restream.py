@@ -162,6 +162,9 @@ def _chat(choice: dict[str, Any], index: object) -> list[dict[str, Any]]:
     message = choice.get("message")
     delta = dict(message) if isinstance(message, dict) else {}
     role = delta.pop("role", "assistant")
+    # OpenAI's first chunk has the content's type: "" for text, null where there is none (a
+    # tool call's), which the SDK's stream helper keeps in the message it rebuilds.
+    empty = "" if isinstance(delta.get("content"), str) else None
     calls = delta.get("tool_calls")
     if isinstance(calls, list):  # a chunk's tool call says its place, which is the list's
         delta["tool_calls"] = [
@@ -170,7 +173,7 @@ def _chat(choice: dict[str, Any], index: object) -> list[dict[str, Any]]:
     return [
         {
             "index": index,
-            "delta": {"role": role, "content": ""},
+            "delta": {"role": role, "content": empty},
             "logprobs": None,
             "finish_reason": None,
         },

@@ -209,8 +209,9 @@ class Attempts:
                 # it is a late or lost answer as any (below): the same failover rules.
                 whole = "whole JSON answer (to send as events)"
                 async with asyncio.timeout(max(wait_s - (time.perf_counter() - t0), 0.0)):
-                    body = await resp.read(restream.MAX_BYTES)
-                self.whole = restream.answer(resp.raw_headers, body, self.ex.body)
+                    body = await resp.read_whole(restream.MAX_BYTES)
+                if body is not None:  # else larger: it goes on as it came (restream.MAX_BYTES)
+                    self.whole = restream.answer(resp.raw_headers, body, self.ex.body)
             opened = True
             self.opened_at = t0
             return resp

@@ -154,6 +154,27 @@ def test_bytes_after_a_response_keep_its_connection_out_of_the_pool() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 5", b"Transfer-Encoding: chunked"])
+def test_a_204_with_framing_keeps_its_connection_out_of_the_pool(framing: bytes) -> None:
+    # RFC 9110 forbids both on a 204: the bytes of a body may follow later, apart, and on a
+    # reused connection they were read as the next request's answer (its 502).
+    async def main() -> None:
+        async with Scripted(raw(b"HTTP/1.1 204 No Content\r\n" + framing + b"\r\n\r\n")) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            assert (resp.status, await resp.read()) == (204, b"")
+            assert client.idle_count() == 0
+            await client.close()
+        async with Scripted(raw(b"HTTP/1.1 204 No Content\r\n\r\n")) as srv:  # as it should be
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/")
+            assert (resp.status, await resp.read()) == (204, b"")
+            assert client.idle_count() == 1
+            await client.close()
+
+    run(main())
+
+
 @pytest.mark.parametrize("coding", [b"xchunked", b"chunked, gzip", b"gzip"])
 def test_a_body_whose_last_coding_is_not_chunked_ends_at_the_close(coding: bytes) -> None:
     # llhttp reads such a body to the close (RFC 9112 6.3); "xchunked" ended with "chunked"

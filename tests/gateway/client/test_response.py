@@ -76,3 +76,38 @@ def test_a_body_over_the_limit_is_not_read_for_its_message() -> None:
             await client.close()
 
     run(main())
+
+
+def _chunked(*parts: bytes) -> bytes:
+    body = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+
+
+def test_a_body_read_whole_within_its_limit_keeps_its_connection() -> None:
+    async def main() -> None:
+        async with Scripted(raw(_chunked(b"ab", b"cd"))) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert resp.peek()[:1] == b"a"  # looked at, not taken
+            assert await resp.read_whole(4) == b"abcd"
+            assert resp.at_eof()
+            resp.release()
+            assert client.idle_count() == 1
+            await client.close()
+
+    run(main())
+
+
+def test_a_body_over_the_limit_is_left_to_read_whole_again() -> None:
+    parts = [b"x" * 3000, b"y" * 3000, b"z" * 3000]
+
+    async def main() -> None:
+        async with Scripted(raw(_chunked(*parts))) as srv:
+            client = Client(1.0)
+            resp = await client.request("GET", srv.url + "/", until_body=True)
+            assert await resp.read_whole(4000) is None
+            assert await resp.read() == b"".join(parts)  # nothing lost, in order
+            assert client.idle_count() == 1
+            await client.close()
+
+    run(main())

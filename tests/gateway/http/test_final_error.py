@@ -87,6 +87,16 @@ def test_nothing_healthy_names_a_residency_rule_only_where_one_applied(
     assert type(err) is NoHealthyUpstream and str(err).startswith(says), err
 
 
+def test_nothing_healthy_keeps_the_wait_an_upstream_asked_for() -> None:
+    # Tried though unhealthy, the upstream answered 429 with Retry-After: 7; it was 5 s.
+    panic = dataclasses.replace(decision("a"), reason=Reason.PANIC)
+    busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, "7")
+    err = final_error([busy], panic, None, HINT)
+    assert type(err) is NoHealthyUpstream and err.retry_after_s == 7
+    assert str(err).endswith("Retry in 7 s")
+    assert final_error([REFUSED], panic, None, HINT).retry_after_s == 5  # none said
+
+
 @pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", "", "0"])
 def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> None:
     # The upstream's header, untrusted: not a 500 (int() of 5,000 digits was one), 1 s.

@@ -77,6 +77,8 @@ ANSWERS: dict[str, bytes] = {
         {**CHAT, "choices": [{**CHAT["choices"][0], "index": i} for i in (0, 1)]}
     ).encode(),
 }
+# A completion past restream.MAX_BYTES, chunked: only its reading tells its size.
+BIG = json.dumps({**CHAT, "choices": [{"message": {"content": "x" * MAX_BYTES}}]}).encode()
 STALLED = b'{"object": "chat.completion", '  # then nothing, past timeouts.first_byte_s
 FIRST_BYTE_S = 3.0  # the other answers come at once: far within it, on a loaded CI host too
 
@@ -95,7 +97,21 @@ class _IgnoresStream(http.server.BaseHTTPRequestHandler):
         if model == "stalled":
             self._stall(headers)
             return
+        if model == "big":
+            self._chunked(headers, BIG)
+            return
         answer_whole(self, 200, ANSWERS[model], headers)
+
+    def _chunked(self, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(200)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")  # no Content-Length to go by
+        self.end_headers()
+        for at in range(0, len(body), 65536):
+            piece = body[at : at + 65536]
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def _stall(self, headers: list[tuple[str, str]]) -> None:
         self.send_response(200)
@@ -116,7 +132,7 @@ class _IgnoresStream(http.server.BaseHTTPRequestHandler):
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("restream")
     with serve_http(_IgnoresStream) as url:
-        ups = [UpstreamSpec("up", "eu-central", url, [*ANSWERS, "stalled"])]
+        ups = [UpstreamSpec("up", "eu-central", url, [*ANSWERS, "stalled", "big"])]
         extra = f"[timeouts]\nfirst_byte_s = {FIRST_BYTE_S}\n"
         gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=extra))
         try:
@@ -228,6 +244,15 @@ def test_what_is_no_plain_completion_goes_on_as_it_came(gw: Gateway, model: str)
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     assert r.content == (gzip.decompress(ANSWERS[model]) if model == "gzip" else ANSWERS[model])
+
+
+def test_an_answer_found_too_large_to_convert_goes_on_as_it_came(gw: Gateway) -> None:
+    # Its size known only once read past the limit: what was read goes on, then the rest
+    # (it was a 502, and every upstream ran the generation again).
+    body = {"model": "big", "messages": [], "stream": True}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.content == BIG
 
 
 def test_a_request_not_streaming_gets_the_json(gw: Gateway) -> None:
@@ -396,5 +421,7 @@ def test_the_sdks_stream_helper_rebuilds_the_completion(gw: Gateway) -> None:
     assert final.choices[0].message.content == "Bonjour, le monde"
     assert final.choices[0].finish_reason == "stop"
     with client(gw).chat.completions.stream(model="tools", messages=[]) as stream:
-        (call,) = stream.get_final_completion().choices[0].message.tool_calls or []
+        message = stream.get_final_completion().choices[0].message
+    assert message.content is None  # as the upstream's: null, not ""
+    (call,) = message.tool_calls or []
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "f", '{"x": 1}')
