@@ -8,9 +8,10 @@ upstream made was lost. The gateway reads such an answer whole (it is one write,
 with its head) and sends it as OpenAI streams one: per chat choice a chunk with the role alone,
 one with the rest of the message, one with the finish_reason (a text completion's: its text,
 then its finish_reason), a usage chunk when the request asked for one
-(``stream_options.include_usage``), then ``[DONE]``. Only for chat and text completions, whose
-chunk shapes are OpenAI's; an answer that is not a completion object goes on as it came, and so
-does one whose body begins with no ``{`` (an event stream mislabelled as JSON: it streams on).
+(``stream_options.include_usage``), then ``[DONE]``; a Responses API response as that API's
+events (gateway.http.restream_responses). Only for these, whose streamed shapes are
+OpenAI's; an answer that is none of them goes on as it came, and so does one whose body
+begins with no ``{`` (an event stream mislabelled as JSON: it streams on).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any, Final, NamedTuple
 
 from gateway.client import Response
 from gateway.http.events import SSE_TYPE
+from gateway.http.restream_responses import response_events
 from gateway.logs import event, repeating
 from gateway.runtime import log
 
 # The endpoints whose streamed chunks this module writes.
-RESTREAMED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+RESTREAMED_PATHS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 # A larger JSON answer goes on as it came: parsing and writing it again holds the event loop,
 # and every other stream of the worker with it (a completion is a few KiB, as a rule).
 MAX_BYTES: Final = 4 * 1024 * 1024
@@ -132,8 +134,11 @@ def include_usage(request: bytes) -> bool:
 
 def as_events(doc: Any, usage: bool) -> bytes | None:
     """The event stream OpenAI would have sent for the completion ``doc``; None where ``doc``
-    is not a chat or text completion with a list of choices. With ``usage``, every chunk has
-    a "usage" (null but in the last), as OpenAI's have."""
+    is not a chat or text completion with a list of choices, or a Responses API response
+    (gateway.http.restream_responses). With ``usage``, every chunk has a "usage" (null but in
+    the last), as OpenAI's have (a response's events carry its usage whatever was asked)."""
+    if isinstance(doc, dict) and doc.get("object") == "response":
+        return response_events(doc)
     if not isinstance(doc, dict) or doc.get("object") not in _CHUNK_OBJECT:
         return None
     choices = doc.get("choices")

@@ -16,6 +16,7 @@ from typing import Any, cast
 import httpx
 import openai
 import pytest
+from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
 from gateway.client import Response
 from gateway.http.restream import MAX_BYTES, answer, applies, as_events, include_usage
@@ -64,6 +65,31 @@ TEXT = {
     "choices": [{"index": 0, "text": " jumps over", "logprobs": None, "finish_reason": "length"}],
     "usage": USAGE,
 }
+RESPONSE: dict[str, Any] = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 1_700_000_000,
+    "status": "completed",
+    "model": "m",
+    "output": [
+        {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Bonjour", "annotations": []}],
+        },
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "f",
+            "arguments": '{"x": 1}',
+            "status": "completed",
+        },
+    ],
+    "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+}
 # The model a request names -> the JSON its upstream answers, whatever "stream" said
 ANSWERS: dict[str, bytes] = {
     "chat": json.dumps(CHAT).encode(),
@@ -72,6 +98,7 @@ ANSWERS: dict[str, bytes] = {
     "other": b'{"object": "list", "data": []}',  # no completion: as it came
     "gzip": gzip.compress(json.dumps(CHAT).encode()),
     # an event stream mislabelled as JSON: it streams on as it came
+    "resp": json.dumps(RESPONSE).encode(),
     "mislabelled": b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n',
     "two": json.dumps(
         {**CHAT, "choices": [{**CHAT["choices"][0], "index": i} for i in (0, 1)]}
@@ -255,6 +282,22 @@ def test_an_answer_found_too_large_to_convert_goes_on_as_it_came(gw: Gateway) ->
     assert r.content == BIG
 
 
+def test_a_responses_api_answer_reaches_a_streaming_client_as_its_events(gw: Gateway) -> None:
+    events = list(client(gw).responses.create(model="resp", input="hi", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert isinstance(events[-1], ResponseCompletedEvent) and events[-1].response.id == "resp_1"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if isinstance(e, ResponseTextDeltaEvent)]
+    assert deltas == ["Bonjour"]
+    # the SDK's helper builds the response back from the items added and the deltas
+    with client(gw).responses.stream(model="resp", input="hi") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Bonjour"
+    call = final.output[1]
+    assert call.type == "function_call" and call.arguments == '{"x": 1}'
+
+
 def test_a_request_not_streaming_gets_the_json(gw: Gateway) -> None:
     r = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "chat", "messages": []})
     assert r.status_code == 200 and r.json() == CHAT
@@ -382,7 +425,8 @@ def test_include_usage_reads_the_requests_stream_options(request_body: bytes, as
         (200, "/v1/chat/completions", {b"content-type": "application/jsonl"}, False),
         (200, "/v1/chat/completions", {}, False),
         (400, "/v1/chat/completions", {b"content-type": "application/json"}, False),
-        (200, "/v1/responses", {b"content-type": "application/json"}, False),
+        (200, "/v1/responses", {b"content-type": "application/json"}, True),
+        (200, "/v1/embeddings", {b"content-type": "application/json"}, False),
         (
             200,
             "/v1/chat/completions",
