@@ -165,6 +165,8 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
             f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings",
             param="stop",
         )
+    for i, s in enumerate(stop or ()):  # half an emoji can never match: it was ignored
+        check_unicode(s, "stop" if isinstance(body["stop"], str) else f"stop[{i}]", "stop")
     return tuple(stop or ())
 
 

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from backend import protocol
 from backend.api import check, tokenize
 from backend.engine import Engine, Event, Sequence
 from backend.errors import BackendError, BodyTooLarge, InvalidParameter, ModelNotFound
@@ -92,6 +93,7 @@ class BackendServer:
         self.cut_now = False  # a second signal cut what was running
 
     def app(self) -> web.Application:
+        protocol.install()  # aiohttp's own answers (a malformed request's 400) in JSON too
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_openai_errors])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)

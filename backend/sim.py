@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import generate_latest
 
+from backend import protocol
 from backend.shapes import SSE_DONE, Shape, error_body, model_card, sse
 from backend.sim_audio import AUDIO_PATHS, transcribe
 from backend.sim_config import SimConfig, max_tokens
@@ -54,6 +55,7 @@ class SimBackend:
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def app(self) -> web.Application:
+        protocol.install()  # aiohttp's own answers (a malformed request's 400) in JSON too
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._seen])
         app["sim"] = self
         app.router.add_post("/v1/chat/completions", self.chat)

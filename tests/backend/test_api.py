@@ -320,6 +320,17 @@ def test_an_unpaired_surrogate_is_a_400_not_a_500(tok: Any, chat: bool) -> None:
     assert "unpaired UTF-16 surrogate at character 3" in e.value.message
 
 
+@pytest.mark.parametrize(("stop", "where"), [("\ud83d", "stop"), (["x", "a\ud83d"], "stop[1]")])
+def test_half_a_surrogate_in_a_stop_sequence_is_a_400(tok: Any, stop: object, where: str) -> None:
+    # It can never match: the sequence was silently ignored and the answer ran past it.
+    with pytest.raises(InvalidParameter) as e:
+        parse(
+            body(messages=[{"role": "user", "content": "hi"}], stop=stop), tok, "m", 512, chat=True
+        )
+    assert e.value.param == "stop"
+    assert e.value.message.startswith(f"{where} holds an unpaired UTF-16 surrogate")
+
+
 def test_an_assistants_refusal_part_is_history_text(tok: Any) -> None:
     # openai-python's assistant message may hold a refusal part: it was refused as a non-text
     # part. vLLM reads it as text; so does this server. An empty response_format is text too.

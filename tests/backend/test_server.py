@@ -779,3 +779,16 @@ def listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_request_aiohttp_cannot_parse_is_a_json_400_with_no_traceback(backend: Backend) -> None:
+    # It never reaches the app: aiohttp answered plain text and logged a traceback for each
+    # (backend.protocol; the cases one by one against the simulator: test_protocol.py).
+    with socket.create_connection(("127.0.0.1", backend.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: b\r\nContent-Length: abc\r\n\r\n")
+        answer = read_to_eof(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400" and b"application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "bad_request"
+    eventually(lambda: "refused a request from 127.0.0.1: HTTP 400" in backend.log.read_text())
+    assert "Traceback" not in backend.log.read_text()
