@@ -16,7 +16,13 @@ from aiohttp.web_protocol import RequestPayloadError
 from backend import protocol
 from backend.api import check, tokenize
 from backend.engine import Engine, Event, Sequence
-from backend.errors import BackendError, BodyTooLarge, InvalidParameter, ModelNotFound
+from backend.errors import (
+    BackendError,
+    BodyTooLarge,
+    InvalidParameter,
+    ModelNotFound,
+    shown,
+)
 from backend.loader import Loaded
 from backend.metrics import BackendMetrics
 from backend.sampling import SamplingParams
@@ -202,8 +208,9 @@ class BackendServer:
         name = request.match_info["model"]
         if name != self.m.name:
             return _error(
-                ModelNotFound(
-                    f"model {name!r} is not served here; this server serves {self.m.name!r}",
+                ModelNotFound(  # quoted as JSON writes them, as the chat's 404 has them
+                    f"model {shown(name)} is not served here; this server serves "
+                    f"{json.dumps(self.m.name)} (GET /v1/models)",
                     param="model",
                 )
             )

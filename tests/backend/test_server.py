@@ -222,6 +222,10 @@ def test_models_health_ready_metrics(backend: Backend) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client(backend).models.retrieve("org/other")
     assert missing.value.code == "model_not_found"
+    # quoted as JSON writes it, as every error here quotes a value (it was Python's 'org/other')
+    assert f'model "org/other" is not served here; this server serves "{MODEL}"' in str(
+        missing.value
+    )
     assert httpx.get(f"{backend.url}/health").text == "ok"
     assert httpx.get(f"{backend.url}/ready").status_code == 200
     chat_text(backend, max_tokens=3, temperature=0)  # the warm-up is not counted: one of ours
