@@ -141,9 +141,9 @@ class Engine:
             waiting = self._waiting_now()
             running = self._running_now()
             if running + waiting >= self.max_batch + self.max_waiting:
-                raise QueueFull(
-                    f"the server has {running} requests running and "
-                    f"{waiting} waiting, its limit; retry in "
+                raise QueueFull(  # the sum is the limit: a burst waits before it runs
+                    f"the server holds {running + waiting} requests, its limit ({running} "
+                    f"running, {waiting} waiting); retry in "
                     f"{QUEUE_FULL_RETRY_AFTER_S} s or send it to another backend",
                     headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
                 )

@@ -97,6 +97,10 @@ def test_queue_bound(loaded: Any) -> None:
     with pytest.raises(QueueFull) as err:  # not started: nothing leaves the queue
         e.submit(Sequence(ids, params, Collector()))
     assert err.value.headers["Retry-After"] == "1"
+    # what it holds against its limit: none admitted yet, so all three wait
+    assert err.value.message.startswith(
+        "the server holds 3 requests, its limit (0 running, 3 waiting)"
+    )
 
 
 def drain(engine: Engine, *runs: Collector) -> None:
