@@ -16,7 +16,7 @@ import http
 import logging
 
 from aiohttp import web, web_protocol, web_server
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
 from backend.errors import clipped
@@ -36,15 +36,24 @@ class OpenAIErrors(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if request.writer.output_size > 0:  # as aiohttp's: the answer began; the cut says it
-            raise ConnectionError("the response had begun: no error answer can follow")
         if status == http.HTTPStatus.INTERNAL_SERVER_ERROR:
             log.error("error handling a request from %s", request.remote, exc_info=exc)
             said = "internal error in the model server; retry, and report it if it persists"
         else:
             said = one_line(exc.message if isinstance(exc, HttpProcessingError) else message)
             said = clipped(said or http.HTTPStatus(status).phrase)
-            log.warning("refused a request from %s: HTTP %d, %s", request.remote, status, said)
+            # A first request that is no HTTP at all (a TLS hello, a scanner) at debug, as
+            # aiohttp has it: the open internet sends those all day.
+            noise = self._request_count == 1 and isinstance(exc, BadHttpMethod)
+            log.log(
+                logging.DEBUG if noise else logging.WARNING,
+                "answered a request from %s with HTTP %d: %s",
+                request.remote,
+                status,
+                said,
+            )
+        if request.writer.output_size > 0:  # as aiohttp's, once said: the answer had begun
+            raise ConnectionError("the response had begun: no error answer can follow")
         kind = "invalid_request_error" if status < 500 else "server_error"
         code = http.HTTPStatus(status).phrase.lower().replace(" ", "_")  # "bad_request"
         resp = web.json_response(error_body(said, kind, code), status=status)

@@ -72,8 +72,7 @@ class Conn(asyncio.Protocol):
         # llhttp's body callback is the list's own append (a C call per chunk, no frame),
         # looked up once by httptools: the list is kept for good, emptied in place (clear()).
         self.on_body: Callable[[bytes], None] = self.chunks.append
-        # Whether llhttp stands inside a chunk (its header seen, its data's CRLF not yet): a
-        # stream is handed to gateway._splice only between chunks. C calls again, no frame.
+        # Inside a chunk (its header seen, its CRLF not yet): no hand-off to gateway._splice.
         self.open_chunks: list[bool] = []
         self.on_chunk_header = functools.partial(self.open_chunks.append, True)
         self.on_chunk_complete = self.open_chunks.pop
@@ -378,8 +377,10 @@ class Conn(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
-        # A 204 with framing breaks RFC 9110 15.3.5: its body's bytes may follow, not reused.
-        self.keep_alive = self.parser.should_keep_alive() and not (status == 204 and self.framed)
+        # A 204 announcing a body breaks RFC 9110 15.3.5: its bytes may follow; not reused.
+        zero = (b"content-length", b"0") in self.headers  # common, and harmless
+        lied = status == 204 and (self.chunked or (self.framed and not zero))
+        self.keep_alive = self.parser.should_keep_alive() and not lied
         if self.no_body:
             # llhttp cannot be told the request was HEAD: it would wait for the body the
             # headers announce. The response ends here; the connection is not reused.

@@ -78,11 +78,13 @@ def reconcile_gauges(rt: Runtime, now: float) -> None:
         _prune(gauge, ("upstream", "region"), current)
     _in_flight_of_removed(m.in_flight, current, rt.store.in_flight())
     m.attempts.keep(0, {uid for uid, _ in current})
+    m.answered_whole.keep(0, {uid for uid, _ in current})
     regions = {region for _, region in current}
     m.stream_aborted.keep(1, regions)
     # Counters at 0 before their first event (a lookup each when they are there already).
     for uid, region in current:
         m.ejections.labels(uid, region)
+        m.answered_whole.labels(uid)  # from 0: increase() sees an upstream's first one
         for outcome in ATTEMPT_OUTCOMES:
             m.attempts.labels(uid, outcome)
     for region in regions:

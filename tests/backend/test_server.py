@@ -794,5 +794,7 @@ def test_a_request_aiohttp_cannot_parse_is_a_json_400_with_no_traceback(backend:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split()[1] == b"400" and b"application/json" in head.lower()
     assert json.loads(body)["error"]["code"] == "bad_request"
-    eventually(lambda: "refused a request from 127.0.0.1: HTTP 400" in backend.log.read_text())
+    eventually(
+        lambda: "answered a request from 127.0.0.1 with HTTP 400: " in backend.log.read_text()
+    )
     assert "Traceback" not in backend.log.read_text()

@@ -191,7 +191,8 @@ def test_the_operator_is_told_which_upstream_ignored_stream(gw: Gateway) -> None
         found = re.search(
             r'^geogate_stream_answered_whole_total\{upstream="up"\} (\S+)$', text, re.M
         )
-        return float(found.group(1)) if found else 0.0
+        assert found, "the series is there from 0, before its first (increase() sees it)"
+        return float(found.group(1))
 
     before = counted()
     list(client(gw).chat.completions.create(model="chat", messages=[], stream=True))

@@ -79,10 +79,22 @@ def test_a_function_call_and_an_item_with_no_content_of_its_own() -> None:
 
 def test_an_unknown_part_is_added_and_done_as_it_is() -> None:
     part = {"type": "output_audio", "data": "..."}
-    message = {"id": "m1", "type": "message", "content": [part, "not a part"]}
+    message = {"id": "m1", "type": "message", "content": [part]}
     events = _events({**BASE, "output": [message]})
     added = [e["part"] for k, e in events if k == "response.content_part.added"]
-    assert added == [part, "not a part"]
+    assert added == [part]
+
+
+def test_items_without_an_id_get_one_each_and_the_start_knows_no_usage() -> None:
+    # the SDK's stream helper tells items apart by id: two without one were "conflicting"
+    items = [{"type": "reasoning", "summary": []}, {"type": "reasoning", "summary": []}]
+    usage = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+    events = _events({**BASE, "output": items, "usage": usage})
+    ids = [e["item"]["id"] for k, e in events if k.startswith("response.output_item.")]
+    assert ids == ["item_0", "item_0", "item_1", "item_1"]
+    created = events[0][1]["response"]
+    assert created["usage"] is None and created["output"] == [] and "error" not in created
+    assert events[-1][1]["response"]["usage"] == usage
 
 
 @pytest.mark.parametrize(
@@ -99,6 +111,9 @@ def test_the_last_event_says_how_the_response_ended(status: str | None, last: st
     assert _events({**BASE, "status": status, "output": []})[-1][0] == last
 
 
-@pytest.mark.parametrize("output", [None, "x", [1], [{"type": "message"}, None]])
+@pytest.mark.parametrize(
+    "output",
+    [None, "x", [1], [{"type": "message"}, None], [{"type": "message", "content": ["x"]}]],
+)
 def test_an_output_that_is_no_list_of_items_is_not_converted(output: object) -> None:
     assert response_events({**BASE, "output": output}) is None
