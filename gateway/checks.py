@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import ssl
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -138,11 +139,25 @@ def host_name(name: str) -> str:
 
 
 def own_listener(url: str, host: str, port: int) -> bool:
-    """Whether ``url`` names the listener at ``host``:``port`` (loopback, or that host)."""
+    """Whether ``url`` names the listener at ``host``:``port``: that host, or this machine in
+    any spelling a resolver reads (loopback, 0.0.0.0, 127.1, 2130706433, ::ffff:127.0.0.1)."""
     parts = urlsplit(url)
     at = parts.port or (443 if parts.scheme == "https" else 80)
     name = (parts.hostname or "").rstrip(".")
-    return at == port and (name == host.lower().rstrip(".") or loopback_host(name))
+    return at == port and (name == host.lower().rstrip(".") or _this_machine(name))
+
+
+def _this_machine(name: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        try:  # the forms inet_aton reads, as getaddrinfo does: 127.1, 0x7f.1, 2130706433
+            ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            return loopback_host(name)  # "localhost"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
 
 
 def listen_host(host: str) -> str:
@@ -179,32 +194,13 @@ def is_decimal(text: str, most: int = 18) -> bool:
 
 def url_path(path: str) -> str:
     """A path the gateway appends to an upstream's URL (health, load): without its leading
-    "/", "http://host:9000" + "health" is a URL whose port is "9000health"."""
+    "/", "http://host:9000" + "health" is a URL whose port is "9000health"; a space or a line
+    break in it, a broken request line (a line break stopped the gateway at start)."""
     if not path.startswith("/"):
         raise ValueError('must start with "/" (such as /health)')
+    if "#" in path or any(c.isspace() or not c.isprintable() for c in path):
+        raise ValueError("it has a space, control character or #: percent-encode it (%20)")
     return path
-
-
-def nameserver(server: str) -> str:
-    """What c-ares takes as a DNS server: an IP, "ip:port" or "[ipv6]:port". A name would
-    need a resolver to find the resolver (and c-ares refuses it at the first query)."""
-    host, port = server, None
-    if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
-        if rest:
-            port = rest[1:] if rest.startswith(":") else ""  # "[::1]x": no port there
-    elif server.count(":") == 1:  # one colon: "ip:port" (an IPv6 address has more)
-        host, _, port = server.partition(":")
-    try:
-        ipaddress.ip_address(host)
-        if port is not None and not (is_decimal(port, 5) and 0 < int(port) < 65536):
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            'not an IP address with an optional port ("192.0.2.53", "192.0.2.53:5353", '
-            '"[2001:db8::53]:53"): nameservers are addresses, not names'
-        ) from None
-    return server
 
 
 def fleet_id(value: str) -> str:

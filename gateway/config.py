@@ -12,7 +12,7 @@ from gateway import checks
 from gateway import defaults as d
 from gateway.config_ops import LEGACY_OPERATOR as LEGACY_OPERATOR
 from gateway.config_ops import AdminSection, EdgeSection, LogSection, OpsSection
-from gateway.config_routing import ConnectionWait, FilePath, Interval, Seconds
+from gateway.config_routing import ConnectionWait, FilePath, Interval, Seconds, nameserver
 
 # The routing part, re-exported: the schema is read from here (``from gateway.config import``).
 from gateway.config_routing import ContinentCode as ContinentCode
@@ -104,7 +104,7 @@ class HealthSection(StrictModel):
     jitter: Ratio = d.HEALTH_JITTER
     rtt_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.RTT_EWMA_ALPHA
     completion_probe: bool = False  # a tiny completion to each ejected upstream: may end it
-    completion_probe_path: str = Field(default=d.COMPLETION_PROBE_PATH, pattern=r"^/")
+    completion_probe_path: Annotated[str, AfterValidator(checks.url_path)] = d.COMPLETION_PROBE_PATH
     completion_probe_max_tokens: int = Field(
         default=d.COMPLETION_PROBE_MAX_TOKENS, ge=1, le=d.COMPLETION_PROBE_MAX_TOKENS_MAX
     )
@@ -153,7 +153,7 @@ class DiscoverySection(StrictModel):
     interval_s: Interval = d.DISCOVERY_INTERVAL_S
     timeout_s: Seconds = d.DISCOVERY_TIMEOUT_S
     # "ip", "ip:port" or "[ipv6]:port"; empty: the system's resolvers
-    nameservers: tuple[Annotated[str, AfterValidator(checks.nameserver)], ...] = ()
+    nameservers: tuple[Annotated[str, AfterValidator(nameserver)], ...] = ()
 
 
 class GeoIPSection(StrictModel):

@@ -157,6 +157,10 @@ class Upstream(StrictModel):
                 f'load_path {self.load_path!r} must start with "/" (a regional gateway\'s is '
                 '"/load"), or be empty for [load] path'
             )
+        try:  # a space or a line break: a broken request line, as in health_path
+            checks.url_path(self.load_path or "/")
+        except ValueError as exc:
+            raise ValueError(f"load_path {self.load_path!r}: {exc}") from None
         return self
 
 
@@ -180,3 +184,25 @@ class DefaultLocation(StrictModel):
     longitude: float = Field(default=d.DEFAULT_LONGITUDE, ge=-180, le=180)
     country: CountryCode | None = None
     continent: ContinentCode | None = None
+
+
+def nameserver(server: str) -> str:
+    """What c-ares takes as a DNS server: an IP, "ip:port" or "[ipv6]:port". A name would
+    need a resolver to find the resolver (and c-ares refuses it at the first query)."""
+    host, port = server, None
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            port = rest[1:] if rest.startswith(":") else ""  # "[::1]x": no port there
+    elif server.count(":") == 1:  # one colon: "ip:port" (an IPv6 address has more)
+        host, _, port = server.partition(":")
+    try:
+        ipaddress.ip_address(host)
+        if port is not None and not (checks.is_decimal(port, 5) and 0 < int(port) < 65536):
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            'not an IP address with an optional port ("192.0.2.53", "192.0.2.53:5353", '
+            '"[2001:db8::53]:53"): nameservers are addresses, not names'
+        ) from None
+    return server

@@ -107,6 +107,7 @@ def export(args: argparse.Namespace) -> None:
             f"dns export: --alias-regions is for --format route53 (an alias to a load "
             f"balancer); {args.format} answers addresses: set regions[].addresses"
         )
+    _not_the_config(args.out, args.config)
     config = load_config(args.config)
     try:
         opt = options(
@@ -157,6 +158,13 @@ def export(args: argparse.Namespace) -> None:
         f"wrote {args.out}: {opt.fqdn} over {len(entries)} region(s){aliased}, {orders} order(s)",
         file=sys.stderr,
     )
+
+
+def _not_the_config(out: Path | None, config: Path) -> None:
+    """--out naming the config file it reads replaced the config with the zone, unsaid (the
+    gateway's next start: "invalid TOML"), as redis.state_file refuses to."""
+    if out is not None and out.exists() and config.exists() and out.samefile(config):
+        raise CLIError(f"dns export: --out {out} is the config file it reads; give another path")
 
 
 def _warn_unaddressed(opt: Options) -> None:

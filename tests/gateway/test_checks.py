@@ -213,3 +213,35 @@ def test_own_listener_is_the_gateways_port_on_loopback_or_its_own_host() -> None
     assert not checks.own_listener("http://127.0.0.1:8000", "127.0.0.1", 8080)
     assert not checks.own_listener("http://eu.gw.example:8080", "0.0.0.0", 8080)
     assert not checks.own_listener("https://127.0.0.1", "127.0.0.1", 8080)  # 443
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "[::]", "127.1", "2130706433", "0x7f.1", "[::ffff:127.0.0.1]"]
+)
+def test_own_listener_knows_this_machine_in_every_spelling_a_resolver_reads(host: str) -> None:
+    # Each connects to this machine (0.0.0.0 and :: on Linux too): a loop that passed --check.
+    assert checks.own_listener(f"http://{host}:8080", "127.0.0.1", 8080)
+    assert not checks.own_listener("http://10.1.2.3:8080", "127.0.0.1", 8080)
+    assert not checks.own_listener("http://[::ffff:10.1.2.3]:8080", "127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/health", True),
+        ("/health?full=1", True),
+        ("/health\n", False),
+        ("/he\r\nX-Injected: 1", False),
+        ("/he alth", False),
+        ("/health#x", False),
+        ("/health\x00", False),
+        ("health", False),
+    ],
+)
+def test_a_path_appended_to_an_upstreams_url_makes_one_request_line(path: str, ok: bool) -> None:
+    # A line break passed --check and stopped the gateway at start with a traceback.
+    if ok:
+        assert checks.url_path(path) == path
+    else:
+        with pytest.raises(ValueError):
+            checks.url_path(path)

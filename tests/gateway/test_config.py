@@ -195,6 +195,21 @@ def test_env_overrides(tmp_path: Path) -> None:
         # Paths appended to an upstream's URL: "http://host:9000" + "health" has no port.
         (lambda t: t + 'health_path = "health"\n', 'upstreams[0].health_path: must start with "/"'),
         (lambda t: t + '[load]\npath = "metrics"\n', 'load.path: must start with "/"'),
+        # ... and with a line break, a broken request line: it passed --check, then the
+        # gateway stopped at start with a traceback
+        (
+            lambda t: t + 'health_path = "/health\\n"\n',
+            "upstreams[0].health_path: it has a space, control character or #",
+        ),
+        (
+            lambda t: t + 'load_path = "/lo ad"\n',
+            "load_path '/lo ad': it has a space, control character or #",
+        ),
+        (lambda t: t + '[load]\npath = "/m#x"\n', "load.path: it has a space, control"),
+        (
+            lambda t: t + '[health]\ncompletion_probe_path = "/v1/chat\\r\\nX: 1"\n',
+            "health.completion_probe_path: it has a space, control character or #",
+        ),
         (
             lambda t: t + "[load]\npoll_interval_s = 5\n",
             "load: max_age_s (2) must be longer than poll_interval_s (5)",

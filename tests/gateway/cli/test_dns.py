@@ -162,6 +162,26 @@ def test_the_zone_as_the_name_is_the_apex(cfg: Path, capsys: pytest.CaptureFixtu
     assert "@ 30 IN LUA A (" in text and "example.com.example.com" not in text
 
 
+@pytest.mark.parametrize("fmt", ["powerdns", "route53"])
+def test_out_as_the_config_it_reads_is_refused_and_the_config_kept(
+    cfg: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It replaced the config with the zone, unsaid: the gateway's next start said "invalid TOML".
+    before = cfg.read_text()
+    link = tmp_path / "same.toml"
+    link.symlink_to(cfg)
+    for out in (cfg, link):
+        with pytest.raises(SystemExit) as info:
+            main(export(cfg, "--format", fmt, "--out", str(out)))
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert (
+            err
+            == f"geogate: dns export: --out {out} is the config file it reads; give another path\n"
+        )
+    assert cfg.read_text() == before
+
+
 def test_out_through_a_symlink_writes_the_file_it_points_to(
     cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
