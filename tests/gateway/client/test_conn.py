@@ -154,24 +154,27 @@ def test_bytes_after_a_response_keep_its_connection_out_of_the_pool() -> None:
     run(main())
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 5", b"Transfer-Encoding: chunked"])
-def test_a_204_with_framing_keeps_its_connection_out_of_the_pool(framing: bytes) -> None:
-    # RFC 9110 forbids both on a 204: the bytes of a body may follow later, apart, and on a
-    # reused connection they were read as the next request's answer (its 502).
+@pytest.mark.parametrize(
+    ("framing", "pooled"),
+    [
+        (b"Content-Length: 5\r\n", False),
+        (b"Transfer-Encoding: chunked\r\n", False),
+        (b"", True),  # as it should be
+        (b"Content-Length: 0\r\n", True),  # common, and harmless
+    ],
+)
+def test_a_204_announcing_a_body_keeps_its_connection_out_of_the_pool(
+    framing: bytes, pooled: bool
+) -> None:
+    # RFC 9110 forbids it: the bytes of a body may follow later, apart, and on a reused
+    # connection they were read as the next request's answer (its 502).
     async def main() -> None:
-        async with Scripted(raw(b"HTTP/1.1 204 No Content\r\n" + framing + b"\r\n\r\n")) as srv:
+        async with Scripted(raw(b"HTTP/1.1 204 No Content\r\n" + framing + b"\r\n")) as srv:
             client = Client(1.0)
             resp = await client.request("GET", srv.url + "/")
             assert (resp.status, await resp.read()) == (204, b"")
-            assert client.idle_count() == 0
+            assert client.idle_count() == (1 if pooled else 0)
             await client.close()
-        for fine in (b"", b"Content-Length: 0\r\n"):  # as it should be; common and harmless
-            async with Scripted(raw(b"HTTP/1.1 204 No Content\r\n" + fine + b"\r\n")) as srv:
-                client = Client(1.0)
-                resp = await client.request("GET", srv.url + "/")
-                assert (resp.status, await resp.read()) == (204, b"")
-                assert client.idle_count() == 1
-                await client.close()
 
     run(main())
 
