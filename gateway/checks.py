@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import ssl
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -139,8 +138,9 @@ def host_name(name: str) -> str:
 
 
 def own_listener(url: str, host: str, port: int) -> bool:
-    """Whether ``url`` names the listener at ``host``:``port``: that host, or this machine in
-    any spelling a resolver reads (loopback, 0.0.0.0, 127.1, 2130706433, ::ffff:127.0.0.1)."""
+    """Whether ``url`` names the listener at ``host``:``port``: that host, or this machine
+    (loopback, 0.0.0.0 and ::, which connect here on Linux, ::ffff:127.0.0.1). No socket
+    module here for inet_aton's forms (127.1): this module stays free of I/O libraries."""
     parts = urlsplit(url)
     at = parts.port or (443 if parts.scheme == "https" else 80)
     name = (parts.hostname or "").rstrip(".")
@@ -151,10 +151,7 @@ def _this_machine(name: str) -> bool:
     try:
         ip = ipaddress.ip_address(name)
     except ValueError:
-        try:  # the forms inet_aton reads, as getaddrinfo does: 127.1, 0x7f.1, 2130706433
-            ip = ipaddress.ip_address(socket.inet_aton(name))
-        except OSError:
-            return loopback_host(name)  # "localhost"
+        return loopback_host(name)  # "localhost"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback or ip.is_unspecified
