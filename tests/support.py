@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -335,6 +335,24 @@ def serve_http(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[st
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextlib.contextmanager
+def scripted_gateway(
+    tmp: Path,
+    handler: type[http.server.BaseHTTPRequestHandler],
+    models: Iterable[str],
+    edit: Callable[[str], str] = lambda toml: toml,
+) -> Iterator[Gateway]:
+    """A gateway in front of one scripted upstream ("up", in eu-central, serving ``models``:
+    ``serve_http``'s ``handler``); ``edit``: the config's text changed (a section added)."""
+    with serve_http(handler) as url:
+        ups = [UpstreamSpec("up", "eu-central", url, list(models))]
+        gw = start_gateway(tmp, lambda port: edit(gateway_toml(port, ups)))
+        try:
+            yield gw
+        finally:
+            gw.stop()
 
 
 def start_fleet(tmp: Path, *sim_knobs: str, server_extra: str = "") -> tuple[Gateway, Sim]:

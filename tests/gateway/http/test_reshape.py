@@ -16,11 +16,8 @@ import pytest
 from gateway.defaults import REFUSAL_BODY_MAX_BYTES
 from tests.support import (
     Gateway,
-    UpstreamSpec,
     answer_whole,
-    gateway_toml,
-    serve_http,
-    start_gateway,
+    scripted_gateway,
 )
 
 # The model a request names -> what the upstream answers it: status, Content-Type, body
@@ -69,16 +66,9 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("reshape")
-    with serve_http(_Scripted) as url:
-        ups = [UpstreamSpec("up", "eu-central", url, list(ANSWERS))]
-        extra = '[server]\nextra_api_paths = ["/v1/custom"]'  # an operator's own API path
-        gateway = start_gateway(
-            tmp, lambda port: gateway_toml(port, ups).replace("[server]", extra, 1)
-        )
-        try:
-            yield gateway
-        finally:
-            gateway.stop()
+    extra = '[server]\nextra_api_paths = ["/v1/custom"]'  # an operator's own API path
+    with scripted_gateway(tmp, _Scripted, ANSWERS, lambda t: t.replace("[server]", extra, 1)) as gw:
+        yield gw
 
 
 @pytest.mark.parametrize(

@@ -22,12 +22,9 @@ from gateway.client import Response
 from gateway.http.restream import MAX_BYTES, answer, applies, as_events, include_usage
 from tests.support import (
     Gateway,
-    UpstreamSpec,
     answer_whole,
     eventually,
-    gateway_toml,
-    serve_http,
-    start_gateway,
+    scripted_gateway,
 )
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
@@ -158,14 +155,10 @@ class _IgnoresStream(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("restream")
-    with serve_http(_IgnoresStream) as url:
-        ups = [UpstreamSpec("up", "eu-central", url, [*ANSWERS, "stalled", "big"])]
-        extra = f"[timeouts]\nfirst_byte_s = {FIRST_BYTE_S}\n"
-        gateway = start_gateway(tmp, lambda port: gateway_toml(port, ups, extra=extra))
-        try:
-            yield gateway
-        finally:
-            gateway.stop()
+    timeouts = f"\n[timeouts]\nfirst_byte_s = {FIRST_BYTE_S}\n"
+    models = [*ANSWERS, "stalled", "big"]
+    with scripted_gateway(tmp, _IgnoresStream, models, lambda toml: toml + timeouts) as gw:
+        yield gw
 
 
 def client(gw: Gateway) -> openai.OpenAI:
