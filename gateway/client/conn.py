@@ -378,7 +378,7 @@ class Conn(asyncio.Protocol):
         self.status = status
         self.head_done = True
         # A 204 announcing a body breaks RFC 9110 15.3.5: its bytes may follow; not reused.
-        zero = (b"content-length", b"0") in self.headers  # common, and harmless
+        zero = status == 204 and (b"content-length", b"0") in self.headers  # common, harmless
         lied = status == 204 and (self.chunked or (self.framed and not zero))
         self.keep_alive = self.parser.should_keep_alive() and not lied
         if self.no_body:

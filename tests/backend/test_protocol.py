@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.protocol import OpenAIErrors, one_line
+from backend.protocol import OpenAIErrors, install, one_line
 from gateway.cli.procs import stop
 from tests.support import Sim, read_to_eof, start_sim
 
@@ -74,11 +74,14 @@ def test_a_good_request_after_them_is_served(sim: tuple[Sim, Path]) -> None:
     assert status.split()[1] == b"200", body
 
 
-def test_the_handler_class_is_aiohttps_own_subclass() -> None:
-    # install() points aiohttp at it: it must stay a RequestHandler aiohttp can build
-    from aiohttp import web_protocol
+def test_install_points_aiohttps_server_at_the_subclass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiohttp's Server builds web_server.RequestHandler for each connection; a release that
+    # renamed or moved it would leave install() a no-op, and this test says so
+    from aiohttp import web_server
 
-    assert issubclass(OpenAIErrors, web_protocol.RequestHandler)
+    monkeypatch.setattr(web_server, "RequestHandler", vars(web_server)["RequestHandler"])
+    install()  # undone after the test: this process's other aiohttp servers keep aiohttp's
+    assert vars(web_server)["RequestHandler"] is OpenAIErrors
 
 
 @pytest.mark.parametrize(
