@@ -229,6 +229,10 @@ TOLERANCE_MS = 15.0  # band of near-equal scores: max(15 ms, 15 %) as DESIGN.md 
 TOLERANCE_RATIO = 0.15
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
 NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
+# The longest upstream Retry-After passed on to a client: an hour. An upstream's clock or bug
+# ("Retry-After: 999999999999", a date in 9999) had SDKs that honour the header wait years;
+# a quota that resets later than this is asked again after an hour.
+MAX_RETRY_AFTER_S = 3600
 DEFAULT_SLOTS = 16  # concurrent sequences a backend runs at full speed, when not reported
 SLOTS_MAX = 1_000_000  # a backend batches hundreds of sequences (vLLM's max_num_seqs: 256)
 ROUTE_MEMO_MAX_CANDIDATES = 65536  # candidates the rankings kept for one snapshot hold in

@@ -54,14 +54,17 @@ def answered(app: object, err: GatewayError) -> bytes:
 
 
 def too_large(head_limit: int, max_header_bytes: int) -> Refused:
-    """A head over the cap: a JSON 431, before it is held whole."""
+    """A head over the cap: a JSON 431, before it is held whole. The client and the log say
+    the same cap, ``head_limit``, and what it is made of (they said 32768 and 40960)."""
+    parts = (
+        f"server.max_header_bytes {max_header_bytes} + {head_limit - max_header_bytes} for the URL"
+    )
     return Refused(
         HeadersTooLarge(  # in the app's words (gateway.http.intake.check_headers)
-            f"the request line and headers are over this gateway's limit of "
-            f"{max_header_bytes} bytes (server.max_header_bytes); send a shorter URL or "
-            "fewer, shorter headers"
+            f"the request line and headers are over this gateway's limit of {head_limit} "
+            f"bytes ({parts}); send a shorter URL or fewer, shorter headers"
         ),
-        f"refused a request head over {head_limit} bytes",
+        f"refused a request head over {head_limit} bytes ({parts})",
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from gateway import checks
 from gateway.client import Failure, FailureKind
-from gateway.defaults import NO_CANDIDATE_RETRY_AFTER_S
+from gateway.defaults import MAX_RETRY_AFTER_S, NO_CANDIDATE_RETRY_AFTER_S
 from gateway.errors import (
     GatewayError,
     NoHealthyUpstream,
@@ -85,10 +85,12 @@ def final_error(
 
 def longest_wait(failures: Sequence[Failure], default: int) -> int:
     """The longest Retry-After the upstreams sent, in seconds (delay-seconds, or an HTTP
-    date: one was taken for none, and the client told 1 s); ``default`` where none did."""
+    date: one was taken for none, and the client told 1 s), at most MAX_RETRY_AFTER_S;
+    ``default`` where none did."""
     waits = [wait_s(f.retry_after) for f in failures]
     # At least a second, as the edge Worker says it: a 0 had clients retry at once.
-    return max((max(1, w) for w in waits if w is not None), default=default)
+    longest = max((max(1, w) for w in waits if w is not None), default=default)
+    return min(longest, MAX_RETRY_AFTER_S)
 
 
 def wait_s(value: str | None) -> int | None:

@@ -48,8 +48,9 @@ def test_a_refusal_is_a_whole_json_response_that_closes() -> None:
         (
             too_large(40960, 32768),
             HeadersTooLarge,
-            "limit of 32768 bytes (server.max_header_bytes)",
-            "refused a request head over 40960 bytes",
+            "limit of 40960 bytes (server.max_header_bytes 32768 + 8192 for the URL)",
+            "refused a request head over 40960 bytes "
+            "(server.max_header_bytes 32768 + 8192 for the URL)",
         ),
         (
             timed_out(1.5),

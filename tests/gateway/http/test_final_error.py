@@ -11,6 +11,7 @@ import time
 import pytest
 
 from gateway.client import ConnectionLost, Failure, FailureKind
+from gateway.defaults import MAX_RETRY_AFTER_S
 from gateway.errors import NoHealthyUpstream, UpstreamBusy, UpstreamFailed, UpstreamTimeout
 from gateway.http.final_error import (
     DRAIN_CUT,
@@ -103,6 +104,19 @@ def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> N
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
     err = final_error([busy], decision("a"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 1
+
+
+@pytest.mark.parametrize("sent", ["999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_an_upstreams_absurd_retry_after_is_capped_at_an_hour(sent: str) -> None:
+    # A count of 18 digits, a date in 9999: passed on, SDKs that honour the header waited years.
+    busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
+    err = final_error([busy], decision("a"), None, HINT)
+    assert isinstance(err, UpstreamBusy) and err.retry_after_s == MAX_RETRY_AFTER_S == 3600
+    assert str(err).endswith("Retry after 3600 s")
+    panic = dataclasses.replace(decision("a"), reason=Reason.PANIC)
+    assert final_error([busy], panic, None, HINT).retry_after_s == MAX_RETRY_AFTER_S
+    under = Failure("a", FailureKind.STATUS, "HTTP 429", 429, "3599")  # under the cap: as sent
+    assert final_error([under], decision("a"), None, HINT).retry_after_s == 3599
 
 
 def test_every_upstream_refusing_for_now_is_503_with_the_longest_wait() -> None:
