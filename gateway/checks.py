@@ -117,14 +117,6 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def loopback_host(host: str) -> bool:
-    """A host on this machine alone: a loopback address, or "localhost"."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower().rstrip(".") == "localhost"
-
-
 # Labels of letters, digits, - and _ (a compose service's name may have one); no port.
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_][a-z0-9_-]*(\.[a-z0-9_][a-z0-9_-]*)*$")
 
@@ -135,26 +127,6 @@ def host_name(name: str) -> str:
     if not _HOST_NAME.match(canonical):
         raise ValueError(f"{name!r} is not a host name (letters, digits, -, _ and ., no port)")
     return canonical
-
-
-def own_listener(url: str, host: str, port: int) -> bool:
-    """Whether ``url`` names the listener at ``host``:``port``: that host, or this machine
-    (loopback, 0.0.0.0 and ::, which connect here on Linux, ::ffff:127.0.0.1). No socket
-    module here for inet_aton's forms (127.1): this module stays free of I/O libraries."""
-    parts = urlsplit(url)
-    at = parts.port or (443 if parts.scheme == "https" else 80)
-    name = (parts.hostname or "").rstrip(".")
-    return at == port and (name == host.lower().rstrip(".") or _this_machine(name))
-
-
-def _this_machine(name: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return loopback_host(name)  # "localhost"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_unspecified
 
 
 def listen_host(host: str) -> str:

@@ -24,6 +24,7 @@ from gateway.config_routing import Region as Region
 from gateway.config_routing import ResidencyRule as ResidencyRule
 from gateway.config_routing import StrictModel as StrictModel
 from gateway.config_routing import Upstream as Upstream
+from gateway.hosts import own_listener
 
 
 class GatewaySection(StrictModel):
@@ -285,7 +286,7 @@ class Config(StrictModel):
         # limit (per request, geogate-hops stops any loop: gateway.http.intake).
         s = self.server
         for i, u in enumerate(self.upstreams):
-            if checks.own_listener(u.url, s.host, s.port):
+            if own_listener(u.url, s.host, s.port):
                 raise ValueError(
                     f"upstreams[{i}] ({u.id}): url {checks.redact_url(u.url)} is this gateway's "
                     f"own listener (server.port {s.port}): a request would be forwarded to "

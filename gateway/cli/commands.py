@@ -10,11 +10,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from gateway.checks import address, loopback_host, redis_url
+from gateway.checks import address, redis_url
 from gateway.cli.errors import CLIError
 from gateway.config import Config
 from gateway.config_file import load_config
 from gateway.defaults import BROAD_V4_PREFIX, BROAD_V6_PREFIX
+from gateway.hosts import loopback_host
 from geodb.clientip import parse_ip
 from geodb.location import Location
 from geodb.reader import GeoIPSource, GeoSource
