@@ -99,6 +99,8 @@ def wait_s(value: str | None) -> int | None:
         return None
     if checks.is_decimal(value):
         return int(value)
+    if value.isascii() and value.isdigit():  # past int()'s reach: longer than any cap
+        return MAX_RETRY_AFTER_S
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

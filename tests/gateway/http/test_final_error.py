@@ -98,17 +98,20 @@ def test_nothing_healthy_keeps_the_wait_an_upstream_asked_for() -> None:
     assert final_error([REFUSED], panic, None, HINT).retry_after_s == 5  # none said
 
 
-@pytest.mark.parametrize("sent", ["9" * 5000, "\u00b2", "-1", "1.5", "", "0"])
+@pytest.mark.parametrize("sent", ["\u00b2", "-1", "1.5", "", "0"])
 def test_an_upstreams_retry_after_that_is_no_count_is_one_second(sent: str) -> None:
-    # The upstream's header, untrusted: not a 500 (int() of 5,000 digits was one), 1 s.
+    # The upstream's header, untrusted: what is no count of seconds (or 0) is 1 s.
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
     err = final_error([busy], decision("a"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == 1
 
 
-@pytest.mark.parametrize("sent", ["999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"])
+@pytest.mark.parametrize(
+    "sent", ["999999999999999999", "9" * 19, "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT"]
+)
 def test_an_upstreams_absurd_retry_after_is_capped_at_an_hour(sent: str) -> None:
-    # A count of 18 digits, a date in 9999: passed on, SDKs that honour the header waited years.
+    # A count of 18 digits, a date in 9999: passed on, SDKs that honour the header waited years;
+    # 19 digits and more, past int()'s reach (5,000: a 500 once), were taken for none: 1 s.
     busy = Failure("a", FailureKind.STATUS, "HTTP 429", 429, sent)
     err = final_error([busy], decision("a"), None, HINT)
     assert isinstance(err, UpstreamBusy) and err.retry_after_s == MAX_RETRY_AFTER_S == 3600
