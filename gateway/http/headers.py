@@ -23,6 +23,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"x-forwarded-for", b"x-forwarded-proto"}
+# Met here: gateway.h1 answered 100-continue and holds the whole body before the request goes
+# on. Passed on, it had the upstream send a 100 for nothing, and any other expectation
+# ("Expect: foo") a 417 the client got as the upstream's error (RFC 9110 10.1.1: a server may
+# refuse what it does not know; this gateway ignores it, as nginx does).
+_REQUEST_DROP |= {b"expect"}
 # The edge's signed client location (geodb.edge) is for this gateway: what a backend needs of
 # it is in X-Real-IP, and a backend that kept it could replay it here within its time window.
 _REQUEST_DROP |= {EDGE_HEADER.encode()}
@@ -140,7 +145,9 @@ def upstream_request_headers(
     for name, value in raw:
         lname = name.lower()
         if lname == b"x-forwarded-for" and peer_trusted:
-            xff.append(value)
+            # Its elements, without the empty ones ("X-Forwarded-For: ,,", an empty header):
+            # passed on, a backend reading the first as the client read an empty one.
+            xff += [e for e in (part.strip() for part in value.split(b",")) if e]
         elif lname == b"x-forwarded-proto" and peer_trusted:
             proto = value
         elif lname not in drop and not (

@@ -299,6 +299,18 @@ def test_expect_100_with_trailing_space_and_never_to_http_1_0(
     assert (b"100 Continue" in answer) is continues
 
 
+def test_an_expectation_the_gateway_met_does_not_reach_the_upstream(gw: Gateway) -> None:
+    # The sim-backend (aiohttp, as Ollama's Go server) answers an expectation it does not know
+    # with 417: passed on, "Expect: foo" came back as the upstream's error.
+    for expect in ("foo", "100-continue, foo"):
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            headers={"Expect": expect},
+            json={"model": "m", "messages": [], "max_tokens": 2},
+        )
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
+
+
 @pytest.mark.parametrize(
     ("second", "status"),
     [

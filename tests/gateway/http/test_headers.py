@@ -49,6 +49,46 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
     assert untrusted["X-Forwarded-Proto"] == "http"
 
 
+def test_empty_forwarded_for_elements_of_a_trusted_proxy_are_not_passed_on() -> None:
+    # "X-Forwarded-For: ,," and an empty header went on as ",, 127.0.0.1": a backend reading
+    # the first element as the client read an empty one.
+    raw = [
+        (b"x-forwarded-for", b" , 1.1.1.1,,"),
+        (b"x-forwarded-for", b""),
+        (b"X-Forwarded-For", b","),
+    ]
+    out = dict(
+        upstream_text(
+            raw, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r"
+        )
+    )
+    assert out["X-Forwarded-For"] == "1.1.1.1, 10.0.0.5"
+    only_empty = upstream_text(
+        [(b"x-forwarded-for", b"")],
+        peer="10.0.0.5",
+        client="10.0.0.5",
+        peer_trusted=True,
+        scheme="http",
+        rid="r",
+    )
+    assert dict(only_empty)["X-Forwarded-For"] == "10.0.0.5"
+
+
+def test_an_expectation_is_met_here_and_not_passed_on() -> None:
+    # gateway.h1 answered 100-continue and read the body; passed on, "Expect: foo" had the
+    # upstream answer 417, and 100-continue had it send a 100 for nothing.
+    for value in (b"100-continue", b"foo", b"100-continue, foo"):
+        out = upstream_text(
+            [(b"Expect", value), (b"x-other", b"kept")],
+            peer="9.9.9.9",
+            client="9.9.9.9",
+            peer_trusted=False,
+            scheme="http",
+            rid="r",
+        )
+        assert [n for n, _ in out if n.lower() == "expect"] == [] and ("x-other", "kept") in out
+
+
 CLAIMS = [
     (b"X-Real-IP", b"6.6.6.6"),
     (b"Forwarded", b"for=6.6.6.6;proto=https"),
