@@ -115,7 +115,7 @@ class Exchange:
             {
                 "ts": utc_ms(time.time()),
                 "rid": self.id,
-                "method": self.scope["method"],
+                "method": (method := self.scope["method"]),
                 "path": self.scope["path"],
                 "status": self.status,
                 # Inline, not logged_text(): a Python call per request on the served path.
@@ -128,7 +128,7 @@ class Exchange:
                 "attempts": self.attempts,
                 "ttfb_ms": _ms(self.first_byte_s),
                 "ms": _ms(self.elapsed_s()),
-                "bytes": self.body_bytes,
+                "bytes": self.body_bytes if method != "HEAD" else 0,  # as nginx's: sent
                 "client": r.client_text if r else self.client,
                 "country": r.location.country if r else None,
                 "aborted": self.aborted,
@@ -158,7 +158,8 @@ class Exchange:
             "http.version": scope.get("http_version", "1.1"),
             "url.path": scope["path"],
             "http.response.status_code": self.status,
-            "http.response.body.bytes": self.body_bytes,
+            # A HEAD's body is counted where it is made and dropped by the server: none sent
+            "http.response.body.bytes": self.body_bytes if scope["method"] != "HEAD" else 0,
             # None: left out of the line (a request refused before it was routed)
             "geogate.model": (
                 model if len(model := self.model) <= LOGGED_TEXT_MAX else logged_text(model)

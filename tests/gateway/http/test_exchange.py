@@ -79,3 +79,16 @@ def test_a_cut_response_says_so_in_its_access_line(caplog: pytest.LogCaptureFixt
     ex.log("text")
     line = json.loads(caplog.records[-1].getMessage())
     assert (line["status"], line["aborted"]) == (200, "upstream_error")
+
+
+def test_a_head_requests_line_counts_no_body_bytes(caplog: pytest.LogCaptureFixture) -> None:
+    # The answer's body is made (its Content-Length is the GET's) and the server drops it:
+    # the line said 542 bytes for none sent.
+    ex = Exchange("r", {"method": "HEAD", "path": "/v1/models"}, 0.0, status=200)
+    ex.body_bytes = 542
+    caplog.set_level(logging.INFO, logger="geogate.access")
+    ex.log("text")
+    assert json.loads(caplog.records[-1].getMessage())["bytes"] == 0
+    assert ex.ecs_fields()["http.response.body.bytes"] == 0
+    ex.scope["method"] = "GET"
+    assert ex.ecs_fields()["http.response.body.bytes"] == 542
