@@ -147,6 +147,14 @@ class TransferCodingUnsupported(RequestInvalid):
     pass
 
 
+class VersionUnsupported(RequestInvalid):
+    pass
+
+
+class MethodUnsupported(RequestInvalid):
+    pass
+
+
 class MethodNotAllowed(RequestInvalid):
     def __init__(self, message: str, allow: tuple[str, ...]) -> None:
         super().__init__(message)

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from gateway.errors import TransferCodingUnsupported
+from gateway.errors import MethodUnsupported, TransferCodingUnsupported, VersionUnsupported
 from gateway.h1.refuse import Refused, malformed
 from gateway.http.asgi import Scope
 from gateway.http.framing import framing_error
@@ -43,7 +43,17 @@ def addresses(transport: asyncio.BaseTransport) -> Addresses:
 
 
 def check_framing(version: str, headers: list[tuple[bytes, bytes]]) -> None:
-    """gateway.http.framing's check, as this protocol refuses: a 400 or a 501, and close."""
+    """gateway.http.framing's check, as this protocol refuses: a 400 or a 501, and close;
+    a version that is not 1.0 or 1.1 ("HTTP/2.0", "HTTP/0.9" in a request line, which llhttp
+    reads) a 505: it was served as HTTP/1.1."""
+    if version not in ("1.0", "1.1"):
+        raise Refused(
+            VersionUnsupported(
+                f"HTTP/{version} is not supported here: send HTTP/1.1 (HTTP/2 is negotiated "
+                "by TLS's ALPN, not named in a request line)"
+            ),
+            f"refused an HTTP/{version} request",
+        )
     err = framing_error(version, headers)
     if isinstance(err, TransferCodingUnsupported):
         raise Refused(err, "refused a request with a transfer coding other than chunked")
@@ -65,7 +75,20 @@ def request_scope(
     framing checked before: check_framing)."""
     # Any: httptools' stubs type ``query`` as bytes, and it is None without one; code built
     # by mypyc (bench/compiled_tree.py) checks the stubs' type at run time, and refused it.
-    parsed: Any = httptools.parse_url(url)
+    try:
+        parsed: Any = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        # CONNECT's authority form ("host:443") and targets llhttp read but cannot split: a
+        # callback's error, which the client got as "User callback error".
+        if method == "CONNECT":
+            raise Refused(
+                MethodUnsupported(
+                    "CONNECT is not supported: this gateway is no forward proxy; send API "
+                    "requests to its /v1/ paths"
+                ),
+                "refused a CONNECT request",
+            ) from None
+        raise malformed("the request target is not a path such as /v1/models") from None
     if parsed.host is not None:  # absolute-form, "http://h/...": none but a proxy's client sends it
         if parsed.userinfo is not None:  # RFC 9110 4.2.4: an error, not a host to judge by
             raise malformed("a request target may not carry user information (user@host)")

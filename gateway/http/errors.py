@@ -39,6 +39,10 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     # RFC 9112 6.1: a transfer coding the server does not know: 501, as nginx answers it.
     e.TransferCodingUnsupported: (501, "invalid_request_error", "unsupported_transfer_coding"),
     e.MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
+    # RFC 9110 15.6.2 and 15.6.6: a method the server does not take anywhere (CONNECT: this
+    # is no forward proxy), a major version it does not speak; nginx answers both so.
+    e.MethodUnsupported: (501, "invalid_request_error", "method_not_supported"),
+    e.VersionUnsupported: (505, "invalid_request_error", "http_version_not_supported"),
     e.ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     # 403, as OpenAI answers a client where it does not serve (and its SDKs do not retry it).
     e.ModelNotAllowedHere: (403, "invalid_request_error", "model_not_available_in_region"),

@@ -243,13 +243,13 @@ def test_good_requests_pipelined_before_a_bad_one_are_answered_first(gw: Gateway
         (b"GET /healthz HTTP/1.1\r\nHost: x \r\n\r\n", b"200"),  # whitespace after a value
         (b"GET /healthz HTTP/1.1\r\nHost: x\t\r\n\r\n", b"200"),
         (b"GET http://x HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),  # absolute form, empty path
-        (b"GET /healthz HTTP/2.0\r\n\r\n", b"400"),  # only HTTP/1.0 may leave out Host
+        (b"GET /healthz HTTP/1.1\r\n\r\n", b"400"),  # only HTTP/1.0 may leave out Host
         (
             b"POST /v1/chat/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"400",
         ),
     ],
-    ids=["space-after-host", "tab-after-host", "absolute-empty-path", "http2-no-host", "1.0-te"],
+    ids=["space-after-host", "tab-after-host", "absolute-empty-path", "1.1-no-host", "1.0-te"],
 )
 def test_valid_forms_are_served_and_faulty_framing_refused(
     gw: Gateway, head: bytes, status: bytes
@@ -297,6 +297,29 @@ def test_expect_100_with_trailing_space_and_never_to_http_1_0(
         answer = read_to_eof(s) if version == b"1.0" else s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 100 Continue") is continues, answer[:200]
     assert (b"100 Continue" in answer) is continues
+
+
+@pytest.mark.parametrize(
+    ("line", "status", "code", "logged"),
+    [
+        (b"CONNECT 127.0.0.1:443 HTTP/1.1", 501, "method_not_supported", "a CONNECT request"),
+        (b"GET /v1/models HTTP/2.0", 505, "http_version_not_supported", "an HTTP/2.0 request"),
+        (b"POST /v1/chat/completions HTTP/0.9", 505, "http_version_not_supported", "an HTTP/0.9"),
+    ],
+    ids=["connect", "http-2.0-line", "http-0.9-line"],
+)
+def test_a_method_or_version_the_gateway_does_not_take_is_a_json_error_that_says_so(
+    gw: Gateway, line: bytes, status: int, code: str, logged: str
+) -> None:
+    # CONNECT got a 400 saying "User callback error" (the target no URL parser splits); a
+    # request line naming HTTP/2.0 or HTTP/0.9 was served as HTTP/1.1.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(line + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        got, err = _json_error(read_to_eof(s))
+    assert (got, err["code"]) == (status, code), err
+    said = str(err["message"])
+    assert said.startswith("CONNECT is not supported" if status == 501 else "HTTP/"), said
+    eventually(lambda: f"refused {logged}" in gw.log_text(), what=logged)
 
 
 def test_an_expectation_the_gateway_met_does_not_reach_the_upstream(gw: Gateway) -> None:
