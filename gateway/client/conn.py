@@ -1,9 +1,7 @@
 """One HTTP/1.1 connection to an upstream: an asyncio protocol that writes a request and
-parses its response with httptools (llhttp, the parser uvicorn and Node use), handing the
-body on as it comes. It replaced aiohttp's client, a third of a worker's CPU per proxied
-request (bench/results/round4/profile.md), and kept its keep-alive pooling, flow control
-(reading pauses while the consumer lags), chunked and close-delimited bodies, and skipping of
-interim 1xx answers.
+parses its response with httptools (llhttp, as uvicorn and Node), handing the body on as it
+comes. It replaced aiohttp's client, a third of a worker's CPU per request (bench/results/
+round4/profile.md), keeping its pooling, flow control, chunked, close-delimited, 1xx answers.
 """
 
 from __future__ import annotations
@@ -372,6 +370,8 @@ class Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp reads any 3 digits: a 999 went on to the client
+            return self._fail(BadResponse(f"status {status} is not an HTTP status (100-599)"))
         if 100 <= status < 200:  # 100 Continue, 103 Early Hints: a final answer follows
             self.interim, self.headers, self.framed, self.chunked = True, [], False, False
             return

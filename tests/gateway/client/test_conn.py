@@ -49,6 +49,15 @@ def test_bytes_that_are_not_http_are_a_bad_response() -> None:
     assert got.startswith("bad response: not an HTTP/1.1 response")
 
 
+@pytest.mark.parametrize("status", [b"999", b"600", b"099", b"000"])
+def test_a_status_outside_100_to_599_is_a_bad_response(status: bytes) -> None:
+    # llhttp reads any three digits: a 999 went on to the client as the upstream's answer
+    # (and into geogate_requests_total{code="999"}) instead of failing over.
+    answer = b"HTTP/1.1 %b Weird\r\nContent-Length: 2\r\n\r\nok" % status
+    got = run(_fails(answer, False, BadResponse))
+    assert got == f"bad response: status {int(status)} is not an HTTP status (100-599)", got
+
+
 def test_a_cancelled_read_leaves_the_connection_usable_for_nothing_else() -> None:
     # The head, and then nothing: a stalled stream.
     answer = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
