@@ -194,6 +194,10 @@ class FleetConfigInvalid(FleetError):
     pass
 
 
+class AuditUnwritable(FleetError):
+    pass
+
+
 class NothingToRestore(FleetError):
     pass
 

@@ -14,6 +14,7 @@ that is not the document's says so, and its ``changed_at`` is then another docum
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from redis.exceptions import ResponseError, WatchError
 
 from gateway import defaults as d
 from gateway.config import Config
-from gateway.errors import FleetConfigInvalid, SharedStateUnavailable
+from gateway.errors import AuditUnwritable, FleetConfigInvalid, SharedStateUnavailable
 from gateway.fleet import observations
 from gateway.fleet.config_doc import (
     apply_doc,
@@ -44,6 +45,7 @@ Change = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any], dict[s
 FIELDS = ["doc", "version", "digest", "changed_at"]
 # A change is stamped at least this much after the one it replaces: see update().
 STEP_S = 0.001
+log = logging.getLogger("geogate.fleet")
 
 
 def parse(values: list[Any]) -> Stored:
@@ -123,13 +125,19 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
     async with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                await pipe.watch(keys.config)
+                await pipe.watch(keys.config, keys.audit)
                 out = settle_rule(mine, parse(await pipe.hmget(keys.config, FIELDS)))
                 if out.write is None:
                     return out
+                # A put-back is written though the audit cannot take its entry: the fleet's
+                # routing comes first; the entry's loss is said here instead.
+                wrong = await audit_wrong(pipe, keys)
+                if wrong is not None:
+                    log.warning("%s: the fleet config written now is not audited", wrong)
                 pipe.multi()
                 pipe.hset(keys.config, mapping=fields(out.write))
-                if out.dropped is None and out.write.version > max(out.held.version, 1):
+                fresh = out.write.version > max(out.held.version, 1)
+                if wrong is None and out.dropped is None and fresh:
                     held = "none" if out.held.doc is None else f"version {out.held.version}"
                     what = (
                         f"fleet config put back: Redis held {held} (lost data; changes before "
@@ -141,7 +149,7 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                         maxlen=d.AUDIT_MAX_LEN,
                         approximate=True,
                     )
-                if out.dropped is not None:
+                if out.dropped is not None and wrong is None:
                     # Operators read the audit, not the one gateway's log that settled it: a
                     # conflict dropped drains and weights there without a word.
                     what = f"fleet config conflict: {conflict_reason(out, mine)}"
@@ -209,7 +217,7 @@ async def update(
                 # after it, another operator's change committed between the two reads (and
                 # adopted by a gateway) would be taken for a loss, and refused.
                 seen = await observations.versions(r, keys)
-                await pipe.watch(keys.config)
+                await pipe.watch(keys.config, keys.audit)  # the audit's type: commit()
                 held = parse(await pipe.hmget(keys.config, FIELDS))
                 refuse_if_behind(seen, held.version)
                 doc = held.doc if held.doc is not None else routing_doc(base)
@@ -250,13 +258,32 @@ def _blamed(base: Config, held: Stored, exc: FleetConfigInvalid) -> FleetConfigI
 
 
 async def commit(pipe: Pipeline, keys: Keys, stored: Stored, entry: dict[str, str]) -> None:
-    """Write ``stored`` and its audit entry and publish its version: the MULTI of a WATCH."""
+    """Write ``stored`` and its audit entry and publish its version: the MULTI of a WATCH
+    (of the config and the audit key). Nothing is written where the audit key holds no
+    stream: EXEC runs a MULTI's other commands when one fails, so the document was written
+    without its entry, and the operator told the change was not applied."""
+    wrong = await audit_wrong(pipe, keys)
+    if wrong is not None:
+        await pipe.reset()
+        raise AuditUnwritable(
+            f"{wrong}: nothing was changed; `redis-cli DEL '{keys.audit}'` (its entries are "
+            "lost already) lets changes through again, with a new audit log"
+        )
     pipe.multi()
     pipe.hset(keys.config, mapping=fields(stored))
     audited: Any = entry  # redis-py's field typing is narrower than what it takes
     pipe.xadd(keys.audit, audited, maxlen=d.AUDIT_MAX_LEN, approximate=True)
     pipe.publish(keys.events, str(stored.version))
     await pipe.execute()
+
+
+async def audit_wrong(pipe: Pipeline, keys: Keys) -> str | None:
+    """What is wrong with the audit key, in words; None where it is a stream, or none yet.
+    A hand edit (SET over it) leaves another type, which XADD refuses."""
+    kind = text_of(await pipe.type(keys.audit))
+    if kind in ("stream", "none"):
+        return None
+    return f"the fleet's audit log in Redis ({keys.audit}) holds a {kind}, not a stream"
 
 
 @dataclass(frozen=True)
@@ -318,7 +345,16 @@ def refuse_if_behind(seen: dict[str, int], version: int) -> None:
 
 async def read_audit(r: Redis, keys: Keys, count: int) -> list[dict[str, str]]:
     """Newest first."""
-    rows = await r.xrevrange(keys.audit, count=count) or []
+    try:
+        rows = await r.xrevrange(keys.audit, count=count) or []
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        # Redis answered: not "cannot reach Redis", as a RedisError's callers say.
+        raise AuditUnwritable(
+            f"the fleet's audit log in Redis ({keys.audit}) is not a stream: its entries are "
+            f"lost; `redis-cli DEL '{keys.audit}'` starts a new one"
+        ) from None
     return [
         {"id": str(rid), **{str(k): str(v) for k, v in (row or {}).items()}} for rid, row in rows
     ]

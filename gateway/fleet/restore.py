@@ -48,7 +48,7 @@ async def restore(
         while True:
             try:
                 seen = await observations.versions(r, keys)
-                await pipe.watch(keys.config)
+                await pipe.watch(keys.config, keys.audit)  # the audit's type: commit()
                 raw = await pipe.hmget(keys.config, FIELDS)
                 replaced = _version(raw[1])
                 why = _unroutable(base, raw)

@@ -52,6 +52,7 @@ HTTP: dict[type[e.GatewayError], tuple[int, str, str]] = {
     e.FleetConfigInvalid: (400, "invalid_request_error", "invalid_request"),
     e.NothingToRestore: (409, "invalid_request_error", "nothing_to_restore"),
     e.SharedStateUnavailable: (503, "service_unavailable", "shared_state_unavailable"),
+    e.AuditUnwritable: (503, "service_unavailable", "audit_log_unwritable"),
     e.NoHealthyUpstream: (503, "service_unavailable", "no_healthy_upstream"),
     e.UpstreamBusy: (429, "rate_limit_error", "upstreams_at_capacity"),
     e.UpstreamFailed: (502, "upstream_error", "upstream_failed"),

@@ -18,10 +18,11 @@ from redis import exceptions as redis_errors
 
 from gateway.cli.procs import free_port
 from gateway.config import Config
-from gateway.errors import ConfigError, SharedStateUnavailable
+from gateway.errors import AuditUnwritable, ConfigError, SharedStateUnavailable
 from gateway.fleet import config_doc, config_io, last_known, observations, redis_store
 from gateway.fleet.redis_store import RedisStateStore
 from gateway.fleet.settle import Settled, Stored
+from gateway.http.errors import status_of
 from tests.support import start_redis
 
 CFG = Config.model_validate(
@@ -601,6 +602,40 @@ async def test_a_change_racing_another_operators_change_is_made_not_refused(
         doc, version = await in_redis(gw)
         assert version == 3 and doc is not None
         assert {u["id"]: u["weight"] for u in doc["upstreams"]} == {"a": 3, "b": 2}
+    finally:
+        await gw.stop()
+
+
+async def test_a_change_is_not_written_where_the_audit_cannot_take_its_entry(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand edit left the audit key a string: EXEC ran the document's write and failed the
+    XADD, and the operator was told "the change was not applied" of a change every gateway
+    adopted, with no entry. Now nothing is written and the error says why; a put-back by a
+    gateway is written all the same (routing first), and its lost entry is said in the log."""
+    gw = gateway(redis_url, "gw0")
+    try:
+        await gw._sync_config()  # version 1
+        r = gw.redis()
+        await r.set(gw.keys.audit, "garbage")
+        with pytest.raises(AuditUnwritable, match="holds a string, not a stream: nothing was"):
+            await gw.update_upstream("b", {"weight": 7}, "alice")
+        doc, version = await in_redis(gw)
+        assert version == 1 and doc is not None and doc["upstreams"][1]["weight"] == 1.0
+        assert status_of(AuditUnwritable("x")) == 503
+        with pytest.raises(AuditUnwritable, match="is not a stream: its entries are lost"):
+            await gw.audit(5)  # Redis answered: "cannot reach Redis" in ctl was wrong
+        # Redis lost the document meanwhile: the gateway puts its own back, unaudited.
+        await r.delete(gw.keys.config)
+        caplog.set_level(logging.WARNING, "geogate.fleet")
+        await gw._sync_config()
+        assert (await in_redis(gw))[1] == 1
+        assert "holds a string, not a stream: the fleet config written now is not audited" in (
+            caplog.text
+        )
+        await r.delete(gw.keys.audit)  # what the error says to do
+        await gw.update_upstream("b", {"weight": 7}, "alice")
+        assert (await in_redis(gw))[1] == 2 and [e["who"] for e in await gw.audit(5)] == ["alice"]
     finally:
         await gw.stop()
 
