@@ -139,6 +139,21 @@ def listen_host(host: str) -> str:
     return host
 
 
+# A residency rule's name goes into the geogate-route header ("; residency=NAME"), log lines
+# and the dashboard: no line break (a 500 on every request the rule covered), no ";" or "="
+# that would read as another of the header's fields, ASCII as a header's value must be.
+RESIDENCY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 _.:/()+-]{0,63}")
+
+
+def residency_name(name: str) -> str:
+    if name and not RESIDENCY_NAME.fullmatch(name):
+        raise ValueError(
+            "a residency rule's name is 1-64 of letters, digits, spaces and _.:/()+- (it is "
+            "sent in the geogate-route header), or none"
+        )
+    return name
+
+
 def model_name(name: str) -> str:
     if not name.strip():
         raise ValueError('empty model name: clients ask for a model by its name ("model": ...)')

@@ -167,7 +167,7 @@ class Upstream(StrictModel):
 class ResidencyRule(StrictModel):
     """Clients from these countries or continents may only be served in these regions."""
 
-    name: str = ""
+    name: Annotated[str, AfterValidator(checks.residency_name)] = ""
     countries: tuple[CountryCode, ...] = ()
     continents: tuple[ContinentCode, ...] = ()
     regions: tuple[str, ...] = Field(min_length=1)

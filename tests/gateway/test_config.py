@@ -178,6 +178,23 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t + "[[residency]]\ncountries = ['DE', 'UK']\nregions = ['eu-central']\n",
             "residency[0].countries[1]: not an ISO 3166-1 alpha-2 country code; use GB (got 'UK')",
         ),
+        # A name with a line break passed --check, then every request the rule covered was a
+        # 500 (the geogate-route header); one with ";" read as another of its fields.
+        *(
+            (
+                lambda t, n=name: (
+                    t + f"[[residency]]\nname = {n}\ncountries = ['DE']\nregions = ['eu-central']\n"
+                ),
+                "residency[0].name: a residency rule's name is 1-64 of letters, digits, spaces",
+            )
+            for name in (  # as TOML writes them: a basic string's \r\n is CR LF
+                '"a\\r\\nx-injected: yes"',
+                '"eu; upstream=x"',
+                f'"{"x" * 65}"',
+                '" eu"',
+                '"Österreich"',
+            )
+        ),
         (
             lambda t: t + "[[residency]]\ncountries = ['Germany']\nregions = ['eu-central']\n",
             "residency[0].countries[0]: not an ISO 3166-1 alpha-2 country code; use DE",
