@@ -47,7 +47,7 @@ class ServerSection(StrictModel):
     # socket in C (gateway._splice), where the extension is built, the client's side is plain
     # TCP (the upstream's may be TLS) and the upstream's body is chunked.
     splice: bool = True
-    max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024)
+    max_header_bytes: int = Field(default=d.MAX_HEADER_BYTES, ge=1024, le=d.MAX_HEADER_BYTES_MAX)
     body_timeout_s: ConnectionWait = d.BODY_TIMEOUT_S
     head_timeout_s: ConnectionWait = d.HEAD_TIMEOUT_S  # the uvicorn engine's; granian has its own
     # How long an idle client connection is kept (uvicorn's and hypercorn's). Behind a load
@@ -86,22 +86,24 @@ class Timeouts(StrictModel):
 class RetrySection(StrictModel):
     max_attempts: int = Field(default=d.MAX_ATTEMPTS, ge=1, le=d.MAX_ATTEMPTS_MAX)
     budget_ratio: Ratio = d.RETRY_BUDGET_RATIO
-    budget_min_per_s: float = Field(default=d.RETRY_BUDGET_MIN_PER_S, ge=0)
+    budget_min_per_s: float = Field(
+        default=d.RETRY_BUDGET_MIN_PER_S, ge=0, le=d.RETRY_BUDGET_MIN_PER_S_MAX
+    )
     budget_window_s: Seconds = d.RETRY_BUDGET_WINDOW_S
     on_timeout: bool = False  # fail over a timeout at an upstream that accepted the request
 
 
 class RouterSection(StrictModel):
-    tolerance_ms: float = Field(default=d.TOLERANCE_MS, ge=0)
-    tolerance_ratio: float = Field(default=d.TOLERANCE_RATIO, ge=0)
+    tolerance_ms: float = Field(default=d.TOLERANCE_MS, ge=0, le=d.TOLERANCE_MS_MAX)
+    tolerance_ratio: float = Field(default=d.TOLERANCE_RATIO, ge=0, le=d.TOLERANCE_RATIO_MAX)
     panic_threshold: Ratio = d.PANIC_THRESHOLD
 
 
 class HealthSection(StrictModel):
     interval_s: Interval = d.HEALTH_INTERVAL_S
     timeout_s: Seconds = d.HEALTH_TIMEOUT_S
-    healthy_threshold: int = Field(default=d.HEALTHY_THRESHOLD, ge=1)
-    unhealthy_threshold: int = Field(default=d.UNHEALTHY_THRESHOLD, ge=1)
+    healthy_threshold: int = Field(default=d.HEALTHY_THRESHOLD, ge=1, le=d.THRESHOLD_MAX)
+    unhealthy_threshold: int = Field(default=d.UNHEALTHY_THRESHOLD, ge=1, le=d.THRESHOLD_MAX)
     jitter: Ratio = d.HEALTH_JITTER
     rtt_ewma_alpha: Annotated[float, Field(gt=0, le=1)] = d.RTT_EWMA_ALPHA
     completion_probe: bool = False  # a tiny completion to each ejected upstream: may end it
@@ -113,11 +115,13 @@ class HealthSection(StrictModel):
 
 
 class OutlierSection(StrictModel):
-    consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1)
+    consecutive_failures: int = Field(default=d.CONSECUTIVE_FAILURES, ge=1, le=d.OUTLIER_COUNT_MAX)
     base_ejection_s: Seconds = d.BASE_EJECTION_S
     max_ejection_s: Seconds = d.MAX_EJECTION_S
     failure_rate_threshold: Annotated[float, Field(gt=0, le=1)] = d.FAILURE_RATE_THRESHOLD
-    failure_rate_min_requests: int = Field(default=d.FAILURE_RATE_MIN_REQUESTS, ge=1)
+    failure_rate_min_requests: int = Field(
+        default=d.FAILURE_RATE_MIN_REQUESTS, ge=1, le=d.OUTLIER_COUNT_MAX
+    )
     failure_rate_window_s: Seconds = d.FAILURE_RATE_WINDOW_S
     max_ejected_share: Ratio = d.MAX_EJECTED_SHARE
 

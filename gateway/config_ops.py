@@ -84,4 +84,4 @@ class LogSection(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = d.LOG_LEVEL
     # Lines of one kind that can come per request a worker writes in LOG_REPEAT_WINDOW_S
     # (gateway.logs.RepeatLimit); 0: every one.
-    max_repeats: int = Field(default=d.LOG_MAX_REPEATS, ge=0)
+    max_repeats: int = Field(default=d.LOG_MAX_REPEATS, ge=0, le=d.LOG_MAX_REPEATS_MAX)

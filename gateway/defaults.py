@@ -46,6 +46,7 @@ DRAIN_TIMEOUT_S = 30.0  # SIGTERM: streams in flight get this long to finish
 MAX_HEADER_BYTES = 32 * 1024  # request headers in all, names and values: nginx's default
 # (4 buffers of 8 KiB) order of magnitude; an API request needs ~1 KiB, and what we accept
 # we forward, so a 100 KiB cookie jar would reach (and be refused by) every backend
+MAX_HEADER_BYTES_MAX = 1 << 20  # 32 times the default; granian takes twice it as an int32
 BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this: a 4 MiB body (max_body_bytes)
 # needs ~1.1 Mbit/s, a chat request of kilobytes a slow phone line; a client trickling one
 # byte a second holds its connection this long, not forever
@@ -181,6 +182,7 @@ LOG_LEVEL: Final = "info"  # events an operator acts on (health, ejections, conf
 # (gateway.logs.RepeatLimit): a line a second on average, where a flood of bad requests or an
 # outage wrote thousands. State changes and ERROR lines are never held back.
 LOG_MAX_REPEATS: Final = 10
+LOG_MAX_REPEATS_MAX = 1_000_000  # a repeat-limit past which the limit limits nothing
 LOG_REPEAT_WINDOW_S: Final = 10.0
 
 # --- upstream timeouts ----------------------------------------------------------------------
@@ -222,11 +224,14 @@ MAX_ATTEMPTS_MAX = 100  # upstreams tried for one request, each with its own wai
 # gave up long before the hundredth
 RETRY_BUDGET_RATIO = 0.2  # retries may add at most 20 % to recent request volume
 RETRY_BUDGET_MIN_PER_S = 10.0  # ...but a quiet gateway may always retry this often
+RETRY_BUDGET_MIN_PER_S_MAX = 1_000_000.0  # past any request rate: the budget off
 RETRY_BUDGET_WINDOW_S = 10.0  # "recent" for the budget
 
 # --- router ---------------------------------------------------------------------------------
 TOLERANCE_MS = 15.0  # band of near-equal scores: max(15 ms, 15 %) as DESIGN.md §3
 TOLERANCE_RATIO = 0.15
+TOLERANCE_MS_MAX = 10_000.0  # a band wider than any RTT and TTFT: every upstream "near-equal"
+TOLERANCE_RATIO_MAX = 10.0  # 1,000 %: the same
 PANIC_THRESHOLD = 0.5  # Envoy's default: under 50 % healthy, use unhealthy ones too
 NO_CANDIDATE_RETRY_AFTER_S = 5  # Retry-After on a 503: about two health-probe intervals
 # The longest upstream Retry-After passed on to a client: an hour. An upstream's clock or bug
@@ -249,6 +254,7 @@ HEALTH_INTERVAL_S = 2.0  # detection within ~2 intervals; negligible probe load
 HEALTH_TIMEOUT_S = 1.0
 HEALTHY_THRESHOLD = 2  # consecutive good probes to come back: one lucky probe is not enough
 UNHEALTHY_THRESHOLD = 2  # consecutive bad probes to go down: one dropped packet is not enough
+THRESHOLD_MAX = 1000  # probes in a row: 1e20 kept a downed upstream down for good
 HEALTH_JITTER = 0.1  # +-10 % on each interval so a fleet's probes do not synchronise
 RTT_EWMA_ALPHA = 0.3  # weight of the newest probe in the RTT average
 COMPLETION_PROBE_PATH = "/v1/chat/completions"  # what clients call, so what must work
@@ -267,6 +273,7 @@ FAILURE_RATE_THRESHOLD = 0.5  # eject when half the requests of a window failed:
 # failing every other request is worse than a slower healthy one, and 5 in a row may never
 # happen when failures interleave with successes
 FAILURE_RATE_MIN_REQUESTS = 20  # ...but judge a rate only on enough requests to mean it
+OUTLIER_COUNT_MAX = 1_000_000  # failures or requests counted before an ejection
 FAILURE_RATE_WINDOW_S = 10.0  # Envoy's outlier-detection interval
 MAX_EJECTED_SHARE = 0.1  # Envoy's max_ejection_percent: ejection cannot empty a pool; one
 # upstream may always be ejected, as in Envoy

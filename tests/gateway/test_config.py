@@ -369,6 +369,25 @@ def test_env_overrides(tmp_path: Path) -> None:
             lambda t: t + "[server]\nh2_max_concurrent_streams = 10000000000\n",
             "server.h2_max_concurrent_streams: Input should be less than or equal to 2147483647",
         ),
+        # No upper bound: a healthy_threshold of 1e20 kept a downed upstream down for good,
+        # and a max_header_bytes of 3e9 crash-looped granian's workers after --check passed.
+        *(
+            (
+                lambda t, s=section, k=key, b=big: t + f"[{s}]\n{k} = {b}\n",
+                f"{section}.{key}: Input should be less than or equal to {most}",
+            )
+            for section, key, big, most in (
+                ("server", "max_header_bytes", "3000000000", "1048576"),
+                ("router", "tolerance_ms", "1e20", "10000"),
+                ("router", "tolerance_ratio", "1e300", "10"),
+                ("health", "healthy_threshold", "100000000000000000000", "1000"),
+                ("health", "unhealthy_threshold", "1001", "1000"),
+                ("outlier", "consecutive_failures", "1000001", "1000000"),
+                ("outlier", "failure_rate_min_requests", "1000001", "1000000"),
+                ("retry", "budget_min_per_s", "1e20", "1000000"),
+                ("log", "max_repeats", "1000001", "1000000"),
+            )
+        ),
         (
             lambda t: t.replace("127.0.0.1:9000", "localhost:9000") + "[server]\nport = 9000\n",
             "upstreams[0] (eu-1): url http://localhost:9000 is this gateway's own listener",
