@@ -13,6 +13,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
 
+from gateway import defaults as d
 from gateway.cli.errors import EXIT_USAGE, CLIError, OneLineParser
 from gateway.defaults import AUDIT_MAX_COUNT
 from gateway.errors import GatewayError, clipped
@@ -40,13 +41,16 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 
 def _seconds(text: str) -> float:
-    """An argparse type: seconds, finite and not negative."""
+    """An argparse type: seconds, finite, not negative, at most a week (DURATION_MAX_S, as
+    the config's durations: more was blamed on Redis's document, which it was copied into)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    if not (math.isfinite(value) and 0 <= value <= d.DURATION_MAX_S):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 to {d.DURATION_MAX_S:.0f} seconds (a week), got {text}"
+        )
     return value
 
 

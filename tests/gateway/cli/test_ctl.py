@@ -389,8 +389,10 @@ def test_environment_names_the_gateway_and_token(
         (["--redis", "redis://127.0.0.1:1", "show"], "--gateway URL or --redis URL, not both"),
         (["--gateway", "", "drain", "a1"], "give --gateway URL"),
         (["--gateway", "", "--redis", "redis://127.0.0.1:1", "restore"], "restore goes through"),
-        (["--restart-grace", "-1", "show"], "--restart-grace: must be 0 or more seconds, got -1"),
-        (["--restart-grace", "nan", "show"], "--restart-grace: must be 0 or more seconds, got nan"),
+        (["--restart-grace", "-1", "show"], "--restart-grace: must be 0 to 604800 seconds (a "),
+        (["--restart-grace", "nan", "show"], "--restart-grace: must be 0 to 604800 seconds"),
+        # more than the config takes: it was blamed on Redis's document, which it is copied into
+        (["--restart-grace", "1e20", "show"], "must be 0 to 604800 seconds (a week), got 1e20"),
         (["--restart-grace", "soon", "show"], "not a number of seconds: 'soon'"),
         # The audit's name: one spanning lines printed as a row of another operator's
         (
