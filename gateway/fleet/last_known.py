@@ -123,7 +123,21 @@ def load(fleet: str) -> Stored | None:
     try:
         data = json.loads(path.read_text())
         doc, version, changed_at = data["doc"], data["version"], data["changed_at"]
+        if data["fleet"] != fleet and not fleet.startswith("memory "):
+            # Said: the Redis URL spelled another way (localhost for 127.0.0.1, a /0 added)
+            # passed it over without a word, and a drained region took traffic again from
+            # every gateway restarted while Redis was away, which the file is for.
+            log.warning(
+                "not routing on the fleet config kept in %s: it is of fleet %r, this gateway's "
+                "is %r (redis.url and redis.deployment, as written); it routes on its file's "
+                "config until Redis answers",
+                path,
+                str(data["fleet"])[:200],
+                fleet,
+            )
         if data["fleet"] != fleet:
+            # In memory, an edited file (granian's SIGHUP read it again): the changes made on
+            # the old one are not carried over, as memory_fleet says; no mistake to warn of.
             return None
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -5,9 +5,8 @@ snapshot routing reads), plus a background task that every ``refresh_interval_s`
   - writes this gateway's observations (health, RTT of each upstream) with a TTL, batched in
     one pipeline, and reads every fresh observer's;
   - marks an upstream down for the fleet when most fresh gateways see it down (a gateway's
-    workers are one vote; with redis.share_health = false, none of this). A gateway
-    that alone cannot reach a backend (a partition) routes around it on its own view,
-    without taking it away from everyone else;
+    workers are one vote; with redis.share_health = false, none of this). A gateway that alone
+    cannot reach a backend (a partition) routes around it on its own, not for everyone else;
   - checks the config's version and digest, and on a published change reloads the routing
     config at once. Only a newer document is adopted; a gateway that finds an older one (or
     none) puts its own back, so a Redis that lost the document ends on the newest one, not on
@@ -148,6 +147,8 @@ class RedisStateStore(MemoryStateStore):
             try:
                 await self._sync_config()
                 listener = asyncio.create_task(self._listen())
+                # An error redis-py ends it on after the cancel below: retrieved, not logged
+                listener.add_done_callback(lambda t: t.cancelled() or t.exception())
                 while True:
                     await self._refresh()
                     self._in_sync()
@@ -175,8 +176,7 @@ class RedisStateStore(MemoryStateStore):
         version or none (it lost the document), or another document at our version."""
         if await self._exchange_observations() != self._seen:
             await self._sync_config()
-        now = time.time()
-        await sessions.sync(self.redis(), self.keys, self.sessions, now)
+        await sessions.sync(self.redis(), self.keys, self.sessions, time.time())
 
     def _in_sync(self) -> None:
         if self.stale_since is not None:

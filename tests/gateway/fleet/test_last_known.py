@@ -106,6 +106,23 @@ def test_a_gateway_restarted_with_redis_away_keeps_the_fleets_drain(tmp_path: Pa
         redis.stop()
 
 
+def test_a_document_of_another_fleet_is_not_routed_on_and_that_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written as redis://localhost:6379, read as redis://127.0.0.1:6379 (the same server): it
+    # was passed over without a word, and a drained region took traffic again.
+    path = tmp_path / "fleet.json"
+    monkeypatch.setenv(last_known.ENV_FLEET_CACHE, str(path))
+    kept = last_known.fleet_of("redis://:pw@localhost:6379", "default")
+    last_known.save(Stored(_drained_doc(), 9, 1.0), kept)
+    assert last_known.load(kept) == Stored(_drained_doc(), 9, 1.0)
+    caplog.set_level("WARNING", "geogate.fleet")
+    assert last_known.load(last_known.fleet_of("redis://127.0.0.1:6379", "default")) is None
+    said = caplog.records[-1].getMessage()
+    assert said.startswith(f"not routing on the fleet config kept in {path}: it is of fleet ")
+    assert "'redis://:****@localhost:6379 default', this gateway's is 'redis://127.0.0.1:" in said
+
+
 @pytest.mark.parametrize(
     "text", ["", "{", "[]", '{"doc": [], "version": 3, "changed_at": 0}', '{"doc": {}}']
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import re
@@ -316,6 +317,37 @@ async def test_redis_unreachable_from_the_start_is_said_once_with_its_url(
         assert gw.stale_since is not None
     finally:
         await gw.stop()
+
+
+async def test_a_listener_ending_on_an_error_after_its_cancel_is_not_left_unretrieved(
+    redis_url: str,
+) -> None:
+    """The round cancels the change listener as it ends (the store stopped, a failed round),
+    and redis-py may end it on a ConnectionError instead (its socket closed under a read).
+    Nobody retrieved that error: asyncio logged "Task exception was never retrieved" with its
+    traceback whenever the task was collected (inside an ast.parse, CPython 3.11.7 then failed
+    a test run with a SystemError)."""
+    gw = gateway(redis_url, "gw0")
+
+    async def swallows_the_cancel() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise redis_errors.ConnectionError("Connection closed by server.") from None
+
+    gw._listen = swallows_the_cancel  # type: ignore[method-assign]
+    said: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: said.append(context["message"]))
+    try:
+        await gw.start()
+        await gw.stop()
+        del gw  # its stopped task's CancelledError holds the round's frame, and the listener
+        await asyncio.sleep(0)  # the listener's end, a loop turn after its cancel
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert "Task exception was never retrieved" not in said, said
 
 
 async def test_a_file_that_differs_from_the_fleet_is_followed_no_more_and_said_so(
