@@ -52,7 +52,14 @@ def _tree_network(network: str, where: str) -> Network:
         raise BuildError(f"{where}: {network} has host bits set (the network is {net})")
     if isinstance(net, ipaddress.IPv4Network):
         return ipaddress.IPv6Network((int(net.network_address), net.prefixlen + 96))
+    if net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        # An IPv4-mapped network (::ffff:10.0.0.0/104) is the IPv4 one: lookups read a mapped
+        # address as IPv4, so kept where it was written no lookup reached it, unsaid.
+        return ipaddress.IPv6Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen))
     return net
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _country(country: str, where: str) -> str:

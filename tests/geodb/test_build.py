@@ -74,6 +74,17 @@ def test_a_more_specific_row_wins_whatever_the_order(tmp_path: Path, broad_first
         assert r.city("2001:db8::1").city.name == "New York"
 
 
+def test_an_ipv4_mapped_row_is_found_by_its_ipv4_addresses(tmp_path: Path) -> None:
+    # Kept at ::ffff:10.0.0.0/104 it was written and never found: lookups read a mapped
+    # address as IPv4, in the ::/96 part of the tree.
+    out = tmp_path / "out.mmdb"
+    rows = ["::ffff:10.0.0.0/104,FR,EU,48.86,2.35,Paris", "2001:db8::/32,JP,AS,35.68,139.77"]
+    assert build_from_csv(_csv(tmp_path, *rows), out) == 2
+    with geoip2.database.Reader(str(out)) as r:
+        assert r.city("10.1.2.3").city.name == "Paris"
+        assert r.city("2001:db8::5").country.iso_code == "JP"  # other IPv6: where written
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
@@ -84,6 +95,10 @@ def test_a_more_specific_row_wins_whatever_the_order(tmp_path: Path, broad_first
         (  # the same network, written another way: still one network
             ["10.0.0.0/8,DE,EU,1,2", "::a00:0/104,FR,EU,1,2"],
             r"nets\.csv:3: network ::a00:0/104 is already on line 2",
+        ),
+        (  # IPv4-mapped: the IPv4 network too (lookups read a mapped address as IPv4)
+            ["10.0.0.0/8,DE,EU,1,2", "::ffff:10.0.0.0/104,FR,EU,1,2"],
+            r"nets\.csv:3: network ::ffff:10\.0\.0\.0/104 is already on line 2",
         ),
         (
             ["10.0.0.5/8,DE,EU,1,2"],
