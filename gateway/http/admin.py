@@ -230,7 +230,12 @@ async def json_body(request: Request, timeout_s: float) -> Any:
     try:
         # Decoded here: json.loads would guess UTF-16 or -32 from bytes (RFC 8259: UTF-8), and
         # say of such a body only "Expecting value".
-        return json.loads(body.decode("utf-8-sig"))  # a BOM (Windows tools) is no error
+        return json.loads(body.decode("utf-8-sig"), object_pairs_hook=_once_each)  # a BOM: ok
+    except _Twice as exc:
+        raise RequestInvalid(
+            f"{exc.args[0]!r} is in the body twice: send each field once (the last was taken, "
+            "the first dropped without a word)"
+        ) from None
     except UnicodeDecodeError:
         raise RequestInvalid("body is not UTF-8 text; send JSON") from None
     except json.JSONDecodeError as exc:
@@ -240,3 +245,17 @@ async def json_body(request: Request, timeout_s: float) -> Any:
             f"body is not JSON this server reads: {past_limits(exc)}; send an object such as "
             '{"weight": 2}'
         ) from None
+
+
+class _Twice(ValueError):
+    """A field a change's object holds twice (``_once_each``)."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object of ``pairs``, a key given twice refused: {"weight": 2, "weight": 3}
+    was a weight of 3, the 2 dropped without a word."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        names = [k for k, _ in pairs]
+        raise _Twice(next(k for i, k in enumerate(names) if k in names[:i]))
+    return out

@@ -227,6 +227,12 @@ class Dashboard:
 
     async def impact(self, request: Request) -> Response:
         q = request.query_params
+        # One reading of each: weight=2&weight=3 previewed 3, and region= beside upstream=
+        # previewed the region's change alone, what was asked for dropped without a word.
+        twice = sorted(k for k in q if len(q.getlist(k)) > 1)
+        if twice or (q.get("region") and q.get("upstream")):
+            what = f"{', '.join(twice)} given more than once" if twice else "upstream and region"
+            raise RequestInvalid(f"{what}: preview one change of one upstream or one region")
         changes = _changes(q)
         doc = config_doc.routing_doc(self.rt.config)
         # The views' drained flags are effective (an upstream's own or its region's), so what

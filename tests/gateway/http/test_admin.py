@@ -162,6 +162,9 @@ async def test_no_token_configured_means_the_api_is_off() -> None:
         (b'{"\\ud800": 1}', "change one or more of"),
         (b'{"weight": ', "not valid JSON"),
         (b"[1]", "send a JSON object"),
+        # the last was taken, the first dropped without a word
+        (b'{"weight": 2, "weight": 3}', "'weight' is in the body twice: send each field once"),
+        (b'{"drained": false, "x": {"a": 1, "a": 2}}', "'a' is in the body twice"),
     ],
 )
 async def test_bad_changes_are_400_and_change_nothing(body: bytes, message: str) -> None:

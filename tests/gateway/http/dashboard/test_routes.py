@@ -153,6 +153,9 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
         ({"upstream": "eu-1", "weight": ".5e"}, "weight must be a number"),
         ({"upstream": "eu-1", "drained": "yes"}, "drained must be true or false"),
         ({"upstream": "eu-1", "weight": "1e9"}, "weight must be between"),
+        # previewed the last, and the region's change alone: one reading of each
+        ({"upstream": "eu-1", "weight": ["2", "3"]}, "weight given more than once: preview one"),
+        ({"region": "eu", "upstream": "eu-1", "drained": "true"}, "upstream and region: preview"),
     ]:
         r = await client.get("/dashboard/api/impact", params=params)
         assert r.status_code == 400 and message in r.json()["error"]["message"], params
