@@ -79,6 +79,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
         if name.startswith(ENV_CTL_PREFIX):
             continue
         path = _key_path(name[len(ENV_PREFIX) :])
+        if "" in path:  # GEOGATE___PORT: "unknown key (a typo?)", naming none
+            raise ConfigError(
+                f"config error in {name}: an empty key in the name (a section and its key are "
+                "joined by two underscores: GEOGATE_SERVER__PORT)"
+            )
         try:
             value = _env_value(raw)
         except json.JSONDecodeError as exc:

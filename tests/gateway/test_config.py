@@ -504,6 +504,10 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
         load_config(write(tmp_path, GOOD), env={"GEOGATE_UPSTREAMS": "[{oops"})
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml", env={})
+    # an empty key: "unknown key (a typo?)" naming no key
+    for name in ("GEOGATE___PORT", "GEOGATE_SERVER__"):
+        with pytest.raises(ConfigError, match=f"{name}: an empty key in the name"):
+            load_config(write(tmp_path, GOOD), env={name: "1"})
 
 
 @pytest.mark.parametrize(
