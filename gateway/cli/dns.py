@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway.cli.errors import CLIError, OneLineParser
+from gateway.cli.files import out_path
 from gateway.defaults import DNS_CHECK_INTERVAL_S, DNS_CHECK_TIMEOUT_S, DNS_TTL_S
 from gateway.errors import ConfigError
 
@@ -76,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         "addresses (GeogateRegion), which Terraform makes aliases to its load balancer "
         "(deploy/terraform/aws/example)",
     )
-    ex.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    ex.add_argument("--out", type=out_path, help="file to write (default: stdout)")
 
 
 def export(args: argparse.Namespace) -> None:

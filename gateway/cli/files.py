@@ -3,6 +3,7 @@ checked before the work starts, every failure one line (``CLIError``), never a t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +37,14 @@ def read_text(path: Path, who: str, unreadable: str = "cannot read {path}: {why}
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CLIError(f"{who}: {not_utf8(path, exc)}") from None
+
+
+def out_path(text: str) -> Path:
+    """An argparse type for --out: not empty (Path("") is ".": `--out ''`, an empty variable
+    in a script, wrote into the current folder without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: name a path")
+    return Path(text)
 
 
 def output_dir(path: Path, who: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.cli.charts import use_agg
 from gateway.cli.errors import CLIError, OneLineParser
-from gateway.cli.files import output_dir, read_text, writing
+from gateway.cli.files import out_path, output_dir, read_text, writing
 from gateway.errors import PlanInvalid, past_limits
 from gateway.plan.inputs import BACKEND_RESULTS, PlanInput, parse, section
 from gateway.plan.model import Placement, choose
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser], said: str) -> Non
     p = sub.add_parser("plan", help=said)
     p.add_argument("file", type=Path, help="plan input (see examples/plan.toml)")
     p.add_argument("--all", action="store_true", help="every placement, not only the front")
-    p.add_argument("--out", type=Path, help="write plan.md, plan.json, plan.png here")
+    p.add_argument("--out", type=out_path, help="write plan.md, plan.json, plan.png here")
 
 
 def load(path: Path) -> PlanInput:

@@ -14,7 +14,7 @@ from rich.progress import Progress
 from gateway.cli import world_checks as wcheck
 from gateway.cli import world_report as wr
 from gateway.cli.errors import CLIError, OneLineParser
-from gateway.cli.files import output_dir, read_text, writing
+from gateway.cli.files import out_path, output_dir, read_text, writing
 from gateway.cli.procs import interruptible
 from gateway.cli.workdir import work_folder
 from gateway.cli.world import (
@@ -316,7 +316,7 @@ def add_parser(sub: argparse._SubParsersAction[OneLineParser], said: str) -> Non
     )
     w.add_argument("--model-dir", type=Path, help="--backend model: serve this model directory")
     w.add_argument("--event-s", type=float, default=4.0, help="seconds of traffic per event")
-    w.add_argument("--out", type=Path, default=Path("world-results"), help="output folder")
+    w.add_argument("--out", type=out_path, default=Path("world-results"), help="output folder")
     w.add_argument("--no-progress", action="store_true")
     w.add_argument(
         "--keep-work",

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.cli.errors import CLIError
 from gateway.cli.files import output_dir, read_text, writing
+from gateway.cli.main import main
 
 
 def test_text_that_is_not_utf8_names_the_line_and_the_byte(tmp_path: Path) -> None:
@@ -37,3 +38,15 @@ def test_a_write_that_fails_is_one_line(tmp_path: Path) -> None:
     message = f"^plan: cannot write to {tmp_path}: Is a directory$"
     with pytest.raises(CLIError, match=message), writing(tmp_path, "plan"):
         tmp_path.write_text("x")
+
+
+@pytest.mark.parametrize("command", [["plan"], ["world"], ["dns", "export"]])
+def test_an_empty_out_is_refused_before_anything_is_written(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Path("") is ".": `--out ''` (an empty variable in a script) wrote into the current folder.
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--out", ""])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: is empty: name a path" in err and err.count("\n") == 1, err
