@@ -66,6 +66,9 @@ export class ConfigError extends Error {}
  * @property {import("./cors.js").CorsOrigins | null} cors
  */
 
+// A number as text: digits, a point, an exponent; no blank, hex ("0x3") or "Infinity".
+const DECIMAL = /^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
 /**
  * @param {Env} env @param {keyof typeof DEFAULTS} name
  * @param {{min?: number, max?: number, integer?: boolean}} [bounds]
@@ -73,7 +76,10 @@ export class ConfigError extends Error {}
 function num(env, name, bounds = {}) {
   const raw = env[name];
   if (raw === undefined || raw === "") return /** @type {number} */ (DEFAULTS[name]);
-  const v = Number(raw);
+  // A JSON number, or text that is a plain decimal: Number() took " " and null as 0 (a
+  // TABLE_TTL_S of 0), true as 1 and "0x3" as 3.
+  const plain = typeof raw === "string" && DECIMAL.test(raw);
+  const v = typeof raw === "number" || plain ? Number(raw) : NaN;
   const { min = 0, max = Infinity, integer = false } = bounds;
   if (!Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {
     throw new ConfigError(

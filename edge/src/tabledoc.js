@@ -95,6 +95,14 @@ function strings(v, what) {
  */
 function upstreamOf(raw, region, where, strict) {
   if (typeof raw.id !== "string" || !raw.id) throw new TableError(`${where}.id is missing`);
+  if (strict) {
+    // "modles" or "drainde" passed: a fallback serving no model (a 404 for every request,
+    // which the SDKs do not retry) or a drain ignored, while /healthz said ok.
+    checkKeys(raw, UPSTREAM_KEYS, where);
+    if (!Array.isArray(raw.models) || raw.models.length === 0) {
+      throw new TableError(`${where}.models is not a list of one or more model names`);
+    }
+  }
   // A negative weight breaks the weighted pick, and slots under 1 make a queue cost nothing
   // or less: the gateway's config refuses both (weight >= 0, slots >= 1).
   /** @type {[number, number] | undefined} */
@@ -148,6 +156,12 @@ export function policyOf(raw, strict = false) {
     residency: rules.map((r, i) => {
       if (!isObject(r)) throw new TableError(`policy.residency[${i}] is not an object`);
       if (strict) checkKeys(r, RULE_KEYS, `policy.residency[${i}]`);
+      if (strict && r.name !== undefined && r.name !== "" && !RULE_NAME.test(String(r.name))) {
+        throw new TableError(
+          `policy.residency[${i}].name ${JSON.stringify(r.name)}: 1-64 of letters, digits, ` +
+            "spaces and _.:/()+- (it is sent in the geogate-route header)",
+        );
+      }
       const up = (/** @type {string} */ s) => s.toUpperCase();
       return {
         name: typeof r.name === "string" ? r.name : `rule ${i}`,
@@ -188,6 +202,9 @@ export function normalizeTable(doc, { strict = false } = {}) {
   if (!isObject(doc) || !Array.isArray(doc.regions)) {
     throw new TableError("not a routing table: no regions list");
   }
+  // A misspelt "policy" dropped its residency rules: clients were routed where a rule
+  // forbids, while /healthz said ok.
+  if (strict) checkKeys(doc, TABLE_KEYS, "the table");
   /** @type {Map<string, Region>} */
   const regions = new Map();
   /** @type {Upstream[]} */
@@ -238,6 +255,41 @@ export function normalizeTable(doc, { strict = false } = {}) {
 const REGION_KEYS = new Set(["id", "name", "latitude", "longitude", "url", "healthy", "upstreams"]);
 const POLICY_KEYS = new Set(["tolerance_ms", "tolerance_ratio", "panic_threshold", "residency"]);
 const RULE_KEYS = new Set(["name", "countries", "continents", "regions"]);
+// The document's own and an upstream's, as /routing-table writes them (gateway/http/endpoints.py:
+// routing_table, _upstream_row), the state fields among them (read, or ignored: rtt_ms...).
+const TABLE_KEYS = new Set([
+  "self_region",
+  "origin",
+  "version",
+  "shared_state",
+  "fleet_config_refused",
+  "policy",
+  "regions",
+  "worker",
+]);
+const UPSTREAM_KEYS = new Set([
+  "id",
+  "healthy",
+  "drained",
+  "weight",
+  "bias_ms",
+  "rtt_ms",
+  "models",
+  "slots",
+  "in_flight",
+  "queue_depth",
+  "kv_usage",
+  "ttft_ms",
+  "last_error",
+  "ejected_s",
+  "ejection_cause",
+  "times_ejected",
+  "seen_by",
+  "fleet_down",
+]);
+// A rule's name goes into the geogate-route header: the gateway's config takes these alone
+// (gateway/checks.py RESIDENCY_NAME); "GB—US only" went out garbled.
+const RULE_NAME = /^[A-Za-z0-9_][A-Za-z0-9 _.:/()+-]{0,63}$/;
 
 /**
  * @param {Record<string, unknown>} obj @param {Set<string>} known @param {string} where

@@ -212,6 +212,33 @@ describe("FALLBACK_TABLE", () => {
       { regions: [eu1], policy: { tolerance_ms: -3 } },
       /^FALLBACK_TABLE: policy\.tolerance_ms = -3: want 0 or more$/,
     ],
+    // A misspelt "policy" dropped its rules: clients routed where a rule forbids them.
+    "the policy misspelt": [
+      { regions: [eu1], polcy: { residency: [rule] } },
+      /^FALLBACK_TABLE: the table has "polcy": not a field of it \(self_region, /,
+    ],
+    // "modles": a fallback that serves no model, a 404 for every request; "drainde": ignored.
+    "an upstream's models misspelt": [
+      { regions: [region("eu", {}, { models: undefined, modles: ["m"] })] },
+      /^FALLBACK_TABLE: regions\[0\]\.upstreams\[0\] has "modles": not a field of it \(id, /,
+    ],
+    "an upstream's drain misspelt": [
+      { regions: [region("eu", {}, { drainde: true })] },
+      /^FALLBACK_TABLE: regions\[0\]\.upstreams\[0\] has "drainde"/,
+    ],
+    "an upstream serving no model": [
+      { regions: [region("eu", {}, { models: [] })] },
+      /^FALLBACK_TABLE: regions\[0\]\.upstreams\[0\]\.models is not a list of one or more/,
+    ],
+    "an upstream's models null": [
+      { regions: [region("eu", {}, { models: null })] },
+      /^FALLBACK_TABLE: regions\[0\]\.upstreams\[0\]\.models is not a list of one or more/,
+    ],
+    // It goes into the geogate-route header: "GB—US only" went out garbled.
+    "a rule's name no header can carry": [
+      { regions: [eu1], policy: { residency: [{ ...rule, name: "GB\u2014US only" }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\]\.name "GB.US only": 1-64 of letters, digits/,
+    ],
   };
   for (const [name, [doc, want]] of Object.entries(policyBad)) {
     test(`refused: ${name}`, () => assert.match(problem({ FALLBACK_TABLE: doc }), want));
@@ -223,10 +250,42 @@ describe("FALLBACK_TABLE", () => {
     const written = { ...eu1, name: "Frankfurt", healthy: true };
     const other = { ...region("us-east"), upstreams: [] }; // served by another region's gateway
     assert.equal(problem({ FALLBACK_TABLE: { regions: [written, other] } }), "");
+    // every field /routing-table writes, at the top and in an upstream's row (its state too)
+    const row = { ...eu1.upstreams[0], rtt_ms: 1.5, in_flight: 0, kv_usage: null, seen_by: {} };
+    Object.assign(row, { ejected_s: 0, ejection_cause: null, times_ejected: 0, fleet_down: false });
+    Object.assign(row, { healthy: true, drained: false, last_error: null, ttft_ms: null });
+    const top = { self_region: "eu-central", origin: "client", version: 3, worker: 1 };
+    Object.assign(top, { shared_state: "local", fleet_config_refused: null });
+    const dump = { ...top, policy: { residency: [rule] }, regions: [{ ...eu1, upstreams: [row] }] };
+    assert.equal(problem({ FALLBACK_TABLE: dump }), "");
   });
 
   test("a region with no URL is allowed: the gateways' tables may give it", () => {
     const s = settings({ FALLBACK_TABLE: { regions: [region("eu", { url: undefined })] } });
     assert.equal(s.table.fallback?.regions.get("eu")?.url, "");
+  });
+});
+
+describe("numbers", () => {
+  const table = { FALLBACK_TABLE: { regions: [region("eu")] } };
+  // Number() took each: " " and null as 0 (a TABLE_TTL_S of 0: a table fetch per request),
+  // true as 1, "0x3" as 3.
+  for (const [name, raw] of [
+    ["TABLE_TTL_S", " "],
+    ["TABLE_TTL_S", null],
+    ["MAX_ATTEMPTS", "0x3"],
+    ["DEFAULT_LATITUDE", true],
+    ["TABLE_TTL_S", "Infinity"],
+  ]) {
+    test(`refused: ${name} = ${JSON.stringify(raw)}`, () => {
+      const said = problem({ ...table, [name]: raw });
+      assert.match(said, new RegExp(`^${name} = ${JSON.stringify(raw)}: want a `), said);
+    });
+  }
+  test("a JSON number, or text that is a decimal, is taken", () => {
+    for (const raw of [3, "3", "2.5e1", ".5"]) {
+      assert.equal(problem({ ...table, TABLE_TTL_S: raw }), "", String(raw));
+    }
+    assert.equal(settings({ ...table, MAX_ATTEMPTS: "3" }).maxAttempts, 3);
   });
 });
