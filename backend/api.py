@@ -47,6 +47,48 @@ UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "tool_choice": lambda v: v in (None, "none", "auto"),
     "function_call": lambda v: v in (None, "none", "auto"),
 }
+
+
+def _within(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high
+
+
+def _count(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+# What OpenAI's API takes for each, checked before whether this server honours it: a value
+# it refuses as invalid ("-3 is less than the minimum of -2") was told "not supported; leave
+# it out", as if the parameter, not the value, were the client's mistake.
+VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "logprobs": (lambda v: isinstance(v, bool) or _count(0, 5)(v), "true, false or 0 to 5"),
+    "top_logprobs": (_count(0, 20), "a whole number from 0 to 20"),
+    "echo": (lambda v: isinstance(v, bool), "true or false"),
+    "best_of": (_count(1, 20), "a whole number from 1 to 20"),
+    "suffix": (lambda v: isinstance(v, str), "a string"),
+    "presence_penalty": (_within(-2, 2), "a number from -2 to 2"),
+    "frequency_penalty": (_within(-2, 2), "a number from -2 to 2"),
+    "logit_bias": (
+        lambda v: isinstance(v, dict) and all(_within(-100, 100)(b) for b in v.values()),
+        "an object of token ids to numbers from -100 to 100",
+    ),
+    "response_format": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("type", "text"), str),
+        'an object with a "type"',
+    ),
+    "tool_choice": (
+        lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
+        '"none", "auto", "required" or an object naming a tool',
+    ),
+    "function_call": (
+        lambda v: v in ("none", "auto") or isinstance(v, dict),
+        '"none", "auto" or an object naming a function',
+    ),
+    # An empty list is taken, as vLLM takes it (agent frameworks send one with no tools)
+    "tools": (lambda v: isinstance(v, list), "a list of tools"),
+    "functions": (lambda v: isinstance(v, list), "a list of functions"),
+}
+
 # Tools the model may call, unless told not to: this server parses no tool calls (vLLM
 # refuses them too without a tool-call parser), so the client would get text, not a call.
 TOOL_LISTS = {"tools": "tool_choice", "functions": "function_call"}
@@ -137,6 +179,10 @@ def _model(body: dict[str, Any], served: str) -> None:
 
 
 def _unsupported(body: dict[str, Any]) -> None:
+    for key, (valid, want) in VALID.items():
+        v = body.get(key)
+        if v is not None and not valid(v):
+            raise InvalidParameter(f"{key} must be {want}, got {shown(v)}", param=key)
     for key, harmless in UNSUPPORTED.items():
         v = body.get(key)
         if not harmless(v):

@@ -241,6 +241,42 @@ def test_parameters_that_would_be_ignored_are_refused(
     assert e.value.body()["error"]["code"] == "unsupported_parameter"
 
 
+@pytest.mark.parametrize(
+    ("kw", "chat", "says"),
+    [
+        (
+            {"frequency_penalty": -3},
+            True,
+            "frequency_penalty must be a number from -2 to 2, got -3",
+        ),
+        ({"presence_penalty": "0"}, True, "presence_penalty must be a number from -2 to 2"),
+        ({"presence_penalty": True}, True, "presence_penalty must be a number"),
+        ({"logit_bias": []}, True, "logit_bias must be an object of token ids to numbers"),
+        ({"logit_bias": {"1": 101}}, True, "logit_bias must be an object"),
+        ({"top_logprobs": -1}, True, "top_logprobs must be a whole number from 0 to 20, got -1"),
+        ({"logprobs": 6}, False, "logprobs must be true, false or 0 to 5, got 6"),
+        ({"best_of": 0}, False, "best_of must be a whole number from 1 to 20, got 0"),
+        ({"echo": "yes"}, False, "echo must be true or false"),
+        ({"suffix": 5}, False, "suffix must be a string, got 5"),
+        ({"response_format": "json"}, True, 'response_format must be an object with a "type"'),
+        ({"tool_choice": "always"}, True, 'tool_choice must be "none", "auto", "required" or'),
+        ({"tools": {"type": "function"}}, True, "tools must be a list of tools"),
+    ],
+)
+def test_a_value_openai_refuses_is_invalid_not_unsupported(
+    tok: Any, kw: dict[str, Any], chat: bool, says: str
+) -> None:
+    # It was "not supported by this server; leave it out": the value, not the parameter, is
+    # the client's mistake, as OpenAI's "-3 is less than the minimum of -2" says.
+    doc = body(**kw) if chat else {"model": "m", "prompt": "hi", **kw}
+    with pytest.raises(InvalidParameter) as e:
+        parse(doc, tok, "m", 512, chat=chat)
+    assert not isinstance(e.value, UnsupportedParameter), e.value.message
+    (key,) = kw
+    assert e.value.param == key and e.value.message.startswith(says), e.value.message
+    assert e.value.body()["error"]["code"] == "invalid_parameter"
+
+
 def test_values_that_ask_for_nothing_and_harmless_parameters_pass(tok: Any) -> None:
     harmless: dict[str, Any] = {
         "logprobs": False,
