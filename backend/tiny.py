@@ -82,7 +82,9 @@ SEVEN_B = replace(  # 1b's vocabulary and head count, no grouped-query attention
 PRESETS = {"tiny": TinySpec(), "small": SMALL, "medium": MEDIUM, "1b": ONE_B, "7b": SEVEN_B}
 
 
-def build_tokenizer(vocab_size: int) -> Any:
+def build_tokenizer(vocab_size: int, max_length: int) -> Any:
+    """A byte-level BPE tokenizer; ``max_length``: the model's window, which transformers'
+    warning of a longer prompt names (it named 4096 for a 512-token model)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -103,7 +105,7 @@ def build_tokenizer(vocab_size: int) -> Any:
         unk_token="<unk>",
         pad_token="<pad>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=4096,
+        model_max_length=max_length,
     )
 
 
@@ -142,7 +144,7 @@ def make_tiny_model(
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(spec.vocab_size)
+    tokenizer = build_tokenizer(spec.vocab_size, spec.max_position_embeddings)
     vocab = len(tokenizer)
     config = LlamaConfig(
         vocab_size=max(vocab, spec.vocab_size),

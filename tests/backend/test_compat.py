@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,10 @@ def test_tiny_model_in_bfloat16(tmp_path: Path) -> None:
     with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
     assert dtypes == {"BF16"}
+    # The tokenizer's window is the model's: transformers' warning of a longer prompt, which
+    # a client's mistake writes to the log, said 4096 for this 512-token model.
+    config = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == TinySpec().max_position_embeddings == 512
 
 
 def test_int8_computes_in_float16_by_default() -> None:
