@@ -157,6 +157,10 @@ class Endpoints:
         503 while only a panic's unhealthy upstreams would be tried."""
         name = request.path_params["model"]
         headers = _request_id(request)
+        if not name:  # "/v1/models/": no model named, not a model "" nobody serves
+            response = json_error(_unknown("/v1/models/", _NO_MODEL_NAMED))
+            response.headers.update(headers)
+            return response
         err = self._served(self._routed(request, name, time.monotonic()), name)
         if err is None:
             return JSONAnswer(_card(name), headers=headers)
@@ -355,6 +359,9 @@ def _request_id(request: Request) -> dict[str, str]:
     """The client's request id, or a new one, as every /v1 answer carries (the SDKs'
     ``_request_id``)."""
     return {"x-request-id": request.scope[REQUEST_ID_KEY]}  # the access line's (recorded)
+
+
+_NO_MODEL_NAMED = "names no model: GET /v1/models lists them, GET /v1/models/ID reads one"
 
 
 def unknown_public(path: str) -> GatewayError:

@@ -74,6 +74,15 @@ async def test_a_model_a_residency_rule_keeps_from_the_client_is_not_offered_to_
         assert [m["id"] for m in (await c.get("/v1/models")).json()["data"]] == ["m", "n"]
 
 
+async def test_a_model_card_with_no_name_is_an_unknown_url_not_a_model_nobody_serves() -> None:
+    # "/v1/models/" said model '' is not served by any upstream (404 model_not_found).
+    async with client() as c:
+        r = await c.get("/v1/models/")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", r.text
+        assert r.json()["error"]["message"].startswith("/v1/models/ names no model: GET /v1/")
+        assert r.headers["x-request-id"]
+
+
 async def test_a_residency_regions_upstream_found_by_dns_and_resolving_to_none_is_a_503() -> None:
     # eu's upstream of m is a DNS pool with no addresses now (a redeploy): not in the
     # snapshot, so only us's upstream was left, kept away by the rule. That passes: a 503 to
