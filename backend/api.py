@@ -60,8 +60,10 @@ def _count(low: int, high: int) -> Callable[[Any], bool]:
 # What OpenAI's API takes for each, checked before whether this server honours it: a value
 # it refuses as invalid ("-3 is less than the minimum of -2") was told "not supported; leave
 # it out", as if the parameter, not the value, were the client's mistake.
+_LOGPROBS_COUNT = _count(0, 5)  # completions' integer form (chat's is a boolean)
+_BIAS = _within(-100, 100)
 VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "logprobs": (lambda v: isinstance(v, bool) or _count(0, 5)(v), "true, false or 0 to 5"),
+    "logprobs": (lambda v: isinstance(v, bool) or _LOGPROBS_COUNT(v), "true, false or 0 to 5"),
     "top_logprobs": (_count(0, 20), "a whole number from 0 to 20"),
     "echo": (lambda v: isinstance(v, bool), "true or false"),
     "best_of": (_count(1, 20), "a whole number from 1 to 20"),
@@ -69,7 +71,7 @@ VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
     "presence_penalty": (_within(-2, 2), "a number from -2 to 2"),
     "frequency_penalty": (_within(-2, 2), "a number from -2 to 2"),
     "logit_bias": (
-        lambda v: isinstance(v, dict) and all(_within(-100, 100)(b) for b in v.values()),
+        lambda v: isinstance(v, dict) and all(_BIAS(b) for b in v.values()),
         "an object of token ids to numbers from -100 to 100",
     ),
     "response_format": (

@@ -141,15 +141,16 @@ def listen_host(host: str) -> str:
 
 # A residency rule's name goes into the geogate-route header ("; residency=NAME"), log lines
 # and the dashboard: no line break (a 500 on every request the rule covered), no ";" or "="
-# that would read as another of the header's fields, ASCII as a header's value must be.
-RESIDENCY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 _.:/()+-]{0,63}")
+# that would read as another of the header's fields, ASCII as a header's value must be, and
+# no space at either end (a header's value loses it).
+RESIDENCY_NAME = re.compile(r"[!-~](?:[ -~]{0,62}[!-~])?")
 
 
 def residency_name(name: str) -> str:
-    if name and not RESIDENCY_NAME.fullmatch(name):
+    if name and (not RESIDENCY_NAME.fullmatch(name) or ";" in name or "=" in name):
         raise ValueError(
-            "a residency rule's name is 1-64 of letters, digits, spaces and _.:/()+- (it is "
-            "sent in the geogate-route header), or none"
+            "a residency rule's name is 1-64 printable ASCII characters, no ';' or '=' and no "
+            "space at either end (it is sent in the geogate-route header), or none"
         )
     return name
 

@@ -76,9 +76,10 @@ const DECIMAL = /^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
 function num(env, name, bounds = {}) {
   const raw = env[name];
   if (raw === undefined || raw === "") return /** @type {number} */ (DEFAULTS[name]);
-  // A JSON number, or text that is a plain decimal: Number() took " " and null as 0 (a
-  // TABLE_TTL_S of 0), true as 1 and "0x3" as 3.
-  const plain = typeof raw === "string" && DECIMAL.test(raw);
+  // A JSON number, or text that is a plain decimal (spaces around it, as a pasted value has,
+  // are no mistake): Number() took " " and null as 0 (a TABLE_TTL_S of 0), true as 1 and
+  // "0x3" as 3.
+  const plain = typeof raw === "string" && DECIMAL.test(raw.trim());
   const v = typeof raw === "number" || plain ? Number(raw) : NaN;
   const { min = 0, max = Infinity, integer = false } = bounds;
   if (!Number.isFinite(v) || v < min || v > max || (integer && !Number.isInteger(v))) {

@@ -156,10 +156,11 @@ export function policyOf(raw, strict = false) {
     residency: rules.map((r, i) => {
       if (!isObject(r)) throw new TableError(`policy.residency[${i}] is not an object`);
       if (strict) checkKeys(r, RULE_KEYS, `policy.residency[${i}]`);
-      if (strict && r.name !== undefined && r.name !== "" && !RULE_NAME.test(String(r.name))) {
+      const name = String(r.name ?? "");
+      if (strict && name !== "" && (!RULE_NAME.test(name) || /[;=]/.test(name))) {
         throw new TableError(
-          `policy.residency[${i}].name ${JSON.stringify(r.name)}: 1-64 of letters, digits, ` +
-            "spaces and _.:/()+- (it is sent in the geogate-route header)",
+          `policy.residency[${i}].name ${JSON.stringify(r.name)}: 1-64 printable ASCII ` +
+            "characters, no ; or = and no space at either end (it is sent in geogate-route)",
         );
       }
       const up = (/** @type {string} */ s) => s.toUpperCase();
@@ -288,8 +289,9 @@ const UPSTREAM_KEYS = new Set([
   "fleet_down",
 ]);
 // A rule's name goes into the geogate-route header: the gateway's config takes these alone
-// (gateway/checks.py RESIDENCY_NAME); "GB—US only" went out garbled.
-const RULE_NAME = /^[A-Za-z0-9_][A-Za-z0-9 _.:/()+-]{0,63}$/;
+// (gateway/checks.py RESIDENCY_NAME: printable ASCII, no ";" or "=", no space at either
+// end); "GB—US only" went out garbled.
+const RULE_NAME = /^[!-~](?:[ -~]{0,62}[!-~])?$/;
 
 /**
  * @param {Record<string, unknown>} obj @param {Set<string>} known @param {string} where

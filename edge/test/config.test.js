@@ -235,9 +235,13 @@ describe("FALLBACK_TABLE", () => {
       /^FALLBACK_TABLE: regions\[0\]\.upstreams\[0\]\.models is not a list of one or more/,
     ],
     // It goes into the geogate-route header: "GB—US only" went out garbled.
+    "a rule's name that reads as another field": [
+      { regions: [eu1], policy: { residency: [{ ...rule, name: "eu; upstream=x" }] } },
+      /^FALLBACK_TABLE: policy\.residency\[0\]\.name "eu; upstream=x": 1-64 printable/,
+    ],
     "a rule's name no header can carry": [
       { regions: [eu1], policy: { residency: [{ ...rule, name: "GB\u2014US only" }] } },
-      /^FALLBACK_TABLE: policy\.residency\[0\]\.name "GB.US only": 1-64 of letters, digits/,
+      /^FALLBACK_TABLE: policy\.residency\[0\]\.name "GB.US only": 1-64 printable ASCII /,
     ],
   };
   for (const [name, [doc, want]] of Object.entries(policyBad)) {
@@ -283,7 +287,7 @@ describe("numbers", () => {
     });
   }
   test("a JSON number, or text that is a decimal, is taken", () => {
-    for (const raw of [3, "3", "2.5e1", ".5"]) {
+    for (const raw of [3, "3", "2.5e1", ".5", " 30\n"]) {
       assert.equal(problem({ ...table, TABLE_TTL_S: raw }), "", String(raw));
     }
     assert.equal(settings({ ...table, MAX_ATTEMPTS: "3" }).maxAttempts, 3);

@@ -1,7 +1,7 @@
 """One HTTP/1.1 connection to an upstream: an asyncio protocol that writes a request and
 parses its response with httptools (llhttp, as uvicorn and Node), handing the body on as it
 comes. It replaced aiohttp's client, a third of a worker's CPU per request (bench/results/
-round4/profile.md), keeping its pooling, flow control, chunked, close-delimited, 1xx answers.
+round4/profile.md), keeping pooling, flow control, chunked and close-delimited bodies, 1xx skips.
 """
 
 from __future__ import annotations

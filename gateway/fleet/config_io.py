@@ -132,8 +132,6 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                 # A put-back is written though the audit cannot take its entry: the fleet's
                 # routing comes first; the entry's loss is said here instead.
                 wrong = await audit_wrong(pipe, keys)
-                if wrong is not None:
-                    log.warning("%s: the fleet config written now is not audited", wrong)
                 pipe.multi()
                 pipe.hset(keys.config, mapping=fields(out.write))
                 fresh = out.write.version > max(out.held.version, 1)
@@ -161,6 +159,8 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                     )
                 pipe.publish(keys.events, str(out.write.version))
                 await pipe.execute()
+                if wrong is not None:  # written (not before: a WATCH retry may write nothing)
+                    log.warning("%s: the fleet config written now is not audited", wrong)
                 return out
             except WatchError:
                 continue  # someone wrote between our read and write: compare again

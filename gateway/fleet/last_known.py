@@ -123,7 +123,12 @@ def load(fleet: str) -> Stored | None:
     try:
         data = json.loads(path.read_text())
         doc, version, changed_at = data["doc"], data["version"], data["changed_at"]
-        if data["fleet"] != fleet and not fleet.startswith("memory "):
+        kept_of = str(data["fleet"])
+        if (
+            kept_of != fleet
+            and not fleet.startswith("memory ")
+            and not kept_of.startswith("memory ")
+        ):
             # Said: the Redis URL spelled another way (localhost for 127.0.0.1, a /0 added)
             # passed it over without a word, and a drained region took traffic again from
             # every gateway restarted while Redis was away, which the file is for.
@@ -132,12 +137,13 @@ def load(fleet: str) -> Stored | None:
                 "is %r (redis.url and redis.deployment, as written); it routes on its file's "
                 "config until Redis answers",
                 path,
-                str(data["fleet"])[:200],
+                kept_of[:200],
                 fleet,
             )
         if data["fleet"] != fleet:
             # In memory, an edited file (granian's SIGHUP read it again): the changes made on
-            # the old one are not carried over, as memory_fleet says; no mistake to warn of.
+            # the old one are not carried over, as memory_fleet says; nor from memory to a
+            # fleet (a gateway given a redis.url): no mistake to warn of.
             return None
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -99,8 +99,9 @@ def wait_s(value: str | None) -> int | None:
         return None
     if checks.is_decimal(value):
         return int(value)
-    if value.isascii() and value.isdigit():  # past int()'s reach: longer than any cap
-        return MAX_RETRY_AFTER_S
+    if value.isascii() and value.isdigit():  # leading zeros, or past int()'s reach: the cap
+        digits = value.lstrip("0") or "0"
+        return int(digits) if checks.is_decimal(digits) else MAX_RETRY_AFTER_S
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

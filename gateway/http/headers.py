@@ -146,8 +146,13 @@ def upstream_request_headers(
         lname = name.lower()
         if lname == b"x-forwarded-for" and peer_trusted:
             # Its elements, without the empty ones ("X-Forwarded-For: ,,", an empty header):
-            # passed on, a backend reading the first as the client read an empty one.
-            xff += [e for e in (part.strip() for part in value.split(b",")) if e]
+            # passed on, a backend reading the first as the client read an empty one. One
+            # address, as a balancer sends it, without a split (a request's every one).
+            if b"," not in value:
+                if value := value.strip():
+                    xff.append(value)
+            else:
+                xff += [e for e in (part.strip() for part in value.split(b",")) if e]
         elif lname == b"x-forwarded-proto" and peer_trusted:
             proto = value
         elif lname not in drop and not (

@@ -185,14 +185,16 @@ def test_env_overrides(tmp_path: Path) -> None:
                 lambda t, n=name: (
                     t + f"[[residency]]\nname = {n}\ncountries = ['DE']\nregions = ['eu-central']\n"
                 ),
-                "residency[0].name: a residency rule's name is 1-64 of letters, digits, spaces",
+                "residency[0].name: a residency rule's name is 1-64 printable ASCII characters",
             )
             for name in (  # as TOML writes them: a basic string's \r\n is CR LF
                 '"a\\r\\nx-injected: yes"',
                 '"eu; upstream=x"',
                 f'"{"x" * 65}"',
                 '" eu"',
+                '"eu "',
                 '"Österreich"',
+                '"eu=1"',
             )
         ),
         (

@@ -33,6 +33,7 @@ from gateway.defaults import (
     DASHBOARD_SHARE_WINDOW_S,
     DASHBOARD_WATCH_S,
 )
+from gateway.errors import AuditUnwritable
 from gateway.http.dashboard import state
 from gateway.http.dashboard.window import Tick, Window, quantiles
 from gateway.runtime import Runtime
@@ -220,6 +221,10 @@ class Sampler:
         except (RedisError, OSError) as exc:
             self.audit_error = f"audit unavailable: shared state unreachable ({type(exc).__name__})"
             self._audit_version = -1  # try again at the next sample
+            return
+        except AuditUnwritable as exc:  # Redis answered: its key is no stream (a hand edit)
+            self.audit_error = f"audit unavailable: {exc}"
+            self._audit_version = -1
             return
         if self.watched():  # else the next look builds the state, with this
             self._refresh_state(event="state")

@@ -121,6 +121,10 @@ def test_a_document_of_another_fleet_is_not_routed_on_and_that_is_said(
     said = caplog.records[-1].getMessage()
     assert said.startswith(f"not routing on the fleet config kept in {path}: it is of fleet ")
     assert "'redis://:****@localhost:6379 default', this gateway's is 'redis://127.0.0.1:" in said
+    # From memory to a fleet (a gateway given a redis.url): not the fleet's, and no mistake
+    caplog.clear()
+    last_known.save(Stored(_drained_doc(), 2, 1.0), last_known.memory_fleet({"regions": []}))
+    assert last_known.load(kept) is None and not caplog.records
 
 
 @pytest.mark.parametrize(

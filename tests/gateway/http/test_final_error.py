@@ -120,6 +120,7 @@ def test_an_upstreams_absurd_retry_after_is_capped_at_an_hour(sent: str) -> None
     assert final_error([busy], panic, None, HINT).retry_after_s == MAX_RETRY_AFTER_S
     under = Failure("a", FailureKind.STATUS, "HTTP 429", 429, "3599")  # under the cap: as sent
     assert final_error([under], decision("a"), None, HINT).retry_after_s == 3599
+    assert wait_s("0" * 18 + "5") == 5  # 19 digits, most of them leading zeros: a count
 
 
 def test_every_upstream_refusing_for_now_is_503_with_the_longest_wait() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
+from gateway.errors import AuditUnwritable
 from gateway.http.dashboard import sampler as sampler_module
 from gateway.http.dashboard import state as state_module
 from gateway.http.dashboard.sampler import Sampler
@@ -199,3 +200,25 @@ async def test_with_nobody_looking_only_the_samples_run_and_a_look_is_fresh(
             await asyncio.sleep(0.05)
     finally:
         await sampler.stop()
+
+
+async def test_an_audit_key_that_is_no_stream_is_said_and_the_sampler_stops_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reading it raises AuditUnwritable (Redis answered), which the audit task did not catch:
+    # it died, the page showed no audit and no reason, and stop() re-raised it.
+    rt = runtime()
+
+    async def no_stream(count: int) -> list[dict[str, str]]:
+        raise AuditUnwritable("the fleet's audit log in Redis ({geogate:x}:audit) is not a stream")
+
+    monkeypatch.setattr(rt.store, "audit", no_stream)
+    sampler = Sampler(rt)
+    sampler.start()
+    task = sampler._audit_task
+    assert task is not None
+    await task  # ended on no error of its own
+    assert sampler.audit_error == (
+        "audit unavailable: the fleet's audit log in Redis ({geogate:x}:audit) is not a stream"
+    )
+    await sampler.stop()
