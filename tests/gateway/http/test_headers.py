@@ -14,6 +14,13 @@ def upstream_text(raw: list[tuple[bytes, bytes]], **kw: object) -> list[tuple[st
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in out]
 
 
+def via_balancer(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The upstream's headers for ``raw`` from the trusted balancer 10.0.0.5, whose client
+    is 1.1.1.1."""
+    kw = {"peer": "10.0.0.5", "client": "1.1.1.1", "peer_trusted": True}
+    return dict(upstream_text(raw, **kw, scheme="http", rid="r1"))
+
+
 def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
     raw = [
         (b"host", b"gw"),
@@ -27,11 +34,7 @@ def test_request_headers_drop_hop_by_hop_and_set_forwarding() -> None:
         (b"x-request-id", b"old"),
     ]
     # The peer 10.0.0.5 is a trusted balancer; the client it resolved to is 1.1.1.1.
-    out = dict(
-        upstream_text(
-            raw, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r1"
-        )
-    )
+    out = via_balancer(raw)
     assert out == {
         "authorization": "Bearer t",
         "X-Forwarded-For": "1.1.1.1, 10.0.0.5",  # the balancer's hop stays in the chain
@@ -57,12 +60,7 @@ def test_empty_forwarded_for_elements_of_a_trusted_proxy_are_not_passed_on() -> 
         (b"x-forwarded-for", b""),
         (b"X-Forwarded-For", b","),
     ]
-    out = dict(
-        upstream_text(
-            raw, peer="10.0.0.5", client="1.1.1.1", peer_trusted=True, scheme="http", rid="r"
-        )
-    )
-    assert out["X-Forwarded-For"] == "1.1.1.1, 10.0.0.5"
+    assert via_balancer(raw)["X-Forwarded-For"] == "1.1.1.1, 10.0.0.5"
     only_empty = upstream_text(
         [(b"x-forwarded-for", b"")],
         peer="10.0.0.5",
