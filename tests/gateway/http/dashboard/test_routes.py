@@ -140,7 +140,7 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
     assert r.json()["text"].startswith("eu-1 carries 0 % of requests in the last minute")
     r = await client.get("/dashboard/api/impact", params={"region": "eu", "drained": "true"})
     assert r.json()["targets"] == ["eu-1"]
-    for params, message in [
+    cases: list[tuple[dict[str, str | list[str]], str]] = [
         ({"upstream": "nope", "drained": "true"}, "no upstream 'nope'"),
         ({"upstream": "eu-1", "weight": "x"}, "weight must be a number"),
         # float() took these, which the admin API refuses: a preview of no possible change
@@ -156,7 +156,8 @@ async def test_impact_names_the_traffic_and_refuses_a_bad_change(
         # previewed the last, and the region's change alone: one reading of each
         ({"upstream": "eu-1", "weight": ["2", "3"]}, "weight given more than once: preview one"),
         ({"region": "eu", "upstream": "eu-1", "drained": "true"}, "upstream and region: preview"),
-    ]:
+    ]
+    for params, message in cases:
         r = await client.get("/dashboard/api/impact", params=params)
         assert r.status_code == 400 and message in r.json()["error"]["message"], params
 
