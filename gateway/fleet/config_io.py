@@ -130,7 +130,7 @@ async def settle(r: Redis, keys: Keys, mine: Stored, who: str = "") -> Settled:
                 if out.write is None:
                     return out
                 # A put-back is written though the audit cannot take its entry: the fleet's
-                # routing comes first; the entry's loss is said here instead.
+                # routing comes first; the entry's loss is logged once written (below).
                 wrong = await audit_wrong(pipe, keys)
                 pipe.multi()
                 pipe.hset(keys.config, mapping=fields(out.write))
@@ -265,10 +265,7 @@ async def commit(pipe: Pipeline, keys: Keys, stored: Stored, entry: dict[str, st
     wrong = await audit_wrong(pipe, keys)
     if wrong is not None:
         await pipe.reset()
-        raise AuditUnwritable(
-            f"{wrong}: nothing was changed; `redis-cli DEL '{keys.audit}'` (its entries are "
-            "lost already) lets changes through again, with a new audit log"
-        )
+        raise AuditUnwritable(f"{wrong}: nothing was changed; {_new_audit(keys)}")
     pipe.multi()
     pipe.hset(keys.config, mapping=fields(stored))
     audited: Any = entry  # redis-py's field typing is narrower than what it takes
@@ -284,6 +281,11 @@ async def audit_wrong(pipe: Pipeline, keys: Keys) -> str | None:
     if kind in ("stream", "none"):
         return None
     return f"the fleet's audit log in Redis ({keys.audit}) holds a {kind}, not a stream"
+
+
+def _new_audit(keys: Keys) -> str:
+    """What to do about an audit key that holds no stream."""
+    return f"its entries are lost; `redis-cli DEL '{keys.audit}'` starts a new audit log"
 
 
 @dataclass(frozen=True)
@@ -352,8 +354,7 @@ async def read_audit(r: Redis, keys: Keys, count: int) -> list[dict[str, str]]:
             raise
         # Redis answered: not "cannot reach Redis", as a RedisError's callers say.
         raise AuditUnwritable(
-            f"the fleet's audit log in Redis ({keys.audit}) is not a stream: its entries are "
-            f"lost; `redis-cli DEL '{keys.audit}'` starts a new one"
+            f"the fleet's audit log in Redis ({keys.audit}) is not a stream: {_new_audit(keys)}"
         ) from None
     return [
         {"id": str(rid), **{str(k): str(v) for k, v in (row or {}).items()}} for rid, row in rows

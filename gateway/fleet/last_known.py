@@ -124,26 +124,22 @@ def load(fleet: str) -> Stored | None:
         data = json.loads(path.read_text())
         doc, version, changed_at = data["doc"], data["version"], data["changed_at"]
         kept_of = str(data["fleet"])
-        if (
-            kept_of != fleet
-            and not fleet.startswith("memory ")
-            and not kept_of.startswith("memory ")
-        ):
-            # Said: the Redis URL spelled another way (localhost for 127.0.0.1, a /0 added)
-            # passed it over without a word, and a drained region took traffic again from
-            # every gateway restarted while Redis was away, which the file is for.
-            log.warning(
-                "not routing on the fleet config kept in %s: it is of fleet %r, this gateway's "
-                "is %r (redis.url and redis.deployment, as written); it routes on its file's "
-                "config until Redis answers",
-                path,
-                kept_of[:200],
-                fleet,
-            )
-        if data["fleet"] != fleet:
+        if kept_of != fleet:
             # In memory, an edited file (granian's SIGHUP read it again): the changes made on
             # the old one are not carried over, as memory_fleet says; nor from memory to a
-            # fleet (a gateway given a redis.url): no mistake to warn of.
+            # fleet (a gateway given a redis.url): no mistake to warn of. Between two fleets
+            # it is said: the Redis URL spelled another way (localhost for 127.0.0.1, a /0
+            # added) passed it over without a word, and a drained region took traffic again
+            # from every gateway restarted while Redis was away, which the file is for.
+            if not (fleet.startswith("memory ") or kept_of.startswith("memory ")):
+                log.warning(
+                    "not routing on the fleet config kept in %s: it is of fleet %r, this "
+                    "gateway's is %r (redis.url and redis.deployment, as written); it routes "
+                    "on its file's config until Redis answers",
+                    path,
+                    kept_of[:200],
+                    fleet,
+                )
             return None
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -255,7 +255,10 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json.loads' object of ``pairs``, a key given twice refused: {"weight": 2, "weight": 3}
     was a weight of 3, the 2 dropped without a word."""
     out = dict(pairs)
-    if len(out) != len(pairs):
-        names = [k for k, _ in pairs]
-        raise _Twice(next(k for i, k in enumerate(names) if k in names[:i]))
+    if len(out) != len(pairs):  # the first name seen again (a set: 64 KiB of keys is many)
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Twice(name)
+            seen.add(name)
     return out

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -328,11 +329,17 @@ async def test_a_listener_ending_on_an_error_after_its_cancel_is_not_left_unretr
     traceback whenever the task was collected (inside an ast.parse, CPython 3.11.7 then failed
     a test run with a SystemError)."""
     gw = gateway(redis_url, "gw0")
+    listeners: list[weakref.ref[asyncio.Task[Any]]] = []
+    ended = asyncio.Event()
 
     async def swallows_the_cancel() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        listeners.append(weakref.ref(task))
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
+            ended.set()  # its task ends with the raise, in this same step
             raise redis_errors.ConnectionError("Connection closed by server.") from None
 
     gw._listen = swallows_the_cancel  # type: ignore[method-assign]
@@ -342,9 +349,10 @@ async def test_a_listener_ending_on_an_error_after_its_cancel_is_not_left_unretr
     try:
         await gw.start()
         await gw.stop()
+        await asyncio.wait_for(ended.wait(), 5)
         del gw  # its stopped task's CancelledError holds the round's frame, and the listener
-        await asyncio.sleep(0)  # the listener's end, a loop turn after its cancel
         gc.collect()
+        assert [ref() for ref in listeners] == [None]  # collected: its error had its say
     finally:
         loop.set_exception_handler(None)
     assert "Task exception was never retrieved" not in said, said
